@@ -1,0 +1,11 @@
+"""Transformer++: full causal softmax attention with RoPE and the shared SwiGLU/RMSNorm blocks."""
+
+from harness.attention import AttentionMixer
+from harness.backbone import DecoderLM
+from harness.registry import register_model
+
+
+@register_model("transformer", family="attention",
+                description="Transformer++: full causal softmax attention, RoPE")
+def build(cfg):
+    return DecoderLM(cfg, lambda cfg, i: AttentionMixer(cfg, "full"))

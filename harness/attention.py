@@ -1,0 +1,122 @@
+"""Attention token mixers shared by swat, transformer and sliding_softmax.
+
+The three differ only in their attention core; projections, RoPE and decode caches are common,
+so the comparison between them isolates the core:
+
+- `swat`: sliding window, sigmoid (or softmax, for the ablation), per-head ALiBi slopes, RoPE;
+  decode keeps a ring buffer of the last W keys/values (memory constant in context length).
+- `full`: causal softmax over the whole prefix (Transformer++); decode keeps a growing KV cache.
+- `sliding`: causal softmax over the last W keys; ring buffer like swat.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from harness.config import ModelConfig
+from harness.ops.alibi import alibi_slopes
+from harness.ops.rope import apply_rope, positions_from_cu_seqlens, rope_cos_sin
+from harness.ops.swat import swat_attention, swat_decode
+from harness.ops.swat.reference import band_mask
+
+
+class AttentionMixer(nn.Module):
+    supports_varlen = True
+
+    def __init__(self, cfg: ModelConfig, core: str):
+        super().__init__()
+        if core not in ("swat", "full", "sliding"):
+            raise ValueError(f"unknown attention core {core!r}")
+        self.core = core
+        self.num_heads, self.kv_heads, self.head_dim = cfg.num_heads, cfg.kv_heads, cfg.head_dim
+        self.window = cfg.window
+        self.rope, self.rope_theta = cfg.rope, cfg.rope_theta
+        self.activation = cfg.activation if core == "swat" else "softmax"
+        self.sigmoid_bias = cfg.sigmoid_bias
+        self.slope_kind = cfg.slopes if core == "swat" else "none"
+        self.register_buffer("slopes", alibi_slopes(cfg.num_heads, self.slope_kind), persistent=False)
+        d = cfg.hidden_size
+        self.q_proj = nn.Linear(d, self.num_heads * self.head_dim, bias=False)
+        self.kv_proj = nn.Linear(d, 2 * self.kv_heads * self.head_dim, bias=False)
+        self.o_proj = nn.Linear(self.num_heads * self.head_dim, d, bias=False)
+        self.o_proj.residual_out = True
+
+    def reset_special(self) -> None:
+        # the slopes buffer is not persistent (derived from the config), so recompute it after
+        # meta-device construction or .to_empty()
+        self.slopes.copy_(alibi_slopes(self.num_heads, self.slope_kind))
+
+    def _qkv(self, x: torch.Tensor, positions: torch.Tensor):
+        B, T, _ = x.shape
+        q = self.q_proj(x).view(B, T, self.num_heads, self.head_dim)
+        k, v = self.kv_proj(x).view(B, T, 2, self.kv_heads, self.head_dim).unbind(2)
+        if self.rope:
+            cos, sin = rope_cos_sin(positions, self.head_dim, self.rope_theta)
+            q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        return q, k, v
+
+    def _attend(self, q, k, v, cu_seqlens=None) -> torch.Tensor:
+        if self.core == "swat":
+            return swat_attention(q, k, v, self.slopes, self.window, self.activation, self.sigmoid_bias,
+                                  cu_seqlens=cu_seqlens)
+        T = q.shape[1]
+        qt, kt, vt = (t.transpose(1, 2) for t in (q, k, v))
+        gqa = self.num_heads != self.kv_heads
+        if self.core == "full" and cu_seqlens is None:
+            out = F.scaled_dot_product_attention(qt, kt, vt, is_causal=True, enable_gqa=gqa)
+        else:
+            window = T if self.core == "full" else self.window
+            allowed, _ = band_mask(T, T, window, q.device, cu_seqlens)
+            out = F.scaled_dot_product_attention(qt, kt, vt, attn_mask=allowed, enable_gqa=gqa)
+        return out.transpose(1, 2)
+
+    def forward(self, x: torch.Tensor, cu_seqlens: torch.Tensor | None = None) -> torch.Tensor:
+        B, T, _ = x.shape
+        if cu_seqlens is not None:
+            positions = positions_from_cu_seqlens(cu_seqlens, T)
+        else:
+            positions = torch.arange(T, device=x.device)
+        q, k, v = self._qkv(x, positions)
+        return self.o_proj(self._attend(q, k, v, cu_seqlens).reshape(B, T, -1))
+
+    # decode state: {"k", "v": [B, S, Hkv, d], "pos": tokens seen}; S = W (ring buffer) or grows
+    def init_state(self, batch_size: int, device, dtype) -> dict:
+        size = 0 if self.core == "full" else self.window
+        shape = (batch_size, size, self.kv_heads, self.head_dim)
+        return {"k": torch.zeros(shape, device=device, dtype=dtype),
+                "v": torch.zeros(shape, device=device, dtype=dtype), "pos": 0}
+
+    def _store(self, state: dict, k: torch.Tensor, v: torch.Tensor) -> dict:
+        """Append keys/values of positions pos..pos+T-1 to the cache."""
+        pos, T = state["pos"], k.shape[1]
+        if self.core == "full":
+            return {"k": torch.cat([state["k"], k], 1), "v": torch.cat([state["v"], v], 1), "pos": pos + T}
+        W = self.window
+        keep = min(T, W)
+        slots = (torch.arange(pos + T - keep, pos + T, device=k.device)) % W
+        k_cache, v_cache = state["k"].clone(), state["v"].clone()
+        k_cache[:, slots], v_cache[:, slots] = k[:, T - keep:], v[:, T - keep:]
+        return {"k": k_cache, "v": v_cache, "pos": pos + T}
+
+    def step(self, x: torch.Tensor, state: dict) -> tuple[torch.Tensor, dict]:
+        B = x.shape[0]
+        pos = state["pos"]
+        q, k, v = self._qkv(x, torch.tensor([pos], device=x.device))
+        state = self._store(state, k, v)
+        if self.core == "full":
+            qt, kt, vt = (t.transpose(1, 2) for t in (q, state["k"], state["v"]))
+            out = F.scaled_dot_product_attention(qt, kt, vt, enable_gqa=self.num_heads != self.kv_heads)
+            out = out.transpose(1, 2)[:, 0]
+        else:
+            out = swat_decode(q[:, 0], state["k"], state["v"], min(pos + 1, self.window), pos, self.slopes,
+                              self.window, self.activation, self.sigmoid_bias)
+        return self.o_proj(out.reshape(B, 1, -1)), state
+
+    def prefill(self, x: torch.Tensor) -> tuple[torch.Tensor, dict]:
+        B, T, _ = x.shape
+        q, k, v = self._qkv(x, torch.arange(T, device=x.device))
+        y = self.o_proj(self._attend(q, k, v).reshape(B, T, -1))
+        return y, self._store(self.init_state(B, x.device, k.dtype), k, v)
+

@@ -1,0 +1,205 @@
+"""The `harness` command line: list, run, train (rich output, one-line errors).
+
+Every expected failure (unknown model, bad config, missing data, out of memory, NaN) is printed
+as one line starting with `error:` that names the fix, with exit status 2; no traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+console = Console()
+err_console = Console(stderr=True)
+
+
+# ---------------------------------------------------------------- shared options
+
+def add_config_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--preset", default="tiny", help="tiny (CPU, seconds) | small (1 GPU) | 340m | 760m")
+    p.add_argument("--config", help="YAML file with model: and train: sections overriding the preset")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                   help="override one config value, e.g. --set model.window=256 (repeatable)")
+
+
+def add_plugin_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--plugin", action="append", default=[], metavar="FILE.py",
+                   help="load a model or task plugin from a Python file (repeatable)")
+
+
+def split_names(text: str) -> list[str]:
+    return [n.strip() for n in text.split(",") if n.strip()]
+
+
+def config_from(args):
+    from harness.config import load_config
+    return load_config(args.preset, args.config, args.overrides)
+
+
+class StepProgress:
+    """A rich progress bar per training run: step, loss, lr, tokens/s."""
+
+    def __init__(self, label: str):
+        from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+        self.label = label
+        self.progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(),
+                                 TextColumn("{task.completed}/{task.total}"), TextColumn("{task.fields[info]}"),
+                                 TimeRemainingColumn(), console=console, transient=False)
+        self.task = None
+
+    def __call__(self, info: dict) -> None:
+        if self.task is None:
+            self.progress.start()
+            self.task = self.progress.add_task(self.label, total=info["steps"], info="")
+        tok_s = info["tokens"] / max(info["seconds"], 1e-9)
+        self.progress.update(self.task, completed=info["step"],
+                             info=f"loss {info['loss']:.3f}  lr {info['lr']:.2e}  {tok_s:,.0f} tok/s")
+        if info["step"] >= info["steps"]:
+            self.close()
+
+    def close(self) -> None:
+        if self.task is not None:
+            self.progress.stop()
+            self.task = None
+
+
+# ---------------------------------------------------------------- commands
+
+def cmd_list(args) -> None:
+    from harness.config import load_config
+    from harness.models import matched_config, params_of
+    from harness.registry import load_plugins, models, tasks
+    load_plugins(args.plugin)
+    cfg = load_config(args.preset, None, args.overrides).model
+    table = Table(title=f"models (preset {args.preset})")
+    for col in ("model", "family", "params", "fast path here", "description"):
+        table.add_column(col, justify="right" if col == "params" else "left")
+    for name, spec in sorted(models().items()):
+        params = params_of(name, matched_config(name, cfg))
+        table.add_row(name, spec.family, f"{params:,}", spec.fast_path(), spec.description)
+    console.print(table)
+    ttable = Table(title="tasks")
+    for col in ("task", "groups", "description"):
+        ttable.add_column(col)
+    for name, spec in sorted(tasks().items()):
+        ttable.add_row(name, ", ".join(spec.group), spec.description)
+    console.print(ttable)
+
+
+def cmd_run(args) -> None:
+    from harness.registry import expand_tasks, load_plugins
+    from harness.runner import run
+    load_plugins(args.plugin)
+    cfg = config_from(args)
+    models = split_names(args.models)
+    task_names = expand_tasks(split_names(args.tasks))
+    run_name = args.run or args.preset
+    progress = {}
+
+    def on_step(info):
+        name = info.get("model", "")
+        bar = progress.setdefault(name, StepProgress(f"train {name}".strip()))
+        bar(info)
+
+    t0 = time.time()
+    rows = run(models, task_names, cfg, run_name, Path(args.results), Path(args.runs), args.device,
+               args.force, args.limit, log=console.print, on_step=on_step)
+    for bar in progress.values():
+        bar.close()
+    table = Table(title=f"results/{run_name}")
+    for col in ("model", "task", "metric", "value", "n"):
+        table.add_column(col)
+    for r in rows:
+        if r.model in models:
+            table.add_row(r.model, r.task, r.metric, f"{r.value:.4f}", str(r.n or ""))
+    console.print(table)
+    console.print(f"wrote {Path(args.results) / run_name}/rows.jsonl, run.json, table.md "
+                  f"in {time.time() - t0:.1f}s")
+
+
+def cmd_train(args) -> None:
+    from harness.registry import load_plugins
+    from harness.runner import default_device
+    from harness.train import train
+    load_plugins(args.plugin)
+    cfg = config_from(args)
+    out = Path(args.out or Path(args.runs) / (args.run or args.preset) / args.model)
+    bar = StepProgress(f"train {args.model}")
+    result = train(args.model, cfg, out, args.device or default_device(), on_step=bar)
+    bar.close()
+    console.print(f"{args.model}: {result.params:,} params, {result.tokens:,} tokens, train loss "
+                  f"{result.train_loss:.4f}, held-out loss {result.heldout_loss:.4f}, checkpoint {result.checkpoint}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="harness", description="Benchmark SWAT against linear recurrent "
+                                     "and softmax baselines: train, evaluate, time, tabulate.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("list", help="registered models (params per preset, fast-path status) and tasks")
+    p.add_argument("--preset", default="tiny")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE")
+    add_plugin_arg(p)
+    p.set_defaults(func=cmd_list)
+
+    p = sub.add_parser("run", help="train (or reuse) models, run tasks, write results/<run>/")
+    p.add_argument("--models", required=True, help="comma-separated model names (see `harness list`)")
+    p.add_argument("--tasks", default="smoke", help="comma-separated tasks or groups (see `harness list`)")
+    p.add_argument("--run", help="run name (default: the preset); results go to RESULTS/RUN")
+    p.add_argument("--results", default="results", help="results folder (default: results)")
+    p.add_argument("--runs", default="runs", help="checkpoint folder (default: runs)")
+    p.add_argument("--device", help="cpu | cuda | cuda:N (default: cuda when available)")
+    p.add_argument("--force", action="store_true", help="retrain and rerun even what is finished")
+    p.add_argument("--limit", type=int, help="examples (or sequences) per task, for quick checks")
+    add_config_args(p)
+    add_plugin_arg(p)
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("train", help="train one model at a preset (resumes from its checkpoint)")
+    p.add_argument("--model", required=True)
+    p.add_argument("--out", help="run folder (default: RUNS/RUN/MODEL)")
+    p.add_argument("--run", help="run name (default: the preset)")
+    p.add_argument("--runs", default="runs")
+    p.add_argument("--device")
+    add_config_args(p)
+    add_plugin_arg(p)
+    p.set_defaults(func=cmd_train)
+    return parser
+
+
+def expected_errors() -> tuple:
+    from harness.config import ConfigError
+    from harness.data import DataError
+    from harness.registry import RegistryError
+    from harness.runner import RunError
+    from harness.train import TrainingError
+    return ConfigError, DataError, RegistryError, RunError, TrainingError, FileNotFoundError
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except KeyboardInterrupt:
+        err_console.print("interrupted: finished work is kept; run the same command again to resume")
+        return 130
+    except expected_errors() as err:
+        err_console.print(f"[red]error:[/red] {err}", markup=True, highlight=False)
+        return 2
+    except Exception as err:
+        import torch
+        if isinstance(err, torch.OutOfMemoryError):
+            err_console.print("[red]error:[/red] out of memory; lower train.micro_batch (gradient accumulation "
+                              "keeps the batch) or set train.activation_checkpointing=true", highlight=False)
+            return 2
+        raise
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

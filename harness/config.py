@@ -1,0 +1,284 @@
+"""Model and training configuration: dataclasses, presets, and validated overrides.
+
+One `ModelConfig` describes every architecture; fields a mixer does not use are ignored by it.
+Presets fix the sizes and token budgets that make a comparison fair (same width, depth budget,
+data and recipe for every model); `--set section.key=value` and YAML files override them, and
+every value is checked here so that a typo fails in one line naming the key, not deep in a run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A configuration value or key is invalid; the message names the key and the fix."""
+
+
+@dataclass
+class ModelConfig:
+    vocab_size: int = 32000
+    hidden_size: int = 1024
+    num_layers: int = 24
+    num_heads: int = 16
+    num_kv_heads: int | None = None  # None: as many as num_heads (no GQA)
+    mlp_hidden: int | None = None  # SwiGLU inner size; None: 8/3 * hidden rounded up to 64
+    norm_eps: float = 1e-6
+    tie_embeddings: bool = True
+    init_std: float = 0.02
+    max_seq_len: int = 1024  # training length; RoPE tables and length checks use it
+    # attention (swat, transformer, sliding_softmax)
+    window: int = 512  # keys j with 0 <= i - j < window (the query's own token included)
+    activation: str = "sigmoid"  # swat's score activation: sigmoid | softmax (ablation)
+    slopes: Any = "balanced"  # balanced | negative | positive | none | list of floats
+    rope: bool = True
+    rope_theta: float = 10000.0
+    sigmoid_bias: float = 0.0  # constant added to every sigmoid score (e.g. -log W)
+    # recurrent mixers (mamba and fla-backed models)
+    state_size: int = 16
+    expand: float = 2.0
+    d_inner: int | None = None  # None: expand * hidden_size
+    conv_kernel: int = 4
+    extra: dict = field(default_factory=dict)  # mixer-specific options of plugins
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_heads
+
+    @property
+    def kv_heads(self) -> int:
+        return self.num_kv_heads or self.num_heads
+
+    @property
+    def ffn_hidden(self) -> int:
+        if self.mlp_hidden is not None:
+            return self.mlp_hidden
+        return _round_up(int(8 * self.hidden_size / 3), 64)
+
+    @property
+    def inner_size(self) -> int:
+        return self.d_inner if self.d_inner is not None else int(self.expand * self.hidden_size)
+
+    def validate(self) -> None:
+        positive = ["vocab_size", "hidden_size", "num_layers", "num_heads", "window", "max_seq_len",
+                    "state_size", "conv_kernel"]
+        for key in positive:
+            if getattr(self, key) <= 0:
+                raise ConfigError(f"model.{key} must be positive, got {getattr(self, key)}")
+        for key in ["mlp_hidden", "d_inner", "num_kv_heads"]:
+            value = getattr(self, key)
+            if value is not None and value <= 0:
+                raise ConfigError(f"model.{key} must be positive or unset, got {value}")
+        if self.hidden_size % self.num_heads:
+            raise ConfigError(f"model.num_heads={self.num_heads} must divide "
+                              f"model.hidden_size={self.hidden_size}")
+        if self.num_heads % self.kv_heads:
+            raise ConfigError(f"model.num_kv_heads={self.kv_heads} must divide "
+                              f"model.num_heads={self.num_heads}")
+        if self.head_dim % 2 and self.rope:
+            raise ConfigError(f"model.rope needs an even head dim, got {self.head_dim}; "
+                              f"change model.num_heads or set model.rope=false")
+        if self.activation not in ("sigmoid", "softmax"):
+            raise ConfigError(f"model.activation must be sigmoid or softmax, got {self.activation!r}")
+        if isinstance(self.slopes, str):
+            if self.slopes not in ("balanced", "negative", "positive", "none"):
+                raise ConfigError("model.slopes must be balanced, negative, positive, none or a list "
+                                  f"of {self.num_heads} floats, got {self.slopes!r}")
+        elif len(self.slopes) != self.num_heads:
+            raise ConfigError(f"model.slopes lists {len(self.slopes)} values for "
+                              f"{self.num_heads} heads")
+        if self.expand <= 0:
+            raise ConfigError(f"model.expand must be positive, got {self.expand}")
+
+
+@dataclass
+class TrainConfig:
+    tokens: int = 15_000_000_000  # token budget; steps = tokens // batch_tokens
+    batch_tokens: int = 524_288  # global batch in tokens (sequences * seq_len)
+    seq_len: int = 1024
+    micro_batch: int = 16  # sequences per device per forward; the rest is accumulation
+    lr: float = 3e-4
+    min_lr_ratio: float = 0.1  # cosine decays to lr * min_lr_ratio
+    warmup_tokens: int = 500_000_000
+    weight_decay: float = 0.01
+    betas: tuple = (0.9, 0.95)
+    grad_clip: float = 1.0
+    seed: int = 0
+    dtype: str = "bf16"  # bf16 | fp32 (autocast dtype on GPU; the CPU runs fp32)
+    compile: bool = False
+    activation_checkpointing: bool = False
+    eval_tokens: int = 1_000_000  # held-out tokens for the perplexity at the end of training
+    save_every: int = 1000  # steps between checkpoints
+    corpus: str = "wikitext-2"  # name of a corpus (harness.data) or a path to text/JSONL files
+    tokenizer: str = "llama2"  # bytes | llama2 | path to a tokenizer.json
+
+    @property
+    def steps(self) -> int:
+        return max(1, self.tokens // self.batch_tokens)
+
+    @property
+    def warmup_steps(self) -> int:
+        return min(self.steps, self.warmup_tokens // self.batch_tokens)
+
+    def validate(self) -> None:
+        for key in ["tokens", "batch_tokens", "seq_len", "micro_batch", "eval_tokens", "save_every"]:
+            if getattr(self, key) <= 0:
+                raise ConfigError(f"train.{key} must be positive, got {getattr(self, key)}")
+        if self.batch_tokens % self.seq_len:
+            raise ConfigError(f"train.batch_tokens={self.batch_tokens} must be a multiple of "
+                              f"train.seq_len={self.seq_len}")
+        if self.lr <= 0:
+            raise ConfigError(f"train.lr must be positive, got {self.lr}")
+        if self.warmup_tokens < 0:
+            raise ConfigError(f"train.warmup_tokens must be >= 0, got {self.warmup_tokens}")
+        if self.dtype not in ("bf16", "fp32"):
+            raise ConfigError(f"train.dtype must be bf16 or fp32, got {self.dtype!r}")
+
+
+@dataclass
+class Config:
+    preset: str
+    model: ModelConfig
+    train: TrainConfig
+
+    def validate(self) -> None:
+        self.model.validate()
+        self.train.validate()
+        if self.train.seq_len > self.model.max_seq_len:
+            raise ConfigError(f"train.seq_len={self.train.seq_len} exceeds "
+                              f"model.max_seq_len={self.model.max_seq_len}; raise model.max_seq_len")
+
+    def to_dict(self) -> dict:
+        return {"preset": self.preset, "model": dataclasses.asdict(self.model),
+                "train": dataclasses.asdict(self.train)}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "Config":
+        cfg = cls(data["preset"], ModelConfig(), TrainConfig())
+        apply_mapping(cfg, {"model": data.get("model", {}), "train": data.get("train", {})})
+        return cfg
+
+
+def _round_up(x: int, multiple: int) -> int:
+    return (x + multiple - 1) // multiple * multiple
+
+
+# Presets. tiny: CPU in seconds (byte tokenizer, bundled text). small: one GPU in minutes.
+# 340m / 760m: the paper's scales (PAPER.md): fla-family recipe, 15B / 30B SlimPajama-sized budgets,
+# training length 1024, AdamW lr 3e-4 (340m) with cosine decay, wd 0.01, clip 1.0, ~0.5M-token batches.
+PRESETS: dict[str, dict] = {
+    "tiny": {
+        "model": dict(vocab_size=257, hidden_size=64, num_layers=2, num_heads=4, window=32,
+                      max_seq_len=128, state_size=8),
+        "train": dict(tokens=64 * 128 * 8, batch_tokens=8 * 128, seq_len=128, micro_batch=8,
+                      lr=3e-3, warmup_tokens=8 * 128 * 2, eval_tokens=8192, save_every=32,
+                      dtype="fp32", corpus="bundled", tokenizer="bytes"),
+    },
+    "small": {
+        "model": dict(vocab_size=32000, hidden_size=512, num_layers=8, num_heads=8, window=256,
+                      max_seq_len=1024),
+        "train": dict(tokens=200_000_000, batch_tokens=131_072, seq_len=1024, micro_batch=32,
+                      lr=1e-3, warmup_tokens=10_000_000, eval_tokens=1_000_000, save_every=200),
+    },
+    "340m": {
+        "model": dict(vocab_size=32000, hidden_size=1024, num_layers=24, num_heads=16, window=512,
+                      max_seq_len=1024),
+        "train": dict(tokens=15_000_000_000, batch_tokens=524_288, seq_len=1024, micro_batch=16,
+                      lr=3e-4, warmup_tokens=500_000_000),
+    },
+    "760m": {
+        "model": dict(vocab_size=32000, hidden_size=1536, num_layers=24, num_heads=24, window=512,
+                      max_seq_len=1024),
+        "train": dict(tokens=30_000_000_000, batch_tokens=524_288, seq_len=1024, micro_batch=16,
+                      lr=3e-4, warmup_tokens=500_000_000),
+    },
+}
+
+
+def _coerce(section: str, key: str, current: Any, value: Any) -> Any:
+    """Convert a CLI string or YAML value to the type of the field it replaces."""
+    name = f"{section}.{key}"
+    if isinstance(value, str) and not isinstance(current, str):
+        try:
+            value = yaml.safe_load(value)
+        except yaml.YAMLError as err:
+            raise ConfigError(f"{name}: cannot parse {value!r} ({err.problem})") from None
+    if value is None or current is None:
+        return value
+    if isinstance(current, bool):
+        if not isinstance(value, bool):
+            raise ConfigError(f"{name} must be true or false, got {value!r}")
+        return value
+    if isinstance(current, (int, float)) and not isinstance(current, bool):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{name} must be a number, got {value!r}")
+        if isinstance(current, int) and isinstance(value, float) and not value.is_integer():
+            raise ConfigError(f"{name} must be an integer, got {value!r}")
+        return type(current)(value)
+    if isinstance(current, tuple):
+        return tuple(value)
+    return value
+
+
+def apply_mapping(cfg: Config, mapping: dict) -> None:
+    """Apply `{"model": {...}, "train": {...}}` to cfg, rejecting unknown sections and keys."""
+    for section, values in mapping.items():
+        if section not in ("model", "train"):
+            raise ConfigError(f"unknown config section {section!r}; use model.* or train.*")
+        if not isinstance(values, dict):
+            raise ConfigError(f"config section {section!r} must be a mapping of keys to values")
+        target = getattr(cfg, section)
+        known = {f.name for f in fields(target)}
+        for key, value in values.items():
+            if key not in known:
+                from difflib import get_close_matches
+                close = get_close_matches(key, known, n=1)
+                hint = f"; did you mean {section}.{close[0]}?" if close else ""
+                raise ConfigError(f"unknown key {section}.{key}{hint}")
+            setattr(target, key, _coerce(section, key, getattr(target, key), value))
+
+
+def parse_override(text: str) -> dict:
+    """`model.window=256` -> {"model": {"window": "256"}}."""
+    if "=" not in text or "." not in text.split("=", 1)[0]:
+        raise ConfigError(f"override {text!r} must look like section.key=value, e.g. model.window=256")
+    dotted, value = text.split("=", 1)
+    section, key = dotted.split(".", 1)
+    return {section.strip(): {key.strip(): value.strip()}}
+
+
+def load_config(preset: str = "tiny", config_file: str | Path | None = None,
+                overrides: list[str] = ()) -> Config:
+    """Preset, then the YAML file, then `--set` overrides; validated."""
+    if preset not in PRESETS:
+        raise ConfigError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
+    cfg = Config(preset, ModelConfig(), TrainConfig())
+    apply_mapping(cfg, PRESETS[preset])
+    if config_file is not None:
+        path = Path(config_file)
+        if not path.is_file():
+            raise ConfigError(f"config file {path} not found")
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as err:
+            raise ConfigError(f"config file {path} is not valid YAML: {err}") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"config file {path} must hold a mapping with model: and train: sections")
+        apply_mapping(cfg, data)
+    for text in overrides:
+        apply_mapping(cfg, parse_override(text))
+    cfg.validate()
+    return cfg
+
+
+def config_hash(cfg: Config) -> str:
+    """Short stable digest of a config, used to tell finished work from work to redo."""
+    import hashlib
+    blob = json.dumps(cfg.to_dict(), sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:12]

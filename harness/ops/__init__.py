@@ -1,0 +1,1 @@
+"""Kernels and their plain-torch definitions: SWAT attention, RoPE, ALiBi slopes."""

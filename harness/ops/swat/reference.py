@@ -1,0 +1,84 @@
+"""The definition of SWAT attention, in plain torch. Every kernel is tested against this file.
+
+    s_ij = q_i . k_j * scale + slope_h * (i - j) + bias      for 0 <= i - j < W, same document
+    o_i  = sum_j sigmoid(s_ij) v_j                           (no normalisation over j)
+
+`activation="softmax"` normalises the same masked scores with softmax instead (the paper's
+ablation, and sliding-window softmax attention when the slopes are zero). Shapes: q [B, T, H, d],
+k and v [B, T, Hkv, d] with H a multiple of Hkv (GQA); `cu_seqlens` (int32 [N+1], B == 1) marks
+packed documents that must not attend to each other. Computation in fp32, output in q's dtype.
+The dense [B, H, T, T] score matrix makes this O(T^2) in memory: it is the oracle, not the fast path.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+
+def band_mask(t_q: int, t_k: int, window: int, device, cu_seqlens: torch.Tensor | None = None,
+              q_offset: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """(allowed [t_q, t_k] bool, distance i - j [t_q, t_k] float) for queries at q_offset.. ."""
+    qi = torch.arange(t_q, device=device)[:, None] + q_offset
+    kj = torch.arange(t_k, device=device)[None, :]
+    dist = qi - kj
+    allowed = (dist >= 0) & (dist < window)
+    if cu_seqlens is not None:
+        doc = torch.searchsorted(cu_seqlens.to(device), torch.arange(max(t_q + q_offset, t_k), device=device),
+                                 right=True)
+        allowed &= doc[qi] == doc[kj]
+    return allowed, dist.to(torch.float32)
+
+
+def swat_attention_ref(q, k, v, slopes: torch.Tensor, window: int, activation: str = "sigmoid",
+                       sigmoid_bias: float = 0.0, scale: float | None = None,
+                       cu_seqlens: torch.Tensor | None = None) -> torch.Tensor:
+    B, T, H, d = q.shape
+    Hkv = k.shape[2]
+    if H % Hkv:
+        raise ValueError(f"q has {H} heads, not a multiple of k's {Hkv}")
+    if cu_seqlens is not None and B != 1:
+        raise ValueError("cu_seqlens needs the packed layout with batch size 1")
+    scale = scale if scale is not None else 1.0 / math.sqrt(d)
+    rep = H // Hkv
+    qf = q.float().transpose(1, 2)  # B H T d
+    kf = k.float().repeat_interleave(rep, dim=2).transpose(1, 2)
+    vf = v.float().repeat_interleave(rep, dim=2).transpose(1, 2)
+    allowed, dist = band_mask(T, T, window, q.device, cu_seqlens)
+    scores = qf @ kf.transpose(-1, -2) * scale + slopes.float().to(q.device)[:, None, None] * dist
+    if activation == "sigmoid":
+        weights = torch.sigmoid(scores + sigmoid_bias) * allowed
+    elif activation == "softmax":
+        weights = torch.softmax(scores.masked_fill(~allowed, float("-inf")), dim=-1)
+    else:
+        raise ValueError(f"unknown activation {activation!r}")
+    return (weights @ vf).transpose(1, 2).to(q.dtype)
+
+
+def swat_decode_ref(q, k_cache, v_cache, cache_len: int, pos: int, slopes: torch.Tensor, window: int,
+                    activation: str = "sigmoid", sigmoid_bias: float = 0.0,
+                    scale: float | None = None) -> torch.Tensor:
+    """One query per sequence against a ring buffer of the last `window` keys and values.
+
+    q [B, H, d]; k_cache, v_cache [B, W, Hkv, d], where the token at absolute position p sits in
+    slot p % W; `pos` is the query's absolute position (its own key is already in the cache) and
+    `cache_len` how many slots hold valid tokens (min(pos + 1, W)).
+    """
+    B, H, d = q.shape
+    W, Hkv = k_cache.shape[1], k_cache.shape[2]
+    scale = scale if scale is not None else 1.0 / math.sqrt(d)
+    rep = H // Hkv
+    slot = torch.arange(W, device=q.device)
+    # absolute position of each slot: the latest p <= pos with p % W == slot
+    slot_pos = pos - ((pos - slot) % W)
+    dist = (pos - slot_pos).to(torch.float32)
+    valid = (slot < cache_len) & (dist < window)
+    kf = k_cache.float().repeat_interleave(rep, dim=2)  # B W H d
+    vf = v_cache.float().repeat_interleave(rep, dim=2)
+    scores = torch.einsum("bhd,bwhd->bhw", q.float(), kf) * scale + slopes.float().to(q.device)[:, None] * dist
+    if activation == "sigmoid":
+        weights = torch.sigmoid(scores + sigmoid_bias) * valid
+    else:
+        weights = torch.softmax(scores.masked_fill(~valid, float("-inf")), dim=-1)
+    return torch.einsum("bhw,bwhd->bhd", weights, vf).to(q.dtype)

@@ -1,0 +1,155 @@
+"""Registries of models and tasks, filled by decorators, found by entry point or plugin file.
+
+A baseline is one file with one `@register_model` call. Built-ins live in `baselines/` and
+`tasks/`; third-party packages expose modules under the entry-point groups `harness.models` and
+`harness.tasks`; `--plugin path.py` loads a single file. Lookups of unknown names fail with the
+known names and the closest match.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import sys
+from dataclasses import dataclass, field
+from difflib import get_close_matches
+from importlib.metadata import entry_points
+from pathlib import Path
+from typing import Callable
+
+
+class RegistryError(LookupError):
+    """An unknown model or task name, or a plugin that cannot be loaded."""
+
+
+@dataclass
+class ModelSpec:
+    name: str
+    build: Callable  # build(cfg: ModelConfig) -> nn.Module with the shared contract
+    family: str  # attention | recurrent | ssm | ... (for grouping in tables)
+    requires: tuple = ()  # optional packages of the fast path, e.g. ("mamba_ssm",)
+    match: str | None = None  # ModelConfig field solved so that params match the reference model
+    description: str = ""
+
+    def fast_path(self) -> str:
+        """'yes', or why not: missing packages or no GPU (the model then runs its reference path)."""
+        if not self.requires:
+            return "yes (torch)"
+        missing = [pkg for pkg in self.requires if importlib.util.find_spec(pkg) is None]
+        if missing:
+            return "no: pip install " + " ".join(m.replace("_", "-") for m in missing)
+        import torch
+        return "yes" if torch.cuda.is_available() else "no GPU: reference path"
+
+
+@dataclass
+class TaskSpec:
+    name: str
+    run: Callable  # run(model, tokenizer, ctx) -> list[Row]
+    group: tuple = ()
+    description: str = ""
+    needs_model: bool = True
+
+
+@dataclass
+class _Registry:
+    models: dict = field(default_factory=dict)
+    tasks: dict = field(default_factory=dict)
+    loaded: bool = False
+
+
+_REG = _Registry()
+BUILTIN_MODULES = ("baselines", "tasks")
+
+
+def register_model(name: str, family: str, requires: tuple = (), match: str | None = None,
+                   description: str = ""):
+    """Decorator over `build(cfg) -> nn.Module`; registers it under `name`."""
+    def deco(build: Callable) -> Callable:
+        _REG.models[name] = ModelSpec(name, build, family, tuple(requires), match,
+                                      description or (build.__doc__ or "").strip().split("\n")[0])
+        return build
+    return deco
+
+
+def register_task(name: str, group: str | tuple = (), description: str = "", needs_model: bool = True):
+    """Decorator over `run(model, tokenizer, ctx) -> list[Row]`; registers it under `name`."""
+    groups = (group,) if isinstance(group, str) else tuple(group)
+
+    def deco(run: Callable) -> Callable:
+        _REG.tasks[name] = TaskSpec(name, run, groups,
+                                    description or (run.__doc__ or "").strip().split("\n")[0],
+                                    needs_model)
+        return run
+    return deco
+
+
+def load_plugins(files: list[str | Path] = ()) -> None:
+    """Import built-ins and entry-point plugins once, and plugin files every time they are named."""
+    if not _REG.loaded:
+        _REG.loaded = True
+        for module in BUILTIN_MODULES:
+            importlib.import_module(module)
+        for group in ("harness.models", "harness.tasks"):
+            for ep in entry_points(group=group):
+                try:
+                    ep.load()
+                except Exception as err:  # a broken third-party plugin must not hide the others
+                    print(f"warning: plugin {ep.name} ({ep.value}) failed to load: {err}", file=sys.stderr)
+    for path in files:
+        load_plugin_file(path)
+
+
+def load_plugin_file(path: str | Path) -> None:
+    path = Path(path)
+    if not path.is_file():
+        raise RegistryError(f"plugin file {path} not found")
+    name = f"harness_plugin_{path.stem}"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    try:
+        spec.loader.exec_module(module)
+    except Exception as err:
+        del sys.modules[name]
+        raise RegistryError(f"plugin file {path} failed to import: {type(err).__name__}: {err}") from err
+
+
+def _lookup(kind: str, table: dict, name: str):
+    load_plugins()
+    if name in table:
+        return table[name]
+    known = sorted(table)
+    close = get_close_matches(name, known, n=1)
+    hint = f" Did you mean {close[0]!r}?" if close else ""
+    raise RegistryError(f"unknown {kind} {name!r}.{hint} Known {kind}s: {', '.join(known)}")
+
+
+def get_model(name: str) -> ModelSpec:
+    return _lookup("model", _REG.models, name)
+
+
+def get_task(name: str) -> TaskSpec:
+    return _lookup("task", _REG.tasks, name)
+
+
+def models() -> dict[str, ModelSpec]:
+    load_plugins()
+    return dict(_REG.models)
+
+
+def tasks() -> dict[str, TaskSpec]:
+    load_plugins()
+    return dict(_REG.tasks)
+
+
+def expand_tasks(names: list[str]) -> list[str]:
+    """Resolve task names and group names (e.g. `all`, `commonsense`) to task names, in order."""
+    table = tasks()
+    out: list[str] = []
+    for name in names:
+        members = [t.name for t in table.values() if name in t.group]
+        for task in members or [get_task(name).name]:
+            if task not in out:
+                out.append(task)
+    return out

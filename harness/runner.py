@@ -1,0 +1,121 @@
+"""`harness run`: train (or reuse) each model at one preset, run each task, store the rows.
+
+    runs/<run>/<model>/checkpoint/   weights + optimizer state (not committed; reproducible)
+    results/<run>/rows.jsonl         every task's rows, all models
+    results/<run>/run.json           command, config, versions, commit, device, date
+    results/<run>/table.md           the rows as a markdown table
+
+Finished work is reused: a model whose checkpoint is complete and was trained with the same
+config is not retrained, and a (model, task) pair that already has rows is not rerun, unless
+`force`. Rows are written atomically after each task, so an interruption loses at most the
+task in flight.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from harness.config import Config, config_hash
+from harness.data import get_tokenizer
+from harness.registry import get_model, get_task
+from harness.results import (Row, atomic_write_text, command_line, device_name, git_commit, now,
+                             read_rows, rows_table, versions, write_rows)
+from harness.train import CHECKPOINT_DIR, load_checkpoint, train
+
+
+class RunError(RuntimeError):
+    """A run cannot proceed as asked; the message says how to proceed."""
+
+
+@dataclass
+class TaskContext:
+    """What a task gets besides the model: config, provenance for its rows, options."""
+    cfg: Config
+    run: str
+    model_name: str
+    device: str
+    params: int | None = None
+    tokens_trained: int | None = None
+    checkpoint: str | None = None
+    limit: int | None = None
+    provenance: dict = field(default_factory=dict)
+
+    def row(self, task: str, metric: str, value: float, stderr: float | None = None, n: int | None = None,
+            **extra) -> Row:
+        return Row(run=self.run, model=self.model_name, preset=self.cfg.preset, task=task, metric=metric,
+                   value=float(value), stderr=stderr, n=n, params=self.params,
+                   tokens_trained=self.tokens_trained, seed=self.cfg.train.seed, checkpoint=self.checkpoint,
+                   extra=extra, **self.provenance)
+
+
+def default_device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def trained_model(name: str, cfg: Config, ckpt_dir: Path, device: str, force: bool,
+                  on_step: Callable | None = None):
+    """(model, meta): the finished checkpoint when it matches cfg, else a training run into ckpt_dir."""
+    ckpt = ckpt_dir / CHECKPOINT_DIR
+    meta_file = ckpt / "meta.json"
+    if meta_file.is_file() and not force:
+        meta = json.loads(meta_file.read_text())
+        if config_hash(Config.from_dict(meta["config"])) != config_hash(cfg):
+            raise RunError(f"{ckpt_dir} holds {name} trained with another config; pass --run NEW_NAME for a "
+                           f"new run, or --force to retrain")
+        if meta.get("heldout_loss") is not None:
+            model, _, _, meta = load_checkpoint(ckpt, device)
+            return model, meta, False
+    elif force and ckpt.exists():
+        import shutil
+        shutil.rmtree(ckpt)
+    tagged = (lambda info: on_step({**info, "model": name})) if on_step else None
+    result = train(name, cfg, ckpt_dir, device, on_step=tagged)
+    return result.model, json.loads((result.checkpoint / "meta.json").read_text()), True
+
+
+def run(models: list[str], task_names: list[str], cfg: Config, run_name: str, results_dir: Path,
+        runs_dir: Path, device: str | None = None, force: bool = False, limit: int | None = None,
+        log: Callable[[str], None] = print, on_step: Callable | None = None) -> list[Row]:
+    device = device or default_device()
+    for name in models:  # fail on unknown names before any work
+        get_model(name)
+    tasks = [get_task(t) for t in task_names]
+    out = Path(results_dir) / run_name
+    rows_file = out / "rows.jsonl"
+    provenance = {"commit": git_commit(), "device": device_name(device),
+                  "date": now(), "command": command_line()}
+    info = {"run": run_name, "models": models, "tasks": task_names, "config": cfg.to_dict(),
+            "config_hash": config_hash(cfg), "versions": versions(), **provenance}
+    run_json = out / "run.json"
+    if run_json.is_file():
+        previous = json.loads(run_json.read_text())
+        info["models"] = list(dict.fromkeys(previous.get("models", []) + models))
+        info["tasks"] = list(dict.fromkeys(previous.get("tasks", []) + task_names))
+    atomic_write_text(run_json, json.dumps(info, indent=1, default=str))
+    existing = read_rows(rows_file, warn=log) if rows_file.is_file() else []
+    done = {(r.model, r.task) for r in existing}
+    tokenizer = get_tokenizer(cfg.train.tokenizer)
+    for name in models:
+        pending = [t for t in tasks if force or (name, t.name) not in done]
+        if not pending:
+            log(f"{name}: all tasks done already (pass --force to redo)")
+            continue
+        model, meta, trained = trained_model(name, cfg, Path(runs_dir) / run_name / name, device, force, on_step)
+        log(f"{name}: {'trained' if trained else 'reused checkpoint'}, {meta['params']:,} params, "
+            f"held-out loss {meta['heldout_loss']:.4f}")
+        model.eval()
+        ctx = TaskContext(cfg, run_name, name, device, meta["params"], meta.get("tokens"),
+                          str(Path(runs_dir) / run_name / name / CHECKPOINT_DIR), limit, provenance)
+        for task in pending:
+            rows = task.run(model, tokenizer, ctx)
+            existing = [r for r in existing if (r.model, r.task) != (name, task.name)] + rows
+            write_rows(rows_file, existing)
+            log(f"{name}: {task.name} done ({len(rows)} rows)")
+    atomic_write_text(out / "table.md", rows_table(existing))
+    return existing
+

@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 console = Console()
@@ -189,13 +190,13 @@ def main(argv: list[str] | None = None) -> int:
         err_console.print("interrupted: finished work is kept; run the same command again to resume")
         return 130
     except expected_errors() as err:
-        err_console.print(f"[red]error:[/red] {err}", markup=True, highlight=False)
+        err_console.print(f"[red]error:[/red] {escape(str(err))}", highlight=False, soft_wrap=True)
         return 2
     except Exception as err:
         import torch
         if isinstance(err, torch.OutOfMemoryError):
             err_console.print("[red]error:[/red] out of memory; lower train.micro_batch (gradient accumulation "
-                              "keeps the batch) or set train.activation_checkpointing=true", highlight=False)
+                              "keeps the batch) or set train.activation_checkpointing=true", highlight=False, soft_wrap=True)
             return 2
         raise
     return 0

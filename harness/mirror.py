@@ -1,0 +1,479 @@
+"""The local data mirror of the evaluation sets: catalogue, lookup, import, fetch and verify.
+
+Every evaluation set is stored in the schema of the Hugging Face hub dataset that lm-eval's built-in
+task reads (same field names and types), one JSONL file per split, so a task YAML can point
+`dataset_path: json` + `data_files` at it and run offline. The catalogue below is the single list of
+what the tasks need; `data/MANIFEST.json` (committed) records each stored file's origin, license,
+example count and sha256 of its uncompressed JSONL, and `harness data verify` checks against it.
+
+Lookup order (see `harness.data.data_roots`): `$HARNESS_DATA` alone when set; otherwise the
+repository's `data/`, then `../shared/data` beside the checkout, then the user cache
+(`~/.cache/swat-harness/data`, where `fetch` and `import` write). Files may be stored gzipped
+(`<name>/<split>.jsonl.gz`); `require` hands out a plain JSONL copy in the cache.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import io
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Iterator
+
+from harness.data import DataError, cache_dir, data_roots, user_data_dir
+
+REPO_DATA = Path(__file__).resolve().parent.parent / "data"
+MANIFEST_PATH = REPO_DATA / "MANIFEST.json"
+
+# Field types of a hub schema: "str", "int", "list[str]", or a dict for a nested struct.
+Schema = dict
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """One evaluation set as the hub holds it: where lm-eval loads it from and its schema."""
+    name: str                 # lm-eval task name (or a distinct name for a non-standard variant)
+    hub: str                  # hub dataset lm-eval's YAML names
+    hub_config: str | None
+    splits: dict              # split -> official example count
+    schema: Schema
+    license: str
+    lm_eval_task: str | None  # the built-in task that reads it, None for variants no task reads
+    note: str = ""
+
+
+CATALOGUE: dict[str, Dataset] = {d.name: d for d in [
+    Dataset("piqa", "baber/piqa", None, {"validation": 1838},
+            {"goal": "str", "sol1": "str", "sol2": "str", "label": "int"}, "AFL-3.0", "piqa"),
+    Dataset("arc_easy", "allenai/ai2_arc", "ARC-Easy", {"test": 2376},
+            {"id": "str", "question": "str", "choices": {"text": "list[str]", "label": "list[str]"},
+             "answerKey": "str"}, "CC BY-SA 4.0", "arc_easy"),
+    Dataset("arc_challenge", "allenai/ai2_arc", "ARC-Challenge", {"test": 1172},
+            {"id": "str", "question": "str", "choices": {"text": "list[str]", "label": "list[str]"},
+             "answerKey": "str"}, "CC BY-SA 4.0", "arc_challenge"),
+    Dataset("boolq", "aps/super_glue", "boolq", {"validation": 3270},
+            {"question": "str", "passage": "str", "idx": "int", "label": "int"}, "CC BY-SA 3.0", "boolq"),
+    Dataset("winogrande", "allenai/winogrande", "winogrande_xl", {"validation": 1267},
+            {"sentence": "str", "option1": "str", "option2": "str", "answer": "str"}, "CC BY 4.0",
+            "winogrande"),
+    Dataset("lambada_openai", "EleutherAI/lambada_openai", "default", {"test": 5153},
+            {"text": "str"}, "CC BY 4.0", "lambada_openai"),
+    Dataset("hellaswag", "Rowan/hellaswag", None, {"validation": 10042},
+            {"ind": "int", "activity_label": "str", "ctx_a": "str", "ctx_b": "str", "ctx": "str",
+             "endings": "list[str]", "source_id": "str", "split": "str", "split_type": "str", "label": "str"},
+            "MIT", "hellaswag"),
+    Dataset("social_iqa", "lighteval/siqa", None, {"validation": 1954},
+            {"context": "str", "question": "str", "answerA": "str", "answerB": "str", "answerC": "str",
+             "label": "str"}, "CC BY 4.0", "social_iqa"),
+    Dataset("wikitext", "EleutherAI/wikitext_document_level", "wikitext-2-raw-v1",
+            {"test": 62, "validation": 60}, {"page": "str"}, "CC BY-SA 3.0", "wikitext"),
+    Dataset("wikitext_2_v1", "EleutherAI/wikitext_document_level", "wikitext-2-v1",
+            {"test": 62, "validation": 60}, {"page": "str"}, "CC BY-SA 3.0", None,
+            note="the tokenized v1 text (<unk>, ' @-@ '), not the raw text lm-eval's wikitext task reads"),
+]}
+
+
+def dataset(name: str) -> Dataset:
+    if name not in CATALOGUE:
+        raise DataError(f"unknown dataset {name!r}; choose one of {', '.join(CATALOGUE)}")
+    return CATALOGUE[name]
+
+
+# ---------------------------------------------------------------- schema
+
+def _type_ok(value, kind) -> bool:
+    if isinstance(kind, dict):
+        return isinstance(value, dict) and set(value) == set(kind) and all(
+            _type_ok(value[k], t) for k, t in kind.items())
+    if kind == "int":
+        return isinstance(value, int) and not isinstance(value, bool)
+    if kind == "str":
+        return isinstance(value, str)
+    if kind == "list[str]":
+        return isinstance(value, list) and all(isinstance(v, str) for v in value)
+    raise ValueError(f"unknown schema type {kind!r}")
+
+
+def check_record(ds: Dataset, record: dict, where: str) -> dict:
+    """The record with its fields in schema order, or a DataError naming the first mismatch."""
+    if not isinstance(record, dict) or set(record) != set(ds.schema):
+        got = sorted(record) if isinstance(record, dict) else type(record).__name__
+        raise DataError(f"{where}: {ds.name} records need fields {sorted(ds.schema)}, got {got}")
+    for key, kind in ds.schema.items():
+        if not _type_ok(record[key], kind):
+            raise DataError(f"{where}: {ds.name} field {key!r} must be {kind}, got {record[key]!r:.60}")
+    return {k: record[k] for k in ds.schema}
+
+
+def to_jsonl(ds: Dataset, records: Iterable[dict], where: str) -> bytes:
+    """Canonical JSONL bytes (schema key order, UTF-8, one record a line): what sha256 is taken of."""
+    lines = [json.dumps(check_record(ds, r, f"{where} record {i}"), ensure_ascii=False)
+             for i, r in enumerate(records, 1)]
+    return ("\n".join(lines) + "\n").encode("utf-8") if lines else b""
+
+
+def sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+# ---------------------------------------------------------------- where files are
+
+def stored_file(name: str, split: str) -> Path | None:
+    """The first stored copy of a split in lookup order (plain or gzipped JSONL), else None."""
+    for root in data_roots():
+        for suffix in (".jsonl", ".jsonl.gz"):
+            path = root / name / f"{split}{suffix}"
+            if path.is_file():
+                return path
+    return None
+
+
+def read_stored(path: Path) -> bytes:
+    data = path.read_bytes()
+    return gzip.decompress(data) if path.suffix == ".gz" else data
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def how_to_get(name: str) -> str:
+    ds = dataset(name)
+    hub = ds.hub + (f" ({ds.hub_config})" if ds.hub_config else "")
+    return (f"run `harness data fetch {name}` where the Hugging Face hub is reachable (hub: {hub}), or "
+            f"`harness data import FILE --name {name} --split SPLIT` with a local copy")
+
+
+def require(name: str) -> dict[str, Path]:
+    """{split: local plain JSONL file in the hub schema} for every split of `name`, or a DataError
+    that names the dataset, where it was looked for and how to get it."""
+    ds = dataset(name)
+    out = {}
+    for split in ds.splits:
+        path = stored_file(name, split)
+        if path is None:
+            looked = ", ".join(str(r / name) for r in data_roots())
+            raise DataError(f"dataset {name} split {split} is not in the mirror (looked in {looked}); "
+                            f"{how_to_get(name)}")
+        out[split] = path if path.suffix == ".jsonl" else _plain_copy(path)
+    return out
+
+
+def _plain_copy(path: Path) -> Path:
+    """Decompress a gzipped split once into the cache, keyed by content, and return the copy."""
+    data = read_stored(path)
+    digest = sha256(data)
+    target = cache_dir() / "mirror" / path.parent.name / digest[:16] / path.name.removesuffix(".gz")
+    if not target.is_file():
+        atomic_write_bytes(target, data)
+    return target
+
+
+def available() -> dict[str, bool]:
+    """Dataset name -> whether every split is present in the mirror."""
+    return {name: all(stored_file(name, s) for s in ds.splits) for name, ds in CATALOGUE.items()}
+
+
+# ---------------------------------------------------------------- manifest
+
+def load_manifest(path: Path = MANIFEST_PATH) -> dict:
+    if not path.is_file():
+        return {"datasets": {}}
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def count_lines(data: bytes) -> int:
+    return sum(1 for line in io.BytesIO(data) if line.strip())
+
+
+@dataclass
+class Status:
+    """What `list` and `verify` report about one split."""
+    name: str
+    split: str
+    path: Path | None
+    count: int | None
+    official: int
+    sha256: str | None
+    problem: str = ""
+
+
+def status(name: str, split: str, manifest: dict | None = None) -> Status:
+    """Presence, count and checksum of one split, with any disagreement with the manifest."""
+    ds = dataset(name)
+    official = ds.splits[split]
+    path = stored_file(name, split)
+    if path is None:
+        return Status(name, split, None, None, official, None, "missing")
+    data = read_stored(path)
+    st = Status(name, split, path, count_lines(data), official, sha256(data))
+    expected = (manifest or load_manifest())["datasets"].get(name, {}).get("splits", {}).get(split)
+    problems = []
+    if st.count != official:
+        problems.append(f"{st.count} examples, official {official}")
+    if expected and expected["sha256"] != st.sha256:
+        problems.append("sha256 differs from data/MANIFEST.json (another source or a modified file)")
+    st.problem = "; ".join(problems)
+    return st
+
+
+def statuses() -> Iterator[Status]:
+    manifest = load_manifest()
+    for name, ds in CATALOGUE.items():
+        for split in ds.splits:
+            yield status(name, split, manifest)
+
+
+# ---------------------------------------------------------------- converters (raw files -> hub schema)
+
+def read_records(path: Path) -> list[dict]:
+    """Records of a JSON list, JSONL (optionally .gz) or parquet file."""
+    if path.suffix == ".parquet":
+        import pandas as pd
+        return json.loads(pd.read_parquet(path).to_json(orient="records", force_ascii=False))
+    text = read_stored(path).decode("utf-8")
+    if path.name.endswith((".jsonl", ".jsonl.gz")):
+        try:
+            return [json.loads(line) for line in text.splitlines() if line.strip()]
+        except json.JSONDecodeError as err:
+            raise DataError(f"{path}: not JSON Lines ({err})") from None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise DataError(f"{path}: not JSON ({err})") from None
+    if not isinstance(data, list):
+        raise DataError(f"{path}: expected a JSON list of records")
+    return data
+
+
+def _coerce(kind, value):
+    """Digit strings and ints are interchangeable (raw files store labels either way)."""
+    if kind == "str" and isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    if kind == "int" and isinstance(value, str) and value.strip().lstrip("-").isdigit():
+        return int(value)
+    return value
+
+
+def from_hub_records(ds: Dataset, records: list[dict]) -> list[dict]:
+    """Records already in the hub schema (or a raw release with the same fields): keep the schema's
+    fields, cast int/str labels to the hub's type; a missing field is an error in check_record."""
+    return [{k: _coerce(t, r[k]) if k in r else None for k, t in ds.schema.items()} if isinstance(r, dict)
+            else r for r in records]
+
+
+def from_labels_file(ds: Dataset, records: list[dict], labels: list[str]) -> list[dict]:
+    """Authors' releases (PIQA, SIQA) keep labels in a separate `*-labels.lst`, one per line."""
+    if len(labels) != len(records):
+        raise DataError(f"{ds.name}: {len(records)} records but {len(labels)} labels")
+    return from_hub_records(ds, [{**r, "label": lab.strip()} for r, lab in zip(records, labels)])
+
+
+def _strip_prefix(text: str, prefix: str, where: str) -> str:
+    if not text.startswith(prefix):
+        raise DataError(f"{where}: expected text starting with {prefix!r}, got {text[:40]!r}")
+    return text[len(prefix):]
+
+
+def from_foundry_arc(ds: Dataset, records: list[dict]) -> list[dict]:
+    """llm-foundry ARC items ("Question: ...", 4 choices, gold index). llm-foundry padded the
+    original 3-choice items to 4 by repeating a wrong choice; the repeat is dropped here so those
+    items have their 3 distinct choices again. Choice labels become A, B, C(, D) and the original
+    ids are not in the source, so `id` is empty."""
+    out = []
+    for i, r in enumerate(records):
+        texts = list(dict.fromkeys(r["choices"]))
+        gold = texts.index(r["choices"][r["gold"]])
+        labels = [chr(ord("A") + k) for k in range(len(texts))]
+        out.append({"id": "", "question": _strip_prefix(r["query"], "Question: ", f"{ds.name} item {i}"),
+                    "choices": {"text": texts, "label": labels}, "answerKey": labels[gold]})
+    return out
+
+
+def from_foundry_boolq(ds: Dataset, records: list[dict]) -> list[dict]:
+    """llm-foundry BoolQ ("Passage: P\\nQuestion: Q?", choices [no, yes]): idx is the position in
+    the validation split, label 1 = yes (True) as in super_glue."""
+    out = []
+    for i, r in enumerate(records):
+        body = _strip_prefix(r["query"], "Passage: ", f"boolq item {i}")
+        passage, sep, question = body.rpartition("\nQuestion: ")
+        if not sep or not question.endswith("?") or r["choices"] != ["no", "yes"]:
+            raise DataError(f"boolq item {i}: not the llm-foundry BoolQ format")
+        out.append({"question": question[:-1], "passage": passage, "idx": i, "label": int(r["gold"])})
+    return out
+
+
+def from_foundry_winogrande(ds: Dataset, records: list[dict]) -> list[dict]:
+    """llm-foundry WinoGrande (the sentence prefix with each option, the text after the blank): the
+    blank goes after the longest common prefix that ends at a space, so lm-eval builds the same
+    choices and target; where both options start with the same word it stays in the prefix."""
+    out = []
+    for i, r in enumerate(records):
+        a, b = r["context_options"]
+        common = os.path.commonprefix([a, b])
+        cut = common.rfind(" ") + 1
+        out.append({"sentence": f"{a[:cut]}_ {r['continuation']}", "option1": a[cut:], "option2": b[cut:],
+                    "answer": str(int(r["gold"]) + 1)})
+    return out
+
+
+def from_foundry_lambada(ds: Dataset, records: list[dict]) -> list[dict]:
+    """llm-foundry LAMBADA (context, final word): lm-eval splits `text` at its last space again."""
+    return [{"text": f"{r['context']} {r['continuation']}"} for r in records]
+
+
+def from_wikitext_tokens(ds: Dataset, text: str) -> list[dict]:
+    """WikiText token files (one article after another): one page per top-level ' = Title = '."""
+    from harness.data import split_wikitext
+    return [{"page": page} for page in split_wikitext(text)]
+
+
+FOUNDRY = "mosaicml/llm-foundry @ 8c8dd48f7216, scripts/eval/local_data/ (Apache-2.0 code; data keeps its license)"
+PIQA_AUTHORS = "authors' repository ybisk/ybisk.github.io @ 21edab439af6, piqa/data/"
+WIKITEXT_PT = "pytorch/examples @ 77f55b912142, word_language_model/data/wikitext-2/"
+
+
+@dataclass(frozen=True)
+class RawLayout:
+    """A known raw release inside a folder (e.g. ../shared/data): which files make which split."""
+    name: str
+    split: str
+    files: tuple          # paths relative to the imported folder
+    origin: str
+    note: str = ""
+
+
+RAW_LAYOUTS = [
+    RawLayout("piqa", "validation", ("piqa/valid.jsonl", "piqa/valid-labels.lst"), PIQA_AUTHORS),
+    RawLayout("arc_easy", "test", ("llm-foundry-local-data/arc_easy.jsonl",), FOUNDRY,
+              "converted from llm-foundry's ICL file, which has 4 choices for every item: the 3-choice "
+              "originals were padded with a repeated wrong choice, dropped again here (7 items in "
+              "ARC-Easy, 4 in ARC-Challenge); whether 5-choice originals were cut to 4 cannot be told "
+              "from the file; labels re-lettered A-D, original ids absent (id empty)"),
+    RawLayout("arc_challenge", "test", ("llm-foundry-local-data/arc_challenge.jsonl",), FOUNDRY,
+              "as arc_easy"),
+    RawLayout("boolq", "validation", ("llm-foundry-local-data/boolq.jsonl",), FOUNDRY,
+              "converted from llm-foundry's ICL file; idx = position in the split"),
+    RawLayout("winogrande", "validation", ("llm-foundry-local-data/winogrande.jsonl",), FOUNDRY,
+              "converted from llm-foundry's ICL file; lm-eval's prompts are identical to the hub's, the "
+              "sentence/option split may differ where both options start with the same word"),
+    RawLayout("lambada_openai", "test", ("llm-foundry-local-data/lambada_openai.jsonl",), FOUNDRY,
+              "text = context + ' ' + final word"),
+    RawLayout("wikitext_2_v1", "test", ("wikitext-2/test.txt",), WIKITEXT_PT,
+              "pages split at top-level headings"),
+    RawLayout("wikitext_2_v1", "validation", ("wikitext-2/valid.txt",), WIKITEXT_PT,
+              "pages split at top-level headings"),
+]
+
+FOUNDRY_CONVERTERS = {"arc_easy": from_foundry_arc, "arc_challenge": from_foundry_arc,
+                      "boolq": from_foundry_boolq, "winogrande": from_foundry_winogrande,
+                      "lambada_openai": from_foundry_lambada}
+
+
+def convert_files(ds: Dataset, files: list[Path]) -> list[dict]:
+    """Hub-schema records from one raw file (plus its labels file): the format is recognised by
+    the file type and the raw field names."""
+    main = files[0]
+    if main.suffix == ".txt":
+        return from_wikitext_tokens(ds, main.read_text(encoding="utf-8"))
+    records = read_records(main)
+    labels = files[1] if len(files) > 1 else main.with_name(main.name.split(".")[0] + "-labels.lst")
+    if labels.is_file():
+        return from_labels_file(ds, records, labels.read_text(encoding="utf-8").splitlines())
+    first = records[0] if records else {}
+    if isinstance(first, dict) and {"query", "context_options", "context"} & set(first) \
+            and not set(ds.schema) <= set(first):
+        if ds.name not in FOUNDRY_CONVERTERS:
+            raise DataError(f"{main}: llm-foundry's ICL format has no converter to {ds.name} (its "
+                            f"choices or labels are not those of {ds.hub})")
+        return FOUNDRY_CONVERTERS[ds.name](ds, records)
+    return from_hub_records(ds, records)
+
+
+def write_split(dest: Path, ds: Dataset, split: str, records: list[dict], origin: str, note: str,
+                where: str) -> dict:
+    """Store one split as `<dest>/<name>/<split>.jsonl.gz` and record it in `<dest>/MANIFEST.json`."""
+    if split not in ds.splits:
+        raise DataError(f"{ds.name} has splits {', '.join(ds.splits)}, not {split!r}")
+    data = to_jsonl(ds, records, where)
+    if not data:
+        raise DataError(f"{where}: no records")
+    path = dest / ds.name / f"{split}.jsonl.gz"
+    atomic_write_bytes(path, gzip.compress(data, compresslevel=9, mtime=0))
+    entry = {"file": str(path.relative_to(dest)), "count": count_lines(data), "official": ds.splits[split],
+             "sha256": sha256(data), "origin": origin, "note": note}
+    manifest = load_manifest(dest / "MANIFEST.json")
+    record = manifest["datasets"].setdefault(ds.name, {"hub": ds.hub, "hub_config": ds.hub_config,
+                                                        "license": ds.license, "splits": {}})
+    record["splits"][split] = entry
+    manifest["datasets"] = dict(sorted(manifest["datasets"].items()))
+    from harness.results import atomic_write_text
+    atomic_write_text(dest / "MANIFEST.json", json.dumps(manifest, indent=1, ensure_ascii=False) + "\n")
+    return entry
+
+
+def import_path(path: Path, dest: Path, name: str | None = None, split: str | None = None) -> list[dict]:
+    """Import a file (`name` required) or a folder of known raw releases into `dest`; returns the
+    manifest entries written."""
+    path = Path(path)
+    if path.is_dir() and name is None:
+        found = [lay for lay in RAW_LAYOUTS if all((path / f).is_file() for f in lay.files)]
+        if not found:
+            raise DataError(f"{path}: no known raw release found (expected e.g. "
+                            f"{', '.join(RAW_LAYOUTS[0].files)}); import single files with --name NAME")
+        entries = []
+        for lay in found:
+            ds = dataset(lay.name)
+            records = convert_files(ds, [path / f for f in lay.files])
+            entries.append({"name": lay.name, "split": lay.split,
+                            **write_split(dest, ds, lay.split, records, lay.origin, lay.note,
+                                          str(path / lay.files[0]))})
+        return entries
+    if not path.is_file():
+        raise DataError(f"{path}: no such file; pass a JSON/JSONL/parquet/txt file with --name NAME")
+    if name is None:
+        raise DataError(f"importing a single file needs --name (one of {', '.join(CATALOGUE)})")
+    ds = dataset(name)
+    if split is None:
+        if len(ds.splits) > 1:
+            raise DataError(f"{name} has splits {', '.join(ds.splits)}: pass --split")
+        split = next(iter(ds.splits))
+    records = convert_files(ds, [path])
+    return [{"name": name, "split": split,
+             **write_split(dest, ds, split, records, f"imported from {path}", "", str(path))}]
+
+
+def fetch(name: str, dest: Path) -> list[dict]:
+    """Download every split of `name` from the Hugging Face hub into `dest` (needs `datasets` and
+    network access to the hub)."""
+    ds = dataset(name)
+    try:
+        from datasets import load_dataset
+    except ImportError:
+        raise DataError("fetching from the hub needs the `datasets` package: pip install datasets") from None
+    entries = []
+    for split in ds.splits:
+        try:
+            rows = load_dataset(ds.hub, ds.hub_config, split=split)
+        except Exception as err:  # offline, hub moved, auth: the message says what happened
+            raise DataError(f"could not fetch {ds.hub} ({ds.hub_config}) split {split} from the hub: "
+                            f"{str(err).splitlines()[0] if str(err) else type(err).__name__}; "
+                            f"`harness data import` takes local files instead") from None
+        records = from_hub_records(ds, [dict(r) for r in rows])
+        entries.append({"name": name, "split": split,
+                        **write_split(dest, ds, split, records, f"hub {ds.hub} ({ds.hub_config})", "",
+                                      f"{ds.hub}:{split}")})
+    return entries

@@ -1,11 +1,26 @@
-"""Training: the same recipe for every registered model, checkpointed and resumable.
+"""Training: the same recipe for every registered model, on one device or many, checkpointed and
+resumable bit for bit.
 
-AdamW (no decay on norms, biases and 1-D parameters), linear warmup then cosine decay to
-`lr * min_lr_ratio`, gradient clipping, gradient accumulation to the global batch in tokens,
-bf16 autocast on GPU. Sequences are slices of the packed token stream, visited in a seeded
-order, so the data position is one integer and a resumed run sees exactly the batches a
-straight run would. Checkpoints are folders written under a temporary name and renamed into
-place: an interruption leaves the previous checkpoint intact.
+Recipe (PAPER.md, the fla family's): AdamW (no decay on norms, biases and other 1-D parameters),
+linear warmup then cosine decay to `lr * min_lr_ratio`, gradient clipping, a global batch fixed in
+tokens and reached by gradient accumulation, bf16 autocast on GPU (fp32 weights and optimizer).
+Options: `train.compile` (torch.compile per layer), `train.activation_checkpointing` (recompute
+each layer in the backward).
+
+Data: sequences are slices of the packed token stream visited in a seeded order, so the data
+position is one integer (sequences consumed). Step s takes sequences [p, p + S) of that order;
+with N ranks, rank r takes the r-th of N equal parts, in micro-batches, so N ranks x accumulation
+x micro-batch is the single-process global batch, whatever N.
+
+Parallelism (harness.distributed): torchrun + DDP or FSDP2, the same loop at world size 1.
+
+Checkpoints (<run>/checkpoint/): model.safetensors (full weights), trainer.pt (full optimizer
+state keyed by parameter name, step, data position, each rank's RNG state), meta.json (model,
+config, progress). Full state dicts are gathered on rank 0 and written there, rather than sharded
+torch.distributed.checkpoint files: the 340m/760m states fit one host's memory, and the result is
+one file that any world size, a single process or `load_checkpoint` reads. A checkpoint is written
+into a temporary folder and swapped in by rename, so an interruption at any moment leaves the
+previous checkpoint whole (a half-finished swap is repaired at the next start).
 """
 
 from __future__ import annotations
@@ -24,12 +39,22 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from harness import distributed
 from harness.backbone import count_params
 from harness.config import Config, ConfigError
 from harness.data import TokenStream, cu_seqlens_for, get_tokenizer, prepare_streams
+from harness.distributed import Dist
+from harness.flops import flops_per_token, measure_matmul_peak
 from harness.models import build_model
+from harness.trainlog import TrainLog, plot_loss
 
 CHECKPOINT_DIR = "checkpoint"
+WEIGHTS_FILE = "model.safetensors"
+TRAINER_FILE = "trainer.pt"
+META_FILE = "meta.json"
+# train.* keys that may change between a checkpoint and its resumption: they alter speed, memory,
+# the run's length or its bookkeeping, not the meaning of the state saved so far
+RESUMABLE_CHANGES = {"tokens", "save_every", "eval_tokens", "micro_batch", "compile", "activation_checkpointing"}
 
 
 class TrainingError(RuntimeError):
@@ -73,7 +98,8 @@ def batch_at(stream: TokenStream, seq_len: int, seed: int, first: int, count: in
 
 
 def lm_loss(model, inputs, targets, cu_seqlens=None) -> torch.Tensor:
-    if cu_seqlens is not None and getattr(model, "supports_varlen", False):
+    """Mean next-token cross-entropy; packed documents stay apart where the model supports it."""
+    if cu_seqlens is not None and getattr(distributed.unwrap(model), "supports_varlen", False):
         B, T = inputs.shape
         logits = model(inputs.reshape(1, B * T), cu_seqlens=cu_seqlens).view(B, T, -1)
     else:
@@ -83,42 +109,110 @@ def lm_loss(model, inputs, targets, cu_seqlens=None) -> torch.Tensor:
 
 @torch.no_grad()
 def heldout_loss(model, stream: TokenStream, seq_len: int, max_tokens: int, batch: int, device,
-                 autocast: Callable) -> tuple[float, int]:
-    """Mean next-token loss over the first max_tokens of the held-out stream, and tokens scored."""
+                 autocast: Callable, d: Dist | None = None) -> tuple[float, int]:
+    """Mean next-token loss over the first max_tokens of the held-out stream, and tokens scored.
+    With several ranks each scores every N-th sequence (all ranks the same count, rounded down to
+    a multiple of N, so that sharded models run the same number of forwards) and the sums are reduced."""
+    rank, world = (d.rank, d.world_size) if d is not None else (0, 1)
     n = min(stream.num_sequences(seq_len), max(1, max_tokens // seq_len))
+    n -= n % world
     if n == 0:
-        raise TrainingError(f"the held-out split is shorter than one sequence of {seq_len} tokens; "
+        raise TrainingError(f"the held-out split is shorter than {world} sequence(s) of {seq_len} tokens; "
                             f"use a larger corpus or a smaller train.seq_len")
     was_training = model.training
     model.eval()
-    total, count = 0.0, 0
-    for lo in range(0, n, batch):
-        idx = range(lo, min(n, lo + batch))
+    sums = torch.zeros(2, dtype=torch.float64, device=device)
+    mine = list(range(rank, n, world))
+    for lo in range(0, len(mine), batch):
+        idx = mine[lo:lo + batch]
         tokens = torch.from_numpy(np.stack([stream.sequence(i, seq_len)[0] for i in idx])).to(device)
         with autocast():
             logits = model(tokens[:, :-1])
-        total += F.cross_entropy(logits.float().flatten(0, 1), tokens[:, 1:].flatten(), reduction="sum").item()
-        count += tokens[:, 1:].numel()
+        sums[0] += F.cross_entropy(logits.float().flatten(0, 1), tokens[:, 1:].flatten(), reduction="sum")
+        sums[1] += tokens[:, 1:].numel()
+    if d is not None:
+        sums = d.sum(sums)
     model.train(was_training)
-    return total / count, count
+    return float(sums[0] / sums[1]), int(sums[1])
+
+
+def autocast_for(device: torch.device, dtype: str) -> Callable:
+    if device.type == "cuda" and dtype == "bf16":
+        return lambda: torch.autocast("cuda", dtype=torch.bfloat16)
+    return lambda: torch.autocast(device.type, enabled=False)
 
 
 # ---------------------------------------------------------------- checkpoints
 
-def save_checkpoint(run_dir: Path, model, optimizer, step: int, meta: dict) -> Path:
-    from safetensors.torch import save_model
-    final = Path(run_dir) / CHECKPOINT_DIR
-    tmp = final.with_name(f".{CHECKPOINT_DIR}.tmp{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    save_model(model, str(tmp / "model.safetensors"))
-    torch.save({"optimizer": optimizer.state_dict(), "step": step}, tmp / "trainer.pt")
-    (tmp / "meta.json").write_text(json.dumps({**meta, "step": step}, indent=1, default=str))
+def _rng_state(device: torch.device) -> dict:
+    state = {"cpu": torch.get_rng_state()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def _set_rng_state(state: dict, device: torch.device) -> None:
+    torch.set_rng_state(state["cpu"])
+    if device.type == "cuda" and "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"], device)
+
+
+def _tied_duplicates(model: torch.nn.Module) -> set[str]:
+    """Names of parameters that repeat another (tied weights): safetensors stores each tensor once."""
+    first, dupes = set(), set()
+    for name, p in distributed.unwrap(model).named_parameters(remove_duplicate=False):
+        (dupes.add(name) if id(p) in first else first.add(id(p)))
+    return dupes
+
+
+def _fsync_dir(folder: Path) -> None:
+    for path in folder.iterdir():
+        with open(path, "rb") as f:
+            os.fsync(f.fileno())
+
+
+def _swap_in(tmp: Path, final: Path) -> None:
+    """Replace `final` by `tmp` with renames only; `recover_checkpoint` finishes a swap cut short."""
     old = final.with_name(f".{CHECKPOINT_DIR}.old{os.getpid()}")
     if final.exists():
         final.rename(old)
     tmp.rename(final)
     shutil.rmtree(old, ignore_errors=True)
+
+
+def recover_checkpoint(run_dir: Path) -> None:
+    """Remove unfinished checkpoint folders; restore the previous checkpoint if a swap was cut
+    between its two renames."""
+    run_dir = Path(run_dir)
+    final = run_dir / CHECKPOINT_DIR
+    for tmp in run_dir.glob(f".{CHECKPOINT_DIR}.tmp*"):
+        shutil.rmtree(tmp, ignore_errors=True)
+    olds = sorted(run_dir.glob(f".{CHECKPOINT_DIR}.old*"), key=lambda p: p.stat().st_mtime)
+    if olds and not final.exists():
+        olds.pop().rename(final)
+    for old in olds:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def save_checkpoint(run_dir: Path, model, optimizer, meta: dict, trainer: dict, d: Dist) -> Path:
+    """Gather the full state on rank 0 and write it atomically; every rank must call this."""
+    from safetensors.torch import save_file
+    weights = distributed.full_model_state(model)
+    optim = distributed.full_optimizer_state(model, optimizer)
+    rng = d.gather_objects(_rng_state(d.device))
+    final = Path(run_dir) / CHECKPOINT_DIR
+    if d.is_main:
+        tmp = final.with_name(f".{CHECKPOINT_DIR}.tmp{os.getpid()}")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        dupes = _tied_duplicates(model)
+        save_file({k: v.contiguous() for k, v in weights.items() if k not in dupes}, str(tmp / WEIGHTS_FILE),
+                  metadata={"format": "pt"})
+        torch.save({**trainer, "optimizer": optim, "rng": rng}, tmp / TRAINER_FILE)
+        (tmp / META_FILE).write_text(json.dumps(meta, indent=1, default=str))
+        _fsync_dir(tmp)
+        _swap_in(tmp, final)
+    d.barrier()
     return final
 
 
@@ -126,15 +220,54 @@ def load_checkpoint(path: Path, device="cpu"):
     """(model, Config, model name, meta) from a checkpoint folder written by `save_checkpoint`."""
     from safetensors.torch import load_model
     path = Path(path)
-    meta_file = path / "meta.json"
+    meta_file = path / META_FILE
     if not meta_file.is_file():
         raise FileNotFoundError(f"{path} is not a checkpoint folder (no meta.json); pass the folder that "
                                 f"`harness train` wrote (<run>/<model>/checkpoint)")
     meta = json.loads(meta_file.read_text())
     cfg = Config.from_dict(meta["config"])
     model = build_model(meta["model"], cfg.model, device)
-    load_model(model, str(path / "model.safetensors"), device=str(device))
+    load_model(model, str(path / WEIGHTS_FILE), device=str(device))
     return model, cfg, meta["model"], meta
+
+
+def _check_resumable(meta: dict, model_name: str, cfg: Config, ckpt: Path) -> None:
+    saved = Config.from_dict(meta["config"])
+    hint = "pass --no-resume to start over, or --out for a new run folder"
+    if meta["model"] != model_name:
+        raise ConfigError(f"{ckpt} holds a {meta['model']} checkpoint, not {model_name}; {hint}")
+    if saved.to_dict()["model"] != cfg.to_dict()["model"]:
+        raise ConfigError(f"{ckpt} was trained with another model config; {hint}")
+    old, new = saved.to_dict()["train"], cfg.to_dict()["train"]
+    changed = sorted(k for k in new if k not in RESUMABLE_CHANGES and old.get(k) != new[k])
+    if changed:
+        raise ConfigError(f"{ckpt} was trained with other train.{changed[0]} ({old.get(changed[0])!r}, now "
+                          f"{new[changed[0]]!r}); {hint}")
+
+
+def _resume(ckpt: Path, model, optimizer, d: Dist) -> dict:
+    """Load a checkpoint into the (wrapped) model and optimizer; returns its step, data position
+    and meta. Rank 0 reads the files and the state is broadcast."""
+    from safetensors.torch import load_file
+    weights, trainer = {}, {}
+    if d.is_main:
+        weights = load_file(str(ckpt / WEIGHTS_FILE))
+        trainer = torch.load(ckpt / TRAINER_FILE, map_location="cpu", weights_only=True)
+    missing = _tied_duplicates(model)
+    if d.is_main:  # tied names were stored once: give each its tensor back
+        for name in missing:
+            weights[name] = weights[_tie_source(model, name)]
+    distributed.load_full_state(model, optimizer, weights, trainer.get("optimizer", {}))
+    info = d.broadcast_object({k: trainer.get(k) for k in ("step", "position", "rng")})
+    rng = info.pop("rng")
+    if rng is not None and len(rng) == d.world_size:  # same layout: continue every rank's stream
+        _set_rng_state(rng[d.rank], d.device)
+    return info
+
+
+def _tie_source(model, name: str) -> str:
+    params = dict(distributed.unwrap(model).named_parameters(remove_duplicate=False))
+    return next(n for n, p in params.items() if p is params[name] and n != name)
 
 
 # ---------------------------------------------------------------- the loop
@@ -149,72 +282,171 @@ class TrainResult:
     params: int
     seconds: float
     checkpoint: Path
+    tokens_per_s: float | None = None  # steady state: steps after the first (compile, warm-up) of this run
+    mfu: float | None = None  # model FLOPs utilisation against the measured bf16 matmul peak (CUDA)
+    peak_mem_gib: float | None = None  # max CUDA memory allocated (GiB) on rank 0
 
 
-def autocast_for(device: torch.device, dtype: str) -> Callable:
-    if device.type == "cuda" and dtype == "bf16":
-        return lambda: torch.autocast("cuda", dtype=torch.bfloat16)
-    return lambda: torch.autocast(device.type, enabled=False)
+def _apply_activation_checkpointing(model) -> None:
+    """Recompute each layer's activations in the backward instead of storing them."""
+    from torch.utils.checkpoint import checkpoint
+    layers = distributed.layers_of(model)
+    if not layers:
+        raise ConfigError("train.activation_checkpointing needs a model with a `blocks` ModuleList "
+                          "(the shared backbone); set train.activation_checkpointing=false")
+    for layer in layers:
+        def forward(*args, _forward=layer.forward, **kwargs):
+            return checkpoint(_forward, *args, use_reentrant=False, **kwargs)
+        layer.forward = forward
 
 
-def train(model_name: str, cfg: Config, run_dir: Path, device: str = "cpu",
-          on_step: Callable[[dict], None] | None = None) -> TrainResult:
-    """Train `model_name` at cfg into run_dir, resuming from run_dir/checkpoint when present."""
+def _compile(model) -> None:
+    """torch.compile each layer (in place: parameter names and checkpoints are unchanged)."""
+    for layer in distributed.layers_of(model) or [model]:
+        layer.compile()
+
+
+def _batch_layout(tcfg, world: int) -> tuple[int, int, int]:
+    """(sequences per step, micro-batch, accumulation steps) of one rank."""
+    seqs = tcfg.batch_tokens // tcfg.seq_len
+    if seqs % world:
+        raise ConfigError(f"the global batch of {seqs} sequences (train.batch_tokens / train.seq_len) does not "
+                          f"split over {world} ranks; choose a batch_tokens that does")
+    per_rank = seqs // world
+    micro = min(tcfg.micro_batch, per_rank)
+    if per_rank % micro:
+        raise ConfigError(f"train.micro_batch={micro} must divide the {per_rank} sequences each of {world} "
+                          f"rank(s) takes per step")
+    return seqs, micro, per_rank // micro
+
+
+def train(model_name: str, cfg: Config, run_dir: Path, device: str | None = None,
+          on_step: Callable[[dict], None] | None = None, *, resume: bool = True, parallel: str = "ddp",
+          loggers: tuple[str, ...] = ()) -> TrainResult:
+    """Train `model_name` at cfg into run_dir, continuing from run_dir/checkpoint when `resume`
+    (a finished checkpoint is returned as it is); `resume=False` discards it and the log.
+
+    Under torchrun every rank calls this; `on_step` (progress) and all files are rank 0's.
+    parallel: ddp | fsdp. loggers: optional mirrors of the JSONL log (tensorboard, wandb).
+    """
+    cfg.validate()
     tcfg = cfg.train
-    device = torch.device(device)
+    d = distributed.setup(device, parallel)
+    run_dir = Path(run_dir)
     tokenizer = get_tokenizer(tcfg.tokenizer)
     if tokenizer.vocab_size > cfg.model.vocab_size:
         raise ConfigError(f"model.vocab_size={cfg.model.vocab_size} is smaller than the tokenizer's "
                           f"{tokenizer.vocab_size}; set model.vocab_size={tokenizer.vocab_size}")
+    if d.is_main:  # rank 0 tokenizes; the others then read its cache
+        prepare_streams(tcfg.corpus, tokenizer, seed=tcfg.seed)
+    d.barrier()
     train_stream, held_stream = prepare_streams(tcfg.corpus, tokenizer, seed=tcfg.seed)
     if train_stream.num_sequences(tcfg.seq_len) == 0:
-        raise TrainingError(f"corpus {tcfg.corpus!r} is shorter than one sequence of {tcfg.seq_len} tokens")
+        raise TrainingError(f"corpus {tcfg.corpus!r} is shorter than one sequence of {tcfg.seq_len} tokens; "
+                            f"use a larger corpus or a smaller train.seq_len")
+    seqs_per_step, micro, accum = _batch_layout(tcfg, d.world_size)
+
     torch.manual_seed(tcfg.seed)
-    model = build_model(model_name, cfg.model, device)
-    optimizer = make_optimizer(model, tcfg)
-    run_dir = Path(run_dir)
-    start_step = 0
+    model = build_model(model_name, cfg.model, d.device)
+    params = count_params(model)
+    flops = flops_per_token(model, tcfg.seq_len)
+    if tcfg.activation_checkpointing:
+        _apply_activation_checkpointing(model)
+    if tcfg.compile:
+        _compile(model)
+    wrapped = distributed.wrap(model, parallel, d)
+    optimizer = make_optimizer(wrapped, tcfg)
+    autocast = autocast_for(d.device, tcfg.dtype)
+
     ckpt = run_dir / CHECKPOINT_DIR
-    if (ckpt / "trainer.pt").is_file():
-        from safetensors.torch import load_model
-        load_model(model, str(ckpt / "model.safetensors"), device=str(device))
-        state = torch.load(ckpt / "trainer.pt", map_location=device, weights_only=True)
-        optimizer.load_state_dict(state["optimizer"])
-        start_step = state["step"]
-    seqs_per_step = tcfg.batch_tokens // tcfg.seq_len
-    micro = min(tcfg.micro_batch, seqs_per_step)
-    if seqs_per_step % micro:
-        raise ConfigError(f"train.micro_batch={micro} must divide the {seqs_per_step} sequences of a batch")
-    autocast = autocast_for(device, tcfg.dtype)
-    meta = {"model": model_name, "config": cfg.to_dict(), "params": count_params(model)}
-    model.train()
-    t0, loss_value = time.time(), float("nan")
-    for step in range(start_step, tcfg.steps):
-        lr = lr_at(step, tcfg)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        loss_sum = 0.0
-        for m in range(seqs_per_step // micro):
-            inputs, targets, cu = batch_at(train_stream, tcfg.seq_len, tcfg.seed,
-                                           step * seqs_per_step + m * micro, micro, device)
-            with autocast():
-                loss = lm_loss(model, inputs, targets, cu)
-            (loss * micro / seqs_per_step).backward()
-            loss_sum += loss.item() * micro / seqs_per_step
-        if not math.isfinite(loss_sum):
-            raise TrainingError(f"loss is {loss_sum} at step {step}; the last good checkpoint is in {ckpt} "
-                                f"(lower train.lr or raise train.warmup_tokens)")
-        torch.nn.utils.clip_grad_norm_(model.parameters(), tcfg.grad_clip)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        loss_value = loss_sum
-        if on_step:
-            on_step({"step": step + 1, "steps": tcfg.steps, "loss": loss_value, "lr": lr,
-                     "tokens": (step + 1) * tcfg.batch_tokens, "seconds": time.time() - t0})
-        if (step + 1) % tcfg.save_every == 0 and step + 1 < tcfg.steps:
-            save_checkpoint(run_dir, model, optimizer, step + 1, meta)
-    held, _ = heldout_loss(model, held_stream, tcfg.seq_len, tcfg.eval_tokens, micro, device, autocast)
-    meta.update(heldout_loss=held, train_loss=loss_value, tokens=tcfg.steps * tcfg.batch_tokens)
-    path = save_checkpoint(run_dir, model, optimizer, tcfg.steps, meta)
-    return TrainResult(model, tcfg.steps, tcfg.steps * tcfg.batch_tokens, loss_value, held,
-                       meta["params"], time.time() - t0, path)
+    if d.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        recover_checkpoint(run_dir)
+        if not resume:
+            shutil.rmtree(ckpt, ignore_errors=True)
+    d.barrier()
+    meta = {"model": model_name, "config": cfg.to_dict(), "params": params, "world_size": d.world_size,
+            "parallel": parallel, "flops_per_token": flops.as_dict()}
+    start_step, position = 0, 0
+    if (ckpt / TRAINER_FILE).is_file():
+        saved_meta = json.loads((ckpt / META_FILE).read_text())
+        _check_resumable(saved_meta, model_name, cfg, ckpt)
+        state = _resume(ckpt, wrapped, optimizer, d)
+        start_step, position = state["step"], state["position"]
+        if start_step >= tcfg.steps and saved_meta.get("heldout_loss") is not None:
+            return TrainResult(distributed.unwrap(wrapped), start_step, saved_meta["tokens"], saved_meta["train_loss"],
+                               saved_meta["heldout_loss"], params, 0.0, ckpt, saved_meta.get("tokens_per_s"),
+                               saved_meta.get("mfu"), saved_meta.get("peak_mem_gib"))
+
+    peak = measure_matmul_peak(d.device) if d.device.type == "cuda" else None
+    if d.device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(d.device)
+    log = TrainLog(run_dir, start_step, tuple(loggers), cfg.to_dict(), f"{model_name}-{cfg.preset}") if d.is_main else None
+    step_tokens = seqs_per_step * tcfg.seq_len
+    wrapped.train()
+    t0, loss_value, timed_s, timed_tokens, peak_mem = time.time(), float("nan"), 0.0, 0, None
+    saved_step = start_step
+    try:
+        for step in range(start_step, tcfg.steps):
+            t_step = time.perf_counter()
+            lr = lr_at(step, tcfg)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            loss_sum = torch.zeros((), device=d.device)
+            first = position + d.rank * (seqs_per_step // d.world_size)
+            for m in range(accum):
+                inputs, targets, cu = batch_at(train_stream, tcfg.seq_len, tcfg.seed, first + m * micro, micro,
+                                               d.device)
+                with distributed.gradient_sync(wrapped, m == accum - 1):
+                    with autocast():
+                        loss = lm_loss(wrapped, inputs, targets, cu)
+                    (loss / accum).backward()
+                loss_sum += loss.detach() / accum
+            loss_value = float(d.sum(loss_sum)) / d.world_size
+            grad_norm = distributed.clip_grad_norm(wrapped, tcfg.grad_clip)
+            if not (math.isfinite(loss_value) and math.isfinite(grad_norm)):
+                what = f"loss is {loss_value}" if not math.isfinite(loss_value) else f"gradient norm is {grad_norm}"
+                kept = f"the last good checkpoint (step {saved_step}) is {ckpt}" if saved_step else "no checkpoint yet"
+                raise TrainingError(f"{what} at step {step + 1}; stopped without updating the weights, {kept}; "
+                                    f"lower train.lr or raise train.warmup_tokens, then resume")
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            position += seqs_per_step
+            if d.device.type == "cuda":
+                torch.cuda.synchronize(d.device)
+                peak_mem = torch.cuda.max_memory_allocated(d.device) / 2 ** 30
+            seconds = time.perf_counter() - t_step
+            if step > start_step:  # the first step of a run pays for compilation and warm-up
+                timed_s, timed_tokens = timed_s + seconds, timed_tokens + step_tokens
+            tok_s = step_tokens / seconds
+            record = {"step": step + 1, "tokens": (step + 1) * step_tokens, "loss": loss_value, "lr": lr,
+                      "grad_norm": grad_norm, "tokens_per_s": tok_s,
+                      "mfu": flops.train * tok_s / peak if peak else None, "peak_mem_gib": peak_mem,
+                      "seconds": time.time() - t0}
+            if (step + 1) % tcfg.save_every == 0 and step + 1 < tcfg.steps:
+                save_checkpoint(run_dir, wrapped, optimizer, {**meta, "step": step + 1, "tokens": record["tokens"]},
+                                {"step": step + 1, "position": position}, d)
+                saved_step = step + 1
+            if log is not None:
+                log.write(record)
+            if on_step is not None and d.is_main:
+                on_step({**record, "steps": tcfg.steps, "start_step": start_step})
+    except torch.OutOfMemoryError:
+        raise TrainingError(f"out of memory on {d.device} with train.micro_batch={micro} (x {tcfg.seq_len} tokens "
+                            f"per forward); lower train.micro_batch (gradient accumulation keeps the global batch "
+                            f"of {seqs_per_step} sequences) or set train.activation_checkpointing=true") from None
+    finally:
+        if log is not None:
+            log.close()
+
+    held, _ = heldout_loss(distributed.unwrap(wrapped), held_stream, tcfg.seq_len, tcfg.eval_tokens, micro,
+                           d.device, autocast, d)
+    tokens_per_s = timed_tokens / timed_s if timed_s else None
+    mfu = flops.train * tokens_per_s / peak if peak and tokens_per_s else None
+    meta.update(step=tcfg.steps, tokens=tcfg.steps * step_tokens, heldout_loss=held, train_loss=loss_value,
+                tokens_per_s=tokens_per_s, mfu=mfu, peak_flops=peak, peak_mem_gib=peak_mem)
+    path = save_checkpoint(run_dir, wrapped, optimizer, meta, {"step": tcfg.steps, "position": position}, d)
+    if d.is_main:
+        plot_loss(run_dir, f"{model_name} ({cfg.preset})", held)
+    return TrainResult(distributed.unwrap(wrapped), tcfg.steps, tcfg.steps * step_tokens, loss_value, held, params,
+                       time.time() - t0, path, tokens_per_s, mfu, peak_mem)

@@ -1,0 +1,209 @@
+"""Data-parallel training through torch's own engine: torchrun, DDP and FSDP2 (`fully_shard`).
+
+The training loop sees one `Dist` and calls the same functions at every world size; this module
+decides what they do. Launched by torchrun (RANK / WORLD_SIZE / LOCAL_RANK in the environment) it
+joins the process group (nccl on GPU, gloo on CPU); started plainly it is rank 0 of 1 and needs no
+group, except for FSDP2, which runs on a one-process group so that `--parallel fsdp` takes the
+same path at N = 1. Parallelism stays out of model code (as in torchtitan): wrapping looks only
+for a `blocks` ModuleList (the shared backbone's layers) to shard layer by layer, and shards the
+whole module as one unit when there is none.
+
+Only rank 0 writes files or prints; the others take part in the collectives (state-dict gathers,
+loss reductions) and nothing else.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+
+from harness.config import ConfigError
+
+PARALLEL_MODES = ("ddp", "fsdp")
+
+
+@dataclass(frozen=True)
+class Dist:
+    """This process's place in the job: rank, world size and the device it trains on."""
+    rank: int
+    world_size: int
+    local_rank: int
+    device: torch.device
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def active(self) -> bool:
+        """Whether a process group exists (collectives must be called on every rank)."""
+        return dist.is_available() and dist.is_initialized()
+
+    def barrier(self) -> None:
+        if self.active:
+            dist.barrier()
+
+    def sum(self, value: torch.Tensor) -> torch.Tensor:
+        """Sum of a tensor over ranks (a copy; the input is left as it is)."""
+        value = value.detach().clone()
+        if self.active:
+            dist.all_reduce(value, op=dist.ReduceOp.SUM)
+        return value
+
+    def gather_objects(self, obj) -> list | None:
+        """Every rank's `obj` on rank 0 (None elsewhere)."""
+        if not self.active:
+            return [obj]
+        out = [None] * self.world_size if self.is_main else None
+        dist.gather_object(obj, out, dst=0)
+        return out
+
+    def broadcast_object(self, obj):
+        """Rank 0's `obj` on every rank."""
+        if not self.active:
+            return obj
+        box = [obj]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
+
+
+def launched_by_torchrun() -> bool:
+    return "RANK" in os.environ and "WORLD_SIZE" in os.environ and "LOCAL_RANK" in os.environ
+
+
+def setup(device: str | None = None, parallel: str = "ddp") -> Dist:
+    """This process's Dist, joining the torchrun job's process group on first use.
+
+    device: None picks cuda when available; under torchrun `cuda` means this rank's GPU
+    (cuda:LOCAL_RANK). The group is destroyed at interpreter exit.
+    """
+    if parallel not in PARALLEL_MODES:
+        raise ConfigError(f"unknown parallel mode {parallel!r}; choose one of {', '.join(PARALLEL_MODES)}")
+    torchrun = launched_by_torchrun()
+    rank = int(os.environ["RANK"]) if torchrun else 0
+    world = int(os.environ["WORLD_SIZE"]) if torchrun else 1
+    local_rank = int(os.environ["LOCAL_RANK"]) if torchrun else 0
+    name = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(name)
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(f"device {name!r} asked for but no CUDA GPU is visible; pass --device cpu")
+        if torchrun:
+            if local_rank >= torch.cuda.device_count():
+                raise ConfigError(f"rank {rank} needs GPU {local_rank} but only {torch.cuda.device_count()} "
+                                  f"are visible; lower --nproc-per-node")
+            dev = torch.device("cuda", local_rank)
+        elif dev.index is None:
+            dev = torch.device("cuda", torch.cuda.current_device())
+        torch.cuda.set_device(dev)
+    elif torchrun and world > 1 and dev.type != "cpu":
+        raise ConfigError(f"multi-process training runs on cuda or cpu, not {dev.type}")
+    if not dist.is_initialized() and (torchrun or parallel == "fsdp"):
+        backend = "nccl" if dev.type == "cuda" else "gloo"
+        if torchrun:
+            dist.init_process_group(backend, device_id=dev if dev.type == "cuda" else None)
+        else:  # FSDP2 needs a group even alone: an in-process store, no ports
+            dist.init_process_group(backend, store=dist.HashStore(), rank=0, world_size=1)
+        atexit.register(teardown)
+    return Dist(rank, world, local_rank, dev)
+
+
+def teardown() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def layers_of(model: nn.Module) -> list[nn.Module]:
+    """The repeated layers to wrap one by one (checkpointing, compile, sharding): `model.blocks`."""
+    blocks = getattr(model, "blocks", None)
+    return list(blocks) if isinstance(blocks, nn.ModuleList) else []
+
+
+def wrap(model: nn.Module, parallel: str, d: Dist) -> nn.Module:
+    """The module that the loop calls: DDP (replicated weights, all-reduced gradients) or FSDP2
+    (each layer's parameters sharded over ranks, gathered for its forward and backward). Without a
+    process group DDP has nothing to do and the model is returned as it is."""
+    if parallel == "fsdp":
+        try:
+            from torch.distributed.fsdp import fully_shard
+        except ImportError:
+            raise ConfigError("--parallel fsdp needs torch>=2.6 (torch.distributed.fsdp.fully_shard); "
+                              "pip install -U torch, or use --parallel ddp") from None
+        for layer in layers_of(model):
+            fully_shard(layer)
+        fully_shard(model)
+        return model
+    if d.active:
+        from torch.nn.parallel import DistributedDataParallel
+        return DistributedDataParallel(model, device_ids=[d.device.index] if d.device.type == "cuda" else None)
+    return model
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The user's module inside a DDP wrapper (FSDP2 shards in place and needs no unwrapping)."""
+    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+
+
+def gradient_sync(model: nn.Module, sync: bool):
+    """Context for one micro-batch's backward: gradients are reduced over ranks only when `sync`
+    (the last micro-batch of a step), so accumulation costs one reduction per step."""
+    if sync:
+        return contextlib.nullcontext()
+    if isinstance(model, nn.parallel.DistributedDataParallel):
+        return model.no_sync()
+    if hasattr(model, "set_requires_gradient_sync"):  # FSDP2
+        @contextlib.contextmanager
+        def no_sync():
+            model.set_requires_gradient_sync(False)
+            try:
+                yield
+            finally:
+                model.set_requires_gradient_sync(True)
+        return no_sync()
+    return contextlib.nullcontext()
+
+
+def clip_grad_norm(model: nn.Module, max_norm: float) -> float:
+    """Clip the global gradient norm to max_norm; returns the norm before clipping (all ranks agree).
+    Under FSDP2 the norm is a replicated DTensor over the sharded gradients."""
+    norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
+    if hasattr(norm, "full_tensor"):
+        norm = norm.full_tensor()
+    return float(norm)
+
+
+# ---------------------------------------------------------------- full state dicts
+# Checkpoints hold full (unsharded) tensors, written by rank 0: one safetensors file any world
+# size or a single process can read, at the cost of gathering the model and optimizer state into
+# rank 0's CPU memory at each save (about 12 bytes per parameter: 9 GB at 760m).
+
+def _full_options(**kw):
+    from torch.distributed.checkpoint.state_dict import StateDictOptions
+    return StateDictOptions(full_state_dict=True, **kw)
+
+
+def full_model_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The whole model's state on rank 0, on CPU ({} on other ranks); every rank must call it."""
+    from torch.distributed.checkpoint.state_dict import get_model_state_dict
+    return get_model_state_dict(model, options=_full_options(cpu_offload=True))
+
+
+def full_optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer) -> dict:
+    """The optimizer's state keyed by parameter name, on rank 0 on CPU; every rank must call it."""
+    from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
+    return get_optimizer_state_dict(model, optimizer, options=_full_options(cpu_offload=True))
+
+
+def load_full_state(model: nn.Module, optimizer: torch.optim.Optimizer, model_state: dict,
+                    optim_state: dict) -> None:
+    """Load full state dicts (read on rank 0; other ranks pass {}) into a wrapped or plain model."""
+    from torch.distributed.checkpoint.state_dict import set_model_state_dict, set_optimizer_state_dict
+    options = _full_options(broadcast_from_rank0=dist.is_available() and dist.is_initialized())
+    set_model_state_dict(model, model_state, options=options)
+    set_optimizer_state_dict(model, optimizer, optim_state, options=options)

@@ -1,0 +1,133 @@
+"""Model FLOPs per token, for model FLOPs utilisation (MFU) = model FLOPs/s / peak FLOPs/s.
+
+Counted from the built module, not from a formula per architecture, so that every model is
+charged for what it computes:
+
+- every nn.Linear: 2 * in * out per token (projections, MLP, untied head, Mamba's x/dt projections);
+- depthwise or grouped nn.Conv1d: 2 * out_channels * in_channels/groups * kernel per token;
+- a tied output head (the shared backbone multiplies by the embedding matrix): 2 * D * V;
+- the attention core, q.k and weights.v: 4 * head_dim FLOPs per head per (query, key) pair, over
+  the pairs the mixer visits: min(i + 1, W) keys for query i (sliding window, SWAT) or i + 1
+  (full causal), averaged over the training length. Masked-out work a kernel may still do is not
+  counted (these are model FLOPs, not hardware FLOPs), nor are document boundaries inside packed
+  sequences (they depend on the data);
+- Mamba's selective scan: 9 * d_inner * state_size per token (the Mamba paper's count: discretise,
+  update the state, read it out), although it is not a matmul;
+- a mixer of a plugin may define `flops_per_token(seq_len)` for its own core; a mixer that does
+  not, and is none of the above, is counted by its projections only and the count is marked partial.
+
+Training costs 3x the forward (the backward computes gradients for inputs and weights); recomputation
+under activation checkpointing is not model work and is not counted. Elementwise work (norms,
+activations, sigmoid scores, rotary embeddings) is left out, as in the usual 6N + attention count.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn as nn
+
+# Datasheet dense bf16 peaks (no sparsity), by substring of torch.cuda.get_device_name; MFU is
+# reported against a measured matmul peak (measure_matmul_peak) and these are for reference.
+DATASHEET_BF16_PEAK = {"H100": 989e12, "H200": 989e12, "A100": 312e12}
+
+
+@dataclass
+class FlopCount:
+    """Forward FLOPs per token by kind; `partial` names mixers whose core was not counted."""
+    linear: float = 0.0
+    head: float = 0.0
+    attention: float = 0.0
+    scan: float = 0.0
+    conv: float = 0.0
+    other: float = 0.0
+    partial: list[str] = field(default_factory=list)
+
+    @property
+    def forward(self) -> float:
+        return self.linear + self.head + self.attention + self.scan + self.conv + self.other
+
+    @property
+    def train(self) -> float:
+        """FLOPs per trained token: forward plus a backward of twice its cost."""
+        return 3.0 * self.forward
+
+    def as_dict(self) -> dict:
+        return {"linear": self.linear, "head": self.head, "attention": self.attention, "scan": self.scan,
+                "conv": self.conv, "other": self.other, "forward": self.forward, "train": self.train,
+                "partial": list(self.partial)}
+
+
+def visited_keys(seq_len: int, window: int | None) -> float:
+    """Mean number of keys a query attends to: min(i + 1, W) over i < seq_len (W = None: causal)."""
+    w = seq_len if window is None else min(window, seq_len)
+    total = w * (w + 1) / 2 + (seq_len - w) * w
+    return total / seq_len
+
+
+def _mixer_core(module: nn.Module, seq_len: int) -> tuple[str, float] | None:
+    """(kind, forward FLOPs per token) of a mixer's non-Linear core, or None when unknown."""
+    if hasattr(module, "flops_per_token"):
+        return "other", float(module.flops_per_token(seq_len))
+    from harness.attention import AttentionMixer
+    if isinstance(module, AttentionMixer):
+        window = None if module.core == "full" else module.window
+        return "attention", 4.0 * module.num_heads * module.head_dim * visited_keys(seq_len, window)
+    a_log = getattr(module, "A_log", None)
+    if isinstance(a_log, torch.Tensor) and a_log.dim() == 2:  # Mamba-1: A is [d_inner, state_size]
+        return "scan", 9.0 * a_log.numel()
+    return None
+
+
+def flops_per_token(model: nn.Module, seq_len: int) -> FlopCount:
+    """Forward model FLOPs per token of `model` at training length seq_len (see the module doc)."""
+    count = FlopCount()
+    seen: set[int] = set()
+    for name, module in model.named_modules():
+        if isinstance(module, nn.Linear):
+            count.linear += 2.0 * module.in_features * module.out_features
+        elif isinstance(module, nn.Conv1d):
+            k = module.kernel_size[0]
+            count.conv += 2.0 * module.out_channels * (module.in_channels // module.groups) * k
+        if name.split(".")[-1] == "mixer" and id(module) not in seen:
+            seen.add(id(module))
+            core = _mixer_core(module, seq_len)
+            if core is None:
+                count.partial.append(type(module).__name__)
+            else:
+                setattr(count, core[0], getattr(count, core[0]) + core[1])
+    if getattr(model, "head", "absent") is None and isinstance(getattr(model, "embed", None), nn.Embedding):
+        count.head = 2.0 * model.embed.weight.numel()  # tied head: logits = h @ embed.T
+    count.partial = sorted(set(count.partial))
+    return count
+
+
+def measure_matmul_peak(device: torch.device, size: int = 8192, repeats: int = 20) -> float:
+    """bf16 matmul FLOP/s of this GPU (median over repeats of a size^3 product on random data):
+    the ceiling MFU is reported against. CUDA only."""
+    if device.type != "cuda":
+        raise ValueError("the matmul peak is measured on CUDA devices only")
+    a = torch.randn(size, size, device=device, dtype=torch.bfloat16)
+    b = torch.randn(size, size, device=device, dtype=torch.bfloat16)
+    for _ in range(3):
+        a @ b
+    times = []
+    for _ in range(repeats):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        a @ b
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end) / 1e3)
+    del a, b
+    torch.cuda.empty_cache()
+    return 2.0 * size ** 3 / sorted(times)[len(times) // 2]
+
+
+def datasheet_peak(device: torch.device) -> float | None:
+    """The vendor's dense bf16 peak for this GPU, when listed above."""
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    return next((v for k, v in DATASHEET_BF16_PEAK.items() if k in name), None)

@@ -1,0 +1,125 @@
+"""What a training run records in its folder: a JSONL line per step, optional TensorBoard / W&B
+mirrors of it, and the loss curve as a PNG.
+
+    <run>/train_log.jsonl   {"step", "tokens", "loss", "lr", "grad_norm", "tokens_per_s", "mfu",
+                             "peak_mem_gib", "seconds"} per optimizer step
+    <run>/loss.png          training loss against tokens (and the held-out loss at the end)
+
+The JSONL log is appended line by line (flushed), so an interruption loses at most the line being
+written; a resumed run first cuts the log back to the checkpoint's step so that the file always
+describes the run that the checkpoint continues. Written by rank 0 only.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from harness.config import ConfigError
+from harness.results import atomic_write_text
+
+LOG_FILE = "train_log.jsonl"
+PLOT_FILE = "loss.png"
+SINKS = ("tensorboard", "wandb")
+
+
+def read_log(path: Path) -> list[dict]:
+    """Records of a JSONL log; a torn last line (an interrupted write) is dropped."""
+    records = []
+    if not Path(path).is_file():
+        return records
+    for line in Path(path).read_text(encoding="utf-8").splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(record, dict) and "step" in record:
+            records.append(record)
+    return records
+
+
+class TrainLog:
+    """The per-step log of one run (rank 0), with the optional sinks asked for."""
+
+    def __init__(self, run_dir: Path, start_step: int, sinks: tuple[str, ...] = (), config: dict | None = None,
+                 name: str = "train"):
+        self.path = Path(run_dir) / LOG_FILE
+        kept = [r for r in read_log(self.path) if r["step"] <= start_step]
+        atomic_write_text(self.path, "".join(json.dumps(r) + "\n" for r in kept))
+        self._file = open(self.path, "a", encoding="utf-8")
+        self._sinks = [_open_sink(s, Path(run_dir), config or {}, name) for s in sinks]
+
+    def write(self, record: dict) -> None:
+        self._file.write(json.dumps(record) + "\n")
+        self._file.flush()
+        for sink in self._sinks:
+            sink(record)
+
+    def close(self) -> None:
+        self._file.close()
+        for sink in self._sinks:
+            getattr(sink, "close", lambda: None)()
+
+
+def _open_sink(kind: str, run_dir: Path, config: dict, name: str):
+    """A callable record -> None that mirrors the log into TensorBoard or W&B (installed or not)."""
+    scalars = ("loss", "lr", "grad_norm", "tokens_per_s", "mfu", "peak_mem_gib")
+    if kind == "tensorboard":
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:
+            raise ConfigError("TensorBoard logging needs the tensorboard package: pip install tensorboard") from None
+        writer = SummaryWriter(str(run_dir / "tensorboard"))
+
+        def write(record):
+            for key in scalars:
+                if record.get(key) is not None:
+                    writer.add_scalar(f"train/{key}", record[key], record["step"])
+        write.close = writer.close
+        return write
+    if kind == "wandb":
+        try:
+            import wandb
+        except ImportError:
+            raise ConfigError("W&B logging needs the wandb package: pip install wandb") from None
+        wrun = wandb.init(project=os.environ.get("WANDB_PROJECT", "swat-harness"), name=name, dir=str(run_dir),
+                          config=config, resume="allow")
+
+        def write(record):
+            wrun.log({f"train/{k}": record[k] for k in scalars if record.get(k) is not None}, step=record["step"])
+        write.close = wrun.finish
+        return write
+    raise ConfigError(f"unknown logger {kind!r}; choose from {', '.join(SINKS)}")
+
+
+def plot_loss(run_dir: Path, title: str, heldout: float | None = None) -> Path | None:
+    """Training loss (raw and smoothed) against tokens from the run's log into <run>/loss.png."""
+    records = read_log(Path(run_dir) / LOG_FILE)
+    if not records:
+        return None
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    tokens = [r["tokens"] for r in records]
+    loss = [r["loss"] for r in records]
+    span = max(1, len(loss) // 50)
+    smooth = [sum(loss[max(0, i - span + 1):i + 1]) / len(loss[max(0, i - span + 1):i + 1])
+              for i in range(len(loss))]
+    fig, ax = plt.subplots(figsize=(7, 4), dpi=110)
+    ax.plot(tokens, loss, color="0.75", linewidth=0.8, label="train loss")
+    ax.plot(tokens, smooth, color="C0", linewidth=1.6, label=f"train loss (mean of {span} steps)")
+    if heldout is not None:
+        ax.scatter([tokens[-1]], [heldout], color="C3", zorder=3, label=f"held-out loss {heldout:.3f}")
+    ax.set_xlabel("tokens")
+    ax.set_ylabel("loss (nats/token)")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    path = Path(run_dir) / PLOT_FILE
+    tmp = path.with_name(f".{PLOT_FILE}.tmp{os.getpid()}.png")
+    fig.savefig(tmp)
+    plt.close(fig)
+    os.replace(tmp, path)
+    return path

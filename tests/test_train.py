@@ -1,0 +1,239 @@
+"""Training loop: bit-for-bit resume, atomic checkpoints, logs, errors, FLOP counting (CPU)."""
+
+import json
+import math
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from harness import train as train_mod
+from harness.config import ConfigError, load_config
+from harness.flops import flops_per_token, visited_keys
+from harness.models import build_model
+from harness.train import (CHECKPOINT_DIR, TRAINER_FILE, TrainingError, load_checkpoint, recover_checkpoint,
+                           train)
+from harness.trainlog import LOG_FILE, PLOT_FILE, read_log
+
+# 2048 tokens in 8 steps of 4 sequences x 64 tokens, 2 micro-batches of 2 (accumulation), checkpoint every 4
+SHORT = ["train.tokens=2048", "train.batch_tokens=256", "train.seq_len=64", "train.micro_batch=2",
+         "train.save_every=4", "train.warmup_tokens=512", "train.eval_tokens=1024"]
+
+
+def short_cfg(*extra):
+    return load_config("tiny", overrides=SHORT + list(extra))
+
+
+def weights(run_dir):
+    return load_file(str(run_dir / CHECKPOINT_DIR / "model.safetensors"))
+
+
+def assert_same_weights(a, b):
+    wa, wb = weights(a), weights(b)
+    assert wa.keys() == wb.keys()
+    for key in wa:
+        assert torch.equal(wa[key], wb[key]), key
+
+
+class Interrupt(KeyboardInterrupt):
+    pass
+
+
+def interrupt_at(step):
+    def on_step(info):
+        if info["step"] == step:
+            raise Interrupt
+    return on_step
+
+
+@pytest.fixture(scope="module")
+def straight(tmp_path_factory):
+    """One uninterrupted 2k-token run of swat (packed documents: the cu_seqlens path)."""
+    run_dir = tmp_path_factory.mktemp("straight")
+    result = train("swat", short_cfg(), run_dir, "cpu")
+    return run_dir, result
+
+
+def test_resume_is_bit_for_bit(straight, tmp_path):
+    run_dir, result = straight
+    with pytest.raises(Interrupt):  # 1k tokens, then the process "dies" right after the checkpoint
+        train("swat", short_cfg(), tmp_path, "cpu", on_step=interrupt_at(4))
+    meta = json.loads((tmp_path / CHECKPOINT_DIR / "meta.json").read_text())
+    assert meta["step"] == 4 and meta["tokens"] == 1024
+    resumed = train("swat", short_cfg(), tmp_path, "cpu")  # + 1k tokens
+    assert_same_weights(run_dir, tmp_path)
+    opt_a = torch.load(run_dir / CHECKPOINT_DIR / TRAINER_FILE, weights_only=True)["optimizer"]["state"]
+    opt_b = torch.load(tmp_path / CHECKPOINT_DIR / TRAINER_FILE, weights_only=True)["optimizer"]["state"]
+    for name in opt_a:
+        assert torch.equal(opt_a[name]["exp_avg_sq"], opt_b[name]["exp_avg_sq"]), name
+    assert [r["loss"] for r in read_log(tmp_path / LOG_FILE)] == [r["loss"] for r in read_log(run_dir / LOG_FILE)]
+    assert resumed.heldout_loss == result.heldout_loss
+
+
+def test_log_plot_and_meta(straight):
+    run_dir, result = straight
+    records = read_log(run_dir / LOG_FILE)
+    assert [r["step"] for r in records] == list(range(1, 9))
+    assert {"loss", "lr", "tokens_per_s", "grad_norm", "peak_mem_gib", "mfu"} <= records[0].keys()
+    assert records[-1]["tokens"] == 2048 and records[-1]["loss"] < records[0]["loss"]
+    assert (run_dir / PLOT_FILE).stat().st_size > 1000
+    meta = json.loads((run_dir / CHECKPOINT_DIR / "meta.json").read_text())
+    assert meta["heldout_loss"] == result.heldout_loss and math.isfinite(result.heldout_loss)
+    assert meta["flops_per_token"]["attention"] > 0 and meta["flops_per_token"]["partial"] == []
+    model, cfg, name, _ = load_checkpoint(run_dir / CHECKPOINT_DIR)
+    assert name == "swat" and cfg.train.tokens == 2048
+    assert torch.equal(model.embed.weight, result.model.embed.weight)
+
+
+def test_finished_run_is_reused(straight):
+    run_dir, result = straight
+    again = train("swat", short_cfg(), run_dir, "cpu")
+    assert again.seconds == 0.0 and again.heldout_loss == result.heldout_loss
+    assert len(read_log(run_dir / LOG_FILE)) == 8
+
+
+def test_interrupted_save_leaves_previous_checkpoint(straight, tmp_path, monkeypatch):
+    """A save that dies half-written keeps the last checkpoint; the resumed run still matches."""
+    real_save, calls = torch.save, []
+
+    def dying_save(obj, path, *args, **kwargs):
+        calls.append(path)
+        if len(calls) == 2:  # the second checkpoint (step 4): half a file, then the process is killed
+            open(path, "wb").write(b"\0" * 100)
+            raise Interrupt
+        return real_save(obj, path, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "save", dying_save)
+    with pytest.raises(Interrupt):
+        train("swat", short_cfg("train.save_every=2"), tmp_path, "cpu")
+    monkeypatch.setattr(torch, "save", real_save)
+    assert json.loads((tmp_path / CHECKPOINT_DIR / "meta.json").read_text())["step"] == 2
+    assert list(tmp_path.glob(f".{CHECKPOINT_DIR}.tmp*"))  # the torn folder, never under the real name
+    load_checkpoint(tmp_path / CHECKPOINT_DIR)
+    train("swat", short_cfg("train.save_every=2"), tmp_path, "cpu")
+    assert not list(tmp_path.glob(f".{CHECKPOINT_DIR}.*"))
+    assert_same_weights(straight[0], tmp_path)
+
+
+def test_half_finished_swap_is_repaired(tmp_path):
+    old = tmp_path / f".{CHECKPOINT_DIR}.old123"
+    old.mkdir()
+    (old / "meta.json").write_text("{}")
+    (tmp_path / f".{CHECKPOINT_DIR}.tmp123").mkdir()
+    recover_checkpoint(tmp_path)
+    assert (tmp_path / CHECKPOINT_DIR / "meta.json").is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == [CHECKPOINT_DIR]
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
+    real_loss, calls = train_mod.lm_loss, []
+
+    def loss_going_nan(*args, **kwargs):
+        calls.append(1)
+        loss = real_loss(*args, **kwargs)
+        return loss * float("nan") if len(calls) > 2 * 5 else loss  # step 6 (2 micro-batches a step)
+
+    monkeypatch.setattr(train_mod, "lm_loss", loss_going_nan)
+    with pytest.raises(TrainingError, match=r"loss is nan at step 6.*last good checkpoint \(step 4\)"):
+        train("swat", short_cfg(), tmp_path, "cpu")
+    assert json.loads((tmp_path / CHECKPOINT_DIR / "meta.json").read_text())["step"] == 4
+    assert [r["step"] for r in read_log(tmp_path / LOG_FILE)] == [1, 2, 3, 4, 5]
+
+
+def test_out_of_memory_names_the_knobs(tmp_path, monkeypatch):
+    def oom(*args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory")
+
+    monkeypatch.setattr(train_mod, "lm_loss", oom)
+    with pytest.raises(TrainingError, match="micro_batch=2.*activation_checkpointing=true"):
+        train("swat", short_cfg(), tmp_path, "cpu")
+
+
+def test_resume_refuses_another_recipe(straight):
+    with pytest.raises(ConfigError, match="train.lr.*--no-resume"):
+        train("swat", short_cfg("train.lr=0.002"), straight[0], "cpu")
+
+
+def test_no_resume_starts_over(tmp_path):
+    cfg = short_cfg("train.tokens=512")
+    train("transformer", cfg, tmp_path, "cpu")
+    again = train("transformer", cfg, tmp_path, "cpu", resume=False)
+    assert again.seconds > 0 and len(read_log(tmp_path / LOG_FILE)) == 2
+
+
+def test_activation_checkpointing_changes_nothing_but_memory(tmp_path):
+    plain = train("transformer", short_cfg("train.tokens=512"), tmp_path / "plain", "cpu")
+    ckpt = train("transformer", short_cfg("train.tokens=512", "train.activation_checkpointing=true"),
+                 tmp_path / "ac", "cpu")
+    assert plain.train_loss == ckpt.train_loss
+    for (name, a), b in zip(plain.model.state_dict().items(), ckpt.model.state_dict().values()):
+        assert torch.allclose(a, b, atol=1e-6, rtol=1e-5), name
+
+
+def test_global_batch_must_split_into_micro_batches(tmp_path):
+    with pytest.raises(ConfigError, match="micro_batch=3 must divide"):
+        train("swat", short_cfg("train.micro_batch=3"), tmp_path, "cpu")
+
+
+@pytest.mark.parametrize("override, message", [
+    ("train.corpus=/nonexistent/corpus.txt", "/nonexistent/corpus.txt"),
+    ("train.seq_len=256", "exceeds model.max_seq_len=128"),
+])
+def test_cli_errors_are_one_line(tmp_path, capsys, override, message):
+    from harness.cli import main
+    code = main(["train", "--model", "swat", "--preset", "tiny", "--device", "cpu", "--out", str(tmp_path),
+                 "--set", override])
+    err = capsys.readouterr().err
+    assert code == 2 and message in " ".join(err.split())
+    assert err.strip().startswith("error:") and "Traceback" not in err
+
+
+# ---------------------------------------------------------------- FLOPs
+
+def test_visited_keys():
+    assert visited_keys(4, 2) == (1 + 2 + 2 + 2) / 4
+    assert visited_keys(4, None) == visited_keys(4, 4) == visited_keys(4, 100) == 2.5
+
+
+def test_transformer_flops_by_hand(tiny_cfg):
+    m = tiny_cfg.model
+    d, f, v, t = m.hidden_size, m.ffn_hidden, m.vocab_size, tiny_cfg.train.seq_len
+    per_layer = 2 * d * d * 2 + 2 * d * 2 * d + 2 * d * 2 * f + 2 * f * d  # q, o; kv; gate_up; down
+    count = flops_per_token(build_model("transformer", m), t)
+    assert count.linear == m.num_layers * per_layer
+    assert count.head == 2 * d * v
+    assert count.attention == m.num_layers * 4 * m.num_heads * m.head_dim * (t + 1) / 2
+    assert count.train == 3 * count.forward and not count.partial
+
+
+def test_swat_counts_only_the_band(tiny_cfg):
+    t = tiny_cfg.train.seq_len
+    full = flops_per_token(build_model("transformer", tiny_cfg.model), t)
+    swat = flops_per_token(build_model("swat", tiny_cfg.model), t)
+    assert swat.linear == full.linear
+    assert swat.attention / full.attention == pytest.approx(visited_keys(t, tiny_cfg.model.window) / ((t + 1) / 2))
+
+
+def test_mamba_flops_count_scan_and_conv(tiny_cfg):
+    model = build_model("mamba", tiny_cfg.model)
+    count = flops_per_token(model, tiny_cfg.train.seq_len)
+    mixers = [b.mixer for b in model.blocks]
+    e, n, k = mixers[0].d_inner, mixers[0].n, mixers[0].k
+    assert count.scan == len(mixers) * 9 * e * n
+    assert count.conv == len(mixers) * 2 * e * k
+    assert count.attention == 0 and not count.partial
+
+
+def test_unknown_mixer_is_marked_partial(tiny_cfg):
+    from harness.backbone import DecoderLM
+
+    class Shift(torch.nn.Module):
+        def __init__(self, cfg, i):
+            super().__init__()
+            self.proj = torch.nn.Linear(cfg.hidden_size, cfg.hidden_size)
+
+        def forward(self, x, cu_seqlens=None):
+            return self.proj(x)
+
+    count = flops_per_token(DecoderLM(tiny_cfg.model, Shift), 16)
+    assert count.partial == ["Shift"] and count.linear > 0

@@ -1,0 +1,234 @@
+"""The SWAT Triton kernels as torch operators: checks, tile configs, launches and autograd.
+
+`swat_attention_triton` and `swat_decode_triton` are registered through `torch.library.triton_op`,
+so `torch.compile` sees the Triton launches inside them (no graph break) and autograd reaches the
+backward kernels through `register_autograd`. On the CPU they run only under TRITON_INTERPRET=1
+(the CI tests); in normal use `harness.ops.swat.swat_attention` routes CPU tensors to the reference.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from typing import Optional
+
+import torch
+import triton
+from torch.library import triton_op, wrap_triton
+
+from harness.config import ConfigError
+from harness.ops.swat.triton_bwd import swat_bwd_dkdv_kernel, swat_bwd_dq_kernel
+from harness.ops.swat.triton_common import LOG2E, interpreting
+from harness.ops.swat.triton_decode import swat_decode_kernel
+from harness.ops.swat.triton_fwd import swat_fwd_kernel
+
+HEAD_DIMS = (16, 32, 64, 128)
+DTYPES = (torch.bfloat16, torch.float16, torch.float32)
+
+# Tile configs per (pass, head_dim): BLOCK_M (queries), BLOCK_N (keys), warps, pipeline stages.
+# Measured on an H100 with the sweep in harness/bench/tune.py; NOTES.md has the numbers.
+CONFIGS = {
+    ("fwd", 64): dict(BLOCK_M=128, BLOCK_N=64, num_warps=4, num_stages=3),
+    ("fwd", 128): dict(BLOCK_M=128, BLOCK_N=64, num_warps=8, num_stages=3),
+    ("dkdv", 64): dict(BLOCK_M=64, BLOCK_N=128, num_warps=8, num_stages=3),
+    ("dkdv", 128): dict(BLOCK_M=32, BLOCK_N=128, num_warps=8, num_stages=2),
+    ("dq", 64): dict(BLOCK_M=128, BLOCK_N=64, num_warps=8, num_stages=3),
+    ("dq", 128): dict(BLOCK_M=128, BLOCK_N=32, num_warps=8, num_stages=2),
+}
+_INTERPRET_CONFIG = dict(BLOCK_M=16, BLOCK_N=16, num_warps=1, num_stages=1)
+
+
+def kernel_config(pass_name: str, head_dim: int) -> dict:
+    """Tile config for one pass; d < 64 uses the d=64 entry; the interpreter uses 16x16 tiles."""
+    if interpreting():
+        return dict(_INTERPRET_CONFIG)
+    return dict(CONFIGS[(pass_name, max(head_dim, 64))])
+
+
+@contextlib.contextmanager
+def override_configs(overrides: dict):
+    """Temporarily replace entries of CONFIGS (for tuning sweeps); restored on exit."""
+    saved = dict(CONFIGS)
+    CONFIGS.update(overrides)
+    try:
+        yield
+    finally:
+        CONFIGS.clear()
+        CONFIGS.update(saved)
+
+
+def _fast_math(t: torch.Tensor) -> bool:
+    # approximate reciprocal only on the GPU, and not for fp32 inputs (whose tests ask for ~1e-5)
+    return t.is_cuda and not interpreting() and t.dtype != torch.float32
+
+
+def _dot_precision(t: torch.Tensor) -> str:
+    # see triton_common.mma: fp32 operands stay exact (no tf32); the interpreter always needs "ieee"
+    return "ieee" if t.dtype == torch.float32 or interpreting() else "tf32"
+
+
+def _strides(t: torch.Tensor) -> tuple[int, int, int]:
+    return t.stride(0), t.stride(1), t.stride(2)
+
+
+def check_inputs(q, k, v, slopes, window, cu_seqlens=None) -> None:
+    """Raise ConfigError naming the fix when the kernel cannot take these inputs."""
+    if q.dim() != 4 or k.dim() != 4 or v.dim() != 4:
+        raise ConfigError(f"SWAT kernel wants q, k, v as [B, T, H, d]; got shapes {tuple(q.shape)}, "
+                          f"{tuple(k.shape)}, {tuple(v.shape)}")
+    if k.shape != v.shape or q.shape[:2] != k.shape[:2] or q.shape[3] != k.shape[3]:
+        raise ConfigError(f"SWAT kernel: k and v must be [B, T, Hkv, d] matching q {tuple(q.shape)}; got "
+                          f"{tuple(k.shape)} and {tuple(v.shape)}")
+    H, Hkv, d = q.shape[2], k.shape[2], q.shape[3]
+    if H % Hkv:
+        raise ConfigError(f"SWAT kernel: q has {H} heads, not a multiple of k's {Hkv} (GQA needs H % Hkv == 0)")
+    if d not in HEAD_DIMS:
+        raise ConfigError(f"SWAT kernel supports head_dim in {HEAD_DIMS}, got {d}; change model.head_dim "
+                          "(hidden_size / num_heads) or use the reference swat_attention_ref")
+    if q.dtype not in DTYPES or k.dtype != q.dtype or v.dtype != q.dtype:
+        raise ConfigError(f"SWAT kernel wants q, k, v all bf16, fp16 or fp32; got {q.dtype}, {k.dtype}, {v.dtype}")
+    if not (q.device == k.device == v.device):
+        raise ConfigError(f"SWAT kernel: q, k, v on different devices ({q.device}, {k.device}, {v.device})")
+    if not q.is_cuda and not interpreting():
+        raise ConfigError(f"SWAT Triton kernel needs CUDA tensors (got {q.device}); use swat_attention, which "
+                          "falls back to the reference, or set TRITON_INTERPRET=1 for the CPU interpreter")
+    if slopes.shape != (H,):
+        raise ConfigError(f"SWAT kernel: slopes must have shape [{H}] (one per query head), got {tuple(slopes.shape)}")
+    if int(window) < 1:
+        raise ConfigError(f"SWAT window must be >= 1, got {window}")
+    if cu_seqlens is not None:
+        if q.shape[0] != 1:
+            raise ConfigError(f"cu_seqlens needs the packed layout with batch size 1, got batch {q.shape[0]}")
+        if cu_seqlens.dim() != 1 or cu_seqlens.dtype not in (torch.int32, torch.int64):
+            raise ConfigError("cu_seqlens must be a 1-D int32/int64 tensor of document offsets [0, ..., T]")
+
+
+def document_bounds(cu_seqlens: torch.Tensor, T: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-token (start, end) of its packed document, int32 [T] each, grouping tokens as the reference does."""
+    cu = cu_seqlens.to(device=device, dtype=torch.int32)
+    idx = torch.searchsorted(cu, torch.arange(T, device=device, dtype=torch.int32), right=True)
+    bounds = torch.cat([cu.new_zeros(1), cu, cu.new_full((1,), T)])
+    return bounds[idx].contiguous(), torch.clamp(bounds[idx + 1], max=T).contiguous()
+
+
+# ---------------------------------------------------------------- forward / backward operators
+
+@triton_op("swat_harness::swat_fwd", mutates_args=())
+def _swat_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, slopes: torch.Tensor,
+              row_start: Optional[torch.Tensor], row_end: Optional[torch.Tensor], window: int,
+              sigmoid_bias: float, scale: float) -> torch.Tensor:
+    B, T, H, d = q.shape
+    o = torch.empty((B, T, H, d), device=q.device, dtype=q.dtype)
+    cfg = kernel_config("fwd", d)
+    bm, bn = cfg.pop("BLOCK_M"), cfg.pop("BLOCK_N")
+    grid = (B * H, triton.cdiv(T, bm))
+    wrap_triton(swat_fwd_kernel)[grid](
+        q, k, v, o, slopes, row_start if row_start is not None else slopes,
+        *_strides(q), *_strides(k), *_strides(v), *_strides(o),
+        T, H, min(window, T), -scale * LOG2E, -sigmoid_bias * LOG2E,
+        REP=H // k.shape[2], HAS_DOC=row_start is not None, BLOCK_M=bm, BLOCK_N=bn, HEAD_DIM=d,
+        FAST=_fast_math(q), DOT_PREC=_dot_precision(q), **cfg)
+    return o
+
+
+@triton_op("swat_harness::swat_bwd", mutates_args=())
+def _swat_bwd(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, slopes: torch.Tensor,
+              row_start: Optional[torch.Tensor], row_end: Optional[torch.Tensor], window: int,
+              sigmoid_bias: float, scale: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    B, T, H, d = q.shape
+    Hkv = k.shape[2]
+    do = do.contiguous()
+    dq = torch.empty((B, T, H, d), device=q.device, dtype=q.dtype)
+    dk = torch.empty((B, T, Hkv, d), device=q.device, dtype=q.dtype)
+    dv = torch.empty((B, T, Hkv, d), device=q.device, dtype=q.dtype)
+    W = min(window, T)
+    has_doc = row_start is not None
+    common = dict(REP=H // Hkv, HAS_DOC=has_doc, HEAD_DIM=d, FAST=_fast_math(q), DOT_PREC=_dot_precision(q))
+
+    cfg = kernel_config("dkdv", d)
+    bm, bn = cfg.pop("BLOCK_M"), cfg.pop("BLOCK_N")
+    wrap_triton(swat_bwd_dkdv_kernel)[(B * Hkv, triton.cdiv(T, bn))](
+        q, k, v, do, dk, dv, slopes, row_start if has_doc else slopes, row_end if has_doc else slopes,
+        *_strides(q), *_strides(k), *_strides(v), *_strides(do), *_strides(dk), *_strides(dv),
+        T, Hkv, W, -scale * LOG2E, -sigmoid_bias * LOG2E, scale,
+        BLOCK_M=bm, BLOCK_N=bn, **common, **cfg)
+
+    cfg = kernel_config("dq", d)
+    bm, bn = cfg.pop("BLOCK_M"), cfg.pop("BLOCK_N")
+    wrap_triton(swat_bwd_dq_kernel)[(B * H, triton.cdiv(T, bm))](
+        q, k, v, do, dq, slopes, row_start if has_doc else slopes,
+        *_strides(q), *_strides(k), *_strides(v), *_strides(do), *_strides(dq),
+        T, H, W, -scale * LOG2E, -sigmoid_bias * LOG2E, scale,
+        BLOCK_M=bm, BLOCK_N=bn, **common, **cfg)
+    return dq, dk, dv
+
+
+def _setup_context(ctx, inputs, output):
+    q, k, v, slopes, row_start, row_end, window, sigmoid_bias, scale = inputs
+    ctx.save_for_backward(q, k, v, slopes, row_start, row_end)
+    ctx.window, ctx.sigmoid_bias, ctx.scale = window, sigmoid_bias, scale
+
+
+def _backward(ctx, do):
+    q, k, v, slopes, row_start, row_end = ctx.saved_tensors
+    dq, dk, dv = _swat_bwd(do, q, k, v, slopes, row_start, row_end, ctx.window, ctx.sigmoid_bias, ctx.scale)
+    return dq, dk, dv, None, None, None, None, None, None
+
+
+_swat_fwd.register_autograd(_backward, setup_context=_setup_context)
+
+
+def swat_attention_triton(q, k, v, slopes, window: int, sigmoid_bias: float = 0.0, scale: float | None = None,
+                          cu_seqlens: torch.Tensor | None = None) -> torch.Tensor:
+    """SWAT sigmoid attention through the Triton kernels (differentiable in q, k, v).
+
+    Same contract as `swat_attention_ref(..., activation="sigmoid")`: q [B, T, H, d], k and v
+    [B, T, Hkv, d], slopes [H] (fixed, no gradient), any T and window (>= T is full causal),
+    cu_seqlens for packed documents (B == 1).
+    """
+    check_inputs(q, k, v, slopes, window, cu_seqlens)
+    T, d = q.shape[1], q.shape[3]
+    q, k, v = (t if t.stride(-1) == 1 else t.contiguous() for t in (q, k, v))
+    slopes = slopes.to(device=q.device, dtype=torch.float32).contiguous()
+    row_start = row_end = None
+    if cu_seqlens is not None:
+        row_start, row_end = document_bounds(cu_seqlens, T, q.device)
+    scale = float(scale) if scale is not None else 1.0 / math.sqrt(d)
+    return _swat_fwd(q, k, v, slopes, row_start, row_end, int(window), float(sigmoid_bias), scale)
+
+
+# ---------------------------------------------------------------- decode operator
+
+DECODE_SLOTS_PER_PROGRAM = 256
+
+
+@triton_op("swat_harness::swat_decode", mutates_args=())
+def _swat_decode(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, slopes: torch.Tensor,
+                 cache_len: int, pos: int, window: int, sigmoid_bias: float, scale: float) -> torch.Tensor:
+    B, H, d = q.shape
+    W_cache, Hkv = k_cache.shape[1], k_cache.shape[2]
+    block_w = 16 if interpreting() else max(16, 4096 // d)
+    per_program = max(block_w, min(DECODE_SLOTS_PER_PROGRAM, triton.next_power_of_2(W_cache)))
+    splits = triton.cdiv(W_cache, per_program)
+    out = torch.empty((splits, B, H, d), device=q.device, dtype=q.dtype if splits == 1 else torch.float32)
+    wrap_triton(swat_decode_kernel)[(B * H, splits)](
+        q, k_cache, v_cache, out, slopes,
+        q.stride(0), q.stride(1), *_strides(k_cache), *_strides(v_cache), *_strides(out),
+        H, W_cache, cache_len, pos, window, -scale * LOG2E, -sigmoid_bias * LOG2E,
+        REP=H // Hkv, SLOTS_PER_PROGRAM=per_program, BLOCK_W=block_w, HEAD_DIM=d, FAST=_fast_math(q),
+        num_warps=4)
+    return out[0] if splits == 1 else out.sum(0).to(q.dtype)
+
+
+def swat_decode_triton(q, k_cache, v_cache, cache_len: int, pos: int, slopes, window: int,
+                       sigmoid_bias: float = 0.0, scale: float | None = None) -> torch.Tensor:
+    """One decode step (sigmoid) through the Triton kernel; same contract as `swat_decode_ref`."""
+    if q.dim() != 3 or k_cache.dim() != 4 or k_cache.shape != v_cache.shape:
+        raise ConfigError(f"SWAT decode wants q [B, H, d] and caches [B, W, Hkv, d]; got {tuple(q.shape)}, "
+                          f"{tuple(k_cache.shape)}, {tuple(v_cache.shape)}")
+    check_inputs(q[:, None], k_cache[:, :1], v_cache[:, :1], slopes, window)
+    q, k_cache, v_cache = (t if t.stride(-1) == 1 else t.contiguous() for t in (q, k_cache, v_cache))
+    slopes = slopes.to(device=q.device, dtype=torch.float32).contiguous()
+    scale = float(scale) if scale is not None else 1.0 / math.sqrt(q.shape[-1])
+    return _swat_decode(q, k_cache, v_cache, slopes, int(cache_len), int(pos), int(window), float(sigmoid_bias),
+                        scale)

@@ -1,0 +1,185 @@
+"""SWAT backward in Triton, split as in FlashAttention-2 so that no program needs atomics:
+
+- dK/dV pass: one program per (key block, batch x kv head); it loops over the kv head's query
+  heads (GQA) and over the query tiles of the band, accumulating dK and dV in registers.
+- dQ pass: one program per (query block, batch x head) over the key tiles of the band.
+
+With p = sigmoid(s): dV = P^T dO, dP = dO V^T, dS = dP * p (1 - p), dQ = scale dS K,
+dK = scale dS^T Q. Unlike softmax there is no row statistic to save or to correct with.
+P is recomputed from q and k in both passes (nothing of size T x W is stored).
+"""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+from harness.ops.swat.triton_common import key_block_ranges, mma, query_block_ranges, sigmoid_neg_log2
+
+
+@triton.jit
+def _dkdv_tiles(dk, dv, k, v, q_base, do_base, stride_qt, stride_dot, RowStart, offs_n, n0, m_lo, m_hi, neg_c,
+                neg_slope, neg_bias, key_term, T, W, HAS_DOC: tl.constexpr, MASK: tl.constexpr,
+                BLOCK_M: tl.constexpr, HEAD_DIM: tl.constexpr, FAST: tl.constexpr, DOT_PREC: tl.constexpr):
+    offs_m0 = tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, HEAD_DIM)
+    for m in range(m_lo, m_hi, BLOCK_M):
+        offs_m = m + offs_m0
+        q_ptrs = q_base + offs_m[:, None] * stride_qt + offs_d[None, :]
+        do_ptrs = do_base + offs_m[:, None] * stride_dot + offs_d[None, :]
+        if MASK:
+            inb = offs_m < T
+            q = tl.load(q_ptrs, mask=inb[:, None], other=0.0)
+            do = tl.load(do_ptrs, mask=inb[:, None], other=0.0)
+        else:
+            q = tl.load(q_ptrs)
+            do = tl.load(do_ptrs)
+        qkT = mma(k, tl.trans(q), DOT_PREC)  # [keys, queries]
+        query_term = neg_slope * (offs_m - n0).to(tl.float32) + neg_bias
+        pT = sigmoid_neg_log2(qkT * neg_c + (query_term[None, :] - key_term[:, None]), FAST)
+        if MASK:
+            if HAS_DOC:
+                rs = tl.load(RowStart + offs_m, mask=inb, other=0)
+            else:
+                rs = tl.zeros([BLOCK_M], dtype=tl.int32)
+            row_lo = tl.maximum(offs_m - W + 1, rs)
+            allowed = (offs_n[:, None] <= offs_m[None, :]) & (offs_n[:, None] >= row_lo[None, :])
+            pT = tl.where(allowed, pT, 0.0)
+        dv += mma(pT.to(do.dtype), do, DOT_PREC)
+        dpT = mma(v, tl.trans(do), DOT_PREC)
+        dsT = dpT * (pT - pT * pT)
+        dk += mma(dsT.to(q.dtype), q, DOT_PREC)
+    return dk, dv
+
+
+@triton.jit
+def swat_bwd_dkdv_kernel(Q, K, V, DO, DK, DV, Slopes, RowStart, RowEnd,
+                         sq_b, sq_t, sq_h, sk_b, sk_t, sk_h, sv_b, sv_t, sv_h, sdo_b, sdo_t, sdo_h,
+                         sdk_b, sdk_t, sdk_h, sdv_b, sdv_t, sdv_h,
+                         T, HKV, W, neg_c, neg_bias, scale,
+                         REP: tl.constexpr, HAS_DOC: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                         HEAD_DIM: tl.constexpr, FAST: tl.constexpr, DOT_PREC: tl.constexpr):
+    pid_n = tl.num_programs(1) - 1 - tl.program_id(1)
+    pid_bh = tl.program_id(0)
+    b = pid_bh // HKV
+    hk = pid_bh % HKV
+    n0 = pid_n * BLOCK_N
+    offs_n = n0 + tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, HEAD_DIM)
+    key_ok = offs_n < T
+
+    k = tl.load(K + b.to(tl.int64) * sk_b + hk * sk_h + offs_n[:, None] * sk_t + offs_d[None, :],
+                mask=key_ok[:, None], other=0.0)
+    v = tl.load(V + b.to(tl.int64) * sv_b + hk * sv_h + offs_n[:, None] * sv_t + offs_d[None, :],
+                mask=key_ok[:, None], other=0.0)
+    if HAS_DOC:
+        re_first = tl.load(RowEnd + n0)
+        re_last = tl.load(RowEnd + tl.minimum(n0 + BLOCK_N, T) - 1)
+    else:
+        re_first = T
+        re_last = T
+    diag_lo, diag_hi, full_lo, full_hi, edge_hi = key_block_ranges(n0, re_first, re_last, T, W, BLOCK_M, BLOCK_N)
+
+    LOG2E: tl.constexpr = 1.4426950408889634
+    dk = tl.zeros([BLOCK_N, HEAD_DIM], dtype=tl.float32)
+    dv = tl.zeros([BLOCK_N, HEAD_DIM], dtype=tl.float32)
+    for r in range(REP):
+        h = hk * REP + r
+        neg_slope = -tl.load(Slopes + h).to(tl.float32) * LOG2E
+        key_term = neg_slope * tl.arange(0, BLOCK_N).to(tl.float32)
+        q_base = Q + b.to(tl.int64) * sq_b + h * sq_h
+        do_base = DO + b.to(tl.int64) * sdo_b + h * sdo_h
+        dk, dv = _dkdv_tiles(dk, dv, k, v, q_base, do_base, sq_t, sdo_t, RowStart, offs_n, n0, diag_lo, diag_hi,
+                             neg_c, neg_slope, neg_bias, key_term, T, W, HAS_DOC, True, BLOCK_M, HEAD_DIM, FAST,
+                             DOT_PREC)
+        dk, dv = _dkdv_tiles(dk, dv, k, v, q_base, do_base, sq_t, sdo_t, RowStart, offs_n, n0, full_lo, full_hi,
+                             neg_c, neg_slope, neg_bias, key_term, T, W, HAS_DOC, False, BLOCK_M, HEAD_DIM, FAST,
+                             DOT_PREC)
+        dk, dv = _dkdv_tiles(dk, dv, k, v, q_base, do_base, sq_t, sdo_t, RowStart, offs_n, n0, full_hi, edge_hi,
+                             neg_c, neg_slope, neg_bias, key_term, T, W, HAS_DOC, True, BLOCK_M, HEAD_DIM, FAST,
+                             DOT_PREC)
+    dk = dk * scale
+    tl.store(DK + b.to(tl.int64) * sdk_b + hk * sdk_h + offs_n[:, None] * sdk_t + offs_d[None, :],
+             dk.to(DK.dtype.element_ty), mask=key_ok[:, None])
+    tl.store(DV + b.to(tl.int64) * sdv_b + hk * sdv_h + offs_n[:, None] * sdv_t + offs_d[None, :],
+             dv.to(DV.dtype.element_ty), mask=key_ok[:, None])
+
+
+@triton.jit
+def _dq_tiles(dq, q, do, k_base, v_base, stride_kt, stride_vt, offs_m, row_lo, n_lo, n_hi, neg_c, neg_slope,
+              neg_bias, col_term, T, MASK: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr,
+              FAST: tl.constexpr, DOT_PREC: tl.constexpr):
+    offs_n0 = tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, HEAD_DIM)
+    for n in range(n_lo, n_hi, BLOCK_N):
+        offs_n = n + offs_n0
+        k_ptrs = k_base + offs_n[:, None] * stride_kt + offs_d[None, :]
+        v_ptrs = v_base + offs_n[:, None] * stride_vt + offs_d[None, :]
+        if MASK:
+            inb = ((offs_n >= 0) & (offs_n < T))[:, None]
+            k = tl.load(k_ptrs, mask=inb, other=0.0)
+            v = tl.load(v_ptrs, mask=inb, other=0.0)
+        else:
+            k = tl.load(k_ptrs)
+            v = tl.load(v_ptrs)
+        qk = mma(q, tl.trans(k), DOT_PREC)
+        row_term = neg_slope * (offs_m - n).to(tl.float32) + neg_bias
+        p = sigmoid_neg_log2(qk * neg_c + (row_term[:, None] - col_term[None, :]), FAST)
+        if MASK:
+            allowed = (offs_n[None, :] <= offs_m[:, None]) & (offs_n[None, :] >= row_lo[:, None])
+            p = tl.where(allowed, p, 0.0)
+        dp = mma(do, tl.trans(v), DOT_PREC)
+        ds = dp * (p - p * p)
+        dq += mma(ds.to(k.dtype), k, DOT_PREC)
+    return dq
+
+
+@triton.jit
+def swat_bwd_dq_kernel(Q, K, V, DO, DQ, Slopes, RowStart,
+                       sq_b, sq_t, sq_h, sk_b, sk_t, sk_h, sv_b, sv_t, sv_h, sdo_b, sdo_t, sdo_h,
+                       sdq_b, sdq_t, sdq_h,
+                       T, H, W, neg_c, neg_bias, scale,
+                       REP: tl.constexpr, HAS_DOC: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                       HEAD_DIM: tl.constexpr, FAST: tl.constexpr, DOT_PREC: tl.constexpr):
+    pid_m = tl.num_programs(1) - 1 - tl.program_id(1)
+    pid_bh = tl.program_id(0)
+    b = pid_bh // H
+    h = pid_bh % H
+    hk = h // REP
+    m0 = pid_m * BLOCK_M
+    offs_m = m0 + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, HEAD_DIM)
+    row_ok = offs_m < T
+
+    q = tl.load(Q + b.to(tl.int64) * sq_b + h * sq_h + offs_m[:, None] * sq_t + offs_d[None, :],
+                mask=row_ok[:, None], other=0.0)
+    do = tl.load(DO + b.to(tl.int64) * sdo_b + h * sdo_h + offs_m[:, None] * sdo_t + offs_d[None, :],
+                 mask=row_ok[:, None], other=0.0)
+    k_base = K + b.to(tl.int64) * sk_b + hk * sk_h
+    v_base = V + b.to(tl.int64) * sv_b + hk * sv_h
+
+    if HAS_DOC:
+        rs = tl.load(RowStart + offs_m, mask=row_ok, other=0)
+        rs_first = tl.load(RowStart + m0)
+        rs_last = tl.load(RowStart + tl.minimum(m0 + BLOCK_M, T) - 1)
+    else:
+        rs = tl.zeros([BLOCK_M], dtype=tl.int32)
+        rs_first = 0
+        rs_last = 0
+    row_lo = tl.maximum(offs_m - W + 1, rs)
+
+    LOG2E: tl.constexpr = 1.4426950408889634
+    neg_slope = -tl.load(Slopes + h).to(tl.float32) * LOG2E
+    col_term = neg_slope * tl.arange(0, BLOCK_N).to(tl.float32)
+
+    edge_lo, full_lo, diag_lo, diag_hi = query_block_ranges(m0, rs_first, rs_last, T, W, BLOCK_M, BLOCK_N)
+    dq = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
+    dq = _dq_tiles(dq, q, do, k_base, v_base, sk_t, sv_t, offs_m, row_lo, edge_lo, full_lo, neg_c, neg_slope,
+                   neg_bias, col_term, T, True, BLOCK_N, HEAD_DIM, FAST, DOT_PREC)
+    dq = _dq_tiles(dq, q, do, k_base, v_base, sk_t, sv_t, offs_m, row_lo, full_lo, diag_lo, neg_c, neg_slope,
+                   neg_bias, col_term, T, False, BLOCK_N, HEAD_DIM, FAST, DOT_PREC)
+    dq = _dq_tiles(dq, q, do, k_base, v_base, sk_t, sv_t, offs_m, row_lo, diag_lo, diag_hi, neg_c, neg_slope,
+                   neg_bias, col_term, T, True, BLOCK_N, HEAD_DIM, FAST, DOT_PREC)
+    dq = dq * scale
+    tl.store(DQ + b.to(tl.int64) * sdq_b + h * sdq_h + offs_m[:, None] * sdq_t + offs_d[None, :],
+             dq.to(DQ.dtype.element_ty), mask=row_ok[:, None])

@@ -1,0 +1,84 @@
+"""Pieces shared by the SWAT Triton kernels: the sigmoid, the band's tile ranges, the config table.
+
+Every kernel visits only the key (or query) tiles that intersect the band 0 <= i - j < W, and
+splits them into three runs so that the common case does no masking work at all:
+
+    [edge_lo, full_lo)   tiles at the window's far edge (or a document start): masked
+    [full_lo, diag_lo)   tiles inside the band for every row of the block: no mask, no bounds checks
+    [diag_lo, diag_hi)   tiles on the causal diagonal: masked
+
+Scores are kept in base-2 units and negated, g = -s * log2(e), so that sigmoid(s) = 1 / (1 + 2^g)
+costs one ex2 and one reciprocal on the special-function unit.
+"""
+
+from __future__ import annotations
+
+import os
+
+import triton
+import triton.language as tl
+
+LOG2E = 1.4426950408889634
+
+
+def interpreting() -> bool:
+    """True under TRITON_INTERPRET=1 (CPU tests): no inline PTX, tiny tiles."""
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+@triton.jit
+def sigmoid_neg_log2(g, FAST: tl.constexpr):
+    """sigmoid(s) given g = -s * log2(e); FAST uses the approximate reciprocal (1 ulp) on the GPU."""
+    den = 1.0 + tl.math.exp2(g)
+    if FAST:
+        return tl.inline_asm_elementwise("rcp.approx.ftz.f32 $0, $1;", "=r,r", [den], dtype=tl.float32,
+                                         is_pure=True, pack=1)
+    else:
+        return 1.0 / den
+
+
+@triton.jit
+def query_block_ranges(m0, rs_first, rs_last, T, W, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """Key-tile runs (edge_lo, full_lo, diag_lo, diag_hi) for queries m0 .. m0 + BLOCK_M - 1.
+
+    rs_first / rs_last are the document starts of the block's first and last (valid) rows
+    (0 without cu_seqlens). Keys j < max(i - W + 1, start of i's document) are outside the band.
+    """
+    lo = tl.maximum(tl.maximum(m0 - W + 1, rs_first), 0)
+    # a tile [n, n + BLOCK_N) with n + BLOCK_N <= m0 is inside the band for every row of the block
+    # when n >= m0 + BLOCK_M - W (window) and n >= rs_last (same document)
+    full_lo = tl.maximum(m0 + BLOCK_M - W, rs_last)
+    n_full = tl.maximum(m0 - full_lo, 0) // BLOCK_N
+    full_start = m0 - n_full * BLOCK_N
+    n_edge = (tl.maximum(full_start - lo, 0) + BLOCK_N - 1) // BLOCK_N
+    edge_start = full_start - n_edge * BLOCK_N
+    diag_hi = tl.minimum(m0 + BLOCK_M, T)
+    return edge_start, full_start, m0, diag_hi
+
+
+@triton.jit
+def key_block_ranges(n0, re_first, re_last, T, W, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """Query-tile runs (diag_lo, diag_hi, full_lo, full_hi, edge_hi) for keys n0 .. n0 + BLOCK_N - 1.
+
+    re_first / re_last are the document ends (exclusive) of the block's first and last valid keys
+    (T without cu_seqlens). Query i sees key j when j <= i < min(j + W, end of j's document).
+    """
+    hi = tl.minimum(tl.minimum(n0 + BLOCK_N - 1 + W, re_last), T)
+    diag_hi = tl.minimum(n0 + BLOCK_N, hi)
+    # a tile [m, m + BLOCK_M) with m >= n0 + BLOCK_N sees every key of the block when
+    # m + BLOCK_M <= n0 + W (window), <= re_first (same document) and <= T
+    full_end = tl.minimum(tl.minimum(n0 + W, re_first), T)
+    n_full = tl.maximum(full_end - (n0 + BLOCK_N), 0) // BLOCK_M
+    full_hi = n0 + BLOCK_N + n_full * BLOCK_M
+    return n0, diag_hi, n0 + BLOCK_N, full_hi, tl.maximum(hi, full_hi)
+
+
+@triton.jit
+def mma(a, b, DOT_PREC: tl.constexpr):
+    """a @ b with fp32 accumulation. DOT_PREC "ieee" multiplies the (already rounded) operands in
+    fp32: exact for fp32 inputs, and the CPU interpreter's path for bf16, whose native bf16 dot is
+    wrong in triton 3.9's interpreter. "tf32" lets 16-bit operands go to the tensor cores as they are."""
+    if DOT_PREC == "ieee":
+        return tl.dot(a.to(tl.float32), b.to(tl.float32), input_precision="ieee")
+    else:
+        return tl.dot(a, b)

@@ -1,0 +1,46 @@
+"""SWAT decode in Triton: one new query per sequence against the ring-buffer cache of W slots.
+
+The token at absolute position p sits in slot p % W, so the query at `pos` sees slot s at distance
+(pos - s) mod W. The cost is a read of the W cached keys and values, whatever the context length.
+Because sigmoid weights are not normalised, the slots can be split across programs and their
+partial sums simply added (flash-decoding without the max/rescale step).
+"""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+from harness.ops.swat.triton_common import sigmoid_neg_log2
+
+
+@triton.jit
+def swat_decode_kernel(Q, KC, VC, O, Slopes,
+                       sq_b, sq_h, sk_b, sk_w, sk_h, sv_b, sv_w, sv_h, so_s, so_b, so_h,
+                       H, W_CACHE, cache_len, pos, window, neg_c, neg_bias,
+                       REP: tl.constexpr, SLOTS_PER_PROGRAM: tl.constexpr, BLOCK_W: tl.constexpr,
+                       HEAD_DIM: tl.constexpr, FAST: tl.constexpr):
+    pid_bh = tl.program_id(0)
+    pid_s = tl.program_id(1)
+    b = pid_bh // H
+    h = pid_bh % H
+    hk = h // REP
+    offs_d = tl.arange(0, HEAD_DIM)
+    q = tl.load(Q + b.to(tl.int64) * sq_b + h * sq_h + offs_d).to(tl.float32)
+    LOG2E: tl.constexpr = 1.4426950408889634
+    neg_slope = -tl.load(Slopes + h).to(tl.float32) * LOG2E
+    k_base = KC + b.to(tl.int64) * sk_b + hk * sk_h
+    v_base = VC + b.to(tl.int64) * sv_b + hk * sv_h
+    acc = tl.zeros([HEAD_DIM], dtype=tl.float32)
+    s_lo = pid_s * SLOTS_PER_PROGRAM
+    for s0 in range(s_lo, s_lo + SLOTS_PER_PROGRAM, BLOCK_W):
+        slots = s0 + tl.arange(0, BLOCK_W)
+        dist = (pos - slots + W_CACHE) % W_CACHE
+        valid = (slots < cache_len) & (dist < window)
+        k = tl.load(k_base + slots[:, None] * sk_w + offs_d[None, :], mask=valid[:, None], other=0.0)
+        v = tl.load(v_base + slots[:, None] * sv_w + offs_d[None, :], mask=valid[:, None], other=0.0)
+        qk = tl.sum(k.to(tl.float32) * q[None, :], axis=1)
+        p = sigmoid_neg_log2(qk * neg_c + neg_slope * dist.to(tl.float32) + neg_bias, FAST)
+        p = tl.where(valid, p, 0.0)
+        acc += tl.sum(p[:, None] * v.to(tl.float32), axis=0)
+    tl.store(O + pid_s.to(tl.int64) * so_s + b.to(tl.int64) * so_b + h * so_h + offs_d, acc.to(O.dtype.element_ty))

@@ -1,0 +1,92 @@
+"""SWAT forward in Triton: one program per (query block, batch x head), key tiles of the band only.
+
+    o_i = sum_j sigmoid(q_i . k_j * scale + slope_h (i - j) + bias) v_j,   0 <= i - j < W, same document
+
+Sigmoid weights need no running max and no final normalisation, so a tile's contribution is
+simply added to the fp32 accumulator: the loop is two matrix products and one sigmoid per pair.
+"""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+from harness.ops.swat.triton_common import mma, query_block_ranges, sigmoid_neg_log2
+
+
+@triton.jit
+def _fwd_tiles(acc, q, k_base, v_base, stride_kt, stride_vt, offs_m, row_lo, n_lo, n_hi, neg_c, neg_slope,
+               neg_bias, col_term, T, MASK: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr,
+               FAST: tl.constexpr, DOT_PREC: tl.constexpr):
+    offs_n0 = tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, HEAD_DIM)
+    for n in range(n_lo, n_hi, BLOCK_N):
+        offs_n = n + offs_n0
+        k_ptrs = k_base + offs_n[:, None] * stride_kt + offs_d[None, :]
+        v_ptrs = v_base + offs_n[:, None] * stride_vt + offs_d[None, :]
+        if MASK:
+            inb = ((offs_n >= 0) & (offs_n < T))[:, None]
+            k = tl.load(k_ptrs, mask=inb, other=0.0)
+            v = tl.load(v_ptrs, mask=inb, other=0.0)
+        else:
+            k = tl.load(k_ptrs)
+            v = tl.load(v_ptrs)
+        qk = mma(q, tl.trans(k), DOT_PREC)
+        # -log2(e) * (qk * scale + slope * (i - j) + bias), the distance taken relative to n
+        row_term = neg_slope * (offs_m - n).to(tl.float32) + neg_bias
+        g = qk * neg_c + (row_term[:, None] - col_term[None, :])
+        p = sigmoid_neg_log2(g, FAST)
+        if MASK:
+            allowed = (offs_n[None, :] <= offs_m[:, None]) & (offs_n[None, :] >= row_lo[:, None])
+            p = tl.where(allowed, p, 0.0)
+        acc += mma(p.to(v.dtype), v, DOT_PREC)
+    return acc
+
+
+@triton.jit
+def swat_fwd_kernel(Q, K, V, O, Slopes, RowStart,
+                    sq_b, sq_t, sq_h, sk_b, sk_t, sk_h, sv_b, sv_t, sv_h, so_b, so_t, so_h,
+                    T, H, W, neg_c, neg_bias,
+                    REP: tl.constexpr, HAS_DOC: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                    HEAD_DIM: tl.constexpr, FAST: tl.constexpr, DOT_PREC: tl.constexpr):
+    # heavy (late) query blocks first: with W >= T the work per block grows with its index
+    pid_m = tl.num_programs(1) - 1 - tl.program_id(1)
+    pid_bh = tl.program_id(0)
+    b = pid_bh // H
+    h = pid_bh % H
+    hk = h // REP
+    m0 = pid_m * BLOCK_M
+    offs_m = m0 + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, HEAD_DIM)
+    row_ok = offs_m < T
+
+    q_base = Q + b.to(tl.int64) * sq_b + h * sq_h
+    k_base = K + b.to(tl.int64) * sk_b + hk * sk_h
+    v_base = V + b.to(tl.int64) * sv_b + hk * sv_h
+    q = tl.load(q_base + offs_m[:, None] * sq_t + offs_d[None, :], mask=row_ok[:, None], other=0.0)
+
+    if HAS_DOC:
+        rs = tl.load(RowStart + offs_m, mask=row_ok, other=0)
+        rs_first = tl.load(RowStart + m0)
+        rs_last = tl.load(RowStart + tl.minimum(m0 + BLOCK_M, T) - 1)
+    else:
+        rs = tl.zeros([BLOCK_M], dtype=tl.int32)
+        rs_first = 0
+        rs_last = 0
+    row_lo = tl.maximum(offs_m - W + 1, rs)
+
+    LOG2E: tl.constexpr = 1.4426950408889634
+    neg_slope = -tl.load(Slopes + h).to(tl.float32) * LOG2E
+    col_term = neg_slope * tl.arange(0, BLOCK_N).to(tl.float32)
+
+    edge_lo, full_lo, diag_lo, diag_hi = query_block_ranges(m0, rs_first, rs_last, T, W, BLOCK_M, BLOCK_N)
+    acc = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
+    acc = _fwd_tiles(acc, q, k_base, v_base, sk_t, sv_t, offs_m, row_lo, edge_lo, full_lo, neg_c, neg_slope,
+                     neg_bias, col_term, T, True, BLOCK_N, HEAD_DIM, FAST, DOT_PREC)
+    acc = _fwd_tiles(acc, q, k_base, v_base, sk_t, sv_t, offs_m, row_lo, full_lo, diag_lo, neg_c, neg_slope,
+                     neg_bias, col_term, T, False, BLOCK_N, HEAD_DIM, FAST, DOT_PREC)
+    acc = _fwd_tiles(acc, q, k_base, v_base, sk_t, sv_t, offs_m, row_lo, diag_lo, diag_hi, neg_c, neg_slope,
+                     neg_bias, col_term, T, True, BLOCK_N, HEAD_DIM, FAST, DOT_PREC)
+
+    o_base = O + b.to(tl.int64) * so_b + h * so_h
+    tl.store(o_base + offs_m[:, None] * so_t + offs_d[None, :], acc.to(O.dtype.element_ty), mask=row_ok[:, None])

@@ -1,0 +1,181 @@
+"""The SWAT Triton kernels against the plain-torch reference (the definition).
+
+On a CPU machine the kernels run under TRITON_INTERPRET=1 at tiny sizes with 16x16 tiles, so that
+every tile path (window edge, interior, causal diagonal, partial last block, document boundary)
+is exercised; on a GPU the same tests run compiled, plus realistic sizes and torch.compile.
+"""
+
+import os
+
+import pytest
+import torch
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+pytest.importorskip("triton")
+
+from harness.config import ConfigError  # noqa: E402
+from harness.ops.alibi import alibi_slopes  # noqa: E402
+from harness.ops.swat.function import check_inputs, swat_attention_triton, swat_decode_triton  # noqa: E402
+from harness.ops.swat.reference import swat_attention_ref, swat_decode_ref  # noqa: E402
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+gpu_only = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+def rel_err(a, b) -> float:
+    a, b = a.double(), b.double()
+    return ((a - b).norm() / b.norm().clamp_min(1e-30)).item()
+
+
+def inputs(B, T, H, Hkv, d, dtype, seed):
+    g = torch.Generator(device="cpu").manual_seed(seed)
+    q, k, v = (torch.randn(B, T, h, d, generator=g).to(DEVICE, dtype) for h in (H, Hkv, Hkv))
+    do = torch.randn(B, T, H, d, generator=g).to(DEVICE, dtype)
+    return q, k, v, do
+
+
+def check_against_reference(B, T, H, Hkv, d, W, dtype, tol, cu_seqlens=None, bias=-0.5, seed=0):
+    q, k, v, do = inputs(B, T, H, Hkv, d, dtype, seed)
+    slopes = alibi_slopes(H, "balanced").to(DEVICE)
+    cu = None if cu_seqlens is None else torch.tensor(cu_seqlens, dtype=torch.int32, device=DEVICE)
+    got = {}
+    for name, fn in (("kernel", swat_attention_triton), ("ref", None)):
+        qq, kk, vv = (t.detach().clone().requires_grad_() for t in (q, k, v))
+        if fn is None:  # the reference in fp32 on the same (rounded) inputs
+            o = swat_attention_ref(qq.float(), kk.float(), vv.float(), slopes, W, "sigmoid", bias, cu_seqlens=cu)
+        else:
+            o = fn(qq, kk, vv, slopes, W, bias, cu_seqlens=cu)
+        o.backward(do.to(o.dtype))
+        got[name] = (o, qq.grad, kk.grad, vv.grad)
+    for what, a, b in zip(("o", "dq", "dk", "dv"), got["kernel"], got["ref"]):
+        assert torch.isfinite(a).all(), what
+        err = rel_err(a, b)
+        assert err < tol, f"{what}: relative error {err:.2e} >= {tol:.0e}"
+
+
+# (B, T, H, Hkv, W): window edge inside a block, T not a multiple of 16, W = 1, T < W, W = T,
+# GQA 4:1, a window equal to the tile
+CASES = [
+    (2, 50, 2, 2, 20),
+    (1, 37, 2, 1, 1),
+    (1, 21, 2, 2, 64),
+    (1, 40, 4, 1, 40),
+    (1, 64, 2, 2, 16),
+]
+
+
+@pytest.mark.parametrize("B,T,H,Hkv,W", CASES)
+def test_fp32_matches_reference(B, T, H, Hkv, W):
+    check_against_reference(B, T, H, Hkv, 64, W, torch.float32, tol=2e-5)
+
+
+@pytest.mark.parametrize("d", [64, 128])
+def test_bf16_matches_reference(d):
+    check_against_reference(1, 45, 2, 1, d, 23, torch.bfloat16, tol=2e-2, seed=1)
+
+
+def test_varlen_documents_do_not_attend_across():
+    # documents shorter and longer than the window, one boundary inside a tile
+    check_against_reference(1, 70, 2, 2, 64, 24, torch.float32, tol=2e-5, cu_seqlens=[0, 5, 37, 70])
+
+
+def test_varlen_full_causal_gqa():
+    check_against_reference(1, 50, 4, 2, 64, 1000, torch.float32, tol=2e-5, cu_seqlens=[0, 17, 18, 50])
+
+
+@pytest.mark.parametrize("pos", [3, 31, 77])
+def test_decode_matches_reference(pos):
+    B, H, Hkv, d, W = 2, 4, 2, 64, 32
+    g = torch.Generator(device="cpu").manual_seed(pos)
+    q = torch.randn(B, H, d, generator=g).to(DEVICE)
+    kc, vc = (torch.randn(B, W, Hkv, d, generator=g).to(DEVICE) for _ in range(2))
+    slopes = alibi_slopes(H).to(DEVICE)
+    cache_len = min(pos + 1, W)
+    got = swat_decode_triton(q, kc, vc, cache_len, pos, slopes, W, sigmoid_bias=0.3)
+    want = swat_decode_ref(q, kc, vc, cache_len, pos, slopes, W, sigmoid_bias=0.3)
+    assert rel_err(got, want) < 2e-5
+
+
+def test_decode_step_equals_last_forward_row():
+    """Filling the ring buffer from a sequence and decoding its last token gives the forward's last row."""
+    T, H, d, W = 41, 2, 64, 16
+    q, k, v, _ = inputs(1, T, H, H, d, torch.float32, 3)
+    slopes = alibi_slopes(H).to(DEVICE)
+    full = swat_attention_triton(q, k, v, slopes, W)
+    slots = torch.arange(T - W, T, device=DEVICE) % W
+    kc, vc = torch.zeros(1, W, H, d, device=DEVICE), torch.zeros(1, W, H, d, device=DEVICE)
+    kc[:, slots], vc[:, slots] = k[:, T - W:], v[:, T - W:]
+    step = swat_decode_triton(q[:, -1], kc, vc, W, T - 1, slopes, W)
+    assert rel_err(step, full[:, -1]) < 2e-5
+
+
+def test_unsupported_inputs_are_refused():
+    q = torch.randn(1, 8, 2, 48, device=DEVICE)
+    slopes = torch.zeros(2, device=DEVICE)
+    with pytest.raises(ConfigError, match="head_dim"):
+        check_inputs(q, q, q, slopes, 4)
+    q = torch.randn(2, 8, 3, 64, device=DEVICE)
+    k = torch.randn(2, 8, 2, 64, device=DEVICE)
+    with pytest.raises(ConfigError, match="multiple"):
+        check_inputs(q, k, k, torch.zeros(3, device=DEVICE), 4)
+    q = torch.randn(2, 8, 2, 64, device=DEVICE)
+    with pytest.raises(ConfigError, match="batch size 1"):
+        check_inputs(q, q, q, slopes, 4, cu_seqlens=torch.tensor([0, 8]))
+    with pytest.raises(ConfigError, match="bf16"):
+        check_inputs(q.double(), q.double(), q.double(), slopes, 4)
+
+
+def test_cpu_tensors_need_the_interpreter(monkeypatch):
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    q = torch.randn(1, 8, 2, 64)
+    with pytest.raises(ConfigError, match="CUDA"):
+        check_inputs(q, q, q, torch.zeros(2), 4)
+
+
+# ---------------------------------------------------------------- GPU, realistic sizes
+
+@gpu_only
+@pytest.mark.parametrize("d", [64, 128])
+@pytest.mark.parametrize("T,W", [(2048, 128), (2000, 512), (1024, 1024)])
+def test_gpu_bf16_realistic(d, T, W):
+    check_against_reference(2, T, 4, 2, d, W, torch.bfloat16, tol=1e-2, bias=-3.0)
+
+
+@gpu_only
+def test_gpu_varlen_realistic():
+    check_against_reference(1, 3000, 4, 4, 64, 256, torch.bfloat16, tol=1e-2, bias=-3.0,
+                            cu_seqlens=[0, 100, 1300, 1301, 3000])
+
+
+@gpu_only
+def test_gpu_decode_realistic():
+    B, H, Hkv, d, W = 4, 16, 4, 128, 2048
+    q = torch.randn(B, H, d, device="cuda", dtype=torch.bfloat16)
+    kc, vc = (torch.randn(B, W, Hkv, d, device="cuda", dtype=torch.bfloat16) for _ in range(2))
+    slopes = alibi_slopes(H).cuda()
+    for pos in (100, 5000):
+        cache_len = min(pos + 1, W)
+        got = swat_decode_triton(q, kc, vc, cache_len, pos, slopes, W, sigmoid_bias=-5.0)
+        want = swat_decode_ref(q.float(), kc.float(), vc.float(), cache_len, pos, slopes, W, sigmoid_bias=-5.0)
+        assert rel_err(got, want) < 1e-2
+
+
+@gpu_only
+def test_gpu_torch_compile_has_no_graph_break():
+    from harness.ops.swat import swat_attention
+
+    def f(q, k, v, slopes):
+        return (swat_attention(q, k, v, slopes, 256) * 2).sum()
+
+    q, k, v, _ = inputs(2, 1024, 4, 2, 64, torch.bfloat16, 5)
+    q.requires_grad_()
+    slopes = alibi_slopes(4).cuda()
+    compiled = torch.compile(f, fullgraph=True)
+    loss = compiled(q, k, v, slopes)
+    loss.backward()
+    eager_q = q.detach().clone().requires_grad_()
+    f(eager_q, k, v, slopes).backward()
+    assert rel_err(loss, f(q.detach(), k, v, slopes)) < 1e-3
+    assert rel_err(q.grad, eager_q.grad) < 1e-3

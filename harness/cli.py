@@ -7,6 +7,7 @@ as one line starting with `error:` that names the fix, with exit status 2; no tr
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -56,8 +57,9 @@ class StepProgress:
     def __call__(self, info: dict) -> None:
         if self.task is None:
             self.progress.start()
-            self.task = self.progress.add_task(self.label, total=info["steps"], info="")
-        tok_s = info["tokens"] / max(info["seconds"], 1e-9)
+            self.task = self.progress.add_task(self.label, total=info["steps"], info="",
+                                               completed=info.get("start_step", 0))
+        tok_s = info.get("tokens_per_s") or info["tokens"] / max(info["seconds"], 1e-9)
         self.progress.update(self.task, completed=info["step"],
                              info=f"loss {info['loss']:.3f}  lr {info['lr']:.2e}  {tok_s:,.0f} tok/s")
         if info["step"] >= info["steps"]:
@@ -127,14 +129,26 @@ def cmd_train(args) -> None:
     from harness.registry import load_plugins
     from harness.runner import default_device
     from harness.train import train
+    from harness.distributed import launched_by_torchrun
     load_plugins(args.plugin)
     cfg = config_from(args)
     out = Path(args.out or Path(args.runs) / (args.run or args.preset) / args.model)
-    bar = StepProgress(f"train {args.model}")
-    result = train(args.model, cfg, out, args.device or default_device(), on_step=bar)
-    bar.close()
-    console.print(f"{args.model}: {result.params:,} params, {result.tokens:,} tokens, train loss "
-                  f"{result.train_loss:.4f}, held-out loss {result.heldout_loss:.4f}, checkpoint {result.checkpoint}")
+    main_rank = not launched_by_torchrun() or os.environ.get("RANK") == "0"
+    bar = StepProgress(f"train {args.model}") if main_rank and not args.quiet else None
+    loggers = tuple(name for name, on in (("tensorboard", args.tensorboard), ("wandb", args.wandb)) if on)
+    try:
+        result = train(args.model, cfg, out, args.device or default_device(), on_step=bar, resume=args.resume,
+                       parallel=args.parallel, loggers=loggers)
+    finally:
+        if bar is not None:
+            bar.close()
+    if main_rank:
+        speed = (f", {result.tokens_per_s:,.0f} tokens/s" if result.tokens_per_s else "") + \
+            (f", MFU {result.mfu:.1%}" if result.mfu else "") + \
+            (f", peak memory {result.peak_mem_gib:.1f} GiB" if result.peak_mem_gib else "")
+        console.print(f"{args.model}: {result.params:,} params, {result.tokens:,} tokens, train loss "
+                      f"{result.train_loss:.4f}, held-out loss {result.heldout_loss:.4f}{speed}; "
+                      f"checkpoint {result.checkpoint}, log and loss.png in {out}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -161,12 +175,20 @@ def build_parser() -> argparse.ArgumentParser:
     add_plugin_arg(p)
     p.set_defaults(func=cmd_run)
 
-    p = sub.add_parser("train", help="train one model at a preset (resumes from its checkpoint)")
+    p = sub.add_parser("train", help="train one model at a preset (resumes from its checkpoint); "
+                       "several GPUs: torchrun --nproc-per-node N -m harness train ...")
     p.add_argument("--model", required=True)
     p.add_argument("--out", help="run folder (default: RUNS/RUN/MODEL)")
     p.add_argument("--run", help="run name (default: the preset)")
     p.add_argument("--runs", default="runs")
-    p.add_argument("--device")
+    p.add_argument("--device", help="cpu | cuda (under torchrun: each rank's own GPU; default: cuda when available)")
+    p.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True,
+                   help="continue from the run folder's checkpoint (default); --no-resume discards it and the log")
+    p.add_argument("--parallel", choices=("ddp", "fsdp"), default="ddp",
+                   help="under torchrun: replicate (ddp, default) or shard (fsdp: FSDP2 fully_shard per layer)")
+    p.add_argument("--tensorboard", action="store_true", help="also log to RUN/tensorboard (needs tensorboard)")
+    p.add_argument("--wandb", action="store_true", help="also log to Weights & Biases (needs wandb)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar (the JSONL log is still written)")
     add_config_args(p)
     add_plugin_arg(p)
     p.set_defaults(func=cmd_train)

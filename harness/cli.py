@@ -151,6 +151,25 @@ def cmd_train(args) -> None:
                       f"checkpoint {result.checkpoint}, log and loss.png in {out}")
 
 
+def cmd_tables(args) -> None:
+    """Print (or write) one of the paper's tables from stored rows; optionally draw the plots."""
+    from harness.tables import build, collect, render
+    rows, refs, configs = collect(args.run, args.reference, args.results,
+                                  warn=lambda m: err_console.print(m, markup=False, highlight=False, soft_wrap=True))
+    text = render(build(args.table, rows, refs, configs), args.format)
+    if args.out:
+        from harness.results import atomic_write_text
+        atomic_write_text(Path(args.out), text)
+        err_console.print(f"wrote {args.out}", highlight=False)
+    else:
+        sys.stdout.write(text)
+    if args.plots:
+        from harness.plots import write_plots
+        written = write_plots(rows + refs, Path(args.plots), configs)
+        listing = ", ".join(str(p) for p in written) or "none (no length, speed or multi-checkpoint rows)"
+        err_console.print(f"plots: {listing}", highlight=False)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="harness", description="Benchmark SWAT against linear recurrent "
                                      "and softmax baselines: train, evaluate, time, tabulate.")
@@ -192,6 +211,19 @@ def build_parser() -> argparse.ArgumentParser:
     add_config_args(p)
     add_plugin_arg(p)
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("tables", help="the paper's tables from stored rows (md, LaTeX, CSV), with reference "
+                       "rows and plots")
+    p.add_argument("--run", action="append", default=[], metavar="RUN",
+                   help="run name under --results, run folder or rows file (repeatable; default: every run)")
+    p.add_argument("--reference", action="append", default=[], metavar="FILE",
+                   help="published numbers: a CSV, a file name in RESULTS/paper, or `all` (repeatable)")
+    p.add_argument("--table", default="main", choices=["main", "ablation", "length", "speed"])
+    p.add_argument("--format", default="md", choices=["md", "latex", "csv"])
+    p.add_argument("--results", default="results", help="results folder (default: results)")
+    p.add_argument("--out", help="write the table to this file instead of printing it")
+    p.add_argument("--plots", metavar="DIR", help="also write the plots (PNG + CSV) into DIR")
+    p.set_defaults(func=cmd_tables)
     return parser
 
 
@@ -200,8 +232,9 @@ def expected_errors() -> tuple:
     from harness.data import DataError
     from harness.registry import RegistryError
     from harness.runner import RunError
+    from harness.results import ResultsError
     from harness.train import TrainingError
-    return ConfigError, DataError, RegistryError, RunError, TrainingError, FileNotFoundError
+    return ConfigError, DataError, RegistryError, RunError, TrainingError, ResultsError, FileNotFoundError
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -101,6 +101,140 @@ def read_rows(path: Path, warn=print) -> list[Row]:
     return rows
 
 
+# ---------------------------------------------------------------- loading runs and references
+
+class ResultsError(ValueError):
+    """A run folder or reference file cannot be found or read; the message names the fix."""
+
+
+# Fields that describe how or when a row was measured, not what was measured: two rows that differ
+# only in these are the same measurement (a duplicate, or a conflict when the values differ).
+_NOT_IDENTITY = {"value", "stderr", "n", "commit", "device", "date", "command", "params"}
+_DESCRIPTIVE_EXTRAS = {"task_version", "version", "source", "table", "label", "published", "note"}
+
+
+def row_key(row: Row) -> tuple:
+    """What a row measures: run, model, preset, task, metric, seed, checkpoint, tokens and extra keys."""
+    core = tuple((k, getattr(row, k)) for k in ROW_FIELDS if k not in _NOT_IDENTITY)
+    extra = tuple(sorted((k, json.dumps(v, sort_keys=True, default=str)) for k, v in row.extra.items()
+                         if k not in _DESCRIPTIVE_EXTRAS))
+    return core + extra
+
+
+def _same_value(a: Row, b: Row) -> bool:
+    if a.value is None or b.value is None:
+        return a.value is b.value
+    return a.value == b.value or (a.value != a.value and b.value != b.value)  # NaN == NaN here
+
+
+def dedupe_rows(rows: list[Row], warn=print) -> list[Row]:
+    """One row per measurement. Identical repeats are dropped with a note; rows that measure the same
+    thing with different values are reported with both values, and the one written last (latest
+    `date`, then file order) is kept, as a rerun replaces what it reruns."""
+    by_key: dict[tuple, list[Row]] = {}
+    for r in rows:
+        by_key.setdefault(row_key(r), []).append(r)
+    kept = []
+    for group in by_key.values():
+        if len(group) > 1:
+            latest = max(enumerate(group), key=lambda ir: (ir[1].date or "", ir[0]))[1]
+            what = f"{group[0].run}/{group[0].model} {group[0].task}/{group[0].metric}"
+            extra = {k: v for k, v in group[0].extra.items() if k not in _DESCRIPTIVE_EXTRAS}
+            what += f" {extra}" if extra else ""
+            if all(_same_value(r, group[0]) for r in group):
+                warn(f"warning: {len(group)} identical rows for {what}; counted once")
+            else:
+                values = ", ".join(f"{r.value} ({r.date or 'no date'})" for r in group)
+                warn(f"warning: conflicting rows for {what}: {values}; using {latest.value} "
+                     f"(written last); delete the wrong row from the run's rows.jsonl")
+            group = [latest]
+        kept.append(group[0])
+    return kept
+
+
+@dataclass
+class RunRecord:
+    """A run folder: its rows and its run.json (command, config, versions, commit, device, date)."""
+    name: str
+    path: Path
+    rows: list[Row]
+    info: dict = field(default_factory=dict)
+
+
+def load_run(spec: str | Path, results_dir: Path = Path("results"), warn=print) -> RunRecord:
+    """A run by folder, rows file or name under `results_dir`."""
+    path = Path(spec)
+    if not path.exists() and (Path(results_dir) / str(spec)).exists():
+        path = Path(results_dir) / str(spec)
+    if path.is_dir():
+        rows_file, folder = path / "rows.jsonl", path
+    elif path.is_file():
+        rows_file, folder = path, path.parent
+    else:
+        raise ResultsError(f"no run {spec!r}: neither a folder/file nor {Path(results_dir) / str(spec)}; "
+                           f"list runs with `ls {results_dir}` or pass --results DIR")
+    if not rows_file.is_file():
+        raise ResultsError(f"{folder} has no rows.jsonl; run `harness run ... --run {folder.name}` first")
+    info = {}
+    if (folder / "run.json").is_file():
+        try:
+            info = json.loads((folder / "run.json").read_text(encoding="utf-8"))
+        except json.JSONDecodeError as err:
+            warn(f"warning: {folder / 'run.json'}: unreadable ({err}); its config is not used")
+    return RunRecord(folder.name, folder, read_rows(rows_file, warn=warn), info)
+
+
+def run_folders(results_dir: Path) -> list[Path]:
+    """Every run folder (one with rows.jsonl) directly under `results_dir`."""
+    return sorted(p.parent for p in Path(results_dir).glob("*/rows.jsonl"))
+
+
+_INT_FIELDS = {"params", "tokens_trained", "n", "seed"}
+_FLOAT_FIELDS = {"value", "stderr"}
+
+
+def read_reference(path: Path, warn=print) -> list[Row]:
+    """Published numbers from a CSV in the row schema (plus `source`, `table` and any extra columns).
+
+    Empty cells are None. A line whose value is not a number, or that lacks model/task/metric/
+    source, is skipped with a warning naming file and line.
+    """
+    import csv
+    path = Path(path)
+    if not path.is_file():
+        raise ResultsError(f"reference file {path} not found; see results/paper/README.md")
+    rows = []
+    with path.open(newline="", encoding="utf-8") as f:
+        reader = csv.DictReader(f)
+        missing = {"run", "model", "preset", "task", "metric", "value", "source", "table"} - set(
+            reader.fieldnames or ())
+        if missing:
+            raise ResultsError(f"{path} lacks the column(s) {', '.join(sorted(missing))}; "
+                               f"see results/paper/README.md for the layout")
+        for line in reader:
+            where = f"{path}:{reader.line_num}"
+            try:
+                data = {}
+                for k, v in line.items():
+                    if k is None:
+                        raise ValueError("more cells than columns")
+                    v = (v or "").strip()
+                    if v == "":
+                        data[k] = None
+                    elif k in _INT_FIELDS:
+                        data[k] = int(float(v))
+                    elif k in _FLOAT_FIELDS:
+                        data[k] = float(v)
+                    else:
+                        data[k] = v
+                if data.get("value") is None or not all(data.get(k) for k in ("model", "task", "metric", "source")):
+                    raise ValueError("empty value, model, task, metric or source")
+                rows.append(Row.from_dict(data))
+            except (ValueError, TypeError) as err:
+                warn(f"warning: {where}: skipped a corrupt reference row ({err})")
+    return rows
+
+
 # ---------------------------------------------------------------- provenance
 
 def git_commit(cwd: Path | None = None) -> str | None:

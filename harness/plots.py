@@ -1,0 +1,173 @@
+"""Plots of stored rows (matplotlib, PNG), each written with the CSV of exactly the points it draws.
+
+    ppl_vs_length.png/.csv      perplexity vs evaluation length, one line per model (task `length`)
+    speed_<task>_<metric>.png   throughput / latency / memory vs length, one line per model (log-log)
+    acc_vs_tokens.png/.csv      accuracy vs training tokens, one panel per benchmark, when a model
+                                was evaluated at two or more checkpoints
+
+A plot whose rows are absent is not drawn (and not written).
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+from pathlib import Path
+
+from harness.results import Row, atomic_write_text
+from harness.tables import ACC_COLUMNS, SPEED_TASKS, display, is_oom, latest, variant_of
+
+
+def _pyplot():
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    return plt
+
+
+def _series_label(r: Row, run_configs: dict, several_runs: bool) -> str:
+    variant = variant_of(r, run_configs)
+    label = r.model + (f" ({variant})" if variant else "")
+    label += f" [{r.run}]" if several_runs else ""
+    return label + (f" b={r.extra['batch']}" if r.extra.get("batch") is not None else "")
+
+
+def _write_csv(path: Path, header: list[str], lines: list[list]) -> None:
+    import io
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(header)
+    w.writerows(lines)
+    atomic_write_text(path, buf.getvalue())
+
+
+def _save(fig, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp, dpi=150, bbox_inches="tight")
+    tmp.replace(path)
+
+
+def _collect(rows: list[Row], run_configs: dict, x_key) -> dict[str, dict[float, Row]]:
+    """label -> {x: row} with the last checkpoint's row at each x; OOM points dropped."""
+    several = len({r.run for r in rows}) > 1
+    out: dict[str, dict[float, list[Row]]] = {}
+    for r in rows:
+        x = x_key(r)
+        if x is None or r.value is None or is_oom(r) or math.isnan(r.value):
+            continue
+        out.setdefault(_series_label(r, run_configs, several), {}).setdefault(float(x), []).append(r)
+    return {label: {x: latest(rs) for x, rs in pts.items()} for label, pts in out.items()}
+
+
+def _length(r: Row):
+    return r.extra.get("context", r.extra.get("seq_len"))
+
+
+def ppl_vs_length(rows: list[Row], out_dir: Path, run_configs: dict | None = None) -> list[Path]:
+    pick = [r for r in rows if r.task == "length" and r.metric == "ppl"
+            and r.extra.get("position_bucket") in (None, "all")]
+    series = _collect(pick, run_configs or {}, _length)
+    if not series:
+        return []
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 4))
+    lines = []
+    for label, pts in sorted(series.items()):
+        xs = sorted(pts)
+        ax.plot(xs, [pts[x].value for x in xs], marker="o", label=label)
+        lines += [[label, int(x), pts[x].value, pts[x].stderr, pts[x].run] for x in xs]
+    train_lens = sorted({int(r.extra["train_len"]) for r in pick if r.extra.get("train_len")})
+    for t in train_lens:
+        ax.axvline(t, color="grey", linestyle=":", linewidth=1)
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("evaluation length (tokens)")
+    ax.set_ylabel("perplexity")
+    ax.set_title("Perplexity vs evaluation length")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    png, data = out_dir / "ppl_vs_length.png", out_dir / "ppl_vs_length.csv"
+    _save(fig, png)
+    plt.close(fig)
+    _write_csv(data, ["series", "context", "ppl", "stderr", "run"], lines)
+    return [png, data]
+
+
+def speed_curves(rows: list[Row], out_dir: Path, run_configs: dict | None = None) -> list[Path]:
+    written = []
+    out_dir = Path(out_dir)
+    for task in SPEED_TASKS:
+        for metric in sorted({r.metric for r in rows if r.task == task}):
+            pick = [r for r in rows if r.task == task and r.metric == metric]
+            series = _collect(pick, run_configs or {}, _length)
+            if not series:
+                continue
+            plt = _pyplot()
+            fig, ax = plt.subplots(figsize=(6, 4))
+            lines = []
+            for label, pts in sorted(series.items()):
+                xs = sorted(pts)
+                ax.plot(xs, [pts[x].value for x in xs], marker="o", label=label)
+                lines += [[label, int(x), pts[x].value, pts[x].device, pts[x].run] for x in xs]
+            ax.set_xscale("log", base=2)
+            ax.set_yscale("log")
+            ax.set_xlabel("context / sequence length (tokens)")
+            ax.set_ylabel(metric)
+            devices = sorted({r.device for r in pick if r.device})
+            ax.set_title(f"{task}: {metric}" + (f" ({', '.join(devices)})" if devices else ""))
+            ax.grid(True, which="both", alpha=0.3)
+            ax.legend(fontsize=8)
+            out_dir.mkdir(parents=True, exist_ok=True)
+            png, data = out_dir / f"{task}_{metric}.png", out_dir / f"{task}_{metric}.csv"
+            _save(fig, png)
+            plt.close(fig)
+            _write_csv(data, ["series", "length", metric, "device", "run"], lines)
+            written += [png, data]
+    return written
+
+
+def accuracy_vs_tokens(rows: list[Row], out_dir: Path, run_configs: dict | None = None) -> list[Path]:
+    """Only models with two or more checkpoints (distinct tokens_trained) are drawn."""
+    panels = []
+    for col in ACC_COLUMNS:
+        pick = [r for r in rows if (r.task, r.metric) == (col.task, col.metric) and r.tokens_trained]
+        series = _collect(pick, run_configs or {}, lambda r: r.tokens_trained)
+        series = {k: v for k, v in series.items() if len(v) >= 2}
+        if series:
+            panels.append((col, series))
+    if not panels:
+        return []
+    plt = _pyplot()
+    ncols = min(4, len(panels))
+    nrows = math.ceil(len(panels) / ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(4 * ncols, 3 * nrows), squeeze=False)
+    lines = []
+    for ax, (col, series) in zip(axes.flat, panels):
+        for label, pts in sorted(series.items()):
+            xs = sorted(pts)
+            ax.plot(xs, [display(pts[x].value, col.metric) for x in xs], marker="o", label=label)
+            lines += [[col.task, col.metric, label, int(x), display(pts[x].value, col.metric), pts[x].run]
+                      for x in xs]
+        ax.set_xscale("log")
+        ax.set_title(col.title, fontsize=9)
+        ax.set_xlabel("training tokens")
+        ax.set_ylabel("accuracy (%)")
+        ax.grid(True, alpha=0.3)
+    for ax in list(axes.flat)[len(panels):]:
+        ax.axis("off")
+    axes.flat[0].legend(fontsize=7)
+    fig.tight_layout()
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    png, data = out_dir / "acc_vs_tokens.png", out_dir / "acc_vs_tokens.csv"
+    _save(fig, png)
+    plt.close(fig)
+    _write_csv(data, ["task", "metric", "series", "tokens_trained", "accuracy_pct", "run"], lines)
+    return [png, data]
+
+
+def write_plots(rows: list[Row], out_dir: Path, run_configs: dict | None = None) -> list[Path]:
+    """Every plot the rows allow; returns the files written."""
+    return (ppl_vs_length(rows, out_dir, run_configs) + speed_curves(rows, out_dir, run_configs)
+            + accuracy_vs_tokens(rows, out_dir, run_configs))

@@ -1,0 +1,631 @@
+"""The paper's tables, pivoted from result rows: main, ablation, length, speed; as md, LaTeX or CSV.
+
+Rows come in the common schema (harness.results.Row); a table is a pivot of them, nothing more, so
+every cell can be traced to one stored row. The conventions the pivots rely on:
+
+- main: one column per (task, metric) of the paper (MAIN_COLUMNS); accuracies are stored as
+  lm-eval's fractions and shown in percent; perplexities as they are. Table rows are models grouped
+  by preset (size). A model evaluated at several checkpoints shows its last one (largest
+  `tokens_trained`). Avg is the mean of the accuracy columns present: complete (all eight) it is
+  plain and can be bold; incomplete it carries a dagger and a footnote, and is never bold.
+- variants: a SWAT run whose config differs from its preset in the ablation keys (activation,
+  slopes, rope, window, sigmoid_bias, seq_len) is labelled by the difference, e.g. "swat
+  (slopes=negative)"; a row's own `variant` extra key wins over the config.
+- references: rows from results/paper/*.csv; each is matched to our rows of the same preset, model
+  and variant, and a "Δ" line under our row gives ours minus the paper's, per column.
+- missing cells stay blank (a footnote says so), never zero; OOM cells read "OOM".
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from harness.results import Row
+
+# ---------------------------------------------------------------- layouts
+
+@dataclass(frozen=True)
+class Column:
+    title: str
+    latex: str
+    task: str
+    metric: str
+
+    @property
+    def lower_is_better(self) -> bool:
+        return "perplexity" in self.metric or self.metric in ("ppl", "loss")
+
+    @property
+    def is_accuracy(self) -> bool:
+        return self.metric.startswith("acc")
+
+
+MAIN_COLUMNS = (
+    Column("Wiki. ppl↓", r"Wiki.\ ppl$\downarrow$", "wikitext", "word_perplexity"),
+    Column("LMB. ppl↓", r"LMB.\ ppl$\downarrow$", "lambada_openai", "perplexity"),
+    Column("LMB. acc", "LMB.\\ acc", "lambada_openai", "acc"),
+    Column("PIQA acc", "PIQA acc", "piqa", "acc"),
+    Column("Hella. acc_n", r"Hella.\ acc\_n", "hellaswag", "acc_norm"),
+    Column("Wino. acc", "Wino.\\ acc", "winogrande", "acc"),
+    Column("ARC-e acc", "ARC-e acc", "arc_easy", "acc"),
+    Column("ARC-c acc_n", r"ARC-c acc\_n", "arc_challenge", "acc_norm"),
+    Column("SIQA acc", "SIQA acc", "social_iqa", "acc"),
+    Column("BoolQ acc", "BoolQ acc", "boolq", "acc"),
+)
+ACC_COLUMNS = tuple(c for c in MAIN_COLUMNS if c.is_accuracy)
+AVERAGE_TASK = "commonsense_avg"  # a published average in a reference file; tables recompute theirs
+ABLATION_KEYS = ("activation", "slopes", "rope", "window", "sigmoid_bias")
+SPEED_TASKS = ("speed_train", "speed_prefill", "speed_decode")
+TABLES = ("main", "ablation", "length", "speed")
+
+# ---------------------------------------------------------------- the table model
+
+
+@dataclass
+class Cell:
+    """One cell: a number in display units (with stderr), or text; bold and a footnote mark."""
+    value: float | None = None
+    stderr: float | None = None
+    text: str | None = None
+    bold: bool = False
+    mark: str = ""
+    signed: bool = False  # a delta: always show the sign
+    digits: int = 2
+
+
+@dataclass
+class Table:
+    title: str
+    header: list[str]
+    latex_header: list[str]
+    groups: list[tuple[str, list[list[Cell]]]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+
+def text_cell(text: str) -> Cell:
+    return Cell(text=text)
+
+
+def number_text(cell: Cell, pm: str = " ± ") -> str:
+    if cell.text is not None:
+        return cell.text
+    if cell.value is None:
+        return ""
+    if isinstance(cell.value, float) and math.isnan(cell.value):
+        return "nan"
+    text = f"{cell.value:+.{cell.digits}f}" if cell.signed else f"{cell.value:.{cell.digits}f}"
+    if cell.stderr is not None and not (isinstance(cell.stderr, float) and math.isnan(cell.stderr)):
+        text += f"{pm}{cell.stderr:.{cell.digits}f}"
+    return text
+
+
+# ---------------------------------------------------------------- renderers
+
+def to_markdown(table: Table) -> str:
+    width = len(table.header)
+    lines = [f"**{table.title}**", "", "| " + " | ".join(table.header) + " |", "|" + "---|" * width]
+    for label, rows in table.groups:
+        if label:
+            lines.append(f"| *{label}* |" + " |" * (width - 1))
+        for row in rows:
+            cells = []
+            for c in row:
+                text = number_text(c).replace("|", "\\|")
+                if c.bold and text:
+                    text = f"**{text}**"
+                cells.append(text + c.mark)
+            lines.append("| " + " | ".join(cells) + " |")
+    lines.append("")
+    lines += [f"{note}  " for note in table.notes]
+    return "\n".join(lines).rstrip() + "\n"
+
+
+_LATEX_ESCAPES = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
+                  "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}",
+                  "±": r"$\pm$", "Δ": r"$\Delta$", "†": r"$^\dagger$", "‡": r"$^\ddagger$",
+                  "↓": r"$\downarrow$", "↑": r"$\uparrow$", "·": r"$\cdot$"}
+
+
+def latex_escape(text: str) -> str:
+    return "".join(_LATEX_ESCAPES.get(ch, ch) for ch in str(text))
+
+
+def to_latex(table: Table) -> str:
+    """A tabular fragment (booktabs rules) for \\input inside a table environment; notes as comments
+    below it would be lost, so they go into a final multicolumn row."""
+    width = len(table.header)
+    spec = "l" + "r" * (width - 1)
+    out = [f"% {latex_escape(table.title)}", f"\\begin{{tabular}}{{{spec}}}", r"\toprule",
+           " & ".join(table.latex_header) + r" \\", r"\midrule"]
+    for i, (label, rows) in enumerate(table.groups):
+        if label:
+            if i:
+                out.append(r"\midrule")
+            out.append(f"\\multicolumn{{{width}}}{{l}}{{\\textit{{{latex_escape(label)}}}}} \\\\")
+        for row in rows:
+            cells = []
+            for c in row:
+                text = latex_escape(number_text(c, pm=" ± "))
+                if c.bold and text:
+                    text = f"\\textbf{{{text}}}"
+                cells.append(text + latex_escape(c.mark))
+            out.append(" & ".join(cells) + r" \\")
+    out.append(r"\bottomrule")
+    for note in table.notes:
+        out.append(f"\\multicolumn{{{width}}}{{l}}{{\\footnotesize {latex_escape(note)}}} \\\\")
+    out.append(r"\end{tabular}")
+    return "\n".join(out) + "\n"
+
+
+def to_csv(table: Table) -> str:
+    """Machine-readable: one line per table row, a `group` column, numbers unformatted, stderr in a
+    column of its own beside each value column that has any; no bold, marks or notes."""
+    import csv
+    import io
+    has_stderr = [any(len(r) > j and r[j].stderr is not None for _, rows in table.groups for r in rows)
+                  for j in range(len(table.header))]
+    header = ["group"]
+    for j, h in enumerate(table.header):
+        header += [h] + ([f"{h} stderr"] if has_stderr[j] else [])
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(header)
+    for label, rows in table.groups:
+        for row in rows:
+            line = [label]
+            for j, c in enumerate(row):
+                line.append(c.text if c.text is not None else ("" if c.value is None else repr(float(c.value))))
+                if has_stderr[j]:
+                    line.append("" if c.stderr is None else repr(float(c.stderr)))
+            writer.writerow(line)
+    return buf.getvalue()
+
+
+RENDERERS = {"md": to_markdown, "latex": to_latex, "csv": to_csv}
+
+
+def render(table: Table, fmt: str) -> str:
+    return RENDERERS[fmt](table)
+
+# ---------------------------------------------------------------- shared helpers
+
+
+def human(n: float | None) -> str:
+    """341M, 1.3B, 15B: the paper's way of writing sizes."""
+    if n is None or (isinstance(n, float) and math.isnan(n)):
+        return ""
+    for div, unit in ((1e12, "T"), (1e9, "B"), (1e6, "M"), (1e3, "K")):
+        if abs(n) >= div:
+            q = n / div
+            return f"{q:.1f}{unit}" if q < 10 and round(q, 1) != round(q) else f"{q:.0f}{unit}"
+    return f"{n:.0f}"
+
+
+def display(value: float | None, metric: str) -> float | None:
+    """Accuracies in percent (lm-eval stores fractions), everything else as stored."""
+    if value is None:
+        return None
+    return value * 100 if metric.startswith("acc") else value
+
+
+def is_oom(row: Row) -> bool:
+    return bool(row.extra.get("oom")) or str(row.extra.get("status", "")).lower() == "oom"
+
+
+def preset_order(rows: list[Row]) -> list[str]:
+    """Presets from small to large (by the median parameter count of their rows)."""
+    sizes: dict[str, list[int]] = {}
+    for r in rows:
+        sizes.setdefault(r.preset or "", []).append(r.params or 0)
+    return sorted(sizes, key=lambda p: (sorted(sizes[p])[len(sizes[p]) // 2], p))
+
+
+def variant_of(row: Row, run_configs: dict[str, dict]) -> str:
+    """The ablation label of a row: its `variant` key, else (for swat* models) how its run's config
+    differs from the preset in ABLATION_KEYS and the training length."""
+    if row.extra.get("variant") is not None:
+        return str(row.extra["variant"])
+    if not row.model.startswith("swat"):
+        return ""
+    return config_diff(run_configs.get(row.run))
+
+
+def config_diff(config: dict | None) -> str:
+    from harness.config import PRESETS, load_config
+    if not config or config.get("preset") not in PRESETS:
+        return ""
+    base = load_config(config["preset"])
+    diffs = [f"{k}={config.get('model', {}).get(k)}" for k in ABLATION_KEYS
+             if k in config.get("model", {}) and config["model"][k] != getattr(base.model, k)]
+    seq = config.get("train", {}).get("seq_len")
+    if seq is not None and seq != base.train.seq_len:
+        diffs.append(f"seq_len={seq}")
+    return ", ".join(diffs)
+
+
+def mark_best(rows: list[list[Cell]], col: int, lower: bool) -> None:
+    """Bold the best value of one column among rows that are complete (no mark), if two or more."""
+    values = [r[col].value for r in rows if r[col].value is not None and not r[col].mark and r[col].text is None
+              and not math.isnan(r[col].value)]
+    if len(values) < 2:
+        return
+    best = min(values) if lower else max(values)
+    for r in rows:
+        if r[col].value == best and not r[col].mark and r[col].text is None:
+            r[col].bold = True
+
+
+def latest(rows: list[Row]) -> Row:
+    """The row of the last checkpoint (largest tokens_trained), then the latest date."""
+    return max(rows, key=lambda r: (r.tokens_trained or 0, r.date or ""))
+
+
+class Sources:
+    """Footnote numbers for reference sources, in order of first use."""
+
+    def __init__(self):
+        self.index: dict[str, int] = {}
+
+    def mark(self, source: str) -> str:
+        return f" [{self.index.setdefault(source, len(self.index) + 1)}]"
+
+    def notes(self) -> list[str]:
+        return [f"[{i}] {src}" for src, i in self.index.items()]
+
+
+# ---------------------------------------------------------------- main table
+
+@dataclass
+class Entry:
+    """One line of the main table: who, and the row behind each column."""
+    label: str
+    preset: str
+    model: str
+    variant: str
+    cells: dict  # Column -> Row
+    reference: bool = False
+    source: str = ""
+    settings: dict = field(default_factory=dict)
+
+
+def _entries(rows: list[Row], run_configs: dict, reference: bool, columns) -> list[Entry]:
+    by_col = {(c.task, c.metric): c for c in columns}
+    buckets: dict[tuple, dict] = {}
+    for r in rows:
+        col = by_col.get((r.task, r.metric))
+        if col is None:
+            continue
+        variant = variant_of(r, run_configs)
+        who = (r.preset, r.model, variant, r.run, r.extra.get("label") if reference else None)
+        buckets.setdefault(who, {}).setdefault(col, []).append(r)
+    runs_per_model: dict[tuple, set] = {}
+    for preset, model, variant, run, _ in buckets:
+        runs_per_model.setdefault((preset, model, variant), set()).add(run)
+    entries = []
+    for (preset, model, variant, run, label), cols in buckets.items():
+        if reference:
+            name = label or model
+            source = next(iter(cols.values()))[0].extra.get("source", "")
+        else:
+            name = model + (f" ({variant})" if variant else "")
+            if len(runs_per_model[(preset, model, variant)]) > 1:
+                name += f" [{run}]"
+            source = ""
+        cells = {c: latest(rs) for c, rs in cols.items()}
+        entries.append(Entry(name, preset, model, variant, cells, reference, source,
+                             settings_of(next(iter(cells.values())), run_configs, reference)))
+    return entries
+
+
+def _average(cells: dict) -> tuple[float | None, int]:
+    vals = [display(cells[c].value, c.metric) for c in ACC_COLUMNS if c in cells and cells[c].value is not None]
+    vals = [v for v in vals if not math.isnan(v)]
+    return (sum(vals) / len(vals) if vals else None), len(vals)
+
+
+def main_table(rows: list[Row], references: list[Row] = (), run_configs: dict | None = None) -> Table:
+    """The paper's Table 1 layout: Wiki/LMB perplexity, the eight accuracies and their average."""
+    run_configs = run_configs or {}
+    ours = _entries(rows, run_configs, False, MAIN_COLUMNS)
+    refs = _entries([r for r in references if r.extra.get("table", "main") == "main"], {}, True, MAIN_COLUMNS)
+    header = ["Model", "Params", "Tokens"] + [c.title for c in MAIN_COLUMNS] + ["Avg"]
+    latex_header = ["Model", "Params", "Tokens"] + [c.latex for c in MAIN_COLUMNS] + ["Avg"]
+    table = Table("Language modeling and zero-shot commonsense reasoning", header, latex_header)
+    sources = Sources()
+    missing = incomplete = stderr_seen = False
+    ncols = len(MAIN_COLUMNS)
+    every = ours + refs
+    for preset in preset_order([r for e in every for r in e.cells.values()]):
+        lines: list[list[Cell]] = []
+        scored: dict[str, list[list[Cell]]] = {}  # per source (ours = ""): the lines that compete for bold
+        group_ours = sorted((e for e in ours if e.preset == preset), key=lambda e: e.label)
+        group_refs = [e for e in refs if e.preset == preset]
+        for entry in group_ours + group_refs:
+            any_row = next(iter(entry.cells.values()))
+            label = entry.label + (sources.mark(entry.source) if entry.reference else "")
+            line = [text_cell(label), text_cell(human(any_row.params)), text_cell(human(any_row.tokens_trained))]
+            for col in MAIN_COLUMNS:
+                r = entry.cells.get(col)
+                if r is None:
+                    line.append(Cell())
+                    missing = True
+                elif is_oom(r):
+                    line.append(text_cell("OOM"))
+                else:
+                    stderr = display(r.stderr, col.metric) if r.stderr is not None else None
+                    stderr_seen |= stderr is not None
+                    line.append(Cell(display(r.value, col.metric), stderr))
+            avg, k = _average(entry.cells)
+            mark = "†" if avg is not None and k < len(ACC_COLUMNS) else ""
+            incomplete |= bool(mark)
+            line.append(Cell(avg, mark=mark))
+            lines.append(line)
+            scored.setdefault(entry.source, []).append(line)
+            if not entry.reference:
+                for ref in group_refs:
+                    if ref.model == entry.model and matches(entry.settings, ref.settings):
+                        lines.append(_delta_line(entry, ref, sources))
+        for competing in scored.values():
+            for j in range(3, 3 + ncols):
+                mark_best(competing, j, MAIN_COLUMNS[j - 3].lower_is_better)
+            mark_best(competing, 3 + ncols, False)
+        if lines:
+            table.groups.append((preset, lines))
+    table.notes.append("Accuracies in percent; perplexity lower is better. Bold: best in its size group among "
+                       "rows of the same source (our runs, or one paper), as setups differ between sources. "
+                       "Avg: recomputed from the accuracy cells shown.")
+    if stderr_seen:
+        table.notes.append("± is the standard error lm-eval reports.")
+    if missing:
+        table.notes.append("Blank cell: no result stored for it (not run, or not published).")
+    if incomplete:
+        table.notes.append(f"† average over the accuracy columns present only (fewer than {len(ACC_COLUMNS)}); "
+                           "not comparable with complete averages and never bold.")
+    if any(len(line) and line[0].text and line[0].text.startswith("Δ") for _, ls in table.groups for line in ls):
+        table.notes.append("Δ: ours minus the reference named, per column (same preset and model, and every setting "
+                           "the reference states, e.g. slopes, is ours too; its training data and recipe may differ).")
+    table.notes += sources.notes()
+    return table
+
+
+def _delta_line(ours: Entry, ref: Entry, sources: Sources) -> list[Cell]:
+    line = [text_cell(f"Δ vs {ref.label}{sources.mark(ref.source)}"), text_cell(""), text_cell("")]
+    for col in MAIN_COLUMNS:
+        a, b = ours.cells.get(col), ref.cells.get(col)
+        if a is None or b is None or is_oom(a) or a.value is None or b.value is None:
+            line.append(Cell())
+        else:
+            line.append(Cell(display(a.value, col.metric) - display(b.value, col.metric), signed=True))
+    (avg_a, ka), (avg_b, kb) = _average(ours.cells), _average(ref.cells)
+    same_tasks = {c for c in ACC_COLUMNS if c in ours.cells} == {c for c in ACC_COLUMNS if c in ref.cells}
+    line.append(Cell(avg_a - avg_b, signed=True) if avg_a is not None and avg_b is not None and same_tasks
+                else Cell())
+    return line
+
+
+# ---------------------------------------------------------------- ablation table
+
+def ablation_table(rows: list[Row], references: list[Row] = (), run_configs: dict | None = None) -> Table:
+    """SWAT variants side by side: their config (activation, slopes, rope, window, training length)
+    and every non-length, non-speed result they have, main-table columns first."""
+    run_configs = run_configs or {}
+    pick = [r for r in rows if (r.model.startswith("swat") or r.extra.get("variant") is not None)
+            and r.task not in SPEED_TASKS + ("length",) and r.task != AVERAGE_TASK]
+    refs = [r for r in references if r.model.startswith("swat") or r.extra.get("table") == "ablation"]
+    refs = [r for r in refs if r.task not in SPEED_TASKS + ("length",) and r.task != AVERAGE_TASK]
+    known = {(c.task, c.metric): c for c in MAIN_COLUMNS}
+    pairs = sorted({(r.task, r.metric) for r in pick + refs},
+                   key=lambda tm: (0, MAIN_COLUMNS.index(known[tm])) if tm in known else (1, tm))
+    columns = [known.get(tm) or Column(f"{tm[0]} {tm[1]}", latex_escape(f"{tm[0]} {tm[1]}"), *tm) for tm in pairs]
+    keys = list(ABLATION_KEYS) + ["seq_len"]
+    header = ["Model", "Preset"] + keys + [c.title for c in columns]
+    latex_header = ["Model", "Preset"] + [latex_escape(k) for k in keys] + [c.latex for c in columns]
+    table = Table("Ablation: SWAT variants", header, latex_header)
+    sources = Sources()
+    entries = _entries(pick, run_configs, False, columns) + _entries(refs, {}, True, columns)
+    missing = False
+    for preset in preset_order([r for e in entries for r in e.cells.values()]):
+        lines, scored = [], {}
+        for e in sorted((e for e in entries if e.preset == preset), key=lambda e: (e.reference, e.label)):
+            any_row = next(iter(e.cells.values()))
+            settings = settings_of(any_row, run_configs, e.reference)
+            label = e.label + (sources.mark(e.source) if e.reference else "")
+            line = [text_cell(label), text_cell(preset)] + [text_cell(settings.get(k, "")) for k in keys]
+            for col in columns:
+                r = e.cells.get(col)
+                missing |= r is None
+                line.append(Cell() if r is None else text_cell("OOM") if is_oom(r) else
+                            Cell(display(r.value, col.metric),
+                                 display(r.stderr, col.metric) if r.stderr is not None else None,
+                                 digits=2 if col.is_accuracy or col.lower_is_better else 4))
+            lines.append(line)
+            scored.setdefault(e.source, []).append(line)
+        offset = 2 + len(keys)
+        for competing in scored.values():
+            for j, col in enumerate(columns):
+                mark_best(competing, offset + j, col.lower_is_better)
+        if lines:
+            table.groups.append((preset, lines))
+    table.notes.append("Settings from each run's run.json config (or the row's own keys); "
+                       "accuracies in percent; bold: best in its preset among rows of the same source.")
+    if missing:
+        table.notes.append("Blank cell: no result stored for it.")
+    table.notes += sources.notes()
+    return table
+
+
+def settings_of(row: Row, run_configs: dict, reference: bool = False) -> dict[str, str]:
+    """The ablation settings of a row as lower-case strings. Ours: the preset's defaults, then the
+    run's config, then the row's own keys. A reference row: only what it states (its keys and
+    `variant`), since a paper's unstated settings are unknown."""
+    from harness.config import PRESETS, load_config
+    keys = ABLATION_KEYS + ("seq_len",)
+    out: dict = {}
+    if not reference:
+        config = run_configs.get(row.run) or {}
+        preset = config.get("preset", row.preset)
+        if preset in PRESETS:
+            base = load_config(preset)
+            out = {k: getattr(base.model, k) for k in ABLATION_KEYS} | {"seq_len": base.train.seq_len}
+        out.update({k: v for k, v in config.get("model", {}).items() if k in ABLATION_KEYS})
+        if "seq_len" in config.get("train", {}):
+            out["seq_len"] = config["train"]["seq_len"]
+    out.update({k: row.extra[k] for k in keys if row.extra.get(k) is not None})
+    for part in filter(None, (p.strip() for p in str(row.extra.get("variant") or "").split(","))):
+        k, _, v = part.partition("=")
+        out[k.strip()] = v.strip()
+    return {k: str(v).lower() for k, v in out.items()}
+
+
+def matches(ours: dict[str, str], reference: dict[str, str]) -> bool:
+    """A reference row describes our row when every setting it states is ours too."""
+    return all(ours.get(k) == v for k, v in reference.items())
+
+
+# ---------------------------------------------------------------- length and speed tables
+
+def _length_key(r: Row):
+    return r.extra.get("context", r.extra.get("seq_len"))
+
+
+def _sweep_table(title: str, sections: list[tuple[str, str, list[Row]]], axis: str, run_configs: dict,
+                 note: str, reference_sources: Sources | None = None) -> Table:
+    """Rows = models (per run and batch), columns = the sweep's lengths; one group per section."""
+    lengths = sorted({int(_length_key(r)) for _, _, rs in sections for r in rs if _length_key(r) is not None})
+    header = ["Model"] + [human(n) if n >= 1024 and n % 1024 else _kilo(n) for n in lengths]
+    table = Table(title, header, ["Model"] + [latex_escape(h) for h in header[1:]])
+    sources = reference_sources or Sources()
+    missing = oom = False
+    for label, metric, rs in sections:
+        by_who: dict[tuple, dict] = {}
+        for r in rs:
+            if _length_key(r) is None:
+                continue
+            ref = r.extra.get("source") if r.run.startswith("paper:") else None
+            who = (r.model, variant_of(r, run_configs), r.run, r.preset, r.extra.get("batch"), ref,
+                   r.extra.get("label"))
+            by_who.setdefault(who, {}).setdefault(int(_length_key(r)), []).append(r)
+        runs = {}
+        for model, variant, run, *_ in by_who:
+            runs.setdefault((model, variant), set()).add(run)
+        lines = []
+        for (model, variant, run, preset, batch, ref, ref_label), cols in sorted(by_who.items(), key=lambda kv: str(kv[0])):
+            name = (ref_label or model) + (f" ({variant})" if variant else "")
+            if ref:
+                name += sources.mark(ref)
+            elif len(runs[(model, variant)]) > 1:
+                name += f" [{run}]"
+            if batch is not None:
+                name += f" b={batch}"
+            line = [text_cell(name)]
+            for n in lengths:
+                r = latest(cols[n]) if n in cols else None
+                missing |= r is None
+                oom |= r is not None and is_oom(r)
+                line.append(Cell() if r is None else text_cell("OOM") if is_oom(r) else
+                            Cell(r.value, r.stderr, digits=_digits(r.value)))
+            lines.append(line)
+        lower = _lower_is_better(metric)
+        for j in range(1, len(lengths) + 1):
+            mark_best(lines, j, lower)
+        if lines:
+            table.groups.append((label, lines))
+    table.notes.append(note)
+    if missing:
+        table.notes.append("Blank cell: not measured at that length.")
+    if oom:
+        table.notes.append("OOM: ran out of GPU memory at that length.")
+    table.notes += sources.notes()
+    return table
+
+
+def _kilo(n: int) -> str:
+    return f"{n // 1024}K" if n >= 1024 and n % 1024 == 0 else str(n)
+
+
+def _digits(value: float | None) -> int:
+    if value is None or math.isnan(value) or value == 0:
+        return 2
+    return 0 if abs(value) >= 1000 else 1 if abs(value) >= 100 else 2 if abs(value) >= 1 else 4
+
+
+def _lower_is_better(metric: str) -> bool:
+    m = metric.lower()
+    return not ("per_s" in m or "throughput" in m or "tflop" in m or "mfu" in m or m.startswith("acc"))
+
+
+def length_table(rows: list[Row], references: list[Row] = (), run_configs: dict | None = None) -> Table:
+    """Perplexity per evaluation length (rows task=length, metric=ppl, key `context`); rows split by
+    `position_bucket` are left to the plots, whole-sequence rows make the table."""
+    run_configs = run_configs or {}
+    pick = [r for r in list(rows) + [r for r in references if r.extra.get("table") == "length"]
+            if r.task == "length" and r.extra.get("position_bucket") in (None, "all")]
+    sections = [(f"{preset} · {metric}", metric, [r for r in pick if r.preset == preset and r.metric == metric])
+                for preset in preset_order(pick) for metric in sorted({r.metric for r in pick})]
+    sections = [s for s in sections if s[2]]
+    return _sweep_table("Perplexity vs evaluation length", sections, "context", run_configs,
+                        "Columns: evaluation context length in tokens; bold: lowest in its group.")
+
+
+def speed_table(rows: list[Row], references: list[Row] = (), run_configs: dict | None = None) -> Table:
+    """Throughput, latency and memory per sequence length, one group per (task, metric, preset)."""
+    run_configs = run_configs or {}
+    pick = [r for r in list(rows) + [r for r in references if r.extra.get("table") == "speed"]
+            if r.task in SPEED_TASKS]
+    sections = []
+    for task in SPEED_TASKS:
+        for metric in sorted({r.metric for r in pick if r.task == task}):
+            for preset in preset_order([r for r in pick if r.task == task]):
+                rs = [r for r in pick if (r.task, r.metric, r.preset) == (task, metric, preset)]
+                devices = sorted({r.device for r in rs if r.device})
+                if rs:
+                    sections.append((f"{task} · {metric} · {preset}" + (f" · {', '.join(devices)}" if devices else ""),
+                                     metric, rs))
+    return _sweep_table("Speed and memory vs sequence length", sections, "seq_len", run_configs,
+                        "Columns: sequence length (training, prefill) or context (decode) in tokens; "
+                        "bold: best in its group (highest throughput, lowest latency or memory). "
+                        "Numbers from different devices are not comparable.")
+
+
+BUILDERS = {"main": main_table, "ablation": ablation_table, "length": length_table, "speed": speed_table}
+
+
+def build(kind: str, rows: list[Row], references: list[Row] = (), run_configs: dict | None = None) -> Table:
+    return BUILDERS[kind](rows, references, run_configs)
+
+
+# ---------------------------------------------------------------- inputs
+
+def collect(run_specs: list[str], reference_specs: list[str], results_dir, warn=print):
+    """(rows, reference rows, run configs) from run names/folders/files and reference files/names.
+
+    No runs named: every run folder under results_dir (results/paper holds no rows.jsonl). A
+    reference may be a path or the name of a file in results_dir/paper (with or without .csv), or
+    `all` for every file there. Duplicates and conflicts are reported (harness.results.dedupe_rows).
+    """
+    from pathlib import Path
+
+    from harness.results import ResultsError, dedupe_rows, load_run, read_reference, run_folders
+    results_dir = Path(results_dir)
+    specs = list(run_specs) or run_folders(results_dir)
+    rows, configs = [], {}
+    for spec in specs:
+        record = load_run(spec, results_dir, warn=warn)
+        rows += record.rows
+        for name in {r.run for r in record.rows}:
+            configs[name] = record.info.get("config")
+    refs = []
+    paper = results_dir / "paper"
+    for spec in reference_specs:
+        if spec == "all":
+            files = sorted(paper.glob("*.csv"))
+            if not files:
+                raise ResultsError(f"no reference files in {paper}; see results/paper/README.md")
+        else:
+            path = Path(spec)
+            candidates = [path, paper / spec, paper / f"{spec}.csv"]
+            files = [next((p for p in candidates if p.is_file()), path)]
+        for f in files:
+            refs += read_reference(f, warn=warn)
+    return dedupe_rows(rows, warn=warn), dedupe_rows(refs, warn=warn), configs

@@ -1,0 +1,311 @@
+"""Tables from stored rows: pivots, bold, averages, blanks, stderr, reference deltas, corrupt lines,
+LaTeX that parses as a tabular, CSV, plots, and `harness tables` end to end.
+
+Our rows are the hand-written fixtures in tests/fixtures/rows (not measurements); reference numbers
+come only from the committed, verified files in results/paper, never from this file.
+"""
+
+import csv
+import io
+import math
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from harness.results import ResultsError, dedupe_rows, load_run, read_reference
+from harness.tables import (ACC_COLUMNS, AVERAGE_TASK, MAIN_COLUMNS, TABLES, build, collect, render, to_latex)
+
+ROOT = Path(__file__).resolve().parent.parent
+FIX = ROOT / "tests" / "fixtures" / "rows"
+PAPER = ROOT / "results" / "paper"
+SWAT_T1 = PAPER / "swat_2502.18845_table1.csv"
+
+
+def fixture(*names, refs=(), warn=None):
+    warnings = [] if warn is None else warn
+    return collect([str(FIX / n) for n in names], [str(r) for r in refs], ROOT / "results", warn=warnings.append)
+
+
+def md_rows(text: str) -> dict[str, list[str]]:
+    """First cell -> the other cells, for the body lines of a markdown table."""
+    out = {}
+    for line in text.splitlines():
+        if line.startswith("| ") and not line.startswith("| *"):
+            cells = [c.strip() for c in line.strip().strip("|").split("|")]
+            out.setdefault(cells[0], cells[1:])  # a name in several size groups: the first (smallest)
+    return out
+
+
+def col(name: str) -> int:
+    """Index of a main-table column among the cells after the model name."""
+    header = ["Params", "Tokens"] + [c.title for c in MAIN_COLUMNS] + ["Avg"]
+    return header.index(name)
+
+
+# ---------------------------------------------------------------- main table
+
+def test_main_table_cells_bold_stderr_and_last_checkpoint():
+    rows, refs, configs = fixture("fixture-340m")
+    text = render(build("main", rows, refs, configs), "md")
+    body = md_rows(text)
+    swat, transformer, mamba = body["swat"], body["transformer"], body["mamba"]
+    assert swat[col("Params")] == "341M" and swat[col("Tokens")] == "2B"
+    # accuracies in percent with lm-eval's stderr; PIQA from the last checkpoint (2B tokens), not 1B
+    assert swat[col("PIQA acc")] == "**65.00 ± 1.10**"
+    assert swat[col("LMB. ppl↓")] == "**40.00 ± 2.00**"  # lowest perplexity is best
+    assert transformer[col("Wiki. ppl↓")] == "**29.00**" and swat[col("Wiki. ppl↓")] == "30.00"
+    assert transformer[col("Wino. acc")] == "**52.00**"  # highest accuracy is best
+    assert mamba[col("Hella. acc_n")] == "36.00"
+    # the complete average is the mean of the eight accuracies
+    swat_avg = sum([33, 65, 38, 51, 57, 27, 37, 61]) / 8
+    assert swat[col("Avg")] == f"**{swat_avg:.2f}**"
+    assert "± is the standard error" in text
+
+
+def test_missing_cell_is_blank_with_footnote_and_incomplete_average_is_marked():
+    rows, refs, configs = fixture("fixture-340m")
+    text = render(build("main", rows, refs, configs), "md")
+    transformer = md_rows(text)["transformer"]
+    assert transformer[col("BoolQ acc")] == ""  # never 0.00
+    partial = sum([31, 63, 35, 52, 45, 24, 36]) / 7
+    assert transformer[col("Avg")] == f"{partial:.2f}†"  # marked and not bold
+    assert "Blank cell: no result stored" in text and "† average over the accuracy columns present" in text
+
+
+def test_reference_rows_and_deltas_come_from_the_reference_file():
+    rows, refs, configs = fixture("fixture-340m", "fixture-abl", refs=[SWAT_T1])
+    text = render(build("main", rows, refs, configs), "md")
+    body = md_rows(text)
+    published = {(r.extra["label"], r.preset, r.task, r.metric): r.value for r in read_reference(SWAT_T1)}
+
+    def pct(label, task, metric):
+        v = published[(label, "340m", task, metric)]
+        return v * 100 if metric.startswith("acc") else v
+
+    # default swat (balanced slopes) is compared with SWAT (-+); swat with slopes=negative with SWAT (-)
+    delta = body["Δ vs SWAT (-+) [1]"]
+    assert delta[col("PIQA acc")] == f"{65.0 - pct('SWAT (-+)', 'piqa', 'acc'):+.2f}"
+    assert delta[col("Wiki. ppl↓")] == f"{30.0 - pct('SWAT (-+)', 'wikitext', 'word_perplexity'):+.2f}"
+    neg = body["Δ vs SWAT (-) [1]"]
+    assert neg[col("BoolQ acc")] == f"{59.0 - pct('SWAT (-)', 'boolq', 'acc'):+.2f}"
+    assert neg[col("Avg")] == ""  # our variant run has only some tasks: no average delta
+    # no delta for the transformer's BoolQ, which we lack
+    assert body["Δ vs Transformer++ [1]"][col("BoolQ acc")] == ""
+    assert "swat (slopes=negative, window=128)" in body
+    assert body["SWAT (-+) [1]"][col("Tokens")] == "15B"
+    assert "[1] Fu et al. 2025" in text and "2502.18845" in text
+
+
+def test_bold_is_per_source():
+    rows, refs, configs = fixture("fixture-340m", refs=[SWAT_T1])
+    body = md_rows(render(build("main", rows, refs, configs), "md"))
+    # our best Wiki ppl and the paper's best are both bold: they come from different setups
+    assert body["transformer"][col("Wiki. ppl↓")].startswith("**")
+    bold_refs = [k for k, v in body.items() if k.endswith("[1]") and not k.startswith("Δ")
+                 and v[col("Wiki. ppl↓")].startswith("**")]
+    assert len(bold_refs) == 1
+
+
+# ---------------------------------------------------------------- the reference files themselves
+
+@pytest.mark.parametrize("path", sorted(PAPER.glob("*.csv")), ids=lambda p: p.name)
+def test_reference_files_are_consistent_with_their_published_text(path):
+    """Each value is its `published` text (accuracies / 100), and the published average is the mean
+    of the published accuracies (rounding), except where the file notes the paper's own mismatch."""
+    refs = read_reference(path, warn=pytest.fail)
+    assert refs
+    groups = {}
+    for r in refs:
+        assert r.extra["source"] and r.extra["table"] in TABLES and r.run.startswith("paper:")
+        assert re.search(r"arXiv \d{4}\.\d{4,5}", r.extra["source"])
+        text = r.extra["published"].rstrip("*")
+        expected = float(text) / 100 if r.metric.startswith("acc") else float(text)
+        assert math.isclose(r.value, expected, abs_tol=1e-9), r
+        groups.setdefault((r.preset, r.extra["label"]), []).append(r)
+    for key, rs in groups.items():
+        accs = [r.value * 100 for r in rs if r.metric.startswith("acc") and r.task != AVERAGE_TASK]
+        avg = [r for r in rs if r.task == AVERAGE_TASK]
+        assert len(avg) == 1, key
+        decimals = len(avg[0].extra["published"].rstrip("*").split(".")[1])
+        consistent = abs(sum(accs) / len(accs) - avg[0].value * 100) <= 10 ** -decimals + 1e-9
+        assert consistent != ("as printed" in (avg[0].extra.get("note") or "")), key
+
+
+def test_read_reference_skips_corrupt_lines_with_file_and_line(tmp_path):
+    lines = SWAT_T1.read_text().splitlines()
+    bad = tmp_path / "bad.csv"
+    broken = re.sub(r",(0\.\d+),", ",thirty,", lines[3], count=1)  # line 4 is an accuracy
+    assert broken != lines[3]
+    bad.write_text("\n".join([lines[0], lines[1], broken, lines[2]]) + "\n")
+    warnings = []
+    assert len(read_reference(bad, warn=warnings.append)) == 2
+    assert len(warnings) == 1 and f"{bad}:3" in warnings[0]
+    with pytest.raises(ResultsError, match="lacks the column"):
+        (tmp_path / "cols.csv").write_text("model,task\nswat,piqa\n")
+        read_reference(tmp_path / "cols.csv")
+
+
+# ---------------------------------------------------------------- the store: corrupt lines, duplicates
+
+def test_corrupt_lines_duplicates_and_conflicts_are_reported():
+    warnings = []
+    record = load_run(FIX / "damaged", warn=warnings.append)
+    assert len(record.rows) == 4  # two corrupt lines skipped
+    rows_file = FIX / "damaged" / "rows.jsonl"
+    assert any(f"{rows_file}:5" in w for w in warnings) and any(f"{rows_file}:6" in w for w in warnings)
+    kept = dedupe_rows(record.rows, warn=warnings.append)
+    assert sorted((r.task, r.value) for r in kept) == [("boolq", 0.62), ("piqa", 0.64)]
+    assert any("2 identical rows" in w and "piqa" in w for w in warnings)
+    assert any("conflicting rows" in w and "0.58" in w and "using 0.62" in w for w in warnings)
+
+
+def test_a_missing_run_is_a_one_line_error(tmp_path):
+    with pytest.raises(ResultsError, match="no run 'nope'"):
+        load_run("nope", tmp_path)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ResultsError, match="has no rows.jsonl"):
+        load_run("empty", tmp_path)
+
+
+# ---------------------------------------------------------------- ablation, length, speed
+
+def test_ablation_table_shows_variant_settings_side_by_side():
+    rows, refs, configs = fixture("fixture-340m", "fixture-abl", refs=[SWAT_T1])
+    table = build("ablation", rows, refs, configs)
+    body = md_rows(render(table, "md"))
+    keys = table.header[2:8]
+    neg = dict(zip(keys, body["swat (slopes=negative, window=128)"][1:7]))
+    assert neg["slopes"] == "negative" and neg["window"] == "128" and neg["activation"] == "sigmoid"
+    assert dict(zip(keys, body["swat"][1:7]))["slopes"] == "balanced"
+    assert dict(zip(keys, body["SWAT (+) [1]"][1:7]))["slopes"] == "positive"
+    assert "transformer" not in body and "mamba" not in body
+
+
+def test_length_table_pivots_context_and_skips_position_buckets():
+    rows, refs, configs = fixture("fixture-340m")
+    table = build("length", rows, refs, configs)
+    assert table.header == ["Model", "512", "1K", "4K"]
+    body = md_rows(render(table, "md"))
+    assert body["swat"] == ["20.00", "18.00", "**17.50**"]  # not the bucketed 16.0
+    assert body["transformer"] == ["**19.00**", "**17.00**", "250.0"]
+
+
+def test_speed_table_marks_oom_and_best_by_metric_direction():
+    rows, refs, configs = fixture("fixture-340m")
+    text = render(build("speed", rows, refs, configs), "md")
+    groups = re.split(r"\n\| \*(?!\*)", text)
+    tps = next(g for g in groups if g.startswith("speed_decode · tokens_per_s"))
+    mem = next(g for g in groups if g.startswith("speed_decode · peak_mem_gb"))
+    assert "| transformer b=1 | **950.0** | OOM |" in tps  # highest throughput is best
+    assert "| swat b=1 | 900.0 | 880.0 |" in tps  # alone in its column (OOM beside it): not bold
+    assert "| swat b=1 | **1.50** | 1.50 |" in mem  # lower memory is better
+    assert "OOM: ran out of GPU memory" in text
+
+
+# ---------------------------------------------------------------- formats
+
+def check_tabular(fragment: str) -> int:
+    """A LaTeX-free check that `fragment` is one well-formed tabular: balanced braces, no stray
+    special characters, and every row with exactly as many cells as the column spec. Returns rows."""
+    body = "\n".join(line for line in fragment.splitlines() if not line.lstrip().startswith("%"))
+    m = re.fullmatch(r"\s*\\begin\{tabular\}\{([lrc|]+)\}(.*)\\end\{tabular\}\s*", body, re.S)
+    assert m, "not a single tabular environment"
+    ncols = len(m.group(1).replace("|", ""))
+    inner = m.group(2)
+    depth = 0
+    for i, ch in enumerate(inner):
+        if ch in "{}" and inner[i - 1] != "\\":
+            depth += 1 if ch == "{" else -1
+            assert depth >= 0, "unbalanced braces"
+    assert depth == 0, "unbalanced braces"
+    plain = re.sub(r"\$[^$]*\$", "", inner.replace(r"\$", ""))  # math spans may hold _ and ^
+    for ch in "_%#^~":
+        assert not re.search(rf"(?<!\\){re.escape(ch)}", plain), f"unescaped {ch}"
+    rows = [r.strip() for r in re.split(r"\\\\", inner)]
+    rows = [re.sub(r"^\s*(\\(top|mid|bottom)rule\s*)+", "", r).strip() for r in rows]
+    count = 0
+    for row in filter(None, rows):
+        cells = re.split(r"(?<!\\)&", row)
+        spans = sum(int(n) - 1 for n in re.findall(r"\\multicolumn\{(\d+)\}", row))
+        assert len(cells) + spans == ncols, f"{len(cells) + spans} cells, {ncols} columns: {row[:80]}"
+        count += 1
+    return count
+
+
+@pytest.mark.parametrize("kind", TABLES)
+def test_latex_is_a_valid_tabular_fragment(kind):
+    rows, refs, configs = fixture("fixture-340m", "fixture-abl", refs=sorted(PAPER.glob("*.csv")))
+    table = build(kind, rows, refs, configs)
+    latex = to_latex(table)
+    assert check_tabular(latex) >= 3
+    if kind == "main":
+        assert r"\textbf{" in latex and r"$\pm$" in latex and r"acc\_n" in latex
+
+
+def test_latex_checker_rejects_broken_fragments():
+    good = "\\begin{tabular}{lr}\n\\toprule\na & b \\\\\n\\bottomrule\n\\end{tabular}\n"
+    assert check_tabular(good) == 1
+    for bad in (good.replace("a & b", "a & b & c"), good.replace("a &", "a_x &"), good.replace("b \\\\", "{b \\\\")):
+        with pytest.raises(AssertionError):
+            check_tabular(bad)
+
+
+@pytest.mark.skipif(shutil.which("pdflatex") is None, reason="pdflatex not installed")
+def test_latex_compiles_with_pdflatex(tmp_path):
+    rows, refs, configs = fixture("fixture-340m", "fixture-abl", refs=[SWAT_T1])
+    for kind in TABLES:
+        (tmp_path / f"{kind}.tex").write_text(to_latex(build(kind, rows, refs, configs)))
+    doc = ("\\documentclass{article}\\usepackage{booktabs}\\usepackage[utf8]{inputenc}"
+           "\\usepackage[landscape,margin=5mm]{geometry}\\begin{document}\\tiny\n"
+           + "\n".join(f"\\input{{{k}.tex}}\\par" for k in TABLES) + "\n\\end{document}\n")
+    (tmp_path / "doc.tex").write_text(doc)
+    out = subprocess.run(["pdflatex", "-interaction=nonstopmode", "-halt-on-error", "doc.tex"], cwd=tmp_path,
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stdout[-2000:]
+
+
+def test_csv_has_raw_numbers_and_stderr_columns():
+    rows, refs, configs = fixture("fixture-340m")
+    lines = list(csv.DictReader(io.StringIO(render(build("main", rows, refs, configs), "csv"))))
+    swat = next(line for line in lines if line["Model"] == "swat")
+    assert float(swat["PIQA acc"]) == pytest.approx(65.0) and float(swat["PIQA acc stderr"]) == pytest.approx(1.1)
+    assert swat["group"] == "340m" and "**" not in swat["PIQA acc"]
+    transformer = next(line for line in lines if line["Model"] == "transformer")
+    assert transformer["BoolQ acc"] == ""
+    assert {c.title for c in ACC_COLUMNS} <= set(lines[0])
+
+
+# ---------------------------------------------------------------- plots and the command line
+
+def test_plots_write_png_and_their_data(tmp_path):
+    from harness.plots import write_plots
+    rows, refs, configs = fixture("fixture-340m")
+    written = {p.name for p in write_plots(rows, tmp_path, configs)}
+    assert {"ppl_vs_length.png", "ppl_vs_length.csv", "acc_vs_tokens.png", "acc_vs_tokens.csv",
+            "speed_decode_tokens_per_s.png", "speed_decode_peak_mem_gb.csv"} <= written
+    assert (tmp_path / "ppl_vs_length.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    points = list(csv.DictReader((tmp_path / "acc_vs_tokens.csv").open()))
+    assert [(p["series"], int(p["tokens_trained"]), float(p["accuracy_pct"])) for p in points] == [
+        ("swat", 1_000_000_000, pytest.approx(60.0)), ("swat", 2_000_000_000, pytest.approx(65.0))]
+    speed = list(csv.DictReader((tmp_path / "speed_decode_tokens_per_s.csv").open()))
+    assert ("transformer b=1", "4096") not in {(p["series"], p["length"]) for p in speed}  # OOM not drawn
+
+
+def test_cli_end_to_end(tmp_path, capsys):
+    from harness.cli import main
+    run = str(FIX / "fixture-340m")
+    assert main(["tables", "--run", run, "--reference", "swat_2502.18845_table1",
+                 "--results", str(ROOT / "results")]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("**Language modeling") and "Δ vs SWAT (-+) [1]" in out
+    tex = tmp_path / "main.tex"
+    assert main(["tables", "--run", run, "--format", "latex", "--out", str(tex), "--plots", str(tmp_path / "p")]) == 0
+    check_tabular(tex.read_text())
+    assert (tmp_path / "p" / "ppl_vs_length.png").is_file()
+    assert main(["tables", "--run", run, "--table", "speed", "--format", "csv"]) == 0
+    assert "OOM" in capsys.readouterr().out
+    assert main(["tables", "--run", str(tmp_path / "missing")]) == 2
+    assert "error:" in capsys.readouterr().err

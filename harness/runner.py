@@ -45,10 +45,10 @@ class TaskContext:
     limit: int | None = None
     provenance: dict = field(default_factory=dict)
 
-    def row(self, task: str, metric: str, value: float, stderr: float | None = None, n: int | None = None,
+    def row(self, task: str, metric: str, value: float | None, stderr: float | None = None, n: int | None = None,
             **extra) -> Row:
         return Row(run=self.run, model=self.model_name, preset=self.cfg.preset, task=task, metric=metric,
-                   value=float(value), stderr=stderr, n=n, params=self.params,
+                   value=None if value is None else float(value), stderr=stderr, n=n, params=self.params,
                    tokens_trained=self.tokens_trained, seed=self.cfg.train.seed, checkpoint=self.checkpoint,
                    extra=extra, **self.provenance)
 

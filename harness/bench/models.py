@@ -1,0 +1,276 @@
+"""`harness bench models`: training, prefill and decode throughput and memory of whole models
+across context lengths, the measurement behind "linear cost like the recurrent models".
+
+Sweeps, per model, at one preset (default 340m):
+- train:   tokens/s and peak memory of forward + backward + AdamW step at sequence lengths
+           2K..64K with a fixed number of tokens per batch (batch = tokens // length);
+- prefill: latency and peak memory of one forward over one sequence of 1K..128K tokens;
+- decode:  per-token latency and tokens/s at batch 1 and a large batch after a prompt of 1K..128K
+           tokens, and the memory held by the decode state (KV cache, ring buffer or recurrent state).
+
+Every point is timed after warm-up as the median of repeats (CUDA events on GPU), with peak memory
+from `torch.cuda.max_memory_allocated` reset per point. An out-of-memory point is recorded with
+status "oom" (value empty) and the longer lengths of that sweep are recorded as "oom" without
+being run; the sweep goes on with the next model. Decode steps run eagerly (no CUDA graphs: the
+decode state holds Python-side positions), which understates every model's decode speed alike.
+Numbers measured on a CPU are for testing the code path only, not comparable to GPU numbers.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+from harness.config import Config
+
+SWEEPS = ("train", "prefill", "decode")
+DEFAULT_LENGTHS = {
+    "train": [2048, 4096, 8192, 16384, 32768, 65536],
+    "prefill": [1024, 4096, 16384, 32768, 65536, 131072],
+    "decode": [1024, 4096, 16384, 65536, 131072],
+}
+DEFAULT_TRAIN_TOKENS = 65536  # tokens per training batch at every length
+DEFAULT_DECODE_BATCHES = (1, 64)
+# a CPU only checks the code path (tests, the tiny preset): short lengths, small batches
+CPU_LENGTHS = {"train": [128, 256], "prefill": [128, 512], "decode": [128, 512]}
+CPU_TRAIN_TOKENS = 512
+CPU_DECODE_BATCHES = (1, 4)
+CPU_WARNING = "speed measured on a CPU checks the code path only; these numbers are not comparable to GPU numbers"
+
+
+@dataclass
+class Point:
+    """One measured (or out-of-memory) point of a sweep."""
+    model: str
+    sweep: str
+    length: int
+    batch: int
+    status: str = "ok"  # ok | oom
+    metrics: dict = field(default_factory=dict)  # e.g. tokens_per_s, latency_ms, peak_mem_gb
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def median_ms(fn: Callable[[], None], device: torch.device, warmup: int, repeats: int) -> float:
+    """Median wall time of fn in milliseconds, after warm-up (device-synchronised)."""
+    for _ in range(warmup):
+        fn()
+    _sync(device)
+    times = []
+    for _ in range(repeats):
+        if device.type == "cuda":
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn()
+            end.record()
+            end.synchronize()
+            times.append(start.elapsed_time(end))
+        else:
+            t0 = time.perf_counter()
+            fn()
+            times.append((time.perf_counter() - t0) * 1e3)
+    return statistics.median(times)
+
+
+def _reset_memory(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def state_bytes(state) -> int:
+    """Bytes held by tensors in a (nested) decode state."""
+    if isinstance(state, torch.Tensor):
+        return state.numel() * state.element_size()
+    if isinstance(state, dict):
+        return sum(state_bytes(v) for v in state.values())
+    if isinstance(state, (list, tuple)):
+        return sum(state_bytes(v) for v in state)
+    return 0
+
+
+def train_point(model, vocab: int, length: int, tokens: int, device, autocast, warmup, repeats) -> dict:
+    batch = max(1, tokens // length)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device.type == "cuda")
+    x = torch.randint(0, vocab, (batch, length + 1), device=device)
+
+    def step():
+        with autocast():
+            logits = model(x[:, :-1])
+        F.cross_entropy(logits.float().flatten(0, 1), x[:, 1:].flatten()).backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    ms = median_ms(step, device, warmup, repeats)
+    return {"tokens_per_s": batch * length / ms * 1e3, "step_ms": ms, "batch": batch}
+
+
+@torch.no_grad()
+def prefill_point(model, vocab: int, length: int, device, autocast, warmup, repeats) -> dict:
+    x = torch.randint(0, vocab, (1, length), device=device)
+
+    def run():
+        with autocast():
+            model.prefill(x)
+
+    ms = median_ms(run, device, warmup, repeats)
+    return {"latency_ms": ms, "tokens_per_s": length / ms * 1e3}
+
+
+@torch.no_grad()
+def decode_point(model, vocab: int, context: int, batch: int, device, autocast, new_tokens: int,
+                 repeats: int) -> dict:
+    x = torch.randint(0, vocab, (batch, context), device=device)
+    with autocast():
+        _, state = model.prefill(x)
+    held = state_bytes(state)
+    token = torch.randint(0, vocab, (batch,), device=device)
+
+    def run():
+        s = state
+        with autocast():
+            for _ in range(new_tokens):
+                _, s = model.step(token, s)
+
+    ms = median_ms(run, device, 1, repeats) / new_tokens
+    return {"per_token_ms": ms, "tokens_per_s": batch / ms * 1e3, "state_gb": held / 2**30}
+
+
+def sweep_model(name: str, cfg: Config, sweeps, lengths: dict, device: torch.device,
+                train_tokens: int = DEFAULT_TRAIN_TOKENS, decode_batches=DEFAULT_DECODE_BATCHES,
+                warmup: int = 2, repeats: int = 5, new_tokens: int = 16,
+                on_point: Callable[[Point], None] | None = None) -> list[Point]:
+    """Every point of the chosen sweeps for a freshly initialised model (speed does not depend on
+    the weights); OOM points are recorded, never raised. Peak memory counts only what this sweep
+    allocates (model, optimizer state, activations, caches), not tensors that were resident before."""
+    from harness.models import build_model
+    from harness.train import autocast_for
+    autocast = autocast_for(device, cfg.train.dtype)
+    _reset_memory(device)
+    resident = torch.cuda.memory_allocated(device) if device.type == "cuda" else 0
+    torch.manual_seed(0)
+    model = build_model(name, cfg.model, device)
+    vocab = cfg.model.vocab_size
+    points = []
+    plans = [(s, L, b) for s in sweeps for L in lengths[s]
+             for b in (decode_batches if s == "decode" else (None,))]
+    failed_from: dict = {}  # (sweep, batch) -> shortest length that ran out of memory
+    for sweep, length, batch in plans:
+        key = (sweep, batch)
+        point = Point(name, sweep, length, batch or 1)
+        if key in failed_from and length >= failed_from[key]:
+            point.status = "oom"
+        else:
+            model.train(sweep == "train")
+            _reset_memory(device)
+            try:
+                if sweep == "train":
+                    point.metrics = train_point(model, vocab, length, train_tokens, device, autocast, warmup, repeats)
+                    point.batch = point.metrics.pop("batch")
+                elif sweep == "prefill":
+                    point.metrics = prefill_point(model, vocab, length, device, autocast, warmup, repeats)
+                else:
+                    point.metrics = decode_point(model, vocab, length, batch, device, autocast, new_tokens,
+                                                 repeats)
+                if device.type == "cuda":
+                    point.metrics["peak_mem_gb"] = (torch.cuda.max_memory_allocated(device) - resident) / 2**30
+            except torch.OutOfMemoryError:
+                point.status = "oom"
+                failed_from[key] = length
+                model.zero_grad(set_to_none=True)
+                _reset_memory(device)
+        points.append(point)
+        if on_point:
+            on_point(point)
+    del model
+    _reset_memory(device)
+    return points
+
+
+def _where(p: Point) -> dict:
+    """The keys that place a point: decode rows by context and batch; training rows by sequence length
+    (their batch follows from the fixed tokens per batch, so it is recorded, not used to group)."""
+    if p.sweep == "decode":
+        return {"context": p.length, "batch": p.batch}
+    if p.sweep == "train":
+        return {"seq_len": p.length, "batch_tokens": p.batch * p.length}
+    return {"seq_len": p.length}
+
+
+MAIN_METRIC = {"train": "tokens_per_s", "prefill": "latency_ms", "decode": "tokens_per_s"}
+
+
+def points_to_rows(points: list[Point], make_row: Callable) -> list:
+    """Rows in the common schema via make_row(model, task, metric, value, **extra): task
+    speed_<sweep>, one row per metric; an OOM point gives one row of the sweep's main metric with
+    an empty value and status "oom"."""
+    rows = []
+    for p in points:
+        metrics = p.metrics if p.status == "ok" else {MAIN_METRIC[p.sweep]: None}
+        for metric, value in metrics.items():
+            rows.append(make_row(p.model, f"speed_{p.sweep}", metric, value, status=p.status, **_where(p)))
+    return rows
+
+
+def device_slug(name: str) -> str:
+    """A folder name for a device: 'NVIDIA H100 80GB HBM3' -> 'nvidia-h100-80gb-hbm3'."""
+    import re
+    return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
+
+
+def run_bench(names: list[str], cfg: Config, sweeps, lengths: dict, device: torch.device, out_dir,
+              train_tokens: int, decode_batches, force: bool = False, log: Callable = print,
+              on_point: Callable | None = None) -> list:
+    """Sweep each model into out_dir/{rows.jsonl, run.json, table.md, plots}; a model whose rows are
+    already there is skipped unless force. Rows are saved after each model."""
+    import json
+    from pathlib import Path
+
+    from harness.plots import speed_curves
+    from harness.results import (Row, atomic_write_text, command_line, device_name, git_commit, now, read_rows,
+                                 versions, write_rows)
+    from harness.tables import build, render
+
+    out = Path(out_dir)
+    rows_file = out / "rows.jsonl"
+    rows = read_rows(rows_file, warn=log) if rows_file.is_file() else []
+    params = model_params(names, cfg)
+    provenance = {"commit": git_commit(), "device": device_name(str(device)), "date": now(),
+                  "command": command_line()}
+    info = {"models": names, "sweeps": list(sweeps), "lengths": lengths, "train_tokens": train_tokens,
+            "decode_batches": list(decode_batches), "config": cfg.to_dict(), "versions": versions(), **provenance}
+    atomic_write_text(out / "run.json", json.dumps(info, indent=1, default=str))
+    if device.type == "cpu":
+        log(f"warning: {CPU_WARNING}")
+    vers = versions()
+
+    def make_row(model, task, metric, value, **extra):
+        return Row(run=out.name, model=model, preset=cfg.preset, task=task, metric=metric, value=value,
+                   params=params[model], seed=0, extra={**extra, "torch": vers.get("torch"),
+                                                        "triton": vers.get("triton")}, **provenance)
+
+    for name in names:
+        todo = [s for s in sweeps if force or not any(r.model == name and r.task == f"speed_{s}" for r in rows)]
+        if not todo:
+            log(f"{name}: already measured (pass --force to measure again)")
+            continue
+        points = sweep_model(name, cfg, todo, lengths, device, train_tokens, decode_batches, on_point=on_point)
+        fresh = points_to_rows(points, make_row)
+        rows = [r for r in rows if not (r.model == name and r.task in {f"speed_{s}" for s in todo})] + fresh
+        write_rows(rows_file, rows)
+    atomic_write_text(out / "table.md", render(build("speed", rows), "md"))
+    speed_curves(rows, out)
+    return rows
+
+
+def model_params(names, cfg: Config) -> dict:
+    from harness.models import matched_config, params_of
+    return {n: params_of(n, matched_config(n, cfg.model)) for n in names}

@@ -1,0 +1,29 @@
+"""`speed`: training, prefill and decode throughput/memory sweeps of the run's model (harness.bench.models).
+
+Speed does not depend on the trained weights, so the sweep measures a freshly initialised copy of the
+same architecture at the run's config; on a CPU it uses short lengths and says the numbers are not
+comparable.
+"""
+
+import warnings
+
+import torch
+
+from harness.bench.models import (CPU_DECODE_BATCHES, CPU_LENGTHS, CPU_TRAIN_TOKENS, CPU_WARNING,
+                                  DEFAULT_DECODE_BATCHES, DEFAULT_LENGTHS, DEFAULT_TRAIN_TOKENS, SWEEPS,
+                                  points_to_rows, sweep_model)
+from harness.registry import register_task
+
+
+@register_task("speed", group=("speed", "all"), description="train/prefill/decode tokens/s and memory vs length")
+def run(model, tokenizer, ctx):
+    device = torch.device(ctx.device)
+    on_cpu = device.type == "cpu"
+    if on_cpu:
+        warnings.warn(CPU_WARNING, stacklevel=2)
+    points = sweep_model(ctx.model_name, ctx.cfg, SWEEPS, CPU_LENGTHS if on_cpu else DEFAULT_LENGTHS, device,
+                         CPU_TRAIN_TOKENS if on_cpu else DEFAULT_TRAIN_TOKENS,
+                         CPU_DECODE_BATCHES if on_cpu else DEFAULT_DECODE_BATCHES,
+                         warmup=1 if on_cpu else 2, repeats=2 if on_cpu else 5, new_tokens=4 if on_cpu else 16)
+    return points_to_rows(points, lambda model, task, metric, value, **extra:
+                          ctx.row(task, metric, value, **extra))

@@ -237,3 +237,22 @@ def test_unknown_mixer_is_marked_partial(tiny_cfg):
 
     count = flops_per_token(DecoderLM(tiny_cfg.model, Shift), 16)
     assert count.partial == ["Shift"] and count.linear > 0
+
+
+def test_missing_logger_package_names_the_install(tmp_path, monkeypatch):
+    import sys
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # as if tensorboard were absent
+    with pytest.raises(ConfigError, match="pip install tensorboard"):
+        train("swat", short_cfg("train.tokens=256"), tmp_path, "cpu", loggers=("tensorboard",))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_gpu_bf16_resume_is_bit_for_bit(tmp_path):
+    """On one GPU (bf16 autocast, the fast SWAT kernels): 1k + resume + 1k tokens == 2k straight."""
+    cfg = short_cfg("train.dtype=bf16")
+    straight = train("swat", cfg, tmp_path / "straight", "cuda")
+    with pytest.raises(Interrupt):
+        train("swat", cfg, tmp_path / "resumed", "cuda", on_step=interrupt_at(4))
+    train("swat", cfg, tmp_path / "resumed", "cuda")
+    assert_same_weights(tmp_path / "straight", tmp_path / "resumed")
+    assert straight.mfu is not None and straight.peak_mem_gib > 0

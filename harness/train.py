@@ -15,8 +15,8 @@ x micro-batch is the single-process global batch, whatever N.
 Parallelism (harness.distributed): torchrun + DDP or FSDP2, the same loop at world size 1.
 
 Checkpoints (<run>/checkpoint/): model.safetensors (full weights), trainer.pt (full optimizer
-state keyed by parameter name, step, data position, each rank's RNG state), meta.json (model,
-config, progress). Full state dicts are gathered on rank 0 and written there, rather than sharded
+state keyed by parameter name, step, data position, each rank's RNG state; the LR schedule is a
+function of the step, so the step is its whole state), meta.json (model, config, progress). Full state dicts are gathered on rank 0 and written there, rather than sharded
 torch.distributed.checkpoint files: the 340m/760m states fit one host's memory, and the result is
 one file that any world size, a single process or `load_checkpoint` reads. A checkpoint is written
 into a temporary folder and swapped in by rename, so an interruption at any moment leaves the
@@ -159,9 +159,11 @@ def _set_rng_state(state: dict, device: torch.device) -> None:
 
 def _tied_duplicates(model: torch.nn.Module) -> set[str]:
     """Names of parameters that repeat another (tied weights): safetensors stores each tensor once."""
-    first, dupes = set(), set()
+    seen, dupes = set(), set()
     for name, p in distributed.unwrap(model).named_parameters(remove_duplicate=False):
-        (dupes.add(name) if id(p) in first else first.add(id(p)))
+        if id(p) in seen:
+            dupes.add(name)
+        seen.add(id(p))
     return dupes
 
 

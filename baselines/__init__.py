@@ -1,3 +1,4 @@
 """Built-in baselines, one module per architecture; importing this package registers them."""
 
 from baselines import mamba, sliding_softmax, swat, transformer  # noqa: F401
+from baselines import deltanet, gated_deltanet, gla, hgrn2, mamba2, retnet  # noqa: F401

@@ -72,6 +72,15 @@ def _fast_conv():
         return None
 
 
+def causal_conv1d_silu(x: torch.Tensor, conv: nn.Conv1d) -> torch.Tensor:
+    """silu(depthwise causal conv) of x [b, d, l]: causal-conv1d's kernel on a GPU when installed,
+    else torch's conv with left padding (`conv` has padding k - 1; the tail is cut off)."""
+    fast = _fast_conv() if x.is_cuda else None
+    if fast is not None:
+        return fast(x, conv.weight.squeeze(1), conv.bias, activation="silu")
+    return F.silu(conv(x)[..., :x.shape[-1]])
+
+
 class MambaMixer(nn.Module):
     def __init__(self, cfg):
         super().__init__()
@@ -107,15 +116,9 @@ class MambaMixer(nn.Module):
         delta = (dt @ self.dt_proj.weight.t()).transpose(1, 2)
         return delta, B.transpose(1, 2).contiguous(), C.transpose(1, 2).contiguous()
 
-    def _conv(self, x):
-        conv = _fast_conv() if x.is_cuda else None
-        if conv is not None:
-            return conv(x, self.conv1d.weight.squeeze(1), self.conv1d.bias, activation="silu")
-        return F.silu(self.conv1d(x)[..., :x.shape[-1]])
-
     def _scan(self, x, z, return_last_state=False, cu_seqlens=None):
         L = x.shape[-1]
-        xc = self._conv(x)
+        xc = causal_conv1d_silu(x, self.conv1d)
         delta, B, C = self._ssm_inputs(xc)
         A = -torch.exp(self.A_log.float())
         scan = _fast_scan() if x.is_cuda else None

@@ -7,9 +7,14 @@ so the comparison between them isolates the core:
   decode keeps a ring buffer of the last W keys/values (memory constant in context length).
 - `full`: causal softmax over the whole prefix (Transformer++); decode keeps a growing KV cache.
 - `sliding`: causal softmax over the last W keys; ring buffer like swat.
+
+`full` and `sliding` run on `softmax_attention`: flash-attn when installed (else SDPA / flex_attention
+on a GPU, SDPA with a band mask on the CPU); `swat` on the kernels of `harness.ops.swat`.
 """
 
 from __future__ import annotations
+
+import functools
 
 import torch
 import torch.nn as nn
@@ -20,6 +25,71 @@ from harness.ops.alibi import alibi_slopes
 from harness.ops.rope import apply_rope, positions_from_cu_seqlens, rope_cos_sin
 from harness.ops.swat import swat_attention, swat_decode
 from harness.ops.swat.reference import band_mask
+
+
+def _flash_attn():
+    try:
+        import flash_attn
+        return flash_attn
+    except ImportError:
+        return None
+
+
+@functools.cache
+def _compiled_flex():
+    from torch.nn.attention.flex_attention import flex_attention
+    return torch.compile(flex_attention, dynamic=False)
+
+
+def _flex_block_mask(T: int, window: int | None, cu_seqlens: torch.Tensor | None, device):
+    """Block-sparse mask of causal (sliding-window when `window`) attention within documents."""
+    from torch.nn.attention.flex_attention import create_block_mask
+    doc = None
+    if cu_seqlens is not None:
+        doc = torch.searchsorted(cu_seqlens.to(device), torch.arange(T, device=device), right=True)
+
+    def mask_mod(b, h, q_idx, kv_idx):
+        allowed = q_idx >= kv_idx
+        if window is not None:
+            allowed = allowed & (q_idx - kv_idx < window)
+        if doc is not None:
+            allowed = allowed & (doc[q_idx] == doc[kv_idx])
+        return allowed
+    return create_block_mask(mask_mod, None, None, T, T, device=device)
+
+
+def softmax_attention(q, k, v, window: int | None = None, cu_seqlens: torch.Tensor | None = None):
+    """Causal softmax attention, over the last `window` keys (0 <= i - j < window) when given,
+    within the documents of `cu_seqlens` (packed, B == 1) when given. q [B, T, H, d], k, v
+    [B, T, Hkv, d] -> [B, T, H, d], on the fastest path for the inputs:
+
+    - CUDA, fp16/bf16, flash-attn installed: `flash_attn_func` / `flash_attn_varlen_func`
+      (`window_size=(window - 1, 0)`);
+    - CUDA otherwise: torch SDPA (flash backend) for full attention over whole sequences, else
+      compiled flex_attention with a block-sparse sliding-window / document mask;
+    - CPU: torch SDPA, with a dense band mask where a window or documents restrict it.
+    """
+    T = q.shape[1]
+    gqa = q.shape[2] != k.shape[2]
+    if q.is_cuda and q.dtype in (torch.float16, torch.bfloat16) and _flash_attn() is not None:
+        fa = _flash_attn()
+        window_size = (-1, -1) if window is None else (window - 1, 0)
+        if cu_seqlens is None:
+            return fa.flash_attn_func(q, k, v, causal=True, window_size=window_size)
+        cu = cu_seqlens.to(device=q.device, dtype=torch.int32)
+        max_len = int((cu[1:] - cu[:-1]).max())
+        return fa.flash_attn_varlen_func(q[0], k[0], v[0], cu, cu, max_len, max_len, causal=True,
+                                         window_size=window_size)[None]
+    qt, kt, vt = (t.transpose(1, 2) for t in (q, k, v))
+    if window is None and cu_seqlens is None:
+        out = F.scaled_dot_product_attention(qt, kt, vt, is_causal=True, enable_gqa=gqa)
+    elif q.is_cuda:
+        block_mask = _flex_block_mask(T, window, cu_seqlens, q.device)
+        out = _compiled_flex()(qt, kt, vt, block_mask=block_mask, enable_gqa=gqa)
+    else:
+        allowed, _ = band_mask(T, T, window or T, q.device, cu_seqlens)
+        out = F.scaled_dot_product_attention(qt, kt, vt, attn_mask=allowed, enable_gqa=gqa)
+    return out.transpose(1, 2)
 
 
 class AttentionMixer(nn.Module):
@@ -61,16 +131,7 @@ class AttentionMixer(nn.Module):
         if self.core == "swat":
             return swat_attention(q, k, v, self.slopes, self.window, self.activation, self.sigmoid_bias,
                                   cu_seqlens=cu_seqlens)
-        T = q.shape[1]
-        qt, kt, vt = (t.transpose(1, 2) for t in (q, k, v))
-        gqa = self.num_heads != self.kv_heads
-        if self.core == "full" and cu_seqlens is None:
-            out = F.scaled_dot_product_attention(qt, kt, vt, is_causal=True, enable_gqa=gqa)
-        else:
-            window = T if self.core == "full" else self.window
-            allowed, _ = band_mask(T, T, window, q.device, cu_seqlens)
-            out = F.scaled_dot_product_attention(qt, kt, vt, attn_mask=allowed, enable_gqa=gqa)
-        return out.transpose(1, 2)
+        return softmax_attention(q, k, v, None if self.core == "full" else self.window, cu_seqlens)
 
     def forward(self, x: torch.Tensor, cu_seqlens: torch.Tensor | None = None) -> torch.Tensor:
         B, T, _ = x.shape

@@ -30,16 +30,23 @@ class ModelSpec:
     requires: tuple = ()  # optional packages of the fast path, e.g. ("mamba_ssm",)
     match: str | None = None  # ModelConfig field solved so that params match the reference model
     description: str = ""
+    extra: str | None = None  # the swat-harness extra that installs `requires`, e.g. "fla"
+    gpu_only: bool = False  # no reference path: the model runs only on a CUDA GPU
 
     def fast_path(self) -> str:
-        """'yes', or why not: missing packages or no GPU (the model then runs its reference path)."""
+        """'yes', or why not: missing packages or no GPU (the model then runs its reference path,
+        or, when gpu_only, does not run here at all)."""
         if not self.requires:
             return "yes (torch)"
         missing = [pkg for pkg in self.requires if importlib.util.find_spec(pkg) is None]
         if missing:
+            if self.extra:
+                return f"no: pip install 'swat-harness[{self.extra}]'"
             return "no: pip install " + " ".join(m.replace("_", "-") for m in missing)
         import torch
-        return "yes" if torch.cuda.is_available() else "no GPU: reference path"
+        if torch.cuda.is_available():
+            return "yes"
+        return "no: needs a CUDA GPU" if self.gpu_only else "no GPU: reference path"
 
 
 @dataclass
@@ -63,11 +70,12 @@ BUILTIN_MODULES = ("baselines", "tasks")
 
 
 def register_model(name: str, family: str, requires: tuple = (), match: str | None = None,
-                   description: str = ""):
+                   description: str = "", extra: str | None = None, gpu_only: bool = False):
     """Decorator over `build(cfg) -> nn.Module`; registers it under `name`."""
     def deco(build: Callable) -> Callable:
         _REG.models[name] = ModelSpec(name, build, family, tuple(requires), match,
-                                      description or (build.__doc__ or "").strip().split("\n")[0])
+                                      description or (build.__doc__ or "").strip().split("\n")[0],
+                                      extra, gpu_only)
         return build
     return deco
 

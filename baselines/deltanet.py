@@ -1,0 +1,33 @@
+"""DeltaNet (Yang et al., 2024, Parallelizing Linear Transformers with the Delta Rule over Sequence
+Length) on fla's `DeltaNet` layer and its chunked WY-representation kernels.
+
+As in the paper and fla's `DeltaNetConfig`: head dim 128 (hidden / 128 heads), key and value dims
+= hidden, SiLU feature map then L2 norm on q and k, a learned per-head write strength beta
+(sigmoid), depthwise short convolutions (kernel `model.conv_kernel`, 4) on q, k, v, per-head
+RMSNorm on the output, no output gate. Each block adds the backbone's SwiGLU MLP, whose width is
+solved so that parameters match the reference.
+"""
+
+from baselines.fla_common import FlaMixer, fla_module, layer_options
+from harness.backbone import DecoderLM
+from harness.registry import register_model
+
+HEAD_DIM = 128
+
+
+def options(cfg) -> dict:
+    return layer_options(cfg, "deltanet", dict(mode="chunk", expand_k=1.0, expand_v=1.0,
+                                               num_heads=max(1, cfg.hidden_size // HEAD_DIM), use_beta=True,
+                                               use_gate=False, use_short_conv=True, conv_size=cfg.conv_kernel,
+                                               qk_activation="silu", qk_norm="l2"))
+
+
+@register_model("deltanet", family="recurrent", requires=("fla",), extra="fla", gpu_only=True, match="mlp_hidden",
+                description="DeltaNet: delta rule (fla), head dim 128, short conv, L2 qk norm, + SwiGLU MLP")
+def build(cfg):
+    layers = fla_module("deltanet")
+
+    def mixer(cfg, i):
+        layer = layers.DeltaNet(hidden_size=cfg.hidden_size, norm_eps=cfg.norm_eps, layer_idx=i, **options(cfg))
+        return FlaMixer("deltanet", layer, cfg.init_std)
+    return DecoderLM(cfg, mixer)

@@ -1,0 +1,107 @@
+"""The bridge from flash-linear-attention (fla) layers to the shared backbone's mixer contract.
+
+gla, retnet, hgrn2, deltanet and gated_deltanet use fla's own layers (`fla.layers.*`): the
+projections, short convolutions, gates and output norms of each architecture exactly as its
+authors' fla code builds them, on fla's Triton kernels (chunked for training and prefill,
+fused-recurrent for decoding). The fla model classes put those layers in the same block as our
+backbone (pre-norm mixer, pre-norm SwiGLU MLP), so only the mixer comes from fla; where a model
+adds something across blocks (HGRN2's lower bounds), its baseline file supplies that part.
+
+fla's kernels run only on CUDA GPUs, and fla has no CPU path (its `naive.py` references are
+op-level oracles, used in the GPU tests). So these models build anywhere fla is installed (for
+parameter counts, also on the meta device) and fail on a CPU input with one line saying so.
+The decode state of each mixer is an `fla.models.cache_utils.FLACache`, the cache fla's layers
+read and write (recurrent state, short-convolution state, tokens seen); `step()` feeds it one
+token through the layer's fused-recurrent path, which must equal the chunked full forward.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+import torch
+import torch.nn as nn
+
+from harness.registry import RegistryError
+
+FLA_INSTALL = "pip install 'swat-harness[fla]'"
+
+
+class MissingExtraError(RegistryError, ImportError):
+    """An optional package of a model is not installed; the message names the extra to install.
+    (An ImportError, so that callers that skip uninstalled optional models keep working.)"""
+
+
+class NeedsGPUError(RegistryError, RuntimeError):
+    """A model with no CPU path was given a CPU input."""
+
+
+def fla_module(model: str, module: str = "fla.layers"):
+    """Import an fla module for `model`, or fail in one line naming the extra."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as err:
+        raise MissingExtraError(f"{model} needs flash-linear-attention and a CUDA GPU: {FLA_INSTALL} "
+                                f"({err})") from None
+
+
+def require_cuda(x: torch.Tensor, model: str) -> None:
+    if x.device.type != "cuda":
+        raise NeedsGPUError(f"{model} runs only on a CUDA GPU (fla's Triton kernels have no CPU path); "
+                            f"use --device cuda on a GPU machine with {FLA_INSTALL}")
+
+
+def layer_options(cfg, model: str, defaults: dict) -> dict:
+    """The layer's keyword arguments: the paper defaults, then `model.extra.<model>` overrides
+    (e.g. `--set 'model.extra={gla: {num_heads: 8}}'`)."""
+    overrides = cfg.extra.get(model, {}) if isinstance(cfg.extra, dict) else {}
+    if not isinstance(overrides, dict):
+        from harness.config import ConfigError
+        raise ConfigError(f"model.extra.{model} must be a mapping of {model} layer options, got {overrides!r}")
+    return {**defaults, **overrides}
+
+
+class FlaMixer(nn.Module):
+    """One fla layer as a backbone mixer: full forward (chunked kernels, packed documents through
+    cu_seqlens), prefill and one-token steps through an FLACache."""
+
+    supports_varlen = True
+
+    def __init__(self, model: str, layer: nn.Module, init_std: float):
+        super().__init__()
+        self.model = model
+        self.layer = layer
+        self.init_std = init_std
+        # fla's models scale the mixer's output projection like our backbone's residual outputs
+        self.layer.o_proj.residual_out = True
+
+    def reset_special(self) -> None:
+        """fla's models initialise short convolutions like linear layers (normal(0, std), zero
+        bias); the backbone's reset covers the linear layers, this the convolutions."""
+        for module in self.layer.modules():
+            if isinstance(module, nn.Conv1d):
+                nn.init.normal_(module.weight, 0.0, self.init_std)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+
+    def layer_kwargs(self) -> dict:
+        """Extra keyword arguments of the layer's forward (HGRN2's lower bound)."""
+        return {}
+
+    def forward(self, x: torch.Tensor, cu_seqlens: torch.Tensor | None = None) -> torch.Tensor:
+        require_cuda(x, self.model)
+        if cu_seqlens is not None:
+            cu_seqlens = cu_seqlens.to(device=x.device, dtype=torch.long)
+        return self.layer(x, cu_seqlens=cu_seqlens, **self.layer_kwargs())[0]
+
+    def init_state(self, batch_size: int, device, dtype):
+        return fla_module(self.model, "fla.models.cache_utils").FLACache()
+
+    def step(self, x: torch.Tensor, state):
+        """One token [B, 1, D]; the FLACache is updated in place and returned."""
+        require_cuda(x, self.model)
+        y, _, state = self.layer(x, past_key_values=state, use_cache=True, **self.layer_kwargs())
+        return y, state
+
+    def prefill(self, x: torch.Tensor):
+        return self.step(x, self.init_state(x.shape[0], x.device, x.dtype))

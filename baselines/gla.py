@@ -1,0 +1,30 @@
+"""GLA (Yang et al., 2024, Gated Linear Attention Transformers with Hardware-Efficient Training) on
+fla's `GatedLinearAttention` layer and chunked Triton kernels.
+
+The paper's configuration (and fla's `GLAConfig`): 4 heads, key dim 0.5 x hidden (expand_k 0.5),
+value dim 1 x hidden (expand_v 1), data-dependent low-rank (16) forget gates with logsigmoid / 16,
+swish output gate fused with a per-head RMSNorm, no short convolution; each block is the mixer and
+a SwiGLU MLP, as in the backbone, whose width is solved so that parameters match the reference.
+"""
+
+from baselines.fla_common import FlaMixer, fla_module, layer_options
+from harness.backbone import DecoderLM
+from harness.registry import register_model
+
+
+def options(cfg) -> dict:
+    return layer_options(cfg, "gla", dict(mode="chunk", expand_k=0.5, expand_v=1.0, num_heads=4,
+                                          use_short_conv=False, use_output_gate=True, gate_fn="swish",
+                                          gate_logit_normalizer=16, gate_low_rank_dim=16, fuse_norm=True))
+
+
+@register_model("gla", family="recurrent", requires=("fla",), extra="fla", gpu_only=True, match="mlp_hidden",
+                description="GLA: gated linear attention (fla), 4 heads, expand_k 0.5, + SwiGLU MLP")
+def build(cfg):
+    layers = fla_module("gla")
+
+    def mixer(cfg, i):
+        layer = layers.GatedLinearAttention(hidden_size=cfg.hidden_size, norm_eps=cfg.norm_eps, layer_idx=i,
+                                            **options(cfg))
+        return FlaMixer("gla", layer, cfg.init_std)
+    return DecoderLM(cfg, mixer)

@@ -1,0 +1,33 @@
+"""RetNet (Sun et al., 2023, Retentive Network) on fla's `MultiScaleRetention` layer.
+
+As in the paper and fla's `RetNetConfig`: key dim = hidden (expand_k 1), value dim 2 x hidden
+(expand_v 2), head dim 256 for keys (so hidden / 256 heads), fixed per-head decays
+1 - 2^(-5-h), xPos-style rotary positions, swish output gate with a per-head RMSNorm. Each block
+is retention plus the backbone's SwiGLU MLP (RetNet's FFN), whose width is solved so that
+parameters match the reference (the paper's 2 x hidden FFN is what expand_v 2 pays for).
+"""
+
+from baselines.fla_common import FlaMixer, fla_module, layer_options
+from harness.backbone import DecoderLM
+from harness.registry import register_model
+
+KEY_HEAD_DIM = 256
+
+
+def options(cfg) -> dict:
+    return layer_options(cfg, "retnet", dict(mode="chunk", expand_k=1.0, expand_v=2.0,
+                                             num_heads=max(1, cfg.hidden_size // KEY_HEAD_DIM),
+                                             use_short_conv=False, use_output_gate=True, gate_fn="swish",
+                                             fuse_norm=True))
+
+
+@register_model("retnet", family="recurrent", requires=("fla",), extra="fla", gpu_only=True, match="mlp_hidden",
+                description="RetNet: multi-scale retention (fla), head dim 256, expand_v 2, + SwiGLU MLP")
+def build(cfg):
+    layers = fla_module("retnet")
+
+    def mixer(cfg, i):
+        layer = layers.MultiScaleRetention(hidden_size=cfg.hidden_size, norm_eps=cfg.norm_eps, layer_idx=i,
+                                           **options(cfg))
+        return FlaMixer("retnet", layer, cfg.init_std)
+    return DecoderLM(cfg, mixer)

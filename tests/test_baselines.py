@@ -1,0 +1,383 @@
+"""Baselines: reference paths, decode state, parameter matching, fast paths.
+
+CPU tests check the references (the SSD recurrence against its quadratic form, softmax attention
+against the SWAT reference's softmax mode), Mamba-2's decode state, HGRN2's lower bounds, the
+one-line errors of fla-backed models off-GPU, and parameter counts at every preset (fla models
+are counted only where fla is installed: `pip install 'swat-harness[fla]'`; CI without it skips
+them). The GPU tests, run on the device, check every fast path against its reference in bf16,
+forward and backward, decoding against the full forward for every model, and (with
+HARNESS_TRAIN_STEPS set) that a few hundred training steps at the small preset reduce the loss.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import math
+import os
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from baselines.fla_common import MissingExtraError, NeedsGPUError
+from baselines.mamba2 import Mamba2Mixer, ssd_ref
+from harness.attention import softmax_attention
+from harness.config import ConfigError, load_config
+from harness.models import build_model, matched_config, params_of
+from harness.ops.swat.reference import swat_attention_ref
+from harness.registry import get_model, models
+
+FLA_MODELS = ["gla", "retnet", "hgrn2", "deltanet", "gated_deltanet"]
+ALL_MODELS = ["swat", "transformer", "sliding_softmax", "mamba", "mamba2", *FLA_MODELS]
+HAS_FLA = importlib.util.find_spec("fla") is not None
+CUDA = torch.cuda.is_available()
+gpu = pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU (run on the device)")
+
+
+def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    return ((a.float() - b.float()).norm() / b.float().norm().clamp_min(1e-12)).item()
+
+
+# ---------------------------------------------------------------- references (CPU)
+
+def ssd_quadratic(x, dt, A, B, C, D):
+    """The SSD's attention form: y_t = sum_{s<=t} (C_t . B_s) exp(sum_{s<r<=t} dt_r A) dt_s x_s + D x_t."""
+    rep = x.shape[2] // B.shape[2]
+    Bh, Ch = B.repeat_interleave(rep, 2), C.repeat_interleave(rep, 2)  # b l h n
+    cum = torch.cumsum(dt * A, dim=1)  # b l h
+    decay = torch.exp(cum[:, :, None] - cum[:, None, :])  # b t s h
+    causal = torch.tril(torch.ones(x.shape[1], x.shape[1], dtype=torch.bool))[None, :, :, None]
+    scores = torch.einsum("bthn,bshn->btsh", Ch, Bh) * decay.masked_fill(~causal, 0) * dt[:, None]
+    return torch.einsum("btsh,bshp->bthp", scores, x) + x * D[:, None]
+
+
+def test_ssd_reference_equals_its_quadratic_form_and_carries_state():
+    torch.manual_seed(0)
+    b, l, h, p, g, n = 2, 23, 4, 8, 2, 5
+    x = torch.randn(b, l, h, p, dtype=torch.float64)
+    dt = F.softplus(torch.randn(b, l, h, dtype=torch.float64))
+    A = -torch.rand(h, dtype=torch.float64) * 2
+    B, C = torch.randn(b, l, g, n, dtype=torch.float64), torch.randn(b, l, g, n, dtype=torch.float64)
+    D = torch.randn(h, dtype=torch.float64)
+    y, state = ssd_ref(x, dt, A, B, C, D)
+    torch.testing.assert_close(y.double(), ssd_quadratic(x, dt, A, B, C, D), rtol=1e-5, atol=1e-5)
+    y1, s1 = ssd_ref(x[:, :10], dt[:, :10], A, B[:, :10], C[:, :10], D)
+    y2, s2 = ssd_ref(x[:, 10:], dt[:, 10:], A, B[:, 10:], C[:, 10:], D, initial_state=s1)
+    torch.testing.assert_close(torch.cat([y1, y2], 1).double(), y.double(), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(s2, state, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("window,docs", [(None, False), (None, True), (7, False), (7, True)])
+def test_softmax_attention_cpu_path_is_the_banded_softmax_reference(window, docs):
+    torch.manual_seed(0)
+    T, H, Hkv, d = 30, 4, 2, 16
+    q, k, v = torch.randn(1, T, H, d), torch.randn(1, T, Hkv, d), torch.randn(1, T, Hkv, d)
+    cu = torch.tensor([0, 9, 21, T], dtype=torch.int32) if docs else None
+    out = softmax_attention(q, k, v, window, cu)
+    ref = swat_attention_ref(q, k, v, torch.zeros(H), window or T, activation="softmax", cu_seqlens=cu)
+    torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
+
+
+def test_mamba2_prefill_state_continues_the_sequence():
+    cfg = load_config("tiny").model
+    torch.manual_seed(0)
+    mixer = Mamba2Mixer(dataclasses.replace(cfg, d_inner=64))
+    mixer.reset_special()
+    x = torch.randn(2, 20, cfg.hidden_size)
+    with torch.no_grad():
+        full = mixer(x)
+        y, state = mixer.prefill(x[:, :12])
+        steps = []
+        for t in range(12, 20):
+            y_t, state = mixer.step(x[:, t:t + 1], state)
+            steps.append(y_t)
+    torch.testing.assert_close(y, full[:, :12], atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(torch.cat(steps, 1), full[:, 12:], atol=1e-5, rtol=1e-4)
+
+
+def test_mamba2_rejects_a_width_that_is_not_whole_heads():
+    cfg = dataclasses.replace(load_config("tiny").model, d_inner=100)
+    with pytest.raises(ConfigError, match="multiple of headdim"):
+        build_model("mamba2", cfg)
+
+
+def test_hgrn2_lower_bounds_are_shared_monotone_and_zero_at_the_first_layer():
+    from baselines.hgrn2 import LowerBounds
+    bounds = LowerBounds(4, 8)
+    with torch.no_grad():
+        bounds.table.copy_(torch.randn(4, 8))
+    rows = torch.stack([bounds(i) for i in range(4)])
+    assert torch.all(rows[0] == 0) and torch.all(rows[1:] >= rows[:-1]) and torch.all(rows < 1)
+
+
+# ---------------------------------------------------------------- parameter matching, listing
+
+@pytest.mark.parametrize("preset", ["tiny", "small", "340m", "760m"])
+def test_every_baseline_matches_the_reference_within_two_percent(preset):
+    cfg = load_config(preset).model
+    reference = params_of("transformer", cfg)
+    names = [n for n in ALL_MODELS if HAS_FLA or n not in FLA_MODELS]
+    for name in names:
+        count = params_of(name, matched_config(name, cfg))
+        assert abs(count - reference) / reference < 0.02, (name, preset, count, reference)
+
+
+def test_paper_configs_of_the_fla_models():
+    if not HAS_FLA:
+        pytest.skip("flash-linear-attention is not installed (pip install 'swat-harness[fla]')")
+    cfg = load_config("340m").model
+    with torch.device("meta"):
+        gla = get_model("gla").build(cfg).blocks[0].mixer.layer
+        gdn = get_model("gated_deltanet").build(cfg).blocks[0].mixer.layer
+        hgrn2 = get_model("hgrn2").build(cfg)
+    assert (gla.num_heads, gla.key_dim, gla.value_dim) == (4, 512, 1024)
+    assert (gdn.head_k_dim, gdn.num_heads, gdn.head_v_dim) == (256, 3, 512)
+    assert hgrn2.blocks[0].mixer.layer.expand_ratio == 128
+    assert hgrn2.blocks[0].mixer.bounds is hgrn2.blocks[5].mixer.bounds
+
+
+def test_harness_list_shows_every_model_with_params_and_fast_path(capsys, monkeypatch):
+    from harness import cli
+    monkeypatch.setenv("COLUMNS", "250")
+    cli.console.width = 250
+    assert cli.main(["list", "--preset", "340m"]) == 0
+    out = capsys.readouterr().out
+    for name in ALL_MODELS:
+        line = next((ln for ln in out.splitlines() if f" {name} " in ln), None)
+        assert line is not None, name
+        assert get_model(name).fast_path() in line
+
+
+# ---------------------------------------------------------------- fla models off their GPU
+
+def test_fla_models_off_gpu_fail_in_one_line():
+    if not HAS_FLA:
+        pytest.skip("flash-linear-attention is not installed (pip install 'swat-harness[fla]')")
+    if CUDA:
+        pytest.skip("this machine has a GPU")
+    cfg = load_config("tiny").model
+    for name in FLA_MODELS:
+        model = build_model(name, cfg)
+        with pytest.raises(NeedsGPUError, match="runs only on a CUDA GPU.*swat-harness\\[fla\\]"):
+            model(torch.zeros(1, 4, dtype=torch.long))
+        assert get_model(name).fast_path() == "no: needs a CUDA GPU"
+
+
+def test_fla_models_without_fla_name_the_extra(monkeypatch):
+    import baselines.fla_common as common
+    real = common.importlib.import_module
+
+    def no_fla(name, *args):
+        if name.startswith("fla"):
+            raise ImportError(f"No module named {name!r}")
+        return real(name, *args)
+    monkeypatch.setattr(common.importlib, "import_module", no_fla)
+    for name in FLA_MODELS:
+        with pytest.raises(MissingExtraError, match=r"pip install 'swat-harness\[fla\]'"):
+            get_model(name).build(load_config("tiny").model)
+
+
+# ---------------------------------------------------------------- GPU: fast paths vs references
+
+def gpu_cfg():
+    """A small model with kernel-friendly sizes (head dims >= 16)."""
+    return dataclasses.replace(load_config("tiny").model, vocab_size=512, hidden_size=256, num_heads=4,
+                               num_layers=2, window=32, max_seq_len=256)
+
+
+def _fwd_bwd(fn, inputs, grad_out_seed=1):
+    """Output and input gradients of fn(*inputs) against a fixed random output gradient."""
+    inputs = [t.detach().clone().requires_grad_(t.is_floating_point()) for t in inputs]
+    out = fn(*inputs)
+    out = out[0] if isinstance(out, tuple) else out
+    g = torch.randn(out.shape, generator=torch.Generator(out.device).manual_seed(grad_out_seed),
+                    device=out.device, dtype=torch.float32)
+    (out.float() * g).sum().backward()
+    return out.detach(), [t.grad for t in inputs if t.requires_grad]
+
+
+def _check(name, fast, ref, inputs, tol=1e-2):
+    """fast(bf16 inputs) vs ref(fp32 inputs): relative error of output and every input gradient."""
+    out_f, grads_f = _fwd_bwd(fast, [t.bfloat16() if t.is_floating_point() else t for t in inputs])
+    out_r, grads_r = _fwd_bwd(ref, [t.float() if t.is_floating_point() else t for t in inputs])
+    errs = [rel_err(out_f, out_r)] + [rel_err(a, b) for a, b in zip(grads_f, grads_r)]
+    print(f"\nfast-vs-reference {name}: out {errs[0]:.2e}, grads " + " ".join(f"{e:.2e}" for e in errs[1:]))
+    assert all(math.isfinite(e) and e < tol for e in errs), (name, errs)
+
+
+def _fla_ops(name, dev="cuda"):
+    B, T, H, K, V = 2, 200, 4, 64, 64
+    q, k, v = torch.randn(B, T, H, K, device=dev), torch.randn(B, T, H, K, device=dev), torch.randn(B, T, H, V, device=dev)
+    if name == "gla":
+        from fla.ops.gla import chunk_gla
+        from fla.ops.gla.naive import naive_recurrent_gla
+        g = F.logsigmoid(torch.randn(B, T, H, K, device=dev)) / 16
+        return chunk_gla, naive_recurrent_gla, [q, k, v, g]
+    if name == "retention":
+        from fla.ops.retention import chunk_retention
+        from fla.ops.retention.naive import naive_retention
+
+        def naive(q, k, v):
+            return naive_retention(*(t.transpose(1, 2) for t in (q, k, v))).transpose(1, 2)
+        return chunk_retention, naive, [q, k, v]
+    beta = torch.rand(B, T, H, device=dev)
+    qn, kn = F.normalize(q, dim=-1), F.normalize(k, dim=-1)
+    if name == "delta_rule":
+        from fla.ops.delta_rule import chunk_delta_rule
+        from fla.ops.delta_rule.naive import delta_rule_recurrence
+
+        def naive(q, k, v, beta):
+            o, _ = delta_rule_recurrence(*(t.transpose(1, 2) for t in (q, k, v, beta)))
+            return o.transpose(1, 2)
+        return chunk_delta_rule, naive, [qn, kn, v, beta]
+    from fla.ops.gated_delta_rule import chunk_gated_delta_rule
+    from fla.ops.gated_delta_rule.naive import naive_recurrent_gated_delta_rule
+    g = F.logsigmoid(torch.randn(B, T, H, device=dev) + 3)
+
+    def naive(q, k, v, g, beta):  # the naive twin takes beta before g
+        return naive_recurrent_gated_delta_rule(q, k, v, beta, g)[0]
+    return chunk_gated_delta_rule, naive, [qn, kn, v, g, beta]
+
+
+@gpu
+@pytest.mark.skipif(not HAS_FLA, reason="needs fla")
+@pytest.mark.parametrize("op", ["gla", "retention", "delta_rule", "gated_delta_rule"])
+def test_gpu_fla_chunk_kernels_match_naive_recurrences(op):
+    torch.manual_seed(0)
+    fast, ref, inputs = _fla_ops(op)
+    _check(op, fast, ref, inputs, tol=2e-2)  # gate gradients sum over the sequence: bf16 loses more
+
+
+@gpu
+@pytest.mark.parametrize("window,docs", [(None, False), (None, True), (64, False), (64, True)])
+def test_gpu_softmax_attention_matches_reference(window, docs):
+    torch.manual_seed(0)
+    T, H, d = 300, 4, 64
+    q, k, v = (torch.randn(1, T, H, d, device="cuda") for _ in range(3))
+    cu = torch.tensor([0, 70, 211, T], dtype=torch.int32, device="cuda") if docs else None
+    slopes = torch.zeros(H, device="cuda")
+    _check(f"softmax_attention window={window} docs={docs}", lambda q, k, v: softmax_attention(q, k, v, window, cu),
+           lambda q, k, v: swat_attention_ref(q, k, v, slopes, window or T, activation="softmax", cu_seqlens=cu),
+           [q, k, v])
+
+
+@gpu
+@pytest.mark.skipif(importlib.util.find_spec("mamba_ssm") is None, reason="needs mamba-ssm")
+def test_gpu_mamba_selective_scan_kernel_matches_reference():
+    from baselines.mamba import selective_scan_ref
+    from mamba_ssm.ops.selective_scan_interface import selective_scan_fn
+    torch.manual_seed(0)
+    b, d, n, L = 2, 128, 16, 300
+    dev = "cuda"
+    u, delta, z = (torch.randn(b, d, L, device=dev) for _ in range(3))
+    A = -torch.rand(d, n, device=dev) * 4
+    B, C = torch.randn(b, n, L, device=dev), torch.randn(b, n, L, device=dev)
+    D, bias = torch.randn(d, device=dev), torch.randn(d, device=dev) - 3
+
+    def run(fn):
+        return lambda u, delta, B, C, z: fn(u, delta, A, B, C, D, z, delta_bias=bias, delta_softplus=True)
+    _check("mamba selective scan", run(selective_scan_fn), run(selective_scan_ref), [u, delta, B, C, z])
+
+
+@gpu
+@pytest.mark.skipif(importlib.util.find_spec("mamba_ssm") is None, reason="needs mamba-ssm")
+def test_gpu_mamba2_ssd_kernel_matches_reference():
+    from mamba_ssm.ops.triton.ssd_combined import mamba_chunk_scan_combined
+    torch.manual_seed(0)
+    b, L, h, p, n = 2, 300, 8, 64, 128
+    dev = "cuda"
+    x, dt = torch.randn(b, L, h, p, device=dev), torch.randn(b, L, h, device=dev) - 2
+    B, C = torch.randn(b, L, 1, n, device=dev), torch.randn(b, L, 1, n, device=dev)
+    A, D, bias = -torch.rand(h, device=dev) * 8 - 1, torch.randn(h, device=dev), torch.randn(h, device=dev)
+
+    def fast(x, dt, B, C):
+        return mamba_chunk_scan_combined(x, dt, A, B, C, 256, D=D, dt_bias=bias, dt_softplus=True)
+
+    def ref(x, dt, B, C):
+        return ssd_ref(x, F.softplus(dt.float() + bias), A, B, C, D)[0]
+    _check("mamba2 SSD", fast, ref, [x, dt, B, C])
+
+
+@gpu
+@pytest.mark.parametrize("name", ["mamba", "mamba2"])
+def test_gpu_mamba_models_fast_path_matches_their_reference(name, monkeypatch):
+    """Whole model in bf16 on the kernels vs the same weights in fp32 on the pure-torch reference."""
+    module = importlib.import_module(f"baselines.{name}")
+    torch.manual_seed(0)
+    model = build_model(name, gpu_cfg(), "cuda")
+    ids = torch.randint(0, 512, (2, 200), device="cuda")
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        fast = model(ids).float()
+    monkeypatch.setattr(module, "_fast_scan" if name == "mamba" else "_fast_ssd", lambda: None)
+    ref = model(ids).float()
+    err = rel_err(fast, ref)
+    print(f"\nfast-vs-reference {name} model logits (bf16 autocast vs fp32 reference): {err:.2e}")
+    assert err < 2e-2
+
+
+@gpu
+@pytest.mark.parametrize("name", ALL_MODELS)
+def test_gpu_step_and_prefill_equal_the_full_forward(name):
+    if name in FLA_MODELS and not HAS_FLA:
+        pytest.skip("needs fla")
+    torch.manual_seed(0)
+    cfg = gpu_cfg()
+    model = build_model(name, cfg, "cuda").eval()
+    T = 80  # > 64: fla's layers take their chunked kernels for the full forward
+    ids = torch.randint(0, cfg.vocab_size, (2, T), device="cuda")
+    with torch.no_grad():
+        full = model(ids)
+        logits, state = model.prefill(ids[:, :T - 8])
+        steps = []
+        for t in range(T - 8, T):
+            step_logits, state = model.step(ids[:, t], state)
+            steps.append(step_logits)
+    errs = rel_err(logits, full[:, :T - 8]), rel_err(torch.stack(steps, 1), full[:, T - 8:])
+    print(f"\nstep-vs-forward {name} (fp32): prefill {errs[0]:.2e}, steps {errs[1]:.2e}")
+    assert max(errs) < 5e-3, errs  # Triton's fp32 dots run in tf32
+
+
+@gpu
+@pytest.mark.skipif(not HAS_FLA, reason="needs fla")
+@pytest.mark.parametrize("name", FLA_MODELS + ["transformer", "sliding_softmax"])
+def test_gpu_packed_documents_equal_separate_sequences(name):
+    torch.manual_seed(0)
+    cfg = gpu_cfg()
+    model = build_model(name, cfg, "cuda").eval()
+    docs = [torch.randint(0, cfg.vocab_size, (1, n), device="cuda") for n in (90, 70)]
+    cu = torch.tensor([0, 90, 160], dtype=torch.int32, device="cuda")
+    with torch.no_grad():
+        packed = model(torch.cat(docs, 1), cu_seqlens=cu)
+        separate = torch.cat([model(d) for d in docs], 1)
+    err = rel_err(packed, separate)
+    print(f"\npacked-vs-separate {name} (fp32): {err:.2e}")
+    assert err < 5e-3
+
+
+# ---------------------------------------------------------------- GPU: training reduces the loss
+
+TRAIN_STEPS = int(os.environ.get("HARNESS_TRAIN_STEPS", "0"))
+
+
+@gpu
+@pytest.mark.skipif(TRAIN_STEPS <= 0, reason="set HARNESS_TRAIN_STEPS to train each model at the small preset")
+@pytest.mark.parametrize("name", ALL_MODELS)
+def test_gpu_small_preset_training_reduces_the_loss(name, tmp_path):
+    """The small preset's model on the bundled corpus (bytes), short sequences: the loss falls."""
+    if name in FLA_MODELS and not HAS_FLA:
+        pytest.skip("needs fla")
+    from harness.train import train
+    seq, micro = 256, 16
+    cfg = load_config("small", overrides=[
+        f"train.seq_len={seq}", f"train.batch_tokens={seq * micro}", f"train.micro_batch={micro}",
+        f"train.tokens={seq * micro * TRAIN_STEPS}", f"train.warmup_tokens={seq * micro * TRAIN_STEPS // 10}",
+        "train.corpus=bundled", "train.tokenizer=bytes", f"train.eval_tokens={seq * 64}",
+        f"train.save_every={TRAIN_STEPS}"])
+    losses = []
+    result = train(name, cfg, tmp_path / name, "cuda", on_step=lambda info: losses.append(info["loss"]))
+    first, last = losses[0], sum(losses[-10:]) / len(losses[-10:])
+    print(f"\ntraining {name}: {result.params:,} params, {len(losses)} steps of {seq * micro} tokens, "
+          f"loss {first:.3f} -> {last:.3f} (mean of last 10), held-out {result.heldout_loss:.3f}, "
+          f"{result.seconds:.1f}s")
+    assert last < first - 1.0

@@ -13,12 +13,14 @@ import torch
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
-pytest.importorskip("triton")
+triton = pytest.importorskip("triton")
+import triton.language as tl  # noqa: E402
 
 from harness.config import ConfigError  # noqa: E402
 from harness.ops.alibi import alibi_slopes  # noqa: E402
 from harness.ops.swat.function import check_inputs, swat_attention_triton, swat_decode_triton  # noqa: E402
 from harness.ops.swat.reference import swat_attention_ref, swat_decode_ref  # noqa: E402
+from harness.ops.swat.triton_common import sigmoid_neg_log2  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 gpu_only = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -74,6 +76,30 @@ def test_fp32_matches_reference(B, T, H, Hkv, W):
 @pytest.mark.parametrize("d", [64, 128])
 def test_bf16_matches_reference(d):
     check_against_reference(1, 45, 2, 1, d, 23, torch.bfloat16, tol=2e-2, seed=1)
+
+
+@pytest.mark.parametrize("B,T,H,Hkv,W", [(1, 50, 2, 2, 20), (1, 45, 2, 1, 64)])
+def test_one_loop_variant_matches_reference(monkeypatch, B, T, H, Hkv, W):
+    """The single masked loop used for small windows (ONE_LOOP) computes the same as the split loops."""
+    from harness.ops.swat import function
+    monkeypatch.setitem(function._INTERPRET_CONFIG, "ONE_LOOP", True)
+    check_against_reference(B, T, H, Hkv, 64, W, torch.float32, tol=2e-5, cu_seqlens=[0, 7, T] if B == 1 else None)
+
+
+@triton.jit
+def _sigmoid_kernel(S, P, N: tl.constexpr, SIGMOID: tl.constexpr):
+    offs = tl.arange(0, N)
+    tl.store(P + offs, sigmoid_neg_log2(-tl.load(S + offs) * 1.4426950408889634, SIGMOID))
+
+
+@pytest.mark.parametrize("mode,tol", [(0, 1e-5), (2, 5e-4)])
+def test_sigmoid_modes(mode, tol):
+    """The Newton reciprocal (mode 2, used for bf16/fp16 on the GPU) stays well inside bf16 precision."""
+    s = torch.linspace(-40, 40, 1024, device=DEVICE)
+    p = torch.empty_like(s)
+    _sigmoid_kernel[(1,)](s, p, N=1024, SIGMOID=mode)
+    want = torch.sigmoid(s.double())
+    assert ((p.double() - want).abs() / want).max().item() < tol
 
 
 def test_varlen_documents_do_not_attend_across():

@@ -25,24 +25,42 @@ from harness.ops.swat.triton_fwd import swat_fwd_kernel
 HEAD_DIMS = (16, 32, 64, 128)
 DTYPES = (torch.bfloat16, torch.float16, torch.float32)
 
-# Tile configs per (pass, head_dim): BLOCK_M (queries), BLOCK_N (keys), warps, pipeline stages.
-# Measured on an H100 with the sweep in harness/bench/tune.py; NOTES.md has the numbers.
+# Tile configs per (pass, head_dim, regime): BLOCK_M (queries), BLOCK_N (keys), warps, pipeline
+# stages, ONE_LOOP (one masked loop instead of edge/interior/diagonal loops). Regime "small" is
+# W <= SMALL_WINDOW, "large" the rest. Chosen from the H100 sweeps of harness/bench/tune.py
+# (NOTES.md has the numbers); d < 64 uses the d = 64 entries.
+SMALL_WINDOW = 256
+
+
+def _cfg(bm, bn, warps, stages, one_loop=False):
+    return dict(BLOCK_M=bm, BLOCK_N=bn, num_warps=warps, num_stages=stages, ONE_LOOP=one_loop)
+
+
 CONFIGS = {
-    ("fwd", 64): dict(BLOCK_M=128, BLOCK_N=64, num_warps=4, num_stages=3),
-    ("fwd", 128): dict(BLOCK_M=128, BLOCK_N=64, num_warps=8, num_stages=3),
-    ("dkdv", 64): dict(BLOCK_M=64, BLOCK_N=128, num_warps=8, num_stages=3),
-    ("dkdv", 128): dict(BLOCK_M=32, BLOCK_N=128, num_warps=8, num_stages=2),
-    ("dq", 64): dict(BLOCK_M=128, BLOCK_N=64, num_warps=8, num_stages=3),
-    ("dq", 128): dict(BLOCK_M=128, BLOCK_N=32, num_warps=8, num_stages=2),
+    ("fwd", 64, "small"): _cfg(64, 64, 4, 3),
+    ("fwd", 64, "large"): _cfg(128, 64, 4, 3),
+    ("fwd", 128, "small"): _cfg(64, 64, 4, 3),
+    ("fwd", 128, "large"): _cfg(128, 64, 8, 3),
+    ("dkdv", 64, "small"): _cfg(32, 64, 4, 4),
+    ("dkdv", 64, "large"): _cfg(32, 128, 4, 3),
+    ("dkdv", 128, "small"): _cfg(32, 64, 4, 3),
+    ("dkdv", 128, "large"): _cfg(32, 64, 4, 3),
+    ("dq", 64, "small"): _cfg(64, 64, 4, 3),
+    ("dq", 64, "large"): _cfg(128, 32, 4, 3),
+    ("dq", 128, "small"): _cfg(64, 32, 4, 3),
+    ("dq", 128, "large"): _cfg(64, 32, 4, 3),
 }
-_INTERPRET_CONFIG = dict(BLOCK_M=16, BLOCK_N=16, num_warps=1, num_stages=1)
+_INTERPRET_CONFIG = dict(BLOCK_M=16, BLOCK_N=16, num_warps=1, num_stages=1, ONE_LOOP=False)
+# How the sigmoid's reciprocal is computed for 16-bit inputs on the GPU (triton_common.sigmoid_neg_log2)
+SIGMOID_MODE = {"fast": 2}
 
 
-def kernel_config(pass_name: str, head_dim: int) -> dict:
-    """Tile config for one pass; d < 64 uses the d=64 entry; the interpreter uses 16x16 tiles."""
+def kernel_config(pass_name: str, head_dim: int, window: int) -> dict:
+    """Tile config for one pass; the interpreter uses 16x16 tiles (and so exercises every tile path)."""
     if interpreting():
         return dict(_INTERPRET_CONFIG)
-    return dict(CONFIGS[(pass_name, max(head_dim, 64))])
+    regime = "small" if window <= SMALL_WINDOW else "large"
+    return dict(CONFIGS[(pass_name, max(head_dim, 64), regime)])
 
 
 @contextlib.contextmanager
@@ -57,9 +75,9 @@ def override_configs(overrides: dict):
         CONFIGS.update(saved)
 
 
-def _fast_math(t: torch.Tensor) -> bool:
-    # approximate reciprocal only on the GPU, and not for fp32 inputs (whose tests ask for ~1e-5)
-    return t.is_cuda and not interpreting() and t.dtype != torch.float32
+def _sigmoid_mode(t: torch.Tensor) -> int:
+    # approximate reciprocals only on the GPU, and not for fp32 inputs (whose tests ask for ~1e-5)
+    return SIGMOID_MODE["fast"] if t.is_cuda and not interpreting() and t.dtype != torch.float32 else 0
 
 
 def _dot_precision(t: torch.Tensor) -> str:
@@ -119,15 +137,16 @@ def _swat_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, slopes: torch.T
               sigmoid_bias: float, scale: float) -> torch.Tensor:
     B, T, H, d = q.shape
     o = torch.empty((B, T, H, d), device=q.device, dtype=q.dtype)
-    cfg = kernel_config("fwd", d)
+    W = min(window, T)
+    cfg = kernel_config("fwd", d, W)
     bm, bn = cfg.pop("BLOCK_M"), cfg.pop("BLOCK_N")
     grid = (B * H, triton.cdiv(T, bm))
     wrap_triton(swat_fwd_kernel)[grid](
         q, k, v, o, slopes, row_start if row_start is not None else slopes,
         *_strides(q), *_strides(k), *_strides(v), *_strides(o),
-        T, H, min(window, T), -scale * LOG2E, -sigmoid_bias * LOG2E,
+        T, H, W, -scale * LOG2E, -sigmoid_bias * LOG2E,
         REP=H // k.shape[2], HAS_DOC=row_start is not None, BLOCK_M=bm, BLOCK_N=bn, HEAD_DIM=d,
-        FAST=_fast_math(q), DOT_PREC=_dot_precision(q), **cfg)
+        SIGMOID=_sigmoid_mode(q), DOT_PREC=_dot_precision(q), **cfg)
     return o
 
 
@@ -143,9 +162,9 @@ def _swat_bwd(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tenso
     dv = torch.empty((B, T, Hkv, d), device=q.device, dtype=q.dtype)
     W = min(window, T)
     has_doc = row_start is not None
-    common = dict(REP=H // Hkv, HAS_DOC=has_doc, HEAD_DIM=d, FAST=_fast_math(q), DOT_PREC=_dot_precision(q))
+    common = dict(REP=H // Hkv, HAS_DOC=has_doc, HEAD_DIM=d, SIGMOID=_sigmoid_mode(q), DOT_PREC=_dot_precision(q))
 
-    cfg = kernel_config("dkdv", d)
+    cfg = kernel_config("dkdv", d, W)
     bm, bn = cfg.pop("BLOCK_M"), cfg.pop("BLOCK_N")
     wrap_triton(swat_bwd_dkdv_kernel)[(B * Hkv, triton.cdiv(T, bn))](
         q, k, v, do, dk, dv, slopes, row_start if has_doc else slopes, row_end if has_doc else slopes,
@@ -153,7 +172,7 @@ def _swat_bwd(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tenso
         T, Hkv, W, -scale * LOG2E, -sigmoid_bias * LOG2E, scale,
         BLOCK_M=bm, BLOCK_N=bn, **common, **cfg)
 
-    cfg = kernel_config("dq", d)
+    cfg = kernel_config("dq", d, W)
     bm, bn = cfg.pop("BLOCK_M"), cfg.pop("BLOCK_N")
     wrap_triton(swat_bwd_dq_kernel)[(B * H, triton.cdiv(T, bm))](
         q, k, v, do, dq, slopes, row_start if has_doc else slopes,
@@ -215,7 +234,7 @@ def _swat_decode(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, 
         q, k_cache, v_cache, out, slopes,
         q.stride(0), q.stride(1), *_strides(k_cache), *_strides(v_cache), *_strides(out),
         H, W_cache, cache_len, pos, window, -scale * LOG2E, -sigmoid_bias * LOG2E,
-        REP=H // Hkv, SLOTS_PER_PROGRAM=per_program, BLOCK_W=block_w, HEAD_DIM=d, FAST=_fast_math(q),
+        REP=H // Hkv, SLOTS_PER_PROGRAM=per_program, BLOCK_W=block_w, HEAD_DIM=d, SIGMOID=_sigmoid_mode(q),
         num_warps=4)
     return out[0] if splits == 1 else out.sum(0).to(q.dtype)
 

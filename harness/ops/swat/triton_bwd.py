@@ -20,7 +20,7 @@ from harness.ops.swat.triton_common import key_block_ranges, mma, query_block_ra
 @triton.jit
 def _dkdv_tiles(dk, dv, k, v, q_base, do_base, stride_qt, stride_dot, RowStart, offs_n, n0, m_lo, m_hi, neg_c,
                 neg_slope, neg_bias, key_term, T, W, HAS_DOC: tl.constexpr, MASK: tl.constexpr,
-                BLOCK_M: tl.constexpr, HEAD_DIM: tl.constexpr, FAST: tl.constexpr, DOT_PREC: tl.constexpr):
+                BLOCK_M: tl.constexpr, HEAD_DIM: tl.constexpr, SIGMOID: tl.constexpr, DOT_PREC: tl.constexpr):
     offs_m0 = tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, HEAD_DIM)
     for m in range(m_lo, m_hi, BLOCK_M):
@@ -36,7 +36,7 @@ def _dkdv_tiles(dk, dv, k, v, q_base, do_base, stride_qt, stride_dot, RowStart, 
             do = tl.load(do_ptrs)
         qkT = mma(k, tl.trans(q), DOT_PREC)  # [keys, queries]
         query_term = neg_slope * (offs_m - n0).to(tl.float32) + neg_bias
-        pT = sigmoid_neg_log2(qkT * neg_c + (query_term[None, :] - key_term[:, None]), FAST)
+        pT = sigmoid_neg_log2(qkT * neg_c + (query_term[None, :] - key_term[:, None]), SIGMOID)
         if MASK:
             if HAS_DOC:
                 rs = tl.load(RowStart + offs_m, mask=inb, other=0)
@@ -58,7 +58,8 @@ def swat_bwd_dkdv_kernel(Q, K, V, DO, DK, DV, Slopes, RowStart, RowEnd,
                          sdk_b, sdk_t, sdk_h, sdv_b, sdv_t, sdv_h,
                          T, HKV, W, neg_c, neg_bias, scale,
                          REP: tl.constexpr, HAS_DOC: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                         HEAD_DIM: tl.constexpr, FAST: tl.constexpr, DOT_PREC: tl.constexpr):
+                         HEAD_DIM: tl.constexpr, SIGMOID: tl.constexpr, DOT_PREC: tl.constexpr,
+                         ONE_LOOP: tl.constexpr):
     pid_n = tl.num_programs(1) - 1 - tl.program_id(1)
     pid_bh = tl.program_id(0)
     b = pid_bh // HKV
@@ -89,15 +90,20 @@ def swat_bwd_dkdv_kernel(Q, K, V, DO, DK, DV, Slopes, RowStart, RowEnd,
         key_term = neg_slope * tl.arange(0, BLOCK_N).to(tl.float32)
         q_base = Q + b.to(tl.int64) * sq_b + h * sq_h
         do_base = DO + b.to(tl.int64) * sdo_b + h * sdo_h
-        dk, dv = _dkdv_tiles(dk, dv, k, v, q_base, do_base, sq_t, sdo_t, RowStart, offs_n, n0, diag_lo, diag_hi,
-                             neg_c, neg_slope, neg_bias, key_term, T, W, HAS_DOC, True, BLOCK_M, HEAD_DIM, FAST,
-                             DOT_PREC)
-        dk, dv = _dkdv_tiles(dk, dv, k, v, q_base, do_base, sq_t, sdo_t, RowStart, offs_n, n0, full_lo, full_hi,
-                             neg_c, neg_slope, neg_bias, key_term, T, W, HAS_DOC, False, BLOCK_M, HEAD_DIM, FAST,
-                             DOT_PREC)
-        dk, dv = _dkdv_tiles(dk, dv, k, v, q_base, do_base, sq_t, sdo_t, RowStart, offs_n, n0, full_hi, edge_hi,
-                             neg_c, neg_slope, neg_bias, key_term, T, W, HAS_DOC, True, BLOCK_M, HEAD_DIM, FAST,
-                             DOT_PREC)
+        if ONE_LOOP:
+            dk, dv = _dkdv_tiles(dk, dv, k, v, q_base, do_base, sq_t, sdo_t, RowStart, offs_n, n0, diag_lo,
+                                 tl.maximum(edge_hi, diag_hi), neg_c, neg_slope, neg_bias, key_term, T, W, HAS_DOC,
+                                 True, BLOCK_M, HEAD_DIM, SIGMOID, DOT_PREC)
+        else:
+            dk, dv = _dkdv_tiles(dk, dv, k, v, q_base, do_base, sq_t, sdo_t, RowStart, offs_n, n0, diag_lo, diag_hi,
+                                 neg_c, neg_slope, neg_bias, key_term, T, W, HAS_DOC, True, BLOCK_M, HEAD_DIM,
+                                 SIGMOID, DOT_PREC)
+            dk, dv = _dkdv_tiles(dk, dv, k, v, q_base, do_base, sq_t, sdo_t, RowStart, offs_n, n0, full_lo, full_hi,
+                                 neg_c, neg_slope, neg_bias, key_term, T, W, HAS_DOC, False, BLOCK_M, HEAD_DIM,
+                                 SIGMOID, DOT_PREC)
+            dk, dv = _dkdv_tiles(dk, dv, k, v, q_base, do_base, sq_t, sdo_t, RowStart, offs_n, n0, full_hi, edge_hi,
+                                 neg_c, neg_slope, neg_bias, key_term, T, W, HAS_DOC, True, BLOCK_M, HEAD_DIM,
+                                 SIGMOID, DOT_PREC)
     dk = dk * scale
     tl.store(DK + b.to(tl.int64) * sdk_b + hk * sdk_h + offs_n[:, None] * sdk_t + offs_d[None, :],
              dk.to(DK.dtype.element_ty), mask=key_ok[:, None])
@@ -108,7 +114,7 @@ def swat_bwd_dkdv_kernel(Q, K, V, DO, DK, DV, Slopes, RowStart, RowEnd,
 @triton.jit
 def _dq_tiles(dq, q, do, k_base, v_base, stride_kt, stride_vt, offs_m, row_lo, n_lo, n_hi, neg_c, neg_slope,
               neg_bias, col_term, T, MASK: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr,
-              FAST: tl.constexpr, DOT_PREC: tl.constexpr):
+              SIGMOID: tl.constexpr, DOT_PREC: tl.constexpr):
     offs_n0 = tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, HEAD_DIM)
     for n in range(n_lo, n_hi, BLOCK_N):
@@ -124,7 +130,7 @@ def _dq_tiles(dq, q, do, k_base, v_base, stride_kt, stride_vt, offs_m, row_lo, n
             v = tl.load(v_ptrs)
         qk = mma(q, tl.trans(k), DOT_PREC)
         row_term = neg_slope * (offs_m - n).to(tl.float32) + neg_bias
-        p = sigmoid_neg_log2(qk * neg_c + (row_term[:, None] - col_term[None, :]), FAST)
+        p = sigmoid_neg_log2(qk * neg_c + (row_term[:, None] - col_term[None, :]), SIGMOID)
         if MASK:
             allowed = (offs_n[None, :] <= offs_m[:, None]) & (offs_n[None, :] >= row_lo[:, None])
             p = tl.where(allowed, p, 0.0)
@@ -140,7 +146,8 @@ def swat_bwd_dq_kernel(Q, K, V, DO, DQ, Slopes, RowStart,
                        sdq_b, sdq_t, sdq_h,
                        T, H, W, neg_c, neg_bias, scale,
                        REP: tl.constexpr, HAS_DOC: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                       HEAD_DIM: tl.constexpr, FAST: tl.constexpr, DOT_PREC: tl.constexpr):
+                       HEAD_DIM: tl.constexpr, SIGMOID: tl.constexpr, DOT_PREC: tl.constexpr,
+                         ONE_LOOP: tl.constexpr):
     pid_m = tl.num_programs(1) - 1 - tl.program_id(1)
     pid_bh = tl.program_id(0)
     b = pid_bh // H
@@ -174,12 +181,16 @@ def swat_bwd_dq_kernel(Q, K, V, DO, DQ, Slopes, RowStart,
 
     edge_lo, full_lo, diag_lo, diag_hi = query_block_ranges(m0, rs_first, rs_last, T, W, BLOCK_M, BLOCK_N)
     dq = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
-    dq = _dq_tiles(dq, q, do, k_base, v_base, sk_t, sv_t, offs_m, row_lo, edge_lo, full_lo, neg_c, neg_slope,
-                   neg_bias, col_term, T, True, BLOCK_N, HEAD_DIM, FAST, DOT_PREC)
-    dq = _dq_tiles(dq, q, do, k_base, v_base, sk_t, sv_t, offs_m, row_lo, full_lo, diag_lo, neg_c, neg_slope,
-                   neg_bias, col_term, T, False, BLOCK_N, HEAD_DIM, FAST, DOT_PREC)
-    dq = _dq_tiles(dq, q, do, k_base, v_base, sk_t, sv_t, offs_m, row_lo, diag_lo, diag_hi, neg_c, neg_slope,
-                   neg_bias, col_term, T, True, BLOCK_N, HEAD_DIM, FAST, DOT_PREC)
+    if ONE_LOOP:
+        dq = _dq_tiles(dq, q, do, k_base, v_base, sk_t, sv_t, offs_m, row_lo, edge_lo, diag_hi, neg_c, neg_slope,
+                       neg_bias, col_term, T, True, BLOCK_N, HEAD_DIM, SIGMOID, DOT_PREC)
+    else:
+        dq = _dq_tiles(dq, q, do, k_base, v_base, sk_t, sv_t, offs_m, row_lo, edge_lo, full_lo, neg_c, neg_slope,
+                       neg_bias, col_term, T, True, BLOCK_N, HEAD_DIM, SIGMOID, DOT_PREC)
+        dq = _dq_tiles(dq, q, do, k_base, v_base, sk_t, sv_t, offs_m, row_lo, full_lo, diag_lo, neg_c, neg_slope,
+                       neg_bias, col_term, T, False, BLOCK_N, HEAD_DIM, SIGMOID, DOT_PREC)
+        dq = _dq_tiles(dq, q, do, k_base, v_base, sk_t, sv_t, offs_m, row_lo, diag_lo, diag_hi, neg_c, neg_slope,
+                       neg_bias, col_term, T, True, BLOCK_N, HEAD_DIM, SIGMOID, DOT_PREC)
     dq = dq * scale
     tl.store(DQ + b.to(tl.int64) * sdq_b + h * sdq_h + offs_m[:, None] * sdq_t + offs_d[None, :],
              dq.to(DQ.dtype.element_ty), mask=row_ok[:, None])

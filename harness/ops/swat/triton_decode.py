@@ -19,7 +19,7 @@ def swat_decode_kernel(Q, KC, VC, O, Slopes,
                        sq_b, sq_h, sk_b, sk_w, sk_h, sv_b, sv_w, sv_h, so_s, so_b, so_h,
                        H, W_CACHE, cache_len, pos, window, neg_c, neg_bias,
                        REP: tl.constexpr, SLOTS_PER_PROGRAM: tl.constexpr, BLOCK_W: tl.constexpr,
-                       HEAD_DIM: tl.constexpr, FAST: tl.constexpr):
+                       HEAD_DIM: tl.constexpr, SIGMOID: tl.constexpr):
     pid_bh = tl.program_id(0)
     pid_s = tl.program_id(1)
     b = pid_bh // H
@@ -40,7 +40,7 @@ def swat_decode_kernel(Q, KC, VC, O, Slopes,
         k = tl.load(k_base + slots[:, None] * sk_w + offs_d[None, :], mask=valid[:, None], other=0.0)
         v = tl.load(v_base + slots[:, None] * sv_w + offs_d[None, :], mask=valid[:, None], other=0.0)
         qk = tl.sum(k.to(tl.float32) * q[None, :], axis=1)
-        p = sigmoid_neg_log2(qk * neg_c + neg_slope * dist.to(tl.float32) + neg_bias, FAST)
+        p = sigmoid_neg_log2(qk * neg_c + neg_slope * dist.to(tl.float32) + neg_bias, SIGMOID)
         p = tl.where(valid, p, 0.0)
         acc += tl.sum(p[:, None] * v.to(tl.float32), axis=0)
     tl.store(O + pid_s.to(tl.int64) * so_s + b.to(tl.int64) * so_b + h * so_h + offs_d, acc.to(O.dtype.element_ty))

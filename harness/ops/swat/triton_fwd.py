@@ -17,7 +17,7 @@ from harness.ops.swat.triton_common import mma, query_block_ranges, sigmoid_neg_
 @triton.jit
 def _fwd_tiles(acc, q, k_base, v_base, stride_kt, stride_vt, offs_m, row_lo, n_lo, n_hi, neg_c, neg_slope,
                neg_bias, col_term, T, MASK: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr,
-               FAST: tl.constexpr, DOT_PREC: tl.constexpr):
+               SIGMOID: tl.constexpr, DOT_PREC: tl.constexpr):
     offs_n0 = tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, HEAD_DIM)
     for n in range(n_lo, n_hi, BLOCK_N):
@@ -35,7 +35,7 @@ def _fwd_tiles(acc, q, k_base, v_base, stride_kt, stride_vt, offs_m, row_lo, n_l
         # -log2(e) * (qk * scale + slope * (i - j) + bias), the distance taken relative to n
         row_term = neg_slope * (offs_m - n).to(tl.float32) + neg_bias
         g = qk * neg_c + (row_term[:, None] - col_term[None, :])
-        p = sigmoid_neg_log2(g, FAST)
+        p = sigmoid_neg_log2(g, SIGMOID)
         if MASK:
             allowed = (offs_n[None, :] <= offs_m[:, None]) & (offs_n[None, :] >= row_lo[:, None])
             p = tl.where(allowed, p, 0.0)
@@ -48,7 +48,8 @@ def swat_fwd_kernel(Q, K, V, O, Slopes, RowStart,
                     sq_b, sq_t, sq_h, sk_b, sk_t, sk_h, sv_b, sv_t, sv_h, so_b, so_t, so_h,
                     T, H, W, neg_c, neg_bias,
                     REP: tl.constexpr, HAS_DOC: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                    HEAD_DIM: tl.constexpr, FAST: tl.constexpr, DOT_PREC: tl.constexpr):
+                    HEAD_DIM: tl.constexpr, SIGMOID: tl.constexpr, DOT_PREC: tl.constexpr,
+                    ONE_LOOP: tl.constexpr):
     # heavy (late) query blocks first: with W >= T the work per block grows with its index
     pid_m = tl.num_programs(1) - 1 - tl.program_id(1)
     pid_bh = tl.program_id(0)
@@ -81,12 +82,16 @@ def swat_fwd_kernel(Q, K, V, O, Slopes, RowStart,
 
     edge_lo, full_lo, diag_lo, diag_hi = query_block_ranges(m0, rs_first, rs_last, T, W, BLOCK_M, BLOCK_N)
     acc = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
-    acc = _fwd_tiles(acc, q, k_base, v_base, sk_t, sv_t, offs_m, row_lo, edge_lo, full_lo, neg_c, neg_slope,
-                     neg_bias, col_term, T, True, BLOCK_N, HEAD_DIM, FAST, DOT_PREC)
-    acc = _fwd_tiles(acc, q, k_base, v_base, sk_t, sv_t, offs_m, row_lo, full_lo, diag_lo, neg_c, neg_slope,
-                     neg_bias, col_term, T, False, BLOCK_N, HEAD_DIM, FAST, DOT_PREC)
-    acc = _fwd_tiles(acc, q, k_base, v_base, sk_t, sv_t, offs_m, row_lo, diag_lo, diag_hi, neg_c, neg_slope,
-                     neg_bias, col_term, T, True, BLOCK_N, HEAD_DIM, FAST, DOT_PREC)
+    if ONE_LOOP:  # small windows: one pipelined loop of masked tiles beats three loops of one tile each
+        acc = _fwd_tiles(acc, q, k_base, v_base, sk_t, sv_t, offs_m, row_lo, edge_lo, diag_hi, neg_c, neg_slope,
+                         neg_bias, col_term, T, True, BLOCK_N, HEAD_DIM, SIGMOID, DOT_PREC)
+    else:
+        acc = _fwd_tiles(acc, q, k_base, v_base, sk_t, sv_t, offs_m, row_lo, edge_lo, full_lo, neg_c, neg_slope,
+                         neg_bias, col_term, T, True, BLOCK_N, HEAD_DIM, SIGMOID, DOT_PREC)
+        acc = _fwd_tiles(acc, q, k_base, v_base, sk_t, sv_t, offs_m, row_lo, full_lo, diag_lo, neg_c, neg_slope,
+                         neg_bias, col_term, T, False, BLOCK_N, HEAD_DIM, SIGMOID, DOT_PREC)
+        acc = _fwd_tiles(acc, q, k_base, v_base, sk_t, sv_t, offs_m, row_lo, diag_lo, diag_hi, neg_c, neg_slope,
+                         neg_bias, col_term, T, True, BLOCK_N, HEAD_DIM, SIGMOID, DOT_PREC)
 
     o_base = O + b.to(tl.int64) * so_b + h * so_h
     tl.store(o_base + offs_m[:, None] * so_t + offs_d[None, :], acc.to(O.dtype.element_ty), mask=row_ok[:, None])

@@ -170,6 +170,39 @@ def cmd_tables(args) -> None:
         err_console.print(f"plots: {listing}", highlight=False)
 
 
+def cmd_eval(args) -> None:
+    """Evaluate trained checkpoints (or hf:<path> models) on tasks; rows go to RESULTS/RUN/rows.jsonl."""
+    if args.online:  # before lm-eval (and datasets) are imported: they read the offline flags once
+        import os
+        os.environ["HARNESS_ONLINE"] = "1"
+    from harness.evaluate import evaluate, model_sources
+    from harness.registry import expand_tasks, load_plugins
+    from harness.runner import default_device
+    load_plugins(args.plugin)
+    task_names = expand_tasks(split_names(args.tasks))
+    run_name = args.run or "eval"
+    sources = model_sources(run_name, Path(args.runs), split_names(args.models or ""), args.checkpoint)
+    t0 = time.time()
+    rows = evaluate(sources, task_names, run_name, Path(args.results), args.device or default_device(),
+                    args.limit, args.force, args.online, args.skip_missing, args.bootstrap_iters,
+                    log=lambda m: console.print(m, highlight=False))
+    names = {s.name for s in sources}
+    table = Table(title=f"results/{run_name}")
+    for col in ("model", "task", "metric", "value", "stderr", "n"):
+        table.add_column(col)
+    for r in rows:
+        if r.model in names and r.task in task_names and r.extra.get("position_bucket") is None:
+            table.add_row(r.model, r.task, r.metric, f"{r.value:.4f}", "" if r.stderr is None else f"{r.stderr:.4f}",
+                          str(r.n or ""))
+    console.print(table)
+    console.print(f"wrote {Path(args.results) / run_name}/rows.jsonl and table.md in {time.time() - t0:.1f}s")
+
+
+def cmd_data(args) -> None:
+    from harness.mirror import run_command
+    run_command(args, console)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="harness", description="Benchmark SWAT against linear recurrent "
                                      "and softmax baselines: train, evaluate, time, tabulate.")
@@ -211,6 +244,28 @@ def build_parser() -> argparse.ArgumentParser:
     add_config_args(p)
     add_plugin_arg(p)
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("eval", help="evaluate checkpoints (or hf:<path> models) on tasks; rows to RESULTS/RUN/")
+    p.add_argument("--run", help="run name: checkpoints under RUNS/RUN/<model>/checkpoint, rows to RESULTS/RUN "
+                   "(default: eval)")
+    p.add_argument("--models", help="comma-separated model names of the run, or hf:PATH for a Hugging Face "
+                   "checkpoint folder (default: every checkpoint of the run)")
+    p.add_argument("--checkpoint", action="append", default=[], metavar="DIR",
+                   help="a checkpoint folder written by `harness train` (repeatable)")
+    p.add_argument("--tasks", default="commonsense,perplexity",
+                   help="comma-separated tasks or groups: commonsense, perplexity, length, retrieval, all")
+    p.add_argument("--limit", type=int, help="examples (windows, samples per cell) per task, for quick runs")
+    p.add_argument("--device", help="cpu | cuda | cuda:N (default: cuda when available)")
+    p.add_argument("--results", default="results")
+    p.add_argument("--runs", default="runs")
+    p.add_argument("--force", action="store_true", help="rerun (model, task) pairs that already have rows")
+    p.add_argument("--skip-missing", action="store_true",
+                   help="skip tasks whose data is not in the mirror (default: stop before any model work)")
+    p.add_argument("--online", action="store_true",
+                   help="lm-eval tasks whose data is not mirrored load it from the Hugging Face hub")
+    p.add_argument("--bootstrap-iters", type=int, default=1000, help="bootstrap resamples for stderr")
+    add_plugin_arg(p)
+    p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("tables", help="the paper's tables from stored rows (md, LaTeX, CSV), with reference "
                        "rows and plots")

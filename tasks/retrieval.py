@@ -1,0 +1,189 @@
+"""Long-context retrieval probes, synthetic and seeded: passkey retrieval and MQAR.
+
+`passkey` (Mohtashami & Jaggi, 2023): a 5-digit key hidden at a relative depth of repetitive filler
+text, then asked for; the model must produce it by greedy decoding through its decode state. Prompt
+lengths 1K, 2K, ... up to 32K tokens or 32x the training length, whichever is smaller (at the
+paper's training length 1024 the full 1K-32K range), depths 0, 25, 50, 75, 100% (0%: the key right
+after the instructions; 100%: right before the question). acc = fraction of prompts whose answer
+starts with the key.
+
+`mqar` (multi-query associative recall, Zoology: Arora et al., 2023): key-value pairs at the start,
+then each key queried once at power-law distributed distances (Zoology's power_a = 0.01); acc =
+fraction of queries where the next-token argmax after the key is its value (one forward per
+sequence, no generation). Tokens are drawn from three disjoint sets of the tokenizer's ids (keys,
+values, filler), so every queried key occurred exactly once before; Zoology fills gaps with random
+tokens of the whole vocabulary instead, which can repeat a key. Contexts: powers of two from 256
+to 4x the training length (at least 256); key-value counts 4..64 where they fit (4 * num_kv <= context).
+
+Both generators depend only on (seed, cell), so every model sees the same prompts, and a model that
+copies perfectly from its context scores 1.0 (tests/test_eval.py checks this with an oracle).
+`--limit N` caps the samples per cell.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from harness.registry import register_task
+
+INSTRUCTION = ("There is an important info hidden inside a lot of irrelevant text. Find it and memorize it. "
+               "I will quiz you about the important information there.")
+FILLER = " The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again."
+NEEDLE = " The pass key is {key}. Remember it. {key} is the pass key."
+QUESTION = " What is the pass key? The pass key is"
+PASSKEY_DEPTHS = (0.0, 0.25, 0.5, 0.75, 1.0)
+PASSKEY_SAMPLES = 5
+MQAR_KV = (4, 8, 16, 32, 64)
+MQAR_SAMPLES = 64
+MQAR_POWER_A = 0.01
+SEED = 1234
+
+
+def cell_rng(*key) -> np.random.Generator:
+    """A generator determined by the seed and the cell (task, length, depth or kv count, sample)."""
+    return np.random.default_rng([SEED, *[int(round(k * 1000)) if isinstance(k, float) else k for k in key]])
+
+
+def doubling(lo: int, hi: int) -> list[int]:
+    out = []
+    while lo <= hi:
+        out.append(lo)
+        lo *= 2
+    return out
+
+
+# ---------------------------------------------------------------- passkey
+
+@dataclass
+class PasskeyPrompt:
+    ids: list[int]
+    key: str
+    depth: float
+
+
+def passkey_prompt(tokenizer, length: int, depth: float, sample: int) -> PasskeyPrompt:
+    """A prompt of at most `length` tokens with the key after round(depth * n) of its n fillers."""
+    key = str(cell_rng(0, length, depth, sample).integers(10000, 100000))
+    head, filler = tokenizer.encode(INSTRUCTION), tokenizer.encode(FILLER)
+    needle, question = tokenizer.encode(NEEDLE.format(key=key)), tokenizer.encode(QUESTION)
+    n = (length - len(head) - len(needle) - len(question)) // len(filler)
+    if n < 1:
+        raise ValueError(f"passkey length {length} is too short for the prompt's fixed parts")
+    at = round(depth * n)
+    return PasskeyPrompt(head + filler * at + needle + filler * (n - at) + question, key, depth)
+
+
+def answer_of(text: str) -> str:
+    """The leading digits of a generated answer (spaces skipped)."""
+    text = text.lstrip()
+    digits = len(text) - len(text.lstrip("0123456789"))
+    return text[:digits]
+
+
+@torch.no_grad()
+def passkey_correct(model, tokenizer, prompt: PasskeyPrompt, device, autocast) -> bool:
+    """Greedy decoding (the model's `generate`, through its decode state) reproduces the key."""
+    ids = torch.tensor([prompt.ids], dtype=torch.long, device=device)
+    budget = len(tokenizer.encode(" " + prompt.key)) + 1
+    with autocast():
+        out = model.generate(ids, max_new_tokens=budget)
+    return answer_of(tokenizer.decode(out[0].tolist())) == prompt.key
+
+
+def _autocast(ctx):
+    from harness.train import autocast_for
+    return autocast_for(torch.device(ctx.device), ctx.cfg.train.dtype)
+
+
+def binomial_stderr(p: float, n: int) -> float | None:
+    return math.sqrt(p * (1 - p) / (n - 1)) if n > 1 else None
+
+
+@register_task("passkey", group=("retrieval", "all"),
+               description="passkey retrieval, 1K..32K tokens (<= 32x training length), depths 0..100%")
+def run_passkey(model, tokenizer, ctx):
+    autocast = _autocast(ctx)
+    lengths = doubling(1024, min(32768, 32 * ctx.cfg.model.max_seq_len))
+    samples = PASSKEY_SAMPLES if ctx.limit is None else min(PASSKEY_SAMPLES, ctx.limit)
+    rows = []
+    for length in lengths:
+        try:
+            cells = []
+            for depth in PASSKEY_DEPTHS:
+                hits = [passkey_correct(model, tokenizer, passkey_prompt(tokenizer, length, depth, s), ctx.device,
+                                        autocast) for s in range(samples)]
+                cells.append((depth, float(np.mean(hits))))
+        except torch.OutOfMemoryError:
+            torch.cuda.empty_cache()
+            print(f"passkey: {ctx.model_name} ran out of memory at {length} tokens on {ctx.device}; "
+                  f"longer prompts are skipped", file=sys.stderr)
+            break
+        rows += [ctx.row("passkey", "acc", acc, stderr=binomial_stderr(acc, samples), n=samples,
+                         context=length, depth=depth, probe_seed=SEED, limit=ctx.limit) for depth, acc in cells]
+    return rows
+
+
+# ---------------------------------------------------------------- MQAR
+
+def token_pools(tokenizer, size: int = 8192) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Three disjoint id sets (keys, values, filler) from the tokenizer's ordinary ids: ids 0-2
+    (often special tokens) and eos are left out."""
+    ids = np.array([i for i in range(3, tokenizer.vocab_size) if i != tokenizer.eos_id][:size])
+    third = len(ids) // 3
+    return ids[:third], ids[third:2 * third], ids[2 * third:3 * third]
+
+
+def mqar_example(tokenizer, context: int, num_kv: int, sample: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(tokens [context], query positions [num_kv], values [num_kv]): the sequence, where each key is
+    queried, and the value that must follow it."""
+    keys_pool, values_pool, filler_pool = token_pools(tokenizer)
+    if 4 * num_kv > context or num_kv > len(keys_pool):
+        raise ValueError(f"mqar: {num_kv} key-value pairs do not fit a context of {context}")
+    rng = cell_rng(1, context, num_kv, sample)
+    keys = rng.choice(keys_pool, size=num_kv, replace=False)
+    values = rng.choice(values_pool, size=num_kv, replace=False)
+    seq = rng.choice(filler_pool, size=context)
+    seq[0:2 * num_kv:2], seq[1:2 * num_kv:2] = keys, values
+    space = (context - 2 * num_kv) // 2  # query slots at even offsets after the pairs
+    weights = MQAR_POWER_A * np.arange(1, space + 1) ** (MQAR_POWER_A - 1)
+    gaps = rng.choice(space, size=num_kv, replace=False, p=weights / weights.sum())
+    positions = 2 * num_kv + 2 * gaps
+    seq[positions], seq[positions + 1] = keys, values
+    return seq, positions, values
+
+
+@torch.no_grad()
+def mqar_hits(model, tokenizer, context: int, num_kv: int, samples: int, device, autocast,
+              max_batch_tokens: int = 32768) -> np.ndarray:
+    """Per-query hits [samples * num_kv] of the argmax prediction after each queried key."""
+    hits, batch = [], max(1, max_batch_tokens // context)
+    for lo in range(0, samples, batch):
+        examples = [mqar_example(tokenizer, context, num_kv, s) for s in range(lo, min(samples, lo + batch))]
+        ids = torch.tensor(np.stack([e[0] for e in examples]), dtype=torch.long, device=device)
+        with autocast():
+            predicted = model(ids).argmax(-1).cpu().numpy()
+        for row, (_, positions, values) in zip(predicted, examples):
+            hits.append(row[positions] == values)
+    return np.concatenate(hits)
+
+
+@register_task("mqar", group=("retrieval", "all"),
+               description="multi-query associative recall (Zoology) at several key-value counts")
+def run_mqar(model, tokenizer, ctx):
+    autocast = _autocast(ctx)
+    contexts = doubling(256, max(256, 4 * ctx.cfg.model.max_seq_len))
+    samples = MQAR_SAMPLES if ctx.limit is None else min(MQAR_SAMPLES, ctx.limit)
+    rows = []
+    for context in contexts:
+        for num_kv in (k for k in MQAR_KV if 4 * k <= context):
+            hits = mqar_hits(model, tokenizer, context, num_kv, samples, ctx.device, autocast)
+            acc = float(hits.mean())
+            rows.append(ctx.row("mqar", "acc", acc, stderr=binomial_stderr(acc, hits.size), n=int(hits.size),
+                                context=context, num_kv=num_kv, samples=samples, probe_seed=SEED,
+                                limit=ctx.limit))
+    return rows

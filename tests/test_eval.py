@@ -1,0 +1,261 @@
+"""Evaluation: the lm-eval adapter against direct computation, every eval task end to end on the
+fixture files of tests/fixtures/eval (hub schemas, made-up content), `harness eval`, and the
+synthetic probes (deterministic per seed; a perfect copier scores 1.0)."""
+
+import dataclasses
+import json
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+pytest.importorskip("lm_eval")
+
+from harness import evaluate as ev  # noqa: E402
+from harness.config import load_config  # noqa: E402
+from harness.data import ByteTokenizer, DataError  # noqa: E402
+from harness.models import build_model  # noqa: E402
+from harness.registry import get_task, load_plugins  # noqa: E402
+from harness.runner import TaskContext  # noqa: E402
+
+FIXTURES = Path(__file__).parent / "fixtures" / "eval"
+FIXTURE_OF = {"wikitext_2_v1": "wikitext"}  # the v1 overlay reads the same fixture pages
+
+
+def fixture_require(name):
+    folder = FIXTURES / FIXTURE_OF.get(name, name)
+    if not folder.is_dir():
+        raise DataError(f"dataset {name} is not in the mirror (looked in {folder}); run `harness data fetch {name}`")
+    return {p.stem: p for p in sorted(folder.glob("*.jsonl"))}
+
+
+@pytest.fixture(autouse=True)
+def fixture_data(monkeypatch):
+    monkeypatch.setattr(ev, "require_data", fixture_require)
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    load_plugins()
+    cfg = load_config("tiny")
+    torch.manual_seed(0)
+    return cfg, build_model("swat", cfg.model).eval()
+
+
+def small_ctx(cfg, train_length=32, limit=1):
+    """A task context whose training length is short, so the length sweeps stay cheap on CPU."""
+    cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, max_seq_len=train_length))
+    return TaskContext(cfg, "test", "swat", "cpu", limit=limit)
+
+
+def write_checkpoint(folder, model, cfg, **meta):
+    """A checkpoint folder as `harness train` leaves it (weights + meta.json), without training."""
+    from safetensors.torch import save_model
+    folder.mkdir(parents=True)
+    save_model(model, str(folder / "model.safetensors"))
+    (folder / "meta.json").write_text(json.dumps({"model": "swat", "config": cfg.to_dict(), **meta}))
+    return folder
+
+
+def requests(*args):
+    return [SimpleNamespace(args=a) for a in args]
+
+
+@torch.no_grad()
+def direct_logprob(model, context_ids, cont_ids):
+    ids = torch.tensor([context_ids + cont_ids])
+    logp = F.log_softmax(model(ids[:, :-1]).float(), dim=-1)[0]
+    positions = torch.arange(len(context_ids) - 1, ids.shape[1] - 1)
+    return float(logp[positions, ids[0, len(context_ids):]].sum())
+
+
+def test_loglikelihood_equals_direct_computation(tiny):
+    cfg, model = tiny
+    tok = ByteTokenizer()
+    pairs = [("The answer is", " a"), ("The answer is", " b"),  # one-token difference: shared forward
+             ("Question: why?\nAnswer:", " because it rains"), ("", "hello"),
+             ("x" * 20, " " + "y" * 150)]  # a continuation longer than the training length stays whole
+    for batch_size in (1, 3):
+        lm = ev.HarnessLM(model=model, tokenizer=tok, device="cpu", batch_size=batch_size, max_length=128)
+        got = lm.loglikelihood(requests(*pairs), disable_tqdm=True)
+        for (ctx, cont), (logprob, _) in zip(pairs, got):
+            ctx_ids = tok.encode(ctx) if ctx else [tok.eos_id]
+            ctx_ids = ctx_ids[-max(128 + 1 - len(tok.encode(cont)), 1):]
+            assert logprob == pytest.approx(direct_logprob(model, ctx_ids, tok.encode(cont)), abs=1e-3)
+
+
+def test_rolling_perplexity_is_independent_of_batch_size(tiny):
+    cfg, model = tiny
+    docs = requests(("A short document.",), ("A longer document " * 30,), ("Third one, medium length. " * 8,))
+    totals = {}
+    for batch_size, stride in ((1, None), (8, None), (2, 48), (8, 48)):
+        lm = ev.HarnessLM(model=model, tokenizer=ByteTokenizer(), device="cpu", batch_size=batch_size,
+                          max_length=64, stride=stride)
+        totals[(batch_size, stride)] = lm.loglikelihood_rolling(docs, disable_tqdm=True)
+    assert totals[(1, None)] == pytest.approx(totals[(8, None)], abs=1e-3)
+    assert totals[(2, 48)] == pytest.approx(totals[(8, 48)], abs=1e-3)
+    # a document shorter than the window is one forward after the eos prefix
+    tok = ByteTokenizer()
+    assert totals[(1, None)][0] == pytest.approx(direct_logprob(model, [tok.eos_id], tok.encode("A short document.")),
+                                                 abs=1e-3)
+    # every window scores distinct tokens: a stride changes the context, not the token count
+    lm = ev.HarnessLM(model=model, tokenizer=tok, device="cpu", max_length=64, stride=48)
+    ids = tok.encode(docs[1].args[0])
+    assert sum(len(cont) for _, cont in lm.rolling_windows(ids)) == len(ids)
+
+
+def test_generate_until_follows_the_greedy_decode_state(tiny):
+    cfg, model = tiny
+    tok = ByteTokenizer()
+    lm = ev.HarnessLM(model=model, tokenizer=tok, device="cpu")
+    prompt = "Once upon a time"
+    greedy = tok.decode(model.generate(torch.tensor([tok.encode(prompt)]), max_new_tokens=12)[0].tolist())
+    got = lm.generate_until(requests((prompt, {"until": [], "max_gen_toks": 12}),
+                                     (prompt, {"until": [greedy[5:7]], "max_gen_toks": 12})), disable_tqdm=True)
+    assert got[0] == greedy
+    assert got[1] == greedy.split(greedy[5:7])[0]
+
+
+def test_adapter_is_registered_with_lm_eval(tiny, tmp_path):
+    from lm_eval.api.registry import get_model
+    cfg, model = tiny
+    assert get_model("swat-harness") is ev.HarnessLM
+    ckpt = write_checkpoint(tmp_path / "checkpoint", model, cfg, params=1)
+    lm = ev.HarnessLM.create_from_arg_string(f"checkpoint={ckpt},batch_size=4,stride=64", {"device": "cpu"})
+    assert (lm.batch_size, lm.max_length, lm.stride) == (4, cfg.model.max_seq_len, 64)
+    ids = torch.tensor([[1, 2, 3, 4]])
+    assert torch.allclose(lm.model(ids), model(ids), atol=1e-5)
+
+
+def test_every_lm_eval_task_end_to_end(tiny):
+    cfg, model = tiny
+    lm = ev.HarnessLM(model=model, tokenizer=ByteTokenizer(), device="cpu")
+    tasks = list(ev.LM_EVAL_TASKS)
+    results = ev.run_tasks(lm, tasks, limit=2, bootstrap_iters=50)
+    rows = ev.result_rows(results, small_ctx(cfg), limit=2, bootstrap_iters=50)
+    for task in tasks:
+        mine = {r.metric: r for r in rows if r.task == task}
+        for metric in ev.PAPER_METRICS[task]:
+            row = mine[metric]
+            assert row.extra["paper_metric"] and row.extra["task_version"] is not None
+            assert row.n == 2 and row.stderr is not None and np.isfinite(row.value)
+    assert "sample_len" not in {r.metric for r in rows}
+
+
+def test_missing_data_fails_before_model_work(tiny, monkeypatch):
+    def absent(name):
+        raise DataError(f"dataset {name} is not in the mirror (looked in /nowhere/{name}); "
+                        f"run `harness data fetch {name}`")
+    monkeypatch.setattr(ev, "require_data", absent)
+    cfg, model = tiny
+
+    class Exploding(torch.nn.Module):
+        def forward(self, ids):
+            raise AssertionError("the model ran although data was missing")
+
+    lm = ev.HarnessLM(model=Exploding(), tokenizer=ByteTokenizer(), device="cpu", max_length=32)
+    with pytest.raises(DataError, match="piqa.*looked in /nowhere/piqa.*harness data fetch piqa"):
+        ev.run_tasks(lm, ["piqa"])
+    with pytest.raises(DataError, match="wikitext"):
+        get_task("length").run(Exploding(), ByteTokenizer(), small_ctx(cfg))
+
+
+def test_harness_eval_cli_writes_rows_and_resumes(tiny, tmp_path, capsys, monkeypatch):
+    from harness.cli import main
+    cfg, model = tiny
+    write_checkpoint(tmp_path / "runs" / "r" / "swat" / "checkpoint", model, cfg, params=123, tokens=456)
+    argv = ["eval", "--run", "r", "--runs", str(tmp_path / "runs"), "--results", str(tmp_path / "results"),
+            "--tasks", "boolq,mqar", "--limit", "2", "--device", "cpu", "--bootstrap-iters", "20"]
+    assert main(argv) == 0
+    rows = [json.loads(line) for line in (tmp_path / "results" / "r" / "rows.jsonl").read_text().splitlines()]
+    boolq = [r for r in rows if r["task"] == "boolq" and r["metric"] == "acc"]
+    assert len(boolq) == 1 and boolq[0]["n"] == 2 and boolq[0]["limit"] == 2 and boolq[0]["params"] == 123
+    assert {r["task"] for r in rows} == {"boolq", "mqar"} and all("eval_seconds" in r for r in rows)
+    assert main(argv) == 0
+    assert "all tasks done already" in capsys.readouterr().out
+    before = (tmp_path / "results" / "r" / "rows.jsonl").read_text()
+    monkeypatch.setattr(ev, "require_data", lambda name: fixture_require("absent-" + name))
+    assert main(argv + ["--force"]) == 2  # missing data: one error line, nothing rewritten
+    assert "error:" in capsys.readouterr().err
+    assert (tmp_path / "results" / "r" / "rows.jsonl").read_text() == before
+
+
+def test_length_sweep_scores_the_same_tokens_at_every_length(tiny):
+    cfg, model = tiny
+    rows = get_task("length").run(model, ByteTokenizer(), small_ctx(cfg, train_length=32, limit=None))
+    overall = [r for r in rows if r.metric == "ppl" and r.extra.get("position_bucket") is None]
+    contexts = [r.extra["context"] for r in overall]
+    assert contexts == sorted(contexts) and contexts[0] == 32 and len(contexts) >= 3
+    assert len({r.n for r in overall}) == 1 and overall[0].extra["dataset"] == "wikitext"
+    longest = max(contexts)
+    buckets = [r for r in rows if r.metric == "loss" and r.extra["context"] == longest
+               and r.extra.get("position_bucket") is not None]
+    assert buckets[0].extra["position_bucket"] == "0-32"
+    assert sum(r.n for r in buckets) == overall[0].n
+
+
+class CopyOracle(torch.nn.Module):
+    """Predicts the token that followed the most recent earlier occurrence of the longest suffix
+    (up to 8 tokens) of the sequence so far: a model that copies perfectly from its context."""
+
+    def __init__(self, vocab_size, order=8):
+        super().__init__()
+        self.vocab_size, self.order = vocab_size, order
+
+    def next_tokens(self, seq):
+        seen, out = {}, []
+        for t in range(len(seq)):
+            guess = 0
+            for k in range(min(self.order, t + 1), 0, -1):
+                follow = seen.get(tuple(seq[t - k + 1:t + 1]))
+                if follow is not None:
+                    guess = follow
+                    break
+            out.append(guess)
+            for k in range(1, min(self.order, t) + 1):  # n-grams that end at t - 1 are followed by seq[t]
+                seen[tuple(seq[t - k:t])] = seq[t]
+        return out
+
+    def forward(self, ids):
+        logits = torch.zeros(*ids.shape, self.vocab_size)
+        for b, seq in enumerate(ids.tolist()):
+            logits[b, torch.arange(ids.shape[1]), self.next_tokens(seq)] = 1.0
+        return logits
+
+    def generate(self, ids, max_new_tokens, **_):
+        seq = ids[0].tolist()
+        for _ in range(max_new_tokens):
+            seq.append(self.next_tokens(seq)[-1])
+        return torch.tensor([seq[ids.shape[1]:]])
+
+
+def test_probe_generators_are_deterministic_per_seed():
+    from tasks import retrieval as r
+    tok = ByteTokenizer()
+    a, b = r.passkey_prompt(tok, 1024, 0.5, 0), r.passkey_prompt(tok, 1024, 0.5, 0)
+    assert a == b and a != r.passkey_prompt(tok, 1024, 0.5, 1) and len(a.ids) <= 1024
+    head, question = tok.encode(r.INSTRUCTION), tok.encode(r.QUESTION)
+    first, last = r.passkey_prompt(tok, 1024, 0.0, 0), r.passkey_prompt(tok, 1024, 1.0, 0)
+    needle = tok.encode(r.NEEDLE.format(key=first.key))
+    assert first.ids[len(head):len(head) + len(needle)] == needle  # depth 0: right after the instructions
+    needle = tok.encode(r.NEEDLE.format(key=last.key))
+    assert last.ids[-len(question) - len(needle):-len(question)] == needle  # depth 1: right before the question
+    x, y = r.mqar_example(tok, 256, 8, 3), r.mqar_example(tok, 256, 8, 3)
+    assert all(np.array_equal(p, q) for p, q in zip(x, y))
+    assert not np.array_equal(x[0], r.mqar_example(tok, 256, 8, 4)[0])
+    seq, positions, values = x
+    assert np.array_equal(seq[positions + 1], values) and len(seq) == 256
+
+
+def test_a_perfect_copier_scores_100_percent(tiny):
+    cfg, _ = tiny
+    oracle, tok = CopyOracle(257), ByteTokenizer()
+    ctx = small_ctx(cfg, train_length=32, limit=2)
+    passkey = get_task("passkey").run(oracle, tok, ctx)
+    mqar = get_task("mqar").run(oracle, tok, ctx)
+    assert {r.extra["depth"] for r in passkey} == {0.0, 0.25, 0.5, 0.75, 1.0}
+    assert {r.extra["num_kv"] for r in mqar} == {4, 8, 16, 32, 64}
+    assert all(r.value == 1.0 for r in passkey + mqar)

@@ -31,6 +31,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -542,7 +543,7 @@ def lm_eval_task_rows(task: str, model, tokenizer, ctx) -> list:
     cache = options.get("cache_dir")
     iters = options.get("bootstrap_iters", DEFAULT_BOOTSTRAP_ITERS)
     results = run_tasks(lm, [task], limit=ctx.limit, online=options.get("online", False), bootstrap_iters=iters,
-                        cache=Path(cache) / f"{ctx.model_name}-{task}.sqlite" if cache else None)
+                        cache=Path(cache) / f"{task}.sqlite" if cache else None)
     return result_rows(results, ctx, ctx.limit, iters)
 
 
@@ -613,13 +614,23 @@ def model_sources(run: str, runs_dir: Path, models: list[str], checkpoints: list
     return out
 
 
+def request_cache(run: str, source: ModelSource) -> Path:
+    """lm-eval's request cache of one checkpoint version: keyed by the weights file's size and
+    modification time, so a retrained checkpoint of the same name never reuses old answers."""
+    path = Path(source.checkpoint.removeprefix("hf:"))
+    weights = path / "model.safetensors" if (path / "model.safetensors").is_file() else path
+    stat = weights.stat()
+    digest = hashlib.sha256(f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}".encode()).hexdigest()[:12]
+    return cache_dir() / "lm_eval_requests" / f"{run}-{source.name}-{digest}"
+
+
 def evaluate(sources: list[ModelSource], task_names: list[str], run: str, results_dir: Path,
              device: str, limit: int | None = None, force: bool = False, online: bool = False,
              skip_missing: bool = False, bootstrap_iters: int = DEFAULT_BOOTSTRAP_ITERS,
              log=print) -> list:
     """Run tasks on each model source and merge the rows into results/<run>/rows.jsonl (written after
     every task; finished (model, task) pairs are skipped unless `force`; lm-eval's request cache
-    under results/<run>/.lm_eval_cache lets an interrupted task resume)."""
+    per checkpoint version (`request_cache`) lets an interrupted task resume)."""
     import time
 
     from harness.registry import get_task
@@ -641,7 +652,6 @@ def evaluate(sources: list[ModelSource], task_names: list[str], run: str, result
     existing = read_rows(rows_file, warn=log) if rows_file.is_file() else []
     done = {(r.model, r.task) for r in existing}
     provenance = {"commit": git_commit(), "device": device_name(device), "date": now(), "command": command_line()}
-    options = {"online": online, "bootstrap_iters": bootstrap_iters, "cache_dir": str(out / ".lm_eval_cache")}
     for source in sources:
         pending = [t for t in runnable if force or (source.name, t.name) not in done]
         if not pending:
@@ -651,7 +661,10 @@ def evaluate(sources: list[ModelSource], task_names: list[str], run: str, result
         model.eval()
         ctx = TaskContext(cfg, run, source.name, device, meta.get("params"), meta.get("tokens"),
                           source.checkpoint, limit, provenance)
-        ctx.eval_options = options
+        cache = request_cache(run, source)
+        if force:
+            shutil.rmtree(cache, ignore_errors=True)
+        ctx.eval_options = {"online": online, "bootstrap_iters": bootstrap_iters, "cache_dir": str(cache)}
         for task in pending:
             t0 = time.time()
             rows = task.run(model, tokenizer, ctx)

@@ -145,17 +145,28 @@ def test_every_lm_eval_task_end_to_end(tiny):
     assert "sample_len" not in {r.metric for r in rows}
 
 
+class Exploding(torch.nn.Module):
+    """A model that must not run."""
+
+    def forward(self, ids):
+        raise AssertionError("the model ran although it should not have")
+
+
+def test_a_finished_task_is_answered_from_the_request_cache(tiny, tmp_path):
+    cfg, model = tiny
+    ctx = small_ctx(cfg, train_length=128, limit=2)
+    ctx.eval_options = {"cache_dir": str(tmp_path), "bootstrap_iters": 20}
+    first = ev.lm_eval_task_rows("piqa", model, ByteTokenizer(), ctx)
+    again = ev.lm_eval_task_rows("piqa", Exploding(), ByteTokenizer(), ctx)  # every request is cached
+    assert [(r.metric, r.value) for r in first] == [(r.metric, r.value) for r in again]
+
+
 def test_missing_data_fails_before_model_work(tiny, monkeypatch):
     def absent(name):
         raise DataError(f"dataset {name} is not in the mirror (looked in /nowhere/{name}); "
                         f"run `harness data fetch {name}`")
     monkeypatch.setattr(ev, "require_data", absent)
     cfg, model = tiny
-
-    class Exploding(torch.nn.Module):
-        def forward(self, ids):
-            raise AssertionError("the model ran although data was missing")
-
     lm = ev.HarnessLM(model=Exploding(), tokenizer=ByteTokenizer(), device="cpu", max_length=32)
     with pytest.raises(DataError, match="piqa.*looked in /nowhere/piqa.*harness data fetch piqa"):
         ev.run_tasks(lm, ["piqa"])

@@ -32,6 +32,7 @@ import sys
 import numpy as np
 import torch
 import torch.nn.functional as F
+from rich.progress import track
 
 from harness.data import DataError
 from harness.registry import register_task
@@ -119,7 +120,7 @@ def run(model, tokenizer, ctx):
     total = windows_at_longest * longest
     tokens = torch.from_numpy(stream[:total + 1])
     rows = []
-    for length in lengths:
+    for length in track(lengths, description=f"length {ctx.model_name}", transient=True):
         starts = range(0, total, length)
         per_batch = max(1, MAX_BATCH_TOKENS // length)
         try:

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from rich.progress import track
 
 from harness.registry import register_task
 
@@ -111,7 +112,7 @@ def run_passkey(model, tokenizer, ctx):
     lengths = doubling(1024, min(32768, 32 * ctx.cfg.model.max_seq_len))
     samples = PASSKEY_SAMPLES if ctx.limit is None else min(PASSKEY_SAMPLES, ctx.limit)
     rows = []
-    for length in lengths:
+    for length in track(lengths, description=f"passkey {ctx.model_name}", transient=True):
         try:
             cells = []
             for depth in PASSKEY_DEPTHS:
@@ -179,7 +180,7 @@ def run_mqar(model, tokenizer, ctx):
     contexts = doubling(256, max(256, 4 * ctx.cfg.model.max_seq_len))
     samples = MQAR_SAMPLES if ctx.limit is None else min(MQAR_SAMPLES, ctx.limit)
     rows = []
-    for context in contexts:
+    for context in track(contexts, description=f"mqar {ctx.model_name}", transient=True):
         for num_kv in (k for k in MQAR_KV if 4 * k <= context):
             hits = mqar_hits(model, tokenizer, context, num_kv, samples, ctx.device, autocast)
             acc = float(hits.mean())

@@ -143,6 +143,10 @@ def test_every_lm_eval_task_end_to_end(tiny):
             assert row.extra["paper_metric"] and row.extra["task_version"] is not None
             assert row.n == 2 and row.stderr is not None and np.isfinite(row.value)
     assert "sample_len" not in {r.metric for r in rows}
+    # the committed groups (tasks/lm_eval/) resolve to the offline overlays
+    manager = ev.task_manager(ev.render_overlays(ev.mirrored_files()))
+    assert {"commonsense", "perplexity"} <= set(manager.all_groups)
+    assert set(manager.load(["perplexity"])["tasks"]) == {"wikitext", "lambada_openai"}
 
 
 class Exploding(torch.nn.Module):

@@ -184,7 +184,8 @@ PRESETS: dict[str, dict] = {
         "model": dict(vocab_size=32000, hidden_size=512, num_layers=8, num_heads=8, window=256,
                       max_seq_len=1024),
         "train": dict(tokens=200_000_000, batch_tokens=131_072, seq_len=1024, micro_batch=32,
-                      lr=1e-3, warmup_tokens=10_000_000, eval_tokens=1_000_000, save_every=200),
+                      lr=1e-3, warmup_tokens=10_000_000, eval_tokens=1_000_000, save_every=200,
+                      corpus="english-mix"),
     },
     "340m": {
         "model": dict(vocab_size=32000, hidden_size=1024, num_layers=24, num_heads=16, window=512,

@@ -1,15 +1,18 @@
 """Data: where the local mirror is, tokenizers, corpora, and packed token streams for training.
 
-Documents are tokenized once, joined with an end-of-document token, and stored as flat uint32
-token files (memory-mapped) beside an array of document start offsets, so a training sequence is a
+Documents are tokenized once (in parallel), joined with an end-of-document token, and stored as
+flat uint16 (vocabularies up to 65536) or uint32 token files (memory-mapped) beside an array of document start offsets, so a training sequence is a
 plain slice and its document boundaries (`cu_seqlens`) come from the offsets. A fixed fraction of
 documents, chosen by a seeded permutation, is held out for evaluation.
 """
 
 from __future__ import annotations
 
+import contextlib
+import gzip
 import hashlib
 import json
+import lzma
 import os
 import re
 from dataclasses import dataclass
@@ -73,13 +76,17 @@ class ByteTokenizer:
 
 
 class HFTokenizer:
-    """A `tokenizers` tokenizer.json (e.g. the Llama-2 32k BPE); no special tokens added on encode."""
+    """A `tokenizers` tokenizer.json (or .json.gz), e.g. the Llama-2 32k BPE; no special tokens
+    are added on encode."""
 
     def __init__(self, path: Path, name: str | None = None):
         from tokenizers import Tokenizer
         self.path = Path(path)
         self.name = name or str(path)
-        self._tok = Tokenizer.from_file(str(path))
+        if self.path.suffix == ".gz":
+            self._tok = Tokenizer.from_str(gzip.decompress(self.path.read_bytes()).decode("utf-8"))
+        else:
+            self._tok = Tokenizer.from_file(str(path))
         self.vocab_size = self._tok.get_vocab_size()
         eos = next((t for t in ("</s>", "<|endoftext|>", "<eos>") if self._tok.token_to_id(t) is not None), None)
         if eos is None:
@@ -90,6 +97,7 @@ class HFTokenizer:
         return self._tok.encode(text, add_special_tokens=False).ids
 
     def encode_batch(self, texts: list[str]) -> list[list[int]]:
+        """Encodes on all cores (the `tokenizers` thread pool); same ids as `encode` one by one."""
         return [e.ids for e in self._tok.encode_batch(texts, add_special_tokens=False)]
 
     def decode(self, ids) -> str:
@@ -97,20 +105,34 @@ class HFTokenizer:
 
 
 def get_tokenizer(name: str):
-    """`bytes`, a tokenizer name in the mirror (`<data>/tokenizers/<name>/tokenizer.json`), or a path."""
+    """`bytes`, a tokenizer name in the mirror (`<root>/tokenizers/<name>/tokenizer.json[.gz]`, the
+    roots searched in `data_roots()` order; `llama2` is committed in data/), or a path."""
     if name == "bytes":
         return ByteTokenizer()
     path = Path(name)
     if path.is_file():
         return HFTokenizer(path)
-    mirrored = data_root() / "tokenizers" / name / "tokenizer.json"
-    if mirrored.is_file():
-        return HFTokenizer(mirrored, name)
-    raise DataError(f"tokenizer {name!r} not found at {mirrored}; run `harness data list` to see what the "
-                    f"mirror holds, or pass train.tokenizer=bytes or a path to a tokenizer.json")
+    candidates = [root / "tokenizers" / name / f for root in data_roots() for f in ("tokenizer.json", "tokenizer.json.gz")]
+    found = next((c for c in candidates if c.is_file()), None)
+    if found is None:
+        raise DataError(f"tokenizer {name!r} not found (looked for {candidates[0]} and the same under "
+                        f"{', '.join(str(r) for r in data_roots()[1:])}); pass train.tokenizer=bytes or a path "
+                        f"to a tokenizer.json, or run `harness data import PATH/llama-tokenizer-js`")
+    return HFTokenizer(found, name)
 
 
 # ---------------------------------------------------------------- corpora
+
+CORPUS_SUFFIXES = (".txt", ".jsonl", ".parquet", ".txt.gz", ".jsonl.gz", ".txt.xz", ".jsonl.xz")
+
+# Pretraining corpora on the Hugging Face hub, streamed into `<data>/corpora/<name>/` by
+# `harness data fetch NAME` (the same layout as the committed english-mix): (path, config, field).
+HUB_CORPORA = {
+    "slimpajama": ("cerebras/SlimPajama-627B", None, "text"),
+    "fineweb": ("HuggingFaceFW/fineweb", "sample-10BT", "text"),
+    "fineweb-edu": ("HuggingFaceFW/fineweb-edu", "sample-10BT", "text"),
+}
+
 
 def split_wikitext(text: str) -> list[str]:
     """WikiText articles start at top-level headings ' = Title = '."""
@@ -118,10 +140,22 @@ def split_wikitext(text: str) -> list[str]:
     return [p.strip("\n") for p in parts if p.strip()]
 
 
+def _read_bytes(path: Path) -> bytes:
+    data = path.read_bytes()
+    if path.suffix == ".gz":
+        return gzip.decompress(data)
+    if path.suffix == ".xz":
+        return lzma.decompress(data)
+    return data
+
+
 def _read_text_file(path: Path) -> list[str]:
-    if path.suffix == ".jsonl":
+    """Documents of one file: JSONL/parquet records' `text` field, or a text file split into
+    WikiText articles (else at runs of two or more blank lines)."""
+    name = path.name.removesuffix(".gz").removesuffix(".xz")
+    if name.endswith(".jsonl"):
         docs = []
-        for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        for n, line in enumerate(_read_bytes(path).decode("utf-8").splitlines(), 1):
             if not line.strip():
                 continue
             try:
@@ -129,42 +163,97 @@ def _read_text_file(path: Path) -> list[str]:
             except (json.JSONDecodeError, KeyError, TypeError):
                 raise DataError(f"{path}:{n}: expected a JSON object with a 'text' field") from None
         return docs
-    if path.suffix == ".parquet":
+    if name.endswith(".parquet"):
         import pandas as pd
         frame = pd.read_parquet(path)
         if "text" not in frame.columns:
             raise DataError(f"{path}: parquet file has no 'text' column")
         return frame["text"].astype(str).tolist()
-    text = path.read_text(encoding="utf-8", errors="replace")
+    text = _read_bytes(path).decode("utf-8", errors="replace")
     docs = split_wikitext(text)
     return docs if len(docs) > 1 else [d for d in re.split(r"\n\s*\n\s*\n", text) if d.strip()]
 
 
+def _files_in(path: Path) -> list[Path]:
+    return sorted(p for p in path.rglob("*") if p.is_file() and p.name.endswith(CORPUS_SUFFIXES))
+
+
 def corpus_files(corpus: str) -> list[Path]:
-    """Files of a named corpus or a path (a file, or a folder of .txt/.jsonl/.parquet files)."""
+    """Files of a corpus: `bundled` (a WikiText-2 slice in the package), `wikitext-2` (the raw
+    validation file of the mirror), a named folder `<root>/corpora/<name>/` (e.g. `english-mix`,
+    committed; `slimpajama` after `harness data fetch`), or a path (a file, or a folder of
+    .txt/.jsonl/.parquet files, optionally .gz/.xz)."""
     if corpus == "bundled":
         return [BUNDLED_TEXT]
-    named = {"wikitext-2": data_root() / "wikitext-2" / "valid.txt"}
-    path = named.get(corpus, Path(corpus))
-    if path.is_dir():
-        files = sorted(p for p in path.rglob("*") if p.suffix in (".txt", ".jsonl", ".parquet"))
+    looked = []
+    for root in data_roots():
+        named = root / "wikitext-2" / "valid.txt" if corpus == "wikitext-2" else root / "corpora" / corpus
+        looked.append(named)
+        files = _files_in(named) if named.is_dir() else [named] if named.is_file() else []
         if files:
             return files
-    elif path.is_file():
+    path = Path(corpus)
+    if path.is_dir() and _files_in(path):
+        return _files_in(path)
+    if path.is_file():
         return [path]
-    raise DataError(f"corpus {corpus!r} not found (looked at {path}); use train.corpus=bundled, a path to "
-                    f"text/JSONL/parquet files, or fill the mirror ($HARNESS_DATA, see `harness data list`)")
+    hint = f"run `harness data fetch {corpus}` where the hub is reachable, or " if corpus in HUB_CORPORA else ""
+    raise DataError(f"corpus {corpus!r} not found (looked in {', '.join(map(str, looked))} and at the path "
+                    f"{path}); {hint}use train.corpus=english-mix, bundled, or a path to text/JSONL/parquet files")
 
 
 def load_documents(corpus: str) -> list[str]:
     return [doc for path in corpus_files(corpus) for doc in _read_text_file(path)]
 
 
+def fetch_corpus(name: str, documents: int, dest: Path | None = None, shard_docs: int = 100_000,
+                 progress=None) -> Path:
+    """Stream the first `documents` documents of a hub corpus (HUB_CORPORA) into
+    `<dest>/corpora/<name>/part-NNNNN.jsonl.gz`. Shards are written atomically and finished ones
+    are skipped, so an interrupted fetch resumes."""
+    if name not in HUB_CORPORA:
+        raise DataError(f"unknown hub corpus {name!r}; choose one of {', '.join(HUB_CORPORA)}")
+    hub, config, field = HUB_CORPORA[name]
+    try:
+        from datasets import load_dataset
+    except ImportError:
+        raise DataError("fetching a corpus from the hub needs the `datasets` package: pip install datasets") from None
+    folder = (dest or user_data_dir()) / "corpora" / name
+    folder.mkdir(parents=True, exist_ok=True)
+    done = sum(1 for _ in folder.glob("part-*.jsonl.gz")) * shard_docs
+    if done >= documents:
+        return folder
+    try:
+        stream = load_dataset(hub, config, split="train", streaming=True).skip(done)
+        batch, index = [], done // shard_docs
+        for row in stream:
+            batch.append(json.dumps({"text": row[field]}, ensure_ascii=False))
+            if len(batch) == shard_docs or done + len(batch) >= documents:
+                _write_shard(folder / f"part-{index:05d}.jsonl.gz", batch)
+                done, index, batch = done + len(batch), index + 1, []
+                if progress:
+                    progress(done, documents)
+                if done >= documents:
+                    break
+    except Exception as err:  # offline or hub errors: one line, the shards so far are kept
+        if isinstance(err, DataError):
+            raise
+        raise DataError(f"could not stream {hub} from the hub ({str(err).splitlines()[0] if str(err) else type(err).__name__}); "
+                        f"{done} documents are in {folder}; run the same command again to resume") from None
+    return folder
+
+
+def _write_shard(path: Path, lines: list[str]) -> None:
+    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    tmp.write_bytes(gzip.compress(("\n".join(lines) + "\n").encode("utf-8"), mtime=0))
+    tmp.replace(path)
+
+
 # ---------------------------------------------------------------- tokenized, packed streams
 
 @dataclass
 class TokenStream:
-    """A flat token array with the start offset of every document."""
+    """A flat token array (memory-mapped uint16/uint32) with the start offset of every document."""
     tokens: np.ndarray
     doc_starts: np.ndarray
 
@@ -185,14 +274,26 @@ def cu_seqlens_for(starts: list[np.ndarray], seq_len: int) -> torch.Tensor:
     return torch.tensor(np.concatenate(offsets + [[len(starts) * seq_len]]), dtype=torch.int32)
 
 
-def _tokenize(docs: list[str], tokenizer) -> tuple[np.ndarray, np.ndarray]:
+def token_dtype(vocab_size: int):
+    return np.uint16 if vocab_size <= 1 << 16 else np.uint32
+
+
+def _tokenize_to(path: Path, docs: list[str], tokenizer, batch_docs: int = 512, advance=None) -> np.ndarray:
+    """Encode documents in batches (each batch on all cores), append tokens + end-of-document to
+    `path`, and return the document start offsets."""
     encode_batch = getattr(tokenizer, "encode_batch", None)
-    ids = encode_batch(docs) if encode_batch else [tokenizer.encode(d) for d in docs]
-    lengths = np.array([len(x) + 1 for x in ids], dtype=np.int64)
-    starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
-    flat = np.fromiter((t for doc in ids for t in (*doc, tokenizer.eos_id)), dtype=np.uint32,
-                       count=int(lengths.sum()))
-    return flat, starts
+    dtype = token_dtype(tokenizer.vocab_size)
+    lengths = []
+    with open(path, "wb") as f:
+        for lo in range(0, len(docs), batch_docs):
+            chunk = docs[lo:lo + batch_docs]
+            ids = encode_batch(chunk) if encode_batch else [tokenizer.encode(d) for d in chunk]
+            for doc in ids:
+                np.asarray([*doc, tokenizer.eos_id], dtype=dtype).tofile(f)
+                lengths.append(len(doc) + 1)
+            if advance:
+                advance(len(chunk))
+    return np.concatenate([[0], np.cumsum(lengths, dtype=np.int64)[:-1]]) if lengths else np.zeros(0, np.int64)
 
 
 def heldout_split(num_docs: int, fraction: float, seed: int) -> np.ndarray:
@@ -204,29 +305,67 @@ def heldout_split(num_docs: int, fraction: float, seed: int) -> np.ndarray:
     return mask
 
 
+def _files_key(files: list[Path]) -> list:
+    """Content digests of the corpus files: the cache survives copies (new mtimes) of the same data."""
+    def digest(path: Path) -> str:
+        h = hashlib.sha256()
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+        return h.hexdigest()
+    return [[f.name, digest(f)] for f in files]
+
+
+def streams_folder(corpus: str, tokenizer, heldout_fraction: float, seed: int) -> Path:
+    files = corpus_files(corpus)
+    key = hashlib.sha256(json.dumps(_files_key(files) + [tokenizer.name, tokenizer.vocab_size,
+                                                          heldout_fraction, seed]).encode())
+    return cache_dir() / "tokenized" / f"{Path(corpus).name}-{key.hexdigest()[:16]}"
+
+
 def prepare_streams(corpus: str, tokenizer, heldout_fraction: float = 0.05, seed: int = 1234
                     ) -> tuple[TokenStream, TokenStream]:
-    """(train, heldout) streams, tokenized once and cached as memory-mapped files."""
-    files = corpus_files(corpus)
-    key = hashlib.sha256(json.dumps([[str(f), f.stat().st_size, f.stat().st_mtime_ns] for f in files]
-                                    + [tokenizer.name, tokenizer.vocab_size, heldout_fraction, seed]).encode())
-    folder = cache_dir() / "tokenized" / f"{Path(corpus).name}-{key.hexdigest()[:16]}"
+    """(train, heldout) streams of a corpus, tokenized once and cached as memory-mapped files.
+
+    Documents are held out by a seeded choice, the rest are put in a seeded order, each ends with
+    the end-of-document token and their start offsets are kept (document boundaries for
+    `cu_seqlens`). The same corpus, tokenizer, fraction and seed give the same files on any machine;
+    the cache key is the files' content, so a copied corpus is not tokenized again."""
+    folder = streams_folder(corpus, tokenizer, heldout_fraction, seed)
     if not (folder / "done").exists():
         docs = load_documents(corpus)
         if not docs:
             raise DataError(f"corpus {corpus!r} holds no documents")
         held = heldout_split(len(docs), heldout_fraction, seed)
+        order = np.random.default_rng([seed, 1]).permutation(len(docs))
         tmp = folder.with_name(folder.name + f".tmp{os.getpid()}")
         tmp.mkdir(parents=True, exist_ok=True)
-        for split, keep in (("train", ~held), ("heldout", held)):
-            tokens, starts = _tokenize([d for d, k in zip(docs, keep) if k], tokenizer)
-            tokens.tofile(tmp / f"{split}.bin")
-            np.save(tmp / f"{split}.starts.npy", starts)
-        (tmp / "done").write_text(json.dumps({"corpus": corpus, "documents": len(docs)}))
+        counts = {}
+        with _progress(f"tokenizing {corpus}", len(docs)) as advance:
+            for split, keep in (("train", ~held), ("heldout", held)):
+                split_docs = [docs[i] for i in order if keep[i]]
+                starts = _tokenize_to(tmp / f"{split}.bin", split_docs, tokenizer, advance=advance)
+                np.save(tmp / f"{split}.starts.npy", starts)
+                counts[split] = {"documents": len(split_docs),
+                                 "tokens": (tmp / f"{split}.bin").stat().st_size // np.dtype(token_dtype(tokenizer.vocab_size)).itemsize}
+        (tmp / "done").write_text(json.dumps({"corpus": corpus, "tokenizer": tokenizer.name, "seed": seed,
+                                              "heldout_fraction": heldout_fraction, **counts}))
         try:
             tmp.rename(folder)
         except OSError:  # another process finished first: use its copy
             import shutil
             shutil.rmtree(tmp, ignore_errors=True)
-    return tuple(TokenStream(np.memmap(folder / f"{split}.bin", dtype=np.uint32, mode="r"),
+    dtype = token_dtype(tokenizer.vocab_size)
+    return tuple(TokenStream(np.memmap(folder / f"{split}.bin", dtype=dtype, mode="r"),
                              np.load(folder / f"{split}.starts.npy")) for split in ("train", "heldout"))
+
+
+@contextlib.contextmanager
+def _progress(label: str, total: int):
+    """A transient rich progress bar on stderr; yields advance(n)."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("documents"),
+                  TimeRemainingColumn(), console=Console(stderr=True), transient=True) as bar:
+        task = bar.add_task(label, total=total)
+        yield lambda n: bar.advance(task, n)

@@ -189,7 +189,9 @@ def available() -> dict[str, bool]:
 
 # ---------------------------------------------------------------- manifest
 
-def load_manifest(path: Path = MANIFEST_PATH) -> dict:
+def load_manifest(path: Path | None = None) -> dict:
+    """A mirror's MANIFEST.json; by default the committed data/MANIFEST.json."""
+    path = path or MANIFEST_PATH
     if not path.is_file():
         return {"datasets": {}}
     return json.loads(path.read_text(encoding="utf-8"))
@@ -271,8 +273,8 @@ def _coerce(kind, value):
 def from_hub_records(ds: Dataset, records: list[dict]) -> list[dict]:
     """Records already in the hub schema (or a raw release with the same fields): keep the schema's
     fields, cast int/str labels to the hub's type; a missing field is an error in check_record."""
-    return [{k: _coerce(t, r[k]) if k in r else None for k, t in ds.schema.items()} if isinstance(r, dict)
-            else r for r in records]
+    return [{k: _coerce(t, r[k]) for k, t in ds.schema.items() if k in r} if isinstance(r, dict) else r
+            for r in records]
 
 
 def from_labels_file(ds: Dataset, records: list[dict], labels: list[str]) -> list[dict]:
@@ -366,7 +368,9 @@ RAW_LAYOUTS = [
     RawLayout("arc_challenge", "test", ("llm-foundry-local-data/arc_challenge.jsonl",), FOUNDRY,
               "as arc_easy"),
     RawLayout("boolq", "validation", ("llm-foundry-local-data/boolq.jsonl",), FOUNDRY,
-              "converted from llm-foundry's ICL file; idx = position in the split"),
+              "converted from llm-foundry's ICL file; idx = position in the split (the order is SuperGLUE's: "
+              "item 0 is the ethanol question); the passages are google/boolq's, without the 'Title -- ' "
+              "prefix that SuperGLUE's passages carry, so lm-eval's prompts lack the article title"),
     RawLayout("winogrande", "validation", ("llm-foundry-local-data/winogrande.jsonl",), FOUNDRY,
               "converted from llm-foundry's ICL file; lm-eval's prompts are identical to the hub's, the "
               "sentence/option split may differ where both options start with the same word"),
@@ -415,20 +419,30 @@ def write_split(dest: Path, ds: Dataset, split: str, records: list[dict], origin
     atomic_write_bytes(path, gzip.compress(data, compresslevel=9, mtime=0))
     entry = {"file": str(path.relative_to(dest)), "count": count_lines(data), "official": ds.splits[split],
              "sha256": sha256(data), "origin": origin, "note": note}
-    manifest = load_manifest(dest / "MANIFEST.json")
-    record = manifest["datasets"].setdefault(ds.name, {"hub": ds.hub, "hub_config": ds.hub_config,
-                                                        "license": ds.license, "splits": {}})
-    record["splits"][split] = entry
-    manifest["datasets"] = dict(sorted(manifest["datasets"].items()))
-    from harness.results import atomic_write_text
-    atomic_write_text(dest / "MANIFEST.json", json.dumps(manifest, indent=1, ensure_ascii=False) + "\n")
+    def add(manifest):
+        record = manifest["datasets"].setdefault(ds.name, {"hub": ds.hub, "hub_config": ds.hub_config,
+                                                            "license": ds.license, "splits": {}})
+        record["splits"][split] = entry
+    update_manifest(dest, add)
     return entry
 
 
+def update_manifest(dest: Path, change) -> None:
+    """Apply `change(manifest)` to `<dest>/MANIFEST.json` and write it back atomically."""
+    from harness.results import atomic_write_text
+    manifest = load_manifest(dest / "MANIFEST.json")
+    change(manifest)
+    manifest = {k: dict(sorted(v.items())) for k, v in sorted(manifest.items())}
+    atomic_write_text(dest / "MANIFEST.json", json.dumps(manifest, indent=1, ensure_ascii=False) + "\n")
+
+
 def import_path(path: Path, dest: Path, name: str | None = None, split: str | None = None) -> list[dict]:
-    """Import a file (`name` required) or a folder of known raw releases into `dest`; returns the
-    manifest entries written."""
+    """Import a file (`name` required), a folder of known raw releases, or the npm package
+    llama-tokenizer-js (its folder or `llama-tokenizer.js`) into `dest`; returns what was written."""
     path = Path(path)
+    js = path / "llama-tokenizer.js" if path.is_dir() else path
+    if js.name == "llama-tokenizer.js" and js.is_file():
+        return [import_tokenizer(js, dest)]
     if path.is_dir() and name is None:
         found = [lay for lay in RAW_LAYOUTS if all((path / f).is_file() for f in lay.files)]
         if not found:
@@ -477,3 +491,196 @@ def fetch(name: str, dest: Path) -> list[dict]:
                         **write_split(dest, ds, split, records, f"hub {ds.hub} ({ds.hub_config})", "",
                                       f"{ds.hub}:{split}")})
     return entries
+
+
+# ---------------------------------------------------------------- the Llama-2 tokenizer
+
+def llama2_tokenizer_from_js(path: Path):
+    """The Llama-2 32k tokenizer as a `tokenizers` Tokenizer, rebuilt from the vocabulary (in id
+    order) and merges (in priority order) that the npm package llama-tokenizer-js ships inside
+    `llama-tokenizer.js` (MIT). The pipeline is that of Meta's HF conversion: prepend '▁', spaces
+    to '▁', BPE with byte fallback; decoding undoes it. <unk>, <s>, </s> stay plain vocabulary
+    entries, not added tokens, so text that contains them is encoded literally, as SentencePiece
+    does (WikiText is full of '<unk>')."""
+    import base64
+    import re
+
+    import numpy as np
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
+    source = Path(path).read_text(encoding="utf-8")
+    found = {k: re.search(rf'^const llama_{k} = "([A-Za-z0-9+/=]+)"', source, re.M)
+             for k in ("vocab_base64", "merges_binary")}
+    if not all(found.values()):
+        raise DataError(f"{path}: not llama-tokenizer.js (no llama_vocab_base64 / llama_merges_binary)")
+    vocab = base64.b64decode(found["vocab_base64"].group(1)).decode("utf-8").split("\n")
+    pairs = np.frombuffer(base64.b64decode(found["merges_binary"].group(1)), dtype="<u2").reshape(-1, 2)
+    if len(vocab) != 32000:
+        raise DataError(f"{path}: expected the 32000-token Llama-2 vocabulary, found {len(vocab)}")
+    model = models.BPE(vocab={tok: i for i, tok in enumerate(vocab)},
+                       merges=[(vocab[a], vocab[b]) for a, b in pairs.tolist()],
+                       unk_token="<unk>", fuse_unk=True, byte_fallback=True)
+    tok = Tokenizer(model)
+    tok.normalizer = normalizers.Sequence([normalizers.Prepend("▁"), normalizers.Replace(" ", "▁")])
+    if any("\n" in t for t in vocab):
+        raise DataError(f"{path}: a vocabulary entry contains a newline; the newline split below would change ids")
+    # No entry contains a newline, so no merge crosses one: BPE on the lines separately gives the
+    # same ids as on the whole text, and is faster on long documents.
+    tok.pre_tokenizer = pre_tokenizers.Split("\n", behavior="isolated")
+    tok.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse(),
+                                     decoders.Strip(" ", 1, 0)])
+    tok.post_processor = processors.TemplateProcessing(single="<s> $A", pair="<s> $A <s> $B",
+                                                       special_tokens=[("<s>", 1)])
+    return tok
+
+
+def import_tokenizer(path: Path, dest: Path) -> dict:
+    """Store the Llama-2 tokenizer from llama-tokenizer.js as `<dest>/tokenizers/llama2/tokenizer.json.gz`."""
+    tok = llama2_tokenizer_from_js(path)
+    data = tok.to_str().encode("utf-8")
+    target = dest / "tokenizers" / "llama2" / "tokenizer.json.gz"
+    atomic_write_bytes(target, gzip.compress(data, compresslevel=9, mtime=0))
+    entry = {"file": str(target.relative_to(dest)), "vocab_size": tok.get_vocab_size(), "sha256": sha256(data),
+             "origin": f"npm llama-tokenizer-js ({Path(path).name}), vocabulary and merges of Meta's Llama-2 "
+                       f"tokenizer", "license": "Llama 2 Community License (vocabulary); MIT (llama-tokenizer-js)"}
+    update_manifest(dest, lambda m: m.setdefault("tokenizers", {}).__setitem__("llama2", entry))
+    return {"name": "llama2", **entry}
+
+
+# ---------------------------------------------------------------- corpora and tokenizers in the manifest
+
+def record_corpus(name: str, dest: Path = REPO_DATA, tokenizer: str | None = "llama2") -> dict:
+    """Record `<dest>/corpora/<name>/` in `<dest>/MANIFEST.json`: per-file sha256, bytes and
+    documents, and the corpus size in tokens of `tokenizer` (which tokenizes it once, cached)."""
+    from harness.data import _files_in, _read_bytes, _read_text_file, get_tokenizer, prepare_streams
+    folder = dest / "corpora" / name
+    files = {}
+    for path in _files_in(folder):
+        files[path.name] = {"sha256": sha256(path.read_bytes()), "bytes": path.stat().st_size,
+                            "text_bytes": len(_read_bytes(path)), "documents": len(_read_text_file(path))}
+    if not files:
+        raise DataError(f"{folder}: no corpus files (.txt/.jsonl/.parquet, optionally .gz/.xz)")
+    entry = {"folder": str(folder.relative_to(dest)), "files": files,
+             "documents": sum(f["documents"] for f in files.values())}
+    if tokenizer:
+        train, held = prepare_streams(str(folder), get_tokenizer(tokenizer))
+        entry["tokens"] = {tokenizer: {"train": len(train.tokens), "heldout": len(held.tokens)}}
+    update_manifest(dest, lambda m: m.setdefault("corpora", {}).__setitem__(name, entry))
+    return entry
+
+
+# ---------------------------------------------------------------- command line (`harness data ...`)
+
+def _size(n: int) -> str:
+    return f"{n / 2**20:.1f} MiB" if n >= 2**20 else f"{n / 2**10:.0f} KiB"
+
+
+def _where(path: Path) -> str:
+    """A path relative to the working directory when it is inside it (short table cells)."""
+    try:
+        return str(path.resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)
+
+
+def cmd_list(console) -> None:
+    """Every dataset the tasks need (present or missing, count vs official, size, checksum, path),
+    then the tokenizers and the corpora."""
+    from rich.table import Table
+
+    from harness.data import HUB_CORPORA, corpus_files, data_roots, get_tokenizer
+    manifest = load_manifest()
+    console.print("lookup order: " + " > ".join(_where(r) for r in data_roots()), highlight=False)
+    table = Table(title="evaluation sets")
+    for col in ("dataset", "split", "status", "n", "official", "size", "sha256", "where"):
+        table.add_column(col, overflow="fold")
+    missing = []
+    for st in statuses():
+        if st.path is None:
+            ds = dataset(st.name)
+            missing.append(st.name)
+            table.add_row(st.name, st.split, "[red]missing[/red]", "-", str(st.official), "-", "-",
+                          f"hub {ds.hub}" + (f" {ds.hub_config}" if ds.hub_config else ""))
+            continue
+        flag = "[green]ok[/green]" if not st.problem else f"[yellow]{st.problem}[/yellow]"
+        table.add_row(st.name, st.split, flag, str(st.count), str(st.official), _size(st.path.stat().st_size),
+                      st.sha256[:8], _where(st.path))
+    console.print(table)
+    if missing:
+        console.print(f"missing: {', '.join(dict.fromkeys(missing))}; get them with `harness data fetch NAME` "
+                      f"(online) or `harness data import FILE --name NAME [--split SPLIT]`", highlight=False)
+    other = Table(title="tokenizers and pretraining corpora")
+    for col in ("name", "status", "documents", "tokens (llama2)", "size", "where"):
+        other.add_column(col, overflow="fold")
+    for name, entry in manifest.get("tokenizers", {}).items():
+        try:
+            tok = get_tokenizer(name)
+            other.add_row(f"tokenizer {name}", "[green]ok[/green]", f"vocab {tok.vocab_size}", "-",
+                          _size(tok.path.stat().st_size), _where(tok.path))
+        except DataError:
+            other.add_row(f"tokenizer {name}", "[red]missing[/red]", f"vocab {entry['vocab_size']}", "-", "-",
+                          "harness data import PATH/llama-tokenizer-js")
+    for name in [*manifest.get("corpora", {}), *HUB_CORPORA]:
+        entry = manifest.get("corpora", {}).get(name, {})
+        try:
+            files = corpus_files(name)
+        except DataError:
+            files = []
+        tokens = entry.get("tokens", {}).get("llama2")
+        other.add_row(f"corpus {name}", "[green]ok[/green]" if files else "[red]missing[/red]",
+                      f"{entry['documents']:,}" if entry else "-", f"{sum(tokens.values()):,}" if tokens else "-",
+                      _size(sum(f.stat().st_size for f in files)) if files else "-",
+                      _where(files[0].parent) if files else f"harness data fetch {name} --documents N")
+    console.print(other)
+
+
+def verify() -> list[str]:
+    """Problems found: splits whose count differs from the official size or whose sha256 differs
+    from data/MANIFEST.json, and tokenizer or corpus files that differ from it."""
+    from harness.data import data_roots
+    manifest = load_manifest()
+    problems = [f"{st.name}/{st.split}: {st.problem}" for st in statuses() if st.path and st.problem]
+    for name, entry in manifest.get("tokenizers", {}).items():
+        path = next((r / entry["file"] for r in data_roots() if (r / entry["file"]).is_file()), None)
+        if path and sha256(read_stored(path)) != entry["sha256"]:
+            problems.append(f"tokenizer {name}: {path} differs from data/MANIFEST.json")
+    for name, entry in manifest.get("corpora", {}).items():
+        folder = REPO_DATA / entry["folder"]
+        for file, meta in entry["files"].items():
+            path = folder / file
+            if path.is_file() and sha256(path.read_bytes()) != meta["sha256"]:
+                problems.append(f"corpus {name}: {path} differs from data/MANIFEST.json")
+    return problems
+
+
+def run_command(args, console) -> None:
+    """`harness data list|fetch|verify|import` (argparse namespace from harness.cli)."""
+    from harness.data import HUB_CORPORA, fetch_corpus, user_data_dir
+    if args.data_command == "list":
+        cmd_list(console)
+    elif args.data_command == "verify":
+        problems = verify()
+        present = sum(1 for st in statuses() if st.path)
+        for p in problems:
+            console.print(f"[red]x[/red] {p}", highlight=False)
+        if problems:
+            raise DataError(f"{len(problems)} problem(s) in the mirror (see above); re-import or re-fetch those "
+                            f"datasets")
+        console.print(f"ok: {present} splits, tokenizers and corpora match data/MANIFEST.json and the official counts")
+    elif args.data_command == "fetch":
+        dest = Path(args.to) if args.to else user_data_dir()
+        for name in args.names:
+            if name in HUB_CORPORA:
+                if not args.documents:
+                    raise DataError(f"fetching corpus {name} needs --documents N (how many to stream)")
+                folder = fetch_corpus(name, args.documents, dest,
+                                      progress=lambda d, n: console.print(f"{name}: {d:,}/{n:,} documents"))
+                console.print(f"{name}: {folder}")
+                continue
+            for e in fetch(name, dest):
+                console.print(f"{name}/{e['split']}: {e['count']} examples -> {dest / e['file']}")
+    elif args.data_command == "import":
+        dest = Path(args.to) if args.to else user_data_dir()
+        for e in import_path(Path(args.path), dest, args.name, args.split):
+            what = f"{e['name']}/{e['split']}: {e['count']} examples (official {e['official']})" if "split" in e \
+                else f"tokenizer {e['name']}: vocabulary {e['vocab_size']}"
+            console.print(f"{what} -> {dest / e['file']}")

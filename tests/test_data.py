@@ -1,0 +1,233 @@
+"""The data mirror: converters give the hub schemas lm-eval reads, import/verify/require on fixtures,
+the committed mirror matches the official split sizes, the Llama-2 tokenizer reproduces the
+reference encoder, and packed token streams keep document boundaries."""
+
+import gzip
+import json
+import lzma
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from harness import data, mirror
+from harness.data import DataError
+
+FIXTURES = Path(__file__).resolve().parent / "fixtures" / "data"
+SHARED = Path(__file__).resolve().parent.parent.parent / "shared" / "data"
+LM_EVAL_TASKS = {"piqa": "piqa/piqa.yaml", "arc_easy": "arc/arc_easy.yaml", "boolq": "super_glue/boolq/default.yaml",
+                 "lambada_openai": "lambada/lambada_openai.yaml", "winogrande": "winogrande/default.yaml",
+                 "hellaswag": "hellaswag/hellaswag.yaml", "social_iqa": "siqa/siqa.yaml"}
+
+
+@pytest.fixture
+def mirror_dir(tmp_path, monkeypatch):
+    """An empty mirror as $HARNESS_DATA (the only root searched), filled from the fixtures."""
+    monkeypatch.setenv("HARNESS_DATA", str(tmp_path / "mirror"))
+    mirror.import_path(FIXTURES, tmp_path / "mirror")
+    mirror.import_path(FIXTURES / "hellaswag_format_fixture.jsonl", tmp_path / "mirror", "hellaswag")
+    mirror.import_path(FIXTURES / "siqa_format_fixture.jsonl", tmp_path / "mirror", "social_iqa")
+    return tmp_path / "mirror"
+
+
+def records(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+
+
+def test_import_fixtures_gives_hub_schemas(mirror_dir):
+    manifest = json.loads((mirror_dir / "MANIFEST.json").read_text())
+    assert set(manifest["datasets"]) == {"piqa", "arc_easy", "arc_challenge", "boolq", "winogrande",
+                                         "lambada_openai", "wikitext_2_v1", "hellaswag", "social_iqa"}
+    for name in manifest["datasets"]:
+        ds = mirror.CATALOGUE[name]
+        for split, path in mirror.require(name).items():
+            assert path.suffix == ".jsonl"
+            rows = records(path)
+            assert len(rows) == manifest["datasets"][name]["splits"][split]["count"]
+            for row in rows:
+                assert list(row) == list(ds.schema)  # same fields, hub order
+                mirror.check_record(ds, row, name)   # same types
+    piqa = records(mirror.require("piqa")["validation"])
+    assert piqa[0]["goal"].startswith("How do I ready a guinea pig cage") and piqa[0]["label"] == 0
+    assert [r["label"] for r in records(mirror.require("hellaswag")["validation"])] == ["2", "0"]
+    assert [r["label"] for r in records(mirror.require("social_iqa")["validation"])] == ["1", "2"]
+    assert [len(p["page"]) > 0 for p in records(mirror.require("wikitext_2_v1")["test"])] == [True, True]
+
+
+def test_arc_padding_is_removed_and_answer_kept(mirror_dir):
+    raw = records(FIXTURES / "llm-foundry-local-data" / "arc_easy.jsonl")
+    rows = records(mirror.require("arc_easy")["test"])
+    for r, row in zip(raw, rows):
+        labels = row["choices"]["label"]
+        assert row["choices"]["text"][labels.index(row["answerKey"])] == r["choices"][r["gold"]]
+        assert len(set(row["choices"]["text"])) == len(row["choices"]["text"])
+    assert [len(r["choices"]["text"]) for r in rows] == [4, 4, 3]
+
+
+def test_winogrande_conversion_reproduces_lm_eval_prompts(mirror_dir):
+    """lm-eval's own winogrande functions on the converted rows give llm-foundry's contexts back."""
+    pytest.importorskip("lm_eval")
+    from lm_eval.tasks.winogrande import preprocess_winogrande as wg
+    raw = records(FIXTURES / "llm-foundry-local-data" / "winogrande.jsonl")
+    for r, row in zip(raw, records(mirror.require("winogrande")["validation"])):
+        assert wg.doc_to_choice(row) == r["context_options"]
+        assert wg.doc_to_target(row) == r["continuation"]
+        assert wg.doc_to_text(row) == r["gold"]
+
+
+class _FunctionTag(str):
+    pass
+
+
+def _task_yaml(rel: str) -> dict:
+    """An lm-eval task YAML (with its `include:`), `!function` entries kept as markers."""
+    import lm_eval
+    root = Path(lm_eval.__file__).parent / "tasks"
+    loader = type("L", (yaml.SafeLoader,), {})
+    loader.add_constructor("!function", lambda ld, node: _FunctionTag(ld.construct_scalar(node)))
+    cfg = yaml.load((root / rel).read_text(), Loader=loader)
+    if "include" in cfg:
+        cfg = {**_task_yaml(str(Path(rel).parent / cfg.pop("include"))), **cfg}
+    return cfg
+
+
+@pytest.mark.parametrize("name", sorted(LM_EVAL_TASKS))
+def test_lm_eval_task_templates_render_on_mirror_records(mirror_dir, name):
+    """The built-in task's own templates, rendered with lm-eval's jinja helper on our records."""
+    pytest.importorskip("lm_eval")
+    from lm_eval.utils import apply_template
+    cfg = _task_yaml(LM_EVAL_TASKS[name])
+    assert cfg["dataset_path"] == mirror.CATALOGUE[name].hub
+    row = records(next(iter(mirror.require(name).values())))[0]
+    if isinstance(cfg.get("process_docs"), _FunctionTag):  # hellaswag: its own process_docs first
+        from datasets import Dataset
+        from lm_eval.tasks.hellaswag import utils
+        row = utils.process_docs(Dataset.from_list([row]))[0]
+    for key in ("doc_to_text", "doc_to_target", "doc_to_choice"):
+        template = cfg.get(key)
+        if isinstance(template, _FunctionTag) or not isinstance(template, str):
+            continue
+        rendered = row[template] if template in row else apply_template(template, row)
+        assert rendered not in ("", None), (name, key)
+        if key == "doc_to_target" and "choice" in str(cfg.get("doc_to_choice", "")):
+            assert int(rendered) >= 0
+
+
+def test_require_missing_names_dataset_path_and_command(tmp_path, monkeypatch):
+    monkeypatch.setenv("HARNESS_DATA", str(tmp_path))
+    with pytest.raises(DataError) as err:
+        mirror.require("hellaswag")
+    msg = str(err.value)
+    assert "hellaswag" in msg and str(tmp_path / "hellaswag") in msg and "harness data fetch hellaswag" in msg
+    assert mirror.available()["hellaswag"] is False
+    with pytest.raises(DataError, match="unknown dataset"):
+        mirror.require("hellaswag_made_up")
+
+
+def test_import_rejects_wrong_schema_and_leaves_nothing(tmp_path):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps({"goal": "g", "sol1": "a"}) + "\n")
+    with pytest.raises(DataError, match="piqa records need fields"):
+        mirror.import_path(bad, tmp_path / "mirror", "piqa")
+    assert not (tmp_path / "mirror" / "piqa").exists()
+
+
+def test_verify_detects_a_modified_file(mirror_dir, monkeypatch):
+    monkeypatch.setattr(mirror, "MANIFEST_PATH", mirror_dir / "MANIFEST.json")
+    assert [st for st in mirror.statuses() if st.path and "sha256" in st.problem] == []
+    path = mirror_dir / "boolq" / "validation.jsonl.gz"
+    rows = [json.loads(x) for x in gzip.decompress(path.read_bytes()).splitlines()]
+    rows[0]["label"] = 1 - rows[0]["label"]
+    path.write_bytes(gzip.compress("".join(json.dumps(r) + "\n" for r in rows).encode()))
+    assert any(p.startswith("boolq/validation") and "sha256" in p for p in mirror.verify())
+
+
+def test_cli_data_list_verify_import(mirror_dir, tmp_path, capsys):
+    from harness.cli import main
+    assert main(["data", "list"]) == 0
+    assert "lookup order" in capsys.readouterr().out
+    present = {(st.name, st.split) for st in mirror.statuses() if st.path}
+    assert ("hellaswag", "validation") in present and ("wikitext", "test") not in present
+    assert main(["data", "verify"]) == 2  # fixtures hold 3 items, not the official counts
+    assert "official" in capsys.readouterr().out
+    assert main(["data", "import", str(tmp_path / "nowhere.jsonl"), "--name", "piqa"]) == 2
+    assert capsys.readouterr().err.startswith("error:")
+
+
+@pytest.mark.skipif(not (mirror.REPO_DATA / "MANIFEST.json").is_file(), reason="no committed mirror")
+def test_committed_mirror_matches_official_counts_and_manifest(monkeypatch):
+    monkeypatch.delenv("HARNESS_DATA", raising=False)
+    manifest = mirror.load_manifest()
+    assert {"piqa", "arc_easy", "arc_challenge", "boolq", "winogrande", "lambada_openai"} <= set(manifest["datasets"])
+    for name, entry in manifest["datasets"].items():
+        for split, meta in entry["splits"].items():
+            st = mirror.status(name, split, manifest)
+            assert st.path is not None and st.path.is_relative_to(mirror.REPO_DATA)
+            assert (st.count, st.sha256) == (mirror.CATALOGUE[name].splits[split], meta["sha256"]), (name, split)
+    assert mirror.verify() == []
+    from harness.cli import main
+    assert main(["data", "verify"]) == 0
+
+
+@pytest.mark.skipif(not SHARED.is_dir(), reason="../shared/data (raw provenance files) is absent")
+def test_committed_mirror_is_reproducible_from_the_raw_files(tmp_path):
+    """Re-importing ../shared/data gives byte-identical splits (same sha256) as the committed ones."""
+    entries = mirror.import_path(SHARED, tmp_path)
+    committed = mirror.load_manifest()["datasets"]
+    assert entries
+    for e in entries:
+        assert e["count"] == e["official"], e
+        assert e["sha256"] == committed[e["name"]]["splits"][e["split"]]["sha256"], e
+
+
+def test_llama2_tokenizer_matches_reference_encoder_and_round_trips():
+    tok = data.get_tokenizer("llama2")
+    assert (tok.vocab_size, tok.eos_id) == (32000, 2)
+    cases = json.loads((FIXTURES / "llama2_js_ids.json").read_text(encoding="utf-8"))
+    for case in cases:
+        assert tok.encode(case["text"]) == case["ids"], case["text"][:40]
+        assert tok.decode(tok.encode(case["text"])) == case["text"]
+    assert tok.encode_batch([c["text"] for c in cases]) == [c["ids"] for c in cases]
+
+
+def _write_corpus(folder: Path, docs: list[str]) -> None:
+    folder.mkdir(parents=True)
+    payload = "".join(json.dumps({"text": d}) + "\n" for d in docs).encode()
+    (folder / "part.jsonl.xz").write_bytes(lzma.compress(payload))
+
+
+def test_streams_keep_document_boundaries_split_and_cache(tmp_path, monkeypatch):
+    text = (FIXTURES / "wikitext-2" / "test.txt").read_text() + (FIXTURES / "wikitext-2" / "valid.txt").read_text()
+    docs = [s for s in re.split(r"(?<=\.) ", text) if s.strip()]
+    assert len(docs) >= 20
+    _write_corpus(tmp_path / "corpus", docs)
+    tok = data.ByteTokenizer()
+    train, held = data.prepare_streams(str(tmp_path / "corpus"), tok, heldout_fraction=0.1, seed=7)
+    assert train.tokens.dtype == np.uint16 and isinstance(train.tokens, np.memmap)
+    n_held = max(1, round(0.1 * len(docs)))
+    assert len(held.doc_starts) == n_held and len(train.doc_starts) == len(docs) - n_held
+    for stream in (train, held):
+        ends = np.append(stream.doc_starts[1:], len(stream.tokens)) - 1
+        assert (np.asarray(stream.tokens)[ends] == tok.eos_id).all()
+        assert (np.asarray(stream.tokens)[stream.doc_starts[1:] - 1] == tok.eos_id).all()
+    got = {tok.decode(held.tokens[a:b]) for a, b in zip(held.doc_starts, np.append(held.doc_starts[1:], len(held.tokens)))}
+    assert got <= set(docs)
+    window, starts = train.sequence(0, 64)
+    assert starts[0] == 0 and all(window[s - 1] == tok.eos_id for s in starts[1:])
+    # cached: a second call reads the files without loading documents; another seed holds out others
+    monkeypatch.setattr(data, "load_documents", lambda corpus: pytest.fail("tokenized twice"))
+    again, _ = data.prepare_streams(str(tmp_path / "corpus"), tok, heldout_fraction=0.1, seed=7)
+    assert np.array_equal(again.tokens, train.tokens)
+    monkeypatch.undo()
+    _, held2 = data.prepare_streams(str(tmp_path / "corpus"), tok, heldout_fraction=0.1, seed=8)
+    assert not np.array_equal(np.asarray(held2.tokens), np.asarray(held.tokens))
+
+
+def test_named_corpus_lookup_and_missing_hint(tmp_path, monkeypatch):
+    monkeypatch.setenv("HARNESS_DATA", str(tmp_path))
+    _write_corpus(tmp_path / "corpora" / "mini", ["one document.", "another document."])
+    assert data.load_documents("mini") == ["one document.", "another document."]
+    with pytest.raises(DataError, match="harness data fetch slimpajama"):
+        data.corpus_files("slimpajama")

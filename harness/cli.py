@@ -203,6 +203,11 @@ def cmd_data(args) -> None:
     run_command(args, console)
 
 
+def cmd_data(args) -> None:
+    from harness.mirror import run_command
+    run_command(args, console)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="harness", description="Benchmark SWAT against linear recurrent "
                                      "and softmax baselines: train, evaluate, time, tabulate.")
@@ -279,6 +284,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="write the table to this file instead of printing it")
     p.add_argument("--plots", metavar="DIR", help="also write the plots (PNG + CSV) into DIR")
     p.set_defaults(func=cmd_tables)
+
+    p = sub.add_parser("data", help="the local data mirror: evaluation sets, tokenizer, corpora (list|fetch|verify|import)")
+    dsub = p.add_subparsers(dest="data_command", required=True)
+    dsub.add_parser("list", help="what the tasks need, where it is looked for, present or missing, counts, sha256")
+    dsub.add_parser("verify", help="check counts against the official sizes and sha256 against data/MANIFEST.json")
+    d = dsub.add_parser("fetch", help="fill the mirror from the Hugging Face hub (needs network and `datasets`)")
+    d.add_argument("names", nargs="+", help="datasets (see `harness data list`) or hub corpora (slimpajama, fineweb)")
+    d.add_argument("--documents", type=int, help="for a corpus: how many documents to stream")
+    d.add_argument("--to", help="mirror folder to write (default: $HARNESS_DATA or ~/.cache/swat-harness/data)")
+    d = dsub.add_parser("import", help="add a dataset from local files (JSON/JSONL/parquet/txt, or a folder of "
+                        "known raw releases such as ../shared/data), converted to the hub schema")
+    d.add_argument("path")
+    d.add_argument("--name", help="dataset name, needed for a single file")
+    d.add_argument("--split", help="split, needed when the dataset has several")
+    d.add_argument("--to", help="mirror folder to write (default: $HARNESS_DATA or ~/.cache/swat-harness/data)")
+    p.set_defaults(func=cmd_data)
     return parser
 
 

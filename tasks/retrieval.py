@@ -68,15 +68,20 @@ class PasskeyPrompt:
 
 
 def passkey_prompt(tokenizer, length: int, depth: float, sample: int) -> PasskeyPrompt:
-    """A prompt of at most `length` tokens with the key after round(depth * n) of its n fillers."""
+    """A prompt of at most `length` tokens with the key after round(depth * n) of its n fillers.
+    The text is tokenized whole (pieces tokenized apart would get odd joins from BPE tokenizers
+    that prepend a space marker)."""
     key = str(cell_rng(0, length, depth, sample).integers(10000, 100000))
-    head, filler = tokenizer.encode(INSTRUCTION), tokenizer.encode(FILLER)
-    needle, question = tokenizer.encode(NEEDLE.format(key=key)), tokenizer.encode(QUESTION)
-    n = (length - len(head) - len(needle) - len(question)) // len(filler)
-    if n < 1:
-        raise ValueError(f"passkey length {length} is too short for the prompt's fixed parts")
-    at = round(depth * n)
-    return PasskeyPrompt(head + filler * at + needle + filler * (n - at) + question, key, depth)
+    needle = NEEDLE.format(key=key)
+    fixed = sum(len(tokenizer.encode(t)) for t in (INSTRUCTION, needle, QUESTION))
+    n = (length - fixed) // len(tokenizer.encode(FILLER))
+    while n >= 1:
+        at = round(depth * n)
+        ids = tokenizer.encode(INSTRUCTION + FILLER * at + needle + FILLER * (n - at) + QUESTION)
+        if len(ids) <= length:
+            return PasskeyPrompt(ids, key, depth)
+        n -= 1
+    raise ValueError(f"passkey length {length} is too short for the prompt's fixed parts")
 
 
 def answer_of(text: str) -> str:

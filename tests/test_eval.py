@@ -274,3 +274,29 @@ def test_a_perfect_copier_scores_100_percent(tiny):
     assert {r.extra["depth"] for r in passkey} == {0.0, 0.25, 0.5, 0.75, 1.0}
     assert {r.extra["num_kv"] for r in mqar} == {4, 8, 16, 32, 64}
     assert all(r.value == 1.0 for r in passkey + mqar)
+
+
+class FakeHF(torch.nn.Module):
+    """The transformers calling convention (logits, past_key_values) over a harness model."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids, use_cache=False, past_key_values=None):
+        if past_key_values is not None:
+            logits, state = self.model.step(input_ids[:, -1], past_key_values)
+            logits = logits[:, None]
+        elif use_cache:
+            logits, state = self.model.prefill(input_ids)
+        else:
+            logits, state = self.model(input_ids), None
+        return SimpleNamespace(logits=logits, past_key_values=state)
+
+
+def test_hf_wrapper_keeps_the_model_contract(tiny):
+    cfg, model = tiny
+    wrapped = ev.HFCausalLM(FakeHF(model))
+    ids = torch.tensor([ByteTokenizer().encode("Hugging Face checkpoints decode through their cache")])
+    assert torch.allclose(wrapped(ids), model(ids))
+    assert torch.equal(wrapped.generate(ids, max_new_tokens=6), model.generate(ids, max_new_tokens=6))

@@ -264,18 +264,6 @@ def load_hf(path: str, device: str):
     return HFCausalLM(model), tokenizer, length
 
 
-def load_for_eval(checkpoint: str, device: str):
-    """(model, tokenizer, max_length, dtype, name) of a `harness train` checkpoint folder or
-    `hf:<path>` (a Hugging Face causal LM, e.g. an fla recurrent model)."""
-    if checkpoint.startswith("hf:"):
-        model, tokenizer, max_length = load_hf(checkpoint[3:], device)
-        return model, tokenizer, max_length, "bf16", checkpoint
-    from harness.data import get_tokenizer
-    from harness.train import load_checkpoint
-    model, cfg, name, _ = load_checkpoint(Path(checkpoint), device)
-    return model, get_tokenizer(cfg.train.tokenizer), cfg.model.max_seq_len, cfg.train.dtype, name
-
-
 class HarnessLM(_template_lm()):
     """An lm-eval LM over a harness model: pass `checkpoint=` (a checkpoint folder or hf:<path>), or
     `model=` and `tokenizer=` objects directly (what `harness eval` and the task runners do)."""
@@ -292,7 +280,8 @@ class HarnessLM(_template_lm()):
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         train_length, train_dtype = None, "fp32"
         if checkpoint is not None:
-            model, tokenizer, train_length, train_dtype, _ = load_for_eval(str(checkpoint), device)
+            model, tokenizer, cfg, _ = ModelSource(str(checkpoint), str(checkpoint)).load(device)
+            train_length, train_dtype = cfg.model.max_seq_len, cfg.train.dtype
         elif model is None or tokenizer is None:
             raise ConfigError("swat-harness needs checkpoint=PATH (or model and tokenizer objects)")
         else:
@@ -300,8 +289,9 @@ class HarnessLM(_template_lm()):
         self.model = model.eval()
         self.tok = tokenizer
         self._device = torch.device(device)
-        bs = batch_size if batch_size not in (None, "auto") and not str(batch_size).startswith("auto") else 64
-        self.batch_size = _as_int(bs, "batch_size")
+        if batch_size is None or str(batch_size).startswith("auto"):  # lm-eval's "auto": our token budget
+            batch_size = max_batch_size or 64                          # decides, up to max_batch_size
+        self.batch_size = _as_int(batch_size, "batch_size")
         self.max_batch_tokens = _as_int(max_batch_tokens, "max_batch_tokens")
         self.max_length = _as_int(max_length, "max_length") or train_length
         if not self.max_length:
@@ -675,6 +665,8 @@ def evaluate(sources: list[ModelSource], task_names: list[str], run: str, result
             write_rows(rows_file, existing)
             log(f"{source.name}: {task.name} done in {seconds:.1f}s ({len(rows)} rows)")
         del model
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
     if existing:
         atomic_write_text(out / "table.md", rows_table(existing))
     return existing

@@ -61,6 +61,9 @@ LM_EVAL_TASKS: dict[str, tuple[str, str]] = {
     "wikitext_2_v1": ("wikitext/wikitext.yaml", "wikitext_2_v1"),
 }
 
+# Hub configs of tasks that are not lm-eval's own (read when online and not mirrored).
+HUB_CONFIGS = {"wikitext_2_v1": "wikitext-2-v1"}
+
 # The metric the paper reports per task (PAPER.md); every metric lm-eval computes is still stored.
 PAPER_METRICS: dict[str, tuple[str, ...]] = {
     "lambada_openai": ("acc", "perplexity"), "piqa": ("acc",), "hellaswag": ("acc_norm",),
@@ -108,6 +111,8 @@ def overlay_config(task: str, files: dict[str, Path] | None) -> dict:
                            ("test_split", "test")):
             cfg[key] = split if split in files else None
         cfg["fewshot_split"] = None
+    elif task in HUB_CONFIGS:
+        cfg["dataset_name"] = HUB_CONFIGS[task]
     return cfg
 
 

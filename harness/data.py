@@ -140,7 +140,7 @@ def split_wikitext(text: str) -> list[str]:
     return [p.strip("\n") for p in parts if p.strip()]
 
 
-def _read_bytes(path: Path) -> bytes:
+def read_decompressed(path: Path) -> bytes:
     data = path.read_bytes()
     if path.suffix == ".gz":
         return gzip.decompress(data)
@@ -149,13 +149,13 @@ def _read_bytes(path: Path) -> bytes:
     return data
 
 
-def _read_text_file(path: Path) -> list[str]:
+def read_documents(path: Path) -> list[str]:
     """Documents of one file: JSONL/parquet records' `text` field, or a text file split into
     WikiText articles (else at runs of two or more blank lines)."""
     name = path.name.removesuffix(".gz").removesuffix(".xz")
     if name.endswith(".jsonl"):
         docs = []
-        for n, line in enumerate(_read_bytes(path).decode("utf-8").splitlines(), 1):
+        for n, line in enumerate(read_decompressed(path).decode("utf-8").splitlines(), 1):
             if not line.strip():
                 continue
             try:
@@ -169,12 +169,13 @@ def _read_text_file(path: Path) -> list[str]:
         if "text" not in frame.columns:
             raise DataError(f"{path}: parquet file has no 'text' column")
         return frame["text"].astype(str).tolist()
-    text = _read_bytes(path).decode("utf-8", errors="replace")
+    text = read_decompressed(path).decode("utf-8", errors="replace")
     docs = split_wikitext(text)
     return docs if len(docs) > 1 else [d for d in re.split(r"\n\s*\n\s*\n", text) if d.strip()]
 
 
-def _files_in(path: Path) -> list[Path]:
+def files_in(path: Path) -> list[Path]:
+    """Corpus files under a folder, sorted by path (a stable document order)."""
     return sorted(p for p in path.rglob("*") if p.is_file() and p.name.endswith(CORPUS_SUFFIXES))
 
 
@@ -189,12 +190,12 @@ def corpus_files(corpus: str) -> list[Path]:
     for root in data_roots():
         named = root / "wikitext-2" / "valid.txt" if corpus == "wikitext-2" else root / "corpora" / corpus
         looked.append(named)
-        files = _files_in(named) if named.is_dir() else [named] if named.is_file() else []
+        files = files_in(named) if named.is_dir() else [named] if named.is_file() else []
         if files:
             return files
     path = Path(corpus)
-    if path.is_dir() and _files_in(path):
-        return _files_in(path)
+    if path.is_dir() and files_in(path):
+        return files_in(path)
     if path.is_file():
         return [path]
     hint = f"run `harness data fetch {corpus}` where the hub is reachable, or " if corpus in HUB_CORPORA else ""
@@ -203,7 +204,7 @@ def corpus_files(corpus: str) -> list[Path]:
 
 
 def load_documents(corpus: str) -> list[str]:
-    return [doc for path in corpus_files(corpus) for doc in _read_text_file(path)]
+    return [doc for path in corpus_files(corpus) for doc in read_documents(path)]
 
 
 def fetch_corpus(name: str, documents: int, dest: Path | None = None, shard_docs: int = 100_000,
@@ -220,12 +221,13 @@ def fetch_corpus(name: str, documents: int, dest: Path | None = None, shard_docs
         raise DataError("fetching a corpus from the hub needs the `datasets` package: pip install datasets") from None
     folder = (dest or user_data_dir()) / "corpora" / name
     folder.mkdir(parents=True, exist_ok=True)
-    done = sum(1 for _ in folder.glob("part-*.jsonl.gz")) * shard_docs
+    shards = sorted(folder.glob("part-*.jsonl.gz"))
+    done = sum(gzip.decompress(p.read_bytes()).count(b"\n") for p in shards)
     if done >= documents:
         return folder
     try:
         stream = load_dataset(hub, config, split="train", streaming=True).skip(done)
-        batch, index = [], done // shard_docs
+        batch, index = [], len(shards)
         for row in stream:
             batch.append(json.dumps({"text": row[field]}, ensure_ascii=False))
             if len(batch) == shard_docs or done + len(batch) >= documents:

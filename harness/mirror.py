@@ -24,7 +24,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator
 
-from harness.data import DataError, cache_dir, data_roots, user_data_dir
+from harness.data import (HUB_CORPORA, DataError, cache_dir, corpus_files, data_roots, fetch_corpus,
+                          files_in, get_tokenizer, prepare_streams, read_decompressed, read_documents,
+                          split_wikitext, user_data_dir)
 
 REPO_DATA = Path(__file__).resolve().parent.parent / "data"
 MANIFEST_PATH = REPO_DATA / "MANIFEST.json"
@@ -339,7 +341,6 @@ def from_foundry_lambada(ds: Dataset, records: list[dict]) -> list[dict]:
 
 def from_wikitext_tokens(ds: Dataset, text: str) -> list[dict]:
     """WikiText token files (one article after another): one page per top-level ' = Title = '."""
-    from harness.data import split_wikitext
     return [{"page": page} for page in split_wikitext(text)]
 
 
@@ -483,12 +484,13 @@ def fetch(name: str, dest: Path) -> list[dict]:
         try:
             rows = load_dataset(ds.hub, ds.hub_config, split=split)
         except Exception as err:  # offline, hub moved, auth: the message says what happened
-            raise DataError(f"could not fetch {ds.hub} ({ds.hub_config}) split {split} from the hub: "
+            hub = ds.hub + (f" ({ds.hub_config})" if ds.hub_config else "")
+            raise DataError(f"could not fetch {hub} split {split} from the hub: "
                             f"{str(err).splitlines()[0] if str(err) else type(err).__name__}; "
                             f"`harness data import` takes local files instead") from None
         records = from_hub_records(ds, [dict(r) for r in rows])
         entries.append({"name": name, "split": split,
-                        **write_split(dest, ds, split, records, f"hub {ds.hub} ({ds.hub_config})", "",
+                        **write_split(dest, ds, split, records, f"hub {ds.hub} {ds.hub_config or ''}".strip(), "",
                                       f"{ds.hub}:{split}")})
     return entries
 
@@ -551,12 +553,11 @@ def import_tokenizer(path: Path, dest: Path) -> dict:
 def record_corpus(name: str, dest: Path = REPO_DATA, tokenizer: str | None = "llama2") -> dict:
     """Record `<dest>/corpora/<name>/` in `<dest>/MANIFEST.json`: per-file sha256, bytes and
     documents, and the corpus size in tokens of `tokenizer` (which tokenizes it once, cached)."""
-    from harness.data import _files_in, _read_bytes, _read_text_file, get_tokenizer, prepare_streams
     folder = dest / "corpora" / name
     files = {}
-    for path in _files_in(folder):
+    for path in files_in(folder):
         files[path.name] = {"sha256": sha256(path.read_bytes()), "bytes": path.stat().st_size,
-                            "text_bytes": len(_read_bytes(path)), "documents": len(_read_text_file(path))}
+                            "text_bytes": len(read_decompressed(path)), "documents": len(read_documents(path))}
     if not files:
         raise DataError(f"{folder}: no corpus files (.txt/.jsonl/.parquet, optionally .gz/.xz)")
     entry = {"folder": str(folder.relative_to(dest)), "files": files,
@@ -587,7 +588,6 @@ def cmd_list(console) -> None:
     then the tokenizers and the corpora."""
     from rich.table import Table
 
-    from harness.data import HUB_CORPORA, corpus_files, data_roots, get_tokenizer
     manifest = load_manifest()
     console.print("lookup order: " + " > ".join(_where(r) for r in data_roots()), highlight=False)
     table = Table(title="evaluation sets")
@@ -636,7 +636,6 @@ def cmd_list(console) -> None:
 def verify() -> list[str]:
     """Problems found: splits whose count differs from the official size or whose sha256 differs
     from data/MANIFEST.json, and tokenizer or corpus files that differ from it."""
-    from harness.data import data_roots
     manifest = load_manifest()
     problems = [f"{st.name}/{st.split}: {st.problem}" for st in statuses() if st.path and st.problem]
     for name, entry in manifest.get("tokenizers", {}).items():
@@ -654,7 +653,6 @@ def verify() -> list[str]:
 
 def run_command(args, console) -> None:
     """`harness data list|fetch|verify|import` (argparse namespace from harness.cli)."""
-    from harness.data import HUB_CORPORA, fetch_corpus, user_data_dir
     if args.data_command == "list":
         cmd_list(console)
     elif args.data_command == "verify":

@@ -231,3 +231,43 @@ def test_named_corpus_lookup_and_missing_hint(tmp_path, monkeypatch):
     assert data.load_documents("mini") == ["one document.", "another document."]
     with pytest.raises(DataError, match="harness data fetch slimpajama"):
         data.corpus_files("slimpajama")
+
+
+def test_fetch_writes_hub_rows_in_the_same_layout(tmp_path, monkeypatch):
+    """The hub path, with `datasets.load_dataset` answering from the HellaSwag-format fixture."""
+    datasets = pytest.importorskip("datasets")
+    rows = records(FIXTURES / "hellaswag_format_fixture.jsonl")
+    asked = []
+
+    def fake_load(path, name=None, split=None, streaming=False):
+        asked.append((path, name, split))
+        return [{**r, "label": str(r["label"])} for r in rows]
+    monkeypatch.setattr(datasets, "load_dataset", fake_load)
+    (entry,) = mirror.fetch("hellaswag", tmp_path)
+    assert asked == [("Rowan/hellaswag", None, "validation")]
+    assert entry["file"] == "hellaswag/validation.jsonl.gz" and entry["count"] == 2
+    monkeypatch.setenv("HARNESS_DATA", str(tmp_path))
+    assert records(mirror.require("hellaswag")["validation"])[0]["endings"] == rows[0]["endings"]
+
+    def offline(*args, **kwargs):
+        raise ConnectionError("hub unreachable")
+    monkeypatch.setattr(datasets, "load_dataset", offline)
+    with pytest.raises(DataError, match=r"could not fetch baber/piqa split validation .*hub unreachable.*harness data import"):
+        mirror.fetch("piqa", tmp_path)
+
+
+def test_fetch_corpus_streams_resumable_shards(tmp_path, monkeypatch):
+    datasets = pytest.importorskip("datasets")
+
+    class Stream(list):
+        def skip(self, n):
+            return Stream(self[n:])
+    texts = [f"document number {i}." for i in range(7)]
+    monkeypatch.setattr(datasets, "load_dataset", lambda *a, **k: Stream({"text": t} for t in texts))
+    folder = data.fetch_corpus("slimpajama", 5, tmp_path, shard_docs=2)
+    assert sorted(p.name for p in folder.iterdir()) == ["part-00000.jsonl.gz", "part-00001.jsonl.gz",
+                                                         "part-00002.jsonl.gz"]
+    monkeypatch.setenv("HARNESS_DATA", str(tmp_path))
+    assert data.load_documents("slimpajama") == texts[:5]
+    data.fetch_corpus("slimpajama", 7, tmp_path, shard_docs=2)  # resumes after the 2 full shards
+    assert data.load_documents("slimpajama")[-3:] == texts[4:]

@@ -6,7 +6,8 @@ order, so a rebuild from the same inputs gives byte-identical files. Run from th
     python data/corpora/english-mix/build.py --gitenberg DIR... --peps DIR --rfcs DIR \
         --debian DIR    # where `dpkg -x` unpacked linux-doc-6.1, jargon-text, gnu-standards, dict-gcide
 
-A source whose argument is left out is not rewritten.
+A source whose argument is left out is not rewritten. At the end the corpus is recorded in
+data/MANIFEST.json (per-file sha256, documents, Llama-2 token counts; tokenizes it once).
 
 Repository arguments are git directories (bare or not) of snapshots; the commit read is HEAD.
 """
@@ -147,6 +148,9 @@ def main() -> None:
     if args.debian:
         for name, docs in debian_docs(args.debian).items():
             write(name, docs)
+    from harness.mirror import record_corpus
+    entry = record_corpus(OUT.name, OUT.parent.parent)
+    print(f"{OUT.name}: {entry['documents']} documents, tokens {entry['tokens']}")
 
 
 if __name__ == "__main__":

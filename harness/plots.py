@@ -76,11 +76,11 @@ def ppl_vs_length(rows: list[Row], out_dir: Path, run_configs: dict | None = Non
         xs = sorted(pts)
         ax.plot(xs, [pts[x].value for x in xs], marker="o", label=label)
         lines += [[label, int(x), pts[x].value, pts[x].stderr, pts[x].run] for x in xs]
-    train_lens = sorted({int(r.extra["train_len"]) for r in pick if r.extra.get("train_len")})
+    train_lens = sorted({int(r.extra["train_length"]) for r in pick if r.extra.get("train_length")})
     for t in train_lens:
         ax.axvline(t, color="grey", linestyle=":", linewidth=1)
     ax.set_xscale("log", base=2)
-    ax.set_xlabel("evaluation length (tokens)")
+    ax.set_xlabel("evaluation length (tokens); dotted: training length")
     ax.set_ylabel("perplexity")
     ax.set_title("Perplexity vs evaluation length")
     ax.grid(True, which="both", alpha=0.3)

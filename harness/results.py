@@ -52,9 +52,12 @@ class Row:
 
     @classmethod
     def from_dict(cls, data: dict) -> "Row":
-        known = {f.name for f in dataclasses.fields(cls)} - {"extra"}
+        known = _ROW_ATTRS
         return cls(**{k: v for k, v in data.items() if k in known},
                    extra={k: v for k, v in data.items() if k not in known})
+
+
+_ROW_ATTRS = frozenset(f.name for f in dataclasses.fields(Row)) - {"extra"}
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -111,13 +114,15 @@ class ResultsError(ValueError):
 # only in these are the same measurement (a duplicate, or a conflict when the values differ).
 _NOT_IDENTITY = {"value", "stderr", "n", "commit", "device", "date", "command", "params"}
 _DESCRIPTIVE_EXTRAS = {"task_version", "version", "source", "table", "label", "published", "note"}
+_IDENTITY_FIELDS = tuple(k for k in ROW_FIELDS if k not in _NOT_IDENTITY)
 
 
 def row_key(row: Row) -> tuple:
     """What a row measures: run, model, preset, task, metric, seed, checkpoint, tokens and extra keys."""
-    core = tuple((k, getattr(row, k)) for k in ROW_FIELDS if k not in _NOT_IDENTITY)
-    extra = tuple(sorted((k, json.dumps(v, sort_keys=True, default=str)) for k, v in row.extra.items()
-                         if k not in _DESCRIPTIVE_EXTRAS))
+    core = tuple(getattr(row, k) for k in _IDENTITY_FIELDS)
+    extra = tuple(sorted((k, v if isinstance(v, (str, int, float, bool, type(None)))
+                          else json.dumps(v, sort_keys=True, default=str))
+                         for k, v in row.extra.items() if k not in _DESCRIPTIVE_EXTRAS))
     return core + extra
 
 

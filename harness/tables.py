@@ -72,6 +72,7 @@ class Cell:
     mark: str = ""
     signed: bool = False  # a delta: always show the sign
     digits: int = 2
+    suffix: str = ""  # a footnote mark that does not keep the cell from being bold (e.g. § for --limit)
 
 
 @dataclass
@@ -114,7 +115,7 @@ def to_markdown(table: Table) -> str:
                 text = number_text(c).replace("|", "\\|")
                 if c.bold and text:
                     text = f"**{text}**"
-                cells.append(text + c.mark)
+                cells.append(text + c.mark + c.suffix)
             lines.append("| " + " | ".join(cells) + " |")
     lines.append("")
     lines += [f"{note}  " for note in table.notes]
@@ -124,7 +125,7 @@ def to_markdown(table: Table) -> str:
 _LATEX_ESCAPES = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
                   "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}",
                   "±": r"$\pm$", "Δ": r"$\Delta$", "†": r"$^\dagger$", "‡": r"$^\ddagger$",
-                  "↓": r"$\downarrow$", "↑": r"$\uparrow$", "·": r"$\cdot$"}
+                  "↓": r"$\downarrow$", "↑": r"$\uparrow$", "·": r"$\cdot$", "§": r"\textsuperscript{\S}"}
 
 
 def latex_escape(text: str) -> str:
@@ -149,7 +150,7 @@ def to_latex(table: Table) -> str:
                 text = latex_escape(number_text(c, pm=" ± "))
                 if c.bold and text:
                     text = f"\\textbf{{{text}}}"
-                cells.append(text + latex_escape(c.mark))
+                cells.append(text + latex_escape(c.mark + c.suffix))
             out.append(" & ".join(cells) + r" \\")
     out.append(r"\bottomrule")
     for note in table.notes:
@@ -256,6 +257,11 @@ def mark_best(rows: list[list[Cell]], col: int, lower: bool) -> None:
             r[col].bold = True
 
 
+def limit_note(limits: set) -> str:
+    return (f"§ evaluated on the first {', '.join(str(n) for n in sorted(limits, key=str))} examples only "
+            "(--limit): a quick check, not comparable with full evaluations.")
+
+
 def latest(rows: list[Row]) -> Row:
     """The row of the last checkpoint (largest tokens_trained), then the latest date."""
     return max(rows, key=lambda r: (r.tokens_trained or 0, r.date or ""))
@@ -297,13 +303,15 @@ def _entries(rows: list[Row], run_configs: dict, reference: bool, columns) -> li
         if col is None:
             continue
         variant = variant_of(r, run_configs)
-        who = (r.preset, r.model, variant, r.run, r.extra.get("label") if reference else None)
+        who = (r.preset, r.model, variant, r.run, r.extra.get("label") if reference else None, r.seed)
         buckets.setdefault(who, {}).setdefault(col, []).append(r)
     runs_per_model: dict[tuple, set] = {}
-    for preset, model, variant, run, _ in buckets:
+    seeds_per_run: dict[tuple, set] = {}
+    for preset, model, variant, run, _, seed in buckets:
         runs_per_model.setdefault((preset, model, variant), set()).add(run)
+        seeds_per_run.setdefault((preset, model, variant, run), set()).add(seed)
     entries = []
-    for (preset, model, variant, run, label), cols in buckets.items():
+    for (preset, model, variant, run, label, seed), cols in buckets.items():
         if reference:
             name = label or model
             source = next(iter(cols.values()))[0].extra.get("source", "")
@@ -311,6 +319,8 @@ def _entries(rows: list[Row], run_configs: dict, reference: bool, columns) -> li
             name = model + (f" ({variant})" if variant else "")
             if len(runs_per_model[(preset, model, variant)]) > 1:
                 name += f" [{run}]"
+            if len(seeds_per_run[(preset, model, variant, run)]) > 1:
+                name += f" seed={seed}"
             source = ""
         cells = {c: latest(rs) for c, rs in cols.items()}
         entries.append(Entry(name, preset, model, variant, cells, reference, source,
@@ -334,6 +344,7 @@ def main_table(rows: list[Row], references: list[Row] = (), run_configs: dict | 
     table = Table("Language modeling and zero-shot commonsense reasoning", header, latex_header)
     sources = Sources()
     missing = incomplete = stderr_seen = False
+    limits: set = set()
     ncols = len(MAIN_COLUMNS)
     every = ours + refs
     for preset in preset_order([r for e in every for r in e.cells.values()]):
@@ -355,7 +366,9 @@ def main_table(rows: list[Row], references: list[Row] = (), run_configs: dict | 
                 else:
                     stderr = display(r.stderr, col.metric) if r.stderr is not None else None
                     stderr_seen |= stderr is not None
-                    line.append(Cell(display(r.value, col.metric), stderr))
+                    limits.update([r.extra["limit"]] if r.extra.get("limit") else [])
+                    line.append(Cell(display(r.value, col.metric), stderr,
+                                     suffix="§" if r.extra.get("limit") else ""))
             avg, k = _average(entry.cells)
             mark = "†" if avg is not None and k < len(ACC_COLUMNS) else ""
             incomplete |= bool(mark)
@@ -379,6 +392,8 @@ def main_table(rows: list[Row], references: list[Row] = (), run_configs: dict | 
         table.notes.append("± is the standard error lm-eval reports.")
     if missing:
         table.notes.append("Blank cell: no result stored for it (not run, or not published).")
+    if limits:
+        table.notes.append(limit_note(limits))
     if incomplete:
         table.notes.append(f"† average over the accuracy columns present only (fewer than {len(ACC_COLUMNS)}); "
                            "not comparable with complete averages and never bold.")
@@ -425,6 +440,7 @@ def ablation_table(rows: list[Row], references: list[Row] = (), run_configs: dic
     sources = Sources()
     entries = _entries(pick, run_configs, False, columns) + _entries(refs, {}, True, columns)
     missing = False
+    limits: set = set()
     for preset in preset_order([r for e in entries for r in e.cells.values()]):
         lines, scored = [], {}
         for e in sorted((e for e in entries if e.preset == preset), key=lambda e: (e.reference, e.label)):
@@ -435,10 +451,13 @@ def ablation_table(rows: list[Row], references: list[Row] = (), run_configs: dic
             for col in columns:
                 r = e.cells.get(col)
                 missing |= r is None
+                if r is not None and r.extra.get("limit"):
+                    limits.add(r.extra["limit"])
                 line.append(Cell() if r is None else text_cell("OOM") if is_oom(r) else
                             Cell(display(r.value, col.metric),
                                  display(r.stderr, col.metric) if r.stderr is not None else None,
-                                 digits=2 if col.is_accuracy or col.lower_is_better else 4))
+                                 digits=2 if col.is_accuracy or col.lower_is_better else 4,
+                                 suffix="§" if r.extra.get("limit") else ""))
             lines.append(line)
             scored.setdefault(e.source, []).append(line)
         offset = 2 + len(keys)
@@ -451,6 +470,8 @@ def ablation_table(rows: list[Row], references: list[Row] = (), run_configs: dic
                        "accuracies in percent; bold: best in its preset among rows of the same source.")
     if missing:
         table.notes.append("Blank cell: no result stored for it.")
+    if limits:
+        table.notes.append(limit_note(limits))
     table.notes += sources.notes()
     return table
 
@@ -489,13 +510,12 @@ def _length_key(r: Row):
     return r.extra.get("context", r.extra.get("seq_len"))
 
 
-def _sweep_table(title: str, sections: list[tuple[str, str, list[Row]]], axis: str, run_configs: dict,
-                 note: str, reference_sources: Sources | None = None) -> Table:
+def _sweep_table(title: str, sections: list[tuple[str, str, list[Row]]], run_configs: dict, note: str) -> Table:
     """Rows = models (per run and batch), columns = the sweep's lengths; one group per section."""
     lengths = sorted({int(_length_key(r)) for _, _, rs in sections for r in rs if _length_key(r) is not None})
     header = ["Model"] + [human(n) if n >= 1024 and n % 1024 else _kilo(n) for n in lengths]
     table = Table(title, header, ["Model"] + [latex_escape(h) for h in header[1:]])
-    sources = reference_sources or Sources()
+    sources = Sources()
     missing = oom = False
     for label, metric, rs in sections:
         by_who: dict[tuple, dict] = {}
@@ -503,19 +523,24 @@ def _sweep_table(title: str, sections: list[tuple[str, str, list[Row]]], axis: s
             if _length_key(r) is None:
                 continue
             ref = r.extra.get("source") if r.run.startswith("paper:") else None
-            who = (r.model, variant_of(r, run_configs), r.run, r.preset, r.extra.get("batch"), ref,
+            who = (r.model, variant_of(r, run_configs), r.run, r.preset, r.extra.get("batch"), ref, r.seed,
                    r.extra.get("label"))
             by_who.setdefault(who, {}).setdefault(int(_length_key(r)), []).append(r)
         runs = {}
-        for model, variant, run, *_ in by_who:
+        seeds = {}
+        for model, variant, run, _, _, _, seed, _ in by_who:
             runs.setdefault((model, variant), set()).add(run)
+            seeds.setdefault((model, variant, run), set()).add(seed)
         lines = []
-        for (model, variant, run, preset, batch, ref, ref_label), cols in sorted(by_who.items(), key=lambda kv: str(kv[0])):
+        for (model, variant, run, preset, batch, ref, seed, ref_label), cols in sorted(by_who.items(),
+                                                                                       key=lambda kv: str(kv[0])):
             name = (ref_label or model) + (f" ({variant})" if variant else "")
             if ref:
                 name += sources.mark(ref)
             elif len(runs[(model, variant)]) > 1:
                 name += f" [{run}]"
+            if len(seeds[(model, variant, run)]) > 1:
+                name += f" seed={seed}"
             if batch is not None:
                 name += f" b={batch}"
             line = [text_cell(name)]
@@ -561,10 +586,12 @@ def length_table(rows: list[Row], references: list[Row] = (), run_configs: dict 
     run_configs = run_configs or {}
     pick = [r for r in list(rows) + [r for r in references if r.extra.get("table") == "length"]
             if r.task == "length" and r.extra.get("position_bucket") in (None, "all")]
+    if any(r.metric == "ppl" for r in pick):  # the paper's curve; loss rows are the same numbers' log
+        pick = [r for r in pick if r.metric == "ppl"]
     sections = [(f"{preset} · {metric}", metric, [r for r in pick if r.preset == preset and r.metric == metric])
                 for preset in preset_order(pick) for metric in sorted({r.metric for r in pick})]
     sections = [s for s in sections if s[2]]
-    return _sweep_table("Perplexity vs evaluation length", sections, "context", run_configs,
+    return _sweep_table("Perplexity vs evaluation length", sections, run_configs,
                         "Columns: evaluation context length in tokens; bold: lowest in its group.")
 
 
@@ -582,7 +609,7 @@ def speed_table(rows: list[Row], references: list[Row] = (), run_configs: dict |
                 if rs:
                     sections.append((f"{task} · {metric} · {preset}" + (f" · {', '.join(devices)}" if devices else ""),
                                      metric, rs))
-    return _sweep_table("Speed and memory vs sequence length", sections, "seq_len", run_configs,
+    return _sweep_table("Speed and memory vs sequence length", sections, run_configs,
                         "Columns: sequence length (training, prefill) or context (decode) in tokens; "
                         "bold: best in its group (highest throughput, lowest latency or memory). "
                         "Numbers from different devices are not comparable.")
@@ -591,8 +618,25 @@ def speed_table(rows: list[Row], references: list[Row] = (), run_configs: dict |
 BUILDERS = {"main": main_table, "ablation": ablation_table, "length": length_table, "speed": speed_table}
 
 
+NEEDS = {"main": "tasks wikitext, lambada_openai, piqa, hellaswag, winogrande, arc_easy, arc_challenge, "
+                 "social_iqa, boolq (`harness run --tasks commonsense,perplexity`)",
+         "ablation": "swat runs with a changed config (`harness run --models swat --set model.slopes=negative "
+                     "--run NAME`) or rows with a `variant` key",
+         "length": "task length (`harness run --tasks length`)",
+         "speed": "tasks speed_train, speed_prefill, speed_decode (`harness run --tasks speed` or "
+                  "`harness bench models`)"}
+
+
 def build(kind: str, rows: list[Row], references: list[Row] = (), run_configs: dict | None = None) -> Table:
-    return BUILDERS[kind](rows, references, run_configs)
+    """The table `kind`; a table with no line at all is an error that says which rows it needs."""
+    from harness.results import ResultsError
+    table = BUILDERS[kind](rows, references, run_configs)
+    if not table.groups:
+        held = sorted({f"{r.task}/{r.metric}" for r in rows})
+        raise ResultsError(f"nothing for the {kind} table in these rows (they hold: "
+                           f"{', '.join(held[:12]) or 'no rows'}{', ...' if len(held) > 12 else ''}); "
+                           f"it needs {NEEDS[kind]}")
+    return table
 
 
 # ---------------------------------------------------------------- inputs

@@ -309,3 +309,18 @@ def test_cli_end_to_end(tmp_path, capsys):
     assert "OOM" in capsys.readouterr().out
     assert main(["tables", "--run", str(tmp_path / "missing")]) == 2
     assert "error:" in capsys.readouterr().err
+
+
+def test_limited_evaluations_are_marked_and_empty_tables_say_what_they_need(tmp_path):
+    lines = (FIX / "fixture-340m" / "rows.jsonl").read_text().splitlines()
+    limited = [line.replace('"n": 1838}', '"n": 20, "limit": 20}') for line in lines
+               if '"task": "piqa"' in line and '"model": "swat"' in line]
+    assert len(limited) == 2
+    (tmp_path / "quick").mkdir()
+    (tmp_path / "quick" / "rows.jsonl").write_text("\n".join(limited) + "\n")
+    rows, refs, configs = collect([str(tmp_path / "quick")], [], tmp_path, warn=pytest.fail)
+    text = render(build("main", rows, refs, configs), "md")
+    assert md_rows(text)["swat"][col("PIQA acc")] == "65.00 ± 1.10§"
+    assert "§ evaluated on the first 20 examples only" in text
+    with pytest.raises(ResultsError, match=r"nothing for the length table .*piqa/acc.*harness run --tasks length"):
+        build("length", rows, refs, configs)

@@ -192,16 +192,34 @@ def test_gpu_decode_realistic():
 def test_gpu_torch_compile_has_no_graph_break():
     from harness.ops.swat import swat_attention
 
-    def f(q, k, v, slopes):
-        return (swat_attention(q, k, v, slopes, 256) * 2).sum()
-
-    q, k, v, _ = inputs(2, 1024, 4, 2, 64, torch.bfloat16, 5)
-    q.requires_grad_()
+    q, k, v, do = inputs(2, 1024, 4, 2, 64, torch.bfloat16, 5)
     slopes = alibi_slopes(4).cuda()
-    compiled = torch.compile(f, fullgraph=True)
-    loss = compiled(q, k, v, slopes)
-    loss.backward()
-    eager_q = q.detach().clone().requires_grad_()
-    f(eager_q, k, v, slopes).backward()
-    assert rel_err(loss, f(q.detach(), k, v, slopes)) < 1e-3
-    assert rel_err(q.grad, eager_q.grad) < 1e-3
+
+    def f(q, k, v):
+        return (swat_attention(q, k, v, slopes, 256).float() * do.float()).sum()
+
+    compiled = torch.compile(f, fullgraph=True)  # fullgraph: a graph break would raise here
+    grads = []
+    for fn in (compiled, f):
+        qq = q.detach().clone().requires_grad_()
+        loss = fn(qq, k, v)
+        loss.backward()
+        grads.append((loss.detach(), qq.grad))
+    assert rel_err(grads[0][0], grads[1][0]) < 1e-2
+    assert rel_err(grads[0][1], grads[1][1]) < 1e-2
+
+
+def test_bench_kernels_writes_results_and_resumes(tmp_path):
+    """`harness bench kernels` on the CPU (interpreter): files written, a second run skips what is measured."""
+    from harness.bench.kernels import BenchSpec, read_csv, run_kernel_bench
+    spec = BenchSpec(head_dims=[64], lengths=[32], windows=[16, "T"], tokens=32, hidden=64,
+                     peers=("swat", "sdpa", "flex"), modes=("fwd",), decode_contexts=())
+    out = run_kernel_bench(spec, tmp_path, log=lambda m: None)
+    rows = read_csv(out / "kernels.csv")
+    by = {(r["peer"], r["window"]): r for r in rows}
+    assert by[("swat", 16)]["ms"] > 0 and by[("swat", 32)]["ms"] > 0 and by[("sdpa", 32)]["ms"] > 0
+    assert by[("sdpa", 16)]["status"] == "full causal only (W >= T)"
+    assert "| 64 | 32 | T |" in (out / "kernels.md").read_text()
+    assert (out / "kernels.png").is_file() and (out / "run.json").is_file()
+    run_kernel_bench(spec, tmp_path, log=lambda m: None)
+    assert read_csv(out / "kernels.csv") == rows

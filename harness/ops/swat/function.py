@@ -37,22 +37,24 @@ def _cfg(bm, bn, warps, stages, one_loop=False):
 
 
 CONFIGS = {
-    ("fwd", 64, "small"): _cfg(64, 64, 4, 3),
+    ("fwd", 64, "small"): _cfg(64, 64, 4, 3, True),
     ("fwd", 64, "large"): _cfg(128, 64, 4, 3),
-    ("fwd", 128, "small"): _cfg(64, 64, 4, 3),
+    ("fwd", 128, "small"): _cfg(64, 32, 4, 3, True),
     ("fwd", 128, "large"): _cfg(128, 64, 8, 3),
-    ("dkdv", 64, "small"): _cfg(32, 64, 4, 4),
+    ("dkdv", 64, "small"): _cfg(32, 64, 4, 4, True),
     ("dkdv", 64, "large"): _cfg(32, 128, 4, 3),
-    ("dkdv", 128, "small"): _cfg(32, 64, 4, 3),
-    ("dkdv", 128, "large"): _cfg(32, 64, 4, 3),
-    ("dq", 64, "small"): _cfg(64, 64, 4, 3),
+    ("dkdv", 128, "small"): _cfg(32, 64, 4, 4, True),
+    ("dkdv", 128, "large"): _cfg(32, 128, 8, 3),
+    ("dq", 64, "small"): _cfg(64, 32, 4, 3, True),
     ("dq", 64, "large"): _cfg(128, 32, 4, 3),
-    ("dq", 128, "small"): _cfg(64, 32, 4, 3),
-    ("dq", 128, "large"): _cfg(64, 32, 4, 3),
+    ("dq", 128, "small"): _cfg(64, 32, 4, 3, True),
+    ("dq", 128, "large"): _cfg(128, 64, 8, 3),
 }
 _INTERPRET_CONFIG = dict(BLOCK_M=16, BLOCK_N=16, num_warps=1, num_stages=1, ONE_LOOP=False)
-# How the sigmoid's reciprocal is computed for 16-bit inputs on the GPU (triton_common.sigmoid_neg_log2)
-SIGMOID_MODE = {"fast": 2}
+# How each pass computes the sigmoid's reciprocal for 16-bit inputs on the GPU (see
+# triton_common.sigmoid_neg_log2): the forward is MUFU-bound and gains from moving it to the FMA
+# pipe (mode 2); the backward passes already load the FMA pipe and are faster with rcp.approx (1).
+SIGMOID_MODE = {"fwd": 2, "bwd": 1, "decode": 2}
 
 
 def kernel_config(pass_name: str, head_dim: int, window: int) -> dict:
@@ -75,9 +77,9 @@ def override_configs(overrides: dict):
         CONFIGS.update(saved)
 
 
-def _sigmoid_mode(t: torch.Tensor) -> int:
+def _sigmoid_mode(t: torch.Tensor, pass_name: str) -> int:
     # approximate reciprocals only on the GPU, and not for fp32 inputs (whose tests ask for ~1e-5)
-    return SIGMOID_MODE["fast"] if t.is_cuda and not interpreting() and t.dtype != torch.float32 else 0
+    return SIGMOID_MODE[pass_name] if t.is_cuda and not interpreting() and t.dtype != torch.float32 else 0
 
 
 def _dot_precision(t: torch.Tensor) -> str:
@@ -146,7 +148,7 @@ def _swat_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, slopes: torch.T
         *_strides(q), *_strides(k), *_strides(v), *_strides(o),
         T, H, W, -scale * LOG2E, -sigmoid_bias * LOG2E,
         REP=H // k.shape[2], HAS_DOC=row_start is not None, BLOCK_M=bm, BLOCK_N=bn, HEAD_DIM=d,
-        SIGMOID=_sigmoid_mode(q), DOT_PREC=_dot_precision(q), **cfg)
+        SIGMOID=_sigmoid_mode(q, "fwd"), DOT_PREC=_dot_precision(q), **cfg)
     return o
 
 
@@ -162,7 +164,8 @@ def _swat_bwd(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tenso
     dv = torch.empty((B, T, Hkv, d), device=q.device, dtype=q.dtype)
     W = min(window, T)
     has_doc = row_start is not None
-    common = dict(REP=H // Hkv, HAS_DOC=has_doc, HEAD_DIM=d, SIGMOID=_sigmoid_mode(q), DOT_PREC=_dot_precision(q))
+    common = dict(REP=H // Hkv, HAS_DOC=has_doc, HEAD_DIM=d, SIGMOID=_sigmoid_mode(q, "bwd"),
+                  DOT_PREC=_dot_precision(q))
 
     cfg = kernel_config("dkdv", d, W)
     bm, bn = cfg.pop("BLOCK_M"), cfg.pop("BLOCK_N")
@@ -234,7 +237,7 @@ def _swat_decode(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, 
         q, k_cache, v_cache, out, slopes,
         q.stride(0), q.stride(1), *_strides(k_cache), *_strides(v_cache), *_strides(out),
         H, W_cache, cache_len, pos, window, -scale * LOG2E, -sigmoid_bias * LOG2E,
-        REP=H // Hkv, SLOTS_PER_PROGRAM=per_program, BLOCK_W=block_w, HEAD_DIM=d, SIGMOID=_sigmoid_mode(q),
+        REP=H // Hkv, SLOTS_PER_PROGRAM=per_program, BLOCK_W=block_w, HEAD_DIM=d, SIGMOID=_sigmoid_mode(q, "decode"),
         num_warps=4)
     return out[0] if splits == 1 else out.sum(0).to(q.dtype)
 

@@ -1,0 +1,503 @@
+"""`harness bench kernels`: the SWAT Triton kernel against the attention kernels a user would pick.
+
+Peers, each timed in this process on the same q, k, v values (bf16, its own layout prepared outside
+the timed region):
+
+- swat            this repository's kernel: sliding window, sigmoid, balanced ALiBi slopes
+- flex            torch flex_attention (compiled): sliding-window block mask + ALiBi score_mod, softmax
+- fla             flash-linear-attention's parallel_attn(window_size=W), softmax, no ALiBi
+- flash_attn      flash_attn_func(window_size=(W-1, 0), alibi_slopes), when installed
+- sdpa            torch scaled_dot_product_attention, full causal (only where W >= T)
+- triton_sigmoid  triton-sigmoid's sigmoid_attention(is_causal=True) (only where W >= T)
+
+Modes: fwd (no autograd), fwd_bwd (forward + backward against a fixed output gradient), and decode
+(one token against SWAT's W-slot ring buffer vs SDPA over a full KV cache of the context; timed as
+CUDA-graph replays, so host launch overhead is out of both). TFLOP/s
+count only the band's (query, key) pairs (harness.bench.timing.attention_flops); the ratio is the
+fastest peer's time over SWAT's (above 1: SWAT is faster). Results go to OUT/<device>/ as
+kernels.csv, kernels.md, kernels.png (time vs W) and decode.png, plus run.json.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+from harness.bench import device_slug
+from harness.bench.timing import attention_flops, band_pairs, median_ms
+from harness.config import ConfigError
+
+PEERS = ("swat", "flex", "fla", "flash_attn", "sdpa", "triton_sigmoid")
+MODES = ("fwd", "fwd_bwd", "decode")
+FIELDS = ("mode", "head_dim", "seq_len", "window", "batch", "heads", "peer", "activation", "ms", "tflops", "status")
+
+
+@dataclass(frozen=True)
+class Shape:
+    head_dim: int
+    seq_len: int
+    window: int  # >= seq_len means full causal
+    batch: int
+    heads: int
+
+    @property
+    def full(self) -> bool:
+        return self.window >= self.seq_len
+
+
+def kernel_shapes(head_dims, lengths, windows, tokens: int, hidden: int) -> list[Shape]:
+    """Every (d, T, W) with batch = tokens // T and heads = hidden // d; windows >= T collapse to W = T."""
+    shapes = []
+    for d in head_dims:
+        for T in lengths:
+            if tokens % T:
+                raise ConfigError(f"--tokens {tokens} is not a multiple of sequence length {T}")
+            for W in sorted({min(T if w == "T" else int(w), T) for w in windows}):
+                shapes.append(Shape(d, T, W, tokens // T, hidden // d))
+    return shapes
+
+
+# ---------------------------------------------------------------- peers
+
+def _missing(module: str, install: str) -> str | None:
+    import importlib.util
+    return None if importlib.util.find_spec(module) else f"not installed ({install})"
+
+
+@dataclass
+class Peer:
+    name: str
+    activation: str
+    layout: str  # "bthd" (q [B, T, H, d]) or "bhtd"
+    why_not: Callable[[Shape], str | None]  # None when the peer runs this shape
+    build: Callable[[Shape, torch.Tensor], Callable]  # (shape, slopes) -> f(q, k, v) -> o
+
+
+def _build_swat(shape: Shape, slopes: torch.Tensor):
+    from harness.ops.swat.function import swat_attention_triton
+    return lambda q, k, v: swat_attention_triton(q, k, v, slopes, shape.window)
+
+
+_FLEX = {}
+
+
+def _build_flex(shape: Shape, slopes: torch.Tensor):
+    from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+    if "fn" not in _FLEX:
+        torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 256)
+        _FLEX["fn"] = torch.compile(flex_attention, dynamic=False)
+    W = shape.window
+
+    def band(b, h, q_idx, kv_idx):
+        return (q_idx >= kv_idx) & (q_idx - kv_idx < W)
+
+    def alibi(score, b, h, q_idx, kv_idx):
+        return score + slopes[h] * (q_idx - kv_idx)
+
+    mask = create_block_mask(band, None, None, shape.seq_len, shape.seq_len, device=slopes.device)
+    return lambda q, k, v: _FLEX["fn"](q, k, v, score_mod=alibi, block_mask=mask)
+
+
+def _build_fla(shape: Shape, slopes: torch.Tensor):
+    from fla.ops.attn import parallel_attn
+    window = None if shape.full else shape.window
+    return lambda q, k, v: parallel_attn(q, k, v, window_size=window)
+
+
+def _build_flash_attn(shape: Shape, slopes: torch.Tensor):
+    from flash_attn import flash_attn_func
+    # flash-attn adds -alibi_slope * |i - j|; SWAT adds slope * (i - j) for i >= j
+    alibi = (-slopes).float().contiguous()
+    return lambda q, k, v: flash_attn_func(q, k, v, causal=True, window_size=(shape.window - 1, 0),
+                                           alibi_slopes=alibi)
+
+
+def _build_sdpa(shape: Shape, slopes: torch.Tensor):
+    return lambda q, k, v: F.scaled_dot_product_attention(q, k, v, is_causal=True)
+
+
+def _build_triton_sigmoid(shape: Shape, slopes: torch.Tensor):
+    from triton_sigmoid import sigmoid_attention
+    return lambda q, k, v: sigmoid_attention(q, k, v, is_causal=True)
+
+
+def _no_cuda() -> str | None:
+    return None if torch.cuda.is_available() else "needs a CUDA GPU"
+
+
+def _full_only(missing: Callable[[], str | None]):
+    def why_not(shape: Shape) -> str | None:
+        if not shape.full:
+            return "full causal only (W >= T)"
+        return missing()
+    return why_not
+
+
+PEER_SPECS = {
+    "swat": Peer("swat", "sigmoid", "bthd", lambda s: None, _build_swat),
+    "flex": Peer("flex", "softmax", "bhtd", lambda s: _no_cuda(), _build_flex),
+    "fla": Peer("fla", "softmax", "bthd",
+                lambda s: _missing("fla", "pip install 'swat-harness[fla]'") or _no_cuda(), _build_fla),
+    "flash_attn": Peer("flash_attn", "softmax", "bthd",
+                       lambda s: _missing("flash_attn", "pip install 'swat-harness[gpu]'") or _no_cuda(),
+                       _build_flash_attn),
+    "sdpa": Peer("sdpa", "softmax", "bhtd", _full_only(lambda: None), _build_sdpa),
+    "triton_sigmoid": Peer("triton_sigmoid", "sigmoid", "bthd",
+                           _full_only(lambda: _missing("triton_sigmoid", "pip install triton-sigmoid")
+                                      or _no_cuda()),
+                           _build_triton_sigmoid),
+}
+
+
+# ---------------------------------------------------------------- measuring
+
+def _error(err: Exception) -> str:
+    text = " ".join(str(err).split())
+    return f"error: {type(err).__name__}: {text[:120]}"
+
+
+def _row(mode, shape: Shape, peer: Peer, ms=None, status="ok", pairs=None) -> dict:
+    tflops = None
+    if ms is not None and pairs is not None:
+        tflops = round(attention_flops(pairs, shape.head_dim, mode) / (ms * 1e-3) / 1e12, 2)
+    return dict(mode=mode, head_dim=shape.head_dim, seq_len=shape.seq_len, window=shape.window, batch=shape.batch,
+                heads=shape.heads, peer=peer.name, activation=peer.activation,
+                ms=None if ms is None else round(ms, 5), tflops=tflops, status=status)
+
+
+def measure_shape(shape: Shape, peers: list[str], modes: list[str], device: torch.device, dtype,
+                  done: set, timing: dict) -> list[dict]:
+    """Rows for one (d, T, W) shape: each peer, forward and forward+backward, on the same values."""
+    gen = torch.Generator(device="cpu").manual_seed(0)
+    B, T, H, d = shape.batch, shape.seq_len, shape.heads, shape.head_dim
+    base = [torch.randn(B, T, H, d, generator=gen).to(device, dtype) for _ in range(4)]  # q, k, v, do
+    from harness.ops.alibi import alibi_slopes
+    slopes = alibi_slopes(H, "balanced").to(device)
+    pairs = B * H * band_pairs(T, shape.window)
+    cuda = device.type == "cuda"
+    rows = []
+    for name in peers:
+        peer = PEER_SPECS[name]
+        todo = [m for m in modes if m != "decode" and (m, shape, name) not in done]
+        if not todo:
+            continue
+        reason = peer.why_not(shape)
+        if reason:
+            rows += [_row(m, shape, peer, status=reason) for m in todo]
+            continue
+        try:
+            fn = peer.build(shape, slopes)
+        except Exception as err:  # a peer that cannot be built is reported, not fatal
+            rows += [_row(m, shape, peer, status=_error(err)) for m in todo]
+            continue
+        q, k, v, do = (t.transpose(1, 2).contiguous() if peer.layout == "bhtd" else t for t in base)
+        for mode in todo:
+            try:
+                if mode == "fwd":
+                    with torch.no_grad():
+                        ms = median_ms(lambda: fn(q, k, v), cuda, **timing)
+                else:
+                    qg, kg, vg = (t.detach().clone().requires_grad_() for t in (q, k, v))
+
+                    def step():
+                        fn(qg, kg, vg).backward(do)
+                    ms = median_ms(step, cuda, grad_to_none=[qg, kg, vg], **timing)
+                rows.append(_row(mode, shape, peer, ms, pairs=pairs))
+            except Exception as err:  # OOM or a peer's own failure: record it and go on
+                rows.append(_row(mode, shape, peer, status=_error(err)))
+            finally:
+                if cuda:
+                    torch.cuda.empty_cache()
+    return rows
+
+
+def measure_decode(head_dim: int, heads: int, batch: int, context: int, windows: list[int], device, dtype,
+                   done: set, timing: dict) -> list[dict]:
+    """One new token: SWAT against its W-slot ring buffer (per W) and SDPA over a full cache of `context`."""
+    from harness.ops.alibi import alibi_slopes
+    from harness.ops.swat.function import swat_decode_triton
+    gen = torch.Generator(device="cpu").manual_seed(1)
+    slopes = alibi_slopes(heads).to(device)
+    cuda = device.type == "cuda"
+    rows = []
+    q = torch.randn(batch, heads, head_dim, generator=gen).to(device, dtype)
+    for W in windows:
+        shape = Shape(head_dim, context, W, batch, heads)
+        if W >= context or ("decode", shape, "swat") in done:
+            continue
+        kc, vc = (torch.randn(batch, W, heads, head_dim, generator=gen).to(device, dtype) for _ in range(2))
+        try:
+            ms = median_ms(lambda: swat_decode_triton(q, kc, vc, W, context - 1, slopes, W), cuda, cuda_graph=True,
+                           **timing)
+            rows.append(_row("decode", shape, PEER_SPECS["swat"], ms, pairs=batch * heads * W))
+        except Exception as err:
+            rows.append(_row("decode", shape, PEER_SPECS["swat"], status=_error(err)))
+    shape = Shape(head_dim, context, context, batch, heads)
+    if ("decode", shape, "sdpa") not in done:
+        try:
+            kc, vc = (torch.randn(batch, heads, context, head_dim, device=device, dtype=dtype) for _ in range(2))
+            qs = q[:, :, None]
+            ms = median_ms(lambda: F.scaled_dot_product_attention(qs, kc, vc), cuda, cuda_graph=True, **timing)
+            rows.append(_row("decode", shape, PEER_SPECS["sdpa"], ms, pairs=batch * heads * context))
+            del kc, vc
+        except Exception as err:
+            rows.append(_row("decode", shape, PEER_SPECS["sdpa"], status=_error(err)))
+        if cuda:
+            torch.cuda.empty_cache()
+    return rows
+
+
+# ---------------------------------------------------------------- files
+
+def _key(r: dict) -> tuple:
+    return (r["mode"], Shape(int(r["head_dim"]), int(r["seq_len"]), int(r["window"]), int(r["batch"]),
+                             int(r["heads"])), r["peer"])
+
+
+def read_csv(path: Path) -> list[dict]:
+    if not path.is_file():
+        return []
+    rows = []
+    for r in csv.DictReader(path.read_text(encoding="utf-8").splitlines()):
+        for f in ("ms", "tflops"):
+            r[f] = float(r[f]) if r[f] not in ("", None) else None
+        for f in ("head_dim", "seq_len", "window", "batch", "heads"):
+            r[f] = int(r[f])
+        rows.append(r)
+    return rows
+
+
+def to_csv(rows: list[dict]) -> str:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=FIELDS, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return buf.getvalue()
+
+
+def _fmt(ms) -> str:
+    return "" if ms is None else f"{ms:.3f}"
+
+
+def ratio_table(rows: list[dict], mode: str) -> tuple[list[str], list[list[str]]]:
+    """Per shape: SWAT's time and TFLOP/s, every peer's time, the fastest peer and the ratio."""
+    from collections import defaultdict
+    by_shape = defaultdict(dict)
+    for r in rows:
+        if r["mode"] == mode:
+            by_shape[(r["head_dim"], r["seq_len"], r["window"], r["batch"], r["heads"])][r["peer"]] = r
+    peers = [p for p in PEERS[1:] if any(p in v and v[p]["ms"] is not None for v in by_shape.values())]
+    header = ["d", "T", "W", "B", "H", "swat ms", "swat TFLOP/s"] + [f"{p} ms" for p in peers] + \
+             ["fastest peer", "ratio (peer / swat)"]
+    body = []
+    for (d, T, W, B, H), got in sorted(by_shape.items()):
+        swat = got.get("swat", {})
+        timed = {p: got[p]["ms"] for p in peers if p in got and got[p]["ms"] is not None}
+        best = min(timed, key=timed.get) if timed else None
+        ratio = f"{timed[best] / swat['ms']:.2f}x" if best and swat.get("ms") else ""
+        body.append([d, T, "T" if W >= T else W, B, H, _fmt(swat.get("ms")), swat.get("tflops") or ""] +
+                    [_fmt(timed.get(p)) for p in peers] + [best or "", ratio])
+    return header, body
+
+
+def decode_table(rows: list[dict]) -> tuple[list[str], list[list[str]]]:
+    dec = [r for r in rows if r["mode"] == "decode" and r["ms"] is not None]
+    windows = sorted({r["window"] for r in dec if r["peer"] == "swat"})
+    header = ["d", "B", "H", "context"] + [f"swat W={w} us" for w in windows] + ["sdpa full us",
+                                                                                 "sdpa / swat (largest W)"]
+    body = []
+    for d, B, H, ctx in sorted({(r["head_dim"], r["batch"], r["heads"], r["seq_len"]) for r in dec}):
+        sel = [r for r in dec if (r["head_dim"], r["batch"], r["heads"], r["seq_len"]) == (d, B, H, ctx)]
+        swat = {r["window"]: r["ms"] for r in sel if r["peer"] == "swat"}
+        full = next((r["ms"] for r in sel if r["peer"] == "sdpa"), None)
+        largest = max(swat) if swat else None
+        ratio = f"{full / swat[largest]:.2f}x" if full and largest else ""
+        body.append([d, B, H, ctx] + [f"{swat[w] * 1e3:.1f}" if w in swat else "" for w in windows] +
+                    [f"{full * 1e3:.1f}" if full else "", ratio])
+    return header, body
+
+
+def markdown(rows: list[dict], info: dict) -> str:
+    from harness.results import markdown_table
+    lines = ["# SWAT kernel vs peers", "",
+             f"- command: `{info['command']}`", f"- device: {info['device']}", f"- date: {info['date']}",
+             f"- commit: {info['commit']}", f"- versions: {json.dumps(info['versions'])}",
+             f"- dtype: {info['dtype']}; tokens per batch B*T = {info['tokens']}; heads H = hidden {info['hidden']}"
+             " / d; timings are medians of triton's do_bench (CUDA events); TFLOP/s count the band's pairs only "
+             "(4d per pair forward, 14d forward+backward); ratio = fastest peer's time / SWAT's time.", ""]
+    for mode, title in (("fwd", "Forward"), ("fwd_bwd", "Forward + backward")):
+        header, body = ratio_table(rows, mode)
+        if body:
+            lines += [f"## {title} (ms)", "", markdown_table(header, body)]
+    header, body = decode_table(rows)
+    if body:
+        lines += ["## Decode: one token per sequence (microseconds)", "", markdown_table(header, body)]
+    skipped = sorted({(r["peer"], r["status"]) for r in rows if r["status"] != "ok"})
+    if skipped:
+        lines += ["## Not measured", ""] + [f"- {p}: {s}" for p, s in skipped] + [""]
+    return "\n".join(lines)
+
+
+def plot(rows: list[dict], out: Path) -> list[Path]:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    written = []
+    timed = [r for r in rows if r["ms"] is not None and r["mode"] in ("fwd", "fwd_bwd")]
+    panels = sorted({(r["head_dim"], r["seq_len"]) for r in timed})
+    if panels:
+        dims = sorted({d for d, _ in panels})
+        lens = sorted({t for _, t in panels})
+        fig, axes = plt.subplots(len(dims), len(lens), figsize=(4.2 * len(lens), 3.4 * len(dims)), squeeze=False)
+        for (d, T) in panels:
+            ax = axes[dims.index(d)][lens.index(T)]
+            for i, peer in enumerate(PEERS):
+                for mode, style in (("fwd_bwd", "-"), ("fwd", "--")):
+                    pts = sorted((r["window"], r["ms"]) for r in timed if (r["head_dim"], r["seq_len"], r["peer"],
+                                                                            r["mode"]) == (d, T, peer, mode))
+                    if pts:
+                        ax.plot(*zip(*pts), style, marker="o", ms=3, color=f"C{i}",
+                                label=f"{peer} {mode}" if (d, T) == panels[0] else None)
+            ax.set_xscale("log", base=2)
+            ax.set_yscale("log")
+            ax.set_title(f"d={d}, T={T}")
+            ax.set_xlabel("window W (W = T: full causal)")
+            ax.set_ylabel("ms")
+        fig.legend(loc="lower center", ncol=4, fontsize=8)
+        fig.tight_layout(rect=(0, 0.08, 1, 1))
+        written.append(out / "kernels.png")
+        fig.savefig(written[-1], dpi=110)
+        plt.close(fig)
+    dec = [r for r in rows if r["ms"] is not None and r["mode"] == "decode"]
+    if dec:
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for line in sorted({(r["peer"], r["head_dim"], r["window"] if r["peer"] == "swat" else 0) for r in dec}):
+            peer, d, W = line
+            pts = sorted((r["seq_len"], r["ms"] * 1e3) for r in dec
+                         if (r["peer"], r["head_dim"]) == (peer, d) and (peer != "swat" or r["window"] == W))
+            ax.plot(*zip(*pts), marker="o", label=f"{peer} d={d}" + (f" W={W}" if peer == "swat" else " full"))
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_xlabel("context length")
+        ax.set_ylabel("us per decode step")
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        written.append(out / "decode.png")
+        fig.savefig(written[-1], dpi=110)
+        plt.close(fig)
+    return written
+
+
+# ---------------------------------------------------------------- entry point
+
+@dataclass
+class BenchSpec:
+    head_dims: list
+    lengths: list
+    windows: list
+    tokens: int = 65536
+    hidden: int = 1024
+    peers: tuple = PEERS
+    modes: tuple = MODES
+    decode_contexts: tuple = (1024, 8192, 32768, 131072)
+    decode_batch: int = 8
+    dtype: str = "bfloat16"
+    warmup_ms: float = 10
+    rep_ms: float = 50
+
+
+def run_kernel_bench(spec: BenchSpec, out_root: Path, force: bool = False, log: Callable = print,
+                     progress: Callable | None = None) -> Path:
+    """Measure spec's shapes into out_root/<device>/; rows already in kernels.csv are kept and skipped."""
+    from harness.results import atomic_write_text, command_line, device_name, git_commit, now, versions
+    unknown = set(spec.peers) - set(PEERS)
+    if unknown:
+        raise ConfigError(f"unknown peers {sorted(unknown)}; choose from {', '.join(PEERS)}")
+    if set(spec.modes) - set(MODES):
+        raise ConfigError(f"unknown modes {sorted(set(spec.modes) - set(MODES))}; choose from {', '.join(MODES)}")
+    bad = [d for d in spec.head_dims if d not in (16, 32, 64, 128)]
+    if bad:
+        raise ConfigError(f"head dims {bad} not supported by the SWAT kernel; use 64 and/or 128")
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dtype = getattr(torch, spec.dtype)
+    out = Path(out_root) / device_slug(device_name(str(device)))
+    csv_path = out / "kernels.csv"
+    rows = [] if force else read_csv(csv_path)
+    done = {_key(r) for r in rows}
+    info = {"command": command_line(), "device": device_name(str(device)), "date": now(),
+            "commit": git_commit() or os.environ.get("HARNESS_COMMIT"), "versions": versions(), "dtype": spec.dtype,
+            "tokens": spec.tokens, "hidden": spec.hidden, "spec": asdict(spec)}
+    for pkg in ("fla-core", "triton-sigmoid", "flash-attn"):
+        if pkg not in info["versions"]:
+            try:
+                import importlib.metadata as md
+                info["versions"][pkg] = md.version(pkg)
+            except Exception:
+                pass
+    if device.type == "cpu":
+        log("warning: no CUDA GPU: timings exercise the code path only and are not comparable with GPU numbers")
+    timing = dict(warmup_ms=spec.warmup_ms, rep_ms=spec.rep_ms)
+    shapes = kernel_shapes(spec.head_dims, spec.lengths, spec.windows, spec.tokens, spec.hidden)
+    decode = "decode" in spec.modes
+    ctx_windows = sorted({int(w) for w in spec.windows if w != "T"})
+    total = len(shapes) + (len(spec.head_dims) * len(spec.decode_contexts) if decode else 0)
+
+    def save():
+        atomic_write_text(csv_path, to_csv(rows))
+
+    step = 0
+    for shape in shapes:
+        fresh = measure_shape(shape, list(spec.peers), list(spec.modes), device, dtype, done, timing)
+        rows += fresh
+        done |= {_key(r) for r in fresh}
+        save()
+        step += 1
+        if progress:
+            progress(step, total, f"d={shape.head_dim} T={shape.seq_len} W={shape.window}")
+    if decode:
+        for d in spec.head_dims:
+            for ctx in spec.decode_contexts:
+                fresh = measure_decode(d, spec.hidden // d, spec.decode_batch, ctx, ctx_windows, device, dtype, done,
+                                       timing)
+                rows += fresh
+                done |= {_key(r) for r in fresh}
+                save()
+                step += 1
+                if progress:
+                    progress(step, total, f"decode d={d} context={ctx}")
+    atomic_write_text(out / "run.json", json.dumps(info, indent=1, default=str))
+    atomic_write_text(out / "kernels.md", markdown(rows, info))
+    plot(rows, out)
+    return out
+
+
+def parse_windows(text: str) -> list:
+    """'128,512,T' -> [128, 512, 'T']."""
+    items = []
+    for part in text.split(","):
+        part = part.strip()
+        if part == "T":
+            items.append("T")
+        elif part.isdigit() and int(part) >= 1:
+            items.append(int(part))
+        elif part:
+            raise ConfigError(f"--windows takes positive integers or T, got {part!r}")
+    return items
+
+
+def parse_ints(text: str, flag: str) -> list[int]:
+    try:
+        values = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise ConfigError(f"{flag} takes comma-separated integers, got {text!r}") from None
+    if not values or min(values) < 1:
+        raise ConfigError(f"{flag} takes positive integers, got {text!r}")
+    return values

@@ -1,0 +1,99 @@
+"""Tile-config sweep for the SWAT kernels on a GPU: `python -m harness.bench.tune [--out FILE]`.
+
+Times candidate configs (BLOCK_M, BLOCK_N, warps, stages, ONE_LOOP) of each pass (fwd, dkdv, dq)
+at d = 64 and 128, B*T = 65536, T = 8192: the "small" regime at W = 128, the "large" one at W = 2048
+and W = T; then the sigmoid's reciprocal on the special-function unit (mode 1) against the Newton
+one (mode 2) with the current configs. The winners go into CONFIGS / SIGMOID_MODE in
+harness/ops/swat/function.py by hand, with the numbers in harness/ops/swat/NOTES.md. A backward
+candidate is timed as the whole backward (dK/dV + dQ) with the other pass at its current config,
+so differences between candidates of one pass are that pass's differences.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+
+import torch
+
+from harness.ops.alibi import alibi_slopes
+from harness.ops.swat import function as fn_mod
+from harness.ops.swat.function import _cfg, _swat_bwd, _swat_fwd, override_configs
+
+CANDIDATES = {
+    ("fwd", "small"): [_cfg(64, 64, 4, 3), _cfg(64, 64, 4, 3, True), _cfg(64, 32, 4, 3, True),
+                       _cfg(128, 64, 4, 3, True), _cfg(64, 64, 4, 2, True), _cfg(32, 32, 2, 3, True)],
+    ("fwd", "large"): [_cfg(128, 64, 4, 3), _cfg(128, 64, 8, 3), _cfg(128, 32, 4, 4), _cfg(128, 128, 8, 3)],
+    ("dkdv", "small"): [_cfg(32, 64, 4, 4), _cfg(32, 64, 4, 4, True), _cfg(64, 64, 4, 3, True),
+                        _cfg(32, 32, 4, 3, True), _cfg(16, 64, 4, 3, True)],
+    ("dkdv", "large"): [_cfg(32, 128, 4, 3), _cfg(32, 64, 4, 3), _cfg(64, 128, 8, 2), _cfg(32, 128, 8, 3)],
+    ("dq", "small"): [_cfg(64, 64, 4, 3), _cfg(64, 64, 4, 3, True), _cfg(64, 32, 4, 3, True),
+                      _cfg(32, 64, 4, 3, True)],
+    ("dq", "large"): [_cfg(128, 32, 4, 3), _cfg(64, 32, 4, 3), _cfg(128, 64, 8, 3), _cfg(64, 64, 4, 3)],
+}
+
+
+def _time(fn) -> tuple[float | None, str]:
+    from triton.testing import do_bench
+    try:
+        return do_bench(fn, warmup=10, rep=40, return_mode="median"), ""
+    except Exception as err:  # e.g. out of shared memory for a large tile
+        return None, f"{type(err).__name__}: {str(err).splitlines()[0][:80]}"
+
+
+def sweep(seq_len: int = 8192, tokens: int = 65536, log=print) -> list[dict]:
+    rows = []
+    for d in (64, 128):
+        H, B, T = 1024 // d, tokens // seq_len, seq_len
+        gen = torch.Generator(device="cpu").manual_seed(0)
+        q, k, v, do = (torch.randn(B, T, H, d, generator=gen).to("cuda", torch.bfloat16) for _ in range(4))
+        slopes = alibi_slopes(H).cuda()
+        scale = 1 / math.sqrt(d)
+
+        def fwd(W):
+            return lambda: _swat_fwd(q, k, v, slopes, None, None, W, 0.0, scale)
+
+        def bwd(W):
+            return lambda: _swat_bwd(do, q, k, v, slopes, None, None, W, 0.0, scale)
+
+        for W, regime in ((128, "small"), (2048, "large"), (T, "large")):
+            for pass_name in ("fwd", "dkdv", "dq"):
+                for cand in CANDIDATES[(pass_name, regime)]:
+                    with override_configs({(pass_name, d, regime): cand}):
+                        ms, note = _time(fwd(W) if pass_name == "fwd" else bwd(W))
+                    rows.append(dict(d=d, T=T, W=W, what=pass_name, **cand, ms=ms, note=note))
+                    log(json.dumps(rows[-1]))
+            saved = dict(fn_mod.SIGMOID_MODE)
+            for mode in (1, 2):
+                for what, f in (("fwd", fwd(W)), ("bwd", bwd(W))):
+                    fn_mod.SIGMOID_MODE[what] = mode
+                    ms, note = _time(f)
+                    rows.append(dict(d=d, T=T, W=W, what=f"{what} sigmoid mode {mode}", ms=ms, note=note))
+                    log(json.dumps(rows[-1]))
+            fn_mod.SIGMOID_MODE.update(saved)
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", help="also write the rows as JSON lines to this file")
+    args = parser.parse_args()
+    rows = sweep(log=lambda line: None)
+    if args.out:
+        with open(args.out, "w", encoding="utf-8") as f:
+            f.writelines(json.dumps(r) + "\n" for r in rows)
+    best = {}
+    for r in rows:
+        key = (r["what"], r["d"], r["W"])
+        if r["ms"] is not None and (key not in best or r["ms"] < best[key]["ms"]):
+            best[key] = r
+    print("best per (what, d, W):")
+    for key, r in sorted(best.items()):
+        cfg = f"{r['BLOCK_M']}x{r['BLOCK_N']} w{r['num_warps']} s{r['num_stages']} one_loop={r['ONE_LOOP']}" \
+            if "BLOCK_M" in r else ""
+        print(f"  {key}: {cfg}  {r['ms']:.3f} ms")
+
+
+if __name__ == "__main__":
+    main()

@@ -107,8 +107,11 @@ def plot_loss(run_dir: Path, title: str, heldout: float | None = None) -> Path |
     smooth = [sum(loss[max(0, i - span + 1):i + 1]) / len(loss[max(0, i - span + 1):i + 1])
               for i in range(len(loss))]
     fig, ax = plt.subplots(figsize=(7, 4), dpi=110)
-    ax.plot(tokens, loss, color="0.75", linewidth=0.8, label="train loss")
-    ax.plot(tokens, smooth, color="C0", linewidth=1.6, label=f"train loss (mean of {span} steps)")
+    if span > 1:
+        ax.plot(tokens, loss, color="0.75", linewidth=0.8, label="train loss")
+        ax.plot(tokens, smooth, color="C0", linewidth=1.6, label=f"train loss (mean of {span} steps)")
+    else:
+        ax.plot(tokens, loss, color="C0", linewidth=1.2, label="train loss")
     if heldout is not None:
         ax.scatter([tokens[-1]], [heldout], color="C3", zorder=3, label=f"held-out loss {heldout:.3f}")
     ax.set_xlabel("tokens")

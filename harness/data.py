@@ -1,9 +1,10 @@
 """Data: where the local mirror is, tokenizers, corpora, and packed token streams for training.
 
 Documents are tokenized once (in parallel), joined with an end-of-document token, and stored as
-flat uint16 (vocabularies up to 65536) or uint32 token files (memory-mapped) beside an array of document start offsets, so a training sequence is a
-plain slice and its document boundaries (`cu_seqlens`) come from the offsets. A fixed fraction of
-documents, chosen by a seeded permutation, is held out for evaluation.
+flat uint16 (vocabularies up to 65536) or uint32 token files (memory-mapped) beside an array of
+document start offsets, so a training sequence is a plain slice and its document boundaries
+(`cu_seqlens`) come from the offsets. A fixed fraction of documents, chosen by a seeded
+permutation, is held out for evaluation; the rest are packed in a seeded order.
 """
 
 from __future__ import annotations
@@ -45,11 +46,6 @@ def data_roots() -> list[Path]:
     return roots + [user_data_dir()]
 
 
-def data_root() -> Path:
-    """The first existing folder of `data_roots()` (the primary mirror)."""
-    return next((r for r in data_roots() if r.is_dir()), user_data_dir())
-
-
 def user_data_dir() -> Path:
     """Where `harness data fetch|import` write: `$HARNESS_DATA` when set, else the user cache."""
     env = os.environ.get("HARNESS_DATA")
@@ -57,6 +53,7 @@ def user_data_dir() -> Path:
 
 
 def cache_dir() -> Path:
+    """`$HARNESS_CACHE`, else ~/.cache/swat-harness: tokenized streams, decompressed splits, fetches."""
     return Path(os.environ.get("HARNESS_CACHE", Path.home() / ".cache" / "swat-harness")).expanduser()
 
 
@@ -180,8 +177,8 @@ def files_in(path: Path) -> list[Path]:
 
 
 def corpus_files(corpus: str) -> list[Path]:
-    """Files of a corpus: `bundled` (a WikiText-2 slice in the package), `wikitext-2` (the raw
-    validation file of the mirror), a named folder `<root>/corpora/<name>/` (e.g. `english-mix`,
+    """Files of a corpus: `bundled` (a WikiText-2 slice in the package), `wikitext-2` (the v1
+    validation file, `wikitext-2/valid.txt` in ../shared/data), a named folder `<root>/corpora/<name>/` (e.g. `english-mix`,
     committed; `slimpajama` after `harness data fetch`), or a path (a file, or a folder of
     .txt/.jsonl/.parquet files, optionally .gz/.xz)."""
     if corpus == "bundled":

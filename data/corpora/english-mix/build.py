@@ -4,7 +4,8 @@ Each source becomes one `<source>.jsonl.xz` of documents `{"text", "source", "id
 order, so a rebuild from the same inputs gives byte-identical files. Run from the repository root:
 
     python data/corpora/english-mix/build.py --gitenberg DIR... --peps DIR --rfcs DIR \
-        --debian DIR    # where `dpkg -x` unpacked linux-doc-6.1, jargon-text, gnu-standards, dict-gcide
+        --debian DIR    # where `dpkg -x` unpacked linux-doc-6.1, jargon-text, gnu-standards, dict-gcide,
+                        # python3.11-doc, debian-handbook, debian-reference-en
 
 A source whose argument is left out is not rewritten. At the end the corpus is recorded in
 data/MANIFEST.json (per-file sha256, documents, Llama-2 token counts; tokenizes it once).
@@ -20,6 +21,7 @@ import json
 import lzma
 import re
 import subprocess
+from html.parser import HTMLParser
 from pathlib import Path
 
 OUT = Path(__file__).resolve().parent
@@ -88,7 +90,8 @@ def repo_docs(repo: Path, pattern: str, source: str) -> list[dict]:
 
 def debian_docs(root: Path) -> dict[str, list[dict]]:
     """Linux kernel documentation (English .rst, translations excluded), the Jargon File, the
-    GNU coding/maintainer standards and GCIDE, from `dpkg -x` folders of their Debian packages."""
+    GNU coding/maintainer standards, GCIDE, the Python documentation and two Debian books, from
+    `dpkg -x` folders of their Debian packages."""
     kernel = root.glob("**/usr/share/doc/linux-doc-*/Documentation/**/*.rst.gz")
     kernel_docs = []
     for path in sorted(kernel, key=lambda p: str(p)):
@@ -105,7 +108,73 @@ def debian_docs(root: Path) -> dict[str, list[dict]]:
         for path in sorted(root.glob(pattern), key=lambda p: str(p)):
             text = gzip.decompress(path.read_bytes()).decode("utf-8", errors="replace").strip()
             other.append({"text": text, "source": source, "id": f"debian:{path.name}"})
-    return {"linux-doc": kernel_docs, "debian-text": other, "gcide": gcide_docs(root)}
+    return {"linux-doc": kernel_docs, "debian-text": other, "gcide": gcide_docs(root),
+            "python-docs": python_docs(root), "debian-books": debian_books(root)}
+
+
+def python_docs(root: Path) -> list[dict]:
+    """The Python 3.11 documentation (python3.11-doc), from the reStructuredText sources it ships."""
+    docs = []
+    found = root.glob("**/usr/share/doc/python3.*/html/_sources/**/*.rst.txt")
+    for path in sorted({p.resolve() for p in found}, key=str):  # the package links one folder twice
+        text = path.read_text(encoding="utf-8", errors="replace").strip()
+        if len(text) >= MIN_CHARS:
+            rel = str(path).split("/_sources/", 1)[1]
+            docs.append({"text": text, "source": "python-docs", "id": f"python3.11-doc:{rel}"})
+    return docs
+
+
+class _HTMLText(HTMLParser):
+    """Visible text of an HTML page: block elements become line breaks; scripts, styles and the
+    navigation header/footer are skipped."""
+    BLOCKS = {"p", "div", "br", "li", "tr", "h1", "h2", "h3", "h4", "h5", "h6", "pre", "dt", "dd", "table", "section"}
+    SKIP = {"script", "style", "head"}
+
+    def __init__(self):
+        super().__init__()
+        self.parts, self.skipping = [], 0
+
+    def handle_starttag(self, tag, attrs):
+        cls = dict(attrs).get("class") or ""
+        if tag in self.SKIP or (tag == "div" and ("navheader" in cls or "navfooter" in cls)) or self.skipping:
+            self.skipping += tag not in ("br",)
+            return
+        if tag in self.BLOCKS:
+            self.parts.append("\n")
+
+    def handle_endtag(self, tag):
+        if self.skipping:
+            self.skipping -= tag not in ("br",)
+        elif tag in self.BLOCKS:
+            self.parts.append("\n")
+
+    def handle_data(self, data):
+        if not self.skipping:
+            self.parts.append(data)
+
+    def text(self) -> str:
+        joined = re.sub(r"[ \t]+", " ", "".join(self.parts))
+        return re.sub(r"\n\s*\n\s*", "\n\n", joined).strip()
+
+
+def html_text(raw: str) -> str:
+    parser = _HTMLText()
+    parser.feed(raw)
+    return parser.text()
+
+
+def debian_books(root: Path) -> list[dict]:
+    """The Debian Administrator's Handbook (debian-handbook, en-US) and the Debian Reference
+    (debian-reference-en): one document per HTML chapter, as visible text."""
+    pages = sorted([*root.glob("**/usr/share/doc/debian-handbook/html/en-US/*.html"),
+                    *root.glob("**/usr/share/debian-reference/*.en.html")], key=lambda p: str(p))
+    docs = []
+    for path in pages:
+        text = html_text(path.read_text(encoding="utf-8", errors="replace"))
+        if len(text) >= MIN_CHARS:
+            book = "debian-handbook" if "debian-handbook" in str(path) else "debian-reference"
+            docs.append({"text": text, "source": book, "id": f"{book}:{path.name}"})
+    return docs
 
 
 def gcide_docs(root: Path, chunk_chars: int = 16000) -> list[dict]:
@@ -121,7 +190,8 @@ def gcide_docs(root: Path, chunk_chars: int = 16000) -> list[dict]:
             if entry is not None:
                 chunk.append(entry)
             if chunk and (entry is None or sum(map(len, chunk)) >= chunk_chars):
-                docs.append({"text": "\n\n".join(chunk), "source": "gcide", "id": f"gcide:{chunk[0].split()[0]}"})
+                docs.append({"text": "\n\n".join(chunk), "source": "gcide",
+                             "id": f"gcide:{len(docs)}:{chunk[0].split()[0]}"})
                 chunk = []
     return docs
 

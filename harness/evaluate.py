@@ -641,7 +641,7 @@ def evaluate(sources: list[ModelSource], task_names: list[str], run: str, result
         elif skip_missing:
             log(f"skipping {task.name}: {err}")
         else:
-            raise err
+            raise DataError(f"{err}; or pass --skip-missing to run the other tasks") from None
     out = Path(results_dir) / run
     rows_file = out / "rows.jsonl"
     existing = read_rows(rows_file, warn=log) if rows_file.is_file() else []

@@ -170,6 +170,77 @@ def cmd_tables(args) -> None:
         err_console.print(f"plots: {listing}", highlight=False)
 
 
+def parse_lengths(items: list[str]) -> dict:
+    """['train=2048,4096', 'decode=1024'] -> {'train': [2048, 4096], 'decode': [1024]}."""
+    from harness.config import ConfigError
+    out = {}
+    for item in items:
+        sweep, _, values = item.partition("=")
+        try:
+            out[sweep.strip()] = [int(v) for v in values.split(",") if v.strip()]
+        except ValueError:
+            raise ConfigError(f"--lengths {item!r} must look like train=2048,4096") from None
+    return out
+
+
+def cmd_bench_models(args) -> None:
+    """Training / prefill / decode throughput and memory sweeps of whole models."""
+    import torch
+
+    from harness.bench import models as bm
+    from harness.config import ConfigError
+    from harness.registry import load_plugins
+    from harness.results import device_name
+    from harness.runner import default_device
+    load_plugins(args.plugin)
+    cfg = config_from(args)
+    device = torch.device(args.device or default_device())
+    names = split_names(args.models)
+    for name in names:
+        from harness.registry import get_model
+        get_model(name)
+    sweeps = split_names(args.sweeps)
+    unknown = [s for s in sweeps if s not in bm.SWEEPS]
+    if unknown:
+        raise ConfigError(f"unknown sweep {unknown[0]!r}; choose from {', '.join(bm.SWEEPS)}")
+    on_cpu = device.type == "cpu"
+    lengths = dict(bm.CPU_LENGTHS if on_cpu else bm.DEFAULT_LENGTHS)
+    lengths.update(parse_lengths(args.lengths))
+    out = Path(args.out or Path(args.results) / "speed" / bm.device_slug(device_name(str(device))) / args.preset)
+
+    def show(point):
+        shown = ", ".join(f"{k} {v:,.3g}" for k, v in point.metrics.items()) or point.status
+        console.print(f"{point.model} {point.sweep} length {point.length:,} batch {point.batch}: {shown}",
+                      highlight=False)
+
+    bm.run_bench(names, cfg, sweeps, lengths, device, out,
+                 args.train_tokens or (bm.CPU_TRAIN_TOKENS if on_cpu else bm.DEFAULT_TRAIN_TOKENS),
+                 [int(b) for b in split_names(args.decode_batches)] if args.decode_batches else
+                 (bm.CPU_DECODE_BATCHES if on_cpu else bm.DEFAULT_DECODE_BATCHES),
+                 force=args.force, log=lambda m: console.print(m, highlight=False), on_point=show)
+    console.print(f"wrote {out}/rows.jsonl, run.json, table.md and plots", highlight=False)
+
+
+def cmd_bench_kernels(args) -> None:
+    """The SWAT Triton kernel against flex_attention, fla, SDPA, triton-sigmoid: fwd, fwd+bwd, decode."""
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from harness.bench.kernels import BenchSpec, parse_ints, parse_windows, run_kernel_bench
+    spec = BenchSpec(head_dims=parse_ints(args.head_dims, "--head-dims"), lengths=parse_ints(args.lengths, "--lengths"),
+                     windows=parse_windows(args.windows), tokens=args.tokens, hidden=args.hidden,
+                     peers=tuple(split_names(args.peers)), modes=tuple(split_names(args.modes)),
+                     decode_contexts=tuple(parse_ints(args.decode_contexts, "--decode-contexts")),
+                     decode_batch=args.decode_batch)
+    with Progress(TextColumn("[bold]bench kernels"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                  TextColumn("{task.description}"), TimeElapsedColumn(), console=console) as bar:
+        task = bar.add_task("", total=None)
+        out = run_kernel_bench(spec, Path(args.out), force=args.force,
+                               log=lambda m: console.print(m, highlight=False),
+                               progress=lambda i, n, what: bar.update(task, completed=i, total=n, description=what))
+    console.print((out / "kernels.md").read_text(encoding="utf-8"), markup=False, highlight=False)
+    console.print(f"wrote {out}/kernels.csv, kernels.md, kernels.png, decode.png, run.json", highlight=False)
+
+
 def cmd_eval(args) -> None:
     """Evaluate trained checkpoints (or hf:<path> models) on tasks; rows go to RESULTS/RUN/rows.jsonl."""
     if args.online:  # before lm-eval (and datasets) are imported: they read the offline flags once
@@ -196,11 +267,6 @@ def cmd_eval(args) -> None:
                           str(r.n or ""))
     console.print(table)
     console.print(f"wrote {Path(args.results) / run_name}/rows.jsonl and table.md in {time.time() - t0:.1f}s")
-
-
-def cmd_data(args) -> None:
-    from harness.mirror import run_command
-    run_command(args, console)
 
 
 def cmd_data(args) -> None:
@@ -284,6 +350,42 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="write the table to this file instead of printing it")
     p.add_argument("--plots", metavar="DIR", help="also write the plots (PNG + CSV) into DIR")
     p.set_defaults(func=cmd_tables)
+
+    p = sub.add_parser("bench", help="speed and memory benchmarks (models; kernels)")
+    bench = p.add_subparsers(dest="bench_command", required=True)
+    b = bench.add_parser("models", help="training / prefill / decode tokens/s and memory vs length, per model")
+    b.add_argument("--models", default="swat,transformer,sliding_softmax,mamba",
+                   help="comma-separated model names (default: swat,transformer,sliding_softmax,mamba)")
+    b.add_argument("--sweeps", default="train,prefill,decode", help="comma-separated: train, prefill, decode")
+    b.add_argument("--lengths", action="append", default=[], metavar="SWEEP=L1,L2",
+                   help="lengths of one sweep, e.g. train=2048,4096 (repeatable; defaults: 2K-64K train, "
+                   "1K-128K prefill and decode on GPU, short lengths on CPU)")
+    b.add_argument("--train-tokens", type=int, help="tokens per training batch at every length (default 65536)")
+    b.add_argument("--decode-batches", help="comma-separated decode batch sizes (default 1,64)")
+    b.add_argument("--device", help="cpu | cuda (default: cuda when available)")
+    b.add_argument("--results", default="results")
+    b.add_argument("--out", help="output folder (default: RESULTS/speed/<device>/<preset>)")
+    b.add_argument("--force", action="store_true", help="measure again models already in the output folder")
+    b.add_argument("--preset", default="340m", help="model sizes (default 340m, the paper's scale)")
+    b.add_argument("--config", help="YAML file with model: and train: sections overriding the preset")
+    b.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE")
+    add_plugin_arg(b)
+    b.set_defaults(func=cmd_bench_models)
+
+    b = bench.add_parser("kernels", help="SWAT attention kernel vs flex_attention, fla, SDPA, triton-sigmoid "
+                         "(fwd, fwd+bwd, decode; ratio to the fastest peer)")
+    b.add_argument("--head-dims", default="64,128", help="comma-separated head sizes (default 64,128)")
+    b.add_argument("--lengths", default="2048,8192,32768", help="sequence lengths T (default 2048,8192,32768)")
+    b.add_argument("--windows", default="128,512,2048,T", help="windows W; T means full causal (default 128,512,2048,T)")
+    b.add_argument("--tokens", type=int, default=65536, help="B*T tokens per batch (default 65536)")
+    b.add_argument("--hidden", type=int, default=1024, help="H*d: heads = hidden / d (default 1024)")
+    b.add_argument("--peers", default="swat,flex,fla,flash_attn,sdpa,triton_sigmoid", help="comma-separated peers")
+    b.add_argument("--modes", default="fwd,fwd_bwd,decode", help="comma-separated: fwd, fwd_bwd, decode")
+    b.add_argument("--decode-contexts", default="1024,8192,32768,131072", help="decode context lengths")
+    b.add_argument("--decode-batch", type=int, default=8, help="sequences per decode step (default 8)")
+    b.add_argument("--out", default="results/kernels", help="output root; files go to OUT/<device>/")
+    b.add_argument("--force", action="store_true", help="measure again what OUT/<device>/kernels.csv holds")
+    b.set_defaults(func=cmd_bench_kernels)
 
     p = sub.add_parser("data", help="the local data mirror: evaluation sets, tokenizer, corpora (list|fetch|verify|import)")
     dsub = p.add_subparsers(dest="data_command", required=True)

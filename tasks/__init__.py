@@ -2,3 +2,4 @@
 
 from tasks import smoke  # noqa: F401
 from tasks import commonsense, length, perplexity, retrieval  # noqa: F401
+from tasks import speed  # noqa: F401

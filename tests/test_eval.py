@@ -300,3 +300,19 @@ def test_hf_wrapper_keeps_the_model_contract(tiny):
     ids = torch.tensor([ByteTokenizer().encode("Hugging Face checkpoints decode through their cache")])
     assert torch.allclose(wrapped(ids), model(ids))
     assert torch.equal(wrapped.generate(ids, max_new_tokens=6), model.generate(ids, max_new_tokens=6))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_eval_tasks_on_cuda_match_cpu(tiny):
+    cfg, model = tiny
+    tok = ByteTokenizer()
+    pairs = requests(("The answer is", " a"), ("Question: why?\nAnswer:", " because it rains"))
+    cpu = ev.HarnessLM(model=model, tokenizer=tok, device="cpu").loglikelihood(pairs, disable_tqdm=True)
+    gpu_model = build_model("swat", cfg.model, "cuda").eval()
+    gpu_model.load_state_dict(model.state_dict())
+    gpu = ev.HarnessLM(model=gpu_model, tokenizer=tok, device="cuda", dtype="fp32").loglikelihood(pairs,
+                                                                                                 disable_tqdm=True)
+    assert [c[0] for c in cpu] == pytest.approx([g[0] for g in gpu], abs=1e-2)
+    ctx = dataclasses.replace(small_ctx(cfg, limit=1), device="cuda")
+    for task in ("length", "passkey", "mqar"):
+        assert get_task(task).run(gpu_model, tok, ctx)

@@ -167,7 +167,7 @@ def cmd_tables(args) -> None:
         from harness.plots import write_plots
         written = write_plots(rows + refs, Path(args.plots), configs)
         listing = ", ".join(str(p) for p in written) or "none (no length, speed or multi-checkpoint rows)"
-        err_console.print(f"plots: {listing}", highlight=False)
+        err_console.print(f"plots: {listing}", highlight=False, soft_wrap=True)
 
 
 def parse_lengths(items: list[str]) -> dict:

@@ -153,8 +153,8 @@ def to_latex(table: Table) -> str:
                 cells.append(text + latex_escape(c.mark + c.suffix))
             out.append(" & ".join(cells) + r" \\")
     out.append(r"\bottomrule")
-    for note in table.notes:
-        out.append(f"\\multicolumn{{{width}}}{{l}}{{\\footnotesize {latex_escape(note)}}} \\\\")
+    for note in table.notes:  # wrapped at the text width rather than widening the table
+        out.append(f"\\multicolumn{{{width}}}{{p{{0.95\\linewidth}}}}{{\\footnotesize {latex_escape(note)}}} \\\\")
     out.append(r"\end{tabular}")
     return "\n".join(out) + "\n"
 
@@ -246,10 +246,11 @@ def config_diff(config: dict | None) -> str:
 
 
 def mark_best(rows: list[list[Cell]], col: int, lower: bool) -> None:
-    """Bold the best value of one column among rows that are complete (no mark), if two or more."""
+    """Bold the best value of one column among rows that are complete (no mark), when there are two
+    or more values and they are not all equal (a tie of everyone has no winner)."""
     values = [r[col].value for r in rows if r[col].value is not None and not r[col].mark and r[col].text is None
               and not math.isnan(r[col].value)]
-    if len(values) < 2:
+    if len(values) < 2 or len(set(values)) == 1:
         return
     best = min(values) if lower else max(values)
     for r in rows:

@@ -316,3 +316,26 @@ def test_eval_tasks_on_cuda_match_cpu(tiny):
     ctx = dataclasses.replace(small_ctx(cfg, limit=1), device="cuda")
     for task in ("length", "passkey", "mqar"):
         assert get_task(task).run(gpu_model, tok, ctx)
+
+
+def test_hf_checkpoint_through_lm_eval_adapter(tmp_path):
+    transformers = pytest.importorskip("transformers")
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    vocab = {"</s>": 0, **{chr(c): c - 31 for c in range(32, 127)}}
+    raw = Tokenizer(models.WordLevel(vocab, unk_token="</s>"))
+    raw.pre_tokenizer = pre_tokenizers.Split("", "isolated")
+    tok = transformers.PreTrainedTokenizerFast(tokenizer_object=raw, eos_token="</s>")
+    cfg = transformers.LlamaConfig(vocab_size=len(vocab), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                   num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=64)
+    torch.manual_seed(0)
+    transformers.LlamaForCausalLM(cfg).save_pretrained(tmp_path)
+    tok.save_pretrained(tmp_path)
+    lm = ev.HarnessLM(checkpoint=f"hf:{tmp_path}", device="cpu")
+    assert lm.max_length == 64 and lm.tok_encode("ab") == [66, 67]
+    [(logprob, _)] = lm.loglikelihood(requests(("Hi there", " you")), disable_tqdm=True)
+    assert logprob == pytest.approx(direct_logprob(lm.model, lm.tok_encode("Hi there"), lm.tok_encode(" you")),
+                                    abs=1e-4)
+    ids = torch.tensor([lm.tok_encode("Hi there")])
+    with torch.no_grad():
+        greedy = lm.model.hf.generate(ids, max_new_tokens=4, do_sample=False)[0, ids.shape[1]:]
+    assert torch.equal(lm.model.generate(ids, max_new_tokens=4)[0], greedy)

@@ -63,67 +63,57 @@ def _length(r: Row):
     return r.extra.get("context", r.extra.get("seq_len"))
 
 
-def ppl_vs_length(rows: list[Row], out_dir: Path, run_configs: dict | None = None) -> list[Path]:
-    pick = [r for r in rows if r.task == "length" and r.metric == "ppl"
-            and r.extra.get("position_bucket") in (None, "all")]
-    series = _collect(pick, run_configs or {}, _length)
-    if not series:
-        return []
+def _length_plot(series: dict, out_dir: Path, name: str, ylabel: str, title: str, log_y: bool,
+                 vlines: list[int] = ()) -> list[Path]:
+    """One line per series over a log2 length axis; the PNG and a CSV of its points (series,
+    length, value, stderr, device, run)."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6, 4))
     lines = []
     for label, pts in sorted(series.items()):
         xs = sorted(pts)
         ax.plot(xs, [pts[x].value for x in xs], marker="o", label=label)
-        lines += [[label, int(x), pts[x].value, pts[x].stderr, pts[x].run] for x in xs]
-    train_lens = sorted({int(r.extra["train_length"]) for r in pick if r.extra.get("train_length")})
-    for t in train_lens:
-        ax.axvline(t, color="grey", linestyle=":", linewidth=1)
+        lines += [[label, int(x), pts[x].value, pts[x].stderr, pts[x].device, pts[x].run] for x in xs]
+    for x in vlines:
+        ax.axvline(x, color="grey", linestyle=":", linewidth=1)
     ax.set_xscale("log", base=2)
-    ax.set_xlabel("evaluation length (tokens); dotted: training length")
-    ax.set_ylabel("perplexity")
-    ax.set_title("Perplexity vs evaluation length")
+    if log_y:
+        ax.set_yscale("log")
+    ax.set_xlabel("length (tokens)" + ("; dotted: training length" if vlines else ""))
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    png, data = out_dir / "ppl_vs_length.png", out_dir / "ppl_vs_length.csv"
+    png, data = out_dir / f"{name}.png", out_dir / f"{name}.csv"
     _save(fig, png)
     plt.close(fig)
-    _write_csv(data, ["series", "context", "ppl", "stderr", "run"], lines)
+    _write_csv(data, ["series", "length", ylabel, "stderr", "device", "run"], lines)
     return [png, data]
+
+
+def ppl_vs_length(rows: list[Row], out_dir: Path, run_configs: dict | None = None) -> list[Path]:
+    pick = [r for r in rows if r.task == "length" and r.metric == "ppl"
+            and r.extra.get("position_bucket") in (None, "all")]
+    series = _collect(pick, run_configs or {}, _length)
+    if not series:
+        return []
+    train_lengths = sorted({int(r.extra["train_length"]) for r in pick if r.extra.get("train_length")})
+    return _length_plot(series, out_dir, "ppl_vs_length", "ppl", "Perplexity vs evaluation length", False,
+                        train_lengths)
 
 
 def speed_curves(rows: list[Row], out_dir: Path, run_configs: dict | None = None) -> list[Path]:
     written = []
-    out_dir = Path(out_dir)
     for task in SPEED_TASKS:
         for metric in sorted({r.metric for r in rows if r.task == task}):
             pick = [r for r in rows if r.task == task and r.metric == metric]
             series = _collect(pick, run_configs or {}, _length)
-            if not series:
-                continue
-            plt = _pyplot()
-            fig, ax = plt.subplots(figsize=(6, 4))
-            lines = []
-            for label, pts in sorted(series.items()):
-                xs = sorted(pts)
-                ax.plot(xs, [pts[x].value for x in xs], marker="o", label=label)
-                lines += [[label, int(x), pts[x].value, pts[x].device, pts[x].run] for x in xs]
-            ax.set_xscale("log", base=2)
-            ax.set_yscale("log")
-            ax.set_xlabel("context / sequence length (tokens)")
-            ax.set_ylabel(metric)
-            devices = sorted({r.device for r in pick if r.device})
-            ax.set_title(f"{task}: {metric}" + (f" ({', '.join(devices)})" if devices else ""))
-            ax.grid(True, which="both", alpha=0.3)
-            ax.legend(fontsize=8)
-            out_dir.mkdir(parents=True, exist_ok=True)
-            png, data = out_dir / f"{task}_{metric}.png", out_dir / f"{task}_{metric}.csv"
-            _save(fig, png)
-            plt.close(fig)
-            _write_csv(data, ["series", "length", metric, "device", "run"], lines)
-            written += [png, data]
+            if series:
+                devices = sorted({r.device for r in pick if r.device})
+                title = f"{task}: {metric}" + (f" ({', '.join(devices)})" if devices else "")
+                written += _length_plot(series, out_dir, f"{task}_{metric}", metric, title, True)
     return written
 
 

@@ -413,7 +413,8 @@ def _delta_line(ours: Entry, ref: Entry, sources: Sources) -> list[Cell]:
             line.append(Cell())
         else:
             line.append(Cell(display(a.value, col.metric) - display(b.value, col.metric), signed=True))
-    (avg_a, ka), (avg_b, kb) = _average(ours.cells), _average(ref.cells)
+    (avg_a, _), (avg_b, _) = _average(ours.cells), _average(ref.cells)
+    # averages over different task sets are not comparable: no delta then
     same_tasks = {c for c in ACC_COLUMNS if c in ours.cells} == {c for c in ACC_COLUMNS if c in ref.cells}
     line.append(Cell(avg_a - avg_b, signed=True) if avg_a is not None and avg_b is not None and same_tasks
                 else Cell())

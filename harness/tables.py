@@ -427,11 +427,21 @@ def ablation_table(rows: list[Row], references: list[Row] = (), run_configs: dic
     """SWAT variants side by side: their config (activation, slopes, rope, window, training length)
     and every non-length, non-speed result they have, main-table columns first."""
     run_configs = run_configs or {}
-    pick = [r for r in rows if (r.model.startswith("swat") or r.extra.get("variant") is not None)
-            and r.task not in SPEED_TASKS + ("length",) and r.task != AVERAGE_TASK]
-    refs = [r for r in references if r.model.startswith("swat") or r.extra.get("table") == "ablation"]
-    refs = [r for r in refs if r.task not in SPEED_TASKS + ("length",) and r.task != AVERAGE_TASK]
     known = {(c.task, c.metric): c for c in MAIN_COLUMNS}
+    main_tasks = {c.task for c in MAIN_COLUMNS}
+
+    def wanted(r: Row) -> bool:
+        """Not length/speed (their own tables); of a benchmark, only the paper's metric; no
+        bookkeeping (lm-eval's sample_len, rows a task marks paper_metric=false)."""
+        if r.task in SPEED_TASKS + ("length", AVERAGE_TASK) or r.metric == "sample_len":
+            return False
+        if r.task in main_tasks:
+            return (r.task, r.metric) in known
+        return r.extra.get("paper_metric") is not False
+
+    pick = [r for r in rows if (r.model.startswith("swat") or r.extra.get("variant") is not None) and wanted(r)]
+    refs = [r for r in references if (r.model.startswith("swat") or r.extra.get("table") == "ablation")
+            and wanted(r)]
     pairs = sorted({(r.task, r.metric) for r in pick + refs},
                    key=lambda tm: (0, MAIN_COLUMNS.index(known[tm])) if tm in known else (1, tm))
     columns = [known.get(tm) or Column(f"{tm[0]} {tm[1]}", latex_escape(f"{tm[0]} {tm[1]}"), *tm) for tm in pairs]

@@ -18,6 +18,7 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterable, Iterator
 
 import numpy as np
 import torch
@@ -200,11 +201,14 @@ def corpus_files(corpus: str) -> list[Path]:
                     f"{path}); {hint}use train.corpus=english-mix, bundled, or a path to text/JSONL/parquet files")
 
 
-def load_documents(corpus: str) -> list[str]:
-    return [doc for path in corpus_files(corpus) for doc in read_documents(path)]
+def iter_documents(corpus: str) -> Iterator[str]:
+    """The documents of a corpus, file by file (one file's text in memory at a time)."""
+    for path in corpus_files(corpus):
+        yield from read_documents(path)
 
 
-def fetch_corpus(name: str, documents: int, dest: Path | None = None, shard_docs: int = 100_000,
+
+def fetch_corpus(name: str, documents: int, dest: Path | None = None, shard_docs: int = 20_000,
                  progress=None) -> Path:
     """Stream the first `documents` documents of a hub corpus (HUB_CORPORA) into
     `<dest>/corpora/<name>/part-NNNNN.jsonl.gz`. Shards are written atomically and finished ones
@@ -277,22 +281,42 @@ def token_dtype(vocab_size: int):
     return np.uint16 if vocab_size <= 1 << 16 else np.uint32
 
 
-def _tokenize_to(path: Path, docs: list[str], tokenizer, batch_docs: int = 512, advance=None) -> np.ndarray:
-    """Encode documents in batches (each batch on all cores), append tokens + end-of-document to
-    `path`, and return the document start offsets."""
+def _tokenize_to(path: Path, docs: Iterable[str], tokenizer, batch_docs: int = 512, advance=None) -> np.ndarray:
+    """Encode a stream of documents in batches (each batch on all cores), append each one's tokens
+    and the end-of-document token to `path`, and return the documents' lengths. Only one batch of
+    text is in memory at a time."""
     encode_batch = getattr(tokenizer, "encode_batch", None)
     dtype = token_dtype(tokenizer.vocab_size)
-    lengths = []
+    lengths: list[int] = []
     with open(path, "wb") as f:
-        for lo in range(0, len(docs), batch_docs):
-            chunk = docs[lo:lo + batch_docs]
+        for chunk in _batched(docs, batch_docs):
             ids = encode_batch(chunk) if encode_batch else [tokenizer.encode(d) for d in chunk]
             for doc in ids:
                 np.asarray([*doc, tokenizer.eos_id], dtype=dtype).tofile(f)
                 lengths.append(len(doc) + 1)
             if advance:
                 advance(len(chunk))
-    return np.concatenate([[0], np.cumsum(lengths, dtype=np.int64)[:-1]]) if lengths else np.zeros(0, np.int64)
+    return np.asarray(lengths, dtype=np.int64)
+
+
+def _batched(items: Iterable, n: int) -> Iterator[list]:
+    batch = []
+    for item in items:
+        batch.append(item)
+        if len(batch) == n:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def _write_documents(tokens: np.ndarray, offsets: np.ndarray, lengths: np.ndarray, ids: np.ndarray,
+                     path: Path) -> np.ndarray:
+    """Copy documents `ids` (in that order) of a token file into `path`; their new start offsets."""
+    with open(path, "wb") as f:
+        for i in ids:
+            f.write(tokens[offsets[i]:offsets[i] + lengths[i]].tobytes())
+    return np.concatenate([[0], np.cumsum(lengths[ids])[:-1]]).astype(np.int64) if len(ids) else np.zeros(0, np.int64)
 
 
 def heldout_split(num_docs: int, fraction: float, seed: int) -> np.ndarray:
@@ -329,24 +353,28 @@ def prepare_streams(corpus: str, tokenizer, heldout_fraction: float = 0.05, seed
     Documents are held out by a seeded choice, the rest are put in a seeded order, each ends with
     the end-of-document token and their start offsets are kept (document boundaries for
     `cu_seqlens`). The same corpus, tokenizer, fraction and seed give the same files on any machine;
-    the cache key is the files' content, so a copied corpus is not tokenized again."""
+    the cache key is the files' content, so a copied corpus is not tokenized again. Documents are
+    streamed into one token file first and then copied in the seeded order, so memory holds one
+    batch of text, not the corpus."""
     folder = streams_folder(corpus, tokenizer, heldout_fraction, seed)
     if not (folder / "done").exists():
-        docs = load_documents(corpus)
-        if not docs:
-            raise DataError(f"corpus {corpus!r} holds no documents")
-        held = heldout_split(len(docs), heldout_fraction, seed)
-        order = np.random.default_rng([seed, 1]).permutation(len(docs))
         tmp = folder.with_name(folder.name + f".tmp{os.getpid()}")
         tmp.mkdir(parents=True, exist_ok=True)
+        with _progress(f"tokenizing {corpus}") as advance:
+            lengths = _tokenize_to(tmp / "all.bin", iter_documents(corpus), tokenizer, advance=advance)
+        if not len(lengths):
+            raise DataError(f"corpus {corpus!r} holds no documents")
+        tokens = np.memmap(tmp / "all.bin", dtype=token_dtype(tokenizer.vocab_size), mode="r")
+        offsets = np.concatenate([[0], np.cumsum(lengths)[:-1]])
+        held = heldout_split(len(lengths), heldout_fraction, seed)
+        order = np.random.default_rng([seed, 1]).permutation(len(lengths))
         counts = {}
-        with _progress(f"tokenizing {corpus}", len(docs)) as advance:
-            for split, keep in (("train", ~held), ("heldout", held)):
-                split_docs = [docs[i] for i in order if keep[i]]
-                starts = _tokenize_to(tmp / f"{split}.bin", split_docs, tokenizer, advance=advance)
-                np.save(tmp / f"{split}.starts.npy", starts)
-                counts[split] = {"documents": len(split_docs),
-                                 "tokens": (tmp / f"{split}.bin").stat().st_size // np.dtype(token_dtype(tokenizer.vocab_size)).itemsize}
+        for split, keep in (("train", ~held), ("heldout", held)):
+            ids = order[keep[order]]
+            np.save(tmp / f"{split}.starts.npy", _write_documents(tokens, offsets, lengths, ids, tmp / f"{split}.bin"))
+            counts[split] = {"documents": len(ids), "tokens": int(lengths[ids].sum())}
+        del tokens
+        (tmp / "all.bin").unlink()
         (tmp / "done").write_text(json.dumps({"corpus": corpus, "tokenizer": tokenizer.name, "seed": seed,
                                               "heldout_fraction": heldout_fraction, **counts}))
         try:
@@ -360,11 +388,11 @@ def prepare_streams(corpus: str, tokenizer, heldout_fraction: float = 0.05, seed
 
 
 @contextlib.contextmanager
-def _progress(label: str, total: int):
-    """A transient rich progress bar on stderr; yields advance(n)."""
+def _progress(label: str):
+    """A transient rich progress line on stderr (documents done, elapsed); yields advance(n)."""
     from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("documents"),
-                  TimeRemainingColumn(), console=Console(stderr=True), transient=True) as bar:
-        task = bar.add_task(label, total=total)
+    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+    with Progress(SpinnerColumn(), TextColumn("{task.description}: {task.completed:,} documents"),
+                  TimeElapsedColumn(), console=Console(stderr=True), transient=True) as bar:
+        task = bar.add_task(label, total=None)
         yield lambda n: bar.advance(task, n)

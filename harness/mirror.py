@@ -215,8 +215,10 @@ class Status:
     problem: str = ""
 
 
-def status(name: str, split: str, manifest: dict | None = None) -> Status:
-    """Presence, count and checksum of one split, with any disagreement with the manifest."""
+def status(name: str, split: str) -> Status:
+    """Presence, count and checksum of one split, with any disagreement with the official size or
+    with the MANIFEST.json of the mirror folder that holds it (committed for data/, written by
+    fetch/import elsewhere)."""
     ds = dataset(name)
     official = ds.splits[split]
     path = stored_file(name, split)
@@ -224,21 +226,23 @@ def status(name: str, split: str, manifest: dict | None = None) -> Status:
         return Status(name, split, None, None, official, None, "missing")
     data = read_stored(path)
     st = Status(name, split, path, count_lines(data), official, sha256(data))
-    expected = (manifest or load_manifest())["datasets"].get(name, {}).get("splits", {}).get(split)
+    manifest_path = path.parent.parent / "MANIFEST.json"
+    expected = load_manifest(manifest_path)["datasets"].get(name, {}).get("splits", {}).get(split)
     problems = []
     if st.count != official:
         problems.append(f"{st.count} examples, official {official}")
-    if expected and expected["sha256"] != st.sha256:
-        problems.append("sha256 differs from data/MANIFEST.json (another source or a modified file)")
+    if expected is None:
+        problems.append(f"not recorded in {manifest_path}")
+    elif expected["sha256"] != st.sha256:
+        problems.append(f"sha256 differs from {manifest_path} (a modified file)")
     st.problem = "; ".join(problems)
     return st
 
 
 def statuses() -> Iterator[Status]:
-    manifest = load_manifest()
     for name, ds in CATALOGUE.items():
         for split in ds.splits:
-            yield status(name, split, manifest)
+            yield status(name, split)
 
 
 # ---------------------------------------------------------------- converters (raw files -> hub schema)
@@ -457,6 +461,9 @@ def import_path(path: Path, dest: Path, name: str | None = None, split: str | No
                             **write_split(dest, ds, lay.split, records, lay.origin, lay.note,
                                           str(path / lay.files[0]))})
         return entries
+    if path.is_dir():
+        raise DataError(f"{path} is a folder: import one file with --name NAME [--split SPLIT], or a folder of "
+                        f"known raw releases (like ../shared/data) without --name")
     if not path.is_file():
         raise DataError(f"{path}: no such file; pass a JSON/JSONL/parquet/txt file with --name NAME")
     if name is None:
@@ -663,7 +670,8 @@ def run_command(args, console) -> None:
         if problems:
             raise DataError(f"{len(problems)} problem(s) in the mirror (see above); re-import or re-fetch those "
                             f"datasets")
-        console.print(f"ok: {present} splits, tokenizers and corpora match data/MANIFEST.json and the official counts")
+        console.print(f"ok: {present} splits match the official counts and their MANIFEST.json; tokenizers and "
+                      f"corpora match data/MANIFEST.json")
     elif args.data_command == "fetch":
         dest = Path(args.to) if args.to else user_data_dir()
         for name in args.names:

@@ -134,8 +134,7 @@ def test_import_rejects_wrong_schema_and_leaves_nothing(tmp_path):
     assert not (tmp_path / "mirror" / "piqa").exists()
 
 
-def test_verify_detects_a_modified_file(mirror_dir, monkeypatch):
-    monkeypatch.setattr(mirror, "MANIFEST_PATH", mirror_dir / "MANIFEST.json")
+def test_verify_detects_a_modified_file(mirror_dir):
     assert [st for st in mirror.statuses() if st.path and "sha256" in st.problem] == []
     path = mirror_dir / "boolq" / "validation.jsonl.gz"
     rows = [json.loads(x) for x in gzip.decompress(path.read_bytes()).splitlines()]
@@ -163,7 +162,7 @@ def test_committed_mirror_matches_official_counts_and_manifest(monkeypatch):
     assert {"piqa", "arc_easy", "arc_challenge", "boolq", "winogrande", "lambada_openai"} <= set(manifest["datasets"])
     for name, entry in manifest["datasets"].items():
         for split, meta in entry["splits"].items():
-            st = mirror.status(name, split, manifest)
+            st = mirror.status(name, split)
             assert st.path is not None and st.path.is_relative_to(mirror.REPO_DATA)
             assert (st.count, st.sha256) == (mirror.CATALOGUE[name].splits[split], meta["sha256"]), (name, split)
     assert mirror.verify() == []
@@ -217,7 +216,7 @@ def test_streams_keep_document_boundaries_split_and_cache(tmp_path, monkeypatch)
     window, starts = train.sequence(0, 64)
     assert starts[0] == 0 and all(window[s - 1] == tok.eos_id for s in starts[1:])
     # cached: a second call reads the files without loading documents; another seed holds out others
-    monkeypatch.setattr(data, "load_documents", lambda corpus: pytest.fail("tokenized twice"))
+    monkeypatch.setattr(data, "iter_documents", lambda corpus: pytest.fail("tokenized twice"))
     again, _ = data.prepare_streams(str(tmp_path / "corpus"), tok, heldout_fraction=0.1, seed=7)
     assert np.array_equal(again.tokens, train.tokens)
     monkeypatch.undo()
@@ -228,7 +227,7 @@ def test_streams_keep_document_boundaries_split_and_cache(tmp_path, monkeypatch)
 def test_named_corpus_lookup_and_missing_hint(tmp_path, monkeypatch):
     monkeypatch.setenv("HARNESS_DATA", str(tmp_path))
     _write_corpus(tmp_path / "corpora" / "mini", ["one document.", "another document."])
-    assert data.load_documents("mini") == ["one document.", "another document."]
+    assert list(data.iter_documents("mini")) == ["one document.", "another document."]
     with pytest.raises(DataError, match="harness data fetch slimpajama"):
         data.corpus_files("slimpajama")
 
@@ -268,6 +267,6 @@ def test_fetch_corpus_streams_resumable_shards(tmp_path, monkeypatch):
     assert sorted(p.name for p in folder.iterdir()) == ["part-00000.jsonl.gz", "part-00001.jsonl.gz",
                                                          "part-00002.jsonl.gz"]
     monkeypatch.setenv("HARNESS_DATA", str(tmp_path))
-    assert data.load_documents("slimpajama") == texts[:5]
+    assert list(data.iter_documents("slimpajama")) == texts[:5]
     data.fetch_corpus("slimpajama", 7, tmp_path, shard_docs=2)  # resumes after the 2 full shards
-    assert data.load_documents("slimpajama")[-3:] == texts[4:]
+    assert list(data.iter_documents("slimpajama"))[-3:] == texts[4:]

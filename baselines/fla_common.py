@@ -18,6 +18,7 @@ token through the layer's fused-recurrent path, which must equal the chunked ful
 from __future__ import annotations
 
 import importlib
+import warnings
 
 import torch
 import torch.nn as nn
@@ -39,7 +40,9 @@ class NeedsGPUError(RegistryError, RuntimeError):
 def fla_module(model: str, module: str = "fla.layers"):
     """Import an fla module for `model`, or fail in one line naming the extra."""
     try:
-        return importlib.import_module(module)
+        with warnings.catch_warnings():  # fla warns on import that a CPU-only machine has no Triton GPU
+            warnings.filterwarnings("ignore", message="Triton is not supported", category=UserWarning)
+            return importlib.import_module(module)
     except ImportError as err:
         raise MissingExtraError(f"{model} needs flash-linear-attention and a CUDA GPU: {FLA_INSTALL} "
                                 f"({err})") from None

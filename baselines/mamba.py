@@ -156,7 +156,7 @@ class MambaMixer(nn.Module):
         return self.out_proj(y.transpose(1, 2)), {"conv": conv_state, "ssm": ssm}
 
 
-@register_model("mamba", family="ssm", requires=("mamba_ssm", "causal_conv1d"), match="d_inner",
+@register_model("mamba", family="ssm", requires=("mamba_ssm", "causal_conv1d"), extra="gpu", match="d_inner",
                 description="Mamba-1 blocks (selective SSM), 2 per layer, no MLP")
 def build(cfg):
     return DecoderLM(cfg, lambda cfg, i: MambaMixer(cfg), mlp=False, num_blocks=2 * cfg.num_layers)

@@ -188,7 +188,7 @@ def matched_d_inner(cfg) -> int:
     return groups_of_heads * ngroups * headdim
 
 
-@register_model("mamba2", family="ssm", requires=("mamba_ssm",),
+@register_model("mamba2", family="ssm", requires=("mamba_ssm",), extra="gpu",
                 description="Mamba-2 blocks (SSD, headdim 64, d_state 128), 2 per layer, no MLP")
 def build(cfg):
     if cfg.d_inner is None:

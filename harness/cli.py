@@ -84,7 +84,7 @@ def cmd_list(args) -> None:
         table.add_column(col, justify="right" if col == "params" else "left")
     for name, spec in sorted(models().items()):
         params = params_of(name, matched_config(name, cfg))
-        table.add_row(name, spec.family, f"{params:,}", spec.fast_path(), spec.description)
+        table.add_row(name, spec.family, f"{params:,}", escape(spec.fast_path()), spec.description)
     console.print(table)
     ttable = Table(title="tasks")
     for col in ("task", "groups", "description"):

@@ -40,9 +40,9 @@ class ModelSpec:
             return "yes (torch)"
         missing = [pkg for pkg in self.requires if importlib.util.find_spec(pkg) is None]
         if missing:
-            if self.extra:
-                return f"no: pip install 'swat-harness[{self.extra}]'"
-            return "no: pip install " + " ".join(m.replace("_", "-") for m in missing)
+            install = (f"pip install 'swat-harness[{self.extra}]'" if self.extra
+                       else "pip install " + " ".join(m.replace("_", "-") for m in missing))
+            return f"no: {install}" if self.gpu_only else f"no: reference path; {install}"
         import torch
         if torch.cuda.is_available():
             return "yes"

@@ -173,9 +173,12 @@ def test_fla_models_without_fla_name_the_extra(monkeypatch):
             raise ImportError(f"No module named {name!r}")
         return real(name, *args)
     monkeypatch.setattr(common.importlib, "import_module", no_fla)
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "fla" else find_spec(name, *a))
     for name in FLA_MODELS:
         with pytest.raises(MissingExtraError, match=r"pip install 'swat-harness\[fla\]'"):
             get_model(name).build(load_config("tiny").model)
+        assert get_model(name).fast_path() == "no: pip install 'swat-harness[fla]'"
 
 
 # ---------------------------------------------------------------- GPU: fast paths vs references

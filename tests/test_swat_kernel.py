@@ -188,25 +188,29 @@ def test_gpu_decode_realistic():
         assert rel_err(got, want) < 1e-2
 
 
-@gpu_only
-def test_gpu_torch_compile_has_no_graph_break():
-    from harness.ops.swat import swat_attention
+def test_torch_compile_has_no_graph_break():
+    """fullgraph=True raises on a graph break; forward and q's gradient match eager. On the CPU the
+    aot_eager backend (no C++ compiler needed) runs the kernels through the interpreter."""
+    from harness.ops.swat.function import swat_attention_triton
 
-    q, k, v, do = inputs(2, 1024, 4, 2, 64, torch.bfloat16, 5)
-    slopes = alibi_slopes(4).cuda()
+    T = 1024 if torch.cuda.is_available() else 40
+    q, k, v, do = inputs(2, T, 4, 2, 64, torch.bfloat16 if torch.cuda.is_available() else torch.float32, 5)
+    slopes = alibi_slopes(4).to(DEVICE)
 
     def f(q, k, v):
-        return (swat_attention(q, k, v, slopes, 256).float() * do.float()).sum()
+        return (swat_attention_triton(q, k, v, slopes, 256 if torch.cuda.is_available() else 24).float()
+                * do.float()).sum()
 
-    compiled = torch.compile(f, fullgraph=True)  # fullgraph: a graph break would raise here
-    grads = []
+    backend = "inductor" if torch.cuda.is_available() else "aot_eager"
+    compiled = torch.compile(f, fullgraph=True, backend=backend)
+    got = []
     for fn in (compiled, f):
         qq = q.detach().clone().requires_grad_()
         loss = fn(qq, k, v)
         loss.backward()
-        grads.append((loss.detach(), qq.grad))
-    assert rel_err(grads[0][0], grads[1][0]) < 1e-2
-    assert rel_err(grads[0][1], grads[1][1]) < 1e-2
+        got.append((loss.detach(), qq.grad))
+    assert rel_err(got[0][0], got[1][0]) < 1e-3
+    assert rel_err(got[0][1], got[1][1]) < 1e-3
 
 
 def test_bench_kernels_writes_results_and_resumes(tmp_path):

@@ -37,7 +37,8 @@ from harness.config import ConfigError
 
 PEERS = ("swat", "flex", "fla", "flash_attn", "sdpa", "triton_sigmoid")
 MODES = ("fwd", "fwd_bwd", "decode")
-FIELDS = ("mode", "head_dim", "seq_len", "window", "batch", "heads", "peer", "activation", "ms", "tflops", "status")
+FIELDS = ("mode", "head_dim", "seq_len", "window", "batch", "heads", "peer", "activation", "ms", "tflops", "status",
+          "date", "commit")
 
 
 @dataclass(frozen=True)
@@ -271,6 +272,8 @@ def read_csv(path: Path) -> list[dict]:
             r[f] = float(r[f]) if r[f] not in ("", None) else None
         for f in ("head_dim", "seq_len", "window", "batch", "heads"):
             r[f] = int(r[f])
+        r.setdefault("date", None)
+        r.setdefault("commit", None)
         rows.append(r)
     return rows
 
@@ -330,6 +333,10 @@ def markdown(rows: list[dict], info: dict) -> str:
     lines = ["# SWAT kernel vs peers", "",
              f"- command: `{info['command']}`", f"- device: {info['device']}", f"- date: {info['date']}",
              f"- commit: {info['commit']}", f"- versions: {json.dumps(info['versions'])}",
+             *[f"- earlier run resumed here: `{p['command']}` on {p['date']}, commit {p['commit']}"
+               for p in info.get("previous_runs", [])],
+             "- rows measured by earlier runs (resumed into this file) keep their own date and commit in "
+             f"kernels.csv: {', '.join(sorted({str(r.get('commit')) for r in rows}))}",
              f"- dtype: {info['dtype']}; tokens per batch B*T = {info['tokens']}; heads H = hidden {info['hidden']}"
              " / d; timings are medians of triton's do_bench (CUDA events); TFLOP/s count the band's pairs only "
              "(4d per pair forward, 14d forward+backward); ratio = fastest peer's time / SWAT's time.", ""]
@@ -453,10 +460,13 @@ def run_kernel_bench(spec: BenchSpec, out_root: Path, force: bool = False, log: 
     def save():
         atomic_write_text(csv_path, to_csv(rows))
 
+    def stamp(fresh: list[dict]) -> list[dict]:  # rows kept from an earlier run keep their own date and commit
+        return [{**r, "date": info["date"], "commit": info["commit"]} for r in fresh]
+
     step = 0
     for shape in shapes:
         fresh = measure_shape(shape, list(spec.peers), list(spec.modes), device, dtype, done, timing)
-        rows += fresh
+        rows += stamp(fresh)
         done |= {_key(r) for r in fresh}
         save()
         step += 1
@@ -467,12 +477,15 @@ def run_kernel_bench(spec: BenchSpec, out_root: Path, force: bool = False, log: 
             for ctx in spec.decode_contexts:
                 fresh = measure_decode(d, spec.hidden // d, spec.decode_batch, ctx, ctx_windows, device, dtype, done,
                                        timing)
-                rows += fresh
+                rows += stamp(fresh)
                 done |= {_key(r) for r in fresh}
                 save()
                 step += 1
                 if progress:
                     progress(step, total, f"decode d={d} context={ctx}")
+    if rows and (out / "run.json").is_file() and not force:  # keep the provenance of resumed rows
+        previous = json.loads((out / "run.json").read_text(encoding="utf-8"))
+        info["previous_runs"] = previous.pop("previous_runs", []) + [previous]
     atomic_write_text(out / "run.json", json.dumps(info, indent=1, default=str))
     atomic_write_text(out / "kernels.md", markdown(rows, info))
     plot(rows, out)

@@ -1,8 +1,10 @@
 """The SWAT Triton kernels as torch operators: checks, tile configs, launches and autograd.
 
-`swat_attention_triton` and `swat_decode_triton` are registered through `torch.library.triton_op`,
-so `torch.compile` sees the Triton launches inside them (no graph break) and autograd reaches the
-backward kernels through `register_autograd`. On the CPU they run only under TRITON_INTERPRET=1
+`swat_attention_triton` and `swat_decode_triton` run as `torch.library.custom_op`s with fake
+(shape-only) implementations, so `torch.compile` keeps them in the graph as opaque calls (no graph
+break, nothing for Inductor to re-analyse in the kernels) and autograd reaches the backward
+kernels through `register_autograd`. (`triton_op`, which lets Inductor see the launches, failed
+to compile the forward kernel under Inductor with torch 2.11 / triton 3.6; eager was fine.) On the CPU they run only under TRITON_INTERPRET=1
 (the CI tests); in normal use `harness.ops.swat.swat_attention` routes CPU tensors to the reference.
 """
 
@@ -14,7 +16,6 @@ from typing import Optional
 
 import torch
 import triton
-from torch.library import triton_op, wrap_triton
 
 from harness.config import ConfigError
 from harness.ops.swat.triton_bwd import swat_bwd_dkdv_kernel, swat_bwd_dq_kernel
@@ -133,7 +134,7 @@ def document_bounds(cu_seqlens: torch.Tensor, T: int, device) -> tuple[torch.Ten
 
 # ---------------------------------------------------------------- forward / backward operators
 
-@triton_op("swat_harness::swat_fwd", mutates_args=())
+@torch.library.custom_op("swat_harness::swat_fwd", mutates_args=())
 def _swat_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, slopes: torch.Tensor,
               row_start: Optional[torch.Tensor], row_end: Optional[torch.Tensor], window: int,
               sigmoid_bias: float, scale: float) -> torch.Tensor:
@@ -143,7 +144,7 @@ def _swat_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, slopes: torch.T
     cfg = kernel_config("fwd", d, W)
     bm, bn = cfg.pop("BLOCK_M"), cfg.pop("BLOCK_N")
     grid = (B * H, triton.cdiv(T, bm))
-    wrap_triton(swat_fwd_kernel)[grid](
+    swat_fwd_kernel[grid](
         q, k, v, o, slopes, row_start if row_start is not None else slopes,
         *_strides(q), *_strides(k), *_strides(v), *_strides(o),
         T, H, W, -scale * LOG2E, -sigmoid_bias * LOG2E,
@@ -152,7 +153,7 @@ def _swat_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, slopes: torch.T
     return o
 
 
-@triton_op("swat_harness::swat_bwd", mutates_args=())
+@torch.library.custom_op("swat_harness::swat_bwd", mutates_args=())
 def _swat_bwd(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, slopes: torch.Tensor,
               row_start: Optional[torch.Tensor], row_end: Optional[torch.Tensor], window: int,
               sigmoid_bias: float, scale: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -169,7 +170,7 @@ def _swat_bwd(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tenso
 
     cfg = kernel_config("dkdv", d, W)
     bm, bn = cfg.pop("BLOCK_M"), cfg.pop("BLOCK_N")
-    wrap_triton(swat_bwd_dkdv_kernel)[(B * Hkv, triton.cdiv(T, bn))](
+    swat_bwd_dkdv_kernel[(B * Hkv, triton.cdiv(T, bn))](
         q, k, v, do, dk, dv, slopes, row_start if has_doc else slopes, row_end if has_doc else slopes,
         *_strides(q), *_strides(k), *_strides(v), *_strides(do), *_strides(dk), *_strides(dv),
         T, Hkv, W, -scale * LOG2E, -sigmoid_bias * LOG2E, scale,
@@ -177,12 +178,22 @@ def _swat_bwd(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tenso
 
     cfg = kernel_config("dq", d, W)
     bm, bn = cfg.pop("BLOCK_M"), cfg.pop("BLOCK_N")
-    wrap_triton(swat_bwd_dq_kernel)[(B * H, triton.cdiv(T, bm))](
+    swat_bwd_dq_kernel[(B * H, triton.cdiv(T, bm))](
         q, k, v, do, dq, slopes, row_start if has_doc else slopes,
         *_strides(q), *_strides(k), *_strides(v), *_strides(do), *_strides(dq),
         T, H, W, -scale * LOG2E, -sigmoid_bias * LOG2E, scale,
         BLOCK_M=bm, BLOCK_N=bn, **common, **cfg)
     return dq, dk, dv
+
+
+@_swat_fwd.register_fake
+def _swat_fwd_fake(q, k, v, slopes, row_start, row_end, window, sigmoid_bias, scale):
+    return q.new_empty(q.shape)
+
+
+@_swat_bwd.register_fake
+def _swat_bwd_fake(do, q, k, v, slopes, row_start, row_end, window, sigmoid_bias, scale):
+    return q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape)
 
 
 def _setup_context(ctx, inputs, output):
@@ -224,7 +235,7 @@ def swat_attention_triton(q, k, v, slopes, window: int, sigmoid_bias: float = 0.
 DECODE_SLOTS_PER_PROGRAM = 256
 
 
-@triton_op("swat_harness::swat_decode", mutates_args=())
+@torch.library.custom_op("swat_harness::swat_decode", mutates_args=())
 def _swat_decode(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, slopes: torch.Tensor,
                  cache_len: int, pos: int, window: int, sigmoid_bias: float, scale: float) -> torch.Tensor:
     B, H, d = q.shape
@@ -233,13 +244,18 @@ def _swat_decode(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, 
     per_program = max(block_w, min(DECODE_SLOTS_PER_PROGRAM, triton.next_power_of_2(W_cache)))
     splits = triton.cdiv(W_cache, per_program)
     out = torch.empty((splits, B, H, d), device=q.device, dtype=q.dtype if splits == 1 else torch.float32)
-    wrap_triton(swat_decode_kernel)[(B * H, splits)](
+    swat_decode_kernel[(B * H, splits)](
         q, k_cache, v_cache, out, slopes,
         q.stride(0), q.stride(1), *_strides(k_cache), *_strides(v_cache), *_strides(out),
         H, W_cache, cache_len, pos, window, -scale * LOG2E, -sigmoid_bias * LOG2E,
         REP=H // Hkv, SLOTS_PER_PROGRAM=per_program, BLOCK_W=block_w, HEAD_DIM=d, SIGMOID=_sigmoid_mode(q, "decode"),
         num_warps=4)
     return out[0] if splits == 1 else out.sum(0).to(q.dtype)
+
+
+@_swat_decode.register_fake
+def _swat_decode_fake(q, k_cache, v_cache, slopes, cache_len, pos, window, sigmoid_bias, scale):
+    return q.new_empty(q.shape)
 
 
 def swat_decode_triton(q, k_cache, v_cache, cache_len: int, pos: int, slopes, window: int,

@@ -111,7 +111,7 @@ def cmd_run(args) -> None:
 
     t0 = time.time()
     rows = run(models, task_names, cfg, run_name, Path(args.results), Path(args.runs), args.device,
-               args.force, args.limit, log=console.print, on_step=on_step)
+               args.force, args.limit, log=console.print, on_step=on_step, skip_missing=args.skip_missing)
     for bar in progress.values():
         bar.close()
     table = Table(title=f"results/{run_name}")
@@ -225,7 +225,11 @@ def cmd_bench_kernels(args) -> None:
     """The SWAT Triton kernel against flex_attention, fla, SDPA, triton-sigmoid: fwd, fwd+bwd, decode."""
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from harness.bench.kernels import BenchSpec, parse_ints, parse_windows, run_kernel_bench
+    from harness.bench.kernels import BenchSpec, parse_ints, parse_windows, render, run_kernel_bench
+    if args.render_only:
+        render(Path(args.render_only))
+        console.print(f"wrote {args.render_only}/kernels.md and plots from its kernels.csv", highlight=False)
+        return
     spec = BenchSpec(head_dims=parse_ints(args.head_dims, "--head-dims"), lengths=parse_ints(args.lengths, "--lengths"),
                      windows=parse_windows(args.windows), tokens=args.tokens, hidden=args.hidden,
                      peers=tuple(split_names(args.peers)), modes=tuple(split_names(args.modes)),
@@ -294,6 +298,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", help="cpu | cuda | cuda:N (default: cuda when available)")
     p.add_argument("--force", action="store_true", help="retrain and rerun even what is finished")
     p.add_argument("--limit", type=int, help="examples (or sequences) per task, for quick checks")
+    p.add_argument("--skip-missing", action="store_true",
+                   help="drop tasks whose data is not in the mirror instead of stopping (checked before training)")
     add_config_args(p)
     add_plugin_arg(p)
     p.set_defaults(func=cmd_run)
@@ -385,6 +391,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--decode-batch", type=int, default=8, help="sequences per decode step (default 8)")
     b.add_argument("--out", default="results/kernels", help="output root; files go to OUT/<device>/")
     b.add_argument("--force", action="store_true", help="measure again what OUT/<device>/kernels.csv holds")
+    b.add_argument("--render-only", metavar="DIR", help="only rewrite DIR/kernels.md and plots from DIR/kernels.csv")
     b.set_defaults(func=cmd_bench_kernels)
 
     p = sub.add_parser("data", help="the local data mirror: evaluation sets, tokenizer, corpora (list|fetch|verify|import)")

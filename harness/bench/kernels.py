@@ -487,9 +487,21 @@ def run_kernel_bench(spec: BenchSpec, out_root: Path, force: bool = False, log: 
         previous = json.loads((out / "run.json").read_text(encoding="utf-8"))
         info["previous_runs"] = previous.pop("previous_runs", []) + [previous]
     atomic_write_text(out / "run.json", json.dumps(info, indent=1, default=str))
+    render(out)
+    return out
+
+
+def render(out: Path) -> None:
+    """(Re)write kernels.md and the plots of a device folder from its kernels.csv and run.json, e.g.
+    after a run that stopped early (every finished shape is already in kernels.csv)."""
+    from harness.results import atomic_write_text
+    out = Path(out)
+    if not (out / "kernels.csv").is_file() or not (out / "run.json").is_file():
+        raise ConfigError(f"{out} has no kernels.csv and run.json; run `harness bench kernels` first")
+    info = json.loads((out / "run.json").read_text(encoding="utf-8"))
+    rows = read_csv(out / "kernels.csv")
     atomic_write_text(out / "kernels.md", markdown(rows, info))
     plot(rows, out)
-    return out
 
 
 def parse_windows(text: str) -> list:

@@ -534,7 +534,7 @@ def lm_eval_task_rows(task: str, model, tokenizer, ctx) -> list:
     """The task runner behind every lm-eval task of `harness run` / `harness eval`."""
     lm = HarnessLM(model=model, tokenizer=tokenizer, device=ctx.device,
                    max_length=ctx.cfg.model.max_seq_len, dtype=ctx.cfg.train.dtype)
-    options = getattr(ctx, "eval_options", {})  # set by `harness eval`; `harness run` uses defaults
+    options = ctx.options  # `harness eval` sets cache_dir, online, bootstrap_iters; `harness run` uses defaults
     cache = options.get("cache_dir")
     iters = options.get("bootstrap_iters", DEFAULT_BOOTSTRAP_ITERS)
     results = run_tasks(lm, [task], limit=ctx.limit, online=options.get("online", False), bootstrap_iters=iters,
@@ -626,22 +626,10 @@ def evaluate(sources: list[ModelSource], task_names: list[str], run: str, result
     """Run tasks on each model source and merge the rows into results/<run>/rows.jsonl (written after
     every task; finished (model, task) pairs are skipped unless `force`; lm-eval's request cache
     per checkpoint version (`request_cache`) lets an interrupted task resume)."""
-    import time
-
     from harness.registry import get_task
-    from harness.results import (command_line, device_name, git_commit, now, read_rows, rows_table,
-                                 atomic_write_text, write_rows)
-    from harness.runner import TaskContext
-    tasks = [get_task(t) for t in task_names]
-    runnable = []
-    for task in tasks:  # every dataset is checked before any model is loaded
-        err = missing_data(task.name, online)
-        if err is None:
-            runnable.append(task)
-        elif skip_missing:
-            log(f"skipping {task.name}: {err}")
-        else:
-            raise DataError(f"{err}; or pass --skip-missing to run the other tasks") from None
+    from harness.results import atomic_write_text, command_line, device_name, git_commit, now, read_rows, rows_table
+    from harness.runner import TaskContext, check_task_data, run_tasks
+    runnable = check_task_data([get_task(t) for t in task_names], online, skip_missing, log)
     out = Path(results_dir) / run
     rows_file = out / "rows.jsonl"
     existing = read_rows(rows_file, warn=log) if rows_file.is_file() else []
@@ -653,22 +641,13 @@ def evaluate(sources: list[ModelSource], task_names: list[str], run: str, result
             log(f"{source.name}: all tasks done already (pass --force to redo)")
             continue
         model, tokenizer, cfg, meta = source.load(device)
-        model.eval()
-        ctx = TaskContext(cfg, run, source.name, device, meta.get("params"), meta.get("tokens"),
-                          source.checkpoint, limit, provenance)
         cache = request_cache(run, source)
         if force:
             shutil.rmtree(cache, ignore_errors=True)
-        ctx.eval_options = {"online": online, "bootstrap_iters": bootstrap_iters, "cache_dir": str(cache)}
-        for task in pending:
-            t0 = time.time()
-            rows = task.run(model, tokenizer, ctx)
-            seconds = time.time() - t0
-            for row in rows:
-                row.extra["eval_seconds"] = round(seconds, 2)
-            existing = [r for r in existing if (r.model, r.task) != (source.name, task.name)] + rows
-            write_rows(rows_file, existing)
-            log(f"{source.name}: {task.name} done in {seconds:.1f}s ({len(rows)} rows)")
+        ctx = TaskContext(cfg, run, source.name, device, meta.get("params"), meta.get("tokens"),
+                          source.checkpoint, limit, provenance,
+                          options={"online": online, "bootstrap_iters": bootstrap_iters, "cache_dir": str(cache)})
+        existing = run_tasks(model, tokenizer, ctx, pending, existing, rows_file, log)
         del model
         if torch.cuda.is_available():
             torch.cuda.empty_cache()

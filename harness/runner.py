@@ -14,6 +14,7 @@ task in flight.
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -44,6 +45,7 @@ class TaskContext:
     checkpoint: str | None = None
     limit: int | None = None
     provenance: dict = field(default_factory=dict)
+    options: dict = field(default_factory=dict)  # task options, e.g. lm-eval's cache_dir, online, bootstrap_iters
 
     def row(self, task: str, metric: str, value: float | None, stderr: float | None = None, n: int | None = None,
             **extra) -> Row:
@@ -80,11 +82,12 @@ def trained_model(name: str, cfg: Config, ckpt_dir: Path, device: str, force: bo
 
 def run(models: list[str], task_names: list[str], cfg: Config, run_name: str, results_dir: Path,
         runs_dir: Path, device: str | None = None, force: bool = False, limit: int | None = None,
-        log: Callable[[str], None] = print, on_step: Callable | None = None) -> list[Row]:
+        log: Callable[[str], None] = print, on_step: Callable | None = None,
+        skip_missing: bool = False) -> list[Row]:
     device = device or default_device()
     for name in models:  # fail on unknown names before any work
         get_model(name)
-    tasks = [get_task(t) for t in task_names]
+    tasks = check_task_data([get_task(t) for t in task_names], skip_missing=skip_missing, log=log)
     out = Path(results_dir) / run_name
     rows_file = out / "rows.jsonl"
     provenance = {"commit": git_commit(), "device": device_name(device),
@@ -108,14 +111,44 @@ def run(models: list[str], task_names: list[str], cfg: Config, run_name: str, re
         model, meta, trained = trained_model(name, cfg, Path(runs_dir) / run_name / name, device, force, on_step)
         log(f"{name}: {'trained' if trained else 'reused checkpoint'}, {meta['params']:,} params, "
             f"held-out loss {meta['heldout_loss']:.4f}")
-        model.eval()
         ctx = TaskContext(cfg, run_name, name, device, meta["params"], meta.get("tokens"),
                           str(Path(runs_dir) / run_name / name / CHECKPOINT_DIR), limit, provenance)
-        for task in pending:
-            rows = task.run(model, tokenizer, ctx)
-            existing = [r for r in existing if (r.model, r.task) != (name, task.name)] + rows
-            write_rows(rows_file, existing)
-            log(f"{name}: {task.name} done ({len(rows)} rows)")
+        existing = run_tasks(model, tokenizer, ctx, pending, existing, rows_file, log)
     atomic_write_text(out / "table.md", rows_table(existing))
     return existing
+
+
+def run_tasks(model, tokenizer, ctx: TaskContext, tasks: list, existing: list[Row], rows_file: Path,
+              log: Callable[[str], None] = print) -> list[Row]:
+    """Run tasks on one model, replacing its earlier rows of each task; the rows file is rewritten
+    atomically after every task, so an interruption loses only the task in flight."""
+    model.eval()
+    for task in tasks:
+        t0 = time.time()
+        rows = task.run(model, tokenizer, ctx)
+        seconds = time.time() - t0
+        for row in rows:
+            row.extra["eval_seconds"] = round(seconds, 2)
+        existing = [r for r in existing if (r.model, r.task) != (ctx.model_name, task.name)] + rows
+        write_rows(rows_file, existing)
+        log(f"{ctx.model_name}: {task.name} done in {seconds:.1f}s ({len(rows)} rows)")
+    return existing
+
+
+def check_task_data(tasks: list, online: bool = False, skip_missing: bool = False,
+                    log: Callable[[str], None] = print) -> list:
+    """The tasks whose data is present, checked before any model work; a missing dataset raises its
+    DataError (naming path and fix) unless skip_missing, which drops the task with a message."""
+    from harness.data import DataError
+    from harness.evaluate import missing_data
+    runnable = []
+    for task in tasks:
+        err = missing_data(task.name, online)
+        if err is None:
+            runnable.append(task)
+        elif skip_missing:
+            log(f"skipping {task.name}: {err}")
+        else:
+            raise DataError(f"{err}; or pass --skip-missing to run the other tasks") from None
+    return runnable
 

@@ -159,7 +159,7 @@ class Exploding(torch.nn.Module):
 def test_a_finished_task_is_answered_from_the_request_cache(tiny, tmp_path):
     cfg, model = tiny
     ctx = small_ctx(cfg, train_length=128, limit=2)
-    ctx.eval_options = {"cache_dir": str(tmp_path), "bootstrap_iters": 20}
+    ctx.options = {"cache_dir": str(tmp_path), "bootstrap_iters": 20}
     first = ev.lm_eval_task_rows("piqa", model, ByteTokenizer(), ctx)
     again = ev.lm_eval_task_rows("piqa", Exploding(), ByteTokenizer(), ctx)  # every request is cached
     assert [(r.metric, r.value) for r in first] == [(r.metric, r.value) for r in again]

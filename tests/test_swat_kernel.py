@@ -10,9 +10,11 @@ import os
 import pytest
 import torch
 
+# Without a GPU the kernels run under Triton's CPU interpreter; tests/conftest.py sets
+# TRITON_INTERPRET=1 before anything imports triton (triton reads it once). Set here too for a
+# direct run of this file without the conftest.
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
-
 triton = pytest.importorskip("triton")
 import triton.language as tl  # noqa: E402
 
@@ -21,6 +23,12 @@ from harness.ops.alibi import alibi_slopes  # noqa: E402
 from harness.ops.swat.function import check_inputs, swat_attention_triton, swat_decode_triton  # noqa: E402
 from harness.ops.swat.reference import swat_attention_ref, swat_decode_ref  # noqa: E402
 from harness.ops.swat.triton_common import sigmoid_neg_log2  # noqa: E402
+
+
+@triton.jit
+def _sigmoid_kernel(S, P, N: tl.constexpr, SIGMOID: tl.constexpr):
+    offs = tl.arange(0, N)
+    tl.store(P + offs, sigmoid_neg_log2(-tl.load(S + offs) * 1.4426950408889634, SIGMOID))
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 gpu_only = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -86,12 +94,6 @@ def test_one_loop_variant_matches_reference(monkeypatch, B, T, H, Hkv, W):
     check_against_reference(B, T, H, Hkv, 64, W, torch.float32, tol=2e-5, cu_seqlens=[0, 7, T] if B == 1 else None)
 
 
-@triton.jit
-def _sigmoid_kernel(S, P, N: tl.constexpr, SIGMOID: tl.constexpr):
-    offs = tl.arange(0, N)
-    tl.store(P + offs, sigmoid_neg_log2(-tl.load(S + offs) * 1.4426950408889634, SIGMOID))
-
-
 @pytest.mark.parametrize("mode,tol", [(0, 1e-5), (2, 5e-4)])
 def test_sigmoid_modes(mode, tol):
     """The Newton reciprocal (mode 2, used for bf16/fp16 on the GPU) stays well inside bf16 precision."""
@@ -154,7 +156,8 @@ def test_unsupported_inputs_are_refused():
 
 
 def test_cpu_tensors_need_the_interpreter(monkeypatch):
-    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    from harness.ops.swat import function
+    monkeypatch.setattr(function, "interpreting", lambda: False)
     q = torch.randn(1, 8, 2, 64)
     with pytest.raises(ConfigError, match="CUDA"):
         check_inputs(q, q, q, torch.zeros(2), 4)

@@ -187,6 +187,7 @@ def cmd_bench_models(args) -> None:
     """Training / prefill / decode throughput and memory sweeps of whole models."""
     import torch
 
+    from harness.bench import device_slug
     from harness.bench import models as bm
     from harness.config import ConfigError
     from harness.registry import load_plugins
@@ -206,7 +207,7 @@ def cmd_bench_models(args) -> None:
     on_cpu = device.type == "cpu"
     lengths = dict(bm.CPU_LENGTHS if on_cpu else bm.DEFAULT_LENGTHS)
     lengths.update(parse_lengths(args.lengths))
-    out = Path(args.out or Path(args.results) / "speed" / bm.device_slug(device_name(str(device))) / args.preset)
+    out = Path(args.out or Path(args.results) / "speed" / device_slug(device_name(str(device))) / args.preset)
 
     def show(point):
         shown = ", ".join(f"{k} {v:,.3g}" for k, v in point.metrics.items()) or point.status

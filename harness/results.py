@@ -246,6 +246,13 @@ def read_reference(path: Path, warn=print) -> list[Row]:
 # ---------------------------------------------------------------- provenance
 
 def git_commit(cwd: Path | None = None) -> str | None:
+    """HEAD's short hash (+ "-dirty" with uncommitted changes); where the tree has no .git (a copy
+    sent to a GPU machine), the HARNESS_COMMIT environment variable the sender set, else None."""
+    found = _git_head(cwd)
+    return found if found is not None else os.environ.get("HARNESS_COMMIT")
+
+
+def _git_head(cwd: Path | None) -> str | None:
     try:
         out = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=cwd or Path(__file__).parent,
                              capture_output=True, text=True, timeout=10)

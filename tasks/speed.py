@@ -24,6 +24,6 @@ def run(model, tokenizer, ctx):
     points = sweep_model(ctx.model_name, ctx.cfg, SWEEPS, CPU_LENGTHS if on_cpu else DEFAULT_LENGTHS, device,
                          CPU_TRAIN_TOKENS if on_cpu else DEFAULT_TRAIN_TOKENS,
                          CPU_DECODE_BATCHES if on_cpu else DEFAULT_DECODE_BATCHES,
-                         warmup=1 if on_cpu else 2, repeats=2 if on_cpu else 5, new_tokens=4 if on_cpu else 16)
+                         new_tokens=4 if on_cpu else 16)
     return points_to_rows(points, lambda model, task, metric, value, **extra:
                           ctx.row(task, metric, value, **extra))

@@ -26,7 +26,7 @@ from harness.attention import softmax_attention
 from harness.config import ConfigError, load_config
 from harness.models import build_model, matched_config, params_of
 from harness.ops.swat.reference import swat_attention_ref
-from harness.registry import get_model, models
+from harness.registry import get_model
 
 FLA_MODELS = ["gla", "retnet", "hgrn2", "deltanet", "gated_deltanet"]
 ALL_MODELS = ["swat", "transformer", "sliding_softmax", "mamba", "mamba2", *FLA_MODELS]

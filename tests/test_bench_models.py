@@ -16,7 +16,7 @@ LENGTHS = {"train": [32, 64], "prefill": [32], "decode": [16, 48]}
 def test_sweep_points_and_rows():
     cfg = load_config("tiny")
     points = bm.sweep_model("swat", cfg, bm.SWEEPS, LENGTHS, torch.device("cpu"), 128, (1, 2),
-                            warmup=0, repeats=1, new_tokens=2)
+                            new_tokens=2)
     assert [(p.sweep, p.length, p.batch) for p in points] == [
         ("train", 32, 4), ("train", 64, 2), ("prefill", 32, 1),
         ("decode", 16, 1), ("decode", 16, 2), ("decode", 48, 1), ("decode", 48, 2)]
@@ -33,7 +33,7 @@ def test_sweep_points_and_rows():
 def test_full_attention_cache_grows_with_context():
     cfg = load_config("tiny")
     points = bm.sweep_model("transformer", cfg, ["decode"], {"decode": [16, 48]}, torch.device("cpu"), 128, (1,),
-                            warmup=0, repeats=1, new_tokens=1)
+                            new_tokens=1)
     assert points[1].metrics["state_gb"] == pytest.approx(3 * points[0].metrics["state_gb"])
 
 

@@ -23,7 +23,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
@@ -440,7 +439,7 @@ def run_kernel_bench(spec: BenchSpec, out_root: Path, force: bool = False, log: 
     rows = [] if force else read_csv(csv_path)
     done = {_key(r) for r in rows}
     info = {"command": command_line(), "device": device_name(str(device)), "date": now(),
-            "commit": git_commit() or os.environ.get("HARNESS_COMMIT"), "versions": versions(), "dtype": spec.dtype,
+            "commit": git_commit(), "versions": versions(), "dtype": spec.dtype,
             "tokens": spec.tokens, "hidden": spec.hidden, "spec": asdict(spec)}
     for pkg in ("fla-core", "triton-sigmoid", "flash-attn"):
         if pkg not in info["versions"]:

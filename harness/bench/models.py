@@ -8,7 +8,7 @@ Sweeps, per model, at one preset (default 340m):
 - decode:  per-token latency and tokens/s at batch 1 and a large batch after a prompt of 1K..128K
            tokens, and the memory held by the decode state (KV cache, ring buffer or recurrent state).
 
-Every point is timed after warm-up as the median of repeats (CUDA events on GPU), with peak memory
+Every point is timed after warm-up as the median of repeats (harness.bench.timing: triton's do_bench on GPU), with peak memory
 from `torch.cuda.max_memory_allocated` reset per point. An out-of-memory point is recorded with
 status "oom" (value empty) and the longer lengths of that sweep are recorded as "oom" without
 being run; the sweep goes on with the next model. Decode steps run eagerly (no CUDA graphs: the
@@ -18,14 +18,13 @@ Numbers measured on a CPU are for testing the code path only, not comparable to 
 
 from __future__ import annotations
 
-import statistics
-import time
 from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
 import torch.nn.functional as F
 
+from harness.bench.timing import median_ms
 from harness.config import Config
 
 SWEEPS = ("train", "prefill", "decode")
@@ -54,32 +53,6 @@ class Point:
     metrics: dict = field(default_factory=dict)  # e.g. tokens_per_s, latency_ms, peak_mem_gb
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def median_ms(fn: Callable[[], None], device: torch.device, warmup: int, repeats: int) -> float:
-    """Median wall time of fn in milliseconds, after warm-up (device-synchronised)."""
-    for _ in range(warmup):
-        fn()
-    _sync(device)
-    times = []
-    for _ in range(repeats):
-        if device.type == "cuda":
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            fn()
-            end.record()
-            end.synchronize()
-            times.append(start.elapsed_time(end))
-        else:
-            t0 = time.perf_counter()
-            fn()
-            times.append((time.perf_counter() - t0) * 1e3)
-    return statistics.median(times)
-
-
 def _reset_memory(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.empty_cache()
@@ -97,7 +70,7 @@ def state_bytes(state) -> int:
     return 0
 
 
-def train_point(model, vocab: int, length: int, tokens: int, device, autocast, warmup, repeats) -> dict:
+def train_point(model, vocab: int, length: int, tokens: int, device, autocast, warmup_ms, rep_ms) -> dict:
     batch = max(1, tokens // length)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device.type == "cuda")
     x = torch.randint(0, vocab, (batch, length + 1), device=device)
@@ -109,25 +82,25 @@ def train_point(model, vocab: int, length: int, tokens: int, device, autocast, w
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
-    ms = median_ms(step, device, warmup, repeats)
+    ms = median_ms(step, device.type == "cuda", warmup_ms, rep_ms)
     return {"tokens_per_s": batch * length / ms * 1e3, "step_ms": ms, "batch": batch}
 
 
 @torch.no_grad()
-def prefill_point(model, vocab: int, length: int, device, autocast, warmup, repeats) -> dict:
+def prefill_point(model, vocab: int, length: int, device, autocast, warmup_ms, rep_ms) -> dict:
     x = torch.randint(0, vocab, (1, length), device=device)
 
     def run():
         with autocast():
             model.prefill(x)
 
-    ms = median_ms(run, device, warmup, repeats)
+    ms = median_ms(run, device.type == "cuda", warmup_ms, rep_ms)
     return {"latency_ms": ms, "tokens_per_s": length / ms * 1e3}
 
 
 @torch.no_grad()
 def decode_point(model, vocab: int, context: int, batch: int, device, autocast, new_tokens: int,
-                 repeats: int) -> dict:
+                 rep_ms: float) -> dict:
     x = torch.randint(0, vocab, (batch, context), device=device)
     with autocast():
         _, state = model.prefill(x)
@@ -140,13 +113,13 @@ def decode_point(model, vocab: int, context: int, batch: int, device, autocast, 
             for _ in range(new_tokens):
                 _, s = model.step(token, s)
 
-    ms = median_ms(run, device, 1, repeats) / new_tokens
+    ms = median_ms(run, device.type == "cuda", 0, rep_ms) / new_tokens
     return {"per_token_ms": ms, "tokens_per_s": batch / ms * 1e3, "state_gb": held / 2**30}
 
 
 def sweep_model(name: str, cfg: Config, sweeps, lengths: dict, device: torch.device,
                 train_tokens: int = DEFAULT_TRAIN_TOKENS, decode_batches=DEFAULT_DECODE_BATCHES,
-                warmup: int = 2, repeats: int = 5, new_tokens: int = 16,
+                warmup_ms: float = 100, rep_ms: float = 500, new_tokens: int = 16,
                 on_point: Callable[[Point], None] | None = None) -> list[Point]:
     """Every point of the chosen sweeps for a freshly initialised model (speed does not depend on
     the weights); OOM points are recorded, never raised. Peak memory counts only what this sweep
@@ -173,13 +146,13 @@ def sweep_model(name: str, cfg: Config, sweeps, lengths: dict, device: torch.dev
             _reset_memory(device)
             try:
                 if sweep == "train":
-                    point.metrics = train_point(model, vocab, length, train_tokens, device, autocast, warmup, repeats)
+                    point.metrics = train_point(model, vocab, length, train_tokens, device, autocast, warmup_ms, rep_ms)
                     point.batch = point.metrics.pop("batch")
                 elif sweep == "prefill":
-                    point.metrics = prefill_point(model, vocab, length, device, autocast, warmup, repeats)
+                    point.metrics = prefill_point(model, vocab, length, device, autocast, warmup_ms, rep_ms)
                 else:
                     point.metrics = decode_point(model, vocab, length, batch, device, autocast, new_tokens,
-                                                 repeats)
+                                                 rep_ms)
                 if device.type == "cuda":
                     point.metrics["peak_mem_gb"] = (torch.cuda.max_memory_allocated(device) - resident) / 2**30
             except torch.OutOfMemoryError:
@@ -218,12 +191,6 @@ def points_to_rows(points: list[Point], make_row: Callable) -> list:
         for metric, value in metrics.items():
             rows.append(make_row(p.model, f"speed_{p.sweep}", metric, value, status=p.status, **_where(p)))
     return rows
-
-
-def device_slug(name: str) -> str:
-    """A folder name for a device: 'NVIDIA H100 80GB HBM3' -> 'nvidia-h100-80gb-hbm3'."""
-    import re
-    return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
 
 
 def run_bench(names: list[str], cfg: Config, sweeps, lengths: dict, device: torch.device, out_dir,

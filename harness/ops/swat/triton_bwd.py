@@ -14,7 +14,8 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from harness.ops.swat.triton_common import key_block_ranges, mma, query_block_ranges, sigmoid_neg_log2
+from harness.ops.swat.triton_common import (key_block_ranges, kv_tile_weights, mma, query_block_ranges,
+                                            sigmoid_neg_log2)
 
 
 @triton.jit
@@ -115,25 +116,9 @@ def swat_bwd_dkdv_kernel(Q, K, V, DO, DK, DV, Slopes, RowStart, RowEnd,
 def _dq_tiles(dq, q, do, k_base, v_base, stride_kt, stride_vt, offs_m, row_lo, n_lo, n_hi, neg_c, neg_slope,
               neg_bias, col_term, T, MASK: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr,
               SIGMOID: tl.constexpr, DOT_PREC: tl.constexpr):
-    offs_n0 = tl.arange(0, BLOCK_N)
-    offs_d = tl.arange(0, HEAD_DIM)
     for n in range(n_lo, n_hi, BLOCK_N):
-        offs_n = n + offs_n0
-        k_ptrs = k_base + offs_n[:, None] * stride_kt + offs_d[None, :]
-        v_ptrs = v_base + offs_n[:, None] * stride_vt + offs_d[None, :]
-        if MASK:
-            inb = ((offs_n >= 0) & (offs_n < T))[:, None]
-            k = tl.load(k_ptrs, mask=inb, other=0.0)
-            v = tl.load(v_ptrs, mask=inb, other=0.0)
-        else:
-            k = tl.load(k_ptrs)
-            v = tl.load(v_ptrs)
-        qk = mma(q, tl.trans(k), DOT_PREC)
-        row_term = neg_slope * (offs_m - n).to(tl.float32) + neg_bias
-        p = sigmoid_neg_log2(qk * neg_c + (row_term[:, None] - col_term[None, :]), SIGMOID)
-        if MASK:
-            allowed = (offs_n[None, :] <= offs_m[:, None]) & (offs_n[None, :] >= row_lo[:, None])
-            p = tl.where(allowed, p, 0.0)
+        k, v, p = kv_tile_weights(q, k_base, v_base, stride_kt, stride_vt, offs_m, row_lo, n, neg_c, neg_slope,
+                                  neg_bias, col_term, T, MASK, BLOCK_N, HEAD_DIM, SIGMOID, DOT_PREC)
         dp = mma(do, tl.trans(v), DOT_PREC)
         ds = dp * (p - p * p)
         dq += mma(ds.to(k.dtype), k, DOT_PREC)

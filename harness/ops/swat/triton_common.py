@@ -98,3 +98,31 @@ def mma(a, b, DOT_PREC: tl.constexpr):
         return tl.dot(a.to(tl.float32), b.to(tl.float32), input_precision="ieee")
     else:
         return tl.dot(a, b)
+
+
+@triton.jit
+def kv_tile_weights(q, k_base, v_base, stride_kt, stride_vt, offs_m, row_lo, n, neg_c, neg_slope, neg_bias,
+                    col_term, T, MASK: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr,
+                    SIGMOID: tl.constexpr, DOT_PREC: tl.constexpr):
+    """The key/value tile starting at n and the sigmoid weights p [BLOCK_M, BLOCK_N] of the query
+    rows offs_m against it: the common first half of the forward and dQ tile loops. With MASK
+    (edge tiles), out-of-range keys read as zero and pairs outside the band get weight 0."""
+    offs_n = n + tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, HEAD_DIM)
+    k_ptrs = k_base + offs_n[:, None] * stride_kt + offs_d[None, :]
+    v_ptrs = v_base + offs_n[:, None] * stride_vt + offs_d[None, :]
+    if MASK:
+        inb = ((offs_n >= 0) & (offs_n < T))[:, None]
+        k = tl.load(k_ptrs, mask=inb, other=0.0)
+        v = tl.load(v_ptrs, mask=inb, other=0.0)
+    else:
+        k = tl.load(k_ptrs)
+        v = tl.load(v_ptrs)
+    qk = mma(q, tl.trans(k), DOT_PREC)
+    # -log2(e) * (qk * scale + slope * (i - j) + bias), the distance taken relative to n
+    row_term = neg_slope * (offs_m - n).to(tl.float32) + neg_bias
+    p = sigmoid_neg_log2(qk * neg_c + (row_term[:, None] - col_term[None, :]), SIGMOID)
+    if MASK:
+        allowed = (offs_n[None, :] <= offs_m[:, None]) & (offs_n[None, :] >= row_lo[:, None])
+        p = tl.where(allowed, p, 0.0)
+    return k, v, p

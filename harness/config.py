@@ -220,6 +220,11 @@ def _coerce(section: str, key: str, current: Any, value: Any) -> Any:
             raise ConfigError(f"{name} must be true or false, got {value!r}")
         return value
     if isinstance(current, (int, float)) and not isinstance(current, bool):
+        if isinstance(value, str):  # YAML 1.1 reads 1e-3 (no dot) as a string
+            try:
+                value = float(value)
+            except ValueError:
+                pass
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{name} must be a number, got {value!r}")
         if isinstance(current, int) and isinstance(value, float) and not value.is_integer():

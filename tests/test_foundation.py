@@ -91,6 +91,11 @@ def test_invalid_overrides_name_the_key(override, key):
     assert "\n" not in str(err.value)
 
 
+def test_scientific_notation_overrides():
+    cfg = load_config("tiny", None, ["train.lr=1e-3", "model.sigmoid_bias=-2.5e0", "train.tokens=2048"])
+    assert (cfg.train.lr, cfg.model.sigmoid_bias, cfg.train.tokens) == (1e-3, -2.5, 2048)
+
+
 def test_unknown_key_suggests_the_close_one():
     with pytest.raises(ConfigError, match="did you mean model.window"):
         load_config("tiny", None, ["model.windw=4"])

@@ -289,7 +289,12 @@ def now() -> str:
 
 
 def command_line() -> str:
-    return " ".join(["harness", *sys.argv[1:]]) if Path(sys.argv[0]).name == "harness" else " ".join(sys.argv)
+    """The command as a user would retype it: `harness ...` for the console script and for
+    `python -m harness` (whose argv[0] is harness/__main__.py), else argv as given."""
+    program = Path(sys.argv[0])
+    if program.name == "harness" or program.parts[-2:] == ("harness", "__main__.py"):
+        return " ".join(["harness", *sys.argv[1:]])
+    return " ".join(sys.argv)
 
 
 # ---------------------------------------------------------------- tables

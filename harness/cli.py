@@ -83,8 +83,11 @@ def cmd_list(args) -> None:
     for col in ("model", "family", "params", "fast path here", "description"):
         table.add_column(col, justify="right" if col == "params" else "left")
     for name, spec in sorted(models().items()):
-        params = params_of(name, matched_config(name, cfg))
-        table.add_row(name, spec.family, f"{params:,}", escape(spec.fast_path()), spec.description)
+        try:
+            params = f"{params_of(name, matched_config(name, cfg)):,}"
+        except ImportError:  # its layers come from an extra that is not installed (the next column says which)
+            params = "-"
+        table.add_row(name, spec.family, params, escape(spec.fast_path()), spec.description)
     console.print(table)
     ttable = Table(title="tasks")
     for col in ("task", "groups", "description"):

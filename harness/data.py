@@ -185,7 +185,8 @@ def corpus_files(corpus: str) -> list[Path]:
     if corpus == "bundled":
         return [BUNDLED_TEXT]
     looked = []
-    for root in data_roots():
+    named_roots = [] if "/" in corpus or Path(corpus).is_absolute() else data_roots()  # a path is not a name
+    for root in named_roots:
         named = root / "wikitext-2" / "valid.txt" if corpus == "wikitext-2" else root / "corpora" / corpus
         looked.append(named)
         files = files_in(named) if named.is_dir() else [named] if named.is_file() else []
@@ -197,8 +198,9 @@ def corpus_files(corpus: str) -> list[Path]:
     if path.is_file():
         return [path]
     hint = f"run `harness data fetch {corpus}` where the hub is reachable, or " if corpus in HUB_CORPORA else ""
-    raise DataError(f"corpus {corpus!r} not found (looked in {', '.join(map(str, looked))} and at the path "
-                    f"{path}); {hint}use train.corpus=english-mix, bundled, or a path to text/JSONL/parquet files")
+    where = f"looked in {', '.join(map(str, looked))} and at the path {path}" if looked else f"no such path {path}"
+    raise DataError(f"corpus {corpus!r} not found ({where}); {hint}use train.corpus=english-mix, bundled, or a "
+                    f"path to text/JSONL/parquet files")
 
 
 def iter_documents(corpus: str) -> Iterator[str]:

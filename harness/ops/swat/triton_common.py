@@ -126,3 +126,25 @@ def kv_tile_weights(q, k_base, v_base, stride_kt, stride_vt, offs_m, row_lo, n, 
         allowed = (offs_n[None, :] <= offs_m[:, None]) & (offs_n[None, :] >= row_lo[:, None])
         p = tl.where(allowed, p, 0.0)
     return k, v, p
+
+
+@triton.jit
+def query_rows(RowStart, Slopes, h, m0, offs_m, row_ok, T, W, HAS_DOC: tl.constexpr, BLOCK_M: tl.constexpr,
+               BLOCK_N: tl.constexpr):
+    """What a query-block program (forward, dQ) needs before its tile loops: each row's first
+    visible key (window start, or its document's start when packed), the head's slope as a -log2(e)
+    multiple, the per-column slope term of one key tile, and the key-block ranges of the band."""
+    if HAS_DOC:
+        rs = tl.load(RowStart + offs_m, mask=row_ok, other=0)
+        rs_first = tl.load(RowStart + m0)
+        rs_last = tl.load(RowStart + tl.minimum(m0 + BLOCK_M, T) - 1)
+    else:
+        rs = tl.zeros([BLOCK_M], dtype=tl.int32)
+        rs_first = 0
+        rs_last = 0
+    row_lo = tl.maximum(offs_m - W + 1, rs)
+    LOG2E: tl.constexpr = 1.4426950408889634
+    neg_slope = -tl.load(Slopes + h).to(tl.float32) * LOG2E
+    col_term = neg_slope * tl.arange(0, BLOCK_N).to(tl.float32)
+    edge_lo, full_lo, diag_lo, diag_hi = query_block_ranges(m0, rs_first, rs_last, T, W, BLOCK_M, BLOCK_N)
+    return row_lo, neg_slope, col_term, edge_lo, full_lo, diag_lo, diag_hi

@@ -11,7 +11,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from harness.ops.swat.triton_common import kv_tile_weights, mma, query_block_ranges
+from harness.ops.swat.triton_common import kv_tile_weights, mma, query_rows
 
 
 @triton.jit
@@ -48,21 +48,8 @@ def swat_fwd_kernel(Q, K, V, O, Slopes, RowStart,
     v_base = V + b.to(tl.int64) * sv_b + hk * sv_h
     q = tl.load(q_base + offs_m[:, None] * sq_t + offs_d[None, :], mask=row_ok[:, None], other=0.0)
 
-    if HAS_DOC:
-        rs = tl.load(RowStart + offs_m, mask=row_ok, other=0)
-        rs_first = tl.load(RowStart + m0)
-        rs_last = tl.load(RowStart + tl.minimum(m0 + BLOCK_M, T) - 1)
-    else:
-        rs = tl.zeros([BLOCK_M], dtype=tl.int32)
-        rs_first = 0
-        rs_last = 0
-    row_lo = tl.maximum(offs_m - W + 1, rs)
-
-    LOG2E: tl.constexpr = 1.4426950408889634
-    neg_slope = -tl.load(Slopes + h).to(tl.float32) * LOG2E
-    col_term = neg_slope * tl.arange(0, BLOCK_N).to(tl.float32)
-
-    edge_lo, full_lo, diag_lo, diag_hi = query_block_ranges(m0, rs_first, rs_last, T, W, BLOCK_M, BLOCK_N)
+    row_lo, neg_slope, col_term, edge_lo, full_lo, diag_lo, diag_hi = query_rows(
+        RowStart, Slopes, h, m0, offs_m, row_ok, T, W, HAS_DOC, BLOCK_M, BLOCK_N)
     acc = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
     if ONE_LOOP:  # small windows: one pipelined loop of masked tiles beats three loops of one tile each
         acc = _fwd_tiles(acc, q, k_base, v_base, sk_t, sv_t, offs_m, row_lo, edge_lo, diag_hi, neg_c, neg_slope,

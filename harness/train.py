@@ -46,6 +46,7 @@ from harness.data import TokenStream, cu_seqlens_for, get_tokenizer, prepare_str
 from harness.distributed import Dist
 from harness.flops import flops_per_token, measure_matmul_peak
 from harness.models import build_model
+from harness.results import command_line, device_name, git_commit, now
 from harness.trainlog import TrainLog, plot_loss
 
 CHECKPOINT_DIR = "checkpoint"
@@ -383,7 +384,9 @@ def train(model_name: str, cfg: Config, run_dir: Path, device: str | None = None
     peak = measure_matmul_peak(d.device) if d.device.type == "cuda" else None
     if d.device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(d.device)
-    log = TrainLog(run_dir, start_step, tuple(loggers), cfg.to_dict(), f"{model_name}-{cfg.preset}") if d.is_main else None
+    header = {"run": f"{model_name}-{cfg.preset}", "command": command_line(), "commit": git_commit(),
+              "device": device_name(str(d.device)), "date": now(), "world_size": d.world_size}
+    log = TrainLog(run_dir, start_step, tuple(loggers), cfg.to_dict(), header["run"], header) if d.is_main else None
     step_tokens = seqs_per_step * tcfg.seq_len
     wrapped.train()
     t0, loss_value, timed_s, timed_tokens, peak_mem = time.time(), float("nan"), 0.0, 0, None

@@ -24,8 +24,9 @@ PLOT_FILE = "loss.png"
 SINKS = ("tensorboard", "wandb")
 
 
-def read_log(path: Path) -> list[dict]:
-    """Records of a JSONL log; a torn last line (an interrupted write) is dropped."""
+def _read_lines(path: Path) -> list[dict]:
+    """Every JSON object of a log, step records and run headers; a torn line (an interrupted write)
+    is dropped."""
     records = []
     if not Path(path).is_file():
         return records
@@ -34,18 +35,27 @@ def read_log(path: Path) -> list[dict]:
             record = json.loads(line)
         except json.JSONDecodeError:
             continue
-        if isinstance(record, dict) and "step" in record:
+        if isinstance(record, dict):
             records.append(record)
     return records
+
+
+def read_log(path: Path) -> list[dict]:
+    """The per-step records of a JSONL log (run headers left out)."""
+    return [r for r in _read_lines(path) if "step" in r]
 
 
 class TrainLog:
     """The per-step log of one run (rank 0), with the optional sinks asked for."""
 
     def __init__(self, run_dir: Path, start_step: int, sinks: tuple[str, ...] = (), config: dict | None = None,
-                 name: str = "train"):
+                 name: str = "train", header: dict | None = None):
+        """`header` (command, commit, device, date) is written as a record of its own before the steps
+        of this (possibly resumed) segment, so that the log says how each part of it was produced."""
         self.path = Path(run_dir) / LOG_FILE
-        kept = [r for r in read_log(self.path) if r["step"] <= start_step]
+        kept = [r for r in _read_lines(self.path) if "step" not in r or r["step"] <= start_step]
+        if header is not None:
+            kept.append({**header, "start_step": start_step})
         atomic_write_text(self.path, "".join(json.dumps(r) + "\n" for r in kept))
         self._file = open(self.path, "a", encoding="utf-8")
         self._sinks = [_open_sink(s, Path(run_dir), config or {}, name) for s in sinks]

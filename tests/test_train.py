@@ -67,6 +67,8 @@ def test_resume_is_bit_for_bit(straight, tmp_path):
     for name in opt_a:
         assert torch.equal(opt_a[name]["exp_avg_sq"], opt_b[name]["exp_avg_sq"]), name
     assert [r["loss"] for r in read_log(tmp_path / LOG_FILE)] == [r["loss"] for r in read_log(run_dir / LOG_FILE)]
+    headers = [json.loads(line) for line in (tmp_path / LOG_FILE).read_text().splitlines() if '"step"' not in line]
+    assert [h["start_step"] for h in headers] == [0, 4]  # each segment of the run says how it was started
     assert resumed.heldout_loss == result.heldout_loss
 
 
@@ -76,6 +78,8 @@ def test_log_plot_and_meta(straight):
     assert [r["step"] for r in records] == list(range(1, 9))
     assert {"loss", "lr", "tokens_per_s", "grad_norm", "peak_mem_gib", "mfu"} <= records[0].keys()
     assert records[-1]["tokens"] == 2048 and records[-1]["loss"] < records[0]["loss"]
+    header = json.loads((run_dir / LOG_FILE).read_text().splitlines()[0])
+    assert header["start_step"] == 0 and header["command"] and header["device"] and header["date"]
     assert (run_dir / PLOT_FILE).stat().st_size > 1000
     meta = json.loads((run_dir / CHECKPOINT_DIR / "meta.json").read_text())
     assert meta["heldout_loss"] == result.heldout_loss and math.isfinite(result.heldout_loss)

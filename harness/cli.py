@@ -403,7 +403,7 @@ def build_parser() -> argparse.ArgumentParser:
     dsub.add_parser("list", help="what the tasks need, where it is looked for, present or missing, counts, sha256")
     dsub.add_parser("verify", help="check counts against the official sizes and sha256 against data/MANIFEST.json")
     d = dsub.add_parser("fetch", help="fill the mirror from the Hugging Face hub (needs network and `datasets`)")
-    d.add_argument("names", nargs="+", help="datasets (see `harness data list`) or hub corpora (slimpajama, fineweb)")
+    d.add_argument("names", nargs="+", help="datasets (see `harness data list`) or hub corpora (slimpajama, fineweb, fineweb-edu)")
     d.add_argument("--documents", type=int, help="for a corpus: how many documents to stream")
     d.add_argument("--to", help="mirror folder to write (default: $HARNESS_DATA or ~/.cache/swat-harness/data)")
     d = dsub.add_parser("import", help="add a dataset from local files (JSON/JSONL/parquet/txt, or a folder of "

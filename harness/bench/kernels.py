@@ -463,25 +463,24 @@ def run_kernel_bench(spec: BenchSpec, out_root: Path, force: bool = False, log: 
         return [{**r, "date": info["date"], "commit": info["commit"]} for r in fresh]
 
     step = 0
-    for shape in shapes:
-        fresh = measure_shape(shape, list(spec.peers), list(spec.modes), device, dtype, done, timing)
+
+    def record(fresh: list[dict], label: str) -> None:  # keep a point's rows, save, report progress
+        nonlocal rows, done, step
         rows += stamp(fresh)
         done |= {_key(r) for r in fresh}
         save()
         step += 1
         if progress:
-            progress(step, total, f"d={shape.head_dim} T={shape.seq_len} W={shape.window}")
+            progress(step, total, label)
+
+    for shape in shapes:
+        record(measure_shape(shape, list(spec.peers), list(spec.modes), device, dtype, done, timing),
+               f"d={shape.head_dim} T={shape.seq_len} W={shape.window}")
     if decode:
         for d in spec.head_dims:
             for ctx in spec.decode_contexts:
-                fresh = measure_decode(d, spec.hidden // d, spec.decode_batch, ctx, ctx_windows, device, dtype, done,
-                                       timing)
-                rows += stamp(fresh)
-                done |= {_key(r) for r in fresh}
-                save()
-                step += 1
-                if progress:
-                    progress(step, total, f"decode d={d} context={ctx}")
+                record(measure_decode(d, spec.hidden // d, spec.decode_batch, ctx, ctx_windows, device, dtype, done,
+                                      timing), f"decode d={d} context={ctx}")
     if rows and (out / "run.json").is_file() and not force:  # keep the provenance of resumed rows
         previous = json.loads((out / "run.json").read_text(encoding="utf-8"))
         info["previous_runs"] = previous.pop("previous_runs", []) + [previous]

@@ -59,7 +59,7 @@ def swat_bwd_dkdv_kernel(Q, K, V, DO, DK, DV, Slopes, RowStart, RowEnd,
                          T, HKV, W, neg_c, neg_bias, scale,
                          REP: tl.constexpr, HAS_DOC: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                          HEAD_DIM: tl.constexpr, SIGMOID: tl.constexpr, DOT_PREC: tl.constexpr,
-                         ONE_LOOP: tl.constexpr):
+                       ONE_LOOP: tl.constexpr):
     pid_n = tl.num_programs(1) - 1 - tl.program_id(1)
     pid_bh = tl.program_id(0)
     b = pid_bh // HKV
@@ -131,7 +131,7 @@ def swat_bwd_dq_kernel(Q, K, V, DO, DQ, Slopes, RowStart,
                        T, H, W, neg_c, neg_bias, scale,
                        REP: tl.constexpr, HAS_DOC: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                        HEAD_DIM: tl.constexpr, SIGMOID: tl.constexpr, DOT_PREC: tl.constexpr,
-                         ONE_LOOP: tl.constexpr):
+                       ONE_LOOP: tl.constexpr):
     pid_m = tl.num_programs(1) - 1 - tl.program_id(1)
     pid_bh = tl.program_id(0)
     b = pid_bh // H

@@ -1,0 +1,79 @@
+#!/usr/bin/env bash
+# One device call of the small-preset comparison (issue 10), the baselines' GPU checks (issue 5) and
+# the 340m speed sweep (issue 7). Run from the repository root on a CUDA machine, `.whl/` carried
+# (and `.gpu-carry/` when earlier calls brought back Triton autotuning results):
+#   OUT=folder bash results/comparison/device.sh STAGE [STAGE ...]
+# Stages: checks | main | evals | seeds | ablations | bench. Each stage is resumable: `harness run`
+# and `harness bench models` skip what their output folders already hold, so a stage cut by the
+# call's time limit goes on in the next call (on the same warm machine the checkpoints under .gpu/
+# are reused; on a fresh one they are retrained, deterministically, from the same seed).
+# Everything installed or written stays under .gpu/ (git-ignored); $OUT gets the logs and one tarball
+# of results/ rows plus the training logs, and the autotuning results to carry next time.
+set -u
+OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
+G=$PWD/.gpu; mkdir -p "$G/site" "$G/triton"
+export PYTHONPATH=$G/site PYTHONUNBUFFERED=1 TRITON_CACHE_DIR=$G/triton HARNESS_CACHE=$G/hc \
+       HF_DATASETS_OFFLINE=1 HF_HUB_OFFLINE=1 HARNESS_COMMIT=${HARNESS_COMMIT:-$(git rev-parse --short HEAD 2>/dev/null)}
+LOG=$OUT/log.txt
+say() { echo "[$(date -u +%T)] $*" | tee -a "$LOG"; }
+[ -d .gpu-carry/triton ] && cp -rn .gpu-carry/triton/. "$G/triton/"
+if [ ! -f "$G/site/.wheels" ]; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --target "$G/site" .whl/fla_core-*.whl \
+    .whl/flash_linear_attention-*.whl .whl/lm_eval-*.whl .whl/datasets-*.whl .whl/dill-*.whl \
+    .whl/multiprocess-*.whl .whl/sqlitedict-*.whl && touch "$G/site/.wheels" || exit 1
+fi
+# mamba-ssm with its CUDA kernels, sm_90 only (setup.py patched in the carried source), in the background
+if ! ls "$G"/site/selective_scan_cuda*.so >/dev/null 2>&1; then
+  ( t0=$(date +%s); rm -rf "$G/mamba"; mkdir -p "$G/mamba" && tar xzf .whl/mamba_ssm-*-sm90-src.tar.gz -C "$G/mamba" &&
+    cd "$G"/mamba/mamba_ssm-* && MAMBA_FORCE_BUILD=TRUE MAX_JOBS=10 python3 -m pip wheel -q --no-build-isolation \
+      --no-deps -w "$G/mamba/wheel" . && python3 -m pip install -q --no-index --no-deps --no-compile \
+      --target "$G/site" "$G"/mamba/wheel/mamba_ssm-*.whl && echo "mamba-ssm CUDA build: $(( $(date +%s) - t0 )) s";
+    touch "$G/mamba.done" ) > "$OUT/mamba_build.log" 2>&1 &
+else
+  touch "$G/mamba.done"
+fi
+wait_mamba() {
+  [ -f "$G/mamba.done" ] || say "waiting for the mamba-ssm build"
+  while [ ! -f "$G/mamba.done" ]; do sleep 5; done
+}
+say "$(nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader)"
+say "$(python3 -c 'import torch,triton;print("torch",torch.__version__,"triton",triton.__version__)')"
+
+# the small-preset comparison budget: 16.8M tokens (256 steps of 65,536), warm-up 2.1M tokens
+SMALL="--preset small --set train.tokens=16777216 --set train.batch_tokens=65536 --set train.warmup_tokens=2097152"
+RUN="python3 -m harness run $SMALL --results $G/results/comparison --runs $G/runs --skip-missing --device cuda"
+PYTEST="python3 -m pytest tests/test_baselines.py -s -q -p no:cacheprovider -W ignore --durations=0"
+stage() {
+  case $1 in
+  checks)  # issue 5: fast paths vs references, decode vs forward, packed documents
+    timeout 240 $PYTEST -k "gpu and not mamba and not training" 2>&1 | tee -a "$OUT/checks.log"
+    wait_mamba
+    timeout 90 $PYTEST -k "gpu and mamba and not training" 2>&1 | tee -a "$OUT/checks.log" ;;
+  main)  # every baseline at seed 0, held-out loss + perplexity tasks
+    $RUN --run seed0 --models swat,transformer,sliding_softmax,gla,gated_deltanet,retnet,hgrn2,deltanet --tasks perplexity 2>&1 | tee -a "$LOG"
+    wait_mamba; $RUN --run seed0 --models mamba2,mamba --tasks perplexity 2>&1 | tee -a "$LOG" ;;
+  evals)  # the remaining tasks on the seed-0 models
+    wait_mamba; $RUN --run seed0 --models ${MODELS:-swat,transformer,sliding_softmax,gla,gated_deltanet,mamba2,mamba,retnet,hgrn2,deltanet} \
+      --tasks commonsense,length,retrieval 2>&1 | tee -a "$LOG" ;;
+  seeds)  # a second seed of swat and the strongest baselines (torch.compile on for the attention models)
+    $RUN --run seed1 --set train.seed=1 --set train.compile=true --models ${SEED_MODELS:-swat,transformer} \
+      --tasks perplexity,length,commonsense 2>&1 | tee -a "$LOG" ;;
+  ablations)  # SWAT variants at the same budget (paper's ablation tables); perplexity and length only
+    for v in activation=softmax slopes=negative slopes=none rope=false window=64 window=128 window=512; do
+      $RUN --run abl-${v/=/-} --set model.$v --models swat --tasks perplexity,length 2>&1 | tee -a "$LOG"
+    done ;;
+  bench)  # issue 7: 340m training / prefill / decode sweeps
+    wait_mamba; python3 -m harness bench models --preset 340m --results $G/results \
+      --models ${BENCH_MODELS:-swat,transformer,sliding_softmax,mamba,mamba2,gla,gated_deltanet} 2>&1 | tee -a "$LOG" ;;
+  *) say "unknown stage $1"; exit 2 ;;
+  esac
+}
+export -f say stage wait_mamba; export G OUT LOG SMALL RUN PYTEST
+# the stages get the call's time less a minute for packing what they made
+timeout ${BUDGET_S:-530} bash -c 'for s in "$@"; do say "stage $s"; stage "$s"; done' stages "$@"
+say "packing"
+mkdir -p "$G/pack"; rm -rf "$G/pack"/*
+(cd "$G" && find runs -name train_log.jsonl -o -name meta.json -path '*checkpoint*' | tar czf "$OUT/runs_logs.tgz" -T - 2>/dev/null)
+[ -d "$G/results" ] && tar czf "$OUT/results.tgz" -C "$G" results
+(cd "$G/triton" && find . -name '*.autotune.json' | tar czf "$OUT/autotune.tgz" -T -)
+say "done"

@@ -10,12 +10,48 @@ hidden; here the head count keeps that ratio (round(0.75 * hidden / 256): 3 head
 Each block adds the backbone's SwiGLU MLP, whose width is solved so that parameters match.
 """
 
-from baselines.fla_common import FlaMixer, fla_module, layer_options
+import importlib.util
+
+import torch
+
+from baselines.fla_common import FlaMixer, KernelRefusedError, fla_module, layer_options
 from harness.backbone import DecoderLM
 from harness.registry import register_model
 
 HEAD_DIM = 256
 KEY_RATIO = 0.75
+
+
+TRITON_FIX = "pip install 'triton>=3.7.1' (with a matching torch) or pip install tilelang"
+
+
+def check_backward_kernel(device: torch.device) -> None:
+    """Fail in one line, before any work, where fla refuses this model's backward: fla 0.6 raises
+    inside the first backward pass (after minutes of kernel autotuning) when a Hopper GPU runs
+    Triton >= 3.4.0 and < 3.7.1 without tilelang, because those Triton versions compute the gated
+    chunk_bwd_dqkwg kernel wrongly there (fla issue #640). Same condition as fla's own check."""
+    if device.type != "cuda" or importlib.util.find_spec("tilelang") is not None:
+        return
+    from fla.utils import TRITON_ABOVE_3_4_0, TRITON_ABOVE_3_7_1
+    hopper = torch.cuda.get_device_capability(device)[0] == 9
+    if hopper and TRITON_ABOVE_3_4_0 and not TRITON_ABOVE_3_7_1:
+        import triton
+        raise KernelRefusedError(f"gated_deltanet cannot train with Triton {triton.__version__} on "
+                            f"{torch.cuda.get_device_name(device)}: fla refuses its gated backward kernel "
+                            f"there (wrong results, fla issue #640); {TRITON_FIX}")
+
+
+class GatedDeltaNetMixer(FlaMixer):
+    """fla's GatedDeltaNet layer, with fla's Triton-version check moved to the first training
+    forward so that a run stops before it spends minutes compiling."""
+
+    checked = False
+
+    def forward(self, x, cu_seqlens=None):
+        if torch.is_grad_enabled() and not self.checked:
+            check_backward_kernel(x.device)
+            self.checked = True
+        return super().forward(x, cu_seqlens)
 
 
 def options(cfg) -> dict:
@@ -34,5 +70,5 @@ def build(cfg):
     def mixer(cfg, i):
         layer = layers.GatedDeltaNet(hidden_size=cfg.hidden_size, norm_eps=cfg.norm_eps, layer_idx=i,
                                      **options(cfg))
-        return FlaMixer("gated_deltanet", layer, cfg.init_std)
+        return GatedDeltaNetMixer("gated_deltanet", layer, cfg.init_std)
     return DecoderLM(cfg, mixer)

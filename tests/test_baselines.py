@@ -164,6 +164,32 @@ def test_fla_models_off_gpu_fail_in_one_line():
         assert get_model(name).fast_path() == "no: needs a CUDA GPU"
 
 
+@pytest.mark.parametrize("major, triton_ok, tilelang, refused", [
+    (9, False, False, True), (9, True, False, False), (9, False, True, False), (8, False, False, False)])
+def test_gated_deltanet_stops_where_fla_refuses_its_backward(monkeypatch, major, triton_ok, tilelang, refused):
+    """On Hopper with Triton in [3.4, 3.7.1) and no tilelang, fla raises inside the first backward
+    (after minutes of autotuning); the baseline says so in one line before any work."""
+    if not HAS_FLA:
+        pytest.skip("flash-linear-attention is not installed (pip install 'swat-harness[fla]')")
+    import fla.utils
+    from baselines.fla_common import KernelRefusedError
+    from baselines.gated_deltanet import check_backward_kernel
+    monkeypatch.setattr(fla.utils, "TRITON_ABOVE_3_4_0", True)
+    monkeypatch.setattr(fla.utils, "TRITON_ABOVE_3_7_1", triton_ok)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (major, 0))
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "NVIDIA H100 80GB HBM3")
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: object() if name == "tilelang" and tilelang else
+                        (None if name == "tilelang" else find_spec(name, *a)))
+    if refused:
+        with pytest.raises(KernelRefusedError, match=r"fla issue #640.*triton>=3.7.1.*tilelang"):
+            check_backward_kernel(torch.device("cuda"))
+    else:
+        check_backward_kernel(torch.device("cuda"))
+    check_backward_kernel(torch.device("cpu"))  # CPU inputs are the mixer's NeedsGPUError, not this
+
+
 def test_fla_models_without_fla_name_the_extra(monkeypatch):
     import baselines.fla_common as common
     real = common.importlib.import_module

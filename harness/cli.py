@@ -168,8 +168,10 @@ def cmd_tables(args) -> None:
         sys.stdout.write(text)
     if args.plots:
         from harness.plots import write_plots
-        written = write_plots(rows + refs, Path(args.plots), configs)
-        listing = ", ".join(str(p) for p in written) or "none (no length, speed or multi-checkpoint rows)"
+        from harness.results import run_folders, run_location
+        run_dirs = [run_location(spec, args.results)[0] for spec in args.run] or run_folders(Path(args.results))
+        written = write_plots(rows + refs, Path(args.plots), configs, run_dirs)
+        listing = ", ".join(str(p) for p in written) or "none (no length, speed, multi-checkpoint rows or training logs)"
         err_console.print(f"plots: {listing}", highlight=False, soft_wrap=True)
 
 

@@ -4,6 +4,8 @@
     speed_<task>_<metric>.png   throughput / latency / memory vs length, one line per model (log-log)
     acc_vs_tokens.png/.csv      accuracy vs training tokens, one panel per benchmark, when a model
                                 was evaluated at two or more checkpoints
+    loss_curves.png/.csv        training loss vs tokens, one line per model of the run folders
+                                (their train/<model>_train_log.jsonl, kept there by `harness run`)
 
 A plot whose rows are absent is not drawn (and not written).
 """
@@ -157,7 +159,42 @@ def accuracy_vs_tokens(rows: list[Row], out_dir: Path, run_configs: dict | None 
     return [png, data]
 
 
-def write_plots(rows: list[Row], out_dir: Path, run_configs: dict | None = None) -> list[Path]:
-    """Every plot the rows allow; returns the files written."""
+def loss_curves(run_dirs: list[Path], out_dir: Path, smooth_steps: int = 10) -> list[Path]:
+    """Training loss against tokens, one line per (run, model): the matched-budget runs' curves side
+    by side. Each line is the mean of the last `smooth_steps` steps' losses; the CSV has every step."""
+    from harness.trainlog import LOG_FILE, read_log
+    logs = {(Path(d).name, f.name[:-len(f"_{LOG_FILE}")]): f
+            for d in run_dirs for f in sorted((Path(d) / "train").glob(f"*_{LOG_FILE}"))}
+    if not logs:
+        return []
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    several_runs = len({run for run, _ in logs}) > 1
+    lines = []
+    for (run, model), path in logs.items():
+        records = read_log(path)
+        tokens, loss = [r["tokens"] for r in records], [r["loss"] for r in records]
+        smooth = [sum(loss[max(0, i - smooth_steps + 1):i + 1]) / (i + 1 - max(0, i - smooth_steps + 1))
+                  for i in range(len(loss))]
+        ax.plot(tokens, smooth, label=model + (f" [{run}]" if several_runs else ""))
+        lines += [[run, model, t, v] for t, v in zip(tokens, loss)]
+    ax.set_xlabel("training tokens")
+    ax.set_ylabel(f"train loss (nats/token, mean of {smooth_steps} steps)")
+    ax.set_title("Training loss at a matched token budget")
+    ax.set_ylim(top=min(ax.get_ylim()[1], 8))
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    png, data = out_dir / "loss_curves.png", out_dir / "loss_curves.csv"
+    _save(fig, png)
+    plt.close(fig)
+    _write_csv(data, ["run", "model", "tokens", "loss"], lines)
+    return [png, data]
+
+
+def write_plots(rows: list[Row], out_dir: Path, run_configs: dict | None = None,
+                run_dirs: list[Path] = ()) -> list[Path]:
+    """Every plot the rows (and the run folders' training logs) allow; returns the files written."""
     return (ppl_vs_length(rows, out_dir, run_configs) + speed_curves(rows, out_dir, run_configs)
-            + accuracy_vs_tokens(rows, out_dir, run_configs))
+            + accuracy_vs_tokens(rows, out_dir, run_configs) + loss_curves(run_dirs, out_dir))

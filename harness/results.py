@@ -169,18 +169,22 @@ class RunRecord:
     info: dict = field(default_factory=dict)
 
 
-def load_run(spec: str | Path, results_dir: Path = Path("results"), warn=print) -> RunRecord:
-    """A run by folder, rows file or name under `results_dir`."""
+def run_location(spec: str | Path, results_dir: Path = Path("results")) -> tuple[Path, Path]:
+    """(folder, rows file) of a run given by folder, rows file or name under `results_dir`."""
     path = Path(spec)
     if not path.exists() and (Path(results_dir) / str(spec)).exists():
         path = Path(results_dir) / str(spec)
     if path.is_dir():
-        rows_file, folder = path / "rows.jsonl", path
-    elif path.is_file():
-        rows_file, folder = path, path.parent
-    else:
-        raise ResultsError(f"no run {spec!r}: neither a folder/file nor {Path(results_dir) / str(spec)}; "
-                           f"list runs with `ls {results_dir}` or pass --results DIR")
+        return path, path / "rows.jsonl"
+    if path.is_file():
+        return path.parent, path
+    raise ResultsError(f"no run {spec!r}: neither a folder/file nor {Path(results_dir) / str(spec)}; "
+                       f"list runs with `ls {results_dir}` or pass --results DIR")
+
+
+def load_run(spec: str | Path, results_dir: Path = Path("results"), warn=print) -> RunRecord:
+    """A run by folder, rows file or name under `results_dir`."""
+    folder, rows_file = run_location(spec, results_dir)
     if not rows_file.is_file():
         raise ResultsError(f"{folder} has no rows.jsonl; run `harness run ... --run {folder.name}` first")
     info = {}

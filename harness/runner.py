@@ -4,6 +4,7 @@
     results/<run>/rows.jsonl         every task's rows, all models
     results/<run>/run.json           command, config, versions, commit, device, date
     results/<run>/table.md           the rows as a markdown table
+    results/<run>/train/             each model's per-step training log and checkpoint summary
 
 Finished work is reused: a model whose checkpoint is complete and was trained with the same
 config is not retrained, and a (model, task) pair that already has rows is not rerun, unless
@@ -27,6 +28,7 @@ from harness.registry import get_model, get_task
 from harness.results import (Row, atomic_write_text, command_line, device_name, git_commit, now,
                              read_rows, rows_table, versions, write_rows)
 from harness.train import CHECKPOINT_DIR, load_checkpoint, train
+from harness.trainlog import LOG_FILE
 
 
 class RunError(RuntimeError):
@@ -111,11 +113,22 @@ def run(models: list[str], task_names: list[str], cfg: Config, run_name: str, re
         model, meta, trained = trained_model(name, cfg, Path(runs_dir) / run_name / name, device, force, on_step)
         log(f"{name}: {'trained' if trained else 'reused checkpoint'}, {meta['params']:,} params, "
             f"held-out loss {meta['heldout_loss']:.4f}")
+        keep_training_record(Path(runs_dir) / run_name / name, out, name)
         ctx = TaskContext(cfg, run_name, name, device, meta["params"], meta.get("tokens"),
                           str(Path(runs_dir) / run_name / name / CHECKPOINT_DIR), limit, provenance)
         existing = run_tasks(model, tokenizer, ctx, pending, existing, rows_file, log)
     atomic_write_text(out / "table.md", rows_table(existing))
     return existing
+
+
+def keep_training_record(model_dir: Path, out: Path, name: str) -> None:
+    """Copy the model's per-step training log and checkpoint summary (tokens/s, MFU, memory,
+    held-out loss) into out/train/, so that a committed results folder keeps the curves and the
+    throughput behind its rows without the checkpoints (which are not committed)."""
+    sources = {model_dir / LOG_FILE: f"{name}_{LOG_FILE}", model_dir / CHECKPOINT_DIR / "meta.json": f"{name}_meta.json"}
+    for source, target in sources.items():
+        if source.is_file():
+            atomic_write_text(out / "train" / target, source.read_text(encoding="utf-8"))
 
 
 def run_tasks(model, tokenizer, ctx: TaskContext, tasks: list, existing: list[Row], rows_file: Path,

@@ -274,6 +274,15 @@ def test_cli_run_end_to_end_then_reuse(tmp_path):
     info = json.loads((run / "run.json").read_text())
     assert info["config"]["model"]["window"] == 32 and "torch" in info["versions"]
     assert "| swat |" in (run / "table.md").read_text()
+    for model in ("swat", "transformer"):  # training records kept beside the rows, for committing
+        meta = json.loads((run / "train" / f"{model}_meta.json").read_text())
+        steps = [json.loads(line) for line in (run / "train" / f"{model}_train_log.jsonl").read_text().splitlines()]
+        assert meta["tokens"] == 8192 and steps[-1]["tokens"] == 8192 and "loss" in steps[-1]
+    from harness.plots import write_plots
+    assert {p.name for p in write_plots([], tmp_path / "plots", {}, [run])} == {"loss_curves.png", "loss_curves.csv"}
+    curves = (tmp_path / "plots" / "loss_curves.csv").read_text().splitlines()
+    assert curves[0] == "run,model,tokens,loss" and {line.split(",")[1] for line in curves[1:]} == {"swat", "transformer"}
+    assert (tmp_path / "plots" / "loss_curves.png").read_bytes()[:4] == b"\x89PNG"
     again = harness("run", "--models", "swat", "--tasks", "smoke", "--preset", "tiny",
                     "--set", "train.tokens=8192", cwd=tmp_path)
     assert again.returncode == 0 and "all tasks done already" in again.stdout

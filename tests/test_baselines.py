@@ -276,10 +276,23 @@ def _fla_ops(name, dev="cuda"):
     return chunk_gated_delta_rule, naive, [qn, kn, v, g, beta]
 
 
+def skip_where_fla_refuses_the_backward():
+    """The gated delta rule's backward is refused by fla on Hopper with Triton [3.4, 3.7.1): an
+    environment limit (the model says so in one line), not a result of this test."""
+    from baselines.fla_common import KernelRefusedError
+    from baselines.gated_deltanet import check_backward_kernel
+    try:
+        check_backward_kernel(torch.device("cuda"))
+    except KernelRefusedError as err:
+        pytest.skip(str(err))
+
+
 @gpu
 @pytest.mark.skipif(not HAS_FLA, reason="needs fla")
 @pytest.mark.parametrize("op", ["gla", "retention", "delta_rule", "gated_delta_rule"])
 def test_gpu_fla_chunk_kernels_match_naive_recurrences(op):
+    if op == "gated_delta_rule":
+        skip_where_fla_refuses_the_backward()
     torch.manual_seed(0)
     fast, ref, inputs = _fla_ops(op)
     _check(op, fast, ref, inputs, tol=2e-2)  # gate gradients sum over the sequence: bf16 loses more
@@ -403,6 +416,8 @@ def test_gpu_small_preset_training_reduces_the_loss(name, tmp_path):
     """The small preset's model on the bundled corpus (bytes), short sequences: the loss falls."""
     if name in FLA_MODELS and not HAS_FLA:
         pytest.skip("needs fla")
+    if name == "gated_deltanet":
+        skip_where_fla_refuses_the_backward()
     from harness.train import train
     seq, micro = 256, 16
     cfg = load_config("small", overrides=[

@@ -94,6 +94,7 @@ class DecoderLM(nn.Module):
         self.norm = RMSNorm(cfg.hidden_size, cfg.norm_eps)
         self.head = None if cfg.tie_embeddings else nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
         self.supports_varlen = all(getattr(b.mixer, "supports_varlen", False) for b in self.blocks)
+        self.fused_ce: nn.Module | None = None  # a fused head + cross-entropy (train.fused_ce)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -117,11 +118,24 @@ class DecoderLM(nn.Module):
         h = self.norm(h)
         return F.linear(h, self.embed.weight) if self.head is None else self.head(h)
 
-    def forward(self, input_ids: torch.Tensor, cu_seqlens: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, input_ids: torch.Tensor, cu_seqlens: torch.Tensor | None = None,
+                targets: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits [B, T, V]; with `targets` [B, T], the mean next-token cross-entropy instead,
+        computed inside forward so that the head's weight is at hand under FSDP and the loss can be
+        fused with the head (`fused_ce`, set by the trainer) without materialising the logits."""
         h = self.embed(input_ids)
         for block in self.blocks:
             h = block(h, cu_seqlens=cu_seqlens)
-        return self._logits(h)
+        if targets is None:
+            return self._logits(h)
+        if self.fused_ce is not None:
+            x = self.norm(h)
+            weight = self.embed.weight if self.head is None else self.head.weight
+            if torch.is_autocast_enabled(x.device.type):  # the fused op is not autocast-aware
+                dtype = torch.get_autocast_dtype(x.device.type)
+                x, weight = x.to(dtype), weight.to(dtype)
+            return self.fused_ce(x, targets.reshape(h.shape[:-1]), weight)
+        return F.cross_entropy(self._logits(h).float().flatten(0, -2), targets.flatten())
 
     def init_state(self, batch_size: int, device=None, dtype=None) -> list:
         device = device or self.embed.weight.device

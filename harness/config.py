@@ -113,6 +113,9 @@ class TrainConfig:
     dtype: str = "bf16"  # bf16 | fp32 (autocast dtype on GPU; the CPU runs fp32)
     compile: bool = False
     activation_checkpointing: bool = False
+    # fla's FusedLinearCrossEntropyLoss for models on the shared backbone (CUDA, fla installed):
+    # head matmul + cross-entropy in chunks, never materialising the [tokens, vocab] fp32 logits
+    fused_ce: bool = False
     eval_tokens: int = 1_000_000  # held-out tokens for the perplexity at the end of training
     save_every: int = 1000  # steps between checkpoints
     corpus: str = "english-mix"  # name of a corpus (harness.data) or a path to text/JSONL files

@@ -5,7 +5,7 @@ Recipe (PAPER.md, the fla family's): AdamW (no decay on norms, biases and other 
 linear warmup then cosine decay to `lr * min_lr_ratio`, gradient clipping, a global batch fixed in
 tokens and reached by gradient accumulation, bf16 autocast on GPU (fp32 weights and optimizer).
 Options: `train.compile` (torch.compile per layer), `train.activation_checkpointing` (recompute
-each layer in the backward).
+each layer in the backward), `train.fused_ce` (fla's fused head + cross-entropy).
 
 Data: sequences are slices of the packed token stream visited in a seeded order, so the data
 position is one integer (sequences consumed). Step s takes sequences [p, p + S) of that order;
@@ -40,7 +40,7 @@ import torch
 import torch.nn.functional as F
 
 from harness import distributed
-from harness.backbone import count_params
+from harness.backbone import DecoderLM, count_params
 from harness.config import Config, ConfigError
 from harness.data import TokenStream, cu_seqlens_for, get_tokenizer, prepare_streams
 from harness.distributed import Dist
@@ -55,7 +55,8 @@ TRAINER_FILE = "trainer.pt"
 META_FILE = "meta.json"
 # train.* keys that may change between a checkpoint and its resumption: they alter speed, memory,
 # the run's length or its bookkeeping, not the meaning of the state saved so far
-RESUMABLE_CHANGES = {"tokens", "save_every", "eval_tokens", "micro_batch", "compile", "activation_checkpointing"}
+RESUMABLE_CHANGES = {"tokens", "save_every", "eval_tokens", "micro_batch", "compile", "activation_checkpointing",
+                     "fused_ce"}
 
 
 class TrainingError(RuntimeError):
@@ -99,13 +100,34 @@ def batch_at(stream: TokenStream, seq_len: int, seed: int, first: int, count: in
 
 
 def lm_loss(model, inputs, targets, cu_seqlens=None) -> torch.Tensor:
-    """Mean next-token cross-entropy; packed documents stay apart where the model supports it."""
-    if cu_seqlens is not None and getattr(distributed.unwrap(model), "supports_varlen", False):
+    """Mean next-token cross-entropy; packed documents stay apart where the model supports it.
+    Models on the shared backbone compute the loss in their forward (fused with the head when
+    train.fused_ce is on); other models (plugins, Hugging Face wrappers) return logits."""
+    inner = distributed.unwrap(model)
+    if cu_seqlens is not None and getattr(inner, "supports_varlen", False):
         B, T = inputs.shape
-        logits = model(inputs.reshape(1, B * T), cu_seqlens=cu_seqlens).view(B, T, -1)
+        inputs, kwargs = inputs.reshape(1, B * T), {"cu_seqlens": cu_seqlens}
     else:
-        logits = model(inputs)
-    return F.cross_entropy(logits.float().flatten(0, 1), targets.flatten())
+        kwargs = {}
+    if isinstance(inner, DecoderLM):
+        return model(inputs, targets=targets.reshape(inputs.shape), **kwargs)
+    logits = model(inputs, **kwargs)
+    return F.cross_entropy(logits.float().flatten(0, -2), targets.flatten())
+
+
+def fused_cross_entropy(model, device: torch.device) -> torch.nn.Module:
+    """fla's fused head + cross-entropy for a backbone model, or a one-line error naming the fix."""
+    if not isinstance(model, DecoderLM):
+        raise ConfigError("train.fused_ce works with models on the shared backbone (DecoderLM) only; "
+                          "set train.fused_ce=false for this model")
+    if device.type != "cuda":
+        raise ConfigError("train.fused_ce needs a CUDA GPU (fla's Triton kernels); set train.fused_ce=false here")
+    try:
+        from fla.modules import FusedLinearCrossEntropyLoss
+    except ImportError:
+        raise ConfigError("train.fused_ce needs flash-linear-attention: pip install 'swat-harness[fla]' "
+                          "(or set train.fused_ce=false)") from None
+    return FusedLinearCrossEntropyLoss()
 
 
 @torch.no_grad()
@@ -351,6 +373,8 @@ def train(model_name: str, cfg: Config, run_dir: Path, device: str | None = None
 
     torch.manual_seed(tcfg.seed)
     model = build_model(model_name, cfg.model, d.device)
+    if tcfg.fused_ce:
+        model.fused_ce = fused_cross_entropy(model, d.device)
     params = count_params(model)
     flops = flops_per_token(model, tcfg.seq_len)
     if tcfg.activation_checkpointing:

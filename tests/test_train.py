@@ -182,6 +182,7 @@ def test_global_batch_must_split_into_micro_batches(tmp_path):
 @pytest.mark.parametrize("override, message", [
     ("train.corpus=/nonexistent/corpus.txt", "/nonexistent/corpus.txt"),
     ("train.seq_len=256", "exceeds model.max_seq_len=128"),
+    ("train.fused_ce=true", "train.fused_ce needs a CUDA GPU"),
 ])
 def test_cli_errors_are_one_line(tmp_path, capsys, override, message):
     from harness.cli import main
@@ -190,6 +191,43 @@ def test_cli_errors_are_one_line(tmp_path, capsys, override, message):
     err = capsys.readouterr().err
     assert code == 2 and message in " ".join(err.split())
     assert err.strip().startswith("error:") and "Traceback" not in err
+
+
+def test_backbone_loss_in_forward_equals_the_logits_loss():
+    """Backbone models return the loss from forward(targets=...) (where train.fused_ce plugs in);
+    it is the cross-entropy of their logits, packed documents included."""
+    cfg = load_config("tiny").model
+    torch.manual_seed(0)
+    model = build_model("swat", cfg)
+    ids = torch.randint(0, cfg.vocab_size, (2, 17))
+    inputs, targets = ids[:, :-1], ids[:, 1:]
+    cu = torch.tensor([0, 5, 16, 32], dtype=torch.int32)
+    logits = model(inputs.reshape(1, 32), cu_seqlens=cu)
+    expected = torch.nn.functional.cross_entropy(logits.flatten(0, 1), targets.flatten())
+    assert torch.equal(train_mod.lm_loss(model, inputs, targets, cu), expected)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_gpu_fused_cross_entropy_matches_the_plain_loss():
+    """fla's fused head + cross-entropy (train.fused_ce) vs logits + F.cross_entropy, bf16 autocast."""
+    pytest.importorskip("fla")
+    cfg = load_config("small").model
+    torch.manual_seed(0)
+    model = build_model("swat", cfg, "cuda")
+    ids = torch.randint(0, cfg.vocab_size, (4, 257), device="cuda")
+    results = []
+    for fused in (False, True):
+        model.fused_ce = train_mod.fused_cross_entropy(model, torch.device("cuda")) if fused else None
+        model.zero_grad()
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            loss = train_mod.lm_loss(model, ids[:, :-1], ids[:, 1:])
+        loss.backward()
+        results.append((loss.detach(), model.embed.weight.grad.clone(), model.blocks[0].mlp.down.weight.grad.clone()))
+    (plain, *g_plain), (fused, *g_fused) = results
+    print(f"\nfused-vs-plain cross-entropy: loss {plain.item():.5f} vs {fused.item():.5f}")
+    assert abs(plain.item() - fused.item()) < 1e-2
+    for a, b in zip(g_plain, g_fused):
+        assert ((a - b).norm() / a.norm()).item() < 2e-2
 
 
 # ---------------------------------------------------------------- FLOPs

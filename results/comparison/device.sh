@@ -3,7 +3,7 @@
 # the 340m speed sweep (issue 7). Run from the repository root on a CUDA machine, `.whl/` carried
 # (and `.gpu-carry/` when earlier calls brought back Triton autotuning results):
 #   OUT=folder bash results/comparison/device.sh STAGE [STAGE ...]
-# Stages: checks | main | evals | seeds | ablations | bench. Each stage is resumable: `harness run`
+# Stages: checks | main | evals | seeds | ablations | mfu | bench. Each stage is resumable: `harness run`
 # and `harness bench models` skip what their output folders already hold, so a stage cut by the
 # call's time limit goes on in the next call (on the same warm machine the checkpoints under .gpu/
 # are reused; on a fresh one they are retrained, deterministically, from the same seed).
@@ -74,6 +74,11 @@ stage() {
     for v in activation=softmax slopes=negative slopes=none rope=false sigmoid_bias=-5.545 window=64 window=128 window=512; do
       each "abl-${v/=/-}" swat --set "model.$v" --tasks perplexity,length
     done ;;
+  mfu)  # issue 6: tokens/s, MFU and memory of compiled swat and transformer, plain vs fused cross-entropy
+    for m in swat transformer; do for f in false true; do
+      python3 -m harness train --model $m $SMALL --set train.tokens=6553600 --set train.compile=true \
+        --set train.fused_ce=$f --out "$G/runs/mfu/$m-fused_ce-$f" --quiet 2>&1 | tee -a "$LOG"
+    done; done ;;
   bench)  # issue 7: 340m training / prefill / decode sweeps
     wait_mamba; python3 -m harness bench models --preset 340m --results $G/results \
       --models ${BENCH_MODELS:-swat,transformer,sliding_softmax,mamba,mamba2,gla,gated_deltanet} 2>&1 | tee -a "$LOG" ;;

@@ -35,15 +35,33 @@ def _flash_attn():
         return None
 
 
+FLEX_BLOCK = 128  # create_block_mask's default block size
+
+# Generous recompile budget for compiled flex_attention: one compile per (padded length, batch, grad
+# mode) it meets, e.g. a benchmark sweep of 6 training and 6 prefill lengths, over dynamo's default 8,
+# past which it silently runs flex unfused (the full score matrix).
+FLEX_RECOMPILE_LIMIT = 64
+
+
 @functools.cache
 def _compiled_flex():
+    # static shapes, one kernel per length: dynamic-shape flex_attention with a BlockMask has
+    # specialised on (recompiled per) sequence length in recent torch releases (see pytorch PR
+    # 189952), so varying lengths are bucketed instead (_flex_attention), which works either way
     from torch.nn.attention.flex_attention import flex_attention
     return torch.compile(flex_attention, dynamic=False)
 
 
-def _flex_block_mask(T: int, window: int | None, cu_seqlens: torch.Tensor | None, device):
-    """Block-sparse mask of causal (sliding-window when `window`) attention within documents."""
+@functools.cache
+def _compiled_create_block_mask():
+    # compiled, create_block_mask evaluates the mask_mod block by block instead of materialising a
+    # dense T x T mask (torch >= 2.10 deprecates create_block_mask(_compile=True) in favour of this)
     from torch.nn.attention.flex_attention import create_block_mask
+    return torch.compile(create_block_mask, dynamic=False)
+
+
+def _mask_mod(T: int, window: int | None, cu_seqlens: torch.Tensor | None, device):
+    """flex mask_mod of causal (sliding-window when `window`) attention within documents."""
     doc = None
     if cu_seqlens is not None:
         doc = torch.searchsorted(cu_seqlens.to(device), torch.arange(T, device=device), right=True)
@@ -55,7 +73,60 @@ def _flex_block_mask(T: int, window: int | None, cu_seqlens: torch.Tensor | None
         if doc is not None:
             allowed = allowed & (doc[q_idx] == doc[kv_idx])
         return allowed
-    return create_block_mask(mask_mod, None, None, T, T, device=device)
+    return mask_mod
+
+
+_last_block_mask: tuple | None = None  # (key, cu_seqlens, its version, BlockMask)
+
+
+def _flex_block_mask(T: int, window: int | None, cu_seqlens: torch.Tensor | None, device):
+    """Block-sparse mask of `_mask_mod`, built by the compiled create_block_mask.
+
+    Every layer of a forward needs the same mask, so the last one built is kept and returned while
+    (T, window, device) are equal and cu_seqlens is the same tensor, unmodified (same object and
+    autograd version counter). cu_seqlens is compared by identity, not by value: reading the values
+    of a CUDA tensor would synchronise host and device at every layer. A new batch brings a new
+    tensor, so a mask is never reused for other boundaries; equal boundaries in another tensor just
+    build it again. The cache holds a reference to the tensor, so its id cannot be reused meanwhile.
+    """
+    global _last_block_mask
+    key = (T, window, torch.device(device))
+    version = None if cu_seqlens is None else cu_seqlens._version
+    if _last_block_mask is not None:
+        last_key, last_cu, last_version, mask = _last_block_mask
+        if last_key == key and last_cu is cu_seqlens and last_version == version:
+            return mask
+    mask = _compiled_create_block_mask()(_mask_mod(T, window, cu_seqlens, device), None, None, T, T,
+                                         device=device)
+    _last_block_mask = (key, cu_seqlens, version, mask)
+    return mask
+
+
+def _flex_attention(qt, kt, vt, window: int | None, cu_seqlens: torch.Tensor | None, gqa: bool):
+    """Compiled flex_attention over q, k, v [B, H, T, d] with the mask of `_mask_mod`.
+
+    Packed training rows (cu_seqlens) have one fixed T per run: one compile. Without documents
+    (evaluation, generation prefill, benchmarks) T changes call to call and static compiles would
+    recompile per length until dynamo's limit, then fall back to unfused flex; so T is padded at the
+    end to the next power of two (at least one block): a handful of compiles cover every length.
+    Padding at the end is exact under a causal mask (no real query sees a later key); the padded
+    queries' rows are sliced off.
+
+    Inside a compiled model (`train.compile`), dynamo traces the mask's construction and flex into
+    the layer's own graph instead: no cache, padding or nested compile there.
+    """
+    T = qt.shape[2]
+    if torch.compiler.is_compiling():
+        from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+        mask = create_block_mask(_mask_mod(T, window, cu_seqlens, qt.device), None, None, T, T, device=qt.device)
+        return flex_attention(qt, kt, vt, block_mask=mask, enable_gqa=gqa)
+    padded = T if cu_seqlens is not None else max(FLEX_BLOCK, 1 << (T - 1).bit_length())
+    if padded != T:
+        qt, kt, vt = (F.pad(t, (0, 0, 0, padded - T)) for t in (qt, kt, vt))
+    block_mask = _flex_block_mask(padded, window, cu_seqlens, qt.device)
+    with torch._dynamo.config.patch(recompile_limit=FLEX_RECOMPILE_LIMIT):
+        out = _compiled_flex()(qt, kt, vt, block_mask=block_mask, enable_gqa=gqa)
+    return out[:, :, :T]
 
 
 def softmax_attention(q, k, v, window: int | None = None, cu_seqlens: torch.Tensor | None = None):
@@ -65,11 +136,14 @@ def softmax_attention(q, k, v, window: int | None = None, cu_seqlens: torch.Tens
 
     - CUDA, fp16/bf16, flash-attn installed: `flash_attn_func` / `flash_attn_varlen_func`
       (`window_size=(window - 1, 0)`);
-    - CUDA otherwise: torch SDPA (flash backend) for full attention over whole sequences, else
-      compiled flex_attention with a block-sparse sliding-window / document mask;
+    - CUDA otherwise: torch SDPA (flash backend) for causal attention over whole sequences (also a
+      window covering all T keys), else compiled flex_attention with a block-sparse sliding-window /
+      document mask (`_flex_attention`);
     - CPU: torch SDPA, with a dense band mask where a window or documents restrict it.
     """
     T = q.shape[1]
+    if window is not None and window >= T:
+        window = None  # a window over the whole sequence restricts nothing: plain causal attention
     gqa = q.shape[2] != k.shape[2]
     if q.is_cuda and q.dtype in (torch.float16, torch.bfloat16) and _flash_attn() is not None:
         fa = _flash_attn()
@@ -84,8 +158,7 @@ def softmax_attention(q, k, v, window: int | None = None, cu_seqlens: torch.Tens
     if window is None and cu_seqlens is None:
         out = F.scaled_dot_product_attention(qt, kt, vt, is_causal=True, enable_gqa=gqa)
     elif q.is_cuda:
-        block_mask = _flex_block_mask(T, window, cu_seqlens, q.device)
-        out = _compiled_flex()(qt, kt, vt, block_mask=block_mask, enable_gqa=gqa)
+        out = _flex_attention(qt, kt, vt, window, cu_seqlens, gqa)
     else:
         allowed, _ = band_mask(T, T, window or T, q.device, cu_seqlens)
         out = F.scaled_dot_product_attention(qt, kt, vt, attn_mask=allowed, enable_gqa=gqa)

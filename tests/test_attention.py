@@ -1,0 +1,145 @@
+"""Softmax attention's flex path and the attention mixer's in-place decode caches.
+
+The flex path (the GPU's route for sliding windows and packed documents without flash-attn) runs
+on the CPU here through torch.compile's C++ backend: the block-mask cache, power-of-two padding of
+varying lengths and the outputs and gradients against the dense reference. The GPU test (run on
+the device) checks that evaluation at many lengths compiles once per power of two.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import harness.attention as attention
+from harness.attention import AttentionMixer, softmax_attention
+from harness.config import load_config
+from harness.ops.swat.reference import swat_attention_ref
+
+CUDA = torch.cuda.is_available()
+gpu = pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU (run on the device)")
+
+
+@pytest.fixture
+def eager_block_masks(monkeypatch):
+    """The uncompiled create_block_mask in place of the compiled one, counting builds."""
+    from torch.nn.attention.flex_attention import create_block_mask
+    built = []
+
+    def build(*args, **kwargs):
+        built.append(args[3])
+        return create_block_mask(*args, **kwargs)
+    monkeypatch.setattr(attention, "_compiled_create_block_mask", lambda: build)
+    monkeypatch.setattr(attention, "_last_block_mask", None)
+    return built
+
+
+def test_block_mask_is_built_once_per_length_window_and_boundaries(eager_block_masks):
+    cu = torch.tensor([0, 100, 250, 300], dtype=torch.int32)
+    first = attention._flex_block_mask(300, 64, cu, "cpu")
+    assert attention._flex_block_mask(300, 64, cu, "cpu") is first  # the next layer, same batch
+    assert eager_block_masks == [300]
+    other_docs = torch.tensor([0, 150, 300], dtype=torch.int32)
+    assert attention._flex_block_mask(300, 64, other_docs, "cpu") is not first
+    # equal boundaries in a new tensor (the next batch) build again: compared without reading values
+    assert attention._flex_block_mask(300, 64, cu.clone(), "cpu") is not first
+    again = attention._flex_block_mask(300, 64, cu, "cpu")
+    cu[1] = 120  # changed in place: the version counter moves
+    changed = attention._flex_block_mask(300, 64, cu, "cpu")
+    assert changed is not again
+    q_idx, kv_idx = torch.tensor(110), torch.tensor(95)  # other documents before, the same one after
+    assert not again.mask_mod(0, 0, q_idx, kv_idx) and changed.mask_mod(0, 0, q_idx, kv_idx)
+    assert attention._flex_block_mask(300, 32, cu, "cpu") is not changed
+    assert attention._flex_block_mask(256, 32, None, "cpu") is attention._flex_block_mask(256, 32, None, "cpu")
+    assert attention._flex_block_mask(384, 32, None, "cpu").shape[-2:] == (384, 384)
+    assert eager_block_masks == [300, 300, 300, 300, 300, 300, 256, 384]
+
+
+def test_compiled_block_mask_equals_the_eager_one():
+    from torch.nn.attention.flex_attention import create_block_mask
+    cu = torch.tensor([0, 70, 211, 300], dtype=torch.int32)
+    mask_mod = attention._mask_mod(300, 64, cu, "cpu")
+    compiled = attention._compiled_create_block_mask()(mask_mod, None, None, 300, 300, device="cpu")
+    eager = create_block_mask(mask_mod, None, None, 300, 300, device="cpu")
+    torch.testing.assert_close(compiled.to_dense(), eager.to_dense())
+
+
+@pytest.mark.parametrize("T,window,docs", [(300, 64, True), (200, 64, False)])
+def test_flex_path_matches_the_dense_reference(monkeypatch, T, window, docs):
+    """Documents keep T exact; without them T=200 is padded to 256. Two layers with the same
+    boundaries share one mask. Forward only: flex_attention has no CPU backward (the GPU tests of
+    test_baselines check gradients through softmax_attention)."""
+    monkeypatch.setattr(attention, "_last_block_mask", None)
+    torch.manual_seed(0)
+    H, Hkv, d = 4, 2, 16
+    q, k, v = torch.randn(1, T, H, d), torch.randn(1, T, Hkv, d), torch.randn(1, T, Hkv, d)
+    cu = torch.tensor([0, 70, 211, T], dtype=torch.int32) if docs else None
+
+    def flex(q, k, v):
+        qt, kt, vt = (t.transpose(1, 2) for t in (q, k, v))
+        return attention._flex_attention(qt, kt, vt, window, cu, gqa=True).transpose(1, 2)
+
+    def ref(q, k, v):
+        return swat_attention_ref(q, k, v, torch.zeros(H), window, activation="softmax", cu_seqlens=cu)
+
+    with torch.no_grad():
+        first = flex(q, k, v)
+        mask = attention._last_block_mask[-1]
+        second = flex(first, k, v)  # the next layer, over the first's output
+        assert attention._last_block_mask[-1] is mask
+        torch.testing.assert_close(first, ref(q, k, v), atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(second, ref(first, k, v), atol=1e-5, rtol=1e-5)
+    padded = T if docs else 256
+    assert attention._last_block_mask[0] == (padded, window, torch.device("cpu"))
+
+
+def test_window_over_the_whole_sequence_is_causal_attention():
+    torch.manual_seed(0)
+    q, k, v = torch.randn(2, 20, 4, 8), torch.randn(2, 20, 2, 8), torch.randn(2, 20, 2, 8)
+    ref = swat_attention_ref(q, k, v, torch.zeros(4), 20, activation="softmax")
+    for window in (20, 64):
+        torch.testing.assert_close(softmax_attention(q, k, v, window), ref, atol=1e-5, rtol=1e-5)
+
+
+def test_flex_path_traces_into_a_compiled_model(monkeypatch):
+    """Under torch.compile (train.compile) the mask and flex go into the caller's graph: no graph
+    break, no cache entry."""
+    monkeypatch.setattr(attention, "_last_block_mask", None)
+    torch.manual_seed(0)
+    T, H, d = 300, 4, 16
+    q, k, v = torch.randn(1, T, H, d), torch.randn(1, T, 2, d), torch.randn(1, T, 2, d)
+    cu = torch.tensor([0, 70, 211, T], dtype=torch.int32)
+
+    @torch.compile(fullgraph=True)
+    def layer(q, k, v):
+        qt, kt, vt = (t.transpose(1, 2) for t in (q, k, v))
+        return attention._flex_attention(qt, kt, vt, 64, cu, gqa=True).transpose(1, 2)
+
+    with torch.no_grad():
+        out = layer(q, k, v)
+    ref = swat_attention_ref(q, k, v, torch.zeros(H), 64, activation="softmax", cu_seqlens=cu)
+    torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
+    assert attention._last_block_mask is None
+
+
+@gpu
+def test_gpu_evaluation_lengths_compile_once_per_power_of_two():
+    """Sliding attention without documents at lengths in (window, 1024]: once the buckets 128..1024
+    are compiled, other lengths in them compile nothing (before: one compile per length, then the
+    recompile limit and unfused flex). Outputs match the reference at every length."""
+    from torch._dynamo.utils import counters
+    torch.manual_seed(0)
+    H, d, window = 4, 64, 100
+
+    def run(lengths):
+        with torch.no_grad():
+            for T in lengths:
+                q, k, v = (torch.randn(1, T, H, d, device="cuda", dtype=torch.bfloat16) for _ in range(3))
+                out = softmax_attention(q, k, v, window)
+                ref = swat_attention_ref(q.float(), k.float(), v.float(), torch.zeros(H, device="cuda"), window,
+                                         activation="softmax")
+                torch.testing.assert_close(out.float(), ref, atol=2e-2, rtol=2e-2)
+    run([101, 200, 300, 600])
+    compiled = counters["stats"]["unique_graphs"]
+    run([120, 130, 257, 511, 900, 1024])
+    assert counters["stats"]["unique_graphs"] == compiled

@@ -5,7 +5,8 @@ so the comparison between them isolates the core:
 
 - `swat`: sliding window, sigmoid (or softmax, for the ablation), per-head ALiBi slopes, RoPE;
   decode keeps a ring buffer of the last W keys/values (memory constant in context length).
-- `full`: causal softmax over the whole prefix (Transformer++); decode keeps a growing KV cache.
+- `full`: causal softmax over the whole prefix (Transformer++); decode keeps a KV cache that grows
+  by doubling its capacity.
 - `sliding`: causal softmax over the last W keys; ring buffer like swat.
 
 `full` and `sliding` run on `softmax_attention`: flash-attn when installed (else SDPA / flex_attention
@@ -215,7 +216,14 @@ class AttentionMixer(nn.Module):
         q, k, v = self._qkv(x, positions)
         return self.o_proj(self._attend(q, k, v, cu_seqlens).reshape(B, T, -1))
 
-    # decode state: {"k", "v": [B, S, Hkv, d], "pos": tokens seen}; S = W (ring buffer) or grows
+    # Decode state: {"k", "v": [B, S, Hkv, d] buffers, "pos": tokens seen}, written in place as
+    # users' inference stacks do (no copy of the cache per token):
+    # - full: a KV cache of capacity S holding positions 0..pos-1 in [:, :pos]; when a write would
+    #   pass S it moves to a buffer of twice the capacity (amortised O(1) per token);
+    # - swat, sliding: a ring buffer of S = W slots, position p in slot p % W.
+    # step returns a new dict over the buffers it wrote (new ones only when a full cache grows), so
+    # stepping an older state again overwrites what the later one holds: callers thread the latest
+    # state (generate, decode_until); the decode benchmark re-steps one state on purpose (same work).
     def init_state(self, batch_size: int, device, dtype) -> dict:
         size = 0 if self.core == "full" else self.window
         shape = (batch_size, size, self.kv_heads, self.head_dim)
@@ -223,24 +231,37 @@ class AttentionMixer(nn.Module):
                 "v": torch.zeros(shape, device=device, dtype=dtype), "pos": 0}
 
     def _store(self, state: dict, k: torch.Tensor, v: torch.Tensor) -> dict:
-        """Append keys/values of positions pos..pos+T-1 to the cache."""
+        """Write keys/values of positions pos..pos+T-1 into the state's buffers (in place)."""
         pos, T = state["pos"], k.shape[1]
+        k_buf, v_buf = state["k"], state["v"]
         if self.core == "full":
-            return {"k": torch.cat([state["k"], k], 1), "v": torch.cat([state["v"], v], 1), "pos": pos + T}
-        W = self.window
-        keep = min(T, W)
-        slots = (torch.arange(pos + T - keep, pos + T, device=k.device)) % W
-        k_cache, v_cache = state["k"].clone(), state["v"].clone()
-        k_cache[:, slots], v_cache[:, slots] = k[:, T - keep:], v[:, T - keep:]
-        return {"k": k_cache, "v": v_cache, "pos": pos + T}
+            capacity = k_buf.shape[1]
+            if pos + T > capacity:
+                capacity = max(pos + T, 2 * capacity)
+                k_buf, v_buf = (_grown(buf, pos, capacity) for buf in (k_buf, v_buf))
+            k_buf[:, pos:pos + T] = k
+            v_buf[:, pos:pos + T] = v
+        else:
+            # the last min(T, W) positions, in at most two runs of slots (the ring wraps once);
+            # slices, not index tensors: plain copies, capturable in a CUDA graph
+            W = self.window
+            keep = min(T, W)
+            start = (pos + T - keep) % W
+            first = min(keep, W - start)
+            for buf, new in ((k_buf, k[:, T - keep:]), (v_buf, v[:, T - keep:])):
+                buf[:, start:start + first] = new[:, :first]
+                buf[:, :keep - first] = new[:, first:]
+        return {"k": k_buf, "v": v_buf, "pos": pos + T}
 
     def step(self, x: torch.Tensor, state: dict) -> tuple[torch.Tensor, dict]:
         B = x.shape[0]
         pos = state["pos"]
-        q, k, v = self._qkv(x, torch.tensor([pos], device=x.device))
+        # arange, not torch.tensor([pos]): no host-to-device copy, so a CUDA graph can capture it
+        q, k, v = self._qkv(x, torch.arange(pos, pos + 1, device=x.device))
         state = self._store(state, k, v)
         if self.core == "full":
-            qt, kt, vt = (t.transpose(1, 2) for t in (q, state["k"], state["v"]))
+            kv = (state["k"][:, :pos + 1], state["v"][:, :pos + 1])
+            qt, kt, vt = (t.transpose(1, 2) for t in (q, *kv))
             out = F.scaled_dot_product_attention(qt, kt, vt, enable_gqa=self.num_heads != self.kv_heads)
             out = out.transpose(1, 2)[:, 0]
         else:
@@ -254,3 +275,9 @@ class AttentionMixer(nn.Module):
         y = self.o_proj(self._attend(q, k, v).reshape(B, T, -1))
         return y, self._store(self.init_state(B, x.device, k.dtype), k, v)
 
+
+def _grown(buf: torch.Tensor, filled: int, capacity: int) -> torch.Tensor:
+    """A copy of buf [B, S, ...] with `capacity` slots along dim 1, its first `filled` copied."""
+    out = buf.new_zeros(buf.shape[0], capacity, *buf.shape[2:])
+    out[:, :filled] = buf[:, :filled]
+    return out

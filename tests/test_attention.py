@@ -2,8 +2,10 @@
 
 The flex path (the GPU's route for sliding windows and packed documents without flash-attn) runs
 on the CPU here through torch.compile's C++ backend: the block-mask cache, power-of-two padding of
-varying lengths and the outputs and gradients against the dense reference. The GPU test (run on
-the device) checks that evaluation at many lengths compiles once per power of two.
+varying lengths, tracing into a compiled model, and outputs against the dense reference (forward
+only: flex has no CPU backward). The decode caches: written in place, positions where the forward
+puts them, the full cache's doubling, steps after a prompt equal to the forward. The GPU test (run
+on the device) checks that evaluation at many lengths compiles once per power of two.
 """
 
 from __future__ import annotations
@@ -120,6 +122,59 @@ def test_flex_path_traces_into_a_compiled_model(monkeypatch):
     ref = swat_attention_ref(q, k, v, torch.zeros(H), 64, activation="softmax", cu_seqlens=cu)
     torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
     assert attention._last_block_mask is None
+
+
+def _mixer(core: str, window: int = 8) -> AttentionMixer:
+    import dataclasses
+    torch.manual_seed(0)
+    return AttentionMixer(dataclasses.replace(load_config("tiny").model, window=window), core).eval()
+
+
+@pytest.mark.parametrize("core", ["swat", "sliding", "full"])
+def test_prefill_past_the_window_then_steps_equal_the_forward(core):
+    """A prompt of 21 tokens (the ring of 8 slots wraps mid-prompt), then 6 steps across another
+    wrap; the full cache doubles its capacity on the first step and keeps its buffers after."""
+    mixer = _mixer(core)
+    x = torch.randn(2, 27, mixer.q_proj.in_features)
+    with torch.no_grad():
+        full = mixer(x)
+        y, state = mixer.prefill(x[:, :21])
+        buffers = state["k"]
+        outs = [y]
+        for t in range(21, 27):
+            y_t, state = mixer.step(x[:, t:t + 1], state)
+            outs.append(y_t)
+            if core != "full" or t > 21:
+                assert state["k"] is buffers  # written in place
+            buffers = state["k"]
+    torch.testing.assert_close(torch.cat(outs, 1), full, atol=1e-5, rtol=1e-5)
+    assert state["pos"] == 27 and state["k"].shape[1] == (42 if core == "full" else 8)
+
+
+def test_caches_hold_each_position_where_the_forward_puts_it():
+    x = torch.randn(1, 13, 64)
+    for core, slots in (("full", range(13)), ("sliding", [p % 8 for p in range(5, 13)])):
+        mixer = _mixer(core)
+        with torch.no_grad():
+            _, k, v = mixer._qkv(x, torch.arange(13))
+            _, state = mixer.prefill(x[:, :12])
+            _, state = mixer.step(x[:, 12:], state)
+        positions = range(13) if core == "full" else range(5, 13)
+        for p, slot in zip(positions, slots):
+            torch.testing.assert_close(state["k"][:, slot], k[:, p], atol=1e-6, rtol=1e-6)
+            torch.testing.assert_close(state["v"][:, slot], v[:, p], atol=1e-6, rtol=1e-6)
+
+
+def test_full_cache_grows_by_doubling():
+    mixer = _mixer("full")
+    capacities = []
+    with torch.no_grad():
+        _, state = mixer.prefill(torch.randn(2, 3, 64))
+        capacities.append(state["k"].shape[1])
+        for _ in range(6):
+            _, state = mixer.step(torch.randn(2, 1, 64), state)
+            capacities.append(state["k"].shape[1])
+    assert capacities == [3, 6, 6, 6, 12, 12, 12]
 
 
 @gpu

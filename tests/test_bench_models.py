@@ -9,14 +9,14 @@ import torch
 
 from harness.bench import models as bm
 from harness.config import load_config
+from harness.models import build_model
 
 LENGTHS = {"train": [32, 64], "prefill": [32], "decode": [16, 48]}
 
 
 def test_sweep_points_and_rows():
     cfg = load_config("tiny")
-    points = bm.sweep_model("swat", cfg, bm.SWEEPS, LENGTHS, torch.device("cpu"), 128, (1, 2),
-                            new_tokens=2)
+    points = bm.sweep_model("swat", cfg, bm.SWEEPS, LENGTHS, torch.device("cpu"), 128, (1, 2))
     assert [(p.sweep, p.length, p.batch) for p in points] == [
         ("train", 32, 4), ("train", 64, 2), ("prefill", 32, 1),
         ("decode", 16, 1), ("decode", 16, 2), ("decode", 48, 1), ("decode", 48, 2)]
@@ -24,17 +24,77 @@ def test_sweep_points_and_rows():
     decode = [p for p in points if p.sweep == "decode"]
     # swat's ring buffer: the state does not grow with the context
     assert decode[0].metrics["state_gb"] == decode[2].metrics["state_gb"] > 0
+    # on the CPU decode runs eagerly, and the rows say so
+    assert all(p.notes["cuda_graph"] == 0 and "replicated" in p.notes["decode_state"] for p in decode)
     rows = bm.points_to_rows(points, lambda model, task, metric, value, **extra: (task, metric, value, extra))
     assert ("speed_train", "tokens_per_s") in {(t, m) for t, m, _, _ in rows}
+    assert all(e["cuda_graph"] == 0 for t, *_, e in rows if t == "speed_decode")
     assert all(e["status"] == "ok" for *_, e in rows)
     assert {e.get("batch_tokens") for t, _, _, e in rows if t == "speed_train"} == {128}
 
 
 def test_full_attention_cache_grows_with_context():
     cfg = load_config("tiny")
-    points = bm.sweep_model("transformer", cfg, ["decode"], {"decode": [16, 48]}, torch.device("cpu"), 128, (1,),
-                            new_tokens=1)
-    assert points[1].metrics["state_gb"] == pytest.approx(3 * points[0].metrics["state_gb"])
+    points = bm.sweep_model("transformer", cfg, ["decode"], {"decode": [16, 48]}, torch.device("cpu"), 128, (1, 4))
+    # the memory held: the cache's capacity, doubled by the first step after the prompt
+    one = 2 * cfg.model.num_layers * 2 * cfg.model.kv_heads * cfg.model.head_dim * 4  # fp32 k and v, 2 x context
+    assert [p.metrics["state_gb"] * 2**30 for p in points] == [16 * one, 4 * 16 * one, 48 * one, 4 * 48 * one]
+
+
+@pytest.mark.parametrize("name", ["transformer", "swat"])
+def test_replicated_state_copies_the_sequence_into_every_row(name):
+    cfg = load_config("tiny").model
+    torch.manual_seed(0)
+    model = build_model(name, cfg).eval()
+    with torch.no_grad():
+        _, state = model.prefill(torch.randint(0, cfg.vocab_size, (1, 10)))
+    batch = bm.replicate_state(state, 3)
+    assert len(batch) == len(state) and batch[0]["pos"] == 10
+    assert batch[0]["k"].shape == (3, *state[0]["k"].shape[1:])
+    for layer, one in zip(batch, state):
+        for key in ("k", "v"):
+            assert all(torch.equal(layer[key][b], one[key][0]) for b in range(3))
+    batch[0]["k"][0] += 1  # rows are copies: decode writes caches in place
+    assert torch.equal(batch[0]["k"][1], state[0]["k"][0])
+    assert bm.state_bytes(batch) == 3 * bm.state_bytes(state)
+    # a replicated state decodes like a batch prefilled with the same prompt
+    ids = torch.randint(0, cfg.vocab_size, (1, 10))
+    token = torch.randint(0, cfg.vocab_size, (3,))
+    with torch.no_grad():
+        _, one = model.prefill(ids)
+        _, full = model.prefill(ids.expand(3, -1))
+        a, _ = model.step(token, bm.replicate_state(one, 3))
+        b, _ = model.step(token, full)
+    torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+
+
+def test_replicated_fla_cache():
+    cache_utils = pytest.importorskip("fla.models.cache_utils")
+    cache = cache_utils.FLACache()
+    cache.update(recurrent_state=torch.randn(1, 2, 4, 4), conv_state=(torch.randn(1, 8, 3),), layer_idx=0)
+    held = bm.state_bytes([cache])
+    assert held == (32 + 24) * 4
+    [batch] = bm.replicate_state([cache], 5)
+    assert batch[0]["recurrent_state"].shape == (5, 2, 4, 4) and batch[0]["conv_state"][0].shape == (5, 8, 3)
+    assert bm.state_bytes([batch]) == 5 * held
+
+
+def test_decode_timing_falls_back_to_eager_when_capture_fails(monkeypatch):
+    calls = []
+
+    def fake_median_ms(fn, cuda, warmup_ms=25, rep_ms=100, grad_to_none=None, cuda_graph=False):
+        calls.append(cuda_graph)
+        if cuda_graph:
+            raise RuntimeError("CUDA error: operation not permitted when stream is capturing")
+        return 2.0
+
+    monkeypatch.setattr(bm, "median_ms", fake_median_ms)
+    assert bm.time_decode_step(lambda: None, True, 10) == (2.0, False)
+    assert calls == [True, False]
+    assert bm.time_decode_step(lambda: None, False, 10) == (2.0, False)  # the CPU: eager, no capture tried
+    assert calls == [True, False, False]
+    monkeypatch.setattr(bm, "median_ms", lambda fn, cuda, *a, cuda_graph=False, **k: 1.0)
+    assert bm.time_decode_step(lambda: None, True, 10) == (1.0, True)
 
 
 def test_out_of_memory_is_recorded_and_longer_lengths_are_skipped(monkeypatch):

@@ -11,8 +11,14 @@ Sweeps, per model, at one preset (default 340m):
 Every point is timed after warm-up as the median of repeats (harness.bench.timing: triton's do_bench on GPU), with peak memory
 from `torch.cuda.max_memory_allocated` reset per point. An out-of-memory point is recorded with
 status "oom" (value empty) and the longer lengths of that sweep are recorded as "oom" without
-being run; the sweep goes on with the next model. Decode steps run eagerly (no CUDA graphs: the
-decode state holds Python-side positions), which understates every model's decode speed alike.
+being run; the sweep goes on with the next model.
+
+Decode is measured as users' inference stacks run it: caches written in place, one step replayed
+from a CUDA graph where the model's step can be captured (else eagerly; rows say which, extra
+`cuda_graph` 1/0). The batch's state is one prefilled sequence's, replicated (decode time does not
+depend on the values), so long contexts at a large batch are limited by the state's memory, not
+by prefill activations; `state_gb` is the memory the state holds (allocated capacity: a full KV
+cache grows by doubling). See `decode_point`.
 Numbers measured on a CPU are for testing the code path only, not comparable to GPU numbers.
 """
 
@@ -51,6 +57,7 @@ class Point:
     batch: int
     status: str = "ok"  # ok | oom
     metrics: dict = field(default_factory=dict)  # e.g. tokens_per_s, latency_ms, peak_mem_gb
+    notes: dict = field(default_factory=dict)  # how it was measured, copied into every row's extra
 
 
 def _reset_memory(device: torch.device) -> None:
@@ -60,14 +67,32 @@ def _reset_memory(device: torch.device) -> None:
 
 
 def state_bytes(state) -> int:
-    """Bytes held by tensors in a (nested) decode state."""
+    """Bytes held by tensors in a (nested) decode state: the whole of each tensor, i.e. a cache's
+    allocated capacity, not only its filled part. Cache objects (fla's FLACache, known by
+    batch_repeat_interleave) iterate over their layers' states."""
     if isinstance(state, torch.Tensor):
         return state.numel() * state.element_size()
     if isinstance(state, dict):
         return sum(state_bytes(v) for v in state.values())
-    if isinstance(state, (list, tuple)):
+    if isinstance(state, (list, tuple)) or hasattr(state, "batch_repeat_interleave"):
         return sum(state_bytes(v) for v in state)
     return 0
+
+
+def replicate_state(state, batch: int):
+    """The decode state of one sequence made the state of `batch` sequences: every tensor whose
+    leading (batch) dim is 1 repeated along dim 0, as copies (decode writes caches in place, so rows
+    must not alias); positions and counters kept; cache objects (fla's FLACache) through their own
+    batch_repeat_interleave."""
+    if isinstance(state, torch.Tensor):
+        return state.repeat(batch, *[1] * (state.dim() - 1)) if state.dim() and state.shape[0] == 1 else state
+    if isinstance(state, dict):
+        return {k: replicate_state(v, batch) for k, v in state.items()}
+    if isinstance(state, (list, tuple)):
+        return type(state)(replicate_state(v, batch) for v in state)
+    if hasattr(state, "batch_repeat_interleave"):
+        state.batch_repeat_interleave(batch)
+    return state
 
 
 def train_point(model, vocab: int, length: int, tokens: int, device, autocast, warmup_ms, rep_ms) -> dict:
@@ -98,28 +123,54 @@ def prefill_point(model, vocab: int, length: int, device, autocast, warmup_ms, r
     return {"latency_ms": ms, "tokens_per_s": length / ms * 1e3}
 
 
+def time_decode_step(step: Callable[[], object], cuda: bool, rep_ms: float) -> tuple[float, bool]:
+    """(median ms of one step, whether it was replayed from a CUDA graph): captured on the GPU,
+    eager where capture raises (e.g. a host synchronisation in the step; out of memory too, which
+    the eager run then confirms or not) and on the CPU."""
+    if cuda:
+        try:
+            return median_ms(step, True, 0, rep_ms, cuda_graph=True), True
+        except RuntimeError:
+            pass  # timed below, outside the except clause: the failed graph's memory is released first
+    return median_ms(step, cuda, 0, rep_ms), False
+
+
 @torch.no_grad()
-def decode_point(model, vocab: int, context: int, batch: int, device, autocast, new_tokens: int,
-                 rep_ms: float) -> dict:
-    x = torch.randint(0, vocab, (batch, context), device=device)
+def decode_point(model, vocab: int, context: int, batch: int, device, autocast,
+                 rep_ms: float) -> tuple[dict, dict]:
+    """Per-token decode latency of `batch` sequences after `context` tokens: (metrics, notes).
+
+    One sequence is prefilled and stepped once (a full KV cache grows there, not in the timed
+    step), then its state is replicated to the batch: decode time does not depend on the values,
+    and prefilling batch x context tokens would run out of activation memory long before the
+    decode state does. The timed work is one step from that state, replayed from a CUDA graph
+    (no launch overhead, as inference engines run decode) where capture succeeds, else eagerly
+    (`time_decode_step`); every replay writes the same position, the same work as the next
+    token's. notes record which (`cuda_graph` 1/0) and how the state was made.
+    """
+    x = torch.randint(0, vocab, (1, context), device=device)
     with autocast():
         _, state = model.prefill(x)
+        _, state = model.step(x[:, -1], state)
+    if batch > 1:
+        state = replicate_state(state, batch)
     held = state_bytes(state)
     token = torch.randint(0, vocab, (batch,), device=device)
 
-    def run():
-        s = state
+    def step():
         with autocast():
-            for _ in range(new_tokens):
-                _, s = model.step(token, s)
+            model.step(token, state)
 
-    ms = median_ms(run, device.type == "cuda", 0, rep_ms) / new_tokens
-    return {"per_token_ms": ms, "tokens_per_s": batch / ms * 1e3, "state_gb": held / 2**30}
+    ms, graphed = time_decode_step(step, device.type == "cuda", rep_ms)
+    metrics = {"per_token_ms": ms, "tokens_per_s": batch / ms * 1e3, "state_gb": held / 2**30}
+    notes = {"cuda_graph": int(graphed),
+             "decode_state": "1 prefilled sequence replicated to the batch; state_gb = allocated capacity"}
+    return metrics, notes
 
 
 def sweep_model(name: str, cfg: Config, sweeps, lengths: dict, device: torch.device,
                 train_tokens: int = DEFAULT_TRAIN_TOKENS, decode_batches=DEFAULT_DECODE_BATCHES,
-                warmup_ms: float = 100, rep_ms: float = 500, new_tokens: int = 16,
+                warmup_ms: float = 100, rep_ms: float = 500,
                 on_point: Callable[[Point], None] | None = None) -> list[Point]:
     """Every point of the chosen sweeps for a freshly initialised model (speed does not depend on
     the weights); OOM points are recorded, never raised. Peak memory counts only what this sweep
@@ -151,8 +202,8 @@ def sweep_model(name: str, cfg: Config, sweeps, lengths: dict, device: torch.dev
                 elif sweep == "prefill":
                     point.metrics = prefill_point(model, vocab, length, device, autocast, warmup_ms, rep_ms)
                 else:
-                    point.metrics = decode_point(model, vocab, length, batch, device, autocast, new_tokens,
-                                                 rep_ms)
+                    point.metrics, point.notes = decode_point(model, vocab, length, batch, device, autocast,
+                                                              rep_ms)
                 if device.type == "cuda":
                     point.metrics["peak_mem_gb"] = (torch.cuda.max_memory_allocated(device) - resident) / 2**30
             except torch.OutOfMemoryError:
@@ -189,7 +240,8 @@ def points_to_rows(points: list[Point], make_row: Callable) -> list:
     for p in points:
         metrics = p.metrics if p.status == "ok" else {MAIN_METRIC[p.sweep]: None}
         for metric, value in metrics.items():
-            rows.append(make_row(p.model, f"speed_{p.sweep}", metric, value, status=p.status, **_where(p)))
+            rows.append(make_row(p.model, f"speed_{p.sweep}", metric, value, status=p.status, **_where(p),
+                                 **p.notes))
     return rows
 
 

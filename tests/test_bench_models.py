@@ -1,5 +1,6 @@
 """`harness bench models`: sweep mechanics on CPU at tiny sizes (timings themselves are not tested)."""
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -12,6 +13,7 @@ from harness.config import load_config
 from harness.models import build_model
 
 LENGTHS = {"train": [32, 64], "prefill": [32], "decode": [16, 48]}
+gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (run on the device)")
 
 
 def test_sweep_points_and_rows():
@@ -130,3 +132,41 @@ def test_cli_writes_rows_table_and_plots_then_skips(tmp_path):
     assert "already measured" in again.stdout
     bad = subprocess.run(cmd + ["--sweeps", "train,warp"], capture_output=True, text=True, timeout=300)
     assert bad.returncode == 2 and "unknown sweep 'warp'" in bad.stderr
+
+
+@gpu
+@pytest.mark.parametrize("name", ["swat", "transformer", "sliding_softmax"])
+def test_gpu_attention_decode_step_replays_from_a_cuda_graph(name):
+    """The attention models' step is capturable (no host sync): a replayed step gives the eager
+    step's logits from the same replicated state, and decode_point records cuda_graph 1."""
+    cfg = dataclasses.replace(load_config("small").model, num_layers=2, vocab_size=512)
+    model = build_model(name, cfg, "cuda").eval()
+    ids = torch.randint(0, 512, (1, 300), device="cuda")  # past the small preset's window: the ring wraps
+    token = torch.randint(0, 512, (4,), device="cuda")
+
+    def autocast():
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+
+    def step():
+        with autocast():
+            return model.step(token, state)[0]
+
+    with torch.no_grad():
+        with autocast():
+            _, state = model.prefill(ids)
+            _, state = model.step(ids[:, -1], state)
+        state = bm.replicate_state(state, 4)
+        eager = step()
+        side = torch.cuda.Stream()  # warm-up before capture on a side stream, as torch.cuda.graph wants
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            step()
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            replayed = step()
+        graph.replay()
+        torch.cuda.synchronize()
+    torch.testing.assert_close(replayed, eager)
+    metrics, notes = bm.decode_point(model, 512, 1024, 4, torch.device("cuda"), autocast, rep_ms=20)
+    assert notes["cuda_graph"] == 1 and metrics["tokens_per_s"] > 0

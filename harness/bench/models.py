@@ -123,13 +123,16 @@ def prefill_point(model, vocab: int, length: int, device, autocast, warmup_ms, r
     return {"latency_ms": ms, "tokens_per_s": length / ms * 1e3}
 
 
+GRAPH_REP_MS = 25  # a few hundred graphed steps: capture stays in seconds, the median is stable
+
+
 def time_decode_step(step: Callable[[], object], cuda: bool, rep_ms: float) -> tuple[float, bool]:
     """(median ms of one step, whether it was replayed from a CUDA graph): captured on the GPU,
     eager where capture raises (e.g. a host synchronisation in the step; out of memory too, which
     the eager run then confirms or not) and on the CPU."""
     if cuda:
-        try:
-            return median_ms(step, True, 0, rep_ms, cuda_graph=True), True
+        try:  # triton captures rep / (one step's time) copies of the step into one graph: keep it short
+            return median_ms(step, True, 0, min(rep_ms, GRAPH_REP_MS), cuda_graph=True), True
         except RuntimeError:
             pass  # timed below, outside the except clause: the failed graph's memory is released first
     return median_ms(step, cuda, 0, rep_ms), False

@@ -119,6 +119,22 @@ def test_generate_until_follows_the_greedy_decode_state(tiny):
     assert got[1] == greedy.split(greedy[5:7])[0]
 
 
+def test_prompt_templates_compile_once_and_render_as_lm_eval_does(monkeypatch):
+    from lm_eval import utils
+    original = utils.apply_template
+    monkeypatch.setattr(utils, "apply_template", original)  # restored after the test
+    doc = {"text": "He said hello to Sam", "gold": 1, "choices": ["a", "b"]}
+    templates = ["{{text.split(' ')[:-1]|join(' ')}}", "{{' ' + text.split(' ')[-1]}}",
+                 "{{choices[gold]}}", "{{text|regex_replace('hello', 'bye')}}"]
+    expected = [original(t, doc) for t in templates]
+    ev.cache_prompt_templates()
+    ev.cache_prompt_templates()  # idempotent: wraps once
+    assert utils.apply_template is not original and utils.apply_template.compiles_once
+    assert [utils.apply_template(t, doc) for t in templates] == expected
+    compiled = ev._compiled_template(templates[0])
+    assert ev._compiled_template(templates[0]) is compiled
+
+
 def test_adapter_is_registered_with_lm_eval(tiny, tmp_path):
     from lm_eval.api.registry import get_model
     cfg, model = tiny

@@ -6,7 +6,7 @@ so the comparison between them isolates the core:
 - `swat`: sliding window, sigmoid (or softmax, for the ablation), per-head ALiBi slopes, RoPE;
   decode keeps a ring buffer of the last W keys/values (memory constant in context length).
 - `full`: causal softmax over the whole prefix (Transformer++); decode keeps a KV cache that grows
-  by doubling its capacity.
+  geometrically (by 1/8, at least FULL_CACHE_MIN_GROWTH slots) when full.
 - `sliding`: causal softmax over the last W keys; ring buffer like swat.
 
 `full` and `sliding` run on `softmax_attention`: flash-attn when installed (else SDPA / flex_attention
@@ -166,6 +166,9 @@ def softmax_attention(q, k, v, window: int | None = None, cu_seqlens: torch.Tens
     return out.transpose(1, 2)
 
 
+FULL_CACHE_MIN_GROWTH = 256  # slots added at least when a full KV cache grows
+
+
 class AttentionMixer(nn.Module):
     supports_varlen = True
 
@@ -219,7 +222,9 @@ class AttentionMixer(nn.Module):
     # Decode state: {"k", "v": [B, S, Hkv, d] buffers, "pos": tokens seen}, written in place as
     # users' inference stacks do (no copy of the cache per token):
     # - full: a KV cache of capacity S holding positions 0..pos-1 in [:, :pos]; when a write would
-    #   pass S it moves to a buffer of twice the capacity (amortised O(1) per token);
+    #   pass S it moves to a buffer 1/8 larger (at least FULL_CACHE_MIN_GROWTH slots more): amortised
+    #   O(1) copying per token, and past the minimum at most 1/9 of the memory held is empty
+    #   (doubling would leave up to half of it empty, and the decode benchmark reports the memory held);
     # - swat, sliding: a ring buffer of S = W slots, position p in slot p % W.
     # step returns a new dict over the buffers it wrote (new ones only when a full cache grows), so
     # stepping an older state again overwrites what the later one holds: callers thread the latest
@@ -237,7 +242,7 @@ class AttentionMixer(nn.Module):
         if self.core == "full":
             capacity = k_buf.shape[1]
             if pos + T > capacity:
-                capacity = max(pos + T, 2 * capacity)
+                capacity = max(pos + T, capacity + max(FULL_CACHE_MIN_GROWTH, capacity // 8))
                 k_buf, v_buf = (_grown(buf, pos, capacity) for buf in (k_buf, v_buf))
             k_buf[:, pos:pos + T] = k
             v_buf[:, pos:pos + T] = v

@@ -8,6 +8,7 @@ import sys
 import pytest
 import torch
 
+from harness.attention import FULL_CACHE_MIN_GROWTH
 from harness.bench import models as bm
 from harness.config import load_config
 from harness.models import build_model
@@ -38,9 +39,10 @@ def test_sweep_points_and_rows():
 def test_full_attention_cache_grows_with_context():
     cfg = load_config("tiny")
     points = bm.sweep_model("transformer", cfg, ["decode"], {"decode": [16, 48]}, torch.device("cpu"), 128, (1, 4))
-    # the memory held: the cache's capacity, doubled by the first step after the prompt
-    one = 2 * cfg.model.num_layers * 2 * cfg.model.kv_heads * cfg.model.head_dim * 4  # fp32 k and v, 2 x context
-    assert [p.metrics["state_gb"] * 2**30 for p in points] == [16 * one, 4 * 16 * one, 48 * one, 4 * 48 * one]
+    # the memory held: the cache's capacity, grown by the first step after the prompt
+    slot = cfg.model.num_layers * 2 * cfg.model.kv_heads * cfg.model.head_dim * 4  # fp32 k and v, all layers
+    held = [FULL_CACHE_MIN_GROWTH * slot] * 2  # both contexts within the cache's minimum growth
+    assert [p.metrics["state_gb"] * 2**30 for p in points] == [held[0], 4 * held[0], held[1], 4 * held[1]]
 
 
 @pytest.mark.parametrize("name", ["transformer", "swat"])

@@ -18,7 +18,7 @@ from a CUDA graph where the model's step can be captured (else eagerly; rows say
 `cuda_graph` 1/0). The batch's state is one prefilled sequence's, replicated (decode time does not
 depend on the values), so long contexts at a large batch are limited by the state's memory, not
 by prefill activations; `state_gb` is the memory the state holds (allocated capacity: a full KV
-cache grows by doubling). See `decode_point`.
+cache grows by 1/8 when full). See `decode_point`.
 Numbers measured on a CPU are for testing the code path only, not comparable to GPU numbers.
 """
 

@@ -17,6 +17,8 @@ export PYTHONPATH=$G/site PYTHONUNBUFFERED=1 TRITON_CACHE_DIR=$G/triton HARNESS_
 LOG=$OUT/log.txt
 say() { echo "[$(date -u +%T)] $*" | tee -a "$LOG"; }
 [ -d .gpu-carry/triton ] && cp -rn .gpu-carry/triton/. "$G/triton/"
+# start from the committed rows, so that (model, task) pairs already measured are not run again
+mkdir -p "$G/results" && cp -rn results/comparison "$G/results/"
 if [ ! -f "$G/site/.wheels" ]; then
   python3 -m pip install -q --no-index --no-deps --no-compile --target "$G/site" .whl/fla_core-*.whl \
     .whl/flash_linear_attention-*.whl .whl/lm_eval-*.whl .whl/datasets-*.whl .whl/dill-*.whl \

@@ -20,8 +20,6 @@ from harness.registry import register_model
 
 HEAD_DIM = 256
 KEY_RATIO = 0.75
-
-
 TRITON_FIX = "pip install 'triton>=3.7.1' (with a matching torch) or pip install tilelang"
 
 
@@ -37,8 +35,8 @@ def check_backward_kernel(device: torch.device) -> None:
     if hopper and TRITON_ABOVE_3_4_0 and not TRITON_ABOVE_3_7_1:
         import triton
         raise KernelRefusedError(f"gated_deltanet cannot train with Triton {triton.__version__} on "
-                            f"{torch.cuda.get_device_name(device)}: fla refuses its gated backward kernel "
-                            f"there (wrong results, fla issue #640); {TRITON_FIX}")
+                                 f"{torch.cuda.get_device_name(device)}: fla refuses its gated backward "
+                                 f"kernel there (wrong results, fla issue #640); {TRITON_FIX}")
 
 
 class GatedDeltaNetMixer(FlaMixer):

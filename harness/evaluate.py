@@ -488,8 +488,8 @@ def _compiled_template(template: str):
 def cache_prompt_templates() -> None:
     """Compile each of lm-eval's Jinja prompt templates once. lm-eval 0.4 compiles the template anew
     for every document and field (`utils.apply_template` -> `env.from_string`): 23 of the 52 s of a
-    LAMBADA evaluation on a 2-core CPU, and most of its wall time on a GPU machine too. Same
-    environment, same templates: the rendered prompts are identical."""
+    LAMBADA evaluation on a 2-core CPU. Same environment, same templates: the rendered prompts are
+    identical."""
     from lm_eval import utils
     if getattr(utils.apply_template, "compiles_once", False):
         return

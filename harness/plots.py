@@ -162,7 +162,7 @@ def accuracy_vs_tokens(rows: list[Row], out_dir: Path, run_configs: dict | None 
 def loss_curves(run_dirs: list[Path], out_dir: Path, smooth_steps: int = 10) -> list[Path]:
     """Training loss against tokens, one line per (run, model): the matched-budget runs' curves side
     by side. Each line is the mean of the last `smooth_steps` steps' losses; the CSV has every step."""
-    from harness.trainlog import LOG_FILE, read_log
+    from harness.trainlog import LOG_FILE, read_log, trailing_mean
     logs = {(Path(d).name, f.name[:-len(f"_{LOG_FILE}")]): f
             for d in run_dirs for f in sorted((Path(d) / "train").glob(f"*_{LOG_FILE}"))}
     if not logs:
@@ -174,9 +174,7 @@ def loss_curves(run_dirs: list[Path], out_dir: Path, smooth_steps: int = 10) -> 
     for (run, model), path in logs.items():
         records = read_log(path)
         tokens, loss = [r["tokens"] for r in records], [r["loss"] for r in records]
-        smooth = [sum(loss[max(0, i - smooth_steps + 1):i + 1]) / (i + 1 - max(0, i - smooth_steps + 1))
-                  for i in range(len(loss))]
-        ax.plot(tokens, smooth, label=model + (f" [{run}]" if several_runs else ""))
+        ax.plot(tokens, trailing_mean(loss, smooth_steps), label=model + (f" [{run}]" if several_runs else ""))
         lines += [[run, model, t, v] for t, v in zip(tokens, loss)]
     ax.set_xlabel("training tokens")
     ax.set_ylabel(f"train loss (nats/token, mean of {smooth_steps} steps)")

@@ -103,6 +103,11 @@ def _open_sink(kind: str, run_dir: Path, config: dict, name: str):
     raise ConfigError(f"unknown logger {kind!r}; choose from {', '.join(SINKS)}")
 
 
+def trailing_mean(values: list[float], span: int) -> list[float]:
+    """Each value replaced by the mean of it and the span - 1 before it (fewer at the start)."""
+    return [sum(values[max(0, i - span + 1):i + 1]) / (i + 1 - max(0, i - span + 1)) for i in range(len(values))]
+
+
 def plot_loss(run_dir: Path, title: str, heldout: float | None = None) -> Path | None:
     """Training loss (raw and smoothed) against tokens from the run's log into <run>/loss.png."""
     records = read_log(Path(run_dir) / LOG_FILE)
@@ -114,8 +119,7 @@ def plot_loss(run_dir: Path, title: str, heldout: float | None = None) -> Path |
     tokens = [r["tokens"] for r in records]
     loss = [r["loss"] for r in records]
     span = max(1, len(loss) // 50)
-    smooth = [sum(loss[max(0, i - span + 1):i + 1]) / len(loss[max(0, i - span + 1):i + 1])
-              for i in range(len(loss))]
+    smooth = trailing_mean(loss, span)
     fig, ax = plt.subplots(figsize=(7, 4), dpi=110)
     if span > 1:
         ax.plot(tokens, loss, color="0.75", linewidth=0.8, label="train loss")

@@ -37,10 +37,6 @@ class NeedsGPUError(RegistryError, RuntimeError):
     """A model with no CPU path was given a CPU input."""
 
 
-class KernelRefusedError(RegistryError, RuntimeError):
-    """fla refuses one of a model's kernels with this GPU and Triton; the message names the fix."""
-
-
 def fla_module(model: str, module: str = "fla.layers"):
     """Import an fla module for `model`, or fail in one line naming the extra."""
     try:

@@ -14,9 +14,9 @@ import importlib.util
 
 import torch
 
-from baselines.fla_common import FlaMixer, KernelRefusedError, fla_module, layer_options
+from baselines.fla_common import FlaMixer, fla_module, layer_options
 from harness.backbone import DecoderLM
-from harness.registry import register_model
+from harness.registry import KernelRefusedError, register_model
 
 HEAD_DIM = 256
 KEY_RATIO = 0.75

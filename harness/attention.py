@@ -103,8 +103,20 @@ def _flex_block_mask(T: int, window: int | None, cu_seqlens: torch.Tensor | None
     return mask
 
 
-def _flex_attention(qt, kt, vt, window: int | None, cu_seqlens: torch.Tensor | None, gqa: bool):
-    """Compiled flex_attention over q, k, v [B, H, T, d] with the mask of `_mask_mod`.
+def _alibi_score_mod(slopes: torch.Tensor | None):
+    """flex score_mod adding `slope_h * (i - j)` (harness.ops.alibi's convention), or None."""
+    if slopes is None:
+        return None
+
+    def score_mod(score, b, h, q_idx, kv_idx):
+        return score + slopes[h] * (q_idx - kv_idx)
+    return score_mod
+
+
+def _flex_attention(qt, kt, vt, window: int | None, cu_seqlens: torch.Tensor | None, gqa: bool,
+                    slopes: torch.Tensor | None = None):
+    """Compiled flex_attention over q, k, v [B, H, T, d] with the mask of `_mask_mod` (and ALiBi
+    `slopes` [H] as a score_mod when given).
 
     Packed training rows (cu_seqlens) have one fixed T per run: one compile. Without documents
     (evaluation, generation prefill, benchmarks) T changes call to call and static compiles would
@@ -117,30 +129,35 @@ def _flex_attention(qt, kt, vt, window: int | None, cu_seqlens: torch.Tensor | N
     the layer's own graph instead: no cache, padding or nested compile there.
     """
     T = qt.shape[2]
+    score_mod = _alibi_score_mod(None if slopes is None else slopes.to(device=qt.device, dtype=torch.float32))
     if torch.compiler.is_compiling():
         from torch.nn.attention.flex_attention import create_block_mask, flex_attention
         mask = create_block_mask(_mask_mod(T, window, cu_seqlens, qt.device), None, None, T, T, device=qt.device)
-        return flex_attention(qt, kt, vt, block_mask=mask, enable_gqa=gqa)
+        return flex_attention(qt, kt, vt, score_mod=score_mod, block_mask=mask, enable_gqa=gqa)
     padded = T if cu_seqlens is not None else max(FLEX_BLOCK, 1 << (T - 1).bit_length())
     if padded != T:
         qt, kt, vt = (F.pad(t, (0, 0, 0, padded - T)) for t in (qt, kt, vt))
     block_mask = _flex_block_mask(padded, window, cu_seqlens, qt.device)
     with torch._dynamo.config.patch(recompile_limit=FLEX_RECOMPILE_LIMIT):
-        out = _compiled_flex()(qt, kt, vt, block_mask=block_mask, enable_gqa=gqa)
+        out = _compiled_flex()(qt, kt, vt, score_mod=score_mod, block_mask=block_mask, enable_gqa=gqa)
     return out[:, :, :T]
 
 
-def softmax_attention(q, k, v, window: int | None = None, cu_seqlens: torch.Tensor | None = None):
+def softmax_attention(q, k, v, window: int | None = None, cu_seqlens: torch.Tensor | None = None,
+                      slopes: torch.Tensor | None = None):
     """Causal softmax attention, over the last `window` keys (0 <= i - j < window) when given,
-    within the documents of `cu_seqlens` (packed, B == 1) when given. q [B, T, H, d], k, v
-    [B, T, Hkv, d] -> [B, T, H, d], on the fastest path for the inputs:
+    within the documents of `cu_seqlens` (packed, B == 1) when given, with ALiBi `slopes` [H]
+    (`slope_h * (i - j)` added to the scaled scores; SWAT's softmax ablation) when given.
+    q [B, T, H, d], k, v [B, T, Hkv, d] -> [B, T, H, d], on the fastest path for the inputs:
 
     - CUDA, fp16/bf16, flash-attn installed: `flash_attn_func` / `flash_attn_varlen_func`
-      (`window_size=(window - 1, 0)`);
+      (`window_size=(window - 1, 0)`; slopes as `alibi_slopes=-slopes`, since flash-attn adds
+      `-alibi_slope * |i - j|`);
     - CUDA otherwise: torch SDPA (flash backend) for causal attention over whole sequences (also a
-      window covering all T keys), else compiled flex_attention with a block-sparse sliding-window /
-      document mask (`_flex_attention`);
-    - CPU: torch SDPA, with a dense band mask where a window or documents restrict it.
+      window covering all T keys) without slopes, else compiled flex_attention with a block-sparse
+      sliding-window / document mask and the slopes as a score_mod (`_flex_attention`);
+    - CPU: torch SDPA, with a dense band mask (additive, carrying the slopes, when given) where a
+      window, documents or slopes apply.
     """
     T = q.shape[1]
     if window is not None and window >= T:
@@ -148,21 +165,23 @@ def softmax_attention(q, k, v, window: int | None = None, cu_seqlens: torch.Tens
     gqa = q.shape[2] != k.shape[2]
     if q.is_cuda and q.dtype in (torch.float16, torch.bfloat16) and _flash_attn() is not None:
         fa = _flash_attn()
-        window_size = (-1, -1) if window is None else (window - 1, 0)
+        options = dict(causal=True, window_size=(-1, -1) if window is None else (window - 1, 0),
+                       alibi_slopes=None if slopes is None else -slopes.to(device=q.device, dtype=torch.float32))
         if cu_seqlens is None:
-            return fa.flash_attn_func(q, k, v, causal=True, window_size=window_size)
+            return fa.flash_attn_func(q, k, v, **options)
         cu = cu_seqlens.to(device=q.device, dtype=torch.int32)
         max_len = int((cu[1:] - cu[:-1]).max())
-        return fa.flash_attn_varlen_func(q[0], k[0], v[0], cu, cu, max_len, max_len, causal=True,
-                                         window_size=window_size)[None]
+        return fa.flash_attn_varlen_func(q[0], k[0], v[0], cu, cu, max_len, max_len, **options)[None]
     qt, kt, vt = (t.transpose(1, 2) for t in (q, k, v))
-    if window is None and cu_seqlens is None:
+    if window is None and cu_seqlens is None and slopes is None:
         out = F.scaled_dot_product_attention(qt, kt, vt, is_causal=True, enable_gqa=gqa)
     elif q.is_cuda:
-        out = _flex_attention(qt, kt, vt, window, cu_seqlens, gqa)
+        out = _flex_attention(qt, kt, vt, window, cu_seqlens, gqa, slopes)
     else:
-        allowed, _ = band_mask(T, T, window or T, q.device, cu_seqlens)
-        out = F.scaled_dot_product_attention(qt, kt, vt, attn_mask=allowed, enable_gqa=gqa)
+        allowed, dist = band_mask(T, T, window or T, q.device, cu_seqlens)
+        mask = allowed if slopes is None else torch.where(
+            allowed, slopes.float().to(q.device)[:, None, None] * dist, float("-inf")).to(q.dtype)
+        out = F.scaled_dot_product_attention(qt, kt, vt, attn_mask=mask, enable_gqa=gqa)
     return out.transpose(1, 2)
 
 
@@ -205,10 +224,13 @@ class AttentionMixer(nn.Module):
         return q, k, v
 
     def _attend(self, q, k, v, cu_seqlens=None) -> torch.Tensor:
-        if self.core == "swat":
+        if self.core == "swat" and self.activation == "sigmoid":
             return swat_attention(q, k, v, self.slopes, self.window, self.activation, self.sigmoid_bias,
                                   cu_seqlens=cu_seqlens)
-        return softmax_attention(q, k, v, None if self.core == "full" else self.window, cu_seqlens)
+        # softmax cores, and SWAT's softmax ablation (its slopes as ALiBi): the fast softmax paths
+        # (swat_attention's softmax is the O(T^2) reference, which packed training rows overflow)
+        return softmax_attention(q, k, v, None if self.core == "full" else self.window, cu_seqlens,
+                                 slopes=self.slopes if self.core == "swat" else None)
 
     def forward(self, x: torch.Tensor, cu_seqlens: torch.Tensor | None = None) -> torch.Tensor:
         B, T, _ = x.shape

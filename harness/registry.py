@@ -22,6 +22,12 @@ class RegistryError(LookupError):
     """An unknown model or task name, or a plugin that cannot be loaded."""
 
 
+class KernelRefusedError(RegistryError, RuntimeError):
+    """A model's library refuses one of its kernels on this GPU and software (e.g. fla's gated
+    backward on Hopper with some Triton versions); the message names the fix. Benchmarks skip the
+    refused sweep; training stops in one line."""
+
+
 @dataclass
 class ModelSpec:
     name: str

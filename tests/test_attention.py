@@ -16,6 +16,7 @@ import torch
 import harness.attention as attention
 from harness.attention import FULL_CACHE_MIN_GROWTH, AttentionMixer, softmax_attention
 from harness.config import load_config
+from harness.ops.alibi import alibi_slopes
 from harness.ops.swat.reference import swat_attention_ref
 
 CUDA = torch.cuda.is_available()
@@ -66,23 +67,26 @@ def test_compiled_block_mask_equals_the_eager_one():
     torch.testing.assert_close(compiled.to_dense(), eager.to_dense())
 
 
-@pytest.mark.parametrize("T,window,docs", [(300, 64, True), (200, 64, False)])
-def test_flex_path_matches_the_dense_reference(monkeypatch, T, window, docs):
+@pytest.mark.parametrize("T,window,docs,slopes", [(300, 64, True, "none"), (200, 64, False, "none"),
+                                                  (300, 64, True, "balanced")])
+def test_flex_path_matches_the_dense_reference(monkeypatch, T, window, docs, slopes):
     """Documents keep T exact; without them T=200 is padded to 256. Two layers with the same
-    boundaries share one mask. Forward only: flex_attention has no CPU backward (the GPU tests of
-    test_baselines check gradients through softmax_attention)."""
+    boundaries share one mask. ALiBi slopes (SWAT's softmax ablation) enter as a score_mod.
+    Forward only: flex_attention has no CPU backward (the GPU tests check gradients)."""
     monkeypatch.setattr(attention, "_last_block_mask", None)
     torch.manual_seed(0)
     H, Hkv, d = 4, 2, 16
     q, k, v = torch.randn(1, T, H, d), torch.randn(1, T, Hkv, d), torch.randn(1, T, Hkv, d)
     cu = torch.tensor([0, 70, 211, T], dtype=torch.int32) if docs else None
+    alibi = alibi_slopes(H, slopes) * 8  # steeper than a 4-head model's, so that a lost bias shows
 
     def flex(q, k, v):
         qt, kt, vt = (t.transpose(1, 2) for t in (q, k, v))
-        return attention._flex_attention(qt, kt, vt, window, cu, gqa=True).transpose(1, 2)
+        return attention._flex_attention(qt, kt, vt, window, cu, gqa=True,
+                                         slopes=None if slopes == "none" else alibi).transpose(1, 2)
 
     def ref(q, k, v):
-        return swat_attention_ref(q, k, v, torch.zeros(H), window, activation="softmax", cu_seqlens=cu)
+        return swat_attention_ref(q, k, v, alibi, window, activation="softmax", cu_seqlens=cu)
 
     with torch.no_grad():
         first = flex(q, k, v)
@@ -93,6 +97,34 @@ def test_flex_path_matches_the_dense_reference(monkeypatch, T, window, docs):
         torch.testing.assert_close(second, ref(first, k, v), atol=1e-5, rtol=1e-5)
     padded = T if docs else 256
     assert attention._last_block_mask[0] == (padded, window, torch.device("cpu"))
+
+
+@pytest.mark.parametrize("window,docs", [(6, True), (64, False)])
+def test_dense_path_carries_alibi_slopes(window, docs):
+    torch.manual_seed(0)
+    q, k, v = torch.randn(1, 20, 4, 8), torch.randn(1, 20, 2, 8), torch.randn(1, 20, 2, 8)
+    cu = torch.tensor([0, 9, 20], dtype=torch.int32) if docs else None
+    slopes = alibi_slopes(4, "balanced") * 8
+    ref = swat_attention_ref(q, k, v, slopes, window, activation="softmax", cu_seqlens=cu)
+    torch.testing.assert_close(softmax_attention(q, k, v, window, cu, slopes=slopes), ref, atol=1e-5, rtol=1e-5)
+
+
+def test_swat_softmax_ablation_takes_the_softmax_paths(monkeypatch):
+    """SWAT with activation=softmax runs softmax_attention with its slopes (not the O(T^2)
+    reference) and equals the reference definition."""
+    import dataclasses
+    cfg = dataclasses.replace(load_config("tiny").model, window=8, activation="softmax")
+    torch.manual_seed(0)
+    mixer = AttentionMixer(cfg, "swat").eval()
+    calls = []
+    monkeypatch.setattr(attention, "swat_attention", lambda *a, **k: calls.append("swat_attention"))
+    x = torch.randn(1, 30, cfg.hidden_size)
+    q, k, v = mixer._qkv(x, torch.arange(30))
+    with torch.no_grad():
+        out = mixer._attend(q, k, v)
+    assert calls == []
+    ref = swat_attention_ref(q, k, v, mixer.slopes, 8, activation="softmax")
+    torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
 
 
 def test_window_over_the_whole_sequence_is_causal_attention():
@@ -200,3 +232,22 @@ def test_gpu_evaluation_lengths_compile_once_per_power_of_two():
     compiled = counters["stats"]["unique_graphs"]
     run([120, 130, 257, 511, 900, 1024])
     assert counters["stats"]["unique_graphs"] == compiled
+
+
+@gpu
+def test_gpu_alibi_softmax_matches_the_reference_forward_and_backward():
+    """SWAT's softmax ablation on the GPU path (flex_attention with the slopes as score_mod, packed
+    documents): outputs and gradients equal the fp32 reference within bf16 tolerance."""
+    torch.manual_seed(0)
+    T, H, d, window = 1024, 8, 64, 256
+    cu = torch.tensor([0, 300, 700, T], dtype=torch.int32, device="cuda")
+    slopes = alibi_slopes(H, "balanced").cuda()
+    q, k, v = (torch.randn(1, T, H, d, device="cuda", dtype=torch.bfloat16, requires_grad=True) for _ in range(3))
+    out = softmax_attention(q, k, v, window, cu, slopes=slopes)
+    grads = torch.autograd.grad(out.float().square().sum(), (q, k, v))
+    qf, kf, vf = (t.detach().float().requires_grad_() for t in (q, k, v))
+    ref = swat_attention_ref(qf, kf, vf, slopes, window, activation="softmax", cu_seqlens=cu)
+    ref_grads = torch.autograd.grad(ref.square().sum(), (qf, kf, vf))
+    torch.testing.assert_close(out.float(), ref, atol=2e-2, rtol=2e-2)
+    for g, r in zip(grads, ref_grads):
+        assert (g.float() - r).norm() / r.norm() < 2e-2

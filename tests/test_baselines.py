@@ -172,7 +172,7 @@ def test_gated_deltanet_stops_where_fla_refuses_its_backward(monkeypatch, major,
     if not HAS_FLA:
         pytest.skip("flash-linear-attention is not installed (pip install 'swat-harness[fla]')")
     import fla.utils
-    from baselines.fla_common import KernelRefusedError
+    from harness.registry import KernelRefusedError
     from baselines.gated_deltanet import check_backward_kernel
     monkeypatch.setattr(fla.utils, "TRITON_ABOVE_3_4_0", True)
     monkeypatch.setattr(fla.utils, "TRITON_ABOVE_3_7_1", triton_ok)
@@ -279,7 +279,7 @@ def _fla_ops(name, dev="cuda"):
 def skip_where_fla_refuses_the_backward():
     """The gated delta rule's backward is refused by fla on Hopper with Triton [3.4, 3.7.1): an
     environment limit (the model says so in one line), not a result of this test."""
-    from baselines.fla_common import KernelRefusedError
+    from harness.registry import KernelRefusedError
     from baselines.gated_deltanet import check_backward_kernel
     try:
         check_backward_kernel(torch.device("cuda"))

@@ -119,6 +119,20 @@ def test_out_of_memory_is_recorded_and_longer_lengths_are_skipped(monkeypatch):
     assert rows[-1] == ("tokens_per_s", None, "oom")
 
 
+def test_a_refused_sweep_is_logged_and_the_other_sweeps_still_run(monkeypatch):
+    from harness.registry import KernelRefusedError
+
+    def refused_train_point(*args):
+        raise KernelRefusedError("backward kernel refused here; pip install the fix")
+
+    monkeypatch.setattr(bm, "train_point", refused_train_point)
+    logged = []
+    points = bm.sweep_model("swat", load_config("tiny"), ["train", "prefill"], {"train": [32, 64], "prefill": [32]},
+                            torch.device("cpu"), 128, (1,), log=logged.append)
+    assert [(p.sweep, p.status) for p in points] == [("prefill", "ok")]
+    assert logged == ["swat: train sweep not measured: backward kernel refused here; pip install the fix"]
+
+
 def test_cli_writes_rows_table_and_plots_then_skips(tmp_path):
     cmd = [sys.executable, "-m", "harness", "bench", "models", "--preset", "tiny", "--models", "swat",
            "--lengths", "train=32", "--lengths", "prefill=32", "--lengths", "decode=16", "--decode-batches", "1",

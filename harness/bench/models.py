@@ -11,7 +11,9 @@ Sweeps, per model, at one preset (default 340m):
 Every point is timed after warm-up as the median of repeats (harness.bench.timing: triton's do_bench on GPU), with peak memory
 from `torch.cuda.max_memory_allocated` reset per point. An out-of-memory point is recorded with
 status "oom" (value empty) and the longer lengths of that sweep are recorded as "oom" without
-being run; the sweep goes on with the next model.
+being run; the sweep goes on with the next model. A sweep whose kernel the model's library refuses on
+this machine (`KernelRefusedError`, e.g. fla's gated backward on Hopper with some Triton versions)
+leaves no rows: the reason is logged and the model's other sweeps still run.
 
 Decode is measured as users' inference stacks run it: caches written in place, one step replayed
 from a CUDA graph where the model's step can be captured (else eagerly; rows say which, extra
@@ -174,11 +176,12 @@ def decode_point(model, vocab: int, context: int, batch: int, device, autocast,
 def sweep_model(name: str, cfg: Config, sweeps, lengths: dict, device: torch.device,
                 train_tokens: int = DEFAULT_TRAIN_TOKENS, decode_batches=DEFAULT_DECODE_BATCHES,
                 warmup_ms: float = 100, rep_ms: float = 500,
-                on_point: Callable[[Point], None] | None = None) -> list[Point]:
+                on_point: Callable[[Point], None] | None = None, log: Callable = print) -> list[Point]:
     """Every point of the chosen sweeps for a freshly initialised model (speed does not depend on
-    the weights); OOM points are recorded, never raised. Peak memory counts only what this sweep
+    the weights); OOM points are recorded, never raised; a refused sweep is logged and left out. Peak memory counts only what this sweep
     allocates (model, optimizer state, activations, caches), not tensors that were resident before."""
     from harness.models import build_model
+    from harness.registry import KernelRefusedError
     from harness.train import autocast_for
     autocast = autocast_for(device, cfg.train.dtype)
     _reset_memory(device)
@@ -190,8 +193,11 @@ def sweep_model(name: str, cfg: Config, sweeps, lengths: dict, device: torch.dev
     plans = [(s, L, b) for s in sweeps for L in lengths[s]
              for b in (decode_batches if s == "decode" else (None,))]
     failed_from: dict = {}  # (sweep, batch) -> shortest length that ran out of memory
+    refused: set = set()
     for sweep, length, batch in plans:
         key = (sweep, batch)
+        if sweep in refused:
+            continue
         point = Point(name, sweep, length, batch or 1)
         if key in failed_from and length >= failed_from[key]:
             point.status = "oom"
@@ -214,6 +220,12 @@ def sweep_model(name: str, cfg: Config, sweeps, lengths: dict, device: torch.dev
                 failed_from[key] = length
                 model.zero_grad(set_to_none=True)
                 _reset_memory(device)
+            except KernelRefusedError as err:
+                log(f"{name}: {sweep} sweep not measured: {err}")
+                refused.add(sweep)
+                model.zero_grad(set_to_none=True)
+                _reset_memory(device)
+                continue
         points.append(point)
         if on_point:
             on_point(point)
@@ -284,7 +296,8 @@ def run_bench(names: list[str], cfg: Config, sweeps, lengths: dict, device: torc
         if not todo:
             log(f"{name}: already measured (pass --force to measure again)")
             continue
-        points = sweep_model(name, cfg, todo, lengths, device, train_tokens, decode_batches, on_point=on_point)
+        points = sweep_model(name, cfg, todo, lengths, device, train_tokens, decode_batches, on_point=on_point,
+                             log=log)
         fresh = points_to_rows(points, make_row)
         rows = [r for r in rows if not (r.model == name and r.task in {f"speed_{s}" for s in todo})] + fresh
         write_rows(rows_file, rows)

@@ -3,7 +3,7 @@
 # the 340m speed sweep (issue 7). Run from the repository root on a CUDA machine, `.whl/` carried
 # (and `.gpu-carry/` when earlier calls brought back Triton autotuning results):
 #   OUT=folder bash results/comparison/device.sh STAGE [STAGE ...]
-# Stages: checks | main | evals | seeds | ablations | mfu | bench. Each stage is resumable: `harness run`
+# Stages: gputests | checks | main | evals | seeds | ablations | mfu | bench. Each stage is resumable: `harness run`
 # and `harness bench models` skip what their output folders already hold, so a stage cut by the
 # call's time limit goes on in the next call (on the same warm machine the checkpoints under .gpu/
 # are reused; on a fresh one they are retrained, deterministically, from the same seed).
@@ -57,6 +57,9 @@ each() {  # run-name, models (comma-separated), harness run arguments...
 MAIN=swat,transformer,sliding_softmax,gla,mamba2,mamba,hgrn2,retnet,deltanet,gated_deltanet
 stage() {
   case $1 in
+  gputests)  # the GPU tests outside the baselines: attention paths, kernels, decode graphs, fused CE, bf16 resume
+    timeout ${CHECK_S:-240} python3 -m pytest tests/test_attention.py tests/test_swat_kernel.py tests/test_bench_models.py \
+      tests/test_train.py tests/test_eval.py -q -p no:cacheprovider -W ignore --durations=0 -k gpu 2>&1 | tee -a "$OUT/checks.log" ;;
   checks)  # issue 5: fast paths vs references, decode vs forward, packed documents; quick groups
     # first, each under its own limit (fla's first-use autotuning can take minutes per kernel family)
     for group in "softmax_attention or swat or transformer or sliding_softmax" "fla_chunk and gla" \
@@ -69,12 +72,16 @@ stage() {
     each seed0 "${MODELS:-$MAIN}" --tasks perplexity ;;
   evals)  # the remaining tasks on the seed-0 models
     each seed0 "${MODELS:-$MAIN}" --tasks commonsense,length,retrieval ;;
-  seeds)  # a second seed of swat and the two strongest baselines of seed 0 (held-out loss)
-    each seed1 "${SEED_MODELS:-swat,sliding_softmax,gla}" --set train.seed=1 --tasks perplexity,length ;;
-  ablations)  # SWAT variants at the same budget (the paper's ablation tables), plus the sigmoid bias
-    # -log W of sigmoid-attention work (0 is the paper's); perplexity and length only
-    for v in activation=softmax slopes=negative slopes=none rope=false sigmoid_bias=-5.545 window=64 window=128 window=512; do
-      each "abl-${v/=/-}" swat --set "model.$v" --tasks perplexity,length
+  seeds)  # a second seed of swat and the two strongest baselines of seed 0: held-out loss, WikiText, length
+    each seed1 "${SEED_MODELS:-swat,sliding_softmax,gla}" --set train.seed=1 --tasks smoke,wikitext_2_v1,length ;;
+  ablations)  # SWAT variants at the same budget (the paper's ablation tables), most telling first: the
+    # sigmoid bias -log W of sigmoid-attention work (0 is the paper's); softmax; the official
+    # repository's released layer (softmax + one-sided ALiBi + RoPE); slopes; RoPE; windows.
+    # A variant joins settings with "+"; held-out loss, WikiText and length only (LAMBADA is at chance here)
+    for v in ${ABLATIONS:-sigmoid_bias=-5.545 activation=softmax activation=softmax+slopes=negative slopes=negative \
+        slopes=none rope=false window=64 window=128 window=512}; do
+      sets=(); for kv in ${v//+/ }; do sets+=(--set "model.$kv"); done
+      each "abl-${v//[=+]/-}" swat "${sets[@]}" --tasks smoke,wikitext_2_v1,length
     done ;;
   mfu)  # issue 6: tokens/s, MFU and memory of compiled swat and transformer, plain vs fused cross-entropy
     for m in swat transformer; do for f in false true; do

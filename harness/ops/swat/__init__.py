@@ -2,8 +2,9 @@
 
 `swat_attention` and `swat_decode` take the Triton kernels (function.py) for CUDA tensors whose
 dtype and head_dim they support (bf16/fp16/fp32, d in 16/32/64/128) with activation="sigmoid";
-everything else (CPU tensors, other head sizes, and the activation="softmax" ablation, which has
-no fused kernel) runs the reference, which is exact but O(T^2) in memory.
+everything else (CPU tensors, other head sizes, activation="softmax") runs the reference, which is
+exact but O(T^2) in memory. The model's softmax ablation does not come here: its layers call
+harness.attention.softmax_attention with the slopes (flash-attn's ALiBi or flex_attention).
 """
 
 from harness.ops.swat.reference import swat_attention_ref, swat_decode_ref

@@ -121,7 +121,8 @@ def _flex_attention(qt, kt, vt, window: int | None, cu_seqlens: torch.Tensor | N
     Packed training rows (cu_seqlens) have one fixed T per run: one compile. Without documents
     (evaluation, generation prefill, benchmarks) T changes call to call and static compiles would
     recompile per length until dynamo's limit, then fall back to unfused flex; so T is padded at the
-    end to the next power of two (at least one block): a handful of compiles cover every length.
+    end to the next power of two (at least one block): a handful of compiles cover every length
+    (two for a bucket also met unpadded, at exactly its power of two: the strides differ).
     Padding at the end is exact under a causal mask (no real query sees a later key); the padded
     queries' rows are sliced off.
 

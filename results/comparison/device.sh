@@ -17,8 +17,8 @@ export PYTHONPATH=$G/site PYTHONUNBUFFERED=1 TRITON_CACHE_DIR=$G/triton HARNESS_
 LOG=$OUT/log.txt
 say() { echo "[$(date -u +%T)] $*" | tee -a "$LOG"; }
 [ -d .gpu-carry/triton ] && cp -rn .gpu-carry/triton/. "$G/triton/"
-# start from the committed rows, so that (model, task) pairs already measured are not run again
-mkdir -p "$G/results" && cp -rn results/comparison "$G/results/"
+# start from the committed rows, so that (model, task) pairs and speed sweeps already measured are not run again
+mkdir -p "$G/results" && cp -rn results/comparison results/speed "$G/results/"
 if [ ! -f "$G/site/.wheels" ]; then
   python3 -m pip install -q --no-index --no-deps --no-compile --target "$G/site" .whl/fla_core-*.whl \
     .whl/flash_linear_attention-*.whl .whl/lm_eval-*.whl .whl/datasets-*.whl .whl/dill-*.whl \
@@ -84,12 +84,12 @@ stage() {
       each "abl-${v//[=+]/-}" swat "${sets[@]}" --tasks smoke,wikitext_2_v1,length
     done ;;
   mfu)  # issue 6: tokens/s, MFU and memory of compiled swat and transformer, plain vs fused cross-entropy
-    for m in swat transformer; do for f in false true; do
+    for m in ${MFU_MODELS:-swat transformer}; do for f in ${MFU_CE:-false true}; do
       python3 -m harness train --model $m $SMALL --set train.tokens=6553600 --set train.compile=true \
         --set train.fused_ce=$f --out "$G/runs/mfu/$m-fused_ce-$f" --quiet 2>&1 | tee -a "$LOG"
     done; done ;;
-  bench)  # issue 7: 340m training / prefill / decode sweeps
-    wait_mamba; python3 -m harness bench models --preset 340m --results $G/results \
+  bench)  # issue 7: 340m training / prefill / decode sweeps (BENCH_ARGS e.g. "--sweeps train --force")
+    wait_mamba; python3 -m harness bench models --preset 340m --results $G/results ${BENCH_ARGS:-} \
       --models ${BENCH_MODELS:-swat,transformer,sliding_softmax,mamba,mamba2,gla,gated_deltanet} 2>&1 | tee -a "$LOG" ;;
   *) say "unknown stage $1"; exit 2 ;;
   esac

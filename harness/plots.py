@@ -61,6 +61,9 @@ def _collect(rows: list[Row], run_configs: dict, x_key) -> dict[str, dict[float,
     return {label: {x: latest(rs) for x, rs in pts.items()} for label, pts in out.items()}
 
 
+MARKERS = "osD^v<>ph*"
+
+
 def _length(r: Row):
     return r.extra.get("context", r.extra.get("seq_len"))
 
@@ -72,9 +75,12 @@ def _length_plot(series: dict, out_dir: Path, name: str, ylabel: str, title: str
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6, 4))
     lines = []
-    for label, pts in sorted(series.items()):
+    for i, (label, pts) in enumerate(sorted(series.items())):
         xs = sorted(pts)
-        ax.plot(xs, [pts[x].value for x in xs], marker="o", label=label)
+        # markers and sizes differ per series, so that series with equal values (e.g. the same
+        # decode state of two windowed models) stay visible on top of each other
+        ax.plot(xs, [pts[x].value for x in xs], marker=MARKERS[i % len(MARKERS)], markersize=7 - 3 * (i % 2),
+                linestyle="--" if " b=" in label and not label.endswith(" b=1") else "-", label=label)
         lines += [[label, int(x), pts[x].value, pts[x].stderr, pts[x].device, pts[x].run] for x in xs]
     for x in vlines:
         ax.axvline(x, color="grey", linestyle=":", linewidth=1)
@@ -85,7 +91,7 @@ def _length_plot(series: dict, out_dir: Path, name: str, ylabel: str, title: str
     ax.set_ylabel(ylabel)
     ax.set_title(title)
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5))  # beside the axes: no line hidden
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     png, data = out_dir / f"{name}.png", out_dir / f"{name}.csv"

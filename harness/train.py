@@ -312,7 +312,7 @@ class TrainResult:
     peak_mem_gib: float | None = None  # max CUDA memory allocated (GiB) on rank 0
 
 
-def _apply_activation_checkpointing(model) -> None:
+def apply_activation_checkpointing(model) -> None:
     """Recompute each layer's activations in the backward instead of storing them."""
     from torch.utils.checkpoint import checkpoint
     layers = distributed.layers_of(model)
@@ -378,7 +378,7 @@ def train(model_name: str, cfg: Config, run_dir: Path, device: str | None = None
     params = count_params(model)
     flops = flops_per_token(model, tcfg.seq_len)
     if tcfg.activation_checkpointing:
-        _apply_activation_checkpointing(model)
+        apply_activation_checkpointing(model)
     if tcfg.compile:
         _compile(model)
     wrapped = distributed.wrap(model, parallel, d)

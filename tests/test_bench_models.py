@@ -34,6 +34,22 @@ def test_sweep_points_and_rows():
     assert all(e["cuda_graph"] == 0 for t, *_, e in rows if t == "speed_decode")
     assert all(e["status"] == "ok" for *_, e in rows)
     assert {e.get("batch_tokens") for t, _, _, e in rows if t == "speed_train"} == {128}
+    assert {e["activation_checkpointing"] for t, *_, e in rows if t == "speed_train"} == {0}
+
+
+def test_train_sweep_with_activation_checkpointing_recomputes_and_says_so(monkeypatch):
+    """train.activation_checkpointing applies to the train sweep as in `harness train`; prefill and
+    decode still run through the wrapped layers."""
+    import harness.train
+    calls = []
+    wrap = harness.train.apply_activation_checkpointing
+    monkeypatch.setattr(harness.train, "apply_activation_checkpointing", lambda m: (calls.append(m), wrap(m)))
+    cfg = load_config("tiny", overrides=["train.activation_checkpointing=true"])
+    points = bm.sweep_model("swat", cfg, ["train", "prefill", "decode"], {"train": [32], "prefill": [32], "decode": [16]},
+                            torch.device("cpu"), 64, (1,))
+    assert len(calls) == 1
+    assert [(p.sweep, p.status) for p in points] == [("train", "ok"), ("prefill", "ok"), ("decode", "ok")]
+    assert points[0].notes == {"activation_checkpointing": 1}
 
 
 def test_full_attention_cache_grows_with_context():

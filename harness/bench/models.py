@@ -3,7 +3,8 @@ across context lengths, the measurement behind "linear cost like the recurrent m
 
 Sweeps, per model, at one preset (default 340m):
 - train:   tokens/s and peak memory of forward + backward + AdamW step at sequence lengths
-           2K..64K with a fixed number of tokens per batch (batch = max(1, tokens // length));
+           2K..64K with a fixed number of tokens per batch (batch = max(1, tokens // length)),
+           with activation checkpointing when `--set train.activation_checkpointing=true` (rows say);
 - prefill: latency and peak memory of one forward over one sequence of 1K..128K tokens;
 - decode:  per-token latency and tokens/s at batch 1 and a large batch after a prompt of 1K..128K
            tokens, and the memory held by the decode state (KV cache, ring buffer or recurrent state).
@@ -185,12 +186,15 @@ def sweep_model(name: str, cfg: Config, sweeps, lengths: dict, device: torch.dev
     allocates (model, optimizer state, activations, caches), not tensors that were resident before."""
     from harness.models import build_model
     from harness.registry import KernelRefusedError
-    from harness.train import autocast_for
+    from harness.train import apply_activation_checkpointing, autocast_for
     autocast = autocast_for(device, cfg.train.dtype)
     _reset_memory(device)
     resident = torch.cuda.memory_allocated(device) if device.type == "cuda" else 0
     torch.manual_seed(0)
     model = build_model(name, cfg.model, device)
+    recompute = bool(cfg.train.activation_checkpointing)
+    if recompute:  # as `harness train` does; inference (prefill, decode) runs the same forward without grad
+        apply_activation_checkpointing(model)
     vocab = cfg.model.vocab_size
     points = []
     plans = [(s, L, b) for s in sweeps for L in lengths[s]
@@ -211,6 +215,7 @@ def sweep_model(name: str, cfg: Config, sweeps, lengths: dict, device: torch.dev
                 if sweep == "train":
                     point.metrics = train_point(model, vocab, length, train_tokens, device, autocast, warmup_ms, rep_ms)
                     point.batch = point.metrics.pop("batch")
+                    point.notes = {"activation_checkpointing": int(recompute)}
                 elif sweep == "prefill":
                     point.metrics = prefill_point(model, vocab, length, device, autocast, warmup_ms, rep_ms)
                 else:

@@ -25,7 +25,7 @@ from harness.config import ModelConfig
 from harness.ops.alibi import alibi_slopes
 from harness.ops.rope import apply_rope, positions_from_cu_seqlens, rope_cos_sin
 from harness.ops.swat import swat_attention, swat_decode
-from harness.ops.swat.reference import band_mask
+from harness.ops.swat.reference import band_mask, per_document
 
 
 def _flash_attn():
@@ -157,8 +157,9 @@ def softmax_attention(q, k, v, window: int | None = None, cu_seqlens: torch.Tens
     - CUDA otherwise: torch SDPA (flash backend) for causal attention over whole sequences (also a
       window covering all T keys) without slopes, else compiled flex_attention with a block-sparse
       sliding-window / document mask and the slopes as a score_mod (`_flex_attention`);
-    - CPU: torch SDPA, with a dense band mask (additive, carrying the slopes, when given) where a
-      window, documents or slopes apply.
+    - CPU: torch SDPA per document (`per_document`: memory of the longest document, not of the
+      packed row), with a dense band mask (additive, carrying the slopes, when given) where a
+      window or slopes apply.
     """
     T = q.shape[1]
     if window is not None and window >= T:
@@ -173,13 +174,15 @@ def softmax_attention(q, k, v, window: int | None = None, cu_seqlens: torch.Tens
         cu = cu_seqlens.to(device=q.device, dtype=torch.int32)
         max_len = int((cu[1:] - cu[:-1]).max())
         return fa.flash_attn_varlen_func(q[0], k[0], v[0], cu, cu, max_len, max_len, **options)[None]
+    if not q.is_cuda and cu_seqlens is not None:
+        return per_document(lambda q, k, v: softmax_attention(q, k, v, window, None, slopes), cu_seqlens, q, k, v)
     qt, kt, vt = (t.transpose(1, 2) for t in (q, k, v))
     if window is None and cu_seqlens is None and slopes is None:
         out = F.scaled_dot_product_attention(qt, kt, vt, is_causal=True, enable_gqa=gqa)
     elif q.is_cuda:
         out = _flex_attention(qt, kt, vt, window, cu_seqlens, gqa, slopes)
     else:
-        allowed, dist = band_mask(T, T, window or T, q.device, cu_seqlens)
+        allowed, dist = band_mask(T, window or T, q.device)
         mask = allowed if slopes is None else torch.where(
             allowed, slopes.float().to(q.device)[:, None, None] * dist, float("-inf")).to(q.dtype)
         out = F.scaled_dot_product_attention(qt, kt, vt, attn_mask=mask, enable_gqa=gqa)

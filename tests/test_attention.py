@@ -127,6 +127,31 @@ def test_swat_softmax_ablation_takes_the_softmax_paths(monkeypatch):
     torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("attend", ["swat_sigmoid", "softmax_cpu"])
+def test_packed_documents_are_attended_one_by_one(attend):
+    """A packed row equals its documents run separately (no attention across a boundary; memory of
+    the longest document, not of the row); tokens outside cu_seqlens' range form their own documents."""
+    torch.manual_seed(0)
+    H, d, window = 4, 8, 16
+    slopes = alibi_slopes(H, "balanced")
+
+    def run(q, k, v, cu=None):
+        if attend == "swat_sigmoid":
+            return swat_attention_ref(q, k, v, slopes, window, cu_seqlens=cu)
+        return softmax_attention(q, k, v, window, cu, slopes=slopes)
+
+    q, k, v = torch.randn(1, 50, H, d), torch.randn(1, 50, 2, d), torch.randn(1, 50, 2, d)
+    cu = torch.tensor([5, 20, 44], dtype=torch.int32)  # documents [0, 5) and [44, 50) lie outside
+    out = run(q, k, v, cu)
+    pieces = [run(q[:, a:b], k[:, a:b], v[:, a:b]) for a, b in [(0, 5), (5, 20), (20, 44), (44, 50)]]
+    torch.testing.assert_close(out, torch.cat(pieces, dim=1))
+    v2 = v.clone()
+    v2[:, 5:20] += 1.0  # another document's values change: the third document's outputs do not
+    torch.testing.assert_close(run(q, k, v2, cu)[:, 20:], out[:, 20:])
+    with pytest.raises(ValueError, match="batch size 1"):
+        run(torch.randn(2, 10, H, d), torch.randn(2, 10, 2, d), torch.randn(2, 10, 2, d), cu)
+
+
 def test_window_over_the_whole_sequence_is_causal_attention():
     torch.manual_seed(0)
     q, k, v = torch.randn(2, 20, 4, 8), torch.randn(2, 20, 2, 8), torch.randn(2, 20, 2, 8)

@@ -6,8 +6,9 @@
 `activation="softmax"` normalises the same masked scores with softmax instead (the paper's
 ablation, and sliding-window softmax attention when the slopes are zero). Shapes: q [B, T, H, d],
 k and v [B, T, Hkv, d] with H a multiple of Hkv (GQA); `cu_seqlens` (int32 [N+1], B == 1) marks
-packed documents that must not attend to each other. Computation in fp32, output in q's dtype.
-The dense [B, H, T, T] score matrix makes this O(T^2) in memory: it is the oracle, not the fast path.
+packed documents that must not attend to each other (each is computed on its own). Computation in
+fp32, output in q's dtype. The dense [B, H, L, L] score matrix of each sequence or document makes
+this O(L^2) in memory: it is the oracle, not the fast path.
 """
 
 from __future__ import annotations
@@ -17,18 +18,25 @@ import math
 import torch
 
 
-def band_mask(t_q: int, t_k: int, window: int, device, cu_seqlens: torch.Tensor | None = None,
-              q_offset: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    """(allowed [t_q, t_k] bool, distance i - j [t_q, t_k] float) for queries at q_offset.. ."""
-    qi = torch.arange(t_q, device=device)[:, None] + q_offset
-    kj = torch.arange(t_k, device=device)[None, :]
+def band_mask(T: int, window: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(allowed [T, T] bool: 0 <= i - j < window, distance i - j [T, T] float)."""
+    qi = torch.arange(T, device=device)[:, None]
+    kj = torch.arange(T, device=device)[None, :]
     dist = qi - kj
     allowed = (dist >= 0) & (dist < window)
-    if cu_seqlens is not None:
-        doc = torch.searchsorted(cu_seqlens.to(device), torch.arange(max(t_q + q_offset, t_k), device=device),
-                                 right=True)
-        allowed &= doc[qi] == doc[kj]
     return allowed, dist.to(torch.float32)
+
+
+def per_document(attend, cu_seqlens: torch.Tensor, q, k, v) -> torch.Tensor:
+    """attend(q, k, v) on each document of a packed row (B == 1, tensors [1, T, heads, d]) on its
+    own, concatenated along T: attention cannot cross documents, and memory is the largest
+    document's L^2 instead of T^2 (a packed training row of T = 32K tokens would need T^2 scores
+    per head). Tokens before cu_seqlens[0] or after cu_seqlens[-1] form documents of their own."""
+    if q.shape[0] != 1:
+        raise ValueError("cu_seqlens needs the packed layout with batch size 1")
+    T = q.shape[1]
+    bounds = sorted({0, T, *(min(max(int(b), 0), T) for b in cu_seqlens.tolist())})
+    return torch.cat([attend(q[:, a:b], k[:, a:b], v[:, a:b]) for a, b in zip(bounds[:-1], bounds[1:])], dim=1)
 
 
 def swat_attention_ref(q, k, v, slopes: torch.Tensor, window: int, activation: str = "sigmoid",
@@ -38,14 +46,15 @@ def swat_attention_ref(q, k, v, slopes: torch.Tensor, window: int, activation: s
     Hkv = k.shape[2]
     if H % Hkv:
         raise ValueError(f"q has {H} heads, not a multiple of k's {Hkv}")
-    if cu_seqlens is not None and B != 1:
-        raise ValueError("cu_seqlens needs the packed layout with batch size 1")
+    if cu_seqlens is not None:
+        return per_document(lambda q, k, v: swat_attention_ref(q, k, v, slopes, window, activation, sigmoid_bias,
+                                                               scale), cu_seqlens, q, k, v)
     scale = scale if scale is not None else 1.0 / math.sqrt(d)
     rep = H // Hkv
     qf = q.float().transpose(1, 2)  # B H T d
     kf = k.float().repeat_interleave(rep, dim=2).transpose(1, 2)
     vf = v.float().repeat_interleave(rep, dim=2).transpose(1, 2)
-    allowed, dist = band_mask(T, T, window, q.device, cu_seqlens)
+    allowed, dist = band_mask(T, window, q.device)
     scores = qf @ kf.transpose(-1, -2) * scale + slopes.float().to(q.device)[:, None, None] * dist
     if activation == "sigmoid":
         weights = torch.sigmoid(scores + sigmoid_bias) * allowed

@@ -232,7 +232,7 @@ class AttentionMixer(nn.Module):
             return swat_attention(q, k, v, self.slopes, self.window, self.activation, self.sigmoid_bias,
                                   cu_seqlens=cu_seqlens)
         # softmax cores, and SWAT's softmax ablation (its slopes as ALiBi): the fast softmax paths
-        # (swat_attention's softmax is the O(T^2) reference, which packed training rows overflow)
+        # (swat_attention's softmax is the plain-torch reference: dense scores, no fused kernel)
         return softmax_attention(q, k, v, None if self.core == "full" else self.window, cu_seqlens,
                                  slopes=self.slopes if self.core == "swat" else None)
 

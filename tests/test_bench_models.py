@@ -131,8 +131,9 @@ def test_out_of_memory_is_recorded_and_longer_lengths_are_skipped(monkeypatch):
                             128, (1,))
     assert [p.status for p in points] == ["ok", "oom", "oom"]
     assert calls == [32, 64]
-    rows = bm.points_to_rows(points, lambda model, task, metric, value, **extra: (metric, value, extra["status"]))
-    assert rows[-1] == ("tokens_per_s", None, "oom")
+    rows = bm.points_to_rows(points, lambda model, task, metric, value, **extra:
+                             (metric, value, extra["status"], extra["activation_checkpointing"]))
+    assert rows[-1] == ("tokens_per_s", None, "oom", 0)
 
 
 def test_a_refused_sweep_is_logged_and_the_other_sweeps_still_run(monkeypatch):

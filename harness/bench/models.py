@@ -182,8 +182,9 @@ def sweep_model(name: str, cfg: Config, sweeps, lengths: dict, device: torch.dev
                 warmup_ms: float = 100, rep_ms: float = 500,
                 on_point: Callable[[Point], None] | None = None, log: Callable = print) -> list[Point]:
     """Every point of the chosen sweeps for a freshly initialised model (speed does not depend on
-    the weights); OOM points are recorded, never raised; a refused sweep is logged and left out. Peak memory counts only what this sweep
-    allocates (model, optimizer state, activations, caches), not tensors that were resident before."""
+    the weights); OOM points are recorded, never raised; a refused sweep is logged and left out.
+    Peak memory counts only what this sweep allocates (model, optimizer state, activations,
+    caches), not tensors that were resident before."""
     from harness.models import build_model
     from harness.registry import KernelRefusedError
     from harness.train import apply_activation_checkpointing, autocast_for
@@ -206,6 +207,8 @@ def sweep_model(name: str, cfg: Config, sweeps, lengths: dict, device: torch.dev
         if sweep in refused:
             continue
         point = Point(name, sweep, length, batch or 1)
+        if sweep == "train":  # on OOM rows too: whether memory ran out with recomputation on
+            point.notes = {"activation_checkpointing": int(recompute)}
         if key in failed_from and length >= failed_from[key]:
             point.status = "oom"
         else:
@@ -215,7 +218,6 @@ def sweep_model(name: str, cfg: Config, sweeps, lengths: dict, device: torch.dev
                 if sweep == "train":
                     point.metrics = train_point(model, vocab, length, train_tokens, device, autocast, warmup_ms, rep_ms)
                     point.batch = point.metrics.pop("batch")
-                    point.notes = {"activation_checkpointing": int(recompute)}
                 elif sweep == "prefill":
                     point.metrics = prefill_point(model, vocab, length, device, autocast, warmup_ms, rep_ms)
                 else:

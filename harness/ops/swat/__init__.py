@@ -3,7 +3,7 @@
 `swat_attention` and `swat_decode` take the Triton kernels (function.py) for CUDA tensors whose
 dtype and head_dim they support (bf16/fp16/fp32, d in 16/32/64/128) with activation="sigmoid";
 everything else (CPU tensors, other head sizes, activation="softmax") runs the reference, which is
-exact but O(T^2) in memory. The model's softmax ablation does not come here: its layers call
+exact but O(L^2) in memory per sequence or packed document. The model's softmax ablation does not come here: its layers call
 harness.attention.softmax_attention with the slopes (flash-attn's ALiBi or flex_attention).
 """
 

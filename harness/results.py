@@ -250,10 +250,11 @@ def read_reference(path: Path, warn=print) -> list[Row]:
 # ---------------------------------------------------------------- provenance
 
 def git_commit(cwd: Path | None = None) -> str | None:
-    """HEAD's short hash (+ "-dirty" with uncommitted changes); where the tree has no .git (a copy
-    sent to a GPU machine), the HARNESS_COMMIT environment variable the sender set, else None."""
-    found = _git_head(cwd)
-    return found if found is not None else os.environ.get("HARNESS_COMMIT")
+    """The HARNESS_COMMIT environment variable when set, else HEAD's short hash (+ "-dirty" with
+    uncommitted changes), else None. The variable comes first because whoever sends a copy of the
+    tree to another machine knows what it sent, and the copy's .git can be absent or stale (the
+    device tool's copies reported the session's first HEAD for later commits' code)."""
+    return os.environ.get("HARNESS_COMMIT") or _git_head(cwd)
 
 
 def _git_head(cwd: Path | None) -> str | None:

@@ -324,3 +324,23 @@ def test_limited_evaluations_are_marked_and_empty_tables_say_what_they_need(tmp_
     assert "§ evaluated on the first 20 examples only" in text
     with pytest.raises(ResultsError, match=r"nothing for the length table .*piqa/acc.*harness run --tasks length"):
         build("length", rows, refs, configs)
+
+
+def test_rows_record_the_commit_the_sender_names_over_a_copy_s_git(monkeypatch, tmp_path):
+    """HARNESS_COMMIT (set by whoever sent a copy of the tree to a GPU machine) wins over the
+    copy's git HEAD, which can be stale; without it, HEAD; outside a repository, None."""
+    from harness.results import git_commit
+    monkeypatch.setenv("HARNESS_COMMIT", "31c4ef0")
+    assert git_commit() == "31c4ef0"
+    monkeypatch.delenv("HARNESS_COMMIT")
+    assert git_commit(tmp_path) is None  # not a git repository
+    subprocess.run(["git", "init", "-q", str(tmp_path)], check=True)
+    (tmp_path / "f.txt").write_text("x")
+    subprocess.run(["git", "-C", str(tmp_path), "add", "f.txt"], check=True)
+    subprocess.run(["git", "-C", str(tmp_path), "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "c"],
+                   check=True)
+    head = subprocess.run(["git", "-C", str(tmp_path), "rev-parse", "--short=12", "HEAD"], capture_output=True,
+                          text=True).stdout.strip()
+    assert git_commit(tmp_path) == head
+    (tmp_path / "f.txt").write_text("y")
+    assert git_commit(tmp_path) == head + "-dirty"

@@ -13,7 +13,9 @@ set -u
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 G=$PWD/.gpu; mkdir -p "$G/site" "$G/triton"
 export PYTHONPATH=$G/site PYTHONUNBUFFERED=1 TRITON_CACHE_DIR=$G/triton HARNESS_CACHE=$G/hc \
-       HF_DATASETS_OFFLINE=1 HF_HUB_OFFLINE=1 HARNESS_COMMIT=${HARNESS_COMMIT:-$(git rev-parse --short HEAD 2>/dev/null)}
+       HF_DATASETS_OFFLINE=1 HF_HUB_OFFLINE=1
+# pass HARNESS_COMMIT=<the commit sent>: the device copy's git HEAD can be stale, and rows record it
+[ -n "${HARNESS_COMMIT:-}" ] && export HARNESS_COMMIT
 LOG=$OUT/log.txt
 say() { echo "[$(date -u +%T)] $*" | tee -a "$LOG"; }
 [ -d .gpu-carry/triton ] && cp -rn .gpu-carry/triton/. "$G/triton/"

@@ -290,8 +290,11 @@ class AttentionMixer(nn.Module):
         # arange, not torch.tensor([pos]): no host-to-device copy, so a CUDA graph can capture it
         q, k, v = self._qkv(x, torch.arange(pos, pos + 1, device=x.device))
         state = self._store(state, k, v)
-        if self.core == "full":
-            kv = (state["k"][:, :pos + 1], state["v"][:, :pos + 1])
+        if self.core in ("full", "sliding"):
+            # softmax without position bias does not depend on the keys' order (RoPE is already in
+            # them), so a full ring buffer is attended whole, as its filled prefix before that
+            n = pos + 1 if self.core == "full" else min(pos + 1, self.window)
+            kv = (state["k"][:, :n], state["v"][:, :n])
             qt, kt, vt = (t.transpose(1, 2) for t in (q, *kv))
             out = F.scaled_dot_product_attention(qt, kt, vt, enable_gqa=self.num_heads != self.kv_heads)
             out = out.transpose(1, 2)[:, 0]

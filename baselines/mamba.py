@@ -4,7 +4,8 @@ A Mamba model of `num_layers = L` has 2L Mamba blocks, the convention of the Mam
 matching a Transformer's L (attention + MLP) layers; `d_inner` (default expand * hidden) is the
 knob solved to match parameter counts. The selective scan runs on mamba-ssm's CUDA kernel when
 mamba-ssm is installed and the input is on a GPU, and on `selective_scan_ref` (plain torch, the
-oracle) otherwise; causal-conv1d is used the same way.
+oracle) otherwise; causal-conv1d is used the same way. A decode step on a GPU updates the
+[d_inner, d_state] state in place with mamba-ssm's fused `selective_state_update`.
 """
 
 from __future__ import annotations
@@ -61,6 +62,19 @@ def _fast_scan():
             _warned_fallback = True
             warnings.warn("mamba: mamba-ssm is not installed, using the pure-torch selective scan "
                           "(slow on GPU); pip install 'swat-harness[gpu]' for the CUDA kernels", stacklevel=3)
+        return None
+
+
+def fast_state_update(x: torch.Tensor):
+    """For a CUDA input, mamba-ssm's fused one-token state update (the kernel its own `step` uses;
+    it writes the state in place and returns the output), else None (then the decode step runs the
+    reference scan over one token)."""
+    if not x.is_cuda:
+        return None
+    try:
+        from mamba_ssm.ops.triton.selective_state_update import selective_state_update
+        return selective_state_update
+    except ImportError:
         return None
 
 
@@ -150,9 +164,15 @@ class MambaMixer(nn.Module):
         xc = F.silu((conv_state * self.conv1d.weight[:, 0]).sum(-1) + self.conv1d.bias)
         delta, B, C = self._ssm_inputs(xc[..., None])
         A = -torch.exp(self.A_log.float())
-        y, ssm = selective_scan_ref(xc[..., None], delta, A, B, C, self.D, z[..., None],
-                                    delta_bias=self.dt_proj.bias, delta_softplus=True,
-                                    return_last_state=True, state=state["ssm"])
+        update = fast_state_update(hidden)
+        if update is not None:
+            ssm = state["ssm"]
+            y = update(ssm, xc, delta[..., 0], A, B[..., 0], C[..., 0], self.D.float(), z=z,
+                       dt_bias=self.dt_proj.bias.float(), dt_softplus=True)[..., None]
+        else:
+            y, ssm = selective_scan_ref(xc[..., None], delta, A, B, C, self.D, z[..., None],
+                                        delta_bias=self.dt_proj.bias, delta_softplus=True,
+                                        return_last_state=True, state=state["ssm"])
         return self.out_proj(y.transpose(1, 2)), {"conv": conv_state, "ssm": ssm}
 
 

@@ -12,7 +12,8 @@ with headdim 64, d_state 128, one B/C group, expand 2; then RMSNorm(y * silu(z))
 projection. Training runs on mamba-ssm's SSD Triton kernel (`mamba_chunk_scan_combined`) when
 mamba-ssm is installed and the input is on a GPU, else on `ssd_ref` (plain torch, the oracle),
 saying so once; the convolution uses causal-conv1d's kernel when installed. Decoding keeps the
-last conv_kernel inputs of the convolution and the [heads, headdim, d_state] state.
+last conv_kernel inputs of the convolution and the [heads, headdim, d_state] state, updated on a GPU
+by mamba-ssm's fused `selective_state_update` (in place), else by `ssd_ref` over one token.
 
 Parameter matching: the number of heads is the knob (d_inner = heads * headdim), so counts move in
 steps of one head (under 1.5% of the budget at the paper presets); `build` picks the head count
@@ -32,7 +33,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from baselines.fla_common import layer_options
-from baselines.mamba import causal_conv1d_silu
+from baselines.mamba import fast_state_update, causal_conv1d_silu
 from harness.backbone import DecoderLM, RMSNorm
 from harness.config import ConfigError
 from harness.registry import register_model
@@ -164,8 +165,17 @@ class Mamba2Mixer(nn.Module):
         conv = torch.cat([state["conv"][..., 1:], xbc_in[..., None].to(state["conv"].dtype)], dim=-1)
         xbc = F.silu((conv * self.conv1d.weight[:, 0]).sum(-1) + self.conv1d.bias)
         x, B, C = self._heads(xbc[:, None])
-        dt = F.softplus(dt.float() + self.dt_bias.float())[:, None]
-        y, ssm = ssd_ref(x, dt, -torch.exp(self.A_log.float()), B, C, self.D, initial_state=state["ssm"])
+        A = -torch.exp(self.A_log.float())
+        update = fast_state_update(hidden)
+        if update is not None:  # per-head scalars broadcast over headdim and d_state, as mamba-ssm's step
+            h, p = self.nheads, self.headdim
+            ssm = state["ssm"]
+            y = update(ssm, x[:, 0], dt[..., None].expand(-1, h, p), A[:, None, None].expand(h, p, self.n),
+                       B[:, 0], C[:, 0], self.D.float()[:, None].expand(h, p),
+                       dt_bias=self.dt_bias.float()[:, None].expand(h, p), dt_softplus=True)[:, None]
+        else:
+            y, ssm = ssd_ref(x, F.softplus(dt.float() + self.dt_bias.float())[:, None], A, B, C, self.D,
+                             initial_state=state["ssm"])
         return self._out(y, z[:, None]), {"conv": conv, "ssm": ssm}
 
 

@@ -33,7 +33,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from baselines.fla_common import layer_options
-from baselines.mamba import fast_state_update, causal_conv1d_silu
+from baselines.mamba import causal_conv1d_silu, fast_state_update
 from harness.backbone import DecoderLM, RMSNorm
 from harness.config import ConfigError
 from harness.registry import register_model

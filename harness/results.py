@@ -52,9 +52,8 @@ class Row:
 
     @classmethod
     def from_dict(cls, data: dict) -> "Row":
-        known = _ROW_ATTRS
-        return cls(**{k: v for k, v in data.items() if k in known},
-                   extra={k: v for k, v in data.items() if k not in known})
+        return cls(**{k: v for k, v in data.items() if k in _ROW_ATTRS},
+                   extra={k: v for k, v in data.items() if k not in _ROW_ATTRS})
 
 
 _ROW_ATTRS = frozenset(f.name for f in dataclasses.fields(Row)) - {"extra"}

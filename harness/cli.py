@@ -132,11 +132,11 @@ def cmd_train(args) -> None:
     from harness.registry import load_plugins
     from harness.runner import default_device
     from harness.train import train
-    from harness.distributed import launched_by_torchrun
+    from harness.distributed import is_main_process
     load_plugins(args.plugin)
     cfg = config_from(args)
     out = Path(args.out or Path(args.runs) / (args.run or args.preset) / args.model)
-    main_rank = not launched_by_torchrun() or os.environ.get("RANK") == "0"
+    main_rank = is_main_process()
     bar = StepProgress(f"train {args.model}") if main_rank and not args.quiet else None
     loggers = tuple(name for name, on in (("tensorboard", args.tensorboard), ("wandb", args.wandb)) if on)
     try:
@@ -254,8 +254,8 @@ def cmd_bench_kernels(args) -> None:
 def cmd_eval(args) -> None:
     """Evaluate trained checkpoints (or hf:<path> models) on tasks; rows go to RESULTS/RUN/rows.jsonl."""
     if args.online:  # before lm-eval (and datasets) are imported: they read the offline flags once
-        import os
         os.environ["HARNESS_ONLINE"] = "1"
+    from harness.distributed import is_main_process
     from harness.evaluate import evaluate, model_sources
     from harness.registry import expand_tasks, load_plugins
     from harness.runner import default_device
@@ -267,6 +267,8 @@ def cmd_eval(args) -> None:
     rows = evaluate(sources, task_names, run_name, Path(args.results), args.device or default_device(),
                     args.limit, args.force, args.online, args.skip_missing, args.bootstrap_iters,
                     log=lambda m: console.print(m, highlight=False))
+    if not is_main_process():  # rank 0 of a data-parallel evaluation reports
+        return
     names = {s.name for s in sources}
     table = Table(title=f"results/{run_name}")
     for col in ("model", "task", "metric", "value", "stderr", "n"):
@@ -328,7 +330,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_plugin_arg(p)
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("eval", help="evaluate checkpoints (or hf:<path> models) on tasks; rows to RESULTS/RUN/")
+    p = sub.add_parser("eval", help="evaluate checkpoints (or hf:<path> models) on tasks; rows to RESULTS/RUN/; "
+                       "data-parallel over several GPUs: torchrun --nproc-per-node N -m harness eval ...")
     p.add_argument("--run", help="run name: checkpoints under RUNS/RUN/<model>/checkpoint, rows to RESULTS/RUN "
                    "(default: eval)")
     p.add_argument("--models", help="comma-separated model names of the run, or hf:PATH for a Hugging Face "

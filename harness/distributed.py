@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import datetime
 import os
 from dataclasses import dataclass
 
@@ -77,11 +78,18 @@ def launched_by_torchrun() -> bool:
     return "RANK" in os.environ and "WORLD_SIZE" in os.environ and "LOCAL_RANK" in os.environ
 
 
-def setup(device: str | None = None, parallel: str = "ddp") -> Dist:
+def is_main_process() -> bool:
+    """Rank 0 of a torchrun job, or a plain process: the one that prints."""
+    return not launched_by_torchrun() or os.environ["RANK"] == "0"
+
+
+def setup(device: str | None = None, parallel: str = "ddp", timeout_s: float | None = None) -> Dist:
     """This process's Dist, joining the torchrun job's process group on first use.
 
     device: None picks cuda when available; under torchrun `cuda` means this rank's GPU
-    (cuda:LOCAL_RANK). The group is destroyed at interpreter exit.
+    (cuda:LOCAL_RANK). timeout_s: how long a collective may wait for a rank (torch's default when
+    None; evaluation raises it, because ranks wait while rank 0 alone runs a task that is not
+    data-parallel). The group is destroyed at interpreter exit.
     """
     if parallel not in PARALLEL_MODES:
         raise ConfigError(f"unknown parallel mode {parallel!r}; choose one of {', '.join(PARALLEL_MODES)}")
@@ -106,8 +114,9 @@ def setup(device: str | None = None, parallel: str = "ddp") -> Dist:
         raise ConfigError(f"multi-process training runs on cuda or cpu, not {dev.type}")
     if not dist.is_initialized() and (torchrun or parallel == "fsdp"):
         backend = "nccl" if dev.type == "cuda" else "gloo"
+        timeout = datetime.timedelta(seconds=timeout_s) if timeout_s else None
         if torchrun:
-            dist.init_process_group(backend, device_id=dev if dev.type == "cuda" else None)
+            dist.init_process_group(backend, device_id=dev if dev.type == "cuda" else None, timeout=timeout)
         else:  # FSDP2 needs a group even alone: an in-process store, no ports
             dist.init_process_group(backend, store=dist.HashStore(), rank=0, world_size=1)
         atexit.register(teardown)

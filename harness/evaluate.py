@@ -19,6 +19,11 @@ third-party model plugins by itself; it also adds the offline task overlays belo
   then `step` per token: ring buffer for SWAT, KV cache for full attention, recurrent state),
   batched over prompts of equal length, stopping at lm-eval's `until` strings.
 
+Data-parallel: launched by torchrun (`torchrun --nproc-per-node N -m harness eval ...`, or
+`harness-lm-eval` likewise) each rank holds the model on its own GPU and lm-eval gives it every
+N-th document; the adapter supplies lm-eval's rank, world size and collectives, and rank 0 gets
+the metrics over all documents: the same numbers as one process.
+
 Offline data: the hub is unreachable here, so every lm-eval task we run is an *overlay*: a YAML that
 `include:`s lm-eval's own task YAML (prompts, metrics, version) and only swaps the data for the
 mirror's JSONL files (`harness.mirror.require`). Overlays are rendered into the cache, because
@@ -41,6 +46,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from harness import distributed
 from harness.config import ConfigError
 from harness.data import DataError, cache_dir
 
@@ -73,6 +79,9 @@ PAPER_METRICS: dict[str, tuple[str, ...]] = {
 }
 
 DEFAULT_BOOTSTRAP_ITERS = 1000  # stderr of perplexity-type metrics is bootstrapped; acc's is analytic
+# how long ranks of a data-parallel evaluation wait for each other: rank 0 runs the tasks that are not
+# data-parallel (length, retrieval) alone, which can take many minutes at long contexts
+EVAL_TIMEOUT_S = 4 * 3600
 
 
 def import_lm_eval():
@@ -284,6 +293,9 @@ class HarnessLM(_template_lm()):
             raise ConfigError(f"unknown swat-harness model arguments: {', '.join(sorted(unused))}; known: "
                               "checkpoint, device, batch_size, max_batch_tokens, max_length, stride, dtype")
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        if distributed.launched_by_torchrun():  # lm-eval shards the documents over the ranks
+            d = distributed.setup(device, timeout_s=EVAL_TIMEOUT_S)
+            device, self._rank, self._world_size = str(d.device), d.rank, d.world_size
         train_length, train_dtype = None, "fp32"
         if checkpoint is not None:
             model, tokenizer, cfg, _ = ModelSource(str(checkpoint), str(checkpoint)).load(device)
@@ -307,6 +319,27 @@ class HarnessLM(_template_lm()):
             raise ConfigError(f"stride={self.stride} must be between 1 and max_length={self.max_length}")
         from harness.train import autocast_for
         self.autocast = autocast_for(self._device, dtype or train_dtype)
+
+    # -- lm-eval's collectives (used when world_size > 1)
+    def all_gather(self, tensor: torch.Tensor) -> torch.Tensor:
+        """Every rank's tensor, concatenated along the first dimension (a scalar counts as [1])."""
+        if self.world_size <= 1:
+            return tensor
+        flat = tensor.reshape(1) if tensor.dim() == 0 else tensor
+        parts = [torch.empty_like(flat) for _ in range(self.world_size)]
+        torch.distributed.all_gather(parts, flat)
+        return torch.cat(parts)
+
+    def gather_object(self, obj, dst: int = 0):
+        if self.world_size <= 1:
+            return [obj]
+        out = [None] * self.world_size if self.rank == dst else None
+        torch.distributed.gather_object(obj, out, dst=dst)
+        return out
+
+    def barrier(self) -> None:
+        if self.world_size > 1:
+            torch.distributed.barrier()
 
     # -- tokenizer interface of TemplateLM
     @property
@@ -522,7 +555,8 @@ def document_bootstrap_stderr(samples: list[dict], metric: str, iters: int, seed
     own aggregation function, take the standard deviation."""
     import numpy as np
     from lm_eval.api.registry import get_metric_aggregation
-    items = [s[metric] for s in samples if metric in s]
+    # in document order: a data-parallel evaluation gathers the samples rank by rank
+    items = [s[metric] for s in sorted(samples, key=lambda s: s.get("doc_id", 0)) if metric in s]
     if len(items) < 2 or iters <= 0:
         return None
     aggregate = get_metric_aggregation(metric)
@@ -562,6 +596,8 @@ def lm_eval_task_rows(task: str, model, tokenizer, ctx) -> list:
     iters = options.get("bootstrap_iters", DEFAULT_BOOTSTRAP_ITERS)
     results = run_tasks(lm, [task], limit=ctx.limit, online=options.get("online", False), bootstrap_iters=iters,
                         cache=Path(cache) / f"{task}.sqlite" if cache else None)
+    if results is None:  # a rank other than 0 of a data-parallel evaluation: rank 0 holds the metrics
+        return []
     return result_rows(results, ctx, ctx.limit, iters)
 
 
@@ -648,14 +684,25 @@ def evaluate(sources: list[ModelSource], task_names: list[str], run: str, result
              log=print) -> list:
     """Run tasks on each model source and merge the rows into results/<run>/rows.jsonl (written after
     every task; finished (model, task) pairs are skipped unless `force`; lm-eval's request cache
-    per checkpoint version (`request_cache`) lets an interrupted task resume)."""
+    per checkpoint version (`request_cache`) lets an interrupted task resume).
+
+    Under torchrun every rank loads each model on its own GPU; lm-eval's tasks are split over the
+    ranks, the others run on rank 0 alone, and rank 0 alone logs and writes."""
     from harness.registry import get_task
     from harness.results import atomic_write_text, command_line, device_name, git_commit, now, read_rows, rows_table
     from harness.runner import TaskContext, check_task_data, run_tasks
+    d = distributed.setup(device, timeout_s=EVAL_TIMEOUT_S) if distributed.launched_by_torchrun() else None
+    if d is not None:
+        device = str(d.device)
+        if not d.is_main:
+            log = lambda message: None  # noqa: E731
+    main = d is None or d.is_main
     runnable = check_task_data([get_task(t) for t in task_names], online, skip_missing, log)
     out = Path(results_dir) / run
     rows_file = out / "rows.jsonl"
-    existing = read_rows(rows_file, warn=log) if rows_file.is_file() else []
+    existing = read_rows(rows_file, warn=log) if main and rows_file.is_file() else []
+    if d is not None:  # every rank must agree on what is left to do
+        existing = d.broadcast_object(existing)
     done = {(r.model, r.task) for r in existing}
     provenance = {"commit": git_commit(), "device": device_name(device), "date": now(), "command": command_line()}
     for source in sources:
@@ -665,16 +712,19 @@ def evaluate(sources: list[ModelSource], task_names: list[str], run: str, result
             continue
         model, tokenizer, cfg, meta = source.load(device)
         cache = request_cache(run, source)
-        if force:
+        if force and main:
             shutil.rmtree(cache, ignore_errors=True)
+        if d is not None:
+            d.barrier()
         ctx = TaskContext(cfg, run, source.name, device, meta.get("params"), meta.get("tokens"),
                           source.checkpoint, limit, provenance,
-                          options={"online": online, "bootstrap_iters": bootstrap_iters, "cache_dir": str(cache)})
+                          options={"online": online, "bootstrap_iters": bootstrap_iters, "cache_dir": str(cache)},
+                          dist=d)
         existing = run_tasks(model, tokenizer, ctx, pending, existing, rows_file, log)
         del model
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
-    if existing:
+    if existing and main:
         atomic_write_text(out / "table.md", rows_table(existing))
     return existing
 

@@ -62,6 +62,7 @@ class TaskSpec:
     group: tuple = ()
     description: str = ""
     needs_model: bool = True
+    data_parallel: bool = False  # shards its own work over torchrun ranks (lm-eval's tasks); else rank 0 runs it
 
 
 @dataclass
@@ -86,14 +87,17 @@ def register_model(name: str, family: str, requires: tuple = (), match: str | No
     return deco
 
 
-def register_task(name: str, group: str | tuple = (), description: str = "", needs_model: bool = True):
-    """Decorator over `run(model, tokenizer, ctx) -> list[Row]`; registers it under `name`."""
+def register_task(name: str, group: str | tuple = (), description: str = "", needs_model: bool = True,
+                  data_parallel: bool = False):
+    """Decorator over `run(model, tokenizer, ctx) -> list[Row]`; registers it under `name`.
+    data_parallel: the task splits its work over the ranks of a torchrun job itself (`ctx.dist`) and
+    returns its rows on rank 0; other tasks run on rank 0 alone while the other ranks wait."""
     groups = (group,) if isinstance(group, str) else tuple(group)
 
     def deco(run: Callable) -> Callable:
         _REG.tasks[name] = TaskSpec(name, run, groups,
                                     description or (run.__doc__ or "").strip().split("\n")[0],
-                                    needs_model)
+                                    needs_model, data_parallel)
         return run
     return deco
 

@@ -24,6 +24,7 @@ import torch
 
 from harness.config import Config, config_hash
 from harness.data import get_tokenizer
+from harness.distributed import Dist
 from harness.registry import get_model, get_task
 from harness.results import (Row, atomic_write_text, command_line, device_name, git_commit, now,
                              read_rows, rows_table, versions, write_rows)
@@ -48,6 +49,7 @@ class TaskContext:
     limit: int | None = None
     provenance: dict = field(default_factory=dict)
     options: dict = field(default_factory=dict)  # task options, e.g. lm-eval's cache_dir, online, bootstrap_iters
+    dist: Dist | None = None  # the torchrun job this task runs in (None: one process)
 
     def row(self, task: str, metric: str, value: float | None, stderr: float | None = None, n: int | None = None,
             **extra) -> Row:
@@ -134,14 +136,26 @@ def keep_training_record(model_dir: Path, out: Path, name: str) -> None:
 def run_tasks(model, tokenizer, ctx: TaskContext, tasks: list, existing: list[Row], rows_file: Path,
               log: Callable[[str], None] = print) -> list[Row]:
     """Run tasks on one model, replacing its earlier rows of each task; the rows file is rewritten
-    atomically after every task, so an interruption loses only the task in flight."""
+    atomically after every task, so an interruption loses only the task in flight.
+
+    In a torchrun job (`ctx.dist`) a data-parallel task runs on every rank and returns its rows on
+    rank 0; any other task runs on rank 0 while the other ranks wait; rank 0 alone writes."""
     model.eval()
+    d = ctx.dist
+    main = d is None or d.is_main
     for task in tasks:
+        alone = d is not None and not task.data_parallel
         t0 = time.time()
-        rows = task.run(model, tokenizer, ctx)
+        rows = task.run(model, tokenizer, ctx) if main or not alone else []
+        if alone:
+            d.barrier()
         seconds = time.time() - t0
+        if not main:
+            continue
         for row in rows:
             row.extra["eval_seconds"] = round(seconds, 2)
+            if d is not None:
+                row.extra["world_size"] = d.world_size
         existing = [r for r in existing if (r.model, r.task) != (ctx.model_name, task.name)] + rows
         write_rows(rows_file, existing)
         log(f"{ctx.model_name}: {task.name} done in {seconds:.1f}s ({len(rows)} rows)")

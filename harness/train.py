@@ -450,7 +450,7 @@ def train(model_name: str, cfg: Config, run_dir: Path, device: str | None = None
             tok_s = step_tokens / seconds
             record = {"step": step + 1, "tokens": (step + 1) * step_tokens, "loss": loss_value, "lr": lr,
                       "grad_norm": grad_norm, "tokens_per_s": tok_s,
-                      "mfu": flops.train * tok_s / peak if peak else None, "peak_mem_gib": peak_mem,
+                      "mfu": flops.train * tok_s / (peak * d.world_size) if peak else None, "peak_mem_gib": peak_mem,
                       "seconds": time.time() - t0}
             if (step + 1) % tcfg.save_every == 0 and step + 1 < tcfg.steps:
                 save_checkpoint(run_dir, wrapped, optimizer, {**meta, "step": step + 1, "tokens": record["tokens"]},
@@ -470,10 +470,11 @@ def train(model_name: str, cfg: Config, run_dir: Path, device: str | None = None
 
     held, _ = heldout_loss(distributed.unwrap(wrapped), held_stream, tcfg.seq_len, tcfg.eval_tokens, micro,
                            d.device, autocast, d)
-    tokens_per_s = timed_tokens / timed_s if timed_s else None
-    mfu = flops.train * tokens_per_s / peak if peak and tokens_per_s else None
+    tokens_per_s = timed_tokens / timed_s if timed_s else None  # all ranks together
+    mfu = flops.train * tokens_per_s / (peak * d.world_size) if peak and tokens_per_s else None  # per GPU
     meta.update(step=tcfg.steps, tokens=tcfg.steps * step_tokens, heldout_loss=held, train_loss=loss_value,
-                tokens_per_s=tokens_per_s, mfu=mfu, peak_flops=peak, peak_mem_gib=peak_mem)
+                tokens_per_s=tokens_per_s, mfu=mfu, peak_flops=peak, peak_mem_gib=peak_mem,
+                peak_mem_gib_per_rank=d.gather_objects(peak_mem))
     path = save_checkpoint(run_dir, wrapped, optimizer, meta, {"step": tcfg.steps, "position": position}, d)
     if d.is_main:
         plot_loss(run_dir, f"{model_name} ({cfg.preset})", held)

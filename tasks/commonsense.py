@@ -14,7 +14,8 @@ COMMONSENSE = ("lambada_openai", "piqa", "hellaswag", "winogrande", "arc_easy", 
 
 def lm_eval_task(name: str):
     """The runner of lm-eval task `name`; lm-eval is imported only when a task runs (it is an
-    optional dependency, and slow to import)."""
+    optional dependency, and slow to import). Under torchrun lm-eval shards the requests over the
+    ranks (registered with data_parallel=True)."""
     def run(model, tokenizer, ctx):
         from harness.evaluate import lm_eval_task_rows
         return lm_eval_task_rows(name, model, tokenizer, ctx)
@@ -23,5 +24,5 @@ def lm_eval_task(name: str):
 
 for _name in COMMONSENSE:
     _groups = ("commonsense", "perplexity", "all") if _name == "lambada_openai" else ("commonsense", "all")
-    register_task(_name, group=_groups,
+    register_task(_name, group=_groups, data_parallel=True,
                   description=f"lm-eval {_name} (zero-shot) on the local mirror")(lm_eval_task(_name))

@@ -9,9 +9,9 @@ mirror holds when the raw text is absent; its rows carry its own name, so the tw
 from harness.registry import register_task
 from tasks.commonsense import lm_eval_task
 
-register_task("wikitext", group=("perplexity", "all"),
+register_task("wikitext", group=("perplexity", "all"), data_parallel=True,
               description="lm-eval wikitext (WikiText-2 raw, document level): word perplexity")(
     lm_eval_task("wikitext"))
-register_task("wikitext_2_v1", group=("perplexity", "all"),
+register_task("wikitext_2_v1", group=("perplexity", "all"), data_parallel=True,
               description="lm-eval's wikitext task on the tokenized WikiText-2 v1 text")(
     lm_eval_task("wikitext_2_v1"))

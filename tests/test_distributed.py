@@ -1,10 +1,12 @@
-"""Distributed training on CPU: `torchrun --nproc-per-node 2` with gloo, DDP and FSDP2, against the
-single-process run of the same global batch (same losses and weights up to summation order)."""
+"""Distributed training and evaluation on CPU: `torchrun --nproc-per-node 2` with gloo. Training with
+DDP and FSDP2 against the single-process run of the same global batch (same losses and weights up
+to summation order); data-parallel evaluation against one process (the same rows)."""
 
 import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -15,22 +17,29 @@ from harness.config import load_config
 from harness.train import CHECKPOINT_DIR, load_checkpoint, train
 from harness.trainlog import LOG_FILE, read_log
 
+EVAL_FIXTURES = Path(__file__).parent / "fixtures" / "eval"  # hub-schema files in the mirror's layout
+
 # 4 steps of 8 sequences x 64 tokens; micro-batches of 2: one process accumulates 4, each of 2 ranks 2
 OVERRIDES = ["train.tokens=2048", "train.batch_tokens=512", "train.seq_len=64", "train.micro_batch=2",
              "train.save_every=2", "train.warmup_tokens=512", "train.eval_tokens=2048"]
 TOL = dict(rtol=1e-4, atol=1e-5)
 
 
-def torchrun(out, parallel, nproc=2, model="swat"):
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
-           "-m", "harness", "train", "--model", model, "--preset", "tiny", "--device", "cpu", "--quiet",
-           "--parallel", parallel, "--out", str(out)]
-    for o in OVERRIDES:
-        cmd += ["--set", o]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=240)
+def harness(argv, nproc=None, **env):
+    """`python -m harness ARGV`, under `torchrun --nproc-per-node NPROC` when nproc is given."""
+    launcher = ["-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}"] if nproc else []
+    proc = subprocess.run([sys.executable, *launcher, "-m", "harness", *argv], capture_output=True, text=True,
+                          env={**os.environ, "OMP_NUM_THREADS": "1", **env}, timeout=240)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return proc
+
+
+def torchrun(out, parallel, nproc=2, model="swat"):
+    argv = ["train", "--model", model, "--preset", "tiny", "--device", "cpu", "--quiet", "--parallel", parallel,
+            "--out", str(out)]
+    for o in OVERRIDES:
+        argv += ["--set", o]
+    return harness(argv, nproc)
 
 
 @pytest.fixture(scope="module")
@@ -82,3 +91,30 @@ def test_fsdp_at_world_size_one_resumes_unsharded(single, tmp_path):
     assert json.loads((tmp_path / CHECKPOINT_DIR / "meta.json").read_text())["parallel"] == "fsdp"
     train("swat", cfg, tmp_path, "cpu")
     assert_runs_match(single, tmp_path)
+
+
+def test_data_parallel_evaluation_equals_one_process(single, tmp_path):
+    """lm-eval tasks split over 2 ranks (3 arc_easy documents: uneven, so lm-eval pads a rank) and a
+    task that rank 0 runs alone (mqar): the rows equal the single process's, and rank 0 alone reports."""
+    pytest.importorskip("lm_eval")
+    argv = ["eval", "--checkpoint", str(single / CHECKPOINT_DIR), "--tasks", "arc_easy,wikitext,mqar",
+            "--limit", "5", "--device", "cpu", "--bootstrap-iters", "50"]
+    harness(argv + ["--results", str(tmp_path / "one")], HARNESS_DATA=str(EVAL_FIXTURES))
+    proc = harness(argv + ["--results", str(tmp_path / "two")], nproc=2, HARNESS_DATA=str(EVAL_FIXTURES))
+    assert proc.stdout.count("wrote ") == 1
+
+    measured = {"value", "stderr", "eval_seconds", "world_size", "date", "command", "results"}
+
+    def rows(folder):  # keyed by everything that names the row (task, metric, probe cell, ...)
+        out = {}
+        for line in (folder / "eval" / "rows.jsonl").read_text().splitlines():
+            r = json.loads(line)
+            out[json.dumps({k: v for k, v in r.items() if k not in measured}, sort_keys=True)] = r
+        return out
+    one, two = rows(tmp_path / "one"), rows(tmp_path / "two")
+    assert one.keys() == two.keys() and {r["task"] for r in one.values()} == {"arc_easy", "wikitext", "mqar"}
+    assert len(one) == len((tmp_path / "one" / "eval" / "rows.jsonl").read_text().splitlines())
+    for key, r in one.items():
+        assert two[key]["value"] == pytest.approx(r["value"], rel=1e-6), key
+        assert two[key]["stderr"] == pytest.approx(r["stderr"], rel=1e-6), key
+        assert two[key]["world_size"] == 2 and "world_size" not in r

@@ -1,9 +1,13 @@
 #!/usr/bin/env bash
-# One device call of the small-preset comparison (issue 10), the baselines' GPU checks (issue 5) and
-# the 340m speed sweep (issue 7). Run from the repository root on a CUDA machine, `.whl/` carried
-# (and `.gpu-carry/` when earlier calls brought back Triton autotuning results):
+# One device call of the small-preset comparison (issue 10), the baselines' GPU checks (issue 5),
+# the 340m speed sweep (issue 7) and the 2-GPU runs (issue 11). Run from the repository root on a
+# CUDA machine, `.whl/` carried (and `.gpu-carry/` when earlier calls brought back Triton autotuning
+# results):
 #   OUT=folder bash results/comparison/device.sh STAGE [STAGE ...]
-# Stages: gputests | checks | main | evals | seeds | ablations | mfu | bench. Each stage is resumable: `harness run`
+# Stages: gputests | checks | main | evals | seeds | ablations | mfu | bench | distributed. On a
+# machine of two GPUs, GPU1_STAGES="stage ..." runs those stages on the second GPU alongside the
+# others (which then get the first); `distributed` waits for them before it uses both GPUs.
+# Each stage is resumable: `harness run`
 # and `harness bench models` skip what their output folders already hold, so a stage cut by the
 # call's time limit goes on in the next call (on the same warm machine the checkpoints under .gpu/
 # are reused; on a fresh one they are retrained, deterministically, from the same seed).
@@ -20,7 +24,7 @@ LOG=$OUT/log.txt
 say() { echo "[$(date -u +%T)] $*" | tee -a "$LOG"; }
 [ -d .gpu-carry/triton ] && cp -rn .gpu-carry/triton/. "$G/triton/"
 # start from the committed rows, so that (model, task) pairs and speed sweeps already measured are not run again
-mkdir -p "$G/results" && cp -rn results/comparison results/speed "$G/results/"
+mkdir -p "$G/results" && cp -rn results/comparison results/speed results/distributed "$G/results/" 2>/dev/null
 if [ ! -f "$G/site/.wheels" ]; then
   python3 -m pip install -q --no-index --no-deps --no-compile --target "$G/site" .whl/fla_core-*.whl \
     .whl/flash_linear_attention-*.whl .whl/lm_eval-*.whl .whl/datasets-*.whl .whl/dill-*.whl \
@@ -59,9 +63,11 @@ each() {  # run-name, models (comma-separated), harness run arguments...
 MAIN=swat,transformer,sliding_softmax,gla,mamba2,mamba,hgrn2,retnet,deltanet,gated_deltanet
 stage() {
   case $1 in
-  gputests)  # the GPU tests outside the baselines: attention paths, kernels, decode graphs, fused CE, bf16 resume
+  gputests)  # the GPU tests: attention paths, kernels, decode graphs, fused CE, bf16 resume; then the Mamba baselines
     timeout ${CHECK_S:-240} python3 -m pytest tests/test_attention.py tests/test_swat_kernel.py tests/test_bench_models.py \
-      tests/test_train.py tests/test_eval.py -q -p no:cacheprovider -W ignore --durations=0 -k gpu 2>&1 | tee -a "$OUT/checks.log" ;;
+      tests/test_train.py tests/test_eval.py -q -p no:cacheprovider -W ignore --durations=0 -k gpu 2>&1 | tee -a "$OUT/checks.log"
+    wait_mamba  # and mamba-ssm's kernels under the Mamba baselines (fused decode step included)
+    timeout 120 $PYTEST -k "gpu and mamba and not training" 2>&1 | tee -a "$OUT/checks.log" ;;
   checks)  # issue 5: fast paths vs references, decode vs forward, packed documents; quick groups
     # first, each under its own limit (fla's first-use autotuning can take minutes per kernel family)
     for group in "softmax_attention or swat or transformer or sliding_softmax" "fla_chunk and gla" \
@@ -90,6 +96,25 @@ stage() {
       python3 -m harness train --model $m $SMALL --set train.tokens=6553600 --set train.compile=true \
         --set train.fused_ce=$f --out "$G/runs/mfu/$m-fused_ce-$f" --quiet 2>&1 | tee -a "$LOG"
     done; done ;;
+  distributed)  # issue 11: one GPU vs torchrun DDP and FSDP2 on two, the same global batch (65,536
+    # tokens: 64 sequences, 32 per rank), DIST_TOKENS of training; then lm-eval on one GPU and data-parallel on two
+    local R=$G/runs/distributed D=$G/results/distributed
+    local TRAIN="python3 -m harness train $SMALL --set train.tokens=${DIST_TOKENS:-8388608} --quiet"
+    local TORCHRUN="python3 -m torch.distributed.run --standalone --nproc-per-node 2"
+    for m in ${DIST_MODELS:-swat mamba}; do
+      case $m in mamba|mamba2) wait_mamba ;; esac
+      say "distributed: $m on one GPU"
+      CUDA_VISIBLE_DEVICES=0 $TRAIN --model $m --out "$R/$m-1gpu" 2>&1 | tee -a "$LOG"
+    done
+    [ -z "${GPU1_STAGES:-}" ] || while [ ! -f "$G/gpu1.idle" ]; do sleep 5; done
+    for m in ${DIST_MODELS:-swat mamba}; do for p in ddp fsdp; do
+      say "distributed: $m on two GPUs, $p"
+      CUDA_VISIBLE_DEVICES=0,1 $TORCHRUN -m harness train $SMALL --set train.tokens=${DIST_TOKENS:-8388608} \
+        --quiet --model $m --parallel $p --out "$R/$m-$p" 2>&1 | tee -a "$LOG"
+    done; done
+    local EVAL="-m harness eval --checkpoint $R/swat-1gpu/checkpoint --tasks ${DIST_TASKS:-piqa,arc_easy,lambada_openai,wikitext_2_v1} --results $D --skip-missing"
+    CUDA_VISIBLE_DEVICES=0 python3 $EVAL --run eval-1gpu 2>&1 | tee -a "$LOG"
+    CUDA_VISIBLE_DEVICES=0,1 $TORCHRUN $EVAL --run eval-2gpu 2>&1 | tee -a "$LOG" ;;
   bench)  # issue 7: 340m training / prefill / decode sweeps (BENCH_ARGS e.g. "--sweeps train --force")
     wait_mamba; python3 -m harness bench models --preset 340m --results $G/results ${BENCH_ARGS:-} \
       --models ${BENCH_MODELS:-swat,transformer,sliding_softmax,mamba,mamba2,gla,gated_deltanet} 2>&1 | tee -a "$LOG" ;;
@@ -98,7 +123,15 @@ stage() {
 }
 export -f say stage each wait_mamba; export G OUT LOG SMALL RUN PYTEST MAIN
 # the stages get the call's time less a minute for packing what they made
-timeout ${BUDGET_S:-530} bash -c 'for s in "$@"; do say "stage $s"; stage "$s"; done' stages "$@"
+STAGES='for s in "$@"; do say "stage $s"; stage "$s"; done'
+rm -f "$G/gpu1.idle"
+if [ -n "${GPU1_STAGES:-}" ]; then
+  ( export CUDA_VISIBLE_DEVICES=1 LOG=$OUT/log_gpu1.txt
+    timeout ${BUDGET_S:-530} bash -c "$STAGES" stages $GPU1_STAGES; touch "$G/gpu1.idle" ) &
+  export CUDA_VISIBLE_DEVICES=0
+fi
+timeout ${BUDGET_S:-530} bash -c "$STAGES" stages "$@"
+wait
 say "packing"
 mkdir -p "$G/pack"; rm -rf "$G/pack"/*
 (cd "$G" && find runs -name train_log.jsonl -o -name meta.json -path '*checkpoint*' | tar czf "$OUT/runs_logs.tgz" -T - 2>/dev/null)

@@ -4,9 +4,10 @@
 # CUDA machine, `.whl/` carried (and `.gpu-carry/` when earlier calls brought back Triton autotuning
 # results):
 #   OUT=folder bash results/comparison/device.sh STAGE [STAGE ...]
-# Stages: gputests | checks | main | evals | seeds | ablations | mfu | bench | distributed. On a
-# machine of two GPUs, GPU1_STAGES="stage ..." runs those stages on the second GPU alongside the
-# others (which then get the first); `distributed` waits for them before it uses both GPUs.
+# Stages: gputests | checks | main | evals | seeds | ablations | mfu | bench | distributed | disteval.
+# On a machine of two GPUs, GPU1_STAGES="stage ..." runs those stages on the second GPU (for at most
+# GPU1_BUDGET_S) alongside the others (which then get the first); `distributed` and `disteval` wait
+# for them before they use both GPUs.
 # Each stage is resumable: `harness run`
 # and `harness bench models` skip what their output folders already hold, so a stage cut by the
 # call's time limit goes on in the next call (on the same warm machine the checkpoints under .gpu/
@@ -111,10 +112,16 @@ stage() {
       say "distributed: $m on two GPUs, $p"
       CUDA_VISIBLE_DEVICES=0,1 $TORCHRUN -m harness train $SMALL --set train.tokens=${DIST_TOKENS:-8388608} \
         --quiet --model $m --parallel $p --out "$R/$m-$p" 2>&1 | tee -a "$LOG"
-    done; done
+    done; done ;;
+  disteval)  # issue 11: lm-eval on one GPU, then data-parallel on two, of the one-GPU swat checkpoint
+    # of `distributed` (trained first when absent: deterministic, the same weights)
+    local R=$G/runs/distributed D=$G/results/distributed
+    CUDA_VISIBLE_DEVICES=0 python3 -m harness train $SMALL --set train.tokens=${DIST_TOKENS:-8388608} --quiet \
+      --model swat --out "$R/swat-1gpu" 2>&1 | tee -a "$LOG"
     local EVAL="-m harness eval --checkpoint $R/swat-1gpu/checkpoint --tasks ${DIST_TASKS:-piqa,arc_easy,lambada_openai,wikitext_2_v1} --results $D --skip-missing"
     CUDA_VISIBLE_DEVICES=0 python3 $EVAL --run eval-1gpu 2>&1 | tee -a "$LOG"
-    CUDA_VISIBLE_DEVICES=0,1 $TORCHRUN $EVAL --run eval-2gpu 2>&1 | tee -a "$LOG" ;;
+    [ -z "${GPU1_STAGES:-}" ] || while [ ! -f "$G/gpu1.idle" ]; do sleep 5; done
+    CUDA_VISIBLE_DEVICES=0,1 python3 -m torch.distributed.run --standalone --nproc-per-node 2 $EVAL --run eval-2gpu 2>&1 | tee -a "$LOG" ;;
   bench)  # issue 7: 340m training / prefill / decode sweeps (BENCH_ARGS e.g. "--sweeps train --force")
     wait_mamba; python3 -m harness bench models --preset 340m --results $G/results ${BENCH_ARGS:-} \
       --models ${BENCH_MODELS:-swat,transformer,sliding_softmax,mamba,mamba2,gla,gated_deltanet} 2>&1 | tee -a "$LOG" ;;
@@ -127,7 +134,7 @@ STAGES='for s in "$@"; do say "stage $s"; stage "$s"; done'
 rm -f "$G/gpu1.idle"
 if [ -n "${GPU1_STAGES:-}" ]; then
   ( export CUDA_VISIBLE_DEVICES=1 LOG=$OUT/log_gpu1.txt
-    timeout ${BUDGET_S:-530} bash -c "$STAGES" stages $GPU1_STAGES; touch "$G/gpu1.idle" ) &
+    timeout ${GPU1_BUDGET_S:-${BUDGET_S:-530}} bash -c "$STAGES" stages $GPU1_STAGES; touch "$G/gpu1.idle" ) &
   export CUDA_VISIBLE_DEVICES=0
 fi
 timeout ${BUDGET_S:-530} bash -c "$STAGES" stages "$@"

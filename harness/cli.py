@@ -300,7 +300,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("run", help="train (or reuse) models, run tasks, write results/<run>/")
     p.add_argument("--models", required=True, help="comma-separated model names (see `harness list`)")
     p.add_argument("--tasks", default="smoke", help="comma-separated tasks or groups (see `harness list`)")
-    p.add_argument("--run", help="run name (default: the preset); results go to RESULTS/RUN")
+    p.add_argument("--run", "--run-name", dest="run", help="run name (default: the preset); results go to "
+                   "RESULTS/RUN (spell it --run-name after torchrun, whose parser reads --run as its own --run-path)")
     p.add_argument("--results", default="results", help="results folder (default: results)")
     p.add_argument("--runs", default="runs", help="checkpoint folder (default: runs)")
     p.add_argument("--device", help="cpu | cuda | cuda:N (default: cuda when available)")
@@ -316,7 +317,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "several GPUs: torchrun --nproc-per-node N -m harness train ...")
     p.add_argument("--model", required=True)
     p.add_argument("--out", help="run folder (default: RUNS/RUN/MODEL)")
-    p.add_argument("--run", help="run name (default: the preset)")
+    p.add_argument("--run", "--run-name", dest="run", help="run name (default: the preset) (spell it --run-name after torchrun, whose parser reads --run as its own --run-path)")
     p.add_argument("--runs", default="runs")
     p.add_argument("--device", help="cpu | cuda (under torchrun: each rank's own GPU; default: cuda when available)")
     p.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True,
@@ -332,7 +333,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("eval", help="evaluate checkpoints (or hf:<path> models) on tasks; rows to RESULTS/RUN/; "
                        "data-parallel over several GPUs: torchrun --nproc-per-node N -m harness eval ...")
-    p.add_argument("--run", help="run name: checkpoints under RUNS/RUN/<model>/checkpoint, rows to RESULTS/RUN "
+    p.add_argument("--run", "--run-name", dest="run", help="run name: checkpoints under RUNS/RUN/<model>/checkpoint, "
+                   "rows to RESULTS/RUN (spell it --run-name after torchrun, whose parser reads --run as its own --run-path) "
                    "(default: eval)")
     p.add_argument("--models", help="comma-separated model names of the run, or hf:PATH for a Hugging Face "
                    "checkpoint folder (default: every checkpoint of the run)")

@@ -121,7 +121,7 @@ stage() {
     local EVAL="-m harness eval --checkpoint $R/swat-1gpu/checkpoint --tasks ${DIST_TASKS:-piqa,arc_easy,lambada_openai,wikitext_2_v1} --results $D --skip-missing"
     CUDA_VISIBLE_DEVICES=0 python3 $EVAL --run eval-1gpu 2>&1 | tee -a "$LOG"
     [ -z "${GPU1_STAGES:-}" ] || while [ ! -f "$G/gpu1.idle" ]; do sleep 5; done
-    CUDA_VISIBLE_DEVICES=0,1 python3 -m torch.distributed.run --standalone --nproc-per-node 2 $EVAL --run eval-2gpu 2>&1 | tee -a "$LOG" ;;
+    CUDA_VISIBLE_DEVICES=0,1 python3 -m torch.distributed.run --standalone --nproc-per-node 2 $EVAL --run-name eval-2gpu 2>&1 | tee -a "$LOG" ;;
   bench)  # issue 7: 340m training / prefill / decode sweeps (BENCH_ARGS e.g. "--sweeps train --force")
     wait_mamba; python3 -m harness bench models --preset 340m --results $G/results ${BENCH_ARGS:-} \
       --models ${BENCH_MODELS:-swat,transformer,sliding_softmax,mamba,mamba2,gla,gated_deltanet} 2>&1 | tee -a "$LOG" ;;

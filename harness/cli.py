@@ -34,6 +34,13 @@ def add_plugin_arg(p: argparse.ArgumentParser) -> None:
                    help="load a model or task plugin from a Python file (repeatable)")
 
 
+def add_run_arg(p: argparse.ArgumentParser, help_text: str) -> None:
+    """--run, also spelled --run-name: torchrun's own parser takes `--run` for its `--run-path` (an
+    abbreviation it allows) even after the module name, so jobs under torchrun spell it in full."""
+    p.add_argument("--run", "--run-name", dest="run",
+                   help=help_text + "; under torchrun spell it --run-name (torchrun reads --run as its --run-path)")
+
+
 def split_names(text: str) -> list[str]:
     return [n.strip() for n in text.split(",") if n.strip()]
 
@@ -98,6 +105,7 @@ def cmd_list(args) -> None:
 
 
 def cmd_run(args) -> None:
+    from harness.distributed import is_main_process
     from harness.registry import expand_tasks, load_plugins
     from harness.runner import run
     load_plugins(args.plugin)
@@ -117,6 +125,8 @@ def cmd_run(args) -> None:
                args.force, args.limit, log=console.print, on_step=on_step, skip_missing=args.skip_missing)
     for bar in progress.values():
         bar.close()
+    if not is_main_process():  # rank 0 of a torchrun job reports
+        return
     table = Table(title=f"results/{run_name}")
     for col in ("model", "task", "metric", "value", "n"):
         table.add_column(col)
@@ -173,6 +183,15 @@ def cmd_tables(args) -> None:
         written = write_plots(rows + refs, Path(args.plots), configs, run_dirs)
         listing = ", ".join(str(p) for p in written) or "none (no length, speed, multi-checkpoint rows or training logs)"
         err_console.print(f"plots: {listing}", highlight=False, soft_wrap=True)
+
+
+def cmd_scaling(args) -> None:
+    """Multi-GPU training runs against their one-GPU baseline: speed, memory, loss agreement."""
+    from harness.scaling import write
+    text, _ = write([Path(f) for f in args.runs], Path(args.out) if args.out else None)
+    sys.stdout.write(text)
+    if args.out:
+        err_console.print(f"wrote {args.out}/scaling.md, scaling.json, scaling.png", highlight=False)
 
 
 def parse_lengths(items: list[str]) -> dict:
@@ -300,8 +319,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("run", help="train (or reuse) models, run tasks, write results/<run>/")
     p.add_argument("--models", required=True, help="comma-separated model names (see `harness list`)")
     p.add_argument("--tasks", default="smoke", help="comma-separated tasks or groups (see `harness list`)")
-    p.add_argument("--run", "--run-name", dest="run", help="run name (default: the preset); results go to "
-                   "RESULTS/RUN (spell it --run-name after torchrun, whose parser reads --run as its own --run-path)")
+    add_run_arg(p, "run name (default: the preset); results go to RESULTS/RUN")
     p.add_argument("--results", default="results", help="results folder (default: results)")
     p.add_argument("--runs", default="runs", help="checkpoint folder (default: runs)")
     p.add_argument("--device", help="cpu | cuda | cuda:N (default: cuda when available)")
@@ -317,7 +335,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "several GPUs: torchrun --nproc-per-node N -m harness train ...")
     p.add_argument("--model", required=True)
     p.add_argument("--out", help="run folder (default: RUNS/RUN/MODEL)")
-    p.add_argument("--run", "--run-name", dest="run", help="run name (default: the preset) (spell it --run-name after torchrun, whose parser reads --run as its own --run-path)")
+    add_run_arg(p, "run name (default: the preset)")
     p.add_argument("--runs", default="runs")
     p.add_argument("--device", help="cpu | cuda (under torchrun: each rank's own GPU; default: cuda when available)")
     p.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True,
@@ -333,9 +351,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("eval", help="evaluate checkpoints (or hf:<path> models) on tasks; rows to RESULTS/RUN/; "
                        "data-parallel over several GPUs: torchrun --nproc-per-node N -m harness eval ...")
-    p.add_argument("--run", "--run-name", dest="run", help="run name: checkpoints under RUNS/RUN/<model>/checkpoint, "
-                   "rows to RESULTS/RUN (spell it --run-name after torchrun, whose parser reads --run as its own --run-path) "
-                   "(default: eval)")
+    add_run_arg(p, "run name: checkpoints under RUNS/RUN/<model>/checkpoint, rows to RESULTS/RUN (default: eval)")
     p.add_argument("--models", help="comma-separated model names of the run, or hf:PATH for a Hugging Face "
                    "checkpoint folder (default: every checkpoint of the run)")
     p.add_argument("--checkpoint", action="append", default=[], metavar="DIR",
@@ -367,6 +383,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="write the table to this file instead of printing it")
     p.add_argument("--plots", metavar="DIR", help="also write the plots (PNG + CSV) into DIR")
     p.set_defaults(func=cmd_tables)
+
+    p = sub.add_parser("scaling", help="training runs of one recipe on 1 GPU and under torchrun (DDP, FSDP2): "
+                       "scaling efficiency, memory per rank, loss agreement step by step")
+    p.add_argument("runs", nargs="+", metavar="RUN_DIR",
+                   help="`harness train` output folders; the first run of each model is its baseline")
+    p.add_argument("--out", metavar="DIR", help="also write scaling.md, scaling.json and scaling.png into DIR")
+    p.set_defaults(func=cmd_scaling)
 
     p = sub.add_parser("bench", help="speed and memory benchmarks (models; kernels)")
     bench = p.add_subparsers(dest="bench_command", required=True)

@@ -20,7 +20,7 @@ from harness.results import Row, atomic_write_text
 from harness.tables import ACC_COLUMNS, SPEED_TASKS, display, is_oom, latest, variant_of
 
 
-def _pyplot():
+def pyplot():
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -43,7 +43,7 @@ def _write_csv(path: Path, header: list[str], lines: list[list]) -> None:
     atomic_write_text(path, buf.getvalue())
 
 
-def _save(fig, path: Path) -> None:
+def save_figure(fig, path: Path) -> None:
     tmp = path.with_name(f".{path.name}.tmp.png")
     fig.savefig(tmp, dpi=150, bbox_inches="tight")
     tmp.replace(path)
@@ -62,6 +62,7 @@ def _collect(rows: list[Row], run_configs: dict, x_key) -> dict[str, dict[float,
 
 
 MARKERS = "osD^v<>ph*"
+LINESTYLES = ("-", "--", ":")
 
 
 def _length(r: Row):
@@ -72,7 +73,7 @@ def _length_plot(series: dict, out_dir: Path, name: str, ylabel: str, title: str
                  vlines: list[int] = ()) -> list[Path]:
     """One line per series over a log2 length axis; the PNG and a CSV of its points (series,
     length, value, stderr, device, run)."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 4))
     lines = []
     for i, (label, pts) in enumerate(sorted(series.items())):
@@ -95,7 +96,7 @@ def _length_plot(series: dict, out_dir: Path, name: str, ylabel: str, title: str
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     png, data = out_dir / f"{name}.png", out_dir / f"{name}.csv"
-    _save(fig, png)
+    save_figure(fig, png)
     plt.close(fig)
     _write_csv(data, ["series", "length", ylabel, "stderr", "device", "run"], lines)
     return [png, data]
@@ -136,7 +137,7 @@ def accuracy_vs_tokens(rows: list[Row], out_dir: Path, run_configs: dict | None 
             panels.append((col, series))
     if not panels:
         return []
-    plt = _pyplot()
+    plt = pyplot()
     ncols = min(4, len(panels))
     nrows = math.ceil(len(panels) / ncols)
     fig, axes = plt.subplots(nrows, ncols, figsize=(4 * ncols, 3 * nrows), squeeze=False)
@@ -159,7 +160,7 @@ def accuracy_vs_tokens(rows: list[Row], out_dir: Path, run_configs: dict | None 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     png, data = out_dir / "acc_vs_tokens.png", out_dir / "acc_vs_tokens.csv"
-    _save(fig, png)
+    save_figure(fig, png)
     plt.close(fig)
     _write_csv(data, ["task", "metric", "series", "tokens_trained", "accuracy_pct", "run"], lines)
     return [png, data]
@@ -173,25 +174,27 @@ def loss_curves(run_dirs: list[Path], out_dir: Path, smooth_steps: int = 10) -> 
             for d in run_dirs for f in sorted((Path(d) / "train").glob(f"*_{LOG_FILE}"))}
     if not logs:
         return []
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.5))
     several_runs = len({run for run, _ in logs}) > 1
     lines = []
-    for (run, model), path in logs.items():
+    for i, ((run, model), path) in enumerate(logs.items()):
         records = read_log(path)
         tokens, loss = [r["tokens"] for r in records], [r["loss"] for r in records]
-        ax.plot(tokens, trailing_mean(loss, smooth_steps), label=model + (f" [{run}]" if several_runs else ""))
+        # past the 10 colours of the cycle the line style changes, so that no two lines look alike
+        ax.plot(tokens, trailing_mean(loss, smooth_steps), color=f"C{i % 10}", linestyle=LINESTYLES[i // 10 % 3],
+                label=model + (f" [{run}]" if several_runs else ""))
         lines += [[run, model, t, v] for t, v in zip(tokens, loss)]
     ax.set_xlabel("training tokens")
     ax.set_ylabel(f"train loss (nats/token, mean of {smooth_steps} steps)")
     ax.set_title("Training loss at a matched token budget")
     ax.set_ylim(top=min(ax.get_ylim()[1], 8))
     ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5))  # beside the axes: no line hidden
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     png, data = out_dir / "loss_curves.png", out_dir / "loss_curves.csv"
-    _save(fig, png)
+    save_figure(fig, png)
     plt.close(fig)
     _write_csv(data, ["run", "model", "tokens", "loss"], lines)
     return [png, data]

@@ -10,6 +10,9 @@ Finished work is reused: a model whose checkpoint is complete and was trained wi
 config is not retrained, and a (model, task) pair that already has rows is not rerun, unless
 `force`. Rows are written atomically after each task, so an interruption loses at most the
 task in flight.
+
+Under torchrun (`torchrun --nproc-per-node N -m harness run ...`) every rank takes part: training
+with DDP, lm-eval's tasks split over the ranks, other tasks on rank 0; rank 0 alone writes.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from typing import Callable
 import torch
 
 from harness.config import Config, config_hash
+from harness import distributed
 from harness.data import get_tokenizer
 from harness.distributed import Dist
 from harness.registry import get_model, get_task
@@ -76,11 +80,8 @@ def trained_model(name: str, cfg: Config, ckpt_dir: Path, device: str, force: bo
         if meta.get("heldout_loss") is not None:
             model, _, _, meta = load_checkpoint(ckpt, device)
             return model, meta, False
-    elif force and ckpt.exists():
-        import shutil
-        shutil.rmtree(ckpt)
     tagged = (lambda info: on_step({**info, "model": name})) if on_step else None
-    result = train(name, cfg, ckpt_dir, device, on_step=tagged)
+    result = train(name, cfg, ckpt_dir, device, on_step=tagged, resume=not force)  # force: start afresh
     return result.model, json.loads((result.checkpoint / "meta.json").read_text()), True
 
 
@@ -89,6 +90,14 @@ def run(models: list[str], task_names: list[str], cfg: Config, run_name: str, re
         log: Callable[[str], None] = print, on_step: Callable | None = None,
         skip_missing: bool = False) -> list[Row]:
     device = device or default_device()
+    d = None
+    if distributed.launched_by_torchrun():  # DDP training, data-parallel lm-eval tasks; rank 0 writes
+        from harness.evaluate import EVAL_TIMEOUT_S
+        d = distributed.setup(device, timeout_s=EVAL_TIMEOUT_S)
+        device = str(d.device)
+        if not d.is_main:
+            log, on_step = (lambda message: None), None
+    main = d is None or d.is_main
     for name in models:  # fail on unknown names before any work
         get_model(name)
     tasks = check_task_data([get_task(t) for t in task_names], skip_missing=skip_missing, log=log)
@@ -103,8 +112,11 @@ def run(models: list[str], task_names: list[str], cfg: Config, run_name: str, re
         previous = json.loads(run_json.read_text())
         info["models"] = list(dict.fromkeys(previous.get("models", []) + models))
         info["tasks"] = list(dict.fromkeys(previous.get("tasks", []) + task_names))
-    atomic_write_text(run_json, json.dumps(info, indent=1, default=str))
     existing = read_rows(rows_file, warn=log) if rows_file.is_file() else []
+    if d is not None:  # every rank must agree on what is left to do, before rank 0 writes anything
+        existing = d.broadcast_object(existing)
+    if main:
+        atomic_write_text(run_json, json.dumps(info, indent=1, default=str))
     done = {(r.model, r.task) for r in existing}
     tokenizer = get_tokenizer(cfg.train.tokenizer)
     for name in models:
@@ -115,11 +127,13 @@ def run(models: list[str], task_names: list[str], cfg: Config, run_name: str, re
         model, meta, trained = trained_model(name, cfg, Path(runs_dir) / run_name / name, device, force, on_step)
         log(f"{name}: {'trained' if trained else 'reused checkpoint'}, {meta['params']:,} params, "
             f"held-out loss {meta['heldout_loss']:.4f}")
-        keep_training_record(Path(runs_dir) / run_name / name, out, name)
+        if main:
+            keep_training_record(Path(runs_dir) / run_name / name, out, name)
         ctx = TaskContext(cfg, run_name, name, device, meta["params"], meta.get("tokens"),
-                          str(Path(runs_dir) / run_name / name / CHECKPOINT_DIR), limit, provenance)
+                          str(Path(runs_dir) / run_name / name / CHECKPOINT_DIR), limit, provenance, dist=d)
         existing = run_tasks(model, tokenizer, ctx, pending, existing, rows_file, log)
-    atomic_write_text(out / "table.md", rows_table(existing))
+    if main:
+        atomic_write_text(out / "table.md", rows_table(existing))
     return existing
 
 

@@ -2,6 +2,7 @@
 DDP and FSDP2 against the single-process run of the same global batch (same losses and weights up
 to summation order); data-parallel evaluation against one process (the same rows)."""
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -12,8 +13,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from harness import distributed
-from harness.config import load_config
+from harness import distributed, scaling
+from harness.config import ConfigError, load_config
 from harness.train import CHECKPOINT_DIR, load_checkpoint, train
 from harness.trainlog import LOG_FILE, read_log
 
@@ -73,6 +74,21 @@ def test_two_ranks_match_one_process(single, tmp_path, parallel):
     assert meta["world_size"] == 2 and meta["parallel"] == parallel
     assert proc.stdout.count("held-out loss") == 1  # rank 0 alone reports
     load_checkpoint(tmp_path / CHECKPOINT_DIR)  # full weights: readable by one process
+    text, (base, run) = scaling.write([single, tmp_path], tmp_path / "scaling")
+    assert base["scaling_efficiency"] == 1.0 and base["max_loss_diff"] == 0.0
+    assert run["world_size"] == 2 and run["parallel"] == parallel and run["first_step_over"] is None
+    assert run["max_loss_diff"] < 1e-4 and run["scaling_efficiency"] > 0 and run["steps"] == 4
+    assert (tmp_path / "scaling" / "scaling.png").is_file() and f"| {tmp_path.name} | 2 | {parallel} |" in text
+
+
+def test_scaling_refuses_runs_of_different_recipes(single):
+    base = scaling.read_run(single)
+    other = dataclasses.replace(base, name="other", config={**base.config,
+                                                            "train": {**base.config["train"], "seed": 7}})
+    with pytest.raises(ConfigError, match="differ in train.seed"):
+        scaling.compare([base, other])
+    faster = dataclasses.replace(base, config={**base.config, "train": {**base.config["train"], "compile": True}})
+    assert scaling.compare([base, faster])[1]["max_loss_diff"] == 0.0  # speed settings may differ
 
 
 def test_fsdp_at_world_size_one_resumes_unsharded(single, tmp_path):
@@ -98,23 +114,43 @@ def test_data_parallel_evaluation_equals_one_process(single, tmp_path):
     task that rank 0 runs alone (mqar): the rows equal the single process's, and rank 0 alone reports."""
     pytest.importorskip("lm_eval")
     argv = ["eval", "--checkpoint", str(single / CHECKPOINT_DIR), "--tasks", "arc_easy,wikitext,mqar",
-            "--limit", "5", "--device", "cpu", "--bootstrap-iters", "50"]
+            "--limit", "5", "--device", "cpu", "--bootstrap-iters", "50", "--run-name", "dp"]  # (torchrun reads --run)
     harness(argv + ["--results", str(tmp_path / "one")], HARNESS_DATA=str(EVAL_FIXTURES))
     proc = harness(argv + ["--results", str(tmp_path / "two")], nproc=2, HARNESS_DATA=str(EVAL_FIXTURES))
     assert proc.stdout.count("wrote ") == 1
 
-    measured = {"value", "stderr", "eval_seconds", "world_size", "date", "command", "results"}
+    assert_same_rows(tmp_path / "one" / "dp", tmp_path / "two" / "dp", {"arc_easy", "wikitext", "mqar"}, rel=1e-6)
+
+
+def test_harness_run_under_torchrun_trains_with_ddp_and_evaluates_data_parallel(tmp_path):
+    """`torchrun -m harness run`: both ranks train (DDP) and evaluate; rank 0 writes what one process
+    writes, up to the summation order of the all-reduced gradients."""
+    pytest.importorskip("lm_eval")
+    argv = ["run", "--models", "swat", "--tasks", "smoke,arc_easy,mqar", "--preset", "tiny", "--limit", "5",
+            "--device", "cpu", "--run-name", "r"] + [a for o in OVERRIDES for a in ("--set", o)]
+    for name, nproc in (("one", None), ("two", 2)):
+        proc = harness(argv + ["--results", str(tmp_path / name), "--runs", str(tmp_path / f"runs-{name}")], nproc,
+                       HARNESS_DATA=str(EVAL_FIXTURES))
+    assert proc.stdout.count("wrote ") == 1
+    assert json.loads((tmp_path / "runs-two" / "r" / "swat" / CHECKPOINT_DIR / "meta.json").read_text())["world_size"] == 2
+    assert_same_rows(tmp_path / "one" / "r", tmp_path / "two" / "r", {"smoke", "arc_easy", "mqar"}, rel=1e-4)
+
+
+def assert_same_rows(one_dir, two_dir, tasks, rel):
+    """The rows of a one-process run and a 2-rank run match, row for row."""
+    measured = {"value", "stderr", "eval_seconds", "world_size", "date", "command", "checkpoint"}
 
     def rows(folder):  # keyed by everything that names the row (task, metric, probe cell, ...)
         out = {}
-        for line in (folder / "eval" / "rows.jsonl").read_text().splitlines():
+        for line in (folder / "rows.jsonl").read_text().splitlines():
             r = json.loads(line)
             out[json.dumps({k: v for k, v in r.items() if k not in measured}, sort_keys=True)] = r
         return out
-    one, two = rows(tmp_path / "one"), rows(tmp_path / "two")
-    assert one.keys() == two.keys() and {r["task"] for r in one.values()} == {"arc_easy", "wikitext", "mqar"}
-    assert len(one) == len((tmp_path / "one" / "eval" / "rows.jsonl").read_text().splitlines())
+    one, two = rows(one_dir), rows(two_dir)
+    assert one.keys() == two.keys() and {r["task"] for r in one.values()} == tasks
+    assert len(one) == len((one_dir / "rows.jsonl").read_text().splitlines())
     for key, r in one.items():
-        assert two[key]["value"] == pytest.approx(r["value"], rel=1e-6), key
-        assert two[key]["stderr"] == pytest.approx(r["stderr"], rel=1e-6), key
+        assert two[key]["value"] == pytest.approx(r["value"], rel=rel, abs=1e-6), key
+        assert (two[key]["stderr"] is None) == (r["stderr"] is None), key
+        assert r["stderr"] is None or two[key]["stderr"] == pytest.approx(r["stderr"], rel=rel, abs=1e-6), key
         assert two[key]["world_size"] == 2 and "world_size" not in r

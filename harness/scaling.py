@@ -1,0 +1,157 @@
+"""Multi-GPU scaling of training: runs of one model at one global batch, on one GPU and under
+torchrun (DDP, FSDP2), compared step by step.
+
+    harness scaling runs/d/swat-1gpu runs/d/swat-ddp runs/d/swat-fsdp --out results/distributed
+
+Each argument is a run folder as `harness train` leaves it (train_log.jsonl, checkpoint/meta.json;
+the weights are not read). The first run of each model is that model's baseline. Per run: world
+size, parallel mode, tokens/s of all ranks together, scaling efficiency (tokens/s / (world size x
+the baseline's tokens/s): 100% is perfect linear scaling), MFU per GPU, the largest peak memory of
+any rank, final train and held-out loss, and how closely the loss curve follows the baseline's
+(the largest |difference| over all steps, and the first step where it exceeds `DIVERGED`).
+Runs of one model must share the recipe (global batch, length, tokens, seed, model config), or
+the comparison would say nothing; a mismatch is an error naming the key.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from harness.config import ConfigError
+from harness.results import atomic_write_text
+from harness.trainlog import LOG_FILE, read_log
+
+DIVERGED = 1e-3  # |loss difference| (nats) taken as the curves parting; bf16 noise stays far below it
+# train.* keys that may differ between runs compared (they change speed or memory, not the maths)
+SPEED_KEYS = {"micro_batch", "compile", "activation_checkpointing", "fused_ce", "save_every", "log_every"}
+
+
+@dataclass
+class ScalingRun:
+    name: str
+    model: str
+    world_size: int
+    parallel: str
+    config: dict
+    steps: list[int]
+    losses: list[float]
+    tokens_per_s: float | None
+    mfu: float | None
+    peak_mem_gib: float | None  # the largest over ranks
+    train_loss: float
+    heldout_loss: float
+
+
+def read_run(folder: Path) -> ScalingRun:
+    folder = Path(folder)
+    meta_file, log_file = folder / "checkpoint" / "meta.json", folder / LOG_FILE
+    if not meta_file.is_file() or not log_file.is_file():
+        raise FileNotFoundError(f"{folder} is not a finished `harness train` run folder (needs {LOG_FILE} and "
+                                f"checkpoint/meta.json); pass the --out folder of a training run")
+    meta = json.loads(meta_file.read_text())
+    if meta.get("heldout_loss") is None:
+        raise ConfigError(f"{folder} has not finished training; resume it with `harness train ... --out {folder}`")
+    log = read_log(log_file)
+    per_rank = [m for m in meta.get("peak_mem_gib_per_rank") or [meta.get("peak_mem_gib")] if m is not None]
+    return ScalingRun(folder.name, meta["model"], meta.get("world_size", 1), meta.get("parallel", "ddp"),
+                      meta["config"], [r["step"] for r in log], [r["loss"] for r in log], meta.get("tokens_per_s"),
+                      meta.get("mfu"), max(per_rank) if per_rank else None, meta["train_loss"], meta["heldout_loss"])
+
+
+def _recipe(run: ScalingRun) -> dict:
+    train = {k: v for k, v in run.config["train"].items() if k not in SPEED_KEYS}
+    return {"model": run.config["model"], "train": train}
+
+
+def _check_matched(base: ScalingRun, run: ScalingRun) -> None:
+    a, b = _recipe(base), _recipe(run)
+    for section in ("model", "train"):
+        for key in sorted(set(a[section]) | set(b[section])):
+            if a[section].get(key) != b[section].get(key):
+                raise ConfigError(f"runs {base.name} and {run.name} differ in {section}.{key} "
+                                  f"({a[section].get(key)!r} vs {b[section].get(key)!r}); compare runs of one recipe")
+
+
+def compare(runs: list[ScalingRun]) -> list[dict]:
+    """One record per run, against the first run of its model."""
+    baselines: dict[str, ScalingRun] = {}
+    out = []
+    for run in runs:
+        base = baselines.setdefault(run.model, run)
+        _check_matched(base, run)
+        base_loss = dict(zip(base.steps, base.losses))
+        diffs = [(step, abs(loss - base_loss[step])) for step, loss in zip(run.steps, run.losses) if step in base_loss]
+        efficiency = (run.tokens_per_s / (run.world_size * base.tokens_per_s)
+                      if run.tokens_per_s and base.tokens_per_s else None)
+        out.append({"run": run.name, "model": run.model, "baseline": base.name, "world_size": run.world_size,
+                    "parallel": run.parallel if run.world_size > 1 else "-", "tokens_per_s": run.tokens_per_s,
+                    "scaling_efficiency": efficiency, "mfu_per_gpu": run.mfu, "peak_mem_gib": run.peak_mem_gib,
+                    "train_loss": run.train_loss, "heldout_loss": run.heldout_loss,
+                    "max_loss_diff": max((d for _, d in diffs), default=None),
+                    "first_step_over": next((step for step, d in diffs if d > DIVERGED), None),
+                    "steps": len(run.steps)})
+    return out
+
+
+def _fmt(value, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def markdown(records: list[dict]) -> str:
+    head = ("| run | GPUs | parallel | tokens/s | scaling efficiency | MFU per GPU | peak memory (GiB, max over ranks) "
+            "| train loss | held-out loss | max abs loss diff vs baseline | first step diff > 1e-3 |")
+    lines = [head, "|" + "---|" * head.count(" | ") + "---|"]
+    for r in records:
+        lines.append(f"| {r['run']} | {r['world_size']} | {r['parallel']} | {_fmt(r['tokens_per_s'], ',.0f')} | "
+                     f"{_fmt(r['scaling_efficiency'], '.1%')} | {_fmt(r['mfu_per_gpu'], '.1%')} | "
+                     f"{_fmt(r['peak_mem_gib'], '.1f')} | {r['train_loss']:.4f} | {r['heldout_loss']:.4f} | "
+                     f"{_fmt(r['max_loss_diff'], '.2e')} | {r['first_step_over'] or 'never'} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(runs: list[ScalingRun], path: Path) -> Path:
+    """Loss curves per model (top row) and |loss - baseline loss| per step (bottom row, log scale)."""
+    from harness.plots import pyplot, save_figure
+    plt = pyplot()
+    models = list(dict.fromkeys(r.model for r in runs))
+    fig, axes = plt.subplots(2, len(models), figsize=(6 * len(models), 7), squeeze=False)
+    markers = "os^dvx"
+    for col, model in enumerate(models):
+        mine = [r for r in runs if r.model == model]
+        base = dict(zip(mine[0].steps, mine[0].losses))
+        for i, r in enumerate(mine):
+            style = dict(label=f"{r.name} ({r.world_size} GPU{'s' if r.world_size > 1 else ''})", color=f"C{i}",
+                         marker=markers[i % len(markers)], markevery=max(1, len(r.steps) // 8), markersize=4)
+            axes[0][col].plot(r.steps, r.losses, **style)
+            if i:
+                gap = [(s, abs(v - base[s])) for s, v in zip(r.steps, r.losses) if s in base]
+                axes[1][col].plot([s for s, _ in gap], [max(d, 1e-7) for _, d in gap], **style)
+        axes[0][col].set_title(f"{model}: training loss")
+        axes[0][col].set_ylabel("train loss (nats/token)")
+        axes[1][col].set_yscale("log")
+        axes[1][col].set_ylabel(f"|loss - {mine[0].name} loss| (floor 1e-7)")
+        axes[1][col].set_xlabel("step")
+        for ax in axes[:, col]:
+            ax.grid(True, alpha=0.3)
+            ax.legend(fontsize=8)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_figure(fig, path)
+    plt.close(fig)
+    return path
+
+
+def write(folders: list[Path], out: Path | None) -> tuple[str, list[dict]]:
+    """(markdown, records) of the runs; with `out`, also scaling.md, scaling.json and scaling.png there."""
+    runs = [read_run(f) for f in folders]
+    records = compare(runs)
+    text = markdown(records)
+    if out is not None:
+        out = Path(out)
+        atomic_write_text(out / "scaling.md", text)
+        atomic_write_text(out / "scaling.json", json.dumps(records, indent=1))
+        plot(runs, out / "scaling.png")
+    return text, records

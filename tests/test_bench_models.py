@@ -163,6 +163,8 @@ def test_cli_writes_rows_table_and_plots_then_skips(tmp_path):
     assert (tmp_path / "speed" / "speed_train_tokens_per_s.png").is_file()
     again = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert "already measured" in again.stdout
+    info = json.loads((tmp_path / "speed" / "run.json").read_text())  # the first command is kept too
+    assert [e["models"] for e in info["earlier"]] == [["swat"]] and info["command"].startswith("harness bench")
     bad = subprocess.run(cmd + ["--sweeps", "train,warp"], capture_output=True, text=True, timeout=300)
     assert bad.returncode == 2 and "unknown sweep 'warp'" in bad.stderr
 

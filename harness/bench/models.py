@@ -291,6 +291,10 @@ def run_bench(names: list[str], cfg: Config, sweeps, lengths: dict, device: torc
                   "command": command_line()}
     info = {"models": names, "sweeps": list(sweeps), "lengths": lengths, "train_tokens": train_tokens,
             "decode_batches": list(decode_batches), "config": cfg.to_dict(), "versions": versions(), **provenance}
+    if (out / "run.json").is_file():  # a folder filled by several commands keeps a line for each earlier one
+        previous = json.loads((out / "run.json").read_text(encoding="utf-8"))
+        info["earlier"] = previous.pop("earlier", []) + [
+            {k: previous.get(k) for k in ("command", "commit", "date", "device", "models", "sweeps")}]
     atomic_write_text(out / "run.json", json.dumps(info, indent=1, default=str))
     if device.type == "cpu":
         log(f"warning: {CPU_WARNING}")

@@ -168,7 +168,7 @@ def run_tasks(model, tokenizer, ctx: TaskContext, tasks: list, existing: list[Ro
             continue
         for row in rows:
             row.extra["eval_seconds"] = round(seconds, 2)
-            if d is not None:
+            if d is not None and task.data_parallel:  # computed by every rank of the job
                 row.extra["world_size"] = d.world_size
         existing = [r for r in existing if (r.model, r.task) != (ctx.model_name, task.name)] + rows
         write_rows(rows_file, existing)

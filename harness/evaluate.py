@@ -689,20 +689,14 @@ def evaluate(sources: list[ModelSource], task_names: list[str], run: str, result
     Under torchrun every rank loads each model on its own GPU; lm-eval's tasks are split over the
     ranks, the others run on rank 0 alone, and rank 0 alone logs and writes."""
     from harness.registry import get_task
-    from harness.results import atomic_write_text, command_line, device_name, git_commit, now, read_rows, rows_table
-    from harness.runner import TaskContext, check_task_data, run_tasks
-    d = distributed.setup(device, timeout_s=EVAL_TIMEOUT_S) if distributed.launched_by_torchrun() else None
-    if d is not None:
-        device = str(d.device)
-        if not d.is_main:
-            log = lambda message: None  # noqa: E731
+    from harness.results import atomic_write_text, command_line, device_name, git_commit, now, rows_table
+    from harness.runner import TaskContext, check_task_data, join_job, run_tasks, stored_rows
+    d, device, log = join_job(device, log)
     main = d is None or d.is_main
     runnable = check_task_data([get_task(t) for t in task_names], online, skip_missing, log)
     out = Path(results_dir) / run
     rows_file = out / "rows.jsonl"
-    existing = read_rows(rows_file, warn=log) if main and rows_file.is_file() else []
-    if d is not None:  # every rank must agree on what is left to do
-        existing = d.broadcast_object(existing)
+    existing = stored_rows(rows_file, d, log)
     done = {(r.model, r.task) for r in existing}
     provenance = {"commit": git_commit(), "device": device_name(device), "date": now(), "command": command_line()}
     for source in sources:

@@ -89,15 +89,10 @@ def run(models: list[str], task_names: list[str], cfg: Config, run_name: str, re
         runs_dir: Path, device: str | None = None, force: bool = False, limit: int | None = None,
         log: Callable[[str], None] = print, on_step: Callable | None = None,
         skip_missing: bool = False) -> list[Row]:
-    device = device or default_device()
-    d = None
-    if distributed.launched_by_torchrun():  # DDP training, data-parallel lm-eval tasks; rank 0 writes
-        from harness.evaluate import EVAL_TIMEOUT_S
-        d = distributed.setup(device, timeout_s=EVAL_TIMEOUT_S)
-        device = str(d.device)
-        if not d.is_main:
-            log, on_step = (lambda message: None), None
+    d, device, log = join_job(device or default_device(), log)  # DDP training, data-parallel lm-eval tasks
     main = d is None or d.is_main
+    if not main:
+        on_step = None
     for name in models:  # fail on unknown names before any work
         get_model(name)
     tasks = check_task_data([get_task(t) for t in task_names], skip_missing=skip_missing, log=log)
@@ -112,9 +107,7 @@ def run(models: list[str], task_names: list[str], cfg: Config, run_name: str, re
         previous = json.loads(run_json.read_text())
         info["models"] = list(dict.fromkeys(previous.get("models", []) + models))
         info["tasks"] = list(dict.fromkeys(previous.get("tasks", []) + task_names))
-    existing = read_rows(rows_file, warn=log) if rows_file.is_file() else []
-    if d is not None:  # every rank must agree on what is left to do, before rank 0 writes anything
-        existing = d.broadcast_object(existing)
+    existing = stored_rows(rows_file, d, log)
     if main:
         atomic_write_text(run_json, json.dumps(info, indent=1, default=str))
     done = {(r.model, r.task) for r in existing}
@@ -135,6 +128,25 @@ def run(models: list[str], task_names: list[str], cfg: Config, run_name: str, re
     if main:
         atomic_write_text(out / "table.md", rows_table(existing))
     return existing
+
+
+def join_job(device: str, log: Callable[[str], None]) -> tuple[Dist | None, str, Callable[[str], None]]:
+    """(job, device, log) of a command that may run under torchrun: there it joins the process
+    group (with a timeout long enough for rank 0 to run a task alone), runs on its rank's GPU, and
+    only rank 0 logs; started plainly, (None, device, log) unchanged."""
+    if not distributed.launched_by_torchrun():
+        return None, device, log
+    from harness.evaluate import EVAL_TIMEOUT_S
+    d = distributed.setup(device, timeout_s=EVAL_TIMEOUT_S)
+    return d, str(d.device), log if d.is_main else (lambda message: None)
+
+
+def stored_rows(rows_file: Path, d: Dist | None, log: Callable[[str], None]) -> list[Row]:
+    """The rows already in rows_file, as rank 0 reads them before writing anything: every rank of
+    a job must agree on what is left to do."""
+    main = d is None or d.is_main
+    rows = read_rows(rows_file, warn=log) if main and rows_file.is_file() else []
+    return d.broadcast_object(rows) if d is not None else rows
 
 
 def keep_training_record(model_dir: Path, out: Path, name: str) -> None:

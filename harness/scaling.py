@@ -21,11 +21,13 @@ from pathlib import Path
 
 from harness.config import ConfigError
 from harness.results import atomic_write_text
+from harness.train import RESUMABLE_CHANGES
 from harness.trainlog import LOG_FILE, read_log
 
 DIVERGED = 1e-3  # |loss difference| (nats) taken as the curves parting; bf16 noise stays far below it
-# train.* keys that may differ between runs compared (they change speed or memory, not the maths)
-SPEED_KEYS = {"micro_batch", "compile", "activation_checkpointing", "fused_ce", "save_every", "log_every"}
+# train.* keys that may differ between runs compared: those a resumed run may change, less the two that
+# change what is computed (the budget sets the lr schedule; eval_tokens the held-out loss)
+SPEED_KEYS = RESUMABLE_CHANGES - {"tokens", "eval_tokens"}
 
 
 @dataclass
@@ -101,7 +103,7 @@ def _fmt(value, spec: str) -> str:
 
 def markdown(records: list[dict]) -> str:
     head = ("| run | GPUs | parallel | tokens/s | scaling efficiency | MFU per GPU | peak memory (GiB, max over ranks) "
-            "| train loss | held-out loss | max abs loss diff vs baseline | first step diff > 1e-3 |")
+            f"| train loss | held-out loss | max abs loss diff vs baseline | first step diff > {DIVERGED:g} |")
     lines = [head, "|" + "---|" * head.count(" | ") + "---|"]
     for r in records:
         lines.append(f"| {r['run']} | {r['world_size']} | {r['parallel']} | {_fmt(r['tokens_per_s'], ',.0f')} | "

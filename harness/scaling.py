@@ -6,8 +6,8 @@ torchrun (DDP, FSDP2), compared step by step.
 Each argument is a run folder as `harness train` leaves it (train_log.jsonl, checkpoint/meta.json;
 the weights are not read). The first run of each model is that model's baseline. Per run: world
 size, parallel mode, tokens/s of all ranks together, scaling efficiency (tokens/s / (world size x
-the baseline's tokens/s): 100% is perfect linear scaling), MFU per GPU, the largest peak memory of
-any rank, final train and held-out loss, and how closely the loss curve follows the baseline's
+the baseline's tokens/s): 100% is perfect linear scaling), MFU per GPU, peak memory on each
+rank, final train and held-out loss, and how closely the loss curve follows the baseline's
 (the largest |difference| over all steps, and the first step where it exceeds `DIVERGED`).
 Runs of one model must share the recipe (global batch, length, tokens, seed, model config), or
 the comparison would say nothing; a mismatch is an error naming the key.
@@ -41,7 +41,7 @@ class ScalingRun:
     losses: list[float]
     tokens_per_s: float | None
     mfu: float | None
-    peak_mem_gib: float | None  # the largest over ranks
+    peak_mem_gib: list[float]  # per rank (rank 0's alone for runs written before ranks were gathered)
     train_loss: float
     heldout_loss: float
 
@@ -59,7 +59,7 @@ def read_run(folder: Path) -> ScalingRun:
     per_rank = [m for m in meta.get("peak_mem_gib_per_rank") or [meta.get("peak_mem_gib")] if m is not None]
     return ScalingRun(folder.name, meta["model"], meta.get("world_size", 1), meta.get("parallel", "ddp"),
                       meta["config"], [r["step"] for r in log], [r["loss"] for r in log], meta.get("tokens_per_s"),
-                      meta.get("mfu"), max(per_rank) if per_rank else None, meta["train_loss"], meta["heldout_loss"])
+                      meta.get("mfu"), per_rank, meta["train_loss"], meta["heldout_loss"])
 
 
 def _recipe(run: ScalingRun) -> dict:
@@ -89,7 +89,7 @@ def compare(runs: list[ScalingRun]) -> list[dict]:
                       if run.tokens_per_s and base.tokens_per_s else None)
         out.append({"run": run.name, "model": run.model, "baseline": base.name, "world_size": run.world_size,
                     "parallel": run.parallel if run.world_size > 1 else "-", "tokens_per_s": run.tokens_per_s,
-                    "scaling_efficiency": efficiency, "mfu_per_gpu": run.mfu, "peak_mem_gib": run.peak_mem_gib,
+                    "scaling_efficiency": efficiency, "mfu_per_gpu": run.mfu, "peak_mem_gib_per_rank": run.peak_mem_gib,
                     "train_loss": run.train_loss, "heldout_loss": run.heldout_loss,
                     "max_loss_diff": max((d for _, d in diffs), default=None),
                     "first_step_over": next((step for step, d in diffs if d > DIVERGED), None),
@@ -102,13 +102,14 @@ def _fmt(value, spec: str) -> str:
 
 
 def markdown(records: list[dict]) -> str:
-    head = ("| run | GPUs | parallel | tokens/s | scaling efficiency | MFU per GPU | peak memory (GiB, max over ranks) "
+    head = ("| run | GPUs | parallel | tokens/s | scaling efficiency | MFU per GPU | peak memory per GPU (GiB, by rank) "
             f"| train loss | held-out loss | max abs loss diff vs baseline | first step diff > {DIVERGED:g} |")
     lines = [head, "|" + "---|" * head.count(" | ") + "---|"]
     for r in records:
         lines.append(f"| {r['run']} | {r['world_size']} | {r['parallel']} | {_fmt(r['tokens_per_s'], ',.0f')} | "
                      f"{_fmt(r['scaling_efficiency'], '.1%')} | {_fmt(r['mfu_per_gpu'], '.1%')} | "
-                     f"{_fmt(r['peak_mem_gib'], '.1f')} | {r['train_loss']:.4f} | {r['heldout_loss']:.4f} | "
+                     f"{' / '.join(f'{m:.1f}' for m in r['peak_mem_gib_per_rank']) or '-'} | {r['train_loss']:.4f} | "
+                     f"{r['heldout_loss']:.4f} | "
                      f"{_fmt(r['max_loss_diff'], '.2e')} | {r['first_step_over'] or 'never'} |")
     return "\n".join(lines) + "\n"
 

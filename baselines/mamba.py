@@ -10,6 +10,8 @@ oracle) otherwise; causal-conv1d is used the same way. A decode step on a GPU up
 
 from __future__ import annotations
 
+import functools
+import importlib
 import math
 import warnings
 
@@ -48,21 +50,24 @@ def selective_scan_ref(u, delta, A, B, C, D, z=None, delta_bias=None, delta_soft
     return (y, x) if return_last_state else y
 
 
-_warned_fallback = False
+@functools.cache
+def optional_kernel(module: str, name: str, missing: str | None = None):
+    """`name` from `module` of an optional package, or None where it is not installed (the caller
+    then runs its reference; `missing`, when given, is warned once). Looked up once: the fast paths
+    ask on every forward and decode step, and a failed import searches sys.path again each time."""
+    try:
+        return getattr(importlib.import_module(module), name)
+    except ImportError:
+        if missing:
+            warnings.warn(missing, stacklevel=4)
+        return None
 
 
 def _fast_scan():
     """mamba-ssm's fused selective scan, or None (then the reference is used, said once)."""
-    global _warned_fallback
-    try:
-        from mamba_ssm.ops.selective_scan_interface import selective_scan_fn
-        return selective_scan_fn
-    except ImportError:
-        if not _warned_fallback:
-            _warned_fallback = True
-            warnings.warn("mamba: mamba-ssm is not installed, using the pure-torch selective scan "
-                          "(slow on GPU); pip install 'swat-harness[gpu]' for the CUDA kernels", stacklevel=3)
-        return None
+    return optional_kernel("mamba_ssm.ops.selective_scan_interface", "selective_scan_fn",
+                           "mamba: mamba-ssm is not installed, using the pure-torch selective scan (slow on GPU); "
+                           "pip install 'swat-harness[gpu]' for the CUDA kernels")
 
 
 def fast_state_update(x: torch.Tensor):
@@ -71,19 +76,11 @@ def fast_state_update(x: torch.Tensor):
     reference scan over one token)."""
     if not x.is_cuda:
         return None
-    try:
-        from mamba_ssm.ops.triton.selective_state_update import selective_state_update
-        return selective_state_update
-    except ImportError:
-        return None
+    return optional_kernel("mamba_ssm.ops.triton.selective_state_update", "selective_state_update")
 
 
 def _fast_conv():
-    try:
-        from causal_conv1d import causal_conv1d_fn
-        return causal_conv1d_fn
-    except ImportError:
-        return None
+    return optional_kernel("causal_conv1d", "causal_conv1d_fn")
 
 
 def causal_conv1d_silu(x: torch.Tensor, conv: nn.Conv1d) -> torch.Tensor:

@@ -26,14 +26,13 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import warnings
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from baselines.fla_common import layer_options
-from baselines.mamba import causal_conv1d_silu, fast_state_update
+from baselines.mamba import causal_conv1d_silu, fast_state_update, optional_kernel
 from harness.backbone import DecoderLM, RMSNorm
 from harness.config import ConfigError
 from harness.registry import register_model
@@ -61,21 +60,11 @@ def ssd_ref(x, dt, A, B, C, D, initial_state=None):
     return y.to(x.dtype), state
 
 
-_warned_fallback = False
-
-
 def _fast_ssd():
     """mamba-ssm's chunked SSD Triton kernel, or None (then `ssd_ref` is used, said once)."""
-    global _warned_fallback
-    try:
-        from mamba_ssm.ops.triton.ssd_combined import mamba_chunk_scan_combined
-        return mamba_chunk_scan_combined
-    except ImportError:
-        if not _warned_fallback:
-            _warned_fallback = True
-            warnings.warn("mamba2: mamba-ssm is not installed, using the pure-torch SSD recurrence (slow on "
-                          "GPU); pip install 'swat-harness[gpu]' for the Triton kernels", stacklevel=3)
-        return None
+    return optional_kernel("mamba_ssm.ops.triton.ssd_combined", "mamba_chunk_scan_combined",
+                           "mamba2: mamba-ssm is not installed, using the pure-torch SSD recurrence (slow on GPU); "
+                           "pip install 'swat-harness[gpu]' for the Triton kernels")
 
 
 def options(cfg) -> dict:

@@ -49,6 +49,17 @@ def save_figure(fig, path: Path) -> None:
     tmp.replace(path)
 
 
+def _write_plot(fig, out_dir: Path, name: str, header: list[str], lines: list[list]) -> list[Path]:
+    """out_dir/name.png (the figure, then closed) and out_dir/name.csv (exactly its points)."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    png, data = out_dir / f"{name}.png", out_dir / f"{name}.csv"
+    save_figure(fig, png)
+    pyplot().close(fig)
+    _write_csv(data, header, lines)
+    return [png, data]
+
+
 def _collect(rows: list[Row], run_configs: dict, x_key) -> dict[str, dict[float, Row]]:
     """label -> {x: row} with the last checkpoint's row at each x; OOM points dropped."""
     several = len({r.run for r in rows}) > 1
@@ -93,13 +104,7 @@ def _length_plot(series: dict, out_dir: Path, name: str, ylabel: str, title: str
     ax.set_title(title)
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5))  # beside the axes: no line hidden
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    png, data = out_dir / f"{name}.png", out_dir / f"{name}.csv"
-    save_figure(fig, png)
-    plt.close(fig)
-    _write_csv(data, ["series", "length", ylabel, "stderr", "device", "run"], lines)
-    return [png, data]
+    return _write_plot(fig, out_dir, name, ["series", "length", ylabel, "stderr", "device", "run"], lines)
 
 
 def ppl_vs_length(rows: list[Row], out_dir: Path, run_configs: dict | None = None) -> list[Path]:
@@ -157,13 +162,8 @@ def accuracy_vs_tokens(rows: list[Row], out_dir: Path, run_configs: dict | None 
         ax.axis("off")
     axes.flat[0].legend(fontsize=7)
     fig.tight_layout()
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    png, data = out_dir / "acc_vs_tokens.png", out_dir / "acc_vs_tokens.csv"
-    save_figure(fig, png)
-    plt.close(fig)
-    _write_csv(data, ["task", "metric", "series", "tokens_trained", "accuracy_pct", "run"], lines)
-    return [png, data]
+    return _write_plot(fig, out_dir, "acc_vs_tokens",
+                       ["task", "metric", "series", "tokens_trained", "accuracy_pct", "run"], lines)
 
 
 def loss_curves(run_dirs: list[Path], out_dir: Path, smooth_steps: int = 10) -> list[Path]:
@@ -191,13 +191,7 @@ def loss_curves(run_dirs: list[Path], out_dir: Path, smooth_steps: int = 10) -> 
     ax.set_ylim(top=min(ax.get_ylim()[1], 8))
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5))  # beside the axes: no line hidden
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    png, data = out_dir / "loss_curves.png", out_dir / "loss_curves.csv"
-    save_figure(fig, png)
-    plt.close(fig)
-    _write_csv(data, ["run", "model", "tokens", "loss"], lines)
-    return [png, data]
+    return _write_plot(fig, out_dir, "loss_curves", ["run", "model", "tokens", "loss"], lines)
 
 
 def write_plots(rows: list[Row], out_dir: Path, run_configs: dict | None = None,

@@ -406,6 +406,11 @@ def train(model_name: str, cfg: Config, run_dir: Path, device: str | None = None
                                saved_meta.get("mfu"), saved_meta.get("peak_mem_gib"))
 
     peak = measure_matmul_peak(d.device) if d.device.type == "cuda" else None
+
+    def mfu_of(tokens_per_s: float | None) -> float | None:
+        """Model FLOPs utilisation per GPU of the job's tokens/s (all ranks together)."""
+        return flops.train * tokens_per_s / (peak * d.world_size) if peak and tokens_per_s else None
+
     if d.device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(d.device)
     header = {"run": f"{model_name}-{cfg.preset}", "command": command_line(), "commit": git_commit(),
@@ -450,7 +455,7 @@ def train(model_name: str, cfg: Config, run_dir: Path, device: str | None = None
             tok_s = step_tokens / seconds
             record = {"step": step + 1, "tokens": (step + 1) * step_tokens, "loss": loss_value, "lr": lr,
                       "grad_norm": grad_norm, "tokens_per_s": tok_s,
-                      "mfu": flops.train * tok_s / (peak * d.world_size) if peak else None, "peak_mem_gib": peak_mem,
+                      "mfu": mfu_of(tok_s), "peak_mem_gib": peak_mem,
                       "seconds": time.time() - t0}
             if (step + 1) % tcfg.save_every == 0 and step + 1 < tcfg.steps:
                 save_checkpoint(run_dir, wrapped, optimizer, {**meta, "step": step + 1, "tokens": record["tokens"]},
@@ -471,7 +476,7 @@ def train(model_name: str, cfg: Config, run_dir: Path, device: str | None = None
     held, _ = heldout_loss(distributed.unwrap(wrapped), held_stream, tcfg.seq_len, tcfg.eval_tokens, micro,
                            d.device, autocast, d)
     tokens_per_s = timed_tokens / timed_s if timed_s else None  # all ranks together
-    mfu = flops.train * tokens_per_s / (peak * d.world_size) if peak and tokens_per_s else None  # per GPU
+    mfu = mfu_of(tokens_per_s)
     meta.update(step=tcfg.steps, tokens=tcfg.steps * step_tokens, heldout_loss=held, train_loss=loss_value,
                 tokens_per_s=tokens_per_s, mfu=mfu, peak_flops=peak, peak_mem_gib=peak_mem,
                 peak_mem_gib_per_rank=d.gather_objects(peak_mem))

@@ -4,13 +4,16 @@
     results/<run>/run.json     command, configs, versions, commit, device, date
 
 Files are replaced through a temporary file and os.replace, so an interrupted run leaves either
-the old file or the new one, never half of one.
+the old file or the new one, never half of one. Rows are merged into a rows file under a lock on
+its folder, so that jobs writing into one run folder at once (one per GPU) keep each other's rows.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as _dt
+import fcntl
 import json
 import os
 import platform
@@ -19,7 +22,7 @@ import sys
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 ROW_FIELDS = ("run", "model", "preset", "params", "tokens_trained", "task", "metric", "value", "stderr",
               "n", "seed", "checkpoint", "commit", "device", "date", "command")
@@ -81,13 +84,31 @@ def write_rows(path: Path, rows: Iterable[Row]) -> None:
     atomic_write_text(path, "".join(json.dumps(r.to_dict(), default=str) + "\n" for r in rows))
 
 
-def append_rows(path: Path, rows: Iterable[Row]) -> None:
-    """Add rows to a JSONL file atomically (the whole file is rewritten through a temporary)."""
+@contextlib.contextmanager
+def folder_lock(folder: Path):
+    """Hold an exclusive advisory lock on a folder (flock on its descriptor: no lock file is left
+    behind in a results folder that gets committed) for one read-modify-write of a file in it."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing the descriptor releases the lock
+
+
+def replace_rows(path: Path, rows: Iterable[Row], replaced: Callable[[Row], bool], warn=print) -> list[Row]:
+    """Write rows into the rows file at path in place of the stored rows that `replaced` selects,
+    and return the file's new content. The file is read again under the folder's lock, so rows that
+    another job wrote since this one started (two `harness run` on two GPUs into one run folder)
+    are kept, where writing this job's start-time view would drop them."""
     path = Path(path)
-    old = path.read_text(encoding="utf-8") if path.exists() else ""
-    if old and not old.endswith("\n"):
-        old += "\n"
-    atomic_write_text(path, old + "".join(json.dumps(r.to_dict(), default=str) + "\n" for r in rows))
+    with folder_lock(path.parent):
+        current = read_rows(path, warn=warn) if path.is_file() else []
+        merged = [r for r in current if not replaced(r)] + list(rows)
+        write_rows(path, merged)
+    return merged
 
 
 def read_rows(path: Path, warn=print) -> list[Row]:

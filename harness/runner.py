@@ -31,7 +31,7 @@ from harness.data import get_tokenizer
 from harness.distributed import Dist
 from harness.registry import get_model, get_task
 from harness.results import (Row, atomic_write_text, command_line, device_name, git_commit, now,
-                             read_rows, rows_table, versions, write_rows)
+                             read_rows, replace_rows, rows_table, versions)
 from harness.train import CHECKPOINT_DIR, load_checkpoint, train
 from harness.trainlog import LOG_FILE
 
@@ -162,7 +162,8 @@ def keep_training_record(model_dir: Path, out: Path, name: str) -> None:
 def run_tasks(model, tokenizer, ctx: TaskContext, tasks: list, existing: list[Row], rows_file: Path,
               log: Callable[[str], None] = print) -> list[Row]:
     """Run tasks on one model, replacing its earlier rows of each task; the rows file is rewritten
-    atomically after every task, so an interruption loses only the task in flight.
+    atomically after every task, so an interruption loses only the task in flight, and merged with
+    what is on disk then (`replace_rows`), so a job running beside this one keeps its rows.
 
     In a torchrun job (`ctx.dist`) a data-parallel task runs on every rank and returns its rows on
     rank 0; any other task runs on rank 0 while the other ranks wait; rank 0 alone writes."""
@@ -182,8 +183,8 @@ def run_tasks(model, tokenizer, ctx: TaskContext, tasks: list, existing: list[Ro
             row.extra["eval_seconds"] = round(seconds, 2)
             if d is not None and task.data_parallel:  # computed by every rank of the job
                 row.extra["world_size"] = d.world_size
-        existing = [r for r in existing if (r.model, r.task) != (ctx.model_name, task.name)] + rows
-        write_rows(rows_file, existing)
+        existing = replace_rows(rows_file, rows, lambda r: (r.model, r.task) == (ctx.model_name, task.name),
+                                warn=log)
         log(f"{ctx.model_name}: {task.name} done in {seconds:.1f}s ({len(rows)} rows)")
     return existing
 

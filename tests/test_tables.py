@@ -8,14 +8,16 @@ come only from the committed, verified files in results/paper, never from this f
 import csv
 import io
 import math
+import multiprocessing
 import re
 import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
+import torch
 
-from harness.results import ResultsError, dedupe_rows, load_run, read_reference
+from harness.results import ResultsError, Row, dedupe_rows, load_run, read_reference, read_rows, replace_rows
 from harness.tables import (ACC_COLUMNS, AVERAGE_TASK, MAIN_COLUMNS, TABLES, build, collect, render, to_latex)
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -344,3 +346,47 @@ def test_rows_record_the_commit_the_sender_names_over_a_copy_s_git(monkeypatch, 
     assert git_commit(tmp_path) == head
     (tmp_path / "f.txt").write_text("y")
     assert git_commit(tmp_path) == head + "-dirty"
+
+
+def _row(model: str, task: str, value: float) -> Row:
+    return Row(run="run", model=model, preset="small", task=task, metric="acc", value=value)
+
+
+def _write_tasks(path: Path, model: str, tasks: int) -> None:
+    for t in range(tasks):
+        replace_rows(path, [_row(model, f"t{t}", t)], lambda r, t=t: (r.model, r.task) == (model, f"t{t}"))
+
+
+def test_two_jobs_writing_one_rows_file_at_once_keep_every_row(tmp_path):
+    """Two processes (one `harness run` per GPU into one run folder) each replace rows 40 times."""
+    path = tmp_path / "run" / "rows.jsonl"
+    fork = multiprocessing.get_context("fork")
+    jobs = [fork.Process(target=_write_tasks, args=(path, model, 40)) for model in ("swat", "mamba")]
+    for job in jobs:
+        job.start()
+    for job in jobs:
+        job.join(60)
+        assert job.exitcode == 0
+    rows = read_rows(path)
+    assert sorted((r.model, r.task) for r in rows) == sorted((m, f"t{t}") for m in ("swat", "mamba") for t in range(40))
+
+
+def test_a_run_merges_its_rows_with_what_another_job_wrote_since_it_started(tmp_path):
+    """run_tasks started with an empty view of the folder; another job's rows written meanwhile stay,
+    and this job's earlier row of the same task is replaced, not duplicated."""
+    from harness.config import load_config
+    from harness.runner import TaskContext, run_tasks
+    path = tmp_path / "run" / "rows.jsonl"
+    replace_rows(path, [_row("hgrn2", "wikitext", 2.25), _row("swat", "fake", 0.0)], lambda r: False)
+    ctx = TaskContext(cfg=load_config(preset="tiny"), run="run", model_name="swat", device="cpu")
+
+    class FakeTask:
+        name, data_parallel = "fake", True
+
+        def run(self, model, tokenizer, ctx):
+            return [ctx.row("fake", "acc", 0.5)]
+
+    rows = run_tasks(torch.nn.Linear(1, 1), None, ctx, [FakeTask()], [], path, log=lambda m: None)
+    stored = sorted((r.model, r.task, r.value) for r in read_rows(path))
+    assert stored == sorted((r.model, r.task, r.value) for r in rows) == [("hgrn2", "wikitext", 2.25),
+                                                                          ("swat", "fake", 0.5)]

@@ -280,7 +280,7 @@ def run_bench(names: list[str], cfg: Config, sweeps, lengths: dict, device: torc
 
     from harness.plots import speed_curves
     from harness.results import (Row, atomic_write_text, command_line, device_name, git_commit, now, read_rows,
-                                 versions, write_rows)
+                                 replace_rows, versions)
     from harness.tables import build, render
 
     out = Path(out_dir)
@@ -313,8 +313,8 @@ def run_bench(names: list[str], cfg: Config, sweeps, lengths: dict, device: torc
         points = sweep_model(name, cfg, todo, lengths, device, train_tokens, decode_batches, on_point=on_point,
                              log=log)
         fresh = points_to_rows(points, make_row)
-        rows = [r for r in rows if not (r.model == name and r.task in {f"speed_{s}" for s in todo})] + fresh
-        write_rows(rows_file, rows)
+        measured = {f"speed_{s}" for s in todo}
+        rows = replace_rows(rows_file, fresh, lambda r: r.model == name and r.task in measured, warn=log)
     atomic_write_text(out / "table.md", render(build("speed", rows), "md"))
     speed_curves(rows, out)
     return rows

@@ -231,7 +231,9 @@ def cmd_bench_models(args) -> None:
     on_cpu = device.type == "cpu"
     lengths = dict(bm.CPU_LENGTHS if on_cpu else bm.DEFAULT_LENGTHS)
     lengths.update(parse_lengths(args.lengths))
-    out = Path(args.out or Path(args.results) / "speed" / device_slug(device_name(str(device))) / args.preset)
+    # rows with recomputation go to a folder of their own: same keys, other measurement
+    folder = args.preset + ("-activation-checkpointing" if cfg.train.activation_checkpointing else "")
+    out = Path(args.out or Path(args.results) / "speed" / device_slug(device_name(str(device))) / folder)
 
     def show(point):
         shown = ", ".join(f"{k} {v:,.3g}" for k, v in point.metrics.items()) or point.status
@@ -404,7 +406,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--decode-batches", help="comma-separated decode batch sizes (default 1,64)")
     b.add_argument("--device", help="cpu | cuda (default: cuda when available)")
     b.add_argument("--results", default="results")
-    b.add_argument("--out", help="output folder (default: RESULTS/speed/<device>/<preset>)")
+    b.add_argument("--out", help="output folder (default: RESULTS/speed/<device>/<preset>, "
+                   "<preset>-activation-checkpointing with --set train.activation_checkpointing=true)")
     b.add_argument("--force", action="store_true", help="measure again models already in the output folder")
     b.add_argument("--preset", default="340m", help="model sizes (default 340m, the paper's scale)")
     b.add_argument("--config", help="YAML file with model: and train: sections overriding the preset")

@@ -169,6 +169,17 @@ def test_cli_writes_rows_table_and_plots_then_skips(tmp_path):
     assert bad.returncode == 2 and "unknown sweep 'warp'" in bad.stderr
 
 
+def test_cli_puts_sweeps_with_activation_checkpointing_in_a_folder_of_their_own(tmp_path):
+    """Rows with recomputation have the same keys as those without: they must not replace them."""
+    cmd = [sys.executable, "-m", "harness", "bench", "models", "--preset", "tiny", "--models", "swat", "--sweeps",
+           "train", "--lengths", "train=32", "--train-tokens", "64", "--results", str(tmp_path),
+           "--set", "train.activation_checkpointing=true"]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    (folder,) = (tmp_path / "speed").glob("*/tiny-activation-checkpointing")
+    assert {json.loads(line)["activation_checkpointing"] for line in (folder / "rows.jsonl").open()} == {1}
+
+
 @gpu
 @pytest.mark.parametrize("name", ["swat", "transformer", "sliding_softmax"])
 def test_gpu_attention_decode_step_replays_from_a_cuda_graph(name):

@@ -93,7 +93,9 @@ stage() {
     for v in ${ABLATIONS:-sigmoid_bias=-5.545 activation=softmax activation=softmax+slopes=negative slopes=negative \
         slopes=none rope=false window=64 window=128 window=512}; do
       sets=(); for kv in ${v//+/ }; do sets+=(--set "model.$kv"); done
-      each "abl-${v//[=+]/-}" swat "${sets[@]}" --tasks smoke,wikitext_2_v1,length
+      # ABL_SEED=1: the same variants at another seed, each into a folder of its own
+      each "abl-${v//[=+]/-}${ABL_SEED:+-seed$ABL_SEED}" swat "${sets[@]}" ${ABL_SEED:+--set train.seed=$ABL_SEED} \
+        --tasks smoke,wikitext_2_v1,length
     done ;;
   mfu)  # issue 6: tokens/s, MFU and memory of compiled swat and transformer, plain vs fused cross-entropy
     for m in ${MFU_MODELS:-swat transformer}; do for f in ${MFU_CE:-false true}; do

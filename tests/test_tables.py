@@ -15,7 +15,6 @@ import subprocess
 from pathlib import Path
 
 import pytest
-import torch
 
 from harness.results import ResultsError, Row, dedupe_rows, load_run, read_reference, read_rows, replace_rows
 from harness.tables import (ACC_COLUMNS, AVERAGE_TASK, MAIN_COLUMNS, TABLES, build, collect, render, to_latex)
@@ -368,12 +367,15 @@ def test_two_jobs_writing_one_rows_file_at_once_keep_every_row(tmp_path):
         job.join(60)
         assert job.exitcode == 0
     rows = read_rows(path)
-    assert sorted((r.model, r.task) for r in rows) == sorted((m, f"t{t}") for m in ("swat", "mamba") for t in range(40))
+    expected = sorted((m, f"t{t}") for m in ("swat", "mamba") for t in range(40))
+    assert sorted((r.model, r.task) for r in rows) == expected
 
 
 def test_a_run_merges_its_rows_with_what_another_job_wrote_since_it_started(tmp_path):
     """run_tasks started with an empty view of the folder; another job's rows written meanwhile stay,
     and this job's earlier row of the same task is replaced, not duplicated."""
+    import torch
+
     from harness.config import load_config
     from harness.runner import TaskContext, run_tasks
     path = tmp_path / "run" / "rows.jsonl"

@@ -30,7 +30,7 @@ from harness import distributed
 from harness.data import get_tokenizer
 from harness.distributed import Dist
 from harness.registry import get_model, get_task
-from harness.results import (Row, atomic_write_text, command_line, device_name, git_commit, now,
+from harness.results import (Row, atomic_write_text, command_line, device_name, folder_lock, git_commit, now,
                              read_rows, replace_rows, rows_table, versions)
 from harness.train import CHECKPOINT_DIR, load_checkpoint, train
 from harness.trainlog import LOG_FILE
@@ -103,13 +103,14 @@ def run(models: list[str], task_names: list[str], cfg: Config, run_name: str, re
     info = {"run": run_name, "models": models, "tasks": task_names, "config": cfg.to_dict(),
             "config_hash": config_hash(cfg), "versions": versions(), **provenance}
     run_json = out / "run.json"
-    if run_json.is_file():
-        previous = json.loads(run_json.read_text())
-        info["models"] = list(dict.fromkeys(previous.get("models", []) + models))
-        info["tasks"] = list(dict.fromkeys(previous.get("tasks", []) + task_names))
     existing = stored_rows(rows_file, d, log)
     if main:
-        atomic_write_text(run_json, json.dumps(info, indent=1, default=str))
+        with folder_lock(out):  # another job may be adding its models to this run's record
+            if run_json.is_file():
+                previous = json.loads(run_json.read_text())
+                info["models"] = list(dict.fromkeys(previous.get("models", []) + models))
+                info["tasks"] = list(dict.fromkeys(previous.get("tasks", []) + task_names))
+            atomic_write_text(run_json, json.dumps(info, indent=1, default=str))
     done = {(r.model, r.task) for r in existing}
     tokenizer = get_tokenizer(cfg.train.tokenizer)
     for name in models:

@@ -279,8 +279,8 @@ def run_bench(names: list[str], cfg: Config, sweeps, lengths: dict, device: torc
     from pathlib import Path
 
     from harness.plots import speed_curves
-    from harness.results import (Row, atomic_write_text, command_line, device_name, git_commit, now, read_rows,
-                                 replace_rows, versions)
+    from harness.results import (Row, atomic_write_text, command_line, device_name, folder_lock, git_commit, now,
+                                 read_rows, replace_rows, versions)
     from harness.tables import build, render
 
     out = Path(out_dir)
@@ -291,11 +291,12 @@ def run_bench(names: list[str], cfg: Config, sweeps, lengths: dict, device: torc
                   "command": command_line()}
     info = {"models": names, "sweeps": list(sweeps), "lengths": lengths, "train_tokens": train_tokens,
             "decode_batches": list(decode_batches), "config": cfg.to_dict(), "versions": versions(), **provenance}
-    if (out / "run.json").is_file():  # a folder filled by several commands keeps a line for each earlier one
-        previous = json.loads((out / "run.json").read_text(encoding="utf-8"))
-        info["earlier"] = previous.pop("earlier", []) + [
-            {k: previous.get(k) for k in ("command", "commit", "date", "device", "models", "sweeps")}]
-    atomic_write_text(out / "run.json", json.dumps(info, indent=1, default=str))
+    with folder_lock(out):  # as the rows: a bench beside this one into the same folder keeps its line
+        if (out / "run.json").is_file():  # a folder filled by several commands keeps a line for each earlier one
+            previous = json.loads((out / "run.json").read_text(encoding="utf-8"))
+            info["earlier"] = previous.pop("earlier", []) + [
+                {k: previous.get(k) for k in ("command", "commit", "date", "device", "models", "sweeps")}]
+        atomic_write_text(out / "run.json", json.dumps(info, indent=1, default=str))
     if device.type == "cpu":
         log(f"warning: {CPU_WARNING}")
     vers = versions()

@@ -261,7 +261,7 @@ def cmd_bench_kernels(args) -> None:
                      windows=parse_windows(args.windows), tokens=args.tokens, hidden=args.hidden,
                      peers=tuple(split_names(args.peers)), modes=tuple(split_names(args.modes)),
                      decode_contexts=tuple(parse_ints(args.decode_contexts, "--decode-contexts")),
-                     decode_batch=args.decode_batch)
+                     decode_batches=tuple(parse_ints(args.decode_batches, "--decode-batches")))
     with Progress(TextColumn("[bold]bench kernels"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                   TextColumn("{task.description}"), TimeElapsedColumn(), console=console) as bar:
         task = bar.add_task("", total=None)
@@ -425,7 +425,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--peers", default="swat,flex,fla,flash_attn,sdpa,triton_sigmoid", help="comma-separated peers")
     b.add_argument("--modes", default="fwd,fwd_bwd,decode", help="comma-separated: fwd, fwd_bwd, decode")
     b.add_argument("--decode-contexts", default="1024,8192,32768,131072", help="decode context lengths")
-    b.add_argument("--decode-batch", type=int, default=8, help="sequences per decode step (default 8)")
+    b.add_argument("--decode-batches", default="8", help="comma-separated sequences per decode step (default 8)")
     b.add_argument("--out", default="results/kernels", help="output root; files go to OUT/<device>/")
     b.add_argument("--force", action="store_true", help="measure again what OUT/<device>/kernels.csv holds")
     b.add_argument("--render-only", metavar="DIR", help="only rewrite DIR/kernels.md and plots from DIR/kernels.csv")

@@ -126,6 +126,23 @@ def test_decode_matches_reference(pos):
     assert rel_err(got, want) < 2e-5
 
 
+@pytest.mark.parametrize("min_programs", [1, 16, 10**6])
+def test_decode_matches_reference_for_any_split(min_programs):
+    """One run of slots per (sequence, head), two (the last one part empty: three tiles of slots in
+    runs of two), and one per tile: every launch config the split heuristic can pick gives the same output."""
+    from harness.ops.swat.function import decode_launch, override_decode_config
+    B, H, Hkv, d, pos = 2, 4, 2, 64, 1000
+    W = 3 * decode_launch(B * H, 1, d)[0]  # three tiles
+    g = torch.Generator(device="cpu").manual_seed(0)
+    q = torch.randn(B, H, d, generator=g).to(DEVICE)
+    kc, vc = (torch.randn(B, W, Hkv, d, generator=g).to(DEVICE) for _ in range(2))
+    slopes = alibi_slopes(H).to(DEVICE)
+    with override_decode_config(MIN_PROGRAMS=min_programs):
+        assert decode_launch(B * H, W, d)[2] == {1: 1, 16: 2, 10**6: 3}[min_programs]
+        got = swat_decode_triton(q, kc, vc, W, pos, slopes, W)
+    assert rel_err(got, swat_decode_ref(q, kc, vc, W, pos, slopes, W)) < 2e-5
+
+
 def test_decode_step_equals_last_forward_row():
     """Filling the ring buffer from a sequence and decoding its last token gives the forward's last row."""
     T, H, d, W = 41, 2, 64, 16
@@ -230,3 +247,19 @@ def test_bench_kernels_writes_results_and_resumes(tmp_path):
     assert (out / "kernels.png").is_file() and (out / "run.json").is_file()
     run_kernel_bench(spec, tmp_path, log=lambda m: None)
     assert read_csv(out / "kernels.csv") == rows
+
+
+def test_bench_kernels_decode_puts_sdpa_over_the_same_buffer_beside_swat(tmp_path):
+    """Decode mode: per batch and context, SWAT and SDPA over the same W-slot buffer, SDPA over the
+    full cache, and a table with their ratios."""
+    from harness.bench.kernels import BenchSpec, read_csv, run_kernel_bench
+    spec = BenchSpec(head_dims=[64], lengths=[32], windows=[16], tokens=32, hidden=64, peers=("swat",),
+                     modes=("decode",), decode_contexts=(64,), decode_batches=(1, 2))
+    out = run_kernel_bench(spec, tmp_path, log=lambda m: None)
+    rows = read_csv(out / "kernels.csv")
+    got = {(r["peer"], r["batch"], r["window"]) for r in rows if r["ms"] and r["ms"] > 0}
+    assert got == {(p, B, W) for B in (1, 2) for p, W in (("swat", 16), ("sdpa", 16), ("sdpa", 64))}
+    text = (out / "kernels.md").read_text()
+    assert "| swat W=16 us | sdpa W=16 us | sdpa / swat W=16 | sdpa full us |" in text
+    assert text.count("| 64 | 1 | 1 | 64 |") == 1 and text.count("| 64 | 2 | 1 | 64 |") == 1
+    assert (out / "decode.png").is_file()

@@ -11,8 +11,9 @@ the timed region):
 - triton_sigmoid  triton-sigmoid's sigmoid_attention(is_causal=True) (only where W >= T)
 
 Modes: fwd (no autograd), fwd_bwd (forward + backward against a fixed output gradient), and decode
-(one token against SWAT's W-slot ring buffer vs SDPA over a full KV cache of the context; timed as
-CUDA-graph replays, so host launch overhead is out of both). TFLOP/s
+(one token against SWAT's W-slot ring buffer, against SDPA over the same W slots, the step of a
+sliding-window softmax model, and against SDPA over a full KV cache of the context; timed as
+CUDA-graph replays, so host launch overhead is out of all three). TFLOP/s
 count only the band's (query, key) pairs (harness.bench.timing.attention_flops); the ratio is the
 fastest peer's time over SWAT's (above 1: SWAT is faster). Results go to OUT/<device>/ as
 kernels.csv, kernels.md, kernels.png (time vs W) and decode.png, plus run.json.
@@ -221,7 +222,8 @@ def measure_shape(shape: Shape, peers: list[str], modes: list[str], device: torc
 
 def measure_decode(head_dim: int, heads: int, batch: int, context: int, windows: list[int], device, dtype,
                    done: set, timing: dict) -> list[dict]:
-    """One new token: SWAT against its W-slot ring buffer (per W) and SDPA over a full cache of `context`."""
+    """One new token: SWAT against its W-slot ring buffer and SDPA over the same buffer (per W), and
+    SDPA over a full cache of `context` (rows of peer sdpa with window = context)."""
     from harness.ops.alibi import alibi_slopes
     from harness.ops.swat.function import swat_decode_triton
     gen = torch.Generator(device="cpu").manual_seed(1)
@@ -231,15 +233,23 @@ def measure_decode(head_dim: int, heads: int, batch: int, context: int, windows:
     q = torch.randn(batch, heads, head_dim, generator=gen).to(device, dtype)
     for W in windows:
         shape = Shape(head_dim, context, W, batch, heads)
-        if W >= context or ("decode", shape, "swat") in done:
+        if W >= context:
             continue
         kc, vc = (torch.randn(batch, W, heads, head_dim, generator=gen).to(device, dtype) for _ in range(2))
-        try:
-            ms = median_ms(lambda: swat_decode_triton(q, kc, vc, W, context - 1, slopes, W), cuda, cuda_graph=True,
-                           **timing)
-            rows.append(_row("decode", shape, PEER_SPECS["swat"], ms, pairs=batch * heads * W))
-        except Exception as err:
-            rows.append(_row("decode", shape, PEER_SPECS["swat"], status=_error(err)))
+        if ("decode", shape, "swat") not in done:
+            try:
+                ms = median_ms(lambda: swat_decode_triton(q, kc, vc, W, context - 1, slopes, W), cuda,
+                               cuda_graph=True, **timing)
+                rows.append(_row("decode", shape, PEER_SPECS["swat"], ms, pairs=batch * heads * W))
+            except Exception as err:
+                rows.append(_row("decode", shape, PEER_SPECS["swat"], status=_error(err)))
+        if ("decode", shape, "sdpa") not in done:  # the ring buffer as a sliding-window softmax model reads it
+            qs, ks, vs = q[:, :, None], kc.transpose(1, 2), vc.transpose(1, 2)
+            try:
+                ms = median_ms(lambda: F.scaled_dot_product_attention(qs, ks, vs), cuda, cuda_graph=True, **timing)
+                rows.append(_row("decode", shape, PEER_SPECS["sdpa"], ms, pairs=batch * heads * W))
+            except Exception as err:
+                rows.append(_row("decode", shape, PEER_SPECS["sdpa"], status=_error(err)))
     shape = Shape(head_dim, context, context, batch, heads)
     if ("decode", shape, "sdpa") not in done:
         try:
@@ -311,20 +321,33 @@ def ratio_table(rows: list[dict], mode: str) -> tuple[list[str], list[list[str]]
 
 
 def decode_table(rows: list[dict]) -> tuple[list[str], list[list[str]]]:
+    """Per (d, B, H, context): SWAT and SDPA over the same W-slot buffer for each W (ratio above 1:
+    SWAT is faster), then SDPA over the full cache and its ratio to SWAT at the largest W."""
     dec = [r for r in rows if r["mode"] == "decode" and r["ms"] is not None]
     windows = sorted({r["window"] for r in dec if r["peer"] == "swat"})
-    header = ["d", "B", "H", "context"] + [f"swat W={w} us" for w in windows] + ["sdpa full us",
-                                                                                 "sdpa / swat (largest W)"]
+    header = ["d", "B", "H", "context"]
+    for w in windows:
+        header += [f"swat W={w} us", f"sdpa W={w} us", f"sdpa / swat W={w}"]
+    header += ["sdpa full us", "sdpa full / swat (largest W)"]
     body = []
     for d, B, H, ctx in sorted({(r["head_dim"], r["batch"], r["heads"], r["seq_len"]) for r in dec}):
         sel = [r for r in dec if (r["head_dim"], r["batch"], r["heads"], r["seq_len"]) == (d, B, H, ctx)]
         swat = {r["window"]: r["ms"] for r in sel if r["peer"] == "swat"}
-        full = next((r["ms"] for r in sel if r["peer"] == "sdpa"), None)
+        sdpa = {r["window"]: r["ms"] for r in sel if r["peer"] == "sdpa"}
+        line = [d, B, H, ctx]
+        for w in windows:
+            line += [_us(swat.get(w)), _us(sdpa.get(w)), _ratio(sdpa.get(w), swat.get(w))]
         largest = max(swat) if swat else None
-        ratio = f"{full / swat[largest]:.2f}x" if full and largest else ""
-        body.append([d, B, H, ctx] + [f"{swat[w] * 1e3:.1f}" if w in swat else "" for w in windows] +
-                    [f"{full * 1e3:.1f}" if full else "", ratio])
+        body.append(line + [_us(sdpa.get(ctx)), _ratio(sdpa.get(ctx), swat.get(largest))])
     return header, body
+
+
+def _us(ms: float | None) -> str:
+    return f"{ms * 1e3:.1f}" if ms else ""
+
+
+def _ratio(peer_ms: float | None, swat_ms: float | None) -> str:
+    return f"{peer_ms / swat_ms:.2f}x" if peer_ms and swat_ms else ""
 
 
 def markdown(rows: list[dict], info: dict) -> str:
@@ -385,11 +408,14 @@ def plot(rows: list[dict], out: Path) -> list[Path]:
     dec = [r for r in rows if r["ms"] is not None and r["mode"] == "decode"]
     if dec:
         fig, ax = plt.subplots(figsize=(6, 4))
-        for line in sorted({(r["peer"], r["head_dim"], r["window"] if r["peer"] == "swat" else 0) for r in dec}):
-            peer, d, W = line
+        # one line per (peer, d, B, W); W = 0 stands for SDPA over the full cache (window = context)
+        def window(r):
+            return 0 if r["window"] >= r["seq_len"] else r["window"]
+        for peer, d, B, W in sorted({(r["peer"], r["head_dim"], r["batch"], window(r)) for r in dec}):
             pts = sorted((r["seq_len"], r["ms"] * 1e3) for r in dec
-                         if (r["peer"], r["head_dim"]) == (peer, d) and (peer != "swat" or r["window"] == W))
-            ax.plot(*zip(*pts), marker="o", label=f"{peer} d={d}" + (f" W={W}" if peer == "swat" else " full"))
+                         if (r["peer"], r["head_dim"], r["batch"], window(r)) == (peer, d, B, W))
+            ax.plot(*zip(*pts), marker="o", linestyle="-" if peer == "swat" else "--",
+                    label=f"{peer} d={d} B={B} " + (f"W={W}" if W else "full cache"))
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")
         ax.set_xlabel("context length")
@@ -414,7 +440,7 @@ class BenchSpec:
     peers: tuple = PEERS
     modes: tuple = MODES
     decode_contexts: tuple = (1024, 8192, 32768, 131072)
-    decode_batch: int = 8
+    decode_batches: tuple = (8,)
     dtype: str = "bfloat16"
     warmup_ms: float = 10
     rep_ms: float = 50
@@ -454,7 +480,7 @@ def run_kernel_bench(spec: BenchSpec, out_root: Path, force: bool = False, log: 
     shapes = kernel_shapes(spec.head_dims, spec.lengths, spec.windows, spec.tokens, spec.hidden)
     decode = "decode" in spec.modes
     ctx_windows = sorted({int(w) for w in spec.windows if w != "T"})
-    total = len(shapes) + (len(spec.head_dims) * len(spec.decode_contexts) if decode else 0)
+    total = len(shapes) + (len(spec.head_dims) * len(spec.decode_contexts) * len(spec.decode_batches) if decode else 0)
 
     def save():
         atomic_write_text(csv_path, to_csv(rows))
@@ -478,9 +504,10 @@ def run_kernel_bench(spec: BenchSpec, out_root: Path, force: bool = False, log: 
                f"d={shape.head_dim} T={shape.seq_len} W={shape.window}")
     if decode:
         for d in spec.head_dims:
-            for ctx in spec.decode_contexts:
-                record(measure_decode(d, spec.hidden // d, spec.decode_batch, ctx, ctx_windows, device, dtype, done,
-                                      timing), f"decode d={d} context={ctx}")
+            for B in spec.decode_batches:
+                for ctx in spec.decode_contexts:
+                    record(measure_decode(d, spec.hidden // d, B, ctx, ctx_windows, device, dtype, done, timing),
+                           f"decode d={d} batch={B} context={ctx}")
     if rows and (out / "run.json").is_file() and not force:  # keep the provenance of resumed rows
         previous = json.loads((out / "run.json").read_text(encoding="utf-8"))
         info["previous_runs"] = previous.pop("previous_runs", []) + [previous]

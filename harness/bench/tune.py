@@ -1,12 +1,16 @@
-"""Tile-config sweep for the SWAT kernels on a GPU: `python -m harness.bench.tune [--out FILE]`.
+"""Config sweeps for the SWAT kernels on a GPU: `python -m harness.bench.tune [--sweeps S] [--out FILE]`.
 
-Times candidate configs (BLOCK_M, BLOCK_N, warps, stages, ONE_LOOP) of each pass (fwd, dkdv, dq)
-at d = 64 and 128, B*T = 65536, T = 8192: the "small" regime at W = 128, the "large" one at W = 2048
-and W = T; then the sigmoid's reciprocal on the special-function unit (mode 1) against the Newton
-one (mode 2) with the current configs. The winners go into CONFIGS / SIGMOID_MODE in
-harness/ops/swat/function.py by hand, with the numbers in harness/ops/swat/NOTES.md. A backward
-candidate is timed as the whole backward (dK/dV + dQ) with the other pass at its current config,
-so differences between candidates of one pass are that pass's differences.
+Sweep `tiles` times candidate configs (BLOCK_M, BLOCK_N, warps, stages, ONE_LOOP) of each pass
+(fwd, dkdv, dq) at d = 64 and 128, B*T = 65536, T = 8192: the "small" regime at W = 128, the
+"large" one at W = 2048 and W = T; then the sigmoid's reciprocal on the special-function unit
+(mode 1) against the Newton one (mode 2) with the current configs. A backward candidate is timed
+as the whole backward (dK/dV + dQ) with the other pass at its current config, so differences
+between candidates of one pass are that pass's differences. Sweep `decode` times the decode
+kernel's launch configs (DECODE_CONFIG: programs wanted, tile size, warps) at batch 1, 8 and 64
+over full W-slot ring buffers, as CUDA-graph replays, beside SDPA (softmax, no bias) over the same
+buffer: the work of a sliding-window softmax model's decode step, the peer a user would pick.
+The winners go into CONFIGS / SIGMOID_MODE / DECODE_CONFIG in harness/ops/swat/function.py by
+hand, with the numbers in harness/ops/swat/NOTES.md.
 """
 
 from __future__ import annotations
@@ -19,7 +23,8 @@ import torch
 
 from harness.ops.alibi import alibi_slopes
 from harness.ops.swat import function as fn_mod
-from harness.ops.swat.function import _cfg, _swat_bwd, _swat_fwd, override_configs
+from harness.ops.swat.function import (_cfg, _swat_bwd, _swat_fwd, decode_launch, override_configs,
+                                       override_decode_config, swat_decode_triton)
 
 CANDIDATES = {
     ("fwd", "small"): [_cfg(64, 64, 4, 3), _cfg(64, 64, 4, 3, True), _cfg(64, 32, 4, 3, True),
@@ -75,24 +80,71 @@ def sweep(seq_len: int = 8192, tokens: int = 65536, log=print) -> list[dict]:
     return rows
 
 
+DECODE_CANDIDATES = [dict(MIN_PROGRAMS=p, TILE_ELEMS=t, num_warps=w)
+                     for p in (1, 264, 1056, 4224) for t in (2048, 4096, 8192) for w in (2, 4, 8)]
+
+
+def decode_sweep(log=print) -> list[dict]:
+    from harness.bench.timing import median_ms
+    import torch.nn.functional as F
+    rows = []
+    for d in (64, 128):
+        H = 1024 // d
+        slopes = alibi_slopes(H).cuda()
+        for B in (1, 8, 64):
+            for W in (512, 2048):
+                gen = torch.Generator(device="cpu").manual_seed(0)
+                q = torch.randn(B, H, d, generator=gen).to("cuda", torch.bfloat16)
+                kc, vc = (torch.randn(B, W, H, d, generator=gen).to("cuda", torch.bfloat16) for _ in range(2))
+                shape = dict(d=d, B=B, H=H, W=W)
+                qs, ks, vs = q[:, :, None], kc.transpose(1, 2), vc.transpose(1, 2)
+                ms = median_ms(lambda: F.scaled_dot_product_attention(qs, ks, vs), True, cuda_graph=True)
+                rows.append(dict(shape, what="decode sdpa (same buffer, softmax)", ms=ms, note=""))
+                log(json.dumps(rows[-1]))
+                for cand in DECODE_CANDIDATES:
+                    with override_decode_config(**cand):
+                        splits = decode_launch(B * H, W, d)[2]
+                        ms, note = _time_graph(lambda: swat_decode_triton(q, kc, vc, W, 10 * W, slopes, W))
+                    rows.append(dict(shape, what="decode", **cand, splits=splits, ms=ms, note=note))
+                    log(json.dumps(rows[-1]))
+    return rows
+
+
+def _time_graph(fn) -> tuple[float | None, str]:
+    from harness.bench.timing import median_ms
+    try:
+        return median_ms(fn, True, rep_ms=20, cuda_graph=True), ""
+    except Exception as err:
+        return None, f"{type(err).__name__}: {str(err).splitlines()[0][:80]}"
+
+
+def _describe(r: dict) -> str:
+    if "BLOCK_M" in r:
+        return f"{r['BLOCK_M']}x{r['BLOCK_N']} w{r['num_warps']} s{r['num_stages']} one_loop={r['ONE_LOOP']}"
+    if "MIN_PROGRAMS" in r:
+        return f"programs>={r['MIN_PROGRAMS']} tile={r['TILE_ELEMS']} w{r['num_warps']} ({r['splits']} splits)"
+    return ""
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sweeps", default="tiles,decode", help="comma-separated: tiles, decode")
     parser.add_argument("--out", help="also write the rows as JSON lines to this file")
     args = parser.parse_args()
-    rows = sweep(log=lambda line: None)
+    sweeps = args.sweeps.split(",")
+    rows = (sweep(log=lambda line: None) if "tiles" in sweeps else []) + \
+        (decode_sweep(log=lambda line: None) if "decode" in sweeps else [])
     if args.out:
         with open(args.out, "w", encoding="utf-8") as f:
             f.writelines(json.dumps(r) + "\n" for r in rows)
     best = {}
     for r in rows:
-        key = (r["what"], r["d"], r["W"])
+        key = (r["what"], r["d"], r.get("B"), r["W"])
         if r["ms"] is not None and (key not in best or r["ms"] < best[key]["ms"]):
             best[key] = r
-    print("best per (what, d, W):")
-    for key, r in sorted(best.items()):
-        cfg = f"{r['BLOCK_M']}x{r['BLOCK_N']} w{r['num_warps']} s{r['num_stages']} one_loop={r['ONE_LOOP']}" \
-            if "BLOCK_M" in r else ""
-        print(f"  {key}: {cfg}  {r['ms']:.3f} ms")
+    print("best per (what, d, B, W):")
+    for key, r in sorted(best.items(), key=lambda kv: str(kv[0])):
+        print(f"  {key}: {_describe(r)}  {r['ms']:.4f} ms")
 
 
 if __name__ == "__main__":

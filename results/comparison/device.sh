@@ -4,9 +4,10 @@
 # CUDA machine, `.whl/` carried (and `.gpu-carry/` when earlier calls brought back Triton autotuning
 # results):
 #   OUT=folder bash results/comparison/device.sh STAGE [STAGE ...]
-# Stages: gputests | checks | main | evals | seeds | ablations | mfu | bench | distributed | disteval.
-# On a machine of two GPUs, GPU1_STAGES="stage ..." runs those stages on the second GPU (for at most
-# GPU1_BUDGET_S, with the settings GPU1_ENV="NAME=value ..." of its own, e.g. SEED_MODELS=mamba2)
+# Stages: gputests | checks | main | evals | seeds | ablations | mfu | bench | tune | kernels |
+# distributed | disteval. On a machine of two GPUs, GPU1_STAGES="stage ..." runs those stages on the
+# second GPU (for at most GPU1_BUDGET_S, with the settings GPU1_ENV="NAME=value ..." of its own, in
+# shell syntax: e.g. SEED_MODELS=mamba2 BENCH_ARGS='--force --sweeps decode')
 # alongside the others (which then get the first); `distributed` and `disteval` wait for them
 # before they use both GPUs.
 # Each stage is resumable: `harness run`
@@ -26,7 +27,7 @@ LOG=$OUT/log.txt
 say() { echo "[$(date -u +%T)] $*" | tee -a "$LOG"; }
 [ -d .gpu-carry/triton ] && cp -rn .gpu-carry/triton/. "$G/triton/"
 # start from the committed rows, so that (model, task) pairs and speed sweeps already measured are not run again
-mkdir -p "$G/results" && cp -rn results/comparison results/speed results/distributed "$G/results/" 2>/dev/null
+mkdir -p "$G/results" && cp -rn results/comparison results/speed results/distributed results/kernels "$G/results/" 2>/dev/null
 if [ ! -f "$G/site/.wheels" ]; then
   python3 -m pip install -q --no-index --no-deps --no-compile --target "$G/site" .whl/fla_core-*.whl \
     .whl/flash_linear_attention-*.whl .whl/lm_eval-*.whl .whl/datasets-*.whl .whl/dill-*.whl \
@@ -127,18 +128,27 @@ stage() {
     CUDA_VISIBLE_DEVICES=0 python3 $EVAL --run eval-1gpu 2>&1 | tee -a "$LOG"
     [ -z "${GPU1_STAGES:-}" ] || while [ ! -f "$G/gpu1.idle" ]; do sleep 5; done
     CUDA_VISIBLE_DEVICES=0,1 python3 -m torch.distributed.run --standalone --nproc-per-node 2 $EVAL --run-name eval-2gpu 2>&1 | tee -a "$LOG" ;;
-  bench)  # issue 7: 340m training / prefill / decode sweeps (BENCH_ARGS e.g. "--sweeps train --force")
-    wait_mamba; python3 -m harness bench models --preset 340m --results $G/results ${BENCH_ARGS:-} \
-      --models ${BENCH_MODELS:-swat,transformer,sliding_softmax,mamba,mamba2,gla,gated_deltanet} 2>&1 | tee -a "$LOG" ;;
+  bench)  # issue 7: 340m training / prefill / decode sweeps, one model and sweep at a time (the rows
+    # are saved after each command; BENCH_ARGS e.g. "--force --set train.activation_checkpointing=true")
+    for m in ${BENCH_MODELS//,/ }; do for s in ${BENCH_SWEEPS//,/ }; do
+      case $m in mamba|mamba2) wait_mamba ;; esac
+      python3 -m harness bench models --preset 340m --results $G/results --models $m --sweeps $s ${BENCH_ARGS:-} 2>&1 | tee -a "$LOG"
+    done; done ;;
+  tune)  # the decode kernel's launch configs vs SDPA over the same ring buffer (harness/bench/tune.py)
+    python3 -m harness.bench.tune --sweeps ${TUNE_SWEEPS:-decode} --out "$OUT/tune_${TUNE_SWEEPS:-decode}.jsonl" 2>&1 | tee -a "$LOG" ;;
+  kernels)  # the kernel benchmark (KERNEL_ARGS e.g. "--modes decode --head-dims 64")
+    python3 -m harness bench kernels --out $G/results/kernels ${KERNEL_ARGS:-} 2>&1 | tee -a "$LOG" ;;
   *) say "unknown stage $1"; exit 2 ;;
   esac
 }
-export -f say stage each wait_mamba; export G OUT LOG SMALL RUN PYTEST MAIN
+BENCH_MODELS=${BENCH_MODELS:-swat,transformer,sliding_softmax,mamba,mamba2,gla,gated_deltanet}
+BENCH_SWEEPS=${BENCH_SWEEPS:-train,prefill,decode}
+export -f say stage each wait_mamba; export G OUT LOG SMALL RUN PYTEST MAIN BENCH_MODELS BENCH_SWEEPS
 # the stages get the call's time less a minute for packing what they made
 STAGES='for s in "$@"; do say "stage $s"; stage "$s"; done'
 rm -f "$G/gpu1.idle"
 if [ -n "${GPU1_STAGES:-}" ]; then
-  ( export CUDA_VISIBLE_DEVICES=1 LOG=$OUT/log_gpu1.txt ${GPU1_ENV:-}
+  ( export CUDA_VISIBLE_DEVICES=1 LOG=$OUT/log_gpu1.txt; eval "export ${GPU1_ENV:-}"
     timeout ${GPU1_BUDGET_S:-${BUDGET_S:-530}} bash -c "$STAGES" stages $GPU1_STAGES; touch "$G/gpu1.idle" ) &
   export CUDA_VISIBLE_DEVICES=0
 fi

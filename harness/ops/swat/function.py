@@ -232,7 +232,33 @@ def swat_attention_triton(q, k, v, slopes, window: int, sigmoid_bias: float = 0.
 
 # ---------------------------------------------------------------- decode operator
 
-DECODE_SLOTS_PER_PROGRAM = 256
+# Decode is a read of the ring buffer (flash-decoding): each program attends one (sequence, head)
+# pair to a run of slots, in tiles of TILE_ELEMS / d slots, and the runs' partial sums are added in
+# fp32. The runs are split until the grid has MIN_PROGRAMS programs (an H100 has 132 SMs), so that
+# a small batch still keeps enough loads in flight; a large batch gets one run per pair and no sum.
+DECODE_CONFIG = dict(MIN_PROGRAMS=528, TILE_ELEMS=4096, num_warps=4)
+
+
+def decode_launch(batch_heads: int, w_cache: int, head_dim: int) -> tuple[int, int, int, int]:
+    """(slots per tile, slots per program, programs per pair, warps) of the decode kernel."""
+    cfg = DECODE_CONFIG
+    block_w = 16 if interpreting() else max(16, cfg["TILE_ELEMS"] // head_dim)
+    tiles = triton.cdiv(w_cache, block_w)
+    wanted = min(tiles, max(1, triton.cdiv(cfg["MIN_PROGRAMS"], batch_heads)))
+    per_program = block_w * triton.cdiv(tiles, wanted)
+    return block_w, per_program, triton.cdiv(w_cache, per_program), cfg["num_warps"]
+
+
+@contextlib.contextmanager
+def override_decode_config(**overrides):
+    """Temporarily replace entries of DECODE_CONFIG (for tuning sweeps); restored on exit."""
+    saved = dict(DECODE_CONFIG)
+    DECODE_CONFIG.update(overrides)
+    try:
+        yield
+    finally:
+        DECODE_CONFIG.clear()
+        DECODE_CONFIG.update(saved)
 
 
 @torch.library.custom_op("swat_harness::swat_decode", mutates_args=())
@@ -240,16 +266,14 @@ def _swat_decode(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, 
                  cache_len: int, pos: int, window: int, sigmoid_bias: float, scale: float) -> torch.Tensor:
     B, H, d = q.shape
     W_cache, Hkv = k_cache.shape[1], k_cache.shape[2]
-    block_w = 16 if interpreting() else max(16, 4096 // d)
-    per_program = max(block_w, min(DECODE_SLOTS_PER_PROGRAM, triton.next_power_of_2(W_cache)))
-    splits = triton.cdiv(W_cache, per_program)
+    block_w, per_program, splits, warps = decode_launch(B * H, W_cache, d)
     out = torch.empty((splits, B, H, d), device=q.device, dtype=q.dtype if splits == 1 else torch.float32)
     swat_decode_kernel[(B * H, splits)](
         q, k_cache, v_cache, out, slopes,
         q.stride(0), q.stride(1), *_strides(k_cache), *_strides(v_cache), *_strides(out),
         H, W_cache, cache_len, pos, window, -scale * LOG2E, -sigmoid_bias * LOG2E,
         REP=H // Hkv, SLOTS_PER_PROGRAM=per_program, BLOCK_W=block_w, HEAD_DIM=d, SIGMOID=_sigmoid_mode(q, "decode"),
-        num_warps=4)
+        num_warps=warps)
     return out[0] if splits == 1 else out.sum(0).to(q.dtype)
 
 

@@ -87,11 +87,17 @@ def _length_plot(series: dict, out_dir: Path, name: str, ylabel: str, title: str
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 4))
     lines = []
-    for i, (label, pts) in enumerate(sorted(series.items())):
+    # one colour and marker per model (a decode series' label ends in its batch, " b=64", which
+    # picks the line style), so that a model's batch sizes read as a pair; marker sizes alternate,
+    # so that models with equal values (e.g. the same decode state of two windowed models) stay
+    # visible on top of each other
+    models = sorted({label.split(" b=")[0] for label in series})
+    colours = plt.get_cmap("tab10" if len(models) <= 10 else "tab20").colors
+    for label, pts in sorted(series.items()):
         xs = sorted(pts)
-        # markers and sizes differ per series, so that series with equal values (e.g. the same
-        # decode state of two windowed models) stay visible on top of each other
+        i = models.index(label.split(" b=")[0])
         ax.plot(xs, [pts[x].value for x in xs], marker=MARKERS[i % len(MARKERS)], markersize=7 - 3 * (i % 2),
+                color=colours[i % len(colours)],
                 linestyle="--" if " b=" in label and not label.endswith(" b=1") else "-", label=label)
         lines += [[label, int(x), pts[x].value, pts[x].stderr, pts[x].device, pts[x].run] for x in xs]
     for x in vlines:

@@ -329,10 +329,13 @@ def _entries(rows: list[Row], run_configs: dict, reference: bool, columns) -> li
     return entries
 
 
+MIN_AVERAGED = len(ACC_COLUMNS) // 2  # fewer accuracies than this (e.g. LAMBADA's alone) get no average
+
+
 def _average(cells: dict) -> tuple[float | None, int]:
     vals = [display(cells[c].value, c.metric) for c in ACC_COLUMNS if c in cells and cells[c].value is not None]
     vals = [v for v in vals if not math.isnan(v)]
-    return (sum(vals) / len(vals) if vals else None), len(vals)
+    return (sum(vals) / len(vals) if len(vals) >= MIN_AVERAGED else None), len(vals)
 
 
 def main_table(rows: list[Row], references: list[Row] = (), run_configs: dict | None = None) -> Table:
@@ -397,7 +400,8 @@ def main_table(rows: list[Row], references: list[Row] = (), run_configs: dict | 
         table.notes.append(limit_note(limits))
     if incomplete:
         table.notes.append(f"† average over the accuracy columns present only (fewer than {len(ACC_COLUMNS)}); "
-                           "not comparable with complete averages and never bold.")
+                           "not comparable with complete averages and never bold. Rows with fewer than "
+                           f"{MIN_AVERAGED} accuracies have no average.")
     if any(len(line) and line[0].text and line[0].text.startswith("Δ") for _, ls in table.groups for line in ls):
         table.notes.append("Δ: ours minus the reference named, per column (same preset and model, and every setting "
                            "the reference states, e.g. slopes, is ours too; its training data and recipe may differ).")

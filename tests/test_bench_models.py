@@ -161,10 +161,15 @@ def test_cli_writes_rows_table_and_plots_then_skips(tmp_path):
     assert all(r["command"] and r["device"] and r["torch"] for r in rows)
     assert "Speed and memory" in (tmp_path / "speed" / "table.md").read_text()
     assert (tmp_path / "speed" / "speed_train_tokens_per_s.png").is_file()
+    first = (tmp_path / "speed" / "run.json").read_text()
     again = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert "already measured" in again.stdout
+    assert (tmp_path / "speed" / "run.json").read_text() == first  # a command that measured nothing is not recorded
+    other = subprocess.run(cmd[:-2] + ["--models", "transformer", "--sweeps", "prefill", "--out", str(tmp_path / "speed")],
+                           capture_output=True, text=True, timeout=300)
+    assert other.returncode == 0, other.stderr
     info = json.loads((tmp_path / "speed" / "run.json").read_text())  # the first command is kept too
-    assert [e["models"] for e in info["earlier"]] == [["swat"]] and info["command"].startswith("harness bench")
+    assert [e["models"] for e in info["earlier"]] == [["swat"]] and info["models"] == ["transformer"]
     bad = subprocess.run(cmd + ["--sweeps", "train,warp"], capture_output=True, text=True, timeout=300)
     assert bad.returncode == 2 and "unknown sweep 'warp'" in bad.stderr
 

@@ -76,6 +76,17 @@ def test_missing_cell_is_blank_with_footnote_and_incomplete_average_is_marked():
     assert "Blank cell: no result stored" in text and "† average over the accuracy columns present" in text
 
 
+def test_a_row_with_too_few_accuracies_gets_no_average():
+    """LAMBADA's accuracy alone is not an average of the benchmarks: the Avg cell stays blank."""
+    from harness.tables import ACC_COLUMNS, MIN_AVERAGED, _average
+    cells = {c: Row(run="r", model="m", preset="p", task=c.task, metric=c.metric, value=0.5)
+             for c in ACC_COLUMNS[:MIN_AVERAGED - 1]}
+    assert _average(cells) == (None, MIN_AVERAGED - 1)
+    one_more = ACC_COLUMNS[MIN_AVERAGED - 1]
+    cells[one_more] = Row(run="r", model="m", preset="p", task=one_more.task, metric=one_more.metric, value=0.5)
+    assert _average(cells) == (50.0, MIN_AVERAGED)
+
+
 def test_reference_rows_and_deltas_come_from_the_reference_file():
     rows, refs, configs = fixture("fixture-340m", "fixture-abl", refs=[SWAT_T1])
     text = render(build("main", rows, refs, configs), "md")

@@ -407,25 +407,46 @@ def plot(rows: list[dict], out: Path) -> list[Path]:
         plt.close(fig)
     dec = [r for r in rows if r["ms"] is not None and r["mode"] == "decode"]
     if dec:
-        fig, ax = plt.subplots(figsize=(6, 4))
-        # one line per (peer, d, B, W); W = 0 stands for SDPA over the full cache (window = context)
-        def window(r):
-            return 0 if r["window"] >= r["seq_len"] else r["window"]
-        for peer, d, B, W in sorted({(r["peer"], r["head_dim"], r["batch"], window(r)) for r in dec}):
-            pts = sorted((r["seq_len"], r["ms"] * 1e3) for r in dec
-                         if (r["peer"], r["head_dim"], r["batch"], window(r)) == (peer, d, B, W))
-            ax.plot(*zip(*pts), marker="o", linestyle="-" if peer == "swat" else "--",
-                    label=f"{peer} d={d} B={B} " + (f"W={W}" if W else "full cache"))
+        written.append(_decode_plot(dec, out / "decode.png"))
+    return written
+
+
+def _decode_plot(dec: list[dict], path: Path) -> Path:
+    """One panel per (d, B): time per step vs context, a colour per window W, SWAT solid and SDPA
+    over the same W slots dashed; SDPA over the full cache in black."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    panels = sorted({(r["head_dim"], r["batch"]) for r in dec})
+    windows = sorted({r["window"] for r in dec if r["window"] < r["seq_len"]})
+    ncols = len({B for _, B in panels})
+    nrows = len({d for d, _ in panels})
+    fig, axes = plt.subplots(nrows, ncols, figsize=(3.6 * ncols, 3 * nrows), squeeze=False)
+    for ax, (d, B) in zip(axes.flat, panels):
+        sel = [r for r in dec if (r["head_dim"], r["batch"]) == (d, B)]
+        for peer, style in (("swat", "-"), ("sdpa", "--")):
+            for i, W in enumerate(windows):
+                pts = sorted((r["seq_len"], r["ms"] * 1e3) for r in sel
+                             if r["peer"] == peer and r["window"] == W < r["seq_len"])
+                if pts:
+                    ax.plot(*zip(*pts), style, marker="o", ms=3, color=f"C{i}", label=f"{peer} W={W}")
+        full = sorted((r["seq_len"], r["ms"] * 1e3) for r in sel if r["peer"] == "sdpa" and r["window"] >= r["seq_len"])
+        if full:
+            ax.plot(*zip(*full), ":", marker="o", ms=3, color="black", label="sdpa full cache")
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")
+        ax.set_title(f"d={d}, B={B}", fontsize=9)
         ax.set_xlabel("context length")
         ax.set_ylabel("us per decode step")
-        ax.legend(fontsize=7)
-        fig.tight_layout()
-        written.append(out / "decode.png")
-        fig.savefig(written[-1], dpi=110)
-        plt.close(fig)
-    return written
+        ax.grid(True, which="both", alpha=0.3)
+    for ax in list(axes.flat)[len(panels):]:
+        ax.axis("off")
+    handles = {h.get_label(): h for ax in axes.flat for h in ax.get_lines()}
+    fig.legend(list(handles.values()), list(handles), loc="lower center", ncol=min(4, len(handles)), fontsize=8)
+    fig.tight_layout(rect=(0, 0.12 if len(handles) > 4 else 0.07, 1, 1))
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
 
 
 # ---------------------------------------------------------------- entry point

@@ -291,6 +291,12 @@ def run_bench(names: list[str], cfg: Config, sweeps, lengths: dict, device: torc
                   "command": command_line()}
     info = {"models": names, "sweeps": list(sweeps), "lengths": lengths, "train_tokens": train_tokens,
             "decode_batches": list(decode_batches), "config": cfg.to_dict(), "versions": versions(), **provenance}
+    plan = {name: [s for s in sweeps if force or not any(r.model == name and r.task == f"speed_{s}" for r in rows)]
+            for name in names}
+    for name in (n for n, todo in plan.items() if not todo):
+        log(f"{name}: already measured (pass --force to measure again)")
+    if not any(plan.values()):  # nothing measured: run.json keeps only the commands that made rows
+        return rows
     with folder_lock(out):  # as the rows: a bench beside this one into the same folder keeps its line
         if (out / "run.json").is_file():  # a folder filled by several commands keeps a line for each earlier one
             previous = json.loads((out / "run.json").read_text(encoding="utf-8"))
@@ -306,10 +312,8 @@ def run_bench(names: list[str], cfg: Config, sweeps, lengths: dict, device: torc
                    params=params[model], seed=0, extra={**extra, "torch": vers.get("torch"),
                                                         "triton": vers.get("triton")}, **provenance)
 
-    for name in names:
-        todo = [s for s in sweeps if force or not any(r.model == name and r.task == f"speed_{s}" for r in rows)]
+    for name, todo in plan.items():
         if not todo:
-            log(f"{name}: already measured (pass --force to measure again)")
             continue
         points = sweep_model(name, cfg, todo, lengths, device, train_tokens, decode_batches, on_point=on_point,
                              log=log)

@@ -236,6 +236,7 @@ def swat_attention_triton(q, k, v, slopes, window: int, sigmoid_bias: float = 0.
 # pair to a run of slots, in tiles of TILE_ELEMS / d slots, and the runs' partial sums are added in
 # fp32. The runs are split until the grid has MIN_PROGRAMS programs (an H100 has 132 SMs), so that
 # a small batch still keeps enough loads in flight; a large batch gets one run per pair and no sum.
+# From the H100 sweep of harness/bench/tune.py (NOTES.md, v4): best at batch 1 and 64, not at 8.
 DECODE_CONFIG = dict(MIN_PROGRAMS=528, TILE_ELEMS=4096, num_warps=4)
 
 

@@ -132,13 +132,13 @@ def test_decode_matches_reference_for_any_split(min_programs):
     runs of two), and one per tile: every launch config the split heuristic can pick gives the same output."""
     from harness.ops.swat.function import decode_launch, override_decode_config
     B, H, Hkv, d, pos = 2, 4, 2, 64, 1000
-    W = 3 * decode_launch(B * H, 1, d)[0]  # three tiles
+    W = 3 * decode_launch(B * H, 1, d)["BLOCK_W"]  # three tiles
     g = torch.Generator(device="cpu").manual_seed(0)
     q = torch.randn(B, H, d, generator=g).to(DEVICE)
     kc, vc = (torch.randn(B, W, Hkv, d, generator=g).to(DEVICE) for _ in range(2))
     slopes = alibi_slopes(H).to(DEVICE)
     with override_decode_config(MIN_PROGRAMS=min_programs):
-        assert decode_launch(B * H, W, d)[2] == {1: 1, 16: 2, 10**6: 3}[min_programs]
+        assert decode_launch(B * H, W, d)["splits"] == {1: 1, 16: 2, 10**6: 3}[min_programs]
         got = swat_decode_triton(q, kc, vc, W, pos, slopes, W)
     assert rel_err(got, swat_decode_ref(q, kc, vc, W, pos, slopes, W)) < 2e-5
 

@@ -6,7 +6,7 @@ Sweep `tiles` times candidate configs (BLOCK_M, BLOCK_N, warps, stages, ONE_LOOP
 (mode 1) against the Newton one (mode 2) with the current configs. A backward candidate is timed
 as the whole backward (dK/dV + dQ) with the other pass at its current config, so differences
 between candidates of one pass are that pass's differences. Sweep `decode` times the decode
-kernel's launch configs (DECODE_CONFIG: programs wanted, tile size, warps) at batch 1, 8 and 64
+kernel's launch configs (DECODE_CONFIG: programs wanted, tile size, warps, stages) at batch 1, 8 and 64
 over full W-slot ring buffers, as CUDA-graph replays, beside SDPA (softmax, no bias) over the same
 buffer: the work of a sliding-window softmax model's decode step, the peer a user would pick.
 The winners go into CONFIGS / SIGMOID_MODE / DECODE_CONFIG in harness/ops/swat/function.py by
@@ -80,8 +80,9 @@ def sweep(seq_len: int = 8192, tokens: int = 65536, log=print) -> list[dict]:
     return rows
 
 
-DECODE_CANDIDATES = [dict(MIN_PROGRAMS=p, TILE_ELEMS=t, num_warps=w)
-                     for p in (1, 264, 1056, 4224) for t in (2048, 4096, 8192) for w in (2, 4, 8)]
+# the first sweep (NOTES.md, v4) also tried 1 program per pair and 8 warps, never best but once
+DECODE_CANDIDATES = [dict(MIN_PROGRAMS=p, TILE_ELEMS=t, num_warps=w, num_stages=st)
+                     for p in (264, 1056, 4224) for t in (2048, 4096, 8192) for w in (2, 4) for st in (2, 3, 4)]
 
 
 def decode_sweep(log=print) -> list[dict]:
@@ -103,7 +104,7 @@ def decode_sweep(log=print) -> list[dict]:
                 log(json.dumps(rows[-1]))
                 for cand in DECODE_CANDIDATES:
                     with override_decode_config(**cand):
-                        splits = decode_launch(B * H, W, d)[2]
+                        splits = decode_launch(B * H, W, d)["splits"]
                         ms, note = _time_graph(lambda: swat_decode_triton(q, kc, vc, W, 10 * W, slopes, W))
                     rows.append(dict(shape, what="decode", **cand, splits=splits, ms=ms, note=note))
                     log(json.dumps(rows[-1]))
@@ -122,7 +123,8 @@ def _describe(r: dict) -> str:
     if "BLOCK_M" in r:
         return f"{r['BLOCK_M']}x{r['BLOCK_N']} w{r['num_warps']} s{r['num_stages']} one_loop={r['ONE_LOOP']}"
     if "MIN_PROGRAMS" in r:
-        return f"programs>={r['MIN_PROGRAMS']} tile={r['TILE_ELEMS']} w{r['num_warps']} ({r['splits']} splits)"
+        return (f"programs>={r['MIN_PROGRAMS']} tile={r['TILE_ELEMS']} w{r['num_warps']} s{r.get('num_stages', 3)} "
+                f"({r['splits']} splits)")
     return ""
 
 

@@ -237,17 +237,19 @@ def swat_attention_triton(q, k, v, slopes, window: int, sigmoid_bias: float = 0.
 # fp32. The runs are split until the grid has MIN_PROGRAMS programs (an H100 has 132 SMs), so that
 # a small batch still keeps enough loads in flight; a large batch gets one run per pair and no sum.
 # From the H100 sweep of harness/bench/tune.py (NOTES.md, v4): best at batch 1 and 64, not at 8.
-DECODE_CONFIG = dict(MIN_PROGRAMS=528, TILE_ELEMS=4096, num_warps=4)
+DECODE_CONFIG = dict(MIN_PROGRAMS=528, TILE_ELEMS=4096, num_warps=4, num_stages=3)
 
 
-def decode_launch(batch_heads: int, w_cache: int, head_dim: int) -> tuple[int, int, int, int]:
-    """(slots per tile, slots per program, programs per pair, warps) of the decode kernel."""
+def decode_launch(batch_heads: int, w_cache: int, head_dim: int) -> dict:
+    """The decode kernel's launch: slots per tile (BLOCK_W) and per program, programs per
+    (sequence, head) pair (splits), warps and pipeline stages."""
     cfg = DECODE_CONFIG
     block_w = 16 if interpreting() else max(16, cfg["TILE_ELEMS"] // head_dim)
     tiles = triton.cdiv(w_cache, block_w)
     wanted = min(tiles, max(1, triton.cdiv(cfg["MIN_PROGRAMS"], batch_heads)))
     per_program = block_w * triton.cdiv(tiles, wanted)
-    return block_w, per_program, triton.cdiv(w_cache, per_program), cfg["num_warps"]
+    return dict(BLOCK_W=block_w, SLOTS_PER_PROGRAM=per_program, splits=triton.cdiv(w_cache, per_program),
+                num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
 
 
 @contextlib.contextmanager
@@ -267,14 +269,14 @@ def _swat_decode(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, 
                  cache_len: int, pos: int, window: int, sigmoid_bias: float, scale: float) -> torch.Tensor:
     B, H, d = q.shape
     W_cache, Hkv = k_cache.shape[1], k_cache.shape[2]
-    block_w, per_program, splits, warps = decode_launch(B * H, W_cache, d)
+    launch = decode_launch(B * H, W_cache, d)
+    splits = launch.pop("splits")
     out = torch.empty((splits, B, H, d), device=q.device, dtype=q.dtype if splits == 1 else torch.float32)
     swat_decode_kernel[(B * H, splits)](
         q, k_cache, v_cache, out, slopes,
         q.stride(0), q.stride(1), *_strides(k_cache), *_strides(v_cache), *_strides(out),
         H, W_cache, cache_len, pos, window, -scale * LOG2E, -sigmoid_bias * LOG2E,
-        REP=H // Hkv, SLOTS_PER_PROGRAM=per_program, BLOCK_W=block_w, HEAD_DIM=d, SIGMOID=_sigmoid_mode(q, "decode"),
-        num_warps=warps)
+        REP=H // Hkv, HEAD_DIM=d, SIGMOID=_sigmoid_mode(q, "decode"), **launch)
     return out[0] if splits == 1 else out.sum(0).to(q.dtype)
 
 

@@ -23,7 +23,6 @@ def run(model, tokenizer, ctx):
         warnings.warn(CPU_WARNING, stacklevel=2)
     points = sweep_model(ctx.model_name, ctx.cfg, SWEEPS, CPU_LENGTHS if on_cpu else DEFAULT_LENGTHS, device,
                          CPU_TRAIN_TOKENS if on_cpu else DEFAULT_TRAIN_TOKENS,
-                         CPU_DECODE_BATCHES if on_cpu else DEFAULT_DECODE_BATCHES,
-                         new_tokens=4 if on_cpu else 16)
+                         CPU_DECODE_BATCHES if on_cpu else DEFAULT_DECODE_BATCHES)
     return points_to_rows(points, lambda model, task, metric, value, **extra:
                           ctx.row(task, metric, value, **extra))

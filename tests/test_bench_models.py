@@ -221,3 +221,15 @@ def test_gpu_attention_decode_step_replays_from_a_cuda_graph(name):
     torch.testing.assert_close(replayed, eager)
     metrics, notes = bm.decode_point(model, 512, 1024, 4, torch.device("cuda"), autocast, rep_ms=20)
     assert notes["cuda_graph"] == 1 and metrics["tokens_per_s"] > 0
+
+
+def test_speed_task_of_harness_run_writes_the_three_sweeps(tmp_path):
+    """`harness run --tasks speed` runs the same sweeps on the run's model (short lengths on a CPU)."""
+    cmd = [sys.executable, "-m", "harness", "run", "--models", "swat", "--tasks", "speed", "--preset", "tiny",
+           "--results", str(tmp_path / "results"), "--runs", str(tmp_path / "runs")]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr
+    rows = [json.loads(line) for line in (tmp_path / "results" / "tiny" / "rows.jsonl").read_text().splitlines()]
+    speed = [r for r in rows if r["task"].startswith("speed_")]
+    assert {r["task"] for r in speed} == {"speed_train", "speed_prefill", "speed_decode"}
+    assert all(r["model"] == "swat" and r["value"] > 0 for r in speed if r["metric"] == "tokens_per_s")

@@ -18,6 +18,8 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import shlex
+import sys
 
 import torch
 
@@ -136,6 +138,10 @@ def main() -> None:
     sweeps = args.sweeps.split(",")
     rows = (sweep(log=lambda line: None) if "tiles" in sweeps else []) + \
         (decode_sweep(log=lambda line: None) if "decode" in sweeps else [])
+    from harness.results import device_name, git_commit, now, versions
+    provenance = dict(command=shlex.join(["python", "-m", "harness.bench.tune", *sys.argv[1:]]), commit=git_commit(),
+                      device=device_name("cuda"), date=now(), versions=versions())
+    rows = [{**r, **provenance} for r in rows]  # every row says how to measure it again
     if args.out:
         with open(args.out, "w", encoding="utf-8") as f:
             f.writelines(json.dumps(r) + "\n" for r in rows)

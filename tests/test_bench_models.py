@@ -165,8 +165,8 @@ def test_cli_writes_rows_table_and_plots_then_skips(tmp_path):
     again = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert "already measured" in again.stdout
     assert (tmp_path / "speed" / "run.json").read_text() == first  # a command that measured nothing is not recorded
-    other = subprocess.run(cmd[:-2] + ["--models", "transformer", "--sweeps", "prefill", "--out", str(tmp_path / "speed")],
-                           capture_output=True, text=True, timeout=300)
+    other_cmd = cmd[:-2] + ["--models", "transformer", "--sweeps", "prefill", "--out", str(tmp_path / "speed")]
+    other = subprocess.run(other_cmd, capture_output=True, text=True, timeout=300)
     assert other.returncode == 0, other.stderr
     info = json.loads((tmp_path / "speed" / "run.json").read_text())  # the first command is kept too
     assert [e["models"] for e in info["earlier"]] == [["swat"]] and info["models"] == ["transformer"]

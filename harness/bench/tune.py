@@ -22,7 +22,9 @@ import shlex
 import sys
 
 import torch
+import torch.nn.functional as F
 
+from harness.bench.timing import median_ms
 from harness.ops.alibi import alibi_slopes
 from harness.ops.swat import function as fn_mod
 from harness.ops.swat.function import (_cfg, _swat_bwd, _swat_fwd, decode_launch, override_configs,
@@ -41,10 +43,10 @@ CANDIDATES = {
 }
 
 
-def _time(fn) -> tuple[float | None, str]:
-    from triton.testing import do_bench
+def _time(fn, cuda_graph: bool = False) -> tuple[float | None, str]:
+    """Median ms of fn (do_bench; as CUDA-graph replays for microsecond kernels), or the error."""
     try:
-        return do_bench(fn, warmup=10, rep=40, return_mode="median"), ""
+        return median_ms(fn, True, warmup_ms=10, rep_ms=20 if cuda_graph else 40, cuda_graph=cuda_graph), ""
     except Exception as err:  # e.g. out of shared memory for a large tile
         return None, f"{type(err).__name__}: {str(err).splitlines()[0][:80]}"
 
@@ -88,8 +90,6 @@ DECODE_CANDIDATES = [dict(MIN_PROGRAMS=p, TILE_ELEMS=t, num_warps=w, num_stages=
 
 
 def decode_sweep(log=print) -> list[dict]:
-    from harness.bench.timing import median_ms
-    import torch.nn.functional as F
     rows = []
     for d in (64, 128):
         H = 1024 // d
@@ -101,24 +101,16 @@ def decode_sweep(log=print) -> list[dict]:
                 kc, vc = (torch.randn(B, W, H, d, generator=gen).to("cuda", torch.bfloat16) for _ in range(2))
                 shape = dict(d=d, B=B, H=H, W=W)
                 qs, ks, vs = q[:, :, None], kc.transpose(1, 2), vc.transpose(1, 2)
-                ms = median_ms(lambda: F.scaled_dot_product_attention(qs, ks, vs), True, cuda_graph=True)
-                rows.append(dict(shape, what="decode sdpa (same buffer, softmax)", ms=ms, note=""))
+                ms, note = _time(lambda: F.scaled_dot_product_attention(qs, ks, vs), cuda_graph=True)
+                rows.append(dict(shape, what="decode sdpa (same buffer, softmax)", ms=ms, note=note))
                 log(json.dumps(rows[-1]))
                 for cand in DECODE_CANDIDATES:
                     with override_decode_config(**cand):
                         splits = decode_launch(B * H, W, d)["splits"]
-                        ms, note = _time_graph(lambda: swat_decode_triton(q, kc, vc, W, 10 * W, slopes, W))
+                        ms, note = _time(lambda: swat_decode_triton(q, kc, vc, W, 10 * W, slopes, W), cuda_graph=True)
                     rows.append(dict(shape, what="decode", **cand, splits=splits, ms=ms, note=note))
                     log(json.dumps(rows[-1]))
     return rows
-
-
-def _time_graph(fn) -> tuple[float | None, str]:
-    from harness.bench.timing import median_ms
-    try:
-        return median_ms(fn, True, rep_ms=20, cuda_graph=True), ""
-    except Exception as err:
-        return None, f"{type(err).__name__}: {str(err).splitlines()[0][:80]}"
 
 
 def _describe(r: dict) -> str:

@@ -25,7 +25,7 @@ from harness.config import ModelConfig
 from harness.ops.alibi import alibi_slopes
 from harness.ops.rope import apply_rope, positions_from_cu_seqlens, rope_cos_sin
 from harness.ops.swat import swat_attention, swat_decode
-from harness.ops.swat.reference import band_mask, per_document
+from harness.ops.swat.reference import band_mask, over_query_blocks, per_document
 
 
 def _flash_attn():
@@ -158,8 +158,8 @@ def softmax_attention(q, k, v, window: int | None = None, cu_seqlens: torch.Tens
       window covering all T keys) without slopes, else compiled flex_attention with a block-sparse
       sliding-window / document mask and the slopes as a score_mod (`_flex_attention`);
     - CPU: torch SDPA per document (`per_document`: memory of the longest document, not of the
-      packed row), with a dense band mask (additive, carrying the slopes, when given) where a
-      window or slopes apply.
+      packed row); where a window or slopes apply, over blocks of queries (`over_query_blocks`),
+      each with a band mask over the keys it reaches (additive, carrying the slopes, when given).
     """
     T = q.shape[1]
     if window is not None and window >= T:
@@ -176,17 +176,25 @@ def softmax_attention(q, k, v, window: int | None = None, cu_seqlens: torch.Tens
         return fa.flash_attn_varlen_func(q[0], k[0], v[0], cu, cu, max_len, max_len, **options)[None]
     if not q.is_cuda and cu_seqlens is not None:
         return per_document(lambda q, k, v: softmax_attention(q, k, v, window, None, slopes), cu_seqlens, q, k, v)
+    if not q.is_cuda and (window is not None or slopes is not None):
+        return over_query_blocks(lambda q, k, v, first: _banded_sdpa(q, k, v, window or T, slopes, first, gqa),
+                                 q, k, v, window or T)
     qt, kt, vt = (t.transpose(1, 2) for t in (q, k, v))
     if window is None and cu_seqlens is None and slopes is None:
         out = F.scaled_dot_product_attention(qt, kt, vt, is_causal=True, enable_gqa=gqa)
-    elif q.is_cuda:
-        out = _flex_attention(qt, kt, vt, window, cu_seqlens, gqa, slopes)
     else:
-        allowed, dist = band_mask(T, window or T, q.device)
-        mask = allowed if slopes is None else torch.where(
-            allowed, slopes.float().to(q.device)[:, None, None] * dist, float("-inf")).to(q.dtype)
-        out = F.scaled_dot_product_attention(qt, kt, vt, attn_mask=mask, enable_gqa=gqa)
+        out = _flex_attention(qt, kt, vt, window, cu_seqlens, gqa, slopes)
     return out.transpose(1, 2)
+
+
+def _banded_sdpa(q, k, v, window: int, slopes: torch.Tensor | None, first_query: int, gqa: bool) -> torch.Tensor:
+    """SDPA of queries q [B, Tq, H, d] at positions first_query.. of the keys k, v [B, Tk, Hkv, d],
+    with a band mask (additive, carrying ALiBi slopes, when given)."""
+    allowed, dist = band_mask(q.shape[1], window, q.device, first_query, k.shape[1])
+    mask = allowed if slopes is None else torch.where(
+        allowed, slopes.float().to(q.device)[:, None, None] * dist, float("-inf")).to(q.dtype)
+    qt, kt, vt = (t.transpose(1, 2) for t in (q, k, v))
+    return F.scaled_dot_product_attention(qt, kt, vt, attn_mask=mask, enable_gqa=gqa).transpose(1, 2)
 
 
 FULL_CACHE_MIN_GROWTH = 256  # slots added at least when a full KV cache grows

@@ -152,6 +152,34 @@ def test_packed_documents_are_attended_one_by_one(attend):
         run(torch.randn(2, 10, H, d), torch.randn(2, 10, 2, d), torch.randn(2, 10, 2, d), cu)
 
 
+@pytest.mark.parametrize("activation", ["sigmoid", "softmax"])
+@pytest.mark.parametrize("window,docs", [(24, False), (7, True), (500, False)])
+def test_blocked_reference_equals_the_dense_one(activation, window, docs):
+    """Blocks of 16 queries over 70 tokens (the last block partial; windows shorter and longer than
+    a block, and over the whole sequence), GQA, packed documents: the same output as the oracle."""
+    from harness.ops.swat.reference import swat_attention_blocked
+    torch.manual_seed(0)
+    q, k, v = torch.randn(1, 70, 4, 8), torch.randn(1, 70, 2, 8), torch.randn(1, 70, 2, 8)
+    slopes = alibi_slopes(4, "balanced")
+    cu = torch.tensor([0, 33, 70], dtype=torch.int32) if docs else None
+    got = swat_attention_blocked(q, k, v, slopes, window, activation, 0.5, cu_seqlens=cu, block=16)
+    want = swat_attention_ref(q, k, v, slopes, window, activation, 0.5, cu_seqlens=cu)
+    torch.testing.assert_close(got, want, atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize("slopes", [None, "balanced"])
+def test_cpu_softmax_over_more_than_one_block_of_queries(slopes):
+    """On a CPU a windowed sequence longer than QUERY_BLOCK is attended in blocks of queries: the
+    same as the dense definition."""
+    from harness.ops.swat.reference import QUERY_BLOCK
+    torch.manual_seed(0)
+    T = QUERY_BLOCK + 300
+    q, k, v = torch.randn(1, T, 2, 8), torch.randn(1, T, 1, 8), torch.randn(1, T, 1, 8)
+    s = None if slopes is None else alibi_slopes(2, slopes)
+    ref = swat_attention_ref(q, k, v, torch.zeros(2) if s is None else s, 100, activation="softmax")
+    torch.testing.assert_close(softmax_attention(q, k, v, 100, slopes=s), ref, atol=1e-5, rtol=1e-5)
+
+
 def test_window_over_the_whole_sequence_is_causal_attention():
     torch.manual_seed(0)
     q, k, v = torch.randn(2, 20, 4, 8), torch.randn(2, 20, 2, 8), torch.randn(2, 20, 2, 8)

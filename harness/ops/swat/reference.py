@@ -8,7 +8,8 @@ ablation, and sliding-window softmax attention when the slopes are zero). Shapes
 k and v [B, T, Hkv, d] with H a multiple of Hkv (GQA); `cu_seqlens` (int32 [N+1], B == 1) marks
 packed documents that must not attend to each other (each is computed on its own). Computation in
 fp32, output in q's dtype. The dense [B, H, L, L] score matrix of each sequence or document makes
-this O(L^2) in memory: it is the oracle, not the fast path.
+`swat_attention_ref` O(L^2) in memory: it is the oracle; `swat_attention_blocked` does the same
+arithmetic over blocks of queries, in O(L (block + W)), for inputs the kernels do not take.
 """
 
 from __future__ import annotations
@@ -18,13 +19,34 @@ import math
 import torch
 
 
-def band_mask(T: int, window: int, device) -> tuple[torch.Tensor, torch.Tensor]:
-    """(allowed [T, T] bool: 0 <= i - j < window, distance i - j [T, T] float)."""
-    qi = torch.arange(T, device=device)[:, None]
-    kj = torch.arange(T, device=device)[None, :]
+def band_mask(T: int, window: int, device, first_query: int = 0,
+              keys: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(allowed [T, keys] bool: 0 <= i - j < window, distance i - j [T, keys] float), for T queries
+    at positions first_query.. and `keys` keys (default T) at positions 0.. of the same span."""
+    qi = torch.arange(first_query, first_query + T, device=device)[:, None]
+    kj = torch.arange(T if keys is None else keys, device=device)[None, :]
     dist = qi - kj
     allowed = (dist >= 0) & (dist < window)
     return allowed, dist.to(torch.float32)
+
+
+QUERY_BLOCK = 1024  # queries per block of `over_query_blocks`
+
+
+def over_query_blocks(attend, q, k, v, window: int, block: int = QUERY_BLOCK) -> torch.Tensor:
+    """attend(q_block, k_span, v_span, first_query) on blocks of `block` queries, each against the
+    keys it can reach (the last `window` - 1 before the block, and the block's own), concatenated
+    along T: the scores of a sequence take O(T (block + window)) memory instead of O(T^2), so long
+    sequences run on a CPU. Tensors [B, T, heads, d]; first_query is the block's first query's
+    position within its key span."""
+    T = q.shape[1]
+    if T <= block:
+        return attend(q, k, v, 0)
+    outs = []
+    for a in range(0, T, block):
+        b, lo = min(T, a + block), max(0, a - window + 1)
+        outs.append(attend(q[:, a:b], k[:, lo:b], v[:, lo:b], a - lo))
+    return torch.cat(outs, dim=1)
 
 
 def per_document(attend, cu_seqlens: torch.Tensor, q, k, v) -> torch.Tensor:
@@ -42,19 +64,36 @@ def per_document(attend, cu_seqlens: torch.Tensor, q, k, v) -> torch.Tensor:
 def swat_attention_ref(q, k, v, slopes: torch.Tensor, window: int, activation: str = "sigmoid",
                        sigmoid_bias: float = 0.0, scale: float | None = None,
                        cu_seqlens: torch.Tensor | None = None) -> torch.Tensor:
-    B, T, H, d = q.shape
-    Hkv = k.shape[2]
-    if H % Hkv:
-        raise ValueError(f"q has {H} heads, not a multiple of k's {Hkv}")
     if cu_seqlens is not None:
         return per_document(lambda q, k, v: swat_attention_ref(q, k, v, slopes, window, activation, sigmoid_bias,
                                                                scale), cu_seqlens, q, k, v)
+    return _swat_span(q, k, v, 0, slopes, window, activation, sigmoid_bias, scale)
+
+
+def swat_attention_blocked(q, k, v, slopes: torch.Tensor, window: int, activation: str = "sigmoid",
+                           sigmoid_bias: float = 0.0, scale: float | None = None,
+                           cu_seqlens: torch.Tensor | None = None, block: int = QUERY_BLOCK) -> torch.Tensor:
+    """`swat_attention_ref`'s arithmetic over blocks of queries (`over_query_blocks`): the same
+    result in O(T (block + W)) memory, the path for inputs the kernels do not take (CPU tensors)."""
+    if cu_seqlens is not None:
+        return per_document(lambda q, k, v: swat_attention_blocked(q, k, v, slopes, window, activation,
+                                                                   sigmoid_bias, scale, block=block),
+                            cu_seqlens, q, k, v)
+    return over_query_blocks(lambda q, k, v, first: _swat_span(q, k, v, first, slopes, window, activation,
+                                                               sigmoid_bias, scale), q, k, v, window, block)
+
+
+def _swat_span(q, k, v, first_query: int, slopes, window, activation, sigmoid_bias, scale) -> torch.Tensor:
+    """Queries q [B, Tq, H, d] at positions first_query.. of the keys k, v [B, Tk, Hkv, d]."""
+    d, H, Hkv = q.shape[3], q.shape[2], k.shape[2]
+    if H % Hkv:
+        raise ValueError(f"q has {H} heads, not a multiple of k's {Hkv}")
     scale = scale if scale is not None else 1.0 / math.sqrt(d)
     rep = H // Hkv
-    qf = q.float().transpose(1, 2)  # B H T d
+    qf = q.float().transpose(1, 2)  # B H Tq d
     kf = k.float().repeat_interleave(rep, dim=2).transpose(1, 2)
     vf = v.float().repeat_interleave(rep, dim=2).transpose(1, 2)
-    allowed, dist = band_mask(T, window, q.device)
+    allowed, dist = band_mask(q.shape[1], window, q.device, first_query, k.shape[1])
     scores = qf @ kf.transpose(-1, -2) * scale + slopes.float().to(q.device)[:, None, None] * dist
     if activation == "sigmoid":
         weights = torch.sigmoid(scores + sigmoid_bias) * allowed

@@ -169,8 +169,8 @@ def test_blocked_reference_equals_the_dense_one(activation, window, docs):
 
 @pytest.mark.parametrize("slopes", [None, "balanced"])
 def test_cpu_softmax_over_more_than_one_block_of_queries(slopes):
-    """On a CPU a windowed sequence longer than QUERY_BLOCK is attended in blocks of queries: the
-    same as the dense definition."""
+    """On a CPU a windowed sequence is attended in blocks of queries (here 100 per block, the last
+    one partial, up to QUERY_BLOCK + 300 tokens): the same as the dense definition."""
     from harness.ops.swat.reference import QUERY_BLOCK
     torch.manual_seed(0)
     T = QUERY_BLOCK + 300

@@ -376,9 +376,8 @@ def markdown(rows: list[dict], info: dict) -> str:
 
 
 def plot(rows: list[dict], out: Path) -> list[Path]:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from harness.plots import pyplot
+    plt = pyplot()
     written = []
     timed = [r for r in rows if r["ms"] is not None and r["mode"] in ("fwd", "fwd_bwd")]
     panels = sorted({(r["head_dim"], r["seq_len"]) for r in timed})
@@ -414,9 +413,8 @@ def plot(rows: list[dict], out: Path) -> list[Path]:
 def _decode_plot(dec: list[dict], path: Path) -> Path:
     """One panel per (d, B): time per step vs context, a colour per window W, SWAT solid and SDPA
     over the same W slots dashed; SDPA over the full cache in black."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from harness.plots import pyplot
+    plt = pyplot()
     panels = sorted({(r["head_dim"], r["batch"]) for r in dec})
     windows = sorted({r["window"] for r in dec if r["window"] < r["seq_len"]})
     ncols = len({B for _, B in panels})

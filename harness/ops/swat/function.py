@@ -67,15 +67,20 @@ def kernel_config(pass_name: str, head_dim: int, window: int) -> dict:
 
 
 @contextlib.contextmanager
-def override_configs(overrides: dict):
-    """Temporarily replace entries of CONFIGS (for tuning sweeps); restored on exit."""
-    saved = dict(CONFIGS)
-    CONFIGS.update(overrides)
+def _overridden(table: dict, overrides: dict):
+    """Temporarily replace entries of a config table (for tuning sweeps); restored on exit."""
+    saved = dict(table)
+    table.update(overrides)
     try:
         yield
     finally:
-        CONFIGS.clear()
-        CONFIGS.update(saved)
+        table.clear()
+        table.update(saved)
+
+
+def override_configs(overrides: dict):
+    """Temporarily replace entries of CONFIGS (keys (pass, head_dim, regime))."""
+    return _overridden(CONFIGS, overrides)
 
 
 def _sigmoid_mode(t: torch.Tensor, pass_name: str) -> int:
@@ -252,16 +257,9 @@ def decode_launch(batch_heads: int, w_cache: int, head_dim: int) -> dict:
                 num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
 
 
-@contextlib.contextmanager
 def override_decode_config(**overrides):
-    """Temporarily replace entries of DECODE_CONFIG (for tuning sweeps); restored on exit."""
-    saved = dict(DECODE_CONFIG)
-    DECODE_CONFIG.update(overrides)
-    try:
-        yield
-    finally:
-        DECODE_CONFIG.clear()
-        DECODE_CONFIG.update(saved)
+    """Temporarily replace entries of DECODE_CONFIG (MIN_PROGRAMS, TILE_ELEMS, num_warps, num_stages)."""
+    return _overridden(DECODE_CONFIG, overrides)
 
 
 @torch.library.custom_op("swat_harness::swat_decode", mutates_args=())

@@ -8,6 +8,8 @@ RMSNorm on the output, no output gate. Each block adds the backbone's SwiGLU MLP
 solved so that parameters match the reference.
 """
 
+import torch
+
 from baselines.fla_common import FlaMixer, fla_module, layer_options
 from harness.backbone import DecoderLM
 from harness.registry import register_model
@@ -22,6 +24,17 @@ def options(cfg) -> dict:
                                                qk_activation="silu", qk_norm="l2"))
 
 
+class DeltaNetMixer(FlaMixer):
+    """fla's chunked delta-rule kernel takes only 16-bit inputs (it asserts so): in full precision
+    (fp32 evaluation, the GPU equality tests) the layer runs fla's fused recurrent kernel instead,
+    the same recurrence computed in fp32, rather than failing or rounding silently to bf16."""
+
+    def forward(self, x: torch.Tensor, cu_seqlens: torch.Tensor | None = None) -> torch.Tensor:
+        full_precision = x.dtype == torch.float32 and not torch.is_autocast_enabled(x.device.type)
+        self.layer.mode = "fused_recurrent" if full_precision else "chunk"
+        return super().forward(x, cu_seqlens)
+
+
 @register_model("deltanet", family="recurrent", requires=("fla",), extra="fla", gpu_only=True, match="mlp_hidden",
                 description="DeltaNet: delta rule (fla), head dim 128, short conv, L2 qk norm, + SwiGLU MLP")
 def build(cfg):
@@ -29,5 +42,5 @@ def build(cfg):
 
     def mixer(cfg, i):
         layer = layers.DeltaNet(hidden_size=cfg.hidden_size, norm_eps=cfg.norm_eps, layer_idx=i, **options(cfg))
-        return FlaMixer("deltanet", layer, cfg.init_std)
+        return DeltaNetMixer("deltanet", layer, cfg.init_std)
     return DecoderLM(cfg, mixer)

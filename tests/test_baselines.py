@@ -212,6 +212,24 @@ def test_fla_models_off_gpu_fail_in_one_line():
         assert get_model(name).fast_path() == "no: needs a CUDA GPU"
 
 
+@pytest.mark.skipif(not HAS_FLA, reason="needs fla")
+def test_deltanet_takes_the_recurrent_kernel_in_full_precision(monkeypatch):
+    """fla's chunked delta-rule kernel asserts 16-bit inputs: an fp32 forward (no autocast) takes
+    its fused recurrent kernel, bf16 or autocast the chunked one (the kernels run on the GPU)."""
+    import baselines.fla_common as fla_common
+    from baselines.deltanet import DeltaNetMixer
+    monkeypatch.setattr(fla_common, "require_cuda", lambda x, model: None)
+    mixer = next(m for m in build_model("deltanet", load_config("tiny").model).modules() if isinstance(m, DeltaNetMixer))
+    modes = []
+    monkeypatch.setattr(type(mixer.layer), "forward", lambda self, x, **kw: modes.append(self.mode) or (x, None))
+    x = torch.randn(1, 80, mixer.layer.hidden_size)
+    mixer(x)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        mixer(x)
+    mixer(x.bfloat16())
+    assert modes == ["fused_recurrent", "chunk", "chunk"]
+
+
 @pytest.mark.parametrize("major, triton_ok, tilelang, refused", [
     (9, False, False, True), (9, True, False, False), (9, False, True, False), (8, False, False, False)])
 def test_gated_deltanet_stops_where_fla_refuses_its_backward(monkeypatch, major, triton_ok, tilelang, refused):

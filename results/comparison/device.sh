@@ -81,8 +81,8 @@ stage() {
     $CHECK -k "gpu and not training and not mamba" 2>&1 | tee -a "$OUT/checks.log"
     wait_mamba
     $CHECK -k "gpu and mamba and not training" 2>&1 | tee -a "$OUT/checks.log" ;;
-  main)  # every baseline at seed 0: training (held-out loss) and the perplexity tasks
-    each seed0 "${MODELS:-$MAIN}" --tasks perplexity ;;
+  main)  # every baseline at seed 0: training, the held-out loss row (smoke) and the perplexity tasks
+    each seed0 "${MODELS:-$MAIN}" --tasks smoke,perplexity ;;
   evals)  # the remaining tasks on the seed-0 models
     each seed0 "${MODELS:-$MAIN}" --tasks commonsense,length,retrieval ;;
   seeds)  # a second seed of swat and the two strongest baselines of seed 0 (held-out loss: mamba, mamba2)

@@ -29,10 +29,18 @@ class DeltaNetMixer(FlaMixer):
     (fp32 evaluation, the GPU equality tests) the layer runs fla's fused recurrent kernel instead,
     the same recurrence computed in fp32, rather than failing or rounding silently to bf16."""
 
-    def forward(self, x: torch.Tensor, cu_seqlens: torch.Tensor | None = None) -> torch.Tensor:
+    def take_kernel(self, x: torch.Tensor) -> None:
         full_precision = x.dtype == torch.float32 and not torch.is_autocast_enabled(x.device.type)
         self.layer.mode = "fused_recurrent" if full_precision else "chunk"
+
+    def forward(self, x: torch.Tensor, cu_seqlens: torch.Tensor | None = None) -> torch.Tensor:
+        self.take_kernel(x)
         return super().forward(x, cu_seqlens)
+
+    def step(self, x: torch.Tensor, state):
+        """One token, or a whole prompt from prefill: past 64 tokens fla runs the layer's mode there too."""
+        self.take_kernel(x)
+        return super().step(x, state)
 
 
 @register_model("deltanet", family="recurrent", requires=("fla",), extra="fla", gpu_only=True, match="mlp_hidden",

@@ -214,20 +214,22 @@ def test_fla_models_off_gpu_fail_in_one_line():
 
 @pytest.mark.skipif(not HAS_FLA, reason="needs fla")
 def test_deltanet_takes_the_recurrent_kernel_in_full_precision(monkeypatch):
-    """fla's chunked delta-rule kernel asserts 16-bit inputs: an fp32 forward (no autocast) takes
-    its fused recurrent kernel, bf16 or autocast the chunked one (the kernels run on the GPU)."""
+    """fla's chunked delta-rule kernel asserts 16-bit inputs: an fp32 forward or prefill (no
+    autocast) takes its fused recurrent kernel, bf16 or autocast the chunked one (the kernels run
+    on the GPU)."""
     import baselines.fla_common as fla_common
     from baselines.deltanet import DeltaNetMixer
     monkeypatch.setattr(fla_common, "require_cuda", lambda x, model: None)
     mixer = next(m for m in build_model("deltanet", load_config("tiny").model).modules() if isinstance(m, DeltaNetMixer))
     modes = []
-    monkeypatch.setattr(type(mixer.layer), "forward", lambda self, x, **kw: modes.append(self.mode) or (x, None))
+    monkeypatch.setattr(type(mixer.layer), "forward", lambda self, x, **kw: modes.append(self.mode) or (x, None, None))
     x = torch.randn(1, 80, mixer.layer.hidden_size)
-    mixer(x)
+    mixer.prefill(x.bfloat16())
+    mixer.prefill(x)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         mixer(x)
-    mixer(x.bfloat16())
-    assert modes == ["fused_recurrent", "chunk", "chunk"]
+    mixer(x)
+    assert modes == ["chunk", "fused_recurrent", "chunk", "fused_recurrent"]
 
 
 @pytest.mark.parametrize("major, triton_ok, tilelang, refused", [

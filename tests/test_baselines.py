@@ -288,6 +288,11 @@ def _first(out):
     return out[0] if isinstance(out, tuple) else out
 
 
+def _cast(inputs, dtype):
+    """The floating-point inputs in dtype (the fast path's bf16, the reference's fp32), the rest as they are."""
+    return [t.to(dtype) if t.is_floating_point() else t for t in inputs]
+
+
 def _fwd_bwd(fn, inputs, grad_out_seed=1):
     """Output and input gradients of fn(*inputs) against a fixed random output gradient."""
     inputs = [t.detach().clone().requires_grad_(t.is_floating_point()) for t in inputs]
@@ -300,8 +305,8 @@ def _fwd_bwd(fn, inputs, grad_out_seed=1):
 
 def _check(name, fast, ref, inputs, tol=1e-2):
     """fast(bf16 inputs) vs ref(fp32 inputs): relative error of output and every input gradient."""
-    out_f, grads_f = _fwd_bwd(fast, [t.bfloat16() if t.is_floating_point() else t for t in inputs])
-    out_r, grads_r = _fwd_bwd(ref, [t.float() if t.is_floating_point() else t for t in inputs])
+    out_f, grads_f = _fwd_bwd(fast, _cast(inputs, torch.bfloat16))
+    out_r, grads_r = _fwd_bwd(ref, _cast(inputs, torch.float32))
     errs = [rel_err(out_f, out_r)] + [rel_err(a, b) for a, b in zip(grads_f, grads_r)]
     print(f"\nfast-vs-reference {name}: out {errs[0]:.2e}, grads " + " ".join(f"{e:.2e}" for e in errs[1:]))
     assert all(math.isfinite(e) and e < tol for e in errs), (name, errs)
@@ -310,8 +315,8 @@ def _check(name, fast, ref, inputs, tol=1e-2):
 def _check_forward(name, fast, ref, inputs, why, tol=1e-2):
     """_check's output comparison alone, for a kernel whose backward cannot run here (why)."""
     with torch.no_grad():
-        out_f = _first(fast(*(t.bfloat16() if t.is_floating_point() else t for t in inputs)))
-        out_r = _first(ref(*(t.float() if t.is_floating_point() else t for t in inputs)))
+        out_f = _first(fast(*_cast(inputs, torch.bfloat16)))
+        out_r = _first(ref(*_cast(inputs, torch.float32)))
     err = rel_err(out_f, out_r)
     print(f"\nfast-vs-reference {name}: out {err:.2e}, forward only ({why})")
     assert math.isfinite(err) and err < tol, (name, err)

@@ -21,6 +21,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from harness.backbone import RMSNorm
 from harness.config import ModelConfig
 from harness.ops.alibi import alibi_slopes
 from harness.ops.rope import apply_rope, positions_from_cu_seqlens, rope_cos_sin
@@ -203,7 +204,10 @@ FULL_CACHE_MIN_GROWTH = 256  # slots added at least when a full KV cache grows
 class AttentionMixer(nn.Module):
     supports_varlen = True
 
-    def __init__(self, cfg: ModelConfig, core: str):
+    def __init__(self, cfg: ModelConfig, core: str, output_norm: bool = False):
+        """output_norm: RMS-normalise each head's output before the output projection (one weight
+        of head_dim shared by the heads, as fla's gated layers norm theirs): sigmoid attention
+        sums up to W unnormalised weights, so its raw output grows with the window."""
         super().__init__()
         if core not in ("swat", "full", "sliding"):
             raise ValueError(f"unknown attention core {core!r}")
@@ -214,17 +218,20 @@ class AttentionMixer(nn.Module):
         self.activation = cfg.activation if core == "swat" else "softmax"
         self.sigmoid_bias = cfg.sigmoid_bias
         self.slope_kind = cfg.slopes if core == "swat" else "none"
-        self.register_buffer("slopes", alibi_slopes(cfg.num_heads, self.slope_kind), persistent=False)
+        self.slope_form = cfg.slope_form
+        self.register_buffer("slopes", alibi_slopes(cfg.num_heads, self.slope_kind, self.slope_form),
+                             persistent=False)
         d = cfg.hidden_size
         self.q_proj = nn.Linear(d, self.num_heads * self.head_dim, bias=False)
         self.kv_proj = nn.Linear(d, 2 * self.kv_heads * self.head_dim, bias=False)
         self.o_proj = nn.Linear(self.num_heads * self.head_dim, d, bias=False)
         self.o_proj.residual_out = True
+        self.out_norm = RMSNorm(self.head_dim, cfg.norm_eps) if output_norm else None
 
     def reset_special(self) -> None:
         # the slopes buffer is not persistent (derived from the config), so recompute it after
         # meta-device construction or .to_empty()
-        self.slopes.copy_(alibi_slopes(self.num_heads, self.slope_kind))
+        self.slopes.copy_(alibi_slopes(self.num_heads, self.slope_kind, self.slope_form))
 
     def _qkv(self, x: torch.Tensor, positions: torch.Tensor):
         B, T, _ = x.shape
@@ -234,6 +241,12 @@ class AttentionMixer(nn.Module):
             cos, sin = rope_cos_sin(positions, self.head_dim, self.rope_theta)
             q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         return q, k, v
+
+    def _project(self, out: torch.Tensor) -> torch.Tensor:
+        """Heads' outputs [B, T, H, d] -> [B, T, D]: the optional output norm, then o_proj."""
+        if self.out_norm is not None:
+            out = self.out_norm(out)
+        return self.o_proj(out.flatten(2))
 
     def _attend(self, q, k, v, cu_seqlens=None) -> torch.Tensor:
         if self.core == "swat" and self.activation == "sigmoid":
@@ -251,7 +264,7 @@ class AttentionMixer(nn.Module):
         else:
             positions = torch.arange(T, device=x.device)
         q, k, v = self._qkv(x, positions)
-        return self.o_proj(self._attend(q, k, v, cu_seqlens).reshape(B, T, -1))
+        return self._project(self._attend(q, k, v, cu_seqlens))
 
     # Decode state: {"k", "v": [B, S, Hkv, d] buffers, "pos": tokens seen}, written in place as
     # users' inference stacks do (no copy of the cache per token):
@@ -309,12 +322,12 @@ class AttentionMixer(nn.Module):
         else:
             out = swat_decode(q[:, 0], state["k"], state["v"], min(pos + 1, self.window), pos, self.slopes,
                               self.window, self.activation, self.sigmoid_bias)
-        return self.o_proj(out.reshape(B, 1, -1)), state
+        return self._project(out.reshape(B, 1, self.num_heads, self.head_dim)), state
 
     def prefill(self, x: torch.Tensor) -> tuple[torch.Tensor, dict]:
         B, T, _ = x.shape
         q, k, v = self._qkv(x, torch.arange(T, device=x.device))
-        y = self.o_proj(self._attend(q, k, v).reshape(B, T, -1))
+        y = self._project(self._attend(q, k, v))
         return y, self._store(self.init_state(B, x.device, k.dtype), k, v)
 
 

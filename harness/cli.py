@@ -164,6 +164,47 @@ def cmd_train(args) -> None:
                       f"checkpoint {result.checkpoint}, log and loss.png in {out}")
 
 
+def cmd_study(args) -> None:
+    """Run a study file (models x sizes x learning rates x seeds), resumable; then its report."""
+    from harness.registry import load_plugins
+    from harness.runner import default_device
+    from harness.study import load_study, plan, run_study, run_worker
+    from harness.study_report import write_report
+    load_plugins(args.plugin)
+    device = args.device or default_device()
+    if args.unit:
+        code = run_worker(args.study, args.unit, Path(args.results), Path(args.runs), device,
+                          log=lambda m: console.print(m, highlight=False))
+        if code:
+            raise SystemExit(code)
+        return
+    study = load_study(args.study)
+    out = Path(args.results) / study.name
+    if args.report_only:
+        plan(study, log=console.print)
+        written = write_report(study, Path(args.results))
+        console.print(f"wrote {', '.join(p.name for p in written)} in {out}", highlight=False)
+        return
+    bar = {}
+
+    def on_step(info):  # one bar per run, in the order they train
+        if "current" not in bar or bar["current"].task is None:
+            bar["current"] = StepProgress(f"train {info.get('model', '')}".strip())
+        bar["current"](info)
+
+    t0 = time.time()
+    counts = run_study(study, Path(args.results), Path(args.runs), device, args.jobs, args.time_limit,
+                       log=lambda m: console.print(m, highlight=False), on_step=on_step if args.jobs <= 1 else None,
+                       progress=lambda done, total, key: console.print(f"[{done}/{total}] {key}", highlight=False))
+    if "current" in bar:
+        bar["current"].close()
+    console.print(f"study {study.name}: {counts['done']} runs done, {counts['stopped']} stopped (resumable), "
+                  f"{counts['failed']} failed, {counts['waiting']} waiting for their learning rate; tables and plots "
+                  f"in {out} ({time.time() - t0:.0f}s)", highlight=False)
+    if counts["failed"]:
+        raise RunFailed(f"{counts['failed']} run(s) failed; their logs are in {Path(args.runs) / study.name / 'logs'}")
+
+
 def cmd_tables(args) -> None:
     """Print (or write) one of the paper's tables from stored rows; optionally draw the plots."""
     from harness.tables import build, collect, render
@@ -386,6 +427,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--plots", metavar="DIR", help="also write the plots (PNG + CSV) into DIR")
     p.set_defaults(func=cmd_tables)
 
+    p = sub.add_parser("study", help="a study file: models x sizes x learning rates x seeds at budgets in tokens "
+                       "per parameter, resumable, several runs side by side (--jobs); tables, fits and plots")
+    p.add_argument("study", metavar="STUDY.yaml", help="the study file (see results/scaling/study.yaml)")
+    p.add_argument("--jobs", type=int, default=1,
+                   help="runs side by side in worker processes, round-robin over the visible GPUs (default 1)")
+    p.add_argument("--time-limit", type=float, metavar="SECONDS",
+                   help="start no run after this long; running ones checkpoint and stop (resume: run again)")
+    p.add_argument("--results", default="results", help="results folder (default: results)")
+    p.add_argument("--runs", default="runs", help="checkpoint folder (default: runs)")
+    p.add_argument("--device", help="cpu | cuda (default: cuda when available)")
+    p.add_argument("--report-only", action="store_true", help="only rewrite the tables and plots from the rows")
+    p.add_argument("--unit", help=argparse.SUPPRESS)  # one run, in a worker process of --jobs
+    add_plugin_arg(p)
+    p.set_defaults(func=cmd_study)
+
     p = sub.add_parser("scaling", help="training runs of one recipe on 1 GPU and under torchrun (DDP, FSDP2): "
                        "scaling efficiency, memory per rank, loss agreement step by step")
     p.add_argument("runs", nargs="+", metavar="RUN_DIR",
@@ -431,7 +487,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--render-only", metavar="DIR", help="only rewrite DIR/kernels.md and plots from DIR/kernels.csv")
     b.set_defaults(func=cmd_bench_kernels)
 
-    p = sub.add_parser("data", help="the local data mirror: evaluation sets, tokenizer, corpora (list|fetch|verify|import)")
+    p = sub.add_parser("data", help="the local data mirror: evaluation sets, tokenizers, corpora "
+                       "(list|fetch|verify|import|train-tokenizer)")
     dsub = p.add_subparsers(dest="data_command", required=True)
     dsub.add_parser("list", help="what the tasks need, where it is looked for, present or missing, counts, sha256")
     dsub.add_parser("verify", help="check counts against the official sizes and sha256 against data/MANIFEST.json")
@@ -445,8 +502,18 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--name", help="dataset name, needed for a single file")
     d.add_argument("--split", help="split, needed when the dataset has several")
     d.add_argument("--to", help="mirror folder to write (default: $HARNESS_DATA or ~/.cache/swat-harness/data)")
+    d = dsub.add_parser("train-tokenizer", help="train a byte-level BPE on a corpus's training split (the "
+                        "held-out documents excluded) and store it in the mirror")
+    d.add_argument("--corpus", default="english-mix", help="corpus name or path (default english-mix)")
+    d.add_argument("--vocab-size", type=int, default=8192, help="vocabulary size (default 8192)")
+    d.add_argument("--name", required=True, help="tokenizer name: use it as train.tokenizer=NAME")
+    d.add_argument("--to", help="mirror folder to write (default: $HARNESS_DATA or ~/.cache/swat-harness/data)")
     p.set_defaults(func=cmd_data)
     return parser
+
+
+class RunFailed(RuntimeError):
+    """Some of a command's runs failed (the others finished); the message says where their logs are."""
 
 
 def expected_errors() -> tuple:
@@ -456,7 +523,8 @@ def expected_errors() -> tuple:
     from harness.runner import RunError
     from harness.results import ResultsError
     from harness.train import TrainingError
-    return ConfigError, DataError, RegistryError, RunError, TrainingError, ResultsError, FileNotFoundError
+    return (ConfigError, DataError, RegistryError, RunError, TrainingError, ResultsError, FileNotFoundError,
+            RunFailed)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -16,6 +16,8 @@ from typing import Any
 
 import yaml
 
+from harness.ops.alibi import SLOPE_FORMS, SLOPE_KINDS
+
 
 class ConfigError(ValueError):
     """A configuration value or key is invalid; the message names the key and the fix."""
@@ -37,6 +39,7 @@ class ModelConfig:
     window: int = 512  # keys j with 0 <= i - j < window (the query's own token included)
     activation: str = "sigmoid"  # swat's score activation: sigmoid | softmax (ablation)
     slopes: Any = "balanced"  # balanced | negative | positive | none | list of floats
+    slope_form: str = "paper"  # magnitudes: paper (2^-k, the SWAT paper's Eq. 4) | alibi (2^(-8k/n))
     rope: bool = True
     rope_theta: float = 10000.0
     sigmoid_bias: float = 0.0  # constant added to every sigmoid score (e.g. -log W)
@@ -87,12 +90,14 @@ class ModelConfig:
         if self.activation not in ("sigmoid", "softmax"):
             raise ConfigError(f"model.activation must be sigmoid or softmax, got {self.activation!r}")
         if isinstance(self.slopes, str):
-            if self.slopes not in ("balanced", "negative", "positive", "none"):
+            if self.slopes not in SLOPE_KINDS:
                 raise ConfigError("model.slopes must be balanced, negative, positive, none or a list "
                                   f"of {self.num_heads} floats, got {self.slopes!r}")
-        elif len(self.slopes) != self.num_heads:
-            raise ConfigError(f"model.slopes lists {len(self.slopes)} values for "
-                              f"{self.num_heads} heads")
+        elif not isinstance(self.slopes, (list, tuple)) or len(self.slopes) != self.num_heads:
+            raise ConfigError(f"model.slopes must be balanced, negative, positive, none or a list of "
+                              f"{self.num_heads} floats, got {self.slopes!r}")
+        if self.slope_form not in SLOPE_FORMS:
+            raise ConfigError(f"model.slope_form must be {' or '.join(SLOPE_FORMS)}, got {self.slope_form!r}")
         if self.expand <= 0:
             raise ConfigError(f"model.expand must be positive, got {self.expand}")
 
@@ -163,8 +168,13 @@ class Config:
 
     @classmethod
     def from_dict(cls, data: dict) -> "Config":
+        """A stored config (checkpoint meta, run.json). One written before `model.slope_form`
+        existed ran ALiBi's geometric slopes, so it reads back as slope_form=alibi."""
         cfg = cls(data["preset"], ModelConfig(), TrainConfig())
-        apply_mapping(cfg, {"model": data.get("model", {}), "train": data.get("train", {})})
+        model = dict(data.get("model", {}))
+        if model and "slope_form" not in model:
+            model["slope_form"] = "alibi"
+        apply_mapping(cfg, {"model": model, "train": data.get("train", {})})
         return cfg
 
 
@@ -173,11 +183,10 @@ def _round_up(x: int, multiple: int) -> int:
 
 
 # Presets. tiny: CPU in seconds (byte tokenizer, bundled text). small: one GPU in minutes.
-# 340m / 760m: the paper's scales (PAPER.md): fla-family recipe, 15B / 30B token budgets, training
-# length 1024 (the official config), AdamW lr 3e-4 with cosine decay, wd 0.01, clip 1.0, ~0.5M-token
-# batches. Corpus: FineWeb-Edu, which the paper's section 4.1 names (its Table 1 baselines, from
-# Titans, were trained on it; PAPER.md's SlimPajama is the fla convention); fetched online with
-# `harness data fetch fineweb-edu`. The paper also trains at length 4096 there: --set to reproduce.
+# 340m / 760m: the paper's scales (PAPER.md): training length 4096 and 0.5M-token batches (128
+# sequences, in micro-batches of 4 per GPU: 16K tokens per forward, the memory of the 1024-token
+# recipe), 15B / 30B tokens of FineWeb-Edu (fetched online with `harness data fetch fineweb-edu`),
+# the fla family's AdamW recipe: lr 3e-4 with cosine decay, wd 0.01, clip 1.0.
 PRESETS: dict[str, dict] = {
     "tiny": {
         "model": dict(vocab_size=257, hidden_size=64, num_layers=2, num_heads=4, window=32,
@@ -195,14 +204,14 @@ PRESETS: dict[str, dict] = {
     },
     "340m": {
         "model": dict(vocab_size=32000, hidden_size=1024, num_layers=24, num_heads=16, window=512,
-                      max_seq_len=1024),
-        "train": dict(tokens=15_000_000_000, batch_tokens=524_288, seq_len=1024, micro_batch=16,
+                      max_seq_len=4096),
+        "train": dict(tokens=15_000_000_000, batch_tokens=524_288, seq_len=4096, micro_batch=4,
                       lr=3e-4, warmup_tokens=500_000_000, corpus="fineweb-edu"),
     },
     "760m": {
         "model": dict(vocab_size=32000, hidden_size=1536, num_layers=24, num_heads=24, window=512,
-                      max_seq_len=1024),
-        "train": dict(tokens=30_000_000_000, batch_tokens=524_288, seq_len=1024, micro_batch=16,
+                      max_seq_len=4096),
+        "train": dict(tokens=30_000_000_000, batch_tokens=524_288, seq_len=4096, micro_batch=4,
                       lr=3e-4, warmup_tokens=500_000_000, corpus="fineweb-edu"),
     },
 }

@@ -3,8 +3,14 @@
 Documents are tokenized once (in parallel), joined with an end-of-document token, and stored as
 flat uint16 (vocabularies up to 65536) or uint32 token files (memory-mapped) beside an array of
 document start offsets, so a training sequence is a plain slice and its document boundaries
-(`cu_seqlens`) come from the offsets. A fixed fraction of documents, chosen by a seeded
-permutation, is held out for evaluation; the rest are packed in a seeded order.
+(`cu_seqlens`) come from the offsets.
+
+The held-out split is a property of the corpus alone: within each source (a record's `source`
+field, else its file), the documents whose text digests (sha256) are smallest are held out, a
+fixed fraction of each source. So it is the same for every training seed, tokenizer and machine,
+a tokenizer can be trained on the training split before anything is tokenized, and the held-out
+loss can be reported per source. Documents are packed in digest order; what a training seed
+varies is the order in which the trainer visits the packed sequences (harness.train).
 """
 
 from __future__ import annotations
@@ -150,15 +156,29 @@ def read_decompressed(path: Path) -> bytes:
 def read_documents(path: Path) -> list[str]:
     """Documents of one file: JSONL/parquet records' `text` field, or a text file split into
     WikiText articles (else at runs of two or more blank lines)."""
+    return [text for text, _ in read_sourced_documents(path)]
+
+
+def file_source(path: Path) -> str:
+    """The source a file's documents belong to when its records name none: the file's name
+    without its suffixes (`gutenberg.jsonl.xz` -> `gutenberg`)."""
+    return path.name.split(".")[0]
+
+
+def read_sourced_documents(path: Path) -> list[tuple[str, str]]:
+    """(text, source) of every document of one file; the source is a JSONL/parquet record's
+    `source` field when it has one, else `file_source(path)`."""
     name = path.name.removesuffix(".gz").removesuffix(".xz")
+    default = file_source(path)
     if name.endswith(".jsonl"):
         docs = []
         for n, line in enumerate(read_decompressed(path).decode("utf-8").splitlines(), 1):
             if not line.strip():
                 continue
             try:
-                docs.append(json.loads(line)["text"])
-            except (json.JSONDecodeError, KeyError, TypeError):
+                record = json.loads(line)
+                docs.append((record["text"], str(record.get("source") or default)))
+            except (json.JSONDecodeError, KeyError, TypeError, AttributeError):
                 raise DataError(f"{path}:{n}: expected a JSON object with a 'text' field") from None
         return docs
     if name.endswith(".parquet"):
@@ -166,10 +186,12 @@ def read_documents(path: Path) -> list[str]:
         frame = pd.read_parquet(path)
         if "text" not in frame.columns:
             raise DataError(f"{path}: parquet file has no 'text' column")
-        return frame["text"].astype(str).tolist()
+        sources = frame["source"].astype(str) if "source" in frame.columns else [default] * len(frame)
+        return list(zip(frame["text"].astype(str).tolist(), sources))
     text = read_decompressed(path).decode("utf-8", errors="replace")
     docs = split_wikitext(text)
-    return docs if len(docs) > 1 else [d for d in re.split(r"\n\s*\n\s*\n", text) if d.strip()]
+    docs = docs if len(docs) > 1 else [d for d in re.split(r"\n\s*\n\s*\n", text) if d.strip()]
+    return [(d, default) for d in docs]
 
 
 def files_in(path: Path) -> list[Path]:
@@ -205,8 +227,47 @@ def corpus_files(corpus: str) -> list[Path]:
 
 def iter_documents(corpus: str) -> Iterator[str]:
     """The documents of a corpus, file by file (one file's text in memory at a time)."""
+    for text, _ in iter_sourced_documents(corpus):
+        yield text
+
+
+def iter_sourced_documents(corpus: str) -> Iterator[tuple[str, str]]:
+    """(text, source) of the documents of a corpus, file by file."""
     for path in corpus_files(corpus):
-        yield from read_documents(path)
+        yield from read_sourced_documents(path)
+
+
+def document_digest(text: str) -> bytes:
+    return hashlib.sha256(text.encode("utf-8")).digest()
+
+
+def heldout_split(digests: list[bytes], sources: list[str], fraction: float) -> np.ndarray:
+    """Boolean mask of held-out documents: in each source of n >= 2 documents, the
+    max(1, round(fraction * n)) documents of smallest digest (ties by position). A source keeps
+    its share of the held-out text whatever the mix, and the choice depends on the documents'
+    text alone, never on a seed. When that holds out nothing (every source a single document: a
+    folder of one-document files), the corpus is split as one source."""
+    mask = np.zeros(len(digests), dtype=bool)
+    by_source: dict[str, list[int]] = {}
+    for i, source in enumerate(sources):
+        by_source.setdefault(source, []).append(i)
+    for members in by_source.values():
+        if len(members) < 2:
+            continue
+        n_held = max(1, int(round(fraction * len(members))))
+        ranked = sorted(members, key=lambda i: (digests[i], i))
+        mask[ranked[:n_held]] = True
+    if not mask.any() and len(by_source) > 1:
+        return heldout_split(digests, [""] * len(digests), fraction)
+    return mask
+
+
+def heldout_texts(corpus: str, fraction: float = 0.05) -> tuple[list[str], list[str]]:
+    """(training documents, held-out documents) of a corpus as text, by `heldout_split`: what a
+    tokenizer is trained on must exclude the held-out documents."""
+    docs = list(iter_sourced_documents(corpus))
+    held = heldout_split([document_digest(t) for t, _ in docs], [s for _, s in docs], fraction)
+    return [t for (t, _), h in zip(docs, held) if not h], [t for (t, _), h in zip(docs, held) if h]
 
 
 
@@ -258,9 +319,17 @@ def _write_shard(path: Path, lines: list[str]) -> None:
 
 @dataclass
 class TokenStream:
-    """A flat token array (memory-mapped uint16/uint32) with the start offset of every document."""
+    """A flat token array (memory-mapped uint16/uint32) with the start offset of every document,
+    and each document's source (an index into `source_names`)."""
     tokens: np.ndarray
     doc_starts: np.ndarray
+    doc_sources: np.ndarray | None = None
+    source_names: tuple[str, ...] = ()
+
+    def token_sources(self, lo: int, hi: int) -> np.ndarray:
+        """Source index of each token at positions lo..hi-1."""
+        docs = np.searchsorted(self.doc_starts, np.arange(lo, hi), side="right") - 1
+        return self.doc_sources[docs]
 
     def num_sequences(self, seq_len: int) -> int:
         return max(0, (len(self.tokens) - 1) // seq_len)
@@ -283,22 +352,28 @@ def token_dtype(vocab_size: int):
     return np.uint16 if vocab_size <= 1 << 16 else np.uint32
 
 
-def _tokenize_to(path: Path, docs: Iterable[str], tokenizer, batch_docs: int = 512, advance=None) -> np.ndarray:
-    """Encode a stream of documents in batches (each batch on all cores), append each one's tokens
-    and the end-of-document token to `path`, and return the documents' lengths. Only one batch of
-    text is in memory at a time."""
+def _tokenize_to(path: Path, docs: Iterable[tuple[str, str]], tokenizer, batch_docs: int = 512,
+                 advance=None) -> tuple[np.ndarray, list[bytes], list[str]]:
+    """Encode a stream of (text, source) documents in batches (each batch on all cores), append
+    each one's tokens and the end-of-document token to `path`; return the documents' lengths,
+    text digests and sources. Only one batch of text is in memory at a time."""
     encode_batch = getattr(tokenizer, "encode_batch", None)
     dtype = token_dtype(tokenizer.vocab_size)
     lengths: list[int] = []
+    digests: list[bytes] = []
+    sources: list[str] = []
     with open(path, "wb") as f:
         for chunk in _batched(docs, batch_docs):
-            ids = encode_batch(chunk) if encode_batch else [tokenizer.encode(d) for d in chunk]
+            texts = [text for text, _ in chunk]
+            ids = encode_batch(texts) if encode_batch else [tokenizer.encode(d) for d in texts]
             for doc in ids:
                 np.asarray([*doc, tokenizer.eos_id], dtype=dtype).tofile(f)
                 lengths.append(len(doc) + 1)
+            digests += [document_digest(t) for t in texts]
+            sources += [source for _, source in chunk]
             if advance:
                 advance(len(chunk))
-    return np.asarray(lengths, dtype=np.int64)
+    return np.asarray(lengths, dtype=np.int64), digests, sources
 
 
 def _batched(items: Iterable, n: int) -> Iterator[list]:
@@ -321,15 +396,6 @@ def _write_documents(tokens: np.ndarray, offsets: np.ndarray, lengths: np.ndarra
     return np.concatenate([[0], np.cumsum(lengths[ids])[:-1]]).astype(np.int64) if len(ids) else np.zeros(0, np.int64)
 
 
-def heldout_split(num_docs: int, fraction: float, seed: int) -> np.ndarray:
-    """Boolean mask of held-out documents: a seeded choice of max(1, fraction * n) documents."""
-    rng = np.random.default_rng(seed)
-    n_held = max(1, int(round(fraction * num_docs))) if num_docs > 1 else 0
-    mask = np.zeros(num_docs, dtype=bool)
-    mask[rng.permutation(num_docs)[:n_held]] = True
-    return mask
-
-
 def _files_key(files: list[Path]) -> list:
     """Content digests of the corpus files: the cache survives copies (new mtimes) of the same data."""
     def digest(path: Path) -> str:
@@ -341,52 +407,64 @@ def _files_key(files: list[Path]) -> list:
     return [[f.name, digest(f)] for f in files]
 
 
-def streams_folder(corpus: str, tokenizer, heldout_fraction: float, seed: int) -> Path:
+SPLIT_RULE = "per-source-smallest-sha256"  # part of the cache key: a new rule makes new streams
+
+
+def streams_folder(corpus: str, tokenizer, heldout_fraction: float) -> Path:
     files = corpus_files(corpus)
     key = hashlib.sha256(json.dumps(_files_key(files) + [tokenizer.name, tokenizer.vocab_size,
-                                                          heldout_fraction, seed]).encode())
+                                                          heldout_fraction, SPLIT_RULE]).encode())
     return cache_dir() / "tokenized" / f"{Path(corpus).name}-{key.hexdigest()[:16]}"
 
 
-def prepare_streams(corpus: str, tokenizer, heldout_fraction: float = 0.05, seed: int = 1234
-                    ) -> tuple[TokenStream, TokenStream]:
+def prepare_streams(corpus: str, tokenizer, heldout_fraction: float = 0.05) -> tuple[TokenStream, TokenStream]:
     """(train, heldout) streams of a corpus, tokenized once and cached as memory-mapped files.
 
-    Documents are held out by a seeded choice, the rest are put in a seeded order, each ends with
-    the end-of-document token and their start offsets are kept (document boundaries for
-    `cu_seqlens`). The same corpus, tokenizer, fraction and seed give the same files on any machine;
+    Documents are held out by `heldout_split` (by content, per source; no seed), each split is
+    written in digest order, every document ends with the end-of-document token, and the start
+    offset and source of each document are kept (document boundaries for `cu_seqlens`, per-source
+    held-out loss). The same corpus, tokenizer and fraction give the same files on any machine;
     the cache key is the files' content, so a copied corpus is not tokenized again. Documents are
-    streamed into one token file first and then copied in the seeded order, so memory holds one
-    batch of text, not the corpus."""
-    folder = streams_folder(corpus, tokenizer, heldout_fraction, seed)
+    streamed into one token file first and then copied in order, so memory holds one batch of
+    text, not the corpus."""
+    folder = streams_folder(corpus, tokenizer, heldout_fraction)
     if not (folder / "done").exists():
         tmp = folder.with_name(folder.name + f".tmp{os.getpid()}")
         tmp.mkdir(parents=True, exist_ok=True)
         with _progress(f"tokenizing {corpus}") as advance:
-            lengths = _tokenize_to(tmp / "all.bin", iter_documents(corpus), tokenizer, advance=advance)
+            lengths, digests, sources = _tokenize_to(tmp / "all.bin", iter_sourced_documents(corpus), tokenizer,
+                                                     advance=advance)
         if not len(lengths):
             raise DataError(f"corpus {corpus!r} holds no documents")
         tokens = np.memmap(tmp / "all.bin", dtype=token_dtype(tokenizer.vocab_size), mode="r")
         offsets = np.concatenate([[0], np.cumsum(lengths)[:-1]])
-        held = heldout_split(len(lengths), heldout_fraction, seed)
-        order = np.random.default_rng([seed, 1]).permutation(len(lengths))
+        held = heldout_split(digests, sources, heldout_fraction)
+        order = np.asarray(sorted(range(len(lengths)), key=lambda i: (digests[i], i)), dtype=np.int64)
+        names = sorted(set(sources))
+        source_ids = np.asarray([names.index(s) for s in sources], dtype=np.int16)
         counts = {}
         for split, keep in (("train", ~held), ("heldout", held)):
             ids = order[keep[order]]
             np.save(tmp / f"{split}.starts.npy", _write_documents(tokens, offsets, lengths, ids, tmp / f"{split}.bin"))
-            counts[split] = {"documents": len(ids), "tokens": int(lengths[ids].sum())}
+            np.save(tmp / f"{split}.sources.npy", source_ids[ids])
+            counts[split] = {"documents": len(ids), "tokens": int(lengths[ids].sum()),
+                             "tokens_per_source": {n: int(lengths[ids][source_ids[ids] == k].sum())
+                                                   for k, n in enumerate(names)}}
         del tokens
         (tmp / "all.bin").unlink()
-        (tmp / "done").write_text(json.dumps({"corpus": corpus, "tokenizer": tokenizer.name, "seed": seed,
-                                              "heldout_fraction": heldout_fraction, **counts}))
+        (tmp / "done").write_text(json.dumps({"corpus": corpus, "tokenizer": tokenizer.name, "split": SPLIT_RULE,
+                                              "heldout_fraction": heldout_fraction, "sources": names, **counts},
+                                             indent=1))
         try:
             tmp.rename(folder)
         except OSError:  # another process finished first: use its copy
             import shutil
             shutil.rmtree(tmp, ignore_errors=True)
     dtype = token_dtype(tokenizer.vocab_size)
+    names = tuple(json.loads((folder / "done").read_text())["sources"])
     return tuple(TokenStream(np.memmap(folder / f"{split}.bin", dtype=dtype, mode="r"),
-                             np.load(folder / f"{split}.starts.npy")) for split in ("train", "heldout"))
+                             np.load(folder / f"{split}.starts.npy"), np.load(folder / f"{split}.sources.npy"),
+                             names) for split in ("train", "heldout"))
 
 
 @contextlib.contextmanager

@@ -555,6 +555,50 @@ def import_tokenizer(path: Path, dest: Path) -> dict:
     return {"name": "llama2", **entry}
 
 
+# ---------------------------------------------------------------- tokenizers trained here
+
+EOT = "<|endoftext|>"
+
+
+def train_bpe(corpus: str, vocab_size: int, heldout_fraction: float = 0.05):
+    """A byte-level BPE (GPT-2's pre-tokenizer and byte alphabet, so every text encodes, with no
+    unknown token; one special token `<|endoftext|>` that ends documents) trained with `tokenizers`
+    on the TRAINING documents of a corpus only: the held-out split (`harness.data.heldout_split`,
+    by content) is fixed before any tokenizer exists, so the tokenizer never saw the text that
+    measures the models. A vocabulary this small keeps the embeddings a small share of small models."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    from harness.data import heldout_texts
+    if vocab_size < 512:
+        raise DataError(f"a BPE vocabulary of {vocab_size} is smaller than its 256 byte symbols plus merges; "
+                        f"use --vocab-size 512 or more")
+    train_docs, _ = heldout_texts(corpus, heldout_fraction)
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=[EOT], min_frequency=2, show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator(train_docs, trainer=trainer, length=len(train_docs))
+    return tok, len(train_docs)
+
+
+def store_bpe(corpus: str, vocab_size: int, name: str, dest: Path) -> dict:
+    """Train `train_bpe` and store it as `<dest>/tokenizers/<name>/tokenizer.json.gz`, recorded in
+    the manifest with the corpus, vocabulary size and the documents it was trained on."""
+    tok, documents = train_bpe(corpus, vocab_size)
+    data = tok.to_str().encode("utf-8")
+    target = dest / "tokenizers" / name / "tokenizer.json.gz"
+    atomic_write_bytes(target, gzip.compress(data, compresslevel=9, mtime=0))
+    entry = {"file": str(target.relative_to(dest)), "vocab_size": tok.get_vocab_size(), "sha256": sha256(data),
+             "origin": f"byte-level BPE trained with `tokenizers` on the {documents:,} training documents of "
+                       f"corpus {corpus} (held-out split excluded): harness data train-tokenizer --corpus {corpus} "
+                       f"--vocab-size {vocab_size} --name {name}",
+             "license": f"derived from corpus {corpus} (merge statistics of its training split; see that corpus's "
+                        f"licenses)"}
+    update_manifest(dest, lambda m: m.setdefault("tokenizers", {}).__setitem__(name, entry))
+    return {"name": name, **entry}
+
+
 # ---------------------------------------------------------------- corpora and tokenizers in the manifest
 
 def record_corpus(name: str, dest: Path = REPO_DATA, tokenizer: str | None = "llama2") -> dict:
@@ -659,7 +703,7 @@ def verify() -> list[str]:
 
 
 def run_command(args, console) -> None:
-    """`harness data list|fetch|verify|import` (argparse namespace from harness.cli)."""
+    """`harness data list|fetch|verify|import|train-tokenizer` (argparse namespace from harness.cli)."""
     if args.data_command == "list":
         cmd_list(console)
     elif args.data_command == "verify":
@@ -684,6 +728,11 @@ def run_command(args, console) -> None:
                 continue
             for e in fetch(name, dest):
                 console.print(f"{name}/{e['split']}: {e['count']} examples -> {dest / e['file']}")
+    elif args.data_command == "train-tokenizer":
+        dest = Path(args.to) if args.to else user_data_dir()
+        e = store_bpe(args.corpus, args.vocab_size, args.name, dest)
+        console.print(f"tokenizer {e['name']}: vocabulary {e['vocab_size']} -> {dest / e['file']}; use it with "
+                      f"--set train.tokenizer={e['name']} --set model.vocab_size={e['vocab_size']}", highlight=False)
     elif args.data_command == "import":
         dest = Path(args.to) if args.to else user_data_dir()
         for e in import_path(Path(args.path), dest, args.name, args.split):

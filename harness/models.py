@@ -27,6 +27,24 @@ def params_of(name: str, cfg: ModelConfig) -> int:
         return count_params(get_model(name).build(cfg))
 
 
+def embedding_params(model: torch.nn.Module) -> int:
+    """Parameters of the token embeddings and of an untied output head (a Linear named `head`):
+    what scales with the vocabulary rather than with the model."""
+    found = {id(m.weight): m.weight.numel() for m in model.modules() if isinstance(m, torch.nn.Embedding)}
+    head = getattr(model, "head", None)
+    if isinstance(head, torch.nn.Linear):
+        found[id(head.weight)] = head.weight.numel()
+    return sum(found.values())
+
+
+def non_embedding_params(name: str, cfg: ModelConfig) -> int:
+    """The model's parameters less its embeddings (the count scaling laws are stated in), at the
+    parameter-matched config."""
+    with torch.device("meta"):
+        model = get_model(name).build(matched_config(name, cfg))
+    return count_params(model) - embedding_params(model)
+
+
 def matched_config(name: str, cfg: ModelConfig) -> ModelConfig:
     """cfg with the model's `match` field solved for the reference parameter count, or cfg itself
     when the model has no such field or the user set it explicitly."""

@@ -54,13 +54,25 @@ class TaskContext:
     provenance: dict = field(default_factory=dict)
     options: dict = field(default_factory=dict)  # task options, e.g. lm-eval's cache_dir, online, bootstrap_iters
     dist: Dist | None = None  # the torchrun job this task runs in (None: one process)
+    # keys every row of this model carries, naming the training run among others of the same model
+    # in one rows file (a study's size, learning rate, budget); empty for a plain `harness run`
+    row_extra: dict = field(default_factory=dict)
 
     def row(self, task: str, metric: str, value: float | None, stderr: float | None = None, n: int | None = None,
             **extra) -> Row:
         return Row(run=self.run, model=self.model_name, preset=self.cfg.preset, task=task, metric=metric,
                    value=None if value is None else float(value), stderr=stderr, n=n, params=self.params,
                    tokens_trained=self.tokens_trained, seed=self.cfg.train.seed, checkpoint=self.checkpoint,
-                   extra=extra, **self.provenance)
+                   extra={**self.row_extra, **extra}, **self.provenance)
+
+    def owns(self, row: Row, task: str) -> bool:
+        """Whether a stored row is this context's result of `task` (and so replaced by a rerun)."""
+        if (row.model, row.task) != (self.model_name, task):
+            return False
+        if not self.row_extra:
+            return True
+        return (row.preset, row.seed) == (self.cfg.preset, self.cfg.train.seed) and all(
+            row.extra.get(k) == v for k, v in self.row_extra.items())
 
 
 def default_device() -> str:
@@ -68,7 +80,7 @@ def default_device() -> str:
 
 
 def trained_model(name: str, cfg: Config, ckpt_dir: Path, device: str, force: bool,
-                  on_step: Callable | None = None):
+                  on_step: Callable | None = None, should_stop: Callable[[], bool] | None = None):
     """(model, meta): the finished checkpoint when it matches cfg, else a training run into ckpt_dir."""
     ckpt = ckpt_dir / CHECKPOINT_DIR
     meta_file = ckpt / "meta.json"
@@ -81,7 +93,8 @@ def trained_model(name: str, cfg: Config, ckpt_dir: Path, device: str, force: bo
             model, _, _, meta = load_checkpoint(ckpt, device)
             return model, meta, False
     tagged = (lambda info: on_step({**info, "model": name})) if on_step else None
-    result = train(name, cfg, ckpt_dir, device, on_step=tagged, resume=not force)  # force: start afresh
+    result = train(name, cfg, ckpt_dir, device, on_step=tagged, resume=not force,  # force: start afresh
+                   should_stop=should_stop)
     return result.model, json.loads((result.checkpoint / "meta.json").read_text()), True
 
 
@@ -184,8 +197,7 @@ def run_tasks(model, tokenizer, ctx: TaskContext, tasks: list, existing: list[Ro
             row.extra["eval_seconds"] = round(seconds, 2)
             if d is not None and task.data_parallel:  # computed by every rank of the job
                 row.extra["world_size"] = d.world_size
-        existing = replace_rows(rows_file, rows, lambda r: (r.model, r.task) == (ctx.model_name, task.name),
-                                warn=log)
+        existing = replace_rows(rows_file, rows, lambda r: ctx.owns(r, task.name), warn=log)
         log(f"{ctx.model_name}: {task.name} done in {seconds:.1f}s ({len(rows)} rows)")
     return existing
 

@@ -301,7 +301,7 @@ def _entries(rows: list[Row], run_configs: dict, reference: bool, columns) -> li
     buckets: dict[tuple, dict] = {}
     for r in rows:
         col = by_col.get((r.task, r.metric))
-        if col is None:
+        if col is None or r.extra.get("corpus_source") is not None:  # per-source parts of a column's number
             continue
         variant = variant_of(r, run_configs)
         who = (r.preset, r.model, variant, r.run, r.extra.get("label") if reference else None, r.seed)

@@ -63,6 +63,10 @@ class TrainingError(RuntimeError):
     """Training cannot go on (NaN loss, out of memory); the message says what to change."""
 
 
+class TrainingStopped(RuntimeError):
+    """Training was asked to stop (`should_stop`) and saved a checkpoint first: it resumes there."""
+
+
 def lr_at(step: int, cfg) -> float:
     """Learning rate of optimizer step `step` (0-based): linear warmup, then cosine to min_lr_ratio."""
     warmup, total = cfg.warmup_steps, cfg.steps
@@ -130,12 +134,21 @@ def fused_cross_entropy(model, device: torch.device) -> torch.nn.Module:
     return FusedLinearCrossEntropyLoss()
 
 
+@dataclass
+class HeldoutScore:
+    """Mean next-token loss over the scored held-out tokens, their count, and the same per
+    corpus source ({source: (loss, tokens)}; a target token belongs to its document's source)."""
+    loss: float
+    tokens: int
+    by_source: dict
+
+
 @torch.no_grad()
-def heldout_loss(model, stream: TokenStream, seq_len: int, max_tokens: int, batch: int, device,
-                 autocast: Callable, d: Dist | None = None) -> tuple[float, int]:
-    """Mean next-token loss over the first max_tokens of the held-out stream, and tokens scored.
-    With several ranks each scores every N-th sequence (all ranks the same count, rounded down to
-    a multiple of N, so that sharded models run the same number of forwards) and the sums are reduced."""
+def heldout_score(model, stream: TokenStream, seq_len: int, max_tokens: int, batch: int, device,
+                  autocast: Callable, d: Dist | None = None) -> HeldoutScore:
+    """Score the first max_tokens of the held-out stream, overall and per source. With several
+    ranks each scores every N-th sequence (all ranks the same count, rounded down to a multiple
+    of N, so that sharded models run the same number of forwards) and the sums are reduced."""
     rank, world = (d.rank, d.world_size) if d is not None else (0, 1)
     n = min(stream.num_sequences(seq_len), max(1, max_tokens // seq_len))
     n -= n % world
@@ -144,19 +157,29 @@ def heldout_loss(model, stream: TokenStream, seq_len: int, max_tokens: int, batc
                             f"use a larger corpus or a smaller train.seq_len")
     was_training = model.training
     model.eval()
-    sums = torch.zeros(2, dtype=torch.float64, device=device)
+    n_sources = max(1, len(stream.source_names))
+    sums = torch.zeros(2, n_sources, dtype=torch.float64, device=device)  # loss sum, tokens per source
     mine = list(range(rank, n, world))
     for lo in range(0, len(mine), batch):
         idx = mine[lo:lo + batch]
         tokens = torch.from_numpy(np.stack([stream.sequence(i, seq_len)[0] for i in idx])).to(device)
         with autocast():
             logits = model(tokens[:, :-1])
-        sums[0] += F.cross_entropy(logits.float().flatten(0, 1), tokens[:, 1:].flatten(), reduction="sum")
-        sums[1] += tokens[:, 1:].numel()
+        losses = F.cross_entropy(logits.float().flatten(0, 1), tokens[:, 1:].flatten(), reduction="none")
+        if stream.doc_sources is None:
+            source = torch.zeros_like(losses, dtype=torch.long)
+        else:  # the source of each target token (positions i*seq_len+1 .. (i+1)*seq_len)
+            source = torch.from_numpy(np.concatenate([stream.token_sources(i * seq_len + 1, (i + 1) * seq_len + 1)
+                                                      for i in idx]).astype(np.int64)).to(device)
+        sums[0].index_add_(0, source, losses.double())
+        sums[1].index_add_(0, source, torch.ones_like(losses, dtype=torch.float64))
     if d is not None:
         sums = d.sum(sums)
     model.train(was_training)
-    return float(sums[0] / sums[1]), int(sums[1])
+    total = sums.sum(1)
+    names = stream.source_names or ("",)
+    by_source = {names[k]: (float(sums[0, k] / sums[1, k]), int(sums[1, k])) for k in range(n_sources) if sums[1, k]}
+    return HeldoutScore(float(total[0] / total[1]), int(total[1]), by_source)
 
 
 def autocast_for(device: torch.device, dtype: str) -> Callable:
@@ -347,12 +370,14 @@ def _batch_layout(tcfg, world: int) -> tuple[int, int, int]:
 
 def train(model_name: str, cfg: Config, run_dir: Path, device: str | None = None,
           on_step: Callable[[dict], None] | None = None, *, resume: bool = True, parallel: str = "ddp",
-          loggers: tuple[str, ...] = ()) -> TrainResult:
+          loggers: tuple[str, ...] = (), should_stop: Callable[[], bool] | None = None) -> TrainResult:
     """Train `model_name` at cfg into run_dir, continuing from run_dir/checkpoint when `resume`
     (a finished checkpoint is returned as it is); `resume=False` discards it and the log.
 
     Under torchrun every rank calls this; `on_step` (progress) and all files are rank 0's.
     parallel: ddp | fsdp. loggers: optional mirrors of the JSONL log (tensorboard, wandb).
+    should_stop: asked after every step (rank 0's answer counts); when it says so, a checkpoint is
+    written and TrainingStopped raised, so that a job out of time loses no steps.
     """
     cfg.validate()
     tcfg = cfg.train
@@ -363,9 +388,9 @@ def train(model_name: str, cfg: Config, run_dir: Path, device: str | None = None
         raise ConfigError(f"model.vocab_size={cfg.model.vocab_size} is smaller than the tokenizer's "
                           f"{tokenizer.vocab_size}; set model.vocab_size={tokenizer.vocab_size}")
     if d.is_main:  # rank 0 tokenizes; the others then read its cache
-        prepare_streams(tcfg.corpus, tokenizer, seed=tcfg.seed)
+        prepare_streams(tcfg.corpus, tokenizer)
     d.barrier()
-    train_stream, held_stream = prepare_streams(tcfg.corpus, tokenizer, seed=tcfg.seed)
+    train_stream, held_stream = prepare_streams(tcfg.corpus, tokenizer)
     if train_stream.num_sequences(tcfg.seq_len) == 0:
         raise TrainingError(f"corpus {tcfg.corpus!r} is shorter than one sequence of {tcfg.seq_len} tokens; "
                             f"use a larger corpus or a smaller train.seq_len")
@@ -457,7 +482,8 @@ def train(model_name: str, cfg: Config, run_dir: Path, device: str | None = None
                       "grad_norm": grad_norm, "tokens_per_s": tok_s,
                       "mfu": mfu_of(tok_s), "peak_mem_gib": peak_mem,
                       "seconds": time.time() - t0}
-            if (step + 1) % tcfg.save_every == 0 and step + 1 < tcfg.steps:
+            stop = should_stop is not None and step + 1 < tcfg.steps and d.broadcast_object(should_stop())
+            if ((step + 1) % tcfg.save_every == 0 and step + 1 < tcfg.steps) or stop:
                 save_checkpoint(run_dir, wrapped, optimizer, {**meta, "step": step + 1, "tokens": record["tokens"]},
                                 {"step": step + 1, "position": position}, d)
                 saved_step = step + 1
@@ -465,6 +491,9 @@ def train(model_name: str, cfg: Config, run_dir: Path, device: str | None = None
                 log.write(record)
             if on_step is not None and d.is_main:
                 on_step({**record, "steps": tcfg.steps, "start_step": start_step})
+            if stop:
+                raise TrainingStopped(f"stopped at step {step + 1} of {tcfg.steps} as asked; the checkpoint in "
+                                      f"{ckpt} resumes there")
     except torch.OutOfMemoryError:
         raise TrainingError(f"out of memory on {d.device} with train.micro_batch={micro} (x {tcfg.seq_len} tokens "
                             f"per forward); lower train.micro_batch (gradient accumulation keeps the global batch "
@@ -473,8 +502,8 @@ def train(model_name: str, cfg: Config, run_dir: Path, device: str | None = None
         if log is not None:
             log.close()
 
-    held, _ = heldout_loss(distributed.unwrap(wrapped), held_stream, tcfg.seq_len, tcfg.eval_tokens, micro,
-                           d.device, autocast, d)
+    held = heldout_score(distributed.unwrap(wrapped), held_stream, tcfg.seq_len, tcfg.eval_tokens, micro,
+                         d.device, autocast, d).loss
     tokens_per_s = timed_tokens / timed_s if timed_s else None  # all ranks together
     mfu = mfu_of(tokens_per_s)
     meta.update(step=tcfg.steps, tokens=tcfg.steps * step_tokens, heldout_loss=held, train_loss=loss_value,

@@ -1,4 +1,6 @@
-"""`smoke`: held-out perplexity on the run's own corpus, the cheapest check that a model learned."""
+"""`smoke`: held-out loss and perplexity on the run's own corpus, the cheapest check that a model
+learned; also per corpus source (rows with a `corpus_source` key), since one number over a mix of
+dictionary entries, technical documentation and books says little about any of them."""
 
 import math
 
@@ -6,16 +8,20 @@ import torch
 
 from harness.data import prepare_streams
 from harness.registry import register_task
-from harness.train import autocast_for, heldout_loss
+from harness.train import autocast_for, heldout_score
 
 
 @register_task("smoke", group=("smoke",), description="held-out loss and perplexity on the training corpus")
 def run(model, tokenizer, ctx):
     tcfg = ctx.cfg.train
-    _, held = prepare_streams(tcfg.corpus, tokenizer, seed=tcfg.seed)
+    _, held = prepare_streams(tcfg.corpus, tokenizer)
     max_tokens = tcfg.eval_tokens if ctx.limit is None else ctx.limit * tcfg.seq_len
     device = torch.device(ctx.device)
-    loss, n = heldout_loss(model, held, tcfg.seq_len, max_tokens, tcfg.micro_batch, device,
-                           autocast_for(device, tcfg.dtype))
-    return [ctx.row("smoke", "loss", loss, n=n, split="heldout", corpus=tcfg.corpus),
-            ctx.row("smoke", "ppl", math.exp(loss), n=n, split="heldout", corpus=tcfg.corpus)]
+    score = heldout_score(model, held, tcfg.seq_len, max_tokens, tcfg.micro_batch, device,
+                          autocast_for(device, tcfg.dtype))
+    rows = [ctx.row("smoke", "loss", score.loss, n=score.tokens, split="heldout", corpus=tcfg.corpus),
+            ctx.row("smoke", "ppl", math.exp(score.loss), n=score.tokens, split="heldout", corpus=tcfg.corpus)]
+    if len(score.by_source) > 1:
+        rows += [ctx.row("smoke", "loss", loss, n=n, split="heldout", corpus=tcfg.corpus, corpus_source=source)
+                 for source, (loss, n) in sorted(score.by_source.items())]
+    return rows

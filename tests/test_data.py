@@ -203,7 +203,7 @@ def test_streams_keep_document_boundaries_split_and_cache(tmp_path, monkeypatch)
     assert len(docs) >= 20
     _write_corpus(tmp_path / "corpus", docs)
     tok = data.ByteTokenizer()
-    train, held = data.prepare_streams(str(tmp_path / "corpus"), tok, heldout_fraction=0.1, seed=7)
+    train, held = data.prepare_streams(str(tmp_path / "corpus"), tok, heldout_fraction=0.1)
     assert train.tokens.dtype == np.uint16 and isinstance(train.tokens, np.memmap)
     n_held = max(1, round(0.1 * len(docs)))
     assert len(held.doc_starts) == n_held and len(train.doc_starts) == len(docs) - n_held
@@ -212,16 +212,39 @@ def test_streams_keep_document_boundaries_split_and_cache(tmp_path, monkeypatch)
         assert (np.asarray(stream.tokens)[ends] == tok.eos_id).all()
         assert (np.asarray(stream.tokens)[stream.doc_starts[1:] - 1] == tok.eos_id).all()
     got = {tok.decode(held.tokens[a:b]) for a, b in zip(held.doc_starts, np.append(held.doc_starts[1:], len(held.tokens)))}
-    assert got <= set(docs)
+    by_digest = sorted(set(docs), key=data.document_digest)
+    assert got == set(by_digest[:n_held])  # the documents of smallest digest, whatever the seed
     window, starts = train.sequence(0, 64)
     assert starts[0] == 0 and all(window[s - 1] == tok.eos_id for s in starts[1:])
-    # cached: a second call reads the files without loading documents; another seed holds out others
-    monkeypatch.setattr(data, "iter_documents", lambda corpus: pytest.fail("tokenized twice"))
-    again, _ = data.prepare_streams(str(tmp_path / "corpus"), tok, heldout_fraction=0.1, seed=7)
+    # cached: a second call reads the files without loading documents
+    monkeypatch.setattr(data, "iter_sourced_documents", lambda corpus: pytest.fail("tokenized twice"))
+    again, _ = data.prepare_streams(str(tmp_path / "corpus"), tok, heldout_fraction=0.1)
     assert np.array_equal(again.tokens, train.tokens)
-    monkeypatch.undo()
-    _, held2 = data.prepare_streams(str(tmp_path / "corpus"), tok, heldout_fraction=0.1, seed=8)
-    assert not np.array_equal(np.asarray(held2.tokens), np.asarray(held.tokens))
+
+
+def test_heldout_split_is_per_source_and_by_content(tmp_path):
+    """Each source keeps its share of held-out documents; which ones depends on their text only, so
+    adding documents to one source or reordering the files does not move the others'."""
+    books = [f"book {i}. " * 20 for i in range(40)]
+    docs = [f"doc {i}." for i in range(4)]
+    folder = tmp_path / "mix"
+    folder.mkdir()
+    (folder / "books.jsonl").write_text("".join(json.dumps({"text": t, "source": "books"}) + "\n" for t in books))
+    (folder / "docs.txt").write_text("\n\n\n".join(docs))
+    texts, sources = zip(*data.iter_sourced_documents(str(folder)))
+    assert sources.count("books") == 40 and sources.count("docs") == 4
+    mask = data.heldout_split([data.document_digest(t) for t in texts], list(sources), 0.05)
+    held = {t for t, h in zip(texts, mask) if h}
+    assert sum(t in held for t in books) == 2 and sum(t in held for t in docs) == 1
+    more = [f"book {i}. " * 20 for i in range(40, 60)] + list(texts)
+    mask2 = data.heldout_split([data.document_digest(t) for t in more], ["books"] * 20 + list(sources), 0.05)
+    assert {t for t, h in zip(more, mask2) if h and t in docs} == {t for t in held if t in docs}
+    train, held_stream = data.prepare_streams(str(folder), data.ByteTokenizer())
+    assert held_stream.source_names == ("books", "docs")
+    assert sorted(held_stream.doc_sources.tolist()) == [0, 0, 1]
+    assert (held_stream.token_sources(0, len(held_stream.tokens)) >= 0).all()
+    train_text, held_text = data.heldout_texts(str(folder))
+    assert set(held_text) == held and len(train_text) == 44 - 3
 
 
 def test_named_corpus_lookup_and_missing_hint(tmp_path, monkeypatch):

@@ -178,9 +178,17 @@ def test_decode_ring_buffer_matches_full_attention():
 
 
 def test_balanced_slopes_follow_the_paper():
+    """The paper's Eq. 4: -2^(-k) for H/2 heads, +2^(-k) for the other H/2, k = 1..H/2; ALiBi's
+    geometric 2^(-8k/n) on request; the two agree at 16 heads (the paper's 340M model)."""
     s = alibi_slopes(8, "balanced")
-    assert torch.allclose(s[:4], -torch.tensor([2 ** (-8 * k / 4) for k in range(1, 5)]))
-    assert torch.allclose(s[4:], torch.tensor([2 ** (-8 * k / 4) for k in range(1, 5)]))
+    assert s.tolist() == [-0.5, -0.25, -0.125, -0.0625, 0.5, 0.25, 0.125, 0.0625]
+    assert alibi_slopes(4, "negative").tolist() == [-0.5, -0.25, -0.125, -0.0625]
+    geometric = alibi_slopes(8, "balanced", "alibi")
+    assert torch.allclose(geometric[4:], torch.tensor([2 ** (-8 * k / 4) for k in range(1, 5)]))
+    assert torch.equal(alibi_slopes(16, "balanced"), alibi_slopes(16, "balanced", "alibi"))
+    assert load_config("tiny").model.slope_form == "paper"
+    with pytest.raises(ConfigError, match="slope_form must be paper or alibi"):
+        load_config("tiny", overrides=["model.slope_form=geometric"])
 
 
 # ---------------------------------------------------------------- every model's contract

@@ -1,0 +1,504 @@
+"""Studies: models x sizes x learning rates x seeds, at budgets stated in tokens per parameter,
+from one YAML file, resumable, with several trainings side by side on one GPU or one per GPU.
+
+    harness study STUDY.yaml [--jobs N] [--time-limit SECONDS]
+
+A study file names a base config and what varies (results/scaling/study.yaml is the committed one):
+
+    name: scaling                  # rows -> RESULTS/scaling/rows.jsonl, checkpoints -> RUNS/scaling/
+    preset: small                  # the base config: a preset ...
+    model: {vocab_size: 8192}      # ... with overrides for every run
+    train: {tokenizer: english-mix-bpe8k}
+    tokens_per_param: 20           # tokens = ratio x non-embedding parameters of the reference model
+    warmup_fraction: 0.1           # warm-up tokens as a fraction of the budget
+    max_epochs: 4                  # a budget needing more passes over the corpus is an error
+    sizes:                         # the rungs, smallest first
+      s: {model: {hidden_size: 128, num_layers: 3, num_heads: 4}, train: {batch_tokens: 32768}}
+    models: [swat, transformer]    # trained by gradient descent, at a learning rate of their own
+    references: [unigram, bigram]  # count-based models: no learning rate (optional)
+    focus: [swat]                  # compared with every other model, paired by seed (default: the first)
+    sweep: {sizes: [s], lrs: [1e-3, 2e-3, 4e-3, 8e-3], seed: 0, tasks: [smoke]}
+    final: {sizes: [s], seeds: {s: [0, 1, 2]}, tasks: [smoke, wikitext_2_v1, lambada_openai]}
+
+Every run trains with `harness.train.train` and is scored by the registered tasks, exactly as
+`harness run` does; its rows carry `lr` and the budget (`tokens_per_param`, `epochs`,
+`non_embedding_params`, `train_flops`) and use the size's name as their `preset`. The final stage
+trains each model at its own learning rate: the sweep's best on a swept size, else the power law
+through the swept sizes' best learning rates (in non-embedding parameters), clamped to the swept
+range; a best at the edge of the grid is flagged in `lr_choice.json`. A final run at a swept
+learning rate and the sweep's seed is the sweep's run (same checkpoint), not a second one.
+
+Resuming: a run whose rows exist is skipped; a cut training resumes from its checkpoint. With
+`--jobs N` the runs go to N worker processes (`harness study FILE --unit KEY`), spread round-robin
+over the visible GPUs; at `--time-limit` the workers checkpoint and stop. Under torchrun the runs go
+one after another, each trained on every rank (DDP) and scored data-parallel where the task allows.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import yaml
+
+from harness.config import Config, ConfigError, apply_mapping, load_config
+
+STUDY_KEYS = {"name", "preset", "model", "train", "tokens_per_param", "warmup_fraction", "max_epochs", "sizes",
+              "models", "references", "reference_model", "focus", "sweep", "final"}
+STOPPED_EXIT = 3  # a worker that checkpointed and stopped at the time limit
+KILL_GRACE_S = 45  # seconds past the time limit after which a worker that has not stopped is killed
+
+
+@dataclass(frozen=True)
+class Unit:
+    """One training run and the tasks scored on it."""
+    model: str
+    size: str
+    lr: float | None  # None: a count-based reference
+    seed: int
+    tasks: tuple[str, ...]
+
+    @property
+    def key(self) -> str:
+        return f"{self.size}/{self.model}/{run_label(self.lr, self.seed)}"
+
+
+def run_label(lr: float | None, seed: int) -> str:
+    return f"seed{seed}" if lr is None else f"lr{lr:g}-seed{seed}"
+
+
+@dataclass
+class Study:
+    path: Path
+    name: str
+    base: dict  # {"preset": ..., "model": {...}, "train": {...}}
+    sizes: dict[str, dict]
+    models: list[str]
+    references: list[str]
+    tokens_per_param: float
+    warmup_fraction: float
+    max_epochs: float
+    reference_model: str
+    sweep_sizes: list[str]
+    lrs: list[float]
+    sweep_seed: int
+    sweep_tasks: list[str]
+    final_sizes: list[str]
+    final_seeds: dict[str, list[int]]
+    final_tasks: list[str]
+    focus: list[str] = field(default_factory=list)
+    budgets: dict[str, dict] = field(default_factory=dict)  # size -> budget (tokens, epochs, ...), by `plan`
+
+    def config(self, size: str, seed: int, lr: float | None = None) -> Config:
+        """The run's config: base, the size's overrides, the budget, then seed and learning rate."""
+        cfg = load_config(self.base["preset"])
+        apply_mapping(cfg, {"model": self.base.get("model", {}), "train": self.base.get("train", {})})
+        apply_mapping(cfg, self.sizes[size])
+        cfg.preset = size
+        budget = self.budgets.get(size)
+        if budget:
+            cfg.train.tokens = budget["tokens"]
+            cfg.train.warmup_tokens = budget["warmup_tokens"]
+        cfg.train.seed = seed
+        if lr is not None:
+            cfg.train.lr = lr
+        cfg.validate()
+        return cfg
+
+
+def _require(data: dict, key: str, kind, where: str):
+    if key not in data:
+        raise ConfigError(f"{where}: missing `{key}`")
+    value = data[key]
+    if kind is float and isinstance(value, str):  # YAML 1.1 reads 1e-3 as a string
+        try:
+            value = float(value)
+        except ValueError:
+            pass
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if not isinstance(value, kind) or isinstance(value, bool) and kind is not bool:
+        raise ConfigError(f"{where}: `{key}` must be {getattr(kind, '__name__', kind)}, got {value!r}")
+    return value
+
+
+def _floats(values, where: str) -> list[float]:
+    try:
+        out = [float(v) for v in values]
+    except (TypeError, ValueError):
+        raise ConfigError(f"{where} must be a list of numbers, got {values!r}") from None
+    if not out or any(not math.isfinite(v) or v <= 0 for v in out):
+        raise ConfigError(f"{where} must be positive numbers, got {values!r}")
+    return out
+
+
+def load_study(path: str | Path) -> Study:
+    """Parse and check a study file: every name, size and key is checked before any work."""
+    from harness.models import REFERENCE_MODEL
+    from harness.registry import expand_tasks, get_model
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"study file {path} not found")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise ConfigError(f"study file {path} is not valid YAML: {err}") from None
+    where = f"study file {path}"
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where} must hold a mapping (name, preset, sizes, models, sweep, final, ...)")
+    unknown = sorted(set(data) - STUDY_KEYS)
+    if unknown:
+        raise ConfigError(f"{where}: unknown key `{unknown[0]}`; known: {', '.join(sorted(STUDY_KEYS))}")
+    name = _require(data, "name", str, where)
+    sizes = _require(data, "sizes", dict, where)
+    if not sizes:
+        raise ConfigError(f"{where}: `sizes` names no size")
+    models = list(_require(data, "models", list, where))
+    references = list(data.get("references") or [])
+    for model in models + references + [data.get("reference_model", REFERENCE_MODEL)]:
+        get_model(model)
+    sweep = _require(data, "sweep", dict, where)
+    final = _require(data, "final", dict, where)
+    for stage, section in (("sweep", sweep), ("final", final)):
+        for size in section.get("sizes", []):
+            if size not in sizes:
+                raise ConfigError(f"{where}: {stage}.sizes names `{size}`, not one of sizes: {', '.join(sizes)}")
+        for key in ("sizes", "tasks"):
+            if not section.get(key):
+                raise ConfigError(f"{where}: `{stage}.{key}` must list at least one entry")
+    seeds = final.get("seeds", {})
+    if not isinstance(seeds, dict):
+        raise ConfigError(f"{where}: final.seeds must map a size (or `default`) to a list of seeds")
+    final_seeds = {size: [int(s) for s in seeds.get(size, seeds.get("default", [0]))] for size in final["sizes"]}
+    study = Study(
+        path=path, name=name,
+        base={"preset": data.get("preset", "small"), "model": data.get("model") or {}, "train": data.get("train") or {}},
+        sizes=sizes, models=models, references=references,
+        tokens_per_param=_require(data, "tokens_per_param", float, where),
+        warmup_fraction=float(data.get("warmup_fraction", 0.1)),
+        max_epochs=float(data.get("max_epochs", 4)),
+        reference_model=data.get("reference_model", REFERENCE_MODEL),
+        sweep_sizes=list(sweep["sizes"]), lrs=_floats(sweep.get("lrs"), f"{where}: sweep.lrs"),
+        sweep_seed=int(sweep.get("seed", 0)), sweep_tasks=expand_tasks(list(sweep["tasks"])),
+        final_sizes=list(final["sizes"]), final_seeds=final_seeds, final_tasks=expand_tasks(list(final["tasks"])),
+        focus=list(data.get("focus") or models[:1]))
+    stray = [m for m in study.focus if m not in models]
+    if stray:
+        raise ConfigError(f"{where}: focus names `{stray[0]}`, which is not one of models")
+    if study.tokens_per_param <= 0 or not 0 <= study.warmup_fraction < 1 or study.max_epochs <= 0:
+        raise ConfigError(f"{where}: tokens_per_param and max_epochs must be positive, warmup_fraction in [0, 1)")
+    for size in sizes:
+        if not isinstance(sizes[size], dict):
+            raise ConfigError(f"{where}: size `{size}` must hold model: and train: overrides")
+        study.config(size, 0)  # every override is checked here, before any work
+    return study
+
+
+# ---------------------------------------------------------------- budgets
+
+def plan(study: Study, log: Callable[[str], None] = print) -> dict[str, dict]:
+    """Each size's budget: tokens (the ratio times the reference model's non-embedding parameters,
+    in whole steps), warm-up, epochs of the corpus's training split. Tokenizes the corpus (once,
+    cached) to count that split. Refuses budgets above max_epochs."""
+    from harness.data import get_tokenizer, prepare_streams
+    from harness.models import non_embedding_params
+    budgets = {}
+    for size in study.sizes:
+        cfg = study.config(size, 0)
+        train_stream, _ = prepare_streams(cfg.train.corpus, get_tokenizer(cfg.train.tokenizer))
+        corpus_tokens = len(train_stream.tokens)
+        params = non_embedding_params(study.reference_model, cfg.model)
+        steps = max(1, int(study.tokens_per_param * params) // cfg.train.batch_tokens)
+        tokens = steps * cfg.train.batch_tokens
+        epochs = tokens / corpus_tokens
+        if epochs > study.max_epochs:
+            raise ConfigError(f"size {size}: {tokens:,} tokens ({study.tokens_per_param:g} per non-embedding "
+                              f"parameter of {params:,}) are {epochs:.2f} epochs of corpus {cfg.train.corpus} "
+                              f"({corpus_tokens:,} training tokens), above max_epochs={study.max_epochs:g}; "
+                              f"use a smaller size or a larger corpus")
+        budgets[size] = {"tokens": tokens, "steps": steps, "warmup_tokens": int(study.warmup_fraction * tokens),
+                         "epochs": epochs, "budget_params": params, "corpus_tokens": corpus_tokens}
+    study.budgets = budgets
+    return budgets
+
+
+# ---------------------------------------------------------------- learning rates
+
+def sweep_losses(rows: list, study: Study) -> dict[tuple[str, str], dict[float, float]]:
+    """{(model, size): {lr: held-out loss}} of the sweep's runs (seed `sweep.seed`), from rows."""
+    out: dict[tuple[str, str], dict[float, float]] = {}
+    for r in rows:
+        if (r.task, r.metric) == ("smoke", "loss") and r.extra.get("corpus_source") is None \
+                and r.seed == study.sweep_seed and r.extra.get("lr") in study.lrs and r.preset in study.sweep_sizes:
+            out.setdefault((r.model, r.preset), {})[r.extra["lr"]] = r.value
+    return out
+
+
+def choose_lrs(rows: list, study: Study) -> dict[str, dict[str, dict]]:
+    """{model: {size: {"lr", "how", "edge"}}} for the final stage, from the sweep rows present:
+    a swept size takes its best learning rate once every one of the grid has a row; a size not
+    swept takes the power law through the swept sizes' best (least squares in log lr vs log
+    non-embedding parameters) once all of them are known, clamped to the grid's range."""
+    losses = sweep_losses(rows, study)
+    choice: dict[str, dict[str, dict]] = {}
+    for model in study.models:
+        best = {}
+        for size in study.sweep_sizes:
+            got = losses.get((model, size), {})
+            if len(got) == len(study.lrs):
+                lr = min(got, key=got.get)
+                best[size] = lr
+                edge = lr in (min(study.lrs), max(study.lrs)) and len(study.lrs) > 1
+                choice.setdefault(model, {})[size] = {"lr": lr, "how": "swept", "edge": edge,
+                                                      "loss": got[lr]}
+        if len(best) < len(study.sweep_sizes):
+            continue
+        xs = [math.log(study.budgets[s]["budget_params"]) for s in best]
+        ys = [math.log(best[s]) for s in best]
+        for size in study.final_sizes:
+            if size in best:
+                continue
+            x = math.log(study.budgets[size]["budget_params"])
+            if len(set(xs)) > 1:
+                mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
+                slope = sum((a - mx) * (b - my) for a, b in zip(xs, ys)) / sum((a - mx) ** 2 for a in xs)
+                lr = math.exp(my + slope * (x - mx))
+            else:
+                lr = math.exp(ys[0])
+            lr = float(f"{min(max(lr, min(study.lrs)), max(study.lrs)):.3g}")
+            choice.setdefault(model, {})[size] = {"lr": lr, "how": "extrapolated", "edge": False}
+    return choice
+
+
+# ---------------------------------------------------------------- the runs
+
+def units(study: Study, rows: list) -> tuple[list[Unit], int]:
+    """(runs that can be defined now, runs still waiting for the sweep). The final stage of a
+    model waits for its learning rate; references need none."""
+    out, waiting = [], 0
+    for size in study.sweep_sizes:
+        for model in study.models:
+            out += [Unit(model, size, lr, study.sweep_seed, tuple(study.sweep_tasks)) for lr in study.lrs]
+    lrs = choose_lrs(rows, study)
+    for size in study.final_sizes:
+        for seed in study.final_seeds[size]:
+            for model in study.models:
+                lr = lrs.get(model, {}).get(size, {}).get("lr")
+                if lr is None:
+                    waiting += 1
+                else:
+                    out.append(Unit(model, size, lr, seed, tuple(study.final_tasks)))
+            out += [Unit(ref, size, None, seed, tuple(study.final_tasks)) for ref in study.references]
+    merged: dict[str, Unit] = {}
+    for u in out:  # a final run at a swept lr and the sweep's seed shares the sweep's training
+        prior = merged.get(u.key)
+        merged[u.key] = u if prior is None else Unit(u.model, u.size, u.lr, u.seed,
+                                                     tuple(dict.fromkeys(prior.tasks + u.tasks)))
+    return list(merged.values()), waiting
+
+
+def rows_file(study: Study, results: Path) -> Path:
+    return Path(results) / study.name / "rows.jsonl"
+
+
+def pending_tasks(unit: Unit, rows: list) -> list[str]:
+    have = {r.task for r in rows if (r.model, r.preset, r.seed) == (unit.model, unit.size, unit.seed)
+            and r.extra.get("lr") == unit.lr}
+    return [t for t in unit.tasks if t not in have]
+
+
+def run_unit(study: Study, unit: Unit, results: Path, runs: Path, device: str,
+             log: Callable[[str], None] = print, on_step: Callable | None = None,
+             should_stop: Callable[[], bool] | None = None, d=None) -> None:
+    """Train (or resume, or reuse) one run and score its pending tasks into the study's rows
+    (`d`: the torchrun job every rank of which calls this; rank 0 writes)."""
+    from harness.data import get_tokenizer
+    from harness.models import non_embedding_params
+    from harness.registry import get_task
+    from harness.results import command_line, device_name, git_commit, now
+    from harness.runner import TaskContext, keep_training_record, run_tasks, stored_rows, trained_model
+    from harness.train import CHECKPOINT_DIR
+    path = rows_file(study, results)
+    existing = stored_rows(path, d, log)
+    todo = pending_tasks(unit, existing)
+    if not todo:
+        return
+    cfg = study.config(unit.size, unit.seed, unit.lr)
+    run_dir = Path(runs) / study.name / unit.key
+    model, meta, _ = trained_model(unit.model, cfg, run_dir, device, False, on_step, should_stop)
+    budget = study.budgets[unit.size]
+    if d is None or d.is_main:
+        keep_training_record(run_dir, path.parent / "train" / unit.size,
+                             f"{unit.model}-{run_label(unit.lr, unit.seed)}")
+    row_extra = {"lr": unit.lr, "tokens_per_param": study.tokens_per_param, "epochs": round(budget["epochs"], 4),
+                 "budget_params": budget["budget_params"],
+                 "non_embedding_params": non_embedding_params(unit.model, cfg.model),
+                 "train_flops": meta.get("flops_per_token", {}).get("train", 0.0) * meta.get("tokens", 0)}
+    provenance = {"commit": git_commit(), "device": device_name(device), "date": now(), "command": command_line()}
+    ctx = TaskContext(cfg, study.name, unit.model, device, meta["params"], meta.get("tokens"),
+                      str(run_dir / CHECKPOINT_DIR), None, provenance, row_extra=row_extra, dist=d)
+    run_tasks(model, get_tokenizer(cfg.train.tokenizer), ctx, [get_task(t) for t in todo], existing, path, log)
+
+
+def write_record(study: Study, results: Path, lrs: dict) -> None:
+    """results/<name>/run.json (the study file, budgets, versions) and lr_choice.json."""
+    from harness.results import atomic_write_text, command_line, git_commit, now, versions
+    out = Path(results) / study.name
+    info = {"study": yaml.safe_load(study.path.read_text()), "budgets": study.budgets, "command": command_line(),
+            "commit": git_commit(), "date": now(), "versions": versions(),
+            "config": study.config(next(iter(study.sizes)), 0).to_dict()}
+    atomic_write_text(out / "run.json", json.dumps(info, indent=1, default=str))
+    atomic_write_text(out / "lr_choice.json", json.dumps(lrs, indent=1, sort_keys=True))
+
+
+def run_study(study: Study, results: Path, runs: Path, device: str, jobs: int = 1,
+              time_limit: float | None = None, log: Callable[[str], None] = print,
+              on_step: Callable | None = None, progress: Callable[[int, int, str], None] | None = None) -> dict:
+    """Run every unit not yet done, in waves (the final stage's learning rates come from the
+    sweep's rows), then write the report. Returns counts: done, skipped, failed, stopped, waiting."""
+    from harness.runner import join_job, stored_rows
+    from harness.study_report import write_report
+    d, device, log = join_job(device, log)
+    if d is not None and jobs > 1:
+        raise ConfigError("under torchrun every run trains on all ranks: drop --jobs (or run without torchrun "
+                          "for several runs side by side)")
+    main = d is None or d.is_main
+    drop_missing_tasks(study, log)
+    plan(study, log)
+    deadline = None if time_limit is None else time.time() + time_limit
+    counts = {"done": 0, "failed": 0, "stopped": 0, "waiting": 0}
+    attempted: set[str] = set()
+    while True:
+        rows = stored_rows(rows_file(study, results), d, log)
+        if main:
+            write_record(study, results, choose_lrs(rows, study))
+        defined, waiting = units(study, rows)
+        todo = [u for u in defined if pending_tasks(u, rows) and u.key not in attempted]
+        counts["waiting"] = waiting
+        if not todo or (deadline is not None and time.time() >= deadline):
+            break
+        attempted.update(u.key for u in todo)
+        total = len(defined)
+        finished = total - len([u for u in defined if pending_tasks(u, rows)])
+        if jobs <= 1:
+            for u in todo:
+                if deadline is not None and time.time() >= deadline:
+                    counts["stopped"] += 1
+                    continue
+                if progress:
+                    progress(finished, total, u.key)
+                stop = (lambda: time.time() >= deadline) if deadline is not None else None
+                status = _in_process(study, u, results, runs, device, log, on_step, stop, d)
+                counts[status] += 1
+                finished += status == "done"
+        else:
+            for status in _pool(study, todo, results, runs, device, jobs, deadline, log,
+                                lambda n, key: progress and progress(finished + n, total, f"{key} ended")):
+                counts[status] += 1
+    if main:
+        write_report(study, Path(results))
+    return counts
+
+
+def drop_missing_tasks(study: Study, log: Callable[[str], None]) -> None:
+    """Leave out, with one warning each, the study's tasks whose data is not in the mirror."""
+    from harness.registry import get_task
+    from harness.runner import check_task_data
+    for attr in ("sweep_tasks", "final_tasks"):
+        names = getattr(study, attr)
+        kept = {t.name for t in check_task_data([get_task(n) for n in names], skip_missing=True,
+                                                log=lambda m: log(f"warning: {m}"))}
+        setattr(study, attr, [n for n in names if n in kept])
+
+
+def _in_process(study, unit, results, runs, device, log, on_step, should_stop, d=None) -> str:
+    from harness.train import TrainingStopped
+    try:
+        run_unit(study, unit, results, runs, device, log, on_step, should_stop, d)
+    except TrainingStopped as err:
+        log(f"{unit.key}: {err}")
+        return "stopped"
+    return "done"
+
+
+def _visible_gpus() -> list[str]:
+    import torch
+    if not torch.cuda.is_available():
+        return []
+    env = os.environ.get("CUDA_VISIBLE_DEVICES")
+    return [g.strip() for g in env.split(",") if g.strip()] if env else [str(i) for i in range(torch.cuda.device_count())]
+
+
+def _pool(study, todo, results, runs, device, jobs, deadline, log, progress):
+    """Run units in `jobs` worker processes; yield each one's status as it ends. Workers past the
+    deadline get SIGTERM, checkpoint and exit STOPPED_EXIT."""
+    gpus = _visible_gpus() if device.startswith("cuda") else []
+    logs = Path(runs) / study.name / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    queue, running, slot = list(todo), {}, 0
+    done = 0
+    while queue or running:
+        while queue and len(running) < jobs and (deadline is None or time.time() < deadline):
+            unit = queue.pop(0)
+            env = dict(os.environ)
+            if gpus:
+                env["CUDA_VISIBLE_DEVICES"] = gpus[slot % len(gpus)]
+            slot += 1
+            cmd = [sys.executable, "-m", "harness", "study", str(study.path), "--unit", unit.key,
+                   "--results", str(results), "--runs", str(runs), "--device", "cuda" if gpus else device]
+            out = open(logs / (unit.key.replace("/", "_") + ".log"), "ab")
+            running[unit.key] = (subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT), out, time.time())
+            log(f"start {unit.key} ({len(running)} running, {len(queue)} queued)")
+        if deadline is not None and time.time() >= deadline:
+            # past the deadline: a worker in training checkpoints at its next step and exits; one
+            # still scoring after KILL_GRACE_S is killed (its task reruns next time)
+            kill = time.time() >= deadline + KILL_GRACE_S
+            for proc, _, _ in running.values():
+                if proc.poll() is None:
+                    proc.send_signal(signal.SIGKILL if kill else signal.SIGTERM)
+            for _ in queue:
+                yield "stopped"
+            queue = []
+        time.sleep(0.5)
+        for key, (proc, out, t0) in list(running.items()):
+            code = proc.poll()
+            if code is None:
+                continue
+            out.close()
+            del running[key]
+            status = "done" if code == 0 else "stopped" if code in (STOPPED_EXIT, -signal.SIGKILL) else "failed"
+            tail = _last_line(logs / (key.replace("/", "_") + ".log"))
+            log(f"{status} {key} in {time.time() - t0:.0f}s" + (f": {tail}" if status != "done" else ""))
+            done += status == "done"
+            progress(done, key)
+            yield status
+
+
+def _last_line(path: Path) -> str:
+    lines = [ln for ln in path.read_text(errors="replace").splitlines() if ln.strip()]
+    return lines[-1].strip() if lines else "(no output)"
+
+
+def run_worker(study_file: str, key: str, results: Path, runs: Path, device: str, log=print) -> int:
+    """`harness study FILE --unit KEY`: one unit in this process; SIGTERM checkpoints and stops."""
+    study = load_study(study_file)
+    drop_missing_tasks(study, lambda m: None)  # the parent has warned
+    plan(study, log)
+    path = rows_file(study, results)
+    from harness.results import read_rows
+    rows = read_rows(path, warn=log) if path.is_file() else []
+    unit = next((u for u in units(study, rows)[0] if u.key == key), None)
+    if unit is None:
+        raise ConfigError(f"no run {key!r} in study {study.path} (or its learning rate is not chosen yet)")
+    asked = []
+    signal.signal(signal.SIGTERM, lambda *_: asked.append(True))
+    status = _in_process(study, unit, results, runs, device, log, None, lambda: bool(asked))
+    return STOPPED_EXIT if status == "stopped" else 0

@@ -1,0 +1,430 @@
+"""A study's tables, fits and plots, from its rows alone (results/<study>/rows.jsonl):
+
+    lr_sweep.md/.csv/.png     held-out loss per learning rate, one line per model, a panel per size
+    main.md/.csv              per size: budget, each model at its own learning rate, held-out loss
+                              (mean +- std over seeds), WikiText-2, LAMBADA, the benchmarks with their
+                              chance level; count-based references beside the models; a model that
+                              does not beat the bigram is marked
+    heldout_by_source.md      held-out loss per corpus source (mean over seeds)
+    paired.md                 per size with two or more seeds: each model against the others, paired
+                              by seed (same initialisation seed, same data order), with a t test
+    scaling.md, loss_vs_params.png, loss_vs_compute.png (+ CSV)
+                              power laws L = A x^b over the sizes, exponent +- its standard error
+    status.md                 runs done and still to do, per stage and size
+
+Every number is read from a stored row; a cell without one stays blank.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from statistics import mean, stdev
+
+from harness.results import Row, atomic_write_text, read_rows
+from harness.tables import Cell, Table, human, mark_best, render, text_cell
+
+# two-sided 95% critical values of Student's t by degrees of freedom (1..10); beyond: 1.96
+T_CRITICAL_95 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228)
+# (task, metric, column title) of the benchmark columns, in the paper's order
+BENCHMARKS = (("lambada_openai", "acc", "LMB. acc"), ("piqa", "acc", "PIQA"), ("hellaswag", "acc_norm", "Hella."),
+              ("winogrande", "acc", "Wino."), ("arc_easy", "acc", "ARC-e"), ("arc_challenge", "acc_norm", "ARC-c"),
+              ("social_iqa", "acc", "SIQA"), ("boolq", "acc", "BoolQ"))
+PERPLEXITIES = (("wikitext_2_v1", "word_perplexity", "Wiki-2 ppl↓"), ("lambada_openai", "perplexity", "LMB. ppl↓"))
+BIGRAM = "bigram"
+
+
+def t_critical(df: int) -> float:
+    return T_CRITICAL_95[df - 1] if 1 <= df <= len(T_CRITICAL_95) else 1.96
+
+
+def is_total(r: Row) -> bool:
+    """A row of a whole measurement, not its per-source or per-bucket part."""
+    return r.extra.get("corpus_source") is None and r.extra.get("position_bucket") in (None, "all")
+
+
+def _stat(values: list[float]) -> tuple[float, float | None, int]:
+    return mean(values), stdev(values) if len(values) > 1 else None, len(values)
+
+
+class Results:
+    """The rows of one study, indexed by what the report needs."""
+
+    def __init__(self, study, rows: list[Row]):
+        from harness.study import choose_lrs
+        self.study = study
+        self.rows = rows
+        self.lrs = choose_lrs(rows, study)
+
+    def final_lr(self, model: str, size: str) -> float | None:
+        return self.lrs.get(model, {}).get(size, {}).get("lr")
+
+    def values(self, model: str, size: str, task: str, metric: str, source: str | None = None) -> dict[int, float]:
+        """{seed: value} of the final runs of (model, size): the model's chosen lr, the size's seeds."""
+        lr = None if model in self.study.references else self.final_lr(model, size)
+        if lr is None and model not in self.study.references:
+            return {}
+        seeds = set(self.study.final_seeds.get(size, [self.study.sweep_seed]))
+        out = {}
+        for r in self.rows:
+            if (r.model, r.preset, r.task, r.metric) == (model, size, task, metric) and r.extra.get("lr") == lr \
+                    and r.seed in seeds and r.extra.get("corpus_source") == source \
+                    and r.extra.get("position_bucket") in (None, "all") and r.value is not None:
+                out[r.seed] = r.value
+        return out
+
+    def models(self) -> list[str]:
+        return self.study.models + self.study.references
+
+
+# ---------------------------------------------------------------- learning-rate sweep
+
+def lr_sweep_table(res: Results) -> Table:
+    from harness.study import sweep_losses
+    study = res.study
+    losses = sweep_losses(res.rows, study)
+    header = ["Model"] + [f"lr {lr:g}" for lr in study.lrs] + ["best lr"]
+    table = Table("Learning-rate sweep: held-out loss (nats/token) at the end of training", header,
+                  [h.replace("_", r"\_") for h in header])
+    for size in study.sweep_sizes:
+        lines = []
+        for model in study.models:
+            got = losses.get((model, size), {})
+            if not got:
+                continue
+            line = [text_cell(model)] + [Cell(got.get(lr), digits=4) for lr in study.lrs]
+            choice = res.lrs.get(model, {}).get(size)
+            best = "" if choice is None else f"{choice['lr']:g}" + (" (grid edge)" if choice["edge"] else "")
+            line.append(text_cell(best or f"{len(got)}/{len(study.lrs)} run"))
+            if choice is not None:
+                for c in line[1:-1]:
+                    c.bold = c.value == choice["loss"]
+            lines.append(line)
+        if lines:
+            budget = study.budgets[size]
+            table.groups.append((f"{size}: {human(budget['budget_params'])} non-embedding parameters, "
+                                 f"{human(budget['tokens'])} tokens ({budget['epochs']:.2f} epochs), seed "
+                                 f"{study.sweep_seed}", lines))
+    table.notes.append("Bold: the model's lowest held-out loss; `grid edge`: the best is the smallest or largest "
+                       "learning rate swept, so the grid may not bracket the optimum.")
+    return table
+
+
+def lr_sweep_plot(res: Results, out: Path) -> list[Path]:
+    from harness.plots import _write_plot, pyplot
+    from harness.study import sweep_losses
+    study = res.study
+    losses = sweep_losses(res.rows, study)
+    sizes = [s for s in study.sweep_sizes if any(k[1] == s for k in losses)]
+    if not sizes:
+        return []
+    plt = pyplot()
+    fig, axes = plt.subplots(1, len(sizes), figsize=(6 * len(sizes), 4.5), squeeze=False)
+    lines = []
+    for ax, size in zip(axes[0], sizes):
+        for model in study.models:
+            got = losses.get((model, size), {})
+            if got:
+                xs = sorted(got)
+                ax.plot(xs, [got[x] for x in xs], marker="o", label=model)
+                lines += [[size, model, x, got[x]] for x in xs]
+        ax.set_xscale("log")
+        ax.set_xlabel("peak learning rate")
+        ax.set_ylabel("held-out loss (nats/token)")
+        ax.set_title(f"{size}: {human(study.budgets[size]['budget_params'])} non-embedding params")
+        ax.grid(alpha=0.3)
+    axes[0][-1].legend(fontsize=8, loc="center left", bbox_to_anchor=(1, 0.5))
+    return _write_plot(fig, out, "lr_sweep", ["size", "model", "lr", "heldout_loss"], lines)
+
+
+# ---------------------------------------------------------------- the main table
+
+def chance_levels() -> dict[str, float]:
+    """Accuracy of a uniform random guess per benchmark, from the mirrored data (mean of
+    1 / number of choices); LAMBADA's open-vocabulary word has none worth printing."""
+    import gzip
+
+    from harness import mirror
+    counts = {"piqa": lambda r: 2, "winogrande": lambda r: 2, "boolq": lambda r: 2,
+              "arc_easy": lambda r: len(r["choices"]["text"]), "arc_challenge": lambda r: len(r["choices"]["text"]),
+              "hellaswag": lambda r: len(r["endings"]), "social_iqa": lambda r: 3}
+    out = {}
+    for name, n_choices in counts.items():
+        ds = mirror.dataset(name)
+        split = next(iter(ds.splits))
+        path = mirror.stored_file(name, split)
+        if path is None:
+            continue
+        data = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
+        records = [json.loads(line) for line in data.decode("utf-8").splitlines() if line.strip()]
+        out[name] = mean(1 / n_choices(r) for r in records) if records else None
+    return out
+
+
+def _mean_cell(values: dict[int, float], digits: int, scale: float = 1.0) -> Cell:
+    if not values:
+        return Cell()
+    m, s, n = _stat([v * scale for v in values.values()])
+    return Cell(m, s, digits=digits, suffix=f" (n={n})" if n > 1 else "")
+
+
+def main_table(res: Results) -> Table:
+    study = res.study
+    bench = [(t, m, title) for t, m, title in BENCHMARKS if any((r.task, r.metric) == (t, m) for r in res.rows)]
+    ppl = [(t, m, title) for t, m, title in PERPLEXITIES if any((r.task, r.metric) == (t, m) for r in res.rows)]
+    chance = chance_levels() if bench else {}
+    header = (["Model", "non-emb. params", "tokens/param", "lr", "held-out loss↓"]
+              + [title for _, _, title in ppl] + [title for _, _, title in bench])
+    table = Table("Models at matched budgets, each at its own learning rate", header,
+                  [h.replace("_", r"\_").replace("↓", r"$\downarrow$") for h in header])
+    below_bigram = False
+    for size in study.final_sizes:
+        budget = study.budgets[size]
+        lines = []
+        bigram = {key: res.values(BIGRAM, size, *key) for key in [("smoke", "loss")] + [(t, m) for t, m, _ in ppl]}
+        for model in res.models():
+            loss = res.values(model, size, "smoke", "loss")
+            if not loss:
+                continue
+            nonemb = next((r.extra.get("non_embedding_params") for r in res.rows
+                           if (r.model, r.preset) == (model, size) and r.extra.get("non_embedding_params")), None)
+            lr = res.final_lr(model, size)
+            line = [text_cell(model), text_cell(human(nonemb) if model not in study.references else "counts"),
+                    text_cell(f"{study.tokens_per_param:g}"), text_cell("" if lr is None else f"{lr:g}")]
+            for key, cell in [(("smoke", "loss"), _mean_cell(loss, 4))] + [
+                    ((t, m), _mean_cell(res.values(model, size, t, m), 2)) for t, m, _ in ppl]:
+                ref = bigram.get(key)
+                if model != BIGRAM and ref and cell.value is not None and cell.value >= mean(ref.values()):
+                    cell.mark = "‡"
+                    below_bigram = True
+                line.append(cell)
+            line += [_mean_cell(res.values(model, size, t, m), 2, 100.0) for t, m, _ in bench]
+            lines.append(line)
+        if not lines:
+            continue
+        for j in range(4, len(header)):
+            competing = [ln for ln in lines if ln[0].text not in study.references]
+            mark_best(competing, j, j < 4 + 1 + len(ppl))
+        if bench:
+            lines.append([text_cell("chance"), text_cell(""), text_cell(""), text_cell("")]
+                         + [Cell() for _ in range(1 + len(ppl))]
+                         + [Cell(100 * chance[t], digits=2) if chance.get(t) else Cell() for t, _, _ in bench])
+        table.groups.append((f"{size}: {human(budget['budget_params'])} non-embedding parameters (reference "
+                             f"{study.reference_model}), {human(budget['tokens'])} tokens = {budget['epochs']:.2f} "
+                             f"epochs", lines))
+    table.notes.append("Held-out loss: nats per token on the corpus's held-out documents (the same documents for "
+                       "every seed); mean ± std over seeds (n). Accuracies in percent; `chance`: a uniform guess "
+                       "over each item's choices. Bold: best model per column (the count-based references "
+                       "do not compete).")
+    if below_bigram:
+        table.notes.append("‡ not better than the interpolated Kneser-Ney bigram counted on the same training tokens.")
+    return table
+
+
+def by_source_table(res: Results) -> Table | None:
+    study = res.study
+    sources = sorted({r.extra["corpus_source"] for r in res.rows if r.extra.get("corpus_source") is not None})
+    if not sources:
+        return None
+    table = Table("Held-out loss per corpus source (nats/token, mean over seeds)", ["Model"] + sources,
+                  ["Model"] + [s.replace("_", r"\_") for s in sources])
+    for size in study.final_sizes:
+        lines = []
+        for model in res.models():
+            cells = [_mean_cell(res.values(model, size, "smoke", "loss", source), 3) for source in sources]
+            if any(c.value is not None for c in cells):
+                for c in cells:
+                    c.suffix = ""
+                lines.append([text_cell(model)] + cells)
+        for j in range(1, len(sources) + 1):
+            mark_best([ln for ln in lines if ln[0].text not in study.references], j, True)
+        if lines:
+            table.groups.append((size, lines))
+    tokens = {}
+    for r in res.rows:
+        if r.extra.get("corpus_source") is not None and r.n:
+            tokens[r.extra["corpus_source"]] = r.n
+    total = sum(tokens.values())
+    if total:
+        table.notes.append("Held-out tokens per source: " + ", ".join(
+            f"{s} {human(n)} ({100 * n / total:.0f}%)" for s, n in sorted(tokens.items())) + ".")
+    return table
+
+
+# ---------------------------------------------------------------- paired comparisons over seeds
+
+def paired_table(res: Results) -> Table | None:
+    study = res.study
+    header = ["Model A", "Model B", "seeds", "mean A − B", "std", "t", "verdict"]
+    table = Table("Held-out loss, paired by seed (A − B < 0: A is better)", header, header)
+    for size in study.final_sizes:
+        if len(study.final_seeds.get(size, [])) < 2:
+            continue
+        per_model = {m: res.values(m, size, "smoke", "loss") for m in study.models}
+        lines = []
+        for a in study.focus:
+            for b in study.models:
+                if b == a or (b in study.focus and study.focus.index(b) < study.focus.index(a)):
+                    continue
+                common = sorted(set(per_model[a]) & set(per_model[b]))
+                if len(common) < 2:
+                    continue
+                diffs = [per_model[a][s] - per_model[b][s] for s in common]
+                m, s, n = _stat(diffs)
+                t = m / (s / math.sqrt(n)) if s else math.copysign(math.inf, m) if m else 0.0
+                crit = t_critical(n - 1)
+                verdict = (f"{a} better" if t < -crit else f"{b} better" if t > crit
+                           else f"not resolved (|t| < {crit:.2f})")
+                lines.append([text_cell(a), text_cell(b), text_cell(str(n)), Cell(m, digits=4, signed=True),
+                              Cell(s, digits=4), Cell(t, digits=2, signed=True), text_cell(verdict)])
+        if lines:
+            table.groups.append((size, lines))
+    if not table.groups:
+        return None
+    table.notes.append("Pairs share the seed, hence the initialisation seed and the order of the training data; "
+                       "verdict: a two-sided paired t test at 5% (critical t for n − 1 degrees of freedom).")
+    return table
+
+
+# ---------------------------------------------------------------- scaling fits
+
+def power_law(xs: list[float], ys: list[float]) -> dict | None:
+    """Least squares of log y = log A + b log x: A, b and b's standard error (None with 2 points)."""
+    if len(xs) < 2 or len(set(xs)) < 2:
+        return None
+    lx, ly = [math.log(x) for x in xs], [math.log(y) for y in ys]
+    mx, my = mean(lx), mean(ly)
+    sxx = sum((x - mx) ** 2 for x in lx)
+    b = sum((x - mx) * (y - my) for x, y in zip(lx, ly)) / sxx
+    a = my - b * mx
+    se = None
+    if len(xs) > 2:
+        resid = sum((y - (a + b * x)) ** 2 for x, y in zip(lx, ly))
+        se = math.sqrt(resid / (len(xs) - 2) / sxx)
+    return {"A": math.exp(a), "b": b, "b_se": se, "points": len(xs)}
+
+
+def scaling_points(res: Results, axis: str) -> dict[str, list[tuple[float, float]]]:
+    """{model: [(x, mean held-out loss)]} over the final sizes; x = non-embedding params or training FLOPs."""
+    out = {}
+    for model in res.study.models:
+        pts = []
+        for size in res.study.final_sizes:
+            loss = res.values(model, size, "smoke", "loss")
+            if not loss:
+                continue
+            rows = [r for r in res.rows if (r.model, r.preset, r.task, r.metric) == (model, size, "smoke", "loss")
+                    and r.extra.get("lr") == res.final_lr(model, size) and is_total(r)]
+            x = rows[0].extra.get("non_embedding_params" if axis == "params" else "train_flops") if rows else None
+            if x:
+                pts.append((float(x), mean(loss.values())))
+        if pts:
+            out[model] = pts
+    return out
+
+
+def scaling_table(res: Results) -> tuple[Table | None, dict]:
+    fits = {}
+    header = ["Model", "sizes", "exponent vs params", "exponent vs FLOPs", "loss at largest size"]
+    table = Table("Power laws of held-out loss: L = A N^b (N: non-embedding parameters) and L = A C^b "
+                  "(C: training FLOPs)", header, header)
+    lines = []
+    for model, pts in scaling_points(res, "params").items():
+        flops = dict(scaling_points(res, "flops")).get(model, [])
+        fp = power_law([x for x, _ in pts], [y for _, y in pts])
+        fc = power_law([x for x, _ in flops], [y for _, y in flops]) if flops else None
+        fits[model] = {"params": fp, "flops": fc, "points": pts}
+        lines.append([text_cell(model), text_cell(str(len(pts))),
+                      Cell(fp["b"], fp["b_se"], digits=4) if fp else Cell(),
+                      Cell(fc["b"], fc["b_se"], digits=4) if fc else Cell(),
+                      Cell(pts[-1][1], digits=4)])
+    if not lines:
+        return None, fits
+    table.groups.append(("", lines))
+    table.notes.append("± the exponent's standard error from the fit's residuals (blank with two sizes: a line "
+                       "through two points has none). FLOPs: the harness's count (harness/flops.py), which "
+                       "leaves out the recurrent cores of the fla layers.")
+    return table, fits
+
+
+def scaling_plot(res: Results, fits: dict, out: Path, axis: str) -> list[Path]:
+    from harness.plots import _write_plot, pyplot
+    pts_all = scaling_points(res, axis)
+    if not any(len(p) >= 2 for p in pts_all.values()):
+        return []
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(7, 5))
+    lines = []
+    for model, pts in pts_all.items():
+        xs, ys = [x for x, _ in pts], [y for _, y in pts]
+        fit = fits.get(model, {}).get(axis)
+        label = model if fit is None else f"{model} (b = {fit['b']:.3f}" + (
+            f" ± {fit['b_se']:.3f})" if fit["b_se"] is not None else ")")
+        line, = ax.plot(xs, ys, marker="o", linestyle="none", label=label)
+        if fit is not None:
+            grid = [min(xs) * (max(xs) / min(xs)) ** (k / 20) for k in range(21)]
+            ax.plot(grid, [fit["A"] * g ** fit["b"] for g in grid], color=line.get_color(), alpha=0.7)
+        lines += [[model, x, y] for x, y in pts]
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("non-embedding parameters" if axis == "params" else "training FLOPs")
+    ax.set_ylabel("held-out loss (nats/token)")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1, 0.5))
+    name = "loss_vs_params" if axis == "params" else "loss_vs_compute"
+    return _write_plot(fig, out, name, ["model", axis, "heldout_loss"], lines)
+
+
+# ---------------------------------------------------------------- status
+
+def status_text(res: Results) -> str:
+    from harness.study import pending_tasks, units
+    defined, waiting = units(res.study, res.rows)
+    lines = ["# Study status (generated from rows.jsonl)", "",
+             "| size | runs done | runs with tasks left | waiting for their learning rate |", "|---|---|---|---|"]
+    for size in res.study.sizes:
+        mine = [u for u in defined if u.size == size]
+        if not mine:
+            continue
+        left = [u for u in mine if pending_tasks(u, res.rows)]
+        lines.append(f"| {size} | {len(mine) - len(left)} | {len(left)} | |")
+    lines.append(f"| all | | | {waiting} |")
+    todo = [u for u in defined if pending_tasks(u, res.rows)]
+    if todo:
+        lines += ["", "Still to run (run, tasks left):", ""]
+        lines += [f"- `{u.key}`: {', '.join(pending_tasks(u, res.rows))}" for u in todo]
+    return "\n".join(lines) + "\n"
+
+
+def write_report(study, results: Path) -> list[Path]:
+    """Write every table and plot the study's rows allow into results/<study>/; returns the paths."""
+    from harness.study import rows_file
+    path = rows_file(study, results)
+    rows = [r for r in read_rows(path)] if path.is_file() else []
+    out = path.parent
+    res = Results(study, rows)
+    written = []
+
+    def table(name: str, t: Table | None) -> None:
+        if t is None or not t.groups:
+            return
+        for fmt, suffix in (("md", "md"), ("csv", "csv")):
+            atomic_write_text(out / f"{name}.{suffix}", render(t, fmt))
+            written.append(out / f"{name}.{suffix}")
+
+    table("lr_sweep", lr_sweep_table(res))
+    written += lr_sweep_plot(res, out)
+    table("main", main_table(res))
+    table("heldout_by_source", by_source_table(res))
+    table("paired", paired_table(res))
+    scaling, fits = scaling_table(res)
+    table("scaling", scaling)
+    if fits:
+        atomic_write_text(out / "scaling_fits.json", json.dumps(fits, indent=1))
+        written.append(out / "scaling_fits.json")
+    for axis in ("params", "flops"):
+        written += scaling_plot(res, fits, out, axis)
+    atomic_write_text(out / "status.md", status_text(res))
+    written.append(out / "status.md")
+    return written

@@ -1,0 +1,165 @@
+"""Studies (harness study): the tiny study end to end through the CLI, resuming, learning-rate
+choice, budgets, bad study files, the worker pool, and the report's tables and fits (CPU)."""
+
+import json
+import math
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+
+from harness import cli
+from harness.config import ConfigError
+from harness.results import Row, read_rows
+from harness.study import choose_lrs, load_study, plan, units
+from harness.study_report import paired_table, power_law, t_critical
+
+TINY = Path(__file__).resolve().parent / "fixtures" / "study" / "tiny.yaml"
+
+
+def study_cli(tmp_path, *args, study=TINY):
+    return cli.main(["study", str(study), "--results", str(tmp_path / "results"), "--runs", str(tmp_path / "runs"),
+                     "--device", "cpu", *args])
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    """The tiny study run once, in this process."""
+    tmp = tmp_path_factory.mktemp("study")
+    assert study_cli(tmp) == 0
+    return tmp
+
+
+def test_tiny_study_end_to_end(finished):
+    out = finished / "results" / "tiny-study"
+    rows = read_rows(out / "rows.jsonl")
+    study = load_study(TINY)
+    plan(study, lambda m: None)
+    # sweep: 2 models x 2 lrs at size a (the final stage at a is the sweep's best run, not a new one);
+    # final at b: 2 models x 2 seeds at each model's extrapolated (here: size a's best) lr
+    runs = {(r.model, r.preset, r.extra["lr"], r.seed) for r in rows if r.task == "smoke"}
+    assert len(runs) == 2 * 2 + 2 * 2
+    lrs = json.loads((out / "lr_choice.json").read_text())
+    for model in ("swat", "transformer"):
+        swept = {r.extra["lr"]: r.value for r in rows if (r.model, r.preset, r.task, r.metric) == (model, "a", "smoke", "loss")
+                 and "corpus_source" not in r.extra}
+        assert lrs[model]["a"]["lr"] == min(swept, key=swept.get) and lrs[model]["a"]["how"] == "swept"
+        assert lrs[model]["b"] == {"lr": lrs[model]["a"]["lr"], "how": "extrapolated", "edge": False}
+        assert {r.seed for r in rows if (r.model, r.preset) == (model, "b")} == {0, 1}
+    for r in rows:  # every row states its budget
+        assert r.extra["tokens_per_param"] == 0.4 and r.extra["epochs"] > 0 and r.extra["non_embedding_params"] > 0
+        assert r.tokens_trained == study.budgets[r.preset]["tokens"]
+    main = (out / "main.md").read_text()
+    assert "(n=2)" in main and "| swat |" in main and "| transformer |" in main
+    sweep = (out / "lr_sweep.md").read_text()
+    assert "lr 0.003" in sweep and "lr 0.01" in sweep
+    for name in ("lr_sweep.png", "lr_sweep.csv", "paired.md", "scaling.md", "loss_vs_params.png",
+                 "loss_vs_compute.png", "status.md", "run.json"):
+        assert (out / name).is_file(), name
+    assert "swat | transformer | 2 |" in (out / "paired.md").read_text()
+    info = json.loads((out / "run.json").read_text())
+    assert info["study"]["name"] == "tiny-study" and info["budgets"]["b"]["tokens"] > info["budgets"]["a"]["tokens"]
+
+
+def test_rerun_skips_finished_runs(finished, capsys, monkeypatch):
+    from harness import runner
+    monkeypatch.setattr(runner, "train", lambda *a, **k: pytest.fail("retrained a finished run"))
+    assert study_cli(finished) == 0
+    assert "0 runs done" in capsys.readouterr().out
+
+
+def test_seeds_differ_only_in_initialisation_and_order(finished):
+    rows = read_rows(finished / "results" / "tiny-study" / "rows.jsonl")
+    losses = {r.seed: r.value for r in rows if (r.model, r.preset, r.task, r.metric) == ("swat", "b", "smoke", "loss")}
+    n = {r.seed: r.n for r in rows if (r.model, r.preset, r.task, r.metric) == ("swat", "b", "smoke", "loss")}
+    assert losses[0] != losses[1] and n[0] == n[1]  # other weights, the same held-out tokens
+
+
+def test_budget_beyond_max_epochs_is_refused(tmp_path, capsys):
+    data = yaml.safe_load(TINY.read_text())
+    data["tokens_per_param"] = 1000
+    path = tmp_path / "big.yaml"
+    path.write_text(yaml.safe_dump(data))
+    assert study_cli(tmp_path, study=path) == 2
+    err = capsys.readouterr().err
+    assert "error:" in err and "above max_epochs=4" in err and "Traceback" not in err
+    assert not (tmp_path / "results" / "tiny-study").exists()
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"models": ["swat", "swatt"]}, "unknown model 'swatt'"),
+    ({"sweep": {"sizes": ["z"], "lrs": [1e-3], "tasks": ["smoke"]}}, "sweep.sizes names `z`"),
+    ({"sweep": {"sizes": ["a"], "lrs": [-1], "tasks": ["smoke"]}}, "sweep.lrs must be positive"),
+    ({"colour": "blue"}, "unknown key `colour`"),
+    ({"sizes": {"a": {"model": {"hidden_size": -4}}, "b": {}}}, "model.hidden_size must be positive"),
+    ({"focus": ["mamba"]}, "focus names `mamba`"),
+])
+def test_bad_study_file_is_one_line(tmp_path, capsys, change, message):
+    data = {**yaml.safe_load(TINY.read_text()), **change}
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(data))
+    assert study_cli(tmp_path, study=path) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error:") and message in err and len(err.splitlines()) == 1
+
+
+def sweep_row(model, size, lr, loss, seed=0):
+    return Row("s", model, size, "smoke", "loss", loss, seed=seed, extra={"lr": lr})
+
+
+def test_lr_choice_takes_the_best_and_extrapolates_the_power_law():
+    study = load_study(TINY)
+    study.sweep_sizes, study.final_sizes = ["a", "b"], ["a", "b", "c"]
+    study.sizes["c"] = study.sizes["b"]
+    study.final_seeds = {"a": [0], "b": [0], "c": [0]}
+    study.budgets = {"a": {"budget_params": 1e6}, "b": {"budget_params": 4e6}, "c": {"budget_params": 16e6}}
+    study.lrs = [1e-3, 2e-3, 4e-3, 8e-3]
+    rows = [sweep_row("swat", "a", lr, loss) for lr, loss in zip(study.lrs, (3.0, 2.9, 2.8, 2.95))]
+    rows += [sweep_row("swat", "b", lr, loss) for lr, loss in zip(study.lrs, (2.6, 2.5, 2.55, 2.7))]
+    rows += [sweep_row("transformer", "a", lr, loss) for lr, loss in zip(study.lrs, (3.0, 2.9, 2.8, 2.7))]
+    choice = choose_lrs(rows, study)
+    assert choice["swat"]["a"]["lr"] == 4e-3 and choice["swat"]["b"]["lr"] == 2e-3
+    # 4e-3 at 1M, 2e-3 at 4M: lr ~ N^-0.5, so 1e-3 at 16M
+    assert choice["swat"]["c"] == {"lr": 1e-3, "how": "extrapolated", "edge": False}
+    assert choice["transformer"]["a"]["edge"] and "b" not in choice["transformer"]  # b not swept yet
+    defined, waiting = units(study, rows)
+    assert waiting == 2  # transformer's final runs at b and c wait for b's sweep; swat's are defined
+    assert all(u.lr is not None for u in defined)
+
+
+def test_power_law_fit_and_paired_t():
+    fit = power_law([1e6, 4e6, 16e6], [3.0 * (1e6) ** -0.05, 3.0 * (4e6) ** -0.05, 3.0 * (16e6) ** -0.05])
+    assert math.isclose(fit["b"], -0.05, rel_tol=1e-9) and fit["b_se"] < 1e-9 and math.isclose(fit["A"], 3.0)
+    assert power_law([1e6, 4e6], [3.0, 2.9])["b_se"] is None
+    assert t_critical(2) == 4.303 and t_critical(50) == 1.96
+
+    class Res:  # three seeds where swat is better by 0.1 +- 0.01: resolved
+        study = load_study(TINY)
+        study.final_sizes, study.final_seeds = ["b"], {"b": [0, 1, 2]}
+
+        @staticmethod
+        def values(model, size, task, metric, source=None):
+            return {0: 2.0, 1: 2.1, 2: 2.05} if model == "transformer" else {0: 1.9, 1: 2.01, 2: 1.94}
+    text = "\n".join(str(c.text) for _, lines in paired_table(Res()).groups for line in lines for c in line)
+    assert "swat better" in text
+
+
+def test_worker_pool_runs_units_in_processes(tmp_path):
+    data = yaml.safe_load(TINY.read_text())
+    data["final"] = {"sizes": ["a"], "tasks": ["smoke"]}
+    path = tmp_path / "pool.yaml"
+    path.write_text(yaml.safe_dump(data))
+    assert study_cli(tmp_path, "--jobs", "2", study=path) == 0
+    rows = read_rows(tmp_path / "results" / "tiny-study" / "rows.jsonl")
+    assert {(r.model, r.extra["lr"]) for r in rows if r.task == "smoke"} == {
+        (m, lr) for m in ("swat", "transformer") for lr in (3e-3, 1e-2)}
+    logs = sorted(p.name for p in (tmp_path / "runs" / "tiny-study" / "logs").iterdir())
+    assert logs == sorted(f"a_{m}_lr{lr}-seed0.log" for m in ("swat", "transformer") for lr in ("0.003", "0.01"))
+
+
+def test_time_limit_stops_before_starting(tmp_path, capsys):
+    assert study_cli(tmp_path, "--time-limit", "0") == 0
+    out = capsys.readouterr().out
+    assert "0 runs done" in out
+    shutil.rmtree(tmp_path / "runs", ignore_errors=True)

@@ -2,9 +2,11 @@
 
 CPU tests check the references (the SSD recurrence against its quadratic form, softmax attention
 against the SWAT reference's softmax mode), Mamba-2's decode state, HGRN2's lower bounds, the
-one-line errors of fla-backed models off-GPU, and parameter counts at every preset (fla models
-are counted only where fla is installed: `pip install 'swat-harness[fla]'`; CI without it skips
-them). The GPU tests, run on the device, check every fast path against its reference in bf16,
+one-line errors of fla-backed models off-GPU, the torch chunk_bwd_dqkwg that Gated DeltaNet trains
+on where fla refuses its Triton kernel (against autograd through a naive per-chunk forward, against
+fla's kernel under Triton's interpreter, and fla's dispatch to it), and parameter counts at every
+preset (fla models are counted only where fla is installed: `pip install 'swat-harness[fla]'`; CI
+without it skips them). The GPU tests, run on the device, check every fast path against its reference in bf16,
 forward and backward, decoding against the full forward for every model, and (with
 HARNESS_TRAIN_STEPS set) that a few hundred training steps at the small preset reduce the loss.
 """
@@ -256,6 +258,134 @@ def test_gated_deltanet_stops_where_fla_refuses_its_backward(monkeypatch, major,
     else:
         check_backward_kernel(torch.device("cuda"))
     check_backward_kernel(torch.device("cpu"))  # CPU inputs are the mixer's NeedsGPUError, not this
+
+
+# ---------------------------------------------------------------- gated DeltaNet's torch chunk_bwd_dqkwg
+
+BT_TEST = 16  # fla's chunk size is 64; 16 gives several chunks per short document
+
+
+def dqkwg_inputs(docs, B, H, G, state_v_first, seed=0):
+    """Random inputs of chunk_bwd_dqkwg in fp32: `docs` document lengths packed into one sequence
+    (cu_seqlens), or B sequences of docs[0] tokens; g the chunk-local cumulative log2 gate."""
+    gen = torch.Generator().manual_seed(seed)
+    K, V, HV = 8, 12, H * G
+    T = sum(docs) if B == 1 and len(docs) > 1 else docs[0]
+    cu = torch.tensor([0, *torch.tensor(docs).cumsum(0).tolist()]) if len(docs) > 1 else None
+    bounds = [(b, s, min(s + BT_TEST, e)) for b, (bos, e) in enumerate([(0, T)] * B) if cu is None
+              for s in range(bos, e, BT_TEST)] if cu is None else \
+        [(0, s, min(s + BT_TEST, int(e))) for bos, e in zip(cu[:-1].tolist(), cu[1:].tolist())
+         for s in range(bos, e, BT_TEST)]
+    log_gate = F.logsigmoid(torch.randn(B, T, HV, generator=gen) + 2) / math.log(2)
+    g = torch.zeros(B, T, HV)
+    for b, s, e in bounds:
+        g[b, s:e] = log_gate[b, s:e].cumsum(0)
+    state = (len(bounds), HV, V, K) if state_v_first else (len(bounds), HV, K, V)
+    tensors = dict(q=(B, T, H, K), k=(B, T, H, K), v=(B, T, HV, V), do=(B, T, HV, V), dv=(B, T, HV, V),
+                   w=(B, T, HV, K), h=state, dh=state)
+    inputs = {name: torch.randn(*shape, generator=gen) for name, shape in tensors.items()}
+    inputs["h"], inputs["dh"] = (inputs[n].view(1 if cu is not None else B, -1, *state[1:]) for n in ("h", "dh"))
+    return dict(inputs, g=g, scale=0.3, state_v_first=state_v_first, cu_seqlens=cu, chunk_size=BT_TEST), bounds
+
+
+def naive_dqkwg(q, k, v, do, h, dh, w, g, dv, scale, state_v_first, bounds, **_):
+    """Autograd gradients of each chunk's local forward, in float64, given upstream do, dh, dv:
+        o     = scale (exp2(g) q) h_c + scale causal(q k^T exp2(g_i - g_j)) v
+        h_end = exp2(g_last) h_c + (k exp2(g_last - g))^T v
+        v_new = u - w h_c
+    with h_c the chunk's start state and dh the gradient of h_end. The gate is differentiated in
+    natural-log units (g ln 2), the units of the gradient fla's kernel returns."""
+    HV = v.shape[2]
+    G = HV // q.shape[2]
+    q, k, w = (x.double().requires_grad_() for x in (q, k, w))
+    gn = (g.double() * math.log(2)).requires_grad_()
+    v, do, dv = (x.double() for x in (v, do, dv))
+    hs, dhs = (x.double().reshape(-1, HV, *x.shape[-2:]) for x in (h, dh))
+    if state_v_first:
+        hs, dhs = hs.mT, dhs.mT
+    loss = 0
+    for c, (b, s, e) in enumerate(bounds):
+        qc, kc = (x[b, s:e].repeat_interleave(G, 1).transpose(0, 1) for x in (q, k))  # [HV, L, K]
+        vc, doc, dvc, wc = (x[b, s:e].transpose(0, 1) for x in (v, do, dv, w))
+        gc = gn[b, s:e].T  # [HV, L]
+        causal = torch.tril(torch.ones(e - s, e - s, dtype=torch.bool))
+        decay = torch.exp(torch.where(causal, gc[:, :, None] - gc[:, None, :], -torch.inf))
+        o = scale * (torch.exp(gc)[..., None] * qc) @ hs[c] + scale * ((qc @ kc.mT) * decay) @ vc
+        h_end = torch.exp(gc[:, -1])[:, None, None] * hs[c] + (kc * torch.exp(gc[:, -1:] - gc)[..., None]).mT @ vc
+        v_new = torch.randn_like(vc) - wc @ hs[c]
+        loss = loss + (o * doc).sum() + (h_end * dhs[c]).sum() + (v_new * dvc).sum()
+    loss.backward()
+    return q.grad, k.grad, w.grad, gn.grad
+
+
+DQKWG_CASES = {"batch": ([37], 2, 2, 1, False), "packed": ([29, 41], 1, 2, 1, False),
+               "gva": ([37], 2, 2, 2, False), "packed-gva-state_v_first": ([29, 41], 1, 1, 2, True)}
+
+
+@pytest.mark.skipif(not HAS_FLA, reason="needs fla")
+@pytest.mark.parametrize("case", DQKWG_CASES)
+def test_torch_dqkwg_is_the_gradient_of_each_chunks_forward(case):
+    """The torch chunk_bwd_dqkwg (fla's gated kernel, done in PyTorch where fla refuses it) against
+    autograd through the naive per-chunk forward: documents not multiples of the chunk, GVA,
+    both state layouts; dtypes and shapes as fla's wrapper returns them."""
+    from baselines.fla_torch_backend import chunk_bwd_dqkwg_torch
+    kwargs, bounds = dqkwg_inputs(*DQKWG_CASES[case])
+    out = chunk_bwd_dqkwg_torch(**kwargs)
+    ref = naive_dqkwg(**kwargs, bounds=bounds)
+    assert [t.dtype for t in out] == [torch.float32] * 4
+    for name, a, b in zip(("dq", "dk", "dw", "dg"), out, ref):
+        assert a.shape == b.shape, name
+        torch.testing.assert_close(a.double(), b, rtol=1e-5, atol=1e-5 * b.abs().max().item(), msg=name)
+
+
+@pytest.mark.skipif(not HAS_FLA, reason="needs fla")
+@pytest.mark.skipif(CUDA, reason="fla's Triton kernel runs under the CPU interpreter here")
+def test_torch_dqkwg_equals_flas_triton_kernel_under_the_interpreter(monkeypatch):
+    """The same outputs as fla's own chunk_bwd_kernel_dqkwg, run by Triton's CPU interpreter (which
+    has no Hopper miscompile), one launch configuration so that nothing is benchmarked."""
+    import fla.ops.common.chunk_o as chunk_o
+    from baselines.fla_torch_backend import chunk_bwd_dqkwg_torch
+    autotuner = chunk_o.chunk_bwd_kernel_dqkwg.fn
+    monkeypatch.setattr(autotuner, "configs", autotuner.configs[:1])
+    kwargs, _ = dqkwg_inputs(*DQKWG_CASES["packed-gva-state_v_first"])
+    for a, b in zip(chunk_bwd_dqkwg_torch(**kwargs), chunk_o.chunk_bwd_dqkwg(**kwargs)):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5 * b.abs().max().item())
+
+
+@pytest.mark.skipif(not HAS_FLA, reason="needs fla")
+@pytest.mark.parametrize("hopper, triton_ok, tilelang, gated, runs", [
+    (True, False, False, True, "torch"), (True, False, False, False, "triton"), (True, True, False, True, "triton"),
+    (True, False, True, True, "tilelang"), (False, False, False, True, "triton")])
+def test_fla_dispatches_dqkwg_to_the_torch_backend_exactly_where_it_refuses_its_kernel(
+        monkeypatch, hopper, triton_ok, tilelang, gated, runs):
+    """fla's own dispatched chunk_bwd_dqkwg, on a simulated GPU and software: the torch backend takes
+    the gated call on Hopper with Triton in [3.4, 3.7.1) and no usable TileLang, and nothing else;
+    fla's refusal is never reached."""
+    import fla.ops.common.chunk_o as chunk_o
+    import fla.utils
+    from baselines.fla_torch_backend import CommonTileLangBackend, TorchDqkwgBackend
+    for module in (fla.utils, chunk_o):
+        monkeypatch.setattr(module, "IS_NVIDIA_HOPPER", hopper)
+        monkeypatch.setattr(module, "TRITON_ABOVE_3_4_0", True)
+        monkeypatch.setattr(module, "TRITON_ABOVE_3_7_1", triton_ok)
+    ran = []
+
+    class TritonLaunch:  # stands for the Triton kernel: chunk_bwd_kernel_dqkwg[grid](...)
+        def __getitem__(self, grid):
+            return lambda **kw: ran.append("triton")
+    monkeypatch.setattr(chunk_o, "chunk_bwd_kernel_dqkwg", TritonLaunch())
+    monkeypatch.setattr(CommonTileLangBackend, "is_available", classmethod(lambda cls: tilelang))
+    monkeypatch.setattr(CommonTileLangBackend, "default_enable", True)
+    monkeypatch.setattr(CommonTileLangBackend, "chunk_bwd_dqkwg", lambda self, *a, **kw: ran.append("tilelang"))
+    torch_impl = TorchDqkwgBackend.chunk_bwd_dqkwg
+    monkeypatch.setattr(TorchDqkwgBackend, "chunk_bwd_dqkwg",
+                        lambda self, *a, **kw: ran.append("torch") or torch_impl(self, *a, **kw))
+    kwargs, _ = dqkwg_inputs(*DQKWG_CASES["packed"])
+    if not gated:
+        kwargs["g"] = None
+    chunk_o.chunk_bwd_dqkwg(**kwargs)
+    assert ran == [runs]
+    assert TorchDqkwgBackend.is_available() == (hopper and not triton_ok and not tilelang)
 
 
 def test_fla_models_without_fla_name_the_extra(monkeypatch):

@@ -234,26 +234,26 @@ def test_deltanet_takes_the_recurrent_kernel_in_full_precision(monkeypatch):
     assert modes == ["chunk", "fused_recurrent", "chunk", "fused_recurrent"]
 
 
-@pytest.mark.parametrize("major, triton_ok, tilelang, refused", [
-    (9, False, False, True), (9, True, False, False), (9, False, True, False), (8, False, False, False)])
-def test_gated_deltanet_stops_where_fla_refuses_its_backward(monkeypatch, major, triton_ok, tilelang, refused):
-    """On Hopper with Triton in [3.4, 3.7.1) and no tilelang, fla raises inside the first backward
-    (after minutes of autotuning); the baseline says so in one line before any work."""
+@pytest.mark.parametrize("hopper, triton_ok, dispatch_off, refused", [
+    (True, False, True, True), (True, False, False, False), (True, True, True, False), (False, False, True, False)])
+def test_gated_deltanet_stops_only_where_fla_would_still_refuse_its_backward(monkeypatch, hopper, triton_ok,
+                                                                             dispatch_off, refused):
+    """Where fla refuses its gated backward kernel (Hopper, Triton in [3.4, 3.7.1)) its backend
+    dispatch runs a replacement; only with that dispatch off would fla raise inside the first
+    backward (after minutes of autotuning), and the baseline says so in one line before any work."""
     if not HAS_FLA:
         pytest.skip("flash-linear-attention is not installed (pip install 'swat-harness[fla]')")
+    import fla.backends
     import fla.utils
     from harness.registry import KernelRefusedError
     from baselines.gated_deltanet import check_backward_kernel
+    monkeypatch.setattr(fla.utils, "IS_NVIDIA_HOPPER", hopper)
     monkeypatch.setattr(fla.utils, "TRITON_ABOVE_3_4_0", True)
     monkeypatch.setattr(fla.utils, "TRITON_ABOVE_3_7_1", triton_ok)
-    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (major, 0))
-    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "NVIDIA H100 80GB HBM3")
-    find_spec = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec",
-                        lambda name, *a: object() if name == "tilelang" and tilelang else
-                        (None if name == "tilelang" else find_spec(name, *a)))
+    monkeypatch.setattr(fla.backends, "_DISPATCH_DISABLED", dispatch_off)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "NVIDIA H200")
     if refused:
-        with pytest.raises(KernelRefusedError, match=r"fla issue #640.*triton>=3.7.1.*tilelang"):
+        with pytest.raises(KernelRefusedError, match=r"FLA_DISABLE_BACKEND_DISPATCH=1.*fla issue #640.*unset"):
             check_backward_kernel(torch.device("cuda"))
     else:
         check_backward_kernel(torch.device("cuda"))

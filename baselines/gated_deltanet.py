@@ -8,9 +8,13 @@ with a per-head RMSNorm. The paper's 1.3B model uses 6 heads of 256 at hidden 20
 hidden; here the head count keeps that ratio (round(0.75 * hidden / 256): 3 heads at 340m, 4 at
 760m). Below hidden 512 the head dim shrinks to hidden / 2 so that small test models stay small.
 Each block adds the backbone's SwiGLU MLP, whose width is solved so that parameters match.
-"""
 
-import importlib.util
+Training runs on fla's Triton kernels, forward and backward, except on a Hopper GPU with Triton
+>= 3.4.0 and < 3.7.1 and no tilelang: there fla refuses one backward kernel, the gated
+chunk_bwd_dqkwg (those Triton versions miscompile it, fla issue #640), and `build` registers
+`baselines/fla_torch_backend.py`, a PyTorch implementation of that function, with fla's backend
+dispatch, which then runs it in the kernel's place; every other kernel stays fla's.
+"""
 
 import torch
 
@@ -20,28 +24,34 @@ from harness.registry import KernelRefusedError, register_model
 
 HEAD_DIM = 256
 KEY_RATIO = 0.75
-TRITON_FIX = "pip install 'triton>=3.7.1' (with a matching torch) or pip install tilelang"
+
+
+def torch_backend():
+    """baselines.fla_torch_backend, imported (which registers it with fla's backend dispatch)."""
+    return fla_module("gated_deltanet", "baselines.fla_torch_backend")
 
 
 def check_backward_kernel(device: torch.device) -> None:
-    """Fail in one line, before any work, where fla refuses this model's backward: fla 0.6 raises
-    inside the first backward pass (after minutes of kernel autotuning) when a Hopper GPU runs
-    Triton >= 3.4.0 and < 3.7.1 without tilelang, because those Triton versions compute the gated
-    chunk_bwd_dqkwg kernel wrongly there (fla issue #640). Same condition as fla's own check."""
-    if device.type != "cuda" or importlib.util.find_spec("tilelang") is not None:
+    """Fail in one line, before any work, where fla's gated backward still cannot run. Where fla
+    refuses its Triton chunk_bwd_dqkwg kernel (Hopper, Triton >= 3.4.0 and < 3.7.1: wrong results,
+    fla issue #640), fla's backend dispatch hands the call to our torch backend, or to fla's
+    TileLang one; only with that dispatch switched off (FLA_DISABLE_BACKEND_DISPATCH=1) does fla
+    reach its own check, which raises inside the first backward, after minutes of autotuning."""
+    if device.type != "cuda" or not torch_backend().triton_kernel_refused():
         return
-    from fla.utils import TRITON_ABOVE_3_4_0, TRITON_ABOVE_3_7_1
-    hopper = torch.cuda.get_device_capability(device)[0] == 9
-    if hopper and TRITON_ABOVE_3_4_0 and not TRITON_ABOVE_3_7_1:
+    import fla.backends
+    if fla.backends._DISPATCH_DISABLED:
         import triton
         raise KernelRefusedError(f"gated_deltanet cannot train with Triton {triton.__version__} on "
-                                 f"{torch.cuda.get_device_name(device)}: fla refuses its gated backward "
-                                 f"kernel there (wrong results, fla issue #640); {TRITON_FIX}")
+                                 f"{torch.cuda.get_device_name(device)} while FLA_DISABLE_BACKEND_DISPATCH=1: "
+                                 f"fla refuses its gated backward kernel there (wrong results, fla issue #640) and that "
+                                 f"setting bypasses its replacements; unset FLA_DISABLE_BACKEND_DISPATCH or "
+                                 f"pip install 'triton>=3.7.1' (with a matching torch)")
 
 
 class GatedDeltaNetMixer(FlaMixer):
-    """fla's GatedDeltaNet layer, with fla's Triton-version check moved to the first training
-    forward so that a run stops before it spends minutes compiling."""
+    """fla's GatedDeltaNet layer, checked at the first training forward so that a run that cannot
+    train stops before it spends minutes compiling."""
 
     checked = False
 
@@ -64,6 +74,7 @@ def options(cfg) -> dict:
                 description="Gated DeltaNet (fla): gated delta rule, head dim 256, expand_v 2, + SwiGLU MLP")
 def build(cfg):
     layers = fla_module("gated_deltanet")
+    torch_backend()
 
     def mixer(cfg, i):
         layer = layers.GatedDeltaNet(hidden_size=cfg.hidden_size, norm_eps=cfg.norm_eps, layer_idx=i,

@@ -179,6 +179,8 @@ def cmd_study(args) -> None:
             raise SystemExit(code)
         return
     study = load_study(args.study)
+    if args.models:
+        study.restrict(split_names(args.models))
     out = Path(args.results) / study.name
     if args.report_only:
         plan(study, log=console.print)
@@ -437,6 +439,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--results", default="results", help="results folder (default: results)")
     p.add_argument("--runs", default="runs", help="checkpoint folder (default: runs)")
     p.add_argument("--device", help="cpu | cuda (default: cuda when available)")
+    p.add_argument("--models", help="run only these of the study's models (comma-separated); the report covers all")
     p.add_argument("--report-only", action="store_true", help="only rewrite the tables and plots from the rows")
     p.add_argument("--unit", help=argparse.SUPPRESS)  # one run, in a worker process of --jobs
     add_plugin_arg(p)

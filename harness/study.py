@@ -95,7 +95,16 @@ class Study:
     final_seeds: dict[str, list[int]]
     final_tasks: list[str]
     focus: list[str] = field(default_factory=list)
+    only: set[str] | None = None  # `restrict`: the models this invocation runs (None: all)
     budgets: dict[str, dict] = field(default_factory=dict)  # size -> budget (tokens, epochs, ...), by `plan`
+
+    def restrict(self, names: list[str]) -> None:
+        """Run only these models and references of the study (the rows of the others stay)."""
+        stray = [n for n in names if n not in self.models + self.references]
+        if stray or not names:
+            raise ConfigError(f"--models names {stray[0] if stray else 'nothing'}; the study's models are "
+                              f"{', '.join(self.models + self.references)}")
+        self.only = set(names)
 
     def config(self, size: str, seed: int, lr: float | None = None) -> Config:
         """The run's config: base, the size's overrides, the budget, then seed and learning rate."""
@@ -280,9 +289,9 @@ def choose_lrs(rows: list, study: Study) -> dict[str, dict[str, dict]]:
 
 # ---------------------------------------------------------------- the runs
 
-def units(study: Study, rows: list) -> tuple[list[Unit], int]:
-    """(runs that can be defined now, runs still waiting for the sweep). The final stage of a
-    model waits for its learning rate; references need none."""
+def units(study: Study, rows: list, only: set[str] | None = None) -> tuple[list[Unit], int]:
+    """(runs that can be defined now, runs still waiting for the sweep), of the models in `only`
+    (None: all). The final stage of a model waits for its learning rate; references need none."""
     out, waiting = [], 0
     for size in study.sweep_sizes:
         for model in study.models:
@@ -297,6 +306,8 @@ def units(study: Study, rows: list) -> tuple[list[Unit], int]:
                 else:
                     out.append(Unit(model, size, lr, seed, tuple(study.final_tasks)))
             out += [Unit(ref, size, None, seed, tuple(study.final_tasks)) for ref in study.references]
+    if only is not None:
+        out = [u for u in out if u.model in only]
     merged: dict[str, Unit] = {}
     for u in out:  # a final run at a swept lr and the sweep's seed shares the sweep's training
         prior = merged.get(u.key)
@@ -380,7 +391,7 @@ def run_study(study: Study, results: Path, runs: Path, device: str, jobs: int = 
         rows = stored_rows(rows_file(study, results), d, log)
         if main:
             write_record(study, results, choose_lrs(rows, study))
-        defined, waiting = units(study, rows)
+        defined, waiting = units(study, rows, study.only)
         todo = [u for u in defined if pending_tasks(u, rows) and u.key not in attempted]
         counts["waiting"] = waiting
         if not todo or (deadline is not None and time.time() >= deadline):

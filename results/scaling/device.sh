@@ -1,0 +1,59 @@
+#!/usr/bin/env bash
+# One device call of the scaling study (issue 21), from the repository root on a CUDA machine with
+# `.whl/` carried (and `.gpu-carry/` when earlier calls brought back Triton autotuning results):
+#   OUT=folder HARNESS_COMMIT=<sent commit> BUDGET_S=520 JOBS=12 bash results/scaling/device.sh
+# Runs `harness study results/scaling/study.yaml` with JOBS trainings side by side on the one GPU
+# (their timings are therefore not speed numbers), the Mamba models in a second study process once
+# mamba-ssm's CUDA build is done (built here in the background, sm_90 only), and GPU_TESTS (a pytest
+# -k expression, optional) beside them. Everything is resumable: the study skips runs whose rows
+# exist and resumes cut trainings from their checkpoints under .gpu/runs (kept on a warm machine);
+# on a fresh machine it starts from the committed rows. $OUT gets the log, the study's results
+# folder (rows, training logs, tables) as results.tgz, and the autotuning results to carry next time.
+set -u
+OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
+G=$PWD/.gpu; mkdir -p "$G/site" "$G/triton"
+export PYTHONPATH=$G/site PYTHONUNBUFFERED=1 TRITON_CACHE_DIR=$G/triton HARNESS_CACHE=$G/hc \
+       HF_DATASETS_OFFLINE=1 HF_HUB_OFFLINE=1
+[ -n "${HARNESS_COMMIT:-}" ] && export HARNESS_COMMIT
+LOG=$OUT/log.txt
+say() { echo "[$(date -u +%T)] $*" | tee -a "$LOG"; }
+T0=$(date +%s)
+left() { echo $(( ${BUDGET_S:-520} - ($(date +%s) - T0) )); }
+[ -d .gpu-carry/triton ] && cp -rn .gpu-carry/triton/. "$G/triton/"
+mkdir -p "$G/results" && cp -rn results/scaling "$G/results/" 2>/dev/null
+if [ ! -f "$G/site/.wheels" ]; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --target "$G/site" .whl/fla_core-*.whl \
+    .whl/flash_linear_attention-*.whl .whl/lm_eval-*.whl .whl/datasets-*.whl .whl/dill-*.whl \
+    .whl/multiprocess-*.whl .whl/sqlitedict-*.whl && touch "$G/site/.wheels" || exit 1
+fi
+if ! ls "$G"/site/selective_scan_cuda*.so >/dev/null 2>&1; then
+  ( t0=$(date +%s); rm -rf "$G/mamba"; mkdir -p "$G/mamba" && tar xzf .whl/mamba_ssm-*-sm90-src.tar.gz -C "$G/mamba" &&
+    cd "$G"/mamba/mamba_ssm-* && MAMBA_FORCE_BUILD=TRUE MAX_JOBS=${MAMBA_JOBS:-6} python3 -m pip wheel -q \
+      --no-build-isolation --no-deps -w "$G/mamba/wheel" . && python3 -m pip install -q --no-index --no-deps \
+      --no-compile --target "$G/site" "$G"/mamba/wheel/mamba_ssm-*.whl && echo "mamba-ssm CUDA build: $(( $(date +%s) - t0 )) s";
+    touch "$G/mamba.done" ) > "$OUT/mamba_build.log" 2>&1 &
+else
+  touch "$G/mamba.done"
+fi
+say "$(nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader)"
+say "$(python3 -c 'import torch,triton;print("torch",torch.__version__,"triton",triton.__version__)')"
+STUDY="python3 -m harness study results/scaling/study.yaml --results $G/results --runs $G/runs --device cuda"
+MAMBA=mamba,mamba2
+OTHERS=$(python3 -c "import yaml; s = yaml.safe_load(open('results/scaling/study.yaml'))
+print(','.join(m for m in s['models'] + s.get('references', []) if m not in '$MAMBA'.split(',')))")
+if [ -n "${GPU_TESTS:-}" ]; then
+  timeout $(( $(left) - 30 )) python3 -m pytest tests -q -p no:cacheprovider -W ignore -rfEs -k "$GPU_TESTS" \
+    > "$OUT/gpu_tests.log" 2>&1 &
+fi
+say "study: ${MODELS:-$OTHERS} with ${JOBS:-12} jobs"
+$STUDY --models "${MODELS:-$OTHERS}" --jobs ${JOBS:-12} --time-limit $(( $(left) - 75 )) >> "$LOG" 2>&1 &
+if [ -z "${MODELS:-}" ]; then
+  ( while [ ! -f "$G/mamba.done" ]; do sleep 5; done
+    say "mamba-ssm ready; study: $MAMBA with ${MAMBA_STUDY_JOBS:-4} jobs"
+    $STUDY --models $MAMBA --jobs ${MAMBA_STUDY_JOBS:-4} --time-limit $(( $(left) - 75 )) >> "$OUT/log_mamba.txt" 2>&1 ) &
+fi
+wait
+say "packing"
+tar czf "$OUT/results.tgz" -C "$G/results" scaling
+(cd "$G/triton" && find . -name '*.autotune.json' | tar czf "$OUT/autotune.tgz" -T -)
+say "done ($(( $(date +%s) - T0 )) s)"

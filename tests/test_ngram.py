@@ -1,14 +1,26 @@
-"""The n-gram reference models: Kneser-Ney and Laplace values against hand computation, and the
-model contract on fitted models."""
+"""The n-gram reference rows: Kneser-Ney and Laplace values against hand computation, the model
+contract on fitted models, checkpoints, and fitting on exactly the tokens a neural run sees."""
 
+import json
+import math
 from collections import Counter
 from fractions import Fraction as Fr
+from types import SimpleNamespace
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
+from harness.config import ConfigError, load_config
+from harness.data import get_tokenizer, prepare_streams
 from harness.ngram import DISCOUNT_WITHOUT_SINGLETONS, NGramLM
+from harness.train import CHECKPOINT_DIR, META_FILE, TRAINER_FILE, fit_by_counting, load_checkpoint, train
+
+# 8 steps of 4 sequences x 64 tokens
+SHORT = ["train.tokens=2048", "train.batch_tokens=256", "train.seq_len=64", "train.micro_batch=2",
+         "train.eval_tokens=1024"]
+
 
 def fitted(order: int, tokens: torch.Tensor, vocab: int) -> NGramLM:
     model = NGramLM(vocab, order)
@@ -124,3 +136,105 @@ def test_fitted_models_keep_the_model_contract(order):
     torch.testing.assert_close(model(y)[:, :25], full[:, :25])
     assert torch.allclose(model(y)[:, 25:], full[:, 25:]) == (order == 1)
 
+
+# ---------------------------------------------------------------- fitting inside `harness train`
+
+@pytest.fixture(scope="module")
+def counted(tmp_path_factory):
+    """A bigram fitted by `train` on the short run's 2048 tokens."""
+    run_dir = tmp_path_factory.mktemp("bigram")
+    cfg = load_config("tiny", overrides=SHORT)
+    return run_dir, cfg, train("bigram", cfg, run_dir, "cpu")
+
+
+def test_checkpoint_round_trip_and_meta_keys(counted, tmp_path):
+    run_dir, cfg, result = counted
+    ckpt = run_dir / CHECKPOINT_DIR
+    model, _, name, meta = load_checkpoint(ckpt)
+    x = torch.randint(0, cfg.model.vocab_size, (3, 50))
+    assert name == "bigram" and torch.equal(model(x), result.model(x))
+    assert meta["params"] == result.model.num_counts() > 0 and meta["tokens"] == 2048
+    assert meta["heldout_loss"] == result.heldout_loss
+    neural = train("transformer", cfg, tmp_path, "cpu")  # the same files and meta keys as a gradient run
+    neural_meta = json.loads((neural.checkpoint / META_FILE).read_text())
+    assert set(meta) == set(neural_meta)
+    trainer = torch.load(ckpt / TRAINER_FILE, weights_only=True)
+    assert set(trainer) == set(torch.load(neural.checkpoint / TRAINER_FILE, weights_only=True))
+    assert (trainer["step"], trainer["position"]) == (8, 32)
+
+
+def test_a_finished_fit_is_reused_and_a_longer_one_counts_on(counted, tmp_path):
+    run_dir, cfg, result = counted
+    again = train("bigram", cfg, run_dir, "cpu")
+    assert again.seconds == 0.0 and again.heldout_loss == result.heldout_loss
+    half = load_config("tiny", overrides=SHORT + ["train.tokens=1024"])
+    train("bigram", half, tmp_path, "cpu")
+    longer = train("bigram", cfg, tmp_path, "cpu")  # 4 more steps counted onto the first 4
+    for key, value in result.model.state_dict().items():
+        assert torch.equal(longer.model.state_dict()[key], value), key
+    assert longer.heldout_loss == result.heldout_loss
+
+
+def test_fitting_is_one_process():
+    cfg = load_config("tiny", overrides=SHORT)
+    with pytest.raises(ConfigError, match="fitted by counting, in one process"):
+        fit_by_counting(NGramLM(257, 2), "bigram", cfg, None, None, None, 2, SimpleNamespace(world_size=2))
+
+
+def test_counts_are_those_of_the_runs_training_sequences(tmp_path):
+    """An independent count over the sequences the gradient loop visits, more than one epoch of
+    them: the seeded permutation of each epoch, window by window, from the token file."""
+    cfg = load_config("tiny", overrides=["train.seq_len=128", "train.batch_tokens=1024", "train.micro_batch=8",
+                                         "train.tokens=344064", "train.eval_tokens=1024"])  # 336 steps x 8
+    tcfg = cfg.train
+    result = train("bigram", cfg, tmp_path, "cpu")
+    stream, _ = prepare_streams(tcfg.corpus, get_tokenizer(tcfg.tokenizer), seed=tcfg.seed)
+    n, total = stream.num_sequences(tcfg.seq_len), tcfg.tokens // tcfg.seq_len
+    assert total > n  # the run repeats sequences: a second epoch in another order
+    pairs = Counter()
+    for k in range(total):
+        epoch, i = divmod(k, n)
+        lo = int(np.random.default_rng([tcfg.seed, epoch]).permutation(n)[i]) * tcfg.seq_len
+        window = stream.tokens[lo:lo + tcfg.seq_len + 1].tolist()
+        pairs.update(zip(window[:-1], window[1:]))
+    V = cfg.model.vocab_size
+    got = dict(zip(result.model.pair_keys.tolist(), result.model.pair_counts.tolist()))
+    assert got == {u * V + w: c for (u, w), c in pairs.items()}
+    assert sum(got.values()) == tcfg.tokens
+
+
+# ---------------------------------------------------------------- end to end through the CLI
+
+@pytest.fixture(scope="module")
+def cli_run(tmp_path_factory):
+    from harness.cli import main
+    root = tmp_path_factory.mktemp("cli")
+    dirs = ["--results", str(root / "results"), "--runs", str(root / "runs"), "--device", "cpu"]
+    assert main(["run", "--models", "unigram,bigram", "--tasks", "smoke", "--preset", "tiny", *dirs]) == 0
+    return main, root, dirs
+
+
+def rows_of(root):
+    return [json.loads(line) for line in (root / "results" / "tiny" / "rows.jsonl").read_text().splitlines()]
+
+
+def test_harness_run_gives_bigram_below_unigram_below_uniform(cli_run):
+    _, root, _ = cli_run
+    loss = {r["model"]: r["value"] for r in rows_of(root) if r["task"] == "smoke" and r["metric"] == "loss"}
+    assert loss["bigram"] < loss["unigram"] < math.log(257)
+    for name in ("unigram", "bigram"):
+        meta = json.loads((root / "results" / "tiny" / "train" / f"{name}_meta.json").read_text())
+        assert meta["heldout_loss"] == pytest.approx(loss[name]) and meta["tokens"] == 65536
+
+
+def test_harness_eval_runs_lm_eval_tasks_on_the_checkpoints(cli_run):
+    pytest.importorskip("lm_eval")
+    main, root, dirs = cli_run
+    assert main(["eval", "--run", "tiny", "--tasks", "wikitext_2_v1,lambada_openai", "--limit", "4",
+                 "--bootstrap-iters", "20", *dirs]) == 0
+    rows = {(r["model"], r["task"], r["metric"]): r for r in rows_of(root)}
+    for name in ("unigram", "bigram"):
+        assert rows[(name, "lambada_openai", "acc")]["n"] == 4
+        assert math.isfinite(rows[(name, "lambada_openai", "perplexity")]["value"])
+    bits = {name: rows[(name, "wikitext_2_v1", "bits_per_byte")]["value"] for name in ("unigram", "bigram")}
+    assert bits["bigram"] < bits["unigram"] < 8

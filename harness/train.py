@@ -505,7 +505,7 @@ def fit_by_counting(model, model_name: str, cfg: Config, run_dir: Path, train_st
     batch, the speed and FLOP fields are None, and there is no per-step log (no loss curve).
     train.compile, activation_checkpointing and fused_ce do not apply and are ignored. A
     checkpoint with fewer steps (a run given more train.tokens) is counted on from its position.
-    One process: counting is cheap next to any neural run, so there is no reason to shard it."""
+    One process: counting the tokens costs a small fraction of training a neural model on them."""
     if d.world_size > 1:
         raise ConfigError(f"{model_name} is fitted by counting, in one process; run it without torchrun "
                           f"(harness train --model {model_name})")

@@ -2,3 +2,4 @@
 
 from baselines import mamba, sliding_softmax, swat, transformer  # noqa: F401
 from baselines import deltanet, gated_deltanet, gla, hgrn2, mamba2, retnet  # noqa: F401
+from baselines import ngram  # noqa: F401  (count-based reference rows)

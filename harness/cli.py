@@ -81,8 +81,10 @@ class StepProgress:
 # ---------------------------------------------------------------- commands
 
 def cmd_list(args) -> None:
+    import torch
+    from harness.backbone import count_params
     from harness.config import load_config
-    from harness.models import matched_config, params_of
+    from harness.models import matched_config
     from harness.registry import load_plugins, models, tasks
     load_plugins(args.plugin)
     cfg = load_config(args.preset, None, args.overrides).model
@@ -91,9 +93,12 @@ def cmd_list(args) -> None:
         table.add_column(col, justify="right" if col == "params" else "left")
     for name, spec in sorted(models().items()):
         try:
-            params = f"{params_of(name, matched_config(name, cfg)):,}"
+            with torch.device("meta"):  # built without memory, even at 760m
+                model = spec.build(matched_config(name, cfg))
         except ImportError:  # its layers come from an extra that is not installed (the next column says which)
             params = "-"
+        else:  # a count model's size (its distinct n-grams) is known only once it is fitted
+            params = "counts" if getattr(model, "fitted_by_counting", False) else f"{count_params(model):,}"
         table.add_row(name, spec.family, params, escape(spec.fast_path()), spec.description)
     console.print(table)
     ttable = Table(title="tasks")

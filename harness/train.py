@@ -243,10 +243,11 @@ def recover_checkpoint(run_dir: Path) -> None:
 
 
 def save_checkpoint(run_dir: Path, model, optimizer, meta: dict, trainer: dict, d: Dist) -> Path:
-    """Gather the full state on rank 0 and write it atomically; every rank must call this."""
+    """Gather the full state on rank 0 and write it atomically; every rank must call this.
+    optimizer None: a model fitted by counting, which has no optimizer state."""
     from safetensors.torch import save_file
     weights = distributed.full_model_state(model)
-    optim = distributed.full_optimizer_state(model, optimizer)
+    optim = distributed.full_optimizer_state(model, optimizer) if optimizer is not None else {}
     rng = d.gather_objects(_rng_state(d.device))
     final = Path(run_dir) / CHECKPOINT_DIR
     if d.is_main:
@@ -398,6 +399,8 @@ def train(model_name: str, cfg: Config, run_dir: Path, device: str | None = None
 
     torch.manual_seed(tcfg.seed)
     model = build_model(model_name, cfg.model, d.device)
+    if getattr(model, "fitted_by_counting", False):
+        return fit_by_counting(model, model_name, cfg, run_dir, train_stream, held_stream, micro, d, resume)
     if tcfg.fused_ce:
         model.fused_ce = fused_cross_entropy(model, d.device)
     params = count_params(model)
@@ -514,3 +517,59 @@ def train(model_name: str, cfg: Config, run_dir: Path, device: str | None = None
         plot_loss(run_dir, f"{model_name} ({cfg.preset})", held)
     return TrainResult(distributed.unwrap(wrapped), tcfg.steps, tcfg.steps * step_tokens, loss_value, held, params,
                        time.time() - t0, path, tokens_per_s, mfu, peak_mem)
+
+
+def fit_by_counting(model, model_name: str, cfg: Config, run_dir: Path, train_stream: TokenStream,
+                    held_stream: TokenStream, micro: int, d: Dist, resume: bool = True) -> TrainResult:
+    """Fit a model that learns by counting (`fitted_by_counting`: the n-gram reference rows) on
+    exactly the batches the gradient loop would visit: step s counts `batch_at` sequences
+    [s * S, (s + 1) * S) of the seeded order (S sequences per step), so it sees the same tokens,
+    in the same order and with the same repeats across epochs, as a neural model of this run.
+    Then the held-out loss as for every model, and the same checkpoint files and meta keys, so
+    that `harness run`, `harness eval` and `load_checkpoint` take it as they take a trained model.
+
+    Differences, each because there is nothing to record: trainer.pt holds no optimizer state;
+    meta's `params` is the model's number of nonzero counts (`num_counts`, distinct tokens or
+    pairs: it has no trained parameters), `train_loss` the fitted model's loss on the last step's
+    batch, the speed and FLOP fields are None, and there is no per-step log (no loss curve).
+    train.compile, activation_checkpointing and fused_ce do not apply and are ignored. A
+    checkpoint with fewer steps (a run given more train.tokens) is counted on from its position.
+    One process: counting the tokens costs a small fraction of training a neural model on them."""
+    if d.world_size > 1:
+        raise ConfigError(f"{model_name} is fitted by counting, in one process; run it without torchrun "
+                          f"(harness train --model {model_name})")
+    tcfg = cfg.train
+    seqs_per_step = tcfg.batch_tokens // tcfg.seq_len
+    ckpt = run_dir / CHECKPOINT_DIR
+    run_dir.mkdir(parents=True, exist_ok=True)
+    recover_checkpoint(run_dir)
+    if not resume:
+        shutil.rmtree(ckpt, ignore_errors=True)
+    start_step, position = 0, 0
+    if (ckpt / TRAINER_FILE).is_file():
+        from safetensors.torch import load_model
+        saved_meta = json.loads((ckpt / META_FILE).read_text())
+        _check_resumable(saved_meta, model_name, cfg, ckpt)
+        load_model(model, str(ckpt / WEIGHTS_FILE), device=str(d.device))
+        if saved_meta["step"] >= tcfg.steps:
+            return TrainResult(model, saved_meta["step"], saved_meta["tokens"], saved_meta["train_loss"],
+                               saved_meta["heldout_loss"], saved_meta["params"], 0.0, ckpt)
+        trainer = torch.load(ckpt / TRAINER_FILE, map_location="cpu", weights_only=True)
+        start_step, position = trainer["step"], trainer["position"]
+    t0 = time.time()
+    for _ in range(start_step, tcfg.steps):
+        inputs, targets, _ = batch_at(train_stream, tcfg.seq_len, tcfg.seed, position, seqs_per_step, d.device)
+        model.count(inputs, targets)
+        position += seqs_per_step
+    model.finish()
+    autocast = autocast_for(d.device, tcfg.dtype)
+    with torch.no_grad():
+        train_loss = float(model(inputs, targets=targets))
+    held, _ = heldout_loss(model, held_stream, tcfg.seq_len, tcfg.eval_tokens, micro, d.device, autocast, d)
+    tokens = tcfg.steps * seqs_per_step * tcfg.seq_len
+    meta = {"model": model_name, "config": cfg.to_dict(), "params": model.num_counts(), "world_size": 1,
+            "parallel": None, "flops_per_token": None, "step": tcfg.steps, "tokens": tokens, "heldout_loss": held,
+            "train_loss": train_loss, "tokens_per_s": None, "mfu": None, "peak_flops": None, "peak_mem_gib": None,
+            "peak_mem_gib_per_rank": [None]}
+    path = save_checkpoint(run_dir, model, None, meta, {"step": tcfg.steps, "position": position}, d)
+    return TrainResult(model, tcfg.steps, tokens, train_loss, held, meta["params"], time.time() - t0, path)

@@ -197,6 +197,9 @@ def test_harness_list_shows_every_model_with_params_and_fast_path(capsys, monkey
         line = next((ln for ln in out.splitlines() if f" {name} " in ln), None)
         assert line is not None, name
         assert get_model(name).fast_path() in line
+    for name in ("unigram", "bigram"):  # fitted by counting: their size is known once they are fitted
+        line = next(ln for ln in out.splitlines() if f" {name} " in ln)
+        assert "n-gram" in line and "counts" in line
 
 
 # ---------------------------------------------------------------- fla models off their GPU

@@ -202,7 +202,8 @@ def cmd_study(args) -> None:
     t0 = time.time()
     counts = run_study(study, Path(args.results), Path(args.runs), device, args.jobs, args.time_limit,
                        log=lambda m: console.print(m, highlight=False), on_step=on_step if args.jobs <= 1 else None,
-                       progress=lambda done, total, key: console.print(f"[{done}/{total}] {key}", highlight=False))
+                       progress=lambda done, total, _: console.print(f"study {study.name}: {done}/{total} runs done",
+                                                                     highlight=False), plugins=tuple(args.plugin))
     if "current" in bar:
         bar["current"].close()
     console.print(f"study {study.name}: {counts['done']} runs done, {counts['stopped']} stopped (resumable), "

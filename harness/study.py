@@ -291,14 +291,15 @@ def choose_lrs(rows: list, study: Study) -> dict[str, dict[str, dict]]:
 
 def units(study: Study, rows: list, only: set[str] | None = None) -> tuple[list[Unit], int]:
     """(runs that can be defined now, runs still waiting for the sweep), of the models in `only`
-    (None: all). The final stage of a model waits for its learning rate; references need none."""
+    (None: all), size by size (a size's sweep, then its final runs), so that the smaller sizes
+    finish first. The final stage of a model waits for its learning rate; references need none."""
     out, waiting = [], 0
-    for size in study.sweep_sizes:
-        for model in study.models:
-            out += [Unit(model, size, lr, study.sweep_seed, tuple(study.sweep_tasks)) for lr in study.lrs]
     lrs = choose_lrs(rows, study)
-    for size in study.final_sizes:
-        for seed in study.final_seeds[size]:
+    for size in study.sizes:
+        if size in study.sweep_sizes:
+            for model in study.models:
+                out += [Unit(model, size, lr, study.sweep_seed, tuple(study.sweep_tasks)) for lr in study.lrs]
+        for seed in study.final_seeds.get(size, []):
             for model in study.models:
                 lr = lrs.get(model, {}).get(size, {}).get("lr")
                 if lr is None:
@@ -372,9 +373,11 @@ def write_record(study: Study, results: Path, lrs: dict) -> None:
 
 def run_study(study: Study, results: Path, runs: Path, device: str, jobs: int = 1,
               time_limit: float | None = None, log: Callable[[str], None] = print,
-              on_step: Callable | None = None, progress: Callable[[int, int, str], None] | None = None) -> dict:
-    """Run every unit not yet done, in waves (the final stage's learning rates come from the
-    sweep's rows), then write the report. Returns counts: done, skipped, failed, stopped, waiting."""
+              on_step: Callable | None = None, progress: Callable[[int, int, str], None] | None = None,
+              plugins: tuple[str, ...] = ()) -> dict:
+    """Run every unit not yet done, the next one picked whenever a slot frees (a final run
+    becomes runnable once its model's sweep has chosen its learning rate), then write the report.
+    Returns counts: done, failed, stopped, waiting."""
     from harness.runner import join_job, stored_rows
     from harness.study_report import write_report
     d, device, log = join_job(device, log)
@@ -386,34 +389,34 @@ def run_study(study: Study, results: Path, runs: Path, device: str, jobs: int = 
     plan(study, log)
     deadline = None if time_limit is None else time.time() + time_limit
     counts = {"done": 0, "failed": 0, "stopped": 0, "waiting": 0}
-    attempted: set[str] = set()
-    while True:
+    # (run, its tasks left) started in this invocation: a sweep run is claimed again, for the final
+    # stage's tasks, once its learning rate turns out to be the model's best
+    claimed: set[tuple[str, tuple]] = set()
+
+    def next_unit() -> Unit | None:
         rows = stored_rows(rows_file(study, results), d, log)
+        defined, counts["waiting"] = units(study, rows, study.only)
         if main:
             write_record(study, results, choose_lrs(rows, study))
-        defined, waiting = units(study, rows, study.only)
-        todo = [u for u in defined if pending_tasks(u, rows) and u.key not in attempted]
-        counts["waiting"] = waiting
-        if not todo or (deadline is not None and time.time() >= deadline):
-            break
-        attempted.update(u.key for u in todo)
-        total = len(defined)
-        finished = total - len([u for u in defined if pending_tasks(u, rows)])
-        if jobs <= 1:
-            for u in todo:
-                if deadline is not None and time.time() >= deadline:
-                    counts["stopped"] += 1
-                    continue
-                if progress:
-                    progress(finished, total, u.key)
-                stop = (lambda: time.time() >= deadline) if deadline is not None else None
-                status = _in_process(study, u, results, runs, device, log, on_step, stop, d)
-                counts[status] += 1
-                finished += status == "done"
-        else:
-            for status in _pool(study, todo, results, runs, device, jobs, deadline, log,
-                                lambda n, key: progress and progress(finished + n, total, f"{key} ended")):
-                counts[status] += 1
+        left = [u for u in defined if pending_tasks(u, rows)]
+        if progress and left:
+            progress(len(defined) - len(left), len(defined), "")
+        unit = next((u for u in left if (u.key, tuple(pending_tasks(u, rows))) not in claimed), None)
+        if unit is not None:
+            claimed.add((unit.key, tuple(pending_tasks(unit, rows))))
+        return unit
+
+    def expired() -> bool:
+        return deadline is not None and time.time() >= deadline
+
+    if jobs <= 1:
+        while not expired() and (unit := next_unit()) is not None:
+            log(f"run {unit.key}: {', '.join(unit.tasks)}")
+            stop = (lambda: time.time() >= deadline) if deadline is not None else None
+            counts[_in_process(study, unit, results, runs, device, log, on_step, stop, d)] += 1
+    else:
+        for status in _pool(study, next_unit, results, runs, device, jobs, deadline, log, plugins):
+            counts[status] += 1
     if main:
         write_report(study, Path(results))
     return counts
@@ -448,36 +451,38 @@ def _visible_gpus() -> list[str]:
     return [g.strip() for g in env.split(",") if g.strip()] if env else [str(i) for i in range(torch.cuda.device_count())]
 
 
-def _pool(study, todo, results, runs, device, jobs, deadline, log, progress):
-    """Run units in `jobs` worker processes; yield each one's status as it ends. Workers past the
-    deadline get SIGTERM, checkpoint and exit STOPPED_EXIT."""
+def _pool(study, next_unit, results, runs, device, jobs, deadline, log, plugins=()):
+    """Run units in `jobs` worker processes, asking `next_unit` whenever a slot is free; yield each
+    one's status as it ends. Past the deadline no unit starts and the workers get SIGTERM (they
+    checkpoint and exit STOPPED_EXIT); one still running KILL_GRACE_S later is killed."""
     gpus = _visible_gpus() if device.startswith("cuda") else []
     logs = Path(runs) / study.name / "logs"
     logs.mkdir(parents=True, exist_ok=True)
-    queue, running, slot = list(todo), {}, 0
-    done = 0
-    while queue or running:
-        while queue and len(running) < jobs and (deadline is None or time.time() < deadline):
-            unit = queue.pop(0)
+    running, slot, exhausted = {}, 0, False
+    while True:
+        expired = deadline is not None and time.time() >= deadline
+        while not expired and not exhausted and len(running) < jobs:
+            unit = next_unit()
+            if unit is None:
+                exhausted = True  # asked again when a run ends: its rows may define new units
+                break
             env = dict(os.environ)
             if gpus:
                 env["CUDA_VISIBLE_DEVICES"] = gpus[slot % len(gpus)]
             slot += 1
             cmd = [sys.executable, "-m", "harness", "study", str(study.path), "--unit", unit.key,
                    "--results", str(results), "--runs", str(runs), "--device", "cuda" if gpus else device]
+            cmd += [arg for plugin in plugins for arg in ("--plugin", str(Path(plugin).resolve()))]
             out = open(logs / (unit.key.replace("/", "_") + ".log"), "ab")
             running[unit.key] = (subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT), out, time.time())
-            log(f"start {unit.key} ({len(running)} running, {len(queue)} queued)")
-        if deadline is not None and time.time() >= deadline:
-            # past the deadline: a worker in training checkpoints at its next step and exits; one
-            # still scoring after KILL_GRACE_S is killed (its task reruns next time)
+            log(f"start {unit.key} ({len(running)} running)")
+        if not running:
+            return
+        if expired:
             kill = time.time() >= deadline + KILL_GRACE_S
             for proc, _, _ in running.values():
                 if proc.poll() is None:
                     proc.send_signal(signal.SIGKILL if kill else signal.SIGTERM)
-            for _ in queue:
-                yield "stopped"
-            queue = []
         time.sleep(0.5)
         for key, (proc, out, t0) in list(running.items()):
             code = proc.poll()
@@ -485,11 +490,10 @@ def _pool(study, todo, results, runs, device, jobs, deadline, log, progress):
                 continue
             out.close()
             del running[key]
+            exhausted = False
             status = "done" if code == 0 else "stopped" if code in (STOPPED_EXIT, -signal.SIGKILL) else "failed"
             tail = _last_line(logs / (key.replace("/", "_") + ".log"))
             log(f"{status} {key} in {time.time() - t0:.0f}s" + (f": {tail}" if status != "done" else ""))
-            done += status == "done"
-            progress(done, key)
             yield status
 
 

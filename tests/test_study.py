@@ -146,14 +146,19 @@ def test_power_law_fit_and_paired_t():
 
 
 def test_worker_pool_runs_units_in_processes(tmp_path):
+    """Two workers; the final stage's extra task (from a plugin the workers load too) runs on each
+    model's best sweep run once the sweep has chosen it, and on no other."""
     data = yaml.safe_load(TINY.read_text())
-    data["final"] = {"sizes": ["a"], "tasks": ["smoke"]}
+    data["final"] = {"sizes": ["a"], "tasks": ["smoke", "probe"]}
     path = tmp_path / "pool.yaml"
     path.write_text(yaml.safe_dump(data))
-    assert study_cli(tmp_path, "--jobs", "2", study=path) == 0
+    assert study_cli(tmp_path, "--jobs", "2", "--plugin", str(TINY.parent / "probe_task.py"), study=path) == 0
     rows = read_rows(tmp_path / "results" / "tiny-study" / "rows.jsonl")
     assert {(r.model, r.extra["lr"]) for r in rows if r.task == "smoke"} == {
         (m, lr) for m in ("swat", "transformer") for lr in (3e-3, 1e-2)}
+    best = json.loads((tmp_path / "results" / "tiny-study" / "lr_choice.json").read_text())
+    assert {(r.model, r.extra["lr"]) for r in rows if r.task == "probe"} == {
+        (m, best[m]["a"]["lr"]) for m in ("swat", "transformer")}
     logs = sorted(p.name for p in (tmp_path / "runs" / "tiny-study" / "logs").iterdir())
     assert logs == sorted(f"a_{m}_lr{lr}-seed0.log" for m in ("swat", "transformer") for lr in ("0.003", "0.01"))
 

@@ -565,7 +565,7 @@ def fit_by_counting(model, model_name: str, cfg: Config, run_dir: Path, train_st
     autocast = autocast_for(d.device, tcfg.dtype)
     with torch.no_grad():
         train_loss = float(model(inputs, targets=targets))
-    held, _ = heldout_loss(model, held_stream, tcfg.seq_len, tcfg.eval_tokens, micro, d.device, autocast, d)
+    held = heldout_score(model, held_stream, tcfg.seq_len, tcfg.eval_tokens, micro, d.device, autocast, d).loss
     tokens = tcfg.steps * seqs_per_step * tcfg.seq_len
     meta = {"model": model_name, "config": cfg.to_dict(), "params": model.num_counts(), "world_size": 1,
             "parallel": None, "flops_per_token": None, "step": tcfg.steps, "tokens": tokens, "heldout_loss": held,

@@ -393,7 +393,11 @@ def run_study(study: Study, results: Path, runs: Path, device: str, jobs: int = 
     # stage's tasks, once its learning rate turns out to be the model's best
     claimed: set[tuple[str, tuple]] = set()
 
-    def next_unit() -> Unit | None:
+    def next_unit(running: tuple[str, ...] = ()) -> Unit | None:
+        """The first unit with tasks left that this invocation has not started. A (model, size)
+        none of whose runs has finished yet waits while one of its runs is going: that first run
+        autotunes the model's kernels (minutes of CPU for the fla models), the next ones then find
+        the tuned configurations in Triton's cache instead of tuning them again side by side."""
         rows = stored_rows(rows_file(study, results), d, log)
         defined, counts["waiting"] = units(study, rows, study.only)
         if main:
@@ -401,7 +405,13 @@ def run_study(study: Study, results: Path, runs: Path, device: str, jobs: int = 
         left = [u for u in defined if pending_tasks(u, rows)]
         if progress and left:
             progress(len(defined) - len(left), len(defined), "")
-        unit = next((u for u in left if (u.key, tuple(pending_tasks(u, rows))) not in claimed), None)
+        tuned = {(r.model, r.preset) for r in rows}
+        busy = {tuple(key.split("/")[:2]) for key in running}
+
+        def ready(u: Unit) -> bool:
+            return (u.key, tuple(pending_tasks(u, rows))) not in claimed and (
+                (u.model, u.size) in tuned or (u.size, u.model) not in busy)
+        unit = next((u for u in left if ready(u)), None)
         if unit is not None:
             claimed.add((unit.key, tuple(pending_tasks(unit, rows))))
         return unit
@@ -462,7 +472,7 @@ def _pool(study, next_unit, results, runs, device, jobs, deadline, log, plugins=
     while True:
         expired = deadline is not None and time.time() >= deadline
         while not expired and not exhausted and len(running) < jobs:
-            unit = next_unit()
+            unit = next_unit(tuple(running))
             if unit is None:
                 exhausted = True  # asked again when a run ends: its rows may define new units
                 break

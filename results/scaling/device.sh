@@ -55,5 +55,6 @@ fi
 wait
 say "packing"
 tar czf "$OUT/results.tgz" -C "$G/results" scaling
+tar czf "$OUT/logs.tgz" -C "$G/runs/scaling" logs 2>/dev/null
 (cd "$G/triton" && find . -name '*.autotune.json' | tar czf "$OUT/autotune.tgz" -T -)
 say "done ($(( $(date +%s) - T0 )) s)"

@@ -336,7 +336,7 @@ def run_unit(study: Study, unit: Unit, results: Path, runs: Path, device: str,
     from harness.models import non_embedding_params
     from harness.registry import get_task
     from harness.results import command_line, device_name, git_commit, now
-    from harness.runner import TaskContext, keep_training_record, run_tasks, stored_rows, trained_model
+    from harness.runner import TaskContext, run_tasks, stored_rows, trained_model
     from harness.train import CHECKPOINT_DIR
     path = rows_file(study, results)
     existing = stored_rows(path, d, log)
@@ -348,16 +348,34 @@ def run_unit(study: Study, unit: Unit, results: Path, runs: Path, device: str,
     model, meta, _ = trained_model(unit.model, cfg, run_dir, device, False, on_step, should_stop)
     budget = study.budgets[unit.size]
     if d is None or d.is_main:
-        keep_training_record(run_dir, path.parent / "train" / unit.size,
-                             f"{unit.model}-{run_label(unit.lr, unit.seed)}")
+        keep_record(run_dir, path.parent / "train" / unit.size / f"{unit.model}-{run_label(unit.lr, unit.seed)}")
     row_extra = {"lr": unit.lr, "tokens_per_param": study.tokens_per_param, "epochs": round(budget["epochs"], 4),
                  "budget_params": budget["budget_params"],
                  "non_embedding_params": non_embedding_params(unit.model, cfg.model),
-                 "train_flops": meta.get("flops_per_token", {}).get("train", 0.0) * meta.get("tokens", 0)}
+                 "train_flops": (meta.get("flops_per_token") or {}).get("train", 0.0) * meta.get("tokens", 0)}
     provenance = {"commit": git_commit(), "device": device_name(device), "date": now(), "command": command_line()}
     ctx = TaskContext(cfg, study.name, unit.model, device, meta["params"], meta.get("tokens"),
                       str(run_dir / CHECKPOINT_DIR), None, provenance, row_extra=row_extra, dist=d)
     run_tasks(model, get_tokenizer(cfg.train.tokenizer), ctx, [get_task(t) for t in todo], existing, path, log)
+
+
+def keep_record(run_dir: Path, prefix: Path) -> None:
+    """The run's checkpoint summary (`<prefix>_meta.json`) and per-step training log, gzipped
+    (`<prefix>_train_log.jsonl.gz`: a study keeps hundreds of them), beside the study's rows."""
+    import gzip
+
+    from harness.results import atomic_write_text
+    from harness.train import CHECKPOINT_DIR, META_FILE
+    from harness.trainlog import LOG_FILE
+    meta, log = run_dir / CHECKPOINT_DIR / META_FILE, run_dir / LOG_FILE
+    if meta.is_file():
+        atomic_write_text(Path(f"{prefix}_meta.json"), meta.read_text(encoding="utf-8"))
+    if log.is_file():
+        target = Path(f"{prefix}_{LOG_FILE}.gz")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_name(f".{target.name}.tmp")
+        tmp.write_bytes(gzip.compress(log.read_bytes(), mtime=0))
+        tmp.replace(target)
 
 
 def write_record(study: Study, results: Path, lrs: dict) -> None:
@@ -409,7 +427,7 @@ def run_study(study: Study, results: Path, runs: Path, device: str, jobs: int = 
         busy = {tuple(key.split("/")[:2]) for key in running}
 
         def ready(u: Unit) -> bool:
-            return (u.key, tuple(pending_tasks(u, rows))) not in claimed and (
+            return u.key not in running and (u.key, tuple(pending_tasks(u, rows))) not in claimed and (
                 (u.model, u.size) in tuned or (u.size, u.model) not in busy)
         unit = next((u for u in left if ready(u)), None)
         if unit is not None:

@@ -1,0 +1,110 @@
+"""Bad input never trains silently wrong or prints a traceback; a plugin written from the README's
+contract just works (issue 22). Everything goes through the command line as a user types it:
+`harness.cli.main([...])` in this process, or a subprocess where the exit status and stderr of the
+real program are the point."""
+
+import json
+import random
+import re
+import shutil
+import subprocess
+import sys
+import textwrap
+from dataclasses import fields
+from pathlib import Path
+
+import pytest
+
+from harness import cli
+from harness import evaluate as ev
+from harness.config import ConfigError, ModelConfig, TrainConfig, load_config
+from harness.data import DataError
+
+ROOT = Path(__file__).resolve().parent.parent
+EVAL_FIXTURES = Path(__file__).parent / "fixtures" / "eval"
+ONE_STEP = ["--set", "train.tokens=1024", "--set", "train.eval_tokens=128"]  # one step, one held-out sequence
+
+
+def one_error_line(err: str, *needles: str) -> None:
+    """stderr is exactly one `error:` line holding every needle, and no traceback."""
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error:"), err
+    assert "Traceback" not in err
+    for needle in needles:
+        assert needle in lines[0], (needle, lines[0])
+
+
+def harness(*args, cwd=ROOT):
+    return subprocess.run([sys.executable, "-m", "harness", *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=300)
+
+
+def folders(tmp_path: Path) -> list[str]:
+    return ["--results", str(tmp_path / "results"), "--runs", str(tmp_path / "runs")]
+
+
+def mirror_with(*present: str):
+    """A stand-in for the data mirror that holds only `present` (fixture files in the hub schema)."""
+    def require(name):
+        folder = EVAL_FIXTURES / {"wikitext_2_v1": "wikitext"}.get(name, name)
+        if name not in present or not folder.is_dir():
+            raise DataError(f"dataset {name} is not in the mirror (looked in /nowhere/{name}); "
+                            f"run `harness data fetch {name}`")
+        return {p.stem: p for p in sorted(folder.glob("*.jsonl"))}
+    return require
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory):
+    """The README's first command, shortened to one step: `harness run --models swat --tasks smoke`."""
+    tmp = tmp_path_factory.mktemp("smoke-run")
+    capture = pytest.MonkeyPatch()
+    out = []
+    capture.setattr(cli.console, "print", lambda *a, **k: out.append(" ".join(map(str, a))))
+    try:
+        code = cli.main(["run", "--models", "swat", "--tasks", "smoke", "--device", "cpu", *ONE_STEP, *folders(tmp)])
+    finally:
+        capture.undo()
+    assert code == 0
+    return tmp, "\n".join(out)
+
+
+# ---------------------------------------------------------------- config values: signs and ranges
+
+@pytest.mark.parametrize("override, message", [
+    ("train.grad_clip=-1", "train.grad_clip must be positive"),
+    ("train.grad_clip=0", "train.grad_clip must be positive"),
+    ("train.min_lr_ratio=-1", "train.min_lr_ratio must be between 0 and 1"),
+    ("train.min_lr_ratio=1.5", "train.min_lr_ratio must be between 0 and 1"),
+    ("train.weight_decay=-1", "train.weight_decay must be >= 0"),
+    ("train.betas=[0.9, 1.0]", "train.betas must be two numbers in [0, 1)"),
+    ("train.betas=[0.9]", "train.betas must be two numbers in [0, 1)"),
+    ("train.betas=0.9", "train.betas must be a list"),
+    ("train.lr=nan", "train.lr must be a finite number"),
+    ("train.lr=.inf", "train.lr must be a finite number"),
+    ("train.seed=-1", "train.seed must be between 0"),
+    ("train.corpus=", "train.corpus is empty"),
+    ("model.sigmoid_bias=nan", "model.sigmoid_bias must be a finite number"),
+    ("model.init_std=0", "model.init_std must be positive"),
+    ("model.norm_eps=-1e-6", "model.norm_eps must be positive"),
+    ("model.rope_theta=0", "model.rope_theta must be positive"),
+    ("model.window=0", "model.window must be positive"),
+    ("model.expand=0.001", "leaves no inner size"),
+    ("model.mlp_hidden=abc", "model.mlp_hidden must be a number"),
+    ("model.num_kv_heads=1.5", "model.num_kv_heads must be an integer"),
+    ("model.rope=null", "model.rope needs a value"),
+    ("model.extra=5", "model.extra must be a mapping"),
+    ("train.lr=1" + "0" * 400, "train.lr is out of range"),
+])
+def test_every_config_value_is_checked_before_training(tmp_path, capsys, override, message):
+    code = cli.main(["train", "--model", "swat", "--device", "cpu", "--out", str(tmp_path / "run"),
+                     "--set", override])
+    one_error_line(capsys.readouterr().err, message)
+    assert code == 2 and not (tmp_path / "run").exists()
+
+
+def test_a_yaml_file_of_wrong_types_is_one_error(tmp_path, capsys):
+    config = tmp_path / "c.yaml"
+    config.write_text("model:\n  slopes: 5\ntrain:\n  corpus: [a, b]\n")
+    assert cli.main(["train", "--model", "swat", "--config", str(config), "--out", str(tmp_path / "run")]) == 2
+    one_error_line(capsys.readouterr().err, "model.slopes must be")

@@ -45,6 +45,53 @@ def split_names(text: str) -> list[str]:
     return [n.strip() for n in text.split(",") if n.strip()]
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse with the harness's convention for bad input: one `error:` line, exit status 2
+    (argparse's own prints its usage block first, which buries what to change)."""
+
+    def error(self, message: str):
+        self.exit(2, f"error: {message} (see `{self.prog} --help`)\n")
+
+
+def int_from(lowest: int):
+    """argparse type of an integer >= lowest: `--limit 0` would otherwise mean no limit at all, and a
+    negative count fails deep inside lm-eval after training."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = lowest - 1
+        if value < lowest:
+            kind = "a positive integer" if lowest == 1 else f"an integer >= {lowest}"
+            raise argparse.ArgumentTypeError(f"must be {kind}, got {text!r}")
+        return value
+    return parse
+
+
+def name_list(text: str) -> str:
+    """argparse type of comma-separated names: at least one (`--models ""` would run nothing, exit 0)."""
+    if not split_names(text):
+        raise argparse.ArgumentTypeError(f"names nothing ({text!r}); give one or more comma-separated names "
+                                         "(`harness list` shows them)")
+    return text
+
+
+def device_arg(text: str) -> str:
+    """argparse type of --device: cpu, cuda or cuda:N, and CUDA only where a GPU is visible."""
+    import re
+    if not re.fullmatch(r"cpu|cuda(:[0-9]+)?", text):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a device the harness runs on; use cpu, cuda or cuda:N")
+    if text != "cpu":
+        import torch
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise argparse.ArgumentTypeError(f"{text} asked for, but no CUDA GPU is visible here; use --device cpu")
+        if int(text.partition(":")[2] or 0) >= count:
+            raise argparse.ArgumentTypeError(f"{text} asked for, but {count} GPU(s) are visible: "
+                                             f"use cuda:0 to cuda:{count - 1}")
+    return text
+
+
 def config_from(args):
     from harness.config import load_config
     return load_config(args.preset, args.config, args.overrides)
@@ -308,7 +355,7 @@ def cmd_data(args) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="harness", description="Benchmark SWAT against linear recurrent "
+    parser = Parser(prog="harness", description="Benchmark SWAT against linear recurrent "
                                      "and softmax baselines: train, evaluate, time, tabulate.")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -319,14 +366,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_list)
 
     p = sub.add_parser("run", help="train (or reuse) models, run tasks, write results/<run>/")
-    p.add_argument("--models", required=True, help="comma-separated model names (see `harness list`)")
-    p.add_argument("--tasks", default="smoke", help="comma-separated tasks or groups (see `harness list`)")
+    p.add_argument("--models", required=True, type=name_list, help="comma-separated model names (see `harness list`)")
+    p.add_argument("--tasks", default="smoke", type=name_list, help="comma-separated tasks or groups (see `harness list`)")
     add_run_arg(p, "run name (default: the preset); results go to RESULTS/RUN")
     p.add_argument("--results", default="results", help="results folder (default: results)")
     p.add_argument("--runs", default="runs", help="checkpoint folder (default: runs)")
-    p.add_argument("--device", help="cpu | cuda | cuda:N (default: cuda when available)")
+    p.add_argument("--device", type=device_arg, help="cpu | cuda | cuda:N (default: cuda when available)")
     p.add_argument("--force", action="store_true", help="retrain and rerun even what is finished")
-    p.add_argument("--limit", type=int, help="examples (or sequences) per task, for quick checks")
+    p.add_argument("--limit", type=int_from(1), help="examples (or sequences) per task, for quick checks")
     p.add_argument("--skip-missing", action="store_true",
                    help="drop tasks whose data is not in the mirror instead of stopping (checked before training)")
     add_config_args(p)
@@ -339,7 +386,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="run folder (default: RUNS/RUN/MODEL)")
     add_run_arg(p, "run name (default: the preset)")
     p.add_argument("--runs", default="runs")
-    p.add_argument("--device", help="cpu | cuda (under torchrun: each rank's own GPU; default: cuda when available)")
+    p.add_argument("--device", type=device_arg, help="cpu | cuda (under torchrun: each rank's own GPU; default: cuda when available)")
     p.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True,
                    help="continue from the run folder's checkpoint (default); --no-resume discards it and the log")
     p.add_argument("--parallel", choices=("ddp", "fsdp"), default="ddp",
@@ -354,14 +401,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("eval", help="evaluate checkpoints (or hf:<path> models) on tasks; rows to RESULTS/RUN/; "
                        "data-parallel over several GPUs: torchrun --nproc-per-node N -m harness eval ...")
     add_run_arg(p, "run name: checkpoints under RUNS/RUN/<model>/checkpoint, rows to RESULTS/RUN (default: eval)")
-    p.add_argument("--models", help="comma-separated model names of the run, or hf:PATH for a Hugging Face "
+    p.add_argument("--models", type=name_list, help="comma-separated model names of the run, or hf:PATH for a Hugging Face "
                    "checkpoint folder (default: every checkpoint of the run)")
     p.add_argument("--checkpoint", action="append", default=[], metavar="DIR",
                    help="a checkpoint folder written by `harness train` (repeatable)")
-    p.add_argument("--tasks", default="commonsense,perplexity",
+    p.add_argument("--tasks", default="commonsense,perplexity", type=name_list,
                    help="comma-separated tasks or groups: commonsense, perplexity, length, retrieval, all")
-    p.add_argument("--limit", type=int, help="examples (windows, samples per cell) per task, for quick runs")
-    p.add_argument("--device", help="cpu | cuda | cuda:N (default: cuda when available)")
+    p.add_argument("--limit", type=int_from(1), help="examples (windows, samples per cell) per task, for quick runs")
+    p.add_argument("--device", type=device_arg, help="cpu | cuda | cuda:N (default: cuda when available)")
     p.add_argument("--results", default="results")
     p.add_argument("--runs", default="runs")
     p.add_argument("--force", action="store_true", help="rerun (model, task) pairs that already have rows")
@@ -369,7 +416,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="skip tasks whose data is not in the mirror (default: stop before any model work)")
     p.add_argument("--online", action="store_true",
                    help="lm-eval tasks whose data is not mirrored load it from the Hugging Face hub")
-    p.add_argument("--bootstrap-iters", type=int, default=1000, help="bootstrap resamples for stderr")
+    p.add_argument("--bootstrap-iters", type=int_from(0), default=1000, help="bootstrap resamples for stderr")
     add_plugin_arg(p)
     p.set_defaults(func=cmd_eval)
 
@@ -396,15 +443,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("bench", help="speed and memory benchmarks (models; kernels)")
     bench = p.add_subparsers(dest="bench_command", required=True)
     b = bench.add_parser("models", help="training / prefill / decode tokens/s and memory vs length, per model")
-    b.add_argument("--models", default="swat,transformer,sliding_softmax,mamba",
+    b.add_argument("--models", default="swat,transformer,sliding_softmax,mamba", type=name_list,
                    help="comma-separated model names (default: swat,transformer,sliding_softmax,mamba)")
     b.add_argument("--sweeps", default="train,prefill,decode", help="comma-separated: train, prefill, decode")
     b.add_argument("--lengths", action="append", default=[], metavar="SWEEP=L1,L2",
                    help="lengths of one sweep, e.g. train=2048,4096 (repeatable; defaults: 2K-64K train, "
                    "1K-128K prefill and decode on GPU, short lengths on CPU)")
-    b.add_argument("--train-tokens", type=int, help="tokens per training batch at every length (default 32768)")
+    b.add_argument("--train-tokens", type=int_from(1), help="tokens per training batch at every length (default 32768)")
     b.add_argument("--decode-batches", help="comma-separated decode batch sizes (default 1,64)")
-    b.add_argument("--device", help="cpu | cuda (default: cuda when available)")
+    b.add_argument("--device", type=device_arg, help="cpu | cuda (default: cuda when available)")
     b.add_argument("--results", default="results")
     b.add_argument("--out", help="output folder (default: RESULTS/speed/<device>/<preset>, "
                    "<preset>-activation-checkpointing with --set train.activation_checkpointing=true)")
@@ -437,7 +484,7 @@ def build_parser() -> argparse.ArgumentParser:
     dsub.add_parser("verify", help="check counts against the official sizes and sha256 against data/MANIFEST.json")
     d = dsub.add_parser("fetch", help="fill the mirror from the Hugging Face hub (needs network and `datasets`)")
     d.add_argument("names", nargs="+", help="datasets (see `harness data list`) or hub corpora (slimpajama, fineweb, fineweb-edu)")
-    d.add_argument("--documents", type=int, help="for a corpus: how many documents to stream")
+    d.add_argument("--documents", type=int_from(1), help="for a corpus: how many documents to stream")
     d.add_argument("--to", help="mirror folder to write (default: $HARNESS_DATA or ~/.cache/swat-harness/data)")
     d = dsub.add_parser("import", help="add a dataset from local files (JSON/JSONL/parquet/txt, or a folder of "
                         "known raw releases such as ../shared/data), converted to the hub schema")

@@ -108,3 +108,31 @@ def test_a_yaml_file_of_wrong_types_is_one_error(tmp_path, capsys):
     config.write_text("model:\n  slopes: 5\ntrain:\n  corpus: [a, b]\n")
     assert cli.main(["train", "--model", "swat", "--config", str(config), "--out", str(tmp_path / "run")]) == 2
     one_error_line(capsys.readouterr().err, "model.slopes must be")
+
+
+# ---------------------------------------------------------------- command-line arguments
+
+@pytest.mark.parametrize("args, message", [
+    (["--limit", "0"], "argument --limit: must be a positive integer, got '0'"),
+    (["--limit", "-5"], "argument --limit: must be a positive integer, got '-5'"),
+    (["--device", "tpu"], "'tpu' is not a device the harness runs on; use cpu, cuda or cuda:N"),
+    (["--models", ""], "argument --models: names nothing"),
+    (["--tasks", ","], "argument --tasks: names nothing"),
+])
+def test_bad_arguments_are_one_line_before_any_work(tmp_path, args, message):
+    out = harness("run", "--models", "swat", *args, *folders(tmp_path))
+    assert out.returncode == 2
+    one_error_line(out.stderr, message, "harness run --help")
+    assert not (tmp_path / "results").exists()
+
+
+def test_eval_limit_zero_and_cuda_without_a_gpu_are_one_line(capsys):
+    import torch
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["eval", "--tasks", "piqa", "--limit", "0"])
+    assert exit_.value.code == 2
+    one_error_line(capsys.readouterr().err, "argument --limit: must be a positive integer")
+    if not torch.cuda.is_available():
+        with pytest.raises(SystemExit):
+            cli.main(["train", "--model", "swat", "--device", "cuda"])
+        one_error_line(capsys.readouterr().err, "cuda asked for, but no CUDA GPU is visible here; use --device cpu")

@@ -32,7 +32,7 @@ from harness.distributed import Dist
 from harness.registry import get_model, get_task
 from harness.results import (Row, atomic_write_text, command_line, device_name, folder_lock, git_commit, now,
                              read_rows, replace_rows, rows_table, versions)
-from harness.train import CHECKPOINT_DIR, load_checkpoint, train
+from harness.train import CHECKPOINT_DIR, load_checkpoint, read_meta, train
 from harness.trainlog import LOG_FILE
 
 
@@ -73,7 +73,7 @@ def trained_model(name: str, cfg: Config, ckpt_dir: Path, device: str, force: bo
     ckpt = ckpt_dir / CHECKPOINT_DIR
     meta_file = ckpt / "meta.json"
     if meta_file.is_file() and not force:
-        meta = json.loads(meta_file.read_text())
+        meta = read_meta(ckpt)
         if config_hash(Config.from_dict(meta["config"])) != config_hash(cfg):
             raise RunError(f"{ckpt_dir} holds {name} trained with another config; pass --run NEW_NAME for a "
                            f"new run, or --force to retrain")

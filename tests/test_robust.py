@@ -136,3 +136,54 @@ def test_eval_limit_zero_and_cuda_without_a_gpu_are_one_line(capsys):
         with pytest.raises(SystemExit):
             cli.main(["train", "--model", "swat", "--device", "cuda"])
         one_error_line(capsys.readouterr().err, "cuda asked for, but no CUDA GPU is visible here; use --device cpu")
+
+
+# ---------------------------------------------------------------- checkpoints carry checksums
+
+def damaged_copy(smoke_run, tmp_path, file: str, damage) -> Path:
+    ckpt = tmp_path / "swat" / "checkpoint"
+    shutil.copytree(smoke_run[0] / "runs" / "tiny" / "swat" / "checkpoint", ckpt)
+    path = ckpt / file
+    path.write_bytes(damage(path.read_bytes()))
+    return ckpt
+
+
+def flip_a_bit(data: bytes) -> bytes:
+    i = len(data) - 100  # inside the last tensor
+    return data[:i] + bytes([data[i] ^ 1]) + data[i + 1:]
+
+
+@pytest.mark.parametrize("damage", [lambda b: b[: len(b) // 2], lambda b: b"", flip_a_bit],
+                         ids=["truncated", "empty", "bit-flipped"])
+def test_a_damaged_checkpoint_is_one_error_naming_file_and_fix(smoke_run, tmp_path, capsys, damage):
+    meta = json.loads((smoke_run[0] / "runs" / "tiny" / "swat" / "checkpoint" / "meta.json").read_text())
+    assert set(meta["sha256"]) == {"model.safetensors", "trainer.pt"}
+    ckpt = damaged_copy(smoke_run, tmp_path, "model.safetensors", damage)
+    code = cli.main(["eval", "--checkpoint", str(ckpt), "--tasks", "smoke", "--results", str(tmp_path / "r")])
+    one_error_line(capsys.readouterr().err, f"{ckpt / 'model.safetensors'} is damaged", "--force", "--no-resume")
+    assert code == 2 and not (tmp_path / "r").exists()
+
+
+def test_resuming_from_a_damaged_trainer_state_is_one_error(smoke_run, tmp_path, capsys):
+    ckpt = damaged_copy(smoke_run, tmp_path, "trainer.pt", flip_a_bit)
+    code = cli.main(["train", "--model", "swat", "--device", "cpu", "--out", str(ckpt.parent),
+                     "--set", "train.tokens=2048"])  # one step more than the checkpoint: a resumption
+    one_error_line(capsys.readouterr().err, f"{ckpt / 'trainer.pt'} is damaged", "--no-resume")
+    assert code == 2
+
+
+def test_checkpoints_without_checksums_still_load_and_truncation_still_shows(smoke_run, tmp_path, capsys):
+    ckpt = damaged_copy(smoke_run, tmp_path, "meta.json", lambda b: json.dumps(
+        {k: v for k, v in json.loads(b).items() if k != "sha256"}).encode())  # as written before checksums
+    assert cli.main(["eval", "--checkpoint", str(ckpt), "--tasks", "smoke", "--limit", "1",
+                     "--results", str(tmp_path / "r")]) == 0
+    capsys.readouterr()
+    trainer = ckpt / "trainer.pt"
+    trainer.write_bytes(trainer.read_bytes()[:1000])
+    assert cli.main(["train", "--model", "swat", "--device", "cpu", "--out", str(ckpt.parent), *ONE_STEP,
+                     "--set", "train.tokens=2048"]) == 2
+    one_error_line(capsys.readouterr().err, f"{trainer} is damaged", "--no-resume")
+    weights = ckpt / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])
+    assert cli.main(["eval", "--checkpoint", str(ckpt), "--tasks", "smoke", "--results", str(tmp_path / "r2")]) == 2
+    one_error_line(capsys.readouterr().err, f"{weights} is damaged", "--force")

@@ -127,28 +127,58 @@ class StepProgress:
 
 # ---------------------------------------------------------------- commands
 
+def model_params(name: str, cfg) -> str:
+    """The model's parameter count at cfg. A model whose layers come from an extra that is not
+    installed cannot be built, not even on the meta device; when it has a `match` field its count
+    is the reference model's by construction (within the matching tolerance), shown with `≈`."""
+    from harness.models import REFERENCE_MODEL, matched_config, params_of
+    from harness.registry import get_model
+    try:
+        return f"{params_of(name, matched_config(name, cfg)):,}"
+    except ImportError:
+        return f"≈{params_of(REFERENCE_MODEL, cfg):,}" if get_model(name).match else "?"
+
+
 def cmd_list(args) -> None:
+    """One line per model and per task at any terminal width (long text cut with an ellipsis);
+    `--model NAME` gives everything about one model."""
     from harness.config import load_config
-    from harness.models import matched_config, params_of
-    from harness.registry import load_plugins, models, tasks
+    from harness.registry import get_model, load_plugins, models, tasks
     load_plugins(args.plugin)
     cfg = load_config(args.preset, None, args.overrides).model
-    table = Table(title=f"models (preset {args.preset})")
-    for col in ("model", "family", "params", "fast path here", "description"):
-        table.add_column(col, justify="right" if col == "params" else "left")
-    for name, spec in sorted(models().items()):
-        try:
-            params = f"{params_of(name, matched_config(name, cfg)):,}"
-        except ImportError:  # its layers come from an extra that is not installed (the next column says which)
-            params = "-"
-        table.add_row(name, spec.family, params, escape(spec.fast_path()), spec.description)
+    if args.model:
+        spec = get_model(args.model)
+        details = {"model": spec.name, "family": spec.family, f"params ({args.preset})": model_params(spec.name, cfg),
+                   "fast path here": spec.fast_path(), "needs": ", ".join(spec.requires) or "torch only",
+                   "extra": spec.extra or "-", "runs on": "CUDA GPU only" if spec.gpu_only else "CPU and GPU",
+                   "matched field": f"model.{spec.match}" if spec.match else "- (count as built)",
+                   "built by": f"{spec.build.__module__}.{spec.build.__qualname__}", "description": spec.description}
+        for key, value in details.items():
+            console.print(f"{key + ':':<16}{value}", markup=False, highlight=False, soft_wrap=True)
+        return
+    lines = [(name, spec.family, model_params(name, cfg), spec.fast_path_short(), spec.description)
+             for name, spec in sorted(models().items())]
+    table = one_line_table(f"models (preset {args.preset}; details: harness list --model NAME)",
+                           ("model", "family", "params", "fast path", "description"), lines)
+    if any(line[2].startswith("≈") for line in lines):
+        table.caption = "≈: its extra is not installed here; matched to the reference's count"
     console.print(table)
-    ttable = Table(title="tasks")
-    for col in ("task", "groups", "description"):
-        ttable.add_column(col)
-    for name, spec in sorted(tasks().items()):
-        ttable.add_row(name, ", ".join(spec.group), spec.description)
-    console.print(ttable)
+    console.print(one_line_table("tasks", ("task", "groups", "description"),
+                                 [(name, ",".join(spec.group), spec.description) for name, spec in sorted(tasks().items())]))
+
+
+def one_line_table(title: str, header: tuple, lines: list[tuple]) -> Table:
+    """A table whose every row is one line at the console's width: the last column takes what the
+    others leave (at least 12 characters) and is cut with an ellipsis."""
+    table = Table(title=title)
+    widths = [max(len(col), *(len(line[j]) for line in lines)) for j, col in enumerate(header)]
+    widths[-1] = max(12, min(widths[-1], console.width - 4 - sum(w + 3 for w in widths[:-1])))
+    for col, width in zip(header, widths):
+        table.add_column(col, justify="right" if col == "params" else "left", no_wrap=True, overflow="ellipsis",
+                         width=width)
+    for line in lines:
+        table.add_row(*map(escape, line))
+    return table
 
 
 def cmd_run(args) -> None:
@@ -360,6 +390,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("list", help="registered models (params per preset, fast-path status) and tasks")
+    p.add_argument("--model", metavar="NAME", help="everything about one model instead")
     p.add_argument("--preset", default="tiny")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE")
     add_plugin_arg(p)

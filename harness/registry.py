@@ -54,6 +54,15 @@ class ModelSpec:
             return "yes"
         return "no: needs a CUDA GPU" if self.gpu_only else "no GPU: reference path"
 
+    def fast_path_short(self) -> str:
+        """fast_path() in a word or two, for one line per model in `harness list`."""
+        full = self.fast_path()
+        if full.startswith("yes"):
+            return "yes"
+        if "reference path" in full:
+            return "reference"
+        return "needs a GPU" if "GPU" in full else f"needs [{self.extra}]" if self.extra else "needs packages"
+
 
 @dataclass
 class TaskSpec:

@@ -187,3 +187,24 @@ def test_checkpoints_without_checksums_still_load_and_truncation_still_shows(smo
     weights.write_bytes(weights.read_bytes()[:1000])
     assert cli.main(["eval", "--checkpoint", str(ckpt), "--tasks", "smoke", "--results", str(tmp_path / "r2")]) == 2
     one_error_line(capsys.readouterr().err, f"{weights} is damaged", "--force")
+
+
+def test_harness_list_fits_80_columns_with_a_count_for_every_model(capsys, monkeypatch):
+    import baselines.fla_common as common
+    from harness.registry import models
+    monkeypatch.setattr(cli.console, "width", 80)
+    real = common.importlib.import_module
+    monkeypatch.setattr(common.importlib, "import_module",  # fla not installed: its models cannot be built
+                        lambda name, *a: (_ for _ in ()).throw(ImportError(name)) if name.startswith("fla")
+                        else real(name, *a))
+    assert cli.main(["list"]) == 0
+    out = capsys.readouterr().out
+    assert max(len(line) for line in out.splitlines()) <= 80
+    for name, spec in models().items():
+        line = next(ln for ln in out.splitlines() if ln.startswith(f"│ {name} "))
+        assert re.fullmatch(r"≈?[0-9,]+", line.split("│")[3].strip()), line  # a count on every model's line
+        if spec.extra == "fla":
+            assert "≈123,264" in line
+    assert "≈: its extra is not installed here" in out
+    assert cli.main(["list", "--model", "swat"]) == 0
+    assert "description:    sliding-window sigmoid attention + balanced ALiBi + RoPE" in capsys.readouterr().out

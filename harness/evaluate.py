@@ -440,6 +440,10 @@ class HarnessLM(_template_lm()):
 
     # -- generation
     def generate_until(self, requests, disable_tqdm: bool = False) -> list[str]:
+        if not (hasattr(self.model, "prefill") and hasattr(self.model, "step")):
+            raise ConfigError(f"{type(self.model).__name__} has no prefill()/step() (a decode state), which "
+                              "generation tasks need; give it those (the shared backbone has them) or run "
+                              "scoring tasks only")
         out: list[str | None] = [None] * len(requests)
         groups: dict[tuple, list[int]] = {}
         encoded = []

@@ -189,6 +189,91 @@ def test_checkpoints_without_checksums_still_load_and_truncation_still_shows(smo
     one_error_line(capsys.readouterr().err, f"{weights} is damaged", "--force")
 
 
+# ---------------------------------------------------------------- plugins
+
+def write_plugin(path: Path, body: str) -> Path:
+    path.write_text(textwrap.dedent(body))
+    return path
+
+
+def test_a_plugin_may_not_replace_a_built_in_unless_it_says_so(tmp_path, capsys):
+    taken = write_plugin(tmp_path / "taken.py", """
+        import torch.nn as nn
+        from harness import register_model
+        @register_model("swat")
+        def build(cfg):
+            return nn.Linear(1, 1)
+    """)
+    assert cli.main(["list", "--plugin", str(taken)]) == 2
+    one_error_line(capsys.readouterr().err, "model 'swat' is already registered (by baselines.swat)",
+                   "override=True")
+    task = write_plugin(tmp_path / "task.py", """
+        from harness.registry import register_task
+        @register_task("smoke")
+        def run(model, tokenizer, ctx):
+            return []
+    """)
+    assert cli.main(["list", "--plugin", str(task)]) == 2
+    one_error_line(capsys.readouterr().err, "task 'smoke' is already registered", "register_task('smoke'")
+    from harness.registry import get_model, get_task
+    assert get_model("swat").build.__module__ == "baselines.swat" and get_task("smoke").run.__module__ == "tasks.smoke"
+    for name, override in (("first", ""), ("second", ", override=True")):  # a plugin that means it
+        write_plugin(tmp_path / f"{name}.py", f"""
+            import torch.nn as nn
+            from harness import register_model
+            @register_model("replaced_by_plugin", description="{name}"{override})
+            def build(cfg):
+                return nn.Linear(1, 1)
+        """)
+        assert cli.main(["list", "--plugin", str(tmp_path / f"{name}.py"), "--model", "replaced_by_plugin"]) == 0
+    assert get_model("replaced_by_plugin").description == "second"
+
+
+PLAIN_PLUGIN = """
+    import torch.nn as nn
+    from harness import register_model
+
+
+    class Bigram(nn.Module):
+        def __init__(self, cfg):
+            super().__init__()
+            self.embed = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
+            self.out = nn.Linear(cfg.hidden_size, cfg.vocab_size)
+
+        def forward(self, input_ids):
+            return self.out(self.embed(input_ids))
+
+
+    @register_model("bigram")
+    def build(cfg):
+        return Bigram(cfg)
+"""
+
+
+def test_a_plain_module_plugin_trains_and_runs_every_task(tmp_path, capsys, monkeypatch):
+    """The README's contract and nothing more: a builder returning a module input_ids -> logits."""
+    monkeypatch.setattr(ev, "require_data", mirror_with("piqa", "wikitext_2_v1"))
+    plugin = write_plugin(tmp_path / "bigram.py", PLAIN_PLUGIN)
+    tasks = "smoke,piqa,length,passkey,mqar,speed"
+    assert cli.main(["run", "--plugin", str(plugin), "--models", "bigram", "--tasks", tasks, "--limit", "1",
+                     "--device", "cpu", *ONE_STEP, *folders(tmp_path)]) == 0
+    out, err = capsys.readouterr()
+    rows = [json.loads(line) for line in (tmp_path / "results" / "tiny" / "rows.jsonl").read_text().splitlines()]
+    assert {r["task"] for r in rows} == {"smoke", "piqa", "length", "passkey", "mqar", "speed_train"}
+    assert "bigram: decode and prefill not measured: the model has no prefill()/step()" in out
+    assert "Traceback" not in err
+    from harness.registry import get_model
+    assert get_model("bigram").family == "custom"
+    assert cli.main(["list", "--plugin", str(plugin), "--model", "bigram"]) == 0
+    assert "params (tiny):  33,153" in capsys.readouterr().out
+    from harness.data import ByteTokenizer
+    from harness.models import build_model
+    lm = ev.HarnessLM(model=build_model("bigram", load_config("tiny").model), tokenizer=ByteTokenizer(),
+                      device="cpu", max_length=64)
+    with pytest.raises(ConfigError, match=r"^Bigram has no prefill\(\)/step\(\) \(a decode state\)[^\n]*$"):
+        lm.generate_until([type("Request", (), {"args": ("Q:", {"until": ["\n"]})})()])
+
+
 def test_harness_list_fits_80_columns_with_a_count_for_every_model(capsys, monkeypatch):
     import baselines.fla_common as common
     from harness.registry import models

@@ -204,15 +204,28 @@ def cmd_run(args) -> None:
         bar.close()
     if not is_main_process():  # rank 0 of a torchrun job reports
         return
-    table = Table(title=f"results/{run_name}")
-    for col in ("model", "task", "metric", "value", "n"):
-        table.add_column(col)
-    for r in rows:
-        if r.model in models:
-            table.add_row(r.model, r.task, r.metric, f"{r.value:.4f}", str(r.n or ""))
-    console.print(table)
+    show_tables([r for r in rows if r.model in models], {run_name: cfg.to_dict()})
     console.print(f"wrote {Path(args.results) / run_name}/rows.jsonl, run.json, table.md "
                   f"in {time.time() - t0:.1f}s")
+
+
+def show_tables(rows: list, configs: dict) -> None:
+    """The paper-layout tables (`harness tables`) that these rows fill, without their blank columns,
+    then the paper metrics that none of them has a column for (e.g. wikitext_2_v1), one per line."""
+    from harness.results import ResultsError, rows_table
+    from harness.tables import MAIN_COLUMNS, SMOKE_COLUMNS, SPEED_TASKS, build, compact, render
+    for kind in ("main", "length", "retrieval", "speed"):
+        try:
+            table = build(kind, rows, [], configs)
+        except ResultsError:  # no rows for this table
+            continue
+        console.print(render(compact(table), "md"), markup=False, highlight=False, soft_wrap=True)
+    columns = {(c.task, c.metric) for c in MAIN_COLUMNS + SMOKE_COLUMNS}
+    tabled = {"length", "passkey", "mqar", *SPEED_TASKS}
+    rest = [r for r in rows if r.task not in tabled and (r.task, r.metric) not in columns
+            and r.extra.get("paper_metric") is not False and r.extra.get("position_bucket") is None]
+    if rest:
+        console.print("**Other results**\n\n" + rows_table(rest), markup=False, highlight=False, soft_wrap=True)
 
 
 def cmd_train(args) -> None:
@@ -368,14 +381,7 @@ def cmd_eval(args) -> None:
     if not is_main_process():  # rank 0 of a data-parallel evaluation reports
         return
     names = {s.name for s in sources}
-    table = Table(title=f"results/{run_name}")
-    for col in ("model", "task", "metric", "value", "stderr", "n"):
-        table.add_column(col)
-    for r in rows:
-        if r.model in names and r.task in task_names and r.extra.get("position_bucket") is None:
-            table.add_row(r.model, r.task, r.metric, f"{r.value:.4f}", "" if r.stderr is None else f"{r.stderr:.4f}",
-                          str(r.n or ""))
-    console.print(table)
+    show_tables([r for r in rows if r.model in names and r.task in task_names], {})
     console.print(f"wrote {Path(args.results) / run_name}/rows.jsonl and table.md in {time.time() - t0:.1f}s")
 
 
@@ -457,7 +463,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="run name under --results, run folder or rows file (repeatable; default: every run)")
     p.add_argument("--reference", action="append", default=[], metavar="FILE",
                    help="published numbers: a CSV, a file name in RESULTS/paper, or `all` (repeatable)")
-    p.add_argument("--table", default="main", choices=["main", "ablation", "length", "speed"])
+    p.add_argument("--table", default="main", choices=["main", "ablation", "length", "retrieval", "speed"])
     p.add_argument("--format", default="md", choices=["md", "latex", "csv"])
     p.add_argument("--results", default="results", help="results folder (default: results)")
     p.add_argument("--out", help="write the table to this file instead of printing it")

@@ -274,6 +274,17 @@ def test_a_plain_module_plugin_trains_and_runs_every_task(tmp_path, capsys, monk
         lm.generate_until([type("Request", (), {"args": ("Q:", {"until": ["\n"]})})()])
 
 
+# ---------------------------------------------------------------- what a run shows
+
+def test_the_first_command_ends_with_the_main_table_and_tables_shows_it(smoke_run, capsys):
+    folder, out = smoke_run
+    assert "| Model | Params | Tokens | Held-out loss↓ | Held-out ppl↓ |" in out
+    assert "┃ model ┃" not in out  # the old raw dump of rows
+    assert cli.main(["tables", "--run", "tiny", "--results", str(folder / "results")]) == 0
+    body = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| swat |")]
+    assert len(body) == 1 and body[0].split(" | ")[3:5] != ["", ""]
+
+
 def test_harness_list_fits_80_columns_with_a_count_for_every_model(capsys, monkeypatch):
     import baselines.fla_common as common
     from harness.registry import models

@@ -41,6 +41,11 @@ def add_run_arg(p: argparse.ArgumentParser, help_text: str) -> None:
                    help=help_text + "; under torchrun spell it --run-name (torchrun reads --run as its --run-path)")
 
 
+def say(message: str) -> None:
+    """A progress or warning line as written: not wrapped at the terminal's width, no markup."""
+    console.print(message, markup=False, highlight=False, soft_wrap=True)
+
+
 def split_names(text: str) -> list[str]:
     return [n.strip() for n in text.split(",") if n.strip()]
 
@@ -183,7 +188,7 @@ def one_line_table(title: str, header: tuple, lines: list[tuple]) -> Table:
 
 def cmd_run(args) -> None:
     from harness.distributed import is_main_process
-    from harness.registry import expand_tasks, load_plugins
+    from harness.registry import expand_tasks, grouped_tasks, load_plugins
     from harness.runner import run
     load_plugins(args.plugin)
     cfg = config_from(args)
@@ -199,7 +204,8 @@ def cmd_run(args) -> None:
 
     t0 = time.time()
     rows = run(models, task_names, cfg, run_name, Path(args.results), Path(args.runs), args.device,
-               args.force, args.limit, log=console.print, on_step=on_step, skip_missing=args.skip_missing)
+               args.force, args.limit, log=say, on_step=on_step, skip_missing=args.skip_missing,
+               grouped=grouped_tasks(split_names(args.tasks)))
     for bar in progress.values():
         bar.close()
     if not is_main_process():  # rank 0 of a torchrun job reports
@@ -368,7 +374,7 @@ def cmd_eval(args) -> None:
         os.environ["HARNESS_ONLINE"] = "1"
     from harness.distributed import is_main_process
     from harness.evaluate import evaluate, model_sources
-    from harness.registry import expand_tasks, load_plugins
+    from harness.registry import expand_tasks, grouped_tasks, load_plugins
     from harness.runner import default_device
     load_plugins(args.plugin)
     task_names = expand_tasks(split_names(args.tasks))
@@ -377,7 +383,7 @@ def cmd_eval(args) -> None:
     t0 = time.time()
     rows = evaluate(sources, task_names, run_name, Path(args.results), args.device or default_device(),
                     args.limit, args.force, args.online, args.skip_missing, args.bootstrap_iters,
-                    log=lambda m: console.print(m, highlight=False))
+                    log=say, grouped=grouped_tasks(split_names(args.tasks)))
     if not is_main_process():  # rank 0 of a data-parallel evaluation reports
         return
     names = {s.name for s in sources}

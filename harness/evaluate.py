@@ -712,19 +712,20 @@ def request_cache(run: str, source: ModelSource) -> Path:
 def evaluate(sources: list[ModelSource], task_names: list[str], run: str, results_dir: Path,
              device: str, limit: int | None = None, force: bool = False, online: bool = False,
              skip_missing: bool = False, bootstrap_iters: int = DEFAULT_BOOTSTRAP_ITERS,
-             log=print) -> list:
+             log=print, grouped: frozenset = frozenset()) -> list:
     """Run tasks on each model source and merge the rows into results/<run>/rows.jsonl (written after
     every task; finished (model, task) pairs are skipped unless `force`; lm-eval's request cache
     per checkpoint version (`request_cache`) lets an interrupted task resume).
 
     Under torchrun every rank loads each model on its own GPU; lm-eval's tasks are split over the
-    ranks, the others run on rank 0 alone, and rank 0 alone logs and writes."""
+    ranks, the others run on rank 0 alone, and rank 0 alone logs and writes. grouped: the tasks that a
+    group name brought in; missing data skips them with a warning."""
     from harness.registry import get_task
     from harness.results import atomic_write_text, command_line, device_name, git_commit, now, rows_table
     from harness.runner import TaskContext, check_task_data, join_job, run_tasks, stored_rows
     d, device, log = join_job(device, log)
     main = d is None or d.is_main
-    runnable = check_task_data([get_task(t) for t in task_names], online, skip_missing, log)
+    runnable = check_task_data([get_task(t) for t in task_names], online, skip_missing, log, grouped)
     out = Path(results_dir) / run
     rows_file = out / "rows.jsonl"
     existing = stored_rows(rows_file, d, log)

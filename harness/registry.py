@@ -189,6 +189,12 @@ def tasks() -> dict[str, TaskSpec]:
     return dict(_REG.tasks)
 
 
+def grouped_tasks(names: list[str]) -> frozenset:
+    """The tasks that `names` brings in only through a group (`all`, `commonsense`), not by their own
+    name: a group runs what has data here, a task named on its own must have it."""
+    return frozenset(expand_tasks(names)) - set(names)
+
+
 def expand_tasks(names: list[str]) -> list[str]:
     """Resolve task names and group names (e.g. `all`, `commonsense`) to task names, in order."""
     table = tasks()

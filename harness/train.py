@@ -392,6 +392,15 @@ def _compile(model) -> None:
         layer.compile()
 
 
+def check_tokenizer(cfg: Config):
+    """The run's tokenizer, when the model's vocabulary holds its ids."""
+    tokenizer = get_tokenizer(cfg.train.tokenizer)
+    if tokenizer.vocab_size > cfg.model.vocab_size:
+        raise ConfigError(f"model.vocab_size={cfg.model.vocab_size} is smaller than the tokenizer's "
+                          f"{tokenizer.vocab_size}; set model.vocab_size={tokenizer.vocab_size}")
+    return tokenizer
+
+
 def _batch_layout(tcfg, world: int) -> tuple[int, int, int]:
     """(sequences per step, micro-batch, accumulation steps) of one rank."""
     seqs = tcfg.batch_tokens // tcfg.seq_len
@@ -419,10 +428,7 @@ def train(model_name: str, cfg: Config, run_dir: Path, device: str | None = None
     tcfg = cfg.train
     d = distributed.setup(device, parallel)
     run_dir = Path(run_dir)
-    tokenizer = get_tokenizer(tcfg.tokenizer)
-    if tokenizer.vocab_size > cfg.model.vocab_size:
-        raise ConfigError(f"model.vocab_size={cfg.model.vocab_size} is smaller than the tokenizer's "
-                          f"{tokenizer.vocab_size}; set model.vocab_size={tokenizer.vocab_size}")
+    tokenizer = check_tokenizer(cfg)
     if d.is_main:  # rank 0 tokenizes; the others then read its cache
         prepare_streams(tcfg.corpus, tokenizer, seed=tcfg.seed)
     d.barrier()

@@ -274,6 +274,53 @@ def test_a_plain_module_plugin_trains_and_runs_every_task(tmp_path, capsys, monk
         lm.generate_until([type("Request", (), {"args": ("Q:", {"until": ["\n"]})})()])
 
 
+# ---------------------------------------------------------------- task groups and missing data
+
+def test_a_group_runs_what_has_data_and_warns_once(tmp_path, capfd, monkeypatch):
+    monkeypatch.setattr(ev, "require_data", mirror_with("piqa", "wikitext_2_v1"))  # as the plugin test's
+    monkeypatch.chdir(tmp_path)  # outside a git checkout, as an installed package runs
+    argv = ["run", "--models", "swat", "--tasks", "commonsense", "--limit", "2", "--device", "cpu", *ONE_STEP,
+            *folders(tmp_path)]
+    assert cli.main(argv) == 0
+    out, err = capfd.readouterr()
+    warnings = [line for line in (out + err).splitlines() if line.startswith("warning:")]
+    assert len(warnings) == 1 and "skipped lambada_openai, hellaswag, winogrande" in warnings[0]
+    assert "harness data fetch lambada_openai hellaswag winogrande" in warnings[0]
+    rows = [json.loads(line) for line in (tmp_path / "results" / "tiny" / "rows.jsonl").read_text().splitlines()]
+    assert {r["task"] for r in rows} == {"piqa"}
+    # lm-eval's bars and its `git describe` stay quiet; the rows still name what produced them
+    assert "fatal:" not in out + err and "it/s]" not in out + err
+    assert rows[0]["commit"]
+    # the end of the run: the paper's main table with the column measured, not a dump of rows
+    assert "| Model | Params | Tokens | PIQA acc |" in out
+
+
+@pytest.mark.parametrize("tasks, extra, message", [
+    ("hellaswag", [], "dataset hellaswag is not in the mirror"),  # named: its data must be there
+    ("hellaswag,social_iqa", ["--skip-missing"], "no task left to run: the data of hellaswag, social_iqa"),
+    ("commonsense", [], "no task left to run"),
+])
+def test_missing_data_with_nothing_left_is_an_error_and_writes_nothing(tmp_path, capsys, monkeypatch, tasks,
+                                                                       extra, message):
+    monkeypatch.setattr(ev, "require_data", mirror_with())
+    assert cli.main(["run", "--models", "swat", "--tasks", tasks, *extra, *folders(tmp_path)]) == 2
+    one_error_line(capsys.readouterr().err, message, "harness data fetch")
+    assert not (tmp_path / "results").exists()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--models", "gla"], "gla runs only on a CUDA GPU"),
+    (["--models", "swat", "--set", "train.fused_ce=true"], "train.fused_ce needs a CUDA GPU"),
+    (["--models", "swat", "--set", "model.vocab_size=100"], "set model.vocab_size=257"),
+    (["--models", "swat", "--set", "train.micro_batch=3"], "train.micro_batch=3 must divide"),
+    (["--models", "swat,swatt"], "Did you mean 'swat'"),
+])
+def test_a_run_that_fails_its_checks_leaves_nothing_behind(tmp_path, capsys, args, message):
+    assert cli.main(["run", *args, "--device", "cpu", *folders(tmp_path)]) == 2
+    one_error_line(capsys.readouterr().err, message)
+    assert not (tmp_path / "results").exists() and not (tmp_path / "runs").exists()
+
+
 # ---------------------------------------------------------------- what a run shows
 
 def test_the_first_command_ends_with_the_main_table_and_tables_shows_it(smoke_run, capsys):

@@ -103,7 +103,8 @@ def config_from(args):
 
 
 class StepProgress:
-    """A rich progress bar per training run: step, loss, lr, tokens/s."""
+    """A rich progress bar per training run: step, loss, lr, and tokens/s as the mean since the run
+    (re)started (one step's rate jumps with every checkpoint save); a resumed run says from where."""
 
     def __init__(self, label: str):
         from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
@@ -114,11 +115,14 @@ class StepProgress:
         self.task = None
 
     def __call__(self, info: dict) -> None:
+        start = info.get("start_step", 0)
         if self.task is None:
+            if start:
+                console.print(f"{self.label}: resumed from its checkpoint at step {start:,} of {info['steps']:,}",
+                              highlight=False)
             self.progress.start()
-            self.task = self.progress.add_task(self.label, total=info["steps"], info="",
-                                               completed=info.get("start_step", 0))
-        tok_s = info.get("tokens_per_s") or info["tokens"] / max(info["seconds"], 1e-9)
+            self.task = self.progress.add_task(self.label, total=info["steps"], info="", completed=start)
+        tok_s = info["tokens"] / info["step"] * (info["step"] - start) / max(info["seconds"], 1e-9)
         self.progress.update(self.task, completed=info["step"],
                              info=f"loss {info['loss']:.3f}  lr {info['lr']:.2e}  {tok_s:,.0f} tok/s")
         if info["step"] >= info["steps"]:
@@ -561,9 +565,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except Exception as err:
         import torch
-        if isinstance(err, torch.OutOfMemoryError):
+        # the host's allocator raises a plain RuntimeError (e.g. a model too large for this machine)
+        if isinstance(err, torch.OutOfMemoryError) or "DefaultCPUAllocator: can't allocate memory" in str(err):
             err_console.print("[red]error:[/red] out of memory; lower train.micro_batch (gradient accumulation "
-                              "keeps the batch) or set train.activation_checkpointing=true", highlight=False, soft_wrap=True)
+                              "keeps the batch), set train.activation_checkpointing=true, or make the model smaller",
+                              highlight=False, soft_wrap=True)
             return 2
         raise
     return 0

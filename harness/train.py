@@ -542,6 +542,9 @@ def train(model_name: str, cfg: Config, run_dir: Path, device: str | None = None
 
     held, _ = heldout_loss(distributed.unwrap(wrapped), held_stream, tcfg.seq_len, tcfg.eval_tokens, micro,
                            d.device, autocast, d)
+    if not math.isfinite(held):  # the last update diverged: those weights are no result
+        raise TrainingError(f"held-out loss is {held} after step {tcfg.steps}; lower train.lr or raise "
+                            f"train.warmup_tokens, then train again with --no-resume")
     tokens_per_s = timed_tokens / timed_s if timed_s else None  # all ranks together
     mfu = mfu_of(tokens_per_s)
     meta.update(step=tcfg.steps, tokens=tcfg.steps * step_tokens, heldout_loss=held, train_loss=loss_value,

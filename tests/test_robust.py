@@ -332,6 +332,21 @@ def test_the_first_command_ends_with_the_main_table_and_tables_shows_it(smoke_ru
     assert len(body) == 1 and body[0].split(" | ")[3:5] != ["", ""]
 
 
+def test_the_training_bar_shows_the_mean_rate_and_a_resumption_says_so(smoke_run, tmp_path, capsys):
+    bar = cli.StepProgress("train m")
+    for step, seconds, last_rate in ((3, 1.0, 1024.0), (4, 1.5, 2048.0)):  # a resumed run's 1st and 2nd step
+        bar({"step": step, "steps": 4, "start_step": 2, "tokens": step * 1024, "seconds": seconds, "loss": 2.0,
+             "lr": 1e-3, "tokens_per_s": last_rate})
+    out = capsys.readouterr().out
+    assert "train m: resumed from its checkpoint at step 2 of 4" in out
+    assert "1,365 tok/s" in out  # 2 steps x 1024 tokens in 1.5 s, not the last step's 2,048
+    assert "resumed" not in smoke_run[1]  # a fresh run says nothing of the kind
+    shutil.copytree(smoke_run[0] / "runs" / "tiny" / "swat", tmp_path / "swat")
+    assert cli.main(["train", "--model", "swat", "--device", "cpu", "--out", str(tmp_path / "swat"), *ONE_STEP,
+                     "--set", "train.tokens=2048"]) == 0  # the budget raised by a step: training goes on
+    assert "train swat: resumed from its checkpoint at step 1 of 2" in capsys.readouterr().out
+
+
 def test_harness_list_fits_80_columns_with_a_count_for_every_model(capsys, monkeypatch):
     import baselines.fla_common as common
     from harness.registry import models
@@ -351,3 +366,47 @@ def test_harness_list_fits_80_columns_with_a_count_for_every_model(capsys, monke
     assert "≈: its extra is not installed here" in out
     assert cli.main(["list", "--model", "swat"]) == 0
     assert "description:    sliding-window sigmoid attention + balanced ALiBi + RoPE" in capsys.readouterr().out
+
+
+# ---------------------------------------------------------------- fuzz: random values over every key
+
+NASTY = ["-1", "0", "1", "2", "-0.5", "0.5", "1e-30", "1e30", "1" + "0" * 40, "9" * 400, "nan", ".inf", "-.inf",
+         "abc", "", "null", "true", "[]", "[1, 2]", "[0.9, 0.95]", "{a: 1}", "{", "1.5", "3e2", "64", "balanced"]
+
+
+def test_fuzzed_overrides_give_a_config_or_one_error_line():
+    """200 random `--set` values over every key: a valid config, or a ConfigError of one line
+    naming the key; nothing else escapes (a traceback in the CLI)."""
+    keys = [f"model.{f.name}" for f in fields(ModelConfig)] + [f"train.{f.name}" for f in fields(TrainConfig)]
+    rng = random.Random(22)
+    outcomes = set()
+    for _ in range(200):
+        picked = rng.sample(keys, rng.randint(1, 3))
+        overrides = [f"{key}={rng.choice(NASTY)}" for key in picked]
+        try:
+            load_config("tiny", None, overrides)
+            outcomes.add("valid")
+        except ConfigError as err:
+            assert "\n" not in str(err) and any(key in str(err) for key in picked), (overrides, err)
+            outcomes.add("error")
+    assert outcomes == {"valid", "error"}
+
+
+@pytest.mark.parametrize("model, overrides, message", [
+    ("swat", ["train.grad_clip=1e-30", "train.min_lr_ratio=0", "train.weight_decay=0", "train.betas=[0, 0.5]",
+              "model.sigmoid_bias=-30", "model.window=1000000", "model.rope_theta=1e30", "model.norm_eps=1e-30"],
+     None),
+    ("mamba", ["train.lr=1e30", "train.warmup_tokens=0"], "held-out loss is nan after step 1; lower train.lr"),
+    ("swat", ["model.vocab_size=100000000000"], "out of memory"),  # valid, but no machine holds it
+])
+def test_fuzzed_edge_values_train_or_stop_in_one_line(tmp_path, capsys, model, overrides, message):
+    """Values at the edges of their ranges train; one that diverges stops in one line, not with a
+    checkpoint of NaN weights."""
+    code = cli.main(["train", "--model", model, "--device", "cpu", "--out", str(tmp_path / "m"), *ONE_STEP,
+                     *(a for o in overrides for a in ("--set", o))])
+    err = capsys.readouterr().err
+    if message is None:
+        assert code == 0 and "error" not in err, err
+    else:
+        one_error_line(err, message)
+        assert code == 2

@@ -254,13 +254,19 @@ def test_a_plain_module_plugin_trains_and_runs_every_task(tmp_path, capsys, monk
     """The README's contract and nothing more: a builder returning a module input_ids -> logits."""
     monkeypatch.setattr(ev, "require_data", mirror_with("piqa", "wikitext_2_v1"))
     plugin = write_plugin(tmp_path / "bigram.py", PLAIN_PLUGIN)
-    tasks = "smoke,piqa,length,passkey,mqar,speed"
+    tasks = "smoke,piqa,wikitext_2_v1,length,passkey,mqar,speed"
     assert cli.main(["run", "--plugin", str(plugin), "--models", "bigram", "--tasks", tasks, "--limit", "1",
                      "--device", "cpu", *ONE_STEP, *folders(tmp_path)]) == 0
     out, err = capsys.readouterr()
     rows = [json.loads(line) for line in (tmp_path / "results" / "tiny" / "rows.jsonl").read_text().splitlines()]
-    assert {r["task"] for r in rows} == {"smoke", "piqa", "length", "passkey", "mqar", "speed_train"}
+    assert {r["task"] for r in rows} == {"smoke", "piqa", "wikitext_2_v1", "length", "passkey", "mqar", "speed_train"}
     assert "bigram: decode and prefill not measured: the model has no prefill()/step()" in out
+    # the end of the run: each table its rows fill, then what no table has a column for
+    titles = ("**Language modeling", "**Perplexity vs evaluation length**", "**Retrieval accuracy",
+              "**Speed and memory", "**Other results**")
+    assert [out.index(t) for t in titles] == sorted(out.index(t) for t in titles)
+    assert "| bigram | tiny | 33,153 | wikitext_2_v1 | word_perplexity |" in out
+    assert "| bigram depth=0.5 |" in out and "| bigram kv=4 |" in out
     assert "Traceback" not in err
     from harness.registry import get_model
     assert get_model("bigram").family == "custom"

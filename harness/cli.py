@@ -41,8 +41,60 @@ def add_run_arg(p: argparse.ArgumentParser, help_text: str) -> None:
                    help=help_text + "; under torchrun spell it --run-name (torchrun reads --run as its --run-path)")
 
 
+def say(message: str) -> None:
+    """A progress or warning line as written: not wrapped at the terminal's width, no markup."""
+    console.print(message, markup=False, highlight=False, soft_wrap=True)
+
+
 def split_names(text: str) -> list[str]:
     return [n.strip() for n in text.split(",") if n.strip()]
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with the harness's convention for bad input: one `error:` line, exit status 2
+    (argparse's own prints its usage block first, which buries what to change)."""
+
+    def error(self, message: str):
+        self.exit(2, f"error: {message} (see `{self.prog} --help`)\n")
+
+
+def int_from(lowest: int):
+    """argparse type of an integer >= lowest: `--limit 0` would otherwise mean no limit at all, and a
+    negative count fails deep inside lm-eval after training."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = lowest - 1
+        if value < lowest:
+            kind = "a positive integer" if lowest == 1 else f"an integer >= {lowest}"
+            raise argparse.ArgumentTypeError(f"must be {kind}, got {text!r}")
+        return value
+    return parse
+
+
+def name_list(text: str) -> str:
+    """argparse type of comma-separated names: at least one (`--models ""` would run nothing, exit 0)."""
+    if not split_names(text):
+        raise argparse.ArgumentTypeError(f"names nothing ({text!r}); give one or more comma-separated names "
+                                         "(`harness list` shows them)")
+    return text
+
+
+def device_arg(text: str) -> str:
+    """argparse type of --device: cpu, cuda or cuda:N, and CUDA only where a GPU is visible."""
+    import re
+    if not re.fullmatch(r"cpu|cuda(:[0-9]+)?", text):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a device the harness runs on; use cpu, cuda or cuda:N")
+    if text != "cpu":
+        import torch
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise argparse.ArgumentTypeError(f"{text} asked for, but no CUDA GPU is visible here; use --device cpu")
+        if int(text.partition(":")[2] or 0) >= count:
+            raise argparse.ArgumentTypeError(f"{text} asked for, but {count} GPU(s) are visible: "
+                                             f"use cuda:0 to cuda:{count - 1}")
+    return text
 
 
 def config_from(args):
@@ -51,7 +103,8 @@ def config_from(args):
 
 
 class StepProgress:
-    """A rich progress bar per training run: step, loss, lr, tokens/s."""
+    """A rich progress bar per training run: step, loss, lr, and tokens/s as the mean since the run
+    (re)started (one step's rate jumps with every checkpoint save); a resumed run says from where."""
 
     def __init__(self, label: str):
         from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
@@ -62,11 +115,14 @@ class StepProgress:
         self.task = None
 
     def __call__(self, info: dict) -> None:
+        start = info.get("start_step", 0)
         if self.task is None:
+            if start:
+                console.print(f"{self.label}: resumed from its checkpoint at step {start:,} of {info['steps']:,}",
+                              highlight=False)
             self.progress.start()
-            self.task = self.progress.add_task(self.label, total=info["steps"], info="",
-                                               completed=info.get("start_step", 0))
-        tok_s = info.get("tokens_per_s") or info["tokens"] / max(info["seconds"], 1e-9)
+            self.task = self.progress.add_task(self.label, total=info["steps"], info="", completed=start)
+        tok_s = info["tokens"] / info["step"] * (info["step"] - start) / max(info["seconds"], 1e-9)
         self.progress.update(self.task, completed=info["step"],
                              info=f"loss {info['loss']:.3f}  lr {info['lr']:.2e}  {tok_s:,.0f} tok/s")
         if info["step"] >= info["steps"]:
@@ -80,38 +136,69 @@ class StepProgress:
 
 # ---------------------------------------------------------------- commands
 
-def cmd_list(args) -> None:
+def model_params(name: str, cfg) -> str:
+    """The model's parameter count at cfg. A model whose layers come from an extra that is not
+    installed cannot be built, not even on the meta device; when it has a `match` field its count
+    is the reference model's by construction (within the matching tolerance), shown with `≈`."""
     import torch
+
     from harness.backbone import count_params
+    from harness.models import REFERENCE_MODEL, matched_config, params_of
+    from harness.registry import get_model
+    try:
+        with torch.device("meta"):  # built without memory, even at 760m
+            model = get_model(name).build(matched_config(name, cfg))
+    except ImportError:
+        return f"≈{params_of(REFERENCE_MODEL, cfg):,}" if get_model(name).match else "?"
+    # a count model's size (its distinct n-grams) is known only once it is fitted
+    return "counts" if getattr(model, "fitted_by_counting", False) else f"{count_params(model):,}"
+
+
+def cmd_list(args) -> None:
+    """One line per model and per task at any terminal width (long text cut with an ellipsis);
+    `--model NAME` gives everything about one model."""
     from harness.config import load_config
-    from harness.models import matched_config
-    from harness.registry import load_plugins, models, tasks
+    from harness.registry import get_model, load_plugins, models, tasks
     load_plugins(args.plugin)
     cfg = load_config(args.preset, None, args.overrides).model
-    table = Table(title=f"models (preset {args.preset})")
-    for col in ("model", "family", "params", "fast path here", "description"):
-        table.add_column(col, justify="right" if col == "params" else "left")
-    for name, spec in sorted(models().items()):
-        try:
-            with torch.device("meta"):  # built without memory, even at 760m
-                model = spec.build(matched_config(name, cfg))
-        except ImportError:  # its layers come from an extra that is not installed (the next column says which)
-            params = "-"
-        else:  # a count model's size (its distinct n-grams) is known only once it is fitted
-            params = "counts" if getattr(model, "fitted_by_counting", False) else f"{count_params(model):,}"
-        table.add_row(name, spec.family, params, escape(spec.fast_path()), spec.description)
+    if args.model:
+        spec = get_model(args.model)
+        details = {"model": spec.name, "family": spec.family, f"params ({args.preset})": model_params(spec.name, cfg),
+                   "fast path here": spec.fast_path(), "needs": ", ".join(spec.requires) or "torch only",
+                   "extra": spec.extra or "-", "runs on": "CUDA GPU only" if spec.gpu_only else "CPU and GPU",
+                   "matched field": f"model.{spec.match}" if spec.match else "- (count as built)",
+                   "built by": f"{spec.build.__module__}.{spec.build.__qualname__}", "description": spec.description}
+        for key, value in details.items():
+            console.print(f"{key + ':':<16}{value}", markup=False, highlight=False, soft_wrap=True)
+        return
+    lines = [(name, spec.family, model_params(name, cfg), spec.fast_path_short(), spec.description)
+             for name, spec in sorted(models().items())]
+    table = one_line_table(f"models (preset {args.preset}; details: harness list --model NAME)",
+                           ("model", "family", "params", "fast path", "description"), lines)
+    if any(line[2].startswith("≈") for line in lines):
+        table.caption = "≈: its extra is not installed here; matched to the reference's count"
     console.print(table)
-    ttable = Table(title="tasks")
-    for col in ("task", "groups", "description"):
-        ttable.add_column(col)
-    for name, spec in sorted(tasks().items()):
-        ttable.add_row(name, ", ".join(spec.group), spec.description)
-    console.print(ttable)
+    console.print(one_line_table("tasks", ("task", "groups", "description"),
+                                 [(name, ",".join(spec.group), spec.description) for name, spec in sorted(tasks().items())]))
+
+
+def one_line_table(title: str, header: tuple, lines: list[tuple]) -> Table:
+    """A table whose every row is one line at the console's width: the last column takes what the
+    others leave (at least 12 characters) and is cut with an ellipsis."""
+    table = Table(title=title)
+    widths = [max(len(col), *(len(line[j]) for line in lines)) for j, col in enumerate(header)]
+    widths[-1] = max(12, min(widths[-1], console.width - 4 - sum(w + 3 for w in widths[:-1])))
+    for col, width in zip(header, widths):
+        table.add_column(col, justify="right" if col == "params" else "left", no_wrap=True, overflow="ellipsis",
+                         width=width)
+    for line in lines:
+        table.add_row(*map(escape, line))
+    return table
 
 
 def cmd_run(args) -> None:
     from harness.distributed import is_main_process
-    from harness.registry import expand_tasks, load_plugins
+    from harness.registry import expand_tasks, grouped_tasks, load_plugins
     from harness.runner import run
     load_plugins(args.plugin)
     cfg = config_from(args)
@@ -127,20 +214,34 @@ def cmd_run(args) -> None:
 
     t0 = time.time()
     rows = run(models, task_names, cfg, run_name, Path(args.results), Path(args.runs), args.device,
-               args.force, args.limit, log=console.print, on_step=on_step, skip_missing=args.skip_missing)
+               args.force, args.limit, log=say, on_step=on_step, skip_missing=args.skip_missing,
+               grouped=grouped_tasks(split_names(args.tasks)))
     for bar in progress.values():
         bar.close()
     if not is_main_process():  # rank 0 of a torchrun job reports
         return
-    table = Table(title=f"results/{run_name}")
-    for col in ("model", "task", "metric", "value", "n"):
-        table.add_column(col)
-    for r in rows:
-        if r.model in models:
-            table.add_row(r.model, r.task, r.metric, f"{r.value:.4f}", str(r.n or ""))
-    console.print(table)
+    show_tables([r for r in rows if r.model in models], {run_name: cfg.to_dict()})
     console.print(f"wrote {Path(args.results) / run_name}/rows.jsonl, run.json, table.md "
                   f"in {time.time() - t0:.1f}s")
+
+
+def show_tables(rows: list, configs: dict) -> None:
+    """The paper-layout tables (`harness tables`) that these rows fill, without their blank columns,
+    then the paper metrics that none of them has a column for (e.g. wikitext_2_v1), one per line."""
+    from harness.results import ResultsError, rows_table
+    from harness.tables import MAIN_COLUMNS, SMOKE_COLUMNS, SPEED_TASKS, build, compact, render
+    for kind in ("main", "length", "retrieval", "speed"):
+        try:
+            table = build(kind, rows, [], configs)
+        except ResultsError:  # no rows for this table
+            continue
+        console.print(render(compact(table), "md"), markup=False, highlight=False, soft_wrap=True)
+    columns = {(c.task, c.metric) for c in MAIN_COLUMNS + SMOKE_COLUMNS}
+    tabled = {"length", "passkey", "mqar", *SPEED_TASKS}
+    rest = [r for r in rows if r.task not in tabled and (r.task, r.metric) not in columns
+            and r.extra.get("paper_metric") is not False and r.extra.get("position_bucket") is None]
+    if rest:
+        console.print("**Other results**\n\n" + rows_table(rest), markup=False, highlight=False, soft_wrap=True)
 
 
 def cmd_train(args) -> None:
@@ -327,7 +428,7 @@ def cmd_eval(args) -> None:
         os.environ["HARNESS_ONLINE"] = "1"
     from harness.distributed import is_main_process
     from harness.evaluate import evaluate, model_sources
-    from harness.registry import expand_tasks, load_plugins
+    from harness.registry import expand_tasks, grouped_tasks, load_plugins
     from harness.runner import default_device
     load_plugins(args.plugin)
     task_names = expand_tasks(split_names(args.tasks))
@@ -336,18 +437,11 @@ def cmd_eval(args) -> None:
     t0 = time.time()
     rows = evaluate(sources, task_names, run_name, Path(args.results), args.device or default_device(),
                     args.limit, args.force, args.online, args.skip_missing, args.bootstrap_iters,
-                    log=lambda m: console.print(m, highlight=False))
+                    log=say, grouped=grouped_tasks(split_names(args.tasks)))
     if not is_main_process():  # rank 0 of a data-parallel evaluation reports
         return
     names = {s.name for s in sources}
-    table = Table(title=f"results/{run_name}")
-    for col in ("model", "task", "metric", "value", "stderr", "n"):
-        table.add_column(col)
-    for r in rows:
-        if r.model in names and r.task in task_names and r.extra.get("position_bucket") is None:
-            table.add_row(r.model, r.task, r.metric, f"{r.value:.4f}", "" if r.stderr is None else f"{r.stderr:.4f}",
-                          str(r.n or ""))
-    console.print(table)
+    show_tables([r for r in rows if r.model in names and r.task in task_names], {})
     console.print(f"wrote {Path(args.results) / run_name}/rows.jsonl and table.md in {time.time() - t0:.1f}s")
 
 
@@ -357,25 +451,26 @@ def cmd_data(args) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="harness", description="Benchmark SWAT against linear recurrent "
+    parser = Parser(prog="harness", description="Benchmark SWAT against linear recurrent "
                                      "and softmax baselines: train, evaluate, time, tabulate.")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("list", help="registered models (params per preset, fast-path status) and tasks")
+    p.add_argument("--model", metavar="NAME", help="everything about one model instead")
     p.add_argument("--preset", default="tiny")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE")
     add_plugin_arg(p)
     p.set_defaults(func=cmd_list)
 
     p = sub.add_parser("run", help="train (or reuse) models, run tasks, write results/<run>/")
-    p.add_argument("--models", required=True, help="comma-separated model names (see `harness list`)")
-    p.add_argument("--tasks", default="smoke", help="comma-separated tasks or groups (see `harness list`)")
+    p.add_argument("--models", required=True, type=name_list, help="comma-separated model names (see `harness list`)")
+    p.add_argument("--tasks", default="smoke", type=name_list, help="comma-separated tasks or groups (see `harness list`)")
     add_run_arg(p, "run name (default: the preset); results go to RESULTS/RUN")
     p.add_argument("--results", default="results", help="results folder (default: results)")
     p.add_argument("--runs", default="runs", help="checkpoint folder (default: runs)")
-    p.add_argument("--device", help="cpu | cuda | cuda:N (default: cuda when available)")
+    p.add_argument("--device", type=device_arg, help="cpu | cuda | cuda:N (default: cuda when available)")
     p.add_argument("--force", action="store_true", help="retrain and rerun even what is finished")
-    p.add_argument("--limit", type=int, help="examples (or sequences) per task, for quick checks")
+    p.add_argument("--limit", type=int_from(1), help="examples (or sequences) per task, for quick checks")
     p.add_argument("--skip-missing", action="store_true",
                    help="drop tasks whose data is not in the mirror instead of stopping (checked before training)")
     add_config_args(p)
@@ -388,7 +483,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="run folder (default: RUNS/RUN/MODEL)")
     add_run_arg(p, "run name (default: the preset)")
     p.add_argument("--runs", default="runs")
-    p.add_argument("--device", help="cpu | cuda (under torchrun: each rank's own GPU; default: cuda when available)")
+    p.add_argument("--device", type=device_arg, help="cpu | cuda (under torchrun: each rank's own GPU; default: cuda when available)")
     p.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True,
                    help="continue from the run folder's checkpoint (default); --no-resume discards it and the log")
     p.add_argument("--parallel", choices=("ddp", "fsdp"), default="ddp",
@@ -403,14 +498,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("eval", help="evaluate checkpoints (or hf:<path> models) on tasks; rows to RESULTS/RUN/; "
                        "data-parallel over several GPUs: torchrun --nproc-per-node N -m harness eval ...")
     add_run_arg(p, "run name: checkpoints under RUNS/RUN/<model>/checkpoint, rows to RESULTS/RUN (default: eval)")
-    p.add_argument("--models", help="comma-separated model names of the run, or hf:PATH for a Hugging Face "
+    p.add_argument("--models", type=name_list, help="comma-separated model names of the run, or hf:PATH for a Hugging Face "
                    "checkpoint folder (default: every checkpoint of the run)")
     p.add_argument("--checkpoint", action="append", default=[], metavar="DIR",
                    help="a checkpoint folder written by `harness train` (repeatable)")
-    p.add_argument("--tasks", default="commonsense,perplexity",
+    p.add_argument("--tasks", default="commonsense,perplexity", type=name_list,
                    help="comma-separated tasks or groups: commonsense, perplexity, length, retrieval, all")
-    p.add_argument("--limit", type=int, help="examples (windows, samples per cell) per task, for quick runs")
-    p.add_argument("--device", help="cpu | cuda | cuda:N (default: cuda when available)")
+    p.add_argument("--limit", type=int_from(1), help="examples (windows, samples per cell) per task, for quick runs")
+    p.add_argument("--device", type=device_arg, help="cpu | cuda | cuda:N (default: cuda when available)")
     p.add_argument("--results", default="results")
     p.add_argument("--runs", default="runs")
     p.add_argument("--force", action="store_true", help="rerun (model, task) pairs that already have rows")
@@ -418,7 +513,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="skip tasks whose data is not in the mirror (default: stop before any model work)")
     p.add_argument("--online", action="store_true",
                    help="lm-eval tasks whose data is not mirrored load it from the Hugging Face hub")
-    p.add_argument("--bootstrap-iters", type=int, default=1000, help="bootstrap resamples for stderr")
+    p.add_argument("--bootstrap-iters", type=int_from(0), default=1000, help="bootstrap resamples for stderr")
     add_plugin_arg(p)
     p.set_defaults(func=cmd_eval)
 
@@ -428,7 +523,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="run name under --results, run folder or rows file (repeatable; default: every run)")
     p.add_argument("--reference", action="append", default=[], metavar="FILE",
                    help="published numbers: a CSV, a file name in RESULTS/paper, or `all` (repeatable)")
-    p.add_argument("--table", default="main", choices=["main", "ablation", "length", "speed"])
+    p.add_argument("--table", default="main", choices=["main", "ablation", "length", "retrieval", "speed"])
     p.add_argument("--format", default="md", choices=["md", "latex", "csv"])
     p.add_argument("--results", default="results", help="results folder (default: results)")
     p.add_argument("--out", help="write the table to this file instead of printing it")
@@ -461,15 +556,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("bench", help="speed and memory benchmarks (models; kernels)")
     bench = p.add_subparsers(dest="bench_command", required=True)
     b = bench.add_parser("models", help="training / prefill / decode tokens/s and memory vs length, per model")
-    b.add_argument("--models", default="swat,transformer,sliding_softmax,mamba",
+    b.add_argument("--models", default="swat,transformer,sliding_softmax,mamba", type=name_list,
                    help="comma-separated model names (default: swat,transformer,sliding_softmax,mamba)")
     b.add_argument("--sweeps", default="train,prefill,decode", help="comma-separated: train, prefill, decode")
     b.add_argument("--lengths", action="append", default=[], metavar="SWEEP=L1,L2",
                    help="lengths of one sweep, e.g. train=2048,4096 (repeatable; defaults: 2K-64K train, "
                    "1K-128K prefill and decode on GPU, short lengths on CPU)")
-    b.add_argument("--train-tokens", type=int, help="tokens per training batch at every length (default 32768)")
+    b.add_argument("--train-tokens", type=int_from(1), help="tokens per training batch at every length (default 32768)")
     b.add_argument("--decode-batches", help="comma-separated decode batch sizes (default 1,64)")
-    b.add_argument("--device", help="cpu | cuda (default: cuda when available)")
+    b.add_argument("--device", type=device_arg, help="cpu | cuda (default: cuda when available)")
     b.add_argument("--results", default="results")
     b.add_argument("--out", help="output folder (default: RESULTS/speed/<device>/<preset>, "
                    "<preset>-activation-checkpointing with --set train.activation_checkpointing=true)")
@@ -503,7 +598,7 @@ def build_parser() -> argparse.ArgumentParser:
     dsub.add_parser("verify", help="check counts against the official sizes and sha256 against data/MANIFEST.json")
     d = dsub.add_parser("fetch", help="fill the mirror from the Hugging Face hub (needs network and `datasets`)")
     d.add_argument("names", nargs="+", help="datasets (see `harness data list`) or hub corpora (slimpajama, fineweb, fineweb-edu)")
-    d.add_argument("--documents", type=int, help="for a corpus: how many documents to stream")
+    d.add_argument("--documents", type=int_from(1), help="for a corpus: how many documents to stream")
     d.add_argument("--to", help="mirror folder to write (default: $HARNESS_DATA or ~/.cache/swat-harness/data)")
     d = dsub.add_parser("import", help="add a dataset from local files (JSON/JSONL/parquet/txt, or a folder of "
                         "known raw releases such as ../shared/data), converted to the hub schema")
@@ -548,9 +643,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except Exception as err:
         import torch
-        if isinstance(err, torch.OutOfMemoryError):
+        # the host's allocator raises a plain RuntimeError (e.g. a model too large for this machine)
+        if isinstance(err, torch.OutOfMemoryError) or "DefaultCPUAllocator: can't allocate memory" in str(err):
             err_console.print("[red]error:[/red] out of memory; lower train.micro_batch (gradient accumulation "
-                              "keeps the batch) or set train.activation_checkpointing=true", highlight=False, soft_wrap=True)
+                              "keeps the batch), set train.activation_checkpointing=true, or make the model smaller",
+                              highlight=False, soft_wrap=True)
             return 2
         raise
     return 0

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from dataclasses import dataclass, field, fields
+import math
+from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -69,6 +70,7 @@ class ModelConfig:
         return self.d_inner if self.d_inner is not None else int(self.expand * self.hidden_size)
 
     def validate(self) -> None:
+        check_types("model", self)
         positive = ["vocab_size", "hidden_size", "num_layers", "num_heads", "window", "max_seq_len",
                     "state_size", "conv_kernel"]
         for key in positive:
@@ -100,6 +102,12 @@ class ModelConfig:
             raise ConfigError(f"model.slope_form must be {' or '.join(SLOPE_FORMS)}, got {self.slope_form!r}")
         if self.expand <= 0:
             raise ConfigError(f"model.expand must be positive, got {self.expand}")
+        for key in ["norm_eps", "init_std", "rope_theta"]:
+            if getattr(self, key) <= 0:
+                raise ConfigError(f"model.{key} must be positive, got {getattr(self, key)}")
+        if self.inner_size < 1:
+            raise ConfigError(f"model.expand={self.expand} x model.hidden_size={self.hidden_size} leaves no "
+                              f"inner size; raise model.expand or set model.d_inner")
 
 
 @dataclass
@@ -135,6 +143,7 @@ class TrainConfig:
         return min(self.steps, self.warmup_tokens // self.batch_tokens)
 
     def validate(self) -> None:
+        check_types("train", self)
         for key in ["tokens", "batch_tokens", "seq_len", "micro_batch", "eval_tokens", "save_every"]:
             if getattr(self, key) <= 0:
                 raise ConfigError(f"train.{key} must be positive, got {getattr(self, key)}")
@@ -147,6 +156,21 @@ class TrainConfig:
             raise ConfigError(f"train.warmup_tokens must be >= 0, got {self.warmup_tokens}")
         if self.dtype not in ("bf16", "fp32"):
             raise ConfigError(f"train.dtype must be bf16 or fp32, got {self.dtype!r}")
+        # a negative clip flips the gradients, a negative ratio or decay turns the step around
+        if self.grad_clip <= 0:
+            raise ConfigError(f"train.grad_clip must be positive (the largest gradient norm), got {self.grad_clip}")
+        if not 0 <= self.min_lr_ratio <= 1:
+            raise ConfigError(f"train.min_lr_ratio must be between 0 and 1 (a fraction of train.lr), "
+                              f"got {self.min_lr_ratio}")
+        if self.weight_decay < 0:
+            raise ConfigError(f"train.weight_decay must be >= 0, got {self.weight_decay}")
+        if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
+            raise ConfigError(f"train.betas must be two numbers in [0, 1), e.g. [0.9, 0.95], got {list(self.betas)}")
+        if not 0 <= self.seed < 2 ** 63:
+            raise ConfigError(f"train.seed must be between 0 and 2^63 - 1, got {self.seed}")
+        for key in ["corpus", "tokenizer"]:
+            if not getattr(self, key).strip():
+                raise ConfigError(f"train.{key} is empty; name one (see the README's Data section)")
 
 
 @dataclass
@@ -176,6 +200,39 @@ class Config:
             model["slope_form"] = "alibi"
         apply_mapping(cfg, {"model": model, "train": data.get("train", {})})
         return cfg
+
+
+def check_types(section: str, obj) -> None:
+    """Every field of a config section holds its default's type, and every number is finite: a YAML
+    file can hold any type, and NaN or infinity slips through the range checks that follow."""
+    for f in fields(obj):
+        default = f.default_factory() if f.default is MISSING else f.default
+        value, name = getattr(obj, f.name), f"{section}.{f.name}"
+        if value is None:
+            if default is not None:
+                raise ConfigError(f"{name} needs a value, got null")
+        elif f.name == "slopes":
+            if not isinstance(value, str) and not _numbers(value):
+                raise ConfigError(f"{name} must be balanced, negative, positive, none or a list of numbers, "
+                                  f"got {value!r}")
+        elif isinstance(default, (bool, str, dict)):
+            if type(value) is not type(default):
+                kind = {bool: "true or false", str: "a string", dict: "a mapping"}[type(default)]
+                raise ConfigError(f"{name} must be {kind}, got {value!r}")
+        elif default is None or isinstance(default, int):
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise ConfigError(f"{name} must be an integer, got {value!r}")
+        elif isinstance(default, float):
+            if not _numbers([value]):
+                raise ConfigError(f"{name} must be a finite number, got {value!r}")
+        elif isinstance(default, tuple) and not _numbers(value):
+            raise ConfigError(f"{name} must be a list of numbers, got {value!r}")
+
+
+def _numbers(values) -> bool:
+    """Whether values is a list of finite numbers (booleans are not numbers here)."""
+    return isinstance(values, (list, tuple)) and all(
+        isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in values)
 
 
 def _round_up(x: int, multiple: int) -> int:
@@ -225,8 +282,10 @@ def _coerce(section: str, key: str, current: Any, value: Any) -> Any:
             value = yaml.safe_load(value)
         except yaml.YAMLError as err:
             raise ConfigError(f"{name}: cannot parse {value!r} ({err.problem})") from None
-    if value is None or current is None:
+    if value is None:  # null: allowed for the optional integers only (validate says so)
         return value
+    if current is None:  # an unset optional integer (num_kv_heads, mlp_hidden, d_inner)
+        current = 0
     if isinstance(current, bool):
         if not isinstance(value, bool):
             raise ConfigError(f"{name} must be true or false, got {value!r}")
@@ -241,9 +300,14 @@ def _coerce(section: str, key: str, current: Any, value: Any) -> Any:
             raise ConfigError(f"{name} must be a number, got {value!r}")
         if isinstance(current, int) and isinstance(value, float) and not value.is_integer():
             raise ConfigError(f"{name} must be an integer, got {value!r}")
-        return type(current)(value)
+        try:
+            return type(current)(value)
+        except OverflowError:  # an integer too large for a float
+            raise ConfigError(f"{name} is out of range, got {value!r}") from None
     if isinstance(current, tuple):
-        return tuple(value)
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{name} must be a list, e.g. [0.9, 0.95], got {value!r}")
+        return tuple(float(v) if type(v) is int else v for v in value)  # [0, 0.5]: AdamW wants floats
     return value
 
 

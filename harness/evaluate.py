@@ -286,7 +286,7 @@ class HarnessLM(_template_lm()):
     def __init__(self, checkpoint: str | None = None, model=None, tokenizer=None, device: str | None = None,
                  batch_size: int | str | None = 64, max_batch_tokens: int | str | None = 32768,
                  max_length: int | str | None = None, stride: int | str | None = None,
-                 dtype: str | None = None, max_batch_size: int | None = None, **unused):
+                 dtype: str | None = None, max_batch_size: int | None = None, progress: bool = True, **unused):
         import_lm_eval()
         super().__init__()
         if unused:
@@ -319,6 +319,7 @@ class HarnessLM(_template_lm()):
             raise ConfigError(f"stride={self.stride} must be between 1 and max_length={self.max_length}")
         from harness.train import autocast_for
         self.autocast = autocast_for(self._device, dtype or train_dtype)
+        self.progress = progress  # tqdm bars (lm-eval's style); off under `harness run` / `harness eval`
 
     # -- lm-eval's collectives (used when world_size > 1)
     def all_gather(self, tensor: torch.Tensor) -> torch.Tensor:
@@ -401,7 +402,7 @@ class HarnessLM(_template_lm()):
         ordered = list(collator.get_batched(n=0))
         ordered = ordered[0] if ordered else []
         results = []
-        bar = tqdm(total=len(requests), disable=disable_tqdm, desc="loglikelihood")
+        bar = tqdm(total=len(requests), disable=disable_tqdm or not self.progress, desc="loglikelihood")
         for batch in self._batches(ordered, lambda r: len(inputs(r))):
             logprobs = self._forward_logprobs([inputs(r) for r in batch])
             for (strings, ctx, cont), lp in zip(batch, logprobs):
@@ -440,6 +441,10 @@ class HarnessLM(_template_lm()):
 
     # -- generation
     def generate_until(self, requests, disable_tqdm: bool = False) -> list[str]:
+        if not (hasattr(self.model, "prefill") and hasattr(self.model, "step")):
+            raise ConfigError(f"{type(self.model).__name__} has no prefill()/step() (a decode state), which "
+                              "generation tasks need; give it those (the shared backbone has them) or run "
+                              "scoring tasks only")
         out: list[str | None] = [None] * len(requests)
         groups: dict[tuple, list[int]] = {}
         encoded = []
@@ -533,6 +538,31 @@ def cache_prompt_templates() -> None:
     utils.apply_template = apply_template
 
 
+def quiet_lm_eval() -> None:
+    """Silence what lm-eval and `datasets` print besides the results, for `harness run` and `harness
+    eval`, whose own progress lines their tqdm bars would cut into: the bars over documents and
+    cached requests, the dataset builders' bars, lm-eval's notes on its task configs (defaults it
+    fills in), and the `git describe` that lm-eval runs for its results' metadata (outside a git
+    checkout it prints `fatal: not a git repository` per task). Errors still show."""
+    import logging
+
+    import datasets
+    import lm_eval.api.model
+    import lm_eval.api.task
+    import lm_eval.evaluator
+    from tqdm import tqdm
+
+    from harness.results import git_commit
+
+    def no_bar(*args, **kwargs):  # also where lm-eval passes disable= itself
+        return tqdm(*args, **{**kwargs, "disable": True})
+    datasets.disable_progress_bars()
+    logging.getLogger("lm_eval").setLevel(logging.ERROR)
+    for module in (lm_eval.api.model, lm_eval.api.task):
+        module.tqdm = no_bar
+    lm_eval.evaluator.get_git_commit_hash = git_commit
+
+
 def run_tasks(lm: HarnessLM, tasks: list[str], limit: int | None = None, online: bool = False,
               bootstrap_iters: int = DEFAULT_BOOTSTRAP_ITERS, cache: str | Path | None = None) -> dict:
     """lm-eval's `simple_evaluate` on our overlays of `tasks` (data checked first). `cache`: a
@@ -590,7 +620,8 @@ def result_rows(results: dict, ctx, limit: int | None, bootstrap_iters: int = DE
 def lm_eval_task_rows(task: str, model, tokenizer, ctx) -> list:
     """The task runner behind every lm-eval task of `harness run` / `harness eval`."""
     lm = HarnessLM(model=model, tokenizer=tokenizer, device=ctx.device,
-                   max_length=ctx.cfg.model.max_seq_len, dtype=ctx.cfg.train.dtype)
+                   max_length=ctx.cfg.model.max_seq_len, dtype=ctx.cfg.train.dtype, progress=False)
+    quiet_lm_eval()
     options = ctx.options  # `harness eval` sets cache_dir, online, bootstrap_iters; `harness run` uses defaults
     cache = options.get("cache_dir")
     iters = options.get("bootstrap_iters", DEFAULT_BOOTSTRAP_ITERS)
@@ -681,19 +712,20 @@ def request_cache(run: str, source: ModelSource) -> Path:
 def evaluate(sources: list[ModelSource], task_names: list[str], run: str, results_dir: Path,
              device: str, limit: int | None = None, force: bool = False, online: bool = False,
              skip_missing: bool = False, bootstrap_iters: int = DEFAULT_BOOTSTRAP_ITERS,
-             log=print) -> list:
+             log=print, grouped: frozenset = frozenset()) -> list:
     """Run tasks on each model source and merge the rows into results/<run>/rows.jsonl (written after
     every task; finished (model, task) pairs are skipped unless `force`; lm-eval's request cache
     per checkpoint version (`request_cache`) lets an interrupted task resume).
 
     Under torchrun every rank loads each model on its own GPU; lm-eval's tasks are split over the
-    ranks, the others run on rank 0 alone, and rank 0 alone logs and writes."""
+    ranks, the others run on rank 0 alone, and rank 0 alone logs and writes. grouped: the tasks that a
+    group name brought in; missing data skips them with a warning."""
     from harness.registry import get_task
     from harness.results import atomic_write_text, command_line, device_name, git_commit, now, rows_table
     from harness.runner import TaskContext, check_task_data, join_job, run_tasks, stored_rows
     d, device, log = join_job(device, log)
     main = d is None or d.is_main
-    runnable = check_task_data([get_task(t) for t in task_names], online, skip_missing, log)
+    runnable = check_task_data([get_task(t) for t in task_names], online, skip_missing, log, grouped)
     out = Path(results_dir) / run
     rows_file = out / "rows.jsonl"
     existing = stored_rows(rows_file, d, log)

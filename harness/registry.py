@@ -31,7 +31,7 @@ class KernelRefusedError(RegistryError, RuntimeError):
 @dataclass
 class ModelSpec:
     name: str
-    build: Callable  # build(cfg: ModelConfig) -> nn.Module with the shared contract
+    build: Callable  # build(cfg: ModelConfig) -> nn.Module mapping input_ids [B, T] to logits [B, T, V]
     family: str  # attention | recurrent | ssm | ... (for grouping in tables)
     requires: tuple = ()  # optional packages of the fast path, e.g. ("mamba_ssm",)
     match: str | None = None  # ModelConfig field solved so that params match the reference model
@@ -53,6 +53,15 @@ class ModelSpec:
         if torch.cuda.is_available():
             return "yes"
         return "no: needs a CUDA GPU" if self.gpu_only else "no GPU: reference path"
+
+    def fast_path_short(self) -> str:
+        """fast_path() in a word or two, for one line per model in `harness list`."""
+        full = self.fast_path()
+        if full.startswith("yes"):
+            return "yes"
+        if "reference path" in full:
+            return "reference"
+        return "needs a GPU" if "GPU" in full else f"needs [{self.extra}]" if self.extra else "needs packages"
 
 
 @dataclass
@@ -76,10 +85,27 @@ _REG = _Registry()
 BUILTIN_MODULES = ("baselines", "tasks")
 
 
-def register_model(name: str, family: str, requires: tuple = (), match: str | None = None,
-                   description: str = "", extra: str | None = None, gpu_only: bool = False):
-    """Decorator over `build(cfg) -> nn.Module`; registers it under `name`."""
+def _claim(kind: str, table: dict, name: str, fn: Callable, override: bool) -> None:
+    """Refuse a second registration of `name` (a plugin named like a built-in would silently replace
+    it) unless `override`; the same function registered again (a plugin file loaded twice) is fine."""
+    old = table.get(name)
+    if old is None or override:
+        return
+    old_fn = old.build if kind == "model" else old.run
+    if (old_fn.__module__, old_fn.__qualname__) == (fn.__module__, fn.__qualname__):
+        return
+    raise RegistryError(f"{kind} {name!r} is already registered (by {old_fn.__module__}); pick another name, or "
+                        f"pass register_{kind}({name!r}, ..., override=True) to replace it")
+
+
+def register_model(name: str, family: str = "custom", requires: tuple = (), match: str | None = None,
+                   description: str = "", extra: str | None = None, gpu_only: bool = False,
+                   override: bool = False):
+    """Decorator over `build(cfg) -> nn.Module`; registers it under `name`. The module maps input_ids
+    [B, T] to logits [B, T, V]; `init_state`/`step`/`prefill` (the shared backbone has them) give
+    the tasks that decode a decode state. override: replace a model already registered as `name`."""
     def deco(build: Callable) -> Callable:
+        _claim("model", _REG.models, name, build, override)
         _REG.models[name] = ModelSpec(name, build, family, tuple(requires), match,
                                       description or (build.__doc__ or "").strip().split("\n")[0],
                                       extra, gpu_only)
@@ -88,13 +114,15 @@ def register_model(name: str, family: str, requires: tuple = (), match: str | No
 
 
 def register_task(name: str, group: str | tuple = (), description: str = "", needs_model: bool = True,
-                  data_parallel: bool = False):
+                  data_parallel: bool = False, override: bool = False):
     """Decorator over `run(model, tokenizer, ctx) -> list[Row]`; registers it under `name`.
     data_parallel: the task splits its work over the ranks of a torchrun job itself (`ctx.dist`) and
-    returns its rows on rank 0; other tasks run on rank 0 alone while the other ranks wait."""
+    returns its rows on rank 0; other tasks run on rank 0 alone while the other ranks wait.
+    override: replace a task already registered as `name`."""
     groups = (group,) if isinstance(group, str) else tuple(group)
 
     def deco(run: Callable) -> Callable:
+        _claim("task", _REG.tasks, name, run, override)
         _REG.tasks[name] = TaskSpec(name, run, groups,
                                     description or (run.__doc__ or "").strip().split("\n")[0],
                                     needs_model, data_parallel)
@@ -159,6 +187,12 @@ def models() -> dict[str, ModelSpec]:
 def tasks() -> dict[str, TaskSpec]:
     load_plugins()
     return dict(_REG.tasks)
+
+
+def grouped_tasks(names: list[str]) -> frozenset:
+    """The tasks that `names` brings in only through a group (`all`, `commonsense`), not by their own
+    name: a group runs what has data here, a task named on its own must have it."""
+    return frozenset(expand_tasks(names)) - set(names)
 
 
 def expand_tasks(names: list[str]) -> list[str]:

@@ -269,18 +269,27 @@ def read_reference(path: Path, warn=print) -> list[Row]:
 
 # ---------------------------------------------------------------- provenance
 
-def git_commit(cwd: Path | None = None) -> str | None:
+def git_commit(cwd: Path | None = None) -> str:
     """The HARNESS_COMMIT environment variable when set, else HEAD's short hash (+ "-dirty" with
-    uncommitted changes), else None. The variable comes first because whoever sends a copy of the
-    tree to another machine knows what it sent, and the copy's .git can be absent or stale (the
-    device tool's copies reported the session's first HEAD for later commits' code)."""
-    return os.environ.get("HARNESS_COMMIT") or _git_head(cwd)
+    uncommitted changes), else the installed package's version (a wheel or sdist has no .git), else
+    "unknown". The variable comes first because whoever sends a copy of the tree to another machine
+    knows what it sent, and the copy's .git can be absent or stale (the device tool's copies
+    reported the session's first HEAD for later commits' code)."""
+    return os.environ.get("HARNESS_COMMIT") or _git_head(cwd) or _package_version()
+
+
+def _package_version() -> str:
+    import importlib.metadata as md
+    try:
+        return f"swat-harness=={md.version('swat-harness')}"
+    except md.PackageNotFoundError:
+        return "unknown"
 
 
 def _git_head(cwd: Path | None) -> str | None:
     try:
         out = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=cwd or Path(__file__).parent,
-                             capture_output=True, text=True, timeout=10)
+                             capture_output=True, text=True, timeout=10)  # stderr too: no "fatal: ..." line
         if out.returncode != 0:
             return None
         dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],

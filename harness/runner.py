@@ -32,7 +32,7 @@ from harness.distributed import Dist
 from harness.registry import get_model, get_task
 from harness.results import (Row, atomic_write_text, command_line, device_name, folder_lock, git_commit, now,
                              read_rows, replace_rows, rows_table, versions)
-from harness.train import CHECKPOINT_DIR, load_checkpoint, train
+from harness.train import CHECKPOINT_DIR, check_tokenizer, load_checkpoint, read_meta, train
 from harness.trainlog import LOG_FILE
 
 
@@ -85,7 +85,7 @@ def trained_model(name: str, cfg: Config, ckpt_dir: Path, device: str, force: bo
     ckpt = ckpt_dir / CHECKPOINT_DIR
     meta_file = ckpt / "meta.json"
     if meta_file.is_file() and not force:
-        meta = json.loads(meta_file.read_text())
+        meta = read_meta(ckpt)
         if config_hash(Config.from_dict(meta["config"])) != config_hash(cfg):
             raise RunError(f"{ckpt_dir} holds {name} trained with another config; pass --run NEW_NAME for a "
                            f"new run, or --force to retrain")
@@ -101,14 +101,14 @@ def trained_model(name: str, cfg: Config, ckpt_dir: Path, device: str, force: bo
 def run(models: list[str], task_names: list[str], cfg: Config, run_name: str, results_dir: Path,
         runs_dir: Path, device: str | None = None, force: bool = False, limit: int | None = None,
         log: Callable[[str], None] = print, on_step: Callable | None = None,
-        skip_missing: bool = False) -> list[Row]:
+        skip_missing: bool = False, grouped: frozenset = frozenset()) -> list[Row]:
+    """grouped: the tasks that a group name brought in; missing data skips them with a warning."""
     d, device, log = join_job(device or default_device(), log)  # DDP training, data-parallel lm-eval tasks
     main = d is None or d.is_main
     if not main:
         on_step = None
-    for name in models:  # fail on unknown names before any work
-        get_model(name)
-    tasks = check_task_data([get_task(t) for t in task_names], skip_missing=skip_missing, log=log)
+    check_models(models, cfg, device, d.world_size if d is not None else 1)  # before anything is written
+    tasks = check_task_data([get_task(t) for t in task_names], skip_missing=skip_missing, log=log, grouped=grouped)
     out = Path(results_dir) / run_name
     rows_file = out / "rows.jsonl"
     provenance = {"commit": git_commit(), "device": device_name(device),
@@ -142,6 +142,31 @@ def run(models: list[str], task_names: list[str], cfg: Config, run_name: str, re
     if main:
         atomic_write_text(out / "table.md", rows_table(existing))
     return existing
+
+
+def check_models(models: list[str], cfg: Config, device: str, world_size: int) -> None:
+    """What training or loading would refuse, checked before a run writes anything (run.json
+    included): unknown names, the tokenizer and corpus, the batch layout, and each model's build
+    (on the meta device: no memory) and training options on this device."""
+    from harness.data import corpus_files
+    from harness.distributed import layers_of
+    from harness.models import build_model
+    from harness.train import _batch_layout, fused_cross_entropy
+    specs = [get_model(name) for name in models]
+    check_tokenizer(cfg)
+    corpus_files(cfg.train.corpus)
+    _batch_layout(cfg.train, world_size)
+    on = torch.device(device)
+    for spec in specs:
+        if spec.gpu_only and on.type != "cuda":
+            raise RunError(f"{spec.name} runs only on a CUDA GPU (fast path here: {spec.fast_path()}); run it on a "
+                           f"GPU machine, or leave it out here")
+        model = build_model(spec.name, cfg.model, "meta")
+        if cfg.train.fused_ce:
+            fused_cross_entropy(model, on)
+        if cfg.train.activation_checkpointing and not layers_of(model):
+            raise RunError(f"train.activation_checkpointing needs a model with a `blocks` ModuleList (the shared "
+                           f"backbone), which {spec.name} lacks; set train.activation_checkpointing=false")
 
 
 def join_job(device: str, log: Callable[[str], None]) -> tuple[Dist | None, str, Callable[[str], None]]:
@@ -203,19 +228,28 @@ def run_tasks(model, tokenizer, ctx: TaskContext, tasks: list, existing: list[Ro
 
 
 def check_task_data(tasks: list, online: bool = False, skip_missing: bool = False,
-                    log: Callable[[str], None] = print) -> list:
-    """The tasks whose data is present, checked before any model work; a missing dataset raises its
-    DataError (naming path and fix) unless skip_missing, which drops the task with a message."""
+                    log: Callable[[str], None] = print, grouped: frozenset = frozenset()) -> list:
+    """The tasks whose data is present, checked before any model work. A task named on its own
+    whose data is missing raises its DataError (naming path and fix); one that a group brought in
+    (`grouped`), or any with skip_missing, is dropped, and one warning line names all those dropped
+    and how to get their data. Nothing left to run is an error."""
     from harness.data import DataError
-    from harness.evaluate import missing_data
-    runnable = []
+    from harness.evaluate import TASK_DATA, missing_data
+    runnable, skipped = [], []
     for task in tasks:
         err = missing_data(task.name, online)
         if err is None:
             runnable.append(task)
-        elif skip_missing:
-            log(f"skipping {task.name}: {err}")
+        elif skip_missing or task.name in grouped:
+            skipped.append(task.name)
         else:
             raise DataError(f"{err}; or pass --skip-missing to run the other tasks") from None
+    if skipped:
+        datasets = " ".join(dict.fromkeys(TASK_DATA[name][0] for name in skipped))
+        how = (f"get the data with `harness data fetch {datasets}` where the Hugging Face hub is reachable, or "
+               f"`harness data import FILE --name NAME` from a local copy (`harness data list` shows what is here)")
+        if not runnable:
+            raise DataError(f"no task left to run: the data of {', '.join(skipped)} is not in the mirror; {how}")
+        log(f"warning: skipped {', '.join(skipped)} (data not in the mirror); {how}")
     return runnable
 

@@ -7,7 +7,9 @@ every cell can be traced to one stored row. The conventions the pivots rely on:
   lm-eval's fractions and shown in percent; perplexities as they are. Table rows are models grouped
   by preset (size). A model evaluated at several checkpoints shows its last one (largest
   `tokens_trained`). Avg is the mean of the accuracy columns present: complete (all eight) it is
-  plain and can be bold; incomplete it carries a dagger and a footnote, and is never bold.
+  plain and can be bold; incomplete it carries a dagger and a footnote, and is never bold. Rows of
+  the `smoke` task (held-out loss and perplexity on the training corpus) add their two columns in
+  front: all that the README's first run has to show.
 - variants: a SWAT run whose config differs from its preset in the ablation keys (activation,
   slopes, rope, window, sigmoid_bias, seq_len) is labelled by the difference, e.g. "swat
   (slopes=negative)"; a row's own `variant` extra key wins over the config.
@@ -54,10 +56,12 @@ MAIN_COLUMNS = (
     Column("BoolQ acc", "BoolQ acc", "boolq", "acc"),
 )
 ACC_COLUMNS = tuple(c for c in MAIN_COLUMNS if c.is_accuracy)
+SMOKE_COLUMNS = (Column("Held-out loss↓", r"Held-out loss$\downarrow$", "smoke", "loss"),
+                 Column("Held-out ppl↓", r"Held-out ppl$\downarrow$", "smoke", "ppl"))
 AVERAGE_TASK = "commonsense_avg"  # a published average in a reference file; tables recompute theirs
 ABLATION_KEYS = ("activation", "slopes", "rope", "window", "sigmoid_bias")
 SPEED_TASKS = ("speed_train", "speed_prefill", "speed_decode")
-TABLES = ("main", "ablation", "length", "speed")
+TABLES = ("main", "ablation", "length", "retrieval", "speed")
 
 # ---------------------------------------------------------------- the table model
 
@@ -341,15 +345,16 @@ def _average(cells: dict) -> tuple[float | None, int]:
 def main_table(rows: list[Row], references: list[Row] = (), run_configs: dict | None = None) -> Table:
     """The paper's Table 1 layout: Wiki/LMB perplexity, the eight accuracies and their average."""
     run_configs = run_configs or {}
-    ours = _entries(rows, run_configs, False, MAIN_COLUMNS)
-    refs = _entries([r for r in references if r.extra.get("table", "main") == "main"], {}, True, MAIN_COLUMNS)
-    header = ["Model", "Params", "Tokens"] + [c.title for c in MAIN_COLUMNS] + ["Avg"]
-    latex_header = ["Model", "Params", "Tokens"] + [c.latex for c in MAIN_COLUMNS] + ["Avg"]
+    columns = (SMOKE_COLUMNS if any(r.task == "smoke" for r in rows) else ()) + MAIN_COLUMNS
+    ours = _entries(rows, run_configs, False, columns)
+    refs = _entries([r for r in references if r.extra.get("table", "main") == "main"], {}, True, columns)
+    header = ["Model", "Params", "Tokens"] + [c.title for c in columns] + ["Avg"]
+    latex_header = ["Model", "Params", "Tokens"] + [c.latex for c in columns] + ["Avg"]
     table = Table("Language modeling and zero-shot commonsense reasoning", header, latex_header)
     sources = Sources()
     missing = incomplete = stderr_seen = False
     limits: set = set()
-    ncols = len(MAIN_COLUMNS)
+    ncols = len(columns)
     every = ours + refs
     for preset in preset_order([r for e in every for r in e.cells.values()]):
         lines: list[list[Cell]] = []
@@ -360,7 +365,7 @@ def main_table(rows: list[Row], references: list[Row] = (), run_configs: dict | 
             any_row = next(iter(entry.cells.values()))
             label = entry.label + (sources.mark(entry.source) if entry.reference else "")
             line = [text_cell(label), text_cell(human(any_row.params)), text_cell(human(any_row.tokens_trained))]
-            for col in MAIN_COLUMNS:
+            for col in columns:
                 r = entry.cells.get(col)
                 if r is None:
                     line.append(Cell())
@@ -382,10 +387,10 @@ def main_table(rows: list[Row], references: list[Row] = (), run_configs: dict | 
             if not entry.reference:
                 for ref in group_refs:
                     if ref.model == entry.model and matches(entry.settings, ref.settings):
-                        lines.append(_delta_line(entry, ref, sources))
+                        lines.append(_delta_line(entry, ref, sources, columns))
         for competing in scored.values():
             for j in range(3, 3 + ncols):
-                mark_best(competing, j, MAIN_COLUMNS[j - 3].lower_is_better)
+                mark_best(competing, j, columns[j - 3].lower_is_better)
             mark_best(competing, 3 + ncols, False)
         if lines:
             table.groups.append((preset, lines))
@@ -409,9 +414,9 @@ def main_table(rows: list[Row], references: list[Row] = (), run_configs: dict | 
     return table
 
 
-def _delta_line(ours: Entry, ref: Entry, sources: Sources) -> list[Cell]:
+def _delta_line(ours: Entry, ref: Entry, sources: Sources, columns=MAIN_COLUMNS) -> list[Cell]:
     line = [text_cell(f"Δ vs {ref.label}{sources.mark(ref.source)}"), text_cell(""), text_cell("")]
-    for col in MAIN_COLUMNS:
+    for col in columns:
         a, b = ours.cells.get(col), ref.cells.get(col)
         if a is None or b is None or is_oom(a) or a.value is None or b.value is None:
             line.append(Cell())
@@ -526,8 +531,20 @@ def _length_key(r: Row):
     return r.extra.get("context", r.extra.get("seq_len"))
 
 
-def _sweep_table(title: str, sections: list[tuple[str, str, list[Row]]], run_configs: dict, note: str) -> Table:
-    """Rows = models (per run and batch), columns = the sweep's lengths; one group per section."""
+def _batch(r: Row) -> str:
+    return f" b={r.extra['batch']}" if r.extra.get("batch") is not None else ""
+
+
+def _natural(text: str) -> list:
+    """Sort key ordering the numbers in text by value: kv=4 before kv=16."""
+    import re
+    return [int(t) if t.isdigit() else t for t in re.split(r"([0-9]+)", text)]
+
+
+def _sweep_table(title: str, sections: list[tuple[str, str, list[Row]]], run_configs: dict, note: str,
+                 detail=_batch) -> Table:
+    """Rows = models (per run and `detail`: the batch, say), columns = the sweep's lengths; one group
+    per section."""
     lengths = sorted({int(_length_key(r)) for _, _, rs in sections for r in rs if _length_key(r) is not None})
     header = ["Model"] + [human(n) if n >= 1024 and n % 1024 else _kilo(n) for n in lengths]
     table = Table(title, header, ["Model"] + [latex_escape(h) for h in header[1:]])
@@ -539,7 +556,7 @@ def _sweep_table(title: str, sections: list[tuple[str, str, list[Row]]], run_con
             if _length_key(r) is None:
                 continue
             ref = r.extra.get("source") if r.run.startswith("paper:") else None
-            who = (r.model, variant_of(r, run_configs), r.run, r.preset, r.extra.get("batch"), ref, r.seed,
+            who = (r.model, variant_of(r, run_configs), r.run, r.preset, detail(r), ref, r.seed,
                    r.extra.get("label"))
             by_who.setdefault(who, {}).setdefault(int(_length_key(r)), []).append(r)
         runs = {}
@@ -548,8 +565,8 @@ def _sweep_table(title: str, sections: list[tuple[str, str, list[Row]]], run_con
             runs.setdefault((model, variant), set()).add(run)
             seeds.setdefault((model, variant, run), set()).add(seed)
         lines = []
-        for (model, variant, run, preset, batch, ref, seed, ref_label), cols in sorted(by_who.items(),
-                                                                                       key=lambda kv: str(kv[0])):
+        for (model, variant, run, preset, batch, ref, seed, ref_label), cols in sorted(
+                by_who.items(), key=lambda kv: (str(kv[0][:4]), _natural(kv[0][4]), str(kv[0][5:]))):
             name = (ref_label or model) + (f" ({variant})" if variant else "")
             if ref:
                 name += sources.mark(ref)
@@ -557,15 +574,15 @@ def _sweep_table(title: str, sections: list[tuple[str, str, list[Row]]], run_con
                 name += f" [{run}]"
             if len(seeds[(model, variant, run)]) > 1:
                 name += f" seed={seed}"
-            if batch is not None:
-                name += f" b={batch}"
+            name += batch
             line = [text_cell(name)]
             for n in lengths:
                 r = latest(cols[n]) if n in cols else None
                 missing |= r is None
                 oom |= r is not None and is_oom(r)
                 line.append(Cell() if r is None else text_cell("OOM") if is_oom(r) else
-                            Cell(r.value, r.stderr, digits=_digits(r.value)))
+                            Cell(display(r.value, metric), display(r.stderr, metric),
+                                 digits=1 if metric.startswith("acc") else _digits(r.value)))
             lines.append(line)
         lower = _lower_is_better(metric)
         for j in range(1, len(lengths) + 1):
@@ -631,7 +648,37 @@ def speed_table(rows: list[Row], references: list[Row] = (), run_configs: dict |
                         "Numbers from different devices are not comparable.")
 
 
-BUILDERS = {"main": main_table, "ablation": ablation_table, "length": length_table, "speed": speed_table}
+def retrieval_table(rows: list[Row], references: list[Row] = (), run_configs: dict | None = None) -> Table:
+    """Accuracy per context length: passkey at each depth, MQAR at each number of key-value pairs."""
+    pick = [r for r in list(rows) + [r for r in references if r.extra.get("table") == "retrieval"]
+            if r.task in ("passkey", "mqar") and r.metric == "acc"]
+    sections = [(f"{preset} · {task} acc", "acc", [r for r in pick if (r.preset, r.task) == (preset, task)])
+                for task in ("passkey", "mqar") for preset in preset_order([r for r in pick if r.task == task])]
+
+    def detail(r: Row) -> str:
+        if r.extra.get("depth") is not None:
+            return f" depth={float(r.extra['depth']):g}"
+        return f" kv={r.extra['num_kv']}" if r.extra.get("num_kv") is not None else ""
+    return _sweep_table("Retrieval accuracy vs context length", sections, run_configs or {},
+                        "Columns: prompt (passkey) or sequence (MQAR) length in tokens; accuracy in percent; "
+                        "depth: where the key sits in the prompt; kv: key-value pairs to recall.", detail)
+
+
+def compact(table: Table) -> Table:
+    """The table without the columns that are blank on every line: what a run measured, not the
+    paper's whole width (the end of `harness run` and `harness eval`)."""
+    lines = [line for _, group in table.groups for line in group]
+    keep = [j for j in range(len(table.header))
+            if j == 0 or any(j < len(line) and number_text(line[j]) for line in lines)]
+
+    def pick(items: list) -> list:
+        return [items[j] for j in keep if j < len(items)]
+    return Table(table.title, pick(table.header), pick(table.latex_header),
+                 [(label, [pick(line) for line in group]) for label, group in table.groups], table.notes)
+
+
+BUILDERS = {"main": main_table, "ablation": ablation_table, "length": length_table, "retrieval": retrieval_table,
+            "speed": speed_table}
 
 
 NEEDS = {"main": "tasks wikitext, lambada_openai, piqa, hellaswag, winogrande, arc_easy, arc_challenge, "
@@ -639,6 +686,7 @@ NEEDS = {"main": "tasks wikitext, lambada_openai, piqa, hellaswag, winogrande, a
          "ablation": "swat runs with a changed config (`harness run --models swat --set model.slopes=negative "
                      "--run NAME`) or rows with a `variant` key",
          "length": "task length (`harness run --tasks length`)",
+         "retrieval": "tasks passkey, mqar (`harness run --tasks retrieval`)",
          "speed": "tasks speed_train, speed_prefill, speed_decode (`harness run --tasks speed` or "
                   "`harness bench models`)"}
 

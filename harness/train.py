@@ -16,7 +16,9 @@ Parallelism (harness.distributed): torchrun + DDP or FSDP2, the same loop at wor
 
 Checkpoints (<run>/checkpoint/): model.safetensors (full weights), trainer.pt (full optimizer
 state keyed by parameter name, step, data position, each rank's RNG state; the LR schedule is a
-function of the step, so the step is its whole state), meta.json (model, config, progress). Full state dicts are gathered on rank 0 and written there, rather than sharded
+function of the step, so the step is its whole state), meta.json (model, config, progress, and the
+sha256 of the other two files, checked before they are read: a truncated or corrupted file stops
+with one line naming it, never a half-read model). Full state dicts are gathered on rank 0 and written there, rather than sharded
 torch.distributed.checkpoint files: the 340m/760m states fit one host's memory, and the result is
 one file that any world size, a single process or `load_checkpoint` reads. A checkpoint is written
 into a temporary folder and swapped in by rename, so an interruption at any moment leaves the
@@ -26,6 +28,7 @@ previous checkpoint whole (a half-finished swap is repaired at the next start).
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 import math
 import os
@@ -219,6 +222,38 @@ def _fsync_dir(folder: Path) -> None:
             os.fsync(f.fileno())
 
 
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 24), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+DAMAGED_FIX = "retrain it: `harness run ... --force`, or `harness train ... --no-resume`"
+
+
+def read_meta(ckpt: Path) -> dict:
+    """A checkpoint's meta.json, or a TrainingError naming it when it is not readable JSON."""
+    try:
+        return json.loads((Path(ckpt) / META_FILE).read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise TrainingError(f"{Path(ckpt) / META_FILE} is damaged ({err}); {DAMAGED_FIX}") from None
+
+
+def verify_checkpoint(ckpt: Path, meta: dict, names: tuple[str, ...]) -> None:
+    """Every named file of a checkpoint is there with the sha256 its meta.json records (checkpoints
+    written before the checksums were kept pass: reading them then says when they are damaged)."""
+    for name in names:
+        path = Path(ckpt) / name
+        if not path.is_file():
+            raise TrainingError(f"{path} is missing, the checkpoint is incomplete; {DAMAGED_FIX}")
+        expected = meta.get("sha256", {}).get(name)
+        if expected is not None and file_sha256(path) != expected:
+            raise TrainingError(f"{path} is damaged (truncated or corrupted: its sha256 is not the one in "
+                                f"{META_FILE}); {DAMAGED_FIX}")
+
+
 def _swap_in(tmp: Path, final: Path) -> None:
     """Replace `final` by `tmp` with renames only; `recover_checkpoint` finishes a swap cut short."""
     old = final.with_name(f".{CHECKPOINT_DIR}.old{os.getpid()}")
@@ -258,7 +293,8 @@ def save_checkpoint(run_dir: Path, model, optimizer, meta: dict, trainer: dict, 
         save_file({k: v.contiguous() for k, v in weights.items() if k not in dupes}, str(tmp / WEIGHTS_FILE),
                   metadata={"format": "pt"})
         torch.save({**trainer, "optimizer": optim, "rng": rng}, tmp / TRAINER_FILE)
-        (tmp / META_FILE).write_text(json.dumps(meta, indent=1, default=str))
+        sums = {name: file_sha256(tmp / name) for name in (WEIGHTS_FILE, TRAINER_FILE)}
+        (tmp / META_FILE).write_text(json.dumps({**meta, "sha256": sums}, indent=1, default=str))
         _fsync_dir(tmp)
         _swap_in(tmp, final)
     d.barrier()
@@ -267,16 +303,21 @@ def save_checkpoint(run_dir: Path, model, optimizer, meta: dict, trainer: dict, 
 
 def load_checkpoint(path: Path, device="cpu"):
     """(model, Config, model name, meta) from a checkpoint folder written by `save_checkpoint`."""
+    from safetensors import SafetensorError
     from safetensors.torch import load_model
     path = Path(path)
     meta_file = path / META_FILE
     if not meta_file.is_file():
         raise FileNotFoundError(f"{path} is not a checkpoint folder (no meta.json); pass the folder that "
                                 f"`harness train` wrote (<run>/<model>/checkpoint)")
-    meta = json.loads(meta_file.read_text())
+    meta = read_meta(path)
+    verify_checkpoint(path, meta, (WEIGHTS_FILE,))
     cfg = Config.from_dict(meta["config"])
     model = build_model(meta["model"], cfg.model, device)
-    load_model(model, str(path / WEIGHTS_FILE), device=str(device))
+    try:
+        load_model(model, str(path / WEIGHTS_FILE), device=str(device))
+    except SafetensorError as err:
+        raise TrainingError(f"{path / WEIGHTS_FILE} is damaged ({err}); {DAMAGED_FIX}") from None
     return model, cfg, meta["model"], meta
 
 
@@ -296,12 +337,16 @@ def _check_resumable(meta: dict, model_name: str, cfg: Config, ckpt: Path) -> No
 
 def _resume(ckpt: Path, model, optimizer, d: Dist) -> dict:
     """Load a checkpoint into the (wrapped) model and optimizer; returns its step, data position
-    and meta. Rank 0 reads the files and the state is broadcast."""
-    from safetensors.torch import load_file
-    weights, trainer = {}, {}
+    and meta. Rank 0 checks and reads the files and the state is broadcast."""
+    weights, trainer, problem = {}, {}, None
     if d.is_main:
-        weights = load_file(str(ckpt / WEIGHTS_FILE))
-        trainer = torch.load(ckpt / TRAINER_FILE, map_location="cpu", weights_only=True)
+        try:
+            weights, trainer = _read_state(ckpt)
+        except TrainingError as err:
+            problem = str(err)
+    problem = d.broadcast_object(problem)  # every rank stops, not only the one that read
+    if problem:
+        raise TrainingError(problem)
     missing = _tied_duplicates(model)
     if d.is_main:  # tied names were stored once: give each its tensor back
         for name in missing:
@@ -312,6 +357,22 @@ def _resume(ckpt: Path, model, optimizer, d: Dist) -> dict:
     if rng is not None and len(rng) == d.world_size:  # same layout: continue every rank's stream
         _set_rng_state(rng[d.rank], d.device)
     return info
+
+
+def _read_state(ckpt: Path) -> tuple[dict, dict]:
+    """(weights, trainer state) of a checkpoint, checked against its checksums first."""
+    import pickle
+
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+    verify_checkpoint(ckpt, read_meta(ckpt), (WEIGHTS_FILE, TRAINER_FILE))
+    name = WEIGHTS_FILE
+    try:
+        weights = load_file(str(ckpt / WEIGHTS_FILE))
+        name = TRAINER_FILE
+        return weights, torch.load(ckpt / TRAINER_FILE, map_location="cpu", weights_only=True)
+    except (SafetensorError, RuntimeError, EOFError, pickle.UnpicklingError) as err:
+        raise TrainingError(f"{ckpt / name} is damaged ({type(err).__name__}); {DAMAGED_FIX}") from None
 
 
 def _tie_source(model, name: str) -> str:
@@ -355,6 +416,15 @@ def _compile(model) -> None:
         layer.compile()
 
 
+def check_tokenizer(cfg: Config):
+    """The run's tokenizer, when the model's vocabulary holds its ids."""
+    tokenizer = get_tokenizer(cfg.train.tokenizer)
+    if tokenizer.vocab_size > cfg.model.vocab_size:
+        raise ConfigError(f"model.vocab_size={cfg.model.vocab_size} is smaller than the tokenizer's "
+                          f"{tokenizer.vocab_size}; set model.vocab_size={tokenizer.vocab_size}")
+    return tokenizer
+
+
 def _batch_layout(tcfg, world: int) -> tuple[int, int, int]:
     """(sequences per step, micro-batch, accumulation steps) of one rank."""
     seqs = tcfg.batch_tokens // tcfg.seq_len
@@ -384,10 +454,7 @@ def train(model_name: str, cfg: Config, run_dir: Path, device: str | None = None
     tcfg = cfg.train
     d = distributed.setup(device, parallel)
     run_dir = Path(run_dir)
-    tokenizer = get_tokenizer(tcfg.tokenizer)
-    if tokenizer.vocab_size > cfg.model.vocab_size:
-        raise ConfigError(f"model.vocab_size={cfg.model.vocab_size} is smaller than the tokenizer's "
-                          f"{tokenizer.vocab_size}; set model.vocab_size={tokenizer.vocab_size}")
+    tokenizer = check_tokenizer(cfg)
     if d.is_main:  # rank 0 tokenizes; the others then read its cache
         prepare_streams(tcfg.corpus, tokenizer)
     d.barrier()
@@ -424,7 +491,7 @@ def train(model_name: str, cfg: Config, run_dir: Path, device: str | None = None
             "parallel": parallel, "flops_per_token": flops.as_dict()}
     start_step, position = 0, 0
     if (ckpt / TRAINER_FILE).is_file():
-        saved_meta = json.loads((ckpt / META_FILE).read_text())
+        saved_meta = read_meta(ckpt)
         _check_resumable(saved_meta, model_name, cfg, ckpt)
         state = _resume(ckpt, wrapped, optimizer, d)
         start_step, position = state["step"], state["position"]
@@ -507,6 +574,9 @@ def train(model_name: str, cfg: Config, run_dir: Path, device: str | None = None
 
     held = heldout_score(distributed.unwrap(wrapped), held_stream, tcfg.seq_len, tcfg.eval_tokens, micro,
                          d.device, autocast, d).loss
+    if not math.isfinite(held):  # the last update diverged: those weights are no result
+        raise TrainingError(f"held-out loss is {held} after step {tcfg.steps}; lower train.lr or raise "
+                            f"train.warmup_tokens, then train again with --no-resume")
     tokens_per_s = timed_tokens / timed_s if timed_s else None  # all ranks together
     mfu = mfu_of(tokens_per_s)
     meta.update(step=tcfg.steps, tokens=tcfg.steps * step_tokens, heldout_loss=held, train_loss=loss_value,

@@ -91,13 +91,25 @@ def answer_of(text: str) -> str:
     return text[:digits]
 
 
+def greedy(model, ids: torch.Tensor, max_new_tokens: int) -> torch.Tensor:
+    """New tokens [B, max_new_tokens] by greedy decoding: the model's `generate` (through its decode
+    state), or, for a model without one (any module mapping input_ids to logits), its forward re-run
+    over the prompt and the tokens so far for each new token (the same tokens, more compute)."""
+    if hasattr(model, "generate"):
+        return model.generate(ids, max_new_tokens=max_new_tokens)
+    out = ids
+    for _ in range(max_new_tokens):
+        out = torch.cat([out, model(out)[:, -1].argmax(-1, keepdim=True)], dim=1)
+    return out[:, ids.shape[1]:]
+
+
 @torch.no_grad()
 def passkey_correct(model, tokenizer, prompt: PasskeyPrompt, device, autocast) -> bool:
-    """Greedy decoding (the model's `generate`, through its decode state) reproduces the key."""
+    """Greedy decoding reproduces the key."""
     ids = torch.tensor([prompt.ids], dtype=torch.long, device=device)
     budget = len(tokenizer.encode(" " + prompt.key)) + 1
     with autocast():
-        out = model.generate(ids, max_new_tokens=budget)
+        out = greedy(model, ids, budget)
     return answer_of(tokenizer.decode(out[0].tolist())) == prompt.key
 
 

@@ -5,7 +5,7 @@ same architecture at the run's config; on a CPU it uses short lengths and says t
 comparable.
 """
 
-import warnings
+import sys
 
 import torch
 
@@ -20,7 +20,7 @@ def run(model, tokenizer, ctx):
     device = torch.device(ctx.device)
     on_cpu = device.type == "cpu"
     if on_cpu:
-        warnings.warn(CPU_WARNING, stacklevel=2)
+        print(f"warning: {CPU_WARNING}", file=sys.stderr)  # one line, as `harness bench models` says it
     points = sweep_model(ctx.model_name, ctx.cfg, SWEEPS, CPU_LENGTHS if on_cpu else DEFAULT_LENGTHS, device,
                          CPU_TRAIN_TOKENS if on_cpu else DEFAULT_TRAIN_TOKENS,
                          CPU_DECODE_BATCHES if on_cpu else DEFAULT_DECODE_BATCHES)

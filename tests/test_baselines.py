@@ -196,10 +196,13 @@ def test_harness_list_shows_every_model_with_params_and_fast_path(capsys, monkey
     for name in ALL_MODELS:
         line = next((ln for ln in out.splitlines() if f" {name} " in ln), None)
         assert line is not None, name
-        assert get_model(name).fast_path() in line
+        assert f" {get_model(name).fast_path_short()} " in line
     for name in ("unigram", "bigram"):  # fitted by counting: their size is known once they are fitted
         line = next(ln for ln in out.splitlines() if f" {name} " in ln)
         assert "n-gram" in line and "counts" in line
+    for name in ("swat", "gla"):  # the whole fast-path line: an attention model, an fla one
+        assert cli.main(["list", "--preset", "340m", "--model", name]) == 0
+        assert f"fast path here: {get_model(name).fast_path()}" in capsys.readouterr().out
 
 
 # ---------------------------------------------------------------- fla models off their GPU

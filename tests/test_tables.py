@@ -340,12 +340,12 @@ def test_limited_evaluations_are_marked_and_empty_tables_say_what_they_need(tmp_
 
 def test_rows_record_the_commit_the_sender_names_over_a_copy_s_git(monkeypatch, tmp_path):
     """HARNESS_COMMIT (set by whoever sent a copy of the tree to a GPU machine) wins over the
-    copy's git HEAD, which can be stale; without it, HEAD; outside a repository, None."""
+    copy's git HEAD, which can be stale; without it, HEAD; outside a repository, the package version."""
     from harness.results import git_commit
     monkeypatch.setenv("HARNESS_COMMIT", "31c4ef0")
     assert git_commit() == "31c4ef0"
     monkeypatch.delenv("HARNESS_COMMIT")
-    assert git_commit(tmp_path) is None  # not a git repository
+    assert git_commit(tmp_path).startswith("swat-harness==")  # not a git repository: what is installed
     subprocess.run(["git", "init", "-q", str(tmp_path)], check=True)
     (tmp_path / "f.txt").write_text("x")
     subprocess.run(["git", "-C", str(tmp_path), "add", "f.txt"], check=True)

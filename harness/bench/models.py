@@ -202,6 +202,11 @@ def sweep_model(name: str, cfg: Config, sweeps, lengths: dict, device: torch.dev
              for b in (decode_batches if s == "decode" else (None,))]
     failed_from: dict = {}  # (sweep, batch) -> shortest length that ran out of memory
     refused: set = set()
+    if not (hasattr(model, "prefill") and hasattr(model, "step")):  # a plain module: input_ids -> logits
+        refused = {"prefill", "decode"} & set(sweeps)
+        if refused:
+            log(f"{name}: {' and '.join(sorted(refused))} not measured: the model has no prefill()/step() "
+                f"(no decode state)")
     for sweep, length, batch in plans:
         key = (sweep, batch)
         if sweep in refused:

@@ -1,0 +1,418 @@
+"""Bad input never trains silently wrong or prints a traceback; a plugin written from the README's
+contract just works (issue 22). Everything goes through the command line as a user types it:
+`harness.cli.main([...])` in this process, or a subprocess where the exit status and stderr of the
+real program are the point."""
+
+import json
+import random
+import re
+import shutil
+import subprocess
+import sys
+import textwrap
+from dataclasses import fields
+from pathlib import Path
+
+import pytest
+
+from harness import cli
+from harness import evaluate as ev
+from harness.config import ConfigError, ModelConfig, TrainConfig, load_config
+from harness.data import DataError
+
+ROOT = Path(__file__).resolve().parent.parent
+EVAL_FIXTURES = Path(__file__).parent / "fixtures" / "eval"
+ONE_STEP = ["--set", "train.tokens=1024", "--set", "train.eval_tokens=128"]  # one step, one held-out sequence
+
+
+def one_error_line(err: str, *needles: str) -> None:
+    """stderr is exactly one `error:` line holding every needle, and no traceback."""
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error:"), err
+    assert "Traceback" not in err
+    for needle in needles:
+        assert needle in lines[0], (needle, lines[0])
+
+
+def harness(*args, cwd=ROOT):
+    return subprocess.run([sys.executable, "-m", "harness", *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=300)
+
+
+def folders(tmp_path: Path) -> list[str]:
+    return ["--results", str(tmp_path / "results"), "--runs", str(tmp_path / "runs")]
+
+
+def mirror_with(*present: str):
+    """A stand-in for the data mirror that holds only `present` (fixture files in the hub schema)."""
+    def require(name):
+        folder = EVAL_FIXTURES / {"wikitext_2_v1": "wikitext"}.get(name, name)
+        if name not in present or not folder.is_dir():
+            raise DataError(f"dataset {name} is not in the mirror (looked in /nowhere/{name}); "
+                            f"run `harness data fetch {name}`")
+        return {p.stem: p for p in sorted(folder.glob("*.jsonl"))}
+    return require
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory):
+    """The README's first command, shortened to one step: `harness run --models swat --tasks smoke`."""
+    tmp = tmp_path_factory.mktemp("smoke-run")
+    capture = pytest.MonkeyPatch()
+    out = []
+    capture.setattr(cli.console, "print", lambda *a, **k: out.append(" ".join(map(str, a))))
+    try:
+        code = cli.main(["run", "--models", "swat", "--tasks", "smoke", "--device", "cpu", *ONE_STEP, *folders(tmp)])
+    finally:
+        capture.undo()
+    assert code == 0
+    return tmp, "\n".join(out)
+
+
+# ---------------------------------------------------------------- config values: signs and ranges
+
+@pytest.mark.parametrize("override, message", [
+    ("train.grad_clip=-1", "train.grad_clip must be positive"),
+    ("train.grad_clip=0", "train.grad_clip must be positive"),
+    ("train.min_lr_ratio=-1", "train.min_lr_ratio must be between 0 and 1"),
+    ("train.min_lr_ratio=1.5", "train.min_lr_ratio must be between 0 and 1"),
+    ("train.weight_decay=-1", "train.weight_decay must be >= 0"),
+    ("train.betas=[0.9, 1.0]", "train.betas must be two numbers in [0, 1)"),
+    ("train.betas=[0.9]", "train.betas must be two numbers in [0, 1)"),
+    ("train.betas=0.9", "train.betas must be a list"),
+    ("train.lr=nan", "train.lr must be a finite number"),
+    ("train.lr=.inf", "train.lr must be a finite number"),
+    ("train.seed=-1", "train.seed must be between 0"),
+    ("train.corpus=", "train.corpus is empty"),
+    ("model.sigmoid_bias=nan", "model.sigmoid_bias must be a finite number"),
+    ("model.init_std=0", "model.init_std must be positive"),
+    ("model.norm_eps=-1e-6", "model.norm_eps must be positive"),
+    ("model.rope_theta=0", "model.rope_theta must be positive"),
+    ("model.window=0", "model.window must be positive"),
+    ("model.expand=0.001", "leaves no inner size"),
+    ("model.mlp_hidden=abc", "model.mlp_hidden must be a number"),
+    ("model.num_kv_heads=1.5", "model.num_kv_heads must be an integer"),
+    ("model.rope=null", "model.rope needs a value"),
+    ("model.extra=5", "model.extra must be a mapping"),
+    ("train.lr=1" + "0" * 400, "train.lr is out of range"),
+])
+def test_every_config_value_is_checked_before_training(tmp_path, capsys, override, message):
+    code = cli.main(["train", "--model", "swat", "--device", "cpu", "--out", str(tmp_path / "run"),
+                     "--set", override])
+    one_error_line(capsys.readouterr().err, message)
+    assert code == 2 and not (tmp_path / "run").exists()
+
+
+def test_a_yaml_file_of_wrong_types_is_one_error(tmp_path, capsys):
+    config = tmp_path / "c.yaml"
+    config.write_text("model:\n  slopes: 5\ntrain:\n  corpus: [a, b]\n")
+    assert cli.main(["train", "--model", "swat", "--config", str(config), "--out", str(tmp_path / "run")]) == 2
+    one_error_line(capsys.readouterr().err, "model.slopes must be")
+
+
+# ---------------------------------------------------------------- command-line arguments
+
+@pytest.mark.parametrize("args, message", [
+    (["--limit", "0"], "argument --limit: must be a positive integer, got '0'"),
+    (["--limit", "-5"], "argument --limit: must be a positive integer, got '-5'"),
+    (["--device", "tpu"], "'tpu' is not a device the harness runs on; use cpu, cuda or cuda:N"),
+    (["--models", ""], "argument --models: names nothing"),
+    (["--tasks", ","], "argument --tasks: names nothing"),
+])
+def test_bad_arguments_are_one_line_before_any_work(tmp_path, args, message):
+    out = harness("run", "--models", "swat", *args, *folders(tmp_path))
+    assert out.returncode == 2
+    one_error_line(out.stderr, message, "harness run --help")
+    assert not (tmp_path / "results").exists()
+
+
+def test_eval_limit_zero_and_cuda_without_a_gpu_are_one_line(capsys):
+    import torch
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["eval", "--tasks", "piqa", "--limit", "0"])
+    assert exit_.value.code == 2
+    one_error_line(capsys.readouterr().err, "argument --limit: must be a positive integer")
+    if not torch.cuda.is_available():
+        with pytest.raises(SystemExit):
+            cli.main(["train", "--model", "swat", "--device", "cuda"])
+        one_error_line(capsys.readouterr().err, "cuda asked for, but no CUDA GPU is visible here; use --device cpu")
+
+
+# ---------------------------------------------------------------- checkpoints carry checksums
+
+def damaged_copy(smoke_run, tmp_path, file: str, damage) -> Path:
+    ckpt = tmp_path / "swat" / "checkpoint"
+    shutil.copytree(smoke_run[0] / "runs" / "tiny" / "swat" / "checkpoint", ckpt)
+    path = ckpt / file
+    path.write_bytes(damage(path.read_bytes()))
+    return ckpt
+
+
+def flip_a_bit(data: bytes) -> bytes:
+    i = len(data) - 100  # inside the last tensor
+    return data[:i] + bytes([data[i] ^ 1]) + data[i + 1:]
+
+
+@pytest.mark.parametrize("damage", [lambda b: b[: len(b) // 2], lambda b: b"", flip_a_bit],
+                         ids=["truncated", "empty", "bit-flipped"])
+def test_a_damaged_checkpoint_is_one_error_naming_file_and_fix(smoke_run, tmp_path, capsys, damage):
+    meta = json.loads((smoke_run[0] / "runs" / "tiny" / "swat" / "checkpoint" / "meta.json").read_text())
+    assert set(meta["sha256"]) == {"model.safetensors", "trainer.pt"}
+    ckpt = damaged_copy(smoke_run, tmp_path, "model.safetensors", damage)
+    code = cli.main(["eval", "--checkpoint", str(ckpt), "--tasks", "smoke", "--results", str(tmp_path / "r")])
+    one_error_line(capsys.readouterr().err, f"{ckpt / 'model.safetensors'} is damaged", "--force", "--no-resume")
+    assert code == 2 and not (tmp_path / "r").exists()
+
+
+def test_resuming_from_a_damaged_trainer_state_is_one_error(smoke_run, tmp_path, capsys):
+    ckpt = damaged_copy(smoke_run, tmp_path, "trainer.pt", flip_a_bit)
+    code = cli.main(["train", "--model", "swat", "--device", "cpu", "--out", str(ckpt.parent),
+                     "--set", "train.tokens=2048"])  # one step more than the checkpoint: a resumption
+    one_error_line(capsys.readouterr().err, f"{ckpt / 'trainer.pt'} is damaged", "--no-resume")
+    assert code == 2
+
+
+def test_checkpoints_without_checksums_still_load_and_truncation_still_shows(smoke_run, tmp_path, capsys):
+    ckpt = damaged_copy(smoke_run, tmp_path, "meta.json", lambda b: json.dumps(
+        {k: v for k, v in json.loads(b).items() if k != "sha256"}).encode())  # as written before checksums
+    assert cli.main(["eval", "--checkpoint", str(ckpt), "--tasks", "smoke", "--limit", "1",
+                     "--results", str(tmp_path / "r")]) == 0
+    capsys.readouterr()
+    trainer = ckpt / "trainer.pt"
+    trainer.write_bytes(trainer.read_bytes()[:1000])
+    assert cli.main(["train", "--model", "swat", "--device", "cpu", "--out", str(ckpt.parent), *ONE_STEP,
+                     "--set", "train.tokens=2048"]) == 2
+    one_error_line(capsys.readouterr().err, f"{trainer} is damaged", "--no-resume")
+    weights = ckpt / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])
+    assert cli.main(["eval", "--checkpoint", str(ckpt), "--tasks", "smoke", "--results", str(tmp_path / "r2")]) == 2
+    one_error_line(capsys.readouterr().err, f"{weights} is damaged", "--force")
+
+
+# ---------------------------------------------------------------- plugins
+
+def write_plugin(path: Path, body: str) -> Path:
+    path.write_text(textwrap.dedent(body))
+    return path
+
+
+def test_a_plugin_may_not_replace_a_built_in_unless_it_says_so(tmp_path, capsys):
+    taken = write_plugin(tmp_path / "taken.py", """
+        import torch.nn as nn
+        from harness import register_model
+        @register_model("swat")
+        def build(cfg):
+            return nn.Linear(1, 1)
+    """)
+    assert cli.main(["list", "--plugin", str(taken)]) == 2
+    one_error_line(capsys.readouterr().err, "model 'swat' is already registered (by baselines.swat)",
+                   "override=True")
+    task = write_plugin(tmp_path / "task.py", """
+        from harness.registry import register_task
+        @register_task("smoke")
+        def run(model, tokenizer, ctx):
+            return []
+    """)
+    assert cli.main(["list", "--plugin", str(task)]) == 2
+    one_error_line(capsys.readouterr().err, "task 'smoke' is already registered", "register_task('smoke'")
+    from harness.registry import get_model, get_task
+    assert get_model("swat").build.__module__ == "baselines.swat" and get_task("smoke").run.__module__ == "tasks.smoke"
+    for name, override in (("first", ""), ("second", ", override=True")):  # a plugin that means it
+        write_plugin(tmp_path / f"{name}.py", f"""
+            import torch.nn as nn
+            from harness import register_model
+            @register_model("replaced_by_plugin", description="{name}"{override})
+            def build(cfg):
+                return nn.Linear(1, 1)
+        """)
+        assert cli.main(["list", "--plugin", str(tmp_path / f"{name}.py"), "--model", "replaced_by_plugin"]) == 0
+    assert get_model("replaced_by_plugin").description == "second"
+
+
+PLAIN_PLUGIN = """
+    import torch.nn as nn
+    from harness import register_model
+
+
+    class Bigram(nn.Module):
+        def __init__(self, cfg):
+            super().__init__()
+            self.embed = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
+            self.out = nn.Linear(cfg.hidden_size, cfg.vocab_size)
+
+        def forward(self, input_ids):
+            return self.out(self.embed(input_ids))
+
+
+    @register_model("bigram")
+    def build(cfg):
+        return Bigram(cfg)
+"""
+
+
+def test_a_plain_module_plugin_trains_and_runs_every_task(tmp_path, capsys, monkeypatch):
+    """The README's contract and nothing more: a builder returning a module input_ids -> logits."""
+    monkeypatch.setattr(ev, "require_data", mirror_with("piqa", "wikitext_2_v1"))
+    plugin = write_plugin(tmp_path / "bigram.py", PLAIN_PLUGIN)
+    tasks = "smoke,piqa,wikitext_2_v1,length,passkey,mqar,speed"
+    assert cli.main(["run", "--plugin", str(plugin), "--models", "bigram", "--tasks", tasks, "--limit", "1",
+                     "--device", "cpu", *ONE_STEP, *folders(tmp_path)]) == 0
+    out, err = capsys.readouterr()
+    rows = [json.loads(line) for line in (tmp_path / "results" / "tiny" / "rows.jsonl").read_text().splitlines()]
+    assert {r["task"] for r in rows} == {"smoke", "piqa", "wikitext_2_v1", "length", "passkey", "mqar", "speed_train"}
+    assert "bigram: decode and prefill not measured: the model has no prefill()/step()" in out
+    # the end of the run: each table its rows fill, then what no table has a column for
+    titles = ("**Language modeling", "**Perplexity vs evaluation length**", "**Retrieval accuracy",
+              "**Speed and memory", "**Other results**")
+    assert [out.index(t) for t in titles] == sorted(out.index(t) for t in titles)
+    assert "| bigram | tiny | 33,153 | wikitext_2_v1 | word_perplexity |" in out
+    assert "| bigram depth=0.5 |" in out and "| bigram kv=4 |" in out
+    assert "Traceback" not in err
+    from harness.registry import get_model
+    assert get_model("bigram").family == "custom"
+    assert cli.main(["list", "--plugin", str(plugin), "--model", "bigram"]) == 0
+    assert "params (tiny):  33,153" in capsys.readouterr().out
+    from harness.data import ByteTokenizer
+    from harness.models import build_model
+    lm = ev.HarnessLM(model=build_model("bigram", load_config("tiny").model), tokenizer=ByteTokenizer(),
+                      device="cpu", max_length=64)
+    with pytest.raises(ConfigError, match=r"^Bigram has no prefill\(\)/step\(\) \(a decode state\)[^\n]*$"):
+        lm.generate_until([type("Request", (), {"args": ("Q:", {"until": ["\n"]})})()])
+
+
+# ---------------------------------------------------------------- task groups and missing data
+
+def test_a_group_runs_what_has_data_and_warns_once(tmp_path, capfd, monkeypatch):
+    monkeypatch.setattr(ev, "require_data", mirror_with("piqa", "wikitext_2_v1"))  # as the plugin test's
+    monkeypatch.chdir(tmp_path)  # outside a git checkout, as an installed package runs
+    argv = ["run", "--models", "swat", "--tasks", "commonsense", "--limit", "2", "--device", "cpu", *ONE_STEP,
+            *folders(tmp_path)]
+    assert cli.main(argv) == 0
+    out, err = capfd.readouterr()
+    warnings = [line for line in (out + err).splitlines() if line.startswith("warning:")]
+    assert len(warnings) == 1 and "skipped lambada_openai, hellaswag, winogrande" in warnings[0]
+    assert "harness data fetch lambada_openai hellaswag winogrande" in warnings[0]
+    rows = [json.loads(line) for line in (tmp_path / "results" / "tiny" / "rows.jsonl").read_text().splitlines()]
+    assert {r["task"] for r in rows} == {"piqa"}
+    # lm-eval's bars and its `git describe` stay quiet; the rows still name what produced them
+    assert "fatal:" not in out + err and "it/s]" not in out + err
+    assert rows[0]["commit"]
+    # the end of the run: the paper's main table with the column measured, not a dump of rows
+    assert "| Model | Params | Tokens | PIQA acc |" in out
+
+
+@pytest.mark.parametrize("tasks, extra, message", [
+    ("hellaswag", [], "dataset hellaswag is not in the mirror"),  # named: its data must be there
+    ("hellaswag,social_iqa", ["--skip-missing"], "no task left to run: the data of hellaswag, social_iqa"),
+    ("commonsense", [], "no task left to run"),
+])
+def test_missing_data_with_nothing_left_is_an_error_and_writes_nothing(tmp_path, capsys, monkeypatch, tasks,
+                                                                       extra, message):
+    monkeypatch.setattr(ev, "require_data", mirror_with())
+    assert cli.main(["run", "--models", "swat", "--tasks", tasks, *extra, *folders(tmp_path)]) == 2
+    one_error_line(capsys.readouterr().err, message, "harness data fetch")
+    assert not (tmp_path / "results").exists()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--models", "gla"], "gla runs only on a CUDA GPU"),
+    (["--models", "swat", "--set", "train.fused_ce=true"], "train.fused_ce needs a CUDA GPU"),
+    (["--models", "swat", "--set", "model.vocab_size=100"], "set model.vocab_size=257"),
+    (["--models", "swat", "--set", "train.micro_batch=3"], "train.micro_batch=3 must divide"),
+    (["--models", "swat,swatt"], "Did you mean 'swat'"),
+])
+def test_a_run_that_fails_its_checks_leaves_nothing_behind(tmp_path, capsys, args, message):
+    assert cli.main(["run", *args, "--device", "cpu", *folders(tmp_path)]) == 2
+    one_error_line(capsys.readouterr().err, message)
+    assert not (tmp_path / "results").exists() and not (tmp_path / "runs").exists()
+
+
+# ---------------------------------------------------------------- what a run shows
+
+def test_the_first_command_ends_with_the_main_table_and_tables_shows_it(smoke_run, capsys):
+    folder, out = smoke_run
+    assert "| Model | Params | Tokens | Held-out loss↓ | Held-out ppl↓ |" in out
+    assert "┃ model ┃" not in out  # the old raw dump of rows
+    assert cli.main(["tables", "--run", "tiny", "--results", str(folder / "results")]) == 0
+    body = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| swat |")]
+    assert len(body) == 1 and body[0].split(" | ")[3:5] != ["", ""]
+
+
+def test_the_training_bar_shows_the_mean_rate_and_a_resumption_says_so(smoke_run, tmp_path, capsys):
+    bar = cli.StepProgress("train m")
+    for step, seconds, last_rate in ((3, 1.0, 1024.0), (4, 1.5, 2048.0)):  # a resumed run's 1st and 2nd step
+        bar({"step": step, "steps": 4, "start_step": 2, "tokens": step * 1024, "seconds": seconds, "loss": 2.0,
+             "lr": 1e-3, "tokens_per_s": last_rate})
+    out = capsys.readouterr().out
+    assert "train m: resumed from its checkpoint at step 2 of 4" in out
+    assert "1,365 tok/s" in out  # 2 steps x 1024 tokens in 1.5 s, not the last step's 2,048
+    assert "resumed" not in smoke_run[1]  # a fresh run says nothing of the kind
+    shutil.copytree(smoke_run[0] / "runs" / "tiny" / "swat", tmp_path / "swat")
+    assert cli.main(["train", "--model", "swat", "--device", "cpu", "--out", str(tmp_path / "swat"), *ONE_STEP,
+                     "--set", "train.tokens=2048"]) == 0  # the budget raised by a step: training goes on
+    assert "train swat: resumed from its checkpoint at step 1 of 2" in capsys.readouterr().out
+
+
+def test_harness_list_fits_80_columns_with_a_count_for_every_model(capsys, monkeypatch):
+    import baselines.fla_common as common
+    from harness.registry import models
+    monkeypatch.setattr(cli.console, "width", 80)
+    real = common.importlib.import_module
+    monkeypatch.setattr(common.importlib, "import_module",  # fla not installed: its models cannot be built
+                        lambda name, *a: (_ for _ in ()).throw(ImportError(name)) if name.startswith("fla")
+                        else real(name, *a))
+    assert cli.main(["list"]) == 0
+    out = capsys.readouterr().out
+    assert max(len(line) for line in out.splitlines()) <= 80
+    for name, spec in models().items():
+        line = next(ln for ln in out.splitlines() if ln.startswith(f"│ {name} "))
+        assert re.fullmatch(r"≈?[0-9,]+", line.split("│")[3].strip()), line  # a count on every model's line
+        if spec.extra == "fla":
+            assert "≈123,264" in line
+    assert "≈: its extra is not installed here" in out
+    assert cli.main(["list", "--model", "swat"]) == 0
+    assert "description:    sliding-window sigmoid attention + balanced ALiBi + RoPE" in capsys.readouterr().out
+
+
+# ---------------------------------------------------------------- fuzz: random values over every key
+
+NASTY = ["-1", "0", "1", "2", "-0.5", "0.5", "1e-30", "1e30", "1" + "0" * 40, "9" * 400, "nan", ".inf", "-.inf",
+         "abc", "", "null", "true", "[]", "[1, 2]", "[0.9, 0.95]", "{a: 1}", "{", "1.5", "3e2", "64", "balanced"]
+
+
+def test_fuzzed_overrides_give_a_config_or_one_error_line():
+    """200 random `--set` values over every key: a valid config, or a ConfigError of one line
+    naming the key; nothing else escapes (a traceback in the CLI)."""
+    keys = [f"model.{f.name}" for f in fields(ModelConfig)] + [f"train.{f.name}" for f in fields(TrainConfig)]
+    rng = random.Random(22)
+    outcomes = set()
+    for _ in range(200):
+        picked = rng.sample(keys, rng.randint(1, 3))
+        overrides = [f"{key}={rng.choice(NASTY)}" for key in picked]
+        try:
+            load_config("tiny", None, overrides)
+            outcomes.add("valid")
+        except ConfigError as err:
+            assert "\n" not in str(err) and any(key in str(err) for key in picked), (overrides, err)
+            outcomes.add("error")
+    assert outcomes == {"valid", "error"}
+
+
+@pytest.mark.parametrize("model, overrides, message", [
+    ("swat", ["train.grad_clip=1e-30", "train.min_lr_ratio=0", "train.weight_decay=0", "train.betas=[0, 0.5]",
+              "model.sigmoid_bias=-30", "model.window=1000000", "model.rope_theta=1e30", "model.norm_eps=1e-30"],
+     None),
+    ("mamba", ["train.lr=1e30", "train.warmup_tokens=0"], "held-out loss is nan after step 1; lower train.lr"),
+    ("swat", ["model.vocab_size=100000000000"], "out of memory"),  # valid, but no machine holds it
+])
+def test_fuzzed_edge_values_train_or_stop_in_one_line(tmp_path, capsys, model, overrides, message):
+    """Values at the edges of their ranges train; one that diverges stops in one line, not with a
+    checkpoint of NaN weights."""
+    code = cli.main(["train", "--model", model, "--device", "cpu", "--out", str(tmp_path / "m"), *ONE_STEP,
+                     *(a for o in overrides for a in ("--set", o))])
+    err = capsys.readouterr().err
+    if message is None:
+        assert code == 0 and "error" not in err, err
+    else:
+        one_error_line(err, message)
+        assert code == 2

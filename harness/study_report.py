@@ -120,22 +120,32 @@ def lr_sweep_plot(res: Results, out: Path) -> list[Path]:
     if not sizes:
         return []
     plt = pyplot()
-    fig, axes = plt.subplots(1, len(sizes), figsize=(6 * len(sizes), 4.5), squeeze=False)
-    lines = []
+    fig, axes = plt.subplots(1, len(sizes), figsize=(6 * len(sizes), 4.5), squeeze=False, sharex=True)
+    lines, handles = [], {}
     for ax, size in zip(axes[0], sizes):
         for model in study.models:
             got = losses.get((model, size), {})
             if got:
                 xs = sorted(got)
-                ax.plot(xs, [got[x] for x in xs], marker="o", label=model)
+                handles[model], = ax.plot(xs, [got[x] for x in xs], label=model, **model_style(study, model))
                 lines += [[size, model, x, got[x]] for x in xs]
         ax.set_xscale("log")
+        ax.set_xlim(min(study.lrs) / 1.3, max(study.lrs) * 1.3)
         ax.set_xlabel("peak learning rate")
         ax.set_ylabel("held-out loss (nats/token)")
         ax.set_title(f"{size}: {human(study.budgets[size]['budget_params'])} non-embedding params")
         ax.grid(alpha=0.3)
-    axes[0][-1].legend(fontsize=8, loc="center left", bbox_to_anchor=(1, 0.5))
+    fig.legend([handles[m] for m in study.models if m in handles], [m for m in study.models if m in handles],
+               fontsize=8, loc="center left", bbox_to_anchor=(1.0, 0.5))
+    fig.tight_layout()
     return _write_plot(fig, out, "lr_sweep", ["size", "model", "lr", "heldout_loss"], lines)
+
+
+def model_style(study, model: str) -> dict:
+    """One colour and marker per model of the study, the same in every panel and plot."""
+    from harness.plots import pyplot
+    i = (study.models + study.references).index(model)
+    return {"color": pyplot().cm.tab20(i % 20), "marker": "osD^v<>ph*"[i % 10], "markersize": 5}
 
 
 # ---------------------------------------------------------------- the main table
@@ -361,10 +371,11 @@ def scaling_plot(res: Results, fits: dict, out: Path, axis: str) -> list[Path]:
         fit = fits.get(model, {}).get(axis)
         label = model if fit is None else f"{model} (b = {fit['b']:.3f}" + (
             f" ± {fit['b_se']:.3f})" if fit["b_se"] is not None else ")")
-        line, = ax.plot(xs, ys, marker="o", linestyle="none", label=label)
+        style = model_style(res.study, model)
+        ax.plot(xs, ys, linestyle="none", label=label, **style)
         if fit is not None:
             grid = [min(xs) * (max(xs) / min(xs)) ** (k / 20) for k in range(21)]
-            ax.plot(grid, [fit["A"] * g ** fit["b"] for g in grid], color=line.get_color(), alpha=0.7)
+            ax.plot(grid, [fit["A"] * g ** fit["b"] for g in grid], color=style["color"], alpha=0.7)
         lines += [[model, x, y] for x, y in pts]
     ax.set_xscale("log")
     ax.set_yscale("log")

@@ -295,7 +295,7 @@ def cmd_study(args) -> None:
         return
     bar = {}
 
-    def on_step(info):  # one bar per run, in the order they train
+    def on_step(info):  # one bar per run, in the order they train (on_step is rank 0's alone)
         if "current" not in bar or bar["current"].task is None:
             bar["current"] = StepProgress(f"train {info.get('model', '')}".strip())
         bar["current"](info)
@@ -307,6 +307,9 @@ def cmd_study(args) -> None:
                                                                      highlight=False), plugins=tuple(args.plugin))
     if "current" in bar:
         bar["current"].close()
+    from harness.distributed import is_main_process
+    if not is_main_process():  # rank 0 of a torchrun job reports
+        return
     console.print(f"study {study.name}: {counts['done']} runs done, {counts['stopped']} stopped (resumable), "
                   f"{counts['failed']} failed, {counts['waiting']} waiting for their learning rate; tables and plots "
                   f"in {out} ({time.time() - t0:.0f}s)", highlight=False)

@@ -421,7 +421,7 @@ def run_study(study: Study, results: Path, runs: Path, device: str, jobs: int = 
         if main:
             write_record(study, results, choose_lrs(rows, study))
         left = [u for u in defined if pending_tasks(u, rows)]
-        if progress and left:
+        if progress and left and main:
             progress(len(defined) - len(left), len(defined), "")
         tuned = {(r.model, r.preset) for r in rows}
         busy = {tuple(key.split("/")[:2]) for key in running}

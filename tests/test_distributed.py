@@ -136,6 +136,24 @@ def test_harness_run_under_torchrun_trains_with_ddp_and_evaluates_data_parallel(
     assert_same_rows(tmp_path / "one" / "r", tmp_path / "two" / "r", {"smoke", "arc_easy", "mqar"}, rel=1e-4)
 
 
+def test_harness_study_under_torchrun_trains_each_run_on_every_rank(tmp_path):
+    """`torchrun -m harness study`: the runs go one after another, each trained by both ranks
+    (DDP); rank 0 writes the rows one process writes, up to the all-reduce's summation order."""
+    import yaml
+    study = yaml.safe_load((Path(__file__).parent / "fixtures" / "study" / "tiny.yaml").read_text())
+    study.update(models=["swat"], sweep={"sizes": ["a"], "lrs": [3e-3], "tasks": ["smoke"]},
+                 final={"sizes": ["a"], "tasks": ["smoke"]})
+    path = tmp_path / "study.yaml"
+    path.write_text(yaml.safe_dump(study))
+    for name, nproc in (("one", None), ("two", 2)):
+        proc = harness(["study", str(path), "--device", "cpu", "--results", str(tmp_path / name),
+                        "--runs", str(tmp_path / f"runs-{name}")], nproc)
+    assert proc.stdout.count("study tiny-study: 1 runs done") == 1
+    meta = tmp_path / "runs-two" / "tiny-study" / "a" / "swat" / "lr0.003-seed0" / CHECKPOINT_DIR / "meta.json"
+    assert json.loads(meta.read_text())["world_size"] == 2
+    assert_same_rows(tmp_path / "one" / "tiny-study", tmp_path / "two" / "tiny-study", {"smoke"}, rel=1e-4)
+
+
 def assert_same_rows(one_dir, two_dir, tasks, rel):
     """The rows of a one-process run and a 2-rank run match, row for row."""
     measured = {"value", "stderr", "eval_seconds", "world_size", "date", "command", "checkpoint"}

@@ -89,6 +89,21 @@ def test_log_plot_and_meta(straight):
     assert torch.equal(model.embed.weight, result.model.embed.weight)
 
 
+def test_a_stop_request_checkpoints_and_resumes_bit_for_bit(straight, tmp_path):
+    """should_stop (a study's time limit): the step in hand is checkpointed, then TrainingStopped."""
+    run_dir, _ = straight
+    steps = []
+
+    def stop_at_three():
+        steps.append(len(steps) + 1)
+        return len(steps) == 3
+    with pytest.raises(train_mod.TrainingStopped, match="stopped at step 3 of 8"):
+        train("swat", short_cfg(), tmp_path, "cpu", should_stop=stop_at_three)
+    assert json.loads((tmp_path / CHECKPOINT_DIR / "meta.json").read_text())["step"] == 3
+    train("swat", short_cfg(), tmp_path, "cpu")
+    assert_same_weights(run_dir, tmp_path)
+
+
 def test_seeds_share_the_heldout_split_and_vary_the_data_order(straight):
     """train.seed varies initialisation and the order sequences are visited in, never which
     documents are held out: one fixed model scores the same held-out loss under either seed."""

@@ -396,15 +396,18 @@ def _write_documents(tokens: np.ndarray, offsets: np.ndarray, lengths: np.ndarra
     return np.concatenate([[0], np.cumsum(lengths[ids])[:-1]]).astype(np.int64) if len(ids) else np.zeros(0, np.int64)
 
 
+def file_sha256(path: Path) -> str:
+    """sha256 of a file, read in 16 MiB blocks (corpora and checkpoints need not fit in memory)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 24), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def _files_key(files: list[Path]) -> list:
     """Content digests of the corpus files: the cache survives copies (new mtimes) of the same data."""
-    def digest(path: Path) -> str:
-        h = hashlib.sha256()
-        with open(path, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                h.update(block)
-        return h.hexdigest()
-    return [[f.name, digest(f)] for f in files]
+    return [[f.name, file_sha256(f)] for f in files]
 
 
 SPLIT_RULE = "per-source-smallest-sha256"  # part of the cache key: a new rule makes new streams

@@ -28,7 +28,6 @@ previous checkpoint whole (a half-finished swap is repaired at the next start).
 from __future__ import annotations
 
 import functools
-import hashlib
 import json
 import math
 import os
@@ -45,7 +44,7 @@ import torch.nn.functional as F
 from harness import distributed
 from harness.backbone import DecoderLM, count_params
 from harness.config import Config, ConfigError
-from harness.data import TokenStream, cu_seqlens_for, get_tokenizer, prepare_streams
+from harness.data import TokenStream, cu_seqlens_for, file_sha256, get_tokenizer, prepare_streams
 from harness.distributed import Dist
 from harness.flops import flops_per_token, measure_matmul_peak
 from harness.models import build_model
@@ -220,14 +219,6 @@ def _fsync_dir(folder: Path) -> None:
     for path in folder.iterdir():
         with open(path, "rb") as f:
             os.fsync(f.fileno())
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 24), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 DAMAGED_FIX = "retrain it: `harness run ... --force`, or `harness train ... --no-resume`"

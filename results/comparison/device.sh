@@ -18,38 +18,9 @@
 # Everything installed or written stays under .gpu/ (git-ignored); $OUT gets the logs and one tarball
 # of results/ rows plus the training logs, and the autotuning results to carry next time.
 set -u
-OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
-G=$PWD/.gpu; mkdir -p "$G/site" "$G/triton"
-export PYTHONPATH=$G/site PYTHONUNBUFFERED=1 TRITON_CACHE_DIR=$G/triton HARNESS_CACHE=$G/hc \
-       HF_DATASETS_OFFLINE=1 HF_HUB_OFFLINE=1
-# pass HARNESS_COMMIT=<the commit sent>: the device copy's git HEAD can be stale, and rows record it
-[ -n "${HARNESS_COMMIT:-}" ] && export HARNESS_COMMIT
-LOG=$OUT/log.txt
-say() { echo "[$(date -u +%T)] $*" | tee -a "$LOG"; }
-[ -d .gpu-carry/triton ] && cp -rn .gpu-carry/triton/. "$G/triton/"
+. results/device-setup.sh
 # start from the committed rows, so that (model, task) pairs and speed sweeps already measured are not run again
 mkdir -p "$G/results" && cp -rn results/comparison results/speed results/distributed results/kernels "$G/results/" 2>/dev/null
-if [ ! -f "$G/site/.wheels" ]; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --target "$G/site" .whl/fla_core-*.whl \
-    .whl/flash_linear_attention-*.whl .whl/lm_eval-*.whl .whl/datasets-*.whl .whl/dill-*.whl \
-    .whl/multiprocess-*.whl .whl/sqlitedict-*.whl && touch "$G/site/.wheels" || exit 1
-fi
-# mamba-ssm with its CUDA kernels, sm_90 only (setup.py patched in the carried source), in the background
-if ! ls "$G"/site/selective_scan_cuda*.so >/dev/null 2>&1; then
-  ( t0=$(date +%s); rm -rf "$G/mamba"; mkdir -p "$G/mamba" && tar xzf .whl/mamba_ssm-*-sm90-src.tar.gz -C "$G/mamba" &&
-    cd "$G"/mamba/mamba_ssm-* && MAMBA_FORCE_BUILD=TRUE MAX_JOBS=10 python3 -m pip wheel -q --no-build-isolation \
-      --no-deps -w "$G/mamba/wheel" . && python3 -m pip install -q --no-index --no-deps --no-compile \
-      --target "$G/site" "$G"/mamba/wheel/mamba_ssm-*.whl && echo "mamba-ssm CUDA build: $(( $(date +%s) - t0 )) s";
-    touch "$G/mamba.done" ) > "$OUT/mamba_build.log" 2>&1 &
-else
-  touch "$G/mamba.done"
-fi
-wait_mamba() {
-  [ -f "$G/mamba.done" ] || say "waiting for the mamba-ssm build"
-  while [ ! -f "$G/mamba.done" ]; do sleep 5; done
-}
-say "$(nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader)"
-say "$(python3 -c 'import torch,triton;print("torch",torch.__version__,"triton",triton.__version__)')"
 
 # the small-preset comparison budget: 16.8M tokens (256 steps of 65,536), warm-up 2.1M tokens
 SMALL="--preset small --set train.tokens=16777216 --set train.batch_tokens=65536 --set train.warmup_tokens=2097152"

@@ -10,33 +10,10 @@
 # on a fresh machine it starts from the committed rows. $OUT gets the log, the study's results
 # folder (rows, training logs, tables) as results.tgz, and the autotuning results to carry next time.
 set -u
-OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
-G=$PWD/.gpu; mkdir -p "$G/site" "$G/triton"
-export PYTHONPATH=$G/site PYTHONUNBUFFERED=1 TRITON_CACHE_DIR=$G/triton HARNESS_CACHE=$G/hc \
-       HF_DATASETS_OFFLINE=1 HF_HUB_OFFLINE=1
-[ -n "${HARNESS_COMMIT:-}" ] && export HARNESS_COMMIT
-LOG=$OUT/log.txt
-say() { echo "[$(date -u +%T)] $*" | tee -a "$LOG"; }
 T0=$(date +%s)
 left() { echo $(( ${BUDGET_S:-520} - ($(date +%s) - T0) )); }
-[ -d .gpu-carry/triton ] && cp -rn .gpu-carry/triton/. "$G/triton/"
+MAMBA_JOBS=${MAMBA_JOBS:-6} . results/device-setup.sh
 mkdir -p "$G/results" && cp -rn results/scaling "$G/results/" 2>/dev/null
-if [ ! -f "$G/site/.wheels" ]; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --target "$G/site" .whl/fla_core-*.whl \
-    .whl/flash_linear_attention-*.whl .whl/lm_eval-*.whl .whl/datasets-*.whl .whl/dill-*.whl \
-    .whl/multiprocess-*.whl .whl/sqlitedict-*.whl && touch "$G/site/.wheels" || exit 1
-fi
-if ! ls "$G"/site/selective_scan_cuda*.so >/dev/null 2>&1; then
-  ( t0=$(date +%s); rm -rf "$G/mamba"; mkdir -p "$G/mamba" && tar xzf .whl/mamba_ssm-*-sm90-src.tar.gz -C "$G/mamba" &&
-    cd "$G"/mamba/mamba_ssm-* && MAMBA_FORCE_BUILD=TRUE MAX_JOBS=${MAMBA_JOBS:-6} python3 -m pip wheel -q \
-      --no-build-isolation --no-deps -w "$G/mamba/wheel" . && python3 -m pip install -q --no-index --no-deps \
-      --no-compile --target "$G/site" "$G"/mamba/wheel/mamba_ssm-*.whl && echo "mamba-ssm CUDA build: $(( $(date +%s) - t0 )) s";
-    touch "$G/mamba.done" ) > "$OUT/mamba_build.log" 2>&1 &
-else
-  touch "$G/mamba.done"
-fi
-say "$(nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader)"
-say "$(python3 -c 'import torch,triton;print("torch",torch.__version__,"triton",triton.__version__)')"
 STUDY="python3 -m harness study results/scaling/study.yaml --results $G/results --runs $G/runs --device cuda"
 MAMBA=mamba,mamba2
 OTHERS=$(python3 -c "import yaml; s = yaml.safe_load(open('results/scaling/study.yaml'))

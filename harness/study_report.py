@@ -200,8 +200,10 @@ def main_table(res: Results) -> Table:
             nonemb = next((r.extra.get("non_embedding_params") for r in res.rows
                            if (r.model, r.preset) == (model, size) and r.extra.get("non_embedding_params")), None)
             lr = res.final_lr(model, size)
+            edge = res.lrs.get(model, {}).get(size, {}).get("edge")
             line = [text_cell(model), text_cell(human(nonemb) if model not in study.references else "counts"),
-                    text_cell(f"{study.tokens_per_param:g}"), text_cell("" if lr is None else f"{lr:g}")]
+                    text_cell(f"{study.tokens_per_param:g}"),
+                    text_cell("" if lr is None else f"{lr:g}" + (" (grid edge)" if edge else ""))]
             for key, cell in [(("smoke", "loss"), _mean_cell(loss, 4))] + [
                     ((t, m), _mean_cell(res.values(model, size, t, m), 2)) for t, m, _ in ppl]:
                 ref = bigram.get(key)
@@ -229,6 +231,9 @@ def main_table(res: Results) -> Table:
                        "do not compete).")
     if below_bigram:
         table.notes.append("‡ not better than the interpolated Kneser-Ney bigram counted on the same training tokens.")
+    if any(c.value is None and c.text is None for _, lines in table.groups for ln in lines[:-1] for c in ln):
+        table.notes.append("Blank: not measured yet (status.md lists what is left); `grid edge`: the best learning "
+                           "rate is the sweep's smallest or largest.")
     return table
 
 

@@ -99,7 +99,7 @@ def chunk_bwd_dqkwg_torch(q, k, v, do, h, dh, w=None, g=None, g_gamma=None, dv=N
     in fp32, as fla's wrapper returns them (dq, dk summed over each key head's value heads, dg
     summed over its K blocks). Computed in fp32, autocast off."""
     B, T, H, K = k.shape
-    HV, V = v.shape[2], v.shape[-1]
+    HV = v.shape[2]
     G, BT = HV // H, chunk_size
     scale = K ** -0.5 if scale is None else scale
     with torch.autocast(q.device.type, enabled=False):

@@ -18,7 +18,9 @@ sequence is constant in its length); the full core keeps transformers' growing `
 are layers of `SwatHarnessCache`, a transformers `Cache`. `generate()` is transformers' own: it
 creates an empty `DynamicCache`, which `forward` replaces by a `SwatHarnessCache` (any empty cache
 of another class is replaced) and returns as `cache`, which generate hands back at every step. So
-neither `generate` nor `prepare_inputs_for_generation` is overridden.
+neither `generate` nor `prepare_inputs_for_generation` is overridden. (generate builds its cache's
+layers from `config.layer_types`, whose values transformers checks against its own list, so a ring
+buffer cannot be asked for there.)
 
 `attention_mask` (1 for tokens, 0 for padding, over every position so far, as generate passes it)
 masks padded keys: a left-padded batch gives each row what it gives alone.

@@ -448,6 +448,14 @@ def cmd_eval(args) -> None:
     console.print(f"wrote {Path(args.results) / run_name}/rows.jsonl and table.md in {time.time() - t0:.1f}s")
 
 
+def cmd_export(args) -> None:
+    """A checkpoint as a Hugging Face model folder (transformers, lm-eval --model hf; no harness needed)."""
+    from harness.export import export
+    out = export(Path(args.checkpoint), Path(args.out), args.max_shard_size, args.push_to_hub,
+                 [Path(p) for p in args.rows], args.force, log=say)
+    say(f"wrote {out}: load it with AutoModelForCausalLM.from_pretrained({str(out)!r}, trust_remote_code=True)")
+
+
 def cmd_data(args) -> None:
     from harness.mirror import run_command
     run_command(args, console)
@@ -519,6 +527,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bootstrap-iters", type=int_from(0), default=1000, help="bootstrap resamples for stderr")
     add_plugin_arg(p)
     p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("export", help="write a checkpoint as a Hugging Face model folder that transformers and "
+                       "`lm_eval --model hf` load without the harness (attention models)")
+    p.add_argument("--checkpoint", required=True, metavar="DIR", help="a checkpoint folder written by `harness train`")
+    p.add_argument("--out", required=True, metavar="HF_DIR", help="the folder to write")
+    p.add_argument("--max-shard-size", default="2GB", metavar="SIZE",
+                   help="largest weights file, e.g. 500MB; larger models are sharded (default 2GB)")
+    p.add_argument("--rows", action="append", default=[], metavar="ROWS.jsonl",
+                   help="evaluation rows for the model card (default: results/<run>/rows.jsonl, if there)")
+    p.add_argument("--push-to-hub", metavar="REPO", help="also upload the folder to this Hugging Face hub repo")
+    p.add_argument("--force", action="store_true", help="replace HF_DIR when it exists and is not empty")
+    p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("tables", help="the paper's tables from stored rows (md, LaTeX, CSV), with reference "
                        "rows and plots")
@@ -626,12 +646,13 @@ class RunFailed(RuntimeError):
 def expected_errors() -> tuple:
     from harness.config import ConfigError
     from harness.data import DataError
+    from harness.export import ExportError
     from harness.registry import RegistryError
     from harness.runner import RunError
     from harness.results import ResultsError
     from harness.train import TrainingError
-    return (ConfigError, DataError, RegistryError, RunError, TrainingError, ResultsError, FileNotFoundError,
-            RunFailed)
+    return (ConfigError, DataError, RegistryError, RunError, TrainingError, ResultsError, ExportError,
+            FileNotFoundError, RunFailed)
 
 
 def main(argv: list[str] | None = None) -> int:

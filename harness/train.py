@@ -16,9 +16,9 @@ Parallelism (harness.distributed): torchrun + DDP or FSDP2, the same loop at wor
 
 Checkpoints (<run>/checkpoint/): model.safetensors (full weights), trainer.pt (full optimizer
 state keyed by parameter name, step, data position, each rank's RNG state; the LR schedule is a
-function of the step, so the step is its whole state), meta.json (model, config, progress, and the
-sha256 of the other two files, checked before they are read: a truncated or corrupted file stops
-with one line naming it, never a half-read model). Full state dicts are gathered on rank 0 and written there, rather than sharded
+function of the step, so the step is its whole state), meta.json (model, config, progress, the
+harness commit, and the sha256 of the other two files, checked before they are read: a truncated
+or corrupted file stops with one line naming it, never a half-read model). Full state dicts are gathered on rank 0 and written there, rather than sharded
 torch.distributed.checkpoint files: the 340m/760m states fit one host's memory, and the result is
 one file that any world size, a single process or `load_checkpoint` reads. A checkpoint is written
 into a temporary folder and swapped in by rename, so an interruption at any moment leaves the
@@ -478,8 +478,8 @@ def train(model_name: str, cfg: Config, run_dir: Path, device: str | None = None
         if not resume:
             shutil.rmtree(ckpt, ignore_errors=True)
     d.barrier()
-    meta = {"model": model_name, "config": cfg.to_dict(), "params": params, "world_size": d.world_size,
-            "parallel": parallel, "flops_per_token": flops.as_dict()}
+    meta = {"model": model_name, "config": cfg.to_dict(), "commit": git_commit(), "params": params,
+            "world_size": d.world_size, "parallel": parallel, "flops_per_token": flops.as_dict()}
     start_step, position = 0, 0
     if (ckpt / TRAINER_FILE).is_file():
         saved_meta = read_meta(ckpt)
@@ -499,7 +499,7 @@ def train(model_name: str, cfg: Config, run_dir: Path, device: str | None = None
 
     if d.device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(d.device)
-    header = {"run": f"{model_name}-{cfg.preset}", "command": command_line(), "commit": git_commit(),
+    header = {"run": f"{model_name}-{cfg.preset}", "command": command_line(), "commit": meta["commit"],
               "device": device_name(str(d.device)), "date": now(), "world_size": d.world_size}
     log = TrainLog(run_dir, start_step, tuple(loggers), cfg.to_dict(), header["run"], header) if d.is_main else None
     step_tokens = seqs_per_step * tcfg.seq_len
@@ -628,9 +628,9 @@ def fit_by_counting(model, model_name: str, cfg: Config, run_dir: Path, train_st
         train_loss = float(model(inputs, targets=targets))
     held = heldout_score(model, held_stream, tcfg.seq_len, tcfg.eval_tokens, micro, d.device, autocast, d).loss
     tokens = tcfg.steps * seqs_per_step * tcfg.seq_len
-    meta = {"model": model_name, "config": cfg.to_dict(), "params": model.num_counts(), "world_size": 1,
-            "parallel": None, "flops_per_token": None, "step": tcfg.steps, "tokens": tokens, "heldout_loss": held,
-            "train_loss": train_loss, "tokens_per_s": None, "mfu": None, "peak_flops": None, "peak_mem_gib": None,
-            "peak_mem_gib_per_rank": [None]}
+    meta = {"model": model_name, "config": cfg.to_dict(), "commit": git_commit(), "params": model.num_counts(),
+            "world_size": 1, "parallel": None, "flops_per_token": None, "step": tcfg.steps, "tokens": tokens,
+            "heldout_loss": held, "train_loss": train_loss, "tokens_per_s": None, "mfu": None, "peak_flops": None,
+            "peak_mem_gib": None, "peak_mem_gib_per_rank": [None]}
     path = save_checkpoint(run_dir, model, None, meta, {"step": tcfg.steps, "position": position}, d)
     return TrainResult(model, tcfg.steps, tokens, train_loss, held, meta["params"], time.time() - t0, path)

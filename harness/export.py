@@ -1,0 +1,344 @@
+"""`harness export`: a checkpoint as a Hugging Face model folder that transformers and lm-eval load
+with no harness installed.
+
+    config.json                      SwatHarnessConfig (model_type swat_harness, auto_map)
+    model.safetensors                the weights (model-0000N-of-0000M.safetensors + index above
+                                     --max-shard-size), written by transformers' save_pretrained
+    configuration_swat_harness.py    the modelling code (harness/hf/), plain PyTorch,
+    modeling_swat_harness.py         loaded with trust_remote_code=True
+    generation_config.json
+    tokenizer.json, tokenizer_config.json
+    README.md                        the model card: data, tokens, recipe, commit, evaluation rows
+
+The built-in attention models export (EXPORTABLE). The weights are the harness's under Llama-style
+names, with the fused projections split (kv_proj into k_proj and v_proj, the SwiGLU's gate_up into
+gate_proj and up_proj). The others stop with one line saying why: the fla-based models (gla,
+retnet, hgrn2, deltanet, gated_deltanet) run only on CUDA, so a mapping onto fla's Hugging Face
+classes cannot be tested on a CPU; the Hugging Face Mamba classes (transformers', mamba-ssm's)
+derive the inner width as expand x hidden_size, which the harness's parameter-matched d_inner of
+mamba and mamba2 need not be; count-based models (unigram, bigram) are no network; plugins are
+not the harness's to describe.
+
+Tokenizer: the run's tokenizer.json with its post-processor removed (the harness never adds a
+BOS or other template tokens, and lm-eval's HF model encodes with the tokenizer's defaults) and no
+BOS token declared (lm-eval then prefixes an empty context with EOS, as the harness does); the
+tiny preset's `bytes` tokenizer becomes an equivalent byte-level `tokenizers` BPE with no merges
+(byte b is id b, `<|endoftext|>` is 256), so AutoTokenizer gives the harness's ids.
+
+The folder is written into a temporary sibling and renamed into place, so an error leaves nothing
+at --out; --push-to-hub uploads it before the rename and checks the hub first.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from harness.config import ConfigError
+from harness.data import HUB_CORPORA, ByteTokenizer, get_tokenizer
+from harness.results import Row, read_rows
+
+EXPORTABLE = ("swat", "swat_official", "swat_logw", "swat_onorm", "sliding_softmax", "transformer")
+SHARD_SIZE = re.compile(r"[1-9][0-9]*(KB|MB|GB|KIB|MIB|GIB)", re.IGNORECASE)
+BYTE_EOS = "<|endoftext|>"
+
+
+class ExportError(RuntimeError):
+    """A checkpoint cannot be exported as asked; the message says why and what to do."""
+
+
+def check_exportable(name: str) -> None:
+    """Raise ExportError unless `name` is one of the built-in attention models."""
+    from harness.registry import RegistryError, get_model
+    try:
+        spec = get_model(name)
+    except RegistryError:
+        spec = None
+    only = f"only the attention models ({', '.join(EXPORTABLE)}) export to Hugging Face today"
+    if spec is None or not spec.build.__module__.startswith("baselines."):
+        raise ExportError(f"{name} is not a built-in model of the harness (a plugin's); {only}")
+    if spec.family == "n-gram":
+        raise ExportError(f"{name} is a count-based reference model (n-gram counts, not a network); {only}")
+    if name not in EXPORTABLE:
+        why = ("its layers run on fla's CUDA kernels only, so a mapping onto fla's Hugging Face classes cannot be "
+               "tested on a CPU" if spec.gpu_only else
+               "the Hugging Face Mamba classes derive the inner width from expand x hidden_size, while the harness "
+               "solves model.d_inner for the parameter budget, so there is no exact mapping yet")
+        raise ExportError(f"{name} has no Hugging Face export: {why}; {only}")
+
+
+def hf_config(model, cfg, name: str, eos_id: int):
+    """The SwatHarnessConfig of a harness attention model, read from its built layers (so that a
+    variant's changes, e.g. swat_logw's sigmoid bias, are the ones the model ran)."""
+    from harness.hf.configuration_swat_harness import SwatHarnessConfig
+    mixer = model.blocks[0].mixer
+    return SwatHarnessConfig(
+        vocab_size=model.embed.num_embeddings, hidden_size=model.embed.embedding_dim,
+        intermediate_size=model.blocks[0].mlp.down.in_features, num_hidden_layers=len(model.blocks),
+        num_attention_heads=mixer.num_heads, num_key_value_heads=mixer.kv_heads, rms_norm_eps=model.norm.eps,
+        tie_word_embeddings=model.head is None, max_position_embeddings=cfg.model.max_seq_len,
+        initializer_range=cfg.model.init_std, attention_core=mixer.core,
+        window=None if mixer.core == "full" else mixer.window, activation=mixer.activation,
+        alibi_slopes=mixer.slopes.tolist() if mixer.core == "swat" else None,
+        sigmoid_bias=float(mixer.sigmoid_bias), rope=mixer.rope, rope_theta=float(mixer.rope_theta),
+        head_output_norm=mixer.out_norm is not None, eos_token_id=eos_id, harness_model=name, dtype="float32")
+
+
+def hf_state_dict(model) -> dict[str, torch.Tensor]:
+    """The harness weights under the exported model's names (fused projections split)."""
+    sd = model.state_dict()
+    out = {"model.embed_tokens.weight": sd["embed.weight"], "model.norm.weight": sd["norm.weight"],
+           "lm_head.weight": sd["embed.weight"] if model.head is None else sd["head.weight"]}
+    for i, block in enumerate(model.blocks):
+        src, dst = f"blocks.{i}.", f"model.layers.{i}."
+        k, v = sd[src + "mixer.kv_proj.weight"].chunk(2, dim=0)  # the forward views it as [2, kv_heads, d]
+        gate, up = sd[src + "mlp.gate_up.weight"].chunk(2, dim=0)  # the forward chunks it as gate, up
+        out.update({dst + "input_layernorm.weight": sd[src + "mixer_norm.weight"],
+                    dst + "self_attn.q_proj.weight": sd[src + "mixer.q_proj.weight"],
+                    dst + "self_attn.k_proj.weight": k, dst + "self_attn.v_proj.weight": v,
+                    dst + "self_attn.o_proj.weight": sd[src + "mixer.o_proj.weight"],
+                    dst + "post_attention_layernorm.weight": sd[src + "mlp_norm.weight"],
+                    dst + "mlp.gate_proj.weight": gate, dst + "mlp.up_proj.weight": up,
+                    dst + "mlp.down_proj.weight": sd[src + "mlp.down.weight"]})
+        if block.mixer.out_norm is not None:
+            out[dst + "self_attn.o_norm.weight"] = sd[src + "mixer.out_norm.weight"]
+    # copies: the split halves are views of one tensor, which safetensors will not store as two
+    return {key: t.contiguous().clone() for key, t in out.items()}
+
+
+def bytes_to_unicode() -> dict[int, str]:
+    """GPT-2's map of the 256 byte values to printable characters, the alphabet of `tokenizers`'
+    ByteLevel pre-tokenizer."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    chars, extra = list(printable), 0
+    for b in range(256):
+        if b not in printable:
+            printable.append(b)
+            chars.append(256 + extra)
+            extra += 1
+    return dict(zip(printable, map(chr, chars)))
+
+
+def byte_level_tokenizer():
+    """A `tokenizers` tokenizer with the ids of the harness's ByteTokenizer: the UTF-8 bytes as ids
+    0-255, the end of a document as `<|endoftext|>` (256)."""
+    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
+    alphabet = bytes_to_unicode()
+    tok = Tokenizer(models.BPE(vocab={alphabet[b]: b for b in range(256)}, merges=[]))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.add_special_tokens([AddedToken(BYTE_EOS, special=True, normalized=False)])
+    return tok
+
+
+def write_tokenizer(name: str, folder: Path) -> None:
+    """tokenizer.json and tokenizer_config.json of the run's tokenizer (see the module docstring)."""
+    from tokenizers import Tokenizer
+    from transformers import PreTrainedTokenizerFast
+    tok = get_tokenizer(name)
+    if isinstance(tok, ByteTokenizer):
+        raw, eos = byte_level_tokenizer(), BYTE_EOS
+    else:
+        spec = json.loads(tok._tok.to_str())
+        spec["post_processor"] = None
+        raw = Tokenizer.from_str(json.dumps(spec))
+        eos = raw.id_to_token(tok.eos_id)
+    PreTrainedTokenizerFast(tokenizer_object=raw, eos_token=eos).save_pretrained(str(folder))
+
+
+def checkpoint_commit(ckpt: Path, meta: dict) -> str:
+    """The harness commit that wrote the checkpoint: meta's, else the last header of the run's
+    training log beside it (checkpoints written before meta held it)."""
+    if meta.get("commit"):
+        return meta["commit"]
+    log = ckpt.parent / "train_log.jsonl"
+    headers = [json.loads(line) for line in log.read_text().splitlines() if '"step"' not in line] if log.is_file() else []
+    return headers[-1].get("commit", "not recorded") if headers else "not recorded"
+
+
+def checkpoint_rows(ckpt: Path, rows_files: list[Path]) -> tuple[list[Row], list[Path]]:
+    """The evaluation rows of this checkpoint (rows whose `checkpoint` is this folder) in the given
+    rows files, or by default in `results/<run>/rows.jsonl` (the layout of `harness run` and
+    `harness eval --run`, for a checkpoint at runs/<run>/<model>/checkpoint) and in a rows.jsonl
+    in the run folder beside the checkpoint; also the files that were read."""
+    if rows_files:
+        missing = [p for p in rows_files if not p.is_file()]
+        if missing:
+            raise FileNotFoundError(f"rows file {missing[0]} not found; pass a rows.jsonl that `harness run` or "
+                                    f"`harness eval` wrote, or leave out --rows")
+        found = rows_files
+    else:
+        found = [p for p in (Path("results") / ckpt.resolve().parent.parent.name / "rows.jsonl",
+                             ckpt.parent / "rows.jsonl") if p.is_file()]
+    rows = [r for path in found for r in read_rows(path)
+            if r.checkpoint and Path(r.checkpoint).resolve() == ckpt.resolve()]
+    return rows, found
+
+
+def corpus_line(corpus: str) -> str:
+    if corpus == "bundled":
+        return ("`bundled`: the first 22 articles of the WikiText-2 (v1) validation split that ship with "
+                "swat-harness (CC BY-SA 3.0)")
+    if corpus in HUB_CORPORA:
+        path, config, _ = HUB_CORPORA[corpus]
+        return f"`{corpus}`: the Hugging Face dataset `{path}`" + (f" ({config})" if config else "")
+    return f"`{corpus}`"
+
+
+def model_card(name: str, cfg, meta: dict, config, params: int, commit: str, rows: list[Row],
+               rows_read: list[Path], where: str) -> str:
+    """README.md of the exported folder: what was trained on what, how, and how it scored."""
+    from harness.registry import get_model
+    m, t = cfg.model, cfg.train
+    front = ["---", "library_name: transformers", "pipeline_tag: text-generation",
+             f"tags: [swat-harness, {name}]"]
+    if t.corpus in HUB_CORPORA:
+        front.append(f"datasets: [{HUB_CORPORA[t.corpus][0]}]")
+    front.append("---")
+    model_rows = [("harness model", f"`{name}`: {get_model(name).description}"), ("parameters", f"{params:,}"),
+                  ("preset", cfg.preset), ("layers", config.num_hidden_layers), ("hidden size", config.hidden_size),
+                  ("heads (key/value heads)", f"{config.num_attention_heads} ({config.num_key_value_heads})"),
+                  ("MLP (SwiGLU) hidden size", config.intermediate_size),
+                  ("attention", {"swat": "sliding window, ALiBi-style slopes", "sliding": "sliding window, softmax",
+                                 "full": "full causal softmax"}[config.attention_core]),
+                  ("window", config.window if config.window is not None else "none (full causal)"),
+                  ("score activation", config.activation if config.attention_core == "swat" else "softmax"),
+                  ("slopes per head", ", ".join(f"{s:g}" for s in config.alibi_slopes) if config.alibi_slopes else "none"),
+                  ("sigmoid bias", f"{config.sigmoid_bias:g}" if config.attention_core == "swat" else "-"),
+                  ("RoPE", f"theta {config.rope_theta:g}" if config.rope else "none"),
+                  ("per-head output norm", "yes" if config.head_output_norm else "no"),
+                  ("vocabulary", f"{config.vocab_size} (tokenizer `{t.tokenizer}`)"),
+                  ("tied embeddings", "yes" if config.tie_word_embeddings else "no"),
+                  ("training length", f"{m.max_seq_len} tokens")]
+    tokens = meta.get("tokens")
+    recipe = [("corpus", corpus_line(t.corpus)), ("tokens trained", f"{tokens:,}" if tokens else "not recorded"),
+              ("steps", f"{meta['step']:,}" if meta.get("step") else "not recorded"),
+              ("batch", f"{t.batch_tokens:,} tokens ({t.batch_tokens // t.seq_len} sequences of {t.seq_len})"),
+              ("optimizer", f"AdamW, betas {tuple(t.betas)}, weight decay {t.weight_decay:g}, grad clip {t.grad_clip:g}"),
+              ("learning rate", f"{t.lr:g}, linear warmup over {t.warmup_tokens:,} tokens, cosine decay to "
+                                f"{t.min_lr_ratio:g} x peak"),
+              ("precision", "bf16 autocast on GPU, fp32 weights" if t.dtype == "bf16" else "fp32"),
+              ("seed", t.seed), ("devices", _devices(meta)),
+              ("final training loss", _number(meta.get("train_loss"))),
+              ("held-out loss", _number(meta.get("heldout_loss"))), ("swat-harness commit", f"`{commit}`")]
+    lines = [*front, "", f"# {name} ({cfg.preset}), trained with swat-harness", "",
+             "Exported by `harness export` from a checkpoint of swat-harness, a benchmark harness for "
+             "efficient language-model architectures.", "",
+             "## Model", "", "| | |", "|---|---|", *(f"| {k} | {v} |" for k, v in model_rows), "",
+             "## Training", "", "| | |", "|---|---|", *(f"| {k} | {v} |" for k, v in recipe), "",
+             "## Evaluation", ""]
+    if rows:
+        lines += ["| task | metric | value | stderr | n | limit |", "|---|---|---|---|---|---|"]
+        for r in sorted(rows, key=lambda r: (r.task, r.metric, str(r.extra.get("context_length", "")))):
+            lines.append(f"| {r.task} | {r.metric} | {_number(r.value)} | {_number(r.stderr)} | "
+                         f"{r.n if r.n is not None else ''} | {r.extra.get('limit') or ''} |")
+        lines += ["", f"Rows of this checkpoint in {', '.join(f'`{p}`' for p in rows_read)}."]
+    else:
+        looked = ", ".join(f"`{p}`" for p in rows_read) if rows_read else "no rows file"
+        lines.append(f"No evaluation rows of this checkpoint ({looked}).")
+    lines += ["", "## Use", "", "```python", "from transformers import AutoModelForCausalLM, AutoTokenizer", "",
+              f'model = AutoModelForCausalLM.from_pretrained("{where}", trust_remote_code=True)',
+              f'tokenizer = AutoTokenizer.from_pretrained("{where}", trust_remote_code=True)',
+              'ids = tokenizer("The meaning of", return_tensors="pt").input_ids',
+              "print(tokenizer.decode(model.generate(ids, max_new_tokens=20, do_sample=False)[0]))", "```", "",
+              "The modelling code (`modeling_swat_harness.py`) is plain PyTorch and needs no swat-harness; the "
+              "tokenizer is plain `tokenizers` (trust_remote_code only spares transformers' question about the "
+              "model's config). "
+              + ("Decoding keeps a ring buffer of the last window of keys and values per layer, so memory "
+                 "per sequence does not grow with the context. " if config.window is not None else "")
+              + "The tokenizer adds no BOS token, as in training, where documents are separated by "
+              f"`{_eos_text(t.tokenizer)}`.", ""]
+    return "\n".join(lines)
+
+
+def _devices(meta: dict) -> str:
+    world = meta.get("world_size", 1)
+    return "one process" if world == 1 else f"{world} ranks ({meta.get('parallel')})"
+
+
+def _eos_text(tokenizer: str) -> str:
+    tok = get_tokenizer(tokenizer)
+    return BYTE_EOS if isinstance(tok, ByteTokenizer) else tok._tok.id_to_token(tok.eos_id)
+
+
+def _number(value) -> str:
+    return "" if value is None else f"{value:.4f}" if isinstance(value, float) else str(value)
+
+
+def hub_call(repo: str, call: Callable[[], object]):
+    """call() against the hub, any failure of which (no network, no token, a refused token or
+    repo) is one ExportError naming the repo and the way round it."""
+    try:
+        return call()
+    except Exception as err:
+        cause = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ExportError(f"cannot push to the Hugging Face hub repo {repo} ({cause}); export without "
+                          f"--push-to-hub and upload the folder later (`hf upload {repo} HF_DIR`)") from None
+
+
+def export(checkpoint: Path, out: Path, max_shard_size: str = "2GB", push_to_hub: str | None = None,
+           rows: list[Path] = (), force: bool = False, log: Callable[[str], None] = print) -> Path:
+    """Write the checkpoint folder `checkpoint` as a Hugging Face model folder at `out`."""
+    from harness.train import load_checkpoint, read_meta
+    ckpt, out = Path(checkpoint), Path(out)
+    if not (ckpt / "meta.json").is_file():
+        raise FileNotFoundError(f"{ckpt} is not a checkpoint folder (no meta.json); pass the folder that "
+                                f"`harness train` wrote (<runs>/<run>/<model>/checkpoint)")
+    meta = read_meta(ckpt)
+    check_exportable(meta["model"])
+    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not force:
+        raise ExportError(f"{out} exists and is not empty; pass --force to replace it, or another --out")
+    if not SHARD_SIZE.fullmatch(max_shard_size):
+        raise ConfigError(f"--max-shard-size {max_shard_size!r} must be a whole number with a unit, e.g. 2GB, "
+                          f"500MB, 100KB or 1GiB")
+    if push_to_hub:  # before any work: the hub must be reachable and the user logged in
+        from huggingface_hub import HfApi
+        hub = HfApi()
+        hub_call(push_to_hub, hub.whoami)
+    found_rows, rows_read = checkpoint_rows(ckpt, [Path(p) for p in rows])
+    model, cfg, name, meta = load_checkpoint(ckpt, "cpu")
+    from transformers.utils import logging as hf_logging
+    hf_logging.disable_progress_bar()  # save_pretrained's bar over a handful of shards is noise here
+    from harness.backbone import count_params
+    from harness.hf.configuration_swat_harness import SwatHarnessConfig
+    from harness.hf.modeling_swat_harness import SwatHarnessForCausalLM
+    config = hf_config(model, cfg, name, get_tokenizer(cfg.train.tokenizer).eos_id)
+    with torch.device("meta"):
+        hf_model = SwatHarnessForCausalLM(config)
+    hf_model.load_state_dict(hf_state_dict(model), strict=True, assign=True)
+    hf_model.tie_weights()
+    hf_model.generation_config.pad_token_id = config.eos_token_id  # what generate pads finished rows with
+    # save_pretrained then copies both modules into the folder and writes config.json's auto_map
+    SwatHarnessConfig.register_for_auto_class()
+    SwatHarnessForCausalLM.register_for_auto_class("AutoModelForCausalLM")
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        hf_model.save_pretrained(str(tmp), max_shard_size=max_shard_size)
+        write_tokenizer(cfg.train.tokenizer, tmp)
+        (tmp / "README.md").write_text(model_card(name, cfg, meta, config, count_params(model),
+                                                  checkpoint_commit(ckpt, meta), found_rows, rows_read,
+                                                  push_to_hub or str(out)))
+        if push_to_hub:
+            hub_call(push_to_hub, lambda: hub.create_repo(push_to_hub, exist_ok=True))
+            hub_call(push_to_hub, lambda: hub.upload_folder(repo_id=push_to_hub, folder_path=str(tmp),
+                                                            commit_message=f"harness export of {name}"))
+            log(f"pushed to https://huggingface.co/{push_to_hub}")
+        if out.exists():
+            old = out.with_name(f".{out.name}.old{os.getpid()}")
+            out.rename(old)
+            tmp.rename(out)
+            shutil.rmtree(old) if old.is_dir() else old.unlink()
+        else:
+            tmp.rename(out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out

@@ -1,0 +1,300 @@
+"""`harness export` (issue 25): a checkpoint becomes a Hugging Face folder that transformers loads in a
+process where the harness cannot be imported, with the harness model's logits (sequences longer than
+the window included), its greedy decoding through the ring buffer, its tokenizer ids, sharded
+weights, a model card with the checkpoint's rows, and the same lm-eval scores as `harness eval`.
+Every bad input is one `error:` line that leaves nothing at --out."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+
+pytest.importorskip("transformers")
+
+from harness import cli  # noqa: E402
+from harness import evaluate as ev  # noqa: E402
+from harness.config import load_config  # noqa: E402
+from harness.data import ByteTokenizer, get_tokenizer  # noqa: E402
+from harness.export import EXPORTABLE  # noqa: E402
+from harness.models import build_model  # noqa: E402
+from harness.train import load_checkpoint  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+EVAL_FIXTURES = Path(__file__).parent / "fixtures" / "eval"
+ONE_STEP = ["train.tokens=128", "train.batch_tokens=128", "train.seq_len=64", "train.micro_batch=2",
+            "train.warmup_tokens=0", "train.eval_tokens=64"]
+TEXTS = ["Hello, world!", "  two leading spaces\nand a newline\n", "naïve café — 日本語 🎉", "", "x" * 300]
+TOL = dict(atol=1e-5, rtol=1e-5)  # fp32 rounding: the same arithmetic, summed in another order
+
+# Loads every exported folder with transformers alone: an import of the harness's packages fails
+# (they are importable in this venv, so a finder refuses them), and sys.modules is checked after.
+LOADER = textwrap.dedent("""
+    import importlib.abc, sys
+    OURS = ("harness", "baselines", "tasks")
+
+    class Refuse(importlib.abc.MetaPathFinder):
+        def find_spec(self, name, path=None, target=None):
+            if name.split(".")[0] in OURS:
+                raise ImportError(f"the exported code imported {name}")
+
+    sys.meta_path.insert(0, Refuse())
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    job = torch.load(sys.argv[1])
+    out = {}
+    for name, folder in job["folders"].items():
+        model = AutoModelForCausalLM.from_pretrained(folder, trust_remote_code=True).eval()
+        tok = AutoTokenizer.from_pretrained(folder)
+        vocab = model.config.vocab_size
+        with torch.no_grad():
+            gen = model.generate(job["prompt"] % vocab, max_new_tokens=20, do_sample=False, output_logits=True,
+                                 return_dict_in_generate=True)
+            out[name] = {"class": type(model).__module__, "logits": model(job["batch"] % vocab).logits,
+                         "tokens": gen.sequences, "step_logits": torch.cat(gen.logits),
+                         "padded": model.generate(job["padded"] % vocab, attention_mask=job["mask"],
+                                                  max_new_tokens=20, do_sample=False),
+                         "ids": [tok(t)["input_ids"] for t in job["texts"]], "eos": tok.eos_token_id,
+                         "bos": tok.bos_token_id}
+    out["imported"] = sorted(m for m in sys.modules if m.split(".")[0] in OURS)
+    torch.save(out, sys.argv[2])
+""")
+
+
+def clean_env(tmp: Path) -> dict:
+    """An environment without the repository on PYTHONPATH (packages installed elsewhere stay) and
+    with the hub offline; transformers' module cache in tmp."""
+    path = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p and Path(p).resolve() != ROOT]
+    return {"PATH": os.environ["PATH"], "HOME": str(tmp), "HF_HOME": str(tmp / "hf"), "HF_HUB_OFFLINE": "1",
+            "HF_DATASETS_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(path)}
+
+
+def one_error_line(err: str, *needles: str) -> None:
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error:") and "Traceback" not in err, err
+    for needle in needles:
+        assert needle in lines[0], (needle, lines[0])
+
+
+def write_checkpoint(folder: Path, name: str, *overrides: str) -> Path:
+    """A checkpoint folder as `harness train` leaves it (weights + meta.json), without training."""
+    from safetensors.torch import save_model
+    cfg = load_config("tiny", overrides=list(overrides))
+    folder.mkdir(parents=True)
+    torch.manual_seed(0)
+    save_model(build_model(name, cfg.model), str(folder / "model.safetensors"))
+    (folder / "meta.json").write_text(json.dumps({"model": name, "config": cfg.to_dict(), "tokens": None}))
+    return folder
+
+
+def export(*args: str) -> int:
+    return cli.main(["export", *args])
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny models on one thread: on a shared 2-core machine two threads spin on every small matmul
+    (a 64 x 192 decode step's linear layers take milliseconds instead of microseconds)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    """Each exportable model trained one step by `harness train` (runs/t/<model>) and exported, swat
+    also in shards of at most 100KB, and a transformer on the Llama-2 tokenizer (untrained)."""
+    root = tmp_path_factory.mktemp("export")
+    folders = {}
+    for name in EXPORTABLE:
+        run = root / "runs" / "t" / name
+        assert cli.main(["train", "--model", name, "--device", "cpu", "--quiet", "--out", str(run),
+                         *[a for o in ONE_STEP for a in ("--set", o)]]) == 0
+        assert export("--checkpoint", str(run / "checkpoint"), "--out", str(root / "hf" / name)) == 0
+        folders[name] = (run / "checkpoint", root / "hf" / name)
+    assert export("--checkpoint", str(folders["swat"][0]), "--out", str(root / "hf" / "sharded"),
+                  "--max-shard-size", "100KB") == 0
+    folders["sharded"] = (folders["swat"][0], root / "hf" / "sharded")
+    llama = write_checkpoint(root / "llama2" / "checkpoint", "transformer", "train.tokenizer=llama2",
+                             "model.vocab_size=32000")
+    assert export("--checkpoint", str(llama), "--out", str(root / "hf" / "llama2")) == 0
+    folders["llama2"] = (llama, root / "hf" / "llama2")
+    return root, folders
+
+
+@pytest.fixture(scope="module")
+def loaded(exported):
+    """What transformers computes from every exported folder, in a clean process; and the inputs."""
+    root, folders = exported
+    torch.manual_seed(1)
+    batch = torch.randint(0, 256, (2, 100))  # 100 tokens: past the window (32) and the training length
+    prompt, short = batch[:1, :45], batch[1, :38]
+    padded = torch.cat([torch.full((1, 7), 256), short[None]], dim=1)  # left-padded to the prompt's length
+    job = {"folders": {name: str(folder) for name, (_, folder) in folders.items()}, "batch": batch,
+           "prompt": prompt, "padded": torch.cat([prompt, padded]), "texts": TEXTS,
+           "mask": torch.cat([torch.ones(1, 45, dtype=torch.long), (padded != 256).long()])}
+    torch.save(job, root / "job.pt")
+    (root / "loader.py").write_text(LOADER)
+    proc = subprocess.run([sys.executable, str(root / "loader.py"), str(root / "job.pt"), str(root / "out.pt")],
+                          cwd=root, env=clean_env(root), stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return job, torch.load(root / "out.pt")
+
+
+@pytest.mark.parametrize("name", EXPORTABLE)
+def test_the_exported_model_computes_what_the_harness_model_does(exported, loaded, name):
+    _, folders = exported
+    job, out = loaded
+    assert out["imported"] == []
+    got = out[name]
+    assert got["class"].startswith("transformers_modules.") and got["class"].endswith(".modeling_swat_harness")
+    model, cfg, _, _ = load_checkpoint(folders[name][0])
+    model.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(got["logits"], model(job["batch"]), **TOL)
+        # greedy decoding: the same tokens, and every step's logits, through the decode state (both
+        # stop at the end-of-document id; transformers pads a finished row of a batch with it)
+        prompt, eos = job["prompt"], got["eos"]
+        new = got["tokens"][0, prompt.shape[1]:]
+        assert torch.equal(new, model.generate(prompt, max_new_tokens=20, eos_id=eos)[0])
+        logits, state = model.prefill(prompt)
+        steps = [logits[:, -1]]
+        for token in new[:-1]:
+            step, state = model.step(token.view(1), state)
+            steps.append(step)
+        torch.testing.assert_close(got["step_logits"], torch.cat(steps), **TOL)
+        # a left-padded batch: each row decodes as it does alone
+        for row, alone in zip(got["padded"][:, prompt.shape[1]:], (prompt, job["padded"][1:, 7:])):
+            mine = model.generate(alone, max_new_tokens=20, eos_id=eos)[0]
+            assert torch.equal(row[:len(mine)], mine) and bool((row[len(mine):] == eos).all())
+    config = json.loads((folders[name][1] / "config.json").read_text())
+    assert config["harness_model"] == name and config["model_type"] == "swat_harness"
+    assert config["auto_map"]["AutoModelForCausalLM"] == "modeling_swat_harness.SwatHarnessForCausalLM"
+    assert config["window"] == (None if name == "transformer" else cfg.model.window)
+
+
+def test_the_tokenizer_gives_the_harness_ids(loaded):
+    _, out = loaded
+    byte, llama = ByteTokenizer(), get_tokenizer("llama2")
+    assert out["swat"]["ids"] == [byte.encode(t) for t in TEXTS]
+    assert (out["swat"]["eos"], out["swat"]["bos"]) == (byte.eos_id, None)
+    assert out["llama2"]["ids"] == [llama.encode(t) for t in TEXTS]  # no BOS: the harness never adds one
+    assert (out["llama2"]["eos"], out["llama2"]["bos"]) == (llama.eos_id, None)
+
+
+def test_weights_above_the_shard_size_are_sharded_and_load_the_same(exported, loaded):
+    _, folders = exported
+    _, out = loaded
+    folder = folders["sharded"][1]
+    shards = sorted(folder.glob("model-*.safetensors"))
+    assert len(shards) > 1 and all(p.stat().st_size <= 200_000 for p in shards)
+    index = json.loads((folder / "model.safetensors.index.json").read_text())
+    assert set(index["weight_map"].values()) == {p.name for p in shards}
+    assert not (folder / "model.safetensors").exists()
+    assert torch.equal(out["sharded"]["logits"], out["swat"]["logits"])
+
+
+def test_the_model_card_says_what_was_trained_how(exported):
+    _, folders = exported
+    ckpt, folder = folders["swat_logw"]
+    card = (folder / "README.md").read_text()
+    meta = json.loads((ckpt / "meta.json").read_text())
+    for fact in ("# swat_logw (tiny)", "`bundled`", f"| tokens trained | {meta['tokens']:,} |",
+                 f"| swat-harness commit | `{meta['commit']}` |", "| sigmoid bias | -3.46574 |",
+                 "| slopes per head | -0.5, -0.25, 0.5, 0.25 |", f"| held-out loss | {meta['heldout_loss']:.4f} |",
+                 "No evaluation rows of this checkpoint"):
+        assert fact in card, fact
+    assert sorted(p.name for p in folder.iterdir()) == [
+        "README.md", "config.json", "configuration_swat_harness.py", "generation_config.json", "model.safetensors",
+        "modeling_swat_harness.py", "tokenizer.json", "tokenizer_config.json"]
+    assert "import harness" not in (folder / "modeling_swat_harness.py").read_text()
+
+
+def test_lm_eval_scores_the_export_as_harness_eval_scores_the_checkpoint(exported, tmp_path, monkeypatch):
+    """`lm_eval --model hf` on the exported folder (a clean process) and `harness eval` on the
+    checkpoint: the same accuracy on arc_easy's fixture documents and the same log-likelihood of
+    every choice. Then the rows of that evaluation appear in the exported model card."""
+    pytest.importorskip("lm_eval")
+    pytest.importorskip("accelerate", reason="lm-eval's hf model needs accelerate: pip install 'swat-harness[hf]'")
+    root, folders = exported
+    ckpt, folder = folders["swat"]
+    monkeypatch.setenv("HARNESS_DATA", str(EVAL_FIXTURES))
+    overlays = ev.render_overlays(ev.mirrored_files())
+    lm_eval = subprocess.Popen(
+        [sys.executable, "-m", "lm_eval", "run", "--model", "hf", "--model_args",
+         f"pretrained={folder},trust_remote_code=True", "--tasks", "arc_easy", "--include_path", str(overlays),
+         "--limit", "3", "--device", "cpu", "--log_samples", "--output_path", str(tmp_path / "lm_eval")],
+        cwd=tmp_path, env=clean_env(tmp_path), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT, text=True)
+    try:
+        assert cli.main(["eval", "--checkpoint", str(ckpt), "--tasks", "arc_easy", "--limit", "3", "--device", "cpu",
+                         "--run", "t", "--results", str(root / "results"), "--bootstrap-iters", "0"]) == 0
+        harness_run = ev.run_tasks(ev.HarnessLM(checkpoint=str(ckpt), device="cpu", progress=False), ["arc_easy"],
+                                   limit=3, bootstrap_iters=0)
+        output, _ = lm_eval.communicate(timeout=300)
+    finally:
+        lm_eval.kill()
+    assert lm_eval.returncode == 0, output[-3000:]
+    rows = [json.loads(line) for line in (root / "results" / "t" / "rows.jsonl").read_text().splitlines()]
+    acc = next(r["value"] for r in rows if r["task"] == "arc_easy" and r["metric"] == "acc")
+    [results_file] = (tmp_path / "lm_eval").rglob("results_*.json")
+    assert json.loads(results_file.read_text())["results"]["arc_easy"]["acc,none"] == acc
+    [samples_file] = (tmp_path / "lm_eval").rglob("samples_arc_easy_*.jsonl")
+    hf = {s["doc_id"]: [float(r[0][0]) for r in s["resps"]] for s in map(json.loads, samples_file.open())}
+    ours = {s["doc_id"]: [r[0][0] for r in s["resps"]] for s in harness_run["samples"]["arc_easy"]}
+    assert hf.keys() == ours.keys() == {0, 1, 2}
+    for doc in ours:
+        assert hf[doc] == pytest.approx(ours[doc], abs=1e-5)
+    # the card finds the rows of this checkpoint in results/<run>/rows.jsonl (run t: runs/t/swat)
+    monkeypatch.chdir(root)
+    assert export("--checkpoint", str(ckpt), "--out", str(tmp_path / "with-rows")) == 0
+    card = (tmp_path / "with-rows" / "README.md").read_text()
+    assert f"| arc_easy | acc | {acc:.4f} |" in card and "results/t/rows.jsonl" in card
+
+
+@pytest.mark.parametrize("name, message", [
+    ("gla", "gla has no Hugging Face export: its layers run on fla's CUDA kernels only"),
+    ("mamba", "mamba has no Hugging Face export: the Hugging Face Mamba classes derive the inner width"),
+    ("unigram", "unigram is a count-based reference model"),
+    ("gru", "gru is not a built-in model of the harness"),
+])
+def test_a_model_that_does_not_export_is_one_error(tmp_path, capsys, name, message):
+    ckpt = tmp_path / "checkpoint"
+    ckpt.mkdir()
+    (ckpt / "meta.json").write_text(json.dumps({"model": name, "config": load_config("tiny").to_dict()}))
+    assert export("--checkpoint", str(ckpt), "--out", str(tmp_path / "hf")) == 2
+    one_error_line(capsys.readouterr().err, message, "only the attention models (swat, swat_official, swat_logw, "
+                   "swat_onorm, sliding_softmax, transformer) export")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint"]
+
+
+def test_bad_inputs_are_one_error_and_leave_nothing_at_out(exported, tmp_path, capsys, monkeypatch):
+    _, folders = exported
+    ckpt = str(folders["transformer"][0])
+    out = tmp_path / "hf"
+    assert export("--checkpoint", str(tmp_path / "nowhere"), "--out", str(out)) == 2
+    one_error_line(capsys.readouterr().err, "nowhere is not a checkpoint folder (no meta.json)")
+    assert export("--checkpoint", ckpt, "--out", str(out), "--max-shard-size", "2 gigs") == 2
+    one_error_line(capsys.readouterr().err, "--max-shard-size '2 gigs' must be a whole number with a unit")
+    assert export("--checkpoint", ckpt, "--out", str(out), "--rows", str(tmp_path / "rows.jsonl")) == 2
+    one_error_line(capsys.readouterr().err, "rows file", "rows.jsonl not found")
+    monkeypatch.setenv("HF_TOKEN", "hf_not_a_real_token")  # past the login check, to the network
+    assert export("--checkpoint", ckpt, "--out", str(out), "--push-to-hub", "someone/tiny-transformer") == 2
+    one_error_line(capsys.readouterr().err, "cannot push to the Hugging Face hub repo someone/tiny-transformer",
+                   "export without --push-to-hub")
+    assert list(tmp_path.iterdir()) == []
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    assert export("--checkpoint", ckpt, "--out", str(out)) == 2
+    one_error_line(capsys.readouterr().err, "exists and is not empty; pass --force to replace it")
+    assert [p.name for p in out.iterdir()] == ["notes.txt"]
+    assert export("--checkpoint", ckpt, "--out", str(out), "--force") == 0
+    assert (out / "config.json").is_file() and not (out / "notes.txt").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["hf"]  # no temporary folder left beside it
+

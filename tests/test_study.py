@@ -3,7 +3,6 @@ choice, budgets, bad study files, the worker pool, and the report's tables and f
 
 import json
 import math
-import shutil
 from pathlib import Path
 
 import pytest
@@ -166,5 +165,4 @@ def test_worker_pool_runs_units_in_processes(tmp_path):
 def test_time_limit_stops_before_starting(tmp_path, capsys):
     assert study_cli(tmp_path, "--time-limit", "0") == 0
     out = capsys.readouterr().out
-    assert "0 runs done" in out
-    shutil.rmtree(tmp_path / "runs", ignore_errors=True)
+    assert "0 runs done" in out and not (tmp_path / "runs" / "tiny-study" / "a").exists()

@@ -9,7 +9,6 @@ import pytest
 import yaml
 
 from harness import cli
-from harness.config import ConfigError
 from harness.results import Row, read_rows
 from harness.study import choose_lrs, load_study, plan, units
 from harness.study_report import paired_table, power_law, t_critical

@@ -274,7 +274,7 @@ def cmd_study(args) -> None:
     """Run a study file (models x sizes x learning rates x seeds), resumable; then its report."""
     from harness.registry import load_plugins
     from harness.runner import default_device
-    from harness.study import load_study, plan, run_study, run_worker
+    from harness.study import drop_missing_tasks, load_study, plan, run_study, run_worker
     from harness.study_report import write_report
     load_plugins(args.plugin)
     device = args.device or default_device()
@@ -289,6 +289,7 @@ def cmd_study(args) -> None:
         study.restrict(split_names(args.models))
     out = Path(args.results) / study.name
     if args.report_only:
+        drop_missing_tasks(study, lambda m: None)  # as a run would: their rows cannot exist
         plan(study, log=console.print)
         written = write_report(study, Path(args.results))
         console.print(f"wrote {', '.join(p.name for p in written)} in {out}", highlight=False)

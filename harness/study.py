@@ -45,6 +45,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from statistics import mean
 from typing import Callable
 
 import yaml
@@ -270,21 +271,30 @@ def choose_lrs(rows: list, study: Study) -> dict[str, dict[str, dict]]:
                                                       "loss": got[lr]}
         if len(best) < len(study.sweep_sizes):
             continue
-        xs = [math.log(study.budgets[s]["budget_params"]) for s in best]
-        ys = [math.log(best[s]) for s in best]
+        fit = power_law([study.budgets[s]["budget_params"] for s in best], list(best.values()))
         for size in study.final_sizes:
             if size in best:
                 continue
-            x = math.log(study.budgets[size]["budget_params"])
-            if len(set(xs)) > 1:
-                mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
-                slope = sum((a - mx) * (b - my) for a, b in zip(xs, ys)) / sum((a - mx) ** 2 for a in xs)
-                lr = math.exp(my + slope * (x - mx))
-            else:
-                lr = math.exp(ys[0])
+            lr = fit["A"] * study.budgets[size]["budget_params"] ** fit["b"] if fit else next(iter(best.values()))
             lr = float(f"{min(max(lr, min(study.lrs)), max(study.lrs)):.3g}")
             choice.setdefault(model, {})[size] = {"lr": lr, "how": "extrapolated", "edge": False}
     return choice
+
+
+def power_law(xs: list[float], ys: list[float]) -> dict | None:
+    """Least squares of log y = log A + b log x: A, b and b's standard error (None with 2 points)."""
+    if len(xs) < 2 or len(set(xs)) < 2:
+        return None
+    lx, ly = [math.log(x) for x in xs], [math.log(y) for y in ys]
+    mx, my = mean(lx), mean(ly)
+    sxx = sum((x - mx) ** 2 for x in lx)
+    b = sum((x - mx) * (y - my) for x, y in zip(lx, ly)) / sxx
+    a = my - b * mx
+    se = None
+    if len(xs) > 2:
+        resid = sum((y - (a + b * x)) ** 2 for x, y in zip(lx, ly))
+        se = math.sqrt(resid / (len(xs) - 2) / sxx)
+    return {"A": math.exp(a), "b": b, "b_se": se, "points": len(xs)}
 
 
 # ---------------------------------------------------------------- the runs
@@ -364,6 +374,7 @@ def keep_record(run_dir: Path, prefix: Path) -> None:
     (`<prefix>_train_log.jsonl.gz`: a study keeps hundreds of them), beside the study's rows."""
     import gzip
 
+    from harness.mirror import atomic_write_bytes
     from harness.results import atomic_write_text
     from harness.train import CHECKPOINT_DIR, META_FILE
     from harness.trainlog import LOG_FILE
@@ -371,11 +382,7 @@ def keep_record(run_dir: Path, prefix: Path) -> None:
     if meta.is_file():
         atomic_write_text(Path(f"{prefix}_meta.json"), meta.read_text(encoding="utf-8"))
     if log.is_file():
-        target = Path(f"{prefix}_{LOG_FILE}.gz")
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_name(f".{target.name}.tmp")
-        tmp.write_bytes(gzip.compress(log.read_bytes(), mtime=0))
-        tmp.replace(target)
+        atomic_write_bytes(Path(f"{prefix}_{LOG_FILE}.gz"), gzip.compress(log.read_bytes(), mtime=0))
 
 
 def write_record(study: Study, results: Path, lrs: dict) -> None:

@@ -23,6 +23,7 @@ from pathlib import Path
 from statistics import mean, stdev
 
 from harness.results import Row, atomic_write_text, read_rows
+from harness.study import power_law
 from harness.tables import Cell, Table, human, mark_best, render, text_cell
 
 # two-sided 95% critical values of Student's t by degrees of freedom (1..10); beyond: 1.96
@@ -303,22 +304,6 @@ def paired_table(res: Results) -> Table | None:
 
 
 # ---------------------------------------------------------------- scaling fits
-
-def power_law(xs: list[float], ys: list[float]) -> dict | None:
-    """Least squares of log y = log A + b log x: A, b and b's standard error (None with 2 points)."""
-    if len(xs) < 2 or len(set(xs)) < 2:
-        return None
-    lx, ly = [math.log(x) for x in xs], [math.log(y) for y in ys]
-    mx, my = mean(lx), mean(ly)
-    sxx = sum((x - mx) ** 2 for x in lx)
-    b = sum((x - mx) * (y - my) for x, y in zip(lx, ly)) / sxx
-    a = my - b * mx
-    se = None
-    if len(xs) > 2:
-        resid = sum((y - (a + b * x)) ** 2 for x, y in zip(lx, ly))
-        se = math.sqrt(resid / (len(xs) - 2) / sxx)
-    return {"A": math.exp(a), "b": b, "b_se": se, "points": len(xs)}
-
 
 def scaling_points(res: Results, axis: str) -> dict[str, list[tuple[float, float]]]:
     """{model: [(x, mean held-out loss)]} over the final sizes; x = non-embedding params or training FLOPs."""

@@ -10,8 +10,8 @@ import yaml
 
 from harness import cli
 from harness.results import Row, read_rows
-from harness.study import choose_lrs, load_study, plan, units
-from harness.study_report import paired_table, power_law, t_critical
+from harness.study import choose_lrs, load_study, plan, power_law, units
+from harness.study_report import paired_table, t_critical
 
 TINY = Path(__file__).resolve().parent / "fixtures" / "study" / "tiny.yaml"
 

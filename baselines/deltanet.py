@@ -11,7 +11,7 @@ solved so that parameters match the reference.
 import torch
 
 from baselines.fla_common import FlaMixer, fla_module, layer_options
-from harness.backbone import DecoderLM
+from harness.model.backbone import DecoderLM
 from harness.registry import register_model
 
 HEAD_DIM = 128

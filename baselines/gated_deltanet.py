@@ -19,7 +19,7 @@ dispatch, which then runs it in the kernel's place; every other kernel stays fla
 import torch
 
 from baselines.fla_common import FlaMixer, fla_module, layer_options
-from harness.backbone import DecoderLM
+from harness.model.backbone import DecoderLM
 from harness.registry import KernelRefusedError, register_model
 
 HEAD_DIM = 256

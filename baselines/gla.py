@@ -8,7 +8,7 @@ a SwiGLU MLP, as in the backbone, whose width is solved so that parameters match
 """
 
 from baselines.fla_common import FlaMixer, fla_module, layer_options
-from harness.backbone import DecoderLM
+from harness.model.backbone import DecoderLM
 from harness.registry import register_model
 
 

@@ -14,7 +14,7 @@ import torch
 import torch.nn as nn
 
 from baselines.fla_common import FlaMixer, fla_module, layer_options
-from harness.backbone import DecoderLM
+from harness.model.backbone import DecoderLM
 from harness.registry import register_model
 
 EXPAND_RATIO = 128

@@ -19,7 +19,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from harness.backbone import DecoderLM
+from harness.model.backbone import DecoderLM
 from harness.registry import register_model
 
 

@@ -33,8 +33,8 @@ import torch.nn.functional as F
 
 from baselines.fla_common import layer_options
 from baselines.mamba import causal_conv1d_silu, fast_state_update, optional_kernel
-from harness.backbone import DecoderLM, RMSNorm
 from harness.config import ConfigError
+from harness.model.backbone import DecoderLM, RMSNorm
 from harness.registry import register_model
 
 
@@ -175,8 +175,8 @@ def _model(cfg):
 def matched_d_inner(cfg) -> int:
     """d_inner (a whole number of heads) whose parameter count is closest to the reference's.
     Counts are affine in the head count, so two probes on the meta device find it."""
-    from harness.models import REFERENCE_MODEL, params_of
-    from harness.backbone import count_params
+    from harness.model.backbone import count_params
+    from harness.model.build import REFERENCE_MODEL, params_of
     headdim = options(cfg)["headdim"]
     ngroups = options(cfg)["ngroups"]
     with torch.device("meta"):

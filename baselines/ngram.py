@@ -1,11 +1,11 @@
 """Count-based reference rows: an add-one unigram and an interpolated Kneser-Ney bigram
-(harness/ngram.py), fitted by counting the run's training batches instead of by gradients.
+(harness/model/ngram.py), fitted by counting the run's training batches instead of by gradients.
 
 Not parameter-matched (no `match`): their size is the number of distinct n-grams in the
 training tokens, which is what a reference row of this kind reports as its `params`.
 """
 
-from harness.ngram import NGramLM
+from harness.model.ngram import NGramLM
 from harness.registry import register_model
 
 

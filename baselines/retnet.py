@@ -8,7 +8,7 @@ parameters match the reference (the paper's 2 x hidden FFN is what expand_v 2 pa
 """
 
 from baselines.fla_common import FlaMixer, fla_module, layer_options
-from harness.backbone import DecoderLM
+from harness.model.backbone import DecoderLM
 from harness.registry import register_model
 
 KEY_HEAD_DIM = 256

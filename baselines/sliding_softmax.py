@@ -1,7 +1,7 @@
 """Sliding-window softmax attention with RoPE: SWAT's window with the usual softmax and no ALiBi."""
 
-from harness.attention import AttentionMixer
-from harness.backbone import DecoderLM
+from harness.model.attention import AttentionMixer
+from harness.model.backbone import DecoderLM
 from harness.registry import register_model
 
 

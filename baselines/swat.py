@@ -23,8 +23,8 @@ Each variant changes the config fields it names and nothing else, on top of what
 import dataclasses
 import math
 
-from harness.attention import AttentionMixer
-from harness.backbone import DecoderLM
+from harness.model.attention import AttentionMixer
+from harness.model.backbone import DecoderLM
 from harness.registry import register_model
 
 

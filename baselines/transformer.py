@@ -1,7 +1,7 @@
 """Transformer++: full causal softmax attention with RoPE and the shared SwiGLU/RMSNorm blocks."""
 
-from harness.attention import AttentionMixer
-from harness.backbone import DecoderLM
+from harness.model.attention import AttentionMixer
+from harness.model.backbone import DecoderLM
 from harness.registry import register_model
 
 

@@ -142,8 +142,8 @@ def model_params(name: str, cfg) -> str:
     is the reference model's by construction (within the matching tolerance), shown with `≈`."""
     import torch
 
-    from harness.backbone import count_params
-    from harness.models import REFERENCE_MODEL, matched_config, params_of
+    from harness.model.backbone import count_params
+    from harness.model.build import REFERENCE_MODEL, matched_config, params_of
     from harness.registry import get_model
     try:
         with torch.device("meta"):  # built without memory, even at 760m
@@ -229,7 +229,14 @@ def show_tables(rows: list, configs: dict) -> None:
     """The paper-layout tables (`harness tables`) that these rows fill, without their blank columns,
     then the paper metrics that none of them has a column for (e.g. wikitext_2_v1), one per line."""
     from harness.results import ResultsError, rows_table
-    from harness.tables import MAIN_COLUMNS, SMOKE_COLUMNS, SPEED_TASKS, build, compact, render
+    from harness.tables import (
+        MAIN_COLUMNS,
+        SMOKE_COLUMNS,
+        SPEED_TASKS,
+        build,
+        compact,
+        render,
+    )
     for kind in ("main", "length", "retrieval", "speed"):
         try:
             table = build(kind, rows, [], configs)
@@ -245,10 +252,10 @@ def show_tables(rows: list, configs: dict) -> None:
 
 
 def cmd_train(args) -> None:
+    from harness.distributed import is_main_process
     from harness.registry import load_plugins
     from harness.runner import default_device
     from harness.train import train
-    from harness.distributed import is_main_process
     load_plugins(args.plugin)
     cfg = config_from(args)
     out = Path(args.out or Path(args.runs) / (args.run or args.preset) / args.model)
@@ -274,7 +281,13 @@ def cmd_study(args) -> None:
     """Run a study file (models x sizes x learning rates x seeds), resumable; then its report."""
     from harness.registry import load_plugins
     from harness.runner import default_device
-    from harness.study import drop_missing_tasks, load_study, plan, run_study, run_worker
+    from harness.study import (
+        drop_missing_tasks,
+        load_study,
+        plan,
+        run_study,
+        run_worker,
+    )
     from harness.study_report import write_report
     load_plugins(args.plugin)
     device = args.device or default_device()
@@ -406,7 +419,13 @@ def cmd_bench_kernels(args) -> None:
     """The SWAT Triton kernel against flex_attention, fla, SDPA, triton-sigmoid: fwd, fwd+bwd, decode."""
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from harness.bench.kernels import BenchSpec, parse_ints, parse_windows, render, run_kernel_bench
+    from harness.bench.kernels import (
+        BenchSpec,
+        parse_ints,
+        parse_windows,
+        render,
+        run_kernel_bench,
+    )
     if args.render_only:
         render(Path(args.render_only))
         console.print(f"wrote {args.render_only}/kernels.md and plots from its kernels.csv", highlight=False)
@@ -649,8 +668,8 @@ def expected_errors() -> tuple:
     from harness.data import DataError
     from harness.export import ExportError
     from harness.registry import RegistryError
-    from harness.runner import RunError
     from harness.results import ResultsError
+    from harness.runner import RunError
     from harness.train import TrainingError
     return (ConfigError, DataError, RegistryError, RunError, TrainingError, ResultsError, ExportError,
             FileNotFoundError, RunFailed)

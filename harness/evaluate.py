@@ -473,7 +473,7 @@ class HarnessLM(_template_lm()):
                      temperature: float = 0.0) -> list[str]:
         """Continuations of equal-length prompts [B, T] through the decode state, each cut at the
         first stop string; decoding ends when every sequence has stopped or max_new is reached."""
-        from harness.backbone import sample
+        from harness.model.backbone import sample
         stops = [s for s in until if s]  # the end-of-sequence token stops a sequence by its id
         B = prompts.shape[0]
         with self.autocast():
@@ -668,7 +668,7 @@ class ModelSource:
             model, tokenizer, length = load_hf(self.checkpoint[3:], device)
             cfg = Config("hf", ModelConfig(vocab_size=tokenizer.vocab_size, max_seq_len=length),
                          TrainConfig(dtype="bf16", tokenizer=self.checkpoint[3:]))
-            from harness.backbone import count_params
+            from harness.model.backbone import count_params
             return model, tokenizer, cfg, {"params": count_params(model), "tokens": None}
         from harness.data import get_tokenizer
         from harness.train import load_checkpoint
@@ -721,8 +721,21 @@ def evaluate(sources: list[ModelSource], task_names: list[str], run: str, result
     ranks, the others run on rank 0 alone, and rank 0 alone logs and writes. grouped: the tasks that a
     group name brought in; missing data skips them with a warning."""
     from harness.registry import get_task
-    from harness.results import atomic_write_text, command_line, device_name, git_commit, now, rows_table
-    from harness.runner import TaskContext, check_task_data, join_job, run_tasks, stored_rows
+    from harness.results import (
+        atomic_write_text,
+        command_line,
+        device_name,
+        git_commit,
+        now,
+        rows_table,
+    )
+    from harness.runner import (
+        TaskContext,
+        check_task_data,
+        join_job,
+        run_tasks,
+        stored_rows,
+    )
     d, device, log = join_job(device, log)
     main = d is None or d.is_main
     runnable = check_task_data([get_task(t) for t in task_names], online, skip_missing, log, grouped)

@@ -305,9 +305,9 @@ def export(checkpoint: Path, out: Path, max_shard_size: str = "2GB", push_to_hub
     model, cfg, name, meta = load_checkpoint(ckpt, "cpu")
     from transformers.utils import logging as hf_logging
     hf_logging.disable_progress_bar()  # save_pretrained's bar over a handful of shards is noise here
-    from harness.backbone import count_params
     from harness.hf.configuration_swat_harness import SwatHarnessConfig
     from harness.hf.modeling_swat_harness import SwatHarnessForCausalLM
+    from harness.model.backbone import count_params
     config = hf_config(model, cfg, name, get_tokenizer(cfg.train.tokenizer).eos_id)
     with torch.device("meta"):
         hf_model = SwatHarnessForCausalLM(config)

@@ -25,14 +25,31 @@ from typing import Callable
 
 import torch
 
-from harness.config import Config, config_hash
 from harness import distributed
+from harness.config import Config, config_hash
 from harness.data import get_tokenizer
 from harness.distributed import Dist
 from harness.registry import get_model, get_task
-from harness.results import (Row, atomic_write_text, command_line, device_name, folder_lock, git_commit, now,
-                             read_rows, replace_rows, rows_table, versions)
-from harness.train import CHECKPOINT_DIR, check_tokenizer, load_checkpoint, read_meta, train
+from harness.results import (
+    Row,
+    atomic_write_text,
+    command_line,
+    device_name,
+    folder_lock,
+    git_commit,
+    now,
+    read_rows,
+    replace_rows,
+    rows_table,
+    versions,
+)
+from harness.train import (
+    CHECKPOINT_DIR,
+    check_tokenizer,
+    load_checkpoint,
+    read_meta,
+    train,
+)
 from harness.trainlog import LOG_FILE
 
 
@@ -150,7 +167,7 @@ def check_models(models: list[str], cfg: Config, device: str, world_size: int) -
     (on the meta device: no memory) and training options on this device."""
     from harness.data import corpus_files
     from harness.distributed import layers_of
-    from harness.models import build_model
+    from harness.model.build import build_model
     from harness.train import _batch_layout, fused_cross_entropy
     specs = [get_model(name) for name in models]
     check_tokenizer(cfg)

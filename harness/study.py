@@ -152,7 +152,7 @@ def _floats(values, where: str) -> list[float]:
 
 def load_study(path: str | Path) -> Study:
     """Parse and check a study file: every name, size and key is checked before any work."""
-    from harness.models import REFERENCE_MODEL
+    from harness.model.build import REFERENCE_MODEL
     from harness.registry import expand_tasks, get_model
     path = Path(path)
     if not path.is_file():
@@ -219,7 +219,7 @@ def plan(study: Study, log: Callable[[str], None] = print) -> dict[str, dict]:
     in whole steps), warm-up, epochs of the corpus's training split. Tokenizes the corpus (once,
     cached) to count that split. Refuses budgets above max_epochs."""
     from harness.data import get_tokenizer, prepare_streams
-    from harness.models import non_embedding_params
+    from harness.model.build import non_embedding_params
     budgets = {}
     for size in study.sizes:
         cfg = study.config(size, 0)
@@ -343,7 +343,7 @@ def run_unit(study: Study, unit: Unit, results: Path, runs: Path, device: str,
     """Train (or resume, or reuse) one run and score its pending tasks into the study's rows
     (`d`: the torchrun job every rank of which calls this; rank 0 writes)."""
     from harness.data import get_tokenizer
-    from harness.models import non_embedding_params
+    from harness.model.build import non_embedding_params
     from harness.registry import get_task
     from harness.results import command_line, device_name, git_commit, now
     from harness.runner import TaskContext, run_tasks, stored_rows, trained_model
@@ -387,7 +387,13 @@ def keep_record(run_dir: Path, prefix: Path) -> None:
 
 def write_record(study: Study, results: Path, lrs: dict) -> None:
     """results/<name>/run.json (the study file, budgets, versions) and lr_choice.json."""
-    from harness.results import atomic_write_text, command_line, git_commit, now, versions
+    from harness.results import (
+        atomic_write_text,
+        command_line,
+        git_commit,
+        now,
+        versions,
+    )
     out = Path(results) / study.name
     info = {"study": yaml.safe_load(study.path.read_text()), "budgets": study.budgets, "command": command_line(),
             "commit": git_commit(), "date": now(), "versions": versions(),

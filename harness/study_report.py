@@ -343,7 +343,7 @@ def scaling_table(res: Results) -> tuple[Table | None, dict]:
         return None, fits
     table.groups.append(("", lines))
     table.notes.append("± the exponent's standard error from the fit's residuals (blank with two sizes: a line "
-                       "through two points has none). FLOPs: the harness's count (harness/flops.py), which "
+                       "through two points has none). FLOPs: the harness's count (harness/model/flops.py), which "
                        "leaves out the recurrent cores of the fla layers.")
     return table, fits
 

@@ -42,12 +42,18 @@ import torch
 import torch.nn.functional as F
 
 from harness import distributed
-from harness.backbone import DecoderLM, count_params
 from harness.config import Config, ConfigError
-from harness.data import TokenStream, cu_seqlens_for, file_sha256, get_tokenizer, prepare_streams
+from harness.data import (
+    TokenStream,
+    cu_seqlens_for,
+    file_sha256,
+    get_tokenizer,
+    prepare_streams,
+)
 from harness.distributed import Dist
-from harness.flops import flops_per_token, measure_matmul_peak
-from harness.models import build_model
+from harness.model.backbone import DecoderLM, count_params
+from harness.model.build import build_model
+from harness.model.flops import flops_per_token, measure_matmul_peak
 from harness.results import command_line, device_name, git_commit, now
 from harness.trainlog import TrainLog, plot_loss
 

@@ -13,9 +13,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-import harness.attention as attention
-from harness.attention import FULL_CACHE_MIN_GROWTH, AttentionMixer, softmax_attention
+import harness.model.attention as attention
 from harness.config import load_config
+from harness.model.attention import (
+    FULL_CACHE_MIN_GROWTH,
+    AttentionMixer,
+    softmax_attention,
+)
 from harness.ops.alibi import alibi_slopes
 from harness.ops.swat.reference import swat_attention_ref
 

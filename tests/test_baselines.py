@@ -25,9 +25,9 @@ import torch.nn.functional as F
 
 from baselines.fla_common import MissingExtraError, NeedsGPUError
 from baselines.mamba2 import Mamba2Mixer, ssd_ref
-from harness.attention import softmax_attention
 from harness.config import ConfigError, load_config
-from harness.models import build_model, matched_config, params_of
+from harness.model.attention import softmax_attention
+from harness.model.build import build_model, matched_config, params_of
 from harness.ops.swat.reference import swat_attention_ref
 from harness.registry import get_model
 
@@ -251,8 +251,9 @@ def test_gated_deltanet_stops_only_where_fla_would_still_refuse_its_backward(mon
         pytest.skip("flash-linear-attention is not installed (pip install 'swat-harness[fla]')")
     import fla.backends
     import fla.utils
-    from harness.registry import KernelRefusedError
+
     from baselines.gated_deltanet import check_backward_kernel
+    from harness.registry import KernelRefusedError
     monkeypatch.setattr(fla.utils, "IS_NVIDIA_HOPPER", hopper)
     monkeypatch.setattr(fla.utils, "TRITON_ABOVE_3_4_0", True)
     monkeypatch.setattr(fla.utils, "TRITON_ABOVE_3_7_1", triton_ok)
@@ -350,6 +351,7 @@ def test_torch_dqkwg_equals_flas_triton_kernel_under_the_interpreter(monkeypatch
     """The same outputs as fla's own chunk_bwd_kernel_dqkwg, run by Triton's CPU interpreter (which
     has no Hopper miscompile), one launch configuration so that nothing is benchmarked."""
     import fla.ops.common.chunk_o as chunk_o
+
     from baselines.fla_torch_backend import chunk_bwd_dqkwg_torch
     autotuner = chunk_o.chunk_bwd_kernel_dqkwg.fn
     monkeypatch.setattr(autotuner, "configs", autotuner.configs[:1])
@@ -369,6 +371,7 @@ def test_fla_dispatches_dqkwg_to_the_torch_backend_exactly_where_it_refuses_its_
     fla's refusal is never reached."""
     import fla.ops.common.chunk_o as chunk_o
     import fla.utils
+
     from baselines.fla_torch_backend import CommonTileLangBackend, TorchDqkwgBackend
     for module in (fla.utils, chunk_o):
         monkeypatch.setattr(module, "IS_NVIDIA_HOPPER", hopper)
@@ -480,9 +483,10 @@ def _fla_ops(name, dev="cuda"):
             o, _ = delta_rule_recurrence(*(t.transpose(1, 2) for t in (q, k, v, beta)))
             return o.transpose(1, 2)
         return chunk_delta_rule, naive, [qn, kn, v, beta]
-    import baselines.fla_torch_backend  # noqa: F401  (registered, as the model registers it: where fla refuses its kernel)
     from fla.ops.gated_delta_rule import chunk_gated_delta_rule
     from fla.ops.gated_delta_rule.naive import naive_recurrent_gated_delta_rule
+
+    import baselines.fla_torch_backend  # noqa: F401  (registered, as the model registers it: where fla refuses its kernel)
     g = F.logsigmoid(torch.randn(B, T, H, device=dev) + 3)
 
     def naive(q, k, v, g, beta):  # the naive twin takes beta before g
@@ -509,6 +513,7 @@ def test_gpu_gated_delta_rule_on_the_torch_dqkwg_matches_the_naive_recurrence(pa
     fla's naive recurrence in fp32; packed: documents of 90 and 110 tokens, each its own recurrence."""
     from fla.ops.gated_delta_rule import chunk_gated_delta_rule
     from fla.ops.gated_delta_rule.naive import naive_recurrent_gated_delta_rule
+
     from baselines.fla_torch_backend import TorchDqkwgBackend
     ran = []
     torch_impl = TorchDqkwgBackend.chunk_bwd_dqkwg
@@ -590,8 +595,9 @@ def test_gpu_softmax_attention_matches_reference(window, docs):
 @gpu
 @pytest.mark.skipif(importlib.util.find_spec("mamba_ssm") is None, reason="needs mamba-ssm")
 def test_gpu_mamba_selective_scan_kernel_matches_reference():
-    from baselines.mamba import selective_scan_ref
     from mamba_ssm.ops.selective_scan_interface import selective_scan_fn
+
+    from baselines.mamba import selective_scan_ref
     torch.manual_seed(0)
     b, d, n, L = 2, 128, 16, 300
     dev = "cuda"

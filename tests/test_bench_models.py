@@ -8,10 +8,10 @@ import sys
 import pytest
 import torch
 
-from harness.attention import FULL_CACHE_MIN_GROWTH
 from harness.bench import models as bm
 from harness.config import load_config
-from harness.models import build_model
+from harness.model.attention import FULL_CACHE_MIN_GROWTH
+from harness.model.build import build_model
 
 LENGTHS = {"train": [32, 64], "prefill": [32], "decode": [16, 48]}
 gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (run on the device)")

@@ -10,10 +10,16 @@ import pytest
 import torch
 
 from harness.config import ConfigError, load_config
-from harness.models import build_model, matched_config, params_of
+from harness.model.build import build_model, matched_config, params_of
 from harness.ops.alibi import alibi_slopes
 from harness.ops.swat.reference import swat_attention_ref, swat_decode_ref
-from harness.registry import RegistryError, expand_tasks, get_model, load_plugin_file, models
+from harness.registry import (
+    RegistryError,
+    expand_tasks,
+    get_model,
+    load_plugin_file,
+    models,
+)
 
 ROOT = __import__("pathlib").Path(__file__).resolve().parent.parent
 
@@ -48,7 +54,7 @@ def test_entry_point_plugins_are_discovered(monkeypatch, tmp_path):
     plugin.write_text(textwrap.dedent("""
         from harness import register_model
         from harness.backbone import DecoderLM
-        from harness.attention import AttentionMixer
+        from harness.model.attention import AttentionMixer
         @register_model("ep_model", family="attention")
         def build(cfg):
             return DecoderLM(cfg, lambda cfg, i: AttentionMixer(cfg, "full"))

@@ -14,8 +14,15 @@ import torch.nn.functional as F
 
 from harness.config import ConfigError, load_config
 from harness.data import get_tokenizer, prepare_streams
-from harness.ngram import DISCOUNT_WITHOUT_SINGLETONS, NGramLM
-from harness.train import CHECKPOINT_DIR, META_FILE, TRAINER_FILE, fit_by_counting, load_checkpoint, train
+from harness.model.ngram import DISCOUNT_WITHOUT_SINGLETONS, NGramLM
+from harness.train import (
+    CHECKPOINT_DIR,
+    META_FILE,
+    TRAINER_FILE,
+    fit_by_counting,
+    load_checkpoint,
+    train,
+)
 
 # 8 steps of 4 sequences x 64 tokens
 SHORT = ["train.tokens=2048", "train.batch_tokens=256", "train.seq_len=64", "train.micro_batch=2",

@@ -273,7 +273,7 @@ def test_a_plain_module_plugin_trains_and_runs_every_task(tmp_path, capsys, monk
     assert cli.main(["list", "--plugin", str(plugin), "--model", "lookup"]) == 0
     assert "params (tiny):  33,153" in capsys.readouterr().out
     from harness.data import ByteTokenizer
-    from harness.models import build_model
+    from harness.model.build import build_model
     lm = ev.HarnessLM(model=build_model("lookup", load_config("tiny").model), tokenizer=ByteTokenizer(),
                       device="cpu", max_length=64)
     with pytest.raises(ConfigError, match=r"^Bigram has no prefill\(\)/step\(\) \(a decode state\)[^\n]*$"):

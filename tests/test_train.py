@@ -9,10 +9,16 @@ from safetensors.torch import load_file
 
 from harness import train as train_mod
 from harness.config import ConfigError, load_config
-from harness.flops import flops_per_token, visited_keys
-from harness.models import build_model
-from harness.train import (CHECKPOINT_DIR, TRAINER_FILE, TrainingError, load_checkpoint, recover_checkpoint,
-                           train)
+from harness.model.build import build_model
+from harness.model.flops import flops_per_token, visited_keys
+from harness.train import (
+    CHECKPOINT_DIR,
+    TRAINER_FILE,
+    TrainingError,
+    load_checkpoint,
+    recover_checkpoint,
+    train,
+)
 from harness.trainlog import LOG_FILE, PLOT_FILE, read_log
 
 # 2048 tokens in 8 steps of 4 sequences x 64 tokens, 2 micro-batches of 2 (accumulation), checkpoint every 4
@@ -108,8 +114,8 @@ def test_seeds_share_the_heldout_split_and_vary_the_data_order(straight):
     """train.seed varies initialisation and the order sequences are visited in, never which
     documents are held out: one fixed model scores the same held-out loss under either seed."""
     from harness.data import get_tokenizer, prepare_streams
-    from harness.runner import TaskContext
     from harness.registry import get_task
+    from harness.runner import TaskContext
     model = straight[1].model
     losses = []
     for seed in (0, 1):
@@ -301,7 +307,7 @@ def test_mamba_flops_count_scan_and_conv(tiny_cfg):
 
 
 def test_unknown_mixer_is_marked_partial(tiny_cfg):
-    from harness.backbone import DecoderLM
+    from harness.model.backbone import DecoderLM
 
     class Shift(torch.nn.Module):
         def __init__(self, cfg, i):

@@ -185,7 +185,7 @@ def sweep_model(name: str, cfg: Config, sweeps, lengths: dict, device: torch.dev
     the weights); OOM points are recorded, never raised; a refused sweep is logged and left out.
     Peak memory counts only what this sweep allocates (model, optimizer state, activations,
     caches), not tensors that were resident before."""
-    from harness.models import build_model
+    from harness.model.build import build_model
     from harness.registry import KernelRefusedError
     from harness.train import apply_activation_checkpointing, autocast_for
     autocast = autocast_for(device, cfg.train.dtype)
@@ -284,8 +284,18 @@ def run_bench(names: list[str], cfg: Config, sweeps, lengths: dict, device: torc
     from pathlib import Path
 
     from harness.plots import speed_curves
-    from harness.results import (Row, atomic_write_text, command_line, device_name, folder_lock, git_commit, now,
-                                 read_rows, replace_rows, versions)
+    from harness.results import (
+        Row,
+        atomic_write_text,
+        command_line,
+        device_name,
+        folder_lock,
+        git_commit,
+        now,
+        read_rows,
+        replace_rows,
+        versions,
+    )
     from harness.tables import build, render
 
     out = Path(out_dir)
@@ -331,5 +341,5 @@ def run_bench(names: list[str], cfg: Config, sweeps, lengths: dict, device: torc
 
 
 def model_params(names, cfg: Config) -> dict:
-    from harness.models import matched_config, params_of
+    from harness.model.build import matched_config, params_of
     return {n: params_of(n, matched_config(n, cfg.model)) for n in names}

@@ -9,7 +9,7 @@ import sys
 import torch
 
 from harness.data import get_tokenizer, prepare_streams
-from harness.models import build_model
+from harness.model.build import build_model
 from harness.study import load_study
 
 MODELS = ("swat", "swat_logw", "swat_onorm", "swat_official", "sliding_softmax", "transformer")

@@ -31,7 +31,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from harness.backbone import DecoderLM
+from harness.model.backbone import DecoderLM
 
 # D when no pair occurs exactly once (a toy corpus): the formula then gives 0, which would leave
 # unseen pairs no probability; 1/2 is the middle of the range (0, 1] the formula can give

@@ -21,7 +21,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from harness.backbone import RMSNorm
+from harness.model.backbone import RMSNorm
 from harness.config import ModelConfig
 from harness.ops.alibi import alibi_slopes
 from harness.ops.rope import apply_rope, positions_from_cu_seqlens, rope_cos_sin

@@ -13,7 +13,7 @@ import dataclasses
 
 import torch
 
-from harness.backbone import count_params
+from harness.model.backbone import count_params
 from harness.config import ModelConfig
 from harness.registry import get_model
 

@@ -70,7 +70,7 @@ def _mixer_core(module: nn.Module, seq_len: int) -> tuple[str, float] | None:
     """(kind, forward FLOPs per token) of a mixer's non-Linear core, or None when unknown."""
     if hasattr(module, "flops_per_token"):
         return "other", float(module.flops_per_token(seq_len))
-    from harness.attention import AttentionMixer
+    from harness.model.attention import AttentionMixer
     if isinstance(module, AttentionMixer):
         window = None if module.core == "full" else module.window
         return "attention", 4.0 * module.num_heads * module.head_dim * visited_keys(seq_len, window)

@@ -477,7 +477,7 @@ def cmd_export(args) -> None:
 
 
 def cmd_data(args) -> None:
-    from harness.mirror import run_command
+    from harness.data.commands import run_command
     run_command(args, console)
 
 
@@ -665,7 +665,7 @@ class RunFailed(RuntimeError):
 
 def expected_errors() -> tuple:
     from harness.config import ConfigError
-    from harness.data import DataError
+    from harness.data.paths import DataError
     from harness.export import ExportError
     from harness.registry import RegistryError
     from harness.results import ResultsError

@@ -26,7 +26,7 @@ the metrics over all documents: the same numbers as one process.
 
 Offline data: the hub is unreachable here, so every lm-eval task we run is an *overlay*: a YAML that
 `include:`s lm-eval's own task YAML (prompts, metrics, version) and only swaps the data for the
-mirror's JSONL files (`harness.mirror.require`). Overlays are rendered into the cache, because
+mirror's JSONL files (`harness.data.mirror.require`). Overlays are rendered into the cache, because
 they hold absolute paths (lm-eval's install, the mirror); `tasks/lm_eval/` holds the committed
 group YAMLs. With `online=True` a task whose data is not mirrored keeps its hub path.
 """
@@ -48,7 +48,7 @@ import torch.nn.functional as F
 
 from harness import distributed
 from harness.config import ConfigError
-from harness.data import DataError, cache_dir
+from harness.data.paths import DataError, cache_dir
 
 TASKS_DIR = Path(__file__).resolve().parent.parent / "tasks" / "lm_eval"
 
@@ -100,7 +100,7 @@ def import_lm_eval():
 
 def require_data(name: str) -> dict[str, Path]:
     """{split: JSONL path} of a mirrored dataset, or a DataError naming the path and the fix."""
-    from harness.mirror import require
+    from harness.data.mirror import require
     return require(name)
 
 
@@ -670,7 +670,7 @@ class ModelSource:
                          TrainConfig(dtype="bf16", tokenizer=self.checkpoint[3:]))
             from harness.model.backbone import count_params
             return model, tokenizer, cfg, {"params": count_params(model), "tokens": None}
-        from harness.data import get_tokenizer
+        from harness.data.tokenizer import get_tokenizer
         from harness.train import load_checkpoint
         model, cfg, _, meta = load_checkpoint(Path(self.checkpoint), device)
         return model, get_tokenizer(cfg.train.tokenizer), cfg, meta

@@ -41,7 +41,8 @@ from typing import Callable
 import torch
 
 from harness.config import ConfigError
-from harness.data import HUB_CORPORA, ByteTokenizer, get_tokenizer
+from harness.data.corpus import HUB_CORPORA
+from harness.data.tokenizer import ByteTokenizer, get_tokenizer
 from harness.results import Row, read_rows
 
 EXPORTABLE = ("swat", "swat_official", "swat_logw", "swat_onorm", "sliding_softmax", "transformer")

@@ -27,7 +27,7 @@ import torch
 
 from harness import distributed
 from harness.config import Config, config_hash
-from harness.data import get_tokenizer
+from harness.data.tokenizer import get_tokenizer
 from harness.distributed import Dist
 from harness.registry import get_model, get_task
 from harness.results import (
@@ -165,7 +165,7 @@ def check_models(models: list[str], cfg: Config, device: str, world_size: int) -
     """What training or loading would refuse, checked before a run writes anything (run.json
     included): unknown names, the tokenizer and corpus, the batch layout, and each model's build
     (on the meta device: no memory) and training options on this device."""
-    from harness.data import corpus_files
+    from harness.data.corpus import corpus_files
     from harness.distributed import layers_of
     from harness.model.build import build_model
     from harness.train import _batch_layout, fused_cross_entropy
@@ -250,7 +250,7 @@ def check_task_data(tasks: list, online: bool = False, skip_missing: bool = Fals
     whose data is missing raises its DataError (naming path and fix); one that a group brought in
     (`grouped`), or any with skip_missing, is dropped, and one warning line names all those dropped
     and how to get their data. Nothing left to run is an error."""
-    from harness.data import DataError
+    from harness.data.paths import DataError
     from harness.evaluate import TASK_DATA, missing_data
     runnable, skipped = [], []
     for task in tasks:

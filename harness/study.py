@@ -218,7 +218,8 @@ def plan(study: Study, log: Callable[[str], None] = print) -> dict[str, dict]:
     """Each size's budget: tokens (the ratio times the reference model's non-embedding parameters,
     in whole steps), warm-up, epochs of the corpus's training split. Tokenizes the corpus (once,
     cached) to count that split. Refuses budgets above max_epochs."""
-    from harness.data import get_tokenizer, prepare_streams
+    from harness.data.streams import prepare_streams
+    from harness.data.tokenizer import get_tokenizer
     from harness.model.build import non_embedding_params
     budgets = {}
     for size in study.sizes:
@@ -342,7 +343,7 @@ def run_unit(study: Study, unit: Unit, results: Path, runs: Path, device: str,
              should_stop: Callable[[], bool] | None = None, d=None) -> None:
     """Train (or resume, or reuse) one run and score its pending tasks into the study's rows
     (`d`: the torchrun job every rank of which calls this; rank 0 writes)."""
-    from harness.data import get_tokenizer
+    from harness.data.tokenizer import get_tokenizer
     from harness.model.build import non_embedding_params
     from harness.registry import get_task
     from harness.results import command_line, device_name, git_commit, now
@@ -374,7 +375,7 @@ def keep_record(run_dir: Path, prefix: Path) -> None:
     (`<prefix>_train_log.jsonl.gz`: a study keeps hundreds of them), beside the study's rows."""
     import gzip
 
-    from harness.mirror import atomic_write_bytes
+    from harness.data.mirror import atomic_write_bytes
     from harness.results import atomic_write_text
     from harness.train import CHECKPOINT_DIR, META_FILE
     from harness.trainlog import LOG_FILE

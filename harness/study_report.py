@@ -156,7 +156,7 @@ def chance_levels() -> dict[str, float]:
     1 / number of choices); LAMBADA's open-vocabulary word has none worth printing."""
     import gzip
 
-    from harness import mirror
+    from harness.data import mirror
     counts = {"piqa": lambda r: 2, "winogrande": lambda r: 2, "boolq": lambda r: 2,
               "arc_easy": lambda r: len(r["choices"]["text"]), "arc_challenge": lambda r: len(r["choices"]["text"]),
               "hellaswag": lambda r: len(r["endings"]), "social_iqa": lambda r: 3}

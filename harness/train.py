@@ -43,13 +43,9 @@ import torch.nn.functional as F
 
 from harness import distributed
 from harness.config import Config, ConfigError
-from harness.data import (
-    TokenStream,
-    cu_seqlens_for,
-    file_sha256,
-    get_tokenizer,
-    prepare_streams,
-)
+from harness.data.paths import file_sha256
+from harness.data.streams import TokenStream, cu_seqlens_for, prepare_streams
+from harness.data.tokenizer import get_tokenizer
 from harness.distributed import Dist
 from harness.model.backbone import DecoderLM, count_params
 from harness.model.build import build_model

@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from rich.progress import track
 
-from harness.data import DataError
+from harness.data.paths import DataError
 from harness.registry import register_task
 
 LENGTH_DATASETS = ("wikitext", "wikitext_2_v1")  # harness.evaluate.TASK_DATA["length"]
@@ -53,6 +53,7 @@ def eval_lengths(train_len: int, factor: int = 16) -> list[int]:
 def long_stream(tokenizer) -> tuple[np.ndarray, str]:
     """The test articles of the mirrored WikiText-2, concatenated with eos between, and its name."""
     import json
+
     from harness.evaluate import require_data
     for i, name in enumerate(LENGTH_DATASETS):
         try:

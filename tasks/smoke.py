@@ -6,7 +6,7 @@ import math
 
 import torch
 
-from harness.data import prepare_streams
+from harness.data.streams import prepare_streams
 from harness.registry import register_task
 from harness.train import autocast_for, heldout_score
 

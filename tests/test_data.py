@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 import yaml
 
-from harness import data, mirror
-from harness.data import DataError
+from harness.data import corpus, importers, mirror, streams, tokenizer
+from harness.data.paths import DataError
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "data"
 SHARED = Path(__file__).resolve().parent.parent.parent / "shared" / "data"
@@ -26,9 +26,9 @@ LM_EVAL_TASKS = {"piqa": "piqa/piqa.yaml", "arc_easy": "arc/arc_easy.yaml", "boo
 def mirror_dir(tmp_path, monkeypatch):
     """An empty mirror as $HARNESS_DATA (the only root searched), filled from the fixtures."""
     monkeypatch.setenv("HARNESS_DATA", str(tmp_path / "mirror"))
-    mirror.import_path(FIXTURES, tmp_path / "mirror")
-    mirror.import_path(FIXTURES / "hellaswag_format_fixture.jsonl", tmp_path / "mirror", "hellaswag")
-    mirror.import_path(FIXTURES / "siqa_format_fixture.jsonl", tmp_path / "mirror", "social_iqa")
+    importers.import_path(FIXTURES, tmp_path / "mirror")
+    importers.import_path(FIXTURES / "hellaswag_format_fixture.jsonl", tmp_path / "mirror", "hellaswag")
+    importers.import_path(FIXTURES / "siqa_format_fixture.jsonl", tmp_path / "mirror", "social_iqa")
     return tmp_path / "mirror"
 
 
@@ -130,7 +130,7 @@ def test_import_rejects_wrong_schema_and_leaves_nothing(tmp_path):
     bad = tmp_path / "bad.jsonl"
     bad.write_text(json.dumps({"goal": "g", "sol1": "a"}) + "\n")
     with pytest.raises(DataError, match="piqa records need fields"):
-        mirror.import_path(bad, tmp_path / "mirror", "piqa")
+        importers.import_path(bad, tmp_path / "mirror", "piqa")
     assert not (tmp_path / "mirror" / "piqa").exists()
 
 
@@ -173,7 +173,7 @@ def test_committed_mirror_matches_official_counts_and_manifest(monkeypatch):
 @pytest.mark.skipif(not SHARED.is_dir(), reason="../shared/data (raw provenance files) is absent")
 def test_committed_mirror_is_reproducible_from_the_raw_files(tmp_path):
     """Re-importing ../shared/data gives byte-identical splits (same sha256) as the committed ones."""
-    entries = mirror.import_path(SHARED, tmp_path)
+    entries = importers.import_path(SHARED, tmp_path)
     committed = mirror.load_manifest()["datasets"]
     assert entries
     for e in entries:
@@ -182,7 +182,7 @@ def test_committed_mirror_is_reproducible_from_the_raw_files(tmp_path):
 
 
 def test_llama2_tokenizer_matches_reference_encoder_and_round_trips():
-    tok = data.get_tokenizer("llama2")
+    tok = tokenizer.get_tokenizer("llama2")
     assert (tok.vocab_size, tok.eos_id) == (32000, 2)
     cases = json.loads((FIXTURES / "llama2_js_ids.json").read_text(encoding="utf-8"))
     for case in cases:
@@ -202,8 +202,8 @@ def test_streams_keep_document_boundaries_split_and_cache(tmp_path, monkeypatch)
     docs = [s for s in re.split(r"(?<=\.) ", text) if s.strip()]
     assert len(docs) >= 20
     _write_corpus(tmp_path / "corpus", docs)
-    tok = data.ByteTokenizer()
-    train, held = data.prepare_streams(str(tmp_path / "corpus"), tok, heldout_fraction=0.1)
+    tok = tokenizer.ByteTokenizer()
+    train, held = streams.prepare_streams(str(tmp_path / "corpus"), tok, heldout_fraction=0.1)
     assert train.tokens.dtype == np.uint16 and isinstance(train.tokens, np.memmap)
     n_held = max(1, round(0.1 * len(docs)))
     assert len(held.doc_starts) == n_held and len(train.doc_starts) == len(docs) - n_held
@@ -212,13 +212,13 @@ def test_streams_keep_document_boundaries_split_and_cache(tmp_path, monkeypatch)
         assert (np.asarray(stream.tokens)[ends] == tok.eos_id).all()
         assert (np.asarray(stream.tokens)[stream.doc_starts[1:] - 1] == tok.eos_id).all()
     got = {tok.decode(held.tokens[a:b]) for a, b in zip(held.doc_starts, np.append(held.doc_starts[1:], len(held.tokens)))}
-    by_digest = sorted(set(docs), key=data.document_digest)
+    by_digest = sorted(set(docs), key=corpus.document_digest)
     assert got == set(by_digest[:n_held])  # the documents of smallest digest, whatever the seed
     window, starts = train.sequence(0, 64)
     assert starts[0] == 0 and all(window[s - 1] == tok.eos_id for s in starts[1:])
     # cached: a second call reads the files without loading documents
-    monkeypatch.setattr(data, "iter_sourced_documents", lambda corpus: pytest.fail("tokenized twice"))
-    again, _ = data.prepare_streams(str(tmp_path / "corpus"), tok, heldout_fraction=0.1)
+    monkeypatch.setattr(streams, "iter_sourced_documents", lambda corpus: pytest.fail("tokenized twice"))
+    again, _ = streams.prepare_streams(str(tmp_path / "corpus"), tok, heldout_fraction=0.1)
     assert np.array_equal(again.tokens, train.tokens)
 
 
@@ -231,28 +231,28 @@ def test_heldout_split_is_per_source_and_by_content(tmp_path):
     folder.mkdir()
     (folder / "books.jsonl").write_text("".join(json.dumps({"text": t, "source": "books"}) + "\n" for t in books))
     (folder / "docs.txt").write_text("\n\n\n".join(docs))
-    texts, sources = zip(*data.iter_sourced_documents(str(folder)))
+    texts, sources = zip(*corpus.iter_sourced_documents(str(folder)))
     assert sources.count("books") == 40 and sources.count("docs") == 4
-    mask = data.heldout_split([data.document_digest(t) for t in texts], list(sources), 0.05)
+    mask = corpus.heldout_split([corpus.document_digest(t) for t in texts], list(sources), 0.05)
     held = {t for t, h in zip(texts, mask) if h}
     assert sum(t in held for t in books) == 2 and sum(t in held for t in docs) == 1
     more = [f"book {i}. " * 20 for i in range(40, 60)] + list(texts)
-    mask2 = data.heldout_split([data.document_digest(t) for t in more], ["books"] * 20 + list(sources), 0.05)
+    mask2 = corpus.heldout_split([corpus.document_digest(t) for t in more], ["books"] * 20 + list(sources), 0.05)
     assert {t for t, h in zip(more, mask2) if h and t in docs} == {t for t in held if t in docs}
-    train, held_stream = data.prepare_streams(str(folder), data.ByteTokenizer())
+    train, held_stream = streams.prepare_streams(str(folder), tokenizer.ByteTokenizer())
     assert held_stream.source_names == ("books", "docs")
     assert sorted(held_stream.doc_sources.tolist()) == [0, 0, 1]
     assert (held_stream.token_sources(0, len(held_stream.tokens)) >= 0).all()
-    train_text, held_text = data.heldout_texts(str(folder))
+    train_text, held_text = corpus.heldout_texts(str(folder))
     assert set(held_text) == held and len(train_text) == 44 - 3
 
 
 def test_named_corpus_lookup_and_missing_hint(tmp_path, monkeypatch):
     monkeypatch.setenv("HARNESS_DATA", str(tmp_path))
     _write_corpus(tmp_path / "corpora" / "mini", ["one document.", "another document."])
-    assert list(data.iter_documents("mini")) == ["one document.", "another document."]
+    assert list(corpus.iter_documents("mini")) == ["one document.", "another document."]
     with pytest.raises(DataError, match="harness data fetch slimpajama"):
-        data.corpus_files("slimpajama")
+        corpus.corpus_files("slimpajama")
 
 
 def test_fetch_writes_hub_rows_in_the_same_layout(tmp_path, monkeypatch):
@@ -265,7 +265,7 @@ def test_fetch_writes_hub_rows_in_the_same_layout(tmp_path, monkeypatch):
         asked.append((path, name, split))
         return [{**r, "label": str(r["label"])} for r in rows]
     monkeypatch.setattr(datasets, "load_dataset", fake_load)
-    (entry,) = mirror.fetch("hellaswag", tmp_path)
+    (entry,) = importers.fetch("hellaswag", tmp_path)
     assert asked == [("Rowan/hellaswag", None, "validation")]
     assert entry["file"] == "hellaswag/validation.jsonl.gz" and entry["count"] == 2
     monkeypatch.setenv("HARNESS_DATA", str(tmp_path))
@@ -275,7 +275,7 @@ def test_fetch_writes_hub_rows_in_the_same_layout(tmp_path, monkeypatch):
         raise ConnectionError("hub unreachable")
     monkeypatch.setattr(datasets, "load_dataset", offline)
     with pytest.raises(DataError, match=r"could not fetch baber/piqa split validation .*hub unreachable.*harness data import"):
-        mirror.fetch("piqa", tmp_path)
+        importers.fetch("piqa", tmp_path)
 
 
 def test_fetch_corpus_streams_resumable_shards(tmp_path, monkeypatch):
@@ -286,10 +286,10 @@ def test_fetch_corpus_streams_resumable_shards(tmp_path, monkeypatch):
             return Stream(self[n:])
     texts = [f"document number {i}." for i in range(7)]
     monkeypatch.setattr(datasets, "load_dataset", lambda *a, **k: Stream({"text": t} for t in texts))
-    folder = data.fetch_corpus("slimpajama", 5, tmp_path, shard_docs=2)
+    folder = corpus.fetch_corpus("slimpajama", 5, tmp_path, shard_docs=2)
     assert sorted(p.name for p in folder.iterdir()) == ["part-00000.jsonl.gz", "part-00001.jsonl.gz",
                                                          "part-00002.jsonl.gz"]
     monkeypatch.setenv("HARNESS_DATA", str(tmp_path))
-    assert list(data.iter_documents("slimpajama")) == texts[:5]
-    data.fetch_corpus("slimpajama", 7, tmp_path, shard_docs=2)  # resumes after the 2 full shards
-    assert list(data.iter_documents("slimpajama"))[-3:] == texts[4:]
+    assert list(corpus.iter_documents("slimpajama")) == texts[:5]
+    corpus.fetch_corpus("slimpajama", 7, tmp_path, shard_docs=2)  # resumes after the 2 full shards
+    assert list(corpus.iter_documents("slimpajama"))[-3:] == texts[4:]

@@ -16,7 +16,8 @@ pytest.importorskip("lm_eval")
 
 from harness import evaluate as ev  # noqa: E402
 from harness.config import load_config  # noqa: E402
-from harness.data import ByteTokenizer, DataError  # noqa: E402
+from harness.data.paths import DataError  # noqa: E402
+from harness.data.tokenizer import ByteTokenizer
 from harness.model.build import build_model  # noqa: E402
 from harness.registry import get_task, load_plugins  # noqa: E402
 from harness.runner import TaskContext  # noqa: E402

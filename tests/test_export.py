@@ -19,7 +19,7 @@ pytest.importorskip("transformers")
 from harness import cli  # noqa: E402
 from harness import evaluate as ev  # noqa: E402
 from harness.config import load_config  # noqa: E402
-from harness.data import ByteTokenizer, get_tokenizer  # noqa: E402
+from harness.data.tokenizer import ByteTokenizer, get_tokenizer  # noqa: E402
 from harness.export import EXPORTABLE  # noqa: E402
 from harness.model.build import build_model  # noqa: E402
 from harness.train import load_checkpoint  # noqa: E402

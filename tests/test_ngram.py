@@ -13,7 +13,8 @@ import torch
 import torch.nn.functional as F
 
 from harness.config import ConfigError, load_config
-from harness.data import get_tokenizer, prepare_streams
+from harness.data.streams import prepare_streams
+from harness.data.tokenizer import get_tokenizer
 from harness.model.ngram import DISCOUNT_WITHOUT_SINGLETONS, NGramLM
 from harness.train import (
     CHECKPOINT_DIR,

@@ -18,7 +18,7 @@ import pytest
 from harness import cli
 from harness import evaluate as ev
 from harness.config import ConfigError, ModelConfig, TrainConfig, load_config
-from harness.data import DataError
+from harness.data.paths import DataError
 
 ROOT = Path(__file__).resolve().parent.parent
 EVAL_FIXTURES = Path(__file__).parent / "fixtures" / "eval"
@@ -272,7 +272,7 @@ def test_a_plain_module_plugin_trains_and_runs_every_task(tmp_path, capsys, monk
     assert get_model("lookup").family == "custom"
     assert cli.main(["list", "--plugin", str(plugin), "--model", "lookup"]) == 0
     assert "params (tiny):  33,153" in capsys.readouterr().out
-    from harness.data import ByteTokenizer
+    from harness.data.tokenizer import ByteTokenizer
     from harness.model.build import build_model
     lm = ev.HarnessLM(model=build_model("lookup", load_config("tiny").model), tokenizer=ByteTokenizer(),
                       device="cpu", max_length=64)

@@ -113,7 +113,8 @@ def test_a_stop_request_checkpoints_and_resumes_bit_for_bit(straight, tmp_path):
 def test_seeds_share_the_heldout_split_and_vary_the_data_order(straight):
     """train.seed varies initialisation and the order sequences are visited in, never which
     documents are held out: one fixed model scores the same held-out loss under either seed."""
-    from harness.data import get_tokenizer, prepare_streams
+    from harness.data.streams import prepare_streams
+    from harness.data.tokenizer import get_tokenizer
     from harness.registry import get_task
     from harness.runner import TaskContext
     model = straight[1].model

@@ -8,7 +8,8 @@ import sys
 
 import torch
 
-from harness.data import get_tokenizer, prepare_streams
+from harness.data.streams import prepare_streams
+from harness.data.tokenizer import get_tokenizer
 from harness.model.build import build_model
 from harness.study import load_study
 

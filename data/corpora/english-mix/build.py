@@ -218,7 +218,7 @@ def main() -> None:
     if args.debian:
         for name, docs in debian_docs(args.debian).items():
             write(name, docs)
-    from harness.mirror import record_corpus
+    from harness.data.importers import record_corpus
     entry = record_corpus(OUT.name, OUT.parent.parent)
     print(f"{OUT.name}: {entry['documents']} documents, tokens {entry['tokens']}")
 

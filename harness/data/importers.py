@@ -1,249 +1,33 @@
-"""The local data mirror of the evaluation sets: catalogue, lookup, import, fetch and verify.
-
-Every evaluation set is stored in the schema of the Hugging Face hub dataset that lm-eval's built-in
-task reads (same field names and types), one JSONL file per split, so a task YAML can point
-`dataset_path: json` + `data_files` at it and run offline. The catalogue below is the single list of
-what the tasks need; `data/MANIFEST.json` (committed) records each stored file's origin, license,
-example count and sha256 of its uncompressed JSONL, and `harness data verify` checks against it.
-
-Lookup order (see `harness.data.data_roots`): `$HARNESS_DATA` alone when set; otherwise the
-repository's `data/`, then `../shared/data` beside the checkout, then the user cache
-(`~/.cache/swat-harness/data`, where `fetch` and `import` write). Files may be stored gzipped
-(`<name>/<split>.jsonl.gz`); `require` hands out a plain JSONL copy in the cache.
+"""Filling the mirror: evaluation sets imported from local files (the hub's own files, the authors'
+releases, llm-foundry's ICL files, the tokenized WikiText-2 pages) or fetched from the hub, each
+converted to the hub schema and recorded in MANIFEST.json; the Llama-2 tokenizer rebuilt from
+llama-tokenizer-js; a byte-level BPE trained on a corpus's training documents; a corpus's counts.
 """
 
 from __future__ import annotations
 
 import gzip
-import hashlib
-import io
 import json
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator
 
-from harness.data import (HUB_CORPORA, DataError, cache_dir, corpus_files, data_roots, fetch_corpus,
-                          files_in, get_tokenizer, prepare_streams, read_decompressed, read_documents,
-                          split_wikitext, user_data_dir)
-
-REPO_DATA = Path(__file__).resolve().parent.parent / "data"
-MANIFEST_PATH = REPO_DATA / "MANIFEST.json"
-
-# Field types of a hub schema: "str", "int", "list[str]", or a dict for a nested struct.
-Schema = dict
-
-
-@dataclass(frozen=True)
-class Dataset:
-    """One evaluation set as the hub holds it: where lm-eval loads it from and its schema."""
-    name: str                 # lm-eval task name (or a distinct name for a non-standard variant)
-    hub: str                  # hub dataset lm-eval's YAML names
-    hub_config: str | None
-    splits: dict              # split -> official example count
-    schema: Schema
-    license: str
-    lm_eval_task: str | None  # the built-in task that reads it, None for variants no task reads
-    note: str = ""
-
-
-CATALOGUE: dict[str, Dataset] = {d.name: d for d in [
-    Dataset("piqa", "baber/piqa", None, {"validation": 1838},
-            {"goal": "str", "sol1": "str", "sol2": "str", "label": "int"}, "AFL-3.0", "piqa"),
-    Dataset("arc_easy", "allenai/ai2_arc", "ARC-Easy", {"test": 2376},
-            {"id": "str", "question": "str", "choices": {"text": "list[str]", "label": "list[str]"},
-             "answerKey": "str"}, "CC BY-SA 4.0", "arc_easy"),
-    Dataset("arc_challenge", "allenai/ai2_arc", "ARC-Challenge", {"test": 1172},
-            {"id": "str", "question": "str", "choices": {"text": "list[str]", "label": "list[str]"},
-             "answerKey": "str"}, "CC BY-SA 4.0", "arc_challenge"),
-    Dataset("boolq", "aps/super_glue", "boolq", {"validation": 3270},
-            {"question": "str", "passage": "str", "idx": "int", "label": "int"}, "CC BY-SA 3.0", "boolq"),
-    Dataset("winogrande", "allenai/winogrande", "winogrande_xl", {"validation": 1267},
-            {"sentence": "str", "option1": "str", "option2": "str", "answer": "str"}, "CC BY 4.0",
-            "winogrande"),
-    Dataset("lambada_openai", "EleutherAI/lambada_openai", "default", {"test": 5153},
-            {"text": "str"}, "CC BY 4.0", "lambada_openai"),
-    Dataset("hellaswag", "Rowan/hellaswag", None, {"validation": 10042},
-            {"ind": "int", "activity_label": "str", "ctx_a": "str", "ctx_b": "str", "ctx": "str",
-             "endings": "list[str]", "source_id": "str", "split": "str", "split_type": "str", "label": "str"},
-            "MIT", "hellaswag"),
-    Dataset("social_iqa", "lighteval/siqa", None, {"validation": 1954},
-            {"context": "str", "question": "str", "answerA": "str", "answerB": "str", "answerC": "str",
-             "label": "str"}, "CC BY 4.0", "social_iqa"),
-    Dataset("wikitext", "EleutherAI/wikitext_document_level", "wikitext-2-raw-v1",
-            {"test": 62, "validation": 60}, {"page": "str"}, "CC BY-SA 3.0", "wikitext"),
-    Dataset("wikitext_2_v1", "EleutherAI/wikitext_document_level", "wikitext-2-v1",
-            {"test": 62, "validation": 60}, {"page": "str"}, "CC BY-SA 3.0", None,
-            note="the tokenized v1 text (<unk>, ' @-@ '), not the raw text lm-eval's wikitext task reads"),
-]}
-
-
-def dataset(name: str) -> Dataset:
-    if name not in CATALOGUE:
-        raise DataError(f"unknown dataset {name!r}; choose one of {', '.join(CATALOGUE)}")
-    return CATALOGUE[name]
-
-
-# ---------------------------------------------------------------- schema
-
-def _type_ok(value, kind) -> bool:
-    if isinstance(kind, dict):
-        return isinstance(value, dict) and set(value) == set(kind) and all(
-            _type_ok(value[k], t) for k, t in kind.items())
-    if kind == "int":
-        return isinstance(value, int) and not isinstance(value, bool)
-    if kind == "str":
-        return isinstance(value, str)
-    if kind == "list[str]":
-        return isinstance(value, list) and all(isinstance(v, str) for v in value)
-    raise ValueError(f"unknown schema type {kind!r}")
-
-
-def check_record(ds: Dataset, record: dict, where: str) -> dict:
-    """The record with its fields in schema order, or a DataError naming the first mismatch."""
-    if not isinstance(record, dict) or set(record) != set(ds.schema):
-        got = sorted(record) if isinstance(record, dict) else type(record).__name__
-        raise DataError(f"{where}: {ds.name} records need fields {sorted(ds.schema)}, got {got}")
-    for key, kind in ds.schema.items():
-        if not _type_ok(record[key], kind):
-            raise DataError(f"{where}: {ds.name} field {key!r} must be {kind}, got {record[key]!r:.60}")
-    return {k: record[k] for k in ds.schema}
-
-
-def to_jsonl(ds: Dataset, records: Iterable[dict], where: str) -> bytes:
-    """Canonical JSONL bytes (schema key order, UTF-8, one record a line): what sha256 is taken of."""
-    lines = [json.dumps(check_record(ds, r, f"{where} record {i}"), ensure_ascii=False)
-             for i, r in enumerate(records, 1)]
-    return ("\n".join(lines) + "\n").encode("utf-8") if lines else b""
-
-
-def sha256(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
-# ---------------------------------------------------------------- where files are
-
-def stored_file(name: str, split: str) -> Path | None:
-    """The first stored copy of a split in lookup order (plain or gzipped JSONL), else None."""
-    for root in data_roots():
-        for suffix in (".jsonl", ".jsonl.gz"):
-            path = root / name / f"{split}{suffix}"
-            if path.is_file():
-                return path
-    return None
-
-
-def read_stored(path: Path) -> bytes:
-    data = path.read_bytes()
-    return gzip.decompress(data) if path.suffix == ".gz" else data
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def how_to_get(name: str) -> str:
-    ds = dataset(name)
-    hub = ds.hub + (f" ({ds.hub_config})" if ds.hub_config else "")
-    return (f"run `harness data fetch {name}` where the Hugging Face hub is reachable (hub: {hub}), or "
-            f"`harness data import FILE --name {name} --split SPLIT` with a local copy")
-
-
-def require(name: str) -> dict[str, Path]:
-    """{split: local plain JSONL file in the hub schema} for every split of `name`, or a DataError
-    that names the dataset, where it was looked for and how to get it."""
-    ds = dataset(name)
-    out = {}
-    for split in ds.splits:
-        path = stored_file(name, split)
-        if path is None:
-            looked = ", ".join(str(r / name) for r in data_roots())
-            raise DataError(f"dataset {name} split {split} is not in the mirror (looked in {looked}); "
-                            f"{how_to_get(name)}")
-        out[split] = path if path.suffix == ".jsonl" else _plain_copy(path)
-    return out
-
-
-def _plain_copy(path: Path) -> Path:
-    """Decompress a gzipped split once into the cache, keyed by content, and return the copy."""
-    data = read_stored(path)
-    digest = sha256(data)
-    target = cache_dir() / "mirror" / path.parent.name / digest[:16] / path.name.removesuffix(".gz")
-    if not target.is_file():
-        atomic_write_bytes(target, data)
-    return target
-
-
-def available() -> dict[str, bool]:
-    """Dataset name -> whether every split is present in the mirror."""
-    return {name: all(stored_file(name, s) for s in ds.splits) for name, ds in CATALOGUE.items()}
-
-
-# ---------------------------------------------------------------- manifest
-
-def load_manifest(path: Path | None = None) -> dict:
-    """A mirror's MANIFEST.json; by default the committed data/MANIFEST.json."""
-    path = path or MANIFEST_PATH
-    if not path.is_file():
-        return {"datasets": {}}
-    return json.loads(path.read_text(encoding="utf-8"))
-
-
-def count_lines(data: bytes) -> int:
-    return sum(1 for line in io.BytesIO(data) if line.strip())
-
-
-@dataclass
-class Status:
-    """What `list` and `verify` report about one split."""
-    name: str
-    split: str
-    path: Path | None
-    count: int | None
-    official: int
-    sha256: str | None
-    problem: str = ""
-
-
-def status(name: str, split: str) -> Status:
-    """Presence, count and checksum of one split, with any disagreement with the official size or
-    with the MANIFEST.json of the mirror folder that holds it (committed for data/, written by
-    fetch/import elsewhere)."""
-    ds = dataset(name)
-    official = ds.splits[split]
-    path = stored_file(name, split)
-    if path is None:
-        return Status(name, split, None, None, official, None, "missing")
-    data = read_stored(path)
-    st = Status(name, split, path, count_lines(data), official, sha256(data))
-    manifest_path = path.parent.parent / "MANIFEST.json"
-    expected = load_manifest(manifest_path)["datasets"].get(name, {}).get("splits", {}).get(split)
-    problems = []
-    if st.count != official:
-        problems.append(f"{st.count} examples, official {official}")
-    if expected is None:
-        problems.append(f"not recorded in {manifest_path}")
-    elif expected["sha256"] != st.sha256:
-        problems.append(f"sha256 differs from {manifest_path} (a modified file)")
-    st.problem = "; ".join(problems)
-    return st
-
-
-def statuses() -> Iterator[Status]:
-    for name, ds in CATALOGUE.items():
-        for split in ds.splits:
-            yield status(name, split)
-
+from harness.data.corpus import files_in, read_decompressed, read_documents, split_wikitext
+from harness.data.paths import DataError
+from harness.data.streams import prepare_streams
+from harness.data.tokenizer import get_tokenizer
+from harness.data.mirror import (
+    CATALOGUE,
+    REPO_DATA,
+    Dataset,
+    atomic_write_bytes,
+    count_lines,
+    dataset,
+    load_manifest,
+    read_stored,
+    sha256,
+    to_jsonl,
+)
 
 # ---------------------------------------------------------------- converters (raw files -> hub schema)
 
@@ -515,7 +299,14 @@ def llama2_tokenizer_from_js(path: Path):
     import re
 
     import numpy as np
-    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
+    from tokenizers import (
+        Tokenizer,
+        decoders,
+        models,
+        normalizers,
+        pre_tokenizers,
+        processors,
+    )
     source = Path(path).read_text(encoding="utf-8")
     found = {k: re.search(rf'^const llama_{k} = "([A-Za-z0-9+/=]+)"', source, re.M)
              for k in ("vocab_base64", "merges_binary")}
@@ -563,12 +354,12 @@ EOT = "<|endoftext|>"
 def train_bpe(corpus: str, vocab_size: int, heldout_fraction: float = 0.05):
     """A byte-level BPE (GPT-2's pre-tokenizer and byte alphabet, so every text encodes, with no
     unknown token; one special token `<|endoftext|>` that ends documents) trained with `tokenizers`
-    on the TRAINING documents of a corpus only: the held-out split (`harness.data.heldout_split`,
+    on the TRAINING documents of a corpus only: the held-out split (`harness.data.corpus.heldout_split`,
     by content) is fixed before any tokenizer exists, so the tokenizer never saw the text that
     measures the models. A vocabulary this small keeps the embeddings a small share of small models."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
-    from harness.data import heldout_texts
+    from harness.data.corpus import heldout_texts
     if vocab_size < 512:
         raise DataError(f"a BPE vocabulary of {vocab_size} is smaller than its 256 byte symbols plus merges; "
                         f"use --vocab-size 512 or more")
@@ -618,124 +409,3 @@ def record_corpus(name: str, dest: Path = REPO_DATA, tokenizer: str | None = "ll
         entry["tokens"] = {tokenizer: {"train": len(train.tokens), "heldout": len(held.tokens)}}
     update_manifest(dest, lambda m: m.setdefault("corpora", {}).__setitem__(name, entry))
     return entry
-
-
-# ---------------------------------------------------------------- command line (`harness data ...`)
-
-def _size(n: int) -> str:
-    return f"{n / 2**20:.1f} MiB" if n >= 2**20 else f"{n / 2**10:.0f} KiB"
-
-
-def _where(path: Path) -> str:
-    """A path relative to the working directory when it is inside it (short table cells)."""
-    try:
-        return str(path.resolve().relative_to(Path.cwd().resolve()))
-    except ValueError:
-        return str(path)
-
-
-def cmd_list(console) -> None:
-    """Every dataset the tasks need (present or missing, count vs official, size, checksum, path),
-    then the tokenizers and the corpora."""
-    from rich.table import Table
-
-    manifest = load_manifest()
-    console.print("lookup order: " + " > ".join(_where(r) for r in data_roots()), highlight=False)
-    table = Table(title="evaluation sets")
-    for col in ("dataset", "split", "status", "n", "official", "size", "sha256", "where"):
-        table.add_column(col, overflow="fold")
-    missing = []
-    for st in statuses():
-        if st.path is None:
-            ds = dataset(st.name)
-            missing.append(st.name)
-            table.add_row(st.name, st.split, "[red]missing[/red]", "-", str(st.official), "-", "-",
-                          f"hub {ds.hub}" + (f" {ds.hub_config}" if ds.hub_config else ""))
-            continue
-        flag = "[green]ok[/green]" if not st.problem else f"[yellow]{st.problem}[/yellow]"
-        table.add_row(st.name, st.split, flag, str(st.count), str(st.official), _size(st.path.stat().st_size),
-                      st.sha256[:8], _where(st.path))
-    console.print(table)
-    if missing:
-        console.print(f"missing: {', '.join(dict.fromkeys(missing))}; get them with `harness data fetch NAME` "
-                      f"(online) or `harness data import FILE --name NAME [--split SPLIT]`", highlight=False)
-    other = Table(title="tokenizers and pretraining corpora")
-    for col in ("name", "status", "documents", "tokens (llama2)", "size", "where"):
-        other.add_column(col, overflow="fold")
-    for name, entry in manifest.get("tokenizers", {}).items():
-        try:
-            tok = get_tokenizer(name)
-            other.add_row(f"tokenizer {name}", "[green]ok[/green]", f"vocab {tok.vocab_size}", "-",
-                          _size(tok.path.stat().st_size), _where(tok.path))
-        except DataError:
-            other.add_row(f"tokenizer {name}", "[red]missing[/red]", f"vocab {entry['vocab_size']}", "-", "-",
-                          "harness data import PATH/llama-tokenizer-js")
-    for name in [*manifest.get("corpora", {}), *HUB_CORPORA]:
-        entry = manifest.get("corpora", {}).get(name, {})
-        try:
-            files = corpus_files(name)
-        except DataError:
-            files = []
-        tokens = entry.get("tokens", {}).get("llama2")
-        other.add_row(f"corpus {name}", "[green]ok[/green]" if files else "[red]missing[/red]",
-                      f"{entry['documents']:,}" if entry else "-", f"{sum(tokens.values()):,}" if tokens else "-",
-                      _size(sum(f.stat().st_size for f in files)) if files else "-",
-                      _where(files[0].parent) if files else f"harness data fetch {name} --documents N")
-    console.print(other)
-
-
-def verify() -> list[str]:
-    """Problems found: splits whose count differs from the official size or whose sha256 differs
-    from data/MANIFEST.json, and tokenizer or corpus files that differ from it."""
-    manifest = load_manifest()
-    problems = [f"{st.name}/{st.split}: {st.problem}" for st in statuses() if st.path and st.problem]
-    for name, entry in manifest.get("tokenizers", {}).items():
-        path = next((r / entry["file"] for r in data_roots() if (r / entry["file"]).is_file()), None)
-        if path and sha256(read_stored(path)) != entry["sha256"]:
-            problems.append(f"tokenizer {name}: {path} differs from data/MANIFEST.json")
-    for name, entry in manifest.get("corpora", {}).items():
-        folder = REPO_DATA / entry["folder"]
-        for file, meta in entry["files"].items():
-            path = folder / file
-            if path.is_file() and sha256(path.read_bytes()) != meta["sha256"]:
-                problems.append(f"corpus {name}: {path} differs from data/MANIFEST.json")
-    return problems
-
-
-def run_command(args, console) -> None:
-    """`harness data list|fetch|verify|import|train-tokenizer` (argparse namespace from harness.cli)."""
-    if args.data_command == "list":
-        cmd_list(console)
-    elif args.data_command == "verify":
-        problems = verify()
-        present = sum(1 for st in statuses() if st.path)
-        for p in problems:
-            console.print(f"[red]x[/red] {p}", highlight=False)
-        if problems:
-            raise DataError(f"{len(problems)} problem(s) in the mirror (see above); re-import or re-fetch those "
-                            f"datasets")
-        console.print(f"ok: {present} splits match the official counts and their MANIFEST.json; tokenizers and "
-                      f"corpora match data/MANIFEST.json")
-    elif args.data_command == "fetch":
-        dest = Path(args.to) if args.to else user_data_dir()
-        for name in args.names:
-            if name in HUB_CORPORA:
-                if not args.documents:
-                    raise DataError(f"fetching corpus {name} needs --documents N (how many to stream)")
-                folder = fetch_corpus(name, args.documents, dest,
-                                      progress=lambda d, n: console.print(f"{name}: {d:,}/{n:,} documents"))
-                console.print(f"{name}: {folder}")
-                continue
-            for e in fetch(name, dest):
-                console.print(f"{name}/{e['split']}: {e['count']} examples -> {dest / e['file']}")
-    elif args.data_command == "train-tokenizer":
-        dest = Path(args.to) if args.to else user_data_dir()
-        e = store_bpe(args.corpus, args.vocab_size, args.name, dest)
-        console.print(f"tokenizer {e['name']}: vocabulary {e['vocab_size']} -> {dest / e['file']}; use it with "
-                      f"--set train.tokenizer={e['name']} --set model.vocab_size={e['vocab_size']}", highlight=False)
-    elif args.data_command == "import":
-        dest = Path(args.to) if args.to else user_data_dir()
-        for e in import_path(Path(args.path), dest, args.name, args.split):
-            what = f"{e['name']}/{e['split']}: {e['count']} examples (official {e['official']})" if "split" in e \
-                else f"tokenizer {e['name']}: vocabulary {e['vocab_size']}"
-            console.print(f"{what} -> {dest / e['file']}")

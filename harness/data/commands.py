@@ -1,0 +1,114 @@
+"""`harness data list|fetch|verify|import|train-tokenizer`: the mirror from the command line.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from harness.data.corpus import HUB_CORPORA, corpus_files, fetch_corpus
+from harness.data.paths import DataError, data_roots, user_data_dir
+from harness.data.tokenizer import get_tokenizer
+from harness.data.importers import fetch, import_path, store_bpe
+from harness.data.mirror import dataset, load_manifest, statuses, verify
+
+# ---------------------------------------------------------------- command line (`harness data ...`)
+
+def _size(n: int) -> str:
+    return f"{n / 2**20:.1f} MiB" if n >= 2**20 else f"{n / 2**10:.0f} KiB"
+
+
+def _where(path: Path) -> str:
+    """A path relative to the working directory when it is inside it (short table cells)."""
+    try:
+        return str(path.resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)
+
+
+def cmd_list(console) -> None:
+    """Every dataset the tasks need (present or missing, count vs official, size, checksum, path),
+    then the tokenizers and the corpora."""
+    from rich.table import Table
+
+    manifest = load_manifest()
+    console.print("lookup order: " + " > ".join(_where(r) for r in data_roots()), highlight=False)
+    table = Table(title="evaluation sets")
+    for col in ("dataset", "split", "status", "n", "official", "size", "sha256", "where"):
+        table.add_column(col, overflow="fold")
+    missing = []
+    for st in statuses():
+        if st.path is None:
+            ds = dataset(st.name)
+            missing.append(st.name)
+            table.add_row(st.name, st.split, "[red]missing[/red]", "-", str(st.official), "-", "-",
+                          f"hub {ds.hub}" + (f" {ds.hub_config}" if ds.hub_config else ""))
+            continue
+        flag = "[green]ok[/green]" if not st.problem else f"[yellow]{st.problem}[/yellow]"
+        table.add_row(st.name, st.split, flag, str(st.count), str(st.official), _size(st.path.stat().st_size),
+                      st.sha256[:8], _where(st.path))
+    console.print(table)
+    if missing:
+        console.print(f"missing: {', '.join(dict.fromkeys(missing))}; get them with `harness data fetch NAME` "
+                      f"(online) or `harness data import FILE --name NAME [--split SPLIT]`", highlight=False)
+    other = Table(title="tokenizers and pretraining corpora")
+    for col in ("name", "status", "documents", "tokens (llama2)", "size", "where"):
+        other.add_column(col, overflow="fold")
+    for name, entry in manifest.get("tokenizers", {}).items():
+        try:
+            tok = get_tokenizer(name)
+            other.add_row(f"tokenizer {name}", "[green]ok[/green]", f"vocab {tok.vocab_size}", "-",
+                          _size(tok.path.stat().st_size), _where(tok.path))
+        except DataError:
+            other.add_row(f"tokenizer {name}", "[red]missing[/red]", f"vocab {entry['vocab_size']}", "-", "-",
+                          "harness data import PATH/llama-tokenizer-js")
+    for name in [*manifest.get("corpora", {}), *HUB_CORPORA]:
+        entry = manifest.get("corpora", {}).get(name, {})
+        try:
+            files = corpus_files(name)
+        except DataError:
+            files = []
+        tokens = entry.get("tokens", {}).get("llama2")
+        other.add_row(f"corpus {name}", "[green]ok[/green]" if files else "[red]missing[/red]",
+                      f"{entry['documents']:,}" if entry else "-", f"{sum(tokens.values()):,}" if tokens else "-",
+                      _size(sum(f.stat().st_size for f in files)) if files else "-",
+                      _where(files[0].parent) if files else f"harness data fetch {name} --documents N")
+    console.print(other)
+
+
+def run_command(args, console) -> None:
+    """`harness data list|fetch|verify|import|train-tokenizer` (argparse namespace from harness.cli)."""
+    if args.data_command == "list":
+        cmd_list(console)
+    elif args.data_command == "verify":
+        problems = verify()
+        present = sum(1 for st in statuses() if st.path)
+        for p in problems:
+            console.print(f"[red]x[/red] {p}", highlight=False)
+        if problems:
+            raise DataError(f"{len(problems)} problem(s) in the mirror (see above); re-import or re-fetch those "
+                            f"datasets")
+        console.print(f"ok: {present} splits match the official counts and their MANIFEST.json; tokenizers and "
+                      f"corpora match data/MANIFEST.json")
+    elif args.data_command == "fetch":
+        dest = Path(args.to) if args.to else user_data_dir()
+        for name in args.names:
+            if name in HUB_CORPORA:
+                if not args.documents:
+                    raise DataError(f"fetching corpus {name} needs --documents N (how many to stream)")
+                folder = fetch_corpus(name, args.documents, dest,
+                                      progress=lambda d, n: console.print(f"{name}: {d:,}/{n:,} documents"))
+                console.print(f"{name}: {folder}")
+                continue
+            for e in fetch(name, dest):
+                console.print(f"{name}/{e['split']}: {e['count']} examples -> {dest / e['file']}")
+    elif args.data_command == "train-tokenizer":
+        dest = Path(args.to) if args.to else user_data_dir()
+        e = store_bpe(args.corpus, args.vocab_size, args.name, dest)
+        console.print(f"tokenizer {e['name']}: vocabulary {e['vocab_size']} -> {dest / e['file']}; use it with "
+                      f"--set train.tokenizer={e['name']} --set model.vocab_size={e['vocab_size']}", highlight=False)
+    elif args.data_command == "import":
+        dest = Path(args.to) if args.to else user_data_dir()
+        for e in import_path(Path(args.path), dest, args.name, args.split):
+            what = f"{e['name']}/{e['split']}: {e['count']} examples (official {e['official']})" if "split" in e \
+                else f"tokenizer {e['name']}: vocabulary {e['vocab_size']}"
+            console.print(f"{what} -> {dest / e['file']}")

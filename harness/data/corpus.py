@@ -1,0 +1,217 @@
+"""Pretraining corpora: their files (bundled, committed, fetched from the hub, or any folder),
+their documents and each document's source, and the held-out split.
+
+The held-out split is a property of the corpus alone: within each source (a record's `source`
+field, else its file), the documents whose text digests (sha256) are smallest are held out, a
+fixed fraction of each source. So it is the same for every training seed, tokenizer and machine,
+a tokenizer can be trained on the training split before anything is tokenized, and the held-out
+loss can be reported per source. What a training seed varies is the order in which the trainer
+visits the packed sequences (harness.training.batches).
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import json
+import lzma
+import os
+import re
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+from harness.data.paths import PACKAGE_DIR, DataError, data_roots, user_data_dir
+
+BUNDLED_TEXT = PACKAGE_DIR / "resources" / "wikitext2_valid_sample.txt"
+
+
+# ---------------------------------------------------------------- corpora
+
+CORPUS_SUFFIXES = (".txt", ".jsonl", ".parquet", ".txt.gz", ".jsonl.gz", ".txt.xz", ".jsonl.xz")
+
+# Pretraining corpora on the Hugging Face hub, streamed into `<data>/corpora/<name>/` by
+# `harness data fetch NAME` (the same layout as the committed english-mix): (path, config, field).
+HUB_CORPORA = {
+    "slimpajama": ("cerebras/SlimPajama-627B", None, "text"),
+    "fineweb": ("HuggingFaceFW/fineweb", "sample-10BT", "text"),
+    "fineweb-edu": ("HuggingFaceFW/fineweb-edu", "sample-10BT", "text"),
+}
+
+
+def split_wikitext(text: str) -> list[str]:
+    """WikiText articles start at top-level headings ' = Title = '."""
+    parts = re.split(r"^(?= = [^=].* = $)", text, flags=re.M)
+    return [p.strip("\n") for p in parts if p.strip()]
+
+
+def read_decompressed(path: Path) -> bytes:
+    data = path.read_bytes()
+    if path.suffix == ".gz":
+        return gzip.decompress(data)
+    if path.suffix == ".xz":
+        return lzma.decompress(data)
+    return data
+
+
+def read_documents(path: Path) -> list[str]:
+    """Documents of one file: JSONL/parquet records' `text` field, or a text file split into
+    WikiText articles (else at runs of two or more blank lines)."""
+    return [text for text, _ in read_sourced_documents(path)]
+
+
+def file_source(path: Path) -> str:
+    """The source a file's documents belong to when its records name none: the file's name
+    without its suffixes (`gutenberg.jsonl.xz` -> `gutenberg`)."""
+    return path.name.split(".")[0]
+
+
+def read_sourced_documents(path: Path) -> list[tuple[str, str]]:
+    """(text, source) of every document of one file; the source is a JSONL/parquet record's
+    `source` field when it has one, else `file_source(path)`."""
+    name = path.name.removesuffix(".gz").removesuffix(".xz")
+    default = file_source(path)
+    if name.endswith(".jsonl"):
+        docs = []
+        for n, line in enumerate(read_decompressed(path).decode("utf-8").splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+                docs.append((record["text"], str(record.get("source") or default)))
+            except (json.JSONDecodeError, KeyError, TypeError, AttributeError):
+                raise DataError(f"{path}:{n}: expected a JSON object with a 'text' field") from None
+        return docs
+    if name.endswith(".parquet"):
+        import pandas as pd
+        frame = pd.read_parquet(path)
+        if "text" not in frame.columns:
+            raise DataError(f"{path}: parquet file has no 'text' column")
+        sources = frame["source"].astype(str) if "source" in frame.columns else [default] * len(frame)
+        return list(zip(frame["text"].astype(str).tolist(), sources))
+    text = read_decompressed(path).decode("utf-8", errors="replace")
+    docs = split_wikitext(text)
+    docs = docs if len(docs) > 1 else [d for d in re.split(r"\n\s*\n\s*\n", text) if d.strip()]
+    return [(d, default) for d in docs]
+
+
+def files_in(path: Path) -> list[Path]:
+    """Corpus files under a folder, sorted by path (a stable document order)."""
+    return sorted(p for p in path.rglob("*") if p.is_file() and p.name.endswith(CORPUS_SUFFIXES))
+
+
+def corpus_files(corpus: str) -> list[Path]:
+    """Files of a corpus: `bundled` (a WikiText-2 slice in the package), `wikitext-2` (the v1
+    validation file, `wikitext-2/valid.txt` in ../shared/data), a named folder `<root>/corpora/<name>/` (e.g. `english-mix`,
+    committed; `slimpajama` after `harness data fetch`), or a path (a file, or a folder of
+    .txt/.jsonl/.parquet files, optionally .gz/.xz)."""
+    if corpus == "bundled":
+        return [BUNDLED_TEXT]
+    looked = []
+    named_roots = [] if "/" in corpus or Path(corpus).is_absolute() else data_roots()  # a path is not a name
+    for root in named_roots:
+        named = root / "wikitext-2" / "valid.txt" if corpus == "wikitext-2" else root / "corpora" / corpus
+        looked.append(named)
+        files = files_in(named) if named.is_dir() else [named] if named.is_file() else []
+        if files:
+            return files
+    path = Path(corpus)
+    if path.is_dir() and files_in(path):
+        return files_in(path)
+    if path.is_file():
+        return [path]
+    hint = f"run `harness data fetch {corpus}` where the hub is reachable, or " if corpus in HUB_CORPORA else ""
+    where = f"looked in {', '.join(map(str, looked))} and at the path {path}" if looked else f"no such path {path}"
+    raise DataError(f"corpus {corpus!r} not found ({where}); {hint}use train.corpus=english-mix, bundled, or a "
+                    f"path to text/JSONL/parquet files")
+
+
+def iter_documents(corpus: str) -> Iterator[str]:
+    """The documents of a corpus, file by file (one file's text in memory at a time)."""
+    for text, _ in iter_sourced_documents(corpus):
+        yield text
+
+
+def iter_sourced_documents(corpus: str) -> Iterator[tuple[str, str]]:
+    """(text, source) of the documents of a corpus, file by file."""
+    for path in corpus_files(corpus):
+        yield from read_sourced_documents(path)
+
+
+def document_digest(text: str) -> bytes:
+    return hashlib.sha256(text.encode("utf-8")).digest()
+
+
+def heldout_split(digests: list[bytes], sources: list[str], fraction: float) -> np.ndarray:
+    """Boolean mask of held-out documents: in each source of n >= 2 documents, the
+    max(1, round(fraction * n)) documents of smallest digest (ties by position). A source keeps
+    its share of the held-out text whatever the mix, and the choice depends on the documents'
+    text alone, never on a seed. When that holds out nothing (every source a single document: a
+    folder of one-document files), the corpus is split as one source."""
+    mask = np.zeros(len(digests), dtype=bool)
+    by_source: dict[str, list[int]] = {}
+    for i, source in enumerate(sources):
+        by_source.setdefault(source, []).append(i)
+    for members in by_source.values():
+        if len(members) < 2:
+            continue
+        n_held = max(1, int(round(fraction * len(members))))
+        ranked = sorted(members, key=lambda i: (digests[i], i))
+        mask[ranked[:n_held]] = True
+    if not mask.any() and len(by_source) > 1:
+        return heldout_split(digests, [""] * len(digests), fraction)
+    return mask
+
+
+def heldout_texts(corpus: str, fraction: float = 0.05) -> tuple[list[str], list[str]]:
+    """(training documents, held-out documents) of a corpus as text, by `heldout_split`: what a
+    tokenizer is trained on must exclude the held-out documents."""
+    docs = list(iter_sourced_documents(corpus))
+    held = heldout_split([document_digest(t) for t, _ in docs], [s for _, s in docs], fraction)
+    return [t for (t, _), h in zip(docs, held) if not h], [t for (t, _), h in zip(docs, held) if h]
+
+
+
+def fetch_corpus(name: str, documents: int, dest: Path | None = None, shard_docs: int = 20_000,
+                 progress=None) -> Path:
+    """Stream the first `documents` documents of a hub corpus (HUB_CORPORA) into
+    `<dest>/corpora/<name>/part-NNNNN.jsonl.gz`. Shards are written atomically and finished ones
+    are skipped, so an interrupted fetch resumes."""
+    if name not in HUB_CORPORA:
+        raise DataError(f"unknown hub corpus {name!r}; choose one of {', '.join(HUB_CORPORA)}")
+    hub, config, field = HUB_CORPORA[name]
+    try:
+        from datasets import load_dataset
+    except ImportError:
+        raise DataError("fetching a corpus from the hub needs the `datasets` package: pip install datasets") from None
+    folder = (dest or user_data_dir()) / "corpora" / name
+    folder.mkdir(parents=True, exist_ok=True)
+    shards = sorted(folder.glob("part-*.jsonl.gz"))
+    done = sum(gzip.decompress(p.read_bytes()).count(b"\n") for p in shards)
+    if done >= documents:
+        return folder
+    try:
+        stream = load_dataset(hub, config, split="train", streaming=True).skip(done)
+        batch, index = [], len(shards)
+        for row in stream:
+            batch.append(json.dumps({"text": row[field]}, ensure_ascii=False))
+            if len(batch) == shard_docs or done + len(batch) >= documents:
+                _write_shard(folder / f"part-{index:05d}.jsonl.gz", batch)
+                done, index, batch = done + len(batch), index + 1, []
+                if progress:
+                    progress(done, documents)
+                if done >= documents:
+                    break
+    except Exception as err:  # offline or hub errors: one line, the shards so far are kept
+        if isinstance(err, DataError):
+            raise
+        raise DataError(f"could not stream {hub} from the hub ({str(err).splitlines()[0] if str(err) else type(err).__name__}); "
+                        f"{done} documents are in {folder}; run the same command again to resume") from None
+    return folder
+
+
+def _write_shard(path: Path, lines: list[str]) -> None:
+    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    tmp.write_bytes(gzip.compress(("\n".join(lines) + "\n").encode("utf-8"), mtime=0))
+    tmp.replace(path)

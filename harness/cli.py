@@ -228,14 +228,15 @@ def cmd_run(args) -> None:
 def show_tables(rows: list, configs: dict) -> None:
     """The paper-layout tables (`harness tables`) that these rows fill, without their blank columns,
     then the paper metrics that none of them has a column for (e.g. wikitext_2_v1), one per line."""
-    from harness.results import ResultsError, rows_table
-    from harness.tables import (
+    from harness.results.store import ResultsError
+    from harness.results.tables import (
         MAIN_COLUMNS,
         SMOKE_COLUMNS,
         SPEED_TASKS,
         build,
         compact,
         render,
+        rows_table,
     )
     for kind in ("main", "length", "retrieval", "speed"):
         try:
@@ -333,19 +334,19 @@ def cmd_study(args) -> None:
 
 def cmd_tables(args) -> None:
     """Print (or write) one of the paper's tables from stored rows; optionally draw the plots."""
-    from harness.tables import build, collect, render
+    from harness.results.tables import build, collect, render
     rows, refs, configs = collect(args.run, args.reference, args.results,
                                   warn=lambda m: err_console.print(m, markup=False, highlight=False, soft_wrap=True))
     text = render(build(args.table, rows, refs, configs), args.format)
     if args.out:
-        from harness.results import atomic_write_text
+        from harness.files import atomic_write_text
         atomic_write_text(Path(args.out), text)
         err_console.print(f"wrote {args.out}", highlight=False)
     else:
         sys.stdout.write(text)
     if args.plots:
-        from harness.plots import write_plots
-        from harness.results import run_folders, run_location
+        from harness.results.plots import write_plots
+        from harness.results.store import run_folders, run_location
         run_dirs = [run_location(spec, args.results)[0] for spec in args.run] or run_folders(Path(args.results))
         written = write_plots(rows + refs, Path(args.plots), configs, run_dirs)
         listing = ", ".join(str(p) for p in written) or "none (no length, speed, multi-checkpoint rows or training logs)"
@@ -382,7 +383,7 @@ def cmd_bench_models(args) -> None:
     from harness.bench import models as bm
     from harness.config import ConfigError
     from harness.registry import load_plugins
-    from harness.results import device_name
+    from harness.results.provenance import device_name
     from harness.runner import default_device
     load_plugins(args.plugin)
     cfg = config_from(args)
@@ -668,7 +669,7 @@ def expected_errors() -> tuple:
     from harness.data.paths import DataError
     from harness.export import ExportError
     from harness.registry import RegistryError
-    from harness.results import ResultsError
+    from harness.results.store import ResultsError
     from harness.runner import RunError
     from harness.train import TrainingError
     return (ConfigError, DataError, RegistryError, RunError, TrainingError, ResultsError, ExportError,

@@ -160,7 +160,7 @@ def render_overlays(files: dict[str, dict[str, Path] | None]) -> Path:
     digest = hashlib.sha256(json.dumps([configs, groups], sort_keys=True).encode()).hexdigest()[:16]
     folder = cache_dir() / "lm_eval_tasks" / digest
     if not (folder / "done").is_file():
-        from harness.results import atomic_write_text
+        from harness.files import atomic_write_text
         for task, cfg in configs.items():
             atomic_write_text(folder / f"{task}.yaml", yaml.safe_dump(cfg, sort_keys=False))
         for group in sorted(TASKS_DIR.glob("*.yaml")):  # our groups, so one include path holds all
@@ -552,7 +552,7 @@ def quiet_lm_eval() -> None:
     import lm_eval.evaluator
     from tqdm import tqdm
 
-    from harness.results import git_commit
+    from harness.results.provenance import git_commit
 
     def no_bar(*args, **kwargs):  # also where lm-eval passes disable= itself
         return tqdm(*args, **{**kwargs, "disable": True})
@@ -720,15 +720,10 @@ def evaluate(sources: list[ModelSource], task_names: list[str], run: str, result
     Under torchrun every rank loads each model on its own GPU; lm-eval's tasks are split over the
     ranks, the others run on rank 0 alone, and rank 0 alone logs and writes. grouped: the tasks that a
     group name brought in; missing data skips them with a warning."""
+    from harness.files import atomic_write_text
     from harness.registry import get_task
-    from harness.results import (
-        atomic_write_text,
-        command_line,
-        device_name,
-        git_commit,
-        now,
-        rows_table,
-    )
+    from harness.results.provenance import command_line, device_name, git_commit, now
+    from harness.results.tables import rows_table
     from harness.runner import (
         TaskContext,
         check_task_data,

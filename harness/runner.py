@@ -29,20 +29,17 @@ from harness import distributed
 from harness.config import Config, config_hash
 from harness.data.tokenizer import get_tokenizer
 from harness.distributed import Dist
+from harness.files import atomic_write_text, folder_lock
 from harness.registry import get_model, get_task
-from harness.results import (
-    Row,
-    atomic_write_text,
+from harness.results.provenance import (
     command_line,
     device_name,
-    folder_lock,
     git_commit,
     now,
-    read_rows,
-    replace_rows,
-    rows_table,
     versions,
 )
+from harness.results.store import Row, read_rows, replace_rows
+from harness.results.tables import rows_table
 from harness.train import (
     CHECKPOINT_DIR,
     check_tokenizer,

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from harness.config import ConfigError
-from harness.results import atomic_write_text
+from harness.files import atomic_write_text
 from harness.train import RESUMABLE_CHANGES
 from harness.trainlog import LOG_FILE, read_log
 
@@ -116,7 +116,7 @@ def markdown(records: list[dict]) -> str:
 
 def plot(runs: list[ScalingRun], path: Path) -> Path:
     """Loss curves per model (top row) and |loss - baseline loss| per step (bottom row, log scale)."""
-    from harness.plots import pyplot, save_figure
+    from harness.results.plots import pyplot, save_figure
     plt = pyplot()
     models = list(dict.fromkeys(r.model for r in runs))
     fig, axes = plt.subplots(2, len(models), figsize=(6 * len(models), 7), squeeze=False)

@@ -346,7 +346,7 @@ def run_unit(study: Study, unit: Unit, results: Path, runs: Path, device: str,
     from harness.data.tokenizer import get_tokenizer
     from harness.model.build import non_embedding_params
     from harness.registry import get_task
-    from harness.results import command_line, device_name, git_commit, now
+    from harness.results.provenance import command_line, device_name, git_commit, now
     from harness.runner import TaskContext, run_tasks, stored_rows, trained_model
     from harness.train import CHECKPOINT_DIR
     path = rows_file(study, results)
@@ -375,8 +375,7 @@ def keep_record(run_dir: Path, prefix: Path) -> None:
     (`<prefix>_train_log.jsonl.gz`: a study keeps hundreds of them), beside the study's rows."""
     import gzip
 
-    from harness.data.mirror import atomic_write_bytes
-    from harness.results import atomic_write_text
+    from harness.files import atomic_write_bytes, atomic_write_text
     from harness.train import CHECKPOINT_DIR, META_FILE
     from harness.trainlog import LOG_FILE
     meta, log = run_dir / CHECKPOINT_DIR / META_FILE, run_dir / LOG_FILE
@@ -388,13 +387,8 @@ def keep_record(run_dir: Path, prefix: Path) -> None:
 
 def write_record(study: Study, results: Path, lrs: dict) -> None:
     """results/<name>/run.json (the study file, budgets, versions) and lr_choice.json."""
-    from harness.results import (
-        atomic_write_text,
-        command_line,
-        git_commit,
-        now,
-        versions,
-    )
+    from harness.files import atomic_write_text
+    from harness.results.provenance import command_line, git_commit, now, versions
     out = Path(results) / study.name
     info = {"study": yaml.safe_load(study.path.read_text()), "budgets": study.budgets, "command": command_line(),
             "commit": git_commit(), "date": now(), "versions": versions(),
@@ -550,7 +544,7 @@ def run_worker(study_file: str, key: str, results: Path, runs: Path, device: str
     drop_missing_tasks(study, lambda m: None)  # the parent has warned
     plan(study, log)
     path = rows_file(study, results)
-    from harness.results import read_rows
+    from harness.results.store import read_rows
     rows = read_rows(path, warn=log) if path.is_file() else []
     unit = next((u for u in units(study, rows)[0] if u.key == key), None)
     if unit is None:

@@ -22,9 +22,10 @@ import math
 from pathlib import Path
 from statistics import mean, stdev
 
-from harness.results import Row, atomic_write_text, read_rows
+from harness.files import atomic_write_text
+from harness.results.store import Row, read_rows
+from harness.results.tables import Cell, Table, human, mark_best, render, text_cell
 from harness.study import power_law
-from harness.tables import Cell, Table, human, mark_best, render, text_cell
 
 # two-sided 95% critical values of Student's t by degrees of freedom (1..10); beyond: 1.96
 T_CRITICAL_95 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228)
@@ -113,7 +114,7 @@ def lr_sweep_table(res: Results) -> Table:
 
 
 def lr_sweep_plot(res: Results, out: Path) -> list[Path]:
-    from harness.plots import _write_plot, pyplot
+    from harness.results.plots import _write_plot, pyplot
     from harness.study import sweep_losses
     study = res.study
     losses = sweep_losses(res.rows, study)
@@ -144,7 +145,7 @@ def lr_sweep_plot(res: Results, out: Path) -> list[Path]:
 
 def model_style(study, model: str) -> dict:
     """One colour and marker per model of the study, the same in every panel and plot."""
-    from harness.plots import pyplot
+    from harness.results.plots import pyplot
     i = (study.models + study.references).index(model)
     return {"color": pyplot().cm.tab20(i % 20), "marker": "osD^v<>ph*"[i % 10], "markersize": 5}
 
@@ -349,7 +350,7 @@ def scaling_table(res: Results) -> tuple[Table | None, dict]:
 
 
 def scaling_plot(res: Results, fits: dict, out: Path, axis: str) -> list[Path]:
-    from harness.plots import _write_plot, pyplot
+    from harness.results.plots import _write_plot, pyplot
     pts_all = scaling_points(res, axis)
     if not any(len(p) >= 2 for p in pts_all.values()):
         return []

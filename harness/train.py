@@ -43,14 +43,14 @@ import torch.nn.functional as F
 
 from harness import distributed
 from harness.config import Config, ConfigError
-from harness.data.paths import file_sha256
 from harness.data.streams import TokenStream, cu_seqlens_for, prepare_streams
 from harness.data.tokenizer import get_tokenizer
 from harness.distributed import Dist
+from harness.files import file_sha256
 from harness.model.backbone import DecoderLM, count_params
 from harness.model.build import build_model
 from harness.model.flops import flops_per_token, measure_matmul_peak
-from harness.results import command_line, device_name, git_commit, now
+from harness.results.provenance import command_line, device_name, git_commit, now
 from harness.trainlog import TrainLog, plot_loss
 
 CHECKPOINT_DIR = "checkpoint"

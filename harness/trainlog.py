@@ -17,7 +17,7 @@ import os
 from pathlib import Path
 
 from harness.config import ConfigError
-from harness.results import atomic_write_text
+from harness.files import atomic_write_text
 
 LOG_FILE = "train_log.jsonl"
 PLOT_FILE = "loss.png"

@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from harness import cli
-from harness.results import Row, read_rows
+from harness.results.store import Row, read_rows
 from harness.study import choose_lrs, load_study, plan, power_law, units
 from harness.study_report import paired_table, t_critical
 

@@ -16,8 +16,25 @@ from pathlib import Path
 
 import pytest
 
-from harness.results import ResultsError, Row, dedupe_rows, load_run, read_reference, read_rows, replace_rows
-from harness.tables import (ACC_COLUMNS, AVERAGE_TASK, MAIN_COLUMNS, TABLES, build, collect, render, to_latex)
+from harness.results.store import (
+    ResultsError,
+    Row,
+    dedupe_rows,
+    load_run,
+    read_reference,
+    read_rows,
+    replace_rows,
+)
+from harness.results.tables import (
+    ACC_COLUMNS,
+    AVERAGE_TASK,
+    MAIN_COLUMNS,
+    TABLES,
+    build,
+    collect,
+    render,
+    to_latex,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 FIX = ROOT / "tests" / "fixtures" / "rows"
@@ -78,7 +95,7 @@ def test_missing_cell_is_blank_with_footnote_and_incomplete_average_is_marked():
 
 def test_a_row_with_too_few_accuracies_gets_no_average():
     """LAMBADA's accuracy alone is not an average of the benchmarks: the Avg cell stays blank."""
-    from harness.tables import ACC_COLUMNS, MIN_AVERAGED, _average
+    from harness.results.tables import ACC_COLUMNS, MIN_AVERAGED, _average
     cells = {c: Row(run="r", model="m", preset="p", task=c.task, metric=c.metric, value=0.5)
              for c in ACC_COLUMNS[:MIN_AVERAGED - 1]}
     assert _average(cells) == (None, MIN_AVERAGED - 1)
@@ -293,7 +310,7 @@ def test_csv_has_raw_numbers_and_stderr_columns():
 # ---------------------------------------------------------------- plots and the command line
 
 def test_plots_write_png_and_their_data(tmp_path):
-    from harness.plots import write_plots
+    from harness.results.plots import write_plots
     rows, refs, configs = fixture("fixture-340m")
     written = {p.name for p in write_plots(rows, tmp_path, configs)}
     assert {"ppl_vs_length.png", "ppl_vs_length.csv", "acc_vs_tokens.png", "acc_vs_tokens.csv",
@@ -341,7 +358,7 @@ def test_limited_evaluations_are_marked_and_empty_tables_say_what_they_need(tmp_
 def test_rows_record_the_commit_the_sender_names_over_a_copy_s_git(monkeypatch, tmp_path):
     """HARNESS_COMMIT (set by whoever sent a copy of the tree to a GPU machine) wins over the
     copy's git HEAD, which can be stale; without it, HEAD; outside a repository, the package version."""
-    from harness.results import git_commit
+    from harness.results.provenance import git_commit
     monkeypatch.setenv("HARNESS_COMMIT", "31c4ef0")
     assert git_commit() == "31c4ef0"
     monkeypatch.delenv("HARNESS_COMMIT")

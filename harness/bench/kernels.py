@@ -351,7 +351,7 @@ def _ratio(peer_ms: float | None, swat_ms: float | None) -> str:
 
 
 def markdown(rows: list[dict], info: dict) -> str:
-    from harness.results import markdown_table
+    from harness.results.tables import markdown_table
     lines = ["# SWAT kernel vs peers", "",
              f"- command: `{info['command']}`", f"- device: {info['device']}", f"- date: {info['date']}",
              f"- commit: {info['commit']}", f"- versions: {json.dumps(info['versions'])}",
@@ -376,7 +376,7 @@ def markdown(rows: list[dict], info: dict) -> str:
 
 
 def plot(rows: list[dict], out: Path) -> list[Path]:
-    from harness.plots import pyplot
+    from harness.results.plots import pyplot
     plt = pyplot()
     written = []
     timed = [r for r in rows if r["ms"] is not None and r["mode"] in ("fwd", "fwd_bwd")]
@@ -413,7 +413,7 @@ def plot(rows: list[dict], out: Path) -> list[Path]:
 def _decode_plot(dec: list[dict], path: Path) -> Path:
     """One panel per (d, B): time per step vs context, a colour per window W, SWAT solid and SDPA
     over the same W slots dashed; SDPA over the full cache in black."""
-    from harness.plots import pyplot
+    from harness.results.plots import pyplot
     plt = pyplot()
     panels = sorted({(r["head_dim"], r["batch"]) for r in dec})
     windows = sorted({r["window"] for r in dec if r["window"] < r["seq_len"]})
@@ -468,7 +468,14 @@ class BenchSpec:
 def run_kernel_bench(spec: BenchSpec, out_root: Path, force: bool = False, log: Callable = print,
                      progress: Callable | None = None) -> Path:
     """Measure spec's shapes into out_root/<device>/; rows already in kernels.csv are kept and skipped."""
-    from harness.results import atomic_write_text, command_line, device_name, git_commit, now, versions
+    from harness.files import atomic_write_text
+    from harness.results.provenance import (
+        command_line,
+        device_name,
+        git_commit,
+        now,
+        versions,
+    )
     unknown = set(spec.peers) - set(PEERS)
     if unknown:
         raise ConfigError(f"unknown peers {sorted(unknown)}; choose from {', '.join(PEERS)}")
@@ -538,7 +545,7 @@ def run_kernel_bench(spec: BenchSpec, out_root: Path, force: bool = False, log: 
 def render(out: Path) -> None:
     """(Re)write kernels.md and the plots of a device folder from its kernels.csv and run.json, e.g.
     after a run that stopped early (every finished shape is already in kernels.csv)."""
-    from harness.results import atomic_write_text
+    from harness.files import atomic_write_text
     out = Path(out)
     if not (out / "kernels.csv").is_file() or not (out / "run.json").is_file():
         raise ConfigError(f"{out} has no kernels.csv and run.json; run `harness bench kernels` first")

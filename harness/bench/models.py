@@ -283,20 +283,17 @@ def run_bench(names: list[str], cfg: Config, sweeps, lengths: dict, device: torc
     import json
     from pathlib import Path
 
-    from harness.plots import speed_curves
-    from harness.results import (
-        Row,
-        atomic_write_text,
+    from harness.files import atomic_write_text, folder_lock
+    from harness.results.plots import speed_curves
+    from harness.results.provenance import (
         command_line,
         device_name,
-        folder_lock,
         git_commit,
         now,
-        read_rows,
-        replace_rows,
         versions,
     )
-    from harness.tables import build, render
+    from harness.results.store import Row, read_rows, replace_rows
+    from harness.results.tables import build, render
 
     out = Path(out_dir)
     rows_file = out / "rows.jsonl"

@@ -27,8 +27,15 @@ import torch.nn.functional as F
 from harness.bench.timing import median_ms
 from harness.ops.alibi import alibi_slopes
 from harness.ops.swat import function as fn_mod
-from harness.ops.swat.function import (_cfg, _swat_bwd, _swat_fwd, decode_launch, override_configs,
-                                       override_decode_config, swat_decode_triton)
+from harness.ops.swat.function import (
+    _cfg,
+    _swat_bwd,
+    _swat_fwd,
+    decode_launch,
+    override_configs,
+    override_decode_config,
+    swat_decode_triton,
+)
 
 CANDIDATES = {
     ("fwd", "small"): [_cfg(64, 64, 4, 3), _cfg(64, 64, 4, 3, True), _cfg(64, 32, 4, 3, True),
@@ -130,7 +137,7 @@ def main() -> None:
     sweeps = args.sweeps.split(",")
     rows = (sweep(log=lambda line: None) if "tiles" in sweeps else []) + \
         (decode_sweep(log=lambda line: None) if "decode" in sweeps else [])
-    from harness.results import device_name, git_commit, now, versions
+    from harness.results.provenance import device_name, git_commit, now, versions
     provenance = dict(command=shlex.join(["python", "-m", "harness.bench.tune", *sys.argv[1:]]), commit=git_commit(),
                       device=device_name("cuda"), date=now(), versions=versions())
     rows = [{**r, **provenance} for r in rows]  # every row says how to measure it again

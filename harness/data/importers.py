@@ -12,15 +12,16 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from harness.data.corpus import files_in, read_decompressed, read_documents, split_wikitext
-from harness.data.paths import DataError
-from harness.data.streams import prepare_streams
-from harness.data.tokenizer import get_tokenizer
+from harness.data.corpus import (
+    files_in,
+    read_decompressed,
+    read_documents,
+    split_wikitext,
+)
 from harness.data.mirror import (
     CATALOGUE,
     REPO_DATA,
     Dataset,
-    atomic_write_bytes,
     count_lines,
     dataset,
     load_manifest,
@@ -28,6 +29,10 @@ from harness.data.mirror import (
     sha256,
     to_jsonl,
 )
+from harness.data.paths import DataError
+from harness.data.streams import prepare_streams
+from harness.data.tokenizer import get_tokenizer
+from harness.files import atomic_write_bytes
 
 # ---------------------------------------------------------------- converters (raw files -> hub schema)
 
@@ -218,7 +223,7 @@ def write_split(dest: Path, ds: Dataset, split: str, records: list[dict], origin
 
 def update_manifest(dest: Path, change) -> None:
     """Apply `change(manifest)` to `<dest>/MANIFEST.json` and write it back atomically."""
-    from harness.results import atomic_write_text
+    from harness.files import atomic_write_text
     manifest = load_manifest(dest / "MANIFEST.json")
     change(manifest)
     manifest = {k: dict(sorted(v.items())) for k, v in sorted(manifest.items())}

@@ -19,13 +19,12 @@ import gzip
 import hashlib
 import io
 import json
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator
 
 from harness.data.paths import DataError, cache_dir, data_roots
+from harness.files import atomic_write_bytes
 
 REPO_DATA = Path(__file__).resolve().parents[2] / "data"
 MANIFEST_PATH = REPO_DATA / "MANIFEST.json"
@@ -137,18 +136,6 @@ def read_stored(path: Path) -> bytes:
     data = path.read_bytes()
     return gzip.decompress(data) if path.suffix == ".gz" else data
 
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def how_to_get(name: str) -> str:

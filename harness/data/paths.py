@@ -4,7 +4,6 @@ cache of derived files, and the checksum every stored file is checked by.
 
 from __future__ import annotations
 
-import hashlib
 import os
 from pathlib import Path
 
@@ -41,11 +40,3 @@ def cache_dir() -> Path:
     """`$HARNESS_CACHE`, else ~/.cache/swat-harness: tokenized streams, decompressed splits, fetches."""
     return Path(os.environ.get("HARNESS_CACHE", Path.home() / ".cache" / "swat-harness")).expanduser()
 
-
-def file_sha256(path: Path) -> str:
-    """sha256 of a file, read in 16 MiB blocks (corpora and checkpoints need not fit in memory)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 24), b""):
-            digest.update(block)
-    return digest.hexdigest()

@@ -24,7 +24,8 @@ from harness.data.corpus import (
     heldout_split,
     iter_sourced_documents,
 )
-from harness.data.paths import DataError, cache_dir, file_sha256
+from harness.data.paths import DataError, cache_dir
+from harness.files import file_sha256
 
 # ---------------------------------------------------------------- tokenized, packed streams
 

@@ -1,6 +1,6 @@
 """The paper's tables, pivoted from result rows: main, ablation, length, speed; as md, LaTeX or CSV.
 
-Rows come in the common schema (harness.results.Row); a table is a pivot of them, nothing more, so
+Rows come in the common schema (harness.results.store.Row); a table is a pivot of them, nothing more, so
 every cell can be traced to one stored row. The conventions the pivots rely on:
 
 - main: one column per (task, metric) of the paper (MAIN_COLUMNS); accuracies are stored as
@@ -23,7 +23,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from harness.results import Row
+from harness.results.store import Row
 
 # ---------------------------------------------------------------- layouts
 
@@ -192,6 +192,28 @@ RENDERERS = {"md": to_markdown, "latex": to_latex, "csv": to_csv}
 
 def render(table: Table, fmt: str) -> str:
     return RENDERERS[fmt](table)
+
+# ---------------------------------------------------------------- the rows as they are
+
+def format_value(value: float | None, stderr: float | None = None, digits: int = 2) -> str:
+    if value is None:
+        return ""
+    text = f"{value:.{digits}f}"
+    return text + (f" ± {stderr:.{digits}f}" if stderr is not None else "")
+
+
+def markdown_table(header: list[str], body: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in body]
+    return "\n".join(lines) + "\n"
+
+
+def rows_table(rows: list[Row]) -> str:
+    """A plain long-form table of rows (model, task, metric, value ± stderr, n)."""
+    body = [[r.model, r.preset, f"{r.params:,}" if r.params else "", r.task, r.metric,
+             format_value(r.value, r.stderr, 4 if abs(r.value) < 10 else 2), r.n or ""] for r in rows]
+    return markdown_table(["model", "preset", "params", "task", "metric", "value", "n"], body)
+
 
 # ---------------------------------------------------------------- shared helpers
 
@@ -693,7 +715,7 @@ NEEDS = {"main": "tasks wikitext, lambada_openai, piqa, hellaswag, winogrande, a
 
 def build(kind: str, rows: list[Row], references: list[Row] = (), run_configs: dict | None = None) -> Table:
     """The table `kind`; a table with no line at all is an error that says which rows it needs."""
-    from harness.results import ResultsError
+    from harness.results.store import ResultsError
     table = BUILDERS[kind](rows, references, run_configs)
     if not table.groups:
         held = sorted({f"{r.task}/{r.metric}" for r in rows})
@@ -710,11 +732,17 @@ def collect(run_specs: list[str], reference_specs: list[str], results_dir, warn=
 
     No runs named: every run folder under results_dir (results/paper holds no rows.jsonl). A
     reference may be a path or the name of a file in results_dir/paper (with or without .csv), or
-    `all` for every file there. Duplicates and conflicts are reported (harness.results.dedupe_rows).
+    `all` for every file there. Duplicates and conflicts are reported (harness.results.store.dedupe_rows).
     """
     from pathlib import Path
 
-    from harness.results import ResultsError, dedupe_rows, load_run, read_reference, run_folders
+    from harness.results.store import (
+        ResultsError,
+        dedupe_rows,
+        load_run,
+        read_reference,
+        run_folders,
+    )
     results_dir = Path(results_dir)
     specs = list(run_specs) or run_folders(results_dir)
     rows, configs = [], {}

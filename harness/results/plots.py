@@ -16,8 +16,16 @@ import csv
 import math
 from pathlib import Path
 
-from harness.results import Row, atomic_write_text
-from harness.tables import ACC_COLUMNS, SPEED_TASKS, display, is_oom, latest, variant_of
+from harness.files import atomic_write_text
+from harness.results.store import Row
+from harness.results.tables import (
+    ACC_COLUMNS,
+    SPEED_TASKS,
+    display,
+    is_oom,
+    latest,
+    variant_of,
+)
 
 
 def pyplot():

@@ -1,28 +1,22 @@
 """The result store: rows in one schema, written atomically as JSONL, one folder per run.
 
     results/<run>/rows.jsonl   one JSON object per line, the Row schema below
-    results/<run>/run.json     command, configs, versions, commit, device, date
+    results/<run>/run.json     command, configs, versions, commit, device, date (harness.results.provenance)
 
-Files are replaced through a temporary file and os.replace, so an interrupted run leaves either
-the old file or the new one, never half of one. Rows are merged into a rows file under a lock on
-its folder, so that jobs writing into one run folder at once (one per GPU) keep each other's rows.
+Rows are merged into a rows file under a lock on its folder, so that jobs writing into one run
+folder at once (one per GPU) keep each other's rows. Reading tolerates damage: a corrupt line is
+skipped with a warning, duplicates are counted once and conflicts reported.
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import datetime as _dt
-import fcntl
 import json
-import os
-import platform
-import subprocess
-import sys
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Callable, Iterable
+
+from harness.files import atomic_write_text, folder_lock
 
 ROW_FIELDS = ("run", "model", "preset", "params", "tokens_trained", "task", "metric", "value", "stderr",
               "n", "seed", "checkpoint", "commit", "device", "date", "command")
@@ -62,40 +56,8 @@ class Row:
 _ROW_ATTRS = frozenset(f.name for f in dataclasses.fields(Row)) - {"extra"}
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; results are meant to be shared like any file
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def write_rows(path: Path, rows: Iterable[Row]) -> None:
     atomic_write_text(path, "".join(json.dumps(r.to_dict(), default=str) + "\n" for r in rows))
-
-
-@contextlib.contextmanager
-def folder_lock(folder: Path):
-    """Hold an exclusive advisory lock on a folder (flock on its descriptor: no lock file is left
-    behind in a results folder that gets committed) for one read-modify-write of a file in it."""
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)  # closing the descriptor releases the lock
 
 
 def replace_rows(path: Path, rows: Iterable[Row], replaced: Callable[[Row], bool], warn=print) -> list[Row]:
@@ -265,89 +227,3 @@ def read_reference(path: Path, warn=print) -> list[Row]:
             except (ValueError, TypeError) as err:
                 warn(f"warning: {where}: skipped a corrupt reference row ({err})")
     return rows
-
-
-# ---------------------------------------------------------------- provenance
-
-def git_commit(cwd: Path | None = None) -> str:
-    """The HARNESS_COMMIT environment variable when set, else HEAD's short hash (+ "-dirty" with
-    uncommitted changes), else the installed package's version (a wheel or sdist has no .git), else
-    "unknown". The variable comes first because whoever sends a copy of the tree to another machine
-    knows what it sent, and the copy's .git can be absent or stale (the device tool's copies
-    reported the session's first HEAD for later commits' code)."""
-    return os.environ.get("HARNESS_COMMIT") or _git_head(cwd) or _package_version()
-
-
-def _package_version() -> str:
-    import importlib.metadata as md
-    try:
-        return f"swat-harness=={md.version('swat-harness')}"
-    except md.PackageNotFoundError:
-        return "unknown"
-
-
-def _git_head(cwd: Path | None) -> str | None:
-    try:
-        out = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=cwd or Path(__file__).parent,
-                             capture_output=True, text=True, timeout=10)  # stderr too: no "fatal: ..." line
-        if out.returncode != 0:
-            return None
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
-                               cwd=cwd or Path(__file__).parent, capture_output=True, text=True, timeout=10)
-        return out.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
-    except (OSError, subprocess.SubprocessError):
-        return None
-
-
-def device_name(device: str = "cuda") -> str:
-    """The GPU's name for a CUDA device, else a description of the CPU."""
-    import torch
-    if str(device).startswith("cuda") and torch.cuda.is_available():
-        return torch.cuda.get_device_name(torch.device(device))
-    return f"cpu ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)"
-
-
-def versions() -> dict[str, Any]:
-    import importlib.metadata as md
-    out = {"python": sys.version.split()[0]}
-    for pkg in ("torch", "triton", "swat-harness", "lm_eval", "fla-core", "mamba-ssm", "flash-attn"):
-        try:
-            out[pkg] = md.version(pkg)
-        except md.PackageNotFoundError:
-            pass
-    return out
-
-
-def now() -> str:
-    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
-
-
-def command_line() -> str:
-    """The command as a user would retype it: `harness ...` for the console script and for
-    `python -m harness` (whose argv[0] is harness/__main__.py), else argv as given."""
-    program = Path(sys.argv[0])
-    if program.name == "harness" or program.parts[-2:] == ("harness", "__main__.py"):
-        return " ".join(["harness", *sys.argv[1:]])
-    return " ".join(sys.argv)
-
-
-# ---------------------------------------------------------------- tables
-
-def format_value(value: float | None, stderr: float | None = None, digits: int = 2) -> str:
-    if value is None:
-        return ""
-    text = f"{value:.{digits}f}"
-    return text + (f" ± {stderr:.{digits}f}" if stderr is not None else "")
-
-
-def markdown_table(header: list[str], body: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in body]
-    return "\n".join(lines) + "\n"
-
-
-def rows_table(rows: list[Row]) -> str:
-    """A plain long-form table of rows (model, task, metric, value ± stderr, n)."""
-    body = [[r.model, r.preset, f"{r.params:,}" if r.params else "", r.task, r.metric,
-             format_value(r.value, r.stderr, 4 if abs(r.value) < 10 else 2), r.n or ""] for r in rows]
-    return markdown_table(["model", "preset", "params", "task", "metric", "value", "n"], body)

@@ -1,0 +1,76 @@
+"""Provenance: what every stored result says about how it was made (commit, device, date, the
+command as a user would retype it, package versions).
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import os
+import platform
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+# ---------------------------------------------------------------- provenance
+
+def git_commit(cwd: Path | None = None) -> str:
+    """The HARNESS_COMMIT environment variable when set, else HEAD's short hash (+ "-dirty" with
+    uncommitted changes), else the installed package's version (a wheel or sdist has no .git), else
+    "unknown". The variable comes first because whoever sends a copy of the tree to another machine
+    knows what it sent, and the copy's .git can be absent or stale (the device tool's copies
+    reported the session's first HEAD for later commits' code)."""
+    return os.environ.get("HARNESS_COMMIT") or _git_head(cwd) or _package_version()
+
+
+def _package_version() -> str:
+    import importlib.metadata as md
+    try:
+        return f"swat-harness=={md.version('swat-harness')}"
+    except md.PackageNotFoundError:
+        return "unknown"
+
+
+def _git_head(cwd: Path | None) -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=cwd or Path(__file__).parent,
+                             capture_output=True, text=True, timeout=10)  # stderr too: no "fatal: ..." line
+        if out.returncode != 0:
+            return None
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+                               cwd=cwd or Path(__file__).parent, capture_output=True, text=True, timeout=10)
+        return out.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def device_name(device: str = "cuda") -> str:
+    """The GPU's name for a CUDA device, else a description of the CPU."""
+    import torch
+    if str(device).startswith("cuda") and torch.cuda.is_available():
+        return torch.cuda.get_device_name(torch.device(device))
+    return f"cpu ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)"
+
+
+def versions() -> dict[str, Any]:
+    import importlib.metadata as md
+    out = {"python": sys.version.split()[0]}
+    for pkg in ("torch", "triton", "swat-harness", "lm_eval", "fla-core", "mamba-ssm", "flash-attn"):
+        try:
+            out[pkg] = md.version(pkg)
+        except md.PackageNotFoundError:
+            pass
+    return out
+
+
+def now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def command_line() -> str:
+    """The command as a user would retype it: `harness ...` for the console script and for
+    `python -m harness` (whose argv[0] is harness/__main__.py), else argv as given."""
+    program = Path(sys.argv[0])
+    if program.name == "harness" or program.parts[-2:] == ("harness", "__main__.py"):
+        return " ".join(["harness", *sys.argv[1:]])
+    return " ".join(sys.argv)

@@ -197,9 +197,9 @@ def one_line_table(title: str, header: tuple, lines: list[tuple]) -> Table:
 
 
 def cmd_run(args) -> None:
-    from harness.distributed import is_main_process
     from harness.registry import expand_tasks, grouped_tasks, load_plugins
     from harness.runner import run
+    from harness.training.distributed import is_main_process
     load_plugins(args.plugin)
     cfg = config_from(args)
     models = split_names(args.models)
@@ -253,10 +253,10 @@ def show_tables(rows: list, configs: dict) -> None:
 
 
 def cmd_train(args) -> None:
-    from harness.distributed import is_main_process
     from harness.registry import load_plugins
     from harness.runner import default_device
-    from harness.train import train
+    from harness.training.distributed import is_main_process
+    from harness.training.train import train
     load_plugins(args.plugin)
     cfg = config_from(args)
     out = Path(args.out or Path(args.runs) / (args.run or args.preset) / args.model)
@@ -322,7 +322,7 @@ def cmd_study(args) -> None:
                                                                      highlight=False), plugins=tuple(args.plugin))
     if "current" in bar:
         bar["current"].close()
-    from harness.distributed import is_main_process
+    from harness.training.distributed import is_main_process
     if not is_main_process():  # rank 0 of a torchrun job reports
         return
     console.print(f"study {study.name}: {counts['done']} runs done, {counts['stopped']} stopped (resumable), "
@@ -355,7 +355,7 @@ def cmd_tables(args) -> None:
 
 def cmd_scaling(args) -> None:
     """Multi-GPU training runs against their one-GPU baseline: speed, memory, loss agreement."""
-    from harness.scaling import write
+    from harness.training.scaling import write
     text, _ = write([Path(f) for f in args.runs], Path(args.out) if args.out else None)
     sys.stdout.write(text)
     if args.out:
@@ -450,10 +450,10 @@ def cmd_eval(args) -> None:
     """Evaluate trained checkpoints (or hf:<path> models) on tasks; rows go to RESULTS/RUN/rows.jsonl."""
     if args.online:  # before lm-eval (and datasets) are imported: they read the offline flags once
         os.environ["HARNESS_ONLINE"] = "1"
-    from harness.distributed import is_main_process
     from harness.evaluate import evaluate, model_sources
     from harness.registry import expand_tasks, grouped_tasks, load_plugins
     from harness.runner import default_device
+    from harness.training.distributed import is_main_process
     load_plugins(args.plugin)
     task_names = expand_tasks(split_names(args.tasks))
     run_name = args.run or "eval"
@@ -671,7 +671,7 @@ def expected_errors() -> tuple:
     from harness.registry import RegistryError
     from harness.results.store import ResultsError
     from harness.runner import RunError
-    from harness.train import TrainingError
+    from harness.training.outcome import TrainingError
     return (ConfigError, DataError, RegistryError, RunError, TrainingError, ResultsError, ExportError,
             FileNotFoundError, RunFailed)
 

@@ -131,7 +131,7 @@ class TrainConfig:
     fused_ce: bool = False
     eval_tokens: int = 1_000_000  # held-out tokens for the perplexity at the end of training
     save_every: int = 1000  # steps between checkpoints
-    corpus: str = "english-mix"  # name of a corpus (harness.data) or a path to text/JSONL files
+    corpus: str = "english-mix"  # name of a corpus (harness.data.corpus) or a path to text/JSONL files
     tokenizer: str = "llama2"  # bytes | llama2 | path to a tokenizer.json
 
     @property

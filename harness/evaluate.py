@@ -46,9 +46,9 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from harness import distributed
 from harness.config import ConfigError
 from harness.data.paths import DataError, cache_dir
+from harness.training import distributed
 
 TASKS_DIR = Path(__file__).resolve().parent.parent / "tasks" / "lm_eval"
 
@@ -317,7 +317,7 @@ class HarnessLM(_template_lm()):
         self.stride = _as_int(stride, "stride") or self.max_length
         if not 1 <= self.stride <= self.max_length:
             raise ConfigError(f"stride={self.stride} must be between 1 and max_length={self.max_length}")
-        from harness.train import autocast_for
+        from harness.training.recipe import autocast_for
         self.autocast = autocast_for(self._device, dtype or train_dtype)
         self.progress = progress  # tqdm bars (lm-eval's style); off under `harness run` / `harness eval`
 
@@ -671,7 +671,7 @@ class ModelSource:
             from harness.model.backbone import count_params
             return model, tokenizer, cfg, {"params": count_params(model), "tokens": None}
         from harness.data.tokenizer import get_tokenizer
-        from harness.train import load_checkpoint
+        from harness.training.checkpoint import load_checkpoint
         model, cfg, _, meta = load_checkpoint(Path(self.checkpoint), device)
         return model, get_tokenizer(cfg.train.tokenizer), cfg, meta
 

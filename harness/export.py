@@ -286,7 +286,7 @@ def hub_call(repo: str, call: Callable[[], object]):
 def export(checkpoint: Path, out: Path, max_shard_size: str = "2GB", push_to_hub: str | None = None,
            rows: list[Path] = (), force: bool = False, log: Callable[[str], None] = print) -> Path:
     """Write the checkpoint folder `checkpoint` as a Hugging Face model folder at `out`."""
-    from harness.train import load_checkpoint, read_meta
+    from harness.training.checkpoint import load_checkpoint, read_meta
     ckpt, out = Path(checkpoint), Path(out)
     if not (ckpt / "meta.json").is_file():
         raise FileNotFoundError(f"{ckpt} is not a checkpoint folder (no meta.json); pass the folder that "

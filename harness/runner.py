@@ -25,10 +25,8 @@ from typing import Callable
 
 import torch
 
-from harness import distributed
 from harness.config import Config, config_hash
 from harness.data.tokenizer import get_tokenizer
-from harness.distributed import Dist
 from harness.files import atomic_write_text, folder_lock
 from harness.registry import get_model, get_task
 from harness.results.provenance import (
@@ -40,14 +38,12 @@ from harness.results.provenance import (
 )
 from harness.results.store import Row, read_rows, replace_rows
 from harness.results.tables import rows_table
-from harness.train import (
-    CHECKPOINT_DIR,
-    check_tokenizer,
-    load_checkpoint,
-    read_meta,
-    train,
-)
-from harness.trainlog import LOG_FILE
+from harness.training import distributed
+from harness.training.checkpoint import CHECKPOINT_DIR, load_checkpoint, read_meta
+from harness.training.distributed import Dist
+from harness.training.recipe import check_tokenizer
+from harness.training.train import train
+from harness.training.trainlog import LOG_FILE
 
 
 class RunError(RuntimeError):
@@ -163,9 +159,10 @@ def check_models(models: list[str], cfg: Config, device: str, world_size: int) -
     included): unknown names, the tokenizer and corpus, the batch layout, and each model's build
     (on the meta device: no memory) and training options on this device."""
     from harness.data.corpus import corpus_files
-    from harness.distributed import layers_of
     from harness.model.build import build_model
-    from harness.train import _batch_layout, fused_cross_entropy
+    from harness.training.batches import _batch_layout
+    from harness.training.distributed import layers_of
+    from harness.training.recipe import fused_cross_entropy
     specs = [get_model(name) for name in models]
     check_tokenizer(cfg)
     corpus_files(cfg.train.corpus)

@@ -20,7 +20,7 @@ A study file names a base config and what varies (results/scaling/study.yaml is 
     sweep: {sizes: [s], lrs: [1e-3, 2e-3, 4e-3, 8e-3], seed: 0, tasks: [smoke]}
     final: {sizes: [s], seeds: {s: [0, 1, 2]}, tasks: [smoke, wikitext_2_v1, lambada_openai]}
 
-Every run trains with `harness.train.train` and is scored by the registered tasks, exactly as
+Every run trains with `harness.training.train.train` and is scored by the registered tasks, exactly as
 `harness run` does; its rows carry `lr` and the budget (`tokens_per_param`, `epochs`,
 `non_embedding_params`, `train_flops`) and use the size's name as their `preset`. The final stage
 trains each model at its own learning rate: the sweep's best on a swept size, else the power law
@@ -348,7 +348,7 @@ def run_unit(study: Study, unit: Unit, results: Path, runs: Path, device: str,
     from harness.registry import get_task
     from harness.results.provenance import command_line, device_name, git_commit, now
     from harness.runner import TaskContext, run_tasks, stored_rows, trained_model
-    from harness.train import CHECKPOINT_DIR
+    from harness.training.checkpoint import CHECKPOINT_DIR
     path = rows_file(study, results)
     existing = stored_rows(path, d, log)
     todo = pending_tasks(unit, existing)
@@ -376,8 +376,8 @@ def keep_record(run_dir: Path, prefix: Path) -> None:
     import gzip
 
     from harness.files import atomic_write_bytes, atomic_write_text
-    from harness.train import CHECKPOINT_DIR, META_FILE
-    from harness.trainlog import LOG_FILE
+    from harness.training.checkpoint import CHECKPOINT_DIR, META_FILE
+    from harness.training.trainlog import LOG_FILE
     meta, log = run_dir / CHECKPOINT_DIR / META_FILE, run_dir / LOG_FILE
     if meta.is_file():
         atomic_write_text(Path(f"{prefix}_meta.json"), meta.read_text(encoding="utf-8"))
@@ -470,7 +470,7 @@ def drop_missing_tasks(study: Study, log: Callable[[str], None]) -> None:
 
 
 def _in_process(study, unit, results, runs, device, log, on_step, should_stop, d=None) -> str:
-    from harness.train import TrainingStopped
+    from harness.training.outcome import TrainingStopped
     try:
         run_unit(study, unit, results, runs, device, log, on_step, should_stop, d)
     except TrainingStopped as err:

@@ -698,7 +698,7 @@ def test_gpu_small_preset_training_reduces_the_loss(name, tmp_path):
     """The small preset's model on the bundled corpus (bytes), short sequences: the loss falls."""
     if name in FLA_MODELS and not HAS_FLA:
         pytest.skip("needs fla")
-    from harness.train import train
+    from harness.training.train import train
     seq, micro = 256, 16
     cfg = load_config("small", overrides=[
         f"train.seq_len={seq}", f"train.batch_tokens={seq * micro}", f"train.micro_batch={micro}",

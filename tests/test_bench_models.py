@@ -40,10 +40,10 @@ def test_sweep_points_and_rows():
 def test_train_sweep_with_activation_checkpointing_recomputes_and_says_so(monkeypatch):
     """train.activation_checkpointing applies to the train sweep as in `harness train`; prefill and
     decode still run through the wrapped layers."""
-    import harness.train
+    import harness.training.recipe
     calls = []
-    wrap = harness.train.apply_activation_checkpointing
-    monkeypatch.setattr(harness.train, "apply_activation_checkpointing", lambda m: (calls.append(m), wrap(m)))
+    wrap = harness.training.recipe.apply_activation_checkpointing
+    monkeypatch.setattr(harness.training.recipe, "apply_activation_checkpointing", lambda m: (calls.append(m), wrap(m)))
     cfg = load_config("tiny", overrides=["train.activation_checkpointing=true"])
     points = bm.sweep_model("swat", cfg, ["train", "prefill", "decode"], {"train": [32], "prefill": [32], "decode": [16]},
                             torch.device("cpu"), 64, (1,))

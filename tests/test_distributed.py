@@ -13,10 +13,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from harness import distributed, scaling
 from harness.config import ConfigError, load_config
-from harness.train import CHECKPOINT_DIR, load_checkpoint, train
-from harness.trainlog import LOG_FILE, read_log
+from harness.training import distributed, scaling
+from harness.training.checkpoint import CHECKPOINT_DIR, load_checkpoint
+from harness.training.train import train
+from harness.training.trainlog import LOG_FILE, read_log
 
 EVAL_FIXTURES = Path(__file__).parent / "fixtures" / "eval"  # hub-schema files in the mirror's layout
 

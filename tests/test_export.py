@@ -22,7 +22,7 @@ from harness.config import load_config  # noqa: E402
 from harness.data.tokenizer import ByteTokenizer, get_tokenizer  # noqa: E402
 from harness.export import EXPORTABLE  # noqa: E402
 from harness.model.build import build_model  # noqa: E402
-from harness.train import load_checkpoint  # noqa: E402
+from harness.training.checkpoint import load_checkpoint  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 EVAL_FIXTURES = Path(__file__).parent / "fixtures" / "eval"

@@ -16,14 +16,14 @@ from harness.config import ConfigError, load_config
 from harness.data.streams import prepare_streams
 from harness.data.tokenizer import get_tokenizer
 from harness.model.ngram import DISCOUNT_WITHOUT_SINGLETONS, NGramLM
-from harness.train import (
+from harness.training.checkpoint import (
     CHECKPOINT_DIR,
     META_FILE,
     TRAINER_FILE,
-    fit_by_counting,
     load_checkpoint,
-    train,
 )
+from harness.training.counting import fit_by_counting
+from harness.training.train import train
 
 # 8 steps of 4 sequences x 64 tokens
 SHORT = ["train.tokens=2048", "train.batch_tokens=256", "train.seq_len=64", "train.micro_batch=2",

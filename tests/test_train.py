@@ -7,19 +7,19 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from harness import train as train_mod
 from harness.config import ConfigError, load_config
 from harness.model.build import build_model
 from harness.model.flops import flops_per_token, visited_keys
-from harness.train import (
+from harness.training import train as train_mod
+from harness.training.checkpoint import (
     CHECKPOINT_DIR,
     TRAINER_FILE,
-    TrainingError,
     load_checkpoint,
     recover_checkpoint,
-    train,
 )
-from harness.trainlog import LOG_FILE, PLOT_FILE, read_log
+from harness.training.outcome import TrainingError
+from harness.training.train import train
+from harness.training.trainlog import LOG_FILE, PLOT_FILE, read_log
 
 # 2048 tokens in 8 steps of 4 sequences x 64 tokens, 2 micro-batches of 2 (accumulation), checkpoint every 4
 SHORT = ["train.tokens=2048", "train.batch_tokens=256", "train.seq_len=64", "train.micro_batch=2",

@@ -187,7 +187,7 @@ def sweep_model(name: str, cfg: Config, sweeps, lengths: dict, device: torch.dev
     caches), not tensors that were resident before."""
     from harness.model.build import build_model
     from harness.registry import KernelRefusedError
-    from harness.train import apply_activation_checkpointing, autocast_for
+    from harness.training.recipe import apply_activation_checkpointing, autocast_for
     autocast = autocast_for(device, cfg.train.dtype)
     _reset_memory(device)
     resident = torch.cuda.memory_allocated(device) if device.type == "cuda" else 0

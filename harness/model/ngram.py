@@ -2,7 +2,7 @@
 
 They answer "how much of a neural model's score does context beyond the current token buy?": a
 row of each beside the neural rows of a run, estimated on exactly the tokens those models were
-trained on (`harness.train.fit_by_counting` visits the same batches) and scored by the same task
+trained on (`harness.training.counting.fit_by_counting` visits the same batches) and scored by the same task
 code. So they are modules with the shared model contract: `forward(input_ids)` gives logits
 [B, T, V], here log-probabilities (log_softmax leaves them unchanged), and `init_state`, `step`,
 `prefill`, `generate` let the decoding tasks run them.
@@ -53,7 +53,7 @@ class NGramLM(nn.Module):
     to every count is the simplest estimate that gives each token a nonzero probability; its bias,
     V / (N + V) of the mass, vanishes at the token counts of a training run."""
 
-    fitted_by_counting = True  # harness.train counts the run's batches instead of running an optimizer
+    fitted_by_counting = True  # harness.training.counting counts the run's batches instead of running an optimizer
 
     def __init__(self, vocab_size: int, order: int):
         super().__init__()

@@ -183,7 +183,7 @@ def accuracy_vs_tokens(rows: list[Row], out_dir: Path, run_configs: dict | None 
 def loss_curves(run_dirs: list[Path], out_dir: Path, smooth_steps: int = 10) -> list[Path]:
     """Training loss against tokens, one line per (run, model): the matched-budget runs' curves side
     by side. Each line is the mean of the last `smooth_steps` steps' losses; the CSV has every step."""
-    from harness.trainlog import LOG_FILE, read_log, trailing_mean
+    from harness.training.trainlog import LOG_FILE, read_log, trailing_mean
     logs = {(Path(d).name, f.name[:-len(f"_{LOG_FILE}")]): f
             for d in run_dirs for f in sorted((Path(d) / "train").glob(f"*_{LOG_FILE}"))}
     if not logs:

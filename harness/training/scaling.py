@@ -21,8 +21,8 @@ from pathlib import Path
 
 from harness.config import ConfigError
 from harness.files import atomic_write_text
-from harness.train import RESUMABLE_CHANGES
-from harness.trainlog import LOG_FILE, read_log
+from harness.training.checkpoint import RESUMABLE_CHANGES
+from harness.training.trainlog import LOG_FILE, read_log
 
 DIVERGED = 1e-3  # |loss difference| (nats) taken as the curves parting; bf16 noise stays far below it
 # train.* keys that may differ between runs compared: those a resumed run may change, less the two that

@@ -1,0 +1,217 @@
+"""Checkpoints (<run>/checkpoint/): model.safetensors (full weights), trainer.pt (full optimizer
+state keyed by parameter name, step, data position, each rank's RNG state; the LR schedule is a
+function of the step, so the step is its whole state), meta.json (model, config, progress, the
+harness commit, and the sha256 of the other two files, checked before they are read: a truncated
+or corrupted file stops with one line naming it, never a half-read model). Full state dicts are
+gathered on rank 0 and written there, rather than sharded torch.distributed.checkpoint files:
+the 340m/760m states fit one host's memory, and the result is one file that any world size, a
+single process or `load_checkpoint` reads. A checkpoint is written into a temporary folder and
+swapped in by rename, so an interruption at any moment leaves the previous checkpoint whole (a
+half-finished swap is repaired at the next start); resuming continues bit for bit.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import torch
+
+from harness.config import Config, ConfigError
+from harness.files import file_sha256
+from harness.model.build import build_model
+from harness.training import distributed
+from harness.training.distributed import Dist
+from harness.training.outcome import TrainingError
+
+CHECKPOINT_DIR = "checkpoint"
+WEIGHTS_FILE = "model.safetensors"
+TRAINER_FILE = "trainer.pt"
+META_FILE = "meta.json"
+# train.* keys that may change between a checkpoint and its resumption: they alter speed, memory,
+# the run's length or its bookkeeping, not the meaning of the state saved so far
+RESUMABLE_CHANGES = {"tokens", "save_every", "eval_tokens", "micro_batch", "compile", "activation_checkpointing",
+                     "fused_ce"}
+
+
+# ---------------------------------------------------------------- checkpoints
+
+def _rng_state(device: torch.device) -> dict:
+    state = {"cpu": torch.get_rng_state()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def _set_rng_state(state: dict, device: torch.device) -> None:
+    torch.set_rng_state(state["cpu"])
+    if device.type == "cuda" and "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"], device)
+
+
+def _tied_duplicates(model: torch.nn.Module) -> set[str]:
+    """Names of parameters that repeat another (tied weights): safetensors stores each tensor once."""
+    seen, dupes = set(), set()
+    for name, p in distributed.unwrap(model).named_parameters(remove_duplicate=False):
+        if id(p) in seen:
+            dupes.add(name)
+        seen.add(id(p))
+    return dupes
+
+
+def _fsync_dir(folder: Path) -> None:
+    for path in folder.iterdir():
+        with open(path, "rb") as f:
+            os.fsync(f.fileno())
+
+
+DAMAGED_FIX = "retrain it: `harness run ... --force`, or `harness train ... --no-resume`"
+
+
+def read_meta(ckpt: Path) -> dict:
+    """A checkpoint's meta.json, or a TrainingError naming it when it is not readable JSON."""
+    try:
+        return json.loads((Path(ckpt) / META_FILE).read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise TrainingError(f"{Path(ckpt) / META_FILE} is damaged ({err}); {DAMAGED_FIX}") from None
+
+
+def verify_checkpoint(ckpt: Path, meta: dict, names: tuple[str, ...]) -> None:
+    """Every named file of a checkpoint is there with the sha256 its meta.json records (checkpoints
+    written before the checksums were kept pass: reading them then says when they are damaged)."""
+    for name in names:
+        path = Path(ckpt) / name
+        if not path.is_file():
+            raise TrainingError(f"{path} is missing, the checkpoint is incomplete; {DAMAGED_FIX}")
+        expected = meta.get("sha256", {}).get(name)
+        if expected is not None and file_sha256(path) != expected:
+            raise TrainingError(f"{path} is damaged (truncated or corrupted: its sha256 is not the one in "
+                                f"{META_FILE}); {DAMAGED_FIX}")
+
+
+def _swap_in(tmp: Path, final: Path) -> None:
+    """Replace `final` by `tmp` with renames only; `recover_checkpoint` finishes a swap cut short."""
+    old = final.with_name(f".{CHECKPOINT_DIR}.old{os.getpid()}")
+    if final.exists():
+        final.rename(old)
+    tmp.rename(final)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def recover_checkpoint(run_dir: Path) -> None:
+    """Remove unfinished checkpoint folders; restore the previous checkpoint if a swap was cut
+    between its two renames."""
+    run_dir = Path(run_dir)
+    final = run_dir / CHECKPOINT_DIR
+    for tmp in run_dir.glob(f".{CHECKPOINT_DIR}.tmp*"):
+        shutil.rmtree(tmp, ignore_errors=True)
+    olds = sorted(run_dir.glob(f".{CHECKPOINT_DIR}.old*"), key=lambda p: p.stat().st_mtime)
+    if olds and not final.exists():
+        olds.pop().rename(final)
+    for old in olds:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def save_checkpoint(run_dir: Path, model, optimizer, meta: dict, trainer: dict, d: Dist) -> Path:
+    """Gather the full state on rank 0 and write it atomically; every rank must call this.
+    optimizer None: a model fitted by counting, which has no optimizer state."""
+    from safetensors.torch import save_file
+    weights = distributed.full_model_state(model)
+    optim = distributed.full_optimizer_state(model, optimizer) if optimizer is not None else {}
+    rng = d.gather_objects(_rng_state(d.device))
+    final = Path(run_dir) / CHECKPOINT_DIR
+    if d.is_main:
+        tmp = final.with_name(f".{CHECKPOINT_DIR}.tmp{os.getpid()}")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        dupes = _tied_duplicates(model)
+        save_file({k: v.contiguous() for k, v in weights.items() if k not in dupes}, str(tmp / WEIGHTS_FILE),
+                  metadata={"format": "pt"})
+        torch.save({**trainer, "optimizer": optim, "rng": rng}, tmp / TRAINER_FILE)
+        sums = {name: file_sha256(tmp / name) for name in (WEIGHTS_FILE, TRAINER_FILE)}
+        (tmp / META_FILE).write_text(json.dumps({**meta, "sha256": sums}, indent=1, default=str))
+        _fsync_dir(tmp)
+        _swap_in(tmp, final)
+    d.barrier()
+    return final
+
+
+def load_checkpoint(path: Path, device="cpu"):
+    """(model, Config, model name, meta) from a checkpoint folder written by `save_checkpoint`."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_model
+    path = Path(path)
+    meta_file = path / META_FILE
+    if not meta_file.is_file():
+        raise FileNotFoundError(f"{path} is not a checkpoint folder (no meta.json); pass the folder that "
+                                f"`harness train` wrote (<run>/<model>/checkpoint)")
+    meta = read_meta(path)
+    verify_checkpoint(path, meta, (WEIGHTS_FILE,))
+    cfg = Config.from_dict(meta["config"])
+    model = build_model(meta["model"], cfg.model, device)
+    try:
+        load_model(model, str(path / WEIGHTS_FILE), device=str(device))
+    except SafetensorError as err:
+        raise TrainingError(f"{path / WEIGHTS_FILE} is damaged ({err}); {DAMAGED_FIX}") from None
+    return model, cfg, meta["model"], meta
+
+
+def _check_resumable(meta: dict, model_name: str, cfg: Config, ckpt: Path) -> None:
+    saved = Config.from_dict(meta["config"])
+    hint = "pass --no-resume to start over, or --out for a new run folder"
+    if meta["model"] != model_name:
+        raise ConfigError(f"{ckpt} holds a {meta['model']} checkpoint, not {model_name}; {hint}")
+    if saved.to_dict()["model"] != cfg.to_dict()["model"]:
+        raise ConfigError(f"{ckpt} was trained with another model config; {hint}")
+    old, new = saved.to_dict()["train"], cfg.to_dict()["train"]
+    changed = sorted(k for k in new if k not in RESUMABLE_CHANGES and old.get(k) != new[k])
+    if changed:
+        raise ConfigError(f"{ckpt} was trained with other train.{changed[0]} ({old.get(changed[0])!r}, now "
+                          f"{new[changed[0]]!r}); {hint}")
+
+
+def _resume(ckpt: Path, model, optimizer, d: Dist) -> dict:
+    """Load a checkpoint into the (wrapped) model and optimizer; returns its step, data position
+    and meta. Rank 0 checks and reads the files and the state is broadcast."""
+    weights, trainer, problem = {}, {}, None
+    if d.is_main:
+        try:
+            weights, trainer = _read_state(ckpt)
+        except TrainingError as err:
+            problem = str(err)
+    problem = d.broadcast_object(problem)  # every rank stops, not only the one that read
+    if problem:
+        raise TrainingError(problem)
+    missing = _tied_duplicates(model)
+    if d.is_main:  # tied names were stored once: give each its tensor back
+        for name in missing:
+            weights[name] = weights[_tie_source(model, name)]
+    distributed.load_full_state(model, optimizer, weights, trainer.get("optimizer", {}))
+    info = d.broadcast_object({k: trainer.get(k) for k in ("step", "position", "rng")})
+    rng = info.pop("rng")
+    if rng is not None and len(rng) == d.world_size:  # same layout: continue every rank's stream
+        _set_rng_state(rng[d.rank], d.device)
+    return info
+
+
+def _read_state(ckpt: Path) -> tuple[dict, dict]:
+    """(weights, trainer state) of a checkpoint, checked against its checksums first."""
+    import pickle
+
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+    verify_checkpoint(ckpt, read_meta(ckpt), (WEIGHTS_FILE, TRAINER_FILE))
+    name = WEIGHTS_FILE
+    try:
+        weights = load_file(str(ckpt / WEIGHTS_FILE))
+        name = TRAINER_FILE
+        return weights, torch.load(ckpt / TRAINER_FILE, map_location="cpu", weights_only=True)
+    except (SafetensorError, RuntimeError, EOFError, pickle.UnpicklingError) as err:
+        raise TrainingError(f"{ckpt / name} is damaged ({type(err).__name__}); {DAMAGED_FIX}") from None
+
+
+def _tie_source(model, name: str) -> str:
+    params = dict(distributed.unwrap(model).named_parameters(remove_duplicate=False))
+    return next(n for n, p in params.items() if p is params[name] and n != name)

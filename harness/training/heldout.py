@@ -1,0 +1,65 @@
+"""The held-out loss: the mean next-token loss over the corpus's held-out documents, overall and
+per corpus source, computed the same way for every model (at the end of training and by the
+`smoke` task), and split over the ranks of a torchrun job.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from harness.data.streams import TokenStream
+from harness.training.distributed import Dist
+from harness.training.outcome import TrainingError
+
+
+@dataclass
+class HeldoutScore:
+    """Mean next-token loss over the scored held-out tokens, their count, and the same per
+    corpus source ({source: (loss, tokens)}; a target token belongs to its document's source)."""
+    loss: float
+    tokens: int
+    by_source: dict
+
+
+@torch.no_grad()
+def heldout_score(model, stream: TokenStream, seq_len: int, max_tokens: int, batch: int, device,
+                  autocast: Callable, d: Dist | None = None) -> HeldoutScore:
+    """Score the first max_tokens of the held-out stream, overall and per source. With several
+    ranks each scores every N-th sequence (all ranks the same count, rounded down to a multiple
+    of N, so that sharded models run the same number of forwards) and the sums are reduced."""
+    rank, world = (d.rank, d.world_size) if d is not None else (0, 1)
+    n = min(stream.num_sequences(seq_len), max(1, max_tokens // seq_len))
+    n -= n % world
+    if n == 0:
+        raise TrainingError(f"the held-out split is shorter than {world} sequence(s) of {seq_len} tokens; "
+                            f"use a larger corpus or a smaller train.seq_len")
+    was_training = model.training
+    model.eval()
+    n_sources = max(1, len(stream.source_names))
+    sums = torch.zeros(2, n_sources, dtype=torch.float64, device=device)  # loss sum, tokens per source
+    mine = list(range(rank, n, world))
+    for lo in range(0, len(mine), batch):
+        idx = mine[lo:lo + batch]
+        tokens = torch.from_numpy(np.stack([stream.sequence(i, seq_len)[0] for i in idx])).to(device)
+        with autocast():
+            logits = model(tokens[:, :-1])
+        losses = F.cross_entropy(logits.float().flatten(0, 1), tokens[:, 1:].flatten(), reduction="none")
+        if stream.doc_sources is None:
+            source = torch.zeros_like(losses, dtype=torch.long)
+        else:  # the source of each target token (positions i*seq_len+1 .. (i+1)*seq_len)
+            source = torch.from_numpy(np.concatenate([stream.token_sources(i * seq_len + 1, (i + 1) * seq_len + 1)
+                                                      for i in idx]).astype(np.int64)).to(device)
+        sums[0].index_add_(0, source, losses.double())
+        sums[1].index_add_(0, source, torch.ones_like(losses, dtype=torch.float64))
+    if d is not None:
+        sums = d.sum(sums)
+    model.train(was_training)
+    total = sums.sum(1)
+    names = stream.source_names or ("",)
+    by_source = {names[k]: (float(sums[0, k] / sums[1, k]), int(sums[1, k])) for k in range(n_sources) if sums[1, k]}
+    return HeldoutScore(float(total[0] / total[1]), int(total[1]), by_source)

@@ -1,0 +1,33 @@
+"""How a training run ends: its result, an error the user fixes (the message says what to change),
+or a stop that was asked for and resumes from the checkpoint written before it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+
+class TrainingError(RuntimeError):
+    """Training cannot go on (NaN loss, out of memory); the message says what to change."""
+
+
+class TrainingStopped(RuntimeError):
+    """Training was asked to stop (`should_stop`) and saved a checkpoint first: it resumes there."""
+
+
+@dataclass
+class TrainResult:
+    model: torch.nn.Module
+    steps: int
+    tokens: int
+    train_loss: float
+    heldout_loss: float
+    params: int
+    seconds: float
+    checkpoint: Path
+    tokens_per_s: float | None = None  # steady state: steps after the first (compile, warm-up) of this run
+    mfu: float | None = None  # model FLOPs utilisation against the measured bf16 matmul peak (CUDA)
+    peak_mem_gib: float | None = None  # max CUDA memory allocated (GiB) on rank 0

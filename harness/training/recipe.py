@@ -1,0 +1,101 @@
+"""The training recipe, the same for every registered model (PAPER.md, the fla family's): AdamW
+(no decay on norms, biases and other 1-D parameters), linear warmup then cosine decay to
+`lr * min_lr_ratio`, the next-token loss (fused with the head under `train.fused_ce`), bf16
+autocast on GPU (fp32 weights and optimizer), and the options applied to a built model from
+outside: `train.compile` (torch.compile per layer), `train.activation_checkpointing`.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+from harness.config import Config, ConfigError
+from harness.data.tokenizer import get_tokenizer
+from harness.model.backbone import DecoderLM
+from harness.training import distributed
+
+
+def lr_at(step: int, cfg) -> float:
+    """Learning rate of optimizer step `step` (0-based): linear warmup, then cosine to min_lr_ratio."""
+    warmup, total = cfg.warmup_steps, cfg.steps
+    if warmup and step < warmup:
+        return cfg.lr * (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    cosine = 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+    return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * cosine)
+
+
+def make_optimizer(model: torch.nn.Module, cfg) -> torch.optim.Optimizer:
+    decay = [p for p in model.parameters() if p.requires_grad and p.dim() >= 2]
+    no_decay = [p for p in model.parameters() if p.requires_grad and p.dim() < 2]
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=1e-8)
+
+
+def lm_loss(model, inputs, targets, cu_seqlens=None) -> torch.Tensor:
+    """Mean next-token cross-entropy; packed documents stay apart where the model supports it.
+    Models on the shared backbone compute the loss in their forward (fused with the head when
+    train.fused_ce is on); other models (plugins, Hugging Face wrappers) return logits."""
+    inner = distributed.unwrap(model)
+    if cu_seqlens is not None and getattr(inner, "supports_varlen", False):
+        B, T = inputs.shape
+        inputs, kwargs = inputs.reshape(1, B * T), {"cu_seqlens": cu_seqlens}
+    else:
+        kwargs = {}
+    if isinstance(inner, DecoderLM):
+        return model(inputs, targets=targets.reshape(inputs.shape), **kwargs)
+    logits = model(inputs, **kwargs)
+    return F.cross_entropy(logits.float().flatten(0, -2), targets.flatten())
+
+
+def fused_cross_entropy(model, device: torch.device) -> torch.nn.Module:
+    """fla's fused head + cross-entropy for a backbone model, or a one-line error naming the fix."""
+    if not isinstance(model, DecoderLM):
+        raise ConfigError("train.fused_ce works with models on the shared backbone (DecoderLM) only; "
+                          "set train.fused_ce=false for this model")
+    if device.type != "cuda":
+        raise ConfigError("train.fused_ce needs a CUDA GPU (fla's Triton kernels); set train.fused_ce=false here")
+    try:
+        from fla.modules import FusedLinearCrossEntropyLoss
+    except ImportError:
+        raise ConfigError("train.fused_ce needs flash-linear-attention: pip install 'swat-harness[fla]' "
+                          "(or set train.fused_ce=false)") from None
+    return FusedLinearCrossEntropyLoss()
+
+
+def autocast_for(device: torch.device, dtype: str) -> Callable:
+    if device.type == "cuda" and dtype == "bf16":
+        return lambda: torch.autocast("cuda", dtype=torch.bfloat16)
+    return lambda: torch.autocast(device.type, enabled=False)
+
+
+def apply_activation_checkpointing(model) -> None:
+    """Recompute each layer's activations in the backward instead of storing them."""
+    from torch.utils.checkpoint import checkpoint
+    layers = distributed.layers_of(model)
+    if not layers:
+        raise ConfigError("train.activation_checkpointing needs a model with a `blocks` ModuleList "
+                          "(the shared backbone); set train.activation_checkpointing=false")
+    for layer in layers:
+        def forward(*args, _forward=layer.forward, **kwargs):
+            return checkpoint(_forward, *args, use_reentrant=False, **kwargs)
+        layer.forward = forward
+
+
+def _compile(model) -> None:
+    """torch.compile each layer (in place: parameter names and checkpoints are unchanged)."""
+    for layer in distributed.layers_of(model) or [model]:
+        layer.compile()
+
+
+def check_tokenizer(cfg: Config):
+    """The run's tokenizer, when the model's vocabulary holds its ids."""
+    tokenizer = get_tokenizer(cfg.train.tokenizer)
+    if tokenizer.vocab_size > cfg.model.vocab_size:
+        raise ConfigError(f"model.vocab_size={cfg.model.vocab_size} is smaller than the tokenizer's "
+                          f"{tokenizer.vocab_size}; set model.vocab_size={tokenizer.vocab_size}")
+    return tokenizer

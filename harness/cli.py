@@ -197,8 +197,8 @@ def one_line_table(title: str, header: tuple, lines: list[tuple]) -> Table:
 
 
 def cmd_run(args) -> None:
+    from harness.evaluation.loop import run_models
     from harness.registry import expand_tasks, grouped_tasks, load_plugins
-    from harness.runner import run
     from harness.training.distributed import is_main_process
     load_plugins(args.plugin)
     cfg = config_from(args)
@@ -213,9 +213,9 @@ def cmd_run(args) -> None:
         bar(info)
 
     t0 = time.time()
-    rows = run(models, task_names, cfg, run_name, Path(args.results), Path(args.runs), args.device,
-               args.force, args.limit, log=say, on_step=on_step, skip_missing=args.skip_missing,
-               grouped=grouped_tasks(split_names(args.tasks)))
+    rows = run_models(models, task_names, cfg, run_name, Path(args.results), Path(args.runs), args.device,
+                      args.force, args.limit, log=say, on_step=on_step, skip_missing=args.skip_missing,
+                      grouped=grouped_tasks(split_names(args.tasks)))
     for bar in progress.values():
         bar.close()
     if not is_main_process():  # rank 0 of a torchrun job reports
@@ -253,8 +253,8 @@ def show_tables(rows: list, configs: dict) -> None:
 
 
 def cmd_train(args) -> None:
+    from harness.evaluation.loop import default_device
     from harness.registry import load_plugins
-    from harness.runner import default_device
     from harness.training.distributed import is_main_process
     from harness.training.train import train
     load_plugins(args.plugin)
@@ -280,8 +280,8 @@ def cmd_train(args) -> None:
 
 def cmd_study(args) -> None:
     """Run a study file (models x sizes x learning rates x seeds), resumable; then its report."""
+    from harness.evaluation.loop import default_device
     from harness.registry import load_plugins
-    from harness.runner import default_device
     from harness.study import (
         drop_missing_tasks,
         load_study,
@@ -382,9 +382,9 @@ def cmd_bench_models(args) -> None:
     from harness.bench import device_slug
     from harness.bench import models as bm
     from harness.config import ConfigError
+    from harness.evaluation.loop import default_device
     from harness.registry import load_plugins
     from harness.results.provenance import device_name
-    from harness.runner import default_device
     load_plugins(args.plugin)
     cfg = config_from(args)
     device = torch.device(args.device or default_device())
@@ -450,18 +450,18 @@ def cmd_eval(args) -> None:
     """Evaluate trained checkpoints (or hf:<path> models) on tasks; rows go to RESULTS/RUN/rows.jsonl."""
     if args.online:  # before lm-eval (and datasets) are imported: they read the offline flags once
         os.environ["HARNESS_ONLINE"] = "1"
-    from harness.evaluate import evaluate, model_sources
+    from harness.evaluation.loop import default_device, score
+    from harness.evaluation.sources import model_sources
     from harness.registry import expand_tasks, grouped_tasks, load_plugins
-    from harness.runner import default_device
     from harness.training.distributed import is_main_process
     load_plugins(args.plugin)
     task_names = expand_tasks(split_names(args.tasks))
     run_name = args.run or "eval"
     sources = model_sources(run_name, Path(args.runs), split_names(args.models or ""), args.checkpoint)
     t0 = time.time()
-    rows = evaluate(sources, task_names, run_name, Path(args.results), args.device or default_device(),
-                    args.limit, args.force, args.online, args.skip_missing, args.bootstrap_iters,
-                    log=say, grouped=grouped_tasks(split_names(args.tasks)))
+    rows = score(sources, task_names, run_name, Path(args.results), args.device or default_device(), args.limit,
+                 args.force, args.online, args.skip_missing, args.bootstrap_iters, log=say,
+                 grouped=grouped_tasks(split_names(args.tasks)))
     if not is_main_process():  # rank 0 of a data-parallel evaluation reports
         return
     names = {s.name for s in sources}
@@ -667,10 +667,10 @@ class RunFailed(RuntimeError):
 def expected_errors() -> tuple:
     from harness.config import ConfigError
     from harness.data.paths import DataError
+    from harness.evaluation.sources import RunError
     from harness.export import ExportError
     from harness.registry import RegistryError
     from harness.results.store import ResultsError
-    from harness.runner import RunError
     from harness.training.outcome import TrainingError
     return (ConfigError, DataError, RegistryError, RunError, TrainingError, ResultsError, ExportError,
             FileNotFoundError, RunFailed)

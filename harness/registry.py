@@ -72,6 +72,8 @@ class TaskSpec:
     description: str = ""
     needs_model: bool = True
     data_parallel: bool = False  # shards its own work over torchrun ranks (lm-eval's tasks); else rank 0 runs it
+    datasets: tuple = ()  # mirror datasets it reads, any one of which will do (harness.data.mirror)
+    online: bool = False  # reads its dataset from the Hugging Face hub when the mirror lacks it (--online)
 
 
 @dataclass
@@ -114,18 +116,21 @@ def register_model(name: str, family: str = "custom", requires: tuple = (), matc
 
 
 def register_task(name: str, group: str | tuple = (), description: str = "", needs_model: bool = True,
-                  data_parallel: bool = False, override: bool = False):
+                  data_parallel: bool = False, datasets: tuple = (), online: bool = False, override: bool = False):
     """Decorator over `run(model, tokenizer, ctx) -> list[Row]`; registers it under `name`.
     data_parallel: the task splits its work over the ranks of a torchrun job itself (`ctx.dist`) and
     returns its rows on rank 0; other tasks run on rank 0 alone while the other ranks wait.
-    override: replace a task already registered as `name`."""
+    datasets: the mirror datasets the task reads, any one of which will do; a run checks that one
+    is present before any model work, and `harness data list` shows them. online: the task can
+    read its dataset from the hub instead (`--online`). override: replace a task already
+    registered as `name`."""
     groups = (group,) if isinstance(group, str) else tuple(group)
 
     def deco(run: Callable) -> Callable:
         _claim("task", _REG.tasks, name, run, override)
         _REG.tasks[name] = TaskSpec(name, run, groups,
                                     description or (run.__doc__ or "").strip().split("\n")[0],
-                                    needs_model, data_parallel)
+                                    needs_model, data_parallel, tuple(datasets), online)
         return run
     return deco
 

@@ -344,10 +344,11 @@ def run_unit(study: Study, unit: Unit, results: Path, runs: Path, device: str,
     """Train (or resume, or reuse) one run and score its pending tasks into the study's rows
     (`d`: the torchrun job every rank of which calls this; rank 0 writes)."""
     from harness.data.tokenizer import get_tokenizer
+    from harness.evaluation.loop import TaskContext, run_tasks, stored_rows
+    from harness.evaluation.sources import trained_model
     from harness.model.build import non_embedding_params
     from harness.registry import get_task
-    from harness.results.provenance import command_line, device_name, git_commit, now
-    from harness.runner import TaskContext, run_tasks, stored_rows, trained_model
+    from harness.results.provenance import provenance
     from harness.training.checkpoint import CHECKPOINT_DIR
     path = rows_file(study, results)
     existing = stored_rows(path, d, log)
@@ -364,9 +365,8 @@ def run_unit(study: Study, unit: Unit, results: Path, runs: Path, device: str,
                  "budget_params": budget["budget_params"],
                  "non_embedding_params": non_embedding_params(unit.model, cfg.model),
                  "train_flops": (meta.get("flops_per_token") or {}).get("train", 0.0) * meta.get("tokens", 0)}
-    provenance = {"commit": git_commit(), "device": device_name(device), "date": now(), "command": command_line()}
     ctx = TaskContext(cfg, study.name, unit.model, device, meta["params"], meta.get("tokens"),
-                      str(run_dir / CHECKPOINT_DIR), None, provenance, row_extra=row_extra, dist=d)
+                      str(run_dir / CHECKPOINT_DIR), None, provenance(device), row_extra=row_extra, dist=d)
     run_tasks(model, get_tokenizer(cfg.train.tokenizer), ctx, [get_task(t) for t in todo], existing, path, log)
 
 
@@ -385,15 +385,13 @@ def keep_record(run_dir: Path, prefix: Path) -> None:
         atomic_write_bytes(Path(f"{prefix}_{LOG_FILE}.gz"), gzip.compress(log.read_bytes(), mtime=0))
 
 
-def write_record(study: Study, results: Path, lrs: dict) -> None:
-    """results/<name>/run.json (the study file, budgets, versions) and lr_choice.json."""
+def write_record(study: Study, results: Path, lrs: dict, device: str) -> None:
+    """results/<name>/run.json (the study file, budgets, provenance) and lr_choice.json."""
     from harness.files import atomic_write_text
-    from harness.results.provenance import command_line, git_commit, now, versions
+    from harness.results.provenance import record_run
     out = Path(results) / study.name
-    info = {"study": yaml.safe_load(study.path.read_text()), "budgets": study.budgets, "command": command_line(),
-            "commit": git_commit(), "date": now(), "versions": versions(),
-            "config": study.config(next(iter(study.sizes)), 0).to_dict()}
-    atomic_write_text(out / "run.json", json.dumps(info, indent=1, default=str))
+    record_run(out, {"study": yaml.safe_load(study.path.read_text()), "budgets": study.budgets,
+                     "config": study.config(next(iter(study.sizes)), 0).to_dict()}, device)
     atomic_write_text(out / "lr_choice.json", json.dumps(lrs, indent=1, sort_keys=True))
 
 
@@ -404,7 +402,7 @@ def run_study(study: Study, results: Path, runs: Path, device: str, jobs: int = 
     """Run every unit not yet done, the next one picked whenever a slot frees (a final run
     becomes runnable once its model's sweep has chosen its learning rate), then write the report.
     Returns counts: done, failed, stopped, waiting."""
-    from harness.runner import join_job, stored_rows
+    from harness.evaluation.loop import join_job, stored_rows
     from harness.study_report import write_report
     d, device, log = join_job(device, log)
     if d is not None and jobs > 1:
@@ -427,7 +425,7 @@ def run_study(study: Study, results: Path, runs: Path, device: str, jobs: int = 
         rows = stored_rows(rows_file(study, results), d, log)
         defined, counts["waiting"] = units(study, rows, study.only)
         if main:
-            write_record(study, results, choose_lrs(rows, study))
+            write_record(study, results, choose_lrs(rows, study), device)
         left = [u for u in defined if pending_tasks(u, rows)]
         if progress and left and main:
             progress(len(defined) - len(left), len(defined), "")
@@ -460,8 +458,8 @@ def run_study(study: Study, results: Path, runs: Path, device: str, jobs: int = 
 
 def drop_missing_tasks(study: Study, log: Callable[[str], None]) -> None:
     """Leave out, with one warning each, the study's tasks whose data is not in the mirror."""
+    from harness.evaluation.loop import check_task_data
     from harness.registry import get_task
-    from harness.runner import check_task_data
     for attr in ("sweep_tasks", "final_tasks"):
         names = getattr(study, attr)
         kept = {t.name for t in check_task_data([get_task(n) for n in names], skip_missing=True,

@@ -22,6 +22,7 @@ import math
 from pathlib import Path
 from statistics import mean, stdev
 
+from harness.evaluation.lm_eval_tasks import chance_levels
 from harness.files import atomic_write_text
 from harness.results.store import Row, read_rows
 from harness.results.tables import Cell, Table, human, mark_best, render, text_cell
@@ -151,28 +152,6 @@ def model_style(study, model: str) -> dict:
 
 
 # ---------------------------------------------------------------- the main table
-
-def chance_levels() -> dict[str, float]:
-    """Accuracy of a uniform random guess per benchmark, from the mirrored data (mean of
-    1 / number of choices); LAMBADA's open-vocabulary word has none worth printing."""
-    import gzip
-
-    from harness.data import mirror
-    counts = {"piqa": lambda r: 2, "winogrande": lambda r: 2, "boolq": lambda r: 2,
-              "arc_easy": lambda r: len(r["choices"]["text"]), "arc_challenge": lambda r: len(r["choices"]["text"]),
-              "hellaswag": lambda r: len(r["endings"]), "social_iqa": lambda r: 3}
-    out = {}
-    for name, n_choices in counts.items():
-        ds = mirror.dataset(name)
-        split = next(iter(ds.splits))
-        path = mirror.stored_file(name, split)
-        if path is None:
-            continue
-        data = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
-        records = [json.loads(line) for line in data.decode("utf-8").splitlines() if line.strip()]
-        out[name] = mean(1 / n_choices(r) for r in records) if records else None
-    return out
-
 
 def _mean_cell(values: dict[int, float], digits: int, scale: float = 1.0) -> Cell:
     if not values:

@@ -4,25 +4,37 @@ Each benchmark is a harness task of the same name as lm-eval's task; its rows ho
 lm-eval reports (acc and acc_norm where both exist, LAMBADA's perplexity), with `paper_metric`
 marking the one the paper's table uses. Data comes from the local mirror (`harness data list`);
 a missing dataset fails before the model is touched, naming the path and the fetch command.
+`lm_eval/` holds the lm-eval group YAMLs over them (`harness-lm-eval --tasks commonsense`).
 """
 
-from harness.registry import register_task
+from pathlib import Path
 
-COMMONSENSE = ("lambada_openai", "piqa", "hellaswag", "winogrande", "arc_easy", "arc_challenge",
-               "social_iqa", "boolq")
-
-
-def lm_eval_task(name: str):
-    """The runner of lm-eval task `name`; lm-eval is imported only when a task runs (it is an
-    optional dependency, and slow to import). Under torchrun lm-eval shards the requests over the
-    ranks (registered with data_parallel=True)."""
-    def run(model, tokenizer, ctx):
-        from harness.evaluate import lm_eval_task_rows
-        return lm_eval_task_rows(name, model, tokenizer, ctx)
-    return run
+from harness.evaluation.lm_eval_tasks import (
+    LmEvalTask,
+    register_lm_eval_group_folder,
+    register_lm_eval_task,
+)
 
 
-for _name in COMMONSENSE:
-    _groups = ("commonsense", "perplexity", "all") if _name == "lambada_openai" else ("commonsense", "all")
-    register_task(_name, group=_groups, data_parallel=True,
-                  description=f"lm-eval {_name} (zero-shot) on the local mirror")(lm_eval_task(_name))
+def _two(record: dict) -> int:
+    return 2
+
+
+BENCHMARKS = (
+    LmEvalTask("lambada_openai", "lambada/lambada_openai.yaml", "lambada_openai", ("acc", "perplexity")),
+    LmEvalTask("piqa", "piqa/piqa.yaml", "piqa", ("acc",), choices=_two),
+    LmEvalTask("hellaswag", "hellaswag/hellaswag.yaml", "hellaswag", ("acc_norm",),
+               choices=lambda r: len(r["endings"])),
+    LmEvalTask("winogrande", "winogrande/default.yaml", "winogrande", ("acc",), choices=_two),
+    LmEvalTask("arc_easy", "arc/arc_easy.yaml", "arc_easy", ("acc",), choices=lambda r: len(r["choices"]["text"])),
+    LmEvalTask("arc_challenge", "arc/arc_challenge.yaml", "arc_challenge", ("acc_norm",),
+               choices=lambda r: len(r["choices"]["text"])),
+    LmEvalTask("social_iqa", "siqa/siqa.yaml", "social_iqa", ("acc",), choices=lambda r: 3),
+    LmEvalTask("boolq", "super_glue/boolq/default.yaml", "boolq", ("acc",), choices=_two),
+)
+
+for _task in BENCHMARKS:
+    register_lm_eval_task(_task, group=("commonsense", "perplexity", "all") if _task.name == "lambada_openai"
+                          else ("commonsense", "all"),
+                          description=f"lm-eval {_task.name} (zero-shot) on the local mirror")
+register_lm_eval_group_folder(Path(__file__).parent / "lm_eval")

@@ -37,7 +37,7 @@ from rich.progress import track
 from harness.data.paths import DataError
 from harness.registry import register_task
 
-LENGTH_DATASETS = ("wikitext", "wikitext_2_v1")  # harness.evaluate.TASK_DATA["length"]
+LENGTH_DATASETS = ("wikitext", "wikitext_2_v1")  # the raw text when mirrored, else the tokenized v1
 MAX_BATCH_TOKENS = 32768
 
 
@@ -54,10 +54,10 @@ def long_stream(tokenizer) -> tuple[np.ndarray, str]:
     """The test articles of the mirrored WikiText-2, concatenated with eos between, and its name."""
     import json
 
-    from harness.evaluate import require_data
+    from harness.data import mirror
     for i, name in enumerate(LENGTH_DATASETS):
         try:
-            path = require_data(name)["test"]
+            path = mirror.require(name)["test"]
             break
         except DataError:
             if i == len(LENGTH_DATASETS) - 1:
@@ -99,10 +99,10 @@ def loss_rows(ctx, losses: torch.Tensor, length: int, lengths: list[int], **extr
     return rows
 
 
-@register_task("length", group=("length", "all"),
+@register_task("length", group=("length", "all"), datasets=LENGTH_DATASETS,
                description="perplexity vs evaluation length (to 16x training length), per position bucket")
 def run(model, tokenizer, ctx):
-    from harness.train import autocast_for
+    from harness.training.recipe import autocast_for
     stream, dataset = long_stream(tokenizer)  # fails before any model work when absent
     lengths = eval_lengths(ctx.cfg.model.max_seq_len)
     device = torch.device(ctx.device)

@@ -6,12 +6,12 @@ this group. `wikitext_2_v1` runs the same task on the tokenized WikiText-2 v1 te
 mirror holds when the raw text is absent; its rows carry its own name, so the two never mix.
 """
 
-from harness.registry import register_task
-from tasks.commonsense import lm_eval_task
+from harness.evaluation.lm_eval_tasks import LmEvalTask, register_lm_eval_task
 
-register_task("wikitext", group=("perplexity", "all"), data_parallel=True,
-              description="lm-eval wikitext (WikiText-2 raw, document level): word perplexity")(
-    lm_eval_task("wikitext"))
-register_task("wikitext_2_v1", group=("perplexity", "all"), data_parallel=True,
-              description="lm-eval's wikitext task on the tokenized WikiText-2 v1 text")(
-    lm_eval_task("wikitext_2_v1"))
+register_lm_eval_task(LmEvalTask("wikitext", "wikitext/wikitext.yaml", "wikitext", ("word_perplexity",)),
+                      group=("perplexity", "all"),
+                      description="lm-eval wikitext (WikiText-2 raw, document level): word perplexity")
+register_lm_eval_task(LmEvalTask("wikitext_2_v1", "wikitext/wikitext.yaml", "wikitext_2_v1", ("word_perplexity",),
+                                 hub_config="wikitext-2-v1"),
+                      group=("perplexity", "all"),
+                      description="lm-eval's wikitext task on the tokenized WikiText-2 v1 text")

@@ -114,7 +114,7 @@ def passkey_correct(model, tokenizer, prompt: PasskeyPrompt, device, autocast) -
 
 
 def _autocast(ctx):
-    from harness.train import autocast_for
+    from harness.training.recipe import autocast_for
     return autocast_for(torch.device(ctx.device), ctx.cfg.train.dtype)
 
 

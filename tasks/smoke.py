@@ -8,7 +8,8 @@ import torch
 
 from harness.data.streams import prepare_streams
 from harness.registry import register_task
-from harness.train import autocast_for, heldout_score
+from harness.training.heldout import heldout_score
+from harness.training.recipe import autocast_for
 
 
 @register_task("smoke", group=("smoke",), description="held-out loss and perplexity on the training corpus")

@@ -9,9 +9,18 @@ import sys
 
 import torch
 
-from harness.bench.models import (CPU_DECODE_BATCHES, CPU_LENGTHS, CPU_TRAIN_TOKENS, CPU_WARNING,
-                                  DEFAULT_DECODE_BATCHES, DEFAULT_LENGTHS, DEFAULT_TRAIN_TOKENS, SWEEPS,
-                                  points_to_rows, sweep_model)
+from harness.bench.models import (
+    CPU_DECODE_BATCHES,
+    CPU_LENGTHS,
+    CPU_TRAIN_TOKENS,
+    CPU_WARNING,
+    DEFAULT_DECODE_BATCHES,
+    DEFAULT_LENGTHS,
+    DEFAULT_TRAIN_TOKENS,
+    SWEEPS,
+    points_to_rows,
+    sweep_model,
+)
 from harness.registry import register_task
 
 

@@ -169,7 +169,9 @@ def test_cli_writes_rows_table_and_plots_then_skips(tmp_path):
     other = subprocess.run(other_cmd, capture_output=True, text=True, timeout=300)
     assert other.returncode == 0, other.stderr
     info = json.loads((tmp_path / "speed" / "run.json").read_text())  # the first command is kept too
-    assert [e["models"] for e in info["earlier"]] == [["swat"]] and info["models"] == ["transformer"]
+    assert info["models"] == ["swat", "transformer"] and info["sweeps"] == ["train", "prefill", "decode"]
+    assert [e["command"].split("--models ")[1].split()[0] for e in info["earlier"]] == ["swat"]
+    assert "--models transformer" in info["command"]
     bad = subprocess.run(cmd + ["--sweeps", "train,warp"], capture_output=True, text=True, timeout=300)
     assert bad.returncode == 2 and "unknown sweep 'warp'" in bad.stderr
 

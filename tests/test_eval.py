@@ -14,13 +14,14 @@ import torch.nn.functional as F
 
 pytest.importorskip("lm_eval")
 
-from harness import evaluate as ev  # noqa: E402
 from harness.config import load_config  # noqa: E402
+from harness.data import mirror  # noqa: E402
 from harness.data.paths import DataError  # noqa: E402
 from harness.data.tokenizer import ByteTokenizer
+from harness.evaluation import lm_eval_adapter, lm_eval_tasks, sources  # noqa: E402
+from harness.evaluation.loop import TaskContext  # noqa: E402
 from harness.model.build import build_model  # noqa: E402
 from harness.registry import get_task, load_plugins  # noqa: E402
-from harness.runner import TaskContext  # noqa: E402
 
 FIXTURES = Path(__file__).parent / "fixtures" / "eval"
 FIXTURE_OF = {"wikitext_2_v1": "wikitext"}  # the v1 overlay reads the same fixture pages
@@ -35,7 +36,7 @@ def fixture_require(name):
 
 @pytest.fixture(autouse=True)
 def fixture_data(monkeypatch):
-    monkeypatch.setattr(ev, "require_data", fixture_require)
+    monkeypatch.setattr(mirror, "require", fixture_require)
 
 
 @pytest.fixture(scope="module")
@@ -80,7 +81,7 @@ def test_loglikelihood_equals_direct_computation(tiny):
              ("Question: why?\nAnswer:", " because it rains"), ("", "hello"),
              ("x" * 20, " " + "y" * 150)]  # a continuation longer than the training length stays whole
     for batch_size in (1, 3):
-        lm = ev.HarnessLM(model=model, tokenizer=tok, device="cpu", batch_size=batch_size, max_length=128)
+        lm = lm_eval_adapter.HarnessLM(model=model, tokenizer=tok, device="cpu", batch_size=batch_size, max_length=128)
         got = lm.loglikelihood(requests(*pairs), disable_tqdm=True)
         for (ctx, cont), (logprob, _) in zip(pairs, got):
             ctx_ids = tok.encode(ctx) if ctx else [tok.eos_id]
@@ -93,7 +94,7 @@ def test_rolling_perplexity_is_independent_of_batch_size(tiny):
     docs = requests(("A short document.",), ("A longer document " * 30,), ("Third one, medium length. " * 8,))
     totals = {}
     for batch_size, stride in ((1, None), (8, None), (2, 48), (8, 48)):
-        lm = ev.HarnessLM(model=model, tokenizer=ByteTokenizer(), device="cpu", batch_size=batch_size,
+        lm = lm_eval_adapter.HarnessLM(model=model, tokenizer=ByteTokenizer(), device="cpu", batch_size=batch_size,
                           max_length=64, stride=stride)
         totals[(batch_size, stride)] = lm.loglikelihood_rolling(docs, disable_tqdm=True)
     assert totals[(1, None)] == pytest.approx(totals[(8, None)], abs=1e-3)
@@ -103,7 +104,7 @@ def test_rolling_perplexity_is_independent_of_batch_size(tiny):
     assert totals[(1, None)][0] == pytest.approx(direct_logprob(model, [tok.eos_id], tok.encode("A short document.")),
                                                  abs=1e-3)
     # every window scores distinct tokens: a stride changes the context, not the token count
-    lm = ev.HarnessLM(model=model, tokenizer=tok, device="cpu", max_length=64, stride=48)
+    lm = lm_eval_adapter.HarnessLM(model=model, tokenizer=tok, device="cpu", max_length=64, stride=48)
     ids = tok.encode(docs[1].args[0])
     assert sum(len(cont) for _, cont in lm.rolling_windows(ids)) == len(ids)
 
@@ -111,7 +112,7 @@ def test_rolling_perplexity_is_independent_of_batch_size(tiny):
 def test_generate_until_follows_the_greedy_decode_state(tiny):
     cfg, model = tiny
     tok = ByteTokenizer()
-    lm = ev.HarnessLM(model=model, tokenizer=tok, device="cpu")
+    lm = lm_eval_adapter.HarnessLM(model=model, tokenizer=tok, device="cpu")
     prompt = "Once upon a time"
     greedy = tok.decode(model.generate(torch.tensor([tok.encode(prompt)]), max_new_tokens=12)[0].tolist())
     got = lm.generate_until(requests((prompt, {"until": [], "max_gen_toks": 12}),
@@ -128,20 +129,20 @@ def test_prompt_templates_compile_once_and_render_as_lm_eval_does(monkeypatch):
     templates = ["{{text.split(' ')[:-1]|join(' ')}}", "{{' ' + text.split(' ')[-1]}}",
                  "{{choices[gold]}}", "{{text|regex_replace('hello', 'bye')}}"]
     expected = [original(t, doc) for t in templates]
-    ev.cache_prompt_templates()
-    ev.cache_prompt_templates()  # idempotent: wraps once
+    lm_eval_tasks.cache_prompt_templates()
+    lm_eval_tasks.cache_prompt_templates()  # idempotent: wraps once
     assert utils.apply_template is not original and utils.apply_template.compiles_once
     assert [utils.apply_template(t, doc) for t in templates] == expected
-    compiled = ev._compiled_template(templates[0])
-    assert ev._compiled_template(templates[0]) is compiled
+    compiled = lm_eval_tasks._compiled_template(templates[0])
+    assert lm_eval_tasks._compiled_template(templates[0]) is compiled
 
 
 def test_adapter_is_registered_with_lm_eval(tiny, tmp_path):
     from lm_eval.api.registry import get_model
     cfg, model = tiny
-    assert get_model("swat-harness") is ev.HarnessLM
+    assert get_model("swat-harness") is lm_eval_adapter.HarnessLM
     ckpt = write_checkpoint(tmp_path / "checkpoint", model, cfg, params=1)
-    lm = ev.HarnessLM.create_from_arg_string(f"checkpoint={ckpt},batch_size=4,stride=64", {"device": "cpu"})
+    lm = lm_eval_adapter.HarnessLM.create_from_arg_string(f"checkpoint={ckpt},batch_size=4,stride=64", {"device": "cpu"})
     assert (lm.batch_size, lm.max_length, lm.stride) == (4, cfg.model.max_seq_len, 64)
     ids = torch.tensor([[1, 2, 3, 4]])
     assert torch.allclose(lm.model(ids), model(ids), atol=1e-5)
@@ -149,19 +150,19 @@ def test_adapter_is_registered_with_lm_eval(tiny, tmp_path):
 
 def test_every_lm_eval_task_end_to_end(tiny):
     cfg, model = tiny
-    lm = ev.HarnessLM(model=model, tokenizer=ByteTokenizer(), device="cpu")
-    tasks = list(ev.LM_EVAL_TASKS)
-    results = ev.run_tasks(lm, tasks, limit=2, bootstrap_iters=50)
-    rows = ev.result_rows(results, small_ctx(cfg), limit=2, bootstrap_iters=50)
+    lm = lm_eval_adapter.HarnessLM(model=model, tokenizer=ByteTokenizer(), device="cpu")
+    tasks = list(lm_eval_tasks.lm_eval_tasks())
+    results = lm_eval_tasks.run_lm_eval(lm, tasks, limit=2, bootstrap_iters=50)
+    rows = lm_eval_tasks.result_rows(results, small_ctx(cfg), limit=2, bootstrap_iters=50)
     for task in tasks:
         mine = {r.metric: r for r in rows if r.task == task}
-        for metric in ev.PAPER_METRICS[task]:
+        for metric in lm_eval_tasks.LM_EVAL_TASKS[task].paper_metrics:
             row = mine[metric]
             assert row.extra["paper_metric"] and row.extra["task_version"] is not None
             assert row.n == 2 and row.stderr is not None and np.isfinite(row.value)
     assert "sample_len" not in {r.metric for r in rows}
     # the committed groups (tasks/lm_eval/) resolve to the offline overlays
-    manager = ev.task_manager(ev.render_overlays(ev.mirrored_files()))
+    manager = lm_eval_tasks.task_manager(lm_eval_tasks.render_overlays(lm_eval_tasks.mirrored_files()))
     assert {"commonsense", "perplexity"} <= set(manager.all_groups)
     assert set(manager.load(["perplexity"])["tasks"]) == {"wikitext", "lambada_openai"}
 
@@ -177,8 +178,8 @@ def test_a_finished_task_is_answered_from_the_request_cache(tiny, tmp_path):
     cfg, model = tiny
     ctx = small_ctx(cfg, train_length=128, limit=2)
     ctx.options = {"cache_dir": str(tmp_path), "bootstrap_iters": 20}
-    first = ev.lm_eval_task_rows("piqa", model, ByteTokenizer(), ctx)
-    again = ev.lm_eval_task_rows("piqa", Exploding(), ByteTokenizer(), ctx)  # every request is cached
+    first = lm_eval_tasks.lm_eval_task_rows("piqa", model, ByteTokenizer(), ctx)
+    again = lm_eval_tasks.lm_eval_task_rows("piqa", Exploding(), ByteTokenizer(), ctx)  # every request is cached
     assert [(r.metric, r.value) for r in first] == [(r.metric, r.value) for r in again]
 
 
@@ -186,11 +187,11 @@ def test_missing_data_fails_before_model_work(tiny, monkeypatch):
     def absent(name):
         raise DataError(f"dataset {name} is not in the mirror (looked in /nowhere/{name}); "
                         f"run `harness data fetch {name}`")
-    monkeypatch.setattr(ev, "require_data", absent)
+    monkeypatch.setattr(mirror, "require", absent)
     cfg, model = tiny
-    lm = ev.HarnessLM(model=Exploding(), tokenizer=ByteTokenizer(), device="cpu", max_length=32)
+    lm = lm_eval_adapter.HarnessLM(model=Exploding(), tokenizer=ByteTokenizer(), device="cpu", max_length=32)
     with pytest.raises(DataError, match="piqa.*looked in /nowhere/piqa.*harness data fetch piqa"):
-        ev.run_tasks(lm, ["piqa"])
+        lm_eval_tasks.run_lm_eval(lm, ["piqa"])
     with pytest.raises(DataError, match="wikitext"):
         get_task("length").run(Exploding(), ByteTokenizer(), small_ctx(cfg))
 
@@ -209,7 +210,7 @@ def test_harness_eval_cli_writes_rows_and_resumes(tiny, tmp_path, capsys, monkey
     assert main(argv) == 0
     assert "all tasks done already" in capsys.readouterr().out
     before = (tmp_path / "results" / "r" / "rows.jsonl").read_text()
-    monkeypatch.setattr(ev, "require_data", lambda name: fixture_require("absent-" + name))
+    monkeypatch.setattr(mirror, "require", lambda name: fixture_require("absent-" + name))
     assert main(argv + ["--force"]) == 2  # missing data: one error line, nothing rewritten
     assert "error:" in capsys.readouterr().err
     assert (tmp_path / "results" / "r" / "rows.jsonl").read_text() == before
@@ -313,7 +314,7 @@ class FakeHF(torch.nn.Module):
 
 def test_hf_wrapper_keeps_the_model_contract(tiny):
     cfg, model = tiny
-    wrapped = ev.HFCausalLM(FakeHF(model))
+    wrapped = sources.HFCausalLM(FakeHF(model))
     ids = torch.tensor([ByteTokenizer().encode("Hugging Face checkpoints decode through their cache")])
     assert torch.allclose(wrapped(ids), model(ids))
     assert torch.equal(wrapped.generate(ids, max_new_tokens=6), model.generate(ids, max_new_tokens=6))
@@ -324,10 +325,10 @@ def test_eval_tasks_on_cuda_match_cpu(tiny):
     cfg, model = tiny
     tok = ByteTokenizer()
     pairs = requests(("The answer is", " a"), ("Question: why?\nAnswer:", " because it rains"))
-    cpu = ev.HarnessLM(model=model, tokenizer=tok, device="cpu").loglikelihood(pairs, disable_tqdm=True)
+    cpu = lm_eval_adapter.HarnessLM(model=model, tokenizer=tok, device="cpu").loglikelihood(pairs, disable_tqdm=True)
     gpu_model = build_model("swat", cfg.model, "cuda").eval()
     gpu_model.load_state_dict(model.state_dict())
-    gpu = ev.HarnessLM(model=gpu_model, tokenizer=tok, device="cuda", dtype="fp32").loglikelihood(pairs,
+    gpu = lm_eval_adapter.HarnessLM(model=gpu_model, tokenizer=tok, device="cuda", dtype="fp32").loglikelihood(pairs,
                                                                                                  disable_tqdm=True)
     assert [c[0] for c in cpu] == pytest.approx([g[0] for g in gpu], abs=1e-2)
     ctx = dataclasses.replace(small_ctx(cfg, limit=1), device="cuda")
@@ -347,7 +348,7 @@ def test_hf_checkpoint_through_lm_eval_adapter(tmp_path):
     torch.manual_seed(0)
     transformers.LlamaForCausalLM(cfg).save_pretrained(tmp_path)
     tok.save_pretrained(tmp_path)
-    lm = ev.HarnessLM(checkpoint=f"hf:{tmp_path}", device="cpu")
+    lm = lm_eval_adapter.HarnessLM(checkpoint=f"hf:{tmp_path}", device="cpu")
     assert lm.max_length == 64 and lm.tok_encode("ab") == [66, 67]
     [(logprob, _)] = lm.loglikelihood(requests(("Hi there", " you")), disable_tqdm=True)
     assert logprob == pytest.approx(direct_logprob(lm.model, lm.tok_encode("Hi there"), lm.tok_encode(" you")),

@@ -17,9 +17,9 @@ import torch
 pytest.importorskip("transformers")
 
 from harness import cli  # noqa: E402
-from harness import evaluate as ev  # noqa: E402
 from harness.config import load_config  # noqa: E402
 from harness.data.tokenizer import ByteTokenizer, get_tokenizer  # noqa: E402
+from harness.evaluation import lm_eval_adapter, lm_eval_tasks  # noqa: E402
 from harness.export import EXPORTABLE  # noqa: E402
 from harness.model.build import build_model  # noqa: E402
 from harness.training.checkpoint import load_checkpoint  # noqa: E402
@@ -225,7 +225,7 @@ def test_lm_eval_scores_the_export_as_harness_eval_scores_the_checkpoint(exporte
     root, folders = exported
     ckpt, folder = folders["swat"]
     monkeypatch.setenv("HARNESS_DATA", str(EVAL_FIXTURES))
-    overlays = ev.render_overlays(ev.mirrored_files())
+    overlays = lm_eval_tasks.render_overlays(lm_eval_tasks.mirrored_files())
     lm_eval = subprocess.Popen(
         [sys.executable, "-m", "lm_eval", "run", "--model", "hf", "--model_args",
          f"pretrained={folder},trust_remote_code=True", "--tasks", "arc_easy", "--include_path", str(overlays),
@@ -235,8 +235,8 @@ def test_lm_eval_scores_the_export_as_harness_eval_scores_the_checkpoint(exporte
     try:
         assert cli.main(["eval", "--checkpoint", str(ckpt), "--tasks", "arc_easy", "--limit", "3", "--device", "cpu",
                          "--run", "t", "--results", str(root / "results"), "--bootstrap-iters", "0"]) == 0
-        harness_run = ev.run_tasks(ev.HarnessLM(checkpoint=str(ckpt), device="cpu", progress=False), ["arc_easy"],
-                                   limit=3, bootstrap_iters=0)
+        lm = lm_eval_adapter.HarnessLM(checkpoint=str(ckpt), device="cpu", progress=False)
+        harness_run = lm_eval_tasks.run_lm_eval(lm, ["arc_easy"], limit=3, bootstrap_iters=0)
         output, _ = lm_eval.communicate(timeout=300)
     finally:
         lm_eval.kill()

@@ -16,9 +16,10 @@ from pathlib import Path
 import pytest
 
 from harness import cli
-from harness import evaluate as ev
 from harness.config import ConfigError, ModelConfig, TrainConfig, load_config
+from harness.data import mirror  # noqa: E402
 from harness.data.paths import DataError
+from harness.evaluation import lm_eval_adapter  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 EVAL_FIXTURES = Path(__file__).parent / "fixtures" / "eval"
@@ -252,7 +253,7 @@ PLAIN_PLUGIN = """
 
 def test_a_plain_module_plugin_trains_and_runs_every_task(tmp_path, capsys, monkeypatch):
     """The README's contract and nothing more: a builder returning a module input_ids -> logits."""
-    monkeypatch.setattr(ev, "require_data", mirror_with("piqa", "wikitext_2_v1"))
+    monkeypatch.setattr(mirror, "require", mirror_with("piqa", "wikitext_2_v1"))
     plugin = write_plugin(tmp_path / "lookup.py", PLAIN_PLUGIN)
     tasks = "smoke,piqa,wikitext_2_v1,length,passkey,mqar,speed"
     assert cli.main(["run", "--plugin", str(plugin), "--models", "lookup", "--tasks", tasks, "--limit", "1",
@@ -274,7 +275,7 @@ def test_a_plain_module_plugin_trains_and_runs_every_task(tmp_path, capsys, monk
     assert "params (tiny):  33,153" in capsys.readouterr().out
     from harness.data.tokenizer import ByteTokenizer
     from harness.model.build import build_model
-    lm = ev.HarnessLM(model=build_model("lookup", load_config("tiny").model), tokenizer=ByteTokenizer(),
+    lm = lm_eval_adapter.HarnessLM(model=build_model("lookup", load_config("tiny").model), tokenizer=ByteTokenizer(),
                       device="cpu", max_length=64)
     with pytest.raises(ConfigError, match=r"^Bigram has no prefill\(\)/step\(\) \(a decode state\)[^\n]*$"):
         lm.generate_until([type("Request", (), {"args": ("Q:", {"until": ["\n"]})})()])
@@ -283,7 +284,7 @@ def test_a_plain_module_plugin_trains_and_runs_every_task(tmp_path, capsys, monk
 # ---------------------------------------------------------------- task groups and missing data
 
 def test_a_group_runs_what_has_data_and_warns_once(tmp_path, capfd, monkeypatch):
-    monkeypatch.setattr(ev, "require_data", mirror_with("piqa", "wikitext_2_v1"))  # as the plugin test's
+    monkeypatch.setattr(mirror, "require", mirror_with("piqa", "wikitext_2_v1"))  # as the plugin test's
     monkeypatch.chdir(tmp_path)  # outside a git checkout, as an installed package runs
     argv = ["run", "--models", "swat", "--tasks", "commonsense", "--limit", "2", "--device", "cpu", *ONE_STEP,
             *folders(tmp_path)]
@@ -308,7 +309,7 @@ def test_a_group_runs_what_has_data_and_warns_once(tmp_path, capfd, monkeypatch)
 ])
 def test_missing_data_with_nothing_left_is_an_error_and_writes_nothing(tmp_path, capsys, monkeypatch, tasks,
                                                                        extra, message):
-    monkeypatch.setattr(ev, "require_data", mirror_with())
+    monkeypatch.setattr(mirror, "require", mirror_with())
     assert cli.main(["run", "--models", "swat", "--tasks", tasks, *extra, *folders(tmp_path)]) == 2
     one_error_line(capsys.readouterr().err, message, "harness data fetch")
     assert not (tmp_path / "results").exists()

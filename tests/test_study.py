@@ -61,8 +61,8 @@ def test_tiny_study_end_to_end(finished):
 
 
 def test_rerun_skips_finished_runs(finished, capsys, monkeypatch):
-    from harness import runner
-    monkeypatch.setattr(runner, "train", lambda *a, **k: pytest.fail("retrained a finished run"))
+    from harness.evaluation import sources
+    monkeypatch.setattr(sources, "train", lambda *a, **k: pytest.fail("retrained a finished run"))
     assert study_cli(finished) == 0
     assert "0 runs done" in capsys.readouterr().out
 

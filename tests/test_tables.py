@@ -405,7 +405,7 @@ def test_a_run_merges_its_rows_with_what_another_job_wrote_since_it_started(tmp_
     import torch
 
     from harness.config import load_config
-    from harness.runner import TaskContext, run_tasks
+    from harness.evaluation.loop import TaskContext, run_tasks
     path = tmp_path / "run" / "rows.jsonl"
     replace_rows(path, [_row("hgrn2", "wikitext", 2.25), _row("swat", "fake", 0.0)], lambda r: False)
     ctx = TaskContext(cfg=load_config(preset="tiny"), run="run", model_name="swat", device="cpu")

@@ -116,7 +116,7 @@ def test_seeds_share_the_heldout_split_and_vary_the_data_order(straight):
     from harness.data.streams import prepare_streams
     from harness.data.tokenizer import get_tokenizer
     from harness.registry import get_task
-    from harness.runner import TaskContext
+    from harness.evaluation.loop import TaskContext
     model = straight[1].model
     losses = []
     for seed in (0, 1):

@@ -356,7 +356,7 @@ def markdown(rows: list[dict], info: dict) -> str:
              f"- command: `{info['command']}`", f"- device: {info['device']}", f"- date: {info['date']}",
              f"- commit: {info['commit']}", f"- versions: {json.dumps(info['versions'])}",
              *[f"- earlier run resumed here: `{p['command']}` on {p['date']}, commit {p['commit']}"
-               for p in info.get("previous_runs", [])],
+               for p in info.get("earlier", [])],
              "- rows measured by earlier runs (resumed into this file) keep their own date and commit in "
              f"kernels.csv: {', '.join(sorted({str(r.get('commit')) for r in rows}))}",
              f"- dtype: {info['dtype']}; tokens per batch B*T = {info['tokens']}; heads H = hidden {info['hidden']}"
@@ -469,13 +469,7 @@ def run_kernel_bench(spec: BenchSpec, out_root: Path, force: bool = False, log: 
                      progress: Callable | None = None) -> Path:
     """Measure spec's shapes into out_root/<device>/; rows already in kernels.csv are kept and skipped."""
     from harness.files import atomic_write_text
-    from harness.results.provenance import (
-        command_line,
-        device_name,
-        git_commit,
-        now,
-        versions,
-    )
+    from harness.results.provenance import provenance, record_run
     unknown = set(spec.peers) - set(PEERS)
     if unknown:
         raise ConfigError(f"unknown peers {sorted(unknown)}; choose from {', '.join(PEERS)}")
@@ -486,20 +480,11 @@ def run_kernel_bench(spec: BenchSpec, out_root: Path, force: bool = False, log: 
         raise ConfigError(f"head dims {bad} not supported by the SWAT kernel; use 64 and/or 128")
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dtype = getattr(torch, spec.dtype)
-    out = Path(out_root) / device_slug(device_name(str(device)))
+    made = provenance(str(device))
+    out = Path(out_root) / device_slug(made["device"])
     csv_path = out / "kernels.csv"
     rows = [] if force else read_csv(csv_path)
     done = {_key(r) for r in rows}
-    info = {"command": command_line(), "device": device_name(str(device)), "date": now(),
-            "commit": git_commit(), "versions": versions(), "dtype": spec.dtype,
-            "tokens": spec.tokens, "hidden": spec.hidden, "spec": asdict(spec)}
-    for pkg in ("fla-core", "triton-sigmoid", "flash-attn"):
-        if pkg not in info["versions"]:
-            try:
-                import importlib.metadata as md
-                info["versions"][pkg] = md.version(pkg)
-            except Exception:
-                pass
     if device.type == "cpu":
         log("warning: no CUDA GPU: timings exercise the code path only and are not comparable with GPU numbers")
     timing = dict(warmup_ms=spec.warmup_ms, rep_ms=spec.rep_ms)
@@ -512,7 +497,7 @@ def run_kernel_bench(spec: BenchSpec, out_root: Path, force: bool = False, log: 
         atomic_write_text(csv_path, to_csv(rows))
 
     def stamp(fresh: list[dict]) -> list[dict]:  # rows kept from an earlier run keep their own date and commit
-        return [{**r, "date": info["date"], "commit": info["commit"]} for r in fresh]
+        return [{**r, "date": made["date"], "commit": made["commit"]} for r in fresh]
 
     step = 0
 
@@ -534,10 +519,8 @@ def run_kernel_bench(spec: BenchSpec, out_root: Path, force: bool = False, log: 
                 for ctx in spec.decode_contexts:
                     record(measure_decode(d, spec.hidden // d, B, ctx, ctx_windows, device, dtype, done, timing),
                            f"decode d={d} batch={B} context={ctx}")
-    if rows and (out / "run.json").is_file() and not force:  # keep the provenance of resumed rows
-        previous = json.loads((out / "run.json").read_text(encoding="utf-8"))
-        info["previous_runs"] = previous.pop("previous_runs", []) + [previous]
-    atomic_write_text(out / "run.json", json.dumps(info, indent=1, default=str))
+    record_run(out, {"dtype": spec.dtype, "tokens": spec.tokens, "hidden": spec.hidden, "spec": asdict(spec)},
+               str(device))  # the provenance of resumed rows stays, under `earlier`
     render(out)
     return out
 

@@ -280,18 +280,11 @@ def run_bench(names: list[str], cfg: Config, sweeps, lengths: dict, device: torc
               on_point: Callable | None = None) -> list:
     """Sweep each model into out_dir/{rows.jsonl, run.json, table.md, plots}; a model whose rows are
     already there is skipped unless force. Rows are saved after each model."""
-    import json
     from pathlib import Path
 
-    from harness.files import atomic_write_text, folder_lock
+    from harness.files import atomic_write_text
     from harness.results.plots import speed_curves
-    from harness.results.provenance import (
-        command_line,
-        device_name,
-        git_commit,
-        now,
-        versions,
-    )
+    from harness.results.provenance import provenance, record_run, versions
     from harness.results.store import Row, read_rows, replace_rows
     from harness.results.tables import build, render
 
@@ -299,22 +292,15 @@ def run_bench(names: list[str], cfg: Config, sweeps, lengths: dict, device: torc
     rows_file = out / "rows.jsonl"
     rows = read_rows(rows_file, warn=log) if rows_file.is_file() else []
     params = model_params(names, cfg)
-    provenance = {"commit": git_commit(), "device": device_name(str(device)), "date": now(),
-                  "command": command_line()}
-    info = {"models": names, "sweeps": list(sweeps), "lengths": lengths, "train_tokens": train_tokens,
-            "decode_batches": list(decode_batches), "config": cfg.to_dict(), "versions": versions(), **provenance}
+    stamp = provenance(str(device))
     plan = {name: [s for s in sweeps if force or not any(r.model == name and r.task == f"speed_{s}" for r in rows)]
             for name in names}
     for name in (n for n, todo in plan.items() if not todo):
         log(f"{name}: already measured (pass --force to measure again)")
     if not any(plan.values()):  # nothing measured: run.json keeps only the commands that made rows
         return rows
-    with folder_lock(out):  # as the rows: a bench beside this one into the same folder keeps its line
-        if (out / "run.json").is_file():  # a folder filled by several commands keeps a line for each earlier one
-            previous = json.loads((out / "run.json").read_text(encoding="utf-8"))
-            info["earlier"] = previous.pop("earlier", []) + [
-                {k: previous.get(k) for k in ("command", "commit", "date", "device", "models", "sweeps")}]
-        atomic_write_text(out / "run.json", json.dumps(info, indent=1, default=str))
+    record_run(out, {"models": names, "sweeps": list(sweeps), "lengths": lengths, "train_tokens": train_tokens,
+                     "decode_batches": list(decode_batches), "config": cfg.to_dict()}, str(device))
     if device.type == "cpu":
         log(f"warning: {CPU_WARNING}")
     vers = versions()
@@ -322,7 +308,7 @@ def run_bench(names: list[str], cfg: Config, sweeps, lengths: dict, device: torc
     def make_row(model, task, metric, value, **extra):
         return Row(run=out.name, model=model, preset=cfg.preset, task=task, metric=metric, value=value,
                    params=params[model], seed=0, extra={**extra, "torch": vers.get("torch"),
-                                                        "triton": vers.get("triton")}, **provenance)
+                                                        "triton": vers.get("triton")}, **stamp)
 
     for name, todo in plan.items():
         if not todo:

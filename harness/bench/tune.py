@@ -137,10 +137,10 @@ def main() -> None:
     sweeps = args.sweeps.split(",")
     rows = (sweep(log=lambda line: None) if "tiles" in sweeps else []) + \
         (decode_sweep(log=lambda line: None) if "decode" in sweeps else [])
-    from harness.results.provenance import device_name, git_commit, now, versions
-    provenance = dict(command=shlex.join(["python", "-m", "harness.bench.tune", *sys.argv[1:]]), commit=git_commit(),
-                      device=device_name("cuda"), date=now(), versions=versions())
-    rows = [{**r, **provenance} for r in rows]  # every row says how to measure it again
+    from harness.results.provenance import provenance, versions
+    made = {**provenance("cuda", shlex.join(["python", "-m", "harness.bench.tune", *sys.argv[1:]])),
+            "versions": versions()}
+    rows = [{**r, **made} for r in rows]  # every row says how to measure it again
     if args.out:
         with open(args.out, "w", encoding="utf-8") as f:
             f.writelines(json.dumps(r) + "\n" for r in rows)

@@ -1,17 +1,15 @@
-"""`harness data list|fetch|verify|import|train-tokenizer`: the mirror from the command line.
-"""
+"""`harness data list|fetch|verify|import|train-tokenizer`: the mirror from the command line."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 from harness.data.corpus import HUB_CORPORA, corpus_files, fetch_corpus
+from harness.data.importers import fetch, import_path, store_bpe
+from harness.data.mirror import CATALOGUE, load_manifest, status, statuses, verify
 from harness.data.paths import DataError, data_roots, user_data_dir
 from harness.data.tokenizer import get_tokenizer
-from harness.data.importers import fetch, import_path, store_bpe
-from harness.data.mirror import dataset, load_manifest, statuses, verify
 
-# ---------------------------------------------------------------- command line (`harness data ...`)
 
 def _size(n: int) -> str:
     return f"{n / 2**20:.1f} MiB" if n >= 2**20 else f"{n / 2**10:.0f} KiB"
@@ -25,27 +23,43 @@ def _where(path: Path) -> str:
         return str(path)
 
 
+def needed_datasets() -> dict[str, list[str]]:
+    """{dataset: the tasks that read it} over every registered task (`register_task(datasets=...)`)."""
+    from harness.registry import tasks
+    out: dict[str, list[str]] = {}
+    for name, spec in tasks().items():
+        for ds in spec.datasets:
+            out.setdefault(ds, []).append(name)
+    return out
+
+
 def cmd_list(console) -> None:
-    """Every dataset the tasks need (present or missing, count vs official, size, checksum, path),
-    then the tokenizers and the corpora."""
+    """Every dataset the registered tasks read (the tasks, present or missing, count vs official,
+    size, checksum, path), then the tokenizers and the corpora."""
     from rich.table import Table
 
     manifest = load_manifest()
     console.print("lookup order: " + " > ".join(_where(r) for r in data_roots()), highlight=False)
-    table = Table(title="evaluation sets")
+    table = Table(title="evaluation sets the tasks read")
     for col in ("dataset", "split", "status", "n", "official", "size", "sha256", "where"):
         table.add_column(col, overflow="fold")
     missing = []
-    for st in statuses():
-        if st.path is None:
-            ds = dataset(st.name)
-            missing.append(st.name)
-            table.add_row(st.name, st.split, "[red]missing[/red]", "-", str(st.official), "-", "-",
-                          f"hub {ds.hub}" + (f" {ds.hub_config}" if ds.hub_config else ""))
+    for name, readers in needed_datasets().items():
+        ds = CATALOGUE.get(name)
+        label = name if readers == [name] else f"{name} (read by {', '.join(readers)})"
+        if ds is None:  # a plugin's dataset the catalogue cannot fetch or check
+            table.add_row(label, "-", "[yellow]not in the catalogue[/yellow]", *["-"] * 5)
             continue
-        flag = "[green]ok[/green]" if not st.problem else f"[yellow]{st.problem}[/yellow]"
-        table.add_row(st.name, st.split, flag, str(st.count), str(st.official), _size(st.path.stat().st_size),
-                      st.sha256[:8], _where(st.path))
+        for split in ds.splits:
+            st = status(name, split)
+            if st.path is None:
+                missing.append(name)
+                table.add_row(label, split, "[red]missing[/red]", "-", str(st.official), "-", "-",
+                              f"hub {ds.hub}" + (f" {ds.hub_config}" if ds.hub_config else ""))
+                continue
+            flag = "[green]ok[/green]" if not st.problem else f"[yellow]{st.problem}[/yellow]"
+            table.add_row(label, split, flag, str(st.count), str(st.official), _size(st.path.stat().st_size),
+                          st.sha256[:8], _where(st.path))
     console.print(table)
     if missing:
         console.print(f"missing: {', '.join(dict.fromkeys(missing))}; get them with `harness data fetch NAME` "

@@ -172,7 +172,6 @@ def heldout_texts(corpus: str, fraction: float = 0.05) -> tuple[list[str], list[
     return [t for (t, _), h in zip(docs, held) if not h], [t for (t, _), h in zip(docs, held) if h]
 
 
-
 def fetch_corpus(name: str, documents: int, dest: Path | None = None, shard_docs: int = 20_000,
                  progress=None) -> Path:
     """Stream the first `documents` documents of a hub corpus (HUB_CORPORA) into

@@ -36,6 +36,7 @@ from harness.files import atomic_write_bytes
 
 # ---------------------------------------------------------------- converters (raw files -> hub schema)
 
+
 def read_records(path: Path) -> list[dict]:
     """Records of a JSON list, JSONL (optionally .gz) or parquet file."""
     if path.suffix == ".parquet":

@@ -137,7 +137,6 @@ def read_stored(path: Path) -> bytes:
     return gzip.decompress(data) if path.suffix == ".gz" else data
 
 
-
 def how_to_get(name: str) -> str:
     ds = dataset(name)
     hub = ds.hub + (f" ({ds.hub_config})" if ds.hub_config else "")

@@ -39,4 +39,3 @@ def user_data_dir() -> Path:
 def cache_dir() -> Path:
     """`$HARNESS_CACHE`, else ~/.cache/swat-harness: tokenized streams, decompressed splits, fetches."""
     return Path(os.environ.get("HARNESS_CACHE", Path.home() / ".cache" / "swat-harness")).expanduser()
-

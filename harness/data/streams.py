@@ -29,6 +29,7 @@ from harness.files import file_sha256
 
 # ---------------------------------------------------------------- tokenized, packed streams
 
+
 @dataclass
 class TokenStream:
     """A flat token array (memory-mapped uint16/uint32) with the start offset of every document,

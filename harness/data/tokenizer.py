@@ -11,6 +11,7 @@ from harness.data.paths import DataError, data_roots
 
 # ---------------------------------------------------------------- tokenizers
 
+
 class ByteTokenizer:
     """UTF-8 bytes plus one end-of-document id (256): needs no files, used by the tiny preset."""
     name = "bytes"

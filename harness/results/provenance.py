@@ -1,5 +1,6 @@
 """Provenance: what every stored result says about how it was made (commit, device, date, the
-command as a user would retype it, package versions).
+command as a user would retype it, package versions), and the record of the commands that wrote
+into a results folder (`run.json`).
 """
 
 from __future__ import annotations
@@ -12,7 +13,55 @@ import sys
 from pathlib import Path
 from typing import Any
 
-# ---------------------------------------------------------------- provenance
+from harness.files import atomic_write_text, folder_lock
+
+PROVENANCE_KEYS = ("commit", "device", "date", "command")
+
+
+def provenance(device: str = "cuda", command: str | None = None) -> dict:
+    """The commit, device, date and command that every row and record of this process carries
+    (`command`: when the process is not the `harness` command line, what to type to measure again)."""
+    return {"commit": git_commit(), "device": device_name(device), "date": now(), "command": command or command_line()}
+
+
+def record_run(folder: Path, info: dict, device: str = "cuda", command: str | None = None) -> dict:
+    """Write folder/run.json, the record of the commands that wrote into a results folder: `info`
+    (what this command did: models, tasks, config, ...) with its provenance and package versions.
+    Several commands fill one folder (jobs side by side, resumed runs, more models later), so it is
+    merged, under the folder's lock, with the record already there: lists (models, tasks, ...) are
+    united in order, other keys take this command's value (an earlier one's stays where this command
+    has none), and every earlier command's provenance is listed under `earlier`."""
+    import json
+    path = Path(folder) / "run.json"
+    record = {**info, **provenance(device, command), "versions": versions()}
+    with folder_lock(path.parent):
+        try:
+            previous = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+        except json.JSONDecodeError:
+            previous = {}  # a damaged record is replaced by this command's
+        earlier = previous.pop("earlier", [])
+        if previous:
+            before = {k: previous.get(k) for k in PROVENANCE_KEYS}
+            if any(before[k] != record[k] for k in ("command", "commit", "device")):  # not this command again
+                earlier.append(before)
+        for key, value in previous.items():
+            if key not in record:
+                record[key] = value
+            elif isinstance(value, list) and isinstance(record[key], list):
+                record[key] = _united(value, record[key])
+        if earlier:
+            record["earlier"] = earlier
+        atomic_write_text(path, json.dumps(record, indent=1, default=str))
+    return record
+
+
+def _united(first: list, second: list) -> list:
+    """The items of both lists in order, each once (`second` alone when its items are not hashable)."""
+    try:
+        return list(dict.fromkeys(first + second))
+    except TypeError:
+        return second
+
 
 def git_commit(cwd: Path | None = None) -> str:
     """The HARNESS_COMMIT environment variable when set, else HEAD's short hash (+ "-dirty" with
@@ -55,7 +104,7 @@ def device_name(device: str = "cuda") -> str:
 def versions() -> dict[str, Any]:
     import importlib.metadata as md
     out = {"python": sys.version.split()[0]}
-    for pkg in ("torch", "triton", "swat-harness", "lm_eval", "fla-core", "mamba-ssm", "flash-attn"):
+    for pkg in ("torch", "triton", "swat-harness", "lm_eval", "fla-core", "mamba-ssm", "flash-attn", "triton-sigmoid"):
         try:
             out[pkg] = md.version(pkg)
         except md.PackageNotFoundError:

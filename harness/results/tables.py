@@ -27,6 +27,7 @@ from harness.results.store import Row
 
 # ---------------------------------------------------------------- layouts
 
+
 @dataclass(frozen=True)
 class Column:
     title: str
@@ -194,6 +195,7 @@ def render(table: Table, fmt: str) -> str:
     return RENDERERS[fmt](table)
 
 # ---------------------------------------------------------------- the rows as they are
+
 
 def format_value(value: float | None, stderr: float | None = None, digits: int = 2) -> str:
     if value is None:

@@ -13,7 +13,7 @@ import torch
 
 from harness.config import Config, ConfigError
 from harness.data.streams import TokenStream
-from harness.results.provenance import git_commit
+from harness.results.provenance import provenance
 from harness.training.batches import batch_at
 from harness.training.checkpoint import (
     CHECKPOINT_DIR,
@@ -78,7 +78,7 @@ def fit_by_counting(model, model_name: str, cfg: Config, run_dir: Path, train_st
         train_loss = float(model(inputs, targets=targets))
     held = heldout_score(model, held_stream, tcfg.seq_len, tcfg.eval_tokens, micro, d.device, autocast, d).loss
     tokens = tcfg.steps * seqs_per_step * tcfg.seq_len
-    meta = {"model": model_name, "config": cfg.to_dict(), "commit": git_commit(), "params": model.num_counts(),
+    meta = {"model": model_name, "config": cfg.to_dict(), "commit": provenance(str(d.device))["commit"], "params": model.num_counts(),
             "world_size": 1, "parallel": None, "flops_per_token": None, "step": tcfg.steps, "tokens": tokens,
             "heldout_loss": held, "train_loss": train_loss, "tokens_per_s": None, "mfu": None, "peak_flops": None,
             "peak_mem_gib": None, "peak_mem_gib_per_rank": [None]}

@@ -27,6 +27,9 @@ import torch.nn as nn
 from harness.config import ConfigError
 
 PARALLEL_MODES = ("ddp", "fsdp")
+# how long ranks of a data-parallel evaluation wait for each other: rank 0 runs the tasks that are not
+# data-parallel (length, retrieval) alone, which can take many minutes at long contexts
+EVAL_TIMEOUT_S = 4 * 3600
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ from harness.data.streams import prepare_streams
 from harness.model.backbone import count_params
 from harness.model.build import build_model
 from harness.model.flops import flops_per_token, measure_matmul_peak
-from harness.results.provenance import command_line, device_name, git_commit, now
+from harness.results.provenance import provenance
 from harness.training import distributed
 from harness.training.batches import _batch_layout, batch_at
 from harness.training.checkpoint import (
@@ -46,6 +46,7 @@ from harness.training.recipe import (
 from harness.training.trainlog import TrainLog, plot_loss
 
 # ---------------------------------------------------------------- the loop
+
 
 def train(model_name: str, cfg: Config, run_dir: Path, device: str | None = None,
           on_step: Callable[[dict], None] | None = None, *, resume: bool = True, parallel: str = "ddp",
@@ -95,7 +96,8 @@ def train(model_name: str, cfg: Config, run_dir: Path, device: str | None = None
         if not resume:
             shutil.rmtree(ckpt, ignore_errors=True)
     d.barrier()
-    meta = {"model": model_name, "config": cfg.to_dict(), "commit": git_commit(), "params": params,
+    stamp = provenance(str(d.device))
+    meta = {"model": model_name, "config": cfg.to_dict(), "commit": stamp["commit"], "params": params,
             "world_size": d.world_size, "parallel": parallel, "flops_per_token": flops.as_dict()}
     start_step, position = 0, 0
     if (ckpt / TRAINER_FILE).is_file():
@@ -116,8 +118,7 @@ def train(model_name: str, cfg: Config, run_dir: Path, device: str | None = None
 
     if d.device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(d.device)
-    header = {"run": f"{model_name}-{cfg.preset}", "command": command_line(), "commit": meta["commit"],
-              "device": device_name(str(d.device)), "date": now(), "world_size": d.world_size}
+    header = {"run": f"{model_name}-{cfg.preset}", **stamp, "world_size": d.world_size}
     log = TrainLog(run_dir, start_step, tuple(loggers), cfg.to_dict(), header["run"], header) if d.is_main else None
     step_tokens = seqs_per_step * tcfg.seq_len
     wrapped.train()

@@ -1,0 +1,234 @@
+"""The evaluation loop: model sources x tasks -> rows, behind `harness run` and `harness eval`.
+
+    results/<run>/rows.jsonl     every task's rows, all models
+    results/<run>/run.json       the commands that wrote here: models, tasks, config, provenance
+    results/<run>/table.md       the rows as a markdown table
+    results/<run>/train/         `harness run`: each model's per-step training log and checkpoint summary
+    runs/<run>/<model>/          `harness run`: checkpoints (not committed; reproducible)
+
+A source gives the model to score (harness.evaluation.sources): `harness run` trains each model, or
+reuses its finished checkpoint when it was trained with the same config; `harness eval` loads
+checkpoint or Hugging Face folders. Everything a run would refuse (unknown models, a corpus or
+dataset that is missing, a model that cannot train here) is checked before anything is written.
+Finished work is reused: a (model, task) pair that already has rows is not rerun unless `force`,
+and lm-eval's request cache per checkpoint version resumes an interrupted task. Rows are written
+atomically after each task, so an interruption loses at most the task in flight.
+
+Under torchrun every rank takes part: training with DDP, lm-eval's tasks split over the ranks,
+other tasks on rank 0 while the others wait; rank 0 alone writes and logs.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from harness.config import Config, config_hash
+from harness.data import mirror
+from harness.data.paths import DataError
+from harness.evaluation.sources import (
+    ModelSource,
+    TrainedSource,
+    clear_request_cache,
+    request_cache,
+)
+from harness.files import atomic_write_text
+from harness.registry import TaskSpec, get_model, get_task
+from harness.results.provenance import provenance, record_run
+from harness.results.store import Row, read_rows, replace_rows
+from harness.results.tables import rows_table
+from harness.training import distributed
+from harness.training.distributed import EVAL_TIMEOUT_S, Dist
+
+
+@dataclass
+class TaskContext:
+    """What a task gets besides the model: config, provenance for its rows, options."""
+    cfg: Config
+    run: str
+    model_name: str
+    device: str
+    params: int | None = None
+    tokens_trained: int | None = None
+    checkpoint: str | None = None
+    limit: int | None = None
+    provenance: dict = field(default_factory=dict)
+    options: dict = field(default_factory=dict)  # task options, e.g. lm-eval's cache_dir, online, bootstrap_iters
+    dist: Dist | None = None  # the torchrun job this task runs in (None: one process)
+    # keys every row of this model carries, naming the training run among others of the same model
+    # in one rows file (a study's size, learning rate, budget); empty for a plain `harness run`
+    row_extra: dict = field(default_factory=dict)
+
+    def row(self, task: str, metric: str, value: float | None, stderr: float | None = None, n: int | None = None,
+            **extra) -> Row:
+        return Row(run=self.run, model=self.model_name, preset=self.cfg.preset, task=task, metric=metric,
+                   value=None if value is None else float(value), stderr=stderr, n=n, params=self.params,
+                   tokens_trained=self.tokens_trained, seed=self.cfg.train.seed, checkpoint=self.checkpoint,
+                   extra={**self.row_extra, **extra}, **self.provenance)
+
+    def owns(self, row: Row, task: str) -> bool:
+        """Whether a stored row is this context's result of `task` (and so replaced by a rerun)."""
+        if (row.model, row.task) != (self.model_name, task):
+            return False
+        if not self.row_extra:
+            return True
+        return (row.preset, row.seed) == (self.cfg.preset, self.cfg.train.seed) and all(
+            row.extra.get(k) == v for k, v in self.row_extra.items())
+
+
+def default_device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def run_models(models: list[str], task_names: list[str], cfg: Config, run_name: str, results_dir: Path,
+               runs_dir: Path, device: str | None = None, force: bool = False, limit: int | None = None,
+               log: Callable[[str], None] = print, on_step: Callable | None = None,
+               skip_missing: bool = False, grouped: frozenset = frozenset()) -> list[Row]:
+    """`harness run`: each registered model trained at cfg (or its checkpoint reused), then scored.
+    grouped: the tasks that a group name brought in; missing data skips them with a warning."""
+    for name in models:
+        get_model(name)  # an unknown name stops the run first, naming the known ones
+    main = distributed.is_main_process()
+    out = Path(results_dir) / run_name
+    sources = [TrainedSource(name, cfg, Path(runs_dir) / run_name / name, out / "train" if main else None, force,
+                             on_step if main else None) for name in models]
+    return score(sources, task_names, run_name, results_dir, device or default_device(), limit=limit, force=force,
+                 log=log, skip_missing=skip_missing, grouped=grouped,
+                 record={"config": cfg.to_dict(), "config_hash": config_hash(cfg)})
+
+
+def score(sources: list[ModelSource], task_names: list[str], run: str, results_dir: Path, device: str,
+          limit: int | None = None, force: bool = False, online: bool = False, skip_missing: bool = False,
+          bootstrap_iters: int | None = None, log: Callable[[str], None] = print,
+          grouped: frozenset = frozenset(), record: dict | None = None) -> list[Row]:
+    """Score every source on the tasks `task_names` into results/<run>/ and return the run's rows.
+    online: lm-eval's tasks read data the mirror lacks from the hub; bootstrap_iters: lm-eval's
+    bootstrap resamples for stderr (None: its default); record: what run.json keeps besides the
+    models, tasks and provenance (the config of a `harness run`); grouped: the tasks that a group
+    name brought in (missing data skips them with a warning)."""
+    d, device, log = join_job(device, log)
+    main = d is None or d.is_main
+    for source in sources:  # before anything is written
+        source.check(device, d.world_size if d is not None else 1)
+    tasks = check_task_data([get_task(t) for t in task_names], online, skip_missing, log, grouped)
+    out = Path(results_dir) / run
+    rows_file = out / "rows.jsonl"
+    existing = stored_rows(rows_file, d, log)
+    if main:
+        record_run(out, {"run": run, "models": [s.name for s in sources], "tasks": list(task_names), **(record or {})},
+                   device)
+    done = {(r.model, r.task) for r in existing}
+    stamp = provenance(device)
+    options = {"online": online} | ({"bootstrap_iters": bootstrap_iters} if bootstrap_iters is not None else {})
+    for source in sources:
+        pending = [t for t in tasks if force or (source.name, t.name) not in done]
+        if not pending:
+            log(f"{source.name}: all tasks done already (pass --force to redo)")
+            continue
+        loaded = source.load(device, log)
+        if force and main:
+            clear_request_cache(run, source)
+        if d is not None:
+            d.barrier()
+        ctx = TaskContext(loaded.cfg, run, source.name, device, loaded.meta.get("params"), loaded.meta.get("tokens"),
+                          source.checkpoint, limit, stamp,
+                          options={**options, "cache_dir": str(request_cache(run, source))}, dist=d)
+        existing = run_tasks(loaded.model, loaded.tokenizer, ctx, pending, existing, rows_file, log)
+        del loaded
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    if main:
+        atomic_write_text(out / "table.md", rows_table(existing))
+    return existing
+
+
+def join_job(device: str, log: Callable[[str], None]) -> tuple[Dist | None, str, Callable[[str], None]]:
+    """(job, device, log) of a command that may run under torchrun: there it joins the process
+    group (with a timeout long enough for rank 0 to run a task alone), runs on its rank's GPU, and
+    only rank 0 logs; started plainly, (None, device, log) unchanged."""
+    if not distributed.launched_by_torchrun():
+        return None, device, log
+    d = distributed.setup(device, timeout_s=EVAL_TIMEOUT_S)
+    return d, str(d.device), log if d.is_main else (lambda message: None)
+
+
+def stored_rows(rows_file: Path, d: Dist | None, log: Callable[[str], None]) -> list[Row]:
+    """The rows already in rows_file, as rank 0 reads them before writing anything: every rank of
+    a job must agree on what is left to do."""
+    main = d is None or d.is_main
+    rows = read_rows(rows_file, warn=log) if main and rows_file.is_file() else []
+    return d.broadcast_object(rows) if d is not None else rows
+
+
+def run_tasks(model, tokenizer, ctx: TaskContext, tasks: list[TaskSpec], existing: list[Row], rows_file: Path,
+              log: Callable[[str], None] = print) -> list[Row]:
+    """Run tasks on one model, replacing its earlier rows of each task; the rows file is rewritten
+    atomically after every task, so an interruption loses only the task in flight, and merged with
+    what is on disk then (`replace_rows`), so a job running beside this one keeps its rows.
+
+    In a torchrun job (`ctx.dist`) a data-parallel task runs on every rank and returns its rows on
+    rank 0; any other task runs on rank 0 while the other ranks wait; rank 0 alone writes."""
+    model.eval()
+    d = ctx.dist
+    main = d is None or d.is_main
+    for task in tasks:
+        alone = d is not None and not task.data_parallel
+        t0 = time.time()
+        rows = task.run(model, tokenizer, ctx) if main or not alone else []
+        if alone:
+            d.barrier()
+        seconds = time.time() - t0
+        if not main:
+            continue
+        for row in rows:
+            row.extra["eval_seconds"] = round(seconds, 2)
+            if d is not None and task.data_parallel:  # computed by every rank of the job
+                row.extra["world_size"] = d.world_size
+        existing = replace_rows(rows_file, rows, lambda r: ctx.owns(r, task.name), warn=log)
+        log(f"{ctx.model_name}: {task.name} done in {seconds:.1f}s ({len(rows)} rows)")
+    return existing
+
+
+def missing_data(task: TaskSpec, online: bool = False) -> DataError | None:
+    """The DataError of a task none of whose datasets is in the mirror (None when one is, when it
+    reads none, or when it may read the hub)."""
+    if online and task.online:
+        return None
+    errors = []
+    for dataset in task.datasets:
+        try:
+            mirror.require(dataset)
+            return None
+        except DataError as err:
+            errors.append(err)
+    return errors[0] if errors else None
+
+
+def check_task_data(tasks: list[TaskSpec], online: bool = False, skip_missing: bool = False,
+                    log: Callable[[str], None] = print, grouped: frozenset = frozenset()) -> list[TaskSpec]:
+    """The tasks whose data is present, checked before any model work. A task named on its own
+    whose data is missing raises its DataError (naming path and fix); one that a group brought in
+    (`grouped`), or any with skip_missing, is dropped, and one warning line names all those dropped
+    and how to get their data. Nothing left to run is an error."""
+    runnable, skipped = [], []
+    for task in tasks:
+        err = missing_data(task, online)
+        if err is None:
+            runnable.append(task)
+        elif skip_missing or task.name in grouped:
+            skipped.append(task)
+        else:
+            raise DataError(f"{err}; or pass --skip-missing to run the other tasks") from None
+    if skipped:
+        names = ", ".join(t.name for t in skipped)
+        datasets = " ".join(dict.fromkeys(t.datasets[0] for t in skipped))
+        how = (f"get the data with `harness data fetch {datasets}` where the Hugging Face hub is reachable, or "
+               f"`harness data import FILE --name NAME` from a local copy (`harness data list` shows what is here)")
+        if not runnable:
+            raise DataError(f"no task left to run: the data of {names} is not in the mirror; {how}")
+        log(f"warning: skipped {names} (data not in the mirror); {how}")
+    return runnable

@@ -1,0 +1,296 @@
+"""What gets evaluated: a model source gives the evaluation loop a model, its tokenizer, config and
+checkpoint summary.
+
+- `TrainedSource` (`harness run`): the run's finished checkpoint of a registered model when it was
+  trained with the same config, else a training run into it (resumed when cut);
+- `CheckpointSource` (`harness eval --checkpoint` / `--models`): a `harness train` checkpoint folder;
+- `HFSource` (`hf:<path>`): a Hugging Face checkpoint folder (e.g. an fla model) behind the harness
+  model contract.
+
+Every source has a checkpoint on disk once loaded, which keys lm-eval's request cache.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from harness.config import Config, ConfigError, ModelConfig, TrainConfig, config_hash
+from harness.data.paths import DataError, cache_dir
+from harness.data.tokenizer import get_tokenizer
+from harness.registry import get_model
+from harness.training.checkpoint import (
+    CHECKPOINT_DIR,
+    META_FILE,
+    WEIGHTS_FILE,
+    load_checkpoint,
+    read_meta,
+    verify_checkpoint,
+)
+from harness.training.train import train
+from harness.training.trainlog import LOG_FILE
+
+
+class RunError(RuntimeError):
+    """A run cannot proceed as asked; the message says how to proceed."""
+
+
+@dataclass
+class Loaded:
+    """A source's model, ready to score."""
+    model: torch.nn.Module
+    tokenizer: object
+    cfg: Config
+    meta: dict  # the checkpoint's summary: params, tokens, held-out loss, ...
+
+
+class ModelSource:
+    """A named model to score, with the checkpoint folder it is (or will be) read from."""
+    name: str
+    checkpoint: str
+
+    def check(self, device: str, world_size: int) -> None:
+        """Raise what loading would refuse, before the loop writes anything."""
+
+    def load(self, device: str, log: Callable[[str], None]) -> Loaded:
+        raise NotImplementedError
+
+
+@dataclass
+class CheckpointSource(ModelSource):
+    """A checkpoint folder written by `harness train` (or `harness run`)."""
+    name: str
+    checkpoint: str
+
+    def check(self, device: str, world_size: int) -> None:
+        ckpt = Path(self.checkpoint)
+        verify_checkpoint(ckpt, read_meta(ckpt), (WEIGHTS_FILE,))
+
+    def load(self, device: str, log: Callable[[str], None] = print) -> Loaded:
+        model, cfg, _, meta = load_checkpoint(Path(self.checkpoint), device)
+        return Loaded(model, get_tokenizer(cfg.train.tokenizer), cfg, meta)
+
+
+@dataclass
+class HFSource(ModelSource):
+    """A Hugging Face checkpoint folder: `checkpoint` is `hf:<path>`."""
+    name: str
+    checkpoint: str
+
+    def check(self, device: str, world_size: int) -> None:
+        hf_folder(self.checkpoint.removeprefix("hf:"))
+
+    def load(self, device: str, log: Callable[[str], None] = print) -> Loaded:
+        from harness.model.backbone import count_params
+        path = self.checkpoint.removeprefix("hf:")
+        model, tokenizer, length = load_hf(path, device)
+        cfg = Config("hf", ModelConfig(vocab_size=tokenizer.vocab_size, max_seq_len=length),
+                     TrainConfig(dtype="bf16", tokenizer=path))
+        return Loaded(model, tokenizer, cfg, {"params": count_params(model), "tokens": None})
+
+
+@dataclass
+class TrainedSource(ModelSource):
+    """A registered model of a `harness run`: trained into RUNS/<run>/<model>/ (or reused from there),
+    its per-step log and checkpoint summary kept in `record_dir` (results/<run>/train/)."""
+    name: str
+    cfg: Config
+    run_dir: Path
+    record_dir: Path | None = None  # None: keep no record (a rank other than 0)
+    force: bool = False  # retrain from scratch even when a finished checkpoint matches
+    on_step: Callable | None = None
+    checkpoint: str = field(init=False)
+
+    def __post_init__(self):
+        self.checkpoint = str(Path(self.run_dir) / CHECKPOINT_DIR)
+
+    def check(self, device: str, world_size: int) -> None:
+        check_trainable(self.name, self.cfg, device, world_size)
+
+    def load(self, device: str, log: Callable[[str], None] = print) -> Loaded:
+        model, meta, trained = trained_model(self.name, self.cfg, Path(self.run_dir), device, self.force, self.on_step)
+        log(f"{self.name}: {'trained' if trained else 'reused checkpoint'}, {meta['params']:,} params, "
+            f"held-out loss {meta['heldout_loss']:.4f}")
+        if self.record_dir is not None:
+            keep_training_record(Path(self.run_dir), self.record_dir, self.name)
+        return Loaded(model, get_tokenizer(self.cfg.train.tokenizer), self.cfg, meta)
+
+
+def trained_model(name: str, cfg: Config, run_dir: Path, device: str, force: bool,
+                  on_step: Callable | None = None, should_stop: Callable[[], bool] | None = None):
+    """(model, meta, trained): the finished checkpoint in run_dir when it matches cfg, else a
+    training run into run_dir (resumed from its checkpoint unless `force`)."""
+    ckpt = run_dir / CHECKPOINT_DIR
+    if (ckpt / META_FILE).is_file() and not force:
+        meta = read_meta(ckpt)
+        if config_hash(Config.from_dict(meta["config"])) != config_hash(cfg):
+            raise RunError(f"{run_dir} holds {name} trained with another config; pass --run NEW_NAME for a "
+                           f"new run, or --force to retrain")
+        if meta.get("heldout_loss") is not None:
+            model, _, _, meta = load_checkpoint(ckpt, device)
+            return model, meta, False
+    tagged = (lambda info: on_step({**info, "model": name})) if on_step else None
+    result = train(name, cfg, run_dir, device, on_step=tagged, resume=not force,  # force: start afresh
+                   should_stop=should_stop)
+    return result.model, json.loads((result.checkpoint / META_FILE).read_text()), True
+
+
+def check_trainable(name: str, cfg: Config, device: str, world_size: int) -> None:
+    """What training or loading `name` at cfg would refuse: the tokenizer and corpus, the batch
+    layout, and the model's build (on the meta device: no memory) and training options here."""
+    from harness.data.corpus import corpus_files
+    from harness.model.build import build_model
+    from harness.training.batches import _batch_layout
+    from harness.training.distributed import layers_of
+    from harness.training.recipe import check_tokenizer, fused_cross_entropy
+    spec = get_model(name)
+    check_tokenizer(cfg)
+    corpus_files(cfg.train.corpus)
+    _batch_layout(cfg.train, world_size)
+    on = torch.device(device)
+    if spec.gpu_only and on.type != "cuda":
+        raise RunError(f"{spec.name} runs only on a CUDA GPU (fast path here: {spec.fast_path()}); run it on a "
+                       f"GPU machine, or leave it out here")
+    model = build_model(spec.name, cfg.model, "meta")
+    if cfg.train.fused_ce:
+        fused_cross_entropy(model, on)
+    if cfg.train.activation_checkpointing and not layers_of(model):
+        raise RunError(f"train.activation_checkpointing needs a model with a `blocks` ModuleList (the shared "
+                       f"backbone), which {spec.name} lacks; set train.activation_checkpointing=false")
+
+
+def keep_training_record(run_dir: Path, out: Path, name: str) -> None:
+    """Copy the model's per-step training log and checkpoint summary (tokens/s, MFU, memory,
+    held-out loss) into out/, so that a committed results folder keeps the curves and the
+    throughput behind its rows without the checkpoints (which are not committed)."""
+    from harness.files import atomic_write_text
+    sources = {run_dir / LOG_FILE: f"{name}_{LOG_FILE}", run_dir / CHECKPOINT_DIR / META_FILE: f"{name}_meta.json"}
+    for source, target in sources.items():
+        if source.is_file():
+            atomic_write_text(out / target, source.read_text(encoding="utf-8"))
+
+
+def model_sources(run: str, runs_dir: Path, models: list[str], checkpoints: list[str]) -> list[ModelSource]:
+    """Sources from `--models` (run model names, or hf:<path>) and `--checkpoint` folders; with
+    neither, every finished checkpoint under runs/<run>/."""
+    out: list[ModelSource] = [CheckpointSource(Path(c).resolve().parent.name, str(c)) for c in checkpoints]
+    for name in models:
+        if name.startswith("hf:"):
+            out.append(HFSource("hf-" + Path(name[3:]).name, name))
+        else:
+            out.append(CheckpointSource(name, str(Path(runs_dir) / run / name / CHECKPOINT_DIR)))
+    if not out:
+        folder = Path(runs_dir) / run
+        out = [CheckpointSource(p.parent.parent.name, str(p.parent))
+               for p in sorted(folder.glob(f"*/{CHECKPOINT_DIR}/{META_FILE}"))]
+        if not out:
+            raise FileNotFoundError(f"no checkpoints under {folder}; train first (`harness run` or `harness "
+                                    f"train`), or pass --checkpoint PATH or --models hf:PATH")
+    for source in out:
+        if isinstance(source, CheckpointSource) and not (Path(source.checkpoint) / META_FILE).is_file():
+            raise FileNotFoundError(f"{source.checkpoint} is not a checkpoint folder (no meta.json); pass the "
+                                    f"folder that `harness train` wrote (<runs>/<run>/<model>/checkpoint)")
+    return out
+
+
+def source_for(checkpoint: str) -> ModelSource:
+    """The source of a checkpoint folder, or of a Hugging Face folder given as hf:<path>."""
+    return HFSource(checkpoint, checkpoint) if checkpoint.startswith("hf:") else CheckpointSource(checkpoint,
+                                                                                                   checkpoint)
+
+
+def request_cache(run: str, source: ModelSource) -> Path:
+    """lm-eval's request cache of one checkpoint version: keyed by the weights file's size and
+    modification time, so a retrained checkpoint of the same name never reuses old answers."""
+    path = Path(source.checkpoint.removeprefix("hf:"))
+    weights = path / "model.safetensors" if (path / "model.safetensors").is_file() else path
+    stat = weights.stat()
+    digest = hashlib.sha256(f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}".encode()).hexdigest()[:12]
+    return cache_dir() / "lm_eval_requests" / f"{run}-{source.name}-{digest}"
+
+
+def clear_request_cache(run: str, source: ModelSource) -> None:
+    shutil.rmtree(request_cache(run, source), ignore_errors=True)
+
+
+# ---------------------------------------------------------------- Hugging Face checkpoints
+
+class TransformersTokenizer:
+    """A transformers tokenizer behind the harness tokenizer interface (no special tokens added)."""
+
+    def __init__(self, tok, name: str):
+        self._tok, self.name = tok, name
+        self.vocab_size = len(tok)
+        if tok.eos_token_id is None:
+            raise DataError(f"tokenizer of {name} has no end-of-sequence token")
+        self.eos_id = tok.eos_token_id
+
+    def encode(self, text: str) -> list[int]:
+        return self._tok.encode(text, add_special_tokens=False)
+
+    def decode(self, ids) -> str:
+        return self._tok.decode(list(ids))
+
+
+class HFCausalLM(torch.nn.Module):
+    """A transformers causal LM (e.g. an fla recurrent model) behind the harness model contract:
+    logits from forward, and the decode state (`past_key_values`: the model's recurrent state or
+    KV cache) through prefill/step/generate."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.hf = model
+
+    def forward(self, input_ids):
+        return self.hf(input_ids=input_ids, use_cache=False).logits
+
+    def prefill(self, input_ids):
+        out = self.hf(input_ids=input_ids, use_cache=True)
+        return out.logits, out.past_key_values
+
+    def step(self, input_ids, state):
+        out = self.hf(input_ids=input_ids.reshape(-1, 1), past_key_values=state, use_cache=True)
+        return out.logits[:, -1], out.past_key_values
+
+    @torch.no_grad()
+    def generate(self, input_ids, max_new_tokens: int, **_):
+        logits, state = self.prefill(input_ids)
+        token, out = logits[:, -1].argmax(-1), []
+        for i in range(max_new_tokens):
+            out.append(token)
+            if i + 1 < max_new_tokens:
+                logits, state = self.step(token, state)
+                token = logits.argmax(-1)
+        return torch.stack(out, dim=1)
+
+
+def hf_folder(path: str) -> Path:
+    if not Path(path).is_dir():
+        raise FileNotFoundError(f"hf:{path}: no such folder; pass a local Hugging Face checkpoint folder")
+    return Path(path)
+
+
+def load_hf(path: str, device: str):
+    """(model, tokenizer, max_length) of a Hugging Face checkpoint folder; fla's models register
+    themselves with transformers when fla is importable."""
+    try:
+        import transformers
+    except ImportError:
+        raise ConfigError("hf: checkpoints need transformers (and fla for its recurrent models): "
+                          "pip install transformers 'swat-harness[fla]'") from None
+    try:
+        import fla  # noqa: F401  (registers GLA, RetNet, HGRN2, DeltaNet, ... with transformers)
+    except ImportError:
+        pass
+    hf_folder(path)
+    dtype = torch.bfloat16 if str(device).startswith("cuda") else torch.float32
+    model = transformers.AutoModelForCausalLM.from_pretrained(path, torch_dtype=dtype).to(device).eval()
+    tokenizer = TransformersTokenizer(transformers.AutoTokenizer.from_pretrained(path), Path(path).name)
+    length = getattr(model.config, "max_position_embeddings", None) or 2048
+    return HFCausalLM(model), tokenizer, length

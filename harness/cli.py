@@ -282,14 +282,9 @@ def cmd_study(args) -> None:
     """Run a study file (models x sizes x learning rates x seeds), resumable; then its report."""
     from harness.evaluation.loop import default_device
     from harness.registry import load_plugins
-    from harness.study import (
-        drop_missing_tasks,
-        load_study,
-        plan,
-        run_study,
-        run_worker,
-    )
-    from harness.study_report import write_report
+    from harness.study.report import write_report
+    from harness.study.runner import drop_missing_tasks, run_study, run_worker
+    from harness.study.spec import load_study, plan
     load_plugins(args.plugin)
     device = args.device or default_device()
     if args.unit:
@@ -471,7 +466,7 @@ def cmd_eval(args) -> None:
 
 def cmd_export(args) -> None:
     """A checkpoint as a Hugging Face model folder (transformers, lm-eval --model hf; no harness needed)."""
-    from harness.export import export
+    from harness.hf.export import export
     out = export(Path(args.checkpoint), Path(args.out), args.max_shard_size, args.push_to_hub,
                  [Path(p) for p in args.rows], args.force, log=say)
     say(f"wrote {out}: load it with AutoModelForCausalLM.from_pretrained({str(out)!r}, trust_remote_code=True)")
@@ -668,7 +663,7 @@ def expected_errors() -> tuple:
     from harness.config import ConfigError
     from harness.data.paths import DataError
     from harness.evaluation.sources import RunError
-    from harness.export import ExportError
+    from harness.hf.export import ExportError
     from harness.registry import RegistryError
     from harness.results.store import ResultsError
     from harness.training.outcome import TrainingError

@@ -20,7 +20,7 @@ from harness import cli  # noqa: E402
 from harness.config import load_config  # noqa: E402
 from harness.data.tokenizer import ByteTokenizer, get_tokenizer  # noqa: E402
 from harness.evaluation import lm_eval_adapter, lm_eval_tasks  # noqa: E402
-from harness.export import EXPORTABLE  # noqa: E402
+from harness.hf.export import EXPORTABLE  # noqa: E402
 from harness.model.build import build_model  # noqa: E402
 from harness.training.checkpoint import load_checkpoint  # noqa: E402
 

@@ -10,8 +10,8 @@ import yaml
 
 from harness import cli
 from harness.results.store import Row, read_rows
-from harness.study import choose_lrs, load_study, plan, power_law, units
-from harness.study_report import paired_table, t_critical
+from harness.study.report import paired_table, t_critical
+from harness.study.spec import choose_lrs, load_study, plan, power_law, units
 
 TINY = Path(__file__).resolve().parent / "fixtures" / "study" / "tiny.yaml"
 

@@ -20,7 +20,11 @@ import triton.language as tl  # noqa: E402
 
 from harness.config import ConfigError  # noqa: E402
 from harness.ops.alibi import alibi_slopes  # noqa: E402
-from harness.ops.swat.function import check_inputs, swat_attention_triton, swat_decode_triton  # noqa: E402
+from harness.ops.swat.function import (  # noqa: E402
+    check_inputs,
+    swat_attention_triton,
+    swat_decode_triton,
+)
 from harness.ops.swat.reference import swat_attention_ref, swat_decode_ref  # noqa: E402
 from harness.ops.swat.triton_common import sigmoid_neg_log2  # noqa: E402
 

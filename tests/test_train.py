@@ -115,8 +115,8 @@ def test_seeds_share_the_heldout_split_and_vary_the_data_order(straight):
     documents are held out: one fixed model scores the same held-out loss under either seed."""
     from harness.data.streams import prepare_streams
     from harness.data.tokenizer import get_tokenizer
-    from harness.registry import get_task
     from harness.evaluation.loop import TaskContext
+    from harness.registry import get_task
     model = straight[1].model
     losses = []
     for seed in (0, 1):

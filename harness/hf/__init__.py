@@ -1,2 +1,3 @@
-"""The transformers code that `harness export` copies into every exported folder (configuration and
-modelling of the attention models); these modules import nothing from the harness."""
+"""Hugging Face export: `harness export` (export.py), and the transformers code it copies into every
+exported folder (configuration_ and modeling_swat_harness.py: the attention models; those two
+modules import nothing from the harness, so the folder loads without it)."""

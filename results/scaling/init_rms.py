@@ -11,7 +11,7 @@ import torch
 from harness.data.streams import prepare_streams
 from harness.data.tokenizer import get_tokenizer
 from harness.model.build import build_model
-from harness.study import load_study
+from harness.study.spec import load_study
 
 MODELS = ("swat", "swat_logw", "swat_onorm", "swat_official", "sliding_softmax", "transformer")
 

@@ -1,0 +1,249 @@
+"""Running a study: every run not yet done, trained (or resumed) and scored into the study's rows,
+one after another in this process, side by side in worker processes (`--jobs N`, round-robin over
+the visible GPUs, `harness study FILE --unit KEY` each), or on every rank of a torchrun job; at
+`--time-limit` the workers checkpoint and stop. Then the report (harness.study.report).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+import yaml
+
+from harness.config import ConfigError
+from harness.study.spec import (
+    Study,
+    Unit,
+    choose_lrs,
+    load_study,
+    pending_tasks,
+    plan,
+    rows_file,
+    run_label,
+    units,
+)
+
+STOPPED_EXIT = 3  # a worker that checkpointed and stopped at the time limit
+KILL_GRACE_S = 45  # seconds past the time limit after which a worker that has not stopped is killed
+
+
+def run_unit(study: Study, unit: Unit, results: Path, runs: Path, device: str,
+             log: Callable[[str], None] = print, on_step: Callable | None = None,
+             should_stop: Callable[[], bool] | None = None, d=None) -> None:
+    """Train (or resume, or reuse) one run and score its pending tasks into the study's rows
+    (`d`: the torchrun job every rank of which calls this; rank 0 writes)."""
+    from harness.data.tokenizer import get_tokenizer
+    from harness.evaluation.loop import TaskContext, run_tasks, stored_rows
+    from harness.evaluation.sources import trained_model
+    from harness.model.build import non_embedding_params
+    from harness.registry import get_task
+    from harness.results.provenance import provenance
+    from harness.training.checkpoint import CHECKPOINT_DIR
+    path = rows_file(study, results)
+    existing = stored_rows(path, d, log)
+    todo = pending_tasks(unit, existing)
+    if not todo:
+        return
+    cfg = study.config(unit.size, unit.seed, unit.lr)
+    run_dir = Path(runs) / study.name / unit.key
+    model, meta, _ = trained_model(unit.model, cfg, run_dir, device, False, on_step, should_stop)
+    budget = study.budgets[unit.size]
+    if d is None or d.is_main:
+        keep_record(run_dir, path.parent / "train" / unit.size / f"{unit.model}-{run_label(unit.lr, unit.seed)}")
+    row_extra = {"lr": unit.lr, "tokens_per_param": study.tokens_per_param, "epochs": round(budget["epochs"], 4),
+                 "budget_params": budget["budget_params"],
+                 "non_embedding_params": non_embedding_params(unit.model, cfg.model),
+                 "train_flops": (meta.get("flops_per_token") or {}).get("train", 0.0) * meta.get("tokens", 0)}
+    ctx = TaskContext(cfg, study.name, unit.model, device, meta["params"], meta.get("tokens"),
+                      str(run_dir / CHECKPOINT_DIR), None, provenance(device), row_extra=row_extra, dist=d)
+    run_tasks(model, get_tokenizer(cfg.train.tokenizer), ctx, [get_task(t) for t in todo], existing, path, log)
+
+
+def keep_record(run_dir: Path, prefix: Path) -> None:
+    """The run's checkpoint summary (`<prefix>_meta.json`) and per-step training log, gzipped
+    (`<prefix>_train_log.jsonl.gz`: a study keeps hundreds of them), beside the study's rows."""
+    import gzip
+
+    from harness.files import atomic_write_bytes, atomic_write_text
+    from harness.training.checkpoint import CHECKPOINT_DIR, META_FILE
+    from harness.training.trainlog import LOG_FILE
+    meta, log = run_dir / CHECKPOINT_DIR / META_FILE, run_dir / LOG_FILE
+    if meta.is_file():
+        atomic_write_text(Path(f"{prefix}_meta.json"), meta.read_text(encoding="utf-8"))
+    if log.is_file():
+        atomic_write_bytes(Path(f"{prefix}_{LOG_FILE}.gz"), gzip.compress(log.read_bytes(), mtime=0))
+
+
+def write_record(study: Study, results: Path, lrs: dict, device: str) -> None:
+    """results/<name>/run.json (the study file, budgets, provenance) and lr_choice.json."""
+    from harness.files import atomic_write_text
+    from harness.results.provenance import record_run
+    out = Path(results) / study.name
+    record_run(out, {"study": yaml.safe_load(study.path.read_text()), "budgets": study.budgets,
+                     "config": study.config(next(iter(study.sizes)), 0).to_dict()}, device)
+    atomic_write_text(out / "lr_choice.json", json.dumps(lrs, indent=1, sort_keys=True))
+
+
+def run_study(study: Study, results: Path, runs: Path, device: str, jobs: int = 1,
+              time_limit: float | None = None, log: Callable[[str], None] = print,
+              on_step: Callable | None = None, progress: Callable[[int, int, str], None] | None = None,
+              plugins: tuple[str, ...] = ()) -> dict:
+    """Run every unit not yet done, the next one picked whenever a slot frees (a final run
+    becomes runnable once its model's sweep has chosen its learning rate), then write the report.
+    Returns counts: done, failed, stopped, waiting."""
+    from harness.evaluation.loop import join_job, stored_rows
+    from harness.study.report import write_report
+    d, device, log = join_job(device, log)
+    if d is not None and jobs > 1:
+        raise ConfigError("under torchrun every run trains on all ranks: drop --jobs (or run without torchrun "
+                          "for several runs side by side)")
+    main = d is None or d.is_main
+    drop_missing_tasks(study, log)
+    plan(study, log)
+    deadline = None if time_limit is None else time.time() + time_limit
+    counts = {"done": 0, "failed": 0, "stopped": 0, "waiting": 0}
+    # (run, its tasks left) started in this invocation: a sweep run is claimed again, for the final
+    # stage's tasks, once its learning rate turns out to be the model's best
+    claimed: set[tuple[str, tuple]] = set()
+
+    def next_unit(running: tuple[str, ...] = ()) -> Unit | None:
+        """The first unit with tasks left that this invocation has not started. A (model, size)
+        none of whose runs has finished yet waits while one of its runs is going: that first run
+        autotunes the model's kernels (minutes of CPU for the fla models), the next ones then find
+        the tuned configurations in Triton's cache instead of tuning them again side by side."""
+        rows = stored_rows(rows_file(study, results), d, log)
+        defined, counts["waiting"] = units(study, rows, study.only)
+        if main:
+            write_record(study, results, choose_lrs(rows, study), device)
+        left = [u for u in defined if pending_tasks(u, rows)]
+        if progress and left and main:
+            progress(len(defined) - len(left), len(defined), "")
+        tuned = {(r.model, r.preset) for r in rows}
+        busy = {tuple(key.split("/")[:2]) for key in running}
+
+        def ready(u: Unit) -> bool:
+            return u.key not in running and (u.key, tuple(pending_tasks(u, rows))) not in claimed and (
+                (u.model, u.size) in tuned or (u.size, u.model) not in busy)
+        unit = next((u for u in left if ready(u)), None)
+        if unit is not None:
+            claimed.add((unit.key, tuple(pending_tasks(unit, rows))))
+        return unit
+
+    def expired() -> bool:
+        return deadline is not None and time.time() >= deadline
+
+    if jobs <= 1:
+        while not expired() and (unit := next_unit()) is not None:
+            log(f"run {unit.key}: {', '.join(unit.tasks)}")
+            stop = (lambda: time.time() >= deadline) if deadline is not None else None
+            counts[_in_process(study, unit, results, runs, device, log, on_step, stop, d)] += 1
+    else:
+        for status in _pool(study, next_unit, results, runs, device, jobs, deadline, log, plugins):
+            counts[status] += 1
+    if main:
+        write_report(study, Path(results))
+    return counts
+
+
+def drop_missing_tasks(study: Study, log: Callable[[str], None]) -> None:
+    """Leave out, with one warning each, the study's tasks whose data is not in the mirror."""
+    from harness.evaluation.loop import check_task_data
+    from harness.registry import get_task
+    for attr in ("sweep_tasks", "final_tasks"):
+        names = getattr(study, attr)
+        kept = {t.name for t in check_task_data([get_task(n) for n in names], skip_missing=True,
+                                                log=lambda m: log(f"warning: {m}"))}
+        setattr(study, attr, [n for n in names if n in kept])
+
+
+def _in_process(study, unit, results, runs, device, log, on_step, should_stop, d=None) -> str:
+    from harness.training.outcome import TrainingStopped
+    try:
+        run_unit(study, unit, results, runs, device, log, on_step, should_stop, d)
+    except TrainingStopped as err:
+        log(f"{unit.key}: {err}")
+        return "stopped"
+    return "done"
+
+
+def _visible_gpus() -> list[str]:
+    import torch
+    if not torch.cuda.is_available():
+        return []
+    env = os.environ.get("CUDA_VISIBLE_DEVICES")
+    return [g.strip() for g in env.split(",") if g.strip()] if env else [str(i) for i in range(torch.cuda.device_count())]
+
+
+def _pool(study, next_unit, results, runs, device, jobs, deadline, log, plugins=()):
+    """Run units in `jobs` worker processes, asking `next_unit` whenever a slot is free; yield each
+    one's status as it ends. Past the deadline no unit starts and the workers get SIGTERM (they
+    checkpoint and exit STOPPED_EXIT); one still running KILL_GRACE_S later is killed."""
+    gpus = _visible_gpus() if device.startswith("cuda") else []
+    logs = Path(runs) / study.name / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    running, slot, exhausted = {}, 0, False
+    while True:
+        expired = deadline is not None and time.time() >= deadline
+        while not expired and not exhausted and len(running) < jobs:
+            unit = next_unit(tuple(running))
+            if unit is None:
+                exhausted = True  # asked again when a run ends: its rows may define new units
+                break
+            env = dict(os.environ)
+            if gpus:
+                env["CUDA_VISIBLE_DEVICES"] = gpus[slot % len(gpus)]
+            slot += 1
+            cmd = [sys.executable, "-m", "harness", "study", str(study.path), "--unit", unit.key,
+                   "--results", str(results), "--runs", str(runs), "--device", "cuda" if gpus else device]
+            cmd += [arg for plugin in plugins for arg in ("--plugin", str(Path(plugin).resolve()))]
+            out = open(logs / (unit.key.replace("/", "_") + ".log"), "ab")
+            running[unit.key] = (subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT), out, time.time())
+            log(f"start {unit.key} ({len(running)} running)")
+        if not running:
+            return
+        if expired:
+            kill = time.time() >= deadline + KILL_GRACE_S
+            for proc, _, _ in running.values():
+                if proc.poll() is None:
+                    proc.send_signal(signal.SIGKILL if kill else signal.SIGTERM)
+        time.sleep(0.5)
+        for key, (proc, out, t0) in list(running.items()):
+            code = proc.poll()
+            if code is None:
+                continue
+            out.close()
+            del running[key]
+            exhausted = False
+            status = "done" if code == 0 else "stopped" if code in (STOPPED_EXIT, -signal.SIGKILL) else "failed"
+            tail = _last_line(logs / (key.replace("/", "_") + ".log"))
+            log(f"{status} {key} in {time.time() - t0:.0f}s" + (f": {tail}" if status != "done" else ""))
+            yield status
+
+
+def _last_line(path: Path) -> str:
+    lines = [ln for ln in path.read_text(errors="replace").splitlines() if ln.strip()]
+    return lines[-1].strip() if lines else "(no output)"
+
+
+def run_worker(study_file: str, key: str, results: Path, runs: Path, device: str, log=print) -> int:
+    """`harness study FILE --unit KEY`: one unit in this process; SIGTERM checkpoints and stops."""
+    study = load_study(study_file)
+    drop_missing_tasks(study, lambda m: None)  # the parent has warned
+    plan(study, log)
+    path = rows_file(study, results)
+    from harness.results.store import read_rows
+    rows = read_rows(path, warn=log) if path.is_file() else []
+    unit = next((u for u in units(study, rows)[0] if u.key == key), None)
+    if unit is None:
+        raise ConfigError(f"no run {key!r} in study {study.path} (or its learning rate is not chosen yet)")
+    asked = []
+    signal.signal(signal.SIGTERM, lambda *_: asked.append(True))
+    status = _in_process(study, unit, results, runs, device, log, None, lambda: bool(asked))
+    return STOPPED_EXIT if status == "stopped" else 0

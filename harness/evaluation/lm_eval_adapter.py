@@ -26,14 +26,30 @@ the metrics over all documents: the same numbers as one process.
 
 from __future__ import annotations
 
+import os
+
 import torch
 import torch.nn.functional as F
 
 from harness.config import ConfigError
-from harness.evaluation.lm_eval_tasks import import_lm_eval
 from harness.evaluation.sources import source_for
 from harness.training import distributed
 from harness.training.distributed import EVAL_TIMEOUT_S
+
+
+def import_lm_eval():
+    """lm_eval, imported with the hub switched off unless the user asked for it (HARNESS_ONLINE=1):
+    `datasets` reads the offline flags at import, so they are set first."""
+    if os.environ.get("HARNESS_ONLINE") != "1":
+        os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    try:
+        import lm_eval
+        import lm_eval.api.model  # noqa: F401
+    except ImportError:
+        raise ConfigError("lm-eval is not installed; pip install 'swat-harness[eval]'") from None
+    return lm_eval
+
 
 # ---------------------------------------------------------------- the adapter
 

@@ -8,7 +8,8 @@ mirror's JSONL files (`harness.data.mirror.require`). Overlays are rendered into
 they hold absolute paths (lm-eval's install, the mirror); the task modules' group YAMLs go beside
 them. With `online=True` a task whose data is not mirrored keeps its hub path.
 
-lm-eval itself is imported only when a task runs (it is an optional dependency, and slow to import).
+lm-eval itself, and the adapter, which imports it, are imported only when a task runs (lm-eval is an
+optional dependency, and slow to import).
 """
 
 from __future__ import annotations
@@ -68,20 +69,6 @@ def lm_eval_tasks() -> dict[str, LmEvalTask]:
     return LM_EVAL_TASKS
 
 
-def import_lm_eval():
-    """lm_eval, imported with the hub switched off unless the user asked for it (HARNESS_ONLINE=1):
-    `datasets` reads the offline flags at import, so they are set first."""
-    import os
-    if os.environ.get("HARNESS_ONLINE") != "1":
-        os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    try:
-        import lm_eval
-        import lm_eval.api.model  # noqa: F401
-    except ImportError:
-        raise ConfigError("lm-eval is not installed; pip install 'swat-harness[eval]'") from None
-    return lm_eval
-
 
 # ---------------------------------------------------------------- offline task overlays
 
@@ -95,6 +82,7 @@ def _task(name: str) -> LmEvalTask:
 def overlay_config(name: str, files: dict[str, Path] | None) -> dict:
     """The overlay YAML of one lm-eval task: include the built-in YAML, read `files` (None: keep
     the hub path). Splits the mirror lacks are switched off so lm-eval never asks the hub."""
+    from harness.evaluation.lm_eval_adapter import import_lm_eval
     task = _task(name)
     lm_eval = import_lm_eval()
     cfg: dict[str, Any] = {"include": str(Path(lm_eval.__file__).parent / "tasks" / task.builtin), "task": name}
@@ -159,6 +147,8 @@ def task_manager(overlay_dir: Path):
     key = str(overlay_dir)
     if key not in _MANAGERS:
         import logging
+
+        from harness.evaluation.lm_eval_adapter import import_lm_eval
         import_lm_eval()
         from lm_eval.tasks import TaskManager
         # our overlays replace built-in tasks by design: lm-eval's warning about each is noise

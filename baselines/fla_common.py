@@ -69,6 +69,8 @@ class FlaMixer(nn.Module):
     cu_seqlens), prefill and one-token steps through an FLACache."""
 
     supports_varlen = True
+    export_refused = ("its layers run on fla's CUDA kernels only, so a mapping onto fla's Hugging Face classes "
+                      "cannot be tested on a CPU")
 
     def __init__(self, model: str, layer: nn.Module, init_std: float):
         super().__init__()

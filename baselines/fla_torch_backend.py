@@ -20,9 +20,8 @@ kernels; this step costs memory for fp32 copies of the chunk states h and dh.
 
 from __future__ import annotations
 
-import torch
-
 import fla.utils
+import torch
 from fla.backends import BaseBackend, register
 from fla.ops.common.backends.tilelang import CommonTileLangBackend
 from fla.ops.utils.index import prepare_chunk_indices

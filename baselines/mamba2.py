@@ -32,7 +32,12 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from baselines.fla_common import layer_options
-from baselines.mamba import causal_conv1d_silu, fast_state_update, optional_kernel
+from baselines.mamba import (
+    MAMBA_EXPORT_REFUSED,
+    causal_conv1d_silu,
+    fast_state_update,
+    optional_kernel,
+)
 from harness.config import ConfigError
 from harness.model.backbone import DecoderLM, RMSNorm
 from harness.registry import register_model
@@ -73,6 +78,8 @@ def options(cfg) -> dict:
 
 
 class Mamba2Mixer(nn.Module):
+    export_refused = MAMBA_EXPORT_REFUSED
+
     def __init__(self, cfg):
         super().__init__()
         opts = options(cfg)
@@ -176,13 +183,14 @@ def matched_d_inner(cfg) -> int:
     """d_inner (a whole number of heads) whose parameter count is closest to the reference's.
     Counts are affine in the head count, so two probes on the meta device find it."""
     from harness.model.backbone import count_params
-    from harness.model.build import REFERENCE_MODEL, params_of
+    from harness.model.build import params_of
+    from harness.registry import reference_model
     headdim = options(cfg)["headdim"]
     ngroups = options(cfg)["ngroups"]
     with torch.device("meta"):
         one, two = (count_params(_model(dataclasses.replace(cfg, d_inner=h * ngroups * headdim)))
                     for h in (1, 2))
-    target = params_of(REFERENCE_MODEL, cfg)
+    target = params_of(reference_model(), cfg)
     groups_of_heads = max(1, round((target - one) / (two - one)) + 1)
     return groups_of_heads * ngroups * headdim
 

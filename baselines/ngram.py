@@ -10,12 +10,12 @@ from harness.registry import register_model
 
 
 @register_model("unigram", family="n-gram",
-                description="add-one unigram counted on the run's training tokens (reference row)")
+                description="add-one unigram counted on the same training tokens")
 def build_unigram(cfg):
     return NGramLM(cfg.vocab_size, order=1)
 
 
 @register_model("bigram", family="n-gram",
-                description="interpolated Kneser-Ney bigram counted on the run's training tokens (reference row)")
+                description="interpolated Kneser-Ney bigram counted on the same training tokens")
 def build_bigram(cfg):
     return NGramLM(cfg.vocab_size, order=2)

@@ -23,7 +23,7 @@ Each variant changes the config fields it names and nothing else, on top of what
 import dataclasses
 import math
 
-from harness.model.attention import AttentionMixer
+from harness.model.attention import SwatAttention
 from harness.model.backbone import DecoderLM
 from harness.registry import register_model
 
@@ -31,24 +31,24 @@ from harness.registry import register_model
 @register_model("swat", family="attention", requires=("triton",),
                 description="SWAT (paper): sliding-window sigmoid attention + balanced ALiBi + RoPE")
 def build(cfg):
-    return DecoderLM(cfg, lambda cfg, i: AttentionMixer(cfg, "swat"))
+    return DecoderLM(cfg, lambda cfg, i: SwatAttention(cfg))
 
 
 @register_model("swat_official", family="attention",
                 description="SWAT's official-repository layer: windowed softmax + one-sided ALiBi + RoPE")
 def build_official(cfg):
     cfg = dataclasses.replace(cfg, activation="softmax", slopes="negative", slope_form="alibi")
-    return DecoderLM(cfg, lambda cfg, i: AttentionMixer(cfg, "swat"))
+    return DecoderLM(cfg, lambda cfg, i: SwatAttention(cfg))
 
 
 @register_model("swat_logw", family="attention", requires=("triton",),
                 description="harness variant: SWAT with sigmoid bias -log W (weights start near 1/W)")
 def build_logw(cfg):
     cfg = dataclasses.replace(cfg, sigmoid_bias=cfg.sigmoid_bias - math.log(cfg.window))
-    return DecoderLM(cfg, lambda cfg, i: AttentionMixer(cfg, "swat"))
+    return DecoderLM(cfg, lambda cfg, i: SwatAttention(cfg))
 
 
 @register_model("swat_onorm", family="attention", requires=("triton",),
                 description="harness variant: SWAT with each head's output RMS-normalised")
 def build_onorm(cfg):
-    return DecoderLM(cfg, lambda cfg, i: AttentionMixer(cfg, "swat", output_norm=True))
+    return DecoderLM(cfg, lambda cfg, i: SwatAttention(cfg, output_norm=True))

@@ -143,13 +143,13 @@ def model_params(name: str, cfg) -> str:
     import torch
 
     from harness.model.backbone import count_params
-    from harness.model.build import REFERENCE_MODEL, matched_config, params_of
-    from harness.registry import get_model
+    from harness.model.build import matched_config, params_of
+    from harness.registry import get_model, reference_model
     try:
         with torch.device("meta"):  # built without memory, even at 760m
             model = get_model(name).build(matched_config(name, cfg))
     except ImportError:
-        return f"≈{params_of(REFERENCE_MODEL, cfg):,}" if get_model(name).match else "?"
+        return f"≈{params_of(reference_model(), cfg):,}" if get_model(name).match else "?"
     # a count model's size (its distinct n-grams) is known only once it is fitted
     return "counts" if getattr(model, "fitted_by_counting", False) else f"{count_params(model):,}"
 
@@ -378,22 +378,20 @@ def cmd_bench_models(args) -> None:
     from harness.bench import models as bm
     from harness.config import ConfigError
     from harness.evaluation.loop import default_device
-    from harness.registry import load_plugins
+    from harness.registry import get_model, load_plugins
     from harness.results.provenance import device_name
     load_plugins(args.plugin)
     cfg = config_from(args)
     device = torch.device(args.device or default_device())
     names = split_names(args.models)
     for name in names:
-        from harness.registry import get_model
         get_model(name)
     sweeps = split_names(args.sweeps)
     unknown = [s for s in sweeps if s not in bm.SWEEPS]
     if unknown:
         raise ConfigError(f"unknown sweep {unknown[0]!r}; choose from {', '.join(bm.SWEEPS)}")
-    on_cpu = device.type == "cpu"
-    lengths = dict(bm.CPU_LENGTHS if on_cpu else bm.DEFAULT_LENGTHS)
-    lengths.update(parse_lengths(args.lengths))
+    plan = bm.default_plan(device)
+    lengths = {**plan.lengths, **parse_lengths(args.lengths)}
     # rows with recomputation go to a folder of their own: same keys, other measurement
     folder = args.preset + ("-activation-checkpointing" if cfg.train.activation_checkpointing else "")
     out = Path(args.out or Path(args.results) / "speed" / device_slug(device_name(str(device))) / folder)
@@ -403,10 +401,8 @@ def cmd_bench_models(args) -> None:
         console.print(f"{point.model} {point.sweep} length {point.length:,} batch {point.batch}: {shown}",
                       highlight=False)
 
-    bm.run_bench(names, cfg, sweeps, lengths, device, out,
-                 args.train_tokens or (bm.CPU_TRAIN_TOKENS if on_cpu else bm.DEFAULT_TRAIN_TOKENS),
-                 [int(b) for b in split_names(args.decode_batches)] if args.decode_batches else
-                 (bm.CPU_DECODE_BATCHES if on_cpu else bm.DEFAULT_DECODE_BATCHES),
+    bm.run_bench(names, cfg, sweeps, lengths, device, out, args.train_tokens or plan.train_tokens,
+                 [int(b) for b in split_names(args.decode_batches)] if args.decode_batches else plan.decode_batches,
                  force=args.force, log=lambda m: console.print(m, highlight=False), on_point=show)
     console.print(f"wrote {out}/rows.jsonl, run.json, table.md and plots", highlight=False)
 
@@ -467,6 +463,8 @@ def cmd_eval(args) -> None:
 def cmd_export(args) -> None:
     """A checkpoint as a Hugging Face model folder (transformers, lm-eval --model hf; no harness needed)."""
     from harness.hf.export import export
+    from harness.registry import load_plugins
+    load_plugins(args.plugin)
     out = export(Path(args.checkpoint), Path(args.out), args.max_shard_size, args.push_to_hub,
                  [Path(p) for p in args.rows], args.force, log=say)
     say(f"wrote {out}: load it with AutoModelForCausalLM.from_pretrained({str(out)!r}, trust_remote_code=True)")
@@ -554,6 +552,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="evaluation rows for the model card (default: results/<run>/rows.jsonl, if there)")
     p.add_argument("--push-to-hub", metavar="REPO", help="also upload the folder to this Hugging Face hub repo")
     p.add_argument("--force", action="store_true", help="replace HF_DIR when it exists and is not empty")
+    add_plugin_arg(p)
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("tables", help="the paper's tables from stored rows (md, LaTeX, CSV), with reference "
@@ -595,8 +594,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("bench", help="speed and memory benchmarks (models; kernels)")
     bench = p.add_subparsers(dest="bench_command", required=True)
     b = bench.add_parser("models", help="training / prefill / decode tokens/s and memory vs length, per model")
-    b.add_argument("--models", default="swat,transformer,sliding_softmax,mamba", type=name_list,
-                   help="comma-separated model names (default: swat,transformer,sliding_softmax,mamba)")
+    b.add_argument("--models", required=True, type=name_list,
+                   help="comma-separated model names, measured side by side (see `harness list`)")
     b.add_argument("--sweeps", default="train,prefill,decode", help="comma-separated: train, prefill, decode")
     b.add_argument("--lengths", action="append", default=[], metavar="SWEEP=L1,L2",
                    help="lengths of one sweep, e.g. train=2048,4096 (repeatable; defaults: 2K-64K train, "

@@ -36,7 +36,7 @@ class ModelConfig:
     tie_embeddings: bool = True
     init_std: float = 0.02
     max_seq_len: int = 1024  # training length; RoPE tables and length checks use it
-    # attention (swat, transformer, sliding_softmax)
+    # attention mixers (harness.model.attention)
     window: int = 512  # keys j with 0 <= i - j < window (the query's own token included)
     activation: str = "sigmoid"  # swat's score activation: sigmoid | softmax (ablation)
     slopes: Any = "balanced"  # balanced | negative | positive | none | list of floats

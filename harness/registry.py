@@ -38,6 +38,7 @@ class ModelSpec:
     description: str = ""
     extra: str | None = None  # the swat-harness extra that installs `requires`, e.g. "fla"
     gpu_only: bool = False  # no reference path: the model runs only on a CUDA GPU
+    reference: bool = False  # the model whose parameter count the others are matched to (one of them)
 
     def fast_path(self) -> str:
         """'yes', or why not: missing packages or no GPU (the model then runs its reference path,
@@ -102,15 +103,24 @@ def _claim(kind: str, table: dict, name: str, fn: Callable, override: bool) -> N
 
 def register_model(name: str, family: str = "custom", requires: tuple = (), match: str | None = None,
                    description: str = "", extra: str | None = None, gpu_only: bool = False,
-                   override: bool = False):
+                   reference: bool = False, override: bool = False):
     """Decorator over `build(cfg) -> nn.Module`; registers it under `name`. The module maps input_ids
     [B, T] to logits [B, T, V]; `init_state`/`step`/`prefill` (the shared backbone has them) give
-    the tasks that decode a decode state. override: replace a model already registered as `name`."""
+    the tasks that decode a decode state. reference: the parameter budget every `match`ed model is
+    sized to (the built-in `transformer`; one model only). override: replace a model already
+    registered as `name`."""
     def deco(build: Callable) -> Callable:
         _claim("model", _REG.models, name, build, override)
+        if reference:
+            other = next((s.name for s in _REG.models.values() if s.reference and s.name != name), None)
+            if other is not None and not override:
+                raise RegistryError(f"model {name!r} is registered as the reference, but {other!r} already is; "
+                                    f"register one reference model (or pass override=True)")
+            for spec in _REG.models.values():
+                spec.reference = False
         _REG.models[name] = ModelSpec(name, build, family, tuple(requires), match,
                                       description or (build.__doc__ or "").strip().split("\n")[0],
-                                      extra, gpu_only)
+                                      extra, gpu_only, reference)
         return build
     return deco
 
@@ -178,6 +188,15 @@ def _lookup(kind: str, table: dict, name: str):
 
 def get_model(name: str) -> ModelSpec:
     return _lookup("model", _REG.models, name)
+
+
+def reference_model() -> str:
+    """The registered reference model's name: the parameter budget of matched models."""
+    found = [spec.name for spec in models().values() if spec.reference]
+    if not found:
+        raise RegistryError("no model is registered as the reference (register_model(..., reference=True)); "
+                            "the built-in transformer is, unless a plugin replaced it")
+    return found[0]
 
 
 def get_task(name: str) -> TaskSpec:

@@ -10,14 +10,9 @@ import sys
 import torch
 
 from harness.bench.models import (
-    CPU_DECODE_BATCHES,
-    CPU_LENGTHS,
-    CPU_TRAIN_TOKENS,
     CPU_WARNING,
-    DEFAULT_DECODE_BATCHES,
-    DEFAULT_LENGTHS,
-    DEFAULT_TRAIN_TOKENS,
     SWEEPS,
+    default_plan,
     points_to_rows,
     sweep_model,
 )
@@ -27,11 +22,9 @@ from harness.registry import register_task
 @register_task("speed", group=("speed", "all"), description="train/prefill/decode tokens/s and memory vs length")
 def run(model, tokenizer, ctx):
     device = torch.device(ctx.device)
-    on_cpu = device.type == "cpu"
-    if on_cpu:
+    if device.type == "cpu":
         print(f"warning: {CPU_WARNING}", file=sys.stderr)  # one line, as `harness bench models` says it
-    points = sweep_model(ctx.model_name, ctx.cfg, SWEEPS, CPU_LENGTHS if on_cpu else DEFAULT_LENGTHS, device,
-                         CPU_TRAIN_TOKENS if on_cpu else DEFAULT_TRAIN_TOKENS,
-                         CPU_DECODE_BATCHES if on_cpu else DEFAULT_DECODE_BATCHES)
+    plan = default_plan(device)
+    points = sweep_model(ctx.model_name, ctx.cfg, SWEEPS, plan.lengths, device, plan.train_tokens, plan.decode_batches)
     return points_to_rows(points, lambda model, task, metric, value, **extra:
                           ctx.row(task, metric, value, **extra))

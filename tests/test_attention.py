@@ -14,13 +14,17 @@ import pytest
 import torch
 
 import harness.model.attention as attention
+import harness.ops.softmax as softmax_ops
 from harness.config import load_config
 from harness.model.attention import (
     FULL_CACHE_MIN_GROWTH,
     AttentionMixer,
-    softmax_attention,
+    CausalAttention,
+    SlidingAttention,
+    SwatAttention,
 )
 from harness.ops.alibi import alibi_slopes
+from harness.ops.softmax import softmax_attention
 from harness.ops.swat.reference import swat_attention_ref
 
 CUDA = torch.cuda.is_available()
@@ -36,37 +40,37 @@ def eager_block_masks(monkeypatch):
     def build(*args, **kwargs):
         built.append(args[3])
         return create_block_mask(*args, **kwargs)
-    monkeypatch.setattr(attention, "_compiled_create_block_mask", lambda: build)
-    monkeypatch.setattr(attention, "_last_block_mask", None)
+    monkeypatch.setattr(softmax_ops, "_compiled_create_block_mask", lambda: build)
+    monkeypatch.setattr(softmax_ops, "_last_block_mask", None)
     return built
 
 
 def test_block_mask_is_built_once_per_length_window_and_boundaries(eager_block_masks):
     cu = torch.tensor([0, 100, 250, 300], dtype=torch.int32)
-    first = attention._flex_block_mask(300, 64, cu, "cpu")
-    assert attention._flex_block_mask(300, 64, cu, "cpu") is first  # the next layer, same batch
+    first = softmax_ops._flex_block_mask(300, 64, cu, "cpu")
+    assert softmax_ops._flex_block_mask(300, 64, cu, "cpu") is first  # the next layer, same batch
     assert eager_block_masks == [300]
     other_docs = torch.tensor([0, 150, 300], dtype=torch.int32)
-    assert attention._flex_block_mask(300, 64, other_docs, "cpu") is not first
+    assert softmax_ops._flex_block_mask(300, 64, other_docs, "cpu") is not first
     # equal boundaries in a new tensor (the next batch) build again: compared without reading values
-    assert attention._flex_block_mask(300, 64, cu.clone(), "cpu") is not first
-    again = attention._flex_block_mask(300, 64, cu, "cpu")
+    assert softmax_ops._flex_block_mask(300, 64, cu.clone(), "cpu") is not first
+    again = softmax_ops._flex_block_mask(300, 64, cu, "cpu")
     cu[1] = 120  # changed in place: the version counter moves
-    changed = attention._flex_block_mask(300, 64, cu, "cpu")
+    changed = softmax_ops._flex_block_mask(300, 64, cu, "cpu")
     assert changed is not again
     q_idx, kv_idx = torch.tensor(110), torch.tensor(95)  # other documents before, the same one after
     assert not again.mask_mod(0, 0, q_idx, kv_idx) and changed.mask_mod(0, 0, q_idx, kv_idx)
-    assert attention._flex_block_mask(300, 32, cu, "cpu") is not changed
-    assert attention._flex_block_mask(256, 32, None, "cpu") is attention._flex_block_mask(256, 32, None, "cpu")
-    assert attention._flex_block_mask(384, 32, None, "cpu").shape[-2:] == (384, 384)
+    assert softmax_ops._flex_block_mask(300, 32, cu, "cpu") is not changed
+    assert softmax_ops._flex_block_mask(256, 32, None, "cpu") is softmax_ops._flex_block_mask(256, 32, None, "cpu")
+    assert softmax_ops._flex_block_mask(384, 32, None, "cpu").shape[-2:] == (384, 384)
     assert eager_block_masks == [300, 300, 300, 300, 300, 300, 256, 384]
 
 
 def test_compiled_block_mask_equals_the_eager_one():
     from torch.nn.attention.flex_attention import create_block_mask
     cu = torch.tensor([0, 70, 211, 300], dtype=torch.int32)
-    mask_mod = attention._mask_mod(300, 64, cu, "cpu")
-    compiled = attention._compiled_create_block_mask()(mask_mod, None, None, 300, 300, device="cpu")
+    mask_mod = softmax_ops._mask_mod(300, 64, cu, "cpu")
+    compiled = softmax_ops._compiled_create_block_mask()(mask_mod, None, None, 300, 300, device="cpu")
     eager = create_block_mask(mask_mod, None, None, 300, 300, device="cpu")
     torch.testing.assert_close(compiled.to_dense(), eager.to_dense())
 
@@ -77,7 +81,7 @@ def test_flex_path_matches_the_dense_reference(monkeypatch, T, window, docs, slo
     """Documents keep T exact; without them T=200 is padded to 256. Two layers with the same
     boundaries share one mask. ALiBi slopes (SWAT's softmax ablation) enter as a score_mod.
     Forward only: flex_attention has no CPU backward (the GPU tests check gradients)."""
-    monkeypatch.setattr(attention, "_last_block_mask", None)
+    monkeypatch.setattr(softmax_ops, "_last_block_mask", None)
     torch.manual_seed(0)
     H, Hkv, d = 4, 2, 16
     q, k, v = torch.randn(1, T, H, d), torch.randn(1, T, Hkv, d), torch.randn(1, T, Hkv, d)
@@ -86,7 +90,7 @@ def test_flex_path_matches_the_dense_reference(monkeypatch, T, window, docs, slo
 
     def flex(q, k, v):
         qt, kt, vt = (t.transpose(1, 2) for t in (q, k, v))
-        return attention._flex_attention(qt, kt, vt, window, cu, gqa=True,
+        return softmax_ops._flex_attention(qt, kt, vt, window, cu, gqa=True,
                                          slopes=None if slopes == "none" else alibi).transpose(1, 2)
 
     def ref(q, k, v):
@@ -94,13 +98,13 @@ def test_flex_path_matches_the_dense_reference(monkeypatch, T, window, docs, slo
 
     with torch.no_grad():
         first = flex(q, k, v)
-        mask = attention._last_block_mask[-1]
+        mask = softmax_ops._last_block_mask[-1]
         second = flex(first, k, v)  # the next layer, over the first's output
-        assert attention._last_block_mask[-1] is mask
+        assert softmax_ops._last_block_mask[-1] is mask
         torch.testing.assert_close(first, ref(q, k, v), atol=1e-5, rtol=1e-5)
         torch.testing.assert_close(second, ref(first, k, v), atol=1e-5, rtol=1e-5)
     padded = T if docs else 256
-    assert attention._last_block_mask[0] == (padded, window, torch.device("cpu"))
+    assert softmax_ops._last_block_mask[0] == (padded, window, torch.device("cpu"))
 
 
 @pytest.mark.parametrize("window,docs", [(6, True), (64, False)])
@@ -119,7 +123,7 @@ def test_swat_softmax_ablation_takes_the_softmax_paths(monkeypatch):
     import dataclasses
     cfg = dataclasses.replace(load_config("tiny").model, window=8, activation="softmax")
     torch.manual_seed(0)
-    mixer = AttentionMixer(cfg, "swat").eval()
+    mixer = SwatAttention(cfg).eval()
     calls = []
     monkeypatch.setattr(attention, "swat_attention", lambda *a, **k: calls.append("swat_attention"))
     x = torch.randn(1, 30, cfg.hidden_size)
@@ -161,7 +165,7 @@ def test_packed_documents_are_attended_one_by_one(attend):
 def test_blocked_reference_equals_the_dense_one(activation, window, docs):
     """Blocks of 16 queries over 70 tokens (the last block partial; windows shorter and longer than
     a block, and over the whole sequence), GQA, packed documents: the same output as the oracle."""
-    from harness.ops.swat.reference import swat_attention_blocked
+    from harness.ops.swat.blocked import swat_attention_blocked
     torch.manual_seed(0)
     q, k, v = torch.randn(1, 70, 4, 8), torch.randn(1, 70, 2, 8), torch.randn(1, 70, 2, 8)
     slopes = alibi_slopes(4, "balanced")
@@ -175,7 +179,7 @@ def test_blocked_reference_equals_the_dense_one(activation, window, docs):
 def test_cpu_softmax_over_more_than_one_block_of_queries(slopes):
     """On a CPU a windowed sequence is attended in blocks of queries (here 100 per block, the last
     one partial, up to QUERY_BLOCK + 300 tokens): the same as the dense definition."""
-    from harness.ops.swat.reference import QUERY_BLOCK
+    from harness.ops.banded import QUERY_BLOCK
     torch.manual_seed(0)
     T = QUERY_BLOCK + 300
     q, k, v = torch.randn(1, T, 2, 8), torch.randn(1, T, 1, 8), torch.randn(1, T, 1, 8)
@@ -195,7 +199,7 @@ def test_window_over_the_whole_sequence_is_causal_attention():
 def test_flex_path_traces_into_a_compiled_model(monkeypatch):
     """Under torch.compile (train.compile) the mask and flex go into the caller's graph: no graph
     break, no cache entry."""
-    monkeypatch.setattr(attention, "_last_block_mask", None)
+    monkeypatch.setattr(softmax_ops, "_last_block_mask", None)
     torch.manual_seed(0)
     T, H, d = 300, 4, 16
     q, k, v = torch.randn(1, T, H, d), torch.randn(1, T, 2, d), torch.randn(1, T, 2, d)
@@ -204,19 +208,22 @@ def test_flex_path_traces_into_a_compiled_model(monkeypatch):
     @torch.compile(fullgraph=True)
     def layer(q, k, v):
         qt, kt, vt = (t.transpose(1, 2) for t in (q, k, v))
-        return attention._flex_attention(qt, kt, vt, 64, cu, gqa=True).transpose(1, 2)
+        return softmax_ops._flex_attention(qt, kt, vt, 64, cu, gqa=True).transpose(1, 2)
 
     with torch.no_grad():
         out = layer(q, k, v)
     ref = swat_attention_ref(q, k, v, torch.zeros(H), 64, activation="softmax", cu_seqlens=cu)
     torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
-    assert attention._last_block_mask is None
+    assert softmax_ops._last_block_mask is None
+
+
+CORES = {"swat": SwatAttention, "sliding": SlidingAttention, "full": CausalAttention}
 
 
 def _mixer(core: str, window: int = 8) -> AttentionMixer:
     import dataclasses
     torch.manual_seed(0)
-    return AttentionMixer(dataclasses.replace(load_config("tiny").model, window=window), core).eval()
+    return CORES[core](dataclasses.replace(load_config("tiny").model, window=window)).eval()
 
 
 @pytest.mark.parametrize("core", ["swat", "sliding", "full"])

@@ -26,8 +26,8 @@ import torch.nn.functional as F
 from baselines.fla_common import MissingExtraError, NeedsGPUError
 from baselines.mamba2 import Mamba2Mixer, ssd_ref
 from harness.config import ConfigError, load_config
-from harness.model.attention import softmax_attention
 from harness.model.build import build_model, matched_config, params_of
+from harness.ops.softmax import softmax_attention
 from harness.ops.swat.reference import swat_attention_ref
 from harness.registry import get_model
 

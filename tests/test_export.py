@@ -20,12 +20,14 @@ from harness import cli  # noqa: E402
 from harness.config import load_config  # noqa: E402
 from harness.data.tokenizer import ByteTokenizer, get_tokenizer  # noqa: E402
 from harness.evaluation import lm_eval_adapter, lm_eval_tasks  # noqa: E402
-from harness.hf.export import EXPORTABLE  # noqa: E402
+from harness.hf.export import export_refusal  # noqa: E402
 from harness.model.build import build_model  # noqa: E402
+from harness.registry import load_plugins, models  # noqa: E402
 from harness.training.checkpoint import load_checkpoint  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 EVAL_FIXTURES = Path(__file__).parent / "fixtures" / "eval"
+EXPORTABLE = ("swat", "swat_official", "swat_logw", "swat_onorm", "sliding_softmax", "transformer")
 ONE_STEP = ["train.tokens=128", "train.batch_tokens=128", "train.seq_len=64", "train.micro_batch=2",
             "train.warmup_tokens=0", "train.eval_tokens=64"]
 TEXTS = ["Hello, world!", "  two leading spaces\nand a newline\n", "naïve café — 日本語 🎉", "", "x" * 300]
@@ -258,20 +260,44 @@ def test_lm_eval_scores_the_export_as_harness_eval_scores_the_checkpoint(exporte
     assert f"| arc_easy | acc | {acc:.4f} |" in card and "results/t/rows.jsonl" in card
 
 
+def test_the_attention_models_export_and_say_so():
+    """Whether a model exports follows from its layers, not its name: the built-in ones that do are
+    the attention models."""
+    load_plugins()
+    cfg = load_config("tiny").model
+    with torch.device("meta"):
+        exporting = {name for name in models() if export_refusal(build_model(name, cfg, "meta")) is None}
+    assert exporting == set(EXPORTABLE)
+
+
 @pytest.mark.parametrize("name, message", [
     ("gla", "gla has no Hugging Face export: its layers run on fla's CUDA kernels only"),
     ("mamba", "mamba has no Hugging Face export: the Hugging Face Mamba classes derive the inner width"),
-    ("unigram", "unigram is a count-based reference model"),
-    ("gru", "gru is not a built-in model of the harness"),
+    ("unigram", "unigram has no Hugging Face export: it is a count-based reference model"),
+    ("gru", "gru has no Hugging Face export: it is not a registered model here"),
 ])
 def test_a_model_that_does_not_export_is_one_error(tmp_path, capsys, name, message):
     ckpt = tmp_path / "checkpoint"
     ckpt.mkdir()
     (ckpt / "meta.json").write_text(json.dumps({"model": name, "config": load_config("tiny").to_dict()}))
     assert export("--checkpoint", str(ckpt), "--out", str(tmp_path / "hf")) == 2
-    one_error_line(capsys.readouterr().err, message, "only the attention models (swat, swat_official, swat_logw, "
-                   "swat_onorm, sliding_softmax, transformer) export")
+    one_error_line(capsys.readouterr().err, message, "only models on the shared backbone whose layers are the "
+                   "harness's attention mixers")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint"]
+
+
+def test_a_plugin_on_the_attention_layers_exports(tmp_path):
+    """A plugin's model built of the harness's attention mixers exports like a built-in one."""
+    plugin = tmp_path / "plugin.py"
+    plugin.write_text("from harness import register_model\nfrom harness.backbone import DecoderLM\n"
+                      "from harness.model.attention import SlidingAttention\n\n"
+                      "@register_model('narrow_sliding', family='attention')\n"
+                      "def build(cfg):\n    return DecoderLM(cfg, lambda cfg, i: SlidingAttention(cfg))\n")
+    run = tmp_path / "run"
+    assert cli.main(["train", "--plugin", str(plugin), "--model", "narrow_sliding", "--device", "cpu", "--quiet",
+                     "--out", str(run), *[a for o in ONE_STEP for a in ("--set", o)]]) == 0
+    assert export("--plugin", str(plugin), "--checkpoint", str(run / "checkpoint"), "--out", str(tmp_path / "hf")) == 0
+    assert json.loads((tmp_path / "hf" / "config.json").read_text())["attention_core"] == "sliding"
 
 
 def test_bad_inputs_are_one_error_and_leave_nothing_at_out(exported, tmp_path, capsys, monkeypatch):

@@ -54,10 +54,10 @@ def test_entry_point_plugins_are_discovered(monkeypatch, tmp_path):
     plugin.write_text(textwrap.dedent("""
         from harness import register_model
         from harness.backbone import DecoderLM
-        from harness.model.attention import AttentionMixer
+        from harness.model.attention import CausalAttention
         @register_model("ep_model", family="attention")
         def build(cfg):
-            return DecoderLM(cfg, lambda cfg, i: AttentionMixer(cfg, "full"))
+            return DecoderLM(cfg, lambda cfg, i: CausalAttention(cfg))
     """))
     monkeypatch.syspath_prepend(str(tmp_path))
 

@@ -213,6 +213,26 @@ def test_ablation_table_shows_variant_settings_side_by_side():
     assert "transformer" not in body and "mamba" not in body
 
 
+def test_any_model_run_with_a_changed_config_is_a_variant_and_speed_rows_ignore_the_training_length():
+    """Labels come from the run's config, whatever the model: a sliding_softmax run with another
+    window is a variant beside its base run; a speed row is not labelled by a training length that
+    its sweep does not use; without variants there is no ablation table."""
+    from harness.config import load_config
+    from harness.results.tables import variant_of
+    base, narrow = load_config("small").to_dict(), load_config("small", overrides=["model.window=64"]).to_dict()
+    short = load_config("small", overrides=["train.seq_len=512"]).to_dict()
+    configs = {"base": base, "narrow": narrow, "short": short}
+    rows = [Row(run, "sliding_softmax", "small", "piqa", "acc", v) for run, v in (("base", 0.5), ("narrow", 0.6))]
+    assert [variant_of(r, configs) for r in rows] == ["", "window=64"]
+    body = md_rows(render(build("ablation", rows, [], configs), "md"))
+    assert set(body) - {"Model"} == {"sliding_softmax", "sliding_softmax (window=64)"}
+    assert variant_of(Row("short", "transformer", "small", "length", "ppl", 9.0), configs) == "seq_len=512"
+    speed = Row("short", "transformer", "small", "speed_train", "tokens_per_s", 1e5, extra={"seq_len": 2048})
+    assert variant_of(speed, configs) == ""
+    with pytest.raises(ResultsError, match="nothing for the ablation table"):
+        build("ablation", rows[:1], [], configs)
+
+
 def test_length_table_pivots_context_and_skips_position_buckets():
     rows, refs, configs = fixture("fixture-340m")
     table = build("length", rows, refs, configs)

@@ -54,6 +54,21 @@ CPU_DECODE_BATCHES = (1, 4)
 CPU_WARNING = "speed measured on a CPU checks the code path only; these numbers are not comparable to GPU numbers"
 
 
+@dataclass(frozen=True)
+class SweepPlan:
+    """What the sweeps measure on a device: lengths per sweep, tokens per training batch, decode batches."""
+    lengths: dict
+    train_tokens: int
+    decode_batches: tuple
+
+
+def default_plan(device: torch.device) -> SweepPlan:
+    """The sweeps' defaults: the paper's lengths on a GPU, short ones on a CPU (the code path only)."""
+    if device.type == "cpu":
+        return SweepPlan(dict(CPU_LENGTHS), CPU_TRAIN_TOKENS, CPU_DECODE_BATCHES)
+    return SweepPlan(dict(DEFAULT_LENGTHS), DEFAULT_TRAIN_TOKENS, DEFAULT_DECODE_BATCHES)
+
+
 @dataclass
 class Point:
     """One measured (or out-of-memory) point of a sweep."""

@@ -10,14 +10,12 @@ with no harness installed.
     tokenizer.json, tokenizer_config.json
     README.md                        the model card: data, tokens, recipe, commit, evaluation rows
 
-The built-in attention models export (EXPORTABLE). The weights are the harness's under Llama-style
-names, with the fused projections split (kv_proj into k_proj and v_proj, the SwiGLU's gate_up into
-gate_proj and up_proj). The others stop with one line saying why: the fla-based models (gla,
-retnet, hgrn2, deltanet, gated_deltanet) run only on CUDA, so a mapping onto fla's Hugging Face
-classes cannot be tested on a CPU; the Hugging Face Mamba classes (transformers', mamba-ssm's)
-derive the inner width as expand x hidden_size, which the harness's parameter-matched d_inner of
-mamba and mamba2 need not be; count-based models (unigram, bigram) are no network; plugins are
-not the harness's to describe.
+A model exports when it is the shared backbone with SwiGLU blocks whose token mixers are the
+harness's attention layers (harness.model.attention: each states its core in the exported
+config's terms, `export_config`), whoever registered it. The weights are the harness's under
+Llama-style names, with the fused projections split (kv_proj into k_proj and v_proj, the SwiGLU's
+gate_up into gate_proj and up_proj). Any other model stops with one line saying why, in its
+mixer's words where the mixer says (`export_refused`), e.g. that fla's layers run on CUDA only.
 
 Tokenizer: the run's tokenizer.json with its post-processor removed (the harness never adds a
 BOS or other template tokens, and lm-eval's HF model encodes with the tokenizer's defaults) and no
@@ -40,12 +38,11 @@ from typing import Callable
 
 import torch
 
-from harness.config import ConfigError
+from harness.config import Config, ConfigError
 from harness.data.corpus import HUB_CORPORA
 from harness.data.tokenizer import ByteTokenizer, get_tokenizer
 from harness.results.store import Row, read_rows
 
-EXPORTABLE = ("swat", "swat_official", "swat_logw", "swat_onorm", "sliding_softmax", "transformer")
 SHARD_SIZE = re.compile(r"[1-9][0-9]*(KB|MB|GB|KIB|MIB|GIB)", re.IGNORECASE)
 BYTE_EOS = "<|endoftext|>"
 
@@ -54,24 +51,41 @@ class ExportError(RuntimeError):
     """A checkpoint cannot be exported as asked; the message says why and what to do."""
 
 
-def check_exportable(name: str) -> None:
-    """Raise ExportError unless `name` is one of the built-in attention models."""
-    from harness.registry import RegistryError, get_model
+ONLY = ("only models on the shared backbone whose layers are the harness's attention mixers (harness.model."
+        "attention) export to Hugging Face today")
+
+
+def export_refusal(model) -> str | None:
+    """Why `model` has no Hugging Face export, or None when it has one."""
+    from harness.model.attention import AttentionMixer
+    from harness.model.backbone import DecoderLM
+    if getattr(model, "fitted_by_counting", False):
+        return "it is a count-based reference model (n-gram counts, not a network)"
+    if not isinstance(model, DecoderLM):
+        return f"it is not built on the shared backbone ({type(model).__name__})"
+    for block in model.blocks:
+        if not isinstance(block.mixer, AttentionMixer):
+            return getattr(block.mixer, "export_refused",
+                           f"its token mixer {type(block.mixer).__name__} is not one of the harness's attention layers")
+        if block.mlp is None:
+            return "its blocks have no SwiGLU MLP"
+    if len({type(block.mixer) for block in model.blocks}) > 1:
+        return "its layers mix attention cores, and the exported config has one"
+    return None
+
+
+def check_exportable(name: str, cfg) -> None:
+    """Raise ExportError unless the model `name` at cfg exports (built on the meta device: no memory)."""
+    from harness.model.build import build_model
+    from harness.registry import RegistryError
     try:
-        spec = get_model(name)
+        why = export_refusal(build_model(name, cfg.model, "meta"))
     except RegistryError:
-        spec = None
-    only = f"only the attention models ({', '.join(EXPORTABLE)}) export to Hugging Face today"
-    if spec is None or not spec.build.__module__.startswith("baselines."):
-        raise ExportError(f"{name} is not a built-in model of the harness (a plugin's); {only}")
-    if spec.family == "n-gram":
-        raise ExportError(f"{name} is a count-based reference model (n-gram counts, not a network); {only}")
-    if name not in EXPORTABLE:
-        why = ("its layers run on fla's CUDA kernels only, so a mapping onto fla's Hugging Face classes cannot be "
-               "tested on a CPU" if spec.gpu_only else
-               "the Hugging Face Mamba classes derive the inner width from expand x hidden_size, while the harness "
-               "solves model.d_inner for the parameter budget, so there is no exact mapping yet")
-        raise ExportError(f"{name} has no Hugging Face export: {why}; {only}")
+        why = "it is not a registered model here (a plugin's model exports like a built-in one: pass its --plugin)"
+    except ImportError as err:
+        why = f"its layers cannot be built here ({err})"
+    if why is not None:
+        raise ExportError(f"{name} has no Hugging Face export: {why}; {ONLY}")
 
 
 def hf_config(model, cfg, name: str, eos_id: int):
@@ -84,11 +98,9 @@ def hf_config(model, cfg, name: str, eos_id: int):
         intermediate_size=model.blocks[0].mlp.down.in_features, num_hidden_layers=len(model.blocks),
         num_attention_heads=mixer.num_heads, num_key_value_heads=mixer.kv_heads, rms_norm_eps=model.norm.eps,
         tie_word_embeddings=model.head is None, max_position_embeddings=cfg.model.max_seq_len,
-        initializer_range=cfg.model.init_std, attention_core=mixer.core,
-        window=None if mixer.core == "full" else mixer.window, activation=mixer.activation,
-        alibi_slopes=mixer.slopes.tolist() if mixer.core == "swat" else None,
-        sigmoid_bias=float(mixer.sigmoid_bias), rope=mixer.rope, rope_theta=float(mixer.rope_theta),
-        head_output_norm=mixer.out_norm is not None, eos_token_id=eos_id, harness_model=name, dtype="float32")
+        initializer_range=cfg.model.init_std, **mixer.export_config(), rope=mixer.rope,
+        rope_theta=float(mixer.rope_theta), head_output_norm=mixer.out_norm is not None, eos_token_id=eos_id,
+        harness_model=name, dtype="float32")
 
 
 def hf_state_dict(model) -> dict[str, torch.Tensor]:
@@ -292,7 +304,7 @@ def export(checkpoint: Path, out: Path, max_shard_size: str = "2GB", push_to_hub
         raise FileNotFoundError(f"{ckpt} is not a checkpoint folder (no meta.json); pass the folder that "
                                 f"`harness train` wrote (<runs>/<run>/<model>/checkpoint)")
     meta = read_meta(ckpt)
-    check_exportable(meta["model"])
+    check_exportable(meta["model"], Config.from_dict(meta["config"]))
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not force:
         raise ExportError(f"{out} exists and is not empty; pass --force to replace it, or another --out")
     if not SHARD_SIZE.fullmatch(max_shard_size):

@@ -3,7 +3,8 @@
 A fair comparison holds the parameter budget fixed. A baseline whose architecture does not land
 on the reference count by itself (Mamba's blocks, say) names one integer ModelConfig field at
 registration (`match="d_inner"`); `matched_config` solves that field so that the model's count
-is as close as possible to the reference (`transformer` of the same config). Counting happens on
+is as close as possible to the reference model's (`register_model(..., reference=True)`) at the
+same config. Counting happens on
 the meta device, so solving costs no memory even at 760m.
 """
 
@@ -13,11 +14,10 @@ import dataclasses
 
 import torch
 
-from harness.model.backbone import count_params
 from harness.config import ModelConfig
-from harness.registry import get_model
+from harness.model.backbone import count_params
+from harness.registry import get_model, reference_model
 
-REFERENCE_MODEL = "transformer"
 MATCH_MULTIPLE = 8  # solved sizes prefer multiples of 8 (tensor-core friendly)...
 MATCH_TOLERANCE = 0.005  # ...when that costs at most 0.5% of the parameter budget
 
@@ -51,7 +51,7 @@ def matched_config(name: str, cfg: ModelConfig) -> ModelConfig:
     spec = get_model(name)
     if spec.match is None or getattr(cfg, spec.match) is not None:
         return cfg
-    target = params_of(REFERENCE_MODEL, cfg)
+    target = params_of(reference_model(), cfg)
     lo, hi = MATCH_MULTIPLE, 8 * MATCH_MULTIPLE
     p_lo = params_of(name, dataclasses.replace(cfg, **{spec.match: lo}))
     p_hi = params_of(name, dataclasses.replace(cfg, **{spec.match: hi}))

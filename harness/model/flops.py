@@ -6,15 +6,14 @@ charged for what it computes:
 - every nn.Linear: 2 * in * out per token (projections, MLP, untied head, Mamba's x/dt projections);
 - depthwise or grouped nn.Conv1d: 2 * out_channels * in_channels/groups * kernel per token;
 - a tied output head (the shared backbone multiplies by the embedding matrix): 2 * D * V;
-- the attention core, q.k and weights.v: 4 * head_dim FLOPs per head per (query, key) pair, over
-  the pairs the mixer visits: min(i + 1, W) keys for query i (sliding window, SWAT) or i + 1
-  (full causal), averaged over the training length. Masked-out work a kernel may still do is not
-  counted (these are model FLOPs, not hardware FLOPs), nor are document boundaries inside packed
-  sequences (they depend on the data);
-- Mamba's selective scan: 9 * d_inner * state_size per token (the Mamba paper's count: discretise,
-  update the state, read it out), although it is not a matmul;
-- a mixer of a plugin may define `flops_per_token(seq_len)` for its own core; a mixer that does
-  not, and is none of the above, is counted by its projections only and the count is marked partial.
+- the core of each token mixer, by the mixer's own `flops_per_token(seq_len)`: a mapping of kinds
+  (`attention`, `scan`, `other`) to forward FLOPs per token at that training length, or a number
+  (counted as `other`). The attention mixers count q.k and weights.v over the (query, key) pairs
+  they visit, averaged over the training length (`visited_keys`: min(i + 1, W) keys for query i in
+  a window, i + 1 without one); masked-out work a kernel may still do is not counted (these are
+  model FLOPs, not hardware FLOPs), nor are document boundaries inside packed sequences (they
+  depend on the data). Mamba counts its selective scan. A mixer without the method is counted by
+  its projections only, and the count names it as partial.
 
 Training costs 3x the forward (the backward computes gradients for inputs and weights); recomputation
 under activation checkpointing is not model work and is not counted. Elementwise work (norms,
@@ -28,9 +27,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn as nn
 
-# Datasheet dense bf16 peaks (no sparsity), by substring of torch.cuda.get_device_name; MFU is
-# reported against a measured matmul peak (measure_matmul_peak) and these are for reference.
-DATASHEET_BF16_PEAK = {"H100": 989e12, "H200": 989e12, "A100": 312e12}
+CORE_KINDS = ("attention", "scan", "other")  # what a mixer's flops_per_token may name
 
 
 @dataclass
@@ -66,18 +63,18 @@ def visited_keys(seq_len: int, window: int | None) -> float:
     return total / seq_len
 
 
-def _mixer_core(module: nn.Module, seq_len: int) -> tuple[str, float] | None:
-    """(kind, forward FLOPs per token) of a mixer's non-Linear core, or None when unknown."""
-    if hasattr(module, "flops_per_token"):
-        return "other", float(module.flops_per_token(seq_len))
-    from harness.model.attention import AttentionMixer
-    if isinstance(module, AttentionMixer):
-        window = None if module.core == "full" else module.window
-        return "attention", 4.0 * module.num_heads * module.head_dim * visited_keys(seq_len, window)
-    a_log = getattr(module, "A_log", None)
-    if isinstance(a_log, torch.Tensor) and a_log.dim() == 2:  # Mamba-1: A is [d_inner, state_size]
-        return "scan", 9.0 * a_log.numel()
-    return None
+def _mixer_core(module: nn.Module, seq_len: int) -> dict[str, float] | None:
+    """{kind: forward FLOPs per token} of a mixer's core, by its own `flops_per_token`, or None."""
+    count = getattr(module, "flops_per_token", None)
+    if count is None:
+        return None
+    counted = count(seq_len)
+    counted = counted if isinstance(counted, dict) else {"other": counted}
+    unknown = set(counted) - set(CORE_KINDS)
+    if unknown:
+        raise ValueError(f"{type(module).__name__}.flops_per_token names {sorted(unknown)}; count as "
+                         f"{', '.join(CORE_KINDS)}")
+    return {kind: float(value) for kind, value in counted.items()}
 
 
 def flops_per_token(model: nn.Module, seq_len: int) -> FlopCount:
@@ -95,8 +92,8 @@ def flops_per_token(model: nn.Module, seq_len: int) -> FlopCount:
             core = _mixer_core(module, seq_len)
             if core is None:
                 count.partial.append(type(module).__name__)
-            else:
-                setattr(count, core[0], getattr(count, core[0]) + core[1])
+            for kind, value in (core or {}).items():
+                setattr(count, kind, getattr(count, kind) + value)
     if getattr(model, "head", "absent") is None and isinstance(getattr(model, "embed", None), nn.Embedding):
         count.head = 2.0 * model.embed.weight.numel()  # tied head: logits = h @ embed.T
     count.partial = sorted(set(count.partial))
@@ -124,10 +121,3 @@ def measure_matmul_peak(device: torch.device, size: int = 8192, repeats: int = 2
     torch.cuda.empty_cache()
     return 2.0 * size ** 3 / sorted(times)[len(times) // 2]
 
-
-def datasheet_peak(device: torch.device) -> float | None:
-    """The vendor's dense bf16 peak for this GPU, when listed above."""
-    if device.type != "cuda":
-        return None
-    name = torch.cuda.get_device_name(device)
-    return next((v for k, v in DATASHEET_BF16_PEAK.items() if k in name), None)

@@ -10,9 +10,10 @@ every cell can be traced to one stored row. The conventions the pivots rely on:
   plain and can be bold; incomplete it carries a dagger and a footnote, and is never bold. Rows of
   the `smoke` task (held-out loss and perplexity on the training corpus) add their two columns in
   front: all that the README's first run has to show.
-- variants: a SWAT run whose config differs from its preset in the ablation keys (activation,
-  slopes, rope, window, sigmoid_bias, seq_len) is labelled by the difference, e.g. "swat
-  (slopes=negative)"; a row's own `variant` extra key wins over the config.
+- variants: a run whose config differs from its preset in the ablation keys (SWAT's design choices:
+  activation, slopes, rope, window, sigmoid_bias; and the training length, seq_len, except for speed
+  rows) is labelled by the difference, e.g. "swat (slopes=negative)"; a row's own `variant` extra
+  key wins over the config. The ablation table shows the models with variants, beside their base rows.
 - references: rows from results/paper/*.csv; each is matched to our rows of the same preset, model
   and variant, and a "Δ" line under our row gives ours minus the paper's, per column.
 - missing cells stay blank (a footnote says so), never zero; OOM cells read "OOM".
@@ -251,16 +252,15 @@ def preset_order(rows: list[Row]) -> list[str]:
 
 
 def variant_of(row: Row, run_configs: dict[str, dict]) -> str:
-    """The ablation label of a row: its `variant` key, else (for swat* models) how its run's config
-    differs from the preset in ABLATION_KEYS and the training length."""
+    """The ablation label of a row: its `variant` key, else how its run's config differs from the
+    preset in ABLATION_KEYS and the training length (not for a speed row: a sweep measures an
+    untrained model at lengths of its own, so the run's training length says nothing of it)."""
     if row.extra.get("variant") is not None:
         return str(row.extra["variant"])
-    if not row.model.startswith("swat"):
-        return ""
-    return config_diff(run_configs.get(row.run))
+    return config_diff(run_configs.get(row.run), training_length=row.task not in SPEED_TASKS)
 
 
-def config_diff(config: dict | None) -> str:
+def config_diff(config: dict | None, training_length: bool = True) -> str:
     from harness.config import PRESETS, load_config
     if not config or config.get("preset") not in PRESETS:
         return ""
@@ -268,7 +268,7 @@ def config_diff(config: dict | None) -> str:
     diffs = [f"{k}={config.get('model', {}).get(k)}" for k in ABLATION_KEYS
              if k in config.get("model", {}) and config["model"][k] != getattr(base.model, k)]
     seq = config.get("train", {}).get("seq_len")
-    if seq is not None and seq != base.train.seq_len:
+    if training_length and seq is not None and seq != base.train.seq_len:
         diffs.append(f"seq_len={seq}")
     return ", ".join(diffs)
 
@@ -472,9 +472,10 @@ def ablation_table(rows: list[Row], references: list[Row] = (), run_configs: dic
             return (r.task, r.metric) in known
         return r.extra.get("paper_metric") is not False
 
-    pick = [r for r in rows if (r.model.startswith("swat") or r.extra.get("variant") is not None) and wanted(r)]
-    refs = [r for r in references if (r.model.startswith("swat") or r.extra.get("table") == "ablation")
-            and wanted(r)]
+    # the models with a variant among these rows, beside their base rows
+    varied = {r.model for r in rows if wanted(r) and variant_of(r, run_configs)}
+    pick = [r for r in rows if (r.model in varied or r.extra.get("variant") is not None) and wanted(r)]
+    refs = [r for r in references if (r.model in varied or r.extra.get("table") == "ablation") and wanted(r)]
     pairs = sorted({(r.task, r.metric) for r in pick + refs},
                    key=lambda tm: (0, MAIN_COLUMNS.index(known[tm])) if tm in known else (1, tm))
     columns = [known.get(tm) or Column(f"{tm[0]} {tm[1]}", latex_escape(f"{tm[0]} {tm[1]}"), *tm) for tm in pairs]
@@ -707,7 +708,7 @@ BUILDERS = {"main": main_table, "ablation": ablation_table, "length": length_tab
 
 NEEDS = {"main": "tasks wikitext, lambada_openai, piqa, hellaswag, winogrande, arc_easy, arc_challenge, "
                  "social_iqa, boolq (`harness run --tasks commonsense,perplexity`)",
-         "ablation": "swat runs with a changed config (`harness run --models swat --set model.slopes=negative "
+         "ablation": "runs with a changed config (`harness run --models swat --set model.slopes=negative "
                      "--run NAME`) or rows with a `variant` key",
          "length": "task length (`harness run --tasks length`)",
          "retrieval": "tasks passkey, mqar (`harness run --tasks retrieval`)",

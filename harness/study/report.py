@@ -4,7 +4,7 @@
     main.md/.csv              per size: budget, each model at its own learning rate, held-out loss
                               (mean +- std over seeds), WikiText-2, LAMBADA, the benchmarks with their
                               chance level; count-based references beside the models; a model that
-                              does not beat the bigram is marked
+                              does not beat the strongest of them (the study's last reference) is marked
     heldout_by_source.md      held-out loss per corpus source (mean over seeds)
     paired.md                 per size with two or more seeds: each model against the others, paired
                               by seed (same initialisation seed, same data order), with a t test
@@ -24,6 +24,7 @@ from statistics import mean, stdev
 
 from harness.evaluation.lm_eval_tasks import chance_levels
 from harness.files import atomic_write_text
+from harness.registry import get_model
 from harness.results.store import Row, read_rows
 from harness.results.tables import Cell, Table, human, mark_best, render, text_cell
 from harness.study.spec import power_law
@@ -35,7 +36,6 @@ BENCHMARKS = (("lambada_openai", "acc", "LMB. acc"), ("piqa", "acc", "PIQA"), ("
               ("winogrande", "acc", "Wino."), ("arc_easy", "acc", "ARC-e"), ("arc_challenge", "acc_norm", "ARC-c"),
               ("social_iqa", "acc", "SIQA"), ("boolq", "acc", "BoolQ"))
 PERPLEXITIES = (("wikitext_2_v1", "word_perplexity", "Wiki-2 ppl↓"), ("lambada_openai", "perplexity", "LMB. ppl↓"))
-BIGRAM = "bigram"
 
 
 def t_critical(df: int) -> float:
@@ -169,11 +169,13 @@ def main_table(res: Results) -> Table:
               + [title for _, _, title in ppl] + [title for _, _, title in bench])
     table = Table("Models at matched budgets, each at its own learning rate", header,
                   [h.replace("_", r"\_").replace("↓", r"$\downarrow$") for h in header])
-    below_bigram = False
+    bar = study.references[-1] if study.references else None  # references are listed weakest first
+    below_bar = False
     for size in study.final_sizes:
         budget = study.budgets[size]
         lines = []
-        bigram = {key: res.values(BIGRAM, size, *key) for key in [("smoke", "loss")] + [(t, m) for t, m, _ in ppl]}
+        bar_values = {key: res.values(bar, size, *key) for key in [("smoke", "loss")] + [(t, m) for t, m, _ in ppl]
+                      } if bar else {}
         for model in res.models():
             loss = res.values(model, size, "smoke", "loss")
             if not loss:
@@ -187,10 +189,10 @@ def main_table(res: Results) -> Table:
                     text_cell("" if lr is None else f"{lr:g}" + (" (grid edge)" if edge else ""))]
             for key, cell in [(("smoke", "loss"), _mean_cell(loss, 4))] + [
                     ((t, m), _mean_cell(res.values(model, size, t, m), 2)) for t, m, _ in ppl]:
-                ref = bigram.get(key)
-                if model != BIGRAM and ref and cell.value is not None and cell.value >= mean(ref.values()):
+                ref = bar_values.get(key)
+                if model != bar and ref and cell.value is not None and cell.value >= mean(ref.values()):
                     cell.mark = "‡"
-                    below_bigram = True
+                    below_bar = True
                 line.append(cell)
             line += [_mean_cell(res.values(model, size, t, m), 2, 100.0) for t, m, _ in bench]
             lines.append(line)
@@ -210,8 +212,8 @@ def main_table(res: Results) -> Table:
                        "every seed); mean ± std over seeds (n). Accuracies in percent; `chance`: a uniform guess "
                        "over each item's choices. Bold: best model per column (the count-based references "
                        "do not compete).")
-    if below_bigram:
-        table.notes.append("‡ not better than the interpolated Kneser-Ney bigram counted on the same training tokens.")
+    if below_bar:
+        table.notes.append(f"‡ not better than the {get_model(bar).description}.")
     if any(c.value is None and c.text is None for _, lines in table.groups for ln in lines[:-1] for c in ln):
         table.notes.append("Blank: not measured yet (status.md lists what is left); `grid edge`: the best learning "
                            "rate is the sweep's smallest or largest.")

@@ -142,8 +142,7 @@ def _floats(values, where: str) -> list[float]:
 
 def load_study(path: str | Path) -> Study:
     """Parse and check a study file: every name, size and key is checked before any work."""
-    from harness.model.build import REFERENCE_MODEL
-    from harness.registry import expand_tasks, get_model
+    from harness.registry import expand_tasks, get_model, reference_model
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"study file {path} not found")
@@ -163,7 +162,7 @@ def load_study(path: str | Path) -> Study:
         raise ConfigError(f"{where}: `sizes` names no size")
     models = list(_require(data, "models", list, where))
     references = list(data.get("references") or [])
-    for model in models + references + [data.get("reference_model", REFERENCE_MODEL)]:
+    for model in models + references + [data.get("reference_model", reference_model())]:
         get_model(model)
     sweep = _require(data, "sweep", dict, where)
     final = _require(data, "final", dict, where)
@@ -185,7 +184,7 @@ def load_study(path: str | Path) -> Study:
         tokens_per_param=_require(data, "tokens_per_param", float, where),
         warmup_fraction=float(data.get("warmup_fraction", 0.1)),
         max_epochs=float(data.get("max_epochs", 4)),
-        reference_model=data.get("reference_model", REFERENCE_MODEL),
+        reference_model=data.get("reference_model", reference_model()),
         sweep_sizes=list(sweep["sizes"]), lrs=_floats(sweep.get("lrs"), f"{where}: sweep.lrs"),
         sweep_seed=int(sweep.get("seed", 0)), sweep_tasks=expand_tasks(list(sweep["tasks"])),
         final_sizes=list(final["sizes"]), final_seeds=final_seeds, final_tasks=expand_tasks(list(final["tasks"])),

@@ -5,15 +5,12 @@ dtype and head_dim they support (bf16/fp16/fp32, d in 16/32/64/128) with activat
 everything else (CPU tensors, other head sizes, activation="softmax") runs the reference's
 arithmetic over blocks of queries (`swat_attention_blocked`: O(L (block + W)) memory per sequence
 or packed document; `swat_attention_ref`, the dense oracle, is O(L^2)). The model's softmax
-ablation does not come here: its layers call harness.model.attention.softmax_attention with the slopes
+ablation does not come here: its layers call harness.ops.softmax.softmax_attention with the slopes
 (flash-attn's ALiBi or flex_attention).
 """
 
-from harness.ops.swat.reference import (
-    swat_attention_blocked,
-    swat_attention_ref,
-    swat_decode_ref,
-)
+from harness.ops.swat.blocked import swat_attention_blocked
+from harness.ops.swat.reference import swat_attention_ref, swat_decode_ref
 
 _KERNEL_HEAD_DIMS = (16, 32, 64, 128)
 

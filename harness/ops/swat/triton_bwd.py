@@ -14,7 +14,13 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from harness.ops.swat.triton_common import key_block_ranges, kv_tile_weights, mma, query_rows, sigmoid_neg_log2
+from harness.ops.swat.triton_common import (
+    key_block_ranges,
+    kv_tile_weights,
+    mma,
+    query_rows,
+    sigmoid_neg_log2,
+)
 
 
 @triton.jit

@@ -265,7 +265,7 @@ def cmd_train(args) -> None:
     loggers = tuple(name for name, on in (("tensorboard", args.tensorboard), ("wandb", args.wandb)) if on)
     try:
         result = train(args.model, cfg, out, args.device or default_device(), on_step=bar, resume=args.resume,
-                       parallel=args.parallel, loggers=loggers)
+                       parallel=args.parallel, loggers=loggers, log_every=args.log_every)
     finally:
         if bar is not None:
             bar.close()
@@ -516,6 +516,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tensorboard", action="store_true", help="also log to RUN/tensorboard (needs tensorboard)")
     p.add_argument("--wandb", action="store_true", help="also log to Weights & Biases (needs wandb)")
     p.add_argument("--quiet", action="store_true", help="no progress bar (the JSONL log is still written)")
+    p.add_argument("--log-every", type=int_from(1), default=1, metavar="N",
+                   help="log every N steps (default 1); the GPU runs ahead of the host between logged steps")
     add_config_args(p)
     add_plugin_arg(p)
     p.set_defaults(func=cmd_train)

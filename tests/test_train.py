@@ -110,6 +110,22 @@ def test_a_stop_request_checkpoints_and_resumes_bit_for_bit(straight, tmp_path):
     assert_same_weights(run_dir, tmp_path)
 
 
+def test_logging_every_few_steps_trains_the_same_weights(straight, tmp_path):
+    """log_every=3 of 8 steps (checkpoint every 4): the log holds the first step, every third, the
+    checkpoint's and the last; a stop request is heard at a logged step; the weights are the same."""
+    run_dir, result = straight
+    asked = []
+    with pytest.raises(train_mod.TrainingStopped, match="stopped at step 3 of 8"):
+        train("swat", short_cfg(), tmp_path, "cpu", should_stop=lambda: asked.append(1) or len(asked) == 2,
+              log_every=3)
+    resumed = train("swat", short_cfg(), tmp_path, "cpu", log_every=3)
+    assert [r["step"] for r in read_log(tmp_path / LOG_FILE)] == [1, 3, 4, 6, 8]
+    straight_losses = {r["step"]: r["loss"] for r in read_log(run_dir / LOG_FILE)}
+    assert all(r["loss"] == straight_losses[r["step"]] for r in read_log(tmp_path / LOG_FILE))
+    assert_same_weights(run_dir, tmp_path)
+    assert resumed.heldout_loss == result.heldout_loss
+
+
 def test_seeds_share_the_heldout_split_and_vary_the_data_order(straight):
     """train.seed varies initialisation and the order sequences are visited in, never which
     documents are held out: one fixed model scores the same held-out loss under either seed."""

@@ -181,13 +181,12 @@ def gradient_sync(model: nn.Module, sync: bool):
     return contextlib.nullcontext()
 
 
-def clip_grad_norm(model: nn.Module, max_norm: float) -> float:
-    """Clip the global gradient norm to max_norm; returns the norm before clipping (all ranks agree).
-    Under FSDP2 the norm is a replicated DTensor over the sharded gradients."""
+def clip_grad_norm(model: nn.Module, max_norm: float) -> torch.Tensor:
+    """Clip the global gradient norm to max_norm; returns the norm before clipping (all ranks agree),
+    a tensor on the device (reading it waits for the GPU). Under FSDP2 the norm is a replicated
+    DTensor over the sharded gradients."""
     norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
-    if hasattr(norm, "full_tensor"):
-        norm = norm.full_tensor()
-    return float(norm)
+    return norm.full_tensor() if hasattr(norm, "full_tensor") else norm
 
 
 # ---------------------------------------------------------------- full state dicts

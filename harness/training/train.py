@@ -1,6 +1,14 @@
 """Training: the same recipe for every registered model, on one device or many, checkpointed and
 resumable bit for bit. Parallelism (harness.training.distributed): torchrun + DDP or FSDP2, the
 same loop at world size 1.
+
+`train` runs named steps, in the manner of torchtitan's trainer: `build` (the model with its
+options applied from outside, parallelism, optimizer, the run folder), `restore` (from the run
+folder's checkpoint), per optimizer step `forward_backward` and `optimizer_step`, `checkpoint`, and
+`finish` (the held-out loss and the final checkpoint). The GPU runs ahead of the host except on
+the steps that are logged (every `log_every` steps, the first, and those that checkpoint): there
+the loss and gradient norm come to the host, a non-finite one stops training before the weights
+are updated, and the throughput since the last logged step is measured.
 """
 
 from __future__ import annotations
@@ -8,16 +16,17 @@ from __future__ import annotations
 import math
 import shutil
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 import torch
 
 from harness.config import Config
-from harness.data.streams import prepare_streams
+from harness.data.streams import TokenStream, prepare_streams
 from harness.model.backbone import count_params
 from harness.model.build import build_model
-from harness.model.flops import flops_per_token, measure_matmul_peak
+from harness.model.flops import FlopCount, flops_per_token, measure_matmul_peak
 from harness.results.provenance import provenance
 from harness.training import distributed
 from harness.training.batches import _batch_layout, batch_at
@@ -31,6 +40,7 @@ from harness.training.checkpoint import (
     save_checkpoint,
 )
 from harness.training.counting import fit_by_counting
+from harness.training.distributed import Dist
 from harness.training.heldout import heldout_score
 from harness.training.outcome import TrainingError, TrainingStopped, TrainResult
 from harness.training.recipe import (
@@ -45,19 +55,58 @@ from harness.training.recipe import (
 )
 from harness.training.trainlog import TrainLog, plot_loss
 
-# ---------------------------------------------------------------- the loop
+
+@dataclass
+class Job:
+    """A training run as `build` sets it up: what every later step needs."""
+    model_name: str
+    cfg: Config
+    run_dir: Path
+    d: Dist
+    wrapped: torch.nn.Module  # the model as trained: options, compiled layers, DDP or FSDP2 applied
+    optimizer: torch.optim.Optimizer
+    autocast: Callable
+    train_stream: TokenStream
+    held_stream: TokenStream
+    seqs_per_step: int  # sequences per optimizer step, all ranks together
+    micro: int  # sequences per forward on one rank
+    accum: int  # forwards per optimizer step on one rank
+    flops: FlopCount
+    params: int
+    meta: dict  # what every checkpoint's meta.json says about the run
+
+    @property
+    def ckpt(self) -> Path:
+        return self.run_dir / CHECKPOINT_DIR
+
+    @property
+    def model(self) -> torch.nn.Module:
+        return distributed.unwrap(self.wrapped)
+
+    @property
+    def step_tokens(self) -> int:
+        return self.seqs_per_step * self.cfg.train.seq_len
+
+
+@dataclass
+class Progress:
+    step: int = 0  # optimizer steps done
+    position: int = 0  # sequences of the seeded order consumed
+    saved_step: int = 0  # the step of the last checkpoint written or resumed from
 
 
 def train(model_name: str, cfg: Config, run_dir: Path, device: str | None = None,
           on_step: Callable[[dict], None] | None = None, *, resume: bool = True, parallel: str = "ddp",
-          loggers: tuple[str, ...] = (), should_stop: Callable[[], bool] | None = None) -> TrainResult:
+          loggers: tuple[str, ...] = (), should_stop: Callable[[], bool] | None = None,
+          log_every: int = 1) -> TrainResult:
     """Train `model_name` at cfg into run_dir, continuing from run_dir/checkpoint when `resume`
     (a finished checkpoint is returned as it is); `resume=False` discards it and the log.
 
     Under torchrun every rank calls this; `on_step` (progress) and all files are rank 0's.
     parallel: ddp | fsdp. loggers: optional mirrors of the JSONL log (tensorboard, wandb).
-    should_stop: asked after every step (rank 0's answer counts); when it says so, a checkpoint is
-    written and TrainingStopped raised, so that a job out of time loses no steps.
+    should_stop: asked at every logged step (rank 0's answer counts); when it says so, a
+    checkpoint is written and TrainingStopped raised, so that a job out of time loses no steps.
+    log_every: log (and bring the step's numbers to the host) every this many steps.
     """
     cfg.validate()
     tcfg = cfg.train
@@ -71,128 +120,213 @@ def train(model_name: str, cfg: Config, run_dir: Path, device: str | None = None
     if train_stream.num_sequences(tcfg.seq_len) == 0:
         raise TrainingError(f"corpus {tcfg.corpus!r} is shorter than one sequence of {tcfg.seq_len} tokens; "
                             f"use a larger corpus or a smaller train.seq_len")
-    seqs_per_step, micro, accum = _batch_layout(tcfg, d.world_size)
-
     torch.manual_seed(tcfg.seed)
     model = build_model(model_name, cfg.model, d.device)
     if getattr(model, "fitted_by_counting", False):
+        micro = _batch_layout(tcfg, d.world_size)[1]
         return fit_by_counting(model, model_name, cfg, run_dir, train_stream, held_stream, micro, d, resume)
+    job = build(model_name, cfg, run_dir, d, model, parallel, train_stream, held_stream, resume)
+    progress = restore(job)
+    if progress is None:  # finished: its checkpoint is the result
+        meta = read_meta(job.ckpt)
+        return TrainResult(job.model, meta["step"], meta["tokens"], meta["train_loss"], meta["heldout_loss"],
+                           job.params, 0.0, job.ckpt, meta.get("tokens_per_s"), meta.get("mfu"),
+                           meta.get("peak_mem_gib"))
+
+    meter = Meter(job, measure_matmul_peak(d.device) if d.device.type == "cuda" else None, progress.step)
+    header = {"run": f"{model_name}-{cfg.preset}", **provenance(str(d.device)), "world_size": d.world_size}
+    log = TrainLog(run_dir, progress.step, tuple(loggers), cfg.to_dict(), header["run"], header) if d.is_main else None
+    job.wrapped.train()
+    loss_value = float("nan")
+    try:
+        for step in range(progress.step, tcfg.steps):
+            done, last = step + 1, step + 1 == tcfg.steps
+            saves = done % tcfg.save_every == 0 and not last
+            logged = done % log_every == 0 or done == meter.start_step + 1 or saves or last
+            lr = lr_at(step, tcfg)
+            loss, grad_norm = forward_backward(job, progress.position, lr)
+            numbers = step_numbers(job, loss, grad_norm, done, progress) if logged else None
+            optimizer_step(job)
+            progress.step, progress.position = done, progress.position + job.seqs_per_step
+            if numbers is None:
+                continue
+            loss_value, norm_value = numbers
+            record = {"step": done, "tokens": done * job.step_tokens, "loss": loss_value, "lr": lr,
+                      "grad_norm": norm_value, **meter.lap(done)}
+            stop = should_stop is not None and not last and d.broadcast_object(should_stop())
+            if saves or stop:
+                checkpoint(job, progress)
+            if log is not None:
+                log.write(record)
+            if on_step is not None and d.is_main:
+                on_step({**record, "steps": tcfg.steps, "start_step": meter.start_step})
+            if stop:
+                raise TrainingStopped(f"stopped at step {done} of {tcfg.steps} as asked; the checkpoint in "
+                                      f"{job.ckpt} resumes there")
+            meter.restart()  # the time to log and checkpoint is not the next steps' training time
+    except torch.OutOfMemoryError:
+        raise TrainingError(f"out of memory on {d.device} with train.micro_batch={job.micro} (x {tcfg.seq_len} "
+                            f"tokens per forward); lower train.micro_batch (gradient accumulation keeps the global "
+                            f"batch of {job.seqs_per_step} sequences) or set train.activation_checkpointing=true"
+                            ) from None
+    finally:
+        if log is not None:
+            log.close()
+    return finish(job, progress, loss_value, meter)
+
+
+def build(model_name: str, cfg: Config, run_dir: Path, d: Dist, model: torch.nn.Module, parallel: str,
+          train_stream: TokenStream, held_stream: TokenStream, resume: bool) -> Job:
+    """The model with the training options applied from outside (fused loss, activation
+    checkpointing, compiled layers), wrapped for the job (DDP or FSDP2), its optimizer, and the run
+    folder (a cut checkpoint swap repaired; the old checkpoint dropped unless `resume`)."""
+    tcfg = cfg.train
+    seqs_per_step, micro, accum = _batch_layout(tcfg, d.world_size)
     if tcfg.fused_ce:
         model.fused_ce = fused_cross_entropy(model, d.device)
-    params = count_params(model)
-    flops = flops_per_token(model, tcfg.seq_len)
+    params, flops = count_params(model), flops_per_token(model, tcfg.seq_len)
     if tcfg.activation_checkpointing:
         apply_activation_checkpointing(model)
     if tcfg.compile:
         _compile(model)
     wrapped = distributed.wrap(model, parallel, d)
     optimizer = make_optimizer(wrapped, tcfg)
-    autocast = autocast_for(d.device, tcfg.dtype)
-
-    ckpt = run_dir / CHECKPOINT_DIR
     if d.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         recover_checkpoint(run_dir)
         if not resume:
-            shutil.rmtree(ckpt, ignore_errors=True)
+            shutil.rmtree(run_dir / CHECKPOINT_DIR, ignore_errors=True)
     d.barrier()
-    stamp = provenance(str(d.device))
-    meta = {"model": model_name, "config": cfg.to_dict(), "commit": stamp["commit"], "params": params,
-            "world_size": d.world_size, "parallel": parallel, "flops_per_token": flops.as_dict()}
-    start_step, position = 0, 0
-    if (ckpt / TRAINER_FILE).is_file():
-        saved_meta = read_meta(ckpt)
-        _check_resumable(saved_meta, model_name, cfg, ckpt)
-        state = _resume(ckpt, wrapped, optimizer, d)
-        start_step, position = state["step"], state["position"]
-        if start_step >= tcfg.steps and saved_meta.get("heldout_loss") is not None:
-            return TrainResult(distributed.unwrap(wrapped), start_step, saved_meta["tokens"], saved_meta["train_loss"],
-                               saved_meta["heldout_loss"], params, 0.0, ckpt, saved_meta.get("tokens_per_s"),
-                               saved_meta.get("mfu"), saved_meta.get("peak_mem_gib"))
+    meta = {"model": model_name, "config": cfg.to_dict(), "commit": provenance(str(d.device))["commit"],
+            "params": params, "world_size": d.world_size, "parallel": parallel, "flops_per_token": flops.as_dict()}
+    return Job(model_name, cfg, run_dir, d, wrapped, optimizer, autocast_for(d.device, tcfg.dtype), train_stream,
+               held_stream, seqs_per_step, micro, accum, flops, params, meta)
 
-    peak = measure_matmul_peak(d.device) if d.device.type == "cuda" else None
 
-    def mfu_of(tokens_per_s: float | None) -> float | None:
-        """Model FLOPs utilisation per GPU of the job's tokens/s (all ranks together)."""
-        return flops.train * tokens_per_s / (peak * d.world_size) if peak and tokens_per_s else None
+def restore(job: Job) -> Progress | None:
+    """Where training starts: the run folder's checkpoint loaded into the model and optimizer
+    (weights, optimizer state, step, data position, RNG), else step 0; None when the checkpoint
+    is finished (it holds the held-out loss)."""
+    if not (job.ckpt / TRAINER_FILE).is_file():
+        return Progress()
+    saved_meta = read_meta(job.ckpt)
+    _check_resumable(saved_meta, job.model_name, job.cfg, job.ckpt)
+    state = _resume(job.ckpt, job.wrapped, job.optimizer, job.d)
+    if state["step"] >= job.cfg.train.steps and saved_meta.get("heldout_loss") is not None:
+        return None
+    return Progress(state["step"], state["position"], state["step"])
 
-    if d.device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(d.device)
-    header = {"run": f"{model_name}-{cfg.preset}", **stamp, "world_size": d.world_size}
-    log = TrainLog(run_dir, start_step, tuple(loggers), cfg.to_dict(), header["run"], header) if d.is_main else None
-    step_tokens = seqs_per_step * tcfg.seq_len
-    wrapped.train()
-    t0, loss_value, timed_s, timed_tokens, peak_mem = time.time(), float("nan"), 0.0, 0, None
-    saved_step = start_step
-    try:
-        for step in range(start_step, tcfg.steps):
-            t_step = time.perf_counter()
-            lr = lr_at(step, tcfg)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            loss_sum = torch.zeros((), device=d.device)
-            first = position + d.rank * (seqs_per_step // d.world_size)
-            for m in range(accum):
-                inputs, targets, cu = batch_at(train_stream, tcfg.seq_len, tcfg.seed, first + m * micro, micro,
-                                               d.device)
-                with distributed.gradient_sync(wrapped, m == accum - 1):
-                    with autocast():
-                        loss = lm_loss(wrapped, inputs, targets, cu)
-                    (loss / accum).backward()
-                loss_sum += loss.detach() / accum
-            loss_value = float(d.sum(loss_sum)) / d.world_size
-            grad_norm = distributed.clip_grad_norm(wrapped, tcfg.grad_clip)
-            if not (math.isfinite(loss_value) and math.isfinite(grad_norm)):
-                what = f"loss is {loss_value}" if not math.isfinite(loss_value) else f"gradient norm is {grad_norm}"
-                kept = f"the last good checkpoint (step {saved_step}) is {ckpt}" if saved_step else "no checkpoint yet"
-                raise TrainingError(f"{what} at step {step + 1}; stopped without updating the weights, {kept}; "
-                                    f"lower train.lr or raise train.warmup_tokens, then resume")
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            position += seqs_per_step
-            if d.device.type == "cuda":
-                torch.cuda.synchronize(d.device)
-                peak_mem = torch.cuda.max_memory_allocated(d.device) / 2 ** 30
-            seconds = time.perf_counter() - t_step
-            if step > start_step:  # the first step of a run pays for compilation and warm-up
-                timed_s, timed_tokens = timed_s + seconds, timed_tokens + step_tokens
-            tok_s = step_tokens / seconds
-            record = {"step": step + 1, "tokens": (step + 1) * step_tokens, "loss": loss_value, "lr": lr,
-                      "grad_norm": grad_norm, "tokens_per_s": tok_s,
-                      "mfu": mfu_of(tok_s), "peak_mem_gib": peak_mem,
-                      "seconds": time.time() - t0}
-            stop = should_stop is not None and step + 1 < tcfg.steps and d.broadcast_object(should_stop())
-            if ((step + 1) % tcfg.save_every == 0 and step + 1 < tcfg.steps) or stop:
-                save_checkpoint(run_dir, wrapped, optimizer, {**meta, "step": step + 1, "tokens": record["tokens"]},
-                                {"step": step + 1, "position": position}, d)
-                saved_step = step + 1
-            if log is not None:
-                log.write(record)
-            if on_step is not None and d.is_main:
-                on_step({**record, "steps": tcfg.steps, "start_step": start_step})
-            if stop:
-                raise TrainingStopped(f"stopped at step {step + 1} of {tcfg.steps} as asked; the checkpoint in "
-                                      f"{ckpt} resumes there")
-    except torch.OutOfMemoryError:
-        raise TrainingError(f"out of memory on {d.device} with train.micro_batch={micro} (x {tcfg.seq_len} tokens "
-                            f"per forward); lower train.micro_batch (gradient accumulation keeps the global batch "
-                            f"of {seqs_per_step} sequences) or set train.activation_checkpointing=true") from None
-    finally:
-        if log is not None:
-            log.close()
 
-    held = heldout_score(distributed.unwrap(wrapped), held_stream, tcfg.seq_len, tcfg.eval_tokens, micro,
-                         d.device, autocast, d).loss
+def forward_backward(job: Job, position: int, lr: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Gradients of one global batch: this rank's share of the sequences [position, position + S)
+    of the seeded order, in micro-batches with gradient accumulation (synchronised across ranks on
+    the last). Returns the batch's mean loss over all ranks and the gradient norm before clipping,
+    as tensors on the device: reading them is the host's choice (`step_numbers`)."""
+    tcfg = job.cfg.train
+    for group in job.optimizer.param_groups:
+        group["lr"] = lr
+    loss_sum = torch.zeros((), device=job.d.device)
+    first = position + job.d.rank * (job.seqs_per_step // job.d.world_size)
+    for m in range(job.accum):
+        inputs, targets, cu = batch_at(job.train_stream, tcfg.seq_len, tcfg.seed, first + m * job.micro, job.micro,
+                                       job.d.device)
+        with distributed.gradient_sync(job.wrapped, m == job.accum - 1):
+            with job.autocast():
+                loss = lm_loss(job.wrapped, inputs, targets, cu)
+            (loss / job.accum).backward()
+        loss_sum += loss.detach() / job.accum
+    return job.d.sum(loss_sum), distributed.clip_grad_norm(job.wrapped, tcfg.grad_clip)
+
+
+def step_numbers(job: Job, loss: torch.Tensor, grad_norm: torch.Tensor, step: int,
+                 progress: Progress) -> tuple[float, float]:
+    """The step's loss and gradient norm on the host (this waits for the GPU); a non-finite one
+    stops training here, before the optimizer step writes it into the weights."""
+    loss_value, norm_value = float(loss) / job.d.world_size, float(grad_norm)
+    if not (math.isfinite(loss_value) and math.isfinite(norm_value)):
+        what = f"loss is {loss_value}" if not math.isfinite(loss_value) else f"gradient norm is {norm_value}"
+        kept = (f"the last good checkpoint (step {progress.saved_step}) is {job.ckpt}" if progress.saved_step
+                else "no checkpoint yet")
+        raise TrainingError(f"{what} at step {step}; stopped without updating the weights, {kept}; "
+                            f"lower train.lr or raise train.warmup_tokens, then resume")
+    return loss_value, norm_value
+
+
+def optimizer_step(job: Job) -> None:
+    job.optimizer.step()
+    job.optimizer.zero_grad(set_to_none=True)
+
+
+def checkpoint(job: Job, progress: Progress) -> None:
+    """Write the run's state after `progress.step` steps (every rank takes part)."""
+    save_checkpoint(job.run_dir, job.wrapped, job.optimizer,
+                    {**job.meta, "step": progress.step, "tokens": progress.step * job.step_tokens},
+                    {"step": progress.step, "position": progress.position}, job.d)
+    progress.saved_step = progress.step
+
+
+def finish(job: Job, progress: Progress, train_loss: float, meter: Meter) -> TrainResult:
+    """The held-out loss of the trained weights, then the final checkpoint (with it in meta.json)
+    and the loss plot."""
+    tcfg = job.cfg.train
+    held = heldout_score(job.model, job.held_stream, tcfg.seq_len, tcfg.eval_tokens, job.micro, job.d.device,
+                         job.autocast, job.d).loss
     if not math.isfinite(held):  # the last update diverged: those weights are no result
         raise TrainingError(f"held-out loss is {held} after step {tcfg.steps}; lower train.lr or raise "
                             f"train.warmup_tokens, then train again with --no-resume")
-    tokens_per_s = timed_tokens / timed_s if timed_s else None  # all ranks together
-    mfu = mfu_of(tokens_per_s)
-    meta.update(step=tcfg.steps, tokens=tcfg.steps * step_tokens, heldout_loss=held, train_loss=loss_value,
-                tokens_per_s=tokens_per_s, mfu=mfu, peak_flops=peak, peak_mem_gib=peak_mem,
-                peak_mem_gib_per_rank=d.gather_objects(peak_mem))
-    path = save_checkpoint(run_dir, wrapped, optimizer, meta, {"step": tcfg.steps, "position": position}, d)
-    if d.is_main:
-        plot_loss(run_dir, f"{model_name} ({cfg.preset})", held)
-    return TrainResult(distributed.unwrap(wrapped), tcfg.steps, tcfg.steps * step_tokens, loss_value, held, params,
-                       time.time() - t0, path, tokens_per_s, mfu, peak_mem)
+    tokens_per_s = meter.mean_tokens_per_s()
+    meta = {**job.meta, "step": tcfg.steps, "tokens": tcfg.steps * job.step_tokens, "heldout_loss": held,
+            "train_loss": train_loss, "tokens_per_s": tokens_per_s, "mfu": meter.mfu(tokens_per_s),
+            "peak_flops": meter.peak, "peak_mem_gib": meter.peak_mem,
+            "peak_mem_gib_per_rank": job.d.gather_objects(meter.peak_mem)}
+    path = save_checkpoint(job.run_dir, job.wrapped, job.optimizer, meta,
+                           {"step": tcfg.steps, "position": progress.position}, job.d)
+    if job.d.is_main:
+        plot_loss(job.run_dir, f"{job.model_name} ({job.cfg.preset})", held)
+    return TrainResult(job.model, tcfg.steps, tcfg.steps * job.step_tokens, train_loss, held, job.params,
+                       meter.elapsed(), path, tokens_per_s, meter.mfu(tokens_per_s), meter.peak_mem)
+
+
+class Meter:
+    """Throughput, MFU and memory between logged steps. The steady-state tokens/s leaves out the
+    run's first step (it pays for compilation and warm-up); MFU is per GPU, against the bf16
+    matmul peak measured at start (CUDA only)."""
+
+    def __init__(self, job: Job, peak: float | None, start_step: int):
+        self.job, self.peak, self.start_step = job, peak, start_step
+        self.t0 = time.time()
+        self.timed_s, self.timed_tokens, self.peak_mem = 0.0, 0, None
+        self.last_step = start_step
+        if job.d.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(job.d.device)
+        self.restart()
+
+    def restart(self) -> None:
+        self.since = time.perf_counter()
+
+    def lap(self, step: int) -> dict:
+        """The numbers of the steps since the last lap, ending at `step` (waits for the GPU)."""
+        device = self.job.d.device
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+            self.peak_mem = torch.cuda.max_memory_allocated(device) / 2 ** 30
+        seconds = time.perf_counter() - self.since
+        tokens = (step - self.last_step) * self.job.step_tokens
+        if self.last_step > self.start_step:  # not the interval holding the run's first step
+            self.timed_s, self.timed_tokens = self.timed_s + seconds, self.timed_tokens + tokens
+        self.last_step = step
+        tok_s = tokens / seconds
+        return {"tokens_per_s": tok_s, "mfu": self.mfu(tok_s), "peak_mem_gib": self.peak_mem,
+                "seconds": self.elapsed()}
+
+    def mfu(self, tokens_per_s: float | None) -> float | None:
+        """Model FLOPs utilisation per GPU of the job's tokens/s (all ranks together)."""
+        if not (self.peak and tokens_per_s):
+            return None
+        return self.job.flops.train * tokens_per_s / (self.peak * self.job.d.world_size)
+
+    def mean_tokens_per_s(self) -> float | None:
+        return self.timed_tokens / self.timed_s if self.timed_s else None
+
+    def elapsed(self) -> float:
+        return time.time() - self.t0

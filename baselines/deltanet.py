@@ -10,8 +10,7 @@ solved so that parameters match the reference.
 
 import torch
 
-from baselines.fla_common import FlaMixer, fla_module, layer_options
-from harness.model.backbone import DecoderLM
+from baselines.fla_common import FlaMixer, fla_model, layer_options
 from harness.registry import register_model
 
 HEAD_DIM = 128
@@ -46,9 +45,5 @@ class DeltaNetMixer(FlaMixer):
 @register_model("deltanet", family="recurrent", requires=("fla",), extra="fla", gpu_only=True, match="mlp_hidden",
                 description="DeltaNet: delta rule (fla), head dim 128, short conv, L2 qk norm, + SwiGLU MLP")
 def build(cfg):
-    layers = fla_module("deltanet")
-
-    def mixer(cfg, i):
-        layer = layers.DeltaNet(hidden_size=cfg.hidden_size, norm_eps=cfg.norm_eps, layer_idx=i, **options(cfg))
-        return DeltaNetMixer("deltanet", layer, cfg.init_std)
-    return DecoderLM(cfg, mixer)
+    return fla_model(cfg, "deltanet", "DeltaNet", options(cfg),
+                     lambda layer, i: DeltaNetMixer("deltanet", layer, cfg.init_std))

@@ -19,10 +19,12 @@ from __future__ import annotations
 
 import importlib
 import warnings
+from typing import Callable
 
 import torch
 import torch.nn as nn
 
+from harness.model.backbone import DecoderLM
 from harness.registry import RegistryError
 
 FLA_INSTALL = "pip install 'swat-harness[fla]'"
@@ -110,3 +112,16 @@ class FlaMixer(nn.Module):
 
     def prefill(self, x: torch.Tensor):
         return self.step(x, self.init_state(x.shape[0], x.device, x.dtype))
+
+
+def fla_model(cfg, model: str, layer: str, options: dict,
+              wrap: Callable[[nn.Module, int], nn.Module] | None = None) -> DecoderLM:
+    """The shared backbone with fla's `fla.layers.<layer>(**options)` as every block's mixer, wrapped
+    by `wrap(layer, block index)` (default: a FlaMixer)."""
+    layers = fla_module(model)
+    wrap = wrap or (lambda fla_layer, i: FlaMixer(model, fla_layer, cfg.init_std))
+
+    def mixer(cfg, i):
+        return wrap(getattr(layers, layer)(hidden_size=cfg.hidden_size, norm_eps=cfg.norm_eps, layer_idx=i,
+                                          **options), i)
+    return DecoderLM(cfg, mixer)

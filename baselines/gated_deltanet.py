@@ -18,8 +18,7 @@ dispatch, which then runs it in the kernel's place; every other kernel stays fla
 
 import torch
 
-from baselines.fla_common import FlaMixer, fla_module, layer_options
-from harness.model.backbone import DecoderLM
+from baselines.fla_common import FlaMixer, fla_model, fla_module, layer_options
 from harness.registry import KernelRefusedError, register_model
 
 HEAD_DIM = 256
@@ -73,11 +72,7 @@ def options(cfg) -> dict:
                 match="mlp_hidden",
                 description="Gated DeltaNet (fla): gated delta rule, head dim 256, expand_v 2, + SwiGLU MLP")
 def build(cfg):
-    layers = fla_module("gated_deltanet")
+    fla_module("gated_deltanet")  # fla's layers, then the torch backend into fla's dispatch (as the GPU check ran)
     torch_backend()
-
-    def mixer(cfg, i):
-        layer = layers.GatedDeltaNet(hidden_size=cfg.hidden_size, norm_eps=cfg.norm_eps, layer_idx=i,
-                                     **options(cfg))
-        return GatedDeltaNetMixer("gated_deltanet", layer, cfg.init_std)
-    return DecoderLM(cfg, mixer)
+    return fla_model(cfg, "gated_deltanet", "GatedDeltaNet", options(cfg),
+                     lambda layer, i: GatedDeltaNetMixer("gated_deltanet", layer, cfg.init_std))

@@ -7,8 +7,7 @@ swish output gate fused with a per-head RMSNorm, no short convolution; each bloc
 a SwiGLU MLP, as in the backbone, whose width is solved so that parameters match the reference.
 """
 
-from baselines.fla_common import FlaMixer, fla_module, layer_options
-from harness.model.backbone import DecoderLM
+from baselines.fla_common import fla_model, layer_options
 from harness.registry import register_model
 
 
@@ -21,10 +20,4 @@ def options(cfg) -> dict:
 @register_model("gla", family="recurrent", requires=("fla",), extra="fla", gpu_only=True, match="mlp_hidden",
                 description="GLA: gated linear attention (fla), 4 heads, expand_k 0.5, + SwiGLU MLP")
 def build(cfg):
-    layers = fla_module("gla")
-
-    def mixer(cfg, i):
-        layer = layers.GatedLinearAttention(hidden_size=cfg.hidden_size, norm_eps=cfg.norm_eps, layer_idx=i,
-                                            **options(cfg))
-        return FlaMixer("gla", layer, cfg.init_std)
-    return DecoderLM(cfg, mixer)
+    return fla_model(cfg, "gla", "GatedLinearAttention", options(cfg))

@@ -13,8 +13,7 @@ MLP, whose width is solved so that parameters match the reference.
 import torch
 import torch.nn as nn
 
-from baselines.fla_common import FlaMixer, fla_module, layer_options
-from harness.model.backbone import DecoderLM
+from baselines.fla_common import FlaMixer, fla_model, layer_options
 from harness.registry import register_model
 
 EXPAND_RATIO = 128
@@ -53,10 +52,6 @@ def options(cfg) -> dict:
 @register_model("hgrn2", family="recurrent", requires=("fla",), extra="fla", gpu_only=True, match="mlp_hidden",
                 description="HGRN2: gated linear RNN, state expansion 128, layer lower bounds (fla), + SwiGLU MLP")
 def build(cfg):
-    layers = fla_module("hgrn2")
     bounds = LowerBounds(cfg.num_layers, cfg.hidden_size)
-
-    def mixer(cfg, i):
-        layer = layers.HGRN2Attention(hidden_size=cfg.hidden_size, norm_eps=cfg.norm_eps, layer_idx=i, **options(cfg))
-        return HGRN2Mixer(layer, bounds, i, cfg.init_std)
-    return DecoderLM(cfg, mixer)
+    return fla_model(cfg, "hgrn2", "HGRN2Attention", options(cfg),
+                     lambda layer, i: HGRN2Mixer(layer, bounds, i, cfg.init_std))

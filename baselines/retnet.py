@@ -7,8 +7,7 @@ is retention plus the backbone's SwiGLU MLP (RetNet's FFN), whose width is solve
 parameters match the reference (the paper's 2 x hidden FFN is what expand_v 2 pays for).
 """
 
-from baselines.fla_common import FlaMixer, fla_module, layer_options
-from harness.model.backbone import DecoderLM
+from baselines.fla_common import fla_model, layer_options
 from harness.registry import register_model
 
 KEY_HEAD_DIM = 256
@@ -24,10 +23,4 @@ def options(cfg) -> dict:
 @register_model("retnet", family="recurrent", requires=("fla",), extra="fla", gpu_only=True, match="mlp_hidden",
                 description="RetNet: multi-scale retention (fla), head dim 256, expand_v 2, + SwiGLU MLP")
 def build(cfg):
-    layers = fla_module("retnet")
-
-    def mixer(cfg, i):
-        layer = layers.MultiScaleRetention(hidden_size=cfg.hidden_size, norm_eps=cfg.norm_eps, layer_idx=i,
-                                           **options(cfg))
-        return FlaMixer("retnet", layer, cfg.init_std)
-    return DecoderLM(cfg, mixer)
+    return fla_model(cfg, "retnet", "MultiScaleRetention", options(cfg))

@@ -29,9 +29,12 @@ def add_config_args(p: argparse.ArgumentParser) -> None:
                    help="override one config value, e.g. --set model.window=256 (repeatable)")
 
 
-def add_plugin_arg(p: argparse.ArgumentParser) -> None:
+def add_plugin_arg(p: argparse.ArgumentParser, command=None) -> None:
+    """--plugin (repeatable), and the function that runs the command, when given."""
     p.add_argument("--plugin", action="append", default=[], metavar="FILE.py",
                    help="load a model or task plugin from a Python file (repeatable)")
+    if command is not None:
+        p.set_defaults(func=command)
 
 
 def add_run_arg(p: argparse.ArgumentParser, help_text: str) -> None:
@@ -484,8 +487,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", metavar="NAME", help="everything about one model instead")
     p.add_argument("--preset", default="tiny")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE")
-    add_plugin_arg(p)
-    p.set_defaults(func=cmd_list)
+    add_plugin_arg(p, cmd_list)
 
     p = sub.add_parser("run", help="train (or reuse) models, run tasks, write results/<run>/")
     p.add_argument("--models", required=True, type=name_list, help="comma-separated model names (see `harness list`)")
@@ -499,8 +501,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--skip-missing", action="store_true",
                    help="drop tasks whose data is not in the mirror instead of stopping (checked before training)")
     add_config_args(p)
-    add_plugin_arg(p)
-    p.set_defaults(func=cmd_run)
+    add_plugin_arg(p, cmd_run)
 
     p = sub.add_parser("train", help="train one model at a preset (resumes from its checkpoint); "
                        "several GPUs: torchrun --nproc-per-node N -m harness train ...")
@@ -519,8 +520,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--log-every", type=int_from(1), default=1, metavar="N",
                    help="log every N steps (default 1); the GPU runs ahead of the host between logged steps")
     add_config_args(p)
-    add_plugin_arg(p)
-    p.set_defaults(func=cmd_train)
+    add_plugin_arg(p, cmd_train)
 
     p = sub.add_parser("eval", help="evaluate checkpoints (or hf:<path> models) on tasks; rows to RESULTS/RUN/; "
                        "data-parallel over several GPUs: torchrun --nproc-per-node N -m harness eval ...")
@@ -541,8 +541,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--online", action="store_true",
                    help="lm-eval tasks whose data is not mirrored load it from the Hugging Face hub")
     p.add_argument("--bootstrap-iters", type=int_from(0), default=1000, help="bootstrap resamples for stderr")
-    add_plugin_arg(p)
-    p.set_defaults(func=cmd_eval)
+    add_plugin_arg(p, cmd_eval)
 
     p = sub.add_parser("export", help="write a checkpoint as a Hugging Face model folder that transformers and "
                        "`lm_eval --model hf` load without the harness (attention models)")
@@ -554,8 +553,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="evaluation rows for the model card (default: results/<run>/rows.jsonl, if there)")
     p.add_argument("--push-to-hub", metavar="REPO", help="also upload the folder to this Hugging Face hub repo")
     p.add_argument("--force", action="store_true", help="replace HF_DIR when it exists and is not empty")
-    add_plugin_arg(p)
-    p.set_defaults(func=cmd_export)
+    add_plugin_arg(p, cmd_export)
 
     p = sub.add_parser("tables", help="the paper's tables from stored rows (md, LaTeX, CSV), with reference "
                        "rows and plots")
@@ -583,8 +581,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--models", help="run only these of the study's models (comma-separated); the report covers all")
     p.add_argument("--report-only", action="store_true", help="only rewrite the tables and plots from the rows")
     p.add_argument("--unit", help=argparse.SUPPRESS)  # one run, in a worker process of --jobs
-    add_plugin_arg(p)
-    p.set_defaults(func=cmd_study)
+    add_plugin_arg(p, cmd_study)
 
     p = sub.add_parser("scaling", help="training runs of one recipe on 1 GPU and under torchrun (DDP, FSDP2): "
                        "scaling efficiency, memory per rank, loss agreement step by step")
@@ -612,8 +609,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--preset", default="340m", help="model sizes (default 340m, the paper's scale)")
     b.add_argument("--config", help="YAML file with model: and train: sections overriding the preset")
     b.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE")
-    add_plugin_arg(b)
-    b.set_defaults(func=cmd_bench_models)
+    add_plugin_arg(b, cmd_bench_models)
 
     b = bench.add_parser("kernels", help="SWAT attention kernel vs flex_attention, fla, SDPA, triton-sigmoid "
                          "(fwd, fwd+bwd, decode; ratio to the fastest peer)")

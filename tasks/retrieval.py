@@ -122,14 +122,21 @@ def binomial_stderr(p: float, n: int) -> float | None:
     return math.sqrt(p * (1 - p) / (n - 1)) if n > 1 else None
 
 
+def sample_count(ctx, default: int) -> int:
+    """Samples per cell: the probe's default, fewer under --limit."""
+    return default if ctx.limit is None else min(default, ctx.limit)
+
+
+def sweep(ctx, task: str, lengths: list[int]):
+    """A probe's lengths under a transient progress bar."""
+    return track(lengths, description=f"{task} {ctx.model_name}", transient=True)
+
+
 @register_task("passkey", group=("retrieval", "all"),
                description="passkey retrieval, 1K..32K tokens (<= 32x training length), depths 0..100%")
 def run_passkey(model, tokenizer, ctx):
-    autocast = _autocast(ctx)
-    lengths = doubling(1024, min(32768, 32 * ctx.cfg.model.max_seq_len))
-    samples = PASSKEY_SAMPLES if ctx.limit is None else min(PASSKEY_SAMPLES, ctx.limit)
-    rows = []
-    for length in track(lengths, description=f"passkey {ctx.model_name}", transient=True):
+    autocast, samples, rows = _autocast(ctx), sample_count(ctx, PASSKEY_SAMPLES), []
+    for length in sweep(ctx, "passkey", doubling(1024, min(32768, 32 * ctx.cfg.model.max_seq_len))):
         try:
             cells = []
             for depth in PASSKEY_DEPTHS:
@@ -193,11 +200,8 @@ def mqar_hits(model, tokenizer, context: int, num_kv: int, samples: int, device,
 @register_task("mqar", group=("retrieval", "all"),
                description="multi-query associative recall (Zoology) at several key-value counts")
 def run_mqar(model, tokenizer, ctx):
-    autocast = _autocast(ctx)
-    contexts = doubling(256, max(256, 4 * ctx.cfg.model.max_seq_len))
-    samples = MQAR_SAMPLES if ctx.limit is None else min(MQAR_SAMPLES, ctx.limit)
-    rows = []
-    for context in track(contexts, description=f"mqar {ctx.model_name}", transient=True):
+    autocast, samples, rows = _autocast(ctx), sample_count(ctx, MQAR_SAMPLES), []
+    for context in sweep(ctx, "mqar", doubling(256, max(256, 4 * ctx.cfg.model.max_seq_len))):
         for num_kv in (k for k in MQAR_KV if 4 * k <= context):
             hits = mqar_hits(model, tokenizer, context, num_kv, samples, ctx.device, autocast)
             acc = float(hits.mean())

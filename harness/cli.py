@@ -460,7 +460,7 @@ def cmd_eval(args) -> None:
         return
     names = {s.name for s in sources}
     show_tables([r for r in rows if r.model in names and r.task in task_names], {})
-    console.print(f"wrote {Path(args.results) / run_name}/rows.jsonl and table.md in {time.time() - t0:.1f}s")
+    console.print(f"wrote {Path(args.results) / run_name}/rows.jsonl, run.json, table.md in {time.time() - t0:.1f}s")
 
 
 def cmd_export(args) -> None:

@@ -267,3 +267,62 @@ def test_bench_kernels_decode_puts_sdpa_over_the_same_buffer_beside_swat(tmp_pat
     assert "| swat W=16 us | sdpa W=16 us | sdpa / swat W=16 | sdpa full us |" in text
     assert text.count("| 64 | 1 | 1 | 64 |") == 1 and text.count("| 64 | 2 | 1 | 64 |") == 1
     assert (out / "decode.png").is_file()
+
+
+# ---------------------------------------------------------------- launch configs that do not fit
+
+class SmallSharedMemory:
+    """A kernel launcher that refuses (as Triton does on loading the compiled kernel) every config
+    needing more than `limit` tile elements x stages of shared memory, and records each launch."""
+
+    def __init__(self, limit: int):
+        self.limit, self.launched = limit, []
+
+    def __getitem__(self, grid):
+        from triton.runtime.errors import OutOfResources
+
+        def run(*args, BLOCK_M, BLOCK_N, num_stages, **kwargs):
+            self.launched.append((grid, BLOCK_M, BLOCK_N, num_stages))
+            need = BLOCK_M * BLOCK_N * num_stages
+            if need > self.limit:
+                raise OutOfResources(need, self.limit, "shared memory")
+        return run
+
+
+def test_a_config_the_gpu_cannot_take_falls_back_to_a_smaller_one(monkeypatch):
+    """fp32 at head size 128 needs more shared memory than the tuned tiles leave on an H200: the
+    launch takes the first smaller config that fits, remembers it, and never swaps configs while
+    a tuning sweep names one."""
+    from triton.runtime.errors import OutOfResources
+
+    from harness.ops.swat import function
+    monkeypatch.setattr(function, "interpreting", lambda: False)  # the tuned table, as on a GPU
+    monkeypatch.setattr(function, "_FITTED", {})
+    q = torch.zeros(1, 8, 1, 128)
+    kernel = SmallSharedMemory(limit=128 * 32)  # fwd/128/large is 128 x 64 tiles in 3 stages
+    function.launch(kernel, "fwd", q, 4096, lambda bm, bn: (bm, bn), (), {})
+    assert kernel.launched == [((128, 64), 128, 64, 3), ((128, 64), 128, 64, 2), ((128, 64), 128, 64, 1),
+                               ((128, 32), 128, 32, 1)]
+    function.launch(kernel, "fwd", q, 4096, lambda bm, bn: (bm, bn), (), {})
+    assert kernel.launched[-1] == ((128, 32), 128, 32, 1) and len(kernel.launched) == 5  # remembered
+    with function.override_configs({("fwd", 128, "large"): function._cfg(128, 64, 8, 3)}):
+        with pytest.raises(OutOfResources):
+            function.launch(kernel, "fwd", q, 4096, lambda bm, bn: (bm, bn), (), {})
+    with pytest.raises(ConfigError, match="does not fit this GPU even with 16x16 tiles"):
+        function.launch(SmallSharedMemory(limit=16), "dq", q, 4096, lambda bm, bn: (bm, bn), (), {})
+
+
+@gpu_only
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
+@pytest.mark.parametrize("d", [16, 32, 64, 128])
+def test_gpu_every_dtype_and_head_size_the_dispatcher_accepts_runs(dtype, d):
+    """Forward, backward and decode at every head size and dtype the dispatcher sends to the
+    kernels (B=1, T=3000, W=1000 crashed the backward in fp32 at d=128 before the launch fell back)."""
+    tol = 1e-4 if dtype == torch.float32 else 2e-2
+    check_against_reference(1, 3000, 4, 2, d, 1000, dtype, tol=tol, bias=-3.0)
+    q = torch.randn(2, 4, d, device="cuda", dtype=dtype)
+    kc, vc = (torch.randn(2, 1000, 2, d, device="cuda", dtype=dtype) for _ in range(2))
+    slopes = alibi_slopes(4).cuda()
+    got = swat_decode_triton(q, kc, vc, 1000, 4321, slopes, 1000, sigmoid_bias=-3.0)
+    want = swat_decode_ref(q.float(), kc.float(), vc.float(), 1000, 4321, slopes, 1000, sigmoid_bias=-3.0)
+    assert rel_err(got, want) < tol

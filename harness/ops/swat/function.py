@@ -66,6 +66,56 @@ def kernel_config(pass_name: str, head_dim: int, window: int) -> dict:
     return dict(CONFIGS[(pass_name, max(head_dim, 64), regime)])
 
 
+def smaller_configs(cfg: dict):
+    """Configs that need less shared memory than cfg, in the order they are tried: fewer pipeline
+    stages, then halved key tiles, then halved query tiles (tiles of 16 at the least)."""
+    cfg = dict(cfg)
+    while cfg["num_stages"] > 1 or cfg["BLOCK_N"] > 16 or cfg["BLOCK_M"] > 16:
+        if cfg["num_stages"] > 1:
+            cfg["num_stages"] -= 1
+        elif cfg["BLOCK_N"] > 16:
+            cfg["BLOCK_N"] //= 2
+        else:
+            cfg["BLOCK_M"] //= 2
+        yield dict(cfg)
+
+
+_FITTED: dict[tuple, dict] = {}  # (pass, configured config, dtype, device) -> the smaller config that ran
+_EXACT = [False]  # inside override_configs: run the config asked for, or fail (no smaller one instead)
+
+
+def launch(kernel, pass_name: str, t: torch.Tensor, window: int, grid, args: tuple, kwargs: dict) -> None:
+    """kernel[grid(BLOCK_M, BLOCK_N)](*args, **kwargs, **config) with the pass's tile config, or,
+    where the device has less shared memory than that config needs (fp32 inputs double every
+    tile; the configs were tuned for 16-bit inputs on an H100), with the first smaller config that
+    fits. Triton refuses such a config when it loads the compiled kernel, before anything runs, so
+    trying the next is safe; the one that ran is remembered per device and dtype, so a shape pays
+    for one refusal."""
+    from triton.runtime.errors import OutOfResources
+    configured = kernel_config(pass_name, t.shape[-1], window)
+    key = (pass_name, tuple(sorted(configured.items())), t.dtype, t.device)
+    error = None
+    if _EXACT[-1]:
+        candidates = [configured]
+    else:
+        candidates = [_FITTED[key]] if key in _FITTED else [configured, *smaller_configs(configured)]
+    for cfg in candidates:
+        run = dict(cfg)
+        bm, bn = run.pop("BLOCK_M"), run.pop("BLOCK_N")
+        try:
+            kernel[grid(bm, bn)](*args, **kwargs, BLOCK_M=bm, BLOCK_N=bn, **run)
+        except OutOfResources as err:
+            if _EXACT[-1]:
+                raise
+            error = err
+            continue
+        if cfg is not configured:
+            _FITTED[key] = cfg
+        return
+    raise ConfigError(f"the SWAT {pass_name} kernel does not fit this GPU even with 16x16 tiles and one stage "
+                      f"({error}); use 16-bit inputs (bf16/fp16) or a head size of at most 64")
+
+
 @contextlib.contextmanager
 def _overridden(table: dict, overrides: dict):
     """Temporarily replace entries of a config table (for tuning sweeps); restored on exit."""
@@ -78,9 +128,16 @@ def _overridden(table: dict, overrides: dict):
         table.update(saved)
 
 
+@contextlib.contextmanager
 def override_configs(overrides: dict):
-    """Temporarily replace entries of CONFIGS (keys (pass, head_dim, regime))."""
-    return _overridden(CONFIGS, overrides)
+    """Temporarily replace entries of CONFIGS (keys (pass, head_dim, regime)); meanwhile a config
+    the device cannot take fails rather than falling back (a tuning sweep times what it names)."""
+    with _overridden(CONFIGS, overrides):
+        _EXACT.append(True)
+        try:
+            yield
+        finally:
+            _EXACT.pop()
 
 
 def _sigmoid_mode(t: torch.Tensor, pass_name: str) -> int:
@@ -146,15 +203,11 @@ def _swat_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, slopes: torch.T
     B, T, H, d = q.shape
     o = torch.empty((B, T, H, d), device=q.device, dtype=q.dtype)
     W = min(window, T)
-    cfg = kernel_config("fwd", d, W)
-    bm, bn = cfg.pop("BLOCK_M"), cfg.pop("BLOCK_N")
-    grid = (B * H, triton.cdiv(T, bm))
-    swat_fwd_kernel[grid](
-        q, k, v, o, slopes, row_start if row_start is not None else slopes,
-        *_strides(q), *_strides(k), *_strides(v), *_strides(o),
-        T, H, W, -scale * LOG2E, -sigmoid_bias * LOG2E,
-        REP=H // k.shape[2], HAS_DOC=row_start is not None, BLOCK_M=bm, BLOCK_N=bn, HEAD_DIM=d,
-        SIGMOID=_sigmoid_mode(q, "fwd"), DOT_PREC=_dot_precision(q), **cfg)
+    launch(swat_fwd_kernel, "fwd", q, W, lambda bm, bn: (B * H, triton.cdiv(T, bm)),
+           (q, k, v, o, slopes, row_start if row_start is not None else slopes,
+            *_strides(q), *_strides(k), *_strides(v), *_strides(o), T, H, W, -scale * LOG2E, -sigmoid_bias * LOG2E),
+           dict(REP=H // k.shape[2], HAS_DOC=row_start is not None, HEAD_DIM=d, SIGMOID=_sigmoid_mode(q, "fwd"),
+                DOT_PREC=_dot_precision(q)))
     return o
 
 
@@ -173,21 +226,14 @@ def _swat_bwd(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tenso
     common = dict(REP=H // Hkv, HAS_DOC=has_doc, HEAD_DIM=d, SIGMOID=_sigmoid_mode(q, "bwd"),
                   DOT_PREC=_dot_precision(q))
 
-    cfg = kernel_config("dkdv", d, W)
-    bm, bn = cfg.pop("BLOCK_M"), cfg.pop("BLOCK_N")
-    swat_bwd_dkdv_kernel[(B * Hkv, triton.cdiv(T, bn))](
-        q, k, v, do, dk, dv, slopes, row_start if has_doc else slopes, row_end if has_doc else slopes,
-        *_strides(q), *_strides(k), *_strides(v), *_strides(do), *_strides(dk), *_strides(dv),
-        T, Hkv, W, -scale * LOG2E, -sigmoid_bias * LOG2E, scale,
-        BLOCK_M=bm, BLOCK_N=bn, **common, **cfg)
-
-    cfg = kernel_config("dq", d, W)
-    bm, bn = cfg.pop("BLOCK_M"), cfg.pop("BLOCK_N")
-    swat_bwd_dq_kernel[(B * H, triton.cdiv(T, bm))](
-        q, k, v, do, dq, slopes, row_start if has_doc else slopes,
-        *_strides(q), *_strides(k), *_strides(v), *_strides(do), *_strides(dq),
-        T, H, W, -scale * LOG2E, -sigmoid_bias * LOG2E, scale,
-        BLOCK_M=bm, BLOCK_N=bn, **common, **cfg)
+    launch(swat_bwd_dkdv_kernel, "dkdv", q, W, lambda bm, bn: (B * Hkv, triton.cdiv(T, bn)),
+           (q, k, v, do, dk, dv, slopes, row_start if has_doc else slopes, row_end if has_doc else slopes,
+            *_strides(q), *_strides(k), *_strides(v), *_strides(do), *_strides(dk), *_strides(dv),
+            T, Hkv, W, -scale * LOG2E, -sigmoid_bias * LOG2E, scale), common)
+    launch(swat_bwd_dq_kernel, "dq", q, W, lambda bm, bn: (B * H, triton.cdiv(T, bm)),
+           (q, k, v, do, dq, slopes, row_start if has_doc else slopes,
+            *_strides(q), *_strides(k), *_strides(v), *_strides(do), *_strides(dq),
+            T, H, W, -scale * LOG2E, -sigmoid_bias * LOG2E, scale), common)
     return dq, dk, dv
 
 

@@ -11,7 +11,7 @@ $PY -c "import torch,triton;print('torch',torch.__version__,'triton',triton.__ve
 $PY -c "import mamba_ssm" 2>&1 | tail -1 | tee -a $L
 date -u | tee -a $L
 # tokenize the small preset's corpus once (cached), outside the timed runs
-timeout 90 $PY -c "from harness.data import get_tokenizer,prepare_streams as p;from harness.config import load_config as c;t=c('small').train;s=p(t.corpus,get_tokenizer(t.tokenizer),seed=t.seed);print('corpus',t.corpus,'tokens',len(s[0].tokens),len(s[1].tokens))" 2>&1 | tail -2 | tee -a $L
+timeout 90 $PY -c "from harness.data.tokenizer import get_tokenizer;from harness.data.streams import prepare_streams as p;from harness.config import load_config as c;t=c('small').train;s=p(t.corpus,get_tokenizer(t.tokenizer));print('corpus',t.corpus,'tokens',len(s[0].tokens),len(s[1].tokens))" 2>&1 | tail -2 | tee -a $L
 timeout 45 $PY -m pytest -q -p no:cacheprovider tests/test_train.py -k gpu 2>&1 | tail -2 | tee -a $L
 run() {  # name, time limit (s), harness train arguments
   n=$1; t=$2; shift 2
@@ -25,11 +25,13 @@ timeout 45 $PY - <<'PYEOF' 2>&1 | tail -22 | tee -a $L
 import torch
 from torch.profiler import ProfilerActivity, profile
 from harness.config import load_config
-from harness.data import get_tokenizer, prepare_streams
-from harness.models import build_model
-from harness.train import batch_at, lm_loss
+from harness.data.streams import prepare_streams
+from harness.data.tokenizer import get_tokenizer
+from harness.model.build import build_model
+from harness.training.batches import batch_at
+from harness.training.recipe import lm_loss
 cfg = load_config("small"); t = cfg.train
-train, _ = prepare_streams(t.corpus, get_tokenizer(t.tokenizer), seed=t.seed)
+train, _ = prepare_streams(t.corpus, get_tokenizer(t.tokenizer))
 model = build_model("swat", cfg.model, "cuda")
 batches = [batch_at(train, t.seq_len, t.seed, i * t.micro_batch, t.micro_batch, "cuda") for i in range(4)]
 def step(b):

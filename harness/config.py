@@ -44,7 +44,7 @@ class ModelConfig:
     rope: bool = True
     rope_theta: float = 10000.0
     sigmoid_bias: float = 0.0  # constant added to every sigmoid score (e.g. -log W)
-    # recurrent mixers (mamba and fla-backed models)
+    # recurrent mixers (state-space and linear-recurrent layers)
     state_size: int = 16
     expand: float = 2.0
     d_inner: int | None = None  # None: expand * hidden_size

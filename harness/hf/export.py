@@ -90,7 +90,7 @@ def check_exportable(name: str, cfg) -> None:
 
 def hf_config(model, cfg, name: str, eos_id: int):
     """The SwatHarnessConfig of a harness attention model, read from its built layers (so that a
-    variant's changes, e.g. swat_logw's sigmoid bias, are the ones the model ran)."""
+    variant's changes, e.g. a sigmoid bias its builder sets, are the ones the model ran)."""
     from harness.hf.configuration_swat_harness import SwatHarnessConfig
     mixer = model.blocks[0].mixer
     return SwatHarnessConfig(

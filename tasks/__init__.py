@@ -1,10 +1,5 @@
 """Built-in tasks; importing this package registers them."""
 
-from tasks import (  # noqa: F401
-    commonsense,
-    length,
-    perplexity,
-    retrieval,
-    smoke,  # noqa: F401
-    speed,  # noqa: F401
-)
+from tasks import smoke  # noqa: F401
+from tasks import commonsense, length, perplexity, retrieval  # noqa: F401
+from tasks import speed  # noqa: F401

@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -50,16 +51,18 @@ class Loaded:
     meta: dict  # the checkpoint's summary: params, tokens, held-out loss, ...
 
 
-class ModelSource:
+class ModelSource(ABC):
     """A named model to score, with the checkpoint folder it is (or will be) read from."""
     name: str
     checkpoint: str
 
+    @abstractmethod
     def check(self, device: str, world_size: int) -> None:
         """Raise what loading would refuse, before the loop writes anything."""
 
+    @abstractmethod
     def load(self, device: str, log: Callable[[str], None]) -> Loaded:
-        raise NotImplementedError
+        """The model, its tokenizer, config and checkpoint summary (`log` says what was done)."""
 
 
 @dataclass

@@ -12,6 +12,8 @@ SDPA on the CPU); SWAT on the kernels of harness.ops.swat. Each mixer counts its
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -27,7 +29,7 @@ from harness.ops.swat import swat_attention, swat_decode
 FULL_CACHE_MIN_GROWTH = 256  # slots added at least when a full KV cache grows
 
 
-class AttentionMixer(nn.Module):
+class AttentionMixer(nn.Module, ABC):
     """Multi-head attention as a token mixer: q, kv and o projections, RoPE, an optional per-head
     output norm, and the decode cache (a ring buffer of the last `window` keys and values, or, with
     no window, a KV cache of the whole prefix). A subclass gives the core: `_attend` over a
@@ -49,22 +51,22 @@ class AttentionMixer(nn.Module):
         self.o_proj.residual_out = True
         self.out_norm = RMSNorm(self.head_dim, cfg.norm_eps) if output_norm else None
 
+    @abstractmethod
     def _attend(self, q, k, v, cu_seqlens=None) -> torch.Tensor:
         """Outputs [B, T, H, d] of q [B, T, H, d] over k, v [B, T, Hkv, d] (packed documents apart)."""
-        raise NotImplementedError
 
+    @abstractmethod
     def _attend_cache(self, q, k_cache, v_cache, pos: int) -> torch.Tensor:
         """Output [B, H, d] of the query q [B, H, d] at position pos over the cache, its own key in."""
-        raise NotImplementedError
 
     def flops_per_token(self, seq_len: int) -> dict[str, float]:
         """The core's forward FLOPs per token at training length seq_len (harness.model.flops):
         q.k and weights.v, 4 * head_dim per head per (query, key) pair it visits."""
         return {"attention": 4.0 * self.num_heads * self.head_dim * visited_keys(seq_len, self.window)}
 
+    @abstractmethod
     def export_config(self) -> dict:
         """The core in the terms of the exported model's config (harness.hf.configuration_swat_harness)."""
-        raise NotImplementedError
 
     def _qkv(self, x: torch.Tensor, positions: torch.Tensor):
         B, T, _ = x.shape

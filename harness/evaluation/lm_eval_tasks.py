@@ -69,7 +69,6 @@ def lm_eval_tasks() -> dict[str, LmEvalTask]:
     return LM_EVAL_TASKS
 
 
-
 # ---------------------------------------------------------------- offline task overlays
 
 def _task(name: str) -> LmEvalTask:

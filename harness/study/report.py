@@ -27,7 +27,14 @@ from harness.files import atomic_write_text
 from harness.registry import get_model
 from harness.results.store import Row, read_rows
 from harness.results.tables import Cell, Table, human, mark_best, render, text_cell
-from harness.study.spec import power_law
+from harness.study.spec import (
+    choose_lrs,
+    pending_tasks,
+    power_law,
+    rows_file,
+    sweep_losses,
+    units,
+)
 
 # two-sided 95% critical values of Student's t by degrees of freedom (1..10); beyond: 1.96
 T_CRITICAL_95 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228)
@@ -55,7 +62,6 @@ class Results:
     """The rows of one study, indexed by what the report needs."""
 
     def __init__(self, study, rows: list[Row]):
-        from harness.study.spec import choose_lrs
         self.study = study
         self.rows = rows
         self.lrs = choose_lrs(rows, study)
@@ -84,7 +90,6 @@ class Results:
 # ---------------------------------------------------------------- learning-rate sweep
 
 def lr_sweep_table(res: Results) -> Table:
-    from harness.study.spec import sweep_losses
     study = res.study
     losses = sweep_losses(res.rows, study)
     header = ["Model"] + [f"lr {lr:g}" for lr in study.lrs] + ["best lr"]
@@ -116,7 +121,6 @@ def lr_sweep_table(res: Results) -> Table:
 
 def lr_sweep_plot(res: Results, out: Path) -> list[Path]:
     from harness.results.plots import _write_plot, pyplot
-    from harness.study.spec import sweep_losses
     study = res.study
     losses = sweep_losses(res.rows, study)
     sizes = [s for s in study.sweep_sizes if any(k[1] == s for k in losses)]
@@ -362,7 +366,6 @@ def scaling_plot(res: Results, fits: dict, out: Path, axis: str) -> list[Path]:
 # ---------------------------------------------------------------- status
 
 def status_text(res: Results) -> str:
-    from harness.study.spec import pending_tasks, units
     defined, waiting = units(res.study, res.rows)
     lines = ["# Study status (generated from rows.jsonl)", "",
              "| size | runs done | runs with tasks left | waiting for their learning rate |", "|---|---|---|---|"]
@@ -382,7 +385,6 @@ def status_text(res: Results) -> str:
 
 def write_report(study, results: Path) -> list[Path]:
     """Write every table and plot the study's rows allow into results/<study>/; returns the paths."""
-    from harness.study.spec import rows_file
     path = rows_file(study, results)
     rows = [r for r in read_rows(path)] if path.is_file() else []
     out = path.parent

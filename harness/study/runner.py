@@ -18,6 +18,21 @@ from typing import Callable
 import yaml
 
 from harness.config import ConfigError
+from harness.data.tokenizer import get_tokenizer
+from harness.evaluation.loop import (
+    TaskContext,
+    check_task_data,
+    join_job,
+    run_tasks,
+    stored_rows,
+)
+from harness.evaluation.sources import trained_model
+from harness.files import atomic_write_bytes, atomic_write_text
+from harness.model.build import non_embedding_params
+from harness.registry import get_task
+from harness.results.provenance import provenance, record_run
+from harness.results.store import read_rows
+from harness.study.report import write_report
 from harness.study.spec import (
     Study,
     Unit,
@@ -29,6 +44,9 @@ from harness.study.spec import (
     run_label,
     units,
 )
+from harness.training.checkpoint import CHECKPOINT_DIR, META_FILE
+from harness.training.outcome import TrainingStopped
+from harness.training.trainlog import LOG_FILE
 
 STOPPED_EXIT = 3  # a worker that checkpointed and stopped at the time limit
 KILL_GRACE_S = 45  # seconds past the time limit after which a worker that has not stopped is killed
@@ -39,13 +57,6 @@ def run_unit(study: Study, unit: Unit, results: Path, runs: Path, device: str,
              should_stop: Callable[[], bool] | None = None, d=None) -> None:
     """Train (or resume, or reuse) one run and score its pending tasks into the study's rows
     (`d`: the torchrun job every rank of which calls this; rank 0 writes)."""
-    from harness.data.tokenizer import get_tokenizer
-    from harness.evaluation.loop import TaskContext, run_tasks, stored_rows
-    from harness.evaluation.sources import trained_model
-    from harness.model.build import non_embedding_params
-    from harness.registry import get_task
-    from harness.results.provenance import provenance
-    from harness.training.checkpoint import CHECKPOINT_DIR
     path = rows_file(study, results)
     existing = stored_rows(path, d, log)
     todo = pending_tasks(unit, existing)
@@ -71,9 +82,6 @@ def keep_record(run_dir: Path, prefix: Path) -> None:
     (`<prefix>_train_log.jsonl.gz`: a study keeps hundreds of them), beside the study's rows."""
     import gzip
 
-    from harness.files import atomic_write_bytes, atomic_write_text
-    from harness.training.checkpoint import CHECKPOINT_DIR, META_FILE
-    from harness.training.trainlog import LOG_FILE
     meta, log = run_dir / CHECKPOINT_DIR / META_FILE, run_dir / LOG_FILE
     if meta.is_file():
         atomic_write_text(Path(f"{prefix}_meta.json"), meta.read_text(encoding="utf-8"))
@@ -83,8 +91,6 @@ def keep_record(run_dir: Path, prefix: Path) -> None:
 
 def write_record(study: Study, results: Path, lrs: dict, device: str) -> None:
     """results/<name>/run.json (the study file, budgets, provenance) and lr_choice.json."""
-    from harness.files import atomic_write_text
-    from harness.results.provenance import record_run
     out = Path(results) / study.name
     record_run(out, {"study": yaml.safe_load(study.path.read_text()), "budgets": study.budgets,
                      "config": study.config(next(iter(study.sizes)), 0).to_dict()}, device)
@@ -98,8 +104,6 @@ def run_study(study: Study, results: Path, runs: Path, device: str, jobs: int = 
     """Run every unit not yet done, the next one picked whenever a slot frees (a final run
     becomes runnable once its model's sweep has chosen its learning rate), then write the report.
     Returns counts: done, failed, stopped, waiting."""
-    from harness.evaluation.loop import join_job, stored_rows
-    from harness.study.report import write_report
     d, device, log = join_job(device, log)
     if d is not None and jobs > 1:
         raise ConfigError("under torchrun every run trains on all ranks: drop --jobs (or run without torchrun "
@@ -154,8 +158,6 @@ def run_study(study: Study, results: Path, runs: Path, device: str, jobs: int = 
 
 def drop_missing_tasks(study: Study, log: Callable[[str], None]) -> None:
     """Leave out, with one warning each, the study's tasks whose data is not in the mirror."""
-    from harness.evaluation.loop import check_task_data
-    from harness.registry import get_task
     for attr in ("sweep_tasks", "final_tasks"):
         names = getattr(study, attr)
         kept = {t.name for t in check_task_data([get_task(n) for n in names], skip_missing=True,
@@ -164,7 +166,6 @@ def drop_missing_tasks(study: Study, log: Callable[[str], None]) -> None:
 
 
 def _in_process(study, unit, results, runs, device, log, on_step, should_stop, d=None) -> str:
-    from harness.training.outcome import TrainingStopped
     try:
         run_unit(study, unit, results, runs, device, log, on_step, should_stop, d)
     except TrainingStopped as err:
@@ -238,7 +239,6 @@ def run_worker(study_file: str, key: str, results: Path, runs: Path, device: str
     drop_missing_tasks(study, lambda m: None)  # the parent has warned
     plan(study, log)
     path = rows_file(study, results)
-    from harness.results.store import read_rows
     rows = read_rows(path, warn=log) if path.is_file() else []
     unit = next((u for u in units(study, rows)[0] if u.key == key), None)
     if unit is None:

@@ -165,3 +165,37 @@ def test_time_limit_stops_before_starting(tmp_path, capsys):
     assert study_cli(tmp_path, "--time-limit", "0") == 0
     out = capsys.readouterr().out
     assert "0 runs done" in out and not (tmp_path / "runs" / "tiny-study" / "a").exists()
+
+
+def test_workers_past_the_deadline_get_one_sigterm_then_a_sigkill(tmp_path, monkeypatch):
+    """A worker that has finished its unit and is shutting down has the default SIGTERM action
+    again: a second SIGTERM would kill it and its run would read as failed."""
+    import subprocess
+    import sys
+    import time
+
+    from harness.study import runner
+    count = tmp_path / "count"
+    child = ("import signal, sys, time\n"
+             "n = []\n"
+             "signal.signal(signal.SIGTERM, lambda *_: n.append(1))\n"
+             "print('ready', flush=True)\n"
+             "deadline = time.time() + 5\n"
+             "while time.time() < deadline:\n"
+             "    time.sleep(0.05)\n"
+             f"    open({str(count)!r}, 'w').write(str(len(n)))\n")
+    proc = subprocess.Popen([sys.executable, "-c", child], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "ready"
+    signalled = {}
+    for _ in range(5):
+        runner.stop_workers({"a/m/lr1-seed0": proc}, signalled)
+        time.sleep(0.1)
+    time.sleep(0.3)
+    assert count.read_text() == "1" and proc.poll() is None
+    monkeypatch.setattr(runner, "KILL_GRACE_S", 0)
+    runner.stop_workers({"a/m/lr1-seed0": proc}, signalled)
+    assert proc.wait(timeout=10) == -9
+    assert runner.worker_status(proc.returncode, signalled=True) == "stopped"
+    assert runner.worker_status(-9, signalled=False) == "failed"  # e.g. the kernel's OOM killer
+    assert runner.worker_status(runner.STOPPED_EXIT, signalled=False) == "stopped"
+    assert runner.worker_status(1, signalled=True) == "failed"

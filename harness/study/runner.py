@@ -157,11 +157,10 @@ def run_study(study: Study, results: Path, runs: Path, device: str, jobs: int = 
 
 
 def drop_missing_tasks(study: Study, log: Callable[[str], None]) -> None:
-    """Leave out, with one warning each, the study's tasks whose data is not in the mirror."""
+    """Leave out, with one warning line, the study's tasks whose data is not in the mirror."""
     for attr in ("sweep_tasks", "final_tasks"):
         names = getattr(study, attr)
-        kept = {t.name for t in check_task_data([get_task(n) for n in names], skip_missing=True,
-                                                log=lambda m: log(f"warning: {m}"))}
+        kept = {t.name for t in check_task_data([get_task(n) for n in names], skip_missing=True, log=log)}
         setattr(study, attr, [n for n in names if n in kept])
 
 
@@ -184,12 +183,12 @@ def _visible_gpus() -> list[str]:
 
 def _pool(study, next_unit, results, runs, device, jobs, deadline, log, plugins=()):
     """Run units in `jobs` worker processes, asking `next_unit` whenever a slot is free; yield each
-    one's status as it ends. Past the deadline no unit starts and the workers get SIGTERM (they
-    checkpoint and exit STOPPED_EXIT); one still running KILL_GRACE_S later is killed."""
+    one's status as it ends. Past the deadline no unit starts and the workers are stopped
+    (`stop_workers`)."""
     gpus = _visible_gpus() if device.startswith("cuda") else []
     logs = Path(runs) / study.name / "logs"
     logs.mkdir(parents=True, exist_ok=True)
-    running, slot, exhausted = {}, 0, False
+    running, slot, exhausted, signalled = {}, 0, False, {}
     while True:
         expired = deadline is not None and time.time() >= deadline
         while not expired and not exhausted and len(running) < jobs:
@@ -210,10 +209,7 @@ def _pool(study, next_unit, results, runs, device, jobs, deadline, log, plugins=
         if not running:
             return
         if expired:
-            kill = time.time() >= deadline + KILL_GRACE_S
-            for proc, _, _ in running.values():
-                if proc.poll() is None:
-                    proc.send_signal(signal.SIGKILL if kill else signal.SIGTERM)
+            stop_workers({key: proc for key, (proc, _, _) in running.items()}, signalled)
         time.sleep(0.5)
         for key, (proc, out, t0) in list(running.items()):
             code = proc.poll()
@@ -222,10 +218,34 @@ def _pool(study, next_unit, results, runs, device, jobs, deadline, log, plugins=
             out.close()
             del running[key]
             exhausted = False
-            status = "done" if code == 0 else "stopped" if code in (STOPPED_EXIT, -signal.SIGKILL) else "failed"
+            status = worker_status(code, key in signalled)
             tail = _last_line(logs / (key.replace("/", "_") + ".log"))
             log(f"{status} {key} in {time.time() - t0:.0f}s" + (f": {tail}" if status != "done" else ""))
             yield status
+
+
+def stop_workers(workers: dict, signalled: dict) -> None:
+    """SIGTERM each running worker once (it checkpoints and exits STOPPED_EXIT), SIGKILL one still
+    running KILL_GRACE_S later. Once only: a worker that has finished its unit restores the default
+    SIGTERM action while the interpreter shuts down, and a repeated signal would kill it there."""
+    now = time.time()
+    for key, proc in workers.items():
+        if proc.poll() is not None:
+            continue
+        if key not in signalled:
+            proc.send_signal(signal.SIGTERM)
+            signalled[key] = now
+        elif now >= signalled[key] + KILL_GRACE_S:
+            proc.send_signal(signal.SIGKILL)
+
+
+def worker_status(code: int, signalled: bool) -> str:
+    """done, stopped (resumable: checkpointed, or ended by our signal at the deadline) or failed."""
+    if code == 0:
+        return "done"
+    if code == STOPPED_EXIT or (signalled and code in (-signal.SIGTERM, -signal.SIGKILL)):
+        return "stopped"
+    return "failed"
 
 
 def _last_line(path: Path) -> str:

@@ -199,3 +199,25 @@ def test_workers_past_the_deadline_get_one_sigterm_then_a_sigkill(tmp_path, monk
     assert runner.worker_status(-9, signalled=False) == "failed"  # e.g. the kernel's OOM killer
     assert runner.worker_status(runner.STOPPED_EXIT, signalled=False) == "stopped"
     assert runner.worker_status(1, signalled=True) == "failed"
+
+
+def test_long_context_tables_average_depths_within_a_seed_then_seeds():
+    """Passkey: a seed's accuracy at a length is the mean over the key's depths; the cell is the
+    mean +- std of those over the size's seeds; only the model's chosen learning rate counts."""
+    from harness.study.report import LONG_CONTEXT, Results, long_context_table
+    study = load_study(TINY)
+    study.final_sizes, study.final_seeds = ["b"], {"b": [0, 1]}
+    rows = [sweep_row("swat", "a", 3e-3, 3.0), sweep_row("swat", "a", 1e-2, 3.5)]  # a's sweep: 3e-3 is best
+    study.sweep_sizes, study.budgets = ["a"], {"a": {"budget_params": 1e6}, "b": {"budget_params": 4e6}}
+
+    def passkey(seed, depth, value, lr=3e-3):
+        return Row("s", "swat", "b", "passkey", "acc", value, seed=seed,
+                   extra={"lr": lr, "context": 1024, "depth": depth})
+    rows += [passkey(0, 0.0, 1.0), passkey(0, 1.0, 0.0), passkey(1, 0.0, 1.0), passkey(1, 1.0, 1.0),
+             passkey(0, 0.0, 0.0, lr=1e-2)]  # another learning rate: not the final run
+    spec = next(s for s in LONG_CONTEXT if s[0] == "passkey")[1:]
+    table = long_context_table(Results(study, rows), *spec)
+    (label, lines), = table.groups
+    cell = lines[0][1]
+    assert label == "b" and table.header == ["Model", "1K"] and lines[0][0].text == "swat"
+    assert math.isclose(cell.value, 75.0) and math.isclose(cell.stderr, math.sqrt(2) * 25) and "n=2" in cell.suffix

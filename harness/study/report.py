@@ -6,6 +6,9 @@
                               chance level; count-based references beside the models; a model that
                               does not beat the strongest of them (the study's last reference) is marked
     heldout_by_source.md      held-out loss per corpus source (mean over seeds)
+    length.md, passkey.md, mqar.md (+ CSV), ppl_vs_length.png
+                              per size: perplexity past the training length and the retrieval probes'
+                              accuracy per length, each model at its own learning rate
     paired.md                 per size with two or more seeds: each model against the others, paired
                               by seed (same initialisation seed, same data order), with a t test
     scaling.md, loss_vs_params.png, loss_vs_compute.png (+ CSV)
@@ -69,19 +72,23 @@ class Results:
     def final_lr(self, model: str, size: str) -> float | None:
         return self.lrs.get(model, {}).get(size, {}).get("lr")
 
-    def values(self, model: str, size: str, task: str, metric: str, source: str | None = None) -> dict[int, float]:
-        """{seed: value} of the final runs of (model, size): the model's chosen lr, the size's seeds."""
+    def values(self, model: str, size: str, task: str, metric: str, source: str | None = None,
+               at: dict | None = None, over: str | None = None) -> dict[int, float]:
+        """{seed: value} of the final runs of (model, size): the model's chosen lr, the size's seeds.
+        `at`: only rows whose extra fields hold these values (a context length, say); `over`: an extra
+        field whose values are averaged within a seed (a passkey's depths)."""
         lr = None if model in self.study.references else self.final_lr(model, size)
         if lr is None and model not in self.study.references:
             return {}
         seeds = set(self.study.final_seeds.get(size, [self.study.sweep_seed]))
-        out = {}
+        per_seed: dict[int, dict] = {}
         for r in self.rows:
             if (r.model, r.preset, r.task, r.metric) == (model, size, task, metric) and r.extra.get("lr") == lr \
                     and r.seed in seeds and r.extra.get("corpus_source") == source \
-                    and r.extra.get("position_bucket") in (None, "all") and r.value is not None:
-                out[r.seed] = r.value
-        return out
+                    and r.extra.get("position_bucket") in (None, "all") and r.value is not None \
+                    and all(r.extra.get(k) == v for k, v in (at or {}).items()):
+                per_seed.setdefault(r.seed, {})[r.extra.get(over) if over else None] = r.value
+        return {seed: mean(got.values()) for seed, got in per_seed.items()}
 
     def models(self) -> list[str]:
         return self.study.models + self.study.references
@@ -289,6 +296,94 @@ def paired_table(res: Results) -> Table | None:
     return table
 
 
+# ---------------------------------------------------------------- long context
+
+# (file, task, metric, column key, averaged field, scale, lower is better, title, note)
+LONG_CONTEXT = (
+    ("length", "length", "ppl", "context", None, 1.0, True,
+     "Perplexity vs evaluation length (WikiText-2), each model at its own learning rate",
+     "Columns: evaluation context in tokens (past the training length: extrapolation); mean ± std over "
+     "seeds (n). Bold: lowest per column."),
+    ("passkey", "passkey", "acc", "context", "depth", 100.0, False,
+     "Passkey retrieval accuracy vs prompt length, each model at its own learning rate",
+     "Columns: prompt length in tokens; accuracy in percent, averaged over the key's depths in the prompt; "
+     "mean ± std over seeds (n). Bold: highest per column."),
+    ("mqar", "mqar", "acc", "context", "num_kv", 100.0, False,
+     "MQAR accuracy vs sequence length, each model at its own learning rate",
+     "Columns: sequence length in tokens; accuracy in percent, averaged over the numbers of key-value "
+     "pairs to recall; mean ± std over seeds (n). Bold: highest per column."),
+)
+
+
+def long_context_table(res: Results, task: str, metric: str, key: str, over: str | None, scale: float,
+                       lower: bool, title: str, note: str) -> Table | None:
+    """Rows = models per size, columns = the probe's lengths."""
+    xs = sorted({r.extra[key] for r in res.rows if (r.task, r.metric) == (task, metric)
+                 and r.extra.get(key) is not None})
+    if not xs:
+        return None
+    header = ["Model"] + [f"{x // 1024}K" if x >= 1024 else str(x) for x in xs]
+    table = Table(title, header, header)
+    train_lengths = sorted({r.extra["train_length"] for r in res.rows if r.task == task
+                            and r.extra.get("train_length")})
+    for size in res.study.final_sizes:
+        lines = []
+        for model in res.models():
+            cells = [_mean_cell(res.values(model, size, task, metric, at={key: x}, over=over), 2, scale) for x in xs]
+            if any(c.value is not None for c in cells):
+                lines.append([text_cell(model)] + cells)
+        if not lines:
+            continue
+        for j in range(1, len(header)):
+            mark_best([ln for ln in lines if ln[0].text not in res.study.references], j, lower)
+        table.groups.append((size, lines))
+    table.notes.append(note + " The count-based references do not compete."
+                       + (f" Training length: {', '.join(map(str, train_lengths))}." if train_lengths else ""))
+    return table
+
+
+def ppl_vs_length_plot(res: Results, out: Path) -> list[Path]:
+    """Perplexity vs evaluation length, a panel per size, one line per model (mean over seeds)."""
+    from harness.results.plots import _write_plot, pyplot
+    study = res.study
+    xs = sorted({r.extra["context"] for r in res.rows if (r.task, r.metric) == ("length", "ppl")
+                 and r.extra.get("context") is not None})
+    curves = {}
+    for size in study.final_sizes:
+        for model in study.models:
+            pts = {x: mean(v.values()) for x in xs
+                   if (v := res.values(model, size, "length", "ppl", at={"context": x}))}
+            if pts:
+                curves[(size, model)] = pts
+    sizes = [s for s in study.final_sizes if any(k[0] == s for k in curves)]
+    if not sizes:
+        return []
+    plt = pyplot()
+    fig, axes = plt.subplots(1, len(sizes), figsize=(6 * len(sizes), 4.5), squeeze=False)
+    lines, handles = [], {}
+    train_lengths = sorted({r.extra["train_length"] for r in res.rows if r.task == "length"
+                            and r.extra.get("train_length")})
+    for ax, size in zip(axes[0], sizes):
+        for model in study.models:
+            pts = curves.get((size, model))
+            if pts:
+                got = sorted(pts)
+                handles[model], = ax.plot(got, [pts[x] for x in got], label=model, **model_style(study, model))
+                lines += [[size, model, x, pts[x]] for x in got]
+        for x in train_lengths:
+            ax.axvline(x, color="grey", linestyle=":", linewidth=1)
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_xlabel("evaluation length (tokens); dotted: training length")
+        ax.set_ylabel("WikiText-2 perplexity")
+        ax.set_title(f"{size}: {human(study.budgets[size]['budget_params'])} non-embedding params")
+        ax.grid(alpha=0.3, which="both")
+    fig.legend([handles[m] for m in study.models if m in handles], [m for m in study.models if m in handles],
+               fontsize=8, loc="center left", bbox_to_anchor=(1.0, 0.5))
+    fig.tight_layout()
+    return _write_plot(fig, out, "ppl_vs_length", ["size", "model", "context", "ppl"], lines)
+
+
 # ---------------------------------------------------------------- scaling fits
 
 def scaling_points(res: Results, axis: str) -> dict[str, list[tuple[float, float]]]:
@@ -403,6 +498,9 @@ def write_report(study, results: Path) -> list[Path]:
     table("main", main_table(res))
     table("heldout_by_source", by_source_table(res))
     table("paired", paired_table(res))
+    for name, *spec in LONG_CONTEXT:
+        table(name, long_context_table(res, *spec))
+    written += ppl_vs_length_plot(res, out)
     scaling, fits = scaling_table(res)
     table("scaling", scaling)
     if fits:

@@ -89,6 +89,8 @@ def test_budget_beyond_max_epochs_is_refused(tmp_path, capsys):
     ({"models": ["swat", "swatt"]}, "unknown model 'swatt'"),
     ({"sweep": {"sizes": ["z"], "lrs": [1e-3], "tasks": ["smoke"]}}, "sweep.sizes names `z`"),
     ({"sweep": {"sizes": ["a"], "lrs": [-1], "tasks": ["smoke"]}}, "sweep.lrs must be positive"),
+    ({"sweep": {"sizes": ["a"], "lrs": [1e-3], "tasks": ["smoke"], "extend_edges": -1}},
+     "sweep.extend_edges must be >= 0"),
     ({"colour": "blue"}, "unknown key `colour`"),
     ({"sizes": {"a": {"model": {"hidden_size": -4}}, "b": {}}}, "model.hidden_size must be positive"),
     ({"focus": ["mamba"]}, "focus names `mamba`"),
@@ -221,3 +223,28 @@ def test_long_context_tables_average_depths_within_a_seed_then_seeds():
     cell = lines[0][1]
     assert label == "b" and table.header == ["Model", "1K"] and lines[0][0].text == "swat"
     assert math.isclose(cell.value, 75.0) and math.isclose(cell.stderr, math.sqrt(2) * 25) and "n=2" in cell.suffix
+
+
+def test_sweep_goes_past_the_grid_edge_where_the_best_lies_there():
+    study = load_study(TINY)
+    study.sweep_sizes, study.final_sizes, study.final_seeds = ["a"], ["a"], {"a": [0]}
+    study.budgets = {"a": {"budget_params": 1e6, "tokens": 2e7, "epochs": 0.5}}
+    study.lrs, study.extend_edges = [1e-3, 2e-3, 4e-3], 2
+    rows = [sweep_row("swat", "a", lr, loss) for lr, loss in zip(study.lrs, (3.0, 2.9, 2.8))]
+    rows += [sweep_row("transformer", "a", lr, loss) for lr, loss in zip(study.lrs, (3.0, 2.8, 2.9))]
+    keys = {u.key for u in units(study, rows)[0]}
+    assert "a/swat/lr0.008-seed0" in keys and "a/transformer/lr0.008-seed0" not in keys
+    choice = choose_lrs(rows, study)
+    assert "a" not in choice.get("swat", {})  # waits for the step past the edge
+    assert choice["transformer"]["a"] == {"lr": 2e-3, "how": "swept", "edge": False, "loss": 2.8}
+    rows.append(sweep_row("swat", "a", 8e-3, 2.7))  # better again: one more step, the last allowed
+    assert "a/swat/lr0.016-seed0" in {u.key for u in units(study, rows)[0]}
+    rows.append(sweep_row("swat", "a", 1.6e-2, 2.6))
+    assert choose_lrs(rows, study)["swat"]["a"] == {"lr": 1.6e-2, "how": "swept", "edge": True, "loss": 2.6}
+    assert "a/swat/lr0.032-seed0" not in {u.key for u in units(study, rows)[0]}
+    from harness.study.report import Results, lr_sweep_table
+    table = lr_sweep_table(Results(study, rows))
+    assert table.header[1:-1] == ["lr 0.001", "lr 0.002", "lr 0.004", "lr 0.008", "lr 0.016"]
+    assert any("past the study's grid" in note for note in table.notes)
+    study.extend_edges = 0  # without extension the same rows choose the grid's edge
+    assert choose_lrs(rows, study)["swat"]["a"] == {"lr": 4e-3, "how": "swept", "edge": True, "loss": 2.8}

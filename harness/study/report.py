@@ -35,6 +35,7 @@ from harness.study.spec import (
     pending_tasks,
     power_law,
     rows_file,
+    sweep_grid,
     sweep_losses,
     units,
 )
@@ -96,10 +97,16 @@ class Results:
 
 # ---------------------------------------------------------------- learning-rate sweep
 
+def swept_lrs(study, losses: dict) -> list[float]:
+    """The study's grid and every step past its edges that some model was swept at, ascending."""
+    return sorted(set(study.lrs).union(*losses.values()))
+
+
 def lr_sweep_table(res: Results) -> Table:
     study = res.study
     losses = sweep_losses(res.rows, study)
-    header = ["Model"] + [f"lr {lr:g}" for lr in study.lrs] + ["best lr"]
+    lrs = swept_lrs(study, losses)
+    header = ["Model"] + [f"lr {lr:g}" for lr in lrs] + ["best lr"]
     table = Table("Learning-rate sweep: held-out loss (nats/token) at the end of training", header,
                   [h.replace("_", r"\_") for h in header])
     for size in study.sweep_sizes:
@@ -108,10 +115,10 @@ def lr_sweep_table(res: Results) -> Table:
             got = losses.get((model, size), {})
             if not got:
                 continue
-            line = [text_cell(model)] + [Cell(got.get(lr), digits=4) for lr in study.lrs]
+            line = [text_cell(model)] + [Cell(got.get(lr), digits=4) for lr in lrs]
             choice = res.lrs.get(model, {}).get(size)
             best = "" if choice is None else f"{choice['lr']:g}" + (" (grid edge)" if choice["edge"] else "")
-            line.append(text_cell(best or f"{len(got)}/{len(study.lrs)} run"))
+            line.append(text_cell(best or f"{len(got)}/{len(sweep_grid(study, got))} run"))
             if choice is not None:
                 for c in line[1:-1]:
                     c.bold = c.value == choice["loss"]
@@ -123,6 +130,10 @@ def lr_sweep_table(res: Results) -> Table:
                                  f"{study.sweep_seed}", lines))
     table.notes.append("Bold: the model's lowest held-out loss; `grid edge`: the best is the smallest or largest "
                        "learning rate swept, so the grid may not bracket the optimum.")
+    past = [f"{lr:g}" for lr in lrs if lr not in study.lrs]
+    if past:
+        table.notes.append(f"lr {', '.join(past)}: past the study's grid, swept only for the models whose best lay "
+                           f"at that edge (up to {study.extend_edges} step(s) per side).")
     return table
 
 
@@ -130,6 +141,7 @@ def lr_sweep_plot(res: Results, out: Path) -> list[Path]:
     from harness.results.plots import _write_plot, pyplot
     study = res.study
     losses = sweep_losses(res.rows, study)
+    lrs = swept_lrs(study, losses)
     sizes = [s for s in study.sweep_sizes if any(k[1] == s for k in losses)]
     if not sizes:
         return []
@@ -144,7 +156,7 @@ def lr_sweep_plot(res: Results, out: Path) -> list[Path]:
                 handles[model], = ax.plot(xs, [got[x] for x in xs], label=model, **model_style(study, model))
                 lines += [[size, model, x, got[x]] for x in xs]
         ax.set_xscale("log")
-        ax.set_xlim(min(study.lrs) / 1.3, max(study.lrs) * 1.3)
+        ax.set_xlim(min(lrs) / 1.3, max(lrs) * 1.3)
         ax.set_xlabel("peak learning rate")
         ax.set_ylabel("held-out loss (nats/token)")
         ax.set_title(f"{size}: {human(study.budgets[size]['budget_params'])} non-embedding params")

@@ -17,7 +17,7 @@ A study file names a base config and what varies (results/scaling/study.yaml is 
     models: [swat, transformer]    # trained by gradient descent, at a learning rate of their own
     references: [unigram, bigram]  # count-based models: no learning rate (optional)
     focus: [swat]                  # compared with every other model, paired by seed (default: the first)
-    sweep: {sizes: [s], lrs: [1e-3, 2e-3, 4e-3, 8e-3], seed: 0, tasks: [smoke]}
+    sweep: {sizes: [s], lrs: [1e-3, 2e-3, 4e-3, 8e-3], seed: 0, tasks: [smoke], extend_edges: 2}
     final: {sizes: [s], seeds: {s: [0, 1, 2]}, tasks: [smoke, wikitext_2_v1, lambada_openai]}
 
 Every run trains with `harness.training.train.train` and is scored by the registered tasks, exactly as
@@ -25,8 +25,11 @@ Every run trains with `harness.training.train.train` and is scored by the regist
 `non_embedding_params`, `train_flops`) and use the size's name as their `preset`. The final stage
 trains each model at its own learning rate: the sweep's best on a swept size, else the power law
 through the swept sizes' best learning rates (in non-embedding parameters), clamped to the swept
-range; a best at the edge of the grid is flagged in `lr_choice.json`. A final run at a swept
-learning rate and the sweep's seed is the sweep's run (same checkpoint), not a second one.
+range. Where a model's best is the grid's largest (or smallest) learning rate, the sweep goes on a
+step past it, by the grid's own ratio, up to `extend_edges` steps per side (default 0), so that
+the grid brackets each model's optimum; a best still at the edge is flagged in `lr_choice.json`.
+A final run at a swept learning rate and the sweep's seed is the sweep's run (same checkpoint), not
+a second one.
 
 Resuming: a run whose rows exist is skipped; a cut training resumes from its checkpoint
 (harness.study.runner runs them).
@@ -79,13 +82,14 @@ class Study:
     max_epochs: float
     reference_model: str
     sweep_sizes: list[str]
-    lrs: list[float]
+    lrs: list[float]  # the grid every model is swept over (sorted)
     sweep_seed: int
     sweep_tasks: list[str]
     final_sizes: list[str]
     final_seeds: dict[str, list[int]]
     final_tasks: list[str]
     focus: list[str] = field(default_factory=list)
+    extend_edges: int = 0  # steps the sweep may go past the grid's edge where a model's best lies there
     only: set[str] | None = None  # `restrict`: the models this invocation runs (None: all)
     budgets: dict[str, dict] = field(default_factory=dict)  # size -> budget (tokens, epochs, ...), by `plan`
 
@@ -185,10 +189,14 @@ def load_study(path: str | Path) -> Study:
         warmup_fraction=float(data.get("warmup_fraction", 0.1)),
         max_epochs=float(data.get("max_epochs", 4)),
         reference_model=data.get("reference_model", reference_model()),
-        sweep_sizes=list(sweep["sizes"]), lrs=_floats(sweep.get("lrs"), f"{where}: sweep.lrs"),
+        sweep_sizes=list(sweep["sizes"]), lrs=sorted(_floats(sweep.get("lrs"), f"{where}: sweep.lrs")),
         sweep_seed=int(sweep.get("seed", 0)), sweep_tasks=expand_tasks(list(sweep["tasks"])),
         final_sizes=list(final["sizes"]), final_seeds=final_seeds, final_tasks=expand_tasks(list(final["tasks"])),
-        focus=list(data.get("focus") or models[:1]))
+        focus=list(data.get("focus") or models[:1]),
+        extend_edges=_require({"extend_edges": 0, **sweep}, "extend_edges", int, f"{where}: sweep"))
+    if study.extend_edges < 0:
+        raise ConfigError(f"{where}: sweep.extend_edges must be >= 0 (steps past the grid's edge), "
+                          f"got {study.extend_edges}")
     stray = [m for m in study.focus if m not in models]
     if stray:
         raise ConfigError(f"{where}: focus names `{stray[0]}`, which is not one of models")
@@ -233,30 +241,55 @@ def plan(study: Study, log: Callable[[str], None] = print) -> dict[str, dict]:
 # ---------------------------------------------------------------- learning rates
 
 def sweep_losses(rows: list, study: Study) -> dict[tuple[str, str], dict[float, float]]:
-    """{(model, size): {lr: held-out loss}} of the sweep's runs (seed `sweep.seed`), from rows."""
-    out: dict[tuple[str, str], dict[float, float]] = {}
+    """{(model, size): {lr: held-out loss}} of the sweep's runs (seed `sweep.seed`, the learning
+    rates of the model's grid), from rows."""
+    found: dict[tuple[str, str], dict[float, float]] = {}
     for r in rows:
         if (r.task, r.metric) == ("smoke", "loss") and r.extra.get("corpus_source") is None \
-                and r.seed == study.sweep_seed and r.extra.get("lr") in study.lrs and r.preset in study.sweep_sizes:
-            out.setdefault((r.model, r.preset), {})[r.extra["lr"]] = r.value
-    return out
+                and r.seed == study.sweep_seed and r.extra.get("lr") is not None and r.preset in study.sweep_sizes:
+            found.setdefault((r.model, r.preset), {})[r.extra["lr"]] = r.value
+    return {key: {lr: got[lr] for lr in sweep_grid(study, got) if lr in got} for key, got in found.items()}
+
+
+def sweep_grid(study: Study, losses: dict[float, float]) -> list[float]:
+    """The learning rates one (model, size) is swept over: the study's grid, then, while the
+    best of the grid so far is its largest (smallest) and every point has a loss, one more step
+    up (down) by the grid's ratio, at most `extend_edges` per side."""
+    grid = list(study.lrs)
+    if len(grid) < 2:
+        return grid
+    steps = {"up": 0, "down": 0}
+    while all(lr in losses for lr in grid):
+        best = min(grid, key=losses.get)
+        if best == grid[-1] and steps["up"] < study.extend_edges:
+            grid.append(float(f"{grid[-1] * grid[-1] / grid[-2]:.3g}"))
+            steps["up"] += 1
+        elif best == grid[0] and steps["down"] < study.extend_edges:
+            grid.insert(0, float(f"{grid[0] * grid[0] / grid[1]:.3g}"))
+            steps["down"] += 1
+        else:
+            break
+    return grid
 
 
 def choose_lrs(rows: list, study: Study) -> dict[str, dict[str, dict]]:
     """{model: {size: {"lr", "how", "edge"}}} for the final stage, from the sweep rows present:
-    a swept size takes its best learning rate once every one of the grid has a row; a size not
-    swept takes the power law through the swept sizes' best (least squares in log lr vs log
-    non-embedding parameters) once all of them are known, clamped to the grid's range."""
+    a swept size takes its best learning rate once every one of its grid (extended past an edge
+    where the best lies there) has a row; a size not swept takes the power law through the swept
+    sizes' best (least squares in log lr vs log non-embedding parameters) once all of them are
+    known, clamped to the range swept."""
     losses = sweep_losses(rows, study)
     choice: dict[str, dict[str, dict]] = {}
     for model in study.models:
-        best = {}
+        best, swept = {}, list(study.lrs)
         for size in study.sweep_sizes:
             got = losses.get((model, size), {})
-            if len(got) == len(study.lrs):
-                lr = min(got, key=got.get)
+            grid = sweep_grid(study, got)
+            swept += grid
+            if all(lr in got for lr in grid):
+                lr = min(grid, key=got.get)
                 best[size] = lr
-                edge = lr in (min(study.lrs), max(study.lrs)) and len(study.lrs) > 1
+                edge = lr in (grid[0], grid[-1]) and len(grid) > 1
                 choice.setdefault(model, {})[size] = {"lr": lr, "how": "swept", "edge": edge,
                                                       "loss": got[lr]}
         if len(best) < len(study.sweep_sizes):
@@ -266,7 +299,7 @@ def choose_lrs(rows: list, study: Study) -> dict[str, dict[str, dict]]:
             if size in best:
                 continue
             lr = fit["A"] * study.budgets[size]["budget_params"] ** fit["b"] if fit else next(iter(best.values()))
-            lr = float(f"{min(max(lr, min(study.lrs)), max(study.lrs)):.3g}")
+            lr = float(f"{min(max(lr, min(swept)), max(swept)):.3g}")
             choice.setdefault(model, {})[size] = {"lr": lr, "how": "extrapolated", "edge": False}
     return choice
 
@@ -294,11 +327,12 @@ def units(study: Study, rows: list, only: set[str] | None = None) -> tuple[list[
     (None: all), size by size (a size's sweep, then its final runs), so that the smaller sizes
     finish first. The final stage of a model waits for its learning rate; references need none."""
     out, waiting = [], 0
-    lrs = choose_lrs(rows, study)
+    lrs, losses = choose_lrs(rows, study), sweep_losses(rows, study)
     for size in study.sizes:
         if size in study.sweep_sizes:
             for model in study.models:
-                out += [Unit(model, size, lr, study.sweep_seed, tuple(study.sweep_tasks)) for lr in study.lrs]
+                out += [Unit(model, size, lr, study.sweep_seed, tuple(study.sweep_tasks))
+                        for lr in sweep_grid(study, losses.get((model, size), {}))]
         for seed in study.final_seeds.get(size, []):
             for model in study.models:
                 lr = lrs.get(model, {}).get(size, {}).get("lr")

@@ -381,14 +381,19 @@ def cmd_bench_models(args) -> None:
     from harness.bench import models as bm
     from harness.config import ConfigError
     from harness.evaluation.loop import default_device
+    from harness.files import atomic_write_text
     from harness.registry import get_model, load_plugins
     from harness.results.provenance import device_name
+    from harness.results.tables import peer_ratio_table, render
     load_plugins(args.plugin)
     cfg = config_from(args)
     device = torch.device(args.device or default_device())
     names = split_names(args.models)
     for name in names:
         get_model(name)
+    if args.peer is not None and args.peer not in names:
+        raise ConfigError(f"--peer {args.peer} is not one of --models; add it there (e.g. --models "
+                          f"{','.join(names)},{args.peer})")
     sweeps = split_names(args.sweeps)
     unknown = [s for s in sweeps if s not in bm.SWEEPS]
     if unknown:
@@ -404,10 +409,16 @@ def cmd_bench_models(args) -> None:
         console.print(f"{point.model} {point.sweep} length {point.length:,} batch {point.batch}: {shown}",
                       highlight=False)
 
-    bm.run_bench(names, cfg, sweeps, lengths, device, out, args.train_tokens or plan.train_tokens,
-                 [int(b) for b in split_names(args.decode_batches)] if args.decode_batches else plan.decode_batches,
-                 force=args.force, log=lambda m: console.print(m, highlight=False), on_point=show)
+    rows = bm.run_bench(names, cfg, sweeps, lengths, device, out, args.train_tokens or plan.train_tokens,
+                        [int(b) for b in split_names(args.decode_batches)] if args.decode_batches
+                        else plan.decode_batches, force=args.force, log=lambda m: console.print(m, highlight=False),
+                        on_point=show, profile=args.profile)
     console.print(f"wrote {out}/rows.jsonl, run.json, table.md and plots", highlight=False)
+    if args.peer is not None:
+        ratio = render(peer_ratio_table(rows, args.peer), "md")
+        atomic_write_text(out / "ratio.md", ratio)
+        console.print(ratio, highlight=False, markup=False)
+        console.print(f"wrote {out}/ratio.md", highlight=False)
 
 
 def cmd_bench_kernels(args) -> None:
@@ -606,6 +617,10 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--out", help="output folder (default: RESULTS/speed/<device>/<preset>, "
                    "<preset>-activation-checkpointing with --set train.activation_checkpointing=true)")
     b.add_argument("--force", action="store_true", help="measure again models already in the output folder")
+    b.add_argument("--peer", metavar="MODEL", help="one of --models (e.g. llama_hf, Hugging Face's Llama): "
+                   "also write ratio.md, every model's tokens/s over the peer's at each point")
+    b.add_argument("--profile", action="store_true", help="also profile each training step: OUT/profiles/"
+                   "<model>-train-<length>.md, the top kernels by time")
     b.add_argument("--preset", default="340m", help="model sizes (default 340m, the paper's scale)")
     b.add_argument("--config", help="YAML file with model: and train: sections overriding the preset")
     b.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE")

@@ -110,6 +110,15 @@ class ModelConfig:
                               f"inner size; raise model.expand or set model.d_inner")
 
 
+# train.* options that are switched on where they apply ("auto"), demanded ("on": an error names
+# what is missing) or left off; true and false read as on and off
+SWITCHES = ("compile", "fused_ce")
+SWITCH_VALUES = ("auto", "on", "off")
+# train.* keys that change how a run executes (speed, memory, bookkeeping), not what it trains:
+# config_hash leaves them out, and a checkpoint resumes under other values of them
+EXECUTION_KEYS = frozenset({"micro_batch", "compile", "activation_checkpointing", "fused_ce", "save_every"})
+
+
 @dataclass
 class TrainConfig:
     tokens: int = 15_000_000_000  # token budget; steps = tokens // batch_tokens
@@ -124,11 +133,14 @@ class TrainConfig:
     grad_clip: float = 1.0
     seed: int = 0
     dtype: str = "bf16"  # bf16 | fp32 (autocast dtype on GPU; the CPU runs fp32)
-    compile: bool = False
+    # torch.compile per layer: auto | on | off (SWITCHES); auto compiles on a CUDA GPU the models
+    # whose layers are known to compile (harness.training.recipe.compile_applies)
+    compile: str = "auto"
     activation_checkpointing: bool = False
     # fla's FusedLinearCrossEntropyLoss for models on the shared backbone (CUDA, fla installed):
-    # head matmul + cross-entropy in chunks, never materialising the [tokens, vocab] fp32 logits
-    fused_ce: bool = False
+    # head matmul + cross-entropy in chunks, never materialising the [tokens, vocab] fp32 logits;
+    # auto | on | off, auto using it wherever it applies
+    fused_ce: str = "auto"
     eval_tokens: int = 1_000_000  # held-out tokens for the perplexity at the end of training
     save_every: int = 1000  # steps between checkpoints
     corpus: str = "english-mix"  # name of a corpus (harness.data.corpus) or a path to text/JSONL files
@@ -156,6 +168,9 @@ class TrainConfig:
             raise ConfigError(f"train.warmup_tokens must be >= 0, got {self.warmup_tokens}")
         if self.dtype not in ("bf16", "fp32"):
             raise ConfigError(f"train.dtype must be bf16 or fp32, got {self.dtype!r}")
+        for key in SWITCHES:
+            if getattr(self, key) not in SWITCH_VALUES:
+                raise ConfigError(f"train.{key} must be auto, on or off, got {getattr(self, key)!r}")
         # a negative clip flips the gradients, a negative ratio or decay turns the step around
         if self.grad_clip <= 0:
             raise ConfigError(f"train.grad_clip must be positive (the largest gradient norm), got {self.grad_clip}")
@@ -274,9 +289,18 @@ PRESETS: dict[str, dict] = {
 }
 
 
+def _switch(value: Any) -> Any:
+    """auto, on or off from a switch's value: true/false (YAML, CLI, configs stored before the
+    switches had auto) read as on/off; anything else is left for validate to name."""
+    text = str(value).lower() if isinstance(value, (bool, str)) else value
+    return {"true": "on", "false": "off"}.get(text, text)
+
+
 def _coerce(section: str, key: str, current: Any, value: Any) -> Any:
     """Convert a CLI string or YAML value to the type of the field it replaces."""
     name = f"{section}.{key}"
+    if section == "train" and key in SWITCHES:
+        return _switch(value)
     if isinstance(value, str) and not isinstance(current, str):
         try:
             value = yaml.safe_load(value)
@@ -363,7 +387,10 @@ def load_config(preset: str = "tiny", config_file: str | Path | None = None,
 
 
 def config_hash(cfg: Config) -> str:
-    """Short stable digest of a config, used to tell finished work from work to redo."""
+    """Short stable digest of what a config trains, used to tell finished work from work to redo
+    (the EXECUTION_KEYS, which change only how it runs, are left out)."""
     import hashlib
-    blob = json.dumps(cfg.to_dict(), sort_keys=True, default=str).encode()
+    data = cfg.to_dict()
+    data["train"] = {k: v for k, v in data["train"].items() if k not in EXECUTION_KEYS}
+    blob = json.dumps(data, sort_keys=True, default=str).encode()
     return hashlib.sha256(blob).hexdigest()[:12]

@@ -34,7 +34,8 @@ def test_sweep_points_and_rows():
     assert all(e["cuda_graph"] == 0 for t, *_, e in rows if t == "speed_decode")
     assert all(e["status"] == "ok" for *_, e in rows)
     assert {e.get("batch_tokens") for t, _, _, e in rows if t == "speed_train"} == {128}
-    assert {e["activation_checkpointing"] for t, *_, e in rows if t == "speed_train"} == {0}
+    assert {(e["activation_checkpointing"], e["compile"], e["fused_ce"]) for t, *_, e in rows
+            if t == "speed_train"} == {(0, 0, 0)}
 
 
 def test_train_sweep_with_activation_checkpointing_recomputes_and_says_so(monkeypatch):
@@ -49,7 +50,21 @@ def test_train_sweep_with_activation_checkpointing_recomputes_and_says_so(monkey
                             torch.device("cpu"), 64, (1,))
     assert len(calls) == 1
     assert [(p.sweep, p.status) for p in points] == [("train", "ok"), ("prefill", "ok"), ("decode", "ok")]
-    assert points[0].notes == {"activation_checkpointing": 1}
+    assert points[0].notes == {"activation_checkpointing": 1, "compile": 0, "fused_ce": 0}  # auto: off on a CPU
+
+
+def test_train_points_apply_the_training_options_and_can_be_profiled(monkeypatch):
+    """train.compile=on compiles the layers as `harness train` does (the rows say so); --profile keeps
+    each training step's top operators."""
+    import harness.training.recipe
+    compiled = []
+    monkeypatch.setattr(harness.training.recipe, "_compile", compiled.append)
+    cfg = load_config("tiny", overrides=["train.compile=on"])
+    points = bm.sweep_model("swat", cfg, ["train", "prefill"], {"train": [32], "prefill": [32]}, torch.device("cpu"),
+                            64, (1,), profile=True)
+    assert len(compiled) == 1 and points[0].notes == {"activation_checkpointing": 0, "compile": 1, "fused_ce": 0}
+    assert "aten::mm" in points[0].profile and "Self CPU" in points[0].profile
+    assert points[1].sweep == "prefill" and points[1].profile is None
 
 
 def test_full_attention_cache_grows_with_context():
@@ -174,6 +189,26 @@ def test_cli_writes_rows_table_and_plots_then_skips(tmp_path):
     assert "--models transformer" in info["command"]
     bad = subprocess.run(cmd + ["--sweeps", "train,warp"], capture_output=True, text=True, timeout=300)
     assert bad.returncode == 2 and "unknown sweep 'warp'" in bad.stderr
+
+
+def test_cli_measures_hugging_face_llama_beside_the_models_as_a_ratio(tmp_path):
+    """llama_hf (transformers' Llama at the Transformer's shape) runs every sweep, its KV cache
+    replicated for decode; --peer writes each model's tokens/s over the peer's, the peer at 1."""
+    pytest.importorskip("transformers")
+    cmd = [sys.executable, "-m", "harness", "bench", "models", "--preset", "tiny", "--models", "swat,llama_hf",
+           "--lengths", "train=32", "--lengths", "prefill=32", "--lengths", "decode=16", "--decode-batches", "1,2",
+           "--train-tokens", "64", "--out", str(tmp_path / "speed"), "--peer", "llama_hf"]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    rows = [json.loads(line) for line in (tmp_path / "speed" / "rows.jsonl").read_text().splitlines()]
+    assert {(r["model"], r["task"]) for r in rows if r["status"] == "ok"} == {
+        (m, t) for m in ("swat", "llama_hf") for t in ("speed_train", "speed_prefill", "speed_decode")}
+    ratio = (tmp_path / "speed" / "ratio.md").read_text()
+    assert "Throughput relative to llama_hf" in ratio and "speed_decode" in ratio
+    assert all("1.00" in line for line in ratio.splitlines() if line.startswith("| llama_hf"))
+    assert "Throughput relative to llama_hf" in out.stdout
+    bad = subprocess.run(cmd[:-1] + ["mamba"], capture_output=True, text=True, timeout=300)
+    assert bad.returncode == 2 and "error: --peer mamba is not one of --models" in bad.stderr
 
 
 def test_cli_puts_sweeps_with_activation_checkpointing_in_a_folder_of_their_own(tmp_path):

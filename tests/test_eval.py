@@ -20,6 +20,7 @@ from harness.data.paths import DataError  # noqa: E402
 from harness.data.tokenizer import ByteTokenizer
 from harness.evaluation import lm_eval_adapter, lm_eval_tasks, sources  # noqa: E402
 from harness.evaluation.loop import TaskContext  # noqa: E402
+from harness.hf.causal_lm import HFCausalLM  # noqa: E402
 from harness.model.build import build_model  # noqa: E402
 from harness.registry import get_task, load_plugins  # noqa: E402
 
@@ -123,7 +124,7 @@ def test_generate_until_follows_the_greedy_decode_state(tiny):
 
 def test_prompt_templates_compile_once_and_render_as_lm_eval_does(monkeypatch):
     from lm_eval import utils
-    original = utils.apply_template
+    original = getattr(utils.apply_template, "original", utils.apply_template)  # lm-eval's, even if wrapped
     monkeypatch.setattr(utils, "apply_template", original)  # restored after the test
     doc = {"text": "He said hello to Sam", "gold": 1, "choices": ["a", "b"]}
     templates = ["{{text.split(' ')[:-1]|join(' ')}}", "{{' ' + text.split(' ')[-1]}}",
@@ -314,7 +315,7 @@ class FakeHF(torch.nn.Module):
 
 def test_hf_wrapper_keeps_the_model_contract(tiny):
     cfg, model = tiny
-    wrapped = sources.HFCausalLM(FakeHF(model))
+    wrapped = HFCausalLM(FakeHF(model))
     ids = torch.tensor([ByteTokenizer().encode("Hugging Face checkpoints decode through their cache")])
     assert torch.allclose(wrapped(ids), model(ids))
     assert torch.equal(wrapped.generate(ids, max_new_tokens=6), model.generate(ids, max_new_tokens=6))

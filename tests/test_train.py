@@ -250,6 +250,31 @@ def test_cli_errors_are_one_line(tmp_path, capsys, override, message):
     assert err.strip().startswith("error:") and "Traceback" not in err
 
 
+def test_speed_switches_are_on_where_they_apply(straight):
+    """compile and fused_ce default to auto: off on a CPU (the run's meta says what ran), on a CUDA
+    device for the models they apply to; on demands them, off refuses them; true/false read as
+    on/off; none of them changes what a config trains (its hash)."""
+    from harness.config import config_hash
+    from harness.training.recipe import compile_applies, fused_cross_entropy
+    run_dir, _ = straight
+    meta = json.loads((run_dir / "checkpoint" / "meta.json").read_text())
+    assert meta["config"]["train"]["compile"] == "auto" and meta["applied"] == {"compile": False, "fused_ce": False}
+    cfg = load_config("tiny")
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")  # a device name: nothing runs on it here
+    swat, gla = build_model("swat", cfg.model, "meta"), build_model("gla", cfg.model, "meta")
+    assert compile_applies(swat, cuda, "auto") and not compile_applies(swat, cpu, "auto")
+    assert not compile_applies(gla, cuda, "auto")  # fla's layers call their own kernels: left eager
+    assert compile_applies(gla, cpu, "on") and not compile_applies(swat, cuda, "off")
+    assert fused_cross_entropy(swat, cpu, "auto") is None and fused_cross_entropy(swat, cuda, "off") is None
+    with pytest.raises(ConfigError, match="train.fused_ce needs a CUDA GPU"):
+        fused_cross_entropy(swat, cpu, "on")
+    switched = load_config("tiny", overrides=["train.compile=true", "train.fused_ce=false", "train.micro_batch=2"])
+    assert (switched.train.compile, switched.train.fused_ce) == ("on", "off")
+    assert config_hash(switched) == config_hash(cfg) != config_hash(load_config("tiny", overrides=["train.lr=1e-2"]))
+    with pytest.raises(ConfigError, match="train.compile must be auto, on or off, got 'maybe'"):
+        load_config("tiny", overrides=["train.compile=maybe"])
+
+
 def test_backbone_loss_in_forward_equals_the_logits_loss():
     """Backbone models return the loss from forward(targets=...) (where train.fused_ce plugs in);
     it is the cross-entropy of their logits, packed documents included."""

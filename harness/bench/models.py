@@ -2,9 +2,11 @@
 across context lengths, the measurement behind "linear cost like the recurrent models".
 
 Sweeps, per model, at one preset (default 340m):
-- train:   tokens/s and peak memory of forward + backward + AdamW step at sequence lengths
-           2K..64K with a fixed number of tokens per batch (batch = max(1, tokens // length)),
-           with activation checkpointing when `--set train.activation_checkpointing=true` (rows say);
+- train:   tokens/s and peak memory of `harness train`'s step (forward, loss, backward, AdamW) at
+           sequence lengths 2K..64K with a fixed number of tokens per batch (batch = max(1, tokens //
+           length)), with the run's training options as `harness train` applies them: compiled layers
+           and the fused loss where they apply (train.compile, train.fused_ce: auto), activation
+           checkpointing with `--set train.activation_checkpointing=true`; the rows say which ran;
 - prefill: latency and peak memory of one forward over one sequence of 1K..128K tokens;
 - decode:  per-token latency and tokens/s at batch 1 and a large batch after a prompt of 1K..128K
            tokens, and the memory held by the decode state (KV cache, ring buffer or recurrent state).
@@ -31,10 +33,10 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
-import torch.nn.functional as F
 
 from harness.bench.timing import median_ms
 from harness.config import Config
+from harness.training.recipe import lm_loss
 
 SWEEPS = ("train", "prefill", "decode")
 DEFAULT_LENGTHS = {
@@ -79,6 +81,7 @@ class Point:
     status: str = "ok"  # ok | oom
     metrics: dict = field(default_factory=dict)  # e.g. tokens_per_s, latency_ms, peak_mem_gb
     notes: dict = field(default_factory=dict)  # how it was measured, copied into every row's extra
+    profile: str | None = None  # where a training step's time goes (`--profile`): torch.profiler's table
 
 
 def _reset_memory(device: torch.device) -> None:
@@ -116,20 +119,44 @@ def replicate_state(state, batch: int):
     return state
 
 
-def train_point(model, vocab: int, length: int, tokens: int, device, autocast, warmup_ms, rep_ms) -> dict:
+PROFILE_ROWS = 15
+
+
+def profile_table(step: Callable[[], object], device: torch.device) -> str:
+    """torch.profiler's table of the top PROFILE_ROWS operators and kernels of two calls of step (run
+    after the timing's warm-up), by self time on the GPU (on a CPU: CPU time)."""
+    from torch.profiler import ProfilerActivity, profile
+    cuda = device.type == "cuda"
+    with profile(activities=[ProfilerActivity.CUDA if cuda else ProfilerActivity.CPU]) as prof:
+        for _ in range(2):
+            step()
+        if cuda:
+            torch.cuda.synchronize()
+    return prof.key_averages().table(sort_by="self_cuda_time_total" if cuda else "self_cpu_time_total",
+                                     row_limit=PROFILE_ROWS, max_name_column_width=70)
+
+
+def train_point(model, vocab: int, length: int, tokens: int, device, autocast, warmup_ms, rep_ms,
+                profile: bool = False) -> dict:
+    """One optimizer step as `harness train` takes it: its loss (fused with the head where
+    train.fused_ce applies) and its AdamW, on a model with the run's training options applied.
+    profile: also where the step's time goes (`profile_table`, under "profile")."""
     batch = max(1, tokens // length)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device.type == "cuda")
     x = torch.randint(0, vocab, (batch, length + 1), device=device)
 
     def step():
         with autocast():
-            logits = model(x[:, :-1])
-        F.cross_entropy(logits.float().flatten(0, 1), x[:, 1:].flatten()).backward()
+            loss = lm_loss(model, x[:, :-1], x[:, 1:])
+        loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
     ms = median_ms(step, device.type == "cuda", warmup_ms, rep_ms)
-    return {"tokens_per_s": batch * length / ms * 1e3, "step_ms": ms, "batch": batch}
+    out = {"tokens_per_s": batch * length / ms * 1e3, "step_ms": ms, "batch": batch}
+    if profile:
+        out["profile"] = profile_table(step, device)
+    return out
 
 
 @torch.no_grad()
@@ -195,22 +222,39 @@ def decode_point(model, vocab: int, context: int, batch: int, device, autocast,
 def sweep_model(name: str, cfg: Config, sweeps, lengths: dict, device: torch.device,
                 train_tokens: int = DEFAULT_TRAIN_TOKENS, decode_batches=DEFAULT_DECODE_BATCHES,
                 warmup_ms: float = 100, rep_ms: float = 500,
-                on_point: Callable[[Point], None] | None = None, log: Callable = print) -> list[Point]:
+                on_point: Callable[[Point], None] | None = None, log: Callable = print,
+                profile: bool = False) -> list[Point]:
     """Every point of the chosen sweeps for a freshly initialised model (speed does not depend on
-    the weights); OOM points are recorded, never raised; a refused sweep is logged and left out.
+    the weights); OOM points are recorded, never raised; a refused sweep is logged and left out;
+    profile: each training point also keeps its step's profile (`Point.profile`).
     Peak memory counts only what this sweep allocates (model, optimizer state, activations,
     caches), not tensors that were resident before."""
     from harness.model.build import build_model
     from harness.registry import KernelRefusedError
-    from harness.training.recipe import apply_activation_checkpointing, autocast_for
+    from harness.training.recipe import (
+        _compile,
+        apply_activation_checkpointing,
+        autocast_for,
+        compile_applies,
+        fused_cross_entropy,
+    )
     autocast = autocast_for(device, cfg.train.dtype)
     _reset_memory(device)
     resident = torch.cuda.memory_allocated(device) if device.type == "cuda" else 0
     torch.manual_seed(0)
     model = build_model(name, cfg.model, device)
+    # the training options as `harness train` applies them: they change the training step (prefill
+    # and decode call the layers' own prefill and step)
+    fused = fused_cross_entropy(model, device, cfg.train.fused_ce)
+    if fused is not None:
+        model.fused_ce = fused
     recompute = bool(cfg.train.activation_checkpointing)
-    if recompute:  # as `harness train` does; inference (prefill, decode) runs the same forward without grad
+    if recompute:
         apply_activation_checkpointing(model)
+    compiled = compile_applies(model, device, cfg.train.compile)
+    if compiled:
+        _compile(model)
+    applied = {"activation_checkpointing": int(recompute), "compile": int(compiled), "fused_ce": int(fused is not None)}
     vocab = cfg.model.vocab_size
     points = []
     plans = [(s, L, b) for s in sweeps for L in lengths[s]
@@ -228,7 +272,7 @@ def sweep_model(name: str, cfg: Config, sweeps, lengths: dict, device: torch.dev
             continue
         point = Point(name, sweep, length, batch or 1)
         if sweep == "train":  # on OOM rows too: whether memory ran out with recomputation on
-            point.notes = {"activation_checkpointing": int(recompute)}
+            point.notes = dict(applied)
         if key in failed_from and length >= failed_from[key]:
             point.status = "oom"
         else:
@@ -236,8 +280,10 @@ def sweep_model(name: str, cfg: Config, sweeps, lengths: dict, device: torch.dev
             _reset_memory(device)
             try:
                 if sweep == "train":
-                    point.metrics = train_point(model, vocab, length, train_tokens, device, autocast, warmup_ms, rep_ms)
+                    point.metrics = train_point(model, vocab, length, train_tokens, device, autocast, warmup_ms,
+                                                rep_ms, profile)
                     point.batch = point.metrics.pop("batch")
+                    point.profile = point.metrics.pop("profile", None)
                 elif sweep == "prefill":
                     point.metrics = prefill_point(model, vocab, length, device, autocast, warmup_ms, rep_ms)
                 else:
@@ -292,9 +338,10 @@ def points_to_rows(points: list[Point], make_row: Callable) -> list:
 
 def run_bench(names: list[str], cfg: Config, sweeps, lengths: dict, device: torch.device, out_dir,
               train_tokens: int, decode_batches, force: bool = False, log: Callable = print,
-              on_point: Callable | None = None) -> list:
+              on_point: Callable | None = None, profile: bool = False) -> list:
     """Sweep each model into out_dir/{rows.jsonl, run.json, table.md, plots}; a model whose rows are
-    already there is skipped unless force. Rows are saved after each model."""
+    already there is skipped unless force. Rows are saved after each model. profile: also
+    out_dir/profiles/<model>-train-<length>.md, where each training step's time goes."""
     from pathlib import Path
 
     from harness.files import atomic_write_text
@@ -329,13 +376,24 @@ def run_bench(names: list[str], cfg: Config, sweeps, lengths: dict, device: torc
         if not todo:
             continue
         points = sweep_model(name, cfg, todo, lengths, device, train_tokens, decode_batches, on_point=on_point,
-                             log=log)
+                             log=log, profile=profile)
+        for p in points:
+            if p.profile is not None:
+                atomic_write_text(out / "profiles" / f"{name}-train-{p.length}.md", profile_markdown(p, stamp))
         fresh = points_to_rows(points, make_row)
         measured = {f"speed_{s}" for s in todo}
         rows = replace_rows(rows_file, fresh, lambda r: r.model == name and r.task in measured, warn=log)
     atomic_write_text(out / "table.md", render(build("speed", rows), "md"))
     speed_curves(rows, out)
     return rows
+
+
+def profile_markdown(p: Point, stamp: dict) -> str:
+    notes = ", ".join(f"{k}={v}" for k, v in p.notes.items())
+    return (f"# {p.model}: where a training step's time goes\n\n"
+            f"Sequence length {p.length:,}, batch {p.batch}, {stamp['device']} ({notes}); two steps after the "
+            f"timing's warm-up, torch.profiler, top {PROFILE_ROWS} by self time. Command: `{stamp['command']}` "
+            f"(commit {stamp['commit']}, {stamp['date']}).\n\n```\n{p.profile.rstrip()}\n```\n")
 
 
 def model_params(names, cfg: Config) -> dict:

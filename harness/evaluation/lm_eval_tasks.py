@@ -176,6 +176,7 @@ def cache_prompt_templates() -> None:
     def apply_template(template: str, doc: dict) -> str:
         return _compiled_template(template).render(**doc)
     apply_template.compiles_once = True
+    apply_template.original = utils.apply_template
     utils.apply_template = apply_template
 
 

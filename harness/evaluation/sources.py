@@ -25,6 +25,7 @@ import torch
 from harness.config import Config, ConfigError, ModelConfig, TrainConfig, config_hash
 from harness.data.paths import DataError, cache_dir
 from harness.data.tokenizer import get_tokenizer
+from harness.hf.causal_lm import HFCausalLM
 from harness.registry import get_model
 from harness.training.checkpoint import (
     CHECKPOINT_DIR,
@@ -128,7 +129,9 @@ class TrainedSource(ModelSource):
 def trained_model(name: str, cfg: Config, run_dir: Path, device: str, force: bool,
                   on_step: Callable | None = None, should_stop: Callable[[], bool] | None = None):
     """(model, meta, trained): the finished checkpoint in run_dir when it matches cfg, else a
-    training run into run_dir (resumed from its checkpoint unless `force`)."""
+    training run into run_dir (resumed from its checkpoint unless `force`). Either way the model is
+    the checkpoint as loaded, so that the tasks score the same module whether it was trained now or
+    earlier (not the trained one with its training options applied: compiled layers, fused loss)."""
     ckpt = run_dir / CHECKPOINT_DIR
     if (ckpt / META_FILE).is_file() and not force:
         meta = read_meta(ckpt)
@@ -141,7 +144,9 @@ def trained_model(name: str, cfg: Config, run_dir: Path, device: str, force: boo
     tagged = (lambda info: on_step({**info, "model": name})) if on_step else None
     result = train(name, cfg, run_dir, device, on_step=tagged, resume=not force,  # force: start afresh
                    should_stop=should_stop)
-    return result.model, json.loads((result.checkpoint / META_FILE).read_text()), True
+    del result
+    model, _, _, meta = load_checkpoint(ckpt, device)
+    return model, meta, True
 
 
 def check_trainable(name: str, cfg: Config, device: str, world_size: int) -> None:
@@ -161,8 +166,7 @@ def check_trainable(name: str, cfg: Config, device: str, world_size: int) -> Non
         raise RunError(f"{spec.name} runs only on a CUDA GPU (fast path here: {spec.fast_path()}); run it on a "
                        f"GPU machine, or leave it out here")
     model = build_model(spec.name, cfg.model, "meta")
-    if cfg.train.fused_ce:
-        fused_cross_entropy(model, on)
+    fused_cross_entropy(model, on, cfg.train.fused_ce)
     if cfg.train.activation_checkpointing and not layers_of(model):
         raise RunError(f"train.activation_checkpointing needs a model with a `blocks` ModuleList (the shared "
                        f"backbone), which {spec.name} lacks; set train.activation_checkpointing=false")
@@ -239,38 +243,6 @@ class TransformersTokenizer:
 
     def decode(self, ids) -> str:
         return self._tok.decode(list(ids))
-
-
-class HFCausalLM(torch.nn.Module):
-    """A transformers causal LM (e.g. an fla recurrent model) behind the harness model contract:
-    logits from forward, and the decode state (`past_key_values`: the model's recurrent state or
-    KV cache) through prefill/step/generate."""
-
-    def __init__(self, model):
-        super().__init__()
-        self.hf = model
-
-    def forward(self, input_ids):
-        return self.hf(input_ids=input_ids, use_cache=False).logits
-
-    def prefill(self, input_ids):
-        out = self.hf(input_ids=input_ids, use_cache=True)
-        return out.logits, out.past_key_values
-
-    def step(self, input_ids, state):
-        out = self.hf(input_ids=input_ids.reshape(-1, 1), past_key_values=state, use_cache=True)
-        return out.logits[:, -1], out.past_key_values
-
-    @torch.no_grad()
-    def generate(self, input_ids, max_new_tokens: int, **_):
-        logits, state = self.prefill(input_ids)
-        token, out = logits[:, -1].argmax(-1), []
-        for i in range(max_new_tokens):
-            out.append(token)
-            if i + 1 < max_new_tokens:
-                logits, state = self.step(token, state)
-                token = logits.argmax(-1)
-        return torch.stack(out, dim=1)
 
 
 def hf_folder(path: str) -> Path:

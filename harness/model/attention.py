@@ -35,6 +35,7 @@ class AttentionMixer(nn.Module, ABC):
     no window, a KV cache of the whole prefix). A subclass gives the core: `_attend` over a
     sequence, `_attend_cache` for one decoded token against the cache."""
     supports_varlen = True
+    compiles = True  # train.compile=auto compiles the layers around it (harness.training.recipe)
     window: int | None  # keys j with 0 <= i - j < window; None: the whole causal prefix
 
     def __init__(self, cfg: ModelConfig, output_norm: bool = False):

@@ -10,7 +10,8 @@ mixer and nothing else. A mixer is an nn.Module with
     step(x [B, 1, D], state) -> (y [B, 1, D], state)       (one token; equals forward)
     prefill(x [B, T, D]) -> (y, state)                     (optional; default: step per token)
 
-and the class attribute `supports_varlen` when it honours `cu_seqlens` (packed documents).
+and the class attributes `supports_varlen` when it honours `cu_seqlens` (packed documents) and
+`compiles` when torch.compile of its layer is known to run and help (train.compile=auto uses it).
 """
 
 from __future__ import annotations

@@ -22,7 +22,7 @@ every cell can be traced to one stored row. The conventions the pivots rely on:
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from harness.results.store import Row
 
@@ -607,7 +607,8 @@ def _sweep_table(title: str, sections: list[tuple[str, str, list[Row]]], run_con
                 oom |= r is not None and is_oom(r)
                 line.append(Cell() if r is None else text_cell("OOM") if is_oom(r) else
                             Cell(display(r.value, metric), display(r.stderr, metric),
-                                 digits=1 if metric.startswith("acc") else _digits(r.value)))
+                                 digits=1 if metric.startswith("acc") else 2 if metric.endswith("ratio")
+                                 else _digits(r.value)))
             lines.append(line)
         lower = _lower_is_better(metric)
         for j in range(1, len(lengths) + 1):
@@ -671,6 +672,29 @@ def speed_table(rows: list[Row], references: list[Row] = (), run_configs: dict |
                         "Columns: sequence length (training, prefill) or context (decode) in tokens; "
                         "bold: best in its group (highest throughput, lowest latency or memory). "
                         "Numbers from different devices are not comparable.")
+
+
+def peer_ratio_table(rows: list[Row], peer: str) -> Table:
+    """Each model's tokens/s over `peer`'s at the same point (sweep, preset, device, length, batch):
+    the speed sweeps side by side as ratios, the peer itself at 1."""
+    pick = [r for r in rows if r.task in SPEED_TASKS and r.metric == "tokens_per_s" and r.value]
+
+    def point(r: Row) -> tuple:
+        return r.task, r.preset, r.device, _length_key(r), r.extra.get("batch")
+    base = {point(r): r.value for r in pick if r.model == peer}
+    ratios = [replace(r, value=r.value / base[point(r)], stderr=None, metric="tokens_per_s_ratio")
+              for r in pick if point(r) in base]
+    sections = []
+    for task in SPEED_TASKS:
+        for preset in preset_order([r for r in ratios if r.task == task]):
+            rs = [r for r in ratios if (r.task, r.preset) == (task, preset)]
+            devices = sorted({r.device for r in rs if r.device})
+            sections.append((f"{task} · {preset}" + (f" · {', '.join(devices)}" if devices else ""),
+                             "tokens_per_s_ratio", rs))
+    return _sweep_table(f"Throughput relative to {peer}", [s for s in sections if s[2]], {},
+                        f"Each model's tokens/s over {peer}'s at the same length (and decode batch) on the same "
+                        f"device; above 1: faster than {peer}. Columns: sequence length (training, prefill) or "
+                        f"context (decode) in tokens.")
 
 
 def retrieval_table(rows: list[Row], references: list[Row] = (), run_configs: dict | None = None) -> Table:

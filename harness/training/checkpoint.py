@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from harness.config import Config, ConfigError
+from harness.config import EXECUTION_KEYS, Config, ConfigError
 from harness.files import file_sha256
 from harness.model.build import build_model
 from harness.training import distributed
@@ -32,8 +32,7 @@ TRAINER_FILE = "trainer.pt"
 META_FILE = "meta.json"
 # train.* keys that may change between a checkpoint and its resumption: they alter speed, memory,
 # the run's length or its bookkeeping, not the meaning of the state saved so far
-RESUMABLE_CHANGES = {"tokens", "save_every", "eval_tokens", "micro_batch", "compile", "activation_checkpointing",
-                     "fused_ce"}
+RESUMABLE_CHANGES = EXECUTION_KEYS | {"tokens", "eval_tokens"}
 
 
 # ---------------------------------------------------------------- checkpoints

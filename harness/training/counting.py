@@ -43,8 +43,9 @@ def fit_by_counting(model, model_name: str, cfg: Config, run_dir: Path, train_st
     meta's `params` is the model's number of nonzero counts (`num_counts`, distinct tokens or
     pairs: it has no trained parameters), `train_loss` the fitted model's loss on the last step's
     batch, the speed and FLOP fields are None, and there is no per-step log (no loss curve).
-    train.compile, activation_checkpointing and fused_ce do not apply and are ignored. A
-    checkpoint with fewer steps (a run given more train.tokens) is counted on from its position.
+    train.compile, activation_checkpointing and fused_ce do not apply and are ignored (`applied`
+    says both off). A checkpoint with fewer steps (a run given more train.tokens) is counted on
+    from its position.
     One process: counting the tokens costs a small fraction of training a neural model on them."""
     if d.world_size > 1:
         raise ConfigError(f"{model_name} is fitted by counting, in one process; run it without torchrun "
@@ -79,7 +80,8 @@ def fit_by_counting(model, model_name: str, cfg: Config, run_dir: Path, train_st
     held = heldout_score(model, held_stream, tcfg.seq_len, tcfg.eval_tokens, micro, d.device, autocast, d).loss
     tokens = tcfg.steps * seqs_per_step * tcfg.seq_len
     meta = {"model": model_name, "config": cfg.to_dict(), "commit": provenance(str(d.device))["commit"], "params": model.num_counts(),
-            "world_size": 1, "parallel": None, "flops_per_token": None, "step": tcfg.steps, "tokens": tokens,
+            "world_size": 1, "parallel": None, "flops_per_token": None, "applied": {"compile": False, "fused_ce": False},
+            "step": tcfg.steps, "tokens": tokens,
             "heldout_loss": held, "train_loss": train_loss, "tokens_per_s": None, "mfu": None, "peak_flops": None,
             "peak_mem_gib": None, "peak_mem_gib_per_rank": [None]}
     path = save_checkpoint(run_dir, model, None, meta, {"step": tcfg.steps, "position": position}, d)

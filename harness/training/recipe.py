@@ -2,7 +2,9 @@
 (no decay on norms, biases and other 1-D parameters), linear warmup then cosine decay to
 `lr * min_lr_ratio`, the next-token loss (fused with the head under `train.fused_ce`), bf16
 autocast on GPU (fp32 weights and optimizer), and the options applied to a built model from
-outside: `train.compile` (torch.compile per layer), `train.activation_checkpointing`.
+outside: `train.compile` (torch.compile per layer), `train.activation_checkpointing`. The
+switches compile and fused_ce default to auto: on where they apply (a CUDA GPU; see
+`compile_applies`, `fused_cross_entropy`), so that a plain `harness train` on a GPU runs fast.
 """
 
 from __future__ import annotations
@@ -52,19 +54,38 @@ def lm_loss(model, inputs, targets, cu_seqlens=None) -> torch.Tensor:
     return F.cross_entropy(logits.float().flatten(0, -2), targets.flatten())
 
 
-def fused_cross_entropy(model, device: torch.device) -> torch.nn.Module:
-    """fla's fused head + cross-entropy for a backbone model, or a one-line error naming the fix."""
+def fused_cross_entropy(model, device: torch.device, switch: str = "on") -> torch.nn.Module | None:
+    """fla's fused head + cross-entropy for a backbone model under train.fused_ce=`switch`: None
+    when off, or when auto and it does not apply here; under on, a one-line error naming the fix."""
+    if switch == "off":
+        return None
+    problem = None
     if not isinstance(model, DecoderLM):
-        raise ConfigError("train.fused_ce works with models on the shared backbone (DecoderLM) only; "
-                          "set train.fused_ce=false for this model")
-    if device.type != "cuda":
-        raise ConfigError("train.fused_ce needs a CUDA GPU (fla's Triton kernels); set train.fused_ce=false here")
-    try:
-        from fla.modules import FusedLinearCrossEntropyLoss
-    except ImportError:
-        raise ConfigError("train.fused_ce needs flash-linear-attention: pip install 'swat-harness[fla]' "
-                          "(or set train.fused_ce=false)") from None
-    return FusedLinearCrossEntropyLoss()
+        problem = "works with models on the shared backbone (DecoderLM) only; set train.fused_ce=off for this model"
+    elif device.type != "cuda":
+        problem = "needs a CUDA GPU (fla's Triton kernels); set train.fused_ce=off here"
+    else:
+        try:
+            from fla.modules import FusedLinearCrossEntropyLoss
+        except ImportError:
+            problem = "needs flash-linear-attention: pip install 'swat-harness[fla]' (or set train.fused_ce=off)"
+    if problem is None:
+        return FusedLinearCrossEntropyLoss()
+    if switch == "on":
+        raise ConfigError(f"train.fused_ce {problem}")
+    return None
+
+
+def compile_applies(model, device: torch.device, switch: str) -> bool:
+    """Whether train.compile=`switch` compiles this model's layers here: on always (torch.compile
+    runs on any device), auto on a CUDA GPU for models on the shared backbone whose every mixer is
+    known to compile (class attribute `compiles`: the attention mixers, whose compiled training is
+    measured in results/train/h100/; the fla and mamba-ssm layers call their own kernels and stay
+    eager)."""
+    if switch != "auto":
+        return switch == "on"
+    return device.type == "cuda" and isinstance(model, DecoderLM) and all(
+        getattr(b.mixer, "compiles", False) for b in model.blocks)
 
 
 def autocast_for(device: torch.device, dtype: str) -> Callable:

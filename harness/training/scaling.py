@@ -19,15 +19,11 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from harness.config import ConfigError
+from harness.config import EXECUTION_KEYS, ConfigError
 from harness.files import atomic_write_text
-from harness.training.checkpoint import RESUMABLE_CHANGES
 from harness.training.trainlog import LOG_FILE, read_log
 
 DIVERGED = 1e-3  # |loss difference| (nats) taken as the curves parting; bf16 noise stays far below it
-# train.* keys that may differ between runs compared: those a resumed run may change, less the two that
-# change what is computed (the budget sets the lr schedule; eval_tokens the held-out loss)
-SPEED_KEYS = RESUMABLE_CHANGES - {"tokens", "eval_tokens"}
 
 
 @dataclass
@@ -63,7 +59,7 @@ def read_run(folder: Path) -> ScalingRun:
 
 
 def _recipe(run: ScalingRun) -> dict:
-    train = {k: v for k, v in run.config["train"].items() if k not in SPEED_KEYS}
+    train = {k: v for k, v in run.config["train"].items() if k not in EXECUTION_KEYS}  # how each executes may differ
     return {"model": run.config["model"], "train": train}
 
 

@@ -4,7 +4,8 @@
 # Triton autotuning results (.gpu-carry/triton) into the cache; installs the wheels (fla 0.6.0,
 # lm-eval and its datasets stack) once per machine; builds mamba-ssm's CUDA kernels for sm_90 in the
 # background (MAMBA_JOBS compile jobs, default 10; `wait_mamba` blocks until it is done, and
-# "$G/mamba.done" marks it); logs the GPU, driver, torch and Triton. Pass HARNESS_COMMIT=<the commit
+# "$G/mamba.done" marks it; MAMBA_BUILD=0 skips it, e.g. for a call that measures speed and needs
+# the CPUs quiet); logs the GPU, driver, torch and Triton. Pass HARNESS_COMMIT=<the commit
 # sent>: the device copy's git HEAD can be stale, and rows record it.
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 G=$PWD/.gpu; mkdir -p "$G/site" "$G/triton"
@@ -20,7 +21,9 @@ if [ ! -f "$G/site/.wheels" ]; then
     .whl/multiprocess-*.whl .whl/sqlitedict-*.whl && touch "$G/site/.wheels" || exit 1
 fi
 # mamba-ssm with its CUDA kernels, sm_90 only (setup.py patched in the carried source), in the background
-if ! ls "$G"/site/selective_scan_cuda*.so >/dev/null 2>&1; then
+if [ "${MAMBA_BUILD:-1}" = 0 ]; then
+  :
+elif ! ls "$G"/site/selective_scan_cuda*.so >/dev/null 2>&1; then
   ( t0=$(date +%s); rm -rf "$G/mamba"; mkdir -p "$G/mamba" && tar xzf .whl/mamba_ssm-*-sm90-src.tar.gz -C "$G/mamba" &&
     cd "$G"/mamba/mamba_ssm-* && MAMBA_FORCE_BUILD=TRUE MAX_JOBS=${MAMBA_JOBS:-10} python3 -m pip wheel -q \
       --no-build-isolation --no-deps -w "$G/mamba/wheel" . && python3 -m pip install -q --no-index --no-deps \

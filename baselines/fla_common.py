@@ -25,14 +25,9 @@ import torch
 import torch.nn as nn
 
 from harness.model.backbone import DecoderLM
-from harness.registry import RegistryError
+from harness.registry import MissingExtraError, RegistryError
 
 FLA_INSTALL = "pip install 'swat-harness[fla]'"
-
-
-class MissingExtraError(RegistryError, ImportError):
-    """An optional package of a model is not installed; the message names the extra to install.
-    (An ImportError, so that callers that skip uninstalled optional models keep working.)"""
 
 
 class NeedsGPUError(RegistryError, RuntimeError):

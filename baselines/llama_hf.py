@@ -5,13 +5,16 @@ models` (the speed peer of issue 24), and trainable and scored like any model. S
 initialisation (normal, std model.init_std), attention through torch SDPA."""
 
 from harness.hf.causal_lm import HFCausalLM
-from harness.registry import register_model
+from harness.registry import MissingExtraError, register_model
 
 
 @register_model("llama_hf", family="attention", requires=("transformers",), extra="hf",
                 description="Hugging Face LlamaForCausalLM (SDPA) at the Transformer++ shape")
 def build(cfg):
-    import transformers
+    try:
+        import transformers
+    except ImportError:
+        raise MissingExtraError("llama_hf needs transformers: pip install 'swat-harness[hf]'") from None
     config = transformers.LlamaConfig(
         vocab_size=cfg.vocab_size, hidden_size=cfg.hidden_size, intermediate_size=cfg.ffn_hidden,
         num_hidden_layers=cfg.num_layers, num_attention_heads=cfg.num_heads, num_key_value_heads=cfg.kv_heads,

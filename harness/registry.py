@@ -22,6 +22,11 @@ class RegistryError(LookupError):
     """An unknown model or task name, or a plugin that cannot be loaded."""
 
 
+class MissingExtraError(RegistryError, ImportError):
+    """An optional package of a model is not installed; the message names the extra to install.
+    (An ImportError, so that callers that skip uninstalled optional models keep working.)"""
+
+
 class KernelRefusedError(RegistryError, RuntimeError):
     """A model's library refuses one of its kernels on this GPU and software (e.g. fla's gated
     backward on Hopper with some Triton versions); the message names the fix. Benchmarks skip the

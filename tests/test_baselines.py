@@ -23,13 +23,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from baselines.fla_common import MissingExtraError, NeedsGPUError
+from baselines.fla_common import NeedsGPUError
 from baselines.mamba2 import Mamba2Mixer, ssd_ref
 from harness.config import ConfigError, load_config
 from harness.model.build import build_model, matched_config, params_of
 from harness.ops.softmax import softmax_attention
 from harness.ops.swat.reference import swat_attention_ref
-from harness.registry import get_model
+from harness.registry import MissingExtraError, get_model
 
 FLA_MODELS = ["gla", "retnet", "hgrn2", "deltanet", "gated_deltanet"]
 ALL_MODELS = ["swat", "transformer", "sliding_softmax", "mamba", "mamba2", *FLA_MODELS]

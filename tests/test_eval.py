@@ -4,6 +4,7 @@ synthetic probes (deterministic per seed; a perfect copier scores 1.0)."""
 
 import dataclasses
 import json
+import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -319,6 +320,16 @@ def test_hf_wrapper_keeps_the_model_contract(tiny):
     ids = torch.tensor([ByteTokenizer().encode("Hugging Face checkpoints decode through their cache")])
     assert torch.allclose(wrapped(ids), model(ids))
     assert torch.equal(wrapped.generate(ids, max_new_tokens=6), model.generate(ids, max_new_tokens=6))
+
+
+def test_llama_hf_without_transformers_names_the_extra(monkeypatch, capsys, tmp_path):
+    from harness.cli import main
+    monkeypatch.setitem(sys.modules, "transformers", None)  # not installed
+    out = tmp_path / "run"
+    assert main(["train", "--model", "llama_hf", "--preset", "tiny", "--device", "cpu", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.strip() == "error: llama_hf needs transformers: pip install 'swat-harness[hf]'"
+    assert not out.exists()
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")

@@ -91,6 +91,8 @@ def test_budget_beyond_max_epochs_is_refused(tmp_path, capsys):
     ({"sweep": {"sizes": ["a"], "lrs": [-1], "tasks": ["smoke"]}}, "sweep.lrs must be positive"),
     ({"sweep": {"sizes": ["a"], "lrs": [1e-3], "tasks": ["smoke"], "extend_edges": -1}},
      "sweep.extend_edges must be >= 0"),
+    ({"sweep": {"sizes": ["a"], "lrs": [1e-3, 2e-3], "tasks": ["smoke"], "window": 3}},
+     "sweep.window must be 0 (the whole grid) or 2 to 2"),
     ({"colour": "blue"}, "unknown key `colour`"),
     ({"sizes": {"a": {"model": {"hidden_size": -4}}, "b": {}}}, "model.hidden_size must be positive"),
     ({"focus": ["mamba"]}, "focus names `mamba`"),
@@ -248,3 +250,23 @@ def test_sweep_goes_past_the_grid_edge_where_the_best_lies_there():
     assert any("past the study's grid" in note for note in table.notes)
     study.extend_edges = 0  # without extension the same rows choose the grid's edge
     assert choose_lrs(rows, study)["swat"]["a"] == {"lr": 4e-3, "how": "swept", "edge": True, "loss": 2.8}
+
+
+def test_a_window_sweeps_the_next_size_around_the_previous_best():
+    """sweep.window: size b sweeps 4 rates around a's best (two below it, one above), waits until
+    a's sweep has chosen, and steps on along the grid where its best lies at the window's edge."""
+    study = load_study(TINY)
+    study.sweep_sizes, study.final_sizes, study.final_seeds = ["a", "b"], ["b"], {"b": [0]}
+    study.budgets = {s: {"budget_params": n, "tokens": 2e7, "epochs": 0.5} for s, n in (("a", 1e6), ("b", 4e6))}
+    study.lrs, study.window, study.models = [1e-3, 2e-3, 4e-3, 8e-3, 1.6e-2, 3.2e-2], 4, ["swat"]
+    rows = [sweep_row("swat", "a", lr, loss) for lr, loss in zip(study.lrs[:5], (3.4, 3.3, 3.2, 3.1, 3.0))]
+    keys, waiting = units(study, rows)
+    assert not any(u.startswith("b/") for u in {u.key for u in keys}) and waiting == 4 + 1  # b's window, b's final
+    rows.append(sweep_row("swat", "a", 3.2e-2, 3.05))  # a's best: 1.6e-2
+    b_units = {u.key for u in units(study, rows)[0] if u.size == "b"}
+    assert b_units == {f"b/swat/lr{lr:g}-seed0" for lr in (4e-3, 8e-3, 1.6e-2, 3.2e-2)}
+    rows += [sweep_row("swat", "b", lr, loss) for lr, loss in ((4e-3, 2.5), (8e-3, 2.6), (1.6e-2, 2.7), (3.2e-2, 2.8))]
+    assert "b/swat/lr0.002-seed0" in {u.key for u in units(study, rows)[0]}  # best at the window's low edge
+    assert "b" not in choose_lrs(rows, study).get("swat", {})
+    rows.append(sweep_row("swat", "b", 2e-3, 2.55))
+    assert choose_lrs(rows, study)["swat"]["b"] == {"lr": 4e-3, "how": "swept", "edge": False, "loss": 2.5}

@@ -35,8 +35,8 @@ from harness.study.spec import (
     pending_tasks,
     power_law,
     rows_file,
-    sweep_grid,
     sweep_losses,
+    sweep_plan,
     units,
 )
 
@@ -104,7 +104,8 @@ def swept_lrs(study, losses: dict) -> list[float]:
 
 def lr_sweep_table(res: Results) -> Table:
     study = res.study
-    losses = sweep_losses(res.rows, study)
+    plans = sweep_plan(res.rows, study)
+    losses = {key: got for key, (_, got) in plans.items() if got}
     lrs = swept_lrs(study, losses)
     header = ["Model"] + [f"lr {lr:g}" for lr in lrs] + ["best lr"]
     table = Table("Learning-rate sweep: held-out loss (nats/token) at the end of training", header,
@@ -118,7 +119,8 @@ def lr_sweep_table(res: Results) -> Table:
             line = [text_cell(model)] + [Cell(got.get(lr), digits=4) for lr in lrs]
             choice = res.lrs.get(model, {}).get(size)
             best = "" if choice is None else f"{choice['lr']:g}" + (" (grid edge)" if choice["edge"] else "")
-            line.append(text_cell(best or f"{len(got)}/{len(sweep_grid(study, got))} run"))
+            grid = plans[(model, size)][0]
+            line.append(text_cell(best or (f"{sum(lr in got for lr in grid)}/{len(grid)} run" if grid else "waits")))
             if choice is not None:
                 for c in line[1:-1]:
                     c.bold = c.value == choice["loss"]
@@ -130,6 +132,9 @@ def lr_sweep_table(res: Results) -> Table:
                                  f"{study.sweep_seed}", lines))
     table.notes.append("Bold: the model's lowest held-out loss; `grid edge`: the best is the smallest or largest "
                        "learning rate swept, so the grid may not bracket the optimum.")
+    if study.window:
+        table.notes.append(f"Sizes after the first sweep {study.window} rates around the model's best at the "
+                           f"previous size, and go on past an edge where the best lies there; blank: not swept.")
     past = [f"{lr:g}" for lr in lrs if lr not in study.lrs]
     if past:
         table.notes.append(f"lr {', '.join(past)}: past the study's grid, swept only for the models whose best lay "

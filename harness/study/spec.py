@@ -25,9 +25,11 @@ Every run trains with `harness.training.train.train` and is scored by the regist
 `non_embedding_params`, `train_flops`) and use the size's name as their `preset`. The final stage
 trains each model at its own learning rate: the sweep's best on a swept size, else the power law
 through the swept sizes' best learning rates (in non-embedding parameters), clamped to the swept
-range. Where a model's best is the grid's largest (or smallest) learning rate, the sweep goes on a
-step past it, by the grid's own ratio, up to `extend_edges` steps per side (default 0), so that
-the grid brackets each model's optimum; a best still at the edge is flagged in `lr_choice.json`.
+range. With `window: N` a swept size after the first sweeps only N of the grid's rates, around
+the model's best at the previous swept size. Where a model's best is the largest (or smallest)
+rate swept, the sweep goes on a step: to the grid's next rate, and past the grid by its own ratio
+up to `extend_edges` steps per side (default 0), so that each model's optimum is bracketed; a best
+still at the edge is flagged in `lr_choice.json`.
 A final run at a swept learning rate and the sweep's seed is the sweep's run (same checkpoint), not
 a second one.
 
@@ -90,6 +92,7 @@ class Study:
     final_tasks: list[str]
     focus: list[str] = field(default_factory=list)
     extend_edges: int = 0  # steps the sweep may go past the grid's edge where a model's best lies there
+    window: int = 0  # rates swept on a size after the first, around the previous size's best (0: all)
     only: set[str] | None = None  # `restrict`: the models this invocation runs (None: all)
     budgets: dict[str, dict] = field(default_factory=dict)  # size -> budget (tokens, epochs, ...), by `plan`
 
@@ -193,10 +196,14 @@ def load_study(path: str | Path) -> Study:
         sweep_seed=int(sweep.get("seed", 0)), sweep_tasks=expand_tasks(list(sweep["tasks"])),
         final_sizes=list(final["sizes"]), final_seeds=final_seeds, final_tasks=expand_tasks(list(final["tasks"])),
         focus=list(data.get("focus") or models[:1]),
-        extend_edges=_require({"extend_edges": 0, **sweep}, "extend_edges", int, f"{where}: sweep"))
+        extend_edges=_require({"extend_edges": 0, **sweep}, "extend_edges", int, f"{where}: sweep"),
+        window=_require({"window": 0, **sweep}, "window", int, f"{where}: sweep"))
     if study.extend_edges < 0:
         raise ConfigError(f"{where}: sweep.extend_edges must be >= 0 (steps past the grid's edge), "
                           f"got {study.extend_edges}")
+    if study.window and not 2 <= study.window <= len(study.lrs):
+        raise ConfigError(f"{where}: sweep.window must be 0 (the whole grid) or 2 to {len(study.lrs)} (the grid's "
+                          f"{len(study.lrs)} rates), got {study.window}")
     stray = [m for m in study.focus if m not in models]
     if stray:
         raise ConfigError(f"{where}: focus names `{stray[0]}`, which is not one of models")
@@ -240,51 +247,86 @@ def plan(study: Study, log: Callable[[str], None] = print) -> dict[str, dict]:
 
 # ---------------------------------------------------------------- learning rates
 
-def sweep_losses(rows: list, study: Study) -> dict[tuple[str, str], dict[float, float]]:
-    """{(model, size): {lr: held-out loss}} of the sweep's runs (seed `sweep.seed`, the learning
-    rates of the model's grid), from rows."""
+def sweep_plan(rows: list, study: Study) -> dict[tuple[str, str], tuple[list[float] | None, dict[float, float]]]:
+    """{(model, size): (grid, {lr: held-out loss})} for every model at every swept size: the
+    learning rates it is swept over (None while it waits for the previous size's best, under
+    `sweep.window`) and the losses measured at that size (seed `sweep.seed`; those off its grid,
+    e.g. run before a window was set, are shown but do not choose), from rows.
+
+    The first swept size takes the study's grid; with `sweep.window` a later one takes that many
+    of the grid's rates around the previous size's best (`lr_window`). Either grid is then extended
+    while its best so far is its largest (smallest) rate and every point has a loss: to the grid's
+    next rate, and past the study's grid by its ratio, at most `extend_edges` steps per side."""
     found: dict[tuple[str, str], dict[float, float]] = {}
     for r in rows:
         if (r.task, r.metric) == ("smoke", "loss") and r.extra.get("corpus_source") is None \
                 and r.seed == study.sweep_seed and r.extra.get("lr") is not None and r.preset in study.sweep_sizes:
             found.setdefault((r.model, r.preset), {})[r.extra["lr"]] = r.value
-    return {key: {lr: got[lr] for lr in sweep_grid(study, got) if lr in got} for key, got in found.items()}
+    out = {}
+    for model in study.models:
+        prior = None  # the previous swept size's best
+        for k, size in enumerate(study.sweep_sizes):
+            got = found.get((model, size), {})
+            if study.window and k > 0:
+                base = None if prior is None else lr_window(study, prior)
+            else:
+                base = list(study.lrs)
+            grid = None if base is None else extended_grid(study, base, got)
+            out[(model, size)] = (grid, dict(got))
+            prior = min(grid, key=got.get) if grid and all(lr in got for lr in grid) else None
+    return out
 
 
-def sweep_grid(study: Study, losses: dict[float, float]) -> list[float]:
-    """The learning rates one (model, size) is swept over: the study's grid, then, while the
-    best of the grid so far is its largest (smallest) and every point has a loss, one more step
-    up (down) by the grid's ratio, at most `extend_edges` per side."""
-    grid = list(study.lrs)
-    if len(grid) < 2:
-        return grid
-    steps = {"up": 0, "down": 0}
-    while all(lr in losses for lr in grid):
+def sweep_losses(rows: list, study: Study) -> dict[tuple[str, str], dict[float, float]]:
+    """{(model, size): {lr: held-out loss}} of the sweep's runs measured so far (`sweep_plan`)."""
+    return {key: got for key, (_, got) in sweep_plan(rows, study).items() if got}
+
+
+def lr_window(study: Study, prior: float) -> list[float]:
+    """`sweep.window` consecutive rates of the grid around `prior` (for an even window, one more
+    below it than above: a larger model tends to want a smaller rate)."""
+    grid = study.lrs
+    i = min(range(len(grid)), key=lambda j: abs(math.log(grid[j] / prior)))
+    start = min(max(0, i - study.window // 2), len(grid) - study.window)
+    return grid[start:start + study.window]
+
+
+def extended_grid(study: Study, base: list[float], losses: dict[float, float]) -> list[float]:
+    """base, extended while its best so far is its largest (smallest) rate and every point has a
+    loss: by the study grid's next rate, past the grid by its ratio (at most `extend_edges` steps)."""
+    grid, past = list(base), {"up": 0, "down": 0}
+    lrs = study.lrs
+    while len(lrs) > 1 and all(lr in losses for lr in grid):
         best = min(grid, key=losses.get)
-        if best == grid[-1] and steps["up"] < study.extend_edges:
-            grid.append(float(f"{grid[-1] * grid[-1] / grid[-2]:.3g}"))
-            steps["up"] += 1
-        elif best == grid[0] and steps["down"] < study.extend_edges:
-            grid.insert(0, float(f"{grid[0] * grid[0] / grid[1]:.3g}"))
-            steps["down"] += 1
+        side = "up" if best == grid[-1] else "down" if best == grid[0] else None
+        if side is None:
+            break
+        inside = [x for x in lrs if x > best] if side == "up" else [x for x in lrs if x < best][::-1]
+        if inside:
+            step = inside[0]
+        elif past[side] < study.extend_edges:
+            ratio = lrs[-1] / lrs[-2] if side == "up" else lrs[0] / lrs[1]
+            step = float(f"{best * ratio:.3g}")
+            past[side] += 1
         else:
             break
+        grid = grid + [step] if side == "up" else [step] + grid
     return grid
 
 
 def choose_lrs(rows: list, study: Study) -> dict[str, dict[str, dict]]:
     """{model: {size: {"lr", "how", "edge"}}} for the final stage, from the sweep rows present:
-    a swept size takes its best learning rate once every one of its grid (extended past an edge
-    where the best lies there) has a row; a size not swept takes the power law through the swept
-    sizes' best (least squares in log lr vs log non-embedding parameters) once all of them are
-    known, clamped to the range swept."""
-    losses = sweep_losses(rows, study)
+    a swept size takes its best learning rate once every one of its grid (`sweep_plan`) has a
+    row; a size not swept takes the power law through the swept sizes' best (least squares in
+    log lr vs log non-embedding parameters) once all of them are known, clamped to the range swept."""
+    sweeps = sweep_plan(rows, study)
     choice: dict[str, dict[str, dict]] = {}
     for model in study.models:
         best, swept = {}, list(study.lrs)
         for size in study.sweep_sizes:
-            got = losses.get((model, size), {})
-            grid = sweep_grid(study, got)
+            grid, got = sweeps[(model, size)]
+            if grid is None:
+                continue
             swept += grid
             if all(lr in got for lr in grid):
                 lr = min(grid, key=got.get)
@@ -327,12 +369,15 @@ def units(study: Study, rows: list, only: set[str] | None = None) -> tuple[list[
     (None: all), size by size (a size's sweep, then its final runs), so that the smaller sizes
     finish first. The final stage of a model waits for its learning rate; references need none."""
     out, waiting = [], 0
-    lrs, losses = choose_lrs(rows, study), sweep_losses(rows, study)
+    lrs, sweeps = choose_lrs(rows, study), sweep_plan(rows, study)
     for size in study.sizes:
         if size in study.sweep_sizes:
             for model in study.models:
-                out += [Unit(model, size, lr, study.sweep_seed, tuple(study.sweep_tasks))
-                        for lr in sweep_grid(study, losses.get((model, size), {}))]
+                grid = sweeps[(model, size)][0]
+                if grid is None:  # its window waits for the previous size's best
+                    waiting += study.window
+                    continue
+                out += [Unit(model, size, lr, study.sweep_seed, tuple(study.sweep_tasks)) for lr in grid]
         for seed in study.final_seeds.get(size, []):
             for model in study.models:
                 lr = lrs.get(model, {}).get(size, {}).get("lr")

@@ -231,13 +231,7 @@ def sweep_model(name: str, cfg: Config, sweeps, lengths: dict, device: torch.dev
     caches), not tensors that were resident before."""
     from harness.model.build import build_model
     from harness.registry import KernelRefusedError
-    from harness.training.recipe import (
-        _compile,
-        apply_activation_checkpointing,
-        autocast_for,
-        compile_applies,
-        fused_cross_entropy,
-    )
+    from harness.training.recipe import apply_training_options, autocast_for
     autocast = autocast_for(device, cfg.train.dtype)
     _reset_memory(device)
     resident = torch.cuda.memory_allocated(device) if device.type == "cuda" else 0
@@ -245,16 +239,9 @@ def sweep_model(name: str, cfg: Config, sweeps, lengths: dict, device: torch.dev
     model = build_model(name, cfg.model, device)
     # the training options as `harness train` applies them: they change the training step (prefill
     # and decode call the layers' own prefill and step)
-    fused = fused_cross_entropy(model, device, cfg.train.fused_ce)
-    if fused is not None:
-        model.fused_ce = fused
-    recompute = bool(cfg.train.activation_checkpointing)
-    if recompute:
-        apply_activation_checkpointing(model)
-    compiled = compile_applies(model, device, cfg.train.compile)
-    if compiled:
-        _compile(model)
-    applied = {"activation_checkpointing": int(recompute), "compile": int(compiled), "fused_ce": int(fused is not None)}
+    resolved = apply_training_options(model, cfg.train, device)
+    applied = {"activation_checkpointing": int(cfg.train.activation_checkpointing),
+               **{key: int(on) for key, on in resolved.items()}}
     vocab = cfg.model.vocab_size
     points = []
     plans = [(s, L, b) for s in sweeps for L in lengths[s]

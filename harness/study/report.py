@@ -35,7 +35,6 @@ from harness.study.spec import (
     pending_tasks,
     power_law,
     rows_file,
-    sweep_losses,
     sweep_plan,
     units,
 )
@@ -69,6 +68,8 @@ class Results:
         self.study = study
         self.rows = rows
         self.lrs = choose_lrs(rows, study)
+        self.sweeps = sweep_plan(rows, study)  # (model, size) -> (grid, {lr: loss measured})
+        self.sweep_losses = {key: got for key, (_, got) in self.sweeps.items() if got}
 
     def final_lr(self, model: str, size: str) -> float | None:
         return self.lrs.get(model, {}).get(size, {}).get("lr")
@@ -103,9 +104,7 @@ def swept_lrs(study, losses: dict) -> list[float]:
 
 
 def lr_sweep_table(res: Results) -> Table:
-    study = res.study
-    plans = sweep_plan(res.rows, study)
-    losses = {key: got for key, (_, got) in plans.items() if got}
+    study, losses = res.study, res.sweep_losses
     lrs = swept_lrs(study, losses)
     header = ["Model"] + [f"lr {lr:g}" for lr in lrs] + ["best lr"]
     table = Table("Learning-rate sweep: held-out loss (nats/token) at the end of training", header,
@@ -119,7 +118,7 @@ def lr_sweep_table(res: Results) -> Table:
             line = [text_cell(model)] + [Cell(got.get(lr), digits=4) for lr in lrs]
             choice = res.lrs.get(model, {}).get(size)
             best = "" if choice is None else f"{choice['lr']:g}" + (" (grid edge)" if choice["edge"] else "")
-            grid = plans[(model, size)][0]
+            grid = res.sweeps[(model, size)][0]
             line.append(text_cell(best or (f"{sum(lr in got for lr in grid)}/{len(grid)} run" if grid else "waits")))
             if choice is not None:
                 for c in line[1:-1]:
@@ -144,8 +143,7 @@ def lr_sweep_table(res: Results) -> Table:
 
 def lr_sweep_plot(res: Results, out: Path) -> list[Path]:
     from harness.results.plots import _write_plot, pyplot
-    study = res.study
-    losses = sweep_losses(res.rows, study)
+    study, losses = res.study, res.sweep_losses
     lrs = swept_lrs(study, losses)
     sizes = [s for s in study.sweep_sizes if any(k[1] == s for k in losses)]
     if not sizes:
@@ -332,6 +330,11 @@ LONG_CONTEXT = (
 )
 
 
+def training_lengths(res: Results, task: str) -> list[int]:
+    """The training lengths the task's rows were measured against."""
+    return sorted({r.extra["train_length"] for r in res.rows if r.task == task and r.extra.get("train_length")})
+
+
 def long_context_table(res: Results, task: str, metric: str, key: str, over: str | None, scale: float,
                        lower: bool, title: str, note: str) -> Table | None:
     """Rows = models per size, columns = the probe's lengths."""
@@ -341,8 +344,7 @@ def long_context_table(res: Results, task: str, metric: str, key: str, over: str
         return None
     header = ["Model"] + [f"{x // 1024}K" if x >= 1024 else str(x) for x in xs]
     table = Table(title, header, header)
-    train_lengths = sorted({r.extra["train_length"] for r in res.rows if r.task == task
-                            and r.extra.get("train_length")})
+    train_lengths = training_lengths(res, task)
     for size in res.study.final_sizes:
         lines = []
         for model in res.models():
@@ -378,8 +380,7 @@ def ppl_vs_length_plot(res: Results, out: Path) -> list[Path]:
     plt = pyplot()
     fig, axes = plt.subplots(1, len(sizes), figsize=(6 * len(sizes), 4.5), squeeze=False)
     lines, handles = [], {}
-    train_lengths = sorted({r.extra["train_length"] for r in res.rows if r.task == "length"
-                            and r.extra.get("train_length")})
+    train_lengths = training_lengths(res, "length")
     for ax, size in zip(axes[0], sizes):
         for model in study.models:
             pts = curves.get((size, model))

@@ -277,11 +277,6 @@ def sweep_plan(rows: list, study: Study) -> dict[tuple[str, str], tuple[list[flo
     return out
 
 
-def sweep_losses(rows: list, study: Study) -> dict[tuple[str, str], dict[float, float]]:
-    """{(model, size): {lr: held-out loss}} of the sweep's runs measured so far (`sweep_plan`)."""
-    return {key: got for key, (_, got) in sweep_plan(rows, study).items() if got}
-
-
 def lr_window(study: Study, prior: float) -> list[float]:
     """`sweep.window` consecutive rates of the grid around `prior` (for an even window, one more
     below it than above: a larger model tends to want a smaller rate)."""

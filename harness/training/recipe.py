@@ -107,6 +107,21 @@ def apply_activation_checkpointing(model) -> None:
         layer.forward = forward
 
 
+def apply_training_options(model, tcfg, device: torch.device) -> dict[str, bool]:
+    """Apply train.fused_ce, train.activation_checkpointing and train.compile to a built model, in
+    place, as `harness train` runs it (and `harness bench models` times it); returns what the auto
+    switches resolved to here, {"compile": ..., "fused_ce": ...}."""
+    fused = fused_cross_entropy(model, device, tcfg.fused_ce)
+    if fused is not None:
+        model.fused_ce = fused
+    if tcfg.activation_checkpointing:
+        apply_activation_checkpointing(model)
+    compiled = compile_applies(model, device, tcfg.compile)
+    if compiled:
+        _compile(model)
+    return {"compile": compiled, "fused_ce": fused is not None}
+
+
 def _compile(model) -> None:
     """torch.compile each layer (in place: parameter names and checkpoints are unchanged)."""
     for layer in distributed.layers_of(model) or [model]:

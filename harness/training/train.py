@@ -44,12 +44,9 @@ from harness.training.distributed import Dist
 from harness.training.heldout import heldout_score
 from harness.training.outcome import TrainingError, TrainingStopped, TrainResult
 from harness.training.recipe import (
-    _compile,
-    apply_activation_checkpointing,
+    apply_training_options,
     autocast_for,
     check_tokenizer,
-    compile_applies,
-    fused_cross_entropy,
     lm_loss,
     lr_at,
     make_optimizer,
@@ -183,15 +180,8 @@ def build(model_name: str, cfg: Config, run_dir: Path, d: Dist, model: torch.nn.
     folder (a cut checkpoint swap repaired; the old checkpoint dropped unless `resume`)."""
     tcfg = cfg.train
     seqs_per_step, micro, accum = _batch_layout(tcfg, d.world_size)
-    fused = fused_cross_entropy(model, d.device, tcfg.fused_ce)
-    if fused is not None:
-        model.fused_ce = fused
-    compiled = compile_applies(model, d.device, tcfg.compile)
     params, flops = count_params(model), flops_per_token(model, tcfg.seq_len)
-    if tcfg.activation_checkpointing:
-        apply_activation_checkpointing(model)
-    if compiled:
-        _compile(model)
+    applied = apply_training_options(model, tcfg, d.device)
     wrapped = distributed.wrap(model, parallel, d)
     optimizer = make_optimizer(wrapped, tcfg)
     if d.is_main:
@@ -202,7 +192,7 @@ def build(model_name: str, cfg: Config, run_dir: Path, d: Dist, model: torch.nn.
     d.barrier()
     meta = {"model": model_name, "config": cfg.to_dict(), "commit": provenance(str(d.device))["commit"],
             "params": params, "world_size": d.world_size, "parallel": parallel, "flops_per_token": flops.as_dict(),
-            "applied": {"compile": compiled, "fused_ce": fused is not None}}  # what auto resolved to here
+            "applied": applied}  # what the auto switches resolved to here
     return Job(model_name, cfg, run_dir, d, wrapped, optimizer, autocast_for(d.device, tcfg.dtype), train_stream,
                held_stream, seqs_per_step, micro, accum, flops, params, meta)
 

@@ -3,10 +3,12 @@
 
 As in the paper and fla's `HGRN2Config`: state expansion ratio 128 (hidden / 128 heads, each with
 a 128 x head-dim state), no short convolution, and the paper's layer-wise lower bounds on the
-forget gates: one learnable [layers, hidden] table shared by all blocks, turned into monotone
+forget gates: one learnable [layers, forget dim] table shared by all blocks, turned into monotone
 bounds by softmax over layers and a cumulative sum (zero for the first layer), so that higher
-layers keep longer memories. fla's model holds that table above its blocks; here every mixer
-holds the same `LowerBounds` module and reads its own row. Each block adds the backbone's SwiGLU
+layers keep longer memories. fla's model holds that table above its blocks, as wide as the hidden
+size, which is the forget dim only where the hidden size is a multiple of 128; here every mixer
+holds the same `LowerBounds` module, as wide as the layers' forget gates (128 at hidden size 192:
+one head), and reads its own row. Each block adds the backbone's SwiGLU
 MLP, whose width is solved so that parameters match the reference.
 """
 
@@ -52,6 +54,9 @@ def options(cfg) -> dict:
 @register_model("hgrn2", family="recurrent", requires=("fla",), extra="fla", gpu_only=True, match="mlp_hidden",
                 description="HGRN2: gated linear RNN, state expansion 128, layer lower bounds (fla), + SwiGLU MLP")
 def build(cfg):
-    bounds = LowerBounds(cfg.num_layers, cfg.hidden_size)
-    return fla_model(cfg, "hgrn2", "HGRN2Attention", options(cfg),
-                     lambda layer, i: HGRN2Mixer(layer, bounds, i, cfg.init_std))
+    shared = {}
+
+    def mixer(layer, i):
+        bounds = shared.setdefault("bounds", LowerBounds(cfg.num_layers, layer.forget_dim))
+        return HGRN2Mixer(layer, bounds, i, cfg.init_std)
+    return fla_model(cfg, "hgrn2", "HGRN2Attention", options(cfg), mixer)

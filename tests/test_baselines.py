@@ -187,6 +187,17 @@ def test_paper_configs_of_the_fla_models():
     assert hgrn2.blocks[0].mixer.bounds is hgrn2.blocks[5].mixer.bounds
 
 
+@pytest.mark.parametrize("hidden", [128, 192, 256])
+def test_hgrn2_lower_bounds_are_as_wide_as_the_forget_gates(hidden):
+    """At a hidden size that is not a multiple of the expand ratio (192: one head of 128), the
+    bounds still match the forget gates they bound (the scaling study's middle size)."""
+    if not HAS_FLA:
+        pytest.skip("flash-linear-attention is not installed (pip install 'swat-harness[fla]')")
+    cfg = dataclasses.replace(load_config("tiny").model, hidden_size=hidden, num_layers=3, num_heads=hidden // 32)
+    mixer = get_model("hgrn2").build(cfg).blocks[1].mixer
+    assert mixer.layer_kwargs()["lower_bound"].shape == (mixer.layer.f_proj.out_features,)
+
+
 def test_harness_list_shows_every_model_with_params_and_fast_path(capsys, monkeypatch):
     from harness import cli
     monkeypatch.setenv("COLUMNS", "250")

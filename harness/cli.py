@@ -1,7 +1,8 @@
 """The `harness` command line: list, run, train (rich output, one-line errors).
 
 Every expected failure (unknown model, bad config, missing data, out of memory, NaN) is printed
-as one line starting with `error:` that names the fix, with exit status 2; no traceback.
+as one line starting with `error:` that names the fix, with exit status 2 (out of memory: 4, so that
+a scheduler can run the job again once the GPU's other jobs finish); no traceback.
 """
 
 from __future__ import annotations
@@ -676,11 +677,12 @@ def expected_errors() -> tuple:
     from harness.data.paths import DataError
     from harness.evaluation.sources import RunError
     from harness.hf.export import ExportError
+    from harness.memory import OutOfMemory
     from harness.registry import RegistryError
     from harness.results.store import ResultsError
     from harness.training.outcome import TrainingError
     return (ConfigError, DataError, RegistryError, RunError, TrainingError, ResultsError, ExportError,
-            FileNotFoundError, RunFailed)
+            OutOfMemory, FileNotFoundError, RunFailed)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -691,17 +693,19 @@ def main(argv: list[str] | None = None) -> int:
         err_console.print("interrupted: finished work is kept; run the same command again to resume")
         return 130
     except expected_errors() as err:
+        from harness.memory import OUT_OF_MEMORY_EXIT, OutOfMemory
         err_console.print(f"[red]error:[/red] {escape(str(err))}", highlight=False, soft_wrap=True)
-        return 2
+        return OUT_OF_MEMORY_EXIT if isinstance(err, OutOfMemory) else 2
     except Exception as err:
-        import torch
-        # the host's allocator raises a plain RuntimeError (e.g. a model too large for this machine)
-        if isinstance(err, torch.OutOfMemoryError) or "DefaultCPUAllocator: can't allocate memory" in str(err):
-            err_console.print("[red]error:[/red] out of memory; lower train.micro_batch (gradient accumulation "
-                              "keeps the batch), set train.activation_checkpointing=true, or make the model smaller",
-                              highlight=False, soft_wrap=True)
-            return 2
-        raise
+        from harness.memory import OUT_OF_MEMORY_EXIT, is_out_of_memory, out_of_memory
+        if not is_out_of_memory(err):
+            raise
+        # raised outside training (evaluation, a model too large for the host to build)
+        from harness.evaluation.loop import default_device
+        device = getattr(args, "device", None) or default_device()
+        err_console.print(f"[red]error:[/red] {escape(str(out_of_memory(f'harness {args.command}', device)))}",
+                          highlight=False, soft_wrap=True)
+        return OUT_OF_MEMORY_EXIT
     return 0
 
 

@@ -21,7 +21,9 @@ That is the fair question "what does the model do with L tokens of context". The
 helps full attention, sliding evaluation windows of the training length, is what the `wikitext`
 task's rolling windows (and the adapter's `stride`) measure; it is not mixed into this curve.
 A forward that runs out of memory at some L ends the sweep for that model at the last length that
-fit (said on stderr); rows are only written for lengths that were evaluated completely.
+fit (said on stderr); rows are only written for lengths that were evaluated completely. Where other
+processes hold part of the GPU the task fails instead (harness.memory): their share would decide
+where the sweep stops.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ import torch.nn.functional as F
 from rich.progress import track
 
 from harness.data.paths import DataError
+from harness.memory import gpu_is_shared, is_out_of_memory, out_of_memory
 from harness.registry import register_task
 
 LENGTH_DATASETS = ("wikitext", "wikitext_2_v1")  # the raw text when mirrored, else the tokenized v1
@@ -129,8 +132,12 @@ def run(model, tokenizer, ctx):
             for lo in range(0, len(starts), per_batch):
                 batch = torch.stack([tokens[s:s + length + 1] for s in starts[lo:lo + per_batch]]).to(device)
                 parts.append(window_losses(model, batch, autocast).cpu())
-        except torch.OutOfMemoryError:
+        except Exception as err:
+            if not is_out_of_memory(err):
+                raise
             torch.cuda.empty_cache()
+            if gpu_is_shared(ctx.device):  # the model's answer, not its neighbours': all lengths or none
+                raise out_of_memory(f"length: {ctx.model_name} at {length} tokens", ctx.device) from None
             print(f"length: {ctx.model_name} ran out of memory at {length} tokens on {ctx.device}; "
                   f"the sweep stops at {length // 2}", file=sys.stderr)
             break

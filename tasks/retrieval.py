@@ -30,6 +30,7 @@ import numpy as np
 import torch
 from rich.progress import track
 
+from harness.memory import gpu_is_shared, is_out_of_memory, out_of_memory
 from harness.registry import register_task
 
 INSTRUCTION = ("There is an important info hidden inside a lot of irrelevant text. Find it and memorize it. "
@@ -143,8 +144,12 @@ def run_passkey(model, tokenizer, ctx):
                 hits = [passkey_correct(model, tokenizer, passkey_prompt(tokenizer, length, depth, s), ctx.device,
                                         autocast) for s in range(samples)]
                 cells.append((depth, float(np.mean(hits))))
-        except torch.OutOfMemoryError:
+        except Exception as err:
+            if not is_out_of_memory(err):
+                raise
             torch.cuda.empty_cache()
+            if gpu_is_shared(ctx.device):  # as the length task: the neighbours' share must not cut the sweep
+                raise out_of_memory(f"passkey: {ctx.model_name} at {length} tokens", ctx.device) from None
             print(f"passkey: {ctx.model_name} ran out of memory at {length} tokens on {ctx.device}; "
                   f"longer prompts are skipped", file=sys.stderr)
             break

@@ -232,6 +232,31 @@ def test_length_sweep_scores_the_same_tokens_at_every_length(tiny):
     assert sum(r.n for r in buckets) == overall[0].n
 
 
+@pytest.mark.parametrize("shared", [False, True])
+def test_length_sweep_out_of_memory_stops_alone_and_fails_beside_others(tiny, monkeypatch, capsys, shared):
+    """Alone on its device the sweep ends at the last length that fit; where other processes hold
+    part of the GPU their share would decide that length, so the task fails instead (to run again)."""
+    import tasks.length as length_task
+    from harness.memory import OutOfMemory
+    cfg, model = tiny
+    real = length_task.window_losses
+
+    def squeezed(model, batch, autocast):  # Triton's launcher raises a plain RuntimeError
+        if batch.shape[1] > 65:
+            raise RuntimeError("Triton Error [CUDA]: out of memory")
+        return real(model, batch, autocast)
+    monkeypatch.setattr(length_task, "window_losses", squeezed)
+    monkeypatch.setattr(length_task, "gpu_is_shared", lambda device: shared)
+    ctx = small_ctx(cfg, train_length=32, limit=None)
+    if shared:
+        with pytest.raises(OutOfMemory, match="length: swat at 128 tokens ran out of memory on cpu"):
+            get_task("length").run(model, ByteTokenizer(), ctx)
+        return
+    rows = get_task("length").run(model, ByteTokenizer(), ctx)
+    assert sorted({r.extra["context"] for r in rows}) == [32, 64]
+    assert "ran out of memory at 128 tokens on cpu; the sweep stops at 64" in capsys.readouterr().err
+
+
 class CopyOracle(torch.nn.Module):
     """Predicts the token that followed the most recent earlier occurrence of the longest suffix
     (up to 8 tokens) of the sequence so far: a model that copies perfectly from its context."""

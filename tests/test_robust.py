@@ -417,4 +417,25 @@ def test_fuzzed_edge_values_train_or_stop_in_one_line(tmp_path, capsys, model, o
         assert code == 0 and "error" not in err, err
     else:
         one_error_line(err, message)
-        assert code == 2
+        assert code == (4 if message == "out of memory" else 2)  # harness.memory.OUT_OF_MEMORY_EXIT
+
+
+def test_out_of_memory_beside_other_processes_says_to_run_again(monkeypatch):
+    """harness.memory: which errors mean out of memory, and a message that tells a job squeezed by
+    other processes on the GPU from one too large for it."""
+    import torch
+
+    from harness import memory
+    assert memory.is_out_of_memory(torch.OutOfMemoryError("CUDA out of memory"))
+    assert memory.is_out_of_memory(RuntimeError("Triton Error [CUDA]: out of memory"))
+    assert memory.is_out_of_memory(RuntimeError("[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: "
+                                                 "can't allocate memory: you tried to allocate 1 bytes"))
+    assert not memory.is_out_of_memory(RuntimeError("shape mismatch")) and not memory.is_out_of_memory(
+        ValueError("out of memory"))
+    assert memory.held_by_others_gib("cpu") == 0.0 and not memory.gpu_is_shared("cpu")
+    assert str(memory.out_of_memory("passkey: swat at 32768 tokens", "cpu")) == (
+        f"passkey: swat at 32768 tokens ran out of memory on cpu; {memory.FIXES}")
+    monkeypatch.setattr(memory, "held_by_others_gib", lambda device: 40.25)
+    assert str(memory.out_of_memory("training", "cuda:0", "lower train.micro_batch")) == (
+        "training ran out of memory on cuda:0 while other processes held 40.2 GiB of it; run it again when "
+        "they finish (or lower train.micro_batch)")

@@ -36,6 +36,7 @@ import torch
 
 from harness.bench.timing import median_ms
 from harness.config import Config
+from harness.memory import is_out_of_memory
 from harness.training.recipe import lm_loss
 
 SWEEPS = ("train", "prefill", "decode")
@@ -278,17 +279,19 @@ def sweep_model(name: str, cfg: Config, sweeps, lengths: dict, device: torch.dev
                                                               rep_ms)
                 if device.type == "cuda":
                     point.metrics["peak_mem_gb"] = (torch.cuda.max_memory_allocated(device) - resident) / 2**30
-            except torch.OutOfMemoryError:
-                point.status = "oom"
-                failed_from[key] = length
-                model.zero_grad(set_to_none=True)
-                _reset_memory(device)
             except KernelRefusedError as err:
                 log(f"{name}: {sweep} sweep not measured: {err}")
                 refused.add(sweep)
                 model.zero_grad(set_to_none=True)
                 _reset_memory(device)
                 continue
+            except Exception as err:
+                if not is_out_of_memory(err):
+                    raise
+                point.status = "oom"
+                failed_from[key] = length
+                model.zero_grad(set_to_none=True)
+                _reset_memory(device)
         points.append(point)
         if on_point:
             on_point(point)

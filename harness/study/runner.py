@@ -28,6 +28,7 @@ from harness.evaluation.loop import (
 )
 from harness.evaluation.sources import trained_model
 from harness.files import atomic_write_bytes, atomic_write_text
+from harness.memory import OUT_OF_MEMORY_EXIT
 from harness.model.build import non_embedding_params
 from harness.registry import get_task
 from harness.results.provenance import provenance, record_run
@@ -149,7 +150,9 @@ def run_study(study: Study, results: Path, runs: Path, device: str, jobs: int = 
             stop = (lambda: time.time() >= deadline) if deadline is not None else None
             counts[_in_process(study, unit, results, runs, device, log, on_step, stop, d)] += 1
     else:
-        for status in _pool(study, next_unit, results, runs, device, jobs, deadline, log, plugins):
+        def requeue(key: str) -> None:  # the unit may be claimed again for the tasks it has left
+            claimed.difference_update({c for c in claimed if c[0] == key})
+        for status in _pool(study, next_unit, results, runs, device, jobs, deadline, log, plugins, requeue):
             counts[status] += 1
     if main:
         write_report(study, Path(results))
@@ -181,17 +184,19 @@ def _visible_gpus() -> list[str]:
     return [g.strip() for g in env.split(",") if g.strip()] if env else [str(i) for i in range(torch.cuda.device_count())]
 
 
-def _pool(study, next_unit, results, runs, device, jobs, deadline, log, plugins=()):
-    """Run units in `jobs` worker processes, asking `next_unit` whenever a slot is free; yield each
-    one's status as it ends. Past the deadline no unit starts and the workers are stopped
-    (`stop_workers`)."""
+def _pool(study, next_unit, results, runs, device, jobs, deadline, log, plugins=(), requeue=lambda key: None):
+    """Run units in up to `jobs` worker processes, asking `next_unit` whenever a slot is free; yield
+    each one's status as it ends. A worker that ran out of memory beside others was squeezed by
+    them (harness.memory): its unit is handed back (`requeue`) to run again, and from then on no more
+    run side by side than were running then. Alone, running out of memory is a failure. Past the
+    deadline no unit starts and the workers are stopped (`stop_workers`)."""
     gpus = _visible_gpus() if device.startswith("cuda") else []
     logs = Path(runs) / study.name / "logs"
     logs.mkdir(parents=True, exist_ok=True)
-    running, slot, exhausted, signalled = {}, 0, False, {}
+    running, slot, exhausted, signalled, limit = {}, 0, False, {}, jobs
     while True:
         expired = deadline is not None and time.time() >= deadline
-        while not expired and not exhausted and len(running) < jobs:
+        while not expired and not exhausted and len(running) < limit:
             unit = next_unit(tuple(running))
             if unit is None:
                 exhausted = True  # asked again when a run ends: its rows may define new units
@@ -211,15 +216,21 @@ def _pool(study, next_unit, results, runs, device, jobs, deadline, log, plugins=
         if expired:
             stop_workers({key: proc for key, (proc, _, _) in running.items()}, signalled)
         time.sleep(0.5)
-        for key, (proc, out, t0) in list(running.items()):
-            code = proc.poll()
-            if code is None:
-                continue
+        ended = {key: code for key, (proc, _, _) in running.items() if (code := proc.poll()) is not None}
+        neighbours = len(running) - 1  # beside each worker that ended in this round
+        for key, code in ended.items():
+            _, out, t0 = running.pop(key)
             out.close()
-            del running[key]
             exhausted = False
             status = worker_status(code, key in signalled)
             tail = _last_line(logs / (key.replace("/", "_") + ".log"))
+            if status == "out of memory" and neighbours:
+                limit = min(limit, neighbours)
+                requeue(key)
+                log(f"out of memory {key} beside {neighbours} other run(s): queued again; at most {limit} side by "
+                    f"side from now on")
+                continue
+            status = "failed" if status == "out of memory" else status
             log(f"{status} {key} in {time.time() - t0:.0f}s" + (f": {tail}" if status != "done" else ""))
             yield status
 
@@ -240,12 +251,13 @@ def stop_workers(workers: dict, signalled: dict) -> None:
 
 
 def worker_status(code: int, signalled: bool) -> str:
-    """done, stopped (resumable: checkpointed, or ended by our signal at the deadline) or failed."""
+    """done, stopped (resumable: checkpointed, or ended by our signal at the deadline), out of
+    memory, or failed."""
     if code == 0:
         return "done"
     if code == STOPPED_EXIT or (signalled and code in (-signal.SIGTERM, -signal.SIGKILL)):
         return "stopped"
-    return "failed"
+    return "out of memory" if code == OUT_OF_MEMORY_EXIT else "failed"
 
 
 def _last_line(path: Path) -> str:

@@ -11,7 +11,7 @@ import torch
 
 
 class TrainingError(RuntimeError):
-    """Training cannot go on (NaN loss, out of memory); the message says what to change."""
+    """Training cannot go on (NaN loss, a corpus too short); the message says what to change."""
 
 
 class TrainingStopped(RuntimeError):

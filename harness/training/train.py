@@ -24,6 +24,7 @@ import torch
 
 from harness.config import Config
 from harness.data.streams import TokenStream, prepare_streams
+from harness.memory import is_out_of_memory, out_of_memory
 from harness.model.backbone import count_params
 from harness.model.build import build_model
 from harness.model.flops import FlopCount, flops_per_token, measure_matmul_peak
@@ -162,11 +163,12 @@ def train(model_name: str, cfg: Config, run_dir: Path, device: str | None = None
                 raise TrainingStopped(f"stopped at step {done} of {tcfg.steps} as asked; the checkpoint in "
                                       f"{job.ckpt} resumes there")
             meter.restart()  # the time to log and checkpoint is not the next steps' training time
-    except torch.OutOfMemoryError:
-        raise TrainingError(f"out of memory on {d.device} with train.micro_batch={job.micro} (x {tcfg.seq_len} "
-                            f"tokens per forward); lower train.micro_batch (gradient accumulation keeps the global "
-                            f"batch of {job.seqs_per_step} sequences) or set train.activation_checkpointing=true"
-                            ) from None
+    except Exception as err:
+        if not is_out_of_memory(err):
+            raise
+        raise out_of_memory(f"training with train.micro_batch={job.micro} (x {tcfg.seq_len} tokens per forward)",
+                            d.device, f"lower train.micro_batch (gradient accumulation keeps the global batch of "
+                            f"{job.seqs_per_step} sequences) or set train.activation_checkpointing=true") from None
     finally:
         if log is not None:
             log.close()

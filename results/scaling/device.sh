@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
 # One device call of the scaling study (issue 21), from the repository root on a CUDA machine with
 # `.whl/` carried (and `.gpu-carry/` when earlier calls brought back Triton autotuning results):
-#   OUT=folder HARNESS_COMMIT=<sent commit> BUDGET_S=520 JOBS=12 bash results/scaling/device.sh
+#   OUT=folder HARNESS_COMMIT=<sent commit> BUDGET_S=520 [JOBS=N] bash results/scaling/device.sh
 # Runs `harness study results/scaling/study.yaml` with JOBS trainings side by side on the one GPU
-# (their timings are therefore not speed numbers), the Mamba models in a second study process once
-# mamba-ssm's CUDA build is done (built here in the background, sm_90 only), and GPU_TESTS (a pytest
-# -k expression, optional) beside them. Everything is resumable: the study skips runs whose rows
+# (their timings are therefore not speed numbers), the Mamba models in a second study process of
+# MAMBA_STUDY_JOBS (default 2) once mamba-ssm's CUDA build is done (built here in the background,
+# sm_90 only), and GPU_TESTS (a pytest -k expression, optional) beside them. JOBS defaults to what
+# the GPU's memory holds: an `m` run peaks near 11 GiB (peak_mem_gib in train/m/*_meta.json), so
+# one per 12 GiB in all (H100: 6, H200: 11). A run that still runs out of memory beside the others
+# runs again later with fewer beside it (harness.study.runner). Everything is resumable: the study skips runs whose rows
 # exist and resumes cut trainings from their checkpoints under .gpu/runs (kept on a warm machine);
 # on a fresh machine it starts from the committed rows. $OUT gets the log, the study's results
 # folder (rows, training logs, tables) as results.tgz, and the autotuning results to carry next time.
@@ -13,6 +16,9 @@ set -u
 T0=$(date +%s)
 left() { echo $(( ${BUDGET_S:-520} - ($(date +%s) - T0) )); }
 MAMBA_JOBS=${MAMBA_JOBS:-6} . results/device-setup.sh
+export PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True  # less memory lost to fragmentation between the runs sharing the GPU
+MAMBA_STUDY_JOBS=${MAMBA_STUDY_JOBS:-2}
+JOBS=${JOBS:-$(( $(nvidia-smi --query-gpu=memory.total --format=csv,noheader,nounits | head -1) / 1024 / 12 - MAMBA_STUDY_JOBS ))}
 mkdir -p "$G/results" && cp -rn results/scaling "$G/results/" 2>/dev/null
 STUDY="python3 -m harness study results/scaling/study.yaml --results $G/results --runs $G/runs --device cuda"
 MAMBA=mamba,mamba2
@@ -22,12 +28,12 @@ if [ -n "${GPU_TESTS:-}" ]; then
   timeout $(( $(left) - 30 )) python3 -m pytest tests -q -p no:cacheprovider -W ignore -rfEs -k "$GPU_TESTS" \
     > "$OUT/gpu_tests.log" 2>&1 &
 fi
-say "study: ${MODELS:-$OTHERS} with ${JOBS:-12} jobs"
-$STUDY --models "${MODELS:-$OTHERS}" --jobs ${JOBS:-12} --time-limit $(( $(left) - 75 )) >> "$LOG" 2>&1 &
+say "study: ${MODELS:-$OTHERS} with $JOBS jobs"
+$STUDY --models "${MODELS:-$OTHERS}" --jobs $JOBS --time-limit $(( $(left) - 75 )) >> "$LOG" 2>&1 &
 if [ -z "${MODELS:-}" ]; then
   ( while [ ! -f "$G/mamba.done" ]; do sleep 5; done
-    say "mamba-ssm ready; study: $MAMBA with ${MAMBA_STUDY_JOBS:-4} jobs"
-    $STUDY --models $MAMBA --jobs ${MAMBA_STUDY_JOBS:-4} --time-limit $(( $(left) - 75 )) >> "$OUT/log_mamba.txt" 2>&1 ) &
+    say "mamba-ssm ready; study: $MAMBA with $MAMBA_STUDY_JOBS jobs"
+    $STUDY --models $MAMBA --jobs $MAMBA_STUDY_JOBS --time-limit $(( $(left) - 75 )) >> "$OUT/log_mamba.txt" 2>&1 ) &
 fi
 wait
 say "packing"

@@ -1,0 +1,56 @@
+"""Running out of memory: recognising it whichever layer raised it, and telling a job too large for
+its device from one squeezed by other processes on the same GPU (a study's side-by-side runs).
+
+The two call for different answers. A job too large is the user's to fix (a smaller micro-batch,
+activation checkpointing, a smaller model), and a sweep over lengths may honestly stop at the
+last length that fits. A job squeezed by its neighbours fits once they finish: the study's pool
+runs it again with fewer beside it, and a measurement it cut short must not be recorded as the
+model's answer. The CLI exits with OUT_OF_MEMORY_EXIT for either, so a scheduler can tell it from
+other failures.
+"""
+
+from __future__ import annotations
+
+import torch
+
+OUT_OF_MEMORY_EXIT = 4
+SHARED_GIB = 2.0  # memory held outside this process beyond which a GPU counts as shared (a CUDA context is ~0.5 GiB)
+FIXES = "lower train.micro_batch (gradient accumulation keeps the batch), set train.activation_checkpointing=true, " \
+        "or make the model smaller"
+
+
+class OutOfMemory(RuntimeError):
+    """A job ran out of memory; the message says what to change, or that other processes held the GPU."""
+
+
+def is_out_of_memory(err: BaseException) -> bool:
+    """torch's OutOfMemoryError, and the plain RuntimeErrors that CUDA ("CUDA error: out of memory"),
+    Triton's launcher ("Triton Error [CUDA]: out of memory") and the host allocator raise for the same."""
+    if isinstance(err, torch.OutOfMemoryError):
+        return True
+    text = str(err)
+    return isinstance(err, RuntimeError) and ("out of memory" in text or "can't allocate memory" in text)
+
+
+def held_by_others_gib(device) -> float:
+    """GiB of this CUDA device's memory that this process's allocator does not hold: other
+    processes' (and this process's CUDA context); 0 on any other device."""
+    device = torch.device(device)
+    if device.type != "cuda" or not torch.cuda.is_available():
+        return 0.0
+    free, total = torch.cuda.mem_get_info(device)
+    return max(0.0, (total - free - torch.cuda.memory_reserved(device)) / 2**30)
+
+
+def gpu_is_shared(device) -> bool:
+    return held_by_others_gib(device) > SHARED_GIB
+
+
+def out_of_memory(what: str, device, fixes: str = FIXES) -> OutOfMemory:
+    """The error to raise for `what` running out of memory on `device`: where other processes hold
+    a share of the GPU it says so (running again when they finish is the fix), else it names `fixes`."""
+    others = held_by_others_gib(device)
+    if others > SHARED_GIB:
+        return OutOfMemory(f"{what} ran out of memory on {device} while other processes held {others:.1f} GiB "
+                           f"of it; run it again when they finish (or {fixes})")
+    return OutOfMemory(f"{what} ran out of memory on {device}; {fixes}")

@@ -1,8 +1,8 @@
 """The `harness` command line: list, run, train (rich output, one-line errors).
 
 Every expected failure (unknown model, bad config, missing data, out of memory, NaN) is printed
-as one line starting with `error:` that names the fix, with exit status 2 (out of memory: 4, so that
-a scheduler can run the job again once the GPU's other jobs finish); no traceback.
+as one line starting with `error:` that names the fix, with exit status 2; no traceback. Out of
+memory while other processes held the GPU exits 75 (EX_TEMPFAIL: run it again once they finish).
 """
 
 from __future__ import annotations
@@ -692,20 +692,16 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         err_console.print("interrupted: finished work is kept; run the same command again to resume")
         return 130
-    except expected_errors() as err:
-        from harness.memory import OUT_OF_MEMORY_EXIT, OutOfMemory
-        err_console.print(f"[red]error:[/red] {escape(str(err))}", highlight=False, soft_wrap=True)
-        return OUT_OF_MEMORY_EXIT if isinstance(err, OutOfMemory) else 2
     except Exception as err:
-        from harness.memory import OUT_OF_MEMORY_EXIT, is_out_of_memory, out_of_memory
-        if not is_out_of_memory(err):
-            raise
-        # raised outside training (evaluation, a model too large for the host to build)
-        from harness.evaluation.loop import default_device
-        device = getattr(args, "device", None) or default_device()
-        err_console.print(f"[red]error:[/red] {escape(str(out_of_memory(f'harness {args.command}', device)))}",
-                          highlight=False, soft_wrap=True)
-        return OUT_OF_MEMORY_EXIT
+        from harness.memory import SQUEEZED_EXIT, OutOfMemory, is_out_of_memory, out_of_memory
+        if not isinstance(err, expected_errors()):
+            if not is_out_of_memory(err):
+                raise
+            # raised outside training (evaluation, a model too large for the host to build)
+            from harness.evaluation.loop import default_device
+            err = out_of_memory(f"harness {args.command}", getattr(args, "device", None) or default_device())
+        err_console.print(f"[red]error:[/red] {escape(str(err))}", highlight=False, soft_wrap=True)
+        return SQUEEZED_EXIT if isinstance(err, OutOfMemory) and err.squeezed else 2
     return 0
 
 

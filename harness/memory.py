@@ -3,24 +3,28 @@ its device from one squeezed by other processes on the same GPU (a study's side-
 
 The two call for different answers. A job too large is the user's to fix (a smaller micro-batch,
 activation checkpointing, a smaller model), and a sweep over lengths may honestly stop at the
-last length that fits. A job squeezed by its neighbours fits once they finish: the study's pool
-runs it again with fewer beside it, and a measurement it cut short must not be recorded as the
-model's answer. The CLI exits with OUT_OF_MEMORY_EXIT for either, so a scheduler can tell it from
-other failures.
+last length that fits. A job squeezed by its neighbours fits once they finish: it is a temporary
+failure (the CLI exits SQUEEZED_EXIT, sysexits' EX_TEMPFAIL, instead of 2), the study's pool runs
+it again later, and a measurement it cut short must not be recorded as the model's answer.
 """
 
 from __future__ import annotations
 
 import torch
 
-OUT_OF_MEMORY_EXIT = 4
+SQUEEZED_EXIT = 75  # EX_TEMPFAIL: out of memory while other processes held the GPU; run it again later
 SHARED_GIB = 2.0  # memory held outside this process beyond which a GPU counts as shared (a CUDA context is ~0.5 GiB)
 FIXES = "lower train.micro_batch (gradient accumulation keeps the batch), set train.activation_checkpointing=true, " \
         "or make the model smaller"
 
 
 class OutOfMemory(RuntimeError):
-    """A job ran out of memory; the message says what to change, or that other processes held the GPU."""
+    """A job ran out of memory; the message says what to change, or that other processes held the
+    GPU (`squeezed`: then running it again once they finish is the fix)."""
+
+    def __init__(self, message: str, squeezed: bool = False):
+        super().__init__(message)
+        self.squeezed = squeezed
 
 
 def is_out_of_memory(err: BaseException) -> bool:
@@ -47,10 +51,10 @@ def gpu_is_shared(device) -> bool:
 
 
 def out_of_memory(what: str, device, fixes: str = FIXES) -> OutOfMemory:
-    """The error to raise for `what` running out of memory on `device`: where other processes hold
-    a share of the GPU it says so (running again when they finish is the fix), else it names `fixes`."""
+    """The error to raise for `what` running out of memory on `device`: squeezed where other
+    processes hold a share of the GPU, else naming `fixes`."""
     others = held_by_others_gib(device)
     if others > SHARED_GIB:
         return OutOfMemory(f"{what} ran out of memory on {device} while other processes held {others:.1f} GiB "
-                           f"of it; run it again when they finish (or {fixes})")
+                           f"of it; run it again when they finish (or {fixes})", squeezed=True)
     return OutOfMemory(f"{what} ran out of memory on {device}; {fixes}")

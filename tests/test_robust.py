@@ -417,7 +417,7 @@ def test_fuzzed_edge_values_train_or_stop_in_one_line(tmp_path, capsys, model, o
         assert code == 0 and "error" not in err, err
     else:
         one_error_line(err, message)
-        assert code == (4 if message == "out of memory" else 2)  # harness.memory.OUT_OF_MEMORY_EXIT
+        assert code == 2
 
 
 def test_out_of_memory_beside_other_processes_says_to_run_again(monkeypatch):
@@ -433,9 +433,11 @@ def test_out_of_memory_beside_other_processes_says_to_run_again(monkeypatch):
     assert not memory.is_out_of_memory(RuntimeError("shape mismatch")) and not memory.is_out_of_memory(
         ValueError("out of memory"))
     assert memory.held_by_others_gib("cpu") == 0.0 and not memory.gpu_is_shared("cpu")
-    assert str(memory.out_of_memory("passkey: swat at 32768 tokens", "cpu")) == (
-        f"passkey: swat at 32768 tokens ran out of memory on cpu; {memory.FIXES}")
+    alone = memory.out_of_memory("passkey: swat at 32768 tokens", "cpu")
+    assert str(alone) == f"passkey: swat at 32768 tokens ran out of memory on cpu; {memory.FIXES}"
+    assert not alone.squeezed
     monkeypatch.setattr(memory, "held_by_others_gib", lambda device: 40.25)
-    assert str(memory.out_of_memory("training", "cuda:0", "lower train.micro_batch")) == (
-        "training ran out of memory on cuda:0 while other processes held 40.2 GiB of it; run it again when "
-        "they finish (or lower train.micro_batch)")
+    squeezed = memory.out_of_memory("training", "cuda:0", "lower train.micro_batch")
+    assert str(squeezed) == ("training ran out of memory on cuda:0 while other processes held 40.2 GiB of it; "
+                             "run it again when they finish (or lower train.micro_batch)")
+    assert squeezed.squeezed

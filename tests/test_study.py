@@ -206,23 +206,24 @@ def test_workers_past_the_deadline_get_one_sigterm_then_a_sigkill(tmp_path, monk
 
 
 def test_a_worker_squeezed_out_of_memory_runs_again_with_fewer_beside_it(tmp_path, monkeypatch):
-    """Out of memory beside other runs (exit status 4): the unit goes back in the queue and no more
-    run side by side than were running then; out of memory alone is a failure."""
+    """A worker squeezed out of GPU memory by other processes (exit 75) hands its unit back, and no
+    more run side by side than were running beside it; one squeezed at every start fails in the end."""
     import subprocess
     import sys
     from types import SimpleNamespace
 
-    from harness.memory import OUT_OF_MEMORY_EXIT
+    from harness.memory import SQUEEZED_EXIT
     from harness.study import runner
     tries = tmp_path / "tries"
     tries.mkdir()
-    # each worker: a 'squeezed' unit runs out of memory on its first try, every other try takes 1 s
+    # each worker: a 'squeezed' unit is squeezed at its first start, an 'always' one at every start,
+    # every other start takes 1 s
     child = ("import pathlib, sys, time\n"
              "key, tries = sys.argv[1], pathlib.Path(sys.argv[2])\n"
              "mark = tries / key.replace('/', '_')\n"
              "first = not mark.exists()\n"
              "mark.touch()\n"
-             f"sys.exit({OUT_OF_MEMORY_EXIT}) if first and 'squeezed' in key else time.sleep(1)\n")
+             f"sys.exit({SQUEEZED_EXIT}) if (first and 'squeezed' in key) or 'always' in key else time.sleep(1)\n")
     real_popen = subprocess.Popen
     monkeypatch.setattr(runner.subprocess, "Popen", lambda cmd, **kw: real_popen(
         [sys.executable, "-c", child, cmd[cmd.index("--unit") + 1], str(tries)], **kw))
@@ -240,13 +241,14 @@ def test_a_worker_squeezed_out_of_memory_runs_again_with_fewer_beside_it(tmp_pat
     statuses, lines = pool(["a/squeezed/lr1-seed0", "a/m/lr1-seed0", "a/m/lr2-seed0", "a/m/lr3-seed0"], jobs=3)
     assert statuses == ["done"] * 4
     at = next(i for i, line in enumerate(lines) if "queued again" in line)
-    assert lines[at] == "out of memory a/squeezed/lr1-seed0 beside 2 other run(s): queued again; at most 2 " \
-                        "side by side from now on"
+    assert lines[at] == "squeezed out of GPU memory a/squeezed/lr1-seed0 beside 2 other run(s) of this study: " \
+                        "queued again; at most 2 side by side from now on"
     assert [line for line in lines[:at] if line.startswith("start")][-1].endswith("(3 running)")
     later = [int(line.split("(")[1].split()[0]) for line in lines[at:] if line.startswith("start")]
     assert later and max(later) <= 2 and "start a/squeezed/lr1-seed0 " in " ".join(lines[at:])
-    statuses, lines = pool(["b/squeezed/lr1-seed0"], jobs=3)
-    assert statuses == ["failed"] and lines[-1].startswith("failed b/squeezed/lr1-seed0")
+    statuses, lines = pool(["b/always/lr1-seed0"], jobs=3)
+    assert statuses == ["failed"] and lines[-1].startswith("failed b/always/lr1-seed0")
+    assert sum(line.startswith("start b/always") for line in lines) == runner.SQUEEZED_TRIES
 
 
 def test_long_context_tables_average_depths_within_a_seed_then_seeds():

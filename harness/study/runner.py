@@ -28,7 +28,7 @@ from harness.evaluation.loop import (
 )
 from harness.evaluation.sources import trained_model
 from harness.files import atomic_write_bytes, atomic_write_text
-from harness.memory import OUT_OF_MEMORY_EXIT
+from harness.memory import SQUEEZED_EXIT
 from harness.model.build import non_embedding_params
 from harness.registry import get_task
 from harness.results.provenance import provenance, record_run
@@ -51,6 +51,7 @@ from harness.training.trainlog import LOG_FILE
 
 STOPPED_EXIT = 3  # a worker that checkpointed and stopped at the time limit
 KILL_GRACE_S = 45  # seconds past the time limit after which a worker that has not stopped is killed
+SQUEEZED_TRIES = 4  # starts of a unit that keeps running out of memory beside other processes, then it failed
 
 
 def run_unit(study: Study, unit: Unit, results: Path, runs: Path, device: str,
@@ -186,14 +187,14 @@ def _visible_gpus() -> list[str]:
 
 def _pool(study, next_unit, results, runs, device, jobs, deadline, log, plugins=(), requeue=lambda key: None):
     """Run units in up to `jobs` worker processes, asking `next_unit` whenever a slot is free; yield
-    each one's status as it ends. A worker that ran out of memory beside others was squeezed by
-    them (harness.memory): its unit is handed back (`requeue`) to run again, and from then on no more
-    run side by side than were running then. Alone, running out of memory is a failure. Past the
-    deadline no unit starts and the workers are stopped (`stop_workers`)."""
+    each one's status as it ends. A worker squeezed out of GPU memory by other processes (exit
+    SQUEEZED_EXIT, harness.memory) hands its unit back (`requeue`) to run again later, up to
+    SQUEEZED_TRIES starts, and from then on no more of this pool's run side by side than were
+    running beside it. Past the deadline no unit starts and the workers are stopped (`stop_workers`)."""
     gpus = _visible_gpus() if device.startswith("cuda") else []
     logs = Path(runs) / study.name / "logs"
     logs.mkdir(parents=True, exist_ok=True)
-    running, slot, exhausted, signalled, limit = {}, 0, False, {}, jobs
+    running, slot, exhausted, signalled, limit, squeezed = {}, 0, False, {}, jobs, {}
     while True:
         expired = deadline is not None and time.time() >= deadline
         while not expired and not exhausted and len(running) < limit:
@@ -224,13 +225,15 @@ def _pool(study, next_unit, results, runs, device, jobs, deadline, log, plugins=
             exhausted = False
             status = worker_status(code, key in signalled)
             tail = _last_line(logs / (key.replace("/", "_") + ".log"))
-            if status == "out of memory" and neighbours:
-                limit = min(limit, neighbours)
-                requeue(key)
-                log(f"out of memory {key} beside {neighbours} other run(s): queued again; at most {limit} side by "
-                    f"side from now on")
-                continue
-            status = "failed" if status == "out of memory" else status
+            if status == "squeezed":
+                squeezed[key] = squeezed.get(key, 0) + 1
+                limit = min(limit, neighbours or limit)
+                if squeezed[key] < SQUEEZED_TRIES:
+                    requeue(key)
+                    log(f"squeezed out of GPU memory {key} beside {neighbours} other run(s) of this study: queued "
+                        f"again; at most {limit} side by side from now on")
+                    continue
+                status = "failed"
             log(f"{status} {key} in {time.time() - t0:.0f}s" + (f": {tail}" if status != "done" else ""))
             yield status
 
@@ -251,13 +254,13 @@ def stop_workers(workers: dict, signalled: dict) -> None:
 
 
 def worker_status(code: int, signalled: bool) -> str:
-    """done, stopped (resumable: checkpointed, or ended by our signal at the deadline), out of
-    memory, or failed."""
+    """done, stopped (resumable: checkpointed, or ended by our signal at the deadline), squeezed
+    (out of memory beside other processes: to run again), or failed."""
     if code == 0:
         return "done"
     if code == STOPPED_EXIT or (signalled and code in (-signal.SIGTERM, -signal.SIGKILL)):
         return "stopped"
-    return "out of memory" if code == OUT_OF_MEMORY_EXIT else "failed"
+    return "squeezed" if code == SQUEEZED_EXIT else "failed"
 
 
 def _last_line(path: Path) -> str:

@@ -324,9 +324,10 @@ def cmd_study(args) -> None:
     from harness.training.distributed import is_main_process
     if not is_main_process():  # rank 0 of a torchrun job reports
         return
+    squeezed = f", {counts['squeezed']} start(s) squeezed out of GPU memory" if counts["squeezed"] else ""
     console.print(f"study {study.name}: {counts['done']} runs done, {counts['stopped']} stopped (resumable), "
-                  f"{counts['failed']} failed, {counts['waiting']} waiting for their learning rate; tables and plots "
-                  f"in {out} ({time.time() - t0:.0f}s)", highlight=False)
+                  f"{counts['failed']} failed{squeezed}, {counts['waiting']} waiting for their learning rate; tables "
+                  f"and plots in {out} ({time.time() - t0:.0f}s)", highlight=False)
     if counts["failed"]:
         raise RunFailed(f"{counts['failed']} run(s) failed; their logs are in {Path(args.runs) / study.name / 'logs'}")
 

@@ -105,7 +105,8 @@ def run_study(study: Study, results: Path, runs: Path, device: str, jobs: int = 
               plugins: tuple[str, ...] = ()) -> dict:
     """Run every unit not yet done, the next one picked whenever a slot frees (a final run
     becomes runnable once its model's sweep has chosen its learning rate), then write the report.
-    Returns counts: done, failed, stopped, waiting."""
+    Returns counts: done, failed, stopped, waiting, and squeezed (starts that ran out of GPU memory
+    beside other processes and were queued again)."""
     d, device, log = join_job(device, log)
     if d is not None and jobs > 1:
         raise ConfigError("under torchrun every run trains on all ranks: drop --jobs (or run without torchrun "
@@ -114,7 +115,7 @@ def run_study(study: Study, results: Path, runs: Path, device: str, jobs: int = 
     drop_missing_tasks(study, log)
     plan(study, log)
     deadline = None if time_limit is None else time.time() + time_limit
-    counts = {"done": 0, "failed": 0, "stopped": 0, "waiting": 0}
+    counts = {"done": 0, "failed": 0, "stopped": 0, "waiting": 0, "squeezed": 0}
     # (run, its tasks left) started in this invocation: a sweep run is claimed again, for the final
     # stage's tasks, once its learning rate turns out to be the model's best
     claimed: set[tuple[str, tuple]] = set()
@@ -232,6 +233,7 @@ def _pool(study, next_unit, results, runs, device, jobs, deadline, log, plugins=
                     requeue(key)
                     log(f"squeezed out of GPU memory {key} beside {neighbours} other run(s) of this study: queued "
                         f"again; at most {limit} side by side from now on")
+                    yield status
                     continue
                 status = "failed"
             log(f"{status} {key} in {time.time() - t0:.0f}s" + (f": {tail}" if status != "done" else ""))

@@ -228,7 +228,8 @@ def _pool(study, next_unit, results, runs, device, jobs, deadline, log, plugins=
             tail = _last_line(logs / (key.replace("/", "_") + ".log"))
             if status == "squeezed":
                 squeezed[key] = squeezed.get(key, 0) + 1
-                limit = min(limit, neighbours or limit)
+                if neighbours:  # squeezed beside this pool's own runs: fewer of them from now on
+                    limit = min(limit, neighbours)
                 if squeezed[key] < SQUEEZED_TRIES:
                     requeue(key)
                     log(f"squeezed out of GPU memory {key} beside {neighbours} other run(s) of this study: queued "

@@ -7,18 +7,20 @@
 # MAMBA_STUDY_JOBS (default 2) once mamba-ssm's CUDA build is done (built here in the background,
 # sm_90 only), and GPU_TESTS (a pytest -k expression, optional) beside them. JOBS defaults to what
 # the GPU's memory holds: an `m` run peaks near 11 GiB (peak_mem_gib in train/m/*_meta.json), so
-# one per 12 GiB in all (H100: 6, H200: 11). A run that still runs out of memory beside the others
-# runs again later with fewer beside it (harness.study.runner). Everything is resumable: the study skips runs whose rows
-# exist and resumes cut trainings from their checkpoints under .gpu/runs (kept on a warm machine);
-# on a fresh machine it starts from the committed rows. $OUT gets the log, the study's results
-# folder (rows, training logs, tables) as results.tgz, and the autotuning results to carry next time.
+# one per 12 GiB in all (H100: 6, H200: 11); a run squeezed out of memory all the same runs again
+# later with fewer beside it (harness.study.runner). Everything is resumable: the study skips runs
+# whose rows exist and resumes cut trainings from their checkpoints under .gpu/runs (kept on a warm
+# machine); on a fresh machine it starts from the committed rows. $OUT gets the log, the study's
+# results folder (rows, training logs, tables) as results.tgz, and the autotuning results to carry
+# next time (unpack autotune.tgz into .gpu-carry/triton).
 set -u
 T0=$(date +%s)
 left() { echo $(( ${BUDGET_S:-520} - ($(date +%s) - T0) )); }
 MAMBA_JOBS=${MAMBA_JOBS:-6} . results/device-setup.sh
 export PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True  # less memory lost to fragmentation between the runs sharing the GPU
 MAMBA_STUDY_JOBS=${MAMBA_STUDY_JOBS:-2}
-JOBS=${JOBS:-$(( $(nvidia-smi --query-gpu=memory.total --format=csv,noheader,nounits | head -1) / 1024 / 12 - MAMBA_STUDY_JOBS ))}
+SLOTS=$(( $(nvidia-smi --query-gpu=memory.total --format=csv,noheader,nounits | head -1) / 1024 / 12 ))
+JOBS=${JOBS:-$(( SLOTS > MAMBA_STUDY_JOBS + 1 ? SLOTS - MAMBA_STUDY_JOBS : 2 ))}
 mkdir -p "$G/results" && cp -rn results/scaling "$G/results/" 2>/dev/null
 STUDY="python3 -m harness study results/scaling/study.yaml --results $G/results --runs $G/runs --device cuda"
 MAMBA=mamba,mamba2

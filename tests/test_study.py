@@ -10,7 +10,7 @@ import yaml
 
 from harness import cli
 from harness.results.store import Row, read_rows
-from harness.study.report import paired_table, t_critical
+from harness.study.report import gaps_table, paired_table, t_critical
 from harness.study.spec import choose_lrs, load_study, plan, power_law, units
 
 TINY = Path(__file__).resolve().parent / "fixtures" / "study" / "tiny.yaml"
@@ -145,6 +145,26 @@ def test_power_law_fit_and_paired_t():
             return {0: 2.0, 1: 2.1, 2: 2.05} if model == "transformer" else {0: 1.9, 1: 2.01, 2: 1.94}
     text = "\n".join(str(c.text) for _, lines in paired_table(Res()).groups for line in lines for c in line)
     assert "swat better" in text
+
+
+def test_gaps_follow_each_focus_model_across_sizes_over_the_seeds_both_have():
+    class Res:  # swat 0.3 behind at a (one seed), 0.1 +- 0.02 behind at b (seeds 0, 1; transformer has 2 too)
+        study = load_study(TINY)
+        study.final_sizes, study.focus = ["a", "b"], ["swat"]
+        losses = {("swat", "a"): {0: 3.3}, ("transformer", "a"): {0: 3.0},
+                  ("swat", "b"): {0: 2.1, 1: 2.12}, ("transformer", "b"): {0: 2.0, 1: 2.0, 2: 1.9}}
+
+        def models(self):
+            return ["swat", "transformer"]
+
+        def values(self, model, size, task, metric, source=None):
+            return self.losses[(model, size)]
+    (title, lines), = gaps_table(Res()).groups
+    assert title == "swat − other" and len(lines) == 1
+    other, at_a, at_b, change = lines[0]
+    assert other.text == "transformer" and math.isclose(at_a.value, 0.3) and at_a.stderr is None
+    assert math.isclose(at_b.value, 0.11) and math.isclose(at_b.stderr, 0.02 / math.sqrt(2)) and at_b.suffix == " (n=2)"
+    assert math.isclose(change.value, -0.19)  # the gap shrinks from a to b
 
 
 def test_worker_pool_runs_units_in_processes(tmp_path):

@@ -11,6 +11,8 @@
                               accuracy per length, each model at its own learning rate
     paired.md                 per size with two or more seeds: each model against the others, paired
                               by seed (same initialisation seed, same data order), with a t test
+    gaps.md                   each focus model's held-out loss gap to every other model at each size,
+                              and how it changed from the smallest size to the largest
     scaling.md, loss_vs_params.png, loss_vs_compute.png (+ CSV)
                               power laws L = A x^b over the sizes, exponent +- its standard error
     status.md                 runs done and still to do, per stage and size
@@ -311,6 +313,47 @@ def paired_table(res: Results) -> Table | None:
     return table
 
 
+def gaps_table(res: Results) -> Table | None:
+    """Each focus model's held-out loss minus every other model's, per size: the gap as it moves
+    with size. A cell is the mean over the seeds both models have at that size (± their std where
+    there are two or more); `change` is the gap at the largest size that has one minus the gap at
+    the smallest (< 0: the focus model gains on the other as the models grow)."""
+    study = res.study
+    sizes = study.final_sizes
+    header = ["Other model"] + [f"gap at {size}" for size in sizes] + ["change"]
+    table = Table("Held-out loss gap to each other model, per size (focus − other, nats/token; < 0: the focus "
+                  "model is better)", header, [h.replace("_", r"\_") for h in header])
+    losses = {(m, size): res.values(m, size, "smoke", "loss") for m in res.models() for size in sizes}
+    for focus in study.focus:
+        lines = []
+        for other in res.models():
+            if other == focus:
+                continue
+            cells, gaps = [], []
+            for size in sizes:
+                a, b = losses[(focus, size)], losses[(other, size)]
+                common = sorted(set(a) & set(b))
+                if not common:
+                    cells.append(Cell())
+                    continue
+                m, s, n = _stat([a[seed] - b[seed] for seed in common])
+                cells.append(Cell(m, s, digits=3, signed=True, suffix=f" (n={n})" if n > 1 else ""))
+                gaps.append(m)
+            if gaps:
+                change = Cell(gaps[-1] - gaps[0], digits=3, signed=True) if len(gaps) > 1 else Cell()
+                lines.append([text_cell(other)] + cells + [change])
+        if lines:
+            table.groups.append((f"{focus} − other", lines))
+    if not table.groups:
+        return None
+    table.notes.append("A cell: the mean over the seeds both models have at that size, ± their std (n) where "
+                       "there are two or more; each model at its own learning rate. `change`: the gap at the "
+                       "largest size with one minus the gap at the smallest (< 0: the focus model gains as the "
+                       "models grow). A size with one seed gives no spread: compare a change with the std at "
+                       "the size that has several before reading a trend into it.")
+    return table
+
+
 # ---------------------------------------------------------------- long context
 
 # (file, task, metric, column key, averaged field, scale, lower is better, title, note)
@@ -516,6 +559,7 @@ def write_report(study, results: Path) -> list[Path]:
     table("main", main_table(res))
     table("heldout_by_source", by_source_table(res))
     table("paired", paired_table(res))
+    table("gaps", gaps_table(res))
     for name, *spec in LONG_CONTEXT:
         table(name, long_context_table(res, *spec))
     written += ppl_vs_length_plot(res, out)

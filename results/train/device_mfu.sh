@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Issue 24's training-speed measurements, two device calls from the repository root with `.whl/`
-# carried (each well inside the 10-minute limit; the second on the same warm machine reuses the
-# tokenized corpus and Triton's cache):
+# Issue 24's training-speed measurements, from the repository root with `.whl/` carried, in one
+# device call (`all`, inside the 10-minute limit: the bench gets what time the training left) or
+# two on one warm machine (the second reuses the tokenized corpus and Triton's cache):
+#   OUT=folder HARNESS_COMMIT=<sent commit> [STEPS=10] [BUDGET_S=570] bash results/train/device_mfu.sh all
 #   OUT=folder HARNESS_COMMIT=<sent commit> [STEPS=10] bash results/train/device_mfu.sh train
 #   OUT=folder HARNESS_COMMIT=<sent commit> bash results/train/device_mfu.sh bench
 # Default flags throughout (train.compile and train.fused_ce are auto: on for these models on a GPU):
@@ -14,23 +15,31 @@
 #        packed as bench.tgz.
 # mamba-ssm is not built (MAMBA_BUILD=0): no CPU load beside the measurements.
 set -u
+T0=$(date +%s)
 MAMBA_BUILD=0 . results/device-setup.sh
+left() { echo $(( ${BUDGET_S:-570} - ($(date +%s) - T0) )); }
+train() {
+  STEPS=${STEPS:-10}
+  for m in swat transformer; do
+    say "harness train --preset 340m --model $m, $STEPS steps"
+    timeout 270 python3 -m harness train --preset 340m --model $m --quiet --no-resume --out "$G/runs/mfu/$m" \
+      --set train.corpus=english-mix --set train.tokens=$((STEPS * 524288)) --set train.eval_tokens=65536 \
+      --set train.save_every=100000 >> "$LOG" 2>&1
+    cp "$G/runs/mfu/$m/train_log.jsonl" "$OUT/${m}_train_log.jsonl"
+    cp "$G/runs/mfu/$m/checkpoint/meta.json" "$OUT/${m}_meta.json"
+  done
+}
+bench() {
+  if [ "$(left)" -lt 120 ]; then say "bench skipped: $(left) s left of BUDGET_S"; return; fi
+  say "harness bench models: swat, transformer, llama_hf ($(( $(left) - 20 )) s at most)"
+  timeout $(( $(left) - 20 )) python3 -m harness bench models --preset 340m --models swat,transformer,llama_hf \
+    --peer llama_hf --sweeps train --lengths train=4096 --profile --out "$G/bench" >> "$LOG" 2>&1
+  tar czf "$OUT/bench.tgz" -C "$G" bench  # a tarball: at most 8 files come back from a call
+}
 case "${1:-}" in
-  train)
-    STEPS=${STEPS:-10}
-    for m in swat transformer; do
-      say "harness train --preset 340m --model $m, $STEPS steps"
-      timeout 270 python3 -m harness train --preset 340m --model $m --quiet --no-resume --out "$G/runs/mfu/$m" \
-        --set train.corpus=english-mix --set train.tokens=$((STEPS * 524288)) --set train.eval_tokens=65536 \
-        --set train.save_every=100000 >> "$LOG" 2>&1
-      cp "$G/runs/mfu/$m/train_log.jsonl" "$OUT/${m}_train_log.jsonl"
-      cp "$G/runs/mfu/$m/checkpoint/meta.json" "$OUT/${m}_meta.json"
-    done ;;
-  bench)
-    say "harness bench models: swat, transformer, llama_hf"
-    timeout 540 python3 -m harness bench models --preset 340m --models swat,transformer,llama_hf --peer llama_hf \
-      --sweeps train --lengths train=4096 --profile --out "$G/bench" >> "$LOG" 2>&1
-    tar czf "$OUT/bench.tgz" -C "$G" bench ;;  # a tarball: at most 8 files come back from a call
-  *) echo "usage: device_mfu.sh train|bench" >&2; exit 2 ;;
+  train) train ;;
+  bench) BUDGET_S=${BUDGET_S:-560} bench ;;
+  all) train; bench ;;
+  *) echo "usage: device_mfu.sh all|train|bench" >&2; exit 2 ;;
 esac
 say "done"

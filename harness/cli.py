@@ -8,6 +8,7 @@ memory while other processes held the GPU exits 75 (EX_TEMPFAIL: run it again on
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 import time
@@ -75,6 +76,17 @@ def int_from(lowest: int):
             raise argparse.ArgumentTypeError(f"must be {kind}, got {text!r}")
         return value
     return parse
+
+
+def seconds(text: str) -> float:
+    """argparse type of a duration: a negative one (or NaN) would end the command before it starts."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"must be a number of seconds >= 0, got {text!r}")
+    return value
 
 
 def name_list(text: str) -> str:
@@ -584,9 +596,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("study", help="a study file: models x sizes x learning rates x seeds at budgets in tokens "
                        "per parameter, resumable, several runs side by side (--jobs); tables, fits and plots")
     p.add_argument("study", metavar="STUDY.yaml", help="the study file (see results/scaling/study.yaml)")
-    p.add_argument("--jobs", type=int, default=1,
+    p.add_argument("--jobs", type=int_from(1), default=1,
                    help="runs side by side in worker processes, round-robin over the visible GPUs (default 1)")
-    p.add_argument("--time-limit", type=float, metavar="SECONDS",
+    p.add_argument("--time-limit", type=seconds, metavar="SECONDS",
                    help="start no run after this long; running ones checkpoint and stop (resume: run again)")
     p.add_argument("--results", default="results", help="results folder (default: results)")
     p.add_argument("--runs", default="runs", help="checkpoint folder (default: runs)")

@@ -127,6 +127,20 @@ def test_bad_arguments_are_one_line_before_any_work(tmp_path, args, message):
     assert not (tmp_path / "results").exists()
 
 
+@pytest.mark.parametrize("args, message", [
+    (["--jobs", "0"], "argument --jobs: must be a positive integer, got '0'"),
+    (["--time-limit", "-5"], "argument --time-limit: must be a number of seconds >= 0, got '-5'"),
+    (["--time-limit", "nan"], "argument --time-limit: must be a number of seconds >= 0, got 'nan'"),
+])
+def test_study_jobs_and_time_limit_out_of_range_are_one_line(tmp_path, capsys, args, message):
+    """--jobs 0 ran the study in-process as if 1; a negative time limit stopped every run unstarted."""
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["study", str(Path(__file__).parent / "fixtures" / "study" / "tiny.yaml"), *args,
+                  "--results", str(tmp_path / "results"), "--runs", str(tmp_path / "runs")])
+    assert exit_.value.code == 2 and not (tmp_path / "results").exists()
+    one_error_line(capsys.readouterr().err, message, "harness study --help")
+
+
 def test_eval_limit_zero_and_cuda_without_a_gpu_are_one_line(capsys):
     import torch
     with pytest.raises(SystemExit) as exit_:

@@ -131,14 +131,31 @@ def test_bad_arguments_are_one_line_before_any_work(tmp_path, args, message):
     (["--jobs", "0"], "argument --jobs: must be a positive integer, got '0'"),
     (["--time-limit", "-5"], "argument --time-limit: must be a number of seconds >= 0, got '-5'"),
     (["--time-limit", "nan"], "argument --time-limit: must be a number of seconds >= 0, got 'nan'"),
+    (["--device", "tpu"], "argument --device: 'tpu' is not a device the harness runs on"),
 ])
-def test_study_jobs_and_time_limit_out_of_range_are_one_line(tmp_path, capsys, args, message):
-    """--jobs 0 ran the study in-process as if 1; a negative time limit stopped every run unstarted."""
+def test_study_arguments_out_of_range_are_one_line(tmp_path, capsys, args, message):
+    """--jobs 0 ran the study in-process as if 1, a negative time limit stopped every run unstarted,
+    and an unknown device was a traceback."""
     with pytest.raises(SystemExit) as exit_:
         cli.main(["study", str(Path(__file__).parent / "fixtures" / "study" / "tiny.yaml"), *args,
                   "--results", str(tmp_path / "results"), "--runs", str(tmp_path / "runs")])
     assert exit_.value.code == 2 and not (tmp_path / "results").exists()
     one_error_line(capsys.readouterr().err, message, "harness study --help")
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--hidden", "0"], "argument --hidden: must be a positive integer, got '0'"),
+    (["--tokens", "0"], "argument --tokens: must be a positive integer, got '0'"),
+    (["--hidden", "1000"], "--hidden 1000 is not a multiple of head size 64"),
+])
+def test_bench_kernels_shape_arguments_are_checked_before_any_file(tmp_path, capsys, args, message):
+    """--hidden 0 wrote a table of zero-head shapes with no timings."""
+    try:
+        code = cli.main(["bench", "kernels", "--out", str(tmp_path / "k"), *args])
+    except SystemExit as exit_:
+        code = exit_.code
+    assert code == 2 and not (tmp_path / "k").exists()
+    one_error_line(capsys.readouterr().err, message)
 
 
 def test_eval_limit_zero_and_cuda_without_a_gpu_are_one_line(capsys):

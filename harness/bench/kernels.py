@@ -58,6 +58,8 @@ def kernel_shapes(head_dims, lengths, windows, tokens: int, hidden: int) -> list
     """Every (d, T, W) with batch = tokens // T and heads = hidden // d; windows >= T collapse to W = T."""
     shapes = []
     for d in head_dims:
+        if hidden % d:
+            raise ConfigError(f"--hidden {hidden} is not a multiple of head size {d} (heads = hidden / d)")
         for T in lengths:
             if tokens % T:
                 raise ConfigError(f"--tokens {tokens} is not a multiple of sequence length {T}")

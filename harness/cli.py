@@ -374,16 +374,16 @@ def cmd_scaling(args) -> None:
         err_console.print(f"wrote {args.out}/scaling.md, scaling.json, scaling.png", highlight=False)
 
 
-def parse_lengths(items: list[str]) -> dict:
+def parse_lengths(items: list[str], sweeps: tuple) -> dict:
     """['train=2048,4096', 'decode=1024'] -> {'train': [2048, 4096], 'decode': [1024]}."""
+    from harness.bench import parse_ints
     from harness.config import ConfigError
     out = {}
     for item in items:
-        sweep, _, values = item.partition("=")
-        try:
-            out[sweep.strip()] = [int(v) for v in values.split(",") if v.strip()]
-        except ValueError:
-            raise ConfigError(f"--lengths {item!r} must look like train=2048,4096") from None
+        sweep, equals, values = (part.strip() for part in item.partition("="))
+        if not equals or sweep not in sweeps:
+            raise ConfigError(f"--lengths {item!r} must look like train=2048,4096 (sweeps: {', '.join(sweeps)})")
+        out[sweep] = parse_ints(values, f"--lengths {sweep}")
     return out
 
 
@@ -391,7 +391,7 @@ def cmd_bench_models(args) -> None:
     """Training / prefill / decode throughput and memory sweeps of whole models."""
     import torch
 
-    from harness.bench import device_slug
+    from harness.bench import device_slug, parse_ints
     from harness.bench import models as bm
     from harness.config import ConfigError
     from harness.evaluation.loop import default_device
@@ -413,7 +413,7 @@ def cmd_bench_models(args) -> None:
     if unknown:
         raise ConfigError(f"unknown sweep {unknown[0]!r}; choose from {', '.join(bm.SWEEPS)}")
     plan = bm.default_plan(device)
-    lengths = {**plan.lengths, **parse_lengths(args.lengths)}
+    lengths = {**plan.lengths, **parse_lengths(args.lengths, bm.SWEEPS)}
     # rows with recomputation go to a folder of their own: same keys, other measurement
     folder = args.preset + ("-activation-checkpointing" if cfg.train.activation_checkpointing else "")
     out = Path(args.out or Path(args.results) / "speed" / device_slug(device_name(str(device))) / folder)
@@ -424,7 +424,7 @@ def cmd_bench_models(args) -> None:
                       highlight=False)
 
     rows = bm.run_bench(names, cfg, sweeps, lengths, device, out, args.train_tokens or plan.train_tokens,
-                        [int(b) for b in split_names(args.decode_batches)] if args.decode_batches
+                        parse_ints(args.decode_batches, "--decode-batches") if args.decode_batches
                         else plan.decode_batches, force=args.force, log=lambda m: console.print(m, highlight=False),
                         on_point=show, profile=args.profile)
     console.print(f"wrote {out}/rows.jsonl, run.json, table.md and plots", highlight=False)
@@ -439,13 +439,8 @@ def cmd_bench_kernels(args) -> None:
     """The SWAT Triton kernel against flex_attention, fla, SDPA, triton-sigmoid: fwd, fwd+bwd, decode."""
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from harness.bench.kernels import (
-        BenchSpec,
-        parse_ints,
-        parse_windows,
-        render,
-        run_kernel_bench,
-    )
+    from harness.bench import parse_ints
+    from harness.bench.kernels import BenchSpec, parse_windows, render, run_kernel_bench
     if args.render_only:
         render(Path(args.render_only))
         console.print(f"wrote {args.render_only}/kernels.md and plots from its kernels.csv", highlight=False)

@@ -158,6 +158,19 @@ def test_bench_kernels_shape_arguments_are_checked_before_any_file(tmp_path, cap
     one_error_line(capsys.readouterr().err, message)
 
 
+@pytest.mark.parametrize("args, message", [
+    (["--lengths", "train=-5"], "--lengths train takes positive integers, got '-5'"),
+    (["--lengths", "trian=2048"], "--lengths 'trian=2048' must look like train=2048,4096"),
+    (["--decode-batches", "0"], "--decode-batches takes positive integers, got '0'"),
+    (["--decode-batches", "x"], "--decode-batches takes comma-separated integers, got 'x'"),
+])
+def test_bench_models_lengths_and_batches_are_checked_before_any_file(tmp_path, capsys, args, message):
+    """A negative length was a traceback from inside the first model's sweep; a misspelt sweep was ignored."""
+    code = cli.main(["bench", "models", "--models", "swat", "--device", "cpu", "--out", str(tmp_path / "b"), *args])
+    assert code == 2 and not (tmp_path / "b").exists()
+    one_error_line(capsys.readouterr().err, message)
+
+
 def test_eval_limit_zero_and_cuda_without_a_gpu_are_one_line(capsys):
     import torch
     with pytest.raises(SystemExit) as exit_:

@@ -6,7 +6,20 @@ inputs, and written with its command, device, date and commit.
 
 import re
 
+from harness.config import ConfigError
+
 
 def device_slug(name: str) -> str:
     """A folder name for a device: 'NVIDIA H100 80GB HBM3' -> 'nvidia-h100-80gb-hbm3'."""
     return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
+
+
+def parse_ints(text: str, flag: str) -> list[int]:
+    """'2048,4096' -> [2048, 4096]: a command-line list of positive integers (`flag` names it in the error)."""
+    try:
+        values = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise ConfigError(f"{flag} takes comma-separated integers, got {text!r}") from None
+    if not values or min(values) < 1:
+        raise ConfigError(f"{flag} takes positive integers, got {text!r}")
+    return values

@@ -552,13 +552,3 @@ def parse_windows(text: str) -> list:
         elif part:
             raise ConfigError(f"--windows takes positive integers or T, got {part!r}")
     return items
-
-
-def parse_ints(text: str, flag: str) -> list[int]:
-    try:
-        values = [int(x) for x in text.split(",") if x.strip()]
-    except ValueError:
-        raise ConfigError(f"{flag} takes comma-separated integers, got {text!r}") from None
-    if not values or min(values) < 1:
-        raise ConfigError(f"{flag} takes positive integers, got {text!r}")
-    return values

@@ -10,7 +10,7 @@ import yaml
 
 from harness import cli
 from harness.results.store import Row, read_rows
-from harness.study.report import gaps_table, paired_table, t_critical
+from harness.study.report import gaps_table, paired_table, t_critical, training_curve
 from harness.study.spec import choose_lrs, load_study, plan, power_law, units
 
 TINY = Path(__file__).resolve().parent / "fixtures" / "study" / "tiny.yaml"
@@ -52,8 +52,8 @@ def test_tiny_study_end_to_end(finished):
     assert "(n=2)" in main and "| swat |" in main and "| transformer |" in main
     sweep = (out / "lr_sweep.md").read_text()
     assert "lr 0.003" in sweep and "lr 0.01" in sweep
-    for name in ("lr_sweep.png", "lr_sweep.csv", "paired.md", "scaling.md", "loss_vs_params.png",
-                 "loss_vs_compute.png", "status.md", "run.json"):
+    for name in ("lr_sweep.png", "lr_sweep.csv", "paired.md", "gaps.md", "scaling.md", "loss_vs_params.png",
+                 "loss_vs_compute.png", "training_curves.png", "status.md", "run.json"):
         assert (out / name).is_file(), name
     assert "swat | transformer | 2 |" in (out / "paired.md").read_text()
     info = json.loads((out / "run.json").read_text())
@@ -165,6 +165,19 @@ def test_gaps_follow_each_focus_model_across_sizes_over_the_seeds_both_have():
     assert other.text == "transformer" and math.isclose(at_a.value, 0.3) and at_a.stderr is None
     assert math.isclose(at_b.value, 0.11) and math.isclose(at_b.stderr, 0.02 / math.sqrt(2)) and at_b.suffix == " (n=2)"
     assert math.isclose(change.value, -0.19)  # the gap shrinks from a to b
+
+
+def test_training_curve_keeps_the_resumed_segment(tmp_path):
+    """A run cut at step 3 and resumed from its checkpoint at step 2 logs step 3 twice: the curve
+    keeps the second, which the run went on from."""
+    import gzip
+    records = [{"run": "swat-a", "start_step": 0}, {"step": 1, "tokens": 10, "loss": 5.0},
+               {"step": 2, "tokens": 20, "loss": 4.0}, {"step": 3, "tokens": 30, "loss": 3.9},
+               {"run": "swat-a", "start_step": 2}, {"step": 3, "tokens": 30, "loss": 3.8},
+               {"step": 4, "tokens": 40, "loss": 3.5}]
+    path = tmp_path / "swat-lr0.01-seed0_train_log.jsonl.gz"
+    path.write_bytes(gzip.compress("\n".join(json.dumps(r) for r in records).encode()))
+    assert training_curve(path) == {1: (10, 5.0), 2: (20, 4.0), 3: (30, 3.8), 4: (40, 3.5)}
 
 
 def test_worker_pool_runs_units_in_processes(tmp_path):

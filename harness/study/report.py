@@ -13,6 +13,8 @@
                               by seed (same initialisation seed, same data order), with a t test
     gaps.md                   each focus model's held-out loss gap to every other model at each size,
                               and how it changed from the smallest size to the largest
+    training_curves.png (+ CSV) training loss against tokens per size, each model at its own
+                              learning rate (from the kept training logs, train/<size>/)
     scaling.md, loss_vs_params.png, loss_vs_compute.png (+ CSV)
                               power laws L = A x^b over the sizes, exponent +- its standard error
     status.md                 runs done and still to do, per stage and size
@@ -38,8 +40,10 @@ from harness.study.spec import (
     power_law,
     rows_file,
     sweep_plan,
+    run_label,
     units,
 )
+from harness.training.trainlog import LOG_FILE
 
 # two-sided 95% critical values of Student's t by degrees of freedom (1..10); beyond: 1.96
 T_CRITICAL_95 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228)
@@ -445,6 +449,63 @@ def ppl_vs_length_plot(res: Results, out: Path) -> list[Path]:
     return _write_plot(fig, out, "ppl_vs_length", ["size", "model", "context", "ppl"], lines)
 
 
+def training_curve(path: Path) -> dict[int, tuple[int, float]]:
+    """{step: (tokens, training loss)} from a kept training log (gzipped JSONL); where a run was cut
+    and resumed from an earlier checkpoint, the steps it trained again keep their later values."""
+    import gzip
+    curve = {}
+    with gzip.open(path, "rt", encoding="utf-8") as f:
+        for line in f:
+            record = json.loads(line)
+            if "step" in record and record.get("loss") is not None:
+                curve[record["step"]] = (record["tokens"], record["loss"])
+    return curve
+
+
+def training_curves_plot(res: Results, out: Path, smooth: int = 10, every: int = 10) -> list[Path]:
+    """Training loss against tokens, a panel per size, each model at its own learning rate and the
+    sweep's seed (a mean over `smooth` steps): whether a budget ends while the loss still falls, and
+    whether a run spiked. The CSV holds every `every`-th smoothed point."""
+    from harness.results.plots import _write_plot, pyplot
+    study = res.study
+    curves = {}
+    for size in study.final_sizes:
+        for model in study.models:
+            lr = res.final_lr(model, size)
+            path = out / "train" / size / f"{model}-{run_label(lr, study.sweep_seed)}_{LOG_FILE}.gz"
+            if lr is not None and path.is_file():
+                points = sorted(training_curve(path).items())
+                losses = [loss for _, (_, loss) in points]
+                curves[(size, model)] = [(tokens, mean(losses[max(0, i + 1 - smooth):i + 1]))
+                                         for i, (_, (tokens, _)) in enumerate(points)]
+    sizes = [s for s in study.final_sizes if any(k[0] == s for k in curves)]
+    if not sizes:
+        return []
+    plt = pyplot()
+    fig, axes = plt.subplots(1, len(sizes), figsize=(6 * len(sizes), 4.5), squeeze=False)
+    lines, handles = [], {}
+    for ax, size in zip(axes[0], sizes):
+        lowest = []
+        for model in study.models:
+            pts = curves.get((size, model))
+            if pts:
+                style = {**model_style(study, model), "marker": None}
+                handles[model], = ax.plot([t for t, _ in pts], [v for _, v in pts], label=model, linewidth=1.2,
+                                          **style)
+                lines += [[size, model, t, v] for t, v in pts[every - 1::every]]
+                lowest.append(min(v for _, v in pts))
+        ax.set_ylim(min(lowest) - 0.1, min(lowest) + 2.5)  # the warm-up's first losses (~9) would flatten the rest
+        ax.set_xlabel("training tokens")
+        ax.set_ylabel(f"training loss (nats/token, mean of {smooth} steps)")
+        ax.set_title(f"{size}: {human(study.budgets[size]['budget_params'])} non-embedding params, seed "
+                     f"{study.sweep_seed}")
+        ax.grid(alpha=0.3)
+    fig.legend([handles[m] for m in study.models if m in handles], [m for m in study.models if m in handles],
+               fontsize=8, loc="center left", bbox_to_anchor=(1.0, 0.5))
+    fig.tight_layout()
+    return _write_plot(fig, out, "training_curves", ["size", "model", "tokens", "train_loss"], lines)
+
+
 # ---------------------------------------------------------------- scaling fits
 
 def scaling_points(res: Results, axis: str) -> dict[str, list[tuple[float, float]]]:
@@ -563,6 +624,7 @@ def write_report(study, results: Path) -> list[Path]:
     for name, *spec in LONG_CONTEXT:
         table(name, long_context_table(res, *spec))
     written += ppl_vs_length_plot(res, out)
+    written += training_curves_plot(res, out)
     scaling, fits = scaling_table(res)
     table("scaling", scaling)
     if fits:

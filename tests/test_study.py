@@ -11,7 +11,7 @@ import yaml
 from harness import cli
 from harness.results.store import Row, read_rows
 from harness.study.report import gaps_table, paired_table, t_critical, training_curve
-from harness.study.spec import choose_lrs, load_study, plan, power_law, units
+from harness.study.spec import choose_lrs, interpolated_optimum, load_study, plan, power_law, units
 
 TINY = Path(__file__).resolve().parent / "fixtures" / "study" / "tiny.yaml"
 
@@ -117,17 +117,31 @@ def test_lr_choice_takes_the_best_and_extrapolates_the_power_law():
     study.final_seeds = {"a": [0], "b": [0], "c": [0]}
     study.budgets = {"a": {"budget_params": 1e6}, "b": {"budget_params": 4e6}, "c": {"budget_params": 16e6}}
     study.lrs = [1e-3, 2e-3, 4e-3, 8e-3]
-    rows = [sweep_row("swat", "a", lr, loss) for lr, loss in zip(study.lrs, (3.0, 2.9, 2.8, 2.95))]
-    rows += [sweep_row("swat", "b", lr, loss) for lr, loss in zip(study.lrs, (2.6, 2.5, 2.55, 2.7))]
+    # symmetric in log lr around each best, so that the interpolated optima are the grid's best
+    rows = [sweep_row("swat", "a", lr, loss) for lr, loss in zip(study.lrs, (3.0, 2.9, 2.8, 2.9))]
+    rows += [sweep_row("swat", "b", lr, loss) for lr, loss in zip(study.lrs, (2.6, 2.5, 2.6, 2.7))]
     rows += [sweep_row("transformer", "a", lr, loss) for lr, loss in zip(study.lrs, (3.0, 2.9, 2.8, 2.7))]
     choice = choose_lrs(rows, study)
-    assert choice["swat"]["a"]["lr"] == 4e-3 and choice["swat"]["b"]["lr"] == 2e-3
+    assert choice["swat"]["a"]["lr"] == choice["swat"]["a"]["optimum"] == 4e-3
+    assert choice["swat"]["b"]["lr"] == choice["swat"]["b"]["optimum"] == 2e-3
     # 4e-3 at 1M, 2e-3 at 4M: lr ~ N^-0.5, so 1e-3 at 16M
     assert choice["swat"]["c"] == {"lr": 1e-3, "how": "extrapolated", "edge": False}
     assert choice["transformer"]["a"]["edge"] and "b" not in choice["transformer"]  # b not swept yet
     defined, waiting = units(study, rows)
     assert waiting == 2  # transformer's final runs at b and c wait for b's sweep; swat's are defined
     assert all(u.lr is not None for u in defined)
+
+
+def test_interpolated_optimum_is_the_vertex_in_log_lr_and_the_best_at_an_edge():
+    def bowl(lr, at=3e-3):
+        return 3.0 + (math.log(lr) - math.log(at)) ** 2
+    grid = [1e-3, 2e-3, 4e-3, 8e-3]
+    assert math.isclose(interpolated_optimum({lr: bowl(lr) for lr in grid}), 3e-3)
+    # nearly tied neighbours put it between them, where the grid's best would sit a factor 2 away
+    assert 5.5e-3 < interpolated_optimum({4e-3: 4.00, 8e-3: 3.90, 1.6e-2: 3.901, 3.2e-2: 4.2}) < 1.2e-2
+    assert interpolated_optimum({1e-3: 3.0, 2e-3: 3.5}) == 1e-3
+    assert interpolated_optimum({1e-3: 3.5, 2e-3: 3.0}) == 2e-3
+    assert interpolated_optimum({1e-3: 3.0, 2e-3: 3.0, 4e-3: 3.0}) == 1e-3
 
 
 def test_power_law_fit_and_paired_t():
@@ -318,18 +332,20 @@ def test_sweep_goes_past_the_grid_edge_where_the_best_lies_there():
     assert "a/swat/lr0.008-seed0" in keys and "a/transformer/lr0.008-seed0" not in keys
     choice = choose_lrs(rows, study)
     assert "a" not in choice.get("swat", {})  # waits for the step past the edge
-    assert choice["transformer"]["a"] == {"lr": 2e-3, "how": "swept", "edge": False, "loss": 2.8}
+    assert choice["transformer"]["a"] == {"lr": 2e-3, "how": "swept", "edge": False, "loss": 2.8, "optimum": 2.24e-3}
     rows.append(sweep_row("swat", "a", 8e-3, 2.7))  # better again: one more step, the last allowed
     assert "a/swat/lr0.016-seed0" in {u.key for u in units(study, rows)[0]}
     rows.append(sweep_row("swat", "a", 1.6e-2, 2.6))
-    assert choose_lrs(rows, study)["swat"]["a"] == {"lr": 1.6e-2, "how": "swept", "edge": True, "loss": 2.6}
+    assert choose_lrs(rows, study)["swat"]["a"] == {"lr": 1.6e-2, "how": "swept", "edge": True, "loss": 2.6,
+                                                    "optimum": 1.6e-2}  # an edge: the best itself
     assert "a/swat/lr0.032-seed0" not in {u.key for u in units(study, rows)[0]}
     from harness.study.report import Results, lr_sweep_table
     table = lr_sweep_table(Results(study, rows))
-    assert table.header[1:-1] == ["lr 0.001", "lr 0.002", "lr 0.004", "lr 0.008", "lr 0.016"]
+    assert table.header[1:-2] == ["lr 0.001", "lr 0.002", "lr 0.004", "lr 0.008", "lr 0.016"]
     assert any("past the study's grid" in note for note in table.notes)
     study.extend_edges = 0  # without extension the same rows choose the grid's edge
-    assert choose_lrs(rows, study)["swat"]["a"] == {"lr": 4e-3, "how": "swept", "edge": True, "loss": 2.8}
+    assert choose_lrs(rows, study)["swat"]["a"] == {"lr": 4e-3, "how": "swept", "edge": True, "loss": 2.8,
+                                                    "optimum": 4e-3}
 
 
 def test_a_window_sweeps_the_next_size_around_the_previous_best():
@@ -349,4 +365,5 @@ def test_a_window_sweeps_the_next_size_around_the_previous_best():
     assert "b/swat/lr0.002-seed0" in {u.key for u in units(study, rows)[0]}  # best at the window's low edge
     assert "b" not in choose_lrs(rows, study).get("swat", {})
     rows.append(sweep_row("swat", "b", 2e-3, 2.55))
-    assert choose_lrs(rows, study)["swat"]["b"] == {"lr": 4e-3, "how": "swept", "edge": False, "loss": 2.5}
+    assert choose_lrs(rows, study)["swat"]["b"] == {"lr": 4e-3, "how": "swept", "edge": False, "loss": 2.5,
+                                                    "optimum": 3.56e-3}

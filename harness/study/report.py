@@ -1,5 +1,7 @@
 """A study's tables, fits and plots, from its rows alone (results/<study>/rows.jsonl):
 
+    lr_choice.json            each model's learning rate per size: swept (best, interpolated optimum)
+                              or extrapolated
     lr_sweep.md/.csv/.png     held-out loss per learning rate, one line per model, a panel per size
     main.md/.csv              per size: budget, each model at its own learning rate, held-out loss
                               (mean +- std over seeds), WikiText-2, LAMBADA, the benchmarks with their
@@ -112,7 +114,7 @@ def swept_lrs(study, losses: dict) -> list[float]:
 def lr_sweep_table(res: Results) -> Table:
     study, losses = res.study, res.sweep_losses
     lrs = swept_lrs(study, losses)
-    header = ["Model"] + [f"lr {lr:g}" for lr in lrs] + ["best lr"]
+    header = ["Model"] + [f"lr {lr:g}" for lr in lrs] + ["best lr", "optimum"]
     table = Table("Learning-rate sweep: held-out loss (nats/token) at the end of training", header,
                   [h.replace("_", r"\_") for h in header])
     for size in study.sweep_sizes:
@@ -126,8 +128,9 @@ def lr_sweep_table(res: Results) -> Table:
             best = "" if choice is None else f"{choice['lr']:g}" + (" (grid edge)" if choice["edge"] else "")
             grid = res.sweeps[(model, size)][0]
             line.append(text_cell(best or (f"{sum(lr in got for lr in grid)}/{len(grid)} run" if grid else "waits")))
+            line.append(text_cell("" if choice is None else f"{choice['optimum']:g}"))
             if choice is not None:
-                for c in line[1:-1]:
+                for c in line[1:-2]:
                     c.bold = c.value == choice["loss"]
             lines.append(line)
         if lines:
@@ -136,7 +139,9 @@ def lr_sweep_table(res: Results) -> Table:
                                  f"{human(budget['tokens'])} tokens ({budget['epochs']:.2f} epochs), seed "
                                  f"{study.sweep_seed}", lines))
     table.notes.append("Bold: the model's lowest held-out loss; `grid edge`: the best is the smallest or largest "
-                       "learning rate swept, so the grid may not bracket the optimum.")
+                       "learning rate swept, so the grid may not bracket the optimum. `optimum`: the vertex of "
+                       "the parabola in log lr through the best rate and its two neighbours (the best itself at "
+                       "an edge); sizes not swept take the power law through these.")
     if study.window:
         table.notes.append(f"Sizes after the first sweep {study.window} rates around the model's best at the "
                            f"previous size, and go on past an edge where the best lies there; blank: not swept.")
@@ -615,6 +620,8 @@ def write_report(study, results: Path) -> list[Path]:
             atomic_write_text(out / f"{name}.{suffix}", render(t, fmt))
             written.append(out / f"{name}.{suffix}")
 
+    atomic_write_text(out / "lr_choice.json", json.dumps(res.lrs, indent=1, sort_keys=True))
+    written.append(out / "lr_choice.json")
     table("lr_sweep", lr_sweep_table(res))
     written += lr_sweep_plot(res, out)
     table("main", main_table(res))

@@ -6,7 +6,6 @@ the visible GPUs, `harness study FILE --unit KEY` each), or on every rank of a t
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -37,7 +36,6 @@ from harness.study.report import write_report
 from harness.study.spec import (
     Study,
     Unit,
-    choose_lrs,
     load_study,
     pending_tasks,
     plan,
@@ -91,12 +89,10 @@ def keep_record(run_dir: Path, prefix: Path) -> None:
         atomic_write_bytes(Path(f"{prefix}_{LOG_FILE}.gz"), gzip.compress(log.read_bytes(), mtime=0))
 
 
-def write_record(study: Study, results: Path, lrs: dict, device: str) -> None:
-    """results/<name>/run.json (the study file, budgets, provenance) and lr_choice.json."""
-    out = Path(results) / study.name
-    record_run(out, {"study": yaml.safe_load(study.path.read_text()), "budgets": study.budgets,
-                     "config": study.config(next(iter(study.sizes)), 0).to_dict()}, device)
-    atomic_write_text(out / "lr_choice.json", json.dumps(lrs, indent=1, sort_keys=True))
+def write_record(study: Study, results: Path, device: str) -> None:
+    """results/<name>/run.json: the study file, budgets, provenance."""
+    record_run(Path(results) / study.name, {"study": yaml.safe_load(study.path.read_text()), "budgets": study.budgets,
+                                            "config": study.config(next(iter(study.sizes)), 0).to_dict()}, device)
 
 
 def run_study(study: Study, results: Path, runs: Path, device: str, jobs: int = 1,
@@ -128,7 +124,7 @@ def run_study(study: Study, results: Path, runs: Path, device: str, jobs: int = 
         rows = stored_rows(rows_file(study, results), d, log)
         defined, counts["waiting"] = units(study, rows, study.only)
         if main:
-            write_record(study, results, choose_lrs(rows, study), device)
+            write_record(study, results, device)
         left = [u for u in defined if pending_tasks(u, rows)]
         if progress and left and main:
             progress(len(defined) - len(left), len(defined), "")

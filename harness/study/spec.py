@@ -24,8 +24,8 @@ Every run trains with `harness.training.train.train` and is scored by the regist
 `harness run` does; its rows carry `lr` and the budget (`tokens_per_param`, `epochs`,
 `non_embedding_params`, `train_flops`) and use the size's name as their `preset`. The final stage
 trains each model at its own learning rate: the sweep's best on a swept size, else the power law
-through the swept sizes' best learning rates (in non-embedding parameters), clamped to the swept
-range. With `window: N` a swept size after the first sweeps only N of the grid's rates, around
+(in non-embedding parameters) through the swept sizes' optima, each the vertex of a parabola in
+log lr through the best rate and its two neighbours, clamped to the swept range. With `window: N` a swept size after the first sweeps only N of the grid's rates, around
 the model's best at the previous swept size. Where a model's best is the largest (or smallest)
 rate swept, the sweep goes on a step: to the grid's next rate, and past the grid by its own ratio
 up to `extend_edges` steps per side (default 0), so that each model's optimum is bracketed; a best
@@ -312,12 +312,15 @@ def extended_grid(study: Study, base: list[float], losses: dict[float, float]) -
 def choose_lrs(rows: list, study: Study) -> dict[str, dict[str, dict]]:
     """{model: {size: {"lr", "how", "edge"}}} for the final stage, from the sweep rows present:
     a swept size takes its best learning rate once every one of its grid (`sweep_plan`) has a
-    row; a size not swept takes the power law through the swept sizes' best (least squares in
-    log lr vs log non-embedding parameters) once all of them are known, clamped to the range swept."""
+    row, and records its `optimum` (`interpolated_optimum`); a size not swept takes the power law
+    through the swept sizes' optima (least squares in log lr vs log non-embedding parameters) once
+    all of them are known, clamped to the range swept. The optima, not the grid's best rates,
+    carry the trend: a grid of factor-2 steps would make it jump by a factor of two wherever two
+    rates nearly tie."""
     sweeps = sweep_plan(rows, study)
     choice: dict[str, dict[str, dict]] = {}
     for model in study.models:
-        best, swept = {}, list(study.lrs)
+        optima, swept = {}, list(study.lrs)
         for size in study.sweep_sizes:
             grid, got = sweeps[(model, size)]
             if grid is None:
@@ -325,20 +328,37 @@ def choose_lrs(rows: list, study: Study) -> dict[str, dict[str, dict]]:
             swept += grid
             if all(lr in got for lr in grid):
                 lr = min(grid, key=got.get)
-                best[size] = lr
+                optima[size] = interpolated_optimum({rate: got[rate] for rate in grid})  # what chooses
                 edge = lr in (grid[0], grid[-1]) and len(grid) > 1
                 choice.setdefault(model, {})[size] = {"lr": lr, "how": "swept", "edge": edge,
-                                                      "loss": got[lr]}
-        if len(best) < len(study.sweep_sizes):
+                                                      "loss": got[lr], "optimum": float(f"{optima[size]:.3g}")}
+        if len(optima) < len(study.sweep_sizes):
             continue
-        fit = power_law([study.budgets[s]["budget_params"] for s in best], list(best.values()))
+        fit = power_law([study.budgets[s]["budget_params"] for s in optima], list(optima.values()))
         for size in study.final_sizes:
-            if size in best:
+            if size in optima:
                 continue
-            lr = fit["A"] * study.budgets[size]["budget_params"] ** fit["b"] if fit else next(iter(best.values()))
+            lr = fit["A"] * study.budgets[size]["budget_params"] ** fit["b"] if fit else next(iter(optima.values()))
             lr = float(f"{min(max(lr, min(swept)), max(swept)):.3g}")
             choice.setdefault(model, {})[size] = {"lr": lr, "how": "extrapolated", "edge": False}
     return choice
+
+
+def interpolated_optimum(losses: dict[float, float]) -> float:
+    """The learning rate at the vertex of the parabola in log lr through the lowest loss measured
+    and its two neighbours ({lr: loss}); the lowest one's own rate where it has no neighbour on
+    one side (an edge of what was swept)."""
+    lrs = sorted(losses)
+    i = min(range(len(lrs)), key=lambda j: losses[lrs[j]])
+    if i == 0 or i == len(lrs) - 1:
+        return lrs[i]
+    (x0, x1, x2), (y0, y1, y2) = ([math.log(lr) for lr in lrs[i - 1:i + 2]],
+                                  [losses[lr] for lr in lrs[i - 1:i + 2]])
+    den = (x1 - x0) * (y1 - y2) - (x1 - x2) * (y1 - y0)
+    if den == 0:  # three equal losses: no curvature to place a vertex
+        return lrs[i]
+    vertex = x1 - 0.5 * ((x1 - x0) ** 2 * (y1 - y2) - (x1 - x2) ** 2 * (y1 - y0)) / den
+    return math.exp(min(max(vertex, x0), x2))
 
 
 def power_law(xs: list[float], ys: list[float]) -> dict | None:

@@ -613,16 +613,16 @@ def write_report(study, results: Path) -> list[Path]:
     res = Results(study, rows)
     written = []
 
-    def table(name: str, t: Table | None) -> None:
+    def table(name: str, t: Table | None, formats: tuple = ("md", "csv")) -> None:
         if t is None or not t.groups:
             return
-        for fmt, suffix in (("md", "md"), ("csv", "csv")):
-            atomic_write_text(out / f"{name}.{suffix}", render(t, fmt))
-            written.append(out / f"{name}.{suffix}")
+        for fmt in formats:
+            atomic_write_text(out / f"{name}.{fmt}", render(t, fmt))
+            written.append(out / f"{name}.{fmt}")
 
     atomic_write_text(out / "lr_choice.json", json.dumps(res.lrs, indent=1, sort_keys=True))
     written.append(out / "lr_choice.json")
-    table("lr_sweep", lr_sweep_table(res))
+    table("lr_sweep", lr_sweep_table(res), ("md",))  # lr_sweep.csv: the plot's points, in long form
     written += lr_sweep_plot(res, out)
     table("main", main_table(res))
     table("heldout_by_source", by_source_table(res))

@@ -153,16 +153,15 @@ def lr_sweep_table(res: Results) -> Table:
 
 
 def lr_sweep_plot(res: Results, out: Path) -> list[Path]:
-    from harness.results.plots import _write_plot, pyplot
+    from harness.results.plots import _write_plot
     study, losses = res.study, res.sweep_losses
     lrs = swept_lrs(study, losses)
     sizes = [s for s in study.sweep_sizes if any(k[1] == s for k in losses)]
     if not sizes:
         return []
-    plt = pyplot()
-    fig, axes = plt.subplots(1, len(sizes), figsize=(6 * len(sizes), 4.5), squeeze=False, sharex=True)
+    fig, panels = size_panels(sizes, sharex=True)
     lines, handles = [], {}
-    for ax, size in zip(axes[0], sizes):
+    for ax, size in panels:
         for model in study.models:
             got = losses.get((model, size), {})
             if got:
@@ -175,10 +174,22 @@ def lr_sweep_plot(res: Results, out: Path) -> list[Path]:
         ax.set_ylabel("held-out loss (nats/token)")
         ax.set_title(f"{size}: {human(study.budgets[size]['budget_params'])} non-embedding params")
         ax.grid(alpha=0.3)
-    fig.legend([handles[m] for m in study.models if m in handles], [m for m in study.models if m in handles],
-               fontsize=8, loc="center left", bbox_to_anchor=(1.0, 0.5))
-    fig.tight_layout()
+    finish_panels(fig, study, handles)
     return _write_plot(fig, out, "lr_sweep", ["size", "model", "lr", "heldout_loss"], lines)
+
+
+def size_panels(sizes: list[str], sharex: bool = False) -> tuple:
+    """A figure with one panel per size, side by side: (figure, [(axes, size), ...])."""
+    from harness.results.plots import pyplot
+    fig, axes = pyplot().subplots(1, len(sizes), figsize=(6 * len(sizes), 4.5), squeeze=False, sharex=sharex)
+    return fig, list(zip(axes[0], sizes))
+
+
+def finish_panels(fig, study, handles: dict) -> None:
+    """One legend of the study's models for all panels, beside them; then the layout."""
+    shown = [m for m in study.models if m in handles]
+    fig.legend([handles[m] for m in shown], shown, fontsize=8, loc="center left", bbox_to_anchor=(1.0, 0.5))
+    fig.tight_layout()
 
 
 def model_style(study, model: str) -> dict:
@@ -415,7 +426,7 @@ def long_context_table(res: Results, task: str, metric: str, key: str, over: str
 
 def ppl_vs_length_plot(res: Results, out: Path) -> list[Path]:
     """Perplexity vs evaluation length, a panel per size, one line per model (mean over seeds)."""
-    from harness.results.plots import _write_plot, pyplot
+    from harness.results.plots import _write_plot
     study = res.study
     xs = sorted({r.extra["context"] for r in res.rows if (r.task, r.metric) == ("length", "ppl")
                  and r.extra.get("context") is not None})
@@ -429,11 +440,10 @@ def ppl_vs_length_plot(res: Results, out: Path) -> list[Path]:
     sizes = [s for s in study.final_sizes if any(k[0] == s for k in curves)]
     if not sizes:
         return []
-    plt = pyplot()
-    fig, axes = plt.subplots(1, len(sizes), figsize=(6 * len(sizes), 4.5), squeeze=False)
+    fig, panels = size_panels(sizes)
     lines, handles = [], {}
     train_lengths = training_lengths(res, "length")
-    for ax, size in zip(axes[0], sizes):
+    for ax, size in panels:
         for model in study.models:
             pts = curves.get((size, model))
             if pts:
@@ -448,9 +458,7 @@ def ppl_vs_length_plot(res: Results, out: Path) -> list[Path]:
         ax.set_ylabel("WikiText-2 perplexity")
         ax.set_title(f"{size}: {human(study.budgets[size]['budget_params'])} non-embedding params")
         ax.grid(alpha=0.3, which="both")
-    fig.legend([handles[m] for m in study.models if m in handles], [m for m in study.models if m in handles],
-               fontsize=8, loc="center left", bbox_to_anchor=(1.0, 0.5))
-    fig.tight_layout()
+    finish_panels(fig, study, handles)
     return _write_plot(fig, out, "ppl_vs_length", ["size", "model", "context", "ppl"], lines)
 
 
@@ -471,7 +479,7 @@ def training_curves_plot(res: Results, out: Path, smooth: int = 10, every: int =
     """Training loss against tokens, a panel per size, each model at its own learning rate and the
     sweep's seed (a mean over `smooth` steps): whether a budget ends while the loss still falls, and
     whether a run spiked. The CSV holds every `every`-th smoothed point."""
-    from harness.results.plots import _write_plot, pyplot
+    from harness.results.plots import _write_plot
     study = res.study
     curves = {}
     for size in study.final_sizes:
@@ -486,10 +494,9 @@ def training_curves_plot(res: Results, out: Path, smooth: int = 10, every: int =
     sizes = [s for s in study.final_sizes if any(k[0] == s for k in curves)]
     if not sizes:
         return []
-    plt = pyplot()
-    fig, axes = plt.subplots(1, len(sizes), figsize=(6 * len(sizes), 4.5), squeeze=False)
+    fig, panels = size_panels(sizes)
     lines, handles = [], {}
-    for ax, size in zip(axes[0], sizes):
+    for ax, size in panels:
         lowest = []
         for model in study.models:
             pts = curves.get((size, model))
@@ -505,9 +512,7 @@ def training_curves_plot(res: Results, out: Path, smooth: int = 10, every: int =
         ax.set_title(f"{size}: {human(study.budgets[size]['budget_params'])} non-embedding params, seed "
                      f"{study.sweep_seed}")
         ax.grid(alpha=0.3)
-    fig.legend([handles[m] for m in study.models if m in handles], [m for m in study.models if m in handles],
-               fontsize=8, loc="center left", bbox_to_anchor=(1.0, 0.5))
-    fig.tight_layout()
+    finish_panels(fig, study, handles)
     return _write_plot(fig, out, "training_curves", ["size", "model", "tokens", "train_loss"], lines)
 
 

@@ -194,6 +194,26 @@ def test_training_curve_keeps_the_resumed_segment(tmp_path):
     assert training_curve(path) == {1: (10, 5.0), 2: (20, 4.0), 3: (30, 3.8), 4: (40, 3.5)}
 
 
+def test_the_scaling_study_matches_every_model_to_the_reference_at_every_size():
+    """Within 2% of the reference Transformer's parameters at each of the committed study's sizes
+    (built on the meta device: no weights), as the scaling README states."""
+    from harness.model.build import matched_config, params_of
+    from harness.registry import MissingExtraError
+    study = load_study(Path(__file__).resolve().parent.parent / "results" / "scaling" / "study.yaml")
+    checked = set()
+    for size in study.sizes:
+        cfg = study.config(size, 0).model
+        reference = params_of(study.reference_model, cfg)
+        for model in study.models:
+            try:
+                count = params_of(model, matched_config(model, cfg))
+            except MissingExtraError:  # the fla models without flash-linear-attention installed
+                continue
+            assert abs(count - reference) / reference < 0.02, (size, model, count, reference)
+            checked.add(model)
+    assert {"swat", "transformer", "mamba", "mamba2"} <= checked
+
+
 def test_worker_pool_runs_units_in_processes(tmp_path):
     """Two workers; the final stage's extra task (from a plugin the workers load too) runs on each
     model's best sweep run once the sweep has chosen it, and on no other."""

@@ -25,8 +25,9 @@ Every run trains with `harness.training.train.train` and is scored by the regist
 `non_embedding_params`, `train_flops`) and use the size's name as their `preset`. The final stage
 trains each model at its own learning rate: the sweep's best on a swept size, else the power law
 (in non-embedding parameters) through the swept sizes' optima, each the vertex of a parabola in
-log lr through the best rate and its two neighbours, clamped to the swept range. With `window: N` a swept size after the first sweeps only N of the grid's rates, around
-the model's best at the previous swept size. Where a model's best is the largest (or smallest)
+log lr through the best rate and its two neighbours, clamped to the swept range. With `window: N`
+a swept size after the first sweeps only N of the grid's rates, around the model's best at the
+previous swept size. Where a model's best is the largest (or smallest)
 rate swept, the sweep goes on a step: to the grid's next rate, and past the grid by its own ratio
 up to `extend_edges` steps per side (default 0), so that each model's optimum is bracketed; a best
 still at the edge is flagged in `lr_choice.json`.

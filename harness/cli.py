@@ -330,7 +330,8 @@ def cmd_study(args) -> None:
     counts = run_study(study, Path(args.results), Path(args.runs), device, args.jobs, args.time_limit,
                        log=lambda m: console.print(m, highlight=False), on_step=on_step if args.jobs <= 1 else None,
                        progress=lambda done, total, _: console.print(f"study {study.name}: {done}/{total} runs done",
-                                                                     highlight=False), plugins=tuple(args.plugin))
+                                                                     highlight=False), plugins=tuple(args.plugin),
+                       start_new_for=args.start_new_for)
     if "current" in bar:
         bar["current"].close()
     from harness.training.distributed import is_main_process
@@ -600,6 +601,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", type=device_arg, help="cpu | cuda (default: cuda when available)")
     p.add_argument("--models", help="run only these of the study's models (comma-separated); the report covers all")
     p.add_argument("--report-only", action="store_true", help="only rewrite the tables and plots from the rows")
+    p.add_argument("--start-new-for", type=seconds, metavar="SECONDS", help="start trainings only in the first "
+                   "SECONDS; after that only runs with a checkpoint under RUNS (cut ones resume, trained ones score "
+                   "their tasks left), e.g. on a machine's last call (0: none; default: until --time-limit)")
     p.add_argument("--unit", help=argparse.SUPPRESS)  # one run, in a worker process of --jobs
     add_plugin_arg(p, cmd_study)
 

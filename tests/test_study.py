@@ -110,6 +110,25 @@ def sweep_row(model, size, lr, loss, seed=0):
     return Row("s", model, size, "smoke", "loss", loss, seed=seed, extra={"lr": lr})
 
 
+def test_start_new_for_zero_starts_no_training(finished, tmp_path):
+    """--start-new-for 0 runs what has a checkpoint (here: a trained run whose rows were lost) and
+    starts no training (a run without one)."""
+    import shutil
+    shutil.copytree(finished / "results", tmp_path / "results")
+    shutil.copytree(finished / "runs", tmp_path / "runs")
+    path = tmp_path / "results" / "tiny-study" / "rows.jsonl"
+    lost = {("swat", 3e-3), ("transformer", 3e-3)}
+    lines = [ln for ln in path.read_text().splitlines()
+             if (json.loads(ln)["model"], json.loads(ln).get("lr")) not in lost or json.loads(ln)["preset"] != "a"]
+    path.write_text("\n".join(lines) + "\n")
+    shutil.rmtree(tmp_path / "runs" / "tiny-study" / "a" / "transformer" / "lr0.003-seed0" / "checkpoint")
+    assert study_cli(tmp_path, "--start-new-for", "0") == 0
+    rows = read_rows(path)
+    back = {(r.model, r.extra["lr"]) for r in rows if r.preset == "a" and r.task == "smoke"}
+    assert ("swat", 3e-3) in back and ("transformer", 3e-3) not in back
+    assert not (tmp_path / "runs" / "tiny-study" / "a" / "transformer" / "lr0.003-seed0" / "checkpoint").exists()
+
+
 def test_lr_choice_takes_the_best_and_extrapolates_the_power_law():
     study = load_study(TINY)
     study.sweep_sizes, study.final_sizes = ["a", "b"], ["a", "b", "c"]

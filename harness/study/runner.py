@@ -98,9 +98,12 @@ def write_record(study: Study, results: Path, device: str) -> None:
 def run_study(study: Study, results: Path, runs: Path, device: str, jobs: int = 1,
               time_limit: float | None = None, log: Callable[[str], None] = print,
               on_step: Callable | None = None, progress: Callable[[int, int, str], None] | None = None,
-              plugins: tuple[str, ...] = ()) -> dict:
+              plugins: tuple[str, ...] = (), start_new_for: float | None = None) -> dict:
     """Run every unit not yet done, the next one picked whenever a slot frees (a final run
     becomes runnable once its model's sweep has chosen its learning rate), then write the report.
+    `start_new_for`: seconds after which a unit starts only if its run has a checkpoint under
+    `runs` (a cut training resumes, a trained one scores its tasks left): on a machine about to go
+    away, a training started too late to finish would be lost with it.
     Returns counts: done, failed, stopped, waiting, and squeezed (starts that ran out of GPU memory
     beside other processes and were queued again)."""
     d, device, log = join_job(device, log)
@@ -111,6 +114,7 @@ def run_study(study: Study, results: Path, runs: Path, device: str, jobs: int = 
     drop_missing_tasks(study, log)
     plan(study, log)
     deadline = None if time_limit is None else time.time() + time_limit
+    new_until = None if start_new_for is None else time.time() + start_new_for
     counts = {"done": 0, "failed": 0, "stopped": 0, "waiting": 0, "squeezed": 0}
     # (run, its tasks left) started in this invocation: a sweep run is claimed again, for the final
     # stage's tasks, once its learning rate turns out to be the model's best
@@ -133,7 +137,9 @@ def run_study(study: Study, results: Path, runs: Path, device: str, jobs: int = 
 
         def ready(u: Unit) -> bool:
             return u.key not in running and (u.key, tuple(pending_tasks(u, rows))) not in claimed and (
-                (u.model, u.size) in tuned or (u.size, u.model) not in busy)
+                (u.model, u.size) in tuned or (u.size, u.model) not in busy) and (
+                new_until is None or time.time() < new_until
+                or (Path(runs) / study.name / u.key / CHECKPOINT_DIR / META_FILE).is_file())
         unit = next((u for u in left if ready(u)), None)
         if unit is not None:
             claimed.add((unit.key, tuple(pending_tasks(unit, rows))))

@@ -582,6 +582,10 @@ def scaling_plot(res: Results, fits: dict, out: Path, axis: str) -> list[Path]:
         lines += [[model, x, y] for x, y in pts]
     ax.set_xscale("log")
     ax.set_yscale("log")
+    from matplotlib.ticker import FormatStrFormatter, MaxNLocator, NullFormatter
+    ax.yaxis.set_major_locator(MaxNLocator(6))  # losses span less than a decade: plain ticks,
+    ax.yaxis.set_major_formatter(FormatStrFormatter("%g"))  # not 4 x 10^0
+    ax.yaxis.set_minor_formatter(NullFormatter())
     ax.set_xlabel("non-embedding parameters" if axis == "params" else "training FLOPs")
     ax.set_ylabel("held-out loss (nats/token)")
     ax.grid(alpha=0.3, which="both")

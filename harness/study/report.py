@@ -192,6 +192,16 @@ def finish_panels(fig, study, handles: dict) -> None:
     fig.tight_layout()
 
 
+def plain_log_ticks(axis, values: list[float]) -> None:
+    """Plain labels (3.2, 3.6, 4; 300, 400, 600) on a log axis whose values span less than a
+    decade, where matplotlib would write 4 x 10^0 at one or two ticks."""
+    from matplotlib.ticker import FormatStrFormatter, MaxNLocator, NullFormatter
+    if values and max(values) < 10 * min(values):
+        axis.set_major_locator(MaxNLocator(6))
+        axis.set_major_formatter(FormatStrFormatter("%g"))
+        axis.set_minor_formatter(NullFormatter())
+
+
 def model_style(study, model: str) -> dict:
     """One colour and marker per model of the study, the same in every panel and plot."""
     from harness.results.plots import pyplot
@@ -454,6 +464,7 @@ def ppl_vs_length_plot(res: Results, out: Path) -> list[Path]:
             ax.axvline(x, color="grey", linestyle=":", linewidth=1)
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")
+        plain_log_ticks(ax.yaxis, [v for (sz, _), pts in curves.items() if sz == size for v in pts.values()])
         ax.set_xlabel("evaluation length (tokens); dotted: training length")
         ax.set_ylabel("WikiText-2 perplexity")
         ax.set_title(f"{size}: {human(study.budgets[size]['budget_params'])} non-embedding params")
@@ -582,10 +593,7 @@ def scaling_plot(res: Results, fits: dict, out: Path, axis: str) -> list[Path]:
         lines += [[model, x, y] for x, y in pts]
     ax.set_xscale("log")
     ax.set_yscale("log")
-    from matplotlib.ticker import FormatStrFormatter, MaxNLocator, NullFormatter
-    ax.yaxis.set_major_locator(MaxNLocator(6))  # losses span less than a decade: plain ticks,
-    ax.yaxis.set_major_formatter(FormatStrFormatter("%g"))  # not 4 x 10^0
-    ax.yaxis.set_minor_formatter(NullFormatter())
+    plain_log_ticks(ax.yaxis, [y for pts in pts_all.values() for _, y in pts])
     ax.set_xlabel("non-embedding parameters" if axis == "params" else "training FLOPs")
     ax.set_ylabel("held-out loss (nats/token)")
     ax.grid(alpha=0.3, which="both")

@@ -127,47 +127,38 @@ def test_bad_arguments_are_one_line_before_any_work(tmp_path, args, message):
     assert not (tmp_path / "results").exists()
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--jobs", "0"], "argument --jobs: must be a positive integer, got '0'"),
-    (["--time-limit", "-5"], "argument --time-limit: must be a number of seconds >= 0, got '-5'"),
-    (["--time-limit", "nan"], "argument --time-limit: must be a number of seconds >= 0, got 'nan'"),
-    (["--device", "tpu"], "argument --device: 'tpu' is not a device the harness runs on"),
-])
-def test_study_arguments_out_of_range_are_one_line(tmp_path, capsys, args, message):
-    """--jobs 0 ran the study in-process as if 1, a negative time limit stopped every run unstarted,
-    and an unknown device was a traceback."""
-    with pytest.raises(SystemExit) as exit_:
-        cli.main(["study", str(Path(__file__).parent / "fixtures" / "study" / "tiny.yaml"), *args,
-                  "--results", str(tmp_path / "results"), "--runs", str(tmp_path / "runs")])
-    assert exit_.value.code == 2 and not (tmp_path / "results").exists()
-    one_error_line(capsys.readouterr().err, message, "harness study --help")
+STUDY = ["study", str(Path(__file__).parent / "fixtures" / "study" / "tiny.yaml")]
+BENCH_MODELS = ["bench", "models", "--models", "swat", "--device", "cpu"]
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--hidden", "0"], "argument --hidden: must be a positive integer, got '0'"),
-    (["--tokens", "0"], "argument --tokens: must be a positive integer, got '0'"),
-    (["--hidden", "1000"], "--hidden 1000 is not a multiple of head size 64"),
+@pytest.mark.parametrize("command, args, message", [
+    # --jobs 0 ran the study in-process as if 1, a negative time limit stopped every run unstarted,
+    # an unknown device was a traceback
+    (STUDY, ["--jobs", "0"], "argument --jobs: must be a positive integer, got '0' (see `harness study --help`)"),
+    (STUDY, ["--time-limit", "-5"],
+     "argument --time-limit: must be a number of seconds >= 0, got '-5' (see `harness study --help`)"),
+    (STUDY, ["--time-limit", "nan"],
+     "argument --time-limit: must be a number of seconds >= 0, got 'nan' (see `harness study --help`)"),
+    (STUDY, ["--device", "tpu"], "argument --device: 'tpu' is not a device the harness runs on"),
+    # --hidden 0 wrote a table of zero-head shapes with no timings
+    (["bench", "kernels"], ["--hidden", "0"], "argument --hidden: must be a positive integer, got '0'"),
+    (["bench", "kernels"], ["--tokens", "0"], "argument --tokens: must be a positive integer, got '0'"),
+    (["bench", "kernels"], ["--hidden", "1000"], "--hidden 1000 is not a multiple of head size 64"),
+    # a negative length was a traceback from inside the first model's sweep; a misspelt sweep was ignored
+    (BENCH_MODELS, ["--lengths", "train=-5"], "--lengths train takes positive integers, got '-5'"),
+    (BENCH_MODELS, ["--lengths", "trian=2048"], "--lengths 'trian=2048' must look like train=2048,4096"),
+    (BENCH_MODELS, ["--decode-batches", "0"], "--decode-batches takes positive integers, got '0'"),
+    (BENCH_MODELS, ["--decode-batches", "x"], "--decode-batches takes comma-separated integers, got 'x'"),
 ])
-def test_bench_kernels_shape_arguments_are_checked_before_any_file(tmp_path, capsys, args, message):
-    """--hidden 0 wrote a table of zero-head shapes with no timings."""
+def test_study_and_bench_arguments_out_of_range_are_one_line_before_any_file(tmp_path, capsys, command, args,
+                                                                             message):
+    out = tmp_path / "out"
+    folders = ["--results", str(out), "--runs", str(tmp_path / "runs")] if command[0] == "study" else ["--out", str(out)]
     try:
-        code = cli.main(["bench", "kernels", "--out", str(tmp_path / "k"), *args])
-    except SystemExit as exit_:
+        code = cli.main([*command, *folders, *args])
+    except SystemExit as exit_:  # argparse's own checks
         code = exit_.code
-    assert code == 2 and not (tmp_path / "k").exists()
-    one_error_line(capsys.readouterr().err, message)
-
-
-@pytest.mark.parametrize("args, message", [
-    (["--lengths", "train=-5"], "--lengths train takes positive integers, got '-5'"),
-    (["--lengths", "trian=2048"], "--lengths 'trian=2048' must look like train=2048,4096"),
-    (["--decode-batches", "0"], "--decode-batches takes positive integers, got '0'"),
-    (["--decode-batches", "x"], "--decode-batches takes comma-separated integers, got 'x'"),
-])
-def test_bench_models_lengths_and_batches_are_checked_before_any_file(tmp_path, capsys, args, message):
-    """A negative length was a traceback from inside the first model's sweep; a misspelt sweep was ignored."""
-    code = cli.main(["bench", "models", "--models", "swat", "--device", "cpu", "--out", str(tmp_path / "b"), *args])
-    assert code == 2 and not (tmp_path / "b").exists()
+    assert code == 2 and not out.exists()
     one_error_line(capsys.readouterr().err, message)
 
 

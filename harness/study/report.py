@@ -310,6 +310,12 @@ def by_source_table(res: Results) -> Table | None:
 
 # ---------------------------------------------------------------- paired comparisons over seeds
 
+def seed_differences(a: dict[int, float], b: dict[int, float]) -> list[float]:
+    """a's value minus b's at each seed both have ({seed: value}), in seed order: the pairs share
+    the initialisation seed and the data order."""
+    return [a[seed] - b[seed] for seed in sorted(set(a) & set(b))]
+
+
 def paired_table(res: Results) -> Table | None:
     study = res.study
     header = ["Model A", "Model B", "seeds", "mean A − B", "std", "t", "verdict"]
@@ -323,10 +329,9 @@ def paired_table(res: Results) -> Table | None:
             for b in study.models:
                 if b == a or (b in study.focus and study.focus.index(b) < study.focus.index(a)):
                     continue
-                common = sorted(set(per_model[a]) & set(per_model[b]))
-                if len(common) < 2:
+                diffs = seed_differences(per_model[a], per_model[b])
+                if len(diffs) < 2:
                     continue
-                diffs = [per_model[a][s] - per_model[b][s] for s in common]
                 m, s, n = _stat(diffs)
                 t = m / (s / math.sqrt(n)) if s else math.copysign(math.inf, m) if m else 0.0
                 crit = t_critical(n - 1)
@@ -361,12 +366,11 @@ def gaps_table(res: Results) -> Table | None:
                 continue
             cells, gaps = [], []
             for size in sizes:
-                a, b = losses[(focus, size)], losses[(other, size)]
-                common = sorted(set(a) & set(b))
-                if not common:
+                diffs = seed_differences(losses[(focus, size)], losses[(other, size)])
+                if not diffs:
                     cells.append(Cell())
                     continue
-                m, s, n = _stat([a[seed] - b[seed] for seed in common])
+                m, s, n = _stat(diffs)
                 cells.append(Cell(m, s, digits=3, signed=True, suffix=f" (n={n})" if n > 1 else ""))
                 gaps.append(m)
             if gaps:

@@ -227,7 +227,6 @@ def _pool(study, next_unit, results, runs, device, jobs, deadline, log, plugins=
             out.close()
             exhausted = False
             status = worker_status(code, key in signalled)
-            tail = _last_line(logs / (key.replace("/", "_") + ".log"))
             if status == "squeezed":
                 squeezed[key] = squeezed.get(key, 0) + 1
                 if neighbours:  # squeezed beside this pool's own runs: fewer of them from now on
@@ -239,7 +238,8 @@ def _pool(study, next_unit, results, runs, device, jobs, deadline, log, plugins=
                     yield status
                     continue
                 status = "failed"
-            log(f"{status} {key} in {time.time() - t0:.0f}s" + (f": {tail}" if status != "done" else ""))
+            tail = "" if status == "done" else f": {_last_line(logs / (key.replace('/', '_') + '.log'))}"
+            log(f"{status} {key} in {time.time() - t0:.0f}s{tail}")
             yield status
 
 

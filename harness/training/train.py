@@ -271,8 +271,9 @@ def finish(job: Job, progress: Progress, train_loss: float, meter: Meter) -> Tra
         raise TrainingError(f"held-out loss is {held} after step {tcfg.steps}; lower train.lr or raise "
                             f"train.warmup_tokens, then train again with --no-resume")
     tokens_per_s = meter.mean_tokens_per_s()
+    mfu = meter.mfu(tokens_per_s)
     meta = {**job.meta, "step": tcfg.steps, "tokens": tcfg.steps * job.step_tokens, "heldout_loss": held,
-            "train_loss": train_loss, "tokens_per_s": tokens_per_s, "mfu": meter.mfu(tokens_per_s),
+            "train_loss": train_loss, "tokens_per_s": tokens_per_s, "mfu": mfu,
             "peak_flops": meter.peak, "peak_mem_gib": meter.peak_mem,
             "peak_mem_gib_per_rank": job.d.gather_objects(meter.peak_mem)}
     path = save_checkpoint(job.run_dir, job.wrapped, job.optimizer, meta,
@@ -280,7 +281,7 @@ def finish(job: Job, progress: Progress, train_loss: float, meter: Meter) -> Tra
     if job.d.is_main:
         plot_loss(job.run_dir, f"{job.model_name} ({job.cfg.preset})", held)
     return TrainResult(job.model, tcfg.steps, tcfg.steps * job.step_tokens, train_loss, held, job.params,
-                       meter.elapsed(), path, tokens_per_s, meter.mfu(tokens_per_s), meter.peak_mem)
+                       meter.elapsed(), path, tokens_per_s, mfu, meter.peak_mem)
 
 
 class Meter:

@@ -642,7 +642,7 @@ def build_parser() -> argparse.ArgumentParser:
     b = bench.add_parser("kernels", help="SWAT attention kernel vs flex_attention, fla, SDPA, triton-sigmoid "
                          "(fwd, fwd+bwd, decode; ratio to the fastest peer)")
     b.add_argument("--head-dims", default="64,128", help="comma-separated head sizes (default 64,128)")
-    b.add_argument("--lengths", default="2048,8192,32768", help="sequence lengths T (default 2048,8192,32768)")
+    b.add_argument("--lengths", default="4096,16384,32768", help="sequence lengths T (default 4096,16384,32768)")
     b.add_argument("--windows", default="128,512,2048,T", help="windows W; T means full causal (default 128,512,2048,T)")
     b.add_argument("--tokens", type=int_from(1), default=65536, help="B*T tokens per batch (default 65536)")
     b.add_argument("--hidden", type=int_from(1), default=1024, help="H*d: heads = hidden / d (default 1024)")

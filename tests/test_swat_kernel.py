@@ -98,6 +98,27 @@ def test_one_loop_variant_matches_reference(monkeypatch, B, T, H, Hkv, W):
     check_against_reference(B, T, H, Hkv, 64, W, torch.float32, tol=2e-5, cu_seqlens=[0, 7, T] if B == 1 else None)
 
 
+@pytest.mark.parametrize("B,T,H,Hkv,W,cu", [(2, 50, 2, 2, 20, None), (1, 40, 4, 1, 40, None), (1, 37, 2, 1, 1, None),
+                                            (1, 50, 2, 1, 24, [0, 7, 33, 50])])
+@pytest.mark.parametrize("one_loop", [False, True])
+def test_fused_dq_backward_matches_reference(monkeypatch, B, T, H, Hkv, W, cu, one_loop):
+    """The one-pass backward (dQ added with atomics inside the dK/dV pass) computes the same
+    gradients as the reference: window edges, W = 1, full causal, GQA, packed documents."""
+    from harness.ops.swat import function
+    monkeypatch.setattr(function, "FUSED_DQ", dict.fromkeys(function.FUSED_DQ, True))
+    monkeypatch.setitem(function._INTERPRET_CONFIG, "ONE_LOOP", one_loop)
+    assert function.fused_dq(64, W)
+    check_against_reference(B, T, H, Hkv, 64, W, torch.float32, tol=2e-5, cu_seqlens=cu)
+    check_against_reference(1, 45, 2, 1, 128, 23, torch.bfloat16, tol=2e-2, seed=1)
+
+
+def test_deterministic_mode_keeps_the_two_pass_backward(monkeypatch):
+    from harness.ops.swat import function
+    monkeypatch.setattr(function, "FUSED_DQ", dict.fromkeys(function.FUSED_DQ, True))
+    monkeypatch.setattr(torch, "are_deterministic_algorithms_enabled", lambda: True)
+    assert not function.fused_dq(64, 128) and not function.fused_dq(128, 4096)
+
+
 @pytest.mark.parametrize("mode,tol", [(0, 1e-5), (2, 5e-4)])
 def test_sigmoid_modes(mode, tol):
     """The Newton reciprocal (mode 2, used for bf16/fp16 on the GPU) stays well inside bf16 precision."""

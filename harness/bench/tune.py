@@ -1,15 +1,17 @@
 """Config sweeps for the SWAT kernels on a GPU: `python -m harness.bench.tune [--sweeps S] [--out FILE]`.
 
 Sweep `tiles` times candidate configs (BLOCK_M, BLOCK_N, warps, stages, ONE_LOOP) of each pass
-(fwd, dkdv, dq) at d = 64 and 128, B*T = 65536, T = 8192: the "small" regime at W = 128, the
-"large" one at W = 2048 and W = T; then the sigmoid's reciprocal on the special-function unit
-(mode 1) against the Newton one (mode 2) with the current configs. A backward candidate is timed
-as the whole backward (dK/dV + dQ) with the other pass at its current config, so differences
-between candidates of one pass are that pass's differences. Sweep `decode` times the decode
+(fwd, dkdv, dq, and dkdv with FUSED_DQ, the one-pass backward) at d = 64 and 128, B*T = 65536,
+T = 8192: the "small" regime at W = 128, the "large" one at W = 2048 and W = T; then the
+sigmoid's reciprocal on the special-function unit (mode 1) against the Newton one (mode 2) with
+the current configs. A backward candidate is timed as the whole backward (dK/dV + dQ, or the one
+fused pass) with the other pass at its current config, so differences between candidates of one
+pass are that pass's differences, and the best "dkdv fused" row against the best "dkdv" row
+decides FUSED_DQ. Sweep `decode` times the decode
 kernel's launch configs (DECODE_CONFIG: programs wanted, tile size, warps, stages) at batch 1, 8 and 64
 over full W-slot ring buffers, as CUDA-graph replays, beside SDPA (softmax, no bias) over the same
 buffer: the work of a sliding-window softmax model's decode step, the peer a user would pick.
-The winners go into CONFIGS / SIGMOID_MODE / DECODE_CONFIG in harness/ops/swat/function.py by
+The winners go into CONFIGS / FUSED_DQ / SIGMOID_MODE / DECODE_CONFIG in harness/ops/swat/function.py by
 hand, with the numbers in harness/ops/swat/NOTES.md.
 """
 
@@ -34,6 +36,7 @@ from harness.ops.swat.function import (
     decode_launch,
     override_configs,
     override_decode_config,
+    override_fused_dq,
     swat_decode_triton,
 )
 
@@ -47,6 +50,11 @@ CANDIDATES = {
     ("dq", "small"): [_cfg(64, 64, 4, 3), _cfg(64, 64, 4, 3, True), _cfg(64, 32, 4, 3, True),
                       _cfg(32, 64, 4, 3, True)],
     ("dq", "large"): [_cfg(128, 32, 4, 3), _cfg(64, 32, 4, 3), _cfg(128, 64, 8, 3), _cfg(64, 64, 4, 3)],
+    # the one-pass backward (FUSED_DQ): the dK/dV tiles, plus taller query tiles (fewer atomics per key)
+    ("dkdv fused", "small"): [_cfg(32, 64, 4, 4, True), _cfg(64, 64, 4, 3, True), _cfg(32, 32, 4, 3, True),
+                              _cfg(64, 64, 8, 2, True)],
+    ("dkdv fused", "large"): [_cfg(32, 128, 4, 3), _cfg(32, 128, 8, 3), _cfg(64, 128, 8, 2), _cfg(64, 64, 4, 3),
+                              _cfg(128, 64, 8, 2)],
 }
 
 
@@ -74,11 +82,12 @@ def sweep(seq_len: int = 8192, tokens: int = 65536, log=print) -> list[dict]:
             return lambda: _swat_bwd(do, q, k, v, slopes, None, None, W, 0.0, scale)
 
         for W, regime in ((128, "small"), (2048, "large"), (T, "large")):
-            for pass_name in ("fwd", "dkdv", "dq"):
-                for cand in CANDIDATES[(pass_name, regime)]:
-                    with override_configs({(pass_name, d, regime): cand}):
+            for what in ("fwd", "dkdv", "dq", "dkdv fused"):
+                pass_name, fused = what.split()[0], what.endswith("fused")
+                for cand in CANDIDATES[(what, regime)]:
+                    with override_configs({(pass_name, d, regime): cand}), override_fused_dq({(d, regime): fused}):
                         ms, note = _time(fwd(W) if pass_name == "fwd" else bwd(W))
-                    rows.append(dict(d=d, T=T, W=W, what=pass_name, **cand, ms=ms, note=note))
+                    rows.append(dict(d=d, T=T, W=W, what=what, **cand, ms=ms, note=note))
                     log(json.dumps(rows[-1]))
             saved = dict(fn_mod.SIGMOID_MODE)
             for mode in (1, 2):

@@ -20,7 +20,7 @@ import triton
 from harness.config import ConfigError
 from harness.ops.swat.triton_bwd import swat_bwd_dkdv_kernel, swat_bwd_dq_kernel
 from harness.ops.swat.triton_common import LOG2E, interpreting
-from harness.ops.swat.triton_decode import swat_decode_kernel
+from harness.ops.swat.triton_decode import sum_splits_kernel, swat_decode_kernel
 from harness.ops.swat.triton_fwd import swat_fwd_kernel
 
 HEAD_DIMS = (16, 32, 64, 128)
@@ -56,6 +56,11 @@ _INTERPRET_CONFIG = dict(BLOCK_M=16, BLOCK_N=16, num_warps=1, num_stages=1, ONE_
 # triton_common.sigmoid_neg_log2): the forward is MUFU-bound and gains from moving it to the FMA
 # pipe (mode 2); the backward passes already load the FMA pipe and are faster with rcp.approx (1).
 SIGMOID_MODE = {"fwd": 2, "bwd": 1, "decode": 2}
+# Per (head_dim, regime): whether the dK/dV pass also adds dQ with fp32 atomics, so that the dQ
+# pass does not run (triton_bwd: 5 matrix products and one sigmoid per tile pair instead of 7 and
+# two). Off until a GPU sweep (harness/bench/tune.py) shows it faster at that shape; off whenever
+# torch.use_deterministic_algorithms is on, since atomics make dQ's last bits order-dependent.
+FUSED_DQ = {(64, "small"): False, (64, "large"): False, (128, "small"): False, (128, "large"): False}
 
 
 def kernel_config(pass_name: str, head_dim: int, window: int) -> dict:
@@ -64,6 +69,12 @@ def kernel_config(pass_name: str, head_dim: int, window: int) -> dict:
         return dict(_INTERPRET_CONFIG)
     regime = "small" if window <= SMALL_WINDOW else "large"
     return dict(CONFIGS[(pass_name, max(head_dim, 64), regime)])
+
+
+def fused_dq(head_dim: int, window: int) -> bool:
+    """Whether the backward at this shape adds dQ inside the dK/dV pass (FUSED_DQ)."""
+    regime = "small" if window <= SMALL_WINDOW else "large"
+    return FUSED_DQ[(max(head_dim, 64), regime)] and not torch.are_deterministic_algorithms_enabled()
 
 
 def smaller_configs(cfg: dict):
@@ -80,7 +91,7 @@ def smaller_configs(cfg: dict):
         yield dict(cfg)
 
 
-_FITTED: dict[tuple, dict] = {}  # (pass, configured config, dtype, device) -> the smaller config that ran
+_FITTED: dict[tuple, dict] = {}  # (pass, configured config, kernel flags, dtype, device) -> the config that ran
 _EXACT = [False]  # inside override_configs: run the config asked for, or fail (no smaller one instead)
 
 
@@ -89,11 +100,11 @@ def launch(kernel, pass_name: str, t: torch.Tensor, window: int, grid, args: tup
     where the device has less shared memory than that config needs (fp32 inputs double every
     tile; the configs were tuned for 16-bit inputs on an H100), with the first smaller config that
     fits. Triton refuses such a config when it loads the compiled kernel, before anything runs, so
-    trying the next is safe; the one that ran is remembered per device and dtype, so a shape pays
-    for one refusal."""
+    trying the next is safe; the one that ran is remembered per device, dtype and kernel flags
+    (head size, FUSED_DQ, ...), so a shape pays for one refusal."""
     from triton.runtime.errors import OutOfResources
     configured = kernel_config(pass_name, t.shape[-1], window)
-    key = (pass_name, tuple(sorted(configured.items())), t.dtype, t.device)
+    key = (pass_name, tuple(sorted(configured.items())), tuple(sorted(kwargs.items())), t.dtype, t.device)
     error = None
     if _EXACT[-1]:
         candidates = [configured]
@@ -138,6 +149,11 @@ def override_configs(overrides: dict):
             yield
         finally:
             _EXACT.pop()
+
+
+def override_fused_dq(overrides: dict):
+    """Temporarily replace entries of FUSED_DQ (keys (head_dim, regime)), for tuning sweeps."""
+    return _overridden(FUSED_DQ, overrides)
 
 
 def _sigmoid_mode(t: torch.Tensor, pass_name: str) -> int:
@@ -218,18 +234,24 @@ def _swat_bwd(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tenso
     B, T, H, d = q.shape
     Hkv = k.shape[2]
     do = do.contiguous()
-    dq = torch.empty((B, T, H, d), device=q.device, dtype=q.dtype)
+    W = min(window, T)
+    fused = fused_dq(d, W)
+    if fused:  # an fp32 accumulator the dK/dV pass adds into
+        dq = torch.zeros((B, T, H, d), device=q.device, dtype=torch.float32)
+    else:
+        dq = torch.empty((B, T, H, d), device=q.device, dtype=q.dtype)
     dk = torch.empty((B, T, Hkv, d), device=q.device, dtype=q.dtype)
     dv = torch.empty((B, T, Hkv, d), device=q.device, dtype=q.dtype)
-    W = min(window, T)
     has_doc = row_start is not None
     common = dict(REP=H // Hkv, HAS_DOC=has_doc, HEAD_DIM=d, SIGMOID=_sigmoid_mode(q, "bwd"),
                   DOT_PREC=_dot_precision(q))
 
     launch(swat_bwd_dkdv_kernel, "dkdv", q, W, lambda bm, bn: (B * Hkv, triton.cdiv(T, bn)),
-           (q, k, v, do, dk, dv, slopes, row_start if has_doc else slopes, row_end if has_doc else slopes,
-            *_strides(q), *_strides(k), *_strides(v), *_strides(do), *_strides(dk), *_strides(dv),
-            T, Hkv, W, -scale * LOG2E, -sigmoid_bias * LOG2E, scale), common)
+           (q, k, v, do, dk, dv, dq, slopes, row_start if has_doc else slopes, row_end if has_doc else slopes,
+            *_strides(q), *_strides(k), *_strides(v), *_strides(do), *_strides(dk), *_strides(dv), *_strides(dq),
+            T, Hkv, W, -scale * LOG2E, -sigmoid_bias * LOG2E, scale), dict(common, FUSED_DQ=fused))
+    if fused:
+        return dq.to(q.dtype), dk, dv
     launch(swat_bwd_dq_kernel, "dq", q, W, lambda bm, bn: (B * H, triton.cdiv(T, bm)),
            (q, k, v, do, dq, slopes, row_start if has_doc else slopes,
             *_strides(q), *_strides(k), *_strides(v), *_strides(do), *_strides(dq),
@@ -284,9 +306,10 @@ def swat_attention_triton(q, k, v, slopes, window: int, sigmoid_bias: float = 0.
 # ---------------------------------------------------------------- decode operator
 
 # Decode is a read of the ring buffer (flash-decoding): each program attends one (sequence, head)
-# pair to a run of slots, in tiles of TILE_ELEMS / d slots, and the runs' partial sums are added in
-# fp32. The runs are split until the grid has MIN_PROGRAMS programs (an H100 has 132 SMs), so that
-# a small batch still keeps enough loads in flight; a large batch gets one run per pair and no sum.
+# pair to a run of slots, in tiles of TILE_ELEMS / d slots, and a second kernel adds the runs'
+# partial sums in fp32. The runs are split until the grid has MIN_PROGRAMS programs (an H100 has
+# 132 SMs), so that a small batch still keeps enough loads in flight; a large batch gets one run
+# per pair and no sum.
 # From the H100 sweep of harness/bench/tune.py (NOTES.md, v4): best at batch 1 and 64, not at 8.
 DECODE_CONFIG = dict(MIN_PROGRAMS=528, TILE_ELEMS=4096, num_warps=4, num_stages=3)
 
@@ -321,7 +344,11 @@ def _swat_decode(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, 
         q.stride(0), q.stride(1), *_strides(k_cache), *_strides(v_cache), *_strides(out),
         H, W_cache, cache_len, pos, window, -scale * LOG2E, -sigmoid_bias * LOG2E,
         REP=H // Hkv, HEAD_DIM=d, SIGMOID=_sigmoid_mode(q, "decode"), **launch)
-    return out[0] if splits == 1 else out.sum(0).to(q.dtype)
+    if splits == 1:
+        return out[0]
+    o = torch.empty((B, H, d), device=q.device, dtype=q.dtype)
+    sum_splits_kernel[(triton.cdiv(o.numel(), 1024),)](out, o, splits, o.numel(), BLOCK=1024)
+    return o
 
 
 @_swat_decode.register_fake

@@ -1,12 +1,16 @@
-"""SWAT backward in Triton, split as in FlashAttention-2 so that no program needs atomics:
+"""SWAT backward in Triton, in two passes (deterministic) or one (FUSED_DQ):
 
 - dK/dV pass: one program per (key block, batch x kv head); it loops over the kv head's query
   heads (GQA) and over the query tiles of the band, accumulating dK and dV in registers.
 - dQ pass: one program per (query block, batch x head) over the key tiles of the band.
+- FUSED_DQ: the dK/dV pass also adds each tile pair's share of dQ, scale dS K, to an fp32 buffer
+  with atomics (as FlashAttention-2's CUDA backward does) and the dQ pass does not run: 5 matrix
+  products and one sigmoid per tile pair instead of 7 and two, for atomic traffic and a dQ whose
+  last bits depend on the order the additions land in.
 
 With p = sigmoid(s): dV = P^T dO, dP = dO V^T, dS = dP * p (1 - p), dQ = scale dS K,
 dK = scale dS^T Q. Unlike softmax there is no row statistic to save or to correct with.
-P is recomputed from q and k in both passes (nothing of size T x W is stored).
+P is recomputed from q and k in every pass (nothing of size T x W is stored).
 """
 
 from __future__ import annotations
@@ -24,9 +28,10 @@ from harness.ops.swat.triton_common import (
 
 
 @triton.jit
-def _dkdv_tiles(dk, dv, k, v, q_base, do_base, stride_qt, stride_dot, RowStart, offs_n, n0, m_lo, m_hi, neg_c,
-                neg_slope, neg_bias, key_term, T, W, HAS_DOC: tl.constexpr, MASK: tl.constexpr,
-                BLOCK_M: tl.constexpr, HEAD_DIM: tl.constexpr, SIGMOID: tl.constexpr, DOT_PREC: tl.constexpr):
+def _dkdv_tiles(dk, dv, k, v, q_base, do_base, dq_base, stride_qt, stride_dot, stride_dqt, RowStart, offs_n, n0,
+                m_lo, m_hi, neg_c, neg_slope, neg_bias, key_term, scale, T, W, HAS_DOC: tl.constexpr,
+                MASK: tl.constexpr, BLOCK_M: tl.constexpr, HEAD_DIM: tl.constexpr, SIGMOID: tl.constexpr,
+                DOT_PREC: tl.constexpr, FUSED_DQ: tl.constexpr):
     offs_m0 = tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, HEAD_DIM)
     for m in range(m_lo, m_hi, BLOCK_M):
@@ -53,19 +58,26 @@ def _dkdv_tiles(dk, dv, k, v, q_base, do_base, stride_qt, stride_dot, RowStart, 
             pT = tl.where(allowed, pT, 0.0)
         dv += mma(pT.to(do.dtype), do, DOT_PREC)
         dpT = mma(v, tl.trans(do), DOT_PREC)
-        dsT = dpT * (pT - pT * pT)
-        dk += mma(dsT.to(q.dtype), q, DOT_PREC)
+        dsT = (dpT * (pT - pT * pT)).to(q.dtype)
+        dk += mma(dsT, q, DOT_PREC)
+        if FUSED_DQ:
+            dq = mma(tl.trans(dsT), k, DOT_PREC) * scale
+            dq_ptrs = dq_base + offs_m[:, None] * stride_dqt + offs_d[None, :]
+            if MASK:
+                tl.atomic_add(dq_ptrs, dq, mask=inb[:, None], sem="relaxed")
+            else:
+                tl.atomic_add(dq_ptrs, dq, sem="relaxed")
     return dk, dv
 
 
 @triton.jit
-def swat_bwd_dkdv_kernel(Q, K, V, DO, DK, DV, Slopes, RowStart, RowEnd,
+def swat_bwd_dkdv_kernel(Q, K, V, DO, DK, DV, DQ, Slopes, RowStart, RowEnd,
                          sq_b, sq_t, sq_h, sk_b, sk_t, sk_h, sv_b, sv_t, sv_h, sdo_b, sdo_t, sdo_h,
-                         sdk_b, sdk_t, sdk_h, sdv_b, sdv_t, sdv_h,
+                         sdk_b, sdk_t, sdk_h, sdv_b, sdv_t, sdv_h, sdq_b, sdq_t, sdq_h,
                          T, HKV, W, neg_c, neg_bias, scale,
                          REP: tl.constexpr, HAS_DOC: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                          HEAD_DIM: tl.constexpr, SIGMOID: tl.constexpr, DOT_PREC: tl.constexpr,
-                       ONE_LOOP: tl.constexpr):
+                         ONE_LOOP: tl.constexpr, FUSED_DQ: tl.constexpr):
     pid_n = tl.num_programs(1) - 1 - tl.program_id(1)
     pid_bh = tl.program_id(0)
     b = pid_bh // HKV
@@ -96,20 +108,21 @@ def swat_bwd_dkdv_kernel(Q, K, V, DO, DK, DV, Slopes, RowStart, RowEnd,
         key_term = neg_slope * tl.arange(0, BLOCK_N).to(tl.float32)
         q_base = Q + b.to(tl.int64) * sq_b + h * sq_h
         do_base = DO + b.to(tl.int64) * sdo_b + h * sdo_h
+        dq_base = DQ + b.to(tl.int64) * sdq_b + h * sdq_h
         if ONE_LOOP:
-            dk, dv = _dkdv_tiles(dk, dv, k, v, q_base, do_base, sq_t, sdo_t, RowStart, offs_n, n0, diag_lo,
-                                 tl.maximum(edge_hi, diag_hi), neg_c, neg_slope, neg_bias, key_term, T, W, HAS_DOC,
-                                 True, BLOCK_M, HEAD_DIM, SIGMOID, DOT_PREC)
+            dk, dv = _dkdv_tiles(dk, dv, k, v, q_base, do_base, dq_base, sq_t, sdo_t, sdq_t, RowStart, offs_n, n0, diag_lo,
+                                 tl.maximum(edge_hi, diag_hi), neg_c, neg_slope, neg_bias, key_term, scale, T, W, HAS_DOC,
+                                 True, BLOCK_M, HEAD_DIM, SIGMOID, DOT_PREC, FUSED_DQ)
         else:
-            dk, dv = _dkdv_tiles(dk, dv, k, v, q_base, do_base, sq_t, sdo_t, RowStart, offs_n, n0, diag_lo, diag_hi,
-                                 neg_c, neg_slope, neg_bias, key_term, T, W, HAS_DOC, True, BLOCK_M, HEAD_DIM,
-                                 SIGMOID, DOT_PREC)
-            dk, dv = _dkdv_tiles(dk, dv, k, v, q_base, do_base, sq_t, sdo_t, RowStart, offs_n, n0, full_lo, full_hi,
-                                 neg_c, neg_slope, neg_bias, key_term, T, W, HAS_DOC, False, BLOCK_M, HEAD_DIM,
-                                 SIGMOID, DOT_PREC)
-            dk, dv = _dkdv_tiles(dk, dv, k, v, q_base, do_base, sq_t, sdo_t, RowStart, offs_n, n0, full_hi, edge_hi,
-                                 neg_c, neg_slope, neg_bias, key_term, T, W, HAS_DOC, True, BLOCK_M, HEAD_DIM,
-                                 SIGMOID, DOT_PREC)
+            dk, dv = _dkdv_tiles(dk, dv, k, v, q_base, do_base, dq_base, sq_t, sdo_t, sdq_t, RowStart, offs_n, n0, diag_lo, diag_hi,
+                                 neg_c, neg_slope, neg_bias, key_term, scale, T, W, HAS_DOC, True, BLOCK_M, HEAD_DIM,
+                                 SIGMOID, DOT_PREC, FUSED_DQ)
+            dk, dv = _dkdv_tiles(dk, dv, k, v, q_base, do_base, dq_base, sq_t, sdo_t, sdq_t, RowStart, offs_n, n0, full_lo, full_hi,
+                                 neg_c, neg_slope, neg_bias, key_term, scale, T, W, HAS_DOC, False, BLOCK_M, HEAD_DIM,
+                                 SIGMOID, DOT_PREC, FUSED_DQ)
+            dk, dv = _dkdv_tiles(dk, dv, k, v, q_base, do_base, dq_base, sq_t, sdo_t, sdq_t, RowStart, offs_n, n0, full_hi, edge_hi,
+                                 neg_c, neg_slope, neg_bias, key_term, scale, T, W, HAS_DOC, True, BLOCK_M, HEAD_DIM,
+                                 SIGMOID, DOT_PREC, FUSED_DQ)
     dk = dk * scale
     tl.store(DK + b.to(tl.int64) * sdk_b + hk * sdk_h + offs_n[:, None] * sdk_t + offs_d[None, :],
              dk.to(DK.dtype.element_ty), mask=key_ok[:, None])

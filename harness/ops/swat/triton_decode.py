@@ -44,3 +44,15 @@ def swat_decode_kernel(Q, KC, VC, O, Slopes,
         p = tl.where(valid, p, 0.0)
         acc += tl.sum(p[:, None] * v.to(tl.float32), axis=0)
     tl.store(O + pid_s.to(tl.int64) * so_s + b.to(tl.int64) * so_b + h * so_h + offs_d, acc.to(O.dtype.element_ty))
+
+
+@triton.jit
+def sum_splits_kernel(P, O, splits, n, BLOCK: tl.constexpr):
+    """O = sum over the splits of P [splits, n] (fp32), written in O's dtype: the decode's partial
+    sums added and cast in one kernel (torch's sum and then a cast would be two)."""
+    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    inb = offs < n
+    acc = tl.zeros([BLOCK], dtype=tl.float32)
+    for s in range(splits):
+        acc += tl.load(P + s * n + offs, mask=inb, other=0.0)
+    tl.store(O + offs, acc.to(O.dtype.element_ty), mask=inb)

@@ -29,6 +29,7 @@ Numbers measured on a CPU are for testing the code path only, not comparable to 
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -127,6 +128,7 @@ def profile_table(step: Callable[[], object], device: torch.device) -> str:
     """torch.profiler's table of the top PROFILE_ROWS operators and kernels of two calls of step (run
     after the timing's warm-up), by self time on the GPU (on a CPU: CPU time)."""
     from torch.profiler import ProfilerActivity, profile
+    os.environ.setdefault("KINETO_LOG_LEVEL", "99")  # without it, Kineto prints two lines per profile
     cuda = device.type == "cuda"
     with profile(activities=[ProfilerActivity.CUDA if cuda else ProfilerActivity.CPU]) as prof:
         for _ in range(2):

@@ -331,7 +331,7 @@ def cmd_study(args) -> None:
                        log=lambda m: console.print(m, highlight=False), on_step=on_step if args.jobs <= 1 else None,
                        progress=lambda done, total, _: console.print(f"study {study.name}: {done}/{total} runs done",
                                                                      highlight=False), plugins=tuple(args.plugin),
-                       start_new_for=args.start_new_for)
+                       start_new_for=args.start_new_for, largest_first=args.largest_first)
     if "current" in bar:
         bar["current"].close()
     from harness.training.distributed import is_main_process
@@ -604,6 +604,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--start-new-for", type=seconds, metavar="SECONDS", help="start trainings only in the first "
                    "SECONDS; after that only runs with a checkpoint under RUNS (cut ones resume, trained ones score "
                    "their tasks left), e.g. on a machine's last call (0: none; default: until --time-limit)")
+    p.add_argument("--largest-first", action="store_true", help="start the largest size's runs first (the "
+                   "longest trainings: on a machine that goes away, they start early enough to finish); by default "
+                   "size by size from the smallest")
     p.add_argument("--unit", help=argparse.SUPPRESS)  # one run, in a worker process of --jobs
     add_plugin_arg(p, cmd_study)
 

@@ -3,6 +3,7 @@ choice, budgets, bad study files, the worker pool, and the report's tables and f
 
 import json
 import math
+import shutil
 from pathlib import Path
 
 import pytest
@@ -110,23 +111,41 @@ def sweep_row(model, size, lr, loss, seed=0):
     return Row("s", model, size, "smoke", "loss", loss, seed=seed, extra={"lr": lr})
 
 
-def test_start_new_for_zero_starts_no_training(finished, tmp_path):
-    """--start-new-for 0 runs what has a checkpoint (here: a trained run whose rows were lost) and
-    starts no training (a run without one)."""
-    import shutil
+def copy_losing_rows(finished, tmp_path, lost) -> Path:
+    """The finished tiny study copied to tmp_path without the rows for which lost(row) is true; its rows file."""
     shutil.copytree(finished / "results", tmp_path / "results")
     shutil.copytree(finished / "runs", tmp_path / "runs")
     path = tmp_path / "results" / "tiny-study" / "rows.jsonl"
-    lost = {("swat", 3e-3), ("transformer", 3e-3)}
-    lines = [ln for ln in path.read_text().splitlines()
-             if (json.loads(ln)["model"], json.loads(ln).get("lr")) not in lost or json.loads(ln)["preset"] != "a"]
-    path.write_text("\n".join(lines) + "\n")
+    rows = [json.loads(ln) for ln in path.read_text().splitlines()]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows if not lost(r)))
+    return path
+
+
+def test_start_new_for_zero_starts_no_training(finished, tmp_path):
+    """--start-new-for 0 runs what has a checkpoint (here: a trained run whose rows were lost) and
+    starts no training (a run without one)."""
+    path = copy_losing_rows(finished, tmp_path, lambda r: r["preset"] == "a" and r.get("lr") == 3e-3)
     shutil.rmtree(tmp_path / "runs" / "tiny-study" / "a" / "transformer" / "lr0.003-seed0" / "checkpoint")
     assert study_cli(tmp_path, "--start-new-for", "0") == 0
     rows = read_rows(path)
     back = {(r.model, r.extra["lr"]) for r in rows if r.preset == "a" and r.task == "smoke"}
     assert ("swat", 3e-3) in back and ("transformer", 3e-3) not in back
     assert not (tmp_path / "runs" / "tiny-study" / "a" / "transformer" / "lr0.003-seed0" / "checkpoint").exists()
+
+
+@pytest.mark.parametrize("flag, first", [((), "a"), (("--largest-first",), "b")])
+def test_largest_first_starts_the_largest_size(finished, tmp_path, capsys, flag, first):
+    """With runs left at both sizes, the default order is size by size from the smallest, and
+    --largest-first starts the largest size's first."""
+    swept = {r.extra["lr"]: r.value for r in read_rows(finished / "results" / "tiny-study" / "rows.jsonl")
+             if (r.model, r.preset, r.metric) == ("transformer", "a", "loss") and "corpus_source" not in r.extra}
+    worse = max(swept, key=swept.get)  # rerun, it leaves the best rate, hence b's, as it was
+    copy_losing_rows(finished, tmp_path, lambda r: r["seed"] == 0 and (
+        (r["model"], r["preset"], r["lr"]) == ("transformer", "a", worse) or (r["model"], r["preset"]) == ("swat", "b")))
+    capsys.readouterr()
+    assert study_cli(tmp_path, *flag) == 0
+    started = [ln.split()[1] for ln in capsys.readouterr().out.splitlines() if ln.startswith("run ")]
+    assert len(started) == 2 and started[0].startswith(first + "/")
 
 
 def test_lr_choice_takes_the_best_and_extrapolates_the_power_law():

@@ -98,12 +98,16 @@ def write_record(study: Study, results: Path, device: str) -> None:
 def run_study(study: Study, results: Path, runs: Path, device: str, jobs: int = 1,
               time_limit: float | None = None, log: Callable[[str], None] = print,
               on_step: Callable | None = None, progress: Callable[[int, int, str], None] | None = None,
-              plugins: tuple[str, ...] = (), start_new_for: float | None = None) -> dict:
+              plugins: tuple[str, ...] = (), start_new_for: float | None = None,
+              largest_first: bool = False) -> dict:
     """Run every unit not yet done, the next one picked whenever a slot frees (a final run
     becomes runnable once its model's sweep has chosen its learning rate), then write the report.
     `start_new_for`: seconds after which a unit starts only if its run has a checkpoint under
     `runs` (a cut training resumes, a trained one scores its tasks left): on a machine about to go
-    away, a training started too late to finish would be lost with it.
+    away, a training started too late to finish would be lost with it. `largest_first`: runs of
+    the largest size first (the longest trainings; by default a size's runs come before the next
+    size's, so the small sizes' results come first), so that on such a machine they start early
+    enough to finish, while the shorter ones fill the slots beside them.
     Returns counts: done, failed, stopped, waiting, and squeezed (starts that ran out of GPU memory
     beside other processes and were queued again)."""
     d, device, log = join_job(device, log)
@@ -130,6 +134,8 @@ def run_study(study: Study, results: Path, runs: Path, device: str, jobs: int = 
         if main:
             write_record(study, results, device)
         left = [u for u in defined if pending_tasks(u, rows)]
+        if largest_first:
+            left.sort(key=lambda u: -list(study.sizes).index(u.size))
         if progress and left and main:
             progress(len(defined) - len(left), len(defined), "")
         tuned = {(r.model, r.preset) for r in rows}

@@ -10,9 +10,11 @@
 # one per 12 GiB in all (H100: 6, H200: 11); a run squeezed out of memory all the same runs again
 # later with fewer beside it (harness.study.runner). Everything is resumable: the study skips runs
 # whose rows exist and resumes cut trainings from their checkpoints under .gpu/runs (kept on a warm
-# machine); on a fresh machine it starts from the committed rows. $OUT gets the log, the study's
-# results folder (rows, training logs, tables) as results.tgz, and the autotuning results to carry
-# next time (unpack autotune.tgz into .gpu-carry/triton). START_NEW_S, for a session's last call:
+# machine); on a fresh machine it starts from the committed rows. The largest size's runs start
+# first (--largest-first): an `l` training outlasts a call, and must finish before the machine
+# goes. $OUT gets the log, the study's results folder (rows, training logs, tables) as
+# results.tgz, and the autotuning results to carry next time (unpack autotune.tgz into
+# .gpu-carry/triton). START_NEW_S, for a session's last call:
 # start trainings only in its first S seconds, then only finish what has a checkpoint on this
 # machine (a training it cannot finish would be lost with the machine).
 set -u
@@ -25,7 +27,7 @@ SLOTS=$(( $(nvidia-smi --query-gpu=memory.total --format=csv,noheader,nounits | 
 JOBS=${JOBS:-$(( SLOTS > MAMBA_STUDY_JOBS + 1 ? SLOTS - MAMBA_STUDY_JOBS : 2 ))}
 mkdir -p "$G/results" && cp -rn results/scaling "$G/results/" 2>/dev/null
 STUDY="python3 -m harness study results/scaling/study.yaml --results $G/results --runs $G/runs --device cuda
-       ${START_NEW_S:+--start-new-for $START_NEW_S}"
+       --largest-first ${START_NEW_S:+--start-new-for $START_NEW_S}"
 MAMBA=mamba,mamba2
 OTHERS=$(python3 -c "import yaml; s = yaml.safe_load(open('results/scaling/study.yaml'))
 print(','.join(m for m in s['models'] + s.get('references', []) if m not in '$MAMBA'.split(',')))")

@@ -185,6 +185,44 @@ def test_a_finished_task_is_answered_from_the_request_cache(tiny, tmp_path):
     assert [(r.metric, r.value) for r in first] == [(r.metric, r.value) for r in again]
 
 
+def test_a_cut_evaluation_keeps_the_answers_it_stored(tiny, tmp_path, monkeypatch):
+    """lm-eval's request cache, batched (harness.evaluation.request_cache): an evaluation that fails
+    part-way has committed what it scored (every COMMIT_EVERY_S, here 0), in lm-eval's own file
+    format, and running it again scores only the rest, to the same results as one uncut run."""
+    from sqlitedict import SqliteDict
+
+    from harness.evaluation import request_cache
+    monkeypatch.setattr(request_cache, "COMMIT_EVERY_S", 0.0)
+    cfg, model = tiny
+    forwards = []
+
+    class Counted(torch.nn.Module):
+        def __init__(self, fail_at=None):
+            super().__init__()
+            self.fail_at = fail_at
+
+        def forward(self, ids):
+            forwards.append(len(ids))
+            if len(forwards) == self.fail_at:
+                raise RuntimeError("cut here")
+            return model(ids)
+
+    def evaluate(net, cache):
+        lm = lm_eval_adapter.HarnessLM(model=net, tokenizer=ByteTokenizer(), device="cpu", batch_size=2,
+                                       max_length=128, progress=False)
+        return lm_eval_tasks.run_lm_eval(lm, ["piqa"], limit=4, bootstrap_iters=0, cache=cache)["results"]["piqa"]
+
+    whole = evaluate(Counted(), None)
+    assert forwards == [2, 2, 2, 2]  # 4 questions x 2 answers, two per forward
+    forwards.clear()
+    with pytest.raises(RuntimeError, match="cut here"):
+        evaluate(Counted(fail_at=3), tmp_path / "piqa")
+    with SqliteDict(str(tmp_path / "piqa_rank0.db")) as stored:  # what lm-eval's CachingLM reads
+        assert len(stored) == 4
+    forwards.clear()
+    assert evaluate(Counted(), tmp_path / "piqa") == whole and forwards == [2, 2]
+
+
 def test_missing_data_fails_before_model_work(tiny, monkeypatch):
     def absent(name):
         raise DataError(f"dataset {name} is not in the mirror (looked in /nowhere/{name}); "

@@ -154,15 +154,16 @@ class HarnessLM(_template_lm()):
 
     # -- scoring
     @torch.no_grad()
-    def _forward_logprobs(self, rows: list[list[int]]) -> list[torch.Tensor]:
-        """Next-token log-probabilities [len(row), V] (fp32) of each row, one right-padded forward."""
+    def _forward_logprobs(self, rows: list[list[int]], last: list[int]) -> list[torch.Tensor]:
+        """Next-token log-probabilities [last[i], V] (fp32) at the last last[i] positions of each
+        row (the continuation's: the context's need no normalising), one right-padded forward."""
         width = max(len(r) for r in rows)
         ids = torch.full((len(rows), width), self.tok.eos_id, dtype=torch.long)
         for i, r in enumerate(rows):
             ids[i, :len(r)] = torch.tensor(r, dtype=torch.long)
         with self.autocast():
             logits = self.model(ids.to(self._device))
-        return [F.log_softmax(logits[i, :len(r)].float(), dim=-1) for i, r in enumerate(rows)]
+        return [F.log_softmax(logits[i, len(r) - n:len(r)].float(), dim=-1) for i, (r, n) in enumerate(zip(rows, last))]
 
     def _batches(self, items: list, length) -> list[list]:
         """Consecutive batches of length-sorted items under batch_size and max_batch_tokens (the
@@ -199,9 +200,9 @@ class HarnessLM(_template_lm()):
         results = []
         bar = tqdm(total=len(requests), disable=disable_tqdm or not self.progress, desc="loglikelihood")
         for batch in self._batches(ordered, lambda r: len(inputs(r))):
-            logprobs = self._forward_logprobs([inputs(r) for r in batch])
+            logprobs = self._forward_logprobs([inputs(r) for r in batch], [len(r[2]) for r in batch])
             for (strings, ctx, cont), lp in zip(batch, logprobs):
-                span = lp[len(lp) - len(cont):].unsqueeze(0)  # [1, len(cont), V]
+                span = lp.unsqueeze(0)  # [1, len(cont), V]
                 for req_strings, cont_toks, cont_lp in collator.get_cache(strings, ctx, cont, span):
                     target = torch.tensor(cont_toks, device=cont_lp.device)
                     picked = cont_lp[0].gather(-1, target[:, None]).squeeze(-1)

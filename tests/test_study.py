@@ -140,8 +140,9 @@ def test_largest_first_starts_the_largest_size(finished, tmp_path, capsys, flag,
     swept = {r.extra["lr"]: r.value for r in read_rows(finished / "results" / "tiny-study" / "rows.jsonl")
              if (r.model, r.preset, r.metric) == ("transformer", "a", "loss") and "corpus_source" not in r.extra}
     worse = max(swept, key=swept.get)  # rerun, it leaves the best rate, hence b's, as it was
-    copy_losing_rows(finished, tmp_path, lambda r: r["seed"] == 0 and (
-        (r["model"], r["preset"], r["lr"]) == ("transformer", "a", worse) or (r["model"], r["preset"]) == ("swat", "b")))
+    lrs = json.loads((finished / "results" / "tiny-study" / "lr_choice.json").read_text())
+    copy_losing_rows(finished, tmp_path, lambda r: r["seed"] == 0 and (r["model"], r["preset"], r["lr"]) in (
+        ("transformer", "a", worse), ("swat", "b", lrs["swat"]["b"]["lr"])))
     capsys.readouterr()
     assert study_cli(tmp_path, *flag) == 0
     started = [ln.split()[1] for ln in capsys.readouterr().out.splitlines() if ln.startswith("run ")]

@@ -7,12 +7,12 @@ sigmoid's reciprocal on the special-function unit (mode 1) against the Newton on
 the current configs. A backward candidate is timed as the whole backward (dK/dV + dQ, or the one
 fused pass) with the other pass at its current config, so differences between candidates of one
 pass are that pass's differences, and the best "dkdv fused" row against the best "dkdv" row
-decides FUSED_DQ. Sweep `decode` times the decode
-kernel's launch configs (DECODE_CONFIG: programs wanted, tile size, warps, stages) at batch 1, 8 and 64
-over full W-slot ring buffers, as CUDA-graph replays, beside SDPA (softmax, no bias) over the same
-buffer: the work of a sliding-window softmax model's decode step, the peer a user would pick.
-The winners go into CONFIGS / FUSED_DQ / SIGMOID_MODE / DECODE_CONFIG in harness/ops/swat/function.py by
-hand, with the numbers in harness/ops/swat/NOTES.md.
+decides FUSED_DQ. Sweep `decode` times the decode kernel's launch configs (DECODE_CONFIG: programs
+wanted, tile size, warps, stages) at batch 1, 8 and 64 over full W-slot ring buffers, as
+CUDA-graph replays, beside SDPA (softmax, no bias) over the same buffer: the work of a
+sliding-window softmax model's decode step, the peer a user would pick. The winners go into
+CONFIGS / FUSED_DQ / SIGMOID_MODE / DECODE_CONFIG in harness/ops/swat/function.py by hand, with
+the numbers in harness/ops/swat/NOTES.md.
 """
 
 from __future__ import annotations

@@ -163,7 +163,8 @@ class HarnessLM(_template_lm()):
             ids[i, :len(r)] = torch.tensor(r, dtype=torch.long)
         with self.autocast():
             logits = self.model(ids.to(self._device))
-        return [F.log_softmax(logits[i, len(r) - n:len(r)].float(), dim=-1) for i, (r, n) in enumerate(zip(rows, last))]
+        return [F.log_softmax(logits[i, len(r) - n:len(r)].float(), dim=-1)
+                for i, (r, n) in enumerate(zip(rows, last))]
 
     def _batches(self, items: list, length) -> list[list]:
         """Consecutive batches of length-sorted items under batch_size and max_batch_tokens (the

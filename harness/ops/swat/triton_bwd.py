@@ -110,19 +110,19 @@ def swat_bwd_dkdv_kernel(Q, K, V, DO, DK, DV, DQ, Slopes, RowStart, RowEnd,
         do_base = DO + b.to(tl.int64) * sdo_b + h * sdo_h
         dq_base = DQ + b.to(tl.int64) * sdq_b + h * sdq_h
         if ONE_LOOP:
-            dk, dv = _dkdv_tiles(dk, dv, k, v, q_base, do_base, dq_base, sq_t, sdo_t, sdq_t, RowStart, offs_n, n0, diag_lo,
-                                 tl.maximum(edge_hi, diag_hi), neg_c, neg_slope, neg_bias, key_term, scale, T, W, HAS_DOC,
-                                 True, BLOCK_M, HEAD_DIM, SIGMOID, DOT_PREC, FUSED_DQ)
+            dk, dv = _dkdv_tiles(dk, dv, k, v, q_base, do_base, dq_base, sq_t, sdo_t, sdq_t, RowStart, offs_n, n0,
+                                 diag_lo, tl.maximum(edge_hi, diag_hi), neg_c, neg_slope, neg_bias, key_term, scale,
+                                 T, W, HAS_DOC, True, BLOCK_M, HEAD_DIM, SIGMOID, DOT_PREC, FUSED_DQ)
         else:
-            dk, dv = _dkdv_tiles(dk, dv, k, v, q_base, do_base, dq_base, sq_t, sdo_t, sdq_t, RowStart, offs_n, n0, diag_lo, diag_hi,
-                                 neg_c, neg_slope, neg_bias, key_term, scale, T, W, HAS_DOC, True, BLOCK_M, HEAD_DIM,
-                                 SIGMOID, DOT_PREC, FUSED_DQ)
-            dk, dv = _dkdv_tiles(dk, dv, k, v, q_base, do_base, dq_base, sq_t, sdo_t, sdq_t, RowStart, offs_n, n0, full_lo, full_hi,
-                                 neg_c, neg_slope, neg_bias, key_term, scale, T, W, HAS_DOC, False, BLOCK_M, HEAD_DIM,
-                                 SIGMOID, DOT_PREC, FUSED_DQ)
-            dk, dv = _dkdv_tiles(dk, dv, k, v, q_base, do_base, dq_base, sq_t, sdo_t, sdq_t, RowStart, offs_n, n0, full_hi, edge_hi,
-                                 neg_c, neg_slope, neg_bias, key_term, scale, T, W, HAS_DOC, True, BLOCK_M, HEAD_DIM,
-                                 SIGMOID, DOT_PREC, FUSED_DQ)
+            dk, dv = _dkdv_tiles(dk, dv, k, v, q_base, do_base, dq_base, sq_t, sdo_t, sdq_t, RowStart, offs_n, n0,
+                                 diag_lo, diag_hi, neg_c, neg_slope, neg_bias, key_term, scale, T, W, HAS_DOC, True,
+                                 BLOCK_M, HEAD_DIM, SIGMOID, DOT_PREC, FUSED_DQ)
+            dk, dv = _dkdv_tiles(dk, dv, k, v, q_base, do_base, dq_base, sq_t, sdo_t, sdq_t, RowStart, offs_n, n0,
+                                 full_lo, full_hi, neg_c, neg_slope, neg_bias, key_term, scale, T, W, HAS_DOC, False,
+                                 BLOCK_M, HEAD_DIM, SIGMOID, DOT_PREC, FUSED_DQ)
+            dk, dv = _dkdv_tiles(dk, dv, k, v, q_base, do_base, dq_base, sq_t, sdo_t, sdq_t, RowStart, offs_n, n0,
+                                 full_hi, edge_hi, neg_c, neg_slope, neg_bias, key_term, scale, T, W, HAS_DOC, True,
+                                 BLOCK_M, HEAD_DIM, SIGMOID, DOT_PREC, FUSED_DQ)
     dk = dk * scale
     tl.store(DK + b.to(tl.int64) * sdk_b + hk * sdk_h + offs_n[:, None] * sdk_t + offs_d[None, :],
              dk.to(DK.dtype.element_ty), mask=key_ok[:, None])

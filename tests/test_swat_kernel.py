@@ -151,10 +151,12 @@ def test_decode_matches_reference(pos):
     assert rel_err(got, want) < 2e-5
 
 
+@pytest.mark.parametrize("acc_2d", [False, True])
 @pytest.mark.parametrize("min_programs", [1, 16, 10**6])
-def test_decode_matches_reference_for_any_split(min_programs):
+def test_decode_matches_reference_for_any_split(min_programs, acc_2d):
     """One run of slots per (sequence, head), two (the last one part empty: three tiles of slots in
-    runs of two), and one per tile: every launch config the split heuristic can pick gives the same output."""
+    runs of two), and one per tile: every launch config the split heuristic can pick gives the same output,
+    with either accumulator."""
     from harness.ops.swat.function import decode_launch, override_decode_config
     B, H, Hkv, d, pos = 2, 4, 2, 64, 1000
     W = 3 * decode_launch(B * H, 1, d)["BLOCK_W"]  # three tiles
@@ -162,7 +164,7 @@ def test_decode_matches_reference_for_any_split(min_programs):
     q = torch.randn(B, H, d, generator=g).to(DEVICE)
     kc, vc = (torch.randn(B, W, Hkv, d, generator=g).to(DEVICE) for _ in range(2))
     slopes = alibi_slopes(H).to(DEVICE)
-    with override_decode_config(MIN_PROGRAMS=min_programs):
+    with override_decode_config(MIN_PROGRAMS=min_programs, ACC_2D=acc_2d):
         assert decode_launch(B * H, W, d)["splits"] == {1: 1, 16: 2, 10**6: 3}[min_programs]
         got = swat_decode_triton(q, kc, vc, W, pos, slopes, W)
     assert rel_err(got, swat_decode_ref(q, kc, vc, W, pos, slopes, W)) < 2e-5
@@ -256,6 +258,27 @@ def test_torch_compile_has_no_graph_break():
         got.append((loss.detach(), qq.grad))
     assert rel_err(got[0][0], got[1][0]) < 1e-3
     assert rel_err(got[0][1], got[1][1]) < 1e-3
+
+
+def test_a_tuning_sweep_cut_short_keeps_the_rows_it_measured(tmp_path, monkeypatch):
+    """`python -m harness.bench.tune --out F` writes each row as it is measured, with its provenance,
+    so a sweep stopped by the device call's time limit leaves what it had timed."""
+    import json
+    import sys
+
+    from harness.bench import tune
+
+    def two_then_cut(on_row):
+        for ms in (1.5, 2.5):
+            on_row(dict(d=64, T=8192, W=128, what="fwd", ms=ms, note=""))
+        raise KeyboardInterrupt  # the sweep stops here (a time limit, a crash): rows so far are on disk
+    monkeypatch.setattr(tune, "sweep", two_then_cut)
+    monkeypatch.setattr(sys, "argv", ["tune", "--sweeps", "tiles", "--out", str(tmp_path / "rows.jsonl")])
+    with pytest.raises(KeyboardInterrupt):
+        tune.main()
+    rows = [json.loads(line) for line in (tmp_path / "rows.jsonl").read_text().splitlines()]
+    assert [r["ms"] for r in rows] == [1.5, 2.5]
+    assert all(r["command"].startswith("python -m harness.bench.tune --sweeps tiles") and r["date"] for r in rows)
 
 
 def test_bench_kernels_writes_results_and_resumes(tmp_path):

@@ -66,7 +66,7 @@ def _time(fn, cuda_graph: bool = False) -> tuple[float | None, str]:
         return None, f"{type(err).__name__}: {str(err).splitlines()[0][:80]}"
 
 
-def sweep(seq_len: int = 8192, tokens: int = 65536, log=print) -> list[dict]:
+def sweep(seq_len: int = 8192, tokens: int = 65536, on_row=lambda row: None) -> list[dict]:
     rows = []
     for d in (64, 128):
         H, B, T = 1024 // d, tokens // seq_len, seq_len
@@ -88,24 +88,25 @@ def sweep(seq_len: int = 8192, tokens: int = 65536, log=print) -> list[dict]:
                     with override_configs({(pass_name, d, regime): cand}), override_fused_dq({(d, regime): fused}):
                         ms, note = _time(fwd(W) if pass_name == "fwd" else bwd(W))
                     rows.append(dict(d=d, T=T, W=W, what=what, **cand, ms=ms, note=note))
-                    log(json.dumps(rows[-1]))
+                    on_row(rows[-1])
             saved = dict(fn_mod.SIGMOID_MODE)
             for mode in (1, 2):
                 for what, f in (("fwd", fwd(W)), ("bwd", bwd(W))):
                     fn_mod.SIGMOID_MODE[what] = mode
                     ms, note = _time(f)
                     rows.append(dict(d=d, T=T, W=W, what=f"{what} sigmoid mode {mode}", ms=ms, note=note))
-                    log(json.dumps(rows[-1]))
+                    on_row(rows[-1])
             fn_mod.SIGMOID_MODE.update(saved)
     return rows
 
 
 # the first sweep (NOTES.md, v4) also tried 1 program per pair and 8 warps, never best but once
-DECODE_CANDIDATES = [dict(MIN_PROGRAMS=p, TILE_ELEMS=t, num_warps=w, num_stages=st)
-                     for p in (264, 1056, 4224) for t in (2048, 4096, 8192) for w in (2, 4) for st in (2, 3, 4)]
+DECODE_CANDIDATES = [dict(MIN_PROGRAMS=p, TILE_ELEMS=t, num_warps=w, num_stages=st, ACC_2D=acc_2d)
+                     for p in (264, 1056, 4224) for t in (2048, 4096, 8192) for w in (2, 4)
+                     for st, acc_2d in ((2, False), (3, False), (4, False), (3, True))]
 
 
-def decode_sweep(log=print) -> list[dict]:
+def decode_sweep(on_row=lambda row: None) -> list[dict]:
     rows = []
     for d in (64, 128):
         H = 1024 // d
@@ -119,13 +120,13 @@ def decode_sweep(log=print) -> list[dict]:
                 qs, ks, vs = q[:, :, None], kc.transpose(1, 2), vc.transpose(1, 2)
                 ms, note = _time(lambda: F.scaled_dot_product_attention(qs, ks, vs), cuda_graph=True)
                 rows.append(dict(shape, what="decode sdpa (same buffer, softmax)", ms=ms, note=note))
-                log(json.dumps(rows[-1]))
+                on_row(rows[-1])
                 for cand in DECODE_CANDIDATES:
                     with override_decode_config(**cand):
                         splits = decode_launch(B * H, W, d)["splits"]
                         ms, note = _time(lambda: swat_decode_triton(q, kc, vc, W, 10 * W, slopes, W), cuda_graph=True)
                     rows.append(dict(shape, what="decode", **cand, splits=splits, ms=ms, note=note))
-                    log(json.dumps(rows[-1]))
+                    on_row(rows[-1])
     return rows
 
 
@@ -134,25 +135,30 @@ def _describe(r: dict) -> str:
         return f"{r['BLOCK_M']}x{r['BLOCK_N']} w{r['num_warps']} s{r['num_stages']} one_loop={r['ONE_LOOP']}"
     if "MIN_PROGRAMS" in r:
         return (f"programs>={r['MIN_PROGRAMS']} tile={r['TILE_ELEMS']} w{r['num_warps']} s{r.get('num_stages', 3)} "
-                f"({r['splits']} splits)")
+                f"acc_2d={r.get('ACC_2D', False)} ({r['splits']} splits)")
     return ""
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sweeps", default="tiles,decode", help="comma-separated: tiles, decode")
-    parser.add_argument("--out", help="also write the rows as JSON lines to this file")
+    parser.add_argument("--out", help="also write the rows as JSON lines to this file, each as it is measured "
+                        "(a sweep cut short keeps what it measured)")
     args = parser.parse_args()
     sweeps = args.sweeps.split(",")
-    rows = (sweep(log=lambda line: None) if "tiles" in sweeps else []) + \
-        (decode_sweep(log=lambda line: None) if "decode" in sweeps else [])
     from harness.results.provenance import provenance, versions
     made = {**provenance("cuda", shlex.join(["python", "-m", "harness.bench.tune", *sys.argv[1:]])),
-            "versions": versions()}
-    rows = [{**r, **made} for r in rows]  # every row says how to measure it again
-    if args.out:
-        with open(args.out, "w", encoding="utf-8") as f:
-            f.writelines(json.dumps(r) + "\n" for r in rows)
+            "versions": versions()}  # every row says how to measure it again
+    out = open(args.out, "w", encoding="utf-8") if args.out else None
+
+    def on_row(row: dict) -> None:
+        if out is not None:
+            out.write(json.dumps({**row, **made}) + "\n")
+            out.flush()
+    rows = (sweep(on_row=on_row) if "tiles" in sweeps else []) + \
+        (decode_sweep(on_row=on_row) if "decode" in sweeps else [])
+    if out is not None:
+        out.close()
     best = {}
     for r in rows:
         key = (r["what"], r["d"], r.get("B"), r["W"])
@@ -161,7 +167,6 @@ def main() -> None:
     print("best per (what, d, B, W):")
     for key, r in sorted(best.items(), key=lambda kv: str(kv[0])):
         print(f"  {key}: {_describe(r)}  {r['ms']:.4f} ms")
-
 
 if __name__ == "__main__":
     main()

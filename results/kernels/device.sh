@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # Issue 24's kernel measurements, from the repository root with `.whl/` carried (fla, a peer), on a
 # CUDA machine; each mode fits one 10-minute device call, and `bench` resumes on a warm machine:
-#   OUT=folder HARNESS_COMMIT=<sent commit> bash results/kernels/device.sh tune
+#   OUT=folder HARNESS_COMMIT=<sent commit> [SWEEPS=tiles,decode] bash results/kernels/device.sh tune
 #   OUT=folder HARNESS_COMMIT=<sent commit> [HEAD_DIMS=64,128] [BUDGET_S=570] bash results/kernels/device.sh bench
 # tune:  the kernel tests on the GPU (every dtype and head size, the one-pass backward with FUSED_DQ
-#        forced on), then `python -m harness.bench.tune --sweeps tiles` (tile configs of every pass,
-#        FUSED_DQ against the two-pass backward) as tune_tiles.jsonl; the winners go into
-#        harness/ops/swat/function.py by hand, with the numbers in NOTES.md.
+#        forced on), then `python -m harness.bench.tune --sweeps $SWEEPS` (tile configs of every pass,
+#        FUSED_DQ against the two-pass backward; decode launch configs, ACC_2D among them) as
+#        tune.jsonl, written row by row (a sweep cut at the time limit keeps what it measured); the
+#        winners go into harness/ops/swat/function.py by hand, with the numbers in NOTES.md.
 # bench: `harness bench kernels` at the issue's shapes (T 4K/16K/32K, W 128/512/2048/T, fwd and
 #        fwd+bwd, then decode at batch 1, 8, 64) into .gpu/results/kernels, packed as kernels.tgz;
 #        a cut run goes on where it stopped when called again on the same machine.
@@ -20,9 +21,9 @@ case "${1:-}" in
     say "kernel tests on the GPU"
     timeout 150 python3 -m pytest tests/test_swat_kernel.py -q -p no:cacheprovider -W ignore -rfEs \
       > "$OUT/gpu_tests.log" 2>&1; say "tests: $(tail -1 "$OUT/gpu_tests.log")"
-    say "tile sweep ($(( $(left) - 15 )) s at most)"
-    timeout $(( $(left) - 15 )) python3 -m harness.bench.tune --sweeps tiles --out "$OUT/tune_tiles.jsonl" \
-      > "$OUT/tune.txt" 2>&1; say "tune exit $?" ;;
+    say "sweeps ${SWEEPS:-tiles,decode} ($(( $(left) - 15 )) s at most)"
+    timeout $(( $(left) - 15 )) python3 -m harness.bench.tune --sweeps "${SWEEPS:-tiles,decode}" \
+      --out "$OUT/tune.jsonl" > "$OUT/tune.txt" 2>&1; say "tune exit $?" ;;
   bench)
     say "bench kernels, d=${HEAD_DIMS:-64,128} ($(( $(left) - 20 )) s at most)"
     timeout $(( $(left) - 20 )) python3 -m harness bench kernels --out "$G/results/kernels" \

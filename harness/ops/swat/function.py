@@ -311,23 +311,24 @@ def swat_attention_triton(q, k, v, slopes, window: int, sigmoid_bias: float = 0.
 # 132 SMs), so that a small batch still keeps enough loads in flight; a large batch gets one run
 # per pair and no sum.
 # From the H100 sweep of harness/bench/tune.py (NOTES.md, v4): best at batch 1 and 64, not at 8.
-DECODE_CONFIG = dict(MIN_PROGRAMS=528, TILE_ELEMS=4096, num_warps=4, num_stages=3)
+# ACC_2D (swat_decode_kernel) is untimed so far (NOTES.md, v5): off until a decode sweep says otherwise.
+DECODE_CONFIG = dict(MIN_PROGRAMS=528, TILE_ELEMS=4096, num_warps=4, num_stages=3, ACC_2D=False)
 
 
 def decode_launch(batch_heads: int, w_cache: int, head_dim: int) -> dict:
     """The decode kernel's launch: slots per tile (BLOCK_W) and per program, programs per
-    (sequence, head) pair (splits), warps and pipeline stages."""
+    (sequence, head) pair (splits), warps, pipeline stages and the accumulator's shape."""
     cfg = DECODE_CONFIG
     block_w = 16 if interpreting() else max(16, cfg["TILE_ELEMS"] // head_dim)
     tiles = triton.cdiv(w_cache, block_w)
     wanted = min(tiles, max(1, triton.cdiv(cfg["MIN_PROGRAMS"], batch_heads)))
     per_program = block_w * triton.cdiv(tiles, wanted)
     return dict(BLOCK_W=block_w, SLOTS_PER_PROGRAM=per_program, splits=triton.cdiv(w_cache, per_program),
-                num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
+                num_warps=cfg["num_warps"], num_stages=cfg["num_stages"], ACC_2D=cfg["ACC_2D"])
 
 
 def override_decode_config(**overrides):
-    """Temporarily replace entries of DECODE_CONFIG (MIN_PROGRAMS, TILE_ELEMS, num_warps, num_stages)."""
+    """Temporarily replace entries of DECODE_CONFIG (MIN_PROGRAMS, TILE_ELEMS, num_warps, num_stages, ACC_2D)."""
     return _overridden(DECODE_CONFIG, overrides)
 
 

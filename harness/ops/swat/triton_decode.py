@@ -19,7 +19,9 @@ def swat_decode_kernel(Q, KC, VC, O, Slopes,
                        sq_b, sq_h, sk_b, sk_w, sk_h, sv_b, sv_w, sv_h, so_s, so_b, so_h,
                        H, W_CACHE, cache_len, pos, window, neg_c, neg_bias,
                        REP: tl.constexpr, SLOTS_PER_PROGRAM: tl.constexpr, BLOCK_W: tl.constexpr,
-                       HEAD_DIM: tl.constexpr, SIGMOID: tl.constexpr):
+                       HEAD_DIM: tl.constexpr, SIGMOID: tl.constexpr, ACC_2D: tl.constexpr):
+    """ACC_2D: keep a [BLOCK_W, HEAD_DIM] fp32 accumulator and add its rows once after the loop,
+    instead of reducing each tile over its slots (a reduction across warps in every iteration)."""
     pid_bh = tl.program_id(0)
     pid_s = tl.program_id(1)
     b = pid_bh // H
@@ -31,7 +33,10 @@ def swat_decode_kernel(Q, KC, VC, O, Slopes,
     neg_slope = -tl.load(Slopes + h).to(tl.float32) * LOG2E
     k_base = KC + b.to(tl.int64) * sk_b + hk * sk_h
     v_base = VC + b.to(tl.int64) * sv_b + hk * sv_h
-    acc = tl.zeros([HEAD_DIM], dtype=tl.float32)
+    if ACC_2D:
+        acc = tl.zeros([BLOCK_W, HEAD_DIM], dtype=tl.float32)
+    else:
+        acc = tl.zeros([HEAD_DIM], dtype=tl.float32)
     s_lo = pid_s * SLOTS_PER_PROGRAM
     for s0 in range(s_lo, s_lo + SLOTS_PER_PROGRAM, BLOCK_W):
         slots = s0 + tl.arange(0, BLOCK_W)
@@ -42,7 +47,12 @@ def swat_decode_kernel(Q, KC, VC, O, Slopes,
         qk = tl.sum(k.to(tl.float32) * q[None, :], axis=1)
         p = sigmoid_neg_log2(qk * neg_c + neg_slope * dist.to(tl.float32) + neg_bias, SIGMOID)
         p = tl.where(valid, p, 0.0)
-        acc += tl.sum(p[:, None] * v.to(tl.float32), axis=0)
+        if ACC_2D:
+            acc += p[:, None] * v.to(tl.float32)
+        else:
+            acc += tl.sum(p[:, None] * v.to(tl.float32), axis=0)
+    if ACC_2D:
+        acc = tl.sum(acc, axis=0)
     tl.store(O + pid_s.to(tl.int64) * so_s + b.to(tl.int64) * so_b + h * so_h + offs_d, acc.to(O.dtype.element_ty))
 
 

@@ -201,19 +201,33 @@ class HarnessLM(_template_lm()):
         results = []
         bar = tqdm(total=len(requests), disable=disable_tqdm or not self.progress, desc="loglikelihood")
         for batch in self._batches(ordered, lambda r: len(inputs(r))):
-            logprobs = self._forward_logprobs([inputs(r) for r in batch], [len(r[2]) for r in batch])
-            for (strings, ctx, cont), lp in zip(batch, logprobs):
-                span = lp.unsqueeze(0)  # [1, len(cont), V]
-                for req_strings, cont_toks, cont_lp in collator.get_cache(strings, ctx, cont, span):
-                    target = torch.tensor(cont_toks, device=cont_lp.device)
-                    picked = cont_lp[0].gather(-1, target[:, None]).squeeze(-1)
-                    answer = (float(picked.sum()), bool((cont_lp[0].argmax(-1) == target).all()))
-                    results.append(answer)
-                    if req_strings is not None:
-                        self.cache_hook.add_partial("loglikelihood", req_strings, answer)
-                    bar.update(1)
+            spans = self._forward_logprobs([inputs(r) for r in batch], [len(r[2]) for r in batch])
+            # one entry per request: requests that differ only in their last token share a span
+            scored = [(req_strings, span, cont_toks) for (strings, ctx, cont), span in zip(batch, spans)
+                      for req_strings, cont_toks, _ in collator.get_cache(strings, ctx, cont, span[None])]
+            for (req_strings, _, _), answer in zip(scored, self._score(scored)):
+                results.append(answer)
+                if req_strings is not None:
+                    self.cache_hook.add_partial("loglikelihood", req_strings, answer)
+                bar.update(1)
         bar.close()
         return collator.get_original(results)
+
+    @staticmethod
+    def _score(scored: list) -> list[tuple[float, bool]]:
+        """(sum of the continuation's log-probs, whether greedy decoding gives it) for each (strings,
+        span [len, V], continuation tokens). The tokens go to the device in one copy and the answers
+        come back in one: a float() per request would wait for the GPU each time, and where several
+        processes share it each wait can last a time slice of the others'."""
+        device = scored[0][1].device
+        tokens = torch.tensor([t for _, _, toks in scored for t in toks], device=device)
+        sums, greedy, at = [], [], 0
+        for _, span, toks in scored:
+            target = tokens[at:at + len(toks)]
+            at += len(toks)
+            sums.append(span.gather(-1, target[:, None]).squeeze(-1).sum())
+            greedy.append((span.argmax(-1) == target).all())
+        return list(zip(torch.stack(sums).tolist(), torch.stack(greedy).tolist()))
 
     def rolling_windows(self, tokens: list[int]) -> list[tuple[list[int], list[int]]]:
         """(context, continuation) windows that score every token of `tokens` exactly once."""

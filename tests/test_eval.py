@@ -411,6 +411,31 @@ def test_eval_tasks_on_cuda_match_cpu(tiny):
         assert get_task(task).run(gpu_model, tok, ctx)
 
 
+def test_bad_hugging_face_folders_and_twin_names_are_one_error_with_nothing_written(tiny, tmp_path, capsys):
+    """hf: with no path, a folder without config.json or with a damaged one, and two checkpoints
+    whose folders share a name (their rows would mix under one model name): one error line each,
+    and no results folder."""
+    from harness.cli import main
+    cfg, model = tiny
+    for name in ("x", "y"):
+        write_checkpoint(tmp_path / name / "same" / "checkpoint", model, cfg, params=1, tokens=1)
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "damaged").mkdir()
+    (tmp_path / "damaged" / "config.json").write_text("{garbage")
+    base = ["eval", "--tasks", "smoke", "--limit", "1", "--device", "cpu", "--results", str(tmp_path / "results"),
+            "--runs", str(tmp_path / "runs")]
+    cases = [(["--models", "hf:"], "hf:: no such folder"),
+             (["--models", f"hf:{tmp_path / 'empty'}"], "has no config.json"),
+             (["--models", f"hf:{tmp_path / 'damaged'}"], "transformers cannot load it"),
+             (["--checkpoint", str(tmp_path / "x" / "same" / "checkpoint"), "--checkpoint",
+               str(tmp_path / "y" / "same" / "checkpoint")], "would all be the model 'same'")]
+    for args, message in cases:
+        assert main(base + args) == 2
+        [err] = capsys.readouterr().err.strip().splitlines()
+        assert err.startswith("error:") and message in err
+        assert not (tmp_path / "results").exists()
+
+
 def test_hf_checkpoint_through_lm_eval_adapter(tmp_path):
     transformers = pytest.importorskip("transformers")
     from tokenizers import Tokenizer, models, pre_tokenizers

@@ -324,3 +324,19 @@ def test_bad_inputs_are_one_error_and_leave_nothing_at_out(exported, tmp_path, c
     assert (out / "config.json").is_file() and not (out / "notes.txt").exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["hf"]  # no temporary folder left beside it
 
+
+
+def test_the_harness_evaluates_its_own_export_without_running_the_folders_code(exported, tmp_path, monkeypatch):
+    """`--models hf:<exported folder>` loads with this installation's copy of the modelling code (no
+    trust_remote_code, no question on a terminal) and computes what the checkpoint computes."""
+    import builtins
+
+    from harness.evaluation.sources import load_hf
+    monkeypatch.setattr(builtins, "input", lambda *a: pytest.fail("asked whether to run the folder's code"))
+    _, folders = exported
+    ckpt, folder = folders["swat"]
+    hf_model, tokenizer, _ = load_hf(str(folder), "cpu")
+    model = load_checkpoint(ckpt, "cpu")[0]
+    ids = torch.tensor([tokenizer.encode("The meaning of the window")])
+    with torch.no_grad():
+        assert torch.allclose(hf_model(ids), model(ids), atol=1e-5)

@@ -118,9 +118,14 @@ def score(sources: list[ModelSource], task_names: list[str], run: str, results_d
     out = Path(results_dir) / run
     rows_file = out / "rows.jsonl"
     existing = stored_rows(rows_file, d, log)
-    if main:
-        record_run(out, {"run": run, "models": [s.name for s in sources], "tasks": list(task_names), **(record or {})},
-                   device)
+    recorded = False
+
+    def keep_record() -> None:  # run.json, once a model has loaded: a failed load leaves nothing behind
+        nonlocal recorded
+        if main and not recorded:
+            record_run(out, {"run": run, "models": [s.name for s in sources], "tasks": list(task_names),
+                             **(record or {})}, device)
+        recorded = True
     done = {(r.model, r.task) for r in existing}
     stamp = provenance(device)
     options = {"online": online} | ({"bootstrap_iters": bootstrap_iters} if bootstrap_iters is not None else {})
@@ -130,6 +135,7 @@ def score(sources: list[ModelSource], task_names: list[str], run: str, results_d
             log(f"{source.name}: all tasks done already (pass --force to redo)")
             continue
         loaded = source.load(device, log)
+        keep_record()
         if force and main:
             clear_request_cache(run, source)
         if d is not None:
@@ -141,6 +147,7 @@ def score(sources: list[ModelSource], task_names: list[str], run: str, results_d
         del loaded
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
+    keep_record()
     if main:
         atomic_write_text(out / "table.md", rows_table(existing))
     return existing

@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+import warnings
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -203,6 +204,11 @@ def model_sources(run: str, runs_dir: Path, models: list[str], checkpoints: list
         if isinstance(source, CheckpointSource) and not (Path(source.checkpoint) / META_FILE).is_file():
             raise FileNotFoundError(f"{source.checkpoint} is not a checkpoint folder (no meta.json); pass the "
                                     f"folder that `harness train` wrote (<runs>/<run>/<model>/checkpoint)")
+    names = [source.name for source in out]
+    for name in dict.fromkeys(n for n in names if names.count(n) > 1):
+        same = ", ".join(source.checkpoint for source in out if source.name == name)
+        raise RunError(f"{same} would all be the model {name!r} (a checkpoint is named after the folder above "
+                       f"it), and their rows would mix; evaluate them in separate runs (--run), or rename a folder")
     return out
 
 
@@ -246,9 +252,26 @@ class TransformersTokenizer:
 
 
 def hf_folder(path: str) -> Path:
-    if not Path(path).is_dir():
+    if not path or not Path(path).is_dir():
         raise FileNotFoundError(f"hf:{path}: no such folder; pass a local Hugging Face checkpoint folder")
+    if not (Path(path) / "config.json").is_file():
+        raise FileNotFoundError(f"hf:{path} has no config.json; pass a folder written by save_pretrained or "
+                                f"`harness export`")
     return Path(path)
+
+
+def register_exported_model() -> None:
+    """Give transformers' Auto classes the harness's own exported model type (`harness export`), so
+    that an `hf:` folder the harness wrote loads with this installation's copy of its modelling code
+    rather than the folder's (which would need trust_remote_code, and a question on a terminal)."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+
+    from harness.hf.configuration_swat_harness import SwatHarnessConfig
+    from harness.hf.modeling_swat_harness import SwatHarnessForCausalLM
+    if SwatHarnessConfig.model_type not in CONFIG_MAPPING:
+        AutoConfig.register(SwatHarnessConfig.model_type, SwatHarnessConfig)
+        AutoModelForCausalLM.register(SwatHarnessConfig, SwatHarnessForCausalLM)
 
 
 def load_hf(path: str, device: str):
@@ -260,12 +283,22 @@ def load_hf(path: str, device: str):
         raise ConfigError("hf: checkpoints need transformers (and fla for its recurrent models): "
                           "pip install transformers 'swat-harness[fla]'") from None
     try:
-        import fla  # noqa: F401  (registers GLA, RetNet, HGRN2, DeltaNet, ... with transformers)
+        with warnings.catch_warnings():  # on a CPU, fla warns at import that Triton is not supported
+            warnings.simplefilter("ignore")
+            import fla  # noqa: F401  (registers GLA, RetNet, HGRN2, DeltaNet, ... with transformers)
     except ImportError:
         pass
     hf_folder(path)
+    register_exported_model()
     dtype = torch.bfloat16 if str(device).startswith("cuda") else torch.float32
-    model = transformers.AutoModelForCausalLM.from_pretrained(path, torch_dtype=dtype).to(device).eval()
-    tokenizer = TransformersTokenizer(transformers.AutoTokenizer.from_pretrained(path), Path(path).name)
+    try:  # a folder's own code never runs: trust_remote_code=False, also for the tokenizer
+        model = transformers.AutoModelForCausalLM.from_pretrained(path, torch_dtype=dtype, trust_remote_code=False)
+        hf_tokenizer = transformers.AutoTokenizer.from_pretrained(path, trust_remote_code=False)
+    except (OSError, ValueError) as err:  # transformers' errors for a folder it cannot read or does not know
+        raise ConfigError(f"hf:{path}: transformers cannot load it ({str(err).strip().splitlines()[0]}); pass a "
+                          f"folder written by save_pretrained or `harness export`, of a model type transformers "
+                          f"(or fla, when installed) provides") from None
+    model = model.to(device).eval()
+    tokenizer = TransformersTokenizer(hf_tokenizer, Path(path).name)
     length = getattr(model.config, "max_position_embeddings", None) or 2048
     return HFCausalLM(model), tokenizer, length

@@ -443,8 +443,9 @@ def cmd_bench_kernels(args) -> None:
     from harness.bench import parse_ints
     from harness.bench.kernels import BenchSpec, parse_windows, render, run_kernel_bench
     if args.render_only:
-        render(Path(args.render_only))
-        console.print(f"wrote {args.render_only}/kernels.md and plots from its kernels.csv", highlight=False)
+        written = render(Path(args.render_only))
+        console.print(f"wrote {args.render_only}: {', '.join(p.name for p in written)} from its kernels.csv",
+                      highlight=False)
         return
     spec = BenchSpec(head_dims=parse_ints(args.head_dims, "--head-dims"), lengths=parse_ints(args.lengths, "--lengths"),
                      windows=parse_windows(args.windows), tokens=args.tokens, hidden=args.hidden,
@@ -458,7 +459,6 @@ def cmd_bench_kernels(args) -> None:
                                log=lambda m: console.print(m, highlight=False),
                                progress=lambda i, n, what: bar.update(task, completed=i, total=n, description=what))
     console.print((out / "kernels.md").read_text(encoding="utf-8"), markup=False, highlight=False)
-    console.print(f"wrote {out}/kernels.csv, kernels.md, kernels.png, decode.png, run.json", highlight=False)
 
 
 def cmd_eval(args) -> None:
@@ -622,7 +622,7 @@ def build_parser() -> argparse.ArgumentParser:
     b = bench.add_parser("models", help="training / prefill / decode tokens/s and memory vs length, per model")
     b.add_argument("--models", required=True, type=name_list,
                    help="comma-separated model names, measured side by side (see `harness list`)")
-    b.add_argument("--sweeps", default="train,prefill,decode", help="comma-separated: train, prefill, decode")
+    b.add_argument("--sweeps", default="train,prefill,decode", type=name_list, help="comma-separated: train, prefill, decode")
     b.add_argument("--lengths", action="append", default=[], metavar="SWEEP=L1,L2",
                    help="lengths of one sweep, e.g. train=2048,4096 (repeatable; defaults: 2K-64K train, "
                    "1K-128K prefill and decode on GPU, short lengths on CPU)")
@@ -649,8 +649,9 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--windows", default="128,512,2048,T", help="windows W; T means full causal (default 128,512,2048,T)")
     b.add_argument("--tokens", type=int_from(1), default=65536, help="B*T tokens per batch (default 65536)")
     b.add_argument("--hidden", type=int_from(1), default=1024, help="H*d: heads = hidden / d (default 1024)")
-    b.add_argument("--peers", default="swat,flex,fla,flash_attn,sdpa,triton_sigmoid", help="comma-separated peers")
-    b.add_argument("--modes", default="fwd,fwd_bwd,decode", help="comma-separated: fwd, fwd_bwd, decode")
+    b.add_argument("--peers", default="swat,flex,fla,flash_attn,sdpa,triton_sigmoid", type=name_list,
+                   help="comma-separated peers")
+    b.add_argument("--modes", default="fwd,fwd_bwd,decode", type=name_list, help="comma-separated: fwd, fwd_bwd, decode")
     b.add_argument("--decode-contexts", default="1024,8192,32768,131072", help="decode context lengths")
     b.add_argument("--decode-batches", default="8", help="comma-separated sequences per decode step (default 8)")
     b.add_argument("--out", default="results/kernels", help="output root; files go to OUT/<device>/")

@@ -149,6 +149,10 @@ BENCH_MODELS = ["bench", "models", "--models", "swat", "--device", "cpu"]
     (BENCH_MODELS, ["--lengths", "trian=2048"], "--lengths 'trian=2048' must look like train=2048,4096"),
     (BENCH_MODELS, ["--decode-batches", "0"], "--decode-batches takes positive integers, got '0'"),
     (BENCH_MODELS, ["--decode-batches", "x"], "--decode-batches takes comma-separated integers, got 'x'"),
+    # an empty list of sweeps or modes exited 0, saying it wrote files it had not
+    (BENCH_MODELS, ["--sweeps", ","], "argument --sweeps: names nothing"),
+    (["bench", "kernels"], ["--modes", ","], "argument --modes: names nothing"),
+    (["bench", "kernels"], ["--peers", ""], "argument --peers: names nothing"),
 ])
 def test_study_and_bench_arguments_out_of_range_are_one_line_before_any_file(tmp_path, capsys, command, args,
                                                                              message):

@@ -523,13 +523,14 @@ def run_kernel_bench(spec: BenchSpec, out_root: Path, force: bool = False, log: 
                            f"decode d={d} batch={B} context={ctx}")
     record_run(out, {"dtype": spec.dtype, "tokens": spec.tokens, "hidden": spec.hidden, "spec": asdict(spec)},
                str(device))  # the provenance of resumed rows stays, under `earlier`
-    render(out)
+    written = render(out)
+    log(f"wrote {out}: {', '.join(p.name for p in [csv_path, out / 'run.json', *written])}")
     return out
 
 
-def render(out: Path) -> None:
+def render(out: Path) -> list[Path]:
     """(Re)write kernels.md and the plots of a device folder from its kernels.csv and run.json, e.g.
-    after a run that stopped early (every finished shape is already in kernels.csv)."""
+    after a run that stopped early (every finished shape is already in kernels.csv); the files written."""
     from harness.files import atomic_write_text
     out = Path(out)
     if not (out / "kernels.csv").is_file() or not (out / "run.json").is_file():
@@ -537,7 +538,7 @@ def render(out: Path) -> None:
     info = json.loads((out / "run.json").read_text(encoding="utf-8"))
     rows = read_csv(out / "kernels.csv")
     atomic_write_text(out / "kernels.md", markdown(rows, info))
-    plot(rows, out)
+    return [out / "kernels.md", *plot(rows, out)]
 
 
 def parse_windows(text: str) -> list:

@@ -204,6 +204,35 @@ def test_a_damaged_checkpoint_is_one_error_naming_file_and_fix(smoke_run, tmp_pa
     assert code == 2 and not (tmp_path / "r").exists()
 
 
+def edit_meta(change):
+    def damage(data: bytes) -> bytes:
+        return json.dumps(change(json.loads(data))).encode()
+    return damage
+
+
+@pytest.mark.parametrize("damage, message", [
+    (edit_meta(lambda meta: [1, 2]), "has no model name and config"),
+    (edit_meta(lambda meta: {k: v for k, v in meta.items() if k != "config"}), "has no model name and config"),
+    (lambda b: b"\xff\xfe\x00", "meta.json is damaged"),
+    # weights of another shape than the config says (sha256 left out, as in a checkpoint written before them)
+    (edit_meta(lambda meta: {**{k: v for k, v in meta.items() if k != "sha256"},
+                             "config": {**meta["config"], "model": {**meta["config"]["model"], "hidden_size": 128}}}),
+     "does not fit the model its meta.json describes"),
+])
+@pytest.mark.parametrize("command", ["eval", "export", "train"])
+def test_a_damaged_meta_json_is_one_error_for_every_command(smoke_run, tmp_path, capsys, damage, message, command):
+    ckpt = damaged_copy(smoke_run, tmp_path, "meta.json", damage)
+    args = {"eval": ["--checkpoint", str(ckpt), "--tasks", "smoke", "--results", str(tmp_path / "r")],
+            "export": ["--checkpoint", str(ckpt), "--out", str(tmp_path / "r")],
+            "train": ["--model", "swat", "--device", "cpu", "--out", str(ckpt.parent), "--set", "train.tokens=2048"]}
+    code = cli.main([command, *args[command]])
+    if command == "train" and "fit" in message:  # resuming checks the config before the weights
+        one_error_line(capsys.readouterr().err, "was trained with another model config")
+    else:
+        one_error_line(capsys.readouterr().err, message, "--force")
+    assert code == 2 and not (tmp_path / "r").exists()
+
+
 def test_resuming_from_a_damaged_trainer_state_is_one_error(smoke_run, tmp_path, capsys):
     ckpt = damaged_copy(smoke_run, tmp_path, "trainer.pt", flip_a_bit)
     code = cli.main(["train", "--model", "swat", "--device", "cpu", "--out", str(ckpt.parent),

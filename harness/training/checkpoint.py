@@ -21,6 +21,7 @@ import torch
 
 from harness.config import EXECUTION_KEYS, Config, ConfigError
 from harness.files import file_sha256
+from harness.memory import is_out_of_memory
 from harness.model.build import build_model
 from harness.training import distributed
 from harness.training.distributed import Dist
@@ -70,11 +71,16 @@ DAMAGED_FIX = "retrain it: `harness run ... --force`, or `harness train ... --no
 
 
 def read_meta(ckpt: Path) -> dict:
-    """A checkpoint's meta.json, or a TrainingError naming it when it is not readable JSON."""
+    """A checkpoint's meta.json, or a TrainingError naming it when it is not readable JSON or lacks
+    what every checkpoint records (the model's name and its config)."""
+    path = Path(ckpt) / META_FILE
     try:
-        return json.loads((Path(ckpt) / META_FILE).read_text())
+        meta = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise TrainingError(f"{Path(ckpt) / META_FILE} is damaged ({err}); {DAMAGED_FIX}") from None
+        raise TrainingError(f"{path} is damaged ({err}); {DAMAGED_FIX}") from None
+    if not (isinstance(meta, dict) and isinstance(meta.get("model"), str) and isinstance(meta.get("config"), dict)):
+        raise TrainingError(f"{path} is damaged (it has no model name and config); {DAMAGED_FIX}")
+    return meta
 
 
 def verify_checkpoint(ckpt: Path, meta: dict, names: tuple[str, ...]) -> None:
@@ -154,6 +160,11 @@ def load_checkpoint(path: Path, device="cpu"):
         load_model(model, str(path / WEIGHTS_FILE), device=str(device))
     except SafetensorError as err:
         raise TrainingError(f"{path / WEIGHTS_FILE} is damaged ({err}); {DAMAGED_FIX}") from None
+    except RuntimeError as err:  # missing, unexpected or differently shaped tensors
+        if is_out_of_memory(err):
+            raise
+        raise TrainingError(f"{path / WEIGHTS_FILE} does not fit the model its {META_FILE} describes "
+                            f"({str(err).splitlines()[0]}); {DAMAGED_FIX}") from None
     return model, cfg, meta["model"], meta
 
 

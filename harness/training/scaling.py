@@ -21,6 +21,7 @@ from pathlib import Path
 
 from harness.config import EXECUTION_KEYS, ConfigError
 from harness.files import atomic_write_text
+from harness.training.checkpoint import read_meta
 from harness.training.trainlog import LOG_FILE, read_log
 
 DIVERGED = 1e-3  # |loss difference| (nats) taken as the curves parting; bf16 noise stays far below it
@@ -48,7 +49,7 @@ def read_run(folder: Path) -> ScalingRun:
     if not meta_file.is_file() or not log_file.is_file():
         raise FileNotFoundError(f"{folder} is not a finished `harness train` run folder (needs {LOG_FILE} and "
                                 f"checkpoint/meta.json); pass the --out folder of a training run")
-    meta = json.loads(meta_file.read_text())
+    meta = read_meta(meta_file.parent)
     if meta.get("heldout_loss") is None:
         raise ConfigError(f"{folder} has not finished training; resume it with `harness train ... --out {folder}`")
     log = read_log(log_file)

@@ -688,6 +688,14 @@ class RunFailed(RuntimeError):
     """Some of a command's runs failed (the others finished); the message says where their logs are."""
 
 
+# What the operating system says of a path given on the command line (--out, --results, --runs, ...)
+# that runs into a file where a folder is needed, or the reverse: the path, and that it is the fix.
+PATH_ERRORS = {NotADirectoryError: "a file stands where this path needs a folder",
+               FileExistsError: "a file stands where this path needs a folder",  # mkdir over a file
+               IsADirectoryError: "a folder stands where this path needs a file",
+               PermissionError: "not allowed to write or read it here"}
+
+
 def expected_errors() -> tuple:
     from harness.config import ConfigError
     from harness.data.paths import DataError
@@ -710,6 +718,10 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except Exception as err:
         from harness.memory import SQUEEZED_EXIT, OutOfMemory, is_out_of_memory, out_of_memory
+        if isinstance(err, tuple(PATH_ERRORS)):
+            from harness.config import ConfigError
+            why = next(why for kind, why in PATH_ERRORS.items() if isinstance(err, kind))
+            err = ConfigError(f"{err.filename}: {why}; give another path")
         if not isinstance(err, expected_errors()):
             if not is_out_of_memory(err):
                 raise

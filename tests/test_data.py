@@ -293,3 +293,113 @@ def test_fetch_corpus_streams_resumable_shards(tmp_path, monkeypatch):
     assert list(corpus.iter_documents("slimpajama")) == texts[:5]
     corpus.fetch_corpus("slimpajama", 7, tmp_path, shard_docs=2)  # resumes after the 2 full shards
     assert list(corpus.iter_documents("slimpajama"))[-3:] == texts[4:]
+
+
+# ---------------------------------------------------------------- bad input: one error line, nothing written
+
+def cli_error(argv: list, capsys) -> str:
+    """`harness ARGV` refused the project's way: exit 2 and one `error:` line on stderr (a traceback
+    would escape main and fail the test); returns that line."""
+    from harness.cli import main
+    assert main([str(a) for a in argv]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error:") and len(err.strip().splitlines()) == 1, err
+    return err
+
+
+@pytest.mark.parametrize("file, content, problem", [
+    ("bad.parquet", b"plain text, not parquet\n", "not a readable parquet file"),
+    ("bin.jsonl", b"\xff\xfe\x00", "not UTF-8 text"),
+    ("bad.jsonl.gz", b"not gzip", "not a complete gzip file"),
+    ("lines.jsonl", b'{"goal": "g"}\n\n{broken\n', "line 3 column 2"),
+], ids=["parquet", "utf-8", "gzip", "jsonl"])
+def test_import_refuses_unreadable_files(tmp_path, capsys, file, content, problem):
+    (tmp_path / file).write_bytes(content)
+    err = cli_error(["data", "import", tmp_path / file, "--name", "piqa", "--split", "validation",
+                     "--to", tmp_path / "mirror"], capsys)
+    assert str(tmp_path / file) in err and problem in err
+    assert not (tmp_path / "mirror").exists()
+
+
+PIQA_ROW = {"goal": "g", "sol1": "a", "sol2": "b", "label": 0}
+
+
+@pytest.mark.parametrize("name, rows, allowed", [
+    ("piqa", [PIQA_ROW, {**PIQA_ROW, "label": 7}], "allowed 0, 1"),
+    ("hellaswag", [*records(FIXTURES / "hellaswag_format_fixture.jsonl")[:1],
+                   {**records(FIXTURES / "hellaswag_format_fixture.jsonl")[1], "label": "9"}],
+     "allowed '0', '1', '2', '3'"),
+    ("winogrande", [{"sentence": "s _", "option1": "a", "option2": "b", "answer": "1"},
+                    {"sentence": "s _", "option1": "a", "option2": "b", "answer": "0"}], "allowed '1', '2'"),
+    ("arc_easy", [{"id": "x", "question": "q", "choices": {"text": ["a", "b"], "label": ["A", "B"]}, "answerKey": "B"},
+                  {"id": "y", "question": "q", "choices": {"text": ["a", "b"], "label": ["A", "B", "C"]},
+                   "answerKey": "C"}], "allowed 'A', 'B'"),
+])
+def test_import_refuses_labels_outside_the_choices(tmp_path, capsys, name, rows, allowed):
+    """lm-eval indexes the choices with the label: out of range, it would crash the evaluation."""
+    path = tmp_path / "rows.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    split = next(iter(mirror.CATALOGUE[name].splits))
+    err = cli_error(["data", "import", path, "--name", name, "--split", split, "--to", tmp_path / "mirror"], capsys)
+    assert f"{path} record 2" in err and allowed in err
+    assert not (tmp_path / "mirror").exists()
+
+
+def test_folder_import_with_one_bad_release_writes_nothing(tmp_path, capsys):
+    """The raw releases are all checked before any is written (piqa comes before arc_easy)."""
+    import shutil
+    raw = tmp_path / "raw"
+    shutil.copytree(FIXTURES, raw)
+    arc = raw / "llm-foundry-local-data" / "arc_easy.jsonl"
+    arc.write_text("".join(json.dumps({**r, "gold": 9}) + "\n" for r in records(arc)))
+    err = cli_error(["data", "import", raw, "--to", tmp_path / "mirror"], capsys)
+    assert str(arc) in err and "IndexError" in err
+    assert not (tmp_path / "mirror").exists()
+
+
+def test_import_to_a_path_through_a_file(tmp_path, capsys):
+    (tmp_path / "file.txt").write_text("")
+    err = cli_error(["data", "import", FIXTURES / "piqa" / "valid.jsonl", "--name", "piqa",
+                     "--to", tmp_path / "file.txt" / "sub"], capsys)
+    assert f"{tmp_path / 'file.txt'} is a file" in err
+    assert (tmp_path / "file.txt").read_text() == ""
+
+
+def test_train_tokenizer_refuses_names_that_would_not_load_it(tmp_path, capsys, monkeypatch):
+    """Checked before training: `bytes` is the built-in tokenizer, an empty or path-like name is no
+    train.tokenizer value, a file of that name in the working directory or a tokenizer found first
+    would be loaded instead, and a folder outside the lookup roots is never searched."""
+    monkeypatch.setattr(importers, "train_bpe", lambda *a: pytest.fail("trained before the name was checked"))
+    mirror_dir = tmp_path / "mirror"
+    monkeypatch.setenv("HARNESS_DATA", str(mirror_dir))
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "bpe.json").write_text("{}")
+    train = ["data", "train-tokenizer", "--corpus", "bundled", "--vocab-size", "512", "--name"]
+    for name, problem in [("bytes", "built-in byte tokenizer"), ("", "a tokenizer name is"), ("../up", "a tokenizer"),
+                          ("bpe.json", "would be loaded by train.tokenizer=bpe.json")]:
+        assert problem in cli_error([*train, name], capsys)
+    assert "set HARNESS_DATA=" in cli_error([*train, "bpe", "--to", tmp_path / "elsewhere"], capsys)
+    assert not mirror_dir.exists() and not (tmp_path / "elsewhere").exists()
+    shadow = mirror_dir / "tokenizers" / "old" / "tokenizer.json"
+    shadow.parent.mkdir(parents=True)
+    shadow.write_text("{}")
+    assert f"already exists as {shadow}" in cli_error([*train, "old"], capsys)
+    assert [p.name for p in shadow.parent.iterdir()] == ["tokenizer.json"]
+
+
+def test_train_tokenizer_name_loads_the_trained_file(tmp_path, monkeypatch):
+    monkeypatch.setenv("HARNESS_DATA", str(tmp_path))
+    from harness.cli import main
+    assert main(["data", "train-tokenizer", "--corpus", "bundled", "--vocab-size", "512", "--name", "bpe"]) == 0
+    assert tokenizer.get_tokenizer("bpe").path == tmp_path / "tokenizers" / "bpe" / "tokenizer.json.gz"
+
+
+@pytest.mark.parametrize("file, content", [("garbage.json", b"{garbage"), ("cut.json.gz", b"\x1f\x8b\x08")],
+                         ids=["json", "gzip"])
+def test_unloadable_tokenizer_file_is_one_error_line(tmp_path, capsys, monkeypatch, file, content):
+    monkeypatch.setenv("HARNESS_CACHE", str(tmp_path / "cache"))
+    (tmp_path / file).write_bytes(content)
+    err = cli_error(["train", "--preset", "tiny", "--model", "swat", "--device", "cpu", "--set", "train.tokens=4096",
+                     "--set", f"train.tokenizer={tmp_path / file}", "--out", tmp_path / "t"], capsys)
+    assert f"tokenizer {tmp_path / file} cannot be loaded" in err
+    assert not (tmp_path / "t").exists()

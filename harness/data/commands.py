@@ -23,6 +23,19 @@ def _where(path: Path) -> str:
         return str(path)
 
 
+def _dest(to: str | None) -> Path:
+    """The mirror folder to write (--to, else `user_data_dir()`), refused before any work when a part
+    of its path is a file (writing would fail after the input was read, or half-way)."""
+    dest = Path(to) if to else user_data_dir()
+    for folder in (dest, *dest.parents):
+        if folder.exists():
+            if not folder.is_dir():
+                raise DataError(f"cannot write the mirror to {dest}: {folder} is a file, not a folder; pass --to "
+                                f"a folder (or set HARNESS_DATA to one)")
+            break
+    return dest
+
+
 def needed_datasets() -> dict[str, list[str]]:
     """{dataset: the tasks that read it} over every registered task (`register_task(datasets=...)`)."""
     from harness.registry import tasks
@@ -104,7 +117,7 @@ def run_command(args, console) -> None:
         console.print(f"ok: {present} splits match the official counts and their MANIFEST.json; tokenizers and "
                       f"corpora match data/MANIFEST.json")
     elif args.data_command == "fetch":
-        dest = Path(args.to) if args.to else user_data_dir()
+        dest = _dest(args.to)
         for name in args.names:
             if name in HUB_CORPORA:
                 if not args.documents:
@@ -116,12 +129,12 @@ def run_command(args, console) -> None:
             for e in fetch(name, dest):
                 console.print(f"{name}/{e['split']}: {e['count']} examples -> {dest / e['file']}")
     elif args.data_command == "train-tokenizer":
-        dest = Path(args.to) if args.to else user_data_dir()
+        dest = _dest(args.to)
         e = store_bpe(args.corpus, args.vocab_size, args.name, dest)
         console.print(f"tokenizer {e['name']}: vocabulary {e['vocab_size']} -> {dest / e['file']}; use it with "
                       f"--set train.tokenizer={e['name']} --set model.vocab_size={e['vocab_size']}", highlight=False)
     elif args.data_command == "import":
-        dest = Path(args.to) if args.to else user_data_dir()
+        dest = _dest(args.to)
         for e in import_path(Path(args.path), dest, args.name, args.split):
             what = f"{e['name']}/{e['split']}: {e['count']} examples (official {e['official']})" if "split" in e \
                 else f"tokenizer {e['name']}: vocabulary {e['vocab_size']}"

@@ -31,23 +31,45 @@ from harness.data.mirror import (
 )
 from harness.data.paths import DataError
 from harness.data.streams import prepare_streams
-from harness.data.tokenizer import get_tokenizer
+from harness.data.tokenizer import get_tokenizer, trained_tokenizer_path
 from harness.files import atomic_write_bytes
 
 # ---------------------------------------------------------------- converters (raw files -> hub schema)
+
+
+def read_text(path: Path) -> str:
+    """A file's text (gunzipped for .gz): bytes that are not UTF-8 are a DataError naming the file
+    and where, since every format read here is UTF-8 text."""
+    data = read_stored(path)
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise DataError(f"{path}: not UTF-8 text (byte {err.start}: {err.reason}); pass a UTF-8 "
+                        f"JSON/JSONL/txt file (or parquet with a .parquet suffix)") from None
 
 
 def read_records(path: Path) -> list[dict]:
     """Records of a JSON list, JSONL (optionally .gz) or parquet file."""
     if path.suffix == ".parquet":
         import pandas as pd
-        return json.loads(pd.read_parquet(path).to_json(orient="records", force_ascii=False))
-    text = read_stored(path).decode("utf-8")
-    if path.name.endswith((".jsonl", ".jsonl.gz")):
         try:
-            return [json.loads(line) for line in text.splitlines() if line.strip()]
-        except json.JSONDecodeError as err:
-            raise DataError(f"{path}: not JSON Lines ({err})") from None
+            frame = pd.read_parquet(path)
+        except (ValueError, OSError) as err:  # pyarrow: ArrowInvalid is a ValueError, a bad footer an OSError
+            reason = str(err).partition("\n")[0]
+            raise DataError(f"{path}: not a readable parquet file ({reason}); pass a parquet file, or the "
+                            f"JSON/JSONL file under its own suffix") from None
+        return json.loads(frame.to_json(orient="records", force_ascii=False))
+    text = read_text(path)
+    if path.name.endswith((".jsonl", ".jsonl.gz")):
+        records = []
+        for number, line in enumerate(text.splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError as err:
+                raise DataError(f"{path}: not JSON Lines (line {number} column {err.colno}: {err.msg})") from None
+        return records
     try:
         data = json.loads(text)
     except json.JSONDecodeError as err:
@@ -77,7 +99,8 @@ def from_labels_file(ds: Dataset, records: list[dict], labels: list[str]) -> lis
     """Authors' releases (PIQA, SIQA) keep labels in a separate `*-labels.lst`, one per line."""
     if len(labels) != len(records):
         raise DataError(f"{ds.name}: {len(records)} records but {len(labels)} labels")
-    return from_hub_records(ds, [{**r, "label": lab.strip()} for r, lab in zip(records, labels)])
+    return from_hub_records(ds, [{**r, "label": lab.strip()} if isinstance(r, dict) else r
+                                 for r, lab in zip(records, labels)])
 
 
 def _strip_prefix(text: str, prefix: str, where: str) -> str:
@@ -187,29 +210,39 @@ def convert_files(ds: Dataset, files: list[Path]) -> list[dict]:
     the file type and the raw field names."""
     main = files[0]
     if main.suffix == ".txt":
-        return from_wikitext_tokens(ds, main.read_text(encoding="utf-8"))
+        return from_wikitext_tokens(ds, read_text(main))
     records = read_records(main)
     labels = files[1] if len(files) > 1 else main.with_name(main.name.split(".")[0] + "-labels.lst")
     if labels.is_file():
-        return from_labels_file(ds, records, labels.read_text(encoding="utf-8").splitlines())
+        return from_labels_file(ds, records, read_text(labels).splitlines())
     first = records[0] if records else {}
     if isinstance(first, dict) and {"query", "context_options", "context"} & set(first) \
             and not set(ds.schema) <= set(first):
         if ds.name not in FOUNDRY_CONVERTERS:
             raise DataError(f"{main}: llm-foundry's ICL format has no converter to {ds.name} (its "
                             f"choices or labels are not those of {ds.hub})")
-        return FOUNDRY_CONVERTERS[ds.name](ds, records)
+        try:
+            return FOUNDRY_CONVERTERS[ds.name](ds, records)
+        except (KeyError, IndexError, TypeError, ValueError) as err:  # a field missing or of the wrong kind
+            raise DataError(f"{main}: not llm-foundry's ICL format for {ds.name} ({type(err).__name__}: {err}); "
+                            f"pass the file as llm-foundry ships it, or records in the hub schema") from None
     return from_hub_records(ds, records)
 
 
-def write_split(dest: Path, ds: Dataset, split: str, records: list[dict], origin: str, note: str,
-                where: str) -> dict:
-    """Store one split as `<dest>/<name>/<split>.jsonl.gz` and record it in `<dest>/MANIFEST.json`."""
+def checked_split(ds: Dataset, split: str, records: list[dict], where: str) -> bytes:
+    """One split's canonical JSONL, every record checked: done for all the splits of an import
+    before any is written, so bad input leaves the mirror as it was."""
     if split not in ds.splits:
         raise DataError(f"{ds.name} has splits {', '.join(ds.splits)}, not {split!r}")
     data = to_jsonl(ds, records, where)
     if not data:
         raise DataError(f"{where}: no records")
+    return data
+
+
+def write_split(dest: Path, ds: Dataset, split: str, data: bytes, origin: str, note: str) -> dict:
+    """Store one split (`checked_split`'s bytes) as `<dest>/<name>/<split>.jsonl.gz` and record it in
+    `<dest>/MANIFEST.json`."""
     path = dest / ds.name / f"{split}.jsonl.gz"
     atomic_write_bytes(path, gzip.compress(data, compresslevel=9, mtime=0))
     entry = {"file": str(path.relative_to(dest)), "count": count_lines(data), "official": ds.splits[split],
@@ -243,14 +276,13 @@ def import_path(path: Path, dest: Path, name: str | None = None, split: str | No
         if not found:
             raise DataError(f"{path}: no known raw release found (expected e.g. "
                             f"{', '.join(RAW_LAYOUTS[0].files)}); import single files with --name NAME")
-        entries = []
+        checked = []
         for lay in found:
             ds = dataset(lay.name)
             records = convert_files(ds, [path / f for f in lay.files])
-            entries.append({"name": lay.name, "split": lay.split,
-                            **write_split(dest, ds, lay.split, records, lay.origin, lay.note,
-                                          str(path / lay.files[0]))})
-        return entries
+            checked.append((lay, ds, checked_split(ds, lay.split, records, str(path / lay.files[0]))))
+        return [{"name": lay.name, "split": lay.split, **write_split(dest, ds, lay.split, data, lay.origin, lay.note)}
+                for lay, ds, data in checked]
     if path.is_dir():
         raise DataError(f"{path} is a folder: import one file with --name NAME [--split SPLIT], or a folder of "
                         f"known raw releases (like ../shared/data) without --name")
@@ -263,9 +295,8 @@ def import_path(path: Path, dest: Path, name: str | None = None, split: str | No
         if len(ds.splits) > 1:
             raise DataError(f"{name} has splits {', '.join(ds.splits)}: pass --split")
         split = next(iter(ds.splits))
-    records = convert_files(ds, [path])
-    return [{"name": name, "split": split,
-             **write_split(dest, ds, split, records, f"imported from {path}", "", str(path))}]
+    data = checked_split(ds, split, convert_files(ds, [path]), str(path))
+    return [{"name": name, "split": split, **write_split(dest, ds, split, data, f"imported from {path}", "")}]
 
 
 def fetch(name: str, dest: Path) -> list[dict]:
@@ -276,7 +307,7 @@ def fetch(name: str, dest: Path) -> list[dict]:
         from datasets import load_dataset
     except ImportError:
         raise DataError("fetching from the hub needs the `datasets` package: pip install datasets") from None
-    entries = []
+    checked = {}
     for split in ds.splits:
         try:
             rows = load_dataset(ds.hub, ds.hub_config, split=split)
@@ -285,11 +316,10 @@ def fetch(name: str, dest: Path) -> list[dict]:
             raise DataError(f"could not fetch {hub} split {split} from the hub: "
                             f"{str(err).splitlines()[0] if str(err) else type(err).__name__}; "
                             f"`harness data import` takes local files instead") from None
-        records = from_hub_records(ds, [dict(r) for r in rows])
-        entries.append({"name": name, "split": split,
-                        **write_split(dest, ds, split, records, f"hub {ds.hub} {ds.hub_config or ''}".strip(), "",
-                                      f"{ds.hub}:{split}")})
-    return entries
+        checked[split] = checked_split(ds, split, from_hub_records(ds, [dict(r) for r in rows]), f"{ds.hub}:{split}")
+    origin = f"hub {ds.hub} {ds.hub_config or ''}".strip()
+    return [{"name": name, "split": split, **write_split(dest, ds, split, data, origin, "")}
+            for split, data in checked.items()]
 
 
 # ---------------------------------------------------------------- the Llama-2 tokenizer
@@ -381,10 +411,12 @@ def train_bpe(corpus: str, vocab_size: int, heldout_fraction: float = 0.05):
 
 def store_bpe(corpus: str, vocab_size: int, name: str, dest: Path) -> dict:
     """Train `train_bpe` and store it as `<dest>/tokenizers/<name>/tokenizer.json.gz`, recorded in
-    the manifest with the corpus, vocabulary size and the documents it was trained on."""
+    the manifest with the corpus, vocabulary size and the documents it was trained on. The name is
+    checked first (`trained_tokenizer_path`): training is long, and a name that train.tokenizer
+    cannot load the result by makes it useless."""
+    target = trained_tokenizer_path(name, dest)
     tok, documents = train_bpe(corpus, vocab_size)
     data = tok.to_str().encode("utf-8")
-    target = dest / "tokenizers" / name / "tokenizer.json.gz"
     atomic_write_bytes(target, gzip.compress(data, compresslevel=9, mtime=0))
     entry = {"file": str(target.relative_to(dest)), "vocab_size": tok.get_vocab_size(), "sha256": sha256(data),
              "origin": f"byte-level BPE trained with `tokenizers` on the {documents:,} training documents of "

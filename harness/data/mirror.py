@@ -19,9 +19,10 @@ import gzip
 import hashlib
 import io
 import json
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Callable, Iterable, Iterator
 
 from harness.data.paths import DataError, cache_dir, data_roots
 from harness.files import atomic_write_bytes
@@ -31,6 +32,15 @@ MANIFEST_PATH = REPO_DATA / "MANIFEST.json"
 
 # Field types of a hub schema: "str", "int", "list[str]", or a dict for a nested struct.
 Schema = dict
+
+
+@dataclass(frozen=True)
+class Answer:
+    """The field that holds a record's gold answer and the values it may take: lm-eval indexes the
+    record's choices with it, so a value outside them would import fine and crash an evaluation."""
+    field: str
+    allowed: Callable[[dict], list]  # the record (fields and types checked) -> its valid answers
+    meaning: str                     # what the values are, for the error message
 
 
 @dataclass(frozen=True)
@@ -44,31 +54,41 @@ class Dataset:
     license: str
     lm_eval_task: str | None  # the built-in task that reads it, None for variants no task reads
     note: str = ""
+    answer: Answer | None = None  # None: no choices (language modelling)
 
+
+# lm-eval's ARC target is choices.label.index(answerKey), a position in choices.text: a label
+# beyond the texts would crash it as surely as one not in the list.
+ARC_ANSWER = Answer("answerKey", lambda r: r["choices"]["label"][:len(r["choices"]["text"])],
+                    "one of the labels of its choices")
 
 CATALOGUE: dict[str, Dataset] = {d.name: d for d in [
     Dataset("piqa", "baber/piqa", None, {"validation": 1838},
-            {"goal": "str", "sol1": "str", "sol2": "str", "label": "int"}, "AFL-3.0", "piqa"),
+            {"goal": "str", "sol1": "str", "sol2": "str", "label": "int"}, "AFL-3.0", "piqa",
+            answer=Answer("label", lambda r: [0, 1], "0 = sol1, 1 = sol2")),
     Dataset("arc_easy", "allenai/ai2_arc", "ARC-Easy", {"test": 2376},
             {"id": "str", "question": "str", "choices": {"text": "list[str]", "label": "list[str]"},
-             "answerKey": "str"}, "CC BY-SA 4.0", "arc_easy"),
+             "answerKey": "str"}, "CC BY-SA 4.0", "arc_easy", answer=ARC_ANSWER),
     Dataset("arc_challenge", "allenai/ai2_arc", "ARC-Challenge", {"test": 1172},
             {"id": "str", "question": "str", "choices": {"text": "list[str]", "label": "list[str]"},
-             "answerKey": "str"}, "CC BY-SA 4.0", "arc_challenge"),
+             "answerKey": "str"}, "CC BY-SA 4.0", "arc_challenge", answer=ARC_ANSWER),
     Dataset("boolq", "aps/super_glue", "boolq", {"validation": 3270},
-            {"question": "str", "passage": "str", "idx": "int", "label": "int"}, "CC BY-SA 3.0", "boolq"),
+            {"question": "str", "passage": "str", "idx": "int", "label": "int"}, "CC BY-SA 3.0", "boolq",
+            answer=Answer("label", lambda r: [0, 1], "0 = no, 1 = yes")),
     Dataset("winogrande", "allenai/winogrande", "winogrande_xl", {"validation": 1267},
             {"sentence": "str", "option1": "str", "option2": "str", "answer": "str"}, "CC BY 4.0",
-            "winogrande"),
+            "winogrande", answer=Answer("answer", lambda r: ["1", "2"], "option1 or option2")),
     Dataset("lambada_openai", "EleutherAI/lambada_openai", "default", {"test": 5153},
             {"text": "str"}, "CC BY 4.0", "lambada_openai"),
     Dataset("hellaswag", "Rowan/hellaswag", None, {"validation": 10042},
             {"ind": "int", "activity_label": "str", "ctx_a": "str", "ctx_b": "str", "ctx": "str",
              "endings": "list[str]", "source_id": "str", "split": "str", "split_type": "str", "label": "str"},
-            "MIT", "hellaswag"),
+            "MIT", "hellaswag", answer=Answer("label", lambda r: [str(i) for i in range(len(r["endings"]))],
+                                              "the 0-based index of one of its endings")),
     Dataset("social_iqa", "lighteval/siqa", None, {"validation": 1954},
             {"context": "str", "question": "str", "answerA": "str", "answerB": "str", "answerC": "str",
-             "label": "str"}, "CC BY 4.0", "social_iqa"),
+             "label": "str"}, "CC BY 4.0", "social_iqa",
+            answer=Answer("label", lambda r: ["1", "2", "3"], "1 = answerA, 2 = answerB, 3 = answerC")),
     Dataset("wikitext", "EleutherAI/wikitext_document_level", "wikitext-2-raw-v1",
             {"test": 62, "validation": 60}, {"page": "str"}, "CC BY-SA 3.0", "wikitext"),
     Dataset("wikitext_2_v1", "EleutherAI/wikitext_document_level", "wikitext-2-v1",
@@ -99,13 +119,18 @@ def _type_ok(value, kind) -> bool:
 
 
 def check_record(ds: Dataset, record: dict, where: str) -> dict:
-    """The record with its fields in schema order, or a DataError naming the first mismatch."""
+    """The record with its fields in schema order, or a DataError naming the first mismatch (a
+    missing field, a wrong type, an answer outside the record's choices)."""
     if not isinstance(record, dict) or set(record) != set(ds.schema):
         got = sorted(record) if isinstance(record, dict) else type(record).__name__
         raise DataError(f"{where}: {ds.name} records need fields {sorted(ds.schema)}, got {got}")
     for key, kind in ds.schema.items():
         if not _type_ok(record[key], kind):
             raise DataError(f"{where}: {ds.name} field {key!r} must be {kind}, got {record[key]!r:.60}")
+    if ds.answer and record[ds.answer.field] not in (allowed := ds.answer.allowed(record)):
+        raise DataError(f"{where}: {ds.name} field {ds.answer.field!r} is {record[ds.answer.field]!r:.60}, outside "
+                        f"the record's choices: allowed {', '.join(map(repr, allowed)) or 'nothing (no choices)'} "
+                        f"({ds.answer.meaning})")
     return {k: record[k] for k in ds.schema}
 
 
@@ -133,8 +158,15 @@ def stored_file(name: str, split: str) -> Path | None:
 
 
 def read_stored(path: Path) -> bytes:
+    """A file's bytes, gunzipped for .gz; a damaged .gz is a DataError naming the file, not a traceback."""
     data = path.read_bytes()
-    return gzip.decompress(data) if path.suffix == ".gz" else data
+    if path.suffix != ".gz":
+        return data
+    try:
+        return gzip.decompress(data)
+    except (OSError, EOFError, zlib.error) as err:
+        raise DataError(f"{path}: not a complete gzip file ({err}); compress it again with gzip, or drop "
+                        f"the .gz suffix if it is not compressed") from None
 
 
 def how_to_get(name: str) -> str:

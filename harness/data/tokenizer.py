@@ -5,6 +5,7 @@ mirror (the Llama-2 32k BPE, a BPE trained on a corpus) or from a path.
 from __future__ import annotations
 
 import gzip
+import re
 from pathlib import Path
 
 from harness.data.paths import DataError, data_roots
@@ -33,10 +34,16 @@ class HFTokenizer:
         from tokenizers import Tokenizer
         self.path = Path(path)
         self.name = name or str(path)
-        if self.path.suffix == ".gz":
-            self._tok = Tokenizer.from_str(gzip.decompress(self.path.read_bytes()).decode("utf-8"))
-        else:
-            self._tok = Tokenizer.from_file(str(path))
+        try:
+            if self.path.suffix == ".gz":
+                self._tok = Tokenizer.from_str(gzip.decompress(self.path.read_bytes()).decode("utf-8"))
+            else:
+                self._tok = Tokenizer.from_file(str(path))
+        except Exception as err:  # `tokenizers` raises a bare Exception for a file it cannot parse
+            reason = str(err).partition("\n")[0]
+            raise DataError(f"tokenizer {path} cannot be loaded ({type(err).__name__}: {reason}); "
+                            f"pass a tokenizer.json saved by `tokenizers` (or gzipped, .json.gz), or "
+                            f"train.tokenizer=bytes") from None
         self.vocab_size = self._tok.get_vocab_size()
         eos = next((t for t in ("</s>", "<|endoftext|>", "<eos>") if self._tok.token_to_id(t) is not None), None)
         if eos is None:
@@ -54,18 +61,49 @@ class HFTokenizer:
         return self._tok.decode(list(ids))
 
 
+def mirror_candidates(name: str) -> list[Path]:
+    """Where a tokenizer name is looked for in the mirror, first match wins: each root of
+    `data_roots()` in order, `tokenizers/<name>/tokenizer.json` before `tokenizer.json.gz`."""
+    return [root / "tokenizers" / name / f for root in data_roots() for f in ("tokenizer.json", "tokenizer.json.gz")]
+
+
 def get_tokenizer(name: str):
-    """`bytes`, a tokenizer name in the mirror (`<root>/tokenizers/<name>/tokenizer.json[.gz]`, the
-    roots searched in `data_roots()` order; `llama2` is committed in data/), or a path."""
-    if name == "bytes":
+    """`bytes`, a tokenizer name in the mirror (`mirror_candidates`; `llama2` is committed in
+    data/), or a path."""
+    if name == ByteTokenizer.name:
         return ByteTokenizer()
     path = Path(name)
     if path.is_file():
         return HFTokenizer(path)
-    candidates = [root / "tokenizers" / name / f for root in data_roots() for f in ("tokenizer.json", "tokenizer.json.gz")]
+    candidates = mirror_candidates(name)
     found = next((c for c in candidates if c.is_file()), None)
     if found is None:
         raise DataError(f"tokenizer {name!r} not found (looked for {candidates[0]} and the same under "
                         f"{', '.join(str(r) for r in data_roots()[1:])}); pass train.tokenizer=bytes or a path "
                         f"to a tokenizer.json, or run `harness data import PATH/llama-tokenizer-js`")
     return HFTokenizer(found, name)
+
+
+def trained_tokenizer_path(name: str, dest: Path) -> Path:
+    """Where a tokenizer trained as `name` goes in the mirror folder `dest`, refused before training
+    unless `get_tokenizer(name)` (train.tokenizer=NAME) will load that very file: not the built-in
+    byte tokenizer's name, a plain folder name (which also needs no quoting in --set), no file of
+    that name in the working directory, and no tokenizer of that name found before it."""
+    if name == ByteTokenizer.name:
+        raise DataError(f"--name {name} is the built-in byte tokenizer's: train.tokenizer={name} never loads a "
+                        f"trained one; choose another name, e.g. --name bpe8k")
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", name):
+        raise DataError(f"--name {name!r}: a tokenizer name is a folder under tokenizers/ and a train.tokenizer "
+                        f"value: letters, digits, '.', '_' or '-', not starting with '.', '_' or '-' (e.g. bpe8k)")
+    if Path(name).is_file():
+        raise DataError(f"--name {name}: the file {Path(name).resolve()} would be loaded by train.tokenizer={name} "
+                        f"instead of the trained tokenizer; choose another name")
+    target = dest / "tokenizers" / name / "tokenizer.json.gz"
+    first = next((c for c in mirror_candidates(name) if c.resolve() == target.resolve() or c.is_file()), None)
+    if first is None:
+        raise DataError(f"train.tokenizer={name} would not find a tokenizer in {dest}: names are looked up in "
+                        f"{', '.join(str(r) for r in data_roots())} only; omit --to, or set HARNESS_DATA={dest}")
+    if first.resolve() != target.resolve():
+        raise DataError(f"tokenizer {name} already exists as {first}, which train.tokenizer={name} would load "
+                        f"instead of the trained one; choose another --name")
+    return target

@@ -89,22 +89,77 @@ def test_budget_beyond_max_epochs_is_refused(tmp_path, capsys):
 @pytest.mark.parametrize("change, message", [
     ({"models": ["swat", "swatt"]}, "unknown model 'swatt'"),
     ({"sweep": {"sizes": ["z"], "lrs": [1e-3], "tasks": ["smoke"]}}, "sweep.sizes names `z`"),
-    ({"sweep": {"sizes": ["a"], "lrs": [-1], "tasks": ["smoke"]}}, "sweep.lrs must be positive"),
-    ({"sweep": {"sizes": ["a"], "lrs": [1e-3], "tasks": ["smoke"], "extend_edges": -1}},
-     "sweep.extend_edges must be >= 0"),
-    ({"sweep": {"sizes": ["a"], "lrs": [1e-3, 2e-3], "tasks": ["smoke"], "window": 3}},
-     "sweep.window must be 0 (the whole grid) or 2 to 2"),
+    ({"sweep.lrs": [-1]}, "sweep.lrs[0] must be a positive number, got -1"),
+    ({"sweep.extend_edges": -1}, "sweep.extend_edges must be an integer >= 0"),
+    ({"sweep.window": 3}, "sweep.window must be 0 (the whole grid) or 2 to 2"),
     ({"colour": "blue"}, "unknown key `colour`"),
     ({"sizes": {"a": {"model": {"hidden_size": -4}}, "b": {}}}, "model.hidden_size must be positive"),
     ({"focus": ["mamba"]}, "focus names `mamba`"),
+    # a value of the wrong type or range: one line naming the field, not a traceback
+    ({"final.seeds": {"b": "x"}}, "final.seeds.b must be a non-empty list, e.g. [0, 1, 2], got 'x'"),
+    ({"final.seeds": {"b": 5}}, "final.seeds.b must be a non-empty list"),
+    ({"final.seeds": {"b": ["x"]}}, "final.seeds.b[0] must be a non-negative integer"),
+    ({"final.seeds": {"b": [-1]}}, "final.seeds.b[0] must be a non-negative integer (a seed), got -1"),
+    ({"final.seeds": {"b": [0.5]}}, "final.seeds.b[0] must be a non-negative integer"),
+    ({"final.seeds": {"b": [True]}}, "final.seeds.b[0] must be a non-negative integer"),
+    ({"final.seeds": {"b": [0, 0]}}, "final.seeds.b names 0 twice"),
+    ({"final.seeds": {"c": [0]}}, "final.seeds names `c`, not one of final.sizes (a, b) or `default`"),
+    ({"final.seeds": [0, 1]}, "final.seeds must be a mapping"),
+    ({"sweep.seed": "x"}, "sweep.seed must be a non-negative integer"),
+    ({"sweep.seed": -1}, "sweep.seed must be a non-negative integer"),
+    ({"sweep.seed": True}, "sweep.seed must be a non-negative integer"),
+    ({"sweep.extend_edges": 1.5}, "sweep.extend_edges must be an integer >= 0"),
+    ({"sweep.window": "x"}, "sweep.window must be 0 (the whole grid)"),
+    ({"warmup_fraction": "x"}, "warmup_fraction must be a fraction of the budget in [0, 1)"),
+    ({"warmup_fraction": 1}, "warmup_fraction must be a fraction of the budget in [0, 1)"),
+    ({"warmup_fraction": -0.1}, "warmup_fraction must be a fraction of the budget in [0, 1)"),
+    ({"max_epochs": "abc"}, "max_epochs must be a positive number, got 'abc'"),
+    ({"max_epochs": 0}, "max_epochs must be a positive number"),
+    ({"max_epochs": float("inf")}, "max_epochs must be a positive number"),
+    ({"reference_model": 5}, "reference_model must be a non-empty name"),
+    ({"tokens_per_param": float("nan")}, "tokens_per_param must be a positive number, got nan"),
+    ({"tokens_per_param": float("inf")}, "tokens_per_param must be a positive number, got inf"),
+    ({"tokens_per_param": 0}, "tokens_per_param must be a positive number"),
+    ({"tokens_per_param": True}, "tokens_per_param must be a positive number"),
+    ({"sweep.lrs": [float("nan")]}, "sweep.lrs[0] must be a positive number, got nan"),
+    ({"sweep.lrs": [1e-2, float("inf")]}, "sweep.lrs[1] must be a positive number, got inf"),
+    ({"sweep.lrs": [1e-3, "1e-3"]}, "sweep.lrs names 0.001 twice"),
+    # a string where a list is expected is refused, not read letter by letter
+    ({"sweep.sizes": "ab"}, "sweep.sizes must be a non-empty list, e.g. [s, m], got 'ab'"),
+    ({"sweep.lrs": "12"}, "sweep.lrs must be a non-empty list"),
+    ({"sweep.tasks": "smoke"}, "sweep.tasks must be a non-empty list, e.g. [smoke], got 'smoke'"),
+    ({"final.sizes": "ab"}, "final.sizes must be a non-empty list"),
+    ({"final.tasks": "smoke"}, "final.tasks must be a non-empty list"),
+    ({"final.seeds": {"b": "01"}}, "final.seeds.b must be a non-empty list"),
+    ({"models": "swat"}, "models must be a non-empty list, e.g. [swat, transformer], got 'swat'"),
+    ({"models": ["swat", "swat"]}, "models names 'swat' twice"),
+    ({"references": "unigram"}, "references must be a non-empty list, e.g. [unigram, bigram], got 'unigram'"),
+    ({"focus": "swat"}, "focus must be a non-empty list, e.g. [swat], got 'swat'"),
+    ({"focus": []}, "focus must be a non-empty list"),
+    # names are folders
+    ({"name": ""}, "name must be a non-empty name without / or \\, got ''"),
+    ({"name": "a/b"}, "name must be a non-empty name without /"),
+    ({"name": ".."}, "name must be a non-empty name without /"),
+    ({"name": 5}, "name must be a non-empty name without /"),
+    ({"preset": ["tiny"]}, "preset must be a non-empty name"),
+    ({"sizes": {"a/b": {}}}, "each name under sizes must be a non-empty name"),
+    ({"sizes": {"a": [1]}}, "sizes.a must be a mapping"),
+    ({"model": [1]}, "model must be a mapping"),
+    ({"sweep.seeds": 0}, "unknown key `sweep.seeds`; known:"),
 ])
 def test_bad_study_file_is_one_line(tmp_path, capsys, change, message):
-    data = {**yaml.safe_load(TINY.read_text()), **change}
+    """Refused before any work: one line naming the field, nothing written. A dotted key in change
+    replaces a key of a section (`sweep.seed`), a plain one a whole top-level key."""
+    data = yaml.safe_load(TINY.read_text())
+    for key, value in change.items():
+        *section, last = key.split(".")
+        (data[section[0]] if section else data)[last] = value
     path = tmp_path / "bad.yaml"
     path.write_text(yaml.safe_dump(data))
     assert study_cli(tmp_path, study=path) == 2
     err = capsys.readouterr().err.strip()
-    assert err.startswith("error:") and message in err and len(err.splitlines()) == 1
+    assert err.startswith("error:") and message in err and len(err.splitlines()) == 1, err
+    assert not (tmp_path / "results").exists() and not (tmp_path / "runs").exists()
 
 
 def sweep_row(model, size, lr, loss, seed=0):

@@ -46,12 +46,13 @@ from pathlib import Path
 from statistics import mean
 from typing import Callable
 
-import yaml
 
-from harness.config import Config, ConfigError, apply_mapping, load_config
+from harness.config import Config, ConfigError, apply_mapping, load_config, read_yaml_file
 
 STUDY_KEYS = {"name", "preset", "model", "train", "tokens_per_param", "warmup_fraction", "max_epochs", "sizes",
               "models", "references", "reference_model", "focus", "sweep", "final"}
+SWEEP_KEYS = {"sizes", "lrs", "seed", "tasks", "extend_edges", "window"}
+FINAL_KEYS = {"sizes", "seeds", "tasks"}
 
 
 @dataclass(frozen=True)
@@ -122,97 +123,162 @@ class Study:
         return cfg
 
 
-def _require(data: dict, key: str, kind, where: str):
-    if key not in data:
-        raise ConfigError(f"{where}: missing `{key}`")
-    value = data[key]
-    if kind is float and isinstance(value, str):  # YAML 1.1 reads 1e-3 as a string
+# A study file's values are checked by the helpers below, each naming the field (`sweep.lrs[1]`) and
+# what it must be, so that a bad value stops the study in one line before any work, instead of a
+# traceback or a silently different study (a string where a list is expected would be read letter by
+# letter). load_study prefixes their errors with the file.
+
+def _known(section: dict, keys: set[str], field: str) -> None:
+    """A key the study does not read is refused: a typo (`seeds:` for `seed:`) would otherwise be ignored."""
+    unknown = sorted(map(str, set(section) - keys))
+    if unknown:
+        raise ConfigError(f"unknown key `{field}{unknown[0]}`; known: {', '.join(sorted(keys))}")
+
+
+def _required(section: dict, field: str):
+    """The value of field (`sweep.lrs`: key `lrs` of section), which must be given (not null)."""
+    value = section.get(field.rsplit(".", 1)[-1])
+    if value is None:
+        raise ConfigError(f"missing `{field}`")
+    return value
+
+
+def _optional(section: dict, field: str, default):
+    """The value of field, or default where it is absent or null (`references:` with nothing after it)."""
+    value = section.get(field.rsplit(".", 1)[-1])
+    return default if value is None else value
+
+
+def _mapping(value, field: str, example: str) -> dict:
+    """A mapping (a YAML `{key: value}` section), refused with an example of one."""
+    if not isinstance(value, dict):
+        raise ConfigError(f"{field} must be a mapping, e.g. {example}, got {value!r}")
+    return value
+
+
+def _list(value, field: str, example: str, item: Callable) -> list:
+    """A non-empty list (a string is not one: `sizes: ab` would be sizes a and b), each entry checked
+    by item(entry, its field), without repeats (which would run or count the same thing twice)."""
+    if not isinstance(value, list) or not value:
+        raise ConfigError(f"{field} must be a non-empty list, e.g. {example}, got {value!r}")
+    out = [item(v, f"{field}[{i}]") for i, v in enumerate(value)]
+    twice = [v for i, v in enumerate(out) if v in out[:i]]
+    if twice:
+        raise ConfigError(f"{field} names {twice[0]!r} twice")
+    return out
+
+
+def _name(value, field: str) -> str:
+    """A name of a model, task, size or the study: a non-empty string usable as a folder name (a
+    study's and a size's name are folders of the results and runs, and a run's key joins them with /)."""
+    if not isinstance(value, str) or not value.strip() or value in (".", "..") or any(c in value for c in "/\\\0"):
+        raise ConfigError(f"{field} must be a non-empty name without / or \\, got {value!r}")
+    return value
+
+
+def _number(value, field: str, what: str, ok: Callable[[float], bool], integer: bool = False) -> float | int:
+    """A finite number (an int where `integer`) for which ok holds, refused with `what` it must be.
+    A bool is not a number here (YAML reads `yes` as true); a string is one where it reads as a float
+    (YAML 1.1 reads 1e-3 as a string), unless an integer is expected."""
+    if isinstance(value, str) and not integer:
         try:
             value = float(value)
         except ValueError:
             pass
-    if kind is float and isinstance(value, int) and not isinstance(value, bool):
-        value = float(value)
-    if not isinstance(value, kind) or isinstance(value, bool) and kind is not bool:
-        raise ConfigError(f"{where}: `{key}` must be {getattr(kind, '__name__', kind)}, got {value!r}")
-    return value
+    number = isinstance(value, int) or (isinstance(value, float) and not integer)
+    if isinstance(value, bool) or not number or not math.isfinite(value) or not ok(value):
+        raise ConfigError(f"{field} must be {what}, got {value!r}")
+    return value if integer else float(value)
 
 
-def _floats(values, where: str) -> list[float]:
-    try:
-        out = [float(v) for v in values]
-    except (TypeError, ValueError):
-        raise ConfigError(f"{where} must be a list of numbers, got {values!r}") from None
-    if not out or any(not math.isfinite(v) or v <= 0 for v in out):
-        raise ConfigError(f"{where} must be positive numbers, got {values!r}")
-    return out
+def _positive(value, field: str) -> float:
+    return _number(value, field, "a positive number", lambda v: v > 0)
+
+
+def _seed(value, field: str) -> int:
+    return _number(value, field, "a non-negative integer (a seed)", lambda v: v >= 0, integer=True)
+
+
+def _names(value, field: str, example: str) -> list[str]:
+    return _list(value, field, example, _name)
 
 
 def load_study(path: str | Path) -> Study:
-    """Parse and check a study file: every name, size and key is checked before any work."""
-    from harness.registry import expand_tasks, get_model, reference_model
+    """Parse and check a study file: every name, size, key and value is checked before any work."""
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"study file {path} not found")
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as err:
-        raise ConfigError(f"study file {path} is not valid YAML: {err}") from None
-    where = f"study file {path}"
+    data = read_yaml_file(path, "study file")
     if not isinstance(data, dict):
-        raise ConfigError(f"{where} must hold a mapping (name, preset, sizes, models, sweep, final, ...)")
-    unknown = sorted(set(data) - STUDY_KEYS)
-    if unknown:
-        raise ConfigError(f"{where}: unknown key `{unknown[0]}`; known: {', '.join(sorted(STUDY_KEYS))}")
-    name = _require(data, "name", str, where)
-    sizes = _require(data, "sizes", dict, where)
+        raise ConfigError(f"study file {path} must hold a mapping (name, preset, sizes, models, sweep, final, ...)")
+    try:
+        return _parse(data, path)
+    except ConfigError as err:
+        raise ConfigError(f"study file {path}: {err}") from None
+
+
+def _stage(data: dict, stage: str, keys: set[str], sizes: dict) -> tuple[dict, list[str], list[str]]:
+    """The sweep's or the final stage's section, sizes (of the study's) and tasks (groups expanded)."""
+    from harness.registry import expand_tasks
+    section = _mapping(_required(data, stage), stage, "{sizes: [s], tasks: [smoke]}")
+    _known(section, keys, f"{stage}.")
+    chosen = _names(_required(section, f"{stage}.sizes"), f"{stage}.sizes", "[s, m]")
+    for size in chosen:
+        if size not in sizes:
+            raise ConfigError(f"{stage}.sizes names `{size}`, not one of sizes: {', '.join(sizes)}")
+    return section, chosen, expand_tasks(_names(_required(section, f"{stage}.tasks"), f"{stage}.tasks", "[smoke]"))
+
+
+def _parse(data: dict, path: Path) -> Study:
+    """The Study that a study file's mapping describes; a ConfigError naming the field where it is bad."""
+    from harness.registry import get_model, reference_model
+    _known(data, STUDY_KEYS, "")
+    name = _name(_required(data, "name"), "name")
+    sizes = _mapping(_required(data, "sizes"), "sizes", "{s: {model: {hidden_size: 128}}}")
     if not sizes:
-        raise ConfigError(f"{where}: `sizes` names no size")
-    models = list(_require(data, "models", list, where))
-    references = list(data.get("references") or [])
-    for model in models + references + [data.get("reference_model", reference_model())]:
+        raise ConfigError("`sizes` names no size")
+    for size, overrides in sizes.items():
+        _name(size, "each name under sizes")
+        _mapping(overrides, f"sizes.{size}", "{model: {hidden_size: 128}, train: {batch_tokens: 32768}}")
+    models = _names(_required(data, "models"), "models", "[swat, transformer]")
+    references = _optional(data, "references", [])
+    if references != []:  # none is allowed
+        references = _names(references, "references", "[unigram, bigram]")
+    ref_model = _name(_optional(data, "reference_model", reference_model()), "reference_model")
+    for model in models + references + [ref_model]:
         get_model(model)
-    sweep = _require(data, "sweep", dict, where)
-    final = _require(data, "final", dict, where)
-    for stage, section in (("sweep", sweep), ("final", final)):
-        for size in section.get("sizes", []):
-            if size not in sizes:
-                raise ConfigError(f"{where}: {stage}.sizes names `{size}`, not one of sizes: {', '.join(sizes)}")
-        for key in ("sizes", "tasks"):
-            if not section.get(key):
-                raise ConfigError(f"{where}: `{stage}.{key}` must list at least one entry")
-    seeds = final.get("seeds", {})
-    if not isinstance(seeds, dict):
-        raise ConfigError(f"{where}: final.seeds must map a size (or `default`) to a list of seeds")
-    final_seeds = {size: [int(s) for s in seeds.get(size, seeds.get("default", [0]))] for size in final["sizes"]}
+    focus = _names(_optional(data, "focus", models[:1]), "focus", "[swat]")
+    stray = [m for m in focus if m not in models]
+    if stray:
+        raise ConfigError(f"focus names `{stray[0]}`, which is not one of models")
+    sweep, sweep_sizes, sweep_tasks = _stage(data, "sweep", SWEEP_KEYS, sizes)
+    final, final_sizes, final_tasks = _stage(data, "final", FINAL_KEYS, sizes)
+    lrs = sorted(_list(_required(sweep, "sweep.lrs"), "sweep.lrs", "[1e-3, 2e-3, 4e-3]", _positive))
+    seeds = _mapping(_optional(final, "final.seeds", {}), "final.seeds", "{m: [0, 1, 2], default: [0]}")
+    for key in seeds:
+        if key != "default" and key not in final_sizes:
+            raise ConfigError(f"final.seeds names `{key}`, not one of final.sizes ({', '.join(final_sizes)}) "
+                              f"or `default`")
+    seed_lists = {key: _list(value, f"final.seeds.{key}", "[0, 1, 2]", _seed) for key, value in seeds.items()}
     study = Study(
         path=path, name=name,
-        base={"preset": data.get("preset", "small"), "model": data.get("model") or {}, "train": data.get("train") or {}},
+        base={"preset": _name(_optional(data, "preset", "small"), "preset"),
+              "model": _mapping(_optional(data, "model", {}), "model", "{vocab_size: 8192}"),
+              "train": _mapping(_optional(data, "train", {}), "train", "{tokenizer: english-mix-bpe8k}")},
         sizes=sizes, models=models, references=references,
-        tokens_per_param=_require(data, "tokens_per_param", float, where),
-        warmup_fraction=float(data.get("warmup_fraction", 0.1)),
-        max_epochs=float(data.get("max_epochs", 4)),
-        reference_model=data.get("reference_model", reference_model()),
-        sweep_sizes=list(sweep["sizes"]), lrs=sorted(_floats(sweep.get("lrs"), f"{where}: sweep.lrs")),
-        sweep_seed=int(sweep.get("seed", 0)), sweep_tasks=expand_tasks(list(sweep["tasks"])),
-        final_sizes=list(final["sizes"]), final_seeds=final_seeds, final_tasks=expand_tasks(list(final["tasks"])),
-        focus=list(data.get("focus") or models[:1]),
-        extend_edges=_require({"extend_edges": 0, **sweep}, "extend_edges", int, f"{where}: sweep"),
-        window=_require({"window": 0, **sweep}, "window", int, f"{where}: sweep"))
-    if study.extend_edges < 0:
-        raise ConfigError(f"{where}: sweep.extend_edges must be >= 0 (steps past the grid's edge), "
-                          f"got {study.extend_edges}")
-    if study.window and not 2 <= study.window <= len(study.lrs):
-        raise ConfigError(f"{where}: sweep.window must be 0 (the whole grid) or 2 to {len(study.lrs)} (the grid's "
-                          f"{len(study.lrs)} rates), got {study.window}")
-    stray = [m for m in study.focus if m not in models]
-    if stray:
-        raise ConfigError(f"{where}: focus names `{stray[0]}`, which is not one of models")
-    if study.tokens_per_param <= 0 or not 0 <= study.warmup_fraction < 1 or study.max_epochs <= 0:
-        raise ConfigError(f"{where}: tokens_per_param and max_epochs must be positive, warmup_fraction in [0, 1)")
+        tokens_per_param=_positive(_required(data, "tokens_per_param"), "tokens_per_param"),
+        warmup_fraction=_number(_optional(data, "warmup_fraction", 0.1), "warmup_fraction",
+                                "a fraction of the budget in [0, 1), e.g. 0.1", lambda v: 0 <= v < 1),
+        max_epochs=_positive(_optional(data, "max_epochs", 4), "max_epochs"),
+        reference_model=ref_model,
+        sweep_sizes=sweep_sizes, lrs=lrs, sweep_seed=_seed(_optional(sweep, "sweep.seed", 0), "sweep.seed"),
+        sweep_tasks=sweep_tasks, final_sizes=final_sizes,
+        final_seeds={size: seed_lists.get(size, seed_lists.get("default", [0])) for size in final_sizes},
+        final_tasks=final_tasks, focus=focus,
+        extend_edges=_number(_optional(sweep, "sweep.extend_edges", 0), "sweep.extend_edges",
+                             "an integer >= 0 (steps past the grid's edge)", lambda v: v >= 0, integer=True),
+        window=_number(_optional(sweep, "sweep.window", 0), "sweep.window",
+                       f"0 (the whole grid) or 2 to {len(lrs)} (the grid's {len(lrs)} rates)",
+                       lambda v: v == 0 or 2 <= v <= len(lrs), integer=True))
     for size in sizes:
-        if not isinstance(sizes[size], dict):
-            raise ConfigError(f"{where}: size `{size}` must hold model: and train: overrides")
         study.config(size, 0)  # every override is checked here, before any work
     return study
 

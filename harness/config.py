@@ -362,6 +362,26 @@ def parse_override(text: str) -> dict:
     return {section.strip(): {key.strip(): value.strip()}}
 
 
+def yaml_problem(err: yaml.YAMLError) -> str:
+    """PyYAML's complaint on one line, with where it is (its message spans several lines of context)."""
+    mark = getattr(err, "problem_mark", None)
+    problem = getattr(err, "problem", None) or str(err).strip().splitlines()[0]
+    return f"{problem} at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else problem
+
+
+def read_yaml_file(path: Path, what: str):
+    """The YAML document of a file the user gave (`what` names it in errors): one ConfigError line
+    when it is missing, not a file, not UTF-8 text or not valid YAML."""
+    if not path.is_file():
+        raise ConfigError(f"{what} {path} not found" + (" (it is a folder)" if path.is_dir() else ""))
+    try:
+        return yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"{what} {path} is not UTF-8 text (byte {err.start}); save it as UTF-8 YAML") from None
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{what} {path} is not valid YAML: {yaml_problem(err)}") from None
+
+
 def load_config(preset: str = "tiny", config_file: str | Path | None = None,
                 overrides: list[str] = ()) -> Config:
     """Preset, then the YAML file, then `--set` overrides; validated."""
@@ -371,12 +391,7 @@ def load_config(preset: str = "tiny", config_file: str | Path | None = None,
     apply_mapping(cfg, PRESETS[preset])
     if config_file is not None:
         path = Path(config_file)
-        if not path.is_file():
-            raise ConfigError(f"config file {path} not found")
-        try:
-            data = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as err:
-            raise ConfigError(f"config file {path} is not valid YAML: {err}") from None
+        data = read_yaml_file(path, "config file") or {}
         if not isinstance(data, dict):
             raise ConfigError(f"config file {path} must hold a mapping with model: and train: sections")
         apply_mapping(cfg, data)

@@ -111,6 +111,46 @@ def test_a_yaml_file_of_wrong_types_is_one_error(tmp_path, capsys):
     one_error_line(capsys.readouterr().err, "model.slopes must be")
 
 
+@pytest.mark.parametrize("content, message", [
+    (b"model: [1, 2\n", "is not valid YAML: expected ',' or ']', but got '<stream end>' at line 2, column 1"),
+    (b"\xff\xfe\x00", "is not UTF-8 text (byte 0)"),
+])
+@pytest.mark.parametrize("command", ["train", "study"])
+def test_a_config_or_study_file_that_is_no_yaml_is_one_line(tmp_path, capsys, content, message, command):
+    """PyYAML's message spans several lines of context, and bytes that are not UTF-8 were a traceback."""
+    bad = tmp_path / "bad.yaml"
+    bad.write_bytes(content)
+    args = (["train", "--model", "swat", "--config", str(bad), "--out", str(tmp_path / "run")] if command == "train"
+            else ["study", str(bad), "--results", str(tmp_path / "run")])
+    assert cli.main(args) == 2
+    one_error_line(capsys.readouterr().err, message)
+    assert not (tmp_path / "run").exists()
+
+
+def test_damaged_rows_logs_and_kernel_tables_are_warnings_or_one_line(smoke_run, tmp_path, capsys):
+    """A row whose value is not a number and bytes that are not UTF-8 are skipped with a warning (as a
+    torn line is); a step record of a training log whose loss is not a number is dropped; a damaged
+    line of a kernel table is one error line naming it."""
+    from harness.bench.kernels import read_csv
+    from harness.training.trainlog import read_log
+    run = tmp_path / "results" / "r"
+    run.mkdir(parents=True)
+    good = (smoke_run[0] / "results" / "tiny" / "rows.jsonl").read_text().splitlines()[0]
+    (run / "rows.jsonl").write_bytes(good.encode() + b"\n" + good.replace('"value": ', '"value": "abc", "x": ')
+                                     .encode() + b"\n\xff\xfe\n")
+    assert cli.main(["tables", "--run", str(run)]) == 0
+    out = capsys.readouterr()
+    assert "value 'abc' is not a number" in out.out + out.err and "rows.jsonl:3: skipped" in out.out + out.err
+    log = tmp_path / "train_log.jsonl"
+    log.write_text('{"step": 1, "loss": 2.5}\n{"step": 2, "loss": "abc"}\n')
+    assert read_log(log) == [{"step": 1, "loss": 2.5}]
+    table = tmp_path / "kernels.csv"
+    table.write_text("mode,head_dim,seq_len,window,batch,heads,peer,activation,ms,tflops,status\n"
+                     "fwd,64,x,128,32,16,swat,sigmoid,0.3,100,ok\n")
+    with pytest.raises(Exception, match="kernels.csv: line 2 is damaged"):
+        read_csv(table)
+
+
 # ---------------------------------------------------------------- command-line arguments
 
 @pytest.mark.parametrize("args, message", [

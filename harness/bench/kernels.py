@@ -278,11 +278,15 @@ def read_csv(path: Path) -> list[dict]:
     if not path.is_file():
         return []
     rows = []
-    for r in csv.DictReader(path.read_text(encoding="utf-8").splitlines()):
-        for f in ("ms", "tflops"):
-            r[f] = float(r[f]) if r[f] not in ("", None) else None
-        for f in ("head_dim", "seq_len", "window", "batch", "heads"):
-            r[f] = int(r[f])
+    for n, r in enumerate(csv.DictReader(path.read_text(encoding="utf-8", errors="replace").splitlines()), 2):
+        try:
+            for f in ("ms", "tflops"):
+                r[f] = float(r[f]) if r[f] not in ("", None) else None
+            for f in ("head_dim", "seq_len", "window", "batch", "heads"):
+                r[f] = int(r[f])
+        except (KeyError, TypeError, ValueError) as err:
+            raise ConfigError(f"{path}: line {n} is damaged ({type(err).__name__}: {err}); delete that line (its "
+                              f"shape is measured again), or pass --force to measure everything again") from None
         r.setdefault("date", None)
         r.setdefault("commit", None)
         rows.append(r)
@@ -535,7 +539,10 @@ def render(out: Path) -> list[Path]:
     out = Path(out)
     if not (out / "kernels.csv").is_file() or not (out / "run.json").is_file():
         raise ConfigError(f"{out} has no kernels.csv and run.json; run `harness bench kernels` first")
-    info = json.loads((out / "run.json").read_text(encoding="utf-8"))
+    try:
+        info = json.loads((out / "run.json").read_text(encoding="utf-8", errors="replace"))
+    except json.JSONDecodeError as err:
+        raise ConfigError(f"{out / 'run.json'} is damaged ({err}); run `harness bench kernels` again") from None
     rows = read_csv(out / "kernels.csv")
     atomic_write_text(out / "kernels.md", markdown(rows, info))
     return [out / "kernels.md", *plot(rows, out)]

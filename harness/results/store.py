@@ -74,15 +74,19 @@ def replace_rows(path: Path, rows: Iterable[Row], replaced: Callable[[Row], bool
 
 
 def read_rows(path: Path, warn=print) -> list[Row]:
-    """Rows of a JSONL file; a corrupt or truncated line is skipped with a warning naming file and line."""
+    """Rows of a JSONL file; a corrupt or truncated line (bytes that are not UTF-8 included) is skipped
+    with a warning naming file and line."""
     rows = []
-    for n, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), 1):
+    for n, line in enumerate(Path(path).read_text(encoding="utf-8", errors="replace").splitlines(), 1):
         if not line.strip():
             continue
         try:
             data = json.loads(line)
             if not isinstance(data, dict) or not {"model", "task", "metric", "value"} <= data.keys():
                 raise ValueError("missing model/task/metric/value")
+            if data["value"] is not None and (isinstance(data["value"], bool)
+                                              or not isinstance(data["value"], (int, float))):
+                raise ValueError(f"value {data['value']!r:.40} is not a number")
             rows.append(Row.from_dict(data))
         except (json.JSONDecodeError, ValueError, TypeError) as err:
             warn(f"warning: {path}:{n}: skipped a corrupt row ({err})")

@@ -24,18 +24,23 @@ PLOT_FILE = "loss.png"
 SINKS = ("tensorboard", "wandb")
 
 
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
 def _read_lines(path: Path) -> list[dict]:
     """Every JSON object of a log, step records and run headers; a torn line (an interrupted write)
-    is dropped."""
+    is dropped, and so is a step record whose step or loss is not a number (a damaged one)."""
     records = []
     if not Path(path).is_file():
         return records
-    for line in Path(path).read_text(encoding="utf-8").splitlines():
+    for line in Path(path).read_text(encoding="utf-8", errors="replace").splitlines():
         try:
             record = json.loads(line)
         except json.JSONDecodeError:
             continue
-        if isinstance(record, dict):
+        if isinstance(record, dict) and ("step" not in record or _is_number(record["step"])
+                                         and _is_number(record.get("loss", 0))):
             records.append(record)
     return records
 

@@ -297,6 +297,17 @@ def test_resuming_from_a_damaged_trainer_state_is_one_error(smoke_run, tmp_path,
     assert code == 2
 
 
+def test_resuming_a_checkpoint_without_its_trainer_state_is_one_error(smoke_run, tmp_path, capsys):
+    """It restarted from step 0, overwriting the checkpoint."""
+    ckpt = damaged_copy(smoke_run, tmp_path, "meta.json", lambda b: b)
+    (ckpt / "trainer.pt").unlink()
+    weights = (ckpt / "model.safetensors").read_bytes()
+    code = cli.main(["train", "--model", "swat", "--device", "cpu", "--out", str(ckpt.parent),
+                     "--set", "train.tokens=2048"])
+    one_error_line(capsys.readouterr().err, f"{ckpt / 'trainer.pt'} is missing", "--no-resume")
+    assert code == 2 and (ckpt / "model.safetensors").read_bytes() == weights
+
+
 def test_checkpoints_without_checksums_still_load_and_truncation_still_shows(smoke_run, tmp_path, capsys):
     ckpt = damaged_copy(smoke_run, tmp_path, "meta.json", lambda b: json.dumps(
         {k: v for k, v in json.loads(b).items() if k != "sha256"}).encode())  # as written before checksums

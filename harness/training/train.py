@@ -33,7 +33,7 @@ from harness.training import distributed
 from harness.training.batches import _batch_layout, batch_at
 from harness.training.checkpoint import (
     CHECKPOINT_DIR,
-    TRAINER_FILE,
+    META_FILE,
     _check_resumable,
     _resume,
     read_meta,
@@ -202,8 +202,9 @@ def build(model_name: str, cfg: Config, run_dir: Path, d: Dist, model: torch.nn.
 def restore(job: Job) -> Progress | None:
     """Where training starts: the run folder's checkpoint loaded into the model and optimizer
     (weights, optimizer state, step, data position, RNG), else step 0; None when the checkpoint
-    is finished (it holds the held-out loss)."""
-    if not (job.ckpt / TRAINER_FILE).is_file():
+    is finished (it holds the held-out loss). A checkpoint (its meta.json) without its trainer
+    state is incomplete and refused (starting over would silently overwrite it)."""
+    if not (job.ckpt / META_FILE).is_file():
         return Progress()
     saved_meta = read_meta(job.ckpt)
     _check_resumable(saved_meta, job.model_name, job.cfg, job.ckpt)

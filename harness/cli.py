@@ -89,6 +89,19 @@ def seconds(text: str) -> float:
     return value
 
 
+def folder(text: str) -> str:
+    """argparse type of a folder to write into: refused at once where a file stands on its path (the
+    command would fail only when it first writes there, after training or evaluating)."""
+    path = Path(text)
+    for part in (path, *path.parents):
+        if part.exists():
+            if not part.is_dir():
+                raise argparse.ArgumentTypeError(f"{part} is a file, and {text} needs a folder there; "
+                                                 f"give another path")
+            break
+    return text
+
+
 def name_list(text: str) -> str:
     """argparse type of comma-separated names: at least one (`--models ""` would run nothing, exit 0)."""
     if not split_names(text):
@@ -514,8 +527,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--models", required=True, type=name_list, help="comma-separated model names (see `harness list`)")
     p.add_argument("--tasks", default="smoke", type=name_list, help="comma-separated tasks or groups (see `harness list`)")
     add_run_arg(p, "run name (default: the preset); results go to RESULTS/RUN")
-    p.add_argument("--results", default="results", help="results folder (default: results)")
-    p.add_argument("--runs", default="runs", help="checkpoint folder (default: runs)")
+    p.add_argument("--results", type=folder, default="results", help="results folder (default: results)")
+    p.add_argument("--runs", type=folder, default="runs", help="checkpoint folder (default: runs)")
     p.add_argument("--device", type=device_arg, help="cpu | cuda | cuda:N (default: cuda when available)")
     p.add_argument("--force", action="store_true", help="retrain and rerun even what is finished")
     p.add_argument("--limit", type=int_from(1), help="examples (or sequences) per task, for quick checks")
@@ -527,9 +540,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train one model at a preset (resumes from its checkpoint); "
                        "several GPUs: torchrun --nproc-per-node N -m harness train ...")
     p.add_argument("--model", required=True)
-    p.add_argument("--out", help="run folder (default: RUNS/RUN/MODEL)")
+    p.add_argument("--out", type=folder, help="run folder (default: RUNS/RUN/MODEL)")
     add_run_arg(p, "run name (default: the preset)")
-    p.add_argument("--runs", default="runs")
+    p.add_argument("--runs", type=folder, default="runs")
     p.add_argument("--device", type=device_arg, help="cpu | cuda (under torchrun: each rank's own GPU; default: cuda when available)")
     p.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True,
                    help="continue from the run folder's checkpoint (default); --no-resume discards it and the log")
@@ -554,8 +567,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="comma-separated tasks or groups: commonsense, perplexity, length, retrieval, all")
     p.add_argument("--limit", type=int_from(1), help="examples (windows, samples per cell) per task, for quick runs")
     p.add_argument("--device", type=device_arg, help="cpu | cuda | cuda:N (default: cuda when available)")
-    p.add_argument("--results", default="results")
-    p.add_argument("--runs", default="runs")
+    p.add_argument("--results", type=folder, default="results")
+    p.add_argument("--runs", type=folder, default="runs")
     p.add_argument("--force", action="store_true", help="rerun (model, task) pairs that already have rows")
     p.add_argument("--skip-missing", action="store_true",
                    help="skip tasks whose data is not in the mirror (default: stop before any model work)")
@@ -567,7 +580,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("export", help="write a checkpoint as a Hugging Face model folder that transformers and "
                        "`lm_eval --model hf` load without the harness (attention models)")
     p.add_argument("--checkpoint", required=True, metavar="DIR", help="a checkpoint folder written by `harness train`")
-    p.add_argument("--out", required=True, metavar="HF_DIR", help="the folder to write")
+    p.add_argument("--out", type=folder, required=True, metavar="HF_DIR", help="the folder to write")
     p.add_argument("--max-shard-size", default="2GB", metavar="SIZE",
                    help="largest weights file, e.g. 500MB; larger models are sharded (default 2GB)")
     p.add_argument("--rows", action="append", default=[], metavar="ROWS.jsonl",
@@ -584,7 +597,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="published numbers: a CSV, a file name in RESULTS/paper, or `all` (repeatable)")
     p.add_argument("--table", default="main", choices=["main", "ablation", "length", "retrieval", "speed"])
     p.add_argument("--format", default="md", choices=["md", "latex", "csv"])
-    p.add_argument("--results", default="results", help="results folder (default: results)")
+    p.add_argument("--results", type=folder, default="results", help="results folder (default: results)")
     p.add_argument("--out", help="write the table to this file instead of printing it")
     p.add_argument("--plots", metavar="DIR", help="also write the plots (PNG + CSV) into DIR")
     p.set_defaults(func=cmd_tables)
@@ -596,8 +609,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="runs side by side in worker processes, round-robin over the visible GPUs (default 1)")
     p.add_argument("--time-limit", type=seconds, metavar="SECONDS",
                    help="start no run after this long; running ones checkpoint and stop (resume: run again)")
-    p.add_argument("--results", default="results", help="results folder (default: results)")
-    p.add_argument("--runs", default="runs", help="checkpoint folder (default: runs)")
+    p.add_argument("--results", type=folder, default="results", help="results folder (default: results)")
+    p.add_argument("--runs", type=folder, default="runs", help="checkpoint folder (default: runs)")
     p.add_argument("--device", type=device_arg, help="cpu | cuda (default: cuda when available)")
     p.add_argument("--models", help="run only these of the study's models (comma-separated); the report covers all")
     p.add_argument("--report-only", action="store_true", help="only rewrite the tables and plots from the rows")
@@ -614,7 +627,8 @@ def build_parser() -> argparse.ArgumentParser:
                        "scaling efficiency, memory per rank, loss agreement step by step")
     p.add_argument("runs", nargs="+", metavar="RUN_DIR",
                    help="`harness train` output folders; the first run of each model is its baseline")
-    p.add_argument("--out", metavar="DIR", help="also write scaling.md, scaling.json and scaling.png into DIR")
+    p.add_argument("--out", type=folder, metavar="DIR",
+                   help="also write scaling.md, scaling.json and scaling.png into DIR")
     p.set_defaults(func=cmd_scaling)
 
     p = sub.add_parser("bench", help="speed and memory benchmarks (models; kernels)")
@@ -629,8 +643,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--train-tokens", type=int_from(1), help="tokens per training batch at every length (default 32768)")
     b.add_argument("--decode-batches", help="comma-separated decode batch sizes (default 1,64)")
     b.add_argument("--device", type=device_arg, help="cpu | cuda (default: cuda when available)")
-    b.add_argument("--results", default="results")
-    b.add_argument("--out", help="output folder (default: RESULTS/speed/<device>/<preset>, "
+    b.add_argument("--results", type=folder, default="results")
+    b.add_argument("--out", type=folder, help="output folder (default: RESULTS/speed/<device>/<preset>, "
                    "<preset>-activation-checkpointing with --set train.activation_checkpointing=true)")
     b.add_argument("--force", action="store_true", help="measure again models already in the output folder")
     b.add_argument("--peer", metavar="MODEL", help="one of --models (e.g. llama_hf, Hugging Face's Llama): "
@@ -654,7 +668,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--modes", default="fwd,fwd_bwd,decode", type=name_list, help="comma-separated: fwd, fwd_bwd, decode")
     b.add_argument("--decode-contexts", default="1024,8192,32768,131072", help="decode context lengths")
     b.add_argument("--decode-batches", default="8", help="comma-separated sequences per decode step (default 8)")
-    b.add_argument("--out", default="results/kernels", help="output root; files go to OUT/<device>/")
+    b.add_argument("--out", type=folder, default="results/kernels", help="output root; files go to OUT/<device>/")
     b.add_argument("--force", action="store_true", help="measure again what OUT/<device>/kernels.csv holds")
     b.add_argument("--render-only", metavar="DIR", help="only rewrite DIR/kernels.md and plots from DIR/kernels.csv")
     b.set_defaults(func=cmd_bench_kernels)

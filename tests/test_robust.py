@@ -208,18 +208,25 @@ def test_study_and_bench_arguments_out_of_range_are_one_line_before_any_file(tmp
 
 @pytest.mark.parametrize("command", [
     ["train", "--model", "swat", "--device", "cpu", "--out", "{file}/run"],
+    ["run", "--models", "swat", "--device", "cpu", "--results", "{file}/results", "--runs", "{runs}"],
     ["tables", "--run", "{results}", "--out", "{folder}"],
     ["export", "--checkpoint", "{checkpoint}", "--out", "{file}/hf"],
 ])
 def test_a_path_that_runs_into_a_file_or_a_folder_is_one_line(tmp_path, capsys, command, smoke_run):
-    """--out through a file, a file to write that is a folder: the path and the fix, not a traceback."""
+    """--out or --results through a file (refused before any training), a file to write that is a
+    folder: the path and the fix, not a traceback."""
     (tmp_path / "file").write_text("in the way")
     (tmp_path / "folder" / "table.md").mkdir(parents=True)  # where `tables --out` would write a file
     paths = {"file": tmp_path / "file", "folder": tmp_path / "folder" / "table.md",
              "results": smoke_run[0] / "results" / "tiny",
-             "checkpoint": smoke_run[0] / "runs" / "tiny" / "swat" / "checkpoint"}
-    assert cli.main([part.format(**paths) for part in command]) == 2
+             "checkpoint": smoke_run[0] / "runs" / "tiny" / "swat" / "checkpoint", "runs": tmp_path / "runs"}
+    try:
+        code = cli.main([part.format(**paths) for part in command])
+    except SystemExit as exit_:  # argparse's own checks
+        code = exit_.code
+    assert code == 2
     one_error_line(capsys.readouterr().err, "give another path")
+    assert not (tmp_path / "runs").exists()
 
 
 def test_eval_limit_zero_and_cuda_without_a_gpu_are_one_line(capsys):

@@ -135,6 +135,7 @@ def test_budget_beyond_max_epochs_is_refused(tmp_path, capsys):
     ({"models": ["swat", "swat"]}, "models names 'swat' twice"),
     ({"references": "unigram"}, "references must be a non-empty list, e.g. [unigram, bigram], got 'unigram'"),
     ({"focus": "swat"}, "focus must be a non-empty list, e.g. [swat], got 'swat'"),
+    ({"references": ["swat"]}, "`swat` is in both models and references"),
     ({"focus": []}, "focus must be a non-empty list"),
     # names are folders
     ({"name": ""}, "name must be a non-empty name without / or \\, got ''"),

@@ -242,6 +242,9 @@ def _parse(data: dict, path: Path) -> Study:
     references = _optional(data, "references", [])
     if references != []:  # none is allowed
         references = _names(references, "references", "[unigram, bigram]")
+    both = [m for m in references if m in models]
+    if both:  # one name in two roles: which of them a run or row belongs to would be ambiguous
+        raise ConfigError(f"`{both[0]}` is in both models and references; list it in one of them")
     ref_model = _name(_optional(data, "reference_model", reference_model()), "reference_model")
     for model in models + references + [ref_model]:
         get_model(model)

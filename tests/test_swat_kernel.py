@@ -210,9 +210,12 @@ def test_cpu_tensors_need_the_interpreter(monkeypatch):
 # ---------------------------------------------------------------- GPU, realistic sizes
 
 @gpu_only
+@pytest.mark.parametrize("fused", [False, True], ids=["two-pass", "fused-dq"])
 @pytest.mark.parametrize("d", [64, 128])
 @pytest.mark.parametrize("T,W", [(2048, 128), (2000, 512), (1024, 1024)])
-def test_gpu_bf16_realistic(d, T, W):
+def test_gpu_bf16_realistic(monkeypatch, d, T, W, fused):
+    from harness.ops.swat import function
+    monkeypatch.setattr(function, "FUSED_DQ", dict.fromkeys(function.FUSED_DQ, fused))
     check_against_reference(2, T, 4, 2, d, W, torch.bfloat16, tol=1e-2, bias=-3.0)
 
 

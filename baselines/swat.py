@@ -1,5 +1,5 @@
-"""SWAT: sliding-window attention with sigmoid scores, balanced ALiBi slopes and RoPE (PAPER.md),
-and the variants that test why it trains as it does.
+"""SWAT: sliding-window attention with sigmoid scores, balanced ALiBi slopes and RoPE (Fu et al.,
+2025, arXiv 2502.18845), and the variants that test why it trains as it does.
 
 `swat` is the paper's formula and stays so: window semantics 0 <= i - j < W; slopes `balanced`
 in the paper's form (fixed: heads 0..H/2-1 get -2^(-k), heads H/2..H-1 get +2^(-k), k = 1..H/2);

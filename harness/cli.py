@@ -640,8 +640,9 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--lengths", action="append", default=[], metavar="SWEEP=L1,L2",
                    help="lengths of one sweep, e.g. train=2048,4096 (repeatable; defaults: 2K-64K train, "
                    "1K-128K prefill and decode on GPU, short lengths on CPU)")
-    b.add_argument("--train-tokens", type=int_from(1), help="tokens per training batch at every length (default 32768)")
-    b.add_argument("--decode-batches", help="comma-separated decode batch sizes (default 1,64)")
+    b.add_argument("--train-tokens", type=int_from(1),
+                   help="tokens per training batch at every length (default 32768; 512 on a CPU)")
+    b.add_argument("--decode-batches", help="comma-separated decode batch sizes (default 1,64; 1,4 on a CPU)")
     b.add_argument("--device", type=device_arg, help="cpu | cuda (default: cuda when available)")
     b.add_argument("--results", type=folder, default="results")
     b.add_argument("--out", type=folder, help="output folder (default: RESULTS/speed/<device>/<preset>, "

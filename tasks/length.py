@@ -13,8 +13,8 @@ p predicts token p + 1 with p + 1 tokens of context; rows give the loss and perp
 positions and per position bucket (the same power-of-two grid), so a rise after the training length
 shows up in the buckets beyond it.
 
-How each family is evaluated past the training length (PAPER.md, decision 5), identically for all:
-one forward over the L tokens of the window, nothing model-specific. SWAT and sliding-window
+How each family is evaluated past the training length, identically for all: one forward over the
+L tokens of the window, nothing model-specific. SWAT and sliding-window
 softmax see at most their window per layer by construction; recurrent models carry their state;
 full attention (Transformer++) attends to all L tokens with RoPE positions it never trained on.
 That is the fair question "what does the model do with L tokens of context". The alternative that

@@ -5,7 +5,7 @@ added. A negative slope favours recent keys (classic ALiBi); a positive one favo
 inside the window. SWAT's "balanced" design gives half the heads each sign.
 
 Two forms of the magnitudes for the n heads of one sign, k = 1..n:
-- `paper` (default): 2^(-k), as the SWAT paper's text writes them (its Eq. 4, PAPER.md);
+- `paper` (default): 2^(-k), as the SWAT paper's text writes them (its Eq. 4; arXiv 2502.18845);
 - `alibi`: ALiBi's geometric 2^(-8k/n), which the harness used before and official ALiBi uses.
 They agree only at n = 8 (SWAT's 340M model: 16 heads, 8 per sign, balanced).
 """
@@ -29,7 +29,7 @@ def alibi_slopes(num_heads: int, kind="balanced", form: str = "paper"):
     """Per-head slopes (float32, shape [num_heads]).
 
     balanced: heads 0..H/2-1 get -m_k, heads H/2..H-1 get +m_k with the magnitudes m_k of H/2 heads
-    (PAPER.md); negative / positive: one-sided, the magnitudes of H heads; none: zeros; a list:
+    (the paper's Eq. 4); negative / positive: one-sided, the magnitudes of H heads; none: zeros; a list:
     taken as given. The slopes are fixed, not learned. (torch is imported here, not at the top,
     so that harness.config, which validates against SLOPE_KINDS and SLOPE_FORMS, needs no torch.)
     """

@@ -1,5 +1,5 @@
-"""The training recipe, the same for every registered model (PAPER.md, the fla family's): AdamW
-(no decay on norms, biases and other 1-D parameters), linear warmup then cosine decay to
+"""The training recipe, the same for every registered model (the SWAT paper's, as the fla family's):
+AdamW (no decay on norms, biases and other 1-D parameters), linear warmup then cosine decay to
 `lr * min_lr_ratio`, the next-token loss (fused with the head under `train.fused_ce`), bf16
 autocast on GPU (fp32 weights and optimizer), and the options applied to a built model from
 outside: `train.compile` (torch.compile per layer), `train.activation_checkpointing`. The

@@ -636,7 +636,8 @@ def build_parser() -> argparse.ArgumentParser:
     b = bench.add_parser("models", help="training / prefill / decode tokens/s and memory vs length, per model")
     b.add_argument("--models", required=True, type=name_list,
                    help="comma-separated model names, measured side by side (see `harness list`)")
-    b.add_argument("--sweeps", default="train,prefill,decode", type=name_list, help="comma-separated: train, prefill, decode")
+    b.add_argument("--sweeps", default="train,prefill,decode", type=name_list,
+                   help="comma-separated: train, prefill, decode")
     b.add_argument("--lengths", action="append", default=[], metavar="SWEEP=L1,L2",
                    help="lengths of one sweep, e.g. train=2048,4096 (repeatable; defaults: 2K-64K train, "
                    "1K-128K prefill and decode on GPU, short lengths on CPU)")
@@ -666,7 +667,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--hidden", type=int_from(1), default=1024, help="H*d: heads = hidden / d (default 1024)")
     b.add_argument("--peers", default="swat,flex,fla,flash_attn,sdpa,triton_sigmoid", type=name_list,
                    help="comma-separated peers")
-    b.add_argument("--modes", default="fwd,fwd_bwd,decode", type=name_list, help="comma-separated: fwd, fwd_bwd, decode")
+    b.add_argument("--modes", default="fwd,fwd_bwd,decode", type=name_list,
+                   help="comma-separated: fwd, fwd_bwd, decode")
     b.add_argument("--decode-contexts", default="1024,8192,32768,131072", help="decode context lengths")
     b.add_argument("--decode-batches", default="8", help="comma-separated sequences per decode step (default 8)")
     b.add_argument("--out", type=folder, default="results/kernels", help="output root; files go to OUT/<device>/")

@@ -255,10 +255,10 @@ def _round_up(x: int, multiple: int) -> int:
 
 
 # Presets. tiny: CPU in seconds (byte tokenizer, bundled text). small: one GPU in minutes.
-# 340m / 760m: the paper's scales (the SWAT paper, arXiv 2502.18845): training length 4096 and 0.5M-token batches (128
-# sequences, in micro-batches of 4 per GPU: 16K tokens per forward, the memory of the 1024-token
-# recipe), 15B / 30B tokens of FineWeb-Edu (fetched online with `harness data fetch fineweb-edu`),
-# the fla family's AdamW recipe: lr 3e-4 with cosine decay, wd 0.01, clip 1.0.
+# 340m / 760m: the SWAT paper's scales (arXiv 2502.18845): training length 4096 and 0.5M-token
+# batches (128 sequences, in micro-batches of 4 per GPU: 16K tokens per forward, the memory of the
+# 1024-token recipe), 15B / 30B tokens of FineWeb-Edu (fetched online with `harness data fetch
+# fineweb-edu`), the fla family's AdamW recipe: lr 3e-4 with cosine decay, wd 0.01, clip 1.0.
 PRESETS: dict[str, dict] = {
     "tiny": {
         "model": dict(vocab_size=257, hidden_size=64, num_layers=2, num_heads=4, window=32,

@@ -177,9 +177,13 @@ def test_cli_writes_rows_table_and_plots_then_skips(tmp_path):
     assert "Speed and memory" in (tmp_path / "speed" / "table.md").read_text()
     assert (tmp_path / "speed" / "speed_train_tokens_per_s.png").is_file()
     first = (tmp_path / "speed" / "run.json").read_text()
+    speed = tmp_path / "speed"
+    for made in [*speed.glob("*.png"), *speed.glob("*.csv"), speed / "table.md"]:
+        made.unlink()  # as if the first run was cut after its rows were saved
     again = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert "already measured" in again.stdout
     assert (tmp_path / "speed" / "run.json").read_text() == first  # a command that measured nothing is not recorded
+    assert (speed / "table.md").is_file() and (speed / "speed_train_tokens_per_s.png").is_file()
     other_cmd = cmd[:-2] + ["--models", "transformer", "--sweeps", "prefill", "--out", str(tmp_path / "speed")]
     other = subprocess.run(other_cmd, capture_output=True, text=True, timeout=300)
     assert other.returncode == 0, other.stderr

@@ -351,32 +351,32 @@ def run_bench(names: list[str], cfg: Config, sweeps, lengths: dict, device: torc
             for name in names}
     for name in (n for n, todo in plan.items() if not todo):
         log(f"{name}: already measured (pass --force to measure again)")
-    if not any(plan.values()):  # nothing measured: run.json keeps only the commands that made rows
-        return rows
-    record_run(out, {"models": names, "sweeps": list(sweeps), "lengths": lengths, "train_tokens": train_tokens,
-                     "decode_batches": list(decode_batches), "config": cfg.to_dict()}, str(device))
-    if device.type == "cpu":
-        log(f"warning: {CPU_WARNING}")
-    vers = versions()
+    if any(plan.values()):  # else nothing is measured, and run.json keeps only the commands that made rows
+        record_run(out, {"models": names, "sweeps": list(sweeps), "lengths": lengths, "train_tokens": train_tokens,
+                         "decode_batches": list(decode_batches), "config": cfg.to_dict()}, str(device))
+        if device.type == "cpu":
+            log(f"warning: {CPU_WARNING}")
+        vers = versions()
 
-    def make_row(model, task, metric, value, **extra):
-        return Row(run=out.name, model=model, preset=cfg.preset, task=task, metric=metric, value=value,
-                   params=params[model], seed=0, extra={**extra, "torch": vers.get("torch"),
-                                                        "triton": vers.get("triton")}, **stamp)
+        def make_row(model, task, metric, value, **extra):
+            return Row(run=out.name, model=model, preset=cfg.preset, task=task, metric=metric, value=value,
+                       params=params[model], seed=0, extra={**extra, "torch": vers.get("torch"),
+                                                            "triton": vers.get("triton")}, **stamp)
 
-    for name, todo in plan.items():
-        if not todo:
-            continue
-        points = sweep_model(name, cfg, todo, lengths, device, train_tokens, decode_batches, on_point=on_point,
-                             log=log, profile=profile)
-        for p in points:
-            if p.profile is not None:
-                atomic_write_text(out / "profiles" / f"{name}-train-{p.length}.md", profile_markdown(p, stamp))
-        fresh = points_to_rows(points, make_row)
-        measured = {f"speed_{s}" for s in todo}
-        rows = replace_rows(rows_file, fresh, lambda r: r.model == name and r.task in measured, warn=log)
-    atomic_write_text(out / "table.md", render(build("speed", rows), "md"))
-    speed_curves(rows, out)
+        for name, todo in plan.items():
+            if not todo:
+                continue
+            points = sweep_model(name, cfg, todo, lengths, device, train_tokens, decode_batches, on_point=on_point,
+                                 log=log, profile=profile)
+            for p in points:
+                if p.profile is not None:
+                    atomic_write_text(out / "profiles" / f"{name}-train-{p.length}.md", profile_markdown(p, stamp))
+            fresh = points_to_rows(points, make_row)
+            measured = {f"speed_{s}" for s in todo}
+            rows = replace_rows(rows_file, fresh, lambda r: r.model == name and r.task in measured, warn=log)
+    if rows:  # the table and plots from every stored row, also where a run was cut after its rows
+        atomic_write_text(out / "table.md", render(build("speed", rows), "md"))
+        speed_curves(rows, out)
     return rows
 
 

@@ -302,6 +302,8 @@ def cmd_train(args) -> None:
         speed = (f", {result.tokens_per_s:,.0f} tokens/s" if result.tokens_per_s else "") + \
             (f", MFU {result.mfu:.1%}" if result.mfu else "") + \
             (f", peak memory {result.peak_mem_gib:.1f} GiB" if result.peak_mem_gib else "")
+        if result.reused:
+            console.print(f"{args.model}: already trained in {out} (--no-resume trains it again)", highlight=False)
         console.print(f"{args.model}: {result.params:,} params, {result.tokens:,} tokens, train loss "
                       f"{result.train_loss:.4f}, held-out loss {result.heldout_loss:.4f}{speed}; "
                       f"checkpoint {result.checkpoint}, log and loss.png in {out}")

@@ -147,10 +147,13 @@ def test_seeds_share_the_heldout_split_and_vary_the_data_order(straight):
 
 
 def test_finished_run_is_reused(straight):
+    """Reused as it is, and its loss plot drawn if a run stopped between its last checkpoint and the plot."""
     run_dir, result = straight
+    (run_dir / "loss.png").unlink()
     again = train("swat", short_cfg(), run_dir, "cpu")
+    assert again.reused and not result.reused
     assert again.seconds == 0.0 and again.heldout_loss == result.heldout_loss
-    assert len(read_log(run_dir / LOG_FILE)) == 8
+    assert len(read_log(run_dir / LOG_FILE)) == 8 and (run_dir / "loss.png").is_file()
 
 
 def test_interrupted_save_leaves_previous_checkpoint(straight, tmp_path, monkeypatch):

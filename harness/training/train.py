@@ -52,7 +52,7 @@ from harness.training.recipe import (
     lr_at,
     make_optimizer,
 )
-from harness.training.trainlog import TrainLog, plot_loss
+from harness.training.trainlog import PLOT_FILE, TrainLog, plot_loss
 
 
 @dataclass
@@ -128,9 +128,11 @@ def train(model_name: str, cfg: Config, run_dir: Path, device: str | None = None
     progress = restore(job)
     if progress is None:  # finished: its checkpoint is the result
         meta = read_meta(job.ckpt)
+        if d.is_main and not (run_dir / PLOT_FILE).is_file():  # a run stopped between its checkpoint and plot
+            plot_loss(run_dir, f"{model_name} ({cfg.preset})", meta["heldout_loss"])
         return TrainResult(job.model, meta["step"], meta["tokens"], meta["train_loss"], meta["heldout_loss"],
                            job.params, 0.0, job.ckpt, meta.get("tokens_per_s"), meta.get("mfu"),
-                           meta.get("peak_mem_gib"))
+                           meta.get("peak_mem_gib"), reused=True)
 
     meter = Meter(job, measure_matmul_peak(d.device) if d.device.type == "cuda" else None, progress.step)
     header = {"run": f"{model_name}-{cfg.preset}", **provenance(str(d.device)), "world_size": d.world_size}

@@ -414,6 +414,40 @@ def test_a_worker_squeezed_out_of_memory_runs_again_with_fewer_beside_it(tmp_pat
     assert sum(line.startswith("start b/always") for line in lines) == runner.SQUEEZED_TRIES
 
 
+def test_an_interrupted_pool_stops_its_workers_before_it_goes(tmp_path, monkeypatch):
+    """Interrupted while its workers run, the pool SIGTERMs each and waits for it to checkpoint and
+    exit: none trains on alone, beside the rerun the interruption message asks for."""
+    import subprocess
+    import sys
+    import time
+    from types import SimpleNamespace
+
+    from harness.study import runner
+    child = ("import signal, sys, time\n"
+             f"signal.signal(signal.SIGTERM, lambda *_: sys.exit({runner.STOPPED_EXIT}))\n"
+             "time.sleep(60)\n")
+    workers, waits, real_popen, real_sleep = [], [], subprocess.Popen, time.sleep
+
+    def popen(cmd, **kw):
+        workers.append(real_popen([sys.executable, "-c", child], **kw))
+        return workers[-1]
+
+    def sleep(seconds):
+        waits.append(seconds)
+        if len(waits) == 3:  # the pool's third wait for a worker to end: Ctrl-C
+            raise KeyboardInterrupt
+        real_sleep(seconds)
+    monkeypatch.setattr(runner.subprocess, "Popen", popen)
+    monkeypatch.setattr(runner.time, "sleep", sleep)
+    queue, lines = ["a/m/lr1-seed0", "a/m/lr2-seed0", "a/m/lr3-seed0"], []
+    with pytest.raises(KeyboardInterrupt):
+        list(runner._pool(SimpleNamespace(path=tmp_path / "study.yaml", name="t"),
+                          lambda running: SimpleNamespace(key=queue.pop(0)) if queue else None,
+                          tmp_path, tmp_path / "runs", "cpu", 2, None, lines.append))
+    assert len(workers) == 2 and [w.poll() for w in workers] == [runner.STOPPED_EXIT] * 2
+    assert lines[-1] == "stopping 2 run(s): each checkpoints first (interrupt again to kill them now)"
+
+
 def test_long_context_tables_average_depths_within_a_seed_then_seeds():
     """Passkey: a seed's accuracy at a length is the mean over the key's depths; the cell is the
     mean +- std of those over the size's seeds; only the model's chosen learning rate counts."""

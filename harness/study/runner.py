@@ -162,11 +162,19 @@ def run_study(study: Study, results: Path, runs: Path, device: str, jobs: int = 
     else:
         def requeue(key: str) -> None:  # the unit may be claimed again for the tasks it has left
             claimed.difference_update({c for c in claimed if c[0] == key})
-        for status in _pool(study, next_unit, results, runs, device, jobs, deadline, log, plugins, requeue):
-            counts[status] += 1
+        terminate = signal.signal(signal.SIGTERM, _terminated)  # so that _pool stops its workers first
+        try:
+            for status in _pool(study, next_unit, results, runs, device, jobs, deadline, log, plugins, requeue):
+                counts[status] += 1
+        finally:
+            signal.signal(signal.SIGTERM, terminate)
     if main:
         write_report(study, Path(results))
     return counts
+
+
+def _terminated(signum, frame):
+    raise SystemExit(128 + signum)  # as the default action's exit status, after the cleanup it skips
 
 
 def drop_missing_tasks(study: Study, log: Callable[[str], None]) -> None:
@@ -199,11 +207,25 @@ def _pool(study, next_unit, results, runs, device, jobs, deadline, log, plugins=
     each one's status as it ends. A worker squeezed out of GPU memory by other processes (exit
     SQUEEZED_EXIT, harness.memory) hands its unit back (`requeue`) to run again later, up to
     SQUEEZED_TRIES starts, and from then on no more of this pool's run side by side than were
-    running beside it. Past the deadline no unit starts and the workers are stopped (`stop_workers`)."""
+    running beside it. Past the deadline no unit starts and the workers are stopped (`stop_workers`);
+    when the caller goes (interrupted, terminated), they are stopped and waited for (`end_workers`)."""
+    running: dict = {}  # key -> (worker process, its log file, start time)
+    try:
+        yield from _schedule(study, next_unit, results, runs, device, jobs, deadline, log, plugins, requeue, running)
+    finally:
+        if running:
+            log(f"stopping {len(running)} run(s): each checkpoints first (interrupt again to kill them now)")
+            end_workers({key: proc for key, (proc, _, _) in running.items()})
+            for _, out, _ in running.values():
+                out.close()
+
+
+def _schedule(study, next_unit, results, runs, device, jobs, deadline, log, plugins, requeue, running: dict):
+    """_pool's loop; `running` is its caller's, so that the workers it holds can be stopped."""
     gpus = _visible_gpus() if device.startswith("cuda") else []
     logs = Path(runs) / study.name / "logs"
     logs.mkdir(parents=True, exist_ok=True)
-    running, slot, exhausted, signalled, limit, squeezed = {}, 0, False, {}, jobs, {}
+    slot, exhausted, signalled, limit, squeezed = 0, False, {}, jobs, {}
     while True:
         expired = deadline is not None and time.time() >= deadline
         while not expired and not exhausted and len(running) < limit:
@@ -249,6 +271,22 @@ def _pool(study, next_unit, results, runs, device, jobs, deadline, log, plugins=
             yield status
 
 
+def end_workers(workers: dict) -> None:
+    """Stop every worker and wait for it: SIGTERM (it checkpoints and exits), SIGKILL KILL_GRACE_S
+    later, or at once on a second interrupt. A worker left running alone would go on writing its
+    run folder while the rerun the interruption message asks for trains the same run beside it."""
+    signalled: dict = {}
+    try:
+        while any(proc.poll() is None for proc in workers.values()):
+            stop_workers(workers, signalled)
+            time.sleep(0.2)
+    except KeyboardInterrupt:
+        for proc in workers.values():
+            if proc.poll() is None:
+                proc.kill()
+        raise
+
+
 def stop_workers(workers: dict, signalled: dict) -> None:
     """SIGTERM each running worker once (it checkpoints and exits STOPPED_EXIT), SIGKILL one still
     running KILL_GRACE_S later. Once only: a worker that has finished its unit restores the default
@@ -289,7 +327,8 @@ def run_worker(study_file: str, key: str, results: Path, runs: Path, device: str
     unit = next((u for u in units(study, rows)[0] if u.key == key), None)
     if unit is None:
         raise ConfigError(f"no run {key!r} in study {study.path} (or its learning rate is not chosen yet)")
-    asked = []
+    asked, parent = [], os.getppid()
     signal.signal(signal.SIGTERM, lambda *_: asked.append(True))
-    status = _in_process(study, unit, results, runs, device, log, None, lambda: bool(asked))
+    # stop as asked, or when the parent pool is gone (killed outright): no worker trains on alone
+    status = _in_process(study, unit, results, runs, device, log, None, lambda: bool(asked) or os.getppid() != parent)
     return STOPPED_EXIT if status == "stopped" else 0

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -728,8 +729,15 @@ def expected_errors() -> tuple:
             OutOfMemory, FileNotFoundError, RunFailed)
 
 
+def _stop_requested(signum, frame):
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    # SIGTERM (a scheduler's or `kill`'s stop request) ends a command as Ctrl-C does: cleanly, with
+    # its workers stopped and a line saying so, not silently mid-write
+    terminate = signal.signal(signal.SIGTERM, _stop_requested)
     try:
         args.func(args)
     except KeyboardInterrupt:
@@ -749,6 +757,8 @@ def main(argv: list[str] | None = None) -> int:
             err = out_of_memory(f"harness {args.command}", getattr(args, "device", None) or default_device())
         err_console.print(f"[red]error:[/red] {escape(str(err))}", highlight=False, soft_wrap=True)
         return SQUEEZED_EXIT if isinstance(err, OutOfMemory) and err.squeezed else 2
+    finally:
+        signal.signal(signal.SIGTERM, terminate)
     return 0
 
 

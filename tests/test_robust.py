@@ -229,6 +229,24 @@ def test_a_path_that_runs_into_a_file_or_a_folder_is_one_line(tmp_path, capsys, 
     assert not (tmp_path / "runs").exists()
 
 
+def test_sigterm_ends_a_command_as_ctrl_c_does(monkeypatch, capsys):
+    """A scheduler's or `kill`'s SIGTERM: the interruption line and exit 130 (it ended the process
+    silently, with no cleanup), and the previous SIGTERM action back afterwards."""
+    import os
+    import signal
+    import time
+
+    def stopped_midway(args):
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(5)
+        pytest.fail("SIGTERM did not stop the command")
+    monkeypatch.setattr(cli, "cmd_list", stopped_midway)
+    before = signal.getsignal(signal.SIGTERM)
+    assert cli.main(["list"]) == 130
+    assert "interrupted: finished work is kept" in capsys.readouterr().err
+    assert signal.getsignal(signal.SIGTERM) == before
+
+
 def test_eval_limit_zero_and_cuda_without_a_gpu_are_one_line(capsys):
     import torch
     with pytest.raises(SystemExit) as exit_:

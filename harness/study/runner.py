@@ -162,19 +162,11 @@ def run_study(study: Study, results: Path, runs: Path, device: str, jobs: int = 
     else:
         def requeue(key: str) -> None:  # the unit may be claimed again for the tasks it has left
             claimed.difference_update({c for c in claimed if c[0] == key})
-        terminate = signal.signal(signal.SIGTERM, _terminated)  # so that _pool stops its workers first
-        try:
-            for status in _pool(study, next_unit, results, runs, device, jobs, deadline, log, plugins, requeue):
-                counts[status] += 1
-        finally:
-            signal.signal(signal.SIGTERM, terminate)
+        for status in _pool(study, next_unit, results, runs, device, jobs, deadline, log, plugins, requeue):
+            counts[status] += 1
     if main:
         write_report(study, Path(results))
     return counts
-
-
-def _terminated(signum, frame):
-    raise SystemExit(128 + signum)  # as the default action's exit status, after the cleanup it skips
 
 
 def drop_missing_tasks(study: Study, log: Callable[[str], None]) -> None:

@@ -729,15 +729,19 @@ def expected_errors() -> tuple:
             OutOfMemory, FileNotFoundError, RunFailed)
 
 
-def _stop_requested(signum, frame):
-    raise KeyboardInterrupt
-
-
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    owner = os.getpid()
+
+    def stop_requested(signum, frame):
+        if os.getpid() != owner:  # a forked child (a library's process pool) ends as it would have
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+            return
+        raise KeyboardInterrupt
     # SIGTERM (a scheduler's or `kill`'s stop request) ends a command as Ctrl-C does: cleanly, with
     # its workers stopped and a line saying so, not silently mid-write
-    terminate = signal.signal(signal.SIGTERM, _stop_requested)
+    terminate = signal.signal(signal.SIGTERM, stop_requested)
     try:
         args.func(args)
     except KeyboardInterrupt:

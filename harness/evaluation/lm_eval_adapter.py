@@ -43,6 +43,10 @@ def import_lm_eval():
     if os.environ.get("HARNESS_ONLINE") != "1":
         os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    # lm-eval's bootstrap stderr forks a pool of one process per CPU from this process, which holds
+    # threads (torch's, the request cache's): a fork that can deadlock, and on a machine shared by
+    # several evaluations a pool each; in-process resampling gives the same estimate
+    os.environ.setdefault("DISABLE_MULTIPROC", "1")
     try:
         import lm_eval
         import lm_eval.api.model  # noqa: F401

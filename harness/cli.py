@@ -93,13 +93,10 @@ def seconds(text: str) -> float:
 def folder(text: str) -> str:
     """argparse type of a folder to write into: refused at once where a file stands on its path (the
     command would fail only when it first writes there, after training or evaluating)."""
-    path = Path(text)
-    for part in (path, *path.parents):
-        if part.exists():
-            if not part.is_dir():
-                raise argparse.ArgumentTypeError(f"{part} is a file, and {text} needs a folder there; "
-                                                 f"give another path")
-            break
+    from harness.files import file_in_the_way
+    blocking = file_in_the_way(Path(text))
+    if blocking is not None:
+        raise argparse.ArgumentTypeError(f"{blocking} is a file, and {text} needs a folder there; give another path")
     return text
 
 

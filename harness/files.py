@@ -13,6 +13,13 @@ import tempfile
 from pathlib import Path
 
 
+def file_in_the_way(folder: Path) -> Path | None:
+    """The file on `folder`'s path (itself or the nearest existing parent) that would stop a write
+    into it, found before any work rather than at the first write; None where the path is clear."""
+    existing = next((part for part in (folder, *folder.parents) if part.exists()), None)
+    return existing if existing is not None and not existing.is_dir() else None
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -9,6 +9,7 @@ from harness.data.importers import fetch, import_path, store_bpe
 from harness.data.mirror import CATALOGUE, load_manifest, status, statuses, verify
 from harness.data.paths import DataError, data_roots, user_data_dir
 from harness.data.tokenizer import get_tokenizer
+from harness.files import file_in_the_way
 
 
 def _size(n: int) -> str:
@@ -27,12 +28,10 @@ def _dest(to: str | None) -> Path:
     """The mirror folder to write (--to, else `user_data_dir()`), refused before any work when a part
     of its path is a file (writing would fail after the input was read, or half-way)."""
     dest = Path(to) if to else user_data_dir()
-    for folder in (dest, *dest.parents):
-        if folder.exists():
-            if not folder.is_dir():
-                raise DataError(f"cannot write the mirror to {dest}: {folder} is a file, not a folder; pass --to "
-                                f"a folder (or set HARNESS_DATA to one)")
-            break
+    blocking = file_in_the_way(dest)
+    if blocking is not None:
+        raise DataError(f"cannot write the mirror to {dest}: {blocking} is a file, not a folder; pass --to "
+                        f"a folder (or set HARNESS_DATA to one)")
     return dest
 
 

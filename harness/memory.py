@@ -50,6 +50,18 @@ def gpu_is_shared(device) -> bool:
     return held_by_others_gib(device) > SHARED_GIB
 
 
+def stop_sweep_at(err: BaseException, what: str, device) -> None:
+    """For a sweep over growing lengths that raised `err` at one length: return where it may stop
+    there (out of memory with the device to itself: the model's own limit); re-raise anything else;
+    raise the squeezed OutOfMemory where other processes held the GPU, since their share, not the
+    model, would decide the last length (the sweep is then all lengths or none, and runs again)."""
+    if not is_out_of_memory(err):
+        raise err
+    torch.cuda.empty_cache()
+    if gpu_is_shared(device):
+        raise out_of_memory(what, device) from None
+
+
 def out_of_memory(what: str, device, fixes: str = FIXES) -> OutOfMemory:
     """The error to raise for `what` running out of memory on `device`: squeezed where other
     processes hold a share of the GPU, else naming `fixes`."""

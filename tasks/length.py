@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from rich.progress import track
 
 from harness.data.paths import DataError
-from harness.memory import gpu_is_shared, is_out_of_memory, out_of_memory
+from harness.memory import stop_sweep_at
 from harness.registry import register_task
 
 LENGTH_DATASETS = ("wikitext", "wikitext_2_v1")  # the raw text when mirrored, else the tokenized v1
@@ -133,11 +133,7 @@ def run(model, tokenizer, ctx):
                 batch = torch.stack([tokens[s:s + length + 1] for s in starts[lo:lo + per_batch]]).to(device)
                 parts.append(window_losses(model, batch, autocast).cpu())
         except Exception as err:
-            if not is_out_of_memory(err):
-                raise
-            torch.cuda.empty_cache()
-            if gpu_is_shared(ctx.device):  # the model's answer, not its neighbours': all lengths or none
-                raise out_of_memory(f"length: {ctx.model_name} at {length} tokens", ctx.device) from None
+            stop_sweep_at(err, f"length: {ctx.model_name} at {length} tokens", ctx.device)
             print(f"length: {ctx.model_name} ran out of memory at {length} tokens on {ctx.device}; "
                   f"the sweep stops at {length // 2}", file=sys.stderr)
             break

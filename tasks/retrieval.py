@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from rich.progress import track
 
-from harness.memory import gpu_is_shared, is_out_of_memory, out_of_memory
+from harness.memory import stop_sweep_at
 from harness.registry import register_task
 
 INSTRUCTION = ("There is an important info hidden inside a lot of irrelevant text. Find it and memorize it. "
@@ -145,11 +145,7 @@ def run_passkey(model, tokenizer, ctx):
                                         autocast) for s in range(samples)]
                 cells.append((depth, float(np.mean(hits))))
         except Exception as err:
-            if not is_out_of_memory(err):
-                raise
-            torch.cuda.empty_cache()
-            if gpu_is_shared(ctx.device):  # as the length task: the neighbours' share must not cut the sweep
-                raise out_of_memory(f"passkey: {ctx.model_name} at {length} tokens", ctx.device) from None
+            stop_sweep_at(err, f"passkey: {ctx.model_name} at {length} tokens", ctx.device)
             print(f"passkey: {ctx.model_name} ran out of memory at {length} tokens on {ctx.device}; "
                   f"longer prompts are skipped", file=sys.stderr)
             break

@@ -275,6 +275,7 @@ def test_length_sweep_out_of_memory_stops_alone_and_fails_beside_others(tiny, mo
     """Alone on its device the sweep ends at the last length that fit; where other processes hold
     part of the GPU their share would decide that length, so the task fails instead (to run again)."""
     import tasks.length as length_task
+    from harness import memory
     from harness.memory import OutOfMemory
     cfg, model = tiny
     real = length_task.window_losses
@@ -284,7 +285,7 @@ def test_length_sweep_out_of_memory_stops_alone_and_fails_beside_others(tiny, mo
             raise RuntimeError("Triton Error [CUDA]: out of memory")
         return real(model, batch, autocast)
     monkeypatch.setattr(length_task, "window_losses", squeezed)
-    monkeypatch.setattr(length_task, "gpu_is_shared", lambda device: shared)
+    monkeypatch.setattr(memory, "gpu_is_shared", lambda device: shared)
     ctx = small_ctx(cfg, train_length=32, limit=None)
     if shared:
         with pytest.raises(OutOfMemory, match="length: swat at 128 tokens ran out of memory on cpu"):

@@ -45,7 +45,7 @@ from harness.study.spec import (
     run_label,
     units,
 )
-from harness.training.trainlog import LOG_FILE
+from harness.training.trainlog import LOG_FILE, read_log
 
 # two-sided 95% critical values of Student's t by degrees of freedom (1..10); beyond: 1.96
 T_CRITICAL_95 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228)
@@ -480,14 +480,7 @@ def ppl_vs_length_plot(res: Results, out: Path) -> list[Path]:
 def training_curve(path: Path) -> dict[int, tuple[int, float]]:
     """{step: (tokens, training loss)} from a kept training log (gzipped JSONL); where a run was cut
     and resumed from an earlier checkpoint, the steps it trained again keep their later values."""
-    import gzip
-    curve = {}
-    with gzip.open(path, "rt", encoding="utf-8") as f:
-        for line in f:
-            record = json.loads(line)
-            if "step" in record and record.get("loss") is not None:
-                curve[record["step"]] = (record["tokens"], record["loss"])
-    return curve
+    return {r["step"]: (r["tokens"], r["loss"]) for r in read_log(path) if r.get("loss") is not None}
 
 
 def training_curves_plot(res: Results, out: Path, smooth: int = 10, every: int = 10) -> list[Path]:

@@ -12,6 +12,7 @@ describes the run that the checkpoint continues. Written by rank 0 only.
 
 from __future__ import annotations
 
+import gzip
 import json
 import os
 from pathlib import Path
@@ -29,12 +30,16 @@ def _is_number(value) -> bool:
 
 
 def _read_lines(path: Path) -> list[dict]:
-    """Every JSON object of a log, step records and run headers; a torn line (an interrupted write)
-    is dropped, and so is a step record whose step or loss is not a number (a damaged one)."""
+    """Every JSON object of a log (gzipped where it ends in .gz, as a study keeps it), step records
+    and run headers; a torn line (an interrupted write) is dropped, and so is a step record whose
+    step or loss is not a number (a damaged one)."""
     records = []
-    if not Path(path).is_file():
+    path = Path(path)
+    if not path.is_file():
         return records
-    for line in Path(path).read_text(encoding="utf-8", errors="replace").splitlines():
+    data = path.read_bytes()
+    text = (gzip.decompress(data) if path.suffix == ".gz" else data).decode("utf-8", errors="replace")
+    for line in text.splitlines():
         try:
             record = json.loads(line)
         except json.JSONDecodeError:

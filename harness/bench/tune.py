@@ -18,6 +18,7 @@ the numbers in harness/ops/swat/NOTES.md.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import shlex
@@ -149,16 +150,13 @@ def main() -> None:
     from harness.results.provenance import provenance, versions
     made = {**provenance("cuda", shlex.join(["python", "-m", "harness.bench.tune", *sys.argv[1:]])),
             "versions": versions()}  # every row says how to measure it again
-    out = open(args.out, "w", encoding="utf-8") if args.out else None
-
-    def on_row(row: dict) -> None:
-        if out is not None:
-            out.write(json.dumps({**row, **made}) + "\n")
-            out.flush()
-    rows = (sweep(on_row=on_row) if "tiles" in sweeps else []) + \
-        (decode_sweep(on_row=on_row) if "decode" in sweeps else [])
-    if out is not None:
-        out.close()
+    with open(args.out, "w", encoding="utf-8") if args.out else contextlib.nullcontext() as out:
+        def on_row(row: dict) -> None:
+            if out is not None:
+                out.write(json.dumps({**row, **made}) + "\n")
+                out.flush()
+        rows = (sweep(on_row=on_row) if "tiles" in sweeps else []) + \
+            (decode_sweep(on_row=on_row) if "decode" in sweeps else [])
     best = {}
     for r in rows:
         key = (r["what"], r["d"], r.get("B"), r["W"])

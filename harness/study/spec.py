@@ -46,7 +46,6 @@ from pathlib import Path
 from statistics import mean
 from typing import Callable
 
-
 from harness.config import Config, ConfigError, apply_mapping, load_config, read_yaml_file
 
 STUDY_KEYS = {"name", "preset", "model", "train", "tokens_per_param", "warmup_fraction", "max_epochs", "sizes",

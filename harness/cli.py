@@ -325,6 +325,8 @@ def cmd_study(args) -> None:
     study = load_study(args.study)
     if args.models:
         study.restrict(split_names(args.models))
+    if args.sizes:
+        study.restrict_sizes(split_names(args.sizes))
     out = Path(args.results) / study.name
     if args.report_only:
         drop_missing_tasks(study, lambda m: None)  # as a run would: their rows cannot exist
@@ -613,6 +615,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--runs", type=folder, default="runs", help="checkpoint folder (default: runs)")
     p.add_argument("--device", type=device_arg, help="cpu | cuda (default: cuda when available)")
     p.add_argument("--models", help="run only these of the study's models (comma-separated); the report covers all")
+    p.add_argument("--sizes", help="run only these of the study's sizes (comma-separated), e.g. on a machine that "
+                   "goes away before the largest one's trainings could finish; the report covers all")
     p.add_argument("--report-only", action="store_true", help="only rewrite the tables and plots from the rows")
     p.add_argument("--start-new-for", type=seconds, metavar="SECONDS", help="start trainings only in the first "
                    "SECONDS; after that only runs with a checkpoint under RUNS (cut ones resume, trained ones score "

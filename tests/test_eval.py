@@ -19,7 +19,7 @@ from harness.config import load_config  # noqa: E402
 from harness.data import mirror  # noqa: E402
 from harness.data.paths import DataError  # noqa: E402
 from harness.data.tokenizer import ByteTokenizer
-from harness.evaluation import lm_eval_adapter, lm_eval_tasks, sources  # noqa: E402
+from harness.evaluation import lm_eval_adapter, lm_eval_tasks  # noqa: E402
 from harness.evaluation.loop import TaskContext  # noqa: E402
 from harness.hf.causal_lm import HFCausalLM  # noqa: E402
 from harness.model.build import build_model  # noqa: E402

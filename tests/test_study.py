@@ -189,10 +189,11 @@ def test_start_new_for_zero_starts_no_training(finished, tmp_path):
     assert not (tmp_path / "runs" / "tiny-study" / "a" / "transformer" / "lr0.003-seed0" / "checkpoint").exists()
 
 
-@pytest.mark.parametrize("flag, first", [((), "a"), (("--largest-first",), "b")])
-def test_largest_first_starts_the_largest_size(finished, tmp_path, capsys, flag, first):
-    """With runs left at both sizes, the default order is size by size from the smallest, and
-    --largest-first starts the largest size's first."""
+@pytest.mark.parametrize("flag, started_sizes", [((), "ab"), (("--largest-first",), "ba"), (("--sizes", "a"), "a"),
+                                                 (("--sizes", "b", "--largest-first"), "b")])
+def test_largest_first_starts_the_largest_size(finished, tmp_path, capsys, flag, started_sizes):
+    """With runs left at both sizes, the default order is size by size from the smallest,
+    --largest-first starts the largest size's first, and --sizes runs only the sizes it names."""
     swept = {r.extra["lr"]: r.value for r in read_rows(finished / "results" / "tiny-study" / "rows.jsonl")
              if (r.model, r.preset, r.metric) == ("transformer", "a", "loss") and "corpus_source" not in r.extra}
     worse = max(swept, key=swept.get)  # rerun, it leaves the best rate, hence b's, as it was
@@ -202,7 +203,14 @@ def test_largest_first_starts_the_largest_size(finished, tmp_path, capsys, flag,
     capsys.readouterr()
     assert study_cli(tmp_path, *flag) == 0
     started = [ln.split()[1] for ln in capsys.readouterr().out.splitlines() if ln.startswith("run ")]
-    assert len(started) == 2 and started[0].startswith(first + "/")
+    assert "".join(key.split("/")[0] for key in started) == started_sizes
+
+
+def test_sizes_the_study_lacks_are_one_line(tmp_path, capsys):
+    assert study_cli(tmp_path, "--sizes", "a,z") == 2
+    err = capsys.readouterr().err.strip()
+    assert err == "error: --sizes names z; the study's sizes are a, b", err
+    assert not (tmp_path / "results").exists()
 
 
 def test_lr_choice_takes_the_best_and_extrapolates_the_power_law():

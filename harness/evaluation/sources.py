@@ -13,7 +13,6 @@ Every source has a checkpoint on disk once loaded, which keys lm-eval's request 
 from __future__ import annotations
 
 import hashlib
-import json
 import shutil
 import warnings
 from abc import ABC, abstractmethod

@@ -130,7 +130,7 @@ def run_study(study: Study, results: Path, runs: Path, device: str, jobs: int = 
         autotunes the model's kernels (minutes of CPU for the fla models), the next ones then find
         the tuned configurations in Triton's cache instead of tuning them again side by side."""
         rows = stored_rows(rows_file(study, results), d, log)
-        defined, counts["waiting"] = units(study, rows, study.only)
+        defined, counts["waiting"] = units(study, rows, study.only, study.only_sizes)
         if main:
             write_record(study, results, device)
         left = [u for u in defined if pending_tasks(u, rows)]

@@ -95,6 +95,7 @@ class Study:
     extend_edges: int = 0  # steps the sweep may go past the grid's edge where a model's best lies there
     window: int = 0  # rates swept on a size after the first, around the previous size's best (0: all)
     only: set[str] | None = None  # `restrict`: the models this invocation runs (None: all)
+    only_sizes: set[str] | None = None  # `restrict_sizes`: the sizes this invocation runs (None: all)
     budgets: dict[str, dict] = field(default_factory=dict)  # size -> budget (tokens, epochs, ...), by `plan`
 
     def restrict(self, names: list[str]) -> None:
@@ -104,6 +105,14 @@ class Study:
             raise ConfigError(f"--models names {stray[0] if stray else 'nothing'}; the study's models are "
                               f"{', '.join(self.models + self.references)}")
         self.only = set(names)
+
+    def restrict_sizes(self, names: list[str]) -> None:
+        """Run only these sizes (e.g. leave out one whose trainings outlast the machine at hand)."""
+        stray = [n for n in names if n not in self.sizes]
+        if stray or not names:
+            raise ConfigError(f"--sizes names {stray[0] if stray else 'nothing'}; the study's sizes are "
+                              f"{', '.join(self.sizes)}")
+        self.only_sizes = set(names)
 
     def config(self, size: str, seed: int, lr: float | None = None) -> Config:
         """The run's config: base, the size's overrides, the budget, then seed and learning rate."""
@@ -448,9 +457,10 @@ def power_law(xs: list[float], ys: list[float]) -> dict | None:
 
 # ---------------------------------------------------------------- the runs
 
-def units(study: Study, rows: list, only: set[str] | None = None) -> tuple[list[Unit], int]:
+def units(study: Study, rows: list, only: set[str] | None = None,
+          only_sizes: set[str] | None = None) -> tuple[list[Unit], int]:
     """(runs that can be defined now, runs still waiting for the sweep), of the models in `only`
-    (None: all), size by size (a size's sweep, then its final runs), so that the smaller sizes
+    and the sizes in `only_sizes` (None: all), size by size (a size's sweep, then its final runs), so that the smaller sizes
     finish first. The final stage of a model waits for its learning rate; references need none."""
     out, waiting = [], 0
     lrs, sweeps = choose_lrs(rows, study), sweep_plan(rows, study)
@@ -472,6 +482,8 @@ def units(study: Study, rows: list, only: set[str] | None = None) -> tuple[list[
             out += [Unit(ref, size, None, seed, tuple(study.final_tasks)) for ref in study.references]
     if only is not None:
         out = [u for u in out if u.model in only]
+    if only_sizes is not None:
+        out = [u for u in out if u.size in only_sizes]
     merged: dict[str, Unit] = {}
     for u in out:  # a final run at a swept lr and the sweep's seed shares the sweep's training
         prior = merged.get(u.key)

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One device call of the scaling study (issue 21), from the repository root on a CUDA machine with
 # `.whl/` carried (and `.gpu-carry/` when earlier calls brought back Triton autotuning results):
-#   OUT=folder HARNESS_COMMIT=<sent commit> BUDGET_S=520 [JOBS=N] [START_NEW_S=S] bash results/scaling/device.sh
+#   OUT=folder HARNESS_COMMIT=<sent commit> BUDGET_S=520 [JOBS=N] [START_NEW_S=S] [SIZES=s,m] bash results/scaling/device.sh
 # Runs `harness study results/scaling/study.yaml` with JOBS trainings side by side on the one GPU
 # (their timings are therefore not speed numbers), the Mamba models in a second study process of
 # MAMBA_STUDY_JOBS (default 2) once mamba-ssm's CUDA build is done (built here in the background,
@@ -16,7 +16,8 @@
 # results.tgz, and the autotuning results to carry next time (unpack autotune.tgz into
 # .gpu-carry/triton). START_NEW_S, for a session's last call:
 # start trainings only in its first S seconds, then only finish what has a checkpoint on this
-# machine (a training it cannot finish would be lost with the machine).
+# machine (a training it cannot finish would be lost with the machine). SIZES: run only these sizes,
+# e.g. s,m when too little device time is left for an `l` training to finish.
 set -u
 T0=$(date +%s)
 left() { echo $(( ${BUDGET_S:-520} - ($(date +%s) - T0) )); }
@@ -27,7 +28,7 @@ SLOTS=$(( $(nvidia-smi --query-gpu=memory.total --format=csv,noheader,nounits | 
 JOBS=${JOBS:-$(( SLOTS > MAMBA_STUDY_JOBS + 1 ? SLOTS - MAMBA_STUDY_JOBS : 2 ))}
 mkdir -p "$G/results" && cp -rn results/scaling "$G/results/" 2>/dev/null
 STUDY="python3 -m harness study results/scaling/study.yaml --results $G/results --runs $G/runs --device cuda
-       --largest-first ${START_NEW_S:+--start-new-for $START_NEW_S}"
+       --largest-first ${START_NEW_S:+--start-new-for $START_NEW_S} ${SIZES:+--sizes $SIZES}"
 MAMBA=mamba,mamba2
 OTHERS=$(python3 -c "import yaml; s = yaml.safe_load(open('results/scaling/study.yaml'))
 print(','.join(m for m in s['models'] + s.get('references', []) if m not in '$MAMBA'.split(',')))")

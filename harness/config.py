@@ -301,7 +301,8 @@ def _coerce(section: str, key: str, current: Any, value: Any) -> Any:
     name = f"{section}.{key}"
     if section == "train" and key in SWITCHES:
         return _switch(value)
-    if isinstance(value, str) and not isinstance(current, str):
+    # a string field that also takes a list (model.slopes) gets its list form from --set as `[...]`
+    if isinstance(value, str) and (not isinstance(current, str) or value.lstrip().startswith("[")):
         try:
             value = yaml.safe_load(value)
         except yaml.YAMLError as err:

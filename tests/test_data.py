@@ -403,3 +403,20 @@ def test_unloadable_tokenizer_file_is_one_error_line(tmp_path, capsys, monkeypat
                      "--set", f"train.tokenizer={tmp_path / file}", "--out", tmp_path / "t"], capsys)
     assert f"tokenizer {tmp_path / file} cannot be loaded" in err
     assert not (tmp_path / "t").exists()
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda d: (d / "one.txt").write_text("a single document\n"), "has 1 document(s): too few"),
+    (lambda d: None, "holds no corpus files"),
+    (lambda d: (d / "x.parquet").write_bytes(b"not parquet at all"), "x.parquet: not a readable parquet file"),
+], ids=["one-document", "empty-folder", "damaged-parquet"])
+def test_an_unusable_corpus_is_one_error_line_and_leaves_no_cache(tmp_path, capsys, monkeypatch, make, message):
+    monkeypatch.setenv("HARNESS_CACHE", str(tmp_path / "cache"))
+    folder = tmp_path / "corpus"
+    folder.mkdir()
+    make(folder)
+    err = cli_error(["train", "--preset", "tiny", "--model", "swat", "--device", "cpu", "--set", "train.tokens=4096",
+                     "--set", f"train.corpus={folder}", "--out", tmp_path / "t"], capsys)
+    assert message in err
+    assert not (tmp_path / "t").exists()
+    assert not list((tmp_path / "cache").rglob("*.tmp*"))

@@ -102,6 +102,13 @@ def test_scientific_notation_overrides():
     assert (cfg.train.lr, cfg.model.sigmoid_bias, cfg.train.tokens) == (1e-3, -2.5, 2048)
 
 
+def test_an_explicit_slope_list_from_the_command_line():
+    """model.slopes is a name or a list; README documents `--set model.slopes=[...]`."""
+    cfg = load_config("tiny", None, ["model.slopes=[0.5, 0.25, -0.5, -0.25]"])
+    assert list(cfg.model.slopes) == [0.5, 0.25, -0.5, -0.25]
+    assert load_config("tiny", None, ["model.slopes=negative"]).model.slopes == "negative"
+
+
 def test_unknown_key_suggests_the_close_one():
     with pytest.raises(ConfigError, match="did you mean model.window"):
         load_config("tiny", None, ["model.windw=4"])

@@ -85,7 +85,10 @@ def read_sourced_documents(path: Path) -> list[tuple[str, str]]:
         return docs
     if name.endswith(".parquet"):
         import pandas as pd
-        frame = pd.read_parquet(path)
+        try:
+            frame = pd.read_parquet(path)
+        except Exception as err:  # pyarrow's ArrowInvalid and OSError for a damaged or non-parquet file
+            raise DataError(f"{path}: not a readable parquet file ({str(err).splitlines()[0]})") from None
         if "text" not in frame.columns:
             raise DataError(f"{path}: parquet file has no 'text' column")
         sources = frame["source"].astype(str) if "source" in frame.columns else [default] * len(frame)
@@ -117,8 +120,10 @@ def corpus_files(corpus: str) -> list[Path]:
         if files:
             return files
     path = Path(corpus)
-    if path.is_dir() and files_in(path):
-        return files_in(path)
+    if path.is_dir():
+        if files_in(path):
+            return files_in(path)
+        raise DataError(f"corpus folder {path} holds no corpus files ({', '.join(CORPUS_SUFFIXES)})")
     if path.is_file():
         return [path]
     hint = f"run `harness data fetch {corpus}` where the hub is reachable, or " if corpus in HUB_CORPORA else ""

@@ -11,6 +11,7 @@ import contextlib
 import hashlib
 import json
 import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator
@@ -138,34 +139,14 @@ def prepare_streams(corpus: str, tokenizer, heldout_fraction: float = 0.05) -> t
     if not (folder / "done").exists():
         tmp = folder.with_name(folder.name + f".tmp{os.getpid()}")
         tmp.mkdir(parents=True, exist_ok=True)
-        with _progress(f"tokenizing {corpus}") as advance:
-            lengths, digests, sources = _tokenize_to(tmp / "all.bin", iter_sourced_documents(corpus), tokenizer,
-                                                     advance=advance)
-        if not len(lengths):
-            raise DataError(f"corpus {corpus!r} holds no documents")
-        tokens = np.memmap(tmp / "all.bin", dtype=token_dtype(tokenizer.vocab_size), mode="r")
-        offsets = np.concatenate([[0], np.cumsum(lengths)[:-1]])
-        held = heldout_split(digests, sources, heldout_fraction)
-        order = np.asarray(sorted(range(len(lengths)), key=lambda i: (digests[i], i)), dtype=np.int64)
-        names = sorted(set(sources))
-        source_ids = np.asarray([names.index(s) for s in sources], dtype=np.int16)
-        counts = {}
-        for split, keep in (("train", ~held), ("heldout", held)):
-            ids = order[keep[order]]
-            np.save(tmp / f"{split}.starts.npy", _write_documents(tokens, offsets, lengths, ids, tmp / f"{split}.bin"))
-            np.save(tmp / f"{split}.sources.npy", source_ids[ids])
-            counts[split] = {"documents": len(ids), "tokens": int(lengths[ids].sum()),
-                             "tokens_per_source": {n: int(lengths[ids][source_ids[ids] == k].sum())
-                                                   for k, n in enumerate(names)}}
-        del tokens
-        (tmp / "all.bin").unlink()
-        (tmp / "done").write_text(json.dumps({"corpus": corpus, "tokenizer": tokenizer.name, "split": SPLIT_RULE,
-                                              "heldout_fraction": heldout_fraction, "sources": names, **counts},
-                                             indent=1))
+        try:
+            _split_into(tmp, corpus, tokenizer, heldout_fraction)
+        except BaseException:  # a damaged file, too few documents, Ctrl-C: leave no half-written cache
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
         try:
             tmp.rename(folder)
         except OSError:  # another process finished first: use its copy
-            import shutil
             shutil.rmtree(tmp, ignore_errors=True)
     dtype = token_dtype(tokenizer.vocab_size)
     names = tuple(json.loads((folder / "done").read_text())["sources"])
@@ -174,12 +155,46 @@ def prepare_streams(corpus: str, tokenizer, heldout_fraction: float = 0.05) -> t
                              names) for split in ("train", "heldout"))
 
 
+def _split_into(tmp: Path, corpus: str, tokenizer, heldout_fraction: float) -> None:
+    """Tokenize the corpus into `tmp`: the train and held-out token files, their document starts
+    and sources, and `done` with the counts (see token_streams)."""
+    with _progress(f"tokenizing {corpus}") as advance:
+        lengths, digests, sources = _tokenize_to(tmp / "all.bin", iter_sourced_documents(corpus), tokenizer,
+                                                 advance=advance)
+    if not len(lengths):
+        raise DataError(f"corpus {corpus!r} holds no documents")
+    held = heldout_split(digests, sources, heldout_fraction)
+    if held.all() or not held.any():
+        raise DataError(f"corpus {corpus!r} has {len(lengths)} document(s): too few to hold some out for "
+                        "evaluation; give it at least two (a text file splits at runs of two or more blank lines)")
+    tokens = np.memmap(tmp / "all.bin", dtype=token_dtype(tokenizer.vocab_size), mode="r")
+    offsets = np.concatenate([[0], np.cumsum(lengths)[:-1]])
+    order = np.asarray(sorted(range(len(lengths)), key=lambda i: (digests[i], i)), dtype=np.int64)
+    names = sorted(set(sources))
+    source_ids = np.asarray([names.index(s) for s in sources], dtype=np.int16)
+    counts = {}
+    for split, keep in (("train", ~held), ("heldout", held)):
+        ids = order[keep[order]]
+        np.save(tmp / f"{split}.starts.npy", _write_documents(tokens, offsets, lengths, ids, tmp / f"{split}.bin"))
+        np.save(tmp / f"{split}.sources.npy", source_ids[ids])
+        counts[split] = {"documents": len(ids), "tokens": int(lengths[ids].sum()),
+                         "tokens_per_source": {n: int(lengths[ids][source_ids[ids] == k].sum())
+                                               for k, n in enumerate(names)}}
+    del tokens
+    (tmp / "all.bin").unlink()
+    (tmp / "done").write_text(json.dumps({"corpus": corpus, "tokenizer": tokenizer.name, "split": SPLIT_RULE,
+                                          "heldout_fraction": heldout_fraction, "sources": names, **counts},
+                                         indent=1))
+
+
 @contextlib.contextmanager
 def _progress(label: str):
     """A transient rich progress line on stderr (documents done, elapsed); yields advance(n)."""
     from rich.console import Console
     from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+    console = Console(stderr=True)
     with Progress(SpinnerColumn(), TextColumn("{task.description}: {task.completed:,} documents"),
-                  TimeElapsedColumn(), console=Console(stderr=True), transient=True) as bar:
+                  TimeElapsedColumn(), console=console, transient=True,
+                  disable=not console.is_terminal) as bar:  # a log file gets no spinner frames or blank line
         task = bar.add_task(label, total=None)
         yield lambda n: bar.advance(task, n)

@@ -219,9 +219,13 @@ def test_out_of_memory_names_the_knobs(tmp_path, monkeypatch, raised):
         train("swat", short_cfg(), tmp_path, "cpu")
 
 
-def test_resume_refuses_another_recipe(straight):
-    with pytest.raises(ConfigError, match="train.lr.*--no-resume"):
-        train("swat", short_cfg("train.lr=0.002"), straight[0], "cpu")
+@pytest.mark.parametrize("override", ["train.lr=0.002", "train.tokens=4096", "train.tokens=1024",
+                                      "train.eval_tokens=512"])
+def test_resume_refuses_another_recipe(straight, override):
+    """Another budget is another learning-rate schedule (a shorter one would also stop past its end),
+    and a finished run's held-out loss was scored on its own eval_tokens."""
+    with pytest.raises(ConfigError, match=f"{override.split('=')[0]}.*--no-resume"):
+        train("swat", short_cfg(override), straight[0], "cpu")
 
 
 def test_no_resume_starts_over(tmp_path):

@@ -31,9 +31,10 @@ CHECKPOINT_DIR = "checkpoint"
 WEIGHTS_FILE = "model.safetensors"
 TRAINER_FILE = "trainer.pt"
 META_FILE = "meta.json"
-# train.* keys that may change between a checkpoint and its resumption: they alter speed, memory,
-# the run's length or its bookkeeping, not the meaning of the state saved so far
-RESUMABLE_CHANGES = EXECUTION_KEYS | {"tokens", "eval_tokens"}
+# train.* keys that may change between a checkpoint and its resumption: they alter speed, memory
+# or the final held-out scoring, not the meaning of the state saved so far. train.tokens is not one
+# of them: the learning-rate schedule of the steps already taken depends on it.
+RESUMABLE_CHANGES = EXECUTION_KEYS | {"eval_tokens"}
 
 
 # ---------------------------------------------------------------- checkpoints
@@ -177,6 +178,8 @@ def _check_resumable(meta: dict, model_name: str, cfg: Config, ckpt: Path) -> No
         raise ConfigError(f"{ckpt} was trained with another model config; {hint}")
     old, new = saved.to_dict()["train"], cfg.to_dict()["train"]
     changed = sorted(k for k in new if k not in RESUMABLE_CHANGES and old.get(k) != new[k])
+    if not changed and meta.get("heldout_loss") is not None and old.get("eval_tokens") != new["eval_tokens"]:
+        changed = ["eval_tokens"]  # a finished run's held-out loss was scored on the old count
     if changed:
         raise ConfigError(f"{ckpt} was trained with other train.{changed[0]} ({old.get(changed[0])!r}, now "
                           f"{new[changed[0]]!r}); {hint}")

@@ -20,13 +20,19 @@ def file_in_the_way(folder: Path) -> Path | None:
     return existing if existing is not None and not existing.is_dir() else None
 
 
+def share_like_any_file(path: Path | str) -> None:
+    """Give a file the mode a plain open() would (0666 less the umask): mkstemp, and safetensors'
+    writer, make 0600, but results, data and checkpoints are shared like any file."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, 0o666 & ~umask)
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; results and data are shared like any file
+    share_like_any_file(tmp)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)

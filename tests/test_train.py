@@ -90,6 +90,8 @@ def test_log_plot_and_meta(straight):
     meta = json.loads((run_dir / CHECKPOINT_DIR / "meta.json").read_text())
     assert meta["heldout_loss"] == result.heldout_loss and math.isfinite(result.heldout_loss)
     assert meta["flops_per_token"]["attention"] > 0 and meta["flops_per_token"]["partial"] == []
+    modes = {f.name: f.stat().st_mode & 0o777 for f in (run_dir / CHECKPOINT_DIR).iterdir()}
+    assert len(set(modes.values())) == 1, modes  # the weights are as readable as the rest (not 0600)
     model, cfg, name, _ = load_checkpoint(run_dir / CHECKPOINT_DIR)
     assert name == "swat" and cfg.train.tokens == 2048
     assert torch.equal(model.embed.weight, result.model.embed.weight)

@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from harness.config import EXECUTION_KEYS, Config, ConfigError
-from harness.files import file_sha256
+from harness.files import file_sha256, share_like_any_file
 from harness.memory import is_out_of_memory
 from harness.model.build import build_model
 from harness.training import distributed
@@ -135,6 +135,7 @@ def save_checkpoint(run_dir: Path, model, optimizer, meta: dict, trainer: dict, 
         dupes = _tied_duplicates(model)
         save_file({k: v.contiguous() for k, v in weights.items() if k not in dupes}, str(tmp / WEIGHTS_FILE),
                   metadata={"format": "pt"})
+        share_like_any_file(tmp / WEIGHTS_FILE)
         torch.save({**trainer, "optimizer": optim, "rng": rng}, tmp / TRAINER_FILE)
         sums = {name: file_sha256(tmp / name) for name in (WEIGHTS_FILE, TRAINER_FILE)}
         (tmp / META_FILE).write_text(json.dumps({**meta, "sha256": sums}, indent=1, default=str))

@@ -3,30 +3,33 @@
 # CUDA machine; each mode fits one 10-minute device call, and `bench` resumes on a warm machine:
 #   OUT=folder HARNESS_COMMIT=<sent commit> [SWEEPS=tiles,decode] bash results/kernels/device.sh tune
 #   OUT=folder HARNESS_COMMIT=<sent commit> [HEAD_DIMS=64,128] [BUDGET_S=570] bash results/kernels/device.sh bench
-# tune:  the kernel tests on the GPU (every dtype and head size, the one-pass backward with FUSED_DQ
-#        forced on), then `python -m harness.bench.tune --sweeps $SWEEPS` (tile configs of every pass,
-#        FUSED_DQ against the two-pass backward; decode launch configs, ACC_2D among them) as
-#        tune.jsonl, written row by row (a sweep cut at the time limit keeps what it measured); the
-#        winners go into harness/ops/swat/function.py by hand, with the numbers in NOTES.md.
+# tune:  the GPU tests of the kernels (realistic shapes with both backwards, every dtype and head
+#        size; the whole file compiled took over 150 s, so it belongs in a study call's GPU_TESTS),
+#        then `python -m harness.bench.tune --sweeps $SWEEPS` (tile configs of every pass, FUSED_DQ
+#        against the two-pass backward; decode launch configs, ACC_2D among them) as tune.jsonl,
+#        written row by row (a sweep cut at the time limit keeps what it measured); the winners go
+#        into harness/ops/swat/function.py by hand, with the numbers in NOTES.md.
 # bench: `harness bench kernels` at the issue's shapes (T 4K/16K/32K, W 128/512/2048/T, fwd and
 #        fwd+bwd, then decode at batch 1, 8, 64) into .gpu/results/kernels, packed as kernels.tgz;
 #        a cut run goes on where it stopped when called again on the same machine.
-# mamba-ssm is not built (MAMBA_BUILD=0): the CPUs stay quiet beside the timings.
+# mamba-ssm is not built (MAMBA_BUILD=0): the CPUs stay quiet beside the timings. `timeout -k`:
+# a command that ignores the first SIGTERM (one call's bench, inside a Triton compile) is killed
+# 10 s later, so that the packing still runs before the call's own limit.
 set -u
 T0=$(date +%s)
 MAMBA_BUILD=0 . results/device-setup.sh
 left() { echo $(( ${BUDGET_S:-570} - ($(date +%s) - T0) )); }
 case "${1:-}" in
   tune)
-    say "kernel tests on the GPU"
-    timeout 150 python3 -m pytest tests/test_swat_kernel.py -q -p no:cacheprovider -W ignore -rfEs \
+    say "kernel tests on the GPU (the realistic shapes, every dtype and head size)"
+    timeout -k 10 150 python3 -m pytest tests/test_swat_kernel.py -q -p no:cacheprovider -W ignore -rfEs -k gpu \
       > "$OUT/gpu_tests.log" 2>&1; say "tests: $(tail -1 "$OUT/gpu_tests.log")"
     say "sweeps ${SWEEPS:-tiles,decode} ($(( $(left) - 15 )) s at most)"
-    timeout $(( $(left) - 15 )) python3 -m harness.bench.tune --sweeps "${SWEEPS:-tiles,decode}" \
+    timeout -k 10 $(( $(left) - 25 )) python3 -m harness.bench.tune --sweeps "${SWEEPS:-tiles,decode}" \
       --out "$OUT/tune.jsonl" > "$OUT/tune.txt" 2>&1; say "tune exit $?" ;;
   bench)
     say "bench kernels, d=${HEAD_DIMS:-64,128} ($(( $(left) - 20 )) s at most)"
-    timeout $(( $(left) - 20 )) python3 -m harness bench kernels --out "$G/results/kernels" \
+    timeout -k 10 $(( $(left) - 30 )) python3 -m harness bench kernels --out "$G/results/kernels" \
       --head-dims "${HEAD_DIMS:-64,128}" --modes fwd,fwd_bwd,decode --decode-batches 1,8,64 >> "$LOG" 2>&1
     say "bench exit $?"
     tar czf "$OUT/kernels.tgz" -C "$G/results" kernels ;;

@@ -28,8 +28,8 @@ DTYPES = (torch.bfloat16, torch.float16, torch.float32)
 
 # Tile configs per (pass, head_dim, regime): BLOCK_M (queries), BLOCK_N (keys), warps, pipeline
 # stages, ONE_LOOP (one masked loop instead of edge/interior/diagonal loops). Regime "small" is
-# W <= SMALL_WINDOW, "large" the rest. Chosen from the H100 sweeps of harness/bench/tune.py
-# (NOTES.md has the numbers); d < 64 uses the d = 64 entries.
+# W <= SMALL_WINDOW, "large" the rest. Chosen from the H100 sweeps of harness/bench/tune.py and
+# checked by the H200 one (NOTES.md has the numbers); d < 64 uses the d = 64 entries.
 SMALL_WINDOW = 256
 
 
@@ -47,7 +47,7 @@ CONFIGS = {
     ("dkdv", 128, "small"): _cfg(32, 64, 4, 4, True),
     ("dkdv", 128, "large"): _cfg(32, 128, 8, 3),
     ("dq", 64, "small"): _cfg(64, 32, 4, 3, True),
-    ("dq", 64, "large"): _cfg(128, 32, 4, 3),
+    ("dq", 64, "large"): _cfg(128, 64, 8, 3),
     ("dq", 128, "small"): _cfg(64, 32, 4, 3, True),
     ("dq", 128, "large"): _cfg(128, 64, 8, 3),
 }
@@ -58,8 +58,9 @@ _INTERPRET_CONFIG = dict(BLOCK_M=16, BLOCK_N=16, num_warps=1, num_stages=1, ONE_
 SIGMOID_MODE = {"fwd": 2, "bwd": 1, "decode": 2}
 # Per (head_dim, regime): whether the dK/dV pass also adds dQ with fp32 atomics, so that the dQ
 # pass does not run (triton_bwd: 5 matrix products and one sigmoid per tile pair instead of 7 and
-# two). Off until a GPU sweep (harness/bench/tune.py) shows it faster at that shape; off whenever
-# torch.use_deterministic_algorithms is on, since atomics make dQ's last bits order-dependent.
+# two). Off: the H200 sweep (NOTES.md, v5) found the whole backward 1-58% slower with it at every
+# head size and window it timed, as the atomics cost more than the products they save. Always off
+# under torch.use_deterministic_algorithms, since atomics make dQ's last bits order-dependent.
 FUSED_DQ = {(64, "small"): False, (64, "large"): False, (128, "small"): False, (128, "large"): False}
 
 
@@ -310,16 +311,20 @@ def swat_attention_triton(q, k, v, slopes, window: int, sigmoid_bias: float = 0.
 # partial sums in fp32. The runs are split until the grid has MIN_PROGRAMS programs (an H100 has
 # 132 SMs), so that a small batch still keeps enough loads in flight; a large batch gets one run
 # per pair and no sum.
-# From the H100 sweep of harness/bench/tune.py (NOTES.md, v4): best at batch 1 and 64, not at 8.
-# ACC_2D (swat_decode_kernel) is untimed so far (NOTES.md, v5): off until a decode sweep says otherwise.
-DECODE_CONFIG = dict(MIN_PROGRAMS=528, TILE_ELEMS=4096, num_warps=4, num_stages=3, ACC_2D=False)
+# From the H200 sweep of harness/bench/tune.py (NOTES.md, v5): of the 72 configs swept at d = 64
+# and 128, batch 1, 8 and 64, W = 512 and 2048, the best fixed one (7% over each shape's best on
+# geometric mean, 22% at worst); ACC_2D (one [BLOCK_W, d] accumulator reduced after the loop) is
+# what makes it best at d = 128.
+DECODE_CONFIG = dict(MIN_PROGRAMS=264, TILE_ELEMS=8192, num_warps=2, num_stages=3, ACC_2D=True)
 
 
-def decode_launch(batch_heads: int, w_cache: int, head_dim: int) -> dict:
+def decode_launch(batch_heads: int, w_cache: int, head_dim: int, elem_bytes: int = 2) -> dict:
     """The decode kernel's launch: slots per tile (BLOCK_W) and per program, programs per
-    (sequence, head) pair (splits), warps, pipeline stages and the accumulator's shape."""
+    (sequence, head) pair (splits), warps, pipeline stages and the accumulator's shape. TILE_ELEMS
+    was tuned for 16-bit inputs; fp32 inputs get as many bytes per tile (half the slots), so that
+    the pipelined K/V tiles take the shared memory the sweep's config took."""
     cfg = DECODE_CONFIG
-    block_w = 16 if interpreting() else max(16, cfg["TILE_ELEMS"] // head_dim)
+    block_w = 16 if interpreting() else max(16, cfg["TILE_ELEMS"] * 2 // elem_bytes // head_dim)
     tiles = triton.cdiv(w_cache, block_w)
     wanted = min(tiles, max(1, triton.cdiv(cfg["MIN_PROGRAMS"], batch_heads)))
     per_program = block_w * triton.cdiv(tiles, wanted)
@@ -337,7 +342,7 @@ def _swat_decode(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, 
                  cache_len: int, pos: int, window: int, sigmoid_bias: float, scale: float) -> torch.Tensor:
     B, H, d = q.shape
     W_cache, Hkv = k_cache.shape[1], k_cache.shape[2]
-    launch = decode_launch(B * H, W_cache, d)
+    launch = decode_launch(B * H, W_cache, d, q.element_size())
     splits = launch.pop("splits")
     out = torch.empty((splits, B, H, d), device=q.device, dtype=q.dtype if splits == 1 else torch.float32)
     swat_decode_kernel[(B * H, splits)](

@@ -7,6 +7,7 @@ come only from the committed, verified files in results/paper, never from this f
 
 import csv
 import io
+import json
 import math
 import multiprocessing
 import re
@@ -74,7 +75,7 @@ def test_main_table_cells_bold_stderr_and_last_checkpoint():
     # accuracies in percent with lm-eval's stderr; PIQA from the last checkpoint (2B tokens), not 1B
     assert swat[col("PIQA acc")] == "**65.00 ± 1.10**"
     assert swat[col("LMB. ppl↓")] == "**40.00 ± 2.00**"  # lowest perplexity is best
-    assert transformer[col("Wiki. ppl↓")] == "**29.00**" and swat[col("Wiki. ppl↓")] == "30.00"
+    assert transformer[col("Wiki. word ppl↓")] == "**29.00**" and swat[col("Wiki. word ppl↓")] == "30.00"
     assert transformer[col("Wino. acc")] == "**52.00**"  # highest accuracy is best
     assert mamba[col("Hella. acc_n")] == "36.00"
     # the complete average is the mean of the eight accuracies
@@ -117,7 +118,7 @@ def test_reference_rows_and_deltas_come_from_the_reference_file():
     # default swat (balanced slopes) is compared with SWAT (-+); swat with slopes=negative with SWAT (-)
     delta = body["Δ vs SWAT (-+) [1]"]
     assert delta[col("PIQA acc")] == f"{65.0 - pct('SWAT (-+)', 'piqa', 'acc'):+.2f}"
-    assert delta[col("Wiki. ppl↓")] == f"{30.0 - pct('SWAT (-+)', 'wikitext', 'word_perplexity'):+.2f}"
+    assert delta[col("Wiki. word ppl↓")] == f"{30.0 - pct('SWAT (-+)', 'wikitext', 'word_perplexity'):+.2f}"
     neg = body["Δ vs SWAT (-) [1]"]
     assert neg[col("BoolQ acc")] == f"{59.0 - pct('SWAT (-)', 'boolq', 'acc'):+.2f}"
     assert neg[col("Avg")] == ""  # our variant run has only some tasks: no average delta
@@ -132,9 +133,9 @@ def test_bold_is_per_source():
     rows, refs, configs = fixture("fixture-340m", refs=[SWAT_T1])
     body = md_rows(render(build("main", rows, refs, configs), "md"))
     # our best Wiki ppl and the paper's best are both bold: they come from different setups
-    assert body["transformer"][col("Wiki. ppl↓")].startswith("**")
+    assert body["transformer"][col("Wiki. word ppl↓")].startswith("**")
     bold_refs = [k for k, v in body.items() if k.endswith("[1]") and not k.startswith("Δ")
-                 and v[col("Wiki. ppl↓")].startswith("**")]
+                 and v[col("Wiki. word ppl↓")].startswith("**")]
     assert len(bold_refs) == 1
 
 
@@ -431,7 +432,7 @@ def test_a_run_merges_its_rows_with_what_another_job_wrote_since_it_started(tmp_
     ctx = TaskContext(cfg=load_config(preset="tiny"), run="run", model_name="swat", device="cpu")
 
     class FakeTask:
-        name, data_parallel = "fake", True
+        name, data_parallel, builtin = "fake", True, False  # a plugin's task: its rows are checked
 
         def run(self, model, tokenizer, ctx):
             return [ctx.row("fake", "acc", 0.5)]
@@ -440,3 +441,229 @@ def test_a_run_merges_its_rows_with_what_another_job_wrote_since_it_started(tmp_
     stored = sorted((r.model, r.task, r.value) for r in read_rows(path))
     assert stored == sorted((r.model, r.task, r.value) for r in rows) == [("hgrn2", "wikitext", 2.25),
                                                                           ("swat", "fake", 0.5)]
+
+
+# ---------------------------------------------------------------- lines, inputs and outputs (synthetic rows)
+
+def rows_run(folder: Path, rows: list[Row]) -> Path:
+    """A run folder holding `rows`; returns it."""
+    from harness.results.store import write_rows
+    write_rows(folder / "rows.jsonl", rows)
+    return folder
+
+
+def acc(model, preset, task, value, metric="acc", **kw) -> Row:
+    extra = kw.pop("extra", {})
+    return Row(run=kw.pop("run", "r"), model=model, preset=preset, task=task, metric=metric, value=value,
+               extra=extra, **kw)
+
+
+def groups(table) -> dict[str, dict[str, list[str]]]:
+    """Group label -> {line name -> cells as printed} of a rendered markdown table."""
+    out, group = {}, None
+    for line in render(table, "md").splitlines():
+        if line.startswith("| *"):
+            group = out.setdefault(line.strip("| *"), {})
+        elif line.startswith("| ") and group is not None:
+            cells = [c.strip() for c in line.strip().strip("|").split("|")]
+            group[cells[0]] = cells[1:]
+    return out
+
+
+def test_each_learning_rate_of_a_model_gets_a_line_of_its_own():
+    """A sweep's rows at two rates never share a line: held-out loss of one rate beside the
+    benchmarks of another was a line no run made. One rate per model: no label, no footnote."""
+    def smoke(lr, seed, loss):
+        return acc("swat", "s", "smoke", loss, metric="loss", seed=seed, params=10, extra={"lr": lr})
+    rows = [smoke(0.008, 0, 4.0), smoke(0.008, 1, 4.1), smoke(0.016, 0, 3.9), smoke(0.016, 1, 3.8),
+            acc("swat", "s", "piqa", 0.6, seed=0, params=10, extra={"lr": 0.008}),
+            acc("mamba", "s", "smoke", 4.5, metric="loss", seed=0, params=10, extra={"lr": 0.004})]
+    table = build("main", rows)
+    lines = groups(table)["s"]
+    piqa = table.header.index("PIQA acc") - 1
+    loss = table.header.index("Held-out loss↓") - 1
+    assert list(lines) == ["mamba", "swat lr=0.008 seed=0", "swat lr=0.008 seed=1", "swat lr=0.016 seed=0",
+                           "swat lr=0.016 seed=1"]
+    assert lines["swat lr=0.008 seed=0"][loss] == "4.00" and lines["swat lr=0.008 seed=0"][piqa] == "60.00"
+    assert lines["swat lr=0.016 seed=1"][loss] == "**3.80**" and lines["swat lr=0.016 seed=1"][piqa] == ""
+    assert any("picks each model's learning rate" in n and "--report-only" in n for n in table.notes)
+    one_rate = build("main", [r for r in rows if r.extra["lr"] != 0.016])
+    assert "swat seed=0" in groups(one_rate)["s"]
+    assert not any("learning rate" in n for n in one_rate.notes)
+
+
+def test_plot_series_are_the_table_lines(tmp_path):
+    """A series is one line of the tables: sizes, rates and seeds are never joined into one curve,
+    nor are two sizes' evaluations drawn as checkpoints of one model."""
+    from harness.results.plots import write_plots
+
+    def ppl(model, preset, context, value, **extra):
+        return acc(model, preset, "length", value, metric="ppl", params=10, extra={"context": context, **extra})
+    rows = [ppl(m, p, c, v * c, **extra) for c in (512, 1024)
+            for m, p, v, extra in (("bigram", "s", 3, {}), ("bigram", "m", 2, {}),
+                                   ("swat", "s", 1, {"lr": 0.008}), ("swat", "s", 1.5, {"lr": 0.016}))]
+    rows += [acc("swat", p, "piqa", v, tokens_trained=t, params=10) for p, v, t in (("s", 0.5, 10), ("m", 0.6, 40))]
+    written = {p.name for p in write_plots(rows, tmp_path)}
+    assert "acc_vs_tokens.png" not in written  # two sizes, one checkpoint each: no curve
+    points = list(csv.DictReader((tmp_path / "ppl_vs_length.csv").open()))
+    assert {p["series"] for p in points} == {"bigram preset=s", "bigram preset=m", "swat preset=s lr=0.008",
+                                             "swat preset=s lr=0.016"}
+    assert all(len([p for p in points if p["series"] == s]) == 2 for s in {p["series"] for p in points})
+    assert "token perplexity" in points[0]
+
+
+def test_reference_rows_show_the_average_their_paper_published():
+    """TTT and SWAT (-) at 760M print averages that are not the mean of their cells; the table shows
+    what the paper printed (and bolds by it), and recomputes only where a file has no average."""
+    _, refs, _ = fixture(refs=[SWAT_T1])
+    table = build("main", [], refs)
+    avg = table.header.index("Avg") - 1
+    at_760m = groups(table)["760m"]
+    assert at_760m["TTT [1]"][avg] == "47.32"
+    assert at_760m["SWAT (-) [1]"][avg] == "**51.85**" and at_760m["Titans [1]"][avg] == "51.56"
+    without = build("main", [], [r for r in refs if r.task != AVERAGE_TASK])
+    assert groups(without)["760m"]["TTT [1]"][avg] == "49.37"
+    assert any("as published" in n for n in table.notes) and not any("as published" in n for n in without.notes)
+
+
+def test_the_swat_paper_is_cited_by_its_title():
+    title = "Sliding Window Attention Training for Efficient Large Language Models"
+    assert all(title in r.extra["source"] for r in read_reference(SWAT_T1))
+    assert "Efficient LLMs" not in SWAT_T1.read_text() + (PAPER / "README.md").read_text()
+
+
+@pytest.mark.parametrize("field,value,why", [
+    ("params", "big", "params 'big' is not a whole number"), ("stderr", "x", "stderr 'x' is not a number"),
+    ("model", 5, "model 5 is not text"), ("preset", None, "preset is null"), ("task", None, "task is null"),
+    ("metric", 3, "metric 3 is not text"), ("seed", "a", "seed 'a' is not a whole number"),
+    ("preset", "absent", "no preset field"),
+])
+def test_a_row_field_of_the_wrong_type_is_skipped_with_a_warning(tmp_path, field, value, why):
+    """Such a row used to end in a traceback (a sort, a format), vanish, or make a phantom line."""
+    good = {"run": "r", "model": "swat", "preset": "s", "task": "piqa", "metric": "acc", "value": 0.5,
+            "params": 10, "seed": 0, "stderr": 0.01}
+    bad = {**good, "seed": 1, field: value}
+    if value == "absent":
+        del bad[field]
+    (tmp_path / "r").mkdir()
+    (tmp_path / "r" / "rows.jsonl").write_text(json.dumps(good) + "\n" + json.dumps(bad) + "\n")
+    warnings = []
+    rows, refs, configs = collect([str(tmp_path / "r")], [], tmp_path, warn=warnings.append)
+    assert warnings == [f"warning: {tmp_path / 'r' / 'rows.jsonl'}:2: skipped a corrupt row ({why})"]
+    assert list(groups(build("main", rows, refs, configs))["s"]) == ["swat"]
+
+
+def test_output_paths_are_checked_before_anything_is_written_or_printed(tmp_path, capsys):
+    from harness.cli import main
+    run = str(rows_run(tmp_path / "r", [acc("swat", "s", "length", 9.0, metric="ppl", extra={"context": 512})]))
+    plain = tmp_path / "plain"
+    plain.write_text("x")
+    for out in ([], ["--out", str(tmp_path / "t.md")]):
+        assert main(["tables", "--run", run, "--table", "length", *out, "--plots", str(plain)]) == 2
+        printed = capsys.readouterr()
+        assert printed.out == "" and printed.err.startswith(f"error: --plots {plain}") and printed.err.count("\n") == 1
+    assert not (tmp_path / "t.md").exists()
+
+
+def test_out_on_a_folder_names_the_path_given(tmp_path, capsys):
+    """Not the temporary file that the atomic write would have made beside it."""
+    from harness.cli import main
+    run = str(rows_run(tmp_path / "r", [acc("swat", "s", "piqa", 0.6)]))
+    assert main(["tables", "--run", run, "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: --out {tmp_path} is a folder") and ".tmp" not in err
+
+
+@pytest.mark.parametrize("target", ["rows", "reference"])
+def test_out_on_a_file_being_read_is_refused(tmp_path, capsys, target):
+    from harness.cli import main
+    run = rows_run(tmp_path / "r", [acc("swat", "340m", "piqa", 0.6)])
+    reference = tmp_path / "ref.csv"
+    shutil.copy(SWAT_T1, reference)
+    victim = run / "rows.jsonl" if target == "rows" else reference
+    before = victim.read_bytes()
+    out = str(victim) if target == "reference" else str(tmp_path / "r" / ".." / "r" / "rows.jsonl")
+    assert main(["tables", "--run", str(run), "--reference", str(reference), "--out", out]) == 2
+    assert capsys.readouterr().err.startswith(f"error: --out {out} is a file this table is read from")
+    assert victim.read_bytes() == before
+
+
+def test_a_missing_results_folder_says_so(tmp_path, capsys):
+    from harness.cli import main
+    assert main(["tables", "--results", str(tmp_path / "nowhere")]) == 2
+    assert f"the results folder {tmp_path / 'nowhere'} does not exist" in capsys.readouterr().err
+
+
+def test_an_empty_table_names_the_nested_runs_that_would_fill_it(tmp_path, capsys):
+    """Without --run only RESULTS/*/rows.jsonl is read; runs nested deeper are named for the table
+    they fill (here a speed sweep in speed/<device>/<preset>, as `harness bench models` writes it)."""
+    from harness.cli import main
+    rows_run(tmp_path / "top", [acc("swat", "s", "piqa", 0.6)])
+    speed = acc("swat", "s", "speed_train", 1e5, metric="tokens_per_s", run="s", extra={"seq_len": 2048})
+    rows_run(tmp_path / "speed" / "gpu" / "s", [speed])
+    rows_run(tmp_path / "other" / "deeper", [acc("mamba", "s", "piqa", 0.6)])
+    assert main(["tables", "--results", str(tmp_path), "--table", "speed"]) == 2
+    err = capsys.readouterr().err
+    assert "nothing for the speed table" in err and err.rstrip().endswith("try --run speed/gpu/s")
+    assert main(["tables", "--results", str(tmp_path), "--table", "speed", "--run", "speed/gpu/s"]) == 0
+
+
+def test_a_run_or_reference_named_twice_is_read_once(tmp_path):
+    run = rows_run(tmp_path / "r", [acc("swat", "s", "piqa", 0.6)])
+    (tmp_path / "paper").mkdir()
+    shutil.copy(SWAT_T1, tmp_path / "paper")
+    warnings = []
+    rows, refs, _ = collect([str(run), "r", str(run / "rows.jsonl")],
+                            [str(tmp_path / "paper" / SWAT_T1.name), "all", SWAT_T1.stem],
+                            tmp_path / ".." / tmp_path.name, warn=warnings.append)
+    assert warnings == [] and len(rows) == 1 and len(refs) == len(read_reference(SWAT_T1))
+
+
+def test_timing_and_provenance_extras_do_not_make_a_measurement_new():
+    """Two rows of one measurement that differ in wall time or package versions conflict when their
+    values differ; a learning rate or a length still makes another measurement."""
+    def row(value, **extra):
+        return acc("swat", "s", "piqa", value, extra={"lr": 0.008, **extra})
+    warnings = []
+    kept = dedupe_rows([row(0.5, eval_seconds=1.2, torch="2.1", world_size=1),
+                        row(0.6, eval_seconds=3.4, torch="2.2", world_size=2)], warn=warnings.append)
+    assert len(kept) == 1 and len(warnings) == 1 and "conflicting rows" in warnings[0]
+    assert "eval_seconds" not in warnings[0]
+    assert len(dedupe_rows([row(0.5), row(0.6, lr=0.016), row(0.7, context=512)], warn=pytest.fail)) == 3
+
+
+def test_sizes_are_ordered_by_their_trained_models_not_the_n_gram_references():
+    rows = [acc("swat", "s", "piqa", 0.5, params=1_700_000), acc("bigram", "s", "piqa", 0.5, params=1_300_000),
+            acc("swat", "m", "piqa", 0.5, params=3_800_000), acc("bigram", "m", "piqa", 0.5, params=2_000_000),
+            acc("bigram", "l", "piqa", 0.5, params=2_018_000), acc("unigram", "l", "piqa", 0.5, params=8_100)]
+    assert list(groups(build("main", rows))) == ["s", "m", "l"]
+    ngrams = [r for r in rows if r.model == "bigram"]
+    assert list(groups(build("main", ngrams))) == ["s", "m", "l"]  # only n-grams: by their own counts
+
+
+def test_passkey_depths_sort_as_numbers():
+    rows = [acc("swat", "s", "passkey", 0.0, extra={"context": 512, "depth": d}) for d in (1.0, 0.5, 0.0, 0.75, 0.25)]
+    lines = list(groups(build("retrieval", rows))["s · passkey acc"])
+    assert lines == [f"swat depth={d}" for d in ("0", "0.25", "0.5", "0.75", "1")]
+
+
+def test_perplexities_say_per_word_or_per_token():
+    """The main table's WikiText-2 perplexity is lm-eval's per word; the length table's and its plot's
+    are per token of the model's tokenizer: numbers of another scale, which the labels must tell."""
+    rows, refs, configs = fixture("fixture-340m")
+    assert "Wiki. word ppl↓" in build("main", rows, refs, configs).header
+    length = build("length", rows, refs, configs)
+    assert list(groups(length)) == ["340m · token ppl"] and "Per-token perplexity" in length.notes[0]
+
+
+@pytest.mark.parametrize("committed,args", [
+    ("tiny-demo/main.md", ["--run", "tiny-demo"]),
+    ("tiny-demo/length.md", ["--run", "tiny-demo", "--table", "length"]),
+    ("comparison/seed0/main.md", ["--run", "results/comparison/seed0", "--reference", "all"]),
+])
+def test_committed_tables_are_what_their_documented_commands_print(capsys, monkeypatch, committed, args):
+    """README.md and results/comparison/README.md give the commands; a table is regenerated with them."""
+    from harness.cli import main
+    monkeypatch.chdir(ROOT)
+    assert main(["tables", *args]) == 0
+    assert capsys.readouterr().out == (ROOT / "results" / committed).read_text()

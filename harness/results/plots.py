@@ -1,13 +1,16 @@
 """Plots of stored rows (matplotlib, PNG), each written with the CSV of exactly the points it draws.
 
-    ppl_vs_length.png/.csv      perplexity vs evaluation length, one line per model (task `length`)
-    speed_<task>_<metric>.png   throughput / latency / memory vs length, one line per model (log-log)
+    ppl_vs_length.png/.csv      per-token perplexity vs evaluation length (task `length`)
+    speed_<task>_<metric>.png   throughput / latency / memory vs length (log-log)
     acc_vs_tokens.png/.csv      accuracy vs training tokens, one panel per benchmark, when a model
                                 was evaluated at two or more checkpoints
     loss_curves.png/.csv        training loss vs tokens, one line per model of the run folders
                                 (their train/<model>_train_log.jsonl, kept there by `harness run`)
 
-A plot whose rows are absent is not drawn (and not written).
+One series per line of the tables (harness.results.tables.Line: model, size, variant, run, learning
+rate, seed, decode batch), named as the tables name their lines, with preset= where the series are
+of several sizes: a series never joins rows of two models, sizes or runs of a sweep. A plot whose
+rows are absent is not drawn (and not written).
 """
 
 from __future__ import annotations
@@ -21,10 +24,13 @@ from harness.results.store import Row
 from harness.results.tables import (
     ACC_COLUMNS,
     SPEED_TASKS,
+    Line,
+    batch_detail,
     display,
     is_oom,
     latest,
-    variant_of,
+    line_names,
+    line_of,
 )
 
 
@@ -33,13 +39,6 @@ def pyplot():
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     return plt
-
-
-def _series_label(r: Row, run_configs: dict, several_runs: bool) -> str:
-    variant = variant_of(r, run_configs)
-    label = r.model + (f" ({variant})" if variant else "")
-    label += f" [{r.run}]" if several_runs else ""
-    return label + (f" b={r.extra['batch']}" if r.extra.get("batch") is not None else "")
 
 
 def _write_csv(path: Path, header: list[str], lines: list[list]) -> None:
@@ -69,15 +68,17 @@ def _write_plot(fig, out_dir: Path, name: str, header: list[str], lines: list[li
 
 
 def _collect(rows: list[Row], run_configs: dict, x_key) -> dict[str, dict[float, Row]]:
-    """label -> {x: row} with the last checkpoint's row at each x; OOM points dropped."""
-    several = len({r.run for r in rows}) > 1
-    out: dict[str, dict[float, list[Row]]] = {}
+    """series name -> {x: row}, one series per table line, with the last checkpoint's row at each x;
+    OOM points dropped."""
+    out: dict[Line, dict[float, list[Row]]] = {}
     for r in rows:
         x = x_key(r)
         if x is None or r.value is None or is_oom(r) or math.isnan(r.value):
             continue
-        out.setdefault(_series_label(r, run_configs, several), {}).setdefault(float(x), []).append(r)
-    return {label: {x: latest(rs) for x, rs in pts.items()} for label, pts in out.items()}
+        line = line_of(r, run_configs, r.run.startswith("paper:"), batch_detail(r))
+        out.setdefault(line, {}).setdefault(float(x), []).append(r)
+    names = line_names(out, with_preset=True)
+    return {names[line]: {x: latest(rs) for x, rs in pts.items()} for line, pts in out.items()}
 
 
 MARKERS = "osD^v<>ph*"
@@ -98,13 +99,15 @@ def _length_plot(series: dict, out_dir: Path, name: str, ylabel: str, title: str
     # one colour and marker per model (a decode series' label ends in its batch, " b=64", which
     # picks the line style), so that a model's batch sizes read as a pair; marker sizes alternate,
     # so that models with equal values (e.g. the same decode state of two windowed models) stay
-    # visible on top of each other
+    # visible on top of each other; past the colours of the map the marker shifts, so that no two
+    # series (a study's sizes, rates and seeds make dozens) look alike
     models = sorted({label.split(" b=")[0] for label in series})
     colours = plt.get_cmap("tab10" if len(models) <= 10 else "tab20").colors
     for label, pts in sorted(series.items()):
         xs = sorted(pts)
         i = models.index(label.split(" b=")[0])
-        ax.plot(xs, [pts[x].value for x in xs], marker=MARKERS[i % len(MARKERS)], markersize=7 - 3 * (i % 2),
+        marker = MARKERS[(i + i // len(colours)) % len(MARKERS)]
+        ax.plot(xs, [pts[x].value for x in xs], marker=marker, markersize=7 - 3 * (i % 2),
                 color=colours[i % len(colours)],
                 linestyle="--" if " b=" in label and not label.endswith(" b=1") else "-", label=label)
         lines += [[label, int(x), pts[x].value, pts[x].stderr, pts[x].device, pts[x].run] for x in xs]
@@ -128,8 +131,8 @@ def ppl_vs_length(rows: list[Row], out_dir: Path, run_configs: dict | None = Non
     if not series:
         return []
     train_lengths = sorted({int(r.extra["train_length"]) for r in pick if r.extra.get("train_length")})
-    return _length_plot(series, out_dir, "ppl_vs_length", "ppl", "Perplexity vs evaluation length", False,
-                        train_lengths)
+    return _length_plot(series, out_dir, "ppl_vs_length", "token perplexity",
+                        "Per-token perplexity (WikiText-2 test) vs evaluation length", False, train_lengths)
 
 
 def speed_curves(rows: list[Row], out_dir: Path, run_configs: dict | None = None) -> list[Path]:

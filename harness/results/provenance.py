@@ -16,6 +16,11 @@ from typing import Any
 from harness.files import atomic_write_text, folder_lock
 
 PROVENANCE_KEYS = ("commit", "device", "date", "command")
+PACKAGES = ("torch", "triton", "swat-harness", "lm_eval", "fla-core", "mamba-ssm", "flash-attn", "triton-sigmoid")
+# Keys a row may carry beside PROVENANCE_KEYS on how its run went, not on what it measured: the
+# evaluation's wall time, how many processes shared it, the package versions (`harness bench
+# models` stamps torch and triton). Two rows that differ only in these are one measurement.
+BOOKKEEPING_KEYS = ("eval_seconds", "world_size", "python", *PACKAGES)
 
 
 def provenance(device: str = "cuda", command: str | None = None) -> dict:
@@ -104,7 +109,7 @@ def device_name(device: str = "cuda") -> str:
 def versions() -> dict[str, Any]:
     import importlib.metadata as md
     out = {"python": sys.version.split()[0]}
-    for pkg in ("torch", "triton", "swat-harness", "lm_eval", "fla-core", "mamba-ssm", "flash-attn", "triton-sigmoid"):
+    for pkg in PACKAGES:
         try:
             out[pkg] = md.version(pkg)
         except md.PackageNotFoundError:

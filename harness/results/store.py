@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Callable, Iterable
 
 from harness.files import atomic_write_text, folder_lock
+from harness.results.provenance import BOOKKEEPING_KEYS, PROVENANCE_KEYS
 
 ROW_FIELDS = ("run", "model", "preset", "params", "tokens_trained", "task", "metric", "value", "stderr",
               "n", "seed", "checkpoint", "commit", "device", "date", "command")
@@ -74,23 +75,60 @@ def replace_rows(path: Path, rows: Iterable[Row], replaced: Callable[[Row], bool
 
 
 def read_rows(path: Path, warn=print) -> list[Row]:
-    """Rows of a JSONL file; a corrupt or truncated line (bytes that are not UTF-8 included) is skipped
-    with a warning naming file and line."""
+    """Rows of a JSONL file; a corrupt or truncated line (bytes that are not UTF-8 included), or a row
+    whose schema fields are missing, null or of the wrong type, is skipped with a warning naming file,
+    line and what is wrong: such a row would otherwise vanish from a table, split a line in two or
+    fail much later in a sort or a format."""
     rows = []
     for n, line in enumerate(Path(path).read_text(encoding="utf-8", errors="replace").splitlines(), 1):
         if not line.strip():
             continue
         try:
             data = json.loads(line)
-            if not isinstance(data, dict) or not {"model", "task", "metric", "value"} <= data.keys():
-                raise ValueError("missing model/task/metric/value")
-            if data["value"] is not None and (isinstance(data["value"], bool)
-                                              or not isinstance(data["value"], (int, float))):
-                raise ValueError(f"value {data['value']!r:.40} is not a number")
-            rows.append(Row.from_dict(data))
-        except (json.JSONDecodeError, ValueError, TypeError) as err:
+        except json.JSONDecodeError as err:
             warn(f"warning: {path}:{n}: skipped a corrupt row ({err})")
+            continue
+        problem = row_problem(data)
+        if problem:
+            warn(f"warning: {path}:{n}: skipped a corrupt row ({problem})")
+        else:
+            rows.append(Row.from_dict(data))
     return rows
+
+
+# What each schema field holds. A row must name what it measured (the text fields) and carry a value
+# (a number, or null for a measurement that produced none); the others may be null or absent.
+_TEXT, _WHOLE, _NUMBER = "text", "a whole number", "a number"
+_FIELD_KINDS = {"run": _TEXT, "model": _TEXT, "preset": _TEXT, "task": _TEXT, "metric": _TEXT, "value": _NUMBER,
+                "params": _WHOLE, "tokens_trained": _WHOLE, "stderr": _NUMBER, "n": _WHOLE, "seed": _WHOLE,
+                "checkpoint": _TEXT, "commit": _TEXT, "device": _TEXT, "date": _TEXT, "command": _TEXT}
+_REQUIRED = ("run", "model", "preset", "task", "metric", "value")
+_NULLABLE = frozenset(_FIELD_KINDS) - set(_REQUIRED) | {"value"}
+
+
+def _holds(kind: str, value) -> bool:
+    if kind == _TEXT:
+        return isinstance(value, str)
+    if isinstance(value, bool):  # JSON's true is not the number 1 here
+        return False
+    return isinstance(value, int) if kind == _WHOLE else isinstance(value, (int, float))
+
+
+def row_problem(data) -> str | None:
+    """What keeps `data` (a parsed JSON line or CSV row) from being a Row, in words, or None."""
+    if not isinstance(data, dict):
+        return f"a JSON {type(data).__name__}, not an object"
+    missing = [k for k in _REQUIRED if k not in data]
+    if missing:
+        return f"no {', '.join(missing)} field"
+    for key, kind in _FIELD_KINDS.items():
+        value = data.get(key)
+        if value is None:
+            if key not in _NULLABLE:
+                return f"{key} is null"
+        elif not _holds(kind, value):
+            return f"{key} {value!r:.40} is not {kind}"
+    return None
 
 
 # ---------------------------------------------------------------- loading runs and references
@@ -100,9 +138,10 @@ class ResultsError(ValueError):
 
 
 # Fields that describe how or when a row was measured, not what was measured: two rows that differ
-# only in these are the same measurement (a duplicate, or a conflict when the values differ).
-_NOT_IDENTITY = {"value", "stderr", "n", "commit", "device", "date", "command", "params"}
-_DESCRIPTIVE_EXTRAS = {"task_version", "version", "source", "table", "label", "published", "note"}
+# only in these are the same measurement (a duplicate, or a conflict when the values differ). What
+# was measured stays in the identity: learning rate, length, depth, corpus source, limit, ...
+_NOT_IDENTITY = {"value", "stderr", "n", "params", *PROVENANCE_KEYS}
+_DESCRIPTIVE_EXTRAS = {"task_version", "version", "source", "table", "label", "published", "note", *BOOKKEEPING_KEYS}
 _IDENTITY_FIELDS = tuple(k for k in ROW_FIELDS if k not in _NOT_IDENTITY)
 
 
@@ -194,8 +233,8 @@ _FLOAT_FIELDS = {"value", "stderr"}
 def read_reference(path: Path, warn=print) -> list[Row]:
     """Published numbers from a CSV in the row schema (plus `source`, `table` and any extra columns).
 
-    Empty cells are None. A line whose value is not a number, or that lacks model/task/metric/
-    source, is skipped with a warning naming file and line.
+    Empty cells are None. A line that is not a row (harness.results.store.row_problem: an empty model,
+    task, metric or preset, say) or lacks its value or source is skipped with a warning naming file and line.
     """
     import csv
     path = Path(path)
@@ -225,8 +264,10 @@ def read_reference(path: Path, warn=print) -> list[Row]:
                         data[k] = float(v)
                     else:
                         data[k] = v
-                if data.get("value") is None or not all(data.get(k) for k in ("model", "task", "metric", "source")):
-                    raise ValueError("empty value, model, task, metric or source")
+                problem = row_problem(data) or next((f"empty {k}" for k in ("value", "source") if data.get(k) is None),
+                                                    None)
+                if problem:
+                    raise ValueError(problem)
                 rows.append(Row.from_dict(data))
             except (ValueError, TypeError) as err:
                 warn(f"warning: {where}: skipped a corrupt reference row ({err})")

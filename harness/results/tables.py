@@ -5,11 +5,13 @@ every cell can be traced to one stored row. The conventions the pivots rely on:
 
 - main: one column per (task, metric) of the paper (MAIN_COLUMNS); accuracies are stored as
   lm-eval's fractions and shown in percent; perplexities as they are. Table rows are models grouped
-  by preset (size). A model evaluated at several checkpoints shows its last one (largest
-  `tokens_trained`). Avg is the mean of the accuracy columns present: complete (all eight) it is
-  plain and can be bold; incomplete it carries a dagger and a footnote, and is never bold. Rows of
-  the `smoke` task (held-out loss and perplexity on the training corpus) add their two columns in
-  front: all that the README's first run has to show.
+  by preset (size), one line per Line: a model's runs, learning rates and seeds each get their own,
+  labelled where they vary ("swat lr=0.008 seed=0"), so that no line joins cells of two trainings.
+  A line evaluated at several checkpoints shows its last one (largest `tokens_trained`). Avg is the
+  mean of the accuracy columns present (a paper's row: the average it published, where its file
+  has one): complete (all eight) it is plain and can be bold; incomplete it carries a dagger and a
+  footnote, and is never bold. Rows of the `smoke` task (held-out loss and perplexity on the
+  training corpus) add their two columns in front: all that the README's first run has to show.
 - variants: a run whose config differs from its preset in the ablation keys (SWAT's design choices:
   activation, slopes, rope, window, sigmoid_bias; and the training length, seq_len, except for speed
   rows) is labelled by the difference, e.g. "swat (slopes=negative)"; a row's own `variant` extra
@@ -23,8 +25,18 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 
-from harness.results.store import Row
+from harness.files import file_in_the_way
+from harness.results.store import (
+    ResultsError,
+    Row,
+    dedupe_rows,
+    load_run,
+    read_reference,
+    run_folders,
+    run_location,
+)
 
 # ---------------------------------------------------------------- layouts
 
@@ -46,7 +58,7 @@ class Column:
 
 
 MAIN_COLUMNS = (
-    Column("Wiki. ppl↓", r"Wiki.\ ppl$\downarrow$", "wikitext", "word_perplexity"),
+    Column("Wiki. word ppl↓", r"Wiki.\ word ppl$\downarrow$", "wikitext", "word_perplexity"),
     Column("LMB. ppl↓", r"LMB.\ ppl$\downarrow$", "lambada_openai", "perplexity"),
     Column("LMB. acc", "LMB.\\ acc", "lambada_openai", "acc"),
     Column("PIQA acc", "PIQA acc", "piqa", "acc"),
@@ -60,7 +72,8 @@ MAIN_COLUMNS = (
 ACC_COLUMNS = tuple(c for c in MAIN_COLUMNS if c.is_accuracy)
 SMOKE_COLUMNS = (Column("Held-out loss↓", r"Held-out loss$\downarrow$", "smoke", "loss"),
                  Column("Held-out ppl↓", r"Held-out ppl$\downarrow$", "smoke", "ppl"))
-AVERAGE_TASK = "commonsense_avg"  # a published average in a reference file; tables recompute theirs
+AVERAGE_TASK = "commonsense_avg"  # a published average in a reference file; shown in its row's Avg cell
+AVERAGE = Column("Avg", "Avg", AVERAGE_TASK, "acc")
 ABLATION_KEYS = ("activation", "slopes", "rope", "window", "sigmoid_bias")
 SPEED_TASKS = ("speed_train", "speed_prefill", "speed_decode")
 TABLES = ("main", "ablation", "length", "retrieval", "speed")
@@ -243,12 +256,24 @@ def is_oom(row: Row) -> bool:
     return bool(row.extra.get("oom")) or str(row.extra.get("status", "")).lower() == "oom"
 
 
+COUNT_MODELS = ("unigram", "bigram")  # count-based references: their params count the n-grams seen
+
+
 def preset_order(rows: list[Row]) -> list[str]:
-    """Presets from small to large (by the median parameter count of their rows)."""
-    sizes: dict[str, list[int]] = {}
+    """Presets from small to large, by the median parameter count of their trained models' rows. The
+    count-based references (COUNT_MODELS) do not size a preset where trained models do: their params
+    grow with the n-grams seen, not with the preset, so a larger preset holding only them would sort
+    between smaller ones; such presets come after those with trained models (a study's n-gram-only
+    size is its largest, not trained yet), ordered among themselves by the same median."""
+    trained: dict[str, list[int]] = {}
+    counted: dict[str, list[int]] = {}
     for r in rows:
-        sizes.setdefault(r.preset or "", []).append(r.params or 0)
-    return sorted(sizes, key=lambda p: (sorted(sizes[p])[len(sizes[p]) // 2], p))
+        (counted if r.model in COUNT_MODELS else trained).setdefault(r.preset or "", []).append(r.params or 0)
+
+    def size(preset: str) -> tuple:
+        params = sorted(trained.get(preset) or counted[preset])
+        return preset not in trained, params[len(params) // 2], preset
+    return sorted(set(trained) | set(counted), key=size)
 
 
 def variant_of(row: Row, run_configs: dict[str, dict]) -> str:
@@ -309,50 +334,128 @@ class Sources:
         return [f"[{i}] {src}" for src, i in self.index.items()]
 
 
+# ---------------------------------------------------------------- who a line is
+
+@dataclass(frozen=True)
+class Line:
+    """Who one line of a table (and one series of a plot) is. The learning rate and the seed are part
+    of it like the model, so that no line mixes the runs of a sweep; `detail` is a sweep table's
+    setting per line (decode batch, passkey depth, MQAR pairs); `source` and `label` are a reference
+    row's publication and its name there (empty for our rows)."""
+    preset: str
+    model: str
+    variant: str = ""
+    run: str = ""
+    lr: float | str | None = None
+    seed: int | None = None
+    detail: str = ""
+    source: str = ""
+    label: str = ""
+
+
+def line_of(row: Row, run_configs: dict, reference: bool = False, detail: str = "") -> Line:
+    lr = row.extra.get("lr")
+    return Line(row.preset, row.model, variant_of(row, run_configs), row.run,
+                lr if lr is None or isinstance(lr, (int, float, str)) else str(lr), row.seed, detail,
+                str(row.extra.get("source") or "") if reference else "",
+                str(row.extra.get("label") or "") if reference else "")
+
+
+def _sortable(value) -> tuple:
+    """A key that orders None, then numbers by value, then anything else by its text."""
+    if value is None:
+        return (0, 0.0, "")
+    if isinstance(value, (int, float)):
+        return (1, value, "")
+    return (2, 0.0, str(value))
+
+
+def line_order(line: Line) -> tuple:
+    """A sweep table's order: lines of a model together, then by run, size, learning rate, seed (as
+    numbers) and detail."""
+    return (line.model, line.variant, line.source, line.label, line.run, line.preset, _sortable(line.lr),
+            _sortable(line.seed), _natural(line.detail))
+
+
+def line_names(lines, with_preset: bool = False) -> dict[Line, str]:
+    """Each line's name: the model and its variant (a reference row: its printed name), then what
+    tells it from the model's other lines where that varies: [run], lr=, seed=; then its detail.
+    A plot's series span sizes, which a table's groups keep apart: `with_preset` puts preset= after
+    the model where the lines are of several sizes."""
+    values: dict[tuple, set] = {}
+    for line in lines:
+        model = (line.preset, line.model, line.variant, line.source, line.label)
+        values.setdefault(("run",) + model, set()).add(line.run)
+        values.setdefault(("lr",) + model + (line.run,), set()).add(line.lr)
+        values.setdefault(("seed",) + model + (line.run,), set()).add(line.seed)
+    several_presets = with_preset and len({line.preset for line in lines}) > 1
+    names = {}
+    for line in lines:
+        model = (line.preset, line.model, line.variant, line.source, line.label)
+        name = line.label or line.model + (f" ({line.variant})" if line.variant else "")
+        name += f" preset={line.preset}" if several_presets else ""
+        name += f" [{line.run}]" if not line.source and len(values[("run",) + model]) > 1 else ""
+        name += f" lr={_number(line.lr)}" if len(values[("lr",) + model + (line.run,)]) > 1 else ""
+        name += f" seed={line.seed}" if len(values[("seed",) + model + (line.run,)]) > 1 else ""
+        names[line] = name + line.detail
+    return names
+
+
+def _number(value) -> str:
+    return f"{value:g}" if isinstance(value, (int, float)) else str(value)
+
+
+def rate_notes(names) -> list[str]:
+    """The footnote of a table with a line per learning rate (lr=): which rate counts is not decided here."""
+    if not any(" lr=" in name for name in names):
+        return []
+    return [("lr=: one line per learning rate of a sweep, none picked here; a study's own report "
+             "(results/<study>/main.md, written by `harness study STUDY.yaml --report-only`) picks each "
+             "model's learning rate.")]
+
+
 # ---------------------------------------------------------------- main table
 
 @dataclass
 class Entry:
-    """One line of the main table: who, and the row behind each column."""
+    """One line of the main table: who, its name, and the row behind each column."""
     label: str
-    preset: str
-    model: str
-    variant: str
+    line: Line
     cells: dict  # Column -> Row
     reference: bool = False
-    source: str = ""
     settings: dict = field(default_factory=dict)
+
+    @property
+    def preset(self) -> str:
+        return self.line.preset
+
+    @property
+    def model(self) -> str:
+        return self.line.model
+
+    @property
+    def source(self) -> str:
+        return self.line.source
+
+
+def by_name(entry: Entry) -> tuple:
+    """Entries of a model together, in the order of their names with numbers (rates, seeds) by value."""
+    return entry.model, _natural(entry.label)
 
 
 def _entries(rows: list[Row], run_configs: dict, reference: bool, columns) -> list[Entry]:
     by_col = {(c.task, c.metric): c for c in columns}
-    buckets: dict[tuple, dict] = {}
+    buckets: dict[Line, dict] = {}
     for r in rows:
         col = by_col.get((r.task, r.metric))
         if col is None or r.extra.get("corpus_source") is not None:  # per-source parts of a column's number
             continue
-        variant = variant_of(r, run_configs)
-        who = (r.preset, r.model, variant, r.run, r.extra.get("label") if reference else None, r.seed)
-        buckets.setdefault(who, {}).setdefault(col, []).append(r)
-    runs_per_model: dict[tuple, set] = {}
-    seeds_per_run: dict[tuple, set] = {}
-    for preset, model, variant, run, _, seed in buckets:
-        runs_per_model.setdefault((preset, model, variant), set()).add(run)
-        seeds_per_run.setdefault((preset, model, variant, run), set()).add(seed)
+        buckets.setdefault(line_of(r, run_configs, reference), {}).setdefault(col, []).append(r)
+    names = line_names(buckets)
     entries = []
-    for (preset, model, variant, run, label, seed), cols in buckets.items():
-        if reference:
-            name = label or model
-            source = next(iter(cols.values()))[0].extra.get("source", "")
-        else:
-            name = model + (f" ({variant})" if variant else "")
-            if len(runs_per_model[(preset, model, variant)]) > 1:
-                name += f" [{run}]"
-            if len(seeds_per_run[(preset, model, variant, run)]) > 1:
-                name += f" seed={seed}"
-            source = ""
+    for line, cols in buckets.items():
         cells = {c: latest(rs) for c, rs in cols.items()}
-        entries.append(Entry(name, preset, model, variant, cells, reference, source,
+        entries.append(Entry(names[line], line, cells, reference,
                              settings_of(next(iter(cells.values())), run_configs, reference)))
     return entries
 
@@ -371,19 +474,19 @@ def main_table(rows: list[Row], references: list[Row] = (), run_configs: dict | 
     run_configs = run_configs or {}
     columns = (SMOKE_COLUMNS if any(r.task == "smoke" for r in rows) else ()) + MAIN_COLUMNS
     ours = _entries(rows, run_configs, False, columns)
-    refs = _entries([r for r in references if r.extra.get("table", "main") == "main"], {}, True, columns)
+    refs = _entries([r for r in references if r.extra.get("table", "main") == "main"], {}, True, columns + (AVERAGE,))
     header = ["Model", "Params", "Tokens"] + [c.title for c in columns] + ["Avg"]
     latex_header = ["Model", "Params", "Tokens"] + [c.latex for c in columns] + ["Avg"]
     table = Table("Language modeling and zero-shot commonsense reasoning", header, latex_header)
     sources = Sources()
-    missing = incomplete = stderr_seen = False
+    missing = incomplete = stderr_seen = published = False
     limits: set = set()
     ncols = len(columns)
     every = ours + refs
     for preset in preset_order([r for e in every for r in e.cells.values()]):
         lines: list[list[Cell]] = []
         scored: dict[str, list[list[Cell]]] = {}  # per source (ours = ""): the lines that compete for bold
-        group_ours = sorted((e for e in ours if e.preset == preset), key=lambda e: e.label)
+        group_ours = sorted((e for e in ours if e.preset == preset), key=by_name)
         group_refs = [e for e in refs if e.preset == preset]
         for entry in group_ours + group_refs:
             any_row = next(iter(entry.cells.values()))
@@ -402,9 +505,10 @@ def main_table(rows: list[Row], references: list[Row] = (), run_configs: dict | 
                     limits.update([r.extra["limit"]] if r.extra.get("limit") else [])
                     line.append(Cell(display(r.value, col.metric), stderr,
                                      suffix="§" if r.extra.get("limit") else ""))
-            avg, k = _average(entry.cells)
+            avg, k = _shown_average(entry)
             mark = "†" if avg is not None and k < len(ACC_COLUMNS) else ""
             incomplete |= bool(mark)
+            published |= AVERAGE in entry.cells
             line.append(Cell(avg, mark=mark))
             lines.append(line)
             scored.setdefault(entry.source, []).append(line)
@@ -420,7 +524,8 @@ def main_table(rows: list[Row], references: list[Row] = (), run_configs: dict | 
             table.groups.append((preset, lines))
     table.notes.append("Accuracies in percent; perplexity lower is better. Bold: best in its size group among "
                        "rows of the same source (our runs, or one paper), as setups differ between sources. "
-                       "Avg: recomputed from the accuracy cells shown.")
+                       "Avg: " + ("as published for a paper's row that prints one, else " if published else "")
+                       + "recomputed from the accuracy cells shown.")
     if stderr_seen:
         table.notes.append("± is the standard error lm-eval reports.")
     if missing:
@@ -434,8 +539,19 @@ def main_table(rows: list[Row], references: list[Row] = (), run_configs: dict | 
     if any(len(line) and line[0].text and line[0].text.startswith("Δ") for _, ls in table.groups for line in ls):
         table.notes.append("Δ: ours minus the reference named, per column (same preset and model, and every setting "
                            "the reference states, e.g. slopes, is ours too; its training data and recipe may differ).")
+    table.notes += rate_notes(e.label for e in ours)
     table.notes += sources.notes()
     return table
+
+
+def _shown_average(entry: Entry) -> tuple[float | None, int]:
+    """The Avg cell's number and how many accuracy cells it covers: a paper's published average where
+    its reference file has one (papers' averages can differ from the mean of their printed cells, see
+    results/paper/README.md, and it is the number a reader checks against), else the mean of the
+    accuracy cells."""
+    mean, k = _average(entry.cells)
+    published = entry.cells.get(AVERAGE)
+    return (display(published.value, AVERAGE.metric) if published is not None else mean), k
 
 
 def _delta_line(ours: Entry, ref: Entry, sources: Sources, columns=MAIN_COLUMNS) -> list[Cell]:
@@ -446,7 +562,7 @@ def _delta_line(ours: Entry, ref: Entry, sources: Sources, columns=MAIN_COLUMNS)
             line.append(Cell())
         else:
             line.append(Cell(display(a.value, col.metric) - display(b.value, col.metric), signed=True))
-    (avg_a, _), (avg_b, _) = _average(ours.cells), _average(ref.cells)
+    (avg_a, _), (avg_b, _) = _shown_average(ours), _shown_average(ref)
     # averages over different task sets are not comparable: no delta then
     same_tasks = {c for c in ACC_COLUMNS if c in ours.cells} == {c for c in ACC_COLUMNS if c in ref.cells}
     line.append(Cell(avg_a - avg_b, signed=True) if avg_a is not None and avg_b is not None and same_tasks
@@ -489,7 +605,7 @@ def ablation_table(rows: list[Row], references: list[Row] = (), run_configs: dic
     limits: set = set()
     for preset in preset_order([r for e in entries for r in e.cells.values()]):
         lines, scored = [], {}
-        for e in sorted((e for e in entries if e.preset == preset), key=lambda e: (e.reference, e.label)):
+        for e in sorted((e for e in entries if e.preset == preset), key=lambda e: (e.reference, *by_name(e))):
             any_row = next(iter(e.cells.values()))
             settings = settings_of(any_row, run_configs, e.reference)
             label = e.label + (sources.mark(e.source) if e.reference else "")
@@ -518,6 +634,7 @@ def ablation_table(rows: list[Row], references: list[Row] = (), run_configs: dic
         table.notes.append("Blank cell: no result stored for it.")
     if limits:
         table.notes.append(limit_note(limits))
+    table.notes += rate_notes(e.label for e in entries)
     table.notes += sources.notes()
     return table
 
@@ -556,50 +673,38 @@ def _length_key(r: Row):
     return r.extra.get("context", r.extra.get("seq_len"))
 
 
-def _batch(r: Row) -> str:
+def batch_detail(r: Row) -> str:
     return f" b={r.extra['batch']}" if r.extra.get("batch") is not None else ""
 
 
 def _natural(text: str) -> list:
-    """Sort key ordering the numbers in text by value: kv=4 before kv=16."""
+    """Sort key ordering the numbers in text by value: kv=4 before kv=16, depth=0.25 before depth=0.5."""
     import re
-    return [int(t) if t.isdigit() else t for t in re.split(r"([0-9]+)", text)]
+    return [float(t) if i % 2 else t for i, t in enumerate(re.split(r"([0-9]+(?:\.[0-9]+)?)", text))]
 
 
 def _sweep_table(title: str, sections: list[tuple[str, str, list[Row]]], run_configs: dict, note: str,
-                 detail=_batch) -> Table:
-    """Rows = models (per run and `detail`: the batch, say), columns = the sweep's lengths; one group
-    per section."""
+                 detail=batch_detail) -> Table:
+    """Lines = models, one per Line (run, learning rate, seed and `detail`: the batch, say), columns =
+    the sweep's lengths; one group per section."""
     lengths = sorted({int(_length_key(r)) for _, _, rs in sections for r in rs if _length_key(r) is not None})
     header = ["Model"] + [human(n) if n >= 1024 and n % 1024 else _kilo(n) for n in lengths]
     table = Table(title, header, ["Model"] + [latex_escape(h) for h in header[1:]])
     sources = Sources()
     missing = oom = False
+    every_name: list[str] = []
     for label, metric, rs in sections:
-        by_who: dict[tuple, dict] = {}
+        by_line: dict[Line, dict] = {}
         for r in rs:
-            if _length_key(r) is None:
-                continue
-            ref = r.extra.get("source") if r.run.startswith("paper:") else None
-            who = (r.model, variant_of(r, run_configs), r.run, r.preset, detail(r), ref, r.seed,
-                   r.extra.get("label"))
-            by_who.setdefault(who, {}).setdefault(int(_length_key(r)), []).append(r)
-        runs = {}
-        seeds = {}
-        for model, variant, run, _, _, _, seed, _ in by_who:
-            runs.setdefault((model, variant), set()).add(run)
-            seeds.setdefault((model, variant, run), set()).add(seed)
+            if _length_key(r) is not None:
+                who = line_of(r, run_configs, r.run.startswith("paper:"), detail(r))
+                by_line.setdefault(who, {}).setdefault(int(_length_key(r)), []).append(r)
+        names = line_names(by_line)
+        every_name += names.values()
         lines = []
-        for (model, variant, run, preset, batch, ref, seed, ref_label), cols in sorted(
-                by_who.items(), key=lambda kv: (str(kv[0][:4]), _natural(kv[0][4]), str(kv[0][5:]))):
-            name = (ref_label or model) + (f" ({variant})" if variant else "")
-            if ref:
-                name += sources.mark(ref)
-            elif len(runs[(model, variant)]) > 1:
-                name += f" [{run}]"
-            if len(seeds[(model, variant, run)]) > 1:
-                name += f" seed={seed}"
-            name += batch
+        for who in sorted(by_line, key=line_order):
+            cols = by_line[who]
+            name = names[who] + (sources.mark(who.source) if who.source else "")
             line = [text_cell(name)]
             for n in lengths:
                 r = latest(cols[n]) if n in cols else None
@@ -620,6 +725,7 @@ def _sweep_table(title: str, sections: list[tuple[str, str, list[Row]]], run_con
         table.notes.append("Blank cell: not measured at that length.")
     if oom:
         table.notes.append("OOM: ran out of GPU memory at that length.")
+    table.notes += rate_notes(every_name)
     table.notes += sources.notes()
     return table
 
@@ -647,11 +753,13 @@ def length_table(rows: list[Row], references: list[Row] = (), run_configs: dict 
             if r.task == "length" and r.extra.get("position_bucket") in (None, "all")]
     if any(r.metric == "ppl" for r in pick):  # the paper's curve; loss rows are the same numbers' log
         pick = [r for r in pick if r.metric == "ppl"]
-    sections = [(f"{preset} · {metric}", metric, [r for r in pick if r.preset == preset and r.metric == metric])
+    sections = [(f"{preset} · token {metric}", metric, [r for r in pick if r.preset == preset and r.metric == metric])
                 for preset in preset_order(pick) for metric in sorted({r.metric for r in pick})]
     sections = [s for s in sections if s[2]]
     return _sweep_table("Perplexity vs evaluation length", sections, run_configs,
-                        "Columns: evaluation context length in tokens; bold: lowest in its group.")
+                        "Per-token perplexity (loss: nats per token) of WikiText-2's test text in each model's "
+                        "tokens, not the main table's word perplexity. Columns: evaluation context length in "
+                        "tokens; bold: lowest in its group.")
 
 
 def speed_table(rows: list[Row], references: list[Row] = (), run_configs: dict | None = None) -> Table:
@@ -664,10 +772,10 @@ def speed_table(rows: list[Row], references: list[Row] = (), run_configs: dict |
         for metric in sorted({r.metric for r in pick if r.task == task}):
             for preset in preset_order([r for r in pick if r.task == task]):
                 rs = [r for r in pick if (r.task, r.metric, r.preset) == (task, metric, preset)]
-                devices = sorted({r.device for r in rs if r.device})
+                devices = ", ".join(sorted({r.device for r in rs if r.device}))
                 if rs:
-                    sections.append((f"{task} · {metric} · {preset}" + (f" · {', '.join(devices)}" if devices else ""),
-                                     metric, rs))
+                    label = f"{task} · {metric} · {preset}" + (f" · {devices}" if devices else "")
+                    sections.append((label, metric, rs))
     return _sweep_table("Speed and memory vs sequence length", sections, run_configs,
                         "Columns: sequence length (training, prefill) or context (decode) in tokens; "
                         "bold: best in its group (highest throughput, lowest latency or memory). "
@@ -740,44 +848,56 @@ NEEDS = {"main": "tasks wikitext, lambada_openai, piqa, hellaswag, winogrande, a
                   "`harness bench models`)"}
 
 
-def build(kind: str, rows: list[Row], references: list[Row] = (), run_configs: dict | None = None) -> Table:
-    """The table `kind`; a table with no line at all is an error that says which rows it needs."""
-    from harness.results.store import ResultsError
+def build(kind: str, rows: list[Row], references: list[Row] = (), run_configs: dict | None = None,
+          results_dir: Path | None = None) -> Table:
+    """The table `kind`; a table with no line at all is an error that says which rows it needs and,
+    given the results folder whose runs were read for want of --run, which run folders nested deeper
+    in it (read only when named) hold such rows."""
     table = BUILDERS[kind](rows, references, run_configs)
     if not table.groups:
         held = sorted({f"{r.task}/{r.metric}" for r in rows})
         raise ResultsError(f"nothing for the {kind} table in these rows (they hold: "
                            f"{', '.join(held[:12]) or 'no rows'}{', ...' if len(held) > 12 else ''}); "
-                           f"it needs {NEEDS[kind]}")
+                           f"it needs {NEEDS[kind]}" + (_nested_hint(kind, results_dir) if results_dir else ""))
     return table
 
 
-# ---------------------------------------------------------------- inputs
+def _nested_hint(kind: str, results_dir: Path) -> str:
+    found = nested_runs(kind, results_dir)
+    if not found:
+        return ""
+    more = f" (or {', '.join(found[1:4])}{', ...' if len(found) > 4 else ''})" if len(found) > 1 else ""
+    return f"; runs nested deeper in {results_dir} are read only when named: try --run {found[0]}{more}"
 
-def collect(run_specs: list[str], reference_specs: list[str], results_dir, warn=print):
-    """(rows, reference rows, run configs) from run names/folders/files and reference files/names.
 
-    No runs named: every run folder under results_dir (results/paper holds no rows.jsonl). A
-    reference may be a path or the name of a file in results_dir/paper (with or without .csv), or
-    `all` for every file there. Duplicates and conflicts are reported (harness.results.store.dedupe_rows).
+def nested_runs(kind: str, results_dir: Path) -> list[str]:
+    """The run folders two or more levels down in results_dir (e.g. speed/<device>/340m), which are not
+    read without --run, whose rows fill the table `kind`; as --run names relative to results_dir."""
+    found = []
+    for rows_file in sorted(set(Path(results_dir).glob("*/*/**/rows.jsonl"))):
+        record = load_run(rows_file.parent, warn=lambda _: None)
+        configs = {name: record.info.get("config") for name in {r.run for r in record.rows}}
+        if BUILDERS[kind](record.rows, [], configs).groups:
+            found.append(rows_file.parent.relative_to(results_dir).as_posix())
+    return found
+
+
+# ---------------------------------------------------------------- inputs and outputs
+
+def inputs(run_specs: list[str], reference_specs: list[str], results_dir) -> tuple[list[tuple[str, Path]], list[Path]]:
+    """What `collect` reads: the runs, as (spec, rows file), and the reference files; each once
+    however often or however spelt it is named.
+
+    No runs named: every run folder directly under results_dir (results/paper holds no rows.jsonl);
+    nested ones (results/speed/<device>/340m) only when named. A reference may be a path or the name
+    of a file in results_dir/paper (with or without .csv), or `all` for every file there.
     """
-    from pathlib import Path
-
-    from harness.results.store import (
-        ResultsError,
-        dedupe_rows,
-        load_run,
-        read_reference,
-        run_folders,
-    )
     results_dir = Path(results_dir)
+    if not run_specs and not results_dir.is_dir():
+        raise ResultsError(f"the results folder {results_dir} does not exist; pass --results DIR (the folder "
+                           f"that holds the runs) or --run RUN")
     specs = list(run_specs) or run_folders(results_dir)
-    rows, configs = [], {}
-    for spec in specs:
-        record = load_run(spec, results_dir, warn=warn)
-        rows += record.rows
-        for name in {r.run for r in record.rows}:
-            configs[name] = record.info.get("config")
+    runs = _once([(spec, run_location(spec, results_dir)[1]) for spec in specs], path=lambda run: run[1])
     refs = []
     paper = results_dir / "paper"
     for spec in reference_specs:
@@ -786,9 +906,52 @@ def collect(run_specs: list[str], reference_specs: list[str], results_dir, warn=
             if not files:
                 raise ResultsError(f"no reference files in {paper}; see results/paper/README.md")
         else:
-            path = Path(spec)
-            candidates = [path, paper / spec, paper / f"{spec}.csv"]
-            files = [next((p for p in candidates if p.is_file()), path)]
-        for f in files:
-            refs += read_reference(f, warn=warn)
+            candidates = [Path(spec), paper / spec, paper / f"{spec}.csv"]
+            files = [next((p for p in candidates if p.is_file()), Path(spec))]
+        refs += files
+    return runs, _once(refs)
+
+
+def _once(items: list, path=lambda item: item) -> list:
+    """The items, one per file (resolved): the first item that names it is kept."""
+    kept: dict[Path, object] = {}
+    for item in items:
+        kept.setdefault(Path(path(item)).resolve(), item)
+    return list(kept.values())
+
+
+def collect(run_specs: list[str], reference_specs: list[str], results_dir, warn=print):
+    """(rows, reference rows, run configs) from run names/folders/files and reference files/names
+    (`inputs`). Duplicates and conflicts are reported (harness.results.store.dedupe_rows)."""
+    runs, reference_files = inputs(run_specs, reference_specs, results_dir)
+    rows, configs = [], {}
+    for spec, _ in runs:
+        record = load_run(spec, results_dir, warn=warn)
+        rows += record.rows
+        for name in {r.run for r in record.rows}:
+            configs[name] = record.info.get("config")
+    refs = [r for f in reference_files for r in read_reference(f, warn=warn)]
     return dedupe_rows(rows, warn=warn), dedupe_rows(refs, warn=warn), configs
+
+
+def check_outputs(out: str | None, plots: str | None, read: list[Path]) -> None:
+    """Refuse, before anything is written or printed, an output path that cannot be written or would
+    destroy an input: --out on a folder, under a file, or on a rows or reference file being read;
+    --plots where a file stands."""
+    if out:
+        path = Path(out)
+        if path.is_dir():
+            raise ResultsError(f"--out {out} is a folder, where the table needs a file; give another path, "
+                               f"e.g. {path / 'table.md'}")
+        blocking = file_in_the_way(path.parent)
+        if blocking is not None:
+            raise ResultsError(f"--out {out}: {blocking} is a file, where a folder would hold the table; "
+                               f"give another path")
+        if path.exists() and any(f.exists() and path.samefile(f) for f in read):
+            raise ResultsError(f"--out {out} is a file this table is read from; writing the table there would "
+                               f"destroy it: give another path")
+    if plots:
+        blocking = file_in_the_way(Path(plots))
+        if blocking is not None:
+            raise ResultsError(f"--plots {plots}: {blocking} is a file, where the plots need a folder; "
+                               f"give another path")

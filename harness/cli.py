@@ -8,6 +8,7 @@ memory while other processes held the GPU exits 75 (EX_TEMPFAIL: run it again on
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 import os
 import signal
@@ -163,22 +164,23 @@ class StepProgress:
 
 # ---------------------------------------------------------------- commands
 
-def model_params(name: str, cfg) -> str:
-    """The model's parameter count at cfg. A model whose layers come from an extra that is not
-    installed cannot be built, not even on the meta device; when it has a `match` field its count
-    is the reference model's by construction (within the matching tolerance), shown with `≈`."""
-    import torch
-
+def model_params(name: str, cfg) -> tuple[str, str | None]:
+    """The model's parameter count at cfg, and why it is `?` when its build fails (a plugin's
+    builder: one model that cannot be built must not hide the others). A model whose layers come
+    from an extra that is not installed cannot be built, not even on the meta device; when it has
+    a `match` field its count is the reference model's by construction (within the matching
+    tolerance), shown with `≈`."""
     from harness.model.backbone import count_params
-    from harness.model.build import matched_config, params_of
-    from harness.registry import get_model, reference_model
+    from harness.model.build import build_model, params_of
+    from harness.registry import RegistryError, get_model, reference_model
     try:
-        with torch.device("meta"):  # built without memory, even at 760m
-            model = get_model(name).build(matched_config(name, cfg))
+        model = build_model(name, cfg, "meta")  # built without memory, even at 760m
     except ImportError:
-        return f"≈{params_of(reference_model(), cfg):,}" if get_model(name).match else "?"
+        return (f"≈{params_of(reference_model(), cfg):,}" if get_model(name).match else "?"), None
+    except RegistryError as err:
+        return "?", str(err)
     # a count model's size (its distinct n-grams) is known only once it is fitted
-    return "counts" if getattr(model, "fitted_by_counting", False) else f"{count_params(model):,}"
+    return ("counts" if getattr(model, "fitted_by_counting", False) else f"{count_params(model):,}"), None
 
 
 def cmd_list(args) -> None:
@@ -190,21 +192,27 @@ def cmd_list(args) -> None:
     cfg = load_config(args.preset, None, args.overrides).model
     if args.model:
         spec = get_model(args.model)
-        details = {"model": spec.name, "family": spec.family, f"params ({args.preset})": model_params(spec.name, cfg),
+        count, problem = model_params(spec.name, cfg)
+        details = {"model": spec.name, "family": spec.family, f"params ({args.preset})": count,
                    "fast path here": spec.fast_path(), "needs": ", ".join(spec.requires) or "torch only",
                    "extra": spec.extra or "-", "runs on": "CUDA GPU only" if spec.gpu_only else "CPU and GPU",
                    "matched field": f"model.{spec.match}" if spec.match else "- (count as built)",
-                   "built by": f"{spec.build.__module__}.{spec.build.__qualname__}", "description": spec.description}
+                   "built by": f"{spec.build.__qualname__} in {spec.origin}", "description": spec.description,
+                   **({"problem": problem} if problem else {})}
         for key, value in details.items():
             console.print(f"{key + ':':<16}{value}", markup=False, highlight=False, soft_wrap=True)
         return
-    lines = [(name, spec.family, model_params(name, cfg), spec.fast_path_short(), spec.description)
+    counted = {name: model_params(name, cfg) for name in sorted(models())}
+    lines = [(name, spec.family, counted[name][0], spec.fast_path_short(), spec.description)
              for name, spec in sorted(models().items())]
     table = one_line_table(f"models (preset {args.preset}; details: harness list --model NAME)",
                            ("model", "family", "params", "fast path", "description"), lines)
     if any(line[2].startswith("≈") for line in lines):
         table.caption = "≈: its extra is not installed here; matched to the reference's count"
     console.print(table)
+    for _, problem in counted.values():
+        if problem:
+            say(f"?: {problem}")
     console.print(one_line_table("tasks", ("task", "groups", "description"),
                                  [(name, ",".join(spec.group), spec.description) for name, spec in sorted(tasks().items())]))
 
@@ -334,6 +342,12 @@ def cmd_study(args) -> None:
         written = write_report(study, Path(args.results))
         console.print(f"wrote {', '.join(p.name for p in written)} in {out}", highlight=False)
         return
+    # each model to run, built once at the first size and checked here (gpu_only, the model contract):
+    # each run checks its own, but only after the study has written its record
+    from harness.model.build import runnable_model
+    first_size = next(s for s in study.sizes if study.only_sizes is None or s in study.only_sizes)
+    for model in sorted(study.only or {*study.models, *study.references}):
+        runnable_model(model, study.config(first_size, 0).model, device)
     bar = {}
 
     def on_step(info):  # one bar per run, in the order they train (on_step is rank 0's alone)
@@ -361,11 +375,16 @@ def cmd_study(args) -> None:
 
 
 def cmd_tables(args) -> None:
-    """Print (or write) one of the paper's tables from stored rows; optionally draw the plots."""
-    from harness.results.tables import build, collect, render
+    """Print (or write) one of the paper's tables from stored rows; optionally draw the plots. The
+    output paths are checked before anything is written or printed: a late refusal would leave
+    a table written and no plots, or overwrite an input."""
+    from harness.results.plots import write_plots
+    from harness.results.tables import build, check_outputs, collect, inputs, render
+    runs, reference_files = inputs(args.run, args.reference, args.results)
+    check_outputs(args.out, args.plots, [rows_file for _, rows_file in runs] + reference_files)
     rows, refs, configs = collect(args.run, args.reference, args.results,
                                   warn=lambda m: err_console.print(m, markup=False, highlight=False, soft_wrap=True))
-    text = render(build(args.table, rows, refs, configs), args.format)
+    text = render(build(args.table, rows, refs, configs, None if args.run else Path(args.results)), args.format)
     if args.out:
         from harness.files import atomic_write_text
         atomic_write_text(Path(args.out), text)
@@ -373,11 +392,9 @@ def cmd_tables(args) -> None:
     else:
         sys.stdout.write(text)
     if args.plots:
-        from harness.results.plots import write_plots
-        from harness.results.store import run_folders, run_location
-        run_dirs = [run_location(spec, args.results)[0] for spec in args.run] or run_folders(Path(args.results))
-        written = write_plots(rows + refs, Path(args.plots), configs, run_dirs)
-        listing = ", ".join(str(p) for p in written) or "none (no length, speed, multi-checkpoint rows or training logs)"
+        written = write_plots(rows + refs, Path(args.plots), configs, [rows_file.parent for _, rows_file in runs])
+        listing = (", ".join(str(p) for p in written)
+                   or "none (no length, speed, multi-checkpoint rows or training logs)")
         err_console.print(f"plots: {listing}", highlight=False, soft_wrap=True)
 
 
@@ -467,12 +484,18 @@ def cmd_bench_kernels(args) -> None:
                      peers=tuple(split_names(args.peers)), modes=tuple(split_names(args.modes)),
                      decode_contexts=tuple(parse_ints(args.decode_contexts, "--decode-contexts")),
                      decode_batches=tuple(parse_ints(args.decode_batches, "--decode-batches")))
-    with Progress(TextColumn("[bold]bench kernels"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-                  TextColumn("{task.description}"), TimeElapsedColumn(), console=console) as bar:
-        task = bar.add_task("", total=None)
+    bar = Progress(TextColumn("[bold]bench kernels"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                   TextColumn("{task.description}"), TimeElapsedColumn(), console=console) if console.is_terminal else None
+    with bar or contextlib.nullcontext():
+        task = bar.add_task("", total=None) if bar else None
+
+        def progress(i: int, n: int, what: str) -> None:  # a log file (a device call) gets a line per point
+            if bar:
+                bar.update(task, completed=i, total=n, description=what)
+            else:
+                console.print(f"bench kernels {i}/{n}: {what}", highlight=False)
         out = run_kernel_bench(spec, Path(args.out), force=args.force,
-                               log=lambda m: console.print(m, highlight=False),
-                               progress=lambda i, n, what: bar.update(task, completed=i, total=n, description=what))
+                               log=lambda m: console.print(m, highlight=False), progress=progress)
     console.print((out / "kernels.md").read_text(encoding="utf-8"), markup=False, highlight=False)
 
 
@@ -594,7 +617,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("tables", help="the paper's tables from stored rows (md, LaTeX, CSV), with reference "
                        "rows and plots")
     p.add_argument("--run", action="append", default=[], metavar="RUN",
-                   help="run name under --results, run folder or rows file (repeatable; default: every run)")
+                   help="run name under --results (e.g. speed/nvidia-h100-80gb-hbm3/340m), run folder or rows file "
+                   "(repeatable; default: every run folder directly under --results, RESULTS/*/rows.jsonl; nested "
+                   "ones only when named)")
     p.add_argument("--reference", action="append", default=[], metavar="FILE",
                    help="published numbers: a CSV, a file name in RESULTS/paper, or `all` (repeatable)")
     p.add_argument("--table", default="main", choices=["main", "ablation", "length", "retrieval", "speed"])
@@ -683,7 +708,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("data", help="the local data mirror: evaluation sets, tokenizers, corpora "
                        "(list|fetch|verify|import|train-tokenizer)")
     dsub = p.add_subparsers(dest="data_command", required=True)
-    dsub.add_parser("list", help="what the tasks need, where it is looked for, present or missing, counts, sha256")
+    add_plugin_arg(dsub.add_parser("list", help="what the tasks need (a plugin's tasks too: --plugin), where it is "
+                                   "looked for, present or missing, counts, sha256"))
     dsub.add_parser("verify", help="check counts against the official sizes and sha256 against data/MANIFEST.json")
     d = dsub.add_parser("fetch", help="fill the mirror from the Hugging Face hub (needs network and `datasets`)")
     d.add_argument("names", nargs="+", help="datasets (see `harness data list`) or hub corpora (slimpajama, fineweb, fineweb-edu)")

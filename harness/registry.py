@@ -4,14 +4,20 @@ A baseline is one file with one `@register_model` call. Built-ins live in `basel
 `tasks/`; third-party packages expose modules under the entry-point groups `harness.models` and
 `harness.tasks`; `--plugin path.py` loads a single file. Lookups of unknown names fail with the
 known names and the closest match.
+
+Registration is checked where it happens, so that a plugin's mistake stops with one line naming it
+rather than passing silently (a name that is a path or holds a comma, `gpu_only="no"` read as
+true, a second model of the same name replacing the first) or failing far from its cause.
 """
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import importlib.util
+import re
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from difflib import get_close_matches
 from importlib.metadata import entry_points
 from pathlib import Path
@@ -20,6 +26,12 @@ from typing import Callable
 
 class RegistryError(LookupError):
     """An unknown model or task name, or a plugin that cannot be loaded."""
+
+
+class ContractError(RegistryError):
+    """A registered model or task breaks the harness's contract: its builder fails or returns no
+    nn.Module, its forward gives no [B, T, vocab_size] logits, a plugin's task fails or returns
+    something other than its finite rows. The message names the model or task and what it must do."""
 
 
 class MissingExtraError(RegistryError, ImportError):
@@ -33,6 +45,17 @@ class KernelRefusedError(RegistryError, RuntimeError):
     refused sweep; training stops in one line."""
 
 
+@dataclass(frozen=True)
+class PluginFile:
+    """A plugin file as it was imported (`--plugin`): the path given and the sha256 of its bytes, which
+    a checkpoint of its model records (an edited file is other code on the same weights)."""
+    path: str
+    sha256: str
+
+    def record(self) -> dict:
+        return {"file": self.path, "sha256": self.sha256}
+
+
 @dataclass
 class ModelSpec:
     name: str
@@ -44,6 +67,9 @@ class ModelSpec:
     extra: str | None = None  # the swat-harness extra that installs `requires`, e.g. "fla"
     gpu_only: bool = False  # no reference path: the model runs only on a CUDA GPU
     reference: bool = False  # the model whose parameter count the others are matched to (one of them)
+    origin: str = ""  # where it was registered: a plugin file, an entry point or a module
+    builtin: bool = False  # registered by the harness's own modules (baselines, tasks, harness)
+    plugin_file: PluginFile | None = None  # the --plugin file that registered it
 
     def fast_path(self) -> str:
         """'yes', or why not: missing packages or no GPU (the model then runs its reference path,
@@ -80,6 +106,9 @@ class TaskSpec:
     data_parallel: bool = False  # shards its own work over torchrun ranks (lm-eval's tasks); else rank 0 runs it
     datasets: tuple = ()  # mirror datasets it reads, any one of which will do (harness.data.mirror)
     online: bool = False  # reads its dataset from the Hugging Face hub when the mirror lacks it (--online)
+    origin: str = ""  # as ModelSpec's
+    builtin: bool = False  # the harness's own: its failures keep their tracebacks, its rows their names
+    plugin_file: PluginFile | None = None
 
 
 @dataclass
@@ -87,22 +116,85 @@ class _Registry:
     models: dict = field(default_factory=dict)
     tasks: dict = field(default_factory=dict)
     loaded: bool = False
+    registered: int = 0  # registrations so far: a plugin file that adds none is worth a warning
+    loading: PluginFile | str | None = None  # the plugin file (or entry point) being imported
 
 
 _REG = _Registry()
 BUILTIN_MODULES = ("baselines", "tasks")
+# a name becomes a folder (runs/<run>/<model>), a file prefix and an item of a comma-separated list
+NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]*")
+
+
+def unknown_hint(kind: str) -> str:
+    """What to try when a name is not registered here: most often a plugin's, loaded by another command."""
+    return f"a plugin {kind}? pass its --plugin FILE.py"
+
+
+def matchable_fields() -> tuple[str, ...]:
+    """The ModelConfig fields `match` may name: the integers left unset by default, which the
+    harness solves for the reference parameter count (a set value is the user's and kept)."""
+    from harness.config import ModelConfig
+    return tuple(f.name for f in fields(ModelConfig) if f.default is None)
+
+
+# what each kind of registration argument takes, as its error message says it
+ARGUMENT_KINDS = {str: "a string", bool: "True or False", "str?": "a string or None", "strs": "a list of strings",
+                  "str|strs": "a string or a list of strings"}
+
+
+def _fits(value, kind) -> bool:
+    """Whether value is of the ARGUMENT_KINDS kind `kind`."""
+    if kind == "str?":
+        return value is None or isinstance(value, str)
+    if kind in ("strs", "str|strs"):
+        return (kind == "str|strs" and isinstance(value, str)) or (
+            isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value))
+    return type(value) is kind  # bool exactly: "no" and 1 are not booleans
+
+
+def check_registration(function: str, name, arguments: dict[str, tuple]) -> None:
+    """The arguments of a register_model / register_task call, `{argument: (value, kind)}`, checked
+    before anything is registered: a string where a list belongs would be split into letters, a
+    string where a boolean belongs reads as true, and a name that is a path (`../x`) writes outside
+    --runs, one with a comma can never be selected. One line names the argument and what it takes."""
+    if callable(name) and not isinstance(name, str):  # @register_model without its parentheses
+        raise RegistryError(f'{function} needs a name: @{function}("{getattr(name, "__name__", "name")}")')
+    if not isinstance(name, str) or not NAME.fullmatch(name):
+        raise RegistryError(f"{function}({name!r}): the name must be a string of letters, digits, _, - and ., not "
+                            f"starting with '.' (it names folders and is given in comma-separated lists)")
+    for key, (value, kind) in arguments.items():
+        if not _fits(value, kind):
+            example = f" such as {key}=[{value!r}]" if isinstance(value, str) and kind == "strs" else ""
+            raise RegistryError(f"{function}({name!r}, {key}={value!r}): {key} must be {ARGUMENT_KINDS[kind]}{example}")
+
+
+def _registering(fn, function: str, name: str) -> dict:
+    """Where the callable registered under `name` comes from: origin, builtin, plugin_file; it
+    must be callable."""
+    if not callable(fn):
+        raise RegistryError(f"{function}({name!r}) decorates {fn!r} ({type(fn).__name__}), which is not callable; "
+                            f"decorate a function")
+    loading = _REG.loading
+    module = getattr(fn, "__module__", "") or ""
+    plugin = loading if isinstance(loading, PluginFile) else None
+    origin = plugin.path if plugin else loading if isinstance(loading, str) else module
+    builtin = loading is None and module.split(".")[0] in (*BUILTIN_MODULES, "harness")
+    return {"origin": origin, "builtin": builtin, "plugin_file": plugin}
 
 
 def _claim(kind: str, table: dict, name: str, fn: Callable, override: bool) -> None:
     """Refuse a second registration of `name` (a plugin named like a built-in would silently replace
-    it) unless `override`; the same function registered again (a plugin file loaded twice) is fine."""
+    it) unless `override`; the same function registered again (a plugin file loaded twice) is fine,
+    but not twice in one load of a file (two lambdas share a module and a name)."""
     old = table.get(name)
     if old is None or override:
         return
     old_fn = old.build if kind == "model" else old.run
-    if (old_fn.__module__, old_fn.__qualname__) == (fn.__module__, fn.__qualname__):
+    again = old.plugin_file is None or old.plugin_file is not _REG.loading
+    if again and (old_fn.__module__, old_fn.__qualname__) == (fn.__module__, fn.__qualname__):
         return
-    raise RegistryError(f"{kind} {name!r} is already registered (by {old_fn.__module__}); pick another name, or "
+    raise RegistryError(f"{kind} {name!r} is already registered (by {old.origin}); pick another name, or "
                         f"pass register_{kind}({name!r}, ..., override=True) to replace it")
 
 
@@ -114,7 +206,16 @@ def register_model(name: str, family: str = "custom", requires: tuple = (), matc
     the tasks that decode a decode state. reference: the parameter budget every `match`ed model is
     sized to (the built-in `transformer`; one model only). override: replace a model already
     registered as `name`."""
+    check_registration("register_model", name, {
+        "family": (family, str), "requires": (requires, "strs"), "match": (match, "str?"),
+        "description": (description, str), "extra": (extra, "str?"), "gpu_only": (gpu_only, bool),
+        "reference": (reference, bool), "override": (override, bool)})
+    if match is not None and match not in matchable_fields():
+        raise RegistryError(f"register_model({name!r}, match={match!r}): match names the model field the harness "
+                            f"sizes to the reference parameter count, one of {', '.join(matchable_fields())}")
+
     def deco(build: Callable) -> Callable:
+        where = _registering(build, "register_model", name)
         _claim("model", _REG.models, name, build, override)
         if reference:
             other = next((s.name for s in _REG.models.values() if s.reference and s.name != name), None)
@@ -125,7 +226,8 @@ def register_model(name: str, family: str = "custom", requires: tuple = (), matc
                 spec.reference = False
         _REG.models[name] = ModelSpec(name, build, family, tuple(requires), match,
                                       description or (build.__doc__ or "").strip().split("\n")[0],
-                                      extra, gpu_only, reference)
+                                      extra, gpu_only, reference, **where)
+        _REG.registered += 1
         return build
     return deco
 
@@ -138,14 +240,29 @@ def register_task(name: str, group: str | tuple = (), description: str = "", nee
     datasets: the mirror datasets the task reads, any one of which will do; a run checks that one
     is present before any model work, and `harness data list` shows them. online: the task can
     read its dataset from the hub instead (`--online`). override: replace a task already
-    registered as `name`."""
+    registered as `name`. A task is not named like a group of other tasks, nor is its group another
+    task's name: `--tasks NAME` would run the group, or both."""
+    check_registration("register_task", name, {
+        "group": (group, "str|strs"), "description": (description, str), "needs_model": (needs_model, bool),
+        "data_parallel": (data_parallel, bool), "datasets": (datasets, "strs"), "online": (online, bool),
+        "override": (override, bool)})
     groups = (group,) if isinstance(group, str) else tuple(group)
 
     def deco(run: Callable) -> Callable:
+        where = _registering(run, "register_task", name)
         _claim("task", _REG.tasks, name, run, override)
+        members = [t.name for t in _REG.tasks.values() if name in t.group and t.name != name]
+        if members:
+            raise RegistryError(f"task {name!r} is named like the task group of {', '.join(members)}, which "
+                                f"`--tasks {name}` runs instead; pick another name")
+        clash = next((g for g in groups if g != name and g in _REG.tasks), None)
+        if clash is not None:
+            raise RegistryError(f"register_task({name!r}, group={clash!r}): {clash!r} is a task, and `--tasks "
+                                f"{clash}` would run {name!r} too; pick another group name")
         _REG.tasks[name] = TaskSpec(name, run, groups,
                                     description or (run.__doc__ or "").strip().split("\n")[0],
-                                    needs_model, data_parallel, tuple(datasets), online)
+                                    needs_model, data_parallel, tuple(datasets), online, **where)
+        _REG.registered += 1
         return run
     return deco
 
@@ -158,27 +275,56 @@ def load_plugins(files: list[str | Path] = ()) -> None:
             importlib.import_module(module)
         for group in ("harness.models", "harness.tasks"):
             for ep in entry_points(group=group):
+                _REG.loading = f"entry point {ep.value}"
                 try:
                     ep.load()
                 except Exception as err:  # a broken third-party plugin must not hide the others
                     print(f"warning: plugin {ep.name} ({ep.value}) failed to load: {err}", file=sys.stderr)
+                finally:
+                    _REG.loading = None
     for path in files:
         load_plugin_file(path)
 
 
 def load_plugin_file(path: str | Path) -> None:
+    """Import one `--plugin` file as a module named after its resolved path (two files called
+    model.py stay two modules, so the second cannot pass for the first and replace its models),
+    its registrations recording the file and its sha256. Everything that can go wrong is one
+    RegistryError naming the file: not a .py file, a folder, a failed import, sys.exit; a file that
+    registers nothing gets a warning line."""
     path = Path(path)
+    if path.is_dir():
+        raise RegistryError(f"plugin file {path} is a folder; pass the .py file in it that registers the model or task")
     if not path.is_file():
         raise RegistryError(f"plugin file {path} not found")
-    name = f"harness_plugin_{path.stem}"
-    spec = importlib.util.spec_from_file_location(name, path)
+    if path.suffix != ".py":
+        raise RegistryError(f"plugin file {path} is not a Python (.py) file; pass the .py file that registers "
+                            f"the model or task")
+    resolved = path.resolve()
+    plugin = PluginFile(str(path), hashlib.sha256(resolved.read_bytes()).hexdigest())
+    of_path = hashlib.sha256(bytes(resolved)).hexdigest()[:8]
+    name = f"harness_plugin_{re.sub(r'[^A-Za-z0-9_]', '_', path.stem)}_{of_path}"
+    spec = importlib.util.spec_from_file_location(name, resolved)
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module
+    before, outer, _REG.loading = _REG.registered, _REG.loading, plugin
     try:
         spec.loader.exec_module(module)
+    except RegistryError as err:
+        del sys.modules[name]
+        raise RegistryError(f"plugin file {path}: {err}") from None
+    except SystemExit as err:  # not the command's to end: its own message would be lost
+        del sys.modules[name]
+        raise RegistryError(f"plugin file {path} exited (SystemExit {err.code}) while importing; a plugin "
+                            f"registers models and tasks, and must not call sys.exit") from None
     except Exception as err:
         del sys.modules[name]
         raise RegistryError(f"plugin file {path} failed to import: {type(err).__name__}: {err}") from err
+    finally:
+        _REG.loading = outer
+    if _REG.registered == before:
+        print(f'warning: plugin file {path} registered no model or task (decorate a builder with '
+              f'@register_model("name"), a task with @register_task("name"))', file=sys.stderr)
 
 
 def _lookup(kind: str, table: dict, name: str):
@@ -188,7 +334,7 @@ def _lookup(kind: str, table: dict, name: str):
     known = sorted(table)
     close = get_close_matches(name, known, n=1)
     hint = f" Did you mean {close[0]!r}?" if close else ""
-    raise RegistryError(f"unknown {kind} {name!r}.{hint} Known {kind}s: {', '.join(known)}")
+    raise RegistryError(f"unknown {kind} {name!r} ({unknown_hint(kind)}).{hint} Known {kind}s: {', '.join(known)}")
 
 
 def get_model(name: str) -> ModelSpec:

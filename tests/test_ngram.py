@@ -181,6 +181,8 @@ def test_a_finished_fit_is_reused_and_a_longer_one_counts_on(counted, tmp_path):
     for key, value in result.model.state_dict().items():
         assert torch.equal(longer.model.state_dict()[key], value), key
     assert longer.heldout_loss == result.heldout_loss
+    with pytest.raises(ConfigError, match="train.tokens"):  # fewer tokens than it counted: not a resumption
+        train("bigram", half, run_dir, "cpu")
 
 
 def test_fitting_is_one_process():

@@ -305,7 +305,7 @@ def test_a_damaged_meta_json_is_one_error_for_every_command(smoke_run, tmp_path,
     ckpt = damaged_copy(smoke_run, tmp_path, "meta.json", damage)
     args = {"eval": ["--checkpoint", str(ckpt), "--tasks", "smoke", "--results", str(tmp_path / "r")],
             "export": ["--checkpoint", str(ckpt), "--out", str(tmp_path / "r")],
-            "train": ["--model", "swat", "--device", "cpu", "--out", str(ckpt.parent), "--set", "train.tokens=2048"]}
+            "train": ["--model", "swat", "--device", "cpu", "--out", str(ckpt.parent), *ONE_STEP]}
     code = cli.main([command, *args[command]])
     if command == "train" and "fit" in message:  # resuming checks the config before the weights
         one_error_line(capsys.readouterr().err, "was trained with another model config")
@@ -316,8 +316,7 @@ def test_a_damaged_meta_json_is_one_error_for_every_command(smoke_run, tmp_path,
 
 def test_resuming_from_a_damaged_trainer_state_is_one_error(smoke_run, tmp_path, capsys):
     ckpt = damaged_copy(smoke_run, tmp_path, "trainer.pt", flip_a_bit)
-    code = cli.main(["train", "--model", "swat", "--device", "cpu", "--out", str(ckpt.parent),
-                     "--set", "train.tokens=2048"])  # one step more than the checkpoint: a resumption
+    code = cli.main(["train", "--model", "swat", "--device", "cpu", "--out", str(ckpt.parent), *ONE_STEP])
     one_error_line(capsys.readouterr().err, f"{ckpt / 'trainer.pt'} is damaged", "--no-resume")
     assert code == 2
 
@@ -327,9 +326,18 @@ def test_resuming_a_checkpoint_without_its_trainer_state_is_one_error(smoke_run,
     ckpt = damaged_copy(smoke_run, tmp_path, "meta.json", lambda b: b)
     (ckpt / "trainer.pt").unlink()
     weights = (ckpt / "model.safetensors").read_bytes()
-    code = cli.main(["train", "--model", "swat", "--device", "cpu", "--out", str(ckpt.parent),
-                     "--set", "train.tokens=2048"])
+    code = cli.main(["train", "--model", "swat", "--device", "cpu", "--out", str(ckpt.parent), *ONE_STEP])
     one_error_line(capsys.readouterr().err, f"{ckpt / 'trainer.pt'} is missing", "--no-resume")
+    assert code == 2 and (ckpt / "model.safetensors").read_bytes() == weights
+
+
+def test_resuming_a_checkpoint_without_its_meta_json_is_one_error(smoke_run, tmp_path, capsys):
+    """It restarted from step 0 silently, overwriting the weights."""
+    ckpt = damaged_copy(smoke_run, tmp_path, "meta.json", lambda b: b)
+    (ckpt / "meta.json").unlink()
+    weights = (ckpt / "model.safetensors").read_bytes()
+    code = cli.main(["train", "--model", "swat", "--device", "cpu", "--out", str(ckpt.parent), *ONE_STEP])
+    one_error_line(capsys.readouterr().err, f"{ckpt} has no meta.json", "--no-resume")
     assert code == 2 and (ckpt / "model.safetensors").read_bytes() == weights
 
 
@@ -341,8 +349,7 @@ def test_checkpoints_without_checksums_still_load_and_truncation_still_shows(smo
     capsys.readouterr()
     trainer = ckpt / "trainer.pt"
     trainer.write_bytes(trainer.read_bytes()[:1000])
-    assert cli.main(["train", "--model", "swat", "--device", "cpu", "--out", str(ckpt.parent), *ONE_STEP,
-                     "--set", "train.tokens=2048"]) == 2
+    assert cli.main(["train", "--model", "swat", "--device", "cpu", "--out", str(ckpt.parent), *ONE_STEP]) == 2
     one_error_line(capsys.readouterr().err, f"{trainer} is damaged", "--no-resume")
     weights = ckpt / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[:1000])
@@ -508,9 +515,17 @@ def test_the_training_bar_shows_the_mean_rate_and_a_resumption_says_so(smoke_run
     assert "train m: resumed from its checkpoint at step 2 of 4" in out
     assert "1,365 tok/s" in out  # 2 steps x 1024 tokens in 1.5 s, not the last step's 2,048
     assert "resumed" not in smoke_run[1]  # a fresh run says nothing of the kind
-    shutil.copytree(smoke_run[0] / "runs" / "tiny" / "swat", tmp_path / "swat")
-    assert cli.main(["train", "--model", "swat", "--device", "cpu", "--out", str(tmp_path / "swat"), *ONE_STEP,
-                     "--set", "train.tokens=2048"]) == 0  # the budget raised by a step: training goes on
+    from harness.training.train import train
+    two_steps = [*ONE_STEP, "--set", "train.tokens=2048", "--set", "train.save_every=1"]
+
+    def cut_after_the_first_step(info):
+        if info["step"] == 1:
+            raise KeyboardInterrupt
+    cfg = load_config("tiny", overrides=two_steps[1::2])
+    with pytest.raises(KeyboardInterrupt):
+        train("swat", cfg, tmp_path / "swat", "cpu", on_step=cut_after_the_first_step)
+    capsys.readouterr()
+    assert cli.main(["train", "--model", "swat", "--device", "cpu", "--out", str(tmp_path / "swat"), *two_steps]) == 0
     assert "train swat: resumed from its checkpoint at step 1 of 2" in capsys.readouterr().out
 
 

@@ -300,6 +300,15 @@ def test_bench_kernels_writes_results_and_resumes(tmp_path):
     assert read_csv(out / "kernels.csv") == rows
 
 
+def test_bench_kernels_writes_a_progress_line_per_point_into_a_log(tmp_path, capsys):
+    """Not a terminal (a device call's log): a plain line per measured point, not a bar drawn at the end."""
+    from harness.cli import main
+    assert main(["bench", "kernels", "--head-dims", "64", "--lengths", "32", "--windows", "16,T", "--tokens", "32",
+                 "--hidden", "64", "--peers", "swat", "--modes", "fwd", "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "bench kernels 1/2: d=64 T=32 W=16" in out and "bench kernels 2/2: d=64 T=32 W=32" in out
+
+
 def test_bench_kernels_decode_puts_sdpa_over_the_same_buffer_beside_swat(tmp_path):
     """Decode mode: per batch and context, SWAT and SDPA over the same W-slot buffer, SDPA over the
     full cache, and a table with their ratios."""

@@ -104,6 +104,8 @@ def cmd_list(console) -> None:
 def run_command(args, console) -> None:
     """`harness data list|fetch|verify|import|train-tokenizer` (argparse namespace from harness.cli)."""
     if args.data_command == "list":
+        from harness.registry import load_plugins
+        load_plugins(args.plugin)  # a plugin's tasks declare the datasets they read
         cmd_list(console)
     elif args.data_command == "verify":
         problems = verify()

@@ -20,6 +20,7 @@ other tasks on rank 0 while the others wait; rank 0 alone writes and logs.
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,7 +28,7 @@ from typing import Callable
 
 import torch
 
-from harness.config import Config, config_hash
+from harness.config import Config, ConfigError, config_hash
 from harness.data import mirror
 from harness.data.paths import DataError
 from harness.evaluation.sources import (
@@ -37,7 +38,8 @@ from harness.evaluation.sources import (
     request_cache,
 )
 from harness.files import atomic_write_text
-from harness.registry import TaskSpec, get_model, get_task
+from harness.memory import is_out_of_memory
+from harness.registry import ContractError, RegistryError, TaskSpec, get_model, get_task
 from harness.results.provenance import provenance, record_run
 from harness.results.store import Row, read_rows, replace_rows
 from harness.results.tables import rows_table
@@ -96,9 +98,12 @@ def run_models(models: list[str], task_names: list[str], cfg: Config, run_name: 
     out = Path(results_dir) / run_name
     sources = [TrainedSource(name, cfg, Path(runs_dir) / run_name / name, out / "train" if main else None, force,
                              on_step if main else None) for name in models]
+    record = {"config": cfg.to_dict(), "config_hash": config_hash(cfg)}
+    plugins = {name: spec.plugin_file.record() for name in models if (spec := get_model(name)).plugin_file}
+    if plugins:  # the code of the plugin models trained here, as their checkpoints keep it
+        record["plugins"] = plugins
     return score(sources, task_names, run_name, results_dir, device or default_device(), limit=limit, force=force,
-                 log=log, skip_missing=skip_missing, grouped=grouped,
-                 record={"config": cfg.to_dict(), "config_hash": config_hash(cfg)})
+                 log=log, skip_missing=skip_missing, grouped=grouped, record=record)
 
 
 def score(sources: list[ModelSource], task_names: list[str], run: str, results_dir: Path, device: str,
@@ -185,7 +190,7 @@ def run_tasks(model, tokenizer, ctx: TaskContext, tasks: list[TaskSpec], existin
     for task in tasks:
         alone = d is not None and not task.data_parallel
         t0 = time.time()
-        rows = task.run(model, tokenizer, ctx) if main or not alone else []
+        rows = task_rows(task, model, tokenizer, ctx) if main or not alone else []
         if alone:
             d.barrier()
         seconds = time.time() - t0
@@ -198,6 +203,39 @@ def run_tasks(model, tokenizer, ctx: TaskContext, tasks: list[TaskSpec], existin
         existing = replace_rows(rows_file, rows, lambda r: ctx.owns(r, task.name), warn=log)
         log(f"{ctx.model_name}: {task.name} done in {seconds:.1f}s ({len(rows)} rows)")
     return existing
+
+
+def task_rows(task: TaskSpec, model, tokenizer, ctx: TaskContext) -> list[Row]:
+    """task.run's rows, checked before any is stored: a list of Row from every task. From a plugin's
+    task also no exception without its task's name, no row under another task's name (a rerun
+    would run the task again and append the row once more) and no NaN or infinity (rows.jsonl is
+    strict JSON). The harness's own tasks keep their tracebacks (bugs to see) and their rows'
+    names (speed writes speed_train, speed_prefill, speed_decode)."""
+    try:
+        rows = task.run(model, tokenizer, ctx)
+    except (RegistryError, ConfigError, DataError):
+        raise
+    except Exception as err:
+        if task.builtin or is_out_of_memory(err):
+            raise
+        raise ContractError(f"task {task.name} failed on {ctx.model_name}: {type(err).__name__}: {err}") from None
+    if not isinstance(rows, list) or not all(isinstance(r, Row) for r in rows):
+        got = type(rows).__name__ if not isinstance(rows, list) else \
+            "a list holding " + next(type(r).__name__ for r in rows if not isinstance(r, Row))
+        raise ContractError(f"task {task.name} returned {got} on {ctx.model_name}; a task returns a list of Row "
+                            f"(ctx.row(task, metric, value, ...))")
+    if task.builtin:
+        return rows
+    for row in rows:
+        if row.task != task.name:
+            raise ContractError(f"task {task.name} wrote a row of task {row.task!r} on {ctx.model_name}; a task "
+                                f"writes rows under its own name: ctx.row({task.name!r}, ...)")
+        bad = next((k for k in ("value", "stderr") if getattr(row, k) is not None
+                    and not math.isfinite(getattr(row, k))), None)
+        if bad is not None:
+            raise ContractError(f"task {task.name} wrote {row.metric} {bad} = {getattr(row, bad)} on "
+                                f"{ctx.model_name}; rows hold finite numbers (None where there is no value)")
+    return rows
 
 
 def missing_data(task: TaskSpec, online: bool = False) -> DataError | None:

@@ -26,11 +26,13 @@ from harness.config import Config, ConfigError, ModelConfig, TrainConfig, config
 from harness.data.paths import DataError, cache_dir
 from harness.data.tokenizer import get_tokenizer
 from harness.hf.causal_lm import HFCausalLM
+from harness.model.build import runnable_model
 from harness.registry import get_model
 from harness.training.checkpoint import (
     CHECKPOINT_DIR,
     META_FILE,
     WEIGHTS_FILE,
+    check_plugin_unchanged,
     load_checkpoint,
     read_meta,
     verify_checkpoint,
@@ -74,7 +76,10 @@ class CheckpointSource(ModelSource):
 
     def check(self, device: str, world_size: int) -> None:
         ckpt = Path(self.checkpoint)
-        verify_checkpoint(ckpt, read_meta(ckpt), (WEIGHTS_FILE,))
+        meta = read_meta(ckpt)
+        verify_checkpoint(ckpt, meta, (WEIGHTS_FILE,))
+        check_plugin_unchanged(meta, ckpt)
+        runnable_model(meta["model"], Config.from_dict(meta["config"]).model, device)
 
     def load(self, device: str, log: Callable[[str], None] = print) -> Loaded:
         model, cfg, _, meta = load_checkpoint(Path(self.checkpoint), device)
@@ -116,6 +121,9 @@ class TrainedSource(ModelSource):
 
     def check(self, device: str, world_size: int) -> None:
         check_trainable(self.name, self.cfg, device, world_size)
+        ckpt = Path(self.checkpoint)
+        if (ckpt / META_FILE).is_file() and not self.force:  # to be reused or resumed: by the code that trained it
+            check_plugin_unchanged(read_meta(ckpt), ckpt)
 
     def load(self, device: str, log: Callable[[str], None] = print) -> Loaded:
         model, meta, trained = trained_model(self.name, self.cfg, Path(self.run_dir), device, self.force, self.on_step)
@@ -151,9 +159,10 @@ def trained_model(name: str, cfg: Config, run_dir: Path, device: str, force: boo
 
 def check_trainable(name: str, cfg: Config, device: str, world_size: int) -> None:
     """What training or loading `name` at cfg would refuse: the tokenizer and corpus, the batch
-    layout, and the model's build (on the meta device: no memory) and training options here."""
+    layout, the model as it will run (`runnable_model`: on this device, keeping the model contract;
+    one build more than training makes, so that a bad model stops the run before any write) and
+    its training options."""
     from harness.data.corpus import corpus_files
-    from harness.model.build import build_model
     from harness.training.batches import _batch_layout
     from harness.training.distributed import layers_of
     from harness.training.recipe import check_tokenizer, fused_cross_entropy
@@ -161,12 +170,8 @@ def check_trainable(name: str, cfg: Config, device: str, world_size: int) -> Non
     check_tokenizer(cfg)
     corpus_files(cfg.train.corpus)
     _batch_layout(cfg.train, world_size)
-    on = torch.device(device)
-    if spec.gpu_only and on.type != "cuda":
-        raise RunError(f"{spec.name} runs only on a CUDA GPU (fast path here: {spec.fast_path()}); run it on a "
-                       f"GPU machine, or leave it out here")
-    model = build_model(spec.name, cfg.model, "meta")
-    fused_cross_entropy(model, on, cfg.train.fused_ce)
+    model = runnable_model(spec.name, cfg.model, device)
+    fused_cross_entropy(model, torch.device(device), cfg.train.fused_ce)
     if cfg.train.activation_checkpointing and not layers_of(model):
         raise RunError(f"train.activation_checkpointing needs a model with a `blocks` ModuleList (the shared "
                        f"backbone), which {spec.name} lacks; set train.activation_checkpointing=false")

@@ -56,19 +56,28 @@ ONLY = ("only models on the shared backbone whose layers are the harness's atten
 
 
 def export_refusal(model) -> str | None:
-    """Why `model` has no Hugging Face export, or None when it has one."""
-    from harness.model.attention import AttentionMixer
-    from harness.model.backbone import DecoderLM
+    """Why `model` has no Hugging Face export, or None when it has one. The exported code computes
+    what the harness's own classes compute, so every module of theirs must be exactly one of them:
+    a subclass (a plugin's layer that overrides its attention, say) would export as its parent and
+    give other logits without a word."""
+    from harness.model.attention import CausalAttention, SlidingAttention, SwatAttention
+    from harness.model.backbone import Block, DecoderLM, RMSNorm, SwiGLU
     if getattr(model, "fitted_by_counting", False):
         return "it is a count-based reference model (n-gram counts, not a network)"
     if not isinstance(model, DecoderLM):
         return f"it is not built on the shared backbone ({type(model).__name__})"
+    mixers = (CausalAttention, SlidingAttention, SwatAttention)
     for block in model.blocks:
-        if not isinstance(block.mixer, AttentionMixer):
+        if not isinstance(block.mixer, mixers):
             return getattr(block.mixer, "export_refused",
                            f"its token mixer {type(block.mixer).__name__} is not one of the harness's attention layers")
         if block.mlp is None:
             return "its blocks have no SwiGLU MLP"
+    for module in model.modules():
+        parent = next((cls for cls in (DecoderLM, Block, RMSNorm, SwiGLU, *mixers) if isinstance(module, cls)), None)
+        if parent is not None and type(module) is not parent:
+            return (f"its {type(module).__name__} subclasses the harness's {parent.__name__}, and the export writes "
+                    f"{parent.__name__}'s computation, not what the subclass changes")
     if len({type(block.mixer) for block in model.blocks}) > 1:
         return "its layers mix attention cores, and the exported config has one"
     return None
@@ -77,11 +86,10 @@ def export_refusal(model) -> str | None:
 def check_exportable(name: str, cfg) -> None:
     """Raise ExportError unless the model `name` at cfg exports (built on the meta device: no memory)."""
     from harness.model.build import build_model
-    from harness.registry import RegistryError
+    from harness.registry import models, unknown_hint
     try:
-        why = export_refusal(build_model(name, cfg.model, "meta"))
-    except RegistryError:
-        why = "it is not a registered model here (a plugin's model exports like a built-in one: pass its --plugin)"
+        why = (export_refusal(build_model(name, cfg.model, "meta")) if name in models()
+               else f"it is not a registered model here ({unknown_hint('model')})")
     except ImportError as err:
         why = f"its layers cannot be built here ({err})"
     if why is not None:

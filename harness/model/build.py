@@ -6,25 +6,63 @@ registration (`match="d_inner"`); `matched_config` solves that field so that the
 is as close as possible to the reference model's (`register_model(..., reference=True)`) at the
 same config. Counting happens on
 the meta device, so solving costs no memory even at 760m.
+
+A command that runs a model (`runnable_model`) refuses it in one line before anything is written
+where it cannot run (a gpu_only model off a CUDA GPU) or breaks the model contract
+(`check_contract`): a wrong-shaped output would otherwise crash mid-run or, with the vocabulary
+off by a few, train and score silently wrong.
 """
 
 from __future__ import annotations
 
 import dataclasses
+from typing import Callable
 
 import torch
 
-from harness.config import ModelConfig
+from harness.config import ConfigError, ModelConfig
+from harness.memory import is_out_of_memory
 from harness.model.backbone import count_params
-from harness.registry import get_model, reference_model
+from harness.registry import ContractError, ModelSpec, RegistryError, get_model, reference_model
 
 MATCH_MULTIPLE = 8  # solved sizes prefer multiples of 8 (tensor-core friendly)...
 MATCH_TOLERANCE = 0.005  # ...when that costs at most 0.5% of the parameter budget
+CONTRACT_SHAPE = (2, 16)  # the contract check's batch [B, T] (T at most model.max_seq_len): milliseconds
+# step() against the forward, relative logit error: fp32 reaches ~1e-6 on a CPU, ~1e-3 where a GPU's
+# fp32 dots run in tf32; a step that loses its state is off by tens of percent
+STEP_TOLERANCE = 2e-2
+
+
+def _plugin_call(spec: ModelSpec, what: str, call: Callable):
+    """call(), where a plugin's exception becomes one line naming the model and what failed (an
+    ImportError: the package, and where to declare it); errors that name their fix, out of memory,
+    and the harness's own models' exceptions (bugs to see, with their traceback) pass as they are."""
+    try:
+        return call()
+    except (RegistryError, ConfigError):
+        raise
+    except Exception as err:
+        if spec.builtin or is_out_of_memory(err):
+            raise
+        why = f"{type(err).__name__}: {err}"
+        if isinstance(err, ImportError) and err.name:
+            why = (f"it needs package {err.name} (declare it in register_model(requires=[...]), then `harness "
+                   f"list` says what to install)")
+        raise ContractError(f"model {spec.name} {what}: {why}") from None
+
+
+def built(spec: ModelSpec, cfg: ModelConfig) -> torch.nn.Module:
+    """spec.build(cfg), which must be an nn.Module (a plugin's builder that fails is one line)."""
+    model = _plugin_call(spec, "could not be built", lambda: spec.build(cfg))
+    if not isinstance(model, torch.nn.Module):
+        raise ContractError(f"model {spec.name} could not be built: its builder returned {type(model).__name__}, "
+                            f"which is not a torch.nn.Module")
+    return model
 
 
 def params_of(name: str, cfg: ModelConfig) -> int:
     with torch.device("meta"):
-        return count_params(get_model(name).build(cfg))
+        return count_params(built(get_model(name), cfg))
 
 
 def embedding_params(model: torch.nn.Module) -> int:
@@ -40,8 +78,7 @@ def embedding_params(model: torch.nn.Module) -> int:
 def non_embedding_params(name: str, cfg: ModelConfig) -> int:
     """The model's parameters less its embeddings (the count scaling laws are stated in), at the
     parameter-matched config."""
-    with torch.device("meta"):
-        model = get_model(name).build(matched_config(name, cfg))
+    model = build_model(name, cfg, "meta")
     return count_params(model) - embedding_params(model)
 
 
@@ -67,6 +104,70 @@ def build_model(name: str, cfg: ModelConfig, device: str | torch.device = "cpu")
     """The registered model `name` at cfg (parameter-matched), initialised on `device`."""
     cfg = matched_config(name, cfg)
     with torch.device(device):
-        model = get_model(name).build(cfg)
+        model = built(get_model(name), cfg)
     model.cfg = cfg
     return model
+
+
+def runnable_model(name: str, cfg: ModelConfig, device: str | torch.device) -> torch.nn.Module:
+    """build_model for a command that runs the model on `device` (train, run, eval, bench, a study's
+    runs): refused first where it cannot run (gpu_only off a CUDA GPU), then, for a plugin's model,
+    checked against the model contract (`check_contract`), so that nothing is written for a model
+    that would fail. The harness's own models are held to it by the test suite instead (on a GPU a
+    first forward would also autotune kernels for a shape no run uses)."""
+    spec = get_model(name)
+    if spec.gpu_only and torch.device(device).type != "cuda":
+        raise RegistryError(f"{name} runs only on a CUDA GPU (fast path here: {spec.fast_path()}); run it on a "
+                            f"GPU machine, or leave it out here")
+    model = build_model(name, cfg, device)
+    if not spec.builtin:
+        check_contract(spec, model, torch.device(device))
+    return model
+
+
+@torch.no_grad()
+def check_contract(spec: ModelSpec, model: torch.nn.Module, device: torch.device) -> None:
+    """One forward of a [2, 16] batch (fixed ids: the global RNG, and so training, is untouched; eval
+    mode: no dropout) must give float logits [B, T, vocab_size], the model must have trainable
+    parameters (unless it is fitted by counting), and where it decodes (`prefill` and `step`) one
+    step after a prefill must give the forward's last logits: every task scores on these, and a
+    model that breaks them would crash mid-run, or train and score silently wrong."""
+    name, cfg = spec.name, model.cfg
+    if not getattr(model, "fitted_by_counting", False) and not any(p.requires_grad for p in model.parameters()):
+        raise ContractError(f"model {name} has no trainable parameters; its module must hold the nn.Parameters "
+                            f"that training updates")
+    batch, length = CONTRACT_SHAPE[0], min(CONTRACT_SHAPE[1], cfg.max_seq_len)
+    ids = (torch.arange(batch * length, device=device) * 7919 % cfg.vocab_size).view(batch, length)
+    expected = [batch, length, cfg.vocab_size]
+    training = model.training
+    model.eval()
+    try:
+        logits = _plugin_call(spec, f"failed on input_ids of shape {expected[:2]}", lambda: model(ids))
+        if not isinstance(logits, torch.Tensor) or not logits.is_floating_point():
+            got = type(logits).__name__ if not isinstance(logits, torch.Tensor) else f"a {logits.dtype} tensor"
+            raise ContractError(f"model {name} returned {got} from forward(input_ids); expected float logits "
+                                f"[B, T, vocab_size] = {expected}")
+        if list(logits.shape) != expected:
+            raise ContractError(f"model {name} returned logits of shape {list(logits.shape)}; expected "
+                                f"[B, T, vocab_size] = {expected}")
+        if not bool(torch.isfinite(logits).all()):
+            raise ContractError(f"model {name} returned NaN or infinite logits as initialised; its forward "
+                                f"must give finite numbers before any training")
+        if hasattr(model, "prefill") and hasattr(model, "step"):
+            stepped = _plugin_call(spec, "failed to decode (prefill, then step)",
+                                   lambda: model.step(ids[:, -1], model.prefill(ids[:, :-1])[1])[0])
+            _check_step(name, stepped, logits[:, -1])
+    finally:
+        model.train(training)
+
+
+def _check_step(name: str, stepped, last: torch.Tensor) -> None:
+    """step()'s logits after a prefill against the forward's at the same position."""
+    if not isinstance(stepped, torch.Tensor) or stepped.shape != last.shape:
+        got = list(stepped.shape) if isinstance(stepped, torch.Tensor) else type(stepped).__name__
+        raise ContractError(f"model {name}: step(token, state) returned logits {got}; expected the next token's "
+                            f"[B, vocab_size] = {list(last.shape)}")
+    err = float((stepped.float() - last.float()).norm() / last.float().norm().clamp_min(1e-12))
+    if not err <= STEP_TOLERANCE:
+        raise ContractError(f"model {name}: step() after prefill() gives other logits than forward() (relative "
+                            f"error {err:.2g}); step(token, state) must continue the sequence as the forward does")

@@ -22,7 +22,8 @@ import torch
 from harness.config import EXECUTION_KEYS, Config, ConfigError
 from harness.files import file_sha256, share_like_any_file
 from harness.memory import is_out_of_memory
-from harness.model.build import build_model
+from harness.model.build import runnable_model
+from harness.registry import get_model
 from harness.training import distributed
 from harness.training.distributed import Dist
 from harness.training.outcome import TrainingError
@@ -69,6 +70,16 @@ def _fsync_dir(folder: Path) -> None:
 
 
 DAMAGED_FIX = "retrain it: `harness run ... --force`, or `harness train ... --no-resume`"
+
+
+def has_checkpoint(ckpt: Path) -> bool:
+    """Whether a run folder's checkpoint exists to resume. One that lost its meta.json is damaged,
+    not absent: starting over would silently overwrite its weights."""
+    if (ckpt / META_FILE).is_file():
+        return True
+    if ckpt.is_dir() and any(ckpt.iterdir()):
+        raise TrainingError(f"{ckpt} has no {META_FILE}, so the checkpoint is damaged; {DAMAGED_FIX}")
+    return False
 
 
 def read_meta(ckpt: Path) -> dict:
@@ -156,8 +167,9 @@ def load_checkpoint(path: Path, device="cpu"):
                                 f"`harness train` wrote (<run>/<model>/checkpoint)")
     meta = read_meta(path)
     verify_checkpoint(path, meta, (WEIGHTS_FILE,))
+    check_plugin_unchanged(meta, path)
     cfg = Config.from_dict(meta["config"])
-    model = build_model(meta["model"], cfg.model, device)
+    model = runnable_model(meta["model"], cfg.model, device)
     try:
         load_model(model, str(path / WEIGHTS_FILE), device=str(device))
     except SafetensorError as err:
@@ -170,15 +182,36 @@ def load_checkpoint(path: Path, device="cpu"):
     return model, cfg, meta["model"], meta
 
 
-def _check_resumable(meta: dict, model_name: str, cfg: Config, ckpt: Path) -> None:
+def check_plugin_unchanged(meta: dict, ckpt: Path) -> None:
+    """A checkpoint of a plugin file's model is read only by that file as it trained it (meta.json
+    keeps its sha256): an edited file would resume or score other code on these weights, silently."""
+    saved = meta.get("plugin")
+    if not saved:
+        return
+    spec = get_model(meta["model"])
+    now = spec.plugin_file
+    if now is not None and now.sha256 == saved["sha256"]:
+        return
+    where = (f"{now.path} now has sha256 {now.sha256[:12]}" if now is not None
+             else f"{spec.name} now comes from {spec.origin}")
+    raise TrainingError(f"{ckpt} was trained by plugin file {saved['file']} (sha256 {saved['sha256'][:12]}), but "
+                        f"{where}; restore that file, or retrain with the new code: `harness run ... --force`, "
+                        f"`harness train ... --no-resume`")
+
+
+def _check_resumable(meta: dict, model_name: str, cfg: Config, ckpt: Path, counted: bool = False) -> None:
+    """Refuse to resume under another recipe. `counted`: a model fitted by counting, whose counts
+    over more tokens are those of fewer plus the rest, so its budget may grow (not shrink)."""
     saved = Config.from_dict(meta["config"])
     hint = "pass --no-resume to start over, or --out for a new run folder"
     if meta["model"] != model_name:
         raise ConfigError(f"{ckpt} holds a {meta['model']} checkpoint, not {model_name}; {hint}")
+    check_plugin_unchanged(meta, ckpt)
     if saved.to_dict()["model"] != cfg.to_dict()["model"]:
         raise ConfigError(f"{ckpt} was trained with another model config; {hint}")
     old, new = saved.to_dict()["train"], cfg.to_dict()["train"]
-    changed = sorted(k for k in new if k not in RESUMABLE_CHANGES and old.get(k) != new[k])
+    changed = sorted(k for k in new if k not in RESUMABLE_CHANGES and old.get(k) != new[k]
+                     and not (counted and k == "tokens" and new[k] > old[k]))
     if not changed and meta.get("heldout_loss") is not None and old.get("eval_tokens") != new["eval_tokens"]:
         changed = ["eval_tokens"]  # a finished run's held-out loss was scored on the old count
     if changed:

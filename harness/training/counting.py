@@ -4,7 +4,6 @@ model of the same run trains on.
 
 from __future__ import annotations
 
-import json
 import shutil
 import time
 from pathlib import Path
@@ -17,12 +16,14 @@ from harness.results.provenance import provenance
 from harness.training.batches import batch_at
 from harness.training.checkpoint import (
     CHECKPOINT_DIR,
-    META_FILE,
     TRAINER_FILE,
     WEIGHTS_FILE,
     _check_resumable,
+    has_checkpoint,
+    read_meta,
     recover_checkpoint,
     save_checkpoint,
+    verify_checkpoint,
 )
 from harness.training.distributed import Dist
 from harness.training.heldout import heldout_score
@@ -58,10 +59,11 @@ def fit_by_counting(model, model_name: str, cfg: Config, run_dir: Path, train_st
     if not resume:
         shutil.rmtree(ckpt, ignore_errors=True)
     start_step, position = 0, 0
-    if (ckpt / TRAINER_FILE).is_file():
+    if has_checkpoint(ckpt):
         from safetensors.torch import load_model
-        saved_meta = json.loads((ckpt / META_FILE).read_text())
-        _check_resumable(saved_meta, model_name, cfg, ckpt)
+        saved_meta = read_meta(ckpt)
+        _check_resumable(saved_meta, model_name, cfg, ckpt, counted=True)
+        verify_checkpoint(ckpt, saved_meta, (WEIGHTS_FILE, TRAINER_FILE))
         load_model(model, str(ckpt / WEIGHTS_FILE), device=str(d.device))
         if saved_meta["step"] >= tcfg.steps:
             return TrainResult(model, saved_meta["step"], saved_meta["tokens"], saved_meta["train_loss"],

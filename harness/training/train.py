@@ -26,16 +26,17 @@ from harness.config import Config
 from harness.data.streams import TokenStream, prepare_streams
 from harness.memory import is_out_of_memory, out_of_memory
 from harness.model.backbone import count_params
-from harness.model.build import build_model
+from harness.model.build import runnable_model
 from harness.model.flops import FlopCount, flops_per_token, measure_matmul_peak
+from harness.registry import get_model
 from harness.results.provenance import provenance
 from harness.training import distributed
 from harness.training.batches import _batch_layout, batch_at
 from harness.training.checkpoint import (
     CHECKPOINT_DIR,
-    META_FILE,
     _check_resumable,
     _resume,
+    has_checkpoint,
     read_meta,
     recover_checkpoint,
     save_checkpoint,
@@ -120,7 +121,7 @@ def train(model_name: str, cfg: Config, run_dir: Path, device: str | None = None
         raise TrainingError(f"corpus {tcfg.corpus!r} is shorter than one sequence of {tcfg.seq_len} tokens; "
                             f"use a larger corpus or a smaller train.seq_len")
     torch.manual_seed(tcfg.seed)
-    model = build_model(model_name, cfg.model, d.device)
+    model = runnable_model(model_name, cfg.model, d.device)  # refused before the run folder is touched
     if getattr(model, "fitted_by_counting", False):
         micro = _batch_layout(tcfg, d.world_size)[1]
         return fit_by_counting(model, model_name, cfg, run_dir, train_stream, held_stream, micro, d, resume)
@@ -197,6 +198,9 @@ def build(model_name: str, cfg: Config, run_dir: Path, d: Dist, model: torch.nn.
     meta = {"model": model_name, "config": cfg.to_dict(), "commit": provenance(str(d.device))["commit"],
             "params": params, "world_size": d.world_size, "parallel": parallel, "flops_per_token": flops.as_dict(),
             "applied": applied}  # what the auto switches resolved to here
+    plugin = get_model(model_name).plugin_file
+    if plugin is not None:  # the code that trains these weights: resuming or reusing them needs the same
+        meta["plugin"] = plugin.record()
     return Job(model_name, cfg, run_dir, d, wrapped, optimizer, autocast_for(d.device, tcfg.dtype), train_stream,
                held_stream, seqs_per_step, micro, accum, flops, params, meta)
 
@@ -206,7 +210,7 @@ def restore(job: Job) -> Progress | None:
     (weights, optimizer state, step, data position, RNG), else step 0; None when the checkpoint
     is finished (it holds the held-out loss). A checkpoint (its meta.json) without its trainer
     state is incomplete and refused (starting over would silently overwrite it)."""
-    if not (job.ckpt / META_FILE).is_file():
+    if not has_checkpoint(job.ckpt):
         return Progress()
     saved_meta = read_meta(job.ckpt)
     _check_resumable(saved_meta, job.model_name, job.cfg, job.ckpt)

@@ -3,6 +3,7 @@
 Every expected failure (unknown model, bad config, missing data, out of memory, NaN) is printed
 as one line starting with `error:` that names the fix, with exit status 2; no traceback. Out of
 memory while other processes held the GPU exits 75 (EX_TEMPFAIL: run it again once they finish).
+Under torchrun every rank fails alike: rank 0 alone prints the line (and the one of an interruption).
 """
 
 from __future__ import annotations
@@ -62,7 +63,8 @@ class Parser(argparse.ArgumentParser):
     (argparse's own prints its usage block first, which buries what to change)."""
 
     def error(self, message: str):
-        self.exit(2, f"error: {message} (see `{self.prog} --help`)\n")
+        from harness.training.distributed import is_main_process
+        self.exit(2, f"error: {message} (see `{self.prog} --help`)\n" if is_main_process() else None)
 
 
 def int_from(lowest: int):
@@ -95,7 +97,10 @@ def folder(text: str) -> str:
     """argparse type of a folder to write into: refused at once where a file stands on its path (the
     command would fail only when it first writes there, after training or evaluating)."""
     from harness.files import file_in_the_way
-    blocking = file_in_the_way(Path(text))
+    try:
+        blocking = file_in_the_way(Path(text))
+    except OSError as err:  # a path the system will not look up: a name too long, a loop of links
+        raise argparse.ArgumentTypeError(path_problem(err)) from None
     if blocking is not None:
         raise argparse.ArgumentTypeError(f"{blocking} is a file, and {text} needs a folder there; give another path")
     return text
@@ -291,11 +296,15 @@ def cmd_train(args) -> None:
     from harness.evaluation.loop import default_device
     from harness.registry import load_plugins
     from harness.training.distributed import is_main_process
+    from harness.training.recipe import budget_note
     from harness.training.train import train
     load_plugins(args.plugin)
     cfg = config_from(args)
     out = Path(args.out or Path(args.runs) / (args.run or args.preset) / args.model)
     main_rank = is_main_process()
+    note = budget_note(cfg.train)
+    if main_rank and note:
+        err_console.print(note, markup=False, highlight=False, soft_wrap=True)
     bar = StepProgress(f"train {args.model}") if main_rank and not args.quiet else None
     loggers = tuple(name for name, on in (("tensorboard", args.tensorboard), ("wandb", args.wandb)) if on)
     try:
@@ -310,9 +319,12 @@ def cmd_train(args) -> None:
             (f", peak memory {result.peak_mem_gib:.1f} GiB" if result.peak_mem_gib else "")
         if result.reused:
             console.print(f"{args.model}: already trained in {out} (--no-resume trains it again)", highlight=False)
-        console.print(f"{args.model}: {result.params:,} params, {result.tokens:,} tokens, train loss "
-                      f"{result.train_loss:.4f}, held-out loss {result.heldout_loss:.4f}{speed}; "
-                      f"checkpoint {result.checkpoint}, log and loss.png in {out}")
+        # a model fitted by counting has counts for parameters, and no per-step log or loss curve
+        counted = getattr(result.model, "fitted_by_counting", False)
+        written = " (fitted by counting: no training log or loss.png)" if counted else f", log and loss.png in {out}"
+        console.print(f"{args.model}: {result.params:,} {'counts' if counted else 'params'}, {result.tokens:,} tokens, "
+                      f"train loss {result.train_loss:.4f}, held-out loss {result.heldout_loss:.4f}{speed}; "
+                      f"checkpoint {result.checkpoint}{written}", highlight=False)
 
 
 def cmd_study(args) -> None:
@@ -564,13 +576,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="train one model at a preset (resumes from its checkpoint); "
                        "several GPUs: torchrun --nproc-per-node N -m harness train ...")
-    p.add_argument("--model", required=True)
+    p.add_argument("--model", required=True, help="the model to train (see `harness list`)")
     p.add_argument("--out", type=folder, help="run folder (default: RUNS/RUN/MODEL)")
     add_run_arg(p, "run name (default: the preset)")
-    p.add_argument("--runs", type=folder, default="runs")
+    p.add_argument("--runs", type=folder, default="runs",
+                   help="checkpoint folder: the run folder is RUNS/RUN/MODEL unless --out names it (default: runs)")
     p.add_argument("--device", type=device_arg, help="cpu | cuda (under torchrun: each rank's own GPU; default: cuda when available)")
     p.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True,
-                   help="continue from the run folder's checkpoint (default); --no-resume discards it and the log")
+                   help="continue from the run folder's checkpoint (default); --no-resume discards it, the log "
+                   "and loss.png")
     p.add_argument("--parallel", choices=("ddp", "fsdp"), default="ddp",
                    help="under torchrun: replicate (ddp, default) or shard (fsdp: FSDP2 fully_shard per layer)")
     p.add_argument("--tensorboard", action="store_true", help="also log to RUN/tensorboard (needs tensorboard)")
@@ -737,10 +751,18 @@ class RunFailed(RuntimeError):
 
 # What the operating system says of a path given on the command line (--out, --results, --runs, ...)
 # that runs into a file where a folder is needed, or the reverse: the path, and that it is the fix.
+# Any other refusal of a path (a folder that cannot be made there, as under /proc; a name too long)
+# is said in the system's words, with the same fix.
 PATH_ERRORS = {NotADirectoryError: "a file stands where this path needs a folder",
                FileExistsError: "a file stands where this path needs a folder",  # mkdir over a file
                IsADirectoryError: "a folder stands where this path needs a file",
                PermissionError: "not allowed to write or read it here"}
+
+
+def path_problem(err: OSError) -> str:
+    """An OSError about one path (its `filename`) as the path, what is wrong with it, and the fix."""
+    why = next((why for kind, why in PATH_ERRORS.items() if isinstance(err, kind)), None)
+    return f"{err.filename}: {why or (err.strerror or 'unusable').lower()}; give another path"
 
 
 def expected_errors() -> tuple:
@@ -772,21 +794,24 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args.func(args)
     except KeyboardInterrupt:
-        err_console.print("interrupted: finished work is kept; run the same command again to resume")
+        from harness.training.distributed import is_main_process
+        if is_main_process():  # under torchrun every rank stops; one line says so
+            err_console.print("interrupted: finished work is kept; run the same command again to resume")
         return 130
     except Exception as err:
         from harness.memory import SQUEEZED_EXIT, OutOfMemory, is_out_of_memory, out_of_memory
-        if isinstance(err, tuple(PATH_ERRORS)):
+        from harness.training.distributed import is_main_process
+        if isinstance(err, OSError) and err.filename is not None:  # the system refused a path, not the harness
             from harness.config import ConfigError
-            why = next(why for kind, why in PATH_ERRORS.items() if isinstance(err, kind))
-            err = ConfigError(f"{err.filename}: {why}; give another path")
+            err = ConfigError(path_problem(err))
         if not isinstance(err, expected_errors()):
             if not is_out_of_memory(err):
                 raise
             # raised outside training (evaluation, a model too large for the host to build)
             from harness.evaluation.loop import default_device
             err = out_of_memory(f"harness {args.command}", getattr(args, "device", None) or default_device())
-        err_console.print(f"[red]error:[/red] {escape(str(err))}", highlight=False, soft_wrap=True)
+        if is_main_process():  # under torchrun every rank fails alike; one line says why
+            err_console.print(f"[red]error:[/red] {escape(str(err))}", highlight=False, soft_wrap=True)
         return SQUEEZED_EXIT if isinstance(err, OutOfMemory) and err.squeezed else 2
     finally:
         signal.signal(signal.SIGTERM, terminate)

@@ -5,6 +5,7 @@ to summation order); data-parallel evaluation against one process (the same rows
 import dataclasses
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -90,6 +91,66 @@ def test_scaling_refuses_runs_of_different_recipes(single):
         scaling.compare([base, other])
     faster = dataclasses.replace(base, config={**base.config, "train": {**base.config["train"], "compile": True}})
     assert scaling.compare([base, faster])[1]["max_loss_diff"] == 0.0  # speed settings may differ
+
+
+def test_scaling_reports_steps_trained_modes_and_names_that_tell_runs_apart(single, tmp_path):
+    """"steps" is the steps trained (it counted the logged ones: 3 of 4 when logged every 3rd step);
+    FSDP2 at world size 1 is sharded (it showed "-" like a plain process); runs in folders of one
+    name are told apart by their parents (dupA/swat and dupB/swat were both "swat")."""
+    for copy in ("dupA", "dupB"):
+        shutil.copytree(single, tmp_path / copy / "swat")
+    (tmp_path / "dupB" / "swat" / LOG_FILE).write_text("".join(  # as --log-every 3 logs it: 1, 3 and the last
+        line for line in (single / LOG_FILE).read_text().splitlines(keepends=True) if '"step": 2,' not in line))
+    assert len(read_log(tmp_path / "dupB" / "swat" / LOG_FILE)) == 3
+    _, records = scaling.write([single, tmp_path / "dupA" / "swat", tmp_path / "dupB" / "swat"], None)
+    assert [r["run"] for r in records] == [single.name, "dupA/swat", "dupB/swat"]
+    assert [r["steps"] for r in records] == [4, 4, 4] and records[0]["parallel"] == "-"
+    sharded = dataclasses.replace(scaling.read_run(single), parallel="fsdp")
+    assert scaling.compare([sharded])[0]["parallel"] == "fsdp"
+    assert scaling.run_names([tmp_path / "a" / "swat", tmp_path / "b" / "swat", tmp_path / "c"]) == ["a/swat", "b/swat",
+                                                                                                  "c"]
+    with pytest.raises(ConfigError, match="given twice"):
+        scaling.run_names([single, single / ".." / single.name])
+
+
+def test_scaling_refuses_a_run_resumed_at_another_world_size(single, tmp_path):
+    """Started on 2 ranks, resumed on 1: it was shown as a 1-GPU run with its last part's speed."""
+    shutil.copytree(single, tmp_path / "run")
+    log = tmp_path / "run" / LOG_FILE
+    lines = log.read_text().splitlines(keepends=True)
+    header = json.loads(lines[0])
+    lines[0] = json.dumps({**header, "world_size": 2}) + "\n"
+    lines.insert(3, json.dumps({**header, "start_step": 2}) + "\n")
+    log.write_text("".join(lines))
+    with pytest.raises(ConfigError, match="trained at world sizes 2, 1 in turn"):
+        scaling.read_run(tmp_path / "run")
+
+
+def test_an_error_under_torchrun_is_one_line_from_rank_0(tmp_path):
+    """Every rank fails alike; each printed the same error line (and the interruption line)."""
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", "-m",
+                           "harness", "train", "--model", "swat", "--device", "cpu", "--out", str(tmp_path / "run"),
+                           "--set", "train.micro_batch=3"], capture_output=True, text=True,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=240, check=False)
+    assert proc.returncode != 0
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert errors == ["error: train.micro_batch=3 must divide the 4 sequences each of 2 rank(s) takes per step"]
+    assert not (tmp_path / "run").exists()
+
+
+def test_other_ranks_print_no_error_or_interruption_line(monkeypatch, capsys):
+    """What a rank other than 0 prints for a bad value, a bad argument or a stop (torchrun sets RANK
+    before any process group exists): nothing, with the exit status rank 0 gives."""
+    from harness import cli
+    for name, value in (("RANK", "1"), ("WORLD_SIZE", "2"), ("LOCAL_RANK", "1")):
+        monkeypatch.setenv(name, value)
+    assert cli.main(["train", "--model", "swat", "--set", "train.lr=abc"]) == 2
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["train", "--model", "swat", "--limit", "3"])
+    assert exit_.value.code == 2
+    monkeypatch.setattr(cli, "cmd_train", lambda args: (_ for _ in ()).throw(KeyboardInterrupt))
+    assert cli.main(["train", "--model", "swat"]) == 130
+    assert capsys.readouterr() == ("", "")
 
 
 def test_fsdp_at_world_size_one_resumes_unsharded(single, tmp_path):

@@ -229,6 +229,41 @@ def test_a_path_that_runs_into_a_file_or_a_folder_is_one_line(tmp_path, capsys, 
     assert not (tmp_path / "runs").exists()
 
 
+@pytest.mark.parametrize("out, message", [
+    ("/proc/harness-run", "/proc/harness-run: "),  # a folder the system will not make (no such file, as root)
+    ("{tmp}/" + "a" * 300, "file name too long; give another path"),  # refused as an argument
+])
+def test_an_output_folder_the_system_refuses_is_one_line_naming_the_fix(tmp_path, capsys, out, message):
+    """Any OSError about the path, not only the four kinds PATH_ERRORS words: /proc/x was
+    "error: [Errno 2] No such file or directory: '/proc/x'", a name too long a traceback."""
+    if out.startswith("/proc") and not Path("/proc").is_dir():
+        pytest.skip("needs /proc")
+    try:
+        code = cli.main(["train", "--model", "bigram", "--device", "cpu", "--out", out.format(tmp=tmp_path), *ONE_STEP])
+    except SystemExit as exit_:  # argparse's own checks
+        code = exit_.code
+    assert code == 2
+    one_error_line(capsys.readouterr().err, message, "give another path")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_path_error_of_any_kind_names_the_path_and_the_fix():
+    import errno
+    assert cli.path_problem(OSError(errno.EROFS, "Read-only file system", "/mnt/x")) == \
+        "/mnt/x: read-only file system; give another path"
+    assert cli.path_problem(PermissionError(errno.EACCES, "Permission denied", "/x")) == \
+        "/x: not allowed to write or read it here; give another path"
+
+
+def test_every_option_of_train_and_run_says_what_it_is():
+    """--runs of `harness train` had no help text."""
+    parser = cli.build_parser()
+    commands = next(a for a in parser._actions if a.dest == "command").choices
+    for name in ("train", "run"):
+        bare = [a.option_strings for a in commands[name]._actions if a.option_strings and not a.help]
+        assert bare == [], (name, bare)
+
+
 def test_sigterm_ends_a_command_as_ctrl_c_does(monkeypatch, capsys):
     """A scheduler's or `kill`'s SIGTERM: the interruption line and exit 130 (it ended the process
     silently, with no cleanup), and the previous SIGTERM action back afterwards."""

@@ -230,11 +230,33 @@ def test_resume_refuses_another_recipe(straight, override):
         train("swat", short_cfg(override), straight[0], "cpu")
 
 
+def log_headers(run_dir):
+    return [r for r in map(json.loads, (run_dir / LOG_FILE).read_text().splitlines()) if "step" not in r]
+
+
 def test_no_resume_starts_over(tmp_path):
+    """--no-resume discards the earlier run whole: its log kept its header line before, describing a
+    run that is gone; its loss plot stays only until the new run draws its own."""
     cfg = short_cfg("train.tokens=512")
     train("transformer", cfg, tmp_path, "cpu")
-    again = train("transformer", cfg, tmp_path, "cpu", resume=False)
+    plot_there = []
+    again = train("transformer", cfg, tmp_path, "cpu", resume=False,
+                  on_step=lambda info: plot_there.append((tmp_path / PLOT_FILE).exists()))
     assert again.seconds > 0 and len(read_log(tmp_path / LOG_FILE)) == 2
+    assert [h["start_step"] for h in log_headers(tmp_path)] == [0]
+    assert plot_there == [False, False] and (tmp_path / PLOT_FILE).is_file()
+
+
+def test_a_log_keeps_the_headers_of_the_segments_it_holds(tmp_path):
+    """Resumed twice from the step-4 checkpoint (the second segment was cut before its next one): the
+    second segment's steps are cut from the log, and so is its header, which described none."""
+    with pytest.raises(Interrupt):
+        train("swat", short_cfg(), tmp_path, "cpu", on_step=interrupt_at(6))
+    with pytest.raises(Interrupt):
+        train("swat", short_cfg(), tmp_path, "cpu", on_step=interrupt_at(5))
+    train("swat", short_cfg(), tmp_path, "cpu")
+    assert [h["start_step"] for h in log_headers(tmp_path)] == [0, 4]
+    assert [r["step"] for r in read_log(tmp_path / LOG_FILE)] == list(range(1, 9))
 
 
 def test_activation_checkpointing_changes_nothing_but_memory(tmp_path):
@@ -378,11 +400,78 @@ def test_unknown_mixer_is_marked_partial(tiny_cfg):
     assert count.partial == ["Shift"] and count.linear > 0
 
 
-def test_missing_logger_package_names_the_install(tmp_path, monkeypatch):
+@pytest.mark.parametrize("logger, module", [("tensorboard", "torch.utils.tensorboard"), ("wandb", "wandb")])
+def test_missing_logger_package_names_the_install_before_anything_is_written(tmp_path, monkeypatch, logger, module):
+    """Refused before the run folder is made (it came after the log and its header were written)."""
     import sys
-    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # as if tensorboard were absent
-    with pytest.raises(ConfigError, match="pip install tensorboard"):
-        train("swat", short_cfg("train.tokens=256"), tmp_path, "cpu", loggers=("tensorboard",))
+    monkeypatch.setitem(sys.modules, module, None)  # as if the package were absent
+    with pytest.raises(ConfigError, match=f"pip install {logger}"):
+        train("swat", short_cfg("train.tokens=256"), tmp_path / "run", "cpu", loggers=(logger,))
+    assert not (tmp_path / "run").exists()
+
+
+def short_documents(folder, count=20, words=12):
+    """A corpus of `count` documents of a few words: its held-out document is shorter than 64 tokens."""
+    import random
+    rng, vocabulary = random.Random(0), ["cat", "the", "mat", "on", "sat"]
+    folder.mkdir()
+    for i in range(count):
+        (folder / f"d{i}.txt").write_text(" ".join(rng.choice(vocabulary) for _ in range(words)))
+    return folder
+
+
+@pytest.mark.parametrize("model", ["swat", "bigram"])
+def test_a_heldout_split_shorter_than_a_sequence_is_refused_before_training(tmp_path, model):
+    """It was refused only at the end, after all the steps, beside the run's log and checkpoints."""
+    corpus = short_documents(tmp_path / "corpus")
+    with pytest.raises(TrainingError, match="held-out split is shorter than 1 sequence"):
+        train(model, short_cfg(f"train.corpus={corpus}"), tmp_path / "run", "cpu")
+    assert not (tmp_path / "run").exists()
+
+
+def test_too_few_heldout_tokens_for_the_ranks_names_eval_tokens():
+    """With more ranks than scored sequences the split is long enough: train.eval_tokens is what to raise."""
+    from harness.data.streams import prepare_streams
+    from harness.data.tokenizer import get_tokenizer
+    from harness.training.heldout import scored_sequences
+    _, held = prepare_streams("bundled", get_tokenizer("bytes"))
+    assert scored_sequences(held, 64, 128, 2) == 2
+    with pytest.raises(TrainingError, match="train.eval_tokens=64 is less than one sequence of 64 tokens for each "
+                       "of 2 ranks; raise train.eval_tokens to at least 128"):
+        scored_sequences(held, 64, 64, 2)
+
+
+@pytest.mark.parametrize("tokens, note", [
+    ("1500", "note: train.tokens=1500 is 1.46 batches of 1,024 tokens: training 1 step (1,024 tokens)"),
+    ("100", "note: train.tokens=100 is 0.10 batches of 1,024 tokens: training 1 step (1,024 tokens)"),
+    ("1024", None),
+])
+def test_a_budget_between_batches_is_said_before_training(tmp_path, capsys, tokens, note):
+    """train.tokens that is no whole number of batches trains whole steps (TrainConfig.steps); it did
+    so silently. The note comes first, and the summary's tokens are the ones it names."""
+    from harness.cli import main
+    assert main(["train", "--model", "swat", "--device", "cpu", "--quiet", "--out", str(tmp_path), "--set",
+                 f"train.tokens={tokens}", "--set", "train.eval_tokens=128"]) == 0
+    out, err = capsys.readouterr()
+    assert err.strip() == (note or "")
+    assert "swat: 123,264 params, 1,024 tokens" in " ".join(out.split())
+
+
+def test_a_counting_model_says_what_it_wrote_and_scaling_refuses_it(tmp_path, capsys):
+    """A count model writes a checkpoint alone: the summary said "log and loss.png in ...", and
+    `harness scaling` called its folder not a finished run."""
+    from harness.cli import main
+    argv = ["train", "--model", "bigram", "--device", "cpu", "--out", str(tmp_path / "bigram"),
+            "--set", "train.tokens=1024", "--set", "train.eval_tokens=128"]
+    assert main(argv) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert "counts, 1,024 tokens" in out and "(fitted by counting: no training log or loss.png)" in out
+    assert sorted(p.name for p in (tmp_path / "bigram").iterdir()) == [CHECKPOINT_DIR]
+    assert main(argv) == 0  # a finished fit is reused, as a trained model is, and says so
+    assert "bigram: already trained in" in capsys.readouterr().out
+    assert main(["scaling", str(tmp_path / "bigram")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error:") and "bigram, a model fitted by counting: it has no training curve" in err
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")

@@ -27,6 +27,7 @@ from harness.registry import get_model
 from harness.training import distributed
 from harness.training.distributed import Dist
 from harness.training.outcome import TrainingError
+from harness.training.trainlog import LOG_FILE, PLOT_FILE
 
 CHECKPOINT_DIR = "checkpoint"
 WEIGHTS_FILE = "model.safetensors"
@@ -129,6 +130,18 @@ def recover_checkpoint(run_dir: Path) -> None:
         olds.pop().rename(final)
     for old in olds:
         shutil.rmtree(old, ignore_errors=True)
+
+
+def open_run_dir(run_dir: Path, resume: bool) -> None:
+    """The run folder made ready to train into (rank 0): a cut checkpoint swap repaired and, unless
+    `resume`, the earlier run discarded whole (checkpoint, log and loss plot), so that nothing in the
+    folder describes a run that is no longer there."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    recover_checkpoint(run_dir)
+    if not resume:
+        shutil.rmtree(run_dir / CHECKPOINT_DIR, ignore_errors=True)
+        for name in (LOG_FILE, PLOT_FILE):
+            (run_dir / name).unlink(missing_ok=True)
 
 
 def save_checkpoint(run_dir: Path, model, optimizer, meta: dict, trainer: dict, d: Dist) -> Path:

@@ -4,7 +4,6 @@ model of the same run trains on.
 
 from __future__ import annotations
 
-import shutil
 import time
 from pathlib import Path
 
@@ -20,8 +19,8 @@ from harness.training.checkpoint import (
     WEIGHTS_FILE,
     _check_resumable,
     has_checkpoint,
+    open_run_dir,
     read_meta,
-    recover_checkpoint,
     save_checkpoint,
     verify_checkpoint,
 )
@@ -29,6 +28,12 @@ from harness.training.distributed import Dist
 from harness.training.heldout import heldout_score
 from harness.training.outcome import TrainResult
 from harness.training.recipe import autocast_for
+
+
+def is_counted(meta: dict) -> bool:
+    """Whether a checkpoint's meta.json is one `fit_by_counting` wrote: the only run that no parallel
+    mode trained (its `parallel` is None; a gradient run's is ddp or fsdp, or absent in old runs)."""
+    return "parallel" in meta and meta["parallel"] is None
 
 
 def fit_by_counting(model, model_name: str, cfg: Config, run_dir: Path, train_stream: TokenStream,
@@ -54,10 +59,7 @@ def fit_by_counting(model, model_name: str, cfg: Config, run_dir: Path, train_st
     tcfg = cfg.train
     seqs_per_step = tcfg.batch_tokens // tcfg.seq_len
     ckpt = run_dir / CHECKPOINT_DIR
-    run_dir.mkdir(parents=True, exist_ok=True)
-    recover_checkpoint(run_dir)
-    if not resume:
-        shutil.rmtree(ckpt, ignore_errors=True)
+    open_run_dir(run_dir, resume)
     start_step, position = 0, 0
     if has_checkpoint(ckpt):
         from safetensors.torch import load_model
@@ -67,7 +69,7 @@ def fit_by_counting(model, model_name: str, cfg: Config, run_dir: Path, train_st
         load_model(model, str(ckpt / WEIGHTS_FILE), device=str(d.device))
         if saved_meta["step"] >= tcfg.steps:
             return TrainResult(model, saved_meta["step"], saved_meta["tokens"], saved_meta["train_loss"],
-                               saved_meta["heldout_loss"], saved_meta["params"], 0.0, ckpt)
+                               saved_meta["heldout_loss"], saved_meta["params"], 0.0, ckpt, reused=True)
         trainer = torch.load(ckpt / TRAINER_FILE, map_location="cpu", weights_only=True)
         start_step, position = trainer["step"], trainer["position"]
     t0 = time.time()

@@ -26,6 +26,23 @@ class HeldoutScore:
     by_source: dict
 
 
+def scored_sequences(stream: TokenStream, seq_len: int, max_tokens: int, world: int = 1) -> int:
+    """How many held-out sequences `heldout_score` scores: the first max_tokens (train.eval_tokens)
+    of the split, at least one sequence, rounded down to a multiple of the world size. None is an
+    error, and training checks it before it starts: it would otherwise surface only at the end,
+    after all the steps, beside a log and checkpoints of a run that cannot finish."""
+    available = stream.num_sequences(seq_len)
+    n = min(available, max(1, max_tokens // seq_len))
+    n -= n % world
+    if n > 0:
+        return n
+    if available < world:
+        raise TrainingError(f"the held-out split is shorter than {world} sequence(s) of {seq_len} tokens; "
+                            f"use a larger corpus or a smaller train.seq_len")
+    raise TrainingError(f"train.eval_tokens={max_tokens} is less than one sequence of {seq_len} tokens for each of "
+                        f"{world} ranks; raise train.eval_tokens to at least {world * seq_len}")
+
+
 @torch.no_grad()
 def heldout_score(model, stream: TokenStream, seq_len: int, max_tokens: int, batch: int, device,
                   autocast: Callable, d: Dist | None = None) -> HeldoutScore:
@@ -33,11 +50,7 @@ def heldout_score(model, stream: TokenStream, seq_len: int, max_tokens: int, bat
     ranks each scores every N-th sequence (all ranks the same count, rounded down to a multiple
     of N, so that sharded models run the same number of forwards) and the sums are reduced."""
     rank, world = (d.rank, d.world_size) if d is not None else (0, 1)
-    n = min(stream.num_sequences(seq_len), max(1, max_tokens // seq_len))
-    n -= n % world
-    if n == 0:
-        raise TrainingError(f"the held-out split is shorter than {world} sequence(s) of {seq_len} tokens; "
-                            f"use a larger corpus or a smaller train.seq_len")
+    n = scored_sequences(stream, seq_len, max_tokens, world)
     was_training = model.training
     model.eval()
     n_sources = max(1, len(stream.source_names))

@@ -31,6 +31,19 @@ def lr_at(step: int, cfg) -> float:
     return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * cosine)
 
 
+def budget_note(cfg) -> str | None:
+    """One line saying what a train.tokens that is no whole number of global batches trains instead
+    (whole steps: tokens // batch_tokens, at least one), None when it is whole. Rounded, not refused
+    (TrainConfig.steps is the documented rule, and budgets stated otherwise, as a study's tokens per
+    parameter, fall between batches), but said: the run would otherwise train another budget silently."""
+    if cfg.tokens % cfg.batch_tokens == 0:
+        return None
+    steps = cfg.steps
+    return (f"note: train.tokens={cfg.tokens} is {cfg.tokens / cfg.batch_tokens:,.2f} batches of "
+            f"{cfg.batch_tokens:,} tokens: training {steps:,} step{'s' if steps > 1 else ''} "
+            f"({steps * cfg.batch_tokens:,} tokens)")
+
+
 def make_optimizer(model: torch.nn.Module, cfg) -> torch.optim.Optimizer:
     decay = [p for p in model.parameters() if p.requires_grad and p.dim() >= 2]
     no_decay = [p for p in model.parameters() if p.requires_grad and p.dim() < 2]

@@ -4,13 +4,17 @@ torchrun (DDP, FSDP2), compared step by step.
     harness scaling runs/d/swat-1gpu runs/d/swat-ddp runs/d/swat-fsdp --out results/distributed
 
 Each argument is a run folder as `harness train` leaves it (train_log.jsonl, checkpoint/meta.json;
-the weights are not read). The first run of each model is that model's baseline. Per run: world
-size, parallel mode, tokens/s of all ranks together, scaling efficiency (tokens/s / (world size x
-the baseline's tokens/s): 100% is perfect linear scaling), MFU per GPU, peak memory on each
-rank, final train and held-out loss, and how closely the loss curve follows the baseline's
-(the largest |difference| over all steps, and the first step where it exceeds `DIVERGED`).
+the weights are not read), named by its folder (with as many parent folders as tell it from the
+other runs'). The first run of each model is that model's baseline. Per run: world size, parallel
+mode ("-" for one plain process; FSDP2 runs on a group even alone), tokens/s of all ranks together,
+scaling efficiency (tokens/s / (world size x the baseline's tokens/s): 100% is perfect linear
+scaling), MFU per GPU, peak memory on each rank, final train and held-out loss, how closely the
+loss curve follows the baseline's (the largest |difference| over the logged steps, and the first
+step where it exceeds `DIVERGED`), and the steps trained.
 Runs of one model must share the recipe (global batch, length, tokens, seed, model config), or
-the comparison would say nothing; a mismatch is an error naming the key.
+the comparison would say nothing; a mismatch is an error naming the key. A run resumed at another
+world size is refused (its speed and memory are its last segment's alone), and so is a model fitted
+by counting (no training curve or speed).
 """
 
 from __future__ import annotations
@@ -22,7 +26,8 @@ from pathlib import Path
 from harness.config import EXECUTION_KEYS, ConfigError
 from harness.files import atomic_write_text
 from harness.training.checkpoint import read_meta
-from harness.training.trainlog import LOG_FILE, read_log
+from harness.training.counting import is_counted
+from harness.training.trainlog import LOG_FILE, read_headers, read_log
 
 DIVERGED = 1e-3  # |loss difference| (nats) taken as the curves parting; bf16 noise stays far below it
 
@@ -34,7 +39,8 @@ class ScalingRun:
     world_size: int
     parallel: str
     config: dict
-    steps: list[int]
+    trained_steps: int
+    steps: list[int]  # the logged steps (every --log-every), with their losses
     losses: list[float]
     tokens_per_s: float | None
     mfu: float | None
@@ -43,20 +49,44 @@ class ScalingRun:
     heldout_loss: float
 
 
-def read_run(folder: Path) -> ScalingRun:
+def read_run(folder: Path, name: str | None = None) -> ScalingRun:
+    """The run in `folder`, called `name` (default: the folder's name)."""
     folder = Path(folder)
     meta_file, log_file = folder / "checkpoint" / "meta.json", folder / LOG_FILE
+    if meta_file.is_file() and is_counted(meta := read_meta(meta_file.parent)):
+        raise ConfigError(f"{folder} holds {meta['model']}, a model fitted by counting: it has no training curve or "
+                          f"speed to compare; pass runs of models trained by gradients")
     if not meta_file.is_file() or not log_file.is_file():
         raise FileNotFoundError(f"{folder} is not a finished `harness train` run folder (needs {LOG_FILE} and "
                                 f"checkpoint/meta.json); pass the --out folder of a training run")
-    meta = read_meta(meta_file.parent)
     if meta.get("heldout_loss") is None:
         raise ConfigError(f"{folder} has not finished training; resume it with `harness train ... --out {folder}`")
+    sizes = list(dict.fromkeys(h["world_size"] for h in read_headers(log_file) if isinstance(h.get("world_size"), int)))
+    if len(sizes) > 1:
+        raise ConfigError(f"{folder} was trained at world sizes {', '.join(map(str, sizes))} in turn (resumed at "
+                          f"another): its speed and memory are its last part's alone; compare runs trained at one "
+                          f"world size throughout (`harness train ... --no-resume`)")
     log = read_log(log_file)
     per_rank = [m for m in meta.get("peak_mem_gib_per_rank") or [meta.get("peak_mem_gib")] if m is not None]
-    return ScalingRun(folder.name, meta["model"], meta.get("world_size", 1), meta.get("parallel", "ddp"),
-                      meta["config"], [r["step"] for r in log], [r["loss"] for r in log], meta.get("tokens_per_s"),
-                      meta.get("mfu"), per_rank, meta["train_loss"], meta["heldout_loss"])
+    return ScalingRun(name or folder.name, meta["model"], meta.get("world_size", 1), meta.get("parallel", "ddp"),
+                      meta["config"], meta["step"], [r["step"] for r in log], [r["loss"] for r in log],
+                      meta.get("tokens_per_s"), meta.get("mfu"), per_rank, meta["train_loss"], meta["heldout_loss"])
+
+
+def run_names(folders: list[Path]) -> list[str]:
+    """A name per run folder: its own name, with as many parent folders as it takes to tell it from
+    the others' (dupA/swat and dupB/swat, not swat twice). One folder given twice is an error."""
+    paths = [Path(f).resolve() for f in folders]
+    twice = next((f for f, p in zip(folders, paths) if paths.count(p) > 1), None)
+    if twice is not None:
+        raise ConfigError(f"run folder {twice} is given twice; pass each run once")
+    names = []
+    for path in paths:
+        depth = 1
+        while any(other != path and other.parts[-depth:] == path.parts[-depth:] for other in paths):
+            depth += 1
+        names.append(Path(*path.parts[-depth:]).as_posix())
+    return names
 
 
 def _recipe(run: ScalingRun) -> dict:
@@ -85,12 +115,14 @@ def compare(runs: list[ScalingRun]) -> list[dict]:
         efficiency = (run.tokens_per_s / (run.world_size * base.tokens_per_s)
                       if run.tokens_per_s and base.tokens_per_s else None)
         out.append({"run": run.name, "model": run.model, "baseline": base.name, "world_size": run.world_size,
-                    "parallel": run.parallel if run.world_size > 1 else "-", "tokens_per_s": run.tokens_per_s,
+                    # one process trains plain under ddp (no group, nothing wrapped), sharded under fsdp
+                    "parallel": "-" if run.world_size == 1 and run.parallel == "ddp" else run.parallel,
+                    "tokens_per_s": run.tokens_per_s,
                     "scaling_efficiency": efficiency, "mfu_per_gpu": run.mfu, "peak_mem_gib_per_rank": run.peak_mem_gib,
                     "train_loss": run.train_loss, "heldout_loss": run.heldout_loss,
                     "max_loss_diff": max((d for _, d in diffs), default=None),
                     "first_step_over": next((step for step, d in diffs if d > DIVERGED), None),
-                    "steps": len(run.steps)})
+                    "steps": run.trained_steps})
     return out
 
 
@@ -146,7 +178,7 @@ def plot(runs: list[ScalingRun], path: Path) -> Path:
 
 def write(folders: list[Path], out: Path | None) -> tuple[str, list[dict]]:
     """(markdown, records) of the runs; with `out`, also scaling.md, scaling.json and scaling.png there."""
-    runs = [read_run(f) for f in folders]
+    runs = [read_run(f, name) for f, name in zip(folders, run_names(folders))]
     records = compare(runs)
     text = markdown(records)
     if out is not None:

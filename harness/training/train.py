@@ -14,7 +14,6 @@ are updated, and the throughput since the last logged step is measured.
 from __future__ import annotations
 
 import math
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,13 +36,13 @@ from harness.training.checkpoint import (
     _check_resumable,
     _resume,
     has_checkpoint,
+    open_run_dir,
     read_meta,
-    recover_checkpoint,
     save_checkpoint,
 )
 from harness.training.counting import fit_by_counting
 from harness.training.distributed import Dist
-from harness.training.heldout import heldout_score
+from harness.training.heldout import heldout_score, scored_sequences
 from harness.training.outcome import TrainingError, TrainingStopped, TrainResult
 from harness.training.recipe import (
     apply_training_options,
@@ -53,7 +52,7 @@ from harness.training.recipe import (
     lr_at,
     make_optimizer,
 )
-from harness.training.trainlog import PLOT_FILE, TrainLog, plot_loss
+from harness.training.trainlog import PLOT_FILE, TrainLog, check_sinks, plot_loss
 
 
 @dataclass
@@ -104,11 +103,14 @@ def train(model_name: str, cfg: Config, run_dir: Path, device: str | None = None
 
     Under torchrun every rank calls this; `on_step` (progress) and all files are rank 0's.
     parallel: ddp | fsdp. loggers: optional mirrors of the JSONL log (tensorboard, wandb).
+    What can be refused up front is, before the run folder is touched: a missing logger package, a
+    corpus whose training or held-out split is shorter than one sequence.
     should_stop: asked at every logged step (rank 0's answer counts); when it says so, a
     checkpoint is written and TrainingStopped raised, so that a job out of time loses no steps.
     log_every: log (and bring the step's numbers to the host) every this many steps.
     """
     cfg.validate()
+    check_sinks(loggers)
     tcfg = cfg.train
     d = distributed.setup(device, parallel)
     run_dir = Path(run_dir)
@@ -120,6 +122,7 @@ def train(model_name: str, cfg: Config, run_dir: Path, device: str | None = None
     if train_stream.num_sequences(tcfg.seq_len) == 0:
         raise TrainingError(f"corpus {tcfg.corpus!r} is shorter than one sequence of {tcfg.seq_len} tokens; "
                             f"use a larger corpus or a smaller train.seq_len")
+    scored_sequences(held_stream, tcfg.seq_len, tcfg.eval_tokens, d.world_size)  # refused now, not after training
     torch.manual_seed(tcfg.seed)
     model = runnable_model(model_name, cfg.model, d.device)  # refused before the run folder is touched
     if getattr(model, "fitted_by_counting", False):
@@ -182,7 +185,7 @@ def build(model_name: str, cfg: Config, run_dir: Path, d: Dist, model: torch.nn.
           train_stream: TokenStream, held_stream: TokenStream, resume: bool) -> Job:
     """The model with the training options applied from outside (fused loss, activation
     checkpointing, compiled layers), wrapped for the job (DDP or FSDP2), its optimizer, and the run
-    folder (a cut checkpoint swap repaired; the old checkpoint dropped unless `resume`)."""
+    folder (`open_run_dir`: a cut checkpoint swap repaired; the earlier run dropped unless `resume`)."""
     tcfg = cfg.train
     seqs_per_step, micro, accum = _batch_layout(tcfg, d.world_size)
     params, flops = count_params(model), flops_per_token(model, tcfg.seq_len)
@@ -190,10 +193,7 @@ def build(model_name: str, cfg: Config, run_dir: Path, d: Dist, model: torch.nn.
     wrapped = distributed.wrap(model, parallel, d)
     optimizer = make_optimizer(wrapped, tcfg)
     if d.is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        recover_checkpoint(run_dir)
-        if not resume:
-            shutil.rmtree(run_dir / CHECKPOINT_DIR, ignore_errors=True)
+        open_run_dir(run_dir, resume)
     d.barrier()
     meta = {"model": model_name, "config": cfg.to_dict(), "commit": provenance(str(d.device))["commit"],
             "params": params, "world_size": d.world_size, "parallel": parallel, "flops_per_token": flops.as_dict(),

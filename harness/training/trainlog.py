@@ -6,8 +6,10 @@ mirrors of it, and the loss curve as a PNG.
     <run>/loss.png          training loss against tokens (and the held-out loss at the end)
 
 The JSONL log is appended line by line (flushed), so an interruption loses at most the line being
-written; a resumed run first cuts the log back to the checkpoint's step so that the file always
-describes the run that the checkpoint continues. Written by rank 0 only.
+written; a resumed run first cuts the log back to the checkpoint's step (and drops the headers of
+segments that began after it) so that the file always describes the run that the checkpoint
+continues; a run started afresh or with --no-resume keeps nothing of an earlier one. Written by
+rank 0 only.
 """
 
 from __future__ import annotations
@@ -55,6 +57,21 @@ def read_log(path: Path) -> list[dict]:
     return [r for r in _read_lines(path) if "step" in r]
 
 
+def read_headers(path: Path) -> list[dict]:
+    """The run headers of a JSONL log: one per segment (the first start and each resumption)."""
+    return [r for r in _read_lines(path) if "step" not in r]
+
+
+def _kept(record: dict, start_step: int) -> bool:
+    """Whether a log line still describes a run (re)started at start_step: a step record up to it,
+    a header of a segment that began before it (a later segment's steps are all cut, so its header
+    would describe none; a fresh start keeps no header at all)."""
+    if "step" in record:
+        return record["step"] <= start_step
+    began = record.get("start_step", 0)
+    return not _is_number(began) or began < start_step
+
+
 class TrainLog:
     """The per-step log of one run (rank 0), with the optional sinks asked for."""
 
@@ -63,7 +80,7 @@ class TrainLog:
         """`header` (command, commit, device, date) is written as a record of its own before the steps
         of this (possibly resumed) segment, so that the log says how each part of it was produced."""
         self.path = Path(run_dir) / LOG_FILE
-        kept = [r for r in _read_lines(self.path) if "step" not in r or r["step"] <= start_step]
+        kept = [r for r in _read_lines(self.path) if _kept(r, start_step)]
         if header is not None:
             kept.append({**header, "start_step": start_step})
         atomic_write_text(self.path, "".join(json.dumps(r) + "\n" for r in kept))
@@ -82,15 +99,37 @@ class TrainLog:
             getattr(sink, "close", lambda: None)()
 
 
-def _open_sink(kind: str, run_dir: Path, config: dict, name: str):
-    """A callable record -> None that mirrors the log into TensorBoard or W&B (installed or not)."""
-    scalars = ("loss", "lr", "grad_norm", "tokens_per_s", "mfu", "peak_mem_gib")
+def _sink_package(kind: str):
+    """What a sink writes through: TensorBoard's SummaryWriter or the wandb module; a ConfigError that
+    names the install when its package is missing, or the choices when the kind is unknown."""
     if kind == "tensorboard":
         try:
             from torch.utils.tensorboard import SummaryWriter
         except ImportError:
             raise ConfigError("TensorBoard logging needs the tensorboard package: pip install tensorboard") from None
-        writer = SummaryWriter(str(run_dir / "tensorboard"))
+        return SummaryWriter
+    if kind == "wandb":
+        try:
+            import wandb
+        except ImportError:
+            raise ConfigError("W&B logging needs the wandb package: pip install wandb") from None
+        return wandb
+    raise ConfigError(f"unknown logger {kind!r}; choose from {', '.join(SINKS)}")
+
+
+def check_sinks(sinks: tuple[str, ...]) -> None:
+    """Refuse a sink that cannot be opened before a run writes anything: the log is opened (its
+    header written) after the run folder and checkpoint are set up, too late for a refusal."""
+    for kind in sinks:
+        _sink_package(kind)
+
+
+def _open_sink(kind: str, run_dir: Path, config: dict, name: str):
+    """A callable record -> None that mirrors the log into TensorBoard or W&B."""
+    scalars = ("loss", "lr", "grad_norm", "tokens_per_s", "mfu", "peak_mem_gib")
+    package = _sink_package(kind)
+    if kind == "tensorboard":
+        writer = package(str(run_dir / "tensorboard"))
 
         def write(record):
             for key in scalars:
@@ -98,19 +137,13 @@ def _open_sink(kind: str, run_dir: Path, config: dict, name: str):
                     writer.add_scalar(f"train/{key}", record[key], record["step"])
         write.close = writer.close
         return write
-    if kind == "wandb":
-        try:
-            import wandb
-        except ImportError:
-            raise ConfigError("W&B logging needs the wandb package: pip install wandb") from None
-        wrun = wandb.init(project=os.environ.get("WANDB_PROJECT", "swat-harness"), name=name, dir=str(run_dir),
-                          config=config, resume="allow")
+    wrun = package.init(project=os.environ.get("WANDB_PROJECT", "swat-harness"), name=name, dir=str(run_dir),
+                        config=config, resume="allow")
 
-        def write(record):
-            wrun.log({f"train/{k}": record[k] for k in scalars if record.get(k) is not None}, step=record["step"])
-        write.close = wrun.finish
-        return write
-    raise ConfigError(f"unknown logger {kind!r}; choose from {', '.join(SINKS)}")
+    def write(record):
+        wrun.log({f"train/{k}": record[k] for k in scalars if record.get(k) is not None}, step=record["step"])
+    write.close = wrun.finish
+    return write
 
 
 def trailing_mean(values: list[float], span: int) -> list[float]:

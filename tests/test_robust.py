@@ -356,23 +356,15 @@ def test_resuming_from_a_damaged_trainer_state_is_one_error(smoke_run, tmp_path,
     assert code == 2
 
 
-def test_resuming_a_checkpoint_without_its_trainer_state_is_one_error(smoke_run, tmp_path, capsys):
-    """It restarted from step 0, overwriting the checkpoint."""
+@pytest.mark.parametrize("lost, message", [("trainer.pt", "{ckpt}/trainer.pt is missing"),
+                                           ("meta.json", "{ckpt} has no meta.json")])
+def test_resuming_a_checkpoint_that_lost_a_file_is_one_error(smoke_run, tmp_path, capsys, lost, message):
+    """Either restarted from step 0 (silently, without meta.json), overwriting the weights."""
     ckpt = damaged_copy(smoke_run, tmp_path, "meta.json", lambda b: b)
-    (ckpt / "trainer.pt").unlink()
+    (ckpt / lost).unlink()
     weights = (ckpt / "model.safetensors").read_bytes()
     code = cli.main(["train", "--model", "swat", "--device", "cpu", "--out", str(ckpt.parent), *ONE_STEP])
-    one_error_line(capsys.readouterr().err, f"{ckpt / 'trainer.pt'} is missing", "--no-resume")
-    assert code == 2 and (ckpt / "model.safetensors").read_bytes() == weights
-
-
-def test_resuming_a_checkpoint_without_its_meta_json_is_one_error(smoke_run, tmp_path, capsys):
-    """It restarted from step 0 silently, overwriting the weights."""
-    ckpt = damaged_copy(smoke_run, tmp_path, "meta.json", lambda b: b)
-    (ckpt / "meta.json").unlink()
-    weights = (ckpt / "model.safetensors").read_bytes()
-    code = cli.main(["train", "--model", "swat", "--device", "cpu", "--out", str(ckpt.parent), *ONE_STEP])
-    one_error_line(capsys.readouterr().err, f"{ckpt} has no meta.json", "--no-resume")
+    one_error_line(capsys.readouterr().err, message.format(ckpt=ckpt), "--no-resume")
     assert code == 2 and (ckpt / "model.safetensors").read_bytes() == weights
 
 

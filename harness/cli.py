@@ -556,8 +556,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("list", help="registered models (params per preset, fast-path status) and tasks")
     p.add_argument("--model", metavar="NAME", help="everything about one model instead")
-    p.add_argument("--preset", default="tiny")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE")
+    p.add_argument("--preset", default="tiny", help="the size whose parameter counts are shown (default: tiny)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                   help="override one config value, e.g. --set model.window=256 (repeatable)")
     add_plugin_arg(p, cmd_list)
 
     p = sub.add_parser("run", help="train (or reuse) models, run tasks, write results/<run>/")
@@ -606,8 +607,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="comma-separated tasks or groups: commonsense, perplexity, length, retrieval, all")
     p.add_argument("--limit", type=int_from(1), help="examples (windows, samples per cell) per task, for quick runs")
     p.add_argument("--device", type=device_arg, help="cpu | cuda | cuda:N (default: cuda when available)")
-    p.add_argument("--results", type=folder, default="results")
-    p.add_argument("--runs", type=folder, default="runs")
+    p.add_argument("--results", type=folder, default="results", help="results folder: rows to RESULTS/RUN (default: "
+                   "results)")
+    p.add_argument("--runs", type=folder, default="runs", help="checkpoint folder the run's checkpoints are read from "
+                   "(default: runs)")
     p.add_argument("--force", action="store_true", help="rerun (model, task) pairs that already have rows")
     p.add_argument("--skip-missing", action="store_true",
                    help="skip tasks whose data is not in the mirror (default: stop before any model work)")
@@ -636,8 +639,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "ones only when named)")
     p.add_argument("--reference", action="append", default=[], metavar="FILE",
                    help="published numbers: a CSV, a file name in RESULTS/paper, or `all` (repeatable)")
-    p.add_argument("--table", default="main", choices=["main", "ablation", "length", "retrieval", "speed"])
-    p.add_argument("--format", default="md", choices=["md", "latex", "csv"])
+    p.add_argument("--table", default="main", choices=["main", "ablation", "length", "retrieval", "speed"],
+                   help="which of the paper's layouts (default: main)")
+    p.add_argument("--format", default="md", choices=["md", "latex", "csv"], help="output format (default: md)")
     p.add_argument("--results", type=folder, default="results", help="results folder (default: results)")
     p.add_argument("--out", help="write the table to this file instead of printing it")
     p.add_argument("--plots", metavar="DIR", help="also write the plots (PNG + CSV) into DIR")
@@ -688,7 +692,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="tokens per training batch at every length (default 32768; 512 on a CPU)")
     b.add_argument("--decode-batches", help="comma-separated decode batch sizes (default 1,64; 1,4 on a CPU)")
     b.add_argument("--device", type=device_arg, help="cpu | cuda (default: cuda when available)")
-    b.add_argument("--results", type=folder, default="results")
+    b.add_argument("--results", type=folder, default="results", help="results folder (default: results)")
     b.add_argument("--out", type=folder, help="output folder (default: RESULTS/speed/<device>/<preset>, "
                    "<preset>-activation-checkpointing with --set train.activation_checkpointing=true)")
     b.add_argument("--force", action="store_true", help="measure again models already in the output folder")
@@ -698,7 +702,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "<model>-train-<length>.md, the top kernels by time")
     b.add_argument("--preset", default="340m", help="model sizes (default 340m, the paper's scale)")
     b.add_argument("--config", help="YAML file with model: and train: sections overriding the preset")
-    b.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE")
+    b.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                   help="override one config value, e.g. --set train.compile=off (repeatable)")
     add_plugin_arg(b, cmd_bench_models)
 
     b = bench.add_parser("kernels", help="SWAT attention kernel vs flex_attention, fla, SDPA, triton-sigmoid "

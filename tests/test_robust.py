@@ -3,6 +3,7 @@ contract just works (issue 22). Everything goes through the command line as a us
 `harness.cli.main([...])` in this process, or a subprocess where the exit status and stderr of the
 real program are the point."""
 
+import argparse
 import json
 import random
 import re
@@ -255,13 +256,16 @@ def test_a_path_error_of_any_kind_names_the_path_and_the_fix():
         "/x: not allowed to write or read it here; give another path"
 
 
-def test_every_option_of_train_and_run_says_what_it_is():
-    """--runs of `harness train` had no help text."""
-    parser = cli.build_parser()
-    commands = next(a for a in parser._actions if a.dest == "command").choices
-    for name in ("train", "run"):
-        bare = [a.option_strings for a in commands[name]._actions if a.option_strings and not a.help]
-        assert bare == [], (name, bare)
+def test_every_option_of_every_command_says_what_it_is():
+    """--runs of `harness train` and `eval`, and others, had no help text."""
+    def bare_options(name: str, parser) -> list:
+        found = [(name, a.option_strings) for a in parser._actions if a.option_strings and not a.help]
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for sub, sub_parser in action.choices.items():
+                    found += bare_options(f"{name} {sub}".strip(), sub_parser)
+        return found
+    assert bare_options("", cli.build_parser()) == []
 
 
 def test_sigterm_ends_a_command_as_ctrl_c_does(monkeypatch, capsys):

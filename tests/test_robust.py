@@ -461,7 +461,7 @@ def test_a_plain_module_plugin_trains_and_runs_every_task(tmp_path, capsys, monk
     assert {r["task"] for r in rows} == {"smoke", "piqa", "wikitext_2_v1", "length", "passkey", "mqar", "speed_train"}
     assert "lookup: decode and prefill not measured: the model has no prefill()/step()" in out
     # the end of the run: each table its rows fill, then what no table has a column for
-    titles = ("**Language modeling", "**Perplexity vs evaluation length**", "**Retrieval accuracy",
+    titles = ("**Language modeling", "**Per-token perplexity vs evaluation length**", "**Retrieval accuracy",
               "**Speed and memory", "**Other results**")
     assert [out.index(t) for t in titles] == sorted(out.index(t) for t in titles)
     assert "| lookup | tiny | 33,153 | wikitext_2_v1 | word_perplexity |" in out

@@ -756,7 +756,7 @@ def length_table(rows: list[Row], references: list[Row] = (), run_configs: dict 
     sections = [(f"{preset} · token {metric}", metric, [r for r in pick if r.preset == preset and r.metric == metric])
                 for preset in preset_order(pick) for metric in sorted({r.metric for r in pick})]
     sections = [s for s in sections if s[2]]
-    return _sweep_table("Perplexity vs evaluation length", sections, run_configs,
+    return _sweep_table("Per-token perplexity vs evaluation length", sections, run_configs,
                         "Per-token perplexity (loss: nats per token) of WikiText-2's test text in each model's "
                         "tokens, not the main table's word perplexity. Columns: evaluation context length in "
                         "tokens; bold: lowest in its group.")

@@ -393,9 +393,10 @@ def gaps_table(res: Results) -> Table | None:
 # (file, task, metric, column key, averaged field, scale, lower is better, title, note)
 LONG_CONTEXT = (
     ("length", "length", "ppl", "context", None, 1.0, True,
-     "Perplexity vs evaluation length (WikiText-2), each model at its own learning rate",
-     "Columns: evaluation context in tokens (past the training length: extrapolation); mean ± std over "
-     "seeds (n). Bold: lowest per column."),
+     "Per-token perplexity vs evaluation length (WikiText-2), each model at its own learning rate",
+     "Columns: evaluation context in tokens (past the training length: extrapolation); perplexity per "
+     "token of the study's tokenizer (main.md's WikiText-2 column is per word); mean ± std over seeds (n). "
+     "Bold: lowest per column."),
     ("passkey", "passkey", "acc", "context", "depth", 100.0, False,
      "Passkey retrieval accuracy vs prompt length, each model at its own learning rate",
      "Columns: prompt length in tokens; accuracy in percent, averaged over the key's depths in the prompt; "
@@ -470,7 +471,7 @@ def ppl_vs_length_plot(res: Results, out: Path) -> list[Path]:
         ax.set_yscale("log")
         plain_log_ticks(ax.yaxis, [v for (sz, _), pts in curves.items() if sz == size for v in pts.values()])
         ax.set_xlabel("evaluation length (tokens); dotted: training length")
-        ax.set_ylabel("WikiText-2 perplexity")
+        ax.set_ylabel("WikiText-2 perplexity per token")
         ax.set_title(f"{size}: {human(study.budgets[size]['budget_params'])} non-embedding params")
         ax.grid(alpha=0.3, which="both")
     finish_panels(fig, study, handles)

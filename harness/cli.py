@@ -354,12 +354,13 @@ def cmd_study(args) -> None:
         written = write_report(study, Path(args.results))
         console.print(f"wrote {', '.join(p.name for p in written)} in {out}", highlight=False)
         return
-    # each model to run, built once at the first size and checked here (gpu_only, the model contract):
-    # each run checks its own, but only after the study has written its record
-    from harness.model.build import runnable_model
+    # each model to run checked here at the first size (gpu_only, a plugin's model contract): each run
+    # checks its own, but only after the study has written its record
+    from harness.model.build import checked_model
     first_size = next(s for s in study.sizes if study.only_sizes is None or s in study.only_sizes)
+    first = study.config(first_size, 0).model
     for model in sorted(study.only or {*study.models, *study.references}):
-        runnable_model(model, study.config(first_size, 0).model, device)
+        checked_model(model, first, device)
     bar = {}
 
     def on_step(info):  # one bar per run, in the order they train (on_step is rank 0's alone)

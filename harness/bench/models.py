@@ -337,7 +337,7 @@ def run_bench(names: list[str], cfg: Config, sweeps, lengths: dict, device: torc
     from pathlib import Path
 
     from harness.files import atomic_write_text
-    from harness.model.build import runnable_model
+    from harness.model.build import checked_model
     from harness.results.plots import speed_curves
     from harness.results.provenance import provenance, record_run, versions
     from harness.results.store import Row, read_rows, replace_rows
@@ -351,7 +351,7 @@ def run_bench(names: list[str], cfg: Config, sweeps, lengths: dict, device: torc
     plan = {name: [s for s in sweeps if force or not any(r.model == name and r.task == f"speed_{s}" for r in rows)]
             for name in names}
     for name in (n for n, todo in plan.items() if todo):  # one that cannot run here stops the bench before any write
-        runnable_model(name, cfg.model, device)
+        checked_model(name, cfg.model, device)
     for name in (n for n, todo in plan.items() if not todo):
         log(f"{name}: already measured (pass --force to measure again)")
     if any(plan.values()):  # else nothing is measured, and run.json keeps only the commands that made rows

@@ -26,7 +26,7 @@ from harness.config import Config, ConfigError, ModelConfig, TrainConfig, config
 from harness.data.paths import DataError, cache_dir
 from harness.data.tokenizer import get_tokenizer
 from harness.hf.causal_lm import HFCausalLM
-from harness.model.build import runnable_model
+from harness.model.build import checked_model
 from harness.registry import get_model
 from harness.training.checkpoint import (
     CHECKPOINT_DIR,
@@ -79,7 +79,7 @@ class CheckpointSource(ModelSource):
         meta = read_meta(ckpt)
         verify_checkpoint(ckpt, meta, (WEIGHTS_FILE,))
         check_plugin_unchanged(meta, ckpt)
-        runnable_model(meta["model"], Config.from_dict(meta["config"]).model, device)
+        checked_model(meta["model"], Config.from_dict(meta["config"]).model, device)
 
     def load(self, device: str, log: Callable[[str], None] = print) -> Loaded:
         model, cfg, _, meta = load_checkpoint(Path(self.checkpoint), device)
@@ -159,9 +159,8 @@ def trained_model(name: str, cfg: Config, run_dir: Path, device: str, force: boo
 
 def check_trainable(name: str, cfg: Config, device: str, world_size: int) -> None:
     """What training or loading `name` at cfg would refuse: the tokenizer and corpus, the batch
-    layout, the model as it will run (`runnable_model`: on this device, keeping the model contract;
-    one build more than training makes, so that a bad model stops the run before any write) and
-    its training options."""
+    layout, the model (`checked_model`: runs here, a plugin's keeps the model contract) and its
+    training options."""
     from harness.data.corpus import corpus_files
     from harness.training.batches import _batch_layout
     from harness.training.distributed import layers_of
@@ -170,7 +169,7 @@ def check_trainable(name: str, cfg: Config, device: str, world_size: int) -> Non
     check_tokenizer(cfg)
     corpus_files(cfg.train.corpus)
     _batch_layout(cfg.train, world_size)
-    model = runnable_model(spec.name, cfg.model, device)
+    model = checked_model(spec.name, cfg.model, device)
     fused_cross_entropy(model, torch.device(device), cfg.train.fused_ce)
     if cfg.train.activation_checkpointing and not layers_of(model):
         raise RunError(f"train.activation_checkpointing needs a model with a `blocks` ModuleList (the shared "

@@ -116,13 +116,29 @@ def runnable_model(name: str, cfg: ModelConfig, device: str | torch.device) -> t
     that would fail. The harness's own models are held to it by the test suite instead (on a GPU a
     first forward would also autotune kernels for a shape no run uses)."""
     spec = get_model(name)
-    if spec.gpu_only and torch.device(device).type != "cuda":
-        raise RegistryError(f"{name} runs only on a CUDA GPU (fast path here: {spec.fast_path()}); run it on a "
-                            f"GPU machine, or leave it out here")
+    _refuse_off_gpu(spec, device)
     model = build_model(name, cfg, device)
     if not spec.builtin:
         check_contract(spec, model, torch.device(device))
     return model
+
+
+def checked_model(name: str, cfg: ModelConfig, device: str | torch.device) -> torch.nn.Module:
+    """What runnable_model would refuse, found before a command writes anything, at the least cost:
+    a harness model is built on the meta device (no memory, even at 760m, and no kernel runs), a
+    plugin's on `device`, where its contract is checked by running it. The model answers questions
+    about its structure (its layers, its loss head), not about its weights."""
+    spec = get_model(name)
+    if not spec.builtin:
+        return runnable_model(name, cfg, device)
+    _refuse_off_gpu(spec, device)
+    return build_model(name, cfg, "meta")
+
+
+def _refuse_off_gpu(spec: ModelSpec, device: str | torch.device) -> None:
+    if spec.gpu_only and torch.device(device).type != "cuda":
+        raise RegistryError(f"{spec.name} runs only on a CUDA GPU (fast path here: {spec.fast_path()}); run it on "
+                            f"a GPU machine, or leave it out here")
 
 
 @torch.no_grad()

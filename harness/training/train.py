@@ -133,7 +133,7 @@ def train(model_name: str, cfg: Config, run_dir: Path, device: str | None = None
     if progress is None:  # finished: its checkpoint is the result
         meta = read_meta(job.ckpt)
         if d.is_main and not (run_dir / PLOT_FILE).is_file():  # a run stopped between its checkpoint and plot
-            plot_loss(run_dir, f"{model_name} ({cfg.preset})", meta["heldout_loss"])
+            _plot_loss(job, meta["heldout_loss"])
         return TrainResult(job.model, meta["step"], meta["tokens"], meta["train_loss"], meta["heldout_loss"],
                            job.params, 0.0, job.ckpt, meta.get("tokens_per_s"), meta.get("mfu"),
                            meta.get("peak_mem_gib"), reused=True)
@@ -203,6 +203,11 @@ def build(model_name: str, cfg: Config, run_dir: Path, d: Dist, model: torch.nn.
         meta["plugin"] = plugin.record()
     return Job(model_name, cfg, run_dir, d, wrapped, optimizer, autocast_for(d.device, tcfg.dtype), train_stream,
                held_stream, seqs_per_step, micro, accum, flops, params, meta)
+
+
+def _plot_loss(job: Job, heldout: float) -> None:
+    """The run's loss curve, as a finished run draws it and a rerun redraws a missing one."""
+    plot_loss(job.run_dir, f"{job.model_name} ({job.cfg.preset})", heldout)
 
 
 def restore(job: Job) -> Progress | None:
@@ -286,7 +291,7 @@ def finish(job: Job, progress: Progress, train_loss: float, meter: Meter) -> Tra
     path = save_checkpoint(job.run_dir, job.wrapped, job.optimizer, meta,
                            {"step": tcfg.steps, "position": progress.position}, job.d)
     if job.d.is_main:
-        plot_loss(job.run_dir, f"{job.model_name} ({job.cfg.preset})", held)
+        _plot_loss(job, held)
     return TrainResult(job.model, tcfg.steps, tcfg.steps * job.step_tokens, train_loss, held, job.params,
                        meter.elapsed(), path, tokens_per_s, mfu, meter.peak_mem)
 

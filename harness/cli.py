@@ -236,6 +236,13 @@ def one_line_table(title: str, header: tuple, lines: list[tuple]) -> Table:
     return table
 
 
+def say_budget_note(cfg) -> None:
+    """Say, before training, what budget a train.tokens between whole batches trains instead."""
+    from harness.training.recipe import budget_note
+    if note := budget_note(cfg.train):
+        err_console.print(note, markup=False, highlight=False, soft_wrap=True)
+
+
 def cmd_run(args) -> None:
     from harness.evaluation.loop import run_models
     from harness.registry import expand_tasks, grouped_tasks, load_plugins
@@ -245,6 +252,8 @@ def cmd_run(args) -> None:
     models = split_names(args.models)
     task_names = expand_tasks(split_names(args.tasks))
     run_name = args.run or args.preset
+    if is_main_process():
+        say_budget_note(cfg)
     progress = {}
 
     def on_step(info):
@@ -296,15 +305,13 @@ def cmd_train(args) -> None:
     from harness.evaluation.loop import default_device
     from harness.registry import load_plugins
     from harness.training.distributed import is_main_process
-    from harness.training.recipe import budget_note
     from harness.training.train import train
     load_plugins(args.plugin)
     cfg = config_from(args)
     out = Path(args.out or Path(args.runs) / (args.run or args.preset) / args.model)
     main_rank = is_main_process()
-    note = budget_note(cfg.train)
-    if main_rank and note:
-        err_console.print(note, markup=False, highlight=False, soft_wrap=True)
+    if main_rank:
+        say_budget_note(cfg)
     bar = StepProgress(f"train {args.model}") if main_rank and not args.quiet else None
     loggers = tuple(name for name, on in (("tensorboard", args.tensorboard), ("wandb", args.wandb)) if on)
     try:

@@ -457,6 +457,15 @@ def test_a_budget_between_batches_is_said_before_training(tmp_path, capsys, toke
     assert "swat: 123,264 params, 1,024 tokens" in " ".join(out.split())
 
 
+def test_harness_run_says_a_budget_between_batches_too(tmp_path, capsys):
+    """`harness run` trains the same budgets as `harness train`, so it says the same note first."""
+    from harness.cli import main
+    assert main(["run", "--models", "swat", "--tasks", "smoke", "--device", "cpu", "--results", str(tmp_path / "r"),
+                 "--runs", str(tmp_path / "runs"), "--set", "train.tokens=1500", "--set", "train.eval_tokens=128"]) == 0
+    note = "note: train.tokens=1500 is 1.46 batches of 1,024 tokens: training 1 step (1,024 tokens)"
+    assert capsys.readouterr().err.splitlines()[0] == note
+
+
 def test_a_counting_model_says_what_it_wrote_and_scaling_refuses_it(tmp_path, capsys):
     """A count model writes a checkpoint alone: the summary said "log and loss.png in ...", and
     `harness scaling` called its folder not a finished run."""

@@ -373,6 +373,29 @@ def test_workers_past_the_deadline_get_one_sigterm_then_a_sigkill(tmp_path, monk
     assert runner.worker_status(-9, signalled=False) == "failed"  # e.g. the kernel's OOM killer
     assert runner.worker_status(runner.STOPPED_EXIT, signalled=False) == "stopped"
     assert runner.worker_status(1, signalled=True) == "failed"
+    # signalled before its own handler was set: the CLI ends it as an interrupt, which is a stop
+    assert runner.worker_status(runner.INTERRUPTED_EXIT, signalled=True) == "stopped"
+    assert runner.worker_status(runner.INTERRUPTED_EXIT, signalled=False) == "failed"
+
+
+def test_a_stop_asked_during_the_tasks_ends_the_run_after_the_task_in_flight(tmp_path, monkeypatch):
+    """The time limit reached a worker in its evaluation tasks: it ran every task left (the last
+    a long-context sweep) until it was killed, and a device call overran its limit waiting."""
+    from harness.study import runner
+    from harness.training.outcome import TrainingStopped
+    data = yaml.safe_load(TINY.read_text())
+    data["sweep"]["tasks"] = ["smoke", "mqar"]
+    path = tmp_path / "two-tasks.yaml"
+    path.write_text(yaml.safe_dump(data))
+    study = load_study(path)
+    plan(study, lambda m: None)
+    unit = units(study, [])[0][0]
+    ran = []
+    monkeypatch.setattr(runner, "run_tasks", lambda model, tok, ctx, tasks, existing, *a: ran.extend(tasks) or existing)
+    with pytest.raises(TrainingStopped, match="stopped before mqar"):
+        runner.run_unit(study, unit, tmp_path / "results", tmp_path / "runs", "cpu", lambda m: None,
+                        should_stop=lambda: bool(ran))  # asked once the first task has run
+    assert [t.name for t in ran] == ["smoke"]
 
 
 def test_a_worker_squeezed_out_of_memory_runs_again_with_fewer_beside_it(tmp_path, monkeypatch):

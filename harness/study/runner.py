@@ -48,6 +48,7 @@ from harness.training.outcome import TrainingStopped
 from harness.training.trainlog import LOG_FILE
 
 STOPPED_EXIT = 3  # a worker that checkpointed and stopped at the time limit
+INTERRUPTED_EXIT = 130  # the CLI's exit on SIGTERM, for a worker signalled before its own handler was set
 KILL_GRACE_S = 45  # seconds past the time limit after which a worker that has not stopped is killed
 SQUEEZED_TRIES = 4  # starts of a unit that keeps running out of memory beside other processes, then it failed
 
@@ -74,7 +75,11 @@ def run_unit(study: Study, unit: Unit, results: Path, runs: Path, device: str,
                  "train_flops": (meta.get("flops_per_token") or {}).get("train", 0.0) * meta.get("tokens", 0)}
     ctx = TaskContext(cfg, study.name, unit.model, device, meta["params"], meta.get("tokens"),
                       str(run_dir / CHECKPOINT_DIR), None, provenance(device), row_extra=row_extra, dist=d)
-    run_tasks(model, get_tokenizer(cfg.train.tokenizer), ctx, [get_task(t) for t in todo], existing, path, log)
+    tokenizer = get_tokenizer(cfg.train.tokenizer)
+    for done, task in enumerate(todo):  # a stop asked for between tasks keeps the rows of those done
+        if done and should_stop is not None and (d.broadcast_object(should_stop()) if d is not None else should_stop()):
+            raise TrainingStopped(f"stopped before {task}; the tasks left resume from {run_dir / CHECKPOINT_DIR}")
+        existing = run_tasks(model, tokenizer, ctx, [get_task(task)], existing, path, log)
 
 
 def keep_record(run_dir: Path, prefix: Path) -> None:
@@ -299,7 +304,7 @@ def worker_status(code: int, signalled: bool) -> str:
     (out of memory beside other processes: to run again), or failed."""
     if code == 0:
         return "done"
-    if code == STOPPED_EXIT or (signalled and code in (-signal.SIGTERM, -signal.SIGKILL)):
+    if code == STOPPED_EXIT or (signalled and code in (-signal.SIGTERM, -signal.SIGKILL, INTERRUPTED_EXIT)):
         return "stopped"
     return "squeezed" if code == SQUEEZED_EXIT else "failed"
 

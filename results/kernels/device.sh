@@ -22,7 +22,7 @@ left() { echo $(( ${BUDGET_S:-570} - ($(date +%s) - T0) )); }
 case "${1:-}" in
   tune)
     say "kernel tests on the GPU (the realistic shapes, every dtype and head size)"
-    timeout -k 10 150 python3 -m pytest tests/test_swat_kernel.py -q -p no:cacheprovider -W ignore -rfEs -k gpu \
+    timeout -k 10 150 python3 -m pytest tests/test_swat_kernel.py -p no:cacheprovider -W ignore -rfEs -k gpu \
       > "$OUT/gpu_tests.log" 2>&1; say "tests: $(tail -1 "$OUT/gpu_tests.log")"
     say "sweeps ${SWEEPS:-tiles,decode} ($(( $(left) - 15 )) s at most)"
     timeout -k 10 $(( $(left) - 25 )) python3 -m harness.bench.tune --sweeps "${SWEEPS:-tiles,decode}" \

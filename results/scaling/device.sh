@@ -29,19 +29,23 @@ JOBS=${JOBS:-$(( SLOTS > MAMBA_STUDY_JOBS + 1 ? SLOTS - MAMBA_STUDY_JOBS : 2 ))}
 mkdir -p "$G/results" && cp -rn results/scaling "$G/results/" 2>/dev/null
 STUDY="python3 -m harness study results/scaling/study.yaml --results $G/results --runs $G/runs --device cuda
        --largest-first ${START_NEW_S:+--start-new-for $START_NEW_S} ${SIZES:+--sizes $SIZES}"
+# the study stops its workers at --time-limit (a worker in its evaluation tasks after the one in
+# flight, killed 45 s later) and writes its report; past BUDGET_S - 20 it is ended outright, so
+# that the packing below always runs within the call (its rows are written atomically)
+hard() { timeout -k 10 $(( $(left) - 20 )) "$@"; }
 MAMBA=mamba,mamba2
 OTHERS=$(python3 -c "import yaml; s = yaml.safe_load(open('results/scaling/study.yaml'))
 print(','.join(m for m in s['models'] + s.get('references', []) if m not in '$MAMBA'.split(',')))")
 if [ -n "${GPU_TESTS:-}" ]; then
-  timeout $(( $(left) - 30 )) python3 -m pytest tests -q -p no:cacheprovider -W ignore -rfEs -k "$GPU_TESTS" \
+  timeout $(( $(left) - 30 )) python3 -m pytest tests -p no:cacheprovider -W ignore -rfEs -k "$GPU_TESTS" \
     > "$OUT/gpu_tests.log" 2>&1 &
 fi
 say "study: ${MODELS:-$OTHERS} with $JOBS jobs"
-$STUDY --models "${MODELS:-$OTHERS}" --jobs $JOBS --time-limit $(( $(left) - 75 )) >> "$LOG" 2>&1 &
+hard $STUDY --models "${MODELS:-$OTHERS}" --jobs $JOBS --time-limit $(( $(left) - 90 )) >> "$LOG" 2>&1 &
 if [ -z "${MODELS:-}" ]; then
   ( while [ ! -f "$G/mamba.done" ]; do sleep 5; done
     say "mamba-ssm ready; study: $MAMBA with $MAMBA_STUDY_JOBS jobs"
-    $STUDY --models $MAMBA --jobs $MAMBA_STUDY_JOBS --time-limit $(( $(left) - 75 )) >> "$OUT/log_mamba.txt" 2>&1 ) &
+    hard $STUDY --models $MAMBA --jobs $MAMBA_STUDY_JOBS --time-limit $(( $(left) - 90 )) >> "$OUT/log_mamba.txt" 2>&1 ) &
 fi
 wait
 say "packing"

@@ -96,6 +96,8 @@ def smoke_run(tmp_path_factory):
     ("model.num_kv_heads=1.5", "model.num_kv_heads must be an integer"),
     ("model.rope=null", "model.rope needs a value"),
     ("model.extra=5", "model.extra must be a mapping"),
+    ("model.extra={window: 5}", "model.extra.window is read by no model here; it is a model field: --set model.window="),
+    ("model.extra={full_evry: 1}", "model.extra.full_evry is read by no model here; the harness's models read their"),
     ("train.lr=1" + "0" * 400, "train.lr is out of range"),
 ])
 def test_every_config_value_is_checked_before_training(tmp_path, capsys, override, message):

@@ -23,7 +23,7 @@ import torch
 from harness.config import ConfigError, ModelConfig
 from harness.memory import is_out_of_memory
 from harness.model.backbone import count_params
-from harness.registry import ContractError, ModelSpec, RegistryError, get_model, reference_model
+from harness.registry import ContractError, ModelSpec, RegistryError, get_model, models, reference_model
 
 MATCH_MULTIPLE = 8  # solved sizes prefer multiples of 8 (tensor-core friendly)...
 MATCH_TOLERANCE = 0.005  # ...when that costs at most 0.5% of the parameter budget
@@ -100,8 +100,25 @@ def matched_config(name: str, cfg: ModelConfig) -> ModelConfig:
     return dataclasses.replace(cfg, **{spec.match: best})
 
 
+def check_extra(cfg: ModelConfig) -> None:
+    """model.extra holds a plugin's own options (the flat keys its builder reads) and the harness's
+    per-model layer options (`model.extra.<model name>`). With only the harness's models loaded, a
+    key that names no model is read by nothing, a typo or a misplaced option, and the run would go
+    ahead without it."""
+    registered = models()
+    if not isinstance(cfg.extra, dict) or not all(spec.builtin for spec in registered.values()):
+        return
+    fields = {f.name for f in dataclasses.fields(ModelConfig)}
+    for key in sorted(k for k in cfg.extra if k not in registered):
+        hint = (f"it is a model field: --set model.{key}=..." if key in fields else
+                "the harness's models read their layer options under model.extra.<model name> (e.g. --set "
+                "'model.extra={gla: {num_heads: 8}}'), a plugin's options need its --plugin")
+        raise ConfigError(f"model.extra.{key} is read by no model here; {hint}")
+
+
 def build_model(name: str, cfg: ModelConfig, device: str | torch.device = "cpu") -> torch.nn.Module:
     """The registered model `name` at cfg (parameter-matched), initialised on `device`."""
+    check_extra(cfg)
     cfg = matched_config(name, cfg)
     with torch.device(device):
         model = built(get_model(name), cfg)

@@ -398,7 +398,7 @@ def cmd_tables(args) -> None:
     """Print (or write) one of the paper's tables from stored rows; optionally draw the plots. The
     output paths are checked before anything is written or printed: a late refusal would leave
     a table written and no plots, or overwrite an input."""
-    from harness.results.plots import write_plots
+    from harness.results.plots import TABLE_PLOTS, write_plots
     from harness.results.tables import build, check_outputs, collect, inputs, render
     runs, reference_files = inputs(args.run, args.reference, args.results)
     check_outputs(args.out, args.plots, [rows_file for _, rows_file in runs] + reference_files)
@@ -412,10 +412,12 @@ def cmd_tables(args) -> None:
     else:
         sys.stdout.write(text)
     if args.plots:
-        written = write_plots(rows + refs, Path(args.plots), configs, [rows_file.parent for _, rows_file in runs])
-        listing = (", ".join(str(p) for p in written)
-                   or "none (no length, speed, multi-checkpoint rows or training logs)")
-        err_console.print(f"plots: {listing}", highlight=False, soft_wrap=True)
+        written = write_plots(rows + refs, Path(args.plots), configs, [rows_file.parent for _, rows_file in runs],
+                              table=args.table)
+        none = (f"none: the rows hold nothing for the {args.table} table's plots ({TABLE_PLOTS[args.table]})"
+                if args.table in TABLE_PLOTS else
+                f"none: the {args.table} table has no plots (the {', '.join(TABLE_PLOTS)} tables do)")
+        err_console.print(f"plots: {', '.join(str(p) for p in written) or none}", highlight=False, soft_wrap=True)
 
 
 def cmd_scaling(args) -> None:
@@ -478,7 +480,7 @@ def cmd_bench_models(args) -> None:
 
     rows = bm.run_bench(names, cfg, sweeps, lengths, device, out, args.train_tokens or plan.train_tokens,
                         parse_ints(args.decode_batches, "--decode-batches") if args.decode_batches
-                        else plan.decode_batches, force=args.force, log=lambda m: console.print(m, highlight=False),
+                        else plan.decode_batches, force=args.force, log=say,
                         on_point=show, profile=args.profile)
     console.print(f"wrote {out}/rows.jsonl, run.json, table.md and plots", highlight=False)
     if args.peer is not None:
@@ -515,7 +517,7 @@ def cmd_bench_kernels(args) -> None:
             else:
                 console.print(f"bench kernels {i}/{n}: {what}", highlight=False)
         out = run_kernel_bench(spec, Path(args.out), force=args.force,
-                               log=lambda m: console.print(m, highlight=False), progress=progress)
+                               log=say, progress=progress)
     console.print((out / "kernels.md").read_text(encoding="utf-8"), markup=False, highlight=False)
 
 

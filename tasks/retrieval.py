@@ -36,6 +36,7 @@ from harness.registry import register_task
 INSTRUCTION = ("There is an important info hidden inside a lot of irrelevant text. Find it and memorize it. "
                "I will quiz you about the important information there.")
 FILLER = " The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again."
+PASSKEY_KEYS = (10000, 100000)  # each key drawn uniformly from these five-digit numbers: chance 1 in 90,000
 NEEDLE = " The pass key is {key}. Remember it. {key} is the pass key."
 QUESTION = " What is the pass key? The pass key is"
 PASSKEY_DEPTHS = (0.0, 0.25, 0.5, 0.75, 1.0)
@@ -72,7 +73,7 @@ def passkey_prompt(tokenizer, length: int, depth: float, sample: int) -> Passkey
     """A prompt of at most `length` tokens with the key after round(depth * n) of its n fillers.
     The text is tokenized whole (pieces tokenized apart would get odd joins from BPE tokenizers
     that prepend a space marker)."""
-    key = str(cell_rng(0, length, depth, sample).integers(10000, 100000))
+    key = str(cell_rng(0, length, depth, sample).integers(*PASSKEY_KEYS))
     needle = NEEDLE.format(key=key)
     fixed = sum(len(tokenizer.encode(t)) for t in (INSTRUCTION, needle, QUESTION))
     n = (length - fixed) // len(tokenizer.encode(FILLER))

@@ -274,3 +274,107 @@ def test_speed_task_of_harness_run_writes_the_three_sweeps(tmp_path):
     speed = [r for r in rows if r["task"].startswith("speed_")]
     assert {r["task"] for r in speed} == {"speed_train", "speed_prefill", "speed_decode"}
     assert all(r["model"] == "swat" and r["value"] > 0 for r in speed if r["metric"] == "tokens_per_s")
+
+
+# ---------------------------------------------------------------- what is measured, and what is skipped
+
+def one_error_line(err: str, *needles: str) -> None:
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error:") and "Traceback" not in err, err
+    for needle in needles:
+        assert needle in lines[0], (needle, lines[0])
+
+
+def fake_train_point(calls: list):
+    """train_point without the timing: records each length it is asked for."""
+    def point(model, vocab, length, tokens, *args):
+        calls.append(length)
+        return {"tokens_per_s": 1.0, "batch": bm.train_batch(length, tokens)}
+    return point
+
+
+def test_a_model_fitted_by_counting_has_no_points_and_says_why():
+    """`harness run --models bigram --tasks speed` was `optimizer got an empty parameter list`."""
+    logged = []
+    assert bm.sweep_model("bigram", load_config("tiny"), bm.SWEEPS, LENGTHS, torch.device("cpu"), 128, (1,),
+                          log=logged.append) == []
+    assert logged == ["bigram: not benchmarked: it is fitted by counting (n-gram counts, no trainable parameters), "
+                      "so it has no training step or network to time"]
+
+
+def test_bench_skips_count_models_and_measures_a_model_named_twice_once(tmp_path, monkeypatch, capsys):
+    calls = []
+    monkeypatch.setattr(bm, "train_point", fake_train_point(calls))
+    logged = []
+    rows = bm.run_bench(["swat", "bigram", "swat"], load_config("tiny"), ["train"], {"train": [32]},
+                        torch.device("cpu"), tmp_path / "speed", 64, (1,), log=logged.append)
+    assert calls == [32] and {(r.model, r.metric) for r in rows} == {("swat", "tokens_per_s")}
+    assert [m for m in logged if m.startswith("bigram")] == [bm.counted_note("bigram")]
+    assert json.loads((tmp_path / "speed" / "run.json").read_text())["models"] == ["swat"]
+    from harness import cli
+    out = tmp_path / "counted"
+    assert cli.main(["bench", "models", "--preset", "tiny", "--device", "cpu", "--models", "bigram,unigram",
+                     "--out", str(out)]) == 2
+    one_error_line(capsys.readouterr().err, "bigram, unigram: fitted by counting", "bench neural models")
+    assert not out.exists()
+
+
+def test_stored_rows_count_as_measured_only_under_the_same_config_and_points(tmp_path, monkeypatch):
+    """A bench under `--set model.window=8`, or at new lengths, was skipped as `already measured`."""
+    calls = []
+    monkeypatch.setattr(bm, "train_point", fake_train_point(calls))
+    out = tmp_path / "speed"
+
+    def bench(lengths, *overrides, tokens=64):
+        logged = []
+        rows = bm.run_bench(["swat"], load_config("tiny", overrides=list(overrides)), ["train"], {"train": lengths},
+                            torch.device("cpu"), out, tokens, (1,), log=logged.append)
+        return rows, any("already measured" in m for m in logged)
+
+    rows, skipped = bench([32])
+    assert calls == [32] and not skipped
+    assert bench([32]) == (rows, True) and calls == [32]
+    rows, skipped = bench([32], "model.window=8")
+    assert calls == [32, 32] and not skipped and len({r.extra["config_id"] for r in rows}) == 1  # replaced
+    window_8 = rows[0].extra["config_id"]
+    rows, skipped = bench([32, 64], "model.window=8")
+    assert calls == [32, 32, 32, 64] and not skipped
+    assert sorted(r.extra["seq_len"] for r in rows) == [32, 64] and {r.extra["config_id"] for r in rows} == {window_8}
+    assert bench([64], "model.window=8")[1] and calls == [32, 32, 32, 64]
+    rows, skipped = bench([64], "model.window=8", tokens=128)  # another batch at that length
+    assert calls[-1] == 64 and not skipped
+    assert sorted((r.extra["seq_len"], r.extra["batch_tokens"]) for r in rows) == [(32, 64), (64, 128)]
+
+
+# ---------------------------------------------------------------- `harness bench kernels` (here, for want of a file)
+
+def test_bench_kernels_off_a_gpu_is_one_error_unless_the_interpreter_is_asked_for(tmp_path, monkeypatch, capsys):
+    """Without a GPU it ran the whole GPU sweep on the CPU (SDPA up to 80 s a point, SWAT never timed)."""
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is visible: the bench runs")
+    import harness.ops.swat.triton_common as triton_common
+    from harness import cli
+    monkeypatch.setattr(triton_common, "interpreting", lambda: False)
+    assert cli.main(["bench", "kernels", "--out", str(tmp_path / "kernels")]) == 2
+    one_error_line(capsys.readouterr().err, "on a CUDA GPU, and none is visible here", "TRITON_INTERPRET=1")
+    assert not (tmp_path / "kernels").exists()
+
+
+def test_a_cut_kernel_bench_renders_and_a_folder_missing_a_file_says_which(tmp_path, capsys):
+    """An interrupted run left kernels.csv without run.json, and --render-only said both were missing."""
+    from harness import cli
+    from harness.bench.kernels import BenchSpec, run_kernel_bench
+    spec = BenchSpec(head_dims=[64], lengths=[32], windows=[16, "T"], tokens=32, hidden=64, peers=("sdpa",),
+                     modes=("fwd",), decode_contexts=())
+
+    def cut(step, total, label):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run_kernel_bench(spec, tmp_path, log=lambda m: None, progress=cut)
+    (folder,) = tmp_path.iterdir()
+    assert cli.main(["bench", "kernels", "--render-only", str(folder)]) == 0
+    assert (folder / "kernels.md").is_file()
+    (folder / "run.json").unlink()
+    assert cli.main(["bench", "kernels", "--render-only", str(folder)]) == 2
+    one_error_line(capsys.readouterr().err, f"{folder} has no run.json (its kernels.csv is there)")

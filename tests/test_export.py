@@ -326,6 +326,54 @@ def test_bad_inputs_are_one_error_and_leave_nothing_at_out(exported, tmp_path, c
 
 
 
+def test_an_out_that_is_or_holds_the_checkpoint_is_refused_before_force_deletes_it(tmp_path, capsys, monkeypatch):
+    """--force replaces the folder at --out: on the checkpoint itself, or on its run folder (training
+    log and loss curve beside it), it deleted what it exported. `--out .` was a ValueError."""
+    run = tmp_path / "run"
+    ckpt = write_checkpoint(run / "checkpoint", "transformer")
+    (run / "train_log.jsonl").write_text("{}\n")
+    before = sorted(p.name for p in ckpt.iterdir())
+    assert export("--checkpoint", str(ckpt), "--out", str(ckpt), "--force") == 2
+    one_error_line(capsys.readouterr().err, f"--out {ckpt} is the checkpoint", "give another --out")
+    assert export("--checkpoint", str(ckpt), "--out", str(run), "--force") == 2
+    one_error_line(capsys.readouterr().err, f"--out {run} holds the checkpoint {ckpt}")
+    monkeypatch.chdir(run)
+    assert export("--checkpoint", "checkpoint", "--out", ".", "--force") == 2
+    one_error_line(capsys.readouterr().err, "--out . holds the checkpoint checkpoint")
+    assert sorted(p.name for p in ckpt.iterdir()) == before and (run / "train_log.jsonl").is_file()
+    assert sorted(p.name for p in run.iterdir()) == ["checkpoint", "train_log.jsonl"]
+
+
+def test_out_dot_exports_into_the_working_folder_with_weights_readable_like_its_other_files(tmp_path, monkeypatch):
+    ckpt = write_checkpoint(tmp_path / "run" / "checkpoint", "transformer")
+    here = tmp_path / "hf"
+    here.mkdir()
+    monkeypatch.chdir(here)
+    assert export("--checkpoint", str(ckpt), "--out", ".") == 0
+    modes = {p.name: p.stat().st_mode & 0o777 for p in here.iterdir()}
+    assert modes["model.safetensors"] == modes["config.json"] == 0o666 & ~current_umask()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["hf", "run"]  # no temporary folder beside it
+
+
+def current_umask() -> int:
+    umask = os.umask(0)
+    os.umask(umask)
+    return umask
+
+
+def test_rows_that_are_not_a_rows_file_are_one_error(tmp_path, capsys):
+    """A --rows file none of whose lines is a row (a CSV here) was read with a warning per line, and
+    the model card said no evaluation was found."""
+    ckpt = write_checkpoint(tmp_path / "run" / "checkpoint", "transformer")
+    table = tmp_path / "table.csv"
+    table.write_text("task,metric,value\npiqa,acc,0.6\n")
+    out = tmp_path / "hf"
+    assert export("--checkpoint", str(ckpt), "--out", str(out), "--rows", str(table)) == 2
+    one_error_line(capsys.readouterr().err, f"--rows {table} is not a rows file: none of its lines is a result row",
+                   "pass a rows.jsonl that `harness run` or `harness eval` wrote")
+    assert not out.exists()
+
+
 def test_the_harness_evaluates_its_own_export_without_running_the_folders_code(exported, tmp_path, monkeypatch):
     """`--models hf:<exported folder>` loads with this installation's copy of the modelling code (no
     trust_remote_code, no question on a terminal) and computes what the checkpoint computes."""

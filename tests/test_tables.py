@@ -354,7 +354,7 @@ def test_cli_end_to_end(tmp_path, capsys):
     tex = tmp_path / "main.tex"
     assert main(["tables", "--run", run, "--format", "latex", "--out", str(tex), "--plots", str(tmp_path / "p")]) == 0
     check_tabular(tex.read_text())
-    assert (tmp_path / "p" / "ppl_vs_length.png").is_file()
+    assert sorted(p.name for p in (tmp_path / "p").iterdir()) == ["acc_vs_tokens.csv", "acc_vs_tokens.png"]
     assert main(["tables", "--run", run, "--table", "speed", "--format", "csv"]) == 0
     assert "OOM" in capsys.readouterr().out
     assert main(["tables", "--run", str(tmp_path / "missing")]) == 2
@@ -433,6 +433,7 @@ def test_a_run_merges_its_rows_with_what_another_job_wrote_since_it_started(tmp_
 
     class FakeTask:
         name, data_parallel, builtin = "fake", True, False  # a plugin's task: its rows are checked
+        row_task_names = ("fake",)
 
         def run(self, model, tokenizer, ctx):
             return [ctx.row("fake", "acc", 0.5)]
@@ -643,7 +644,7 @@ def test_sizes_are_ordered_by_their_trained_models_not_the_n_gram_references():
 
 def test_passkey_depths_sort_as_numbers():
     rows = [acc("swat", "s", "passkey", 0.0, extra={"context": 512, "depth": d}) for d in (1.0, 0.5, 0.0, 0.75, 0.25)]
-    lines = list(groups(build("retrieval", rows))["s · passkey acc"])
+    lines = list(groups(build("retrieval", rows))["s · passkey acc · chance 0.0011%"])
     assert lines == [f"swat depth={d}" for d in ("0", "0.25", "0.5", "0.75", "1")]
 
 
@@ -667,3 +668,67 @@ def test_committed_tables_are_what_their_documented_commands_print(capsys, monke
     monkeypatch.chdir(ROOT)
     assert main(["tables", *args]) == 0
     assert capsys.readouterr().out == (ROOT / "results" / committed).read_text()
+
+
+def test_the_run_table_names_what_tells_a_sweeps_rows_apart():
+    """results/<run>/table.md listed a passkey sweep as identical lines (no length, no depth), and a
+    length row beside its one-bucket twin; a row with no value (out of memory) broke it."""
+    from harness.results.tables import rows_table
+    rows = [acc("swat", "tiny", "passkey", 0.0, n=5, extra={"context": c, "depth": d, "probe_seed": 1234})
+            for c in (1024, 2048) for d in (0.0, 0.25)]
+    rows += [acc("swat", "tiny", "length", 19.6, metric="ppl", extra={"context": 128, **bucket})
+             for bucket in ({}, {"position_bucket": "0-128"})]
+    rows += [acc("swat", "tiny", "speed_train", None, metric="tokens_per_s", extra={"seq_len": 128, "status": "oom"})]
+    lines = rows_table(rows).splitlines()
+    assert lines[0] == "| model | preset | params | task | metric | setting | value | n |"
+    assert lines[2:] == ["| swat | tiny |  | passkey | acc | context=1024 depth=0 | 0.0000 | 5 |",
+                         "| swat | tiny |  | passkey | acc | context=1024 depth=0.25 | 0.0000 | 5 |",
+                         "| swat | tiny |  | passkey | acc | context=2048 depth=0 | 0.0000 | 5 |",
+                         "| swat | tiny |  | passkey | acc | context=2048 depth=0.25 | 0.0000 | 5 |",
+                         "| swat | tiny |  | length | ppl |  | 19.60 |  |",
+                         "| swat | tiny |  | length | ppl | position_bucket=0-128 | 19.60 |  |",
+                         "| swat | tiny |  | speed_train | tokens_per_s |  |  |  |"]
+    assert "setting" not in rows_table([acc("swat", "tiny", "piqa", 0.5)])
+
+
+def test_a_small_memory_shows_its_digits_not_a_bold_zero():
+    """swat's decode state at the tiny preset (3e-5 GB) was printed as a bold 0.0000."""
+    from harness.results.tables import rows_table
+    rows = [acc(m, "tiny", "speed_decode", v, metric="state_gb", extra={"context": 128, "batch": 1})
+            for m, v in (("swat", 2**-15), ("transformer", 0.0117))]
+    assert groups(build("speed", rows))["speed_decode · state_gb · tiny"] == {
+        "swat b=1": ["**0.000031**"], "transformer b=1": ["0.0117"]}
+    assert "| 0.000031 |" in rows_table(rows)
+
+
+def test_retrieval_groups_say_the_accuracy_of_a_guess_where_it_is_known():
+    """MQAR's chance is one of the values the task draws from the run's tokenizer (a third of the byte
+    tokenizer's 253 ordinary ids: 1/84); passkey's one of 90,000 keys; a run of unknown tokenizer: none."""
+    rows = [acc("swat", "tiny", task, 0.1, run=run, extra={"context": 256, **detail})
+            for task, detail in (("passkey", {"depth": 0.5}), ("mqar", {"num_kv": 4}))
+            for run in ("r", "other")]
+    table = build("retrieval", rows, [], {"r": {"preset": "tiny", "train": {"tokenizer": "bytes"}}})
+    assert list(groups(table)) == ["tiny · passkey acc · chance 0.0011%", "tiny · mqar acc · chance 1.2%"]
+    assert any(note.startswith("chance: the accuracy of a uniform guess") for note in table.notes)
+    unknown = [acc("swat", "s", "mqar", 0.1, extra={"context": 256, "num_kv": 4})]
+    assert list(groups(build("retrieval", unknown))) == ["s · mqar acc"]
+    assert not any(note.startswith("chance") for note in build("retrieval", unknown).notes)
+
+
+def test_plots_are_those_of_the_table_asked_for(tmp_path, capsys):
+    """--table retrieval --plots wrote the length plots; a table without plots now says so."""
+    from harness.cli import main
+    run = str(FIX / "fixture-340m")
+    assert main(["tables", "--run", run, "--table", "retrieval", "--plots", str(tmp_path / "r")]) == 0
+    assert not (tmp_path / "r").exists()
+    err = capsys.readouterr().err
+    assert "plots: none: the retrieval table has no plots (the main, length, speed tables do)" in err
+    assert main(["tables", "--run", run, "--table", "length", "--plots", str(tmp_path / "l")]) == 0
+    assert sorted(p.name for p in (tmp_path / "l").iterdir()) == ["ppl_vs_length.csv", "ppl_vs_length.png"]
+
+
+def test_the_main_table_speaks_of_accuracies_only_where_it_shows_some():
+    smoke = [acc("swat", "s", "smoke", 3.0, metric="loss"), acc("swat", "s", "smoke", 20.0, metric="ppl")]
+    note = build("main", smoke).notes[0]
+    assert "Accuracies" not in note and "Avg" not in note and note.startswith("Perplexity and loss: lower is better.")
+    assert build("main", smoke + [acc("swat", "s", "piqa", 0.6)]).notes[0].startswith("Accuracies in percent")

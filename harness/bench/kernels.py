@@ -471,6 +471,21 @@ class BenchSpec:
     rep_ms: float = 50
 
 
+def kernel_device(log: Callable) -> torch.device:
+    """The GPU the kernels are timed on. Off a GPU the sweep would run its GPU shapes on the CPU for
+    hours and time no SWAT kernel, so it is refused, unless TRITON_INTERPRET=1 asks for Triton's CPU
+    interpreter: a trace of the code path (the tests), whose timings mean nothing."""
+    from harness.ops.swat.triton_common import interpreting
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if not interpreting():
+        raise ConfigError("harness bench kernels times the SWAT Triton kernel and its peers on a CUDA GPU, and none "
+                          "is visible here; run it on a GPU machine (TRITON_INTERPRET=1 traces the code path on the "
+                          "CPU, with timings that mean nothing)")
+    log("warning: no CUDA GPU: Triton's interpreter traces the code path; timings are not comparable with GPU numbers")
+    return torch.device("cpu")
+
+
 def run_kernel_bench(spec: BenchSpec, out_root: Path, force: bool = False, log: Callable = print,
                      progress: Callable | None = None) -> Path:
     """Measure spec's shapes into out_root/<device>/; rows already in kernels.csv are kept and skipped."""
@@ -484,17 +499,15 @@ def run_kernel_bench(spec: BenchSpec, out_root: Path, force: bool = False, log: 
     bad = [d for d in spec.head_dims if d not in (16, 32, 64, 128)]
     if bad:
         raise ConfigError(f"head dims {bad} not supported by the SWAT kernel; use 64 and/or 128")
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    shapes = kernel_shapes(spec.head_dims, spec.lengths, spec.windows, spec.tokens, spec.hidden)
+    device = kernel_device(log)
     dtype = getattr(torch, spec.dtype)
     made = provenance(str(device))
     out = Path(out_root) / device_slug(made["device"])
     csv_path = out / "kernels.csv"
+    timing = dict(warmup_ms=spec.warmup_ms, rep_ms=spec.rep_ms)
     rows = [] if force else read_csv(csv_path)
     done = {_key(r) for r in rows}
-    if device.type == "cpu":
-        log("warning: no CUDA GPU: timings exercise the code path only and are not comparable with GPU numbers")
-    timing = dict(warmup_ms=spec.warmup_ms, rep_ms=spec.rep_ms)
-    shapes = kernel_shapes(spec.head_dims, spec.lengths, spec.windows, spec.tokens, spec.hidden)
     decode = "decode" in spec.modes
     ctx_windows = sorted({int(w) for w in spec.windows if w != "T"})
     total = len(shapes) + (len(spec.head_dims) * len(spec.decode_contexts) * len(spec.decode_batches) if decode else 0)
@@ -516,6 +529,9 @@ def run_kernel_bench(spec: BenchSpec, out_root: Path, force: bool = False, log: 
         if progress:
             progress(step, total, label)
 
+    # recorded first, so that a run cut short leaves a folder that `--render-only` draws
+    record_run(out, {"dtype": spec.dtype, "tokens": spec.tokens, "hidden": spec.hidden, "spec": asdict(spec)},
+               str(device))  # the provenance of resumed rows stays, under `earlier`
     for shape in shapes:
         record(measure_shape(shape, list(spec.peers), list(spec.modes), device, dtype, done, timing),
                f"d={shape.head_dim} T={shape.seq_len} W={shape.window}")
@@ -525,8 +541,6 @@ def run_kernel_bench(spec: BenchSpec, out_root: Path, force: bool = False, log: 
                 for ctx in spec.decode_contexts:
                     record(measure_decode(d, spec.hidden // d, B, ctx, ctx_windows, device, dtype, done, timing),
                            f"decode d={d} batch={B} context={ctx}")
-    record_run(out, {"dtype": spec.dtype, "tokens": spec.tokens, "hidden": spec.hidden, "spec": asdict(spec)},
-               str(device))  # the provenance of resumed rows stays, under `earlier`
     written = render(out)
     log(f"wrote {out}: {', '.join(p.name for p in [csv_path, out / 'run.json', *written])}")
     return out
@@ -537,8 +551,13 @@ def render(out: Path) -> list[Path]:
     after a run that stopped early (every finished shape is already in kernels.csv); the files written."""
     from harness.files import atomic_write_text
     out = Path(out)
-    if not (out / "kernels.csv").is_file() or not (out / "run.json").is_file():
-        raise ConfigError(f"{out} has no kernels.csv and run.json; run `harness bench kernels` first")
+    files = ("kernels.csv", "run.json")
+    missing = [name for name in files if not (out / name).is_file()]
+    if missing:
+        held = [name for name in files if name not in missing]
+        raise ConfigError(f"{out} has no {' and no '.join(missing)}" + (f" (its {held[0]} is there)" if held else "")
+                          + "; run the `harness bench kernels` command that fills it again (it keeps the shapes "
+                          "kernels.csv holds, and writes both)")
     try:
         info = json.loads((out / "run.json").read_text(encoding="utf-8", errors="replace"))
     except json.JSONDecodeError as err:

@@ -11,8 +11,8 @@ Sweeps, per model, at one preset (default 340m):
 - decode:  per-token latency and tokens/s at batch 1 and a large batch after a prompt of 1K..128K
            tokens, and the memory held by the decode state (KV cache, ring buffer or recurrent state).
 
-Every point is timed after warm-up as the median of repeats (harness.bench.timing: triton's do_bench on GPU), with peak memory
-from `torch.cuda.max_memory_allocated` reset per point. An out-of-memory point is recorded with
+Every point is timed after warm-up as the median of repeats (harness.bench.timing: triton's do_bench
+on GPU), with peak memory from `torch.cuda.max_memory_allocated` reset per point. An out-of-memory point is recorded with
 status "oom" (value empty) and the longer lengths of that sweep are recorded as "oom" without
 being run; the sweep goes on with the next model. A sweep whose kernel the model's library refuses on
 this machine (`KernelRefusedError`, e.g. fla's gated backward on Hopper with some Triton versions)
@@ -29,6 +29,9 @@ Numbers measured on a CPU are for testing the code path only, not comparable to 
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+import json
 import os
 from dataclasses import dataclass, field
 from typing import Callable
@@ -36,7 +39,7 @@ from typing import Callable
 import torch
 
 from harness.bench.timing import median_ms
-from harness.config import Config
+from harness.config import Config, ConfigError
 from harness.memory import is_out_of_memory
 from harness.training.recipe import lm_loss
 
@@ -56,6 +59,9 @@ CPU_LENGTHS = {"train": [128, 256], "prefill": [128, 512], "decode": [128, 512]}
 CPU_TRAIN_TOKENS = 512
 CPU_DECODE_BATCHES = (1, 4)
 CPU_WARNING = "speed measured on a CPU checks the code path only; these numbers are not comparable to GPU numbers"
+# the training options a sweep's step applies: with the model config, what its numbers depend on
+# besides the point (a changed learning rate times the same step)
+MEASURED_OPTIONS = ("dtype", "compile", "fused_ce", "activation_checkpointing")
 
 
 @dataclass(frozen=True)
@@ -139,12 +145,23 @@ def profile_table(step: Callable[[], object], device: torch.device) -> str:
                                      row_limit=PROFILE_ROWS, max_name_column_width=70)
 
 
+def train_batch(length: int, tokens: int) -> int:
+    """Sequences per training batch: `tokens` tokens at every length, one sequence past it."""
+    return max(1, tokens // length)
+
+
+def counted_note(name: str) -> str:
+    """Why a count-based model (`fitted_by_counting`: the n-gram references) is not benchmarked."""
+    return (f"{name}: not benchmarked: it is fitted by counting (n-gram counts, no trainable parameters), "
+            f"so it has no training step or network to time")
+
+
 def train_point(model, vocab: int, length: int, tokens: int, device, autocast, warmup_ms, rep_ms,
                 profile: bool = False) -> dict:
     """One optimizer step as `harness train` takes it: its loss (fused with the head where
     train.fused_ce applies) and its AdamW, on a model with the run's training options applied.
     profile: also where the step's time goes (`profile_table`, under "profile")."""
-    batch = max(1, tokens // length)
+    batch = train_batch(length, tokens)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device.type == "cuda")
     x = torch.randint(0, vocab, (batch, length + 1), device=device)
 
@@ -228,8 +245,9 @@ def sweep_model(name: str, cfg: Config, sweeps, lengths: dict, device: torch.dev
                 on_point: Callable[[Point], None] | None = None, log: Callable = print,
                 profile: bool = False) -> list[Point]:
     """Every point of the chosen sweeps for a freshly initialised model (speed does not depend on
-    the weights); OOM points are recorded, never raised; a refused sweep is logged and left out;
-    profile: each training point also keeps its step's profile (`Point.profile`).
+    the weights); OOM points are recorded, never raised; a refused sweep is logged and left out, and
+    so is a model fitted by counting (no points); profile: each training point also keeps its
+    step's profile (`Point.profile`).
     Peak memory counts only what this sweep allocates (model, optimizer state, activations,
     caches), not tensors that were resident before."""
     from harness.model.build import build_model
@@ -240,6 +258,9 @@ def sweep_model(name: str, cfg: Config, sweeps, lengths: dict, device: torch.dev
     resident = torch.cuda.memory_allocated(device) if device.type == "cuda" else 0
     torch.manual_seed(0)
     model = build_model(name, cfg.model, device)
+    if getattr(model, "fitted_by_counting", False):  # `harness run --tasks speed` on an n-gram reference
+        log(counted_note(name))
+        return []
     # the training options as `harness train` applies them: they change the training step (prefill
     # and decode call the layers' own prefill and step)
     resolved = apply_training_options(model, cfg.train, device)
@@ -328,16 +349,72 @@ def points_to_rows(points: list[Point], make_row: Callable) -> list:
     return rows
 
 
+def config_id(cfg: Config) -> str:
+    """A short fingerprint of what a sweep's numbers depend on besides the point: the model config
+    and the training options its step applies. Rows carry it (extra `config_id`), so that a bench
+    under another config (`--set model.window=8`) measures again rather than taking stored rows for
+    its own."""
+    measured = {"model": dataclasses.asdict(cfg.model), "train": {k: getattr(cfg.train, k) for k in MEASURED_OPTIONS}}
+    return hashlib.sha256(json.dumps(measured, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def planned_places(sweep: str, lengths: list[int], train_tokens: int, decode_batches) -> list[dict]:
+    """Where each point a sweep plans is placed in its rows (`_where`): what stored rows must hold
+    for the sweep to count as measured."""
+    if sweep == "decode":
+        points = [Point("", sweep, length, batch) for length in lengths for batch in decode_batches]
+    else:
+        points = [Point("", sweep, length, train_batch(length, train_tokens) if sweep == "train" else 1)
+                  for length in lengths]
+    return [_where(p) for p in points]
+
+
+def _at(row, place: dict) -> bool:
+    return all(row.extra.get(k) == v for k, v in place.items())
+
+
+def _placed(row, places: list[dict]) -> bool:
+    return any(_at(row, place) for place in places)
+
+
+def _same_measurement(row, measured_as: str, device: str) -> bool:
+    return row.extra.get("config_id") == measured_as and row.device == device
+
+
+def is_measured(rows: list, name: str, sweep: str, places: list[dict], measured_as: str, device: str) -> bool:
+    """Whether the stored rows hold every planned point of a model's sweep, measured under the same
+    config (`config_id`) on the same device: other lengths or batches, or another config, are not
+    a measurement of this bench."""
+    held = [r for r in rows if r.model == name and r.task == f"speed_{sweep}"
+            and _same_measurement(r, measured_as, device)]
+    return all(any(_at(r, place) for r in held) for place in places)
+
+
+def runnable_plan(plan: dict, cfg: Config, device: torch.device, log: Callable) -> dict:
+    """The plan ({model: sweeps to measure}) less the models fitted by counting (a note each; none
+    but them is an error), every model to measure checked first (`checked_model`): one that cannot
+    run here stops the bench before anything is written."""
+    from harness.model.build import checked_model
+    counted = [name for name, todo in plan.items()
+               if todo and getattr(checked_model(name, cfg.model, device), "fitted_by_counting", False)]
+    if counted and len(counted) == len(plan):
+        raise ConfigError(f"{', '.join(counted)}: fitted by counting (n-gram counts, no trainable parameters), "
+                          f"with no training step or network to time; bench neural models (`harness list`)")
+    for name in counted:
+        log(counted_note(name))
+    return {name: todo for name, todo in plan.items() if name not in counted}
+
+
 def run_bench(names: list[str], cfg: Config, sweeps, lengths: dict, device: torch.device, out_dir,
               train_tokens: int, decode_batches, force: bool = False, log: Callable = print,
               on_point: Callable | None = None, profile: bool = False) -> list:
-    """Sweep each model into out_dir/{rows.jsonl, run.json, table.md, plots}; a model whose rows are
-    already there is skipped unless force. Rows are saved after each model. profile: also
-    out_dir/profiles/<model>-train-<length>.md, where each training step's time goes."""
+    """Sweep each model (each once, however often named) into out_dir/{rows.jsonl, run.json,
+    table.md, plots}; a model's sweep whose planned points are already there, measured under the
+    same config on the same device, is skipped unless force. Rows are saved after each model.
+    profile: also out_dir/profiles/<model>-train-<length>.md, where each training step's time goes."""
     from pathlib import Path
 
     from harness.files import atomic_write_text
-    from harness.model.build import checked_model
     from harness.results.plots import speed_curves
     from harness.results.provenance import provenance, record_run, versions
     from harness.results.store import Row, read_rows, replace_rows
@@ -346,25 +423,29 @@ def run_bench(names: list[str], cfg: Config, sweeps, lengths: dict, device: torc
     out = Path(out_dir)
     rows_file = out / "rows.jsonl"
     rows = read_rows(rows_file, warn=log) if rows_file.is_file() else []
-    params = model_params(names, cfg)
     stamp = provenance(str(device))
-    plan = {name: [s for s in sweeps if force or not any(r.model == name and r.task == f"speed_{s}" for r in rows)]
-            for name in names}
-    for name in (n for n, todo in plan.items() if todo):  # one that cannot run here stops the bench before any write
-        checked_model(name, cfg.model, device)
+    measured_as = config_id(cfg)
+    places = {s: planned_places(s, lengths[s], train_tokens, decode_batches) for s in sweeps}
+    plan = {name: [s for s in sweeps
+                   if force or not is_measured(rows, name, s, places[s], measured_as, stamp["device"])]
+            for name in dict.fromkeys(names)}
+    plan = runnable_plan(plan, cfg, device, log)  # one that cannot run here stops the bench before any write
     for name in (n for n, todo in plan.items() if not todo):
-        log(f"{name}: already measured (pass --force to measure again)")
+        log(f"{name}: already measured at these points under this config (pass --force to measure again)")
     if any(plan.values()):  # else nothing is measured, and run.json keeps only the commands that made rows
-        record_run(out, {"models": names, "sweeps": list(sweeps), "lengths": lengths, "train_tokens": train_tokens,
-                         "decode_batches": list(decode_batches), "config": cfg.to_dict()}, str(device))
+        record_run(out, {"models": list(plan), "sweeps": list(sweeps), "lengths": lengths,
+                         "train_tokens": train_tokens, "decode_batches": list(decode_batches),
+                         "config": cfg.to_dict()}, str(device))
         if device.type == "cpu":
             log(f"warning: {CPU_WARNING}")
         vers = versions()
+        params = model_params([n for n, todo in plan.items() if todo], cfg)
 
         def make_row(model, task, metric, value, **extra):
             return Row(run=out.name, model=model, preset=cfg.preset, task=task, metric=metric, value=value,
-                       params=params[model], seed=0, extra={**extra, "torch": vers.get("torch"),
-                                                            "triton": vers.get("triton")}, **stamp)
+                       params=params[model], seed=0, extra={**extra, "config_id": measured_as,
+                                                            "torch": vers.get("torch"), "triton": vers.get("triton")},
+                       **stamp)
 
         for name, todo in plan.items():
             if not todo:
@@ -374,13 +455,28 @@ def run_bench(names: list[str], cfg: Config, sweeps, lengths: dict, device: torc
             for p in points:
                 if p.profile is not None:
                     atomic_write_text(out / "profiles" / f"{name}-train-{p.length}.md", profile_markdown(p, stamp))
-            fresh = points_to_rows(points, make_row)
-            measured = {f"speed_{s}" for s in todo}
-            rows = replace_rows(rows_file, fresh, lambda r: r.model == name and r.task in measured, warn=log)
+            rows = replace_rows(rows_file, points_to_rows(points, make_row),
+                                replaced_rows(name, todo, places, measured_as, stamp["device"]), warn=log)
     if rows:  # the table and plots from every stored row, also where a run was cut after its rows
         atomic_write_text(out / "table.md", render(build("speed", rows), "md"))
         speed_curves(rows, out)
     return rows
+
+
+def replaced_rows(name: str, sweeps, places: dict, measured_as: str, device: str) -> Callable:
+    """Which stored rows a model's fresh sweeps replace: every row of those sweeps but the ones of
+    the same config and device at lengths (and decode batches) this bench did not plan, kept beside
+    the new ones. A folder holds one config per model and sweep, and one row per length whatever
+    the tokens per training batch: its table has one line for the model and one cell per length."""
+    cells = {sweep: [{k: v for k, v in place.items() if k != "batch_tokens"} for place in places[sweep]]
+             for sweep in sweeps}
+
+    def replaced(row) -> bool:
+        sweep = row.task.removeprefix("speed_")
+        if row.model != name or sweep not in sweeps:
+            return False
+        return not _same_measurement(row, measured_as, device) or _placed(row, cells[sweep])
+    return replaced
 
 
 def profile_markdown(p: Point, stamp: dict) -> str:

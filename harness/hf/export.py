@@ -41,6 +41,7 @@ import torch
 from harness.config import Config, ConfigError
 from harness.data.corpus import HUB_CORPORA
 from harness.data.tokenizer import ByteTokenizer, get_tokenizer
+from harness.files import share_like_any_file
 from harness.results.store import Row, read_rows
 
 SHARD_SIZE = re.compile(r"[1-9][0-9]*(KB|MB|GB|KIB|MIB|GIB)", re.IGNORECASE)
@@ -193,13 +194,28 @@ def checkpoint_rows(ckpt: Path, rows_files: list[Path]) -> tuple[list[Row], list
         if missing:
             raise FileNotFoundError(f"rows file {missing[0]} not found; pass a rows.jsonl that `harness run` or "
                                     f"`harness eval` wrote, or leave out --rows")
-        found = rows_files
+        found, read = rows_files, given_rows
     else:
-        found = [p for p in (Path("results") / ckpt.resolve().parent.parent.name / "rows.jsonl",
-                             ckpt.parent / "rows.jsonl") if p.is_file()]
-    rows = [r for path in found for r in read_rows(path)
+        found, read = [p for p in (Path("results") / ckpt.resolve().parent.parent.name / "rows.jsonl",
+                                   ckpt.parent / "rows.jsonl") if p.is_file()], read_rows
+    rows = [r for path in found for r in read(path)
             if r.checkpoint and Path(r.checkpoint).resolve() == ckpt.resolve()]
     return rows, found
+
+
+def given_rows(path: Path) -> list[Row]:
+    """The rows of a file given as --rows: one none of whose lines is a row (a CSV, a table, a
+    checkpoint's weights) is an error, not a model card that says no evaluation was found; a rows
+    file with some damaged lines gives its other rows, each damaged line a warning."""
+    problems: list[str] = []
+    rows = read_rows(path, warn=problems.append)
+    if problems and not rows:
+        raise ExportError(f"--rows {path} is not a rows file: none of its lines is a result row (first: "
+                          f"{problems[0].removeprefix('warning: ')}); pass a rows.jsonl that `harness run` or "
+                          f"`harness eval` wrote, or leave out --rows")
+    for problem in problems:
+        print(problem)
+    return rows
 
 
 def corpus_line(corpus: str) -> str:
@@ -303,6 +319,18 @@ def hub_call(repo: str, call: Callable[[], object]):
                           f"--push-to-hub and upload the folder later (`hf upload {repo} HF_DIR`)") from None
 
 
+def writable_out(ckpt: Path, out: Path) -> Path:
+    """--out resolved (`--out .` names no folder to put the temporary sibling beside), refused where it
+    is the checkpoint or a folder holding it (its run folder, with the training log): the export
+    replaces the whole folder at --out, and the checkpoint would go with it."""
+    target, source = out.resolve(), ckpt.resolve()
+    if target == source or target in source.parents:
+        what = "is the checkpoint" if target == source else f"holds the checkpoint {ckpt}"
+        raise ExportError(f"--out {out} {what}, and the export replaces the folder at --out: it would delete the "
+                          f"checkpoint; give another --out, e.g. {ckpt.parent / 'hf'}")
+    return target
+
+
 def export(checkpoint: Path, out: Path, max_shard_size: str = "2GB", push_to_hub: str | None = None,
            rows: list[Path] = (), force: bool = False, log: Callable[[str], None] = print) -> Path:
     """Write the checkpoint folder `checkpoint` as a Hugging Face model folder at `out`."""
@@ -311,6 +339,7 @@ def export(checkpoint: Path, out: Path, max_shard_size: str = "2GB", push_to_hub
     if not (ckpt / "meta.json").is_file():
         raise FileNotFoundError(f"{ckpt} is not a checkpoint folder (no meta.json); pass the folder that "
                                 f"`harness train` wrote (<runs>/<run>/<model>/checkpoint)")
+    target = writable_out(ckpt, out)
     meta = read_meta(ckpt)
     check_exportable(meta["model"], Config.from_dict(meta["config"]))
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not force:
@@ -339,11 +368,13 @@ def export(checkpoint: Path, out: Path, max_shard_size: str = "2GB", push_to_hub
     SwatHarnessConfig.register_for_auto_class()
     SwatHarnessForCausalLM.register_for_auto_class("AutoModelForCausalLM")
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.tmp{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     try:
         hf_model.save_pretrained(str(tmp), max_shard_size=max_shard_size)
+        for weights in tmp.glob("*.safetensors"):  # safetensors writes them 0600, unlike the folder's other files
+            share_like_any_file(weights)
         write_tokenizer(cfg.train.tokenizer, tmp)
         (tmp / "README.md").write_text(model_card(name, cfg, meta, config, count_params(model),
                                                   checkpoint_commit(ckpt, meta), found_rows, rows_read,
@@ -353,13 +384,13 @@ def export(checkpoint: Path, out: Path, max_shard_size: str = "2GB", push_to_hub
             hub_call(push_to_hub, lambda: hub.upload_folder(repo_id=push_to_hub, folder_path=str(tmp),
                                                             commit_message=f"harness export of {name}"))
             log(f"pushed to https://huggingface.co/{push_to_hub}")
-        if out.exists():
-            old = out.with_name(f".{out.name}.old{os.getpid()}")
-            out.rename(old)
-            tmp.rename(out)
+        if target.exists():
+            old = target.with_name(f".{target.name}.old{os.getpid()}")
+            target.rename(old)
+            tmp.rename(target)
             shutil.rmtree(old) if old.is_dir() else old.unlink()
         else:
-            tmp.rename(out)
+            tmp.rename(target)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return out

@@ -211,8 +211,16 @@ def loss_curves(run_dirs: list[Path], out_dir: Path, smooth_steps: int = 10) -> 
     return _write_plot(fig, out_dir, "loss_curves", ["run", "model", "tokens", "loss"], lines)
 
 
+# what each table of `harness tables` draws beside it (the ablation and retrieval tables: nothing)
+TABLE_PLOTS = {"main": "acc_vs_tokens, loss_curves", "length": "ppl_vs_length", "speed": "speed_<task>_<metric>"}
+
+
 def write_plots(rows: list[Row], out_dir: Path, run_configs: dict | None = None,
-                run_dirs: list[Path] = ()) -> list[Path]:
-    """Every plot the rows (and the run folders' training logs) allow; returns the files written."""
-    return (ppl_vs_length(rows, out_dir, run_configs) + speed_curves(rows, out_dir, run_configs)
-            + accuracy_vs_tokens(rows, out_dir, run_configs) + loss_curves(run_dirs, out_dir))
+                run_dirs: list[Path] = (), table: str | None = None) -> list[Path]:
+    """The plots of the table `table` (TABLE_PLOTS), or every plot where none is named, as far as
+    the rows (and the run folders' training logs) allow; returns the files written."""
+    plots = {"main": lambda: accuracy_vs_tokens(rows, out_dir, run_configs) + loss_curves(run_dirs, out_dir),
+             "length": lambda: ppl_vs_length(rows, out_dir, run_configs),
+             "speed": lambda: speed_curves(rows, out_dir, run_configs)}
+    kinds = list(plots) if table is None else [table] if table in plots else []
+    return [path for kind in kinds for path in plots[kind]()]

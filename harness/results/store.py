@@ -145,12 +145,18 @@ _DESCRIPTIVE_EXTRAS = {"task_version", "version", "source", "table", "label", "p
 _IDENTITY_FIELDS = tuple(k for k in ROW_FIELDS if k not in _NOT_IDENTITY)
 
 
+def measured_extras(row: Row) -> dict:
+    """The row's extra keys that say what it measured (context length, depth, lr, ...), not how or
+    when (versions, wall time, the source of a published number)."""
+    return {k: v for k, v in row.extra.items() if k not in _DESCRIPTIVE_EXTRAS}
+
+
 def row_key(row: Row) -> tuple:
     """What a row measures: run, model, preset, task, metric, seed, checkpoint, tokens and extra keys."""
     core = tuple(getattr(row, k) for k in _IDENTITY_FIELDS)
     extra = tuple(sorted((k, v if isinstance(v, (str, int, float, bool, type(None)))
                           else json.dumps(v, sort_keys=True, default=str))
-                         for k, v in row.extra.items() if k not in _DESCRIPTIVE_EXTRAS))
+                         for k, v in measured_extras(row).items()))
     return core + extra
 
 
@@ -172,7 +178,7 @@ def dedupe_rows(rows: list[Row], warn=print) -> list[Row]:
         if len(group) > 1:
             latest = max(enumerate(group), key=lambda ir: (ir[1].date or "", ir[0]))[1]
             what = f"{group[0].run}/{group[0].model} {group[0].task}/{group[0].metric}"
-            extra = {k: v for k, v in group[0].extra.items() if k not in _DESCRIPTIVE_EXTRAS}
+            extra = measured_extras(group[0])
             what += f" {extra}" if extra else ""
             if all(_same_value(r, group[0]) for r in group):
                 warn(f"warning: {len(group)} identical rows for {what}; counted once")

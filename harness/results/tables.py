@@ -23,6 +23,7 @@ every cell can be traced to one stored row. The conventions the pivots rely on:
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -33,6 +34,7 @@ from harness.results.store import (
     Row,
     dedupe_rows,
     load_run,
+    measured_extras,
     read_reference,
     run_folders,
     run_location,
@@ -225,10 +227,43 @@ def markdown_table(header: list[str], body: list[list[str]]) -> str:
 
 
 def rows_table(rows: list[Row]) -> str:
-    """A plain long-form table of rows (model, task, metric, value ± stderr, n)."""
-    body = [[r.model, r.preset, f"{r.params:,}" if r.params else "", r.task, r.metric,
-             format_value(r.value, r.stderr, 4 if abs(r.value) < 10 else 2), r.n or ""] for r in rows]
-    return markdown_table(["model", "preset", "params", "task", "metric", "value", "n"], body)
+    """A plain long-form table of rows (model, task, metric, setting, value ± stderr, n). `setting`
+    holds what tells a task's rows apart (context length, depth, position bucket, key-value pairs:
+    `distinguishing_keys`), without which a sweep's rows read as identical lines; it is left out
+    where no task's rows differ in any."""
+    keys = distinguishing_keys(rows)
+    settings = [" ".join(f"{k}={_setting(r.extra[k])}" for k in keys[r.task, r.metric] if r.extra.get(k) is not None)
+                for r in rows]
+    shown = any(settings)
+    body = [[r.model, r.preset, f"{r.params:,}" if r.params else "", r.task, r.metric, *([setting] if shown else []),
+             _long_form_value(r), r.n or ""] for r, setting in zip(rows, settings)]
+    header = ["model", "preset", "params", "task", "metric", *(["setting"] if shown else []), "value", "n"]
+    return markdown_table(header, body)
+
+
+def _long_form_value(r: Row) -> str:
+    """value ± stderr with 4 decimals below 10 (2 above), more where that would hide a small value;
+    empty for a row with no value (out of memory)."""
+    digits = 4 if r.value is not None and abs(r.value) < 10 else 2
+    return format_value(r.value, r.stderr, _shown_digits(r.value, digits))
+
+
+def distinguishing_keys(rows: list[Row]) -> dict[tuple[str, str], list[str]]:
+    """Per (task, metric), the extra keys whose values differ among its rows (absent counts as a
+    value), in the order the rows hold them; keys on how a row was made (versions, dates) are not
+    among them."""
+    by_metric: dict[tuple[str, str], list[dict]] = {}
+    for r in rows:
+        by_metric.setdefault((r.task, r.metric), []).append(measured_extras(r))
+    keys = {}
+    for task_metric, extras in by_metric.items():
+        named = dict.fromkeys(k for extra in extras for k in extra)
+        keys[task_metric] = [k for k in named if len({_setting(extra.get(k)) for extra in extras}) > 1]
+    return keys
+
+
+def _setting(value) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)
 
 
 # ---------------------------------------------------------------- shared helpers
@@ -479,7 +514,7 @@ def main_table(rows: list[Row], references: list[Row] = (), run_configs: dict | 
     latex_header = ["Model", "Params", "Tokens"] + [c.latex for c in columns] + ["Avg"]
     table = Table("Language modeling and zero-shot commonsense reasoning", header, latex_header)
     sources = Sources()
-    missing = incomplete = stderr_seen = published = False
+    missing = incomplete = stderr_seen = published = accuracy_shown = False
     limits: set = set()
     ncols = len(columns)
     every = ours + refs
@@ -502,6 +537,7 @@ def main_table(rows: list[Row], references: list[Row] = (), run_configs: dict | 
                 else:
                     stderr = display(r.stderr, col.metric) if r.stderr is not None else None
                     stderr_seen |= stderr is not None
+                    accuracy_shown |= col.is_accuracy
                     limits.update([r.extra["limit"]] if r.extra.get("limit") else [])
                     line.append(Cell(display(r.value, col.metric), stderr,
                                      suffix="§" if r.extra.get("limit") else ""))
@@ -522,10 +558,7 @@ def main_table(rows: list[Row], references: list[Row] = (), run_configs: dict | 
             mark_best(competing, 3 + ncols, False)
         if lines:
             table.groups.append((preset, lines))
-    table.notes.append("Accuracies in percent; perplexity lower is better. Bold: best in its size group among "
-                       "rows of the same source (our runs, or one paper), as setups differ between sources. "
-                       "Avg: " + ("as published for a paper's row that prints one, else " if published else "")
-                       + "recomputed from the accuracy cells shown.")
+    table.notes.append(main_note(accuracy_shown or published, published))
     if stderr_seen:
         table.notes.append("± is the standard error lm-eval reports.")
     if missing:
@@ -542,6 +575,18 @@ def main_table(rows: list[Row], references: list[Row] = (), run_configs: dict | 
     table.notes += rate_notes(e.label for e in ours)
     table.notes += sources.notes()
     return table
+
+
+def main_note(accuracies: bool, published: bool) -> str:
+    """The main table's first footnote; what it says of accuracies and their average only where the
+    table shows some (a run of held-out loss and perplexities alone has neither)."""
+    bold = ("Bold: best in its size group among rows of the same source (our runs, or one paper), as setups differ "
+            "between sources.")
+    if not accuracies:
+        return f"Perplexity and loss: lower is better. {bold}"
+    return (f"Accuracies in percent; perplexity lower is better. {bold} Avg: "
+            + ("as published for a paper's row that prints one, else " if published else "")
+            + "recomputed from the accuracy cells shown.")
 
 
 def _shown_average(entry: Entry) -> tuple[float | None, int]:
@@ -737,7 +782,15 @@ def _kilo(n: int) -> str:
 def _digits(value: float | None) -> int:
     if value is None or math.isnan(value) or value == 0:
         return 2
-    return 0 if abs(value) >= 1000 else 1 if abs(value) >= 100 else 2 if abs(value) >= 1 else 4
+    return 0 if abs(value) >= 1000 else 1 if abs(value) >= 100 else 2 if abs(value) >= 1 else _shown_digits(value, 4)
+
+
+def _shown_digits(value: float | None, digits: int) -> int:
+    """`digits`, or more where a value below 1 would show fewer than two significant digits: a
+    window's decode state of 3e-5 GB read as a (bold) 0.0000."""
+    if value is None or value == 0 or math.isnan(value) or abs(value) >= 1:
+        return digits
+    return max(digits, 1 - math.floor(math.log10(abs(value))))
 
 
 def _lower_is_better(metric: str) -> bool:
@@ -806,19 +859,74 @@ def peer_ratio_table(rows: list[Row], peer: str) -> Table:
 
 
 def retrieval_table(rows: list[Row], references: list[Row] = (), run_configs: dict | None = None) -> Table:
-    """Accuracy per context length: passkey at each depth, MQAR at each number of key-value pairs."""
+    """Accuracy per context length: passkey at each depth, MQAR at each number of key-value pairs;
+    each group labelled with the accuracy of a uniform guess where it is known (`chance_level`)."""
+    run_configs = run_configs or {}
     pick = [r for r in list(rows) + [r for r in references if r.extra.get("table") == "retrieval"]
             if r.task in ("passkey", "mqar") and r.metric == "acc"]
-    sections = [(f"{preset} · {task} acc", "acc", [r for r in pick if (r.preset, r.task) == (preset, task)])
-                for task in ("passkey", "mqar") for preset in preset_order([r for r in pick if r.task == task])]
+    sections = []
+    for task in ("passkey", "mqar"):
+        for preset in preset_order([r for r in pick if r.task == task]):
+            rs = [r for r in pick if (r.preset, r.task) == (preset, task)]
+            sections.append((f"{preset} · {task} acc" + _chance_label(rs, run_configs), "acc", rs))
 
     def detail(r: Row) -> str:
         if r.extra.get("depth") is not None:
             return f" depth={float(r.extra['depth']):g}"
         return f" kv={r.extra['num_kv']}" if r.extra.get("num_kv") is not None else ""
-    return _sweep_table("Retrieval accuracy vs context length", sections, run_configs or {},
-                        "Columns: prompt (passkey) or sequence (MQAR) length in tokens; accuracy in percent; "
-                        "depth: where the key sits in the prompt; kv: key-value pairs to recall.", detail)
+    table = _sweep_table("Retrieval accuracy vs context length", sections, run_configs,
+                         "Columns: prompt (passkey) or sequence (MQAR) length in tokens; accuracy in percent; "
+                         "depth: where the key sits in the prompt; kv: key-value pairs to recall.", detail)
+    if any("· chance" in label for label, _ in table.groups):
+        table.notes.append(f"chance: the accuracy of a uniform guess, for passkey one of the {passkey_keys():,} "
+                           "five-digit keys, for MQAR one of the values the task draws from (a third of the "
+                           "tokenizer's first 8,192 ordinary ids).")
+    return table
+
+
+
+
+def _chance_label(rows: list[Row], run_configs: dict) -> str:
+    """' · chance 1.2%' for a group of our retrieval rows (several values where their tokenizers
+    differ), '' where no row's chance level is known."""
+    levels = sorted({level for r in rows if not r.run.startswith("paper:")
+                     if (level := chance_level(r, run_configs)) is not None}, reverse=True)
+    return " · chance " + ", ".join(f"{100 * level:.2g}%" for level in levels) if levels else ""
+
+
+def chance_level(row: Row, run_configs: dict) -> float | None:
+    """The accuracy of a uniform guess on a passkey or MQAR row: one of the passkey's keys; one of
+    MQAR's values, whose number follows from the run's tokenizer (its config's, else its preset's),
+    as tasks.retrieval.token_pools draws them; None where that tokenizer is unknown or not here."""
+    if row.task == "passkey":
+        return 1 / passkey_keys()
+    config = run_configs.get(row.run) or {}
+    name = config.get("train", {}).get("tokenizer") or _preset_tokenizer(config.get("preset", row.preset))
+    return None if name is None else _mqar_chance(name)
+
+
+def passkey_keys() -> int:
+    """How many keys tasks.retrieval draws a passkey from."""
+    from tasks.retrieval import PASSKEY_KEYS
+    return PASSKEY_KEYS[1] - PASSKEY_KEYS[0]
+
+
+def _preset_tokenizer(preset: str) -> str | None:
+    from harness.config import PRESETS, load_config
+    return load_config(preset).train.tokenizer if preset in PRESETS else None
+
+
+@functools.cache
+def _mqar_chance(tokenizer_name: str) -> float | None:
+    from harness.data.paths import DataError
+    from harness.data.tokenizer import get_tokenizer
+    from tasks.retrieval import token_pools
+    try:
+        tokenizer = get_tokenizer(tokenizer_name)
+    except DataError:
+        return None
+    values = token_pools(tokenizer)[1]
+    return 1 / len(values) if len(values) else None
 
 
 def compact(table: Table) -> Table:

@@ -532,7 +532,7 @@ def cmd_eval(args) -> None:
     load_plugins(args.plugin)
     task_names = expand_tasks(split_names(args.tasks))
     run_name = args.run or "eval"
-    sources = model_sources(run_name, Path(args.runs), split_names(args.models or ""), args.checkpoint)
+    sources = model_sources(run_name, Path(args.runs), split_names(args.models or ""), args.checkpoint, args.corpus)
     t0 = time.time()
     rows = score(sources, task_names, run_name, Path(args.results), args.device or default_device(), args.limit,
                  args.force, args.online, args.skip_missing, args.bootstrap_iters, log=say,
@@ -627,6 +627,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--online", action="store_true",
                    help="lm-eval tasks whose data is not mirrored load it from the Hugging Face hub")
     p.add_argument("--bootstrap-iters", type=int_from(0), default=1000, help="bootstrap resamples for stderr")
+    p.add_argument("--corpus", help="held-out corpus of the hf: models (smoke), e.g. the one they were trained on "
+                   "(default: english-mix); a checkpoint scores on its own training corpus")
     add_plugin_arg(p, cmd_eval)
 
     p = sub.add_parser("export", help="write a checkpoint as a Hugging Face model folder that transformers and "

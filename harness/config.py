@@ -24,6 +24,14 @@ class ConfigError(ValueError):
     """A configuration value or key is invalid; the message names the key and the fix."""
 
 
+def folder_name(value, field: str) -> str:
+    """A name that becomes one folder (a run's, a study's, a size's): a non-empty string with no path
+    separator and not `.` or `..`, which would write beside or above the folder meant."""
+    if not isinstance(value, str) or not value.strip() or value in (".", "..") or any(c in value for c in "/\\\0"):
+        raise ConfigError(f"{field} must be a non-empty name without / or \\, got {value!r}")
+    return value
+
+
 @dataclass
 class ModelConfig:
     vocab_size: int = 32000

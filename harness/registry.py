@@ -109,6 +109,12 @@ class TaskSpec:
     origin: str = ""  # as ModelSpec's
     builtin: bool = False  # the harness's own: its failures keep their tracebacks, its rows their names
     plugin_file: PluginFile | None = None
+    row_tasks: tuple = ()  # the task names its rows carry, where not its own (speed: speed_train, ...)
+
+    @property
+    def row_task_names(self) -> tuple:
+        """The `task` of the rows it writes: what a rerun finds done, and replaces."""
+        return self.row_tasks or (self.name,)
 
 
 @dataclass
@@ -233,19 +239,21 @@ def register_model(name: str, family: str = "custom", requires: tuple = (), matc
 
 
 def register_task(name: str, group: str | tuple = (), description: str = "", needs_model: bool = True,
-                  data_parallel: bool = False, datasets: tuple = (), online: bool = False, override: bool = False):
+                  data_parallel: bool = False, datasets: tuple = (), online: bool = False, override: bool = False,
+                  row_tasks: tuple = ()):
     """Decorator over `run(model, tokenizer, ctx) -> list[Row]`; registers it under `name`.
     data_parallel: the task splits its work over the ranks of a torchrun job itself (`ctx.dist`) and
     returns its rows on rank 0; other tasks run on rank 0 alone while the other ranks wait.
     datasets: the mirror datasets the task reads, any one of which will do; a run checks that one
     is present before any model work, and `harness data list` shows them. online: the task can
-    read its dataset from the hub instead (`--online`). override: replace a task already
+    read its dataset from the hub instead (`--online`). row_tasks: the task names its rows carry where
+    they are not `name` (one task writing several kinds of row). override: replace a task already
     registered as `name`. A task is not named like a group of other tasks, nor is its group another
     task's name: `--tasks NAME` would run the group, or both."""
     check_registration("register_task", name, {
         "group": (group, "str|strs"), "description": (description, str), "needs_model": (needs_model, bool),
         "data_parallel": (data_parallel, bool), "datasets": (datasets, "strs"), "online": (online, bool),
-        "override": (override, bool)})
+        "override": (override, bool), "row_tasks": (row_tasks, "strs")})
     groups = (group,) if isinstance(group, str) else tuple(group)
 
     def deco(run: Callable) -> Callable:
@@ -261,7 +269,8 @@ def register_task(name: str, group: str | tuple = (), description: str = "", nee
                                 f"{clash}` would run {name!r} too; pick another group name")
         _REG.tasks[name] = TaskSpec(name, run, groups,
                                     description or (run.__doc__ or "").strip().split("\n")[0],
-                                    needs_model, data_parallel, tuple(datasets), online, **where)
+                                    needs_model, data_parallel, tuple(datasets), online, **where,
+                                    row_tasks=tuple(row_tasks))
         _REG.registered += 1
         return run
     return deco

@@ -19,7 +19,8 @@ from harness.bench.models import (
 from harness.registry import register_task
 
 
-@register_task("speed", group=("speed", "all"), description="train/prefill/decode tokens/s and memory vs length")
+@register_task("speed", group=("speed", "all"), description="train/prefill/decode tokens/s and memory vs length",
+               row_tasks=tuple(f"speed_{sweep}" for sweep in SWEEPS))
 def run(model, tokenizer, ctx):
     device = torch.device(ctx.device)
     if device.type == "cpu":

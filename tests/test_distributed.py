@@ -218,7 +218,7 @@ def test_harness_study_under_torchrun_trains_each_run_on_every_rank(tmp_path):
 
 def assert_same_rows(one_dir, two_dir, tasks, rel):
     """The rows of a one-process run and a 2-rank run match, row for row."""
-    measured = {"value", "stderr", "eval_seconds", "world_size", "date", "command", "checkpoint"}
+    measured = {"value", "stderr", "eval_seconds", "world_size", "date", "command", "checkpoint", "weights"}
 
     def rows(folder):  # keyed by everything that names the row (task, metric, probe cell, ...)
         out = {}

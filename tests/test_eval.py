@@ -4,6 +4,7 @@ synthetic probes (deterministic per seed; a perfect copier scores 1.0)."""
 
 import dataclasses
 import json
+import shutil
 import sys
 from pathlib import Path
 from types import SimpleNamespace
@@ -26,6 +27,7 @@ from harness.model.build import build_model  # noqa: E402
 from harness.registry import get_task, load_plugins  # noqa: E402
 
 FIXTURES = Path(__file__).parent / "fixtures" / "eval"
+TINY_RUN = ["--preset", "tiny", "--device", "cpu", "--set", "train.tokens=2048", "--set", "train.eval_tokens=256"]
 FIXTURE_OF = {"wikitext_2_v1": "wikitext"}  # the v1 overlay reads the same fixture pages
 
 
@@ -413,9 +415,9 @@ def test_eval_tasks_on_cuda_match_cpu(tiny):
 
 
 def test_bad_hugging_face_folders_and_twin_names_are_one_error_with_nothing_written(tiny, tmp_path, capsys):
-    """hf: with no path, a folder without config.json or with a damaged one, and two checkpoints
-    whose folders share a name (their rows would mix under one model name): one error line each,
-    and no results folder."""
+    """hf: with no path, a folder without config.json or with a damaged one or truncated weights, two
+    checkpoints whose folders share a name (their rows would mix under one model name), and a run name
+    that is a path: one error line each, and no results folder (nor rows beside it)."""
     from harness.cli import main
     cfg, model = tiny
     for name in ("x", "y"):
@@ -423,21 +425,31 @@ def test_bad_hugging_face_folders_and_twin_names_are_one_error_with_nothing_writ
     (tmp_path / "empty").mkdir()
     (tmp_path / "damaged").mkdir()
     (tmp_path / "damaged" / "config.json").write_text("{garbage")
+    (tmp_path / "truncated").mkdir()
+    (tmp_path / "truncated" / "config.json").write_text("{}")
+    from safetensors.torch import save_model
+    save_model(model, str(tmp_path / "truncated" / "model.safetensors"))
+    weights = (tmp_path / "truncated" / "model.safetensors").read_bytes()
+    (tmp_path / "truncated" / "model.safetensors").write_bytes(weights[:len(weights) // 2])
     base = ["eval", "--tasks", "smoke", "--limit", "1", "--device", "cpu", "--results", str(tmp_path / "results"),
             "--runs", str(tmp_path / "runs")]
     cases = [(["--models", "hf:"], "hf:: no such folder"),
              (["--models", f"hf:{tmp_path / 'empty'}"], "has no config.json"),
              (["--models", f"hf:{tmp_path / 'damaged'}"], "transformers cannot load it"),
+             (["--models", f"hf:{tmp_path / 'truncated'}"], "truncated/model.safetensors is damaged"),
              (["--checkpoint", str(tmp_path / "x" / "same" / "checkpoint"), "--checkpoint",
-               str(tmp_path / "y" / "same" / "checkpoint")], "would all be the model 'same'")]
+               str(tmp_path / "y" / "same" / "checkpoint")], "would all be the model 'same'"),
+             (["--run", "..", "--checkpoint", str(tmp_path / "x" / "same" / "checkpoint")], "--run must be"),
+             (["--run", "a/b", "--checkpoint", str(tmp_path / "x" / "same" / "checkpoint")], "--run must be")]
     for args, message in cases:
         assert main(base + args) == 2
         [err] = capsys.readouterr().err.strip().splitlines()
         assert err.startswith("error:") and message in err
-        assert not (tmp_path / "results").exists()
+        assert not (tmp_path / "results").exists() and not (tmp_path / "rows.jsonl").exists()
 
 
-def test_hf_checkpoint_through_lm_eval_adapter(tmp_path):
+def llama_folder(folder):
+    """A tiny Llama checkpoint folder with a character-level tokenizer, as save_pretrained writes it."""
     transformers = pytest.importorskip("transformers")
     from tokenizers import Tokenizer, models, pre_tokenizers
     vocab = {"</s>": 0, **{chr(c): c - 31 for c in range(32, 127)}}
@@ -447,9 +459,15 @@ def test_hf_checkpoint_through_lm_eval_adapter(tmp_path):
     cfg = transformers.LlamaConfig(vocab_size=len(vocab), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                                    num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=64)
     torch.manual_seed(0)
-    transformers.LlamaForCausalLM(cfg).save_pretrained(tmp_path)
-    tok.save_pretrained(tmp_path)
+    transformers.LlamaForCausalLM(cfg).save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return folder
+
+
+def test_hf_checkpoint_through_lm_eval_adapter(tmp_path, capfd):
+    llama_folder(tmp_path)
     lm = lm_eval_adapter.HarnessLM(checkpoint=f"hf:{tmp_path}", device="cpu")
+    assert "torch_dtype" not in capfd.readouterr().err  # loaded with transformers' current keyword, dtype=
     assert lm.max_length == 64 and lm.tok_encode("ab") == [66, 67]
     [(logprob, _)] = lm.loglikelihood(requests(("Hi there", " you")), disable_tqdm=True)
     assert logprob == pytest.approx(direct_logprob(lm.model, lm.tok_encode("Hi there"), lm.tok_encode(" you")),
@@ -458,3 +476,156 @@ def test_hf_checkpoint_through_lm_eval_adapter(tmp_path):
     with torch.no_grad():
         greedy = lm.model.hf.generate(ids, max_new_tokens=4, do_sample=False)[0, ids.shape[1]:]
     assert torch.equal(lm.model.generate(ids, max_new_tokens=4)[0], greedy)
+
+
+# ---------------------------------------------------------------- reruns: what counts as done
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory):
+    """results/ and runs/ of `harness run --run base --models swat,transformer --tasks smoke` (tiny);
+    tests work on copies (`copied_run`)."""
+    from harness.cli import main
+    root = tmp_path_factory.mktemp("trained")
+    assert main(["run", "--run", "base", "--models", "swat,transformer", "--tasks", "smoke", *TINY_RUN,
+                 "--results", str(root / "results"), "--runs", str(root / "runs")]) == 0
+    return root
+
+
+def copied_run(trained_run, tmp_path):
+    shutil.copytree(trained_run, tmp_path, dirs_exist_ok=True)
+    return ["--results", str(tmp_path / "results"), "--runs", str(tmp_path / "runs")]
+
+
+def files_of(folder):
+    return {p: p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def rows_of(rows_file):
+    return [json.loads(line) for line in rows_file.read_text().splitlines()]
+
+
+def test_run_refuses_another_config_even_with_every_task_done(trained_run, tmp_path, capsys):
+    """A finished model's rows are not reused (nor run.json relabelled) under another config: the
+    checkpoint's config, else the training record's (checkpoints are not committed), must match,
+    and run.json's may change only while no other model's rows stay."""
+    from harness.cli import main
+    folders = copied_run(trained_run, tmp_path)
+    base = ["run", "--run", "base", "--tasks", "smoke", *TINY_RUN, *folders]
+    before = files_of(tmp_path / "results")
+    others = "holds rows of transformer trained with another config (model.window 32, now 16)"
+    cases = [(["--models", "swat", "--set", "model.window=16"], "swat trained with another config (model.window 32"),
+             (["--models", "swat", "--set", "train.tokens=4096"], "(train.tokens 2048, now 4096)"),
+             (["--models", "swat", "--set", "model.window=16", "--force"], others),
+             (["--models", "swat", "--run-name", "a/b"], "--run must be a non-empty name")]
+    for args, message in cases:
+        assert main(base + args) == 2
+        [err] = capsys.readouterr().err.strip().splitlines()
+        assert err.startswith("error:") and message in err
+        assert files_of(tmp_path / "results") == before
+    shutil.rmtree(tmp_path / "runs")
+    assert main(base + ["--models", "swat", "--set", "model.window=16"]) == 2
+    assert "base/train/swat_meta.json holds swat trained with another config" in capsys.readouterr().err
+    assert main(base + ["--models", "swat,transformer"]) == 0
+    assert capsys.readouterr().out.count("all tasks done already") == 2
+
+
+def test_an_interrupted_forced_retraining_is_redone(trained_run, tmp_path, capsys, monkeypatch):
+    """--force drops the model's rows and training record before it retrains, so that a retraining
+    cut short leaves nothing that a rerun would take for done."""
+    from harness.cli import main
+    from harness.evaluation import sources
+    from harness.training.checkpoint import open_run_dir
+    argv = ["run", "--run", "base", "--models", "transformer", "--tasks", "smoke", *TINY_RUN,
+            *copied_run(trained_run, tmp_path)]
+    real_train = sources.train
+
+    def cut(name, cfg, run_dir, device, **options):  # starts afresh as --force does, then is interrupted
+        open_run_dir(run_dir, resume=False)
+        raise KeyboardInterrupt
+    monkeypatch.setattr(sources, "train", cut)
+    assert main(argv + ["--force"]) == 130
+    assert {r["model"] for r in rows_of(tmp_path / "results" / "base" / "rows.jsonl")} == {"swat"}
+    assert not (tmp_path / "results" / "base" / "train" / "transformer_meta.json").exists()
+    monkeypatch.setattr(sources, "train", real_train)
+    capsys.readouterr()
+    assert main(argv) == 0
+    assert "transformer: trained" in capsys.readouterr().out
+    assert {r["model"] for r in rows_of(tmp_path / "results" / "base" / "rows.jsonl")} == {"swat", "transformer"}
+
+
+def test_eval_reuses_rows_only_of_the_same_weights_and_limit(trained_run, tmp_path, capsys):
+    """Two checkpoints in folders of one name evaluated one after the other into one results folder,
+    and a full evaluation after a limited one: each is redone. Every row records the weights and the
+    --limit (smoke, whose task code does not, too); full rows count as done for a limited command."""
+    from harness.cli import main
+    for model, folder in (("swat", "A"), ("transformer", "B")):
+        shutil.copytree(trained_run / "runs" / "base" / model / "checkpoint",
+                        tmp_path / folder / "lr0.01-seed1" / "checkpoint")
+    rows_file = tmp_path / "results" / "eval" / "rows.jsonl"
+
+    def evaluate(folder, *extra):
+        assert main(["eval", "--checkpoint", str(tmp_path / folder / "lr0.01-seed1" / "checkpoint"), "--tasks",
+                     "smoke", "--device", "cpu", "--results", str(tmp_path / "results"), *extra]) == 0
+        return capsys.readouterr().out, rows_of(rows_file)
+    _, swat = evaluate("A", "--limit", "1")
+    assert {(r["limit"], r["n"]) for r in swat} == {(1, 128)}
+    out, transformer = evaluate("B", "--limit", "1")
+    assert "lr0.01-seed1: redoing smoke" in out and len(transformer) == len(swat)
+    assert {r["weights"] for r in swat}.isdisjoint(r["weights"] for r in transformer)
+    out, full = evaluate("B")
+    assert "redoing smoke" in out and {("limit" in r, r["n"]) for r in full} == {(False, 256)}
+    out, again = evaluate("B", "--limit", "1")
+    assert "all tasks done already" in out and again == full
+
+
+def test_eval_refuses_a_checkpoint_in_another_models_folder(trained_run, tmp_path, capsys):
+    """runs/R/swat/checkpoint holding a transformer would write transformer's scores as swat's rows."""
+    from harness.cli import main
+    shutil.copytree(trained_run / "runs" / "base" / "transformer" / "checkpoint",
+                    tmp_path / "runs" / "R" / "swat" / "checkpoint")
+    for models in (["--models", "swat"], []):  # named, or every checkpoint of the run
+        assert main(["eval", "--run", "R", *models, "--tasks", "smoke", "--device", "cpu", "--results",
+                     str(tmp_path / "results"), "--runs", str(tmp_path / "runs")]) == 2
+        [err] = capsys.readouterr().err.strip().splitlines()
+        assert err.startswith("error:") and "holds a transformer checkpoint, but its folder names it swat" in err
+        assert not (tmp_path / "results").exists()
+
+
+def test_hf_models_score_smoke_on_the_corpus_given(tmp_path, capsys):
+    """An hf: folder does not say what it was trained on: --corpus names the held-out corpus, which
+    its rows state; it is checked before anything is written, and refused without an hf: model."""
+    from harness.cli import main
+    folder = llama_folder(tmp_path / "llama")
+    base = ["eval", "--models", f"hf:{folder}", "--tasks", "smoke", "--limit", "1", "--device", "cpu",
+            "--results", str(tmp_path / "results"), "--runs", str(tmp_path / "runs")]
+    assert main(base + ["--corpus", "bundled"]) == 0
+    rows = rows_of(tmp_path / "results" / "eval" / "rows.jsonl")
+    assert {(r["model"], r["corpus"], r["limit"]) for r in rows} == {("hf-llama", "bundled", 1)}
+    capsys.readouterr()
+    without_hf = "--corpus sets the held-out corpus of hf: models"
+    for args, message in ((["--corpus", str(tmp_path / "nowhere"), "--run", "other"], "nowhere"),
+                          (["--models", "swat", "--corpus", "bundled", "--run", "other"], without_hf)):
+        assert main(base + args) == 2
+        [err] = capsys.readouterr().err.strip().splitlines()
+        assert err.startswith("error:") and message in err
+        assert not (tmp_path / "results" / "other").exists()
+
+
+def test_a_task_whose_rows_carry_other_names_is_found_done_and_replaced():
+    """speed writes rows named speed_train, speed_prefill and speed_decode: matched by its own name, a
+    rerun found it never done, measured it again and appended its rows once more."""
+    from types import SimpleNamespace
+
+    from harness.config import load_config
+    from harness.evaluation.loop import TaskContext, pending_tasks
+    from harness.registry import get_task
+    from harness.results.store import Row
+    speed = get_task("speed")
+    assert speed.row_task_names == ("speed_train", "speed_prefill", "speed_decode")
+    source = SimpleNamespace(name="swat", checkpoint="runs/r/swat/checkpoint", weights_id=lambda: "w1")
+    row = Row("r", "swat", "tiny", "speed_decode", "tokens_per_s", 5.0, extra={"weights": "w1", "length": 64})
+    assert pending_tasks(source, [speed], [row], None, False, lambda m: None) == []
+    other = Row("r", "swat", "tiny", "speed_decode", "tokens_per_s", 5.0, extra={"weights": "w0", "length": 64})
+    assert pending_tasks(source, [speed], [other], None, False, lambda m: None) == [speed]
+    ctx = TaskContext(load_config("tiny"), "r", "swat", "cpu", None, None, source.checkpoint, None, {})
+    assert ctx.owns(row, "speed") and not ctx.owns(row, "smoke")

@@ -314,9 +314,12 @@ def test_cli_run_end_to_end_then_reuse(tmp_path):
     again = harness("run", "--models", "swat", "--tasks", "smoke", "--preset", "tiny",
                     "--set", "train.tokens=8192", cwd=tmp_path)
     assert again.returncode == 0 and "all tasks done already" in again.stdout
+    before = (run / "rows.jsonl").read_text()
     clash = harness("run", "--models", "swat", "--tasks", "smoke", "--preset", "tiny",
                     "--set", "train.tokens=16384", "--force", cwd=tmp_path)
-    assert clash.returncode == 0, clash.stderr
+    # run.json keeps one config, which tables give every model of the run: transformer's rows are of 8192 tokens
+    assert clash.returncode == 2 and "holds rows of transformer trained with another config" in clash.stderr
+    assert "--run NEW_NAME" in clash.stderr and (run / "rows.jsonl").read_text() == before
 
 
 def test_cli_plugin_example_runs(tmp_path):

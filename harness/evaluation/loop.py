@@ -10,9 +10,11 @@ A source gives the model to score (harness.evaluation.sources): `harness run` tr
 reuses its finished checkpoint when it was trained with the same config; `harness eval` loads
 checkpoint or Hugging Face folders. Everything a run would refuse (unknown models, a corpus or
 dataset that is missing, a model that cannot train here) is checked before anything is written.
-Finished work is reused: a (model, task) pair that already has rows is not rerun unless `force`,
-and lm-eval's request cache per checkpoint version resumes an interrupted task. Rows are written
-atomically after each task, so an interruption loses at most the task in flight.
+Finished work is reused: a (model, task) pair whose rows were scored on the same weights (the rows
+record the source's `weights_id`) under the same --limit (or none) is not rerun unless `force`, and
+lm-eval's request cache per checkpoint version resumes an interrupted task. A `force` that retrains
+a model drops its rows first, so that an interrupted retraining is redone, not reported as done.
+Rows are written atomically after each task, so an interruption loses at most the task in flight.
 
 Under torchrun every rank takes part: training with DDP, lm-eval's tasks split over the ranks,
 other tasks on rank 0 while the others wait; rank 0 alone writes and logs.
@@ -20,6 +22,7 @@ other tasks on rank 0 while the others wait; rank 0 alone writes and logs.
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from dataclasses import dataclass, field
@@ -28,13 +31,15 @@ from typing import Callable
 
 import torch
 
-from harness.config import Config, ConfigError, config_hash
+from harness.config import Config, ConfigError, config_hash, folder_name
 from harness.data import mirror
 from harness.data.paths import DataError
 from harness.evaluation.sources import (
     ModelSource,
+    RunError,
     TrainedSource,
     clear_request_cache,
+    config_difference,
     request_cache,
 )
 from harness.files import atomic_write_text
@@ -45,6 +50,8 @@ from harness.results.store import Row, read_rows, replace_rows
 from harness.results.tables import rows_table
 from harness.training import distributed
 from harness.training.distributed import EVAL_TIMEOUT_S, Dist
+
+WEIGHTS_KEY = "weights"  # the row's extra key naming the weights it was scored on (ModelSource.weights_id)
 
 
 @dataclass
@@ -64,6 +71,7 @@ class TaskContext:
     # keys every row of this model carries, naming the training run among others of the same model
     # in one rows file (a study's size, learning rate, budget); empty for a plain `harness run`
     row_extra: dict = field(default_factory=dict)
+    weights_id: str | None = None  # the weights scored (ModelSource.weights_id), stamped into every row
 
     def row(self, task: str, metric: str, value: float | None, stderr: float | None = None, n: int | None = None,
             **extra) -> Row:
@@ -72,9 +80,10 @@ class TaskContext:
                    tokens_trained=self.tokens_trained, seed=self.cfg.train.seed, checkpoint=self.checkpoint,
                    extra={**self.row_extra, **extra}, **self.provenance)
 
-    def owns(self, row: Row, task: str) -> bool:
+    def owns(self, row: Row, task: TaskSpec | str) -> bool:
         """Whether a stored row is this context's result of `task` (and so replaced by a rerun)."""
-        if (row.model, row.task) != (self.model_name, task):
+        names = (get_task(task) if isinstance(task, str) else task).row_task_names
+        if row.model != self.model_name or row.task not in names:
             return False
         if not self.row_extra:
             return True
@@ -96,8 +105,8 @@ def run_models(models: list[str], task_names: list[str], cfg: Config, run_name: 
         get_model(name)  # an unknown name stops the run first, naming the known ones
     main = distributed.is_main_process()
     out = Path(results_dir) / run_name
-    sources = [TrainedSource(name, cfg, Path(runs_dir) / run_name / name, out / "train" if main else None, force,
-                             on_step if main else None) for name in models]
+    sources = [TrainedSource(name, cfg, Path(runs_dir) / run_name / name, out / "train", force,
+                             on_step if main else None, writes_record=main) for name in models]
     record = {"config": cfg.to_dict(), "config_hash": config_hash(cfg)}
     plugins = {name: spec.plugin_file.record() for name in models if (spec := get_model(name)).plugin_file}
     if plugins:  # the code of the plugin models trained here, as their checkpoints keep it
@@ -115,6 +124,7 @@ def score(sources: list[ModelSource], task_names: list[str], run: str, results_d
     bootstrap resamples for stderr (None: its default); record: what run.json keeps besides the
     models, tasks and provenance (the config of a `harness run`); grouped: the tasks that a group
     name brought in (missing data skips them with a warning)."""
+    folder_name(run, "--run")
     d, device, log = join_job(device, log)
     main = d is None or d.is_main
     for source in sources:  # before anything is written
@@ -123,6 +133,8 @@ def score(sources: list[ModelSource], task_names: list[str], run: str, results_d
     out = Path(results_dir) / run
     rows_file = out / "rows.jsonl"
     existing = stored_rows(rows_file, d, log)
+    if record is not None and "config_hash" in record:
+        check_run_config(out, record, [s.name for s in sources], existing)
     recorded = False
 
     def keep_record() -> None:  # run.json, once a model has loaded: a failed load leaves nothing behind
@@ -131,14 +143,15 @@ def score(sources: list[ModelSource], task_names: list[str], run: str, results_d
             record_run(out, {"run": run, "models": [s.name for s in sources], "tasks": list(task_names),
                              **(record or {})}, device)
         recorded = True
-    done = {(r.model, r.task) for r in existing}
     stamp = provenance(device)
     options = {"online": online} | ({"bootstrap_iters": bootstrap_iters} if bootstrap_iters is not None else {})
     for source in sources:
-        pending = [t for t in tasks if force or (source.name, t.name) not in done]
+        pending = pending_tasks(source, tasks, existing, limit, force, log)
         if not pending:
             log(f"{source.name}: all tasks done already (pass --force to redo)")
             continue
+        if source.retrains and main and any(r.model == source.name for r in existing):
+            existing = replace_rows(rows_file, [], lambda r: r.model == source.name, warn=log)
         loaded = source.load(device, log)
         keep_record()
         if force and main:
@@ -147,7 +160,8 @@ def score(sources: list[ModelSource], task_names: list[str], run: str, results_d
             d.barrier()
         ctx = TaskContext(loaded.cfg, run, source.name, device, loaded.meta.get("params"), loaded.meta.get("tokens"),
                           source.checkpoint, limit, stamp,
-                          options={**options, "cache_dir": str(request_cache(run, source))}, dist=d)
+                          options={**options, "cache_dir": str(request_cache(run, source))}, dist=d,
+                          weights_id=source.weights_id())
         existing = run_tasks(loaded.model, loaded.tokenizer, ctx, pending, existing, rows_file, log)
         del loaded
         if torch.cuda.is_available():
@@ -156,6 +170,48 @@ def score(sources: list[ModelSource], task_names: list[str], run: str, results_d
     if main:
         atomic_write_text(out / "table.md", rows_table(existing))
     return existing
+
+
+def pending_tasks(source: ModelSource, tasks: list[TaskSpec], rows: list[Row], limit: int | None, force: bool,
+                  log: Callable[[str], None]) -> list[TaskSpec]:
+    """The tasks that have no rows of this source's current weights under this limit (all of them with
+    `force`); says which tasks are redone because their rows are of other weights or another limit."""
+    if force:
+        return list(tasks)
+    weights = source.weights_id()
+    done = {r.task for r in rows if scored_alike(r, source, weights, limit)}
+    pending = [t for t in tasks if done.isdisjoint(t.row_task_names)]
+    redone = [t.name for t in pending if any(r.model == source.name and r.task in t.row_task_names for r in rows)]
+    if redone:
+        log(f"{source.name}: redoing {', '.join(redone)}: the rows stored were scored on other weights or under "
+            f"another --limit")
+    return pending
+
+
+def scored_alike(row: Row, source: ModelSource, weights: str | None, limit: int | None) -> bool:
+    """Whether a stored row is the source's result on `weights` under `limit`. Rows written before rows
+    named their weights count for the same checkpoint path. Full rows count for any limit: they answer
+    a quick look better than a limited rerun, which would replace them."""
+    if row.model != source.name or weights is None or row.extra.get("limit") not in (None, limit):
+        return False
+    return row.extra[WEIGHTS_KEY] == weights if WEIGHTS_KEY in row.extra else row.checkpoint == source.checkpoint
+
+
+def check_run_config(out: Path, record: dict, models: list[str], rows: list[Row]) -> None:
+    """run.json keeps one config per run, and tables label every model of the run with it: a command at
+    another config may not rewrite it while the run holds rows of models it does not train."""
+    path = out / "run.json"
+    try:
+        recorded = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return  # a damaged record is replaced by this command's
+    if recorded.get("config_hash") in (None, record["config_hash"]) or not isinstance(recorded.get("config"), dict):
+        return
+    others = sorted({r.model for r in rows} - set(models))
+    if others:
+        change = config_difference(Config.from_dict(recorded["config"]), Config.from_dict(record["config"]))
+        raise RunError(f"{out} holds rows of {', '.join(others)} trained with another config ({change}); pass "
+                       f"--run NEW_NAME for a run at this config, or retrain them too (--models with them, --force)")
 
 
 def join_job(device: str, log: Callable[[str], None]) -> tuple[Dist | None, str, Callable[[str], None]]:
@@ -196,13 +252,24 @@ def run_tasks(model, tokenizer, ctx: TaskContext, tasks: list[TaskSpec], existin
         seconds = time.time() - t0
         if not main:
             continue
-        for row in rows:
-            row.extra["eval_seconds"] = round(seconds, 2)
-            if d is not None and task.data_parallel:  # computed by every rank of the job
-                row.extra["world_size"] = d.world_size
-        existing = replace_rows(rows_file, rows, lambda r: ctx.owns(r, task.name), warn=log)
+        stamp_rows(rows, ctx, task, seconds)
+        existing = replace_rows(rows_file, rows, lambda r: ctx.owns(r, task), warn=log)
         log(f"{ctx.model_name}: {task.name} done in {seconds:.1f}s ({len(rows)} rows)")
     return existing
+
+
+def stamp_rows(rows: list[Row], ctx: TaskContext, task: TaskSpec, seconds: float) -> None:
+    """What every row records beside the task's own keys: its wall time, the processes that computed
+    it, the --limit it ran under (whether the task honours one or not: a limited run says so) and the
+    weights it was scored on (so that a rerun tells its own rows from another checkpoint's)."""
+    for row in rows:
+        row.extra["eval_seconds"] = round(seconds, 2)
+        if ctx.dist is not None and task.data_parallel:  # computed by every rank of the job
+            row.extra["world_size"] = ctx.dist.world_size
+        if ctx.limit is not None:
+            row.extra.setdefault("limit", ctx.limit)
+        if ctx.weights_id is not None:
+            row.extra[WEIGHTS_KEY] = ctx.weights_id
 
 
 def task_rows(task: TaskSpec, model, tokenizer, ctx: TaskContext) -> list[Row]:
@@ -227,7 +294,7 @@ def task_rows(task: TaskSpec, model, tokenizer, ctx: TaskContext) -> list[Row]:
     if task.builtin:
         return rows
     for row in rows:
-        if row.task != task.name:
+        if row.task not in task.row_task_names:
             raise ContractError(f"task {task.name} wrote a row of task {row.task!r} on {ctx.model_name}; a task "
                                 f"writes rows under its own name: ctx.row({task.name!r}, ...)")
         bad = next((k for k in ("value", "stderr") if getattr(row, k) is not None

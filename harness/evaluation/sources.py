@@ -7,12 +7,15 @@ checkpoint summary.
 - `HFSource` (`hf:<path>`): a Hugging Face checkpoint folder (e.g. an fla model) behind the harness
   model contract.
 
-Every source has a checkpoint on disk once loaded, which keys lm-eval's request cache.
+Every source has a checkpoint on disk once loaded, which keys lm-eval's request cache, and says
+which weights it gives (`weights_id`), which its rows record so that a rerun reuses only rows of the
+same weights.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import shutil
 import warnings
 from abc import ABC, abstractmethod
@@ -22,12 +25,14 @@ from typing import Callable
 
 import torch
 
-from harness.config import Config, ConfigError, ModelConfig, TrainConfig, config_hash
+from harness.config import EXECUTION_KEYS, Config, ConfigError, ModelConfig, TrainConfig, config_hash, folder_name
 from harness.data.paths import DataError, cache_dir
 from harness.data.tokenizer import get_tokenizer
+from harness.files import file_sha256
 from harness.hf.causal_lm import HFCausalLM
 from harness.model.build import checked_model
 from harness.registry import get_model
+from harness.registry import models as registered_models
 from harness.training.checkpoint import (
     CHECKPOINT_DIR,
     META_FILE,
@@ -58,10 +63,16 @@ class ModelSource(ABC):
     """A named model to score, with the checkpoint folder it is (or will be) read from."""
     name: str
     checkpoint: str
+    retrains = False  # whether loading replaces the checkpoint, so that its earlier rows describe weights gone
 
     @abstractmethod
     def check(self, device: str, world_size: int) -> None:
         """Raise what loading would refuse, before the loop writes anything."""
+
+    @abstractmethod
+    def weights_id(self) -> str | None:
+        """What tells the weights this source gives now from any others (None: none yet, they are to
+        be trained): the rows record it, so that a rerun reuses only rows of these same weights."""
 
     @abstractmethod
     def load(self, device: str, log: Callable[[str], None]) -> Loaded:
@@ -77,6 +88,9 @@ class CheckpointSource(ModelSource):
     def check(self, device: str, world_size: int) -> None:
         ckpt = Path(self.checkpoint)
         meta = read_meta(ckpt)
+        if self.name != meta["model"] and self.name in registered_models():  # its rows would carry another's name
+            raise RunError(f"{ckpt} holds a {meta['model']} checkpoint, but its folder names it {self.name}, "
+                           f"another model; move it to a folder named {meta['model']}")
         verify_checkpoint(ckpt, meta, (WEIGHTS_FILE,))
         check_plugin_unchanged(meta, ckpt)
         checked_model(meta["model"], Config.from_dict(meta["config"]).model, device)
@@ -85,53 +99,100 @@ class CheckpointSource(ModelSource):
         model, cfg, _, meta = load_checkpoint(Path(self.checkpoint), device)
         return Loaded(model, get_tokenizer(cfg.train.tokenizer), cfg, meta)
 
+    def weights_id(self) -> str | None:
+        ckpt = Path(self.checkpoint)
+        return weights_digest(read_meta(ckpt), ckpt / WEIGHTS_FILE)
+
 
 @dataclass
 class HFSource(ModelSource):
-    """A Hugging Face checkpoint folder: `checkpoint` is `hf:<path>`."""
+    """A Hugging Face checkpoint folder: `checkpoint` is `hf:<path>`. The folder does not say what
+    the model was trained on, so its held-out scores (smoke) read `corpus` (None: TrainConfig's
+    default), which its rows name."""
     name: str
     checkpoint: str
+    corpus: str | None = None
 
     def check(self, device: str, world_size: int) -> None:
+        from harness.data.corpus import corpus_files
         hf_folder(self.checkpoint.removeprefix("hf:"))
+        if self.corpus is not None:
+            corpus_files(self.corpus)
 
     def load(self, device: str, log: Callable[[str], None] = print) -> Loaded:
         from harness.model.backbone import count_params
         path = self.checkpoint.removeprefix("hf:")
         model, tokenizer, length = load_hf(path, device)
-        cfg = Config("hf", ModelConfig(vocab_size=tokenizer.vocab_size, max_seq_len=length),
-                     TrainConfig(dtype="bf16", tokenizer=path))
+        train = TrainConfig(dtype="bf16", tokenizer=path)
+        if self.corpus is not None:
+            train.corpus = self.corpus
+        cfg = Config("hf", ModelConfig(vocab_size=tokenizer.vocab_size, max_seq_len=length), train)
         return Loaded(model, tokenizer, cfg, {"params": count_params(model), "tokens": None})
+
+    def weights_id(self) -> str | None:
+        return hf_weights_id(Path(self.checkpoint.removeprefix("hf:")))
 
 
 @dataclass
 class TrainedSource(ModelSource):
     """A registered model of a `harness run`: trained into RUNS/<run>/<model>/ (or reused from there),
-    its per-step log and checkpoint summary kept in `record_dir` (results/<run>/train/)."""
+    its per-step log and checkpoint summary kept in `record_dir` (results/<run>/train/), which stands
+    for the checkpoint where that is gone (the results are committed, the checkpoints are not)."""
     name: str
     cfg: Config
     run_dir: Path
-    record_dir: Path | None = None  # None: keep no record (a rank other than 0)
+    record_dir: Path
     force: bool = False  # retrain from scratch even when a finished checkpoint matches
     on_step: Callable | None = None
+    writes_record: bool = True  # False on a rank other than 0, which only reads the record
     checkpoint: str = field(init=False)
 
     def __post_init__(self):
         self.checkpoint = str(Path(self.run_dir) / CHECKPOINT_DIR)
 
+    @property
+    def retrains(self) -> bool:
+        return self.force
+
     def check(self, device: str, world_size: int) -> None:
         check_trainable(self.name, self.cfg, device, world_size)
-        ckpt = Path(self.checkpoint)
-        if (ckpt / META_FILE).is_file() and not self.force:  # to be reused or resumed: by the code that trained it
-            check_plugin_unchanged(read_meta(ckpt), ckpt)
+        if self.force:
+            return
+        meta, where = self.trained_meta()
+        if meta is None:
+            return
+        if where == Path(self.checkpoint):  # to be reused or resumed: by the code that trained it
+            check_plugin_unchanged(meta, where)
+        check_same_config(self.name, meta, self.cfg, where)
 
     def load(self, device: str, log: Callable[[str], None] = print) -> Loaded:
+        if self.force and self.writes_record:  # it describes the run about to be replaced
+            discard_training_record(self.record_dir, self.name)
         model, meta, trained = trained_model(self.name, self.cfg, Path(self.run_dir), device, self.force, self.on_step)
         log(f"{self.name}: {'trained' if trained else 'reused checkpoint'}, {meta['params']:,} params, "
             f"held-out loss {meta['heldout_loss']:.4f}")
-        if self.record_dir is not None:
+        if self.writes_record:
             keep_training_record(Path(self.run_dir), self.record_dir, self.name)
         return Loaded(model, get_tokenizer(self.cfg.train.tokenizer), self.cfg, meta)
+
+    def weights_id(self) -> str | None:
+        meta, _ = self.trained_meta()
+        if meta is None or meta.get("heldout_loss") is None:  # not trained, or cut: training comes first
+            return None
+        return weights_digest(meta, Path(self.checkpoint) / WEIGHTS_FILE)
+
+    def trained_meta(self) -> tuple[dict | None, Path | None]:
+        """(meta, where it was read): the checkpoint's meta.json, else its copy in the training
+        record; (None, None) for a model not trained into this run (a damaged record counts as none)."""
+        ckpt = Path(self.checkpoint)
+        if (ckpt / META_FILE).is_file():
+            return read_meta(ckpt), ckpt
+        record = training_record(self.run_dir, self.record_dir, self.name)[ckpt / META_FILE]
+        try:
+            meta = json.loads(record.read_text(encoding="utf-8")) if record.is_file() else None
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            meta = None
+        return (meta, record) if isinstance(meta, dict) and isinstance(meta.get("config"), dict) else (None, None)
 
 
 def trained_model(name: str, cfg: Config, run_dir: Path, device: str, force: bool,
@@ -143,9 +204,7 @@ def trained_model(name: str, cfg: Config, run_dir: Path, device: str, force: boo
     ckpt = run_dir / CHECKPOINT_DIR
     if (ckpt / META_FILE).is_file() and not force:
         meta = read_meta(ckpt)
-        if config_hash(Config.from_dict(meta["config"])) != config_hash(cfg):
-            raise RunError(f"{run_dir} holds {name} trained with another config; pass --run NEW_NAME for a "
-                           f"new run, or --force to retrain")
+        check_same_config(name, meta, cfg, run_dir)
         if meta.get("heldout_loss") is not None:
             model, _, _, meta = load_checkpoint(ckpt, device)
             return model, meta, False
@@ -155,6 +214,35 @@ def trained_model(name: str, cfg: Config, run_dir: Path, device: str, force: boo
     del result
     model, _, _, meta = load_checkpoint(ckpt, device)
     return model, meta, True
+
+
+def check_same_config(name: str, meta: dict, cfg: Config, where: Path) -> None:
+    """Refuse a model trained (as `meta`, read from `where`) with another config than cfg: reused,
+    its rows would be labelled with a config that did not produce them."""
+    saved = Config.from_dict(meta["config"])
+    if config_hash(saved) != config_hash(cfg):
+        raise RunError(f"{where} holds {name} trained with another config ({config_difference(saved, cfg)}); "
+                       f"pass --run NEW_NAME for a new run, or --force to retrain")
+
+
+def config_difference(old: Config, new: Config) -> str:
+    """The first setting that config_hash tells apart, as `section.key old, now new`."""
+    before, after = old.to_dict(), new.to_dict()
+    for section in ("model", "train"):
+        for key, value in after[section].items():
+            was = before[section].get(key)
+            if not (section == "train" and key in EXECUTION_KEYS) and json.dumps(was) != json.dumps(value):
+                return f"{section}.{key} {was!r}, now {value!r}"
+    return f"preset {old.preset!r}, now {new.preset!r}"
+
+
+def weights_digest(meta: dict, weights: Path) -> str | None:
+    """The sha256 of a checkpoint's weights file (16 hex digits), as its meta.json records it, else
+    read from the file (checkpoints written before the checksums were kept); None without either."""
+    digest = meta.get("sha256", {}).get(WEIGHTS_FILE)
+    if digest is None and weights.is_file():
+        digest = file_sha256(weights)
+    return digest[:16] if digest else None
 
 
 def check_trainable(name: str, cfg: Config, device: str, world_size: int) -> None:
@@ -176,24 +264,40 @@ def check_trainable(name: str, cfg: Config, device: str, world_size: int) -> Non
                        f"backbone), which {spec.name} lacks; set train.activation_checkpointing=false")
 
 
+def training_record(run_dir: Path, out: Path, name: str) -> dict[Path, Path]:
+    """{file of the run folder: its copy in out/}: the per-step log and the checkpoint summary."""
+    return {run_dir / LOG_FILE: out / f"{name}_{LOG_FILE}",
+            run_dir / CHECKPOINT_DIR / META_FILE: out / f"{name}_meta.json"}
+
+
 def keep_training_record(run_dir: Path, out: Path, name: str) -> None:
     """Copy the model's per-step training log and checkpoint summary (tokens/s, MFU, memory,
     held-out loss) into out/, so that a committed results folder keeps the curves and the
     throughput behind its rows without the checkpoints (which are not committed)."""
     from harness.files import atomic_write_text
-    sources = {run_dir / LOG_FILE: f"{name}_{LOG_FILE}", run_dir / CHECKPOINT_DIR / META_FILE: f"{name}_meta.json"}
-    for source, target in sources.items():
+    for source, target in training_record(run_dir, out, name).items():
         if source.is_file():
-            atomic_write_text(out / target, source.read_text(encoding="utf-8"))
+            atomic_write_text(target, source.read_text(encoding="utf-8"))
 
 
-def model_sources(run: str, runs_dir: Path, models: list[str], checkpoints: list[str]) -> list[ModelSource]:
+def discard_training_record(out: Path, name: str) -> None:
+    for target in training_record(Path(), out, name).values():
+        target.unlink(missing_ok=True)
+
+
+def model_sources(run: str, runs_dir: Path, models: list[str], checkpoints: list[str],
+                  corpus: str | None = None) -> list[ModelSource]:
     """Sources from `--models` (run model names, or hf:<path>) and `--checkpoint` folders; with
-    neither, every finished checkpoint under runs/<run>/."""
+    neither, every finished checkpoint under runs/<run>/. corpus: the held-out corpus of the hf:
+    models (a harness checkpoint scores on the corpus it was trained on)."""
+    folder_name(run, "--run")
+    if corpus is not None and not any(name.startswith("hf:") for name in models):
+        raise ConfigError("--corpus sets the held-out corpus of hf: models, and none is given; a checkpoint "
+                          "scores on the corpus it was trained on: drop --corpus")
     out: list[ModelSource] = [CheckpointSource(Path(c).resolve().parent.name, str(c)) for c in checkpoints]
     for name in models:
         if name.startswith("hf:"):
-            out.append(HFSource("hf-" + Path(name[3:]).name, name))
+            out.append(HFSource("hf-" + Path(name[3:]).name, name, corpus))
         else:
             out.append(CheckpointSource(name, str(Path(runs_dir) / run / name / CHECKPOINT_DIR)))
     if not out:
@@ -255,12 +359,30 @@ class TransformersTokenizer:
 
 
 def hf_folder(path: str) -> Path:
+    """The folder, once it looks loadable: a config.json, and weights files whose headers fit their
+    length (a truncated copy fails here, naming its file, not deep inside transformers)."""
+    from safetensors import SafetensorError, safe_open
     if not path or not Path(path).is_dir():
         raise FileNotFoundError(f"hf:{path}: no such folder; pass a local Hugging Face checkpoint folder")
     if not (Path(path) / "config.json").is_file():
         raise FileNotFoundError(f"hf:{path} has no config.json; pass a folder written by save_pretrained or "
                                 f"`harness export`")
+    for weights in sorted(Path(path).glob("*.safetensors")):
+        try:
+            with safe_open(str(weights), "pt"):
+                pass
+        except SafetensorError as err:
+            raise ConfigError(f"{weights} is damaged ({err}); copy the folder again, or export it again "
+                              f"(`harness export --checkpoint DIR --out {path} --force`)") from None
     return Path(path)
+
+
+def hf_weights_id(folder: Path) -> str:
+    """A digest of the names, sizes and modification times of an hf: folder's weights files: hashing
+    their contents (gigabytes for a hub model) on every command would cost more than it saves."""
+    stamps = [f"{p.name}:{p.stat().st_size}:{p.stat().st_mtime_ns}" for p in sorted(folder.iterdir())
+              if p.suffix in (".safetensors", ".bin")]
+    return hashlib.sha256("|".join(stamps).encode()).hexdigest()[:16]
 
 
 def register_exported_model() -> None:
@@ -295,7 +417,7 @@ def load_hf(path: str, device: str):
     register_exported_model()
     dtype = torch.bfloat16 if str(device).startswith("cuda") else torch.float32
     try:  # a folder's own code never runs: trust_remote_code=False, also for the tokenizer
-        model = transformers.AutoModelForCausalLM.from_pretrained(path, torch_dtype=dtype, trust_remote_code=False)
+        model = transformers.AutoModelForCausalLM.from_pretrained(path, dtype=dtype, trust_remote_code=False)
         hf_tokenizer = transformers.AutoTokenizer.from_pretrained(path, trust_remote_code=False)
     except (OSError, ValueError) as err:  # transformers' errors for a folder it cannot read or does not know
         raise ConfigError(f"hf:{path}: transformers cannot load it ({str(err).strip().splitlines()[0]}); pass a "

@@ -338,9 +338,8 @@ def cmd_study(args) -> None:
     """Run a study file (models x sizes x learning rates x seeds), resumable; then its report."""
     from harness.evaluation.loop import default_device
     from harness.registry import load_plugins
-    from harness.study.report import write_report
-    from harness.study.runner import drop_missing_tasks, run_study, run_worker
-    from harness.study.spec import load_study, plan
+    from harness.study.runner import report_only, run_study, run_worker
+    from harness.study.spec import load_study
     load_plugins(args.plugin)
     device = args.device or default_device()
     if args.unit:
@@ -356,9 +355,7 @@ def cmd_study(args) -> None:
         study.restrict_sizes(split_names(args.sizes))
     out = Path(args.results) / study.name
     if args.report_only:
-        drop_missing_tasks(study, lambda m: None)  # as a run would: their rows cannot exist
-        plan(study, log=console.print)
-        written = write_report(study, Path(args.results))
+        written = report_only(study, Path(args.results), log=console.print)
         console.print(f"wrote {', '.join(p.name for p in written)} in {out}", highlight=False)
         return
     # each model to run checked here at the first size (gpu_only, a plugin's model contract): each run
@@ -387,7 +384,8 @@ def cmd_study(args) -> None:
     if not is_main_process():  # rank 0 of a torchrun job reports
         return
     squeezed = f", {counts['squeezed']} start(s) squeezed out of GPU memory" if counts["squeezed"] else ""
-    console.print(f"study {study.name}: {counts['done']} runs done, {counts['stopped']} stopped (resumable), "
+    diverged = f", {counts['diverged']} diverged (recorded, ruled out of the lr choice)" if counts["diverged"] else ""
+    console.print(f"study {study.name}: {counts['done']} runs done{diverged}, {counts['stopped']} stopped (resumable), "
                   f"{counts['failed']} failed{squeezed}, {counts['waiting']} waiting for their learning rate; tables "
                   f"and plots in {out} ({time.time() - t0:.0f}s)", highlight=False)
     if counts["failed"]:

@@ -39,6 +39,7 @@ from rich.progress import track
 from harness.data.paths import DataError
 from harness.memory import stop_sweep_at
 from harness.registry import register_task
+from harness.training.heldout import perplexity
 
 LENGTH_DATASETS = ("wikitext", "wikitext_2_v1")  # the raw text when mirrored, else the tokenized v1
 MAX_BATCH_TOKENS = 32768
@@ -97,7 +98,8 @@ def loss_rows(ctx, losses: torch.Tensor, length: int, lengths: list[int], **extr
         se = float(flat.std() / math.sqrt(flat.numel())) if flat.numel() > 1 else None
         where = {"position_bucket": bucket} if bucket is not None else {}
         rows.append(ctx.row("length", "loss", mean, stderr=se, n=flat.numel(), context=length, **where, **extra))
-        rows.append(ctx.row("length", "ppl", math.exp(mean), stderr=None if se is None else math.exp(mean) * se,
+        ppl = perplexity(mean)
+        rows.append(ctx.row("length", "ppl", ppl, stderr=None if se is None or ppl is None else ppl * se,
                             n=flat.numel(), context=length, **where, **extra))
     return rows
 

@@ -2,13 +2,11 @@
 learned; also per corpus source (rows with a `corpus_source` key), since one number over a mix of
 dictionary entries, technical documentation and books says little about any of them."""
 
-import math
-
 import torch
 
 from harness.data.streams import prepare_streams
 from harness.registry import register_task
-from harness.training.heldout import heldout_score
+from harness.training.heldout import heldout_score, perplexity
 from harness.training.recipe import autocast_for
 
 
@@ -21,8 +19,9 @@ def run(model, tokenizer, ctx):
     score = heldout_score(model, held, tcfg.seq_len, max_tokens, tcfg.micro_batch, device,
                           autocast_for(device, tcfg.dtype))
     rows = [ctx.row("smoke", "loss", score.loss, n=score.tokens, split="heldout", corpus=tcfg.corpus),
-            ctx.row("smoke", "ppl", math.exp(score.loss), n=score.tokens, split="heldout", corpus=tcfg.corpus)]
+            ctx.row("smoke", "ppl", perplexity(score.loss), n=score.tokens, split="heldout", corpus=tcfg.corpus)]
     if len(score.by_source) > 1:
         rows += [ctx.row("smoke", "loss", loss, n=n, split="heldout", corpus=tcfg.corpus, corpus_source=source)
                  for source, (loss, n) in sorted(score.by_source.items())]
     return rows
+

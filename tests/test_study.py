@@ -147,6 +147,12 @@ def test_budget_beyond_max_epochs_is_refused(tmp_path, capsys):
     ({"sizes": {"a": [1]}}, "sizes.a must be a mapping"),
     ({"model": [1]}, "model must be a mapping"),
     ({"sweep.seeds": 0}, "unknown key `sweep.seeds`; known:"),
+    # roles: a trained model is no reference, a count-based one sets no budget; sizes smallest first
+    ({"models": ["swat"], "focus": ["swat"], "references": ["transformer"]},
+     "references names `transformer`, which is trained, not fitted by counting"),
+    ({"reference_model": "unigram"}, "reference_model `unigram` has no non-embedding parameters"),
+    ({"sizes": {"a": {"model": {"hidden_size": 32}}, "b": {"model": {"hidden_size": 16}}}},
+     "sizes must be listed smallest first: `b`"),
 ])
 def test_bad_study_file_is_one_line(tmp_path, capsys, change, message):
     """Refused before any work: one line naming the field, nothing written. A dotted key in change
@@ -547,3 +553,119 @@ def test_a_window_sweeps_the_next_size_around_the_previous_best():
     rows.append(sweep_row("swat", "b", 2e-3, 2.55))
     assert choose_lrs(rows, study)["swat"]["b"] == {"lr": 4e-3, "how": "swept", "edge": False, "loss": 2.5,
                                                     "optimum": 3.56e-3}
+
+
+def one_error_line(capsys) -> str:
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error:") and len(err.splitlines()) == 1 and "Traceback" not in err, err
+    return err
+
+
+def changed_tiny(tmp_path, change: str, to: str) -> Path:
+    path = tmp_path / "changed.yaml"
+    path.write_text(TINY.read_text().replace(change, to))
+    return path
+
+
+@pytest.mark.parametrize("change, to, message", [
+    ("tokens_per_param: 0.4", "tokens_per_param: 0.8", "with tokens_per_param 0.4, where the study now gives 0.8"),
+    ("hidden_size: 16", "hidden_size: 24", "with budget_params 4144, where the study now gives 6984"),
+    ("warmup_fraction: 0.1", "warmup_fraction: 0.2", "_meta.json records a/swat/lr0.003-seed0 trained with another"),
+])
+def test_a_changed_study_file_is_refused_before_anything_is_written(finished, tmp_path, capsys, change, to, message):
+    """Rows (and kept configs) of the study as it was are not reused, nor reported, under its new budget."""
+    path = copy_losing_rows(finished, tmp_path, lambda r: False)
+    before = {p: p.read_bytes() for p in path.parent.rglob("*") if p.is_file()}
+    study = changed_tiny(tmp_path, change, to)
+    for flags in ((), ("--report-only",)):
+        capsys.readouterr()
+        assert study_cli(tmp_path, *flags, study=study) == 2
+        err = one_error_line(capsys)
+        assert message in err and "changed since; for a new study give it a new `name:`" in err, err
+    assert {p: p.read_bytes() for p in path.parent.rglob("*") if p.is_file()} == before
+
+
+def test_a_checkpoint_of_another_config_names_what_works_for_a_study(finished, tmp_path, capsys):
+    """Rows gone, checkpoints kept: not `--run NEW_NAME` or `--force`, which `harness study` lacks."""
+    copy_losing_rows(finished, tmp_path, lambda r: True)
+    shutil.rmtree(tmp_path / "results" / "tiny-study" / "train")
+    capsys.readouterr()
+    assert study_cli(tmp_path, study=changed_tiny(tmp_path, "warmup_fraction: 0.1", "warmup_fraction: 0.2")) == 2
+    err = one_error_line(capsys)
+    assert "runs/tiny-study/a/swat/lr0.003-seed0 holds swat trained with another config" in err
+    assert "new `name:`" in err and "--run" not in err and "--force" not in err
+
+
+def test_a_diverged_sweep_point_is_recorded_and_ruled_out(tmp_path, capsys, monkeypatch):
+    """lr 1e6: a NaN gradient, recorded as diverged (the study goes on, a rerun skips it); lr 100: a
+    held-out loss in the thousands, whose perplexity is beyond a float: no value (the loss row has it),
+    not an OverflowError."""
+    from harness.evaluation import sources
+    from harness.study import runner
+    data = yaml.safe_load(TINY.read_text())
+    data.update(models=["swat"], focus=["swat"], final={"sizes": ["a"], "tasks": ["smoke"]})
+    data["sweep"]["lrs"] = [3e-3, 100.0, 1e6]
+    path = tmp_path / "diverging.yaml"
+    path.write_text(yaml.safe_dump(data))
+    assert study_cli(tmp_path, study=path) == 0
+    assert "2 runs done, 1 diverged" in capsys.readouterr().out
+    out = tmp_path / "results" / "tiny-study"
+    rows = read_rows(out / "rows.jsonl")
+    (diverged,) = [r for r in rows if r.metric == "diverged"]
+    assert diverged.extra["lr"] == 1e6 and diverged.value is None and "is nan at step" in diverged.extra["diverged"]
+    assert [r.value for r in rows if (r.metric, r.extra["lr"]) == ("ppl", 100.0)] == [None]
+    assert json.loads((out / "lr_choice.json").read_text())["swat"]["a"]["lr"] == 3e-3
+    assert "| diverged |" in (out / "lr_sweep.md").read_text()
+    assert "`a/swat/lr1e+06-seed0`: gradient norm is nan" in (out / "status.md").read_text()
+    monkeypatch.setattr(sources, "train", lambda *a, **k: pytest.fail("trained a finished run again"))
+    assert study_cli(tmp_path, study=path) == 0
+    assert "0 runs done" in capsys.readouterr().out
+    assert runner.worker_status(runner.DIVERGED_EXIT, signalled=False) == "diverged"  # a worker's, under --jobs
+
+
+def test_diverged_rates_are_ruled_out_of_the_choice():
+    from harness.study.report import sweep_progress
+    study = load_study(TINY)
+    study.lrs, study.final_sizes, study.final_seeds = [1e-3, 2e-3, 4e-3], ["a"], {"a": [0]}
+    study.budgets = {"a": {"budget_params": 1e6}}
+
+    def diverged(model, lr):
+        return Row("s", model, "a", "smoke", "diverged", None, seed=0, extra={"lr": lr, "diverged": "loss is nan"})
+    rows = [sweep_row("swat", "a", 1e-3, 3.0), sweep_row("swat", "a", 2e-3, 2.9), diverged("swat", 4e-3)]
+    rows += [diverged("transformer", lr) for lr in study.lrs]
+    choice = choose_lrs(rows, study)
+    assert choice["swat"]["a"] == {"lr": 2e-3, "how": "swept", "edge": False, "loss": 2.9, "optimum": 2e-3}
+    assert "transformer" not in choice  # nothing converged: no rate to choose
+    assert sweep_progress(study.lrs, {lr: math.inf for lr in study.lrs}) == "all diverged"
+
+
+def test_report_only_without_rows_writes_nothing(tmp_path, capsys):
+    assert study_cli(tmp_path, "--report-only") == 2
+    assert "no rows in" in one_error_line(capsys) and not (tmp_path / "results").exists()
+
+
+def test_sizes_whose_sweep_is_left_out_wait_and_say_so(tmp_path, capsys):
+    """--sizes b on a fresh study: b's learning rate comes from a's sweep, which --sizes leaves out."""
+    assert study_cli(tmp_path, "--sizes", "b") == 2
+    err = one_error_line(capsys)
+    assert err == "error: the runs of --sizes b wait for the learning-rate sweep at a, which --sizes leaves out: " \
+                  "run --sizes a first, or add a to --sizes", err
+    assert not (tmp_path / "results").exists() and not (tmp_path / "runs").exists()
+    study = load_study(TINY)
+    plan(study, lambda m: None)
+    assert units(study, [], only_sizes={"b"}) == ([], 4)  # 2 models x 2 seeds at b; a's runs are not counted
+
+
+def test_a_corrupt_rows_line_stops_the_study(finished, tmp_path, capsys):
+    """A row cut mid-line: the study cannot tell which results it lost (another row of the same task
+    would count the lost one's run as done), so it stops, naming the line, and changes nothing."""
+    path = copy_losing_rows(finished, tmp_path, lambda r: False)
+    text = path.read_text()
+    path.write_text(text[:-40])
+    lines = len(path.read_text().splitlines())
+    for flags in ((), ("--report-only",)):
+        capsys.readouterr()
+        assert study_cli(tmp_path, *flags) == 2
+        err = one_error_line(capsys)
+        assert f"rows.jsonl:{lines}: a corrupt row" in err and "restore the file from a copy" in err, err
+    assert path.read_text() == text[:-40]

@@ -37,12 +37,14 @@ from harness.registry import get_model
 from harness.results.store import Row, read_rows
 from harness.results.tables import Cell, Table, human, mark_best, render, text_cell
 from harness.study.spec import (
+    DIVERGED,
+    Unit,
     choose_lrs,
     pending_tasks,
     power_law,
     rows_file,
-    sweep_plan,
     run_label,
+    sweep_plan,
     units,
 )
 from harness.training.trainlog import LOG_FILE, read_log
@@ -78,6 +80,9 @@ class Results:
         self.lrs = choose_lrs(rows, study)
         self.sweeps = sweep_plan(rows, study)  # (model, size) -> (grid, {lr: loss measured})
         self.sweep_losses = {key: got for key, (_, got) in self.sweeps.items() if got}
+        # runs whose training diverged -> why (their rows hold no score)
+        self.diverged = {Unit(r.model, r.preset, r.extra.get("lr"), r.seed, ()): r.extra.get(DIVERGED, "")
+                         for r in rows if r.metric == DIVERGED}
 
     def final_lr(self, model: str, size: str) -> float | None:
         return self.lrs.get(model, {}).get(size, {}).get("lr")
@@ -123,11 +128,11 @@ def lr_sweep_table(res: Results) -> Table:
             got = losses.get((model, size), {})
             if not got:
                 continue
-            line = [text_cell(model)] + [Cell(got.get(lr), digits=4) for lr in lrs]
+            line = [text_cell(model)] + [sweep_cell(got.get(lr)) for lr in lrs]
             choice = res.lrs.get(model, {}).get(size)
             best = "" if choice is None else f"{choice['lr']:g}" + (" (grid edge)" if choice["edge"] else "")
             grid = res.sweeps[(model, size)][0]
-            line.append(text_cell(best or (f"{sum(lr in got for lr in grid)}/{len(grid)} run" if grid else "waits")))
+            line.append(text_cell(best or sweep_progress(grid, got)))
             line.append(text_cell("" if choice is None else f"{choice['optimum']:g}"))
             if choice is not None:
                 for c in line[1:-2]:
@@ -142,6 +147,9 @@ def lr_sweep_table(res: Results) -> Table:
                        "learning rate swept, so the grid may not bracket the optimum. `optimum`: the vertex of "
                        "the parabola in log lr through the best rate and its two neighbours (the best itself at "
                        "an edge); sizes not swept take the power law through these.")
+    if any(math.isinf(loss) for got in losses.values() for loss in got.values()):
+        table.notes.append("`diverged`: training stopped at a loss or gradient norm that was not finite; that rate "
+                           "is ruled out of the choice (status.md says where and why).")
     if study.window:
         table.notes.append(f"Sizes after the first sweep {study.window} rates around the model's best at the "
                            f"previous size, and go on past an edge where the best lies there; blank: not swept.")
@@ -150,6 +158,19 @@ def lr_sweep_table(res: Results) -> Table:
         table.notes.append(f"lr {', '.join(past)}: past the study's grid, swept only for the models whose best lay "
                            f"at that edge (up to {study.extend_edges} step(s) per side).")
     return table
+
+
+def sweep_cell(loss: float | None) -> Cell:
+    return text_cell(DIVERGED) if loss is not None and math.isinf(loss) else Cell(loss, digits=4)
+
+
+def sweep_progress(grid: list[float] | None, got: dict[float, float]) -> str:
+    """What a sweep without a best rate is at: waiting for the previous size, runs done, or all diverged."""
+    if not grid:
+        return "waits"
+    if all(lr in got and math.isinf(got[lr]) for lr in grid):
+        return "all diverged"
+    return f"{sum(lr in got for lr in grid)}/{len(grid)} run"
 
 
 def lr_sweep_plot(res: Results, out: Path) -> list[Path]:
@@ -163,8 +184,8 @@ def lr_sweep_plot(res: Results, out: Path) -> list[Path]:
     lines, handles = [], {}
     for ax, size in panels:
         for model in study.models:
-            got = losses.get((model, size), {})
-            if got:
+            got = {lr: loss for lr, loss in losses.get((model, size), {}).items() if math.isfinite(loss)}
+            if got:  # a diverged rate has no point to draw
                 xs = sorted(got)
                 handles[model], = ax.plot(xs, [got[x] for x in xs], label=model, **model_style(study, model))
                 lines += [[size, model, x, got[x]] for x in xs]
@@ -272,6 +293,10 @@ def main_table(res: Results) -> Table:
                        "do not compete).")
     if below_bar:
         table.notes.append(f"‡ not better than the {get_model(bar).description}.")
+    finals = [f"{unit.key} ({why})" for unit, why in res.diverged.items() if unit.size in study.final_sizes
+              and unit.seed in study.final_seeds.get(unit.size, []) and unit.lr == res.final_lr(unit.model, unit.size)]
+    if finals:
+        table.notes.append(f"Diverged, so left out of the means: {'; '.join(finals)}.")
     if any(c.value is None and c.text is None for _, lines in table.groups for ln in lines[:-1] for c in ln):
         table.notes.append("Blank: not measured yet (status.md lists what is left); `grid edge`: the best learning "
                            "rate is the sweep's smallest or largest.")
@@ -617,6 +642,10 @@ def status_text(res: Results) -> str:
     if todo:
         lines += ["", "Still to run (run, tasks left):", ""]
         lines += [f"- `{u.key}`: {', '.join(pending_tasks(u, res.rows))}" for u in todo]
+    if res.diverged:
+        lines += ["", "Diverged (counted as done, no scores; to train one again, delete its rows from rows.jsonl):",
+                  ""]
+        lines += [f"- `{unit.key}`: {why}" for unit, why in res.diverged.items()]
     return "\n".join(lines) + "\n"
 
 

@@ -6,6 +6,7 @@ the visible GPUs, `harness study FILE --unit KEY` each), or on every rank of a t
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -16,7 +17,7 @@ from typing import Callable
 
 import yaml
 
-from harness.config import ConfigError
+from harness.config import Config, ConfigError, config_hash
 from harness.data.tokenizer import get_tokenizer
 from harness.evaluation.loop import (
     TaskContext,
@@ -31,9 +32,10 @@ from harness.memory import SQUEEZED_EXIT
 from harness.model.build import non_embedding_params
 from harness.registry import get_task
 from harness.results.provenance import provenance, record_run
-from harness.results.store import read_rows
+from harness.results.store import Row, read_rows, replace_rows
 from harness.study.report import write_report
 from harness.study.spec import (
+    DIVERGED,
     Study,
     Unit,
     load_study,
@@ -41,13 +43,15 @@ from harness.study.spec import (
     plan,
     rows_file,
     run_label,
+    sweeps_left_out,
     units,
 )
-from harness.training.checkpoint import CHECKPOINT_DIR, META_FILE
-from harness.training.outcome import TrainingStopped
+from harness.training.checkpoint import CHECKPOINT_DIR, META_FILE, read_meta
+from harness.training.outcome import TrainingDiverged, TrainingStopped
 from harness.training.trainlog import LOG_FILE
 
 STOPPED_EXIT = 3  # a worker that checkpointed and stopped at the time limit
+DIVERGED_EXIT = 4  # a worker whose training diverged, recorded as such in the rows
 INTERRUPTED_EXIT = 130  # the CLI's exit on SIGTERM, for a worker signalled before its own handler was set
 KILL_GRACE_S = 45  # seconds past the time limit after which a worker that has not stopped is killed
 SQUEEZED_TRIES = 4  # starts of a unit that keeps running out of memory beside other processes, then it failed
@@ -55,31 +59,139 @@ SQUEEZED_TRIES = 4  # starts of a unit that keeps running out of memory beside o
 
 def run_unit(study: Study, unit: Unit, results: Path, runs: Path, device: str,
              log: Callable[[str], None] = print, on_step: Callable | None = None,
-             should_stop: Callable[[], bool] | None = None, d=None) -> None:
+             should_stop: Callable[[], bool] | None = None, d=None) -> str:
     """Train (or resume, or reuse) one run and score its pending tasks into the study's rows
-    (`d`: the torchrun job every rank of which calls this; rank 0 writes)."""
+    (`d`: the torchrun job every rank of which calls this; rank 0 writes). Returns "done", or
+    "diverged" where training diverged: that is a result of the sweep (the rate is too high), recorded
+    in the rows, not an error that would end the study or block it at every rerun."""
     path = rows_file(study, results)
     existing = stored_rows(path, d, log)
     todo = pending_tasks(unit, existing)
     if not todo:
-        return
+        return "done"
     cfg = study.config(unit.size, unit.seed, unit.lr)
     run_dir = Path(runs) / study.name / unit.key
-    model, meta, _ = trained_model(unit.model, cfg, run_dir, device, False, on_step, should_stop)
-    budget = study.budgets[unit.size]
+    check_checkpoint(study, unit, cfg, results, runs)
+    model, meta, diverged = trained_or_diverged(unit, cfg, run_dir, device, on_step, should_stop)
     if d is None or d.is_main:
-        keep_record(run_dir, path.parent / "train" / unit.size / f"{unit.model}-{run_label(unit.lr, unit.seed)}")
-    row_extra = {"lr": unit.lr, "tokens_per_param": study.tokens_per_param, "epochs": round(budget["epochs"], 4),
-                 "budget_params": budget["budget_params"],
-                 "non_embedding_params": non_embedding_params(unit.model, cfg.model),
-                 "train_flops": (meta.get("flops_per_token") or {}).get("train", 0.0) * meta.get("tokens", 0)}
-    ctx = TaskContext(cfg, study.name, unit.model, device, meta["params"], meta.get("tokens"),
-                      str(run_dir / CHECKPOINT_DIR), None, provenance(device), row_extra=row_extra, dist=d)
+        keep_record(run_dir, record_prefix(study, results, unit))
+    ctx = unit_context(study, unit, cfg, run_dir, device, meta, d)
+    if diverged:
+        record_divergence(unit, ctx, todo, path, diverged, log)
+        return "diverged"
     tokenizer = get_tokenizer(cfg.train.tokenizer)
     for done, task in enumerate(todo):  # a stop asked for between tasks keeps the rows of those done
         if done and should_stop is not None and (d.broadcast_object(should_stop()) if d is not None else should_stop()):
             raise TrainingStopped(f"stopped before {task}; the tasks left resume from {run_dir / CHECKPOINT_DIR}")
         existing = run_tasks(model, tokenizer, ctx, [get_task(task)], existing, path, log)
+    return "done"
+
+
+def trained_or_diverged(unit: Unit, cfg, run_dir: Path, device: str, on_step, should_stop) -> tuple:
+    """(model, meta, None) of the trained run, or (None, {}, why) where its training diverged."""
+    try:
+        model, meta, _ = trained_model(unit.model, cfg, run_dir, device, False, on_step, should_stop)
+    except TrainingDiverged as err:
+        return None, {}, str(err).split(";")[0]
+    return model, meta, None
+
+
+def unit_context(study: Study, unit: Unit, cfg, run_dir: Path, device: str, meta: dict, d) -> TaskContext:
+    """The context the unit's rows are made in: every row carries the run's learning rate and budget."""
+    budget = study.budgets[unit.size]
+    row_extra = {"lr": unit.lr, "tokens_per_param": study.tokens_per_param, "epochs": round(budget["epochs"], 4),
+                 "budget_params": budget["budget_params"],
+                 "non_embedding_params": non_embedding_params(unit.model, cfg.model),
+                 "train_flops": (meta.get("flops_per_token") or {}).get("train", 0.0) * meta.get("tokens", 0)}
+    return TaskContext(cfg, study.name, unit.model, device, meta.get("params"), meta.get("tokens"),
+                       str(run_dir / CHECKPOINT_DIR), None, provenance(device), row_extra=row_extra, dist=d)
+
+
+def record_divergence(unit: Unit, ctx: TaskContext, todo: list[str], path: Path, why: str,
+                      log: Callable[[str], None]) -> None:
+    """A row per task left, of metric `diverged` with no value and why: the run counts as done (a rerun
+    does not train it into the same divergence again), the sweep rules its rate out, the tables say so."""
+    rows = [ctx.row(task, DIVERGED, None, diverged=why) for task in todo]
+    if ctx.dist is None or ctx.dist.is_main:
+        replace_rows(path, rows, lambda r: any(ctx.owns(r, task) for task in todo), warn=log)
+    log(f"{unit.key}: diverged ({why}); recorded as diverged, and ruled out of the learning-rate choice")
+
+
+def record_prefix(study: Study, results: Path, unit: Unit) -> Path:
+    """Where the run's kept checkpoint summary and training log go, beside the study's rows."""
+    return rows_file(study, results).parent / "train" / unit.size / f"{unit.model}-{run_label(unit.lr, unit.seed)}"
+
+
+def checked_rows(path: Path, d=None) -> list[Row]:
+    """The study's rows, refused where a line is corrupt: the study cannot tell which results that
+    line held, and another row of the same run would count its task as done for ever."""
+    problems: list[str] = []
+    rows = stored_rows(path, d, problems.append)
+    if d is not None:
+        problems = d.broadcast_object(problems)
+    if problems:
+        where = problems[0].removeprefix("warning: ").replace("skipped a corrupt row", "a corrupt row")
+        raise ConfigError(f"{where}; the study cannot tell which results it lost: restore the file from a copy, or "
+                          f"delete that line and every other row of its run, which then runs again")
+    return rows
+
+
+def check_unchanged(study: Study, rows: list[Row], results: Path, runs: Path | None) -> None:
+    """Refuse rows, kept checkpoint summaries and (with `runs`) checkpoints made under another version
+    of the study file: a rerun would skip their runs as done and report them under the new budget."""
+    seen = set()
+    for row in rows:
+        if row.preset not in study.sizes or row.model not in study.models + study.references:
+            continue  # a size or model since dropped from the study: not reported
+        check_row_budget(study, row, results, runs)
+        unit = Unit(row.model, row.preset, row.extra.get("lr"), row.seed, ())
+        if unit.key not in seen:
+            seen.add(unit.key)
+            check_kept_config(study, unit, results, runs)
+
+
+def check_row_budget(study: Study, row: Row, results: Path, runs: Path | None) -> None:
+    budget = study.budgets[row.preset]
+    recorded = {"tokens_per_param": (row.extra.get("tokens_per_param"), study.tokens_per_param),
+                "budget_params": (row.extra.get("budget_params"), budget["budget_params"]),
+                "tokens_trained": (row.tokens_trained, budget["tokens"])}
+    for name, (got, now) in recorded.items():
+        if got is not None and got != now:
+            key = Unit(row.model, row.preset, row.extra.get("lr"), row.seed, ()).key
+            raise changed_study(study, results, runs, f"{rows_file(study, results)} holds rows of {key} with "
+                                                      f"{name} {got}, where the study now gives {now}")
+
+
+def check_kept_config(study: Study, unit: Unit, results: Path, runs: Path | None) -> None:
+    """The run's kept checkpoint summary (train/<size>/<run>_meta.json) records the config it trained."""
+    path = Path(f"{record_prefix(study, results, unit)}_meta.json")
+    try:
+        kept = json.loads(path.read_text(encoding="utf-8"))["config"] if path.is_file() else None
+    except (ValueError, KeyError, TypeError):
+        return  # a damaged copy; the rows' budget was checked all the same
+    if kept is not None and not same_config(kept, study.config(unit.size, unit.seed, unit.lr)):
+        raise changed_study(study, results, runs, f"{path} records {unit.key} trained with another config than "
+                                                  f"the study gives it now")
+
+
+def check_checkpoint(study: Study, unit: Unit, cfg: Config, results: Path, runs: Path) -> None:
+    """A checkpoint of the run trained with another config is not resumed or reused, nor retrained over."""
+    ckpt = Path(runs) / study.name / unit.key / CHECKPOINT_DIR
+    if (ckpt / META_FILE).is_file() and not same_config(read_meta(ckpt)["config"], cfg):
+        raise changed_study(study, results, runs, f"{ckpt.parent} holds {unit.model} trained with another config "
+                                                  f"than the study gives it now")
+
+
+def same_config(recorded: dict, cfg: Config) -> bool:
+    return config_hash(Config.from_dict(recorded)) == config_hash(cfg)
+
+
+def changed_study(study: Study, results: Path, runs: Path | None, what: str) -> ConfigError:
+    """The error for work done under another version of the study file, naming both ways on."""
+    folders = " and ".join(str(Path(f) / study.name) for f in (results, runs)
+                           if f is not None and (Path(f) / study.name).exists())
+    return ConfigError(f"{what}: {study.path} changed since; for a new study give it a new `name:`, or move "
+                       f"{folders} away to start this one over")
 
 
 def keep_record(run_dir: Path, prefix: Path) -> None:
@@ -113,8 +225,8 @@ def run_study(study: Study, results: Path, runs: Path, device: str, jobs: int = 
     the largest size first (the longest trainings; by default a size's runs come before the next
     size's, so the small sizes' results come first), so that on such a machine they start early
     enough to finish, while the shorter ones fill the slots beside them.
-    Returns counts: done, failed, stopped, waiting, and squeezed (starts that ran out of GPU memory
-    beside other processes and were queued again)."""
+    Returns counts: done, diverged (recorded in the rows as such), failed, stopped, waiting, and
+    squeezed (starts that ran out of GPU memory beside other processes and were queued again)."""
     d, device, log = join_job(device, log)
     if d is not None and jobs > 1:
         raise ConfigError("under torchrun every run trains on all ranks: drop --jobs (or run without torchrun "
@@ -122,9 +234,10 @@ def run_study(study: Study, results: Path, runs: Path, device: str, jobs: int = 
     main = d is None or d.is_main
     drop_missing_tasks(study, log)
     plan(study, log)
+    check_before_running(study, checked_rows(rows_file(study, results), d), results, runs)
     deadline = None if time_limit is None else time.time() + time_limit
     new_until = None if start_new_for is None else time.time() + start_new_for
-    counts = {"done": 0, "failed": 0, "stopped": 0, "waiting": 0, "squeezed": 0}
+    counts = {"done": 0, "diverged": 0, "failed": 0, "stopped": 0, "waiting": 0, "squeezed": 0}
     # (run, its tasks left) started in this invocation: a sweep run is claimed again, for the final
     # stage's tasks, once its learning rate turns out to be the model's best
     claimed: set[tuple[str, tuple]] = set()
@@ -169,9 +282,45 @@ def run_study(study: Study, results: Path, runs: Path, device: str, jobs: int = 
             claimed.difference_update({c for c in claimed if c[0] == key})
         for status in _pool(study, next_unit, results, runs, device, jobs, deadline, log, plugins, requeue):
             counts[status] += 1
+    left_out = sweeps_left_out(study, stored_rows(rows_file(study, results), d, log))
+    if counts["waiting"] and left_out:
+        log(f"note: {waiting_for(study, left_out)}")
     if main:
         write_report(study, Path(results))
     return counts
+
+
+def check_before_running(study: Study, rows: list[Row], results: Path, runs: Path) -> None:
+    """What would make this invocation's work wrong or idle, refused before it writes anything: rows or
+    checkpoints of another version of the study file, or chosen sizes that can only wait."""
+    check_unchanged(study, rows, results, runs)
+    defined, waiting = units(study, rows, study.only, study.only_sizes)
+    left = [u for u in defined if pending_tasks(u, rows)]
+    for unit in left:
+        check_checkpoint(study, unit, study.config(unit.size, unit.seed, unit.lr), results, runs)
+    left_out = sweeps_left_out(study, rows)
+    if waiting and left_out and not left:
+        raise ConfigError(waiting_for(study, left_out))
+
+
+def waiting_for(study: Study, left_out: list[str]) -> str:
+    chosen = ", ".join(s for s in study.sizes if s in study.only_sizes)
+    sweeps = ", ".join(left_out)
+    return (f"the runs of --sizes {chosen} wait for the learning-rate sweep at {sweeps}, which --sizes leaves out: "
+            f"run --sizes {sweeps} first, or add {sweeps} to --sizes")
+
+
+def report_only(study: Study, results: Path, log: Callable[[str], None] = print) -> list[Path]:
+    """`harness study FILE --report-only`: the tables from the rows there are, refused where there are
+    none (nothing to report: run the study first) or where they belong to another version of the file."""
+    drop_missing_tasks(study, lambda m: None)  # as a run would: their rows cannot exist
+    plan(study, log)
+    path = rows_file(study, results)
+    rows = checked_rows(path)
+    if not rows:
+        raise ConfigError(f"no rows in {path} yet: run the study first (harness study {study.path})")
+    check_unchanged(study, rows, results, None)
+    return write_report(study, Path(results))
 
 
 def drop_missing_tasks(study: Study, log: Callable[[str], None]) -> None:
@@ -184,11 +333,10 @@ def drop_missing_tasks(study: Study, log: Callable[[str], None]) -> None:
 
 def _in_process(study, unit, results, runs, device, log, on_step, should_stop, d=None) -> str:
     try:
-        run_unit(study, unit, results, runs, device, log, on_step, should_stop, d)
+        return run_unit(study, unit, results, runs, device, log, on_step, should_stop, d)
     except TrainingStopped as err:
         log(f"{unit.key}: {err}")
         return "stopped"
-    return "done"
 
 
 def _visible_gpus() -> list[str]:
@@ -300,10 +448,12 @@ def stop_workers(workers: dict, signalled: dict) -> None:
 
 
 def worker_status(code: int, signalled: bool) -> str:
-    """done, stopped (resumable: checkpointed, or ended by our signal at the deadline), squeezed
-    (out of memory beside other processes: to run again), or failed."""
+    """done, diverged (recorded in the rows), stopped (resumable: checkpointed, or ended by our signal
+    at the deadline), squeezed (out of memory beside other processes: to run again), or failed."""
     if code == 0:
         return "done"
+    if code == DIVERGED_EXIT:
+        return "diverged"
     if code == STOPPED_EXIT or (signalled and code in (-signal.SIGTERM, -signal.SIGKILL, INTERRUPTED_EXIT)):
         return "stopped"
     return "squeezed" if code == SQUEEZED_EXIT else "failed"
@@ -328,4 +478,4 @@ def run_worker(study_file: str, key: str, results: Path, runs: Path, device: str
     signal.signal(signal.SIGTERM, lambda *_: asked.append(True))
     # stop as asked, or when the parent pool is gone (killed outright): no worker trains on alone
     status = _in_process(study, unit, results, runs, device, log, None, lambda: bool(asked) or os.getppid() != parent)
-    return STOPPED_EXIT if status == "stopped" else 0
+    return {"stopped": STOPPED_EXIT, "diverged": DIVERGED_EXIT}.get(status, 0)

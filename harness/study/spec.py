@@ -35,7 +35,10 @@ A final run at a swept learning rate and the sweep's seed is the sweep's run (sa
 a second one.
 
 Resuming: a run whose rows exist is skipped; a cut training resumes from its checkpoint
-(harness.study.runner runs them).
+(harness.study.runner runs them). Rows, kept configs or checkpoints made under another version of
+the study file are refused, not reused (a new `name:` starts a new study). A run whose training
+diverges (a loss or gradient norm that is not finite) is a result: rows of metric `diverged`, a
+rate the learning-rate choice rules out.
 """
 
 from __future__ import annotations
@@ -46,12 +49,13 @@ from pathlib import Path
 from statistics import mean
 from typing import Callable
 
-from harness.config import Config, ConfigError, apply_mapping, load_config, read_yaml_file
+from harness.config import Config, ConfigError, apply_mapping, folder_name, load_config, read_yaml_file
 
 STUDY_KEYS = {"name", "preset", "model", "train", "tokens_per_param", "warmup_fraction", "max_epochs", "sizes",
               "models", "references", "reference_model", "focus", "sweep", "final"}
 SWEEP_KEYS = {"sizes", "lrs", "seed", "tasks", "extend_edges", "window"}
 FINAL_KEYS = {"sizes", "seeds", "tasks"}
+DIVERGED = "diverged"  # the metric of a diverged run's rows (value null; extra `diverged`: why)
 
 
 @dataclass(frozen=True)
@@ -176,14 +180,6 @@ def _list(value, field: str, example: str, item: Callable) -> list:
     return out
 
 
-def _name(value, field: str) -> str:
-    """A name of a model, task, size or the study: a non-empty string usable as a folder name (a
-    study's and a size's name are folders of the results and runs, and a run's key joins them with /)."""
-    if not isinstance(value, str) or not value.strip() or value in (".", "..") or any(c in value for c in "/\\\0"):
-        raise ConfigError(f"{field} must be a non-empty name without / or \\, got {value!r}")
-    return value
-
-
 def _number(value, field: str, what: str, ok: Callable[[float], bool], integer: bool = False) -> float | int:
     """A finite number (an int where `integer`) for which ok holds, refused with `what` it must be.
     A bool is not a number here (YAML reads `yes` as true); a string is one where it reads as a float
@@ -208,7 +204,7 @@ def _seed(value, field: str) -> int:
 
 
 def _names(value, field: str, example: str) -> list[str]:
-    return _list(value, field, example, _name)
+    return _list(value, field, example, folder_name)
 
 
 def load_study(path: str | Path) -> Study:
@@ -239,12 +235,12 @@ def _parse(data: dict, path: Path) -> Study:
     """The Study that a study file's mapping describes; a ConfigError naming the field where it is bad."""
     from harness.registry import get_model, reference_model
     _known(data, STUDY_KEYS, "")
-    name = _name(_required(data, "name"), "name")
+    name = folder_name(_required(data, "name"), "name")
     sizes = _mapping(_required(data, "sizes"), "sizes", "{s: {model: {hidden_size: 128}}}")
     if not sizes:
         raise ConfigError("`sizes` names no size")
     for size, overrides in sizes.items():
-        _name(size, "each name under sizes")
+        folder_name(size, "each name under sizes")
         _mapping(overrides, f"sizes.{size}", "{model: {hidden_size: 128}, train: {batch_tokens: 32768}}")
     models = _names(_required(data, "models"), "models", "[swat, transformer]")
     references = _optional(data, "references", [])
@@ -253,7 +249,7 @@ def _parse(data: dict, path: Path) -> Study:
     both = [m for m in references if m in models]
     if both:  # one name in two roles: which of them a run or row belongs to would be ambiguous
         raise ConfigError(f"`{both[0]}` is in both models and references; list it in one of them")
-    ref_model = _name(_optional(data, "reference_model", reference_model()), "reference_model")
+    ref_model = folder_name(_optional(data, "reference_model", reference_model()), "reference_model")
     for model in models + references + [ref_model]:
         get_model(model)
     focus = _names(_optional(data, "focus", models[:1]), "focus", "[swat]")
@@ -271,7 +267,7 @@ def _parse(data: dict, path: Path) -> Study:
     seed_lists = {key: _list(value, f"final.seeds.{key}", "[0, 1, 2]", _seed) for key, value in seeds.items()}
     study = Study(
         path=path, name=name,
-        base={"preset": _name(_optional(data, "preset", "small"), "preset"),
+        base={"preset": folder_name(_optional(data, "preset", "small"), "preset"),
               "model": _mapping(_optional(data, "model", {}), "model", "{vocab_size: 8192}"),
               "train": _mapping(_optional(data, "train", {}), "train", "{tokenizer: english-mix-bpe8k}")},
         sizes=sizes, models=models, references=references,
@@ -291,7 +287,37 @@ def _parse(data: dict, path: Path) -> Study:
                        lambda v: v == 0 or 2 <= v <= len(lrs), integer=True))
     for size in sizes:
         study.config(size, 0)  # every override is checked here, before any work
+    _check_references(study)
+    _check_sizes_ascend(study)
     return study
+
+
+def _check_references(study: Study) -> None:
+    """References take no learning rate, so a trained model listed there would train unswept at the base
+    config's rate and be reported as a count-based reference; they must be fitted by counting."""
+    from harness.model.build import build_model
+    cfg = study.config(next(iter(study.sizes)), 0).model
+    for name in study.references:
+        if not getattr(build_model(name, cfg, "meta"), "fitted_by_counting", False):
+            raise ConfigError(f"references names `{name}`, which is trained, not fitted by counting; references are "
+                              f"count-based models (e.g. unigram, bigram): list {name} under models")
+
+
+def _check_sizes_ascend(study: Study) -> None:
+    """The reference model's non-embedding parameters set every budget, so it must have some (a
+    count-based one has none: every size would train one step); and the sizes must be listed smallest
+    first by them, since the window sweeps, the gaps' change and --largest-first read the list's order."""
+    from harness.model.build import non_embedding_params
+    counts = {size: non_embedding_params(study.reference_model, study.config(size, 0).model) for size in study.sizes}
+    first = next(iter(study.sizes))
+    if counts[first] == 0:
+        raise ConfigError(f"reference_model `{study.reference_model}` has no non-embedding parameters (a count-based "
+                          f"model), so every budget would be 0 tokens; name a trained model, e.g. transformer")
+    for smaller, size in zip(study.sizes, list(study.sizes)[1:]):
+        if counts[size] < counts[smaller]:
+            raise ConfigError(f"sizes must be listed smallest first: `{size}` ({counts[size]:,} non-embedding "
+                              f"parameters of {study.reference_model}) comes after `{smaller}` ({counts[smaller]:,}); "
+                              f"reorder sizes")
 
 
 # ---------------------------------------------------------------- budgets
@@ -329,7 +355,8 @@ def sweep_plan(rows: list, study: Study) -> dict[tuple[str, str], tuple[list[flo
     """{(model, size): (grid, {lr: held-out loss})} for every model at every swept size: the
     learning rates it is swept over (None while it waits for the previous size's best, under
     `sweep.window`) and the losses measured at that size (seed `sweep.seed`; those off its grid,
-    e.g. run before a window was set, are shown but do not choose), from rows.
+    e.g. run before a window was set, are shown but do not choose; a diverged run's is inf, so that
+    it completes the grid but is never the best), from rows.
 
     The first swept size takes the study's grid; with `sweep.window` a later one takes that many
     of the grid's rates around the previous size's best (`lr_window`). Either grid is then extended
@@ -337,9 +364,9 @@ def sweep_plan(rows: list, study: Study) -> dict[tuple[str, str], tuple[list[flo
     next rate, and past the study's grid by its ratio, at most `extend_edges` steps per side."""
     found: dict[tuple[str, str], dict[float, float]] = {}
     for r in rows:
-        if (r.task, r.metric) == ("smoke", "loss") and r.extra.get("corpus_source") is None \
+        if r.task == "smoke" and r.metric in ("loss", DIVERGED) and r.extra.get("corpus_source") is None \
                 and r.seed == study.sweep_seed and r.extra.get("lr") is not None and r.preset in study.sweep_sizes:
-            found.setdefault((r.model, r.preset), {})[r.extra["lr"]] = r.value
+            found.setdefault((r.model, r.preset), {})[r.extra["lr"]] = math.inf if r.metric == DIVERGED else r.value
     out = {}
     for model in study.models:
         prior = None  # the previous swept size's best
@@ -404,7 +431,7 @@ def choose_lrs(rows: list, study: Study) -> dict[str, dict[str, dict]]:
             if grid is None:
                 continue
             swept += grid
-            if all(lr in got for lr in grid):
+            if all(lr in got for lr in grid) and not all(math.isinf(got[rate]) for rate in grid):
                 lr = min(grid, key=got.get)
                 optima[size] = interpolated_optimum({rate: got[rate] for rate in grid})  # what chooses
                 edge = lr in (grid[0], grid[-1]) and len(grid) > 1
@@ -425,7 +452,9 @@ def choose_lrs(rows: list, study: Study) -> dict[str, dict[str, dict]]:
 def interpolated_optimum(losses: dict[float, float]) -> float:
     """The learning rate at the vertex of the parabola in log lr through the lowest loss measured
     and its two neighbours ({lr: loss}); the lowest one's own rate where it has no neighbour on
-    one side (an edge of what was swept)."""
+    one side (an edge of what was swept, or of the rates that did not diverge: a parabola through an
+    infinite loss has no vertex)."""
+    losses = {lr: loss for lr, loss in losses.items() if math.isfinite(loss)}
     lrs = sorted(losses)
     i = min(range(len(lrs)), key=lambda j: losses[lrs[j]])
     if i == 0 or i == len(lrs) - 1:
@@ -459,37 +488,58 @@ def power_law(xs: list[float], ys: list[float]) -> dict | None:
 
 def units(study: Study, rows: list, only: set[str] | None = None,
           only_sizes: set[str] | None = None) -> tuple[list[Unit], int]:
-    """(runs that can be defined now, runs still waiting for the sweep), of the models in `only`
-    and the sizes in `only_sizes` (None: all), size by size (a size's sweep, then its final runs), so that the smaller sizes
-    finish first. The final stage of a model waits for its learning rate; references need none."""
+    """(runs that can be defined now, runs still waiting for the sweep), both of the models in `only`
+    and the sizes in `only_sizes` (None: all), size by size (a size's sweep, then its final runs), so
+    that the smaller sizes finish first. The final stage of a model waits for its learning rate;
+    references need none."""
     out, waiting = [], 0
     lrs, sweeps = choose_lrs(rows, study), sweep_plan(rows, study)
+    models = [m for m in study.models if only is None or m in only]
+    references = [m for m in study.references if only is None or m in only]
     for size in study.sizes:
+        if only_sizes is not None and size not in only_sizes:
+            continue
         if size in study.sweep_sizes:
-            for model in study.models:
+            for model in models:
                 grid = sweeps[(model, size)][0]
                 if grid is None:  # its window waits for the previous size's best
                     waiting += study.window
                     continue
                 out += [Unit(model, size, lr, study.sweep_seed, tuple(study.sweep_tasks)) for lr in grid]
         for seed in study.final_seeds.get(size, []):
-            for model in study.models:
+            for model in models:
                 lr = lrs.get(model, {}).get(size, {}).get("lr")
                 if lr is None:
                     waiting += 1
                 else:
                     out.append(Unit(model, size, lr, seed, tuple(study.final_tasks)))
-            out += [Unit(ref, size, None, seed, tuple(study.final_tasks)) for ref in study.references]
-    if only is not None:
-        out = [u for u in out if u.model in only]
-    if only_sizes is not None:
-        out = [u for u in out if u.size in only_sizes]
+            out += [Unit(ref, size, None, seed, tuple(study.final_tasks)) for ref in references]
     merged: dict[str, Unit] = {}
     for u in out:  # a final run at a swept lr and the sweep's seed shares the sweep's training
         prior = merged.get(u.key)
         merged[u.key] = u if prior is None else Unit(u.model, u.size, u.lr, u.seed,
                                                      tuple(dict.fromkeys(prior.tasks + u.tasks)))
     return list(merged.values()), waiting
+
+
+def sweeps_left_out(study: Study, rows: list) -> list[str]:
+    """The swept sizes that `restrict_sizes` leaves out and that have not chosen every model's
+    learning rate yet: the chosen sizes' runs that wait for them would wait for ever in this run."""
+    if study.only_sizes is None:
+        return []
+    needed = {swept for size in study.only_sizes for swept in sweeps_needed(study, size)}
+    chosen = choose_lrs(rows, study)
+    models = [m for m in study.models if study.only is None or m in study.only]
+    return [size for size in study.sweep_sizes if size in needed and size not in study.only_sizes
+            and any(size not in chosen.get(model, {}) for model in models)]
+
+
+def sweeps_needed(study: Study, size: str) -> list[str]:
+    """The other swept sizes whose sweep a size's runs wait for: all of them for a size that takes
+    the power law; the ones before it for a swept size under `sweep.window`; none otherwise."""
+    if size not in study.sweep_sizes:
+        return list(study.sweep_sizes)
+    return study.sweep_sizes[:study.sweep_sizes.index(size)] if study.window else []
 
 
 def rows_file(study: Study, results: Path) -> Path:

@@ -5,6 +5,7 @@ per corpus source, computed the same way for every model (at the end of training
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Callable
 
@@ -24,6 +25,15 @@ class HeldoutScore:
     loss: float
     tokens: int
     by_source: dict
+
+
+def perplexity(loss: float) -> float | None:
+    """exp(loss); None where that is beyond a float (a diverged model's loss of thousands of nats,
+    where math.exp raises OverflowError): rows.jsonl is strict JSON, and the loss row keeps the number."""
+    try:
+        return math.exp(loss)
+    except OverflowError:
+        return None
 
 
 def scored_sequences(stream: TokenStream, seq_len: int, max_tokens: int, world: int = 1) -> int:

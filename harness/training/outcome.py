@@ -14,6 +14,11 @@ class TrainingError(RuntimeError):
     """Training cannot go on (NaN loss, a corpus too short); the message says what to change."""
 
 
+class TrainingDiverged(TrainingError):
+    """The loss or gradient norm became non-finite: at this learning rate the run is no result (a
+    sweep records it as diverged and rules the rate out)."""
+
+
 class TrainingStopped(RuntimeError):
     """Training was asked to stop (`should_stop`) and saved a checkpoint first: it resumes there."""
 

@@ -43,7 +43,7 @@ from harness.training.checkpoint import (
 from harness.training.counting import fit_by_counting
 from harness.training.distributed import Dist
 from harness.training.heldout import heldout_score, scored_sequences
-from harness.training.outcome import TrainingError, TrainingStopped, TrainResult
+from harness.training.outcome import TrainingDiverged, TrainingError, TrainingStopped, TrainResult
 from harness.training.recipe import (
     apply_training_options,
     autocast_for,
@@ -255,7 +255,7 @@ def step_numbers(job: Job, loss: torch.Tensor, grad_norm: torch.Tensor, step: in
         what = f"loss is {loss_value}" if not math.isfinite(loss_value) else f"gradient norm is {norm_value}"
         kept = (f"the last good checkpoint (step {progress.saved_step}) is {job.ckpt}" if progress.saved_step
                 else "no checkpoint yet")
-        raise TrainingError(f"{what} at step {step}; stopped without updating the weights, {kept}; "
+        raise TrainingDiverged(f"{what} at step {step}; stopped without updating the weights, {kept}; "
                             f"lower train.lr or raise train.warmup_tokens, then resume")
     return loss_value, norm_value
 
@@ -280,7 +280,7 @@ def finish(job: Job, progress: Progress, train_loss: float, meter: Meter) -> Tra
     held = heldout_score(job.model, job.held_stream, tcfg.seq_len, tcfg.eval_tokens, job.micro, job.d.device,
                          job.autocast, job.d).loss
     if not math.isfinite(held):  # the last update diverged: those weights are no result
-        raise TrainingError(f"held-out loss is {held} after step {tcfg.steps}; lower train.lr or raise "
+        raise TrainingDiverged(f"held-out loss is {held} after step {tcfg.steps}; lower train.lr or raise "
                             f"train.warmup_tokens, then train again with --no-resume")
     tokens_per_s = meter.mean_tokens_per_s()
     mfu = meter.mfu(tokens_per_s)

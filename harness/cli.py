@@ -739,23 +739,29 @@ def build_parser() -> argparse.ArgumentParser:
     dsub = p.add_subparsers(dest="data_command", required=True)
     add_plugin_arg(dsub.add_parser("list", help="what the tasks need (a plugin's tasks too: --plugin), where it is "
                                    "looked for, present or missing, counts, sha256"))
-    dsub.add_parser("verify", help="check counts against the official sizes and sha256 against data/MANIFEST.json")
+    dsub.add_parser("verify", help="check counts against the official sizes and sha256 against the MANIFEST.json "
+                    "beside each file (data/MANIFEST.json for copies of data/); lists every problem")
     d = dsub.add_parser("fetch", help="fill the mirror from the Hugging Face hub (needs network and `datasets`)")
     d.add_argument("names", nargs="+", help="datasets (see `harness data list`) or hub corpora (slimpajama, fineweb, fineweb-edu)")
     d.add_argument("--documents", type=int_from(1), help="for a corpus: how many documents to stream")
     d.add_argument("--to", help="mirror folder to write (default: $HARNESS_DATA or ~/.cache/swat-harness/data)")
+    d.add_argument("--force", action="store_true", help="store a split whose size is not the official one, and "
+                   "replace a different one already stored")
     d = dsub.add_parser("import", help="add a dataset from local files (JSON/JSONL/parquet/txt, or a folder of "
                         "known raw releases such as ../shared/data), converted to the hub schema")
     d.add_argument("path")
     d.add_argument("--name", help="dataset name, needed for a single file")
     d.add_argument("--split", help="split, needed when the dataset has several")
     d.add_argument("--to", help="mirror folder to write (default: $HARNESS_DATA or ~/.cache/swat-harness/data)")
+    d.add_argument("--force", action="store_true", help="store a split whose size is not the official one, and "
+                   "replace a different split or tokenizer already stored")
     d = dsub.add_parser("train-tokenizer", help="train a byte-level BPE on a corpus's training split (the "
                         "held-out documents excluded) and store it in the mirror")
     d.add_argument("--corpus", default="english-mix", help="corpus name or path (default english-mix)")
-    d.add_argument("--vocab-size", type=int, default=8192, help="vocabulary size (default 8192)")
+    d.add_argument("--vocab-size", type=int, default=8192, help="vocabulary size, 512 to 1048576 (default 8192)")
     d.add_argument("--name", required=True, help="tokenizer name: use it as train.tokenizer=NAME")
     d.add_argument("--to", help="mirror folder to write (default: $HARNESS_DATA or ~/.cache/swat-harness/data)")
+    d.add_argument("--force", action="store_true", help="replace a tokenizer already stored under --name")
     p.set_defaults(func=cmd_data)
     return parser
 

@@ -24,11 +24,12 @@ LM_EVAL_TASKS = {"piqa": "piqa/piqa.yaml", "arc_easy": "arc/arc_easy.yaml", "boo
 
 @pytest.fixture
 def mirror_dir(tmp_path, monkeypatch):
-    """An empty mirror as $HARNESS_DATA (the only root searched), filled from the fixtures."""
+    """An empty mirror as $HARNESS_DATA (the only root searched), filled from the fixtures (forced:
+    they hold a few examples, not the official counts)."""
     monkeypatch.setenv("HARNESS_DATA", str(tmp_path / "mirror"))
-    importers.import_path(FIXTURES, tmp_path / "mirror")
-    importers.import_path(FIXTURES / "hellaswag_format_fixture.jsonl", tmp_path / "mirror", "hellaswag")
-    importers.import_path(FIXTURES / "siqa_format_fixture.jsonl", tmp_path / "mirror", "social_iqa")
+    importers.import_path(FIXTURES, tmp_path / "mirror", force=True)
+    importers.import_path(FIXTURES / "hellaswag_format_fixture.jsonl", tmp_path / "mirror", "hellaswag", force=True)
+    importers.import_path(FIXTURES / "siqa_format_fixture.jsonl", tmp_path / "mirror", "social_iqa", force=True)
     return tmp_path / "mirror"
 
 
@@ -265,7 +266,7 @@ def test_fetch_writes_hub_rows_in_the_same_layout(tmp_path, monkeypatch):
         asked.append((path, name, split))
         return [{**r, "label": str(r["label"])} for r in rows]
     monkeypatch.setattr(datasets, "load_dataset", fake_load)
-    (entry,) = importers.fetch("hellaswag", tmp_path)
+    (entry,) = importers.fetch("hellaswag", tmp_path, force=True)
     assert asked == [("Rowan/hellaswag", None, "validation")]
     assert entry["file"] == "hellaswag/validation.jsonl.gz" and entry["count"] == 2
     monkeypatch.setenv("HARNESS_DATA", str(tmp_path))
@@ -352,7 +353,7 @@ def test_folder_import_with_one_bad_release_writes_nothing(tmp_path, capsys):
     shutil.copytree(FIXTURES, raw)
     arc = raw / "llm-foundry-local-data" / "arc_easy.jsonl"
     arc.write_text("".join(json.dumps({**r, "gold": 9}) + "\n" for r in records(arc)))
-    err = cli_error(["data", "import", raw, "--to", tmp_path / "mirror"], capsys)
+    err = cli_error(["data", "import", raw, "--to", tmp_path / "mirror", "--force"], capsys)
     assert str(arc) in err and "IndexError" in err
     assert not (tmp_path / "mirror").exists()
 
@@ -409,7 +410,12 @@ def test_unloadable_tokenizer_file_is_one_error_line(tmp_path, capsys, monkeypat
     (lambda d: (d / "one.txt").write_text("a single document\n"), "has 1 document(s): too few"),
     (lambda d: None, "holds no corpus files"),
     (lambda d: (d / "x.parquet").write_bytes(b"not parquet at all"), "x.parquet: not a readable parquet file"),
-], ids=["one-document", "empty-folder", "damaged-parquet"])
+    (lambda d: (d / "cut.jsonl.xz").write_bytes(lzma.compress(b'{"text": "a"}\n' * 99)[:40]),
+     "cut.jsonl.xz: not a readable xz file"),
+    (lambda d: (d / "x.jsonl.xz").write_bytes(bytes(range(256))), "x.jsonl.xz: not a readable xz file"),
+    (lambda d: (d / "cut.txt.gz").write_bytes(gzip.compress(b"some text\n\n\n" * 99)[:30]),
+     "cut.txt.gz: not a readable gzip file"),
+], ids=["one-document", "empty-folder", "damaged-parquet", "truncated-xz", "not-xz", "truncated-gz"])
 def test_an_unusable_corpus_is_one_error_line_and_leaves_no_cache(tmp_path, capsys, monkeypatch, make, message):
     monkeypatch.setenv("HARNESS_CACHE", str(tmp_path / "cache"))
     folder = tmp_path / "corpus"
@@ -420,3 +426,167 @@ def test_an_unusable_corpus_is_one_error_line_and_leaves_no_cache(tmp_path, caps
     assert message in err
     assert not (tmp_path / "t").exists()
     assert not list((tmp_path / "cache").rglob("*.tmp*"))
+
+
+# ---------------------------------------------------------------- verify lists every problem, wherever the mirror is
+
+def _record_file_in_manifest(mirror_dir: Path, kind: str, name: str, entry: dict) -> None:
+    importers.update_manifest(mirror_dir, lambda m: m.setdefault(kind, {}).__setitem__(name, entry))
+
+
+def test_verify_lists_every_damaged_file_under_harness_data(mirror_dir, capsys):
+    """A truncated corpus, split and tokenizer under $HARNESS_DATA are each a problem line, after which
+    verify fails; `data list` still prints its tables."""
+    _write_corpus(mirror_dir / "corpora" / "mini", [f"document {i}." for i in range(50)])
+    importers.record_corpus("mini", mirror_dir, tokenizer=None)
+    tok = mirror_dir / "tokenizers" / "tok" / "tokenizer.json.gz"
+    tok.parent.mkdir(parents=True)
+    tok.write_bytes(gzip.compress(b'{"model": {}}'))
+    entry = {"file": "tokenizers/tok/tokenizer.json.gz", "vocab_size": 1, "sha256": mirror.sha256(b'{"model": {}}')}
+    _record_file_in_manifest(mirror_dir, "tokenizers", "tok", entry)
+    assert [p for p in mirror.verify() if "official" not in p] == []
+    for path in (mirror_dir / "corpora" / "mini" / "part.jsonl.xz", mirror_dir / "piqa" / "validation.jsonl.gz", tok):
+        path.write_bytes(path.read_bytes()[:len(path.read_bytes()) // 2])
+    problems = [p for p in mirror.verify() if "official" not in p]
+    assert len(problems) == 3, problems
+    assert any(p.startswith("corpus mini:") and "part.jsonl.xz differs" in p for p in problems)
+    assert any(p.startswith("piqa/validation:") and "not a complete gzip file" in p for p in problems)
+    assert any(p.startswith("tokenizer tok:") and "not a complete gzip file" in p for p in problems)
+    assert all("fetch, import or train it again" in p and "drop the .gz suffix" not in p for p in problems)
+    err = cli_error(["data", "verify"], capsys)
+    assert "problem(s) in the mirror" in err
+    from harness.cli import main
+    assert main(["data", "list"]) == 0
+    assert "tokenizers and pretraining corpora" in capsys.readouterr().out
+
+
+# ---------------------------------------------------------------- data is not replaced or cut silently
+
+def _piqa_file(path: Path, n: int, goal: str = "g") -> Path:
+    path.write_text("".join(json.dumps({**PIQA_ROW, "goal": f"{goal} {i}"}) + "\n" for i in range(n)))
+    return path
+
+
+def test_import_refuses_partial_splits_and_replacing_without_force(tmp_path, capsys):
+    mirror_dir = tmp_path / "mirror"
+    full = _piqa_file(tmp_path / "full.jsonl", 1838)
+    importers.import_path(full, mirror_dir, "piqa")
+    stored = (mirror_dir / "piqa" / "validation.jsonl.gz").read_bytes()
+    importers.import_path(full, mirror_dir, "piqa")  # the same content again replaces nothing
+    err = cli_error(["data", "import", _piqa_file(tmp_path / "other.jsonl", 1838, "other"), "--name", "piqa",
+                     "--to", mirror_dir], capsys)
+    assert f"piqa validation already exists as {mirror_dir / 'piqa' / 'validation.jsonl.gz'}" in err
+    assert "--force" in err
+    err = cli_error(["data", "import", _piqa_file(tmp_path / "piqa5.jsonl", 5), "--name", "piqa", "--to", mirror_dir],
+                    capsys)
+    assert "5 examples, but piqa validation has 1838" in err and "--force" in err
+    assert (mirror_dir / "piqa" / "validation.jsonl.gz").read_bytes() == stored
+    from harness.cli import main
+    assert main(["data", "import", str(tmp_path / "piqa5.jsonl"), "--name", "piqa", "--to", str(mirror_dir),
+                 "--force"]) == 0
+    assert mirror.count_lines(gzip.decompress((mirror_dir / "piqa" / "validation.jsonl.gz").read_bytes())) == 5
+
+
+def test_import_refuses_a_copy_that_an_earlier_data_root_would_hide(tmp_path, capsys, monkeypatch):
+    """Without HARNESS_DATA an import goes to the user cache, looked up after the repository's data/:
+    a piqa imported there was stored, reported, and never read."""
+    monkeypatch.delenv("HARNESS_DATA", raising=False)
+    monkeypatch.setenv("HARNESS_CACHE", str(tmp_path / "cache"))
+    err = cli_error(["data", "import", _piqa_file(tmp_path / "piqa.jsonl", 1838, "other"), "--name", "piqa"], capsys)
+    assert f"piqa validation is read from {mirror.REPO_DATA / 'piqa' / 'validation.jsonl.gz'}" in err
+    assert "would never be used" in err and not (tmp_path / "cache" / "data").exists()
+
+
+def test_folder_import_refuses_a_truncated_raw_file(tmp_path, capsys):
+    raw = tmp_path / "raw" / "wikitext-2"
+    raw.mkdir(parents=True)
+    (raw / "test.txt").write_text(corpus.split_wikitext((FIXTURES / "wikitext-2" / "test.txt").read_text())[0])
+    (raw / "valid.txt").write_text((FIXTURES / "wikitext-2" / "valid.txt").read_text())
+    err = cli_error(["data", "import", tmp_path / "raw", "--to", tmp_path / "mirror"], capsys)
+    assert "1 examples, but wikitext_2_v1 test has 62" in err
+    assert not (tmp_path / "mirror").exists()
+
+
+def test_train_tokenizer_refuses_to_replace_a_stored_tokenizer_and_huge_vocabularies(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(importers, "train_bpe", lambda *a: pytest.fail("trained before the checks"))
+    monkeypatch.setenv("HARNESS_DATA", str(tmp_path))
+    stored = tmp_path / "tokenizers" / "llama2" / "tokenizer.json.gz"
+    stored.parent.mkdir(parents=True)
+    stored.write_bytes(b"the committed tokenizer")
+    err = cli_error(["data", "train-tokenizer", "--corpus", "bundled", "--name", "llama2"], capsys)
+    assert f"tokenizer llama2 already exists as {stored}" in err and "--force" in err
+    assert stored.read_bytes() == b"the committed tokenizer"
+    monkeypatch.undo()
+    monkeypatch.setenv("HARNESS_DATA", str(tmp_path))
+    for size in ("4294967296", "99999999999"):
+        err = cli_error(["data", "train-tokenizer", "--corpus", "bundled", "--vocab-size", size, "--name", "big"],
+                        capsys)
+        assert "is over 1,048,576" in err and "reserves memory" in err
+    assert not (tmp_path / "tokenizers" / "big").exists()
+
+
+# ---------------------------------------------------------------- fetch: checked first, quick offline, no debris
+
+@pytest.fixture
+def offline_hub(monkeypatch):
+    """The hub unreachable: the one reachability request fails, and the hub client must not be asked."""
+    import urllib.error
+    import urllib.request
+    datasets = pytest.importorskip("datasets")
+    asked = []
+
+    def unreachable(*args, **kwargs):
+        asked.append(args)
+        raise urllib.error.URLError("[Errno -2] Name or service not known")
+    monkeypatch.setattr(urllib.request, "urlopen", unreachable)
+    monkeypatch.setattr(datasets, "load_dataset", lambda *a, **k: pytest.fail("the hub client was asked"))
+    return asked
+
+
+@pytest.mark.parametrize("argv, message, checked", [
+    (["hellaswag"], "hub (https://huggingface.co) is not reachable", True),
+    (["hellaswag", "nope"], "unknown name(s) nope", False),
+    (["slimpajama", "--documents", "10"], "is not reachable", True),
+    (["wikitext", "--documents", "5"], "--documents applies to hub corpora only", False),
+    (["slimpajama"], "needs --documents N", False),
+], ids=["offline", "unknown-name", "offline-corpus", "documents-for-a-set", "corpus-without-documents"])
+def test_fetch_checks_names_first_and_fails_quickly_offline(tmp_path, capsys, monkeypatch, offline_hub, argv,
+                                                            message, checked):
+    monkeypatch.delenv("HF_ENDPOINT", raising=False)
+    err = cli_error(["data", "fetch", *argv, "--to", tmp_path / "dest"], capsys)
+    assert message in err
+    assert bool(offline_hub) == checked
+    assert not (tmp_path / "dest").exists()
+
+
+def test_a_failed_corpus_fetch_leaves_no_folder(tmp_path, monkeypatch):
+    datasets = pytest.importorskip("datasets")
+
+    def offline(*args, **kwargs):
+        raise ConnectionError("hub unreachable")
+    monkeypatch.setattr(datasets, "load_dataset", offline)
+    with pytest.raises(DataError, match="hub unreachable.*nothing was written"):
+        corpus.fetch_corpus("slimpajama", 10, tmp_path)
+    assert list(tmp_path.iterdir()) == []
+
+
+# ---------------------------------------------------------------- input that is not what it claims
+
+def test_import_names_the_fields_a_record_has(tmp_path, capsys):
+    path = tmp_path / "foo.jsonl"
+    path.write_text('{"foo": 1}\n')
+    err = cli_error(["data", "import", path, "--name", "piqa", "--to", tmp_path / "mirror"], capsys)
+    assert "piqa records need fields ['goal', 'label', 'sol1', 'sol2'], got fields ['foo']" in err
+
+
+@pytest.mark.parametrize("content, problem", [(bytes(range(128, 256)) * 8, "not UTF-8 text"),
+                                              (b"text\x00\x01\x02 and more\n\n\n" * 9, "holds NUL bytes")],
+                         ids=["not-utf8", "nul-bytes"])
+def test_train_tokenizer_refuses_a_binary_corpus(tmp_path, capsys, monkeypatch, content, problem):
+    monkeypatch.setenv("HARNESS_DATA", str(tmp_path / "mirror"))
+    (tmp_path / "corpus").mkdir()
+    (tmp_path / "corpus" / "garbage.txt").write_bytes(content)
+    err = cli_error(["data", "train-tokenizer", "--corpus", tmp_path / "corpus", "--vocab-size", "512",
+                     "--name", "bpe"], capsys)
+    assert f"{tmp_path / 'corpus' / 'garbage.txt'}: {problem}" in err
+    assert not (tmp_path / "mirror").exists()

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
+
+from rich.markup import escape
 
 from harness.data.corpus import HUB_CORPORA, corpus_files, fetch_corpus
 from harness.data.importers import fetch, import_path, store_bpe
-from harness.data.mirror import CATALOGUE, load_manifest, status, statuses, verify
+from harness.data.mirror import CATALOGUE, Status, load_manifest, status, statuses, verify
 from harness.data.paths import DataError, data_roots, user_data_dir
-from harness.data.tokenizer import get_tokenizer
+from harness.data.tokenizer import get_tokenizer, mirror_candidates
 from harness.files import file_in_the_way
 
 
@@ -45,6 +48,13 @@ def needed_datasets() -> dict[str, list[str]]:
     return out
 
 
+def _split_flag(st: Status) -> str:
+    """A stored split's status cell: a damaged file (no count) is only flagged, verify says why at length."""
+    if st.count is None:
+        return "[red]damaged (see harness data verify)[/red]"
+    return f"[yellow]{escape(st.problem)}[/yellow]" if st.problem else "[green]ok[/green]"
+
+
 def cmd_list(console) -> None:
     """Every dataset the registered tasks read (the tasks, present or missing, count vs official,
     size, checksum, path), then the tokenizers and the corpora."""
@@ -69,9 +79,8 @@ def cmd_list(console) -> None:
                 table.add_row(label, split, "[red]missing[/red]", "-", str(st.official), "-", "-",
                               f"hub {ds.hub}" + (f" {ds.hub_config}" if ds.hub_config else ""))
                 continue
-            flag = "[green]ok[/green]" if not st.problem else f"[yellow]{st.problem}[/yellow]"
-            table.add_row(label, split, flag, str(st.count), str(st.official), _size(st.path.stat().st_size),
-                          st.sha256[:8], _where(st.path))
+            table.add_row(label, split, _split_flag(st), "-" if st.count is None else str(st.count), str(st.official),
+                          _size(st.path.stat().st_size), (st.sha256 or "-")[:8], _where(st.path))
     console.print(table)
     if missing:
         console.print(f"missing: {', '.join(dict.fromkeys(missing))}; get them with `harness data fetch NAME` "
@@ -85,8 +94,10 @@ def cmd_list(console) -> None:
             other.add_row(f"tokenizer {name}", "[green]ok[/green]", f"vocab {tok.vocab_size}", "-",
                           _size(tok.path.stat().st_size), _where(tok.path))
         except DataError:
-            other.add_row(f"tokenizer {name}", "[red]missing[/red]", f"vocab {entry['vocab_size']}", "-", "-",
-                          "harness data import PATH/llama-tokenizer-js")
+            damaged = next((c for c in mirror_candidates(name) if c.is_file()), None)
+            other.add_row(f"tokenizer {name}", f"[red]{'cannot be loaded' if damaged else 'missing'}[/red]",
+                          f"vocab {entry['vocab_size']}", "-", "-",
+                          _where(damaged) if damaged else "harness data import PATH/llama-tokenizer-js")
     for name in [*manifest.get("corpora", {}), *HUB_CORPORA]:
         entry = manifest.get("corpora", {}).get(name, {})
         try:
@@ -101,6 +112,59 @@ def cmd_list(console) -> None:
     console.print(other)
 
 
+def cmd_verify(console) -> None:
+    """Every problem of the mirror, one line each, then one error line (exit 2) when there are any."""
+    problems = verify()
+    for p in problems:
+        console.print(f"[red]x[/red] {escape(p)}", highlight=False)
+    if problems:
+        raise DataError(f"{len(problems)} problem(s) in the mirror (see above); replace those files as each line says")
+    present = sum(1 for st in statuses() if st.path)
+    console.print(f"ok: {present} splits match the official counts and their MANIFEST.json; tokenizers and "
+                  f"corpora match their MANIFEST.json", highlight=False)
+
+
+def cmd_fetch(args, console) -> None:
+    """Every name and option is checked, and the hub reached once, before anything is fetched."""
+    unknown = [n for n in args.names if n not in CATALOGUE and n not in HUB_CORPORA]
+    if unknown:
+        raise DataError(f"unknown name(s) {', '.join(unknown)}: choose datasets of {', '.join(CATALOGUE)} or hub "
+                        f"corpora of {', '.join(HUB_CORPORA)}")
+    corpora = [n for n in args.names if n in HUB_CORPORA]
+    if corpora and not args.documents:
+        raise DataError(f"fetching corpus {corpora[0]} needs --documents N (how many to stream)")
+    if args.documents and len(corpora) < len(args.names):
+        raise DataError(f"--documents applies to hub corpora only ({', '.join(HUB_CORPORA)}); evaluation sets are "
+                        f"fetched whole: fetch {', '.join(n for n in args.names if n not in HUB_CORPORA)} "
+                        f"without it")
+    dest = _dest(args.to)
+    check_hub_reachable()
+    for name in args.names:
+        if name in HUB_CORPORA:
+            folder = fetch_corpus(name, args.documents, dest,
+                                  progress=lambda d, n, name=name: console.print(f"{name}: {d:,}/{n:,} documents"))
+            console.print(f"{name}: {folder}")
+            continue
+        for e in fetch(name, dest, args.force):
+            console.print(f"{name}/{e['split']}: {e['count']} examples -> {dest / e['file']}")
+
+
+def check_hub_reachable(timeout: float = 10) -> None:
+    """One quick request to the hub before fetching: offline, the hub client would retry each file
+    for about half a minute and print every retry before failing."""
+    import urllib.error
+    import urllib.request
+    endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co")
+    try:
+        urllib.request.urlopen(urllib.request.Request(endpoint, method="HEAD"), timeout=timeout).close()
+    except urllib.error.HTTPError:
+        return  # it answered
+    except (OSError, ValueError) as err:  # URLError, a timeout, a malformed HF_ENDPOINT
+        reason = getattr(err, "reason", None) or err
+        raise DataError(f"the Hugging Face hub ({endpoint}) is not reachable from here ({reason}); fetch where it "
+                        f"is, or use `harness data import` with local files") from None
+
+
 def run_command(args, console) -> None:
     """`harness data list|fetch|verify|import|train-tokenizer` (argparse namespace from harness.cli)."""
     if args.data_command == "list":
@@ -108,35 +172,17 @@ def run_command(args, console) -> None:
         load_plugins(args.plugin)  # a plugin's tasks declare the datasets they read
         cmd_list(console)
     elif args.data_command == "verify":
-        problems = verify()
-        present = sum(1 for st in statuses() if st.path)
-        for p in problems:
-            console.print(f"[red]x[/red] {p}", highlight=False)
-        if problems:
-            raise DataError(f"{len(problems)} problem(s) in the mirror (see above); re-import or re-fetch those "
-                            f"datasets")
-        console.print(f"ok: {present} splits match the official counts and their MANIFEST.json; tokenizers and "
-                      f"corpora match data/MANIFEST.json")
+        cmd_verify(console)
     elif args.data_command == "fetch":
-        dest = _dest(args.to)
-        for name in args.names:
-            if name in HUB_CORPORA:
-                if not args.documents:
-                    raise DataError(f"fetching corpus {name} needs --documents N (how many to stream)")
-                folder = fetch_corpus(name, args.documents, dest,
-                                      progress=lambda d, n: console.print(f"{name}: {d:,}/{n:,} documents"))
-                console.print(f"{name}: {folder}")
-                continue
-            for e in fetch(name, dest):
-                console.print(f"{name}/{e['split']}: {e['count']} examples -> {dest / e['file']}")
+        cmd_fetch(args, console)
     elif args.data_command == "train-tokenizer":
         dest = _dest(args.to)
-        e = store_bpe(args.corpus, args.vocab_size, args.name, dest)
+        e = store_bpe(args.corpus, args.vocab_size, args.name, dest, args.force)
         console.print(f"tokenizer {e['name']}: vocabulary {e['vocab_size']} -> {dest / e['file']}; use it with "
                       f"--set train.tokenizer={e['name']} --set model.vocab_size={e['vocab_size']}", highlight=False)
     elif args.data_command == "import":
         dest = _dest(args.to)
-        for e in import_path(Path(args.path), dest, args.name, args.split):
+        for e in import_path(Path(args.path), dest, args.name, args.split, args.force):
             what = f"{e['name']}/{e['split']}: {e['count']} examples (official {e['official']})" if "split" in e \
                 else f"tokenizer {e['name']}: vocabulary {e['vocab_size']}"
             console.print(f"{what} -> {dest / e['file']}")

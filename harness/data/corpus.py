@@ -15,14 +15,15 @@ import gzip
 import hashlib
 import json
 import lzma
-import os
 import re
+import zlib
 from pathlib import Path
 from typing import Iterator
 
 import numpy as np
 
 from harness.data.paths import PACKAGE_DIR, DataError, data_roots, user_data_dir
+from harness.files import atomic_write_bytes
 
 BUNDLED_TEXT = PACKAGE_DIR / "resources" / "wikitext2_valid_sample.txt"
 
@@ -47,12 +48,30 @@ def split_wikitext(text: str) -> list[str]:
 
 
 def read_decompressed(path: Path) -> bytes:
+    """A corpus file's bytes, decompressed for .gz/.xz. A damaged or truncated archive is a DataError
+    naming the file: training on what could be read of it would be silently wrong."""
     data = path.read_bytes()
-    if path.suffix == ".gz":
-        return gzip.decompress(data)
-    if path.suffix == ".xz":
-        return lzma.decompress(data)
-    return data
+    if path.suffix not in (".gz", ".xz"):
+        return data
+    try:
+        return gzip.decompress(data) if path.suffix == ".gz" else lzma.decompress(data)
+    except (OSError, EOFError, zlib.error, lzma.LZMAError) as err:
+        raise DataError(f"{path}: not a readable {'gzip' if path.suffix == '.gz' else 'xz'} file ({err}), damaged "
+                        f"or truncated; fetch or copy it again, or remove it from the corpus") from None
+
+
+def read_corpus_text(path: Path) -> str:
+    """A corpus file's text: bytes that are not UTF-8, or NUL bytes (binary data), are a DataError
+    naming the file, since a tokenizer or model would otherwise learn from garbage."""
+    data = read_decompressed(path)
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise DataError(f"{path}: not UTF-8 text (byte {err.start}: {err.reason}); a corpus holds UTF-8 "
+                        f"text/JSONL (or parquet) files: replace it or remove it from the corpus") from None
+    if "\x00" in text:
+        raise DataError(f"{path}: holds NUL bytes, so binary data, not text; replace it or remove it from the corpus")
+    return text
 
 
 def read_documents(path: Path) -> list[str]:
@@ -74,7 +93,7 @@ def read_sourced_documents(path: Path) -> list[tuple[str, str]]:
     default = file_source(path)
     if name.endswith(".jsonl"):
         docs = []
-        for n, line in enumerate(read_decompressed(path).decode("utf-8").splitlines(), 1):
+        for n, line in enumerate(read_corpus_text(path).splitlines(), 1):
             if not line.strip():
                 continue
             try:
@@ -93,7 +112,7 @@ def read_sourced_documents(path: Path) -> list[tuple[str, str]]:
             raise DataError(f"{path}: parquet file has no 'text' column")
         sources = frame["source"].astype(str) if "source" in frame.columns else [default] * len(frame)
         return list(zip(frame["text"].astype(str).tolist(), sources))
-    text = read_decompressed(path).decode("utf-8", errors="replace")
+    text = read_corpus_text(path)
     docs = split_wikitext(text)
     docs = docs if len(docs) > 1 else [d for d in re.split(r"\n\s*\n\s*\n", text) if d.strip()]
     return [(d, default) for d in docs]
@@ -189,10 +208,9 @@ def fetch_corpus(name: str, documents: int, dest: Path | None = None, shard_docs
         from datasets import load_dataset
     except ImportError:
         raise DataError("fetching a corpus from the hub needs the `datasets` package: pip install datasets") from None
-    folder = (dest or user_data_dir()) / "corpora" / name
-    folder.mkdir(parents=True, exist_ok=True)
+    folder = (dest or user_data_dir()) / "corpora" / name  # made by the first shard: a failed fetch leaves none
     shards = sorted(folder.glob("part-*.jsonl.gz"))
-    done = sum(gzip.decompress(p.read_bytes()).count(b"\n") for p in shards)
+    done = sum(read_decompressed(p).count(b"\n") for p in shards)
     if done >= documents:
         return folder
     try:
@@ -210,12 +228,12 @@ def fetch_corpus(name: str, documents: int, dest: Path | None = None, shard_docs
     except Exception as err:  # offline or hub errors: one line, the shards so far are kept
         if isinstance(err, DataError):
             raise
-        raise DataError(f"could not stream {hub} from the hub ({str(err).splitlines()[0] if str(err) else type(err).__name__}); "
-                        f"{done} documents are in {folder}; run the same command again to resume") from None
+        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+        kept = f"{done} documents are in {folder}; run the same command again to resume" if done else \
+            "nothing was written"
+        raise DataError(f"could not stream {hub} from the hub ({reason}); {kept}") from None
     return folder
 
 
 def _write_shard(path: Path, lines: list[str]) -> None:
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    tmp.write_bytes(gzip.compress(("\n".join(lines) + "\n").encode("utf-8"), mtime=0))
-    tmp.replace(path)
+    atomic_write_bytes(path, gzip.compress(("\n".join(lines) + "\n").encode("utf-8"), mtime=0))

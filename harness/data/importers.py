@@ -27,9 +27,10 @@ from harness.data.mirror import (
     load_manifest,
     read_stored,
     sha256,
+    stored_file,
     to_jsonl,
 )
-from harness.data.paths import DataError
+from harness.data.paths import DataError, data_roots
 from harness.data.streams import prepare_streams
 from harness.data.tokenizer import get_tokenizer, trained_tokenizer_path
 from harness.files import atomic_write_bytes
@@ -40,7 +41,7 @@ from harness.files import atomic_write_bytes
 def read_text(path: Path) -> str:
     """A file's text (gunzipped for .gz): bytes that are not UTF-8 are a DataError naming the file
     and where, since every format read here is UTF-8 text."""
-    data = read_stored(path)
+    data = read_stored(path, fix="compress it again with gzip, or drop the .gz suffix if it is not compressed")
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as err:
@@ -89,10 +90,11 @@ def _coerce(kind, value):
 
 
 def from_hub_records(ds: Dataset, records: list[dict]) -> list[dict]:
-    """Records already in the hub schema (or a raw release with the same fields): keep the schema's
-    fields, cast int/str labels to the hub's type; a missing field is an error in check_record."""
-    return [{k: _coerce(t, r[k]) for k, t in ds.schema.items() if k in r} if isinstance(r, dict) else r
-            for r in records]
+    """Records already in the hub schema (or a raw release with the same fields and more): keep the
+    schema's fields, cast int/str labels to the hub's type. A record that lacks one of them is passed
+    on whole, so that check_record's error names the fields it does have."""
+    return [{k: _coerce(t, r[k]) for k, t in ds.schema.items()} if isinstance(r, dict) and set(ds.schema) <= set(r)
+            else r for r in records]
 
 
 def from_labels_file(ds: Dataset, records: list[dict], labels: list[str]) -> list[dict]:
@@ -229,15 +231,53 @@ def convert_files(ds: Dataset, files: list[Path]) -> list[dict]:
     return from_hub_records(ds, records)
 
 
-def checked_split(ds: Dataset, split: str, records: list[dict], where: str) -> bytes:
+def checked_split(ds: Dataset, split: str, records: list[dict], where: str, dest: Path, force: bool) -> bytes:
     """One split's canonical JSONL, every record checked: done for all the splits of an import
-    before any is written, so bad input leaves the mirror as it was."""
+    before any is written, so bad input leaves the mirror as it was. Unless `force`, a split whose
+    size is not the official one (a truncated or partial file) and one that would replace a
+    different split stored in `dest` are refused too."""
     if split not in ds.splits:
         raise DataError(f"{ds.name} has splits {', '.join(ds.splits)}, not {split!r}")
+    refuse_shadowed(ds, split, dest)
     data = to_jsonl(ds, records, where)
     if not data:
         raise DataError(f"{where}: no records")
+    if not force:
+        count, official = count_lines(data), ds.splits[split]
+        if count != official:
+            raise DataError(f"{where}: {count} examples, but {ds.name} {split} has {official} (the official "
+                            f"size): a truncated or partial file? Pass the complete split, or --force to store it "
+                            f"anyway")
+        refuse_replacing(dest / ds.name / f"{split}.jsonl.gz", data, f"{ds.name} {split}")
     return data
+
+
+def refuse_shadowed(ds: Dataset, split: str, dest: Path) -> None:
+    """A DataError when a data root looked up before `dest` holds the split already: the tasks would
+    go on reading that copy, and the one imported into `dest` would never be used."""
+    roots = [root.resolve() for root in data_roots()]
+    first = stored_file(ds.name, split)
+    if dest.resolve() not in roots or first is None:
+        return
+    holder = first.parent.parent.resolve()
+    if roots.index(holder) < roots.index(dest.resolve()):
+        raise DataError(f"{ds.name} {split} is read from {first}, which is looked up before {dest}: a copy imported "
+                        f"there would never be used; pass --to {holder} (with --force to replace it), or set "
+                        f"HARNESS_DATA to a mirror of your own")
+
+
+def refuse_replacing(target: Path, data: bytes, what: str) -> None:
+    """A DataError when `target` holds readable content other than `data`: data already in the
+    mirror is only replaced on request (--force). A damaged file is not kept: replacing it is the fix."""
+    if not target.is_file():
+        return
+    try:
+        stored = read_stored(target)
+    except DataError:
+        return
+    if stored != data:
+        raise DataError(f"{what} already exists as {target}, with other content; pass --force to replace it, or "
+                        f"--to another folder")
 
 
 def write_split(dest: Path, ds: Dataset, split: str, data: bytes, origin: str, note: str) -> dict:
@@ -264,13 +304,15 @@ def update_manifest(dest: Path, change) -> None:
     atomic_write_text(dest / "MANIFEST.json", json.dumps(manifest, indent=1, ensure_ascii=False) + "\n")
 
 
-def import_path(path: Path, dest: Path, name: str | None = None, split: str | None = None) -> list[dict]:
+def import_path(path: Path, dest: Path, name: str | None = None, split: str | None = None,
+                force: bool = False) -> list[dict]:
     """Import a file (`name` required), a folder of known raw releases, or the npm package
-    llama-tokenizer-js (its folder or `llama-tokenizer.js`) into `dest`; returns what was written."""
+    llama-tokenizer-js (its folder or `llama-tokenizer.js`) into `dest`; returns what was written.
+    `force` stores splits of another size than the official one and replaces different stored data."""
     path = Path(path)
     js = path / "llama-tokenizer.js" if path.is_dir() else path
     if js.name == "llama-tokenizer.js" and js.is_file():
-        return [import_tokenizer(js, dest)]
+        return [import_tokenizer(js, dest, force)]
     if path.is_dir() and name is None:
         found = [lay for lay in RAW_LAYOUTS if all((path / f).is_file() for f in lay.files)]
         if not found:
@@ -280,7 +322,7 @@ def import_path(path: Path, dest: Path, name: str | None = None, split: str | No
         for lay in found:
             ds = dataset(lay.name)
             records = convert_files(ds, [path / f for f in lay.files])
-            checked.append((lay, ds, checked_split(ds, lay.split, records, str(path / lay.files[0]))))
+            checked.append((lay, ds, checked_split(ds, lay.split, records, str(path / lay.files[0]), dest, force)))
         return [{"name": lay.name, "split": lay.split, **write_split(dest, ds, lay.split, data, lay.origin, lay.note)}
                 for lay, ds, data in checked]
     if path.is_dir():
@@ -295,13 +337,13 @@ def import_path(path: Path, dest: Path, name: str | None = None, split: str | No
         if len(ds.splits) > 1:
             raise DataError(f"{name} has splits {', '.join(ds.splits)}: pass --split")
         split = next(iter(ds.splits))
-    data = checked_split(ds, split, convert_files(ds, [path]), str(path))
+    data = checked_split(ds, split, convert_files(ds, [path]), str(path), dest, force)
     return [{"name": name, "split": split, **write_split(dest, ds, split, data, f"imported from {path}", "")}]
 
 
-def fetch(name: str, dest: Path) -> list[dict]:
+def fetch(name: str, dest: Path, force: bool = False) -> list[dict]:
     """Download every split of `name` from the Hugging Face hub into `dest` (needs `datasets` and
-    network access to the hub)."""
+    network access to the hub); `force` as for `import_path`."""
     ds = dataset(name)
     try:
         from datasets import load_dataset
@@ -316,7 +358,8 @@ def fetch(name: str, dest: Path) -> list[dict]:
             raise DataError(f"could not fetch {hub} split {split} from the hub: "
                             f"{str(err).splitlines()[0] if str(err) else type(err).__name__}; "
                             f"`harness data import` takes local files instead") from None
-        checked[split] = checked_split(ds, split, from_hub_records(ds, [dict(r) for r in rows]), f"{ds.hub}:{split}")
+        checked[split] = checked_split(ds, split, from_hub_records(ds, [dict(r) for r in rows]), f"{ds.hub}:{split}",
+                                       dest, force)
     origin = f"hub {ds.hub} {ds.hub_config or ''}".strip()
     return [{"name": name, "split": split, **write_split(dest, ds, split, data, origin, "")}
             for split, data in checked.items()]
@@ -369,11 +412,14 @@ def llama2_tokenizer_from_js(path: Path):
     return tok
 
 
-def import_tokenizer(path: Path, dest: Path) -> dict:
-    """Store the Llama-2 tokenizer from llama-tokenizer.js as `<dest>/tokenizers/llama2/tokenizer.json.gz`."""
+def import_tokenizer(path: Path, dest: Path, force: bool = False) -> dict:
+    """Store the Llama-2 tokenizer from llama-tokenizer.js as `<dest>/tokenizers/llama2/tokenizer.json.gz`;
+    another tokenizer stored under that name is replaced only with `force`."""
     tok = llama2_tokenizer_from_js(path)
     data = tok.to_str().encode("utf-8")
     target = dest / "tokenizers" / "llama2" / "tokenizer.json.gz"
+    if not force:
+        refuse_replacing(target, data, "tokenizer llama2")
     atomic_write_bytes(target, gzip.compress(data, compresslevel=9, mtime=0))
     entry = {"file": str(target.relative_to(dest)), "vocab_size": tok.get_vocab_size(), "sha256": sha256(data),
              "origin": f"npm llama-tokenizer-js ({Path(path).name}), vocabulary and merges of Meta's Llama-2 "
@@ -385,6 +431,9 @@ def import_tokenizer(path: Path, dest: Path) -> dict:
 # ---------------------------------------------------------------- tokenizers trained here
 
 EOT = "<|endoftext|>"
+# `tokenizers` reserves memory for the whole vocabulary before training (about 45 bytes an entry):
+# far larger sizes abort the process. 2**20 is four times the largest vocabularies in use (256k).
+MAX_BPE_VOCAB = 1 << 20
 
 
 def train_bpe(corpus: str, vocab_size: int, heldout_fraction: float = 0.05):
@@ -399,6 +448,10 @@ def train_bpe(corpus: str, vocab_size: int, heldout_fraction: float = 0.05):
     if vocab_size < 512:
         raise DataError(f"a BPE vocabulary of {vocab_size} is smaller than its 256 byte symbols plus merges; "
                         f"use --vocab-size 512 or more")
+    if vocab_size > MAX_BPE_VOCAB:
+        raise DataError(f"--vocab-size {vocab_size} is over {MAX_BPE_VOCAB:,}: `tokenizers` reserves memory for the "
+                        f"whole vocabulary before training, and the largest vocabularies in use are about 256k; use "
+                        f"512 to {MAX_BPE_VOCAB}")
     train_docs, _ = heldout_texts(corpus, heldout_fraction)
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -409,12 +462,15 @@ def train_bpe(corpus: str, vocab_size: int, heldout_fraction: float = 0.05):
     return tok, len(train_docs)
 
 
-def store_bpe(corpus: str, vocab_size: int, name: str, dest: Path) -> dict:
+def store_bpe(corpus: str, vocab_size: int, name: str, dest: Path, force: bool = False) -> dict:
     """Train `train_bpe` and store it as `<dest>/tokenizers/<name>/tokenizer.json.gz`, recorded in
     the manifest with the corpus, vocabulary size and the documents it was trained on. The name is
-    checked first (`trained_tokenizer_path`): training is long, and a name that train.tokenizer
-    cannot load the result by makes it useless."""
+    checked first (`trained_tokenizer_path`; a tokenizer already stored there is replaced only with
+    `force`): training is long, and a name that train.tokenizer cannot load the result by makes it useless."""
     target = trained_tokenizer_path(name, dest)
+    if target.is_file() and not force:
+        raise DataError(f"tokenizer {name} already exists as {target}; choose another --name, or pass --force to "
+                        f"replace it")
     tok, documents = train_bpe(corpus, vocab_size)
     data = tok.to_str().encode("utf-8")
     atomic_write_bytes(target, gzip.compress(data, compresslevel=9, mtime=0))

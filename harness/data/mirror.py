@@ -24,8 +24,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
+from harness.data.corpus import files_in
 from harness.data.paths import DataError, cache_dir, data_roots
-from harness.files import atomic_write_bytes
+from harness.files import atomic_write_bytes, file_sha256
 
 REPO_DATA = Path(__file__).resolve().parents[2] / "data"
 MANIFEST_PATH = REPO_DATA / "MANIFEST.json"
@@ -122,7 +123,7 @@ def check_record(ds: Dataset, record: dict, where: str) -> dict:
     """The record with its fields in schema order, or a DataError naming the first mismatch (a
     missing field, a wrong type, an answer outside the record's choices)."""
     if not isinstance(record, dict) or set(record) != set(ds.schema):
-        got = sorted(record) if isinstance(record, dict) else type(record).__name__
+        got = f"fields {sorted(record)}" if isinstance(record, dict) else f"a {type(record).__name__}"
         raise DataError(f"{where}: {ds.name} records need fields {sorted(ds.schema)}, got {got}")
     for key, kind in ds.schema.items():
         if not _type_ok(record[key], kind):
@@ -157,16 +158,20 @@ def stored_file(name: str, split: str) -> Path | None:
     return None
 
 
-def read_stored(path: Path) -> bytes:
-    """A file's bytes, gunzipped for .gz; a damaged .gz is a DataError naming the file, not a traceback."""
+# What to do about a damaged file in the mirror: a copy of a file recorded elsewhere, so not repaired by hand.
+REPLACE_MIRRORED = "replace it: restore the repository's copy, or fetch, import or train it again (with --force)"
+
+
+def read_stored(path: Path, fix: str = REPLACE_MIRRORED) -> bytes:
+    """A file's bytes, gunzipped for .gz; a damaged .gz is a DataError naming the file and `fix`, not a
+    traceback (a mirrored file is replaced; an input file given to import is compressed again)."""
     data = path.read_bytes()
     if path.suffix != ".gz":
         return data
     try:
         return gzip.decompress(data)
     except (OSError, EOFError, zlib.error) as err:
-        raise DataError(f"{path}: not a complete gzip file ({err}); compress it again with gzip, or drop "
-                        f"the .gz suffix if it is not compressed") from None
+        raise DataError(f"{path}: not a complete gzip file ({err}); {fix}") from None
 
 
 def how_to_get(name: str) -> str:
@@ -209,11 +214,19 @@ def available() -> dict[str, bool]:
 # ---------------------------------------------------------------- manifest
 
 def load_manifest(path: Path | None = None) -> dict:
-    """A mirror's MANIFEST.json; by default the committed data/MANIFEST.json."""
+    """A mirror's MANIFEST.json; by default the committed data/MANIFEST.json. A damaged one is a
+    DataError: every checksum of its mirror is checked against it."""
     path = path or MANIFEST_PATH
     if not path.is_file():
         return {"datasets": {}}
-    return json.loads(path.read_text(encoding="utf-8"))
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise DataError(f"{path}: not a readable MANIFEST.json ({err}); restore the repository's copy, or import "
+                        f"the mirror's files again into an empty folder") from None
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("datasets", {}), dict):
+        raise DataError(f"{path}: not a MANIFEST.json (no 'datasets' object); restore the repository's copy")
+    return {"datasets": {}, **manifest}
 
 
 def count_lines(data: bytes) -> int:
@@ -241,10 +254,13 @@ def status(name: str, split: str) -> Status:
     path = stored_file(name, split)
     if path is None:
         return Status(name, split, None, None, official, None, "missing")
-    data = read_stored(path)
-    st = Status(name, split, path, count_lines(data), official, sha256(data))
     manifest_path = path.parent.parent / "MANIFEST.json"
-    expected = load_manifest(manifest_path)["datasets"].get(name, {}).get("splits", {}).get(split)
+    try:
+        data = read_stored(path)
+        expected = load_manifest(manifest_path)["datasets"].get(name, {}).get("splits", {}).get(split)
+    except DataError as err:  # a damaged file is one problem among the others listed
+        return Status(name, split, path, None, official, None, str(err))
+    st = Status(name, split, path, count_lines(data), official, sha256(data))
     problems = []
     if st.count != official:
         problems.append(f"{st.count} examples, official {official}")
@@ -263,18 +279,57 @@ def statuses() -> Iterator[Status]:
 
 
 def verify() -> list[str]:
-    """Problems found: splits whose count differs from the official size or whose sha256 differs
-    from data/MANIFEST.json, and tokenizer or corpus files that differ from it."""
-    manifest = load_manifest()
+    """Every problem found, not only the first (a damaged file is one of them): splits whose count
+    differs from the official size or whose sha256 differs from the manifest beside them, and
+    tokenizer or corpus files, in the lookup roots, that differ from their manifest."""
     problems = [f"{st.name}/{st.split}: {st.problem}" for st in statuses() if st.path and st.problem]
-    for name, entry in manifest.get("tokenizers", {}).items():
-        path = next((r / entry["file"] for r in data_roots() if (r / entry["file"]).is_file()), None)
-        if path and sha256(read_stored(path)) != entry["sha256"]:
-            problems.append(f"tokenizer {name}: {path} differs from data/MANIFEST.json")
-    for name, entry in manifest.get("corpora", {}).items():
-        folder = REPO_DATA / entry["folder"]
-        for file, meta in entry["files"].items():
-            path = folder / file
-            if path.is_file() and sha256(path.read_bytes()) != meta["sha256"]:
-                problems.append(f"corpus {name}: {path} differs from data/MANIFEST.json")
+    for name, path, entry, manifest_path in recorded("tokenizers"):
+        problems += [f"tokenizer {name}: {p}" for p in _tokenizer_problems(path, entry, manifest_path)]
+    for name, folder, entry, manifest_path in recorded("corpora"):
+        problems += [f"corpus {name}: {p}" for p in _corpus_problems(folder, entry, manifest_path)]
+    return problems
+
+
+def recorded(kind: str) -> Iterator[tuple[str, Path, dict, Path]]:
+    """(name, path, entry, manifest path) of every tokenizer or corpus (`kind`: "tokenizers" or
+    "corpora") that data/MANIFEST.json or a lookup root's MANIFEST.json records and a root holds:
+    the copy found first in lookup order (the one that gets used), with the entry of the manifest
+    beside it, else of data/MANIFEST.json (a copy of data/ keeps the committed entries)."""
+    paths = dict.fromkeys([MANIFEST_PATH, *(root / "MANIFEST.json" for root in data_roots())])
+    manifests = {path: load_manifest(path) for path in paths}
+    names = dict.fromkeys(name for m in manifests.values() for name in m.get(kind, {}))
+    for name in names:
+        for root in data_roots():
+            own = manifests[root / "MANIFEST.json"].get(kind, {}).get(name)
+            entry, manifest_path = (own, root / "MANIFEST.json") if own else \
+                (manifests[MANIFEST_PATH].get(kind, {}).get(name), MANIFEST_PATH)
+            relative = entry and (entry["file"] if kind == "tokenizers" else entry["folder"])
+            if relative and (root / relative).exists():
+                yield name, root / relative, entry, manifest_path
+                break
+
+
+def _tokenizer_problems(path: Path, entry: dict, manifest_path: Path) -> list[str]:
+    try:
+        digest = sha256(read_stored(path))
+    except DataError as err:
+        return [str(err)]
+    if digest != entry["sha256"]:
+        return [f"{path} differs from {manifest_path} (a modified file); {REPLACE_MIRRORED}"]
+    return []
+
+
+def _corpus_problems(folder: Path, entry: dict, manifest_path: Path) -> list[str]:
+    """A corpus folder against its entry: files missing, damaged or modified, and files it does not
+    record (training reads every corpus file in the folder)."""
+    problems = []
+    for file, meta in entry["files"].items():
+        path = folder / file
+        if not path.is_file():
+            problems.append(f"{path} is missing ({manifest_path} records it); {REPLACE_MIRRORED}")
+        elif file_sha256(path) != meta["sha256"]:
+            problems.append(f"{path} differs from {manifest_path} (a damaged, truncated or modified file); "
+                            f"{REPLACE_MIRRORED}")
+    problems += [f"{path} is not recorded in {manifest_path}; remove it from the corpus folder"
+                 for path in files_in(folder) if path.name not in entry["files"]]
     return problems

@@ -139,9 +139,12 @@ class ResultsError(ValueError):
 
 # Fields that describe how or when a row was measured, not what was measured: two rows that differ
 # only in these are the same measurement (a duplicate, or a conflict when the values differ). What
-# was measured stays in the identity: learning rate, length, depth, corpus source, limit, ...
+# was measured stays in the identity: learning rate, length, depth, corpus source, limit, ... The
+# digest of the weights scored (`weights`, harness.evaluation.loop) is provenance too: a rerun on
+# retrained weights replaces a row, it does not add a second measurement.
 _NOT_IDENTITY = {"value", "stderr", "n", "params", *PROVENANCE_KEYS}
-_DESCRIPTIVE_EXTRAS = {"task_version", "version", "source", "table", "label", "published", "note", *BOOKKEEPING_KEYS}
+_DESCRIPTIVE_EXTRAS = {"task_version", "version", "source", "table", "label", "published", "note", "weights",
+                       *BOOKKEEPING_KEYS}
 _IDENTITY_FIELDS = tuple(k for k in ROW_FIELDS if k not in _NOT_IDENTITY)
 
 

@@ -626,7 +626,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="lm-eval tasks whose data is not mirrored load it from the Hugging Face hub")
     p.add_argument("--bootstrap-iters", type=int_from(0), default=1000, help="bootstrap resamples for stderr")
     p.add_argument("--corpus", help="held-out corpus of the hf: models (smoke), e.g. the one they were trained on "
-                   "(default: english-mix); a checkpoint scores on its own training corpus")
+                   "(default: the training run's, which `harness export` records; else english-mix); a "
+                   "checkpoint scores on its own training corpus")
     add_plugin_arg(p, cmd_eval)
 
     p = sub.add_parser("export", help="write a checkpoint as a Hugging Face model folder that transformers and "

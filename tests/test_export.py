@@ -388,3 +388,17 @@ def test_the_harness_evaluates_its_own_export_without_running_the_folders_code(e
     ids = torch.tensor([tokenizer.encode("The meaning of the window")])
     with torch.no_grad():
         assert torch.allclose(hf_model(ids), model(ids), atol=1e-5)
+
+
+def test_an_exported_folder_is_scored_on_its_runs_heldout_data(exported, tmp_path):
+    """`harness eval --models hf:<export>` scored smoke on TrainConfig's default corpus, windows and
+    token count, not the training run's: another number under the same label. The export records the
+    run's held-out settings, and the folder's smoke is the checkpoint's."""
+    from harness.results.store import read_rows
+    ckpt, folder = exported[1]["swat"]
+    dirs = ["--results", str(tmp_path / "results"), "--runs", str(tmp_path / "runs"), "--device", "cpu"]
+    assert cli.main(["eval", "--models", f"hf:{folder}", "--checkpoint", str(ckpt), "--tasks", "smoke", *dirs]) == 0
+    loss = {r.model: r for r in read_rows(tmp_path / "results" / "eval" / "rows.jsonl") if r.metric == "loss"}
+    hf, own = loss.pop("hf-swat"), loss.popitem()[1]
+    assert (hf.extra["corpus"], hf.n) == (own.extra["corpus"], own.n)
+    assert hf.value == pytest.approx(own.value, abs=1e-4)

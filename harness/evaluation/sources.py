@@ -106,9 +106,9 @@ class CheckpointSource(ModelSource):
 
 @dataclass
 class HFSource(ModelSource):
-    """A Hugging Face checkpoint folder: `checkpoint` is `hf:<path>`. The folder does not say what
-    the model was trained on, so its held-out scores (smoke) read `corpus` (None: TrainConfig's
-    default), which its rows name."""
+    """A Hugging Face checkpoint folder: `checkpoint` is `hf:<path>`. Its held-out scores (smoke) read
+    `corpus`, else the training run's held-out settings that a `harness export` folder records, else
+    TrainConfig's defaults; the rows name the corpus."""
     name: str
     checkpoint: str
     corpus: str | None = None
@@ -123,7 +123,8 @@ class HFSource(ModelSource):
         from harness.model.backbone import count_params
         path = self.checkpoint.removeprefix("hf:")
         model, tokenizer, length = load_hf(path, device)
-        train = TrainConfig(dtype="bf16", tokenizer=path)
+        heldout = getattr(model.hf.config, "harness_heldout", None) or {}  # a `harness export` folder's run
+        train = TrainConfig(dtype="bf16", tokenizer=path, **heldout)
         if self.corpus is not None:
             train.corpus = self.corpus
         cfg = Config("hf", ModelConfig(vocab_size=tokenizer.vocab_size, max_seq_len=length), train)

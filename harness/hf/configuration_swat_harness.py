@@ -49,6 +49,9 @@ class SwatHarnessConfig(PretrainedConfig):
     eos_token_id: int | None = 256
     pad_token_id: int | None = None
     harness_model: str | None = None  # the harness's name of the model (swat, transformer, ...)
+    # the training run's held-out data (corpus, seq_len, eval_tokens), which `harness eval` scores an
+    # exported folder on, as it scores the checkpoint: the same documents, windows and token count
+    harness_heldout: dict | None = None
 
     def __post_init__(self, **kwargs):
         if self.num_key_value_heads is None:

@@ -109,7 +109,13 @@ def hf_config(model, cfg, name: str, eos_id: int):
         tie_word_embeddings=model.head is None, max_position_embeddings=cfg.model.max_seq_len,
         initializer_range=cfg.model.init_std, **mixer.export_config(), rope=mixer.rope,
         rope_theta=float(mixer.rope_theta), head_output_norm=mixer.out_norm is not None, eos_token_id=eos_id,
-        harness_model=name, dtype="float32")
+        harness_model=name, harness_heldout=heldout_settings(cfg.train), dtype="float32")
+
+
+def heldout_settings(train) -> dict:
+    """What decides a run's held-out score besides the model: the corpus (its held-out documents), the
+    window length and the number of tokens scored."""
+    return {"corpus": train.corpus, "seq_len": train.seq_len, "eval_tokens": train.eval_tokens}
 
 
 def hf_state_dict(model) -> dict[str, torch.Tensor]:

@@ -306,8 +306,11 @@ def cmd_train(args) -> None:
     from harness.registry import load_plugins
     from harness.training.distributed import is_main_process
     from harness.training.train import train
+    from harness.config import folder_name
     load_plugins(args.plugin)
     cfg = config_from(args)
+    if args.run is not None:
+        folder_name(args.run, "--run")
     out = Path(args.out or Path(args.runs) / (args.run or args.preset) / args.model)
     main_rank = is_main_process()
     if main_rank:

@@ -192,6 +192,14 @@ def test_bad_arguments_are_one_line_before_any_work(tmp_path, args, message):
     assert not (tmp_path / "results").exists()
 
 
+@pytest.mark.parametrize("run", ["..", "a/b"])
+def test_a_train_run_name_that_is_no_folder_name_is_refused(tmp_path, capsys, run):
+    """`--run ../x` trained into a folder beside runs/, as eval's and run's names once wrote beside results/."""
+    code = cli.main(["train", "--model", "swat", "--device", "cpu", "--run", run, "--runs", str(tmp_path / "runs")])
+    one_error_line(capsys.readouterr().err, "--run must be a non-empty name without / or")
+    assert code == 2 and not tmp_path.joinpath("runs").exists()
+
+
 STUDY = ["study", str(Path(__file__).parent / "fixtures" / "study" / "tiny.yaml")]
 BENCH_MODELS = ["bench", "models", "--models", "swat", "--device", "cpu"]
 

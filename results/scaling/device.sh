@@ -13,9 +13,9 @@
 # machine); on a fresh machine it starts from the committed rows. The largest size's runs start
 # first (--largest-first): an `l` training outlasts a call, and must finish before the machine
 # goes. $OUT gets the log, the study's results folder (rows, training logs, tables) as
-# results.tgz, and the autotuning results to carry next time (unpack autotune.tgz into
-# .gpu-carry/triton). START_NEW_S, for a session's last call:
-# start trainings only in its first S seconds, then only finish what has a checkpoint on this
+# results.tgz, the workers' consoles and every run's per-step log as logs.tgz, and the autotuning
+# results to carry next time (unpack autotune.tgz into .gpu-carry/triton). START_NEW_S, for a
+# session's last call: start trainings only in its first S seconds, then only finish what has a checkpoint on this
 # machine (a training it cannot finish would be lost with the machine). SIZES: run only these sizes,
 # e.g. s,m when too little device time is left for an `l` training to finish.
 set -u
@@ -50,6 +50,8 @@ fi
 wait
 say "packing"
 tar czf "$OUT/results.tgz" -C "$G/results" scaling
-tar czf "$OUT/logs.tgz" -C "$G/runs/scaling" logs 2>/dev/null
+# the workers' consoles, and the per-step logs of every run on this machine: a cut `l` run's tokens/s
+# says whether the calls left can finish it
+(cd "$G/runs/scaling" && { echo logs; find . -name train_log.jsonl; } | tar czf "$OUT/logs.tgz" -T -)
 (cd "$G/triton" && find . -name '*.autotune.json' | tar czf "$OUT/autotune.tgz" -T -)
 say "done ($(( $(date +%s) - T0 )) s)"

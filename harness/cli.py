@@ -528,7 +528,7 @@ def cmd_eval(args) -> None:
         os.environ["HARNESS_ONLINE"] = "1"
     from harness.evaluation.loop import default_device, score
     from harness.evaluation.sources import model_sources
-    from harness.registry import expand_tasks, grouped_tasks, load_plugins
+    from harness.registry import expand_tasks, get_task, grouped_tasks, load_plugins
     from harness.training.distributed import is_main_process
     load_plugins(args.plugin)
     task_names = expand_tasks(split_names(args.tasks))
@@ -541,7 +541,8 @@ def cmd_eval(args) -> None:
     if not is_main_process():  # rank 0 of a data-parallel evaluation reports
         return
     names = {s.name for s in sources}
-    show_tables([r for r in rows if r.model in names and r.task in task_names], {})
+    row_tasks = {name for task in task_names for name in get_task(task).row_task_names}
+    show_tables([r for r in rows if r.model in names and r.task in row_tasks], {})
     console.print(f"wrote {Path(args.results) / run_name}/rows.jsonl, run.json, table.md in {time.time() - t0:.1f}s")
 
 

@@ -14,7 +14,7 @@ from harness.training.recipe import autocast_for
 def run(model, tokenizer, ctx):
     tcfg = ctx.cfg.train
     _, held = prepare_streams(tcfg.corpus, tokenizer)
-    max_tokens = tcfg.eval_tokens if ctx.limit is None else ctx.limit * tcfg.seq_len
+    max_tokens = tcfg.eval_tokens if ctx.limit is None else min(ctx.limit * tcfg.seq_len, tcfg.eval_tokens)
     device = torch.device(ctx.device)
     score = heldout_score(model, held, tcfg.seq_len, max_tokens, tcfg.micro_batch, device,
                           autocast_for(device, tcfg.dtype))

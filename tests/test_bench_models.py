@@ -378,3 +378,23 @@ def test_a_cut_kernel_bench_renders_and_a_folder_missing_a_file_says_which(tmp_p
     (folder / "run.json").unlink()
     assert cli.main(["bench", "kernels", "--render-only", str(folder)]) == 2
     one_error_line(capsys.readouterr().err, f"{folder} has no run.json (its kernels.csv is there)")
+
+
+def test_a_bench_under_another_config_may_not_relabel_other_models_rows(tmp_path, monkeypatch):
+    """run.json and table.md give a folder's rows one config: benching swat alone at hidden 32 into a
+    folder of swat and transformer at 64 relabelled the transformer's rows without a word."""
+    from harness.config import ConfigError
+    monkeypatch.setattr(bm, "train_point", fake_train_point([]))
+    out = tmp_path / "speed"
+
+    def bench(names, *overrides):
+        logged = []
+        bm.run_bench(names, load_config("tiny", overrides=list(overrides)), ["train"], {"train": [32]},
+                     torch.device("cpu"), out, 64, (1,), log=logged.append)
+        return logged
+    bench(["swat", "transformer"])
+    stored = (out / "rows.jsonl").read_text()
+    with pytest.raises(ConfigError, match="holds rows of transformer measured under another config"):
+        bench(["swat"], "model.window=16")
+    assert (out / "rows.jsonl").read_text() == stored
+    assert "swat: replacing its rows measured under another config" in bench(["swat", "transformer"], "model.window=16")

@@ -589,6 +589,10 @@ def test_eval_refuses_a_checkpoint_in_another_models_folder(trained_run, tmp_pat
         [err] = capsys.readouterr().err.strip().splitlines()
         assert err.startswith("error:") and "holds a transformer checkpoint, but its folder names it swat" in err
         assert not (tmp_path / "results").exists()
+    assert main(["run", "--run", "R", "--models", "swat", "--tasks", "smoke", *TINY_RUN, "--results",
+                 str(tmp_path / "results"), "--runs", str(tmp_path / "runs")]) == 2  # reused by a run: the same
+    [err] = capsys.readouterr().err.strip().splitlines()
+    assert "holds a transformer checkpoint, but its folder names it swat" in err
 
 
 def test_hf_models_score_smoke_on_the_corpus_given(tmp_path, capsys):
@@ -602,6 +606,15 @@ def test_hf_models_score_smoke_on_the_corpus_given(tmp_path, capsys):
     rows = rows_of(tmp_path / "results" / "eval" / "rows.jsonl")
     assert {(r["model"], r["corpus"], r["limit"]) for r in rows} == {("hf-llama", "bundled", 1)}
     capsys.readouterr()
+    small = tmp_path / "small-corpus"  # another corpus, small enough to tokenize in a moment
+    small.mkdir()
+    words = "the window slides over every token of the text and sums what it sees".split()
+    (small / "docs.jsonl").write_text("".join(json.dumps({"text": " ".join(words[(i + j) % len(words)]
+                                                                             for j in range(300))}) + "\n"
+                                              for i in range(200)))
+    assert main(base + ["--corpus", str(small)]) == 0  # not done: its rows are of another corpus
+    assert "hf-llama: redoing smoke" in capsys.readouterr().out
+    assert {r["corpus"] for r in rows_of(tmp_path / "results" / "eval" / "rows.jsonl")} == {str(small)}
     without_hf = "--corpus sets the held-out corpus of hf: models"
     for args, message in ((["--corpus", str(tmp_path / "nowhere"), "--run", "other"], "nowhere"),
                           (["--models", "swat", "--corpus", "bundled", "--run", "other"], without_hf)):
@@ -629,3 +642,31 @@ def test_a_task_whose_rows_carry_other_names_is_found_done_and_replaced():
     assert pending_tasks(source, [speed], [other], None, False, lambda m: None) == [speed]
     ctx = TaskContext(load_config("tiny"), "r", "swat", "cpu", None, None, source.checkpoint, None, {})
     assert ctx.owns(row, "speed") and not ctx.owns(row, "smoke")
+
+
+def test_a_retrained_checkpoint_is_not_scored_into_its_runs_folder_under_the_old_config(trained_run, tmp_path,
+                                                                                         capsys):
+    """run.json's config labels every row of a run: a checkpoint retrained by `harness train` at another
+    config and evaluated with `eval --run` went in under the old config's labels."""
+    from harness.cli import main
+    folders = copied_run(trained_run, tmp_path)
+    assert main(["train", "--model", "swat", "--out", str(tmp_path / "runs" / "base" / "swat"), "--no-resume",
+                 "--quiet", *TINY_RUN, "--set", "train.tokens=4096"]) == 0
+    capsys.readouterr()
+    before = files_of(tmp_path / "results")
+    assert main(["eval", "--run", "base", "--tasks", "smoke", "--device", "cpu", *folders]) == 2
+    [err] = capsys.readouterr().err.strip().splitlines()
+    assert "run.json records the config its rows were made at" in err and "(train.tokens 2048, now 4096)" in err
+    assert "--run NEW_NAME" in err and files_of(tmp_path / "results") == before
+
+
+def test_a_forced_retraining_says_which_rows_it_drops_and_a_limit_never_scores_more_than_a_full_run(
+        trained_run, tmp_path, capsys):
+    from harness.cli import main
+    folders = copied_run(trained_run, tmp_path)
+    assert main(["run", "--run", "base", "--models", "swat", "--tasks", "smoke", "--force", *TINY_RUN, *folders]) == 0
+    assert "swat: dropped its rows of smoke: they describe the weights being retrained" in capsys.readouterr().out
+    limited = tmp_path / "limited"
+    assert main(["eval", "--checkpoint", str(tmp_path / "runs" / "base" / "swat" / "checkpoint"), "--tasks", "smoke",
+                 "--limit", "5", "--device", "cpu", "--results", str(limited)]) == 0
+    assert {r["n"] for r in rows_of(limited / "eval" / "rows.jsonl")} == {256}  # 5 x 128 tokens, capped at eval_tokens

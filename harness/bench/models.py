@@ -432,7 +432,8 @@ def run_bench(names: list[str], cfg: Config, sweeps, lengths: dict, device: torc
     plan = runnable_plan(plan, cfg, device, log)  # one that cannot run here stops the bench before any write
     for name in (n for n, todo in plan.items() if not todo):
         log(f"{name}: already measured at these points under this config (pass --force to measure again)")
-    if any(plan.values()):  # else nothing is measured, and run.json keeps only the commands that made rows
+    if any(plan.values()):
+        check_one_config(out, rows, plan, measured_as, log)  # else nothing is measured, and run.json keeps only the commands that made rows
         record_run(out, {"models": list(plan), "sweeps": list(sweeps), "lengths": lengths,
                          "train_tokens": train_tokens, "decode_batches": list(decode_batches),
                          "config": cfg.to_dict()}, str(device))
@@ -461,6 +462,19 @@ def run_bench(names: list[str], cfg: Config, sweeps, lengths: dict, device: torc
         atomic_write_text(out / "table.md", render(build("speed", rows), "md"))
         speed_curves(rows, out)
     return rows
+
+
+def check_one_config(out, rows: list, plan: dict, measured_as: str, log: Callable) -> None:
+    """A folder's run.json and table give its rows one config: a bench under another one may replace its
+    own models' rows (and says so), but not leave other models' rows to be labelled with its config."""
+    from harness.config import ConfigError
+    other = {r.model for r in rows if r.extra.get("config_id") not in (None, measured_as)}
+    kept = sorted(other - {name for name, todo in plan.items() if todo})
+    if kept:
+        raise ConfigError(f"{out} holds rows of {', '.join(kept)} measured under another config, which this bench's "
+                          f"run.json and table would label with its own; pass another --out, or bench them too")
+    for name in sorted(other & set(plan)):
+        log(f"{name}: replacing its rows measured under another config")
 
 
 def replaced_rows(name: str, sweeps, places: dict, measured_as: str, device: str) -> Callable:

@@ -135,6 +135,8 @@ def score(sources: list[ModelSource], task_names: list[str], run: str, results_d
     existing = stored_rows(rows_file, d, log)
     if record is not None and "config_hash" in record:
         check_run_config(out, record, [s.name for s in sources], existing)
+    else:
+        check_checkpoints_fit_run(out, sources)
     recorded = False
 
     def keep_record() -> None:  # run.json, once a model has loaded: a failed load leaves nothing behind
@@ -150,8 +152,9 @@ def score(sources: list[ModelSource], task_names: list[str], run: str, results_d
         if not pending:
             log(f"{source.name}: all tasks done already (pass --force to redo)")
             continue
-        if source.retrains and main and any(r.model == source.name for r in existing):
+        if source.retrains and main and (dropped := sorted({r.task for r in existing if r.model == source.name})):
             existing = replace_rows(rows_file, [], lambda r: r.model == source.name, warn=log)
+            log(f"{source.name}: dropped its rows of {', '.join(dropped)}: they describe the weights being retrained")
         loaded = source.load(device, log)
         keep_record()
         if force and main:
@@ -183,35 +186,56 @@ def pending_tasks(source: ModelSource, tasks: list[TaskSpec], rows: list[Row], l
     pending = [t for t in tasks if done.isdisjoint(t.row_task_names)]
     redone = [t.name for t in pending if any(r.model == source.name and r.task in t.row_task_names for r in rows)]
     if redone:
-        log(f"{source.name}: redoing {', '.join(redone)}: the rows stored were scored on other weights or under "
-            f"another --limit")
+        log(f"{source.name}: redoing {', '.join(redone)}: the rows stored were scored on other weights, under "
+            f"another --limit or on another corpus")
     return pending
 
 
 def scored_alike(row: Row, source: ModelSource, weights: str | None, limit: int | None) -> bool:
-    """Whether a stored row is the source's result on `weights` under `limit`. Rows written before rows
-    named their weights count for the same checkpoint path. Full rows count for any limit: they answer
-    a quick look better than a limited rerun, which would replace them."""
+    """Whether a stored row is the source's result on `weights` under `limit` (and, where the source
+    names one, its held-out corpus). Rows written before rows named their weights count for the same
+    checkpoint path. Full rows count for any limit: they answer a quick look better than a limited
+    rerun, which would replace them."""
     if row.model != source.name or weights is None or row.extra.get("limit") not in (None, limit):
         return False
+    if source.corpus is not None and row.extra.get("corpus", source.corpus) != source.corpus:
+        return False
     return row.extra[WEIGHTS_KEY] == weights if WEIGHTS_KEY in row.extra else row.checkpoint == source.checkpoint
+
+
+def recorded_config(out: Path) -> Config | None:
+    """The config run.json records for a run folder (a `harness run`'s); None where it records none."""
+    path = out / "run.json"
+    try:
+        recorded = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return None  # a damaged record is replaced by this command's
+    return Config.from_dict(recorded["config"]) if isinstance(recorded.get("config"), dict) else None
 
 
 def check_run_config(out: Path, record: dict, models: list[str], rows: list[Row]) -> None:
     """run.json keeps one config per run, and tables label every model of the run with it: a command at
     another config may not rewrite it while the run holds rows of models it does not train."""
-    path = out / "run.json"
-    try:
-        recorded = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        return  # a damaged record is replaced by this command's
-    if recorded.get("config_hash") in (None, record["config_hash"]) or not isinstance(recorded.get("config"), dict):
+    recorded = recorded_config(out)
+    if recorded is None or config_hash(recorded) == record["config_hash"]:
         return
     others = sorted({r.model for r in rows} - set(models))
     if others:
-        change = config_difference(Config.from_dict(recorded["config"]), Config.from_dict(record["config"]))
+        change = config_difference(recorded, Config.from_dict(record["config"]))
         raise RunError(f"{out} holds rows of {', '.join(others)} trained with another config ({change}); pass "
                        f"--run NEW_NAME for a run at this config, or retrain them too (--models with them, --force)")
+
+
+def check_checkpoints_fit_run(out: Path, sources: list[ModelSource]) -> None:
+    """`harness eval` into a run folder: its run.json's config labels every row there, so a checkpoint
+    trained at another one (retrained by `harness train`, say) is scored into a run of its own."""
+    recorded = recorded_config(out)
+    for source in sources if recorded is not None else ():
+        trained = source.trained_config()
+        if trained is not None and config_hash(trained) != config_hash(recorded):
+            raise RunError(f"{out}/run.json records the config its rows were made at, and {source.checkpoint} was "
+                           f"trained with another ({config_difference(recorded, trained)}); pass --run NEW_NAME to "
+                           f"score it in a run of its own")
 
 
 def join_job(device: str, log: Callable[[str], None]) -> tuple[Dist | None, str, Callable[[str], None]]:

@@ -64,6 +64,7 @@ class ModelSource(ABC):
     name: str
     checkpoint: str
     retrains = False  # whether loading replaces the checkpoint, so that its earlier rows describe weights gone
+    corpus: str | None = None  # the held-out corpus it is told to score on, where not its checkpoint's own
 
     @abstractmethod
     def check(self, device: str, world_size: int) -> None:
@@ -78,6 +79,10 @@ class ModelSource(ABC):
     def load(self, device: str, log: Callable[[str], None]) -> Loaded:
         """The model, its tokenizer, config and checkpoint summary (`log` says what was done)."""
 
+    def trained_config(self) -> Config | None:
+        """The config the weights were trained with, where the source knows it."""
+        return None
+
 
 @dataclass
 class CheckpointSource(ModelSource):
@@ -88,9 +93,8 @@ class CheckpointSource(ModelSource):
     def check(self, device: str, world_size: int) -> None:
         ckpt = Path(self.checkpoint)
         meta = read_meta(ckpt)
-        if self.name != meta["model"] and self.name in registered_models():  # its rows would carry another's name
-            raise RunError(f"{ckpt} holds a {meta['model']} checkpoint, but its folder names it {self.name}, "
-                           f"another model; move it to a folder named {meta['model']}")
+        if self.name in registered_models():
+            check_model_name(self.name, meta, ckpt)
         verify_checkpoint(ckpt, meta, (WEIGHTS_FILE,))
         check_plugin_unchanged(meta, ckpt)
         checked_model(meta["model"], Config.from_dict(meta["config"]).model, device)
@@ -98,6 +102,9 @@ class CheckpointSource(ModelSource):
     def load(self, device: str, log: Callable[[str], None] = print) -> Loaded:
         model, cfg, _, meta = load_checkpoint(Path(self.checkpoint), device)
         return Loaded(model, get_tokenizer(cfg.train.tokenizer), cfg, meta)
+
+    def trained_config(self) -> Config | None:
+        return Config.from_dict(read_meta(Path(self.checkpoint))["config"])
 
     def weights_id(self) -> str | None:
         ckpt = Path(self.checkpoint)
@@ -164,6 +171,7 @@ class TrainedSource(ModelSource):
             return
         if where == Path(self.checkpoint):  # to be reused or resumed: by the code that trained it
             check_plugin_unchanged(meta, where)
+        check_model_name(self.name, meta, where)
         check_same_config(self.name, meta, self.cfg, where)
 
     def load(self, device: str, log: Callable[[str], None] = print) -> Loaded:
@@ -215,6 +223,13 @@ def trained_model(name: str, cfg: Config, run_dir: Path, device: str, force: boo
     del result
     model, _, _, meta = load_checkpoint(ckpt, device)
     return model, meta, True
+
+
+def check_model_name(name: str, meta: dict, where: Path) -> None:
+    """Refuse a checkpoint of another model in `name`'s folder: its scores would be written as name's."""
+    if meta.get("model") != name:
+        raise RunError(f"{where} holds a {meta.get('model')} checkpoint, but its folder names it {name}, another "
+                       f"model; move it to a folder named {meta.get('model')}")
 
 
 def check_same_config(name: str, meta: dict, cfg: Config, where: Path) -> None:

@@ -302,11 +302,11 @@ def show_tables(rows: list, configs: dict) -> None:
 
 
 def cmd_train(args) -> None:
+    from harness.config import folder_name
     from harness.evaluation.loop import default_device
     from harness.registry import load_plugins
     from harness.training.distributed import is_main_process
     from harness.training.train import train
-    from harness.config import folder_name
     load_plugins(args.plugin)
     cfg = config_from(args)
     if args.run is not None:

@@ -110,6 +110,7 @@ class TaskSpec:
     builtin: bool = False  # the harness's own: its failures keep their tracebacks, its rows their names
     plugin_file: PluginFile | None = None
     row_tasks: tuple = ()  # the task names its rows carry, where not its own (speed: speed_train, ...)
+    per_device: bool = False  # its rows time the device they ran on: another device's rows are not its result
 
     @property
     def row_task_names(self) -> tuple:
@@ -240,20 +241,21 @@ def register_model(name: str, family: str = "custom", requires: tuple = (), matc
 
 def register_task(name: str, group: str | tuple = (), description: str = "", needs_model: bool = True,
                   data_parallel: bool = False, datasets: tuple = (), online: bool = False, override: bool = False,
-                  row_tasks: tuple = ()):
+                  row_tasks: tuple = (), per_device: bool = False):
     """Decorator over `run(model, tokenizer, ctx) -> list[Row]`; registers it under `name`.
     data_parallel: the task splits its work over the ranks of a torchrun job itself (`ctx.dist`) and
     returns its rows on rank 0; other tasks run on rank 0 alone while the other ranks wait.
     datasets: the mirror datasets the task reads, any one of which will do; a run checks that one
     is present before any model work, and `harness data list` shows them. online: the task can
     read its dataset from the hub instead (`--online`). row_tasks: the task names its rows carry where
-    they are not `name` (one task writing several kinds of row). override: replace a task already
+    they are not `name` (one task writing several kinds of row). per_device: its rows are timings of the
+    device they ran on, redone on another device. override: replace a task already
     registered as `name`. A task is not named like a group of other tasks, nor is its group another
     task's name: `--tasks NAME` would run the group, or both."""
     check_registration("register_task", name, {
         "group": (group, "str|strs"), "description": (description, str), "needs_model": (needs_model, bool),
         "data_parallel": (data_parallel, bool), "datasets": (datasets, "strs"), "online": (online, bool),
-        "override": (override, bool), "row_tasks": (row_tasks, "strs")})
+        "override": (override, bool), "row_tasks": (row_tasks, "strs"), "per_device": (per_device, bool)})
     groups = (group,) if isinstance(group, str) else tuple(group)
 
     def deco(run: Callable) -> Callable:
@@ -270,7 +272,7 @@ def register_task(name: str, group: str | tuple = (), description: str = "", nee
         _REG.tasks[name] = TaskSpec(name, run, groups,
                                     description or (run.__doc__ or "").strip().split("\n")[0],
                                     needs_model, data_parallel, tuple(datasets), online, **where,
-                                    row_tasks=tuple(row_tasks))
+                                    row_tasks=tuple(row_tasks), per_device=per_device)
         _REG.registered += 1
         return run
     return deco

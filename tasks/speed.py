@@ -20,7 +20,7 @@ from harness.registry import register_task
 
 
 @register_task("speed", group=("speed", "all"), description="train/prefill/decode tokens/s and memory vs length",
-               row_tasks=tuple(f"speed_{sweep}" for sweep in SWEEPS))
+               row_tasks=tuple(f"speed_{sweep}" for sweep in SWEEPS), per_device=True)
 def run(model, tokenizer, ctx):
     device = torch.device(ctx.device)
     if device.type == "cpu":

@@ -636,10 +636,12 @@ def test_a_task_whose_rows_carry_other_names_is_found_done_and_replaced():
     speed = get_task("speed")
     assert speed.row_task_names == ("speed_train", "speed_prefill", "speed_decode")
     source = SimpleNamespace(name="swat", checkpoint="runs/r/swat/checkpoint", weights_id=lambda: "w1", corpus=None)
-    row = Row("r", "swat", "tiny", "speed_decode", "tokens_per_s", 5.0, extra={"weights": "w1", "length": 64})
-    assert pending_tasks(source, [speed], [row], None, False, lambda m: None) == []
+    row = Row("r", "swat", "tiny", "speed_decode", "tokens_per_s", 5.0, device="cpu",
+              extra={"weights": "w1", "length": 64})
+    assert pending_tasks(source, [speed], [row], None, False, lambda m: None, "cpu") == []
+    assert pending_tasks(source, [speed], [row], None, False, lambda m: None, "NVIDIA H200") == [speed]  # timings
     other = Row("r", "swat", "tiny", "speed_decode", "tokens_per_s", 5.0, extra={"weights": "w0", "length": 64})
-    assert pending_tasks(source, [speed], [other], None, False, lambda m: None) == [speed]
+    assert pending_tasks(source, [speed], [other], None, False, lambda m: None, "cpu") == [speed]
     ctx = TaskContext(load_config("tiny"), "r", "swat", "cpu", None, None, source.checkpoint, None, {})
     assert ctx.owns(row, "speed") and not ctx.owns(row, "smoke")
 

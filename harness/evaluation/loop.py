@@ -148,7 +148,7 @@ def score(sources: list[ModelSource], task_names: list[str], run: str, results_d
     stamp = provenance(device)
     options = {"online": online} | ({"bootstrap_iters": bootstrap_iters} if bootstrap_iters is not None else {})
     for source in sources:
-        pending = pending_tasks(source, tasks, existing, limit, force, log)
+        pending = pending_tasks(source, tasks, existing, limit, force, log, stamp["device"])
         if not pending:
             log(f"{source.name}: all tasks done already (pass --force to redo)")
             continue
@@ -176,18 +176,20 @@ def score(sources: list[ModelSource], task_names: list[str], run: str, results_d
 
 
 def pending_tasks(source: ModelSource, tasks: list[TaskSpec], rows: list[Row], limit: int | None, force: bool,
-                  log: Callable[[str], None]) -> list[TaskSpec]:
+                  log: Callable[[str], None], device: str | None = None) -> list[TaskSpec]:
     """The tasks that have no rows of this source's current weights under this limit (all of them with
-    `force`); says which tasks are redone because their rows are of other weights or another limit."""
+    `force`), nor, for a task that times its device (`per_device`), of this `device` (provenance's
+    name); says which tasks are redone because their rows are of other weights, limit or device."""
     if force:
         return list(tasks)
     weights = source.weights_id()
-    done = {r.task for r in rows if scored_alike(r, source, weights, limit)}
-    pending = [t for t in tasks if done.isdisjoint(t.row_task_names)]
+    alike = [r for r in rows if scored_alike(r, source, weights, limit)]
+    pending = [t for t in tasks if not any(r.task in t.row_task_names and (not t.per_device or r.device == device)
+                                           for r in alike)]
     redone = [t.name for t in pending if any(r.model == source.name and r.task in t.row_task_names for r in rows)]
     if redone:
         log(f"{source.name}: redoing {', '.join(redone)}: the rows stored were scored on other weights, under "
-            f"another --limit or on another corpus")
+            f"another --limit, on another corpus or (timings) on another device")
     return pending
 
 

@@ -12,8 +12,8 @@ Sweeps, per model, at one preset (default 340m):
            tokens, and the memory held by the decode state (KV cache, ring buffer or recurrent state).
 
 Every point is timed after warm-up as the median of repeats (harness.bench.timing: triton's do_bench
-on GPU), with peak memory from `torch.cuda.max_memory_allocated` reset per point. An out-of-memory point is recorded with
-status "oom" (value empty) and the longer lengths of that sweep are recorded as "oom" without
+on GPU), with peak memory from `torch.cuda.max_memory_allocated` reset per point. An out-of-memory
+point is recorded with status "oom" (value empty) and the longer lengths of that sweep are recorded as "oom" without
 being run; the sweep goes on with the next model. A sweep whose kernel the model's library refuses on
 this machine (`KernelRefusedError`, e.g. fla's gated backward on Hopper with some Triton versions)
 leaves no rows: the reason is logged and the model's other sweeps still run.
@@ -432,8 +432,8 @@ def run_bench(names: list[str], cfg: Config, sweeps, lengths: dict, device: torc
     plan = runnable_plan(plan, cfg, device, log)  # one that cannot run here stops the bench before any write
     for name in (n for n, todo in plan.items() if not todo):
         log(f"{name}: already measured at these points under this config (pass --force to measure again)")
-    if any(plan.values()):
-        check_one_config(out, rows, plan, measured_as, log)  # else nothing is measured, and run.json keeps only the commands that made rows
+    if any(plan.values()):  # else nothing is measured, and run.json keeps only the commands that made rows
+        check_one_config(out, rows, plan, measured_as, log)
         record_run(out, {"models": list(plan), "sweeps": list(sweeps), "lengths": lengths,
                          "train_tokens": train_tokens, "decode_batches": list(decode_batches),
                          "config": cfg.to_dict()}, str(device))
@@ -467,13 +467,12 @@ def run_bench(names: list[str], cfg: Config, sweeps, lengths: dict, device: torc
 def check_one_config(out, rows: list, plan: dict, measured_as: str, log: Callable) -> None:
     """A folder's run.json and table give its rows one config: a bench under another one may replace its
     own models' rows (and says so), but not leave other models' rows to be labelled with its config."""
-    from harness.config import ConfigError
     other = {r.model for r in rows if r.extra.get("config_id") not in (None, measured_as)}
-    kept = sorted(other - {name for name, todo in plan.items() if todo})
-    if kept:
+    measuring = {name for name, todo in plan.items() if todo}
+    if kept := sorted(other - measuring):
         raise ConfigError(f"{out} holds rows of {', '.join(kept)} measured under another config, which this bench's "
                           f"run.json and table would label with its own; pass another --out, or bench them too")
-    for name in sorted(other & set(plan)):
+    for name in sorted(other & measuring):
         log(f"{name}: replacing its rows measured under another config")
 
 

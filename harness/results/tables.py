@@ -884,8 +884,6 @@ def retrieval_table(rows: list[Row], references: list[Row] = (), run_configs: di
     return table
 
 
-
-
 def _chance_label(rows: list[Row], run_configs: dict) -> str:
     """' · chance 1.2%' for a group of our retrieval rows (several values where their tokenizers
     differ), '' where no row's chance level is known."""

@@ -80,8 +80,8 @@ def run_unit(study: Study, unit: Unit, results: Path, runs: Path, device: str,
         record_divergence(unit, ctx, todo, path, diverged, log)
         return "diverged"
     tokenizer = get_tokenizer(cfg.train.tokenizer)
-    for done, task in enumerate(todo):  # a stop asked for between tasks keeps the rows of those done
-        if done and should_stop is not None and (d.broadcast_object(should_stop()) if d is not None else should_stop()):
+    for i, task in enumerate(todo):  # a stop asked for between tasks keeps the rows of those done
+        if i and should_stop is not None and (d.broadcast_object(should_stop()) if d is not None else should_stop()):
             raise TrainingStopped(f"stopped before {task}; the tasks left resume from {run_dir / CHECKPOINT_DIR}")
         existing = run_tasks(model, tokenizer, ctx, [get_task(task)], existing, path, log)
     return "done"

@@ -300,10 +300,10 @@ def stamp_rows(rows: list[Row], ctx: TaskContext, task: TaskSpec, seconds: float
 
 def task_rows(task: TaskSpec, model, tokenizer, ctx: TaskContext) -> list[Row]:
     """task.run's rows, checked before any is stored: a list of Row from every task. From a plugin's
-    task also no exception without its task's name, no row under another task's name (a rerun
-    would run the task again and append the row once more) and no NaN or infinity (rows.jsonl is
-    strict JSON). The harness's own tasks keep their tracebacks (bugs to see) and their rows'
-    names (speed writes speed_train, speed_prefill, speed_decode)."""
+    task also no exception without its task's name; from every task no row under a name it does not
+    declare (`row_tasks`: a rerun would not find the task done, run it again and append the row
+    once more) and no NaN or infinity (rows.jsonl is strict JSON). The harness's own tasks keep
+    their tracebacks (bugs to see)."""
     try:
         rows = task.run(model, tokenizer, ctx)
     except (RegistryError, ConfigError, DataError):
@@ -317,8 +317,6 @@ def task_rows(task: TaskSpec, model, tokenizer, ctx: TaskContext) -> list[Row]:
             "a list holding " + next(type(r).__name__ for r in rows if not isinstance(r, Row))
         raise ContractError(f"task {task.name} returned {got} on {ctx.model_name}; a task returns a list of Row "
                             f"(ctx.row(task, metric, value, ...))")
-    if task.builtin:
-        return rows
     for row in rows:
         if row.task not in task.row_task_names:
             raise ContractError(f"task {task.name} wrote a row of task {row.task!r} on {ctx.model_name}; a task "

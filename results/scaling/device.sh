@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # One device call of the scaling study (issue 21), from the repository root on a CUDA machine with
 # `.whl/` carried (and `.gpu-carry/` when earlier calls brought back Triton autotuning results):
-#   OUT=folder HARNESS_COMMIT=<sent commit> BUDGET_S=520 [JOBS=N] [START_NEW_S=S] [SIZES=s,m] bash results/scaling/device.sh
+#   OUT=folder HARNESS_COMMIT=<sent commit> BUDGET_S=520 [JOBS=N] [START_NEW_S=S] [SIZES=s,m] [MODELS=a,b]
+#   bash results/scaling/device.sh
 # Runs `harness study results/scaling/study.yaml` with JOBS trainings side by side on the one GPU
 # (their timings are therefore not speed numbers), the Mamba models in a second study process of
 # MAMBA_STUDY_JOBS (default 2) once mamba-ssm's CUDA build is done (built here in the background,
@@ -33,16 +34,21 @@ STUDY="python3 -m harness study results/scaling/study.yaml --results $G/results 
 # flight, killed 45 s later) and writes its report; past BUDGET_S - 20 it is ended outright, so
 # that the packing below always runs within the call (its rows are written atomically)
 hard() { timeout -k 10 $(( $(left) - 20 )) "$@"; }
-MAMBA=mamba,mamba2
-OTHERS=$(python3 -c "import yaml; s = yaml.safe_load(open('results/scaling/study.yaml'))
-print(','.join(m for m in s['models'] + s.get('references', []) if m not in '$MAMBA'.split(',')))")
+# MODELS (optional, comma-separated): run only these of the study's models and references; the
+# Mamba models among them go to the second study process as always
+read -r OTHERS MAMBA < <(python3 -c "import yaml; s = yaml.safe_load(open('results/scaling/study.yaml'))
+chosen = '${MODELS:-}'.split(',') if '${MODELS:-}' else s['models'] + s.get('references', [])
+mamba = [m for m in chosen if m in ('mamba', 'mamba2')]
+print(','.join(m for m in chosen if m not in mamba) or '-', ','.join(mamba) or '-')")
 if [ -n "${GPU_TESTS:-}" ]; then
   timeout $(( $(left) - 30 )) python3 -m pytest tests -p no:cacheprovider -W ignore -rfEs -k "$GPU_TESTS" \
     > "$OUT/gpu_tests.log" 2>&1 &
 fi
-say "study: ${MODELS:-$OTHERS} with $JOBS jobs"
-hard $STUDY --models "${MODELS:-$OTHERS}" --jobs $JOBS --time-limit $(( $(left) - 90 )) >> "$LOG" 2>&1 &
-if [ -z "${MODELS:-}" ]; then
+if [ "$OTHERS" != - ]; then
+  say "study: $OTHERS with $JOBS jobs"
+  hard $STUDY --models "$OTHERS" --jobs $JOBS --time-limit $(( $(left) - 90 )) >> "$LOG" 2>&1 &
+fi
+if [ "$MAMBA" != - ]; then
   ( while [ ! -f "$G/mamba.done" ]; do sleep 5; done
     say "mamba-ssm ready; study: $MAMBA with $MAMBA_STUDY_JOBS jobs"
     hard $STUDY --models $MAMBA --jobs $MAMBA_STUDY_JOBS --time-limit $(( $(left) - 90 )) >> "$OUT/log_mamba.txt" 2>&1 ) &

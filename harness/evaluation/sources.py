@@ -280,10 +280,15 @@ def check_trainable(name: str, cfg: Config, device: str, world_size: int) -> Non
                        f"backbone), which {spec.name} lacks; set train.activation_checkpointing=false")
 
 
+def record_copies(out: Path, name: str) -> dict[str, Path]:
+    """{file of a run folder, relative to it: its copy in out/}: the per-step log and the
+    checkpoint summary."""
+    return {LOG_FILE: out / f"{name}_{LOG_FILE}", f"{CHECKPOINT_DIR}/{META_FILE}": out / f"{name}_meta.json"}
+
+
 def training_record(run_dir: Path, out: Path, name: str) -> dict[Path, Path]:
-    """{file of the run folder: its copy in out/}: the per-step log and the checkpoint summary."""
-    return {run_dir / LOG_FILE: out / f"{name}_{LOG_FILE}",
-            run_dir / CHECKPOINT_DIR / META_FILE: out / f"{name}_meta.json"}
+    """{file of the run folder: its copy in out/}."""
+    return {run_dir / source: copy for source, copy in record_copies(out, name).items()}
 
 
 def keep_training_record(run_dir: Path, out: Path, name: str) -> None:
@@ -297,8 +302,8 @@ def keep_training_record(run_dir: Path, out: Path, name: str) -> None:
 
 
 def discard_training_record(out: Path, name: str) -> None:
-    for target in training_record(Path(), out, name).values():
-        target.unlink(missing_ok=True)
+    for copy in record_copies(out, name).values():
+        copy.unlink(missing_ok=True)
 
 
 def model_sources(run: str, runs_dir: Path, models: list[str], checkpoints: list[str],

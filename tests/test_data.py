@@ -434,9 +434,9 @@ def _record_file_in_manifest(mirror_dir: Path, kind: str, name: str, entry: dict
     importers.update_manifest(mirror_dir, lambda m: m.setdefault(kind, {}).__setitem__(name, entry))
 
 
-def test_verify_lists_every_damaged_file_under_harness_data(mirror_dir, capsys):
+def test_verify_lists_every_damaged_file_under_harness_data(mirror_dir, capsys, monkeypatch):
     """A truncated corpus, split and tokenizer under $HARNESS_DATA are each a problem line, after which
-    verify fails; `data list` still prints its tables."""
+    verify fails; `data list` still prints its tables, and flags the corpus by its size."""
     _write_corpus(mirror_dir / "corpora" / "mini", [f"document {i}." for i in range(50)])
     importers.record_corpus("mini", mirror_dir, tokenizer=None)
     tok = mirror_dir / "tokenizers" / "tok" / "tokenizer.json.gz"
@@ -456,8 +456,11 @@ def test_verify_lists_every_damaged_file_under_harness_data(mirror_dir, capsys):
     err = cli_error(["data", "verify"], capsys)
     assert "problem(s) in the mirror" in err
     from harness.cli import main
+    monkeypatch.setenv("COLUMNS", "300")  # table cells unfolded
     assert main(["data", "list"]) == 0
-    assert "tokenizers and pretraining corpora" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "tokenizers and pretraining corpora" in out
+    assert "differs from its manifest" in next(line for line in out.splitlines() if "corpus mini" in line)
 
 
 # ---------------------------------------------------------------- data is not replaced or cut silently

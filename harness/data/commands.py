@@ -9,7 +9,16 @@ from rich.markup import escape
 
 from harness.data.corpus import HUB_CORPORA, corpus_files, fetch_corpus
 from harness.data.importers import fetch, import_path, store_bpe
-from harness.data.mirror import CATALOGUE, Status, load_manifest, status, statuses, verify
+from harness.data.mirror import (
+    CATALOGUE,
+    Status,
+    corpus_sizes_differ,
+    load_manifest,
+    recorded,
+    status,
+    statuses,
+    verify,
+)
 from harness.data.paths import DataError, data_roots, user_data_dir
 from harness.data.tokenizer import get_tokenizer, mirror_candidates
 from harness.files import file_in_the_way
@@ -88,7 +97,9 @@ def cmd_list(console) -> None:
     other = Table(title="tokenizers and pretraining corpora")
     for col in ("name", "status", "documents", "tokens (llama2)", "size", "where"):
         other.add_column(col, overflow="fold")
-    for name, entry in manifest.get("tokenizers", {}).items():
+    # what data/MANIFEST.json records, then what only a lookup root's manifest does (an import there)
+    found = {name: entry for name, _, entry, _ in recorded("tokenizers")}
+    for name, entry in {**manifest.get("tokenizers", {}), **found}.items():
         try:
             tok = get_tokenizer(name)
             other.add_row(f"tokenizer {name}", "[green]ok[/green]", f"vocab {tok.vocab_size}", "-",
@@ -98,14 +109,19 @@ def cmd_list(console) -> None:
             other.add_row(f"tokenizer {name}", f"[red]{'cannot be loaded' if damaged else 'missing'}[/red]",
                           f"vocab {entry['vocab_size']}", "-", "-",
                           _where(damaged) if damaged else "harness data import PATH/llama-tokenizer-js")
-    for name in [*manifest.get("corpora", {}), *HUB_CORPORA]:
-        entry = manifest.get("corpora", {}).get(name, {})
+    corpora = {name: (folder, entry) for name, folder, entry, _ in recorded("corpora")}
+    for name in dict.fromkeys([*manifest.get("corpora", {}), *corpora, *HUB_CORPORA]):
+        folder, entry = corpora.get(name, (None, manifest.get("corpora", {}).get(name, {})))
         try:
             files = corpus_files(name)
         except DataError:
             files = []
         tokens = entry.get("tokens", {}).get("llama2")
-        other.add_row(f"corpus {name}", "[green]ok[/green]" if files else "[red]missing[/red]",
+        state = "[red]missing[/red]" if not files else \
+            "[yellow]differs from its manifest: harness data verify[/yellow]" \
+            if folder is not None and corpus_sizes_differ(folder, entry) else \
+            "[green]ok[/green]"
+        other.add_row(f"corpus {name}", state,
                       f"{entry['documents']:,}" if entry else "-", f"{sum(tokens.values()):,}" if tokens else "-",
                       _size(sum(f.stat().st_size for f in files)) if files else "-",
                       _where(files[0].parent) if files else f"harness data fetch {name} --documents N")

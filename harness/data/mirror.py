@@ -319,6 +319,13 @@ def _tokenizer_problems(path: Path, entry: dict, manifest_path: Path) -> list[st
     return []
 
 
+def corpus_sizes_differ(folder: Path, entry: dict) -> bool:
+    """Whether a corpus folder lacks a file its manifest entry records or holds one of another size
+    than recorded: the check `data list` can afford (verify reads every byte)."""
+    return any(not (folder / file).is_file() or (folder / file).stat().st_size != meta["bytes"]
+               for file, meta in entry["files"].items() if "bytes" in meta)
+
+
 def _corpus_problems(folder: Path, entry: dict, manifest_path: Path) -> list[str]:
     """A corpus folder against its entry: files missing, damaged or modified, and files it does not
     record (training reads every corpus file in the folder)."""

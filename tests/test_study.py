@@ -613,6 +613,7 @@ def test_a_diverged_sweep_point_is_recorded_and_ruled_out(tmp_path, capsys, monk
     rows = read_rows(out / "rows.jsonl")
     (diverged,) = [r for r in rows if r.metric == "diverged"]
     assert diverged.extra["lr"] == 1e6 and diverged.value is None and "is nan at step" in diverged.extra["diverged"]
+    assert diverged.checkpoint is None  # no trained checkpoint was scored
     assert [r.value for r in rows if (r.metric, r.extra["lr"]) == ("ppl", 100.0)] == [None]
     assert json.loads((out / "lr_choice.json").read_text())["swat"]["a"]["lr"] == 3e-3
     assert "| diverged |" in (out / "lr_sweep.md").read_text()

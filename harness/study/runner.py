@@ -97,14 +97,16 @@ def trained_or_diverged(unit: Unit, cfg, run_dir: Path, device: str, on_step, sh
 
 
 def unit_context(study: Study, unit: Unit, cfg, run_dir: Path, device: str, meta: dict, d) -> TaskContext:
-    """The context the unit's rows are made in: every row carries the run's learning rate and budget."""
+    """The context the unit's rows are made in: every row carries the run's learning rate and budget,
+    and the checkpoint it was scored on (none where training diverged: `meta` is empty)."""
     budget = study.budgets[unit.size]
     row_extra = {"lr": unit.lr, "tokens_per_param": study.tokens_per_param, "epochs": round(budget["epochs"], 4),
                  "budget_params": budget["budget_params"],
                  "non_embedding_params": non_embedding_params(unit.model, cfg.model),
                  "train_flops": (meta.get("flops_per_token") or {}).get("train", 0.0) * meta.get("tokens", 0)}
     return TaskContext(cfg, study.name, unit.model, device, meta.get("params"), meta.get("tokens"),
-                       str(run_dir / CHECKPOINT_DIR), None, provenance(device), row_extra=row_extra, dist=d)
+                       str(run_dir / CHECKPOINT_DIR) if meta else None, None, provenance(device),
+                       row_extra=row_extra, dist=d)
 
 
 def record_divergence(unit: Unit, ctx: TaskContext, todo: list[str], path: Path, why: str,

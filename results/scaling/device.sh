@@ -7,8 +7,9 @@
 # (their timings are therefore not speed numbers), the Mamba models in a second study process of
 # MAMBA_STUDY_JOBS (default 2) once mamba-ssm's CUDA build is done (built here in the background,
 # sm_90 only), and GPU_TESTS (a pytest -k expression, optional) beside them. JOBS defaults to what
-# the GPU's memory holds: an `m` run peaks near 11 GiB (peak_mem_gib in train/m/*_meta.json), so
-# one per 12 GiB in all (H100: 6, H200: 11); a run squeezed out of memory all the same runs again
+# the GPU's memory holds: an `m` run peaks near 11 GiB and an `l` run near 12.4 (peak_mem_gib in
+# train/*/*_meta.json), so one per 12 GiB in all (H100: 6, H200: 11); a run squeezed out of memory
+# all the same runs again
 # later with fewer beside it (harness.study.runner). Everything is resumable: the study skips runs
 # whose rows exist and resumes cut trainings from their checkpoints under .gpu/runs (kept on a warm
 # machine); on a fresh machine it starts from the committed rows. The largest size's runs start

@@ -9,11 +9,11 @@
 # sm_90 only), and GPU_TESTS (a pytest -k expression, optional) beside them. JOBS defaults to what
 # the GPU's memory holds: an `m` run peaks near 11 GiB and an `l` run near 12.4 (peak_mem_gib in
 # train/*/*_meta.json), so one per 12 GiB in all (H100: 6, H200: 11); a run squeezed out of memory
-# all the same runs again
-# later with fewer beside it (harness.study.runner). Everything is resumable: the study skips runs
-# whose rows exist and resumes cut trainings from their checkpoints under .gpu/runs (kept on a warm
-# machine); on a fresh machine it starts from the committed rows. The largest size's runs start
-# first (--largest-first): an `l` training outlasts a call, and must finish before the machine
+# all the same runs again later with fewer beside it (harness.study.runner). Everything is
+# resumable: the study skips runs whose rows exist and resumes cut trainings from their checkpoints
+# under .gpu/runs (kept on a warm machine); on a fresh machine it starts from the committed rows.
+# The largest size's runs start first (--largest-first): an `l` run (5-7 minutes of training beside
+# others, then its tasks) may outlast a call, and must finish before the machine
 # goes. $OUT gets the log, the study's results folder (rows, training logs, tables) as
 # results.tgz, the workers' consoles and every run's per-step log as logs.tgz, and the autotuning
 # results to carry next time (unpack autotune.tgz into .gpu-carry/triton). START_NEW_S, for a

@@ -9,7 +9,16 @@ from rich.markup import escape
 
 from harness.data.corpus import HUB_CORPORA, corpus_files, fetch_corpus
 from harness.data.importers import fetch, import_path, store_bpe
-from harness.data.mirror import CATALOGUE, Status, corpus_sizes_differ, load_manifest, recorded, status, statuses, verify
+from harness.data.mirror import (
+    CATALOGUE,
+    Status,
+    corpus_sizes_differ,
+    load_manifest,
+    recorded,
+    status,
+    statuses,
+    verify,
+)
 from harness.data.paths import DataError, data_roots, user_data_dir
 from harness.data.tokenizer import get_tokenizer, mirror_candidates
 from harness.files import file_in_the_way

@@ -662,6 +662,35 @@ def test_a_retrained_checkpoint_is_not_scored_into_its_runs_folder_under_the_old
     assert "--run NEW_NAME" in err and files_of(tmp_path / "results") == before
 
 
+def test_an_eval_folder_records_its_checkpoints_config_and_refuses_another(trained_run, tmp_path, capsys):
+    """A folder `harness eval` made recorded no config, so a checkpoint at another config (window 16)
+    was scored into it and its rows shown under one model line with the first checkpoint's; two
+    checkpoints at different configs in one eval are refused alike."""
+    from harness.cli import main
+    folders = copied_run(trained_run, tmp_path)
+    base = str(tmp_path / "runs" / "base" / "swat" / "checkpoint")
+    other = tmp_path / "runs" / "w16" / "swat"
+    assert main(["train", "--model", "swat", "--out", str(other), "--quiet", *TINY_RUN, "--set", "model.window=16"]) == 0
+    assert main(["eval", "--run", "ev", "--checkpoint", base, "--tasks", "smoke", "--device", "cpu", *folders]) == 0
+    assert json.loads((tmp_path / "results" / "ev" / "run.json").read_text())["config"]["model"]["window"] != 16
+    capsys.readouterr()
+    before = files_of(tmp_path / "results")
+    assert main(["eval", "--run", "ev", "--checkpoint", str(other / "checkpoint"), "--tasks", "smoke", "--device",
+                 "cpu", *folders]) == 2
+    [err] = capsys.readouterr().err.strip().splitlines()
+    assert "run.json records the config its rows were made at" in err and "model.window" in err
+    longer = tmp_path / "runs" / "t4k" / "transformer"
+    assert main(["train", "--model", "transformer", "--out", str(longer), "--quiet", *TINY_RUN,
+                 "--set", "train.tokens=4096"]) == 0
+    capsys.readouterr()
+    before = files_of(tmp_path / "results")
+    assert main(["eval", "--run", "both", "--checkpoint", base, "--checkpoint", str(longer / "checkpoint"),
+                 "--tasks", "smoke", "--device", "cpu", *folders]) == 2
+    [err] = capsys.readouterr().err.strip().splitlines()
+    assert "trained with different configs" in err and "--run NAME" in err
+    assert files_of(tmp_path / "results") == before
+
+
 def test_a_forced_retraining_says_which_rows_it_drops_and_a_limit_never_scores_more_than_a_full_run(
         trained_run, tmp_path, capsys):
     from harness.cli import main

@@ -137,6 +137,8 @@ def score(sources: list[ModelSource], task_names: list[str], run: str, results_d
         check_run_config(out, record, [s.name for s in sources], existing)
     else:
         check_checkpoints_fit_run(out, sources)
+        if (trained := checkpoints_config(sources)) is not None:  # so that a later eval is checked against it
+            record = {**(record or {}), "config": trained.to_dict(), "config_hash": config_hash(trained)}
     recorded = False
 
     def keep_record() -> None:  # run.json, once a model has loaded: a failed load leaves nothing behind
@@ -206,7 +208,8 @@ def scored_alike(row: Row, source: ModelSource, weights: str | None, limit: int 
 
 
 def recorded_config(out: Path) -> Config | None:
-    """The config run.json records for a run folder (a `harness run`'s); None where it records none."""
+    """The config run.json records for a run folder (that of its `harness run`, or of the checkpoints
+    `harness eval` scored there); None where it records none."""
     path = out / "run.json"
     try:
         recorded = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
@@ -238,6 +241,19 @@ def check_checkpoints_fit_run(out: Path, sources: list[ModelSource]) -> None:
             raise RunError(f"{out}/run.json records the config its rows were made at, and {source.checkpoint} was "
                            f"trained with another ({config_difference(recorded, trained)}); pass --run NEW_NAME to "
                            f"score it in a run of its own")
+
+
+def checkpoints_config(sources: list[ModelSource]) -> Config | None:
+    """The one config the harness checkpoints among `sources` were trained at (None where there are
+    none, e.g. only hf: models): run.json records it as a `harness run` records its own, since tables
+    label every row of the run with it, so checkpoints trained at different configs are refused."""
+    configs = {config_hash(c): c for source in sources if (c := source.trained_config()) is not None}
+    if len(configs) > 1:
+        first, second = list(configs.values())[:2]
+        raise RunError(f"the checkpoints were trained with different configs ({config_difference(first, second)}), "
+                       f"and a run's tables label all its rows with one; score each config into a run of its own "
+                       f"(--run NAME)")
+    return next(iter(configs.values()), None)
 
 
 def join_job(device: str, log: Callable[[str], None]) -> tuple[Dist | None, str, Callable[[str], None]]:

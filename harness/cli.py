@@ -688,7 +688,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("scaling", help="training runs of one recipe on 1 GPU and under torchrun (DDP, FSDP2): "
                        "scaling efficiency, memory per rank, loss agreement step by step")
     p.add_argument("runs", nargs="+", metavar="RUN_DIR",
-                   help="`harness train` output folders; the first run of each model is its baseline")
+                   help="`harness train` output folders; each model's baseline is its run on the fewest GPUs")
     p.add_argument("--out", type=folder, metavar="DIR",
                    help="also write scaling.md, scaling.json and scaling.png into DIR")
     p.set_defaults(func=cmd_scaling)

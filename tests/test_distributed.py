@@ -126,6 +126,44 @@ def test_scaling_refuses_a_run_resumed_at_another_world_size(single, tmp_path):
         scaling.read_run(tmp_path / "run")
 
 
+def test_scaling_baseline_is_the_run_on_the_fewest_gpus_whatever_the_order(single, tmp_path):
+    """A 2-GPU run given first was the baseline, and every efficiency assumed it ran on one GPU (the
+    2-GPU baseline 50%, the one-GPU run 57%); now the run on the fewest GPUs is, per GPU against its
+    per GPU, the rows stay in the order given and a line names the baseline the table does not show."""
+    one = dataclasses.replace(scaling.read_run(single), name="one", tokens_per_s=400.0)
+    ddp = dataclasses.replace(one, name="ddp", world_size=2, tokens_per_s=700.0, losses=[x + 0.01 for x in one.losses])
+    four = dataclasses.replace(one, name="four", world_size=4, tokens_per_s=1200.0)
+    records = scaling.compare([ddp, one, four])
+    assert [r["run"] for r in records] == ["ddp", "one", "four"] and {r["baseline"] for r in records} == {"one"}
+    assert [r["scaling_efficiency"] for r in records] == pytest.approx([0.875, 1.0, 0.75])
+    assert records[1]["max_loss_diff"] == 0.0 and records[0]["max_loss_diff"] == pytest.approx(0.01)
+    assert "against it): one for swat (1 GPU).\n" in scaling.markdown(records)
+    no_single = scaling.compare([four, ddp])  # no one-GPU run: per GPU against the 2-GPU run's
+    assert [r["scaling_efficiency"] for r in no_single] == pytest.approx([300 / 350, 1.0])
+    assert "against it): ddp for swat (2 GPUs).\n" in scaling.markdown(no_single)
+    assert "Baseline" not in scaling.markdown(scaling.compare([one, ddp, four]))  # one-GPU run first: as before
+    assert scaling.plot([ddp, one], tmp_path / "scaling.png").is_file()
+
+
+def test_scaling_refuses_a_cut_log(single, tmp_path, capsys):
+    """A log cut short (half the file, or its last line torn) was compared over the steps it kept as
+    if they were the whole run, in a normal-looking table; now it is one error line, no traceback."""
+    from harness import cli
+    shutil.copytree(single, tmp_path / "run")
+    log = tmp_path / "run" / LOG_FILE
+    lines = (single / LOG_FILE).read_text().splitlines(keepends=True)
+    third = next(i for i, line in enumerate(lines) if '"step": 3,' in line)
+    for cut, ends in (("".join(lines[:third]) + lines[third][:40], "ends at step 2"),  # mid-file, mid-line
+                      ("".join(lines)[:-10], "ends at step 3"), (lines[0], "has no step records")):
+        log.write_text(cut)
+        with pytest.raises(ConfigError, match=f"{LOG_FILE} {ends} but its run's checkpoint is at step 4: the log "
+                                              f"was cut"):
+            scaling.read_run(tmp_path / "run")
+    assert cli.main(["scaling", str(single), str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and [line[:7] for line in err.splitlines()] == ["error: "]
+
+
 def test_an_error_under_torchrun_is_one_line_from_rank_0(tmp_path):
     """Every rank fails alike; each printed the same error line (and the interruption line)."""
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", "-m",

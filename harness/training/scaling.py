@@ -5,16 +5,18 @@ torchrun (DDP, FSDP2), compared step by step.
 
 Each argument is a run folder as `harness train` leaves it (train_log.jsonl, checkpoint/meta.json;
 the weights are not read), named by its folder (with as many parent folders as tell it from the
-other runs'). The first run of each model is that model's baseline. Per run: world size, parallel
-mode ("-" for one plain process; FSDP2 runs on a group even alone), tokens/s of all ranks together,
-scaling efficiency (tokens/s / (world size x the baseline's tokens/s): 100% is perfect linear
-scaling), MFU per GPU, peak memory on each rank, final train and held-out loss, how closely the
-loss curve follows the baseline's (the largest |difference| over the logged steps, and the first
-step where it exceeds `DIVERGED`), and the steps trained.
+other runs'), in the order given. Each model's baseline is its run on the fewest GPUs (the first
+given of those), wherever it comes; a line under the table names it where it is not the model's
+first row or ran on more than one GPU. Per run: world size, parallel mode ("-" for one plain
+process; FSDP2 runs on a group even alone), tokens/s of all ranks together, scaling efficiency
+(tokens/s per GPU / the baseline's tokens/s per GPU: 100% is perfect linear scaling from the
+baseline's world size), MFU per GPU, peak memory on each rank, final train and held-out loss, how
+closely the loss curve follows the baseline's (the largest |difference| over the logged steps, and
+the first step where it exceeds `DIVERGED`), and the steps trained.
 Runs of one model must share the recipe (global batch, length, tokens, seed, model config), or
 the comparison would say nothing; a mismatch is an error naming the key. A run resumed at another
 world size is refused (its speed and memory are its last segment's alone), and so is a model fitted
-by counting (no training curve or speed).
+by counting (no training curve or speed), and a log that stops short of its checkpoint's step (cut).
 """
 
 from __future__ import annotations
@@ -67,10 +69,22 @@ def read_run(folder: Path, name: str | None = None) -> ScalingRun:
                           f"another): its speed and memory are its last part's alone; compare runs trained at one "
                           f"world size throughout (`harness train ... --no-resume`)")
     log = read_log(log_file)
+    _check_log_whole(log_file, log, meta["step"])
     per_rank = [m for m in meta.get("peak_mem_gib_per_rank") or [meta.get("peak_mem_gib")] if m is not None]
     return ScalingRun(name or folder.name, meta["model"], meta.get("world_size", 1), meta.get("parallel", "ddp"),
                       meta["config"], meta["step"], [r["step"] for r in log], [r["loss"] for r in log],
                       meta.get("tokens_per_s"), meta.get("mfu"), per_rank, meta["train_loss"], meta["heldout_loss"])
+
+
+def _check_log_whole(log_file: Path, log: list[dict], step: int) -> None:
+    """Refuse a log that ends before the checkpoint's step: training always logs its last step, so
+    a shorter log was cut (a copy or write that stopped), and its curve would be compared over its
+    first steps as if they were the whole run. (A torn last line is dropped by `read_log`.)"""
+    last = max((r["step"] for r in log), default=None)
+    if last is None or last < step:
+        ends = "has no step records" if last is None else f"ends at step {last}"
+        raise ConfigError(f"{log_file} {ends} but its run's checkpoint is at step {step}: the log was cut; copy the "
+                          f"whole log again or rerun the training, and compare only whole runs")
 
 
 def run_names(folders: list[Path]) -> list[str]:
@@ -103,17 +117,34 @@ def _check_matched(base: ScalingRun, run: ScalingRun) -> None:
                                   f"({a[section].get(key)!r} vs {b[section].get(key)!r}); compare runs of one recipe")
 
 
+def baselines(runs: list[ScalingRun]) -> dict[str, ScalingRun]:
+    """Each model's baseline: its run on the fewest GPUs (the first given among equals), not merely
+    its first run: scaling is measured from the smallest world size, whatever order the runs come in."""
+    out: dict[str, ScalingRun] = {}
+    for run in runs:
+        if run.model not in out or run.world_size < out[run.model].world_size:
+            out[run.model] = run
+    return out
+
+
+def _efficiency(run: ScalingRun, base: ScalingRun) -> float | None:
+    """Tokens/s per GPU against the baseline's per GPU (1.0: linear scaling from the baseline's world
+    size). Written as one division so that a one-GPU baseline gives the very floats it always did."""
+    if not run.tokens_per_s or not base.tokens_per_s:
+        return None
+    return run.tokens_per_s * base.world_size / (run.world_size * base.tokens_per_s)
+
+
 def compare(runs: list[ScalingRun]) -> list[dict]:
-    """One record per run, against the first run of its model."""
-    baselines: dict[str, ScalingRun] = {}
+    """One record per run, in the order given, against its model's baseline (`baselines`)."""
+    bases = baselines(runs)
     out = []
     for run in runs:
-        base = baselines.setdefault(run.model, run)
+        base = bases[run.model]
         _check_matched(base, run)
         base_loss = dict(zip(base.steps, base.losses))
         diffs = [(step, abs(loss - base_loss[step])) for step, loss in zip(run.steps, run.losses) if step in base_loss]
-        efficiency = (run.tokens_per_s / (run.world_size * base.tokens_per_s)
-                      if run.tokens_per_s and base.tokens_per_s else None)
+        efficiency = _efficiency(run, base)
         out.append({"run": run.name, "model": run.model, "baseline": base.name, "world_size": run.world_size,
                     # one process trains plain under ddp (no group, nothing wrapped), sharded under fsdp
                     "parallel": "-" if run.world_size == 1 and run.parallel == "ddp" else run.parallel,
@@ -140,7 +171,26 @@ def markdown(records: list[dict]) -> str:
                      f"{' / '.join(f'{m:.1f}' for m in r['peak_mem_gib_per_rank']) or '-'} | {r['train_loss']:.4f} | "
                      f"{r['heldout_loss']:.4f} | "
                      f"{_fmt(r['max_loss_diff'], '.2e')} | {r['first_step_over'] or 'never'} |")
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines) + "\n" + _baseline_note(records)
+
+
+def _gpus(n: int) -> str:
+    return f"{n} GPU{'s' if n != 1 else ''}"
+
+
+def _baseline_note(records: list[dict]) -> str:
+    """A line naming each model's baseline where the table alone does not show it (the baseline is
+    not the model's first row, or ran on several GPUs, so its 100% is not one GPU's speed); none
+    otherwise, so that tables of runs given one-GPU run first stay as they were."""
+    gpus = {r["run"]: r["world_size"] for r in records}
+    firsts: dict[str, dict] = {}
+    for r in records:
+        firsts.setdefault(r["model"], r)
+    if all(r["run"] == r["baseline"] and r["world_size"] == 1 for r in firsts.values()):
+        return ""
+    named = ", ".join(f"{r['baseline']} for {model} ({_gpus(gpus[r['baseline']])})" for model, r in firsts.items())
+    return (f"\nBaseline (each model's run on the fewest GPUs; scaling efficiency and loss differences are against "
+            f"it): {named}.\n")
 
 
 def plot(runs: list[ScalingRun], path: Path) -> Path:
@@ -149,21 +199,21 @@ def plot(runs: list[ScalingRun], path: Path) -> Path:
     plt = pyplot()
     models = list(dict.fromkeys(r.model for r in runs))
     fig, axes = plt.subplots(2, len(models), figsize=(6 * len(models), 7), squeeze=False)
-    markers = "os^dvx"
+    markers, bases = "os^dvx", baselines(runs)
     for col, model in enumerate(models):
-        mine = [r for r in runs if r.model == model]
-        base = dict(zip(mine[0].steps, mine[0].losses))
+        mine, ref = [r for r in runs if r.model == model], bases[model]
+        base = dict(zip(ref.steps, ref.losses))
         for i, r in enumerate(mine):
-            style = dict(label=f"{r.name} ({r.world_size} GPU{'s' if r.world_size > 1 else ''})", color=f"C{i}",
+            style = dict(label=f"{r.name} ({_gpus(r.world_size)})", color=f"C{i}",
                          marker=markers[i % len(markers)], markevery=max(1, len(r.steps) // 8), markersize=4)
             axes[0][col].plot(r.steps, r.losses, **style)
-            if i:
+            if r is not ref:
                 gap = [(s, abs(v - base[s])) for s, v in zip(r.steps, r.losses) if s in base]
                 axes[1][col].plot([s for s, _ in gap], [max(d, 1e-7) for _, d in gap], **style)
         axes[0][col].set_title(f"{model}: training loss")
         axes[0][col].set_ylabel("train loss (nats/token)")
         axes[1][col].set_yscale("log")
-        axes[1][col].set_ylabel(f"|loss - {mine[0].name} loss| (floor 1e-7)")
+        axes[1][col].set_ylabel(f"|loss - {ref.name} loss| (floor 1e-7)")
         axes[1][col].set_xlabel("step")
         for ax in axes[:, col]:
             ax.grid(True, alpha=0.3)

@@ -31,6 +31,9 @@ EXPORTABLE = ("swat", "swat_official", "swat_logw", "swat_onorm", "sliding_softm
 ONE_STEP = ["train.tokens=128", "train.batch_tokens=128", "train.seq_len=64", "train.micro_batch=2",
             "train.warmup_tokens=0", "train.eval_tokens=64"]
 TEXTS = ["Hello, world!", "  two leading spaces\nand a newline\n", "naïve café — 日本語 🎉", "", "x" * 300]
+# the special tokens' strings as text: the byte tokenizer and Llama-2's encode them as any text, english-mix-bpe8k
+# finds its <|endoftext|> (an added token of its tokenizer.json)
+SPECIAL_TEXTS = ["a<|endoftext|>b", "<|endoftext|>", "x </s> y</s>", "<s><unk> <pad>", " <|endoftext|></s>"]
 TOL = dict(atol=1e-5, rtol=1e-5)  # fp32 rounding: the same arithmetic, summed in another order
 
 # Loads every exported folder with transformers alone: an import of the harness's packages fails
@@ -61,6 +64,7 @@ LOADER = textwrap.dedent("""
                          "padded": model.generate(job["padded"] % vocab, attention_mask=job["mask"],
                                                   max_new_tokens=20, do_sample=False),
                          "ids": [tok(t)["input_ids"] for t in job["texts"]], "eos": tok.eos_token_id,
+                         "special_ids": [tok(t)["input_ids"] for t in job["special_texts"]],
                          "bos": tok.bos_token_id}
     out["imported"] = sorted(m for m in sys.modules if m.split(".")[0] in OURS)
     torch.save(out, sys.argv[2])
@@ -138,7 +142,7 @@ def loaded(exported):
     prompt, short = batch[:1, :45], batch[1, :38]
     padded = torch.cat([torch.full((1, 7), 256), short[None]], dim=1)  # left-padded to the prompt's length
     job = {"folders": {name: str(folder) for name, (_, folder) in folders.items()}, "batch": batch,
-           "prompt": prompt, "padded": torch.cat([prompt, padded]), "texts": TEXTS,
+           "prompt": prompt, "padded": torch.cat([prompt, padded]), "texts": TEXTS, "special_texts": SPECIAL_TEXTS,
            "mask": torch.cat([torch.ones(1, 45, dtype=torch.long), (padded != 256).long()])}
     torch.save(job, root / "job.pt")
     (root / "loader.py").write_text(LOADER)
@@ -188,6 +192,85 @@ def test_the_tokenizer_gives_the_harness_ids(loaded):
     assert (out["swat"]["eos"], out["swat"]["bos"]) == (byte.eos_id, None)
     assert out["llama2"]["ids"] == [llama.encode(t) for t in TEXTS]  # no BOS: the harness never adds one
     assert (out["llama2"]["eos"], out["llama2"]["bos"]) == (llama.eos_id, None)
+
+
+def test_text_holding_a_special_tokens_string_gets_the_harness_ids(loaded):
+    """The exported byte tokenizer turned a literal "<|endoftext|>" in text into the end-of-text id
+    (256), where the harness reads 13 bytes; Llama-2's turned "</s>" into id 2. Both still end text
+    with their end-of-text id."""
+    _, out = loaded
+    for name, tok in (("swat", ByteTokenizer()), ("llama2", get_tokenizer("llama2"))):
+        assert out[name]["special_ids"] == [tok.encode(t) for t in SPECIAL_TEXTS], name
+        assert out[name]["eos"] == tok.eos_id
+
+
+@pytest.mark.parametrize("name", ["bytes", "english-mix-bpe8k", "llama2"])
+def test_each_shipped_tokenizer_exports_with_the_harness_ids(tmp_path, capsys, name):
+    """AutoTokenizer on the exported files gives the harness tokenizer's ids, special-token strings
+    in text included, and says nothing."""
+    from transformers import AutoTokenizer
+
+    from harness.hf.export import write_tokenizer
+    write_tokenizer(name, tmp_path, print)
+    tok, exported = get_tokenizer(name), AutoTokenizer.from_pretrained(str(tmp_path))
+    assert [exported(t)["input_ids"] for t in TEXTS + SPECIAL_TEXTS] == [tok.encode(t) for t in TEXTS + SPECIAL_TEXTS]
+    assert (exported.eos_token_id, exported.bos_token_id) == (tok.eos_id, None)
+    assert capsys.readouterr().out == ""
+
+
+def test_a_tokenizer_that_cannot_match_is_one_warning(tmp_path, capsys):
+    """A tokenizer.json that finds one special token in text (<unk>, an added token) and not its
+    end-of-text one (</s>, in the vocabulary only): transformers finds all special tokens or none, so
+    the exported tokenizer differs on one of them, and the export says which."""
+    spec = json.loads(get_tokenizer("llama2")._tok.to_str())
+    spec["added_tokens"] = [{"id": 0, "content": "<unk>", "single_word": False, "lstrip": False, "rstrip": False,
+                             "normalized": False, "special": True}]
+    path = tmp_path / "tokenizer.json"
+    path.write_text(json.dumps(spec))
+    ckpt = write_checkpoint(tmp_path / "run" / "checkpoint", "transformer", f"train.tokenizer={path}",
+                            "model.vocab_size=32000")
+    assert export("--checkpoint", str(ckpt), "--out", str(tmp_path / "hf")) == 0
+    warnings = [line for line in capsys.readouterr().out.splitlines() if line.startswith("warning:")]
+    assert len(warnings) == 1 and "<unk>" in warnings[0] and "other ids than the harness's" in warnings[0], warnings
+
+
+def test_the_model_card_leaves_out_rows_of_other_weights_at_the_checkpoint_path(tmp_path, capsys, monkeypatch):
+    """A checkpoint retrained with --no-resume keeps its path: the card listed the rows scored on the
+    weights it replaced (their loss, their tokens) under the new weights' facts. Rows written before
+    rows named their weights still count by path, as in `harness eval`'s reuse of rows."""
+    from harness.results.store import read_rows
+    monkeypatch.chdir(tmp_path)
+    train = ["train", "--model", "swat", "--device", "cpu", "--quiet", "--run", "rt",
+             *[a for o in ONE_STEP for a in ("--set", o)]]
+    assert cli.main(train) == 0
+    assert cli.main(["eval", "--run", "rt", "--tasks", "smoke", "--device", "cpu"]) == 0
+    rows_file = tmp_path / "results" / "rt" / "rows.jsonl"
+    old = [json.loads(line) for line in rows_file.read_text().splitlines()]
+    old_loss = next(row["value"] for row in old if row["metric"] == "loss")
+    assert cli.main([*train, "--set", "train.tokens=256", "--no-resume"]) == 0
+    ckpt = tmp_path / "runs" / "rt" / "swat" / "checkpoint"
+    capsys.readouterr()
+
+    def card(*rows: str) -> tuple[str, list[str]]:
+        assert export("--checkpoint", str(ckpt), "--out", str(tmp_path / "hf"), "--force", *rows) == 0
+        said = capsys.readouterr().out.splitlines()
+        return (tmp_path / "hf" / "README.md").read_text(), [line for line in said if line.startswith("warning:")]
+
+    for rows in ([], ["--rows", str(rows_file)]):  # found beside the run, or given
+        text, warnings = card(*rows)
+        assert "| smoke |" not in text and "No evaluation rows of this checkpoint" in text
+        assert len(warnings) == 1 and "left 2 evaluation rows out" in warnings[0] and "other weights" in warnings[0]
+    legacy = tmp_path / "legacy.jsonl"
+    legacy.write_text("".join(json.dumps({k: v for k, v in row.items() if k != "weights"}) + "\n" for row in old))
+    text, warnings = card("--rows", str(legacy))
+    assert f"| smoke | loss | {old_loss:.4f} |" in text and warnings == []
+    # the new weights scored (into a run of their own: results/rt's run.json records the old config)
+    assert cli.main(["eval", "--checkpoint", str(ckpt), "--run", "rt2", "--tasks", "smoke", "--device", "cpu"]) == 0
+    new_rows = tmp_path / "results" / "rt2" / "rows.jsonl"
+    new_loss = next(row.value for row in read_rows(new_rows) if row.metric == "loss")
+    capsys.readouterr()
+    text, warnings = card("--rows", str(new_rows))
+    assert new_loss != old_loss and f"| smoke | loss | {new_loss:.4f} |" in text and warnings == []
 
 
 def test_weights_above_the_shard_size_are_sharded_and_load_the_same(exported, loaded):

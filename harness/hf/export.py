@@ -21,7 +21,14 @@ Tokenizer: the run's tokenizer.json with its post-processor removed (the harness
 BOS or other template tokens, and lm-eval's HF model encodes with the tokenizer's defaults) and no
 BOS token declared (lm-eval then prefixes an empty context with EOS, as the harness does); the
 tiny preset's `bytes` tokenizer becomes an equivalent byte-level `tokenizers` BPE with no merges
-(byte b is id b, `<|endoftext|>` is 256), so AutoTokenizer gives the harness's ids.
+(byte b is id b, `<|endoftext|>` is 256), so AutoTokenizer gives the harness's ids. transformers makes
+the EOS token a special token that it finds inside text; where the harness's tokenizer does not (the
+`bytes` one, Llama-2's), tokenizer_config.json sets split_special_tokens, so that text holding the
+token's string is encoded as the harness encodes it (tokenizer.json read by `tokenizers` alone still
+finds it). The export checks the ids of each added token's string in text and warns where they differ.
+
+The model card lists the rows of the checkpoint's current weights: rows that name other weights (the
+checkpoint retrained since they were scored) are left out with a warning.
 
 The folder is written into a temporary sibling and renamed into place, so an error leaves nothing
 at --out; --push-to-hub uploads it before the rename and checks the hub first.
@@ -165,8 +172,9 @@ def byte_level_tokenizer():
     return tok
 
 
-def write_tokenizer(name: str, folder: Path) -> None:
-    """tokenizer.json and tokenizer_config.json of the run's tokenizer (see the module docstring)."""
+def write_tokenizer(name: str, folder: Path, log: Callable[[str], None]) -> None:
+    """tokenizer.json and tokenizer_config.json of the run's tokenizer (see the module docstring); a
+    warning where the exported tokenizer still encodes some text otherwise than the harness's."""
     from tokenizers import Tokenizer
     from transformers import PreTrainedTokenizerFast
     tok = get_tokenizer(name)
@@ -177,7 +185,27 @@ def write_tokenizer(name: str, folder: Path) -> None:
         spec["post_processor"] = None
         raw = Tokenizer.from_str(json.dumps(spec))
         eos = raw.id_to_token(tok.eos_id)
-    PreTrainedTokenizerFast(tokenizer_object=raw, eos_token=eos).save_pretrained(str(folder))
+    # transformers registers eos as a special token and finds it inside text, unless it splits special tokens
+    split = tok.encode(eos) != [tok.eos_id]
+    exported = PreTrainedTokenizerFast(tokenizer_object=raw, eos_token=eos, split_special_tokens=split)
+    exported.save_pretrained(str(folder))
+    differing = added_tokens_encoded_otherwise(tok, folder)
+    if differing:
+        log(f"warning: the exported tokenizer encodes text holding {', '.join(differing)} with other ids than the "
+            f"harness's {name} tokenizer (transformers finds all of its special tokens inside text or none); the "
+            f"exported model sees other ids for such text")
+
+
+def added_tokens_encoded_otherwise(tok, folder: Path) -> list[str]:
+    """The added tokens (special ones among them) of the tokenizer saved in `folder` whose string, inside
+    text, it encodes with other ids than `tok`: split_special_tokens is one switch for all special tokens,
+    and a run's tokenizer.json may find some of them in text and not others. Loaded as AutoTokenizer
+    builds it (tokenizer_config.json's class), without AutoTokenizer's question about the model's code
+    when the folder holds it."""
+    from transformers import PreTrainedTokenizerFast
+    exported = PreTrainedTokenizerFast.from_pretrained(str(folder))
+    probes = {token: f"a {token}b{token}" for token in exported.added_tokens_encoder}
+    return [token for token, text in probes.items() if exported(text)["input_ids"] != tok.encode(text)]
 
 
 def checkpoint_commit(ckpt: Path, meta: dict) -> str:
@@ -207,6 +235,19 @@ def checkpoint_rows(ckpt: Path, rows_files: list[Path]) -> tuple[list[Row], list
     rows = [r for path in found for r in read(path)
             if r.checkpoint and Path(r.checkpoint).resolve() == ckpt.resolve()]
     return rows, found
+
+
+def rows_of_weights(rows: list[Row], weights: str | None, log: Callable[[str], None]) -> list[Row]:
+    """The rows scored on `weights` (the checkpoint's digest), and a warning for any left out: a
+    checkpoint folder outlives its weights (a --no-resume retrain writes new ones there), so a row of
+    this path that names another digest scored another model. Rows written before rows named their
+    weights keep the path match, as in the evaluation loop's reuse of rows."""
+    from harness.evaluation.loop import WEIGHTS_KEY
+    kept = [r for r in rows if WEIGHTS_KEY not in r.extra or r.extra[WEIGHTS_KEY] == weights]
+    if len(kept) < len(rows):
+        log(f"warning: left {len(rows) - len(kept)} evaluation rows out of the model card: scored on other weights "
+            f"of this checkpoint path (retrained since); run harness eval again to score these weights")
+    return kept
 
 
 def given_rows(path: Path) -> list[Row]:
@@ -340,7 +381,8 @@ def writable_out(ckpt: Path, out: Path) -> Path:
 def export(checkpoint: Path, out: Path, max_shard_size: str = "2GB", push_to_hub: str | None = None,
            rows: list[Path] = (), force: bool = False, log: Callable[[str], None] = print) -> Path:
     """Write the checkpoint folder `checkpoint` as a Hugging Face model folder at `out`."""
-    from harness.training.checkpoint import load_checkpoint, read_meta
+    from harness.evaluation.sources import weights_digest
+    from harness.training.checkpoint import WEIGHTS_FILE, load_checkpoint, read_meta
     ckpt, out = Path(checkpoint), Path(out)
     if not (ckpt / "meta.json").is_file():
         raise FileNotFoundError(f"{ckpt} is not a checkpoint folder (no meta.json); pass the folder that "
@@ -358,6 +400,7 @@ def export(checkpoint: Path, out: Path, max_shard_size: str = "2GB", push_to_hub
         hub = HfApi()
         hub_call(push_to_hub, hub.whoami)
     found_rows, rows_read = checkpoint_rows(ckpt, [Path(p) for p in rows])
+    found_rows = rows_of_weights(found_rows, weights_digest(meta, ckpt / WEIGHTS_FILE), log)
     model, cfg, name, meta = load_checkpoint(ckpt, "cpu")
     from transformers.utils import logging as hf_logging
     hf_logging.disable_progress_bar()  # save_pretrained's bar over a handful of shards is noise here
@@ -381,7 +424,7 @@ def export(checkpoint: Path, out: Path, max_shard_size: str = "2GB", push_to_hub
         hf_model.save_pretrained(str(tmp), max_shard_size=max_shard_size)
         for weights in tmp.glob("*.safetensors"):  # safetensors writes them 0600, unlike the folder's other files
             share_like_any_file(weights)
-        write_tokenizer(cfg.train.tokenizer, tmp)
+        write_tokenizer(cfg.train.tokenizer, tmp, log)
         (tmp / "README.md").write_text(model_card(name, cfg, meta, config, count_params(model),
                                                   checkpoint_commit(ckpt, meta), found_rows, rows_read,
                                                   push_to_hub or str(out)))

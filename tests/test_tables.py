@@ -397,7 +397,7 @@ def test_rows_record_the_commit_the_sender_names_over_a_copy_s_git(monkeypatch, 
 
 
 def _row(model: str, task: str, value: float) -> Row:
-    return Row(run="run", model=model, preset="small", task=task, metric="acc", value=value)
+    return Row(run="run", model=model, preset="small", task=task, metric="loss", value=value)
 
 
 def _write_tasks(path: Path, model: str, tasks: int) -> None:
@@ -732,3 +732,140 @@ def test_the_main_table_speaks_of_accuracies_only_where_it_shows_some():
     note = build("main", smoke).notes[0]
     assert "Accuracies" not in note and "Avg" not in note and note.startswith("Perplexity and loss: lower is better.")
     assert build("main", smoke + [acc("swat", "s", "piqa", 0.6)]).notes[0].startswith("Accuracies in percent")
+
+
+# ---------------------------------------------------------------- devices, broken numbers, --limit, CSV, inputs
+
+def speed(model, device, value, **extra):
+    return acc(model, "s", "speed_prefill", value, metric="tokens_per_s", device=device,
+               extra={"seq_len": 1024, **extra})
+
+
+def test_timings_of_two_devices_are_two_measurements_each_in_its_own_group():
+    """Speed rows of an H100 and an H200 were one measurement in conflict: one device's numbers were
+    dropped, or a group titled with both devices bolded one's numbers against the other's."""
+    from harness.results.tables import peer_ratio_table
+    rows = [speed("swat", "H100", 100.0), speed("mamba", "H100", 120.0), speed("swat", "H200", 300.0),
+            speed("mamba", "H200", 240.0, date="2026-12-01")]
+    kept = dedupe_rows(rows, warn=pytest.fail)
+    assert len(kept) == 4
+    table = groups(build("speed", kept))
+    assert table == {"speed_prefill · tokens_per_s · s · H100": {"mamba": ["**120.0**"], "swat": ["100.0"]},
+                     "speed_prefill · tokens_per_s · s · H200": {"mamba": ["240.0"], "swat": ["**300.0**"]}}
+    ratios = groups(peer_ratio_table(kept, "mamba"))
+    assert ratios["speed_prefill · s · H100"]["swat"] == ["0.83"] and ratios["speed_prefill · s · H200"]["swat"] == [
+        "**1.25**"]
+    one_device_twice = [speed("swat", "H100", 100.0), speed("swat", "H100", 110.0)]
+    warnings = []
+    assert [r.value for r in dedupe_rows(one_device_twice, warn=warnings.append)] == [110.0]
+    assert len(warnings) == 1 and "conflicting rows" in warnings[0] and "on H100" in warnings[0]
+
+
+def test_a_quality_row_rescored_on_another_device_is_the_same_measurement():
+    warnings = []
+    kept = dedupe_rows([acc("swat", "s", "piqa", 0.6, device="H100"), acc("swat", "s", "piqa", 0.61, device="H200")],
+                       warn=warnings.append)
+    assert len(kept) == 1 and len(warnings) == 1 and "conflicting rows" in warnings[0]
+
+
+def test_the_store_s_speed_tasks_are_those_the_registry_times_per_device():
+    """The store names them rather than importing every task module to read a rows file; the two must agree."""
+    from harness.registry import tasks
+    from harness.results.store import SPEED_TASKS
+    assert {name for t in tasks().values() if t.per_device for name in t.row_task_names} == set(SPEED_TASKS)
+
+
+@pytest.mark.parametrize("metric,field,value,why", [
+    ("acc", "value", math.inf, "value inf is not finite"),
+    ("perplexity", "value", -math.inf, "value -inf is not finite"),
+    ("acc", "value", math.nan, "value nan is not finite"), ("acc", "stderr", math.inf, "stderr inf is not finite"),
+    ("acc", "value", 1.7, "acc 1.7 is not a fraction in [0, 1]"),
+    ("acc_norm", "value", -0.1, "acc_norm -0.1 is not a fraction in [0, 1]"),
+])
+def test_a_non_finite_number_or_an_accuracy_out_of_range_is_a_corrupt_row(tmp_path, metric, field, value, why):
+    """An infinite accuracy was a bold 'inf', a NaN dropped out of the average unseen, 1.7 read as a bold 170.00."""
+    good = {"run": "r", "model": "swat", "preset": "s", "task": "piqa", "metric": metric, "value": 0.5, "stderr": 0.01}
+    (tmp_path / "r").mkdir()
+    (tmp_path / "r" / "rows.jsonl").write_text(json.dumps(good) + "\n" + json.dumps({**good, "model": "gla",
+                                                                                       field: value}) + "\n")
+    warnings = []
+    rows, _, _ = collect([str(tmp_path / "r")], [], tmp_path, warn=warnings.append)
+    assert warnings == [f"warning: {tmp_path / 'r' / 'rows.jsonl'}:2: skipped a corrupt row ({why})"]
+    assert [r.model for r in rows] == ["swat"]
+    assert read_rows(tmp_path / "r" / "rows.jsonl", warn=lambda _: None)[0].value == 0.5
+    big = {**good, "metric": "perplexity", "value": 1e9}  # a large perplexity is a number like any other
+    (tmp_path / "r" / "rows.jsonl").write_text(json.dumps(big) + "\n")
+    assert len(read_rows(tmp_path / "r" / "rows.jsonl", warn=pytest.fail)) == 1
+
+
+def test_a_reference_file_s_infinite_number_is_a_corrupt_row(tmp_path):
+    lines = SWAT_T1.read_text().splitlines()
+    (tmp_path / "inf.csv").write_text("\n".join([lines[0], lines[1].replace(",31.52,", ",inf,", 1)]) + "\n")
+    warnings = []
+    assert read_reference(tmp_path / "inf.csv", warn=warnings.append) == []
+    assert warnings == [f"warning: {tmp_path / 'inf.csv'}:2: skipped a corrupt reference row (value inf is not finite)"]
+
+
+def test_an_infinite_or_nan_cell_is_never_bold():
+    from harness.results.tables import Cell, mark_best
+    lines = [[Cell(v)] for v in (math.inf, 2.0, math.nan, 1.0, -math.inf)]
+    mark_best(lines, 0, lower=False)
+    assert [line[0].bold for line in lines] == [False, True, False, False, False]
+    mark_best(lines, 0, lower=True)
+    assert [line[0].bold for line in lines] == [False, True, False, True, False]
+
+
+def test_limits_sort_as_numbers_and_bold_compares_like_with_like():
+    """A piqa on 3 examples was bold over one on 300; the footnote listed 'first 2, 3, 300, 5'."""
+    from harness.results.tables import limit_note
+    assert "first 2, 3, 5, 300 examples" in limit_note({300, 5, 3, 2})
+
+    def row(model, task, value, limit=None, metric="acc"):
+        return acc(model, "s", task, value, metric=metric, extra={"limit": limit} if limit else {})
+    rows = [row("transformer", "piqa", 0.55), row("gla", "piqa", 0.5), row("swat", "piqa", 0.9, 3),
+            row("mamba", "piqa", 0.6, 300),
+            row("swat", "hellaswag", 0.9, 3, "acc_norm"), row("mamba", "hellaswag", 0.4, 300, "acc_norm"),
+            row("swat", "arc_easy", 0.3, 300), row("mamba", "arc_easy", 0.4, 300)]
+    table = build("main", rows)
+    lines = groups(table)["s"]
+    piqa, hella, arc = (table.header.index(t) - 1 for t in ("PIQA acc", "Hella. acc_n", "ARC-e acc"))
+    assert [lines[m][piqa] for m in ("transformer", "gla", "swat", "mamba")] == ["**55.00**", "50.00", "90.00§",
+                                                                                "60.00§"]
+    assert [lines[m][hella] for m in ("swat", "mamba")] == ["90.00§", "40.00§"]  # 3 vs 300 examples: no winner
+    assert [lines[m][arc] for m in ("swat", "mamba")] == ["30.00§", "**40.00**§"]  # one limit: compared
+    note = next(n for n in table.notes if n.startswith("§"))
+    assert "first 3, 300 examples" in note and "Bold compares like with like" in note
+    alike = build("main", [r for r in rows if r.task == "arc_easy"])
+    assert not any("like with like" in n for n in alike.notes)  # nothing was set aside: nothing to explain
+    every = [(c.task, c.metric) for c in ACC_COLUMNS]
+    averages = groups(build("main", [row("swat", t, 0.9, 3, m) for t, m in every]
+                            + [row("mamba", t, 0.5, None, m) for t, m in every]
+                            + [row("gla", t, 0.4, None, m) for t, m in every]))["s"]
+    assert [averages[m][-1] for m in ("swat", "mamba", "gla")] == ["90.00", "**50.00**", "40.00"]
+
+
+def test_csv_carries_plain_numbers():
+    """Percentages came out as 28.999999999999996 and sizes as 340M."""
+    rows = [acc("swat", "s", "piqa", 0.29, stderr=0.0123, params=340_000_000, tokens_trained=15_000_000_000),
+            acc("swat", "s", "wikitext", 28.999999999999996, metric="word_perplexity", params=340_000_000,
+                tokens_trained=15_000_000_000)]
+    table = build("main", rows)
+    line = next(csv.DictReader(io.StringIO(render(table, "csv"))))
+    assert line["Params"] == "340000000" and line["Tokens"] == "15000000000"
+    assert line["PIQA acc"] == "29.0" and line["PIQA acc stderr"] == "1.23"
+    assert line["Wiki. word ppl↓"] == "28.999999999999996"  # not a percentage: exactly as stored
+    assert groups(table)["s"]["swat"][:2] == ["340M", "15B"]
+
+
+def test_a_file_that_is_not_rows_is_refused_in_one_line(tmp_path, capsys):
+    """README.md as --run printed a warning per line, then 'nothing for the main table'."""
+    from harness.cli import main
+    assert main(["tables", "--run", str(ROOT / "README.md")]) == 2
+    printed = capsys.readouterr()
+    assert printed.out == "" and printed.err.count("\n") == 1
+    assert printed.err.startswith(f"error: {ROOT / 'README.md'} is not a rows file: none of its lines is a result row")
+    rows_run(tmp_path / "speed" / "gpu" / "s", [speed("swat", "H100", 1e5)])
+    (tmp_path / "speed" / "junk" / "s").mkdir(parents=True)
+    (tmp_path / "speed" / "junk" / "s" / "rows.jsonl").write_text("not rows\n")
+    with pytest.raises(ResultsError, match="try --run speed/gpu/s"):  # the hint passes over what is not rows
+        build("speed", [], results_dir=tmp_path)

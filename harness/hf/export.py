@@ -49,7 +49,7 @@ from harness.config import Config, ConfigError
 from harness.data.corpus import HUB_CORPORA
 from harness.data.tokenizer import ByteTokenizer, get_tokenizer
 from harness.files import share_like_any_file
-from harness.results.store import Row, read_rows
+from harness.results.store import ResultsError, Row, read_given_rows, read_rows
 
 SHARD_SIZE = re.compile(r"[1-9][0-9]*(KB|MB|GB|KIB|MIB|GIB)", re.IGNORECASE)
 BYTE_EOS = "<|endoftext|>"
@@ -251,18 +251,13 @@ def rows_of_weights(rows: list[Row], weights: str | None, log: Callable[[str], N
 
 
 def given_rows(path: Path) -> list[Row]:
-    """The rows of a file given as --rows: one none of whose lines is a row (a CSV, a table, a
-    checkpoint's weights) is an error, not a model card that says no evaluation was found; a rows
-    file with some damaged lines gives its other rows, each damaged line a warning."""
-    problems: list[str] = []
-    rows = read_rows(path, warn=problems.append)
-    if problems and not rows:
-        raise ExportError(f"--rows {path} is not a rows file: none of its lines is a result row (first: "
-                          f"{problems[0].removeprefix('warning: ')}); pass a rows.jsonl that `harness run` or "
-                          f"`harness eval` wrote, or leave out --rows")
-    for problem in problems:
-        print(problem)
-    return rows
+    """The rows of a file given as --rows: one that holds none (a CSV, a table, a checkpoint's
+    weights) is an error, not a model card that says no evaluation was found."""
+    try:
+        return read_given_rows(path, flag="--rows ", fix="pass a rows.jsonl that `harness run` or `harness eval` "
+                                                          "wrote, or leave out --rows")
+    except ResultsError as err:
+        raise ExportError(str(err)) from None
 
 
 def corpus_line(corpus: str) -> str:

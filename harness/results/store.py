@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable
@@ -21,6 +22,18 @@ from harness.results.provenance import BOOKKEEPING_KEYS, PROVENANCE_KEYS
 
 ROW_FIELDS = ("run", "model", "preset", "params", "tokens_trained", "task", "metric", "value", "stderr",
               "n", "seed", "checkpoint", "commit", "device", "date", "command")
+# The rows that time the device they ran on: those of the tasks registered with per_device=True
+# (harness.registry; tasks/speed.py's `speed`, whose rows `harness bench models` writes too). Named
+# here rather than asked of the registry, which knows its tasks only once every task module is
+# imported (torch and the baselines with them): reading a rows file must not need that.
+# tests/test_tables.py checks that the two agree.
+SPEED_TASKS = ("speed_train", "speed_prefill", "speed_decode")
+
+
+def is_fraction(metric: str) -> bool:
+    """Whether a metric is an accuracy (acc, acc_norm, ...): lm-eval's fraction in [0, 1], which
+    the tables show in percent."""
+    return metric.startswith("acc")
 
 
 @dataclass
@@ -76,9 +89,9 @@ def replace_rows(path: Path, rows: Iterable[Row], replaced: Callable[[Row], bool
 
 def read_rows(path: Path, warn=print) -> list[Row]:
     """Rows of a JSONL file; a corrupt or truncated line (bytes that are not UTF-8 included), or a row
-    whose schema fields are missing, null or of the wrong type, is skipped with a warning naming file,
-    line and what is wrong: such a row would otherwise vanish from a table, split a line in two or
-    fail much later in a sort or a format."""
+    whose schema fields are missing, null, of the wrong type or out of range (`row_problem`), is
+    skipped with a warning naming file, line and what is wrong: such a row would otherwise vanish
+    from a table, split a line in two, win its column or fail much later in a sort or a format."""
     rows = []
     for n, line in enumerate(Path(path).read_text(encoding="utf-8", errors="replace").splitlines(), 1):
         if not line.strip():
@@ -97,7 +110,9 @@ def read_rows(path: Path, warn=print) -> list[Row]:
 
 
 # What each schema field holds. A row must name what it measured (the text fields) and carry a value
-# (a number, or null for a measurement that produced none); the others may be null or absent.
+# (a number, or null for a measurement that produced none); the others may be null or absent. A
+# number is finite: JSON's NaN and Infinity parse, but no measurement is one (an infinity would win
+# its column in a table, a NaN would drop out of an average unseen); an accuracy is a fraction.
 _TEXT, _WHOLE, _NUMBER = "text", "a whole number", "a number"
 _FIELD_KINDS = {"run": _TEXT, "model": _TEXT, "preset": _TEXT, "task": _TEXT, "metric": _TEXT, "value": _NUMBER,
                 "params": _WHOLE, "tokens_trained": _WHOLE, "stderr": _NUMBER, "n": _WHOLE, "seed": _WHOLE,
@@ -128,6 +143,10 @@ def row_problem(data) -> str | None:
                 return f"{key} is null"
         elif not _holds(kind, value):
             return f"{key} {value!r:.40} is not {kind}"
+        elif isinstance(value, float) and not math.isfinite(value):
+            return f"{key} {value!r} is not finite"
+    if data["value"] is not None and is_fraction(data["metric"]) and not 0 <= data["value"] <= 1:
+        return f"{data['metric']} {data['value']!r:.40} is not a fraction in [0, 1]"
     return None
 
 
@@ -141,7 +160,9 @@ class ResultsError(ValueError):
 # only in these are the same measurement (a duplicate, or a conflict when the values differ). What
 # was measured stays in the identity: learning rate, length, depth, corpus source, limit, ... The
 # digest of the weights scored (`weights`, harness.evaluation.loop) is provenance too: a rerun on
-# retrained weights replaces a row, it does not add a second measurement.
+# retrained weights replaces a row, it does not add a second measurement. So is the device, except
+# for the rows that time it (SPEED_TASKS, `measures_device`): a loss or an accuracy retrained or
+# rescored on another GPU is the same measurement, a throughput on another GPU is another one.
 _NOT_IDENTITY = {"value", "stderr", "n", "params", *PROVENANCE_KEYS}
 _DESCRIPTIVE_EXTRAS = {"task_version", "version", "source", "table", "label", "published", "note", "weights",
                        *BOOKKEEPING_KEYS}
@@ -154,9 +175,15 @@ def measured_extras(row: Row) -> dict:
     return {k: v for k, v in row.extra.items() if k not in _DESCRIPTIVE_EXTRAS}
 
 
+def measures_device(row: Row) -> bool:
+    """Whether the row times the device it ran on (SPEED_TASKS), which is then part of what it measured."""
+    return row.task in SPEED_TASKS
+
+
 def row_key(row: Row) -> tuple:
-    """What a row measures: run, model, preset, task, metric, seed, checkpoint, tokens and extra keys."""
-    core = tuple(getattr(row, k) for k in _IDENTITY_FIELDS)
+    """What a row measures: run, model, preset, task, metric, seed, checkpoint, tokens and extra keys,
+    and the device of a row that times it."""
+    core = tuple(getattr(row, k) for k in _IDENTITY_FIELDS) + ((row.device,) if measures_device(row) else ())
     extra = tuple(sorted((k, v if isinstance(v, (str, int, float, bool, type(None)))
                           else json.dumps(v, sort_keys=True, default=str))
                          for k, v in measured_extras(row).items()))
@@ -183,6 +210,7 @@ def dedupe_rows(rows: list[Row], warn=print) -> list[Row]:
             what = f"{group[0].run}/{group[0].model} {group[0].task}/{group[0].metric}"
             extra = measured_extras(group[0])
             what += f" {extra}" if extra else ""
+            what += f" on {group[0].device}" if measures_device(group[0]) and group[0].device else ""
             if all(_same_value(r, group[0]) for r in group):
                 warn(f"warning: {len(group)} identical rows for {what}; counted once")
             else:
@@ -217,7 +245,7 @@ def run_location(spec: str | Path, results_dir: Path = Path("results")) -> tuple
 
 
 def load_run(spec: str | Path, results_dir: Path = Path("results"), warn=print) -> RunRecord:
-    """A run by folder, rows file or name under `results_dir`."""
+    """A run by folder, rows file or name under `results_dir` (its rows: `read_given_rows`)."""
     folder, rows_file = run_location(spec, results_dir)
     if not rows_file.is_file():
         raise ResultsError(f"{folder} has no rows.jsonl; run `harness run ... --run {folder.name}` first")
@@ -227,7 +255,24 @@ def load_run(spec: str | Path, results_dir: Path = Path("results"), warn=print) 
             info = json.loads((folder / "run.json").read_text(encoding="utf-8"))
         except json.JSONDecodeError as err:
             warn(f"warning: {folder / 'run.json'}: unreadable ({err}); its config is not used")
-    return RunRecord(folder.name, folder, read_rows(rows_file, warn=warn), info)
+    return RunRecord(folder.name, folder, read_given_rows(rows_file, warn=warn), info)
+
+
+def read_given_rows(path: Path, warn=print, flag: str = "",
+                    fix: str = "name a run folder or the rows.jsonl that `harness run`, `harness eval` or "
+                               "`harness bench models` wrote") -> list[Row]:
+    """The rows of a file named as a rows file (`flag`: the option that named it, for the message).
+    One none of whose lines is a row (a README, a CSV, a table named by mistake) is an error before
+    any of its lines is reported, not a warning per line and then an empty table; a rows file with
+    some damaged lines gives its other rows, each damaged line a warning."""
+    problems: list[str] = []
+    rows = read_rows(path, warn=problems.append)
+    if problems and not rows:
+        raise ResultsError(f"{flag}{path} is not a rows file: none of its lines is a result row (first: "
+                           f"{problems[0].removeprefix('warning: ')}); {fix}")
+    for problem in problems:
+        warn(problem)
+    return rows
 
 
 def run_folders(results_dir: Path) -> list[Path]:

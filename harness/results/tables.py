@@ -30,9 +30,11 @@ from pathlib import Path
 
 from harness.files import file_in_the_way
 from harness.results.store import (
+    SPEED_TASKS,
     ResultsError,
     Row,
     dedupe_rows,
+    is_fraction,
     load_run,
     measured_extras,
     read_reference,
@@ -56,7 +58,7 @@ class Column:
 
     @property
     def is_accuracy(self) -> bool:
-        return self.metric.startswith("acc")
+        return is_fraction(self.metric)
 
 
 MAIN_COLUMNS = (
@@ -77,7 +79,6 @@ SMOKE_COLUMNS = (Column("Held-out loss↓", r"Held-out loss$\downarrow$", "smoke
 AVERAGE_TASK = "commonsense_avg"  # a published average in a reference file; shown in its row's Avg cell
 AVERAGE = Column("Avg", "Avg", AVERAGE_TASK, "acc")
 ABLATION_KEYS = ("activation", "slopes", "rope", "window", "sigmoid_bias")
-SPEED_TASKS = ("speed_train", "speed_prefill", "speed_decode")
 TABLES = ("main", "ablation", "length", "retrieval", "speed")
 
 # ---------------------------------------------------------------- the table model
@@ -94,6 +95,9 @@ class Cell:
     signed: bool = False  # a delta: always show the sign
     digits: int = 2
     suffix: str = ""  # a footnote mark that does not keep the cell from being bold (e.g. § for --limit)
+    limit: int | frozenset | None = None  # its --limit (an Avg: its cells'); bold compares like with like
+    count: bool = False  # a size (parameters, tokens): shown as 341M, written whole in CSV
+    percent: bool = False  # a fraction shown x100: CSV drops the multiplication's float noise (_csv_number)
 
 
 @dataclass
@@ -114,6 +118,8 @@ def number_text(cell: Cell, pm: str = " ± ") -> str:
         return cell.text
     if cell.value is None:
         return ""
+    if cell.count:
+        return human(cell.value)
     if isinstance(cell.value, float) and math.isnan(cell.value):
         return "nan"
     text = f"{cell.value:+.{cell.digits}f}" if cell.signed else f"{cell.value:.{cell.digits}f}"
@@ -181,8 +187,8 @@ def to_latex(table: Table) -> str:
 
 
 def to_csv(table: Table) -> str:
-    """Machine-readable: one line per table row, a `group` column, numbers unformatted, stderr in a
-    column of its own beside each value column that has any; no bold, marks or notes."""
+    """Machine-readable: one line per table row, a `group` column, numbers unformatted (_csv_number),
+    stderr in a column of its own beside each value column that has any; no bold, marks or notes."""
     import csv
     import io
     has_stderr = [any(len(r) > j and r[j].stderr is not None for _, rows in table.groups for r in rows)
@@ -197,11 +203,22 @@ def to_csv(table: Table) -> str:
         for row in rows:
             line = [label]
             for j, c in enumerate(row):
-                line.append(c.text if c.text is not None else ("" if c.value is None else repr(float(c.value))))
+                line.append(c.text if c.text is not None else _csv_number(c, c.value))
                 if has_stderr[j]:
-                    line.append("" if c.stderr is None else repr(float(c.stderr)))
+                    line.append(_csv_number(c, c.stderr))
             writer.writerow(line)
     return buf.getvalue()
+
+
+def _csv_number(cell: Cell, value: float | None) -> str:
+    """A number as a program reads it: a size whole (341000000, not 341M); a percentage to 12
+    significant digits, as x100 leaves float noise (0.29 * 100 is 28.999999999999996) far below
+    any measurement's precision; anything else exactly as stored."""
+    if value is None:
+        return ""
+    if cell.count:
+        return str(int(value))
+    return repr(float(f"{value:.12g}" if cell.percent else value))
 
 
 RENDERERS = {"md": to_markdown, "latex": to_latex, "csv": to_csv}
@@ -284,7 +301,7 @@ def display(value: float | None, metric: str) -> float | None:
     """Accuracies in percent (lm-eval stores fractions), everything else as stored."""
     if value is None:
         return None
-    return value * 100 if metric.startswith("acc") else value
+    return value * 100 if is_fraction(metric) else value
 
 
 def is_oom(row: Row) -> bool:
@@ -333,22 +350,36 @@ def config_diff(config: dict | None, training_length: bool = True) -> str:
     return ", ".join(diffs)
 
 
-def mark_best(rows: list[list[Cell]], col: int, lower: bool) -> None:
-    """Bold the best value of one column among rows that are complete (no mark), when there are two
-    or more values and they are not all equal (a tie of everyone has no winner)."""
-    values = [r[col].value for r in rows if r[col].value is not None and not r[col].mark and r[col].text is None
-              and not math.isnan(r[col].value)]
-    if len(values) < 2 or len(set(values)) == 1:
-        return
-    best = min(values) if lower else max(values)
-    for r in rows:
-        if r[col].value == best and not r[col].mark and r[col].text is None:
-            r[col].bold = True
+def mark_best(rows: list[list[Cell]], col: int, lower: bool) -> bool:
+    """Bold the best value of one column among the cells that compete (`_competing`), when there are
+    two or more and they are not all equal (a tie of everyone has no winner). Returns whether a
+    limited cell (§) was kept out of the competition, which the § footnote then explains."""
+    numbers = [r[col] for r in rows if r[col].value is not None and not r[col].mark and r[col].text is None
+               and math.isfinite(r[col].value)]
+    competing = _competing(numbers)
+    values = [c.value for c in competing]
+    if len(values) >= 2 and len(set(values)) > 1:
+        best = min(values) if lower else max(values)
+        for c in competing:
+            c.bold |= c.value == best
+    return len(competing) < len(numbers)
 
 
-def limit_note(limits: set) -> str:
-    return (f"§ evaluated on the first {', '.join(str(n) for n in sorted(limits, key=str))} examples only "
-            "(--limit): a quick check, not comparable with full evaluations.")
+def _competing(cells: list[Cell]) -> list[Cell]:
+    """The cells evaluated alike, which alone may be compared: the full evaluations where there are
+    any, else the limited ones where they share one --limit, else none (a score on 3 examples does
+    not beat one on 300, nor one on 300 a full evaluation)."""
+    full = [c for c in cells if c.limit is None]
+    return full if full else cells if len({c.limit for c in cells}) == 1 else []
+
+
+def limit_note(limits: set, set_aside: bool = False) -> str:
+    """The § footnote: the limits in the order of their numbers; and, where a § cell was kept out of
+    its column's bold (`mark_best`), the rule that did it."""
+    return (f"§ evaluated on the first {', '.join(str(n) for n in sorted(limits, key=_sortable))} examples only "
+            "(--limit): a quick check, not comparable with full evaluations."
+            + (" Bold compares like with like: a column's full evaluations where it has any, else its § cells "
+               "where they share one limit." if set_aside else ""))
 
 
 def latest(rows: list[Row]) -> Row:
@@ -514,7 +545,7 @@ def main_table(rows: list[Row], references: list[Row] = (), run_configs: dict | 
     latex_header = ["Model", "Params", "Tokens"] + [c.latex for c in columns] + ["Avg"]
     table = Table("Language modeling and zero-shot commonsense reasoning", header, latex_header)
     sources = Sources()
-    missing = incomplete = stderr_seen = published = accuracy_shown = False
+    missing = incomplete = stderr_seen = published = accuracy_shown = set_aside = False
     limits: set = set()
     ncols = len(columns)
     every = ours + refs
@@ -526,7 +557,7 @@ def main_table(rows: list[Row], references: list[Row] = (), run_configs: dict | 
         for entry in group_ours + group_refs:
             any_row = next(iter(entry.cells.values()))
             label = entry.label + (sources.mark(entry.source) if entry.reference else "")
-            line = [text_cell(label), text_cell(human(any_row.params)), text_cell(human(any_row.tokens_trained))]
+            line = [text_cell(label), Cell(any_row.params, count=True), Cell(any_row.tokens_trained, count=True)]
             for col in columns:
                 r = entry.cells.get(col)
                 if r is None:
@@ -539,13 +570,12 @@ def main_table(rows: list[Row], references: list[Row] = (), run_configs: dict | 
                     stderr_seen |= stderr is not None
                     accuracy_shown |= col.is_accuracy
                     limits.update([r.extra["limit"]] if r.extra.get("limit") else [])
-                    line.append(Cell(display(r.value, col.metric), stderr,
-                                     suffix="§" if r.extra.get("limit") else ""))
+                    line.append(measured_cell(r, col, stderr))
             avg, k = _shown_average(entry)
             mark = "†" if avg is not None and k < len(ACC_COLUMNS) else ""
             incomplete |= bool(mark)
             published |= AVERAGE in entry.cells
-            line.append(Cell(avg, mark=mark))
+            line.append(Cell(avg, mark=mark, percent=True, limit=_average_limit(entry)))
             lines.append(line)
             scored.setdefault(entry.source, []).append(line)
             if not entry.reference:
@@ -554,8 +584,8 @@ def main_table(rows: list[Row], references: list[Row] = (), run_configs: dict | 
                         lines.append(_delta_line(entry, ref, sources, columns))
         for competing in scored.values():
             for j in range(3, 3 + ncols):
-                mark_best(competing, j, columns[j - 3].lower_is_better)
-            mark_best(competing, 3 + ncols, False)
+                set_aside |= mark_best(competing, j, columns[j - 3].lower_is_better)
+            set_aside |= mark_best(competing, 3 + ncols, False)
         if lines:
             table.groups.append((preset, lines))
     table.notes.append(main_note(accuracy_shown or published, published))
@@ -564,7 +594,7 @@ def main_table(rows: list[Row], references: list[Row] = (), run_configs: dict | 
     if missing:
         table.notes.append("Blank cell: no result stored for it (not run, or not published).")
     if limits:
-        table.notes.append(limit_note(limits))
+        table.notes.append(limit_note(limits, set_aside))
     if incomplete:
         table.notes.append(f"† average over the accuracy columns present only (fewer than {len(ACC_COLUMNS)}); "
                            "not comparable with complete averages and never bold. Rows with fewer than "
@@ -575,6 +605,14 @@ def main_table(rows: list[Row], references: list[Row] = (), run_configs: dict | 
     table.notes += rate_notes(e.label for e in ours)
     table.notes += sources.notes()
     return table
+
+
+def measured_cell(row: Row, col: Column, stderr: float | None, digits: int = 2) -> Cell:
+    """The cell of a stored row in a column: in display units, marked § (and kept to its like in
+    bold) where it was evaluated under --limit."""
+    limit = row.extra.get("limit") or None
+    return Cell(display(row.value, col.metric), stderr, digits=digits, suffix="§" if limit else "", limit=limit,
+                percent=col.is_accuracy)
 
 
 def main_note(accuracies: bool, published: bool) -> str:
@@ -599,6 +637,13 @@ def _shown_average(entry: Entry) -> tuple[float | None, int]:
     return (display(published.value, AVERAGE.metric) if published is not None else mean), k
 
 
+def _average_limit(entry: Entry) -> frozenset | None:
+    """The --limits of the accuracy cells that an Avg covers, None where all are full evaluations: an
+    average over quick checks competes only with averages over the same."""
+    limits = frozenset(r.extra.get("limit") or None for c, r in entry.cells.items() if c in ACC_COLUMNS)
+    return None if limits <= {None} else limits
+
+
 def _delta_line(ours: Entry, ref: Entry, sources: Sources, columns=MAIN_COLUMNS) -> list[Cell]:
     line = [text_cell(f"Δ vs {ref.label}{sources.mark(ref.source)}"), text_cell(""), text_cell("")]
     for col in columns:
@@ -606,12 +651,13 @@ def _delta_line(ours: Entry, ref: Entry, sources: Sources, columns=MAIN_COLUMNS)
         if a is None or b is None or is_oom(a) or a.value is None or b.value is None:
             line.append(Cell())
         else:
-            line.append(Cell(display(a.value, col.metric) - display(b.value, col.metric), signed=True))
+            line.append(Cell(display(a.value, col.metric) - display(b.value, col.metric), signed=True,
+                             percent=col.is_accuracy))
     (avg_a, _), (avg_b, _) = _shown_average(ours), _shown_average(ref)
     # averages over different task sets are not comparable: no delta then
     same_tasks = {c for c in ACC_COLUMNS if c in ours.cells} == {c for c in ACC_COLUMNS if c in ref.cells}
-    line.append(Cell(avg_a - avg_b, signed=True) if avg_a is not None and avg_b is not None and same_tasks
-                else Cell())
+    line.append(Cell(avg_a - avg_b, signed=True, percent=True) if avg_a is not None and avg_b is not None
+                and same_tasks else Cell())
     return line
 
 
@@ -646,7 +692,7 @@ def ablation_table(rows: list[Row], references: list[Row] = (), run_configs: dic
     table = Table("Ablation: SWAT variants", header, latex_header)
     sources = Sources()
     entries = _entries(pick, run_configs, False, columns) + _entries(refs, {}, True, columns)
-    missing = False
+    missing = set_aside = False
     limits: set = set()
     for preset in preset_order([r for e in entries for r in e.cells.values()]):
         lines, scored = [], {}
@@ -661,16 +707,14 @@ def ablation_table(rows: list[Row], references: list[Row] = (), run_configs: dic
                 if r is not None and r.extra.get("limit"):
                     limits.add(r.extra["limit"])
                 line.append(Cell() if r is None else text_cell("OOM") if is_oom(r) else
-                            Cell(display(r.value, col.metric),
-                                 display(r.stderr, col.metric) if r.stderr is not None else None,
-                                 digits=2 if col.is_accuracy or col.lower_is_better else 4,
-                                 suffix="§" if r.extra.get("limit") else ""))
+                            measured_cell(r, col, display(r.stderr, col.metric) if r.stderr is not None else None,
+                                          2 if col.is_accuracy or col.lower_is_better else 4))
             lines.append(line)
             scored.setdefault(e.source, []).append(line)
         offset = 2 + len(keys)
         for competing in scored.values():
             for j, col in enumerate(columns):
-                mark_best(competing, offset + j, col.lower_is_better)
+                set_aside |= mark_best(competing, offset + j, col.lower_is_better)
         if lines:
             table.groups.append((preset, lines))
     table.notes.append("Settings from each run's run.json config (or the row's own keys); "
@@ -678,7 +722,7 @@ def ablation_table(rows: list[Row], references: list[Row] = (), run_configs: dic
     if missing:
         table.notes.append("Blank cell: no result stored for it.")
     if limits:
-        table.notes.append(limit_note(limits))
+        table.notes.append(limit_note(limits, set_aside))
     table.notes += rate_notes(e.label for e in entries)
     table.notes += sources.notes()
     return table
@@ -757,8 +801,8 @@ def _sweep_table(title: str, sections: list[tuple[str, str, list[Row]]], run_con
                 oom |= r is not None and is_oom(r)
                 line.append(Cell() if r is None else text_cell("OOM") if is_oom(r) else
                             Cell(display(r.value, metric), display(r.stderr, metric),
-                                 digits=1 if metric.startswith("acc") else 2 if metric.endswith("ratio")
-                                 else _digits(r.value)))
+                                 digits=1 if is_fraction(metric) else 2 if metric.endswith("ratio")
+                                 else _digits(r.value), percent=is_fraction(metric)))
             lines.append(line)
         lower = _lower_is_better(metric)
         for j in range(1, len(lengths) + 1):
@@ -795,7 +839,7 @@ def _shown_digits(value: float | None, digits: int) -> int:
 
 def _lower_is_better(metric: str) -> bool:
     m = metric.lower()
-    return not ("per_s" in m or "throughput" in m or "tflop" in m or "mfu" in m or m.startswith("acc"))
+    return not ("per_s" in m or "throughput" in m or "tflop" in m or "mfu" in m or is_fraction(m))
 
 
 def length_table(rows: list[Row], references: list[Row] = (), run_configs: dict | None = None) -> Table:
@@ -815,8 +859,15 @@ def length_table(rows: list[Row], references: list[Row] = (), run_configs: dict 
                         "tokens; bold: lowest in its group.")
 
 
+def by_device(rows: list[Row]) -> list[tuple[str, list[Row]]]:
+    """(device, its rows) in the order of the devices' names, "" for rows that name none: timings of
+    two devices are two measurements (harness.results.store.measures_device), never one group's."""
+    devices = sorted({r.device or "" for r in rows})
+    return [(device, [r for r in rows if (r.device or "") == device]) for device in devices]
+
+
 def speed_table(rows: list[Row], references: list[Row] = (), run_configs: dict | None = None) -> Table:
-    """Throughput, latency and memory per sequence length, one group per (task, metric, preset)."""
+    """Throughput, latency and memory per sequence length, one group per (task, metric, preset, device)."""
     run_configs = run_configs or {}
     pick = [r for r in list(rows) + [r for r in references if r.extra.get("table") == "speed"]
             if r.task in SPEED_TASKS]
@@ -824,11 +875,9 @@ def speed_table(rows: list[Row], references: list[Row] = (), run_configs: dict |
     for task in SPEED_TASKS:
         for metric in sorted({r.metric for r in pick if r.task == task}):
             for preset in preset_order([r for r in pick if r.task == task]):
-                rs = [r for r in pick if (r.task, r.metric, r.preset) == (task, metric, preset)]
-                devices = ", ".join(sorted({r.device for r in rs if r.device}))
-                if rs:
-                    label = f"{task} · {metric} · {preset}" + (f" · {devices}" if devices else "")
-                    sections.append((label, metric, rs))
+                rows_here = [r for r in pick if (r.task, r.metric, r.preset) == (task, metric, preset)]
+                for device, rs in by_device(rows_here):
+                    sections.append((f"{task} · {metric} · {preset}" + (f" · {device}" if device else ""), metric, rs))
     return _sweep_table("Speed and memory vs sequence length", sections, run_configs,
                         "Columns: sequence length (training, prefill) or context (decode) in tokens; "
                         "bold: best in its group (highest throughput, lowest latency or memory). "
@@ -848,11 +897,9 @@ def peer_ratio_table(rows: list[Row], peer: str) -> Table:
     sections = []
     for task in SPEED_TASKS:
         for preset in preset_order([r for r in ratios if r.task == task]):
-            rs = [r for r in ratios if (r.task, r.preset) == (task, preset)]
-            devices = sorted({r.device for r in rs if r.device})
-            sections.append((f"{task} · {preset}" + (f" · {', '.join(devices)}" if devices else ""),
-                             "tokens_per_s_ratio", rs))
-    return _sweep_table(f"Throughput relative to {peer}", [s for s in sections if s[2]], {},
+            for device, rs in by_device([r for r in ratios if (r.task, r.preset) == (task, preset)]):
+                sections.append((f"{task} · {preset}" + (f" · {device}" if device else ""), "tokens_per_s_ratio", rs))
+    return _sweep_table(f"Throughput relative to {peer}", sections, {},
                         f"Each model's tokens/s over {peer}'s at the same length (and decode batch) on the same "
                         f"device; above 1: faster than {peer}. Columns: sequence length (training, prefill) or "
                         f"context (decode) in tokens.")
@@ -981,7 +1028,10 @@ def nested_runs(kind: str, results_dir: Path) -> list[str]:
     read without --run, whose rows fill the table `kind`; as --run names relative to results_dir."""
     found = []
     for rows_file in sorted(set(Path(results_dir).glob("*/*/**/rows.jsonl"))):
-        record = load_run(rows_file.parent, warn=lambda _: None)
+        try:
+            record = load_run(rows_file.parent, warn=lambda _: None)
+        except ResultsError:  # not a rows file: it fills no table
+            continue
         configs = {name: record.info.get("config") for name in {r.run for r in record.rows}}
         if BUILDERS[kind](record.rows, [], configs).groups:
             found.append(rows_file.parent.relative_to(results_dir).as_posix())

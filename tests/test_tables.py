@@ -761,6 +761,20 @@ def test_timings_of_two_devices_are_two_measurements_each_in_its_own_group():
     assert len(warnings) == 1 and "conflicting rows" in warnings[0] and "on H100" in warnings[0]
 
 
+def test_speed_plots_draw_each_device_apart(tmp_path):
+    """One series joined an H100's and an H200's timings (the latest at each length won)."""
+    from harness.results.plots import speed_curves
+    rows = [speed("swat", "H100", 100.0), speed("swat", "H200", 300.0),
+            speed("swat", "H100", 150.0, seq_len=2048), speed("swat", "H200", 310.0, seq_len=2048)]
+    written = speed_curves(rows, tmp_path / "two")
+    pngs = sorted(p.name for p in written if p.suffix == ".png")
+    assert pngs == ["speed_prefill_tokens_per_s_h100.png", "speed_prefill_tokens_per_s_h200.png"]
+    h100 = (tmp_path / "two" / "speed_prefill_tokens_per_s_h100.csv").read_text()
+    assert "100.0" in h100 and "150.0" in h100 and "300.0" not in h100 and "310.0" not in h100
+    one = speed_curves([r for r in rows if r.device == "H100"], tmp_path / "one")
+    assert sorted(p.name for p in one if p.suffix == ".png") == ["speed_prefill_tokens_per_s.png"]
+
+
 def test_a_quality_row_rescored_on_another_device_is_the_same_measurement():
     warnings = []
     kept = dedupe_rows([acc("swat", "s", "piqa", 0.6, device="H100"), acc("swat", "s", "piqa", 0.61, device="H200")],

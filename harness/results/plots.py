@@ -136,15 +136,20 @@ def ppl_vs_length(rows: list[Row], out_dir: Path, run_configs: dict | None = Non
 
 
 def speed_curves(rows: list[Row], out_dir: Path, run_configs: dict | None = None) -> list[Path]:
+    """A plot per speed task and metric, and per device where the rows hold several: a timing is
+    its device's (one series never joins two GPUs' points); the file then names the device."""
+    from harness.bench import device_slug
     written = []
     for task in SPEED_TASKS:
         for metric in sorted({r.metric for r in rows if r.task == task}):
             pick = [r for r in rows if r.task == task and r.metric == metric]
-            series = _collect(pick, run_configs or {}, _length)
-            if series:
-                devices = sorted({r.device for r in pick if r.device})
-                title = f"{task}: {metric}" + (f" ({', '.join(devices)})" if devices else "")
-                written += _length_plot(series, out_dir, f"{task}_{metric}", metric, title, True)
+            devices = sorted({r.device or "" for r in pick})
+            for device in devices:
+                series = _collect([r for r in pick if (r.device or "") == device], run_configs or {}, _length)
+                if series:
+                    name = f"{task}_{metric}" + (f"_{device_slug(device)}" if len(devices) > 1 else "")
+                    title = f"{task}: {metric}" + (f" ({device})" if device else "")
+                    written += _length_plot(series, out_dir, name, metric, title, True)
     return written
 
 

@@ -263,7 +263,7 @@ def main_table(res: Results) -> Table:
                            if (r.model, r.preset) == (model, size) and r.extra.get("non_embedding_params")), None)
             lr = res.final_lr(model, size)
             edge = res.lrs.get(model, {}).get(size, {}).get("edge")
-            line = [text_cell(model), text_cell(human(nonemb) if model not in study.references else "counts"),
+            line = [text_cell(model), text_cell("counts") if model in study.references else Cell(nonemb, count=True),
                     text_cell(f"{study.tokens_per_param:g}"),
                     text_cell("" if lr is None else f"{lr:g}" + (" (grid edge)" if edge else ""))]
             for key, cell in [(("smoke", "loss"), _mean_cell(loss, 4))] + [

@@ -10,7 +10,8 @@ solved so that parameters match the reference.
 
 import torch
 
-from baselines.fla_common import FlaMixer, fla_model, layer_options
+from baselines.fla_common import FlaMixer, fla_layer_options, fla_model, layer_options
+from harness.model.build import extra_options
 from harness.registry import register_model
 
 HEAD_DIM = 128
@@ -44,6 +45,7 @@ class DeltaNetMixer(FlaMixer):
 
 @register_model("deltanet", family="recurrent", requires=("fla",), extra="fla", gpu_only=True, match="mlp_hidden",
                 description="DeltaNet: delta rule (fla), head dim 128, short conv, L2 qk norm, + SwiGLU MLP")
+@extra_options(fla_layer_options("deltanet", "DeltaNet"))
 def build(cfg):
     return fla_model(cfg, "deltanet", "DeltaNet", options(cfg),
                      lambda layer, i: DeltaNetMixer("deltanet", layer, cfg.init_std))

@@ -18,6 +18,7 @@ token through the layer's fused-recurrent path, which must equal the chunked ful
 from __future__ import annotations
 
 import importlib
+import inspect
 import warnings
 from typing import Callable
 
@@ -53,12 +54,31 @@ def require_cuda(x: torch.Tensor, model: str) -> None:
 
 def layer_options(cfg, model: str, defaults: dict) -> dict:
     """The layer's keyword arguments: the paper defaults, then `model.extra.<model>` overrides
-    (e.g. `--set 'model.extra={gla: {num_heads: 8}}'`)."""
+    (e.g. `--set 'model.extra={gla: {num_heads: 8}}'`), whose keys `build_model` has checked against
+    the model's `extra_options`."""
     overrides = cfg.extra.get(model, {}) if isinstance(cfg.extra, dict) else {}
     if not isinstance(overrides, dict):
         from harness.config import ConfigError
         raise ConfigError(f"model.extra.{model} must be a mapping of {model} layer options, got {overrides!r}")
     return {**defaults, **overrides}
+
+
+# the fla layers' arguments that the harness sets from model.* (d_model: DeltaNet's alias of hidden_size)
+HARNESS_SET = frozenset({"self", "hidden_size", "d_model", "norm_eps", "layer_idx"})
+
+
+def fla_layer_options(model: str, layer: str) -> Callable[[], tuple[str, ...]]:
+    """For `extra_options`: the options of fla's `fla.layers.<layer>` that model.extra.<model> may set, its
+    named keyword arguments less those the harness sets. Named ones only: some layers take **kwargs and
+    drop what they do not know, so a misspelt option would change nothing. A function, so that fla is
+    imported only when the model is built."""
+    def options() -> tuple[str, ...]:
+        params = inspect.signature(getattr(fla_module(model), layer).__init__).parameters.values()
+        return tuple(p.name for p in params if p.name not in HARNESS_SET and p.kind in KEYWORD_KINDS)
+    return options
+
+
+KEYWORD_KINDS = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
 
 
 class FlaMixer(nn.Module):

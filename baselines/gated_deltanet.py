@@ -18,7 +18,8 @@ dispatch, which then runs it in the kernel's place; every other kernel stays fla
 
 import torch
 
-from baselines.fla_common import FlaMixer, fla_model, fla_module, layer_options
+from baselines.fla_common import FlaMixer, fla_layer_options, fla_model, fla_module, layer_options
+from harness.model.build import extra_options
 from harness.registry import KernelRefusedError, register_model
 
 HEAD_DIM = 256
@@ -71,6 +72,7 @@ def options(cfg) -> dict:
 @register_model("gated_deltanet", family="recurrent", requires=("fla",), extra="fla", gpu_only=True,
                 match="mlp_hidden",
                 description="Gated DeltaNet (fla): gated delta rule, head dim 256, expand_v 2, + SwiGLU MLP")
+@extra_options(fla_layer_options("gated_deltanet", "GatedDeltaNet"))
 def build(cfg):
     fla_module("gated_deltanet")  # fla's layers, then the torch backend into fla's dispatch (as the GPU check ran)
     torch_backend()

@@ -7,7 +7,8 @@ swish output gate fused with a per-head RMSNorm, no short convolution; each bloc
 a SwiGLU MLP, as in the backbone, whose width is solved so that parameters match the reference.
 """
 
-from baselines.fla_common import fla_model, layer_options
+from baselines.fla_common import fla_layer_options, fla_model, layer_options
+from harness.model.build import extra_options
 from harness.registry import register_model
 
 
@@ -19,5 +20,6 @@ def options(cfg) -> dict:
 
 @register_model("gla", family="recurrent", requires=("fla",), extra="fla", gpu_only=True, match="mlp_hidden",
                 description="GLA: gated linear attention (fla), 4 heads, expand_k 0.5, + SwiGLU MLP")
+@extra_options(fla_layer_options("gla", "GatedLinearAttention"))
 def build(cfg):
     return fla_model(cfg, "gla", "GatedLinearAttention", options(cfg))

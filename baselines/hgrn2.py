@@ -15,7 +15,8 @@ MLP, whose width is solved so that parameters match the reference.
 import torch
 import torch.nn as nn
 
-from baselines.fla_common import FlaMixer, fla_model, layer_options
+from baselines.fla_common import FlaMixer, fla_layer_options, fla_model, layer_options
+from harness.model.build import extra_options
 from harness.registry import register_model
 
 EXPAND_RATIO = 128
@@ -53,6 +54,7 @@ def options(cfg) -> dict:
 
 @register_model("hgrn2", family="recurrent", requires=("fla",), extra="fla", gpu_only=True, match="mlp_hidden",
                 description="HGRN2: gated linear RNN, state expansion 128, layer lower bounds (fla), + SwiGLU MLP")
+@extra_options(fla_layer_options("hgrn2", "HGRN2Attention"))
 def build(cfg):
     shared = {}
 

@@ -40,6 +40,7 @@ from baselines.mamba import (
 )
 from harness.config import ConfigError
 from harness.model.backbone import DecoderLM, RMSNorm
+from harness.model.build import extra_options
 from harness.registry import register_model
 
 
@@ -70,6 +71,9 @@ def _fast_ssd():
     return optional_kernel("mamba_ssm.ops.triton.ssd_combined", "mamba_chunk_scan_combined",
                            "mamba2: mamba-ssm is not installed, using the pure-torch SSD recurrence (slow on GPU); "
                            "pip install 'swat-harness[gpu]' for the Triton kernels")
+
+
+OPTIONS = ("headdim", "d_state", "ngroups", "chunk_size")  # what model.extra.mamba2 may set
 
 
 def options(cfg) -> dict:
@@ -197,6 +201,7 @@ def matched_d_inner(cfg) -> int:
 
 @register_model("mamba2", family="ssm", requires=("mamba_ssm",), extra="gpu",
                 description="Mamba-2 blocks (SSD, headdim 64, d_state 128), 2 per layer, no MLP")
+@extra_options(OPTIONS)
 def build(cfg):
     if cfg.d_inner is None:
         cfg = dataclasses.replace(cfg, d_inner=matched_d_inner(cfg))

@@ -7,7 +7,8 @@ is retention plus the backbone's SwiGLU MLP (RetNet's FFN), whose width is solve
 parameters match the reference (the paper's 2 x hidden FFN is what expand_v 2 pays for).
 """
 
-from baselines.fla_common import fla_model, layer_options
+from baselines.fla_common import fla_layer_options, fla_model, layer_options
+from harness.model.build import extra_options
 from harness.registry import register_model
 
 KEY_HEAD_DIM = 256
@@ -22,5 +23,6 @@ def options(cfg) -> dict:
 
 @register_model("retnet", family="recurrent", requires=("fla",), extra="fla", gpu_only=True, match="mlp_hidden",
                 description="RetNet: multi-scale retention (fla), head dim 256, expand_v 2, + SwiGLU MLP")
+@extra_options(fla_layer_options("retnet", "MultiScaleRetention"))
 def build(cfg):
     return fla_model(cfg, "retnet", "MultiScaleRetention", options(cfg))

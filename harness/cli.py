@@ -171,10 +171,12 @@ class StepProgress:
 
 def model_params(name: str, cfg) -> tuple[str, str | None]:
     """The model's parameter count at cfg, and why it is `?` when its build fails (a plugin's
-    builder: one model that cannot be built must not hide the others). A model whose layers come
+    builder, a harness model that cannot be built at cfg: one model that cannot be built must not hide
+    the others). A model whose layers come
     from an extra that is not installed cannot be built, not even on the meta device; when it has
     a `match` field its count is the reference model's by construction (within the matching
     tolerance), shown with `≈`."""
+    from harness.config import ConfigError
     from harness.model.backbone import count_params
     from harness.model.build import build_model, params_of
     from harness.registry import RegistryError, get_model, reference_model
@@ -182,7 +184,7 @@ def model_params(name: str, cfg) -> tuple[str, str | None]:
         model = build_model(name, cfg, "meta")  # built without memory, even at 760m
     except ImportError:
         return (f"≈{params_of(reference_model(), cfg):,}" if get_model(name).match else "?"), None
-    except RegistryError as err:
+    except (RegistryError, ConfigError) as err:
         return "?", str(err)
     # a count model's size (its distinct n-grams) is known only once it is fitted
     return ("counts" if getattr(model, "fitted_by_counting", False) else f"{count_params(model):,}"), None
@@ -192,9 +194,11 @@ def cmd_list(args) -> None:
     """One line per model and per task at any terminal width (long text cut with an ellipsis);
     `--model NAME` gives everything about one model."""
     from harness.config import load_config
+    from harness.model.build import check_extra
     from harness.registry import get_model, load_plugins, models, tasks
     load_plugins(args.plugin)
     cfg = load_config(args.preset, None, args.overrides).model
+    check_extra(cfg)  # a key of model.extra that no model reads: one error, not a `?` for every model
     if args.model:
         spec = get_model(args.model)
         count, problem = model_params(spec.name, cfg)
@@ -215,9 +219,8 @@ def cmd_list(args) -> None:
     if any(line[2].startswith("≈") for line in lines):
         table.caption = "≈: its extra is not installed here; matched to the reference's count"
     console.print(table)
-    for _, problem in counted.values():
-        if problem:
-            say(f"?: {problem}")
+    for problem in dict.fromkeys(problem for _, problem in counted.values() if problem):  # each once
+        say(f"?: {problem}")
     console.print(one_line_table("tasks", ("task", "groups", "description"),
                                  [(name, ",".join(spec.group), spec.description) for name, spec in sorted(tasks().items())]))
 
@@ -822,7 +825,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         from harness.training.distributed import is_main_process
         if is_main_process():  # under torchrun every rank stops; one line says so
-            err_console.print("interrupted: finished work is kept; run the same command again to resume")
+            err_console.print("interrupted: the rows and checkpoints written so far are kept; run the same command "
+                              "again to go on from the last of them")
         return 130
     except Exception as err:
         from harness.memory import SQUEEZED_EXIT, OutOfMemory, is_out_of_memory, out_of_memory

@@ -24,6 +24,9 @@ class ConfigError(ValueError):
     """A configuration value or key is invalid; the message names the key and the fix."""
 
 
+MAX_DIM = 2 ** 63  # torch's sizes are int64: a width computed here stays below it
+
+
 def folder_name(value, field: str) -> str:
     """A name that becomes one folder (a run's, a study's, a size's): a non-empty string with no path
     separator and not `.` or `..`, which would write beside or above the folder meant."""
@@ -71,7 +74,7 @@ class ModelConfig:
     def ffn_hidden(self) -> int:
         if self.mlp_hidden is not None:
             return self.mlp_hidden
-        return _round_up(int(8 * self.hidden_size / 3), 64)
+        return _round_up(8 * self.hidden_size // 3, 64)  # integers: a float quotient overflows a huge size
 
     @property
     def inner_size(self) -> int:
@@ -113,7 +116,18 @@ class ModelConfig:
         for key in ["norm_eps", "init_std", "rope_theta"]:
             if getattr(self, key) <= 0:
                 raise ConfigError(f"model.{key} must be positive, got {getattr(self, key)}")
-        if self.inner_size < 1:
+        self.check_inner_size()
+
+    def check_inner_size(self) -> None:
+        """expand x hidden_size, when d_inner is unset, is a whole width a tensor can have: the product is
+        computed here, where it can be out of range, not in `inner_size` (an OverflowError mid-build)."""
+        if self.d_inner is not None:
+            return
+        inner = _product(self.expand, self.hidden_size)
+        if not inner < MAX_DIM:
+            raise ConfigError(f"model.expand={self.expand} x model.hidden_size={self.hidden_size} is out of range "
+                              f"(torch's sizes stay below 2^63); lower them or set model.d_inner")
+        if inner < 1:
             raise ConfigError(f"model.expand={self.expand} x model.hidden_size={self.hidden_size} leaves no "
                               f"inner size; raise model.expand or set model.d_inner")
 
@@ -258,6 +272,15 @@ def _numbers(values) -> bool:
         isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in values)
 
 
+def _product(factor: float, size: int) -> float:
+    """factor x size as a float, infinite where it is beyond a float (an integer size too large for a
+    float makes the product itself raise OverflowError)."""
+    try:
+        return factor * size
+    except OverflowError:
+        return math.inf
+
+
 def _round_up(x: int, multiple: int) -> int:
     return (x + multiple - 1) // multiple * multiple
 
@@ -312,7 +335,7 @@ def _coerce(section: str, key: str, current: Any, value: Any) -> Any:
     # a string field that also takes a list (model.slopes) gets its list form from --set as `[...]`
     if isinstance(value, str) and (not isinstance(current, str) or value.lstrip().startswith("[")):
         try:
-            value = yaml.safe_load(value)
+            value = load_yaml(value)
         except yaml.YAMLError as err:
             raise ConfigError(f"{name}: cannot parse {value!r} ({err.problem})") from None
     if value is None:  # null: allowed for the optional integers only (validate says so)
@@ -371,6 +394,28 @@ def parse_override(text: str) -> dict:
     return {section.strip(): {key.strip(): value.strip()}}
 
 
+class StrictLoader(yaml.SafeLoader):
+    """yaml.safe_load's loader, refusing a key given twice in one mapping (`window: 16`, later `window: 8`):
+    PyYAML keeps the last silently, so one of the two values the user wrote would be dropped unseen."""
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            seen = set()
+            for key_node, _ in node.value:
+                key = key_node.value if isinstance(key_node, yaml.ScalarNode) else None
+                if key is not None and key_node.tag != "tag:yaml.org,2002:merge":
+                    if key in seen:
+                        raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r}",
+                                                                key_node.start_mark)
+                    seen.add(key)
+        return super().construct_mapping(node, deep)
+
+
+def load_yaml(text: str):
+    """yaml.safe_load with duplicate keys refused (StrictLoader)."""
+    return yaml.load(text, Loader=StrictLoader)
+
+
 def yaml_problem(err: yaml.YAMLError) -> str:
     """PyYAML's complaint on one line, with where it is (its message spans several lines of context)."""
     mark = getattr(err, "problem_mark", None)
@@ -384,7 +429,7 @@ def read_yaml_file(path: Path, what: str):
     if not path.is_file():
         raise ConfigError(f"{what} {path} not found" + (" (it is a folder)" if path.is_dir() else ""))
     try:
-        return yaml.safe_load(path.read_text(encoding="utf-8"))
+        return load_yaml(path.read_text(encoding="utf-8"))
     except UnicodeDecodeError as err:
         raise ConfigError(f"{what} {path} is not UTF-8 text (byte {err.start}); save it as UTF-8 YAML") from None
     except yaml.YAMLError as err:

@@ -26,10 +26,10 @@ import torch.nn.functional as F
 from baselines.fla_common import NeedsGPUError
 from baselines.mamba2 import Mamba2Mixer, ssd_ref
 from harness.config import ConfigError, load_config
-from harness.model.build import build_model, matched_config, params_of
+from harness.model.build import build_model, matched_config, options_read, params_of
 from harness.ops.softmax import softmax_attention
 from harness.ops.swat.reference import swat_attention_ref
-from harness.registry import MissingExtraError, get_model
+from harness.registry import MissingExtraError, get_model, models
 
 FLA_MODELS = ["gla", "retnet", "hgrn2", "deltanet", "gated_deltanet"]
 ALL_MODELS = ["swat", "transformer", "sliding_softmax", "mamba", "mamba2", *FLA_MODELS]
@@ -229,6 +229,118 @@ def test_fla_models_off_gpu_fail_in_one_line():
         with pytest.raises(NeedsGPUError, match="runs only on a CUDA GPU.*swat-harness\\[fla\\]"):
             model(torch.zeros(1, 4, dtype=torch.long))
         assert get_model(name).fast_path() == "no: needs a CUDA GPU"
+
+
+
+# ---------------------------------------------------------------- a harness model at a config it cannot take
+
+def one_error_line(err: str, *needles: str) -> None:
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error:"), err
+    assert all(needle in lines[0] for needle in needles), (needles, lines[0])
+
+
+def list_lines(argv: list[str], capsys) -> tuple[dict, list[str]]:
+    """`harness list` at these arguments: {model: its params column}, and the `?:` problem lines."""
+    from harness import cli
+    cli.console.width = 250
+    assert cli.main(["list", *argv]) == 0
+    out = capsys.readouterr().out.splitlines()
+    counts = {cells[1].strip(): cells[3].strip() for cells in (ln.split("│") for ln in out) if len(cells) > 5}
+    return counts, [ln for ln in out if ln.startswith("?: ")]
+
+
+def test_a_harness_model_that_refuses_its_config_is_one_line(monkeypatch, capsys, tmp_path):
+    """A layer refusing its arguments as it is built (fla's assert on head counts) at a config the user
+    set: `list` shows `?` and the problem for that model alone, train stops in one line. Any other
+    exception of a harness model's builder is a bug, and keeps its traceback."""
+    from harness import cli, registry
+
+    def refuses(cfg):
+        assert False, "key dim must be divisible by num_heads of 4"
+
+    def bug(cfg):
+        raise RuntimeError("a bug")
+    for name, build in (("t_refuses", refuses), ("t_bug", bug)):
+        monkeypatch.setitem(registry._REG.models, name, dataclasses.replace(get_model("swat"), name=name, build=build))
+    with pytest.raises(ConfigError, match="^model t_refuses cannot be built at this config: key dim must be "
+                                          "divisible by num_heads of 4; change the model.\\* sizes$"):
+        build_model("t_refuses", load_config("tiny").model, "meta")
+    with pytest.raises(RuntimeError, match="a bug"):
+        build_model("t_bug", load_config("tiny").model, "meta")
+    monkeypatch.delitem(registry._REG.models, "t_bug")
+    counts, problems = list_lines([], capsys)
+    assert counts["t_refuses"] == "?" and counts["swat"] not in ("?", "") and counts["transformer"] != "?"
+    assert problems == ["?: model t_refuses cannot be built at this config: key dim must be divisible by "
+                        "num_heads of 4; change the model.* sizes"]
+    assert cli.main(["train", "--model", "t_refuses", "--device", "cpu", "--out", str(tmp_path / "run")]) == 2
+    one_error_line(capsys.readouterr().err, "model t_refuses cannot be built at this config")
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.skipif(not HAS_FLA, reason="needs fla")
+def test_fla_layers_that_refuse_a_valid_config_show_in_list(capsys):
+    """hidden 60 with rope off is a valid config; GLA's 4 heads cannot split its key dim of 30."""
+    counts, problems = list_lines(["--set", "model.rope=false", "--set", "model.hidden_size=60"], capsys)
+    assert counts["gla"] == "?" and counts["swat"] != "?" and counts["mamba"] != "?"
+    assert ("?: model gla cannot be built at this config: key dim must be divisible by num_heads of 4; change the "
+            "model.* sizes or its options under model.extra.gla") in problems
+
+
+@pytest.mark.skipif(not HAS_FLA, reason="needs fla")
+def test_fla_layer_options_are_the_layers_keyword_arguments(capsys):
+    """model.extra.<fla model> holds the fla layer's named keyword arguments: an unknown key was passed
+    on (a TypeError deep in the build) or, where the layer takes **kwargs (DeltaNet, RetNet), dropped."""
+    cfg = load_config("tiny").model
+    for name in FLA_MODELS:
+        reads = options_read(get_model(name))
+        assert set(importlib.import_module(f"baselines.{name}").options(cfg)) <= reads, name
+        assert not reads & {"hidden_size", "norm_eps", "layer_idx", "d_model", "kwargs"}, name
+        cfg.extra = {name: {"nonsense": 1}}
+        with pytest.raises(ConfigError, match=f"^model.extra.{name}.nonsense is not an option of {name} "
+                                              f"\\(it reads .*num_heads.*\\); options shared by all models"):
+            build_model(name, cfg, "meta")
+    cfg.extra = {"gla": {"hidden_size": 32}}
+    with pytest.raises(ConfigError, match="hidden_size is a model field: --set model.hidden_size="):
+        build_model("gla", cfg, "meta")
+    cfg.extra = {"gla": {"num_heads": 2, "feature_map": "relu"}}  # not among the defaults, but the layer's
+    assert build_model("gla", cfg, "meta").blocks[0].mixer.layer.num_heads == 2
+    counts, problems = list_lines(["--set", "model.extra={gla: {nonsense: 1}}"], capsys)
+    assert counts["gla"] == "?" and counts["swat"] != "?" and len(problems) == 1
+    assert problems[0].startswith("?: model.extra.gla.nonsense is not an option of gla (it reads clamp_min, ")
+
+
+def test_mamba2_reads_its_declared_options_only():
+    cfg = load_config("tiny").model
+    from baselines import mamba2
+    assert set(mamba2.options(cfg)) == set(mamba2.OPTIONS) == options_read(get_model("mamba2"))
+    cfg.extra = {"mamba2": {"headdim": 16}}
+    assert build_model("mamba2", cfg, "meta").blocks[0].mixer.headdim == 16
+    cfg.extra = {"mamba2": {"head_dim": 16}}
+    with pytest.raises(ConfigError, match="model.extra.mamba2.head_dim is not an option of mamba2 \\(it reads "
+                                          "chunk_size, d_state, headdim, ngroups\\)"):
+        build_model("mamba2", cfg, "meta")
+
+
+def test_options_for_a_model_that_reads_none_are_refused(capsys, tmp_path):
+    """`model.extra={swat: {window: 8}}` trained swat at the preset's window, silently."""
+    from harness import cli
+    assert {name for name, spec in models().items() if spec.builtin and options_read(spec)} == {*FLA_MODELS, "mamba2"}
+    code = cli.main(["train", "--model", "swat", "--device", "cpu", "--quiet", "--set",
+                     "model.extra={swat: {window: 8}}", "--out", str(tmp_path / "run")])
+    one_error_line(capsys.readouterr().err, "model.extra.swat.window is not an option of swat (swat reads no options "
+                                            "there); window is a model field: --set model.window=")
+    assert code == 2 and not (tmp_path / "run").exists()
+    cfg = load_config("tiny").model
+    cfg.extra = {"swat": {}, "gla": {"num_heads": 2}}  # nothing to ignore; another model's options
+    build_model("swat", cfg, "meta")
+    cfg.extra = {"mamba": {"d_conv": 2}}
+    with pytest.raises(ConfigError, match="mamba reads no options there\\); options shared by all models are model "
+                                          "fields"):
+        build_model("mamba", cfg, "meta")
+    cfg.extra = {"mamba": 3}
+    with pytest.raises(ConfigError, match="model.extra.mamba must be a mapping"):
+        build_model("mamba", cfg, "meta")
 
 
 @pytest.mark.skipif(not HAS_FLA, reason="needs fla")

@@ -127,6 +127,44 @@ def test_yaml_then_overrides(tmp_path):
         load_config("huge")
 
 
+
+@pytest.mark.parametrize("overrides", [["model.expand=1e308"], ["model.expand=1e18"],
+                                       ["model.hidden_size=4" + "0" * 21, "model.num_heads=4"]])
+def test_an_inner_size_beyond_range_is_one_error_not_an_overflow(overrides):
+    """expand x hidden_size (when d_inner is unset) is checked in validate: int() of an infinite or
+    out-of-range product raised OverflowError mid-build (`harness list`, `train`)."""
+    with pytest.raises(ConfigError, match=r"model.expand=.* x model.hidden_size=.* is out of range") as err:
+        load_config("tiny", None, overrides)
+    assert "\n" not in str(err.value)
+    assert load_config("tiny", None, ["model.expand=1e308", "model.d_inner=64"]).model.inner_size == 64
+
+
+def test_the_mlp_width_is_computed_in_integers():
+    """ffn_hidden is 8/3 x hidden rounded up to 64, in integer arithmetic (a float quotient of a huge
+    size overflows), and as before at every size a model has."""
+    cfg = load_config("tiny").model
+    for hidden in [64, 100, 512, 1024, 1536, 2048, 4096, 12288, 10 ** 15 + 7]:
+        cfg.hidden_size = hidden
+        assert cfg.ffn_hidden == (int(8 * hidden / 3) + 63) // 64 * 64, hidden
+    cfg.hidden_size = 10 ** 400
+    assert cfg.ffn_hidden % 64 == 0
+
+
+def test_a_key_given_twice_in_yaml_is_refused(tmp_path):
+    """PyYAML keeps the last of two equal keys silently: `window: 16` ... `window: 8` trained at 8."""
+    f = tmp_path / "c.yaml"
+    f.write_text("model:\n  window: 16\n  slopes: negative\n  window: 8\n")
+    with pytest.raises(ConfigError, match=f"config file {f} is not valid YAML: duplicate key 'window' at line 4"):
+        load_config("tiny", f)
+    with pytest.raises(ConfigError, match="model.extra: cannot parse .* \\(duplicate key 'a'\\)"):
+        load_config("tiny", None, ["model.extra={swat_x: {a: 1, a: 2}}"])
+    f.write_text("model:\n  window: 16\ntrain:\n  lr: 0.001\n")  # the same key in two sections is fine
+    assert load_config("tiny", f).model.window == 16
+    f.write_text("base: &b {window: 16, rope: true}\nmodel:\n  <<: *b\n  window: 8\n")  # a merge key overridden
+    from harness.config import load_yaml
+    assert load_yaml(f.read_text())["model"] == {"window": 8, "rope": True}
+
+
 # ---------------------------------------------------------------- the SWAT definition
 
 def dense_swat(q, k, v, slopes, window, bias=0.0, doc=None):

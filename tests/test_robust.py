@@ -314,7 +314,7 @@ def test_sigterm_ends_a_command_as_ctrl_c_does(monkeypatch, capsys):
     monkeypatch.setattr(cli, "cmd_list", stopped_midway)
     before = signal.getsignal(signal.SIGTERM)
     assert cli.main(["list"]) == 130
-    assert "interrupted: finished work is kept" in capsys.readouterr().err
+    assert "interrupted: the rows and checkpoints written so far are kept" in capsys.readouterr().err
     assert signal.getsignal(signal.SIGTERM) == before
 
 

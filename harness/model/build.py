@@ -16,7 +16,8 @@ off by a few, train and score silently wrong.
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable
+import functools
+from typing import Callable, Iterable
 
 import torch
 
@@ -31,9 +32,11 @@ CONTRACT_SHAPE = (2, 16)  # the contract check's batch [B, T] (T at most model.m
 # step() against the forward, relative logit error: fp32 reaches ~1e-6 on a CPU, ~1e-3 where a GPU's
 # fp32 dots run in tf32; a step that loses its state is off by tens of percent
 STEP_TOLERANCE = 2e-2
+# what a layer raises when it refuses its arguments as it is built (fla's asserts, a size torch cannot hold)
+CONSTRUCTOR_ERRORS = (AssertionError, ValueError, TypeError, OverflowError)
 
 
-def _plugin_call(spec: ModelSpec, what: str, call: Callable):
+def plugin_call(spec: ModelSpec, what: str, call: Callable):
     """call(), where a plugin's exception becomes one line naming the model and what failed (an
     ImportError: the package, and where to declare it); errors that name their fix, out of memory,
     and the harness's own models' exceptions (bugs to see, with their traceback) pass as they are."""
@@ -44,16 +47,33 @@ def _plugin_call(spec: ModelSpec, what: str, call: Callable):
     except Exception as err:
         if spec.builtin or is_out_of_memory(err):
             raise
-        why = f"{type(err).__name__}: {err}"
+        why = f"{type(err).__name__}: {(str(err).strip().splitlines() or [''])[0]}"  # one line, as every error
         if isinstance(err, ImportError) and err.name:
             why = (f"it needs package {err.name} (declare it in register_model(requires=[...]), then `harness "
                    f"list` says what to install)")
         raise ContractError(f"model {spec.name} {what}: {why}") from None
 
 
+def _builtin_call(spec: ModelSpec, call: Callable):
+    """call(), building one of the harness's own models. Its layers check their arguments as they are
+    built (fla's asserts on head counts, torch's on sizes); at a config the user chose, such a refusal
+    is a config error: one line naming the model and the problem (the layer's exception is its cause).
+    Any other exception is a bug, and keeps its traceback."""
+    try:
+        return call()
+    except (RegistryError, ConfigError):
+        raise
+    except CONSTRUCTOR_ERRORS as err:
+        problem = (str(err).strip().splitlines() or [type(err).__name__])[0].rstrip(".")
+        options = f" or its options under model.extra.{spec.name}" if hasattr(spec.build, "extra_options") else ""
+        raise ConfigError(f"model {spec.name} cannot be built at this config: {problem}; change the model.* "
+                          f"sizes{options}") from err
+
+
 def built(spec: ModelSpec, cfg: ModelConfig) -> torch.nn.Module:
-    """spec.build(cfg), which must be an nn.Module (a plugin's builder that fails is one line)."""
-    model = _plugin_call(spec, "could not be built", lambda: spec.build(cfg))
+    """spec.build(cfg), which must be an nn.Module (a builder that refuses cfg is one line)."""
+    call = functools.partial(spec.build, cfg)
+    model = _builtin_call(spec, call) if spec.builtin else plugin_call(spec, "could not be built", call)
     if not isinstance(model, torch.nn.Module):
         raise ContractError(f"model {spec.name} could not be built: its builder returned {type(model).__name__}, "
                             f"which is not a torch.nn.Module")
@@ -100,25 +120,66 @@ def matched_config(name: str, cfg: ModelConfig) -> ModelConfig:
     return dataclasses.replace(cfg, **{spec.match: best})
 
 
-def check_extra(cfg: ModelConfig) -> None:
+def extra_options(keys: Iterable[str] | Callable[[], Iterable[str]]):
+    """Decorator of a harness model's builder, under its @register_model: the keys it reads under
+    `model.extra.<model name>` (its layer options), or a function giving them where they are known only
+    once the model's package is imported (an fla layer's keyword arguments). The one declaration
+    check_extra holds a section to; a model without it reads none there."""
+    def declare(build: Callable) -> Callable:
+        build.extra_options = keys
+        return build
+    return declare
+
+
+def options_read(spec: ModelSpec) -> set[str]:
+    """The keys the model reads under model.extra.<its name> (extra_options; none if undeclared)."""
+    keys = getattr(spec.build, "extra_options", ())
+    return set(keys() if callable(keys) else keys)
+
+
+def check_extra(cfg: ModelConfig, name: str | None = None) -> None:
     """model.extra holds a plugin's own options (the flat keys its builder reads) and the harness's
     per-model layer options (`model.extra.<model name>`). With only the harness's models loaded, a
     key that names no model is read by nothing, a typo or a misplaced option, and the run would go
-    ahead without it."""
+    ahead without it. The section of the harness model `name` (the one being built) holds only keys
+    it reads (check_options)."""
     registered = models()
-    if not isinstance(cfg.extra, dict) or not all(spec.builtin for spec in registered.values()):
+    if not isinstance(cfg.extra, dict):
         return
-    fields = {f.name for f in dataclasses.fields(ModelConfig)}
+    if name is not None and name in registered and registered[name].builtin:
+        check_options(registered[name], cfg.extra.get(name))
+    if not all(spec.builtin for spec in registered.values()):
+        return
     for key in sorted(k for k in cfg.extra if k not in registered):
-        hint = (f"it is a model field: --set model.{key}=..." if key in fields else
+        hint = (f"it is a model field: --set model.{key}=..." if key in _model_fields() else
                 "the harness's models read their layer options under model.extra.<model name> (e.g. --set "
                 "'model.extra={gla: {num_heads: 8}}'), a plugin's options need its --plugin")
         raise ConfigError(f"model.extra.{key} is read by no model here; {hint}")
 
 
+def check_options(spec: ModelSpec, section) -> None:
+    """A harness model's section of model.extra: a mapping of keys it reads (extra_options). A key it
+    does not read would be ignored, the run going ahead without it; one line names the keys it reads,
+    and the model field where the key is one (options shared by all models, as the window, are)."""
+    if section is None:
+        return
+    if not isinstance(section, dict):
+        raise ConfigError(f"model.extra.{spec.name} must be a mapping of {spec.name}'s layer options, got {section!r}")
+    reads = options_read(spec)
+    for key in sorted((k for k in section if k not in reads), key=str):
+        field = (f"{key} is a model field: --set model.{key}=..." if key in _model_fields() else
+                 "options shared by all models are model fields (e.g. --set model.window=...)")
+        takes = f"it reads {', '.join(sorted(reads))}" if reads else f"{spec.name} reads no options there"
+        raise ConfigError(f"model.extra.{spec.name}.{key} is not an option of {spec.name} ({takes}); {field}")
+
+
+def _model_fields() -> set[str]:
+    return {f.name for f in dataclasses.fields(ModelConfig)}
+
+
 def build_model(name: str, cfg: ModelConfig, device: str | torch.device = "cpu") -> torch.nn.Module:
     """The registered model `name` at cfg (parameter-matched), initialised on `device`."""
-    check_extra(cfg)
+    check_extra(cfg, name)
     cfg = matched_config(name, cfg)
     with torch.device(device):
         model = built(get_model(name), cfg)
@@ -175,7 +236,7 @@ def check_contract(spec: ModelSpec, model: torch.nn.Module, device: torch.device
     training = model.training
     model.eval()
     try:
-        logits = _plugin_call(spec, f"failed on input_ids of shape {expected[:2]}", lambda: model(ids))
+        logits = plugin_call(spec, f"failed on input_ids of shape {expected[:2]}", lambda: model(ids))
         if not isinstance(logits, torch.Tensor) or not logits.is_floating_point():
             got = type(logits).__name__ if not isinstance(logits, torch.Tensor) else f"a {logits.dtype} tensor"
             raise ContractError(f"model {name} returned {got} from forward(input_ids); expected float logits "
@@ -187,7 +248,7 @@ def check_contract(spec: ModelSpec, model: torch.nn.Module, device: torch.device
             raise ContractError(f"model {name} returned NaN or infinite logits as initialised; its forward "
                                 f"must give finite numbers before any training")
         if hasattr(model, "prefill") and hasattr(model, "step"):
-            stepped = _plugin_call(spec, "failed to decode (prefill, then step)",
+            stepped = plugin_call(spec, "failed to decode (prefill, then step)",
                                    lambda: model.step(ids[:, -1], model.prefill(ids[:, :-1])[1])[0])
             _check_step(name, stepped, logits[:, -1])
     finally:

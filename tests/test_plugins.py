@@ -316,6 +316,107 @@ def test_an_edited_plugin_file_is_not_taken_for_the_one_that_trained_a_checkpoin
     assert "all tasks done already" in capsys.readouterr().out
 
 
+def folder_state(folder: Path) -> dict:
+    return {p.relative_to(folder): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+SOFTMAX_SWAT = """
+    import dataclasses
+    from harness.registry import get_model
+    base = get_model("swat").build
+    @register_model("swat", override=True)
+    def build(cfg):
+        return base(dataclasses.replace(cfg, %s))
+"""
+
+
+@pytest.mark.parametrize("change", ["activation='softmax'", "hidden_size=32"])
+def test_a_plugin_that_replaces_a_built_in_model_does_not_take_its_checkpoint(tmp_path, capsys, change):
+    """It reused a finished checkpoint of the built-in swat (its numbers, "already trained"), resumed a
+    cut one under the plugin's code and wrote the plugin's sha256 into its meta.json, or (other shapes)
+    stopped in a size-mismatch traceback."""
+    from harness.config import load_config
+    from harness.training.train import train
+
+    class Cut(KeyboardInterrupt):
+        pass
+
+    def cut_at_two(info):
+        if info["step"] == 2:
+            raise Cut
+    cfg = load_config("tiny", overrides=["train.tokens=4096", "train.batch_tokens=1024", "train.save_every=1",
+                                         "train.eval_tokens=128"])
+    with pytest.raises(Cut):  # a built-in checkpoint at step 1 of 4
+        train("swat", cfg, tmp_path / "cut", "cpu", on_step=cut_at_two)
+    assert cli.main(["train", "--model", "swat", "--device", "cpu", "--quiet", "--out", str(tmp_path / "done"),
+                     *ONE_STEP]) == 0
+    capsys.readouterr()
+    path = plugin(tmp_path / "ov.py", SOFTMAX_SWAT % change)
+    budgets = {"cut": [f"--set={o}" for o in ("train.tokens=4096", "train.batch_tokens=1024", "train.save_every=1",
+                                              "train.eval_tokens=128")], "done": ONE_STEP}
+    for run, budget in budgets.items():
+        before = folder_state(tmp_path / run)
+        for argv in (["train", "--model", "swat", "--out", str(tmp_path / run), *budget],
+                     ["eval", "--checkpoint", str(tmp_path / run / "checkpoint"), "--tasks", "smoke", "--results",
+                      str(tmp_path / "results")]):
+            assert cli.main([*argv, "--plugin", str(path), "--device", "cpu"]) == 2, argv
+            one_error_line(capsys.readouterr().err, f"{tmp_path / run / 'checkpoint'} was trained by the built-in "
+                           f"swat, not by plugin file {path}", "--no-resume", "--force")
+        assert folder_state(tmp_path / run) == before
+    assert not (tmp_path / "results").exists()
+    assert cli.main(["train", "--model", "swat", "--plugin", str(path), "--device", "cpu", "--quiet", "--out",
+                     str(tmp_path / "done"), "--no-resume", *ONE_STEP]) == 0  # as the line says
+    meta = json.loads((tmp_path / "done" / "checkpoint" / "meta.json").read_text())
+    assert meta["plugin"]["file"] == str(path)
+
+
+FAILS_IN_TRAINING = [  # (model `t_fails`: keeps the contract on [2, 16], fails on a [8, 128] batch; the error)
+    ("""
+     class M(nn.Module):  # a position table of 64, trained at seq_len 128
+         def __init__(self, cfg):
+             super().__init__()
+             self.emb, self.pos = nn.Embedding(cfg.vocab_size, 8), nn.Embedding(64, 8)
+             self.head = nn.Linear(8, cfg.vocab_size)
+         def forward(self, ids, *a, **k):
+             return self.head(self.emb(ids) + self.pos(torch.arange(ids.shape[1], device=ids.device)))
+     """, "IndexError: index out of range in self"),
+    ("""
+     class M(nn.Module):
+         def __init__(self, cfg):
+             super().__init__()
+             self.emb = nn.Embedding(cfg.vocab_size, cfg.vocab_size)
+         def forward(self, ids, *a, **k):
+             return self.emb(ids).detach()
+     """, "RuntimeError: element 0 of tensors does not require grad"),
+    ("""
+     class M(nn.Module):
+         def __init__(self, cfg):
+             super().__init__()
+             self.emb = nn.Embedding(cfg.vocab_size, cfg.vocab_size)
+         def forward(self, ids, *a, **k):
+             return self.emb(ids)[:, :16]
+     """, "ValueError: Expected input batch_size"),
+]
+
+
+@pytest.mark.parametrize("body, message", FAILS_IN_TRAINING)
+def test_a_plugin_model_that_fails_in_its_first_training_step_is_one_line_and_writes_nothing(tmp_path, capsys, body,
+                                                                                              message):
+    """A raw traceback, and the run folder (its log's header) left behind; with --no-resume, the earlier
+    run discarded before the model failed."""
+    path = plugin(tmp_path / "fails.py", body + "register_model('t_fails')(M)\n")
+    earlier = tmp_path / "earlier"
+    (earlier / "checkpoint").mkdir(parents=True)
+    (earlier / "checkpoint" / "meta.json").write_text("{}")
+    (earlier / "train_log.jsonl").write_text("{}\n")
+    for out, extra in ((tmp_path / "out", []), (earlier, ["--no-resume"])):
+        before = folder_state(tmp_path)
+        assert cli.main(["train", "--model", "t_fails", "--plugin", str(path), "--device", "cpu", "--out", str(out),
+                         *ONE_STEP, *extra]) == 2
+        one_error_line(capsys.readouterr().err, "model t_fails failed in training on input_ids [8, 128]: " + message)
+        assert folder_state(tmp_path) == before and not (tmp_path / "out").exists()
+
+
 def test_a_subclassed_harness_layer_does_not_export_as_its_parent(tmp_path, capsys):
     path = plugin(tmp_path / "sharp.py", """
         class Sharp(SlidingAttention):

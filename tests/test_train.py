@@ -1,7 +1,9 @@
 """Training loop: bit-for-bit resume, atomic checkpoints, logs, errors, FLOP counting (CPU)."""
 
+import hashlib
 import json
 import math
+import shutil
 
 import pytest
 import torch
@@ -14,6 +16,7 @@ from harness.training import train as train_mod
 from harness.training.checkpoint import (
     CHECKPOINT_DIR,
     TRAINER_FILE,
+    WEIGHTS_FILE,
     load_checkpoint,
     recover_checkpoint,
 )
@@ -200,10 +203,22 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
         return loss * float("nan") if len(calls) > 2 * 5 else loss  # step 6 (2 micro-batches a step)
 
     monkeypatch.setattr(train_mod, "lm_loss", loss_going_nan)
-    with pytest.raises(TrainingError, match=r"loss is nan at step 6.*last good checkpoint \(step 4\)"):
+    with pytest.raises(TrainingError, match=r"loss is nan at step 6.*last good checkpoint \(step 4\)") as err:
         train("swat", short_cfg(), tmp_path, "cpu")
     assert json.loads((tmp_path / CHECKPOINT_DIR / "meta.json").read_text())["step"] == 4
     assert [r["step"] for r in read_log(tmp_path / LOG_FILE)] == [1, 2, 3, 4, 5]
+    # it said "lower train.lr ..., then resume", which the other train.lr then refuses
+    assert "for inspection; lower train.lr or raise train.warmup_tokens and train again from scratch" in str(err.value)
+    assert "--no-resume" in str(err.value) and "then resume" not in str(err.value)
+    with pytest.raises(ConfigError, match="train.lr"):  # as the message says: not resumable
+        train("swat", short_cfg("train.lr=0.0001"), tmp_path, "cpu")
+
+
+def test_a_first_step_that_diverges_says_no_checkpoint_was_written(tmp_path, monkeypatch):
+    real_loss = train_mod.lm_loss
+    monkeypatch.setattr(train_mod, "lm_loss", lambda *a, **k: real_loss(*a, **k) * float("nan"))
+    with pytest.raises(TrainingError, match="loss is nan at step 1; .*no checkpoint was written yet; lower train.lr"):
+        train("swat", short_cfg(), tmp_path, "cpu")
 
 
 @pytest.mark.parametrize("raised", [torch.OutOfMemoryError("CUDA out of memory"),
@@ -457,6 +472,14 @@ def test_a_budget_between_batches_is_said_before_training(tmp_path, capsys, toke
     assert "swat: 123,264 params, 1,024 tokens" in " ".join(out.split())
 
 
+def test_a_huge_budget_s_note_is_exact():
+    """Its batches went through a float: 97,656,249,999,999,991,633,936,384.00 batches."""
+    from harness.training.recipe import budget_note
+    tcfg = load_config("tiny", overrides=["train.tokens=100000000000000000000000000001"]).train
+    assert budget_note(tcfg).startswith("note: train.tokens=100000000000000000000000000001 is "
+                                        "97,656,250,000,000,000,000,000,000.00 batches of 1,024 tokens")
+
+
 def test_harness_run_says_a_budget_between_batches_too(tmp_path, capsys):
     """`harness run` trains the same budgets as `harness train`, so it says the same note first."""
     from harness.cli import main
@@ -493,3 +516,153 @@ def test_gpu_bf16_resume_is_bit_for_bit(tmp_path):
     train("swat", cfg, tmp_path / "resumed", "cuda")
     assert_same_weights(tmp_path / "straight", tmp_path / "resumed")
     assert straight.mfu is not None and straight.peak_mem_gib > 0
+
+
+# ---------------------------------------------------------------- damaged or unfitting checkpoints
+
+@pytest.fixture(scope="module")
+def cut(tmp_path_factory):
+    """A run folder cut after its step-4 checkpoint (of 8)."""
+    run_dir = tmp_path_factory.mktemp("cut")
+    with pytest.raises(Interrupt):
+        train("swat", short_cfg(), run_dir, "cpu", on_step=interrupt_at(5))
+    return run_dir
+
+
+def copied(run_dir, tmp_path):
+    shutil.copytree(run_dir, tmp_path / "run")
+    return tmp_path / "run"
+
+
+def rewrite(run_dir, name, change):
+    """Change a checkpoint file (`change` edits its loaded content in place) and record its new
+    sha256, as a checkpoint of another version of the code, or one damaged past its checksums, is."""
+    ckpt = run_dir / CHECKPOINT_DIR
+    if name == "meta.json":
+        meta = json.loads((ckpt / name).read_text())
+        change(meta)
+        (ckpt / name).write_text(json.dumps(meta))
+        return
+    if name == WEIGHTS_FILE:
+        from safetensors.torch import save_file
+        state = load_file(str(ckpt / name))
+        change(state)
+        save_file(state, str(ckpt / name), metadata={"format": "pt"})
+    else:
+        state = torch.load(ckpt / name, weights_only=True)
+        change(state)
+        torch.save(state, ckpt / name)
+    rewrite(run_dir, "meta.json", lambda meta: meta["sha256"].update({name: hashlib.sha256(
+        (ckpt / name).read_bytes()).hexdigest()}))
+
+
+def folder_state(run_dir):
+    return {p.relative_to(run_dir): p.read_bytes() for p in sorted(run_dir.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda w: w.pop("norm.weight"), "(missing tensors norm.weight)"),
+    (lambda w: w.update({"extra.weight": torch.zeros(3)}), "(unexpected tensors extra.weight)"),
+    (lambda w: w.update({"norm.weight": torch.ones(7)}), "(other shapes: norm.weight [7], the model's [64])"),
+])
+def test_weights_that_do_not_fit_the_model_are_refused_when_resumed_and_loaded(cut, tmp_path, change, message):
+    """A tensor missing from the checkpoint trained on, freshly initialised (a full-state load asks for
+    no key); one of another shape stopped in a traceback."""
+    run_dir = copied(cut, tmp_path)
+    rewrite(run_dir, WEIGHTS_FILE, change)
+    before = folder_state(run_dir)
+    weights_file = run_dir / CHECKPOINT_DIR / WEIGHTS_FILE
+    expected = f"{weights_file} does not fit the model its meta.json describes {message}: a checkpoint of an older"
+    with pytest.raises(TrainingError) as err:
+        train("swat", short_cfg(), run_dir, "cpu")
+    assert expected in str(err.value) and "--no-resume" in str(err.value)
+    with pytest.raises(TrainingError) as err:
+        load_checkpoint(run_dir / CHECKPOINT_DIR)
+    assert expected in str(err.value)
+    assert folder_state(run_dir) == before
+
+
+def test_an_optimizer_state_that_does_not_load_is_one_error(cut, tmp_path):
+    run_dir = copied(cut, tmp_path)
+    rewrite(run_dir, TRAINER_FILE, lambda t: t["optimizer"]["state"].pop("norm.weight"))
+    with pytest.raises(TrainingError, match=f"{run_dir / CHECKPOINT_DIR} does not load into the model its "
+                       "meta.json describes"):
+        train("swat", short_cfg(), run_dir, "cpu")
+
+
+def drop(key):
+    return lambda d: d.pop(key)
+
+
+def set_in(*path, value):
+    def change(meta):
+        for key in path[:-1]:
+            meta = meta[key]
+        meta[path[-1]] = value
+    return change
+
+
+DAMAGED_META = [  # (change to a finished checkpoint's meta.json, what the error says)
+    (lambda m: m["config"].pop("preset"), "its config has no preset"),
+    (set_in("config", "model", value="x"), "its config's model is not a mapping"),
+    (set_in("config", "model", "bogus", value=1), "its config: unknown key model.bogus"),
+    (set_in("config", "train", "batch_tokens", value=0), "its config: train.batch_tokens must be positive"),
+    (set_in("sha256", value="abc"), "its sha256 is not a mapping of file names to checksums"),
+    (set_in("plugin", value="x.py"), "its plugin is not a file name and sha256"),
+    (set_in("step", value="8"), "its step is '8', not a whole number"),
+    (drop("heldout_loss"), "it is finished but it has no heldout_loss"),
+    (set_in("train_loss", value=float("nan")), "it is finished but its train_loss is nan, not a finite number"),
+]
+
+
+@pytest.mark.parametrize("change, problem", DAMAGED_META)
+def test_a_damaged_meta_json_that_is_still_json_is_one_error_naming_it(straight, tmp_path, change, problem):
+    """They gave KeyError, ValueError and AttributeError tracebacks, "unknown key model.bogus" as if a
+    --set were wrong, or (no held-out loss) rc 0 with train loss nan written into meta.json."""
+    run_dir = copied(straight[0], tmp_path)
+    rewrite(run_dir, "meta.json", change)
+    before = folder_state(run_dir)
+    meta = run_dir / CHECKPOINT_DIR / "meta.json"
+    with pytest.raises(TrainingError) as err:
+        train("swat", short_cfg(), run_dir, "cpu")
+    assert str(err.value).startswith(f"{meta} is damaged ({problem}") and "--no-resume" in str(err.value)
+    with pytest.raises(TrainingError, match="is damaged"):
+        load_checkpoint(run_dir / CHECKPOINT_DIR)
+    assert folder_state(run_dir) == before
+    assert not train("swat", short_cfg("train.tokens=256"), run_dir, "cpu", resume=False).reused  # the fix said
+
+
+@pytest.mark.parametrize("change, problem", [
+    (drop("step"), "it has no step"),
+    (set_in("step", value=5), "its step 5 is not the step 4 of meta.json"),
+    (set_in("position", value=-1), "its position is -1, not a whole number"),
+    (drop("optimizer"), "it has no optimizer state"),
+    (set_in("rng", value=[{"cpu": 1}]), "its RNG states are not one per rank"),
+])
+def test_a_damaged_trainer_state_is_one_error_naming_it(cut, tmp_path, change, problem):
+    """A trainer.pt without "step" gave a TypeError in restore."""
+    run_dir = copied(cut, tmp_path)
+    rewrite(run_dir, TRAINER_FILE, change)
+    with pytest.raises(TrainingError) as err:
+        train("swat", short_cfg(), run_dir, "cpu")
+    assert str(err.value).startswith(f"{run_dir / CHECKPOINT_DIR / TRAINER_FILE} is damaged ({problem})")
+
+
+def test_a_damaged_meta_json_is_one_error_line_on_the_command_line(straight, tmp_path, capsys):
+    from harness.cli import main
+    run_dir = copied(straight[0], tmp_path)
+    rewrite(run_dir, "meta.json", set_in("sha256", value="abc"))
+    assert main(["train", "--model", "swat", "--device", "cpu", "--quiet", "--out", str(run_dir),
+                 *[a for o in SHORT for a in ("--set", o)]]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error:") and "is damaged" in err and len(err.splitlines()) == 1
+
+
+def test_a_quiet_resume_says_from_which_step(cut, tmp_path, capsys):
+    """The README says a rerun resumes and says from which step: only the progress bar said it."""
+    from harness.cli import main
+    run_dir = copied(cut, tmp_path)
+    assert main(["train", "--model", "swat", "--device", "cpu", "--quiet", "--out", str(run_dir),
+                 *[a for o in SHORT for a in ("--set", o)]]) == 0
+    out = capsys.readouterr().out
+    assert out.splitlines()[0] == "train swat: resumed from its checkpoint at step 4 of 8"

@@ -13,6 +13,7 @@ half-finished swap is repaired at the next start); resuming continues bit for bi
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 from pathlib import Path
@@ -84,16 +85,81 @@ def has_checkpoint(ckpt: Path) -> bool:
 
 
 def read_meta(ckpt: Path) -> dict:
-    """A checkpoint's meta.json, or a TrainingError naming it when it is not readable JSON or lacks
-    what every checkpoint records (the model's name and its config)."""
+    """A checkpoint's meta.json, or a TrainingError naming it when it is not readable JSON or holds
+    wrongly what is read from it (`_meta_problem`): a damaged record is one line that says so, not a
+    traceback deep in the command, nor a NaN written back into it."""
     path = Path(ckpt) / META_FILE
     try:
         meta = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise TrainingError(f"{path} is damaged ({err}); {DAMAGED_FIX}") from None
-    if not (isinstance(meta, dict) and isinstance(meta.get("model"), str) and isinstance(meta.get("config"), dict)):
-        raise TrainingError(f"{path} is damaged (it has no model name and config); {DAMAGED_FIX}")
+    problem = _meta_problem(meta)
+    if problem:
+        raise TrainingError(f"{path} is damaged ({problem}); {DAMAGED_FIX}")
     return meta
+
+
+def _meta_problem(meta) -> str | None:
+    """What is wrong in a meta.json among what the commands read from it, or None. Optional fields
+    (those of checkpoints written before them, or by tests) are checked where present."""
+    if not (isinstance(meta, dict) and isinstance(meta.get("model"), str) and isinstance(meta.get("config"), dict)):
+        return "it has no model name and config"
+    cfg = _saved_config(meta["config"])
+    if isinstance(cfg, str):
+        return cfg
+    sums = meta.get("sha256", {})
+    if not (isinstance(sums, dict) and all(isinstance(v, str) for v in sums.values())):
+        return "its sha256 is not a mapping of file names to checksums"
+    plugin = meta.get("plugin")
+    if plugin and not (isinstance(plugin, dict) and all(isinstance(plugin.get(k), str) for k in ("file", "sha256"))):
+        return "its plugin is not a file name and sha256"
+    for key in ("step", "tokens", "params"):
+        if meta.get(key) is not None and not _is_count(meta[key]):
+            return _not_a("whole number", key, meta[key])
+    return _result_problem(meta, cfg)
+
+
+def _saved_config(config: dict) -> Config | str:
+    """The Config a meta.json records, or what keeps it from being read or used (`Config.validate`: a
+    config that trained passed it)."""
+    if not isinstance(config.get("preset"), str):
+        return "its config has no preset"
+    for section in ("model", "train"):
+        if not isinstance(config.get(section, {}), dict):
+            return f"its config's {section} is not a mapping"
+    try:
+        cfg = Config.from_dict(config)
+        cfg.validate()
+        return cfg
+    except ConfigError as err:
+        return f"its config: {err}"
+    except (KeyError, TypeError, ValueError, AttributeError) as err:
+        return f"its config: {type(err).__name__}: {err}"
+
+
+def _result_problem(meta: dict, cfg: Config) -> str | None:
+    """A finished checkpoint (its last step, or a held-out loss recorded) holds its losses as finite numbers:
+    reusing it reports them, and resuming it would train no step and write a NaN train loss."""
+    last = meta.get("step") is not None and meta["step"] >= cfg.train.steps
+    if not last and meta.get("heldout_loss") is None:
+        return None
+    for key in ("heldout_loss", "train_loss"):
+        if not _is_finite(meta.get(key)):
+            return f"it is finished but {_not_a('finite number', key, meta.get(key))}"
+    return None
+
+
+def _not_a(kind: str, key: str, value) -> str:
+    """How a field of a damaged file is wrong: absent, or not of its kind."""
+    return f"it has no {key}" if value is None else f"its {key} is {value!r}, not a {kind}"
+
+
+def _is_count(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _is_finite(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def verify_checkpoint(ckpt: Path, meta: dict, names: tuple[str, ...]) -> None:
@@ -184,10 +250,13 @@ def load_checkpoint(path: Path, device="cpu"):
     cfg = Config.from_dict(meta["config"])
     model = runnable_model(meta["model"], cfg.model, device)
     try:
+        check_fit(model, _stored_shapes(path / WEIGHTS_FILE), path / WEIGHTS_FILE)
         load_model(model, str(path / WEIGHTS_FILE), device=str(device))
+    except TrainingError:  # check_fit's, which says what does not fit
+        raise
     except SafetensorError as err:
         raise TrainingError(f"{path / WEIGHTS_FILE} is damaged ({err}); {DAMAGED_FIX}") from None
-    except RuntimeError as err:  # missing, unexpected or differently shaped tensors
+    except RuntimeError as err:  # anything else that does not load (check_fit named the tensors' names and shapes)
         if is_out_of_memory(err):
             raise
         raise TrainingError(f"{path / WEIGHTS_FILE} does not fit the model its {META_FILE} describes "
@@ -197,12 +266,18 @@ def load_checkpoint(path: Path, device="cpu"):
 
 def check_plugin_unchanged(meta: dict, ckpt: Path) -> None:
     """A checkpoint of a plugin file's model is read only by that file as it trained it (meta.json
-    keeps its sha256): an edited file would resume or score other code on these weights, silently."""
+    keeps its sha256), and one of the harness's own model only by it: an edited file, or a plugin that
+    replaces the model (`override=True`), would resume or score other code on these weights, silently."""
     saved = meta.get("plugin")
-    if not saved:
-        return
     spec = get_model(meta["model"])
     now = spec.plugin_file
+    if not saved:
+        if now is not None:
+            raise TrainingError(f"{ckpt} was trained by the built-in {spec.name}, not by plugin file {now.path}, "
+                                f"which replaces it now; leave out --plugin {now.path} to use the checkpoint, or "
+                                f"train the plugin's model anew: `harness train ... --no-resume` (or another --out), "
+                                f"`harness run ... --force`")
+        return
     if now is not None and now.sha256 == saved["sha256"]:
         return
     where = (f"{now.path} now has sha256 {now.sha256[:12]}" if now is not None
@@ -234,11 +309,13 @@ def _check_resumable(meta: dict, model_name: str, cfg: Config, ckpt: Path, count
 
 def _resume(ckpt: Path, model, optimizer, d: Dist) -> dict:
     """Load a checkpoint into the (wrapped) model and optimizer; returns its step, data position
-    and meta. Rank 0 checks and reads the files and the state is broadcast."""
+    and meta. Rank 0 checks and reads the files, and that they fit the model, and the state is
+    broadcast."""
     weights, trainer, problem = {}, {}, None
     if d.is_main:
         try:
             weights, trainer = _read_state(ckpt)
+            check_fit(model, {k: tuple(v.shape) for k, v in weights.items()}, ckpt / WEIGHTS_FILE)
         except TrainingError as err:
             problem = str(err)
     problem = d.broadcast_object(problem)  # every rank stops, not only the one that read
@@ -248,7 +325,7 @@ def _resume(ckpt: Path, model, optimizer, d: Dist) -> dict:
     if d.is_main:  # tied names were stored once: give each its tensor back
         for name in missing:
             weights[name] = weights[_tie_source(model, name)]
-    distributed.load_full_state(model, optimizer, weights, trainer.get("optimizer", {}))
+    _load_state(ckpt, model, optimizer, weights, trainer.get("optimizer", {}))
     info = d.broadcast_object({k: trainer.get(k) for k in ("step", "position", "rng")})
     rng = info.pop("rng")
     if rng is not None and len(rng) == d.world_size:  # same layout: continue every rank's stream
@@ -256,20 +333,105 @@ def _resume(ckpt: Path, model, optimizer, d: Dist) -> dict:
     return info
 
 
+def _load_state(ckpt: Path, model, optimizer, weights: dict, optim: dict) -> None:
+    """`distributed.load_full_state`, where a state that does not load (an optimizer state of other
+    parameters, say: the weights were checked before) is one line naming the checkpoint."""
+    try:
+        distributed.load_full_state(model, optimizer, weights, optim)
+    except (RuntimeError, KeyError, ValueError, TypeError) as err:
+        if is_out_of_memory(err):
+            raise
+        why = (str(err).strip().splitlines() or [""])[0]
+        raise TrainingError(f"{ckpt} does not load into the model its {META_FILE} describes ({type(err).__name__}: "
+                            f"{why}); {DAMAGED_FIX}") from None
+
+
+def _stored_shapes(weights_file: Path) -> dict[str, tuple[int, ...]]:
+    """The tensors of a safetensors file, name: shape, read from its header alone."""
+    from safetensors import safe_open
+    with safe_open(str(weights_file), framework="pt") as f:
+        return {name: tuple(f.get_slice(name).get_shape()) for name in f.keys()}
+
+
+def check_fit(model, stored: dict[str, tuple[int, ...]], weights_file: Path) -> None:
+    """The stored tensors (name: shape) are the model's, all of them and in its shapes: a weight
+    missing from the file would otherwise train on freshly initialised (a full-state load does not
+    ask for every key), and one of another shape stopped in a traceback."""
+    problem = _fit_problem(_tensor_groups(model), stored)
+    if problem:
+        raise TrainingError(f"{weights_file} does not fit the model its {META_FILE} describes ({problem}): a "
+                            f"checkpoint of an older version of the model, or damaged; {DAMAGED_FIX}")
+
+
+def _tensor_groups(model) -> list[tuple[tuple[str, ...], tuple[int, ...] | None]]:
+    """The model's tensors as a checkpoint holds them: each with all its names (a tied weight is stored
+    once, under any of them) and, for a parameter, its full shape (FSDP2's sharded tensors report it);
+    a buffer's shape may be the data's (a count model's tables are sized when loaded), so it is None."""
+    model = distributed.unwrap(model)
+    parameters = {id(p) for p in model.parameters()}
+    groups: dict[int, tuple[list[str], tuple[int, ...] | None]] = {}
+    for name, tensor in model.state_dict(keep_vars=True).items():
+        shape = tuple(tensor.shape) if id(tensor) in parameters else None
+        groups.setdefault(id(tensor), ([], shape))[0].append(name)
+    return [(tuple(names), shape) for names, shape in groups.values()]
+
+
+def _fit_problem(groups: list[tuple[tuple[str, ...], tuple[int, ...] | None]], stored: dict) -> str | None:
+    """What differs between the model's tensors and the stored ones, in a few words, or None."""
+    known = {name for names, _ in groups for name in names}
+    missing = [names[0] for names, _ in groups if not any(n in stored for n in names)]
+    unexpected = sorted(set(stored) - known)
+    reshaped = [f"{n} {list(stored[n])}, the model's {list(shape)}" for names, shape in groups for n in names
+                if shape is not None and n in stored and tuple(stored[n]) != shape]
+    parts = [f"{what} {_some(items)}" for what, items in
+             (("missing tensors", missing), ("unexpected tensors", unexpected), ("other shapes:", reshaped)) if items]
+    return "; ".join(parts) or None
+
+
+def _some(items: list[str], shown: int = 4) -> str:
+    more = f" and {len(items) - shown} more" if len(items) > shown else ""
+    return ", ".join(items[:shown]) + more
+
+
 def _read_state(ckpt: Path) -> tuple[dict, dict]:
-    """(weights, trainer state) of a checkpoint, checked against its checksums first."""
+    """(weights, trainer state) of a checkpoint, checked against its checksums first, the trainer
+    state then against what resuming reads from it (`_trainer_problem`)."""
     import pickle
 
     from safetensors import SafetensorError
     from safetensors.torch import load_file
-    verify_checkpoint(ckpt, read_meta(ckpt), (WEIGHTS_FILE, TRAINER_FILE))
+    meta = read_meta(ckpt)
+    verify_checkpoint(ckpt, meta, (WEIGHTS_FILE, TRAINER_FILE))
     name = WEIGHTS_FILE
     try:
         weights = load_file(str(ckpt / WEIGHTS_FILE))
         name = TRAINER_FILE
-        return weights, torch.load(ckpt / TRAINER_FILE, map_location="cpu", weights_only=True)
+        trainer = torch.load(ckpt / TRAINER_FILE, map_location="cpu", weights_only=True)
     except (SafetensorError, RuntimeError, EOFError, pickle.UnpicklingError) as err:
         raise TrainingError(f"{ckpt / name} is damaged ({type(err).__name__}); {DAMAGED_FIX}") from None
+    problem = _trainer_problem(trainer, meta)
+    if problem:
+        raise TrainingError(f"{ckpt / TRAINER_FILE} is damaged ({problem}); {DAMAGED_FIX}")
+    return weights, trainer
+
+
+def _trainer_problem(trainer, meta: dict) -> str | None:
+    """What is wrong in a trainer state among what resuming reads (step, position, optimizer state, RNG
+    states), or None; its step is meta.json's (both are written by one save)."""
+    if not isinstance(trainer, dict):
+        return f"it holds {type(trainer).__name__}, not the trainer state"
+    for key in ("step", "position"):
+        if not _is_count(trainer.get(key)):
+            return _not_a("whole number", key, trainer.get(key))
+    if meta.get("step") is not None and trainer["step"] != meta["step"]:
+        return f"its step {trainer['step']} is not the step {meta['step']} of {META_FILE}"
+    if not isinstance(trainer.get("optimizer"), dict):
+        return "it has no optimizer state"
+    rng = trainer.get("rng")
+    if rng is not None and not (isinstance(rng, list) and all(
+            isinstance(r, dict) and isinstance(r.get("cpu"), torch.Tensor) for r in rng)):
+        return "its RNG states are not one per rank"
+    return None
 
 
 def _tie_source(model, name: str) -> str:

@@ -39,7 +39,8 @@ def budget_note(cfg) -> str | None:
     if cfg.tokens % cfg.batch_tokens == 0:
         return None
     steps = cfg.steps
-    return (f"note: train.tokens={cfg.tokens} is {cfg.tokens / cfg.batch_tokens:,.2f} batches of "
+    hundredths = (cfg.tokens * 100 + cfg.batch_tokens // 2) // cfg.batch_tokens  # in integers: exact at any size
+    return (f"note: train.tokens={cfg.tokens} is {hundredths // 100:,}.{hundredths % 100:02d} batches of "
             f"{cfg.batch_tokens:,} tokens: training {steps:,} step{'s' if steps > 1 else ''} "
             f"({steps * cfg.batch_tokens:,} tokens)")
 

@@ -3,8 +3,9 @@ resumable bit for bit. Parallelism (harness.training.distributed): torchrun + DD
 same loop at world size 1.
 
 `train` runs named steps, in the manner of torchtitan's trainer: `build` (the model with its
-options applied from outside, parallelism, optimizer, the run folder), `restore` (from the run
-folder's checkpoint), per optimizer step `forward_backward` and `optimizer_step`, `checkpoint`, and
+options applied from outside, parallelism, optimizer), `restore` (from the run folder's
+checkpoint), per optimizer step `forward_backward` (the first one's guarded, `first_forward_backward`,
+then the run folder opened, `open_run`) and `optimizer_step`, `checkpoint`, and
 `finish` (the held-out loss and the final checkpoint). The GPU runs ahead of the host except on
 the steps that are logged (every `log_every` steps, the first, and those that checkpoint): there
 the loss and gradient norm come to the host, a non-finite one stops training before the weights
@@ -25,7 +26,7 @@ from harness.config import Config
 from harness.data.streams import TokenStream, prepare_streams
 from harness.memory import is_out_of_memory, out_of_memory
 from harness.model.backbone import count_params
-from harness.model.build import runnable_model
+from harness.model.build import plugin_call, runnable_model
 from harness.model.flops import FlopCount, flops_per_token, measure_matmul_peak
 from harness.registry import get_model
 from harness.results.provenance import provenance
@@ -38,6 +39,7 @@ from harness.training.checkpoint import (
     has_checkpoint,
     open_run_dir,
     read_meta,
+    recover_checkpoint,
     save_checkpoint,
 )
 from harness.training.counting import fit_by_counting
@@ -73,6 +75,7 @@ class Job:
     flops: FlopCount
     params: int
     meta: dict  # what every checkpoint's meta.json says about the run
+    resume: bool  # continue from the run folder's checkpoint (else the earlier run is dropped at the first step)
 
     @property
     def ckpt(self) -> Path:
@@ -101,10 +104,13 @@ def train(model_name: str, cfg: Config, run_dir: Path, device: str | None = None
     """Train `model_name` at cfg into run_dir, continuing from run_dir/checkpoint when `resume`
     (a finished checkpoint is returned as it is); `resume=False` discards it and the log.
 
-    Under torchrun every rank calls this; `on_step` (progress) and all files are rank 0's.
+    Under torchrun every rank calls this; `on_step` (progress) and all files are rank 0's; without
+    `on_step` (no progress bar) a resumed run says from which step in a line of its own.
     parallel: ddp | fsdp. loggers: optional mirrors of the JSONL log (tensorboard, wandb).
     What can be refused up front is, before the run folder is touched: a missing logger package, a
-    corpus whose training or held-out split is shorter than one sequence.
+    corpus whose training or held-out split is shorter than one sequence. The folder is opened
+    (the earlier run dropped unless `resume`, the log started) only once the first step has
+    computed, so that a model that fails there (a plugin's: one line) leaves it as it was.
     should_stop: asked at every logged step (rank 0's answer counts); when it says so, a
     checkpoint is written and TrainingStopped raised, so that a job out of time loses no steps.
     log_every: log (and bring the step's numbers to the host) every this many steps.
@@ -137,10 +143,13 @@ def train(model_name: str, cfg: Config, run_dir: Path, device: str | None = None
         return TrainResult(job.model, meta["step"], meta["tokens"], meta["train_loss"], meta["heldout_loss"],
                            job.params, 0.0, job.ckpt, meta.get("tokens_per_s"), meta.get("mfu"),
                            meta.get("peak_mem_gib"), reused=True)
+    if progress.step and on_step is None and d.is_main:  # the progress bar says it where there is one
+        print(f"train {model_name}: resumed from its checkpoint at step {progress.step:,} of {tcfg.steps:,}",
+              flush=True)
 
     meter = Meter(job, measure_matmul_peak(d.device) if d.device.type == "cuda" else None, progress.step)
     header = {"run": f"{model_name}-{cfg.preset}", **provenance(str(d.device)), "world_size": d.world_size}
-    log = TrainLog(run_dir, progress.step, tuple(loggers), cfg.to_dict(), header["run"], header) if d.is_main else None
+    log = None  # opened once the first step has computed (`open_run`)
     job.wrapped.train()
     loss_value = float("nan")
     try:
@@ -149,7 +158,11 @@ def train(model_name: str, cfg: Config, run_dir: Path, device: str | None = None
             saves = done % tcfg.save_every == 0 and not last
             logged = done % log_every == 0 or done == meter.start_step + 1 or saves or last
             lr = lr_at(step, tcfg)
-            loss, grad_norm = forward_backward(job, progress.position, lr)
+            if step == meter.start_step:
+                loss, grad_norm = first_forward_backward(job, progress.position, lr)
+                log = open_run(job, step, tuple(loggers), header)
+            else:
+                loss, grad_norm = forward_backward(job, progress.position, lr)
             numbers = step_numbers(job, loss, grad_norm, done, progress) if logged else None
             optimizer_step(job)
             progress.step, progress.position = done, progress.position + job.seqs_per_step
@@ -184,16 +197,17 @@ def train(model_name: str, cfg: Config, run_dir: Path, device: str | None = None
 def build(model_name: str, cfg: Config, run_dir: Path, d: Dist, model: torch.nn.Module, parallel: str,
           train_stream: TokenStream, held_stream: TokenStream, resume: bool) -> Job:
     """The model with the training options applied from outside (fused loss, activation
-    checkpointing, compiled layers), wrapped for the job (DDP or FSDP2), its optimizer, and the run
-    folder (`open_run_dir`: a cut checkpoint swap repaired; the earlier run dropped unless `resume`)."""
+    checkpointing, compiled layers), wrapped for the job (DDP or FSDP2), its optimizer, and a cut
+    checkpoint swap in the run folder repaired. Nothing else in the folder changes until the first
+    step has computed (`open_run`)."""
     tcfg = cfg.train
     seqs_per_step, micro, accum = _batch_layout(tcfg, d.world_size)
     params, flops = count_params(model), flops_per_token(model, tcfg.seq_len)
     applied = apply_training_options(model, tcfg, d.device)
     wrapped = distributed.wrap(model, parallel, d)
     optimizer = make_optimizer(wrapped, tcfg)
-    if d.is_main:
-        open_run_dir(run_dir, resume)
+    if d.is_main and run_dir.is_dir():
+        recover_checkpoint(run_dir)
     d.barrier()
     meta = {"model": model_name, "config": cfg.to_dict(), "commit": provenance(str(d.device))["commit"],
             "params": params, "world_size": d.world_size, "parallel": parallel, "flops_per_token": flops.as_dict(),
@@ -202,7 +216,7 @@ def build(model_name: str, cfg: Config, run_dir: Path, d: Dist, model: torch.nn.
     if plugin is not None:  # the code that trains these weights: resuming or reusing them needs the same
         meta["plugin"] = plugin.record()
     return Job(model_name, cfg, run_dir, d, wrapped, optimizer, autocast_for(d.device, tcfg.dtype), train_stream,
-               held_stream, seqs_per_step, micro, accum, flops, params, meta)
+               held_stream, seqs_per_step, micro, accum, flops, params, meta, resume)
 
 
 def _plot_loss(job: Job, heldout: float) -> None:
@@ -212,10 +226,10 @@ def _plot_loss(job: Job, heldout: float) -> None:
 
 def restore(job: Job) -> Progress | None:
     """Where training starts: the run folder's checkpoint loaded into the model and optimizer
-    (weights, optimizer state, step, data position, RNG), else step 0; None when the checkpoint
-    is finished (it holds the held-out loss). A checkpoint (its meta.json) without its trainer
-    state is incomplete and refused (starting over would silently overwrite it)."""
-    if not has_checkpoint(job.ckpt):
+    (weights, optimizer state, step, data position, RNG), else (or without `resume`) step 0; None
+    when the checkpoint is finished (it holds the held-out loss). A checkpoint (its meta.json)
+    without its trainer state is incomplete and refused (starting over would silently overwrite it)."""
+    if not job.resume or not has_checkpoint(job.ckpt):
         return Progress()
     saved_meta = read_meta(job.ckpt)
     _check_resumable(saved_meta, job.model_name, job.cfg, job.ckpt)
@@ -223,6 +237,28 @@ def restore(job: Job) -> Progress | None:
     if state["step"] >= job.cfg.train.steps and saved_meta.get("heldout_loss") is not None:
         return None
     return Progress(state["step"], state["position"], state["step"])
+
+
+def first_forward_backward(job: Job, position: int, lr: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """`forward_backward` of the run's first step, where a plugin's model that keeps the contract
+    (`check_contract`: a short batch, no gradients) can still fail on a training batch: a position
+    table shorter than train.seq_len, detached logits, logits of another length. Its exception is
+    then one line naming the model and the batch; the harness's own models keep their tracebacks."""
+    shape = [job.micro, job.cfg.train.seq_len]
+    return plugin_call(get_model(job.model_name), f"failed in training on input_ids {shape}",
+                        lambda: forward_backward(job, position, lr))
+
+
+def open_run(job: Job, start_step: int, loggers: tuple[str, ...], header: dict) -> TrainLog | None:
+    """The run folder made ready (`open_run_dir`: the earlier run dropped unless resuming) and its
+    log opened at start_step (rank 0's, None elsewhere), once the first step has computed: a model
+    that fails there leaves the folder as it was before the command."""
+    log = None
+    if job.d.is_main:
+        open_run_dir(job.run_dir, job.resume)
+        log = TrainLog(job.run_dir, start_step, loggers, job.cfg.to_dict(), header["run"], header)
+    job.d.barrier()
+    return log
 
 
 def forward_backward(job: Job, position: int, lr: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -246,6 +282,11 @@ def forward_backward(job: Job, position: int, lr: float) -> tuple[torch.Tensor, 
     return job.d.sum(loss_sum), distributed.clip_grad_norm(job.wrapped, tcfg.grad_clip)
 
 
+# what a diverged run needs: a checkpoint resumes only under its own recipe (train.lr and warmup included)
+RETRAIN = ("lower train.lr or raise train.warmup_tokens and train again from scratch (`harness train ... "
+           "--no-resume` or another --out; `harness run ... --force`)")
+
+
 def step_numbers(job: Job, loss: torch.Tensor, grad_norm: torch.Tensor, step: int,
                  progress: Progress) -> tuple[float, float]:
     """The step's loss and gradient norm on the host (this waits for the GPU); a non-finite one
@@ -253,10 +294,9 @@ def step_numbers(job: Job, loss: torch.Tensor, grad_norm: torch.Tensor, step: in
     loss_value, norm_value = float(loss) / job.d.world_size, float(grad_norm)
     if not (math.isfinite(loss_value) and math.isfinite(norm_value)):
         what = f"loss is {loss_value}" if not math.isfinite(loss_value) else f"gradient norm is {norm_value}"
-        kept = (f"the last good checkpoint (step {progress.saved_step}) is {job.ckpt}" if progress.saved_step
-                else "no checkpoint yet")
-        raise TrainingDiverged(f"{what} at step {step}; stopped without updating the weights, {kept}; "
-                            f"lower train.lr or raise train.warmup_tokens, then resume")
+        kept = (f"the last good checkpoint (step {progress.saved_step}) stays in {job.ckpt} for inspection"
+                if progress.saved_step else "no checkpoint was written yet")
+        raise TrainingDiverged(f"{what} at step {step}; stopped without updating the weights, {kept}; {RETRAIN}")
     return loss_value, norm_value
 
 
@@ -280,8 +320,7 @@ def finish(job: Job, progress: Progress, train_loss: float, meter: Meter) -> Tra
     held = heldout_score(job.model, job.held_stream, tcfg.seq_len, tcfg.eval_tokens, job.micro, job.d.device,
                          job.autocast, job.d).loss
     if not math.isfinite(held):  # the last update diverged: those weights are no result
-        raise TrainingDiverged(f"held-out loss is {held} after step {tcfg.steps}; lower train.lr or raise "
-                            f"train.warmup_tokens, then train again with --no-resume")
+        raise TrainingDiverged(f"held-out loss is {held} after step {tcfg.steps}; {RETRAIN}")
     tokens_per_s = meter.mean_tokens_per_s()
     mfu = meter.mfu(tokens_per_s)
     meta = {**job.meta, "step": tcfg.steps, "tokens": tcfg.steps * job.step_tokens, "heldout_loss": held,

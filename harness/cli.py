@@ -789,9 +789,14 @@ PATH_ERRORS = {NotADirectoryError: "a file stands where this path needs a folder
 
 
 def path_problem(err: OSError) -> str:
-    """An OSError about one path (its `filename`) as the path, what is wrong with it, and the fix."""
+    """An OSError about one path (its `filename`) as the path, what is wrong with it, and the fix; a
+    file in the way of a folder is named itself (runs/tiny, not the runs/tiny/swat made under it)."""
+    from harness.files import file_in_the_way
     why = next((why for kind, why in PATH_ERRORS.items() if isinstance(err, kind)), None)
-    return f"{err.filename}: {why or (err.strerror or 'unusable').lower()}; give another path"
+    path = err.filename
+    if isinstance(err, (NotADirectoryError, FileExistsError)) and path:
+        path = file_in_the_way(Path(path)) or path
+    return f"{path}: {why or (err.strerror or 'unusable').lower()}; give another path"
 
 
 def expected_errors() -> tuple:

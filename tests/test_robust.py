@@ -288,6 +288,15 @@ def test_a_path_error_of_any_kind_names_the_path_and_the_fix():
         "/x: not allowed to write or read it here; give another path"
 
 
+def test_a_file_in_the_way_of_a_folder_is_named_itself(tmp_path):
+    """--runs rf, where rf/tiny is a file, named rf/tiny/swat, a path that does not exist."""
+    import errno
+    (tmp_path / "tiny").write_text("x")
+    err = NotADirectoryError(errno.ENOTDIR, "Not a directory", str(tmp_path / "tiny" / "swat"))
+    assert cli.path_problem(err) == f"{tmp_path / 'tiny'}: a file stands where this path needs a folder; give " \
+                                    f"another path"
+
+
 def test_every_option_of_every_command_says_what_it_is():
     """--runs of `harness train` and `eval`, and others, had no help text."""
     def bare_options(name: str, parser) -> list:

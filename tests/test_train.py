@@ -214,10 +214,23 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
         train("swat", short_cfg("train.lr=0.0001"), tmp_path, "cpu")
 
 
-def test_a_first_step_that_diverges_says_no_checkpoint_was_written(tmp_path, monkeypatch):
+def test_a_first_step_that_diverges_blames_the_initial_weights_not_the_learning_rate(tmp_path, monkeypatch):
+    """No update has happened at step 1, so lowering train.lr (the advice for later steps) cannot help."""
     real_loss = train_mod.lm_loss
     monkeypatch.setattr(train_mod, "lm_loss", lambda *a, **k: real_loss(*a, **k) * float("nan"))
-    with pytest.raises(TrainingError, match="loss is nan at step 1; .*no checkpoint was written yet; lower train.lr"):
+    with pytest.raises(TrainingError, match="loss is nan at step 1, before any update: .*initialisation") as err:
+        train("swat", short_cfg(), tmp_path, "cpu")
+    assert "lower train.lr" not in str(err.value)
+
+
+def test_a_later_divergence_before_any_checkpoint_says_none_was_written(tmp_path, monkeypatch):
+    real_loss, calls = train_mod.lm_loss, []
+
+    def nan_from_the_second_step(*a, **k):
+        calls.append(1)
+        return real_loss(*a, **k) * (float("nan") if len(calls) > 2 else 1.0)  # 2 micro-batches a step
+    monkeypatch.setattr(train_mod, "lm_loss", nan_from_the_second_step)
+    with pytest.raises(TrainingError, match="loss is nan at step 2; .*no checkpoint was written yet; lower train.lr"):
         train("swat", short_cfg(), tmp_path, "cpu")
 
 

@@ -294,6 +294,9 @@ def step_numbers(job: Job, loss: torch.Tensor, grad_norm: torch.Tensor, step: in
     loss_value, norm_value = float(loss) / job.d.world_size, float(grad_norm)
     if not (math.isfinite(loss_value) and math.isfinite(norm_value)):
         what = f"loss is {loss_value}" if not math.isfinite(loss_value) else f"gradient norm is {norm_value}"
+        if step == 1:  # the initial weights: no learning rate has acted yet
+            raise TrainingDiverged(f"{what} at step 1, before any update: the model gives it at its initial weights; "
+                                   f"check its initialisation and train.dtype (the learning rate has not acted yet)")
         kept = (f"the last good checkpoint (step {progress.saved_step}) stays in {job.ckpt} for inspection"
                 if progress.saved_step else "no checkpoint was written yet")
         raise TrainingDiverged(f"{what} at step {step}; stopped without updating the weights, {kept}; {RETRAIN}")

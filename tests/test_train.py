@@ -485,6 +485,16 @@ def test_a_budget_between_batches_is_said_before_training(tmp_path, capsys, toke
     assert "swat: 123,264 params, 1,024 tokens" in " ".join(out.split())
 
 
+def test_an_eval_budget_beyond_the_held_out_split_is_said(tmp_path, capsys):
+    """It was capped at the split's size without a word."""
+    from harness.cli import main
+    assert main(["train", "--model", "swat", "--device", "cpu", "--quiet", "--out", str(tmp_path), "--set",
+                 "train.tokens=1024", "--set", "train.eval_tokens=1000000"]) == 0
+    err = capsys.readouterr().err
+    assert "note: train.eval_tokens=1,000,000 is more than the held-out split of bundled holds: the held-out " \
+           "loss scores all of it, 12,672 tokens" in " ".join(err.split())
+
+
 def test_a_huge_budget_s_note_is_exact():
     """Its batches went through a float: 97,656,249,999,999,991,633,936,384.00 batches."""
     from harness.training.recipe import budget_note

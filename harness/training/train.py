@@ -15,6 +15,7 @@ are updated, and the throughput since the last logged step is measured.
 from __future__ import annotations
 
 import math
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -128,7 +129,11 @@ def train(model_name: str, cfg: Config, run_dir: Path, device: str | None = None
     if train_stream.num_sequences(tcfg.seq_len) == 0:
         raise TrainingError(f"corpus {tcfg.corpus!r} is shorter than one sequence of {tcfg.seq_len} tokens; "
                             f"use a larger corpus or a smaller train.seq_len")
-    scored_sequences(held_stream, tcfg.seq_len, tcfg.eval_tokens, d.world_size)  # refused now, not after training
+    scored = scored_sequences(held_stream, tcfg.seq_len, tcfg.eval_tokens, d.world_size)  # refused now, not later
+    if d.is_main and held_stream.num_sequences(tcfg.seq_len) * tcfg.seq_len < tcfg.eval_tokens:
+        print(f"note: train.eval_tokens={tcfg.eval_tokens:,} is more than the held-out split of {tcfg.corpus} "
+              f"holds: the held-out loss scores all of it, {scored * tcfg.seq_len:,} tokens", file=sys.stderr,
+              flush=True)
     torch.manual_seed(tcfg.seed)
     model = runnable_model(model_name, cfg.model, d.device)  # refused before the run folder is touched
     if getattr(model, "fitted_by_counting", False):

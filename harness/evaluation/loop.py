@@ -136,9 +136,10 @@ def score(sources: list[ModelSource], task_names: list[str], run: str, results_d
     if record is not None and "config_hash" in record:
         check_run_config(out, record, [s.name for s in sources], existing)
     else:
-        check_checkpoints_fit_run(out, sources)
-        if (trained := checkpoints_config(sources)) is not None:  # so that a later eval is checked against it
-            record = {**(record or {}), "config": trained.to_dict(), "config_hash": config_hash(trained)}
+        trained = {s.checkpoint: c for s in sources if (c := s.trained_config()) is not None}
+        check_checkpoints_fit_run(out, trained)
+        if (config := checkpoints_config(trained)) is not None:  # so that a later eval is checked against it
+            record = {**(record or {}), "config": config.to_dict(), "config_hash": config_hash(config)}
     recorded = False
 
     def keep_record() -> None:  # run.json, once a model has loaded: a failed load leaves nothing behind
@@ -231,23 +232,23 @@ def check_run_config(out: Path, record: dict, models: list[str], rows: list[Row]
                        f"--run NEW_NAME for a run at this config, or retrain them too (--models with them, --force)")
 
 
-def check_checkpoints_fit_run(out: Path, sources: list[ModelSource]) -> None:
+def check_checkpoints_fit_run(out: Path, trained: dict[str, Config]) -> None:
     """`harness eval` into a run folder: its run.json's config labels every row there, so a checkpoint
-    trained at another one (retrained by `harness train`, say) is scored into a run of its own."""
+    trained at another one (retrained by `harness train`, say) is scored into a run of its own.
+    trained: {checkpoint: the config it was trained at} of the harness checkpoints scored."""
     recorded = recorded_config(out)
-    for source in sources if recorded is not None else ():
-        trained = source.trained_config()
-        if trained is not None and config_hash(trained) != config_hash(recorded):
-            raise RunError(f"{out}/run.json records the config its rows were made at, and {source.checkpoint} was "
-                           f"trained with another ({config_difference(recorded, trained)}); pass --run NEW_NAME to "
+    for checkpoint, cfg in trained.items() if recorded is not None else ():
+        if config_hash(cfg) != config_hash(recorded):
+            raise RunError(f"{out}/run.json records the config its rows were made at, and {checkpoint} was "
+                           f"trained with another ({config_difference(recorded, cfg)}); pass --run NEW_NAME to "
                            f"score it in a run of its own")
 
 
-def checkpoints_config(sources: list[ModelSource]) -> Config | None:
-    """The one config the harness checkpoints among `sources` were trained at (None where there are
+def checkpoints_config(trained: dict[str, Config]) -> Config | None:
+    """The one config of the harness checkpoints scored (`trained`, as above; None where there are
     none, e.g. only hf: models): run.json records it as a `harness run` records its own, since tables
     label every row of the run with it, so checkpoints trained at different configs are refused."""
-    configs = {config_hash(c): c for source in sources if (c := source.trained_config()) is not None}
+    configs = {config_hash(c): c for c in trained.values()}
     if len(configs) > 1:
         first, second = list(configs.values())[:2]
         raise RunError(f"the checkpoints were trained with different configs ({config_difference(first, second)}), "

@@ -416,10 +416,16 @@ def load_yaml(text: str):
     return yaml.load(text, Loader=StrictLoader)
 
 
+def first_line(err: BaseException) -> str:
+    """The first line of an exception's message ("" where it has none): an error here is one line, and
+    many a library's message spans several (PyYAML's context, transformers', a state dict's tensors)."""
+    return next(iter(str(err).strip().splitlines()), "")
+
+
 def yaml_problem(err: yaml.YAMLError) -> str:
     """PyYAML's complaint on one line, with where it is (its message spans several lines of context)."""
     mark = getattr(err, "problem_mark", None)
-    problem = getattr(err, "problem", None) or str(err).strip().splitlines()[0]
+    problem = getattr(err, "problem", None) or first_line(err)
     return f"{problem} at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else problem
 
 

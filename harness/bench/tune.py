@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from harness.bench.timing import median_ms
+from harness.config import first_line
 from harness.ops.alibi import alibi_slopes
 from harness.ops.swat import function as fn_mod
 from harness.ops.swat.function import (
@@ -64,7 +65,7 @@ def _time(fn, cuda_graph: bool = False) -> tuple[float | None, str]:
     try:
         return median_ms(fn, True, warmup_ms=10, rep_ms=20 if cuda_graph else 40, cuda_graph=cuda_graph), ""
     except Exception as err:  # e.g. out of shared memory for a large tile
-        return None, f"{type(err).__name__}: {str(err).splitlines()[0][:80]}"
+        return None, f"{type(err).__name__}: {first_line(err)[:80]}"
 
 
 def sweep(seq_len: int = 8192, tokens: int = 65536, on_row=lambda row: None) -> list[dict]:

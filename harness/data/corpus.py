@@ -22,6 +22,7 @@ from typing import Iterator
 
 import numpy as np
 
+from harness.config import first_line
 from harness.data.paths import PACKAGE_DIR, DataError, data_roots, user_data_dir
 from harness.files import atomic_write_bytes
 
@@ -107,7 +108,7 @@ def read_sourced_documents(path: Path) -> list[tuple[str, str]]:
         try:
             frame = pd.read_parquet(path)
         except Exception as err:  # pyarrow's ArrowInvalid and OSError for a damaged or non-parquet file
-            raise DataError(f"{path}: not a readable parquet file ({str(err).splitlines()[0]})") from None
+            raise DataError(f"{path}: not a readable parquet file ({first_line(err)})") from None
         if "text" not in frame.columns:
             raise DataError(f"{path}: parquet file has no 'text' column")
         sources = frame["source"].astype(str) if "source" in frame.columns else [default] * len(frame)
@@ -228,7 +229,7 @@ def fetch_corpus(name: str, documents: int, dest: Path | None = None, shard_docs
     except Exception as err:  # offline or hub errors: one line, the shards so far are kept
         if isinstance(err, DataError):
             raise
-        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+        reason = first_line(err) or type(err).__name__
         kept = f"{done} documents are in {folder}; run the same command again to resume" if done else \
             "nothing was written"
         raise DataError(f"could not stream {hub} from the hub ({reason}); {kept}") from None

@@ -12,6 +12,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from harness.config import first_line
 from harness.data.corpus import (
     files_in,
     read_decompressed,
@@ -356,7 +357,7 @@ def fetch(name: str, dest: Path, force: bool = False) -> list[dict]:
         except Exception as err:  # offline, hub moved, auth: the message says what happened
             hub = ds.hub + (f" ({ds.hub_config})" if ds.hub_config else "")
             raise DataError(f"could not fetch {hub} split {split} from the hub: "
-                            f"{str(err).splitlines()[0] if str(err) else type(err).__name__}; "
+                            f"{first_line(err) or type(err).__name__}; "
                             f"`harness data import` takes local files instead") from None
         checked[split] = checked_split(ds, split, from_hub_records(ds, [dict(r) for r in rows]), f"{ds.hub}:{split}",
                                        dest, force)

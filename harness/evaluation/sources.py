@@ -25,7 +25,16 @@ from typing import Callable
 
 import torch
 
-from harness.config import EXECUTION_KEYS, Config, ConfigError, ModelConfig, TrainConfig, config_hash, folder_name
+from harness.config import (
+    EXECUTION_KEYS,
+    Config,
+    ConfigError,
+    ModelConfig,
+    TrainConfig,
+    config_hash,
+    first_line,
+    folder_name,
+)
 from harness.data.paths import DataError, cache_dir
 from harness.data.tokenizer import get_tokenizer
 from harness.files import file_sha256
@@ -441,7 +450,7 @@ def load_hf(path: str, device: str):
         model = transformers.AutoModelForCausalLM.from_pretrained(path, dtype=dtype, trust_remote_code=False)
         hf_tokenizer = transformers.AutoTokenizer.from_pretrained(path, trust_remote_code=False)
     except (OSError, ValueError) as err:  # transformers' errors for a folder it cannot read or does not know
-        raise ConfigError(f"hf:{path}: transformers cannot load it ({str(err).strip().splitlines()[0]}); pass a "
+        raise ConfigError(f"hf:{path}: transformers cannot load it ({first_line(err)}); pass a "
                           f"folder written by save_pretrained or `harness export`, of a model type transformers "
                           f"(or fla, when installed) provides") from None
     model = model.to(device).eval()

@@ -45,7 +45,7 @@ from typing import Callable
 
 import torch
 
-from harness.config import Config, ConfigError
+from harness.config import Config, ConfigError, first_line
 from harness.data.corpus import HUB_CORPORA
 from harness.data.tokenizer import ByteTokenizer, get_tokenizer
 from harness.files import share_like_any_file
@@ -356,7 +356,7 @@ def hub_call(repo: str, call: Callable[[], object]):
     try:
         return call()
     except Exception as err:
-        cause = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        cause = first_line(err) or type(err).__name__
         raise ExportError(f"cannot push to the Hugging Face hub repo {repo} ({cause}); export without "
                           f"--push-to-hub and upload the folder later (`hf upload {repo} HF_DIR`)") from None
 

@@ -21,7 +21,7 @@ from typing import Callable, Iterable
 
 import torch
 
-from harness.config import ConfigError, ModelConfig
+from harness.config import ConfigError, ModelConfig, first_line
 from harness.memory import is_out_of_memory
 from harness.model.backbone import count_params
 from harness.registry import ContractError, ModelSpec, RegistryError, get_model, models, reference_model
@@ -47,7 +47,7 @@ def plugin_call(spec: ModelSpec, what: str, call: Callable):
     except Exception as err:
         if spec.builtin or is_out_of_memory(err):
             raise
-        why = f"{type(err).__name__}: {(str(err).strip().splitlines() or [''])[0]}"  # one line, as every error
+        why = f"{type(err).__name__}: {first_line(err)}"
         if isinstance(err, ImportError) and err.name:
             why = (f"it needs package {err.name} (declare it in register_model(requires=[...]), then `harness "
                    f"list` says what to install)")
@@ -64,7 +64,7 @@ def _builtin_call(spec: ModelSpec, call: Callable):
     except (RegistryError, ConfigError):
         raise
     except CONSTRUCTOR_ERRORS as err:
-        problem = (str(err).strip().splitlines() or [type(err).__name__])[0].rstrip(".")
+        problem = (first_line(err) or type(err).__name__).rstrip(".")
         options = f" or its options under model.extra.{spec.name}" if hasattr(spec.build, "extra_options") else ""
         raise ConfigError(f"model {spec.name} cannot be built at this config: {problem}; change the model.* "
                           f"sizes{options}") from err

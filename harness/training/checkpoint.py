@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from harness.config import EXECUTION_KEYS, Config, ConfigError
+from harness.config import EXECUTION_KEYS, Config, ConfigError, first_line
 from harness.files import file_sha256, share_like_any_file
 from harness.memory import is_out_of_memory
 from harness.model.build import runnable_model
@@ -260,7 +260,7 @@ def load_checkpoint(path: Path, device="cpu"):
         if is_out_of_memory(err):
             raise
         raise TrainingError(f"{path / WEIGHTS_FILE} does not fit the model its {META_FILE} describes "
-                            f"({str(err).splitlines()[0]}); {DAMAGED_FIX}") from None
+                            f"({first_line(err)}); {DAMAGED_FIX}") from None
     return model, cfg, meta["model"], meta
 
 
@@ -341,9 +341,8 @@ def _load_state(ckpt: Path, model, optimizer, weights: dict, optim: dict) -> Non
     except (RuntimeError, KeyError, ValueError, TypeError) as err:
         if is_out_of_memory(err):
             raise
-        why = (str(err).strip().splitlines() or [""])[0]
         raise TrainingError(f"{ckpt} does not load into the model its {META_FILE} describes ({type(err).__name__}: "
-                            f"{why}); {DAMAGED_FIX}") from None
+                            f"{first_line(err)}); {DAMAGED_FIX}") from None
 
 
 def _stored_shapes(weights_file: Path) -> dict[str, tuple[int, ...]]:

@@ -26,6 +26,7 @@ from harness.results.tables import (
     SPEED_TASKS,
     Line,
     batch_detail,
+    by_device,
     display,
     is_oom,
     latest,
@@ -142,10 +143,9 @@ def speed_curves(rows: list[Row], out_dir: Path, run_configs: dict | None = None
     written = []
     for task in SPEED_TASKS:
         for metric in sorted({r.metric for r in rows if r.task == task}):
-            pick = [r for r in rows if r.task == task and r.metric == metric]
-            devices = sorted({r.device or "" for r in pick})
-            for device in devices:
-                series = _collect([r for r in pick if (r.device or "") == device], run_configs or {}, _length)
+            devices = by_device([r for r in rows if r.task == task and r.metric == metric])
+            for device, mine in devices:
+                series = _collect(mine, run_configs or {}, _length)
                 if series:
                     name = f"{task}_{metric}" + (f"_{device_slug(device)}" if len(devices) > 1 else "")
                     title = f"{task}: {metric}" + (f" ({device})" if device else "")

@@ -107,7 +107,7 @@ class TaskSpec:
     datasets: tuple = ()  # mirror datasets it reads, any one of which will do (harness.data.mirror)
     online: bool = False  # reads its dataset from the Hugging Face hub when the mirror lacks it (--online)
     origin: str = ""  # as ModelSpec's
-    builtin: bool = False  # the harness's own: its failures keep their tracebacks, its rows their names
+    builtin: bool = False  # the harness's own: its failures keep their tracebacks
     plugin_file: PluginFile | None = None
     row_tasks: tuple = ()  # the task names its rows carry, where not its own (speed: speed_train, ...)
     per_device: bool = False  # its rows time the device they ran on: another device's rows are not its result

@@ -21,8 +21,10 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-console = Console()
-err_console = Console(stderr=True)
+# soft_wrap: each message stays one line wherever it goes (a terminal wraps it itself), so that a
+# log file read back (the study pool quotes a worker's last message) or grepped holds whole messages
+console = Console(soft_wrap=True)
+err_console = Console(stderr=True, soft_wrap=True)
 
 
 # ---------------------------------------------------------------- shared options
@@ -51,7 +53,7 @@ def add_run_arg(p: argparse.ArgumentParser, help_text: str) -> None:
 
 def say(message: str) -> None:
     """A progress or warning line as written: not wrapped at the terminal's width, no markup."""
-    console.print(message, markup=False, highlight=False, soft_wrap=True)
+    console.print(message, markup=False, highlight=False)
 
 
 def split_names(text: str) -> list[str]:
@@ -209,7 +211,7 @@ def cmd_list(args) -> None:
                    "built by": f"{spec.build.__qualname__} in {spec.origin}", "description": spec.description,
                    **({"problem": problem} if problem else {})}
         for key, value in details.items():
-            console.print(f"{key + ':':<16}{value}", markup=False, highlight=False, soft_wrap=True)
+            console.print(f"{key + ':':<16}{value}", markup=False, highlight=False)
         return
     counted = {name: model_params(name, cfg) for name in sorted(models())}
     lines = [(name, spec.family, counted[name][0], spec.fast_path_short(), spec.description)
@@ -243,7 +245,7 @@ def say_budget_note(cfg) -> None:
     """Say, before training, what budget a train.tokens between whole batches trains instead."""
     from harness.training.recipe import budget_note
     if note := budget_note(cfg.train):
-        err_console.print(note, markup=False, highlight=False, soft_wrap=True)
+        err_console.print(note, markup=False, highlight=False)
 
 
 def cmd_run(args) -> None:
@@ -295,13 +297,13 @@ def show_tables(rows: list, configs: dict) -> None:
             table = build(kind, rows, [], configs)
         except ResultsError:  # no rows for this table
             continue
-        console.print(render(compact(table), "md"), markup=False, highlight=False, soft_wrap=True)
+        console.print(render(compact(table), "md"), markup=False, highlight=False)
     columns = {(c.task, c.metric) for c in MAIN_COLUMNS + SMOKE_COLUMNS}
     tabled = {"length", "passkey", "mqar", *SPEED_TASKS}
     rest = [r for r in rows if r.task not in tabled and (r.task, r.metric) not in columns
             and r.extra.get("paper_metric") is not False and r.extra.get("position_bucket") is None]
     if rest:
-        console.print("**Other results**\n\n" + rows_table(rest), markup=False, highlight=False, soft_wrap=True)
+        console.print("**Other results**\n\n" + rows_table(rest), markup=False, highlight=False)
 
 
 def cmd_train(args) -> None:
@@ -407,7 +409,7 @@ def cmd_tables(args) -> None:
     runs, reference_files = inputs(args.run, args.reference, args.results)
     check_outputs(args.out, args.plots, [rows_file for _, rows_file in runs] + reference_files)
     rows, refs, configs = collect(args.run, args.reference, args.results,
-                                  warn=lambda m: err_console.print(m, markup=False, highlight=False, soft_wrap=True))
+                                  warn=lambda m: err_console.print(m, markup=False, highlight=False))
     text = render(build(args.table, rows, refs, configs, None if args.run else Path(args.results)), args.format)
     if args.out:
         from harness.files import atomic_write_text
@@ -421,7 +423,7 @@ def cmd_tables(args) -> None:
         none = (f"none: the rows hold nothing for the {args.table} table's plots ({TABLE_PLOTS[args.table]})"
                 if args.table in TABLE_PLOTS else
                 f"none: the {args.table} table has no plots (the {', '.join(TABLE_PLOTS)} tables do)")
-        err_console.print(f"plots: {', '.join(str(p) for p in written) or none}", highlight=False, soft_wrap=True)
+        err_console.print(f"plots: {', '.join(str(p) for p in written) or none}", highlight=False)
 
 
 def cmd_scaling(args) -> None:
@@ -846,7 +848,7 @@ def main(argv: list[str] | None = None) -> int:
             from harness.evaluation.loop import default_device
             err = out_of_memory(f"harness {args.command}", getattr(args, "device", None) or default_device())
         if is_main_process():  # under torchrun every rank fails alike; one line says why
-            err_console.print(f"[red]error:[/red] {escape(str(err))}", highlight=False, soft_wrap=True)
+            err_console.print(f"[red]error:[/red] {escape(str(err))}", highlight=False)
         return SQUEEZED_EXIT if isinstance(err, OutOfMemory) and err.squeezed else 2
     finally:
         signal.signal(signal.SIGTERM, terminate)

@@ -384,6 +384,30 @@ def test_workers_past_the_deadline_get_one_sigterm_then_a_sigkill(tmp_path, monk
     assert runner.worker_status(runner.INTERRUPTED_EXIT, signalled=False) == "failed"
 
 
+def test_a_workers_end_is_explained_by_what_it_wrote_in_this_start(tmp_path):
+    """A unit's log gathers all its starts: an earlier start's last line is not this one's reason,
+    and a worker killed after the stop signal is said to be killed, whatever it printed last."""
+    from harness.study import runner
+    log = tmp_path / "m_swat_lr1-seed0.log"
+    log.write_text("note: an earlier start's warning\nm/swat: stopped at step 9 of 20 as asked\n")
+    since = log.stat().st_size
+    assert runner.end_reason(1, False, str(log), since) == "(no output)"
+    with open(log, "a") as f:
+        f.write("note: a warning of this start\nerror: this start's own failure, one whole line\n\n")
+    assert runner.end_reason(1, False, str(log), since) == "error: this start's own failure, one whole line"
+    assert runner.end_reason(-9, False, str(log), since) == "error: this start's own failure, one whole line"
+    assert runner.end_reason(-9, True, str(log), since).startswith(f"killed {runner.KILL_GRACE_S} s after the stop")
+
+
+def test_console_messages_stay_one_line_in_a_log_file():
+    """A worker's log is read back a line at a time (end_reason): rich must not wrap a long message."""
+    message = "m/swat: stopped at step 766 of 858 as asked; the checkpoint in " + "/x" * 60 + " resumes there"
+    for console in (cli.console, cli.err_console):
+        with console.capture() as captured:
+            console.print(message, highlight=False)
+        assert captured.get() == message + "\n"
+
+
 def test_a_stop_asked_during_the_tasks_ends_the_run_after_the_task_in_flight(tmp_path, monkeypatch):
     """The time limit reached a worker in its evaluation tasks: it ran every task left (the last
     a long-context sweep) until it was killed, and a device call overran its limit waiting."""

@@ -356,14 +356,14 @@ def _pool(study, next_unit, results, runs, device, jobs, deadline, log, plugins=
     SQUEEZED_TRIES starts, and from then on no more of this pool's run side by side than were
     running beside it. Past the deadline no unit starts and the workers are stopped (`stop_workers`);
     when the caller goes (interrupted, terminated), they are stopped and waited for (`end_workers`)."""
-    running: dict = {}  # key -> (worker process, its log file, start time)
+    running: dict = {}  # key -> (worker process, its log file, start time, where this start's output begins)
     try:
         yield from _schedule(study, next_unit, results, runs, device, jobs, deadline, log, plugins, requeue, running)
     finally:
         if running:
             log(f"stopping {len(running)} run(s): each checkpoints first (interrupt again to kill them now)")
-            end_workers({key: proc for key, (proc, _, _) in running.items()})
-            for _, out, _ in running.values():
+            end_workers({key: proc for key, (proc, *_) in running.items()})
+            for _, out, *_ in running.values():
                 out.close()
 
 
@@ -387,18 +387,19 @@ def _schedule(study, next_unit, results, runs, device, jobs, deadline, log, plug
             cmd = [sys.executable, "-m", "harness", "study", str(study.path), "--unit", unit.key,
                    "--results", str(results), "--runs", str(runs), "--device", "cuda" if gpus else device]
             cmd += [arg for plugin in plugins for arg in ("--plugin", str(Path(plugin).resolve()))]
-            out = open(logs / (unit.key.replace("/", "_") + ".log"), "ab")
-            running[unit.key] = (subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT), out, time.time())
+            out = open(logs / (unit.key.replace("/", "_") + ".log"), "ab")  # every start of the unit, appended
+            proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT)
+            running[unit.key] = (proc, out, time.time(), out.tell())
             log(f"start {unit.key} ({len(running)} running)")
         if not running:
             return
         if expired:
-            stop_workers({key: proc for key, (proc, _, _) in running.items()}, signalled)
+            stop_workers({key: proc for key, (proc, *_) in running.items()}, signalled)
         time.sleep(0.5)
-        ended = {key: code for key, (proc, _, _) in running.items() if (code := proc.poll()) is not None}
+        ended = {key: code for key, (proc, *_) in running.items() if (code := proc.poll()) is not None}
         neighbours = len(running) - 1  # beside each worker that ended in this round
         for key, code in ended.items():
-            _, out, t0 = running.pop(key)
+            _, out, t0, since = running.pop(key)
             out.close()
             exhausted = False
             status = worker_status(code, key in signalled)
@@ -413,8 +414,8 @@ def _schedule(study, next_unit, results, runs, device, jobs, deadline, log, plug
                     yield status
                     continue
                 status = "failed"
-            tail = "" if status == "done" else f": {_last_line(logs / (key.replace('/', '_') + '.log'))}"
-            log(f"{status} {key} in {time.time() - t0:.0f}s{tail}")
+            reason = "" if status == "done" else f": {end_reason(code, key in signalled, out.name, since)}"
+            log(f"{status} {key} in {time.time() - t0:.0f}s{reason}")
             yield status
 
 
@@ -461,8 +462,16 @@ def worker_status(code: int, signalled: bool) -> str:
     return "squeezed" if code == SQUEEZED_EXIT else "failed"
 
 
-def _last_line(path: Path) -> str:
-    lines = [ln for ln in path.read_text(errors="replace").splitlines() if ln.strip()]
+def end_reason(code: int, signalled: bool, log_path: str, since: int) -> str:
+    """Why a worker ended without finishing its unit: the last line it wrote in this start (its log
+    holds every start of the unit, and an earlier start's last words would read as this one's
+    reason), or, for one killed after the stop signal, that it was."""
+    if code == -signal.SIGKILL and signalled:
+        return (f"killed {KILL_GRACE_S} s after the stop signal, in a task it could not leave; it resumes "
+                "from its last checkpoint, if it wrote one")
+    with open(log_path, "rb") as f:
+        f.seek(since)
+        lines = [ln for ln in f.read().decode(errors="replace").splitlines() if ln.strip()]
     return lines[-1].strip() if lines else "(no output)"
 
 

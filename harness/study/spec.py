@@ -101,6 +101,7 @@ class Study:
     only: set[str] | None = None  # `restrict`: the models this invocation runs (None: all)
     only_sizes: set[str] | None = None  # `restrict_sizes`: the sizes this invocation runs (None: all)
     budgets: dict[str, dict] = field(default_factory=dict)  # size -> budget (tokens, epochs, ...), by `plan`
+    _reference_params: dict[str, int] = field(default_factory=dict, repr=False)  # by `reference_params`
 
     def restrict(self, names: list[str]) -> None:
         """Run only these models and references of the study (the rows of the others stay)."""
@@ -133,6 +134,14 @@ class Study:
             cfg.train.lr = lr
         cfg.validate()
         return cfg
+
+    def reference_params(self, size: str) -> int:
+        """The reference model's non-embedding parameters at a size, which set its budget (counted
+        once: the load checks their order, `plan` turns them into tokens)."""
+        if size not in self._reference_params:
+            from harness.model.build import non_embedding_params
+            self._reference_params[size] = non_embedding_params(self.reference_model, self.config(size, 0).model)
+        return self._reference_params[size]
 
 
 # A study file's values are checked by the helpers below, each naming the field (`sweep.lrs[1]`) and
@@ -307,8 +316,7 @@ def _check_sizes_ascend(study: Study) -> None:
     """The reference model's non-embedding parameters set every budget, so it must have some (a
     count-based one has none: every size would train one step); and the sizes must be listed smallest
     first by them, since the window sweeps, the gaps' change and --largest-first read the list's order."""
-    from harness.model.build import non_embedding_params
-    counts = {size: non_embedding_params(study.reference_model, study.config(size, 0).model) for size in study.sizes}
+    counts = {size: study.reference_params(size) for size in study.sizes}
     first = next(iter(study.sizes))
     if counts[first] == 0:
         raise ConfigError(f"reference_model `{study.reference_model}` has no non-embedding parameters (a count-based "
@@ -328,13 +336,12 @@ def plan(study: Study, log: Callable[[str], None] = print) -> dict[str, dict]:
     cached) to count that split. Refuses budgets above max_epochs."""
     from harness.data.streams import prepare_streams
     from harness.data.tokenizer import get_tokenizer
-    from harness.model.build import non_embedding_params
     budgets = {}
     for size in study.sizes:
         cfg = study.config(size, 0)
         train_stream, _ = prepare_streams(cfg.train.corpus, get_tokenizer(cfg.train.tokenizer))
         corpus_tokens = len(train_stream.tokens)
-        params = non_embedding_params(study.reference_model, cfg.model)
+        params = study.reference_params(size)
         steps = max(1, int(study.tokens_per_param * params) // cfg.train.batch_tokens)
         tokens = steps * cfg.train.batch_tokens
         epochs = tokens / corpus_tokens

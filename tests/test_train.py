@@ -18,6 +18,7 @@ from harness.training.checkpoint import (
     TRAINER_FILE,
     WEIGHTS_FILE,
     load_checkpoint,
+    read_meta,
     recover_checkpoint,
 )
 from harness.training.outcome import TrainingError
@@ -689,3 +690,19 @@ def test_a_quiet_resume_says_from_which_step(cut, tmp_path, capsys):
                  *[a for o in SHORT for a in ("--set", o)]]) == 0
     out = capsys.readouterr().out
     assert out.splitlines()[0] == "train swat: resumed from its checkpoint at step 4 of 8"
+
+
+def test_a_meta_json_whose_config_another_commit_wrote_is_not_called_damaged(tmp_path, monkeypatch):
+    """An option renamed or removed since a checkpoint was written makes its config unreadable here;
+    the error names the commit that wrote it instead of calling the checkpoint damaged."""
+    monkeypatch.setenv("HARNESS_COMMIT", "1111111")
+    config = load_config("tiny").to_dict()
+    config["model"]["an_option_since_removed"] = 1
+    (tmp_path / "meta.json").write_text(json.dumps({"model": "swat", "config": config, "commit": "0000000"}))
+    with pytest.raises(TrainingError, match=r"was written by commit 0000000, whose config this version does not "
+                                            r"read \(its config: .*an_option_since_removed.*\); evaluate it with "
+                                            r"that commit, or retrain it"):
+        read_meta(tmp_path)
+    monkeypatch.setenv("HARNESS_COMMIT", "0000000")  # this very commit wrote it: then it is damaged
+    with pytest.raises(TrainingError, match=r"meta.json is damaged \(its config: .*an_option_since_removed"):
+        read_meta(tmp_path)

@@ -95,8 +95,20 @@ def read_meta(ckpt: Path) -> dict:
         raise TrainingError(f"{path} is damaged ({err}); {DAMAGED_FIX}") from None
     problem = _meta_problem(meta)
     if problem:
-        raise TrainingError(f"{path} is damaged ({problem}); {DAMAGED_FIX}")
+        raise TrainingError(f"{path} {_unreadable(meta, problem)}")
     return meta
+
+
+def _unreadable(meta, problem: str) -> str:
+    """How a meta.json that does not read is named: damaged, or, when only its config fails and
+    another commit wrote it, written by a version whose config this one does not take (an option
+    renamed or removed since): deleting such a checkpoint is not the only way on."""
+    from harness.results.provenance import git_commit
+    commit = meta.get("commit") if isinstance(meta, dict) else None
+    if problem.startswith("its config") and isinstance(commit, str) and commit != git_commit():
+        return (f"was written by commit {commit}, whose config this version does not read ({problem}); "
+                f"evaluate it with that commit, or {DAMAGED_FIX}")
+    return f"is damaged ({problem}); {DAMAGED_FIX}"
 
 
 def _meta_problem(meta) -> str | None:

@@ -681,9 +681,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sizes", help="run only these of the study's sizes (comma-separated), e.g. on a machine that "
                    "goes away before the largest one's trainings could finish; the report covers all")
     p.add_argument("--report-only", action="store_true", help="only rewrite the tables and plots from the rows")
-    p.add_argument("--start-new-for", type=seconds, metavar="SECONDS", help="start trainings only in the first "
-                   "SECONDS; after that only runs with a checkpoint under RUNS (cut ones resume, trained ones score "
-                   "their tasks left), e.g. on a machine's last call (0: none; default: until --time-limit)")
+    p.add_argument("--start-new-for", type=seconds, metavar="SECONDS", help="for a machine's last call: start "
+                   "trainings only in the first SECONDS, and with --time-limit only those that the study's finished "
+                   "runs of their size say can finish in the time left; after that only runs with a checkpoint "
+                   "under RUNS (cut ones resume, trained ones score their tasks left) (0: none)")
     p.add_argument("--largest-first", action="store_true", help="start the largest size's runs first (the "
                    "longest trainings: on a machine that goes away, they start early enough to finish); by default "
                    "size by size from the smallest")

@@ -195,6 +195,25 @@ def test_start_new_for_zero_starts_no_training(finished, tmp_path):
     assert not (tmp_path / "runs" / "tiny-study" / "a" / "transformer" / "lr0.003-seed0" / "checkpoint").exists()
 
 
+@pytest.mark.parametrize("slow", [False, True])
+def test_a_last_call_starts_no_training_the_past_runs_say_cannot_finish(finished, tmp_path, capsys, slow):
+    """With --start-new-for and --time-limit, a fresh training starts only if the kept summaries of its
+    size's finished runs (tokens over tokens/s) and its tasks' past seconds fit the time left; a run
+    with a checkpoint always goes on."""
+    path = copy_losing_rows(finished, tmp_path, lambda r: r["preset"] == "a" and r.get("lr") == 3e-3)
+    shutil.rmtree(tmp_path / "runs" / "tiny-study" / "a" / "transformer" / "lr0.003-seed0" / "checkpoint")
+    if slow:  # as if the size's runs had trained at 1 token/s
+        for kept in (tmp_path / "results" / "tiny-study" / "train" / "a").glob("*_meta.json"):
+            kept.write_text(json.dumps({**json.loads(kept.read_text()), "tokens_per_s": 1.0}))
+    capsys.readouterr()
+    assert study_cli(tmp_path, "--start-new-for", "600", "--time-limit", "600") == 0
+    out = capsys.readouterr().out
+    back = {(r.model, r.extra["lr"]) for r in read_rows(path) if r.preset == "a" and r.task == "smoke"}
+    assert ("swat", 3e-3) in back  # its checkpoint was there
+    assert (("transformer", 3e-3) in back) is not slow
+    assert ("not starting a/transformer/lr0.003-seed0: the study's runs of its size took about" in out) is slow
+
+
 @pytest.mark.parametrize("flag, started_sizes", [((), "ab"), (("--largest-first",), "ba"), (("--sizes", "a"), "a"),
                                                  (("--sizes", "b", "--largest-first"), "b")])
 def test_largest_first_starts_the_largest_size(finished, tmp_path, capsys, flag, started_sizes):

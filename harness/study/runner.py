@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import statistics
 import subprocess
 import sys
 import time
@@ -223,7 +224,9 @@ def run_study(study: Study, results: Path, runs: Path, device: str, jobs: int = 
     becomes runnable once its model's sweep has chosen its learning rate), then write the report.
     `start_new_for`: seconds after which a unit starts only if its run has a checkpoint under
     `runs` (a cut training resumes, a trained one scores its tasks left): on a machine about to go
-    away, a training started too late to finish would be lost with it. `largest_first`: runs of
+    away, a training started too late to finish would be lost with it. Before then, with a
+    `time_limit`, a unit without a checkpoint starts only if the study's finished runs say it
+    can finish in the time left (`past_durations`). `largest_first`: runs of
     the largest size first (the longest trainings; by default a size's runs come before the next
     size's, so the small sizes' results come first), so that on such a machine they start early
     enough to finish, while the shorter ones fill the slots beside them.
@@ -243,6 +246,7 @@ def run_study(study: Study, results: Path, runs: Path, device: str, jobs: int = 
     # (run, its tasks left) started in this invocation: a sweep run is claimed again, for the final
     # stage's tasks, once its learning rate turns out to be the model's best
     claimed: set[tuple[str, tuple]] = set()
+    held_back: set[str] = set()  # units said not to start: too long for the time left
 
     def next_unit(running: tuple[str, ...] = ()) -> Unit | None:
         """The first unit with tasks left that this invocation has not started. A (model, size)
@@ -260,12 +264,25 @@ def run_study(study: Study, results: Path, runs: Path, device: str, jobs: int = 
             progress(len(defined) - len(left), len(defined), "")
         tuned = {(r.model, r.preset) for r in rows}
         busy = {tuple(key.split("/")[:2]) for key in running}
+        expected = past_durations(study, results, rows)
+
+        def may_start(u: Unit) -> bool:
+            """Always, but on a machine's last call (`start_new_for`): a run with a checkpoint here, or a
+            fresh one in the first seconds that the finished runs expect to end before the time limit."""
+            if new_until is None or (Path(runs) / study.name / u.key / CHECKPOINT_DIR / META_FILE).is_file():
+                return True
+            seconds = expected(u)
+            if deadline is None or seconds is None or time.time() + seconds <= deadline:
+                return time.time() < new_until
+            if u.key not in held_back:
+                held_back.add(u.key)
+                log(f"not starting {u.key}: the study's runs of its size took about {seconds:.0f}s, "
+                    f"{max(0, deadline - time.time()):.0f}s are left before the time limit")
+            return False
 
         def ready(u: Unit) -> bool:
             return u.key not in running and (u.key, tuple(pending_tasks(u, rows))) not in claimed and (
-                (u.model, u.size) in tuned or (u.size, u.model) not in busy) and (
-                new_until is None or time.time() < new_until
-                or (Path(runs) / study.name / u.key / CHECKPOINT_DIR / META_FILE).is_file())
+                (u.model, u.size) in tuned or (u.size, u.model) not in busy) and may_start(u)
         unit = next((u for u in left if ready(u)), None)
         if unit is not None:
             claimed.add((unit.key, tuple(pending_tasks(unit, rows))))
@@ -290,6 +307,41 @@ def run_study(study: Study, results: Path, runs: Path, device: str, jobs: int = 
     if main:
         write_report(study, Path(results))
     return counts
+
+
+def past_durations(study: Study, results: Path, rows: list[Row]) -> Callable[[Unit], float | None]:
+    """A fresh unit's expected wall time, from the study's finished runs of its size: training (each
+    kept summary's tokens over its tokens/s, measured beside as many runs as shared the GPU then)
+    plus each task it has left (its rows' eval_seconds), medians of this model's runs where it has
+    some at the size, else of every model's. None where nothing of the size has finished (a training
+    or a task): the unit then starts as if it fits, for want of evidence that it does not."""
+    kept: dict[str, list[tuple[str, float]]] = {}  # size -> (model, training seconds) of its kept summaries
+    scored = {(r.preset, r.model, r.task, r.extra.get("lr"), r.seed): r.extra["eval_seconds"]
+              for r in rows if isinstance(r.extra.get("eval_seconds"), (int, float))}  # one run's task -> seconds
+
+    def training(size: str) -> list[tuple[str, float]]:
+        if size not in kept:
+            kept[size] = []
+            for path in (rows_file(study, results).parent / "train" / size).glob("*_meta.json"):
+                try:
+                    meta = json.loads(path.read_text(encoding="utf-8"))
+                    kept[size].append((meta["model"], meta["tokens"] / meta["tokens_per_s"]))
+                except (ValueError, KeyError, TypeError, ZeroDivisionError):
+                    continue  # a count-based fit (no tokens/s) or a damaged copy: no evidence
+        return kept[size]
+
+    def median_of(own: list[float], every: list[float]) -> float | None:
+        return statistics.median(own or every) if own or every else None
+
+    def expected(unit: Unit) -> float | None:
+        done = training(unit.size)
+        parts = [median_of([t for m, t in done if m == unit.model], [t for _, t in done])]
+        for task in pending_tasks(unit, rows):
+            every = [(model, t) for (size, model, name, *_), t in scored.items() if size == unit.size and name == task]
+            parts.append(median_of([t for m, t in every if m == unit.model], [t for _, t in every]))
+        known = [p for p in parts if p is not None]
+        return sum(known) if known else None
+    return expected
 
 
 def check_before_running(study: Study, rows: list[Row], results: Path, runs: Path) -> None:

@@ -112,18 +112,14 @@ def run(model, tokenizer, ctx):
     lengths = eval_lengths(ctx.cfg.model.max_seq_len)
     device = torch.device(ctx.device)
     autocast = autocast_for(device, ctx.cfg.train.dtype)
-    longest = lengths[-1]
-    windows_at_longest = (len(stream) - 1) // longest
-    if ctx.limit is not None:
-        windows_at_longest = min(windows_at_longest, ctx.limit)
-    while windows_at_longest == 0 and len(lengths) > 1:  # a stream shorter than the longest length
+    while (len(stream) - 1) // lengths[-1] == 0 and len(lengths) > 1:  # a stream shorter than the longest length
         lengths.pop()
-        longest = lengths[-1]
-        windows_at_longest = (len(stream) - 1) // longest
-    if windows_at_longest == 0:
+    longest = lengths[-1]
+    available = (len(stream) - 1) // longest  # windows at the longest length: what --limit counts
+    if available == 0:
         raise DataError(f"the {dataset} test stream ({len(stream)} tokens) is shorter than one window of "
                         f"{longest} tokens")
-    total = windows_at_longest * longest
+    total, limit = ctx.take(available) * longest, ctx.limit_if_cut(available)
     tokens = torch.from_numpy(stream[:total + 1])
     rows = []
     for length in track(lengths, description=f"length {ctx.model_name}", transient=True):
@@ -140,5 +136,5 @@ def run(model, tokenizer, ctx):
                   f"the sweep stops at {length // 2}", file=sys.stderr)
             break
         rows += loss_rows(ctx, torch.cat(parts), length, lengths, dataset=dataset,
-                          train_length=ctx.cfg.model.max_seq_len, windows=len(starts), limit=ctx.limit)
+                          train_length=ctx.cfg.model.max_seq_len, windows=len(starts), limit=limit)
     return rows

@@ -17,7 +17,7 @@ to 4x the training length (at least 256); key-value counts 4..64 where they fit 
 
 Both generators depend only on (seed, cell), so every model sees the same prompts, and a model that
 copies perfectly from its context scores 1.0 (tests/test_eval.py checks this with an oracle).
-`--limit N` caps the samples per cell.
+`--limit N` caps the samples per cell (rows record it where it is below the probe's count).
 """
 
 from __future__ import annotations
@@ -124,11 +124,6 @@ def binomial_stderr(p: float, n: int) -> float | None:
     return math.sqrt(p * (1 - p) / (n - 1)) if n > 1 else None
 
 
-def sample_count(ctx, default: int) -> int:
-    """Samples per cell: the probe's default, fewer under --limit."""
-    return default if ctx.limit is None else min(default, ctx.limit)
-
-
 def sweep(ctx, task: str, lengths: list[int]):
     """A probe's lengths under a transient progress bar."""
     return track(lengths, description=f"{task} {ctx.model_name}", transient=True)
@@ -137,7 +132,7 @@ def sweep(ctx, task: str, lengths: list[int]):
 @register_task("passkey", group=("retrieval", "all"),
                description="passkey retrieval, 1K..32K tokens (<= 32x training length), depths 0..100%")
 def run_passkey(model, tokenizer, ctx):
-    autocast, samples, rows = _autocast(ctx), sample_count(ctx, PASSKEY_SAMPLES), []
+    autocast, samples, rows = _autocast(ctx), ctx.take(PASSKEY_SAMPLES), []
     for length in sweep(ctx, "passkey", doubling(1024, min(32768, 32 * ctx.cfg.model.max_seq_len))):
         try:
             cells = []
@@ -151,7 +146,8 @@ def run_passkey(model, tokenizer, ctx):
                   f"longer prompts are skipped", file=sys.stderr)
             break
         rows += [ctx.row("passkey", "acc", acc, stderr=binomial_stderr(acc, samples), n=samples,
-                         context=length, depth=depth, probe_seed=SEED, limit=ctx.limit) for depth, acc in cells]
+                         context=length, depth=depth, probe_seed=SEED, limit=ctx.limit_if_cut(PASSKEY_SAMPLES))
+                 for depth, acc in cells]
     return rows
 
 
@@ -202,12 +198,12 @@ def mqar_hits(model, tokenizer, context: int, num_kv: int, samples: int, device,
 @register_task("mqar", group=("retrieval", "all"),
                description="multi-query associative recall (Zoology) at several key-value counts")
 def run_mqar(model, tokenizer, ctx):
-    autocast, samples, rows = _autocast(ctx), sample_count(ctx, MQAR_SAMPLES), []
+    autocast, samples, rows = _autocast(ctx), ctx.take(MQAR_SAMPLES), []
     for context in sweep(ctx, "mqar", doubling(256, max(256, 4 * ctx.cfg.model.max_seq_len))):
         for num_kv in (k for k in MQAR_KV if 4 * k <= context):
             hits = mqar_hits(model, tokenizer, context, num_kv, samples, ctx.device, autocast)
             acc = float(hits.mean())
             rows.append(ctx.row("mqar", "acc", acc, stderr=binomial_stderr(acc, hits.size), n=int(hits.size),
                                 context=context, num_kv=num_kv, samples=samples, probe_seed=SEED,
-                                limit=ctx.limit))
+                                limit=ctx.limit_if_cut(MQAR_SAMPLES)))
     return rows

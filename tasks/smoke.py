@@ -6,7 +6,7 @@ import torch
 
 from harness.data.streams import prepare_streams
 from harness.registry import register_task
-from harness.training.heldout import heldout_score, perplexity
+from harness.training.heldout import heldout_score, perplexity, scored_sequences
 from harness.training.recipe import autocast_for
 
 
@@ -14,14 +14,15 @@ from harness.training.recipe import autocast_for
 def run(model, tokenizer, ctx):
     tcfg = ctx.cfg.train
     _, held = prepare_streams(tcfg.corpus, tokenizer)
-    max_tokens = tcfg.eval_tokens if ctx.limit is None else min(ctx.limit * tcfg.seq_len, tcfg.eval_tokens)
+    full = scored_sequences(held, tcfg.seq_len, tcfg.eval_tokens)  # what a complete evaluation scores
     device = torch.device(ctx.device)
-    score = heldout_score(model, held, tcfg.seq_len, max_tokens, tcfg.micro_batch, device,
+    score = heldout_score(model, held, tcfg.seq_len, ctx.take(full) * tcfg.seq_len, tcfg.micro_batch, device,
                           autocast_for(device, tcfg.dtype))
-    rows = [ctx.row("smoke", "loss", score.loss, n=score.tokens, split="heldout", corpus=tcfg.corpus),
-            ctx.row("smoke", "ppl", perplexity(score.loss), n=score.tokens, split="heldout", corpus=tcfg.corpus)]
+    where = {"split": "heldout", "corpus": tcfg.corpus, "limit": ctx.limit_if_cut(full)}
+    rows = [ctx.row("smoke", "loss", score.loss, n=score.tokens, **where),
+            ctx.row("smoke", "ppl", perplexity(score.loss), n=score.tokens, **where)]
     if len(score.by_source) > 1:
-        rows += [ctx.row("smoke", "loss", loss, n=n, split="heldout", corpus=tcfg.corpus, corpus_source=source)
+        rows += [ctx.row("smoke", "loss", loss, n=n, **where, corpus_source=source)
                  for source, (loss, n) in sorted(score.by_source.items())]
     return rows
 

@@ -27,5 +27,5 @@ def run(model, tokenizer, ctx):
         print(f"warning: {CPU_WARNING}", file=sys.stderr)  # one line, as `harness bench models` says it
     plan = default_plan(device)
     points = sweep_model(ctx.model_name, ctx.cfg, SWEEPS, plan.lengths, device, plan.train_tokens, plan.decode_batches)
-    return points_to_rows(points, lambda model, task, metric, value, **extra:
-                          ctx.row(task, metric, value, **extra))
+    return points_to_rows(points, lambda model, task, metric, value, **extra:  # --limit cuts no sweep: complete
+                          ctx.row(task, metric, value, limit=None, **extra))

@@ -701,3 +701,65 @@ def test_a_forced_retraining_says_which_rows_it_drops_and_a_limit_never_scores_m
     assert main(["eval", "--checkpoint", str(tmp_path / "runs" / "base" / "swat" / "checkpoint"), "--tasks", "smoke",
                  "--limit", "5", "--device", "cpu", "--results", str(limited)]) == 0
     assert {r["n"] for r in rows_of(limited / "eval" / "rows.jsonl")} == {256}  # 5 x 128 tokens, capped at eval_tokens
+
+
+# ---------------------------------------------------------------- --limit: recorded only where it cut
+
+def test_rows_carry_a_limit_only_where_it_cut_the_task(tiny):
+    """A task says on its rows whether --limit cut it (`ctx.limit_if_cut`); stamp_rows keeps what it
+    says, drops a None, and stamps the limit on a row that says nothing (a plugin's task), so that a
+    task that may have been cut never passes for a complete one."""
+    from harness.evaluation.loop import stamp_rows
+    cfg, _ = tiny
+    for limit, expected in ((3, ["none", 3, 3]), (None, ["none", "none", "none"])):
+        ctx = small_ctx(cfg, limit=limit)
+        rows = [ctx.row("smoke", "loss", 1.0, limit=ctx.limit_if_cut(available)) for available in (2, 5)]
+        rows.append(ctx.row("smoke", "loss", 1.0))  # says nothing
+        stamp_rows(rows, ctx, get_task("smoke"), 0.0)
+        assert [r.extra.get("limit", "none") for r in rows] == expected
+    ctx = small_ctx(cfg, limit=3)
+    assert [(ctx.take(n), ctx.limit_if_cut(n)) for n in (2, 3, 5)] == [(2, None), (3, None), (3, 3)]
+
+
+class Uniform(torch.nn.Module):
+    """Equal logits for every byte: a model that costs nothing to run."""
+
+    def forward(self, ids):
+        return torch.zeros(*ids.shape, 257)
+
+
+@pytest.mark.parametrize("name", ["smoke", "length", "passkey", "mqar", "piqa"])
+def test_each_task_records_the_limit_only_where_it_scored_fewer_examples_than_it_has(tiny, name):
+    """--limit 100000 on tasks far smaller than that (held-out sequences, windows, samples per cell,
+    lm-eval's documents) stamped `limit: 100000` into every row: tables marked them § and a complete
+    run redid them. Each task now records the limit only where it cut (length: at training length 8
+    the fixture's test stream holds 3 windows of the longest length, 128)."""
+    cfg, _ = tiny
+    for limit, recorded in ((100_000, None), (1, 1)):
+        ctx = small_ctx(cfg, train_length=8 if name == "length" else 32, limit=limit)
+        rows = get_task(name).run(Uniform(), ByteTokenizer(), ctx)
+        assert rows and {r.extra.get("limit") for r in rows} == {recorded}
+
+
+def test_a_limit_that_covers_the_task_leaves_complete_rows_that_any_run_reuses(tiny, tmp_path, capsys):
+    """`harness eval --limit 100000` on tasks that have fewer examples writes complete rows, which a
+    run without --limit reuses; a limit that cut them is recorded, and such rows are redone for a
+    run that would not cut."""
+    from harness.cli import main
+    cfg, model = tiny
+    cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, eval_tokens=256))  # 2 held-out sequences
+    write_checkpoint(tmp_path / "runs" / "r" / "swat" / "checkpoint", model, cfg, params=1, tokens=1)
+    argv = ["eval", "--run", "r", "--runs", str(tmp_path / "runs"), "--results", str(tmp_path / "results"),
+            "--tasks", "smoke,piqa", "--device", "cpu", "--bootstrap-iters", "20"]
+
+    def evaluate(*extra):
+        assert main(argv + list(extra)) == 0
+        return capsys.readouterr().out, rows_of(tmp_path / "results" / "r" / "rows.jsonl")
+    _, rows = evaluate("--limit", "100000")
+    assert {r["task"] for r in rows} == {"smoke", "piqa"} and not any("limit" in r for r in rows)
+    out, again = evaluate()
+    assert "all tasks done already" in out and again == rows
+    _, cut = evaluate("--limit", "1", "--force")
+    assert {(r["task"], r["limit"]) for r in cut} == {("smoke", 1), ("piqa", 1)}
+    out, _ = evaluate("--limit", "100000")
+    assert "redoing smoke, piqa" in out

@@ -243,13 +243,17 @@ def document_bootstrap_stderr(samples: list[dict], metric: str, iters: int, seed
 
 
 def result_rows(results: dict, ctx, limit: int | None, bootstrap_iters: int = DEFAULT_BOOTSTRAP_ITERS) -> list:
-    """Rows in the common schema, one per (task, metric): value, stderr, n, task_version, limit."""
+    """Rows in the common schema, one per (task, metric): value, stderr, n, task_version, and the
+    `limit` lm-eval ran under where it cut the task: its sample counts say so (`n-samples`: fewer
+    `effective` than `original` documents); a limit that covered them all leaves complete rows."""
     rows = []
     tasks = lm_eval_tasks()
     for name, metrics in results["results"].items():
         if name not in tasks:
             continue
-        n = results.get("n-samples", {}).get(name, {}).get("effective")
+        counts = results.get("n-samples", {}).get(name, {})
+        n = counts.get("effective")
+        cut = limit if n is None or n != counts.get("original") else None
         version = results.get("versions", {}).get(name)
         for key, value in metrics.items():
             metric, comma, filt = key.partition(",")  # lm-eval's metric keys are "metric,filter"
@@ -260,7 +264,7 @@ def result_rows(results: dict, ctx, limit: int | None, bootstrap_iters: int = DE
             if stderr is None:
                 stderr = document_bootstrap_stderr(results.get("samples", {}).get(name, []), metric,
                                                    bootstrap_iters)
-            rows.append(ctx.row(name, metric, value, stderr=stderr, n=n, task_version=version, limit=limit,
+            rows.append(ctx.row(name, metric, value, stderr=stderr, n=n, task_version=version, limit=cut,
                                 paper_metric=metric in tasks[name].paper_metrics))
     return rows
 

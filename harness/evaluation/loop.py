@@ -11,9 +11,10 @@ reuses its finished checkpoint when it was trained with the same config; `harnes
 checkpoint or Hugging Face folders. Everything a run would refuse (unknown models, a corpus or
 dataset that is missing, a model that cannot train here) is checked before anything is written.
 Finished work is reused: a (model, task) pair whose rows were scored on the same weights (the rows
-record the source's `weights_id`) under the same --limit (or none) is not rerun unless `force`, and
-lm-eval's request cache per checkpoint version resumes an interrupted task. A `force` that retrains
-a model drops its rows first, so that an interrupted retraining is redone, not reported as done.
+record the source's `weights_id`) completely, or cut by the same --limit (rows record a limit only
+where it cut the task), is not rerun unless `force`, and lm-eval's request cache per checkpoint
+version resumes an interrupted task. A `force` that retrains a model drops its rows first, so that
+an interrupted retraining is redone, not reported as done.
 Rows are written atomically after each task, so an interruption loses at most the task in flight.
 
 Under torchrun every rank takes part: training with DDP, lm-eval's tasks split over the ranks,
@@ -79,6 +80,17 @@ class TaskContext:
                    value=None if value is None else float(value), stderr=stderr, n=n, params=self.params,
                    tokens_trained=self.tokens_trained, seed=self.cfg.train.seed, checkpoint=self.checkpoint,
                    extra={**self.row_extra, **extra}, **self.provenance)
+
+    def take(self, available: int) -> int:
+        """How many of a task's `available` examples (documents, windows, samples per cell) it scores:
+        the first --limit of them, or all."""
+        return available if self.limit is None else min(available, self.limit)
+
+    def limit_if_cut(self, available: int) -> int | None:
+        """The `limit` a task records on its rows: the --limit where it scored fewer than its
+        `available` examples, else None. A limit that covers the whole task leaves complete rows, which
+        tables do not mark (§) and which a later run, limited or not, reuses."""
+        return self.limit if self.take(available) < available else None
 
     def owns(self, row: Row, task: TaskSpec | str) -> bool:
         """Whether a stored row is this context's result of `task` (and so replaced by a rerun)."""
@@ -199,8 +211,8 @@ def pending_tasks(source: ModelSource, tasks: list[TaskSpec], rows: list[Row], l
 def scored_alike(row: Row, source: ModelSource, weights: str | None, limit: int | None) -> bool:
     """Whether a stored row is the source's result on `weights` under `limit` (and, where the source
     names one, its held-out corpus). Rows written before rows named their weights count for the same
-    checkpoint path. Full rows count for any limit: they answer a quick look better than a limited
-    rerun, which would replace them."""
+    checkpoint path. Full rows (no `limit`: also those of a limit that covered the whole task) count
+    for any limit: they answer a quick look better than a limited rerun, which would replace them."""
     if row.model != source.name or weights is None or row.extra.get("limit") not in (None, limit):
         return False
     if source.corpus is not None and row.extra.get("corpus", source.corpus) != source.corpus:
@@ -303,14 +315,18 @@ def run_tasks(model, tokenizer, ctx: TaskContext, tasks: list[TaskSpec], existin
 
 def stamp_rows(rows: list[Row], ctx: TaskContext, task: TaskSpec, seconds: float) -> None:
     """What every row records beside the task's own keys: its wall time, the processes that computed
-    it, the --limit it ran under (whether the task honours one or not: a limited run says so) and the
-    weights it was scored on (so that a rerun tells its own rows from another checkpoint's)."""
+    it, the --limit where that cut the task, and the weights it was scored on (so that a rerun tells
+    its own rows from another checkpoint's). A task says whether the limit cut it
+    (`limit=ctx.limit_if_cut(...)`; None: it scored everything, and the row carries no limit); a row
+    that does not say (a plugin's task written without --limit in mind) is taken to be cut, so that
+    it never passes for a complete evaluation."""
     for row in rows:
         row.extra["eval_seconds"] = round(seconds, 2)
         if ctx.dist is not None and task.data_parallel:  # computed by every rank of the job
             row.extra["world_size"] = ctx.dist.world_size
-        if ctx.limit is not None:
-            row.extra.setdefault("limit", ctx.limit)
+        limit = row.extra.pop("limit", ctx.limit)
+        if limit is not None:
+            row.extra["limit"] = limit
         if ctx.weights_id is not None:
             row.extra[WEIGHTS_KEY] = ctx.weights_id
 

@@ -171,8 +171,10 @@ _IDENTITY_FIELDS = tuple(k for k in ROW_FIELDS if k not in _NOT_IDENTITY)
 
 def measured_extras(row: Row) -> dict:
     """The row's extra keys that say what it measured (context length, depth, lr, ...), not how or
-    when (versions, wall time, the source of a published number)."""
-    return {k: v for k, v in row.extra.items() if k not in _DESCRIPTIVE_EXTRAS}
+    when (versions, wall time, the source of a published number). A key set to None says what its
+    absence says (`limit: null`, written by rows of every complete run until rows recorded a limit
+    only where it cut the task), so it is left out."""
+    return {k: v for k, v in row.extra.items() if k not in _DESCRIPTIVE_EXTRAS and v is not None}
 
 
 def measures_device(row: Row) -> bool:

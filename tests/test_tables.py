@@ -883,3 +883,9 @@ def test_a_file_that_is_not_rows_is_refused_in_one_line(tmp_path, capsys):
     (tmp_path / "speed" / "junk" / "s" / "rows.jsonl").write_text("not rows\n")
     with pytest.raises(ResultsError, match="try --run speed/gpu/s"):  # the hint passes over what is not rows
         build("speed", [], results_dir=tmp_path)
+
+
+def test_a_rows_line_that_is_not_an_object_is_named_by_its_json():
+    from harness.results.store import row_problem
+    assert row_problem(None) == "JSON null, not an object"
+    assert row_problem([1, "a"]) == 'JSON [1, "a"], not an object'

@@ -132,7 +132,7 @@ def _holds(kind: str, value) -> bool:
 def row_problem(data) -> str | None:
     """What keeps `data` (a parsed JSON line or CSV row) from being a Row, in words, or None."""
     if not isinstance(data, dict):
-        return f"a JSON {type(data).__name__}, not an object"
+        return f"JSON {json.dumps(data)[:40]}, not an object"
     missing = [k for k in _REQUIRED if k not in data]
     if missing:
         return f"no {', '.join(missing)} field"

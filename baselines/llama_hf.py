@@ -2,8 +2,10 @@
 implementation a user would otherwise pick, measured beside the harness's models by `harness bench
 models` (the speed peer of issue 24), and trainable and scored like any model. Same architecture as
 `transformer` (RoPE, RMSNorm, SwiGLU, tied head, no biases) and the same parameter count; its own
-initialisation (normal, std model.init_std), attention through torch SDPA."""
+initialisation (normal, std model.init_std), attention through torch SDPA. Always with RoPE:
+LlamaForCausalLM has no switch to leave it out, so model.rope=false is refused, not ignored."""
 
+from harness.config import ConfigError
 from harness.hf.causal_lm import HFCausalLM
 from harness.registry import MissingExtraError, register_model
 
@@ -23,6 +25,9 @@ def llama_config(transformers, **fields):
 @register_model("llama_hf", family="attention", requires=("transformers",), extra="hf",
                 description="Hugging Face LlamaForCausalLM (SDPA) at the Transformer++ shape")
 def build(cfg):
+    if not cfg.rope:
+        raise ConfigError("llama_hf always applies RoPE (transformers' LlamaForCausalLM cannot leave it out); set "
+                          "model.rope=true, or train --model transformer, which runs without it")
     try:
         import transformers
     except ImportError:

@@ -24,7 +24,14 @@ class ConfigError(ValueError):
     """A configuration value or key is invalid; the message names the key and the fix."""
 
 
-MAX_DIM = 2 ** 63  # torch's sizes are int64: a width computed here stays below it
+# torch's sizes and counts are int64: every integer of a config, and a width computed here, stays below it
+MAX_DIM = 2 ** 63
+# a float is exact for every whole number below 2^53, not from there on (1e29 reads as 99999999999999991433150857216):
+# an integer field takes a float (1e6) only below it
+EXACT_FLOAT = 2 ** 53
+# layers are built one by one, some milliseconds each: 10,000 (ten times the deepest Transformer trained, DeepNet's
+# 1,000) build in a minute, while a count near 2^63, which the sizes allow, would build for ever
+MAX_LAYERS = 10_000
 
 
 def folder_name(value, field: str) -> str:
@@ -87,6 +94,9 @@ class ModelConfig:
         for key in positive:
             if getattr(self, key) <= 0:
                 raise ConfigError(f"model.{key} must be positive, got {getattr(self, key)}")
+        if self.num_layers > MAX_LAYERS:
+            raise ConfigError(f"model.num_layers must be at most {MAX_LAYERS:,} (each layer is built on its own), "
+                              f"got {self.num_layers}")
         for key in ["mlp_hidden", "d_inner", "num_kv_heads"]:
             value = getattr(self, key)
             if value is not None and value <= 0:
@@ -117,6 +127,7 @@ class ModelConfig:
             if getattr(self, key) <= 0:
                 raise ConfigError(f"model.{key} must be positive, got {getattr(self, key)}")
         self.check_inner_size()
+        check_int64("model", self)  # after the inner size, whose message names both factors of a product too large
 
     def check_inner_size(self) -> None:
         """expand x hidden_size, when d_inner is unset, is a whole width a tensor can have: the product is
@@ -208,6 +219,7 @@ class TrainConfig:
         for key in ["corpus", "tokenizer"]:
             if not getattr(self, key).strip():
                 raise ConfigError(f"train.{key} is empty; name one (see the README's Data section)")
+        check_int64("train", self)
 
 
 @dataclass
@@ -264,6 +276,16 @@ def check_types(section: str, obj) -> None:
                 raise ConfigError(f"{name} must be a finite number, got {value!r}")
         elif isinstance(default, tuple) and not _numbers(value):
             raise ConfigError(f"{name} must be a list of numbers, got {value!r}")
+
+
+def check_int64(section: str, obj) -> None:
+    """Every integer of a config section is below 2^63 (MAX_DIM): torch, numpy and the checkpoint's
+    tensors hold them as int64, and a larger one fails there in a traceback (or, as a token budget,
+    trains for ever). The sections check their lower bounds themselves."""
+    for f in fields(obj):
+        value = getattr(obj, f.name)
+        if isinstance(value, int) and not isinstance(value, bool) and value >= MAX_DIM:
+            raise ConfigError(f"{section}.{f.name} must be below 2^63 (torch's integers are int64), got {value}")
 
 
 def _numbers(values) -> bool:
@@ -354,8 +376,12 @@ def _coerce(section: str, key: str, current: Any, value: Any) -> Any:
                 pass
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{name} must be a number, got {value!r}")
-        if isinstance(current, int) and isinstance(value, float) and not value.is_integer():
-            raise ConfigError(f"{name} must be an integer, got {value!r}")
+        if isinstance(current, int) and isinstance(value, float):
+            if not value.is_integer():
+                raise ConfigError(f"{name} must be an integer, got {value!r}")
+            if abs(value) >= EXACT_FLOAT:
+                raise ConfigError(f"{name} must be a whole number below 2^63 written in digits, got {value!r} (a "
+                                  f"float is not exact from 2^53 on)")
         try:
             return type(current)(value)
         except OverflowError:  # an integer too large for a float
@@ -412,8 +438,13 @@ class StrictLoader(yaml.SafeLoader):
 
 
 def load_yaml(text: str):
-    """yaml.safe_load with duplicate keys refused (StrictLoader)."""
-    return yaml.load(text, Loader=StrictLoader)
+    """yaml.safe_load with duplicate keys refused (StrictLoader). A value PyYAML reads but cannot build
+    raises ValueError (a date that is none, 2024-13-01; an integer of more digits than Python converts):
+    it becomes the YAMLError that its callers turn into one line."""
+    try:
+        return yaml.load(text, Loader=StrictLoader)
+    except ValueError as err:
+        raise yaml.constructor.ConstructorError(problem=first_line(err)) from None
 
 
 def first_line(err: BaseException) -> str:

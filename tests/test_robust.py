@@ -688,3 +688,110 @@ def test_out_of_memory_beside_other_processes_says_to_run_again(monkeypatch):
     assert str(squeezed) == ("training ran out of memory on cuda:0 while other processes held 40.2 GiB of it; "
                              "run it again when they finish (or lower train.micro_batch)")
     assert squeezed.squeezed
+
+
+# ---------------------------------------------------------------- a counted model's trainer state
+
+@pytest.fixture(scope="module")
+def counted_run(tmp_path_factory):
+    """A bigram fitted on two steps (2,048 tokens): a checkpoint that a larger train.tokens resumes."""
+    out = tmp_path_factory.mktemp("counted") / "bigram"
+    assert cli.main(["train", "--model", "bigram", "--device", "cpu", "--quiet", "--out", str(out),
+                     "--set", "train.tokens=2048", "--set", "train.eval_tokens=128"]) == 0
+    return out
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda t: {}, "it has no step"),
+    (lambda t: [1, 2], "it holds list, not the trainer state"),
+    (lambda t: {k: v for k, v in t.items() if k != "position"}, "it has no position"),
+    (lambda t: {**t, "step": -1}, "its step is -1, not a whole number"),
+    (lambda t: {**t, "step": 1.5}, "its step is 1.5, not a whole number"),
+    (lambda t: {**t, "step": 500}, "its step 500 is not the step 2 of meta.json"),
+    (lambda t: {**t, "position": 7}, "its position 7 is not step 2 times 8 sequences"),
+], ids=["empty", "not-a-dict", "no-position", "negative-step", "float-step", "step-beyond", "wrong-position"])
+def test_resuming_a_counted_model_from_a_damaged_trainer_state_is_one_error(counted_run, tmp_path, capsys, damage,
+                                                                            message):
+    """A trainer.pt that loads but holds no valid step and position (its checksum recorded with it, as a
+    buggy writer would leave it): a KeyError or TypeError traceback, or a fit counted on from a wrong
+    place; now one line, as for a neural model's, and the checkpoint left as it was."""
+    import hashlib
+
+    import torch
+    run = tmp_path / "bigram"
+    shutil.copytree(counted_run, run)
+    ckpt = run / "checkpoint"
+    torch.save(damage(torch.load(ckpt / "trainer.pt", weights_only=True)), ckpt / "trainer.pt")
+    meta = json.loads((ckpt / "meta.json").read_text())
+    meta["sha256"]["trainer.pt"] = hashlib.sha256((ckpt / "trainer.pt").read_bytes()).hexdigest()
+    (ckpt / "meta.json").write_text(json.dumps(meta))
+    weights = (ckpt / "model.safetensors").read_bytes()
+    code = cli.main(["train", "--model", "bigram", "--device", "cpu", "--quiet", "--out", str(run),
+                     "--set", "train.tokens=4096", "--set", "train.eval_tokens=128"])
+    one_error_line(capsys.readouterr().err, f"{ckpt / 'trainer.pt'} is damaged ({message})", "--no-resume")
+    assert code == 2 and (ckpt / "model.safetensors").read_bytes() == weights
+
+
+# ---------------------------------------------------------------- integers beyond what torch holds
+
+@pytest.mark.parametrize("override, message", [
+    ("train.tokens=1e29", "train.tokens must be a whole number below 2^63 written in digits, got 1e+29"),
+    ("train.tokens=9007199254740993.0", "train.tokens must be a whole number below 2^63 written in digits"),
+    ("train.tokens=-1e29", "train.tokens must be a whole number below 2^63 written in digits"),
+    ("train.tokens=1" + "0" * 29, "train.tokens must be below 2^63 (torch's integers are int64)"),
+    ("train.eval_tokens=9223372036854775808", "train.eval_tokens must be below 2^63"),
+    ("train.warmup_tokens=9223372036854775808", "train.warmup_tokens must be below 2^63"),
+    ("model.d_inner=9223372036854775808", "model.d_inner must be below 2^63"),
+    ("model.state_size=1e19", "model.state_size must be a whole number below 2^63 written in digits"),
+    ("model.num_layers=1152921504606846976", "model.num_layers must be at most 10,000"),
+    ("model.num_layers=10001", "model.num_layers must be at most 10,000"),
+    ("train.tokens=2020-13-45", "train.tokens: cannot parse '2020-13-45' (month must be in 1..12)"),
+    ("train.tokens=" + "9" * 5000, "train.tokens: cannot parse"),
+])
+def test_integers_out_of_range_are_one_error_naming_the_limit(override, message):
+    """A float for an integer is taken only where it is exact (1e29 became 99999999999999991433150857216
+    and trained for ever), an integer only below 2^63 (a torch traceback, or a build of 2^60 layers that
+    never ended); a value PyYAML cannot build was a ValueError traceback."""
+    with pytest.raises(ConfigError) as err:
+        load_config("tiny", None, [override])
+    assert str(err.value).startswith(message) and "\n" not in str(err.value), str(err.value)
+
+
+def test_integers_in_range_stay_exact():
+    assert load_config("tiny", None, ["train.tokens=1e6"]).train.tokens == 10 ** 6
+    assert load_config("tiny", None, ["train.tokens=9007199254740993"]).train.tokens == 2 ** 53 + 1
+    assert load_config("tiny", None, ["train.tokens=9223372036854775807"]).train.tokens == 2 ** 63 - 1
+    assert load_config("tiny", None, ["model.num_layers=10000"]).model.num_layers == 10_000
+
+
+@pytest.mark.parametrize("model, override, message", [
+    ("swat", f"model.hidden_size={2 ** 58}", ("model swat cannot be built at this config: Storage size calculation "
+                                              f"overflowed with sizes=[257, {2 ** 58}] (a tensor's bytes must stay "
+                                              "below 2^63); change the model.* sizes")),
+    ("swat", f"model.vocab_size={2 ** 60}", "(a tensor's bytes must stay below 2^63)"),
+    ("mamba", f"model.d_inner={2 ** 58}", "model mamba cannot be built at this config"),
+])
+def test_sizes_whose_tensors_torch_cannot_hold_are_one_line(tmp_path, capsys, model, override, message):
+    """Sizes below 2^63 whose product in bytes is not (257 x 2^58 floats) stopped in torch's traceback."""
+    code = cli.main(["train", "--model", model, "--device", "cpu", "--out", str(tmp_path / "run"), "--set", override])
+    one_error_line(capsys.readouterr().err, message)
+    assert code == 2 and not (tmp_path / "run").exists()
+
+
+def test_a_bigram_vocabulary_beyond_its_int64_pair_keys_is_refused():
+    from harness.model.build import build_model
+    cfg = load_config("tiny").model
+    cfg.vocab_size = 3_037_000_500  # (V - 1) * V + (V - 1) is past 2^63
+    with pytest.raises(ConfigError, match="^model bigram cannot be built at this config: the bigram keys a pair as "
+                                          "u \\* V \\+ w in int64, so model.vocab_size must be at most 3,037,000,499"):
+        build_model("bigram", cfg, "meta")
+
+
+# ---------------------------------------------------------------- a switch a model cannot honour
+
+def test_llama_hf_refuses_rope_off_rather_than_ignoring_it(tmp_path, capsys):
+    """LlamaForCausalLM always rotates q and k: model.rope=false trained it with RoPE, silently."""
+    code = cli.main(["train", "--model", "llama_hf", "--device", "cpu", "--out", str(tmp_path / "run"), *ONE_STEP,
+                     "--set", "model.rope=false"])
+    one_error_line(capsys.readouterr().err, "llama_hf always applies RoPE", "model.rope=true", "--model transformer")
+    assert code == 2 and not (tmp_path / "run").exists()

@@ -34,6 +34,8 @@ CONTRACT_SHAPE = (2, 16)  # the contract check's batch [B, T] (T at most model.m
 STEP_TOLERANCE = 2e-2
 # what a layer raises when it refuses its arguments as it is built (fla's asserts, a size torch cannot hold)
 CONSTRUCTOR_ERRORS = (AssertionError, ValueError, TypeError, OverflowError)
+# torch's RuntimeError for a tensor whose sizes each fit int64 but whose bytes do not (257 x 2^58 floats)
+TOO_MANY_BYTES = "Storage size calculation overflowed"
 
 
 def plugin_call(spec: ModelSpec, what: str, call: Callable):
@@ -56,18 +58,25 @@ def plugin_call(spec: ModelSpec, what: str, call: Callable):
 
 def _builtin_call(spec: ModelSpec, call: Callable):
     """call(), building one of the harness's own models. Its layers check their arguments as they are
-    built (fla's asserts on head counts, torch's on sizes); at a config the user chose, such a refusal
-    is a config error: one line naming the model and the problem (the layer's exception is its cause).
-    Any other exception is a bug, and keeps its traceback."""
+    built (fla's asserts on head counts, torch's on sizes and on a tensor's bytes); at a config the user
+    chose, such a refusal is a config error: one line naming the model and the problem (the layer's
+    exception is its cause). Any other exception is a bug, and keeps its traceback."""
     try:
         return call()
     except (RegistryError, ConfigError):
         raise
     except CONSTRUCTOR_ERRORS as err:
-        problem = (first_line(err) or type(err).__name__).rstrip(".")
-        options = f" or its options under model.extra.{spec.name}" if hasattr(spec.build, "extra_options") else ""
-        raise ConfigError(f"model {spec.name} cannot be built at this config: {problem}; change the model.* "
-                          f"sizes{options}") from err
+        raise _refused(spec, first_line(err) or type(err).__name__) from err
+    except RuntimeError as err:
+        if not first_line(err).startswith(TOO_MANY_BYTES):
+            raise  # out of memory (the command says so), or a bug
+        raise _refused(spec, f"{first_line(err)} (a tensor's bytes must stay below 2^63)") from err
+
+
+def _refused(spec: ModelSpec, problem: str) -> ConfigError:
+    options = f" or its options under model.extra.{spec.name}" if hasattr(spec.build, "extra_options") else ""
+    return ConfigError(f"model {spec.name} cannot be built at this config: {problem.rstrip('.')}; change the model.* "
+                       f"sizes{options}")
 
 
 def built(spec: ModelSpec, cfg: ModelConfig) -> torch.nn.Module:

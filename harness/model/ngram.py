@@ -28,6 +28,8 @@ counts (`finish`) and never saved.
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn as nn
 
@@ -36,6 +38,8 @@ from harness.model.backbone import DecoderLM
 # D when no pair occurs exactly once (a toy corpus): the formula then gives 0, which would leave
 # unseen pairs no probability; 1/2 is the middle of the range (0, 1] the formula can give
 DISCOUNT_WITHOUT_SINGLETONS = 0.5
+# the largest V whose pair keys u * V + w (and the sentinel V * V above them) stay below 2^63
+MAX_BIGRAM_VOCAB = math.isqrt(2 ** 63 - 1)
 
 
 def _tally(index: torch.Tensor, size: int, weights: torch.Tensor | None = None) -> torch.Tensor:
@@ -59,6 +63,9 @@ class NGramLM(nn.Module):
         super().__init__()
         if order not in (1, 2):
             raise ValueError(f"NGramLM has orders 1 (unigram) and 2 (bigram), not {order}")
+        if order == 2 and vocab_size > MAX_BIGRAM_VOCAB:
+            raise ValueError(f"the bigram keys a pair as u * V + w in int64, so model.vocab_size must be at most "
+                             f"{MAX_BIGRAM_VOCAB:,}, got {vocab_size}")
         self.vocab_size, self.order = vocab_size, order
         if order == 1:
             self.register_buffer("token_counts", torch.zeros(vocab_size, dtype=torch.long))

@@ -15,18 +15,18 @@ from harness.results.provenance import provenance
 from harness.training.batches import batch_at
 from harness.training.checkpoint import (
     CHECKPOINT_DIR,
+    DAMAGED_FIX,
     TRAINER_FILE,
-    WEIGHTS_FILE,
     _check_resumable,
+    _read_state,
     has_checkpoint,
     open_run_dir,
     read_meta,
     save_checkpoint,
-    verify_checkpoint,
 )
 from harness.training.distributed import Dist
 from harness.training.heldout import heldout_score
-from harness.training.outcome import TrainResult
+from harness.training.outcome import TrainingError, TrainResult
 from harness.training.recipe import autocast_for
 
 
@@ -62,16 +62,20 @@ def fit_by_counting(model, model_name: str, cfg: Config, run_dir: Path, train_st
     open_run_dir(run_dir, resume)
     start_step, position = 0, 0
     if has_checkpoint(ckpt):
-        from safetensors.torch import load_model
         saved_meta = read_meta(ckpt)
         _check_resumable(saved_meta, model_name, cfg, ckpt, counted=True)
-        verify_checkpoint(ckpt, saved_meta, (WEIGHTS_FILE, TRAINER_FILE))
-        load_model(model, str(ckpt / WEIGHTS_FILE), device=str(d.device))
+        # as a neural model's resume reads them: checksums first, then the trainer state's step and
+        # position (whole numbers, the step meta.json's), so a damaged one is a line, not a traceback
+        weights, trainer = _read_state(ckpt)
+        model.load_state_dict(weights)
         if saved_meta["step"] >= tcfg.steps:
             return TrainResult(model, saved_meta["step"], saved_meta["tokens"], saved_meta["train_loss"],
                                saved_meta["heldout_loss"], saved_meta["params"], 0.0, ckpt, reused=True)
-        trainer = torch.load(ckpt / TRAINER_FILE, map_location="cpu", weights_only=True)
         start_step, position = trainer["step"], trainer["position"]
+        # each step counts S sequences from where the last one ended: another position skips or repeats some
+        if position != start_step * seqs_per_step:
+            raise TrainingError(f"{ckpt / TRAINER_FILE} is damaged (its position {position} is not step {start_step} "
+                                f"times {seqs_per_step} sequences); {DAMAGED_FIX}")
     t0 = time.time()
     for _ in range(start_step, tcfg.steps):
         inputs, targets, _ = batch_at(train_stream, tcfg.seq_len, tcfg.seed, position, seqs_per_step, d.device)

@@ -593,3 +593,78 @@ def test_train_tokenizer_refuses_a_binary_corpus(tmp_path, capsys, monkeypatch, 
                      "--name", "bpe"], capsys)
     assert f"{tmp_path / 'corpus' / 'garbage.txt'}: {problem}" in err
     assert not (tmp_path / "mirror").exists()
+
+
+# ---------------------------------------------------------------- messages that name the real fix
+
+def test_data_list_says_how_each_missing_item_is_made(tmp_path, capsys, monkeypatch):
+    """Each missing tokenizer and corpus gets the command that makes it (train-tokenizer for a trained BPE,
+    import of llama-tokenizer-js for llama2, fetch only for hub corpora), or where it comes from."""
+    monkeypatch.setenv("HARNESS_DATA", str(tmp_path))
+    monkeypatch.setenv("COLUMNS", "400")
+    from harness.cli import main
+    assert main(["data", "list"]) == 0
+    rows = {line.split("│")[1].strip(): line.split("│")[-2].strip()
+            for line in capsys.readouterr().out.splitlines() if line.startswith(("│ tokenizer", "│ corpus"))}
+    assert rows["tokenizer english-mix-bpe8k"] == ("harness data train-tokenizer --corpus english-mix --vocab-size "
+                                                   "8192 --name english-mix-bpe8k")
+    assert rows["tokenizer llama2"] == "harness data import PATH/llama-tokenizer-js"
+    assert "harness data fetch slimpajama --documents N" in rows["corpus slimpajama"]
+    english = rows["corpus english-mix"]
+    assert "harness data fetch" not in english and str(mirror.REPO_DATA / "corpora" / "english-mix") in english
+    assert "build.py" in english and "not looked in while HARNESS_DATA is set" in english
+
+
+@pytest.mark.parametrize("make, what", [(lambda p: None, "a folder that does not exist"),
+                                        (lambda p: p.write_text(""), "a file, not a folder")],
+                         ids=["missing", "file"])
+def test_a_harness_data_that_is_no_folder_fails_verify_and_warns_in_list(tmp_path, capsys, monkeypatch, make, what):
+    """verify has nothing to check (its `ok` would be a false pass); list still shows what is missing."""
+    make(tmp_path / "typo")
+    monkeypatch.setenv("HARNESS_DATA", str(tmp_path / "typo"))
+    err = cli_error(["data", "verify"], capsys)
+    assert f"HARNESS_DATA={tmp_path / 'typo'} is {what}: there is no mirror to verify" in err
+    from harness.cli import main
+    assert main(["data", "list"]) == 0
+    assert capsys.readouterr().out.startswith(f"warning: HARNESS_DATA={tmp_path / 'typo'} is {what}")
+    monkeypatch.setenv("HARNESS_DATA", str(tmp_path))
+    assert main(["data", "list"]) == 0
+    assert "warning" not in capsys.readouterr().out
+
+
+def test_train_tokenizer_refuses_a_vocabulary_under_the_minimum_and_warns_below_the_size_asked(tmp_path, capsys,
+                                                                                              monkeypatch):
+    monkeypatch.setenv("HARNESS_DATA", str(tmp_path / "mirror"))
+    (tmp_path / "tiny.txt").write_text("hello world\n\nfoo bar baz\n")
+    err = cli_error(["data", "train-tokenizer", "--corpus", tmp_path / "tiny.txt", "--vocab-size", "4096",
+                     "--name", "tiny"], capsys)
+    assert "gave a vocabulary of only 259, under the minimum of 512" in err and "larger corpus" in err
+    assert not (tmp_path / "mirror").exists()
+    from harness.cli import main
+    assert main(["data", "train-tokenizer", "--corpus", "bundled", "--vocab-size", "65536", "--name", "bpe"]) == 0
+    out = capsys.readouterr().out
+    reached = tokenizer.get_tokenizer("bpe").vocab_size
+    assert 512 <= reached < 65536
+    assert out.startswith(f"warning: the vocabulary reached {reached}, not the 65536 asked")
+    assert f"model.vocab_size={reached}" in out
+
+
+@pytest.mark.parametrize("argv", [["data", "train-tokenizer", "--vocab-size", "512", "--name", "tn"],
+                                  ["train", "--preset", "tiny", "--model", "swat", "--device", "cpu",
+                                   "--set", "train.corpus=english-mix"]], ids=["train-tokenizer", "train"])
+def test_a_missing_corpus_names_where_it_comes_from_and_corpora_that_exist(tmp_path, capsys, monkeypatch, argv):
+    """Not the very name that was missing, and no option of another command (train.corpus, --corpus)."""
+    monkeypatch.setenv("HARNESS_DATA", str(tmp_path))
+    _write_corpus(tmp_path / "corpora" / "mini", ["one document.", "another document."])
+    err = cli_error([*argv, "--out", tmp_path / "t"] if argv[0] == "train" else argv, capsys)
+    assert f"the repository commits it in {mirror.REPO_DATA / 'corpora' / 'english-mix'}" in err
+    assert "use a corpus found here (bundled, mini) or a path" in err
+    assert "train.corpus" not in err and "--corpus" not in err
+
+
+def test_importing_an_empty_file_says_what_it_must_hold(tmp_path, capsys):
+    (tmp_path / "empty.jsonl").write_text("")
+    err = cli_error(["data", "import", tmp_path / "empty.jsonl", "--name", "piqa", "--to", tmp_path / "mirror"], capsys)
+    assert "empty.jsonl: no records; piqa validation is 1838 records in the schema of hub baber/piqa" in err
+    assert '{"goal": "str", "sol1": "str", "sol2": "str", "label": "int"}' in err and "harness data fetch piqa" in err
+    assert not (tmp_path / "mirror").exists()

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 from rich.markup import escape
 
-from harness.data.corpus import HUB_CORPORA, corpus_files, fetch_corpus
+from harness.data.corpus import HUB_CORPORA, corpus_files, corpus_origin, fetch_corpus
 from harness.data.importers import fetch, import_path, store_bpe
 from harness.data.mirror import (
     CATALOGUE,
@@ -19,7 +20,12 @@ from harness.data.mirror import (
     statuses,
     verify,
 )
-from harness.data.paths import DataError, data_roots, user_data_dir
+from harness.data.paths import (
+    DataError,
+    data_roots,
+    harness_data_problem,
+    user_data_dir,
+)
 from harness.data.tokenizer import get_tokenizer, mirror_candidates
 from harness.files import file_in_the_way
 
@@ -64,12 +70,29 @@ def _split_flag(st: Status) -> str:
     return f"[yellow]{escape(st.problem)}[/yellow]" if st.problem else "[green]ok[/green]"
 
 
+def tokenizer_origin(entry: dict) -> str:
+    """How a tokenizer recorded in a manifest is made, read from its `origin`: a trained BPE's ends
+    with the train-tokenizer command that made it (`store_bpe`), the Llama-2 one is rebuilt from
+    llama-tokenizer-js (`import_tokenizer`); any other is said as recorded."""
+    origin = entry.get("origin", "")
+    trained = re.search(r"harness data train-tokenizer .*", origin)
+    if trained:
+        return trained.group()
+    if "llama-tokenizer-js" in origin:
+        return "harness data import PATH/llama-tokenizer-js"
+    return f"no harness command makes it; origin: {origin or 'not recorded'}"
+
+
 def cmd_list(console) -> None:
     """Every dataset the registered tasks read (the tasks, present or missing, count vs official,
     size, checksum, path), then the tokenizers and the corpora."""
     from rich.table import Table
 
     manifest = load_manifest()
+    problem = harness_data_problem()
+    if problem:  # a warning only: `list` is also how one sees what a mirror about to be made needs
+        console.print(f"warning: {problem}, so every item below is missing; set it to your mirror folder (fetch "
+                      f"and import make it), or unset it to read the repository's data/", markup=False, highlight=False)
     console.print("lookup order: " + " > ".join(_where(r) for r in data_roots()), highlight=False)
     table = Table(title="evaluation sets the tasks read")
     for col in ("dataset", "split", "status", "n", "official", "size", "sha256", "where"):
@@ -108,7 +131,7 @@ def cmd_list(console) -> None:
             damaged = next((c for c in mirror_candidates(name) if c.is_file()), None)
             other.add_row(f"tokenizer {name}", f"[red]{'cannot be loaded' if damaged else 'missing'}[/red]",
                           f"vocab {entry['vocab_size']}", "-", "-",
-                          _where(damaged) if damaged else "harness data import PATH/llama-tokenizer-js")
+                          _where(damaged) if damaged else escape(tokenizer_origin(entry)))
     corpora = {name: (folder, entry) for name, folder, entry, _ in recorded("corpora")}
     for name in dict.fromkeys([*manifest.get("corpora", {}), *corpora, *HUB_CORPORA]):
         folder, entry = corpora.get(name, (None, manifest.get("corpora", {}).get(name, {})))
@@ -124,12 +147,18 @@ def cmd_list(console) -> None:
         other.add_row(f"corpus {name}", state,
                       f"{entry['documents']:,}" if entry else "-", f"{sum(tokens.values()):,}" if tokens else "-",
                       _size(sum(f.stat().st_size for f in files)) if files else "-",
-                      _where(files[0].parent) if files else f"harness data fetch {name} --documents N")
+                      _where(files[0].parent) if files else escape(corpus_origin(name) or
+                      f"no harness command makes it: put its files in corpora/{name}/ of a data root"))
     console.print(other)
 
 
 def cmd_verify(console) -> None:
-    """Every problem of the mirror, one line each, then one error line (exit 2) when there are any."""
+    """Every problem of the mirror, one line each, then one error line (exit 2) when there are any.
+    A $HARNESS_DATA that is no folder is an error too: `ok` would say a mirror that is not there passed."""
+    problem = harness_data_problem()
+    if problem:
+        raise DataError(f"{problem}: there is no mirror to verify; set it to your mirror folder, or unset it to "
+                        f"verify the repository's data/ and the user cache")
     problems = verify()
     for p in problems:
         console.print(f"[red]x[/red] {escape(p)}", highlight=False)
@@ -194,6 +223,10 @@ def run_command(args, console) -> None:
     elif args.data_command == "train-tokenizer":
         dest = _dest(args.to)
         e = store_bpe(args.corpus, args.vocab_size, args.name, dest, args.force)
+        if e["vocab_size"] < args.vocab_size:
+            console.print(f"warning: the vocabulary reached {e['vocab_size']}, not the {args.vocab_size} asked: the "
+                          f"training documents of corpus {args.corpus} hold no more pairs seen twice; a larger corpus "
+                          f"gives more", markup=False, highlight=False)
         console.print(f"tokenizer {e['name']}: vocabulary {e['vocab_size']} -> {dest / e['file']}; use it with "
                       f"--set train.tokenizer={e['name']} --set model.vocab_size={e['vocab_size']}", highlight=False)
     elif args.data_command == "import":

@@ -23,7 +23,13 @@ from typing import Iterator
 import numpy as np
 
 from harness.config import first_line
-from harness.data.paths import PACKAGE_DIR, DataError, data_roots, user_data_dir
+from harness.data.paths import (
+    PACKAGE_DIR,
+    REPO_DATA,
+    DataError,
+    data_roots,
+    user_data_dir,
+)
 from harness.files import atomic_write_bytes
 
 BUNDLED_TEXT = PACKAGE_DIR / "resources" / "wikitext2_valid_sample.txt"
@@ -146,10 +152,33 @@ def corpus_files(corpus: str) -> list[Path]:
         raise DataError(f"corpus folder {path} holds no corpus files ({', '.join(CORPUS_SUFFIXES)})")
     if path.is_file():
         return [path]
-    hint = f"run `harness data fetch {corpus}` where the hub is reachable, or " if corpus in HUB_CORPORA else ""
     where = f"looked in {', '.join(map(str, looked))} and at the path {path}" if looked else f"no such path {path}"
-    raise DataError(f"corpus {corpus!r} not found ({where}); {hint}use train.corpus=english-mix, bundled, or a "
-                    f"path to text/JSONL/parquet files")
+    origin = corpus_origin(corpus) if looked else None
+    # no option name: train.corpus, train-tokenizer's and eval's --corpus all end here
+    raise DataError(f"corpus {corpus!r} not found ({where}); {origin + '; else ' if origin else ''}use a corpus "
+                    f"found here ({', '.join(corpus_names())}) or a path to text/JSONL/parquet files")
+
+
+def corpus_origin(name: str) -> str | None:
+    """How a named corpus is obtained, for a message saying it is missing: a hub corpus's fetch
+    command, or the repository's committed copy (english-mix, built by a script from local sources,
+    which no harness command makes; $HARNESS_DATA hides it); None for any other name."""
+    if name in HUB_CORPORA:
+        return f"fetch it with `harness data fetch {name} --documents N` where the hub is reachable"
+    committed = REPO_DATA / "corpora" / name
+    if not committed.is_dir():
+        return None
+    built = ", built from local sources by its build.py" if (committed / "build.py").is_file() else ""
+    hidden = " (not looked in while HARNESS_DATA is set)" if REPO_DATA not in data_roots() else ""
+    return f"the repository commits it in {committed}{hidden}{built}"
+
+
+def corpus_names() -> list[str]:
+    """The corpus names that `corpus_files` finds in the data roots, `bundled` first."""
+    found = [folder.name for root in data_roots() if (root / "corpora").is_dir()
+             for folder in sorted((root / "corpora").iterdir()) if folder.is_dir() and files_in(folder)]
+    wikitext = ["wikitext-2"] if any((root / "wikitext-2" / "valid.txt").is_file() for root in data_roots()) else []
+    return list(dict.fromkeys(["bundled", *found, *wikitext]))
 
 
 def iter_documents(corpus: str) -> Iterator[str]:

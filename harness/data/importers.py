@@ -242,7 +242,10 @@ def checked_split(ds: Dataset, split: str, records: list[dict], where: str, dest
     refuse_shadowed(ds, split, dest)
     data = to_jsonl(ds, records, where)
     if not data:
-        raise DataError(f"{where}: no records")
+        raise DataError(f"{where}: no records; {ds.name} {split} is {ds.splits[split]} records in the schema of hub "
+                        f"{ds.hub}, {json.dumps(ds.schema)}, one JSON object a line (or a JSON list, or parquet "
+                        f"rows), or the raw release data/README.md names; pass a file that holds them, or run "
+                        f"`harness data fetch {ds.name}` where the hub is reachable")
     if not force:
         count, official = count_lines(data), ds.splits[split]
         if count != official:
@@ -435,6 +438,9 @@ EOT = "<|endoftext|>"
 # `tokenizers` reserves memory for the whole vocabulary before training (about 45 bytes an entry):
 # far larger sizes abort the process. 2**20 is four times the largest vocabularies in use (256k).
 MAX_BPE_VOCAB = 1 << 20
+# The 256 byte symbols and <|endoftext|> take 257 entries: under 512, fewer than 255 merges are left, little
+# more than the byte tokenizer (train.tokenizer=bytes) gives with no training.
+MIN_BPE_VOCAB = 512
 
 
 def train_bpe(corpus: str, vocab_size: int, heldout_fraction: float = 0.05):
@@ -442,17 +448,19 @@ def train_bpe(corpus: str, vocab_size: int, heldout_fraction: float = 0.05):
     unknown token; one special token `<|endoftext|>` that ends documents) trained with `tokenizers`
     on the TRAINING documents of a corpus only: the held-out split (`harness.data.corpus.heldout_split`,
     by content) is fixed before any tokenizer exists, so the tokenizer never saw the text that
-    measures the models. A vocabulary this small keeps the embeddings a small share of small models."""
+    measures the models. A vocabulary this small keeps the embeddings a small share of small models.
+    Training stops early when no pair of tokens occurs twice more: a result under MIN_BPE_VOCAB (a
+    corpus far too small) is refused as a request for one would be, and not stored."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
     from harness.data.corpus import heldout_texts
-    if vocab_size < 512:
+    if vocab_size < MIN_BPE_VOCAB:
         raise DataError(f"a BPE vocabulary of {vocab_size} is smaller than its 256 byte symbols plus merges; "
-                        f"use --vocab-size 512 or more")
+                        f"use --vocab-size {MIN_BPE_VOCAB} or more")
     if vocab_size > MAX_BPE_VOCAB:
         raise DataError(f"--vocab-size {vocab_size} is over {MAX_BPE_VOCAB:,}: `tokenizers` reserves memory for the "
                         f"whole vocabulary before training, and the largest vocabularies in use are about 256k; use "
-                        f"512 to {MAX_BPE_VOCAB}")
+                        f"{MIN_BPE_VOCAB} to {MAX_BPE_VOCAB}")
     train_docs, _ = heldout_texts(corpus, heldout_fraction)
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -460,6 +468,10 @@ def train_bpe(corpus: str, vocab_size: int, heldout_fraction: float = 0.05):
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=[EOT], min_frequency=2, show_progress=False,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
     tok.train_from_iterator(train_docs, trainer=trainer, length=len(train_docs))
+    if tok.get_vocab_size() < MIN_BPE_VOCAB:
+        raise DataError(f"corpus {corpus} gave a vocabulary of only {tok.get_vocab_size()}, under the minimum of "
+                        f"{MIN_BPE_VOCAB}: its training split ({len(train_docs):,} documents) holds too few pairs seen "
+                        f"twice for more merges; train on a larger corpus, or use train.tokenizer=bytes")
     return tok, len(train_docs)
 
 

@@ -25,10 +25,9 @@ from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
 from harness.data.corpus import files_in
-from harness.data.paths import DataError, cache_dir, data_roots
+from harness.data.paths import REPO_DATA, DataError, cache_dir, data_roots
 from harness.files import atomic_write_bytes, file_sha256
 
-REPO_DATA = Path(__file__).resolve().parents[2] / "data"
 MANIFEST_PATH = REPO_DATA / "MANIFEST.json"
 
 # Field types of a hub schema: "str", "int", "list[str]", or a dict for a nested struct.

@@ -8,6 +8,7 @@ import os
 from pathlib import Path
 
 PACKAGE_DIR = Path(__file__).resolve().parents[1]  # harness/
+REPO_DATA = PACKAGE_DIR.parent / "data"  # the repository's committed mirror
 
 
 class DataError(FileNotFoundError):
@@ -22,12 +23,23 @@ def data_roots() -> list[Path]:
     env = os.environ.get("HARNESS_DATA")
     if env:
         return [Path(env).expanduser()]
-    roots = [PACKAGE_DIR.parent / "data"]
+    roots = [REPO_DATA]
     for base in (PACKAGE_DIR.parent, Path.cwd()):
         candidate = (base.parent / "shared" / "data").resolve()
         if candidate.is_dir() and candidate not in roots:
             roots.append(candidate)
     return roots + [user_data_dir()]
+
+
+def harness_data_problem() -> str | None:
+    """What makes `$HARNESS_DATA` no mirror to read (it does not exist, or is a file), else None. It is
+    the only root looked in when set, so such a value (most likely a typo) hides every file: each
+    lookup finds nothing, and a check of the mirror would check nothing."""
+    env = os.environ.get("HARNESS_DATA")
+    if not env or Path(env).expanduser().is_dir():
+        return None
+    what = "a file, not a folder" if Path(env).expanduser().exists() else "a folder that does not exist"
+    return f"HARNESS_DATA={env} is {what}"
 
 
 def user_data_dir() -> Path:

@@ -889,3 +889,23 @@ def test_a_rows_line_that_is_not_an_object_is_named_by_its_json():
     from harness.results.store import row_problem
     assert row_problem(None) == "JSON null, not an object"
     assert row_problem([1, "a"]) == 'JSON [1, "a"], not an object'
+
+
+def test_csv_carries_the_limit_a_value_was_scored_under():
+    """CSV dropped the §: a score on the first 2 examples read like a full evaluation."""
+    from harness.results.tables import main_table, to_csv
+    rows = [acc("swat", "s", "piqa", 0.6, run="full"), acc("swat", "s", "piqa", 0.7, run="quick", extra={"limit": 2}),
+            acc("swat", "s", "arc_easy", 0.3, run="full")]
+    lines = to_csv(main_table(rows)).splitlines()
+    header = lines[0].split(",")
+    assert "PIQA acc limit" in header and "ARC-e acc limit" not in header
+    limit_of = {ln.split(",")[1]: ln.split(",")[header.index("PIQA acc limit")] for ln in lines[1:]}
+    assert limit_of == {"swat [full]": "", "swat [quick]": "2"}
+
+
+def test_no_rows_at_all_says_so_and_what_the_main_table_needs():
+    """It said `they hold: no rows` and asked for the commonsense tasks, though held-out loss alone makes a table."""
+    from harness.results.tables import ResultsError
+    with pytest.raises(ResultsError, match=r"^no rows to make the main table of; it needs any of the tasks smoke"):
+        build("main", [])
+    assert groups(build("main", [acc("swat", "s", "smoke", 4.1, metric="loss")]))

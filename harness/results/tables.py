@@ -188,14 +188,19 @@ def to_latex(table: Table) -> str:
 
 def to_csv(table: Table) -> str:
     """Machine-readable: one line per table row, a `group` column, numbers unformatted (_csv_number),
-    stderr in a column of its own beside each value column that has any; no bold, marks or notes."""
+    stderr in a column of its own beside each value column that has any, and likewise the --limit a
+    value was scored under (the § of the other formats: without it a quick check on a few examples
+    reads as a full evaluation); no bold, marks or notes."""
     import csv
     import io
-    has_stderr = [any(len(r) > j and r[j].stderr is not None for _, rows in table.groups for r in rows)
-                  for j in range(len(table.header))]
+
+    def any_cell(j: int, has) -> bool:
+        return any(len(r) > j and has(r[j]) for _, rows in table.groups for r in rows)
+    has_stderr = [any_cell(j, lambda c: c.stderr is not None) for j in range(len(table.header))]
+    has_limit = [any_cell(j, lambda c: c.limit is not None) for j in range(len(table.header))]
     header = ["group"]
     for j, h in enumerate(table.header):
-        header += [h] + ([f"{h} stderr"] if has_stderr[j] else [])
+        header += [h] + ([f"{h} stderr"] if has_stderr[j] else []) + ([f"{h} limit"] if has_limit[j] else [])
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(header)
@@ -206,8 +211,20 @@ def to_csv(table: Table) -> str:
                 line.append(c.text if c.text is not None else _csv_number(c, c.value))
                 if has_stderr[j]:
                     line.append(_csv_number(c, c.stderr))
+                if has_limit[j]:
+                    line.append(_csv_limit(c.limit))
             writer.writerow(line)
     return buf.getvalue()
+
+
+def _csv_limit(limit: int | frozenset | None) -> str:
+    """A cell's --limit for CSV: empty for a full evaluation; an average over cells of several
+    limits gives them all, `full` first, separated by `;`."""
+    if limit is None:
+        return ""
+    if isinstance(limit, frozenset):
+        return ";".join("full" if n is None else str(n) for n in sorted(limit, key=_sortable))
+    return str(limit)
 
 
 def _csv_number(cell: Cell, value: float | None) -> str:
@@ -991,8 +1008,8 @@ BUILDERS = {"main": main_table, "ablation": ablation_table, "length": length_tab
             "speed": speed_table}
 
 
-NEEDS = {"main": "tasks wikitext, lambada_openai, piqa, hellaswag, winogrande, arc_easy, arc_challenge, "
-                 "social_iqa, boolq (`harness run --tasks commonsense,perplexity`)",
+NEEDS = {"main": "any of the tasks smoke (held-out loss), wikitext, lambada_openai, piqa, hellaswag, winogrande, "
+                 "arc_easy, arc_challenge, social_iqa, boolq (`harness run --tasks smoke,commonsense,perplexity`)",
          "ablation": "runs with a changed config (`harness run --models swat --set model.slopes=negative "
                      "--run NAME`) or rows with a `variant` key",
          "length": "task length (`harness run --tasks length`)",
@@ -1009,9 +1026,9 @@ def build(kind: str, rows: list[Row], references: list[Row] = (), run_configs: d
     table = BUILDERS[kind](rows, references, run_configs)
     if not table.groups:
         held = sorted({f"{r.task}/{r.metric}" for r in rows})
-        raise ResultsError(f"nothing for the {kind} table in these rows (they hold: "
-                           f"{', '.join(held[:12]) or 'no rows'}{', ...' if len(held) > 12 else ''}); "
-                           f"it needs {NEEDS[kind]}" + (_nested_hint(kind, results_dir) if results_dir else ""))
+        what = (f"nothing for the {kind} table in these rows (they hold: {', '.join(held[:12])}"
+                f"{', ...' if len(held) > 12 else ''})" if held else f"no rows to make the {kind} table of")
+        raise ResultsError(f"{what}; it needs {NEEDS[kind]}" + (_nested_hint(kind, results_dir) if results_dir else ""))
     return table
 
 

@@ -391,13 +391,23 @@ def cmd_study(args) -> None:
     from harness.training.distributed import is_main_process
     if not is_main_process():  # rank 0 of a torchrun job reports
         return
-    squeezed = f", {counts['squeezed']} start(s) squeezed out of GPU memory" if counts["squeezed"] else ""
-    diverged = f", {counts['diverged']} diverged (recorded, ruled out of the lr choice)" if counts["diverged"] else ""
-    console.print(f"study {study.name}: {counts['done']} runs done{diverged}, {counts['stopped']} stopped (resumable), "
-                  f"{counts['failed']} failed{squeezed}, {counts['waiting']} waiting for their learning rate; tables "
-                  f"and plots in {out} ({time.time() - t0:.0f}s)", highlight=False)
+    console.print(f"study {study.name}: {study_summary(counts)}; tables and plots in {out} ({time.time() - t0:.0f}s)",
+                  highlight=False)
     if counts["failed"]:
         raise RunFailed(f"{counts['failed']} run(s) failed; their logs are in {Path(args.runs) / study.name / 'logs'}")
+
+
+def study_summary(counts: dict) -> str:
+    """What `harness study` did (run_study's counts), and of the runs it did not start those done before
+    it (a rerun of a finished study says so) and those --start-new-for held back."""
+    if counts["runs"] and counts["already"] == counts["runs"]:
+        return f"all {counts['runs']} runs already done"
+    already = f" ({counts['already']} were done already)" if counts["already"] else ""
+    diverged = f", {counts['diverged']} diverged (recorded, ruled out of the lr choice)" if counts["diverged"] else ""
+    squeezed = f", {counts['squeezed']} start(s) squeezed out of GPU memory" if counts["squeezed"] else ""
+    held = f", {counts['not_started']} not started (--start-new-for)" if counts["not_started"] else ""
+    return (f"{counts['done']} runs done{already}{diverged}, {counts['stopped']} stopped (resumable), "
+            f"{counts['failed']} failed{squeezed}{held}, {counts['waiting']} waiting for their learning rate")
 
 
 def cmd_tables(args) -> None:
@@ -677,9 +687,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--results", type=folder, default="results", help="results folder (default: results)")
     p.add_argument("--runs", type=folder, default="runs", help="checkpoint folder (default: runs)")
     p.add_argument("--device", type=device_arg, help="cpu | cuda (default: cuda when available)")
-    p.add_argument("--models", help="run only these of the study's models (comma-separated); the report covers all")
-    p.add_argument("--sizes", help="run only these of the study's sizes (comma-separated), e.g. on a machine that "
-                   "goes away before the largest one's trainings could finish; the report covers all")
+    p.add_argument("--models", type=name_list,
+                   help="run only these of the study's models (comma-separated); the report covers all")
+    p.add_argument("--sizes", type=name_list, help="run only these of the study's sizes (comma-separated), e.g. on "
+                   "a machine that goes away before the largest one's trainings could finish; the report covers all")
     p.add_argument("--report-only", action="store_true", help="only rewrite the tables and plots from the rows")
     p.add_argument("--start-new-for", type=seconds, metavar="SECONDS", help="for a machine's last call: start "
                    "trainings only in the first SECONDS, and with --time-limit only those that the study's finished "

@@ -65,7 +65,7 @@ def test_rerun_skips_finished_runs(finished, capsys, monkeypatch):
     from harness.evaluation import sources
     monkeypatch.setattr(sources, "train", lambda *a, **k: pytest.fail("retrained a finished run"))
     assert study_cli(finished) == 0
-    assert "0 runs done" in capsys.readouterr().out
+    assert "study tiny-study: all 8 runs already done; tables and plots in" in capsys.readouterr().out
 
 
 def test_seeds_differ_only_in_initialisation_and_order(finished):
@@ -256,7 +256,7 @@ def test_lr_choice_takes_the_best_and_extrapolates_the_power_law():
     assert choice["swat"]["c"] == {"lr": 1e-3, "how": "extrapolated", "edge": False}
     assert choice["transformer"]["a"]["edge"] and "b" not in choice["transformer"]  # b not swept yet
     defined, waiting = units(study, rows)
-    assert waiting == 2  # transformer's final runs at b and c wait for b's sweep; swat's are defined
+    assert waiting == 1  # transformer's final run at c waits for b's sweep (at b it is one of the sweep's runs)
     assert all(u.lr is not None for u in defined)
 
 
@@ -586,7 +586,7 @@ def test_a_window_sweeps_the_next_size_around_the_previous_best():
     study.lrs, study.window, study.models = [1e-3, 2e-3, 4e-3, 8e-3, 1.6e-2, 3.2e-2], 4, ["swat"]
     rows = [sweep_row("swat", "a", lr, loss) for lr, loss in zip(study.lrs[:5], (3.4, 3.3, 3.2, 3.1, 3.0))]
     keys, waiting = units(study, rows)
-    assert not any(u.startswith("b/") for u in {u.key for u in keys}) and waiting == 4 + 1  # b's window, b's final
+    assert not any(u.startswith("b/") for u in {u.key for u in keys}) and waiting == 4  # b's window (its final: one)
     rows.append(sweep_row("swat", "a", 3.2e-2, 3.05))  # a's best: 1.6e-2
     b_units = {u.key for u in units(study, rows)[0] if u.size == "b"}
     assert b_units == {f"b/swat/lr{lr:g}-seed0" for lr in (4e-3, 8e-3, 1.6e-2, 3.2e-2)}
@@ -663,7 +663,7 @@ def test_a_diverged_sweep_point_is_recorded_and_ruled_out(tmp_path, capsys, monk
     assert "`a/swat/lr1e+06-seed0`: gradient norm is nan" in (out / "status.md").read_text()
     monkeypatch.setattr(sources, "train", lambda *a, **k: pytest.fail("trained a finished run again"))
     assert study_cli(tmp_path, study=path) == 0
-    assert "0 runs done" in capsys.readouterr().out
+    assert "all 3 runs already done" in capsys.readouterr().out
     assert runner.worker_status(runner.DIVERGED_EXIT, signalled=False) == "diverged"  # a worker's, under --jobs
 
 
@@ -713,3 +713,130 @@ def test_a_corrupt_rows_line_stops_the_study(finished, tmp_path, capsys):
         err = one_error_line(capsys)
         assert f"rows.jsonl:{lines}: a corrupt row" in err and "restore the file from a copy" in err, err
     assert path.read_text() == text[:-40]
+
+
+def test_a_report_removes_the_files_of_its_own_that_no_longer_apply(finished, tmp_path, capsys):
+    """One seed left at b: paired.md (a t test over two seeds) goes, not only stops being rewritten;
+    the files the report does not write (kept by hand or by other code) stay."""
+    copy_losing_rows(finished, tmp_path, lambda r: False)
+    out = tmp_path / "results" / "tiny-study"
+    assert (out / "paired.md").is_file() and (out / "paired.csv").is_file()
+    kept = ["README.md", "REPORT.md", "study.yaml", "device.sh", "init_rms.md", "init_rms.py", "notes.csv"]
+    for name in kept:
+        (out / name).write_text("by hand\n")
+    assert study_cli(tmp_path, "--report-only", study=changed_tiny(tmp_path, "{b: [0, 1]}", "{b: [0]}")) == 0
+    assert not (out / "paired.md").exists() and not (out / "paired.csv").exists()
+    for name in kept + ["main.md", "main.csv", "rows.jsonl", "run.json", "lr_choice.json", "status.md", "train"]:
+        assert (out / name).exists(), name
+
+
+def test_pending_tasks_asks_for_what_the_tasks_other_runs_measured():
+    """A run's task is done once its rows hold every metric (per corpus source) its other runs at the
+    size hold, or say it diverged; the first run of a task needs only a row; a sweep over lengths that
+    stopped early (out of memory) is done as it is."""
+    from harness.study.spec import Unit, pending_tasks
+
+    def row(seed, metric, lr=1e-2, **extra):
+        return Row("s", "swat", "b", "smoke", metric, 1.0, seed=seed, extra={"lr": lr, "train_flops": seed, **extra})
+    rows = [row(0, "loss"), row(0, "ppl"), row(0, "loss", corpus_source="web"), row(1, "ppl"),
+            row(2, "loss"), row(2, "ppl"), row(3, "diverged", diverged="loss is nan")]
+    pending = pending_tasks(rows)
+    assert [s for s in range(5) if pending(Unit("swat", "b", 1e-2, s, ("smoke",)))] == [1, 2, 4]
+    assert pending(Unit("swat", "b", 1e-2, 0, ("smoke", "piqa"))) == ["piqa"]
+    assert pending_tasks(rows[3:4])(Unit("swat", "b", 1e-2, 1, ("smoke",))) == []  # the task's first run
+    lengths = [Row("s", "swat", "b", "length", "ppl", 9.0, seed=seed, extra={"lr": 1e-2, "context": context})
+               for seed, contexts in ((0, (1024, 2048)), (1, (1024,))) for context in contexts]
+    assert pending_tasks(lengths)(Unit("swat", "b", 1e-2, 1, ("length",))) == []
+
+
+def test_a_run_that_lost_a_row_is_scored_again_and_the_table_says_over_how_many_seeds(finished, tmp_path, capsys,
+                                                                                       monkeypatch):
+    """b/swat seed 1 without its held-out `loss` row: main.md marks b's mean (n=1) of the 2 seeds the
+    study defines there, status.md lists the run, and the study scores it again from its checkpoint."""
+    from harness.evaluation import sources
+    path = copy_losing_rows(finished, tmp_path, lambda r: (r["model"], r["preset"], r["seed"], r["metric"]) == (
+        "swat", "b", 1, "loss"))
+    out = path.parent
+    assert study_cli(tmp_path, "--report-only") == 0
+    swat_b = [ln for ln in (out / "main.md").read_text().splitlines() if ln.startswith("| swat |")][1]
+    assert swat_b.endswith("(n=1) |"), swat_b
+    assert "-seed1`: smoke" in (out / "status.md").read_text()
+    monkeypatch.setattr(sources, "train", lambda *a, **k: pytest.fail("retrained a trained run"))
+    capsys.readouterr()
+    assert study_cli(tmp_path) == 0
+    assert "1 runs done (7 were done already)" in capsys.readouterr().out
+    rows = read_rows(path)
+    assert {r.seed for r in rows if (r.model, r.preset, r.metric) == ("swat", "b", "loss")} == {0, 1}
+    assert "Still to run" not in (out / "status.md").read_text()
+
+
+def test_a_sweep_without_smoke_is_refused_at_load(tmp_path, capsys):
+    """The learning rate is chosen by smoke's held-out loss: a sweep without it would wait for ever."""
+    path = changed_tiny(tmp_path, "seed: 0, tasks: [smoke]", "seed: 0, tasks: [wikitext_2_v1]")
+    assert study_cli(tmp_path, study=path) == 2
+    assert one_error_line(capsys).endswith(
+        "sweep.tasks must include smoke (the learning rate is chosen by its held-out loss)")
+    assert not (tmp_path / "results").exists() and not (tmp_path / "runs").exists()
+
+
+def test_an_interrupted_study_writes_its_status_and_still_says_so(finished, tmp_path, capsys, monkeypatch):
+    """Ctrl-C after one of two runs: status.md lists the one left (not what the last finished study
+    wrote), and the command ends as interrupted."""
+    from harness.study import runner
+    path = copy_losing_rows(finished, tmp_path, lambda r: (r["preset"], r["seed"]) == ("b", 1))
+    real, calls = runner.run_unit, []
+
+    def run_unit(*args, **kwargs):
+        calls.append(args[1].key)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+    monkeypatch.setattr(runner, "run_unit", run_unit)
+    assert study_cli(tmp_path) == 130
+    assert capsys.readouterr().err.startswith("interrupted: the rows and checkpoints written so far are kept")
+    status = (path.parent / "status.md").read_text()
+    assert f"`{calls[1]}`: smoke" in status and calls[0] not in status, status
+
+
+def test_final_runs_at_a_swept_size_wait_once():
+    """Fresh: the sweep's 4 runs at a, and b's 4 final runs waiting; a's final runs are the sweep's best."""
+    from harness.study.report import Results, status_text
+    study = load_study(TINY)
+    plan(study, lambda m: None)
+    defined, waiting = units(study, [])
+    assert (len(defined), waiting) == (4, 4)
+    assert "| all | | | 4 |" in status_text(Results(study, []))
+
+
+@pytest.mark.parametrize("damage", ["lost", "garbled"])
+def test_a_damaged_checkpoint_names_the_fix_of_the_study(finished, tmp_path, capsys, damage):
+    """Not `harness run ... --force` or `harness train ... --no-resume`, which `harness study` lacks:
+    delete the run's folder and run the study again."""
+    lr = json.loads((finished / "results" / "tiny-study" / "lr_choice.json").read_text())["swat"]["b"]["lr"]
+    copy_losing_rows(finished, tmp_path, lambda r: (r["model"], r["preset"], r["seed"]) == ("swat", "b", 1))
+    run_dir = tmp_path / "runs" / "tiny-study" / "b" / "swat" / f"lr{lr:g}-seed1"
+    meta = run_dir / "checkpoint" / "meta.json"
+    meta.unlink() if damage == "lost" else meta.write_text("{garbled")
+    capsys.readouterr()
+    assert study_cli(tmp_path) == 2
+    err = one_error_line(capsys)
+    assert err.endswith(f"; delete {run_dir} and run the study again") and "--force" not in err, err
+
+
+@pytest.mark.parametrize("flag, names", [("--models", ""), ("--sizes", ","), ("--models", " , ")])
+def test_an_empty_models_or_sizes_runs_nothing(tmp_path, capsys, flag, names):
+    with pytest.raises(SystemExit) as exit_:  # argparse's own check
+        study_cli(tmp_path, flag, names)
+    assert exit_.value.code == 2
+    assert f"argument {flag}: names nothing" in one_error_line(capsys)
+    assert not (tmp_path / "results").exists() and not (tmp_path / "runs").exists()
+
+
+def test_the_summary_counts_the_runs_start_new_for_held_back(finished, tmp_path, capsys):
+    copy_losing_rows(finished, tmp_path, lambda r: (r["model"], r["preset"], r["seed"]) == ("swat", "b", 1))
+    lrs = json.loads((finished / "results" / "tiny-study" / "lr_choice.json").read_text())
+    shutil.rmtree(tmp_path / "runs" / "tiny-study" / "b" / "swat" / f"lr{lrs['swat']['b']['lr']:g}-seed1")
+    capsys.readouterr()
+    assert study_cli(tmp_path, "--start-new-for", "0") == 0
+    assert "study tiny-study: 0 runs done (7 were done already), 0 stopped (resumable), 0 failed, 1 not started " \
+           "(--start-new-for), 0 waiting" in capsys.readouterr().out

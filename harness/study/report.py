@@ -21,7 +21,8 @@
                               power laws L = A x^b over the sizes, exponent +- its standard error
     status.md                 runs done and still to do, per stage and size
 
-Every number is read from a stored row; a cell without one stays blank.
+Every number is read from a stored row; a cell without one stays blank. A file of these that the rows
+no longer give (a table of a seed since dropped) is removed, not left stale beside the others.
 """
 
 from __future__ import annotations
@@ -67,6 +68,11 @@ def is_total(r: Row) -> bool:
     return r.extra.get("corpus_source") is None and r.extra.get("position_bucket") in (None, "all")
 
 
+def size_seeds(study, size: str) -> list[int]:
+    """The seeds of a size's final runs (the sweep's, at a size the final stage leaves out)."""
+    return study.final_seeds.get(size, [study.sweep_seed])
+
+
 def _stat(values: list[float]) -> tuple[float, float | None, int]:
     return mean(values), stdev(values) if len(values) > 1 else None, len(values)
 
@@ -95,7 +101,7 @@ class Results:
         lr = None if model in self.study.references else self.final_lr(model, size)
         if lr is None and model not in self.study.references:
             return {}
-        seeds = set(self.study.final_seeds.get(size, [self.study.sweep_seed]))
+        seeds = set(size_seeds(self.study, size))
         per_seed: dict[int, dict] = {}
         for r in self.rows:
             if (r.model, r.preset, r.task, r.metric) == (model, size, task, metric) and r.extra.get("lr") == lr \
@@ -173,7 +179,7 @@ def sweep_progress(grid: list[float] | None, got: dict[float, float]) -> str:
     return f"{sum(lr in got for lr in grid)}/{len(grid)} run"
 
 
-def lr_sweep_plot(res: Results, out: Path) -> list[Path]:
+def lr_sweep_plot(res: Results, out: Path, name: str) -> list[Path]:
     from harness.results.plots import _write_plot
     study, losses = res.study, res.sweep_losses
     lrs = swept_lrs(study, losses)
@@ -196,7 +202,7 @@ def lr_sweep_plot(res: Results, out: Path) -> list[Path]:
         ax.set_title(f"{size}: {human(study.budgets[size]['budget_params'])} non-embedding params")
         ax.grid(alpha=0.3)
     finish_panels(fig, study, handles)
-    return _write_plot(fig, out, "lr_sweep", ["size", "model", "lr", "heldout_loss"], lines)
+    return _write_plot(fig, out, name, ["size", "model", "lr", "heldout_loss"], lines)
 
 
 def size_panels(sizes: list[str], sharex: bool = False) -> tuple:
@@ -232,11 +238,18 @@ def model_style(study, model: str) -> dict:
 
 # ---------------------------------------------------------------- the main table
 
-def _mean_cell(values: dict[int, float], digits: int, scale: float = 1.0) -> Cell:
+def seeds_suffix(n: int, defined: int) -> str:
+    """` (n=N)` after a mean over N seeds where there are several, or fewer than the `defined` seeds of
+    its size: a mean over 1 of 2 seeds (a run still to score) must not read as the size's result."""
+    return f" (n={n})" if n > 1 or n < defined else ""
+
+
+def _mean_cell(values: dict[int, float], defined: int, digits: int, scale: float = 1.0) -> Cell:
+    """The mean over seeds ({seed: value}) ± their std, of a size with `defined` seeds."""
     if not values:
         return Cell()
     m, s, n = _stat([v * scale for v in values.values()])
-    return Cell(m, s, digits=digits, suffix=f" (n={n})" if n > 1 else "")
+    return Cell(m, s, digits=digits, suffix=seeds_suffix(n, defined))
 
 
 def main_table(res: Results) -> Table:
@@ -252,6 +265,7 @@ def main_table(res: Results) -> Table:
     below_bar = False
     for size in study.final_sizes:
         budget = study.budgets[size]
+        seeds = len(size_seeds(study, size))
         lines = []
         bar_values = {key: res.values(bar, size, *key) for key in [("smoke", "loss")] + [(t, m) for t, m, _ in ppl]
                       } if bar else {}
@@ -266,14 +280,14 @@ def main_table(res: Results) -> Table:
             line = [text_cell(model), text_cell("counts") if model in study.references else Cell(nonemb, count=True),
                     text_cell(f"{study.tokens_per_param:g}"),
                     text_cell("" if lr is None else f"{lr:g}" + (" (grid edge)" if edge else ""))]
-            for key, cell in [(("smoke", "loss"), _mean_cell(loss, 4))] + [
-                    ((t, m), _mean_cell(res.values(model, size, t, m), 2)) for t, m, _ in ppl]:
+            for key, cell in [(("smoke", "loss"), _mean_cell(loss, seeds, 4))] + [
+                    ((t, m), _mean_cell(res.values(model, size, t, m), seeds, 2)) for t, m, _ in ppl]:
                 ref = bar_values.get(key)
                 if model != bar and ref and cell.value is not None and cell.value >= mean(ref.values()):
                     cell.mark = "‡"
                     below_bar = True
                 line.append(cell)
-            line += [_mean_cell(res.values(model, size, t, m), 2, 100.0) for t, m, _ in bench]
+            line += [_mean_cell(res.values(model, size, t, m), seeds, 2, 100.0) for t, m, _ in bench]
             lines.append(line)
         if not lines:
             continue
@@ -313,7 +327,8 @@ def by_source_table(res: Results) -> Table | None:
     for size in study.final_sizes:
         lines = []
         for model in res.models():
-            cells = [_mean_cell(res.values(model, size, "smoke", "loss", source), 3) for source in sources]
+            cells = [_mean_cell(res.values(model, size, "smoke", "loss", source), len(size_seeds(study, size)), 3)
+                     for source in sources]
             if any(c.value is not None for c in cells):
                 for c in cells:
                     c.suffix = ""
@@ -396,7 +411,7 @@ def gaps_table(res: Results) -> Table | None:
                     cells.append(Cell())
                     continue
                 m, s, n = _stat(diffs)
-                cells.append(Cell(m, s, digits=3, signed=True, suffix=f" (n={n})" if n > 1 else ""))
+                cells.append(Cell(m, s, digits=3, signed=True, suffix=seeds_suffix(n, len(size_seeds(study, size)))))
                 gaps.append(m)
             if gaps:
                 change = Cell(gaps[-1] - gaps[0], digits=3, signed=True) if len(gaps) > 1 else Cell()
@@ -406,10 +421,10 @@ def gaps_table(res: Results) -> Table | None:
     if not table.groups:
         return None
     table.notes.append("A cell: the mean over the seeds both models have at that size, ± their std (n) where "
-                       "there are two or more; each model at its own learning rate. `change`: the gap at the "
-                       "largest size with one minus the gap at the smallest (< 0: the focus model gains as the "
-                       "models grow). A size with one seed gives no spread: compare a change with the std at "
-                       "the size that has several before reading a trend into it.")
+                       "there are two or more, (n) alone where fewer than the size's seeds; each model at its own "
+                       "learning rate. `change`: the gap at the largest size with one minus the gap at the smallest "
+                       "(< 0: the focus model gains as the models grow). A size with one seed gives no spread: "
+                       "compare a change with the std at the size that has several before reading a trend into it.")
     return table
 
 
@@ -449,9 +464,10 @@ def long_context_table(res: Results, task: str, metric: str, key: str, over: str
     table = Table(title, header, header)
     train_lengths = training_lengths(res, task)
     for size in res.study.final_sizes:
-        lines = []
+        lines, seeds = [], len(size_seeds(res.study, size))
         for model in res.models():
-            cells = [_mean_cell(res.values(model, size, task, metric, at={key: x}, over=over), 2, scale) for x in xs]
+            cells = [_mean_cell(res.values(model, size, task, metric, at={key: x}, over=over), seeds, 2, scale)
+                     for x in xs]
             if any(c.value is not None for c in cells):
                 lines.append([text_cell(model)] + cells)
         if not lines:
@@ -464,7 +480,7 @@ def long_context_table(res: Results, task: str, metric: str, key: str, over: str
     return table
 
 
-def ppl_vs_length_plot(res: Results, out: Path) -> list[Path]:
+def ppl_vs_length_plot(res: Results, out: Path, name: str) -> list[Path]:
     """Perplexity vs evaluation length, a panel per size, one line per model (mean over seeds)."""
     from harness.results.plots import _write_plot
     study = res.study
@@ -500,7 +516,7 @@ def ppl_vs_length_plot(res: Results, out: Path) -> list[Path]:
         ax.set_title(f"{size}: {human(study.budgets[size]['budget_params'])} non-embedding params")
         ax.grid(alpha=0.3, which="both")
     finish_panels(fig, study, handles)
-    return _write_plot(fig, out, "ppl_vs_length", ["size", "model", "context", "ppl"], lines)
+    return _write_plot(fig, out, name, ["size", "model", "context", "ppl"], lines)
 
 
 def training_curve(path: Path) -> dict[int, tuple[int, float]]:
@@ -509,7 +525,7 @@ def training_curve(path: Path) -> dict[int, tuple[int, float]]:
     return {r["step"]: (r["tokens"], r["loss"]) for r in read_log(path) if r.get("loss") is not None}
 
 
-def training_curves_plot(res: Results, out: Path, smooth: int = 10, every: int = 10) -> list[Path]:
+def training_curves_plot(res: Results, out: Path, name: str, smooth: int = 10, every: int = 10) -> list[Path]:
     """Training loss against tokens, a panel per size, each model at its own learning rate and the
     sweep's seed (a mean over `smooth` steps): whether a budget ends while the loss still falls, and
     whether a run spiked. The CSV holds every `every`-th smoothed point."""
@@ -547,7 +563,7 @@ def training_curves_plot(res: Results, out: Path, smooth: int = 10, every: int =
                      f"{study.sweep_seed}")
         ax.grid(alpha=0.3)
     finish_panels(fig, study, handles)
-    return _write_plot(fig, out, "training_curves", ["size", "model", "tokens", "train_loss"], lines)
+    return _write_plot(fig, out, name, ["size", "model", "tokens", "train_loss"], lines)
 
 
 # ---------------------------------------------------------------- scaling fits
@@ -595,7 +611,7 @@ def scaling_table(res: Results) -> tuple[Table | None, dict]:
     return table, fits
 
 
-def scaling_plot(res: Results, fits: dict, out: Path, axis: str) -> list[Path]:
+def scaling_plot(res: Results, fits: dict, axis: str, out: Path, name: str) -> list[Path]:
     from harness.results.plots import _write_plot, pyplot
     pts_all = scaling_points(res, axis)
     if not any(len(p) >= 2 for p in pts_all.values()):
@@ -621,7 +637,6 @@ def scaling_plot(res: Results, fits: dict, out: Path, axis: str) -> list[Path]:
     ax.set_ylabel("held-out loss (nats/token)")
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1, 0.5))
-    name = "loss_vs_params" if axis == "params" else "loss_vs_compute"
     return _write_plot(fig, out, name, ["model", axis, "heldout_loss"], lines)
 
 
@@ -629,19 +644,20 @@ def scaling_plot(res: Results, fits: dict, out: Path, axis: str) -> list[Path]:
 
 def status_text(res: Results) -> str:
     defined, waiting = units(res.study, res.rows)
+    pending = pending_tasks(res.rows)
     lines = ["# Study status (generated from rows.jsonl)", "",
              "| size | runs done | runs with tasks left | waiting for their learning rate |", "|---|---|---|---|"]
     for size in res.study.sizes:
         mine = [u for u in defined if u.size == size]
         if not mine:
             continue
-        left = [u for u in mine if pending_tasks(u, res.rows)]
+        left = [u for u in mine if pending(u)]
         lines.append(f"| {size} | {len(mine) - len(left)} | {len(left)} | |")
     lines.append(f"| all | | | {waiting} |")
-    todo = [u for u in defined if pending_tasks(u, res.rows)]
+    todo = [u for u in defined if pending(u)]
     if todo:
         lines += ["", "Still to run (run, tasks left):", ""]
-        lines += [f"- `{u.key}`: {', '.join(pending_tasks(u, res.rows))}" for u in todo]
+        lines += [f"- `{u.key}`: {', '.join(pending(u))}" for u in todo]
     if res.diverged:
         lines += ["", "Diverged (counted as done, no scores; to train one again, delete its rows from rows.jsonl):",
                   ""]
@@ -650,39 +666,48 @@ def status_text(res: Results) -> str:
 
 
 def write_report(study, results: Path) -> list[Path]:
-    """Write every table and plot the study's rows allow into results/<study>/; returns the paths."""
+    """Write every table and plot the study's rows allow into results/<study>/; returns the paths.
+    Those of its files that these rows no longer give (a paired.md of a second seed since dropped, a
+    table whose rows are gone) are removed, so that none is left stale beside the others; files it
+    does not write itself (README.md, rows.jsonl, run.json, train/, ...) are left alone."""
     path = rows_file(study, results)
     rows = [r for r in read_rows(path)] if path.is_file() else []
     out = path.parent
     res = Results(study, rows)
-    written = []
+    owned, written = set(), []  # every file this report writes where the rows allow, and those it wrote
+
+    def text(name: str, content: str | None) -> None:
+        owned.add(out / name)
+        if content is not None:
+            atomic_write_text(out / name, content)
+            written.append(out / name)
 
     def table(name: str, t: Table | None, formats: tuple = ("md", "csv")) -> None:
-        if t is None or not t.groups:
-            return
         for fmt in formats:
-            atomic_write_text(out / f"{name}.{fmt}", render(t, fmt))
-            written.append(out / f"{name}.{fmt}")
+            text(f"{name}.{fmt}", render(t, fmt) if t is not None and t.groups else None)
 
-    atomic_write_text(out / "lr_choice.json", json.dumps(res.lrs, indent=1, sort_keys=True))
-    written.append(out / "lr_choice.json")
+    def plot(name: str, draw, *args) -> None:
+        """draw(*args, out, name) writes name.png and name.csv, or nothing where it has nothing to draw."""
+        owned.update((out / f"{name}.png", out / f"{name}.csv"))
+        written.extend(draw(*args, out, name))
+
+    text("lr_choice.json", json.dumps(res.lrs, indent=1, sort_keys=True))
     table("lr_sweep", lr_sweep_table(res), ("md",))  # lr_sweep.csv: the plot's points, in long form
-    written += lr_sweep_plot(res, out)
+    plot("lr_sweep", lr_sweep_plot, res)
     table("main", main_table(res))
     table("heldout_by_source", by_source_table(res))
     table("paired", paired_table(res))
     table("gaps", gaps_table(res))
     for name, *spec in LONG_CONTEXT:
         table(name, long_context_table(res, *spec))
-    written += ppl_vs_length_plot(res, out)
-    written += training_curves_plot(res, out)
+    plot("ppl_vs_length", ppl_vs_length_plot, res)
+    plot("training_curves", training_curves_plot, res)
     scaling, fits = scaling_table(res)
     table("scaling", scaling)
-    if fits:
-        atomic_write_text(out / "scaling_fits.json", json.dumps(fits, indent=1))
-        written.append(out / "scaling_fits.json")
-    for axis in ("params", "flops"):
-        written += scaling_plot(res, fits, out, axis)
-    atomic_write_text(out / "status.md", status_text(res))
-    written.append(out / "status.md")
+    text("scaling_fits.json", json.dumps(fits, indent=1) if fits else None)
+    plot("loss_vs_params", scaling_plot, res, fits, "params")
+    plot("loss_vs_compute", scaling_plot, res, fits, "flops")
+    text("status.md", status_text(res))
+    for stale in owned - set(written):
+        stale.unlink(missing_ok=True)
     return written

@@ -6,6 +6,7 @@ the visible GPUs, `harness study FILE --unit KEY` each), or on every rank of a t
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -47,8 +48,8 @@ from harness.study.spec import (
     sweeps_left_out,
     units,
 )
-from harness.training.checkpoint import CHECKPOINT_DIR, META_FILE, read_meta
-from harness.training.outcome import TrainingDiverged, TrainingStopped
+from harness.training.checkpoint import CHECKPOINT_DIR, DAMAGED_FIX, META_FILE, read_meta
+from harness.training.outcome import TrainingDiverged, TrainingError, TrainingStopped
 from harness.training.trainlog import LOG_FILE
 
 STOPPED_EXIT = 3  # a worker that checkpointed and stopped at the time limit
@@ -67,7 +68,7 @@ def run_unit(study: Study, unit: Unit, results: Path, runs: Path, device: str,
     in the rows, not an error that would end the study or block it at every rerun."""
     path = rows_file(study, results)
     existing = stored_rows(path, d, log)
-    todo = pending_tasks(unit, existing)
+    todo = pending_tasks(existing)(unit)
     if not todo:
         return "done"
     cfg = study.config(unit.size, unit.seed, unit.lr)
@@ -91,10 +92,24 @@ def run_unit(study: Study, unit: Unit, results: Path, runs: Path, device: str,
 def trained_or_diverged(unit: Unit, cfg, run_dir: Path, device: str, on_step, should_stop) -> tuple:
     """(model, meta, None) of the trained run, or (None, {}, why) where its training diverged."""
     try:
-        model, meta, _ = trained_model(unit.model, cfg, run_dir, device, False, on_step, should_stop)
+        with damage_fix(run_dir):
+            model, meta, _ = trained_model(unit.model, cfg, run_dir, device, False, on_step, should_stop)
     except TrainingDiverged as err:
         return None, {}, str(err).split(";")[0]
     return model, meta, None
+
+
+@contextlib.contextmanager
+def damage_fix(run_dir: Path):
+    """A damaged checkpoint's error with the fix of `harness study`: DAMAGED_FIX names options of
+    `harness run` and `harness train` that it does not have; its way is to delete the run's folder,
+    whose run the study then trains again."""
+    try:
+        yield
+    except TrainingError as err:
+        if DAMAGED_FIX not in str(err):
+            raise
+        raise TrainingError(str(err).replace(DAMAGED_FIX, f"delete {run_dir} and run the study again")) from None
 
 
 def unit_context(study: Study, unit: Unit, cfg, run_dir: Path, device: str, meta: dict, d) -> TaskContext:
@@ -180,7 +195,9 @@ def check_kept_config(study: Study, unit: Unit, results: Path, runs: Path | None
 def check_checkpoint(study: Study, unit: Unit, cfg: Config, results: Path, runs: Path) -> None:
     """A checkpoint of the run trained with another config is not resumed or reused, nor retrained over."""
     ckpt = Path(runs) / study.name / unit.key / CHECKPOINT_DIR
-    if (ckpt / META_FILE).is_file() and not same_config(read_meta(ckpt)["config"], cfg):
+    with damage_fix(ckpt.parent):
+        recorded = read_meta(ckpt)["config"] if (ckpt / META_FILE).is_file() else None
+    if recorded is not None and not same_config(recorded, cfg):
         raise changed_study(study, results, runs, f"{ckpt.parent} holds {unit.model} trained with another config "
                                                   f"than the study gives it now")
 
@@ -221,7 +238,8 @@ def run_study(study: Study, results: Path, runs: Path, device: str, jobs: int = 
               plugins: tuple[str, ...] = (), start_new_for: float | None = None,
               largest_first: bool = False) -> dict:
     """Run every unit not yet done, the next one picked whenever a slot frees (a final run
-    becomes runnable once its model's sweep has chosen its learning rate), then write the report.
+    becomes runnable once its model's sweep has chosen its learning rate), then write the report (also
+    when interrupted, stopped or failed, so that status.md and the tables say where the study stands).
     `start_new_for`: seconds after which a unit starts only if its run has a checkpoint under
     `runs` (a cut training resumes, a trained one scores its tasks left): on a machine about to go
     away, a training started too late to finish would be lost with it. Before then, with a
@@ -230,8 +248,10 @@ def run_study(study: Study, results: Path, runs: Path, device: str, jobs: int = 
     the largest size first (the longest trainings; by default a size's runs come before the next
     size's, so the small sizes' results come first), so that on such a machine they start early
     enough to finish, while the shorter ones fill the slots beside them.
-    Returns counts: done, diverged (recorded in the rows as such), failed, stopped, waiting, and
-    squeezed (starts that ran out of GPU memory beside other processes and were queued again)."""
+    Returns counts: done, diverged (recorded in the rows as such), failed, stopped, waiting, squeezed
+    (starts that ran out of GPU memory beside other processes and were queued again), not_started
+    (held back by `start_new_for`), and of the study's runs when it started (`runs`, those waiting for
+    their learning rate included) those `already` done."""
     d, device, log = join_job(device, log)
     if d is not None and jobs > 1:
         raise ConfigError("under torchrun every run trains on all ranks: drop --jobs (or run without torchrun "
@@ -239,14 +259,18 @@ def run_study(study: Study, results: Path, runs: Path, device: str, jobs: int = 
     main = d is None or d.is_main
     drop_missing_tasks(study, log)
     plan(study, log)
-    check_before_running(study, checked_rows(rows_file(study, results), d), results, runs)
+    rows = checked_rows(rows_file(study, results), d)
+    check_before_running(study, rows, results, runs)
     deadline = None if time_limit is None else time.time() + time_limit
     new_until = None if start_new_for is None else time.time() + start_new_for
-    counts = {"done": 0, "diverged": 0, "failed": 0, "stopped": 0, "waiting": 0, "squeezed": 0}
+    at_start, waiting = units(study, rows, study.only, study.only_sizes)
+    left = list(filter(pending_tasks(rows), at_start))
+    counts = {"done": 0, "diverged": 0, "failed": 0, "stopped": 0, "waiting": 0, "squeezed": 0, "not_started": 0,
+              "runs": len(at_start) + waiting, "already": len(at_start) - len(left)}
     # (run, its tasks left) started in this invocation: a sweep run is claimed again, for the final
     # stage's tasks, once its learning rate turns out to be the model's best
     claimed: set[tuple[str, tuple]] = set()
-    held_back: set[str] = set()  # units said not to start: too long for the time left
+    held_back: set[str] = set()  # units not started for `start_new_for`: too late, or too long for the time left
 
     def next_unit(running: tuple[str, ...] = ()) -> Unit | None:
         """The first unit with tasks left that this invocation has not started. A (model, size)
@@ -257,11 +281,12 @@ def run_study(study: Study, results: Path, runs: Path, device: str, jobs: int = 
         defined, counts["waiting"] = units(study, rows, study.only, study.only_sizes)
         if main:
             write_record(study, results, device)
-        left = [u for u in defined if pending_tasks(u, rows)]
+        pending = pending_tasks(rows)
+        left = [u for u in defined if pending(u)]
         if largest_first:
             left.sort(key=lambda u: -list(study.sizes).index(u.size))
-        if progress and left and main:
-            progress(len(defined) - len(left), len(defined), "")
+        if progress and left and main:  # of every run, those waiting for their learning rate too
+            progress(len(defined) - len(left), len(defined) + counts["waiting"], "")
         tuned = {(r.model, r.preset) for r in rows}
         busy = {tuple(key.split("/")[:2]) for key in running}
         expected = past_durations(study, results, rows)
@@ -272,40 +297,44 @@ def run_study(study: Study, results: Path, runs: Path, device: str, jobs: int = 
             if new_until is None or (Path(runs) / study.name / u.key / CHECKPOINT_DIR / META_FILE).is_file():
                 return True
             seconds = expected(u)
-            if deadline is None or seconds is None or time.time() + seconds <= deadline:
-                return time.time() < new_until
-            if u.key not in held_back:
-                held_back.add(u.key)
+            fits = deadline is None or seconds is None or time.time() + seconds <= deadline
+            if fits and time.time() < new_until:
+                return True
+            if not fits and u.key not in held_back:
                 log(f"not starting {u.key}: the study's runs of its size took about {seconds:.0f}s, "
                     f"{max(0, deadline - time.time()):.0f}s are left before the time limit")
+            held_back.add(u.key)
             return False
 
         def ready(u: Unit) -> bool:
-            return u.key not in running and (u.key, tuple(pending_tasks(u, rows))) not in claimed and (
+            return u.key not in running and (u.key, tuple(pending(u))) not in claimed and (
                 (u.model, u.size) in tuned or (u.size, u.model) not in busy) and may_start(u)
         unit = next((u for u in left if ready(u)), None)
         if unit is not None:
-            claimed.add((unit.key, tuple(pending_tasks(unit, rows))))
+            claimed.add((unit.key, tuple(pending(unit))))
         return unit
 
     def expired() -> bool:
         return deadline is not None and time.time() >= deadline
 
-    if jobs <= 1:
-        while not expired() and (unit := next_unit()) is not None:
-            log(f"run {unit.key}: {', '.join(unit.tasks)}")
-            stop = (lambda: time.time() >= deadline) if deadline is not None else None
-            counts[_in_process(study, unit, results, runs, device, log, on_step, stop, d)] += 1
-    else:
-        def requeue(key: str) -> None:  # the unit may be claimed again for the tasks it has left
-            claimed.difference_update({c for c in claimed if c[0] == key})
-        for status in _pool(study, next_unit, results, runs, device, jobs, deadline, log, plugins, requeue):
-            counts[status] += 1
+    try:
+        if jobs <= 1:
+            while not expired() and (unit := next_unit()) is not None:
+                log(f"run {unit.key}: {', '.join(unit.tasks)}")
+                stop = (lambda: time.time() >= deadline) if deadline is not None else None
+                counts[_in_process(study, unit, results, runs, device, log, on_step, stop, d)] += 1
+        else:
+            def requeue(key: str) -> None:  # the unit may be claimed again for the tasks it has left
+                claimed.difference_update({c for c in claimed if c[0] == key})
+            for status in _pool(study, next_unit, results, runs, device, jobs, deadline, log, plugins, requeue):
+                counts[status] += 1
+    finally:  # interrupted (Ctrl-C, SIGTERM) or failed too, the interruption or error going on after it
+        if main:
+            write_report(study, Path(results))
+    counts["not_started"] = len(held_back - {key for key, _ in claimed})  # one held back may start later
     left_out = sweeps_left_out(study, stored_rows(rows_file(study, results), d, log))
     if counts["waiting"] and left_out:
         log(f"note: {waiting_for(study, left_out)}")
-    if main:
-        write_report(study, Path(results))
     return counts
 
 
@@ -318,6 +347,7 @@ def past_durations(study: Study, results: Path, rows: list[Row]) -> Callable[[Un
     kept: dict[str, list[tuple[str, float]]] = {}  # size -> (model, training seconds) of its kept summaries
     scored = {(r.preset, r.model, r.task, r.extra.get("lr"), r.seed): r.extra["eval_seconds"]
               for r in rows if isinstance(r.extra.get("eval_seconds"), (int, float))}  # one run's task -> seconds
+    pending = pending_tasks(rows)
 
     def training(size: str) -> list[tuple[str, float]]:
         if size not in kept:
@@ -336,7 +366,7 @@ def past_durations(study: Study, results: Path, rows: list[Row]) -> Callable[[Un
     def expected(unit: Unit) -> float | None:
         done = training(unit.size)
         parts = [median_of([t for m, t in done if m == unit.model], [t for _, t in done])]
-        for task in pending_tasks(unit, rows):
+        for task in pending(unit):
             every = [(model, t) for (size, model, name, *_), t in scored.items() if size == unit.size and name == task]
             parts.append(median_of([t for m, t in every if m == unit.model], [t for _, t in every]))
         known = [p for p in parts if p is not None]
@@ -349,7 +379,7 @@ def check_before_running(study: Study, rows: list[Row], results: Path, runs: Pat
     checkpoints of another version of the study file, or chosen sizes that can only wait."""
     check_unchanged(study, rows, results, runs)
     defined, waiting = units(study, rows, study.only, study.only_sizes)
-    left = [u for u in defined if pending_tasks(u, rows)]
+    left = list(filter(pending_tasks(rows), defined))
     for unit in left:
         check_checkpoint(study, unit, study.config(unit.size, unit.seed, unit.lr), results, runs)
     left_out = sweeps_left_out(study, rows)

@@ -34,7 +34,7 @@ still at the edge is flagged in `lr_choice.json`.
 A final run at a swept learning rate and the sweep's seed is the sweep's run (same checkpoint), not
 a second one.
 
-Resuming: a run whose rows exist is skipped; a cut training resumes from its checkpoint
+Resuming: a run whose rows are complete is skipped (`pending_tasks`); a cut training resumes from its checkpoint
 (harness.study.runner runs them). Rows, kept configs or checkpoints made under another version of
 the study file are refused, not reused (a new `name:` starts a new study). A run whose training
 diverges (a loss or gradient norm that is not finite) is a result: rows of metric `diverged`, a
@@ -106,17 +106,16 @@ class Study:
     def restrict(self, names: list[str]) -> None:
         """Run only these models and references of the study (the rows of the others stay)."""
         stray = [n for n in names if n not in self.models + self.references]
-        if stray or not names:
-            raise ConfigError(f"--models names {stray[0] if stray else 'nothing'}; the study's models are "
+        if stray:
+            raise ConfigError(f"--models names {stray[0]}; the study's models are "
                               f"{', '.join(self.models + self.references)}")
         self.only = set(names)
 
     def restrict_sizes(self, names: list[str]) -> None:
         """Run only these sizes (e.g. leave out one whose trainings outlast the machine at hand)."""
         stray = [n for n in names if n not in self.sizes]
-        if stray or not names:
-            raise ConfigError(f"--sizes names {stray[0] if stray else 'nothing'}; the study's sizes are "
-                              f"{', '.join(self.sizes)}")
+        if stray:
+            raise ConfigError(f"--sizes names {stray[0]}; the study's sizes are {', '.join(self.sizes)}")
         self.only_sizes = set(names)
 
     def config(self, size: str, seed: int, lr: float | None = None) -> Config:
@@ -266,6 +265,8 @@ def _parse(data: dict, path: Path) -> Study:
     if stray:
         raise ConfigError(f"focus names `{stray[0]}`, which is not one of models")
     sweep, sweep_sizes, sweep_tasks = _stage(data, "sweep", SWEEP_KEYS, sizes)
+    if "smoke" not in sweep_tasks:  # without its rows the sweep would never choose, and the final stage wait for ever
+        raise ConfigError("sweep.tasks must include smoke (the learning rate is chosen by its held-out loss)")
     final, final_sizes, final_tasks = _stage(data, "final", FINAL_KEYS, sizes)
     lrs = sorted(_list(_required(sweep, "sweep.lrs"), "sweep.lrs", "[1e-3, 2e-3, 4e-3]", _positive))
     seeds = _mapping(_optional(final, "final.seeds", {}), "final.seeds", "{m: [0, 1, 2], default: [0]}")
@@ -498,7 +499,8 @@ def units(study: Study, rows: list, only: set[str] | None = None,
     """(runs that can be defined now, runs still waiting for the sweep), both of the models in `only`
     and the sizes in `only_sizes` (None: all), size by size (a size's sweep, then its final runs), so
     that the smaller sizes finish first. The final stage of a model waits for its learning rate;
-    references need none."""
+    references need none. Each run counts once: a final run at a swept size and the sweep's seed will
+    be one of the sweep's runs (the best), counted there, not among those waiting too."""
     out, waiting = [], 0
     lrs, sweeps = choose_lrs(rows, study), sweep_plan(rows, study)
     models = [m for m in study.models if only is None or m in only]
@@ -517,7 +519,8 @@ def units(study: Study, rows: list, only: set[str] | None = None,
             for model in models:
                 lr = lrs.get(model, {}).get(size, {}).get("lr")
                 if lr is None:
-                    waiting += 1
+                    if size not in study.sweep_sizes or seed != study.sweep_seed:
+                        waiting += 1
                 else:
                     out.append(Unit(model, size, lr, seed, tuple(study.final_tasks)))
             out += [Unit(ref, size, None, seed, tuple(study.final_tasks)) for ref in references]
@@ -553,7 +556,27 @@ def rows_file(study: Study, results: Path) -> Path:
     return Path(results) / study.name / "rows.jsonl"
 
 
-def pending_tasks(unit: Unit, rows: list) -> list[str]:
-    have = {r.task for r in rows if (r.model, r.preset, r.seed) == (unit.model, unit.size, unit.seed)
-            and r.extra.get("lr") == unit.lr}
-    return [t for t in unit.tasks if t not in have]
+def pending_tasks(rows: list) -> Callable[[Unit], list[str]]:
+    """pending(unit): the unit's tasks not done in rows. A run's task is done when its rows hold every
+    metric (per corpus source) that the rows of the same task hold for any other run at that size, or
+    say that its training diverged. A run that lost a row (smoke's `loss`, which the sweep and the
+    tables read) is then scored again from its checkpoint, rather than counted as done with a hole
+    that a mean over fewer seeds would hide. Context lengths and depths are not compared: a sweep
+    over lengths that ran out of memory stops early by design, and would be scored again at every rerun."""
+    held: dict[tuple, set] = {}  # (size, task, model, lr, seed) -> the metrics the run's rows of the task hold
+    diverged = set()
+    for r in rows:
+        key = (r.preset, r.task, r.model, r.extra.get("lr"), r.seed)
+        held.setdefault(key, set()).add((r.metric, r.extra.get("corpus_source")))
+        if r.metric == DIVERGED:
+            diverged.add(key)
+    needed: dict[tuple, set] = {}  # (size, task) -> what its runs that did not diverge measured
+    for key, measured in held.items():
+        if key not in diverged:
+            needed.setdefault(key[:2], set()).update(measured)
+
+    def pending(unit: Unit) -> list[str]:
+        keys = {task: (unit.size, task, unit.model, unit.lr, unit.seed) for task in unit.tasks}
+        return [task for task, key in keys.items()
+                if key not in diverged and not (key in held and needed[key[:2]] <= held[key])]
+    return pending

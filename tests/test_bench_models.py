@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from harness.bench import models as bm
-from harness.config import load_config
+from harness.config import ConfigError, load_config
 from harness.model.attention import FULL_CACHE_MIN_GROWTH
 from harness.model.build import build_model
 
@@ -325,10 +325,10 @@ def test_stored_rows_count_as_measured_only_under_the_same_config_and_points(tmp
     monkeypatch.setattr(bm, "train_point", fake_train_point(calls))
     out = tmp_path / "speed"
 
-    def bench(lengths, *overrides, tokens=64):
+    def bench(lengths, *overrides, tokens=64, force=False):
         logged = []
         rows = bm.run_bench(["swat"], load_config("tiny", overrides=list(overrides)), ["train"], {"train": lengths},
-                            torch.device("cpu"), out, tokens, (1,), log=logged.append)
+                            torch.device("cpu"), out, tokens, (1,), force=force, log=logged.append)
         return rows, any("already measured" in m for m in logged)
 
     rows, skipped = bench([32])
@@ -341,9 +341,10 @@ def test_stored_rows_count_as_measured_only_under_the_same_config_and_points(tmp
     assert calls == [32, 32, 32, 64] and not skipped
     assert sorted(r.extra["seq_len"] for r in rows) == [32, 64] and {r.extra["config_id"] for r in rows} == {window_8}
     assert bench([64], "model.window=8")[1] and calls == [32, 32, 32, 64]
-    rows, skipped = bench([64], "model.window=8", tokens=128)  # another batch at that length
-    assert calls[-1] == 64 and not skipped
-    assert sorted((r.extra["seq_len"], r.extra["batch_tokens"]) for r in rows) == [(32, 64), (64, 128)]
+    with pytest.raises(ConfigError, match="measured at another batch size"):  # a table would compare the two
+        bench([64], "model.window=8", tokens=128)
+    rows, skipped = bench([32, 64], "model.window=8", tokens=128, force=True)
+    assert sorted((r.extra["seq_len"], r.extra["batch_tokens"]) for r in rows) == [(32, 128), (64, 128)]
 
 
 # ---------------------------------------------------------------- `harness bench kernels` (here, for want of a file)
@@ -398,3 +399,66 @@ def test_a_bench_under_another_config_may_not_relabel_other_models_rows(tmp_path
         bench(["swat"], "model.window=16")
     assert (out / "rows.jsonl").read_text() == stored
     assert "swat: replacing its rows measured under another config" in bench(["swat", "transformer"], "model.window=16")
+
+
+def test_a_folder_compares_training_speed_at_one_batch_size_and_records_only_what_its_rows_hold(tmp_path,
+                                                                                                 monkeypatch):
+    """Benching swat alone at --train-tokens 4096 into a folder of swat and llama_hf at 512 put both
+    in one bolded column, and run.json said 4096 for all, and the CPU default lengths of unrun sweeps."""
+    from harness.config import ConfigError
+    monkeypatch.setattr(bm, "train_point", fake_train_point([]))
+    monkeypatch.setattr(bm, "prefill_point", lambda *args: {"latency_ms": 1.0, "tokens_per_s": 1.0})
+    out = tmp_path / "speed"
+
+    def bench(names, tokens, sweeps=("train",), force=False):
+        bm.run_bench(names, load_config("tiny"), list(sweeps), {"train": [32], "prefill": [16]},
+                     torch.device("cpu"), out, tokens, (1,), force=force, log=lambda m: None)
+        return json.loads((out / "run.json").read_text())
+
+    assert bench(["swat", "transformer"], 64)["lengths"] == {"train": [32]}
+    stored = (out / "rows.jsonl").read_text()
+    for force in (False, True):  # with --force, transformer's rows at 64 tokens would still be there
+        with pytest.raises(ConfigError, match=r"swat, transformer measured at another batch size \(e.g. swat at "
+                                              r"length 32: 64 tokens per batch, here 128\).*--force with --models"):
+            bench(["swat"], 128, force=force)
+        assert (out / "rows.jsonl").read_text() == stored
+    record = bench(["swat", "transformer"], 128, force=True)
+    rows = [json.loads(line) for line in (out / "rows.jsonl").read_text().splitlines()]
+    assert {(r["model"], r["batch_tokens"]) for r in rows} == {("swat", 128), ("transformer", 128)}
+    assert record["train_tokens"] == 128
+    record = bench(["swat"], 64, sweeps=["prefill"])  # no training measured: its tokens are not this bench's
+    assert record["lengths"] == {"train": [32], "prefill": [16]} and record["train_tokens"] == 128
+    assert "decode_batches" not in record
+
+
+def test_a_damaged_or_empty_kernels_csv_is_one_error_and_a_plot_without_rows_goes(tmp_path, capsys):
+    """A kernels.csv line cut inside its ms was drawn as measured and kept unmeasured by a rerun; an
+    empty file rendered no tables beside the old kernels.png; a csv path to --render-only said the
+    csv was missing; --head-dims 12 was told to use 64 and/or 128 though 16 and 32 run."""
+    from harness import cli
+    from harness.bench.kernels import BenchSpec, read_csv, run_kernel_bench, to_csv
+    from harness.config import ConfigError
+    spec = BenchSpec(head_dims=[64], lengths=[32], windows=["T"], tokens=32, hidden=64, peers=("sdpa",),
+                     modes=("fwd",), decode_contexts=())
+    folder = run_kernel_bench(spec, tmp_path, log=lambda m: None)
+    csv_path = folder / "kernels.csv"
+    header, line = csv_path.read_text().splitlines()
+    csv_path.write_text(f"{header}\n{line[:line.index(',sdpa,softmax,') + len(',sdpa,softmax,') + 2]}\n")
+    assert cli.main(["bench", "kernels", "--render-only", str(folder)]) == 2
+    one_error_line(capsys.readouterr().err, f"{csv_path}: line 2 is damaged", "delete that line")
+    with pytest.raises(ConfigError, match="line 2 is damaged"):
+        run_kernel_bench(spec, tmp_path, log=lambda m: None)
+    csv_path.write_text(header + "\n")
+    assert cli.main(["bench", "kernels", "--render-only", str(folder)]) == 2
+    one_error_line(capsys.readouterr().err, f"{csv_path} holds no measured shape; delete it")
+    csv_path.unlink()
+    (row,) = read_csv(run_kernel_bench(spec, tmp_path, log=lambda m: None) / "kernels.csv")
+    assert row["status"] == "ok" and row["ms"] > 0 and (folder / "kernels.png").is_file()
+    csv_path.write_text(to_csv([{**row, "ms": None, "tflops": None, "status": "needs a CUDA GPU"}]))
+    assert cli.main(["bench", "kernels", "--render-only", str(folder)]) == 0
+    assert not (folder / "kernels.png").exists()
+    assert cli.main(["bench", "kernels", "--render-only", str(csv_path)]) == 2
+    one_error_line(capsys.readouterr().err, f"{csv_path} is a file; pass its folder ({folder})")
+    assert cli.main(["bench", "kernels", "--head-dims", "12", "--out", str(tmp_path / "twelve")]) == 2
+    one_error_line(capsys.readouterr().err, "head dims [12] not supported by the SWAT kernel; use any of "
+                   "16, 32, 64, 128")

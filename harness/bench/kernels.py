@@ -275,11 +275,16 @@ def _key(r: dict) -> tuple:
 
 
 def read_csv(path: Path) -> list[dict]:
+    """The rows of a kernels.csv ([] where there is none). A damaged line, e.g. one cut short by a
+    full disk or an editor (its status, date and commit gone), would be drawn as measured and kept
+    unmeasured by a rerun, so it is an error, and so is a file without rows (its plots would stay)."""
     if not path.is_file():
         return []
     rows = []
     for n, r in enumerate(csv.DictReader(path.read_text(encoding="utf-8", errors="replace").splitlines()), 2):
         try:
+            if None in r or not all(r.get(f) for f in ("status", "date", "commit")):  # fields short or over
+                raise ValueError(f"not the {len(FIELDS)} fields of a measured shape, status, date and commit last")
             for f in ("ms", "tflops"):
                 r[f] = float(r[f]) if r[f] not in ("", None) else None
             for f in ("head_dim", "seq_len", "window", "batch", "heads"):
@@ -287,9 +292,9 @@ def read_csv(path: Path) -> list[dict]:
         except (KeyError, TypeError, ValueError) as err:
             raise ConfigError(f"{path}: line {n} is damaged ({type(err).__name__}: {err}); delete that line (its "
                               f"shape is measured again), or pass --force to measure everything again") from None
-        r.setdefault("date", None)
-        r.setdefault("commit", None)
         rows.append(r)
+    if not rows:
+        raise ConfigError(f"{path} holds no measured shape; delete it and run `harness bench kernels` again")
     return rows
 
 
@@ -382,6 +387,8 @@ def markdown(rows: list[dict], info: dict) -> str:
 
 
 def plot(rows: list[dict], out: Path) -> list[Path]:
+    """kernels.png (time vs W per (d, T)) and decode.png from the timed rows; the files written. One
+    with nothing to draw is removed: an earlier run's would stand beside a kernels.md without it."""
     from harness.results.plots import pyplot
     plt = pyplot()
     written = []
@@ -413,6 +420,8 @@ def plot(rows: list[dict], out: Path) -> list[Path]:
     dec = [r for r in rows if r["ms"] is not None and r["mode"] == "decode"]
     if dec:
         written.append(_decode_plot(dec, out / "decode.png"))
+    for stale in {out / "kernels.png", out / "decode.png"} - set(written):  # an earlier run's, of other rows
+        stale.unlink(missing_ok=True)
     return written
 
 
@@ -496,9 +505,11 @@ def run_kernel_bench(spec: BenchSpec, out_root: Path, force: bool = False, log: 
         raise ConfigError(f"unknown peers {sorted(unknown)}; choose from {', '.join(PEERS)}")
     if set(spec.modes) - set(MODES):
         raise ConfigError(f"unknown modes {sorted(set(spec.modes) - set(MODES))}; choose from {', '.join(MODES)}")
-    bad = [d for d in spec.head_dims if d not in (16, 32, 64, 128)]
+    from harness.ops.swat import _KERNEL_HEAD_DIMS  # the head sizes the dispatcher sends to the kernel
+    bad = [d for d in spec.head_dims if d not in _KERNEL_HEAD_DIMS]
     if bad:
-        raise ConfigError(f"head dims {bad} not supported by the SWAT kernel; use 64 and/or 128")
+        raise ConfigError(f"head dims {bad} not supported by the SWAT kernel; use any of "
+                          f"{', '.join(map(str, _KERNEL_HEAD_DIMS))}")
     shapes = kernel_shapes(spec.head_dims, spec.lengths, spec.windows, spec.tokens, spec.hidden)
     device = kernel_device(log)
     dtype = getattr(torch, spec.dtype)
@@ -551,6 +562,8 @@ def render(out: Path) -> list[Path]:
     after a run that stopped early (every finished shape is already in kernels.csv); the files written."""
     from harness.files import atomic_write_text
     out = Path(out)
+    if out.is_file():
+        raise ConfigError(f"{out} is a file; pass its folder ({out.parent}), which holds kernels.csv and run.json")
     files = ("kernels.csv", "run.json")
     missing = [name for name in files if not (out / name).is_file()]
     if missing:

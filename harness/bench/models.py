@@ -410,8 +410,9 @@ def run_bench(names: list[str], cfg: Config, sweeps, lengths: dict, device: torc
               on_point: Callable | None = None, profile: bool = False) -> list:
     """Sweep each model (each once, however often named) into out_dir/{rows.jsonl, run.json,
     table.md, plots}; a model's sweep whose planned points are already there, measured under the
-    same config on the same device, is skipped unless force. Rows are saved after each model.
-    profile: also out_dir/profiles/<model>-train-<length>.md, where each training step's time goes."""
+    same config on the same device, is skipped unless force. Rows are saved after each model. A
+    folder's training rows share one tokens per batch (`check_one_batch_size`), and run.json records
+    the lengths its rows hold. profile: also out_dir/profiles/<model>-train-<length>.md, where each training step's time goes."""
     from pathlib import Path
 
     from harness.files import atomic_write_text
@@ -434,9 +435,18 @@ def run_bench(names: list[str], cfg: Config, sweeps, lengths: dict, device: torc
         log(f"{name}: already measured at these points under this config (pass --force to measure again)")
     if any(plan.values()):  # else nothing is measured, and run.json keeps only the commands that made rows
         check_one_config(out, rows, plan, measured_as, log)
-        record_run(out, {"models": list(plan), "sweeps": list(sweeps), "lengths": lengths,
-                         "train_tokens": train_tokens, "decode_batches": list(decode_batches),
-                         "config": cfg.to_dict()}, str(device))
+        replacing = [replaced_rows(name, todo, places, measured_as, stamp["device"], train_tokens)
+                     for name, todo in plan.items() if todo]
+        kept = [r for r in rows if not any(replaced(r) for replaced in replacing)]
+        measuring = {sweep for todo in plan.values() for sweep in todo}
+        settings = {}  # what this bench measures at; a sweep it does not run leaves the earlier record's value
+        if "train" in measuring:
+            check_one_batch_size(out, rows, kept, train_tokens, force, log)
+            settings["train_tokens"] = train_tokens
+        if "decode" in measuring:
+            settings["decode_batches"] = list(decode_batches)
+        record_run(out, {"models": list(plan), "sweeps": list(sweeps), "lengths": held_lengths(kept, plan, lengths),
+                         **settings, "config": cfg.to_dict()}, str(device))
         if device.type == "cpu":
             log(f"warning: {CPU_WARNING}")
         vers = versions()
@@ -457,7 +467,7 @@ def run_bench(names: list[str], cfg: Config, sweeps, lengths: dict, device: torc
                 if p.profile is not None:
                     atomic_write_text(out / "profiles" / f"{name}-train-{p.length}.md", profile_markdown(p, stamp))
             rows = replace_rows(rows_file, points_to_rows(points, make_row),
-                                replaced_rows(name, todo, places, measured_as, stamp["device"]), warn=log)
+                                replaced_rows(name, todo, places, measured_as, stamp["device"], train_tokens), warn=log)
     if rows:  # the table and plots from every stored row, also where a run was cut after its rows
         atomic_write_text(out / "table.md", render(build("speed", rows), "md"))
         speed_curves(rows, out)
@@ -476,19 +486,63 @@ def check_one_config(out, rows: list, plan: dict, measured_as: str, log: Callabl
         log(f"{name}: replacing its rows measured under another config")
 
 
-def replaced_rows(name: str, sweeps, places: dict, measured_as: str, device: str) -> Callable:
+def at_train_tokens(row, train_tokens: int) -> bool:
+    """Whether a training row was measured at the batch `train_tokens` gives at its length: only such
+    rows compare with this bench's (tokens/s grows with the batch)."""
+    length = row.extra.get("seq_len")
+    return row.extra.get("batch_tokens") == train_batch(length, train_tokens) * length
+
+
+def check_one_batch_size(out, rows: list, kept: list, train_tokens: int, force: bool, log: Callable) -> None:
+    """A folder's training rows share one number of tokens per batch: its table bolds the fastest of
+    a column and its curves join a model's lengths, and tokens/s grows with the batch, so rows at
+    another batch size would win or bend them unseen. A bench measuring training at another one may
+    replace such rows (`kept`: those its models' sweeps do not replace) with --force only, so that
+    an afterthought does not discard hours of measurements; else it stops before anything is written."""
+    def elsewhere(held: list) -> list:
+        return [r for r in held if r.task == "speed_train" and not at_train_tokens(r, train_tokens)]
+    other = elsewhere(rows)
+    if not other:
+        return
+    models = sorted({r.model for r in other})
+    if force and not elsewhere(kept):
+        log(f"{', '.join(models)}: replacing training rows measured at another number of tokens per batch")
+        return
+    first, length = other[0], other[0].extra.get("seq_len")
+    raise ConfigError(f"{out} holds training rows of {', '.join(models)} measured at another batch size (e.g. "
+                      f"{first.model} at length {length}: {first.extra.get('batch_tokens')} tokens per batch, here "
+                      f"{train_batch(length, train_tokens) * length}), which its table would compare with these; pass "
+                      f"another --out, the --train-tokens its run.json records, or --force with --models naming "
+                      f"{', '.join(models)} to measure them again")
+
+
+def held_lengths(kept: list, plan: dict, lengths: dict) -> dict:
+    """run.json's lengths per sweep: those of the rows the folder keeps and of the points this bench
+    measures, no others (not the default lengths of a sweep it did not run). A dict is not united
+    with the earlier record's (`record_run`), so it is the whole folder's."""
+    held: dict = {}
+    for r in kept:
+        sweep = r.task.removeprefix("speed_")
+        held.setdefault(sweep, set()).add(r.extra.get("context" if sweep == "decode" else "seq_len"))
+    for todo in plan.values():
+        for sweep in todo:
+            held.setdefault(sweep, set()).update(lengths[sweep])
+    return {s: sorted(held[s]) for s in SWEEPS if s in held}
+
+
+def replaced_rows(name: str, sweeps, places: dict, measured_as: str, device: str, train_tokens: int) -> Callable:
     """Which stored rows a model's fresh sweeps replace: every row of those sweeps but the ones of
-    the same config and device at lengths (and decode batches) this bench did not plan, kept beside
-    the new ones. A folder holds one config per model and sweep, and one row per length whatever
-    the tokens per training batch: its table has one line for the model and one cell per length."""
-    cells = {sweep: [{k: v for k, v in place.items() if k != "batch_tokens"} for place in places[sweep]]
-             for sweep in sweeps}
+    the same config and device, and for training the same tokens per batch (`check_one_batch_size`),
+    at lengths (and decode batches) this bench did not plan, kept beside the new ones. A folder holds
+    one config per model and sweep, and one batch size per length: its table has one line for the
+    model and one cell per length."""
 
     def replaced(row) -> bool:
         sweep = row.task.removeprefix("speed_")
         if row.model != name or sweep not in sweeps:
             return False
-        return not _same_measurement(row, measured_as, device) or _placed(row, cells[sweep])
+        return (not _same_measurement(row, measured_as, device) or _placed(row, places[sweep])
+                or sweep == "train" and not at_train_tokens(row, train_tokens))
     return replaced
 
 

@@ -840,3 +840,18 @@ def test_the_summary_counts_the_runs_start_new_for_held_back(finished, tmp_path,
     assert study_cli(tmp_path, "--start-new-for", "0") == 0
     assert "study tiny-study: 0 runs done (7 were done already), 0 stopped (resumable), 0 failed, 1 not started " \
            "(--start-new-for), 0 waiting" in capsys.readouterr().out
+
+
+def test_the_best_model_is_bold_even_where_every_model_is_under_the_bigram(finished, tmp_path):
+    """‡ (not better than the bigram) kept a cell out of the bold, so a column of ‡ cells had no best model."""
+    path = copy_losing_rows(finished, tmp_path, lambda r: False)
+    bigram = [json.dumps({**json.loads(ln), "model": "bigram", "value": 0.5, "lr": None})
+              for ln in path.read_text().splitlines() if '"swat"' in ln and '"smoke"' in ln]
+    path.write_text(path.read_text() + "\n".join(bigram) + "\n")
+    study = tmp_path / "with_bigram.yaml"
+    study.write_text(TINY.read_text() + "references: [bigram]\n")
+    assert study_cli(tmp_path, "--report-only", study=study) == 0
+    lines = [ln for ln in (path.parent / "main.md").read_text().splitlines() if ln.startswith(("| swat |",
+                                                                                                "| transformer |"))]
+    losses = [ln.split("|")[5].strip() for ln in lines]
+    assert all("‡" in cell for cell in losses) and sum(cell.startswith("**") for cell in losses) == 2  # one per size

@@ -804,8 +804,15 @@ PATH_ERRORS = {NotADirectoryError: "a file stands where this path needs a folder
 
 def path_problem(err: OSError) -> str:
     """An OSError about one path (its `filename`) as the path, what is wrong with it, and the fix; a
-    file in the way of a folder is named itself (runs/tiny, not the runs/tiny/swat made under it)."""
+    file in the way of a folder is named itself (runs/tiny, not the runs/tiny/swat made under it). A
+    full disk (ENOSPC) is no fault of the path: the fix is space, and a write to an open file that
+    ran out of it names no path at all."""
+    import errno
+
     from harness.files import file_in_the_way
+    if err.errno == errno.ENOSPC:
+        where = f"{err.filename}: no space left on its disk" if err.filename else "no space left on the disk written to"
+        return f"{where}; free space there or give another folder"
     why = next((why for kind, why in PATH_ERRORS.items() if isinstance(err, kind)), None)
     path = err.filename
     if isinstance(err, (NotADirectoryError, FileExistsError)) and path:
@@ -848,9 +855,11 @@ def main(argv: list[str] | None = None) -> int:
                               "again to go on from the last of them")
         return 130
     except Exception as err:
+        import errno
+
         from harness.memory import SQUEEZED_EXIT, OutOfMemory, is_out_of_memory, out_of_memory
         from harness.training.distributed import is_main_process
-        if isinstance(err, OSError) and err.filename is not None:  # the system refused a path, not the harness
+        if isinstance(err, OSError) and (err.filename is not None or err.errno == errno.ENOSPC):  # the system's refusal
             from harness.config import ConfigError
             err = ConfigError(path_problem(err))
         if not isinstance(err, expected_errors()):

@@ -89,8 +89,8 @@ def test_scaling_refuses_runs_of_different_recipes(single):
                                                             "train": {**base.config["train"], "seed": 7}})
     with pytest.raises(ConfigError, match="differ in train.seed"):
         scaling.compare([base, other])
-    faster = dataclasses.replace(base, config={**base.config, "train": {**base.config["train"], "compile": True}})
-    assert scaling.compare([base, faster])[1]["max_loss_diff"] == 0.0  # speed settings may differ
+    saving = dataclasses.replace(base, config={**base.config, "train": {**base.config["train"], "save_every": 1}})
+    assert scaling.compare([base, saving])[1]["max_loss_diff"] == 0.0  # when checkpoints are written is not timed
 
 
 def test_scaling_reports_steps_trained_modes_and_names_that_tell_runs_apart(single, tmp_path):
@@ -273,3 +273,51 @@ def assert_same_rows(one_dir, two_dir, tasks, rel):
         assert r["stderr"] is None or two[key]["stderr"] == pytest.approx(r["stderr"], rel=rel, abs=1e-6), key
         rank0_alone = r["task"] in ("smoke", "mqar")  # not data-parallel: rank 0 runs them by itself
         assert two[key].get("world_size") == (None if rank0_alone else 2) and "world_size" not in r
+
+
+def test_scaling_refuses_runs_that_ran_each_rank_otherwise(single):
+    """A one-process baseline with activation checkpointing and micro-batches of 1 gave a 2-process run
+    92.6% where a matched one gave 31%; the sequences per forward, the execution switches and the
+    device must now match (a micro-batch capped at a rank's share counts as the share), naming both values."""
+    base = dataclasses.replace(scaling.read_run(single), device="cpu")
+    assert base.config["train"]["micro_batch"] == 2  # of 8 sequences: 2 per forward on 1 rank or 2
+
+    def varied(train=None, **changes):
+        return dataclasses.replace(base, name="other", config={**base.config, "train": {**base.config["train"],
+                                                                                      **(train or {})}}, **changes)
+    for other, says in ((varied({"activation_checkpointing": True}), "train.activation_checkpointing False vs True"),
+                        (varied({"compile": "on"}), "train.compile .* vs 'on'"),
+                        (varied(device="NVIDIA H100"), "device 'cpu' vs 'NVIDIA H100'")):
+        with pytest.raises(ConfigError, match=f"ran each rank's step otherwise: {says}, which changes the speed"):
+            scaling.compare([base, other])
+    whole = varied({"micro_batch": 8})  # 8 per forward on one process, 4 on each of two
+    with pytest.raises(ConfigError, match="train.micro_batch 8 vs 4 sequences per forward on each rank.*"
+                                          "train both with --set train.micro_batch=4"):
+        scaling.compare([whole, dataclasses.replace(whole, world_size=2)])
+    for one, two in ((base, varied(world_size=2)),  # 2 and 2 per forward; 4 and 4; a log that names no device
+                     (varied({"micro_batch": 4}), varied({"micro_batch": 8}, world_size=2)),
+                     (base, varied(device=None, world_size=2))):
+        assert scaling.compare([one, two])[1]["scaling_efficiency"] == pytest.approx(0.5)
+
+
+def test_scaling_reads_the_device_and_refuses_a_run_resumed_on_another(single, tmp_path):
+    shutil.copytree(single, tmp_path / "run")
+    log = tmp_path / "run" / LOG_FILE
+    lines = log.read_text().splitlines(keepends=True)
+    header = json.loads(lines[0])
+    assert scaling.read_run(tmp_path / "run").device == header["device"]
+    lines[0] = json.dumps({**header, "device": "cpu"}) + "\n"
+    lines.insert(3, json.dumps({**header, "device": "NVIDIA H100 80GB HBM3", "start_step": 2}) + "\n")
+    log.write_text("".join(lines))
+    with pytest.raises(ConfigError, match="trained on cpu, NVIDIA H100 80GB HBM3 in turn \\(resumed on another\\)"):
+        scaling.read_run(tmp_path / "run")
+
+
+def test_scaling_marks_an_efficiency_above_100_percent(single):
+    """111.7% was printed as if a 2-process run scaled better than linearly; it says the baseline was slow."""
+    one = dataclasses.replace(scaling.read_run(single), name="one", tokens_per_s=100.0)
+    two = dataclasses.replace(one, name="two", world_size=2, tokens_per_s=223.4)
+    text = scaling.markdown(scaling.compare([one, two]))
+    assert "| 100.0% |" in text and f"| 111.7% {scaling.OVER} |" in text
+    assert f"\n{scaling.OVER} Above 100%: the baseline ran slower per process" in text
+    assert scaling.OVER not in scaling.markdown(scaling.compare([one, dataclasses.replace(two, tokens_per_s=180.0)]))

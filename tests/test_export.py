@@ -485,3 +485,50 @@ def test_an_exported_folder_is_scored_on_its_runs_heldout_data(exported, tmp_pat
     hf, own = loss.pop("hf-swat"), loss.popitem()[1]
     assert (hf.extra["corpus"], hf.n) == (own.extra["corpus"], own.n)
     assert hf.value == pytest.approx(own.value, abs=1e-4)
+
+
+def test_an_out_that_cannot_be_written_is_named_before_the_model_loads(tmp_path, capsys, monkeypatch):
+    """An --out under /proc or on a read-only disk was reported as the temporary sibling the export writes
+    (`/proc/.hfx.tmp2399: no such file or directory`), a path the user never gave, after the loading."""
+    import errno
+
+    from harness.hf import export as export_module
+    ckpt = write_checkpoint(tmp_path / "run" / "checkpoint", "transformer")
+    monkeypatch.setattr(export_module, "get_tokenizer", lambda name: pytest.fail("loaded before --out was checked"))
+    assert export("--checkpoint", str(ckpt), "--out", "/proc/hfx") == 2
+    one_error_line(capsys.readouterr().err, "--out /proc/hfx cannot be written: no folder can be made in /proc "
+                                            "(no such file or directory); give another --out")
+    mkdir = Path.mkdir
+
+    def read_only(path, *args, **kwargs):
+        if path.name.startswith(".hf.tmp"):
+            raise OSError(errno.EROFS, "Read-only file system", str(path))
+        return mkdir(path, *args, **kwargs)
+    monkeypatch.setattr(Path, "mkdir", read_only)
+    out = tmp_path / "ro" / "hf"
+    assert export("--checkpoint", str(ckpt), "--out", str(out)) == 2
+    one_error_line(capsys.readouterr().err, f"--out {out} cannot be written: no folder can be made in {out.parent} "
+                                            f"(read-only file system)")
+    assert list(out.parent.iterdir()) == []
+
+
+def test_a_checkpoint_of_an_unfinished_run_exports_with_a_warning_and_says_so_in_its_card(tmp_path, capsys):
+    """A checkpoint saved at step 3 of 64 exported without a word, its card showing `| steps | 3 |`."""
+    steps = load_config("tiny").train.steps
+    ckpt = write_checkpoint(tmp_path / "run" / "checkpoint", "transformer")
+    meta = json.loads((ckpt / "meta.json").read_text())
+
+    def exported_at(step: int, **result) -> tuple[list[str], str]:
+        (ckpt / "meta.json").write_text(json.dumps({**meta, "step": step, **result}))
+        out = tmp_path / f"hf-{step}"
+        assert export("--checkpoint", str(ckpt), "--out", str(out)) == 0
+        captured = capsys.readouterr()
+        warnings = [line for line in (captured.out + captured.err).splitlines() if line.startswith("warning:")]
+        return warnings, (out / "README.md").read_text()
+    warnings, card = exported_at(3)
+    assert warnings == [f"warning: {ckpt} is at step 3 of the {steps} its run was planned for (training stopped "
+                        f"before its end), and the model card says so; run the same `harness train` again to finish "
+                        f"it, then export"]
+    assert f"| steps | 3 of the {steps} planned (training stopped before its end) |" in card
+    warnings, card = exported_at(steps, train_loss=5.0, heldout_loss=5.0)
+    assert warnings == [] and f"| steps | {steps} |" in card

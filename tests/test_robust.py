@@ -795,3 +795,68 @@ def test_llama_hf_refuses_rope_off_rather_than_ignoring_it(tmp_path, capsys):
                      "--set", "model.rope=false"])
     one_error_line(capsys.readouterr().err, "llama_hf always applies RoPE", "model.rope=true", "--model transformer")
     assert code == 2 and not (tmp_path / "run").exists()
+
+
+def no_space_left(tensors, path, *args, **kwargs):
+    """safetensors' save_file on a full disk: part of the file written, then its error (errno in the text)."""
+    from safetensors import SafetensorError
+    Path(path).write_bytes(b"\0" * 100)
+    raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+
+
+class FullDisk:
+    """A file open for writing on a full disk: every write is refused with ENOSPC."""
+
+    def __init__(self, path, mode="r", *args, **kwargs):
+        Path(path).write_bytes(b"")
+
+    def write(self, data):
+        import errno
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    def flush(self):
+        pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+@pytest.mark.parametrize("full", ["weights", "trainer state"])
+def test_a_full_disk_while_training_is_one_line_and_leaves_no_half_written_checkpoint(tmp_path, capsys, monkeypatch,
+                                                                                        full):
+    """torch.save's "unexpected pos" RuntimeError and safetensors' SafetensorError were tracebacks, and
+    the half-written .checkpoint.tmpPID/ stayed in the run folder, holding the space."""
+    import safetensors.torch
+
+    from harness.training import checkpoint
+    if full == "weights":
+        monkeypatch.setattr(safetensors.torch, "save_file", no_space_left)
+    else:  # the real torch.save, into a file the disk refuses
+        monkeypatch.setattr(checkpoint, "open", FullDisk, raising=False)
+    run = tmp_path / "run"
+    assert cli.main(["train", "--model", "swat", "--device", "cpu", "--quiet", "--out", str(run), *ONE_STEP]) == 2
+    one_error_line(capsys.readouterr().err, f"{run}: no space left on its disk; free space there or give another "
+                                            f"folder")
+    assert sorted(p.name for p in run.iterdir()) == ["train_log.jsonl"]
+
+
+def test_a_full_disk_while_exporting_is_one_line_naming_out(smoke_run, tmp_path, capsys, monkeypatch):
+    pytest.importorskip("transformers")
+    import transformers.modeling_utils
+    monkeypatch.setattr(transformers.modeling_utils, "safe_save_file", no_space_left)
+    ckpt = next((smoke_run[0] / "runs").glob("*/swat/checkpoint"))
+    out = tmp_path / "hf"
+    assert cli.main(["export", "--checkpoint", str(ckpt), "--out", str(out)]) == 2
+    one_error_line(capsys.readouterr().err, f"{out}: no space left on its disk; free space there or give another folder")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_no_space_left_names_the_folder_or_says_the_disk():
+    import errno
+    assert cli.path_problem(OSError(errno.ENOSPC, "No space left on device", "/mnt/runs/x")) == \
+        "/mnt/runs/x: no space left on its disk; free space there or give another folder"
+    assert cli.path_problem(OSError(errno.ENOSPC, "No space left on device")) == \
+        "no space left on the disk written to; free space there or give another folder"

@@ -297,7 +297,7 @@ def model_card(name: str, cfg, meta: dict, config, params: int, commit: str, row
                   ("training length", f"{m.max_seq_len} tokens")]
     tokens = meta.get("tokens")
     recipe = [("corpus", corpus_line(t.corpus)), ("tokens trained", f"{tokens:,}" if tokens else "not recorded"),
-              ("steps", f"{meta['step']:,}" if meta.get("step") else "not recorded"),
+              ("steps", _steps(meta, t)),
               ("batch", f"{t.batch_tokens:,} tokens ({t.batch_tokens // t.seq_len} sequences of {t.seq_len})"),
               ("optimizer", f"AdamW, betas {tuple(t.betas)}, weight decay {t.weight_decay:g}, grad clip {t.grad_clip:g}"),
               ("learning rate", f"{t.lr:g}, linear warmup over {t.warmup_tokens:,} tokens, cosine decay to "
@@ -334,6 +334,14 @@ def model_card(name: str, cfg, meta: dict, config, params: int, commit: str, row
               + "The tokenizer adds no BOS token, as in training, where documents are separated by "
               f"`{_eos_text(t.tokenizer)}`.", ""]
     return "\n".join(lines)
+
+
+def _steps(meta: dict, train) -> str:
+    if not meta.get("step"):
+        return "not recorded"
+    if meta["step"] < train.steps:
+        return f"{meta['step']:,} of the {train.steps:,} planned (training stopped before its end)"
+    return f"{meta['step']:,}"
 
 
 def _devices(meta: dict) -> str:
@@ -373,11 +381,40 @@ def writable_out(ckpt: Path, out: Path) -> Path:
     return target
 
 
+def temporary_folder(out: Path, target: Path) -> Path:
+    """The temporary sibling of --out that the export writes into, made and removed once before the
+    model is loaded: a --out that cannot be written (under /proc, on a read-only disk) is then one line
+    naming --out and its folder, not the temporary folder's name (the user never gave it) after the
+    loading. A file in the way is left to the command line, which names that file."""
+    tmp = target.with_name(f".{target.name}.tmp{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp.mkdir()
+    except (FileExistsError, NotADirectoryError):
+        raise
+    except OSError as err:
+        raise ExportError(f"--out {out} cannot be written: no folder can be made in {target.parent} "
+                          f"({(err.strerror or type(err).__name__).lower()}); give another --out") from None
+    tmp.rmdir()
+    return tmp
+
+
+def unfinished_warning(ckpt: Path, meta: dict, cfg) -> str | None:
+    """A warning line for a checkpoint whose training stopped before its last step (interrupted, or
+    saved on the way): its weights are not the trained model its recipe describes."""
+    if meta.get("step") is None or meta["step"] >= cfg.train.steps:
+        return None
+    return (f"warning: {ckpt} is at step {meta['step']:,} of the {cfg.train.steps:,} its run was planned for "
+            f"(training stopped before its end), and the model card says so; run the same `harness train` again "
+            f"to finish it, then export")
+
+
 def export(checkpoint: Path, out: Path, max_shard_size: str = "2GB", push_to_hub: str | None = None,
            rows: list[Path] = (), force: bool = False, log: Callable[[str], None] = print) -> Path:
     """Write the checkpoint folder `checkpoint` as a Hugging Face model folder at `out`."""
     from harness.evaluation.sources import weights_digest
-    from harness.training.checkpoint import WEIGHTS_FILE, load_checkpoint, read_meta
+    from harness.training.checkpoint import WEIGHTS_FILE, load_checkpoint, no_space, read_meta
     ckpt, out = Path(checkpoint), Path(out)
     if not (ckpt / "meta.json").is_file():
         raise FileNotFoundError(f"{ckpt} is not a checkpoint folder (no meta.json); pass the folder that "
@@ -396,7 +433,10 @@ def export(checkpoint: Path, out: Path, max_shard_size: str = "2GB", push_to_hub
         hub_call(push_to_hub, hub.whoami)
     found_rows, rows_read = checkpoint_rows(ckpt, [Path(p) for p in rows])
     found_rows = rows_of_weights(found_rows, weights_digest(meta, ckpt / WEIGHTS_FILE), log)
+    tmp = temporary_folder(out, target)
     model, cfg, name, meta = load_checkpoint(ckpt, "cpu")
+    if unfinished := unfinished_warning(ckpt, meta, cfg):
+        log(unfinished)
     from transformers.utils import logging as hf_logging
     hf_logging.disable_progress_bar()  # save_pretrained's bar over a handful of shards is noise here
     from harness.hf.configuration_swat_harness import SwatHarnessConfig
@@ -412,9 +452,6 @@ def export(checkpoint: Path, out: Path, max_shard_size: str = "2GB", push_to_hub
     SwatHarnessConfig.register_for_auto_class()
     SwatHarnessForCausalLM.register_for_auto_class("AutoModelForCausalLM")
 
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.tmp{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
     try:
         hf_model.save_pretrained(str(tmp), max_shard_size=max_shard_size)
         for weights in tmp.glob("*.safetensors"):  # safetensors writes them 0600, unlike the folder's other files
@@ -435,6 +472,10 @@ def export(checkpoint: Path, out: Path, max_shard_size: str = "2GB", push_to_hub
             shutil.rmtree(old) if old.is_dir() else old.unlink()
         else:
             tmp.rename(target)
+    except Exception as err:
+        if full := no_space(err, out):
+            raise full from None
+        raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return out

@@ -12,11 +12,13 @@ half-finished swap is repaired at the next start); resuming continues bit for bi
 
 from __future__ import annotations
 
+import errno
 import json
 import math
 import os
 import shutil
 from pathlib import Path
+from types import SimpleNamespace
 
 import torch
 
@@ -233,18 +235,52 @@ def save_checkpoint(run_dir: Path, model, optimizer, meta: dict, trainer: dict, 
     if d.is_main:
         tmp = final.with_name(f".{CHECKPOINT_DIR}.tmp{os.getpid()}")
         shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        dupes = _tied_duplicates(model)
-        save_file({k: v.contiguous() for k, v in weights.items() if k not in dupes}, str(tmp / WEIGHTS_FILE),
-                  metadata={"format": "pt"})
-        share_like_any_file(tmp / WEIGHTS_FILE)
-        torch.save({**trainer, "optimizer": optim, "rng": rng}, tmp / TRAINER_FILE)
-        sums = {name: file_sha256(tmp / name) for name in (WEIGHTS_FILE, TRAINER_FILE)}
-        (tmp / META_FILE).write_text(json.dumps({**meta, "sha256": sums}, indent=1, default=str))
-        _fsync_dir(tmp)
+        try:
+            tmp.mkdir(parents=True)
+            dupes = _tied_duplicates(model)
+            save_file({k: v.contiguous() for k, v in weights.items() if k not in dupes}, str(tmp / WEIGHTS_FILE),
+                      metadata={"format": "pt"})
+            share_like_any_file(tmp / WEIGHTS_FILE)
+            _torch_save({**trainer, "optimizer": optim, "rng": rng}, tmp / TRAINER_FILE)
+            sums = {name: file_sha256(tmp / name) for name in (WEIGHTS_FILE, TRAINER_FILE)}
+            (tmp / META_FILE).write_text(json.dumps({**meta, "sha256": sums}, indent=1, default=str))
+            _fsync_dir(tmp)
+        except BaseException as err:
+            shutil.rmtree(tmp, ignore_errors=True)  # half written, it is no checkpoint and holds the disk's space
+            if full := no_space(err, final.parent):
+                raise full from None
+            raise
         _swap_in(tmp, final)
     d.barrier()
     return final
+
+
+def _torch_save(obj, path: Path) -> None:
+    """torch.save through a Python file, so that a write the disk refuses raises its OSError (ENOSPC
+    when the disk is full): torch's own writer reports any short write as "unexpected pos", no cause."""
+    refused = []
+    with open(path, "wb") as f:
+        def write(data):
+            try:
+                return f.write(data)
+            except OSError as err:
+                refused.append(err)
+                raise
+        try:
+            torch.save(obj, SimpleNamespace(write=write, flush=f.flush))
+        except RuntimeError:
+            if refused:
+                raise refused[0] from None
+            raise
+
+
+def no_space(err: BaseException, folder: Path) -> OSError | None:
+    """A write into `folder` that failed for want of disk space, as the ENOSPC OSError of the folder
+    (which the command line says in one line, with the fix), or None for any other failure. safetensors
+    names the cause only in its message ("... (os error 28)")."""
+    if getattr(err, "errno", None) == errno.ENOSPC or f"(os error {errno.ENOSPC})" in str(err):
+        return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(folder))
+    return None
 
 
 def load_checkpoint(path: Path, device="cpu"):

@@ -14,9 +14,14 @@ baseline's world size), MFU per GPU, peak memory on each rank, final train and h
 closely the loss curve follows the baseline's (the largest |difference| over the logged steps, and
 the first step where it exceeds `DIVERGED`), and the steps trained.
 Runs of one model must share the recipe (global batch, length, tokens, seed, model config), or
-the comparison would say nothing; a mismatch is an error naming the key. A run resumed at another
-world size is refused (its speed and memory are its last segment's alone), and so is a model fitted
-by counting (no training curve or speed), and a log that stops short of its checkpoint's step (cut).
+the comparison would say nothing, and run each rank's share of a step alike (the device, the
+sequences per forward, compile, activation checkpointing, fused cross-entropy), or the speed and
+memory compared would be those settings'; a mismatch is an error naming the key and both values.
+An efficiency above 100% is marked: the baseline ran slower per process than the run (other thread
+counts, a busy machine), so the figure overstates the scaling. A run resumed at another world size
+or on another device is refused (its speed and memory are its last segment's alone), and so is a
+model fitted by counting (no training curve or speed), and a log that stops short of its
+checkpoint's step (cut).
 """
 
 from __future__ import annotations
@@ -49,6 +54,7 @@ class ScalingRun:
     peak_mem_gib: list[float]  # per rank (rank 0's alone for runs written before ranks were gathered)
     train_loss: float
     heldout_loss: float
+    device: str | None = None  # as the log's headers name it (None in logs written before they did)
 
 
 def read_run(folder: Path, name: str | None = None) -> ScalingRun:
@@ -63,17 +69,21 @@ def read_run(folder: Path, name: str | None = None) -> ScalingRun:
                                 f"checkpoint/meta.json); pass the --out folder of a training run")
     if meta.get("heldout_loss") is None:
         raise ConfigError(f"{folder} has not finished training; resume it with `harness train ... --out {folder}`")
-    sizes = list(dict.fromkeys(h["world_size"] for h in read_headers(log_file) if isinstance(h.get("world_size"), int)))
-    if len(sizes) > 1:
-        raise ConfigError(f"{folder} was trained at world sizes {', '.join(map(str, sizes))} in turn (resumed at "
-                          f"another): its speed and memory are its last part's alone; compare runs trained at one "
-                          f"world size throughout (`harness train ... --no-resume`)")
+    headers = read_headers(log_file)
+    for key, trained, resumed, one in (("world_size", "at world sizes", "at another", "at one world size"),
+                                       ("device", "on", "on another", "on one device")):
+        seen = list(dict.fromkeys(h[key] for h in headers if h.get(key) is not None))
+        if len(seen) > 1:
+            raise ConfigError(f"{folder} was trained {trained} {', '.join(map(str, seen))} in turn (resumed "
+                              f"{resumed}): its speed and memory are its last part's alone; compare runs trained "
+                              f"{one} throughout (`harness train ... --no-resume`)")
     log = read_log(log_file)
     _check_log_whole(log_file, log, meta["step"])
     per_rank = [m for m in meta.get("peak_mem_gib_per_rank") or [meta.get("peak_mem_gib")] if m is not None]
     return ScalingRun(name or folder.name, meta["model"], meta.get("world_size", 1), meta.get("parallel", "ddp"),
                       meta["config"], meta["step"], [r["step"] for r in log], [r["loss"] for r in log],
-                      meta.get("tokens_per_s"), meta.get("mfu"), per_rank, meta["train_loss"], meta["heldout_loss"])
+                      meta.get("tokens_per_s"), meta.get("mfu"), per_rank, meta["train_loss"], meta["heldout_loss"],
+                      next((h["device"] for h in headers if h.get("device")), None))
 
 
 def _check_log_whole(log_file: Path, log: list[dict], step: int) -> None:
@@ -108,6 +118,17 @@ def _recipe(run: ScalingRun) -> dict:
     return {"model": run.config["model"], "train": train}
 
 
+def _execution(run: ScalingRun) -> dict:
+    """How each rank runs its share of a step, which decides the speed and memory compared: the
+    device and the EXECUTION_KEYS but save_every (checkpoints are not timed), the micro-batch as a rank
+    runs it: train.micro_batch caps the sequences per forward at the rank's share of the global batch,
+    so one value can mean 8 per forward on one process and 4 on each of two."""
+    train = run.config["train"]
+    share = train["batch_tokens"] // train["seq_len"] // run.world_size
+    return {"device": run.device, **{f"train.{k}": train.get(k) for k in sorted(EXECUTION_KEYS - {"save_every"})},
+            "train.micro_batch": min(train["micro_batch"], share)}
+
+
 def _check_matched(base: ScalingRun, run: ScalingRun) -> None:
     a, b = _recipe(base), _recipe(run)
     for section in ("model", "train"):
@@ -115,6 +136,16 @@ def _check_matched(base: ScalingRun, run: ScalingRun) -> None:
             if a[section].get(key) != b[section].get(key):
                 raise ConfigError(f"runs {base.name} and {run.name} differ in {section}.{key} "
                                   f"({a[section].get(key)!r} vs {b[section].get(key)!r}); compare runs of one recipe")
+    a, b = _execution(base), _execution(run)
+    smaller = min(a["train.micro_batch"], b["train.micro_batch"])
+    fixes = {"device": "compare runs trained on one kind of device",
+             "train.micro_batch": f"train both with --set train.micro_batch={smaller}"}
+    for key in a:
+        if a[key] != b[key] and not (key == "device" and None in (a[key], b[key])):  # older logs name no device
+            unit = " sequences per forward on each rank" if key == "train.micro_batch" else ""
+            raise ConfigError(f"runs {base.name} and {run.name} ran each rank's step otherwise: {key} {a[key]!r} vs "
+                              f"{b[key]!r}{unit}, which changes the speed and memory compared; "
+                              f"{fixes.get(key, f'train both with one --set {key}=...')}")
 
 
 def baselines(runs: list[ScalingRun]) -> dict[str, ScalingRun]:
@@ -167,11 +198,28 @@ def markdown(records: list[dict]) -> str:
     lines = [head, "|" + "---|" * head.count(" | ") + "---|"]
     for r in records:
         lines.append(f"| {r['run']} | {r['world_size']} | {r['parallel']} | {_fmt(r['tokens_per_s'], ',.0f')} | "
-                     f"{_fmt(r['scaling_efficiency'], '.1%')} | {_fmt(r['mfu_per_gpu'], '.1%')} | "
+                     f"{_efficiency_cell(r['scaling_efficiency'])} | {_fmt(r['mfu_per_gpu'], '.1%')} | "
                      f"{' / '.join(f'{m:.1f}' for m in r['peak_mem_gib_per_rank']) or '-'} | {r['train_loss']:.4f} | "
                      f"{r['heldout_loss']:.4f} | "
                      f"{_fmt(r['max_loss_diff'], '.2e')} | {r['first_step_over'] or 'never'} |")
-    return "\n".join(lines) + "\n" + _baseline_note(records)
+    return "\n".join(lines) + "\n" + _baseline_note(records) + _over_note(records)
+
+
+OVER = "†"  # marks an efficiency above 100%
+
+
+def _efficiency_cell(efficiency: float | None) -> str:
+    return _fmt(efficiency, ".1%") + (f" {OVER}" if efficiency is not None and efficiency > 1 else "")
+
+
+def _over_note(records: list[dict]) -> str:
+    """A line under a table with an efficiency above 100%: more tokens/s per process than the baseline
+    is not scaling but a baseline that ran slower per process (matched settings leave the machine: other
+    thread counts, a busy device), and the figure is not to be read as it stands; none otherwise."""
+    if not any((r["scaling_efficiency"] or 0) > 1 for r in records):
+        return ""
+    return (f"\n{OVER} Above 100%: the baseline ran slower per process than this run (other thread counts, e.g. "
+            f"OMP_NUM_THREADS, or a busier machine); measure both alike before reading the efficiency.\n")
 
 
 def _gpus(n: int) -> str:

@@ -500,3 +500,17 @@ def config_hash(cfg: Config) -> str:
     data["train"] = {k: v for k, v in data["train"].items() if k not in EXECUTION_KEYS}
     blob = json.dumps(data, sort_keys=True, default=str).encode()
     return hashlib.sha256(blob).hexdigest()[:12]
+
+
+def config_difference(old: Config, new: Config) -> str | None:
+    """None where two configs train the same (config_hash), else the first setting that tells them
+    apart, as `section.key old, now new`: what a refusal to mix their work names."""
+    if config_hash(old) == config_hash(new):
+        return None
+    before, after = old.to_dict(), new.to_dict()
+    for section in ("model", "train"):
+        for key, value in after[section].items():
+            was = before[section].get(key)
+            if not (section == "train" and key in EXECUTION_KEYS) and json.dumps(was) != json.dumps(value):
+                return f"{section}.{key} {was!r}, now {value!r}"
+    return f"preset {old.preset!r}, now {new.preset!r}"

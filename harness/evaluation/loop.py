@@ -32,7 +32,7 @@ from typing import Callable
 
 import torch
 
-from harness.config import Config, ConfigError, config_hash, folder_name
+from harness.config import Config, ConfigError, config_difference, config_hash, folder_name
 from harness.data import mirror
 from harness.data.paths import DataError
 from harness.evaluation.sources import (
@@ -40,7 +40,6 @@ from harness.evaluation.sources import (
     RunError,
     TrainedSource,
     clear_request_cache,
-    config_difference,
     request_cache,
 )
 from harness.files import atomic_write_text
@@ -250,10 +249,10 @@ def check_checkpoints_fit_run(out: Path, trained: dict[str, Config]) -> None:
     trained: {checkpoint: the config it was trained at} of the harness checkpoints scored."""
     recorded = recorded_config(out)
     for checkpoint, cfg in trained.items() if recorded is not None else ():
-        if config_hash(cfg) != config_hash(recorded):
+        change = config_difference(recorded, cfg)
+        if change:
             raise RunError(f"{out}/run.json records the config its rows were made at, and {checkpoint} was "
-                           f"trained with another ({config_difference(recorded, cfg)}); pass --run NEW_NAME to "
-                           f"score it in a run of its own")
+                           f"trained with another ({change}); pass --run NEW_NAME to score it in a run of its own")
 
 
 def checkpoints_config(trained: dict[str, Config]) -> Config | None:

@@ -26,12 +26,11 @@ from typing import Callable
 import torch
 
 from harness.config import (
-    EXECUTION_KEYS,
     Config,
     ConfigError,
     ModelConfig,
     TrainConfig,
-    config_hash,
+    config_difference,
     first_line,
     folder_name,
 )
@@ -244,21 +243,10 @@ def check_model_name(name: str, meta: dict, where: Path) -> None:
 def check_same_config(name: str, meta: dict, cfg: Config, where: Path) -> None:
     """Refuse a model trained (as `meta`, read from `where`) with another config than cfg: reused,
     its rows would be labelled with a config that did not produce them."""
-    saved = Config.from_dict(meta["config"])
-    if config_hash(saved) != config_hash(cfg):
-        raise RunError(f"{where} holds {name} trained with another config ({config_difference(saved, cfg)}); "
+    change = config_difference(Config.from_dict(meta["config"]), cfg)
+    if change:
+        raise RunError(f"{where} holds {name} trained with another config ({change}); "
                        f"pass --run NEW_NAME for a new run, or --force to retrain")
-
-
-def config_difference(old: Config, new: Config) -> str:
-    """The first setting that config_hash tells apart, as `section.key old, now new`."""
-    before, after = old.to_dict(), new.to_dict()
-    for section in ("model", "train"):
-        for key, value in after[section].items():
-            was = before[section].get(key)
-            if not (section == "train" and key in EXECUTION_KEYS) and json.dumps(was) != json.dumps(value):
-                return f"{section}.{key} {was!r}, now {value!r}"
-    return f"preset {old.preset!r}, now {new.preset!r}"
 
 
 def weights_digest(meta: dict, weights: Path) -> str | None:

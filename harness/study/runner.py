@@ -19,7 +19,7 @@ from typing import Callable
 
 import yaml
 
-from harness.config import Config, ConfigError, config_hash
+from harness.config import Config, ConfigError, config_difference
 from harness.data.tokenizer import get_tokenizer
 from harness.evaluation.loop import (
     TaskContext,
@@ -187,9 +187,10 @@ def check_kept_config(study: Study, unit: Unit, results: Path, runs: Path | None
         kept = json.loads(path.read_text(encoding="utf-8"))["config"] if path.is_file() else None
     except (ValueError, KeyError, TypeError):
         return  # a damaged copy; the rows' budget was checked all the same
-    if kept is not None and not same_config(kept, study.config(unit.size, unit.seed, unit.lr)):
+    change = kept and config_difference(Config.from_dict(kept), study.config(unit.size, unit.seed, unit.lr))
+    if change:
         raise changed_study(study, results, runs, f"{path} records {unit.key} trained with another config than "
-                                                  f"the study gives it now")
+                                                  f"the study gives it now ({change})")
 
 
 def check_checkpoint(study: Study, unit: Unit, cfg: Config, results: Path, runs: Path) -> None:
@@ -197,13 +198,10 @@ def check_checkpoint(study: Study, unit: Unit, cfg: Config, results: Path, runs:
     ckpt = Path(runs) / study.name / unit.key / CHECKPOINT_DIR
     with damage_fix(ckpt.parent):
         recorded = read_meta(ckpt)["config"] if (ckpt / META_FILE).is_file() else None
-    if recorded is not None and not same_config(recorded, cfg):
+    change = recorded and config_difference(Config.from_dict(recorded), cfg)
+    if change:
         raise changed_study(study, results, runs, f"{ckpt.parent} holds {unit.model} trained with another config "
-                                                  f"than the study gives it now")
-
-
-def same_config(recorded: dict, cfg: Config) -> bool:
-    return config_hash(Config.from_dict(recorded)) == config_hash(cfg)
+                                                  f"than the study gives it now ({change})")
 
 
 def changed_study(study: Study, results: Path, runs: Path | None, what: str) -> ConfigError:

@@ -1,9 +1,10 @@
 """Hugging Face transformers' LlamaForCausalLM at the harness Transformer's shape: the
 implementation a user would otherwise pick, measured beside the harness's models by `harness bench
 models` (the speed peer of issue 24), and trainable and scored like any model. Same architecture as
-`transformer` (RoPE, RMSNorm, SwiGLU, tied head, no biases) and the same parameter count; its own
-initialisation (normal, std model.init_std), attention through torch SDPA. Always with RoPE:
-LlamaForCausalLM has no switch to leave it out, so model.rope=false is refused, not ignored."""
+`transformer` (RoPE, RMSNorm, SwiGLU, the head tied as model.tie_embeddings says, no biases) and the
+same parameter count; its own initialisation (normal, std model.init_std), attention through torch
+SDPA. Always with RoPE: LlamaForCausalLM has no switch to leave it out, so model.rope=false is
+refused, not ignored."""
 
 from harness.config import ConfigError
 from harness.hf.causal_lm import HFCausalLM
@@ -37,6 +38,6 @@ def build(cfg):
         num_hidden_layers=cfg.num_layers, num_attention_heads=cfg.num_heads, num_key_value_heads=cfg.kv_heads,
         head_dim=cfg.head_dim, max_position_embeddings=cfg.max_seq_len, rms_norm_eps=cfg.norm_eps,
         initializer_range=cfg.init_std, rope_parameters={"rope_type": "default", "rope_theta": cfg.rope_theta},
-        tie_word_embeddings=True, attention_bias=False, mlp_bias=False)
+        tie_word_embeddings=cfg.tie_embeddings, attention_bias=False, mlp_bias=False)
     config._attn_implementation = "sdpa"
     return HFCausalLM(transformers.LlamaForCausalLM(config))

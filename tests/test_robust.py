@@ -860,3 +860,16 @@ def test_no_space_left_names_the_folder_or_says_the_disk():
         "/mnt/runs/x: no space left on its disk; free space there or give another folder"
     assert cli.path_problem(OSError(errno.ENOSPC, "No space left on device")) == \
         "no space left on the disk written to; free space there or give another folder"
+
+
+def test_llama_hf_unties_its_head_as_the_transformer_does():
+    """tie_word_embeddings was hard-coded: model.tie_embeddings=false trained a tied llama_hf beside an
+    untied transformer, two models of different parameter counts under one config."""
+    pytest.importorskip("transformers")
+    from harness.config import load_config
+    from harness.model.build import build_model
+    cfg = load_config("tiny", overrides=["model.tie_embeddings=false"]).model
+    llama, transformer = build_model("llama_hf", cfg, "cpu"), build_model("transformer", cfg, "cpu")
+    assert sum(p.numel() for p in llama.parameters()) == sum(p.numel() for p in transformer.parameters())
+    tied = build_model("llama_hf", load_config("tiny").model, "cpu")
+    assert sum(p.numel() for p in tied.parameters()) < sum(p.numel() for p in llama.parameters())

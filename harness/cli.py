@@ -111,8 +111,7 @@ def folder(text: str) -> str:
 def name_list(text: str) -> str:
     """argparse type of comma-separated names: at least one (`--models ""` would run nothing, exit 0)."""
     if not split_names(text):
-        raise argparse.ArgumentTypeError(f"names nothing ({text!r}); give one or more comma-separated names "
-                                         "(`harness list` shows them)")
+        raise argparse.ArgumentTypeError(f"names nothing ({text!r}); give one or more comma-separated names")
     return text
 
 

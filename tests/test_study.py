@@ -777,6 +777,10 @@ def test_a_sweep_without_smoke_is_refused_at_load(tmp_path, capsys):
     assert one_error_line(capsys).endswith(
         "sweep.tasks must include smoke (the learning rate is chosen by its held-out loss)")
     assert not (tmp_path / "results").exists() and not (tmp_path / "runs").exists()
+    path = changed_tiny(tmp_path, "seeds: {b: [0, 1]}, tasks: [smoke]", "seeds: {b: [0, 1]}, tasks: [mqar]")
+    assert study_cli(tmp_path, study=path) == 2  # the final stage's tables would be empty
+    assert one_error_line(capsys).endswith("final.tasks must include smoke (the main table, the power-law fits and "
+                                           "the gaps are its held-out loss)")
 
 
 def test_an_interrupted_study_writes_its_status_and_still_says_so(finished, tmp_path, capsys, monkeypatch):

@@ -268,6 +268,9 @@ def _parse(data: dict, path: Path) -> Study:
     if "smoke" not in sweep_tasks:  # without its rows the sweep would never choose, and the final stage wait for ever
         raise ConfigError("sweep.tasks must include smoke (the learning rate is chosen by its held-out loss)")
     final, final_sizes, final_tasks = _stage(data, "final", FINAL_KEYS, sizes)
+    if "smoke" not in final_tasks:  # the report's main table, fits, gaps and paired seeds are its held-out loss
+        raise ConfigError("final.tasks must include smoke (the main table, the power-law fits and the gaps are its "
+                          "held-out loss)")
     lrs = sorted(_list(_required(sweep, "sweep.lrs"), "sweep.lrs", "[1e-3, 2e-3, 4e-3]", _positive))
     seeds = _mapping(_optional(final, "final.seeds", {}), "final.seeds", "{m: [0, 1, 2], default: [0]}")
     for key in seeds:

@@ -668,3 +668,17 @@ def test_importing_an_empty_file_says_what_it_must_hold(tmp_path, capsys):
     assert "empty.jsonl: no records; piqa validation is 1838 records in the schema of hub baber/piqa" in err
     assert '{"goal": "str", "sol1": "str", "sol2": "str", "label": "int"}' in err and "harness data fetch piqa" in err
     assert not (tmp_path / "mirror").exists()
+
+
+def test_a_missing_tokenizer_says_the_command_that_makes_it(tmp_path, monkeypatch):
+    """Every missing tokenizer was told to import llama-tokenizer-js, a trained BPE among them."""
+    from harness.data.paths import DataError
+    from harness.data.tokenizer import get_tokenizer
+    monkeypatch.setenv("HARNESS_DATA", str(tmp_path))
+    with pytest.raises(DataError, match=r"^tokenizer 'english-mix-bpe8k' not found \(looked for [^)]*\); make it "
+                                        r"with `harness data train-tokenizer --corpus english-mix --vocab-size 8192"):
+        get_tokenizer("english-mix-bpe8k")
+    with pytest.raises(DataError, match=r"make it with `harness data import PATH/llama-tokenizer-js`"):
+        get_tokenizer("llama2")
+    with pytest.raises(DataError, match=r"\); pass train.tokenizer=bytes"):
+        get_tokenizer("never-recorded")

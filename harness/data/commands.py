@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import re
 from pathlib import Path
 
 from rich.markup import escape
@@ -26,7 +25,7 @@ from harness.data.paths import (
     harness_data_problem,
     user_data_dir,
 )
-from harness.data.tokenizer import get_tokenizer, mirror_candidates
+from harness.data.tokenizer import get_tokenizer, mirror_candidates, tokenizer_origin
 from harness.files import file_in_the_way
 
 
@@ -68,19 +67,6 @@ def _split_flag(st: Status) -> str:
     if st.count is None:
         return "[red]damaged (see harness data verify)[/red]"
     return f"[yellow]{escape(st.problem)}[/yellow]" if st.problem else "[green]ok[/green]"
-
-
-def tokenizer_origin(entry: dict) -> str:
-    """How a tokenizer recorded in a manifest is made, read from its `origin`: a trained BPE's ends
-    with the train-tokenizer command that made it (`store_bpe`), the Llama-2 one is rebuilt from
-    llama-tokenizer-js (`import_tokenizer`); any other is said as recorded."""
-    origin = entry.get("origin", "")
-    trained = re.search(r"harness data train-tokenizer .*", origin)
-    if trained:
-        return trained.group()
-    if "llama-tokenizer-js" in origin:
-        return "harness data import PATH/llama-tokenizer-js"
-    return f"no harness command makes it; origin: {origin or 'not recorded'}"
 
 
 def cmd_list(console) -> None:

@@ -67,6 +67,19 @@ def mirror_candidates(name: str) -> list[Path]:
     return [root / "tokenizers" / name / f for root in data_roots() for f in ("tokenizer.json", "tokenizer.json.gz")]
 
 
+def tokenizer_origin(entry: dict) -> str:
+    """How a tokenizer recorded in a manifest is made, read from its `origin`: a trained BPE's ends
+    with the train-tokenizer command that made it (`store_bpe`), the Llama-2 one is rebuilt from
+    llama-tokenizer-js (`import_tokenizer`); any other is said as recorded."""
+    origin = entry.get("origin", "")
+    trained = re.search(r"harness data train-tokenizer .*", origin)
+    if trained:
+        return trained.group()
+    if "llama-tokenizer-js" in origin:
+        return "harness data import PATH/llama-tokenizer-js"
+    return f"no harness command makes it; origin: {origin or 'not recorded'}"
+
+
 def get_tokenizer(name: str):
     """`bytes`, a tokenizer name in the mirror (`mirror_candidates`; `llama2` is committed in
     data/), or a path."""
@@ -78,9 +91,14 @@ def get_tokenizer(name: str):
     candidates = mirror_candidates(name)
     found = next((c for c in candidates if c.is_file()), None)
     if found is None:
-        raise DataError(f"tokenizer {name!r} not found (looked for {candidates[0]} and the same under "
-                        f"{', '.join(str(r) for r in data_roots()[1:])}); pass train.tokenizer=bytes or a path "
-                        f"to a tokenizer.json, or run `harness data import PATH/llama-tokenizer-js`")
+        from harness.data.mirror import load_manifest
+        entry = load_manifest().get("tokenizers", {}).get(name)
+        made = f"make it with `{tokenizer_origin(entry)}`, or " if entry and tokenizer_origin(entry).startswith(
+            "harness ") else ""
+        others = ", ".join(str(r) for r in data_roots()[1:])
+        raise DataError(f"tokenizer {name!r} not found (looked for {candidates[0]}"
+                        f"{f' and the same under {others}' if others else ''}); {made}pass train.tokenizer=bytes "
+                        f"or a path to a tokenizer.json")
     return HFTokenizer(found, name)
 
 

@@ -707,3 +707,32 @@ def test_a_meta_json_whose_config_another_commit_wrote_is_not_called_damaged(tmp
     monkeypatch.setenv("HARNESS_COMMIT", "0000000")  # this very commit wrote it: then it is damaged
     with pytest.raises(TrainingError, match=r"meta.json is damaged \(its config: .*an_option_since_removed"):
         read_meta(tmp_path)
+
+
+def test_held_out_scoring_by_document_scores_an_attention_model_as_it_trained():
+    """Training keeps packed documents apart for the attention models (cu_seqlens); the held-out
+    score does not, unless by_document: then a document's tokens score as if scored from its start
+    alone. A model that takes no boundaries scores the same either way."""
+    from contextlib import nullcontext
+
+    import numpy as np
+
+    from harness.data.streams import TokenStream
+    from harness.training.heldout import heldout_score
+    torch.manual_seed(0)
+    cfg = load_config("tiny").model
+    rng = np.random.default_rng(0)
+    tokens = rng.integers(0, cfg.vocab_size, 65).astype(np.uint16)  # one sequence of 64: documents at 0 and 40
+    two_docs = TokenStream(tokens, np.array([0, 40]))
+    one_doc = TokenStream(tokens[40:], np.array([0]))
+    cpu = torch.device("cpu")
+    for name in ("transformer", "swat", "mamba"):
+        model = build_model(name, cfg, "cpu")
+        whole = heldout_score(model, two_docs, 64, 64, 1, cpu, nullcontext).loss
+        apart = heldout_score(model, two_docs, 64, 64, 1, cpu, nullcontext, by_document=True).loss
+        if not getattr(model, "supports_varlen", False):
+            assert apart == whole
+            continue
+        first = heldout_score(model, TokenStream(tokens[:41], np.array([0])), 40, 40, 1, cpu, nullcontext).loss
+        second = heldout_score(model, one_doc, 24, 24, 1, cpu, nullcontext).loss
+        assert apart == pytest.approx((40 * first + 24 * second) / 64, rel=1e-5) and apart != whole

@@ -1,6 +1,9 @@
 """The held-out loss: the mean next-token loss over the corpus's held-out documents, overall and
 per corpus source, computed the same way for every model (at the end of training and by the
-`smoke` task), and split over the ranks of a torchrun job.
+`smoke` task), and split over the ranks of a torchrun job. The packed sequences are scored whole,
+across the documents' boundaries; training gives the models that take them (`supports_varlen`: the
+attention layers) those boundaries, so `by_document` scores such a model as it trained, to measure
+what the difference costs it.
 """
 
 from __future__ import annotations
@@ -13,7 +16,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from harness.data.streams import TokenStream
+from harness.data.streams import TokenStream, cu_seqlens_for
+from harness.training import distributed
 from harness.training.distributed import Dist
 from harness.training.outcome import TrainingError
 
@@ -55,10 +59,12 @@ def scored_sequences(stream: TokenStream, seq_len: int, max_tokens: int, world: 
 
 @torch.no_grad()
 def heldout_score(model, stream: TokenStream, seq_len: int, max_tokens: int, batch: int, device,
-                  autocast: Callable, d: Dist | None = None) -> HeldoutScore:
+                  autocast: Callable, d: Dist | None = None, by_document: bool = False) -> HeldoutScore:
     """Score the first max_tokens of the held-out stream, overall and per source. With several
     ranks each scores every N-th sequence (all ranks the same count, rounded down to a multiple
-    of N, so that sharded models run the same number of forwards) and the sums are reduced."""
+    of N, so that sharded models run the same number of forwards) and the sums are reduced.
+    `by_document`: a model that takes document boundaries gets them, as in training (lm_loss)."""
+    varlen = by_document and getattr(distributed.unwrap(model), "supports_varlen", False)
     rank, world = (d.rank, d.world_size) if d is not None else (0, 1)
     n = scored_sequences(stream, seq_len, max_tokens, world)
     was_training = model.training
@@ -68,9 +74,14 @@ def heldout_score(model, stream: TokenStream, seq_len: int, max_tokens: int, bat
     mine = list(range(rank, n, world))
     for lo in range(0, len(mine), batch):
         idx = mine[lo:lo + batch]
-        tokens = torch.from_numpy(np.stack([stream.sequence(i, seq_len)[0] for i in idx])).to(device)
+        windows, starts = zip(*(stream.sequence(i, seq_len) for i in idx))
+        tokens = torch.from_numpy(np.stack(windows)).to(device)
         with autocast():
-            logits = model(tokens[:, :-1])
+            if varlen:
+                logits = model(tokens[:, :-1].reshape(1, -1), cu_seqlens=cu_seqlens_for(list(starts), seq_len).to(
+                    device)).reshape(len(idx), seq_len, -1)
+            else:
+                logits = model(tokens[:, :-1])
         losses = F.cross_entropy(logits.float().flatten(0, 1), tokens[:, 1:].flatten(), reduction="none")
         if stream.doc_sources is None:
             source = torch.zeros_like(losses, dtype=torch.long)

@@ -2,6 +2,7 @@
 # One device call of the scaling study (issue 21), from the repository root on a CUDA machine with
 # `.whl/` carried (and `.gpu-carry/` when earlier calls brought back Triton autotuning results):
 #   OUT=folder HARNESS_COMMIT=<sent commit> BUDGET_S=520 [JOBS=N] [START_NEW_S=S] [SIZES=s,m] [MODELS=a,b]
+#   [DOCUMENT_SCORING=S]
 #   bash results/scaling/device.sh
 # Runs `harness study results/scaling/study.yaml` with JOBS trainings side by side on the one GPU
 # (their timings are therefore not speed numbers), the Mamba models in a second study process of
@@ -35,7 +36,7 @@ STUDY="python3 -m harness study results/scaling/study.yaml --results $G/results 
 # the study stops its workers at --time-limit (a worker in its evaluation tasks after the one in
 # flight, killed 45 s later) and writes its report; past BUDGET_S - 20 it is ended outright, so
 # that the packing below always runs within the call (its rows are written atomically)
-hard() { timeout -k 10 $(( $(left) - 20 )) "$@"; }
+hard() { timeout -k 10 $(( $(left) - 20 - ${DOCUMENT_SCORING:-0} )) "$@"; }
 # MODELS (optional, comma-separated): run only these of the study's models and references; the
 # Mamba models among them go to the second study process as always
 read -r OTHERS MAMBA < <(python3 -c "import yaml; s = yaml.safe_load(open('results/scaling/study.yaml'))
@@ -48,14 +49,19 @@ if [ -n "${GPU_TESTS:-}" ]; then
 fi
 if [ "$OTHERS" != - ]; then
   say "study: $OTHERS with $JOBS jobs"
-  hard $STUDY --models "$OTHERS" --jobs $JOBS --time-limit $(( $(left) - 90 )) >> "$LOG" 2>&1 &
+  hard $STUDY --models "$OTHERS" --jobs $JOBS --time-limit $(( $(left) - 90 - ${DOCUMENT_SCORING:-0} )) >> "$LOG" 2>&1 &
 fi
 if [ "$MAMBA" != - ]; then
   ( while [ ! -f "$G/mamba.done" ]; do sleep 5; done
     say "mamba-ssm ready; study: $MAMBA with $MAMBA_STUDY_JOBS jobs"
-    hard $STUDY --models $MAMBA --jobs $MAMBA_STUDY_JOBS --time-limit $(( $(left) - 90 )) >> "$OUT/log_mamba.txt" 2>&1 ) &
+    hard $STUDY --models $MAMBA --jobs $MAMBA_STUDY_JOBS --time-limit $(( $(left) - 90 - ${DOCUMENT_SCORING:-0} )) >> "$OUT/log_mamba.txt" 2>&1 ) &
 fi
 wait
+# DOCUMENT_SCORING=S (optional): for up to S seconds, the attention checkpoints on this machine scored
+# across and within document boundaries (README.md, "Things to know"); the study ends S seconds earlier
+if [ -n "${DOCUMENT_SCORING:-}" ]; then
+  timeout "$DOCUMENT_SCORING" python3 results/scaling/document_scoring.py "$G/runs/scaling" > "$OUT/document_scoring.md" 2>&1
+fi
 say "packing"
 tar czf "$OUT/results.tgz" -C "$G/results" scaling
 # the workers' consoles, and the per-step logs of every run on this machine: a cut `l` run's tokens/s

@@ -83,7 +83,8 @@ def test_loglikelihood_equals_direct_computation(tiny):
     tok = ByteTokenizer()
     pairs = [("The answer is", " a"), ("The answer is", " b"),  # one-token difference: shared forward
              ("Question: why?\nAnswer:", " because it rains"), ("", "hello"),
-             ("x" * 20, " " + "y" * 150)]  # a continuation longer than the training length stays whole
+             ("x" * 20, " " + "y" * 150),  # a continuation longer than the training length stays whole
+             ("hello wor", "ld"), ("hello worl", "x")]  # one input split two ways: it scored "x" after "hello wor"
     for batch_size in (1, 3):
         lm = lm_eval_adapter.HarnessLM(model=model, tokenizer=tok, device="cpu", batch_size=batch_size, max_length=128)
         got = lm.loglikelihood(requests(*pairs), disable_tqdm=True)

@@ -193,8 +193,18 @@ class HarnessLM(_template_lm()):
         from lm_eval.models.utils import Collator
         from tqdm import tqdm
 
+        # requests of one input (context + continuation but its last token) share a forward; they may
+        # split it differently ("hello wor" + "ld", "hello worl" + "x"), so the shared span covers the
+        # longest continuation among them and each takes its own last positions of it
+        longest: dict[tuple, int] = {}
+        for _, ctx, cont in requests if share_contexts else ():
+            longest[tuple(ctx + cont[:-1])] = max(longest.get(tuple(ctx + cont[:-1]), 0), len(cont))
+
+        def span_len(req) -> int:
+            return longest[tuple(req[1] + req[2][:-1])] if share_contexts else len(req[2])
+
         def inputs(req):
-            keep = max(self.max_length, len(req[2])) + 1
+            keep = max(self.max_length, span_len(req)) + 1
             return (req[1] + req[2])[-keep:][:-1]
 
         collator = Collator(requests, sort_fn=lambda r: (-len(r[1] + r[2]), tuple(r[1] + r[2])),
@@ -205,9 +215,10 @@ class HarnessLM(_template_lm()):
         results = []
         bar = tqdm(total=len(requests), disable=disable_tqdm or not self.progress, desc="loglikelihood")
         for batch in self._batches(ordered, lambda r: len(inputs(r))):
-            spans = self._forward_logprobs([inputs(r) for r in batch], [len(r[2]) for r in batch])
-            # one entry per request: requests that differ only in their last token share a span
-            scored = [(req_strings, span, cont_toks) for (strings, ctx, cont), span in zip(batch, spans)
+            spans = self._forward_logprobs([inputs(r) for r in batch], [span_len(r) for r in batch])
+            # one entry per request: requests of one input share a span, each scoring its own tail of it
+            scored = [(req_strings, span[len(span) - len(cont_toks):], cont_toks)
+                      for (strings, ctx, cont), span in zip(batch, spans)
                       for req_strings, cont_toks, _ in collator.get_cache(strings, ctx, cont, span[None])]
             for (req_strings, _, _), answer in zip(scored, self._score(scored)):
                 results.append(answer)

@@ -276,7 +276,9 @@ def test_power_law_fit_and_paired_t():
     fit = power_law([1e6, 4e6, 16e6], [3.0 * (1e6) ** -0.05, 3.0 * (4e6) ** -0.05, 3.0 * (16e6) ** -0.05])
     assert math.isclose(fit["b"], -0.05, rel_tol=1e-9) and fit["b_se"] < 1e-9 and math.isclose(fit["A"], 3.0)
     assert power_law([1e6, 4e6], [3.0, 2.9])["b_se"] is None
-    assert t_critical(2) == 4.303 and t_critical(50) == 1.96
+    assert t_critical(2) == 4.303 and t_critical(11) == 2.201  # 1.96 from 11 on called differences too easily
+    assert t_critical(31) == pytest.approx(2.0395, abs=1e-4) and t_critical(50) == pytest.approx(2.0086, abs=1e-4)
+    assert t_critical(10 ** 6) == pytest.approx(1.96, abs=1e-4)
 
     class Res:  # three seeds where swat is better by 0.1 +- 0.01: resolved
         study = load_study(TINY)

@@ -412,7 +412,8 @@ def run_bench(names: list[str], cfg: Config, sweeps, lengths: dict, device: torc
     table.md, plots}; a model's sweep whose planned points are already there, measured under the
     same config on the same device, is skipped unless force. Rows are saved after each model. A
     folder's training rows share one tokens per batch (`check_one_batch_size`), and run.json records
-    the lengths its rows hold. profile: also out_dir/profiles/<model>-train-<length>.md, where each training step's time goes."""
+    the lengths its rows hold. profile: also out_dir/profiles/<model>-train-<length>.md, where each
+    training step's time goes."""
     from pathlib import Path
 
     from harness.files import atomic_write_text

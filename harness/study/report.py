@@ -294,7 +294,7 @@ def main_table(res: Results) -> Table:
                     ((t, m), _mean_cell(res.values(model, size, t, m), seeds, 2)) for t, m, _ in ppl]:
                 ref = bar_values.get(key)
                 if model != bar and ref and cell.value is not None and cell.value >= mean(ref.values()):
-                    cell.suffix = "‡" + cell.suffix  # a footnote, not a mark: the best model is bold even under the bar
+                    cell.suffix = "‡" + cell.suffix  # a footnote, not a mark: the best is bold even under the bar
                     below_bar = True
                 line.append(cell)
             line += [_mean_cell(res.values(model, size, t, m), seeds, 2, 100.0) for t, m, _ in bench]

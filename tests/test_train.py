@@ -736,3 +736,25 @@ def test_held_out_scoring_by_document_scores_an_attention_model_as_it_trained():
         first = heldout_score(model, TokenStream(tokens[:41], np.array([0])), 40, 40, 1, cpu, nullcontext).loss
         second = heldout_score(model, one_doc, 24, 24, 1, cpu, nullcontext).loss
         assert apart == pytest.approx((40 * first + 24 * second) / 64, rel=1e-5) and apart != whole
+
+
+def test_a_checkpoint_rank_0_could_not_write_stops_every_rank(tmp_path, monkeypatch):
+    """The other ranks waited at a barrier for a rank 0 gone with its error (a full disk) until the
+    job's timeout; rank 0 now tells them, and each stops with a line saying so."""
+    from types import SimpleNamespace
+
+    from harness.training import checkpoint as ckpt_mod
+    model = build_model("swat", load_config("tiny").model, "cpu")
+    told = []
+
+    def rank(main: bool, failed_on_rank_0: bool):
+        return SimpleNamespace(is_main=main, device=torch.device("cpu"), gather_objects=lambda obj: [obj],
+                               broadcast_object=lambda flag: told.append(flag) or (flag if main else failed_on_rank_0))
+    with pytest.raises(TrainingError, match=r"^rank 0 could not write the checkpoint .* this rank stops with it"):
+        ckpt_mod.save_checkpoint(tmp_path, model, None, {}, {"step": 1}, rank(False, True))
+    monkeypatch.setattr(ckpt_mod, "_torch_save", lambda *a: (_ for _ in ()).throw(OSError(28, "No space left")))
+    with pytest.raises(OSError, match="No space left"):
+        ckpt_mod.save_checkpoint(tmp_path, model, None, {}, {"step": 1}, rank(True, True))
+    assert told[-1] is True and not list(tmp_path.glob(".checkpoint*"))  # rank 0 sent its failure, left no folder
+    monkeypatch.undo()
+    assert ckpt_mod.save_checkpoint(tmp_path, model, None, {}, {"step": 1}, rank(False, False)) == tmp_path / CHECKPOINT_DIR

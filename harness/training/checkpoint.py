@@ -226,33 +226,48 @@ def open_run_dir(run_dir: Path, resume: bool) -> None:
 
 def save_checkpoint(run_dir: Path, model, optimizer, meta: dict, trainer: dict, d: Dist) -> Path:
     """Gather the full state on rank 0 and write it atomically; every rank must call this.
-    optimizer None: a model fitted by counting, which has no optimizer state."""
-    from safetensors.torch import save_file
+    optimizer None: a model fitted by counting, which has no optimizer state. Rank 0 tells the
+    others whether the write failed (a full disk, say): they stop with it instead of waiting at a
+    barrier for a rank that has gone, until the job's timeout."""
     weights = distributed.full_model_state(model)
     optim = distributed.full_optimizer_state(model, optimizer) if optimizer is not None else {}
     rng = d.gather_objects(_rng_state(d.device))
     final = Path(run_dir) / CHECKPOINT_DIR
+    failure = None
     if d.is_main:
-        tmp = final.with_name(f".{CHECKPOINT_DIR}.tmp{os.getpid()}")
-        shutil.rmtree(tmp, ignore_errors=True)
         try:
-            tmp.mkdir(parents=True)
-            dupes = _tied_duplicates(model)
-            save_file({k: v.contiguous() for k, v in weights.items() if k not in dupes}, str(tmp / WEIGHTS_FILE),
-                      metadata={"format": "pt"})
-            share_like_any_file(tmp / WEIGHTS_FILE)
-            _torch_save({**trainer, "optimizer": optim, "rng": rng}, tmp / TRAINER_FILE)
-            sums = {name: file_sha256(tmp / name) for name in (WEIGHTS_FILE, TRAINER_FILE)}
-            (tmp / META_FILE).write_text(json.dumps({**meta, "sha256": sums}, indent=1, default=str))
-            _fsync_dir(tmp)
-        except BaseException as err:
-            shutil.rmtree(tmp, ignore_errors=True)  # half written, it is no checkpoint and holds the disk's space
-            if full := no_space(err, final.parent):
-                raise full from None
-            raise
-        _swap_in(tmp, final)
-    d.barrier()
+            _write_checkpoint(final, model, weights, {**trainer, "optimizer": optim, "rng": rng}, meta)
+        except Exception as err:
+            failure = err
+    if d.broadcast_object(failure is not None):
+        if failure is not None:
+            raise failure
+        raise TrainingError(f"rank 0 could not write the checkpoint {final} (its error says why); this rank stops "
+                            f"with it")
     return final
+
+
+def _write_checkpoint(final: Path, model, weights: dict, trainer: dict, meta: dict) -> None:
+    """Rank 0's part of save_checkpoint: the files into a temporary folder, then swapped in whole."""
+    from safetensors.torch import save_file
+    tmp = final.with_name(f".{CHECKPOINT_DIR}.tmp{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        tmp.mkdir(parents=True)
+        dupes = _tied_duplicates(model)
+        save_file({k: v.contiguous() for k, v in weights.items() if k not in dupes}, str(tmp / WEIGHTS_FILE),
+                  metadata={"format": "pt"})
+        share_like_any_file(tmp / WEIGHTS_FILE)
+        _torch_save(trainer, tmp / TRAINER_FILE)
+        sums = {name: file_sha256(tmp / name) for name in (WEIGHTS_FILE, TRAINER_FILE)}
+        (tmp / META_FILE).write_text(json.dumps({**meta, "sha256": sums}, indent=1, default=str))
+        _fsync_dir(tmp)
+    except BaseException as err:
+        shutil.rmtree(tmp, ignore_errors=True)  # half written, it is no checkpoint and holds the disk's space
+        if full := no_space(err, final.parent):
+            raise full from None
+        raise
+    _swap_in(tmp, final)
 
 
 def _torch_save(obj, path: Path) -> None:

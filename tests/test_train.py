@@ -757,4 +757,5 @@ def test_a_checkpoint_rank_0_could_not_write_stops_every_rank(tmp_path, monkeypa
         ckpt_mod.save_checkpoint(tmp_path, model, None, {}, {"step": 1}, rank(True, True))
     assert told[-1] is True and not list(tmp_path.glob(".checkpoint*"))  # rank 0 sent its failure, left no folder
     monkeypatch.undo()
-    assert ckpt_mod.save_checkpoint(tmp_path, model, None, {}, {"step": 1}, rank(False, False)) == tmp_path / CHECKPOINT_DIR
+    saved = ckpt_mod.save_checkpoint(tmp_path, model, None, {}, {"step": 1}, rank(False, False))
+    assert saved == tmp_path / CHECKPOINT_DIR

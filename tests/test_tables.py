@@ -520,11 +520,24 @@ def test_reference_rows_show_the_average_their_paper_published():
     table = build("main", [], refs)
     avg = table.header.index("Avg") - 1
     at_760m = groups(table)["760m"]
-    assert at_760m["TTT [1]"][avg] == "47.32"
-    assert at_760m["SWAT (-) [1]"][avg] == "**51.85**" and at_760m["Titans [1]"][avg] == "51.56"
+    assert at_760m["TTT [1]"][avg] == "47.32¶"  # ¶: not the mean of its cells, which the table says
+    assert at_760m["SWAT (-) [1]"][avg] == "**51.85**¶" and at_760m["Titans [1]"][avg] == "51.56"
+    assert any("TTT at 760m (47.32; its cells: 49.37); SWAT (-) at 760m (51.85; its cells: 51.33)" in n
+               for n in table.notes)
+    assert sum("¶" in cell for line in at_760m.values() for cell in line) == 2  # rounding flags nothing else
     without = build("main", [], [r for r in refs if r.task != AVERAGE_TASK])
     assert groups(without)["760m"]["TTT [1]"][avg] == "49.37"
     assert any("as published" in n for n in table.notes) and not any("as published" in n for n in without.notes)
+
+
+def test_a_difference_from_a_quick_check_keeps_its_limit_mark():
+    """Our row's PIQA under --limit read 22.69§, but its Δ line gave the difference with no mark."""
+    _, refs, _ = fixture(refs=[SWAT_T1])
+    ours = [acc("transformer", "340m", "piqa", 0.70, extra={"limit": 100}), acc("transformer", "340m", "arc_easy", 0.5)]
+    table = build("main", ours, refs)
+    delta = next(cells for name, cells in groups(table)["340m"].items() if name.startswith("Δ vs Transformer++"))
+    piqa, arc_e = (table.header.index(title) - 1 for title in ("PIQA acc", "ARC-e acc"))
+    assert delta[piqa].endswith("§") and not delta[arc_e].endswith("§")
 
 
 def test_the_swat_paper_is_cited_by_its_title():

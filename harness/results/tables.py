@@ -563,6 +563,7 @@ def main_table(rows: list[Row], references: list[Row] = (), run_configs: dict | 
     table = Table("Language modeling and zero-shot commonsense reasoning", header, latex_header)
     sources = Sources()
     missing = incomplete = stderr_seen = published = accuracy_shown = set_aside = False
+    unlike: list[str] = []  # published averages that are not the mean of their row's cells
     limits: set = set()
     ncols = len(columns)
     every = ours + refs
@@ -592,7 +593,11 @@ def main_table(rows: list[Row], references: list[Row] = (), run_configs: dict | 
             mark = "†" if avg is not None and k < len(ACC_COLUMNS) else ""
             incomplete |= bool(mark)
             published |= AVERAGE in entry.cells
-            line.append(Cell(avg, mark=mark, percent=True, limit=_average_limit(entry)))
+            own = _average(entry.cells)[0]
+            off = AVERAGE in entry.cells and own is not None and abs(avg - own) > PUBLISHED_AVG_ROUNDING
+            if off:
+                unlike.append(f"{entry.label} at {preset} ({avg:.2f}; its cells: {own:.2f})")
+            line.append(Cell(avg, mark=mark, percent=True, limit=_average_limit(entry), suffix="¶" if off else ""))
             lines.append(line)
             scored.setdefault(entry.source, []).append(line)
             if not entry.reference:
@@ -612,6 +617,9 @@ def main_table(rows: list[Row], references: list[Row] = (), run_configs: dict | 
         table.notes.append("Blank cell: no result stored for it (not run, or not published).")
     if limits:
         table.notes.append(limit_note(limits, set_aside))
+    if unlike:
+        table.notes.append(f"¶ the paper's published average, which is not the mean of its row's accuracies: "
+                           f"{'; '.join(unlike)} (results/paper/README.md).")
     if incomplete:
         table.notes.append(f"† average over the accuracy columns present only (fewer than {len(ACC_COLUMNS)}); "
                            "not comparable with complete averages and never bold. Rows with fewer than "
@@ -644,6 +652,11 @@ def main_note(accuracies: bool, published: bool) -> str:
             + "recomputed from the accuracy cells shown.")
 
 
+# a published average differs from the mean of its row's cells by the printed rounding (two decimals
+# in SWAT's table, one in GLA's) at most; by more, the paper's own numbers disagree, and the table says so
+PUBLISHED_AVG_ROUNDING = 0.1
+
+
 def _shown_average(entry: Entry) -> tuple[float | None, int]:
     """The Avg cell's number and how many accuracy cells it covers: a paper's published average where
     its reference file has one (papers' averages can differ from the mean of their printed cells, see
@@ -667,14 +680,14 @@ def _delta_line(ours: Entry, ref: Entry, sources: Sources, columns=MAIN_COLUMNS)
         a, b = ours.cells.get(col), ref.cells.get(col)
         if a is None or b is None or is_oom(a) or a.value is None or b.value is None:
             line.append(Cell())
-        else:
+        else:  # a difference from a quick check (--limit) is one too: it keeps its §
             line.append(Cell(display(a.value, col.metric) - display(b.value, col.metric), signed=True,
-                             percent=col.is_accuracy))
+                             percent=col.is_accuracy, suffix="§" if a.extra.get("limit") else ""))
     (avg_a, _), (avg_b, _) = _shown_average(ours), _shown_average(ref)
     # averages over different task sets are not comparable: no delta then
     same_tasks = {c for c in ACC_COLUMNS if c in ours.cells} == {c for c in ACC_COLUMNS if c in ref.cells}
-    line.append(Cell(avg_a - avg_b, signed=True, percent=True) if avg_a is not None and avg_b is not None
-                and same_tasks else Cell())
+    line.append(Cell(avg_a - avg_b, signed=True, percent=True, suffix="§" if _average_limit(ours) else "")
+                if avg_a is not None and avg_b is not None and same_tasks else Cell())
     return line
 
 

@@ -882,6 +882,10 @@ def test_csv_carries_plain_numbers():
     assert line["PIQA acc"] == "29.0" and line["PIQA acc stderr"] == "1.23"
     assert line["Wiki. word ppl↓"] == "28.999999999999996"  # not a percentage: exactly as stored
     assert groups(table)["s"]["swat"][:2] == ["340M", "15B"]
+    _, refs, _ = fixture(refs=[SWAT_T1])  # a difference: 21.05 - 41.08 read -20.029999999999998
+    ours = [acc("transformer", "340m", "lambada_openai", 21.05, metric="perplexity")]
+    delta = [ln for ln in render(build("main", ours, refs), "csv").splitlines() if ",Δ vs Transformer++" in ln][0]
+    assert all(len(cell) < 12 for cell in delta.split(",")[4:] if cell), delta
 
 
 def test_a_file_that_is_not_rows_is_refused_in_one_line(tmp_path, capsys):

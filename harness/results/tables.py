@@ -228,14 +228,15 @@ def _csv_limit(limit: int | frozenset | None) -> str:
 
 
 def _csv_number(cell: Cell, value: float | None) -> str:
-    """A number as a program reads it: a size whole (341000000, not 341M); a percentage to 12
-    significant digits, as x100 leaves float noise (0.29 * 100 is 28.999999999999996) far below
-    any measurement's precision; anything else exactly as stored."""
+    """A number as a program reads it: a size whole (341000000, not 341M); a percentage or a
+    difference to 12 significant digits, as x100 and subtraction leave float noise (0.29 * 100 is
+    28.999999999999996, 21.05 - 41.08 is -20.029999999999998) far below any measurement's
+    precision; anything else exactly as stored."""
     if value is None:
         return ""
     if cell.count:
         return str(int(value))
-    return repr(float(f"{value:.12g}" if cell.percent else value))
+    return repr(float(f"{value:.12g}" if cell.percent or cell.signed else value))
 
 
 RENDERERS = {"md": to_markdown, "latex": to_latex, "csv": to_csv}

@@ -405,6 +405,7 @@ def study_summary(counts: dict) -> str:
     diverged = f", {counts['diverged']} diverged (recorded, ruled out of the lr choice)" if counts["diverged"] else ""
     squeezed = f", {counts['squeezed']} start(s) squeezed out of GPU memory" if counts["squeezed"] else ""
     held = f", {counts['not_started']} not started (--start-new-for)" if counts["not_started"] else ""
+    held += f", {counts['unreached']} not reached (--time-limit)" if counts["unreached"] else ""
     return (f"{counts['done']} runs done{already}{diverged}, {counts['stopped']} stopped (resumable), "
             f"{counts['failed']} failed{squeezed}{held}, {counts['waiting']} waiting for their learning rate")
 

@@ -366,6 +366,7 @@ def test_time_limit_stops_before_starting(tmp_path, capsys):
     assert study_cli(tmp_path, "--time-limit", "0") == 0
     out = capsys.readouterr().out
     assert "0 runs done" in out and not (tmp_path / "runs" / "tiny-study" / "a").exists()
+    assert "4 not reached (--time-limit)" in out  # the sweep's four; the final runs wait for its rates
 
 
 def test_workers_past_the_deadline_get_one_sigterm_then_a_sigkill(tmp_path, monkeypatch):

@@ -248,8 +248,8 @@ def run_study(study: Study, results: Path, runs: Path, device: str, jobs: int = 
     enough to finish, while the shorter ones fill the slots beside them.
     Returns counts: done, diverged (recorded in the rows as such), failed, stopped, waiting, squeezed
     (starts that ran out of GPU memory beside other processes and were queued again), not_started
-    (held back by `start_new_for`), and of the study's runs when it started (`runs`, those waiting for
-    their learning rate included) those `already` done."""
+    (held back by `start_new_for`), unreached (not started before `time_limit`), and of the study's
+    runs when it started (`runs`, those waiting for their learning rate included) those `already` done."""
     d, device, log = join_job(device, log)
     if d is not None and jobs > 1:
         raise ConfigError("under torchrun every run trains on all ranks: drop --jobs (or run without torchrun "
@@ -264,7 +264,7 @@ def run_study(study: Study, results: Path, runs: Path, device: str, jobs: int = 
     at_start, waiting = units(study, rows, study.only, study.only_sizes)
     left = list(filter(pending_tasks(rows), at_start))
     counts = {"done": 0, "diverged": 0, "failed": 0, "stopped": 0, "waiting": 0, "squeezed": 0, "not_started": 0,
-              "runs": len(at_start) + waiting, "already": len(at_start) - len(left)}
+              "unreached": 0, "runs": len(at_start) + waiting, "already": len(at_start) - len(left)}
     # (run, its tasks left) started in this invocation: a sweep run is claimed again, for the final
     # stage's tasks, once its learning rate turns out to be the model's best
     claimed: set[tuple[str, tuple]] = set()
@@ -330,7 +330,12 @@ def run_study(study: Study, results: Path, runs: Path, device: str, jobs: int = 
         if main:
             write_report(study, Path(results))
     counts["not_started"] = len(held_back - {key for key, _ in claimed})  # one held back may start later
-    left_out = sweeps_left_out(study, stored_rows(rows_file(study, results), d, log))
+    final_rows = stored_rows(rows_file(study, results), d, log)
+    if expired():  # runs the time limit left unstarted: the next invocation's
+        started = {key for key, _ in claimed} | held_back
+        defined, _ = units(study, final_rows, study.only, study.only_sizes)
+        counts["unreached"] = sum(u.key not in started for u in filter(pending_tasks(final_rows), defined))
+    left_out = sweeps_left_out(study, final_rows)
     if counts["waiting"] and left_out:
         log(f"note: {waiting_for(study, left_out)}")
     return counts

@@ -540,6 +540,15 @@ def test_a_difference_from_a_quick_check_keeps_its_limit_mark():
     assert delta[piqa].endswith("§") and not delta[arc_e].endswith("§")
 
 
+def test_a_paper_s_numbers_keep_the_decimals_it_printed():
+    """GLA's table prints one decimal: its 31.0 read 31.00, a precision the paper does not claim."""
+    _, refs, _ = fixture(refs=[PAPER / "gla_2312.06635_table2.csv"])
+    table = build("main", [], refs)
+    lmb, avg = table.header.index("LMB. acc") - 1, table.header.index("Avg") - 1
+    row = groups(table)["340m"]["Transformer++ [1]"]
+    assert row[lmb] == "**31.0**" and row[avg] == "41.2†"
+
+
 def test_the_swat_paper_is_cited_by_its_title():
     title = "Sliding Window Attention Training for Efficient Large Language Models"
     assert all(title in r.extra["source"] for r in read_reference(SWAT_T1))

@@ -598,7 +598,9 @@ def main_table(rows: list[Row], references: list[Row] = (), run_configs: dict | 
             off = AVERAGE in entry.cells and own is not None and abs(avg - own) > PUBLISHED_AVG_ROUNDING
             if off:
                 unlike.append(f"{entry.label} at {preset} ({avg:.2f}; its cells: {own:.2f})")
-            line.append(Cell(avg, mark=mark, percent=True, limit=_average_limit(entry), suffix="¶" if off else ""))
+            shown = printed_digits(entry.cells[AVERAGE], 2) if AVERAGE in entry.cells else 2
+            line.append(Cell(avg, mark=mark, percent=True, limit=_average_limit(entry), suffix="¶" if off else "",
+                             digits=shown))
             lines.append(line)
             scored.setdefault(entry.source, []).append(line)
             if not entry.reference:
@@ -635,10 +637,17 @@ def main_table(rows: list[Row], references: list[Row] = (), run_configs: dict | 
 
 def measured_cell(row: Row, col: Column, stderr: float | None, digits: int = 2) -> Cell:
     """The cell of a stored row in a column: in display units, marked § (and kept to its like in
-    bold) where it was evaluated under --limit."""
+    bold) where it was evaluated under --limit; a paper's number with the decimals it was printed
+    with (GLA's 31.0 is not 31.00)."""
     limit = row.extra.get("limit") or None
-    return Cell(display(row.value, col.metric), stderr, digits=digits, suffix="§" if limit else "", limit=limit,
-                percent=col.is_accuracy)
+    return Cell(display(row.value, col.metric), stderr, digits=printed_digits(row, digits), suffix="§" if limit else "",
+                limit=limit, percent=col.is_accuracy)
+
+
+def printed_digits(row: Row, digits: int) -> int:
+    """The decimals a paper printed its number with (its `published` text), else `digits`."""
+    printed = str(row.extra.get("published") or "").rstrip("*")
+    return len(printed.split(".")[1]) if "." in printed else digits
 
 
 def main_note(accuracies: bool, published: bool) -> str:

@@ -258,11 +258,9 @@ def run_study(study: Study, results: Path, runs: Path, device: str, jobs: int = 
     drop_missing_tasks(study, log)
     plan(study, log)
     rows = checked_rows(rows_file(study, results), d)
-    check_before_running(study, rows, results, runs)
+    at_start, waiting, left = check_before_running(study, rows, results, runs)
     deadline = None if time_limit is None else time.time() + time_limit
     new_until = None if start_new_for is None else time.time() + start_new_for
-    at_start, waiting = units(study, rows, study.only, study.only_sizes)
-    left = list(filter(pending_tasks(rows), at_start))
     counts = {"done": 0, "diverged": 0, "failed": 0, "stopped": 0, "waiting": 0, "squeezed": 0, "not_started": 0,
               "unreached": 0, "runs": len(at_start) + waiting, "already": len(at_start) - len(left)}
     # (run, its tasks left) started in this invocation: a sweep run is claimed again, for the final
@@ -287,7 +285,7 @@ def run_study(study: Study, results: Path, runs: Path, device: str, jobs: int = 
             progress(len(defined) - len(left), len(defined) + counts["waiting"], "")
         tuned = {(r.model, r.preset) for r in rows}
         busy = {tuple(key.split("/")[:2]) for key in running}
-        expected = past_durations(study, results, rows)
+        expected = past_durations(study, results, rows, pending)
 
         def may_start(u: Unit) -> bool:
             """Always, but on a machine's last call (`start_new_for`): a run with a checkpoint here, or a
@@ -341,16 +339,17 @@ def run_study(study: Study, results: Path, runs: Path, device: str, jobs: int = 
     return counts
 
 
-def past_durations(study: Study, results: Path, rows: list[Row]) -> Callable[[Unit], float | None]:
+def past_durations(study: Study, results: Path, rows: list[Row],
+                   pending: Callable[[Unit], list[str]]) -> Callable[[Unit], float | None]:
     """A fresh unit's expected wall time, from the study's finished runs of its size: training (each
     kept summary's tokens over its tokens/s, measured beside as many runs as shared the GPU then)
     plus each task it has left (its rows' eval_seconds), medians of this model's runs where it has
     some at the size, else of every model's. None where nothing of the size has finished (a training
-    or a task): the unit then starts as if it fits, for want of evidence that it does not."""
+    or a task): the unit then starts as if it fits, for want of evidence that it does not.
+    `pending`: the tasks each unit has left in these rows (`pending_tasks`)."""
     kept: dict[str, list[tuple[str, float]]] = {}  # size -> (model, training seconds) of its kept summaries
     scored = {(r.preset, r.model, r.task, r.extra.get("lr"), r.seed): r.extra["eval_seconds"]
               for r in rows if isinstance(r.extra.get("eval_seconds"), (int, float))}  # one run's task -> seconds
-    pending = pending_tasks(rows)
 
     def training(size: str) -> list[tuple[str, float]]:
         if size not in kept:
@@ -377,9 +376,10 @@ def past_durations(study: Study, results: Path, rows: list[Row]) -> Callable[[Un
     return expected
 
 
-def check_before_running(study: Study, rows: list[Row], results: Path, runs: Path) -> None:
+def check_before_running(study: Study, rows: list[Row], results: Path, runs: Path) -> tuple[list[Unit], int, list]:
     """What would make this invocation's work wrong or idle, refused before it writes anything: rows or
-    checkpoints of another version of the study file, or chosen sizes that can only wait."""
+    checkpoints of another version of the study file, or chosen sizes that can only wait. Returns
+    the units the rows define, how many runs wait for their learning rate, and the units with tasks left."""
     check_unchanged(study, rows, results, runs)
     defined, waiting = units(study, rows, study.only, study.only_sizes)
     left = list(filter(pending_tasks(rows), defined))
@@ -388,6 +388,7 @@ def check_before_running(study: Study, rows: list[Row], results: Path, runs: Pat
     left_out = sweeps_left_out(study, rows)
     if waiting and left_out and not left:
         raise ConfigError(waiting_for(study, left_out))
+    return defined, waiting, left
 
 
 def waiting_for(study: Study, left_out: list[str]) -> str:

@@ -67,17 +67,20 @@ def mirror_candidates(name: str) -> list[Path]:
     return [root / "tokenizers" / name / f for root in data_roots() for f in ("tokenizer.json", "tokenizer.json.gz")]
 
 
-def tokenizer_origin(entry: dict) -> str:
-    """How a tokenizer recorded in a manifest is made, read from its `origin`: a trained BPE's ends
-    with the train-tokenizer command that made it (`store_bpe`), the Llama-2 one is rebuilt from
-    llama-tokenizer-js (`import_tokenizer`); any other is said as recorded."""
+def tokenizer_command(entry: dict) -> str | None:
+    """The command that makes a tokenizer recorded in a manifest, read from its `origin`: a trained
+    BPE's ends with the train-tokenizer command that made it (`store_bpe`), the Llama-2 one is rebuilt
+    from llama-tokenizer-js (`import_tokenizer`); None for any other."""
     origin = entry.get("origin", "")
     trained = re.search(r"harness data train-tokenizer .*", origin)
     if trained:
         return trained.group()
-    if "llama-tokenizer-js" in origin:
-        return "harness data import PATH/llama-tokenizer-js"
-    return f"no harness command makes it; origin: {origin or 'not recorded'}"
+    return "harness data import PATH/llama-tokenizer-js" if "llama-tokenizer-js" in origin else None
+
+
+def tokenizer_origin(entry: dict) -> str:
+    """How a tokenizer recorded in a manifest is made: its command, else its origin as recorded."""
+    return tokenizer_command(entry) or f"no harness command makes it; origin: {entry.get('origin') or 'not recorded'}"
 
 
 def get_tokenizer(name: str):
@@ -93,8 +96,8 @@ def get_tokenizer(name: str):
     if found is None:
         from harness.data.mirror import load_manifest
         entry = load_manifest().get("tokenizers", {}).get(name)
-        made = f"make it with `{tokenizer_origin(entry)}`, or " if entry and tokenizer_origin(entry).startswith(
-            "harness ") else ""
+        command = tokenizer_command(entry) if entry else None
+        made = f"make it with `{command}`, or " if command else ""
         others = ", ".join(str(r) for r in data_roots()[1:])
         raise DataError(f"tokenizer {name!r} not found (looked for {candidates[0]}"
                         f"{f' and the same under {others}' if others else ''}); {made}pass train.tokenizer=bytes "

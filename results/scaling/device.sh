@@ -60,7 +60,8 @@ wait
 # DOCUMENT_SCORING=S (optional): for up to S seconds, the attention checkpoints on this machine scored
 # across and within document boundaries (README.md, "Things to know"); the study ends S seconds earlier
 if [ -n "${DOCUMENT_SCORING:-}" ]; then
-  timeout "$DOCUMENT_SCORING" python3 results/scaling/document_scoring.py "$G/runs/scaling" > "$OUT/document_scoring.md" 2>&1
+  # a script run by path has its own folder on sys.path, not the repository root that holds harness/
+  PYTHONPATH=".${PYTHONPATH:+:$PYTHONPATH}" timeout "$DOCUMENT_SCORING" python3 results/scaling/document_scoring.py "$G/runs/scaling" > "$OUT/document_scoring.md" 2>&1
 fi
 say "packing"
 tar czf "$OUT/results.tgz" -C "$G/results" scaling

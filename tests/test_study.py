@@ -862,3 +862,22 @@ def test_the_best_model_is_bold_even_where_every_model_is_under_the_bigram(finis
                                                                                                 "| transformer |"))]
     losses = [ln.split("|")[5].strip() for ln in lines]
     assert all("‡" in cell for cell in losses) and sum(cell.startswith("**") for cell in losses) == 2  # one per size
+
+
+def test_the_document_scoring_script_scores_each_attention_checkpoint_both_ways(finished):
+    """results/scaling/document_scoring.py as device.sh runs it: by its path, with the repository root on
+    PYTHONPATH, over a study's runs folder; one table row per checkpoint, within − across in the last column."""
+    import os
+    import subprocess
+    import sys
+    root = Path(__file__).resolve().parents[1]
+    runs = finished / "runs" / "tiny-study"
+    done = subprocess.run([sys.executable, str(root / "results" / "scaling" / "document_scoring.py"), str(runs)],
+                          capture_output=True, text=True, cwd=finished, env={**os.environ, "PYTHONPATH": str(root)})
+    assert done.returncode == 0, done.stderr
+    table = [line.split("|")[1:-1] for line in done.stdout.splitlines()[2:]]
+    assert table and sorted(cells[0].strip() for cells in table) == sorted(
+        str(c.parent.relative_to(runs)) for c in runs.glob("*/*/*/checkpoint"))
+    for _, across, within, difference in table:
+        assert math.isfinite(float(across)) and float(difference) == pytest.approx(
+            float(within) - float(across), abs=2e-4)

@@ -25,6 +25,14 @@
 set -u
 T0=$(date +%s)
 left() { echo $(( ${BUDGET_S:-520} - ($(date +%s) - T0) )); }
+# MODELS (optional, comma-separated): run only these of the study's models and references; the
+# Mamba models among them go to the second study process as always. Without any, mamba-ssm is not
+# built and its GPU slots go to the other runs
+read -r OTHERS MAMBA < <(python3 -c "import yaml; s = yaml.safe_load(open('results/scaling/study.yaml'))
+chosen = '${MODELS:-}'.split(',') if '${MODELS:-}' else s['models'] + s.get('references', [])
+mamba = [m for m in chosen if m in ('mamba', 'mamba2')]
+print(','.join(m for m in chosen if m not in mamba) or '-', ','.join(mamba) or '-')")
+[ "$MAMBA" = - ] && MAMBA_BUILD=${MAMBA_BUILD:-0} MAMBA_STUDY_JOBS=0
 MAMBA_JOBS=${MAMBA_JOBS:-6} . results/device-setup.sh
 export PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True  # less memory lost to fragmentation between the runs sharing the GPU
 MAMBA_STUDY_JOBS=${MAMBA_STUDY_JOBS:-2}
@@ -37,12 +45,6 @@ STUDY="python3 -m harness study results/scaling/study.yaml --results $G/results 
 # flight, killed 45 s later) and writes its report; past BUDGET_S - 20 it is ended outright, so
 # that the packing below always runs within the call (its rows are written atomically)
 hard() { timeout -k 10 $(( $(left) - 20 - ${DOCUMENT_SCORING:-0} )) "$@"; }
-# MODELS (optional, comma-separated): run only these of the study's models and references; the
-# Mamba models among them go to the second study process as always
-read -r OTHERS MAMBA < <(python3 -c "import yaml; s = yaml.safe_load(open('results/scaling/study.yaml'))
-chosen = '${MODELS:-}'.split(',') if '${MODELS:-}' else s['models'] + s.get('references', [])
-mamba = [m for m in chosen if m in ('mamba', 'mamba2')]
-print(','.join(m for m in chosen if m not in mamba) or '-', ','.join(mamba) or '-')")
 if [ -n "${GPU_TESTS:-}" ]; then
   timeout $(( $(left) - 30 )) python3 -m pytest tests -p no:cacheprovider -W ignore -rfEs -k "$GPU_TESTS" \
     > "$OUT/gpu_tests.log" 2>&1 &

@@ -873,3 +873,84 @@ def test_llama_hf_unties_its_head_as_the_transformer_does():
     assert sum(p.numel() for p in llama.parameters()) == sum(p.numel() for p in transformer.parameters())
     tied = build_model("llama_hf", load_config("tiny").model, "cpu")
     assert sum(p.numel() for p in tied.parameters()) < sum(p.numel() for p in llama.parameters())
+
+
+# ---------------------------------------------------------------- a damaged checkpoint's fix, by its structure
+
+def test_a_study_gives_a_damaged_checkpoint_its_own_fix_by_the_error_class_not_its_text(tmp_path):
+    """damage_fix replaced the fix's text in any TrainingError that held it. It now gives a
+    CheckpointDamaged the study's fix on the same problem, and passes any other error as it is."""
+    from harness.study.runner import damage_fix
+    from harness.training.checkpoint import read_meta
+    from harness.training.outcome import DAMAGED_FIX, CheckpointDamaged, TrainingError
+    run_dir = tmp_path / "run"
+    (run_dir / "checkpoint").mkdir(parents=True)
+    (run_dir / "checkpoint" / "meta.json").write_text("{garbled")
+    with pytest.raises(CheckpointDamaged) as plain:
+        read_meta(run_dir / "checkpoint")
+    assert str(plain.value) == f"{plain.value.problem}; {DAMAGED_FIX}"
+    with pytest.raises(CheckpointDamaged) as study:
+        with damage_fix(run_dir):
+            read_meta(run_dir / "checkpoint")
+    assert study.value.problem == plain.value.problem
+    assert str(study.value) == f"{plain.value.problem}; delete {run_dir} and run the study again"
+    other = TrainingError(f"not a checkpoint's damage, whatever it says; {DAMAGED_FIX}")
+    with pytest.raises(TrainingError) as passed:
+        with damage_fix(run_dir):
+            raise other
+    assert passed.value is other
+
+
+def test_a_config_another_commit_wrote_keeps_its_way_on_under_the_study_fix(tmp_path, monkeypatch):
+    """The way to use the checkpoint as it is (the commit that wrote it) is offered before the study's fix;
+    damage elsewhere in a meta.json that another commit wrote is called damaged, as before."""
+    from harness.study.runner import damage_fix
+    from harness.training.checkpoint import read_meta
+    from harness.training.outcome import CheckpointDamaged
+    monkeypatch.setenv("HARNESS_COMMIT", "1111111")
+    config = load_config("tiny").to_dict()
+    config["model"]["an_option_since_removed"] = 1
+    meta = tmp_path / "checkpoint" / "meta.json"
+    meta.parent.mkdir()
+    meta.write_text(json.dumps({"model": "swat", "config": config, "commit": "0000000"}))
+    with pytest.raises(CheckpointDamaged) as err:
+        with damage_fix(tmp_path):
+            read_meta(meta.parent)
+    assert re.fullmatch(rf"{re.escape(str(meta))} was written by commit 0000000, whose config this version does "
+                        rf"not read \(its config: .*an_option_since_removed.*\); evaluate it with that commit, or "
+                        rf"delete {re.escape(str(tmp_path))} and run the study again", str(err.value)), str(err.value)
+    meta.write_text(json.dumps({"model": "swat", "config": load_config("tiny").to_dict(), "commit": "0000000",
+                                "sha256": []}))
+    with pytest.raises(CheckpointDamaged, match=r"meta.json is damaged \(its sha256 is not a mapping"):
+        read_meta(meta.parent)
+
+
+def test_a_damaged_checkpoint_error_reaches_every_rank_whole():
+    """_resume broadcasts rank 0's error (pickled): the other ranks raise a CheckpointDamaged too, with
+    its parts, so that `harness study` gives it its fix on every rank."""
+    import pickle
+
+    from harness.training.outcome import CheckpointDamaged
+    sent = CheckpointDamaged("x is damaged (y)", "delete z", keep="evaluate it with that commit")
+    got = pickle.loads(pickle.dumps(sent))
+    assert type(got) is CheckpointDamaged and (got.problem, got.retrain, got.keep) == (sent.problem, sent.retrain,
+                                                                                      sent.keep)
+    assert str(got) == str(sent) == "x is damaged (y); evaluate it with that commit, or delete z"
+
+
+# ---------------------------------------------------------------- a matched model at a config its reference refuses
+
+def test_a_matched_model_whose_reference_cannot_be_built_names_itself_and_the_reference(tmp_path, capsys):
+    """mamba's size is solved against the transformer's count: at a config the transformer cannot be
+    built at, the error named only the transformer, a model the user had not asked for."""
+    from harness.model.build import matched_config
+    expected = ("model mamba is matched in parameters to the reference model transformer: model transformer "
+                "cannot be built at this config: Storage size calculation overflowed with sizes="
+                f"[257, {2 ** 58}] (a tensor's bytes must stay below 2^63); change the model.* sizes")
+    with pytest.raises(ConfigError) as err:
+        matched_config("mamba", replace(load_config("tiny").model, hidden_size=2 ** 58))
+    assert str(err.value) == expected
+    code = cli.main(["train", "--model", "mamba", "--device", "cpu", "--out", str(tmp_path / "run"),
+                     "--set", f"model.hidden_size={2 ** 58}"])
+    one_error_line(capsys.readouterr().err, expected)
+    assert code == 2 and not (tmp_path / "run").exists()

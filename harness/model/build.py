@@ -117,7 +117,11 @@ def matched_config(name: str, cfg: ModelConfig) -> ModelConfig:
     spec = get_model(name)
     if spec.match is None or getattr(cfg, spec.match) is not None:
         return cfg
-    target = params_of(reference_model(), cfg)
+    try:
+        target = params_of(reference_model(), cfg)
+    except ConfigError as err:  # the user asked for `name`: say why the reference is built at all
+        raise ConfigError(f"model {name} is matched in parameters to the reference model {reference_model()}: "
+                          f"{err}") from None
     lo, hi = MATCH_MULTIPLE, 8 * MATCH_MULTIPLE
     p_lo = params_of(name, dataclasses.replace(cfg, **{spec.match: lo}))
     p_hi = params_of(name, dataclasses.replace(cfg, **{spec.match: hi}))

@@ -48,8 +48,8 @@ from harness.study.spec import (
     sweeps_left_out,
     units,
 )
-from harness.training.checkpoint import CHECKPOINT_DIR, DAMAGED_FIX, META_FILE, read_meta
-from harness.training.outcome import TrainingDiverged, TrainingError, TrainingStopped
+from harness.training.checkpoint import CHECKPOINT_DIR, META_FILE, read_meta
+from harness.training.outcome import CheckpointDamaged, TrainingDiverged, TrainingStopped
 from harness.training.trainlog import LOG_FILE
 
 STOPPED_EXIT = 3  # a worker that checkpointed and stopped at the time limit
@@ -101,15 +101,13 @@ def trained_or_diverged(unit: Unit, cfg, run_dir: Path, device: str, on_step, sh
 
 @contextlib.contextmanager
 def damage_fix(run_dir: Path):
-    """A damaged checkpoint's error with the fix of `harness study`: DAMAGED_FIX names options of
-    `harness run` and `harness train` that it does not have; its way is to delete the run's folder,
-    whose run the study then trains again."""
+    """A damaged checkpoint's error with the fix of `harness study`: its usual way to retrain names options
+    of `harness run` and `harness train` that the study does not have; the study's is to delete the run's
+    folder, whose run it then trains again."""
     try:
         yield
-    except TrainingError as err:
-        if DAMAGED_FIX not in str(err):
-            raise
-        raise TrainingError(str(err).replace(DAMAGED_FIX, f"delete {run_dir} and run the study again")) from None
+    except CheckpointDamaged as err:
+        raise CheckpointDamaged(err.problem, f"delete {run_dir} and run the study again", err.keep) from None
 
 
 def unit_context(study: Study, unit: Unit, cfg, run_dir: Path, device: str, meta: dict, d) -> TaskContext:

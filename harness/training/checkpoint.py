@@ -29,7 +29,7 @@ from harness.model.build import runnable_model
 from harness.registry import get_model
 from harness.training import distributed
 from harness.training.distributed import Dist
-from harness.training.outcome import TrainingError
+from harness.training.outcome import CheckpointDamaged, TrainingError
 from harness.training.trainlog import LOG_FILE, PLOT_FILE
 
 CHECKPOINT_DIR = "checkpoint"
@@ -73,54 +73,52 @@ def _fsync_dir(folder: Path) -> None:
             os.fsync(f.fileno())
 
 
-DAMAGED_FIX = "retrain it: `harness run ... --force`, or `harness train ... --no-resume`"
-
-
 def has_checkpoint(ckpt: Path) -> bool:
     """Whether a run folder's checkpoint exists to resume. One that lost its meta.json is damaged,
     not absent: starting over would silently overwrite its weights."""
     if (ckpt / META_FILE).is_file():
         return True
     if ckpt.is_dir() and any(ckpt.iterdir()):
-        raise TrainingError(f"{ckpt} has no {META_FILE}, so the checkpoint is damaged; {DAMAGED_FIX}")
+        raise CheckpointDamaged(f"{ckpt} has no {META_FILE}, so the checkpoint is damaged")
     return False
 
 
 def read_meta(ckpt: Path) -> dict:
-    """A checkpoint's meta.json, or a TrainingError naming it when it is not readable JSON or holds
-    wrongly what is read from it (`_meta_problem`): a damaged record is one line that says so, not a
-    traceback deep in the command, nor a NaN written back into it."""
+    """A checkpoint's meta.json, or a CheckpointDamaged naming it when it is not readable JSON or holds
+    wrongly what is read from it (its config, `_meta_problem`): a damaged record is one line that says
+    so, not a traceback deep in the command, nor a NaN written back into it."""
     path = Path(ckpt) / META_FILE
     try:
         meta = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise TrainingError(f"{path} is damaged ({err}); {DAMAGED_FIX}") from None
-    problem = _meta_problem(meta)
+        raise CheckpointDamaged(f"{path} is damaged ({err})") from None
+    if not (isinstance(meta, dict) and isinstance(meta.get("model"), str) and isinstance(meta.get("config"), dict)):
+        raise CheckpointDamaged(f"{path} is damaged (it has no model name and config)")
+    cfg = _saved_config(meta["config"])
+    if isinstance(cfg, str):
+        raise _unreadable_config(path, meta, cfg)
+    problem = _meta_problem(meta, cfg)
     if problem:
-        raise TrainingError(f"{path} {_unreadable(meta, problem)}")
+        raise CheckpointDamaged(f"{path} is damaged ({problem})")
     return meta
 
 
-def _unreadable(meta, problem: str) -> str:
-    """How a meta.json that does not read is named: damaged, or, when only its config fails and
-    another commit wrote it, written by a version whose config this one does not take (an option
-    renamed or removed since): deleting such a checkpoint is not the only way on."""
+def _unreadable_config(path: Path, meta: dict, problem: str) -> CheckpointDamaged:
+    """The error of a meta.json whose config does not read: damaged, or, when another commit wrote it,
+    written by a version whose config this one does not take (an option renamed or removed since):
+    deleting such a checkpoint is not the only way on."""
     from harness.results.provenance import git_commit
-    commit = meta.get("commit") if isinstance(meta, dict) else None
-    if problem.startswith("its config") and isinstance(commit, str) and commit != git_commit():
-        return (f"was written by commit {commit}, whose config this version does not read ({problem}); "
-                f"evaluate it with that commit, or {DAMAGED_FIX}")
-    return f"is damaged ({problem}); {DAMAGED_FIX}"
+    commit = meta.get("commit")
+    if isinstance(commit, str) and commit != git_commit():
+        return CheckpointDamaged(f"{path} was written by commit {commit}, whose config this version does not read "
+                                 f"({problem})", keep="evaluate it with that commit")
+    return CheckpointDamaged(f"{path} is damaged ({problem})")
 
 
-def _meta_problem(meta) -> str | None:
-    """What is wrong in a meta.json among what the commands read from it, or None. Optional fields
-    (those of checkpoints written before them, or by tests) are checked where present."""
-    if not (isinstance(meta, dict) and isinstance(meta.get("model"), str) and isinstance(meta.get("config"), dict)):
-        return "it has no model name and config"
-    cfg = _saved_config(meta["config"])
-    if isinstance(cfg, str):
-        return cfg
+def _meta_problem(meta: dict, cfg: Config) -> str | None:
+    """What is wrong in a meta.json, besides its model name and config (`cfg`, read from it), among what
+    the commands read from it, or None. Optional fields (those of checkpoints written before them, or by
+    tests) are checked where present."""
     sums = meta.get("sha256", {})
     if not (isinstance(sums, dict) and all(isinstance(v, str) for v in sums.values())):
         return "its sha256 is not a mapping of file names to checksums"
@@ -182,11 +180,11 @@ def verify_checkpoint(ckpt: Path, meta: dict, names: tuple[str, ...]) -> None:
     for name in names:
         path = Path(ckpt) / name
         if not path.is_file():
-            raise TrainingError(f"{path} is missing, the checkpoint is incomplete; {DAMAGED_FIX}")
+            raise CheckpointDamaged(f"{path} is missing, the checkpoint is incomplete")
         expected = meta.get("sha256", {}).get(name)
         if expected is not None and file_sha256(path) != expected:
-            raise TrainingError(f"{path} is damaged (truncated or corrupted: its sha256 is not the one in "
-                                f"{META_FILE}); {DAMAGED_FIX}")
+            raise CheckpointDamaged(f"{path} is damaged (truncated or corrupted: its sha256 is not the one in "
+                                    f"{META_FILE})")
 
 
 def _swap_in(tmp: Path, final: Path) -> None:
@@ -318,12 +316,12 @@ def load_checkpoint(path: Path, device="cpu"):
     except TrainingError:  # check_fit's, which says what does not fit
         raise
     except SafetensorError as err:
-        raise TrainingError(f"{path / WEIGHTS_FILE} is damaged ({err}); {DAMAGED_FIX}") from None
+        raise CheckpointDamaged(f"{path / WEIGHTS_FILE} is damaged ({err})") from None
     except RuntimeError as err:  # anything else that does not load (check_fit named the tensors' names and shapes)
         if is_out_of_memory(err):
             raise
-        raise TrainingError(f"{path / WEIGHTS_FILE} does not fit the model its {META_FILE} describes "
-                            f"({first_line(err)}); {DAMAGED_FIX}") from None
+        raise CheckpointDamaged(f"{path / WEIGHTS_FILE} does not fit the model its {META_FILE} describes "
+                                f"({first_line(err)})") from None
     return model, cfg, meta["model"], meta
 
 
@@ -374,16 +372,18 @@ def _resume(ckpt: Path, model, optimizer, d: Dist) -> dict:
     """Load a checkpoint into the (wrapped) model and optimizer; returns its step, data position
     and meta. Rank 0 checks and reads the files, and that they fit the model, and the state is
     broadcast."""
-    weights, trainer, problem = {}, {}, None
+    weights, trainer, failure = {}, {}, None
     if d.is_main:
         try:
             weights, trainer = _read_state(ckpt)
             check_fit(model, {k: tuple(v.shape) for k, v in weights.items()}, ckpt / WEIGHTS_FILE)
         except TrainingError as err:
-            problem = str(err)
-    problem = d.broadcast_object(problem)  # every rank stops, not only the one that read
-    if problem:
-        raise TrainingError(problem)
+            failure = err
+    # every rank stops, not only the one that read, and with the error itself: a CheckpointDamaged
+    # stays one on every rank (`harness study` gives it its own fix)
+    failure = d.broadcast_object(failure)
+    if failure is not None:
+        raise failure
     missing = _tied_duplicates(model)
     if d.is_main:  # tied names were stored once: give each its tensor back
         for name in missing:
@@ -404,8 +404,8 @@ def _load_state(ckpt: Path, model, optimizer, weights: dict, optim: dict) -> Non
     except (RuntimeError, KeyError, ValueError, TypeError) as err:
         if is_out_of_memory(err):
             raise
-        raise TrainingError(f"{ckpt} does not load into the model its {META_FILE} describes ({type(err).__name__}: "
-                            f"{first_line(err)}); {DAMAGED_FIX}") from None
+        raise CheckpointDamaged(f"{ckpt} does not load into the model its {META_FILE} describes "
+                                f"({type(err).__name__}: {first_line(err)})") from None
 
 
 def _stored_shapes(weights_file: Path) -> dict[str, tuple[int, ...]]:
@@ -421,8 +421,8 @@ def check_fit(model, stored: dict[str, tuple[int, ...]], weights_file: Path) -> 
     ask for every key), and one of another shape stopped in a traceback."""
     problem = _fit_problem(_tensor_groups(model), stored)
     if problem:
-        raise TrainingError(f"{weights_file} does not fit the model its {META_FILE} describes ({problem}): a "
-                            f"checkpoint of an older version of the model, or damaged; {DAMAGED_FIX}")
+        raise CheckpointDamaged(f"{weights_file} does not fit the model its {META_FILE} describes ({problem}): a "
+                                f"checkpoint of an older version of the model, or damaged")
 
 
 def _tensor_groups(model) -> list[tuple[tuple[str, ...], tuple[int, ...] | None]]:
@@ -470,10 +470,10 @@ def _read_state(ckpt: Path) -> tuple[dict, dict]:
         name = TRAINER_FILE
         trainer = torch.load(ckpt / TRAINER_FILE, map_location="cpu", weights_only=True)
     except (SafetensorError, RuntimeError, EOFError, pickle.UnpicklingError) as err:
-        raise TrainingError(f"{ckpt / name} is damaged ({type(err).__name__}); {DAMAGED_FIX}") from None
+        raise CheckpointDamaged(f"{ckpt / name} is damaged ({type(err).__name__})") from None
     problem = _trainer_problem(trainer, meta)
     if problem:
-        raise TrainingError(f"{ckpt / TRAINER_FILE} is damaged ({problem}); {DAMAGED_FIX}")
+        raise CheckpointDamaged(f"{ckpt / TRAINER_FILE} is damaged ({problem})")
     return weights, trainer
 
 

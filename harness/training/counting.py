@@ -15,7 +15,6 @@ from harness.results.provenance import provenance
 from harness.training.batches import batch_at
 from harness.training.checkpoint import (
     CHECKPOINT_DIR,
-    DAMAGED_FIX,
     TRAINER_FILE,
     _check_resumable,
     _read_state,
@@ -26,7 +25,7 @@ from harness.training.checkpoint import (
 )
 from harness.training.distributed import Dist
 from harness.training.heldout import heldout_score
-from harness.training.outcome import TrainingError, TrainResult
+from harness.training.outcome import CheckpointDamaged, TrainResult
 from harness.training.recipe import autocast_for
 
 
@@ -74,8 +73,8 @@ def fit_by_counting(model, model_name: str, cfg: Config, run_dir: Path, train_st
         start_step, position = trainer["step"], trainer["position"]
         # each step counts S sequences from where the last one ended: another position skips or repeats some
         if position != start_step * seqs_per_step:
-            raise TrainingError(f"{ckpt / TRAINER_FILE} is damaged (its position {position} is not step {start_step} "
-                                f"times {seqs_per_step} sequences); {DAMAGED_FIX}")
+            raise CheckpointDamaged(f"{ckpt / TRAINER_FILE} is damaged (its position {position} is not step "
+                                    f"{start_step} times {seqs_per_step} sequences)")
     t0 = time.time()
     for _ in range(start_step, tcfg.steps):
         inputs, targets, _ = batch_at(train_stream, tcfg.seq_len, tcfg.seed, position, seqs_per_step, d.device)

@@ -19,6 +19,24 @@ class TrainingDiverged(TrainingError):
     sweep records it as diverged and rules the rate out)."""
 
 
+DAMAGED_FIX = "retrain it: `harness run ... --force`, or `harness train ... --no-resume`"
+
+
+class CheckpointDamaged(TrainingError):
+    """A checkpoint that cannot be read as it is (a file missing, truncated or garbled, or that does not
+    fit its model). The problem and its fix are kept apart, so that a command with other ways to retrain
+    (`harness study` has no --force or --no-resume) gives its own fix to the same problem. `keep`: a way
+    to use the checkpoint as it is, offered before retraining (the commit that wrote a config which
+    this version does not read)."""
+
+    def __init__(self, problem: str, retrain: str = DAMAGED_FIX, keep: str | None = None):
+        super().__init__(problem, retrain, keep)  # every argument in args: the error pickles whole, to other ranks
+        self.problem, self.retrain, self.keep = problem, retrain, keep
+
+    def __str__(self) -> str:
+        return f"{self.problem}; {self.keep}, or {self.retrain}" if self.keep else f"{self.problem}; {self.retrain}"
+
+
 class TrainingStopped(RuntimeError):
     """Training was asked to stop (`should_stop`) and saved a checkpoint first: it resumes there."""
 

@@ -48,18 +48,49 @@ def atomic_write_text(path: Path, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
 
 
+class FolderLocked(Exception):
+    """`folder_lock(wait=False)` found the folder locked by another process: `pid` is that process,
+    where the system says (Linux's /proc/locks), else None."""
+
+    def __init__(self, folder: Path, pid: int | None):
+        super().__init__(f"{folder} is locked by another process" + (f" (pid {pid})" if pid else ""))
+        self.folder, self.pid = folder, pid
+
+
 @contextlib.contextmanager
-def folder_lock(folder: Path):
+def folder_lock(folder: Path, wait: bool = True):
     """Hold an exclusive advisory lock on a folder (flock on its descriptor: no lock file is left
-    behind in a results folder that gets committed) for one read-modify-write of a file in it."""
+    behind in a results folder that gets committed) for one read-modify-write of a file in it, or,
+    with wait=False, for a job that must be the folder's only writer: FolderLocked at once where
+    another process holds it. The OS releases a flock when its holder dies, so a killed job's lock
+    blocks no one."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     fd = os.open(folder, os.O_RDONLY)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise FolderLocked(folder, lock_holder(fd)) from None
         yield
     finally:
         os.close(fd)  # closing the descriptor releases the lock
+
+
+def lock_holder(fd: int) -> int | None:
+    """The pid holding a flock on the file open as `fd`, from /proc/locks (Linux), whose lines read
+    `1: FLOCK  ADVISORY  WRITE PID MAJOR:MINOR:INODE 0 EOF` (a waiter's has `->` after the number);
+    None where there is no such file or the lock is gone."""
+    st = os.fstat(fd)
+    file_id = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
+    try:
+        lines = Path("/proc/locks").read_text().splitlines()
+    except OSError:
+        return None
+    for fields in map(str.split, lines):
+        if fields[1:2] == ["FLOCK"] and fields[5:6] == [file_id]:
+            return int(fields[4])
+    return None
 
 
 def file_sha256(path: Path) -> str:

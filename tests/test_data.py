@@ -415,7 +415,9 @@ def test_unloadable_tokenizer_file_is_one_error_line(tmp_path, capsys, monkeypat
     (lambda d: (d / "x.jsonl.xz").write_bytes(bytes(range(256))), "x.jsonl.xz: not a readable xz file"),
     (lambda d: (d / "cut.txt.gz").write_bytes(gzip.compress(b"some text\n\n\n" * 99)[:30]),
      "cut.txt.gz: not a readable gzip file"),
-], ids=["one-document", "empty-folder", "damaged-parquet", "truncated-xz", "not-xz", "truncated-gz"])
+    (lambda d: (d / "n.jsonl").write_text('{"text": "a"}\n{"text": 5}\n'),
+     "n.jsonl:2: expected a JSON object with a 'text' field that is a string, got 'text': 5"),
+], ids=["one-document", "empty-folder", "damaged-parquet", "truncated-xz", "not-xz", "truncated-gz", "text-not-string"])
 def test_an_unusable_corpus_is_one_error_line_and_leaves_no_cache(tmp_path, capsys, monkeypatch, make, message):
     monkeypatch.setenv("HARNESS_CACHE", str(tmp_path / "cache"))
     folder = tmp_path / "corpus"
@@ -427,6 +429,25 @@ def test_an_unusable_corpus_is_one_error_line_and_leaves_no_cache(tmp_path, caps
     assert not (tmp_path / "t").exists()
     assert not list((tmp_path / "cache").rglob("*.tmp*"))
 
+
+def test_a_split_shorter_than_a_sequence_is_named_with_both_splits_sizes(tmp_path, capsys, monkeypatch):
+    """The corpus is split by whole documents: here its long document is held out, leaving 9 training
+    tokens. The message blamed the whole corpus ('shorter than one sequence'); it names the split."""
+    monkeypatch.setenv("HARNESS_CACHE", str(tmp_path / "cache"))
+    small = "tiny doc"  # 8 bytes: 9 tokens with the end-of-document token
+    big = next(text for text in (f"{i} " + "the cat sat on the mat " * 1000 for i in range(100))
+               if corpus.document_digest(text) < corpus.document_digest(small))  # the smaller digest is held out
+    folder = tmp_path / "corpus"
+    folder.mkdir()
+    (folder / "big.txt").write_text(big)
+    (folder / "small.txt").write_text(small)
+    err = cli_error(["train", "--preset", "tiny", "--model", "swat", "--device", "cpu", "--set", "train.tokens=4096",
+                     "--set", f"train.corpus={folder}", "--out", tmp_path / "t"], capsys)
+    assert err.strip() == (f"error: the training split of corpus '{folder}' is shorter than one sequence of 128 tokens "
+                           f"(the corpus is split by whole documents: training 9 tokens in 1 document(s), held-out "
+                           f"{len(big) + 1:,} tokens in 1 document(s)); give the corpus more documents or use a "
+                           f"shorter train.seq_len")
+    assert not (tmp_path / "t").exists()
 
 # ---------------------------------------------------------------- verify lists every problem, wherever the mirror is
 

@@ -4,6 +4,9 @@ import hashlib
 import json
 import math
 import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -453,7 +456,7 @@ def short_documents(folder, count=20, words=12):
 def test_a_heldout_split_shorter_than_a_sequence_is_refused_before_training(tmp_path, model):
     """It was refused only at the end, after all the steps, beside the run's log and checkpoints."""
     corpus = short_documents(tmp_path / "corpus")
-    with pytest.raises(TrainingError, match="held-out split is shorter than 1 sequence"):
+    with pytest.raises(TrainingError, match="held-out split of corpus .* is shorter than one sequence of 64 tokens"):
         train(model, short_cfg(f"train.corpus={corpus}"), tmp_path / "run", "cpu")
     assert not (tmp_path / "run").exists()
 
@@ -759,3 +762,48 @@ def test_a_checkpoint_rank_0_could_not_write_stops_every_rank(tmp_path, monkeypa
     monkeypatch.undo()
     saved = ckpt_mod.save_checkpoint(tmp_path, model, None, {}, {"step": 1}, rank(False, False))
     assert saved == tmp_path / CHECKPOINT_DIR
+
+
+def test_a_second_training_into_a_folder_being_trained_is_one_error_line(tmp_path, capsys):
+    """Two trainings into one folder both ran, leaving one's meta.json beside the other's log. The
+    folder's lock (held here by another process, then killed as a training can be) refuses the second
+    at once, naming the holder, and leaves the folder as it was; the holder's death frees the lock."""
+    from harness.cli import main
+    from harness.files import folder_lock
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / LOG_FILE).write_text("the other run's log\n")
+    holder = subprocess.Popen([sys.executable, "-c", "import sys; from harness.files import folder_lock\n"
+                               "with folder_lock(sys.argv[1]):\n    print('held', flush=True); sys.stdin.read()",
+                               str(run_dir)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                              cwd=Path(__file__).resolve().parent.parent)
+    try:
+        assert holder.stdout.readline() == "held\n"
+        assert main(["train", "--model", "swat", "--device", "cpu", "--out", str(run_dir), "--set",
+                     "train.tokens=1024"]) == 2
+        err = capsys.readouterr().err
+        assert " ".join(err.split()) == (f"error: {run_dir} is being trained by another process (pid {holder.pid}); "
+                                         f"wait for it, or train into another folder (another --out or --run)")
+    finally:
+        holder.kill()
+        holder.wait()
+    assert [p.name for p in run_dir.iterdir()] == [LOG_FILE]
+    assert (run_dir / LOG_FILE).read_text() == "the other run's log\n"
+    with folder_lock(run_dir, wait=False):  # the killed holder's lock went with it
+        pass
+
+
+def test_a_warmup_longer_than_the_run_is_said(tmp_path, capsys):
+    """The warm-up is cut to the run, so the learning rate peaks only at its last step and never decays;
+    that was silent. One step trains at train.lr whatever the warm-up: nothing to say there."""
+    from harness.cli import main
+    from harness.training.recipe import lr_at
+    assert main(["train", "--model", "swat", "--device", "cpu", "--quiet", "--out", str(tmp_path), "--set",
+                 "train.tokens=2048", "--set", "train.warmup_tokens=1000000", "--set", "train.eval_tokens=128"]) == 0
+    assert " ".join(capsys.readouterr().err.split()) == (
+        "note: train.warmup_tokens=1,000,000 is longer than the run (2,048 tokens): the learning rate rises over "
+        "all 2 steps, reaching train.lr=0.003 only at the last, and never decays")
+    assert [r["lr"] for r in read_log(tmp_path / LOG_FILE)] == [0.0015, 0.003]
+    assert train_mod.warmup_note(short_cfg("train.warmup_tokens=2048").train) is None  # the whole run, as asked
+    one_step = short_cfg("train.tokens=256", "train.warmup_tokens=1000000").train
+    assert train_mod.warmup_note(one_step) is None and lr_at(0, one_step) == one_step.lr

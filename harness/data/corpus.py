@@ -105,9 +105,13 @@ def read_sourced_documents(path: Path) -> list[tuple[str, str]]:
                 continue
             try:
                 record = json.loads(line)
-                docs.append((record["text"], str(record.get("source") or default)))
+                text, source = record["text"], str(record.get("source") or default)
             except (json.JSONDecodeError, KeyError, TypeError, AttributeError):
                 raise DataError(f"{path}:{n}: expected a JSON object with a 'text' field") from None
+            if not isinstance(text, str):  # a number or null would reach the tokenizer
+                raise DataError(f"{path}:{n}: expected a JSON object with a 'text' field that is a string, "
+                                f"got 'text': {json.dumps(text)[:40]}")
+            docs.append((text, source))
         return docs
     if name.endswith(".parquet"):
         import pandas as pd

@@ -14,6 +14,7 @@ are updated, and the throughput since the last logged step is measured.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import sys
 import time
@@ -23,8 +24,9 @@ from typing import Callable
 
 import torch
 
-from harness.config import Config
+from harness.config import Config, TrainConfig
 from harness.data.streams import TokenStream, prepare_streams
+from harness.files import FolderLocked, folder_lock
 from harness.memory import is_out_of_memory, out_of_memory
 from harness.model.backbone import count_params
 from harness.model.build import plugin_call, runnable_model
@@ -108,8 +110,10 @@ def train(model_name: str, cfg: Config, run_dir: Path, device: str | None = None
     Under torchrun every rank calls this; `on_step` (progress) and all files are rank 0's; without
     `on_step` (no progress bar) a resumed run says from which step in a line of its own.
     parallel: ddp | fsdp. loggers: optional mirrors of the JSONL log (tensorboard, wandb).
-    What can be refused up front is, before the run folder is touched: a missing logger package, a
-    corpus whose training or held-out split is shorter than one sequence. The folder is opened
+    Rank 0 holds the run folder's lock throughout (`hold_run_folder`): a second training into the
+    same folder is refused at once. What can be refused up front is, before the run folder is
+    touched: a missing logger package, a corpus whose training or held-out split is shorter than
+    one sequence. The folder is opened
     (the earlier run dropped unless `resume`, the log started) only once the first step has
     computed, so that a model that fails there (a plugin's: one line) leaves it as it was.
     should_stop: asked at every logged step (rank 0's answer counts); when it says so, a
@@ -121,82 +125,140 @@ def train(model_name: str, cfg: Config, run_dir: Path, device: str | None = None
     tcfg = cfg.train
     d = distributed.setup(device, parallel)
     run_dir = Path(run_dir)
-    tokenizer = check_tokenizer(cfg)
-    if d.is_main:  # rank 0 tokenizes; the others then read its cache
-        prepare_streams(tcfg.corpus, tokenizer)
-    d.barrier()
-    train_stream, held_stream = prepare_streams(tcfg.corpus, tokenizer)
-    if train_stream.num_sequences(tcfg.seq_len) == 0:
-        raise TrainingError(f"corpus {tcfg.corpus!r} is shorter than one sequence of {tcfg.seq_len} tokens; "
-                            f"use a larger corpus or a smaller train.seq_len")
-    scored = scored_sequences(held_stream, tcfg.seq_len, tcfg.eval_tokens, d.world_size)  # refused now, not later
-    if d.is_main and held_stream.num_sequences(tcfg.seq_len) * tcfg.seq_len < tcfg.eval_tokens:
-        print(f"note: train.eval_tokens={tcfg.eval_tokens:,} is more than the held-out split of {tcfg.corpus} "
-              f"holds: the held-out loss scores all of it, {scored * tcfg.seq_len:,} tokens", file=sys.stderr,
-              flush=True)
-    torch.manual_seed(tcfg.seed)
-    model = runnable_model(model_name, cfg.model, d.device)  # refused before the run folder is touched
-    if getattr(model, "fitted_by_counting", False):
-        micro = _batch_layout(tcfg, d.world_size)[1]
-        return fit_by_counting(model, model_name, cfg, run_dir, train_stream, held_stream, micro, d, resume)
-    job = build(model_name, cfg, run_dir, d, model, parallel, train_stream, held_stream, resume)
-    progress = restore(job)
-    if progress is None:  # finished: its checkpoint is the result
-        meta = read_meta(job.ckpt)
-        if d.is_main and not (run_dir / PLOT_FILE).is_file():  # a run stopped between its checkpoint and plot
-            _plot_loss(job, meta["heldout_loss"])
-        return TrainResult(job.model, meta["step"], meta["tokens"], meta["train_loss"], meta["heldout_loss"],
-                           job.params, 0.0, job.ckpt, meta.get("tokens_per_s"), meta.get("mfu"),
-                           meta.get("peak_mem_gib"), reused=True)
-    if progress.step and on_step is None and d.is_main:  # the progress bar says it where there is one
-        print(f"train {model_name}: resumed from its checkpoint at step {progress.step:,} of {tcfg.steps:,}",
-              flush=True)
+    with hold_run_folder(run_dir, d):
+        tokenizer = check_tokenizer(cfg)
+        if d.is_main:  # rank 0 tokenizes; the others then read its cache
+            prepare_streams(tcfg.corpus, tokenizer)
+        d.barrier()
+        train_stream, held_stream = prepare_streams(tcfg.corpus, tokenizer)
+        check_split_lengths(tcfg, train_stream, held_stream, d.world_size)
+        scored = scored_sequences(held_stream, tcfg.seq_len, tcfg.eval_tokens, d.world_size)  # refused now, not later
+        if d.is_main and held_stream.num_sequences(tcfg.seq_len) * tcfg.seq_len < tcfg.eval_tokens:
+            print(f"note: train.eval_tokens={tcfg.eval_tokens:,} is more than the held-out split of {tcfg.corpus} "
+                  f"holds: the held-out loss scores all of it, {scored * tcfg.seq_len:,} tokens", file=sys.stderr,
+                  flush=True)
+        torch.manual_seed(tcfg.seed)
+        model = runnable_model(model_name, cfg.model, d.device)  # refused before the run folder is touched
+        if getattr(model, "fitted_by_counting", False):
+            micro = _batch_layout(tcfg, d.world_size)[1]
+            return fit_by_counting(model, model_name, cfg, run_dir, train_stream, held_stream, micro, d, resume)
+        note = warmup_note(tcfg)
+        if d.is_main and note:
+            print(note, file=sys.stderr, flush=True)
+        job = build(model_name, cfg, run_dir, d, model, parallel, train_stream, held_stream, resume)
+        progress = restore(job)
+        if progress is None:  # finished: its checkpoint is the result
+            meta = read_meta(job.ckpt)
+            if d.is_main and not (run_dir / PLOT_FILE).is_file():  # a run stopped between its checkpoint and plot
+                _plot_loss(job, meta["heldout_loss"])
+            return TrainResult(job.model, meta["step"], meta["tokens"], meta["train_loss"], meta["heldout_loss"],
+                               job.params, 0.0, job.ckpt, meta.get("tokens_per_s"), meta.get("mfu"),
+                               meta.get("peak_mem_gib"), reused=True)
+        if progress.step and on_step is None and d.is_main:  # the progress bar says it where there is one
+            print(f"train {model_name}: resumed from its checkpoint at step {progress.step:,} of {tcfg.steps:,}",
+                  flush=True)
 
-    meter = Meter(job, measure_matmul_peak(d.device) if d.device.type == "cuda" else None, progress.step)
-    header = {"run": f"{model_name}-{cfg.preset}", **provenance(str(d.device)), "world_size": d.world_size}
-    log = None  # opened once the first step has computed (`open_run`)
-    job.wrapped.train()
-    loss_value = float("nan")
-    try:
-        for step in range(progress.step, tcfg.steps):
-            done, last = step + 1, step + 1 == tcfg.steps
-            saves = done % tcfg.save_every == 0 and not last
-            logged = done % log_every == 0 or done == meter.start_step + 1 or saves or last
-            lr = lr_at(step, tcfg)
-            if step == meter.start_step:
-                loss, grad_norm = first_forward_backward(job, progress.position, lr)
-                log = open_run(job, step, tuple(loggers), header)
-            else:
-                loss, grad_norm = forward_backward(job, progress.position, lr)
-            numbers = step_numbers(job, loss, grad_norm, done, progress) if logged else None
-            optimizer_step(job)
-            progress.step, progress.position = done, progress.position + job.seqs_per_step
-            if numbers is None:
-                continue
-            loss_value, norm_value = numbers
-            record = {"step": done, "tokens": done * job.step_tokens, "loss": loss_value, "lr": lr,
-                      "grad_norm": norm_value, **meter.lap(done)}
-            stop = should_stop is not None and not last and d.broadcast_object(should_stop())
-            if saves or stop:
-                checkpoint(job, progress)
+        meter = Meter(job, measure_matmul_peak(d.device) if d.device.type == "cuda" else None, progress.step)
+        header = {"run": f"{model_name}-{cfg.preset}", **provenance(str(d.device)), "world_size": d.world_size}
+        log = None  # opened once the first step has computed (`open_run`)
+        job.wrapped.train()
+        loss_value = float("nan")
+        try:
+            for step in range(progress.step, tcfg.steps):
+                done, last = step + 1, step + 1 == tcfg.steps
+                saves = done % tcfg.save_every == 0 and not last
+                logged = done % log_every == 0 or done == meter.start_step + 1 or saves or last
+                lr = lr_at(step, tcfg)
+                if step == meter.start_step:
+                    loss, grad_norm = first_forward_backward(job, progress.position, lr)
+                    log = open_run(job, step, tuple(loggers), header)
+                else:
+                    loss, grad_norm = forward_backward(job, progress.position, lr)
+                numbers = step_numbers(job, loss, grad_norm, done, progress) if logged else None
+                optimizer_step(job)
+                progress.step, progress.position = done, progress.position + job.seqs_per_step
+                if numbers is None:
+                    continue
+                loss_value, norm_value = numbers
+                record = {"step": done, "tokens": done * job.step_tokens, "loss": loss_value, "lr": lr,
+                          "grad_norm": norm_value, **meter.lap(done)}
+                stop = should_stop is not None and not last and d.broadcast_object(should_stop())
+                if saves or stop:
+                    checkpoint(job, progress)
+                if log is not None:
+                    log.write(record)
+                if on_step is not None and d.is_main:
+                    on_step({**record, "steps": tcfg.steps, "start_step": meter.start_step})
+                if stop:
+                    raise TrainingStopped(f"stopped at step {done} of {tcfg.steps} as asked; the checkpoint in "
+                                          f"{job.ckpt} resumes there")
+                meter.restart()  # the time to log and checkpoint is not the next steps' training time
+        except Exception as err:
+            if not is_out_of_memory(err):
+                raise
+            raise out_of_memory(f"training with train.micro_batch={job.micro} (x {tcfg.seq_len} tokens per forward)",
+                                d.device, f"lower train.micro_batch (gradient accumulation keeps the global batch of "
+                                f"{job.seqs_per_step} sequences) or set train.activation_checkpointing=true") from None
+        finally:
             if log is not None:
-                log.write(record)
-            if on_step is not None and d.is_main:
-                on_step({**record, "steps": tcfg.steps, "start_step": meter.start_step})
-            if stop:
-                raise TrainingStopped(f"stopped at step {done} of {tcfg.steps} as asked; the checkpoint in "
-                                      f"{job.ckpt} resumes there")
-            meter.restart()  # the time to log and checkpoint is not the next steps' training time
-    except Exception as err:
-        if not is_out_of_memory(err):
-            raise
-        raise out_of_memory(f"training with train.micro_batch={job.micro} (x {tcfg.seq_len} tokens per forward)",
-                            d.device, f"lower train.micro_batch (gradient accumulation keeps the global batch of "
-                            f"{job.seqs_per_step} sequences) or set train.activation_checkpointing=true") from None
-    finally:
-        if log is not None:
-            log.close()
-    return finish(job, progress, loss_value, meter)
+                log.close()
+        return finish(job, progress, loss_value, meter)
+
+
+@contextlib.contextmanager
+def hold_run_folder(run_dir: Path, d: Dist):
+    """The run folder locked by rank 0 for the whole training: two trainings into one folder would
+    interleave their checkpoints and logs (a meta.json of one run beside the log of the other), so a
+    second one is refused at once, on every rank. The OS releases the lock when its holder dies,
+    killed or not. A folder made here for the lock and left empty (training refused before it wrote
+    anything) is removed: a refused command leaves no trace."""
+    made = not run_dir.exists()
+    with contextlib.ExitStack() as held:
+        busy = None
+        if d.is_main:
+            try:
+                held.enter_context(folder_lock(run_dir, wait=False))
+            except FolderLocked as err:
+                pid = f" (pid {err.pid})" if err.pid else ""
+                busy = (f"{run_dir} is being trained by another process{pid}; wait for it, or train into another "
+                        f"folder (another --out or --run)")
+        busy = d.broadcast_object(busy)
+        if busy:
+            raise TrainingError(busy)
+        try:
+            yield
+        finally:
+            if made and d.is_main and not any(run_dir.iterdir()):
+                run_dir.rmdir()
+
+
+def check_split_lengths(tcfg: TrainConfig, train_stream: TokenStream, held_stream: TokenStream, world: int) -> None:
+    """Refuse, before training, a training split shorter than one sequence or a held-out split
+    shorter than one per rank. The corpus is split by whole documents (`heldout_split`), so a corpus
+    long enough in all can leave one split short (its long document held out): the message names
+    the split and gives both splits' sizes."""
+    splits = {"training": (train_stream, 1), "held-out": (held_stream, world)}
+    for name, (stream, need) in splits.items():
+        if stream.num_sequences(tcfg.seq_len) < need:
+            sizes = ", ".join(f"{split} {len(s.tokens):,} tokens in {len(s.doc_starts):,} document(s)"
+                              for split, (s, _) in splits.items())
+            sequences = "one sequence" if need == 1 else f"{need} sequences (one per rank)"
+            raise TrainingError(f"the {name} split of corpus {tcfg.corpus!r} is shorter than {sequences} of "
+                                f"{tcfg.seq_len} tokens (the corpus is split by whole documents: {sizes}); give the "
+                                f"corpus more documents or use a shorter train.seq_len")
+
+
+def warmup_note(tcfg: TrainConfig) -> str | None:
+    """One line saying what a warm-up longer than the run does (None where it is not): cut to the
+    run (`TrainConfig.warmup_steps`), it takes all of it, so the learning rate reaches train.lr only
+    at the last step and never decays. Said, not refused, since a user may want just that; a single
+    step trains at train.lr whatever the warm-up."""
+    tokens = tcfg.steps * tcfg.batch_tokens
+    if tcfg.steps == 1 or tcfg.warmup_tokens <= tokens:
+        return None
+    return (f"note: train.warmup_tokens={tcfg.warmup_tokens:,} is longer than the run ({tokens:,} tokens): the "
+            f"learning rate rises over all {tcfg.steps:,} steps, reaching train.lr={tcfg.lr:g} only at the last, "
+            f"and never decays")
 
 
 def build(model_name: str, cfg: Config, run_dir: Path, d: Dist, model: torch.nn.Module, parallel: str,

@@ -31,6 +31,7 @@ from harness.results.tables import (
     AVERAGE_TASK,
     MAIN_COLUMNS,
     TABLES,
+    WIKI_V1,
     build,
     collect,
     render,
@@ -59,8 +60,9 @@ def md_rows(text: str) -> dict[str, list[str]]:
 
 
 def col(name: str) -> int:
-    """Index of a main-table column among the cells after the model name."""
-    header = ["Params", "Tokens"] + [c.title for c in MAIN_COLUMNS] + ["Avg"]
+    """Index of a main-table column among the cells after the model name, in a table of no
+    wikitext_2_v1 rows (none of the fixtures has any): without the Wiki-2 v1 column."""
+    header = ["Params", "Tokens"] + [c.title for c in MAIN_COLUMNS if c is not WIKI_V1] + ["Avg"]
     return header.index(name)
 
 
@@ -927,6 +929,52 @@ def test_csv_carries_the_limit_a_value_was_scored_under():
     assert "PIQA acc limit" in header and "ARC-e acc limit" not in header
     limit_of = {ln.split(",")[1]: ln.split(",")[header.index("PIQA acc limit")] for ln in lines[1:]}
     assert limit_of == {"swat [full]": "", "swat [quick]": "2"}
+
+
+def test_sweep_tables_mark_a_limited_cell_as_the_main_table_does():
+    """`--limit` cut the length rows (their `limit` key), yet the length and retrieval tables showed
+    them as full evaluations: no §, no footnote, and bold over full ones."""
+    def ppl(model, context, value, **extra):
+        return acc(model, "s", "length", value, metric="ppl", extra={"context": context, **extra})
+    rows = [ppl("swat", 128, 20.0, limit=2), ppl("swat", 256, 21.0, limit=2), ppl("mamba", 128, 30.0),
+            ppl("mamba", 256, 19.0, limit=2), ppl("transformer", 128, 25.0)]
+    table = build("length", rows)
+    assert groups(table)["s · token ppl"] == {"mamba": ["30.00", "**19.00**§"], "swat": ["20.00§", "21.00§"],
+                                              "transformer": ["**25.00**", ""]}
+    note = next(n for n in table.notes if n.startswith("§"))
+    assert "first 2 examples only (--limit)" in note and "Bold compares like with like" in note
+    limit_of = {line["Model"]: line["128 limit"] for line in csv.DictReader(io.StringIO(render(table, "csv")))}
+    assert limit_of == {"mamba": "", "swat": "2", "transformer": ""}
+    passkey = [acc(m, "s", "passkey", 0.5, extra={"context": 256, "depth": 0.5, **extra})
+               for m, extra in (("swat", {"limit": 3}), ("mamba", {}))]
+    retrieval = build("retrieval", passkey)
+    assert list(groups(retrieval).values()) == [{"mamba depth=0.5": ["50.0"], "swat depth=0.5": ["50.0§"]}]
+    assert any(n.startswith("§ evaluated on the first 3 examples") for n in retrieval.notes)
+    assert not any("§" in n for n in build("length", [r for r in rows if "limit" not in r.extra]).notes)
+
+
+def test_wikitext_2_v1_has_a_column_of_its_own_that_the_papers_rows_leave_blank(tmp_path, capsys):
+    """The offline mirror's WikiText is the tokenized v1 text: its rows were in no table (only under
+    `harness run`'s Other results). Its word perplexity is not the paper's on the raw text, so it gets
+    a column and a footnote of its own, not the paper's Wiki. column."""
+    from harness.cli import main, show_tables
+    v1 = [acc(m, "340m", "wikitext_2_v1", v, metric="word_perplexity", extra={"paper_metric": True})
+          for m, v in (("swat", 41.5), ("transformer", 39.25))]
+    run = rows_run(tmp_path / "v1", v1 + [acc("swat", "340m", "piqa", 0.6)])
+    assert main(["tables", "--run", str(run), "--reference", str(SWAT_T1)]) == 0
+    out = capsys.readouterr().out
+    lines = md_rows(out)
+    v1_col, wiki = lines["Model"].index("Wiki-2 v1 word ppl↓"), lines["Model"].index("Wiki. word ppl↓")
+    assert lines["transformer"][v1_col] == "**39.25**" and lines["swat"][v1_col] == "41.50"
+    assert lines["swat"][wiki] == ""
+    papers = {name: cells for name, cells in lines.items() if name.endswith("[1]")}
+    assert "Transformer++ [1]" in papers and all(cells[v1_col] == "" for cells in papers.values())
+    assert all(cells[wiki] for name, cells in papers.items() if not name.startswith("Δ"))
+    assert "Wiki-2 v1: word perplexity on WikiText-2 v1" in out and "not comparable with the paper's" in out
+    assert "Wiki-2 v1" not in render(build("main", [acc("swat", "340m", "piqa", 0.6)]), "md")
+    show_tables(v1, {})  # the end of `harness run`: in the table, and not again under Other results
+    out = capsys.readouterr().out
+    assert "| Wiki-2 v1 word ppl↓ |" in out and "Other results" not in out
 
 
 def test_no_rows_at_all_says_so_and_what_the_main_table_needs():

@@ -4,9 +4,12 @@ Rows come in the common schema (harness.results.store.Row); a table is a pivot o
 every cell can be traced to one stored row. The conventions the pivots rely on:
 
 - main: one column per (task, metric) of the paper (MAIN_COLUMNS); accuracies are stored as
-  lm-eval's fractions and shown in percent; perplexities as they are. Table rows are models grouped
-  by preset (size), one line per Line: a model's runs, learning rates and seeds each get their own,
-  labelled where they vary ("swat lr=0.008 seed=0"), so that no line joins cells of two trainings.
+  lm-eval's fractions and shown in percent; perplexities as they are. Beside the paper's WikiText
+  column (the raw text), one of ours for the tokenized v1 text (WIKI_V1: all the offline mirror
+  holds), shown only where a row fills it, since the paper has no such number. Table rows are
+  models grouped by preset (size), one line per Line: a model's runs, learning rates and seeds each
+  get their own, labelled where they vary ("swat lr=0.008 seed=0"), so that no line joins cells of
+  two trainings.
   A line evaluated at several checkpoints shows its last one (largest `tokens_trained`). Avg is the
   mean of the accuracy columns present (a paper's row: the average it published, where its file
   has one): complete (all eight) it is plain and can be bold; incomplete it carries a dagger and a
@@ -61,8 +64,14 @@ class Column:
         return is_fraction(self.metric)
 
 
+# our column, not the paper's: WikiText-2 v1's text is tokenized, its word perplexity another number
+WIKI_V1 = Column("Wiki-2 v1 word ppl↓", r"Wiki-2 v1 word ppl$\downarrow$", "wikitext_2_v1", "word_perplexity")
+WIKI_V1_NOTE = ("Wiki-2 v1: word perplexity on WikiText-2 v1 (task wikitext_2_v1, the copy the offline mirror holds), "
+                "whose text is tokenized, rare words replaced by an unknown-word token: not comparable with the "
+                "paper's word perplexity on the raw text (Wiki.).")
 MAIN_COLUMNS = (
     Column("Wiki. word ppl↓", r"Wiki.\ word ppl$\downarrow$", "wikitext", "word_perplexity"),
+    WIKI_V1,
     Column("LMB. ppl↓", r"LMB.\ ppl$\downarrow$", "lambada_openai", "perplexity"),
     Column("LMB. acc", "LMB.\\ acc", "lambada_openai", "acc"),
     Column("PIQA acc", "PIQA acc", "piqa", "acc"),
@@ -556,7 +565,9 @@ def _average(cells: dict) -> tuple[float | None, int]:
 def main_table(rows: list[Row], references: list[Row] = (), run_configs: dict | None = None) -> Table:
     """The paper's Table 1 layout: Wiki/LMB perplexity, the eight accuracies and their average."""
     run_configs = run_configs or {}
-    columns = (SMOKE_COLUMNS if any(r.task == "smoke" for r in rows) else ()) + MAIN_COLUMNS
+    held = {(r.task, r.metric) for r in list(rows) + list(references)}
+    columns = ((SMOKE_COLUMNS if any(r.task == "smoke" for r in rows) else ())
+               + tuple(c for c in MAIN_COLUMNS if c is not WIKI_V1 or (c.task, c.metric) in held))
     ours = _entries(rows, run_configs, False, columns)
     refs = _entries([r for r in references if r.extra.get("table", "main") == "main"], {}, True, columns + (AVERAGE,))
     header = ["Model", "Params", "Tokens"] + [c.title for c in columns] + ["Avg"]
@@ -589,7 +600,7 @@ def main_table(rows: list[Row], references: list[Row] = (), run_configs: dict | 
                     stderr_seen |= stderr is not None
                     accuracy_shown |= col.is_accuracy
                     limits.update([r.extra["limit"]] if r.extra.get("limit") else [])
-                    line.append(measured_cell(r, col, stderr))
+                    line.append(measured_cell(r, col.metric, stderr))
             avg, k = _shown_average(entry)
             mark = "†" if avg is not None and k < len(ACC_COLUMNS) else ""
             incomplete |= bool(mark)
@@ -614,6 +625,8 @@ def main_table(rows: list[Row], references: list[Row] = (), run_configs: dict | 
         if lines:
             table.groups.append((preset, lines))
     table.notes.append(main_note(accuracy_shown or published, published))
+    if WIKI_V1 in columns:
+        table.notes.append(WIKI_V1_NOTE)
     if stderr_seen:
         table.notes.append("± is the standard error lm-eval reports.")
     if missing:
@@ -635,13 +648,13 @@ def main_table(rows: list[Row], references: list[Row] = (), run_configs: dict | 
     return table
 
 
-def measured_cell(row: Row, col: Column, stderr: float | None, digits: int = 2) -> Cell:
-    """The cell of a stored row in a column: in display units, marked § (and kept to its like in
-    bold) where it was evaluated under --limit; a paper's number with the decimals it was printed
-    with (GLA's 31.0 is not 31.00)."""
+def measured_cell(row: Row, metric: str, stderr: float | None, digits: int = 2) -> Cell:
+    """The cell of a stored row of `metric`, in every table: in display units, marked § (and kept to
+    its like in bold) where it was evaluated under --limit; a paper's number with the decimals it was
+    printed with (GLA's 31.0 is not 31.00)."""
     limit = row.extra.get("limit") or None
-    return Cell(display(row.value, col.metric), stderr, digits=printed_digits(row, digits), suffix="§" if limit else "",
-                limit=limit, percent=col.is_accuracy)
+    return Cell(display(row.value, metric), stderr, digits=printed_digits(row, digits), suffix="§" if limit else "",
+                limit=limit, percent=is_fraction(metric))
 
 
 def printed_digits(row: Row, digits: int) -> int:
@@ -747,7 +760,7 @@ def ablation_table(rows: list[Row], references: list[Row] = (), run_configs: dic
                 if r is not None and r.extra.get("limit"):
                     limits.add(r.extra["limit"])
                 line.append(Cell() if r is None else text_cell("OOM") if is_oom(r) else
-                            measured_cell(r, col, display(r.stderr, col.metric) if r.stderr is not None else None,
+                            measured_cell(r, col.metric, display(r.stderr, col.metric),
                                           2 if col.is_accuracy or col.lower_is_better else 4))
             lines.append(line)
             scored.setdefault(e.source, []).append(line)
@@ -759,6 +772,8 @@ def ablation_table(rows: list[Row], references: list[Row] = (), run_configs: dic
             table.groups.append((preset, lines))
     table.notes.append("Settings from each run's run.json config (or the row's own keys); "
                        "accuracies in percent; bold: best in its preset among rows of the same source.")
+    if WIKI_V1 in columns:
+        table.notes.append(WIKI_V1_NOTE)
     if missing:
         table.notes.append("Blank cell: no result stored for it.")
     if limits:
@@ -815,12 +830,14 @@ def _natural(text: str) -> list:
 def _sweep_table(title: str, sections: list[tuple[str, str, list[Row]]], run_configs: dict, note: str,
                  detail=batch_detail) -> Table:
     """Lines = models, one per Line (run, learning rate, seed and `detail`: the batch, say), columns =
-    the sweep's lengths; one group per section."""
+    the sweep's lengths; one group per section. A cell scored under --limit is marked § as in the
+    main table (measured_cell), and bold compares it only with its like."""
     lengths = sorted({int(_length_key(r)) for _, _, rs in sections for r in rs if _length_key(r) is not None})
     header = ["Model"] + [human(n) if n >= 1024 and n % 1024 else _kilo(n) for n in lengths]
     table = Table(title, header, ["Model"] + [latex_escape(h) for h in header[1:]])
     sources = Sources()
-    missing = oom = False
+    missing = oom = set_aside = False
+    limits: set = set()
     every_name: list[str] = []
     for label, metric, rs in sections:
         by_line: dict[Line, dict] = {}
@@ -839,14 +856,16 @@ def _sweep_table(title: str, sections: list[tuple[str, str, list[Row]]], run_con
                 r = latest(cols[n]) if n in cols else None
                 missing |= r is None
                 oom |= r is not None and is_oom(r)
-                line.append(Cell() if r is None else text_cell("OOM") if is_oom(r) else
-                            Cell(display(r.value, metric), display(r.stderr, metric),
-                                 digits=1 if is_fraction(metric) else 2 if metric.endswith("ratio")
-                                 else _digits(r.value), percent=is_fraction(metric)))
+                cell = (Cell() if r is None else text_cell("OOM") if is_oom(r) else
+                        measured_cell(r, metric, display(r.stderr, metric),
+                                      1 if is_fraction(metric) else 2 if metric.endswith("ratio")
+                                      else _digits(r.value)))
+                limits.update([cell.limit] if cell.limit else [])
+                line.append(cell)
             lines.append(line)
         lower = _lower_is_better(metric)
         for j in range(1, len(lengths) + 1):
-            mark_best(lines, j, lower)
+            set_aside |= mark_best(lines, j, lower)
         if lines:
             table.groups.append((label, lines))
     table.notes.append(note)
@@ -854,6 +873,8 @@ def _sweep_table(title: str, sections: list[tuple[str, str, list[Row]]], run_con
         table.notes.append("Blank cell: not measured at that length.")
     if oom:
         table.notes.append("OOM: ran out of GPU memory at that length.")
+    if limits:
+        table.notes.append(limit_note(limits, set_aside))
     table.notes += rate_notes(every_name)
     table.notes += sources.notes()
     return table

@@ -51,6 +51,13 @@ def add_run_arg(p: argparse.ArgumentParser, help_text: str) -> None:
                    help=help_text + "; under torchrun spell it --run-name (torchrun reads --run as its --run-path)")
 
 
+def run_name(args, default: str) -> str:
+    """--run, or `default` where it is not given: a name given is checked as a folder name, so that
+    `--run ""` is refused as `--run .` is, not taken for the default."""
+    from harness.config import folder_name
+    return default if args.run is None else folder_name(args.run, "--run")
+
+
 def say(message: str) -> None:
     """A progress or warning line as written: not wrapped at the terminal's width, no markup."""
     console.print(message, markup=False, highlight=False)
@@ -116,18 +123,10 @@ def name_list(text: str) -> str:
 
 
 def device_arg(text: str) -> str:
-    """argparse type of --device: cpu, cuda or cuda:N, and CUDA only where a GPU is visible."""
-    import re
-    if not re.fullmatch(r"cpu|cuda(:[0-9]+)?", text):
-        raise argparse.ArgumentTypeError(f"{text!r} is not a device the harness runs on; use cpu, cuda or cuda:N")
-    if text != "cpu":
-        import torch
-        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
-        if count == 0:
-            raise argparse.ArgumentTypeError(f"{text} asked for, but no CUDA GPU is visible here; use --device cpu")
-        if int(text.partition(":")[2] or 0) >= count:
-            raise argparse.ArgumentTypeError(f"{text} asked for, but {count} GPU(s) are visible: "
-                                             f"use cuda:0 to cuda:{count - 1}")
+    """argparse type of --device (see harness.evaluation.loop.device_problem)."""
+    from harness.evaluation.loop import device_problem
+    if problem := device_problem(text):
+        raise argparse.ArgumentTypeError(problem)
     return text
 
 
@@ -255,7 +254,7 @@ def cmd_run(args) -> None:
     cfg = config_from(args)
     models = split_names(args.models)
     task_names = expand_tasks(split_names(args.tasks))
-    run_name = args.run or args.preset
+    run = run_name(args, args.preset)
     if is_main_process():
         say_budget_note(cfg)
     progress = {}
@@ -266,15 +265,15 @@ def cmd_run(args) -> None:
         bar(info)
 
     t0 = time.time()
-    rows = run_models(models, task_names, cfg, run_name, Path(args.results), Path(args.runs), args.device,
+    rows = run_models(models, task_names, cfg, run, Path(args.results), Path(args.runs), args.device,
                       args.force, args.limit, log=say, on_step=on_step, skip_missing=args.skip_missing,
                       grouped=grouped_tasks(split_names(args.tasks)))
     for bar in progress.values():
         bar.close()
     if not is_main_process():  # rank 0 of a torchrun job reports
         return
-    show_tables([r for r in rows if r.model in models], {run_name: cfg.to_dict()})
-    console.print(f"wrote {Path(args.results) / run_name}/rows.jsonl, run.json, table.md "
+    show_tables([r for r in rows if r.model in models], {run: cfg.to_dict()})
+    console.print(f"wrote {Path(args.results) / run}/rows.jsonl, run.json, table.md "
                   f"in {time.time() - t0:.1f}s")
 
 
@@ -306,16 +305,14 @@ def show_tables(rows: list, configs: dict) -> None:
 
 
 def cmd_train(args) -> None:
-    from harness.config import folder_name
     from harness.evaluation.loop import default_device
     from harness.registry import load_plugins
     from harness.training.distributed import is_main_process
     from harness.training.train import train
     load_plugins(args.plugin)
     cfg = config_from(args)
-    if args.run is not None:
-        folder_name(args.run, "--run")
-    out = Path(args.out or Path(args.runs) / (args.run or args.preset) / args.model)
+    run = run_name(args, args.preset)  # checked even where --out leaves it unused
+    out = Path(args.out or Path(args.runs) / run / args.model)
     main_rank = is_main_process()
     if main_rank:
         say_budget_note(cfg)
@@ -547,10 +544,10 @@ def cmd_eval(args) -> None:
     from harness.training.distributed import is_main_process
     load_plugins(args.plugin)
     task_names = expand_tasks(split_names(args.tasks))
-    run_name = args.run or "eval"
-    sources = model_sources(run_name, Path(args.runs), split_names(args.models or ""), args.checkpoint, args.corpus)
+    run = run_name(args, "eval")
+    sources = model_sources(run, Path(args.runs), split_names(args.models or ""), args.checkpoint, args.corpus)
     t0 = time.time()
-    rows = score(sources, task_names, run_name, Path(args.results), args.device or default_device(), args.limit,
+    rows = score(sources, task_names, run, Path(args.results), args.device or default_device(), args.limit,
                  args.force, args.online, args.skip_missing, args.bootstrap_iters, log=say,
                  grouped=grouped_tasks(split_names(args.tasks)))
     if not is_main_process():  # rank 0 of a data-parallel evaluation reports
@@ -558,7 +555,7 @@ def cmd_eval(args) -> None:
     names = {s.name for s in sources}
     row_tasks = {name for task in task_names for name in get_task(task).row_task_names}
     show_tables([r for r in rows if r.model in names and r.task in row_tasks], {})
-    console.print(f"wrote {Path(args.results) / run_name}/rows.jsonl, run.json, table.md in {time.time() - t0:.1f}s")
+    console.print(f"wrote {Path(args.results) / run}/rows.jsonl, run.json, table.md in {time.time() - t0:.1f}s")
 
 
 def cmd_export(args) -> None:
@@ -802,22 +799,46 @@ PATH_ERRORS = {NotADirectoryError: "a file stands where this path needs a folder
                PermissionError: "not allowed to write or read it here"}
 
 
-def path_problem(err: OSError) -> str:
-    """An OSError about one path (its `filename`) as the path, what is wrong with it, and the fix; a
-    file in the way of a folder is named itself (runs/tiny, not the runs/tiny/swat made under it). A
-    full disk (ENOSPC) is no fault of the path: the fix is space, and a write to an open file that
-    ran out of it names no path at all."""
+# The options that choose where a command writes (each spelled --DEST), for the fix of a path error.
+PATH_OPTIONS = ("out", "results", "runs", "plots", "to")
+
+
+def path_problem(err: OSError, args=None) -> str:
+    """An OSError about one path (its `filename`) as the path, what is wrong with it, and the fix: the
+    option of `args` that chose the path, where one did. A file in the way of a folder is named itself
+    (runs/tiny, not the runs/tiny/swat made under it); a file that a refused write was to make (a
+    read-only or not-writable folder) is named by its folder: the file is often the atomic writer's
+    .NAME.xxxx.tmp, no name the user knows. A full disk (ENOSPC) is no fault of the path: the fix is
+    space, and a write to an open file that ran out of it names no path at all."""
     import errno
 
     from harness.files import file_in_the_way
-    if err.errno == errno.ENOSPC:
-        where = f"{err.filename}: no space left on its disk" if err.filename else "no space left on the disk written to"
-        return f"{where}; free space there or give another folder"
-    why = next((why for kind, why in PATH_ERRORS.items() if isinstance(err, kind)), None)
     path = err.filename
     if isinstance(err, (NotADirectoryError, FileExistsError)) and path:
         path = file_in_the_way(Path(path)) or path
-    return f"{path}: {why or (err.strerror or 'unusable').lower()}; give another path"
+    elif (err.errno == errno.EROFS or isinstance(err, PermissionError)) and path and not os.path.lexists(path):
+        path = Path(path).parent
+    options = " or ".join(path_options(args, path)) if path and args is not None else ""
+    with_option = f" with {options}" if options else ""
+    if err.errno == errno.ENOSPC:
+        where = f"{path}: no space left on its disk" if path else "no space left on the disk written to"
+        return f"{where}; free space there or give another folder{with_option}"
+    why = next((why for kind, why in PATH_ERRORS.items() if isinstance(err, kind)), None)
+    return f"{path}: {why or (err.strerror or 'unusable').lower()}; give another path{with_option}"
+
+
+def path_options(args, path) -> list[str]:
+    """The options of `args` (PATH_OPTIONS) that chose `path`: the one whose path holds it (the
+    innermost, where one such path holds another), else those naming a file or folder to be made
+    in it (tables --out FILE in a read-only folder; --results and --runs in a read-only working
+    folder)."""
+    where = Path(os.path.abspath(path))
+    chosen = {f"--{dest}": Path(os.path.abspath(value)) for dest in PATH_OPTIONS
+              if isinstance(value := getattr(args, dest, None), str)}
+    holding = [(len(p.parts), option) for option, p in chosen.items() if p == where or p in where.parents]
+    if holding:
+        return [max(holding)[1]]
+    return [option for option, p in chosen.items() if p.parent == where]
 
 
 def expected_errors() -> tuple:
@@ -831,6 +852,28 @@ def expected_errors() -> tuple:
     from harness.training.outcome import TrainingError
     return (ConfigError, DataError, RegistryError, RunError, TrainingError, ResultsError, ExportError,
             OutOfMemory, FileNotFoundError, RunFailed)
+
+
+def failure(err: Exception, args, program: str) -> int:
+    """An expected failure (or the system's refusal of a path) said as one `error:` line (rank 0's,
+    under torchrun), and the exit status; any other exception is raised again: a bug, whose
+    traceback is wanted. program: the command, as the out-of-memory line names it."""
+    import errno
+
+    from harness.memory import SQUEEZED_EXIT, OutOfMemory, is_out_of_memory, out_of_memory
+    from harness.training.distributed import is_main_process
+    if isinstance(err, OSError) and (err.filename is not None or err.errno == errno.ENOSPC):  # the system's refusal
+        from harness.config import ConfigError
+        err = ConfigError(path_problem(err, args))
+    if not isinstance(err, expected_errors()):
+        if not is_out_of_memory(err):
+            raise err
+        # raised outside training (evaluation, a model too large for the host to build)
+        from harness.evaluation.loop import default_device
+        err = out_of_memory(program, getattr(args, "device", None) or default_device())
+    if is_main_process():  # under torchrun every rank fails alike; one line says why
+        err_console.print(f"[red]error:[/red] {escape(str(err))}", highlight=False)
+    return SQUEEZED_EXIT if isinstance(err, OutOfMemory) and err.squeezed else 2
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -855,22 +898,7 @@ def main(argv: list[str] | None = None) -> int:
                               "again to go on from the last of them")
         return 130
     except Exception as err:
-        import errno
-
-        from harness.memory import SQUEEZED_EXIT, OutOfMemory, is_out_of_memory, out_of_memory
-        from harness.training.distributed import is_main_process
-        if isinstance(err, OSError) and (err.filename is not None or err.errno == errno.ENOSPC):  # the system's refusal
-            from harness.config import ConfigError
-            err = ConfigError(path_problem(err))
-        if not isinstance(err, expected_errors()):
-            if not is_out_of_memory(err):
-                raise
-            # raised outside training (evaluation, a model too large for the host to build)
-            from harness.evaluation.loop import default_device
-            err = out_of_memory(f"harness {args.command}", getattr(args, "device", None) or default_device())
-        if is_main_process():  # under torchrun every rank fails alike; one line says why
-            err_console.print(f"[red]error:[/red] {escape(str(err))}", highlight=False)
-        return SQUEEZED_EXIT if isinstance(err, OutOfMemory) and err.squeezed else 2
+        return failure(err, args, f"harness {args.command}")
     finally:
         signal.signal(signal.SIGTERM, terminate)
     return 0

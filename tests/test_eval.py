@@ -764,3 +764,40 @@ def test_a_limit_that_covers_the_task_leaves_complete_rows_that_any_run_reuses(t
     assert {(r["task"], r["limit"]) for r in cut} == {("smoke", 1), ("piqa", 1)}
     out, _ = evaluate("--limit", "100000")
     assert "redoing smoke, piqa" in out
+
+
+def test_the_adapter_defaults_to_the_harness_device_and_refuses_cuda_where_there_is_none(tiny, monkeypatch):
+    """lm-eval hands its --device to the model: `cuda` on a machine without CUDA failed deep in the
+    model's build with a traceback; no device at all runs where the harness's commands do."""
+    from harness.config import ConfigError
+    cfg, model = tiny
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ConfigError, match=r"^cuda asked for, but no CUDA GPU is visible here; use --device cpu$"):
+        lm_eval_adapter.HarnessLM(model=model, tokenizer=ByteTokenizer(), device="cuda")
+    lm = lm_eval_adapter.HarnessLM(model=model, tokenizer=ByteTokenizer())
+    assert lm._device == torch.device("cpu")
+
+
+def test_harness_lm_eval_runs_without_cuda_and_says_a_harness_error_in_one_line(tiny, tmp_path, monkeypatch,
+                                                                             capsys):
+    """The README's `harness-lm-eval` command on a machine without CUDA: lm-eval's default device
+    (cuda:0) was used, a traceback; `--device cuda` there, or a harness error, is one `error:` line
+    (after lm-eval's own log lines)."""
+    from harness.evaluation.lm_eval_cli import lm_eval_cli
+    cfg, model = tiny
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    ckpt = write_checkpoint(tmp_path / "checkpoint", model, cfg, params=1)
+    command = ["harness-lm-eval", "--model", "swat-harness", "--tasks", "piqa", "--limit", "1"]
+    monkeypatch.setattr(sys, "argv", [*command, "--model_args", f"checkpoint={ckpt}"])
+    lm_eval_cli()
+    assert "|piqa" in capsys.readouterr().out
+    for args, message in ((["--model_args", f"checkpoint={ckpt}", "--device", "cuda"],
+                           "error: cuda asked for, but no CUDA GPU is visible here; use --device cpu"),
+                          (["--model_args", f"checkpoint={tmp_path / 'none'}"],
+                           f"error: {tmp_path / 'none'} is not a checkpoint folder")):
+        monkeypatch.setattr(sys, "argv", [*command, *args])
+        with pytest.raises(SystemExit) as exit_:
+            lm_eval_cli()
+        err = capsys.readouterr().err
+        assert exit_.value.code == 2 and "Traceback" not in err
+        assert err.strip().splitlines()[-1].startswith(message)

@@ -280,12 +280,14 @@ def test_an_output_folder_the_system_refuses_is_one_line_naming_the_fix(tmp_path
     assert list(tmp_path.iterdir()) == []
 
 
-def test_a_path_error_of_any_kind_names_the_path_and_the_fix():
+def test_a_path_error_of_any_kind_names_the_path_and_the_fix(tmp_path):
     import errno
-    assert cli.path_problem(OSError(errno.EROFS, "Read-only file system", "/mnt/x")) == \
-        "/mnt/x: read-only file system; give another path"
-    assert cli.path_problem(PermissionError(errno.EACCES, "Permission denied", "/x")) == \
-        "/x: not allowed to write or read it here; give another path"
+    existing = tmp_path / "x"  # (a file yet to be made is named by its folder: see below)
+    existing.write_text("")
+    assert cli.path_problem(OSError(errno.EROFS, "Read-only file system", str(existing))) == \
+        f"{existing}: read-only file system; give another path"
+    assert cli.path_problem(PermissionError(errno.EACCES, "Permission denied", str(existing))) == \
+        f"{existing}: not allowed to write or read it here; give another path"
 
 
 def test_a_file_in_the_way_of_a_folder_is_named_itself(tmp_path):
@@ -955,3 +957,52 @@ def test_a_matched_model_whose_reference_cannot_be_built_names_itself_and_the_re
                      "--set", f"model.hidden_size={2 ** 58}"])
     one_error_line(capsys.readouterr().err, expected)
     assert code == 2 and not (tmp_path / "run").exists()
+
+
+def test_a_read_only_results_folder_is_named_with_the_option_that_chose_it(smoke_run, tmp_path, capsys, monkeypatch):
+    """A results folder on a read-only file system (a read-only bind mount; as root, chmod would not
+    do): the error named the atomic writer's temp file, results/tiny/.run.json.p63i3r_w.tmp, and
+    "give another path" without saying with what."""
+    import errno
+
+    from harness import files
+    shutil.copytree(smoke_run[0], tmp_path, dirs_exist_ok=True)
+    results = tmp_path / "results"
+    make_temp = files.tempfile.mkstemp
+
+    def read_only_below_results(dir, prefix, suffix):
+        if Path(dir).is_relative_to(results):
+            raise OSError(errno.EROFS, "Read-only file system", str(Path(dir) / f"{prefix}p63i3r_w{suffix}"))
+        return make_temp(dir=dir, prefix=prefix, suffix=suffix)
+    monkeypatch.setattr(files.tempfile, "mkstemp", read_only_below_results)
+    code = cli.main(["eval", "--run", "tiny", "--tasks", "smoke", "--force", "--device", "cpu", *folders(tmp_path)])
+    one_error_line(capsys.readouterr().err,
+                   f"error: {results / 'tiny'}: read-only file system; give another path with --results")
+    assert code == 2
+
+
+def test_a_refused_write_names_the_folder_and_the_option_of_the_path(tmp_path):
+    """The folder of a file that a refused write was to make (the file, often a temp file, does not
+    exist); a file the user named (tables --out) is found by its folder; without the command's
+    arguments (an argparse type's check) the fix names no option."""
+    import errno
+    args = argparse.Namespace(results="results", runs="runs", out=str(tmp_path / "ro" / "table.md"))
+    temp = tmp_path / "ro" / ".table.md.x1y2.tmp"
+    assert cli.path_problem(PermissionError(errno.EACCES, "Permission denied", str(temp)), args) == \
+        f"{tmp_path / 'ro'}: not allowed to write or read it here; give another path with --out"
+    assert cli.path_problem(OSError(errno.EROFS, "Read-only file system", "runs/tiny/swat"), args) == \
+        "runs/tiny: read-only file system; give another path with --runs"
+    assert cli.path_problem(OSError(errno.EROFS, "Read-only file system", "runs"), args) == \
+        ".: read-only file system; give another path with --results or --runs"
+    assert cli.path_problem(OSError(errno.EROFS, "Read-only file system", str(temp))) == \
+        f"{tmp_path / 'ro'}: read-only file system; give another path"
+
+
+@pytest.mark.parametrize("command", [["run", "--models", "swat"], ["train", "--model", "swat"], ["eval"]])
+@pytest.mark.parametrize("run", ["", " "])
+def test_an_empty_run_name_is_refused_not_taken_for_the_default(tmp_path, capsys, command, run):
+    """`--run ""` ran under the preset's name (eval's: `eval`), while `--run .` was refused."""
+    paths = folders(tmp_path)[2:] if command[0] == "train" else folders(tmp_path)  # train has no --results
+    code = cli.main([*command, "--run", run, "--device", "cpu", *paths])
+    one_error_line(capsys.readouterr().err, f"--run must be a non-empty name without / or \\, got {run!r}")
+    assert code == 2 and list(tmp_path.iterdir()) == []

@@ -77,6 +77,18 @@ def _as_int(value, key: str) -> int | None:
         raise ConfigError(f"swat-harness model argument {key} must be an integer, got {value!r}") from None
 
 
+def checked_device(device: str | None) -> str:
+    """The device to run on: the harness's default where none is asked for, else the one asked for
+    once the harness can run there (lm-eval hands its --device to the model unchecked, and `cuda` on
+    a machine without CUDA failed deep inside the model's build with a traceback)."""
+    from harness.evaluation.loop import default_device, device_problem
+    if device is None:
+        return default_device()
+    if problem := device_problem(device):
+        raise ConfigError(problem)
+    return device
+
+
 class HarnessLM(_template_lm()):
     """An lm-eval LM over a harness model: pass `checkpoint=` (a checkpoint folder or hf:<path>), or
     `model=` and `tokenizer=` objects directly (what `harness eval` and the task runners do)."""
@@ -90,7 +102,7 @@ class HarnessLM(_template_lm()):
         if unused:
             raise ConfigError(f"unknown swat-harness model arguments: {', '.join(sorted(unused))}; known: "
                               "checkpoint, device, batch_size, max_batch_tokens, max_length, stride, dtype")
-        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        device = checked_device(device)
         if distributed.launched_by_torchrun():  # lm-eval shards the documents over the ranks
             d = distributed.setup(device, timeout_s=EVAL_TIMEOUT_S)
             device, self._rank, self._world_size = str(d.device), d.rank, d.world_size

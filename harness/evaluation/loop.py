@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -104,6 +105,21 @@ class TaskContext:
 
 def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def device_problem(text: str) -> str | None:
+    """Why the harness cannot run on device `text` here, with the fix (None: it can): cpu, cuda or
+    cuda:N, and CUDA only where a GPU is visible. Also checked by the lm-eval adapter, which lm-eval
+    hands its own --device."""
+    if not re.fullmatch(r"cpu|cuda(:[0-9]+)?", text):
+        return f"{text!r} is not a device the harness runs on; use cpu, cuda or cuda:N"
+    if text != "cpu":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            return f"{text} asked for, but no CUDA GPU is visible here; use --device cpu"
+        if int(text.partition(":")[2] or 0) >= count:
+            return f"{text} asked for, but {count} GPU(s) are visible: use cuda:0 to cuda:{count - 1}"
+    return None
 
 
 def run_models(models: list[str], task_names: list[str], cfg: Config, run_name: str, results_dir: Path,

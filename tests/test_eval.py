@@ -801,3 +801,13 @@ def test_harness_lm_eval_runs_without_cuda_and_says_a_harness_error_in_one_line(
         err = capsys.readouterr().err
         assert exit_.value.code == 2 and "Traceback" not in err
         assert err.strip().splitlines()[-1].startswith(message)
+
+
+def test_model_args_win_over_the_settings_lm_eval_hands_the_model_too(tiny, tmp_path):
+    """lm-eval passes its --device and --batch_size beside --model_args: a device or batch size spelled
+    in --model_args is the user's choice, not a TypeError for two values of one argument."""
+    cfg, model = tiny
+    ckpt = write_checkpoint(tmp_path / "checkpoint", model, cfg, params=1)
+    lm = lm_eval_adapter.HarnessLM.create_from_arg_string(f"checkpoint={ckpt},device=cpu,batch_size=3",
+                                                          {"device": "cuda:0", "batch_size": 64})
+    assert (str(lm.device), lm.batch_size) == ("cpu", 3)

@@ -93,6 +93,15 @@ class HarnessLM(_template_lm()):
     """An lm-eval LM over a harness model: pass `checkpoint=` (a checkpoint folder or hf:<path>), or
     `model=` and `tokenizer=` objects directly (what `harness eval` and the task runners do)."""
 
+    @classmethod
+    def create_from_arg_string(cls, arg_string: str, additional_config: dict | None = None) -> "HarnessLM":
+        """lm-eval's way in (`--model_args`), where what the user spelled in --model_args wins over
+        lm-eval's own settings of the same name: lm-eval always hands its --device and --batch_size
+        too, so `--model_args checkpoint=...,device=cpu` was a TypeError (two values for `device`)."""
+        from lm_eval import utils
+        settings = {k: v for k, v in (additional_config or {}).items() if v is not None}
+        return cls(**{**settings, **utils.simple_parse_args_string(arg_string)})
+
     def __init__(self, checkpoint: str | None = None, model=None, tokenizer=None, device: str | None = None,
                  batch_size: int | str | None = 64, max_batch_tokens: int | str | None = 32768,
                  max_length: int | str | None = None, stride: int | str | None = None,

@@ -791,6 +791,10 @@ def test_harness_lm_eval_runs_without_cuda_and_says_a_harness_error_in_one_line(
     monkeypatch.setattr(sys, "argv", [*command, "--model_args", f"checkpoint={ckpt}"])
     lm_eval_cli()
     assert "|piqa" in capsys.readouterr().out
+    # a device in --model_args is the user's, beside the one lm-eval hands the model (not two values)
+    monkeypatch.setattr(sys, "argv", [*command, "--model_args", f"checkpoint={ckpt},device=cpu,batch_size=2"])
+    lm_eval_cli()
+    assert "|piqa" in capsys.readouterr().out
     for args, message in ((["--model_args", f"checkpoint={ckpt}", "--device", "cuda"],
                            "error: cuda asked for, but no CUDA GPU is visible here; use --device cpu"),
                           (["--model_args", f"checkpoint={tmp_path / 'none'}"],
@@ -811,3 +815,5 @@ def test_model_args_win_over_the_settings_lm_eval_hands_the_model_too(tiny, tmp_
     lm = lm_eval_adapter.HarnessLM.create_from_arg_string(f"checkpoint={ckpt},device=cpu,batch_size=3",
                                                           {"device": "cuda:0", "batch_size": 64})
     assert (str(lm.device), lm.batch_size) == ("cpu", 3)
+    lm = lm_eval_adapter.HarnessLM.create_from_arg_obj({"checkpoint": str(ckpt), "device": "cpu"}, {"device": "cuda:0"})
+    assert str(lm.device) == "cpu"

@@ -94,13 +94,18 @@ class HarnessLM(_template_lm()):
     `model=` and `tokenizer=` objects directly (what `harness eval` and the task runners do)."""
 
     @classmethod
-    def create_from_arg_string(cls, arg_string: str, additional_config: dict | None = None) -> "HarnessLM":
-        """lm-eval's way in (`--model_args`), where what the user spelled in --model_args wins over
-        lm-eval's own settings of the same name: lm-eval always hands its --device and --batch_size
-        too, so `--model_args checkpoint=...,device=cpu` was a TypeError (two values for `device`)."""
-        from lm_eval import utils
+    def create_from_arg_obj(cls, arg_dict: dict, additional_config: dict | None = None) -> "HarnessLM":
+        """lm-eval's way in (`--model_args`, read into a dict), where what the user spelled in
+        --model_args wins over lm-eval's own settings of the same name: lm-eval always hands its
+        --device and --batch_size too, so `--model_args checkpoint=...,device=cpu` was a TypeError
+        (two values for `device`)."""
         settings = {k: v for k, v in (additional_config or {}).items() if v is not None}
-        return cls(**{**settings, **utils.simple_parse_args_string(arg_string)})
+        return cls(**{**settings, **arg_dict})
+
+    @classmethod
+    def create_from_arg_string(cls, arg_string: str, additional_config: dict | None = None) -> "HarnessLM":
+        from lm_eval import utils
+        return cls.create_from_arg_obj(utils.simple_parse_args_string(arg_string), additional_config)
 
     def __init__(self, checkpoint: str | None = None, model=None, tokenizer=None, device: str | None = None,
                  batch_size: int | str | None = 64, max_batch_tokens: int | str | None = 32768,

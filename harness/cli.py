@@ -279,7 +279,7 @@ def cmd_run(args) -> None:
 
 def show_tables(rows: list, configs: dict) -> None:
     """The paper-layout tables (`harness tables`) that these rows fill, without their blank columns,
-    then the paper metrics that none of them has a column for (e.g. wikitext_2_v1), one per line."""
+    then the paper metrics that none of them has a column for, one per line."""
     from harness.results.store import ResultsError
     from harness.results.tables import (
         MAIN_COLUMNS,

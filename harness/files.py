@@ -53,8 +53,11 @@ class FolderLocked(Exception):
     where the system says (Linux's /proc/locks), else None."""
 
     def __init__(self, folder: Path, pid: int | None):
-        super().__init__(f"{folder} is locked by another process" + (f" (pid {pid})" if pid else ""))
+        super().__init__(folder, pid)  # both in args: the error pickles whole
         self.folder, self.pid = folder, pid
+
+    def __str__(self) -> str:
+        return f"{self.folder} is locked by another process" + (f" (pid {self.pid})" if self.pid else "")
 
 
 @contextlib.contextmanager

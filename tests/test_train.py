@@ -457,8 +457,8 @@ def test_a_heldout_split_shorter_than_a_sequence_is_refused_before_training(tmp_
     """It was refused only at the end, after all the steps, beside the run's log and checkpoints."""
     corpus = short_documents(tmp_path / "corpus")
     with pytest.raises(TrainingError, match="held-out split of corpus .* is shorter than one sequence of 64 tokens"):
-        train(model, short_cfg(f"train.corpus={corpus}"), tmp_path / "run", "cpu")
-    assert not (tmp_path / "run").exists()
+        train(model, short_cfg(f"train.corpus={corpus}"), tmp_path / "runs" / "tiny" / "run", "cpu")
+    assert not (tmp_path / "runs").exists()  # the folders the run's lock made are gone, parents too
 
 
 def test_too_few_heldout_tokens_for_the_ranks_names_eval_tokens():
@@ -783,7 +783,7 @@ def test_a_second_training_into_a_folder_being_trained_is_one_error_line(tmp_pat
                      "train.tokens=1024"]) == 2
         err = capsys.readouterr().err
         assert " ".join(err.split()) == (f"error: {run_dir} is being trained by another process (pid {holder.pid}); "
-                                         f"wait for it, or train into another folder (another --out or --run)")
+                                         f"wait for it, or train into another folder")
     finally:
         holder.kill()
         holder.wait()

@@ -111,8 +111,8 @@ def train(model_name: str, cfg: Config, run_dir: Path, device: str | None = None
     `on_step` (no progress bar) a resumed run says from which step in a line of its own.
     parallel: ddp | fsdp. loggers: optional mirrors of the JSONL log (tensorboard, wandb).
     Rank 0 holds the run folder's lock throughout (`hold_run_folder`): a second training into the
-    same folder is refused at once. What can be refused up front is, before the run folder is
-    touched: a missing logger package, a corpus whose training or held-out split is shorter than
+    same folder is refused at once. What can be refused up front is, before the run folder holds
+    anything: a missing logger package, a corpus whose training or held-out split is shorter than
     one sequence. The folder is opened
     (the earlier run dropped unless `resume`, the log started) only once the first step has
     computed, so that a model that fails there (a plugin's: one line) leaves it as it was.
@@ -138,7 +138,7 @@ def train(model_name: str, cfg: Config, run_dir: Path, device: str | None = None
                   f"holds: the held-out loss scores all of it, {scored * tcfg.seq_len:,} tokens", file=sys.stderr,
                   flush=True)
         torch.manual_seed(tcfg.seed)
-        model = runnable_model(model_name, cfg.model, d.device)  # refused before the run folder is touched
+        model = runnable_model(model_name, cfg.model, d.device)  # refused before the run folder holds anything
         if getattr(model, "fitted_by_counting", False):
             micro = _batch_layout(tcfg, d.world_size)[1]
             return fit_by_counting(model, model_name, cfg, run_dir, train_stream, held_stream, micro, d, resume)
@@ -210,9 +210,11 @@ def hold_run_folder(run_dir: Path, d: Dist):
     """The run folder locked by rank 0 for the whole training: two trainings into one folder would
     interleave their checkpoints and logs (a meta.json of one run beside the log of the other), so a
     second one is refused at once, on every rank. The OS releases the lock when its holder dies,
-    killed or not. A folder made here for the lock and left empty (training refused before it wrote
-    anything) is removed: a refused command leaves no trace."""
-    made = not run_dir.exists()
+    killed or not. The folders made here for the lock and left empty (training refused before it
+    wrote anything) are removed: a refused command leaves no trace. The message names no option: each
+    command chooses the folder its own way (--out, --run, a study's unit)."""
+    made = [run_dir, *run_dir.parents]
+    made = made[:next(i for i, folder in enumerate(made) if folder.exists())]  # the missing ones, deepest first
     with contextlib.ExitStack() as held:
         busy = None
         if d.is_main:
@@ -220,16 +222,16 @@ def hold_run_folder(run_dir: Path, d: Dist):
                 held.enter_context(folder_lock(run_dir, wait=False))
             except FolderLocked as err:
                 pid = f" (pid {err.pid})" if err.pid else ""
-                busy = (f"{run_dir} is being trained by another process{pid}; wait for it, or train into another "
-                        f"folder (another --out or --run)")
+                busy = f"{run_dir} is being trained by another process{pid}; wait for it, or train into another folder"
         busy = d.broadcast_object(busy)
         if busy:
             raise TrainingError(busy)
         try:
             yield
         finally:
-            if made and d.is_main and not any(run_dir.iterdir()):
-                run_dir.rmdir()
+            for folder in made if d.is_main else ():
+                with contextlib.suppress(OSError):  # not empty (written to, or by another process): kept
+                    folder.rmdir()
 
 
 def check_split_lengths(tcfg: TrainConfig, train_stream: TokenStream, held_stream: TokenStream, world: int) -> None:
@@ -254,7 +256,7 @@ def warmup_note(tcfg: TrainConfig) -> str | None:
     at the last step and never decays. Said, not refused, since a user may want just that; a single
     step trains at train.lr whatever the warm-up."""
     tokens = tcfg.steps * tcfg.batch_tokens
-    if tcfg.steps == 1 or tcfg.warmup_tokens <= tokens:
+    if tcfg.steps == 1 or tcfg.warmup_tokens <= tokens:  # a warm-up of exactly the run is what was asked
         return None
     return (f"note: train.warmup_tokens={tcfg.warmup_tokens:,} is longer than the run ({tokens:,} tokens): the "
             f"learning rate rises over all {tcfg.steps:,} steps, reaching train.lr={tcfg.lr:g} only at the last, "

@@ -703,3 +703,56 @@ def test_a_missing_tokenizer_says_the_command_that_makes_it(tmp_path, monkeypatc
         get_tokenizer("llama2")
     with pytest.raises(DataError, match=r"\); pass train.tokenizer=bytes"):
         get_tokenizer("never-recorded")
+
+
+def _write_parquet(path: Path, columns: dict) -> Path:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    pq.write_table(pa.table(columns), path)
+    return path
+
+
+@pytest.mark.parametrize("text, message", [
+    (["a document", None], "t.parquet: row 1 (counting from 0): 'text' is null; drop the rows without text or fill"),
+    ([5, 6], "t.parquet: row 0: the 'text' column holds int64, not strings (got 'text': 5); store the documents as"),
+], ids=["null", "integer"])
+def test_a_parquet_corpus_refuses_text_that_is_not_strings(tmp_path, capsys, monkeypatch, text, message):
+    """str() of the column made a null the document "None" and a number the document "5"."""
+    monkeypatch.setenv("HARNESS_CACHE", str(tmp_path / "cache"))
+    folder = tmp_path / "corpus"
+    folder.mkdir()
+    _write_parquet(folder / "t.parquet", {"text": text})
+    err = cli_error(["train", "--preset", "tiny", "--model", "swat", "--device", "cpu", "--set", "train.tokens=4096",
+                     "--set", f"train.corpus={folder}", "--out", tmp_path / "t"], capsys)
+    assert message in err
+    assert not (tmp_path / "t").exists()
+
+
+def test_a_parquet_corpus_of_strings_reads_with_its_sources(tmp_path):
+    """A null source falls back to the file's, as in JSONL; categorical (dictionary) strings are strings."""
+    import pyarrow as pa
+    path = _write_parquet(tmp_path / "web.parquet", {"text": pa.array(["one", "two", "one"]).dictionary_encode(),
+                                                     "source": ["wiki", None, "wiki"]})
+    assert corpus.read_sourced_documents(path) == [("one", "wiki"), ("two", "web"), ("one", "wiki")]
+
+
+@pytest.mark.parametrize("text, problem", [
+    (["a b", None], "record 2: lambada_openai field 'text' must be str, got None"),
+    ([5, 6], "record 1: lambada_openai field 'text' must be str, got 5"),
+], ids=["null", "integer"])
+def test_importing_parquet_refuses_text_that_is_not_strings(tmp_path, capsys, text, problem):
+    """An integer text was converted to its digits ("5") like an integer label."""
+    path = _write_parquet(tmp_path / "lambada.parquet", {"text": text})
+    err = cli_error(["data", "import", path, "--name", "lambada_openai", "--to", tmp_path / "mirror", "--force"],
+                    capsys)
+    assert f"{path} {problem}" in err
+    assert not (tmp_path / "mirror").exists()
+
+
+def test_importing_parquet_keeps_strings_and_converts_an_int_label(tmp_path):
+    """Only the answer field takes an int for the hub's string label."""
+    path = _write_parquet(tmp_path / "wg.parquet", {"sentence": ["s _"], "option1": ["a"], "option2": ["b"],
+                                                    "answer": [2]})
+    importers.import_path(path, tmp_path / "mirror", "winogrande", force=True)
+    stored = gzip.decompress((tmp_path / "mirror" / "winogrande" / "validation.jsonl.gz").read_bytes())
+    assert json.loads(stored) == {"sentence": "s _", "option1": "a", "option2": "b", "answer": "2"}

@@ -114,19 +114,48 @@ def read_sourced_documents(path: Path) -> list[tuple[str, str]]:
             docs.append((text, source))
         return docs
     if name.endswith(".parquet"):
-        import pandas as pd
-        try:
-            frame = pd.read_parquet(path)
-        except Exception as err:  # pyarrow's ArrowInvalid and OSError for a damaged or non-parquet file
-            raise DataError(f"{path}: not a readable parquet file ({first_line(err)})") from None
-        if "text" not in frame.columns:
-            raise DataError(f"{path}: parquet file has no 'text' column")
-        sources = frame["source"].astype(str) if "source" in frame.columns else [default] * len(frame)
-        return list(zip(frame["text"].astype(str).tolist(), sources))
+        table = read_parquet(path, "replace it or remove it from the corpus")
+        sources = table.column("source").to_pylist() if "source" in table.column_names else [None] * len(table)
+        return [(text, str(source or default)) for text, source in zip(parquet_texts(path, table), sources)]
     text = read_corpus_text(path)
     docs = split_wikitext(text)
     docs = docs if len(docs) > 1 else [d for d in re.split(r"\n\s*\n\s*\n", text) if d.strip()]
     return [(d, default) for d in docs]
+
+
+def read_parquet(path: Path, fix: str):
+    """A parquet file's pyarrow table, which keeps each column's type (so a `text` column of numbers
+    or nulls is seen as such), or a DataError naming the file and `fix`."""
+    try:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+    except ImportError:
+        raise DataError(f"{path}: reading parquet needs pyarrow; install it (pip install pyarrow)") from None
+    try:
+        return pq.read_table(path)
+    except (pa.ArrowException, OSError) as err:  # ArrowInvalid for a non-parquet file, OSError for a damaged one
+        raise DataError(f"{path}: not a readable parquet file ({first_line(err)}); {fix}") from None
+
+
+def parquet_texts(path: Path, table) -> list[str]:
+    """The documents of a parquet table's `text` column. The column's type is checked, not each
+    value converted: str() made a null the document "None" and a number the document "5"."""
+    if "text" not in table.column_names:
+        raise DataError(f"{path}: parquet file has no 'text' column; store the documents in a string column 'text'")
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    column = table.column("text")
+    if pa.types.is_dictionary(column.type):  # pandas' categorical strings: still strings
+        column = column.cast(column.type.value_type)
+    if not (pa.types.is_string(column.type) or pa.types.is_large_string(column.type)):
+        first = column[0].as_py() if len(column) else None
+        raise DataError(f"{path}: row 0: the 'text' column holds {column.type}, not strings (got 'text': "
+                        f"{first!r:.40}); store the documents as a string column")
+    if column.null_count:
+        row = pc.index(pc.is_null(column), True).as_py()
+        raise DataError(f"{path}: row {row} (counting from 0): 'text' is null; drop the rows without text or "
+                        f"fill them, e.g. with pandas' dropna(subset=['text'])")
+    return column.to_pylist()
 
 
 def files_in(path: Path) -> list[Path]:

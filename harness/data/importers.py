@@ -17,6 +17,7 @@ from harness.data.corpus import (
     files_in,
     read_decompressed,
     read_documents,
+    read_parquet,
     split_wikitext,
 )
 from harness.data.mirror import (
@@ -52,15 +53,8 @@ def read_text(path: Path) -> str:
 
 def read_records(path: Path) -> list[dict]:
     """Records of a JSON list, JSONL (optionally .gz) or parquet file."""
-    if path.suffix == ".parquet":
-        import pandas as pd
-        try:
-            frame = pd.read_parquet(path)
-        except (ValueError, OSError) as err:  # pyarrow: ArrowInvalid is a ValueError, a bad footer an OSError
-            reason = str(err).partition("\n")[0]
-            raise DataError(f"{path}: not a readable parquet file ({reason}); pass a parquet file, or the "
-                            f"JSON/JSONL file under its own suffix") from None
-        return json.loads(frame.to_json(orient="records", force_ascii=False))
+    if path.suffix == ".parquet":  # values keep their parquet types: check_record refuses a null or a number as text
+        return read_parquet(path, "pass a parquet file, or the JSON/JSONL file under its own suffix").to_pylist()
     text = read_text(path)
     if path.name.endswith((".jsonl", ".jsonl.gz")):
         records = []
@@ -81,9 +75,13 @@ def read_records(path: Path) -> list[dict]:
     return data
 
 
-def _coerce(kind, value):
-    """Digit strings and ints are interchangeable (raw files store labels either way)."""
-    if kind == "str" and isinstance(value, int) and not isinstance(value, bool):
+def _coerce(ds: Dataset, key: str, value):
+    """Digit strings become ints where the hub has an int, and an int label becomes the hub's string
+    label (raw files store labels either way). An int in any other string field is left for
+    check_record to refuse: as text it would be the number's digits."""
+    kind = ds.schema[key]
+    if kind == "str" and ds.answer and key == ds.answer.field and isinstance(value, int) \
+            and not isinstance(value, bool):
         return str(value)
     if kind == "int" and isinstance(value, str) and value.strip().lstrip("-").isdigit():
         return int(value)
@@ -94,7 +92,7 @@ def from_hub_records(ds: Dataset, records: list[dict]) -> list[dict]:
     """Records already in the hub schema (or a raw release with the same fields and more): keep the
     schema's fields, cast int/str labels to the hub's type. A record that lacks one of them is passed
     on whole, so that check_record's error names the fields it does have."""
-    return [{k: _coerce(t, r[k]) for k, t in ds.schema.items()} if isinstance(r, dict) and set(ds.schema) <= set(r)
+    return [{k: _coerce(ds, k, r[k]) for k in ds.schema} if isinstance(r, dict) and set(ds.schema) <= set(r)
             else r for r in records]
 
 

@@ -99,12 +99,17 @@ def test_scaling_reports_steps_trained_modes_and_names_that_tell_runs_apart(sing
     name are told apart by their parents (dupA/swat and dupB/swat were both "swat")."""
     for copy in ("dupA", "dupB"):
         shutil.copytree(single, tmp_path / copy / "swat")
+    meta_file = tmp_path / "dupB" / "swat" / CHECKPOINT_DIR / "meta.json"
+    meta = json.loads(meta_file.read_text())
+    meta["config"]["train"]["save_every"] = 4  # no checkpoint before the last step, whose step 2 it would log
+    meta_file.write_text(json.dumps(meta))
     (tmp_path / "dupB" / "swat" / LOG_FILE).write_text("".join(  # as --log-every 3 logs it: 1, 3 and the last
         line for line in (single / LOG_FILE).read_text().splitlines(keepends=True) if '"step": 2,' not in line))
     assert len(read_log(tmp_path / "dupB" / "swat" / LOG_FILE)) == 3
-    _, records = scaling.write([single, tmp_path / "dupA" / "swat", tmp_path / "dupB" / "swat"], None)
+    text, records = scaling.write([single, tmp_path / "dupA" / "swat", tmp_path / "dupB" / "swat"], None)
     assert [r["run"] for r in records] == [single.name, "dupA/swat", "dupB/swat"]
     assert [r["steps"] for r in records] == [4, 4, 4] and records[0]["parallel"] == "-"
+    assert [r["steps_compared"] for r in records] == [4, 4, 3] and text.splitlines()[4].endswith("| never | 3 |")
     sharded = dataclasses.replace(scaling.read_run(single), parallel="fsdp")
     assert scaling.compare([sharded])[0]["parallel"] == "fsdp"
     assert scaling.run_names([tmp_path / "a" / "swat", tmp_path / "b" / "swat", tmp_path / "c"]) == ["a/swat", "b/swat",
@@ -164,6 +169,26 @@ def test_scaling_refuses_a_cut_log(single, tmp_path, capsys):
     assert "Traceback" not in err and [line[:7] for line in err.splitlines()] == ["error: "]
 
 
+def test_scaling_refuses_a_log_with_lost_lines(single, tmp_path, capsys):
+    """A log whose middle lines were garbled (left out by read_log) was compared over the steps it
+    kept, and "never" read as if the whole run agreed; now it is one error line. A deleted line cannot
+    be told from a sparser --log-every (not recorded): the steps compared show it."""
+    from harness import cli
+    shutil.copytree(single, tmp_path / "run")
+    log = tmp_path / "run" / LOG_FILE
+    lines = (single / LOG_FILE).read_text().splitlines(keepends=True)
+    second = next(i for i, line in enumerate(lines) if '"step": 2,' in line)
+    damaged = (lines[second][:30] + "\n", lines[second].replace('"loss": ', '"loss": "x", "was": '))
+    for line in damaged:  # garbled, or its loss not a number
+        log.write_text("".join(lines[:second] + [line] + lines[second + 1:]))
+        with pytest.raises(ConfigError, match=f"{LOG_FILE} has 1 damaged line\\(s\\)"):
+            scaling.read_run(tmp_path / "run")
+    log.write_text("".join(lines[:second] + [damaged[0]] + lines[second + 1:]))
+    assert cli.main(["scaling", str(single), str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and [line[:7] for line in err.splitlines()] == ["error: "]
+
+
 def test_an_error_under_torchrun_is_one_line_from_rank_0(tmp_path):
     """Every rank fails alike; each printed the same error line (and the interruption line)."""
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", "-m",
@@ -191,9 +216,10 @@ def test_other_ranks_print_no_error_or_interruption_line(monkeypatch, capsys):
     assert capsys.readouterr() == ("", "")
 
 
-def test_fsdp_at_world_size_one_resumes_unsharded(single, tmp_path):
+def test_fsdp_at_world_size_one_resumes_unsharded(single, tmp_path, capsys):
     """`--parallel fsdp` without torchrun (a one-process group, the same code path), interrupted
-    after its step-2 checkpoint and finished by the plain path: the full-state checkpoint carries over."""
+    after its step-2 checkpoint and finished by the plain path: the full-state checkpoint carries over.
+    It used to train unsharded without a word; a note says so and how to shard."""
     cfg = load_config("tiny", overrides=OVERRIDES)
 
     def stop(info):
@@ -204,6 +230,8 @@ def test_fsdp_at_world_size_one_resumes_unsharded(single, tmp_path):
             train("swat", cfg, tmp_path, "cpu", on_step=stop, parallel="fsdp")
     finally:
         distributed.teardown()
+    notes = [line for line in capsys.readouterr().err.splitlines() if line.startswith("note:")]
+    assert notes == [distributed.ONE_SHARD_NOTE] and "torchrun --nproc-per-node N" in notes[0]
     assert json.loads((tmp_path / CHECKPOINT_DIR / "meta.json").read_text())["parallel"] == "fsdp"
     train("swat", cfg, tmp_path, "cpu")
     assert_runs_match(single, tmp_path)
@@ -232,7 +260,8 @@ def test_harness_run_under_torchrun_trains_with_ddp_and_evaluates_data_parallel(
         proc = harness(argv + ["--results", str(tmp_path / name), "--runs", str(tmp_path / f"runs-{name}")], nproc,
                        HARNESS_DATA=str(EVAL_FIXTURES))
     assert proc.stdout.count("wrote ") == 1
-    assert json.loads((tmp_path / "runs-two" / "r" / "swat" / CHECKPOINT_DIR / "meta.json").read_text())["world_size"] == 2
+    meta = json.loads((tmp_path / "runs-two" / "r" / "swat" / CHECKPOINT_DIR / "meta.json").read_text())
+    assert meta["world_size"] == 2
     assert_same_rows(tmp_path / "one" / "r", tmp_path / "two" / "r", {"smoke", "arc_easy", "mqar"}, rel=1e-4)
 
 

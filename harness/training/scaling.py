@@ -20,8 +20,11 @@ memory compared would be those settings'; a mismatch is an error naming the key 
 An efficiency above 100% is marked: the baseline ran slower per process than the run (other thread
 counts, a busy machine), so the figure overstates the scaling. A run resumed at another world size
 or on another device is refused (its speed and memory are its last segment's alone), and so is a
-model fitted by counting (no training curve or speed), and a log that stops short of its
-checkpoint's step (cut).
+model fitted by counting (no training curve or speed), and a log that is not whole: one that stops
+short of its checkpoint's step (cut) or holds damaged lines. The "steps compared" column counts the
+logged steps a run shares with its baseline (fewer than it trained where either logged every few
+steps, or where a line went missing: the headers do not record --log-every, so a deleted line is
+told from a sparser cadence only there).
 """
 
 from __future__ import annotations
@@ -78,7 +81,7 @@ def read_run(folder: Path, name: str | None = None) -> ScalingRun:
                               f"{resumed}): its speed and memory are its last part's alone; compare runs trained "
                               f"{one} throughout (`harness train ... --no-resume`)")
     log = read_log(log_file)
-    _check_log_whole(log_file, log, meta["step"])
+    _check_log_whole(log_file, log, headers, meta["step"])
     per_rank = [m for m in meta.get("peak_mem_gib_per_rank") or [meta.get("peak_mem_gib")] if m is not None]
     return ScalingRun(name or folder.name, meta["model"], meta.get("world_size", 1), meta.get("parallel", "ddp"),
                       meta["config"], meta["step"], [r["step"] for r in log], [r["loss"] for r in log],
@@ -86,15 +89,32 @@ def read_run(folder: Path, name: str | None = None) -> ScalingRun:
                       next((h["device"] for h in headers if h.get("device")), None))
 
 
-def _check_log_whole(log_file: Path, log: list[dict], step: int) -> None:
-    """Refuse a log that ends before the checkpoint's step: training always logs its last step, so
-    a shorter log was cut (a copy or write that stopped), and its curve would be compared over its
-    first steps as if they were the whole run. (A torn last line is dropped by `read_log`.)"""
+def _check_log_whole(log_file: Path, log: list[dict], headers: list[dict], step: int) -> None:
+    """Refuse a log with holes, whose curve would be compared over the steps it kept as if they were
+    the whole run: damaged lines (left out by `read_log`; a torn last line, an interrupted write, is
+    judged by the step the log ends at), or an end before the checkpoint's step (training always logs
+    its last step, so a shorter log was cut: a copy or write that stopped)."""
+    damaged = _damaged_lines(log_file, len(log) + len(headers))
+    if damaged:
+        raise ConfigError(f"{log_file} has {damaged} damaged line(s) (not JSON, or a step record without a numeric "
+                          f"step and loss), so its curve has holes; copy the whole log again or rerun the training, "
+                          f"and compare only whole runs")
     last = max((r["step"] for r in log), default=None)
     if last is None or last < step:
         ends = "has no step records" if last is None else f"ends at step {last}"
         raise ConfigError(f"{log_file} {ends} but its run's checkpoint is at step {step}: the log was cut; copy the "
                           f"whole log again or rerun the training, and compare only whole runs")
+
+
+def _damaged_lines(log_file: Path, kept: int) -> int:
+    """How many non-blank lines of the log `read_log` and `read_headers` left out (`kept`: the records
+    they returned), less a last line that is not JSON: a torn write, which the caller judges as a cut."""
+    lines = [line for line in log_file.read_text(encoding="utf-8", errors="replace").splitlines() if line.strip()]
+    try:
+        json.loads(lines[-1] if lines else "{}")
+    except json.JSONDecodeError:
+        return len(lines) - kept - 1
+    return len(lines) - kept
 
 
 def run_names(folders: list[Path]) -> list[str]:
@@ -184,7 +204,7 @@ def compare(runs: list[ScalingRun]) -> list[dict]:
                     "train_loss": run.train_loss, "heldout_loss": run.heldout_loss,
                     "max_loss_diff": max((d for _, d in diffs), default=None),
                     "first_step_over": next((step for step, d in diffs if d > DIVERGED), None),
-                    "steps": run.trained_steps})
+                    "steps_compared": len(diffs), "steps": run.trained_steps})
     return out
 
 
@@ -193,15 +213,17 @@ def _fmt(value, spec: str) -> str:
 
 
 def markdown(records: list[dict]) -> str:
-    head = ("| run | GPUs | parallel | tokens/s | scaling efficiency | MFU per GPU | peak memory per GPU (GiB, by rank) "
-            f"| train loss | held-out loss | max abs loss diff vs baseline | first step diff > {DIVERGED:g} |")
+    head = ("| run | GPUs | parallel | tokens/s | scaling efficiency | MFU per GPU "
+            "| peak memory per GPU (GiB, by rank) | train loss | held-out loss | max abs loss diff vs baseline "
+            f"| first step diff > {DIVERGED:g} | steps compared |")
     lines = [head, "|" + "---|" * head.count(" | ") + "---|"]
     for r in records:
         lines.append(f"| {r['run']} | {r['world_size']} | {r['parallel']} | {_fmt(r['tokens_per_s'], ',.0f')} | "
                      f"{_efficiency_cell(r['scaling_efficiency'])} | {_fmt(r['mfu_per_gpu'], '.1%')} | "
                      f"{' / '.join(f'{m:.1f}' for m in r['peak_mem_gib_per_rank']) or '-'} | {r['train_loss']:.4f} | "
                      f"{r['heldout_loss']:.4f} | "
-                     f"{_fmt(r['max_loss_diff'], '.2e')} | {r['first_step_over'] or 'never'} |")
+                     f"{_fmt(r['max_loss_diff'], '.2e')} | {r['first_step_over'] or 'never'} | "
+                     f"{r['steps_compared']} |")
     return "\n".join(lines) + "\n" + _baseline_note(records) + _over_note(records)
 
 

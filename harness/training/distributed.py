@@ -4,9 +4,9 @@ The training loop sees one `Dist` and calls the same functions at every world si
 decides what they do. Launched by torchrun (RANK / WORLD_SIZE / LOCAL_RANK in the environment) it
 joins the process group (nccl on GPU, gloo on CPU); started plainly it is rank 0 of 1 and needs no
 group, except for FSDP2, which runs on a one-process group so that `--parallel fsdp` takes the
-same path at N = 1. Parallelism stays out of model code (as in torchtitan): wrapping looks only
-for a `blocks` ModuleList (the shared backbone's layers) to shard layer by layer, and shards the
-whole module as one unit when there is none.
+same path at N = 1 (with a note that it saves no memory there). Parallelism stays out of model
+code (as in torchtitan): wrapping looks only for a `blocks` ModuleList (the shared backbone's
+layers) to shard layer by layer, and shards the whole module as one unit when there is none.
 
 Only rank 0 writes files or prints; the others take part in the collectives (state-dict gathers,
 loss reductions) and nothing else.
@@ -18,6 +18,7 @@ import atexit
 import contextlib
 import datetime
 import os
+import sys
 from dataclasses import dataclass
 
 import torch
@@ -30,6 +31,10 @@ PARALLEL_MODES = ("ddp", "fsdp")
 # how long ranks of a data-parallel evaluation wait for each other: rank 0 runs the tasks that are not
 # data-parallel (length, retrieval) alone, which can take many minutes at long contexts
 EVAL_TIMEOUT_S = 4 * 3600
+# said where --parallel fsdp runs in one process: FSDP2's path over one rank, each parameter whole
+ONE_SHARD_NOTE = ("note: --parallel fsdp in one process shards each parameter over that one rank, so nothing is "
+                  "split and no memory is saved; to shard over N GPUs, launch "
+                  "`torchrun --nproc-per-node N -m harness train ...`")
 
 
 @dataclass(frozen=True)
@@ -92,7 +97,9 @@ def setup(device: str | None = None, parallel: str = "ddp", timeout_s: float | N
     device: None picks cuda when available; under torchrun `cuda` means this rank's GPU
     (cuda:LOCAL_RANK). timeout_s: how long a collective may wait for a rank (torch's default when
     None; evaluation raises it, because ranks wait while rank 0 alone runs a task that is not
-    data-parallel). The group is destroyed at interpreter exit.
+    data-parallel). The group is destroyed at interpreter exit. `--parallel fsdp` at world size 1
+    trains (a legitimate run, resumable at any world size) but a note says that it shards nothing,
+    since whoever asked for sharding expects memory saved.
     """
     if parallel not in PARALLEL_MODES:
         raise ConfigError(f"unknown parallel mode {parallel!r}; choose one of {', '.join(PARALLEL_MODES)}")
@@ -123,6 +130,8 @@ def setup(device: str | None = None, parallel: str = "ddp", timeout_s: float | N
         else:  # FSDP2 needs a group even alone: an in-process store, no ports
             dist.init_process_group(backend, store=dist.HashStore(), rank=0, world_size=1)
         atexit.register(teardown)
+    if parallel == "fsdp" and world == 1:
+        print(ONE_SHARD_NOTE, file=sys.stderr, flush=True)
     return Dist(rank, world, local_rank, dev)
 
 

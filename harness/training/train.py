@@ -113,9 +113,9 @@ def train(model_name: str, cfg: Config, run_dir: Path, device: str | None = None
     Rank 0 holds the run folder's lock throughout (`hold_run_folder`): a second training into the
     same folder is refused at once. What can be refused up front is, before the run folder holds
     anything: a missing logger package, a corpus whose training or held-out split is shorter than
-    one sequence. The folder is opened
-    (the earlier run dropped unless `resume`, the log started) only once the first step has
-    computed, so that a model that fails there (a plugin's: one line) leaves it as it was.
+    one sequence. The folder is opened (the earlier run dropped unless `resume`, the log started)
+    only once the first step has computed, so that a model that fails there (a plugin's: one line)
+    leaves it as it was.
     should_stop: asked at every logged step (rank 0's answer counts); when it says so, a
     checkpoint is written and TrainingStopped raised, so that a job out of time loses no steps.
     log_every: log (and bring the step's numbers to the host) every this many steps.

@@ -99,12 +99,11 @@ def test_scaling_reports_steps_trained_modes_and_names_that_tell_runs_apart(sing
     name are told apart by their parents (dupA/swat and dupB/swat were both "swat")."""
     for copy in ("dupA", "dupB"):
         shutil.copytree(single, tmp_path / copy / "swat")
-    meta_file = tmp_path / "dupB" / "swat" / CHECKPOINT_DIR / "meta.json"
-    meta = json.loads(meta_file.read_text())
-    meta["config"]["train"]["save_every"] = 4  # no checkpoint before the last step, whose step 2 it would log
-    meta_file.write_text(json.dumps(meta))
-    (tmp_path / "dupB" / "swat" / LOG_FILE).write_text("".join(  # as --log-every 3 logs it: 1, 3 and the last
-        line for line in (single / LOG_FILE).read_text().splitlines(keepends=True) if '"step": 2,' not in line))
+    # as --log-every 3 with one checkpoint, at the end, logs it (steps 1, 3 and 4), and its header says so
+    records = [json.loads(line) for line in (single / LOG_FILE).read_text().splitlines()]
+    as_every_third = [{**r, "log_every": 3, "save_every": 4} if "step" not in r else r
+                      for r in records if r.get("step") != 2]
+    (tmp_path / "dupB" / "swat" / LOG_FILE).write_text("".join(json.dumps(r) + "\n" for r in as_every_third))
     assert len(read_log(tmp_path / "dupB" / "swat" / LOG_FILE)) == 3
     text, records = scaling.write([single, tmp_path / "dupA" / "swat", tmp_path / "dupB" / "swat"], None)
     assert [r["run"] for r in records] == [single.name, "dupA/swat", "dupB/swat"]
@@ -171,8 +170,8 @@ def test_scaling_refuses_a_cut_log(single, tmp_path, capsys):
 
 def test_scaling_refuses_a_log_with_lost_lines(single, tmp_path, capsys):
     """A log whose middle lines were garbled (left out by read_log) was compared over the steps it
-    kept, and "never" read as if the whole run agreed; now it is one error line. A deleted line cannot
-    be told from a sparser --log-every (not recorded): the steps compared show it."""
+    kept, and "never" read as if the whole run agreed; now it is one error line, and so is a deleted
+    line (the headers record the cadence the run logged at)."""
     from harness import cli
     shutil.copytree(single, tmp_path / "run")
     log = tmp_path / "run" / LOG_FILE
@@ -183,7 +182,9 @@ def test_scaling_refuses_a_log_with_lost_lines(single, tmp_path, capsys):
         log.write_text("".join(lines[:second] + [line] + lines[second + 1:]))
         with pytest.raises(ConfigError, match=f"{LOG_FILE} has 1 damaged line\\(s\\)"):
             scaling.read_run(tmp_path / "run")
-    log.write_text("".join(lines[:second] + [damaged[0]] + lines[second + 1:]))
+    log.write_text("".join(lines[:second] + lines[second + 1:]))
+    with pytest.raises(ConfigError, match=f"{LOG_FILE} lacks 1 of the steps its run logged \\(the first: step 2\\)"):
+        scaling.read_run(tmp_path / "run")
     assert cli.main(["scaling", str(single), str(tmp_path / "run")]) == 2
     err = capsys.readouterr().err
     assert "Traceback" not in err and [line[:7] for line in err.splitlines()] == ["error: "]
@@ -350,3 +351,20 @@ def test_scaling_marks_an_efficiency_above_100_percent(single):
     assert "| 100.0% |" in text and f"| 111.7% {scaling.OVER} |" in text
     assert f"\n{scaling.OVER} Above 100%: the baseline ran slower per process" in text
     assert scaling.OVER not in scaling.markdown(scaling.compare([one, dataclasses.replace(two, tokens_per_s=180.0)]))
+
+
+def test_a_run_logged_every_few_steps_and_resumed_is_whole_and_a_lost_step_of_it_is_not(tmp_path):
+    """8 steps logged every 3rd, checkpointed every 4th, stopped at step 3 and resumed: its log (steps
+    1, 3, 4, 6, 8) is what its headers' cadence says, so it compares; without step 6 it is refused."""
+    from harness.training.outcome import TrainingStopped
+    cfg = load_config("tiny", overrides=OVERRIDES + ["train.tokens=4096", "train.save_every=4"])
+    asked = []
+    with pytest.raises(TrainingStopped):
+        train("swat", cfg, tmp_path, "cpu", should_stop=lambda: asked.append(1) or len(asked) == 2, log_every=3)
+    train("swat", cfg, tmp_path, "cpu", log_every=3)
+    assert [r["step"] for r in read_log(tmp_path / LOG_FILE)] == [1, 3, 4, 6, 8]
+    assert scaling.read_run(tmp_path).trained_steps == 8
+    lines = (tmp_path / LOG_FILE).read_text().splitlines(keepends=True)
+    (tmp_path / LOG_FILE).write_text("".join(line for line in lines if '"step": 6,' not in line))
+    with pytest.raises(ConfigError, match=r"lacks 1 of the steps its run logged \(the first: step 6\)"):
+        scaling.read_run(tmp_path)

@@ -21,10 +21,9 @@ An efficiency above 100% is marked: the baseline ran slower per process than the
 counts, a busy machine), so the figure overstates the scaling. A run resumed at another world size
 or on another device is refused (its speed and memory are its last segment's alone), and so is a
 model fitted by counting (no training curve or speed), and a log that is not whole: one that stops
-short of its checkpoint's step (cut) or holds damaged lines. The "steps compared" column counts the
-logged steps a run shares with its baseline (fewer than it trained where either logged every few
-steps, or where a line went missing: the headers do not record --log-every, so a deleted line is
-told from a sparser cadence only there).
+short of its checkpoint's step (cut), holds damaged lines, or lacks a step that its headers' cadence
+says was logged. The "steps compared" column counts the logged steps a run shares with its baseline
+(fewer than it trained where either logged every few steps).
 """
 
 from __future__ import annotations
@@ -92,8 +91,9 @@ def read_run(folder: Path, name: str | None = None) -> ScalingRun:
 def _check_log_whole(log_file: Path, log: list[dict], headers: list[dict], step: int) -> None:
     """Refuse a log with holes, whose curve would be compared over the steps it kept as if they were
     the whole run: damaged lines (left out by `read_log`; a torn last line, an interrupted write, is
-    judged by the step the log ends at), or an end before the checkpoint's step (training always logs
-    its last step, so a shorter log was cut: a copy or write that stopped)."""
+    judged by the step the log ends at), an end before the checkpoint's step (training always logs
+    its last step, so a shorter log was cut: a copy or write that stopped), or a step missing that
+    its segment logged (`_missing_steps`)."""
     damaged = _damaged_lines(log_file, len(log) + len(headers))
     if damaged:
         raise ConfigError(f"{log_file} has {damaged} damaged line(s) (not JSON, or a step record without a numeric "
@@ -104,6 +104,27 @@ def _check_log_whole(log_file: Path, log: list[dict], headers: list[dict], step:
         ends = "has no step records" if last is None else f"ends at step {last}"
         raise ConfigError(f"{log_file} {ends} but its run's checkpoint is at step {step}: the log was cut; copy the "
                           f"whole log again or rerun the training, and compare only whole runs")
+    missing = _missing_steps({r["step"] for r in log}, headers, step)
+    if missing:
+        raise ConfigError(f"{log_file} lacks {len(missing)} of the steps its run logged (the first: step "
+                          f"{missing[0]}): lines were lost; copy the whole log again or rerun the training, and "
+                          f"compare only whole runs")
+
+
+def _missing_steps(logged: set[int], headers: list[dict], last: int) -> list[int]:
+    """The steps a run of `last` steps logged that `logged` lacks. Each segment (a header: the first
+    start, then each resumption, from its start_step to the next one's) logs its first step, every
+    log_every-th, each checkpoint's (every save_every), the last, and the step it stopped at; its
+    header records the two cadences (logs written before they were recorded are not checked)."""
+    starts = [h.get("start_step", 0) for h in headers]
+    missing = []
+    for h, start, end in zip(headers, starts, starts[1:] + [last]):
+        every, save = h.get("log_every"), h.get("save_every")
+        if not (isinstance(every, int) and isinstance(save, int) and every > 0 and save > 0):
+            continue
+        kept = {s for s in range(start + 1, end + 1) if s == start + 1 or s % every == 0 or s % save == 0} | {end}
+        missing += sorted(kept - logged)
+    return missing
 
 
 def _damaged_lines(log_file: Path, kept: int) -> int:

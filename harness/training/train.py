@@ -159,7 +159,9 @@ def train(model_name: str, cfg: Config, run_dir: Path, device: str | None = None
                   flush=True)
 
         meter = Meter(job, measure_matmul_peak(d.device) if d.device.type == "cuda" else None, progress.step)
-        header = {"run": f"{model_name}-{cfg.preset}", **provenance(str(d.device)), "world_size": d.world_size}
+        # the cadence too, so that a reader (`harness scaling`) can tell a lost line from a step not logged
+        header = {"run": f"{model_name}-{cfg.preset}", **provenance(str(d.device)), "world_size": d.world_size,
+                  "log_every": log_every, "save_every": tcfg.save_every}
         log = None  # opened once the first step has computed (`open_run`)
         job.wrapped.train()
         loss_value = float("nan")

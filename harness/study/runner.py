@@ -283,7 +283,8 @@ def run_study(study: Study, results: Path, runs: Path, device: str, jobs: int = 
             progress(len(defined) - len(left), len(defined) + counts["waiting"], "")
         tuned = {(r.model, r.preset) for r in rows}
         busy = {tuple(key.split("/")[:2]) for key in running}
-        expected = past_durations(study, results, rows, pending)
+        # read only on a machine's last call (`start_new_for`), the one that holds fresh runs back
+        expected = past_durations(study, results, rows, pending) if new_until is not None else None
 
         def may_start(u: Unit) -> bool:
             """Always, but on a machine's last call (`start_new_for`): a run with a checkpoint here, or a

@@ -122,8 +122,8 @@ def _missing_steps(logged: set[int], headers: list[dict], last: int) -> list[int
         every, save = h.get("log_every"), h.get("save_every")
         if not (isinstance(every, int) and isinstance(save, int) and every > 0 and save > 0):
             continue
-        kept = {s for s in range(start + 1, end + 1) if s == start + 1 or s % every == 0 or s % save == 0} | {end}
-        missing += sorted(kept - logged)
+        written = {s for s in range(start + 1, end + 1) if s == start + 1 or s % every == 0 or s % save == 0} | {end}
+        missing += sorted(written - logged)
     return missing
 
 

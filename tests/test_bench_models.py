@@ -395,10 +395,33 @@ def test_a_bench_under_another_config_may_not_relabel_other_models_rows(tmp_path
         return logged
     bench(["swat", "transformer"])
     stored = (out / "rows.jsonl").read_text()
-    with pytest.raises(ConfigError, match="holds rows of transformer measured under another config"):
+    with pytest.raises(ConfigError, match=r"holds rows of transformer \(train\) measured under another config"):
         bench(["swat"], "model.window=16")
     assert (out / "rows.jsonl").read_text() == stored
     assert "swat: replacing its rows measured under another config" in bench(["swat", "transformer"], "model.window=16")
+
+
+def test_a_bench_under_another_config_may_not_relabel_the_sweeps_it_does_not_run(tmp_path, monkeypatch):
+    """Benching swat's prefill at window 16 into a folder of its training rows at window 32 kept the
+    training rows and labelled them, in run.json and the table, with the new config."""
+    from harness.config import ConfigError
+    monkeypatch.setattr(bm, "train_point", fake_train_point([]))
+    monkeypatch.setattr(bm, "prefill_point", lambda *args: {"latency_ms": 1.0, "tokens_per_s": 1.0})
+    out = tmp_path / "speed"
+
+    def bench(sweeps, *overrides):
+        logged = []
+        bm.run_bench(["swat"], load_config("tiny", overrides=list(overrides)), sweeps,
+                     {"train": [32], "prefill": [32]}, torch.device("cpu"), out, 64, (1,), log=logged.append)
+        return logged
+    bench(["train"])
+    stored = (out / "rows.jsonl").read_text()
+    with pytest.raises(ConfigError, match=r"holds rows of swat \(train\) measured under another config"):
+        bench(["prefill"], "model.window=16")
+    assert (out / "rows.jsonl").read_text() == stored
+    assert "swat: replacing its rows measured under another config" in bench(["train", "prefill"], "model.window=16")
+    assert {r["config_id"] for r in map(json.loads, (out / "rows.jsonl").read_text().splitlines())} == {
+        bm.config_id(load_config("tiny", overrides=["model.window=16"]))}
 
 
 def test_a_folder_compares_training_speed_at_one_batch_size_and_records_only_what_its_rows_hold(tmp_path,

@@ -476,14 +476,17 @@ def run_bench(names: list[str], cfg: Config, sweeps, lengths: dict, device: torc
 
 
 def check_one_config(out, rows: list, plan: dict, measured_as: str, log: Callable) -> None:
-    """A folder's run.json and table give its rows one config: a bench under another one may replace its
-    own models' rows (and says so), but not leave other models' rows to be labelled with its config."""
-    other = {r.model for r in rows if r.extra.get("config_id") not in (None, measured_as)}
-    measuring = {name for name, todo in plan.items() if todo}
+    """A folder's run.json and table give its rows one config: a bench under another one may replace the
+    sweeps it measures again (and says so), but not leave other rows, of another model or of a sweep it
+    does not run, to be labelled with its config."""
+    other = {(r.model, r.task.removeprefix("speed_")) for r in rows
+             if r.extra.get("config_id") not in (None, measured_as)}
+    measuring = {(name, sweep) for name, todo in plan.items() for sweep in todo}
     if kept := sorted(other - measuring):
-        raise ConfigError(f"{out} holds rows of {', '.join(kept)} measured under another config, which this bench's "
-                          f"run.json and table would label with its own; pass another --out, or bench them too")
-    for name in sorted(other & measuring):
+        held = ", ".join(f"{name} ({sweep})" for name, sweep in kept)
+        raise ConfigError(f"{out} holds rows of {held} measured under another config, which this bench's run.json "
+                          f"and table would label with its own; pass another --out, or bench those sweeps too")
+    for name in sorted({name for name, _ in other & measuring}):
         log(f"{name}: replacing its rows measured under another config")
 
 

@@ -308,15 +308,19 @@ def assert_same_rows(one_dir, two_dir, tasks, rel):
 def test_scaling_refuses_runs_that_ran_each_rank_otherwise(single):
     """A one-process baseline with activation checkpointing and micro-batches of 1 gave a 2-process run
     92.6% where a matched one gave 31%; the sequences per forward, the execution switches and the
-    device must now match (a micro-batch capped at a rank's share counts as the share), naming both values."""
+    device must now match (a micro-batch capped at a rank's share counts as the share), naming both values.
+    compile and fused_ce compare as they resolved: two `auto` runs could have run otherwise."""
     base = dataclasses.replace(scaling.read_run(single), device="cpu")
+    assert base.applied == {"compile": False, "fused_ce": False}  # auto resolves to off on a CPU
     assert base.config["train"]["micro_batch"] == 2  # of 8 sequences: 2 per forward on 1 rank or 2
 
     def varied(train=None, **changes):
         return dataclasses.replace(base, name="other", config={**base.config, "train": {**base.config["train"],
                                                                                       **(train or {})}}, **changes)
     for other, says in ((varied({"activation_checkpointing": True}), "train.activation_checkpointing False vs True"),
-                        (varied({"compile": "on"}), "train.compile .* vs 'on'"),
+                        (varied({"compile": "on"}, applied={**base.applied, "compile": True}),
+                         "train.compile 'off' vs 'on'"),
+                        (varied(applied={**base.applied, "fused_ce": True}), "train.fused_ce 'off' vs 'on'"),
                         (varied(device="NVIDIA H100"), "device 'cpu' vs 'NVIDIA H100'")):
         with pytest.raises(ConfigError, match=f"ran each rank's step otherwise: {says}, which changes the speed"):
             scaling.compare([base, other])
@@ -324,9 +328,13 @@ def test_scaling_refuses_runs_that_ran_each_rank_otherwise(single):
     with pytest.raises(ConfigError, match="train.micro_batch 8 vs 4 sequences per forward on each rank.*"
                                           "train both with --set train.micro_batch=4"):
         scaling.compare([whole, dataclasses.replace(whole, world_size=2)])
+    on = {"compile": True, "fused_ce": True}
     for one, two in ((base, varied(world_size=2)),  # 2 and 2 per forward; 4 and 4; a log that names no device
                      (varied({"micro_batch": 4}), varied({"micro_batch": 8}, world_size=2)),
-                     (base, varied(device=None, world_size=2))):
+                     (base, varied(device=None, world_size=2)),
+                     # `auto` as it resolved: on here is `on` there; runs that predate the record, as written
+                     (varied({"compile": "auto"}, applied=on), varied({"compile": "on"}, applied=on, world_size=2)),
+                     (varied({"compile": "on"}, applied=None), varied({"compile": "on"}, applied=None, world_size=2))):
         assert scaling.compare([one, two])[1]["scaling_efficiency"] == pytest.approx(0.5)
 
 

@@ -57,6 +57,7 @@ class ScalingRun:
     train_loss: float
     heldout_loss: float
     device: str | None = None  # as the log's headers name it (None in logs written before they did)
+    applied: dict | None = None  # what train.compile and train.fused_ce resolved to (meta.json's `applied`)
 
 
 def read_run(folder: Path, name: str | None = None) -> ScalingRun:
@@ -85,7 +86,7 @@ def read_run(folder: Path, name: str | None = None) -> ScalingRun:
     return ScalingRun(name or folder.name, meta["model"], meta.get("world_size", 1), meta.get("parallel", "ddp"),
                       meta["config"], meta["step"], [r["step"] for r in log], [r["loss"] for r in log],
                       meta.get("tokens_per_s"), meta.get("mfu"), per_rank, meta["train_loss"], meta["heldout_loss"],
-                      next((h["device"] for h in headers if h.get("device")), None))
+                      next((h["device"] for h in headers if h.get("device")), None), meta.get("applied"))
 
 
 def _check_log_whole(log_file: Path, log: list[dict], headers: list[dict], step: int) -> None:
@@ -161,10 +162,14 @@ def _recipe(run: ScalingRun) -> dict:
 
 def _execution(run: ScalingRun) -> dict:
     """How each rank runs its share of a step, which decides the speed and memory compared: the
-    device and the EXECUTION_KEYS but save_every (checkpoints are not timed), the micro-batch as a rank
-    runs it: train.micro_batch caps the sequences per forward at the rank's share of the global batch,
-    so one value can mean 8 per forward on one process and 4 on each of two."""
-    train = run.config["train"]
+    device and the EXECUTION_KEYS but save_every (checkpoints are not timed), with compile and
+    fused_ce as they resolved (`auto` is on where it applies, so two `auto` runs may differ, and
+    `auto` may equal `on`; runs trained before meta.json recorded it compare the setting as
+    written), and the micro-batch as a rank runs it: train.micro_batch caps the sequences per
+    forward at the rank's share of the global batch, so one value can mean 8 per forward on one
+    process and 4 on each of two."""
+    resolved = {key: "on" if on else "off" for key, on in (run.applied or {}).items()}
+    train = {**run.config["train"], **resolved}
     share = train["batch_tokens"] // train["seq_len"] // run.world_size
     return {"device": run.device, **{f"train.{k}": train.get(k) for k in sorted(EXECUTION_KEYS - {"save_every"})},
             "train.micro_batch": min(train["micro_batch"], share)}

@@ -783,7 +783,7 @@ def test_harness_lm_eval_runs_without_cuda_and_says_a_harness_error_in_one_line(
     """The README's `harness-lm-eval` command on a machine without CUDA: lm-eval's default device
     (cuda:0) was used, a traceback; `--device cuda` there, or a harness error, is one `error:` line
     (after lm-eval's own log lines)."""
-    from harness.evaluation.lm_eval_cli import lm_eval_cli
+    from harness.lm_eval_cli import lm_eval_cli
     cfg, model = tiny
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     ckpt = write_checkpoint(tmp_path / "checkpoint", model, cfg, params=1)

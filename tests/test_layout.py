@@ -68,3 +68,11 @@ def test_the_plugin_paths_of_the_readme_import():
     from harness.backbone import DecoderLM
     from harness.model.backbone import DecoderLM as defined
     assert DecoderLM is defined
+
+
+def test_only_the_command_lines_import_the_command_lines():
+    """harness.cli and harness.lm_eval_cli are entry points: the layers they drive must not lean on them."""
+    files = {module_name(p): p for p in PACKAGE.rglob("*.py")}
+    entry_points = {"harness.cli", "harness.lm_eval_cli", "harness.__main__"}
+    leaning = {name: sorted(imports_of(path, entry_points)) for name, path in files.items() if name not in entry_points}
+    assert {name: found for name, found in leaning.items() if found} == {}

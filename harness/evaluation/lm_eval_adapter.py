@@ -5,7 +5,7 @@ prompting and scoring. It is registered with lm-eval as `swat-harness`:
 
     harness-lm-eval --model swat-harness --model_args checkpoint=runs/small/swat/checkpoint --tasks piqa
 
-(`harness-lm-eval`, harness.evaluation.lm_eval_cli, is lm-eval's own CLI with this module imported.)
+(`harness-lm-eval`, harness.lm_eval_cli, is lm-eval's own CLI with this module imported.)
 
 - `loglikelihood`: requests sorted by length (longest first) and cut into batches under a token
   budget; requests that differ only in a one-token continuation share one forward (lm-eval's

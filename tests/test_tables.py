@@ -983,3 +983,53 @@ def test_no_rows_at_all_says_so_and_what_the_main_table_needs():
     with pytest.raises(ResultsError, match=r"^no rows to make the main table of; it needs any of the tasks smoke"):
         build("main", [])
     assert groups(build("main", [acc("swat", "s", "smoke", 4.1, metric="loss")]))
+
+
+def test_the_ablation_table_leaves_the_retrieval_sweeps_to_their_own_table():
+    """A passkey sweep (contexts x depths) filled one `passkey acc` cell with whichever of its points
+    came last; the smoke columns, which the README puts after the settings, came last."""
+    def passkey(variant, context, depth, value):
+        return acc("swat", "tiny", "passkey", value, extra={"context": context, "depth": depth, **variant})
+    rows = [row for variant in ({}, {"variant": "slopes=negative"})
+            for row in [passkey(variant, 256, 0.0, 0.9), passkey(variant, 512, 1.0, 0.1),
+                        acc("swat", "tiny", "smoke", 3.0, metric="loss", extra=variant),
+                        acc("swat", "tiny", "piqa", 0.6, extra=variant)]]
+    table = build("ablation", rows)
+    assert table.header[8:] == ["smoke loss", "PIQA acc"]
+    assert not any("passkey" in title for title in table.header)
+    assert groups(build("retrieval", rows))["tiny · passkey acc · chance 0.0011%"]["swat depth=0"] == ["90.0", ""]
+
+
+def test_bold_compares_values_as_printed():
+    """Two peak memories that both read 58.85 were one bold, one not (58.8493 vs 58.8512 GB)."""
+    rows = [acc(m, "s", "speed_train", v, metric="peak_mem_gb", extra={"seq_len": 2048})
+            for m, v in (("sliding_softmax", 58.8493), ("transformer", 58.8512), ("swat", 58.87))]
+    assert groups(build("speed", rows))["speed_train · peak_mem_gb · s"] == {
+        "sliding_softmax": ["**58.85**"], "swat": ["58.87"], "transformer": ["**58.85**"]}
+    tie = build("main", [acc(m, "s", "piqa", v) for m, v in (("swat", 0.60001), ("mamba", 0.59999))])
+    piqa = tie.header.index("PIQA acc") - 1
+    assert [cells[piqa] for cells in groups(tie)["s"].values()] == ["60.00", "60.00"]  # a tie of all: no winner
+
+
+def test_sweep_bold_compares_the_lines_of_one_batch_depth_or_key_value_count():
+    """Decode throughput at batch 64 was bold over every batch-1 line, which could never be; MQAR with
+    4 pairs to recall over 64."""
+    rows = [acc(m, "s", "speed_decode", v, metric="tokens_per_s", extra={"context": 1024, "batch": b})
+            for m, b, v in (("swat", 1, 300.0), ("mamba", 1, 270.0), ("swat", 64, 12000.0), ("mamba", 64, 14000.0))]
+    table = build("speed", rows)
+    assert groups(table)["speed_decode · tokens_per_s · s"] == {
+        "mamba b=1": ["270.0"], "mamba b=64": ["**14000**"], "swat b=1": ["**300.0**"], "swat b=64": ["12000"]}
+    assert any(n.startswith("Bold compares the lines of one setting") for n in table.notes)
+    mqar = [acc(m, "s", "mqar", v, extra={"context": 256, "num_kv": kv})
+            for m, kv, v in (("swat", 4, 0.5), ("mamba", 4, 0.4), ("swat", 64, 0.1), ("mamba", 64, 0.2))]
+    assert list(groups(build("retrieval", mqar)).values()) == [{
+        "mamba kv=4": ["40.0"], "mamba kv=64": ["**20.0**"], "swat kv=4": ["**50.0**"], "swat kv=64": ["10.0"]}]
+    assert not any(n.startswith("Bold compares the lines") for n in build("speed", rows[:2]).notes)
+
+
+def test_a_small_retrieval_accuracy_shows_its_digits_not_a_zero():
+    """MQAR recalled 1 of 4,096 values (0.024%, near the 0.037% of a guess), printed as 0.0: a zero."""
+    rows = [acc(m, "s", "mqar", v, stderr=v, extra={"context": 256, "num_kv": 64})
+            for m, v in (("swat", 0.000244140625), ("mamba", 0.0))]
+    assert list(groups(build("retrieval", rows)).values()) == [{"mamba kv=64": ["0.0 ± 0.0"],
+                                                                "swat kv=64": ["**0.024 ± 0.024**"]}]

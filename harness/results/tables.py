@@ -88,6 +88,7 @@ SMOKE_COLUMNS = (Column("Held-out loss↓", r"Held-out loss$\downarrow$", "smoke
 AVERAGE_TASK = "commonsense_avg"  # a published average in a reference file; shown in its row's Avg cell
 AVERAGE = Column("Avg", "Avg", AVERAGE_TASK, "acc")
 ABLATION_KEYS = ("activation", "slopes", "rope", "window", "sigmoid_bias")
+RETRIEVAL_TASKS = ("passkey", "mqar")  # sweeps (context x depth, context x key-value pairs): the retrieval table
 TABLES = ("main", "ablation", "length", "retrieval", "speed")
 
 # ---------------------------------------------------------------- the table model
@@ -379,17 +380,23 @@ def config_diff(config: dict | None, training_length: bool = True) -> str:
 
 def mark_best(rows: list[list[Cell]], col: int, lower: bool) -> bool:
     """Bold the best value of one column among the cells that compete (`_competing`), when there are
-    two or more and they are not all equal (a tie of everyone has no winner). Returns whether a
-    limited cell (§) was kept out of the competition, which the § footnote then explains."""
+    two or more and they are not all equal (a tie of everyone has no winner). Values compare as
+    printed: of two cells that read 58.85, both are bold or neither. Returns whether a limited cell
+    (§) was kept out of the competition, which the § footnote then explains."""
     numbers = [r[col] for r in rows if r[col].value is not None and not r[col].mark and r[col].text is None
                and math.isfinite(r[col].value)]
     competing = _competing(numbers)
-    values = [c.value for c in competing]
+    values = [_as_printed(c) for c in competing]
     if len(values) >= 2 and len(set(values)) > 1:
         best = min(values) if lower else max(values)
-        for c in competing:
-            c.bold |= c.value == best
+        for c, value in zip(competing, values):
+            c.bold |= value == best
     return len(competing) < len(numbers)
+
+
+def _as_printed(cell: Cell) -> float:
+    """A number cell's value rounded to the decimals it is shown with."""
+    return float(f"{cell.value:.{cell.digits}f}")
 
 
 def _competing(cells: list[Cell]) -> list[Cell]:
@@ -718,15 +725,17 @@ def _delta_line(ours: Entry, ref: Entry, sources: Sources, columns=MAIN_COLUMNS)
 
 def ablation_table(rows: list[Row], references: list[Row] = (), run_configs: dict | None = None) -> Table:
     """SWAT variants side by side: their config (activation, slopes, rope, window, training length)
-    and every non-length, non-speed result they have, main-table columns first."""
+    and every result they have that one number per line can hold, smoke (held-out loss and
+    perplexity) first, then the main table's columns: not the sweeps of the length, retrieval and
+    speed tables, whose many rows per line would leave one arbitrary point in the cell."""
     run_configs = run_configs or {}
     known = {(c.task, c.metric): c for c in MAIN_COLUMNS}
     main_tasks = {c.task for c in MAIN_COLUMNS}
 
     def wanted(r: Row) -> bool:
-        """Not length/speed (their own tables); of a benchmark, only the paper's metric; no
+        """Not length/retrieval/speed (their own tables); of a benchmark, only the paper's metric; no
         bookkeeping (lm-eval's sample_len, rows a task marks paper_metric=false)."""
-        if r.task in SPEED_TASKS + ("length", AVERAGE_TASK) or r.metric == "sample_len":
+        if r.task in SPEED_TASKS + RETRIEVAL_TASKS + ("length", AVERAGE_TASK) or r.metric == "sample_len":
             return False
         if r.task in main_tasks:
             return (r.task, r.metric) in known
@@ -736,8 +745,12 @@ def ablation_table(rows: list[Row], references: list[Row] = (), run_configs: dic
     varied = {r.model for r in rows if wanted(r) and variant_of(r, run_configs)}
     pick = [r for r in rows if (r.model in varied or r.extra.get("variant") is not None) and wanted(r)]
     refs = [r for r in references if (r.model in varied or r.extra.get("table") == "ablation") and wanted(r)]
-    pairs = sorted({(r.task, r.metric) for r in pick + refs},
-                   key=lambda tm: (0, MAIN_COLUMNS.index(known[tm])) if tm in known else (1, tm))
+
+    def order(tm: tuple[str, str]) -> tuple:
+        """Smoke first (the held-out loss that every run measures), then the main table's columns,
+        then the others by name."""
+        return (tm[0] != "smoke",) + ((0, MAIN_COLUMNS.index(known[tm])) if tm in known else (1, tm))
+    pairs = sorted({(r.task, r.metric) for r in pick + refs}, key=order)
     columns = [known.get(tm) or Column(f"{tm[0]} {tm[1]}", latex_escape(f"{tm[0]} {tm[1]}"), *tm) for tm in pairs]
     keys = list(ABLATION_KEYS) + ["seq_len"]
     header = ["Model", "Preset"] + keys + [c.title for c in columns]
@@ -830,13 +843,15 @@ def _natural(text: str) -> list:
 def _sweep_table(title: str, sections: list[tuple[str, str, list[Row]]], run_configs: dict, note: str,
                  detail=batch_detail) -> Table:
     """Lines = models, one per Line (run, learning rate, seed and `detail`: the batch, say), columns =
-    the sweep's lengths; one group per section. A cell scored under --limit is marked § as in the
-    main table (measured_cell), and bold compares it only with its like."""
+    the sweep's lengths; one group per section. Bold compares the lines of one detail only (a
+    throughput at batch 64 always beats one at batch 1, a passkey near the start of the prompt one
+    at its end). A cell scored under --limit is marked § as in the main table (measured_cell), and
+    bold compares it only with its like."""
     lengths = sorted({int(_length_key(r)) for _, _, rs in sections for r in rs if _length_key(r) is not None})
     header = ["Model"] + [human(n) if n >= 1024 and n % 1024 else _kilo(n) for n in lengths]
     table = Table(title, header, ["Model"] + [latex_escape(h) for h in header[1:]])
     sources = Sources()
-    missing = oom = set_aside = False
+    missing = oom = set_aside = several_details = False
     limits: set = set()
     every_name: list[str] = []
     for label, metric, rs in sections:
@@ -847,7 +862,7 @@ def _sweep_table(title: str, sections: list[tuple[str, str, list[Row]]], run_con
                 by_line.setdefault(who, {}).setdefault(int(_length_key(r)), []).append(r)
         names = line_names(by_line)
         every_name += names.values()
-        lines = []
+        lines, alike = [], {}  # alike: detail -> its lines, which compete for bold
         for who in sorted(by_line, key=line_order):
             cols = by_line[who]
             name = names[who] + (sources.mark(who.source) if who.source else "")
@@ -858,17 +873,22 @@ def _sweep_table(title: str, sections: list[tuple[str, str, list[Row]]], run_con
                 oom |= r is not None and is_oom(r)
                 cell = (Cell() if r is None else text_cell("OOM") if is_oom(r) else
                         measured_cell(r, metric, display(r.stderr, metric),
-                                      1 if is_fraction(metric) else 2 if metric.endswith("ratio")
-                                      else _digits(r.value)))
+                                      _shown_digits(display(r.value, metric), 1) if is_fraction(metric)
+                                      else 2 if metric.endswith("ratio") else _digits(r.value)))
                 limits.update([cell.limit] if cell.limit else [])
                 line.append(cell)
             lines.append(line)
+            alike.setdefault(who.detail, []).append(line)
         lower = _lower_is_better(metric)
-        for j in range(1, len(lengths) + 1):
-            set_aside |= mark_best(lines, j, lower)
+        for competing in alike.values():
+            for j in range(1, len(lengths) + 1):
+                set_aside |= mark_best(competing, j, lower)
+        several_details |= len(alike) > 1
         if lines:
             table.groups.append((label, lines))
     table.notes.append(note)
+    if several_details:
+        table.notes.append("Bold compares the lines of one setting (the same batch, depth or key-value pairs).")
     if missing:
         table.notes.append("Blank cell: not measured at that length.")
     if oom:
@@ -971,9 +991,9 @@ def retrieval_table(rows: list[Row], references: list[Row] = (), run_configs: di
     each group labelled with the accuracy of a uniform guess where it is known (`chance_level`)."""
     run_configs = run_configs or {}
     pick = [r for r in list(rows) + [r for r in references if r.extra.get("table") == "retrieval"]
-            if r.task in ("passkey", "mqar") and r.metric == "acc"]
+            if r.task in RETRIEVAL_TASKS and r.metric == "acc"]
     sections = []
-    for task in ("passkey", "mqar"):
+    for task in RETRIEVAL_TASKS:
         for preset in preset_order([r for r in pick if r.task == task]):
             rs = [r for r in pick if (r.preset, r.task) == (preset, task)]
             sections.append((f"{preset} · {task} acc" + _chance_label(rs, run_configs), "acc", rs))

@@ -248,6 +248,39 @@ def test_heldout_split_is_per_source_and_by_content(tmp_path):
     assert set(held_text) == held and len(train_text) == 44 - 3
 
 
+def test_every_copy_of_a_held_out_text_is_held_out(tmp_path):
+    """A text that occurs more than once (boilerplate, a page crawled twice), in one source or in
+    several, is held out with all its copies: one left in training would make the held-out loss
+    measure memorisation."""
+    docs = [f"document {i}. " * 30 for i in range(20)]
+    smallest = min(docs, key=corpus.document_digest)
+    others = [f"other {i}. " * 30 for i in range(200)]
+    below = [t for t in others if corpus.document_digest(t) < corpus.document_digest(smallest)]
+    folder = tmp_path / "copies"
+    folder.mkdir()
+    (folder / "a.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in [*docs, smallest]))
+    (folder / "b.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in [below[0], *others[:19], smallest]))
+    train_text, held_text = corpus.heldout_texts(str(folder))
+    assert held_text.count(smallest) == 3 and smallest not in train_text
+    train, held = streams.prepare_streams(str(folder), tokenizer.ByteTokenizer())
+    def texts(stream):
+        ends = np.append(stream.doc_starts[1:], len(stream.tokens)) - 1
+        return [bytes(np.asarray(stream.tokens[a:b], dtype=np.uint8)) for a, b in zip(stream.doc_starts, ends)]
+    assert not set(texts(held)) & set(texts(train))
+
+
+def test_a_corpus_of_more_sources_than_int16_holds_tokenizes(tmp_path):
+    """A folder of one-document files has a source per file: 2^15 and more of them must not overflow."""
+    folder = tmp_path / "many"
+    folder.mkdir()
+    n = 2 ** 15 + 2
+    (folder / "docs.jsonl").write_text("".join(json.dumps({"text": f"d{i}", "source": f"s{i}"}) + "\n"
+                                               for i in range(n)))
+    train, held = streams.prepare_streams(str(folder), tokenizer.ByteTokenizer())
+    assert len(train.source_names) == n and held.doc_sources.max() < n
+    assert sorted([*train.doc_sources.tolist(), *held.doc_sources.tolist()]) == list(range(n))
+
+
 def test_named_corpus_lookup_and_missing_hint(tmp_path, monkeypatch):
     monkeypatch.setenv("HARNESS_DATA", str(tmp_path))
     _write_corpus(tmp_path / "corpora" / "mini", ["one document.", "another document."])
@@ -395,6 +428,24 @@ def test_train_tokenizer_name_loads_the_trained_file(tmp_path, monkeypatch):
     assert tokenizer.get_tokenizer("bpe").path == tmp_path / "tokenizers" / "bpe" / "tokenizer.json.gz"
 
 
+def test_a_tokenizer_retrained_under_its_name_gets_new_token_streams(tmp_path, monkeypatch):
+    """train-tokenizer --force on another corpus keeps the name and vocabulary size but changes the
+    ids: the cached streams of the old tokenizer must not be read back as if they were the new one's."""
+    monkeypatch.setenv("HARNESS_DATA", str(tmp_path / "mirror"))
+    shouted = tmp_path / "shouted"
+    shouted.mkdir()
+    (shouted / "wiki.txt").write_text(corpus.BUNDLED_TEXT.read_text().upper())
+    first_train_doc = min(corpus.heldout_texts("bundled")[0], key=corpus.document_digest)
+    from harness.cli import main
+    for tokenizer_corpus in ("bundled", str(shouted)):
+        assert main(["data", "train-tokenizer", "--corpus", tokenizer_corpus, "--vocab-size", "512", "--name", "bpe",
+                     "--force"]) == 0
+        tok = tokenizer.get_tokenizer("bpe")
+        train, _ = streams.prepare_streams("bundled", tok)
+        ids = tok.encode(first_train_doc)
+        assert np.asarray(train.tokens[:len(ids)]).tolist() == ids
+
+
 @pytest.mark.parametrize("file, content", [("garbage.json", b"{garbage"), ("cut.json.gz", b"\x1f\x8b\x08")],
                          ids=["json", "gzip"])
 def test_unloadable_tokenizer_file_is_one_error_line(tmp_path, capsys, monkeypatch, file, content):
@@ -407,7 +458,8 @@ def test_unloadable_tokenizer_file_is_one_error_line(tmp_path, capsys, monkeypat
 
 
 @pytest.mark.parametrize("make, message", [
-    (lambda d: (d / "one.txt").write_text("a single document\n"), "has 1 document(s): too few"),
+    (lambda d: (d / "one.txt").write_text("a single document\n"), "has 1 distinct document(s) (1 in all): too few"),
+    (lambda d: (d / "copies.jsonl").write_text('{"text": "a"}\n' * 3), "has 1 distinct document(s) (3 in all)"),
     (lambda d: None, "holds no corpus files"),
     (lambda d: (d / "x.parquet").write_bytes(b"not parquet at all"), "x.parquet: not a readable parquet file"),
     (lambda d: (d / "cut.jsonl.xz").write_bytes(lzma.compress(b'{"text": "a"}\n' * 99)[:40]),
@@ -417,7 +469,8 @@ def test_unloadable_tokenizer_file_is_one_error_line(tmp_path, capsys, monkeypat
      "cut.txt.gz: not a readable gzip file"),
     (lambda d: (d / "n.jsonl").write_text('{"text": "a"}\n{"text": 5}\n'),
      "n.jsonl:2: expected a JSON object with a 'text' field that is a string, got 'text': 5"),
-], ids=["one-document", "empty-folder", "damaged-parquet", "truncated-xz", "not-xz", "truncated-gz", "text-not-string"])
+], ids=["one-document", "copies-of-one-document", "empty-folder", "damaged-parquet", "truncated-xz", "not-xz",
+        "truncated-gz", "text-not-string"])
 def test_an_unusable_corpus_is_one_error_line_and_leaves_no_cache(tmp_path, capsys, monkeypatch, make, message):
     monkeypatch.setenv("HARNESS_CACHE", str(tmp_path / "cache"))
     folder = tmp_path / "corpus"
@@ -489,6 +542,22 @@ def test_verify_lists_every_damaged_file_under_harness_data(mirror_dir, capsys, 
 def _piqa_file(path: Path, n: int, goal: str = "g") -> Path:
     path.write_text("".join(json.dumps({**PIQA_ROW, "goal": f"{goal} {i}"}) + "\n" for i in range(n)))
     return path
+
+
+def test_jsonl_text_with_unicode_line_separators_reads_whole(tmp_path):
+    """U+2028, U+2029 and U+0085 stay raw inside JSON strings (json.dumps(ensure_ascii=False), as a
+    corpus fetch writes): they are text, not line ends, in a corpus and in an imported split."""
+    odd = "first\u2028second\u2029third\x85fourth"
+    folder = tmp_path / "web"
+    folder.mkdir()
+    (folder / "part.jsonl").write_text("".join(json.dumps({"text": t}, ensure_ascii=False) + "\n"
+                                               for t in [odd, "plain."]), encoding="utf-8")
+    assert list(corpus.iter_documents(str(folder))) == [odd, "plain."]
+    piqa = tmp_path / "piqa.jsonl"
+    piqa.write_text(json.dumps({**PIQA_ROW, "goal": odd}, ensure_ascii=False) + "\n", encoding="utf-8")
+    importers.import_path(piqa, tmp_path / "mirror", "piqa", force=True)
+    stored = gzip.decompress((tmp_path / "mirror" / "piqa" / "validation.jsonl.gz").read_bytes()).decode("utf-8")
+    assert json.loads(stored)["goal"] == odd
 
 
 def test_import_refuses_partial_splits_and_replacing_without_force(tmp_path, capsys):
@@ -634,6 +703,18 @@ def test_data_list_says_how_each_missing_item_is_made(tmp_path, capsys, monkeypa
     english = rows["corpus english-mix"]
     assert "harness data fetch" not in english and str(mirror.REPO_DATA / "corpora" / "english-mix") in english
     assert "build.py" in english and "not looked in while HARNESS_DATA is set" in english
+
+
+def test_data_list_shows_a_corpus_folder_no_manifest_records(tmp_path, capsys, monkeypatch):
+    """A corpus put in corpora/NAME/ trains as train.corpus=NAME, so `data list` shows it too."""
+    monkeypatch.setenv("HARNESS_DATA", str(tmp_path))
+    monkeypatch.setenv("COLUMNS", "400")
+    _write_corpus(tmp_path / "corpora" / "mine", ["one document.", "another document."])
+    from harness.cli import main
+    assert main(["data", "list"]) == 0
+    rows = {line.split("│")[1].strip(): line.split("│")[2].strip()
+            for line in capsys.readouterr().out.splitlines() if line.startswith("│ corpus")}
+    assert rows["corpus mine"] == "ok"
 
 
 @pytest.mark.parametrize("make, what", [(lambda p: None, "a folder that does not exist"),

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from rich.markup import escape
 
-from harness.data.corpus import HUB_CORPORA, corpus_files, corpus_origin, fetch_corpus
+from harness.data.corpus import HUB_CORPORA, corpus_files, corpus_names, corpus_origin, fetch_corpus
 from harness.data.importers import fetch, import_path, store_bpe
 from harness.data.mirror import (
     CATALOGUE,
@@ -119,7 +119,8 @@ def cmd_list(console) -> None:
                           f"vocab {entry['vocab_size']}", "-", "-",
                           _where(damaged) if damaged else escape(tokenizer_origin(entry)))
     corpora = {name: (folder, entry) for name, folder, entry, _ in recorded("corpora")}
-    for name in dict.fromkeys([*manifest.get("corpora", {}), *corpora, *HUB_CORPORA]):
+    found_corpora = [name for name in corpus_names() if name != "bundled"]  # also folders no manifest records
+    for name in dict.fromkeys([*manifest.get("corpora", {}), *corpora, *found_corpora, *HUB_CORPORA]):
         folder, entry = corpora.get(name, (None, manifest.get("corpora", {}).get(name, {})))
         try:
             files = corpus_files(name)

@@ -3,10 +3,10 @@ their documents and each document's source, and the held-out split.
 
 The held-out split is a property of the corpus alone: within each source (a record's `source`
 field, else its file), the documents whose text digests (sha256) are smallest are held out, a
-fixed fraction of each source. So it is the same for every training seed, tokenizer and machine,
-a tokenizer can be trained on the training split before anything is tokenized, and the held-out
-loss can be reported per source. What a training seed varies is the order in which the trainer
-visits the packed sequences (harness.training.batches).
+fixed fraction of each source, and with them every copy of their text. So it is the same for
+every training seed, tokenizer and machine, a tokenizer can be trained on the training split
+before anything is tokenized, and the held-out loss can be reported per source. What a training
+seed varies is the order in which the trainer visits the packed sequences (harness.training.batches).
 """
 
 from __future__ import annotations
@@ -81,6 +81,13 @@ def read_corpus_text(path: Path) -> str:
     return text
 
 
+def jsonl_lines(text: str) -> list[str]:
+    """The lines of JSON Lines text, split at newlines only: str.splitlines() also splits at U+2028,
+    U+2029 and U+0085, which JSON leaves unescaped inside strings (json.dumps(ensure_ascii=False)
+    writes them as they are, as `fetch_corpus` does), so it would cut such a record in two."""
+    return text.split("\n")
+
+
 def read_documents(path: Path) -> list[str]:
     """Documents of one file: JSONL/parquet records' `text` field, or a text file split into
     WikiText articles (else at runs of two or more blank lines)."""
@@ -100,7 +107,7 @@ def read_sourced_documents(path: Path) -> list[tuple[str, str]]:
     default = file_source(path)
     if name.endswith(".jsonl"):
         docs = []
-        for n, line in enumerate(read_corpus_text(path).splitlines(), 1):
+        for n, line in enumerate(jsonl_lines(read_corpus_text(path)), 1):
             if not line.strip():
                 continue
             try:
@@ -235,7 +242,18 @@ def heldout_split(digests: list[bytes], sources: list[str], fraction: float) -> 
     max(1, round(fraction * n)) documents of smallest digest (ties by position). A source keeps
     its share of the held-out text whatever the mix, and the choice depends on the documents'
     text alone, never on a seed. When that holds out nothing (every source a single document: a
-    folder of one-document files), the corpus is split as one source."""
+    folder of one-document files), the corpus is split as one source. Every copy of a held-out
+    text, in any source, is held out too: a copy left in training would make the held-out loss
+    measure memorisation."""
+    mask = _smallest_per_source(digests, sources, fraction)
+    if not mask.any() and len(set(sources)) > 1:
+        mask = _smallest_per_source(digests, [""] * len(digests), fraction)
+    held = {digests[i] for i in np.flatnonzero(mask)}
+    return np.fromiter((d in held for d in digests), dtype=bool, count=len(digests))
+
+
+def _smallest_per_source(digests: list[bytes], sources: list[str], fraction: float) -> np.ndarray:
+    """In each source of n >= 2 documents, the max(1, round(fraction * n)) of smallest digest."""
     mask = np.zeros(len(digests), dtype=bool)
     by_source: dict[str, list[int]] = {}
     for i, source in enumerate(sources):
@@ -246,8 +264,6 @@ def heldout_split(digests: list[bytes], sources: list[str], fraction: float) -> 
         n_held = max(1, int(round(fraction * len(members))))
         ranked = sorted(members, key=lambda i: (digests[i], i))
         mask[ranked[:n_held]] = True
-    if not mask.any() and len(by_source) > 1:
-        return heldout_split(digests, [""] * len(digests), fraction)
     return mask
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 from harness.config import first_line
 from harness.data.corpus import (
     files_in,
+    jsonl_lines,
     read_decompressed,
     read_documents,
     read_parquet,
@@ -58,7 +59,7 @@ def read_records(path: Path) -> list[dict]:
     text = read_text(path)
     if path.name.endswith((".jsonl", ".jsonl.gz")):
         records = []
-        for number, line in enumerate(text.splitlines(), 1):
+        for number, line in enumerate(jsonl_lines(text), 1):
             if not line.strip():
                 continue
             try:

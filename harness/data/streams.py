@@ -115,12 +115,15 @@ def _files_key(files: list[Path]) -> list:
     return [[f.name, file_sha256(f)] for f in files]
 
 
-SPLIT_RULE = "per-source-smallest-sha256"  # part of the cache key: a new rule makes new streams
+SPLIT_RULE = "per-source-smallest-sha256-copies-held"  # part of the cache key: a new rule makes new streams
 
 
 def streams_folder(corpus: str, tokenizer, heldout_fraction: float) -> Path:
+    """The cache folder of a corpus's streams, keyed by what decides their tokens: the files' content,
+    the tokenizer's content (`fingerprint`, not its name: one retrained under the same name gives
+    other ids), the held-out fraction and the split rule."""
     files = corpus_files(corpus)
-    key = hashlib.sha256(json.dumps(_files_key(files) + [tokenizer.name, tokenizer.vocab_size,
+    key = hashlib.sha256(json.dumps(_files_key(files) + [tokenizer.fingerprint, tokenizer.vocab_size,
                                                           heldout_fraction, SPLIT_RULE]).encode())
     return cache_dir() / "tokenized" / f"{Path(corpus).name}-{key.hexdigest()[:16]}"
 
@@ -165,21 +168,23 @@ def _split_into(tmp: Path, corpus: str, tokenizer, heldout_fraction: float) -> N
         raise DataError(f"corpus {corpus!r} holds no documents")
     held = heldout_split(digests, sources, heldout_fraction)
     if held.all() or not held.any():
-        raise DataError(f"corpus {corpus!r} has {len(lengths)} document(s): too few to hold some out for "
-                        "evaluation; give it at least two (a text file splits at runs of two or more blank lines)")
+        raise DataError(f"corpus {corpus!r} has {len(set(digests))} distinct document(s) ({len(lengths)} in all): "
+                        "too few to hold some out for evaluation; give it at least two (a text file splits at runs "
+                        "of two or more blank lines)")
     tokens = np.memmap(tmp / "all.bin", dtype=token_dtype(tokenizer.vocab_size), mode="r")
     offsets = np.concatenate([[0], np.cumsum(lengths)[:-1]])
     order = np.asarray(sorted(range(len(lengths)), key=lambda i: (digests[i], i)), dtype=np.int64)
     names = sorted(set(sources))
-    source_ids = np.asarray([names.index(s) for s in sources], dtype=np.int16)
+    index = {name: k for k, name in enumerate(names)}  # int32: one source per file can pass int16's 32767
+    source_ids = np.asarray([index[s] for s in sources], dtype=np.int32)
     counts = {}
     for split, keep in (("train", ~held), ("heldout", held)):
         ids = order[keep[order]]
         np.save(tmp / f"{split}.starts.npy", _write_documents(tokens, offsets, lengths, ids, tmp / f"{split}.bin"))
         np.save(tmp / f"{split}.sources.npy", source_ids[ids])
         counts[split] = {"documents": len(ids), "tokens": int(lengths[ids].sum()),
-                         "tokens_per_source": {n: int(lengths[ids][source_ids[ids] == k].sum())
-                                               for k, n in enumerate(names)}}
+                         "tokens_per_source": dict(zip(names, np.bincount(source_ids[ids], weights=lengths[ids],
+                                                                          minlength=len(names)).astype(int).tolist()))}
     del tokens
     (tmp / "all.bin").unlink()
     (tmp / "done").write_text(json.dumps({"corpus": corpus, "tokenizer": tokenizer.name, "split": SPLIT_RULE,

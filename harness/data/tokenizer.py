@@ -5,6 +5,7 @@ mirror (the Llama-2 32k BPE, a BPE trained on a corpus) or from a path.
 from __future__ import annotations
 
 import gzip
+import hashlib
 import re
 from pathlib import Path
 
@@ -18,6 +19,7 @@ class ByteTokenizer:
     name = "bytes"
     vocab_size = 257
     eos_id = 256
+    fingerprint = "bytes"
 
     def encode(self, text: str) -> list[int]:
         return list(text.encode("utf-8"))
@@ -28,22 +30,24 @@ class ByteTokenizer:
 
 class HFTokenizer:
     """A `tokenizers` tokenizer.json (or .json.gz), e.g. the Llama-2 32k BPE; no special tokens
-    are added on encode."""
+    are added on encode. `fingerprint` is the sha256 of its JSON (as MANIFEST.json records it): a
+    name or path says nothing about the ids, since one retrained under the same name (--force)
+    encodes differently."""
 
     def __init__(self, path: Path, name: str | None = None):
         from tokenizers import Tokenizer
         self.path = Path(path)
         self.name = name or str(path)
         try:
-            if self.path.suffix == ".gz":
-                self._tok = Tokenizer.from_str(gzip.decompress(self.path.read_bytes()).decode("utf-8"))
-            else:
-                self._tok = Tokenizer.from_file(str(path))
+            data = self.path.read_bytes()
+            data = gzip.decompress(data) if self.path.suffix == ".gz" else data
+            self._tok = Tokenizer.from_str(data.decode("utf-8"))
         except Exception as err:  # `tokenizers` raises a bare Exception for a file it cannot parse
             reason = str(err).partition("\n")[0]
             raise DataError(f"tokenizer {path} cannot be loaded ({type(err).__name__}: {reason}); "
                             f"pass a tokenizer.json saved by `tokenizers` (or gzipped, .json.gz), or "
                             f"train.tokenizer=bytes") from None
+        self.fingerprint = hashlib.sha256(data).hexdigest()
         self.vocab_size = self._tok.get_vocab_size()
         eos = next((t for t in ("</s>", "<|endoftext|>", "<eos>") if self._tok.token_to_id(t) is not None), None)
         if eos is None:

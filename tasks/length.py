@@ -36,6 +36,7 @@ import torch
 import torch.nn.functional as F
 from rich.progress import track
 
+from harness.data.corpus import jsonl_lines
 from harness.data.paths import DataError
 from harness.memory import stop_sweep_at
 from harness.registry import register_task
@@ -67,7 +68,7 @@ def long_stream(tokenizer) -> tuple[np.ndarray, str]:
             if i == len(LENGTH_DATASETS) - 1:
                 raise
     ids: list[int] = []
-    for line in path.read_text(encoding="utf-8").splitlines():
+    for line in jsonl_lines(path.read_text(encoding="utf-8")):
         if line.strip():
             ids += tokenizer.encode(json.loads(line)["page"]) + [tokenizer.eos_id]
     return np.asarray(ids, dtype=np.int64), name

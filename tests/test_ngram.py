@@ -188,7 +188,7 @@ def test_a_finished_fit_is_reused_and_a_longer_one_counts_on(counted, tmp_path):
 def test_fitting_is_one_process():
     cfg = load_config("tiny", overrides=SHORT)
     with pytest.raises(ConfigError, match="fitted by counting, in one process"):
-        fit_by_counting(NGramLM(257, 2), "bigram", cfg, None, None, None, 2, SimpleNamespace(world_size=2))
+        fit_by_counting(NGramLM(257, 2), "bigram", cfg, None, None, None, 2, SimpleNamespace(world_size=2), "bytes")
 
 
 def test_counts_are_those_of_the_runs_training_sequences(tmp_path):

@@ -165,6 +165,28 @@ def test_finished_run_is_reused(straight):
     assert len(read_log(run_dir / LOG_FILE)) == 8 and (run_dir / "loss.png").is_file()
 
 
+def test_a_checkpoint_is_read_only_with_the_tokenizer_it_was_trained_with(tmp_path):
+    """A BPE retrained under its name (`harness data train-tokenizer --force`) gives other ids: a
+    checkpoint trained with the old one was evaluated and resumed with the new one, silently."""
+    from harness.data import corpus, importers
+    path = tmp_path / "bpe.json"
+    path.write_text(importers.train_bpe("bundled", 512)[0].to_str())
+    cfg = short_cfg(f"train.tokenizer={path}", "model.vocab_size=512")
+    run_dir = tmp_path / "run"
+    train("swat", cfg, run_dir, "cpu")
+    assert read_meta(run_dir / CHECKPOINT_DIR)["tokenizer_sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
+    load_checkpoint(run_dir / CHECKPOINT_DIR)
+    shouted = tmp_path / "shouted"
+    shouted.mkdir()
+    (shouted / "wiki.txt").write_text(corpus.BUNDLED_TEXT.read_text().upper())
+    path.write_text(importers.train_bpe(str(shouted), 512)[0].to_str())
+    retrained = f"{run_dir / CHECKPOINT_DIR} was trained with tokenizer {path} of sha256 .*, but {path} is now another"
+    with pytest.raises(TrainingError, match=retrained):
+        load_checkpoint(run_dir / CHECKPOINT_DIR)
+    with pytest.raises(TrainingError, match=retrained):
+        train("swat", cfg, run_dir, "cpu")
+
+
 def test_interrupted_save_leaves_previous_checkpoint(straight, tmp_path, monkeypatch):
     """A save that dies half-written keeps the last checkpoint; the resumed run still matches."""
     real_save, calls = torch.save, []

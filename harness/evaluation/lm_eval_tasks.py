@@ -23,6 +23,7 @@ from typing import Any, Callable
 
 from harness.config import ConfigError
 from harness.data import mirror
+from harness.data.corpus import jsonl_lines
 from harness.data.paths import DataError, cache_dir
 from harness.evaluation.request_cache import batch_request_cache
 from harness.files import atomic_write_text
@@ -298,6 +299,6 @@ def chance_levels() -> dict[str, float]:
         path = mirror.stored_file(task.dataset, next(iter(ds.splits)))
         if path is None:
             continue
-        records = [json.loads(line) for line in mirror.read_stored(path).decode("utf-8").splitlines() if line.strip()]
+        records = [json.loads(line) for line in jsonl_lines(mirror.read_stored(path).decode("utf-8")) if line.strip()]
         out[name] = mean(1 / task.choices(r) for r in records) if records else None
     return out

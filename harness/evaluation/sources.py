@@ -369,6 +369,16 @@ class TransformersTokenizer:
             raise DataError(f"tokenizer of {name} has no end-of-sequence token")
         self.eos_id = tok.eos_token_id
 
+    @property
+    def fingerprint(self) -> str:
+        """sha256 of what decides the ids (a fast tokenizer's whole definition, else its class and
+        vocabulary): the token streams' cache key (`streams_folder`), so that another tokenizer of
+        the same folder name is not handed this one's tokens."""
+        backend = getattr(self._tok, "backend_tokenizer", None)
+        text = (backend.to_str() if backend is not None
+                else json.dumps([type(self._tok).__name__, self._tok.get_vocab()], sort_keys=True))
+        return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
     def encode(self, text: str) -> list[int]:
         return self._tok.encode(text, add_special_tokens=False)
 

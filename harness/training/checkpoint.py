@@ -296,6 +296,27 @@ def no_space(err: BaseException, folder: Path) -> OSError | None:
     return None
 
 
+TOKENIZER_KEY = "tokenizer_sha256"  # meta.json: the content of the tokenizer the weights' ids are of
+
+
+def check_tokenizer_unchanged(meta: dict, ckpt: Path) -> None:
+    """A checkpoint is read only with the tokenizer it was trained with: train.tokenizer names a file
+    (a mirror name or a path), and one retrained under that name (`harness data train-tokenizer
+    --force`) gives other ids, which the weights would read as garbage, silently. Checkpoints written
+    before meta.json recorded the tokenizer's content are not checked."""
+    saved = meta.get(TOKENIZER_KEY)
+    if saved is None:
+        return
+    from harness.data.tokenizer import get_tokenizer
+    name = Config.from_dict(meta["config"]).train.tokenizer
+    now = get_tokenizer(name).fingerprint
+    if now != saved:
+        raise TrainingError(f"{ckpt} was trained with tokenizer {name} of sha256 {saved[:12]}, but {name} is now "
+                            f"another (sha256 {now[:12]}; retrained?); restore the tokenizer it was trained with, or "
+                            f"train anew: `harness train ... --no-resume` (or another --out), "
+                            f"`harness run ... --force`")
+
+
 def load_checkpoint(path: Path, device="cpu"):
     """(model, Config, model name, meta) from a checkpoint folder written by `save_checkpoint`."""
     from safetensors import SafetensorError
@@ -308,6 +329,7 @@ def load_checkpoint(path: Path, device="cpu"):
     meta = read_meta(path)
     verify_checkpoint(path, meta, (WEIGHTS_FILE,))
     check_plugin_unchanged(meta, path)
+    check_tokenizer_unchanged(meta, path)
     cfg = Config.from_dict(meta["config"])
     model = runnable_model(meta["model"], cfg.model, device)
     try:
@@ -356,6 +378,7 @@ def _check_resumable(meta: dict, model_name: str, cfg: Config, ckpt: Path, count
     if meta["model"] != model_name:
         raise ConfigError(f"{ckpt} holds a {meta['model']} checkpoint, not {model_name}; {hint}")
     check_plugin_unchanged(meta, ckpt)
+    check_tokenizer_unchanged(meta, ckpt)
     if saved.to_dict()["model"] != cfg.to_dict()["model"]:
         raise ConfigError(f"{ckpt} was trained with another model config; {hint}")
     old, new = saved.to_dict()["train"], cfg.to_dict()["train"]

@@ -15,6 +15,7 @@ from harness.results.provenance import provenance
 from harness.training.batches import batch_at
 from harness.training.checkpoint import (
     CHECKPOINT_DIR,
+    TOKENIZER_KEY,
     TRAINER_FILE,
     _check_resumable,
     _read_state,
@@ -36,7 +37,8 @@ def is_counted(meta: dict) -> bool:
 
 
 def fit_by_counting(model, model_name: str, cfg: Config, run_dir: Path, train_stream: TokenStream,
-                    held_stream: TokenStream, micro: int, d: Dist, resume: bool = True) -> TrainResult:
+                    held_stream: TokenStream, micro: int, d: Dist, tokenizer_sha256: str,
+                    resume: bool = True) -> TrainResult:
     """Fit a model that learns by counting (`fitted_by_counting`: the n-gram reference rows) on
     exactly the batches the gradient loop would visit: step s counts `batch_at` sequences
     [s * S, (s + 1) * S) of the seeded order (S sequences per step), so it sees the same tokens,
@@ -50,7 +52,7 @@ def fit_by_counting(model, model_name: str, cfg: Config, run_dir: Path, train_st
     batch, the speed and FLOP fields are None, and there is no per-step log (no loss curve).
     train.compile, activation_checkpointing and fused_ce do not apply and are ignored (`applied`
     says both off). A checkpoint with fewer steps (a run given more train.tokens) is counted on
-    from its position.
+    from its position. tokenizer_sha256: as a trained model's meta.json records it.
     One process: counting the tokens costs a small fraction of training a neural model on them."""
     if d.world_size > 1:
         raise ConfigError(f"{model_name} is fitted by counting, in one process; run it without torchrun "
@@ -90,6 +92,6 @@ def fit_by_counting(model, model_name: str, cfg: Config, run_dir: Path, train_st
             "world_size": 1, "parallel": None, "flops_per_token": None, "applied": {"compile": False, "fused_ce": False},
             "step": tcfg.steps, "tokens": tokens,
             "heldout_loss": held, "train_loss": train_loss, "tokens_per_s": None, "mfu": None, "peak_flops": None,
-            "peak_mem_gib": None, "peak_mem_gib_per_rank": [None]}
+            "peak_mem_gib": None, "peak_mem_gib_per_rank": [None], TOKENIZER_KEY: tokenizer_sha256}
     path = save_checkpoint(run_dir, model, None, meta, {"step": tcfg.steps, "position": position}, d)
     return TrainResult(model, tcfg.steps, tokens, train_loss, held, meta["params"], time.time() - t0, path)

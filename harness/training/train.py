@@ -37,6 +37,7 @@ from harness.training import distributed
 from harness.training.batches import _batch_layout, batch_at
 from harness.training.checkpoint import (
     CHECKPOINT_DIR,
+    TOKENIZER_KEY,
     _check_resumable,
     _resume,
     has_checkpoint,
@@ -141,11 +142,13 @@ def train(model_name: str, cfg: Config, run_dir: Path, device: str | None = None
         model = runnable_model(model_name, cfg.model, d.device)  # refused before the run folder holds anything
         if getattr(model, "fitted_by_counting", False):
             micro = _batch_layout(tcfg, d.world_size)[1]
-            return fit_by_counting(model, model_name, cfg, run_dir, train_stream, held_stream, micro, d, resume)
+            return fit_by_counting(model, model_name, cfg, run_dir, train_stream, held_stream, micro, d,
+                                   tokenizer.fingerprint, resume)
         note = warmup_note(tcfg)
         if d.is_main and note:
             print(note, file=sys.stderr, flush=True)
-        job = build(model_name, cfg, run_dir, d, model, parallel, train_stream, held_stream, resume)
+        job = build(model_name, cfg, run_dir, d, model, parallel, train_stream, held_stream, resume,
+                    tokenizer.fingerprint)
         progress = restore(job)
         if progress is None:  # finished: its checkpoint is the result
             meta = read_meta(job.ckpt)
@@ -266,11 +269,12 @@ def warmup_note(tcfg: TrainConfig) -> str | None:
 
 
 def build(model_name: str, cfg: Config, run_dir: Path, d: Dist, model: torch.nn.Module, parallel: str,
-          train_stream: TokenStream, held_stream: TokenStream, resume: bool) -> Job:
+          train_stream: TokenStream, held_stream: TokenStream, resume: bool, tokenizer_sha256: str) -> Job:
     """The model with the training options applied from outside (fused loss, activation
     checkpointing, compiled layers), wrapped for the job (DDP or FSDP2), its optimizer, and a cut
     checkpoint swap in the run folder repaired. Nothing else in the folder changes until the first
-    step has computed (`open_run`)."""
+    step has computed (`open_run`). tokenizer_sha256: the content of the tokenizer whose ids the
+    streams hold, which meta.json records (`check_tokenizer_unchanged`)."""
     tcfg = cfg.train
     seqs_per_step, micro, accum = _batch_layout(tcfg, d.world_size)
     params, flops = count_params(model), flops_per_token(model, tcfg.seq_len)
@@ -282,7 +286,8 @@ def build(model_name: str, cfg: Config, run_dir: Path, d: Dist, model: torch.nn.
     d.barrier()
     meta = {"model": model_name, "config": cfg.to_dict(), "commit": provenance(str(d.device))["commit"],
             "params": params, "world_size": d.world_size, "parallel": parallel, "flops_per_token": flops.as_dict(),
-            "applied": applied}  # what the auto switches resolved to here
+            "applied": applied,  # what the auto switches resolved to here
+            TOKENIZER_KEY: tokenizer_sha256}
     plugin = get_model(model_name).plugin_file
     if plugin is not None:  # the code that trains these weights: resuming or reusing them needs the same
         meta["plugin"] = plugin.record()

@@ -425,7 +425,8 @@ def cmd_tables(args) -> None:
     else:
         sys.stdout.write(text)
     if args.plots:
-        written = write_plots(rows + refs, Path(args.plots), configs, [rows_file.parent for _, rows_file in runs],
+        from harness.evaluation.sources import kept_logs
+        written = write_plots(rows + refs, Path(args.plots), configs, kept_logs([f.parent for _, f in runs]),
                               table=args.table)
         none = (f"none: the rows hold nothing for the {args.table} table's plots ({TABLE_PLOTS[args.table]})"
                 if args.table in TABLE_PLOTS else

@@ -344,8 +344,10 @@ def test_cli_run_end_to_end_then_reuse(tmp_path):
         meta = json.loads((run / "train" / f"{model}_meta.json").read_text())
         steps = [json.loads(line) for line in (run / "train" / f"{model}_train_log.jsonl").read_text().splitlines()]
         assert meta["tokens"] == 8192 and steps[-1]["tokens"] == 8192 and "loss" in steps[-1]
+    from harness.evaluation.sources import kept_logs
     from harness.results.plots import write_plots
-    assert {p.name for p in write_plots([], tmp_path / "plots", {}, [run])} == {"loss_curves.png", "loss_curves.csv"}
+    written = write_plots([], tmp_path / "plots", {}, kept_logs([run]))
+    assert {p.name for p in written} == {"loss_curves.png", "loss_curves.csv"}
     curves = (tmp_path / "plots" / "loss_curves.csv").read_text().splitlines()
     assert curves[0] == "run,model,tokens,loss" and {line.split(",")[1] for line in curves[1:]} == {"swat", "transformer"}
     assert (tmp_path / "plots" / "loss_curves.png").read_bytes()[:4] == b"\x89PNG"

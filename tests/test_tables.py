@@ -1033,3 +1033,23 @@ def test_a_small_retrieval_accuracy_shows_its_digits_not_a_zero():
             for m, v in (("swat", 0.000244140625), ("mamba", 0.0))]
     assert list(groups(build("retrieval", rows)).values()) == [{"mamba kv=64": ["0.0 ± 0.0"],
                                                                 "swat kv=64": ["**0.024 ± 0.024**"]}]
+
+
+def test_loss_curves_give_a_model_one_colour_and_a_run_one_line_style(tmp_path, monkeypatch):
+    """Colours went by position: swat's seed-1 line took gla's colour, and its seed-0 line another.
+    Where the runs outnumber the models (ablations of one model), the colours go by run."""
+    from harness.results import plots
+    drawn = {}
+
+    def capture(fig, out_dir, name, header, lines):
+        drawn.update({line.get_label(): (line.get_color(), line.get_linestyle()) for line in fig.axes[0].get_lines()})
+        plots.pyplot().close(fig)
+        return []
+    monkeypatch.setattr(plots, "_write_plot", capture)
+    records = [{"tokens": 1, "loss": 3.0}, {"tokens": 2, "loss": 2.0}]
+    plots.loss_curves({("seed0", "swat"): records, ("seed0", "gla"): records, ("seed1", "swat"): records}, tmp_path)
+    assert drawn["swat [seed0]"][0] == drawn["swat [seed1]"][0] != drawn["gla [seed0]"][0]
+    assert drawn["swat [seed0]"][1] == drawn["gla [seed0]"][1] != drawn["swat [seed1]"][1]
+    drawn.clear()  # ablation runs of one model: a colour per run
+    plots.loss_curves({(run, "swat"): records for run in ("seed0", "abl-window-64", "abl-rope-false")}, tmp_path)
+    assert len({colour for colour, _ in drawn.values()}) == 3

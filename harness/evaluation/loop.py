@@ -37,6 +37,7 @@ from harness.config import Config, ConfigError, config_difference, config_hash, 
 from harness.data import mirror
 from harness.data.paths import DataError
 from harness.evaluation.sources import (
+    RECORD_DIR,
     ModelSource,
     RunError,
     TrainedSource,
@@ -132,7 +133,7 @@ def run_models(models: list[str], task_names: list[str], cfg: Config, run_name: 
         get_model(name)  # an unknown name stops the run first, naming the known ones
     main = distributed.is_main_process()
     out = Path(results_dir) / run_name
-    sources = [TrainedSource(name, cfg, Path(runs_dir) / run_name / name, out / "train", force,
+    sources = [TrainedSource(name, cfg, Path(runs_dir) / run_name / name, out / RECORD_DIR, force,
                              on_step if main else None, writes_record=main) for name in models]
     record = {"config": cfg.to_dict(), "config_hash": config_hash(cfg)}
     plugins = {name: spec.plugin_file.record() for name in models if (spec := get_model(name)).plugin_file}

@@ -51,7 +51,7 @@ from harness.training.checkpoint import (
     verify_checkpoint,
 )
 from harness.training.train import train
-from harness.training.trainlog import LOG_FILE
+from harness.training.trainlog import LOG_FILE, read_log
 
 
 class RunError(RuntimeError):
@@ -275,6 +275,15 @@ def check_trainable(name: str, cfg: Config, device: str, world_size: int) -> Non
     if cfg.train.activation_checkpointing and not layers_of(model):
         raise RunError(f"train.activation_checkpointing needs a model with a `blocks` ModuleList (the shared "
                        f"backbone), which {spec.name} lacks; set train.activation_checkpointing=false")
+
+
+RECORD_DIR = "train"  # results/<run>/train/: the copies of its runs' training records (`record_copies`)
+
+
+def kept_logs(results_dirs: list[Path]) -> dict[tuple[str, str], list[dict]]:
+    """The per-step training logs that results folders keep, read: {(folder name, model): records}."""
+    return {(Path(d).name, f.name[:-len(f"_{LOG_FILE}")]): read_log(f)
+            for d in results_dirs for f in sorted((Path(d) / RECORD_DIR).glob(f"*_{LOG_FILE}"))}
 
 
 def record_copies(out: Path, name: str) -> dict[str, Path]:

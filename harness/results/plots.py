@@ -188,24 +188,41 @@ def accuracy_vs_tokens(rows: list[Row], out_dir: Path, run_configs: dict | None 
                        ["task", "metric", "series", "tokens_trained", "accuracy_pct", "run"], lines)
 
 
-def loss_curves(run_dirs: list[Path], out_dir: Path, smooth_steps: int = 10) -> list[Path]:
-    """Training loss against tokens, one line per (run, model): the matched-budget runs' curves side
-    by side. Each line is the mean of the last `smooth_steps` steps' losses; the CSV has every step."""
-    from harness.training.trainlog import LOG_FILE, read_log, trailing_mean
-    logs = {(Path(d).name, f.name[:-len(f"_{LOG_FILE}")]): f
-            for d in run_dirs for f in sorted((Path(d) / "train").glob(f"*_{LOG_FILE}"))}
+def trailing_mean(values: list[float], span: int) -> list[float]:
+    """Each value replaced by the mean of it and the span - 1 before it (fewer at the start)."""
+    return [sum(values[max(0, i - span + 1):i + 1]) / (i + 1 - max(0, i - span + 1)) for i in range(len(values))]
+
+
+def _line_look(i: int, model: int, run: int, models: int, runs: int) -> dict:
+    """Colour and line style of the i-th line, of the model-th model and run-th run: a colour per
+    model and a style per run, or the other way round where the runs outnumber the models, when the
+    10 colours and the styles tell every pair apart; else the i-th colour and style in turn
+    (distinct for 30 lines)."""
+    ways = [(model, run, models, runs), (run, model, runs, models)]
+    for colour, style, colours, styles in (ways[::-1] if runs > models else ways):
+        if colours <= 10 and styles <= len(LINESTYLES):
+            return {"color": f"C{colour}", "linestyle": LINESTYLES[style]}
+    return {"color": f"C{i % 10}", "linestyle": LINESTYLES[i // 10 % len(LINESTYLES)]}
+
+
+def loss_curves(logs: dict[tuple[str, str], list[dict]], out_dir: Path, smooth_steps: int = 10) -> list[Path]:
+    """Training loss against tokens, one line per (run, model) of `logs` (their per-step records):
+    the matched-budget runs' curves side by side. A colour per model and a line style per run (the
+    seeds of one model alike in colour), or a colour per run and a style per model (ablation runs
+    of one model), where that gives every line its own look; else colours and styles in turn.
+    Each line is the mean of the last `smooth_steps` steps' losses; the CSV has every step."""
+    logs = {key: records for key, records in logs.items() if records}
     if not logs:
         return []
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    several_runs = len({run for run, _ in logs}) > 1
+    models = list(dict.fromkeys(model for _, model in logs))
+    runs = list(dict.fromkeys(run for run, _ in logs))
     lines = []
-    for i, ((run, model), path) in enumerate(logs.items()):
-        records = read_log(path)
+    for i, ((run, model), records) in enumerate(logs.items()):
         tokens, loss = [r["tokens"] for r in records], [r["loss"] for r in records]
-        # past the 10 colours of the cycle the line style changes, so that no two lines look alike
-        ax.plot(tokens, trailing_mean(loss, smooth_steps), color=f"C{i % 10}", linestyle=LINESTYLES[i // 10 % 3],
-                label=model + (f" [{run}]" if several_runs else ""))
+        look = _line_look(i, models.index(model), runs.index(run), len(models), len(runs))
+        ax.plot(tokens, trailing_mean(loss, smooth_steps), **look, label=model + (f" [{run}]" if len(runs) > 1 else ""))
         lines += [[run, model, t, v] for t, v in zip(tokens, loss)]
     ax.set_xlabel("training tokens")
     ax.set_ylabel(f"train loss (nats/token, mean of {smooth_steps} steps)")
@@ -221,10 +238,10 @@ TABLE_PLOTS = {"main": "acc_vs_tokens, loss_curves", "length": "ppl_vs_length", 
 
 
 def write_plots(rows: list[Row], out_dir: Path, run_configs: dict | None = None,
-                run_dirs: list[Path] = (), table: str | None = None) -> list[Path]:
+                logs: dict[tuple[str, str], list[dict]] | None = None, table: str | None = None) -> list[Path]:
     """The plots of the table `table` (TABLE_PLOTS), or every plot where none is named, as far as
-    the rows (and the run folders' training logs) allow; returns the files written."""
-    plots = {"main": lambda: accuracy_vs_tokens(rows, out_dir, run_configs) + loss_curves(run_dirs, out_dir),
+    the rows (and the training logs, {(run, model): records}) allow; returns the files written."""
+    plots = {"main": lambda: accuracy_vs_tokens(rows, out_dir, run_configs) + loss_curves(logs or {}, out_dir),
              "length": lambda: ppl_vs_length(rows, out_dir, run_configs),
              "speed": lambda: speed_curves(rows, out_dir, run_configs)}
     kinds = list(plots) if table is None else [table] if table in plots else []

@@ -146,19 +146,13 @@ def _open_sink(kind: str, run_dir: Path, config: dict, name: str):
     return write
 
 
-def trailing_mean(values: list[float], span: int) -> list[float]:
-    """Each value replaced by the mean of it and the span - 1 before it (fewer at the start)."""
-    return [sum(values[max(0, i - span + 1):i + 1]) / (i + 1 - max(0, i - span + 1)) for i in range(len(values))]
-
-
 def plot_loss(run_dir: Path, title: str, heldout: float | None = None) -> Path | None:
     """Training loss (raw and smoothed) against tokens from the run's log into <run>/loss.png."""
+    from harness.results.plots import pyplot, save_figure, trailing_mean
     records = read_log(Path(run_dir) / LOG_FILE)
     if not records:
         return None
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
     tokens = [r["tokens"] for r in records]
     loss = [r["loss"] for r in records]
     span = max(1, len(loss) // 50)
@@ -176,10 +170,7 @@ def plot_loss(run_dir: Path, title: str, heldout: float | None = None) -> Path |
     ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend()
-    fig.tight_layout()
     path = Path(run_dir) / PLOT_FILE
-    tmp = path.with_name(f".{PLOT_FILE}.tmp{os.getpid()}.png")
-    fig.savefig(tmp)
+    save_figure(fig, path)
     plt.close(fig)
-    os.replace(tmp, path)
     return path

@@ -460,13 +460,13 @@ def cmd_bench_models(args) -> None:
     """Training / prefill / decode throughput and memory sweeps of whole models."""
     import torch
 
-    from harness.bench import device_slug, parse_ints
     from harness.bench import models as bm
+    from harness.bench import parse_ints
     from harness.config import ConfigError
     from harness.evaluation.loop import default_device
     from harness.files import atomic_write_text
     from harness.registry import get_model, load_plugins
-    from harness.results.provenance import device_name
+    from harness.results.provenance import device_name, device_slug
     from harness.results.tables import peer_ratio_table, render
     load_plugins(args.plugin)
     cfg = config_from(args)

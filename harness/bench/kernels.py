@@ -31,9 +31,9 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from harness.bench import device_slug
 from harness.bench.timing import attention_flops, band_pairs, median_ms
 from harness.config import ConfigError
+from harness.results.provenance import device_slug
 
 PEERS = ("swat", "flex", "fla", "flash_attn", "sdpa", "triton_sigmoid")
 MODES = ("fwd", "fwd_bwd", "decode")

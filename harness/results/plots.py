@@ -20,6 +20,7 @@ import math
 from pathlib import Path
 
 from harness.files import atomic_write_text
+from harness.results.provenance import device_slug
 from harness.results.store import Row
 from harness.results.tables import (
     ACC_COLUMNS,
@@ -139,7 +140,6 @@ def ppl_vs_length(rows: list[Row], out_dir: Path, run_configs: dict | None = Non
 def speed_curves(rows: list[Row], out_dir: Path, run_configs: dict | None = None) -> list[Path]:
     """A plot per speed task and metric, and per device where the rows hold several: a timing is
     its device's (one series never joins two GPUs' points); the file then names the device."""
-    from harness.bench import device_slug
     written = []
     for task in SPEED_TASKS:
         for metric in sorted({r.metric for r in rows if r.task == task}):

@@ -8,6 +8,7 @@ from __future__ import annotations
 import datetime as _dt
 import os
 import platform
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -104,6 +105,11 @@ def device_name(device: str = "cuda") -> str:
     if str(device).startswith("cuda") and torch.cuda.is_available():
         return torch.cuda.get_device_name(torch.device(device))
     return f"cpu ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)"
+
+
+def device_slug(name: str) -> str:
+    """A folder name for a device: 'NVIDIA H100 80GB HBM3' -> 'nvidia-h100-80gb-hbm3'."""
+    return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
 
 
 def versions() -> dict[str, Any]:

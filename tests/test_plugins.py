@@ -234,6 +234,61 @@ def test_every_built_in_model_keeps_the_contract_on_a_cpu():
     assert {"swat", "transformer", "mamba", "mamba2", "unigram", "bigram"} <= set(checked)
 
 
+# ---------------------------------------------------------------- parameter matching
+
+WIDE = """
+    class M(nn.Module):  # an LSTM-like core: its count grows with the square of cfg.d_inner
+        def __init__(self, cfg):
+            super().__init__()
+            self.emb, self.head = nn.Embedding(cfg.vocab_size, cfg.d_inner), nn.Linear(cfg.d_inner, cfg.vocab_size)
+            self.core = nn.Linear(cfg.d_inner, %s * cfg.d_inner)
+        def forward(self, ids, *a, **k):
+            return self.head(self.core(self.emb(ids))[..., :self.emb.embedding_dim])
+    register_model('t_wide', match='d_inner')(M)
+"""
+
+
+@pytest.mark.parametrize("preset", ["tiny", "340m"])
+def test_a_count_that_grows_faster_than_its_size_is_still_matched(tmp_path, capsys, preset):
+    """The solve took counts as affine in the size: a squared width landed 37% over the reference's count
+    at tiny and 64% over at 340m, and trained as parameter-matched."""
+    from harness.model.build import matched_config, params_of
+    assert cli.main(["list", "--plugin", str(plugin(tmp_path / "wide.py", WIDE % 8)), "--model", "t_wide"]) == 0
+    cfg = load_config(preset).model
+    count, reference = params_of("t_wide", matched_config("t_wide", cfg)), params_of("transformer", cfg)
+    assert abs(count - reference) / reference < 0.02, (count, reference)
+
+
+UNMATCHABLE = [  # (plugin body registering `t_unmatched` with match='d_inner', what the one error line says)
+    ("register_model('t_unmatched', match='d_inner')(lambda cfg: DecoderLM(cfg, lambda cfg, i: "
+     "CausalAttention(cfg)))\n", "model t_unmatched is registered with match='d_inner', but its parameter count "
+     "does not grow with model.d_inner (123,264 at 8, 123,264 at 64); size the model from cfg.d_inner, or drop "
+     "match"),
+    ("""
+     class M(nn.Module):  # its fixed part alone outweighs the reference
+         def __init__(self, cfg):
+             super().__init__()
+             self.emb, self.head = nn.Embedding(cfg.vocab_size, 64), nn.Linear(64, cfg.vocab_size)
+             self.fixed, self.sized = nn.Linear(64, 2000), nn.Linear(64, cfg.d_inner)
+         def forward(self, ids, *a, **k):
+             return self.head(self.emb(ids))
+     register_model('t_unmatched', match='d_inner')(M)
+     """, "model t_unmatched cannot be matched to the reference transformer's 123,264 parameters by sizing "
+         "model.d_inner: at d_inner=1 it has 163,218; make the rest of the model smaller, or set model.d_inner"),
+]
+
+
+@pytest.mark.parametrize("body, message", UNMATCHABLE)
+def test_a_model_its_match_cannot_size_is_one_error_line(tmp_path, capsys, body, message):
+    """A field the builder does not read was a ZeroDivisionError traceback; a model too large at its
+    smallest size trained at size 1, three times the reference's count, as a matched model."""
+    path = plugin(tmp_path / "unmatched.py", body)
+    assert cli.main(["train", "--model", "t_unmatched", "--plugin", str(path), "--device", "cpu", "--out",
+                     str(tmp_path / "out"), *ONE_STEP]) == 2
+    one_error_line(capsys.readouterr().err, message)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["unmatched.py"]
+
+
 # ---------------------------------------------------------------- plugin tasks
 
 @pytest.fixture(scope="module")

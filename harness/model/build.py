@@ -28,6 +28,8 @@ from harness.registry import ContractError, ModelSpec, RegistryError, get_model,
 
 MATCH_MULTIPLE = 8  # solved sizes prefer multiples of 8 (tensor-core friendly)...
 MATCH_TOLERANCE = 0.005  # ...when that costs at most 0.5% of the parameter budget
+MATCH_REACH = 0.02  # a solved size lands this close to the reference count, or the model is refused
+MATCH_STEPS = 32  # secant steps of the solve: an affine count needs one, a quadratic one a handful
 CONTRACT_SHAPE = (2, 16)  # the contract check's batch [B, T] (T at most model.max_seq_len): milliseconds
 # step() against the forward, relative logit error: fp32 reaches ~1e-6 on a CPU, ~1e-3 where a GPU's
 # fp32 dots run in tf32; a step that loses its state is off by tens of percent
@@ -113,7 +115,9 @@ def non_embedding_params(name: str, cfg: ModelConfig) -> int:
 
 def matched_config(name: str, cfg: ModelConfig) -> ModelConfig:
     """cfg with the model's `match` field solved for the reference parameter count, or cfg itself
-    when the model has no such field or the user set it explicitly."""
+    when the model has no such field or the user set it explicitly. A size that cannot bring the
+    model within MATCH_REACH of the reference (a field the builder does not read, a model too large
+    at its smallest) is refused: its rows would pass for parameter-matched ones."""
     spec = get_model(name)
     if spec.match is None or getattr(cfg, spec.match) is not None:
         return cfg
@@ -122,15 +126,41 @@ def matched_config(name: str, cfg: ModelConfig) -> ModelConfig:
     except ConfigError as err:  # the user asked for `name`: say why the reference is built at all
         raise ConfigError(f"model {name} is matched in parameters to the reference model {reference_model()}: "
                           f"{err}") from None
-    lo, hi = MATCH_MULTIPLE, 8 * MATCH_MULTIPLE
-    p_lo = params_of(name, dataclasses.replace(cfg, **{spec.match: lo}))
-    p_hi = params_of(name, dataclasses.replace(cfg, **{spec.match: hi}))
-    per_unit = (p_hi - p_lo) / (hi - lo)  # counts are affine in the solved size
-    guess = lo + (target - p_lo) / per_unit
+
+    @functools.lru_cache(maxsize=None)
+    def count(size: int) -> int:
+        return params_of(name, dataclasses.replace(cfg, **{spec.match: size}))
+
+    guess, per_unit = _solved_size(spec, count, target)
     aligned = max(MATCH_MULTIPLE, round(guess / MATCH_MULTIPLE) * MATCH_MULTIPLE)
     # at tiny widths a multiple of 8 can be several percent off: then take the exact size
     best = aligned if abs(aligned - guess) * per_unit <= MATCH_TOLERANCE * target else max(1, round(guess))
+    reached = count(best)
+    if abs(reached - target) > MATCH_REACH * target:
+        raise ConfigError(f"model {name} cannot be matched to the reference {reference_model()}'s {target:,} "
+                          f"parameters by sizing model.{spec.match}: at {spec.match}={best} it has {reached:,}; "
+                          f"make the rest of the model smaller, or set model.{spec.match} (--set "
+                          f"model.{spec.match}=N) to run it unmatched")
     return dataclasses.replace(cfg, **{spec.match: best})
+
+
+def _solved_size(spec: ModelSpec, count: Callable[[int], int], target: int) -> tuple[float, float]:
+    """The size whose count is `target`, and the count's growth per unit of size there: solved
+    from the counts at two sizes, exact where the count is affine in the size (the harness's
+    models), then refined by secant steps where it grows faster (an LSTM's width, squared)."""
+    (low, p_low), (high, p_high) = ((size, count(size)) for size in (MATCH_MULTIPLE, 8 * MATCH_MULTIPLE))
+    for _ in range(MATCH_STEPS):
+        per_unit = (p_high - p_low) / (high - low)
+        if per_unit <= 0:
+            raise ConfigError(f"model {spec.name} is registered with match={spec.match!r}, but its parameter "
+                              f"count does not grow with model.{spec.match} ({p_low:,} at {low}, {p_high:,} at "
+                              f"{high}); size the model from cfg.{spec.match}, or drop match")
+        guess = low + (target - p_low) / per_unit
+        size = max(1, round(guess))
+        if size in (low, high) or abs(count(size) - target) <= per_unit:
+            break
+        (low, p_low), (high, p_high) = (high, p_high), (size, count(size))
+    return guess, per_unit
 
 
 def extra_options(keys: Iterable[str] | Callable[[], Iterable[str]]):

@@ -111,6 +111,7 @@ class TaskSpec:
     plugin_file: PluginFile | None = None
     row_tasks: tuple = ()  # the task names its rows carry, where not its own (speed: speed_train, ...)
     per_device: bool = False  # its rows time the device they ran on: another device's rows are not its result
+    chance: Callable | None = None  # chance(tokenizer name or None) -> a uniform guess's accuracy at its acc rows
 
     @property
     def row_task_names(self) -> tuple:
@@ -147,13 +148,15 @@ def matchable_fields() -> tuple[str, ...]:
 
 # what each kind of registration argument takes, as its error message says it
 ARGUMENT_KINDS = {str: "a string", bool: "True or False", "str?": "a string or None", "strs": "a list of strings",
-                  "str|strs": "a string or a list of strings"}
+                  "str|strs": "a string or a list of strings", "callable?": "a function or None"}
 
 
 def _fits(value, kind) -> bool:
     """Whether value is of the ARGUMENT_KINDS kind `kind`."""
     if kind == "str?":
         return value is None or isinstance(value, str)
+    if kind == "callable?":
+        return value is None or callable(value)
     if kind in ("strs", "str|strs"):
         return (kind == "str|strs" and isinstance(value, str)) or (
             isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value))
@@ -241,7 +244,7 @@ def register_model(name: str, family: str = "custom", requires: tuple = (), matc
 
 def register_task(name: str, group: str | tuple = (), description: str = "", needs_model: bool = True,
                   data_parallel: bool = False, datasets: tuple = (), online: bool = False, override: bool = False,
-                  row_tasks: tuple = (), per_device: bool = False):
+                  row_tasks: tuple = (), per_device: bool = False, chance: Callable | None = None):
     """Decorator over `run(model, tokenizer, ctx) -> list[Row]`; registers it under `name`.
     data_parallel: the task splits its work over the ranks of a torchrun job itself (`ctx.dist`) and
     returns its rows on rank 0; other tasks run on rank 0 alone while the other ranks wait.
@@ -249,13 +252,16 @@ def register_task(name: str, group: str | tuple = (), description: str = "", nee
     is present before any model work, and `harness data list` shows them. online: the task can
     read its dataset from the hub instead (`--online`). row_tasks: the task names its rows carry where
     they are not `name` (one task writing several kinds of row). per_device: its rows are timings of the
-    device they ran on, redone on another device. override: replace a task already
+    device they ran on, redone on another device. chance: `chance(tokenizer name, or None where the
+    run's is unknown)`, the accuracy of a uniform guess at the task's `acc` rows (None where it
+    cannot be told), which tables print beside them. override: replace a task already
     registered as `name`. A task is not named like a group of other tasks, nor is its group another
     task's name: `--tasks NAME` would run the group, or both."""
     check_registration("register_task", name, {
         "group": (group, "str|strs"), "description": (description, str), "needs_model": (needs_model, bool),
         "data_parallel": (data_parallel, bool), "datasets": (datasets, "strs"), "online": (online, bool),
-        "override": (override, bool), "row_tasks": (row_tasks, "strs"), "per_device": (per_device, bool)})
+        "override": (override, bool), "row_tasks": (row_tasks, "strs"), "per_device": (per_device, bool),
+        "chance": (chance, "callable?")})
     groups = (group,) if isinstance(group, str) else tuple(group)
 
     def deco(run: Callable) -> Callable:
@@ -272,7 +278,7 @@ def register_task(name: str, group: str | tuple = (), description: str = "", nee
         _REG.tasks[name] = TaskSpec(name, run, groups,
                                     description or (run.__doc__ or "").strip().split("\n")[0],
                                     needs_model, data_parallel, tuple(datasets), online, **where,
-                                    row_tasks=tuple(row_tasks), per_device=per_device)
+                                    row_tasks=tuple(row_tasks), per_device=per_device, chance=chance)
         _REG.registered += 1
         return run
     return deco

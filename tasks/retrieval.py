@@ -22,6 +22,7 @@ copies perfectly from its context scores 1.0 (tests/test_eval.py checks this wit
 
 from __future__ import annotations
 
+import functools
 import math
 import sys
 from dataclasses import dataclass
@@ -30,6 +31,8 @@ import numpy as np
 import torch
 from rich.progress import track
 
+from harness.data.paths import DataError
+from harness.data.tokenizer import get_tokenizer
 from harness.memory import stop_sweep_at
 from harness.registry import register_task
 
@@ -129,7 +132,12 @@ def sweep(ctx, task: str, lengths: list[int]):
     return track(lengths, description=f"{task} {ctx.model_name}", transient=True)
 
 
-@register_task("passkey", group=("retrieval", "all"),
+def passkey_chance(tokenizer_name: str | None) -> float:
+    """A uniform guess among the keys, whatever the tokenizer."""
+    return 1 / (PASSKEY_KEYS[1] - PASSKEY_KEYS[0])
+
+
+@register_task("passkey", group=("retrieval", "all"), chance=passkey_chance,
                description="passkey retrieval, 1K..32K tokens (<= 32x training length), depths 0..100%")
 def run_passkey(model, tokenizer, ctx):
     autocast, samples, rows = _autocast(ctx), ctx.take(PASSKEY_SAMPLES), []
@@ -195,7 +203,21 @@ def mqar_hits(model, tokenizer, context: int, num_kv: int, samples: int, device,
     return np.concatenate(hits)
 
 
-@register_task("mqar", group=("retrieval", "all"),
+@functools.cache
+def mqar_chance(tokenizer_name: str | None) -> float | None:
+    """A uniform guess among the values `token_pools` draws from with this tokenizer; None where it
+    is unknown or not here."""
+    if tokenizer_name is None:
+        return None
+    try:
+        tokenizer = get_tokenizer(tokenizer_name)
+    except DataError:
+        return None
+    values = token_pools(tokenizer)[1]
+    return 1 / len(values) if len(values) else None
+
+
+@register_task("mqar", group=("retrieval", "all"), chance=mqar_chance,
                description="multi-query associative recall (Zoology) at several key-value counts")
 def run_mqar(model, tokenizer, ctx):
     autocast, samples, rows = _autocast(ctx), ctx.take(MQAR_SAMPLES), []

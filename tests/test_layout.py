@@ -76,3 +76,18 @@ def test_only_the_command_lines_import_the_command_lines():
     entry_points = {"harness.cli", "harness.lm_eval_cli", "harness.__main__"}
     leaning = {name: sorted(imports_of(path, entry_points)) for name, path in files.items() if name not in entry_points}
     assert {name: found for name, found in leaning.items() if found} == {}
+
+
+def test_the_core_imports_no_task_or_baseline_module():
+    """harness/ is what tasks/ and baselines/ build on: they register themselves (the registry imports
+    them by name), and the core reads what they registered, never their modules."""
+    leaning = {}
+    for path in PACKAGE.rglob("*.py"):
+        found = set()
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            names = ([alias.name for alias in node.names] if isinstance(node, ast.Import)
+                     else [node.module] if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module else [])
+            found |= {n for n in names if n.split(".")[0] in ("tasks", "baselines")}
+        if found:
+            leaning[module_name(path)] = sorted(found)
+    assert leaning == {}

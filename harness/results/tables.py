@@ -26,7 +26,6 @@ every cell can be traced to one stored row. The conventions the pivots rely on:
 
 from __future__ import annotations
 
-import functools
 import math
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -1006,9 +1005,9 @@ def retrieval_table(rows: list[Row], references: list[Row] = (), run_configs: di
                          "Columns: prompt (passkey) or sequence (MQAR) length in tokens; accuracy in percent; "
                          "depth: where the key sits in the prompt; kv: key-value pairs to recall.", detail)
     if any("· chance" in label for label, _ in table.groups):
-        table.notes.append(f"chance: the accuracy of a uniform guess, for passkey one of the {passkey_keys():,} "
-                           "five-digit keys, for MQAR one of the values the task draws from (a third of the "
-                           "tokenizer's first 8,192 ordinary ids).")
+        table.notes.append("chance: the accuracy of a uniform guess, for passkey one of the five-digit keys, for "
+                           "MQAR one of the values the task draws from (a third of the tokenizer's first 8,192 "
+                           "ordinary ids).")
     return table
 
 
@@ -1021,38 +1020,22 @@ def _chance_label(rows: list[Row], run_configs: dict) -> str:
 
 
 def chance_level(row: Row, run_configs: dict) -> float | None:
-    """The accuracy of a uniform guess on a passkey or MQAR row: one of the passkey's keys; one of
-    MQAR's values, whose number follows from the run's tokenizer (its config's, else its preset's),
-    as tasks.retrieval.token_pools draws them; None where that tokenizer is unknown or not here."""
-    if row.task == "passkey":
-        return 1 / passkey_keys()
+    """The accuracy of a uniform guess at a row of a task that registers its chance (`register_task`'s
+    `chance`), with the run's tokenizer (its config's, else its preset's, else None: unknown); None
+    where the task gives none, or its chance depends on a tokenizer that is unknown or not here."""
+    from harness.registry import RegistryError, get_task
+    try:
+        chance = get_task(row.task).chance
+    except RegistryError:  # rows of a plugin's task, read without its plugin
+        return None
     config = run_configs.get(row.run) or {}
     name = config.get("train", {}).get("tokenizer") or _preset_tokenizer(config.get("preset", row.preset))
-    return None if name is None else _mqar_chance(name)
-
-
-def passkey_keys() -> int:
-    """How many keys tasks.retrieval draws a passkey from."""
-    from tasks.retrieval import PASSKEY_KEYS
-    return PASSKEY_KEYS[1] - PASSKEY_KEYS[0]
+    return None if chance is None else chance(name)
 
 
 def _preset_tokenizer(preset: str) -> str | None:
     from harness.config import PRESETS, load_config
     return load_config(preset).train.tokenizer if preset in PRESETS else None
-
-
-@functools.cache
-def _mqar_chance(tokenizer_name: str) -> float | None:
-    from harness.data.paths import DataError
-    from harness.data.tokenizer import get_tokenizer
-    from tasks.retrieval import token_pools
-    try:
-        tokenizer = get_tokenizer(tokenizer_name)
-    except DataError:
-        return None
-    values = token_pools(tokenizer)[1]
-    return 1 / len(values) if len(values) else None
 
 
 def compact(table: Table) -> Table:

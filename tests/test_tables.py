@@ -373,6 +373,7 @@ def test_limited_evaluations_are_marked_and_empty_tables_say_what_they_need(tmp_
     rows, refs, configs = collect([str(tmp_path / "quick")], [], tmp_path, warn=pytest.fail)
     text = render(build("main", rows, refs, configs), "md")
     assert md_rows(text)["swat"][col("PIQA acc")] == "65.00 ± 1.10§"
+    assert md_rows(text)["swat"][col("Avg")].endswith("§")  # an average over quick checks is one too
     assert "§ evaluated on the first 20 examples only" in text
     with pytest.raises(ResultsError, match=r"nothing for the length table .*piqa/acc.*harness run --tasks length"):
         build("length", rows, refs, configs)
@@ -879,7 +880,7 @@ def test_limits_sort_as_numbers_and_bold_compares_like_with_like():
     averages = groups(build("main", [row("swat", t, 0.9, 3, m) for t, m in every]
                             + [row("mamba", t, 0.5, None, m) for t, m in every]
                             + [row("gla", t, 0.4, None, m) for t, m in every]))["s"]
-    assert [averages[m][-1] for m in ("swat", "mamba", "gla")] == ["90.00", "**50.00**", "40.00"]
+    assert [averages[m][-1] for m in ("swat", "mamba", "gla")] == ["90.00§", "**50.00**", "40.00"]
 
 
 def test_csv_carries_plain_numbers():

@@ -616,8 +616,9 @@ def main_table(rows: list[Row], references: list[Row] = (), run_configs: dict | 
             if off:
                 unlike.append(f"{entry.label} at {preset} ({avg:.2f}; its cells: {own:.2f})")
             shown = printed_digits(entry.cells[AVERAGE], 2) if AVERAGE in entry.cells else 2
-            line.append(Cell(avg, mark=mark, percent=True, limit=_average_limit(entry), suffix="¶" if off else "",
-                             digits=shown))
+            limit = _average_limit(entry)  # an average over quick checks (--limit) is one too: it keeps their §
+            line.append(Cell(avg, mark=mark, percent=True, limit=limit,
+                             suffix=("§" if limit else "") + ("¶" if off else ""), digits=shown))
             lines.append(line)
             scored.setdefault(entry.source, []).append(line)
             if not entry.reference:

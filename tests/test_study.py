@@ -147,6 +147,11 @@ def test_budget_beyond_max_epochs_is_refused(tmp_path, capsys):
     ({"sizes": {"a": [1]}}, "sizes.a must be a mapping"),
     ({"model": [1]}, "model must be a mapping"),
     ({"sweep.seeds": 0}, "unknown key `sweep.seeds`; known:"),
+    # what the study sets for every run, given in the base config or a size, would be overridden unseen
+    ({"train.tokens": 100}, "train.tokens is set by the study for every run: remove it and give tokens_per_param"),
+    ({"train.seed": 3}, "train.seed is set by the study for every run: remove it and give sweep.seed and final.seeds"),
+    ({"sizes": {"a": {"train": {"lr": 0.1}}, "b": {}}}, "sizes.a.train.lr is set by the study for every run"),
+    ({"sizes": {"a": {}, "b": {"train": {"warmup_tokens": 0}}}}, "sizes.b.train.warmup_tokens is set by the study"),
     # roles: a trained model is no reference, a count-based one sets no budget; sizes smallest first
     ({"models": ["swat"], "focus": ["swat"], "references": ["transformer"]},
      "references names `transformer`, which is trained, not fitted by counting"),
@@ -181,6 +186,39 @@ def copy_losing_rows(finished, tmp_path, lost) -> Path:
     rows = [json.loads(ln) for ln in path.read_text().splitlines()]
     path.write_text("".join(json.dumps(r) + "\n" for r in rows if not lost(r)))
     return path
+
+
+def test_stage_sizes_are_read_smallest_first_however_listed(finished, tmp_path):
+    """final.sizes listed largest first: the gaps' change is still the largest size's gap minus the
+    smallest's, and the loss at the largest size is the largest size's (not the last one listed)."""
+    copy_losing_rows(finished, tmp_path, lambda r: False)
+    path = changed_tiny(tmp_path, "final: {sizes: [a, b]", "final: {sizes: [b, a]")
+    assert load_study(path).final_sizes == ["a", "b"]
+    assert study_cli(tmp_path, "--report-only", study=path) == 0
+    out = tmp_path / "results" / "tiny-study"
+    assert (out / "gaps.md").read_text() == (finished / "results" / "tiny-study" / "gaps.md").read_text()
+    assert (out / "scaling.md").read_text() == (finished / "results" / "tiny-study" / "scaling.md").read_text()
+
+
+def test_scaling_names_the_size_of_a_loss_not_at_the_largest(finished, tmp_path):
+    """A model not yet scored at the largest size: its loss at its largest size says which size that is,
+    where it would otherwise read as a loss at the largest size beside the others'."""
+    copy_losing_rows(finished, tmp_path, lambda r: (r["model"], r["preset"]) == ("transformer", "b"))
+    assert study_cli(tmp_path, "--report-only") == 0
+    lines = (tmp_path / "results" / "tiny-study" / "scaling.md").read_text().splitlines()
+    assert next(ln for ln in lines if ln.startswith("| transformer |")).endswith(" (at a) |")
+    assert not next(ln for ln in lines if ln.startswith("| swat |")).endswith(" (at a) |")
+
+
+def test_training_curves_draw_a_size_whose_seeds_leave_out_the_sweeps(finished, tmp_path):
+    """Final seeds 1 at b, with no run of the sweep's seed 0 there: b's curves are its seed-1 runs'."""
+    copy_losing_rows(finished, tmp_path, lambda r: r["preset"] == "b" and r["seed"] == 0)
+    for log in (tmp_path / "results" / "tiny-study" / "train" / "b").glob("*-seed0_*"):
+        log.unlink()
+    path = changed_tiny(tmp_path, "seeds: {b: [0, 1]}", "seeds: {b: [1]}")
+    assert study_cli(tmp_path, "--report-only", study=path) == 0
+    curves = (tmp_path / "results" / "tiny-study" / "training_curves.csv").read_text().splitlines()
+    assert {line.split(",")[:2][1] for line in curves if line.startswith("b,")} == {"swat", "transformer"}
 
 
 def test_start_new_for_zero_starts_no_training(finished, tmp_path):
@@ -344,15 +382,26 @@ def test_the_scaling_study_matches_every_model_to_the_reference_at_every_size():
     assert {"swat", "transformer", "mamba", "mamba2"} <= checked
 
 
-def test_worker_pool_runs_units_in_processes(tmp_path):
+def test_worker_pool_runs_units_in_processes(tmp_path, monkeypatch):
     """Two workers; the final stage's extra task (from a plugin the workers load too) runs on each
-    model's best sweep run once the sweep has chosen it, and on no other."""
+    model's best sweep run once the sweep has chosen it, and on no other. The study file edited
+    once the pool has read it (a researcher preparing the next call) changes none of this call's runs."""
+    from harness.study import spec
     data = yaml.safe_load(TINY.read_text())
     data["final"] = {"sizes": ["a"], "tasks": ["smoke", "probe"]}
     path = tmp_path / "pool.yaml"
     path.write_text(yaml.safe_dump(data))
+    real_load = spec.load_study
+
+    def load_then_edit(*args):
+        study = real_load(*args)
+        path.write_text(yaml.safe_dump({**data, "tokens_per_param": 0.8}))
+        return study
+    monkeypatch.setattr(spec, "load_study", load_then_edit)
     assert study_cli(tmp_path, "--jobs", "2", "--plugin", str(TINY.parent / "probe_task.py"), study=path) == 0
     rows = read_rows(tmp_path / "results" / "tiny-study" / "rows.jsonl")
+    assert {r.extra["tokens_per_param"] for r in rows} == {0.4}
+    assert json.loads((tmp_path / "results" / "tiny-study" / "run.json").read_text())["study"] == data
     assert {(r.model, r.extra["lr"]) for r in rows if r.task == "smoke"} == {
         (m, lr) for m in ("swat", "transformer") for lr in (3e-3, 1e-2)}
     best = json.loads((tmp_path / "results" / "tiny-study" / "lr_choice.json").read_text())
@@ -472,7 +521,7 @@ def test_a_worker_squeezed_out_of_memory_runs_again_with_fewer_beside_it(tmp_pat
     real_popen = subprocess.Popen
     monkeypatch.setattr(runner.subprocess, "Popen", lambda cmd, **kw: real_popen(
         [sys.executable, "-c", child, cmd[cmd.index("--unit") + 1], str(tries)], **kw))
-    study = SimpleNamespace(path=tmp_path / "study.yaml", name="t")
+    study = SimpleNamespace(path=tmp_path / "study.yaml", name="t", data={})
 
     def pool(keys, jobs):
         queue, lines = list(keys), []
@@ -524,7 +573,7 @@ def test_an_interrupted_pool_stops_its_workers_before_it_goes(tmp_path, monkeypa
     monkeypatch.setattr(runner.time, "sleep", sleep)
     queue, lines = ["a/m/lr1-seed0", "a/m/lr2-seed0", "a/m/lr3-seed0"], []
     with pytest.raises(KeyboardInterrupt):
-        list(runner._pool(SimpleNamespace(path=tmp_path / "study.yaml", name="t"),
+        list(runner._pool(SimpleNamespace(path=tmp_path / "study.yaml", name="t", data={}),
                           lambda running: SimpleNamespace(key=queue.pop(0)) if queue else None,
                           tmp_path, tmp_path / "runs", "cpu", 2, None, lines.append))
     assert len(workers) == 2 and [w.poll() for w in workers] == [runner.STOPPED_EXIT] * 2

@@ -537,7 +537,7 @@ def training_curve(path: Path) -> dict[int, tuple[int, float]]:
 
 def training_curves_plot(res: Results, out: Path, name: str, smooth: int = 10, every: int = 10) -> list[Path]:
     """Training loss against tokens, a panel per size, each model at its own learning rate and the
-    sweep's seed (a mean over `smooth` steps): whether a budget ends while the loss still falls, and
+    size's first seed (a mean over `smooth` steps): whether a budget ends while the loss still falls, and
     whether a run spiked. The CSV holds every `every`-th smoothed point."""
     from harness.results.plots import _write_plot
     study = res.study
@@ -545,7 +545,7 @@ def training_curves_plot(res: Results, out: Path, name: str, smooth: int = 10, e
     for size in study.final_sizes:
         for model in study.models:
             lr = res.final_lr(model, size)
-            path = out / "train" / size / f"{model}-{run_label(lr, study.sweep_seed)}_{LOG_FILE}.gz"
+            path = out / "train" / size / f"{model}-{run_label(lr, size_seeds(study, size)[0])}_{LOG_FILE}.gz"
             if lr is not None and path.is_file():
                 points = sorted(training_curve(path).items())
                 losses = [loss for _, (_, loss) in points]
@@ -570,7 +570,7 @@ def training_curves_plot(res: Results, out: Path, name: str, smooth: int = 10, e
         ax.set_xlabel("training tokens")
         ax.set_ylabel(f"training loss (nats/token, mean of {smooth} steps)")
         ax.set_title(f"{size}: {human(study.budgets[size]['budget_params'])} non-embedding params, seed "
-                     f"{study.sweep_seed}")
+                     f"{size_seeds(study, size)[0]}")
         ax.grid(alpha=0.3)
     finish_panels(fig, study, handles)
     return _write_plot(fig, out, name, ["size", "model", "tokens", "train_loss"], lines)
@@ -598,6 +598,8 @@ def scaling_points(res: Results, axis: str) -> dict[str, list[tuple[float, float
 
 
 def scaling_table(res: Results) -> tuple[Table | None, dict]:
+    """Each model's power laws over the final sizes it has results at, and its loss at the largest of
+    them, which names its size where that is not the study's largest (a model still to run there)."""
     fits = {}
     header = ["Model", "sizes", "exponent vs params", "exponent vs FLOPs", "loss at largest size"]
     table = Table("Power laws of held-out loss: L = A N^b (N: non-embedding parameters) and L = A C^b "
@@ -611,7 +613,7 @@ def scaling_table(res: Results) -> tuple[Table | None, dict]:
         lines.append([text_cell(model), text_cell(str(len(pts))),
                       Cell(fp["b"], fp["b_se"], digits=4) if fp else Cell(),
                       Cell(fc["b"], fc["b_se"], digits=4) if fc else Cell(),
-                      Cell(pts[-1][1], digits=4)])
+                      Cell(pts[-1][1], digits=4, suffix=largest_suffix(res, model))])
     if not lines:
         return None, fits
     table.groups.append(("", lines))
@@ -619,6 +621,14 @@ def scaling_table(res: Results) -> tuple[Table | None, dict]:
                        "through two points has none). FLOPs: the harness's count (harness/model/flops.py), which "
                        "leaves out the recurrent cores of the fla layers.")
     return table, fits
+
+
+def largest_suffix(res: Results, model: str) -> str:
+    """` (at a)` after a model's loss at its largest size with results where that is not the study's
+    largest: beside the others' losses at the largest size it would read as one of them."""
+    sizes = res.study.final_sizes
+    at = next(size for size in reversed(sizes) if res.values(model, size, "smoke", "loss"))
+    return "" if at == sizes[-1] else f" (at {at})"
 
 
 def scaling_plot(res: Results, fits: dict, axis: str, out: Path, name: str) -> list[Path]:

@@ -57,6 +57,7 @@ DIVERGED_EXIT = 4  # a worker whose training diverged, recorded as such in the r
 INTERRUPTED_EXIT = 130  # the CLI's exit on SIGTERM, for a worker signalled before its own handler was set
 KILL_GRACE_S = 45  # seconds past the time limit after which a worker that has not stopped is killed
 SQUEEZED_TRIES = 4  # starts of a unit that keeps running out of memory beside other processes, then it failed
+STUDY_ENV = "HARNESS_STUDY"  # the study file's mapping as the pool read it (YAML), for its workers
 
 
 def run_unit(study: Study, unit: Unit, results: Path, runs: Path, device: str,
@@ -224,7 +225,7 @@ def keep_record(run_dir: Path, prefix: Path) -> None:
 
 def write_record(study: Study, results: Path, device: str) -> None:
     """results/<name>/run.json: the study file, budgets, provenance."""
-    record_run(Path(results) / study.name, {"study": yaml.safe_load(study.path.read_text()), "budgets": study.budgets,
+    record_run(Path(results) / study.name, {"study": study.data, "budgets": study.budgets,
                                             "config": study.config(next(iter(study.sizes)), 0).to_dict()}, device)
 
 
@@ -465,7 +466,7 @@ def _schedule(study, next_unit, results, runs, device, jobs, deadline, log, plug
             if unit is None:
                 exhausted = True  # asked again when a run ends: its rows may define new units
                 break
-            env = dict(os.environ)
+            env = {**os.environ, STUDY_ENV: yaml.safe_dump(study.data)}
             if gpus:
                 env["CUDA_VISIBLE_DEVICES"] = gpus[slot % len(gpus)]
             slot += 1
@@ -561,8 +562,11 @@ def end_reason(code: int, signalled: bool, log_path: str, since: int) -> str:
 
 
 def run_worker(study_file: str, key: str, results: Path, runs: Path, device: str, log=print) -> int:
-    """`harness study FILE --unit KEY`: one unit in this process; SIGTERM checkpoints and stops."""
-    study = load_study(study_file)
+    """`harness study FILE --unit KEY`: one unit in this process, of the study as its pool read it
+    (STUDY_ENV): a file edited while the pool runs would otherwise train the pool's later runs at
+    another budget or config than its earlier ones, each reported as the study. SIGTERM checkpoints and stops."""
+    pool_data = os.environ.get(STUDY_ENV)
+    study = load_study(study_file, None if pool_data is None else yaml.safe_load(pool_data))
     drop_missing_tasks(study, lambda m: None)  # the parent has warned
     plan(study, log)
     path = rows_file(study, results)

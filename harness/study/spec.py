@@ -55,6 +55,9 @@ STUDY_KEYS = {"name", "preset", "model", "train", "tokens_per_param", "warmup_fr
               "models", "references", "reference_model", "focus", "sweep", "final"}
 SWEEP_KEYS = {"sizes", "lrs", "seed", "tasks", "extend_edges", "window"}
 FINAL_KEYS = {"sizes", "seeds", "tasks"}
+# training settings the study sets for every run, and what sets them (`Study.config`)
+SET_BY_STUDY = {"tokens": "tokens_per_param", "warmup_tokens": "warmup_fraction", "seed": "sweep.seed and final.seeds",
+                "lr": "sweep.lrs"}
 DIVERGED = "diverged"  # the metric of a diverged run's rows (value null; extra `diverged`: why)
 
 
@@ -79,6 +82,7 @@ def run_label(lr: float | None, seed: int) -> str:
 @dataclass
 class Study:
     path: Path
+    data: dict  # the file's mapping as loaded: what this invocation and its workers run, though the file be edited
     name: str
     base: dict  # {"preset": ..., "model": {...}, "train": {...}}
     sizes: dict[str, dict]
@@ -215,10 +219,22 @@ def _names(value, field: str, example: str) -> list[str]:
     return _list(value, field, example, folder_name)
 
 
-def load_study(path: str | Path) -> Study:
-    """Parse and check a study file: every name, size, key and value is checked before any work."""
+def _not_set_by_study(overrides: dict, field: str) -> None:
+    """A training setting that the study sets for every run is refused where the base config or a size
+    gives it: the study would override it unseen, and its runs differ from what the file says."""
+    train = overrides.get("train")
+    for key, instead in SET_BY_STUDY.items():
+        if isinstance(train, dict) and key in train:
+            raise ConfigError(f"{field}train.{key} is set by the study for every run: remove it and give "
+                              f"{instead} instead")
+
+
+def load_study(path: str | Path, data=None) -> Study:
+    """Parse and check a study file (or `data`, its mapping as a pool's parent read it: each worker runs
+    the version its pool started with, not one edited since): every name, size, key and value is checked
+    before any work."""
     path = Path(path)
-    data = read_yaml_file(path, "study file")
+    data = read_yaml_file(path, "study file") if data is None else data
     if not isinstance(data, dict):
         raise ConfigError(f"study file {path} must hold a mapping (name, preset, sizes, models, sweep, final, ...)")
     try:
@@ -228,7 +244,8 @@ def load_study(path: str | Path) -> Study:
 
 
 def _stage(data: dict, stage: str, keys: set[str], sizes: dict) -> tuple[dict, list[str], list[str]]:
-    """The sweep's or the final stage's section, sizes (of the study's) and tasks (groups expanded)."""
+    """The sweep's or the final stage's section, sizes (of the study's, in its smallest-first order, however
+    listed here: the window sweeps, the gaps' change and the fits read them in order) and tasks (groups expanded)."""
     from harness.registry import expand_tasks
     section = _mapping(_required(data, stage), stage, "{sizes: [s], tasks: [smoke]}")
     _known(section, keys, f"{stage}.")
@@ -236,7 +253,8 @@ def _stage(data: dict, stage: str, keys: set[str], sizes: dict) -> tuple[dict, l
     for size in chosen:
         if size not in sizes:
             raise ConfigError(f"{stage}.sizes names `{size}`, not one of sizes: {', '.join(sizes)}")
-    return section, chosen, expand_tasks(_names(_required(section, f"{stage}.tasks"), f"{stage}.tasks", "[smoke]"))
+    tasks = expand_tasks(_names(_required(section, f"{stage}.tasks"), f"{stage}.tasks", "[smoke]"))
+    return section, [size for size in sizes if size in chosen], tasks
 
 
 def _parse(data: dict, path: Path) -> Study:
@@ -247,9 +265,11 @@ def _parse(data: dict, path: Path) -> Study:
     sizes = _mapping(_required(data, "sizes"), "sizes", "{s: {model: {hidden_size: 128}}}")
     if not sizes:
         raise ConfigError("`sizes` names no size")
+    _not_set_by_study(data, "")
     for size, overrides in sizes.items():
         folder_name(size, "each name under sizes")
         _mapping(overrides, f"sizes.{size}", "{model: {hidden_size: 128}, train: {batch_tokens: 32768}}")
+        _not_set_by_study(overrides, f"sizes.{size}.")
     models = _names(_required(data, "models"), "models", "[swat, transformer]")
     references = _optional(data, "references", [])
     if references != []:  # none is allowed
@@ -279,7 +299,7 @@ def _parse(data: dict, path: Path) -> Study:
                               f"or `default`")
     seed_lists = {key: _list(value, f"final.seeds.{key}", "[0, 1, 2]", _seed) for key, value in seeds.items()}
     study = Study(
-        path=path, name=name,
+        path=path, data=data, name=name,
         base={"preset": folder_name(_optional(data, "preset", "small"), "preset"),
               "model": _mapping(_optional(data, "model", {}), "model", "{vocab_size: 8192}"),
               "train": _mapping(_optional(data, "train", {}), "train", "{tokenizer: english-mix-bpe8k}")},

@@ -930,3 +930,13 @@ def test_the_document_scoring_script_scores_each_attention_checkpoint_both_ways(
     for _, across, within, difference in table:
         assert math.isfinite(float(across)) and float(difference) == pytest.approx(
             float(within) - float(across), abs=2e-4)
+
+
+def test_a_small_mean_keeps_two_significant_digits():
+    """scaling's MQAR printed 0.024% as 0.00: thirty such cells read as exact zeros."""
+    from harness.results.tables import Table, render
+    from harness.study.report import _mean_cell
+    cells = [_mean_cell({0: 0.00024, 1: 0.00024}, 2, 2, 100.0), _mean_cell({0: 0.5}, 1, 2, 100.0),
+             _mean_cell({0: 0.0}, 1, 2, 100.0)]
+    table = Table("t", ["a", "b", "c"], ["a", "b", "c"], [("s", [cells])])
+    assert render(table, "md").splitlines()[-1] == "| 0.024 ± 0.000 (n=2) | 50.00 | 0.00 |"

@@ -289,7 +289,7 @@ def _long_form_value(r: Row) -> str:
     """value ± stderr with 4 decimals below 10 (2 above), more where that would hide a small value;
     empty for a row with no value (out of memory)."""
     digits = 4 if r.value is not None and abs(r.value) < 10 else 2
-    return format_value(r.value, r.stderr, _shown_digits(r.value, digits))
+    return format_value(r.value, r.stderr, shown_digits(r.value, digits))
 
 
 def distinguishing_keys(rows: list[Row]) -> dict[tuple[str, str], list[str]]:
@@ -873,7 +873,7 @@ def _sweep_table(title: str, sections: list[tuple[str, str, list[Row]]], run_con
                 oom |= r is not None and is_oom(r)
                 cell = (Cell() if r is None else text_cell("OOM") if is_oom(r) else
                         measured_cell(r, metric, display(r.stderr, metric),
-                                      _shown_digits(display(r.value, metric), 1) if is_fraction(metric)
+                                      shown_digits(display(r.value, metric), 1) if is_fraction(metric)
                                       else 2 if metric.endswith("ratio") else _digits(r.value)))
                 limits.update([cell.limit] if cell.limit else [])
                 line.append(cell)
@@ -907,10 +907,10 @@ def _kilo(n: int) -> str:
 def _digits(value: float | None) -> int:
     if value is None or math.isnan(value) or value == 0:
         return 2
-    return 0 if abs(value) >= 1000 else 1 if abs(value) >= 100 else 2 if abs(value) >= 1 else _shown_digits(value, 4)
+    return 0 if abs(value) >= 1000 else 1 if abs(value) >= 100 else 2 if abs(value) >= 1 else shown_digits(value, 4)
 
 
-def _shown_digits(value: float | None, digits: int) -> int:
+def shown_digits(value: float | None, digits: int) -> int:
     """`digits`, or more where a value below 1 would show fewer than two significant digits: a
     window's decode state of 3e-5 GB read as a (bold) 0.0000."""
     if value is None or value == 0 or math.isnan(value) or abs(value) >= 1:

@@ -322,7 +322,8 @@ def main_table(res: Results) -> Table:
               and unit.seed in study.final_seeds.get(unit.size, []) and unit.lr == res.final_lr(unit.model, unit.size)]
     if finals:
         table.notes.append(f"Diverged, so left out of the means: {'; '.join(finals)}.")
-    if any(c.value is None and c.text is None for _, lines in table.groups for ln in lines[:-1] for c in ln):
+    if any(c.value is None and c.text is None for _, lines in table.groups for ln in lines
+           if ln[0].text != "chance" for c in ln):  # the chance line's blanks are by design
         table.notes.append("Blank: not measured yet (status.md lists what is left); `grid edge`: the best learning "
                            "rate is the sweep's smallest or largest.")
     return table

@@ -26,7 +26,7 @@ from harness.config import EXECUTION_KEYS, Config, ConfigError, first_line
 from harness.files import file_sha256, share_like_any_file
 from harness.memory import is_out_of_memory
 from harness.model.build import runnable_model
-from harness.registry import get_model
+from harness.registry import get_model, models
 from harness.training import distributed
 from harness.training.distributed import Dist
 from harness.training.outcome import CheckpointDamaged, TrainingError
@@ -352,6 +352,9 @@ def check_plugin_unchanged(meta: dict, ckpt: Path) -> None:
     keeps its sha256), and one of the harness's own model only by it: an edited file, or a plugin that
     replaces the model (`override=True`), would resume or score other code on these weights, silently."""
     saved = meta.get("plugin")
+    if saved and meta["model"] not in models():  # the command was not given the file: say which it is
+        raise TrainingError(f"{ckpt} holds {meta['model']}, a model of plugin file {saved['file']}; pass "
+                            f"--plugin {saved['file']}")
     spec = get_model(meta["model"])
     now = spec.plugin_file
     if not saved:

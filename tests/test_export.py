@@ -532,3 +532,78 @@ def test_a_checkpoint_of_an_unfinished_run_exports_with_a_warning_and_says_so_in
     assert f"| steps | 3 of the {steps} planned (training stopped before its end) |" in card
     warnings, card = exported_at(steps, train_loss=5.0, heldout_loss=5.0)
     assert warnings == [] and f"| steps | {steps} |" in card
+
+
+def test_a_cache_passed_as_past_key_values_continues_the_sequence(exported):
+    """transformers' own models still take the cache as `past_key_values`; the exported model let it
+    fall into its ignored keyword arguments and scored the new token as a sequence's first."""
+    from harness.hf.modeling_swat_harness import SwatHarnessForCausalLM
+    for name in ("swat", "transformer"):  # a ring buffer, a growing KV cache
+        model = SwatHarnessForCausalLM.from_pretrained(str(exported[1][name][1])).eval()
+        ids = torch.randint(0, 256, (1, 50), generator=torch.Generator().manual_seed(0))
+        with torch.no_grad(), pytest.warns(FutureWarning, match="past_key_values"):
+            whole = model(ids).logits[:, -1]
+            continued = model(ids[:, -1:], past_key_values=model(ids[:, :-1]).cache).logits[:, -1]
+        torch.testing.assert_close(continued, whole, **TOL)
+
+
+def test_a_shard_size_in_binary_units_shards_by_it(exported, tmp_path):
+    """--max-shard-size 100KiB (the form the error line suggests) passed the check, then stopped in a
+    traceback from huggingface_hub, which reads KB, MB, GB and TB only, after the model had loaded."""
+    out = tmp_path / "hf"
+    assert export("--checkpoint", str(exported[1]["swat"][0]), "--out", str(out), "--max-shard-size", "100KiB") == 0
+    shards = sorted(out.glob("model-*.safetensors"))
+    assert len(shards) > 1 and all(p.stat().st_size <= 100 * 1024 + 1024 for p in shards)  # + the header
+
+
+def test_layers_with_different_settings_are_refused(tmp_path, capsys):
+    """A plugin's model whose window grows with depth exported with the first layer's window for all
+    of them: other logits, without a word."""
+    plugin = tmp_path / "plugin.py"
+    plugin.write_text("from dataclasses import replace\n\nfrom harness import register_model\n"
+                      "from harness.backbone import DecoderLM\nfrom harness.model.attention import SwatAttention\n\n"
+                      "@register_model('swat_growing', family='attention')\ndef build(cfg):\n"
+                      "    return DecoderLM(cfg, lambda cfg, i: SwatAttention(replace(cfg, window=32 * (i + 1))))\n")
+    ckpt = tmp_path / "checkpoint"
+    ckpt.mkdir()
+    (ckpt / "meta.json").write_text(json.dumps({"model": "swat_growing", "config": load_config("tiny").to_dict()}))
+    assert export("--plugin", str(plugin), "--checkpoint", str(ckpt), "--out", str(tmp_path / "hf")) == 2
+    one_error_line(capsys.readouterr().err, "swat_growing has no Hugging Face export: its layers differ in "
+                   "mixer.window (layer 0: 32, layer 1: 64), and the exported config holds one value for all layers")
+    assert not (tmp_path / "hf").exists()
+
+
+def test_a_weight_the_export_has_no_place_for_is_refused(tmp_path, capsys):
+    """A plugin's model with a bias on its output head exported without the bias: other logits,
+    without a word."""
+    plugin = tmp_path / "plugin.py"
+    plugin.write_text("import torch.nn as nn\n\nfrom harness import register_model\n"
+                      "from harness.backbone import DecoderLM\nfrom harness.model.attention import SwatAttention\n\n"
+                      "@register_model('swat_head_bias', family='attention')\ndef build(cfg):\n"
+                      "    model = DecoderLM(cfg, lambda cfg, i: SwatAttention(cfg))\n"
+                      "    model.head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=True)\n    return model\n")
+    ckpt = tmp_path / "checkpoint"
+    ckpt.mkdir()
+    (ckpt / "meta.json").write_text(json.dumps({"model": "swat_head_bias", "config": load_config("tiny").to_dict()}))
+    assert export("--plugin", str(plugin), "--checkpoint", str(ckpt), "--out", str(tmp_path / "hf")) == 2
+    one_error_line(capsys.readouterr().err, "swat_head_bias has no Hugging Face export: its weights head.bias have "
+                   "no place in the exported model")
+    assert not (tmp_path / "hf").exists()
+
+
+def test_a_module_the_export_has_no_counterpart_for_is_one_error(tmp_path, capsys):
+    """A plugin's model whose blocks' MLP is an nn.Identity stopped the export in a traceback
+    ('Identity' object has no attribute 'down')."""
+    plugin = tmp_path / "plugin.py"
+    plugin.write_text("import torch.nn as nn\n\nfrom harness import register_model\n"
+                      "from harness.backbone import DecoderLM\nfrom harness.model.attention import SwatAttention\n\n"
+                      "@register_model('swat_identity_mlp', family='attention')\ndef build(cfg):\n"
+                      "    model = DecoderLM(cfg, lambda cfg, i: SwatAttention(cfg))\n"
+                      "    for block in model.blocks:\n        block.mlp = nn.Identity()\n    return model\n")
+    ckpt = tmp_path / "checkpoint"
+    ckpt.mkdir()
+    (ckpt / "meta.json").write_text(json.dumps({"model": "swat_identity_mlp", "config": load_config("tiny").to_dict()}))
+    assert export("--plugin", str(plugin), "--checkpoint", str(ckpt), "--out", str(tmp_path / "hf")) == 2
+    one_error_line(capsys.readouterr().err, "swat_identity_mlp has no Hugging Face export: its blocks.0.mlp is of "
+                   "class Identity, which the exported model has no counterpart for")
+    assert not (tmp_path / "hf").exists()

@@ -51,7 +51,8 @@ from harness.data.tokenizer import ByteTokenizer, get_tokenizer
 from harness.files import share_like_any_file
 from harness.results.store import ResultsError, Row, read_given_rows, read_rows
 
-SHARD_SIZE = re.compile(r"[1-9][0-9]*(KB|MB|GB|KIB|MIB|GIB)", re.IGNORECASE)
+SHARD_SIZE = re.compile(r"([1-9][0-9]*)(KB|MB|GB|KIB|MIB|GIB)", re.IGNORECASE)
+SHARD_UNITS = {"KB": 10**3, "MB": 10**6, "GB": 10**9, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30}
 BYTE_EOS = "<|endoftext|>"
 
 
@@ -59,15 +60,17 @@ class ExportError(RuntimeError):
     """A checkpoint cannot be exported as asked; the message says why and what to do."""
 
 
+TORCH_MODULES = (torch.nn.Linear, torch.nn.Embedding, torch.nn.ModuleList)  # the backbone's torch parts
 ONLY = ("only models on the shared backbone whose layers are the harness's attention mixers (harness.model."
         "attention) export to Hugging Face today")
 
 
 def export_refusal(model) -> str | None:
     """Why `model` has no Hugging Face export, or None when it has one. The exported code computes
-    what the harness's own classes compute, so every module of theirs must be exactly one of them:
-    a subclass (a plugin's layer that overrides its attention, say) would export as its parent and
-    give other logits without a word."""
+    what the harness's own classes compute, so every module must be exactly one of them (or of the
+    torch modules they are built of): a subclass (a plugin's layer that overrides its attention, say)
+    would export as its parent, and another module in their place as what it replaced, and give
+    other logits without a word."""
     from harness.model.attention import CausalAttention, SlidingAttention, SwatAttention
     from harness.model.backbone import Block, DecoderLM, RMSNorm, SwiGLU
     if getattr(model, "fitted_by_counting", False):
@@ -81,14 +84,54 @@ def export_refusal(model) -> str | None:
                            f"its token mixer {type(block.mixer).__name__} is not one of the harness's attention layers")
         if block.mlp is None:
             return "its blocks have no SwiGLU MLP"
-    for module in model.modules():
-        parent = next((cls for cls in (DecoderLM, Block, RMSNorm, SwiGLU, *mixers) if isinstance(module, cls)), None)
-        if parent is not None and type(module) is not parent:
-            return (f"its {type(module).__name__} subclasses the harness's {parent.__name__}, and the export writes "
+    harness_classes = (DecoderLM, Block, RMSNorm, SwiGLU, *mixers)
+    for name, module in model.named_modules():
+        parent = next((cls for cls in (*harness_classes, *TORCH_MODULES) if isinstance(module, cls)), None)
+        if parent is None:  # e.g. a plugin's nn.Identity for an MLP: the export would write a SwiGLU there
+            return f"its {name} is of class {type(module).__name__}, which the exported model has no counterpart for"
+        if type(module) is not parent:
+            owner = "the harness's" if parent in harness_classes else "torch's"
+            return (f"its {type(module).__name__} subclasses {owner} {parent.__name__}, and the export writes "
                     f"{parent.__name__}'s computation, not what the subclass changes")
     if len({type(block.mixer) for block in model.blocks}) > 1:
         return "its layers mix attention cores, and the exported config has one"
+    if left_out := weights_left_out(model):
+        return f"its weights {', '.join(left_out)} have no place in the exported model, which would run without them"
+    return layers_differ(model.blocks)
+
+
+def layers_differ(blocks) -> str | None:
+    """Why the blocks cannot share one exported config (a setting that one layer has otherwise than
+    the first, e.g. a plugin's window growing with depth), or None. The exported config holds each
+    setting once, read from the first layer: the other layers would run at its values."""
+    first = block_settings(blocks[0])
+    for i, block in enumerate(blocks[1:], start=1):
+        settings = block_settings(block)
+        for key in first.keys() | settings.keys():
+            if first.get(key) != settings.get(key):
+                return (f"its layers differ in {key} (layer 0: {first.get(key)}, layer {i}: {settings.get(key)}), "
+                        f"and the exported config holds one value for all layers")
     return None
+
+
+def block_settings(block) -> dict:
+    """A block's settings by the name of the module that holds them: each plain value (window, heads,
+    RoPE, sigmoid bias, slope recipe, norm eps, layer widths), read without the weights' data, so
+    that it also holds for a model built on the meta device."""
+    plain = (bool, int, float, str, tuple, list, type(None))
+    return {f"{name}.{key}" if name else key: value for name, module in block.named_modules()
+            for key, value in vars(module).items()
+            if not key.startswith("_") and key != "training" and isinstance(value, plain)}
+
+
+def shard_bytes(size: str) -> int:
+    """--max-shard-size in bytes. The number, not the string, goes to save_pretrained: its reader
+    (huggingface_hub's) knows no binary units, and would stop on 1GiB after the model has loaded."""
+    match = SHARD_SIZE.fullmatch(size)
+    if match is None:
+        raise ConfigError(f"--max-shard-size {size!r} must be a whole number with a unit, e.g. 2GB, 500MB, 100KB "
+                          f"or 1GiB")
+    return int(match[1]) * SHARD_UNITS[match[2].upper()]
 
 
 def check_exportable(name: str, cfg) -> None:
@@ -125,26 +168,40 @@ def heldout_settings(train) -> dict:
     return {"corpus": train.corpus, "seq_len": train.seq_len, "eval_tokens": train.eval_tokens}
 
 
+def weight_sources(model) -> dict[str, tuple[str, int | None]]:
+    """Each exported weight's harness weight under its Llama-style name, with the half of it taken
+    where the harness fuses two projections (kv_proj: k_proj then v_proj, as the forward views it as
+    [2, kv_heads, d]; the SwiGLU's gate_up: gate_proj then up_proj, as the forward chunks it), else None."""
+    sources = {"model.embed_tokens.weight": ("embed.weight", None), "model.norm.weight": ("norm.weight", None),
+               "lm_head.weight": ("embed.weight" if model.head is None else "head.weight", None)}
+    for i, block in enumerate(model.blocks):
+        src, dst = f"blocks.{i}.", f"model.layers.{i}."
+        sources.update({dst + "input_layernorm.weight": (src + "mixer_norm.weight", None),
+                        dst + "self_attn.q_proj.weight": (src + "mixer.q_proj.weight", None),
+                        dst + "self_attn.k_proj.weight": (src + "mixer.kv_proj.weight", 0),
+                        dst + "self_attn.v_proj.weight": (src + "mixer.kv_proj.weight", 1),
+                        dst + "self_attn.o_proj.weight": (src + "mixer.o_proj.weight", None),
+                        dst + "post_attention_layernorm.weight": (src + "mlp_norm.weight", None),
+                        dst + "mlp.gate_proj.weight": (src + "mlp.gate_up.weight", 0),
+                        dst + "mlp.up_proj.weight": (src + "mlp.gate_up.weight", 1),
+                        dst + "mlp.down_proj.weight": (src + "mlp.down.weight", None)})
+        if block.mixer.out_norm is not None:
+            sources[dst + "self_attn.o_norm.weight"] = (src + "mixer.out_norm.weight", None)
+    return sources
+
+
+def weights_left_out(model) -> list[str]:
+    """The model's weights that no exported weight takes (a plugin's bias on the head, say): the
+    exported model would compute without them."""
+    return sorted(set(model.state_dict()) - {name for name, _ in weight_sources(model).values()})
+
+
 def hf_state_dict(model) -> dict[str, torch.Tensor]:
     """The harness weights under the exported model's names (fused projections split)."""
     sd = model.state_dict()
-    out = {"model.embed_tokens.weight": sd["embed.weight"], "model.norm.weight": sd["norm.weight"],
-           "lm_head.weight": sd["embed.weight"] if model.head is None else sd["head.weight"]}
-    for i, block in enumerate(model.blocks):
-        src, dst = f"blocks.{i}.", f"model.layers.{i}."
-        k, v = sd[src + "mixer.kv_proj.weight"].chunk(2, dim=0)  # the forward views it as [2, kv_heads, d]
-        gate, up = sd[src + "mlp.gate_up.weight"].chunk(2, dim=0)  # the forward chunks it as gate, up
-        out.update({dst + "input_layernorm.weight": sd[src + "mixer_norm.weight"],
-                    dst + "self_attn.q_proj.weight": sd[src + "mixer.q_proj.weight"],
-                    dst + "self_attn.k_proj.weight": k, dst + "self_attn.v_proj.weight": v,
-                    dst + "self_attn.o_proj.weight": sd[src + "mixer.o_proj.weight"],
-                    dst + "post_attention_layernorm.weight": sd[src + "mlp_norm.weight"],
-                    dst + "mlp.gate_proj.weight": gate, dst + "mlp.up_proj.weight": up,
-                    dst + "mlp.down_proj.weight": sd[src + "mlp.down.weight"]})
-        if block.mixer.out_norm is not None:
-            out[dst + "self_attn.o_norm.weight"] = sd[src + "mixer.out_norm.weight"]
     # copies: the split halves are views of one tensor, which safetensors will not store as two
-    return {key: t.contiguous().clone() for key, t in out.items()}
+    return {key: (sd[name] if half is None else sd[name].chunk(2, dim=0)[half]).contiguous().clone()
+            for key, (name, half) in weight_sources(model).items()}
 
 
 def bytes_to_unicode() -> dict[int, str]:
@@ -424,9 +481,7 @@ def export(checkpoint: Path, out: Path, max_shard_size: str = "2GB", push_to_hub
     check_exportable(meta["model"], Config.from_dict(meta["config"]))
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not force:
         raise ExportError(f"{out} exists and is not empty; pass --force to replace it, or another --out")
-    if not SHARD_SIZE.fullmatch(max_shard_size):
-        raise ConfigError(f"--max-shard-size {max_shard_size!r} must be a whole number with a unit, e.g. 2GB, "
-                          f"500MB, 100KB or 1GiB")
+    shard_size = shard_bytes(max_shard_size)
     if push_to_hub:  # before any work: the hub must be reachable and the user logged in
         from huggingface_hub import HfApi
         hub = HfApi()
@@ -453,7 +508,7 @@ def export(checkpoint: Path, out: Path, max_shard_size: str = "2GB", push_to_hub
     SwatHarnessForCausalLM.register_for_auto_class("AutoModelForCausalLM")
 
     try:
-        hf_model.save_pretrained(str(tmp), max_shard_size=max_shard_size)
+        hf_model.save_pretrained(str(tmp), max_shard_size=shard_size)
         for weights in tmp.glob("*.safetensors"):  # safetensors writes them 0600, unlike the folder's other files
             share_like_any_file(weights)
         write_tokenizer(cfg.train.tokenizer, tmp, log)

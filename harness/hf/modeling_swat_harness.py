@@ -36,6 +36,7 @@ import torch.nn.functional as F
 from transformers import GenerationMixin, PreTrainedModel
 from transformers.cache_utils import Cache, CacheLayerMixin, DynamicLayer
 from transformers.modeling_outputs import CausalLMOutputWithPast
+from transformers.utils.deprecation import deprecate_kwarg
 
 from .configuration_swat_harness import SwatHarnessConfig
 
@@ -279,15 +280,19 @@ class SwatHarnessForCausalLM(SwatHarnessPreTrainedModel, GenerationMixin):
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
         self.post_init()
 
+    # the cache's earlier name, as transformers' own models take it: ignored among the other keyword
+    # arguments, it would start a new sequence at position 0 and give other logits without a word
+    @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")
     def forward(self, input_ids: torch.LongTensor | None = None, attention_mask: torch.Tensor | None = None,
                 cache: Cache | None = None, inputs_embeds: torch.Tensor | None = None,
                 labels: torch.LongTensor | None = None, use_cache: bool | None = None,
                 logits_to_keep: int = 0, **kwargs) -> CausalLMOutputWithPast:
         """Logits [B, T, V] (of the last `logits_to_keep` positions when set); with `use_cache`
         (the config's default), the cache after these tokens. `cache` continues a sequence: a
-        SwatHarnessCache returned by an earlier call, or an empty cache of any class (generate's
-        DynamicCache), which is replaced by a SwatHarnessCache. Other keyword arguments that
-        generate passes (position_ids among them: positions come from the cache) are ignored."""
+        SwatHarnessCache returned by an earlier call (also taken as `past_key_values`), or an empty
+        cache of any class (generate's DynamicCache), which is replaced by a SwatHarnessCache. Other
+        keyword arguments that generate passes (position_ids among them: positions come from the
+        cache) are ignored."""
         use_cache = self.config.use_cache if use_cache is None else use_cache
         if cache is not None and not isinstance(cache, SwatHarnessCache):
             if cache.get_seq_length() > 0:

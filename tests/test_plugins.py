@@ -373,7 +373,8 @@ def test_an_edited_plugin_file_is_not_taken_for_the_one_that_trained_a_checkpoin
     del _REG.models["t_hashed"]  # as in a new command without --plugin: the checkpoint names its file
     assert cli.main(["eval", "--checkpoint", str(ckpt), "--tasks", "smoke", "--device", "cpu",
                      "--results", str(tmp_path / "eval")]) == 2
-    one_error_line(capsys.readouterr().err, f"{ckpt} holds t_hashed, a model of plugin file {path}; pass --plugin {path}")
+    one_error_line(capsys.readouterr().err, f"{ckpt} holds t_hashed, a model of plugin file {path}; pass "
+                                            f"--plugin {path}")
 
 
 def folder_state(folder: Path) -> dict:

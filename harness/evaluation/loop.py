@@ -48,12 +48,10 @@ from harness.files import atomic_write_text
 from harness.memory import is_out_of_memory
 from harness.registry import ContractError, RegistryError, TaskSpec, get_model, get_task
 from harness.results.provenance import provenance, record_run
-from harness.results.store import Row, read_rows, replace_rows
+from harness.results.store import WEIGHTS_KEY, Row, read_rows, replace_rows
 from harness.results.tables import rows_table
 from harness.training import distributed
 from harness.training.distributed import EVAL_TIMEOUT_S, Dist
-
-WEIGHTS_KEY = "weights"  # the row's extra key naming the weights it was scored on (ModelSource.weights_id)
 
 
 @dataclass

@@ -36,7 +36,6 @@ from harness.config import (
 )
 from harness.data.paths import DataError, cache_dir
 from harness.data.tokenizer import get_tokenizer
-from harness.files import file_sha256
 from harness.hf.causal_lm import HFCausalLM
 from harness.model.build import checked_model
 from harness.registry import get_model
@@ -49,6 +48,7 @@ from harness.training.checkpoint import (
     load_checkpoint,
     read_meta,
     verify_checkpoint,
+    weights_digest,
 )
 from harness.training.train import train
 from harness.training.trainlog import LOG_FILE, read_log
@@ -247,15 +247,6 @@ def check_same_config(name: str, meta: dict, cfg: Config, where: Path) -> None:
     if change:
         raise RunError(f"{where} holds {name} trained with another config ({change}); "
                        f"pass --run NEW_NAME for a new run, or --force to retrain")
-
-
-def weights_digest(meta: dict, weights: Path) -> str | None:
-    """The sha256 of a checkpoint's weights file (16 hex digits), as its meta.json records it, else
-    read from the file (checkpoints written before the checksums were kept); None without either."""
-    digest = meta.get("sha256", {}).get(WEIGHTS_FILE)
-    if digest is None and weights.is_file():
-        digest = file_sha256(weights)
-    return digest[:16] if digest else None
 
 
 def check_trainable(name: str, cfg: Config, device: str, world_size: int) -> None:

@@ -299,7 +299,7 @@ def rows_of_weights(rows: list[Row], weights: str | None, log: Callable[[str], N
     checkpoint folder outlives its weights (a --no-resume retrain writes new ones there), so a row of
     this path that names another digest scored another model. Rows written before rows named their
     weights keep the path match, as in the evaluation loop's reuse of rows."""
-    from harness.evaluation.loop import WEIGHTS_KEY
+    from harness.results.store import WEIGHTS_KEY
     kept = [r for r in rows if WEIGHTS_KEY not in r.extra or r.extra[WEIGHTS_KEY] == weights]
     if len(kept) < len(rows):
         log(f"warning: left {len(rows) - len(kept)} evaluation rows out of the model card: scored on other weights "
@@ -470,8 +470,7 @@ def unfinished_warning(ckpt: Path, meta: dict, cfg) -> str | None:
 def export(checkpoint: Path, out: Path, max_shard_size: str = "2GB", push_to_hub: str | None = None,
            rows: list[Path] = (), force: bool = False, log: Callable[[str], None] = print) -> Path:
     """Write the checkpoint folder `checkpoint` as a Hugging Face model folder at `out`."""
-    from harness.evaluation.sources import weights_digest
-    from harness.training.checkpoint import WEIGHTS_FILE, load_checkpoint, no_space, read_meta
+    from harness.training.checkpoint import WEIGHTS_FILE, load_checkpoint, no_space, read_meta, weights_digest
     ckpt, out = Path(checkpoint), Path(out)
     if not (ckpt / "meta.json").is_file():
         raise FileNotFoundError(f"{ckpt} is not a checkpoint folder (no meta.json); pass the folder that "

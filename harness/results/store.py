@@ -28,6 +28,7 @@ ROW_FIELDS = ("run", "model", "preset", "params", "tokens_trained", "task", "met
 # imported (torch and the baselines with them): reading a rows file must not need that.
 # tests/test_tables.py checks that the two agree.
 SPEED_TASKS = ("speed_train", "speed_prefill", "speed_decode")
+WEIGHTS_KEY = "weights"  # the row's extra key naming the weights it was scored on (ModelSource.weights_id)
 
 
 def is_fraction(metric: str) -> bool:
@@ -164,7 +165,7 @@ class ResultsError(ValueError):
 # for the rows that time it (SPEED_TASKS, `measures_device`): a loss or an accuracy retrained or
 # rescored on another GPU is the same measurement, a throughput on another GPU is another one.
 _NOT_IDENTITY = {"value", "stderr", "n", "params", *PROVENANCE_KEYS}
-_DESCRIPTIVE_EXTRAS = {"task_version", "version", "source", "table", "label", "published", "note", "weights",
+_DESCRIPTIVE_EXTRAS = {"task_version", "version", "source", "table", "label", "published", "note", WEIGHTS_KEY,
                        *BOOKKEEPING_KEYS}
 _IDENTITY_FIELDS = tuple(k for k in ROW_FIELDS if k not in _NOT_IDENTITY)
 

@@ -296,6 +296,15 @@ def no_space(err: BaseException, folder: Path) -> OSError | None:
     return None
 
 
+def weights_digest(meta: dict, weights: Path) -> str | None:
+    """The sha256 of a checkpoint's weights file (16 hex digits), as its meta.json records it, else
+    read from the file (checkpoints written before the checksums were kept); None without either."""
+    digest = meta.get("sha256", {}).get(WEIGHTS_FILE)
+    if digest is None and weights.is_file():
+        digest = file_sha256(weights)
+    return digest[:16] if digest else None
+
+
 TOKENIZER_KEY = "tokenizer_sha256"  # meta.json: the content of the tokenizer the weights' ids are of
 
 

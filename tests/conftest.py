@@ -22,6 +22,19 @@ def _isolated_cache(tmp_path_factory):
     yield
 
 
+@pytest.fixture(autouse=True)
+def _registry_restored():
+    """The registries as they were before the test: the models and tasks a test's plugins register
+    (some broken on purpose) must not reach the tests that walk every registered model."""
+    from harness.registry import _REG, load_plugins
+    load_plugins()
+    saved = dict(_REG.models), dict(_REG.tasks)
+    yield
+    for table, entries in zip((_REG.models, _REG.tasks), saved):
+        table.clear()
+        table.update(entries)
+
+
 @pytest.fixture
 def tiny_cfg():
     from harness.config import load_config

@@ -556,54 +556,32 @@ def test_a_shard_size_in_binary_units_shards_by_it(exported, tmp_path):
     assert len(shards) > 1 and all(p.stat().st_size <= 100 * 1024 + 1024 for p in shards)  # + the header
 
 
-def test_layers_with_different_settings_are_refused(tmp_path, capsys):
-    """A plugin's model whose window grows with depth exported with the first layer's window for all
-    of them: other logits, without a word."""
+PLUGIN_HEADER = ("import torch.nn as nn\nfrom dataclasses import replace\n\nfrom harness import register_model\n"
+                 "from harness.backbone import DecoderLM\nfrom harness.model.attention import SwatAttention\n\n")
+UNEXPORTABLE = [  # (model, its builder's body, the error): each exported as another model, or a traceback
+    # a window that grows with depth exported with the first layer's window for all: other logits
+    ("swat_growing", "    return DecoderLM(cfg, lambda cfg, i: SwatAttention(replace(cfg, window=32 * (i + 1))))\n",
+     "swat_growing has no Hugging Face export: its layers differ in mixer.window (layer 0: 32, layer 1: 64), and "
+     "the exported config holds one value for all layers"),
+    # a bias on the output head exported without it: other logits
+    ("swat_head_bias", "    model = DecoderLM(cfg, lambda cfg, i: SwatAttention(cfg))\n"
+                       "    model.head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=True)\n    return model\n",
+     "swat_head_bias has no Hugging Face export: its weights head.bias have no place in the exported model"),
+    # blocks whose MLP is an nn.Identity: a traceback ('Identity' object has no attribute 'down')
+    ("swat_identity_mlp", "    model = DecoderLM(cfg, lambda cfg, i: SwatAttention(cfg))\n"
+                          "    for block in model.blocks:\n        block.mlp = nn.Identity()\n    return model\n",
+     "swat_identity_mlp has no Hugging Face export: its blocks.0.mlp is of class Identity, which the exported "
+     "model has no counterpart for"),
+]
+
+
+@pytest.mark.parametrize("name, body, message", UNEXPORTABLE, ids=[u[0] for u in UNEXPORTABLE])
+def test_a_model_the_export_cannot_write_as_it_is_is_refused(tmp_path, capsys, name, body, message):
     plugin = tmp_path / "plugin.py"
-    plugin.write_text("from dataclasses import replace\n\nfrom harness import register_model\n"
-                      "from harness.backbone import DecoderLM\nfrom harness.model.attention import SwatAttention\n\n"
-                      "@register_model('swat_growing', family='attention')\ndef build(cfg):\n"
-                      "    return DecoderLM(cfg, lambda cfg, i: SwatAttention(replace(cfg, window=32 * (i + 1))))\n")
+    plugin.write_text(f"{PLUGIN_HEADER}@register_model({name!r}, family='attention')\ndef build(cfg):\n{body}")
     ckpt = tmp_path / "checkpoint"
     ckpt.mkdir()
-    (ckpt / "meta.json").write_text(json.dumps({"model": "swat_growing", "config": load_config("tiny").to_dict()}))
+    (ckpt / "meta.json").write_text(json.dumps({"model": name, "config": load_config("tiny").to_dict()}))
     assert export("--plugin", str(plugin), "--checkpoint", str(ckpt), "--out", str(tmp_path / "hf")) == 2
-    one_error_line(capsys.readouterr().err, "swat_growing has no Hugging Face export: its layers differ in "
-                   "mixer.window (layer 0: 32, layer 1: 64), and the exported config holds one value for all layers")
-    assert not (tmp_path / "hf").exists()
-
-
-def test_a_weight_the_export_has_no_place_for_is_refused(tmp_path, capsys):
-    """A plugin's model with a bias on its output head exported without the bias: other logits,
-    without a word."""
-    plugin = tmp_path / "plugin.py"
-    plugin.write_text("import torch.nn as nn\n\nfrom harness import register_model\n"
-                      "from harness.backbone import DecoderLM\nfrom harness.model.attention import SwatAttention\n\n"
-                      "@register_model('swat_head_bias', family='attention')\ndef build(cfg):\n"
-                      "    model = DecoderLM(cfg, lambda cfg, i: SwatAttention(cfg))\n"
-                      "    model.head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=True)\n    return model\n")
-    ckpt = tmp_path / "checkpoint"
-    ckpt.mkdir()
-    (ckpt / "meta.json").write_text(json.dumps({"model": "swat_head_bias", "config": load_config("tiny").to_dict()}))
-    assert export("--plugin", str(plugin), "--checkpoint", str(ckpt), "--out", str(tmp_path / "hf")) == 2
-    one_error_line(capsys.readouterr().err, "swat_head_bias has no Hugging Face export: its weights head.bias have "
-                   "no place in the exported model")
-    assert not (tmp_path / "hf").exists()
-
-
-def test_a_module_the_export_has_no_counterpart_for_is_one_error(tmp_path, capsys):
-    """A plugin's model whose blocks' MLP is an nn.Identity stopped the export in a traceback
-    ('Identity' object has no attribute 'down')."""
-    plugin = tmp_path / "plugin.py"
-    plugin.write_text("import torch.nn as nn\n\nfrom harness import register_model\n"
-                      "from harness.backbone import DecoderLM\nfrom harness.model.attention import SwatAttention\n\n"
-                      "@register_model('swat_identity_mlp', family='attention')\ndef build(cfg):\n"
-                      "    model = DecoderLM(cfg, lambda cfg, i: SwatAttention(cfg))\n"
-                      "    for block in model.blocks:\n        block.mlp = nn.Identity()\n    return model\n")
-    ckpt = tmp_path / "checkpoint"
-    ckpt.mkdir()
-    (ckpt / "meta.json").write_text(json.dumps({"model": "swat_identity_mlp", "config": load_config("tiny").to_dict()}))
-    assert export("--plugin", str(plugin), "--checkpoint", str(ckpt), "--out", str(tmp_path / "hf")) == 2
-    one_error_line(capsys.readouterr().err, "swat_identity_mlp has no Hugging Face export: its blocks.0.mlp is of "
-                   "class Identity, which the exported model has no counterpart for")
+    one_error_line(capsys.readouterr().err, message)
     assert not (tmp_path / "hf").exists()

@@ -43,19 +43,6 @@ def folders(tmp_path: Path) -> list[str]:
     return ["--results", str(tmp_path / "results"), "--runs", str(tmp_path / "runs")]
 
 
-@pytest.fixture(autouse=True)
-def _registry_restored():
-    """The registries as they were before the test: its broken models must not reach the tests that
-    walk every registered model."""
-    from harness.registry import _REG, load_plugins
-    load_plugins()
-    saved = dict(_REG.models), dict(_REG.tasks)
-    yield
-    for table, entries in zip((_REG.models, _REG.tasks), saved):
-        table.clear()
-        table.update(entries)
-
-
 # ---------------------------------------------------------------- loading and registering
 
 REGISTRATIONS = [  # (plugin body, what the one error line says)

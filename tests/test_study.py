@@ -956,3 +956,12 @@ def test_a_blank_in_the_last_models_line_is_noted(finished, tmp_path):
     transformer_b = [ln for ln in main.splitlines() if ln.startswith("| transformer |")][-1]
     assert transformer_b.split("|")[6].strip() == ""
     assert "Blank: not measured yet" in main
+
+
+def test_training_curves_csv_holds_each_curves_end_also_of_a_short_run(finished):
+    """The CSV kept every 10th point, so size a's 3-step runs, drawn in the plot, had no line in it."""
+    out = finished / "results" / "tiny-study"
+    curves = [line.split(",") for line in (out / "training_curves.csv").read_text().splitlines()[1:]]
+    tokens = json.loads((out / "run.json").read_text())["budgets"]["a"]["tokens"]
+    assert {(size, model) for size, model, *_ in curves} == {(s, m) for s in "ab" for m in ("swat", "transformer")}
+    assert {int(float(t)) for size, _, t, _ in curves if size == "a"} == {tokens}

@@ -540,7 +540,7 @@ def training_curve(path: Path) -> dict[int, tuple[int, float]]:
 def training_curves_plot(res: Results, out: Path, name: str, smooth: int = 10, every: int = 10) -> list[Path]:
     """Training loss against tokens, a panel per size, each model at its own learning rate and the
     size's first seed (a mean over `smooth` steps): whether a budget ends while the loss still falls, and
-    whether a run spiked. The CSV holds every `every`-th smoothed point."""
+    whether a run spiked. The CSV holds every `every`-th smoothed point and the last."""
     from harness.results.plots import _write_plot
     study = res.study
     curves = {}
@@ -566,7 +566,9 @@ def training_curves_plot(res: Results, out: Path, name: str, smooth: int = 10, e
                 style = {**model_style(study, model), "marker": None}
                 handles[model], = ax.plot([t for t, _ in pts], [v for _, v in pts], label=model, linewidth=1.2,
                                           **style)
-                lines += [[size, model, t, v] for t, v in pts[every - 1::every]]
+                kept = pts[every - 1::every]
+                kept += [pts[-1]] if kept[-1:] != pts[-1:] else []  # the end, also of a run under `every` steps
+                lines += [[size, model, t, v] for t, v in kept]
                 lowest.append(min(v for _, v in pts))
         ax.set_ylim(min(lowest) - 0.1, min(lowest) + 2.5)  # the warm-up's first losses (~9) would flatten the rest
         ax.set_xlabel("training tokens")

@@ -403,6 +403,11 @@ def test_bad_inputs_are_one_error_and_leave_nothing_at_out(exported, tmp_path, c
     assert export("--checkpoint", ckpt, "--out", str(out)) == 2
     one_error_line(capsys.readouterr().err, "exists and is not empty; pass --force to replace it")
     assert [p.name for p in out.iterdir()] == ["notes.txt"]
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True).stdout.strip()
+    for left in (f".hf.tmp{dead}", f".hf.old{dead}"):  # an export killed outright left them: a model each
+        (tmp_path / left).mkdir()
+        (tmp_path / left / "model.safetensors").write_bytes(b"weights")
     assert export("--checkpoint", ckpt, "--out", str(out), "--force") == 0
     assert (out / "config.json").is_file() and not (out / "notes.txt").exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["hf"]  # no temporary folder left beside it
@@ -411,7 +416,8 @@ def test_bad_inputs_are_one_error_and_leave_nothing_at_out(exported, tmp_path, c
 
 def test_an_out_that_is_or_holds_the_checkpoint_is_refused_before_force_deletes_it(tmp_path, capsys, monkeypatch):
     """--force replaces the folder at --out: on the checkpoint itself, or on its run folder (training
-    log and loss curve beside it), it deleted what it exported. `--out .` was a ValueError."""
+    log and loss curve beside it), it deleted what it exported. `--out .` was a ValueError. An export
+    inside the checkpoint went with it at training's next save."""
     run = tmp_path / "run"
     ckpt = write_checkpoint(run / "checkpoint", "transformer")
     (run / "train_log.jsonl").write_text("{}\n")
@@ -420,6 +426,8 @@ def test_an_out_that_is_or_holds_the_checkpoint_is_refused_before_force_deletes_
     one_error_line(capsys.readouterr().err, f"--out {ckpt} is the checkpoint", "give another --out")
     assert export("--checkpoint", str(ckpt), "--out", str(run), "--force") == 2
     one_error_line(capsys.readouterr().err, f"--out {run} holds the checkpoint {ckpt}")
+    assert export("--checkpoint", str(ckpt), "--out", str(ckpt / "hf")) == 2  # training's next save replaces it
+    one_error_line(capsys.readouterr().err, f"--out {ckpt / 'hf'} is inside the checkpoint {ckpt}")
     monkeypatch.chdir(run)
     assert export("--checkpoint", "checkpoint", "--out", ".", "--force") == 2
     one_error_line(capsys.readouterr().err, "--out . holds the checkpoint checkpoint")

@@ -429,12 +429,16 @@ def hub_call(repo: str, call: Callable[[], object]):
 def writable_out(ckpt: Path, out: Path) -> Path:
     """--out resolved (`--out .` names no folder to put the temporary sibling beside), refused where it
     is the checkpoint or a folder holding it (its run folder, with the training log): the export
-    replaces the whole folder at --out, and the checkpoint would go with it."""
+    replaces the whole folder at --out, and the checkpoint would go with it; or where it is inside
+    the checkpoint, which training replaces whole at its next save."""
     target, source = out.resolve(), ckpt.resolve()
     if target == source or target in source.parents:
         what = "is the checkpoint" if target == source else f"holds the checkpoint {ckpt}"
         raise ExportError(f"--out {out} {what}, and the export replaces the folder at --out: it would delete the "
                           f"checkpoint; give another --out, e.g. {ckpt.parent / 'hf'}")
+    if source in target.parents:
+        raise ExportError(f"--out {out} is inside the checkpoint {ckpt}, which its next save replaces whole: the "
+                          f"export would go with it; give another --out, e.g. {ckpt.parent / 'hf'}")
     return target
 
 
@@ -445,6 +449,8 @@ def temporary_folder(out: Path, target: Path) -> Path:
     loading. A file in the way is left to the command line, which names that file."""
     tmp = target.with_name(f".{target.name}.tmp{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
+    for left in _left_by_dead_exports(target):
+        shutil.rmtree(left, ignore_errors=True)
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
         tmp.mkdir()
@@ -455,6 +461,27 @@ def temporary_folder(out: Path, target: Path) -> Path:
                           f"({(err.strerror or type(err).__name__).lower()}); give another --out") from None
     tmp.rmdir()
     return tmp
+
+
+def _left_by_dead_exports(target: Path) -> list[Path]:
+    """The temporary and set-aside siblings of --out (`.NAME.tmpPID`, `.NAME.oldPID`) whose export
+    process is gone (killed outright): a whole model's weights each, which nothing else removes."""
+    left = []
+    for path in target.parent.glob(f".{target.name}.*"):
+        found = re.fullmatch(rf"\.{re.escape(target.name)}\.(?:tmp|old)(\d+)", path.name)
+        if found and not _alive(int(found.group(1))):
+            left.append(path)
+    return left
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
 
 
 def unfinished_warning(ckpt: Path, meta: dict, cfg) -> str | None:

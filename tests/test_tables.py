@@ -295,6 +295,7 @@ def test_latex_is_a_valid_tabular_fragment(kind):
     assert check_tabular(latex) >= 3
     if kind == "main":
         assert r"\textbf{" in latex and r"$\pm$" in latex and r"acc\_n" in latex
+    assert not set(latex) & {"§", "¶", "†", "‡", "±", "Δ", "·", "↓", "↑"}  # each mark as LaTeX writes it
 
 
 def test_latex_checker_rejects_broken_fragments():

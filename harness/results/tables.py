@@ -161,7 +161,8 @@ def to_markdown(table: Table) -> str:
 _LATEX_ESCAPES = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
                   "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}",
                   "±": r"$\pm$", "Δ": r"$\Delta$", "†": r"$^\dagger$", "‡": r"$^\ddagger$",
-                  "↓": r"$\downarrow$", "↑": r"$\uparrow$", "·": r"$\cdot$", "§": r"\textsuperscript{\S}"}
+                  "↓": r"$\downarrow$", "↑": r"$\uparrow$", "·": r"$\cdot$", "§": r"\textsuperscript{\S}",
+                  "¶": r"\textsuperscript{\P}"}
 
 
 def latex_escape(text: str) -> str:

@@ -965,3 +965,24 @@ def test_training_curves_csv_holds_each_curves_end_also_of_a_short_run(finished)
     tokens = json.loads((out / "run.json").read_text())["budgets"]["a"]["tokens"]
     assert {(size, model) for size, model, *_ in curves} == {(s, m) for s in "ab" for m in ("swat", "transformer")}
     assert {int(float(t)) for size, _, t, _ in curves if size == "a"} == {tokens}
+
+
+def test_a_run_whose_weights_are_not_those_of_its_rows_is_scored_anew(finished, tmp_path, capsys):
+    """A run trained again after its checkpoint was lost (on another GPU, say) scored only its tasks
+    left, beside rows of the weights it replaced: two models' rows under one run."""
+    path = copy_losing_rows(finished, tmp_path, lambda r: False)
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+
+    def held_out(r):
+        return ((r["model"], r["preset"], r["seed"], r["task"], r["metric"]) == ("swat", "b", 1, "smoke", "loss")
+                and "corpus_source" not in r)
+    true = next(r["value"] for r in rows if held_out(r))
+    path.write_text("".join(json.dumps({**r, "value": true + 0.5} if held_out(r) else r) + "\n" for r in rows))
+    study = changed_tiny(tmp_path, "seeds: {b: [0, 1]}, tasks: [smoke]", "seeds: {b: [0, 1]}, tasks: [smoke, mqar]")
+    capsys.readouterr()
+    assert study_cli(tmp_path, "--models", "swat", "--sizes", "b", study=study) == 0
+    assert "b/swat/lr0.01-seed1: its weights are not those its rows were scored on" in capsys.readouterr().out
+    rescored = [r for r in read_rows(path) if (r.model, r.preset, r.seed, r.task, r.metric) == ("swat", "b", 1, "smoke",
+                                                                                                "loss")]
+    assert [r.value for r in rescored if "corpus_source" not in r.extra] == [pytest.approx(true, rel=1e-9)]
+    assert {r.seed for r in read_rows(path) if (r.model, r.preset, r.task) == ("swat", "b", "mqar")} == {0, 1}

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import signal
 import statistics
@@ -82,12 +83,33 @@ def run_unit(study: Study, unit: Unit, results: Path, runs: Path, device: str,
     if diverged:
         record_divergence(unit, ctx, todo, path, diverged, log)
         return "diverged"
+    todo = tasks_to_score(unit, todo, existing, meta, log)
     tokenizer = get_tokenizer(cfg.train.tokenizer)
     for i, task in enumerate(todo):  # a stop asked for between tasks keeps the rows of those done
         if i and should_stop is not None and (d.broadcast_object(should_stop()) if d is not None else should_stop()):
             raise TrainingStopped(f"stopped before {task}; the tasks left resume from {run_dir / CHECKPOINT_DIR}")
         existing = run_tasks(model, tokenizer, ctx, [get_task(task)], existing, path, log)
     return "done"
+
+
+SAME_WEIGHTS_REL_TOL = 1e-9  # one set of weights scores its held-out loss alike to ~1e-14; other weights differ
+
+
+def tasks_to_score(unit: Unit, todo: list[str], existing: list, meta: dict, log: Callable[[str], None]) -> list[str]:
+    """The unit's tasks left (`todo`), or all its tasks where the weights in its run folder are not
+    those its stored rows were scored on: a run trained again after its checkpoint was lost (a
+    study's device machine goes back with it) reproduces its weights bit for bit only on the same
+    kind of device and software, and rows of two models under one run would pass for one. The
+    held-out loss tells them apart: training records it for the weights it leaves, and the smoke
+    task stored it for the weights it scored."""
+    stored = [r.value for r in existing if (r.preset, r.model, r.extra.get("lr"), r.seed, r.task, r.metric) ==
+              (unit.size, unit.model, unit.lr, unit.seed, "smoke", "loss") and r.extra.get("corpus_source") is None]
+    now = meta.get("heldout_loss")
+    if not stored or now is None or math.isclose(stored[0], now, rel_tol=SAME_WEIGHTS_REL_TOL):
+        return todo
+    log(f"{unit.key}: its weights are not those its rows were scored on (held-out loss {now:.6f}, its rows' "
+        f"{stored[0]:.6f}: trained again on another device or software); scoring all its tasks again")
+    return list(unit.tasks)
 
 
 def trained_or_diverged(unit: Unit, cfg, run_dir: Path, device: str, on_step, should_stop) -> tuple:

@@ -17,7 +17,8 @@ from typing import Any
 
 import yaml
 
-from harness.ops.alibi import SLOPE_FORMS, SLOPE_KINDS
+SLOPE_KINDS = ("balanced", "negative", "positive", "none")  # model.slopes (or a list), harness.ops.alibi's kinds
+SLOPE_FORMS = ("paper", "alibi")  # model.slope_form: the magnitudes' form (harness.ops.alibi.magnitudes)
 
 
 class ConfigError(ValueError):

@@ -12,8 +12,9 @@ They agree only at n = 8 (SWAT's 340M model: 16 heads, 8 per sign, balanced).
 
 from __future__ import annotations
 
-SLOPE_KINDS = ("balanced", "negative", "positive", "none")
-SLOPE_FORMS = ("paper", "alibi")
+import torch
+
+from harness.config import SLOPE_FORMS, SLOPE_KINDS
 
 
 def magnitudes(n: int, form: str = "paper") -> list[float]:
@@ -30,10 +31,8 @@ def alibi_slopes(num_heads: int, kind="balanced", form: str = "paper"):
 
     balanced: heads 0..H/2-1 get -m_k, heads H/2..H-1 get +m_k with the magnitudes m_k of H/2 heads
     (the paper's Eq. 4); negative / positive: one-sided, the magnitudes of H heads; none: zeros; a list:
-    taken as given. The slopes are fixed, not learned. (torch is imported here, not at the top,
-    so that harness.config, which validates against SLOPE_KINDS and SLOPE_FORMS, needs no torch.)
+    taken as given. The slopes are fixed, not learned.
     """
-    import torch
     if not isinstance(kind, str):
         values = [float(x) for x in kind]
         if len(values) != num_heads:

@@ -91,3 +91,19 @@ def test_the_core_imports_no_task_or_baseline_module():
         if found:
             leaning[module_name(path)] = sorted(found)
     assert leaning == {}
+
+
+def test_the_packages_import_one_another_in_layers():
+    """No cycle between the package's parts (its subpackages and top-level modules) either: each part
+    builds on those below it, as README's layout lists them, and imports nothing back from above."""
+    files = {module_name(p): p for p in PACKAGE.rglob("*.py")}
+
+    def part(module: str) -> str:
+        return ".".join(module.split(".")[:2])
+    graph: dict[str, set[str]] = {}
+    for name, path in files.items():
+        needs = {part(m) for m in imports_of(path, set(files))}
+        graph.setdefault(part(name), set()).update(needs - {part(name)})
+    graph.pop("harness", None)  # the package's face: it hands names on
+    graph = {name: needs - {"harness"} for name, needs in graph.items()}
+    assert find_cycle(graph) is None, " -> ".join(find_cycle(graph))

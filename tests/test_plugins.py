@@ -26,8 +26,9 @@ HEADER = """
 
 
 def one_error_line(err: str, *needles: str) -> None:
-    """stderr is exactly one `error:` line holding every needle, and no traceback."""
-    lines = err.strip().splitlines()
+    """stderr is exactly one `error:` line holding every needle, and no traceback (beside warnings,
+    such as an unmatched plugin model's)."""
+    lines = [line for line in err.strip().splitlines() if not line.startswith("warning:")]
     assert len(lines) == 1 and lines[0].startswith("error:"), err
     for needle in needles:
         assert needle in lines[0], (needle, lines[0])
@@ -244,6 +245,19 @@ def test_a_count_that_grows_faster_than_its_size_is_still_matched(tmp_path, caps
     cfg = load_config(preset).model
     count, reference = params_of("t_wide", matched_config("t_wide", cfg)), params_of("transformer", cfg)
     assert abs(count - reference) / reference < 0.02, (count, reference)
+
+
+def test_a_plugin_model_far_from_the_reference_count_is_said_to_be_unmatched(tmp_path, capsys):
+    """A plugin without `match` at a third of the reference's count trained, and stood in the tables
+    beside parameter-matched models, without a word."""
+    path = plugin(tmp_path / "small.py", "register_model('t_small')(lambda cfg: nn.Sequential("
+                                         "nn.Embedding(cfg.vocab_size, 8), nn.Linear(8, cfg.vocab_size)))\n")
+    assert cli.main(["train", "--model", "t_small", "--plugin", str(path), "--device", "cpu", "--out",
+                     str(tmp_path / "out"), *ONE_STEP]) == 0
+    warnings = [line for line in capsys.readouterr().err.splitlines() if line.startswith("warning: t_small")]
+    assert warnings == ["warning: t_small has 4,369 parameters, -96% against the reference transformer's 123,264: "
+                        "its rows are not parameter-matched; register it with match=FIELD (a size field its builder "
+                        "reads) to have the harness size it"]
 
 
 UNMATCHABLE = [  # (plugin body registering `t_unmatched` with match='d_inner', what the one error line says)

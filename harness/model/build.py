@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import sys
 from typing import Callable, Iterable
 
 import torch
@@ -241,7 +242,27 @@ def runnable_model(name: str, cfg: ModelConfig, device: str | torch.device) -> t
     model = build_model(name, cfg, device)
     if not spec.builtin:
         check_contract(spec, model, torch.device(device))
+        if note := unmatched_note(spec, model, cfg):
+            print(note, file=sys.stderr, flush=True)
     return model
+
+
+def unmatched_note(spec: ModelSpec, model: torch.nn.Module, cfg: ModelConfig) -> str | None:
+    """A warning line for a plugin's model without `match` whose count is more than MATCH_REACH from
+    the reference's: it runs as its builder made it (the least a plugin takes), but its rows stand
+    beside parameter-matched ones, and only the Params column would tell."""
+    if spec.match is not None or getattr(model, "fitted_by_counting", False):
+        return None
+    try:
+        target = params_of(reference_model(), cfg)
+    except ConfigError:
+        return None
+    have = count_params(model)
+    if abs(have - target) <= MATCH_REACH * target:
+        return None
+    return (f"warning: {spec.name} has {have:,} parameters, {have / target - 1:+.0%} against the reference "
+            f"{reference_model()}'s {target:,}: its rows are not parameter-matched; register it with match=FIELD "
+            f"(a size field its builder reads) to have the harness size it")
 
 
 def checked_model(name: str, cfg: ModelConfig, device: str | torch.device) -> torch.nn.Module:

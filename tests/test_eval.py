@@ -226,6 +226,25 @@ def test_a_cut_evaluation_keeps_the_answers_it_stored(tiny, tmp_path, monkeypatc
     assert evaluate(Counted(), tmp_path / "piqa") == whole and forwards == [2, 2]
 
 
+def test_the_request_cache_of_a_sharded_folder_follows_its_weights(tmp_path):
+    """Shards copied over a sharded hf: folder in place leave the folder's own size and time as they
+    were: the request cache must still be another, or the new weights get the old weights' answers."""
+    import os
+
+    from harness.evaluation.sources import HFSource, request_cache
+    folder = tmp_path / "hf-model"
+    folder.mkdir()
+    for shard in ("model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors"):
+        (folder / shard).write_bytes(b"old weights")
+    source = HFSource("hf-model", f"hf:{folder}")
+    before, folder_times = request_cache("r", source), folder.stat()
+    assert request_cache("r", source) == before  # the same weights resume from their cache
+    (folder / "model-00002-of-00002.safetensors").write_bytes(b"new weights")
+    os.utime(folder / "model-00002-of-00002.safetensors", ns=(1, 1))
+    os.utime(folder, ns=(folder_times.st_atime_ns, folder_times.st_mtime_ns))
+    assert request_cache("r", source) != before
+
+
 def test_missing_data_fails_before_model_work(tiny, monkeypatch):
     def absent(name):
         raise DataError(f"dataset {name} is not in the mirror (looked in /nowhere/{name}); "
@@ -645,6 +664,23 @@ def test_a_task_whose_rows_carry_other_names_is_found_done_and_replaced():
     assert pending_tasks(source, [speed], [other], None, False, lambda m: None, "cpu") == [speed]
     ctx = TaskContext(load_config("tiny"), "r", "swat", "cpu", None, None, source.checkpoint, None, {})
     assert ctx.owns(row, "speed") and not ctx.owns(row, "smoke")
+
+
+def test_length_rows_of_the_v1_text_are_redone_once_the_raw_text_is_mirrored(capsys):
+    """length reads the raw WikiText-2 when it is mirrored, else the tokenized v1 copy: its rows of the
+    v1 copy, kept as done after the raw text came, stood in tables beside other models' rows of the
+    raw text (the same weights scored 26.3 and 26.7)."""
+    from harness.evaluation.loop import pending_tasks
+    from harness.results.store import Row
+    length = get_task("length")
+    source = SimpleNamespace(name="swat", checkpoint="runs/r/swat/checkpoint", weights_id=lambda: "w1", corpus=None)
+
+    def row(dataset):
+        return Row("r", "swat", "tiny", "length", "ppl", 26.3, extra={"weights": "w1", "dataset": dataset})
+    assert mirror.require("wikitext")  # the fixtures hold the raw text
+    assert pending_tasks(source, [length], [row("wikitext")], None, False, print) == []
+    assert pending_tasks(source, [length], [row("wikitext_2_v1")], None, False, print) == [length]
+    assert "redoing length" in capsys.readouterr().out
 
 
 def test_a_retrained_checkpoint_is_not_scored_into_its_runs_folder_under_the_old_config(trained_run, tmp_path,

@@ -213,13 +213,34 @@ def pending_tasks(source: ModelSource, tasks: list[TaskSpec], rows: list[Row], l
         return list(tasks)
     weights = source.weights_id()
     alike = [r for r in rows if scored_alike(r, source, weights, limit)]
-    pending = [t for t in tasks if not any(r.task in t.row_task_names and (not t.per_device or r.device == device)
-                                           for r in alike)]
+    pending = [t for t in tasks if not any(answers(r, t, device) for r in alike)]
     redone = [t.name for t in pending if any(r.model == source.name and r.task in t.row_task_names for r in rows)]
     if redone:
         log(f"{source.name}: redoing {', '.join(redone)}: the rows stored were scored on other weights, under "
-            f"another --limit, on another corpus or (timings) on another device")
+            f"another --limit, on another corpus or dataset or (timings) on another device")
     return pending
+
+
+def answers(row: Row, task: TaskSpec, device: str | None) -> bool:
+    """Whether a stored row (of the source's weights and limit) is a result of `task` as it runs now:
+    under one of its names, on `device` where the task times its device, and on the dataset it reads
+    now where the row names one of the task's datasets."""
+    if row.task not in task.row_task_names or (task.per_device and row.device != device):
+        return False
+    return row.extra.get("dataset") not in task.datasets or row.extra["dataset"] == dataset_read(task)
+
+
+def dataset_read(task: TaskSpec) -> str | None:
+    """The dataset the task reads now: the first of its `datasets` in the mirror (the length task reads
+    the raw WikiText-2 once it is mirrored, else the tokenized v1 copy); None where none is. Rows that
+    name another one (`dataset`) were scored on other text, and tables would set them beside these."""
+    for dataset in task.datasets:
+        try:
+            mirror.require(dataset)
+            return dataset
+        except DataError:
+            continue
+    return None
 
 
 def scored_alike(row: Row, source: ModelSource, weights: str | None, limit: int | None) -> bool:

@@ -344,12 +344,11 @@ def source_for(checkpoint: str) -> ModelSource:
 
 
 def request_cache(run: str, source: ModelSource) -> Path:
-    """lm-eval's request cache of one checkpoint version: keyed by the weights file's size and
-    modification time, so a retrained checkpoint of the same name never reuses old answers."""
-    path = Path(source.checkpoint.removeprefix("hf:"))
-    weights = path / "model.safetensors" if (path / "model.safetensors").is_file() else path
-    stat = weights.stat()
-    digest = hashlib.sha256(f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}".encode()).hexdigest()[:12]
+    """lm-eval's request cache of one version of a source's weights: keyed by the checkpoint folder and
+    the weights it holds (`weights_id`), so that answers stored for other weights in the same folder (a
+    retrained checkpoint, an hf: folder whose shards were copied over) are never served again."""
+    path = Path(source.checkpoint.removeprefix("hf:")).resolve()
+    digest = hashlib.sha256(f"{path}|{source.weights_id()}".encode()).hexdigest()[:12]
     return cache_dir() / "lm_eval_requests" / f"{run}-{source.name}-{digest}"
 
 

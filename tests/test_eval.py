@@ -94,6 +94,26 @@ def test_loglikelihood_equals_direct_computation(tiny):
             assert logprob == pytest.approx(direct_logprob(model, ctx_ids, tok.encode(cont)), abs=1e-3)
 
 
+def test_rolling_scores_reach_the_request_cache_a_chunk_at_a_time(tiny, monkeypatch):
+    """Every document's total went to the request cache only once all were scored: a WikiText-2 run
+    cut short resumed from nothing, though README says the cache resumes a cut task."""
+    cfg, model = tiny
+    monkeypatch.setattr(lm_eval_adapter, "ROLLING_CHUNK_WINDOWS", 3)
+    docs = requests(*[(f"Document {i}. " * (4 + 3 * i),) for i in range(5)])
+    lm = lm_eval_adapter.HarnessLM(model=model, tokenizer=ByteTokenizer(), device="cpu", batch_size=2, max_length=32)
+    handed, calls = [], []
+    lm.set_cache_hook(SimpleNamespace(add_partial=lambda kind, args, total: handed.append((len(calls), total))))
+    score = lm._loglikelihood_tokens
+    monkeypatch.setattr(lm, "_loglikelihood_tokens", lambda *a, **k: calls.append(1) or score(*a, **k))
+    totals = lm.loglikelihood_rolling(docs, disable_tqdm=True)
+    assert len(calls) > 1 and [total for _, total in handed] == totals
+    assert handed[0][0] < len(calls)  # the first documents' totals were handed over before the last chunk ran
+    whole = lm_eval_adapter.HarnessLM(model=model, tokenizer=ByteTokenizer(), device="cpu", batch_size=2,
+                                      max_length=32)
+    monkeypatch.setattr(lm_eval_adapter, "ROLLING_CHUNK_WINDOWS", 10 ** 6)
+    assert whole.loglikelihood_rolling(docs, disable_tqdm=True) == pytest.approx(totals, abs=1e-4)
+
+
 def test_rolling_perplexity_is_independent_of_batch_size(tiny):
     cfg, model = tiny
     docs = requests(("A short document.",), ("A longer document " * 30,), ("Third one, medium length. " * 8,))

@@ -36,6 +36,8 @@ from harness.evaluation.sources import source_for
 from harness.training import distributed
 from harness.training.distributed import EVAL_TIMEOUT_S
 
+ROLLING_CHUNK_WINDOWS = 256  # rolling windows scored between two hand-overs to the request cache
+
 
 def import_lm_eval():
     """lm_eval, imported with the hub switched off unless the user asked for it (HARNESS_ONLINE=1):
@@ -278,17 +280,25 @@ class HarnessLM(_template_lm()):
             context_len=self.max_length - self.stride + 1)]
 
     def loglikelihood_rolling(self, requests, disable_tqdm: bool = False) -> list[float]:
-        windows, owner = [], []
+        """Each document's total log-likelihood over its rolling windows, scored a chunk of documents
+        (ROLLING_CHUNK_WINDOWS windows or more) at a time, each chunk's totals handed to the request
+        cache as it ends: an evaluation cut short resumes from the documents it had scored."""
+        totals = [0.0] * len(requests)
+        chunk: list[int] = []
+        windows: list[tuple] = []
+        owner: list[int] = []
         for i, req in enumerate(requests):
+            chunk.append(i)
             for ctx, cont in self.rolling_windows(self.tok_encode(req.args[0])):
                 windows.append((None, ctx, cont))
                 owner.append(i)
-        scores = self._loglikelihood_tokens(windows, disable_tqdm, share_contexts=False)
-        totals = [0.0] * len(requests)
-        for i, (logprob, _) in zip(owner, scores):
-            totals[i] += logprob
-        for req, total in zip(requests, totals):
-            self.cache_hook.add_partial("loglikelihood_rolling", req.args, total)
+            if len(windows) >= ROLLING_CHUNK_WINDOWS or i == len(requests) - 1:
+                for k, (logprob, _) in zip(owner, self._loglikelihood_tokens(windows, disable_tqdm,
+                                                                              share_contexts=False)):
+                    totals[k] += logprob
+                for k in chunk:
+                    self.cache_hook.add_partial("loglikelihood_rolling", requests[k].args, totals[k])
+                chunk, windows, owner = [], [], []
         return totals
 
     # -- generation

@@ -23,6 +23,7 @@ from types import SimpleNamespace
 import torch
 
 from harness.config import EXECUTION_KEYS, Config, ConfigError, first_line
+from harness.data.tokenizer import get_tokenizer
 from harness.files import file_sha256, share_like_any_file
 from harness.memory import is_out_of_memory
 from harness.model.build import runnable_model
@@ -316,7 +317,6 @@ def check_tokenizer_unchanged(meta: dict, ckpt: Path) -> None:
     saved = meta.get(TOKENIZER_KEY)
     if saved is None:
         return
-    from harness.data.tokenizer import get_tokenizer
     name = Config.from_dict(meta["config"]).train.tokenizer
     now = get_tokenizer(name).fingerprint
     if now != saved:

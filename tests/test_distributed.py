@@ -198,8 +198,33 @@ def test_an_error_under_torchrun_is_one_line_from_rank_0(tmp_path):
                           env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=240, check=False)
     assert proc.returncode != 0
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
-    assert errors == ["error: train.micro_batch=3 must divide the 4 sequences each of 2 rank(s) takes per step"]
+    assert errors == ["error: train.micro_batch=3 must divide the 4 sequences each of 2 rank(s) takes per step; "
+                      "choose one of 1, 2, 4"]
     assert not (tmp_path / "run").exists()
+
+
+RANK0_WORKS_LONG = """
+import time
+from harness.training import distributed
+d = distributed.setup("cpu", timeout_s=1)  # a collective's timeout far shorter than rank 0's work
+if d.is_main:
+    time.sleep(3)  # tokenizing a corpus on first use, writing a checkpoint
+d.barrier()
+print("rank", d.rank, d.broadcast_object("ready" if d.is_main else None), flush=True)
+"""
+
+
+def test_other_ranks_wait_for_rank_0_past_the_collective_timeout(tmp_path):
+    """While rank 0 alone works on the host (tokenizing a large corpus, writing a checkpoint), the
+    others wait at a barrier longer than the job's collective timeout (NCCL's 10 minutes), instead
+    of stopping there with a traceback."""
+    script = tmp_path / "rank0_works_long.py"
+    script.write_text(RANK0_WORKS_LONG)
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
+                           str(script)], capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"},
+                          timeout=120, check=False)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert sorted(proc.stdout.split("\n")[:2]) == ["rank 0 ready", "rank 1 ready"]
 
 
 def test_other_ranks_print_no_error_or_interruption_line(monkeypatch, capsys):

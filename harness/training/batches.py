@@ -43,6 +43,7 @@ def _batch_layout(tcfg, world: int) -> tuple[int, int, int]:
     per_rank = seqs // world
     micro = min(tcfg.micro_batch, per_rank)
     if per_rank % micro:
+        fits = ", ".join(str(m) for m in range(1, per_rank + 1) if per_rank % m == 0)
         raise ConfigError(f"train.micro_batch={micro} must divide the {per_rank} sequences each of {world} "
-                          f"rank(s) takes per step")
+                          f"rank(s) takes per step; choose one of {fits}")
     return seqs, micro, per_rank // micro

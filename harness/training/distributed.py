@@ -35,6 +35,11 @@ EVAL_TIMEOUT_S = 4 * 3600
 ONE_SHARD_NOTE = ("note: --parallel fsdp in one process shards each parameter over that one rank, so nothing is "
                   "split and no memory is saved; to shard over N GPUs, launch "
                   "`torchrun --nproc-per-node N -m harness train ...`")
+# how long the other ranks wait, at a barrier or for an object, while rank 0 works on the host alone:
+# tokenizing a large corpus on first use or writing a 760m checkpoint takes far longer than a
+# collective's default timeout (NCCL's 10 minutes), which would stop them with a traceback mid-wait
+HOST_WAIT_TIMEOUT_S = 24 * 3600
+_host_group = None  # the gloo group of those waits in a torchrun job (`setup`); None otherwise
 
 
 @dataclass(frozen=True)
@@ -55,8 +60,9 @@ class Dist:
         return dist.is_available() and dist.is_initialized()
 
     def barrier(self) -> None:
+        """Wait for every rank, however long rank 0's work on the host takes (`HOST_WAIT_TIMEOUT_S`)."""
         if self.active:
-            dist.barrier()
+            dist.barrier(group=_host_group)
 
     def sum(self, value: torch.Tensor) -> torch.Tensor:
         """Sum of a tensor over ranks (a copy; the input is left as it is)."""
@@ -70,15 +76,15 @@ class Dist:
         if not self.active:
             return [obj]
         out = [None] * self.world_size if self.is_main else None
-        dist.gather_object(obj, out, dst=0)
+        dist.gather_object(obj, out, dst=0, group=_host_group)
         return out
 
     def broadcast_object(self, obj):
-        """Rank 0's `obj` on every rank."""
+        """Rank 0's `obj` on every rank (waiting for it as a barrier does)."""
         if not self.active:
             return obj
         box = [obj]
-        dist.broadcast_object_list(box, src=0)
+        dist.broadcast_object_list(box, src=0, group=_host_group)
         return box[0]
 
 
@@ -97,10 +103,13 @@ def setup(device: str | None = None, parallel: str = "ddp", timeout_s: float | N
     device: None picks cuda when available; under torchrun `cuda` means this rank's GPU
     (cuda:LOCAL_RANK). timeout_s: how long a collective may wait for a rank (torch's default when
     None; evaluation raises it, because ranks wait while rank 0 alone runs a task that is not
-    data-parallel). The group is destroyed at interpreter exit. `--parallel fsdp` at world size 1
-    trains (a legitimate run, resumable at any world size) but a note says that it shards nothing,
-    since whoever asked for sharding expects memory saved.
+    data-parallel). Barriers and object exchanges, where the ranks wait for rank 0's work on the
+    host, take a gloo group of their own that waits `HOST_WAIT_TIMEOUT_S`. The groups are destroyed
+    at interpreter exit. `--parallel fsdp` at world size 1 trains (a legitimate run, resumable at any
+    world size) but a note says that it shards nothing, since whoever asked for sharding expects
+    memory saved.
     """
+    global _host_group
     if parallel not in PARALLEL_MODES:
         raise ConfigError(f"unknown parallel mode {parallel!r}; choose one of {', '.join(PARALLEL_MODES)}")
     torchrun = launched_by_torchrun()
@@ -127,6 +136,7 @@ def setup(device: str | None = None, parallel: str = "ddp", timeout_s: float | N
         timeout = datetime.timedelta(seconds=timeout_s) if timeout_s else None
         if torchrun:
             dist.init_process_group(backend, device_id=dev if dev.type == "cuda" else None, timeout=timeout)
+            _host_group = dist.new_group(backend="gloo", timeout=datetime.timedelta(seconds=HOST_WAIT_TIMEOUT_S))
         else:  # FSDP2 needs a group even alone: an in-process store, no ports
             dist.init_process_group(backend, store=dist.HashStore(), rank=0, world_size=1)
         atexit.register(teardown)
@@ -136,8 +146,10 @@ def setup(device: str | None = None, parallel: str = "ddp", timeout_s: float | N
 
 
 def teardown() -> None:
+    global _host_group
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
+    _host_group = None
 
 
 def layers_of(model: nn.Module) -> list[nn.Module]:

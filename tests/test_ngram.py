@@ -186,9 +186,15 @@ def test_a_finished_fit_is_reused_and_a_longer_one_counts_on(counted, tmp_path):
 
 
 def test_fitting_is_one_process():
+    """Also refused by the checks before any work: `torchrun ... harness run --models swat,bigram`
+    trained and scored swat, then stopped at bigram."""
+    from harness.evaluation.sources import check_trainable
     cfg = load_config("tiny", overrides=SHORT)
     with pytest.raises(ConfigError, match="fitted by counting, in one process"):
         fit_by_counting(NGramLM(257, 2), "bigram", cfg, None, None, None, 2, SimpleNamespace(world_size=2), "bytes")
+    check_trainable("bigram", cfg, "cpu", 1)
+    with pytest.raises(ConfigError, match="bigram is fitted by counting, in one process; run it without torchrun"):
+        check_trainable("bigram", cfg, "cpu", 2)
 
 
 def test_counts_are_those_of_the_runs_training_sequences(tmp_path):

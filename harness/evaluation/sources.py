@@ -255,6 +255,7 @@ def check_trainable(name: str, cfg: Config, device: str, world_size: int) -> Non
     training options."""
     from harness.data.corpus import corpus_files
     from harness.training.batches import _batch_layout
+    from harness.training.counting import one_process_only
     from harness.training.distributed import layers_of
     from harness.training.recipe import check_tokenizer, fused_cross_entropy
     spec = get_model(name)
@@ -262,6 +263,8 @@ def check_trainable(name: str, cfg: Config, device: str, world_size: int) -> Non
     corpus_files(cfg.train.corpus)
     _batch_layout(cfg.train, world_size)
     model = checked_model(spec.name, cfg.model, device)
+    if world_size > 1 and getattr(model, "fitted_by_counting", False):  # before any other model's work
+        raise one_process_only(spec.name)
     fused_cross_entropy(model, torch.device(device), cfg.train.fused_ce)
     if cfg.train.activation_checkpointing and not layers_of(model):
         raise RunError(f"train.activation_checkpointing needs a model with a `blocks` ModuleList (the shared "

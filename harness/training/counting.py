@@ -36,6 +36,12 @@ def is_counted(meta: dict) -> bool:
     return "parallel" in meta and meta["parallel"] is None
 
 
+def one_process_only(model_name: str) -> ConfigError:
+    """The error of a model fitted by counting under torchrun: `fit_by_counting` runs in one process."""
+    return ConfigError(f"{model_name} is fitted by counting, in one process; run it without torchrun "
+                       f"(harness train --model {model_name})")
+
+
 def fit_by_counting(model, model_name: str, cfg: Config, run_dir: Path, train_stream: TokenStream,
                     held_stream: TokenStream, micro: int, d: Dist, tokenizer_sha256: str,
                     resume: bool = True) -> TrainResult:
@@ -55,8 +61,7 @@ def fit_by_counting(model, model_name: str, cfg: Config, run_dir: Path, train_st
     from its position. tokenizer_sha256: as a trained model's meta.json records it.
     One process: counting the tokens costs a small fraction of training a neural model on them."""
     if d.world_size > 1:
-        raise ConfigError(f"{model_name} is fitted by counting, in one process; run it without torchrun "
-                          f"(harness train --model {model_name})")
+        raise one_process_only(model_name)
     tcfg = cfg.train
     seqs_per_step = tcfg.batch_tokens // tcfg.seq_len
     ckpt = run_dir / CHECKPOINT_DIR

@@ -1,5 +1,6 @@
 """Training loop: bit-for-bit resume, atomic checkpoints, logs, errors, FLOP counting (CPU)."""
 
+import contextlib
 import hashlib
 import json
 import math
@@ -483,16 +484,34 @@ def test_a_heldout_split_shorter_than_a_sequence_is_refused_before_training(tmp_
     assert not (tmp_path / "runs").exists()  # the folders the run's lock made are gone, parents too
 
 
-def test_too_few_heldout_tokens_for_the_ranks_names_eval_tokens():
-    """With more ranks than scored sequences the split is long enough: train.eval_tokens is what to raise."""
+@pytest.mark.parametrize("world", [2, 3])
+def test_the_heldout_loss_scores_the_same_sequences_at_any_world_size(world):
+    """The scored count was rounded down to a multiple of the ranks: 3 sequences in one process, 2 in
+    two, so identical weights reported 4.8450 and 4.8584 (and a count under the ranks was refused).
+    Every rank now runs as many forwards, the short ones on a repeat that counts for nothing."""
     from harness.data.streams import prepare_streams
     from harness.data.tokenizer import get_tokenizer
-    from harness.training.heldout import scored_sequences
+    from harness.training.heldout import heldout_score, scored_sequences
     _, held = prepare_streams("bundled", get_tokenizer("bytes"))
-    assert scored_sequences(held, 64, 128, 2) == 2
-    with pytest.raises(TrainingError, match="train.eval_tokens=64 is less than one sequence of 64 tokens for each "
-                       "of 2 ranks; raise train.eval_tokens to at least 128"):
-        scored_sequences(held, 64, 64, 2)
+    assert scored_sequences(held, 64, 3 * 64) == 3 and scored_sequences(held, 64, 10) == 1
+    torch.manual_seed(0)
+    model = build_model("transformer", load_config("tiny").model)
+    alone = heldout_score(model, held, 64, 3 * 64, 2, "cpu", contextlib.nullcontext)
+    shares, forwards = [], []
+
+    class Rank:  # one rank of `world`: its sums are kept, and the last rank's reduce adds them all
+        def __init__(self, rank):
+            self.rank, self.world_size = rank, world
+
+        def sum(self, value):
+            shares.append(value.clone())
+            return sum(shares)
+    model.register_forward_hook(lambda *args: forwards.append(1))
+    for rank in range(world):
+        forwards.clear()
+        score = heldout_score(model, held, 64, 3 * 64, 1, "cpu", contextlib.nullcontext, Rank(rank))
+        assert len(forwards) == 3 // world + (3 % world > 0)  # as many forwards on every rank
+    assert (score.loss, score.tokens) == (pytest.approx(alone.loss, rel=1e-12), alone.tokens)
 
 
 @pytest.mark.parametrize("tokens, note", [

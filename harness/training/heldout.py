@@ -40,40 +40,38 @@ def perplexity(loss: float) -> float | None:
         return None
 
 
-def scored_sequences(stream: TokenStream, seq_len: int, max_tokens: int, world: int = 1) -> int:
+def scored_sequences(stream: TokenStream, seq_len: int, max_tokens: int) -> int:
     """How many held-out sequences `heldout_score` scores: the first max_tokens (train.eval_tokens)
-    of the split, at least one sequence, rounded down to a multiple of the world size. None is an
-    error, and training checks it before it starts: it would otherwise surface only at the end,
-    after all the steps, beside a log and checkpoints of a run that cannot finish."""
-    available = stream.num_sequences(seq_len)
-    n = min(available, max(1, max_tokens // seq_len))
-    n -= n % world
-    if n > 0:
-        return n
-    if available < world:
-        raise TrainingError(f"the held-out split is shorter than {world} sequence(s) of {seq_len} tokens; "
-                            f"use a larger corpus or a smaller train.seq_len")
-    raise TrainingError(f"train.eval_tokens={max_tokens} is less than one sequence of {seq_len} tokens for each of "
-                        f"{world} ranks; raise train.eval_tokens to at least {world * seq_len}")
+    of the split, at least one sequence, however many ranks share them. None (a split shorter than
+    one sequence) is an error, which training refuses before it starts."""
+    n = min(stream.num_sequences(seq_len), max(1, max_tokens // seq_len))
+    if n == 0:
+        raise TrainingError(f"the held-out split is shorter than one sequence of {seq_len} tokens; use a larger "
+                            f"corpus or a smaller train.seq_len")
+    return n
 
 
 @torch.no_grad()
 def heldout_score(model, stream: TokenStream, seq_len: int, max_tokens: int, batch: int, device,
                   autocast: Callable, d: Dist | None = None, by_document: bool = False) -> HeldoutScore:
-    """Score the first max_tokens of the held-out stream, overall and per source. With several
-    ranks each scores every N-th sequence (all ranks the same count, rounded down to a multiple
-    of N, so that sharded models run the same number of forwards) and the sums are reduced.
+    """Score the first max_tokens of the held-out stream, overall and per source: the same sequences
+    whatever the number of ranks. With several, each scores every N-th sequence and the sums are
+    reduced; every rank runs as many forwards (a sharded model's collectives pair up across ranks),
+    those with one sequence fewer on a repeat that counts for nothing.
     `by_document`: a model that takes document boundaries gets them, as in training (lm_loss)."""
     varlen = by_document and getattr(distributed.unwrap(model), "supports_varlen", False)
     rank, world = (d.rank, d.world_size) if d is not None else (0, 1)
-    n = scored_sequences(stream, seq_len, max_tokens, world)
+    n = scored_sequences(stream, seq_len, max_tokens)
     was_training = model.training
     model.eval()
     n_sources = max(1, len(stream.source_names))
     sums = torch.zeros(2, n_sources, dtype=torch.float64, device=device)  # loss sum, tokens per source
-    mine = list(range(rank, n, world))
-    for lo in range(0, len(mine), batch):
+    mine, share = list(range(rank, n, world)), -(-n // world)
+    counts = [1.0] * len(mine) + [0.0] * (share - len(mine))
+    mine += [mine[0] if mine else 0] * (share - len(mine))
+    for lo in range(0, share, batch):
         idx = mine[lo:lo + batch]
+        weight = torch.tensor(counts[lo:lo + batch], dtype=torch.float64, device=device).repeat_interleave(seq_len)
         windows, starts = zip(*(stream.sequence(i, seq_len) for i in idx))
         tokens = torch.from_numpy(np.stack(windows)).to(device)
         with autocast():
@@ -88,8 +86,8 @@ def heldout_score(model, stream: TokenStream, seq_len: int, max_tokens: int, bat
         else:  # the source of each target token (positions i*seq_len+1 .. (i+1)*seq_len)
             source = torch.from_numpy(np.concatenate([stream.token_sources(i * seq_len + 1, (i + 1) * seq_len + 1)
                                                       for i in idx]).astype(np.int64)).to(device)
-        sums[0].index_add_(0, source, losses.double())
-        sums[1].index_add_(0, source, torch.ones_like(losses, dtype=torch.float64))
+        sums[0].index_add_(0, source, losses.double() * weight)
+        sums[1].index_add_(0, source, weight)
     if d is not None:
         sums = d.sum(sums)
     model.train(was_training)

@@ -132,8 +132,8 @@ def train(model_name: str, cfg: Config, run_dir: Path, device: str | None = None
             prepare_streams(tcfg.corpus, tokenizer)
         d.barrier()
         train_stream, held_stream = prepare_streams(tcfg.corpus, tokenizer)
-        check_split_lengths(tcfg, train_stream, held_stream, d.world_size)
-        scored = scored_sequences(held_stream, tcfg.seq_len, tcfg.eval_tokens, d.world_size)  # refused now, not later
+        check_split_lengths(tcfg, train_stream, held_stream)
+        scored = scored_sequences(held_stream, tcfg.seq_len, tcfg.eval_tokens)
         if d.is_main and held_stream.num_sequences(tcfg.seq_len) * tcfg.seq_len < tcfg.eval_tokens:
             print(f"note: train.eval_tokens={tcfg.eval_tokens:,} is more than the held-out split of {tcfg.corpus} "
                   f"holds: the held-out loss scores all of it, {scored * tcfg.seq_len:,} tokens", file=sys.stderr,
@@ -239,18 +239,17 @@ def hold_run_folder(run_dir: Path, d: Dist):
                     folder.rmdir()
 
 
-def check_split_lengths(tcfg: TrainConfig, train_stream: TokenStream, held_stream: TokenStream, world: int) -> None:
-    """Refuse, before training, a training split shorter than one sequence or a held-out split
-    shorter than one per rank. The corpus is split by whole documents (`heldout_split`), so a corpus
-    long enough in all can leave one split short (its long document held out): the message names
-    the split and gives both splits' sizes."""
-    splits = {"training": (train_stream, 1), "held-out": (held_stream, world)}
-    for name, (stream, need) in splits.items():
-        if stream.num_sequences(tcfg.seq_len) < need:
+def check_split_lengths(tcfg: TrainConfig, train_stream: TokenStream, held_stream: TokenStream) -> None:
+    """Refuse, before training, a training or held-out split shorter than one sequence. The corpus
+    is split by whole documents (`heldout_split`), so a corpus long enough in all can leave one
+    split short (its long document held out): the message names the split and gives both splits'
+    sizes."""
+    splits = {"training": train_stream, "held-out": held_stream}
+    for name, stream in splits.items():
+        if stream.num_sequences(tcfg.seq_len) < 1:
             sizes = ", ".join(f"{split} {len(s.tokens):,} tokens in {len(s.doc_starts):,} document(s)"
-                              for split, (s, _) in splits.items())
-            sequences = "one sequence" if need == 1 else f"{need} sequences (one per rank)"
-            raise TrainingError(f"the {name} split of corpus {tcfg.corpus!r} is shorter than {sequences} of "
+                              for split, s in splits.items())
+            raise TrainingError(f"the {name} split of corpus {tcfg.corpus!r} is shorter than one sequence of "
                                 f"{tcfg.seq_len} tokens (the corpus is split by whole documents: {sizes}); give the "
                                 f"corpus more documents or use a shorter train.seq_len")
 

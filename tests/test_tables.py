@@ -1055,3 +1055,25 @@ def test_loss_curves_give_a_model_one_colour_and_a_run_one_line_style(tmp_path, 
     drawn.clear()  # ablation runs of one model: a colour per run
     plots.loss_curves({(run, "swat"): records for run in ("seed0", "abl-window-64", "abl-rope-false")}, tmp_path)
     assert len({colour for colour, _ in drawn.values()}) == 3
+
+
+def test_a_length_plot_over_several_presets_has_a_panel_for_each(tmp_path, monkeypatch):
+    """`harness tables --run scaling --table length --plots` drew the three sizes' 46 lines on one axis."""
+    from harness.results import plots
+    panels = []
+
+    def capture(fig, out_dir, name, header, lines):
+        panels.extend([line.get_label() for line in ax.get_lines() if not line.get_label().startswith("_")]
+                      for ax in fig.axes)
+        plots.pyplot().close(fig)
+        return []
+    monkeypatch.setattr(plots, "_write_plot", capture)
+    rows = [acc(model, preset, "length", ppl, metric="ppl", params=params, extra={"context": context})
+            for preset, params in (("s", 1000), ("m", 4000)) for model, ppl in (("swat", 30.0), ("mamba", 20.0))
+            for context in (128, 256)]
+    plots.ppl_vs_length(rows, tmp_path)
+    assert [sorted(labels) for labels in panels] == [["mamba preset=s", "swat preset=s"],
+                                                     ["mamba preset=m", "swat preset=m"]]
+    panels.clear()
+    plots.ppl_vs_length([r for r in rows if r.preset == "s"], tmp_path)
+    assert len(panels) == 1

@@ -33,6 +33,7 @@ from harness.results.tables import (
     latest,
     line_names,
     line_of,
+    preset_order,
 )
 
 
@@ -93,10 +94,13 @@ def _length(r: Row):
 
 def _length_plot(series: dict, out_dir: Path, name: str, ylabel: str, title: str, log_y: bool,
                  vlines: list[int] = ()) -> list[Path]:
-    """One line per series over a log2 length axis; the PNG and a CSV of its points (series,
-    length, value, stderr, device, run)."""
+    """One line per series over a log2 length axis, a panel per preset (one above the other, each
+    with its legend beside it) where the series span several: a study's sizes would otherwise share
+    one axis, dozens of lines. The PNG and a CSV of its points (series, length, value, stderr,
+    device, run)."""
     plt = pyplot()
-    fig, ax = plt.subplots(figsize=(6, 4))
+    presets = preset_order([row for pts in series.values() for row in pts.values()])
+    fig, axes = plt.subplots(len(presets), 1, figsize=(6, 4 * len(presets)), squeeze=False)
     lines = []
     # one colour and marker per model (a decode series' label ends in its batch, " b=64", which
     # picks the line style), so that a model's batch sizes read as a pair; marker sizes alternate,
@@ -105,24 +109,32 @@ def _length_plot(series: dict, out_dir: Path, name: str, ylabel: str, title: str
     # series (a study's sizes, rates and seeds make dozens) look alike
     models = sorted({label.split(" b=")[0] for label in series})
     colours = plt.get_cmap("tab10" if len(models) <= 10 else "tab20").colors
-    for label, pts in sorted(series.items()):
-        xs = sorted(pts)
-        i = models.index(label.split(" b=")[0])
-        marker = MARKERS[(i + i // len(colours)) % len(MARKERS)]
-        ax.plot(xs, [pts[x].value for x in xs], marker=marker, markersize=7 - 3 * (i % 2),
-                color=colours[i % len(colours)],
-                linestyle="--" if " b=" in label and not label.endswith(" b=1") else "-", label=label)
-        lines += [[label, int(x), pts[x].value, pts[x].stderr, pts[x].device, pts[x].run] for x in xs]
-    for x in vlines:
-        ax.axvline(x, color="grey", linestyle=":", linewidth=1)
-    ax.set_xscale("log", base=2)
-    if log_y:
-        ax.set_yscale("log")
-    ax.set_xlabel("length (tokens)" + ("; dotted: training length" if vlines else ""))
-    ax.set_ylabel(ylabel)
-    ax.set_title(title)
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5))  # beside the axes: no line hidden
+    for ax, preset in zip(axes[:, 0], presets):
+        for label, pts in sorted(series.items()):
+            if next(iter(pts.values())).preset != preset:
+                continue
+            xs = sorted(pts)
+            i = models.index(label.split(" b=")[0])
+            marker = MARKERS[(i + i // len(colours)) % len(MARKERS)]
+            ax.plot(xs, [pts[x].value for x in xs], marker=marker, markersize=7 - 3 * (i % 2),
+                    color=colours[i % len(colours)],
+                    linestyle="--" if " b=" in label and not label.endswith(" b=1") else "-", label=label)
+            lines += [[label, int(x), pts[x].value, pts[x].stderr, pts[x].device, pts[x].run] for x in xs]
+        for x in vlines:
+            ax.axvline(x, color="grey", linestyle=":", linewidth=1)
+        ax.set_xscale("log", base=2)
+        if log_y:
+            ax.set_yscale("log")
+        ax.set_xlabel("length (tokens)" + ("; dotted: training length" if vlines else ""))
+        ax.set_ylabel(ylabel)
+        if len(presets) == 1:
+            ax.set_title(title)
+        else:
+            ax.set_title(f"{title}: {preset}", fontsize=10)
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5))  # beside the axes: no line hidden
+    if len(presets) > 1:
+        fig.tight_layout()
     return _write_plot(fig, out_dir, name, ["series", "length", ylabel, "stderr", "device", "run"], lines)
 
 

@@ -873,3 +873,21 @@ def test_model_args_win_over_the_settings_lm_eval_hands_the_model_too(tiny, tmp_
     assert (str(lm.device), lm.batch_size) == ("cpu", 3)
     lm = lm_eval_adapter.HarnessLM.create_from_arg_obj({"checkpoint": str(ckpt), "device": "cpu"}, {"device": "cuda:0"})
     assert str(lm.device) == "cpu"
+
+
+def test_a_corrupt_stored_row_says_its_task_may_count_as_done(tiny, tmp_path, capsys):
+    """A damaged line of rows.jsonl was skipped with a warning, and its task still counted as done by
+    its other rows, with no word of the way out."""
+    from harness.cli import main
+    cfg, model = tiny
+    ckpt = write_checkpoint(tmp_path / "checkpoint", model, cfg, params=1)
+    argv = ["eval", "--checkpoint", str(ckpt), "--tasks", "smoke", "--device", "cpu", "--results", str(tmp_path / "r"),
+            "--run", "e"]
+    assert main(argv) == 0
+    rows = tmp_path / "r" / "e" / "rows.jsonl"
+    lines = rows.read_text().splitlines()
+    rows.write_text("\n".join([lines[0][:20]] + lines[1:]) + "\n")
+    capsys.readouterr()
+    assert main(argv) == 0
+    said = "".join(capsys.readouterr())
+    assert f"{rows}:1: skipped a corrupt row" in said and "restore the line, or pass --force to score it again" in said

@@ -158,7 +158,8 @@ def score(sources: list[ModelSource], task_names: list[str], run: str, results_d
     tasks = check_task_data([get_task(t) for t in task_names], online, skip_missing, log, grouped)
     out = Path(results_dir) / run
     rows_file = out / "rows.jsonl"
-    existing = stored_rows(rows_file, d, log)
+    existing = stored_rows(rows_file, d, log, "; its task counts as done if its other rows are there: restore the "
+                                              "line, or pass --force to score it again")
     if record is not None and "config_hash" in record:
         check_run_config(out, record, [s.name for s in sources], existing)
     else:
@@ -314,11 +315,12 @@ def join_job(device: str, log: Callable[[str], None]) -> tuple[Dist | None, str,
     return d, str(d.device), log if d.is_main else (lambda message: None)
 
 
-def stored_rows(rows_file: Path, d: Dist | None, log: Callable[[str], None]) -> list[Row]:
+def stored_rows(rows_file: Path, d: Dist | None, log: Callable[[str], None], skipped_means: str = "") -> list[Row]:
     """The rows already in rows_file, as rank 0 reads them before writing anything: every rank of
-    a job must agree on what is left to do."""
+    a job must agree on what is left to do. skipped_means ends the warning of a corrupt row skipped
+    (`read_rows`): what that means to the command, and its way out."""
     main = d is None or d.is_main
-    rows = read_rows(rows_file, warn=log) if main and rows_file.is_file() else []
+    rows = read_rows(rows_file, log, skipped_means) if main and rows_file.is_file() else []
     return d.broadcast_object(rows) if d is not None else rows
 
 

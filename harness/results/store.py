@@ -88,11 +88,12 @@ def replace_rows(path: Path, rows: Iterable[Row], replaced: Callable[[Row], bool
     return merged
 
 
-def read_rows(path: Path, warn=print) -> list[Row]:
+def read_rows(path: Path, warn=print, skipped_means: str = "") -> list[Row]:
     """Rows of a JSONL file; a corrupt or truncated line (bytes that are not UTF-8 included), or a row
     whose schema fields are missing, null, of the wrong type or out of range (`row_problem`), is
     skipped with a warning naming file, line and what is wrong: such a row would otherwise vanish
-    from a table, split a line in two, win its column or fail much later in a sort or a format."""
+    from a table, split a line in two, win its column or fail much later in a sort or a format.
+    skipped_means: what a skipped row means to the reader, and the way out, ending the warning."""
     rows = []
     for n, line in enumerate(Path(path).read_text(encoding="utf-8", errors="replace").splitlines(), 1):
         if not line.strip():
@@ -100,11 +101,11 @@ def read_rows(path: Path, warn=print) -> list[Row]:
         try:
             data = json.loads(line)
         except json.JSONDecodeError as err:
-            warn(f"warning: {path}:{n}: skipped a corrupt row ({err})")
+            warn(f"warning: {path}:{n}: skipped a corrupt row ({err}){skipped_means}")
             continue
         problem = row_problem(data)
         if problem:
-            warn(f"warning: {path}:{n}: skipped a corrupt row ({problem})")
+            warn(f"warning: {path}:{n}: skipped a corrupt row ({problem}){skipped_means}")
         else:
             rows.append(Row.from_dict(data))
     return rows

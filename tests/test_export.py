@@ -555,6 +555,16 @@ def test_a_cache_passed_as_past_key_values_continues_the_sequence(exported):
         torch.testing.assert_close(continued, whole, **TOL)
 
 
+def test_a_static_cache_is_refused_by_a_message_that_names_it(exported):
+    """generate(cache_implementation="static") hands the model a 4-D mask, refused as a malformed mask."""
+    from harness.hf.modeling_swat_harness import SwatHarnessForCausalLM
+    model = SwatHarnessForCausalLM.from_pretrained(str(exported[1]["swat"][1])).eval()
+    with pytest.raises(ValueError, match="a static cache, which this model has no use for .* leave "
+                                         "cache_implementation unset"):
+        model.generate(torch.zeros(1, 4, dtype=torch.long), max_new_tokens=2, cache_implementation="static",
+                       do_sample=False)
+
+
 def test_a_shard_size_in_binary_units_shards_by_it(exported, tmp_path):
     """--max-shard-size 100KiB (the form the error line suggests) passed the check, then stopped in a
     traceback from huggingface_hub, which reads KB, MB, GB and TB only, after the model had loaded."""

@@ -265,7 +265,9 @@ class SwatHarnessModel(SwatHarnessPreTrainedModel):
         past = 0 if cache is None else cache.get_seq_length()
         positions = torch.arange(past, past + x.shape[1], device=x.device)
         if attention_mask is not None and attention_mask.dim() != 2:
-            raise ValueError("attention_mask must be [batch, positions] of 1 (token) and 0 (padding)")
+            raise ValueError("attention_mask must be [batch, positions] of 1 (token) and 0 (padding); generate "
+                             "builds a 4-D one for a static cache, which this model has no use for (its cache is "
+                             "its own, a ring buffer of `window` slots): leave cache_implementation unset")
         for layer in self.layers:
             x = layer(x, positions, cache, attention_mask)
         return self.norm(x)

@@ -421,11 +421,18 @@ class FakeHF(torch.nn.Module):
 
 
 def test_hf_wrapper_keeps_the_model_contract(tiny):
+    """Also in generation's options: the wrapper's generate was greedy whatever it was asked."""
     cfg, model = tiny
     wrapped = HFCausalLM(FakeHF(model))
     ids = torch.tensor([ByteTokenizer().encode("Hugging Face checkpoints decode through their cache")])
     assert torch.allclose(wrapped(ids), model(ids))
     assert torch.equal(wrapped.generate(ids, max_new_tokens=6), model.generate(ids, max_new_tokens=6))
+    # sampling and eos as the backbone does them (the wrapper dropped temperature, top_k and eos_id)
+    sampled = [m.generate(ids, 6, temperature=1.0, top_k=5, generator=torch.Generator().manual_seed(3))
+               for m in (wrapped, model)]
+    assert torch.equal(*sampled)
+    eos = int(model.generate(ids, max_new_tokens=1)[0, 0])
+    assert wrapped.generate(ids, max_new_tokens=6, eos_id=eos).shape == (1, 1)
 
 
 def test_llama_hf_without_transformers_names_the_extra(monkeypatch, capsys, tmp_path):

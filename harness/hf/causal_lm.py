@@ -7,6 +7,8 @@ import inspect
 
 import torch
 
+from harness.model.backbone import generate
+
 
 class HFCausalLM(torch.nn.Module):
     """A transformers causal LM (e.g. an fla recurrent model, or Llama) behind the harness model
@@ -38,13 +40,8 @@ class HFCausalLM(torch.nn.Module):
         out = self.hf(input_ids=input_ids.reshape(-1, 1), use_cache=True, **{self._cache_arg: state})
         return out.logits[:, -1], self._cache_of(out)
 
-    @torch.no_grad()
-    def generate(self, input_ids, max_new_tokens: int, **_):
-        logits, state = self.prefill(input_ids)
-        token, out = logits[:, -1].argmax(-1), []
-        for i in range(max_new_tokens):
-            out.append(token)
-            if i + 1 < max_new_tokens:
-                logits, state = self.step(token, state)
-                token = logits.argmax(-1)
-        return torch.stack(out, dim=1)
+    def generate(self, input_ids: torch.Tensor, max_new_tokens: int, temperature: float = 0.0,
+                 top_k: int | None = None, eos_id: int | None = None,
+                 generator: torch.Generator | None = None) -> torch.Tensor:
+        """As the shared backbone's `generate`, through this model's prefill and step."""
+        return generate(self, input_ids, max_new_tokens, temperature, top_k, eos_id, generator)

@@ -161,27 +161,35 @@ class DecoderLM(nn.Module):
             state.append(s)
         return self._logits(h), state
 
-    @torch.no_grad()
     def generate(self, input_ids: torch.Tensor, max_new_tokens: int, temperature: float = 0.0,
                  top_k: int | None = None, eos_id: int | None = None,
                  generator: torch.Generator | None = None) -> torch.Tensor:
-        """Prompt [B, T] -> new tokens [B, <= max_new_tokens], through the per-layer decode state.
-        Greedy at temperature 0; otherwise sampling (top-k when given). Stops early when every
-        sequence has produced eos_id."""
-        logits, state = self.prefill(input_ids)
-        next_logits = logits[:, -1]
-        out = []
-        done = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
-        for _ in range(max_new_tokens):
-            token = sample(next_logits, temperature, top_k, generator)
-            if eos_id is not None:
-                token = torch.where(done, torch.full_like(token, eos_id), token)
-                done |= token == eos_id
-            out.append(token)
-            if eos_id is not None and bool(done.all()):
-                break
-            next_logits, state = self.step(token, state)
-        return torch.stack(out, dim=1) if out else input_ids.new_zeros(input_ids.shape[0], 0)
+        """Prompt [B, T] -> new tokens [B, <= max_new_tokens], through the per-layer decode state
+        (`generate`)."""
+        return generate(self, input_ids, max_new_tokens, temperature, top_k, eos_id, generator)
+
+
+@torch.no_grad()
+def generate(model, input_ids: torch.Tensor, max_new_tokens: int, temperature: float = 0.0,
+             top_k: int | None = None, eos_id: int | None = None,
+             generator: torch.Generator | None = None) -> torch.Tensor:
+    """Prompt [B, T] -> new tokens [B, <= max_new_tokens] of any model with prefill and step (the
+    decode contract). Greedy at temperature 0; otherwise sampling (top-k when given). Stops early
+    when every sequence has produced eos_id."""
+    logits, state = model.prefill(input_ids)
+    next_logits = logits[:, -1]
+    out = []
+    done = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+    for _ in range(max_new_tokens):
+        token = sample(next_logits, temperature, top_k, generator)
+        if eos_id is not None:
+            token = torch.where(done, torch.full_like(token, eos_id), token)
+            done |= token == eos_id
+        out.append(token)
+        if eos_id is not None and bool(done.all()):
+            break
+        next_logits, state = model.step(token, state)
+    return torch.stack(out, dim=1) if out else input_ids.new_zeros(input_ids.shape[0], 0)
 
 
 def sample(logits: torch.Tensor, temperature: float = 0.0, top_k: int | None = None,

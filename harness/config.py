@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import re
 from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -370,7 +371,7 @@ def _coerce(section: str, key: str, current: Any, value: Any) -> Any:
             raise ConfigError(f"{name} must be true or false, got {value!r}")
         return value
     if isinstance(current, (int, float)) and not isinstance(current, bool):
-        if isinstance(value, str):  # YAML 1.1 reads 1e-3 (no dot) as a string
+        if isinstance(value, str):  # nan, inf (YAML's .nan, .inf): read, then refused as not finite
             try:
                 value = float(value)
             except ValueError:
@@ -398,18 +399,33 @@ def apply_mapping(cfg: Config, mapping: dict) -> None:
     """Apply `{"model": {...}, "train": {...}}` to cfg, rejecting unknown sections and keys."""
     for section, values in mapping.items():
         if section not in ("model", "train"):
-            raise ConfigError(f"unknown config section {section!r}; use model.* or train.*")
+            hint = _section_hint(cfg, section)
+            raise ConfigError(f"unknown config section {section!r}; use model.* or train.*{hint}")
         if not isinstance(values, dict):
             raise ConfigError(f"config section {section!r} must be a mapping of keys to values")
         target = getattr(cfg, section)
         known = {f.name for f in fields(target)}
         for key, value in values.items():
             if key not in known:
-                from difflib import get_close_matches
-                close = get_close_matches(key, known, n=1)
-                hint = f"; did you mean {section}.{close[0]}?" if close else ""
-                raise ConfigError(f"unknown key {section}.{key}{hint}")
+                raise ConfigError(f"unknown key {section}.{key}{_key_hint(target, section, str(key))}")
             setattr(target, key, _coerce(section, key, getattr(target, key), value))
+
+
+def _key_hint(target, section: str, key: str) -> str:
+    """What an unknown key was likely meant as: a mapping field's inner key written dotted
+    (model.extra.full_every, which is set whole as YAML), else the closest known key."""
+    from difflib import get_close_matches
+    head, _, inner = key.partition(".")
+    if inner and isinstance(getattr(target, head, None), dict):
+        return f"; set {section}.{head} whole, as YAML: --set '{section}.{head}={{{inner}: ...}}'"
+    close = get_close_matches(key, [f.name for f in fields(target)], n=1)
+    return f"; did you mean {section}.{close[0]}?" if close else ""
+
+
+def _section_hint(cfg: Config, name) -> str:
+    """Where a key written at a config file's top level (`window: 16`) belongs."""
+    owners = [section for section in ("model", "train") if name in {f.name for f in fields(getattr(cfg, section))}]
+    return f" ({name} belongs under {owners[0]}:)" if owners else ""
 
 
 def parse_override(text: str) -> dict:
@@ -436,6 +452,28 @@ class StrictLoader(yaml.SafeLoader):
                                                                 key_node.start_mark)
                     seen.add(key)
         return super().construct_mapping(node, deep)
+
+    def construct_yaml_int(self, node):
+        """An integer in decimal unless its prefix names a base (0x, 0o, 0b): `window: 064` is 64, where
+        YAML 1.1 reads a leading zero as octal (52)."""
+        text = self.construct_scalar(node).replace("_", "")
+        sign, digits = (-1, text[1:]) if text[0] == "-" else (1, text.lstrip("+"))
+        base = {"0x": 16, "0o": 8, "0b": 2}.get(digits[:2].lower(), 10)
+        return sign * int(digits if base == 10 else digits[2:], base)
+
+
+# StrictLoader reads numbers as YAML 1.2 does, not as YAML 1.1 (PyYAML's): 1e-3 is a float, not the string
+# "1e-3" (a list of them was refused), 064 is 64, not octal 52, and 1:30 is a string, not 90 (base 60)
+_INT, _FLOAT = "tag:yaml.org,2002:int", "tag:yaml.org,2002:float"
+StrictLoader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag not in (_INT, _FLOAT)]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+StrictLoader.add_implicit_resolver(_INT, re.compile(r"^[-+]?(?:[0-9][0-9_]*|0x[0-9a-fA-F_]+|0o[0-7_]+|0b[01_]+)$"),
+                                   list("-+0123456789"))
+StrictLoader.add_implicit_resolver(_FLOAT, re.compile(r"^(?:[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)"
+                                                      r"(?:[eE][-+]?[0-9]+)?|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$"),
+                                   list("-+0123456789."))
+StrictLoader.add_constructor(_INT, StrictLoader.construct_yaml_int)
 
 
 def load_yaml(text: str):
@@ -482,6 +520,8 @@ def load_config(preset: str = "tiny", config_file: str | Path | None = None,
     cfg = Config(preset, ModelConfig(), TrainConfig())
     apply_mapping(cfg, PRESETS[preset])
     if config_file is not None:
+        if not str(config_file).strip():  # Path("") is ".", which would be reported as a folder
+            raise ConfigError("config file is an empty name; give the path of a YAML file (--config FILE.yaml)")
         path = Path(config_file)
         data = read_yaml_file(path, "config file") or {}
         if not isinstance(data, dict):

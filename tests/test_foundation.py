@@ -114,6 +114,29 @@ def test_unknown_key_suggests_the_close_one():
         load_config("tiny", None, ["model.windw=4"])
 
 
+def test_numbers_read_as_written_not_as_yaml_1_1(tmp_path):
+    """PyYAML (YAML 1.1) read 064 as octal 52, 1:30 as 90 (base 60), and 1e-3 in a list as the string '1e-3'."""
+    cfg = load_config("tiny", None, ["model.window=064", "train.seed=010", "model.slopes=[1e-3, -1e-3, 5e-1, -5e-1]",
+                                     "train.betas=[9e-1, 0.95]", "train.tokens=1_024", "model.num_kv_heads=0x2"])
+    assert (cfg.model.window, cfg.train.seed, cfg.train.tokens, cfg.model.num_kv_heads) == (64, 10, 1024, 2)
+    assert (list(cfg.model.slopes), cfg.train.betas) == ([1e-3, -1e-3, 0.5, -0.5], (0.9, 0.95))
+    f = tmp_path / "c.yaml"
+    f.write_text("model:\n  window: 040\ntrain:\n  lr: 1e-3\n")
+    assert (load_config("tiny", f).model.window, load_config("tiny", f).train.lr) == (40, 1e-3)
+    with pytest.raises(ConfigError, match="train.lr must be a number, got '1:30'"):
+        load_config("tiny", None, ["train.lr=1:30"])
+
+
+def test_a_key_in_the_wrong_place_names_where_it_goes(tmp_path):
+    """model.extra's inner keys dotted, or a model key at a config file's top level: the error named no fix."""
+    with pytest.raises(ConfigError, match=r"set model.extra whole, as YAML: --set 'model.extra=\{full_every: ...\}'"):
+        load_config("tiny", None, ["model.extra.full_every=1"])
+    f = tmp_path / "c.yaml"
+    f.write_text("window: 16\n")
+    with pytest.raises(ConfigError, match=r"unknown config section 'window'; .* \(window belongs under model:\)"):
+        load_config("tiny", f)
+
+
 def test_yaml_then_overrides(tmp_path):
     f = tmp_path / "c.yaml"
     f.write_text("model:\n  window: 16\n  slopes: negative\ntrain:\n  lr: 0.001\n")
@@ -125,6 +148,8 @@ def test_yaml_then_overrides(tmp_path):
         load_config("tiny", bad)
     with pytest.raises(ConfigError, match="unknown preset"):
         load_config("huge")
+    with pytest.raises(ConfigError, match="config file is an empty name"):  # `--config ''` said ". not found"
+        load_config("tiny", "")
 
 
 

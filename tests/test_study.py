@@ -386,8 +386,9 @@ def test_worker_pool_runs_units_in_processes(tmp_path, monkeypatch):
     """Two workers; the final stage's extra task (from a plugin the workers load too) runs on each
     model's best sweep run once the sweep has chosen it, and on no other. The study file edited
     once the pool has read it (a researcher preparing the next call) changes none of this call's runs."""
+    from harness.config import load_yaml
     from harness.study import spec
-    data = yaml.safe_load(TINY.read_text())
+    data = load_yaml(TINY.read_text())  # as the study reads it: 3e-3 is a number
     data["final"] = {"sizes": ["a"], "tasks": ["smoke", "probe"]}
     path = tmp_path / "pool.yaml"
     path.write_text(yaml.safe_dump(data))

@@ -114,6 +114,35 @@ def test_replicated_fla_cache():
     assert bm.state_bytes([batch]) == 5 * held
 
 
+def test_every_timed_decode_step_of_a_hugging_face_cache_sees_the_same_context(monkeypatch):
+    """llama_hf's DynamicCache grew by a token per timed step: its decode at context 1K was timed at
+    1K and more (hundreds of repeats under do_bench), against the other models' fixed context."""
+    import contextlib
+    model = build_model("llama_hf", load_config("tiny").model, torch.device("cpu")).eval()
+    contexts = []
+    step = model.step
+    monkeypatch.setattr(model, "step", lambda token, state: (contexts.append(state.get_seq_length()),
+                                                             step(token, state))[1])
+    metrics, _ = bm.decode_point(model, 257, 16, 2, torch.device("cpu"), contextlib.nullcontext, rep_ms=1)
+    assert len(contexts) > 3 and set(contexts[1:]) == {17}  # the first: the step after the 16-token prompt
+    assert metrics["state_gb"] * 2**30 == bm.state_bytes(model.prefill(torch.zeros(2, 17, dtype=torch.long))[1])
+
+
+def test_a_recurrent_cache_is_not_rolled_back_between_timed_steps():
+    cache_utils = pytest.importorskip("fla.models.cache_utils")
+    cache = cache_utils.FLACache()
+    cache.update(recurrent_state=torch.randn(1, 2, 4, 4), layer_idx=0)
+
+    class Recurrent:
+        def step(self, token, state):  # fla's layers rewrite their state in place and count the token
+            state.update(recurrent_state=torch.randn(1, 2, 4, 4), layer_idx=0)
+
+    import contextlib
+    rewind = bm.context_rewinder(Recurrent(), torch.zeros(1), cache, contextlib.nullcontext)
+    rewind()  # cropping a recurrent state raises NotImplementedError
+    assert cache.get_seq_length() == 2
+
+
 def test_decode_timing_falls_back_to_eager_when_capture_fails(monkeypatch):
     calls = []
 
@@ -485,3 +514,120 @@ def test_a_damaged_or_empty_kernels_csv_is_one_error_and_a_plot_without_rows_goe
     assert cli.main(["bench", "kernels", "--head-dims", "12", "--out", str(tmp_path / "twelve")]) == 2
     one_error_line(capsys.readouterr().err, "head dims [12] not supported by the SWAT kernel; use any of "
                    "16, 32, 64, 128")
+
+
+def test_a_length_or_batch_named_twice_is_measured_once(tmp_path, monkeypatch):
+    """`--lengths train=64,64` timed 64 twice and stored two rows per metric at one point (the table showed
+    the first)."""
+    from harness import cli
+    calls = []
+    monkeypatch.setattr(bm, "train_point", fake_train_point(calls))
+    monkeypatch.setattr(bm, "decode_point", lambda *args: ({"tokens_per_s": 1.0}, {}))
+    out = tmp_path / "speed"
+    assert cli.main(["bench", "models", "--preset", "tiny", "--device", "cpu", "--models", "swat", "--sweeps",
+                     "train,decode", "--lengths", "train=32,32", "--lengths", "decode=16", "--decode-batches", "2,2",
+                     "--out", str(out)]) == 0
+    rows = [json.loads(line) for line in (out / "rows.jsonl").read_text().splitlines()]
+    assert calls == [32] and [(r["task"], r.get("batch")) for r in rows] == [("speed_train", None),
+                                                                              ("speed_decode", 2)]
+
+
+def test_profile_asked_of_a_folder_measured_without_it_measures_again(tmp_path, monkeypatch):
+    """`--profile` on a folder measured without it said `already measured` and wrote no profile."""
+    calls = []
+
+    def point(model, vocab, length, tokens, device, autocast, warmup_ms, rep_ms, profile):
+        calls.append(length)
+        return {"tokens_per_s": 1.0, "batch": bm.train_batch(length, tokens), **({"profile": "ops"} if profile else {})}
+    monkeypatch.setattr(bm, "train_point", point)
+    out = tmp_path / "speed"
+
+    def bench(profile):
+        bm.run_bench(["swat"], load_config("tiny"), ["train"], {"train": [32]}, torch.device("cpu"), out, 64, (1,),
+                     log=lambda m: None, profile=profile)
+    bench(False)
+    bench(True)
+    assert calls == [32, 32] and "ops" in (out / "profiles" / "swat-train-32.md").read_text()
+    bench(True)
+    assert calls == [32, 32]
+
+
+def test_a_refused_bench_says_nothing_about_replacing_rows(tmp_path, monkeypatch):
+    """A bench under another config and another --train-tokens printed `swat: replacing its rows measured
+    under another config` above its error, though it replaced nothing."""
+    monkeypatch.setattr(bm, "train_point", fake_train_point([]))
+    out = tmp_path / "speed"
+    logged = []
+
+    def bench(tokens, *overrides, force=False):
+        bm.run_bench(["swat"], load_config("tiny", overrides=list(overrides)), ["train"], {"train": [32]},
+                     torch.device("cpu"), out, tokens, (1,), force=force, log=logged.append)
+    bench(64)
+    logged.clear()
+    with pytest.raises(ConfigError, match="measured at another batch size"):
+        bench(128, "model.window=16")
+    assert logged == []
+    bench(128, "model.window=16", force=True)
+    assert logged[:2] == ["swat: replacing its rows measured under another config",
+                          "swat: replacing training rows measured at another number of tokens per batch"]
+
+
+def test_an_interrupted_bench_records_only_the_models_and_lengths_its_rows_hold(tmp_path, monkeypatch):
+    """run.json was written before the sweeps: a bench cut in its second model recorded both models, and
+    lengths no row held."""
+    monkeypatch.setattr(bm, "train_point", fake_train_point([]))
+    out = tmp_path / "speed"
+
+    def cut_at_transformer(point):
+        if point.model == "transformer":
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        bm.run_bench(["swat", "transformer"], load_config("tiny"), ["train"], {"train": [32]}, torch.device("cpu"),
+                     out, 64, (1,), log=lambda m: None, on_point=cut_at_transformer)
+    with pytest.raises(KeyboardInterrupt):
+        bm.run_bench(["transformer"], load_config("tiny"), ["train"], {"train": [16, 32]}, torch.device("cpu"),
+                     out, 64, (1,), log=lambda m: None, on_point=cut_at_transformer)
+    record = json.loads((out / "run.json").read_text())
+    assert record["models"] == ["swat"] and record["lengths"] == {"train": [32]}
+
+
+def test_a_sweep_the_library_refused_is_not_recorded_as_run(tmp_path, monkeypatch):
+    from harness.registry import KernelRefusedError
+
+    def refused_train_point(*args):
+        raise KernelRefusedError("backward kernel refused here")
+    monkeypatch.setattr(bm, "train_point", refused_train_point)
+    monkeypatch.setattr(bm, "prefill_point", lambda *args: {"latency_ms": 1.0, "tokens_per_s": 1.0})
+    bm.run_bench(["swat"], load_config("tiny"), ["train", "prefill"], {"train": [32], "prefill": [16]},
+                 torch.device("cpu"), tmp_path, 64, (1,), log=lambda m: None)
+    record = json.loads((tmp_path / "run.json").read_text())
+    assert record["sweeps"] == ["prefill"] and record["lengths"] == {"prefill": [16]} and "train_tokens" not in record
+
+
+def test_an_output_folder_that_cannot_be_made_stops_the_bench_before_its_sweeps(tmp_path, monkeypatch, capsys):
+    """run.json is written once a model's rows are: `--out /proc/x` measured a whole model, then failed."""
+    from harness import cli
+    calls = []
+    monkeypatch.setattr(bm, "train_point", fake_train_point(calls))
+    assert cli.main(["bench", "models", "--preset", "tiny", "--device", "cpu", "--models", "swat", "--sweeps", "train",
+                     "--lengths", "train=32", "--out", "/proc/harness-bench-test"]) == 2
+    one_error_line(capsys.readouterr().err, "/proc/harness-bench-test", "give another path")
+    assert calls == []
+
+
+def test_kernel_tuning_refuses_an_unknown_sweep_and_a_machine_without_a_gpu(tmp_path, monkeypatch, capsys):
+    """`python -m harness.bench.tune --sweeps tile` ran nothing and printed an empty list; without a GPU it
+    stopped in a traceback, after truncating --out."""
+    from harness.bench import tune
+    out = tmp_path / "tune.jsonl"
+    for argv, needle in [(["--sweeps", "tile"], "--sweeps takes comma-separated tiles, decode, got 'tile'"),
+                         ([], "on a CUDA GPU, and none is visible here")]:
+        if not argv and torch.cuda.is_available():
+            continue
+        monkeypatch.setattr(sys, "argv", ["tune.py", "--out", str(out), *argv])
+        with pytest.raises(SystemExit) as stop:
+            tune.main()
+        assert stop.value.code == 2
+        one_error_line(capsys.readouterr().err, needle)
+        assert not out.exists()

@@ -8,9 +8,10 @@ from harness.config import ConfigError
 
 
 def parse_ints(text: str, flag: str) -> list[int]:
-    """'2048,4096' -> [2048, 4096]: a command-line list of positive integers (`flag` names it in the error)."""
+    """'2048,4096' -> [2048, 4096]: a command-line list of positive integers (`flag` names it in the error),
+    each once: a value named twice would be measured twice, into two rows at one point of a table."""
     try:
-        values = [int(x) for x in text.split(",") if x.strip()]
+        values = list(dict.fromkeys(int(x) for x in text.split(",") if x.strip()))
     except ValueError:
         raise ConfigError(f"{flag} takes comma-separated integers, got {text!r}") from None
     if not values or min(values) < 1:

@@ -206,6 +206,27 @@ def time_decode_step(step: Callable[[], object], cuda: bool, rep_ms: float) -> t
     return median_ms(step, cuda, 0, rep_ms), False
 
 
+def context_rewinder(model, token: torch.Tensor, state, autocast) -> Callable[[], None]:
+    """What puts a decode state back at its context after a timed step. A transformers KV cache
+    (Hugging Face's Llama: DynamicCache) appends each step's keys and values in place, so without
+    this every repeat would time a context one token longer (hundreds of tokens over a do_bench).
+    One probe step tells such a cache (it grew in bytes) from a recurrent one (fla's: the same
+    size, and it cannot be rolled back) and from the harness's caches, which a step does not change."""
+    if not hasattr(state, "crop"):
+        return lambda: None
+    filled, size = state.get_seq_length(), state_bytes(state)
+    with autocast():
+        model.step(token, state)
+    if state_bytes(state) == size:
+        return lambda: None
+    grown = state.get_seq_length() - filled
+    state.crop(-grown)  # a negative count removes tokens in transformers 4 and 5 alike
+
+    def rewind():
+        state.crop(-grown)
+    return rewind
+
+
 @torch.no_grad()
 def decode_point(model, vocab: int, context: int, batch: int, device, autocast,
                  rep_ms: float) -> tuple[dict, dict]:
@@ -227,10 +248,12 @@ def decode_point(model, vocab: int, context: int, batch: int, device, autocast,
         state = replicate_state(state, batch)
     held = state_bytes(state)
     token = torch.randint(0, vocab, (batch,), device=device)
+    rewind = context_rewinder(model, token, state, autocast)
 
     def step():
         with autocast():
             model.step(token, state)
+        rewind()
 
     ms, graphed = time_decode_step(step, device.type == "cuda", rep_ms)
     metrics = {"per_token_ms": ms, "tokens_per_s": batch / ms * 1e3, "state_gb": held / 2**30}
@@ -390,6 +413,19 @@ def is_measured(rows: list, name: str, sweep: str, places: list[dict], measured_
     return all(any(_at(r, place) for r in held) for place in places)
 
 
+def profile_path(out, name: str, length: int):
+    return out / "profiles" / f"{name}-train-{length}.md"
+
+
+def is_profiled(out, rows: list, name: str, lengths: list[int]) -> bool:
+    """Whether `--profile` has its answer at every training length the stored rows measured (an
+    out-of-memory point has none): a folder measured without it is measured again, else the bench
+    would say `already measured` and write no profile."""
+    ran = {r.extra.get("seq_len") for r in rows if r.model == name and r.task == "speed_train"
+           and r.extra.get("status") == "ok"}
+    return all(profile_path(out, name, length).is_file() for length in ran & set(lengths))
+
+
 def runnable_plan(plan: dict, cfg: Config, device: torch.device, log: Callable) -> dict:
     """The plan ({model: sweeps to measure}) less the models fitted by counting (a note each; none
     but them is an error), every model to measure checked first (`checked_model`): one that cannot
@@ -418,7 +454,7 @@ def run_bench(names: list[str], cfg: Config, sweeps, lengths: dict, device: torc
 
     from harness.files import atomic_write_text
     from harness.results.plots import speed_curves
-    from harness.results.provenance import provenance, record_run, versions
+    from harness.results.provenance import provenance, versions
     from harness.results.store import Row, read_rows, replace_rows
     from harness.results.tables import build, render
 
@@ -429,25 +465,19 @@ def run_bench(names: list[str], cfg: Config, sweeps, lengths: dict, device: torc
     measured_as = config_id(cfg)
     places = {s: planned_places(s, lengths[s], train_tokens, decode_batches) for s in sweeps}
     plan = {name: [s for s in sweeps
-                   if force or not is_measured(rows, name, s, places[s], measured_as, stamp["device"])]
+                   if force or not is_measured(rows, name, s, places[s], measured_as, stamp["device"])
+                   or profile and s == "train" and not is_profiled(out, rows, name, lengths["train"])]
             for name in dict.fromkeys(names)}
     plan = runnable_plan(plan, cfg, device, log)  # one that cannot run here stops the bench before any write
     for name in (n for n, todo in plan.items() if not todo):
         log(f"{name}: already measured at these points under this config (pass --force to measure again)")
     if any(plan.values()):  # else nothing is measured, and run.json keeps only the commands that made rows
-        check_one_config(out, rows, plan, measured_as, log)
         replacing = [replaced_rows(name, todo, places, measured_as, stamp["device"], train_tokens)
                      for name, todo in plan.items() if todo]
         kept = [r for r in rows if not any(replaced(r) for replaced in replacing)]
-        measuring = {sweep for todo in plan.values() for sweep in todo}
-        settings = {}  # what this bench measures at; a sweep it does not run leaves the earlier record's value
-        if "train" in measuring:
-            check_one_batch_size(out, rows, kept, train_tokens, force, log)
-            settings["train_tokens"] = train_tokens
-        if "decode" in measuring:
-            settings["decode_batches"] = list(decode_batches)
-        record_run(out, {"models": list(plan), "sweeps": list(sweeps), "lengths": held_lengths(kept, plan, lengths),
-                         **settings, "config": cfg.to_dict()}, str(device))
+        for note in checked_replacements(out, rows, kept, plan, measured_as, train_tokens, force):
+            log(note)
+        out.mkdir(parents=True, exist_ok=True)  # a folder that cannot be made stops the bench before its sweeps
         if device.type == "cpu":
             log(f"warning: {CPU_WARNING}")
         vers = versions()
@@ -466,19 +496,33 @@ def run_bench(names: list[str], cfg: Config, sweeps, lengths: dict, device: torc
                                  log=log, profile=profile)
             for p in points:
                 if p.profile is not None:
-                    atomic_write_text(out / "profiles" / f"{name}-train-{p.length}.md", profile_markdown(p, stamp))
+                    atomic_write_text(profile_path(out, name, p.length), profile_markdown(p, stamp))
             rows = replace_rows(rows_file, points_to_rows(points, make_row),
                                 replaced_rows(name, todo, places, measured_as, stamp["device"], train_tokens), warn=log)
+            record_stored(out, rows, points, train_tokens, decode_batches, cfg, device)
     if rows:  # the table and plots from every stored row, also where a run was cut after its rows
         atomic_write_text(out / "table.md", render(build("speed", rows), "md"))
         speed_curves(rows, out)
     return rows
 
 
-def check_one_config(out, rows: list, plan: dict, measured_as: str, log: Callable) -> None:
+def checked_replacements(out, rows: list, kept: list, plan: dict, measured_as: str, train_tokens: int,
+                         force: bool) -> list[str]:
+    """What the bench replaces in the folder, a line each, once every check has passed: a refused
+    bench replaces nothing, so it says nothing about replacing before its error."""
+    notes = [f"{name}: replacing its rows measured under another config"
+             for name in check_one_config(out, rows, plan, measured_as)]
+    if any("train" in todo for todo in plan.values()):
+        if models := check_one_batch_size(out, rows, kept, train_tokens, force):
+            notes.append(f"{', '.join(models)}: replacing training rows measured at another number of tokens "
+                         f"per batch")
+    return notes
+
+
+def check_one_config(out, rows: list, plan: dict, measured_as: str) -> list[str]:
     """A folder's run.json and table give its rows one config: a bench under another one may replace the
-    sweeps it measures again (and says so), but not leave other rows, of another model or of a sweep it
-    does not run, to be labelled with its config."""
+    sweeps it measures again (the models returned, for the bench to say so), but not leave other rows, of
+    another model or of a sweep it does not run, to be labelled with its config."""
     other = {(r.model, r.task.removeprefix("speed_")) for r in rows
              if r.extra.get("config_id") not in (None, measured_as)}
     measuring = {(name, sweep) for name, todo in plan.items() for sweep in todo}
@@ -486,8 +530,7 @@ def check_one_config(out, rows: list, plan: dict, measured_as: str, log: Callabl
         held = ", ".join(f"{name} ({sweep})" for name, sweep in kept)
         raise ConfigError(f"{out} holds rows of {held} measured under another config, which this bench's run.json "
                           f"and table would label with its own; pass another --out, or bench those sweeps too")
-    for name in sorted({name for name, _ in other & measuring}):
-        log(f"{name}: replacing its rows measured under another config")
+    return sorted({name for name, _ in other & measuring})
 
 
 def at_train_tokens(row, train_tokens: int) -> bool:
@@ -497,21 +540,21 @@ def at_train_tokens(row, train_tokens: int) -> bool:
     return row.extra.get("batch_tokens") == train_batch(length, train_tokens) * length
 
 
-def check_one_batch_size(out, rows: list, kept: list, train_tokens: int, force: bool, log: Callable) -> None:
+def check_one_batch_size(out, rows: list, kept: list, train_tokens: int, force: bool) -> list[str]:
     """A folder's training rows share one number of tokens per batch: its table bolds the fastest of
     a column and its curves join a model's lengths, and tokens/s grows with the batch, so rows at
     another batch size would win or bend them unseen. A bench measuring training at another one may
     replace such rows (`kept`: those its models' sweeps do not replace) with --force only, so that
-    an afterthought does not discard hours of measurements; else it stops before anything is written."""
+    an afterthought does not discard hours of measurements; else it stops before anything is written.
+    Returns the models whose rows it replaces, for the bench to say so."""
     def elsewhere(held: list) -> list:
         return [r for r in held if r.task == "speed_train" and not at_train_tokens(r, train_tokens)]
     other = elsewhere(rows)
     if not other:
-        return
+        return []
     models = sorted({r.model for r in other})
     if force and not elsewhere(kept):
-        log(f"{', '.join(models)}: replacing training rows measured at another number of tokens per batch")
-        return
+        return models
     first, length = other[0], other[0].extra.get("seq_len")
     raise ConfigError(f"{out} holds training rows of {', '.join(models)} measured at another batch size (e.g. "
                       f"{first.model} at length {length}: {first.extra.get('batch_tokens')} tokens per batch, here "
@@ -520,17 +563,30 @@ def check_one_batch_size(out, rows: list, kept: list, train_tokens: int, force: 
                       f"{', '.join(models)} to measure them again")
 
 
-def held_lengths(kept: list, plan: dict, lengths: dict) -> dict:
-    """run.json's lengths per sweep: those of the rows the folder keeps and of the points this bench
-    measures, no others (not the default lengths of a sweep it did not run). A dict is not united
-    with the earlier record's (`record_run`), so it is the whole folder's."""
+def record_stored(out, rows: list, points: list[Point], train_tokens: int, decode_batches, cfg: Config,
+                  device: torch.device) -> None:
+    """run.json once a model's points are stored, not before its sweeps: a bench cut short, or a sweep
+    the model's library refused, records only the models, sweeps and lengths the rows hold. The
+    settings are those of the sweeps measured (one not measured leaves the earlier record's value)."""
+    from harness.results.provenance import record_run
+    if not points:
+        return
+    sweeps = list(dict.fromkeys(p.sweep for p in points))
+    settings = {"train_tokens": train_tokens} if "train" in sweeps else {}
+    if "decode" in sweeps:
+        settings["decode_batches"] = list(decode_batches)
+    record_run(out, {"models": [points[0].model], "sweeps": sweeps, "lengths": held_lengths(rows), **settings,
+                     "config": cfg.to_dict()}, str(device))
+
+
+def held_lengths(rows: list) -> dict:
+    """run.json's lengths per sweep: those of the folder's rows, no others (not the default lengths
+    of a sweep it did not run). A dict is not united with the earlier record's (`record_run`), so it
+    is the whole folder's."""
     held: dict = {}
-    for r in kept:
+    for r in rows:
         sweep = r.task.removeprefix("speed_")
         held.setdefault(sweep, set()).add(r.extra.get("context" if sweep == "decode" else "seq_len"))
-    for todo in plan.values():
-        for sweep in todo:
-            held.setdefault(sweep, set()).update(lengths[sweep])
     return {s: sorted(held[s]) for s in SWEEPS if s in held}
 
 

@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from harness.bench.timing import median_ms
-from harness.config import first_line
+from harness.config import ConfigError, first_line
 from harness.ops.alibi import alibi_slopes
 from harness.ops.swat import function as fn_mod
 from harness.ops.swat.function import (
@@ -141,13 +141,32 @@ def _describe(r: dict) -> str:
     return ""
 
 
+TUNE_SWEEPS = ("tiles", "decode")
+
+
+def checked_sweeps(text: str) -> list[str]:
+    """The sweeps --sweeps names, checked before --out is opened: a misspelt one ran nothing and printed
+    an empty `best` list, and a machine without a GPU stopped in a traceback after truncating --out."""
+    sweeps = [s.strip() for s in text.split(",") if s.strip()]
+    if not sweeps or set(sweeps) - set(TUNE_SWEEPS):
+        raise ConfigError(f"--sweeps takes comma-separated {', '.join(TUNE_SWEEPS)}, got {text!r}")
+    if not torch.cuda.is_available():
+        raise ConfigError("harness.bench.tune times the SWAT Triton kernels on a CUDA GPU, and none is visible "
+                          "here; run it on a GPU machine")
+    return sweeps
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sweeps", default="tiles,decode", help="comma-separated: tiles, decode")
     parser.add_argument("--out", help="also write the rows as JSON lines to this file, each as it is measured "
                         "(a sweep cut short keeps what it measured)")
     args = parser.parse_args()
-    sweeps = args.sweeps.split(",")
+    try:
+        sweeps = checked_sweeps(args.sweeps)
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
     from harness.results.provenance import provenance, versions
     made = {**provenance("cuda", shlex.join(["python", "-m", "harness.bench.tune", *sys.argv[1:]])),
             "versions": versions()}  # every row says how to measure it again

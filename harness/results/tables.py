@@ -852,7 +852,8 @@ def _sweep_table(title: str, sections: list[tuple[str, str, list[Row]]], run_con
     header = ["Model"] + [human(n) if n >= 1024 and n % 1024 else _kilo(n) for n in lengths]
     table = Table(title, header, ["Model"] + [latex_escape(h) for h in header[1:]])
     sources = Sources()
-    missing = oom = set_aside = several_details = False
+    missing = set_aside = several_details = False
+    oom: set[str] = set()  # the devices of the rows that ran out of memory
     limits: set = set()
     every_name: list[str] = []
     for label, metric, rs in sections:
@@ -871,7 +872,7 @@ def _sweep_table(title: str, sections: list[tuple[str, str, list[Row]]], run_con
             for n in lengths:
                 r = latest(cols[n]) if n in cols else None
                 missing |= r is None
-                oom |= r is not None and is_oom(r)
+                oom |= {r.device or "an unnamed device"} if r is not None and is_oom(r) else set()
                 cell = (Cell() if r is None else text_cell("OOM") if is_oom(r) else
                         measured_cell(r, metric, display(r.stderr, metric),
                                       shown_digits(display(r.value, metric), 1) if is_fraction(metric)
@@ -893,7 +894,7 @@ def _sweep_table(title: str, sections: list[tuple[str, str, list[Row]]], run_con
     if missing:
         table.notes.append("Blank cell: not measured at that length.")
     if oom:
-        table.notes.append("OOM: ran out of GPU memory at that length.")
+        table.notes.append(f"OOM: ran out of memory at that length (on {', '.join(sorted(oom))}).")
     if limits:
         table.notes.append(limit_note(limits, set_aside))
     table.notes += rate_notes(every_name)

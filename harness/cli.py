@@ -197,7 +197,7 @@ def cmd_list(args) -> None:
     from harness.model.build import check_extra
     from harness.registry import get_model, load_plugins, models, tasks
     load_plugins(args.plugin)
-    cfg = load_config(args.preset, None, args.overrides).model
+    cfg = load_config(args.preset, args.config, args.overrides).model
     check_extra(cfg)  # a key of model.extra that no model reads: one error, not a `?` for every model
     if args.model:
         spec = get_model(args.model)
@@ -581,9 +581,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("list", help="registered models (params per preset, fast-path status) and tasks")
     p.add_argument("--model", metavar="NAME", help="everything about one model instead")
-    p.add_argument("--preset", default="tiny", help="the size whose parameter counts are shown (default: tiny)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
-                   help="override one config value, e.g. --set model.window=256 (repeatable)")
+    add_config_args(p)  # the config whose parameter counts are shown
     add_plugin_arg(p, cmd_list)
 
     p = sub.add_parser("run", help="train (or reuse) models, run tasks, write results/<run>/")

@@ -835,3 +835,14 @@ def test_gpu_small_preset_training_reduces_the_loss(name, tmp_path):
           f"loss {first:.3f} -> {last:.3f} (mean of last 10), held-out {result.heldout_loss:.3f}, "
           f"{result.seconds:.1f}s")
     assert last < first - 1.0
+
+
+def test_list_counts_parameters_at_a_config_file(tmp_path, capsys):
+    """`harness list` took --preset and --set but not --config, the third way every other command
+    takes a config: a model's count at a config file could not be looked up."""
+    config = tmp_path / "wide.yaml"
+    config.write_text("model: {hidden_size: 96}\n")
+    at_file, _ = list_lines(["--config", str(config)], capsys)
+    at_set, _ = list_lines(["--set", "model.hidden_size=96"], capsys)
+    plain, _ = list_lines([], capsys)
+    assert at_file == at_set and at_file["swat"] != plain["swat"]

@@ -309,16 +309,17 @@ def weights_digest(meta: dict, weights: Path) -> str | None:
 TOKENIZER_KEY = "tokenizer_sha256"  # meta.json: the content of the tokenizer the weights' ids are of
 
 
-def check_tokenizer_unchanged(meta: dict, ckpt: Path) -> None:
+def check_tokenizer_unchanged(meta: dict, ckpt: Path, now: str | None = None) -> None:
     """A checkpoint is read only with the tokenizer it was trained with: train.tokenizer names a file
     (a mirror name or a path), and one retrained under that name (`harness data train-tokenizer
-    --force`) gives other ids, which the weights would read as garbage, silently. Checkpoints written
-    before meta.json recorded the tokenizer's content are not checked."""
+    --force`) gives other ids, which the weights would read as garbage, silently. `now`: the
+    fingerprint of the tokenizer as it is, where the caller has it loaded already (else it is
+    loaded). Checkpoints written before meta.json recorded the tokenizer's content are not checked."""
     saved = meta.get(TOKENIZER_KEY)
     if saved is None:
         return
     name = Config.from_dict(meta["config"]).train.tokenizer
-    now = get_tokenizer(name).fingerprint
+    now = get_tokenizer(name).fingerprint if now is None else now
     if now != saved:
         raise TrainingError(f"{ckpt} was trained with tokenizer {name} of sha256 {saved[:12]}, but {name} is now "
                             f"another (sha256 {now[:12]}; retrained?); restore the tokenizer it was trained with, or "
@@ -382,15 +383,17 @@ def check_plugin_unchanged(meta: dict, ckpt: Path) -> None:
                         f"`harness train ... --no-resume`")
 
 
-def _check_resumable(meta: dict, model_name: str, cfg: Config, ckpt: Path, counted: bool = False) -> None:
-    """Refuse to resume under another recipe. `counted`: a model fitted by counting, whose counts
+def _check_resumable(meta: dict, model_name: str, cfg: Config, ckpt: Path, tokenizer_sha256: str,
+                     counted: bool = False) -> None:
+    """Refuse to resume under another recipe, or with another tokenizer than the one whose content
+    is `tokenizer_sha256` (the run's, loaded). `counted`: a model fitted by counting, whose counts
     over more tokens are those of fewer plus the rest, so its budget may grow (not shrink)."""
     saved = Config.from_dict(meta["config"])
     hint = "pass --no-resume to start over, or --out for a new run folder"
     if meta["model"] != model_name:
         raise ConfigError(f"{ckpt} holds a {meta['model']} checkpoint, not {model_name}; {hint}")
     check_plugin_unchanged(meta, ckpt)
-    check_tokenizer_unchanged(meta, ckpt)
+    check_tokenizer_unchanged(meta, ckpt, tokenizer_sha256)
     if saved.to_dict()["model"] != cfg.to_dict()["model"]:
         raise ConfigError(f"{ckpt} was trained with another model config; {hint}")
     old, new = saved.to_dict()["train"], cfg.to_dict()["train"]

@@ -69,7 +69,7 @@ def fit_by_counting(model, model_name: str, cfg: Config, run_dir: Path, train_st
     start_step, position = 0, 0
     if has_checkpoint(ckpt):
         saved_meta = read_meta(ckpt)
-        _check_resumable(saved_meta, model_name, cfg, ckpt, counted=True)
+        _check_resumable(saved_meta, model_name, cfg, ckpt, tokenizer_sha256, counted=True)
         # as a neural model's resume reads them: checksums first, then the trainer state's step and
         # position (whole numbers, the step meta.json's), so a damaged one is a line, not a traceback
         weights, trainer = _read_state(ckpt)

@@ -307,7 +307,7 @@ def restore(job: Job) -> Progress | None:
     if not job.resume or not has_checkpoint(job.ckpt):
         return Progress()
     saved_meta = read_meta(job.ckpt)
-    _check_resumable(saved_meta, job.model_name, job.cfg, job.ckpt)
+    _check_resumable(saved_meta, job.model_name, job.cfg, job.ckpt, job.meta[TOKENIZER_KEY])
     state = _resume(job.ckpt, job.wrapped, job.optimizer, job.d)
     if state["step"] >= job.cfg.train.steps and saved_meta.get("heldout_loss") is not None:
         return None

@@ -6,11 +6,13 @@ end-of-document token between them (single articles are too short for 16x the tr
 The raw text (`wikitext`) is used when mirrored, else the tokenized v1 copy (`wikitext_2_v1`); the
 rows name which.
 
-Evaluation lengths L: powers of two from min(512, training length) to 16x the training length.
+Evaluation lengths L: the training length, halved while that stays at least 512, then doubled up
+to 16x the training length (powers of two from min(512, training length) where the training length
+is a power of two); the training length is always one of them.
 Every L scores the *same* tokens: the first N * L_max tokens of the stream, cut into N * L_max / L
 disjoint windows of L tokens, each scored by one forward from an empty state. Per window, position
 p predicts token p + 1 with p + 1 tokens of context; rows give the loss and perplexity over all
-positions and per position bucket (the same power-of-two grid), so a rise after the training length
+positions and per position bucket (the same grid), so a rise after the training length
 shows up in the buckets beyond it.
 
 How each family is evaluated past the training length, identically for all: one forward over the
@@ -47,8 +49,11 @@ MAX_BATCH_TOKENS = 32768
 
 
 def eval_lengths(train_len: int, factor: int = 16) -> list[int]:
-    """Powers of two from min(512, train_len) to factor * train_len (both ends included)."""
-    length, out = min(512, train_len), []
+    """train_len halved while that stays at least 512, then doubled up to factor * train_len: the
+    training length is on the grid, so a position bucket ends there."""
+    length, out = train_len, []
+    while length % 2 == 0 and length // 2 >= 512:
+        length //= 2
     while length <= factor * train_len:
         out.append(length)
         length *= 2
@@ -133,8 +138,9 @@ def run(model, tokenizer, ctx):
                 parts.append(window_losses(model, batch, autocast).cpu())
         except Exception as err:
             stop_sweep_at(err, f"length: {ctx.model_name} at {length} tokens", ctx.device)
-            print(f"length: {ctx.model_name} ran out of memory at {length} tokens on {ctx.device}; "
-                  f"the sweep stops at {length // 2}", file=sys.stderr)
+            stops = f"the sweep stops at {length // 2}" if length > lengths[0] else "no length fits"
+            print(f"length: {ctx.model_name} ran out of memory at {length} tokens on {ctx.device}; {stops}",
+                  file=sys.stderr)
             break
         rows += loss_rows(ctx, torch.cat(parts), length, lengths, dataset=dataset,
                           train_length=ctx.cfg.model.max_seq_len, windows=len(starts), limit=limit)

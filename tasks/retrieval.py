@@ -5,15 +5,22 @@ text, then asked for; the model must produce it by greedy decoding through its d
 lengths 1K, 2K, ... up to 32K tokens or 32x the training length, whichever is smaller (at the
 paper's training length 1024 the full 1K-32K range), depths 0, 25, 50, 75, 100% (0%: the key right
 after the instructions; 100%: right before the question). acc = fraction of prompts whose answer
-starts with the key.
+begins with the key as a whole number (its leading digits, spaces skipped, are the key: a longer
+number is wrong).
 
 `mqar` (multi-query associative recall, Zoology: Arora et al., 2023): key-value pairs at the start,
 then each key queried once at power-law distributed distances (Zoology's power_a = 0.01); acc =
 fraction of queries where the next-token argmax after the key is its value (one forward per
 sequence, no generation). Tokens are drawn from three disjoint sets of the tokenizer's ids (keys,
 values, filler), so every queried key occurred exactly once before; Zoology fills gaps with random
-tokens of the whole vocabulary instead, which can repeat a key. Contexts: powers of two from 256
-to 4x the training length (at least 256); key-value counts 4..64 where they fit (4 * num_kv <= context).
+tokens of the whole vocabulary instead, which can repeat a key. Unlike Zoology's, each query is
+followed by its value (Zoology leaves that slot random): no query sees its own answer, but the
+values already answered narrow the last queries of a sequence down by elimination (a guess among
+the values not yet repeated scores about 0.5 at 4 pairs, against 0.25 for a guess among all four).
+Query distances follow the power law from the end of the pairs, so most are short whatever the
+context (at 4096 tokens, 46-63% by the key-value count lie within 256 tokens of their pair): the
+context is the sequence's length, not the recall distance. Contexts: powers of two from 256 to 4x
+the training length (at least 256); key-value counts 4..64 where they fit (4 * num_kv <= context).
 
 Both generators depend only on (seed, cell), so every model sees the same prompts, and a model that
 copies perfectly from its context scores 1.0 (tests/test_eval.py checks this with an oracle).
@@ -73,20 +80,34 @@ class PasskeyPrompt:
 
 
 def passkey_prompt(tokenizer, length: int, depth: float, sample: int) -> PasskeyPrompt:
-    """A prompt of at most `length` tokens with the key after round(depth * n) of its n fillers.
-    The text is tokenized whole (pieces tokenized apart would get odd joins from BPE tokenizers
-    that prepend a space marker)."""
+    """The prompt with the most fillers that fits `length` tokens (so it falls short of `length` by
+    less than one filler, and rows may report `length` as its length), the key after
+    round(depth * n) of its n fillers. The text is tokenized whole (pieces tokenized apart would get
+    odd joins from BPE tokenizers that prepend a space marker), and the count of fillers is searched
+    on whole prompts: a filler tokenized alone can take more tokens than in a run of fillers (one
+    more with the Llama-2 tokenizer, which would leave a 32K prompt 4% short)."""
     key = str(cell_rng(0, length, depth, sample).integers(*PASSKEY_KEYS))
     needle = NEEDLE.format(key=key)
-    fixed = sum(len(tokenizer.encode(t)) for t in (INSTRUCTION, needle, QUESTION))
-    n = (length - fixed) // len(tokenizer.encode(FILLER))
-    while n >= 1:
+
+    def prompt(n: int) -> list[int]:
         at = round(depth * n)
-        ids = tokenizer.encode(INSTRUCTION + FILLER * at + needle + FILLER * (n - at) + QUESTION)
+        return tokenizer.encode(INSTRUCTION + FILLER * at + needle + FILLER * (n - at) + QUESTION)
+
+    fixed = len(tokenizer.encode(INSTRUCTION + needle + QUESTION))
+    n = max(1, int((length - fixed) / filler_tokens(tokenizer)))
+    while len(prompt(n + 1)) <= length:
+        n += 1
+    while n >= 1:
+        ids = prompt(n)
         if len(ids) <= length:
             return PasskeyPrompt(ids, key, depth)
         n -= 1
     raise ValueError(f"passkey length {length} is too short for the prompt's fixed parts")
+
+
+def filler_tokens(tokenizer, run: int = 16) -> float:
+    """Tokens per filler within a run of fillers, where BPE joins them as in a prompt."""
+    return len(tokenizer.encode(FILLER * run)) / run
 
 
 def answer_of(text: str) -> str:

@@ -898,3 +898,43 @@ def test_a_corrupt_stored_row_says_its_task_may_count_as_done(tiny, tmp_path, ca
     assert main(argv) == 0
     said = "".join(capsys.readouterr())
     assert f"{rows}:1: skipped a corrupt row" in said and "restore the line, or pass --force to score it again" in said
+
+
+class PrefixedBytes(ByteTokenizer):
+    """Bytes after one marker token per encode, as SentencePiece's dummy prefix: a filler tokenized
+    alone takes a token more than each filler of a run."""
+
+    def encode(self, text: str) -> list[int]:
+        return [0] + super().encode(text)
+
+
+def test_passkey_prompts_fall_short_of_their_length_by_less_than_one_filler():
+    """Rows report the nominal length: a prompt sized by a filler tokenized alone fell fillers short."""
+    from tasks import retrieval as r
+    tok = PrefixedBytes()
+    for depth in r.PASSKEY_DEPTHS:
+        prompt = r.passkey_prompt(tok, 16384, depth, 0)
+        assert 16384 - len(r.FILLER) < len(prompt.ids) <= 16384
+
+
+def test_length_grid_holds_the_training_length_and_16x_it():
+    """The position buckets split at the training length, also where it is no power of two."""
+    from tasks.length import bucket_edges, eval_lengths
+    assert eval_lengths(1024) == [512, 1024, 2048, 4096, 8192, 16384]  # the study's grid, as before
+    assert eval_lengths(128) == [128, 256, 512, 1024, 2048]
+    lengths = eval_lengths(768)
+    assert lengths[0] == 768 and lengths[-1] == 16 * 768
+    assert (768, 1536) in bucket_edges(lengths, 3072)
+
+
+def test_a_length_sweep_out_of_memory_at_its_first_length_says_no_length_fits(tiny, monkeypatch, capsys):
+    import tasks.length as length_task
+    from harness import memory
+    cfg, model = tiny
+
+    def squeezed(model, batch, autocast):
+        raise RuntimeError("CUDA out of memory")
+    monkeypatch.setattr(length_task, "window_losses", squeezed)
+    monkeypatch.setattr(memory, "gpu_is_shared", lambda device: False)
+    assert get_task("length").run(model, ByteTokenizer(), small_ctx(cfg, train_length=32, limit=None)) == []
+    assert "ran out of memory at 32 tokens on cpu; no length fits" in capsys.readouterr().err

@@ -94,7 +94,8 @@ class FlaMixer(nn.Module):
         self.model = model
         self.layer = layer
         self.init_std = init_std
-        # fla's models scale the mixer's output projection like our backbone's residual outputs
+        # the backbone's one init scheme scales residual outputs by 1/sqrt(2 * blocks) (GPT-2); fla's own
+        # models leave them at init_std
         self.layer.o_proj.residual_out = True
 
     def reset_special(self) -> None:

@@ -2,8 +2,8 @@
 per corpus source, computed the same way for every model (at the end of training and by the
 `smoke` task), and split over the ranks of a torchrun job. The packed sequences are scored whole,
 across the documents' boundaries; training gives the models that take them (`supports_varlen`: the
-attention layers) those boundaries, so `by_document` scores such a model as it trained, to measure
-what the difference costs it.
+attention layers and the fla layers, not Mamba's) those boundaries, so `by_document` scores such a
+model as it trained, to measure what the difference costs it.
 """
 
 from __future__ import annotations

@@ -1,8 +1,9 @@
 """Held-out loss of trained checkpoints scored across document boundaries (as every row of the study
-is) and within them (as the attention models train: `heldout_score(..., by_document=True)`), to
-measure the caveat in README.md ("Things to know"): on a machine that holds the study's
+is) and within them (as the attention and fla models train: `heldout_score(..., by_document=True)`),
+to measure the caveat in README.md ("Things to know"): on a machine that holds the study's
 checkpoints, `python results/scaling/document_scoring.py RUNS/scaling > document_scoring.md`
-(one row per checkpoint of an attention model found under RUNS/scaling/<size>/<model>/<run>/).
+(one row per checkpoint of a model that trains within documents, found under
+RUNS/scaling/<size>/<model>/<run>/).
 """
 
 import sys
@@ -24,7 +25,7 @@ print("| run | held-out loss, across documents (the study's rows) | within docum
 for ckpt in sorted(runs.glob(f"*/*/*/{CHECKPOINT_DIR}")):
     model, cfg, name, _ = load_checkpoint(ckpt, device)
     if not getattr(model, "supports_varlen", False):
-        continue  # a recurrent model trains and scores across boundaries alike
+        continue  # Mamba's models train and score across boundaries alike
     t = cfg.train
     _, held = prepare_streams(t.corpus, get_tokenizer(t.tokenizer))
     autocast = autocast_for(device, t.dtype) if device.type == "cuda" else nullcontext

@@ -848,3 +848,55 @@ def test_a_warmup_longer_than_the_run_is_said(tmp_path, capsys):
     assert train_mod.warmup_note(short_cfg("train.warmup_tokens=2048").train) is None  # the whole run, as asked
     one_step = short_cfg("train.tokens=256", "train.warmup_tokens=1000000").train
     assert train_mod.warmup_note(one_step) is None and lr_at(0, one_step) == one_step.lr
+
+
+def test_a_run_stopped_right_after_a_checkpoint_still_logs_that_step(tmp_path, monkeypatch):
+    """A stop landing after the checkpoint swap and before the log line (a scheduler's SIGTERM while
+    the old checkpoint is removed) resumed after step 4 with step 4 missing from the log for good."""
+    real_save = train_mod.save_checkpoint
+
+    def stopped_after_saving(*args, **kwargs):
+        real_save(*args, **kwargs)
+        raise Interrupt
+    monkeypatch.setattr(train_mod, "save_checkpoint", stopped_after_saving)
+    with pytest.raises(Interrupt):
+        train("swat", short_cfg(), tmp_path, "cpu")
+    monkeypatch.setattr(train_mod, "save_checkpoint", real_save)
+    assert read_meta(tmp_path / CHECKPOINT_DIR)["step"] == 4
+    train("swat", short_cfg(), tmp_path, "cpu")
+    assert [r["step"] for r in read_log(tmp_path / LOG_FILE)] == list(range(1, 9))
+
+
+def test_an_optimizer_state_of_other_shapes_is_one_error_naming_it(cut, tmp_path):
+    """Moments of another model's shapes (a trainer.pt of another run, past its checksums) loaded
+    without a word and stopped the first optimizer step in a RuntimeError traceback."""
+    run_dir = copied(cut, tmp_path)
+    rewrite(run_dir, TRAINER_FILE, lambda t: t["optimizer"]["state"]["norm.weight"].update(exp_avg=torch.zeros(7)))
+    before = folder_state(run_dir)
+    with pytest.raises(TrainingError) as err:
+        train("swat", short_cfg(), run_dir, "cpu")
+    assert str(err.value).startswith(f"{run_dir / CHECKPOINT_DIR / TRAINER_FILE} does not fit the model its "
+                                     "meta.json describes (optimizer state of other shapes: norm.weight exp_avg [7], "
+                                     "the model's [64])")
+    assert "--no-resume" in str(err.value)
+    assert folder_state(run_dir) == before
+
+
+def test_a_no_resume_cut_while_deleting_the_old_checkpoint_leaves_none_half_deleted(tmp_path, monkeypatch):
+    """A --no-resume stopped after the old checkpoint's meta.json was deleted left its other files,
+    which the next run refused as a damaged checkpoint."""
+    cfg = short_cfg("train.tokens=512")
+    train("transformer", cfg, tmp_path, "cpu")
+    real_rmtree = shutil.rmtree
+
+    def cut_after_the_first_file(path, *args, **kwargs):
+        if (Path(path) / "meta.json").is_file():
+            (Path(path) / "meta.json").unlink()
+            raise Interrupt
+        real_rmtree(path, *args, **kwargs)
+    monkeypatch.setattr(shutil, "rmtree", cut_after_the_first_file)
+    with pytest.raises(Interrupt):
+        train("transformer", cfg, tmp_path, "cpu", resume=False)
+    monkeypatch.setattr(shutil, "rmtree", real_rmtree)
+    assert not train("transformer", cfg, tmp_path, "cpu").reused
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([CHECKPOINT_DIR, LOG_FILE, PLOT_FILE])

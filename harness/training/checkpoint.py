@@ -218,9 +218,19 @@ def open_run_dir(run_dir: Path, resume: bool) -> None:
     run_dir.mkdir(parents=True, exist_ok=True)
     recover_checkpoint(run_dir)
     if not resume:
-        shutil.rmtree(run_dir / CHECKPOINT_DIR, ignore_errors=True)
+        _discard_checkpoint(run_dir / CHECKPOINT_DIR)
         for name in (LOG_FILE, PLOT_FILE):
             (run_dir / name).unlink(missing_ok=True)
+
+
+def _discard_checkpoint(final: Path) -> None:
+    """Delete a checkpoint, renamed out of the way first: a deletion cut short (Ctrl-C) leaves the
+    rest of it where `recover_checkpoint` removes it, not a checkpoint without its meta.json that
+    the next run refuses as damaged."""
+    if final.exists():
+        doomed = final.with_name(f".{CHECKPOINT_DIR}.tmp-discarded{os.getpid()}")
+        final.rename(doomed)
+        shutil.rmtree(doomed, ignore_errors=True)
 
 
 def save_checkpoint(run_dir: Path, model, optimizer, meta: dict, trainer: dict, d: Dist) -> Path:
@@ -415,6 +425,7 @@ def _resume(ckpt: Path, model, optimizer, d: Dist) -> dict:
         try:
             weights, trainer = _read_state(ckpt)
             check_fit(model, {k: tuple(v.shape) for k, v in weights.items()}, ckpt / WEIGHTS_FILE)
+            check_optimizer_fit(model, trainer["optimizer"], ckpt / TRAINER_FILE)
         except TrainingError as err:
             failure = err
     # every rank stops, not only the one that read, and with the error itself: a CheckpointDamaged
@@ -461,6 +472,22 @@ def check_fit(model, stored: dict[str, tuple[int, ...]], weights_file: Path) -> 
     if problem:
         raise CheckpointDamaged(f"{weights_file} does not fit the model its {META_FILE} describes ({problem}): a "
                                 f"checkpoint of an older version of the model, or damaged")
+
+
+def check_optimizer_fit(model, optim: dict, trainer_file: Path) -> None:
+    """The optimizer state's per-parameter tensors (Adam's moments) are in their parameters' shapes:
+    loading does not compare them, and moments of another model would stop the first optimizer step in
+    a traceback."""
+    shapes = {name: shape for names, shape in _tensor_groups(model) if shape is not None for name in names}
+    state = optim.get("state")
+    entries = [(name, entry) for name, entry in state.items() if name in shapes and isinstance(entry, dict)] \
+        if isinstance(state, dict) else []  # any other layout is refused by the load itself (`_load_state`)
+    reshaped = [f"{name} {key} {list(value.shape)}, the model's {list(shapes[name])}"
+                for name, entry in entries for key, value in entry.items()
+                if isinstance(value, torch.Tensor) and value.dim() and tuple(value.shape) != shapes[name]]
+    if reshaped:
+        raise CheckpointDamaged(f"{trainer_file} does not fit the model its {META_FILE} describes (optimizer state "
+                                f"of other shapes: {_some(reshaped)}): a trainer state of another run, or damaged")
 
 
 def _tensor_groups(model) -> list[tuple[tuple[str, ...], tuple[int, ...] | None]]:

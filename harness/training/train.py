@@ -188,10 +188,12 @@ def train(model_name: str, cfg: Config, run_dir: Path, device: str | None = None
                 record = {"step": done, "tokens": done * job.step_tokens, "loss": loss_value, "lr": lr,
                           "grad_norm": norm_value, **meter.lap(done)}
                 stop = should_stop is not None and not last and d.broadcast_object(should_stop())
-                if saves or stop:
-                    checkpoint(job, progress)
+                # logged before it is checkpointed: a run stopped between the two resumes after this
+                # step, so it would never be logged
                 if log is not None:
                     log.write(record)
+                if saves or stop:
+                    checkpoint(job, progress)
                 if on_step is not None and d.is_main:
                     on_step({**record, "steps": tcfg.steps, "start_step": meter.start_step})
                 if stop:

@@ -4,6 +4,8 @@ contract just works (issue 22). Everything goes through the command line as a us
 real program are the point."""
 
 import argparse
+import contextlib
+import errno
 import json
 import random
 import re
@@ -1006,3 +1008,48 @@ def test_an_empty_run_name_is_refused_not_taken_for_the_default(tmp_path, capsys
     code = cli.main([*command, "--run", run, "--device", "cpu", *paths])
     one_error_line(capsys.readouterr().err, f"--run must be a non-empty name without / or \\, got {run!r}")
     assert code == 2 and list(tmp_path.iterdir()) == []
+
+
+def half_written_then(failure):
+    """A Figure.savefig whose write stops partway with `failure`."""
+    def savefig(fig, target, **kwargs):
+        with contextlib.ExitStack() as stack:
+            out = target if hasattr(target, "write") else stack.enter_context(open(target, "wb"))
+            out.write(b"\x89PNG\r\n")
+        raise failure
+    return savefig
+
+
+def failing(failure):
+    def fail(*args, **kwargs):
+        raise failure
+    return fail
+
+
+@pytest.mark.parametrize("where, failure, status", [
+    ("savefig", OSError(errno.ENOSPC, "No space left on device"), 2),  # the PNG's write refused
+    ("fsync", OSError(errno.ENOSPC, "No space left on device"), 2),  # the disk refusing it at last
+    ("replace", KeyboardInterrupt(), 130),  # interrupted between the written PNG and its rename
+])
+def test_a_plot_that_fails_to_be_written_leaves_no_temporary_file_and_names_its_folder(tmp_path, capsys, monkeypatch,
+                                                                                       where, failure, status):
+    """`.loss.png.tmp.png` stayed in the run folder, and a full disk said "no space left on the disk
+    written to" without naming it. The plot alone is written here: a finished run that lost its loss.png
+    draws it again."""
+    import os
+
+    import matplotlib.figure
+    run = tmp_path / "run"
+    argv = ["train", "--model", "swat", "--device", "cpu", "--quiet", "--out", str(run), *ONE_STEP]
+    assert cli.main(argv) == 0
+    (run / "loss.png").unlink()
+    capsys.readouterr()
+    if where == "savefig":
+        monkeypatch.setattr(matplotlib.figure.Figure, "savefig", half_written_then(failure))
+    else:
+        monkeypatch.setattr(os, where, failing(failure))
+    assert cli.main(argv) == status
+    err = capsys.readouterr().err
+    if status == 2:
+        one_error_line(err, f"{run}: no space left on its disk; free space there or give another folder with --out")
+    assert sorted(p.name for p in run.iterdir()) == ["checkpoint", "train_log.jsonl"]

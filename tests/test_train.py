@@ -516,7 +516,7 @@ def test_the_heldout_loss_scores_the_same_sequences_at_any_world_size(world):
 
 @pytest.mark.parametrize("tokens, note", [
     ("1500", "note: train.tokens=1500 is 1.46 batches of 1,024 tokens: training 1 step (1,024 tokens)"),
-    ("100", "note: train.tokens=100 is 0.10 batches of 1,024 tokens: training 1 step (1,024 tokens)"),
+    ("100", "note: train.tokens=100 is 0.09 batches of 1,024 tokens: training 1 step (1,024 tokens)"),
     ("1024", None),
 ])
 def test_a_budget_between_batches_is_said_before_training(tmp_path, capsys, tokens, note):
@@ -900,3 +900,94 @@ def test_a_no_resume_cut_while_deleting_the_old_checkpoint_leaves_none_half_dele
     monkeypatch.setattr(shutil, "rmtree", real_rmtree)
     assert not train("transformer", cfg, tmp_path, "cpu").reused
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([CHECKPOINT_DIR, LOG_FILE, PLOT_FILE])
+
+
+def test_a_budget_note_s_batches_never_round_up_past_the_steps_trained():
+    """32,767 tokens in batches of 1,024 read 32.00 batches, then training 31 steps."""
+    from harness.training.recipe import budget_note
+    tcfg = load_config("tiny", overrides=["train.tokens=32767"]).train
+    assert budget_note(tcfg) == ("note: train.tokens=32767 is 31.99 batches of 1,024 tokens: training 31 steps "
+                                 "(31,744 tokens)")
+
+
+def signalled_at(monkeypatch, step: int, *signums):
+    """`harness train`'s training, sending this process each of `signums` at `step` (its step callback):
+    the signal comes while training, at a step known in advance."""
+    import signal
+    real_train = train_mod.train
+
+    def on_step(info):
+        if info["step"] == step:
+            for signum in signums:
+                signal.raise_signal(signum)  # its Python handler has run when this returns
+
+    monkeypatch.setattr(train_mod, "train", lambda *args, **kwargs: real_train(*args, **{**kwargs, "on_step": on_step}))
+
+
+def train_argv(out, *extra):
+    return ["train", "--model", "swat", "--device", "cpu", "--quiet", "--out", str(out),
+            *[arg for setting in SHORT for arg in ("--set", setting)], *extra]
+
+
+@pytest.mark.parametrize("signals, status", [(("SIGTERM",), 143), (("SIGINT",), 130), (("SIGTERM", "SIGTERM"), 143)])
+def test_a_signal_checkpoints_the_step_in_flight_then_exits_with_its_status(straight, tmp_path, monkeypatch, capsys,
+                                                                             signals, status):
+    """SIGTERM (a cluster's preemption) or a first Ctrl-C ended `harness train` at once: the next run
+    resumed from the last periodic checkpoint (step 4 here), the steps since lost. Now the step in
+    flight when the signal comes (5) is finished, the next one asks and checkpoints, and one line
+    says where it stopped; the same command resumes bit for bit. A repeated SIGTERM (a scheduler's and
+    torchrun's both) changes nothing. The signal handlers are given back."""
+    import signal
+
+    from harness.cli import main
+    before = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    signalled_at(monkeypatch, 5, *(getattr(signal, name) for name in signals))
+    with pytest.raises(SystemExit) as stopped:
+        main(train_argv(tmp_path))
+    assert stopped.value.code == status
+    assert read_meta(tmp_path / CHECKPOINT_DIR)["step"] == 6
+    assert capsys.readouterr().err.strip() == (f"interrupted: stopped at step 6 of 8 as asked; the checkpoint in "
+                                               f"{tmp_path / CHECKPOINT_DIR} resumes there: run the same command again")
+    assert {sig: signal.getsignal(sig) for sig in before} == before
+    monkeypatch.undo()
+    assert main(train_argv(tmp_path)) == 0
+    assert_same_weights(straight[0], tmp_path)
+
+
+def test_a_stop_under_no_resume_says_to_resume_without_it(tmp_path, monkeypatch, capsys):
+    """`--no-resume` again would discard the checkpoint just written."""
+    import signal
+
+    from harness.cli import main
+    signalled_at(monkeypatch, 2, signal.SIGTERM)
+    with pytest.raises(SystemExit):
+        main(train_argv(tmp_path, "--no-resume"))
+    assert capsys.readouterr().err.strip().endswith("resumes there: run the same command without --no-resume")
+
+
+def test_a_second_ctrl_c_stops_at_once(tmp_path, monkeypatch, capsys):
+    """As before the first one checkpointed: the last periodic checkpoint (step 4) is what there is."""
+    import signal
+
+    from harness.cli import main
+    signalled_at(monkeypatch, 5, signal.SIGINT, signal.SIGINT)
+    assert main(train_argv(tmp_path)) == 130
+    assert read_meta(tmp_path / CHECKPOINT_DIR)["step"] == 4
+    assert capsys.readouterr().err.startswith("interrupted: the rows and checkpoints written so far are kept")
+
+
+def test_a_signal_before_training_asks_stops_at_once(tmp_path, monkeypatch, capsys):
+    """A model fitted by counting never asks whether to stop: a SIGTERM waiting for it would be lost
+    for the whole fit. Before the first step there is nothing to checkpoint, so it stops the command
+    as it did."""
+    import signal
+
+    from harness.cli import main
+
+    def terminated(*args, **kwargs):
+        signal.raise_signal(signal.SIGTERM)
+        pytest.fail("SIGTERM did not stop the fit")
+    monkeypatch.setattr(train_mod, "fit_by_counting", terminated)
+    assert main(["train", "--model", "bigram", "--device", "cpu", "--out", str(tmp_path / "bigram"),
+                 "--set", "train.tokens=1024", "--set", "train.eval_tokens=128"]) == 130
+    assert capsys.readouterr().err.startswith("interrupted: the rows and checkpoints written so far are kept")

@@ -19,7 +19,7 @@ import csv
 import math
 from pathlib import Path
 
-from harness.files import atomic_write_text
+from harness.files import atomic_write_bytes, atomic_write_text
 from harness.results.provenance import device_slug
 from harness.results.store import Row
 from harness.results.tables import (
@@ -54,9 +54,19 @@ def _write_csv(path: Path, header: list[str], lines: list[list]) -> None:
 
 
 def save_figure(fig, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=150, bbox_inches="tight")
-    tmp.replace(path)
+    """The figure as a PNG at `path`, drawn in memory and then written whole or not at all: a failed or
+    interrupted write leaves no temporary file behind. A disk full while writing (the write names no
+    path, or names the temporary file) is said of the folder written to."""
+    import errno
+    import io
+    buf = io.BytesIO()
+    try:
+        fig.savefig(buf, format="png", dpi=150, bbox_inches="tight")
+        atomic_write_bytes(path, buf.getvalue())
+    except OSError as err:
+        if err.errno != errno.ENOSPC:
+            raise
+        raise OSError(err.errno, err.strerror, str(Path(path).parent)) from err
 
 
 def _write_plot(fig, out_dir: Path, name: str, header: list[str], lines: list[list]) -> list[Path]:

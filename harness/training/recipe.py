@@ -35,11 +35,14 @@ def budget_note(cfg) -> str | None:
     """One line saying what a train.tokens that is no whole number of global batches trains instead
     (whole steps: tokens // batch_tokens, at least one), None when it is whole. Rounded, not refused
     (TrainConfig.steps is the documented rule, and budgets stated otherwise, as a study's tokens per
-    parameter, fall between batches), but said: the run would otherwise train another budget silently."""
+    parameter, fall between batches), but said: the run would otherwise train another budget silently.
+    The batches are cut, not rounded, to hundredths: their whole part is then the steps trained (32,767
+    tokens in batches of 1,024 read 31.99, not 32.00, for 31 steps), bar the one step of a budget under
+    one batch."""
     if cfg.tokens % cfg.batch_tokens == 0:
         return None
     steps = cfg.steps
-    hundredths = (cfg.tokens * 100 + cfg.batch_tokens // 2) // cfg.batch_tokens  # in integers: exact at any size
+    hundredths = cfg.tokens * 100 // cfg.batch_tokens  # in integers: exact at any size
     return (f"note: train.tokens={cfg.tokens} is {hundredths // 100:,}.{hundredths % 100:02d} batches of "
             f"{cfg.batch_tokens:,} tokens: training {steps:,} step{'s' if steps > 1 else ''} "
             f"({steps * cfg.batch_tokens:,} tokens)")

@@ -11,7 +11,7 @@ import yaml
 
 from harness import cli
 from harness.results.store import Row, read_rows
-from harness.study.report import gaps_table, paired_table, t_critical, training_curve
+from harness.study.report import exponent_error_note, gaps_table, paired_table, t_critical, training_curve
 from harness.study.spec import choose_lrs, interpolated_optimum, load_study, plan, power_law, units
 
 TINY = Path(__file__).resolve().parent / "fixtures" / "study" / "tiny.yaml"
@@ -987,3 +987,33 @@ def test_a_run_whose_weights_are_not_those_of_its_rows_is_scored_anew(finished, 
                                                                                                 "loss")]
     assert [r.value for r in rescored if "corpus_source" not in r.extra] == [pytest.approx(true, rel=1e-9)]
     assert {r.seed for r in read_rows(path) if (r.model, r.preset, r.task) == ("swat", "b", "mqar")} == {0, 1}
+
+
+def test_the_exponents_error_says_its_degrees_of_freedom_and_what_interval_it_gives():
+    """Three sizes leave one degree of freedom: the ± alone reads as a 95% interval of about two
+    errors where it is 12.7, so the note says so; four sizes leave two (4.30 errors)."""
+    three = {"swat": {"params": power_law([1e6, 4e6, 16e6], [3.0, 2.5, 2.2]), "flops": None}}
+    note = exponent_error_note(three)
+    assert "± 12.71 standard errors at 1 degree of freedom" in note and "does not tell two exponents apart" in note
+    four = {"swat": {"params": power_law([1e6, 4e6, 16e6, 64e6], [3.0, 2.5, 2.2, 1.9]), "flops": None}}
+    note = exponent_error_note(four)
+    assert "± 4.30 standard errors at 2 degrees of freedom" in note and "single residual" not in note
+    assert "95%" not in exponent_error_note({"swat": {"params": power_law([1e6, 4e6], [3.0, 2.5]), "flops": None}})
+
+
+def test_the_paired_notes_count_the_tests_the_pairs_left_out_and_the_seed_that_chose_the_rates():
+    """Seed 0 at a swept size is the run its learning rate won on (biased low); a pair sharing one seed
+    cannot be tested and is said to be left out; the tests are counted, none corrected for the others."""
+    class Res:
+        study = load_study(TINY)
+        study.models = ["swat", "transformer", "mamba"]
+        study.sweep_sizes, study.final_sizes, study.final_seeds = ["a", "b"], ["a", "b"], {"a": [0], "b": [0, 1, 2]}
+        losses = {"transformer": {0: 2.0, 1: 2.1, 2: 2.05}, "swat": {0: 1.9, 1: 2.01, 2: 1.94}, "mamba": {0: 1.8}}
+
+        def values(self, model, size, task, metric, source=None):
+            return self.losses[model]
+    table = paired_table(Res())
+    assert [len(lines) for _, lines in table.groups] == [1]  # b only: a has one seed
+    notes = " ".join(table.notes)
+    assert "1 of them, none corrected" in notes and "Left out: 1 pair(s)" in notes
+    assert "Seed 0 at b is the sweep's run at the learning rate it chose" in notes

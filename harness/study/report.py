@@ -372,6 +372,7 @@ def paired_table(res: Results) -> Table | None:
     study = res.study
     header = ["Model A", "Model B", "seeds", "mean A − B", "std", "t", "verdict"]
     table = Table("Held-out loss, paired by seed (A − B < 0: A is better)", header, header)
+    untested, tested_sizes = 0, []
     for size in study.final_sizes:
         if len(study.final_seeds.get(size, [])) < 2:
             continue
@@ -382,22 +383,43 @@ def paired_table(res: Results) -> Table | None:
                 if b == a or (b in study.focus and study.focus.index(b) < study.focus.index(a)):
                     continue
                 diffs = seed_differences(per_model[a], per_model[b])
-                if len(diffs) < 2:
-                    continue
-                m, s, n = _stat(diffs)
-                t = m / (s / math.sqrt(n)) if s else math.copysign(math.inf, m) if m else 0.0
-                crit = t_critical(n - 1)
-                verdict = (f"{a} better" if t < -crit else f"{b} better" if t > crit
-                           else f"not resolved (|t| < {crit:.2f})")
-                lines.append([text_cell(a), text_cell(b), text_cell(str(n)), Cell(m, digits=4, signed=True),
-                              Cell(s, digits=4), Cell(t, digits=2, signed=True), text_cell(verdict)])
+                if len(diffs) >= 2:
+                    lines.append(paired_line(a, b, diffs))
+                elif per_model[a] and per_model[b]:
+                    untested += 1
         if lines:
             table.groups.append((size, lines))
+            tested_sizes.append(size)
     if not table.groups:
         return None
-    table.notes.append("Pairs share the seed, hence the initialisation seed and the order of the training data; "
-                       "verdict: a two-sided paired t test at 5% (critical t for n − 1 degrees of freedom).")
+    table.notes += paired_notes(study, sum(len(lines) for _, lines in table.groups), untested, tested_sizes)
     return table
+
+
+def paired_line(a: str, b: str, diffs: list[float]) -> list[Cell]:
+    """One comparison: the mean difference over the seeds, its std, the paired t and its verdict."""
+    m, s, n = _stat(diffs)
+    t = m / (s / math.sqrt(n)) if s else math.copysign(math.inf, m) if m else 0.0
+    crit = t_critical(n - 1)
+    verdict = f"{a} better" if t < -crit else f"{b} better" if t > crit else f"not resolved (|t| < {crit:.2f})"
+    return [text_cell(a), text_cell(b), text_cell(str(n)), Cell(m, digits=4, signed=True), Cell(s, digits=4),
+            Cell(t, digits=2, signed=True), text_cell(verdict)]
+
+
+def paired_notes(study, tested: int, untested: int, sizes: list[str]) -> list[str]:
+    """What a verdict rests on: the test; how many were made, none corrected for the others (some
+    pass by chance); the pairs left out; and the seed whose runs chose the learning rates, biased low."""
+    notes = ["Pairs share the seed, hence the initialisation seed and the order of the training data; verdict: a "
+             f"two-sided paired t test at 5% (critical t for n − 1 degrees of freedom), {tested} of them, none "
+             "corrected for the others: where no two models differed, one test in twenty would still be called."]
+    if untested:
+        notes.append(f"Left out: {untested} pair(s) with fewer than two seeds in common (a t test needs two).")
+    swept = [size for size in sizes if size in study.sweep_sizes and study.sweep_seed in study.final_seeds[size]]
+    if swept:
+        notes.append(f"Seed {study.sweep_seed} at {', '.join(swept)} is the sweep's run at the learning rate it "
+                     "chose: the rate won on that very run, so its loss is biased low (each model's by its own "
+                     "sweep), where the other seeds' are not.")
+    return notes
 
 
 def gaps_table(res: Results) -> Table | None:
@@ -621,10 +643,25 @@ def scaling_table(res: Results) -> tuple[Table | None, dict]:
     if not lines:
         return None, fits
     table.groups.append(("", lines))
-    table.notes.append("± the exponent's standard error from the fit's residuals (blank with two sizes: a line "
-                       "through two points has none). FLOPs: the harness's count (harness/model/flops.py), which "
+    table.notes.append(exponent_error_note(fits) + " FLOPs: the harness's count (harness/model/flops.py), which "
                        "leaves out the recurrent cores of the fla layers.")
     return table, fits
+
+
+def exponent_error_note(fits: dict) -> str:
+    """What the exponents' ± is worth: a fit through k sizes leaves k − 2 degrees of freedom, so through
+    three the 95% interval is 12.7 standard errors each side, and the error itself rests on one residual."""
+    dfs = sorted({fit["points"] - 2 for got in fits.values() for fit in (got["params"], got["flops"])
+                  if fit and fit["b_se"] is not None})
+    note = ("± the exponent's standard error from the fit's residuals, on (sizes − 2) degrees of freedom (blank "
+            "with two sizes: a line through two points has none).")
+    if dfs:
+        note += " A 95% interval is the estimate ± " + ", ".join(
+            f"{t_critical(df):.2f} standard errors at {df} degree{'s' * (df > 1)} of freedom" for df in dfs) + "."
+    if 1 in dfs:
+        note += (" With one degree of freedom the error is estimated from a single residual and may be far too "
+                 "small or too large: the ± does not tell two exponents apart.")
+    return note
 
 
 def largest_suffix(res: Results, model: str) -> str:

@@ -254,3 +254,63 @@ def test_harness_eval_runs_lm_eval_tasks_on_the_checkpoints(cli_run):
         assert math.isfinite(rows[(name, "lambada_openai", "perplexity")]["value"])
     bits = {name: rows[(name, "wikitext_2_v1", "bits_per_byte")]["value"] for name in ("unigram", "bigram")}
     assert bits["bigram"] < bits["unigram"] < 8
+
+
+# ---------------------------------------------------------------- against a plain reference
+
+def reference_rows(tokens: torch.Tensor, V: int, order: int) -> np.ndarray:
+    """p(w | u) [V, V] in float64, the formulas of harness/model/ngram.py written out with Counters."""
+    targets = tokens[:, 1:].flatten().tolist()
+    if order == 1:
+        seen = Counter(targets)
+        return np.tile([(seen[w] + 1) / (len(targets) + V) for w in range(V)], (V, 1))
+    pairs = Counter(zip(tokens[:, :-1].flatten().tolist(), targets))
+    n1, n2 = (sum(c == k for c in pairs.values()) for k in (1, 2))
+    D = n1 / (n1 + 2 * n2) if n1 else DISCOUNT_WITHOUT_SINGLETONS
+    before = Counter(w for _, w in pairs)
+    p_cont = np.array([(max(before[w] - D, 0) + D * len(before) / V) / len(pairs) for w in range(V)])
+    rows = np.tile(p_cont, (V, 1))
+    for u in range(V):
+        total = sum(c for (a, _), c in pairs.items() if a == u)
+        if total:
+            rows[u] *= D * sum(a == u for a, _ in pairs) / total
+            for (a, w), c in pairs.items():
+                if a == u:
+                    rows[u, w] += (c - D) / total
+    return rows
+
+
+@pytest.mark.parametrize("order", [1, 2])
+@pytest.mark.parametrize("seed", range(4))
+def test_every_row_equals_a_plain_reference_and_sums_to_one(order, seed):
+    """Skewed text over part of the vocabulary (contexts and tokens never seen), on odd seeds
+    counted twice as a two-epoch run counts it (no pair seen once: the fallback discount)."""
+    g = np.random.default_rng(seed)
+    V = int(g.integers(5, 40))
+    tokens = torch.from_numpy(np.minimum(g.zipf(1.5, size=(3, 30)) - 1, V - 1))
+    if seed % 2:
+        tokens = tokens.repeat(2, 1)
+    expected = reference_rows(tokens, V, order)
+    np.testing.assert_allclose(expected.sum(1), 1, rtol=0, atol=1e-12)
+    model = fitted(order, tokens, V)
+    np.testing.assert_allclose(probs(model, list(range(V))).numpy(), expected, rtol=1e-5, atol=0)
+    # the scoring path without the [B, T, V] table gives the same values, unseen pairs included
+    x = torch.from_numpy(g.integers(0, V, size=(2, 25)))
+    np.testing.assert_allclose(model.target_log_probs(x[:, :-1], x[:, 1:]).double().exp().numpy(),
+                               expected[x[:, :-1], x[:, 1:]], rtol=1e-5, atol=0)
+
+
+def test_lm_eval_scores_the_first_token_after_the_end_of_document_token():
+    """WikiText-2's rolling windows through the adapter, as for the neural rows: every token scored
+    once, the first from the end-of-document token (as a packed training document's first token)."""
+    pytest.importorskip("lm_eval")
+    from harness.evaluation.lm_eval_adapter import HarnessLM
+    tokenizer = get_tokenizer("bytes")
+    V = tokenizer.vocab_size
+    text = tokenizer.encode("the cat sat on the mat; the dog sat on the log. " * 3)
+    model = fitted(2, torch.tensor([[tokenizer.eos_id] + text]), V)
+    lm = HarnessLM(model=model, tokenizer=tokenizer, device="cpu", max_length=16, progress=False)
+    windows = [(None, context, continuation) for context, continuation in lm.rolling_windows(text)]
+    total = sum(score for score, _ in lm._loglikelihood_tokens(windows, share_contexts=False))
+    ids = torch.tensor([[tokenizer.eos_id] + text])
+    assert total == pytest.approx(float(model.target_log_probs(ids[:, :-1], ids[:, 1:]).double().sum()), rel=1e-5)

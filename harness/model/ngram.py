@@ -14,10 +14,13 @@ code. So they are modules with the shared model contract: `forward(input_ids)` g
 
 c(u, w) counts the pair (u, w), c(u) = sum_w c(u, w), N1+(u .) the distinct tokens seen after u,
 N1+(. w) the distinct tokens seen before w, N1+(. .) the distinct pairs. D = n1 / (n1 + 2 n2)
-(Ney, Essen and Kneser 1994), n_k the number of pairs seen exactly k times. The continuation
-distribution p_cont rewards tokens that follow many contexts rather than many times, and its
-uniform share leaves no token with probability 0 (held-out and benchmark text contain pairs and
-tokens that the training text lacks; one zero would make a perplexity infinite).
+(Ney, Essen and Kneser 1994), n_k the number of pairs seen exactly k times, in the counts as the
+run's batches give them (past one epoch, repeats included: the same tokens as the neural rows, at
+the price of a discount estimated from repeated text). Nothing is tuned, so no held-out text is
+read before the held-out loss. The continuation distribution p_cont rewards tokens that follow
+many contexts rather than many times, and its uniform share leaves no token with probability 0
+(held-out and benchmark text contain pairs and tokens that the training text lacks; one zero
+would make a perplexity infinite).
 
 Storage: the counts are buffers, so `model.safetensors` holds them like weights: the unigram's
 [V] counts, the bigram's distinct pairs as sorted flat keys u * V + w with their counts (a
@@ -35,8 +38,9 @@ import torch.nn as nn
 
 from harness.model.backbone import DecoderLM
 
-# D when no pair occurs exactly once (a toy corpus): the formula then gives 0, which would leave
-# unseen pairs no probability; 1/2 is the middle of the range (0, 1] the formula can give
+# D when no pair occurs exactly once (a toy corpus, or a run of two epochs or more, which counts
+# every pair of the split once per epoch): the formula then gives 0, which would leave unseen pairs
+# no probability; 1/2 is the middle of the range (0, 1] the formula can give
 DISCOUNT_WITHOUT_SINGLETONS = 0.5
 # the largest V whose pair keys u * V + w (and the sentinel V * V above them) stay below 2^63
 MAX_BIGRAM_VOCAB = math.isqrt(2 ** 63 - 1)

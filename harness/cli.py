@@ -304,45 +304,13 @@ def show_tables(rows: list, configs: dict) -> None:
         console.print("**Other results**\n\n" + rows_table(rest), markup=False, highlight=False)
 
 
-@contextlib.contextmanager
-def stop_requests():
-    """SIGTERM and a first Ctrl-C, once training asks for them (`train`'s should_stop, yielded with the
-    list of the signals received), collected instead of stopping the process: training then finishes
-    its step, checkpoints and stops, so that a cluster's preemption (SIGTERM, SIGKILL a while later)
-    or a Ctrl-C loses no steps. Before training asks (preparing the data, the first step, a model
-    fitted by counting, which never asks) there is nothing to lose, and a signal stops at once, by the
-    handler there was before; as do a second Ctrl-C and a signal to a process forked from this one (a
-    library's pool). A repeated SIGTERM changes nothing: a scheduler may signal both torchrun and its
-    workers, which torchrun signals again. A signal ignored (a job started in the background) stays so."""
-    owner, received, asking = os.getpid(), [], False
-
-    def should_stop() -> bool:
-        nonlocal asking
-        asking = True
-        return bool(received)
-
-    def request(signum, frame):
-        if os.getpid() != owner or not asking or (signum == signal.SIGINT and received):
-            before[signum](signum, frame)
-        else:
-            received.append(signum)
-    before = {sig: handler for sig in (signal.SIGINT, signal.SIGTERM) if callable(handler := signal.getsignal(sig))}
-    for sig in before:
-        signal.signal(sig, request)
-    try:
-        yield should_stop, received
-    finally:
-        for sig, handler in before.items():
-            signal.signal(sig, handler)
-
-
 def train_until_asked(args, cfg, out: Path, bar):
     """`harness train`'s training under `stop_requests`: a stop asked for ends the command once its
     checkpoint is written, with one line saying where and how it resumes, and the exit status of the
     signal (128 + its number: 130 for Ctrl-C, 143 for SIGTERM)."""
     from harness.evaluation.loop import default_device
     from harness.training.distributed import is_main_process
-    from harness.training.outcome import TrainingStopped
+    from harness.training.outcome import TrainingStopped, stop_requests
     from harness.training.train import train
     loggers = tuple(name for name, on in (("tensorboard", args.tensorboard), ("wandb", args.wandb)) if on)
     try:

@@ -4,6 +4,9 @@ or a stop that was asked for and resumes from the checkpoint written before it.
 
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -55,3 +58,35 @@ class TrainResult:
     mfu: float | None = None  # model FLOPs utilisation against the measured bf16 matmul peak (CUDA)
     peak_mem_gib: float | None = None  # max CUDA memory allocated (GiB) on rank 0
     reused: bool = False  # the run folder held this finished checkpoint already: nothing was trained
+
+
+@contextlib.contextmanager
+def stop_requests():
+    """SIGTERM and a first Ctrl-C, once training asks for them (`train`'s should_stop, yielded with the
+    list of the signals received), collected instead of stopping the process: training then finishes
+    its step, checkpoints and stops, so that a cluster's preemption (SIGTERM, SIGKILL a while later)
+    or a Ctrl-C loses no steps. Before training asks (preparing the data, the first step, a model
+    fitted by counting, which never asks) there is nothing to lose, and a signal stops at once, by the
+    handler there was before; as do a second Ctrl-C and a signal to a process forked from this one (a
+    library's pool). A repeated SIGTERM changes nothing: a scheduler may signal both torchrun and its
+    workers, which torchrun signals again. A signal ignored (a job started in the background) stays so."""
+    owner, received, asking = os.getpid(), [], False
+
+    def should_stop() -> bool:
+        nonlocal asking
+        asking = True
+        return bool(received)
+
+    def request(signum, frame):
+        if os.getpid() != owner or not asking or (signum == signal.SIGINT and received):
+            before[signum](signum, frame)
+        else:
+            received.append(signum)
+    before = {sig: handler for sig in (signal.SIGINT, signal.SIGTERM) if callable(handler := signal.getsignal(sig))}
+    for sig in before:
+        signal.signal(sig, request)
+    try:
+        yield should_stop, received
+    finally:
+        for sig, handler in before.items():
+            signal.signal(sig, handler)

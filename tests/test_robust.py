@@ -1053,3 +1053,15 @@ def test_a_plot_that_fails_to_be_written_leaves_no_temporary_file_and_names_its_
     if status == 2:
         one_error_line(err, f"{run}: no space left on its disk; free space there or give another folder with --out")
     assert sorted(p.name for p in run.iterdir()) == ["checkpoint", "train_log.jsonl"]
+
+
+def test_export_without_transformers_is_one_line_naming_the_extra(tmp_path, capsys, monkeypatch):
+    """README's setup installs no `hf` extra: export then names it before any work, not a traceback."""
+    import importlib.util
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "transformers"
+                        else find_spec(name, *a))
+    code = cli.main(["export", "--checkpoint", str(tmp_path / "checkpoint"), "--out", str(tmp_path / "hf")])
+    assert code == 2
+    one_error_line(capsys.readouterr().err, "harness export needs transformers: pip install 'swat-harness[hf]'")
+    assert not (tmp_path / "hf").exists()

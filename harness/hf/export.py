@@ -36,6 +36,7 @@ at --out; --push-to-hub uploads it before the rename and checks the hub first.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import re
@@ -49,6 +50,7 @@ from harness.config import Config, ConfigError, first_line
 from harness.data.corpus import HUB_CORPORA
 from harness.data.tokenizer import ByteTokenizer, get_tokenizer
 from harness.files import share_like_any_file
+from harness.registry import MissingExtraError
 from harness.results.store import ResultsError, Row, read_given_rows, read_rows
 
 SHARD_SIZE = re.compile(r"([1-9][0-9]*)(KB|MB|GB|KIB|MIB|GIB)", re.IGNORECASE)
@@ -498,6 +500,9 @@ def export(checkpoint: Path, out: Path, max_shard_size: str = "2GB", push_to_hub
            rows: list[Path] = (), force: bool = False, log: Callable[[str], None] = print) -> Path:
     """Write the checkpoint folder `checkpoint` as a Hugging Face model folder at `out`."""
     from harness.training.checkpoint import WEIGHTS_FILE, load_checkpoint, no_space, read_meta, weights_digest
+    if importlib.util.find_spec("transformers") is None:  # before any work; the folder is transformers' format
+        raise MissingExtraError("harness export needs transformers: pip install 'swat-harness[hf]' "
+                                "(in a clone: pip install -e '.[hf]')")
     ckpt, out = Path(checkpoint), Path(out)
     if not (ckpt / "meta.json").is_file():
         raise FileNotFoundError(f"{ckpt} is not a checkpoint folder (no meta.json); pass the folder that "

@@ -280,6 +280,7 @@ def cmd_run(args) -> None:
 def show_tables(rows: list, configs: dict) -> None:
     """The paper-layout tables (`harness tables`) that these rows fill, without their blank columns,
     then the paper metrics that none of them has a column for, one per line."""
+    from harness.results.render import render
     from harness.results.store import ResultsError
     from harness.results.tables import (
         MAIN_COLUMNS,
@@ -287,7 +288,6 @@ def show_tables(rows: list, configs: dict) -> None:
         SPEED_TASKS,
         build,
         compact,
-        render,
         rows_table,
     )
     for kind in ("main", "length", "retrieval", "speed"):
@@ -430,7 +430,8 @@ def cmd_tables(args) -> None:
     output paths are checked before anything is written or printed: a late refusal would leave
     a table written and no plots, or overwrite an input."""
     from harness.results.plots import TABLE_PLOTS, write_plots
-    from harness.results.tables import build, check_outputs, collect, inputs, render
+    from harness.results.render import render
+    from harness.results.tables import build, check_outputs, collect, inputs
     runs, reference_files = inputs(args.run, args.reference, args.results)
     check_outputs(args.out, args.plots, [rows_file for _, rows_file in runs] + reference_files)
     rows, refs, configs = collect(args.run, args.reference, args.results,
@@ -485,7 +486,8 @@ def cmd_bench_models(args) -> None:
     from harness.files import atomic_write_text
     from harness.registry import get_model, load_plugins
     from harness.results.provenance import device_name, device_slug
-    from harness.results.tables import peer_ratio_table, render
+    from harness.results.render import render
+    from harness.results.tables import peer_ratio_table
     load_plugins(args.plugin)
     cfg = config_from(args)
     device = torch.device(args.device or default_device())

@@ -935,7 +935,7 @@ def test_the_document_scoring_script_scores_each_attention_checkpoint_both_ways(
 
 def test_a_small_mean_keeps_two_significant_digits():
     """scaling's MQAR printed 0.024% as 0.00: thirty such cells read as exact zeros."""
-    from harness.results.tables import Table, render
+    from harness.results.render import Table, render
     from harness.study.report import _mean_cell
     cells = [_mean_cell({0: 0.00024, 1: 0.00024}, 2, 2, 100.0), _mean_cell({0: 0.5}, 1, 2, 100.0),
              _mean_cell({0: 0.0}, 1, 2, 100.0)]

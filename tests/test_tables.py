@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from harness.results.render import render, to_latex
 from harness.results.store import (
     ResultsError,
     Row,
@@ -34,8 +35,6 @@ from harness.results.tables import (
     WIKI_V1,
     build,
     collect,
-    render,
-    to_latex,
 )
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -847,7 +846,8 @@ def test_a_reference_file_s_infinite_number_is_a_corrupt_row(tmp_path):
 
 
 def test_an_infinite_or_nan_cell_is_never_bold():
-    from harness.results.tables import Cell, mark_best
+    from harness.results.render import Cell
+    from harness.results.tables import mark_best
     lines = [[Cell(v)] for v in (math.inf, 2.0, math.nan, 1.0, -math.inf)]
     mark_best(lines, 0, lower=False)
     assert [line[0].bold for line in lines] == [False, True, False, False, False]
@@ -923,7 +923,8 @@ def test_a_rows_line_that_is_not_an_object_is_named_by_its_json():
 
 def test_csv_carries_the_limit_a_value_was_scored_under():
     """CSV dropped the §: a score on the first 2 examples read like a full evaluation."""
-    from harness.results.tables import main_table, to_csv
+    from harness.results.render import to_csv
+    from harness.results.tables import main_table
     rows = [acc("swat", "s", "piqa", 0.6, run="full"), acc("swat", "s", "piqa", 0.7, run="quick", extra={"limit": 2}),
             acc("swat", "s", "arc_easy", 0.3, run="full")]
     lines = to_csv(main_table(rows)).splitlines()

@@ -455,8 +455,9 @@ def run_bench(names: list[str], cfg: Config, sweeps, lengths: dict, device: torc
     from harness.files import atomic_write_text
     from harness.results.plots import speed_curves
     from harness.results.provenance import provenance, versions
+    from harness.results.render import render
     from harness.results.store import Row, read_rows, replace_rows
-    from harness.results.tables import build, render
+    from harness.results.tables import build
 
     out = Path(out_dir)
     rows_file = out / "rows.jsonl"

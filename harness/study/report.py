@@ -35,8 +35,9 @@ from statistics import mean, stdev
 from harness.evaluation.lm_eval_tasks import chance_levels
 from harness.files import atomic_write_text
 from harness.registry import get_model
+from harness.results.render import Cell, Table, human, render, text_cell
 from harness.results.store import Row, read_rows
-from harness.results.tables import Cell, Table, human, mark_best, render, shown_digits, text_cell
+from harness.results.tables import mark_best, shown_digits
 from harness.study.spec import (
     DIVERGED,
     Unit,

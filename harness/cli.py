@@ -265,11 +265,14 @@ def cmd_run(args) -> None:
         bar(info)
 
     t0 = time.time()
-    rows = run_models(models, task_names, cfg, run, Path(args.results), Path(args.runs), args.device,
-                      args.force, args.limit, log=say, on_step=on_step, skip_missing=args.skip_missing,
-                      grouped=grouped_tasks(split_names(args.tasks)))
-    for bar in progress.values():
-        bar.close()
+    try:
+        with stopped_at_a_checkpoint(lambda err: run_again(args.force, models, err.model)) as stops:
+            rows = run_models(models, task_names, cfg, run, Path(args.results), Path(args.runs), args.device,
+                              args.force, args.limit, log=say, on_step=on_step, skip_missing=args.skip_missing,
+                              grouped=grouped_tasks(split_names(args.tasks)), stops=stops)
+    finally:
+        for bar in progress.values():
+            bar.close()
     if not is_main_process():  # rank 0 of a torchrun job reports
         return
     show_tables([r for r in rows if r.model in models], {run: cfg.to_dict()})
@@ -304,30 +307,49 @@ def show_tables(rows: list, configs: dict) -> None:
         console.print("**Other results**\n\n" + rows_table(rest), markup=False, highlight=False)
 
 
-def train_until_asked(args, cfg, out: Path, bar):
-    """`harness train`'s training under `stop_requests`: a stop asked for ends the command once its
-    checkpoint is written, with one line saying where and how it resumes, and the exit status of the
-    signal (128 + its number: 130 for Ctrl-C, 143 for SIGTERM)."""
-    from harness.evaluation.loop import default_device
+def run_again(force: bool, models: list[str], stopped: str) -> str:
+    """What goes on from `harness run`'s stop in the training of `stopped`: the same command, but
+    without --force, which would train it from scratch again; the models after it, which the run
+    without --force would reuse as they are, then take --force alone."""
+    if not force:
+        return "the same command again"
+    rest = models[models.index(stopped) + 1:]
+    then = f", then with --force and --models {','.join(rest)}" if rest else ""
+    return f"the same command again without --force (it would train {stopped} from scratch){then}"
+
+
+@contextlib.contextmanager
+def stopped_at_a_checkpoint(again):
+    """Signals held back while training asks (`stop_requests`, yielded): a stop asked for ends the
+    command once its checkpoint is written, with one line saying where it stopped and what to run to
+    resume (`again(err)`), and the exit status of the signal (128 + its number: 130 for Ctrl-C, 143
+    for SIGTERM)."""
     from harness.training.distributed import is_main_process
     from harness.training.outcome import TrainingStopped, stop_requests
-    from harness.training.train import train
-    loggers = tuple(name for name, on in (("tensorboard", args.tensorboard), ("wandb", args.wandb)) if on)
     try:
-        with stop_requests() as (should_stop, received):
-            try:
-                return train(args.model, cfg, out, args.device or default_device(), on_step=bar, resume=args.resume,
-                             parallel=args.parallel, loggers=loggers, log_every=args.log_every,
-                             should_stop=should_stop)
-            finally:
-                if bar is not None:
-                    bar.close()
+        with stop_requests() as stops:
+            yield stops
     except TrainingStopped as err:
         if is_main_process():
-            again = "the same command again" if args.resume else "the same command without --no-resume"
-            err_console.print(f"interrupted: {err}: run {again}", highlight=False)
+            err_console.print(f"interrupted: {err}: run {again(err)}", highlight=False)
         # under torchrun a rank may stop on rank 0's signal before its own has come: as if terminated
-        raise SystemExit(128 + (received[0] if received else signal.SIGTERM)) from None
+        raise SystemExit(128 + (stops.received[0] if stops.received else signal.SIGTERM)) from None
+
+
+def train_until_asked(args, cfg, out: Path, bar):
+    """`harness train`'s training, stopped at a checkpoint when asked (`stopped_at_a_checkpoint`)."""
+    from harness.evaluation.loop import default_device
+    from harness.training.train import train
+    loggers = tuple(name for name, on in (("tensorboard", args.tensorboard), ("wandb", args.wandb)) if on)
+    again = "the same command again" if args.resume else "the same command without --no-resume"
+    with stopped_at_a_checkpoint(lambda err: again) as stops:
+        try:
+            return train(args.model, cfg, out, args.device or default_device(), on_step=bar, resume=args.resume,
+                         parallel=args.parallel, loggers=loggers, log_every=args.log_every,
+                         should_stop=stops.should_stop)
+        finally:
+            if bar is not None:
+                bar.close()
 
 
 def cmd_train(args) -> None:

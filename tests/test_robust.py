@@ -1065,3 +1065,26 @@ def test_export_without_transformers_is_one_line_naming_the_extra(tmp_path, caps
     assert code == 2
     one_error_line(capsys.readouterr().err, "harness export needs transformers: pip install 'swat-harness[hf]'")
     assert not (tmp_path / "hf").exists()
+
+
+def test_a_sigterm_while_harness_run_scores_a_model_it_trained_stops_at_once(tmp_path, capsys, monkeypatch):
+    """Training holds SIGTERM back to checkpoint before stopping (it asked at step 1 of 2 here); the
+    tasks after it have no checkpoint to stop at, so there it ends the command at once, as before."""
+    import os
+    import signal
+    import time
+
+    from harness.registry import get_task
+    from harness.training.checkpoint import CHECKPOINT_DIR, read_meta
+
+    def terminated(*args):
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(5)
+        pytest.fail("SIGTERM did not stop the task")
+    monkeypatch.setattr(get_task("smoke"), "run", terminated)
+    code = cli.main(["run", "--models", "swat", "--tasks", "smoke", "--device", "cpu", "--set", "train.tokens=2048",
+                     "--set", "train.eval_tokens=128", *folders(tmp_path)])
+    assert code == 130
+    assert capsys.readouterr().err.startswith("interrupted: the rows and checkpoints written so far are kept")
+    assert read_meta(tmp_path / "runs" / "tiny" / "swat" / CHECKPOINT_DIR)["step"] == 2
+    assert not (tmp_path / "results" / "tiny" / "rows.jsonl").exists()

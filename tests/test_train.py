@@ -910,18 +910,26 @@ def test_a_budget_note_s_batches_never_round_up_past_the_steps_trained():
                                  "(31,744 tokens)")
 
 
-def signalled_at(monkeypatch, step: int, *signums):
-    """`harness train`'s training, sending this process each of `signums` at `step` (its step callback):
-    the signal comes while training, at a step known in advance."""
+def raising_at(step: int, signums):
+    """A step callback sending this process each of `signums` at `step`: the signal comes while
+    training, at a step known in advance."""
     import signal
-    real_train = train_mod.train
 
     def on_step(info):
         if info["step"] == step:
             for signum in signums:
                 signal.raise_signal(signum)  # its Python handler has run when this returns
+    return on_step
 
-    monkeypatch.setattr(train_mod, "train", lambda *args, **kwargs: real_train(*args, **{**kwargs, "on_step": on_step}))
+
+def signalled_at(monkeypatch, step: int, *signums):
+    """`harness train`'s training, sending this process each of `signums` at `step` (`raising_at`).
+    The modules that bind `train` when imported are imported first: imported under the patch (as
+    `harness train` may import them), they would keep it for the tests after this one."""
+    import harness.evaluation.sources  # noqa: F401
+    real_train = train_mod.train
+    monkeypatch.setattr(train_mod, "train",
+                        lambda *args, **kwargs: real_train(*args, **{**kwargs, "on_step": raising_at(step, signums)}))
 
 
 def train_argv(out, *extra):
@@ -991,3 +999,78 @@ def test_a_signal_before_training_asks_stops_at_once(tmp_path, monkeypatch, caps
     assert main(["train", "--model", "bigram", "--device", "cpu", "--out", str(tmp_path / "bigram"),
                  "--set", "train.tokens=1024", "--set", "train.eval_tokens=128"]) == 130
     assert capsys.readouterr().err.startswith("interrupted: the rows and checkpoints written so far are kept")
+
+
+def signalled_in(monkeypatch, model: str, step: int, *signums):
+    """`harness run`'s training of `model` (not of the others), sending each of `signums` at `step`."""
+    from harness.evaluation import sources
+    real_train = sources.train
+
+    def training(name, *args, **kwargs):
+        stepping = {"on_step": raising_at(step, signums)} if name == model else {}
+        return real_train(name, *args, **{**kwargs, **stepping})
+    monkeypatch.setattr(sources, "train", training)
+
+
+def run_argv(tmp_path, models, *extra):
+    return ["run", "--models", models, "--tasks", "smoke", "--device", "cpu", "--results", str(tmp_path / "results"),
+            "--runs", str(tmp_path / "runs"), *[arg for setting in SHORT for arg in ("--set", setting)], *extra]
+
+
+@pytest.mark.parametrize("signum, status", [("SIGTERM", 143), ("SIGINT", 130)])
+def test_a_signal_while_harness_run_trains_checkpoints_the_step_in_flight(straight, tmp_path, monkeypatch, capsys,
+                                                                          signum, status):
+    """`harness run` (a cluster preempting it) lost the steps since the last periodic checkpoint (step 4),
+    as `harness train` once did: now the step in flight (5) is finished, the next one checkpoints, one line
+    names the model and where it stopped, and the rows of the model scored before it are kept. The same
+    command resumes it bit for bit and reuses the other."""
+    import signal
+
+    from harness.cli import main
+    from harness.results.store import read_rows
+    before = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    signalled_in(monkeypatch, "swat", 5, getattr(signal, signum))
+    with pytest.raises(SystemExit) as stopped:
+        main(run_argv(tmp_path, "transformer,swat"))
+    assert stopped.value.code == status
+    ckpt = tmp_path / "runs" / "tiny" / "swat" / CHECKPOINT_DIR
+    assert read_meta(ckpt)["step"] == 6
+    assert capsys.readouterr().err.strip() == (f"interrupted: swat: stopped at step 6 of 8 as asked; the checkpoint "
+                                               f"in {ckpt} resumes there: run the same command again")
+    rows_file = tmp_path / "results" / "tiny" / "rows.jsonl"
+    assert {(r.model, r.task) for r in read_rows(rows_file)} == {("transformer", "smoke")}
+    assert {sig: signal.getsignal(sig) for sig in before} == before
+    monkeypatch.undo()
+    assert main(run_argv(tmp_path, "transformer,swat")) == 0
+    assert_same_weights(straight[0], ckpt.parent)
+    assert {(r.model, r.task) for r in read_rows(rows_file)} == {("transformer", "smoke"), ("swat", "smoke")}
+
+
+def test_a_harness_run_stopped_under_force_says_to_resume_without_it(tmp_path, monkeypatch, capsys):
+    """--force again would train the stopped model from scratch, and without --force the models after it
+    would keep their earlier training: the line says both."""
+    import signal
+
+    from harness.cli import main
+    signalled_in(monkeypatch, "swat", 2, signal.SIGTERM)
+    with pytest.raises(SystemExit) as stopped:
+        main(run_argv(tmp_path, "swat,transformer", "--force"))
+    assert stopped.value.code == 143
+    assert capsys.readouterr().err.strip().endswith(
+        "resumes there: run the same command again without --force (it would train swat from scratch), then with "
+        "--force and --models transformer")
+
+
+def test_a_signal_after_harness_run_s_training_last_asked_stops_before_its_evaluation(tmp_path, monkeypatch, capsys):
+    """The last step asks no more: a signal held back from then on must not wait for the tasks, which
+    have no checkpoint to stop at. Training finishes (held-out loss and all), then the command stops."""
+    import signal
+
+    from harness.cli import main
+    from harness.registry import get_task
+    signalled_in(monkeypatch, "swat", 8, signal.SIGTERM)
+    monkeypatch.setattr(get_task("smoke"), "run", lambda *args: pytest.fail("the held SIGTERM waited for the tasks"))
+    assert main(run_argv(tmp_path, "swat")) == 130
+    assert capsys.readouterr().err.startswith("interrupted: the rows and checkpoints written so far are kept")
+    meta = read_meta(tmp_path / "runs" / "tiny" / "swat" / CHECKPOINT_DIR)
+    assert meta["step"] == 8 and meta["heldout_loss"] is not None

@@ -52,6 +52,7 @@ from harness.results.store import WEIGHTS_KEY, Row, read_rows, replace_rows
 from harness.results.tables import rows_table
 from harness.training import distributed
 from harness.training.distributed import EVAL_TIMEOUT_S, Dist
+from harness.training.outcome import StopRequests
 
 
 @dataclass
@@ -124,15 +125,17 @@ def device_problem(text: str) -> str | None:
 def run_models(models: list[str], task_names: list[str], cfg: Config, run_name: str, results_dir: Path,
                runs_dir: Path, device: str | None = None, force: bool = False, limit: int | None = None,
                log: Callable[[str], None] = print, on_step: Callable | None = None,
-               skip_missing: bool = False, grouped: frozenset = frozenset()) -> list[Row]:
+               skip_missing: bool = False, grouped: frozenset = frozenset(),
+               stops: StopRequests | None = None) -> list[Row]:
     """`harness run`: each registered model trained at cfg (or its checkpoint reused), then scored.
-    grouped: the tasks that a group name brought in; missing data skips them with a warning."""
+    grouped: the tasks that a group name brought in; missing data skips them with a warning.
+    stops: the signals that stop a model's training at a checkpoint (TrainingStopped)."""
     for name in models:
         get_model(name)  # an unknown name stops the run first, naming the known ones
     main = distributed.is_main_process()
     out = Path(results_dir) / run_name
     sources = [TrainedSource(name, cfg, Path(runs_dir) / run_name / name, out / RECORD_DIR, force,
-                             on_step if main else None, writes_record=main) for name in models]
+                             on_step if main else None, writes_record=main, stops=stops) for name in models]
     record = {"config": cfg.to_dict(), "config_hash": config_hash(cfg)}
     plugins = {name: spec.plugin_file.record() for name in models if (spec := get_model(name)).plugin_file}
     if plugins:  # the code of the plugin models trained here, as their checkpoints keep it

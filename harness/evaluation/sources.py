@@ -14,6 +14,7 @@ same weights.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import shutil
@@ -50,6 +51,7 @@ from harness.training.checkpoint import (
     verify_checkpoint,
     weights_digest,
 )
+from harness.training.outcome import StopRequests, TrainingStopped
 from harness.training.train import train
 from harness.training.trainlog import LOG_FILE, read_log
 
@@ -161,6 +163,7 @@ class TrainedSource(ModelSource):
     force: bool = False  # retrain from scratch even when a finished checkpoint matches
     on_step: Callable | None = None
     writes_record: bool = True  # False on a rank other than 0, which only reads the record
+    stops: StopRequests | None = None  # signals that stop its training at a checkpoint (else they stop at once)
     checkpoint: str = field(init=False)
 
     def __post_init__(self):
@@ -185,7 +188,12 @@ class TrainedSource(ModelSource):
     def load(self, device: str, log: Callable[[str], None] = print) -> Loaded:
         if self.force and self.writes_record:  # it describes the run about to be replaced
             discard_training_record(self.record_dir, self.name)
-        model, meta, trained = trained_model(self.name, self.cfg, Path(self.run_dir), device, self.force, self.on_step)
+        try:
+            with self.stops.training() if self.stops else contextlib.nullcontext() as should_stop:
+                model, meta, trained = trained_model(self.name, self.cfg, Path(self.run_dir), device, self.force,
+                                                     self.on_step, should_stop)
+        except TrainingStopped as err:
+            raise TrainingStopped(f"{self.name}: {err}", self.name) from None
         log(f"{self.name}: {'trained' if trained else 'reused checkpoint'}, {meta['params']:,} params, "
             f"held-out loss {meta['heldout_loss']:.4f}")
         if self.writes_record:

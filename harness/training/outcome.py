@@ -41,7 +41,13 @@ class CheckpointDamaged(TrainingError):
 
 
 class TrainingStopped(RuntimeError):
-    """Training was asked to stop (`should_stop`) and saved a checkpoint first: it resumes there."""
+    """Training was asked to stop (`should_stop`) and saved a checkpoint first: it resumes there.
+    model: the model stopped, where a command trains several (`harness run`): how to go on depends on
+    which models come after it."""
+
+    def __init__(self, message: str, model: str | None = None):
+        super().__init__(message)
+        self.model = model
 
 
 @dataclass
@@ -60,33 +66,56 @@ class TrainResult:
     reused: bool = False  # the run folder held this finished checkpoint already: nothing was trained
 
 
+class StopRequests:
+    """SIGTERM and a first Ctrl-C, once training asks for them (`should_stop`, `train`'s), collected
+    instead of stopping the process: training then finishes its step, checkpoints and stops, so that a
+    cluster's preemption (SIGTERM, SIGKILL a while later) or a Ctrl-C loses no steps. `received`: the
+    signals collected, in order."""
+
+    def __init__(self):
+        self.received: list[int] = []
+        self.asking = False
+
+    def should_stop(self) -> bool:
+        self.asking = True
+        return bool(self.received)
+
+    @contextlib.contextmanager
+    def training(self):
+        """Hold signals back only while this training asks (yields its should_stop), where work follows
+        it that has no checkpoint to stop at (`harness run` scores the model next): after it, as before
+        it, a signal stops at once, and one held back when training returns (after its last question)
+        stops the command then."""
+        try:
+            yield self.should_stop
+        finally:
+            self.asking = False
+        held, self.received = self.received, []
+        if held:
+            signal.raise_signal(held[0])
+
+
 @contextlib.contextmanager
 def stop_requests():
-    """SIGTERM and a first Ctrl-C, once training asks for them (`train`'s should_stop, yielded with the
-    list of the signals received), collected instead of stopping the process: training then finishes
-    its step, checkpoints and stops, so that a cluster's preemption (SIGTERM, SIGKILL a while later)
-    or a Ctrl-C loses no steps. Before training asks (preparing the data, the first step, a model
-    fitted by counting, which never asks) there is nothing to lose, and a signal stops at once, by the
-    handler there was before; as do a second Ctrl-C and a signal to a process forked from this one (a
-    library's pool). A repeated SIGTERM changes nothing: a scheduler may signal both torchrun and its
-    workers, which torchrun signals again. A signal ignored (a job started in the background) stays so."""
-    owner, received, asking = os.getpid(), [], False
-
-    def should_stop() -> bool:
-        nonlocal asking
-        asking = True
-        return bool(received)
+    """A `StopRequests` whose signals are held back from the first time training asks until the context
+    exits (or, inside its `training()`, until that training returns). Before training asks (preparing
+    the data, the first step, a model fitted by counting, which never asks) there is nothing to lose,
+    and a signal stops at once, by the handler there was before; as do a second Ctrl-C and a signal to
+    a process forked from this one (a library's pool). A repeated SIGTERM changes nothing: a scheduler
+    may signal both torchrun and its workers, which torchrun signals again. A signal ignored (a job
+    started in the background) stays so."""
+    owner, stops = os.getpid(), StopRequests()
 
     def request(signum, frame):
-        if os.getpid() != owner or not asking or (signum == signal.SIGINT and received):
+        if os.getpid() != owner or not stops.asking or (signum == signal.SIGINT and stops.received):
             before[signum](signum, frame)
         else:
-            received.append(signum)
+            stops.received.append(signum)
     before = {sig: handler for sig in (signal.SIGINT, signal.SIGTERM) if callable(handler := signal.getsignal(sig))}
     for sig in before:
         signal.signal(sig, request)
     try:
-        yield should_stop, received
+        yield stops
     finally:
         for sig, handler in before.items():
             signal.signal(sig, handler)

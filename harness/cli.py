@@ -160,6 +160,8 @@ class StepProgress:
                              info=f"loss {info['loss']:.3f}  lr {info['lr']:.2e}  {tok_s:,.0f} tok/s")
         if info["step"] >= info["steps"]:
             self.close()
+            # the held-out score comes next, silent and at 340m minutes long (eval_tokens, 1M at small)
+            console.print(f"{self.label}: {info['steps']:,} steps done; scoring the held-out split", highlight=False)
 
     def close(self) -> None:
         if self.task is not None:

@@ -591,6 +591,7 @@ def test_the_training_bar_shows_the_mean_rate_and_a_resumption_says_so(smoke_run
     out = capsys.readouterr().out
     assert "train m: resumed from its checkpoint at step 2 of 4" in out
     assert "1,365 tok/s" in out  # 2 steps x 1024 tokens in 1.5 s, not the last step's 2,048
+    assert out.rstrip().endswith("train m: 4 steps done; scoring the held-out split")  # not a silent wait
     assert "resumed" not in smoke_run[1]  # a fresh run says nothing of the kind
     from harness.training.train import train
     two_steps = [*ONE_STEP, "--set", "train.tokens=2048", "--set", "train.save_every=1"]

@@ -478,8 +478,13 @@ def cmd_tables(args) -> None:
 
 
 def cmd_scaling(args) -> None:
-    """Multi-GPU training runs against their one-GPU baseline: speed, memory, loss agreement."""
+    """Multi-GPU training runs against their one-GPU baseline: speed, memory, loss agreement. Under
+    torchrun rank 0 alone compares (the runs are read, not trained: every rank would print and write
+    the same)."""
+    from harness.training.distributed import is_main_process
     from harness.training.scaling import write
+    if not is_main_process():
+        return
     text, _ = write([Path(f) for f in args.runs], Path(args.out) if args.out else None)
     sys.stdout.write(text)
     if args.out:
@@ -742,8 +747,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--unit", help=argparse.SUPPRESS)  # one run, in a worker process of --jobs
     add_plugin_arg(p, cmd_study)
 
-    p = sub.add_parser("scaling", help="training runs of one recipe on 1 GPU and under torchrun (DDP, FSDP2): "
-                       "scaling efficiency, memory per rank, loss agreement step by step")
+    p = sub.add_parser("scaling", help="compare finished `harness train` runs of one recipe on 1 GPU and under "
+                       "torchrun (DDP, FSDP2): scaling efficiency, memory per rank, loss agreement step by step")
     p.add_argument("runs", nargs="+", metavar="RUN_DIR",
                    help="`harness train` output folders; each model's baseline is its run on the fewest GPUs")
     p.add_argument("--out", type=folder, metavar="DIR",

@@ -134,7 +134,7 @@ def test_scaling_baseline_is_the_run_on_the_fewest_gpus_whatever_the_order(singl
     """A 2-GPU run given first was the baseline, and every efficiency assumed it ran on one GPU (the
     2-GPU baseline 50%, the one-GPU run 57%); now the run on the fewest GPUs is, per GPU against its
     per GPU, the rows stay in the order given and a line names the baseline the table does not show."""
-    one = dataclasses.replace(scaling.read_run(single), name="one", tokens_per_s=400.0)
+    one = dataclasses.replace(scaling.read_run(single), name="one", tokens_per_s=400.0, device="NVIDIA H100")
     ddp = dataclasses.replace(one, name="ddp", world_size=2, tokens_per_s=700.0, losses=[x + 0.01 for x in one.losses])
     four = dataclasses.replace(one, name="four", world_size=4, tokens_per_s=1200.0)
     records = scaling.compare([ddp, one, four])
@@ -401,3 +401,75 @@ def test_a_run_logged_every_few_steps_and_resumed_is_whole_and_a_lost_step_of_it
     (tmp_path / LOG_FILE).write_text("".join(line for line in lines if '"step": 6,' not in line))
     with pytest.raises(ConfigError, match=r"lacks 1 of the steps its run logged \(the first: step 6\)"):
         scaling.read_run(tmp_path)
+
+
+def test_scaling_says_runs_on_a_cpu_are_processes_not_gpus(single, tmp_path):
+    """Runs on a CPU were shown as "1 GPU" and "2 GPUs" with a tokens/s and a 219.7% efficiency, as if
+    a speed result; now the records name the device and a line says that only their losses tell."""
+    one = scaling.read_run(single)
+    assert one.device.startswith("cpu")
+    two = dataclasses.replace(one, name="two", world_size=2)
+    records = scaling.compare([two, one])
+    assert [r["device"] for r in records] == [one.device] * 2
+    text = scaling.markdown(records)
+    assert f"On CPU (two, {one.name}): \"GPUs\" counts processes" in text and "no speed result" in text
+    assert f"{one.name} for swat (1 CPU process)." in text
+    on_gpus = [dataclasses.replace(r, device="NVIDIA H100 80GB HBM3") for r in (one, two)]
+    assert "CPU" not in scaling.markdown(scaling.compare(on_gpus))
+
+
+def test_scaling_refuses_a_meta_json_whose_speed_or_world_size_is_not_a_number(single, tmp_path, capsys):
+    """A meta.json with tokens_per_s "fast" or world_size 0 ended in a TypeError or ZeroDivisionError
+    traceback; now each is one error line naming the file and the field."""
+    from harness import cli
+    from harness.training.outcome import CheckpointDamaged
+    shutil.copytree(single, tmp_path / "run")
+    meta_file = tmp_path / "run" / CHECKPOINT_DIR / "meta.json"
+    meta = json.loads(meta_file.read_text())
+    for key, value, says in (("tokens_per_s", "fast", "its tokens_per_s holds 'fast', not a finite number"),
+                             ("world_size", 0, "its world_size is 0, not a positive whole number"),
+                             ("peak_mem_gib_per_rank", [1.0, "a"], "its peak_mem_gib_per_rank holds 'a'"),
+                             ("parallel", "tp", "its parallel is 'tp', not ddp or fsdp")):
+        meta_file.write_text(json.dumps({**meta, key: value}))
+        with pytest.raises(CheckpointDamaged, match=f"meta.json is damaged \\({says}"):
+            scaling.read_run(tmp_path / "run")
+    assert cli.main(["scaling", str(single), str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and [line[:7] for line in err.splitlines()] == ["error: "]
+
+
+def test_scaling_refuses_a_log_with_a_loss_not_finite_absent_or_a_step_twice(single, tmp_path):
+    """A step whose loss read NaN was compared as "never" parting from the baseline (NaN > 1e-3 is
+    false), one without a loss was a KeyError traceback, a step logged twice was compared twice."""
+    shutil.copytree(single, tmp_path / "run")
+    log = tmp_path / "run" / LOG_FILE
+    lines = (single / LOG_FILE).read_text().splitlines(keepends=True)
+    second = next(i for i, line in enumerate(lines) if '"step": 2,' in line)
+    record = json.loads(lines[second])
+    without_loss = {k: v for k, v in record.items() if k != "loss"}
+    for line in ({**record, "loss": float("nan")}, {**record, "loss": float("inf")}, without_loss):
+        log.write_text("".join(lines[:second] + [json.dumps(line) + "\n"] + lines[second + 1:]))
+        with pytest.raises(ConfigError, match=f"{LOG_FILE} has 1 damaged line\\(s\\)"):
+            scaling.read_run(tmp_path / "run")
+    log.write_text("".join(lines + [lines[second]]))
+    with pytest.raises(ConfigError, match="a step logged twice"):
+        scaling.read_run(tmp_path / "run")
+
+
+def test_scaling_writes_no_table_where_its_plot_fails(single, tmp_path, capsys):
+    """scaling.md and scaling.json were written before the plot, so a plot that failed (here a folder
+    where scaling.png goes) left a new table beside no plot; now none of the three is written."""
+    from harness import cli
+    (tmp_path / "out" / "scaling.png").mkdir(parents=True)
+    assert cli.main(["scaling", str(single), "--out", str(tmp_path / "out")]) == 2
+    assert capsys.readouterr().err.startswith("error:")
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["scaling.png"]
+
+
+def test_scaling_under_torchrun_reports_from_rank_0_alone(single, tmp_path, monkeypatch, capsys):
+    """`torchrun -m harness scaling` printed the table and wrote the files once per rank."""
+    from harness import cli
+    for name, value in (("RANK", "1"), ("WORLD_SIZE", "2"), ("LOCAL_RANK", "1")):
+        monkeypatch.setenv(name, value)
+    assert cli.main(["scaling", str(single), "--out", str(tmp_path / "out")]) == 0
+    assert capsys.readouterr() == ("", "") and not (tmp_path / "out").exists()

@@ -18,17 +18,21 @@ the comparison would say nothing, and run each rank's share of a step alike (the
 sequences per forward, compile, activation checkpointing, fused cross-entropy), or the speed and
 memory compared would be those settings'; a mismatch is an error naming the key and both values.
 An efficiency above 100% is marked: the baseline ran slower per process than the run (other thread
-counts, a busy machine), so the figure overstates the scaling. A run resumed at another world size
-or on another device is refused (its speed and memory are its last segment's alone), and so is a
-model fitted by counting (no training curve or speed), and a log that is not whole: one that stops
-short of its checkpoint's step (cut), holds damaged lines, or lacks a step that its headers' cadence
-says was logged. The "steps compared" column counts the logged steps a run shares with its baseline
-(fewer than it trained where either logged every few steps).
+counts, a busy machine), so the figure overstates the scaling. Runs on a CPU (the device their logs
+name) are marked too: their "GPUs" are processes sharing its cores, and their speed is no result.
+A run resumed at another world size or on another device is refused (its speed and memory are its
+last segment's alone), and so is a model fitted by counting (no training curve or speed), a
+meta.json whose world size, speed or memory is not a number, and a log that is not whole: one that
+stops short of its checkpoint's step (cut), holds damaged lines (a loss that is not finite, a step
+logged twice), or lacks a step that its headers' cadence says was logged. The "steps compared"
+column counts the logged steps a run shares with its baseline (fewer than it trained where either
+logged every few steps).
 """
 
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,6 +40,7 @@ from harness.config import EXECUTION_KEYS, ConfigError
 from harness.files import atomic_write_text
 from harness.training.checkpoint import read_meta
 from harness.training.counting import is_counted
+from harness.training.outcome import CheckpointDamaged
 from harness.training.trainlog import LOG_FILE, read_headers, read_log
 
 DIVERGED = 1e-3  # |loss difference| (nats) taken as the curves parting; bf16 noise stays far below it
@@ -72,6 +77,9 @@ def read_run(folder: Path, name: str | None = None) -> ScalingRun:
                                 f"checkpoint/meta.json); pass the --out folder of a training run")
     if meta.get("heldout_loss") is None:
         raise ConfigError(f"{folder} has not finished training; resume it with `harness train ... --out {folder}`")
+    problem = _speed_problem(meta)
+    if problem:
+        raise CheckpointDamaged(f"{meta_file} is damaged ({problem})")
     headers = read_headers(log_file)
     for key, trained, resumed, one in (("world_size", "at world sizes", "at another", "at one world size"),
                                        ("device", "on", "on another", "on one device")):
@@ -89,17 +97,39 @@ def read_run(folder: Path, name: str | None = None) -> ScalingRun:
                       next((h["device"] for h in headers if h.get("device")), None), meta.get("applied"))
 
 
+def _speed_problem(meta: dict) -> str | None:
+    """What is wrong in the fields of a meta.json that only this comparison reads (`read_meta` checks
+    the losses and the step), or None: the world size and parallel mode, and the speed and memory,
+    numbers where present (runs on a CPU record no MFU or memory)."""
+    size = meta.get("world_size", 1)
+    if not (isinstance(size, int) and not isinstance(size, bool) and size >= 1):
+        return f"its world_size is {size!r}, not a positive whole number"
+    if meta.get("parallel", "ddp") not in ("ddp", "fsdp"):
+        return f"its parallel is {meta['parallel']!r}, not ddp or fsdp"
+    per_rank = meta.get("peak_mem_gib_per_rank")
+    if per_rank is not None and not isinstance(per_rank, list):
+        return f"its peak_mem_gib_per_rank is {per_rank!r}, not a list"
+    fields = [("tokens_per_s", meta.get("tokens_per_s")), ("mfu", meta.get("mfu")),
+              ("peak_mem_gib", meta.get("peak_mem_gib")), *(("peak_mem_gib_per_rank", m) for m in per_rank or [])]
+    wrong = next(((key, value) for key, value in fields if value is not None and not _is_finite(value)), None)
+    return None if wrong is None else f"its {wrong[0]} holds {wrong[1]!r}, not a finite number"
+
+
+def _is_finite(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
 def _check_log_whole(log_file: Path, log: list[dict], headers: list[dict], step: int) -> None:
     """Refuse a log with holes, whose curve would be compared over the steps it kept as if they were
     the whole run: damaged lines (left out by `read_log`; a torn last line, an interrupted write, is
-    judged by the step the log ends at), an end before the checkpoint's step (training always logs
-    its last step, so a shorter log was cut: a copy or write that stopped), or a step missing that
-    its segment logged (`_missing_steps`)."""
-    damaged = _damaged_lines(log_file, len(log) + len(headers))
+    judged by the step the log ends at; step records no curve can use, `_unusable_records`), an end
+    before the checkpoint's step (training always logs its last step, so a shorter log was cut: a
+    copy or write that stopped), or a step missing that its segment logged (`_missing_steps`)."""
+    damaged = _damaged_lines(log_file, len(log) + len(headers)) + _unusable_records(log)
     if damaged:
-        raise ConfigError(f"{log_file} has {damaged} damaged line(s) (not JSON, or a step record without a numeric "
-                          f"step and loss), so its curve has holes; copy the whole log again or rerun the training, "
-                          f"and compare only whole runs")
+        raise ConfigError(f"{log_file} has {damaged} damaged line(s) (not JSON, a step record without a numeric "
+                          f"step and finite loss, or a step logged twice), so its curve has holes; copy the whole "
+                          f"log again or rerun the training, and compare only whole runs")
     last = max((r["step"] for r in log), default=None)
     if last is None or last < step:
         ends = "has no step records" if last is None else f"ends at step {last}"
@@ -110,6 +140,16 @@ def _check_log_whole(log_file: Path, log: list[dict], headers: list[dict], step:
         raise ConfigError(f"{log_file} lacks {len(missing)} of the steps its run logged (the first: step "
                           f"{missing[0]}): lines were lost; copy the whole log again or rerun the training, and "
                           f"compare only whole runs")
+
+
+def _unusable_records(log: list[dict]) -> int:
+    """How many step records `read_log` kept that no curve can use: a loss absent or not finite (a
+    diverged step stops training unlogged), or a step logged before (training logs each step once)."""
+    seen, unusable = set(), 0
+    for record in log:
+        unusable += record["step"] in seen or not _is_finite(record.get("loss"))
+        seen.add(record["step"])
+    return unusable
 
 
 def _missing_steps(logged: set[int], headers: list[dict], last: int) -> list[int]:
@@ -222,7 +262,8 @@ def compare(runs: list[ScalingRun]) -> list[dict]:
         base_loss = dict(zip(base.steps, base.losses))
         diffs = [(step, abs(loss - base_loss[step])) for step, loss in zip(run.steps, run.losses) if step in base_loss]
         efficiency = _efficiency(run, base)
-        out.append({"run": run.name, "model": run.model, "baseline": base.name, "world_size": run.world_size,
+        out.append({"run": run.name, "model": run.model, "baseline": base.name, "device": run.device,
+                    "world_size": run.world_size,
                     # one process trains plain under ddp (no group, nothing wrapped), sharded under fsdp
                     "parallel": "-" if run.world_size == 1 and run.parallel == "ddp" else run.parallel,
                     "tokens_per_s": run.tokens_per_s,
@@ -250,7 +291,7 @@ def markdown(records: list[dict]) -> str:
                      f"{r['heldout_loss']:.4f} | "
                      f"{_fmt(r['max_loss_diff'], '.2e')} | {r['first_step_over'] or 'never'} | "
                      f"{r['steps_compared']} |")
-    return "\n".join(lines) + "\n" + _baseline_note(records) + _over_note(records)
+    return "\n".join(lines) + "\n" + _baseline_note(records) + _over_note(records) + _cpu_note(records)
 
 
 OVER = "†"  # marks an efficiency above 100%
@@ -270,21 +311,41 @@ def _over_note(records: list[dict]) -> str:
             f"OMP_NUM_THREADS, or a busier machine); measure both alike before reading the efficiency.\n")
 
 
-def _gpus(n: int) -> str:
-    return f"{n} GPU{'s' if n != 1 else ''}"
+def _on_cpu(device: str | None) -> bool:
+    return device is not None and device.startswith("cpu")
+
+
+def _ranks(n: int, device: str | None) -> str:
+    """A world size as what its ranks ran on: GPUs, or processes sharing a CPU."""
+    unit = ("CPU process", "CPU processes") if _on_cpu(device) else ("GPU", "GPUs")
+    return f"{n} {unit[n != 1]}"
+
+
+def _cpu_note(records: list[dict]) -> str:
+    """A line under a table of runs on a CPU: its "GPUs" are processes sharing one machine's cores, whose
+    tokens/s and efficiency measure that sharing (thread counts, the machine's load), not a speed to
+    report; their loss curves compare as on GPUs. None for runs on GPUs."""
+    cpu = [r["run"] for r in records if _on_cpu(r["device"])]
+    if not cpu:
+        return ""
+    return (f"\nOn CPU ({', '.join(cpu)}): \"GPUs\" counts processes sharing one machine's cores, so their tokens/s "
+            f"and scaling efficiency are no speed result (nor is MFU or memory measured there); read the loss "
+            f"agreement only.\n")
 
 
 def _baseline_note(records: list[dict]) -> str:
     """A line naming each model's baseline where the table alone does not show it (the baseline is
     not the model's first row, or ran on several GPUs, so its 100% is not one GPU's speed); none
     otherwise, so that tables of runs given one-GPU run first stay as they were."""
-    gpus = {r["run"]: r["world_size"] for r in records}
+    by_name = {r["run"]: r for r in records}
     firsts: dict[str, dict] = {}
     for r in records:
         firsts.setdefault(r["model"], r)
     if all(r["run"] == r["baseline"] and r["world_size"] == 1 for r in firsts.values()):
         return ""
-    named = ", ".join(f"{r['baseline']} for {model} ({_gpus(gpus[r['baseline']])})" for model, r in firsts.items())
+    named = ", ".join(f"{r['baseline']} for {model} "
+                      f"({_ranks(by_name[r['baseline']]['world_size'], by_name[r['baseline']]['device'])})"
+                      for model, r in firsts.items())
     return (f"\nBaseline (each model's run on the fewest GPUs; scaling efficiency and loss differences are against "
             f"it): {named}.\n")
 
@@ -300,7 +361,7 @@ def plot(runs: list[ScalingRun], path: Path) -> Path:
         mine, ref = [r for r in runs if r.model == model], bases[model]
         base = dict(zip(ref.steps, ref.losses))
         for i, r in enumerate(mine):
-            style = dict(label=f"{r.name} ({_gpus(r.world_size)})", color=f"C{i}",
+            style = dict(label=f"{r.name} ({_ranks(r.world_size, r.device)})", color=f"C{i}",
                          marker=markers[i % len(markers)], markevery=max(1, len(r.steps) // 8), markersize=4)
             axes[0][col].plot(r.steps, r.losses, **style)
             if r is not ref:
@@ -323,13 +384,15 @@ def plot(runs: list[ScalingRun], path: Path) -> Path:
 
 
 def write(folders: list[Path], out: Path | None) -> tuple[str, list[dict]]:
-    """(markdown, records) of the runs; with `out`, also scaling.md, scaling.json and scaling.png there."""
+    """(markdown, records) of the runs; with `out`, also scaling.md, scaling.json and scaling.png there,
+    the plot first, the one whose drawing or writing can fail on its own: a failure there writes none
+    of the three, not a new table beside an old plot or none."""
     runs = [read_run(f, name) for f, name in zip(folders, run_names(folders))]
     records = compare(runs)
     text = markdown(records)
     if out is not None:
         out = Path(out)
+        plot(runs, out / "scaling.png")
         atomic_write_text(out / "scaling.md", text)
         atomic_write_text(out / "scaling.json", json.dumps(records, indent=1))
-        plot(runs, out / "scaling.png")
     return text, records

@@ -29,6 +29,9 @@ def share_like_any_file(path: Path | str) -> None:
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """`data` at `path`, whole or not at all (a temporary file beside it, then renamed). A failed
+    write's OSError names `path`: the system names the temporary file, or no file at all (a disk
+    full while writing), neither of which the user chose."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -39,6 +42,11 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as err:
+        Path(tmp).unlink(missing_ok=True)
+        if err.filename not in (None, tmp):
+            raise
+        raise type(err)(err.errno, err.strerror, str(path)) from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

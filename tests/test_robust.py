@@ -1028,14 +1028,14 @@ def failing(failure):
 
 
 @pytest.mark.parametrize("where, failure, status", [
-    ("savefig", OSError(errno.ENOSPC, "No space left on device"), 2),  # the PNG's write refused
+    ("savefig", KeyboardInterrupt(), 130),  # interrupted while drawing
     ("fsync", OSError(errno.ENOSPC, "No space left on device"), 2),  # the disk refusing it at last
     ("replace", KeyboardInterrupt(), 130),  # interrupted between the written PNG and its rename
 ])
 def test_a_plot_that_fails_to_be_written_leaves_no_temporary_file_and_names_its_folder(tmp_path, capsys, monkeypatch,
                                                                                        where, failure, status):
     """`.loss.png.tmp.png` stayed in the run folder, and a full disk said "no space left on the disk
-    written to" without naming it. The plot alone is written here: a finished run that lost its loss.png
+    written to" without naming the file (a write names none; a rename names the temporary file). The plot alone is written here: a finished run that lost its loss.png
     draws it again."""
     import os
 
@@ -1052,7 +1052,8 @@ def test_a_plot_that_fails_to_be_written_leaves_no_temporary_file_and_names_its_
     assert cli.main(argv) == status
     err = capsys.readouterr().err
     if status == 2:
-        one_error_line(err, f"{run}: no space left on its disk; free space there or give another folder with --out")
+        one_error_line(err, f"{run / 'loss.png'}: no space left on its disk; free space there or give another folder "
+                            "with --out")
     assert sorted(p.name for p in run.iterdir()) == ["checkpoint", "train_log.jsonl"]
 
 
@@ -1089,3 +1090,20 @@ def test_a_sigterm_while_harness_run_scores_a_model_it_trained_stops_at_once(tmp
     assert capsys.readouterr().err.startswith("interrupted: the rows and checkpoints written so far are kept")
     assert read_meta(tmp_path / "runs" / "tiny" / "swat" / CHECKPOINT_DIR)["step"] == 2
     assert not (tmp_path / "results" / "tiny" / "rows.jsonl").exists()
+
+
+def test_a_refused_atomic_write_names_the_file_meant_not_its_temporary_copy(tmp_path, monkeypatch):
+    """A folder where the file goes failed at the rename, named by the temporary file; a full disk at
+    the last flush named no file: both now name the file, and no temporary file stays."""
+    import os
+
+    from harness.files import atomic_write_bytes
+    (tmp_path / "scaling.png").mkdir()
+    with pytest.raises(IsADirectoryError) as refused:
+        atomic_write_bytes(tmp_path / "scaling.png", b"png")
+    assert refused.value.filename == str(tmp_path / "scaling.png")
+    monkeypatch.setattr(os, "fsync", failing(OSError(errno.ENOSPC, "No space left on device")))
+    with pytest.raises(OSError) as full:
+        atomic_write_bytes(tmp_path / "table.md", b"| a |")
+    assert full.value.errno == errno.ENOSPC and full.value.filename == str(tmp_path / "table.md")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["scaling.png"]

@@ -54,19 +54,12 @@ def _write_csv(path: Path, header: list[str], lines: list[list]) -> None:
 
 
 def save_figure(fig, path: Path) -> None:
-    """The figure as a PNG at `path`, drawn in memory and then written whole or not at all: a failed or
-    interrupted write leaves no temporary file behind. A disk full while writing (the write names no
-    path, or names the temporary file) is said of the folder written to."""
-    import errno
+    """The figure as a PNG at `path`, drawn in memory and then written whole or not at all
+    (`atomic_write_bytes`): a failed or interrupted write leaves no temporary file behind."""
     import io
     buf = io.BytesIO()
-    try:
-        fig.savefig(buf, format="png", dpi=150, bbox_inches="tight")
-        atomic_write_bytes(path, buf.getvalue())
-    except OSError as err:
-        if err.errno != errno.ENOSPC:
-            raise
-        raise OSError(err.errno, err.strerror, str(Path(path).parent)) from err
+    fig.savefig(buf, format="png", dpi=150, bbox_inches="tight")
+    atomic_write_bytes(path, buf.getvalue())
 
 
 def _write_plot(fig, out_dir: Path, name: str, header: list[str], lines: list[list]) -> list[Path]:

@@ -333,7 +333,7 @@ def stopped_at_a_checkpoint(again):
             yield stops
     except TrainingStopped as err:
         if is_main_process():
-            err_console.print(f"interrupted: {err}: run {again(err)}", highlight=False)
+            err_console.print(f"interrupted: {err}: run {again(err)}", markup=False, highlight=False)  # paths hold [ ]
         # under torchrun a rank may stop on rank 0's signal before its own has come: as if terminated
         raise SystemExit(128 + (stops.received[0] if stops.received else signal.SIGTERM)) from None
 
@@ -346,9 +346,10 @@ def train_until_asked(args, cfg, out: Path, bar):
     again = "the same command again" if args.resume else "the same command without --no-resume"
     with stopped_at_a_checkpoint(lambda err: again) as stops:
         try:
-            return train(args.model, cfg, out, args.device or default_device(), on_step=bar, resume=args.resume,
-                         parallel=args.parallel, loggers=loggers, log_every=args.log_every,
-                         should_stop=stops.should_stop)
+            with stops.training() as should_stop:
+                return train(args.model, cfg, out, args.device or default_device(), on_step=bar,
+                             resume=args.resume, parallel=args.parallel, loggers=loggers, log_every=args.log_every,
+                             should_stop=should_stop)
         finally:
             if bar is not None:
                 bar.close()

@@ -1035,8 +1035,8 @@ def failing(failure):
 def test_a_plot_that_fails_to_be_written_leaves_no_temporary_file_and_names_its_folder(tmp_path, capsys, monkeypatch,
                                                                                        where, failure, status):
     """`.loss.png.tmp.png` stayed in the run folder, and a full disk said "no space left on the disk
-    written to" without naming the file (a write names none; a rename names the temporary file). The plot alone is written here: a finished run that lost its loss.png
-    draws it again."""
+    written to" without naming the file (a write names none; a rename names the temporary file). The
+    plot alone is written here: a finished run that lost its loss.png draws it again."""
     import os
 
     import matplotlib.figure
@@ -1072,16 +1072,13 @@ def test_export_without_transformers_is_one_line_naming_the_extra(tmp_path, caps
 def test_a_sigterm_while_harness_run_scores_a_model_it_trained_stops_at_once(tmp_path, capsys, monkeypatch):
     """Training holds SIGTERM back to checkpoint before stopping (it asked at step 1 of 2 here); the
     tasks after it have no checkpoint to stop at, so there it ends the command at once, as before."""
-    import os
     import signal
-    import time
 
     from harness.registry import get_task
     from harness.training.checkpoint import CHECKPOINT_DIR, read_meta
 
     def terminated(*args):
-        os.kill(os.getpid(), signal.SIGTERM)
-        time.sleep(5)
+        signal.raise_signal(signal.SIGTERM)  # its Python handler has run when this returns
         pytest.fail("SIGTERM did not stop the task")
     monkeypatch.setattr(get_task("smoke"), "run", terminated)
     code = cli.main(["run", "--models", "swat", "--tasks", "smoke", "--device", "cpu", "--set", "train.tokens=2048",

@@ -962,6 +962,33 @@ def test_a_signal_checkpoints_the_step_in_flight_then_exits_with_its_status(stra
     assert_same_weights(straight[0], tmp_path)
 
 
+def test_a_signal_after_training_s_last_question_is_delivered_once_its_final_checkpoint_is_written(
+        tmp_path, monkeypatch, capsys):
+    """Training asks nothing at its last step nor while it scores the held-out split; a signal then
+    was dropped when the handlers were given back (the command finished with 0, the Ctrl-C ignored).
+    It now stops the command as soon as training returns, the run whole."""
+    import signal
+
+    from harness.cli import main
+    signalled_at(monkeypatch, 8, signal.SIGTERM)  # the last of 8 steps
+    assert main(train_argv(tmp_path)) == 130
+    assert read_meta(tmp_path / CHECKPOINT_DIR)["heldout_loss"] is not None  # finished and scored
+    assert capsys.readouterr().err.startswith("interrupted: the rows and checkpoints written so far are kept")
+
+
+def test_the_stop_line_names_a_folder_whose_name_reads_as_markup(tmp_path, monkeypatch, capsys):
+    """`run[/x]` in the path was taken for rich markup: a traceback instead of the stop, or another path."""
+    import signal
+
+    from harness.cli import main
+    out = tmp_path / "run[/x]"
+    signalled_at(monkeypatch, 2, signal.SIGTERM)
+    with pytest.raises(SystemExit) as stopped:
+        main(train_argv(out))
+    assert stopped.value.code == 143
+    assert f"the checkpoint in {out / CHECKPOINT_DIR} resumes there" in capsys.readouterr().err
+
+
 def test_a_stop_under_no_resume_says_to_resume_without_it(tmp_path, monkeypatch, capsys):
     """`--no-resume` again would discard the checkpoint just written."""
     import signal

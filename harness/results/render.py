@@ -1,7 +1,7 @@
 """Tables as the harness writes them: a Table of Cells (numbers in display units with their stderr,
 or text; bold and footnote marks) and its renderers, markdown, LaTeX (a booktabs fragment) and CSV.
-The paper's layouts (harness.results.tables) and the study's report build Tables; only this module
-decides how a cell is written.
+The paper's layouts (harness.results.tables) and the study's report build Tables and write them
+through these renderers.
 """
 
 from __future__ import annotations

@@ -46,8 +46,11 @@ class TrainingStopped(RuntimeError):
     which models come after it."""
 
     def __init__(self, message: str, model: str | None = None):
-        super().__init__(message)
-        self.model = model
+        super().__init__(message, model)  # every argument in args: the error pickles whole
+        self.message, self.model = message, model
+
+    def __str__(self) -> str:
+        return self.message
 
 
 @dataclass
@@ -67,10 +70,10 @@ class TrainResult:
 
 
 class StopRequests:
-    """SIGTERM and a first Ctrl-C, once training asks for them (`should_stop`, `train`'s), collected
-    instead of stopping the process: training then finishes its step, checkpoints and stops, so that a
-    cluster's preemption (SIGTERM, SIGKILL a while later) or a Ctrl-C loses no steps. `received`: the
-    signals collected, in order."""
+    """SIGTERM and a first Ctrl-C, once training asks for them (`should_stop`, `train`'s, at each step it
+    logs), collected instead of stopping the process: training then finishes that step, checkpoints and
+    stops, so that a cluster's preemption (SIGTERM, SIGKILL a while later) or a Ctrl-C loses no steps.
+    `received`: the signals collected, in order."""
 
     def __init__(self):
         self.received: list[int] = []
@@ -97,9 +100,11 @@ class StopRequests:
 
 @contextlib.contextmanager
 def stop_requests():
-    """A `StopRequests` whose signals are held back from the first time training asks until the context
-    exits (or, inside its `training()`, until that training returns). Before training asks (preparing
-    the data, the first step, a model fitted by counting, which never asks) there is nothing to lose,
+    """A `StopRequests` whose signals are held back inside its `training()`, from the first time that
+    training asks until it returns; one that came after training's last question (its last step, the
+    held-out score) is delivered when it returns, its final checkpoint written. Before training asks
+    (preparing the data, the first step, a model fitted by counting, which never asks) there is nothing
+    to lose,
     and a signal stops at once, by the handler there was before; as do a second Ctrl-C and a signal to
     a process forked from this one (a library's pool). A repeated SIGTERM changes nothing: a scheduler
     may signal both torchrun and its workers, which torchrun signals again. A signal ignored (a job

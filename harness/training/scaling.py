@@ -324,7 +324,7 @@ def _ranks(n: int, device: str | None) -> str:
 def _cpu_note(records: list[dict]) -> str:
     """A line under a table of runs on a CPU: its "GPUs" are processes sharing one machine's cores, whose
     tokens/s and efficiency measure that sharing (thread counts, the machine's load), not a speed to
-    report; their loss curves compare as on GPUs. None for runs on GPUs."""
+    report; their loss curves compare as on GPUs. Empty for runs on GPUs."""
     cpu = [r["run"] for r in records if _on_cpu(r["device"])]
     if not cpu:
         return ""

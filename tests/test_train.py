@@ -971,9 +971,12 @@ def test_a_signal_after_training_s_last_question_is_delivered_once_its_final_che
 
     from harness.cli import main
     signalled_at(monkeypatch, 8, signal.SIGTERM)  # the last of 8 steps
-    assert main(train_argv(tmp_path)) == 130
+    with pytest.raises(SystemExit) as stopped:
+        main(train_argv(tmp_path))
+    assert stopped.value.code == 143
     assert read_meta(tmp_path / CHECKPOINT_DIR)["heldout_loss"] is not None  # finished and scored
-    assert capsys.readouterr().err.startswith("interrupted: the rows and checkpoints written so far are kept")
+    assert capsys.readouterr().err.strip() == ("interrupted: stopped as asked, after its training had finished and "
+                                               "was saved: run the same command again")
 
 
 def test_the_stop_line_names_a_folder_whose_name_reads_as_markup(tmp_path, monkeypatch, capsys):
@@ -1097,7 +1100,11 @@ def test_a_signal_after_harness_run_s_training_last_asked_stops_before_its_evalu
     from harness.registry import get_task
     signalled_in(monkeypatch, "swat", 8, signal.SIGTERM)
     monkeypatch.setattr(get_task("smoke"), "run", lambda *args: pytest.fail("the held SIGTERM waited for the tasks"))
-    assert main(run_argv(tmp_path, "swat")) == 130
-    assert capsys.readouterr().err.startswith("interrupted: the rows and checkpoints written so far are kept")
+    with pytest.raises(SystemExit) as stopped:
+        main(run_argv(tmp_path, "swat", "--force"))
+    assert stopped.value.code == 143
+    assert capsys.readouterr().err.strip() == ("interrupted: swat: stopped as asked, after its training had finished "
+                                               "and was saved: run the same command again without --force (it would "
+                                               "train swat from scratch)")
     meta = read_meta(tmp_path / "runs" / "tiny" / "swat" / CHECKPOINT_DIR)
     assert meta["step"] == 8 and meta["heldout_loss"] is not None

@@ -87,15 +87,15 @@ class StopRequests:
     def training(self):
         """Hold signals back only while this training asks (yields its should_stop), where work follows
         it that has no checkpoint to stop at (`harness run` scores the model next): after it, as before
-        it, a signal stops at once, and one held back when training returns (after its last question)
-        stops the command then."""
+        it, a signal stops at once. One held back when training returns (it came after the last
+        question: the last step, the held-out score) stops the command then, as a TrainingStopped:
+        the run is finished and saved."""
         try:
             yield self.should_stop
         finally:
             self.asking = False
-        held, self.received = self.received, []
-        if held:
-            signal.raise_signal(held[0])
+        if self.received:
+            raise TrainingStopped("stopped as asked, after its training had finished and was saved")
 
 
 @contextlib.contextmanager

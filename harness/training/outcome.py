@@ -102,13 +102,12 @@ class StopRequests:
 def stop_requests():
     """A `StopRequests` whose signals are held back inside its `training()`, from the first time that
     training asks until it returns; one that came after training's last question (its last step, the
-    held-out score) is delivered when it returns, its final checkpoint written. Before training asks
-    (preparing the data, the first step, a model fitted by counting, which never asks) there is nothing
-    to lose,
-    and a signal stops at once, by the handler there was before; as do a second Ctrl-C and a signal to
-    a process forked from this one (a library's pool). A repeated SIGTERM changes nothing: a scheduler
-    may signal both torchrun and its workers, which torchrun signals again. A signal ignored (a job
-    started in the background) stays so."""
+    held-out score) stops the command when it returns, its final checkpoint written. Before training
+    asks (preparing the data, the first step, a model fitted by counting, which never asks) there is
+    nothing to lose, and a signal stops at once, by the handler there was before; as do a second Ctrl-C
+    and a signal to a process forked from this one (a library's pool). A repeated SIGTERM changes
+    nothing: a scheduler may signal both torchrun and its workers, which torchrun signals again. A
+    signal ignored (a job started in the background) stays so."""
     owner, stops = os.getpid(), StopRequests()
 
     def request(signum, frame):

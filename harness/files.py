@@ -42,13 +42,10 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except OSError as err:
+    except BaseException as err:
         Path(tmp).unlink(missing_ok=True)
-        if err.filename not in (None, tmp):
-            raise
-        raise type(err)(err.errno, err.strerror, str(path)) from None
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        if isinstance(err, OSError) and err.filename in (None, tmp):
+            raise type(err)(err.errno, err.strerror, str(path)) from None
         raise
 
 

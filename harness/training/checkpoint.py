@@ -157,7 +157,7 @@ def _result_problem(meta: dict, cfg: Config) -> str | None:
     if not last and meta.get("heldout_loss") is None:
         return None
     for key in ("heldout_loss", "train_loss"):
-        if not _is_finite(meta.get(key)):
+        if not is_finite_number(meta.get(key)):
             return f"it is finished but {_not_a('finite number', key, meta.get(key))}"
     return None
 
@@ -171,7 +171,8 @@ def _is_count(value) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
-def _is_finite(value) -> bool:
+def is_finite_number(value) -> bool:
+    """A real number, not a bool, and finite: what a loss or a speed read from a stored file must be."""
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 

@@ -32,13 +32,12 @@ logged every few steps).
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass
 from pathlib import Path
 
 from harness.config import EXECUTION_KEYS, ConfigError
 from harness.files import atomic_write_text
-from harness.training.checkpoint import read_meta
+from harness.training.checkpoint import is_finite_number, read_meta
 from harness.training.counting import is_counted
 from harness.training.outcome import CheckpointDamaged
 from harness.training.trainlog import LOG_FILE, read_headers, read_log
@@ -111,12 +110,8 @@ def _speed_problem(meta: dict) -> str | None:
         return f"its peak_mem_gib_per_rank is {per_rank!r}, not a list"
     fields = [("tokens_per_s", meta.get("tokens_per_s")), ("mfu", meta.get("mfu")),
               ("peak_mem_gib", meta.get("peak_mem_gib")), *(("peak_mem_gib_per_rank", m) for m in per_rank or [])]
-    wrong = next(((key, value) for key, value in fields if value is not None and not _is_finite(value)), None)
+    wrong = next(((key, value) for key, value in fields if value is not None and not is_finite_number(value)), None)
     return None if wrong is None else f"its {wrong[0]} holds {wrong[1]!r}, not a finite number"
-
-
-def _is_finite(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def _check_log_whole(log_file: Path, log: list[dict], headers: list[dict], step: int) -> None:
@@ -147,7 +142,7 @@ def _unusable_records(log: list[dict]) -> int:
     diverged step stops training unlogged), or a step logged before (training logs each step once)."""
     seen, unusable = set(), 0
     for record in log:
-        unusable += record["step"] in seen or not _is_finite(record.get("loss"))
+        unusable += record["step"] in seen or not is_finite_number(record.get("loss"))
         seen.add(record["step"])
     return unusable
 
@@ -343,9 +338,9 @@ def _baseline_note(records: list[dict]) -> str:
         firsts.setdefault(r["model"], r)
     if all(r["run"] == r["baseline"] and r["world_size"] == 1 for r in firsts.values()):
         return ""
-    named = ", ".join(f"{r['baseline']} for {model} "
-                      f"({_ranks(by_name[r['baseline']]['world_size'], by_name[r['baseline']]['device'])})"
-                      for model, r in firsts.items())
+    bases = {model: by_name[r["baseline"]] for model, r in firsts.items()}
+    named = ", ".join(f"{base['run']} for {model} ({_ranks(base['world_size'], base['device'])})"
+                      for model, base in bases.items())
     return (f"\nBaseline (each model's run on the fewest GPUs; scaling efficiency and loss differences are against "
             f"it): {named}.\n")
 

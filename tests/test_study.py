@@ -389,14 +389,17 @@ def test_worker_pool_runs_units_in_processes(tmp_path, monkeypatch):
     from harness.config import load_yaml
     from harness.study import spec
     data = load_yaml(TINY.read_text())  # as the study reads it: 3e-3 is a number
-    data["final"] = {"sizes": ["a"], "tasks": ["smoke", "probe"]}
+    # sizes named against the alphabet (z before b): the workers must read them in the file's order
+    data["sizes"] = {"z": data["sizes"]["a"], "b": data["sizes"]["b"]}
+    data["sweep"]["sizes"] = ["z"]
+    data["final"] = {"sizes": ["z"], "tasks": ["smoke", "probe"]}
     path = tmp_path / "pool.yaml"
-    path.write_text(yaml.safe_dump(data))
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
     real_load = spec.load_study
 
     def load_then_edit(*args):
         study = real_load(*args)
-        path.write_text(yaml.safe_dump({**data, "tokens_per_param": 0.8}))
+        path.write_text(yaml.safe_dump({**data, "tokens_per_param": 0.8}, sort_keys=False))
         return study
     monkeypatch.setattr(spec, "load_study", load_then_edit)
     assert study_cli(tmp_path, "--jobs", "2", "--plugin", str(TINY.parent / "probe_task.py"), study=path) == 0
@@ -407,9 +410,9 @@ def test_worker_pool_runs_units_in_processes(tmp_path, monkeypatch):
         (m, lr) for m in ("swat", "transformer") for lr in (3e-3, 1e-2)}
     best = json.loads((tmp_path / "results" / "tiny-study" / "lr_choice.json").read_text())
     assert {(r.model, r.extra["lr"]) for r in rows if r.task == "probe"} == {
-        (m, best[m]["a"]["lr"]) for m in ("swat", "transformer")}
+        (m, best[m]["z"]["lr"]) for m in ("swat", "transformer")}
     logs = sorted(p.name for p in (tmp_path / "runs" / "tiny-study" / "logs").iterdir())
-    assert logs == sorted(f"a_{m}_lr{lr}-seed0.log" for m in ("swat", "transformer") for lr in ("0.003", "0.01"))
+    assert logs == sorted(f"z_{m}_lr{lr}-seed0.log" for m in ("swat", "transformer") for lr in ("0.003", "0.01"))
 
 
 def test_time_limit_stops_before_starting(tmp_path, capsys):

@@ -18,8 +18,6 @@ import time
 from pathlib import Path
 from typing import Callable
 
-import yaml
-
 from harness.config import Config, ConfigError, config_difference
 from harness.data.tokenizer import get_tokenizer
 from harness.evaluation.loop import (
@@ -58,7 +56,7 @@ DIVERGED_EXIT = 4  # a worker whose training diverged, recorded as such in the r
 INTERRUPTED_EXIT = 130  # the CLI's exit on SIGTERM, for a worker signalled before its own handler was set
 KILL_GRACE_S = 45  # seconds past the time limit after which a worker that has not stopped is killed
 SQUEEZED_TRIES = 4  # starts of a unit that keeps running out of memory beside other processes, then it failed
-STUDY_ENV = "HARNESS_STUDY"  # the study file's mapping as the pool read it (YAML), for its workers
+STUDY_ENV = "HARNESS_STUDY"  # the study file's mapping as the pool read it (JSON, in its order), for its workers
 
 
 def run_unit(study: Study, unit: Unit, results: Path, runs: Path, device: str,
@@ -488,7 +486,7 @@ def _schedule(study, next_unit, results, runs, device, jobs, deadline, log, plug
             if unit is None:
                 exhausted = True  # asked again when a run ends: its rows may define new units
                 break
-            env = {**os.environ, STUDY_ENV: yaml.safe_dump(study.data)}
+            env = {**os.environ, STUDY_ENV: json.dumps(study.data)}  # JSON keeps the sizes' order
             if gpus:
                 env["CUDA_VISIBLE_DEVICES"] = gpus[slot % len(gpus)]
             slot += 1
@@ -588,7 +586,7 @@ def run_worker(study_file: str, key: str, results: Path, runs: Path, device: str
     (STUDY_ENV): a file edited while the pool runs would otherwise train the pool's later runs at
     another budget or config than its earlier ones, each reported as the study. SIGTERM checkpoints and stops."""
     pool_data = os.environ.get(STUDY_ENV)
-    study = load_study(study_file, None if pool_data is None else yaml.safe_load(pool_data))
+    study = load_study(study_file, None if pool_data is None else json.loads(pool_data))
     drop_missing_tasks(study, lambda m: None)  # the parent has warned
     plan(study, log)
     path = rows_file(study, results)

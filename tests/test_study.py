@@ -917,23 +917,34 @@ def test_the_best_model_is_bold_even_where_every_model_is_under_the_bigram(finis
     assert all("‡" in cell for cell in losses) and sum(cell.startswith("**") for cell in losses) == 2  # one per size
 
 
-def test_the_document_scoring_script_scores_each_attention_checkpoint_both_ways(finished):
+def test_the_document_scoring_script_scores_each_attention_checkpoint_both_ways(finished, tmp_path):
     """results/scaling/document_scoring.py as device.sh runs it: by its path, with the repository root on
-    PYTHONPATH, over a study's runs folder; one table row per checkpoint, within − across in the last column."""
+    PYTHONPATH, over a study's runs folder; one table row per finished checkpoint, its across-documents loss
+    the study's row, within − across in the last column. A training cut short (no held-out loss yet) holds
+    weights no row was scored on: it is left out."""
     import os
     import subprocess
     import sys
+
+    from harness.training.checkpoint import META_FILE
     root = Path(__file__).resolve().parents[1]
-    runs = finished / "runs" / "tiny-study"
+    runs = tmp_path / "tiny-study"
+    shutil.copytree(finished / "runs" / "tiny-study", runs)
+    checkpoints = sorted(runs.glob("*/*/*/checkpoint"))
+    meta = json.loads((checkpoints[0] / META_FILE).read_text())
+    (checkpoints[0] / META_FILE).write_text(json.dumps({**meta, "step": 1, "heldout_loss": None}))
     done = subprocess.run([sys.executable, str(root / "results" / "scaling" / "document_scoring.py"), str(runs)],
                           capture_output=True, text=True, cwd=finished, env={**os.environ, "PYTHONPATH": str(root)})
     assert done.returncode == 0, done.stderr
     table = [line.split("|")[1:-1] for line in done.stdout.splitlines()[2:]]
-    assert table and sorted(cells[0].strip() for cells in table) == sorted(
-        str(c.parent.relative_to(runs)) for c in runs.glob("*/*/*/checkpoint"))
-    for _, across, within, difference in table:
-        assert math.isfinite(float(across)) and float(difference) == pytest.approx(
-            float(within) - float(across), abs=2e-4)
+    assert table and sorted(cells[0].strip() for cells in table) == [
+        str(c.parent.relative_to(runs)) for c in checkpoints[1:]]
+    rows = read_rows(finished / "results" / "tiny-study" / "rows.jsonl")
+    for run, across, within, difference in table:
+        size, model, _ = run.strip().split("/")
+        assert any(float(across) == pytest.approx(r.value, abs=1e-4) for r in rows if (r.model, r.preset, r.task) == (
+            model, size, "smoke") and r.metric == "loss" and "corpus_source" not in r.extra)
+        assert float(difference) == pytest.approx(float(within) - float(across), abs=2e-4)
 
 
 def test_a_small_mean_keeps_two_significant_digits():

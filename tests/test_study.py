@@ -939,6 +939,8 @@ def test_the_document_scoring_script_scores_each_attention_checkpoint_both_ways(
     table = [line.split("|")[1:-1] for line in done.stdout.splitlines()[2:]]
     assert table and sorted(cells[0].strip() for cells in table) == [
         str(c.parent.relative_to(runs)) for c in checkpoints[1:]]
+    first = [cells[0].strip().split("/")[1] for cells in table[:2]]
+    assert sorted(first) == ["swat", "transformer"]  # one of each model before any model's second
     rows = read_rows(finished / "results" / "tiny-study" / "rows.jsonl")
     for run, across, within, difference in table:
         size, model, _ = run.strip().split("/")

@@ -4,10 +4,12 @@ to measure the caveat in README.md ("Things to know"): on a machine that holds t
 checkpoints, `python results/scaling/document_scoring.py RUNS/scaling > document_scoring.md`
 (one row per finished checkpoint of a model that trains within documents, found under
 RUNS/scaling/<size>/<model>/<run>/; a training cut short holds other weights than any row, so it is
-left out).
+left out). The checkpoints go one of each model first, then the next of each, so that a short time
+budget (`timeout`) measures every model once before it measures any twice.
 """
 
 import sys
+from collections import defaultdict
 from contextlib import nullcontext
 from pathlib import Path
 
@@ -19,13 +21,25 @@ from harness.training.checkpoint import CHECKPOINT_DIR, load_checkpoint, read_me
 from harness.training.heldout import heldout_score
 from harness.training.recipe import autocast_for
 
+
+def one_of_each_model_first(checkpoints: list[Path]) -> list[Path]:
+    """<size>/<model>/<run>/checkpoint paths, each model's k-th (in path order) before any model's (k+1)-th."""
+    seen: dict[str, int] = defaultdict(int)
+    ranked = []
+    for ckpt in sorted(checkpoints):
+        model = ckpt.parent.parent.name
+        ranked.append((seen[model], ckpt))
+        seen[model] += 1
+    return [ckpt for _, ckpt in sorted(ranked)]
+
+
 runs = Path(sys.argv[1] if len(sys.argv) > 1 else ".gpu/runs/scaling")
 device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 print("| run | held-out loss, across documents (the study's rows) | within documents (as trained) | "
       "difference |\n|---|---|---|---|")
-for ckpt in sorted(runs.glob(f"*/*/*/{CHECKPOINT_DIR}")):
-    if read_meta(ckpt).get("heldout_loss") is None:
-        continue  # training cut short: not the weights of the study's rows
+# a training cut short holds other weights than the study's rows
+finished = [c for c in runs.glob(f"*/*/*/{CHECKPOINT_DIR}") if read_meta(c).get("heldout_loss") is not None]
+for ckpt in one_of_each_model_first(finished):
     model, cfg, name, _ = load_checkpoint(ckpt, device)
     if not getattr(model, "supports_varlen", False):
         continue  # Mamba's models train and score across boundaries alike

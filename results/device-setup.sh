@@ -1,7 +1,9 @@
 # Sourced by the device scripts (results/comparison/device.sh, results/scaling/device.sh) from the
 # repository root on a CUDA machine with `.whl/` carried: one environment for every call. Sets OUT,
 # G (.gpu/, git-ignored: everything installed or written there), LOG and `say`; copies carried
-# Triton autotuning results (.gpu-carry/triton) into the cache; installs the wheels (fla 0.6.0,
+# Triton autotuning results into the cache (results/triton-autotune.tgz, committed: the choices of
+# earlier sessions' calls, which spares each fla kernel minutes of tuning on a fresh machine; then
+# .gpu-carry/triton, those of this session's earlier calls); installs the wheels (fla 0.6.0,
 # lm-eval and its datasets stack) once per machine; builds mamba-ssm's CUDA kernels for sm_90 in the
 # background (MAMBA_JOBS compile jobs, default 10; `wait_mamba` blocks until it is done, and
 # "$G/mamba.done" marks it; MAMBA_BUILD=0 skips it, e.g. for a call that measures speed and needs
@@ -14,6 +16,7 @@ export PYTHONPATH=$G/site PYTHONUNBUFFERED=1 TRITON_CACHE_DIR=$G/triton HARNESS_
 [ -n "${HARNESS_COMMIT:-}" ] && export HARNESS_COMMIT
 LOG=$OUT/log.txt
 say() { echo "[$(date -u +%T)] $*" | tee -a "$LOG"; }
+[ -f results/triton-autotune.tgz ] && tar xzf results/triton-autotune.tgz -C "$G/triton" --skip-old-files
 [ -d .gpu-carry/triton ] && cp -rn .gpu-carry/triton/. "$G/triton/"
 if [ ! -f "$G/site/.wheels" ]; then
   python3 -m pip install -q --no-index --no-deps --no-compile --target "$G/site" .whl/fla_core-*.whl \

@@ -17,7 +17,8 @@
 # others, then its tasks) may outlast a call, and must finish before the machine
 # goes. $OUT gets the log, the study's results folder (rows, training logs, tables) as
 # results.tgz, the workers' consoles and every run's per-step log as logs.tgz, and the autotuning
-# results to carry next time (unpack autotune.tgz into .gpu-carry/triton). START_NEW_S, for a
+# results to carry next time (unpack autotune.tgz into .gpu-carry/triton for this session's next
+# calls; at the session's end, merge it into the committed results/triton-autotune.tgz). START_NEW_S, for a
 # session's last call: start trainings only in its first S seconds and only those that the study's
 # finished runs of their size say can finish before the time limit, then only finish what has a
 # checkpoint on this machine (a training it cannot finish would be lost with the machine). SIZES:

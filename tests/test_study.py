@@ -11,7 +11,14 @@ import yaml
 
 from harness import cli
 from harness.results.store import Row, read_rows
-from harness.study.report import exponent_error_note, gaps_table, paired_table, t_critical, training_curve
+from harness.study.report import (
+    exponent_error_note,
+    flops_left_out,
+    gaps_table,
+    paired_table,
+    t_critical,
+    training_curve,
+)
 from harness.study.spec import choose_lrs, interpolated_optimum, load_study, plan, power_law, units
 
 TINY = Path(__file__).resolve().parent / "fixtures" / "study" / "tiny.yaml"
@@ -1033,3 +1040,17 @@ def test_the_paired_notes_count_the_tests_the_pairs_left_out_and_the_seed_that_c
     notes = " ".join(table.notes)
     assert "1 of them, none corrected" in notes and "Left out: 1 pair(s)" in notes
     assert "Seed 0 at b is the sweep's run at the learning rate it chose" in notes
+
+
+def test_the_flops_note_names_the_models_whose_count_leaves_a_core_out(tmp_path, finished):
+    """scaling.md's FLOPs note names exactly the models whose kept training summary says their count is
+    partial (a core with no count of its own), read from train/<size>/<model>-<run>_meta.json; a model
+    whose name begins another's (swat, swat_logw) is not mistaken for it."""
+    (tmp_path / "train" / "a").mkdir(parents=True)
+    for name, partial in (("gla-lr0.004-seed0", ["FlaMixer"]), ("swat_logw-lr0.008-seed0", ["Mixer"]),
+                          ("swat-lr0.008-seed0", []), ("transformer-lr0.004-seed0", [])):
+        meta = {"flops_per_token": {"partial": partial}}
+        (tmp_path / "train" / "a" / f"{name}_meta.json").write_text(json.dumps(meta))
+    assert flops_left_out(tmp_path, ["swat", "transformer", "gla", "swat_logw", "mamba2"]) == ["gla", "swat_logw"]
+    scaling = (finished / "results" / "tiny-study" / "scaling.md").read_text()
+    assert "FLOPs: the harness's count (harness/model/flops.py)." in scaling  # swat and transformer: complete

@@ -13,7 +13,9 @@ charged for what it computes:
   a window, i + 1 without one); masked-out work a kernel may still do is not counted (these are
   model FLOPs, not hardware FLOPs), nor are document boundaries inside packed sequences (they
   depend on the data). Mamba counts its selective scan. A mixer without the method is counted by
-  its projections only, and the count names it as partial.
+  its projections only, and the count names it as partial; so is a model with no module named
+  `mixer` (one not on the shared backbone, e.g. llama_hf's Hugging Face Llama), whose attention
+  or recurrence this count cannot find.
 
 Training costs 3x the forward (the backward computes gradients for inputs and weights); recomputation
 under activation checkpointing is not model work and is not counted. Elementwise work (norms,
@@ -80,20 +82,22 @@ def _mixer_core(module: nn.Module, seq_len: int) -> dict[str, float] | None:
 def flops_per_token(model: nn.Module, seq_len: int) -> FlopCount:
     """Forward model FLOPs per token of `model` at training length seq_len (see the module doc)."""
     count = FlopCount()
-    seen: set[int] = set()
-    for name, module in model.named_modules():
+    mixers = 0
+    for name, module in model.named_modules():  # a shared module comes once
         if isinstance(module, nn.Linear):
             count.linear += 2.0 * module.in_features * module.out_features
         elif isinstance(module, nn.Conv1d):
             k = module.kernel_size[0]
             count.conv += 2.0 * module.out_channels * (module.in_channels // module.groups) * k
-        if name.split(".")[-1] == "mixer" and id(module) not in seen:
-            seen.add(id(module))
+        if name.split(".")[-1] == "mixer":
+            mixers += 1
             core = _mixer_core(module, seq_len)
             if core is None:
                 count.partial.append(type(module).__name__)
             for kind, value in (core or {}).items():
                 setattr(count, kind, getattr(count, kind) + value)
+    if not mixers:
+        count.partial.append(type(model).__name__)
     if getattr(model, "head", "absent") is None and isinstance(getattr(model, "embed", None), nn.Embedding):
         count.head = 2.0 * model.embed.weight.numel()  # tied head: logits = h @ embed.T
     count.partial = sorted(set(count.partial))

@@ -624,7 +624,20 @@ def scaling_points(res: Results, axis: str) -> dict[str, list[tuple[float, float
     return out
 
 
-def scaling_table(res: Results) -> tuple[Table | None, dict]:
+def flops_left_out(out: Path, models) -> list[str]:
+    """The models whose FLOP count leaves part of their computation out (`partial` in a kept training
+    summary, train/<size>/<model>-<run>_meta.json, e.g. a recurrent core with no count of its own):
+    their loss-vs-compute points sit at less compute than they used."""
+    left_out = []
+    for model in models:
+        for path in sorted(out.glob(f"train/*/{model}-lr*_meta.json")):
+            if (json.loads(path.read_text(encoding="utf-8")).get("flops_per_token") or {}).get("partial"):
+                left_out.append(model)
+                break
+    return left_out
+
+
+def scaling_table(res: Results, out: Path) -> tuple[Table | None, dict]:
     """Each model's power laws over the final sizes it has results at, and its loss at the largest of
     them, which names its size where that is not the study's largest (a model still to run there)."""
     fits = {}
@@ -644,8 +657,10 @@ def scaling_table(res: Results) -> tuple[Table | None, dict]:
     if not lines:
         return None, fits
     table.groups.append(("", lines))
-    table.notes.append(exponent_error_note(fits) + " FLOPs: the harness's count (harness/model/flops.py), which "
-                       "leaves out the recurrent cores of the fla layers.")
+    left_out = flops_left_out(out, fits)
+    table.notes.append(exponent_error_note(fits) + " FLOPs: the harness's count (harness/model/flops.py)" + (
+        f", which leaves out the recurrent or state-space cores of {', '.join(left_out)} (`partial` in their "
+        "training summaries, train/): their compute is understated." if left_out else "."))
     return table, fits
 
 
@@ -764,7 +779,7 @@ def write_report(study, results: Path) -> list[Path]:
         table(name, long_context_table(res, *spec))
     plot("ppl_vs_length", ppl_vs_length_plot, res)
     plot("training_curves", training_curves_plot, res)
-    scaling, fits = scaling_table(res)
+    scaling, fits = scaling_table(res, out)
     table("scaling", scaling)
     text("scaling_fits.json", json.dumps(fits, indent=1) if fits else None)
     plot("loss_vs_params", scaling_plot, res, fits, "params")

@@ -29,6 +29,15 @@ class DeltaNetMixer(FlaMixer):
     (fp32 evaluation, the GPU equality tests) the layer runs fla's fused recurrent kernel instead,
     the same recurrence computed in fp32, rather than failing or rounding silently to bf16."""
 
+    fla_exportable = True
+
+    @property
+    def exported_mode(self) -> str:
+        """fla's model gives its layers one mode: the fused recurrent kernel, which this mixer runs in full
+        precision (transformers loads a model in fp32) and which takes 16-bit inputs too, where chunk would
+        refuse fp32 past 64 tokens."""
+        return "fused_recurrent"
+
     def take_kernel(self, x: torch.Tensor) -> None:
         full_precision = x.dtype == torch.float32 and not torch.is_autocast_enabled(x.device.type)
         self.layer.mode = "fused_recurrent" if full_precision else "chunk"

@@ -13,6 +13,9 @@ parameter counts, also on the meta device) and fail on a CPU input with one line
 The decode state of each mixer is an `fla.models.cache_utils.FLACache`, the cache fla's layers
 read and write (recurrent state, short-convolution state, tokens seen); `step()` feeds it one
 token through the layer's fused-recurrent path, which must equal the chunked full forward.
+
+`harness export` writes these models as fla's own model classes (harness.hf.fla_export), their configs
+read from the options each layer was built with (`FlaMixer.layer_options`, `export_config`).
 """
 
 from __future__ import annotations
@@ -86,14 +89,16 @@ class FlaMixer(nn.Module):
     cu_seqlens), prefill and one-token steps through an FLACache."""
 
     supports_varlen = True
-    export_refused = ("its layers run on fla's CUDA kernels only, so a mapping onto fla's Hugging Face classes "
-                      "cannot be tested on a CPU")
+    # `harness export` writes fla's own model class (harness.hf.fla_export), whose blocks run the layer as this
+    # class does; a subclass computes what it changes, so it exports only where its own body says so again
+    fla_exportable = True
 
     def __init__(self, model: str, layer: nn.Module, init_std: float):
         super().__init__()
         self.model = model
         self.layer = layer
         self.init_std = init_std
+        self.layer_options: dict | None = None  # the options the layer was built with (set by fla_model)
         # the backbone's one init scheme scales residual outputs by 1/sqrt(2 * blocks) (GPT-2); fla's own
         # models leave them at init_std
         self.layer.o_proj.residual_out = True
@@ -110,6 +115,26 @@ class FlaMixer(nn.Module):
     def layer_kwargs(self) -> dict:
         """Extra keyword arguments of the layer's forward (HGRN2's lower bound)."""
         return {}
+
+    @property
+    def exported_mode(self) -> str:
+        """The kernel mode of the exported layer (fla's config gives its layers one): the layer's."""
+        return self.layer.mode
+
+    def export_config(self) -> dict:
+        """The layer's options in the terms of fla's config classes: by their own names, but `mode`, which
+        the configs call `attn_mode`. Those a config has no field for reach fla's layer at its defaults, which
+        the export checks against this layer."""
+        options = {key: value for key, value in self.layer_options.items() if key != "mode"}
+        return {"attn_mode": self.exported_mode, **options}
+
+    def export_weights(self) -> dict[str, str]:
+        """The mixer's weights outside its layer by fla's model's name (HGRN2's lower bounds): none."""
+        return {}
+
+    def export_refusal(self) -> str | None:
+        """Why this mixer cannot be written as fla's model holds it (a shape it cannot hold), or None."""
+        return None
 
     def forward(self, x: torch.Tensor, cu_seqlens: torch.Tensor | None = None) -> torch.Tensor:
         require_cuda(x, self.model)
@@ -138,6 +163,8 @@ def fla_model(cfg, model: str, layer: str, options: dict,
     wrap = wrap or (lambda fla_layer, i: FlaMixer(model, fla_layer, cfg.init_std))
 
     def mixer(cfg, i):
-        return wrap(getattr(layers, layer)(hidden_size=cfg.hidden_size, norm_eps=cfg.norm_eps, layer_idx=i,
-                                          **options), i)
+        wrapped = wrap(getattr(layers, layer)(hidden_size=cfg.hidden_size, norm_eps=cfg.norm_eps, layer_idx=i,
+                                             **options), i)
+        wrapped.layer_options = dict(options)
+        return wrapped
     return DecoderLM(cfg, mixer)

@@ -9,7 +9,8 @@ layers keep longer memories. fla's model holds that table above its blocks, as w
 size, which is the forget dim only where the hidden size is a multiple of 128; here every mixer
 holds the same `LowerBounds` module, as wide as the layers' forget gates (128 at hidden size 192:
 one head), and reads its own row. Each block adds the backbone's SwiGLU
-MLP, whose width is solved so that parameters match the reference.
+MLP, whose width is solved so that parameters match the reference. `harness export` writes the
+table as fla's `lower_bounds` where the two are as wide, and refuses the other hidden sizes.
 """
 
 import torch
@@ -38,6 +39,10 @@ class LowerBounds(nn.Module):
 
 
 class HGRN2Mixer(FlaMixer):
+    """fla's HGRN2 layer with its row of the shared lower bounds, as fla's HGRN2Model runs it."""
+
+    fla_exportable = True
+
     def __init__(self, layer: nn.Module, bounds: LowerBounds, layer_idx: int, init_std: float):
         super().__init__("hgrn2", layer, init_std)
         self.bounds = bounds
@@ -45,6 +50,22 @@ class HGRN2Mixer(FlaMixer):
 
     def layer_kwargs(self) -> dict:
         return {"lower_bound": self.bounds(self.layer_idx)}
+
+    def export_config(self) -> dict:
+        return {**super().export_config(), "use_lower_bound": True}
+
+    def export_weights(self) -> dict[str, str]:
+        return {"model.lower_bounds": "bounds.table"}
+
+    def export_refusal(self) -> str | None:
+        """fla's model holds the table as wide as the hidden size: a narrower one (hidden 192: one head of 128)
+        has no place there."""
+        layer = self.layer
+        if layer.forget_dim == layer.hidden_size:
+            return None
+        return (f"its forget gates are {layer.forget_dim} wide (hidden size {layer.hidden_size} // expand_ratio "
+                f"{layer.expand_ratio} heads of {layer.expand_ratio}), and fla's HGRN2 model holds the lower bounds "
+                f"as wide as the hidden size; only a hidden size that expand_ratio divides exports")
 
 
 def options(cfg) -> dict:

@@ -4,6 +4,7 @@ the window included), its greedy decoding through the ring buffer, its tokenizer
 weights, a model card with the checkpoint's rows, and the same lm-eval scores as `harness eval`.
 Every bad input is one `error:` line that leaves nothing at --out."""
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -28,6 +29,8 @@ from harness.training.checkpoint import load_checkpoint  # noqa: E402
 ROOT = Path(__file__).resolve().parent.parent
 EVAL_FIXTURES = Path(__file__).parent / "fixtures" / "eval"
 EXPORTABLE = ("swat", "swat_official", "swat_logw", "swat_onorm", "sliding_softmax", "transformer")
+FLA_MODELS = ("gla", "retnet", "hgrn2", "deltanet", "gated_deltanet")
+HAS_FLA = importlib.util.find_spec("fla") is not None
 ONE_STEP = ["train.tokens=128", "train.batch_tokens=128", "train.seq_len=64", "train.micro_batch=2",
             "train.warmup_tokens=0", "train.eval_tokens=64"]
 TEXTS = ["Hello, world!", "  two leading spaces\nand a newline\n", "naïve café — 日本語 🎉", "", "x" * 300]
@@ -343,18 +346,18 @@ def test_lm_eval_scores_the_export_as_harness_eval_scores_the_checkpoint(exporte
     assert f"| arc_easy | acc | {acc:.4f} |" in card and "results/t/rows.jsonl" in card
 
 
-def test_the_attention_models_export_and_say_so():
+def test_the_attention_and_fla_models_export_and_say_so():
     """Whether a model exports follows from its layers, not its name: the built-in ones that do are
-    the attention models."""
+    the attention models and, where fla is installed, the fla-backed ones."""
     load_plugins()
     cfg = load_config("tiny").model
     with torch.device("meta"):
         exporting = {name for name in models() if export_refusal(build_model(name, cfg, "meta")) is None}
-    assert exporting == set(EXPORTABLE)
+    assert exporting == set(EXPORTABLE) | (set(FLA_MODELS) if HAS_FLA else set())
 
 
 @pytest.mark.parametrize("name, message", [
-    ("gla", "gla has no Hugging Face export: its layers run on fla's CUDA kernels only"),
+    ("mamba2", "mamba2 has no Hugging Face export: the Hugging Face Mamba classes derive the inner width"),
     ("mamba", "mamba has no Hugging Face export: the Hugging Face Mamba classes derive the inner width"),
     ("unigram", "unigram has no Hugging Face export: it is a count-based reference model"),
     ("gru", "gru has no Hugging Face export: it is not a registered model here"),
@@ -603,3 +606,146 @@ def test_a_model_the_export_cannot_write_as_it_is_is_refused(tmp_path, capsys, n
     assert export("--plugin", str(plugin), "--checkpoint", str(ckpt), "--out", str(tmp_path / "hf")) == 2
     one_error_line(capsys.readouterr().err, message)
     assert not (tmp_path / "hf").exists()
+
+
+# ---------------------------------------------------------------- fla-backed models: fla's own model classes
+
+needs_fla = pytest.mark.skipif(not HAS_FLA, reason="needs fla: pip install 'swat-harness[fla]'")
+gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (run on the device)")
+
+
+@pytest.fixture(scope="module")
+def fla_exported(tmp_path_factory):
+    """Each fla-backed model at the tiny preset (untrained: fla's layers build on a CPU, but run on CUDA
+    only) and its export."""
+    root = tmp_path_factory.mktemp("fla-export")
+    folders = {}
+    for name in FLA_MODELS:
+        ckpt = write_checkpoint(root / name / "checkpoint", name)
+        assert export("--checkpoint", str(ckpt), "--out", str(root / "hf" / name)) == 0
+        folders[name] = (ckpt, root / "hf" / name)
+    return folders
+
+
+def loaded_fla(folder: Path):
+    from transformers import AutoModelForCausalLM
+    return AutoModelForCausalLM.from_pretrained(str(folder), trust_remote_code=True).eval()
+
+
+@needs_fla
+@pytest.mark.parametrize("name", FLA_MODELS)
+def test_an_fla_model_exports_as_flas_own_class_with_every_weight_and_setting(fla_exported, name):
+    """transformers loads fla's own model class (through modeling_fla.py) on the CPU: every weight it holds
+    is the harness tensor it comes from, exactly (none left at its init), and every fla layer has the
+    harness layer's settings, read back from config.json."""
+    import fla.models
+
+    from harness.hf.fla_export import exported_settings, layer_settings, weight_sources
+    from harness.training.checkpoint import load_checkpoint
+    ckpt, folder = fla_exported[name]
+    harness = load_checkpoint(ckpt, "cpu", to_run=False)[0]
+    hf = loaded_fla(folder)
+    config = json.loads((folder / "config.json").read_text())
+    lm_class = getattr(fla.models, config["architectures"][0])
+    assert type(hf) is lm_class and config["harness_model"] == name
+    assert config["auto_map"] == {"AutoConfig": f"modeling_fla.{type(hf.config).__name__}",
+                                  "AutoModelForCausalLM": f"modeling_fla.{lm_class.__name__}"}
+    ours, theirs = harness.state_dict(), hf.state_dict()
+    sources = weight_sources(harness)  # HGRN2's shared lower bounds: once per layer
+    assert set(theirs) == {fla_name for fla_name, _ in sources}
+    for fla_name, (source, half) in sources:
+        expected = ours[source] if half is None else ours[source].chunk(2, dim=0)[half]
+        assert torch.equal(theirs[fla_name], expected), fla_name
+    assert set(ours) == {source for _, (source, _) in sources}
+    for block, fla_block in zip(harness.blocks, hf.model.layers, strict=True):
+        assert layer_settings(fla_block.attn) == exported_settings(block.mixer)
+        assert fla_block.mlp.intermediate_size == block.mlp.down.in_features and fla_block.mlp.hidden_act == "swish"
+    assert hf.config.norm_eps == harness.norm.eps and hf.config.tie_word_embeddings == (harness.head is None)
+    card = (folder / "README.md").read_text()
+    assert f"`{lm_class.__name__}`" in card and "pip install flash-linear-attention" in card
+
+
+FLA_LOADER = textwrap.dedent("""
+    import importlib.abc, sys
+    refused = tuple(sys.argv[2].split(","))
+
+    class Refuse(importlib.abc.MetaPathFinder):
+        def find_spec(self, name, path=None, target=None):
+            if name.split(".")[0] in refused:
+                raise ImportError(f"No module named {name!r}")
+
+    sys.meta_path.insert(0, Refuse())
+    from transformers import AutoModelForCausalLM
+    try:
+        model = AutoModelForCausalLM.from_pretrained(sys.argv[1], trust_remote_code=True)
+    except ImportError as err:
+        print("error:", err)
+    else:
+        print("loaded:", type(model).__module__)
+    print("imported:", sorted(m for m in sys.modules if m.split(".")[0] in ("harness", "baselines")))
+""")
+
+
+@needs_fla
+def test_an_fla_export_loads_without_the_harness_and_names_fla_where_it_is_missing(fla_exported, tmp_path):
+    (tmp_path / "loader.py").write_text(FLA_LOADER)
+
+    def load(refused: str) -> str:
+        proc = subprocess.run([sys.executable, str(tmp_path / "loader.py"), str(fla_exported["gla"][1]), refused],
+                              cwd=tmp_path, env=clean_env(tmp_path), stdin=subprocess.DEVNULL, capture_output=True,
+                              text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        return proc.stdout
+    assert "loaded: fla.models.gla.modeling_gla\nimported: []" in load("harness,baselines,tasks")
+    missing = load("harness,baselines,tasks,fla")
+    assert "error: this model is flash-linear-attention's (fla) and needs it installed: pip install " \
+           "flash-linear-attention (or pip install 'swat-harness[fla]')" in missing
+
+
+FLA_PLUGIN = ("from baselines.fla_common import FlaMixer, fla_model\nfrom harness import register_model\n\n"
+              "class LoudMixer(FlaMixer):\n    def forward(self, x, cu_seqlens=None):\n"
+              "        return 2 * super().forward(x, cu_seqlens)\n\n"
+              "@register_model('loud_gla', family='recurrent')\ndef build(cfg):\n"
+              "    return fla_model(cfg, 'gla', 'GatedLinearAttention', {}, lambda layer, i: LoudMixer('gla', layer, "
+              "cfg.init_std))\n")
+
+
+@needs_fla
+@pytest.mark.parametrize("name, overrides, message", [
+    # fla's HGRN2 holds its lower bounds as wide as the hidden size; the harness's are the forget gates' 128
+    ("hgrn2", ["model.hidden_size=192"], "hgrn2 has no Hugging Face export: its forget gates are 128 wide"),
+    # GLAConfig has no gate_low_rank_dim: fla's GLA layer would take its default 16
+    ("gla", ["model.extra={gla: {gate_low_rank_dim: 8}}"], "gla has no Hugging Face export: its layer 0's "
+     "gk_proj.0.out_features is 8, where fla's GLAForCausalLM builds 16 from its config"),
+    ("gated_deltanet", ["model.extra={gated_deltanet: {conv_bias: true}}"], "its layer 0's conv_bias is True"),
+    # a plugin's subclass of the fla baselines' mixer computes what it changes
+    ("loud_gla", [], "loud_gla has no Hugging Face export: its mixer LoudMixer subclasses the fla baselines' "
+                     "FlaMixer, and the export writes fla's own blocks"),
+])
+def test_an_fla_model_that_flas_class_cannot_hold_is_one_error(tmp_path, capsys, name, overrides, message):
+    plugin = tmp_path / "plugin.py"
+    plugin.write_text(FLA_PLUGIN)
+    ckpt = tmp_path / "checkpoint"
+    ckpt.mkdir()
+    cfg = load_config("tiny", overrides=overrides)
+    (ckpt / "meta.json").write_text(json.dumps({"model": name, "config": cfg.to_dict()}))
+    assert export("--plugin", str(plugin), "--checkpoint", str(ckpt), "--out", str(tmp_path / "hf")) == 2
+    one_error_line(capsys.readouterr().err, message, "or fla's layers as the fla baselines build them export")
+    assert not (tmp_path / "hf").exists()
+
+
+@gpu
+@needs_fla
+@pytest.mark.parametrize("name", FLA_MODELS)
+def test_an_fla_export_computes_what_the_harness_model_does_on_a_gpu(fla_exported, name):
+    """On CUDA in fp32 the loaded export gives the harness model's logits (sequences past fla's 64-token
+    recurrent switch) and its greedy tokens through fla's cache."""
+    ckpt, folder = fla_exported[name]
+    model = load_checkpoint(ckpt, "cuda")[0].eval()
+    hf = loaded_fla(folder).cuda()
+    ids = torch.randint(0, 256, (2, 100), generator=torch.Generator().manual_seed(0)).cuda()
+    with torch.no_grad():
+        torch.testing.assert_close(hf(ids).logits, model(ids), atol=1e-4, rtol=1e-4)
+        prompt = ids[:1, :40]
+        new = hf.generate(prompt, max_new_tokens=8, do_sample=False)[0, prompt.shape[1]:]
+        assert torch.equal(new, model.generate(prompt, max_new_tokens=8)[0])

@@ -1,4 +1,6 @@
-"""Hugging Face: `harness export` (export.py), the transformers code it copies into every exported
-folder (configuration_ and modeling_swat_harness.py: the attention models; those two modules import
-nothing from the harness, so the folder loads without it), and transformers models behind the
-harness model contract (causal_lm.py)."""
+"""Hugging Face: `harness export` (export.py: the folder, tokenizer and model card), the attention
+models as the harness's own transformers classes (attention_export.py; configuration_ and
+modeling_swat_harness.py, copied into the folder, import nothing from the harness, so it loads
+without it), the fla-backed models as fla's own classes (fla_export.py, with modeling_fla.py, which
+only imports fla's), what both share (mapping.py), and transformers models behind the harness model
+contract (causal_lm.py)."""

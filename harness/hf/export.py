@@ -11,11 +11,12 @@ with no harness installed.
     README.md                        the model card: data, tokens, recipe, commit, evaluation rows
 
 A model exports when it is the shared backbone with SwiGLU blocks whose token mixers are the
-harness's attention layers (harness.model.attention: each states its core in the exported
-config's terms, `export_config`), whoever registered it. The weights are the harness's under
-Llama-style names, with the fused projections split (kv_proj into k_proj and v_proj, the SwiGLU's
-gate_up into gate_proj and up_proj). Any other model stops with one line saying why, in its
-mixer's words where the mixer says (`export_refused`), e.g. that fla's layers run on CUDA only.
+harness's attention layers, whoever registered it (attention_export.py: the files above, the
+weights under Llama-style names), or fla's layers as the fla baselines build them (fla_export.py:
+fla's own model class, fla's config.json and modeling_fla.py, which imports fla). Any other model
+stops with one line saying why, in its mixer's words where the mixer says (`export_refused`), e.g.
+that the Hugging Face Mamba classes derive another inner width. This module writes the folder
+around either: tokenizer, model card, shards, the rename into place.
 
 Tokenizer: the run's tokenizer.json with its post-processor removed (the harness never adds a
 BOS or other template tokens, and lm-eval's HF model encodes with the tokenizer's defaults) and no
@@ -44,12 +45,11 @@ import shutil
 from pathlib import Path
 from typing import Callable
 
-import torch
-
 from harness.config import Config, ConfigError, first_line
 from harness.data.corpus import HUB_CORPORA
 from harness.data.tokenizer import ByteTokenizer, get_tokenizer
 from harness.files import share_like_any_file
+from harness.hf.mapping import HFExport
 from harness.registry import MissingExtraError
 from harness.results.store import ResultsError, Row, read_given_rows, read_rows
 
@@ -62,68 +62,21 @@ class ExportError(RuntimeError):
     """A checkpoint cannot be exported as asked; the message says why and what to do."""
 
 
-TORCH_MODULES = (torch.nn.Linear, torch.nn.Embedding, torch.nn.ModuleList)  # the backbone's torch parts
 ONLY = ("only models on the shared backbone whose layers are the harness's attention mixers (harness.model."
-        "attention) export to Hugging Face today")
+        "attention) or fla's layers as the fla baselines build them export to Hugging Face today")
 
 
 def export_refusal(model) -> str | None:
-    """Why `model` has no Hugging Face export, or None when it has one. The exported code computes
-    what the harness's own classes compute, so every module must be exactly one of them (or of the
-    torch modules they are built of): a subclass (a plugin's layer that overrides its attention, say)
-    would export as its parent, and another module in their place as what it replaced, and give
-    other logits without a word."""
-    from harness.model.attention import CausalAttention, SlidingAttention, SwatAttention
-    from harness.model.backbone import Block, DecoderLM, RMSNorm, SwiGLU
+    """Why `model` has no Hugging Face export, or None when it has one: models of the harness's attention
+    layers export as its own classes (attention_export), models of fla's layers as fla's (fla_export)."""
+    from harness.hf.attention_export import attention_refusal
+    from harness.hf.fla_export import fla_refusal, is_fla_model
+    from harness.model.backbone import DecoderLM
     if getattr(model, "fitted_by_counting", False):
         return "it is a count-based reference model (n-gram counts, not a network)"
     if not isinstance(model, DecoderLM):
         return f"it is not built on the shared backbone ({type(model).__name__})"
-    mixers = (CausalAttention, SlidingAttention, SwatAttention)
-    for block in model.blocks:
-        if not isinstance(block.mixer, mixers):
-            return getattr(block.mixer, "export_refused",
-                           f"its token mixer {type(block.mixer).__name__} is not one of the harness's attention layers")
-        if block.mlp is None:
-            return "its blocks have no SwiGLU MLP"
-    harness_classes = (DecoderLM, Block, RMSNorm, SwiGLU, *mixers)
-    for name, module in model.named_modules():
-        parent = next((cls for cls in (*harness_classes, *TORCH_MODULES) if isinstance(module, cls)), None)
-        if parent is None:  # e.g. a plugin's nn.Identity for an MLP: the export would write a SwiGLU there
-            return f"its {name} is of class {type(module).__name__}, which the exported model has no counterpart for"
-        if type(module) is not parent:
-            owner = "the harness's" if parent in harness_classes else "torch's"
-            return (f"its {type(module).__name__} subclasses {owner} {parent.__name__}, and the export writes "
-                    f"{parent.__name__}'s computation, not what the subclass changes")
-    if len({type(block.mixer) for block in model.blocks}) > 1:
-        return "its layers mix attention cores, and the exported config has one"
-    if left_out := weights_left_out(model):
-        return f"its weights {', '.join(left_out)} have no place in the exported model, which would run without them"
-    return layers_differ(model.blocks)
-
-
-def layers_differ(blocks) -> str | None:
-    """Why the blocks cannot share one exported config (a setting that one layer has otherwise than
-    the first, e.g. a plugin's window growing with depth), or None. The exported config holds each
-    setting once, read from the first layer: the other layers would run at its values."""
-    first = block_settings(blocks[0])
-    for i, block in enumerate(blocks[1:], start=1):
-        settings = block_settings(block)
-        for key in first.keys() | settings.keys():
-            if first.get(key) != settings.get(key):
-                return (f"its layers differ in {key} (layer 0: {first.get(key)}, layer {i}: {settings.get(key)}), "
-                        f"and the exported config holds one value for all layers")
-    return None
-
-
-def block_settings(block) -> dict:
-    """A block's settings by the name of the module that holds them: each plain value (window, heads,
-    RoPE, sigmoid bias, slope recipe, norm eps, layer widths), read without the weights' data, so
-    that it also holds for a model built on the meta device."""
-    plain = (bool, int, float, str, tuple, list, type(None))
-    return {f"{name}.{key}" if name else key: value for name, module in block.named_modules()
-            for key, value in vars(module).items()
-            if not key.startswith("_") and key != "training" and isinstance(value, plain)}
+    return fla_refusal(model) if is_fla_model(model) else attention_refusal(model)
 
 
 def shard_bytes(size: str) -> int:
@@ -147,63 +100,6 @@ def check_exportable(name: str, cfg) -> None:
         why = f"its layers cannot be built here ({err})"
     if why is not None:
         raise ExportError(f"{name} has no Hugging Face export: {why}; {ONLY}")
-
-
-def hf_config(model, cfg, name: str, eos_id: int):
-    """The SwatHarnessConfig of a harness attention model, read from its built layers (so that a
-    variant's changes, e.g. a sigmoid bias its builder sets, are the ones the model ran)."""
-    from harness.hf.configuration_swat_harness import SwatHarnessConfig
-    mixer = model.blocks[0].mixer
-    return SwatHarnessConfig(
-        vocab_size=model.embed.num_embeddings, hidden_size=model.embed.embedding_dim,
-        intermediate_size=model.blocks[0].mlp.down.in_features, num_hidden_layers=len(model.blocks),
-        num_attention_heads=mixer.num_heads, num_key_value_heads=mixer.kv_heads, rms_norm_eps=model.norm.eps,
-        tie_word_embeddings=model.head is None, max_position_embeddings=cfg.model.max_seq_len,
-        initializer_range=cfg.model.init_std, **mixer.export_config(), rope=mixer.rope,
-        rope_theta=float(mixer.rope_theta), head_output_norm=mixer.out_norm is not None, eos_token_id=eos_id,
-        harness_model=name, harness_heldout=heldout_settings(cfg.train), dtype="float32")
-
-
-def heldout_settings(train) -> dict:
-    """What decides a run's held-out score besides the model: the corpus (its held-out documents), the
-    window length and the number of tokens scored."""
-    return {"corpus": train.corpus, "seq_len": train.seq_len, "eval_tokens": train.eval_tokens}
-
-
-def weight_sources(model) -> dict[str, tuple[str, int | None]]:
-    """Each exported weight's harness weight under its Llama-style name, with the half of it taken
-    where the harness fuses two projections (kv_proj: k_proj then v_proj, as the forward views it as
-    [2, kv_heads, d]; the SwiGLU's gate_up: gate_proj then up_proj, as the forward chunks it), else None."""
-    sources = {"model.embed_tokens.weight": ("embed.weight", None), "model.norm.weight": ("norm.weight", None),
-               "lm_head.weight": ("embed.weight" if model.head is None else "head.weight", None)}
-    for i, block in enumerate(model.blocks):
-        src, dst = f"blocks.{i}.", f"model.layers.{i}."
-        sources.update({dst + "input_layernorm.weight": (src + "mixer_norm.weight", None),
-                        dst + "self_attn.q_proj.weight": (src + "mixer.q_proj.weight", None),
-                        dst + "self_attn.k_proj.weight": (src + "mixer.kv_proj.weight", 0),
-                        dst + "self_attn.v_proj.weight": (src + "mixer.kv_proj.weight", 1),
-                        dst + "self_attn.o_proj.weight": (src + "mixer.o_proj.weight", None),
-                        dst + "post_attention_layernorm.weight": (src + "mlp_norm.weight", None),
-                        dst + "mlp.gate_proj.weight": (src + "mlp.gate_up.weight", 0),
-                        dst + "mlp.up_proj.weight": (src + "mlp.gate_up.weight", 1),
-                        dst + "mlp.down_proj.weight": (src + "mlp.down.weight", None)})
-        if block.mixer.out_norm is not None:
-            sources[dst + "self_attn.o_norm.weight"] = (src + "mixer.out_norm.weight", None)
-    return sources
-
-
-def weights_left_out(model) -> list[str]:
-    """The model's weights that no exported weight takes (a plugin's bias on the head, say): the
-    exported model would compute without them."""
-    return sorted(set(model.state_dict()) - {name for name, _ in weight_sources(model).values()})
-
-
-def hf_state_dict(model) -> dict[str, torch.Tensor]:
-    """The harness weights under the exported model's names (fused projections split)."""
-    sd = model.state_dict()
-    # copies: the split halves are views of one tensor, which safetensors will not store as two
-    return {key: (sd[name] if half is None else sd[name].chunk(2, dim=0)[half]).contiguous().clone()
-            for key, (name, half) in weight_sources(model).items()}
 
 
 def bytes_to_unicode() -> dict[int, str]:
@@ -329,11 +225,11 @@ def corpus_line(corpus: str) -> str:
     return f"`{corpus}`"
 
 
-def model_card(name: str, cfg, meta: dict, config, params: int, commit: str, rows: list[Row],
+def model_card(name: str, cfg, meta: dict, built: HFExport, params: int, commit: str, rows: list[Row],
                rows_read: list[Path], where: str) -> str:
     """README.md of the exported folder: what was trained on what, how, and how it scored."""
     from harness.registry import get_model
-    m, t = cfg.model, cfg.train
+    m, t, config = cfg.model, cfg.train, built.model.config
     front = ["---", "library_name: transformers", "pipeline_tag: text-generation",
              f"tags: [swat-harness, {name}]"]
     if t.corpus in HUB_CORPORA:
@@ -341,16 +237,7 @@ def model_card(name: str, cfg, meta: dict, config, params: int, commit: str, row
     front.append("---")
     model_rows = [("harness model", f"`{name}`: {get_model(name).description}"), ("parameters", f"{params:,}"),
                   ("preset", cfg.preset), ("layers", config.num_hidden_layers), ("hidden size", config.hidden_size),
-                  ("heads (key/value heads)", f"{config.num_attention_heads} ({config.num_key_value_heads})"),
-                  ("MLP (SwiGLU) hidden size", config.intermediate_size),
-                  ("attention", {"swat": "sliding window, ALiBi-style slopes", "sliding": "sliding window, softmax",
-                                 "full": "full causal softmax"}[config.attention_core]),
-                  ("window", config.window if config.window is not None else "none (full causal)"),
-                  ("score activation", config.activation if config.attention_core == "swat" else "softmax"),
-                  ("slopes per head", ", ".join(f"{s:g}" for s in config.alibi_slopes) if config.alibi_slopes else "none"),
-                  ("sigmoid bias", f"{config.sigmoid_bias:g}" if config.attention_core == "swat" else "-"),
-                  ("RoPE", f"theta {config.rope_theta:g}" if config.rope else "none"),
-                  ("per-head output norm", "yes" if config.head_output_norm else "no"),
+                  ("MLP (SwiGLU) hidden size", config.intermediate_size), *built.card_rows,
                   ("vocabulary", f"{config.vocab_size} (tokenizer `{t.tokenizer}`)"),
                   ("tied embeddings", "yes" if config.tie_word_embeddings else "no"),
                   ("training length", f"{m.max_seq_len} tokens")]
@@ -385,12 +272,7 @@ def model_card(name: str, cfg, meta: dict, config, params: int, commit: str, row
               f'tokenizer = AutoTokenizer.from_pretrained("{where}", trust_remote_code=True)',
               'ids = tokenizer("The meaning of", return_tensors="pt").input_ids',
               "print(tokenizer.decode(model.generate(ids, max_new_tokens=20, do_sample=False)[0]))", "```", "",
-              "The modelling code (`modeling_swat_harness.py`) is plain PyTorch and needs no swat-harness; the "
-              "tokenizer is plain `tokenizers` (trust_remote_code only spares transformers' question about the "
-              "model's config). "
-              + ("Decoding keeps a ring buffer of the last window of keys and values per layer, so memory "
-                 "per sequence does not grow with the context. " if config.window is not None else "")
-              + "The tokenizer adds no BOS token, as in training, where documents are separated by "
+              built.card_note + "The tokenizer adds no BOS token, as in training, where documents are separated by "
               f"`{_eos_text(t.tokenizer)}`.", ""]
     return "\n".join(lines)
 
@@ -520,30 +402,26 @@ def export(checkpoint: Path, out: Path, max_shard_size: str = "2GB", push_to_hub
     found_rows, rows_read = checkpoint_rows(ckpt, [Path(p) for p in rows])
     found_rows = rows_of_weights(found_rows, weights_digest(meta, ckpt / WEIGHTS_FILE), log)
     tmp = temporary_folder(out, target)
-    model, cfg, name, meta = load_checkpoint(ckpt, "cpu")
+    model, cfg, name, meta = load_checkpoint(ckpt, "cpu", to_run=False)  # fla's models build, not run, here
     if unfinished := unfinished_warning(ckpt, meta, cfg):
         log(unfinished)
     from transformers.utils import logging as hf_logging
     hf_logging.disable_progress_bar()  # save_pretrained's bar over a handful of shards is noise here
-    from harness.hf.configuration_swat_harness import SwatHarnessConfig
-    from harness.hf.modeling_swat_harness import SwatHarnessForCausalLM
+    from harness.hf.attention_export import attention_export
+    from harness.hf.fla_export import fla_export, is_fla_model
     from harness.model.backbone import count_params
-    config = hf_config(model, cfg, name, get_tokenizer(cfg.train.tokenizer).eos_id)
-    with torch.device("meta"):
-        hf_model = SwatHarnessForCausalLM(config)
-    hf_model.load_state_dict(hf_state_dict(model), strict=True, assign=True)
-    hf_model.tie_weights()
-    hf_model.generation_config.pad_token_id = config.eos_token_id  # what generate pads finished rows with
-    # save_pretrained then copies both modules into the folder and writes config.json's auto_map
-    SwatHarnessConfig.register_for_auto_class()
-    SwatHarnessForCausalLM.register_for_auto_class("AutoModelForCausalLM")
+    eos_id = get_tokenizer(cfg.train.tokenizer).eos_id
+    built = (fla_export if is_fla_model(model) else attention_export)(model, cfg, name, eos_id)
+    built.model.generation_config.pad_token_id = eos_id  # what generate pads finished rows with
 
     try:
-        hf_model.save_pretrained(str(tmp), max_shard_size=shard_size)
+        built.model.save_pretrained(str(tmp), max_shard_size=shard_size)
         for weights in tmp.glob("*.safetensors"):  # safetensors writes them 0600, unlike the folder's other files
             share_like_any_file(weights)
+        for code in built.code:
+            shutil.copyfile(code, tmp / code.name)
         write_tokenizer(cfg.train.tokenizer, tmp, log)
-        (tmp / "README.md").write_text(model_card(name, cfg, meta, config, count_params(model),
+        (tmp / "README.md").write_text(model_card(name, cfg, meta, built, count_params(model),
                                                   checkpoint_commit(ckpt, meta), found_rows, rows_read,
                                                   push_to_hub or str(out)))
         if push_to_hub:

@@ -26,7 +26,7 @@ from harness.config import EXECUTION_KEYS, Config, ConfigError, first_line
 from harness.data.tokenizer import get_tokenizer
 from harness.files import file_sha256, share_like_any_file
 from harness.memory import is_out_of_memory
-from harness.model.build import runnable_model
+from harness.model.build import build_model, runnable_model
 from harness.registry import get_model, models
 from harness.training import distributed
 from harness.training.distributed import Dist
@@ -338,8 +338,10 @@ def check_tokenizer_unchanged(meta: dict, ckpt: Path, now: str | None = None) ->
                             f"`harness run ... --force`")
 
 
-def load_checkpoint(path: Path, device="cpu"):
-    """(model, Config, model name, meta) from a checkpoint folder written by `save_checkpoint`."""
+def load_checkpoint(path: Path, device="cpu", to_run: bool = True):
+    """(model, Config, model name, meta) from a checkpoint folder written by `save_checkpoint`.
+    `to_run=False`: the weights only read, not run (harness export): the model is built on `device`
+    even where it could not run there (fla's layers on a CPU), without the checks a run makes first."""
     from safetensors import SafetensorError
     from safetensors.torch import load_model
     path = Path(path)
@@ -352,7 +354,7 @@ def load_checkpoint(path: Path, device="cpu"):
     check_plugin_unchanged(meta, path)
     check_tokenizer_unchanged(meta, path)
     cfg = Config.from_dict(meta["config"])
-    model = runnable_model(meta["model"], cfg.model, device)
+    model = (runnable_model if to_run else build_model)(meta["model"], cfg.model, device)
     try:
         check_fit(model, _stored_shapes(path / WEIGHTS_FILE), path / WEIGHTS_FILE)
         load_model(model, str(path / WEIGHTS_FILE), device=str(device))

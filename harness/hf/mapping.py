@@ -1,0 +1,72 @@
+"""What both Hugging Face exports share (the attention models' own classes, attention_export.py, and fla's,
+fla_export.py): the check that a model holds only the classes an export knows, the backbone's SwiGLU
+under the names both write, the weights renamed, and what the folder gets besides the weights."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+TORCH_MODULES = (torch.nn.Linear, torch.nn.Embedding, torch.nn.ModuleList)  # the backbone's torch parts
+
+
+def foreign_module(model, mixers: tuple[type, ...] = (), skip: tuple[str, ...] = ()) -> str | None:
+    """Why a module of `model` is not exactly one of the backbone's classes, the `mixers` or the torch modules
+    they are built of (a subclass, or another module in their place), or None; the modules named in `skip`
+    and those inside them are left to their own check."""
+    from harness.model.backbone import Block, DecoderLM, RMSNorm, SwiGLU
+    harness_classes = (DecoderLM, Block, RMSNorm, SwiGLU, *mixers)
+    for name, module in model.named_modules():
+        if name in skip or name.startswith(tuple(f"{s}." for s in skip)):
+            continue
+        parent = next((cls for cls in (*harness_classes, *TORCH_MODULES) if isinstance(module, cls)), None)
+        if parent is None:  # e.g. a plugin's nn.Identity for an MLP: the export would write a SwiGLU there
+            return f"its {name} is of class {type(module).__name__}, which the exported model has no counterpart for"
+        if type(module) is not parent:
+            owner = "the harness's" if parent in harness_classes else "torch's"
+            return (f"its {type(module).__name__} subclasses {owner} {parent.__name__}, and the export writes "
+                    f"{parent.__name__}'s computation, not what the subclass changes")
+    return None
+
+
+def block_settings(block) -> dict:
+    """A block's settings by the name of the module that holds them: each plain value (window, heads,
+    RoPE, sigmoid bias, slope recipe, norm eps, layer widths), read without the weights' data, so
+    that it also holds for a model built on the meta device."""
+    plain = (bool, int, float, str, tuple, list, type(None))
+    return {f"{name}.{key}" if name else key: value for name, module in block.named_modules()
+            for key, value in vars(module).items()
+            if not key.startswith("_") and key != "training" and isinstance(value, plain)}
+
+
+def mlp_sources(src: str, dst: str) -> dict[str, tuple[str, int | None]]:
+    """The SwiGLU at `src` under Llama-style names at `dst` (which fla's GatedMLP shares): its fused gate_up
+    split into gate_proj (the first half) and up_proj, as its forward chunks it."""
+    return {dst + "gate_proj.weight": (src + "gate_up.weight", 0), dst + "up_proj.weight": (src + "gate_up.weight", 1),
+            dst + "down_proj.weight": (src + "down.weight", None)}
+
+
+def hf_state_dict(model, sources) -> dict[str, torch.Tensor]:
+    """The harness weights under the exported model's names, from `sources`: (exported name, (harness
+    name, the half of it taken where the harness fuses two projections, else None)) pairs."""
+    sd = model.state_dict()
+    # copies: the split halves are views of one tensor, which safetensors will not store as two
+    return {key: (sd[name] if half is None else sd[name].chunk(2, dim=0)[half]).contiguous().clone()
+            for key, (name, half) in sources}
+
+
+@dataclass
+class HFExport:
+    """A checkpoint's model as transformers' model (its weights loaded), and what the folder adds to it."""
+    model: object  # a transformers PreTrainedModel, saved by save_pretrained
+    card_rows: list[tuple[str, object]]  # the model card's rows of its layers
+    card_note: str  # the card's words on its modelling code
+    code: tuple[Path, ...] = ()  # files copied into the folder beside what save_pretrained writes
+
+
+def heldout_settings(train) -> dict:
+    """What decides a run's held-out score besides the model: the corpus (its held-out documents), the
+    window length and the number of tokens scored."""
+    return {"corpus": train.corpus, "seq_len": train.seq_len, "eval_tokens": train.eval_tokens}

@@ -33,6 +33,7 @@ for name in MODELS:
             lambda mod, args, out: per_layer.append(args[0].float().view(4, T, H, -1).pow(2).mean((0, 1, 3)).sqrt()))
     with torch.no_grad():
         model(x)
-    slopes = ", ".join(f"{s:+g}" for s in model.blocks[0].mixer.slopes.tolist())
+    mixer = model.blocks[0].mixer  # the softmax layers have no slopes: +0 for each head
+    slopes = ", ".join(f"{s:+g}" for s in (mixer.slopes.tolist() if hasattr(mixer, "slopes") else [0.0] * H))
     print(f"| {name} | {slopes} | " + " | ".join(", ".join(f"{v:.3g}" for v in layer.tolist())
                                               for layer in per_layer) + " |")

@@ -412,10 +412,15 @@ def test_scaling_says_runs_on_a_cpu_are_processes_not_gpus(single, tmp_path):
     records = scaling.compare([two, one])
     assert [r["device"] for r in records] == [one.device] * 2
     text = scaling.markdown(records)
-    assert f"On CPU (two, {one.name}): \"GPUs\" counts processes" in text and "no speed result" in text
+    assert f"On CPU (two, {one.name}): the processes share one machine's cores" in text and "no speed result" in text
     assert f"{one.name} for swat (1 CPU process)." in text
+    assert text.startswith("| run | processes | parallel | tokens/s | scaling efficiency | MFU per process | "
+                           "peak memory per process") and "GPU" not in text
     on_gpus = [dataclasses.replace(r, device="NVIDIA H100 80GB HBM3") for r in (one, two)]
     assert "CPU" not in scaling.markdown(scaling.compare(on_gpus))
+    other_model_on_gpus = [dataclasses.replace(r, model="transformer", name=f"gpu-{r.name}") for r in on_gpus]
+    mixed = scaling.markdown(scaling.compare([*other_model_on_gpus, one]))
+    assert mixed.startswith("| run | GPUs |") and f'On CPU ({one.name}): "GPUs" counts processes' in mixed
 
 
 def test_scaling_refuses_a_meta_json_whose_speed_or_world_size_is_not_a_number(single, tmp_path, capsys):

@@ -275,8 +275,9 @@ def _fmt(value, spec: str) -> str:
 
 
 def markdown(records: list[dict]) -> str:
-    head = ("| run | GPUs | parallel | tokens/s | scaling efficiency | MFU per GPU "
-            "| peak memory per GPU (GiB, by rank) | train loss | held-out loss | max abs loss diff vs baseline "
+    ranks = _rank_unit(records)
+    head = (f"| run | {ranks[1]} | parallel | tokens/s | scaling efficiency | MFU per {ranks[0]} | peak memory per "
+            f"{ranks[0]} (GiB, by rank) | train loss | held-out loss | max abs loss diff vs baseline "
             f"| first step diff > {DIVERGED:g} | steps compared |")
     lines = [head, "|" + "---|" * head.count(" | ") + "---|"]
     for r in records:
@@ -310,6 +311,12 @@ def _on_cpu(device: str | None) -> bool:
     return device is not None and device.startswith("cpu")
 
 
+def _rank_unit(records: list[dict]) -> tuple[str, str]:
+    """What the table's ranks ran on, singular and plural: processes where every run was on a CPU, else
+    GPUs (a CPU run among GPU ones is named by the note under the table)."""
+    return ("process", "processes") if all(_on_cpu(r["device"]) for r in records) else ("GPU", "GPUs")
+
+
 def _ranks(n: int, device: str | None) -> str:
     """A world size as what its ranks ran on: GPUs, or processes sharing a CPU."""
     unit = ("CPU process", "CPU processes") if _on_cpu(device) else ("GPU", "GPUs")
@@ -323,7 +330,8 @@ def _cpu_note(records: list[dict]) -> str:
     cpu = [r["run"] for r in records if _on_cpu(r["device"])]
     if not cpu:
         return ""
-    return (f"\nOn CPU ({', '.join(cpu)}): \"GPUs\" counts processes sharing one machine's cores, so their tokens/s "
+    counted = "the processes share" if len(cpu) == len(records) else '"GPUs" counts processes sharing'
+    return (f"\nOn CPU ({', '.join(cpu)}): {counted} one machine's cores, so their tokens/s "
             f"and scaling efficiency are no speed result (nor is MFU or memory measured there); read the loss "
             f"agreement only.\n")
 
@@ -341,8 +349,8 @@ def _baseline_note(records: list[dict]) -> str:
     bases = {model: by_name[r["baseline"]] for model, r in firsts.items()}
     named = ", ".join(f"{base['run']} for {model} ({_ranks(base['world_size'], base['device'])})"
                       for model, base in bases.items())
-    return (f"\nBaseline (each model's run on the fewest GPUs; scaling efficiency and loss differences are against "
-            f"it): {named}.\n")
+    return (f"\nBaseline (each model's run on the fewest {_rank_unit(records)[1]}; scaling efficiency and loss "
+            f"differences are against it): {named}.\n")
 
 
 def plot(runs: list[ScalingRun], path: Path) -> Path:

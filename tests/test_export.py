@@ -346,19 +346,18 @@ def test_lm_eval_scores_the_export_as_harness_eval_scores_the_checkpoint(exporte
     assert f"| arc_easy | acc | {acc:.4f} |" in card and "results/t/rows.jsonl" in card
 
 
-def test_the_attention_and_fla_models_export_and_say_so():
+def test_the_attention_mamba_and_fla_models_export_and_say_so():
     """Whether a model exports follows from its layers, not its name: the built-in ones that do are
-    the attention models and, where fla is installed, the fla-backed ones."""
+    the attention models, mamba and, where fla is installed, the fla-backed ones."""
     load_plugins()
     cfg = load_config("tiny").model
     with torch.device("meta"):
         exporting = {name for name in models() if export_refusal(build_model(name, cfg, "meta")) is None}
-    assert exporting == set(EXPORTABLE) | (set(FLA_MODELS) if HAS_FLA else set())
+    assert exporting == set(EXPORTABLE) | {"mamba"} | (set(FLA_MODELS) if HAS_FLA else set())
 
 
 @pytest.mark.parametrize("name, message", [
     ("mamba2", "mamba2 has no Hugging Face export: the Hugging Face Mamba classes derive the inner width"),
-    ("mamba", "mamba has no Hugging Face export: the Hugging Face Mamba classes derive the inner width"),
     ("unigram", "unigram has no Hugging Face export: it is a count-based reference model"),
     ("gru", "gru has no Hugging Face export: it is not a registered model here"),
 ])
@@ -640,7 +639,8 @@ def test_an_fla_model_exports_as_flas_own_class_with_every_weight_and_setting(fl
     harness layer's settings, read back from config.json."""
     import fla.models
 
-    from harness.hf.fla_export import exported_settings, layer_settings, weight_sources
+    from harness.hf.fla_export import exported_settings, weight_sources
+    from harness.hf.mapping import layer_settings
     from harness.training.checkpoint import load_checkpoint
     ckpt, folder = fla_exported[name]
     harness = load_checkpoint(ckpt, "cpu", to_run=False)[0]
@@ -750,3 +750,172 @@ def test_an_fla_export_computes_what_the_harness_model_does_on_a_gpu(fla_exporte
         new = hf.generate(prompt, max_new_tokens=8, do_sample=False)[0, prompt.shape[1]:]
         # both stop at the end-of-text token (an untrained model may pick it)
         assert torch.equal(new, model.generate(prompt, max_new_tokens=8, eos_id=hf.config.eos_token_id)[0])
+
+
+# ---------------------------------------------------------------- mamba: transformers' own MambaForCausalLM
+
+# the tiny preset, whose d_inner the harness solves for the budget, and another width with an untied head
+MAMBA_SIZES = {"tiny": [], "hidden96-untied": ["model.hidden_size=96", "model.tie_embeddings=false"]}
+
+
+@pytest.fixture(scope="module")
+def mamba_exported(tmp_path_factory):
+    """The mamba baseline at each of MAMBA_SIZES, written as a checkpoint (untrained) and exported."""
+    root = tmp_path_factory.mktemp("mamba-export")
+    folders = {}
+    for size, overrides in MAMBA_SIZES.items():
+        ckpt = write_checkpoint(root / size / "checkpoint", "mamba", *overrides)
+        assert export("--checkpoint", str(ckpt), "--out", str(root / "hf" / size)) == 0
+        folders[size] = (ckpt, root / "hf" / size)
+    return folders
+
+
+# Loads each mamba folder with plain AutoModelForCausalLM in a process where neither the harness nor fla is
+# imported (fla registers its own model_type mamba with transformers' Auto classes when imported)
+MAMBA_LOADER = textwrap.dedent("""
+    import sys
+    import torch
+    from transformers import AutoModelForCausalLM
+    job = torch.load(sys.argv[1])
+    out = {}
+    for size, folder in job["folders"].items():
+        model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+        ids = job["ids"] % model.config.vocab_size
+        with torch.no_grad():
+            out[size] = {"class": f"{type(model).__module__}.{type(model).__name__}", "state": model.state_dict(),
+                         "ids": ids, "logits": model(ids).logits,
+                         "tokens": model.generate(ids[:1, :16], max_new_tokens=8, do_sample=False)[0, 16:],
+                         "tied": model.lm_head.weight is model.backbone.embeddings.weight,
+                         "eos": model.config.eos_token_id,
+                         "widths": [layer.mixer.in_proj.out_features // 2 for layer in model.backbone.layers]}
+    out["imported"] = sorted(m for m in sys.modules if m.split(".")[0] in ("harness", "baselines", "tasks", "fla"))
+    torch.save(out, sys.argv[2])
+""")
+
+
+@pytest.fixture(scope="module")
+def mamba_loaded(mamba_exported, tmp_path_factory):
+    """What plain transformers computes from each mamba folder, in a clean process: the weights it holds,
+    the logits of 2 x 40 tokens and the greedy tokens after the first 16 of them."""
+    root = tmp_path_factory.mktemp("mamba-load")
+    ids = torch.randint(0, 2**31 - 1, (2, 40), generator=torch.Generator().manual_seed(0))
+    torch.save({"folders": {size: str(folder) for size, (_, folder) in mamba_exported.items()}, "ids": ids},
+               root / "job.pt")
+    (root / "loader.py").write_text(MAMBA_LOADER)
+    proc = subprocess.run([sys.executable, str(root / "loader.py"), str(root / "job.pt"), str(root / "out.pt")],
+                          cwd=root, env=clean_env(root), stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return torch.load(root / "out.pt")
+
+
+@pytest.mark.parametrize("size", MAMBA_SIZES)
+def test_a_mamba_model_exports_as_transformers_own_class_and_computes_what_the_harness_model_does(
+        mamba_exported, mamba_loaded, size):
+    """Plain AutoModelForCausalLM (no remote code, no harness) loads transformers' MambaForCausalLM at the
+    harness's inner width (one that no whole expand x hidden_size gives), with every weight the harness tensor
+    it comes from, and on the CPU in fp32 gives the harness model's logits and greedy tokens (both stop at
+    end-of-text)."""
+    from harness.hf.mamba_export import weight_sources
+    ckpt, folder = mamba_exported[size]
+    model, cfg = load_checkpoint(ckpt, "cpu")[:2]
+    hf = mamba_loaded[size]
+    mixer, hidden = model.eval().blocks[0].mixer, model.embed.embedding_dim
+    assert hf["class"] == "transformers.models.mamba.modeling_mamba.MambaForCausalLM" and mamba_loaded["imported"] == []
+    assert hf["widths"] == [mixer.d_inner] * len(model.blocks) and mixer.d_inner % hidden != 0
+    config = json.loads((folder / "config.json").read_text())
+    assert config["model_type"] == "mamba" and "auto_map" not in config and not list(folder.glob("*.py"))
+    ours, theirs = model.state_dict(), hf["state"]
+    sources = weight_sources(model)
+    assert set(theirs) == {hf_name for hf_name, _ in sources} and set(ours) == {name for _, (name, _) in sources}
+    for hf_name, (name, _) in sources:
+        assert torch.equal(theirs[hf_name], ours[name]), hf_name
+    assert hf["tied"] == (model.head is None)
+    eos = get_tokenizer(cfg.train.tokenizer).eos_id
+    assert hf["eos"] == eos
+    with torch.no_grad():
+        torch.testing.assert_close(hf["logits"], model(hf["ids"]), **TOL)
+        prompt = hf["ids"][:1, :16]
+        assert torch.equal(hf["tokens"], model.generate(prompt, max_new_tokens=8, eos_id=eos)[0])
+    card = (folder / "README.md").read_text()
+    assert "`MambaForCausalLM`" in card and "| MLP (SwiGLU) hidden size | none |" in card
+    assert f"inner width {mixer.d_inner}," in card
+
+
+@needs_fla
+def test_harness_eval_loads_a_mamba_export_as_transformers_class_where_fla_is_imported(mamba_exported):
+    """fla registers its own Mamba for model type mamba with the Auto classes when imported (as `harness eval
+    hf:` imports it, for its GLA, RetNet, ...), and reads the exported config by other names: its norm eps
+    at 1e-5, the harness's 1e-6. The harness's own loader gives transformers' class all the same, and the
+    harness model's logits."""
+    import fla  # noqa: F401
+    import transformers
+
+    from harness.evaluation.sources import load_hf
+    ckpt, folder = mamba_exported["tiny"]
+    model = load_checkpoint(ckpt, "cpu")[0].eval()
+    loaded = load_hf(str(folder), "cpu")[0]
+    assert type(loaded.hf) is transformers.MambaForCausalLM
+    ids = torch.randint(0, 256, (1, 24), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.hf(ids).logits, model(ids), **TOL)
+
+
+MAMBA_PLUGIN = ("import torch.nn as nn\nfrom dataclasses import replace\n\nfrom baselines.mamba import MambaMixer\n"
+                "from harness import register_model\nfrom harness.backbone import DecoderLM\n\n"
+                "class LoudMamba(MambaMixer):\n    def forward(self, hidden, cu_seqlens=None):\n"
+                "        return 2 * super().forward(hidden, cu_seqlens)\n\n"
+                "@register_model('loud_mamba')\ndef loud(cfg):\n"
+                "    return DecoderLM(cfg, lambda cfg, i: LoudMamba(cfg), mlp=False)\n\n"
+                "@register_model('mamba_mlp')\ndef with_mlp(cfg):\n"
+                "    return DecoderLM(cfg, lambda cfg, i: MambaMixer(cfg))\n\n"
+                "@register_model('mamba_widening')\ndef widening(cfg):\n"
+                "    return DecoderLM(cfg, lambda cfg, i: MambaMixer(replace(cfg, d_inner=96 + 32 * i)), mlp=False)\n\n"
+                "@register_model('mamba_in_bias')\ndef in_bias(cfg):\n"
+                "    model = DecoderLM(cfg, lambda cfg, i: MambaMixer(cfg), mlp=False)\n"
+                "    for block in model.blocks:\n"
+                "        block.mixer.in_proj = nn.Linear(cfg.hidden_size, 2 * block.mixer.d_inner, bias=True)\n"
+                "    return model\n")
+
+
+@pytest.mark.parametrize("name, message", [
+    # a plugin's subclass of the harness's mixer computes what it changes
+    ("loud_mamba", "loud_mamba has no Hugging Face export: its mixer LoudMamba subclasses the harness's MambaMixer, "
+                   "and the export writes transformers' MambaMixer"),
+    # transformers' Mamba blocks are norm, mixer, residual: the MLP would be left out
+    ("mamba_mlp", "mamba_mlp has no Hugging Face export: its blocks have a SwiGLU MLP, and transformers' Mamba "
+                  "blocks have none"),
+    # MambaConfig holds one inner width for all layers (the message names one of the settings it sizes)
+    ("mamba_widening", "mamba_widening has no Hugging Face export: its layers differ in mixer."),
+    # MambaConfig's use_bias gives in_proj and out_proj a bias together
+    ("mamba_in_bias", "mamba_in_bias has no Hugging Face export: transformers' Mamba holds "
+                      "backbone.layers.0.mixer.out_proj.bias"),
+])
+def test_a_mamba_model_that_transformers_class_cannot_hold_is_one_error(tmp_path, capsys, name, message):
+    plugin = tmp_path / "plugin.py"
+    plugin.write_text(MAMBA_PLUGIN)
+    ckpt = tmp_path / "checkpoint"
+    ckpt.mkdir()
+    (ckpt / "meta.json").write_text(json.dumps({"model": name, "config": load_config("tiny").to_dict()}))
+    assert export("--plugin", str(plugin), "--checkpoint", str(ckpt), "--out", str(tmp_path / "hf")) == 2
+    one_error_line(capsys.readouterr().err, message, "the mamba baseline's Mamba-1 mixers (baselines.mamba)")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint", "plugin.py"]
+
+
+def test_a_transformers_that_derives_the_inner_width_again_is_one_error(tmp_path, capsys, monkeypatch):
+    """The inner width reaches transformers' Mamba only as config.json's intermediate_size, which MambaConfig
+    keeps after deriving its own from expand: where a version derived it last, the export would load at
+    another width, so it reads its config back first and refuses."""
+    from transformers import MambaConfig
+    keep = MambaConfig.__post_init__
+
+    def derive_last(self, **kwargs):
+        keep(self, **kwargs)
+        self.intermediate_size = int(self.expand * self.hidden_size)
+    monkeypatch.setattr(MambaConfig, "__post_init__", derive_last)
+    ckpt = write_checkpoint(tmp_path / "checkpoint", "mamba")
+    width = build_model("mamba", load_config("tiny").model, "meta").blocks[0].mixer.d_inner
+    assert export("--checkpoint", str(ckpt), "--out", str(tmp_path / "hf")) == 2
+    one_error_line(capsys.readouterr().err, f"mamba has no Hugging Face export: its layer 0's intermediate_size is "
+                   f"{width}, where transformers' MambaForCausalLM builds")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint"]

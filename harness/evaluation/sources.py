@@ -437,25 +437,43 @@ def register_exported_model() -> None:
         AutoModelForCausalLM.register(SwatHarnessConfig, SwatHarnessForCausalLM)
 
 
-def load_hf(path: str, device: str):
-    """(model, tokenizer, max_length) of a Hugging Face checkpoint folder; fla's models register
-    themselves with transformers when fla is importable."""
+def causal_lm_class(path: str):
+    """The class that loads the folder. A `harness export` of a model type that transformers defines itself
+    (mamba) was written for transformers' own class, and loads with it: fla registers its own classes
+    for some of those types with the Auto classes (exist_ok=True), which read such a config by other
+    field names (its norm eps among them). Anything else loads through the Auto classes, with fla
+    imported first, when installed, for the types it alone provides (GLA, RetNet, HGRN2, DeltaNet, ...)."""
+    import transformers
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
     try:
-        import transformers
-    except ImportError:
-        raise ConfigError("hf: checkpoints need transformers (and fla for its recurrent models): "
-                          "pip install transformers 'swat-harness[fla]'") from None
+        config = json.loads((Path(path) / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        config = {}  # transformers says what is wrong with it
+    own = MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.get(config.get("model_type")) if isinstance(config, dict) else None
+    if own is not None and "harness_model" in config:
+        return getattr(transformers, own)
     try:
         with warnings.catch_warnings():  # on a CPU, fla warns at import that Triton is not supported
             warnings.simplefilter("ignore")
             import fla  # noqa: F401  (registers GLA, RetNet, HGRN2, DeltaNet, ... with transformers)
     except ImportError:
         pass
+    return transformers.AutoModelForCausalLM
+
+
+def load_hf(path: str, device: str):
+    """(model, tokenizer, max_length) of a Hugging Face checkpoint folder (`causal_lm_class` says which
+    class loads it)."""
+    try:
+        import transformers
+    except ImportError:
+        raise ConfigError("hf: checkpoints need transformers (and fla for its recurrent models): "
+                          "pip install transformers 'swat-harness[fla]'") from None
     hf_folder(path)
     register_exported_model()
     dtype = torch.bfloat16 if str(device).startswith("cuda") else torch.float32
     try:  # a folder's own code never runs: trust_remote_code=False, also for the tokenizer
-        model = transformers.AutoModelForCausalLM.from_pretrained(path, dtype=dtype, trust_remote_code=False)
+        model = causal_lm_class(path).from_pretrained(path, dtype=dtype, trust_remote_code=False)
         hf_tokenizer = transformers.AutoTokenizer.from_pretrained(path, trust_remote_code=False)
     except (OSError, ValueError) as err:  # transformers' errors for a folder it cannot read or does not know
         raise ConfigError(f"hf:{path}: transformers cannot load it ({first_line(err)}); pass a "

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from harness.hf.mapping import HFExport, block_settings, foreign_module, heldout_settings, hf_state_dict, mlp_sources
+from harness.hf.mapping import HFExport, foreign_module, heldout_settings, hf_state_dict, layers_differ, mlp_sources
 
 
 def attention_refusal(model) -> str | None:
@@ -33,20 +33,6 @@ def attention_refusal(model) -> str | None:
     if left_out := weights_left_out(model):
         return f"its weights {', '.join(left_out)} have no place in the exported model, which would run without them"
     return layers_differ(model.blocks)
-
-
-def layers_differ(blocks) -> str | None:
-    """Why the blocks cannot share one exported config (a setting that one layer has otherwise than
-    the first, e.g. a plugin's window growing with depth), or None. The exported config holds each
-    setting once, read from the first layer: the other layers would run at its values."""
-    first = block_settings(blocks[0])
-    for i, block in enumerate(blocks[1:], start=1):
-        settings = block_settings(block)
-        for key in first.keys() | settings.keys():
-            if first.get(key) != settings.get(key):
-                return (f"its layers differ in {key} (layer 0: {first.get(key)}, layer {i}: {settings.get(key)}), "
-                        f"and the exported config holds one value for all layers")
-    return None
 
 
 def hf_config(model, cfg, name: str, eos_id: int):

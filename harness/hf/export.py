@@ -12,11 +12,12 @@ with no harness installed.
 
 A model exports when it is the shared backbone with SwiGLU blocks whose token mixers are the
 harness's attention layers, whoever registered it (attention_export.py: the files above, the
-weights under Llama-style names), or fla's layers as the fla baselines build them (fla_export.py:
-fla's own model class, fla's config.json and modeling_fla.py, which imports fla). Any other model
-stops with one line saying why, in its mixer's words where the mixer says (`export_refused`), e.g.
-that the Hugging Face Mamba classes derive another inner width. This module writes the folder
-around either: tokenizer, model card, shards, the rename into place.
+weights under Llama-style names), fla's layers as the fla baselines build them (fla_export.py:
+fla's own model class, fla's config.json and modeling_fla.py, which imports fla), or the mamba
+baseline's Mamba-1 blocks (mamba_export.py: transformers' own MambaForCausalLM, config.json and the
+weights, no code). Any other model stops with one line saying why, in its mixer's words where the
+mixer says (`export_refused`), e.g. that the Hugging Face Mamba-2 classes derive another inner width.
+This module writes the folder around any of them: tokenizer, model card, shards, the rename into place.
 
 Tokenizer: the run's tokenizer.json with its post-processor removed (the harness never adds a
 BOS or other template tokens, and lm-eval's HF model encodes with the tokenizer's defaults) and no
@@ -63,20 +64,32 @@ class ExportError(RuntimeError):
 
 
 ONLY = ("only models on the shared backbone whose layers are the harness's attention mixers (harness.model."
-        "attention) or fla's layers as the fla baselines build them export to Hugging Face today")
+        "attention), the mamba baseline's Mamba-1 mixers (baselines.mamba) or fla's layers as the fla baselines "
+        "build them export to Hugging Face today")
+
+
+def exporter(model) -> tuple[Callable, Callable]:
+    """(why it has no export, the export) of a backbone model, by its layers: fla's layers export as fla's
+    classes (fla_export), the Mamba-1 mixers as transformers' Mamba (mamba_export), any other as the harness's
+    attention classes (attention_export), which refuse what they do not hold."""
+    from harness.hf.attention_export import attention_export, attention_refusal
+    from harness.hf.fla_export import fla_export, fla_refusal, is_fla_model
+    from harness.hf.mamba_export import is_mamba_model, mamba_export, mamba_refusal
+    if is_fla_model(model):
+        return fla_refusal, fla_export
+    if is_mamba_model(model):
+        return mamba_refusal, mamba_export
+    return attention_refusal, attention_export
 
 
 def export_refusal(model) -> str | None:
-    """Why `model` has no Hugging Face export, or None when it has one: models of the harness's attention
-    layers export as its own classes (attention_export), models of fla's layers as fla's (fla_export)."""
-    from harness.hf.attention_export import attention_refusal
-    from harness.hf.fla_export import fla_refusal, is_fla_model
+    """Why `model` has no Hugging Face export, or None when it has one (`exporter` says which)."""
     from harness.model.backbone import DecoderLM
     if getattr(model, "fitted_by_counting", False):
         return "it is a count-based reference model (n-gram counts, not a network)"
     if not isinstance(model, DecoderLM):
         return f"it is not built on the shared backbone ({type(model).__name__})"
-    return fla_refusal(model) if is_fla_model(model) else attention_refusal(model)
+    return exporter(model)[0](model)
 
 
 def shard_bytes(size: str) -> int:
@@ -225,19 +238,23 @@ def corpus_line(corpus: str) -> str:
     return f"`{corpus}`"
 
 
-def model_card(name: str, cfg, meta: dict, built: HFExport, params: int, commit: str, rows: list[Row],
+def model_card(name: str, cfg, meta: dict, built: HFExport, model, commit: str, rows: list[Row],
                rows_read: list[Path], where: str) -> str:
-    """README.md of the exported folder: what was trained on what, how, and how it scored."""
+    """README.md of the exported folder: what was trained on what, how, and how it scored; `model` is the
+    harness model (its parameter count, its blocks' MLP or none)."""
+    from harness.model.backbone import count_params
     from harness.registry import get_model
     m, t, config = cfg.model, cfg.train, built.model.config
+    mlp = model.blocks[0].mlp
     front = ["---", "library_name: transformers", "pipeline_tag: text-generation",
              f"tags: [swat-harness, {name}]"]
     if t.corpus in HUB_CORPORA:
         front.append(f"datasets: [{HUB_CORPORA[t.corpus][0]}]")
     front.append("---")
-    model_rows = [("harness model", f"`{name}`: {get_model(name).description}"), ("parameters", f"{params:,}"),
+    model_rows = [("harness model", f"`{name}`: {get_model(name).description}"),
+                  ("parameters", f"{count_params(model):,}"),
                   ("preset", cfg.preset), ("layers", config.num_hidden_layers), ("hidden size", config.hidden_size),
-                  ("MLP (SwiGLU) hidden size", config.intermediate_size), *built.card_rows,
+                  ("MLP (SwiGLU) hidden size", "none" if mlp is None else mlp.down.in_features), *built.card_rows,
                   ("vocabulary", f"{config.vocab_size} (tokenizer `{t.tokenizer}`)"),
                   ("tied embeddings", "yes" if config.tie_word_embeddings else "no"),
                   ("training length", f"{m.max_seq_len} tokens")]
@@ -407,11 +424,8 @@ def export(checkpoint: Path, out: Path, max_shard_size: str = "2GB", push_to_hub
         log(unfinished)
     from transformers.utils import logging as hf_logging
     hf_logging.disable_progress_bar()  # save_pretrained's bar over a handful of shards is noise here
-    from harness.hf.attention_export import attention_export
-    from harness.hf.fla_export import fla_export, is_fla_model
-    from harness.model.backbone import count_params
     eos_id = get_tokenizer(cfg.train.tokenizer).eos_id
-    built = (fla_export if is_fla_model(model) else attention_export)(model, cfg, name, eos_id)
+    built = exporter(model)[1](model, cfg, name, eos_id)
     built.model.generation_config.pad_token_id = eos_id  # what generate pads finished rows with
 
     try:
@@ -421,7 +435,7 @@ def export(checkpoint: Path, out: Path, max_shard_size: str = "2GB", push_to_hub
         for code in built.code:
             shutil.copyfile(code, tmp / code.name)
         write_tokenizer(cfg.train.tokenizer, tmp, log)
-        (tmp / "README.md").write_text(model_card(name, cfg, meta, built, count_params(model),
+        (tmp / "README.md").write_text(model_card(name, cfg, meta, built, model,
                                                   checkpoint_commit(ckpt, meta), found_rows, rows_read,
                                                   push_to_hub or str(out)))
         if push_to_hub:

@@ -22,16 +22,14 @@ import inspect
 from pathlib import Path
 
 import torch
-import torch.nn as nn
 
-from harness.hf.mapping import HFExport, block_settings, foreign_module, heldout_settings, hf_state_dict, mlp_sources
+from harness.hf.mapping import HFExport, foreign_module, heldout_settings, hf_state_dict, layer_settings, mlp_sources
 
 REMOTE_CODE = Path(__file__).with_name("modeling_fla.py")
 # fla's layer class -> the name stem of the fla model class that holds it (fla.models.<stem>Config, <stem>ForCausalLM)
 FLA_MODELS = {"GatedLinearAttention": "GLA", "MultiScaleRetention": "RetNet", "HGRN2Attention": "HGRN2",
               "DeltaNet": "DeltaNet", "GatedDeltaNet": "GatedDeltaNet"}
 # the harness's marks on its layers for its init scheme (GPT-2's scaled residual outputs), not settings of fla's
-INIT_MARKS = frozenset({"residual_out"})
 
 
 def is_fla_model(model) -> bool:
@@ -154,17 +152,6 @@ def exported_settings(mixer) -> dict:
     """The settings of the harness's fla layer that the exported layer must have: all of its own, the kernel
     mode being the one the mixer exports (DeltaNet's full-precision kernel)."""
     return {**layer_settings(mixer.layer), "mode": mixer.exported_mode}
-
-
-def layer_settings(layer: nn.Module) -> dict:
-    """What a built layer computes besides its weights: each submodule's class, plain settings (widths, heads,
-    eps, mode, ...) and the functions it chose (gate, feature map), read without the weights' data."""
-    classes = {f"{name or '(layer)'} class": type(module).__qualname__ for name, module in layer.named_modules()}
-    functions = {f"{name}.{key}" if name else key: getattr(value, "__qualname__", type(value).__qualname__)
-                 for name, module in layer.named_modules() for key, value in vars(module).items()
-                 if not key.startswith("_") and callable(value) and not isinstance(value, nn.Module)}
-    plain = {key: value for key, value in block_settings(layer).items() if key.rsplit(".", 1)[-1] not in INIT_MARKS}
-    return {**classes, **plain, **functions}
 
 
 def card_rows(config, mixer) -> list[tuple[str, object]]:

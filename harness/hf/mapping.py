@@ -1,6 +1,7 @@
-"""What both Hugging Face exports share (the attention models' own classes, attention_export.py, and fla's,
-fla_export.py): the check that a model holds only the classes an export knows, the backbone's SwiGLU
-under the names both write, the weights renamed, and what the folder gets besides the weights."""
+"""What the Hugging Face exports share (attention_export.py, fla_export.py, mamba_export.py): the check
+that a model holds only the classes an export knows, the comparison of layers' settings (one config holds
+every layer's), the backbone's SwiGLU under the names they write, the weights renamed, and what the folder
+gets besides the weights."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+import torch.nn as nn
 
 TORCH_MODULES = (torch.nn.Linear, torch.nn.Embedding, torch.nn.ModuleList)  # the backbone's torch parts
 
@@ -70,3 +72,31 @@ def heldout_settings(train) -> dict:
     """What decides a run's held-out score besides the model: the corpus (its held-out documents), the
     window length and the number of tokens scored."""
     return {"corpus": train.corpus, "seq_len": train.seq_len, "eval_tokens": train.eval_tokens}
+
+
+def layers_differ(blocks) -> str | None:
+    """Why the blocks cannot share one exported config (a setting that one layer has otherwise than
+    the first, e.g. a plugin's window growing with depth), or None. The exported config holds each
+    setting once, read from the first layer: the other layers would run at its values."""
+    first = block_settings(blocks[0])
+    for i, block in enumerate(blocks[1:], start=1):
+        settings = block_settings(block)
+        for key in sorted(first.keys() | settings.keys()):
+            if first.get(key) != settings.get(key):
+                return (f"its layers differ in {key} (layer 0: {first.get(key)}, layer {i}: {settings.get(key)}), "
+                        f"and the exported config holds one value for all layers")
+    return None
+
+
+INIT_MARKS = frozenset({"residual_out"})
+
+
+def layer_settings(layer: nn.Module) -> dict:
+    """What a built layer computes besides its weights: each submodule's class, plain settings (widths, heads,
+    eps, mode, ...) and the functions it chose (gate, feature map), read without the weights' data."""
+    classes = {f"{name or '(layer)'} class": type(module).__qualname__ for name, module in layer.named_modules()}
+    functions = {f"{name}.{key}" if name else key: getattr(value, "__qualname__", type(value).__qualname__)
+                 for name, module in layer.named_modules() for key, value in vars(module).items()
+                 if not key.startswith("_") and callable(value) and not isinstance(value, nn.Module)}
+    plain = {key: value for key, value in block_settings(layer).items() if key.rsplit(".", 1)[-1] not in INIT_MARKS}
+    return {**classes, **plain, **functions}

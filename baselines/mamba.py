@@ -92,12 +92,6 @@ def causal_conv1d_silu(x: torch.Tensor, conv: nn.Conv1d) -> torch.Tensor:
     return F.silu(conv(x)[..., :x.shape[-1]])
 
 
-# Mamba-2's refusal (baselines/mamba2.py): transformers' Mamba2Mixer takes its inner width as the whole number
-# expand x hidden_size, and its config checks that against heads x head_dim
-MAMBA_EXPORT_REFUSED = ("the Hugging Face Mamba classes derive the inner width from expand x hidden_size, while "
-                        "the harness solves model.d_inner for the parameter budget, so there is no exact mapping yet")
-
-
 class MambaMixer(nn.Module):
     # `harness export` writes transformers' MambaForCausalLM (harness.hf.mamba_export), whose mixer computes what
     # this class does; a subclass computes what it changes, so it exports only where its own body says so again

@@ -614,9 +614,8 @@ def cmd_export(args) -> None:
     from harness.hf.export import export
     from harness.registry import load_plugins
     load_plugins(args.plugin)
-    out = export(Path(args.checkpoint), Path(args.out), args.max_shard_size, args.push_to_hub,
-                 [Path(p) for p in args.rows], args.force, log=say)
-    say(f"wrote {out}: load it with AutoModelForCausalLM.from_pretrained({str(out)!r}, trust_remote_code=True)")
+    export(Path(args.checkpoint), Path(args.out), args.max_shard_size, args.push_to_hub, [Path(p) for p in args.rows],
+           args.force, log=say)
 
 
 def cmd_data(args) -> None:

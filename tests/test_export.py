@@ -707,7 +707,11 @@ FLA_PLUGIN = ("from baselines.fla_common import FlaMixer, fla_model\nfrom harnes
               "        return 2 * super().forward(x, cu_seqlens)\n\n"
               "@register_model('loud_gla', family='recurrent')\ndef build(cfg):\n"
               "    return fla_model(cfg, 'gla', 'GatedLinearAttention', {}, lambda layer, i: LoudMixer('gla', layer, "
-              "cfg.init_std))\n")
+              "cfg.init_std))\n\n"
+              "@register_model('hybrid_gla', family='recurrent')\ndef hybrid(cfg):\n"
+              "    from harness.model.attention import SwatAttention\n"
+              "    model = fla_model(cfg, 'gla', 'GatedLinearAttention', {})\n"
+              "    model.blocks[1].mixer = SwatAttention(cfg)\n    return model\n")
 
 
 @needs_fla
@@ -715,12 +719,16 @@ FLA_PLUGIN = ("from baselines.fla_common import FlaMixer, fla_model\nfrom harnes
     # fla's HGRN2 holds its lower bounds as wide as the hidden size; the harness's are the forget gates' 128
     ("hgrn2", ["model.hidden_size=192"], "hgrn2 has no Hugging Face export: its forget gates are 128 wide"),
     # GLAConfig has no gate_low_rank_dim: fla's GLA layer would take its default 16
-    ("gla", ["model.extra={gla: {gate_low_rank_dim: 8}}"], "gla has no Hugging Face export: its layer 0's "
-     "gk_proj.0.out_features is 8, where fla's GLAForCausalLM builds 16 from its config"),
-    ("gated_deltanet", ["model.extra={gated_deltanet: {conv_bias: true}}"], "its layer 0's conv_bias is True"),
+    ("gla", ["model.extra={gla: {gate_low_rank_dim: 8}}"], "gla has no Hugging Face export: its option "
+     "gate_low_rank_dim is 8, which fla's GLAConfig has no field for (its layers take 16); it exports with "
+     "gate_low_rank_dim at that default (leave it out of model.extra's gla options)"),
+    ("gated_deltanet", ["model.extra={gated_deltanet: {conv_bias: true}}"],
+     "its option conv_bias is True, which fla's GatedDeltaNetConfig has no field for (its layers take False)"),
     # a plugin's subclass of the fla baselines' mixer computes what it changes
     ("loud_gla", [], "loud_gla has no Hugging Face export: its mixer LoudMixer subclasses the fla baselines' "
                      "FlaMixer, and the export writes fla's own blocks"),
+    # fla layers and an attention layer in one model: fla's model class has fla blocks only
+    ("hybrid_gla", [], "hybrid_gla has no Hugging Face export: its layers mix fla layers with SwatAttention"),
 ])
 def test_an_fla_model_that_flas_class_cannot_hold_is_one_error(tmp_path, capsys, name, overrides, message):
     plugin = tmp_path / "plugin.py"
@@ -841,6 +849,20 @@ def test_a_mamba_model_exports_as_transformers_own_class_and_computes_what_the_h
     assert "`MambaForCausalLM`" in card and "| MLP (SwiGLU) hidden size | none |" in card
     assert f"inner width {mixer.d_inner}," in card
 
+
+def test_the_export_says_how_to_load_the_folder_with_the_class_that_holds_it(tmp_path, capsys):
+    """The closing line and the card's snippet name the class that loads the folder: transformers' own
+    MambaForCausalLM for mamba, no remote code (the Auto classes would give fla's Mamba where fla is
+    imported); the Auto class with trust_remote_code for an attention model's own code. The card's layers
+    are the harness's (mamba: 2 blocks each)."""
+    for name, call in (("mamba", "MambaForCausalLM.from_pretrained('{}')"),
+                       ("swat", "AutoModelForCausalLM.from_pretrained('{}', trust_remote_code=True)")):
+        ckpt = write_checkpoint(tmp_path / name / "checkpoint", name)
+        out = tmp_path / name / "hf"
+        assert export("--checkpoint", str(ckpt), "--out", str(out)) == 0
+        assert capsys.readouterr().out.strip().endswith(f"wrote {out}: load it with {call.format(out)}")
+        card = (out / "README.md").read_text()
+        assert f"model = {call.format(out)}" in card and "| layers | 2 |" in card
 
 @needs_fla
 def test_harness_eval_loads_a_mamba_export_as_transformers_class_where_fla_is_imported(mamba_exported):

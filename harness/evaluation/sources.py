@@ -442,7 +442,9 @@ def causal_lm_class(path: str):
     (mamba) was written for transformers' own class, and loads with it: fla registers its own classes
     for some of those types with the Auto classes (exist_ok=True), which read such a config by other
     field names (its norm eps among them). Anything else loads through the Auto classes, with fla
-    imported first, when installed, for the types it alone provides (GLA, RetNet, HGRN2, DeltaNet, ...)."""
+    imported first, when installed, for the types it alone provides (GLA, RetNet, HGRN2, DeltaNet, ...);
+    so a Mamba folder that the harness did not write (fla's own checkpoints share the model type) loads
+    as fla's class where fla is installed."""
     import transformers
     from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
     try:

@@ -1,11 +1,13 @@
 """`harness export`: a checkpoint as a Hugging Face model folder that transformers and lm-eval load
-with no harness installed.
+with no harness installed (fla's models: with fla installed).
 
-    config.json                      SwatHarnessConfig (model_type swat_harness, auto_map)
+    config.json                      the model's config (an attention model's: SwatHarnessConfig,
+                                     model_type swat_harness, auto_map; fla's or transformers' own)
     model.safetensors                the weights (model-0000N-of-0000M.safetensors + index above
                                      --max-shard-size), written by transformers' save_pretrained
-    configuration_swat_harness.py    the modelling code (harness/hf/), plain PyTorch,
-    modeling_swat_harness.py         loaded with trust_remote_code=True
+    *.py                             the modelling code where transformers has none: an attention
+                                     model's (harness/hf/, plain PyTorch), or modeling_fla.py (it
+                                     imports fla); loaded with trust_remote_code=True
     generation_config.json
     tokenizer.json, tokenizer_config.json
     README.md                        the model card: data, tokens, recipe, commit, evaluation rows
@@ -253,7 +255,7 @@ def model_card(name: str, cfg, meta: dict, built: HFExport, model, commit: str, 
     front.append("---")
     model_rows = [("harness model", f"`{name}`: {get_model(name).description}"),
                   ("parameters", f"{count_params(model):,}"),
-                  ("preset", cfg.preset), ("layers", config.num_hidden_layers), ("hidden size", config.hidden_size),
+                  ("preset", cfg.preset), ("layers", m.num_layers), ("hidden size", config.hidden_size),
                   ("MLP (SwiGLU) hidden size", "none" if mlp is None else mlp.down.in_features), *built.card_rows,
                   ("vocabulary", f"{config.vocab_size} (tokenizer `{t.tokenizer}`)"),
                   ("tied embeddings", "yes" if config.tie_word_embeddings else "no"),
@@ -284,9 +286,10 @@ def model_card(name: str, cfg, meta: dict, built: HFExport, model, commit: str, 
     else:
         looked = ", ".join(f"`{p}`" for p in rows_read) if rows_read else "no rows file"
         lines.append(f"No evaluation rows of this checkpoint ({looked}).")
-    lines += ["", "## Use", "", "```python", "from transformers import AutoModelForCausalLM, AutoTokenizer", "",
-              f'model = AutoModelForCausalLM.from_pretrained("{where}", trust_remote_code=True)',
-              f'tokenizer = AutoTokenizer.from_pretrained("{where}", trust_remote_code=True)',
+    lines += ["", "## Use", "", "```python", f"from transformers import {built.loader}, AutoTokenizer", "",
+              f"model = {built.load_call(where)}",
+              # the same flag: where config.json names remote code, transformers asks about it for the tokenizer too
+              f"tokenizer = AutoTokenizer.from_pretrained({where!r}{', trust_remote_code=True' * built.remote_code})",
               'ids = tokenizer("The meaning of", return_tensors="pt").input_ids',
               "print(tokenizer.decode(model.generate(ids, max_new_tokens=20, do_sample=False)[0]))", "```", "",
               built.card_note + "The tokenizer adds no BOS token, as in training, where documents are separated by "
@@ -397,7 +400,7 @@ def unfinished_warning(ckpt: Path, meta: dict, cfg) -> str | None:
 
 def export(checkpoint: Path, out: Path, max_shard_size: str = "2GB", push_to_hub: str | None = None,
            rows: list[Path] = (), force: bool = False, log: Callable[[str], None] = print) -> Path:
-    """Write the checkpoint folder `checkpoint` as a Hugging Face model folder at `out`."""
+    """Write the checkpoint folder `checkpoint` as a Hugging Face model folder at `out`, and log how to load it."""
     from harness.training.checkpoint import WEIGHTS_FILE, load_checkpoint, no_space, read_meta, weights_digest
     if importlib.util.find_spec("transformers") is None:  # before any work; the folder is transformers' format
         raise MissingExtraError("harness export needs transformers: pip install 'swat-harness[hf]' "
@@ -456,4 +459,5 @@ def export(checkpoint: Path, out: Path, max_shard_size: str = "2GB", push_to_hub
         raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+    log(f"wrote {out}: load it with {built.load_call(str(out))}")
     return out

@@ -29,7 +29,6 @@ REMOTE_CODE = Path(__file__).with_name("modeling_fla.py")
 # fla's layer class -> the name stem of the fla model class that holds it (fla.models.<stem>Config, <stem>ForCausalLM)
 FLA_MODELS = {"GatedLinearAttention": "GLA", "MultiScaleRetention": "RetNet", "HGRN2Attention": "HGRN2",
               "DeltaNet": "DeltaNet", "GatedDeltaNet": "GatedDeltaNet"}
-# the harness's marks on its layers for its init scheme (GPT-2's scaled residual outputs), not settings of fla's
 
 
 def is_fla_model(model) -> bool:
@@ -48,6 +47,9 @@ def fla_refusal(model) -> str | None:
     """Why the fla model `model` (a DecoderLM) has no export as fla's own model class, or None."""
     mixers = [block.mixer for block in model.blocks]
     for mixer in mixers:
+        if not hasattr(mixer, "fla_exportable"):
+            return (f"its layers mix fla layers with {type(mixer).__name__}, and fla's model class has fla blocks "
+                    f"only")
         if not type(mixer).__dict__.get("fla_exportable", False):
             return (f"its mixer {type(mixer).__name__} subclasses the fla baselines' {mixer_parent(mixer)}, and the "
                     f"export writes fla's own blocks, not what the subclass changes")
@@ -64,8 +66,24 @@ def fla_refusal(model) -> str | None:
         return why
     if any(block.mlp is None for block in model.blocks):
         return "its blocks have no SwiGLU MLP"
+    if why := dropped_option(mixers[0]):
+        return why
     fla_model = fla_hf_model(model, fla_config(model, None))
     return settings_refusal(model, fla_model) or weights_refusal(model, fla_model)
+
+
+def dropped_option(mixer) -> str | None:
+    """Why an option the baseline gave the layer cannot be exported: fla's config has no field for it (its
+    model then builds the layer with the layer's default), and the value is not that default; or None."""
+    config_class, _ = fla_classes(mixer)
+    fields = inspect.signature(config_class.__init__).parameters
+    defaults = inspect.signature(type(mixer.layer).__init__).parameters
+    for key, value in mixer.export_config().items():
+        if key not in fields and key in defaults and defaults[key].default != value:
+            return (f"its option {key} is {value!r}, which fla's {config_class.__name__} has no field for (its layers "
+                    f"take {defaults[key].default!r}); it exports with {key} at that default (leave it out of "
+                    f"model.extra's {mixer.model} options)")
+    return None
 
 
 def mixer_parent(mixer) -> str:

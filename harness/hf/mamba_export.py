@@ -152,13 +152,12 @@ def card_rows(config, model) -> list[tuple[str, object]]:
                             f"kernel {config.conv_kernel}, dt rank {config.time_step_rank}")]
 
 
-CARD_NOTE = ("The modelling code is transformers' own (`MambaForCausalLM`, no remote code: trust_remote_code above is "
-             "not needed); on a GPU it uses mamba-ssm's and causal-conv1d's kernels where they are installed, else "
-             "plain PyTorch. In a process that imported flash-linear-attention (fla), transformers' Auto classes give "
-             "fla's own Mamba class for model_type `mamba` (fla registers it), which reads other config keys: load "
-             "with `transformers.MambaForCausalLM.from_pretrained` there. Decoding keeps a convolution and a "
-             "recurrent state per block, so memory per sequence does not grow with the context. The tokenizer is "
-             "plain `tokenizers`. ")
+CARD_NOTE = ("The modelling code is transformers' own (`MambaForCausalLM`, no remote code); on a GPU it uses "
+             "mamba-ssm's and causal-conv1d's kernels where they are installed, else plain PyTorch. In a process "
+             "that imported flash-linear-attention (fla), transformers' Auto classes give fla's own Mamba class for "
+             "model_type `mamba` (fla registers it), which reads other config keys: hence the class named above. "
+             "Decoding keeps a convolution and a recurrent state per block, so memory per sequence does not grow "
+             "with the context. The tokenizer is plain `tokenizers`. ")
 
 
 def mamba_export(model, cfg, name: str, eos_id: int) -> HFExport:
@@ -167,4 +166,5 @@ def mamba_export(model, cfg, name: str, eos_id: int) -> HFExport:
     hf_model = mamba_hf_model(config)
     hf_model.load_state_dict(hf_state_dict(model, weight_sources(model)), strict=True, assign=True)
     hf_model.tie_weights()
-    return HFExport(hf_model, card_rows(config, model), CARD_NOTE)
+    # transformers' own class, named: in a process that imported fla, the Auto classes would give fla's Mamba
+    return HFExport(hf_model, card_rows(config, model), CARD_NOTE, loader="MambaForCausalLM", remote_code=False)

@@ -66,6 +66,12 @@ class HFExport:
     card_rows: list[tuple[str, object]]  # the model card's rows of its layers
     card_note: str  # the card's words on its modelling code
     code: tuple[Path, ...] = ()  # files copied into the folder beside what save_pretrained writes
+    loader: str = "AutoModelForCausalLM"  # the transformers class that loads the folder
+    remote_code: bool = True  # whether loading runs the folder's own code (trust_remote_code=True)
+
+    def load_call(self, where: str) -> str:
+        """The Python call that loads the folder at `where`."""
+        return f"{self.loader}.from_pretrained({where!r}{', trust_remote_code=True' if self.remote_code else ''})"
 
 
 def heldout_settings(train) -> dict:

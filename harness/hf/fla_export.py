@@ -23,7 +23,15 @@ from pathlib import Path
 
 import torch
 
-from harness.hf.mapping import HFExport, foreign_module, heldout_settings, hf_state_dict, layer_settings, mlp_sources
+from harness.hf.mapping import (
+    HFExport,
+    exact_mixers_refusal,
+    foreign_module,
+    heldout_settings,
+    hf_state_dict,
+    layer_settings,
+    mlp_sources,
+)
 
 REMOTE_CODE = Path(__file__).with_name("modeling_fla.py")
 # fla's layer class -> the name stem of the fla model class that holds it (fla.models.<stem>Config, <stem>ForCausalLM)
@@ -45,14 +53,11 @@ def fla_classes(mixer) -> tuple[type, type]:
 
 def fla_refusal(model) -> str | None:
     """Why the fla model `model` (a DecoderLM) has no export as fla's own model class, or None."""
+    if why := exact_mixers_refusal(model, "fla_exportable", "fla layers", "fla's model class has fla blocks only",
+                                   "the fla baselines'", "fla's own blocks"):
+        return why
     mixers = [block.mixer for block in model.blocks]
     for mixer in mixers:
-        if not hasattr(mixer, "fla_exportable"):
-            return (f"its layers mix fla layers with {type(mixer).__name__}, and fla's model class has fla blocks "
-                    f"only")
-        if not type(mixer).__dict__.get("fla_exportable", False):
-            return (f"its mixer {type(mixer).__name__} subclasses the fla baselines' {mixer_parent(mixer)}, and the "
-                    f"export writes fla's own blocks, not what the subclass changes")
         if type(mixer.layer).__name__ not in FLA_MODELS:
             return (f"its fla layer {type(mixer.layer).__name__} has no fla model class that the export knows "
                     f"(it knows {', '.join(FLA_MODELS)})")
@@ -84,11 +89,6 @@ def dropped_option(mixer) -> str | None:
                     f"take {defaults[key].default!r}); it exports with {key} at that default (leave it out of "
                     f"model.extra's {mixer.model} options)")
     return None
-
-
-def mixer_parent(mixer) -> str:
-    exportable = [cls for cls in type(mixer).__mro__[1:] if cls.__dict__.get("fla_exportable", False)]
-    return exportable[0].__name__
 
 
 def fla_config(model, eos_id: int | None, **extra):

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import torch
 
-from harness.hf.mapping import HFExport, foreign_module, heldout_settings, hf_state_dict, layer_settings, layers_differ
+from harness.hf import mapping
 
 HIDDEN_ACT = "silu"  # the harness MambaMixer's conv and gate activation (F.silu in its code)
 # the harness mixer's settings by the name transformers' MambaMixer gives them
@@ -38,19 +38,14 @@ def is_mamba_model(model) -> bool:
 
 def mamba_refusal(model) -> str | None:
     """Why the Mamba model `model` (a DecoderLM) has no export as transformers' MambaForCausalLM, or None."""
-    mixers = [block.mixer for block in model.blocks]
-    for mixer in mixers:
-        if not hasattr(mixer, "mamba_exportable"):
-            return (f"its layers mix Mamba mixers with {type(mixer).__name__}, and transformers' Mamba has Mamba "
-                    f"blocks only")
-        if not type(mixer).__dict__.get("mamba_exportable", False):
-            return (f"its mixer {type(mixer).__name__} subclasses the harness's MambaMixer, and the export writes "
-                    f"transformers' MambaMixer, not what the subclass changes")
-    if why := foreign_module(model, skip=tuple(f"blocks.{i}.mixer" for i in range(len(mixers)))):
+    if why := mapping.exact_mixers_refusal(model, "mamba_exportable", "Mamba mixers", "transformers' Mamba has "
+                                           "Mamba blocks only", "the harness's", "transformers' MambaMixer"):
+        return why
+    if why := mapping.foreign_module(model, skip=tuple(f"blocks.{i}.mixer" for i in range(len(model.blocks)))):
         return why  # the mixers' own modules are compared with transformers' below
     if any(block.mlp is not None for block in model.blocks):
         return "its blocks have a SwiGLU MLP, and transformers' Mamba blocks have none"
-    if why := layers_differ(model.blocks):
+    if why := mapping.layers_differ(model.blocks):
         return why
     config = mamba_config(model, None)
     hf_model = mamba_hf_model(type(config).from_dict(config.to_dict()))  # config.json read back, as from_pretrained
@@ -139,7 +134,7 @@ def hf_settings(hf_block) -> dict:
 def children_settings(mixer) -> dict:
     """Each module of a mixer (in_proj, conv1d, ...): its class and plain settings, by the module's name."""
     return {f"{name}: {key}": value for name, child in mixer.named_children()
-            for key, value in layer_settings(child).items()}
+            for key, value in mapping.layer_settings(child).items()}
 
 
 def card_rows(config, model) -> list[tuple[str, object]]:
@@ -160,11 +155,11 @@ CARD_NOTE = ("The modelling code is transformers' own (`MambaForCausalLM`, no re
              "with the context. The tokenizer is plain `tokenizers`. ")
 
 
-def mamba_export(model, cfg, name: str, eos_id: int) -> HFExport:
+def mamba_export(model, cfg, name: str, eos_id: int) -> mapping.HFExport:
     """A Mamba model as transformers' MambaForCausalLM (config.json and the weights; no code)."""
-    config = mamba_config(model, eos_id, harness_model=name, harness_heldout=heldout_settings(cfg.train))
+    config = mamba_config(model, eos_id, harness_model=name, harness_heldout=mapping.heldout_settings(cfg.train))
     hf_model = mamba_hf_model(config)
-    hf_model.load_state_dict(hf_state_dict(model, weight_sources(model)), strict=True, assign=True)
+    hf_model.load_state_dict(mapping.hf_state_dict(model, weight_sources(model)), strict=True, assign=True)
     hf_model.tie_weights()
     # transformers' own class, named: in a process that imported fla, the Auto classes would give fla's Mamba
-    return HFExport(hf_model, card_rows(config, model), CARD_NOTE, loader="MambaForCausalLM", remote_code=False)
+    return mapping.HFExport(hf_model, card_rows(config, model), CARD_NOTE, loader="MambaForCausalLM", remote_code=False)

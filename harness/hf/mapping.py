@@ -33,6 +33,21 @@ def foreign_module(model, mixers: tuple[type, ...] = (), skip: tuple[str, ...] =
     return None
 
 
+def exact_mixers_refusal(model, marker: str, kind: str, only: str, owner: str, written: str) -> str | None:
+    """Why a block's mixer is not exactly one of the classes that declare `marker` in their own body (their
+    export writes what those classes compute): a mixer of another kind beside them (`only` says why that
+    cannot be held), or a subclass of `owner` such a class, which computes what it changes while the export
+    writes `written`; or None."""
+    for mixer in (block.mixer for block in model.blocks):
+        if not hasattr(mixer, marker):
+            return f"its layers mix {kind} with {type(mixer).__name__}, and {only}"
+        if not type(mixer).__dict__.get(marker, False):
+            parent = next(cls for cls in type(mixer).__mro__[1:] if cls.__dict__.get(marker, False))
+            return (f"its mixer {type(mixer).__name__} subclasses {owner} {parent.__name__}, and the export writes "
+                    f"{written}, not what the subclass changes")
+    return None
+
+
 def block_settings(block) -> dict:
     """A block's settings by the name of the module that holds them: each plain value (window, heads,
     RoPE, sigmoid bias, slope recipe, norm eps, layer widths), read without the weights' data, so

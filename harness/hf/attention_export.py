@@ -9,7 +9,15 @@ from __future__ import annotations
 
 import torch
 
-from harness.hf.mapping import HFExport, foreign_module, heldout_settings, hf_state_dict, layers_differ, mlp_sources
+from harness.hf.mapping import (
+    HFExport,
+    foreign_module,
+    heldout_settings,
+    hf_state_dict,
+    layers_differ,
+    mlp_sources,
+    weights_left_out,
+)
 
 
 def attention_refusal(model) -> str | None:
@@ -30,7 +38,7 @@ def attention_refusal(model) -> str | None:
         return why
     if len({type(block.mixer) for block in model.blocks}) > 1:
         return "its layers mix attention cores, and the exported config has one"
-    if left_out := weights_left_out(model):
+    if left_out := weights_left_out(model, weight_sources(model).items()):
         return f"its weights {', '.join(left_out)} have no place in the exported model, which would run without them"
     return layers_differ(model.blocks)
 
@@ -68,12 +76,6 @@ def weight_sources(model) -> dict[str, tuple[str, int | None]]:
         if block.mixer.out_norm is not None:
             sources[dst + "self_attn.o_norm.weight"] = (src + "mixer.out_norm.weight", None)
     return sources
-
-
-def weights_left_out(model) -> list[str]:
-    """The model's weights that no exported weight takes (a plugin's bias on the head, say): the
-    exported model would compute without them."""
-    return sorted(set(model.state_dict()) - {name for name, _ in weight_sources(model).values()})
 
 
 def attention_card(config) -> tuple[list[tuple[str, object]], str]:

@@ -31,6 +31,8 @@ from harness.hf.mapping import (
     hf_state_dict,
     layer_settings,
     mlp_sources,
+    shape_refusal,
+    weights_left_out,
 )
 
 REMOTE_CODE = Path(__file__).with_name("modeling_fla.py")
@@ -137,21 +139,14 @@ def weights_refusal(model, fla_model) -> str | None:
     harness weights behind one of fla's (a table the harness shares, held apart), or a shape fla's differs in."""
     params = dict(model.named_parameters(remove_duplicate=False))
     sources = weight_sources(model)
-    if left_out := sorted(set(model.state_dict()) - {name for _, (name, _) in sources}):
+    if left_out := weights_left_out(model, sources):
         return f"its weights {', '.join(left_out)} have no place in fla's model, which would run without them"
     taken: dict[str, str] = {}
     for fla_name, (name, _) in sources:
         first = taken.setdefault(fla_name, name)
         if params.get(first) is not params.get(name):
             return f"its {first} and {name} are separate weights, and fla's model holds one {fla_name}"
-    expected = fla_model.state_dict()
-    for fla_name, (name, half) in sources:
-        shape = list(model.state_dict()[name].shape)
-        shape[0] //= 1 if half is None else 2
-        if fla_name not in expected or list(expected[fla_name].shape) != shape:
-            held = list(expected[fla_name].shape) if fla_name in expected else "nothing"
-            return f"its {name} is {shape} where fla's model holds {held} as {fla_name}"
-    return None
+    return shape_refusal(model, fla_model, sources, "fla's model")
 
 
 def settings_refusal(model, fla_model) -> str | None:

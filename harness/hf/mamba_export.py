@@ -88,17 +88,12 @@ def weight_sources(model) -> list[tuple[str, tuple[str, None]]]:
 def weights_refusal(model, hf_model) -> str | None:
     """Why the harness's weights do not map one to one onto transformers' model: a weight no exported one
     takes, one of transformers' that none fills, or a shape it differs in."""
-    ours, theirs = model.state_dict(), hf_model.state_dict()
     sources = weight_sources(model)
-    if left_out := sorted(set(ours) - {name for _, (name, _) in sources}):
+    if left_out := mapping.weights_left_out(model, sources):
         return f"its weights {', '.join(left_out)} have no place in transformers' Mamba, which would run without them"
-    if unfilled := sorted(set(theirs) - {hf_name for hf_name, _ in sources}):
+    if unfilled := sorted(set(hf_model.state_dict()) - {hf_name for hf_name, _ in sources}):
         return f"transformers' Mamba holds {', '.join(unfilled)}, which the harness model has no weight for"
-    for hf_name, (name, _) in sources:
-        if hf_name not in theirs or theirs[hf_name].shape != ours[name].shape:
-            held = list(theirs[hf_name].shape) if hf_name in theirs else "nothing"
-            return f"its {name} is {list(ours[name].shape)} where transformers' Mamba holds {held} as {hf_name}"
-    return None
+    return mapping.shape_refusal(model, hf_model, sources, "transformers' Mamba")
 
 
 def settings_refusal(model, hf_model) -> str | None:

@@ -33,6 +33,25 @@ def foreign_module(model, mixers: tuple[type, ...] = (), skip: tuple[str, ...] =
     return None
 
 
+def weights_left_out(model, sources) -> list[str]:
+    """The model's weights that no exported weight takes (`sources`: (exported name, (harness name, half))
+    pairs; a plugin's bias on the head, say): the exported model would compute without them."""
+    return sorted(set(model.state_dict()) - {name for _, (name, _) in sources})
+
+
+def shape_refusal(model, hf_model, sources, holder: str) -> str | None:
+    """Why an exported weight does not fit `hf_model`'s of its name (its shape, halved where a fused
+    projection is split; or no such weight there), in the words of `holder`; or None."""
+    ours, theirs = model.state_dict(), hf_model.state_dict()
+    for hf_name, (name, half) in sources:
+        shape = list(ours[name].shape)
+        shape[0] //= 1 if half is None else 2
+        if hf_name not in theirs or list(theirs[hf_name].shape) != shape:
+            held = list(theirs[hf_name].shape) if hf_name in theirs else "nothing"
+            return f"its {name} is {shape} where {holder} holds {held} as {hf_name}"
+    return None
+
+
 def exact_mixers_refusal(model, marker: str, kind: str, only: str, owner: str, written: str) -> str | None:
     """Why a block's mixer is not exactly one of the classes that declare `marker` in their own body (their
     export writes what those classes compute): a mixer of another kind beside them (`only` says why that

@@ -19,7 +19,8 @@ sequences per forward, compile, activation checkpointing, fused cross-entropy), 
 memory compared would be those settings'; a mismatch is an error naming the key and both values.
 An efficiency above 100% is marked: the baseline ran slower per process than the run (other thread
 counts, a busy machine), so the figure overstates the scaling. Runs on a CPU (the device their logs
-name) are marked too: their "GPUs" are processes sharing its cores, and their speed is no result.
+name) are marked too: their ranks are processes sharing its cores (a table of CPU runs alone calls
+them so), and their speed is no result.
 A run resumed at another world size or on another device is refused (its speed and memory are its
 last segment's alone), and so is a model fitted by counting (no training curve or speed), a
 meta.json whose world size, speed or memory is not a number, and a log that is not whole: one that

@@ -10,7 +10,7 @@ solved so that parameters match the reference.
 
 import torch
 
-from baselines.fla_common import FlaMixer, fla_layer_options, fla_model, layer_options
+from baselines.fla_common import FlaMixer, delta_rule_flops, fla_layer_options, fla_model, layer_options
 from harness.model.build import extra_options
 from harness.registry import register_model
 
@@ -52,9 +52,15 @@ class DeltaNetMixer(FlaMixer):
         return super().step(x, state)
 
 
+def core_flops(layer, seq_len: int) -> dict[str, float]:
+    """The core's forward FLOPs per token: fla's chunk_delta_rule, which trains in 16 bits (the fused
+    recurrent kernel of fp32 runs the same recurrence token by token), over the layer's heads."""
+    return delta_rule_flops(layer.num_heads, layer.head_k_dim, layer.head_v_dim, seq_len)
+
+
 @register_model("deltanet", family="recurrent", requires=("fla",), extra="fla", gpu_only=True, match="mlp_hidden",
                 description="DeltaNet: delta rule (fla), head dim 128, short conv, L2 qk norm, + SwiGLU MLP")
 @extra_options(fla_layer_options("deltanet", "DeltaNet"))
 def build(cfg):
     return fla_model(cfg, "deltanet", "DeltaNet", options(cfg),
-                     lambda layer, i: DeltaNetMixer("deltanet", layer, cfg.init_std))
+                     lambda layer, i: DeltaNetMixer("deltanet", layer, cfg.init_std), core_flops)

@@ -16,6 +16,10 @@ token through the layer's fused-recurrent path, which must equal the chunked ful
 
 `harness export` writes these models as fla's own model classes (harness.hf.fla_export), their configs
 read from the options each layer was built with (`FlaMixer.layer_options`, `export_config`).
+
+Each baseline counts its layer's core for harness.model.flops (the `core_flops` it gives `fla_model`),
+with the counts of fla's two chunked algorithms below: `linear_attention_flops` (GLA, RetNet, HGRN2)
+and `delta_rule_flops` (DeltaNet, Gated DeltaNet).
 """
 
 from __future__ import annotations
@@ -84,6 +88,34 @@ def fla_layer_options(model: str, layer: str) -> Callable[[], tuple[str, ...]]:
 KEYWORD_KINDS = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
 
 
+FLA_CHUNK = 64  # the chunk length of fla's chunked kernels (their BT)
+
+
+def linear_attention_flops(heads: int, key_dim: int, value_dim: int, seq_len: int) -> dict[str, float]:
+    """Forward FLOPs per token of fla's chunked (gated) linear attention (chunk_gla, chunk_simple_gla; the
+    pure-torch form is fla's naive_chunk_simple_gla), heads of key_dim K and value_dim V, chunks of
+    c = min(64, seq_len) tokens. Per head and token, 2 FLOPs per multiply-add of its matmuls:
+    q.k^T and scores.v within the chunk, 2c(K + V), over the whole c x c block as the chunked form
+    computes it before its causal mask; the read-out of the carried state, q.S, and the state update,
+    k^T.v, 2KV each. The gates' decays are elementwise and left out; a whole number of chunks is
+    assumed (a shorter last one costs a padded tile in the kernel)."""
+    c = min(FLA_CHUNK, seq_len)
+    return {"scan": heads * (2.0 * c * (key_dim + value_dim) + 4.0 * key_dim * value_dim)}
+
+
+def delta_rule_flops(heads: int, key_dim: int, value_dim: int, seq_len: int) -> dict[str, float]:
+    """Forward FLOPs per token of fla's chunked delta rule (chunk_delta_rule, chunk_gated_delta_rule; the
+    pure-torch forms are fla's delta_rule_chunkwise and naive_chunk_gated_delta_rule), as
+    `linear_attention_flops` counts them, with the delta rule's own products: the WY (UT) transform of
+    each chunk, (beta k).k^T, then w = A.(beta k) and u = A.(beta v), 2c(2K + V); the correction of the
+    values by the carried state, w.S, 2KV. The triangular solve for A (forward substitution, about c^2/3
+    FLOPs per token and head, about 1% at head dims of 64 to 128) is left out with the elementwise work.
+    Per head and token:
+    2c(3K + 2V) + 6KV."""
+    c = min(FLA_CHUNK, seq_len)
+    return {"scan": heads * (2.0 * c * (3 * key_dim + 2 * value_dim) + 6.0 * key_dim * value_dim)}
+
+
 class FlaMixer(nn.Module):
     """One fla layer as a backbone mixer: full forward (chunked kernels, packed documents through
     cu_seqlens), prefill and one-token steps through an FLACache."""
@@ -99,9 +131,16 @@ class FlaMixer(nn.Module):
         self.layer = layer
         self.init_std = init_std
         self.layer_options: dict | None = None  # the options the layer was built with (set by fla_model)
+        # the baseline's count of its layer's core (set by fla_model): core_flops(layer, seq_len) -> {kind: FLOPs}
+        self.core_flops: Callable[[nn.Module, int], dict[str, float]] | None = None
         # the backbone's one init scheme scales residual outputs by 1/sqrt(2 * blocks) (GPT-2); fla's own
         # models leave them at init_std
         self.layer.o_proj.residual_out = True
+
+    def flops_per_token(self, seq_len: int) -> dict[str, float] | None:
+        """The core's forward FLOPs per token at training length seq_len (harness.model.flops), by the count
+        the baseline gave fla_model, or None where it gave none (then the count says it is partial)."""
+        return None if self.core_flops is None else self.core_flops(self.layer, seq_len)
 
     def reset_special(self) -> None:
         """fla's models initialise short convolutions like linear layers (normal(0, std), zero
@@ -156,9 +195,11 @@ class FlaMixer(nn.Module):
 
 
 def fla_model(cfg, model: str, layer: str, options: dict,
-              wrap: Callable[[nn.Module, int], nn.Module] | None = None) -> DecoderLM:
+              wrap: Callable[[nn.Module, int], nn.Module] | None = None,
+              core_flops: Callable[[nn.Module, int], dict[str, float]] | None = None) -> DecoderLM:
     """The shared backbone with fla's `fla.layers.<layer>(**options)` as every block's mixer, wrapped
-    by `wrap(layer, block index)` (default: a FlaMixer)."""
+    by `wrap(layer, block index)` (default: a FlaMixer); `core_flops(layer, seq_len)`: the forward FLOPs
+    per token of the layer's core (`FlaMixer.flops_per_token`), which each baseline counts for its layer."""
     layers = fla_module(model)
     wrap = wrap or (lambda fla_layer, i: FlaMixer(model, fla_layer, cfg.init_std))
 
@@ -166,5 +207,6 @@ def fla_model(cfg, model: str, layer: str, options: dict,
         wrapped = wrap(getattr(layers, layer)(hidden_size=cfg.hidden_size, norm_eps=cfg.norm_eps, layer_idx=i,
                                              **options), i)
         wrapped.layer_options = dict(options)
+        wrapped.core_flops = core_flops
         return wrapped
     return DecoderLM(cfg, mixer)

@@ -18,7 +18,7 @@ dispatch, which then runs it in the kernel's place; every other kernel stays fla
 
 import torch
 
-from baselines.fla_common import FlaMixer, fla_layer_options, fla_model, fla_module, layer_options
+from baselines.fla_common import FlaMixer, delta_rule_flops, fla_layer_options, fla_model, fla_module, layer_options
 from harness.model.build import extra_options
 from harness.registry import KernelRefusedError, register_model
 
@@ -70,6 +70,12 @@ def options(cfg) -> dict:
         expand_v=2.0, use_gate=True, use_short_conv=True, conv_size=cfg.conv_kernel, allow_neg_eigval=False))
 
 
+def core_flops(layer, seq_len: int) -> dict[str, float]:
+    """The core's forward FLOPs per token: fla's chunk_gated_delta_rule (the scalar decays are elementwise),
+    over the layer's value heads (num_v_heads; queries and keys repeated to them where they are more)."""
+    return delta_rule_flops(layer.num_v_heads, layer.head_k_dim, layer.head_v_dim, seq_len)
+
+
 @register_model("gated_deltanet", family="recurrent", requires=("fla",), extra="fla", gpu_only=True,
                 match="mlp_hidden",
                 description="Gated DeltaNet (fla): gated delta rule, head dim 256, expand_v 2, + SwiGLU MLP")
@@ -78,4 +84,4 @@ def build(cfg):
     fla_module("gated_deltanet")  # fla's layers, then the torch backend into fla's dispatch (as the GPU check ran)
     torch_backend()
     return fla_model(cfg, "gated_deltanet", "GatedDeltaNet", options(cfg),
-                     lambda layer, i: GatedDeltaNetMixer("gated_deltanet", layer, cfg.init_std))
+                     lambda layer, i: GatedDeltaNetMixer("gated_deltanet", layer, cfg.init_std), core_flops)

@@ -16,7 +16,7 @@ table as fla's `lower_bounds` where the two are as wide, and refuses the other h
 import torch
 import torch.nn as nn
 
-from baselines.fla_common import FlaMixer, fla_layer_options, fla_model, layer_options
+from baselines.fla_common import FlaMixer, fla_layer_options, fla_model, layer_options, linear_attention_flops
 from harness.model.build import extra_options
 from harness.registry import register_model
 
@@ -73,6 +73,12 @@ def options(cfg) -> dict:
                                             use_short_conv=False))
 
 
+def core_flops(layer, seq_len: int) -> dict[str, float]:
+    """The core's forward FLOPs per token: fla's chunk_gla with keys 1 - forget gate, per head a key dim of
+    expand_ratio (the state expansion) and a value dim of hidden / heads."""
+    return linear_attention_flops(layer.num_heads, layer.head_f_dim, layer.head_i_dim, seq_len)
+
+
 @register_model("hgrn2", family="recurrent", requires=("fla",), extra="fla", gpu_only=True, match="mlp_hidden",
                 description="HGRN2: gated linear RNN, state expansion 128, layer lower bounds (fla), + SwiGLU MLP")
 @extra_options(fla_layer_options("hgrn2", "HGRN2Attention"))
@@ -82,4 +88,4 @@ def build(cfg):
     def mixer(layer, i):
         bounds = shared.setdefault("bounds", LowerBounds(cfg.num_layers, layer.forget_dim))
         return HGRN2Mixer(layer, bounds, i, cfg.init_std)
-    return fla_model(cfg, "hgrn2", "HGRN2Attention", options(cfg), mixer)
+    return fla_model(cfg, "hgrn2", "HGRN2Attention", options(cfg), mixer, core_flops)

@@ -104,6 +104,17 @@ class Mamba2Mixer(nn.Module):
         self.out_proj = nn.Linear(self.d_inner, d, bias=False)
         self.out_proj.residual_out = True
 
+    def flops_per_token(self, seq_len: int) -> dict[str, float]:
+        """The SSD core's forward FLOPs per token at training length seq_len (harness.model.flops): the
+        matmuls of the chunked form that mamba-ssm's kernel runs (mamba_chunk_scan_combined; ssd_minimal
+        in plain torch), over chunks of c = min(chunk_size, seq_len) tokens, 2 FLOPs per multiply-add:
+        C.B^T within the chunk per group, 2cN per token and group; those decay-masked scores times x,
+        2cP per head; the chunk's state B^T.x and the read-out of the state carried in, C.state, 2NP per
+        head each. Passing the states from chunk to chunk (a scalar decay per head), the decays and the
+        D skip are elementwise and left out; a whole number of chunks is assumed."""
+        c = min(self.chunk_size, seq_len)
+        return {"scan": 2.0 * c * self.n * self.ngroups + 2.0 * c * self.d_inner + 4.0 * self.n * self.d_inner}
+
     def reset_special(self, dt_min=1e-3, dt_max=0.1, dt_floor=1e-4, a_range=(1.0, 16.0)):
         """mamba-ssm's init: A ~ U[1, 16], D = 1, softplus(dt_bias) log-uniform in [dt_min, dt_max]."""
         with torch.no_grad():

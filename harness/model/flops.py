@@ -12,10 +12,14 @@ charged for what it computes:
   they visit, averaged over the training length (`visited_keys`: min(i + 1, W) keys for query i in
   a window, i + 1 without one); masked-out work a kernel may still do is not counted (these are
   model FLOPs, not hardware FLOPs), nor are document boundaries inside packed sequences (they
-  depend on the data). Mamba counts its selective scan. A mixer without the method is counted by
-  its projections only, and the count names it as partial; so is a model with no module named
-  `mixer` (one not on the shared backbone, e.g. llama_hf's Hugging Face Llama), whose attention
-  or recurrence this count cannot find.
+  depend on the data). Mamba counts its selective scan. The chunked recurrent cores (the fla
+  baselines' linear attention and delta rule, Mamba-2's SSD) count the matmuls of the chunked form
+  their training kernel runs: within each chunk the scores and their product with the values over
+  the whole chunk block, and per token the carried state's update and read-out (their modules say
+  what else). A mixer without the method, or whose method returns None, is counted by its
+  projections only, and the count names it as partial; so is a model with no module named `mixer`
+  (one not on the shared backbone, e.g. llama_hf's Hugging Face Llama), whose attention or
+  recurrence this count cannot find.
 
 Training costs 3x the forward (the backward computes gradients for inputs and weights); recomputation
 under activation checkpointing is not model work and is not counted. Elementwise work (norms,
@@ -68,9 +72,9 @@ def visited_keys(seq_len: int, window: int | None) -> float:
 def _mixer_core(module: nn.Module, seq_len: int) -> dict[str, float] | None:
     """{kind: forward FLOPs per token} of a mixer's core, by its own `flops_per_token`, or None."""
     count = getattr(module, "flops_per_token", None)
-    if count is None:
+    counted = None if count is None else count(seq_len)
+    if counted is None:
         return None
-    counted = count(seq_len)
     counted = counted if isinstance(counted, dict) else {"other": counted}
     unknown = set(counted) - set(CORE_KINDS)
     if unknown:

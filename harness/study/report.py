@@ -18,10 +18,12 @@
     training_curves.png (+ CSV) training loss against tokens per size, each model at its own
                               learning rate (from the kept training logs, train/<size>/)
     scaling.md, loss_vs_params.png, loss_vs_compute.png (+ CSV)
-                              power laws L = A x^b over the sizes, exponent +- its standard error
+                              power laws L = A x^b over the sizes, exponent +- its standard error;
+                              compute is counted here, by harness/model/flops.py (`Results.flops`)
     status.md                 runs done and still to do, per stage and size
 
-Every number is read from a stored row; a cell without one stays blank. A file of these that the rows
+Every number is read from a stored row (but compute, which is the current count times the row's tokens
+trained); a cell without one stays blank. A file of these that the rows
 no longer give (a table of a seed since dropped) is removed, not left stale beside the others.
 """
 
@@ -34,7 +36,9 @@ from statistics import mean, stdev
 
 from harness.evaluation.lm_eval_tasks import chance_levels
 from harness.files import atomic_write_text
-from harness.registry import get_model
+from harness.model.build import build_model
+from harness.model.flops import FlopCount, flops_per_token
+from harness.registry import MissingExtraError, get_model
 from harness.results.render import Cell, Table, human, render, text_cell
 from harness.results.store import Row, read_rows
 from harness.results.tables import mark_best, shown_digits
@@ -100,6 +104,24 @@ class Results:
         # runs whose training diverged -> why (their rows hold no score)
         self.diverged = {Unit(r.model, r.preset, r.extra.get("lr"), r.seed, ()): r.extra.get(DIVERGED, "")
                          for r in rows if r.metric == DIVERGED}
+        self._flops: dict[tuple[str, str], FlopCount] = {}
+
+    def flops(self, model: str, size: str) -> FlopCount | None:
+        """The model FLOPs per token of (model, size), counted now by harness/model/flops.py from the model
+        the study builds at that size (on the meta device: nothing allocated) at its training length. The
+        rows' `train_flops` hold what each training counted at its commit, which left the recurrent cores
+        out before they had counts; one count for every row of a (model, size) keeps their compute
+        comparable. None where the model cannot be built here (an extra it needs, e.g. fla, is not
+        installed): its rows' own count stands, and the note says so."""
+        if (model, size) not in self._flops:
+            cfg = self.study.config(size, size_seeds(self.study, size)[0])
+            try:
+                model_here = build_model(model, cfg.model, "meta")
+            except MissingExtraError:
+                self._flops[model, size] = None
+            else:
+                self._flops[model, size] = flops_per_token(model_here, cfg.train.seq_len)
+        return self._flops[model, size]
 
     def final_lr(self, model: str, size: str) -> float | None:
         return self.lrs.get(model, {}).get(size, {}).get("lr")
@@ -238,6 +260,13 @@ def plain_log_ticks(axis, values: list[float]) -> None:
         axis.set_major_locator(MaxNLocator(6))
         axis.set_major_formatter(FormatStrFormatter("%g"))
         axis.set_minor_formatter(NullFormatter())
+
+
+def sci_label(x: float, _pos=None) -> str:
+    """A log axis's tick at m x 10^k as matplotlib mathtext: 10^k where m is 1."""
+    k = math.floor(math.log10(x) + 1e-9)
+    m = round(x / 10 ** k, 6)
+    return f"$10^{{{k}}}$" if m == 1 else f"${m:g}\\times10^{{{k}}}$"
 
 
 def model_style(study, model: str) -> dict:
@@ -606,7 +635,8 @@ def training_curves_plot(res: Results, out: Path, name: str, smooth: int = 10, e
 # ---------------------------------------------------------------- scaling fits
 
 def scaling_points(res: Results, axis: str) -> dict[str, list[tuple[float, float]]]:
-    """{model: [(x, mean held-out loss)]} over the final sizes; x = non-embedding params or training FLOPs."""
+    """{model: [(x, mean held-out loss)]} over the final sizes; x = non-embedding params or training FLOPs
+    (the current count per trained token, `Results.flops`, times the tokens the run trained)."""
     out = {}
     for model in res.study.models:
         pts = []
@@ -616,7 +646,11 @@ def scaling_points(res: Results, axis: str) -> dict[str, list[tuple[float, float
                 continue
             rows = [r for r in res.rows if (r.model, r.preset, r.task, r.metric) == (model, size, "smoke", "loss")
                     and r.extra.get("lr") == res.final_lr(model, size) and is_total(r)]
-            x = rows[0].extra.get("non_embedding_params" if axis == "params" else "train_flops") if rows else None
+            if not rows:
+                continue
+            count = res.flops(model, size)
+            x = (rows[0].extra.get("non_embedding_params") if axis == "params"
+                 else count.train * (rows[0].tokens_trained or 0) if count else rows[0].extra.get("train_flops"))
             if x:
                 pts.append((float(x), mean(loss.values())))
         if pts:
@@ -624,20 +658,19 @@ def scaling_points(res: Results, axis: str) -> dict[str, list[tuple[float, float
     return out
 
 
-def flops_left_out(out: Path, models) -> list[str]:
-    """The models whose FLOP count leaves part of their computation out (`partial` in a kept training
-    summary, train/<size>/<model>-<run>_meta.json, e.g. a recurrent core with no count of its own):
-    their loss-vs-compute points sit at less compute than they used."""
-    left_out = []
-    for model in models:
-        for path in sorted(out.glob(f"train/*/{model}-lr*_meta.json")):
-            if (json.loads(path.read_text(encoding="utf-8")).get("flops_per_token") or {}).get("partial"):
-                left_out.append(model)
-                break
-    return left_out
+def flops_left_out(res: Results, models) -> list[str]:
+    """The models whose FLOP count may leave part of their computation out at some final size (`partial`: a
+    mixer with no count of its own, or a model off the shared backbone such as llama_hf; or not counted
+    here for want of an extra, so read from rows that an older count may have written): their
+    loss-vs-compute points may sit at less compute than they used."""
+    def partial(model, size):
+        count = res.flops(model, size)
+        return count is None or bool(count.partial)
+    return [model for model in models
+            if any(partial(model, size) for size in res.study.final_sizes if res.values(model, size, "smoke", "loss"))]
 
 
-def scaling_table(res: Results, out: Path) -> tuple[Table | None, dict]:
+def scaling_table(res: Results) -> tuple[Table | None, dict]:
     """Each model's power laws over the final sizes it has results at, and its loss at the largest of
     them, which names its size where that is not the study's largest (a model still to run there)."""
     fits = {}
@@ -645,8 +678,9 @@ def scaling_table(res: Results, out: Path) -> tuple[Table | None, dict]:
     table = Table("Power laws of held-out loss: L = A N^b (N: non-embedding parameters) and L = A C^b "
                   "(C: training FLOPs)", header, header)
     lines = []
+    flops_points = scaling_points(res, "flops")
     for model, pts in scaling_points(res, "params").items():
-        flops = dict(scaling_points(res, "flops")).get(model, [])
+        flops = flops_points.get(model, [])
         fp = power_law([x for x, _ in pts], [y for _, y in pts])
         fc = power_law([x for x, _ in flops], [y for _, y in flops]) if flops else None
         fits[model] = {"params": fp, "flops": fc, "points": pts}
@@ -657,10 +691,13 @@ def scaling_table(res: Results, out: Path) -> tuple[Table | None, dict]:
     if not lines:
         return None, fits
     table.groups.append(("", lines))
-    left_out = flops_left_out(out, fits)
-    table.notes.append(exponent_error_note(fits) + " FLOPs: the harness's count (harness/model/flops.py)" + (
-        f", which leaves out the recurrent or state-space cores of {', '.join(left_out)} (`partial` in their "
-        "training summaries, train/): their compute is understated." if left_out else "."))
+    left_out = flops_left_out(res, fits)
+    table.notes.append(exponent_error_note(fits) + " FLOPs: training FLOPs per token as harness/model/flops.py "
+                       "counts each model at report time, times the tokens trained (the rows' train_flops keep "
+                       "what the training counted at its commit)" + (
+                           f"; the count leaves out part of {', '.join(left_out)} (`partial`, or not built here for "
+                           "want of an extra they need, so counted by their rows): their compute may be understated."
+                           if left_out else "."))
     return table, fits
 
 
@@ -710,6 +747,12 @@ def scaling_plot(res: Results, fits: dict, axis: str, out: Path, name: str) -> l
     ax.set_xscale("log")
     ax.set_yscale("log")
     plain_log_ticks(ax.yaxis, [y for pts in pts_all.values() for _, y in pts])
+    xs_all = [x for pts in pts_all.values() for x, _ in pts]
+    if max(xs_all) >= 10 * min(xs_all):  # labels at 1, 2 and 5 x 10^k: all nine per decade run together
+        from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+        ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+        ax.xaxis.set_major_formatter(FuncFormatter(sci_label))
+        ax.xaxis.set_minor_formatter(NullFormatter())
     ax.set_xlabel("non-embedding parameters" if axis == "params" else "training FLOPs")
     ax.set_ylabel("held-out loss (nats/token)")
     ax.grid(alpha=0.3, which="both")
@@ -779,7 +822,7 @@ def write_report(study, results: Path) -> list[Path]:
         table(name, long_context_table(res, *spec))
     plot("ppl_vs_length", ppl_vs_length_plot, res)
     plot("training_curves", training_curves_plot, res)
-    scaling, fits = scaling_table(res, out)
+    scaling, fits = scaling_table(res)
     table("scaling", scaling)
     text("scaling_fits.json", json.dumps(fits, indent=1) if fits else None)
     plot("loss_vs_params", scaling_plot, res, fits, "params")

@@ -4,7 +4,7 @@
 # Triton autotuning results into the cache (results/triton-autotune.tgz, committed: the choices of
 # earlier sessions' calls, which spares each fla kernel minutes of tuning on a fresh machine; then
 # .gpu-carry/triton, those of this session's earlier calls); installs the wheels (fla 0.6.0,
-# lm-eval and its datasets stack) once per machine; builds mamba-ssm's CUDA kernels for sm_90 in the
+# lm-eval and its datasets stack; `.whl/` is built by results/device-wheels.sh) once per machine; builds mamba-ssm's CUDA kernels for sm_90 in the
 # background (MAMBA_JOBS compile jobs, default 10; `wait_mamba` blocks until it is done, and
 # "$G/mamba.done" marks it; MAMBA_BUILD=0 skips it, e.g. for a call that measures speed and needs
 # the CPUs quiet); logs the GPU, driver, torch and Triton. Pass HARNESS_COMMIT=<the commit

@@ -7,6 +7,8 @@
 # wheel (8.8 MB) is mostly the YAML of its thousands of tasks. The wheel carried keeps only the task
 # folders that the harness's lm-eval tasks include (tasks/*.py, `LmEvalTask.builtin`; about 1 MB), and
 # is checked here: every one of those tasks loads from it through the harness's overlays.
+# Not built here: mamba-ssm's source for the device's sm_90 build (.whl/mamba_ssm-*-sm90-src.tar.gz),
+# which only calls that run mamba or mamba2 need (without it their background build fails, in mamba_build.log).
 set -euo pipefail
 mkdir -p .whl
 python -m pip download -q --no-deps -d .whl fla-core==0.6.0 flash-linear-attention==0.6.0 lm_eval==0.4.13 \

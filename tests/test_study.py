@@ -643,6 +643,25 @@ def test_sweep_goes_past_the_grid_edge_where_the_best_lies_there():
                                                     "optimum": 4e-3}
 
 
+def test_the_sweep_chooses_with_a_run_s_first_score_when_it_was_trained_again():
+    """A sweep run trained again after its checkpoint was lost scores a held-out loss off its first by
+    the noise of another device; its first (the FIRST_SCORE row) still chooses, so that the rates of the
+    sizes after it, chosen and trained with it, stay the study's."""
+    from harness.study.spec import FIRST_SCORE
+    study = load_study(TINY)
+    study.sweep_sizes, study.final_sizes, study.final_seeds = ["a"], ["a"], {"a": [0]}
+    study.budgets = {"a": {"budget_params": 1e6, "tokens": 2e7, "epochs": 0.5}}
+    study.lrs, study.extend_edges = [1e-3, 2e-3, 4e-3], 0
+    rows = [sweep_row("swat", "a", lr, loss) for lr, loss in zip(study.lrs, (3.0, 2.80, 2.81))]
+    first = sweep_row("swat", "a", 2e-3, 2.80)
+    rows[1] = sweep_row("swat", "a", 2e-3, 2.82)  # trained again: now above 4e-3's
+    assert choose_lrs(rows, study)["swat"]["a"]["lr"] == 4e-3
+    rows.append(Row(first.run, first.model, first.preset, FIRST_SCORE, first.metric, first.value, seed=first.seed,
+                    extra=first.extra))
+    assert choose_lrs(rows, study)["swat"]["a"] == {"lr": 2e-3, "how": "swept", "edge": False, "loss": 2.80,
+                                                    "optimum": choose_lrs(rows, study)["swat"]["a"]["optimum"]}
+
+
 def test_a_window_sweeps_the_next_size_around_the_previous_best():
     """sweep.window: size b sweeps 4 rates around a's best (two below it, one above), waits until
     a's sweep has chosen, and steps on along the grid where its best lies at the window's edge."""
@@ -996,7 +1015,9 @@ def test_training_curves_csv_holds_each_curves_end_also_of_a_short_run(finished)
 
 def test_a_run_whose_weights_are_not_those_of_its_rows_is_scored_anew(finished, tmp_path, capsys):
     """A run trained again after its checkpoint was lost (on another GPU, say) scored only its tasks
-    left, beside rows of the weights it replaced: two models' rows under one run."""
+    left, beside rows of the weights it replaced: two models' rows under one run. Its new rows replace
+    the old also where these carry a FLOP count the code has corrected since (it counts no core of a
+    model its rows were written without)."""
     path = copy_losing_rows(finished, tmp_path, lambda r: False)
     rows = [json.loads(line) for line in path.read_text().splitlines()]
 
@@ -1004,7 +1025,10 @@ def test_a_run_whose_weights_are_not_those_of_its_rows_is_scored_anew(finished, 
         return ((r["model"], r["preset"], r["seed"], r["task"], r["metric"]) == ("swat", "b", 1, "smoke", "loss")
                 and "corpus_source" not in r)
     true = next(r["value"] for r in rows if held_out(r))
-    path.write_text("".join(json.dumps({**r, "value": true + 0.5} if held_out(r) else r) + "\n" for r in rows))
+    def older_count(r):
+        return {**r, "train_flops": 1.0} if (r["model"], r["preset"], r["seed"]) == ("swat", "b", 1) else r
+    path.write_text("".join(json.dumps(older_count({**r, "value": true + 0.5} if held_out(r) else r)) + "\n"
+                            for r in rows))
     study = changed_tiny(tmp_path, "seeds: {b: [0, 1]}, tasks: [smoke]", "seeds: {b: [0, 1]}, tasks: [smoke, mqar]")
     capsys.readouterr()
     assert study_cli(tmp_path, "--models", "swat", "--sizes", "b", study=study) == 0
@@ -1012,6 +1036,8 @@ def test_a_run_whose_weights_are_not_those_of_its_rows_is_scored_anew(finished, 
     rescored = [r for r in read_rows(path) if (r.model, r.preset, r.seed, r.task, r.metric) == ("swat", "b", 1, "smoke",
                                                                                                 "loss")]
     assert [r.value for r in rescored if "corpus_source" not in r.extra] == [pytest.approx(true, rel=1e-9)]
+    first = [r for r in read_rows(path) if (r.model, r.preset, r.seed, r.task) == ("swat", "b", 1, "first_heldout")]
+    assert [(r.metric, r.value) for r in first] == [("loss", true + 0.5)]  # the score the sweep chose with
     assert {r.seed for r in read_rows(path) if (r.model, r.preset, r.task) == ("swat", "b", "mqar")} == {0, 1}
 
 

@@ -72,6 +72,9 @@ class TaskContext:
     # keys every row of this model carries, naming the training run among others of the same model
     # in one rows file (a study's size, learning rate, budget); empty for a plain `harness run`
     row_extra: dict = field(default_factory=dict)
+    # keys every row carries that describe the run without naming it (a study's parameter and FLOP counts):
+    # a count corrected in the code since must not make a rerun's rows stand beside those they replace
+    row_facts: dict = field(default_factory=dict)
     weights_id: str | None = None  # the weights scored (ModelSource.weights_id), stamped into every row
 
     def row(self, task: str, metric: str, value: float | None, stderr: float | None = None, n: int | None = None,
@@ -79,7 +82,7 @@ class TaskContext:
         return Row(run=self.run, model=self.model_name, preset=self.cfg.preset, task=task, metric=metric,
                    value=None if value is None else float(value), stderr=stderr, n=n, params=self.params,
                    tokens_trained=self.tokens_trained, seed=self.cfg.train.seed, checkpoint=self.checkpoint,
-                   extra={**self.row_extra, **extra}, **self.provenance)
+                   extra={**self.row_extra, **self.row_facts, **extra}, **self.provenance)
 
     def take(self, available: int) -> int:
         """How many of a task's `available` examples (documents, windows, samples per cell) it scores:

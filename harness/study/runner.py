@@ -7,6 +7,7 @@ the visible GPUs, `harness study FILE --unit KEY` each), or on every rank of a t
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import math
 import os
@@ -37,6 +38,7 @@ from harness.results.store import Row, read_rows, replace_rows
 from harness.study.report import write_report
 from harness.study.spec import (
     DIVERGED,
+    FIRST_SCORE,
     Study,
     Unit,
     load_study,
@@ -81,7 +83,10 @@ def run_unit(study: Study, unit: Unit, results: Path, runs: Path, device: str,
     if diverged:
         record_divergence(unit, ctx, todo, path, diverged, log)
         return "diverged"
-    todo = tasks_to_score(unit, todo, existing, meta, log)
+    retrained = tasks_to_score(unit, todo, existing, meta, log)
+    if retrained != todo and (d is None or d.is_main):
+        keep_first_score(unit, existing, path)
+    todo = retrained
     tokenizer = get_tokenizer(cfg.train.tokenizer)
     for i, task in enumerate(todo):  # a stop asked for between tasks keeps the rows of those done
         if i and should_stop is not None and (d.broadcast_object(should_stop()) if d is not None else should_stop()):
@@ -110,6 +115,19 @@ def tasks_to_score(unit: Unit, todo: list[str], existing: list, meta: dict, log:
     return list(unit.tasks)
 
 
+def keep_first_score(unit: Unit, existing: list[Row], path: Path) -> None:
+    """Keep the held-out loss of a run's first training as a FIRST_SCORE row before the run trained again
+    scores its tasks anew, replacing its rows: the learning-rate sweep goes on choosing with the score it
+    chose with (spec.sweep_plan). A run trained again twice keeps its first."""
+    def mine(r: Row, task: str) -> bool:
+        return ((r.preset, r.model, r.extra.get("lr"), r.seed, r.task, r.metric) ==
+                (unit.size, unit.model, unit.lr, unit.seed, task, "loss") and r.extra.get("corpus_source") is None)
+    if any(mine(r, FIRST_SCORE) for r in existing):
+        return
+    scores = [dataclasses.replace(r, task=FIRST_SCORE) for r in existing if mine(r, "smoke")]
+    replace_rows(path, scores[:1], lambda r: False)
+
+
 def trained_or_diverged(unit: Unit, cfg, run_dir: Path, device: str, on_step, should_stop) -> tuple:
     """(model, meta, None) of the trained run, or (None, {}, why) where its training diverged."""
     try:
@@ -136,12 +154,12 @@ def unit_context(study: Study, unit: Unit, cfg, run_dir: Path, device: str, meta
     and the checkpoint it was scored on (none where training diverged: `meta` is empty)."""
     budget = study.budgets[unit.size]
     row_extra = {"lr": unit.lr, "tokens_per_param": study.tokens_per_param, "epochs": round(budget["epochs"], 4),
-                 "budget_params": budget["budget_params"],
-                 "non_embedding_params": non_embedding_params(unit.model, cfg.model),
+                 "budget_params": budget["budget_params"]}
+    row_facts = {"non_embedding_params": non_embedding_params(unit.model, cfg.model),
                  "train_flops": (meta.get("flops_per_token") or {}).get("train", 0.0) * meta.get("tokens", 0)}
     return TaskContext(cfg, study.name, unit.model, device, meta.get("params"), meta.get("tokens"),
                        str(run_dir / CHECKPOINT_DIR) if meta else None, None, provenance(device),
-                       row_extra=row_extra, dist=d)
+                       row_extra=row_extra, row_facts=row_facts, dist=d)
 
 
 def record_divergence(unit: Unit, ctx: TaskContext, todo: list[str], path: Path, why: str,

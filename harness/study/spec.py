@@ -59,6 +59,8 @@ FINAL_KEYS = {"sizes", "seeds", "tasks"}
 SET_BY_STUDY = {"tokens": "tokens_per_param", "warmup_tokens": "warmup_fraction", "seed": "sweep.seed and final.seeds",
                 "lr": "sweep.lrs"}
 DIVERGED = "diverged"  # the metric of a diverged run's rows (value null; extra `diverged`: why)
+# the task of the row that keeps a run's first held-out loss when it is trained again (harness.study.runner)
+FIRST_SCORE = "first_heldout"
 
 
 @dataclass(frozen=True)
@@ -392,12 +394,21 @@ def sweep_plan(rows: list, study: Study) -> dict[tuple[str, str], tuple[list[flo
     The first swept size takes the study's grid; with `sweep.window` a later one takes that many
     of the grid's rates around the previous size's best (`lr_window`). Either grid is then extended
     while its best so far is its largest (smallest) rate and every point has a loss: to the grid's
-    next rate, and past the study's grid by its ratio, at most `extend_edges` steps per side."""
+    next rate, and past the study's grid by its ratio, at most `extend_edges` steps per side.
+
+    A run trained again (its checkpoint lost with a machine, its tasks left) scores a held-out loss
+    that differs from its first by the noise of training on another device (0.01-0.02 nats seen):
+    the sweep keeps the first (its FIRST_SCORE row), with which the rates of the sizes after it were
+    already chosen and trained."""
     found: dict[tuple[str, str], dict[float, float]] = {}
+    first: dict[tuple[str, str], dict[float, float]] = {}
     for r in rows:
-        if r.task == "smoke" and r.metric in ("loss", DIVERGED) and r.extra.get("corpus_source") is None \
-                and r.seed == study.sweep_seed and r.extra.get("lr") is not None and r.preset in study.sweep_sizes:
-            found.setdefault((r.model, r.preset), {})[r.extra["lr"]] = math.inf if r.metric == DIVERGED else r.value
+        if r.task in ("smoke", FIRST_SCORE) and r.metric in ("loss", DIVERGED) \
+                and r.extra.get("corpus_source") is None and r.seed == study.sweep_seed and r.extra.get("lr") is not None and r.preset in study.sweep_sizes:
+            kept = first if r.task == FIRST_SCORE else found
+            kept.setdefault((r.model, r.preset), {})[r.extra["lr"]] = math.inf if r.metric == DIVERGED else r.value
+    for key, losses in first.items():
+        found.setdefault(key, {}).update(losses)
     out = {}
     for model in study.models:
         prior = None  # the previous swept size's best

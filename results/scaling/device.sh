@@ -46,8 +46,8 @@ STUDY="python3 -m harness study results/scaling/study.yaml --results $G/results 
 # flight, killed 45 s later) and writes its report; past BUDGET_S - 20 it is ended outright, so
 # that the packing below always runs within the call (its rows are written atomically)
 hard() { timeout -k 10 $(( $(left) - 20 - ${DOCUMENT_SCORING:-0} )) "$@"; }
-if [ -n "${GPU_TESTS:-}" ]; then
-  timeout $(( $(left) - 30 )) python3 -m pytest tests -p no:cacheprovider -W ignore -rfEs -k "$GPU_TESTS" \
+if [ -n "${GPU_TESTS:-}" ]; then  # ends with the study: the `wait` below waits for it before the scoring and packing
+  timeout $(( $(left) - 30 - ${DOCUMENT_SCORING:-0} )) python3 -m pytest tests -p no:cacheprovider -W ignore -rfEs -k "$GPU_TESTS" \
     > "$OUT/gpu_tests.log" 2>&1 &
 fi
 if [ "$OTHERS" != - ]; then

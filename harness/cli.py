@@ -21,6 +21,8 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from harness.terminal import print_table
+
 # soft_wrap: each message stays one line wherever it goes (a terminal wraps it itself), so that a
 # log file read back (the study pool quotes a worker's last message) or grepped holds whole messages
 console = Console(soft_wrap=True)
@@ -161,7 +163,8 @@ class StepProgress:
         if info["step"] >= info["steps"]:
             self.close()
             # the held-out score comes next, silent and at 340m minutes long (eval_tokens, 1M at small)
-            console.print(f"{self.label}: {info['steps']:,} steps done; scoring the held-out split", highlight=False)
+            steps = f"{info['steps']:,} step{'s' if info['steps'] != 1 else ''}"
+            console.print(f"{self.label}: {steps} done; scoring the held-out split", highlight=False)
 
     def close(self) -> None:
         if self.task is not None:
@@ -182,10 +185,11 @@ def model_params(name: str, cfg) -> tuple[str, str | None]:
     from harness.model.backbone import count_params
     from harness.model.build import build_model, params_of
     from harness.registry import RegistryError, get_model, reference_model
+    spec = get_model(name)
     try:
         model = build_model(name, cfg, "meta")  # built without memory, even at 760m
     except ImportError:
-        return (f"≈{params_of(reference_model(), cfg):,}" if get_model(name).match else "?"), None
+        return (f"≈{params_of(reference_model(), cfg):,}" if spec.match else "?"), None
     except (RegistryError, ConfigError) as err:
         return "?", str(err)
     # a count model's size (its distinct n-grams) is known only once it is fitted
@@ -193,8 +197,7 @@ def model_params(name: str, cfg) -> tuple[str, str | None]:
 
 
 def cmd_list(args) -> None:
-    """One line per model and per task at any terminal width (long text cut with an ellipsis);
-    `--model NAME` gives everything about one model."""
+    """One line per model and per task (print_table); `--model NAME` gives everything about one model."""
     from harness.config import load_config
     from harness.model.build import check_extra
     from harness.registry import get_model, load_plugins, models, tasks
@@ -220,22 +223,19 @@ def cmd_list(args) -> None:
                            ("model", "family", "params", "fast path", "description"), lines)
     if any(line[2].startswith("≈") for line in lines):
         table.caption = "≈: its extra is not installed here; matched to the reference's count"
-    console.print(table)
+    print_table(table, console, droppable=("family",))
     for problem in dict.fromkeys(problem for _, problem in counted.values() if problem):  # each once
         say(f"?: {problem}")
-    console.print(one_line_table("tasks", ("task", "groups", "description"),
-                                 [(name, ",".join(spec.group), spec.description) for name, spec in sorted(tasks().items())]))
+    task_lines = [(name, ",".join(spec.group), spec.description) for name, spec in sorted(tasks().items())]
+    print_table(one_line_table("tasks", ("task", "groups", "description"), task_lines), console,
+                droppable=("groups",))
 
 
 def one_line_table(title: str, header: tuple, lines: list[tuple]) -> Table:
-    """A table whose every row is one line at the console's width: the last column takes what the
-    others leave (at least 12 characters) and is cut with an ellipsis."""
+    """A table of plain text (no markup), params right-aligned; print it with print_table."""
     table = Table(title=title)
-    widths = [max(len(col), *(len(line[j]) for line in lines)) for j, col in enumerate(header)]
-    widths[-1] = max(12, min(widths[-1], console.width - 4 - sum(w + 3 for w in widths[:-1])))
-    for col, width in zip(header, widths):
-        table.add_column(col, justify="right" if col == "params" else "left", no_wrap=True, overflow="ellipsis",
-                         width=width)
+    for col in header:
+        table.add_column(col, justify="right" if col == "params" else "left")
     for line in lines:
         table.add_row(*map(escape, line))
     return table
@@ -266,47 +266,46 @@ def cmd_run(args) -> None:
         bar = progress.setdefault(name, StepProgress(f"train {name}".strip()))
         bar(info)
 
-    t0 = time.time()
-    try:
-        with stopped_at_a_checkpoint(lambda err: run_again(args.force, models, err.model)) as stops:
+    t0, before = time.time(), rows_stamp(Path(args.results) / run)
+    with stopped_at_a_checkpoint(lambda err: run_again(args.force, models, err.model)) as stops:
+        try:
             rows = run_models(models, task_names, cfg, run, Path(args.results), Path(args.runs), args.device,
                               args.force, args.limit, log=say, on_step=on_step, skip_missing=args.skip_missing,
                               grouped=grouped_tasks(split_names(args.tasks)), stops=stops)
-    finally:
-        for bar in progress.values():
-            bar.close()
+        finally:  # before the `interrupted:` line: a bar stopped after it would draw itself below it
+            for bar in progress.values():
+                bar.close()
     if not is_main_process():  # rank 0 of a torchrun job reports
         return
     show_tables([r for r in rows if r.model in models], {run: cfg.to_dict()})
-    console.print(f"wrote {Path(args.results) / run}/rows.jsonl, run.json, table.md "
-                  f"in {time.time() - t0:.1f}s")
+    runs = Path(args.runs) / run
+    say(f"{outcome(Path(args.results) / run, before)}; checkpoints in {runs}/<model>/checkpoint, loss plots in "
+        f"{runs}/<model>/loss.png, training logs in {Path(args.results) / run}/train/ (<model>: {', '.join(models)}) "
+        f"({time.time() - t0:.1f}s)")
+
+
+def rows_stamp(out: Path) -> tuple | None:
+    """What tells whether a command wrote out/rows.jsonl (its size and modification time; None: absent)."""
+    try:
+        stat = (out / "rows.jsonl").stat()
+    except OSError:
+        return None
+    return stat.st_size, stat.st_mtime_ns
+
+
+def outcome(out: Path, before: tuple | None) -> str:
+    """What `harness run` and `harness eval` wrote into out: rows, or none where every task was done
+    already (run.json and table.md are rewritten either way)."""
+    if rows_stamp(out) == before:
+        return (f"nothing new to score (every task was done already; --force redoes it): {out}/rows.jsonl unchanged, "
+                f"run.json and table.md rewritten")
+    return f"wrote {out}/rows.jsonl, run.json, table.md"
 
 
 def show_tables(rows: list, configs: dict) -> None:
-    """The paper-layout tables (`harness tables`) that these rows fill, without their blank columns,
-    then the paper metrics that none of them has a column for, one per line."""
-    from harness.results.render import render
-    from harness.results.store import ResultsError
-    from harness.results.tables import (
-        MAIN_COLUMNS,
-        SMOKE_COLUMNS,
-        SPEED_TASKS,
-        build,
-        compact,
-        rows_table,
-    )
-    for kind in ("main", "length", "retrieval", "speed"):
-        try:
-            table = build(kind, rows, [], configs)
-        except ResultsError:  # no rows for this table
-            continue
-        console.print(render(compact(table), "md"), markup=False, highlight=False)
-    columns = {(c.task, c.metric) for c in MAIN_COLUMNS + SMOKE_COLUMNS}
-    tabled = {"length", "passkey", "mqar", *SPEED_TASKS}
-    rest = [r for r in rows if r.task not in tabled and (r.task, r.metric) not in columns
-            and r.extra.get("paper_metric") is not False and r.extra.get("position_bucket") is None]
-    if rest:
-        console.print("**Other results**\n\n" + rows_table(rest), markup=False, highlight=False)
+    """Print the tables these rows fill (`run_tables`, which table.md holds too)."""
+    from harness.results.tables import run_tables
+    console.print(run_tables(rows, configs), markup=False, highlight=False, end="")
 
 
 def run_again(force: bool, models: list[str], stopped: str) -> str:
@@ -597,7 +596,7 @@ def cmd_eval(args) -> None:
     task_names = expand_tasks(split_names(args.tasks))
     run = run_name(args, "eval")
     sources = model_sources(run, Path(args.runs), split_names(args.models or ""), args.checkpoint, args.corpus)
-    t0 = time.time()
+    t0, before = time.time(), rows_stamp(Path(args.results) / run)
     rows = score(sources, task_names, run, Path(args.results), args.device or default_device(), args.limit,
                  args.force, args.online, args.skip_missing, args.bootstrap_iters, log=say,
                  grouped=grouped_tasks(split_names(args.tasks)))
@@ -606,7 +605,7 @@ def cmd_eval(args) -> None:
     names = {s.name for s in sources}
     row_tasks = {name for task in task_names for name in get_task(task).row_task_names}
     show_tables([r for r in rows if r.model in names and r.task in row_tasks], {})
-    console.print(f"wrote {Path(args.results) / run}/rows.jsonl, run.json, table.md in {time.time() - t0:.1f}s")
+    say(f"{outcome(Path(args.results) / run, before)} ({time.time() - t0:.1f}s)")
 
 
 def cmd_export(args) -> None:
@@ -654,7 +653,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_run_arg(p, "run name (default: the preset)")
     p.add_argument("--runs", type=folder, default="runs",
                    help="checkpoint folder: the run folder is RUNS/RUN/MODEL unless --out names it (default: runs)")
-    p.add_argument("--device", type=device_arg, help="cpu | cuda (under torchrun: each rank's own GPU; default: cuda when available)")
+    p.add_argument("--device", type=device_arg,
+                   help="cpu | cuda | cuda:N (under torchrun: each rank's own GPU; default: cuda when available)")
     p.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True,
                    help="continue from the run folder's checkpoint (default); --no-resume discards it, the log "
                    "and loss.png")
@@ -731,7 +731,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="start no run after this long; running ones checkpoint and stop (resume: run again)")
     p.add_argument("--results", type=folder, default="results", help="results folder (default: results)")
     p.add_argument("--runs", type=folder, default="runs", help="checkpoint folder (default: runs)")
-    p.add_argument("--device", type=device_arg, help="cpu | cuda (default: cuda when available)")
+    p.add_argument("--device", type=device_arg, help="cpu | cuda | cuda:N (default: cuda when available)")
     p.add_argument("--models", type=name_list,
                    help="run only these of the study's models (comma-separated); the report covers all")
     p.add_argument("--sizes", type=name_list, help="run only these of the study's sizes (comma-separated), e.g. on "
@@ -768,7 +768,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--train-tokens", type=int_from(1),
                    help="tokens per training batch at every length (default 32768; 512 on a CPU)")
     b.add_argument("--decode-batches", help="comma-separated decode batch sizes (default 1,64; 1,4 on a CPU)")
-    b.add_argument("--device", type=device_arg, help="cpu | cuda (default: cuda when available)")
+    b.add_argument("--device", type=device_arg, help="cpu | cuda | cuda:N (default: cuda when available)")
     b.add_argument("--results", type=folder, default="results", help="results folder (default: results)")
     b.add_argument("--out", type=folder, help="output folder (default: RESULTS/speed/<device>/<preset>, "
                    "<preset>-activation-checkpointing with --set train.activation_checkpointing=true)")
@@ -816,7 +816,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "replace a different one already stored")
     d = dsub.add_parser("import", help="add a dataset from local files (JSON/JSONL/parquet/txt, or a folder of "
                         "known raw releases such as ../shared/data), converted to the hub schema")
-    d.add_argument("path")
+    d.add_argument("path", help="a JSON, JSONL, parquet or txt file, or a folder of known raw releases")
     d.add_argument("--name", help="dataset name, needed for a single file")
     d.add_argument("--split", help="split, needed when the dataset has several")
     d.add_argument("--to", help="mirror folder to write (default: $HARNESS_DATA or ~/.cache/swat-harness/data)")

@@ -6,6 +6,7 @@ read-modify-write by jobs running side by side, and checked by sha256.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import hashlib
 import os
@@ -34,7 +35,11 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     full while writing), neither of which the user chose."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as err:  # said of the folder where it takes no new file, else of `path` (not a random name)
+        refused = err.errno in (errno.EROFS, errno.EACCES, errno.EPERM)
+        raise type(err)(err.errno, err.strerror, str(path.parent if refused else path)) from None
     share_like_any_file(tmp)
     try:
         with os.fdopen(fd, "wb") as f:

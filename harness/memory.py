@@ -70,3 +70,58 @@ def out_of_memory(what: str, device, fixes: str = FIXES) -> OutOfMemory:
         return OutOfMemory(f"{what} ran out of memory on {device} while other processes held {others:.1f} GiB "
                            f"of it; run it again when they finish (or {fixes})", squeezed=True)
     return OutOfMemory(f"{what} ran out of memory on {device}; {fixes}")
+
+
+# Bytes a CPU training step holds per token and layer, in units of model.hidden_size fp32 values
+# (the activations autograd keeps for the backward), and per token in units of model.vocab_size fp32
+# values (logits, their log-softmax and gradient). Measured (peak RSS of `harness train` on 2 CPU
+# cores, less the ~0.45 GB of the tiny preset's run, which holds torch and the data) for swat and
+# transformer at hidden 256 and 512, 4 layers, 4,096 and 8,192 tokens per micro-batch, vocab 257 and
+# 32,000: 30-31 hidden values per token and layer, 2.7 vocab values per token; taken a little lower, so
+# that the estimate stays below what a model with fewer saved activations really needs.
+LAYER_VALUES = 26
+LOGIT_VALUES = 2.5
+
+
+def training_step_bytes(params: int, cfg) -> int:
+    """Estimated peak bytes of one CPU training step of a model of `params` parameters at cfg (a
+    Config), in fp32 as the CPU trains: weights, gradients and AdamW's two moments (16 bytes a
+    parameter), plus the activations of one micro-batch (train.micro_batch x train.seq_len tokens)
+    through model.num_layers layers of model.hidden_size and the logits over model.vocab_size. With
+    train.activation_checkpointing a layer keeps only its input, and one layer's activations are live
+    at a time. It counts what every model on the shared backbone holds; a model's own extras (the
+    attention scores of a sliding window, a recurrence's states) come on top, so a run it refuses
+    cannot fit, and one it lets through may still not."""
+    m, t = cfg.model, cfg.train
+    tokens = t.micro_batch * t.seq_len
+    layers = m.num_layers + LAYER_VALUES if t.activation_checkpointing else m.num_layers * LAYER_VALUES
+    return 16 * params + 4 * tokens * (layers * m.hidden_size + LOGIT_VALUES * m.vocab_size)
+
+
+def available_host_bytes() -> int | None:
+    """MemAvailable of /proc/meminfo (what can be allocated without swapping); None where there is none."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+def check_training_memory(model: torch.nn.Module, cfg, device) -> None:
+    """Refuse, before anything is written, a CPU training whose step cannot fit the host's available
+    memory: Linux's OOM killer would end the process first (exit 137, no message, an empty run folder).
+    model: as checked_model gives it (on the meta device: only its parameter count is read); a model
+    fitted by counting trains no step."""
+    if torch.device(device).type != "cpu" or getattr(model, "fitted_by_counting", False):
+        return
+    available = available_host_bytes()
+    need = training_step_bytes(sum(p.numel() for p in model.parameters()), cfg)  # a shared weight once
+    if available is not None and need > available:
+        raise OutOfMemory(f"training at train.micro_batch={cfg.train.micro_batch} (x {cfg.train.seq_len} tokens) "
+                          f"would run out of memory on the CPU: it needs about {need / 2**30:,.1f} GiB (weights, "
+                          f"gradients, AdamW states and activations), and {available / 2**30:,.1f} GiB is available; "
+                          f"lower train.micro_batch (gradient accumulation keeps the step the same), use --preset "
+                          f"tiny, or train on a GPU")

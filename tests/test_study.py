@@ -156,7 +156,10 @@ def test_budget_beyond_max_epochs_is_refused(tmp_path, capsys):
     ({"sizes": {"a/b": {}}}, "each name under sizes must be a non-empty name"),
     ({"sizes": {"a": [1]}}, "sizes.a must be a mapping"),
     ({"model": [1]}, "model must be a mapping"),
-    ({"sweep.seeds": 0}, "unknown key `sweep.seeds`; known:"),
+    ({"sweep.seeds": 0}, "unknown key `sweep.seeds`; did you mean `sweep.seed`?; known:"),
+    # a typo'd top-level key gets the hint nested keys get; an unknown model names the file it is in
+    ({"tokens_per_parm": 20}, "unknown key `tokens_per_parm`; did you mean `tokens_per_param`?"),
+    ({"models": ["swta"], "focus": ["swta"]}, "bad.yaml: unknown model"),
     # what the study sets for every run, given in the base config or a size, would be overridden unseen
     ({"train.tokens": 100}, "train.tokens is set by the study for every run: remove it and give tokens_per_param"),
     ({"train.seed": 3}, "train.seed is set by the study for every run: remove it and give sweep.seed and final.seeds"),

@@ -74,6 +74,7 @@ def cmd_list(console) -> None:
     size, checksum, path), then the tokenizers and the corpora."""
     from rich.table import Table
 
+    from harness.terminal import print_table
     manifest = load_manifest()
     problem = harness_data_problem()
     if problem:  # a warning only: `list` is also how one sees what a mirror about to be made needs
@@ -82,7 +83,7 @@ def cmd_list(console) -> None:
     console.print("lookup order: " + " > ".join(_where(r) for r in data_roots()), highlight=False)
     table = Table(title="evaluation sets the tasks read")
     for col in ("dataset", "split", "status", "n", "official", "size", "sha256", "where"):
-        table.add_column(col, overflow="fold")
+        table.add_column(col)
     missing = []
     for name, readers in needed_datasets().items():
         ds = CATALOGUE.get(name)
@@ -99,13 +100,13 @@ def cmd_list(console) -> None:
                 continue
             table.add_row(label, split, _split_flag(st), "-" if st.count is None else str(st.count), str(st.official),
                           _size(st.path.stat().st_size), (st.sha256 or "-")[:8], _where(st.path))
-    console.print(table)
+    print_table(table, console, ("sha256", "official", "size", "n"))
     if missing:
         console.print(f"missing: {', '.join(dict.fromkeys(missing))}; get them with `harness data fetch NAME` "
                       f"(online) or `harness data import FILE --name NAME [--split SPLIT]`", highlight=False)
     other = Table(title="tokenizers and pretraining corpora")
     for col in ("name", "status", "documents", "tokens (llama2)", "size", "where"):
-        other.add_column(col, overflow="fold")
+        other.add_column(col)
     # what data/MANIFEST.json records, then what only a lookup root's manifest does (an import there)
     found = {name: entry for name, _, entry, _ in recorded("tokenizers")}
     for name, entry in {**manifest.get("tokenizers", {}), **found}.items():
@@ -136,7 +137,7 @@ def cmd_list(console) -> None:
                       _size(sum(f.stat().st_size for f in files)) if files else "-",
                       _where(files[0].parent) if files else escape(corpus_origin(name) or
                       f"no harness command makes it: put its files in corpora/{name}/ of a data root"))
-    console.print(other)
+    print_table(other, console, ("tokens (llama2)", "size", "documents"))
 
 
 def cmd_verify(console) -> None:

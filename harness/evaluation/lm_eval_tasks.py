@@ -187,12 +187,16 @@ def cache_prompt_templates() -> None:
 def quiet_lm_eval() -> None:
     """Silence what lm-eval and `datasets` print besides the results, for `harness run` and `harness
     eval`, whose own progress lines their tqdm bars would cut into: the bars over documents and
-    cached requests, the dataset builders' bars, lm-eval's notes on its task configs (defaults it
-    fills in), and the `git describe` that lm-eval runs for its results' metadata (outside a git
+    cached requests, the stderr bootstrap's, the dataset builders' bars, lm-eval's notes on its task
+    configs (defaults it fills in), and the `git describe` that lm-eval runs for its results' metadata (outside a git
     checkout it prints `fatal: not a git repository` per task). Errors still show."""
+    import contextlib
+    import functools
+    import io
     import logging
 
     import datasets
+    import lm_eval.api.metrics
     import lm_eval.api.model
     import lm_eval.api.task
     import lm_eval.evaluator
@@ -207,6 +211,15 @@ def quiet_lm_eval() -> None:
     for module in (lm_eval.api.model, lm_eval.api.task):
         module.tqdm = no_bar
     lm_eval.evaluator.get_git_commit_hash = git_commit
+    # the stderr bootstrap prints `bootstrapping for stddev: NAME` and a bar of its own (a tqdm it imports
+    # inside the function): both silenced around the call; once, however often this runs
+    bootstrap = getattr(lm_eval.api.metrics.bootstrap_stderr, "__wrapped__", lm_eval.api.metrics.bootstrap_stderr)
+
+    @functools.wraps(bootstrap)
+    def quiet_bootstrap(*args, **kwargs):
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+            return bootstrap(*args, **kwargs)
+    lm_eval.api.metrics.bootstrap_stderr = quiet_bootstrap
 
 
 def run_lm_eval(lm, names: list[str], limit: int | None = None, online: bool = False,

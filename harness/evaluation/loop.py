@@ -2,7 +2,7 @@
 
     results/<run>/rows.jsonl     every task's rows, all models
     results/<run>/run.json       the commands that wrote here: models, tasks, config, provenance
-    results/<run>/table.md       the rows as a markdown table
+    results/<run>/table.md       the tables the command prints (`run_tables`), then every row
     results/<run>/train/         `harness run`: each model's per-step training log and checkpoint summary
     runs/<run>/<model>/          `harness run`: checkpoints (not committed; reproducible)
 
@@ -49,7 +49,7 @@ from harness.memory import is_out_of_memory
 from harness.registry import ContractError, RegistryError, TaskSpec, get_model, get_task
 from harness.results.provenance import provenance, record_run
 from harness.results.store import WEIGHTS_KEY, Row, read_rows, replace_rows
-from harness.results.tables import rows_table
+from harness.results.tables import rows_table, run_tables
 from harness.training import distributed
 from harness.training.distributed import EVAL_TIMEOUT_S, Dist
 from harness.training.outcome import StopRequests
@@ -207,8 +207,16 @@ def score(sources: list[ModelSource], task_names: list[str], run: str, results_d
             torch.cuda.empty_cache()
     keep_record()
     if main:
-        atomic_write_text(out / "table.md", rows_table(existing))
+        configs = {run: record["config"]} if record and "config" in record else {}
+        atomic_write_text(out / "table.md", run_table_md(existing, configs))
     return existing
+
+
+def run_table_md(rows: list[Row], configs: dict) -> str:
+    """results/<run>/table.md: the tables the command prints at its end, then every row of the run
+    (rows_table: the sweeps' settings and the rows no table shows)."""
+    tables = run_tables(rows, configs)
+    return (tables + "\n" if tables else "") + "**All rows**\n\n" + rows_table(rows)
 
 
 def pending_tasks(source: ModelSource, tasks: list[TaskSpec], rows: list[Row], limit: int | None, force: bool,
@@ -352,7 +360,7 @@ def run_tasks(model, tokenizer, ctx: TaskContext, tasks: list[TaskSpec], existin
             continue
         stamp_rows(rows, ctx, task, seconds)
         existing = replace_rows(rows_file, rows, lambda r: ctx.owns(r, task), warn=log)
-        log(f"{ctx.model_name}: {task.name} done in {seconds:.1f}s ({len(rows)} rows)")
+        log(f"{ctx.model_name}: {task.name} done in {seconds:.1f}s ({len(rows)} row{'s' if len(rows) != 1 else ''})")
     return existing
 
 

@@ -262,6 +262,7 @@ def check_trainable(name: str, cfg: Config, device: str, world_size: int) -> Non
     layout, the model (`checked_model`: runs here, a plugin's keeps the model contract) and its
     training options."""
     from harness.data.corpus import corpus_files
+    from harness.memory import check_training_memory
     from harness.training.batches import _batch_layout
     from harness.training.counting import one_process_only
     from harness.training.distributed import layers_of
@@ -274,6 +275,7 @@ def check_trainable(name: str, cfg: Config, device: str, world_size: int) -> Non
     if world_size > 1 and getattr(model, "fitted_by_counting", False):  # before any other model's work
         raise one_process_only(spec.name)
     fused_cross_entropy(model, torch.device(device), cfg.train.fused_ce)
+    check_training_memory(model, cfg, device)
     if cfg.train.activation_checkpointing and not layers_of(model):
         raise RunError(f"train.activation_checkpointing needs a model with a `blocks` ModuleList (the shared "
                        f"backbone), which {spec.name} lacks; set train.activation_checkpointing=false")

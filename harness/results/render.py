@@ -7,7 +7,7 @@ through these renderers.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 
 @dataclass
@@ -52,6 +52,27 @@ def number_text(cell: Cell, pm: str = " ± ") -> str:
     if cell.stderr is not None and not (isinstance(cell.stderr, float) and math.isnan(cell.stderr)):
         text += f"{pm}{cell.stderr:.{cell.digits}f}"
     return text
+
+
+SCIENTIFIC_ABOVE = 1e6  # where a command's own printout turns to e-notation (1.15e+09 ± 8.51e+09)
+
+
+def readable_numbers(table: Table, above: float = SCIENTIFIC_ABOVE) -> Table:
+    """The table with its numbers of magnitude `above` or more (value or stderr; sizes aside, which
+    `human` shortens) in scientific notation, for what `harness run` and `harness eval` print: an
+    untrained model's perplexity of 1147066370.04 ± 8513897337.86 is unreadable. The tables of `harness
+    tables`, and so the committed ones, keep their fixed decimals."""
+    def readable(cell: Cell) -> Cell:
+        big = [x for x in (cell.value, cell.stderr) if isinstance(x, (int, float)) and math.isfinite(x)]
+        if cell.text is not None or cell.count or not any(abs(x) >= above for x in big):
+            return cell
+        sign = "+" if cell.signed else ""
+        text = f"{cell.value:{sign}.2e}"
+        if cell.stderr is not None and not math.isnan(cell.stderr):
+            text += f" ± {cell.stderr:.2e}"
+        return replace(cell, text=text)
+    groups = [(label, [[readable(c) for c in row] for row in rows]) for label, rows in table.groups]
+    return replace(table, groups=groups)
 
 
 # ---------------------------------------------------------------- renderers

@@ -32,7 +32,18 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from harness.files import file_in_the_way
-from harness.results.render import Cell, Table, human, latex_escape, number_text, sort_key, text_cell
+from harness.results.render import (
+    SCIENTIFIC_ABOVE,
+    Cell,
+    Table,
+    human,
+    latex_escape,
+    number_text,
+    readable_numbers,
+    render,
+    sort_key,
+    text_cell,
+)
 from harness.results.store import (
     SPEED_TASKS,
     ResultsError,
@@ -124,8 +135,10 @@ def rows_table(rows: list[Row]) -> str:
 
 
 def _long_form_value(r: Row) -> str:
-    """value ± stderr with 4 decimals below 10 (2 above), more where that would hide a small value;
-    empty for a row with no value (out of memory)."""
+    """value ± stderr with 4 decimals below 10 (2 above), more where that would hide a small value,
+    in e-notation from SCIENTIFIC_ABOVE (readable_numbers); empty for a row with no value (out of memory)."""
+    if any(x is not None and math.isfinite(x) and abs(x) >= SCIENTIFIC_ABOVE for x in (r.value, r.stderr)):
+        return f"{r.value:.2e}" + (f" ± {r.stderr:.2e}" if r.stderr is not None else "")
     digits = 4 if r.value is not None and abs(r.value) < 10 else 2
     return format_value(r.value, r.stderr, shown_digits(r.value, digits))
 
@@ -869,6 +882,26 @@ def compact(table: Table) -> Table:
         return [items[j] for j in keep if j < len(items)]
     return Table(table.title, pick(table.header), pick(table.latex_header),
                  [(label, [pick(line) for line in group]) for label, group in table.groups], table.notes)
+
+
+def run_tables(rows: list[Row], run_configs: dict) -> str:
+    """The tables that the end of `harness run` and `harness eval` prints, as markdown (also their
+    results/<run>/table.md): the paper-layout tables these rows fill (main, length, retrieval, speed)
+    without their blank columns, large numbers in e-notation (`readable_numbers`), then the paper
+    metrics that none of them has a column for."""
+    parts = []
+    for kind in ("main", "length", "retrieval", "speed"):
+        try:
+            parts.append(render(readable_numbers(compact(build(kind, rows, [], run_configs))), "md"))
+        except ResultsError:  # no rows for this table
+            continue
+    columns = {(c.task, c.metric) for c in MAIN_COLUMNS + SMOKE_COLUMNS}
+    tabled = {"length", "passkey", "mqar", *SPEED_TASKS}
+    rest = [r for r in rows if r.task not in tabled and (r.task, r.metric) not in columns
+            and r.extra.get("paper_metric") is not False and r.extra.get("position_bucket") is None]
+    if rest:
+        parts.append("**Other results**\n\n" + rows_table(rest))
+    return "\n".join(parts)
 
 
 BUILDERS = {"main": main_table, "ablation": ablation_table, "length": length_table, "retrieval": retrieval_table,

@@ -156,9 +156,12 @@ class Study:
 
 def _known(section: dict, keys: set[str], field: str) -> None:
     """A key the study does not read is refused: a typo (`seeds:` for `seed:`) would otherwise be ignored."""
+    from difflib import get_close_matches
     unknown = sorted(map(str, set(section) - keys))
     if unknown:
-        raise ConfigError(f"unknown key `{field}{unknown[0]}`; known: {', '.join(sorted(keys))}")
+        close = get_close_matches(unknown[0], sorted(keys), n=1)
+        hint = f"; did you mean `{field}{close[0]}`?" if close else ""
+        raise ConfigError(f"unknown key `{field}{unknown[0]}`{hint}; known: {', '.join(sorted(keys))}")
 
 
 def _required(section: dict, field: str):
@@ -239,10 +242,11 @@ def load_study(path: str | Path, data=None) -> Study:
     data = read_yaml_file(path, "study file") if data is None else data
     if not isinstance(data, dict):
         raise ConfigError(f"study file {path} must hold a mapping (name, preset, sizes, models, sweep, final, ...)")
+    from harness.registry import RegistryError
     try:
         return _parse(data, path)
-    except ConfigError as err:
-        raise ConfigError(f"study file {path}: {err}") from None
+    except (ConfigError, RegistryError) as err:  # an unknown model name too: the file is where to fix it
+        raise type(err)(f"study file {path}: {err}") from None
 
 
 def _stage(data: dict, stage: str, keys: set[str], sizes: dict) -> tuple[dict, list[str], list[str]]:

@@ -27,9 +27,9 @@ import torch
 from harness.config import Config, TrainConfig
 from harness.data.streams import TokenStream, prepare_streams
 from harness.files import FolderLocked, folder_lock
-from harness.memory import is_out_of_memory, out_of_memory
+from harness.memory import check_training_memory, is_out_of_memory, out_of_memory
 from harness.model.backbone import count_params
-from harness.model.build import plugin_call, runnable_model
+from harness.model.build import checked_model, plugin_call, runnable_model
 from harness.model.flops import FlopCount, flops_per_token, measure_matmul_peak
 from harness.registry import get_model
 from harness.results.provenance import provenance
@@ -125,6 +125,8 @@ def train(model_name: str, cfg: Config, run_dir: Path, device: str | None = None
     check_sinks(loggers)
     tcfg = cfg.train
     d = distributed.setup(device, parallel)
+    if get_model(model_name).builtin:  # on the meta device, before the corpus is tokenized; a plugin's once built
+        check_training_memory(checked_model(model_name, cfg.model, d.device), cfg, d.device)
     run_dir = Path(run_dir)
     with hold_run_folder(run_dir, d):
         tokenizer = check_tokenizer(cfg)
@@ -140,6 +142,7 @@ def train(model_name: str, cfg: Config, run_dir: Path, device: str | None = None
                   flush=True)
         torch.manual_seed(tcfg.seed)
         model = runnable_model(model_name, cfg.model, d.device)  # refused before the run folder holds anything
+        check_training_memory(model, cfg, d.device)
         if getattr(model, "fitted_by_counting", False):
             micro = _batch_layout(tcfg, d.world_size)[1]
             return fit_by_counting(model, model_name, cfg, run_dir, train_stream, held_stream, micro, d,

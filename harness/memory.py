@@ -10,6 +10,8 @@ it again later, and a measurement it cut short must not be recorded as the model
 
 from __future__ import annotations
 
+import os
+
 import torch
 
 SQUEEZED_EXIT = 75  # EX_TEMPFAIL: out of memory while other processes held the GPU; run it again later
@@ -118,10 +120,13 @@ def check_training_memory(model: torch.nn.Module, cfg, device) -> None:
     if torch.device(device).type != "cpu" or getattr(model, "fitted_by_counting", False):
         return
     available = available_host_bytes()
-    need = training_step_bytes(sum(p.numel() for p in model.parameters()), cfg)  # a shared weight once
+    # torchrun's processes on this host (LOCAL_WORLD_SIZE) each hold a whole step, out of one memory
+    processes = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    need = processes * training_step_bytes(sum(p.numel() for p in model.parameters()), cfg)  # a shared weight once
     if available is not None and need > available:
+        each = f" ({processes} processes on this host, a step each)" if processes > 1 else ""
         raise OutOfMemory(f"training at train.micro_batch={cfg.train.micro_batch} (x {cfg.train.seq_len} tokens) "
-                          f"would run out of memory on the CPU: it needs about {need / 2**30:,.1f} GiB (weights, "
+                          f"would run out of memory on the CPU{each}: it needs about {need / 2**30:,.1f} GiB (weights, "
                           f"gradients, AdamW states and activations), and {available / 2**30:,.1f} GiB is available; "
                           f"lower train.micro_batch (gradient accumulation keeps the step the same), use --preset "
                           f"tiny, or train on a GPU")

@@ -54,6 +54,19 @@ def test_the_small_preset_does_not_fit_a_24_gib_host(monkeypatch):
     memory.check_training_memory(model, load_config("small"), "cuda")  # a GPU's memory is not the host's
 
 
+def test_cpu_processes_of_one_torchrun_job_share_the_hosts_memory(monkeypatch):
+    """Under torchrun on a CPU host every local process holds a whole step: four that fit one by one
+    can still outgrow the host together."""
+    tiny = load_config("tiny")
+    model = build_model("swat", tiny.model, "meta")
+    one = memory.training_step_bytes(count_params(model), tiny)
+    monkeypatch.setattr(memory, "available_host_bytes", lambda: 2 * one)
+    memory.check_training_memory(model, tiny, "cpu")
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")
+    with pytest.raises(memory.OutOfMemory, match="4 processes on this host"):
+        memory.check_training_memory(model, tiny, "cpu")
+
+
 def run_printing(tmp_path, monkeypatch, *extra: str) -> tuple[int, str]:
     """`harness run` of swat, one step, into tmp_path: its exit status and what it printed."""
     out = []

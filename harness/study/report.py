@@ -104,7 +104,7 @@ class Results:
         # runs whose training diverged -> why (their rows hold no score)
         self.diverged = {Unit(r.model, r.preset, r.extra.get("lr"), r.seed, ()): r.extra.get(DIVERGED, "")
                          for r in rows if r.metric == DIVERGED}
-        self._flops: dict[tuple[str, str], FlopCount] = {}
+        self._flops: dict[tuple[str, str], FlopCount | None] = {}
 
     def flops(self, model: str, size: str) -> FlopCount | None:
         """The model FLOPs per token of (model, size), counted now by harness/model/flops.py from the model
@@ -648,9 +648,11 @@ def scaling_points(res: Results, axis: str) -> dict[str, list[tuple[float, float
                     and r.extra.get("lr") == res.final_lr(model, size) and is_total(r)]
             if not rows:
                 continue
-            count = res.flops(model, size)
-            x = (rows[0].extra.get("non_embedding_params") if axis == "params"
-                 else count.train * (rows[0].tokens_trained or 0) if count else rows[0].extra.get("train_flops"))
+            if axis == "params":
+                x = rows[0].extra.get("non_embedding_params")
+            else:
+                count = res.flops(model, size)
+                x = count.train * (rows[0].tokens_trained or 0) if count else rows[0].extra.get("train_flops")
             if x:
                 pts.append((float(x), mean(loss.values())))
         if pts:

@@ -407,8 +407,9 @@ def sweep_plan(rows: list, study: Study) -> dict[tuple[str, str], tuple[list[flo
     found: dict[tuple[str, str], dict[float, float]] = {}
     first: dict[tuple[str, str], dict[float, float]] = {}
     for r in rows:
-        if r.task in ("smoke", FIRST_SCORE) and r.metric in ("loss", DIVERGED) \
-                and r.extra.get("corpus_source") is None and r.seed == study.sweep_seed and r.extra.get("lr") is not None and r.preset in study.sweep_sizes:
+        scored = r.task in ("smoke", FIRST_SCORE) and r.metric in ("loss", DIVERGED)
+        if scored and r.extra.get("corpus_source") is None and r.seed == study.sweep_seed \
+                and r.extra.get("lr") is not None and r.preset in study.sweep_sizes:
             kept = first if r.task == FIRST_SCORE else found
             kept.setdefault((r.model, r.preset), {})[r.extra["lr"]] = math.inf if r.metric == DIVERGED else r.value
     for key, losses in first.items():

@@ -125,7 +125,8 @@ def train(model_name: str, cfg: Config, run_dir: Path, device: str | None = None
     check_sinks(loggers)
     tcfg = cfg.train
     d = distributed.setup(device, parallel)
-    if get_model(model_name).builtin:  # on the meta device, before the corpus is tokenized; a plugin's once built
+    builtin = get_model(model_name).builtin
+    if builtin:  # on the meta device, before the corpus is tokenized; a plugin's once built
         check_training_memory(checked_model(model_name, cfg.model, d.device), cfg, d.device)
     run_dir = Path(run_dir)
     with hold_run_folder(run_dir, d):
@@ -142,7 +143,8 @@ def train(model_name: str, cfg: Config, run_dir: Path, device: str | None = None
                   flush=True)
         torch.manual_seed(tcfg.seed)
         model = runnable_model(model_name, cfg.model, d.device)  # refused before the run folder holds anything
-        check_training_memory(model, cfg, d.device)
+        if not builtin:
+            check_training_memory(model, cfg, d.device)
         if getattr(model, "fitted_by_counting", False):
             micro = _batch_layout(tcfg, d.world_size)[1]
             return fit_by_counting(model, model_name, cfg, run_dir, train_stream, held_stream, micro, d,

@@ -437,16 +437,21 @@ def cmd_study(args) -> None:
 
 def study_summary(counts: dict) -> str:
     """What `harness study` did (run_study's counts), and of the runs it did not start those done before
-    it (a rerun of a finished study says so) and those --start-new-for held back."""
+    it (a rerun of a finished study says so) and those --start-new-for held back; counts of none are left
+    out, and where runs are left to do it says how to go on."""
     if counts["runs"] and counts["already"] == counts["runs"]:
         return f"all {counts['runs']} runs already done"
-    already = f" ({counts['already']} were done already)" if counts["already"] else ""
-    diverged = f", {counts['diverged']} diverged (recorded, ruled out of the lr choice)" if counts["diverged"] else ""
-    squeezed = f", {counts['squeezed']} start(s) squeezed out of GPU memory" if counts["squeezed"] else ""
-    held = f", {counts['not_started']} not started (--start-new-for)" if counts["not_started"] else ""
-    held += f", {counts['unreached']} not reached (--time-limit)" if counts["unreached"] else ""
-    return (f"{counts['done']} runs done{already}{diverged}, {counts['stopped']} stopped (resumable), "
-            f"{counts['failed']} failed{squeezed}{held}, {counts['waiting']} waiting for their learning rate")
+    done = f"{counts['done']} {'run' if counts['done'] == 1 else 'runs'} done"
+    if counts["already"]:
+        done += f" ({counts['already']} were done already)"
+    parts = [done] + [text.format(counts[key]) for key, text in (
+        ("diverged", "{} diverged (recorded, ruled out of the lr choice)"), ("stopped", "{} stopped (resumable)"),
+        ("failed", "{} failed"), ("squeezed", "{} start(s) squeezed out of GPU memory"),
+        ("not_started", "{} not started (--start-new-for)"), ("unreached", "{} not reached (--time-limit)"),
+        ("waiting", "{} waiting for their learning rate")) if counts[key]]
+    if counts["stopped"] or counts["not_started"] or counts["unreached"]:
+        parts.append("run the same command again to go on")
+    return ", ".join(parts)
 
 
 def cmd_tables(args) -> None:

@@ -112,6 +112,28 @@ def available_host_bytes() -> int | None:
     return None
 
 
+def check_side_by_side(steps: dict[str, int], runs: int) -> None:
+    """Refuse `runs` CPU trainings side by side (a study's --jobs) where that many of the largest of
+    `steps` ({which run: training_step_bytes}) cannot fit the host's available memory together. Each
+    worker's own check_training_memory sees only its step against what is available when it starts,
+    so N runs that each fit alone pass it and then outgrow the host together, and the OOM killer ends
+    them (exit 137, no message). The pool may run N rates or seeds of the largest model and size at
+    once, so N copies of the largest step is what it must have room for; checked by the pool before
+    any worker starts, it is one line naming --jobs instead of N silent deaths."""
+    available = available_host_bytes()
+    if not steps or available is None:
+        return
+    which, each = max(steps.items(), key=lambda item: item[1])
+    if runs * each <= available:
+        return
+    fits = int(available // each)
+    fix = f"use --jobs {fits}" if fits else f"even one does not fit: {FIXES}"
+    raise OutOfMemory(f"--jobs would train {runs} runs side by side on the CPU, the largest ({which}) needing "
+                      f"about {each / 2**30:,.1f} GiB (weights, gradients, AdamW states and activations): "
+                      f"{runs * each / 2**30:,.1f} GiB for {runs} of them, and {available / 2**30:,.1f} GiB is "
+                      f"available; {fix}")
+
+
 def check_training_memory(model: torch.nn.Module, cfg, device) -> None:
     """Refuse, before anything is written, a CPU training whose step cannot fit the host's available
     memory: Linux's OOM killer would end the process first (exit 137, no message, an empty run folder).

@@ -303,7 +303,7 @@ def test_harness_study_under_torchrun_trains_each_run_on_every_rank(tmp_path):
     for name, nproc in (("one", None), ("two", 2)):
         proc = harness(["study", str(path), "--device", "cpu", "--results", str(tmp_path / name),
                         "--runs", str(tmp_path / f"runs-{name}")], nproc)
-    assert proc.stdout.count("study tiny-study: 1 runs done") == 1
+    assert proc.stdout.count("study tiny-study: 1 run done;") == 1
     meta = tmp_path / "runs-two" / "tiny-study" / "a" / "swat" / "lr0.003-seed0" / CHECKPOINT_DIR / "meta.json"
     assert json.loads(meta.read_text())["world_size"] == 2
     assert_same_rows(tmp_path / "one" / "tiny-study", tmp_path / "two" / "tiny-study", {"smoke"}, rel=1e-4)

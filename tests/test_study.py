@@ -474,7 +474,7 @@ def test_workers_past_the_deadline_get_one_sigterm_then_a_sigkill(tmp_path, monk
 
 def test_a_workers_end_is_explained_by_what_it_wrote_in_this_start(tmp_path):
     """A unit's log gathers all its starts: an earlier start's last line is not this one's reason,
-    and a worker killed after the stop signal is said to be killed, whatever it printed last."""
+    and a worker killed (after the stop signal, or unasked) is said to be killed, whatever it printed last."""
     from harness.study import runner
     log = tmp_path / "m_swat_lr1-seed0.log"
     log.write_text("note: an earlier start's warning\nm/swat: stopped at step 9 of 20 as asked\n")
@@ -483,7 +483,9 @@ def test_a_workers_end_is_explained_by_what_it_wrote_in_this_start(tmp_path):
     with open(log, "a") as f:
         f.write("note: a warning of this start\nerror: this start's own failure, one whole line\n\n")
     assert runner.end_reason(1, False, str(log), since) == "error: this start's own failure, one whole line"
-    assert runner.end_reason(-9, False, str(log), since) == "error: this start's own failure, one whole line"
+    # killed unasked it wrote no reason (the kernel's OOM killer ends a process so): its last line is not one
+    assert runner.end_reason(-9, False, str(log), since).startswith("killed (SIGKILL), most likely by the kernel "
+                                                                    "for want of host memory; run fewer side by side")
     assert runner.end_reason(-9, True, str(log), since).startswith(f"killed {runner.KILL_GRACE_S} s after the stop")
 
 
@@ -852,7 +854,7 @@ def test_a_run_that_lost_a_row_is_scored_again_and_the_table_says_over_how_many_
     monkeypatch.setattr(sources, "train", lambda *a, **k: pytest.fail("retrained a trained run"))
     capsys.readouterr()
     assert study_cli(tmp_path) == 0
-    assert "1 runs done (7 were done already)" in capsys.readouterr().out
+    assert "1 run done (7 were done already);" in capsys.readouterr().out
     rows = read_rows(path)
     assert {r.seed for r in rows if (r.model, r.preset, r.metric) == ("swat", "b", "loss")} == {0, 1}
     assert "Still to run" not in (out / "status.md").read_text()
@@ -930,8 +932,8 @@ def test_the_summary_counts_the_runs_start_new_for_held_back(finished, tmp_path,
     shutil.rmtree(tmp_path / "runs" / "tiny-study" / "b" / "swat" / f"lr{lrs['swat']['b']['lr']:g}-seed1")
     capsys.readouterr()
     assert study_cli(tmp_path, "--start-new-for", "0") == 0
-    assert "study tiny-study: 0 runs done (7 were done already), 0 stopped (resumable), 0 failed, 1 not started " \
-           "(--start-new-for), 0 waiting" in capsys.readouterr().out
+    assert "study tiny-study: 0 runs done (7 were done already), 1 not started (--start-new-for), run the same " \
+           "command again to go on;" in capsys.readouterr().out
 
 
 def test_the_best_model_is_bold_even_where_every_model_is_under_the_bigram(finished, tmp_path):

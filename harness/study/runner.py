@@ -296,6 +296,9 @@ def run_study(study: Study, results: Path, runs: Path, device: str, jobs: int = 
     plan(study, log)
     rows = checked_rows(rows_file(study, results), d)
     at_start, waiting, left = check_before_running(study, rows, results, runs)
+    check_jobs_fit(study, min(jobs, len(left) + waiting), device)
+    if main:  # before the study's record: a --runs where no folder can be made is refused with --results untouched
+        (Path(runs) / study.name).mkdir(parents=True, exist_ok=True)
     deadline = None if time_limit is None else time.time() + time_limit
     new_until = None if start_new_for is None else time.time() + start_new_for
     counts = {"done": 0, "diverged": 0, "failed": 0, "stopped": 0, "waiting": 0, "squeezed": 0, "not_started": 0,
@@ -304,12 +307,14 @@ def run_study(study: Study, results: Path, runs: Path, device: str, jobs: int = 
     # stage's tasks, once its learning rate turns out to be the model's best
     claimed: set[tuple[str, tuple]] = set()
     held_back: set[str] = set()  # units not started for `start_new_for`: too late, or too long for the time left
+    shown = None  # the progress last shown (done, of how many runs)
 
     def next_unit(running: tuple[str, ...] = ()) -> Unit | None:
         """The first unit with tasks left that this invocation has not started. A (model, size)
         none of whose runs has finished yet waits while one of its runs is going: that first run
         autotunes the model's kernels (minutes of CPU for the fla models), the next ones then find
         the tuned configurations in Triton's cache instead of tuning them again side by side."""
+        nonlocal shown
         rows = stored_rows(rows_file(study, results), d, log)
         defined, counts["waiting"] = units(study, rows, study.only, study.only_sizes)
         if main:
@@ -318,8 +323,10 @@ def run_study(study: Study, results: Path, runs: Path, device: str, jobs: int = 
         left = [u for u in defined if pending(u)]
         if largest_first:
             left.sort(key=lambda u: -list(study.sizes).index(u.size))
-        if progress and left and main:  # of every run, those waiting for their learning rate too
-            progress(len(defined) - len(left), len(defined) + counts["waiting"], "")
+        done = (len(defined) - len(left), len(defined) + counts["waiting"])  # of every run, waiting ones too
+        if progress and left and main and done != shown:  # a pool asks at each free slot, often with no news
+            shown = done
+            progress(*done, "")
         tuned = {(r.model, r.preset) for r in rows}
         busy = {tuple(key.split("/")[:2]) for key in running}
         # read only on a machine's last call (`start_new_for`), the one that holds fresh runs back
@@ -427,6 +434,27 @@ def check_before_running(study: Study, rows: list[Row], results: Path, runs: Pat
     if waiting and left_out and not left:
         raise ConfigError(waiting_for(study, left_out))
     return defined, waiting, left
+
+
+def check_jobs_fit(study: Study, jobs: int, device: str) -> None:
+    """`jobs` trainings side by side on the CPU refused before any starts where they cannot fit the host
+    together (harness.memory.check_side_by_side): each worker's own check sees only its run. Every model
+    and size this invocation may run is counted, on the meta device (no memory)."""
+    from harness.memory import check_side_by_side, training_step_bytes
+    from harness.model.build import checked_model
+    if jobs <= 1 or not device.startswith("cpu"):
+        return
+    steps = {}
+    for size in study.sizes:
+        if study.only_sizes is None or size in study.only_sizes:
+            cfg = study.config(size, study.sweep_seed)
+            for name in study.models:
+                if study.only is None or name in study.only:
+                    model = checked_model(name, cfg.model, device)
+                    if not getattr(model, "fitted_by_counting", False):  # counts its batches, holds no step
+                        params = sum(p.numel() for p in model.parameters())
+                        steps[f"{name} at size {size}"] = training_step_bytes(params, cfg)
+    check_side_by_side(steps, jobs)
 
 
 def waiting_for(study: Study, left_out: list[str]) -> str:
@@ -589,10 +617,14 @@ def worker_status(code: int, signalled: bool) -> str:
 def end_reason(code: int, signalled: bool, log_path: str, since: int) -> str:
     """Why a worker ended without finishing its unit: the last line it wrote in this start (its log
     holds every start of the unit, and an earlier start's last words would read as this one's
-    reason), or, for one killed after the stop signal, that it was."""
+    reason); for one killed after the stop signal, that it was; for one killed unasked, most likely
+    for want of memory, what to change."""
     if code == -signal.SIGKILL and signalled:
         return (f"killed {KILL_GRACE_S} s after the stop signal, in a task it could not leave; it resumes "
                 "from its last checkpoint, if it wrote one")
+    if code == -signal.SIGKILL:  # no word of its own: the kernel's OOM killer ends a process so
+        return ("killed (SIGKILL), most likely by the kernel for want of host memory; run fewer side by side "
+                "(a lower --jobs); it resumes from its last checkpoint, if it wrote one")
     with open(log_path, "rb") as f:
         f.seek(since)
         lines = [ln for ln in f.read().decode(errors="replace").splitlines() if ln.strip()]

@@ -128,16 +128,19 @@ class Study:
         """The run's config: base, the size's overrides, the budget, then seed and learning rate."""
         cfg = load_config(self.base["preset"])
         apply_mapping(cfg, {"model": self.base.get("model", {}), "train": self.base.get("train", {})})
-        apply_mapping(cfg, self.sizes[size])
-        cfg.preset = size
-        budget = self.budgets.get(size)
-        if budget:
-            cfg.train.tokens = budget["tokens"]
-            cfg.train.warmup_tokens = budget["warmup_tokens"]
-        cfg.train.seed = seed
-        if lr is not None:
-            cfg.train.lr = lr
-        cfg.validate()
+        try:  # an error names the size: every size's overrides hold the same keys
+            apply_mapping(cfg, self.sizes[size])
+            cfg.preset = size
+            budget = self.budgets.get(size)
+            if budget:
+                cfg.train.tokens = budget["tokens"]
+                cfg.train.warmup_tokens = budget["warmup_tokens"]
+            cfg.train.seed = seed
+            if lr is not None:
+                cfg.train.lr = lr
+            cfg.validate()
+        except ConfigError as err:
+            raise ConfigError(f"size {size}: {err}") from None
         return cfg
 
     def reference_params(self, size: str) -> int:

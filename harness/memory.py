@@ -150,5 +150,5 @@ def check_training_memory(model: torch.nn.Module, cfg, device) -> None:
         raise OutOfMemory(f"training at train.micro_batch={cfg.train.micro_batch} (x {cfg.train.seq_len} tokens) "
                           f"would run out of memory on the CPU{each}: it needs about {need / 2**30:,.1f} GiB (weights, "
                           f"gradients, AdamW states and activations), and {available / 2**30:,.1f} GiB is available; "
-                          f"lower train.micro_batch (gradient accumulation keeps the step the same), use --preset "
-                          f"tiny, or train on a GPU")
+                          f"lower train.micro_batch (gradient accumulation keeps the step the same; in a study file, "
+                          f"under the size's train:), use a smaller preset (--preset tiny), or train on a GPU")

@@ -20,7 +20,7 @@ def test_a_cpu_training_too_large_for_the_host_is_refused_before_anything_is_wri
     code = cli.main(["run", "--models", "swat", "--tasks", "smoke", "--device", "cpu", "--run", "b",
                      *folders(tmp_path)])
     one_error_line(capsys.readouterr().err, "needs about", "0.0 GiB is available", "lower train.micro_batch",
-                   "--preset tiny", "GPU")
+                   "in a study file, under the size's train:", "--preset tiny", "GPU")
     assert code == 2 and not any(tmp_path.iterdir())
     code = cli.main(["train", "--model", "swat", "--device", "cpu", "--runs", str(tmp_path / "runs")])
     one_error_line(capsys.readouterr().err, "needs about")

@@ -382,10 +382,13 @@ def cmd_train(args) -> None:
 
 def cmd_study(args) -> None:
     """Run a study file (models x sizes x learning rates x seeds), resumable; then its report."""
+    from harness.config import ConfigError
     from harness.evaluation.loop import default_device
     from harness.registry import load_plugins
     from harness.study.runner import report_only, run_study, run_worker
     from harness.study.spec import load_study
+    if args.force and args.report_only:
+        raise ConfigError("--force trains runs again and --report-only trains none: drop one of them")
     load_plugins(args.plugin)
     device = args.device or default_device()
     if args.unit:
@@ -423,22 +426,23 @@ def cmd_study(args) -> None:
                        log=lambda m: console.print(m, highlight=False), on_step=on_step if args.jobs <= 1 else None,
                        progress=lambda done, total, _: console.print(f"study {study.name}: {done}/{total} runs done",
                                                                      highlight=False), plugins=tuple(args.plugin),
-                       start_new_for=args.start_new_for, largest_first=args.largest_first)
+                       start_new_for=args.start_new_for, largest_first=args.largest_first, force=args.force)
     if "current" in bar:
         bar["current"].close()
     from harness.training.distributed import is_main_process
     if not is_main_process():  # rank 0 of a torchrun job reports
         return
-    console.print(f"study {study.name}: {study_summary(counts)}; tables and plots in {out} ({time.time() - t0:.0f}s)",
-                  highlight=False)
+    console.print(f"study {study.name}: {study_summary(counts, args.force)}; tables and plots in {out} "
+                  f"({time.time() - t0:.0f}s)", highlight=False)
     if counts["failed"]:
         raise RunFailed(f"{counts['failed']} run(s) failed; their logs are in {Path(args.runs) / study.name / 'logs'}")
 
 
-def study_summary(counts: dict) -> str:
+def study_summary(counts: dict, force: bool = False) -> str:
     """What `harness study` did (run_study's counts), and of the runs it did not start those done before
     it (a rerun of a finished study says so) and those --start-new-for held back; counts of none are left
-    out, and where runs are left to do it says how to go on."""
+    out, and where runs are left to do it says how to go on: without `force`, which would discard the runs
+    trained again so far once more."""
     if counts["runs"] and counts["already"] == counts["runs"]:
         return f"all {counts['runs']} runs already done"
     done = f"{counts['done']} {'run' if counts['done'] == 1 else 'runs'} done"
@@ -450,7 +454,7 @@ def study_summary(counts: dict) -> str:
         ("not_started", "{} not started (--start-new-for)"), ("unreached", "{} not reached (--time-limit)"),
         ("waiting", "{} waiting for their learning rate")) if counts[key]]
     if counts["stopped"] or counts["not_started"] or counts["unreached"]:
-        parts.append("run the same command again to go on")
+        parts.append(f"run the same command {'without --force' if force else 'again'} to go on")
     return ", ".join(parts)
 
 
@@ -749,6 +753,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--largest-first", action="store_true", help="start the largest size's runs first (the "
                    "longest trainings: on a machine that goes away, they start early enough to finish); by default "
                    "size by size from the smallest")
+    p.add_argument("--force", action="store_true", help="train and score again, from scratch, every run of the "
+                   "models and sizes this call runs (all, or those of --models and --sizes): before any training it "
+                   "DELETES their rows from RESULTS/<name>/rows.jsonl (every task, and the kept first held-out losses "
+                   "the learning-rate choice used) and their checkpoints under RUNS/<name>; other runs are kept. "
+                   "Interrupted or stopped, go on with the same command WITHOUT --force (cut trainings resume): "
+                   "with it, the runs trained again so far would be discarded again")
     p.add_argument("--unit", help=argparse.SUPPRESS)  # one run, in a worker process of --jobs
     add_plugin_arg(p, cmd_study)
 
@@ -947,8 +957,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         from harness.training.distributed import is_main_process
         if is_main_process():  # under torchrun every rank stops; one line says so
-            err_console.print("interrupted: the rows and checkpoints written so far are kept; run the same command "
-                              "again to go on from the last of them")
+            again = "without --force" if getattr(args, "force", False) else "again"  # it would discard them again
+            err_console.print(f"interrupted: the rows and checkpoints written so far are kept; run the same command "
+                              f"{again} to go on from the last of them")
         return 130
     except Exception as err:
         return failure(err, args, f"harness {args.command}")

@@ -22,7 +22,7 @@ from harness.study.report import (
     t_critical,
     training_curve,
 )
-from harness.study.spec import choose_lrs, interpolated_optimum, load_study, plan, power_law, units
+from harness.study.spec import choose_lrs, interpolated_optimum, load_study, plan, power_law, run_label, units
 
 TINY = Path(__file__).resolve().parent / "fixtures" / "study" / "tiny.yaml"
 
@@ -719,7 +719,8 @@ def test_a_changed_study_file_is_refused_before_anything_is_written(finished, tm
 
 
 def test_a_checkpoint_of_another_config_names_what_works_for_a_study(finished, tmp_path, capsys):
-    """Rows gone, checkpoints kept: not `--run NEW_NAME` or `--force`, which `harness study` lacks."""
+    """Rows gone, checkpoints kept: not `--run NEW_NAME`, which `harness study` lacks, nor `--force`, which
+    keeps a changed study's refusal (the runs it keeps would mix two versions of the file)."""
     copy_losing_rows(finished, tmp_path, lambda r: True)
     shutil.rmtree(tmp_path / "results" / "tiny-study" / "train")
     capsys.readouterr()
@@ -1136,3 +1137,92 @@ def test_a_model_whose_extra_is_missing_keeps_its_rows_count_and_is_named(finish
     assert [x for x, _ in scaling_points(res, "flops")["transformer"]] == [7.0, 7.0]
     assert flops_left_out(res, ["swat", "transformer"]) == ["transformer"]
     assert "part of transformer (`partial`, or not built here" in " ".join(scaling_table(res)[0].notes)
+
+
+def rows_per_run(path: Path) -> dict[tuple, int]:
+    """How many rows each run (model, size, lr, seed) holds in the rows file."""
+    counts: dict[tuple, int] = {}
+    for r in read_rows(path):
+        key = (r.model, r.preset, r.extra.get("lr"), r.seed)
+        counts[key] = counts.get(key, 0) + 1
+    return counts
+
+
+def record_trainings(monkeypatch, cut: tuple[str, int] | None = None) -> list[tuple[str, str, bool]]:
+    """(model, run, whether it had a checkpoint then) of each training started in this process; `cut`
+    (size, step): Ctrl-C at that step of a training at that size (the first there: the command ends)."""
+    from harness.evaluation import sources
+    real, started = sources.train, []
+
+    def train(name, cfg, run_dir, *args, on_step=None, **kwargs):
+        size = run_dir.parent.parent.name
+        started.append((name, f"{size}/{run_dir.name}", (run_dir / "checkpoint").exists()))
+
+        def step(info):
+            if cut == (size, info["step"]):
+                raise KeyboardInterrupt
+            if on_step is not None:
+                on_step(info)
+        return real(name, cfg, run_dir, *args, on_step=step, **kwargs)
+    monkeypatch.setattr(sources, "train", train)
+    return started
+
+
+def test_force_trains_the_chosen_models_runs_again_and_replaces_their_rows(finished, tmp_path, capsys, monkeypatch):
+    """A finished study, swat's code changed: --force --models swat trains each of swat's four runs once, from
+    scratch, and its rows (its kept first score too) are replaced, not added to; transformer's are untouched."""
+    path = copy_losing_rows(finished, tmp_path, lambda r: False)
+    before = rows_per_run(path)
+    transformer = [ln for ln in path.read_text().splitlines() if json.loads(ln)["model"] == "transformer"]
+    smoke = next(r for r in map(json.loads, path.read_text().splitlines())
+                 if (r["model"], r["task"], r["metric"]) == ("swat", "smoke", "loss") and "corpus_source" not in r)
+    with path.open("a") as f:  # as a run trained again after its checkpoint was lost keeps it
+        f.write(json.dumps({**smoke, "task": "first_heldout", "value": smoke["value"] + 0.5}) + "\n")
+    started = record_trainings(monkeypatch)
+    capsys.readouterr()
+    assert study_cli(tmp_path, "--force", "--models", "swat") == 0
+    out = capsys.readouterr().out
+    assert "--force: discarded 9 rows and 4 run folders" in out and "study tiny-study: 4 runs done;" in out
+    assert sorted(started) == sorted((m, f"{size}/{run_label(lr, seed)}", False) for m, size, lr, seed in before
+                                     if m == "swat")  # each of swat's runs once, none resumed
+    assert rows_per_run(path) == before
+    assert [ln for ln in path.read_text().splitlines() if json.loads(ln)["model"] == "transformer"] == transformer
+    assert not [r for r in read_rows(path) if r.task == "first_heldout"]
+
+
+def test_force_with_jobs_trains_again_in_the_workers(finished, tmp_path):
+    """The workers train the chosen runs again (new checkpoints) and score them in place of their rows."""
+    path = copy_losing_rows(finished, tmp_path, lambda r: False)
+    before = rows_per_run(path)
+    metas = {p: p.stat().st_mtime_ns for p in (tmp_path / "runs" / "tiny-study").rglob("meta.json")}
+    assert study_cli(tmp_path, "--force", "--models", "transformer", "--sizes", "a", "--jobs", "2") == 0
+    assert rows_per_run(path) == before
+    assert {(r.model, r.preset, r.extra["lr"]) for r in read_rows(path) if "--unit" in r.command} == {
+        ("transformer", "a", 3e-3), ("transformer", "a", 1e-2)}  # scored by the workers, the other rows kept
+    written = {p.relative_to(tmp_path / "runs" / "tiny-study").parts[:3] for p, t in metas.items()
+               if p.stat().st_mtime_ns != t}
+    assert written == {("a", "transformer", "lr0.003-seed0"), ("a", "transformer", "lr0.01-seed0")}
+
+
+def test_force_with_report_only_is_one_line(tmp_path, capsys):
+    assert study_cli(tmp_path, "--force", "--report-only") == 2
+    assert "--force trains runs again and --report-only trains none: drop one of them" in one_error_line(capsys)
+    assert not (tmp_path / "results").exists()
+
+
+def test_an_interrupted_force_goes_on_without_it(finished, tmp_path, capsys, monkeypatch):
+    """Ctrl-C in the third of swat's four runs (at size b, past its first checkpoint): the same command without
+    --force resumes that training from its new checkpoint and trains the run not reached (its old rows are
+    gone), trains none of the runs already trained again, and leaves swat's rows as complete as before."""
+    path = copy_losing_rows(finished, tmp_path, lambda r: False)
+    before = rows_per_run(path)
+    started = record_trainings(monkeypatch, cut=("b", 6))
+    assert study_cli(tmp_path, "--force", "--models", "swat") == 130
+    cut_run = started[-1][1]
+    assert [s for _, s, _ in started][:2] == ["a/lr0.003-seed0", "a/lr0.01-seed0"] and cut_run.startswith("b/")
+    monkeypatch.undo()
+    started = record_trainings(monkeypatch)
+    assert study_cli(tmp_path, "--models", "swat") == 0
+    rest = [f"b/{run_label(lr, seed)}" for m, size, lr, seed in before if (m, size) == ("swat", "b")]
+    assert sorted(started) == sorted(("swat", run, run == cut_run) for run in rest)
+    assert rows_per_run(path) == before

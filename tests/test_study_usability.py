@@ -100,3 +100,15 @@ def test_the_last_line_names_what_happened_and_how_to_go_on():
                                          "(--time-limit), run the same command again to go on")
     counts.update(stopped=0, unreached=0, done=6, failed=1)
     assert cli.study_summary(counts) == "6 runs done (3 were done already), 1 failed"
+
+
+@pytest.mark.parametrize("force, advice", [((), "run the same command again to go on"),
+                                           (("--force",), "run the same command without --force to go on")])
+def test_an_interrupted_study_says_how_to_go_on(tmp_path, capsys, monkeypatch, force, advice):
+    """After Ctrl-C, "the same command again" with --force would discard the runs trained again so far."""
+    def interrupted(args):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(cli, "cmd_study", interrupted)
+    assert study_cli(tmp_path, *force) == 130
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("interrupted: ") and advice in err, err

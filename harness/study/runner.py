@@ -11,6 +11,7 @@ import dataclasses
 import json
 import math
 import os
+import shutil
 import signal
 import statistics
 import subprocess
@@ -271,7 +272,7 @@ def run_study(study: Study, results: Path, runs: Path, device: str, jobs: int = 
               time_limit: float | None = None, log: Callable[[str], None] = print,
               on_step: Callable | None = None, progress: Callable[[int, int, str], None] | None = None,
               plugins: tuple[str, ...] = (), start_new_for: float | None = None,
-              largest_first: bool = False) -> dict:
+              largest_first: bool = False, force: bool = False) -> dict:
     """Run every unit not yet done, the next one picked whenever a slot frees (a final run
     becomes runnable once its model's sweep has chosen its learning rate), then write the report (also
     when interrupted, stopped or failed, so that status.md and the tables say where the study stands).
@@ -282,7 +283,8 @@ def run_study(study: Study, results: Path, runs: Path, device: str, jobs: int = 
     can finish in the time left (`past_durations`). `largest_first`: runs of
     the largest size first (the longest trainings; by default a size's runs come before the next
     size's, so the small sizes' results come first), so that on such a machine they start early
-    enough to finish, while the shorter ones fill the slots beside them.
+    enough to finish, while the shorter ones fill the slots beside them. `force`: every run of the
+    models and sizes this invocation runs is first discarded (`discard_runs`), then trained and scored anew.
     Returns counts: done, diverged (recorded in the rows as such), failed, stopped, waiting, squeezed
     (starts that ran out of GPU memory beside other processes and were queued again), not_started
     (held back by `start_new_for`), unreached (not started before `time_limit`), and of the study's
@@ -295,10 +297,12 @@ def run_study(study: Study, results: Path, runs: Path, device: str, jobs: int = 
     drop_missing_tasks(study, log)
     plan(study, log)
     rows = checked_rows(rows_file(study, results), d)
-    at_start, waiting, left = check_before_running(study, rows, results, runs)
+    at_start, waiting, left = check_before_running(study, rows, results, runs, force)
     check_jobs_fit(study, min(jobs, len(left) + waiting), device)
     if main:  # before the study's record: a --runs where no folder can be made is refused with --results untouched
         (Path(runs) / study.name).mkdir(parents=True, exist_ok=True)
+        if force:
+            discard_runs(study, rows, results, runs, log)
     deadline = None if time_limit is None else time.time() + time_limit
     new_until = None if start_new_for is None else time.time() + start_new_for
     counts = {"done": 0, "diverged": 0, "failed": 0, "stopped": 0, "waiting": 0, "squeezed": 0, "not_started": 0,
@@ -421,11 +425,15 @@ def past_durations(study: Study, results: Path, rows: list[Row],
     return expected
 
 
-def check_before_running(study: Study, rows: list[Row], results: Path, runs: Path) -> tuple[list[Unit], int, list]:
+def check_before_running(study: Study, rows: list[Row], results: Path, runs: Path,
+                         force: bool = False) -> tuple[list[Unit], int, list]:
     """What would make this invocation's work wrong or idle, refused before it writes anything: rows or
-    checkpoints of another version of the study file, or chosen sizes that can only wait. Returns
-    the units the rows define, how many runs wait for their learning rate, and the units with tasks left."""
+    checkpoints of another version of the study file (`force` does not lift that: the runs it keeps would
+    mix two versions), or chosen sizes that can only wait. Returns the units the rows define (less the
+    rows that `force` discards), how many runs wait for their learning rate, and the units with tasks left."""
     check_unchanged(study, rows, results, runs)
+    if force:
+        rows = [r for r in rows if not chosen(study, r.model, r.preset)]
     defined, waiting = units(study, rows, study.only, study.only_sizes)
     left = list(filter(pending_tasks(rows), defined))
     for unit in left:
@@ -434,6 +442,34 @@ def check_before_running(study: Study, rows: list[Row], results: Path, runs: Pat
     if waiting and left_out and not left:
         raise ConfigError(waiting_for(study, left_out))
     return defined, waiting, left
+
+
+def chosen(study: Study, model: str, size: str) -> bool:
+    """Whether this invocation runs the model at the size: the study's, or those of --models and --sizes."""
+    return (model in (study.models + study.references if study.only is None else study.only)
+            and size in (study.sizes if study.only_sizes is None else study.only_sizes))
+
+
+def discard_runs(study: Study, rows: list[Row], results: Path, runs: Path, log: Callable[[str], None]) -> None:
+    """`--force`: delete the rows (every task's, FIRST_SCORE's too) and run folders of every run this invocation
+    runs, before it trains any. Each is then a run with nothing done, trained from scratch and scored once; one
+    left unfinished is a run with tasks left to any later invocation, which resumes it without --force (rows
+    kept until their run trained again would make a run not reached yet count as done to it). A folder is
+    renamed before it is deleted: a deletion cut short leaves no partial checkpoint to resume."""
+    path = rows_file(study, results)
+    if path.is_file():
+        replace_rows(path, [], lambda r: chosen(study, r.model, r.preset), warn=log)
+    folders = 0
+    for size in study.sizes:
+        for model in study.models + study.references:
+            folder = Path(runs) / study.name / size / model
+            if chosen(study, model, size) and folder.is_dir():
+                folders += sum(p.is_dir() for p in folder.iterdir())
+                doomed = folder.with_name(f".{model}.discarded-{os.getpid()}")
+                folder.rename(doomed)
+                shutil.rmtree(doomed, ignore_errors=True)
+    rows_gone = sum(chosen(study, r.model, r.preset) for r in rows)
+    log(f"--force: discarded {rows_gone} rows and {folders} run folders (checkpoints); their runs train again")
 
 
 def check_jobs_fit(study: Study, jobs: int, device: str) -> None:

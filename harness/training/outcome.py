@@ -28,9 +28,9 @@ DAMAGED_FIX = "retrain it: `harness run ... --force`, or `harness train ... --no
 class CheckpointDamaged(TrainingError):
     """A checkpoint that cannot be read as it is (a file missing, truncated or garbled, or that does not
     fit its model). The problem and its fix are kept apart, so that a command with other ways to retrain
-    (`harness study` has no --force or --no-resume) gives its own fix to the same problem. `keep`: a way
-    to use the checkpoint as it is, offered before retraining (the commit that wrote a config which
-    this version does not read)."""
+    (`harness study`: delete the one run's folder; its --force would retrain all of a model's runs) gives
+    its own fix to the same problem. `keep`: a way to use the checkpoint as it is, offered before
+    retraining (the commit that wrote a config which this version does not read)."""
 
     def __init__(self, problem: str, retrain: str = DAMAGED_FIX, keep: str | None = None):
         super().__init__(problem, retrain, keep)  # every argument in args: the error pickles whole, to other ranks

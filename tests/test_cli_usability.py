@@ -84,7 +84,7 @@ def test_table_md_holds_the_printed_table_and_the_last_line_says_where_everythin
     code, printed = run_printing(tmp_path, monkeypatch)
     assert code == 0
     table = (tmp_path / "results" / "tiny" / "table.md").read_text()
-    main = printed[printed.index("**Language modeling"):printed.index("Blank cell")]
+    main = printed[printed.index("**Language modeling"):printed.index("Perplexity and loss")]
     assert main in table and "| Held-out loss↓ |" in main
     assert "**All rows**" in table and "| swat | tiny |" in table  # the raw rows stay, after the tables
     last = printed.splitlines()[-1]

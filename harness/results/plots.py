@@ -88,6 +88,7 @@ def _collect(rows: list[Row], run_configs: dict, x_key) -> dict[str, dict[float,
 
 
 MARKERS = "osD^v<>ph*"
+LEGEND_ROWS = 14  # legend entries (fontsize 8) that fit beside a panel of the length plots
 LINESTYLES = ("-", "--", ":")
 
 
@@ -104,6 +105,8 @@ def _length_plot(series: dict, out_dir: Path, name: str, ylabel: str, title: str
     plt = pyplot()
     presets = preset_order([row for pts in series.values() for row in pts.values()])
     fig, axes = plt.subplots(len(presets), 1, figsize=(6, 4 * len(presets)), squeeze=False)
+    if len(presets) > 1:  # the long title once above the panels; beside each panel's legend it would run under it
+        fig.suptitle(title)
     lines = []
     # one colour and marker per model (a decode series' label ends in its batch, " b=64", which
     # picks the line style), so that a model's batch sizes read as a pair; marker sizes alternate,
@@ -130,14 +133,15 @@ def _length_plot(series: dict, out_dir: Path, name: str, ylabel: str, title: str
             ax.set_yscale("log")
         ax.set_xlabel("length (tokens)" + ("; dotted: training length" if vlines else ""))
         ax.set_ylabel(ylabel)
-        if len(presets) == 1:
-            ax.set_title(title)
-        else:
-            ax.set_title(f"{title}: {preset}", fontsize=10)
+        ax.set_title(title if len(presets) == 1 else f"preset {preset}", fontsize=None if len(presets) == 1 else 10)
         ax.grid(True, which="both", alpha=0.3)
-        ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5))  # beside the axes: no line hidden
-    if len(presets) > 1:
-        fig.tight_layout()
+        # beside the axes (no line hidden), in as many columns as keep it as tall as its panel: a study's
+        # 40 series in one column would run over the panels below (the saved PNG widens to hold it)
+        shown = sum(not line.get_label().startswith("_") for line in ax.get_lines())
+        ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5), ncols=math.ceil(shown / LEGEND_ROWS))
+    if len(presets) > 1:  # room for each panel's title and axis label; tight_layout would squeeze the axes
+        # to fit the legends into the figure's 6 inches
+        fig.subplots_adjust(hspace=0.35, top=1 - 0.75 / fig.get_figheight())
     return _write_plot(fig, out_dir, name, ["series", "length", ylabel, "stderr", "device", "run"], lines)
 
 

@@ -28,6 +28,8 @@ every cell can be traced to one stored row. The conventions the pivots rely on:
 from __future__ import annotations
 
 import math
+import os
+import tempfile
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -873,15 +875,20 @@ def _preset_tokenizer(preset: str) -> str | None:
 
 def compact(table: Table) -> Table:
     """The table without the columns that are blank on every line: what a run measured, not the
-    paper's whole width (the end of `harness run` and `harness eval`)."""
+    paper's whole width (the end of `harness run` and `harness eval`); and without the notes on what
+    those columns held: a blank cell where none is left, the average where its column went."""
     lines = [line for _, group in table.groups for line in group]
     keep = [j for j in range(len(table.header))
             if j == 0 or any(j < len(line) and number_text(line[j]) for line in lines)]
 
     def pick(items: list) -> list:
         return [items[j] for j in keep if j < len(items)]
+    blank = any(j < len(line) and not number_text(line[j]) for line in lines for j in keep[1:])
+    notes = [note for note in table.notes if blank or not note.startswith("Blank cell")]
+    if "Avg" in table.header and "Avg" not in pick(table.header):  # main_note's last sentence is on Avg
+        notes = [note.split(" Avg: ")[0] for note in notes]
     return Table(table.title, pick(table.header), pick(table.latex_header),
-                 [(label, [pick(line) for line in group]) for label, group in table.groups], table.notes)
+                 [(label, [pick(line) for line in group]) for label, group in table.groups], notes)
 
 
 def run_tables(rows: list[Row], run_configs: dict) -> str:
@@ -1028,3 +1035,20 @@ def check_outputs(out: str | None, plots: str | None, read: list[Path]) -> None:
         if blocking is not None:
             raise ResultsError(f"--plots {plots}: {blocking} is a file, where the plots need a folder; "
                                f"give another path")
+    for option, path, folder in (("--out", out, Path(out or ".").parent), ("--plots", plots, Path(plots or "."))):
+        if path:
+            _check_writable(option, path, folder)
+
+
+def _check_writable(option: str, given: str, folder: Path) -> None:
+    """A file can be made in `folder`, or in its nearest existing parent where it is still to be made
+    (a read-only disk, a folder of another user, /proc): found by making one, so that the table is not
+    printed or written before the plots fail."""
+    existing = next(part for part in (folder, *folder.parents) if part.exists())
+    try:
+        fd, probe = tempfile.mkstemp(dir=existing, prefix=".harness-tables.", suffix=".tmp")
+    except OSError as err:
+        raise ResultsError(f"{option} {given} cannot be written: no file can be made in {existing} "
+                           f"({(err.strerror or type(err).__name__).lower()}); give another path") from None
+    os.close(fd)
+    os.unlink(probe)

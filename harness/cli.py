@@ -112,8 +112,10 @@ def folder(text: str) -> str:
         blocking = file_in_the_way(Path(text))
     except OSError as err:  # a path the system will not look up: a name too long, a loop of links
         raise argparse.ArgumentTypeError(path_problem(err)) from None
+    if blocking == Path(text):
+        raise argparse.ArgumentTypeError(f"{text} is a file, where a folder is needed; give another path")
     if blocking is not None:
-        raise argparse.ArgumentTypeError(f"{blocking} is a file, and {text} needs a folder there; give another path")
+        raise argparse.ArgumentTypeError(f"{text} cannot be a folder: {blocking} is a file; give another path")
     return text
 
 

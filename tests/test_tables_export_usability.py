@@ -5,7 +5,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from harness.results.store import Row, write_rows
+
+ONE_STEP = ["train.tokens=128", "train.batch_tokens=128", "train.seq_len=64", "train.micro_batch=2",
+            "train.warmup_tokens=0", "train.eval_tokens=64"]
 
 
 def rows_run(folder: Path, rows: list[Row]) -> Path:
@@ -73,3 +78,89 @@ def test_the_table_a_run_prints_has_no_notes_on_the_columns_it_left_out():
     assert "Blank cell" not in printed and "Avg" not in printed
     printed = run_tables(smoke + [row("mamba", "smoke", "loss", 2.72), row("swat", "piqa", "acc", 0.4)], {})
     assert "| mamba |" in printed and "Blank cell: no result stored for it" in printed
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> Path:
+    """swat trained one step by `harness train` into a run's model folder (<runs>/t/swat)."""
+    from harness.cli import main
+    run = tmp_path_factory.mktemp("runs") / "t" / "swat"
+    assert main(["train", "--model", "swat", "--device", "cpu", "--quiet", "--out", str(run),
+                 *[a for o in ONE_STEP for a in ("--set", o)]]) == 0
+    return run
+
+
+def test_a_file_given_for_a_folder_is_named_once(tmp_path, capsys):
+    """`harness export --out FILE` said `argument --out: FILE is a file, and FILE needs a folder there`:
+    the same path twice. A folder under the file names both, once each; `harness run` shares the check."""
+    from harness.cli import main
+    file = tmp_path / "f"
+    file.write_text("")
+    for command, option, path, said in (
+            (["export", "--checkpoint", "x"], "--out", file, f"{file} is a file, where a folder is needed"),
+            (["export", "--checkpoint", "x"], "--out", file / "sub", f"{file / 'sub'} cannot be a folder: {file} "
+                                                                       f"is a file"),
+            (["run", "--models", "swat"], "--results", file, f"{file} is a file, where a folder is needed")):
+        with pytest.raises(SystemExit) as stop:
+            main([*command, option, str(path)])
+        assert stop.value.code == 2
+        assert capsys.readouterr().err == (f"error: argument {option}: {said}; give another path (see `harness "
+                                           f"{command[0]} --help`)\n")
+
+
+def test_a_run_folder_given_for_its_checkpoint_names_the_checkpoint_folder(trained, tmp_path, capsys):
+    """`harness eval --checkpoint runs/t/swat` and `harness export --checkpoint runs/t/swat` said only that
+    it is not a checkpoint folder; the checkpoint folder inside it is the one they meant."""
+    from harness.cli import main
+    from harness.training.checkpoint import load_checkpoint
+    meant = f"error: {trained} is not a checkpoint folder (no meta.json); did you mean {trained / 'checkpoint'}?\n"
+    assert main(["export", "--checkpoint", str(trained), "--out", str(tmp_path / "hf")]) == 2
+    assert capsys.readouterr().err == meant
+    assert main(["eval", "--checkpoint", str(trained), "--tasks", "smoke", "--device", "cpu",
+                 "--results", str(tmp_path / "results")]) == 2
+    assert capsys.readouterr().err == meant
+    with pytest.raises(FileNotFoundError) as err:
+        load_checkpoint(trained)
+    assert f"error: {err.value}\n" == meant
+    assert main(["export", "--checkpoint", str(trained.parent), "--out", str(tmp_path / "hf")]) == 2
+    assert capsys.readouterr().err == (f"error: {trained.parent} is not a checkpoint folder (no meta.json); pass "
+                                       f"the folder that `harness train` wrote (<runs>/<run>/<model>/checkpoint)\n")
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def test_a_shard_size_of_no_unit_or_none_above_zero_is_refused_for_what_it_lacks(trained, tmp_path, capsys):
+    """`harness export --max-shard-size 0` said it `must be a whole number with a unit`: 0 is one."""
+    from harness.cli import main
+    examples = "e.g. 2GB, 500MB, 100KB or 1GiB"
+    for size, said in (("0", f"must be above zero, {examples}"), ("0MB", f"must be above zero, {examples}"),
+                       ("-1GB", f"must be above zero, {examples}"),
+                       ("500", "has no unit; add one, e.g. 500MB (units: KB, MB, GB, KiB, MiB, GiB)"),
+                       ("2TB", "has an unknown unit 'TB'; use KB, MB, GB, KiB, MiB or GiB"),
+                       ("0.5GB", f"must be a whole number with a unit, {examples}")):
+        assert main(["export", "--checkpoint", str(trained / "checkpoint"), "--out", str(tmp_path / "hf"),
+                     f"--max-shard-size={size}"]) == 2
+        assert capsys.readouterr().err == f"error: --max-shard-size {size!r} {said}\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def test_exporting_and_evaluating_a_folder_draw_no_bar_and_leave_the_bars_as_they_were(trained, tmp_path, capfd):
+    """`harness eval --models hf:FOLDER` drew transformers' `Loading weights` bar between its own lines,
+    and `harness export` turned transformers' bars off for the rest of the process."""
+    from transformers.utils import logging as hf_logging
+
+    from harness.cli import main
+    hf = tmp_path / "hf"
+    was = hf_logging.is_progress_bar_enabled()
+    hf_logging.enable_progress_bar()  # as in a fresh process
+    try:
+        assert main(["export", "--checkpoint", str(trained / "checkpoint"), "--out", str(hf)]) == 0
+        assert hf_logging.is_progress_bar_enabled()
+        capfd.readouterr()
+        assert main(["eval", "--models", f"hf:{hf}", "--tasks", "smoke", "--device", "cpu",
+                     "--results", str(tmp_path / "results"), "--runs", str(tmp_path / "runs")]) == 0
+        printed = capfd.readouterr()
+        assert "hf-hf: smoke done" in printed.out
+        assert "Loading weights" not in printed.out + printed.err and "it/s" not in printed.err
+        assert hf_logging.is_progress_bar_enabled()
+    finally:
+        (hf_logging.enable_progress_bar if was else hf_logging.disable_progress_bar)()

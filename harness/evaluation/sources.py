@@ -38,6 +38,7 @@ from harness.config import (
 from harness.data.paths import DataError, cache_dir
 from harness.data.tokenizer import get_tokenizer
 from harness.hf.causal_lm import HFCausalLM
+from harness.hf.progress import no_transformers_bars
 from harness.model.build import checked_model
 from harness.registry import get_model
 from harness.registry import models as registered_models
@@ -48,6 +49,7 @@ from harness.training.checkpoint import (
     check_plugin_unchanged,
     load_checkpoint,
     read_meta,
+    require_checkpoint,
     verify_checkpoint,
     weights_digest,
 )
@@ -339,9 +341,8 @@ def model_sources(run: str, runs_dir: Path, models: list[str], checkpoints: list
             raise FileNotFoundError(f"no checkpoints under {folder}; train first (`harness run` or `harness "
                                     f"train`), or pass --checkpoint PATH or --models hf:PATH")
     for source in out:
-        if isinstance(source, CheckpointSource) and not (Path(source.checkpoint) / META_FILE).is_file():
-            raise FileNotFoundError(f"{source.checkpoint} is not a checkpoint folder (no meta.json); pass the "
-                                    f"folder that `harness train` wrote (<runs>/<run>/<model>/checkpoint)")
+        if isinstance(source, CheckpointSource):
+            require_checkpoint(source.checkpoint)
     names = [source.name for source in out]
     for name in dict.fromkeys(n for n in names if names.count(n) > 1):
         same = ", ".join(source.checkpoint for source in out if source.name == name)
@@ -477,7 +478,8 @@ def load_hf(path: str, device: str):
     register_exported_model()
     dtype = torch.bfloat16 if str(device).startswith("cuda") else torch.float32
     try:  # a folder's own code never runs: trust_remote_code=False, also for the tokenizer
-        model = causal_lm_class(path).from_pretrained(path, dtype=dtype, trust_remote_code=False)
+        with no_transformers_bars():
+            model = causal_lm_class(path).from_pretrained(path, dtype=dtype, trust_remote_code=False)
         hf_tokenizer = transformers.AutoTokenizer.from_pretrained(path, trust_remote_code=False)
     except (OSError, ValueError) as err:  # transformers' errors for a folder it cannot read or does not know
         raise ConfigError(f"hf:{path}: transformers cannot load it ({first_line(err)}); pass a "

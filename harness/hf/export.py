@@ -53,10 +53,12 @@ from harness.data.corpus import HUB_CORPORA
 from harness.data.tokenizer import ByteTokenizer, get_tokenizer
 from harness.files import share_like_any_file
 from harness.hf.mapping import HFExport
+from harness.hf.progress import no_transformers_bars
 from harness.registry import MissingExtraError
 from harness.results.store import ResultsError, Row, read_given_rows, read_rows
 
-SHARD_SIZE = re.compile(r"([1-9][0-9]*)(KB|MB|GB|KIB|MIB|GIB)", re.IGNORECASE)
+SHARD_SIZE = re.compile(r"(-?[0-9]+)([a-z]*)", re.IGNORECASE)  # a whole number and its unit, each checked apart
+SHARD_EXAMPLES = "2GB, 500MB, 100KB or 1GiB"
 SHARD_UNITS = {"KB": 10**3, "MB": 10**6, "GB": 10**9, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30}
 BYTE_EOS = "<|endoftext|>"
 
@@ -99,9 +101,17 @@ def shard_bytes(size: str) -> int:
     (huggingface_hub's) knows no binary units, and would stop on 1GiB after the model has loaded."""
     match = SHARD_SIZE.fullmatch(size)
     if match is None:
-        raise ConfigError(f"--max-shard-size {size!r} must be a whole number with a unit, e.g. 2GB, 500MB, 100KB "
-                          f"or 1GiB")
-    return int(match[1]) * SHARD_UNITS[match[2].upper()]
+        raise ConfigError(f"--max-shard-size {size!r} must be a whole number with a unit, e.g. {SHARD_EXAMPLES}")
+    number, unit = int(match[1]), match[2].upper()
+    if number <= 0:
+        raise ConfigError(f"--max-shard-size {size!r} must be above zero, e.g. {SHARD_EXAMPLES}")
+    if not unit:
+        raise ConfigError(f"--max-shard-size {size!r} has no unit; add one, e.g. {number}MB (units: KB, MB, GB, "
+                          f"KiB, MiB, GiB)")
+    if unit not in SHARD_UNITS:
+        raise ConfigError(f"--max-shard-size {size!r} has an unknown unit {match[2]!r}; use KB, MB, GB, KiB, MiB "
+                          f"or GiB")
+    return number * SHARD_UNITS[unit]
 
 
 def check_exportable(name: str, cfg) -> None:
@@ -401,14 +411,19 @@ def unfinished_warning(ckpt: Path, meta: dict, cfg) -> str | None:
 def export(checkpoint: Path, out: Path, max_shard_size: str = "2GB", push_to_hub: str | None = None,
            rows: list[Path] = (), force: bool = False, log: Callable[[str], None] = print) -> Path:
     """Write the checkpoint folder `checkpoint` as a Hugging Face model folder at `out`, and log how to load it."""
-    from harness.training.checkpoint import WEIGHTS_FILE, load_checkpoint, no_space, read_meta, weights_digest
+    from harness.training.checkpoint import (
+        WEIGHTS_FILE,
+        load_checkpoint,
+        no_space,
+        read_meta,
+        require_checkpoint,
+        weights_digest,
+    )
     if importlib.util.find_spec("transformers") is None:  # before any work; the folder is transformers' format
         raise MissingExtraError("harness export needs transformers: pip install 'swat-harness[hf]' "
                                 "(in a clone: pip install -e '.[hf]')")
     ckpt, out = Path(checkpoint), Path(out)
-    if not (ckpt / "meta.json").is_file():
-        raise FileNotFoundError(f"{ckpt} is not a checkpoint folder (no meta.json); pass the folder that "
-                                f"`harness train` wrote (<runs>/<run>/<model>/checkpoint)")
+    require_checkpoint(ckpt)
     target = writable_out(ckpt, out)
     meta = read_meta(ckpt)
     check_exportable(meta["model"], Config.from_dict(meta["config"]))
@@ -425,14 +440,13 @@ def export(checkpoint: Path, out: Path, max_shard_size: str = "2GB", push_to_hub
     model, cfg, name, meta = load_checkpoint(ckpt, "cpu", to_run=False)  # fla's models build, not run, here
     if unfinished := unfinished_warning(ckpt, meta, cfg):
         log(unfinished)
-    from transformers.utils import logging as hf_logging
-    hf_logging.disable_progress_bar()  # save_pretrained's bar over a handful of shards is noise here
     eos_id = get_tokenizer(cfg.train.tokenizer).eos_id
     built = exporter(model)[1](model, cfg, name, eos_id)
     built.model.generation_config.pad_token_id = eos_id  # what generate pads finished rows with
 
     try:
-        built.model.save_pretrained(str(tmp), max_shard_size=shard_size)
+        with no_transformers_bars():  # save_pretrained's bar over a handful of shards is noise here
+            built.model.save_pretrained(str(tmp), max_shard_size=shard_size)
         for weights in tmp.glob("*.safetensors"):  # safetensors writes them 0600, unlike the folder's other files
             share_like_any_file(weights)
         for code in built.code:

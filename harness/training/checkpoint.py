@@ -338,6 +338,19 @@ def check_tokenizer_unchanged(meta: dict, ckpt: Path, now: str | None = None) ->
                             f"`harness run ... --force`")
 
 
+def require_checkpoint(path: Path | str) -> None:
+    """FileNotFoundError unless `path` holds a checkpoint (its meta.json). Where it is the run's model
+    folder above one (<runs>/<run>/<model>, the folder a run prints and the one users pass), the
+    error names the checkpoint folder inside it."""
+    path = Path(path)
+    if (path / META_FILE).is_file():
+        return
+    inner = path / CHECKPOINT_DIR
+    fix = (f"did you mean {inner}?" if (inner / META_FILE).is_file()
+           else "pass the folder that `harness train` wrote (<runs>/<run>/<model>/checkpoint)")
+    raise FileNotFoundError(f"{path} is not a checkpoint folder (no meta.json); {fix}")
+
+
 def load_checkpoint(path: Path, device="cpu", to_run: bool = True):
     """(model, Config, model name, meta) from a checkpoint folder written by `save_checkpoint`.
     `to_run=False`: the weights only read, not run (harness export): the model is built on `device`
@@ -345,10 +358,7 @@ def load_checkpoint(path: Path, device="cpu", to_run: bool = True):
     from safetensors import SafetensorError
     from safetensors.torch import load_model
     path = Path(path)
-    meta_file = path / META_FILE
-    if not meta_file.is_file():
-        raise FileNotFoundError(f"{path} is not a checkpoint folder (no meta.json); pass the folder that "
-                                f"`harness train` wrote (<run>/<model>/checkpoint)")
+    require_checkpoint(path)
     meta = read_meta(path)
     verify_checkpoint(path, meta, (WEIGHTS_FILE,))
     check_plugin_unchanged(meta, path)

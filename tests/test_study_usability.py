@@ -45,12 +45,15 @@ def test_jobs_that_cannot_fit_together_are_refused(tmp_path, capsys, monkeypatch
 def test_count_based_references_hold_no_training_step_for_jobs_to_fit(tmp_path, monkeypatch):
     """An n-gram counts its batches: no weights, gradients or activations, so a study of n-grams alone
     runs side by side however little memory the estimate of a trained model would want."""
+    from harness.study.runner import check_jobs_fit
     data = yaml.safe_load(TINY.read_text())
     data.update(models=["unigram", "bigram"], focus=["bigram"])
     study = tmp_path / "ngrams.yaml"
     study.write_text(yaml.safe_dump(data))
     monkeypatch.setattr(memory, "available_host_bytes", lambda: 1)
-    assert study_cli(tmp_path, "--jobs", "2", "--sizes", "a", study=study) == 0
+    check_jobs_fit(load_study(study), 2, "cpu")
+    with pytest.raises(memory.OutOfMemory, match="^--jobs would train 2 runs side by side"):
+        check_jobs_fit(load_study(TINY), 2, "cpu")
 
 
 def test_jobs_that_fit_together_run_and_progress_shows_news_only(tmp_path, monkeypatch, capsys):

@@ -456,8 +456,14 @@ def study_summary(counts: dict, force: bool = False) -> str:
         ("not_started", "{} not started (--start-new-for)"), ("unreached", "{} not reached (--time-limit)"),
         ("waiting", "{} waiting for their learning rate")) if counts[key]]
     if counts["stopped"] or counts["not_started"] or counts["unreached"]:
-        parts.append(f"run the same command {'without --force' if force else 'again'} to go on")
+        parts.append(f"{same_command(force)} to go on")
     return ", ".join(parts)
+
+
+def same_command(force: bool) -> str:
+    """How a cut command goes on: the same command again, without --force where it had it (that would
+    discard or redo what was done so far once more)."""
+    return f"run the same command {'without --force' if force else 'again'}"
 
 
 def cmd_tables(args) -> None:
@@ -959,9 +965,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         from harness.training.distributed import is_main_process
         if is_main_process():  # under torchrun every rank stops; one line says so
-            again = "without --force" if getattr(args, "force", False) else "again"  # it would discard them again
-            err_console.print(f"interrupted: the rows and checkpoints written so far are kept; run the same command "
-                              f"{again} to go on from the last of them")
+            err_console.print(f"interrupted: the rows and checkpoints written so far are kept; "
+                              f"{same_command(getattr(args, 'force', False))} to go on from the last of them")
         return 130
     except Exception as err:
         return failure(err, args, f"harness {args.command}")

@@ -14,10 +14,15 @@ import tempfile
 from pathlib import Path
 
 
+def nearest_existing(path: Path) -> Path | None:
+    """`path` where it exists, else its nearest existing parent: where a write into it lands first."""
+    return next((part for part in (path, *path.parents) if part.exists()), None)
+
+
 def file_in_the_way(folder: Path) -> Path | None:
     """The file on `folder`'s path (itself or the nearest existing parent) that would stop a write
     into it, found before any work rather than at the first write; None where the path is clear."""
-    existing = next((part for part in (folder, *folder.parents) if part.exists()), None)
+    existing = nearest_existing(folder)
     return existing if existing is not None and not existing.is_dir() else None
 
 

@@ -112,6 +112,14 @@ def available_host_bytes() -> int | None:
     return None
 
 
+def model_step_bytes(model: torch.nn.Module, cfg) -> int | None:
+    """training_step_bytes of `model` (as checked_model gives it: only its parameters are counted, a
+    shared weight once); None for a model fitted by counting, which trains no step."""
+    if getattr(model, "fitted_by_counting", False):
+        return None
+    return training_step_bytes(sum(p.numel() for p in model.parameters()), cfg)
+
+
 def check_side_by_side(steps: dict[str, int], runs: int) -> None:
     """Refuse `runs` CPU trainings side by side (a study's --jobs) where that many of the largest of
     `steps` ({which run: training_step_bytes}) cannot fit the host's available memory together. Each
@@ -139,12 +147,12 @@ def check_training_memory(model: torch.nn.Module, cfg, device) -> None:
     memory: Linux's OOM killer would end the process first (exit 137, no message, an empty run folder).
     model: as checked_model gives it (on the meta device: only its parameter count is read); a model
     fitted by counting trains no step."""
-    if torch.device(device).type != "cpu" or getattr(model, "fitted_by_counting", False):
+    if torch.device(device).type != "cpu" or (step := model_step_bytes(model, cfg)) is None:
         return
     available = available_host_bytes()
     # torchrun's processes on this host (LOCAL_WORLD_SIZE) each hold a whole step, out of one memory
     processes = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
-    need = processes * training_step_bytes(sum(p.numel() for p in model.parameters()), cfg)  # a shared weight once
+    need = processes * step
     if available is not None and need > available:
         each = f" ({processes} processes on this host, a step each)" if processes > 1 else ""
         raise OutOfMemory(f"training at train.micro_batch={cfg.train.micro_batch} (x {cfg.train.seq_len} tokens) "

@@ -24,8 +24,7 @@ def largest_step() -> int:
     """The tiny study's largest training step estimate (size b, the larger of its models)."""
     study = load_study(TINY)
     cfg = study.config("b", 0)
-    return max(memory.training_step_bytes(sum(p.numel() for p in checked_model(m, cfg.model, "cpu").parameters()),
-                                          cfg) for m in study.models)
+    return max(memory.model_step_bytes(checked_model(m, cfg.model, "cpu"), cfg) for m in study.models)
 
 
 @pytest.mark.parametrize("room, fix", [(1.5, "; use --jobs 1"), (2.5, "; use --jobs 2"),

@@ -33,7 +33,7 @@ import tempfile
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from harness.files import file_in_the_way
+from harness.files import file_in_the_way, nearest_existing
 from harness.results.render import (
     SCIENTIFIC_ABOVE,
     Cell,
@@ -1044,7 +1044,7 @@ def _check_writable(option: str, given: str, folder: Path) -> None:
     """A file can be made in `folder`, or in its nearest existing parent where it is still to be made
     (a read-only disk, a folder of another user, /proc): found by making one, so that the table is not
     printed or written before the plots fail."""
-    existing = next(part for part in (folder, *folder.parents) if part.exists())
+    existing = nearest_existing(folder)
     try:
         fd, probe = tempfile.mkstemp(dir=existing, prefix=".harness-tables.", suffix=".tmp")
     except OSError as err:

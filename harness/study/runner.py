@@ -99,6 +99,13 @@ def run_unit(study: Study, unit: Unit, results: Path, runs: Path, device: str,
 SAME_WEIGHTS_REL_TOL = 1e-9  # one set of weights scores its held-out loss alike to ~1e-14; other weights differ
 
 
+def held_out_loss_row(r: Row, unit: Unit, task: str) -> bool:
+    """Whether `r` is the unit's held-out loss over the whole split (not one corpus source's) under `task`:
+    smoke's, or the FIRST_SCORE kept of its first training."""
+    return ((r.preset, r.model, r.extra.get("lr"), r.seed, r.task, r.metric) ==
+            (unit.size, unit.model, unit.lr, unit.seed, task, "loss") and r.extra.get("corpus_source") is None)
+
+
 def tasks_to_score(unit: Unit, todo: list[str], existing: list, meta: dict, log: Callable[[str], None]) -> list[str]:
     """The unit's tasks left (`todo`), or all its tasks where the weights in its run folder are not
     those its stored rows were scored on: a run trained again after its checkpoint was lost (a
@@ -106,8 +113,7 @@ def tasks_to_score(unit: Unit, todo: list[str], existing: list, meta: dict, log:
     kind of device and software, and rows of two models under one run would pass for one. The
     held-out loss tells them apart: training records it for the weights it leaves, and the smoke
     task stored it for the weights it scored."""
-    stored = [r.value for r in existing if (r.preset, r.model, r.extra.get("lr"), r.seed, r.task, r.metric) ==
-              (unit.size, unit.model, unit.lr, unit.seed, "smoke", "loss") and r.extra.get("corpus_source") is None]
+    stored = [r.value for r in existing if held_out_loss_row(r, unit, "smoke")]
     now = meta.get("heldout_loss")
     if not stored or now is None or math.isclose(stored[0], now, rel_tol=SAME_WEIGHTS_REL_TOL):
         return todo
@@ -120,12 +126,9 @@ def keep_first_score(unit: Unit, existing: list[Row], path: Path) -> None:
     """Keep the held-out loss of a run's first training as a FIRST_SCORE row before the run trained again
     scores its tasks anew, replacing its rows: the learning-rate sweep goes on choosing with the score it
     chose with (spec.sweep_plan). A run trained again twice keeps its first."""
-    def mine(r: Row, task: str) -> bool:
-        return ((r.preset, r.model, r.extra.get("lr"), r.seed, r.task, r.metric) ==
-                (unit.size, unit.model, unit.lr, unit.seed, task, "loss") and r.extra.get("corpus_source") is None)
-    if any(mine(r, FIRST_SCORE) for r in existing):
+    if any(held_out_loss_row(r, unit, FIRST_SCORE) for r in existing):
         return
-    scores = [dataclasses.replace(r, task=FIRST_SCORE) for r in existing if mine(r, "smoke")]
+    scores = [dataclasses.replace(r, task=FIRST_SCORE) for r in existing if held_out_loss_row(r, unit, "smoke")]
     replace_rows(path, scores[:1], lambda r: False)
 
 
@@ -476,20 +479,18 @@ def check_jobs_fit(study: Study, jobs: int, device: str) -> None:
     """`jobs` trainings side by side on the CPU refused before any starts where they cannot fit the host
     together (harness.memory.check_side_by_side): each worker's own check sees only its run. Every model
     and size this invocation may run is counted, on the meta device (no memory)."""
-    from harness.memory import check_side_by_side, training_step_bytes
+    from harness.memory import check_side_by_side, model_step_bytes
     from harness.model.build import checked_model
     if jobs <= 1 or not device.startswith("cpu"):
         return
     steps = {}
     for size in study.sizes:
-        if study.only_sizes is None or size in study.only_sizes:
-            cfg = study.config(size, study.sweep_seed)
-            for name in study.models:
-                if study.only is None or name in study.only:
-                    model = checked_model(name, cfg.model, device)
-                    if not getattr(model, "fitted_by_counting", False):  # counts its batches, holds no step
-                        params = sum(p.numel() for p in model.parameters())
-                        steps[f"{name} at size {size}"] = training_step_bytes(params, cfg)
+        names = [name for name in study.models if chosen(study, name, size)]
+        cfg = study.config(size, study.sweep_seed) if names else None
+        for name in names:
+            step = model_step_bytes(checked_model(name, cfg.model, device), cfg)
+            if step is not None:  # an n-gram counts its batches, holds no step
+                steps[f"{name} at size {size}"] = step
     check_side_by_side(steps, jobs)
 
 

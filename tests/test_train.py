@@ -16,6 +16,7 @@ from safetensors.torch import load_file
 from harness.config import ConfigError, load_config
 from harness.model.build import build_model
 from harness.model.flops import flops_per_token, visited_keys
+from harness.training import recipe
 from harness.training import train as train_mod
 from harness.training.checkpoint import (
     CHECKPOINT_DIR,
@@ -402,6 +403,59 @@ def test_gpu_fused_cross_entropy_matches_the_plain_loss():
     assert abs(plain.item() - fused.item()) < 1e-2
     for a, b in zip(g_plain, g_fused):
         assert ((a - b).norm() / a.norm()).item() < 2e-2
+
+
+def _tf32_state():
+    matmul = torch.backends.cuda.matmul
+    return matmul.fp32_precision if hasattr(matmul, "fp32_precision") else matmul.allow_tf32
+
+
+def test_tf32_matmuls_is_scoped_and_restored():
+    before = _tf32_state()
+    with recipe.tf32_matmuls():
+        assert _tf32_state() in ("tf32", True)
+    assert _tf32_state() == before
+    with pytest.raises(ValueError), recipe.tf32_matmuls():
+        raise ValueError
+    assert _tf32_state() == before
+    torch.get_float32_matmul_precision()  # raises in recent torch when the legacy and new switches were mixed
+
+
+def test_fused_head_loss_uses_tf32_for_half_precision_operands_only():
+    """The fused loss's fp32 products may use TF32 where its operands are bf16 or fp16 (exact in
+    TF32), never where they are fp32 (train.dtype=fp32: TF32 would round them)."""
+    seen = []
+
+    class Recorder(torch.nn.Module):
+        def forward(self, x, target, weight):
+            seen.append(_tf32_state())
+            return (x.float() @ weight.float().T).sum()
+
+    loss = recipe.FusedHeadLoss(Recorder())
+    target = torch.zeros(3, dtype=torch.long)
+    for dtype in (torch.bfloat16, torch.float16, torch.float32):
+        out = loss(torch.ones(3, 4, dtype=dtype), target, torch.ones(5, 4, dtype=dtype))
+        assert out.item() == 60.0
+    off = _tf32_state()
+    assert seen[:2] == [seen[0]] * 2 and seen[0] in ("tf32", True) and seen[2] == off
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_gpu_fused_head_loss_tf32_matches_fp32():
+    """With bf16 operands (exact in TF32) the fused loss's TF32 products equal its fp32 ones up to
+    summation order: the head's weight gradient agrees to fp32 rounding."""
+    fla = pytest.importorskip("fla.modules")
+    torch.manual_seed(0)
+    x = torch.randn(4096, 1024, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+    w = (torch.randn(32000, 1024, device="cuda") * 0.02).to(torch.bfloat16).requires_grad_()
+    target = torch.randint(0, 32000, (4096,), device="cuda")
+    grads = []
+    for loss in (fla.FusedLinearCrossEntropyLoss(), recipe.FusedHeadLoss(fla.FusedLinearCrossEntropyLoss())):
+        x.grad = w.grad = None
+        loss(x, target, w).backward()
+        grads.append((x.grad.float(), w.grad.float()))
+    for a, b in zip(*grads):
+        assert ((a - b).norm() / a.norm()).item() < 1e-5
 
 
 # ---------------------------------------------------------------- FLOPs

@@ -9,8 +9,9 @@ switches compile and fused_ce default to auto: on where they apply (a CUDA GPU; 
 
 from __future__ import annotations
 
+import contextlib
 import math
-from typing import Callable
+from typing import Callable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -71,6 +72,39 @@ def lm_loss(model, inputs, targets, cu_seqlens=None) -> torch.Tensor:
     return F.cross_entropy(logits.float().flatten(0, -2), targets.flatten())
 
 
+@contextlib.contextmanager
+def tf32_matmuls() -> Iterator[None]:
+    """fp32 matmuls on CUDA run on TF32 tensor cores inside, and as before after (torch's per-backend
+    switch where it has one: setting the legacy flag and reading the new one raise in recent torch)."""
+    matmul = torch.backends.cuda.matmul
+    name, on = ("fp32_precision", "tf32") if hasattr(matmul, "fp32_precision") else ("allow_tf32", True)
+    before = getattr(matmul, name)
+    setattr(matmul, name, on)
+    try:
+        yield
+    finally:
+        setattr(matmul, name, before)
+
+
+class FusedHeadLoss(torch.nn.Module):
+    """A fused head + cross-entropy (fla's) whose fp32 products run on TF32 tensor cores. fla
+    accumulates the head's weight gradient in fp32, upcasting its bf16 operands; without TF32 that
+    product is a SIMT SGEMM, 18% of a 340m SWAT training step on an H100
+    (`results/train/h100-340m/`). bf16 and fp16 values are exact in TF32 (7 and 10 of its 10
+    mantissa bits), so the product is the fp32 one up to summation order. fp32 operands
+    (train.dtype=fp32) would be rounded, and keep the fp32 path."""
+
+    def __init__(self, loss: torch.nn.Module):
+        super().__init__()
+        self.loss = loss
+
+    def forward(self, x: torch.Tensor, target: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        if x.dtype == torch.float32:
+            return self.loss(x, target, weight)
+        with tf32_matmuls():
+            return self.loss(x, target, weight)
+
+
 def fused_cross_entropy(model, device: torch.device, switch: str = "on") -> torch.nn.Module | None:
     """fla's fused head + cross-entropy for a backbone model under train.fused_ce=`switch`: None
     when off, or when auto and it does not apply here; under on, a one-line error naming the fix."""
@@ -87,7 +121,7 @@ def fused_cross_entropy(model, device: torch.device, switch: str = "on") -> torc
         except ImportError:
             problem = "needs flash-linear-attention: pip install 'swat-harness[fla]' (or set train.fused_ce=off)"
     if problem is None:
-        return FusedLinearCrossEntropyLoss()
+        return FusedHeadLoss(FusedLinearCrossEntropyLoss())
     if switch == "on":
         raise ConfigError(f"train.fused_ce {problem}")
     return None

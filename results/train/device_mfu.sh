@@ -22,7 +22,7 @@ train() {
   STEPS=${STEPS:-10}
   for m in swat transformer; do
     say "harness train --preset 340m --model $m, $STEPS steps"
-    timeout 270 python3 -m harness train --preset 340m --model $m --quiet --no-resume --out "$G/runs/mfu/$m" \
+    timeout -k 10 270 python3 -m harness train --preset 340m --model $m --quiet --no-resume --out "$G/runs/mfu/$m" \
       --set train.corpus=english-mix --set train.tokens=$((STEPS * 524288)) --set train.eval_tokens=65536 \
       --set train.save_every=100000 >> "$LOG" 2>&1
     cp "$G/runs/mfu/$m/train_log.jsonl" "$OUT/${m}_train_log.jsonl"
@@ -32,7 +32,7 @@ train() {
 bench() {
   if [ "$(left)" -lt 120 ]; then say "bench skipped: $(left) s left of BUDGET_S"; return; fi
   say "harness bench models: swat, transformer, llama_hf ($(( $(left) - 20 )) s at most)"
-  timeout $(( $(left) - 20 )) python3 -m harness bench models --preset 340m --models swat,transformer,llama_hf \
+  timeout -k 10 $(( $(left) - 20 )) python3 -m harness bench models --preset 340m --models swat,transformer,llama_hf \
     --peer llama_hf --sweeps train --lengths train=4096 --profile --out "$G/bench" >> "$LOG" 2>&1
   tar czf "$OUT/bench.tgz" -C "$G" bench  # a tarball: at most 8 files come back from a call
 }

@@ -1047,6 +1047,40 @@ def test_a_run_whose_weights_are_not_those_of_its_rows_is_scored_anew(finished, 
     assert {r.seed for r in read_rows(path) if (r.model, r.preset, r.task) == ("swat", "b", "mqar")} == {0, 1}
 
 
+def test_a_run_trained_again_and_stopped_between_its_tasks_keeps_no_row_of_its_old_weights(finished, tmp_path):
+    """A run trained again (its checkpoint lost) with a task left scores all its tasks anew; stopped
+    after its held-out loss, it was resumed with that loss now matching its weights, so it scored only
+    the tasks without rows and kept the old weights' rows of the others: two trainings' rows under one
+    run."""
+    from harness.study import runner
+    from harness.study.spec import units
+    from harness.training.outcome import TrainingStopped
+    path = copy_losing_rows(finished, tmp_path, lambda r: False)
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    ours = [r for r in rows if (r["model"], r["preset"], r["seed"], r["task"]) == ("swat", "b", 1, "smoke")]
+    true = next(r["value"] for r in ours if r["metric"] == "loss" and "corpus_source" not in r)
+    old = [{**r, "value": r["value"] + 0.5} if r["metric"] == "loss" and "corpus_source" not in r else r
+           for r in ours] + [{**ours[0], "task": "mqar", "metric": "accuracy", "value": 0.777}]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows if r not in ours) +
+                    "".join(json.dumps(r) + "\n" for r in old))
+    study = load_study(changed_tiny(tmp_path, "seeds: {b: [0, 1]}, tasks: [smoke]",
+                                    "seeds: {b: [0, 1]}, tasks: [smoke, mqar, passkey]"))  # passkey: left
+    plan(study, lambda m: None)
+    unit = next(u for u in units(study, read_rows(path))[0] if u.key == "b/swat/lr0.01-seed1")
+    with pytest.raises(TrainingStopped, match="stopped before mqar"):
+        runner.run_unit(study, unit, tmp_path / "results", tmp_path / "runs", "cpu", lambda m: None,
+                        should_stop=lambda: True)
+
+    def unit_rows():
+        return [r for r in read_rows(path) if (r.model, r.preset, r.seed) == ("swat", "b", 1)]
+    assert not [r for r in unit_rows() if r.task == "mqar"]  # the old weights' row is gone
+    assert [r.value for r in unit_rows() if r.task == "smoke" and r.metric == "loss"
+            and "corpus_source" not in r.extra] == [pytest.approx(true, rel=1e-9)]
+    assert [r.value for r in unit_rows() if r.task == "first_heldout"] == [true + 0.5]
+    assert runner.run_unit(study, unit, tmp_path / "results", tmp_path / "runs", "cpu", lambda m: None) == "done"
+    assert [r for r in unit_rows() if r.task == "mqar"] and all(r.value != 0.777 for r in unit_rows())
+
+
 def test_the_exponents_error_says_its_degrees_of_freedom_and_what_interval_it_gives():
     """Three sizes leave one degree of freedom: the ± alone reads as a 95% interval of about two
     errors where it is 12.7, so the note says so; four sizes leave two (4.30 errors)."""

@@ -86,7 +86,7 @@ def run_unit(study: Study, unit: Unit, results: Path, runs: Path, device: str,
         return "diverged"
     retrained = tasks_to_score(unit, todo, existing, meta, log)
     if retrained != todo and (d is None or d.is_main):
-        keep_first_score(unit, existing, path)
+        start_scoring_over(unit, ctx, existing, path, log)
     todo = retrained
     tokenizer = get_tokenizer(cfg.train.tokenizer)
     for i, task in enumerate(todo):  # a stop asked for between tasks keeps the rows of those done
@@ -122,14 +122,16 @@ def tasks_to_score(unit: Unit, todo: list[str], existing: list, meta: dict, log:
     return list(unit.tasks)
 
 
-def keep_first_score(unit: Unit, existing: list[Row], path: Path) -> None:
-    """Keep the held-out loss of a run's first training as a FIRST_SCORE row before the run trained again
-    scores its tasks anew, replacing its rows: the learning-rate sweep goes on choosing with the score it
-    chose with (spec.sweep_plan). A run trained again twice keeps its first."""
-    if any(held_out_loss_row(r, unit, FIRST_SCORE) for r in existing):
-        return
-    scores = [dataclasses.replace(r, task=FIRST_SCORE) for r in existing if held_out_loss_row(r, unit, "smoke")]
-    replace_rows(path, scores[:1], lambda r: False)
+def start_scoring_over(unit: Unit, ctx: TaskContext, existing: list[Row], path: Path,
+                       log: Callable[[str], None]) -> None:
+    """Before a run trained again scores its tasks anew: drop every row of its earlier weights, and keep
+    their held-out loss as a FIRST_SCORE row (a run trained again twice keeps its first), with which the
+    learning-rate sweep goes on choosing (spec.sweep_plan). Dropped up front, not task by task: a stop
+    between the tasks would otherwise leave the tasks not reached with the old weights' rows, which a
+    resumed run (its held-out loss now that of its weights) keeps as done, two models' rows under one run."""
+    first = [] if any(held_out_loss_row(r, unit, FIRST_SCORE) for r in existing) else [
+        dataclasses.replace(r, task=FIRST_SCORE) for r in existing if held_out_loss_row(r, unit, "smoke")][:1]
+    replace_rows(path, first, lambda r: any(ctx.owns(r, task) for task in unit.tasks), warn=log)
 
 
 def trained_or_diverged(unit: Unit, cfg, run_dir: Path, device: str, on_step, should_stop) -> tuple:

@@ -127,7 +127,7 @@ def test_swat_softmax_ablation_takes_the_softmax_paths(monkeypatch):
     calls = []
     monkeypatch.setattr(attention, "swat_attention", lambda *a, **k: calls.append("swat_attention"))
     x = torch.randn(1, 30, cfg.hidden_size)
-    q, k, v = mixer._qkv(x, torch.arange(30))
+    q, k, v = mixer._qkv(x, torch.arange(30), 30)
     with torch.no_grad():
         out = mixer._attend(q, k, v)
     assert calls == []
@@ -247,12 +247,51 @@ def test_prefill_past_the_window_then_steps_equal_the_forward(core):
     assert state["pos"] == 27 and state["k"].shape[1] == (FULL_CACHE_MIN_GROWTH if core == "full" else 8)
 
 
+def test_rope_reads_its_table_within_the_training_length_and_computes_past_it(monkeypatch):
+    """Up to max_seq_len the rotation reads the table made at construction (inside a compiled layer,
+    computed sines and cosines are recomputed per element of q and k); past it they are computed.
+    Both are rope_cos_sin's values, so a forward, and steps across the table's end, agree."""
+    from harness.ops.rope import rope_cos_sin
+    mixer = _mixer("swat")
+    L = mixer.rope_table.shape[1]
+    assert L == load_config("tiny").model.max_seq_len
+    positions = torch.arange(L)
+    assert all(torch.equal(a, b) for a, b in zip(mixer._rope_cos_sin(positions, L),
+                                                  rope_cos_sin(positions, mixer.head_dim, mixer.rope_theta)))
+    computed = []
+    monkeypatch.setattr(attention, "rope_cos_sin", lambda *a: computed.append(a) or rope_cos_sin(*a))
+    x = torch.randn(1, L + 3, mixer.q_proj.in_features)
+    with torch.no_grad():
+        within = mixer(x[:, :L])
+        assert not computed
+        past = mixer(x)
+        assert len(computed) == 1
+        y, state = mixer.prefill(x[:, :L - 2])
+        outs = [y]
+        for t in range(L - 2, L + 3):
+            y_t, state = mixer.step(x[:, t:t + 1], state)
+            outs.append(y_t)
+    assert len(computed) == 4  # the forward past L, then the steps at positions L, L+1, L+2
+    torch.testing.assert_close(past[:, :L], within, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(torch.cat(outs, 1), past, atol=1e-5, rtol=1e-5)
+
+
+def test_rope_table_is_remade_after_meta_construction():
+    cfg = load_config("tiny").model
+    with torch.device("meta"):
+        mixer = SwatAttention(cfg)
+    mixer = mixer.to_empty(device="cpu")
+    mixer.reset_special()
+    assert torch.equal(mixer.rope_table, SwatAttention(cfg).rope_table)
+    assert torch.equal(mixer.slopes, SwatAttention(cfg).slopes)
+
+
 def test_caches_hold_each_position_where_the_forward_puts_it():
     x = torch.randn(1, 13, 64)
     for core, slots in (("full", range(13)), ("sliding", [p % 8 for p in range(5, 13)])):
         mixer = _mixer(core)
         with torch.no_grad():
-            _, k, v = mixer._qkv(x, torch.arange(13))
+            _, k, v = mixer._qkv(x, torch.arange(13), 13)
             _, state = mixer.prefill(x[:, :12])
             _, state = mixer.step(x[:, 12:], state)
         positions = range(13) if core == "full" else range(5, 13)

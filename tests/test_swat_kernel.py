@@ -271,7 +271,7 @@ def test_a_tuning_sweep_cut_short_keeps_the_rows_it_measured(tmp_path, monkeypat
 
     from harness.bench import tune
 
-    def two_then_cut(on_row):
+    def two_then_cut(on_row, windows):
         for ms in (1.5, 2.5):
             on_row(dict(d=64, T=8192, W=128, what="fwd", ms=ms, note=""))
         raise KeyboardInterrupt  # the sweep stops here (a time limit, a crash): rows so far are on disk
@@ -283,6 +283,30 @@ def test_a_tuning_sweep_cut_short_keeps_the_rows_it_measured(tmp_path, monkeypat
     rows = [json.loads(line) for line in (tmp_path / "rows.jsonl").read_text().splitlines()]
     assert [r["ms"] for r in rows] == [1.5, 2.5]
     assert all(r["command"].startswith("python -m harness.bench.tune --sweeps tiles") and r["date"] for r in rows)
+
+
+def test_a_tuning_sweep_takes_the_windows_asked_for_and_refuses_bad_ones(tmp_path, monkeypatch, capsys):
+    """`--windows 512,T` sweeps the 340m model's window (and W = T) instead of the default three;
+    a window that is no size above 0 gets one error line before --out is opened."""
+    import sys
+
+    from harness.bench import tune
+    asked = []
+    monkeypatch.setattr(tune, "sweep", lambda on_row, windows: asked.append(windows) or [])
+    monkeypatch.setattr(tune, "checked_sweeps", lambda text: ["tiles"])  # past the refusal of a machine without a GPU
+    out = tmp_path / "rows.jsonl"
+    for argv in (["--windows", "512,T"], []):
+        monkeypatch.setattr(sys, "argv", ["tune", "--sweeps", "tiles", "--out", str(out), *argv])
+        tune.main()
+    assert asked == [(512, "T"), (128, 2048, "T")]
+    for bad in ("0", "512,x", "-4", ""):
+        out.unlink(missing_ok=True)
+        monkeypatch.setattr(sys, "argv", ["tune", "--windows", bad, "--out", str(out)])
+        with pytest.raises(SystemExit) as stop:
+            tune.main()
+        err = capsys.readouterr().err
+        assert stop.value.code == 2 and err.startswith("error: --windows takes comma-separated window sizes above 0")
+        assert len(err.strip().splitlines()) == 1 and not out.exists()
 
 
 def test_bench_kernels_writes_results_and_resumes(tmp_path):

@@ -2,7 +2,8 @@
 
 Sweep `tiles` times candidate configs (BLOCK_M, BLOCK_N, warps, stages, ONE_LOOP) of each pass
 (fwd, dkdv, dq, and dkdv with FUSED_DQ, the one-pass backward) at d = 64 and 128, B*T = 65536,
-T = 8192: the "small" regime at W = 128, the "large" one at W = 2048 and W = T; then the
+T = 8192: the "small" regime at W = 128, the "large" one at W = 2048 and W = T (`--windows`
+chooses others, such as the 340m model's 512, each timed with its regime's candidates); then the
 sigmoid's reciprocal on the special-function unit (mode 1) against the Newton one (mode 2) with
 the current configs. A backward candidate is timed as the whole backward (dK/dV + dQ, or the one
 fused pass) with the other pass at its current config, so differences between candidates of one
@@ -68,7 +69,11 @@ def _time(fn, cuda_graph: bool = False) -> tuple[float | None, str]:
         return None, f"{type(err).__name__}: {first_line(err)[:80]}"
 
 
-def sweep(seq_len: int = 8192, tokens: int = 65536, on_row=lambda row: None) -> list[dict]:
+DEFAULT_WINDOWS = (128, 2048, "T")  # the small regime, then the large one at a wide window and at W = T
+
+
+def sweep(seq_len: int = 8192, tokens: int = 65536, on_row=lambda row: None,
+          windows: tuple = DEFAULT_WINDOWS) -> list[dict]:
     rows = []
     for d in (64, 128):
         H, B, T = 1024 // d, tokens // seq_len, seq_len
@@ -83,7 +88,8 @@ def sweep(seq_len: int = 8192, tokens: int = 65536, on_row=lambda row: None) -> 
         def bwd(W):
             return lambda: _swat_bwd(do, q, k, v, slopes, None, None, W, 0.0, scale)
 
-        for W, regime in ((128, "small"), (2048, "large"), (T, "large")):
+        for W in (T if w == "T" else w for w in windows):
+            regime = "small" if W <= fn_mod.SMALL_WINDOW else "large"
             for what in ("fwd", "dkdv", "dq", "dkdv fused"):
                 pass_name, fused = what.split()[0], what.endswith("fused")
                 for cand in CANDIDATES[(what, regime)]:
@@ -156,13 +162,25 @@ def checked_sweeps(text: str) -> list[str]:
     return sweeps
 
 
+def checked_windows(text: str) -> tuple:
+    """--windows: comma-separated key counts above 0, or T (the whole sequence)."""
+    items = [w.strip() for w in text.split(",") if w.strip()]
+    if not items or not all(w == "T" or (w.isdigit() and int(w) > 0) for w in items):
+        raise ConfigError(f"--windows takes comma-separated window sizes above 0 or T, e.g. 128,512,T; got {text!r}")
+    return tuple(w if w == "T" else int(w) for w in items)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sweeps", default="tiles,decode", help="comma-separated: tiles, decode")
+    parser.add_argument("--windows", default="128,2048,T",
+                        help="the tiles sweep's windows, comma-separated (T: the whole sequence); each is timed "
+                             f"with the candidates of its regime (small: W <= {fn_mod.SMALL_WINDOW})")
     parser.add_argument("--out", help="also write the rows as JSON lines to this file, each as it is measured "
                         "(a sweep cut short keeps what it measured)")
     args = parser.parse_args()
     try:
+        windows = checked_windows(args.windows)
         sweeps = checked_sweeps(args.sweeps)
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
@@ -175,7 +193,7 @@ def main() -> None:
             if out is not None:
                 out.write(json.dumps({**row, **made}) + "\n")
                 out.flush()
-        rows = (sweep(on_row=on_row) if "tiles" in sweeps else []) + \
+        rows = (sweep(on_row=on_row, windows=windows) if "tiles" in sweeps else []) + \
             (decode_sweep(on_row=on_row) if "decode" in sweeps else [])
     best = {}
     for r in rows:

@@ -66,8 +66,8 @@ class AttentionMixer(nn.Module, ABC):
     def _rope_cos_sin(self, positions: torch.Tensor, end: int) -> tuple[torch.Tensor, torch.Tensor]:
         """RoPE's cos and sin at `positions` (each below `end`): read from the table up to the training
         length, computed past it. Computed inside a compiled layer, they are fused into the rotation and
-        recomputed for every batch row and head of q and k, a kernel bound by those sines and cosines
-        (2.8% of a 340m SWAT training step on an H100: `results/train/h100-340m/`)."""
+        recomputed for every batch row and head of q and k (that kernel took 2.8% of a 340m SWAT
+        training step on an H100: `results/train/h100-340m/`)."""
         if end <= self.rope_table.shape[1]:
             return self.rope_table[0, positions], self.rope_table[1, positions]
         return rope_cos_sin(positions, self.head_dim, self.rope_theta)

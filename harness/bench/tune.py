@@ -173,7 +173,7 @@ def checked_windows(text: str) -> tuple:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sweeps", default="tiles,decode", help="comma-separated: tiles, decode")
-    parser.add_argument("--windows", default="128,2048,T",
+    parser.add_argument("--windows", default=",".join(map(str, DEFAULT_WINDOWS)),
                         help="the tiles sweep's windows, comma-separated (T: the whole sequence); each is timed "
                              f"with the candidates of its regime (small: W <= {fn_mod.SMALL_WINDOW})")
     parser.add_argument("--out", help="also write the rows as JSON lines to this file, each as it is measured "

@@ -59,7 +59,8 @@ from harness.results.store import ResultsError, Row, read_given_rows, read_rows
 
 SHARD_SIZE = re.compile(r"(-?[0-9]+)([a-z]*)", re.IGNORECASE)  # a whole number and its unit, each checked apart
 SHARD_EXAMPLES = "2GB, 500MB, 100KB or 1GiB"
-SHARD_UNITS = {"KB": 10**3, "MB": 10**6, "GB": 10**9, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30}
+SHARD_UNIT_BYTES = {"KB": 10**3, "MB": 10**6, "GB": 10**9, "KiB": 2**10, "MiB": 2**20, "GiB": 2**30}
+SHARD_UNITS = {unit.upper(): size for unit, size in SHARD_UNIT_BYTES.items()}  # the unit as matched, any case
 BYTE_EOS = "<|endoftext|>"
 
 
@@ -106,11 +107,12 @@ def shard_bytes(size: str) -> int:
     if number <= 0:
         raise ConfigError(f"--max-shard-size {size!r} must be above zero, e.g. {SHARD_EXAMPLES}")
     if not unit:
-        raise ConfigError(f"--max-shard-size {size!r} has no unit; add one, e.g. {number}MB (units: KB, MB, GB, "
-                          f"KiB, MiB, GiB)")
+        raise ConfigError(f"--max-shard-size {size!r} has no unit; add one, e.g. {number}MB (units: "
+                          f"{', '.join(SHARD_UNIT_BYTES)})")
     if unit not in SHARD_UNITS:
-        raise ConfigError(f"--max-shard-size {size!r} has an unknown unit {match[2]!r}; use KB, MB, GB, KiB, MiB "
-                          f"or GiB")
+        *most, last = SHARD_UNIT_BYTES
+        raise ConfigError(f"--max-shard-size {size!r} has an unknown unit {match[2]!r}; use {', '.join(most)} "
+                          f"or {last}")
     return number * SHARD_UNITS[unit]
 
 

@@ -117,20 +117,21 @@ def measure_matmul_peak(device: torch.device, size: int = 8192, repeats: int = 2
         raise ValueError("the matmul peak is measured on CUDA devices only")
     a = torch.randn(size, size, device=device, dtype=torch.bfloat16)
     b = torch.randn(size, size, device=device, dtype=torch.bfloat16)
-    warm, times = 0.0, []
-    while warm < warmup_s or len(times) < repeats:
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        a @ b
-        end.record()
-        end.synchronize()
-        seconds = start.elapsed_time(end) / 1e3
-        if warm < warmup_s:
-            warm += seconds
-        else:
-            times.append(seconds)
+    warm = 0.0
+    while warm < warmup_s:
+        warm += _product_seconds(a, b)
+    times = sorted(_product_seconds(a, b) for _ in range(repeats))
     del a, b
     torch.cuda.empty_cache()
-    times.sort()
     return 2.0 * size ** 3 / times[len(times) // 2]
+
+
+def _product_seconds(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Seconds the GPU takes for a @ b (CUDA events)."""
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    a @ b
+    end.record()
+    end.synchronize()
+    return start.elapsed_time(end) / 1e3
 

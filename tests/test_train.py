@@ -392,10 +392,10 @@ def test_gpu_fused_cross_entropy_matches_the_plain_loss():
     ids = torch.randint(0, cfg.vocab_size, (4, 257), device="cuda")
     results = []
     for fused in (False, True):
-        model.fused_ce = train_mod.fused_cross_entropy(model, torch.device("cuda")) if fused else None
+        model.fused_ce = recipe.fused_cross_entropy(model, torch.device("cuda")) if fused else None
         model.zero_grad()
         with torch.autocast("cuda", dtype=torch.bfloat16):
-            loss = train_mod.lm_loss(model, ids[:, :-1], ids[:, 1:])
+            loss = recipe.lm_loss(model, ids[:, :-1], ids[:, 1:])
         loss.backward()
         results.append((loss.detach(), model.embed.weight.grad.clone(), model.blocks[0].mlp.down.weight.grad.clone()))
     (plain, *g_plain), (fused, *g_fused) = results
@@ -443,7 +443,10 @@ def test_fused_head_loss_uses_tf32_for_half_precision_operands_only():
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_gpu_fused_head_loss_tf32_matches_fp32():
     """With bf16 operands (exact in TF32) the fused loss's TF32 products equal its fp32 ones up to
-    summation order: the head's weight gradient agrees to fp32 rounding."""
+    summation order. The input gradient is a bf16 product either way, so it is identical. The head's
+    weight gradient is summed in fp32 and then rounded to bf16, where a summation-order difference
+    moves a few elements to a neighbouring bf16 value (7e-5 relative on an H100): far below the
+    bf16 rounding of the gradient itself (2^-9 relative), which a real loss of precision would reach."""
     fla = pytest.importorskip("fla.modules")
     torch.manual_seed(0)
     x = torch.randn(4096, 1024, device="cuda", dtype=torch.bfloat16, requires_grad=True)
@@ -453,9 +456,10 @@ def test_gpu_fused_head_loss_tf32_matches_fp32():
     for loss in (fla.FusedLinearCrossEntropyLoss(), recipe.FusedHeadLoss(fla.FusedLinearCrossEntropyLoss())):
         x.grad = w.grad = None
         loss(x, target, w).backward()
-        grads.append((x.grad.float(), w.grad.float()))
-    for a, b in zip(*grads):
-        assert ((a - b).norm() / a.norm()).item() < 1e-5
+        grads.append((x.grad, w.grad.float()))
+    (dx_fp32, dw_fp32), (dx_tf32, dw_tf32) = grads
+    assert torch.equal(dx_fp32, dx_tf32)
+    assert ((dw_fp32 - dw_tf32).norm() / dw_fp32.norm()).item() < 2.0**-10
 
 
 # ---------------------------------------------------------------- FLOPs

@@ -112,6 +112,20 @@ def test_fused_dq_backward_matches_reference(monkeypatch, B, T, H, Hkv, W, cu, o
     check_against_reference(1, 45, 2, 1, 128, 23, torch.bfloat16, tol=2e-2, seed=1)
 
 
+def test_every_window_has_a_tile_config_for_every_pass_and_head_size():
+    """The window picks the regime (the 340m/760m presets' 512 is "medium"), and every regime has
+    a config for each pass and head size and a FUSED_DQ entry, so no window meets a missing key."""
+    from harness.ops.swat import function
+    regimes = {W: function.window_regime(W) for W in (1, 128, 256, 257, 512, 513, 2048, 1 << 20)}
+    assert regimes == {1: "small", 128: "small", 256: "small", 257: "medium", 512: "medium",
+                       513: "large", 2048: "large", 1 << 20: "large"}
+    for regime in set(regimes.values()):
+        for d in (64, 128):
+            assert (d, regime) in function.FUSED_DQ
+            for pass_name in ("fwd", "dkdv", "dq"):
+                assert set(function.CONFIGS[(pass_name, d, regime)]) == set(function._INTERPRET_CONFIG)
+
+
 def test_deterministic_mode_keeps_the_two_pass_backward(monkeypatch):
     from harness.ops.swat import function
     monkeypatch.setattr(function, "FUSED_DQ", dict.fromkeys(function.FUSED_DQ, True))

@@ -3,7 +3,8 @@
 Sweep `tiles` times candidate configs (BLOCK_M, BLOCK_N, warps, stages, ONE_LOOP) of each pass
 (fwd, dkdv, dq, and dkdv with FUSED_DQ, the one-pass backward) at d = 64 and 128, B*T = 65536,
 T = 8192: the "small" regime at W = 128, the "large" one at W = 2048 and W = T (`--windows`
-chooses others, such as the 340m model's 512, each timed with its regime's candidates); then the
+chooses others, such as the "medium" regime's 512, the 340m model's window, each timed with its
+regime's candidates); then the
 sigmoid's reciprocal on the special-function unit (mode 1) against the Newton one (mode 2) with
 the current configs. A backward candidate is timed as the whole backward (dK/dV + dQ, or the one
 fused pass) with the other pass at its current config, so differences between candidates of one
@@ -59,6 +60,8 @@ CANDIDATES = {
     ("dkdv fused", "large"): [_cfg(32, 128, 4, 3), _cfg(32, 128, 8, 3), _cfg(64, 128, 8, 2), _cfg(64, 64, 4, 3),
                               _cfg(128, 64, 8, 2)],
 }
+# the medium regime (W = 512) was first swept with the large regime's candidates (NOTES.md, v6)
+CANDIDATES.update({(what, "medium"): CANDIDATES[(what, "large")] for what in ("fwd", "dkdv", "dq", "dkdv fused")})
 
 
 def _time(fn, cuda_graph: bool = False) -> tuple[float | None, str]:
@@ -89,7 +92,7 @@ def sweep(seq_len: int = 8192, tokens: int = 65536, on_row=lambda row: None,
             return lambda: _swat_bwd(do, q, k, v, slopes, None, None, W, 0.0, scale)
 
         for W in (T if w == "T" else w for w in windows):
-            regime = "small" if W <= fn_mod.SMALL_WINDOW else "large"
+            regime = fn_mod.window_regime(W)
             for what in ("fwd", "dkdv", "dq", "dkdv fused"):
                 pass_name, fused = what.split()[0], what.endswith("fused")
                 for cand in CANDIDATES[(what, regime)]:
@@ -175,7 +178,8 @@ def main() -> None:
     parser.add_argument("--sweeps", default="tiles,decode", help="comma-separated: tiles, decode")
     parser.add_argument("--windows", default=",".join(map(str, DEFAULT_WINDOWS)),
                         help="the tiles sweep's windows, comma-separated (T: the whole sequence); each is timed "
-                             f"with the candidates of its regime (small: W <= {fn_mod.SMALL_WINDOW})")
+                             f"with the candidates of its regime (small: W <= {fn_mod.SMALL_WINDOW}, "
+                             f"medium: W <= {fn_mod.MEDIUM_WINDOW})")
     parser.add_argument("--out", help="also write the rows as JSON lines to this file, each as it is measured "
                         "(a sweep cut short keeps what it measured)")
     args = parser.parse_args()

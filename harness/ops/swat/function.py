@@ -27,10 +27,14 @@ HEAD_DIMS = (16, 32, 64, 128)
 DTYPES = (torch.bfloat16, torch.float16, torch.float32)
 
 # Tile configs per (pass, head_dim, regime): BLOCK_M (queries), BLOCK_N (keys), warps, pipeline
-# stages, ONE_LOOP (one masked loop instead of edge/interior/diagonal loops). Regime "small" is
-# W <= SMALL_WINDOW, "large" the rest. Chosen from the H100 sweeps of harness/bench/tune.py and
-# checked by the H200 one (NOTES.md has the numbers); d < 64 uses the d = 64 entries.
+# stages, ONE_LOOP (one masked loop instead of edge/interior/diagonal loops). The regime is set by
+# the window (`window_regime`): "small" up to SMALL_WINDOW, "medium" up to MEDIUM_WINDOW (the
+# 340m/760m presets' 512, where smaller tiles than the "large" ones, tuned at 2048 and T, take
+# about a fifth less time forward + backward), "large" the rest. Chosen from the H100 sweeps of
+# harness/bench/tune.py and checked by the H200 one (NOTES.md has the numbers); d < 64 uses the
+# d = 64 entries.
 SMALL_WINDOW = 256
+MEDIUM_WINDOW = 512
 
 
 def _cfg(bm, bn, warps, stages, one_loop=False):
@@ -39,16 +43,22 @@ def _cfg(bm, bn, warps, stages, one_loop=False):
 
 CONFIGS = {
     ("fwd", 64, "small"): _cfg(64, 64, 4, 3, True),
+    ("fwd", 64, "medium"): _cfg(128, 64, 4, 3),
     ("fwd", 64, "large"): _cfg(128, 64, 4, 3),
     ("fwd", 128, "small"): _cfg(64, 32, 4, 3, True),
+    ("fwd", 128, "medium"): _cfg(128, 32, 4, 4),
     ("fwd", 128, "large"): _cfg(128, 64, 8, 3),
     ("dkdv", 64, "small"): _cfg(32, 64, 4, 4, True),
+    ("dkdv", 64, "medium"): _cfg(32, 64, 4, 3),
     ("dkdv", 64, "large"): _cfg(32, 128, 4, 3),
     ("dkdv", 128, "small"): _cfg(32, 64, 4, 4, True),
+    ("dkdv", 128, "medium"): _cfg(32, 64, 4, 3),
     ("dkdv", 128, "large"): _cfg(32, 128, 8, 3),
     ("dq", 64, "small"): _cfg(64, 32, 4, 3, True),
+    ("dq", 64, "medium"): _cfg(64, 32, 4, 3),
     ("dq", 64, "large"): _cfg(128, 64, 8, 3),
     ("dq", 128, "small"): _cfg(64, 32, 4, 3, True),
+    ("dq", 128, "medium"): _cfg(64, 32, 4, 3),
     ("dq", 128, "large"): _cfg(128, 64, 8, 3),
 }
 _INTERPRET_CONFIG = dict(BLOCK_M=16, BLOCK_N=16, num_warps=1, num_stages=1, ONE_LOOP=False)
@@ -59,23 +69,27 @@ SIGMOID_MODE = {"fwd": 2, "bwd": 1, "decode": 2}
 # Per (head_dim, regime): whether the dK/dV pass also adds dQ with fp32 atomics, so that the dQ
 # pass does not run (triton_bwd: 5 matrix products and one sigmoid per tile pair instead of 7 and
 # two). Off: the H200 sweep (NOTES.md, v5) found the whole backward 1-58% slower with it at every
-# head size and window it timed, as the atomics cost more than the products they save. Always off
+# head size and window it timed, as the atomics cost more than the products they save, and the H100
+# one at W = 512 (v6) 32% slower. Always off
 # under torch.use_deterministic_algorithms, since atomics make dQ's last bits order-dependent.
-FUSED_DQ = {(64, "small"): False, (64, "large"): False, (128, "small"): False, (128, "large"): False}
+FUSED_DQ = {(d, regime): False for d in (64, 128) for regime in ("small", "medium", "large")}
+
+
+def window_regime(window: int) -> str:
+    """Which row of CONFIGS and FUSED_DQ a window's launches take: small, medium or large."""
+    return "small" if window <= SMALL_WINDOW else "medium" if window <= MEDIUM_WINDOW else "large"
 
 
 def kernel_config(pass_name: str, head_dim: int, window: int) -> dict:
     """Tile config for one pass; the interpreter uses 16x16 tiles (and so exercises every tile path)."""
     if interpreting():
         return dict(_INTERPRET_CONFIG)
-    regime = "small" if window <= SMALL_WINDOW else "large"
-    return dict(CONFIGS[(pass_name, max(head_dim, 64), regime)])
+    return dict(CONFIGS[(pass_name, max(head_dim, 64), window_regime(window))])
 
 
 def fused_dq(head_dim: int, window: int) -> bool:
     """Whether the backward at this shape adds dQ inside the dK/dV pass (FUSED_DQ)."""
-    regime = "small" if window <= SMALL_WINDOW else "large"
-    return FUSED_DQ[(max(head_dim, 64), regime)] and not torch.are_deterministic_algorithms_enabled()
+    return FUSED_DQ[(max(head_dim, 64), window_regime(window))] and not torch.are_deterministic_algorithms_enabled()
 
 
 def smaller_configs(cfg: dict):

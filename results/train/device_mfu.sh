@@ -26,7 +26,10 @@ train() {
     > "$OUT/gpu_tests.log" 2>&1; say "tests: $(tail -1 "$OUT/gpu_tests.log")"
   for m in swat transformer; do
     say "harness train --preset 340m --model $m, $STEPS steps"
-    timeout -k 10 270 python3 -m harness train --preset 340m --model $m --quiet --no-resume --out "$G/runs/mfu/$m" \
+    # a run past its limit is stuck (10 steps take about 130 s): SIGABRT, with faulthandler on, puts
+    # every thread's Python stack into the log (twice a machine's first Transformer run went silent)
+    PYTHONFAULTHANDLER=1 timeout -s ABRT -k 10 270 python3 -m harness train --preset 340m --model $m --quiet \
+      --no-resume --out "$G/runs/mfu/$m" \
       --set train.corpus=english-mix --set train.tokens=$((STEPS * 524288)) --set train.eval_tokens=65536 \
       --set train.save_every=100000 >> "$LOG" 2>&1
     cp "$G/runs/mfu/$m/train_log.jsonl" "$OUT/${m}_train_log.jsonl"

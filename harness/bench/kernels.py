@@ -401,11 +401,13 @@ def plot(rows: list[dict], out: Path) -> list[Path]:
         for (d, T) in panels:
             ax = axes[dims.index(d)][lens.index(T)]
             for i, peer in enumerate(PEERS):
-                for mode, style in (("fwd_bwd", "-"), ("fwd", "--")):
+                # a marker per mode as well as a line style: a peer timed at one window only (SDPA,
+                # at W = T) is a lone point, which a line style cannot mark
+                for mode, style, marker in (("fwd_bwd", "-", "o"), ("fwd", "--", "^")):
                     pts = sorted((r["window"], r["ms"]) for r in timed if (r["head_dim"], r["seq_len"], r["peer"],
                                                                             r["mode"]) == (d, T, peer, mode))
                     if pts:
-                        ax.plot(*zip(*pts), style, marker="o", ms=3, color=f"C{i}",
+                        ax.plot(*zip(*pts), style, marker=marker, ms=4, color=f"C{i}",
                                 label=f"{peer} {mode}" if (d, T) == panels[0] else None)
             ax.set_xscale("log", base=2)
             ax.set_yscale("log")

@@ -371,6 +371,7 @@ def cmd_train(args) -> None:
     if main_rank:
         speed = (f", {result.tokens_per_s:,.0f} tokens/s" if result.tokens_per_s else "") + \
             (f", MFU {result.mfu:.1%}" if result.mfu else "") + \
+            (f" ({result.mfu_datasheet:.1%} of the datasheet peak)" if result.mfu_datasheet else "") + \
             (f", peak memory {result.peak_mem_gib:.1f} GiB" if result.peak_mem_gib else "")
         if result.reused:
             console.print(f"{args.model}: already trained in {out} (--no-resume trains it again)", highlight=False)

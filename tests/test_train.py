@@ -464,6 +464,45 @@ def test_gpu_fused_head_loss_tf32_matches_fp32():
 
 # ---------------------------------------------------------------- FLOPs
 
+def test_datasheet_peak_by_device_name():
+    """The name torch reports picks the datasheet's dense bf16 peak: NVL and PCIe parts before the
+    SXM ones whose names they contain; an unknown GPU or a CPU has none (no MFU against it)."""
+    from harness.model.flops import datasheet_matmul_peak
+    assert datasheet_matmul_peak("NVIDIA H100 80GB HBM3") == 989.4e12
+    assert datasheet_matmul_peak("NVIDIA H100 PCIe") == 756.5e12
+    assert datasheet_matmul_peak("NVIDIA H100 NVL") == 835.5e12
+    assert datasheet_matmul_peak("NVIDIA H200") == datasheet_matmul_peak("NVIDIA GH200 480GB") == 989.4e12
+    assert datasheet_matmul_peak("NVIDIA A100-SXM4-80GB") == 312e12
+    assert datasheet_matmul_peak("NVIDIA GeForce RTX 4090") is None
+    assert datasheet_matmul_peak("cpu (x86_64, 2 cores)") is None
+
+
+def test_mfu_against_the_measured_and_the_datasheet_peak():
+    """MFU per GPU: model FLOPs per token x tokens/s over the peak and the ranks; none without a
+    peak (a GPU missing from the datasheet table gets no datasheet MFU, not the measured one)."""
+    from types import SimpleNamespace
+
+    from harness.training.train import Meter
+    job = SimpleNamespace(d=SimpleNamespace(device=torch.device("cpu"), world_size=2),
+                          flops=SimpleNamespace(train=2e9), step_tokens=1024)
+    meter = Meter(job, 700e12, 1000e12, start_step=0)
+    assert meter.mfu(350_000) == pytest.approx(0.5)
+    assert meter.utilisation(350_000, meter.datasheet) == pytest.approx(0.35)
+    assert Meter(job, 700e12, None, start_step=0).utilisation(350_000, None) is None
+    assert meter.mfu(None) is None
+
+
+def test_train_prints_mfu_against_both_peaks(monkeypatch, tmp_path, capsys):
+    from harness import cli
+    from harness.training.outcome import TrainResult
+    result = TrainResult(torch.nn.Linear(1, 1), 10, 5_242_880, 7.9, 7.5, 336_380_928, 30.0, tmp_path,
+                         tokens_per_s=159_591, mfu=0.505, peak_mem_gib=20.0, mfu_datasheet=0.348)
+    monkeypatch.setattr(cli, "train_until_asked", lambda *args: result)
+    assert cli.main(["train", "--model", "swat", "--preset", "tiny", "--quiet", "--out", str(tmp_path / "r")]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert "159,591 tokens/s, MFU 50.5% (34.8% of the datasheet peak), peak memory 20.0 GiB" in out
+
+
 def test_visited_keys():
     assert visited_keys(4, 2) == (1 + 2 + 2 + 2) / 4
     assert visited_keys(4, None) == visited_keys(4, 4) == visited_keys(4, 100) == 2.5

@@ -108,6 +108,25 @@ def flops_per_token(model: nn.Module, seq_len: int) -> FlopCount:
     return count
 
 
+# Dense bf16 tensor-core FLOP/s from NVIDIA's datasheets (their "with sparsity" figures halved), by
+# a part of the name torch.cuda.get_device_name reports; the first key the name contains counts
+# (NVL and PCIe parts before the SXM ones). The fixed denominator that papers quote MFU against,
+# beside the measured sustained peak, which runs lower (669-694 TFLOP/s on an H100 SXM).
+DATASHEET_BF16_FLOPS = (
+    ("H100 NVL", 835.5e12),
+    ("H100 PCIe", 756.5e12),
+    ("H100", 989.4e12),  # SXM5 ("NVIDIA H100 80GB HBM3")
+    ("H200 NVL", 835.5e12),
+    ("H200", 989.4e12),  # SXM and GH200
+    ("A100", 312e12),
+)
+
+
+def datasheet_matmul_peak(device_name: str) -> float | None:
+    """The datasheet's dense bf16 FLOP/s of a GPU by its name, or None for one not in the table."""
+    return next((flops for key, flops in DATASHEET_BF16_FLOPS if key in device_name), None)
+
+
 def measure_matmul_peak(device: torch.device, size: int = 8192, repeats: int = 20, warmup_s: float = 0.5) -> float:
     """bf16 matmul FLOP/s of this GPU (median over repeats of a size^3 product on random data):
     the ceiling MFU is reported against. CUDA only. The products are timed after warmup_s seconds of

@@ -96,7 +96,8 @@ def fit_by_counting(model, model_name: str, cfg: Config, run_dir: Path, train_st
     meta = {"model": model_name, "config": cfg.to_dict(), "commit": provenance(str(d.device))["commit"], "params": model.num_counts(),
             "world_size": 1, "parallel": None, "flops_per_token": None, "applied": {"compile": False, "fused_ce": False},
             "step": tcfg.steps, "tokens": tokens,
-            "heldout_loss": held, "train_loss": train_loss, "tokens_per_s": None, "mfu": None, "peak_flops": None,
+            "heldout_loss": held, "train_loss": train_loss, "tokens_per_s": None, "mfu": None, "mfu_datasheet": None,
+            "peak_flops": None, "datasheet_flops": None,
             "peak_mem_gib": None, "peak_mem_gib_per_rank": [None], TOKENIZER_KEY: tokenizer_sha256}
     path = save_checkpoint(run_dir, model, None, meta, {"step": tcfg.steps, "position": position}, d)
     return TrainResult(model, tcfg.steps, tokens, train_loss, held, meta["params"], time.time() - t0, path)

@@ -66,6 +66,7 @@ class TrainResult:
     tokens_per_s: float | None = None  # steady state: steps after the first (compile, warm-up) of this run
     mfu: float | None = None  # model FLOPs utilisation against the measured bf16 matmul peak (CUDA)
     peak_mem_gib: float | None = None  # max CUDA memory allocated (GiB) on rank 0
+    mfu_datasheet: float | None = None  # the same against the GPU's datasheet bf16 peak, where known
     reused: bool = False  # the run folder held this finished checkpoint already: nothing was trained
 
 

@@ -30,9 +30,9 @@ from harness.files import FolderLocked, folder_lock
 from harness.memory import check_training_memory, is_out_of_memory, out_of_memory
 from harness.model.backbone import count_params
 from harness.model.build import checked_model, plugin_call, runnable_model
-from harness.model.flops import FlopCount, flops_per_token, measure_matmul_peak
+from harness.model.flops import FlopCount, datasheet_matmul_peak, flops_per_token, measure_matmul_peak
 from harness.registry import get_model
-from harness.results.provenance import provenance
+from harness.results.provenance import device_name, provenance
 from harness.training import distributed
 from harness.training.batches import _batch_layout, batch_at
 from harness.training.checkpoint import (
@@ -161,12 +161,14 @@ def train(model_name: str, cfg: Config, run_dir: Path, device: str | None = None
                 _plot_loss(job, meta["heldout_loss"])
             return TrainResult(job.model, meta["step"], meta["tokens"], meta["train_loss"], meta["heldout_loss"],
                                job.params, 0.0, job.ckpt, meta.get("tokens_per_s"), meta.get("mfu"),
-                               meta.get("peak_mem_gib"), reused=True)
+                               meta.get("peak_mem_gib"), meta.get("mfu_datasheet"), reused=True)
         if progress.step and on_step is None and d.is_main:  # the progress bar says it where there is one
             print(f"train {model_name}: resumed from its checkpoint at step {progress.step:,} of {tcfg.steps:,}",
                   flush=True)
 
-        meter = Meter(job, measure_matmul_peak(d.device) if d.device.type == "cuda" else None, progress.step)
+        on_gpu = d.device.type == "cuda"
+        meter = Meter(job, measure_matmul_peak(d.device) if on_gpu else None,
+                      datasheet_matmul_peak(device_name(str(d.device))) if on_gpu else None, progress.step)
         # the cadence too, so that a reader (`harness scaling`) can tell a lost line from a step not logged
         header = {"run": f"{model_name}-{cfg.preset}", **provenance(str(d.device)), "world_size": d.world_size,
                   "log_every": log_every, "save_every": tcfg.save_every}
@@ -407,26 +409,27 @@ def finish(job: Job, progress: Progress, train_loss: float, meter: Meter) -> Tra
     if not math.isfinite(held):  # the last update diverged: those weights are no result
         raise TrainingDiverged(f"held-out loss is {held} after step {tcfg.steps}; {RETRAIN}")
     tokens_per_s = meter.mean_tokens_per_s()
-    mfu = meter.mfu(tokens_per_s)
+    mfu, mfu_datasheet = meter.mfu(tokens_per_s), meter.utilisation(tokens_per_s, meter.datasheet)
     meta = {**job.meta, "step": tcfg.steps, "tokens": tcfg.steps * job.step_tokens, "heldout_loss": held,
-            "train_loss": train_loss, "tokens_per_s": tokens_per_s, "mfu": mfu,
-            "peak_flops": meter.peak, "peak_mem_gib": meter.peak_mem,
+            "train_loss": train_loss, "tokens_per_s": tokens_per_s, "mfu": mfu, "mfu_datasheet": mfu_datasheet,
+            "peak_flops": meter.peak, "datasheet_flops": meter.datasheet, "peak_mem_gib": meter.peak_mem,
             "peak_mem_gib_per_rank": job.d.gather_objects(meter.peak_mem)}
     path = save_checkpoint(job.run_dir, job.wrapped, job.optimizer, meta,
                            {"step": tcfg.steps, "position": progress.position}, job.d)
     if job.d.is_main:
         _plot_loss(job, held)
     return TrainResult(job.model, tcfg.steps, tcfg.steps * job.step_tokens, train_loss, held, job.params,
-                       meter.elapsed(), path, tokens_per_s, mfu, meter.peak_mem)
+                       meter.elapsed(), path, tokens_per_s, mfu, meter.peak_mem, mfu_datasheet)
 
 
 class Meter:
     """Throughput, MFU and memory between logged steps. The steady-state tokens/s leaves out the
     run's first step (it pays for compilation and warm-up); MFU is per GPU, against the bf16
-    matmul peak measured at start (CUDA only)."""
+    matmul peak measured at start (CUDA only), and at the end also against the GPU's datasheet
+    peak (`datasheet`, where the GPU is in flops.DATASHEET_BF16_FLOPS)."""
 
-    def __init__(self, job: Job, peak: float | None, start_step: int):
-        self.job, self.peak, self.start_step = job, peak, start_step
+    def __init__(self, job: Job, peak: float | None, datasheet: float | None, start_step: int):
+        self.job, self.peak, self.datasheet, self.start_step = job, peak, datasheet, start_step
         self.t0 = time.time()
         self.timed_s, self.timed_tokens, self.peak_mem = 0.0, 0, None
         self.last_step = start_step
@@ -453,10 +456,15 @@ class Meter:
                 "seconds": self.elapsed()}
 
     def mfu(self, tokens_per_s: float | None) -> float | None:
-        """Model FLOPs utilisation per GPU of the job's tokens/s (all ranks together)."""
-        if not (self.peak and tokens_per_s):
+        """Model FLOPs utilisation per GPU of the job's tokens/s (all ranks together), against the
+        measured peak."""
+        return self.utilisation(tokens_per_s, self.peak)
+
+    def utilisation(self, tokens_per_s: float | None, peak: float | None) -> float | None:
+        """The job's model FLOP/s per GPU at tokens_per_s (all ranks together) over `peak` FLOP/s."""
+        if not (peak and tokens_per_s):
             return None
-        return self.job.flops.train * tokens_per_s / (self.peak * self.job.d.world_size)
+        return self.job.flops.train * tokens_per_s / (peak * self.job.d.world_size)
 
     def mean_tokens_per_s(self) -> float | None:
         return self.timed_tokens / self.timed_s if self.timed_s else None

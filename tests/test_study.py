@@ -1047,6 +1047,55 @@ def test_a_run_whose_weights_are_not_those_of_its_rows_is_scored_anew(finished, 
     assert {r.seed for r in read_rows(path) if (r.model, r.preset, r.task) == ("swat", "b", "mqar")} == {0, 1}
 
 
+def test_every_row_of_a_trained_run_names_the_weights_it_was_scored_on(finished):
+    """Rows carry their checkpoint's digest (as `harness run`'s do), so that two trainings' rows
+    under one run are told apart by more than their held-out loss."""
+    from harness.training.checkpoint import WEIGHTS_FILE, read_meta, weights_digest
+    rows = read_rows(finished / "results" / "tiny-study" / "rows.jsonl")
+    trained = [r for r in rows if r.extra.get("lr") is not None]
+    assert trained and all(r.extra.get("weights") for r in trained)
+    for r in trained:
+        ckpt = Path(r.checkpoint)
+        assert r.extra["weights"] == weights_digest(read_meta(ckpt), ckpt / WEIGHTS_FILE)
+
+
+def test_a_run_whose_rows_name_other_weights_is_scored_anew_though_its_held_out_loss_agrees(finished, tmp_path,
+                                                                                              capsys):
+    """Rows of other weights with a held-out loss within 1e-9 of the run's (so the held-out check
+    passes) are told by their digest: the run scores all its tasks again, on its own weights."""
+    path = copy_losing_rows(finished, tmp_path, lambda r: False)
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+
+    def ours(r):
+        return (r["model"], r["preset"], r["seed"]) == ("swat", "b", 1)
+    path.write_text("".join(json.dumps({**r, "weights": "0" * 16} if ours(r) else r) + "\n" for r in rows))
+    study = changed_tiny(tmp_path, "seeds: {b: [0, 1]}, tasks: [smoke]", "seeds: {b: [0, 1]}, tasks: [smoke, mqar]")
+    capsys.readouterr()
+    assert study_cli(tmp_path, "--models", "swat", "--sizes", "b", study=study) == 0
+    assert ("b/swat/lr0.01-seed1: its weights (" in (out := capsys.readouterr().out)
+            and ") are not those some of its rows were scored on (0000000000000000" in out)
+    unit_rows = [r for r in read_rows(path) if (r.model, r.preset, r.seed) == ("swat", "b", 1)]
+    assert {r.task for r in unit_rows} >= {"smoke", "mqar"}
+    assert "0" * 16 not in {r.extra["weights"] for r in unit_rows if r.task != "first_heldout"}
+
+
+def test_status_names_a_run_whose_rows_were_scored_on_two_sets_of_weights(finished, tmp_path):
+    """Rows files of two machines merged can put two trainings' rows under one run; status.md says
+    which run and how to score it again. Its first score's row, kept from a training since replaced,
+    does not count."""
+    path = copy_losing_rows(finished, tmp_path, lambda r: False)
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    ours = [i for i, r in enumerate(rows) if (r["model"], r["preset"], r["seed"]) == ("swat", "b", 1)]
+    assert len(ours) > 1
+    rows[ours[-1]] = {**rows[ours[-1]], "weights": "f" * 16}
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert study_cli(tmp_path, "--report-only") == 0
+    status = (path.parent / "status.md").read_text()
+    assert "Rows scored on more than one set of weights" in status
+    assert [ln for ln in status.splitlines() if ln.startswith("- `b/swat/lr0.01-seed1`: weights ")]
+    assert "b/transformer" not in status.split("more than one set of weights")[1]
+
+
 def test_a_run_trained_again_and_stopped_between_its_tasks_keeps_no_row_of_its_old_weights(finished, tmp_path):
     """A run trained again (its checkpoint lost) with a task left scores all its tasks anew; stopped
     after its held-out loss, it was resumed with that loss now matching its weights, so it scored only

@@ -50,6 +50,7 @@ from harness.study.spec import (
     power_law,
     rows_file,
     run_label,
+    scored_weights,
     sweep_plan,
     units,
 )
@@ -784,6 +785,12 @@ def status_text(res: Results) -> str:
         lines += ["", "Diverged (counted as done, no scores; to train one again, delete its rows from rows.jsonl):",
                   ""]
         lines += [f"- `{unit.key}`: {why}" for unit, why in res.diverged.items()]
+    mixed = {u.key: sorted(ids) for u in defined if len(ids := scored_weights(res.rows, u)) > 1}
+    if mixed:
+        lines += ["", "Rows scored on more than one set of weights (two models' results under one run, e.g. rows "
+                  "files of two machines merged; to score one again, delete its rows from rows.jsonl and run the "
+                  "study, which retrains it where its checkpoint is gone):", ""]
+        lines += [f"- `{key}`: weights {', '.join(ids)}" for key, ids in mixed.items()]
     return "\n".join(lines) + "\n"
 
 

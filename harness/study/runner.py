@@ -43,14 +43,16 @@ from harness.study.spec import (
     Study,
     Unit,
     load_study,
+    of_unit,
     pending_tasks,
     plan,
     rows_file,
     run_label,
+    scored_weights,
     sweeps_left_out,
     units,
 )
-from harness.training.checkpoint import CHECKPOINT_DIR, META_FILE, read_meta
+from harness.training.checkpoint import CHECKPOINT_DIR, META_FILE, WEIGHTS_FILE, read_meta, weights_digest
 from harness.training.outcome import CheckpointDamaged, TrainingDiverged, TrainingStopped
 from harness.training.trainlog import LOG_FILE
 
@@ -80,11 +82,12 @@ def run_unit(study: Study, unit: Unit, results: Path, runs: Path, device: str,
     model, meta, diverged = trained_or_diverged(unit, cfg, run_dir, device, on_step, should_stop)
     if d is None or d.is_main:
         keep_record(run_dir, record_prefix(study, results, unit))
-    ctx = unit_context(study, unit, cfg, run_dir, device, meta, d)
+    weights = weights_digest(meta, run_dir / CHECKPOINT_DIR / WEIGHTS_FILE) if meta else None
+    ctx = unit_context(study, unit, cfg, run_dir, device, meta, weights, d)
     if diverged:
         record_divergence(unit, ctx, todo, path, diverged, log)
         return "diverged"
-    retrained = tasks_to_score(unit, todo, existing, meta, log)
+    retrained = tasks_to_score(unit, todo, existing, meta, weights, log)
     if retrained != todo and (d is None or d.is_main):
         start_scoring_over(unit, ctx, existing, path, log)
     todo = retrained
@@ -102,17 +105,23 @@ SAME_WEIGHTS_REL_TOL = 1e-9  # one set of weights scores its held-out loss alike
 def held_out_loss_row(r: Row, unit: Unit, task: str) -> bool:
     """Whether `r` is the unit's held-out loss over the whole split (not one corpus source's) under `task`:
     smoke's, or the FIRST_SCORE kept of its first training."""
-    return ((r.preset, r.model, r.extra.get("lr"), r.seed, r.task, r.metric) ==
-            (unit.size, unit.model, unit.lr, unit.seed, task, "loss") and r.extra.get("corpus_source") is None)
+    return of_unit(r, unit) and (r.task, r.metric) == (task, "loss") and r.extra.get("corpus_source") is None
 
 
-def tasks_to_score(unit: Unit, todo: list[str], existing: list, meta: dict, log: Callable[[str], None]) -> list[str]:
+def tasks_to_score(unit: Unit, todo: list[str], existing: list, meta: dict, weights: str | None,
+                   log: Callable[[str], None]) -> list[str]:
     """The unit's tasks left (`todo`), or all its tasks where the weights in its run folder are not
     those its stored rows were scored on: a run trained again after its checkpoint was lost (a
     study's device machine goes back with it) reproduces its weights bit for bit only on the same
-    kind of device and software, and rows of two models under one run would pass for one. The
-    held-out loss tells them apart: training records it for the weights it leaves, and the smoke
-    task stored it for the weights it scored."""
+    kind of device and software, and rows of two models under one run would pass for one. The rows'
+    weights digest tells them apart (`weights`: the run folder's); rows from before the study
+    recorded it, by their held-out loss: training records it for the weights it leaves, and the
+    smoke task stored it for the weights it scored."""
+    others = scored_weights(existing, unit) - {weights}
+    if weights is not None and others:
+        log(f"{unit.key}: its weights ({weights}) are not those some of its rows were scored on "
+            f"({', '.join(sorted(others))}: trained again on another device or software); scoring all its tasks again")
+        return list(unit.tasks)
     stored = [r.value for r in existing if held_out_loss_row(r, unit, "smoke")]
     now = meta.get("heldout_loss")
     if not stored or now is None or math.isclose(stored[0], now, rel_tol=SAME_WEIGHTS_REL_TOL):
@@ -155,9 +164,11 @@ def damage_fix(run_dir: Path):
         raise CheckpointDamaged(err.problem, f"delete {run_dir} and run the study again", err.keep) from None
 
 
-def unit_context(study: Study, unit: Unit, cfg, run_dir: Path, device: str, meta: dict, d) -> TaskContext:
+def unit_context(study: Study, unit: Unit, cfg, run_dir: Path, device: str, meta: dict, weights: str | None,
+                 d) -> TaskContext:
     """The context the unit's rows are made in: every row carries the run's learning rate and budget,
-    and the checkpoint it was scored on (none where training diverged: `meta` is empty)."""
+    and the checkpoint it was scored on and its weights' digest (none where training diverged: `meta`
+    is empty)."""
     budget = study.budgets[unit.size]
     row_extra = {"lr": unit.lr, "tokens_per_param": study.tokens_per_param, "epochs": round(budget["epochs"], 4),
                  "budget_params": budget["budget_params"]}
@@ -165,7 +176,7 @@ def unit_context(study: Study, unit: Unit, cfg, run_dir: Path, device: str, meta
                  "train_flops": (meta.get("flops_per_token") or {}).get("train", 0.0) * meta.get("tokens", 0)}
     return TaskContext(cfg, study.name, unit.model, device, meta.get("params"), meta.get("tokens"),
                        str(run_dir / CHECKPOINT_DIR) if meta else None, None, provenance(device),
-                       row_extra=row_extra, row_facts=row_facts, dist=d)
+                       row_extra=row_extra, row_facts=row_facts, dist=d, weights_id=weights)
 
 
 def record_divergence(unit: Unit, ctx: TaskContext, todo: list[str], path: Path, why: str,

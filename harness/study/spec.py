@@ -50,6 +50,7 @@ from statistics import mean
 from typing import Callable
 
 from harness.config import Config, ConfigError, apply_mapping, folder_name, load_config, read_yaml_file
+from harness.results.store import WEIGHTS_KEY
 
 STUDY_KEYS = {"name", "preset", "model", "train", "tokens_per_param", "warmup_fraction", "max_epochs", "sizes",
               "models", "references", "reference_model", "focus", "sweep", "final"}
@@ -75,6 +76,18 @@ class Unit:
     @property
     def key(self) -> str:
         return f"{self.size}/{self.model}/{run_label(self.lr, self.seed)}"
+
+
+def of_unit(row, unit: Unit) -> bool:
+    """Whether a stored row is a result of `unit`'s run (any task, its kept first score included)."""
+    return (row.preset, row.model, row.extra.get("lr"), row.seed) == (unit.size, unit.model, unit.lr, unit.seed)
+
+
+def scored_weights(rows: list, unit: Unit) -> set[str]:
+    """The weights (checkpoint digests, `weights` in a row) the unit's rows were scored on, but for its
+    first score's row, which keeps those of a training since replaced. Rows from before the study
+    recorded weights name none; more than one is a run whose rows are two models' results."""
+    return {r.extra.get(WEIGHTS_KEY) for r in rows if of_unit(r, unit) and r.task != FIRST_SCORE} - {None}
 
 
 def run_label(lr: float | None, seed: int) -> str:

@@ -70,8 +70,8 @@ SIGMOID_MODE = {"fwd": 2, "bwd": 1, "decode": 2}
 # pass does not run (triton_bwd: 5 matrix products and one sigmoid per tile pair instead of 7 and
 # two). Off: the H200 sweep (NOTES.md, v5) found the whole backward 1-58% slower with it at every
 # head size and window it timed, as the atomics cost more than the products they save, and the H100
-# one at W = 512 (v6) 32% slower. Always off
-# under torch.use_deterministic_algorithms, since atomics make dQ's last bits order-dependent.
+# one at W = 512 (v6) 32% slower. Always off under torch.use_deterministic_algorithms, since
+# atomics make dQ's last bits order-dependent.
 FUSED_DQ = {(d, regime): False for d in (64, 128) for regime in ("small", "medium", "large")}
 
 

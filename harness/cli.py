@@ -562,7 +562,7 @@ def cmd_bench_models(args) -> None:
     rows = bm.run_bench(names, cfg, sweeps, lengths, device, out, args.train_tokens or plan.train_tokens,
                         parse_ints(args.decode_batches, "--decode-batches") if args.decode_batches
                         else plan.decode_batches, force=args.force, log=say,
-                        on_point=show, profile=args.profile)
+                        on_point=show, profile=args.profile, documents=args.documents)
     console.print(f"wrote {out}/rows.jsonl, run.json, table.md and plots", highlight=False)
     if args.peer is not None:
         ratio = render(peer_ratio_table(rows, args.peer), "md")
@@ -791,6 +791,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "1K-128K prefill and decode on GPU, short lengths on CPU)")
     b.add_argument("--train-tokens", type=int_from(1),
                    help="tokens per training batch at every length (default 32768; 512 on a CPU)")
+    b.add_argument("--documents", type=int_from(1), metavar="TOKENS",
+                   help="pack documents of TOKENS tokens into each training sequence, attended apart as `harness "
+                        "train` attends the corpus's packed documents (default: one document per sequence)")
     b.add_argument("--decode-batches", help="comma-separated decode batch sizes (default 1,64; 1,4 on a CPU)")
     b.add_argument("--device", type=device_arg, help="cpu | cuda | cuda:N (default: cuda when available)")
     b.add_argument("--results", type=folder, default="results", help="results folder (default: results)")

@@ -67,6 +67,62 @@ def test_train_points_apply_the_training_options_and_can_be_profiled(monkeypatch
     assert points[1].sweep == "prefill" and points[1].profile is None
 
 
+def test_packed_documents_start_with_every_sequence_and_every_documents_tokens():
+    cu = bm.packed_documents(2, 10, 4, "cpu")
+    assert cu.dtype == torch.int32 and cu.tolist() == [0, 4, 8, 10, 14, 18, 20]
+    assert bm.packed_documents(2, 10, 16, "cpu").tolist() == [0, 10, 20]
+    assert bm.packed_documents(2, 10, None, "cpu") is None
+
+
+def test_the_train_step_packs_documents_as_training_does_and_the_rows_say_so(monkeypatch):
+    """With documents, the training step's loss gets their boundaries (the attention keeps them apart,
+    as in `harness train`, whose batches pack the corpus's documents); the rows record the document
+    length and whether the model kept the documents apart (a plain module attends across them)."""
+    import harness.training.recipe
+    seen = []
+    real = harness.training.recipe.lm_loss
+
+    def recording_loss(model, inputs, targets, cu_seqlens=None):
+        seen.append(None if cu_seqlens is None else cu_seqlens.tolist())
+        return real(model, inputs, targets, cu_seqlens)
+    monkeypatch.setattr(bm, "lm_loss", recording_loss)
+    cfg = load_config("tiny")
+    points = bm.sweep_model("swat", cfg, ["train"], {"train": [32]}, torch.device("cpu"), 64, (1,),
+                            warmup_ms=1, rep_ms=1, documents=12)
+    assert seen and all(cu == [0, 12, 24, 32, 44, 56, 64] for cu in seen)
+    assert points[0].notes == {"activation_checkpointing": 0, "compile": 0, "fused_ce": 0, "document_tokens": 12,
+                               "documents_apart": 1}
+    seen.clear()
+    bm.sweep_model("swat", cfg, ["train"], {"train": [32]}, torch.device("cpu"), 64, (1,), warmup_ms=1, rep_ms=1)
+    assert seen and set(map(str, seen)) == {"None"}
+
+
+def test_a_bench_with_packed_documents_is_another_measurement(tmp_path, monkeypatch):
+    """Packed documents change what the step computes: a bench with --documents (or another length of
+    them) measures again, under its own config_id, and run.json says the length; one without keeps
+    the config_id benches had before the option."""
+    calls = []
+    monkeypatch.setattr(bm, "train_point", fake_train_point(calls))
+    cfg = load_config("tiny")
+    assert bm.config_id(cfg) == bm.config_id(cfg, None) != bm.config_id(cfg, 1024) != bm.config_id(cfg, 512)
+
+    def bench(documents):
+        logged = []
+        rows = bm.run_bench(["swat"], cfg, ["train"], {"train": [32]}, torch.device("cpu"), tmp_path / "speed", 64,
+                            (1,), log=logged.append, documents=documents)
+        return rows, any("already measured" in m for m in logged)
+
+    rows, skipped = bench(16)
+    assert calls == [32] and not skipped and {r.extra["document_tokens"] for r in rows} == {16}
+    assert json.loads((tmp_path / "speed" / "run.json").read_text())["document_tokens"] == 16
+    assert bench(16)[1] and calls == [32]
+    rows, skipped = bench(8)
+    assert calls == [32, 32] and not skipped and {r.extra["document_tokens"] for r in rows} == {8}
+    rows, skipped = bench(None)
+    assert calls == [32, 32, 32] and "document_tokens" not in rows[0].extra
+    assert json.loads((tmp_path / "speed" / "run.json").read_text())["document_tokens"] is None
+
+
 def test_full_attention_cache_grows_with_context():
     cfg = load_config("tiny")
     points = bm.sweep_model("transformer", cfg, ["decode"], {"decode": [16, 48]}, torch.device("cpu"), 128, (1, 4))
@@ -536,7 +592,7 @@ def test_profile_asked_of_a_folder_measured_without_it_measures_again(tmp_path, 
     """`--profile` on a folder measured without it said `already measured` and wrote no profile."""
     calls = []
 
-    def point(model, vocab, length, tokens, device, autocast, warmup_ms, rep_ms, profile):
+    def point(model, vocab, length, tokens, device, autocast, warmup_ms, rep_ms, profile, documents):
         calls.append(length)
         return {"tokens_per_s": 1.0, "batch": bm.train_batch(length, tokens), **({"profile": "ops"} if profile else {})}
     monkeypatch.setattr(bm, "train_point", point)

@@ -6,7 +6,10 @@ Sweeps, per model, at one preset (default 340m):
            sequence lengths 2K..64K with a fixed number of tokens per batch (batch = max(1, tokens //
            length)), with the run's training options as `harness train` applies them: compiled layers
            and the fused loss where they apply (train.compile, train.fused_ce: auto), activation
-           checkpointing with `--set train.activation_checkpointing=true`; the rows say which ran;
+           checkpointing with `--set train.activation_checkpointing=true`; the rows say which ran.
+           One document per sequence by default; `documents`: documents of that many tokens packed
+           into each sequence, attended apart as `harness train` attends the corpus's packed
+           documents (a softmax model without flash-attn then runs another attention kernel);
 - prefill: latency and peak memory of one forward over one sequence of 1K..128K tokens;
 - decode:  per-token latency and tokens/s at batch 1 and a large batch after a prompt of 1K..128K
            tokens, and the memory held by the decode state (KV cache, ring buffer or recurrent state).
@@ -40,6 +43,7 @@ import torch
 
 from harness.bench.timing import median_ms
 from harness.config import Config, ConfigError
+from harness.data.streams import cu_seqlens_for
 from harness.memory import is_out_of_memory
 from harness.training.recipe import lm_loss
 
@@ -156,18 +160,30 @@ def counted_note(name: str) -> str:
             f"so it has no training step or network to time")
 
 
+def packed_documents(batch: int, length: int, documents: int | None, device) -> torch.Tensor | None:
+    """cu_seqlens of a [batch, length] training batch packed with documents of `documents` tokens
+    (each sequence starting a document, its last one cut at the sequence's end), as training's
+    batches carry the corpus's document boundaries; None for one document per sequence."""
+    if documents is None:
+        return None
+    import numpy as np
+    return cu_seqlens_for([np.arange(0, length, documents)] * batch, length).to(device)
+
+
 def train_point(model, vocab: int, length: int, tokens: int, device, autocast, warmup_ms, rep_ms,
-                profile: bool = False) -> dict:
+                profile: bool = False, documents: int | None = None) -> dict:
     """One optimizer step as `harness train` takes it: its loss (fused with the head where
-    train.fused_ce applies) and its AdamW, on a model with the run's training options applied.
+    train.fused_ce applies) and its AdamW, on a model with the run's training options applied, over
+    one document per sequence or packed ones of `documents` tokens (`packed_documents`).
     profile: also where the step's time goes (`profile_table`, under "profile")."""
     batch = train_batch(length, tokens)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device.type == "cuda")
     x = torch.randint(0, vocab, (batch, length + 1), device=device)
+    cu_seqlens = packed_documents(batch, length, documents, device)
 
     def step():
         with autocast():
-            loss = lm_loss(model, x[:, :-1], x[:, 1:])
+            loss = lm_loss(model, x[:, :-1], x[:, 1:], cu_seqlens)
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
@@ -266,11 +282,12 @@ def sweep_model(name: str, cfg: Config, sweeps, lengths: dict, device: torch.dev
                 train_tokens: int = DEFAULT_TRAIN_TOKENS, decode_batches=DEFAULT_DECODE_BATCHES,
                 warmup_ms: float = 100, rep_ms: float = 500,
                 on_point: Callable[[Point], None] | None = None, log: Callable = print,
-                profile: bool = False) -> list[Point]:
+                profile: bool = False, documents: int | None = None) -> list[Point]:
     """Every point of the chosen sweeps for a freshly initialised model (speed does not depend on
     the weights); OOM points are recorded, never raised; a refused sweep is logged and left out, and
     so is a model fitted by counting (no points); profile: each training point also keeps its
-    step's profile (`Point.profile`).
+    step's profile (`Point.profile`); documents: the training step's packed document length
+    (`train_point`), which its rows record with whether the model kept the documents apart.
     Peak memory counts only what this sweep allocates (model, optimizer state, activations,
     caches), not tensors that were resident before."""
     from harness.model.build import build_model
@@ -289,6 +306,8 @@ def sweep_model(name: str, cfg: Config, sweeps, lengths: dict, device: torch.dev
     resolved = apply_training_options(model, cfg.train, device)
     applied = {"activation_checkpointing": int(cfg.train.activation_checkpointing),
                **{key: int(on) for key, on in resolved.items()}}
+    if documents is not None:  # a model without packed-document support attends across them (lm_loss)
+        applied.update(document_tokens=documents, documents_apart=int(getattr(model, "supports_varlen", False)))
     vocab = cfg.model.vocab_size
     points = []
     plans = [(s, L, b) for s in sweeps for L in lengths[s]
@@ -315,7 +334,7 @@ def sweep_model(name: str, cfg: Config, sweeps, lengths: dict, device: torch.dev
             try:
                 if sweep == "train":
                     point.metrics = train_point(model, vocab, length, train_tokens, device, autocast, warmup_ms,
-                                                rep_ms, profile)
+                                                rep_ms, profile, documents)
                     point.batch = point.metrics.pop("batch")
                     point.profile = point.metrics.pop("profile", None)
                 elif sweep == "prefill":
@@ -372,12 +391,14 @@ def points_to_rows(points: list[Point], make_row: Callable) -> list:
     return rows
 
 
-def config_id(cfg: Config) -> str:
-    """A short fingerprint of what a sweep's numbers depend on besides the point: the model config
-    and the training options its step applies. Rows carry it (extra `config_id`), so that a bench
-    under another config (`--set model.window=8`) measures again rather than taking stored rows for
-    its own."""
+def config_id(cfg: Config, documents: int | None = None) -> str:
+    """A short fingerprint of what a sweep's numbers depend on besides the point: the model config,
+    the training options its step applies and its packed document length, if any. Rows carry it
+    (extra `config_id`), so that a bench under another config (`--set model.window=8`,
+    `--documents 1024`) measures again rather than taking stored rows for its own."""
     measured = {"model": dataclasses.asdict(cfg.model), "train": {k: getattr(cfg.train, k) for k in MEASURED_OPTIONS}}
+    if documents is not None:  # absent otherwise: the rows of benches before the option keep their id
+        measured["documents"] = documents
     return hashlib.sha256(json.dumps(measured, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
@@ -443,13 +464,13 @@ def runnable_plan(plan: dict, cfg: Config, device: torch.device, log: Callable) 
 
 def run_bench(names: list[str], cfg: Config, sweeps, lengths: dict, device: torch.device, out_dir,
               train_tokens: int, decode_batches, force: bool = False, log: Callable = print,
-              on_point: Callable | None = None, profile: bool = False) -> list:
+              on_point: Callable | None = None, profile: bool = False, documents: int | None = None) -> list:
     """Sweep each model (each once, however often named) into out_dir/{rows.jsonl, run.json,
     table.md, plots}; a model's sweep whose planned points are already there, measured under the
     same config on the same device, is skipped unless force. Rows are saved after each model. A
     folder's training rows share one tokens per batch (`check_one_batch_size`), and run.json records
     the lengths its rows hold. profile: also out_dir/profiles/<model>-train-<length>.md, where each
-    training step's time goes."""
+    training step's time goes. documents: the training step packs documents of that many tokens."""
     from pathlib import Path
 
     from harness.files import atomic_write_text
@@ -463,7 +484,7 @@ def run_bench(names: list[str], cfg: Config, sweeps, lengths: dict, device: torc
     rows_file = out / "rows.jsonl"
     rows = read_rows(rows_file, warn=log) if rows_file.is_file() else []
     stamp = provenance(str(device))
-    measured_as = config_id(cfg)
+    measured_as = config_id(cfg, documents)
     places = {s: planned_places(s, lengths[s], train_tokens, decode_batches) for s in sweeps}
     plan = {name: [s for s in sweeps
                    if force or not is_measured(rows, name, s, places[s], measured_as, stamp["device"])
@@ -494,7 +515,7 @@ def run_bench(names: list[str], cfg: Config, sweeps, lengths: dict, device: torc
             if not todo:
                 continue
             points = sweep_model(name, cfg, todo, lengths, device, train_tokens, decode_batches, on_point=on_point,
-                                 log=log, profile=profile)
+                                 log=log, profile=profile, documents=documents)
             for p in points:
                 if p.profile is not None:
                     atomic_write_text(profile_path(out, name, p.length), profile_markdown(p, stamp))
@@ -573,7 +594,8 @@ def record_stored(out, rows: list, points: list[Point], train_tokens: int, decod
     if not points:
         return
     sweeps = list(dict.fromkeys(p.sweep for p in points))
-    settings = {"train_tokens": train_tokens} if "train" in sweeps else {}
+    train = [p for p in points if p.sweep == "train"]
+    settings = {"train_tokens": train_tokens, "document_tokens": train[0].notes.get("document_tokens")} if train else {}
     if "decode" in sweeps:
         settings["decode_batches"] = list(decode_batches)
     record_run(out, {"models": [points[0].model], "sweeps": sweeps, "lengths": held_lengths(rows), **settings,

@@ -4,7 +4,7 @@
 # two on one warm machine (the second reuses the tokenized corpus and Triton's cache):
 #   OUT=folder HARNESS_COMMIT=<sent commit> [STEPS=10] [BUDGET_S=570] bash results/train/device_mfu.sh all
 #   OUT=folder HARNESS_COMMIT=<sent commit> [STEPS=10] bash results/train/device_mfu.sh train
-#   OUT=folder HARNESS_COMMIT=<sent commit> bash results/train/device_mfu.sh bench
+#   OUT=folder HARNESS_COMMIT=<sent commit> [DOCUMENTS=N] bash results/train/device_mfu.sh bench
 # Default flags throughout (train.compile and train.fused_ce are auto: on for these models on a GPU):
 # train: the GPU tests of the fused head + loss (gpu_tests.log), then
 #        `harness train --preset 340m` of swat and transformer for STEPS optimizer steps of 0.5M
@@ -13,7 +13,8 @@
 #        `applied`;
 # bench: `harness bench models` at 340m, length 4096: the same step of swat and transformer beside
 #        Hugging Face's LlamaForCausalLM (llama_hf) as a ratio (ratio.md), with each step's profile,
-#        packed as bench.tgz.
+#        packed as bench.tgz; DOCUMENTS=N packs documents of N tokens into each sequence, as training
+#        packs the corpus's (`--documents`: the Transformer's attention is then training's flex_attention).
 # mamba-ssm is not built (MAMBA_BUILD=0): no CPU load beside the measurements.
 set -u
 T0=$(date +%s)
@@ -40,7 +41,8 @@ bench() {
   if [ "$(left)" -lt 120 ]; then say "bench skipped: $(left) s left of BUDGET_S"; return; fi
   say "harness bench models: swat, transformer, llama_hf ($(( $(left) - 20 )) s at most)"
   timeout -k 10 $(( $(left) - 20 )) python3 -m harness bench models --preset 340m --models swat,transformer,llama_hf \
-    --peer llama_hf --sweeps train --lengths train=4096 --profile --out "$G/bench" >> "$LOG" 2>&1
+    --peer llama_hf --sweeps train --lengths train=4096 --profile ${DOCUMENTS:+--documents $DOCUMENTS} \
+    --out "$G/bench" >> "$LOG" 2>&1
   tar czf "$OUT/bench.tgz" -C "$G" bench  # a tarball: at most 8 files come back from a call
 }
 case "${1:-}" in

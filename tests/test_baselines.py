@@ -18,6 +18,7 @@ import importlib
 import importlib.util
 import math
 import os
+import sys
 
 import pytest
 import torch
@@ -80,6 +81,38 @@ def test_softmax_attention_cpu_path_is_the_banded_softmax_reference(window, docs
     out = softmax_attention(q, k, v, window, cu)
     ref = swat_attention_ref(q, k, v, torch.zeros(H), window or T, activation="softmax", cu_seqlens=cu)
     torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
+
+
+def _varlen_taking_window_size(query, key, value, cu_seq_q, cu_seq_k, max_q, max_k, *, window_size=(-1, -1)):
+    return {"window_size": window_size}
+
+
+def _varlen_taking_is_causal(query, key, value, cu_seq_q, cu_seq_k, max_q, max_k, *, is_causal=False):
+    return {"is_causal": is_causal}
+
+
+def _varlen_taking_neither(query, key, value, cu_seq_q, cu_seq_k, max_q, max_k):
+    return {}
+
+
+@pytest.mark.parametrize("varlen_attn, asked", [(_varlen_taking_window_size, {"window_size": (-1, 0)}),
+                                                (_varlen_taking_is_causal, {"is_causal": True}),
+                                                (_varlen_taking_neither, None)])
+def test_torch_varlen_is_asked_for_causal_attention_in_the_keyword_this_torch_takes(monkeypatch, varlen_attn, asked):
+    """torch's varlen flash kernel took `is_causal` in one release and `window_size` in a later one; a
+    torch that takes neither leaves packed documents to flex_attention."""
+    import types
+
+    from harness.ops import softmax as sm
+    module = types.ModuleType("torch.nn.attention.varlen")
+    module.varlen_attn = varlen_attn
+    monkeypatch.setitem(sys.modules, "torch.nn.attention.varlen", module)
+    sm._torch_varlen.cache_clear()
+    try:
+        varlen = sm._torch_varlen()
+        assert (None if varlen is None else varlen(*range(7))) == asked
+    finally:
+        sm._torch_varlen.cache_clear()
 
 
 def test_mamba2_prefill_state_continues_the_sequence():

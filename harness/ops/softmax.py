@@ -1,16 +1,20 @@
 """Causal softmax attention (full, or over a sliding window, optionally with ALiBi slopes and packed
-documents) on the fastest path for the inputs: flash-attn when installed, else torch SDPA or
-compiled flex_attention on a GPU, SDPA over banded blocks of queries on the CPU.
+documents) on the fastest path for the inputs: flash-attn when installed, else torch SDPA, torch's
+own varlen flash kernel or compiled flex_attention on a GPU, SDPA over banded blocks of queries on
+the CPU.
 """
 
 from __future__ import annotations
 
 import functools
+import inspect
 
 import torch
 import torch.nn.functional as F
 
 from harness.ops.banded import band_mask, over_query_blocks, per_document
+
+HALF = (torch.float16, torch.bfloat16)  # the dtypes flash kernels take
 
 
 def _flash_attn():
@@ -19,6 +23,31 @@ def _flash_attn():
         return flash_attn
     except ImportError:
         return None
+
+
+@functools.cache
+def _torch_varlen():
+    """Full causal attention over packed documents on torch's own FlashAttention varlen kernel
+    (`torch.nn.attention.varlen`, torch >= 2.10), as f(q, k, v, cu_seq_q, cu_seq_k, max_q, max_k), or
+    None where this torch has none. Its causal switch changed name between releases (`is_causal`,
+    then `window_size=(-1, 0)`); the one this torch takes is passed."""
+    try:
+        from torch.nn.attention.varlen import varlen_attn
+    except ImportError:
+        return None
+    params = inspect.signature(varlen_attn).parameters
+    if "window_size" in params:
+        return functools.partial(varlen_attn, window_size=(-1, 0))
+    if "is_causal" in params:
+        return functools.partial(varlen_attn, is_causal=True)
+    return None
+
+
+@functools.cache
+def _flash_capable() -> bool:
+    """Whether torch's flash kernels run on this machine's GPU (Ampere, compute capability 8.0, or
+    later); asked once, like `_flash_attn`, so that compiled layers see a constant."""
+    return torch.cuda.get_device_capability() >= (8, 0)
 
 
 FLEX_BLOCK = 128  # create_block_mask's default block size
@@ -140,8 +169,11 @@ def softmax_attention(q, k, v, window: int | None = None, cu_seqlens: torch.Tens
       (`window_size=(window - 1, 0)`; slopes as `alibi_slopes=-slopes`, since flash-attn adds
       `-alibi_slope * |i - j|`);
     - CUDA otherwise: torch SDPA (flash backend) for causal attention over whole sequences (also a
-      window covering all T keys) without slopes, else compiled flex_attention with a block-sparse
-      sliding-window / document mask and the slopes as a score_mod (`_flex_attention`);
+      window covering all T keys) without slopes; torch's own varlen flash kernel (`_torch_varlen`)
+      for it over packed documents, in fp16/bf16 without GQA on an Ampere or later GPU, as a user
+      without flash-attn would pick it (flex_attention's document mask is the slower path); else
+      compiled flex_attention with a block-sparse sliding-window / document mask and the slopes as
+      a score_mod (`_flex_attention`);
     - CPU: torch SDPA per document (`per_document`: memory of the longest document, not of the
       packed row); where a window or slopes apply, over blocks of queries (`over_query_blocks`),
       each with a band mask over the keys it reaches (additive, carrying the slopes, when given).
@@ -150,7 +182,7 @@ def softmax_attention(q, k, v, window: int | None = None, cu_seqlens: torch.Tens
     if window is not None and window >= T:
         window = None  # a window over the whole sequence restricts nothing: plain causal attention
     gqa = q.shape[2] != k.shape[2]
-    if q.is_cuda and q.dtype in (torch.float16, torch.bfloat16) and _flash_attn() is not None:
+    if q.is_cuda and q.dtype in HALF and _flash_attn() is not None:
         fa = _flash_attn()
         options = dict(causal=True, window_size=(-1, -1) if window is None else (window - 1, 0),
                        alibi_slopes=None if slopes is None else -slopes.to(device=q.device, dtype=torch.float32))
@@ -164,6 +196,10 @@ def softmax_attention(q, k, v, window: int | None = None, cu_seqlens: torch.Tens
     if not q.is_cuda and (window is not None or slopes is not None):
         return over_query_blocks(lambda q, k, v, first: _banded_sdpa(q, k, v, window or T, slopes, first, gqa),
                                  q, k, v, window or T)
+    if (window is None and slopes is None and cu_seqlens is not None and not gqa and q.dtype in HALF
+            and _flash_capable() and (varlen := _torch_varlen()) is not None):
+        cu = cu_seqlens.to(device=q.device, dtype=torch.int32)
+        return varlen(q[0], k[0], v[0], cu, cu, T, T)[None]  # T bounds every document: no host sync
     qt, kt, vt = (t.transpose(1, 2) for t in (q, k, v))
     if window is None and cu_seqlens is None and slopes is None:
         out = F.scaled_dot_product_attention(qt, kt, vt, is_causal=True, enable_gqa=gqa)

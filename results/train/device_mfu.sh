@@ -6,7 +6,8 @@
 #   OUT=folder HARNESS_COMMIT=<sent commit> [STEPS=10] bash results/train/device_mfu.sh train
 #   OUT=folder HARNESS_COMMIT=<sent commit> [DOCUMENTS=N] bash results/train/device_mfu.sh bench
 # Default flags throughout (train.compile and train.fused_ce are auto: on for these models on a GPU):
-# train: the GPU tests of the fused head + loss (gpu_tests.log), then
+# train: the GPU tests of the fused head + loss and of softmax attention (packed documents on torch's
+#        varlen flash kernel among them; gpu_tests.log), then
 #        `harness train --preset 340m` of swat and transformer for STEPS optimizer steps of 0.5M
 #        tokens (length 4096; english-mix with the Llama-2 tokenizer, since fineweb-edu is not in the
 #        offline mirror): tokens/s and MFU per step in each train_log.jsonl, what ran in meta.json's
@@ -22,8 +23,9 @@ MAMBA_BUILD=0 . results/device-setup.sh
 left() { echo $(( ${BUDGET_S:-570} - ($(date +%s) - T0) )); }
 train() {
   STEPS=${STEPS:-10}
-  say "GPU tests of the fused head + loss (against the plain loss; TF32 against fp32 products)"
-  timeout -k 10 120 python3 -m pytest tests/test_train.py -p no:cacheprovider -W ignore -rfEs -k gpu_fused \
+  say "GPU tests of the fused head + loss (against the plain loss; TF32 against fp32 products) and of softmax attention"
+  timeout -k 10 150 python3 -m pytest tests/test_train.py tests/test_baselines.py -p no:cacheprovider -W ignore -rfEs \
+    -k "gpu_fused or gpu_softmax_attention" \
     > "$OUT/gpu_tests.log" 2>&1; say "tests: $(tail -1 "$OUT/gpu_tests.log")"
   for m in swat transformer; do
     say "harness train --preset 340m --model $m, $STEPS steps"

@@ -39,6 +39,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Callable
 
+import numpy as np
 import torch
 
 from harness.bench.timing import median_ms
@@ -166,7 +167,6 @@ def packed_documents(batch: int, length: int, documents: int | None, device) -> 
     batches carry the corpus's document boundaries; None for one document per sequence."""
     if documents is None:
         return None
-    import numpy as np
     return cu_seqlens_for([np.arange(0, length, documents)] * batch, length).to(device)
 
 

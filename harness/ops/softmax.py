@@ -46,7 +46,7 @@ def _torch_varlen():
 @functools.cache
 def _flash_capable() -> bool:
     """Whether torch's flash kernels run on this machine's GPU (Ampere, compute capability 8.0, or
-    later); asked once, like `_flash_attn`, so that compiled layers see a constant."""
+    later); asked once (cached), so that compiled layers see a constant."""
     return torch.cuda.get_device_capability() >= (8, 0)
 
 

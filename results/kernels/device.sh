@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Issue 24's kernel measurements, from the repository root with `.whl/` carried (fla, a peer), on a
 # CUDA machine; each mode fits one 10-minute device call, and `bench` resumes on a warm machine:
-#   OUT=folder HARNESS_COMMIT=<sent commit> [SWEEPS=tiles,decode] [WINDOWS=128,2048,T] bash results/kernels/device.sh tune
+#   OUT=folder HARNESS_COMMIT=<sent commit> [SWEEPS=tiles,decode] [WINDOWS=512,1024] bash results/kernels/device.sh tune
 #   OUT=folder HARNESS_COMMIT=<sent commit> [HEAD_DIMS=64,128] [BUDGET_S=570] bash results/kernels/device.sh bench
 # tune:  the GPU tests of the kernels (realistic shapes with both backwards, every dtype and head
 #        size; the whole file compiled took over 150 s, so it belongs in a study call's GPU_TESTS),
@@ -26,7 +26,7 @@ case "${1:-}" in
       > "$OUT/gpu_tests.log" 2>&1; say "tests: $(tail -1 "$OUT/gpu_tests.log")"
     say "sweeps ${SWEEPS:-tiles,decode} ($(( $(left) - 15 )) s at most)"
     timeout -k 10 $(( $(left) - 25 )) python3 -m harness.bench.tune --sweeps "${SWEEPS:-tiles,decode}" \
-      --windows "${WINDOWS:-128,2048,T}" --out "$OUT/tune.jsonl" > "$OUT/tune.txt" 2>&1; say "tune exit $?" ;;
+      ${WINDOWS:+--windows "$WINDOWS"} --out "$OUT/tune.jsonl" > "$OUT/tune.txt" 2>&1; say "tune exit $?" ;;
   bench)
     say "bench kernels, d=${HEAD_DIMS:-64,128} ($(( $(left) - 20 )) s at most)"
     timeout -k 10 $(( $(left) - 30 )) python3 -m harness bench kernels --out "$G/results/kernels" \

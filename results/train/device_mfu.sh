@@ -15,7 +15,7 @@
 # bench: `harness bench models` at 340m, length 4096: the same step of swat and transformer beside
 #        Hugging Face's LlamaForCausalLM (llama_hf) as a ratio (ratio.md), with each step's profile,
 #        packed as bench.tgz; DOCUMENTS=N packs documents of N tokens into each sequence, as training
-#        packs the corpus's (`--documents`: the Transformer's attention is then training's flex_attention).
+#        packs the corpus's (`--documents`: the Transformer's attention is then training's kernel).
 # mamba-ssm is not built (MAMBA_BUILD=0): no CPU load beside the measurements.
 set -u
 T0=$(date +%s)

@@ -50,7 +50,9 @@ CANDIDATES = {
     ("fwd", "large"): [_cfg(128, 64, 4, 3), _cfg(128, 64, 8, 3), _cfg(128, 32, 4, 4), _cfg(128, 128, 8, 3)],
     ("dkdv", "small"): [_cfg(32, 64, 4, 4), _cfg(32, 64, 4, 4, True), _cfg(64, 64, 4, 3, True),
                         _cfg(32, 32, 4, 3, True), _cfg(16, 64, 4, 3, True)],
-    ("dkdv", "large"): [_cfg(32, 128, 4, 3), _cfg(32, 64, 4, 3), _cfg(64, 128, 8, 2), _cfg(32, 128, 8, 3)],
+    # 64x128 with 8 warps and 3 stages: flex_attention's sm90 backward tile for d = 64 and 128
+    ("dkdv", "large"): [_cfg(32, 128, 4, 3), _cfg(32, 64, 4, 3), _cfg(64, 128, 8, 2), _cfg(32, 128, 8, 3),
+                        _cfg(64, 128, 8, 3)],
     ("dq", "small"): [_cfg(64, 64, 4, 3), _cfg(64, 64, 4, 3, True), _cfg(64, 32, 4, 3, True),
                       _cfg(32, 64, 4, 3, True)],
     ("dq", "large"): [_cfg(128, 32, 4, 3), _cfg(64, 32, 4, 3), _cfg(128, 64, 8, 3), _cfg(64, 64, 4, 3)],

@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Issue 24's kernel measurements, from the repository root with `.whl/` carried (fla, a peer), on a
 # CUDA machine; each mode fits one 10-minute device call, and `bench` resumes on a warm machine:
-#   OUT=folder HARNESS_COMMIT=<sent commit> [SWEEPS=tiles,decode] [WINDOWS=512,1024] bash results/kernels/device.sh tune
+#   OUT=folder HARNESS_COMMIT=<sent commit> [SWEEPS=tiles,decode] [WINDOWS=512,1024] [TESTS=gpu] bash results/kernels/device.sh tune
 #   OUT=folder HARNESS_COMMIT=<sent commit> [HEAD_DIMS=64,128] [BUDGET_S=570] bash results/kernels/device.sh bench
 # tune:  the GPU tests of the kernels (realistic shapes with both backwards, every dtype and head
-#        size; the whole file compiled took over 150 s, so it belongs in a study call's GPU_TESTS),
+#        size; the whole file compiled took over 150 s, so it belongs in a study call's GPU_TESTS;
+#        TESTS=every_dtype runs only the test of every dtype and head size, about 90 s),
 #        then `python -m harness.bench.tune --sweeps $SWEEPS` (tile configs of every pass, FUSED_DQ
 #        against the two-pass backward; decode launch configs, ACC_2D among them) as tune.jsonl,
 #        written row by row (a sweep cut at the time limit keeps what it measured); the winners go
@@ -22,7 +23,7 @@ left() { echo $(( ${BUDGET_S:-570} - ($(date +%s) - T0) )); }
 case "${1:-}" in
   tune)
     say "kernel tests on the GPU (the realistic shapes, every dtype and head size)"
-    timeout -k 10 150 python3 -m pytest tests/test_swat_kernel.py -p no:cacheprovider -W ignore -rfEs -k gpu \
+    timeout -k 10 150 python3 -m pytest tests/test_swat_kernel.py -p no:cacheprovider -W ignore -rfEs -k "${TESTS:-gpu}" \
       > "$OUT/gpu_tests.log" 2>&1; say "tests: $(tail -1 "$OUT/gpu_tests.log")"
     say "sweeps ${SWEEPS:-tiles,decode} ($(( $(left) - 15 )) s at most)"
     timeout -k 10 $(( $(left) - 25 )) python3 -m harness.bench.tune --sweeps "${SWEEPS:-tiles,decode}" \

@@ -101,13 +101,17 @@ def test_one_loop_variant_matches_reference(monkeypatch, B, T, H, Hkv, W):
 @pytest.mark.parametrize("B,T,H,Hkv,W,cu", [(2, 50, 2, 2, 20, None), (1, 40, 4, 1, 40, None), (1, 37, 2, 1, 1, None),
                                             (1, 50, 2, 1, 24, [0, 7, 33, 50])])
 @pytest.mark.parametrize("one_loop", [False, True])
-def test_fused_dq_backward_matches_reference(monkeypatch, B, T, H, Hkv, W, cu, one_loop):
-    """The one-pass backward (dQ added with atomics inside the dK/dV pass) computes the same
-    gradients as the reference: window edges, W = 1, full causal, GQA, packed documents."""
+@pytest.mark.parametrize("mode", ["atomics", "tma"])
+def test_fused_dq_backward_matches_reference(monkeypatch, B, T, H, Hkv, W, cu, one_loop, mode):
+    """The one-pass backward (dQ added inside the dK/dV pass) computes the same gradients as the
+    reference: window edges, W = 1, full causal, GQA, packed documents. ("tma" runs as "atomics"
+    in the CPU interpreter and before Hopper.)"""
     from harness.ops.swat import function
-    monkeypatch.setattr(function, "FUSED_DQ", dict.fromkeys(function.FUSED_DQ, True))
+    monkeypatch.setattr(function, "FUSED_DQ", dict.fromkeys(function.FUSED_DQ, mode))
     monkeypatch.setitem(function._INTERPRET_CONFIG, "ONE_LOOP", one_loop)
-    assert function.fused_dq(64, W)
+    if mode == "tma" and not (DEVICE == "cuda" and torch.cuda.get_device_capability()[0] >= 9):
+        pytest.skip("runs as atomics here (test_tma_dq_falls_back_to_atomics_without_the_copy_engine)")
+    assert function.fused_dq(64, W, torch.device(DEVICE)) == mode
     check_against_reference(B, T, H, Hkv, 64, W, torch.float32, tol=2e-5, cu_seqlens=cu)
     check_against_reference(1, 45, 2, 1, 128, 23, torch.bfloat16, tol=2e-2, seed=1)
 
@@ -121,16 +125,30 @@ def test_every_window_has_a_tile_config_for_every_pass_and_head_size():
                        513: "large", 2048: "large", 1 << 20: "large"}
     for regime in set(regimes.values()):
         for d in (64, 128):
-            assert (d, regime) in function.FUSED_DQ
+            assert function.FUSED_DQ[(d, regime)] in function.FUSED_DQ_MODES
             for pass_name in ("fwd", "dkdv", "dq"):
                 assert set(function.CONFIGS[(pass_name, d, regime)]) == set(function._INTERPRET_CONFIG)
 
 
 def test_deterministic_mode_keeps_the_two_pass_backward(monkeypatch):
     from harness.ops.swat import function
-    monkeypatch.setattr(function, "FUSED_DQ", dict.fromkeys(function.FUSED_DQ, True))
+    monkeypatch.setattr(function, "FUSED_DQ", dict.fromkeys(function.FUSED_DQ, "atomics"))
     monkeypatch.setattr(torch, "are_deterministic_algorithms_enabled", lambda: True)
-    assert not function.fused_dq(64, 128) and not function.fused_dq(128, 4096)
+    device = torch.device(DEVICE)
+    assert function.fused_dq(64, 128, device) == function.fused_dq(128, 4096, device) == "off"
+
+
+def test_tma_dq_falls_back_to_atomics_without_the_copy_engine(monkeypatch):
+    """The bulk reduction of FUSED_DQ "tma" exists on Hopper and later only, and not in the CPU
+    interpreter: elsewhere the same one-pass backward adds dQ with atomics."""
+    from harness.ops.swat import function
+    monkeypatch.setattr(function, "FUSED_DQ", dict.fromkeys(function.FUSED_DQ, "tma"))
+    assert function.fused_dq(64, 128, torch.device("cpu")) == "atomics"
+    monkeypatch.setattr(function, "interpreting", lambda: False)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (8, 0))
+    assert function.fused_dq(64, 128, torch.device("cuda")) == "atomics"
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (9, 0))
+    assert function.fused_dq(64, 128, torch.device("cuda")) == "tma"
 
 
 @pytest.mark.parametrize("mode,tol", [(0, 1e-5), (2, 5e-4)])
@@ -224,7 +242,7 @@ def test_cpu_tensors_need_the_interpreter(monkeypatch):
 # ---------------------------------------------------------------- GPU, realistic sizes
 
 @gpu_only
-@pytest.mark.parametrize("fused", [False, True], ids=["two-pass", "fused-dq"])
+@pytest.mark.parametrize("fused", ["off", "atomics", "tma"])
 @pytest.mark.parametrize("d", [64, 128])
 @pytest.mark.parametrize("T,W", [(2048, 128), (2000, 512), (1024, 1024)])
 def test_gpu_bf16_realistic(monkeypatch, d, T, W, fused):

@@ -1,16 +1,18 @@
 """Config sweeps for the SWAT kernels on a GPU: `python -m harness.bench.tune [--sweeps S] [--out FILE]`.
 
 Sweep `tiles` times candidate configs (BLOCK_M, BLOCK_N, warps, stages, ONE_LOOP) of each pass
-(fwd, dkdv, dq, and dkdv with FUSED_DQ, the one-pass backward) at d = 64 and 128, B*T = 65536,
+(fwd, dkdv, dq, and dkdv with each FUSED_DQ mode, the one-pass backwards: dQ added by atomics or
+by the copy engine's bulk reduction) at d = 64 and 128, B*T = 65536,
 T = 8192: the "small" regime at W = 128, the "large" one at W = 2048 and W = T (`--windows`
 chooses others, such as the "medium" regime's 512, the 340m model's window, each timed with its
 regime's candidates); then the
 sigmoid's reciprocal on the special-function unit (mode 1) against the Newton one (mode 2) with
 the current configs. A backward candidate is timed as the whole backward (dK/dV + dQ, or the one
 fused pass) with the other pass at its current config, so differences between candidates of one
-pass are that pass's differences, and the best "dkdv fused" row against the best "dkdv" row
-decides FUSED_DQ. Sweep `decode` times the decode kernel's launch configs (DECODE_CONFIG: programs
-wanted, tile size, warps, stages) at batch 1, 8 and 64 over full W-slot ring buffers, as
+pass are that pass's differences, and the best "dkdv fused atomics" and "dkdv fused tma" rows
+against the best "dkdv" row decide FUSED_DQ. Sweep `decode` times the decode kernel's launch
+configs (DECODE_CONFIG: programs wanted, tile size, warps, stages) at batch 1, 8 and 64 over full
+W-slot ring buffers, as
 CUDA-graph replays, beside SDPA (softmax, no bias) over the same buffer: the work of a
 sliding-window softmax model's decode step, the peer a user would pick. The winners go into
 CONFIGS / FUSED_DQ / SIGMOID_MODE / DECODE_CONFIG in harness/ops/swat/function.py by hand, with
@@ -74,6 +76,9 @@ def _time(fn, cuda_graph: bool = False) -> tuple[float | None, str]:
         return None, f"{type(err).__name__}: {first_line(err)[:80]}"
 
 
+# what is timed: (candidate list, pass whose config it sets, FUSED_DQ mode)
+PASSES = (("fwd", "fwd", "off"), ("dkdv", "dkdv", "off"), ("dq", "dq", "off"),
+          ("dkdv fused", "dkdv", "atomics"), ("dkdv fused", "dkdv", "tma"))
 DEFAULT_WINDOWS = (128, 2048, "T")  # the small regime, then the large one at a wide window and at W = T
 
 
@@ -95,9 +100,9 @@ def sweep(seq_len: int = 8192, tokens: int = 65536, on_row=lambda row: None,
 
         for W in (T if w == "T" else w for w in windows):
             regime = fn_mod.window_regime(W)
-            for what in ("fwd", "dkdv", "dq", "dkdv fused"):
-                pass_name, fused = what.split()[0], what.endswith("fused")
-                for cand in CANDIDATES[(what, regime)]:
+            for candidates, pass_name, fused in PASSES:
+                what = candidates if fused == "off" else f"{candidates} {fused}"
+                for cand in CANDIDATES[(candidates, regime)]:
                     with override_configs({(pass_name, d, regime): cand}), override_fused_dq({(d, regime): fused}):
                         ms, note = _time(fwd(W) if pass_name == "fwd" else bwd(W))
                     rows.append(dict(d=d, T=T, W=W, what=what, **cand, ms=ms, note=note))

@@ -66,13 +66,16 @@ _INTERPRET_CONFIG = dict(BLOCK_M=16, BLOCK_N=16, num_warps=1, num_stages=1, ONE_
 # triton_common.sigmoid_neg_log2): the forward is MUFU-bound and gains from moving it to the FMA
 # pipe (mode 2); the backward passes already load the FMA pipe and are faster with rcp.approx (1).
 SIGMOID_MODE = {"fwd": 2, "bwd": 1, "decode": 2}
-# Per (head_dim, regime): whether the dK/dV pass also adds dQ with fp32 atomics, so that the dQ
+# Per (head_dim, regime): whether the dK/dV pass also adds dQ into an fp32 buffer, so that the dQ
 # pass does not run (triton_bwd: 5 matrix products and one sigmoid per tile pair instead of 7 and
-# two). Off: the H200 sweep (NOTES.md, v5) found the whole backward 1-58% slower with it at every
-# head size and window it timed, as the atomics cost more than the products they save, and the H100
-# one at W = 512 (v6) 32% slower. Always off under torch.use_deterministic_algorithms, since
-# atomics make dQ's last bits order-dependent.
-FUSED_DQ = {(d, regime): False for d in (64, 128) for regime in ("small", "medium", "large")}
+# two): "off", "atomics" (element by element) or "tma" (one bulk reduction per tile by the copy
+# engine; Hopper and later, else "atomics"). Off: the H200 sweep (NOTES.md, v5) found the whole
+# backward 1-58% slower with "atomics" at every head size and window it timed, as the atomics cost
+# more than the products they save, and the H100 one at W = 512 (v6) 32% slower. Always off under
+# torch.use_deterministic_algorithms, since either way dQ's last bits depend on the order of the
+# additions.
+FUSED_DQ_MODES = ("off", "atomics", "tma")
+FUSED_DQ = {(d, regime): "off" for d in (64, 128) for regime in ("small", "medium", "large")}
 
 
 def window_regime(window: int) -> str:
@@ -87,9 +90,26 @@ def kernel_config(pass_name: str, head_dim: int, window: int) -> dict:
     return dict(CONFIGS[(pass_name, max(head_dim, 64), window_regime(window))])
 
 
-def fused_dq(head_dim: int, window: int) -> bool:
-    """Whether the backward at this shape adds dQ inside the dK/dV pass (FUSED_DQ)."""
-    return FUSED_DQ[(max(head_dim, 64), window_regime(window))] and not torch.are_deterministic_algorithms_enabled()
+def fused_dq(head_dim: int, window: int, device: torch.device) -> str:
+    """How the backward at this shape adds dQ inside the dK/dV pass (FUSED_DQ_MODES). "tma" needs
+    the copy engine's bulk reduction, which the CPU interpreter lacks and GPUs before Hopper
+    (compute capability 9) do not have: there it is "atomics"."""
+    mode = FUSED_DQ[(max(head_dim, 64), window_regime(window))]
+    if torch.are_deterministic_algorithms_enabled():
+        return "off"
+    if mode == "tma" and (interpreting() or device.type != "cuda" or torch.cuda.get_device_capability(device)[0] < 9):
+        return "atomics"
+    return mode
+
+
+def _tma_scratch_allocator() -> None:
+    """Give Triton an allocator for the few bytes of global memory per program that a tensor
+    descriptor made inside a kernel (FUSED_DQ "tma") needs, unless one is set. Triton keeps the
+    allocator per thread, and autograd runs the backward in a thread of its own, so this is asked
+    before each such launch."""
+    from triton.runtime._allocation import NullAllocator, _allocator
+    if isinstance(_allocator.get(), NullAllocator):
+        triton.set_allocator(lambda size, alignment, stream: torch.empty(size, dtype=torch.int8, device="cuda"))
 
 
 def smaller_configs(cfg: dict):
@@ -250,8 +270,10 @@ def _swat_bwd(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tenso
     Hkv = k.shape[2]
     do = do.contiguous()
     W = min(window, T)
-    fused = fused_dq(d, W)
-    if fused:  # an fp32 accumulator the dK/dV pass adds into
+    fused = fused_dq(d, W, q.device)
+    if fused == "tma":
+        _tma_scratch_allocator()
+    if fused != "off":  # an fp32 accumulator the dK/dV pass adds into
         dq = torch.zeros((B, T, H, d), device=q.device, dtype=torch.float32)
     else:
         dq = torch.empty((B, T, H, d), device=q.device, dtype=q.dtype)
@@ -265,7 +287,7 @@ def _swat_bwd(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tenso
            (q, k, v, do, dk, dv, dq, slopes, row_start if has_doc else slopes, row_end if has_doc else slopes,
             *_strides(q), *_strides(k), *_strides(v), *_strides(do), *_strides(dk), *_strides(dv), *_strides(dq),
             T, Hkv, W, -scale * LOG2E, -sigmoid_bias * LOG2E, scale), dict(common, FUSED_DQ=fused))
-    if fused:
+    if fused != "off":
         return dq.to(q.dtype), dk, dv
     launch(swat_bwd_dq_kernel, "dq", q, W, lambda bm, bn: (B * H, triton.cdiv(T, bm)),
            (q, k, v, do, dq, slopes, row_start if has_doc else slopes,

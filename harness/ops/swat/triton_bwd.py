@@ -1,12 +1,14 @@
-"""SWAT backward in Triton, in two passes (deterministic) or one (FUSED_DQ):
+"""SWAT backward in Triton, in two passes (deterministic) or one (FUSED_DQ "atomics" or "tma"):
 
 - dK/dV pass: one program per (key block, batch x kv head); it loops over the kv head's query
   heads (GQA) and over the query tiles of the band, accumulating dK and dV in registers.
 - dQ pass: one program per (query block, batch x head) over the key tiles of the band.
 - FUSED_DQ: the dK/dV pass also adds each tile pair's share of dQ, scale dS K, to an fp32 buffer
-  with atomics (as FlashAttention-2's CUDA backward does) and the dQ pass does not run: 5 matrix
-  products and one sigmoid per tile pair instead of 7 and two, for atomic traffic and a dQ whose
-  last bits depend on the order the additions land in.
+  and the dQ pass does not run: 5 matrix products and one sigmoid per tile pair instead of 7 and
+  two, for the additions' traffic and a dQ whose last bits depend on the order they land in.
+  "atomics" adds element by element from the threads (FlashAttention-2's CUDA backward); "tma"
+  hands the whole [BLOCK_M, d] tile to the Hopper copy engine as one bulk reduction
+  (FlashAttention-3's way), through a tensor descriptor over the buffer.
 
 With p = sigmoid(s): dV = P^T dO, dP = dO V^T, dS = dP * p (1 - p), dQ = scale dS K,
 dK = scale dS^T Q. Unlike softmax there is no row statistic to save or to correct with.
@@ -28,8 +30,9 @@ from harness.ops.swat.triton_common import (
 
 
 @triton.jit
-def _dkdv_tiles(dk, dv, k, v, q_base, do_base, dq_base, stride_qt, stride_dot, stride_dqt, RowStart, offs_n, n0,
-                m_lo, m_hi, neg_c, neg_slope, neg_bias, key_term, scale, T, W, HAS_DOC: tl.constexpr,
+def _dkdv_tiles(dk, dv, k, v, q_base, do_base, dq_base, stride_qt, stride_dot, stride_dqt, dq_desc, dq_row0, dq_col,
+                RowStart, offs_n, n0, m_lo, m_hi, neg_c, neg_slope, neg_bias, key_term, scale, T, W,
+                HAS_DOC: tl.constexpr,
                 MASK: tl.constexpr, BLOCK_M: tl.constexpr, HEAD_DIM: tl.constexpr, SIGMOID: tl.constexpr,
                 DOT_PREC: tl.constexpr, FUSED_DQ: tl.constexpr):
     offs_m0 = tl.arange(0, BLOCK_M)
@@ -60,7 +63,10 @@ def _dkdv_tiles(dk, dv, k, v, q_base, do_base, dq_base, stride_qt, stride_dot, s
         dpT = mma(v, tl.trans(do), DOT_PREC)
         dsT = (dpT * (pT - pT * pT)).to(q.dtype)
         dk += mma(dsT, q, DOT_PREC)
-        if FUSED_DQ:
+        if FUSED_DQ == "tma":
+            # rows past T (a masked tile's tail) hold zeros: their q and dO were read as zeros
+            dq_desc.atomic_add([dq_row0 + m, dq_col], mma(tl.trans(dsT), k, DOT_PREC) * scale)
+        elif FUSED_DQ == "atomics":
             dq = mma(tl.trans(dsT), k, DOT_PREC) * scale
             dq_ptrs = dq_base + offs_m[:, None] * stride_dqt + offs_d[None, :]
             if MASK:
@@ -99,6 +105,12 @@ def swat_bwd_dkdv_kernel(Q, K, V, DO, DK, DV, DQ, Slopes, RowStart, RowEnd,
         re_last = T
     diag_lo, diag_hi, full_lo, full_hi, edge_hi = key_block_ranges(n0, re_first, re_last, T, W, BLOCK_M, BLOCK_N)
 
+    if FUSED_DQ == "tma":  # the fp32 dQ buffer (contiguous) as rows (b, t) of H * d columns
+        dq_desc = tl.make_tensor_descriptor(DQ, shape=[(tl.num_programs(0) // HKV) * T, HKV * REP * HEAD_DIM],
+                                            strides=[sdq_t, 1], block_shape=[BLOCK_M, HEAD_DIM])
+    else:
+        dq_desc = DQ
+
     LOG2E: tl.constexpr = 1.4426950408889634
     dk = tl.zeros([BLOCK_N, HEAD_DIM], dtype=tl.float32)
     dv = tl.zeros([BLOCK_N, HEAD_DIM], dtype=tl.float32)
@@ -109,20 +121,22 @@ def swat_bwd_dkdv_kernel(Q, K, V, DO, DK, DV, DQ, Slopes, RowStart, RowEnd,
         q_base = Q + b.to(tl.int64) * sq_b + h * sq_h
         do_base = DO + b.to(tl.int64) * sdo_b + h * sdo_h
         dq_base = DQ + b.to(tl.int64) * sdq_b + h * sdq_h
+        dq_row0, dq_col = b * T, h * HEAD_DIM
         if ONE_LOOP:
-            dk, dv = _dkdv_tiles(dk, dv, k, v, q_base, do_base, dq_base, sq_t, sdo_t, sdq_t, RowStart, offs_n, n0,
-                                 diag_lo, tl.maximum(edge_hi, diag_hi), neg_c, neg_slope, neg_bias, key_term, scale,
-                                 T, W, HAS_DOC, True, BLOCK_M, HEAD_DIM, SIGMOID, DOT_PREC, FUSED_DQ)
+            dk, dv = _dkdv_tiles(dk, dv, k, v, q_base, do_base, dq_base, sq_t, sdo_t, sdq_t, dq_desc, dq_row0, dq_col,
+                                 RowStart, offs_n, n0, diag_lo, tl.maximum(edge_hi, diag_hi), neg_c, neg_slope,
+                                 neg_bias, key_term, scale, T, W, HAS_DOC, True, BLOCK_M, HEAD_DIM, SIGMOID, DOT_PREC,
+                                 FUSED_DQ)
         else:
-            dk, dv = _dkdv_tiles(dk, dv, k, v, q_base, do_base, dq_base, sq_t, sdo_t, sdq_t, RowStart, offs_n, n0,
-                                 diag_lo, diag_hi, neg_c, neg_slope, neg_bias, key_term, scale, T, W, HAS_DOC, True,
-                                 BLOCK_M, HEAD_DIM, SIGMOID, DOT_PREC, FUSED_DQ)
-            dk, dv = _dkdv_tiles(dk, dv, k, v, q_base, do_base, dq_base, sq_t, sdo_t, sdq_t, RowStart, offs_n, n0,
-                                 full_lo, full_hi, neg_c, neg_slope, neg_bias, key_term, scale, T, W, HAS_DOC, False,
-                                 BLOCK_M, HEAD_DIM, SIGMOID, DOT_PREC, FUSED_DQ)
-            dk, dv = _dkdv_tiles(dk, dv, k, v, q_base, do_base, dq_base, sq_t, sdo_t, sdq_t, RowStart, offs_n, n0,
-                                 full_hi, edge_hi, neg_c, neg_slope, neg_bias, key_term, scale, T, W, HAS_DOC, True,
-                                 BLOCK_M, HEAD_DIM, SIGMOID, DOT_PREC, FUSED_DQ)
+            dk, dv = _dkdv_tiles(dk, dv, k, v, q_base, do_base, dq_base, sq_t, sdo_t, sdq_t, dq_desc, dq_row0, dq_col,
+                                 RowStart, offs_n, n0, diag_lo, diag_hi, neg_c, neg_slope, neg_bias, key_term,
+                                 scale, T, W, HAS_DOC, True, BLOCK_M, HEAD_DIM, SIGMOID, DOT_PREC, FUSED_DQ)
+            dk, dv = _dkdv_tiles(dk, dv, k, v, q_base, do_base, dq_base, sq_t, sdo_t, sdq_t, dq_desc, dq_row0, dq_col,
+                                 RowStart, offs_n, n0, full_lo, full_hi, neg_c, neg_slope, neg_bias, key_term,
+                                 scale, T, W, HAS_DOC, False, BLOCK_M, HEAD_DIM, SIGMOID, DOT_PREC, FUSED_DQ)
+            dk, dv = _dkdv_tiles(dk, dv, k, v, q_base, do_base, dq_base, sq_t, sdo_t, sdq_t, dq_desc, dq_row0, dq_col,
+                                 RowStart, offs_n, n0, full_hi, edge_hi, neg_c, neg_slope, neg_bias, key_term,
+                                 scale, T, W, HAS_DOC, True, BLOCK_M, HEAD_DIM, SIGMOID, DOT_PREC, FUSED_DQ)
     dk = dk * scale
     tl.store(DK + b.to(tl.int64) * sdk_b + hk * sdk_h + offs_n[:, None] * sdk_t + offs_d[None, :],
              dk.to(DK.dtype.element_ty), mask=key_ok[:, None])

@@ -7,6 +7,8 @@ the CPU.
 from __future__ import annotations
 
 import functools
+import importlib
+import importlib.util
 import inspect
 
 import torch
@@ -17,16 +19,19 @@ from harness.ops.banded import band_mask, over_query_blocks, per_document
 HALF = (torch.float16, torch.bfloat16)  # the dtypes flash kernels take
 
 
-def _flash_attn():
+# The optional kernels are looked up once, at import, not inside softmax_attention: there a failed
+# import (flash-attn not installed) is a graph break in every compiled layer (dynamo: "Import failure").
+def _import_flash_attn():
+    """flash_attn where it is installed and loads, else None."""
+    if importlib.util.find_spec("flash_attn") is None:
+        return None
     try:
-        import flash_attn
-        return flash_attn
+        return importlib.import_module("flash_attn")
     except ImportError:
         return None
 
 
-@functools.cache
-def _torch_varlen():
+def _find_torch_varlen():
     """Full causal attention over packed documents on torch's own FlashAttention varlen kernel
     (`torch.nn.attention.varlen`, torch >= 2.10), as f(q, k, v, cu_seq_q, cu_seq_k, max_q, max_k), or
     None where this torch has none. Its causal switch changed name between releases (`is_causal`,
@@ -43,10 +48,14 @@ def _torch_varlen():
     return None
 
 
-@functools.cache
+FLASH_ATTN = _import_flash_attn()
+TORCH_VARLEN = _find_torch_varlen()
+
+
 def _flash_capable() -> bool:
     """Whether torch's flash kernels run on this machine's GPU (Ampere, compute capability 8.0, or
-    later); asked once (cached), so that compiled layers see a constant."""
+    later). Not cached with functools: dynamo traces through such a cache with a warning; torch
+    keeps the device's properties anyway."""
     return torch.cuda.get_device_capability() >= (8, 0)
 
 
@@ -169,7 +178,7 @@ def softmax_attention(q, k, v, window: int | None = None, cu_seqlens: torch.Tens
       (`window_size=(window - 1, 0)`; slopes as `alibi_slopes=-slopes`, since flash-attn adds
       `-alibi_slope * |i - j|`);
     - CUDA otherwise: torch SDPA (flash backend) for causal attention over whole sequences (also a
-      window covering all T keys) without slopes; torch's own varlen flash kernel (`_torch_varlen`)
+      window covering all T keys) without slopes; torch's own varlen flash kernel (`TORCH_VARLEN`)
       for it over packed documents, in fp16/bf16 without GQA on an Ampere or later GPU, as a user
       without flash-attn would pick it (flex_attention's document mask is the slower path); else
       compiled flex_attention with a block-sparse sliding-window / document mask and the slopes as
@@ -182,8 +191,8 @@ def softmax_attention(q, k, v, window: int | None = None, cu_seqlens: torch.Tens
     if window is not None and window >= T:
         window = None  # a window over the whole sequence restricts nothing: plain causal attention
     gqa = q.shape[2] != k.shape[2]
-    if q.is_cuda and q.dtype in HALF and _flash_attn() is not None:
-        fa = _flash_attn()
+    if q.is_cuda and q.dtype in HALF and FLASH_ATTN is not None:
+        fa = FLASH_ATTN
         options = dict(causal=True, window_size=(-1, -1) if window is None else (window - 1, 0),
                        alibi_slopes=None if slopes is None else -slopes.to(device=q.device, dtype=torch.float32))
         if cu_seqlens is None:
@@ -197,9 +206,9 @@ def softmax_attention(q, k, v, window: int | None = None, cu_seqlens: torch.Tens
         return over_query_blocks(lambda q, k, v, first: _banded_sdpa(q, k, v, window or T, slopes, first, gqa),
                                  q, k, v, window or T)
     if (window is None and slopes is None and cu_seqlens is not None and not gqa and q.dtype in HALF
-            and _flash_capable() and (varlen := _torch_varlen()) is not None):
+            and TORCH_VARLEN is not None and _flash_capable()):
         cu = cu_seqlens.to(device=q.device, dtype=torch.int32)
-        return varlen(q[0], k[0], v[0], cu, cu, T, T)[None]  # T bounds every document: no host sync
+        return TORCH_VARLEN(q[0], k[0], v[0], cu, cu, T, T)[None]  # T bounds every document: no host sync
     qt, kt, vt = (t.transpose(1, 2) for t in (q, k, v))
     if window is None and cu_seqlens is None and slopes is None:
         out = F.scaled_dot_product_attention(qt, kt, vt, is_causal=True, enable_gqa=gqa)

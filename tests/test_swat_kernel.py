@@ -117,13 +117,16 @@ def test_fused_dq_backward_matches_reference(monkeypatch, B, T, H, Hkv, W, cu, o
 
 
 def test_every_window_has_a_tile_config_for_every_pass_and_head_size():
-    """The window picks the regime (the 340m/760m presets' 512 is "medium"), and every regime has
-    a config for each pass and head size and a FUSED_DQ entry, so no window meets a missing key."""
+    """The window and head size pick the regime (the 340m/760m presets' 512 is "medium"), and every
+    regime has a config for each pass and head size and a FUSED_DQ entry, so no window meets a
+    missing key. d < 64 takes d = 64's boundaries and configs."""
     from harness.ops.swat import function
-    regimes = {W: function.window_regime(W) for W in (1, 128, 256, 257, 512, 513, 2048, 1 << 20)}
-    assert regimes == {1: "small", 128: "small", 256: "small", 257: "medium", 512: "medium",
-                       513: "large", 2048: "large", 1 << 20: "large"}
-    for regime in set(regimes.values()):
+    windows = (1, 128, 256, 257, 512, 1024, 1025, 2048, 2049, 1 << 20)
+    regimes = {d: [function.window_regime(W, d) for W in windows] for d in (16, 64, 128)}
+    assert regimes == {16: ["small"] * 3 + ["medium"] * 3 + ["large"] * 4,
+                       64: ["small"] * 3 + ["medium"] * 3 + ["large"] * 4,
+                       128: ["small"] * 3 + ["medium"] * 5 + ["large"] * 2}
+    for regime in ("small", "medium", "large"):
         for d in (64, 128):
             assert function.FUSED_DQ[(d, regime)] in function.FUSED_DQ_MODES
             for pass_name in ("fwd", "dkdv", "dq"):

@@ -99,7 +99,7 @@ def sweep(seq_len: int = 8192, tokens: int = 65536, on_row=lambda row: None,
             return lambda: _swat_bwd(do, q, k, v, slopes, None, None, W, 0.0, scale)
 
         for W in (T if w == "T" else w for w in windows):
-            regime = fn_mod.window_regime(W)
+            regime = fn_mod.window_regime(W, d)
             for candidates, pass_name, fused in PASSES:
                 what = candidates if fused == "off" else f"{candidates} {fused}"
                 for cand in CANDIDATES[(candidates, regime)]:
@@ -186,7 +186,7 @@ def main() -> None:
     parser.add_argument("--windows", default=",".join(map(str, DEFAULT_WINDOWS)),
                         help="the tiles sweep's windows, comma-separated (T: the whole sequence); each is timed "
                              f"with the candidates of its regime (small: W <= {fn_mod.SMALL_WINDOW}, "
-                             f"medium: W <= {fn_mod.MEDIUM_WINDOW})")
+                             f"medium: W <= {fn_mod.MEDIUM_WINDOW} by head size)")
     parser.add_argument("--out", help="also write the rows as JSON lines to this file, each as it is measured "
                         "(a sweep cut short keeps what it measured)")
     args = parser.parse_args()

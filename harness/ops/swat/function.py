@@ -28,13 +28,13 @@ DTYPES = (torch.bfloat16, torch.float16, torch.float32)
 
 # Tile configs per (pass, head_dim, regime): BLOCK_M (queries), BLOCK_N (keys), warps, pipeline
 # stages, ONE_LOOP (one masked loop instead of edge/interior/diagonal loops). The regime is set by
-# the window (`window_regime`): "small" up to SMALL_WINDOW, "medium" up to MEDIUM_WINDOW (the
-# 340m/760m presets' 512, where smaller tiles than the "large" ones, tuned at 2048 and T, take
-# about a fifth less time forward + backward), "large" the rest. Chosen from the H100 sweeps of
-# harness/bench/tune.py and checked by the H200 one (NOTES.md has the numbers); d < 64 uses the
-# d = 64 entries.
+# the window and the head size (`window_regime`): "small" up to SMALL_WINDOW, "medium" up to
+# MEDIUM_WINDOW[d] (the 340m/760m presets' 512 among them: the backward's small tiles win there,
+# up to W = 1024 at d = 64 and W = 2048 at d = 128), "large" the rest, up to full causal. Chosen
+# from the H100 sweeps of harness/bench/tune.py and checked by the H200 one (NOTES.md has the
+# numbers); d < 64 uses the d = 64 entries.
 SMALL_WINDOW = 256
-MEDIUM_WINDOW = 512
+MEDIUM_WINDOW = {64: 1024, 128: 2048}
 
 
 def _cfg(bm, bn, warps, stages, one_loop=False):
@@ -53,7 +53,7 @@ CONFIGS = {
     ("dkdv", 64, "large"): _cfg(32, 128, 4, 3),
     ("dkdv", 128, "small"): _cfg(32, 64, 4, 4, True),
     ("dkdv", 128, "medium"): _cfg(32, 64, 4, 3),
-    ("dkdv", 128, "large"): _cfg(32, 128, 8, 3),
+    ("dkdv", 128, "large"): _cfg(64, 128, 8, 3),
     ("dq", 64, "small"): _cfg(64, 32, 4, 3, True),
     ("dq", 64, "medium"): _cfg(64, 32, 4, 3),
     ("dq", 64, "large"): _cfg(128, 64, 8, 3),
@@ -78,23 +78,24 @@ FUSED_DQ_MODES = ("off", "atomics", "tma")
 FUSED_DQ = {(d, regime): "off" for d in (64, 128) for regime in ("small", "medium", "large")}
 
 
-def window_regime(window: int) -> str:
-    """Which row of CONFIGS and FUSED_DQ a window's launches take: small, medium or large."""
-    return "small" if window <= SMALL_WINDOW else "medium" if window <= MEDIUM_WINDOW else "large"
+def window_regime(window: int, head_dim: int) -> str:
+    """Which row of CONFIGS and FUSED_DQ a window's launches take at this head size: small, medium or large."""
+    medium = MEDIUM_WINDOW[max(head_dim, 64)]
+    return "small" if window <= SMALL_WINDOW else "medium" if window <= medium else "large"
 
 
 def kernel_config(pass_name: str, head_dim: int, window: int) -> dict:
     """Tile config for one pass; the interpreter uses 16x16 tiles (and so exercises every tile path)."""
     if interpreting():
         return dict(_INTERPRET_CONFIG)
-    return dict(CONFIGS[(pass_name, max(head_dim, 64), window_regime(window))])
+    return dict(CONFIGS[(pass_name, max(head_dim, 64), window_regime(window, head_dim))])
 
 
 def fused_dq(head_dim: int, window: int, device: torch.device) -> str:
     """How the backward at this shape adds dQ inside the dK/dV pass (FUSED_DQ_MODES). "tma" needs
     the copy engine's bulk reduction, which the CPU interpreter lacks and GPUs before Hopper
     (compute capability 9) do not have: there it is "atomics"."""
-    mode = FUSED_DQ[(max(head_dim, 64), window_regime(window))]
+    mode = FUSED_DQ[(max(head_dim, 64), window_regime(window, head_dim))]
     if torch.are_deterministic_algorithms_enabled():
         return "off"
     if mode == "tma" and (interpreting() or device.type != "cuda" or torch.cuda.get_device_capability(device)[0] < 9):

@@ -70,8 +70,9 @@ SIGMOID_MODE = {"fwd": 2, "bwd": 1, "decode": 2}
 # pass does not run (triton_bwd: 5 matrix products and one sigmoid per tile pair instead of 7 and
 # two): "off", "atomics" (element by element) or "tma" (one bulk reduction per tile by the copy
 # engine; Hopper and later, else "atomics"). Off: the H200 sweep (NOTES.md, v5) found the whole
-# backward 1-58% slower with "atomics" at every head size and window it timed, as the atomics cost
-# more than the products they save, and the H100 one at W = 512 (v6) 32% slower. Always off under
+# backward 1-58% slower with "atomics" at every head size and window it timed, the H100 one at
+# W = 512 (v6) 32% slower, and the H100 one at W = 1024, 2048 and T (v7) 20-45% slower with either
+# mode: the extra product per tile pair costs more than the two it saves. Always off under
 # torch.use_deterministic_algorithms, since either way dQ's last bits depend on the order of the
 # additions.
 FUSED_DQ_MODES = ("off", "atomics", "tma")

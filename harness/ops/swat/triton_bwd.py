@@ -32,9 +32,8 @@ from harness.ops.swat.triton_common import (
 @triton.jit
 def _dkdv_tiles(dk, dv, k, v, q_base, do_base, dq_base, stride_qt, stride_dot, stride_dqt, dq_desc, dq_row0, dq_col,
                 RowStart, offs_n, n0, m_lo, m_hi, neg_c, neg_slope, neg_bias, key_term, scale, T, W,
-                HAS_DOC: tl.constexpr,
-                MASK: tl.constexpr, BLOCK_M: tl.constexpr, HEAD_DIM: tl.constexpr, SIGMOID: tl.constexpr,
-                DOT_PREC: tl.constexpr, FUSED_DQ: tl.constexpr):
+                HAS_DOC: tl.constexpr, MASK: tl.constexpr, BLOCK_M: tl.constexpr, HEAD_DIM: tl.constexpr,
+                SIGMOID: tl.constexpr, DOT_PREC: tl.constexpr, FUSED_DQ: tl.constexpr):
     offs_m0 = tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, HEAD_DIM)
     for m in range(m_lo, m_hi, BLOCK_M):

@@ -118,10 +118,12 @@ def sweep(seq_len: int = 8192, tokens: int = 65536, on_row=lambda row: None,
     return rows
 
 
-# the first sweep (NOTES.md, v4) also tried 1 program per pair and 8 warps, never best but once
+# the first sweep (NOTES.md, v4) also tried 1 program per pair and 8 warps, never best but once;
+# one stage (no software pipelining) is for runs of one or two tiles per program, such as W = 128,
+# where a pipeline has nothing to overlap and only adds its shared-memory round trip
 DECODE_CANDIDATES = [dict(MIN_PROGRAMS=p, TILE_ELEMS=t, num_warps=w, num_stages=st, ACC_2D=acc_2d)
                      for p in (264, 1056, 4224) for t in (2048, 4096, 8192) for w in (2, 4)
-                     for st, acc_2d in ((2, False), (3, False), (4, False), (3, True))]
+                     for st, acc_2d in ((1, False), (1, True), (2, False), (3, False), (4, False), (3, True))]
 
 
 def decode_sweep(on_row=lambda row: None) -> list[dict]:
@@ -130,7 +132,7 @@ def decode_sweep(on_row=lambda row: None) -> list[dict]:
         H = 1024 // d
         slopes = alibi_slopes(H).cuda()
         for B in (1, 8, 64):
-            for W in (512, 2048):
+            for W in (128, 512, 2048):
                 gen = torch.Generator(device="cpu").manual_seed(0)
                 q = torch.randn(B, H, d, generator=gen).to("cuda", torch.bfloat16)
                 kc, vc = (torch.randn(B, W, H, d, generator=gen).to("cuda", torch.bfloat16) for _ in range(2))

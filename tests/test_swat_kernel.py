@@ -186,12 +186,15 @@ def test_decode_matches_reference(pos):
     assert rel_err(got, want) < 2e-5
 
 
+@pytest.mark.parametrize("sum_in_kernel", [False, True])
 @pytest.mark.parametrize("acc_2d", [False, True])
 @pytest.mark.parametrize("min_programs", [1, 16, 10**6])
-def test_decode_matches_reference_for_any_split(min_programs, acc_2d):
+def test_decode_matches_reference_for_any_split(min_programs, acc_2d, sum_in_kernel):
     """One run of slots per (sequence, head), two (the last one part empty: three tiles of slots in
     runs of two), and one per tile: every launch config the split heuristic can pick gives the same output,
-    with either accumulator."""
+    with either accumulator, the runs added by a second kernel or by the last program of each pair
+    (whose arrival counters are all zero again after the call)."""
+    from harness.ops.swat import function
     from harness.ops.swat.function import decode_launch, override_decode_config
     B, H, Hkv, d, pos = 2, 4, 2, 64, 1000
     W = 3 * decode_launch(B * H, 1, d)["BLOCK_W"]  # three tiles
@@ -199,10 +202,14 @@ def test_decode_matches_reference_for_any_split(min_programs, acc_2d):
     q = torch.randn(B, H, d, generator=g).to(DEVICE)
     kc, vc = (torch.randn(B, W, Hkv, d, generator=g).to(DEVICE) for _ in range(2))
     slopes = alibi_slopes(H).to(DEVICE)
-    with override_decode_config(MIN_PROGRAMS=min_programs, ACC_2D=acc_2d):
-        assert decode_launch(B * H, W, d)["splits"] == {1: 1, 16: 2, 10**6: 3}[min_programs]
-        got = swat_decode_triton(q, kc, vc, W, pos, slopes, W)
-    assert rel_err(got, swat_decode_ref(q, kc, vc, W, pos, slopes, W)) < 2e-5
+    with override_decode_config(MIN_PROGRAMS=min_programs, ACC_2D=acc_2d, SUM_IN_KERNEL=sum_in_kernel):
+        launch = decode_launch(B * H, W, d)
+        assert launch["splits"] == {1: 1, 16: 2, 10**6: 3}[min_programs]
+        assert launch["SUM_IN_KERNEL"] == (sum_in_kernel and launch["splits"] > 1)
+        for _ in range(2):  # the second call starts from the counters the first left
+            got = swat_decode_triton(q, kc, vc, W, pos, slopes, W)
+            assert rel_err(got, swat_decode_ref(q, kc, vc, W, pos, slopes, W)) < 2e-5
+    assert all(int(c.abs().sum()) == 0 for sets in function._ARRIVALS.values() for c in sets)
 
 
 def test_decode_step_equals_last_forward_row():
@@ -261,16 +268,20 @@ def test_gpu_varlen_realistic():
 
 
 @gpu_only
-def test_gpu_decode_realistic():
+@pytest.mark.parametrize("sum_in_kernel", [False, True])
+def test_gpu_decode_realistic(sum_in_kernel):
+    from harness.ops.swat.function import decode_launch, override_decode_config
     B, H, Hkv, d, W = 4, 16, 4, 128, 2048
     q = torch.randn(B, H, d, device="cuda", dtype=torch.bfloat16)
     kc, vc = (torch.randn(B, W, Hkv, d, device="cuda", dtype=torch.bfloat16) for _ in range(2))
     slopes = alibi_slopes(H).cuda()
-    for pos in (100, 5000):
-        cache_len = min(pos + 1, W)
-        got = swat_decode_triton(q, kc, vc, cache_len, pos, slopes, W, sigmoid_bias=-5.0)
-        want = swat_decode_ref(q.float(), kc.float(), vc.float(), cache_len, pos, slopes, W, sigmoid_bias=-5.0)
-        assert rel_err(got, want) < 1e-2
+    with override_decode_config(SUM_IN_KERNEL=sum_in_kernel):
+        assert decode_launch(B * H, W, d)["splits"] > 1  # runs to add, by either way
+        for pos in (100, 5000):
+            cache_len = min(pos + 1, W)
+            got = swat_decode_triton(q, kc, vc, cache_len, pos, slopes, W, sigmoid_bias=-5.0)
+            want = swat_decode_ref(q.float(), kc.float(), vc.float(), cache_len, pos, slopes, W, sigmoid_bias=-5.0)
+            assert rel_err(got, want) < 1e-2
 
 
 def test_torch_compile_has_no_graph_break():

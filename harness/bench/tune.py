@@ -118,12 +118,16 @@ def sweep(seq_len: int = 8192, tokens: int = 65536, on_row=lambda row: None,
     return rows
 
 
-# the first sweep (NOTES.md, v4) also tried 1 program per pair and 8 warps, never best but once;
-# one stage (no software pipelining) is for runs of one or two tiles per program, such as W = 128,
-# where a pipeline has nothing to overlap and only adds its shared-memory round trip
-DECODE_CANDIDATES = [dict(MIN_PROGRAMS=p, TILE_ELEMS=t, num_warps=w, num_stages=st, ACC_2D=acc_2d)
+# The first sweep (NOTES.md, v4) also tried 1 program per pair and 8 warps, never best but once.
+# One stage (no software pipelining) is for runs of one or two tiles per program, such as W = 128,
+# where a pipeline has nothing to overlap and only adds its shared-memory round trip; SUM_IN_KERNEL
+# (the runs' sums added without a second kernel) goes with the v5 sweep's most frequent winners.
+DECODE_CANDIDATES = [dict(MIN_PROGRAMS=p, TILE_ELEMS=t, num_warps=w, num_stages=st, ACC_2D=acc_2d,
+                          SUM_IN_KERNEL=in_kernel)
                      for p in (264, 1056, 4224) for t in (2048, 4096, 8192) for w in (2, 4)
-                     for st, acc_2d in ((1, False), (1, True), (2, False), (3, False), (4, False), (3, True))]
+                     for st, acc_2d, in_kernel in ((1, False, False), (2, False, False), (3, False, False),
+                                                   (4, False, False), (1, True, False), (3, True, False),
+                                                   (2, False, True), (3, True, True))]
 
 
 def decode_sweep(on_row=lambda row: None) -> list[dict]:
@@ -155,7 +159,7 @@ def _describe(r: dict) -> str:
         return f"{r['BLOCK_M']}x{r['BLOCK_N']} w{r['num_warps']} s{r['num_stages']} one_loop={r['ONE_LOOP']}"
     if "MIN_PROGRAMS" in r:
         return (f"programs>={r['MIN_PROGRAMS']} tile={r['TILE_ELEMS']} w{r['num_warps']} s{r.get('num_stages', 3)} "
-                f"acc_2d={r.get('ACC_2D', False)} ({r['splits']} splits)")
+                f"acc_2d={r.get('ACC_2D', False)} sum_in_kernel={r.get('SUM_IN_KERNEL', False)} ({r['splits']} splits)")
     return ""
 
 

@@ -346,19 +346,21 @@ def swat_attention_triton(q, k, v, slopes, window: int, sigmoid_bias: float = 0.
 
 # Decode is a read of the ring buffer (flash-decoding): each program attends one (sequence, head)
 # pair to a run of slots, in tiles of TILE_ELEMS / d slots, and a second kernel adds the runs'
-# partial sums in fp32. The runs are split until the grid has MIN_PROGRAMS programs (an H100 has
-# 132 SMs), so that a small batch still keeps enough loads in flight; a large batch gets one run
-# per pair and no sum.
+# partial sums in fp32 (or, with SUM_IN_KERNEL, the last of a pair's programs to finish: one launch
+# instead of two; built without a GPU, off until a decode sweep times it). The runs are split until
+# the grid has MIN_PROGRAMS programs (an H100 has 132 SMs), so that a small batch still keeps
+# enough loads in flight; a large batch gets one run per pair and no sum.
 # From the H200 sweep of harness/bench/tune.py (NOTES.md, v5): of the 72 configs swept at d = 64
 # and 128, batch 1, 8 and 64, W = 512 and 2048, the best fixed one (7% over each shape's best on
 # geometric mean, 22% at worst); ACC_2D (one [BLOCK_W, d] accumulator reduced after the loop) is
 # what makes it best at d = 128.
-DECODE_CONFIG = dict(MIN_PROGRAMS=264, TILE_ELEMS=8192, num_warps=2, num_stages=3, ACC_2D=True)
+DECODE_CONFIG = dict(MIN_PROGRAMS=264, TILE_ELEMS=8192, num_warps=2, num_stages=3, ACC_2D=True, SUM_IN_KERNEL=False)
 
 
 def decode_launch(batch_heads: int, w_cache: int, head_dim: int, elem_bytes: int = 2) -> dict:
     """The decode kernel's launch: slots per tile (BLOCK_W) and per program, programs per
-    (sequence, head) pair (splits), warps, pipeline stages and the accumulator's shape. TILE_ELEMS
+    (sequence, head) pair (splits), warps, pipeline stages, the accumulator's shape and where the
+    runs' sums are added (SUM_IN_KERNEL, only where there are runs to add). TILE_ELEMS
     was tuned for 16-bit inputs; fp32 inputs get as many bytes per tile (half the slots), so that
     the pipelined K/V tiles take the shared memory the sweep's config took."""
     cfg = DECODE_CONFIG
@@ -366,12 +368,14 @@ def decode_launch(batch_heads: int, w_cache: int, head_dim: int, elem_bytes: int
     tiles = triton.cdiv(w_cache, block_w)
     wanted = min(tiles, max(1, triton.cdiv(cfg["MIN_PROGRAMS"], batch_heads)))
     per_program = block_w * triton.cdiv(tiles, wanted)
-    return dict(BLOCK_W=block_w, SLOTS_PER_PROGRAM=per_program, splits=triton.cdiv(w_cache, per_program),
-                num_warps=cfg["num_warps"], num_stages=cfg["num_stages"], ACC_2D=cfg["ACC_2D"])
+    splits = triton.cdiv(w_cache, per_program)
+    return dict(BLOCK_W=block_w, SLOTS_PER_PROGRAM=per_program, splits=splits, num_warps=cfg["num_warps"],
+                num_stages=cfg["num_stages"], ACC_2D=cfg["ACC_2D"], SUM_IN_KERNEL=cfg["SUM_IN_KERNEL"] and splits > 1)
 
 
 def override_decode_config(**overrides):
-    """Temporarily replace entries of DECODE_CONFIG (MIN_PROGRAMS, TILE_ELEMS, num_warps, num_stages, ACC_2D)."""
+    """Temporarily replace entries of DECODE_CONFIG (MIN_PROGRAMS, TILE_ELEMS, num_warps, num_stages, ACC_2D,
+    SUM_IN_KERNEL)."""
     return _overridden(DECODE_CONFIG, overrides)
 
 
@@ -383,16 +387,31 @@ def _swat_decode(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, 
     launch = decode_launch(B * H, W_cache, d, q.element_size())
     splits = launch.pop("splits")
     out = torch.empty((splits, B, H, d), device=q.device, dtype=q.dtype if splits == 1 else torch.float32)
+    o = out[0] if splits == 1 else torch.empty((B, H, d), device=q.device, dtype=q.dtype)
+    arrived = _arrival_counters(q.device, B * H) if launch["SUM_IN_KERNEL"] else slopes
     swat_decode_kernel[(B * H, splits)](
-        q, k_cache, v_cache, out, slopes,
-        q.stride(0), q.stride(1), *_strides(k_cache), *_strides(v_cache), *_strides(out),
+        q, k_cache, v_cache, out, o, arrived, slopes,
+        q.stride(0), q.stride(1), *_strides(k_cache), *_strides(v_cache), *_strides(out), o.stride(0), o.stride(1),
         H, W_cache, cache_len, pos, window, -scale * LOG2E, -sigmoid_bias * LOG2E,
         REP=H // Hkv, HEAD_DIM=d, SIGMOID=_sigmoid_mode(q, "decode"), **launch)
-    if splits == 1:
-        return out[0]
-    o = torch.empty((B, H, d), device=q.device, dtype=q.dtype)
-    sum_splits_kernel[(triton.cdiv(o.numel(), 1024),)](out, o, splits, o.numel(), BLOCK=1024)
+    if splits > 1 and not launch["SUM_IN_KERNEL"]:
+        sum_splits_kernel[(triton.cdiv(o.numel(), 1024),)](out, o, splits, o.numel(), BLOCK=1024)
     return o
+
+
+_ARRIVALS: dict = {}  # (device, stream) -> the decode kernel's arrival counters, all zero between launches
+
+
+def _arrival_counters(device: torch.device, pairs: int) -> torch.Tensor:
+    """int32 counters, one per (sequence, head) pair, zero before and after every SUM_IN_KERNEL
+    launch (the last program of a pair sets its own back). One set per device and stream, as
+    launches on one stream run in order; grown by allocating anew, and never freed, since a
+    captured CUDA graph keeps the address it was captured with."""
+    stream = torch.cuda.current_stream(device).cuda_stream if device.type == "cuda" else None
+    sets = _ARRIVALS.setdefault((device, stream), [])
+    if not sets or sets[-1].numel() < pairs:
+        sets.append(torch.zeros(max(pairs, 1 << 14), dtype=torch.int32, device=device))
+    return sets[-1]
 
 
 @_swat_decode.register_fake

@@ -3,7 +3,9 @@
 The token at absolute position p sits in slot p % W, so the query at `pos` sees slot s at distance
 (pos - s) mod W. The cost is a read of the W cached keys and values, whatever the context length.
 Because sigmoid weights are not normalised, the slots can be split across programs and their
-partial sums simply added (flash-decoding without the max/rescale step).
+partial sums simply added (flash-decoding without the max/rescale step): by a second kernel
+(`sum_splits_kernel`), or (SUM_IN_KERNEL) by the last of a pair's programs to finish, which a
+counter per pair tells, so that a split decode is one kernel launch.
 """
 
 from __future__ import annotations
@@ -15,13 +17,17 @@ from harness.ops.swat.triton_common import sigmoid_neg_log2
 
 
 @triton.jit
-def swat_decode_kernel(Q, KC, VC, O, Slopes,
-                       sq_b, sq_h, sk_b, sk_w, sk_h, sv_b, sv_w, sv_h, so_s, so_b, so_h,
+def swat_decode_kernel(Q, KC, VC, O, Final, Arrived, Slopes,
+                       sq_b, sq_h, sk_b, sk_w, sk_h, sv_b, sv_w, sv_h, so_s, so_b, so_h, sf_b, sf_h,
                        H, W_CACHE, cache_len, pos, window, neg_c, neg_bias,
                        REP: tl.constexpr, SLOTS_PER_PROGRAM: tl.constexpr, BLOCK_W: tl.constexpr,
-                       HEAD_DIM: tl.constexpr, SIGMOID: tl.constexpr, ACC_2D: tl.constexpr):
-    """ACC_2D: keep a [BLOCK_W, HEAD_DIM] fp32 accumulator and add its rows once after the loop,
-    instead of reducing each tile over its slots (a reduction across warps in every iteration)."""
+                       HEAD_DIM: tl.constexpr, SIGMOID: tl.constexpr, ACC_2D: tl.constexpr,
+                       SUM_IN_KERNEL: tl.constexpr):
+    """Each program writes its run's sum to O [splits, B, H, d]. ACC_2D: keep a [BLOCK_W, HEAD_DIM]
+    fp32 accumulator and add its rows once after the loop, instead of reducing each tile over its
+    slots (a reduction across warps in every iteration). SUM_IN_KERNEL: the pair's programs count
+    their arrival in Arrived (int32, zero before the launch); the last to arrive adds the runs'
+    sums into Final [B, H, d] and sets the count back to zero."""
     pid_bh = tl.program_id(0)
     pid_s = tl.program_id(1)
     b = pid_bh // H
@@ -54,6 +60,15 @@ def swat_decode_kernel(Q, KC, VC, O, Slopes,
     if ACC_2D:
         acc = tl.sum(acc, axis=0)
     tl.store(O + pid_s.to(tl.int64) * so_s + b.to(tl.int64) * so_b + h * so_h + offs_d, acc.to(O.dtype.element_ty))
+    if SUM_IN_KERNEL:
+        tl.debug_barrier()  # every thread's share of the run's sum is written before its arrival counts
+        arrived = tl.atomic_add(Arrived + pid_bh, 1, sem="acq_rel")  # releases those writes, acquires the others'
+        if arrived == tl.num_programs(1) - 1:
+            total = tl.zeros([HEAD_DIM], dtype=tl.float32)
+            for s in range(tl.num_programs(1)):  # .cg: from L2, where the other SMs' writes are
+                total += tl.load(O + s * so_s + b.to(tl.int64) * so_b + h * so_h + offs_d, cache_modifier=".cg")
+            tl.store(Final + b.to(tl.int64) * sf_b + h * sf_h + offs_d, total.to(Final.dtype.element_ty))
+            tl.store(Arrived + pid_bh, 0)
 
 
 @triton.jit

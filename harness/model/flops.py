@@ -111,7 +111,7 @@ def flops_per_token(model: nn.Module, seq_len: int) -> FlopCount:
 # Dense bf16 tensor-core FLOP/s from NVIDIA's datasheets (their "with sparsity" figures halved), by
 # a part of the name torch.cuda.get_device_name reports; the first key the name contains counts
 # (NVL and PCIe parts before the SXM ones). The fixed denominator that papers quote MFU against,
-# beside the measured sustained peak, which runs lower (669-694 TFLOP/s on an H100 SXM).
+# beside the measured sustained peak, which runs lower (661-694 TFLOP/s on an H100 SXM).
 DATASHEET_BF16_FLOPS = (
     ("H100 NVL", 835.5e12),
     ("H100 PCIe", 756.5e12),

@@ -1,0 +1,104 @@
+"""Time the probe's passes (kernels.py) beside the current kernels on a GPU, in one process on the
+same bf16 inputs, and check their outputs against them (`err`: max abs difference over max abs).
+
+    python results/kernels/ws-probe/bench.py OUT [WINDOWS=2048,T,512] [WS=1,0] [B,T=4,16384] [D=128,64]
+                                             [PASSES=fwd,dq,dkdv]
+
+Rows go to OUT/ws.jsonl as they are measured: "current fwd" / "current bwd" (the whole backward,
+dK/dV + dQ) at each shape, then one row per pass and config (tiles, stages, warps, ws)."""
+import json
+import math
+import os
+import sys
+import time
+
+import torch
+import triton
+from triton.testing import do_bench
+from triton.tools.tensor_descriptor import TensorDescriptor
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path[:0] = [HERE, os.path.dirname(os.path.dirname(os.path.dirname(HERE)))]  # the probe, the repository
+from kernels import dkdv_kernel, query_block_kernel  # noqa: E402
+
+from harness.ops.alibi import alibi_slopes  # noqa: E402
+from harness.ops.swat.function import LOG2E, _swat_bwd, _swat_fwd  # noqa: E402
+
+out = open(f"{sys.argv[1]}/ws.jsonl", "a")
+windows = sys.argv[2].split(",") if len(sys.argv) > 2 else ["2048", "T", "512"]
+WS_SET = [w == "1" for w in (sys.argv[3] if len(sys.argv) > 3 else "1,0").split(",")]
+B, T = (int(x) for x in (sys.argv[4] if len(sys.argv) > 4 else "4,16384").split(","))
+PASSES = (sys.argv[6] if len(sys.argv) > 6 else "fwd,dq,dkdv").split(",")
+HEADS = [int(x) for x in (sys.argv[5] if len(sys.argv) > 5 else "128,64").split(",")]
+T0 = time.time()
+
+
+def ms(fn):
+    return do_bench(fn, warmup=25, rep=80, return_mode="median")
+
+
+def rel(a, b):
+    return ((a.float() - b.float()).abs().max() / b.float().abs().max().clamp_min(1e-6)).item()
+
+
+def emit(row):
+    row["t"] = round(time.time() - T0, 1)
+    out.write(json.dumps(row) + "\n")
+    out.flush()
+    print(json.dumps(row), flush=True)
+
+
+print(torch.cuda.get_device_name(), torch.__version__, triton.__version__, flush=True)
+for d in HEADS:
+    H = 1024 // d if B * T >= 65536 else 2
+    g = torch.Generator().manual_seed(0)
+    q, k, v, do = (torch.randn(B, T, H, d, generator=g).to("cuda", torch.bfloat16) for _ in range(4))
+    slopes = alibi_slopes(H, "balanced").to("cuda").float().contiguous()
+    scale = 1 / math.sqrt(d)
+    for wname in windows:
+        W = T if wname == "T" else int(wname)
+        ref_o = _swat_fwd(q, k, v, slopes, None, None, W, 0.0, scale)
+        ref_dq, ref_dk, ref_dv = _swat_bwd(do, q, k, v, slopes, None, None, W, 0.0, scale)
+        base = dict(d=d, W=wname)
+        emit(dict(base, what="current fwd", ms=ms(lambda: _swat_fwd(q, k, v, slopes, None, None, W, 0.0, scale))))
+        emit(dict(base, what="current bwd", ms=ms(lambda: _swat_bwd(do, q, k, v, slopes, None, None, W, 0.0, scale))))
+
+        def desc(t, rows):
+            return TensorDescriptor(t, [B, T, H * d], [T * H * d, H * d, 1], [1, rows, d])
+
+        for dq_pass in [p == "dq" for p in PASSES if p != "dkdv"]:
+            for bm, bn in ((128, 64), (128, 128)):
+                for stages in (2, 3):
+                    for ws, warps in [c for c in ((True, 4), (False, 4), (False, 8)) if c[0] in WS_SET]:
+                        o = torch.empty_like(q)
+                        args = (desc(q, bm), desc(k, bn), desc(v, bn), desc(do, bm), o, slopes, T, H, W,
+                                -scale * LOG2E, 0.0, scale, *o.stride()[:3])
+                        kw = dict(BLOCK_M=bm, BLOCK_N=bn, HEAD_DIM=d, SIGMOID=1 if dq_pass else 2, WS=ws, DQ=dq_pass,
+                                  num_warps=warps, num_stages=stages)
+                        row = dict(base, what="dq" if dq_pass else "fwd", bm=bm, bn=bn, stages=stages, ws=ws,
+                                   warps=warps)
+                        try:
+                            run = lambda: query_block_kernel[(B * H, triton.cdiv(T, bm))](*args, **kw)  # noqa: E731
+                            run()
+                            row["err"] = rel(o, ref_dq if dq_pass else ref_o)
+                            row["ms"] = ms(run)
+                        except Exception as e:  # noqa: BLE001
+                            row["fail"] = f"{type(e).__name__}: {str(e).strip().splitlines()[-1][:120]}"
+                        emit(row)
+        for bm, bn in ((64, 128), (32, 128), (128, 128), (64, 64)) if "dkdv" in PASSES else ():
+            for stages in (2, 3):
+                for ws, warps in [c for c in ((True, 4), (False, 4), (False, 8)) if c[0] in WS_SET]:
+                    dk, dv = torch.empty_like(k), torch.empty_like(v)
+                    args = (desc(q, bm), desc(k, bn), desc(v, bn), desc(do, bm), dk, dv, slopes, T, H, W,
+                            -scale * LOG2E, 0.0, scale, *dk.stride()[:3])
+                    kw = dict(BLOCK_M=bm, BLOCK_N=bn, HEAD_DIM=d, SIGMOID=1, WS=ws, num_warps=warps,
+                              num_stages=stages)
+                    row = dict(base, what="dkdv", bm=bm, bn=bn, stages=stages, ws=ws, warps=warps)
+                    try:
+                        run = lambda: dkdv_kernel[(B * H, triton.cdiv(T, bn))](*args, **kw)  # noqa: E731
+                        run()
+                        row["err"] = max(rel(dk, ref_dk), rel(dv, ref_dv))
+                        row["ms"] = ms(run)
+                    except Exception as e:  # noqa: BLE001
+                        row["fail"] = f"{type(e).__name__}: {str(e).strip().splitlines()[-1][:120]}"
+                    emit(row)

@@ -1,0 +1,61 @@
+"""Compile the probe's kernels for sm_90 without a GPU and say, per config, whether Triton's Hopper
+warp specialization applied (a `ttg.warp_specialize` op in the TTGIR), the warps and shared memory
+it took, and ptxas's registers and spills.
+
+    PYTHONPATH=<triton 3.6 unpacked>:. python results/kernels/ws-probe/compile_sm90.py
+
+(the device's Triton is 3.6: `pip download triton==3.6.0 --no-deps` and unzip the wheel; ptxas comes
+with it)."""
+import os
+import subprocess
+import sys
+import tempfile
+
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from kernels import dkdv_kernel, query_block_kernel  # noqa: E402
+
+PTXAS = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "ptxas")
+COMMON = {"Slopes": "*fp32", "T": "i32", "H": "i32", "W": "i32", "neg_c": "fp32", "neg_bias": "fp32",
+          "scale": "fp32"}
+
+
+def descriptors(bm, bn, d):
+    return {"Qd": f"tensordesc<bf16[1,{bm},{d}]>", "Kd": f"tensordesc<bf16[1,{bn},{d}]>",
+            "Vd": f"tensordesc<bf16[1,{bn},{d}]>", "DOd": f"tensordesc<bf16[1,{bm},{d}]>"}
+
+
+def report(name, fn, signature, constants, warps=4, stages=2):
+    src = ASTSource(fn, signature={**signature, **{c: "constexpr" for c in constants}}, constexprs=constants)
+    label = f"{name} d={constants['HEAD_DIM']} {constants['BLOCK_M']}x{constants['BLOCK_N']} ws={constants['WS']}"
+    try:
+        compiled = triton.compile(src, target=GPUTarget("cuda", 90, 32),
+                                  options={"num_warps": warps, "num_stages": stages})
+    except Exception as err:  # noqa: BLE001
+        print(f"{label}: compile failed ({[x for x in str(err).splitlines() if x.strip()][-1][:120]})", flush=True)
+        return
+    with tempfile.NamedTemporaryFile("w", suffix=".ptx") as ptx:
+        ptx.write(compiled.asm["ptx"])
+        ptx.flush()
+        info = subprocess.run([PTXAS, "-v", "--gpu-name=sm_90a", ptx.name, "-o", os.devnull],
+                              capture_output=True, text=True).stderr
+    used = [x.split(":", 1)[-1].strip() for x in info.splitlines() if "Used" in x or "spill" in x]
+    print(f"{label}: warp-specialized {'ttg.warp_specialize' in compiled.asm['ttgir']}, "
+          f"{compiled.metadata.num_warps} warps, {compiled.metadata.shared} B shared; {'; '.join(used)}", flush=True)
+
+
+print("triton", triton.__version__)
+for d in (64, 128):
+    for ws in (True, False):
+        for bm, bn in ((128, 64), (128, 128)):
+            for dq in (False, True):
+                sig = {**descriptors(bm, bn, d), "Out": "*bf16", **COMMON, "so_b": "i32", "so_t": "i32", "so_h": "i32"}
+                report("dq" if dq else "fwd", query_block_kernel, sig,
+                       dict(BLOCK_M=bm, BLOCK_N=bn, HEAD_DIM=d, SIGMOID=1 if dq else 2, WS=ws, DQ=dq))
+        for bm, bn in ((64, 128), (32, 128), (128, 128), (64, 64)):
+            sig = {**descriptors(bm, bn, d), "DK": "*bf16", "DV": "*bf16", **COMMON, "s_b": "i32", "s_t": "i32",
+                   "s_h": "i32"}
+            report("dkdv", dkdv_kernel, sig, dict(BLOCK_M=bm, BLOCK_N=bn, HEAD_DIM=d, SIGMOID=1, WS=ws))

@@ -2,10 +2,11 @@
 same bf16 inputs, and check their outputs against them (`err`: max abs difference over max abs).
 
     python results/kernels/ws-probe/bench.py OUT [WINDOWS=2048,T,512] [WS=1,0] [B,T=4,16384] [D=128,64]
-                                             [PASSES=fwd,dq,dkdv]
+                                             [PASSES=fwd,dq,dkdv,gluon]
 
 Rows go to OUT/ws.jsonl as they are measured: "current fwd" / "current bwd" (the whole backward,
-dK/dV + dQ) at each shape, then one row per pass and config (tiles, stages, warps, ws)."""
+dK/dV + dQ) at each shape, then one row per pass and config (tiles, stages, warps, ws; "gluon fwd":
+gluon_fwd.py's hand-specialized forward, with its K/V ring's buffers)."""
 import json
 import math
 import os
@@ -19,6 +20,7 @@ from triton.tools.tensor_descriptor import TensorDescriptor
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path[:0] = [HERE, os.path.dirname(os.path.dirname(os.path.dirname(HERE)))]  # the probe, the repository
+from gluon_fwd import swat_fwd_gluon  # noqa: E402
 from kernels import dkdv_kernel, query_block_kernel  # noqa: E402
 
 from harness.ops.alibi import alibi_slopes  # noqa: E402
@@ -28,7 +30,7 @@ out = open(f"{sys.argv[1]}/ws.jsonl", "a")
 windows = sys.argv[2].split(",") if len(sys.argv) > 2 else ["2048", "T", "512"]
 WS_SET = [w == "1" for w in (sys.argv[3] if len(sys.argv) > 3 else "1,0").split(",")]
 B, T = (int(x) for x in (sys.argv[4] if len(sys.argv) > 4 else "4,16384").split(","))
-PASSES = (sys.argv[6] if len(sys.argv) > 6 else "fwd,dq,dkdv").split(",")
+PASSES = (sys.argv[6] if len(sys.argv) > 6 else "fwd,dq,dkdv,gluon").split(",")
 HEADS = [int(x) for x in (sys.argv[5] if len(sys.argv) > 5 else "128,64").split(",")]
 T0 = time.time()
 
@@ -85,6 +87,15 @@ for d in HEADS:
                         except Exception as e:  # noqa: BLE001
                             row["fail"] = f"{type(e).__name__}: {str(e).strip().splitlines()[-1][:120]}"
                         emit(row)
+        for bn, buffers in ((64, 2), (64, 3), (128, 2)) if "gluon" in PASSES else ():
+            row = dict(base, what="gluon fwd", bm=128, bn=bn, buffers=buffers, warps=8, ws=True)
+            try:
+                run = lambda: swat_fwd_gluon(q, k, v, slopes, W, scale, 128, bn, buffers)  # noqa: E731
+                row["err"] = rel(run(), ref_o)
+                row["ms"] = ms(run)
+            except Exception as e:  # noqa: BLE001
+                row["fail"] = f"{type(e).__name__}: {str(e).strip().splitlines()[-1][:120]}"
+            emit(row)
         for bm, bn in ((64, 128), (32, 128), (128, 128), (64, 64)) if "dkdv" in PASSES else ():
             for stages in (2, 3):
                 for ws, warps in [c for c in ((True, 4), (False, 4), (False, 8)) if c[0] in WS_SET]:

@@ -1,6 +1,7 @@
 """Compile the probe's kernels for sm_90 without a GPU and say, per config, whether Triton's Hopper
 warp specialization applied (a `ttg.warp_specialize` op in the TTGIR), the warps and shared memory
-it took, and ptxas's registers and spills.
+it took, and ptxas's registers and spills; then the same for gluon_fwd.py's hand-specialized
+forward, with the register split its partitions got (`setmaxnreg`).
 
     PYTHONPATH=<triton 3.6 unpacked>:. python results/kernels/ws-probe/compile_sm90.py
 
@@ -11,11 +12,16 @@ import subprocess
 import sys
 import tempfile
 
+import torch
 import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
+from triton.experimental.gluon._runtime import GluonASTSource
+from triton.runtime.jit import mangle_type
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path[:0] = [HERE, os.path.dirname(os.path.dirname(os.path.dirname(HERE)))]  # the probe, the repository
+from gluon_fwd import descriptors, swat_fwd_gluon_kernel  # noqa: E402
 from kernels import dkdv_kernel, query_block_kernel  # noqa: E402
 
 PTXAS = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "ptxas")
@@ -23,17 +29,18 @@ COMMON = {"Slopes": "*fp32", "T": "i32", "H": "i32", "W": "i32", "neg_c": "fp32"
           "scale": "fp32"}
 
 
-def descriptors(bm, bn, d):
+def probe_descriptors(bm, bn, d):
     return {"Qd": f"tensordesc<bf16[1,{bm},{d}]>", "Kd": f"tensordesc<bf16[1,{bn},{d}]>",
             "Vd": f"tensordesc<bf16[1,{bn},{d}]>", "DOd": f"tensordesc<bf16[1,{bm},{d}]>"}
 
 
-def report(name, fn, signature, constants, warps=4, stages=2):
-    src = ASTSource(fn, signature={**signature, **{c: "constexpr" for c in constants}}, constexprs=constants)
-    label = f"{name} d={constants['HEAD_DIM']} {constants['BLOCK_M']}x{constants['BLOCK_N']} ws={constants['WS']}"
+def report(name, fn, signature, constants, warps=4, stages=2, source=ASTSource, maxnreg=None):
+    src = source(fn, signature={**signature, **{c: "constexpr" for c in constants}}, constexprs=constants)
+    label = f"{name} d={constants['HEAD_DIM']} {constants['BLOCK_M']}x{constants['BLOCK_N']} " + (
+        f"ws={constants['WS']}" if "WS" in constants else f"buffers={constants['NUM_BUFFERS']}")
     try:
         compiled = triton.compile(src, target=GPUTarget("cuda", 90, 32),
-                                  options={"num_warps": warps, "num_stages": stages})
+                                  options={"num_warps": warps, "num_stages": stages, "maxnreg": maxnreg})
     except Exception as err:  # noqa: BLE001
         print(f"{label}: compile failed ({[x for x in str(err).splitlines() if x.strip()][-1][:120]})", flush=True)
         return
@@ -43,8 +50,10 @@ def report(name, fn, signature, constants, warps=4, stages=2):
         info = subprocess.run([PTXAS, "-v", "--gpu-name=sm_90a", ptx.name, "-o", os.devnull],
                               capture_output=True, text=True).stderr
     used = [x.split(":", 1)[-1].strip() for x in info.splitlines() if "Used" in x or "spill" in x]
+    split = sorted({int(x.split()[-1].rstrip(";")) for x in compiled.asm["ptx"].splitlines() if "setmaxnreg" in x})
     print(f"{label}: warp-specialized {'ttg.warp_specialize' in compiled.asm['ttgir']}, "
-          f"{compiled.metadata.num_warps} warps, {compiled.metadata.shared} B shared; {'; '.join(used)}", flush=True)
+          f"{compiled.metadata.num_warps} warps, {compiled.metadata.shared} B shared; {'; '.join(used)}"
+          + (f"; setmaxnreg {split}" if split else ""), flush=True)
 
 
 print("triton", triton.__version__)
@@ -52,10 +61,21 @@ for d in (64, 128):
     for ws in (True, False):
         for bm, bn in ((128, 64), (128, 128)):
             for dq in (False, True):
-                sig = {**descriptors(bm, bn, d), "Out": "*bf16", **COMMON, "so_b": "i32", "so_t": "i32", "so_h": "i32"}
+                sig = {**probe_descriptors(bm, bn, d), "Out": "*bf16", **COMMON, "so_b": "i32", "so_t": "i32",
+                       "so_h": "i32"}
                 report("dq" if dq else "fwd", query_block_kernel, sig,
                        dict(BLOCK_M=bm, BLOCK_N=bn, HEAD_DIM=d, SIGMOID=1 if dq else 2, WS=ws, DQ=dq))
         for bm, bn in ((64, 128), (32, 128), (128, 128), (64, 64)):
-            sig = {**descriptors(bm, bn, d), "DK": "*bf16", "DV": "*bf16", **COMMON, "s_b": "i32", "s_t": "i32",
+            sig = {**probe_descriptors(bm, bn, d), "DK": "*bf16", "DV": "*bf16", **COMMON, "s_b": "i32", "s_t": "i32",
                    "s_h": "i32"}
             report("dkdv", dkdv_kernel, sig, dict(BLOCK_M=bm, BLOCK_N=bn, HEAD_DIM=d, SIGMOID=1, WS=ws))
+
+for d in (64, 128):
+    for bn, buffers in ((64, 2), (64, 3), (128, 2)):
+        descs = descriptors(*[torch.empty(1, 256, 2, d, dtype=torch.bfloat16)] * 3, 128, bn)
+        sig = {**dict(zip(("q_desc", "k_desc", "v_desc"), map(mangle_type, descs))), "Out": "*bf16", **COMMON,
+               "so_b": "i32", "so_t": "i32", "so_h": "i32"}
+        del sig["scale"]
+        report("gluon fwd", swat_fwd_gluon_kernel, sig,
+               dict(BLOCK_M=128, BLOCK_N=bn, HEAD_DIM=d, NUM_BUFFERS=buffers, num_warps=8), warps=8,
+               source=GluonASTSource, maxnreg=168)

@@ -19,6 +19,15 @@ LOG2E = tl.constexpr(1.4426950408889634)
 
 
 @triton.jit
+def _program_block(H, BLOCK: tl.constexpr, HEAD_DIM: tl.constexpr):
+    """(b, h, the head's first column in [B, T, H * d], the block's first row): heavy (late)
+    blocks first, as the kernels in harness/ops/swat launch them."""
+    pid_bh = tl.program_id(0)
+    h = pid_bh % H
+    return pid_bh // H, h, h * HEAD_DIM, (tl.num_programs(1) - 1 - tl.program_id(1)) * BLOCK
+
+
+@triton.jit
 def _fwd_tiles(acc, q, Kd, Vd, b, col, offs_m, keys, n_lo, n_hi, neg_c, neg_slope, neg_bias, col_term,
                BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr, SIGMOID: tl.constexpr,
                WS: tl.constexpr, DQ: tl.constexpr, do, dq):
@@ -44,12 +53,7 @@ def query_block_kernel(Qd, Kd, Vd, DOd, Out, Slopes, T, H, W, neg_c, neg_bias, s
                        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr,
                        SIGMOID: tl.constexpr, WS: tl.constexpr, DQ: tl.constexpr):
     """DQ False: the forward (Out = sum_j p v); DQ True: the dQ pass (Out = scale sum_j ds k)."""
-    pid_m = tl.num_programs(1) - 1 - tl.program_id(1)
-    pid_bh = tl.program_id(0)
-    b = pid_bh // H
-    h = pid_bh % H
-    col = h * HEAD_DIM
-    m0 = pid_m * BLOCK_M
+    b, h, col, m0 = _program_block(H, BLOCK_M, HEAD_DIM)
     offs_m = m0 + tl.arange(0, BLOCK_M)
     q = Qd.load([b, m0, col]).reshape(BLOCK_M, HEAD_DIM)
     if DQ:
@@ -96,12 +100,7 @@ def _dkdv_tiles(dk, dv, k, v, Qd, DOd, b, col, n0, m_lo, m_hi, neg_c, neg_slope,
 def dkdv_kernel(Qd, Kd, Vd, DOd, DK, DV, Slopes, T, H, W, neg_c, neg_bias, scale, s_b, s_t, s_h,
                 BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr, SIGMOID: tl.constexpr,
                 WS: tl.constexpr):
-    pid_n = tl.num_programs(1) - 1 - tl.program_id(1)
-    pid_bh = tl.program_id(0)
-    b = pid_bh // H
-    h = pid_bh % H
-    col = h * HEAD_DIM
-    n0 = pid_n * BLOCK_N
+    b, h, col, n0 = _program_block(H, BLOCK_N, HEAD_DIM)
     offs_n = n0 + tl.arange(0, BLOCK_N)
     k = Kd.load([b, n0, col]).reshape(BLOCK_N, HEAD_DIM)
     v = Vd.load([b, n0, col]).reshape(BLOCK_N, HEAD_DIM)

@@ -13,8 +13,8 @@ split into two partitions that share a ring of NUM_BUFFERS shared-memory K/V til
   only, and O += P V (wgmma, P from registers), then releases the slot.
 
 So the copies overlap the arithmetic without software pipelining, and the two warp groups'
-sigmoids and products interleave on the SM. Sigmoid and scores as in triton_common: the exponent
-is g = -s log2(e), sigmoid(s) = 1 / (1 + 2^g). q, k, v are read through descriptors over
+sigmoids and products interleave on the SM. The sigmoid is triton_common's, in the mode the
+current forward uses (SIGMOID_MODE["fwd"]). q, k, v are read through descriptors over
 [B * T, H * d] (contiguous [B, T, H, d]): rows of a neighbouring sequence that a tile reaches into
 get weight 0 from the mask, rows outside the tensor read as zeros. bf16 / fp16, no packed
 documents, no GQA: the probe's shapes.
@@ -31,7 +31,8 @@ from triton.experimental.gluon.language.nvidia.hopper import (
 )
 from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
-from harness.ops.swat.triton_common import LOG2E
+from harness.ops.swat.function import SIGMOID_MODE
+from harness.ops.swat.triton_common import LOG2E, sigmoid_neg_log2
 
 
 @gluon.jit
@@ -55,7 +56,7 @@ def _load_partition(q_desc, k_desc, v_desc, q_smem, k_bufs, v_bufs, q_bar, ready
 @gluon.jit
 def _compute_partition(q_smem, k_bufs, v_bufs, q_bar, ready, empty, o_base, so_t, T, m0, n_lo, n_hi, full_lo,
                        full_hi, W, neg_c, neg_slope, neg_bias, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr,
-                       HEAD_DIM: gl.constexpr, num_warps: gl.constexpr):
+                       HEAD_DIM: gl.constexpr, SIGMOID: gl.constexpr, num_warps: gl.constexpr):
     s_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[num_warps, 1],
                                                        instr_shape=[16, BLOCK_N, 16])
     o_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[num_warps, 1],
@@ -75,7 +76,7 @@ def _compute_partition(q_smem, k_bufs, v_bufs, q_bar, ready, empty, o_base, so_t
         n = n_lo + i * BLOCK_N
         s = warpgroup_mma(q_smem, k_bufs.index(slot).permute((1, 0)), s_zero, use_acc=False)
         row_term = neg_slope * (rows - n).to(gl.float32) + neg_bias
-        p = 1.0 / (1.0 + gl.exp2(s * neg_c + (gl.expand_dims(row_term, 1) - gl.expand_dims(col_term, 0))))
+        p = sigmoid_neg_log2(s * neg_c + (gl.expand_dims(row_term, 1) - gl.expand_dims(col_term, 0)), SIGMOID)
         if (n < full_lo) | (n >= full_hi):  # a tile at the window's far edge or on the diagonal
             dist = gl.expand_dims(rows - n, 1) - gl.expand_dims(cols, 0)
             p = gl.where(dist.to(gl.uint32, bitcast=True) < gl.expand_dims(keys, 1), p, 0.0)
@@ -91,7 +92,7 @@ def _compute_partition(q_smem, k_bufs, v_bufs, q_bar, ready, empty, o_base, so_t
 @gluon.jit
 def swat_fwd_gluon_kernel(q_desc, k_desc, v_desc, Out, Slopes, T, H, W, neg_c, neg_bias, so_b, so_t, so_h,
                           BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, HEAD_DIM: gl.constexpr,
-                          NUM_BUFFERS: gl.constexpr, num_warps: gl.constexpr):
+                          NUM_BUFFERS: gl.constexpr, SIGMOID: gl.constexpr, num_warps: gl.constexpr):
     pid_m = gl.num_programs(1) - 1 - gl.program_id(1)  # heavy (late) query blocks first
     pid_bh = gl.program_id(0)
     b = pid_bh // H
@@ -120,7 +121,7 @@ def swat_fwd_gluon_kernel(q_desc, k_desc, v_desc, Out, Slopes, T, H, W, neg_c, n
     gl.warp_specialize([
         (_compute_partition, (q_smem, k_bufs, v_bufs, q_bar, ready, empty, Out + b.to(gl.int64) * so_b + h * so_h,
                               so_t, T, m0, n_lo, n_hi, full_start, m0, W, neg_c, neg_slope, neg_bias, BLOCK_M, BLOCK_N,
-                              HEAD_DIM, num_warps)),
+                              HEAD_DIM, SIGMOID, num_warps)),
         (_load_partition, (q_desc, k_desc, v_desc, q_smem, k_bufs, v_bufs, q_bar, ready, empty, b * T, m0,
                            h * HEAD_DIM, n_lo, n_hi, BLOCK_N)),
     ], [1], [24])
@@ -146,5 +147,6 @@ def swat_fwd_gluon(q, k, v, slopes, window: int, scale: float, block_m=128, bloc
     q_desc, k_desc, v_desc = descriptors(q, k, v, block_m, block_n)
     swat_fwd_gluon_kernel[(B * H, triton.cdiv(T, block_m))](
         q_desc, k_desc, v_desc, out, slopes, T, H, min(window, T), -scale * LOG2E, 0.0, *out.stride()[:3],
-        BLOCK_M=block_m, BLOCK_N=block_n, HEAD_DIM=d, NUM_BUFFERS=num_buffers, num_warps=num_warps, maxnreg=maxnreg)
+        BLOCK_M=block_m, BLOCK_N=block_n, HEAD_DIM=d, NUM_BUFFERS=num_buffers, SIGMOID=SIGMOID_MODE["fwd"],
+        num_warps=num_warps, maxnreg=maxnreg)
     return out

@@ -6,7 +6,7 @@ same bf16 inputs, and check their outputs against them (`err`: max abs differenc
 
 Rows go to OUT/ws.jsonl as they are measured: "current fwd" / "current bwd" (the whole backward,
 dK/dV + dQ) at each shape, then one row per pass and config (tiles, stages, warps, ws; "gluon fwd":
-gluon_fwd.py's hand-specialized forward, with its K/V ring's buffers)."""
+gluon_fwd.py's hand-specialized forward, with its K/V ring's buffers and whether it pipelines)."""
 import json
 import math
 import os
@@ -87,10 +87,11 @@ for d in HEADS:
                         except Exception as e:  # noqa: BLE001
                             row["fail"] = f"{type(e).__name__}: {str(e).strip().splitlines()[-1][:120]}"
                         emit(row)
-        for bn, buffers in ((64, 2), (64, 3), (128, 2)) if "gluon" in PASSES else ():
-            row = dict(base, what="gluon fwd", bm=128, bn=bn, buffers=buffers, warps=8, ws=True)
+        for bn, buffers, pipeline in ((64, 2, False), (64, 2, True), (64, 3, True), (128, 2, True)) \
+                if "gluon" in PASSES else ():
+            row = dict(base, what="gluon fwd", bm=128, bn=bn, buffers=buffers, pipeline=pipeline, warps=8, ws=True)
             try:
-                run = lambda: swat_fwd_gluon(q, k, v, slopes, W, scale, 128, bn, buffers)  # noqa: E731
+                run = lambda: swat_fwd_gluon(q, k, v, slopes, W, scale, 128, bn, buffers, pipeline)  # noqa: E731
                 row["err"] = rel(run(), ref_o)
                 row["ms"] = ms(run)
             except Exception as e:  # noqa: BLE001

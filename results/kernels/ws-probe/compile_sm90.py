@@ -37,7 +37,8 @@ def probe_descriptors(bm, bn, d):
 def report(name, fn, signature, constants, warps=4, stages=2, source=ASTSource, maxnreg=None):
     src = source(fn, signature={**signature, **{c: "constexpr" for c in constants}}, constexprs=constants)
     label = f"{name} d={constants['HEAD_DIM']} {constants['BLOCK_M']}x{constants['BLOCK_N']} " + (
-        f"ws={constants['WS']}" if "WS" in constants else f"buffers={constants['NUM_BUFFERS']}")
+        f"ws={constants['WS']}" if "WS" in constants else
+        f"buffers={constants['NUM_BUFFERS']} pipeline={constants['PIPELINE']}")
     try:
         compiled = triton.compile(src, target=GPUTarget("cuda", 90, 32),
                                   options={"num_warps": warps, "num_stages": stages, "maxnreg": maxnreg})
@@ -71,11 +72,12 @@ for d in (64, 128):
             report("dkdv", dkdv_kernel, sig, dict(BLOCK_M=bm, BLOCK_N=bn, HEAD_DIM=d, SIGMOID=1, WS=ws))
 
 for d in (64, 128):
-    for bn, buffers in ((64, 2), (64, 3), (128, 2)):
+    for bn, buffers, pipeline in ((64, 2, False), (64, 3, False), (128, 2, False), (64, 2, True), (64, 3, True),
+                                  (128, 2, True)):
         descs = descriptors(*[torch.empty(1, 256, 2, d, dtype=torch.bfloat16)] * 3, 128, bn)
         sig = {**dict(zip(("q_desc", "k_desc", "v_desc"), map(mangle_type, descs))), "Out": "*bf16", **COMMON,
                "so_b": "i32", "so_t": "i32", "so_h": "i32"}
         del sig["scale"]
         report("gluon fwd", swat_fwd_gluon_kernel, sig,
-               dict(BLOCK_M=128, BLOCK_N=bn, HEAD_DIM=d, NUM_BUFFERS=buffers, SIGMOID=2, num_warps=8), warps=8,
-               source=GluonASTSource, maxnreg=168)
+               dict(BLOCK_M=128, BLOCK_N=bn, HEAD_DIM=d, NUM_BUFFERS=buffers, SIGMOID=2, PIPELINE=pipeline,
+                    num_warps=8), warps=8, source=GluonASTSource, maxnreg=168)

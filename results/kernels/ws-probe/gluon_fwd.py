@@ -10,7 +10,9 @@ split into two partitions that share a ring of NUM_BUFFERS shared-memory K/V til
 - the compute partition (the kernel's num_warps, 8: two warp groups, 64 query rows each) runs,
   per key tile, S = Q K^T on the tensor cores (wgmma, Q and K from shared memory), the sigmoid
   with the ALiBi term in registers, the band mask on tiles at the window's edge or the diagonal
-  only, and O += P V (wgmma, P from registers), then releases the slot.
+  only, and O += P V (wgmma, P from registers), then releases the slot. With PIPELINE, the next
+  tile's S is issued asynchronously before this tile's sigmoid, as FlashAttention-3 does within a
+  warp group, so the tensor cores and the sigmoid's arithmetic overlap inside each group too.
 
 So the copies overlap the arithmetic without software pipelining, and the two warp groups'
 sigmoids and products interleave on the SM. The sigmoid is triton_common's, in the mode the
@@ -28,6 +30,7 @@ from triton.experimental.gluon.language.nvidia.hopper import (
     mbarrier,
     tma,
     warpgroup_mma,
+    warpgroup_mma_wait,
 )
 from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
@@ -54,9 +57,22 @@ def _load_partition(q_desc, k_desc, v_desc, q_smem, k_bufs, v_bufs, q_bar, ready
 
 
 @gluon.jit
+def _weights(s, rows, cols, keys, col_term, n, full_lo, full_hi, neg_c, neg_slope, neg_bias, SIGMOID: gl.constexpr):
+    """The sigmoid weights of key tile n from its scores s (triton_common's sigmoid and terms), the
+    band mask applied only where the tile is at the window's far edge or on the diagonal."""
+    row_term = neg_slope * (rows - n).to(gl.float32) + neg_bias
+    p = sigmoid_neg_log2(s * neg_c + (gl.expand_dims(row_term, 1) - gl.expand_dims(col_term, 0)), SIGMOID)
+    if (n < full_lo) | (n >= full_hi):
+        dist = gl.expand_dims(rows - n, 1) - gl.expand_dims(cols, 0)
+        p = gl.where(dist.to(gl.uint32, bitcast=True) < gl.expand_dims(keys, 1), p, 0.0)
+    return p
+
+
+@gluon.jit
 def _compute_partition(q_smem, k_bufs, v_bufs, q_bar, ready, empty, o_base, so_t, T, m0, n_lo, n_hi, full_lo,
                        full_hi, W, neg_c, neg_slope, neg_bias, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr,
-                       HEAD_DIM: gl.constexpr, SIGMOID: gl.constexpr, num_warps: gl.constexpr):
+                       HEAD_DIM: gl.constexpr, SIGMOID: gl.constexpr, PIPELINE: gl.constexpr,
+                       num_warps: gl.constexpr):
     s_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[num_warps, 1],
                                                        instr_shape=[16, BLOCK_N, 16])
     o_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[num_warps, 1],
@@ -69,20 +85,43 @@ def _compute_partition(q_smem, k_bufs, v_bufs, q_bar, ready, empty, o_base, so_t
     s_zero = gl.zeros([BLOCK_M, BLOCK_N], gl.float32, s_layout)
     acc = gl.zeros([BLOCK_M, HEAD_DIM], gl.float32, o_layout)
     num_buffers: gl.constexpr = k_bufs.type.shape[0]
+    tiles = gl.cdiv(n_hi - n_lo, BLOCK_N)
     mbarrier.wait(q_bar, 0)
-    for i in range(gl.cdiv(n_hi - n_lo, BLOCK_N)):
-        slot = i % num_buffers
-        mbarrier.wait(ready.index(slot), (i // num_buffers) & 1)
-        n = n_lo + i * BLOCK_N
-        s = warpgroup_mma(q_smem, k_bufs.index(slot).permute((1, 0)), s_zero, use_acc=False)
-        row_term = neg_slope * (rows - n).to(gl.float32) + neg_bias
-        p = sigmoid_neg_log2(s * neg_c + (gl.expand_dims(row_term, 1) - gl.expand_dims(col_term, 0)), SIGMOID)
-        if (n < full_lo) | (n >= full_hi):  # a tile at the window's far edge or on the diagonal
-            dist = gl.expand_dims(rows - n, 1) - gl.expand_dims(cols, 0)
-            p = gl.where(dist.to(gl.uint32, bitcast=True) < gl.expand_dims(keys, 1), p, 0.0)
-        acc = warpgroup_mma(gl.convert_layout(p.to(q_smem.dtype), p_layout), v_bufs.index(slot), acc)
+    if PIPELINE:
+        # FlashAttention-3's overlap within a warp group: tile i + 1's scores are issued to the
+        # tensor cores (asynchronously) before tile i's sigmoid runs, so the two overlap
+        gl.static_assert(num_buffers >= 2, "the pipelined loop holds two K/V slots at once")
+        mbarrier.wait(ready.index(0), 0)
+        s = warpgroup_mma(q_smem, k_bufs.index(0).permute((1, 0)), s_zero, use_acc=False)
+        for i in range(tiles - 1):
+            slot = i % num_buffers
+            after = (i + 1) % num_buffers
+            mbarrier.wait(ready.index(after), ((i + 1) // num_buffers) & 1)
+            s_next = warpgroup_mma(q_smem, k_bufs.index(after).permute((1, 0)), s_zero, use_acc=False,
+                                   is_async=True)
+            p = _weights(s, rows, cols, keys, col_term, n_lo + i * BLOCK_N, full_lo, full_hi, neg_c, neg_slope,
+                         neg_bias, SIGMOID)
+            acc = warpgroup_mma(gl.convert_layout(p.to(q_smem.dtype), p_layout), v_bufs.index(slot), acc,
+                                is_async=True)
+            s, acc = warpgroup_mma_wait(0, deps=(s_next, acc))
+            fence_async_shared()
+            mbarrier.arrive(empty.index(slot), count=1)
+        last = (tiles - 1) % num_buffers
+        p = _weights(s, rows, cols, keys, col_term, n_lo + (tiles - 1) * BLOCK_N, full_lo, full_hi, neg_c,
+                     neg_slope, neg_bias, SIGMOID)
+        acc = warpgroup_mma(gl.convert_layout(p.to(q_smem.dtype), p_layout), v_bufs.index(last), acc)
         fence_async_shared()
-        mbarrier.arrive(empty.index(slot), count=1)
+        mbarrier.arrive(empty.index(last), count=1)
+    else:
+        for i in range(tiles):
+            slot = i % num_buffers
+            mbarrier.wait(ready.index(slot), (i // num_buffers) & 1)
+            s = warpgroup_mma(q_smem, k_bufs.index(slot).permute((1, 0)), s_zero, use_acc=False)
+            p = _weights(s, rows, cols, keys, col_term, n_lo + i * BLOCK_N, full_lo, full_hi, neg_c, neg_slope,
+                         neg_bias, SIGMOID)
+            acc = warpgroup_mma(gl.convert_layout(p.to(q_smem.dtype), p_layout), v_bufs.index(slot), acc)
+            fence_async_shared()
+            mbarrier.arrive(empty.index(slot), count=1)
     offs_m = m0 + gl.arange(0, BLOCK_M, layout=gl.SliceLayout(1, o_layout))
     offs_d = gl.arange(0, HEAD_DIM, layout=gl.SliceLayout(0, o_layout))
     ptrs = o_base + gl.expand_dims(offs_m, 1) * so_t + gl.expand_dims(offs_d, 0)
@@ -92,7 +131,8 @@ def _compute_partition(q_smem, k_bufs, v_bufs, q_bar, ready, empty, o_base, so_t
 @gluon.jit
 def swat_fwd_gluon_kernel(q_desc, k_desc, v_desc, Out, Slopes, T, H, W, neg_c, neg_bias, so_b, so_t, so_h,
                           BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, HEAD_DIM: gl.constexpr,
-                          NUM_BUFFERS: gl.constexpr, SIGMOID: gl.constexpr, num_warps: gl.constexpr):
+                          NUM_BUFFERS: gl.constexpr, SIGMOID: gl.constexpr, PIPELINE: gl.constexpr,
+                          num_warps: gl.constexpr):
     pid_m = gl.num_programs(1) - 1 - gl.program_id(1)  # heavy (late) query blocks first
     pid_bh = gl.program_id(0)
     b = pid_bh // H
@@ -121,7 +161,7 @@ def swat_fwd_gluon_kernel(q_desc, k_desc, v_desc, Out, Slopes, T, H, W, neg_c, n
     gl.warp_specialize([
         (_compute_partition, (q_smem, k_bufs, v_bufs, q_bar, ready, empty, Out + b.to(gl.int64) * so_b + h * so_h,
                               so_t, T, m0, n_lo, n_hi, full_start, m0, W, neg_c, neg_slope, neg_bias, BLOCK_M, BLOCK_N,
-                              HEAD_DIM, SIGMOID, num_warps)),
+                              HEAD_DIM, SIGMOID, PIPELINE, num_warps)),
         (_load_partition, (q_desc, k_desc, v_desc, q_smem, k_bufs, v_bufs, q_bar, ready, empty, b * T, m0,
                            h * HEAD_DIM, n_lo, n_hi, BLOCK_N)),
     ], [1], [24])
@@ -140,7 +180,7 @@ def descriptors(q, k, v, block_m: int, block_n: int):
 
 
 def swat_fwd_gluon(q, k, v, slopes, window: int, scale: float, block_m=128, block_n=64, num_buffers=2,
-                   num_warps=8, maxnreg=168):
+                   pipeline=False, num_warps=8, maxnreg=168):
     """o [B, T, H, d] of SWAT's forward for contiguous q, k, v (bf16/fp16, H == Hkv, no documents)."""
     B, T, H, d = q.shape
     out = q.new_empty(q.shape)
@@ -148,5 +188,5 @@ def swat_fwd_gluon(q, k, v, slopes, window: int, scale: float, block_m=128, bloc
     swat_fwd_gluon_kernel[(B * H, triton.cdiv(T, block_m))](
         q_desc, k_desc, v_desc, out, slopes, T, H, min(window, T), -scale * LOG2E, 0.0, *out.stride()[:3],
         BLOCK_M=block_m, BLOCK_N=block_n, HEAD_DIM=d, NUM_BUFFERS=num_buffers, SIGMOID=SIGMOID_MODE["fwd"],
-        num_warps=num_warps, maxnreg=maxnreg)
+        PIPELINE=pipeline, num_warps=num_warps, maxnreg=maxnreg)
     return out

@@ -5,8 +5,9 @@ same bf16 inputs, and check their outputs against them (`err`: max abs differenc
                                              [PASSES=fwd,dq,dkdv,gluon]
 
 Rows go to OUT/ws.jsonl as they are measured: "current fwd" / "current bwd" (the whole backward,
-dK/dV + dQ) at each shape, then one row per pass and config (tiles, stages, warps, ws; "gluon fwd":
-gluon_fwd.py's hand-specialized forward, with its K/V ring's buffers and whether it pipelines)."""
+dK/dV + dQ) at each shape, then one row per pass and config (tiles, stages, warps, ws; "gluon fwd" and
+"gluon bwd": gluon_swat.py's hand-specialized forward, with its K/V ring's buffers and whether it
+pipelines, and backward, dQ + dK/dV, beside "current bwd")."""
 import json
 import math
 import os
@@ -20,7 +21,7 @@ from triton.tools.tensor_descriptor import TensorDescriptor
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path[:0] = [HERE, os.path.dirname(os.path.dirname(os.path.dirname(HERE)))]  # the probe, the repository
-from gluon_fwd import swat_fwd_gluon  # noqa: E402
+from gluon_swat import swat_bwd_gluon, swat_fwd_gluon  # noqa: E402
 from kernels import dkdv_kernel, query_block_kernel  # noqa: E402
 
 from harness.ops.alibi import alibi_slopes  # noqa: E402
@@ -93,6 +94,16 @@ for d in HEADS:
             try:
                 run = lambda: swat_fwd_gluon(q, k, v, slopes, W, scale, 128, bn, buffers, pipeline)  # noqa: E731
                 row["err"] = rel(run(), ref_o)
+                row["ms"] = ms(run)
+            except Exception as e:  # noqa: BLE001
+                row["fail"] = f"{type(e).__name__}: {str(e).strip().splitlines()[-1][:120]}"
+            emit(row)
+        for dkdv_tiles in ((64, 128), (64, 64)) if "gluon" in PASSES else ():
+            row = dict(base, what="gluon bwd", dq_tiles=[128, 64], dkdv_tiles=list(dkdv_tiles), buffers=2, warps=8,
+                       ws=True)
+            try:
+                run = lambda: swat_bwd_gluon(do, q, k, v, slopes, W, scale, (128, 64), dkdv_tiles)  # noqa: E731
+                row["err"] = max(rel(got, want) for got, want in zip(run(), (ref_dq, ref_dk, ref_dv)))
                 row["ms"] = ms(run)
             except Exception as e:  # noqa: BLE001
                 row["fail"] = f"{type(e).__name__}: {str(e).strip().splitlines()[-1][:120]}"

@@ -1,7 +1,7 @@
 """Compile the probe's kernels for sm_90 without a GPU and say, per config, whether Triton's Hopper
 warp specialization applied (a `ttg.warp_specialize` op in the TTGIR), the warps and shared memory
-it took, and ptxas's registers and spills; then the same for gluon_fwd.py's hand-specialized
-forward, with the register split its partitions got (`setmaxnreg`).
+it took, and ptxas's registers and spills; then the same for gluon_swat.py's hand-specialized
+forward, dQ and dK/dV kernels, with the register split their partitions got (`setmaxnreg`).
 
     PYTHONPATH=<triton 3.6 unpacked>:. python results/kernels/ws-probe/compile_sm90.py
 
@@ -21,7 +21,7 @@ from triton.runtime.jit import mangle_type
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path[:0] = [HERE, os.path.dirname(os.path.dirname(os.path.dirname(HERE)))]  # the probe, the repository
-from gluon_fwd import descriptors, swat_fwd_gluon_kernel  # noqa: E402
+from gluon_swat import descriptor, swat_dkdv_gluon_kernel, swat_query_gluon_kernel  # noqa: E402
 from kernels import dkdv_kernel, query_block_kernel  # noqa: E402
 
 PTXAS = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "ptxas")
@@ -38,7 +38,7 @@ def report(name, fn, signature, constants, warps=4, stages=2, source=ASTSource, 
     src = source(fn, signature={**signature, **{c: "constexpr" for c in constants}}, constexprs=constants)
     label = f"{name} d={constants['HEAD_DIM']} {constants['BLOCK_M']}x{constants['BLOCK_N']} " + (
         f"ws={constants['WS']}" if "WS" in constants else
-        f"buffers={constants['NUM_BUFFERS']} pipeline={constants['PIPELINE']}")
+        f"buffers={constants['NUM_BUFFERS']} pipeline={constants.get('PIPELINE', False)}")
     try:
         compiled = triton.compile(src, target=GPUTarget("cuda", 90, 32),
                                   options={"num_warps": warps, "num_stages": stages, "maxnreg": maxnreg})
@@ -71,13 +71,22 @@ for d in (64, 128):
                    "s_h": "i32"}
             report("dkdv", dkdv_kernel, sig, dict(BLOCK_M=bm, BLOCK_N=bn, HEAD_DIM=d, SIGMOID=1, WS=ws))
 
+GLUON = [("gluon fwd", (128, 64), 2, False), ("gluon fwd", (128, 64), 3, False), ("gluon fwd", (128, 128), 2, False),
+         ("gluon fwd", (128, 64), 2, True), ("gluon fwd", (128, 64), 3, True), ("gluon fwd", (128, 128), 2, True),
+         ("gluon dq", (128, 64), 2, False), ("gluon dkdv", (64, 128), 2, False), ("gluon dkdv", (64, 64), 2, False)]
 for d in (64, 128):
-    for bn, buffers, pipeline in ((64, 2, False), (64, 3, False), (128, 2, False), (64, 2, True), (64, 3, True),
-                                  (128, 2, True)):
-        descs = descriptors(*[torch.empty(1, 256, 2, d, dtype=torch.bfloat16)] * 3, 128, bn)
-        sig = {**dict(zip(("q_desc", "k_desc", "v_desc"), map(mangle_type, descs))), "Out": "*bf16", **COMMON,
-               "so_b": "i32", "so_t": "i32", "so_h": "i32"}
-        del sig["scale"]
-        report("gluon fwd", swat_fwd_gluon_kernel, sig,
-               dict(BLOCK_M=128, BLOCK_N=bn, HEAD_DIM=d, NUM_BUFFERS=buffers, SIGMOID=2, PIPELINE=pipeline,
-                    num_warps=8), warps=8, source=GluonASTSource, maxnreg=168)
+    for name, (bm, bn), buffers, pipeline in GLUON:
+        t = torch.empty(1, 256, 2, d, dtype=torch.bfloat16)
+        descs = [descriptor(t, rows) for rows in (bm, bn, bn, bm)]
+        sig = {**dict(zip(("q_desc", "k_desc", "v_desc", "do_desc"), map(mangle_type, descs))), "Slopes": "*fp32",
+               "T": "i32", "H": "i32", "W": "i32", "neg_c": "fp32", "neg_bias": "fp32", "scale": "fp32"}
+        constants = dict(BLOCK_M=bm, BLOCK_N=bn, HEAD_DIM=d, NUM_BUFFERS=buffers, SIGMOID=1 if "fwd" not in name else 2)
+        if name == "gluon dkdv":
+            kernel, outputs = swat_dkdv_gluon_kernel, {"DK": "*bf16", "DV": "*bf16"}
+            strides = {"s_b": "i32", "s_t": "i32", "s_h": "i32"}
+        else:
+            kernel, outputs = swat_query_gluon_kernel, {"Out": "*bf16"}
+            strides = {"so_b": "i32", "so_t": "i32", "so_h": "i32"}
+            constants.update(DQ=name == "gluon dq", PIPELINE=pipeline)
+        sig = dict(list(sig.items())[:4] + list(outputs.items()) + list(sig.items())[4:] + list(strides.items()))
+        report(name, kernel, sig, dict(constants, num_warps=8), warps=8, source=GluonASTSource, maxnreg=168)

@@ -1,7 +1,8 @@
-"""gluon_fwd.py against the plain-torch reference (harness/ops/swat/reference.py) on a GPU, at shapes
-that reach its edge cases: lengths that are not a multiple of the tiles, windows smaller than one
-tile and past T, several sequences (tiles reaching into a neighbour's rows), d = 64 and 128, bf16
-and fp16, with and without PIPELINE. One line per case; exit status 1 if any is off.
+"""gluon_swat.py against the plain-torch reference (harness/ops/swat/reference.py and autograd) on a
+GPU, at shapes that reach its edge cases: lengths that are not a multiple of the tiles, windows
+smaller than one tile and past T, several sequences (tiles reaching into a neighbour's rows),
+d = 64 and 128, bf16 and fp16: the forward with and without PIPELINE, and dq, dk, dv. One line per
+case; exit status 1 if any is off.
 
     python results/kernels/ws-probe/gluon_check.py
 """
@@ -14,25 +15,34 @@ import torch
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path[:0] = [HERE, os.path.dirname(os.path.dirname(os.path.dirname(HERE)))]  # the probe, the repository
-from gluon_fwd import swat_fwd_gluon  # noqa: E402
+from gluon_swat import swat_bwd_gluon, swat_fwd_gluon  # noqa: E402
 
 from harness.ops.alibi import alibi_slopes  # noqa: E402
 from harness.ops.swat.reference import swat_attention_ref  # noqa: E402
 
 SHAPES = [(1, 3000, 2, 100), (2, 1000, 3, 1000), (2, 777, 2, 5000), (1, 4096, 4, 512), (3, 200, 1, 64)]  # B, T, H, W
 worst = 0.0
-for (B, T, H, W), d, dtype, pipeline in itertools.product(SHAPES, (64, 128), (torch.bfloat16, torch.float16),
-                                                          (False, True)):
+
+
+def relative(got, want):
+    return ((got.float() - want).abs().max() / want.abs().max()).item()
+
+
+for (B, T, H, W), d, dtype in itertools.product(SHAPES, (64, 128), (torch.bfloat16, torch.float16)):
     g = torch.Generator().manual_seed(B * T + H + W + d)
-    q, k, v = (torch.randn(B, T, H, d, generator=g).to("cuda", dtype) for _ in range(3))
+    q, k, v, do = (torch.randn(B, T, H, d, generator=g).to("cuda", dtype) for _ in range(4))
     slopes = alibi_slopes(H, "balanced").to("cuda").float().contiguous()
     scale = 1 / math.sqrt(d)
-    ref = swat_attention_ref(q.float(), k.float(), v.float(), slopes, W)
-    out = swat_fwd_gluon(q, k, v, slopes, W, scale, pipeline=pipeline).float()
+    leaves = [t.float().requires_grad_() for t in (q, k, v)]
+    ref = swat_attention_ref(*leaves, slopes, W)
+    ref.backward(do.float())
+    errors = {f"fwd pipeline={pipeline}": relative(swat_fwd_gluon(q, k, v, slopes, W, scale, pipeline=pipeline), ref)
+              for pipeline in (False, True)}
+    for name, got, leaf in zip(("dq", "dk", "dv"), swat_bwd_gluon(do, q, k, v, slopes, W, scale), leaves):
+        errors[name] = relative(got, leaf.grad)
     torch.cuda.synchronize()
-    err = ((out - ref).abs().max() / ref.abs().max()).item()
-    worst = max(worst, err)
-    print(f"B={B} T={T} H={H} W={W} d={d} {str(dtype)[6:]} pipeline={pipeline}: max error / max |ref| = {err:.1e}",
-          flush=True)
+    worst = max(worst, *errors.values())
+    print(f"B={B} T={T} H={H} W={W} d={d} {str(dtype)[6:]}: max error / max |ref| "
+          + ", ".join(f"{name} {err:.1e}" for name, err in errors.items()), flush=True)
 print(f"worst {worst:.1e}: {'ok' if worst < 1e-2 else 'OFF'}")
 sys.exit(0 if worst < 1e-2 else 1)

@@ -1,0 +1,314 @@
+"""SWAT's forward and backward in Gluon with warp specialization written by hand (NOTES.md v9's next
+step): what Triton 3.6's automatic pass could not run, spelled out with Gluon's Hopper primitives.
+
+The passes are harness/ops/swat's (triton_fwd.py, triton_bwd.py): the forward and the dQ pass run
+one program per (block of BLOCK_M query rows, batch x head) over the band's key tiles, the dK/dV
+pass one program per (block of BLOCK_N keys, batch x head) over the band's query tiles. Each
+program is split into two partitions:
+
+- the load partition (one warp, few registers) copies the program's fixed tiles once (q; q and dO;
+  k and v) and then each tile pair of the band (k, v; or q, dO) into a ring of NUM_BUFFERS
+  shared-memory slots with TMA, waiting for a slot the compute partition has released ("empty"
+  barrier) and announcing it with the "ready" barrier the copy completes;
+- the compute partition (the kernel's num_warps, 8: two warp groups, each with half the program's
+  rows) runs the products on the tensor cores (wgmma: operands from shared memory, or the sigmoid's
+  weights from registers), the sigmoid with the ALiBi term, the band mask on the tiles at the
+  window's far edge or on the diagonal only, and releases the slot. With PIPELINE (forward only),
+  the next tile's scores are issued asynchronously before this tile's sigmoid, as FlashAttention-3
+  does within a warp group.
+
+So the copies overlap the arithmetic without software pipelining, and the two warp groups'
+sigmoids and products interleave on the SM. The sigmoid is triton_common's, in the modes the
+current passes use (SIGMOID_MODE). q, k, v, dO are read through descriptors over [B * T, H * d]
+(contiguous [B, T, H, d]): rows of a neighbouring sequence that a tile reaches into get weight 0
+from the mask, rows outside the tensor read as zeros. bf16 / fp16, no packed documents, no GQA.
+"""
+import torch
+import triton
+from triton.experimental import gluon
+from triton.experimental.gluon import language as gl
+from triton.experimental.gluon.language.nvidia.hopper import (
+    fence_async_shared,
+    mbarrier,
+    tma,
+    warpgroup_mma,
+    warpgroup_mma_wait,
+)
+from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
+
+from harness.ops.swat.function import SIGMOID_MODE
+from harness.ops.swat.triton_common import LOG2E, sigmoid_neg_log2
+
+
+@gluon.jit
+def _load_partition(a_desc, b_desc, x_desc, y_desc, a_smem, b_smem, x_bufs, y_bufs, fixed_bar, ready, empty, row0,
+                    fixed_row, col, lo, hi, STEP: gl.constexpr, TWO_FIXED: gl.constexpr):
+    """Tiles a (and b, with TWO_FIXED) at fixed_row once, then x and y at lo, lo + STEP, ... < hi
+    into the ring."""
+    if TWO_FIXED:
+        mbarrier.expect(fixed_bar, a_desc.block_type.nbytes + b_desc.block_type.nbytes)
+        tma.async_copy_global_to_shared(b_desc, [row0 + fixed_row, col], fixed_bar, b_smem)
+    else:
+        mbarrier.expect(fixed_bar, a_desc.block_type.nbytes)
+    tma.async_copy_global_to_shared(a_desc, [row0 + fixed_row, col], fixed_bar, a_smem)
+    num_buffers: gl.constexpr = x_bufs.type.shape[0]
+    for i in range(gl.cdiv(hi - lo, STEP)):
+        slot = i % num_buffers
+        # barriers start with phase 1 complete: the first pass over the ring does not wait
+        mbarrier.wait(empty.index(slot), ((i // num_buffers) & 1) ^ 1)
+        bar = ready.index(slot)
+        mbarrier.expect(bar, x_desc.block_type.nbytes + y_desc.block_type.nbytes)
+        tma.async_copy_global_to_shared(x_desc, [row0 + lo + i * STEP, col], bar, x_bufs.index(slot))
+        tma.async_copy_global_to_shared(y_desc, [row0 + lo + i * STEP, col], bar, y_bufs.index(slot))
+
+
+@gluon.jit
+def _release(empty, slot):
+    fence_async_shared()
+    mbarrier.arrive(empty.index(slot), count=1)
+
+
+@gluon.jit
+def _store_rows(acc, base, stride, first, T, ROWS: gl.constexpr, HEAD_DIM: gl.constexpr, layout: gl.constexpr):
+    """acc [ROWS, HEAD_DIM] to rows first, first + 1, ... (those < T) of a [T, ., HEAD_DIM] tensor."""
+    offs = first + gl.arange(0, ROWS, layout=gl.SliceLayout(1, layout))
+    offs_d = gl.arange(0, HEAD_DIM, layout=gl.SliceLayout(0, layout))
+    ptrs = base + gl.expand_dims(offs, 1) * stride + gl.expand_dims(offs_d, 0)
+    gl.store(ptrs, acc.to(base.dtype.element_ty), mask=gl.expand_dims(offs < T, 1))
+
+
+@gluon.jit
+def _weights(s, rows, cols, keys, col_term, n, full_lo, full_hi, neg_c, neg_slope, neg_bias, SIGMOID: gl.constexpr):
+    """Sigmoid weights [rows, cols] of key tile n from its scores s, masked where the tile is at the
+    window's far edge or on the diagonal (n outside [full_lo, full_hi)): row i sees keys j with
+    0 <= i - j < keys[i]."""
+    row_term = neg_slope * (rows - n).to(gl.float32) + neg_bias
+    p = sigmoid_neg_log2(s * neg_c + (gl.expand_dims(row_term, 1) - gl.expand_dims(col_term, 0)), SIGMOID)
+    if (n < full_lo) | (n >= full_hi):
+        dist = gl.expand_dims(rows - n, 1) - gl.expand_dims(cols, 0)
+        p = gl.where(dist.to(gl.uint32, bitcast=True) < gl.expand_dims(keys, 1), p, 0.0)
+    return p
+
+
+@gluon.jit
+def _query_partition(q_smem, do_smem, k_bufs, v_bufs, fixed_bar, ready, empty, out_base, so_t, T, m0, n_lo, n_hi,
+                     full_lo, full_hi, W, neg_c, neg_slope, neg_bias, scale, BLOCK_M: gl.constexpr,
+                     BLOCK_N: gl.constexpr, HEAD_DIM: gl.constexpr, SIGMOID: gl.constexpr, DQ: gl.constexpr,
+                     PIPELINE: gl.constexpr, num_warps: gl.constexpr):
+    """The forward (out = sum_j p_ij v_j) or, with DQ, the dQ pass (out = scale sum_j ds_ij k_j with
+    ds = (dO v^T) p (1 - p)) of one query block."""
+    s_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[num_warps, 1],
+                                                       instr_shape=[16, BLOCK_N, 16])
+    o_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[num_warps, 1],
+                                                       instr_shape=[16, HEAD_DIM, 16])
+    a_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=o_layout, k_width=2)
+    rows = m0 + gl.arange(0, BLOCK_M, layout=gl.SliceLayout(1, s_layout))
+    cols = gl.arange(0, BLOCK_N, layout=gl.SliceLayout(0, s_layout))
+    keys = gl.minimum(rows + 1, W).to(gl.uint32)
+    col_term = neg_slope * cols.to(gl.float32)
+    s_zero = gl.zeros([BLOCK_M, BLOCK_N], gl.float32, s_layout)
+    acc = gl.zeros([BLOCK_M, HEAD_DIM], gl.float32, o_layout)
+    num_buffers: gl.constexpr = k_bufs.type.shape[0]
+    tiles = gl.cdiv(n_hi - n_lo, BLOCK_N)
+    mbarrier.wait(fixed_bar, 0)
+    if PIPELINE:
+        gl.static_assert(not DQ, "PIPELINE is built for the forward only")
+        gl.static_assert(num_buffers >= 2, "the pipelined loop holds two K/V slots at once")
+        mbarrier.wait(ready.index(0), 0)
+        s = warpgroup_mma(q_smem, k_bufs.index(0).permute((1, 0)), s_zero, use_acc=False)
+        for i in range(tiles - 1):
+            slot = i % num_buffers
+            after = (i + 1) % num_buffers
+            mbarrier.wait(ready.index(after), ((i + 1) // num_buffers) & 1)
+            s_next = warpgroup_mma(q_smem, k_bufs.index(after).permute((1, 0)), s_zero, use_acc=False,
+                                   is_async=True)
+            p = _weights(s, rows, cols, keys, col_term, n_lo + i * BLOCK_N, full_lo, full_hi, neg_c, neg_slope,
+                         neg_bias, SIGMOID)
+            acc = warpgroup_mma(gl.convert_layout(p.to(q_smem.dtype), a_layout), v_bufs.index(slot), acc,
+                                is_async=True)
+            s, acc = warpgroup_mma_wait(0, deps=(s_next, acc))
+            _release(empty, slot)
+        last = (tiles - 1) % num_buffers
+        p = _weights(s, rows, cols, keys, col_term, n_lo + (tiles - 1) * BLOCK_N, full_lo, full_hi, neg_c,
+                     neg_slope, neg_bias, SIGMOID)
+        acc = warpgroup_mma(gl.convert_layout(p.to(q_smem.dtype), a_layout), v_bufs.index(last), acc)
+        _release(empty, last)
+    else:
+        for i in range(tiles):
+            slot = i % num_buffers
+            mbarrier.wait(ready.index(slot), (i // num_buffers) & 1)
+            k_slot = k_bufs.index(slot)
+            s = warpgroup_mma(q_smem, k_slot.permute((1, 0)), s_zero, use_acc=False)
+            p = _weights(s, rows, cols, keys, col_term, n_lo + i * BLOCK_N, full_lo, full_hi, neg_c, neg_slope,
+                         neg_bias, SIGMOID)
+            if DQ:
+                dp = warpgroup_mma(do_smem, v_bufs.index(slot).permute((1, 0)), s_zero, use_acc=False)
+                ds = dp * (p - p * p)
+                acc = warpgroup_mma(gl.convert_layout(ds.to(q_smem.dtype), a_layout), k_slot, acc)
+            else:
+                acc = warpgroup_mma(gl.convert_layout(p.to(q_smem.dtype), a_layout), v_bufs.index(slot), acc)
+            _release(empty, slot)
+    if DQ:
+        acc = acc * scale
+    _store_rows(acc, out_base, so_t, m0, T, BLOCK_M, HEAD_DIM, o_layout)
+
+
+@gluon.jit
+def _dkdv_partition(k_smem, v_smem, q_bufs, do_bufs, fixed_bar, ready, empty, dk_base, dv_base, stride_t, T, n0,
+                    m_lo, m_hi, full_lo, full_hi, W, neg_c, neg_slope, neg_bias, scale, BLOCK_M: gl.constexpr,
+                    BLOCK_N: gl.constexpr, HEAD_DIM: gl.constexpr, SIGMOID: gl.constexpr, num_warps: gl.constexpr):
+    """dV = P^T dO and dK = scale dS^T Q of one key block, over the query tiles of its band; the
+    tiles are worked transposed ([keys, queries]) so that both sums are products with an operand
+    in registers."""
+    t_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[num_warps, 1],
+                                                       instr_shape=[16, BLOCK_M, 16])
+    acc_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[num_warps, 1],
+                                                         instr_shape=[16, HEAD_DIM, 16])
+    a_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=acc_layout, k_width=2)
+    key_idx = gl.arange(0, BLOCK_N, layout=gl.SliceLayout(1, t_layout))
+    query_idx = gl.arange(0, BLOCK_M, layout=gl.SliceLayout(0, t_layout))
+    lim = gl.minimum(W, T - (n0 + key_idx)).to(gl.uint32)  # key j is seen by queries i with 0 <= i - j < lim
+    key_term = neg_slope * key_idx.to(gl.float32)
+    t_zero = gl.zeros([BLOCK_N, BLOCK_M], gl.float32, t_layout)
+    dk = gl.zeros([BLOCK_N, HEAD_DIM], gl.float32, acc_layout)
+    dv = gl.zeros([BLOCK_N, HEAD_DIM], gl.float32, acc_layout)
+    num_buffers: gl.constexpr = q_bufs.type.shape[0]
+    mbarrier.wait(fixed_bar, 0)
+    for i in range(gl.cdiv(m_hi - m_lo, BLOCK_M)):
+        slot = i % num_buffers
+        mbarrier.wait(ready.index(slot), (i // num_buffers) & 1)
+        q_slot = q_bufs.index(slot)
+        do_slot = do_bufs.index(slot)
+        m = m_lo + i * BLOCK_M
+        s_t = warpgroup_mma(k_smem, q_slot.permute((1, 0)), t_zero, use_acc=False)
+        query_term = neg_slope * (m - n0 + query_idx).to(gl.float32) + neg_bias
+        p_t = sigmoid_neg_log2(s_t * neg_c + (gl.expand_dims(query_term, 0) - gl.expand_dims(key_term, 1)), SIGMOID)
+        if (m < full_lo) | (m >= full_hi):
+            dist = gl.expand_dims(m - n0 + query_idx, 0) - gl.expand_dims(key_idx, 1)
+            p_t = gl.where(dist.to(gl.uint32, bitcast=True) < gl.expand_dims(lim, 1), p_t, 0.0)
+        dv = warpgroup_mma(gl.convert_layout(p_t.to(k_smem.dtype), a_layout), do_slot, dv)
+        dp_t = warpgroup_mma(v_smem, do_slot.permute((1, 0)), t_zero, use_acc=False)
+        ds_t = dp_t * (p_t - p_t * p_t)
+        dk = warpgroup_mma(gl.convert_layout(ds_t.to(k_smem.dtype), a_layout), q_slot, dk)
+        _release(empty, slot)
+    _store_rows(dk * scale, dk_base, stride_t, n0, T, BLOCK_N, HEAD_DIM, acc_layout)
+    _store_rows(dv, dv_base, stride_t, n0, T, BLOCK_N, HEAD_DIM, acc_layout)
+
+
+@gluon.jit
+def _program(H, BLOCK: gl.constexpr):
+    """(b, h, the block's first row): heavy (late) blocks first, as harness/ops/swat launches them."""
+    pid_bh = gl.program_id(0)
+    return pid_bh // H, pid_bh % H, (gl.num_programs(1) - 1 - gl.program_id(1)) * BLOCK
+
+
+@gluon.jit
+def _ring(x_desc, y_desc, NUM_BUFFERS: gl.constexpr):
+    """The ring's slots for tiles of x and y, and its barriers (all initialised)."""
+    x_bufs = gl.allocate_shared_memory(x_desc.dtype, [NUM_BUFFERS] + x_desc.block_type.shape, x_desc.layout)
+    y_bufs = gl.allocate_shared_memory(y_desc.dtype, [NUM_BUFFERS] + y_desc.block_type.shape, y_desc.layout)
+    fixed_bar = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
+    ready = gl.allocate_shared_memory(gl.int64, [NUM_BUFFERS, 1], mbarrier.MBarrierLayout())
+    empty = gl.allocate_shared_memory(gl.int64, [NUM_BUFFERS, 1], mbarrier.MBarrierLayout())
+    mbarrier.init(fixed_bar, count=1)
+    for i in gl.static_range(NUM_BUFFERS):
+        mbarrier.init(ready.index(i), count=1)
+        mbarrier.init(empty.index(i), count=1)
+    return x_bufs, y_bufs, fixed_bar, ready, empty
+
+
+@gluon.jit
+def swat_query_gluon_kernel(q_desc, k_desc, v_desc, do_desc, Out, Slopes, T, H, W, neg_c, neg_bias, scale,
+                            so_b, so_t, so_h, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, HEAD_DIM: gl.constexpr,
+                            NUM_BUFFERS: gl.constexpr, SIGMOID: gl.constexpr, DQ: gl.constexpr,
+                            PIPELINE: gl.constexpr, num_warps: gl.constexpr):
+    """The forward, or with DQ the dQ pass (do_desc then is dO's; otherwise it is not read)."""
+    b, h, m0 = _program(H, BLOCK_M)
+    # the band's key tiles for these rows, [n_lo, n_hi), as triton_common.query_block_ranges has
+    # them; those in [full_start, m0) are inside the band for every row and need no mask
+    lo = gl.maximum(m0 - W + 1, 0)
+    full_start = m0 - gl.maximum(m0 - gl.maximum(m0 + BLOCK_M - W, 0), 0) // BLOCK_N * BLOCK_N
+    n_lo = full_start - (gl.maximum(full_start - lo, 0) + BLOCK_N - 1) // BLOCK_N * BLOCK_N
+    n_hi = gl.minimum(m0 + BLOCK_M, T)
+    neg_slope = -gl.load(Slopes + h).to(gl.float32) * 1.4426950408889634  # log2(e)
+
+    q_smem = gl.allocate_shared_memory(q_desc.dtype, q_desc.block_type.shape, q_desc.layout)
+    if DQ:
+        do_smem = gl.allocate_shared_memory(do_desc.dtype, do_desc.block_type.shape, do_desc.layout)
+    else:
+        do_smem = q_smem
+    k_bufs, v_bufs, fixed_bar, ready, empty = _ring(k_desc, v_desc, NUM_BUFFERS)
+    gl.warp_specialize([
+        (_query_partition, (q_smem, do_smem, k_bufs, v_bufs, fixed_bar, ready, empty,
+                            Out + b.to(gl.int64) * so_b + h * so_h, so_t, T, m0, n_lo, n_hi, full_start, m0, W, neg_c,
+                            neg_slope, neg_bias, scale, BLOCK_M, BLOCK_N, HEAD_DIM, SIGMOID, DQ, PIPELINE,
+                            num_warps)),
+        (_load_partition, (q_desc, do_desc, k_desc, v_desc, q_smem, do_smem, k_bufs, v_bufs, fixed_bar, ready, empty,
+                           b * T, m0, h * HEAD_DIM, n_lo, n_hi, BLOCK_N, DQ)),
+    ], [1], [24])
+
+
+@gluon.jit
+def swat_dkdv_gluon_kernel(q_desc, k_desc, v_desc, do_desc, DK, DV, Slopes, T, H, W, neg_c, neg_bias, scale,
+                           s_b, s_t, s_h, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, HEAD_DIM: gl.constexpr,
+                           NUM_BUFFERS: gl.constexpr, SIGMOID: gl.constexpr, num_warps: gl.constexpr):
+    b, h, n0 = _program(H, BLOCK_N)
+    # the band's query tiles for these keys, [n0, m_hi), as triton_common.key_block_ranges has them;
+    # those in [n0 + BLOCK_N, full_hi) see every key of the block and need no mask
+    full_hi = n0 + BLOCK_N + gl.maximum(gl.minimum(n0 + W, T) - (n0 + BLOCK_N), 0) // BLOCK_M * BLOCK_M
+    m_hi = gl.maximum(gl.minimum(n0 + BLOCK_N - 1 + W, T), full_hi)
+    neg_slope = -gl.load(Slopes + h).to(gl.float32) * 1.4426950408889634  # log2(e)
+
+    k_smem = gl.allocate_shared_memory(k_desc.dtype, k_desc.block_type.shape, k_desc.layout)
+    v_smem = gl.allocate_shared_memory(v_desc.dtype, v_desc.block_type.shape, v_desc.layout)
+    q_bufs, do_bufs, fixed_bar, ready, empty = _ring(q_desc, do_desc, NUM_BUFFERS)
+    offset = b.to(gl.int64) * s_b + h * s_h
+    gl.warp_specialize([
+        (_dkdv_partition, (k_smem, v_smem, q_bufs, do_bufs, fixed_bar, ready, empty, DK + offset, DV + offset, s_t, T,
+                           n0, n0, m_hi, n0 + BLOCK_N, full_hi, W, neg_c, neg_slope, neg_bias, scale, BLOCK_M, BLOCK_N,
+                           HEAD_DIM, SIGMOID, num_warps)),
+        (_load_partition, (k_desc, v_desc, q_desc, do_desc, k_smem, v_smem, q_bufs, do_bufs, fixed_bar, ready, empty,
+                           b * T, n0, h * HEAD_DIM, n0, m_hi, BLOCK_M, True)),
+    ], [1], [24])
+
+
+def descriptor(t: torch.Tensor, rows: int) -> TensorDescriptor:
+    """TMA descriptor of tiles of `rows` rows of t [B, T, H, d] (contiguous) viewed as [B * T, H * d]."""
+    B, T, H, d = t.shape
+    dtype = {torch.bfloat16: gl.bfloat16, torch.float16: gl.float16}[t.dtype]
+    layout = gl.NVMMASharedLayout.get_default_for([rows, d], dtype)
+    return TensorDescriptor(t, [B * T, H * d], [H * d, 1], [rows, d], layout)
+
+
+def swat_fwd_gluon(q, k, v, slopes, window: int, scale: float, block_m=128, block_n=64, num_buffers=2,
+                   pipeline=False, num_warps=8, maxnreg=168):
+    """o [B, T, H, d] of SWAT's forward for contiguous q, k, v (bf16/fp16, H == Hkv, no documents)."""
+    B, T, H, d = q.shape
+    out = q.new_empty(q.shape)
+    q_desc = descriptor(q, block_m)
+    swat_query_gluon_kernel[(B * H, triton.cdiv(T, block_m))](
+        q_desc, descriptor(k, block_n), descriptor(v, block_n), q_desc, out, slopes, T, H, min(window, T),
+        -scale * LOG2E, 0.0, scale, *out.stride()[:3], BLOCK_M=block_m, BLOCK_N=block_n, HEAD_DIM=d,
+        NUM_BUFFERS=num_buffers, SIGMOID=SIGMOID_MODE["fwd"], DQ=False, PIPELINE=pipeline, num_warps=num_warps,
+        maxnreg=maxnreg)
+    return out
+
+
+def swat_bwd_gluon(do, q, k, v, slopes, window: int, scale: float, dq_tiles=(128, 64), dkdv_tiles=(64, 128),
+                   num_buffers=2, num_warps=8, maxnreg=168):
+    """(dq, dk, dv) of SWAT for the forward's inputs and the output's gradient do, all contiguous
+    [B, T, H, d]: the dQ pass and the dK/dV pass, as harness/ops/swat/triton_bwd.py splits them."""
+    B, T, H, d = q.shape
+    W = min(window, T)
+    dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+    bm, bn = dq_tiles
+    swat_query_gluon_kernel[(B * H, triton.cdiv(T, bm))](
+        descriptor(q, bm), descriptor(k, bn), descriptor(v, bn), descriptor(do, bm), dq, slopes, T, H, W,
+        -scale * LOG2E, 0.0, scale, *dq.stride()[:3], BLOCK_M=bm, BLOCK_N=bn, HEAD_DIM=d, NUM_BUFFERS=num_buffers,
+        SIGMOID=SIGMOID_MODE["bwd"], DQ=True, PIPELINE=False, num_warps=num_warps, maxnreg=maxnreg)
+    bm, bn = dkdv_tiles
+    swat_dkdv_gluon_kernel[(B * H, triton.cdiv(T, bn))](
+        descriptor(q, bm), descriptor(k, bn), descriptor(v, bn), descriptor(do, bm), dk, dv, slopes, T, H, W,
+        -scale * LOG2E, 0.0, scale, *dk.stride()[:3], BLOCK_M=bm, BLOCK_N=bn, HEAD_DIM=d, NUM_BUFFERS=num_buffers,
+        SIGMOID=SIGMOID_MODE["bwd"], num_warps=num_warps, maxnreg=maxnreg)
+    return dq, dk, dv

@@ -4,13 +4,15 @@ same bf16 inputs, and check their outputs against them (`err`: max abs differenc
     python results/kernels/ws-probe/bench.py OUT [WINDOWS=2048,T,512] [WS=1,0] [B,T=4,16384] [D=128,64]
                                              [PASSES=fwd,dq,dkdv,gluon]
 
-Rows go to OUT/ws.jsonl as they are measured: "current fwd" / "current bwd" (the whole backward,
-dK/dV + dQ) at each shape, then one row per pass and config (tiles, stages, warps, ws; "gluon fwd" and
-"gluon bwd": gluon_swat.py's hand-specialized forward, with its K/V ring's buffers and whether it
-pipelines, and backward, dQ + dK/dV, beside "current bwd")."""
+Rows go to OUT/ws.jsonl as they are measured, each with its commit, device, date, command and
+package versions: "current fwd" / "current bwd" (the whole backward, dK/dV + dQ) at each shape,
+then one row per pass and config (tiles, stages, warps, ws; "gluon fwd" and "gluon bwd":
+gluon_swat.py's hand-specialized forward, with its K/V ring's buffers and whether it pipelines,
+and backward, dQ + dK/dV, beside "current bwd")."""
 import json
 import math
 import os
+import shlex
 import sys
 import time
 
@@ -26,6 +28,7 @@ from kernels import dkdv_kernel, query_block_kernel  # noqa: E402
 
 from harness.ops.alibi import alibi_slopes  # noqa: E402
 from harness.ops.swat.function import LOG2E, _swat_bwd, _swat_fwd  # noqa: E402
+from harness.results.provenance import provenance, versions  # noqa: E402
 
 out = open(f"{sys.argv[1]}/ws.jsonl", "a")
 windows = sys.argv[2].split(",") if len(sys.argv) > 2 else ["2048", "T", "512"]
@@ -34,6 +37,9 @@ B, T = (int(x) for x in (sys.argv[4] if len(sys.argv) > 4 else "4,16384").split(
 PASSES = (sys.argv[6] if len(sys.argv) > 6 else "fwd,dq,dkdv,gluon").split(",")
 HEADS = [int(x) for x in (sys.argv[5] if len(sys.argv) > 5 else "128,64").split(",")]
 T0 = time.time()
+# every row says how to measure it again (HARNESS_COMMIT=<the commit sent> on the device tool)
+MADE = {**provenance("cuda", shlex.join(["python3", "results/kernels/ws-probe/bench.py", *sys.argv[1:]])),
+        "versions": versions()}
 
 
 def ms(fn):
@@ -46,6 +52,7 @@ def rel(a, b):
 
 def emit(row):
     row["t"] = round(time.time() - T0, 1)
+    row.update(MADE)
     out.write(json.dumps(row) + "\n")
     out.flush()
     print(json.dumps(row), flush=True)

@@ -58,6 +58,21 @@ def emit(row):
     print(json.dumps(row), flush=True)
 
 
+def measure(row, run, error):
+    """Run once, check (`error` of what the run returned), time and emit the row; a launch that
+    fails (out of shared memory, say) is a row with its error instead."""
+    try:
+        row["err"] = error(run())
+        row["ms"] = ms(run)
+    except Exception as e:  # noqa: BLE001
+        row["fail"] = f"{type(e).__name__}: {str(e).strip().splitlines()[-1][:120]}"
+    emit(row)
+
+
+# (warp_specialize, warps) of the automatic-pass kernels: the pass needs 4 warps
+LAUNCHES = [c for c in ((True, 4), (False, 4), (False, 8)) if c[0] in WS_SET]
+
+
 print(torch.cuda.get_device_name(), torch.__version__, triton.__version__, flush=True)
 for d in HEADS:
     H = 1024 // d if B * T >= 65536 else 2
@@ -79,56 +94,34 @@ for d in HEADS:
         for dq_pass in [p == "dq" for p in PASSES if p != "dkdv"]:
             for bm, bn in ((128, 64), (128, 128)):
                 for stages in (2, 3):
-                    for ws, warps in [c for c in ((True, 4), (False, 4), (False, 8)) if c[0] in WS_SET]:
+                    for ws, warps in LAUNCHES:
                         o = torch.empty_like(q)
                         args = (desc(q, bm), desc(k, bn), desc(v, bn), desc(do, bm), o, slopes, T, H, W,
                                 -scale * LOG2E, 0.0, scale, *o.stride()[:3])
                         kw = dict(BLOCK_M=bm, BLOCK_N=bn, HEAD_DIM=d, SIGMOID=1 if dq_pass else 2, WS=ws, DQ=dq_pass,
                                   num_warps=warps, num_stages=stages)
-                        row = dict(base, what="dq" if dq_pass else "fwd", bm=bm, bn=bn, stages=stages, ws=ws,
-                                   warps=warps)
-                        try:
-                            run = lambda: query_block_kernel[(B * H, triton.cdiv(T, bm))](*args, **kw)  # noqa: E731
-                            run()
-                            row["err"] = rel(o, ref_dq if dq_pass else ref_o)
-                            row["ms"] = ms(run)
-                        except Exception as e:  # noqa: BLE001
-                            row["fail"] = f"{type(e).__name__}: {str(e).strip().splitlines()[-1][:120]}"
-                        emit(row)
+                        measure(dict(base, what="dq" if dq_pass else "fwd", bm=bm, bn=bn, stages=stages, ws=ws,
+                                     warps=warps),
+                                lambda: query_block_kernel[(B * H, triton.cdiv(T, bm))](*args, **kw),
+                                lambda _: rel(o, ref_dq if dq_pass else ref_o))
         for bn, buffers, pipeline in ((64, 2, False), (64, 2, True), (64, 3, True), (128, 2, True)) \
                 if "gluon" in PASSES else ():
-            row = dict(base, what="gluon fwd", bm=128, bn=bn, buffers=buffers, pipeline=pipeline, warps=8, ws=True)
-            try:
-                run = lambda: swat_fwd_gluon(q, k, v, slopes, W, scale, 128, bn, buffers, pipeline)  # noqa: E731
-                row["err"] = rel(run(), ref_o)
-                row["ms"] = ms(run)
-            except Exception as e:  # noqa: BLE001
-                row["fail"] = f"{type(e).__name__}: {str(e).strip().splitlines()[-1][:120]}"
-            emit(row)
+            measure(dict(base, what="gluon fwd", bm=128, bn=bn, buffers=buffers, pipeline=pipeline, warps=8, ws=True),
+                    lambda: swat_fwd_gluon(q, k, v, slopes, W, scale, 128, bn, buffers, pipeline),
+                    lambda o: rel(o, ref_o))
         for dkdv_tiles in ((64, 128), (64, 64)) if "gluon" in PASSES else ():
-            row = dict(base, what="gluon bwd", dq_tiles=[128, 64], dkdv_tiles=list(dkdv_tiles), buffers=2, warps=8,
-                       ws=True)
-            try:
-                run = lambda: swat_bwd_gluon(do, q, k, v, slopes, W, scale, (128, 64), dkdv_tiles)  # noqa: E731
-                row["err"] = max(rel(got, want) for got, want in zip(run(), (ref_dq, ref_dk, ref_dv)))
-                row["ms"] = ms(run)
-            except Exception as e:  # noqa: BLE001
-                row["fail"] = f"{type(e).__name__}: {str(e).strip().splitlines()[-1][:120]}"
-            emit(row)
+            measure(dict(base, what="gluon bwd", dq_tiles=[128, 64], dkdv_tiles=list(dkdv_tiles), buffers=2, warps=8,
+                         ws=True),
+                    lambda: swat_bwd_gluon(do, q, k, v, slopes, W, scale, (128, 64), dkdv_tiles),
+                    lambda grads: max(rel(got, want) for got, want in zip(grads, (ref_dq, ref_dk, ref_dv))))
         for bm, bn in ((64, 128), (32, 128), (128, 128), (64, 64)) if "dkdv" in PASSES else ():
             for stages in (2, 3):
-                for ws, warps in [c for c in ((True, 4), (False, 4), (False, 8)) if c[0] in WS_SET]:
+                for ws, warps in LAUNCHES:
                     dk, dv = torch.empty_like(k), torch.empty_like(v)
                     args = (desc(q, bm), desc(k, bn), desc(v, bn), desc(do, bm), dk, dv, slopes, T, H, W,
                             -scale * LOG2E, 0.0, scale, *dk.stride()[:3])
                     kw = dict(BLOCK_M=bm, BLOCK_N=bn, HEAD_DIM=d, SIGMOID=1, WS=ws, num_warps=warps,
                               num_stages=stages)
-                    row = dict(base, what="dkdv", bm=bm, bn=bn, stages=stages, ws=ws, warps=warps)
-                    try:
-                        run = lambda: dkdv_kernel[(B * H, triton.cdiv(T, bn))](*args, **kw)  # noqa: E731
-                        run()
-                        row["err"] = max(rel(dk, ref_dk), rel(dv, ref_dv))
-                        row["ms"] = ms(run)
-                    except Exception as e:  # noqa: BLE001
-                        row["fail"] = f"{type(e).__name__}: {str(e).strip().splitlines()[-1][:120]}"
-                    emit(row)
+                    measure(dict(base, what="dkdv", bm=bm, bn=bn, stages=stages, ws=ws, warps=warps),
+                            lambda: dkdv_kernel[(B * H, triton.cdiv(T, bn))](*args, **kw),
+                            lambda _: max(rel(dk, ref_dk), rel(dv, ref_dv)))

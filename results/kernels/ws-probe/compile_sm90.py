@@ -77,16 +77,14 @@ GLUON = [("gluon fwd", (128, 64), 2, False), ("gluon fwd", (128, 64), 3, False),
 for d in (64, 128):
     for name, (bm, bn), buffers, pipeline in GLUON:
         t = torch.empty(1, 256, 2, d, dtype=torch.bfloat16)
-        descs = [descriptor(t, rows) for rows in (bm, bn, bn, bm)]
-        sig = {**dict(zip(("q_desc", "k_desc", "v_desc", "do_desc"), map(mangle_type, descs))), "Slopes": "*fp32",
-               "T": "i32", "H": "i32", "W": "i32", "neg_c": "fp32", "neg_bias": "fp32", "scale": "fp32"}
+        descs = {arg: mangle_type(descriptor(t, rows))
+                 for arg, rows in (("q_desc", bm), ("k_desc", bn), ("v_desc", bn), ("do_desc", bm))}
         constants = dict(BLOCK_M=bm, BLOCK_N=bn, HEAD_DIM=d, NUM_BUFFERS=buffers, SIGMOID=1 if "fwd" not in name else 2)
         if name == "gluon dkdv":
-            kernel, outputs = swat_dkdv_gluon_kernel, {"DK": "*bf16", "DV": "*bf16"}
-            strides = {"s_b": "i32", "s_t": "i32", "s_h": "i32"}
+            kernel = swat_dkdv_gluon_kernel
+            sig = {**descs, "DK": "*bf16", "DV": "*bf16", **COMMON, "s_b": "i32", "s_t": "i32", "s_h": "i32"}
         else:
-            kernel, outputs = swat_query_gluon_kernel, {"Out": "*bf16"}
-            strides = {"so_b": "i32", "so_t": "i32", "so_h": "i32"}
+            kernel = swat_query_gluon_kernel
+            sig = {**descs, "Out": "*bf16", **COMMON, "so_b": "i32", "so_t": "i32", "so_h": "i32"}
             constants.update(DQ=name == "gluon dq", PIPELINE=pipeline)
-        sig = dict(list(sig.items())[:4] + list(outputs.items()) + list(sig.items())[4:] + list(strides.items()))
         report(name, kernel, sig, dict(constants, num_warps=8), warps=8, source=GluonASTSource, maxnreg=168)

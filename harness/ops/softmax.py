@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import functools
 import importlib
-import importlib.util
 import inspect
 
 import torch
@@ -23,11 +22,9 @@ HALF = (torch.float16, torch.bfloat16)  # the dtypes flash kernels take
 # import (flash-attn not installed) is a graph break in every compiled layer (dynamo: "Import failure").
 def _import_flash_attn():
     """flash_attn where it is installed and loads, else None."""
-    if importlib.util.find_spec("flash_attn") is None:
-        return None
     try:
         return importlib.import_module("flash_attn")
-    except ImportError:
+    except ImportError:  # not installed (ModuleNotFoundError) or its extension does not load
         return None
 
 

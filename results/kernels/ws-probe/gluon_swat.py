@@ -37,7 +37,7 @@ from triton.experimental.gluon.language.nvidia.hopper import (
 from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
 from harness.ops.swat.function import SIGMOID_MODE
-from harness.ops.swat.triton_common import LOG2E, sigmoid_neg_log2
+from harness.ops.swat.triton_common import LOG2E, key_block_ranges, query_block_ranges, sigmoid_neg_log2
 
 
 @gluon.jit
@@ -224,12 +224,9 @@ def swat_query_gluon_kernel(q_desc, k_desc, v_desc, do_desc, Out, Slopes, T, H, 
                             PIPELINE: gl.constexpr, num_warps: gl.constexpr):
     """The forward, or with DQ the dQ pass (do_desc then is dO's; otherwise it is not read)."""
     b, h, m0 = _program(H, BLOCK_M)
-    # the band's key tiles for these rows, [n_lo, n_hi), as triton_common.query_block_ranges has
-    # them; those in [full_start, m0) are inside the band for every row and need no mask
-    lo = gl.maximum(m0 - W + 1, 0)
-    full_start = m0 - gl.maximum(m0 - gl.maximum(m0 + BLOCK_M - W, 0), 0) // BLOCK_N * BLOCK_N
-    n_lo = full_start - (gl.maximum(full_start - lo, 0) + BLOCK_N - 1) // BLOCK_N * BLOCK_N
-    n_hi = gl.minimum(m0 + BLOCK_M, T)
+    # the band's key tiles for these rows, [n_lo, n_hi); those in [full_start, m0) are inside the
+    # band for every row and need no mask
+    n_lo, full_start, _, n_hi = query_block_ranges(m0, 0, 0, T, W, BLOCK_M, BLOCK_N)
     neg_slope = -gl.load(Slopes + h).to(gl.float32) * 1.4426950408889634  # log2(e)
 
     q_smem = gl.allocate_shared_memory(q_desc.dtype, q_desc.block_type.shape, q_desc.layout)
@@ -253,10 +250,9 @@ def swat_dkdv_gluon_kernel(q_desc, k_desc, v_desc, do_desc, DK, DV, Slopes, T, H
                            s_b, s_t, s_h, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, HEAD_DIM: gl.constexpr,
                            NUM_BUFFERS: gl.constexpr, SIGMOID: gl.constexpr, num_warps: gl.constexpr):
     b, h, n0 = _program(H, BLOCK_N)
-    # the band's query tiles for these keys, [n0, m_hi), as triton_common.key_block_ranges has them;
-    # those in [n0 + BLOCK_N, full_hi) see every key of the block and need no mask
-    full_hi = n0 + BLOCK_N + gl.maximum(gl.minimum(n0 + W, T) - (n0 + BLOCK_N), 0) // BLOCK_M * BLOCK_M
-    m_hi = gl.maximum(gl.minimum(n0 + BLOCK_N - 1 + W, T), full_hi)
+    # the band's query tiles for these keys, [n0, m_hi); those in [n0 + BLOCK_N, full_hi) see every
+    # key of the block and need no mask
+    _, _, _, full_hi, m_hi = key_block_ranges(n0, T, T, T, W, BLOCK_M, BLOCK_N)
     neg_slope = -gl.load(Slopes + h).to(gl.float32) * 1.4426950408889634  # log2(e)
 
     k_smem = gl.allocate_shared_memory(k_desc.dtype, k_desc.block_type.shape, k_desc.layout)

@@ -6,9 +6,10 @@ same bf16 inputs, and check their outputs against them (`err`: max abs differenc
 
 Rows go to OUT/ws.jsonl as they are measured, each with its commit, device, date, command and
 package versions: "current fwd" / "current bwd" (the whole backward, dK/dV + dQ) at each shape,
-then one row per pass and config (tiles, stages, warps, ws; "gluon fwd" and "gluon bwd":
-gluon_swat.py's hand-specialized forward, with its K/V ring's buffers and whether it pipelines,
-and backward, dQ + dK/dV, beside "current bwd")."""
+"sdpa fwd" / "sdpa fwd+bwd" (softmax, causal: the peer) at W = T, then one row per pass and config
+(tiles, stages, warps, ws; "gluon fwd" and "gluon bwd": gluon_swat.py's hand-specialized forward,
+with its K/V ring's buffers and whether it pipelines, and backward, dQ + dK/dV, beside "current
+bwd")."""
 import json
 import math
 import os
@@ -18,6 +19,7 @@ import time
 
 import torch
 import triton
+from torch.nn.functional import scaled_dot_product_attention as sdpa
 from triton.testing import do_bench
 from triton.tools.tensor_descriptor import TensorDescriptor
 
@@ -87,11 +89,17 @@ for d in HEADS:
         base = dict(d=d, W=wname)
         emit(dict(base, what="current fwd", ms=ms(lambda: _swat_fwd(q, k, v, slopes, None, None, W, 0.0, scale))))
         emit(dict(base, what="current bwd", ms=ms(lambda: _swat_bwd(do, q, k, v, slopes, None, None, W, 0.0, scale))))
+        if W == T:  # the peer at full causal: softmax attention through SDPA (flash backend), fwd and fwd + bwd
+            qh, kh, vh = (t.transpose(1, 2).detach().requires_grad_() for t in (q, k, v))
+            emit(dict(base, what="sdpa fwd", ms=ms(lambda: sdpa(qh, kh, vh, is_causal=True))))
+            emit(dict(base, what="sdpa fwd+bwd",
+                      ms=ms(lambda: torch.autograd.grad(sdpa(qh, kh, vh, is_causal=True), (qh, kh, vh),
+                                                        do.transpose(1, 2)))))
 
         def desc(t, rows):
             return TensorDescriptor(t, [B, T, H * d], [T * H * d, H * d, 1], [1, rows, d])
 
-        for dq_pass in [p == "dq" for p in PASSES if p != "dkdv"]:
+        for dq_pass in [p == "dq" for p in PASSES if p in ("fwd", "dq")]:
             for bm, bn in ((128, 64), (128, 128)):
                 for stages in (2, 3):
                     for ws, warps in LAUNCHES:

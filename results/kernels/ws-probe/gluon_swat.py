@@ -39,6 +39,9 @@ from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 from harness.ops.swat.function import SIGMOID_MODE
 from harness.ops.swat.triton_common import LOG2E, key_block_ranges, query_block_ranges, sigmoid_neg_log2
 
+# Gluon is experimental: Triton 3.6 names the TMA tile load async_copy_global_to_shared, later ones async_load
+tma_load = tma.async_load if hasattr(tma, "async_load") else tma.async_copy_global_to_shared
+
 
 @gluon.jit
 def _load_partition(a_desc, b_desc, x_desc, y_desc, a_smem, b_smem, x_bufs, y_bufs, fixed_bar, ready, empty, row0,
@@ -47,10 +50,10 @@ def _load_partition(a_desc, b_desc, x_desc, y_desc, a_smem, b_smem, x_bufs, y_bu
     into the ring."""
     if TWO_FIXED:
         mbarrier.expect(fixed_bar, a_desc.block_type.nbytes + b_desc.block_type.nbytes)
-        tma.async_copy_global_to_shared(b_desc, [row0 + fixed_row, col], fixed_bar, b_smem)
+        tma_load(b_desc, [row0 + fixed_row, col], fixed_bar, b_smem)
     else:
         mbarrier.expect(fixed_bar, a_desc.block_type.nbytes)
-    tma.async_copy_global_to_shared(a_desc, [row0 + fixed_row, col], fixed_bar, a_smem)
+    tma_load(a_desc, [row0 + fixed_row, col], fixed_bar, a_smem)
     num_buffers: gl.constexpr = x_bufs.type.shape[0]
     for i in range(gl.cdiv(hi - lo, STEP)):
         slot = i % num_buffers
@@ -58,8 +61,8 @@ def _load_partition(a_desc, b_desc, x_desc, y_desc, a_smem, b_smem, x_bufs, y_bu
         mbarrier.wait(empty.index(slot), ((i // num_buffers) & 1) ^ 1)
         bar = ready.index(slot)
         mbarrier.expect(bar, x_desc.block_type.nbytes + y_desc.block_type.nbytes)
-        tma.async_copy_global_to_shared(x_desc, [row0 + lo + i * STEP, col], bar, x_bufs.index(slot))
-        tma.async_copy_global_to_shared(y_desc, [row0 + lo + i * STEP, col], bar, y_bufs.index(slot))
+        tma_load(x_desc, [row0 + lo + i * STEP, col], bar, x_bufs.index(slot))
+        tma_load(y_desc, [row0 + lo + i * STEP, col], bar, y_bufs.index(slot))
 
 
 @gluon.jit

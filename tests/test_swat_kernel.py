@@ -212,6 +212,16 @@ def test_decode_matches_reference_for_any_split(min_programs, acc_2d, sum_in_ker
     assert all(int(c.abs().sum()) == 0 for sets in function._ARRIVALS.values() for c in sets)
 
 
+def test_decode_launch_splits_only_batches_too_small_to_fill_the_device():
+    """Fewer (sequence, head) pairs than DECODE_FILLS_GPU programs: runs split and summed inside the
+    kernel ("split"); from there on one run per pair and nothing to add ("whole")."""
+    from harness.ops.swat.function import DECODE_CONFIGS, DECODE_FILLS_GPU, decode_launch
+    few, many = decode_launch(DECODE_FILLS_GPU - 1, 4096, 64), decode_launch(DECODE_FILLS_GPU, 4096, 64)
+    assert few["splits"] > 1 and few["SUM_IN_KERNEL"] and few["num_warps"] == DECODE_CONFIGS["split"]["num_warps"]
+    assert many["splits"] == 1 and not many["SUM_IN_KERNEL"]
+    assert many["num_warps"] == DECODE_CONFIGS["whole"]["num_warps"]
+
+
 def test_decode_step_equals_last_forward_row():
     """Filling the ring buffer from a sequence and decoding its last token gives the forward's last row."""
     T, H, d, W = 41, 2, 64, 16

@@ -11,11 +11,11 @@ the current configs. A backward candidate is timed as the whole backward (dK/dV 
 fused pass) with the other pass at its current config, so differences between candidates of one
 pass are that pass's differences, and the best "dkdv fused atomics" and "dkdv fused tma" rows
 against the best "dkdv" row decide FUSED_DQ. Sweep `decode` times the decode kernel's launch
-configs (DECODE_CONFIG: programs wanted, tile size, warps, stages) at batch 1, 8 and 64 over full
+configs (DECODE_CONFIGS: programs wanted, tile size, warps, stages) at batch 1, 8 and 64 over full
 W-slot ring buffers, as
 CUDA-graph replays, beside SDPA (softmax, no bias) over the same buffer: the work of a
 sliding-window softmax model's decode step, the peer a user would pick. The winners go into
-CONFIGS / FUSED_DQ / SIGMOID_MODE / DECODE_CONFIG in harness/ops/swat/function.py by hand, with
+CONFIGS / FUSED_DQ / SIGMOID_MODE / DECODE_CONFIGS in harness/ops/swat/function.py by hand, with
 the numbers in harness/ops/swat/NOTES.md.
 """
 

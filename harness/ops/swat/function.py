@@ -345,16 +345,21 @@ def swat_attention_triton(q, k, v, slopes, window: int, sigmoid_bias: float = 0.
 # ---------------------------------------------------------------- decode operator
 
 # Decode is a read of the ring buffer (flash-decoding): each program attends one (sequence, head)
-# pair to a run of slots, in tiles of TILE_ELEMS / d slots, and a second kernel adds the runs'
-# partial sums in fp32 (or, with SUM_IN_KERNEL, the last of a pair's programs to finish: one launch
-# instead of two; built without a GPU, off until a decode sweep times it). The runs are split until
-# the grid has MIN_PROGRAMS programs (an H100 has 132 SMs), so that a small batch still keeps
-# enough loads in flight; a large batch gets one run per pair and no sum.
-# From the H200 sweep of harness/bench/tune.py (NOTES.md, v5): of the 72 configs swept at d = 64
-# and 128, batch 1, 8 and 64, W = 512 and 2048, the best fixed one (7% over each shape's best on
-# geometric mean, 22% at worst); ACC_2D (one [BLOCK_W, d] accumulator reduced after the loop) is
-# what makes it best at d = 128.
-DECODE_CONFIG = dict(MIN_PROGRAMS=264, TILE_ELEMS=8192, num_warps=2, num_stages=3, ACC_2D=True, SUM_IN_KERNEL=False)
+# pair to a run of slots, in tiles of TILE_ELEMS / d slots, and the runs' partial sums (fp32) are
+# added by a second kernel or, with SUM_IN_KERNEL, by the last of a pair's programs to finish (one
+# launch instead of two). The runs are split until the grid has MIN_PROGRAMS programs, so that a
+# small batch still keeps enough loads in flight. Two configs, by whether the batch's (sequence,
+# head) pairs alone give DECODE_FILLS_GPU programs (two per SM of an H100's 132): "split" below
+# that, "whole" (one run per pair, nothing to add) from there on. From the H100 sweep of
+# harness/bench/tune.py (NOTES.md, v10): of its 144 configs, the best on geometric mean over the
+# shapes of each kind (d = 64 and 128, W = 128, 512 and 2048; batch 1 and 8 split, 64 whole):
+# "split" takes 11% over each shape's best and is 0.98x SDPA on geometric mean (0.79x with "whole"'s
+# config and a second kernel, v5's), "whole" 2% over the best and 0.97x SDPA.
+DECODE_FILLS_GPU = 264
+DECODE_CONFIGS = {
+    "split": dict(MIN_PROGRAMS=4224, TILE_ELEMS=8192, num_warps=4, num_stages=3, ACC_2D=True, SUM_IN_KERNEL=True),
+    "whole": dict(MIN_PROGRAMS=264, TILE_ELEMS=8192, num_warps=2, num_stages=3, ACC_2D=True, SUM_IN_KERNEL=False),
+}
 
 
 def decode_launch(batch_heads: int, w_cache: int, head_dim: int, elem_bytes: int = 2) -> dict:
@@ -363,7 +368,7 @@ def decode_launch(batch_heads: int, w_cache: int, head_dim: int, elem_bytes: int
     runs' sums are added (SUM_IN_KERNEL, only where there are runs to add). TILE_ELEMS
     was tuned for 16-bit inputs; fp32 inputs get as many bytes per tile (half the slots), so that
     the pipelined K/V tiles take the shared memory the sweep's config took."""
-    cfg = DECODE_CONFIG
+    cfg = DECODE_CONFIGS["split" if batch_heads < DECODE_FILLS_GPU else "whole"]
     block_w = 16 if interpreting() else max(16, cfg["TILE_ELEMS"] * 2 // elem_bytes // head_dim)
     tiles = triton.cdiv(w_cache, block_w)
     wanted = min(tiles, max(1, triton.cdiv(cfg["MIN_PROGRAMS"], batch_heads)))
@@ -373,10 +378,14 @@ def decode_launch(batch_heads: int, w_cache: int, head_dim: int, elem_bytes: int
                 num_stages=cfg["num_stages"], ACC_2D=cfg["ACC_2D"], SUM_IN_KERNEL=cfg["SUM_IN_KERNEL"] and splits > 1)
 
 
+@contextlib.contextmanager
 def override_decode_config(**overrides):
-    """Temporarily replace entries of DECODE_CONFIG (MIN_PROGRAMS, TILE_ELEMS, num_warps, num_stages, ACC_2D,
-    SUM_IN_KERNEL)."""
-    return _overridden(DECODE_CONFIG, overrides)
+    """Temporarily replace entries (MIN_PROGRAMS, TILE_ELEMS, num_warps, num_stages, ACC_2D,
+    SUM_IN_KERNEL) of both DECODE_CONFIGS, so that a sweep times one config at every batch."""
+    with contextlib.ExitStack() as stack:
+        for cfg in DECODE_CONFIGS.values():
+            stack.enter_context(_overridden(cfg, overrides))
+        yield
 
 
 @torch.library.custom_op("swat_harness::swat_decode", mutates_args=())

@@ -3,6 +3,7 @@
 # CUDA machine; each mode fits one 10-minute device call, and `bench` resumes on a warm machine:
 #   OUT=folder HARNESS_COMMIT=<sent commit> [SWEEPS=tiles,decode] [WINDOWS=512,1024] [TESTS=gpu] bash results/kernels/device.sh tune
 #   OUT=folder HARNESS_COMMIT=<sent commit> [HEAD_DIMS=64,128] [BUDGET_S=570] bash results/kernels/device.sh bench
+#   OUT=folder HARNESS_COMMIT=<sent commit> [BUDGET_S=570] bash results/kernels/device.sh decode
 # tune:  the GPU tests of the kernels (realistic shapes with both backwards, every dtype and head
 #        size; the whole file compiled took over 150 s, so it belongs in a study call's GPU_TESTS;
 #        TESTS=every_dtype runs only the test of every dtype and head size, about 90 s),
@@ -14,6 +15,9 @@
 # bench: `harness bench kernels` at the issue's shapes (T 4K/16K/32K, W 128/512/2048/T, fwd and
 #        fwd+bwd, then decode at batch 1, 8, 64) into .gpu/results/kernels, packed as kernels.tgz;
 #        a cut run goes on where it stopped when called again on the same machine.
+# decode: after a change to the decode alone, the GPU decode tests, then the bench's decode rows
+#        measured again (batch 1, 8, 64) into a copy of this GPU's committed folder, whose forward
+#        and backward rows are kept as they are; packed as kernels.tgz.
 # mamba-ssm is not built (MAMBA_BUILD=0): the CPUs stay quiet beside the timings. `timeout -k`:
 # a command that ignores the first SIGTERM (one call's bench, inside a Triton compile) is killed
 # 10 s later, so that the packing still runs before the call's own limit.
@@ -35,6 +39,20 @@ case "${1:-}" in
       --head-dims "${HEAD_DIMS:-64,128}" --modes fwd,fwd_bwd,decode --decode-batches 1,8,64 >> "$LOG" 2>&1
     say "bench exit $?"
     tar czf "$OUT/kernels.tgz" -C "$G/results" kernels ;;
-  *) echo "usage: device.sh tune|bench" >&2; exit 2 ;;
+  decode)
+    timeout -k 10 120 python3 -m pytest tests/test_swat_kernel.py -p no:cacheprovider -W ignore -rfEs \
+      -k "gpu and decode" > "$OUT/gpu_tests.log" 2>&1; say "decode tests: $(tail -1 "$OUT/gpu_tests.log")"
+    D=$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1 | tr 'A-Z' 'a-z' | sed 's/[^a-z0-9]\{1,\}/-/g; s/^-//; s/-$//')
+    mkdir -p "$G/results/kernels/$D"
+    if [ -f "results/kernels/$D/kernels.csv" ]; then
+      grep -v '^decode,' "results/kernels/$D/kernels.csv" > "$G/results/kernels/$D/kernels.csv"
+      cp "results/kernels/$D/run.json" "$G/results/kernels/$D/"  # the earlier runs' record, kept under `earlier`
+    fi
+    say "bench kernels, decode only, into a copy of results/kernels/$D ($(( $(left) - 20 )) s at most)"
+    timeout -k 10 $(( $(left) - 30 )) python3 -m harness bench kernels --out "$G/results/kernels" \
+      --head-dims 64,128 --modes decode --decode-batches 1,8,64 >> "$LOG" 2>&1
+    say "bench exit $?"
+    tar czf "$OUT/kernels.tgz" -C "$G/results" kernels ;;
+  *) echo "usage: device.sh tune|bench|decode" >&2; exit 2 ;;
 esac
 say "done ($(( $(date +%s) - T0 )) s)"

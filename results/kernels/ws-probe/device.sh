@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The Gluon passes' first GPU call, from the repository root on a Hopper GPU (one device call):
+# The Gluon passes' GPU call, from the repository root on a Hopper GPU (one device call):
 #   OUT=folder HARNESS_COMMIT=<sent commit> bash results/kernels/ws-probe/device.sh (the commit the rows record)
 # 1. hang.sh with PASSES=gluon (each head size in its own process, 90 s at most: do they run at all);
 # 2. gluon_check.py against the reference at edge-case shapes (150 s at most), only if none hung;

@@ -112,7 +112,8 @@ for d in HEADS:
                                      warps=warps),
                                 lambda: query_block_kernel[(B * H, triton.cdiv(T, bm))](*args, **kw),
                                 lambda _: rel(o, ref_dq if dq_pass else ref_o))
-        for bn, buffers, pipeline in ((64, 2, False), (64, 2, True), (64, 3, True), (128, 2, True)) \
+        for bn, buffers, pipeline in ((64, 2, False), (64, 3, False), (64, 2, True), (64, 3, True), (128, 2, False),
+                                      (128, 2, True)) \
                 if "gluon" in PASSES else ():
             measure(dict(base, what="gluon fwd", bm=128, bn=bn, buffers=buffers, pipeline=pipeline, warps=8, ws=True),
                     lambda: swat_fwd_gluon(q, k, v, slopes, W, scale, 128, bn, buffers, pipeline),

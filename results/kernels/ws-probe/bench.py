@@ -8,8 +8,8 @@ Rows go to OUT/ws.jsonl as they are measured, each with its commit, device, date
 package versions: "current fwd" / "current bwd" (the whole backward, dK/dV + dQ) at each shape,
 "sdpa fwd" / "sdpa fwd+bwd" (softmax, causal: the peer) at W = T, then one row per pass and config
 (tiles, stages, warps, ws; "gluon fwd" and "gluon bwd": gluon_swat.py's hand-specialized forward,
-with its K/V ring's buffers and whether it pipelines, and backward, dQ + dK/dV, beside "current
-bwd")."""
+with its K/V ring's buffers and whether it pipelines, "gluon fwd pingpong": the forward whose two
+warp groups take turns at the tensor cores, and the backward, dQ + dK/dV, beside "current bwd")."""
 import json
 import math
 import os
@@ -117,6 +117,10 @@ for d in HEADS:
                 if "gluon" in PASSES else ():
             measure(dict(base, what="gluon fwd", bm=128, bn=bn, buffers=buffers, pipeline=pipeline, warps=8, ws=True),
                     lambda: swat_fwd_gluon(q, k, v, slopes, W, scale, 128, bn, buffers, pipeline),
+                    lambda o: rel(o, ref_o))
+        for bn, buffers in ((64, 2), (64, 3), (128, 2)) if "gluon" in PASSES else ():
+            measure(dict(base, what="gluon fwd pingpong", bm=128, bn=bn, buffers=buffers, warps=8, ws=True),
+                    lambda: swat_fwd_gluon(q, k, v, slopes, W, scale, 128, bn, buffers, pingpong=True),
                     lambda o: rel(o, ref_o))
         for dkdv_tiles in ((64, 128), (64, 64)) if "gluon" in PASSES else ():
             measure(dict(base, what="gluon bwd", dq_tiles=[128, 64], dkdv_tiles=list(dkdv_tiles), buffers=2, warps=8,

@@ -1,7 +1,8 @@
 """gluon_swat.py against the plain-torch reference (harness/ops/swat/reference.py and autograd) on a
 GPU, at shapes that reach its edge cases: lengths that are not a multiple of the tiles, windows
 smaller than one tile and past T, several sequences (tiles reaching into a neighbour's rows),
-d = 64 and 128, bf16 and fp16: the forward with and without PIPELINE, and dq, dk, dv. One line per
+d = 64 and 128, bf16 and fp16: the forward with and without PIPELINE, the ping-pong forward over
+64-key tiles (3 slots) and 128-key tiles (2 slots), and dq, dk, dv. One line per
 case; exit status 1 if any is off.
 
     python results/kernels/ws-probe/gluon_check.py
@@ -38,6 +39,9 @@ for (B, T, H, W), d, dtype in itertools.product(SHAPES, (64, 128), (torch.bfloat
     ref.backward(do.float())
     errors = {f"fwd pipeline={pipeline}": relative(swat_fwd_gluon(q, k, v, slopes, W, scale, pipeline=pipeline), ref)
               for pipeline in (False, True)}
+    for block_n, buffers in ((64, 3), (128, 2)):
+        errors[f"fwd pingpong {block_n}"] = relative(
+            swat_fwd_gluon(q, k, v, slopes, W, scale, block_n=block_n, num_buffers=buffers, pingpong=True), ref)
     for name, got, leaf in zip(("dq", "dk", "dv"), swat_bwd_gluon(do, q, k, v, slopes, W, scale), leaves):
         errors[name] = relative(got, leaf.grad)
     torch.cuda.synchronize()

@@ -45,12 +45,12 @@ tma_load = tma.async_load if hasattr(tma, "async_load") else tma.async_copy_glob
 
 @gluon.jit
 def _load_partition(a_desc, b_desc, x_desc, y_desc, a_smem, b_smem, x_bufs, y_bufs, fixed_bar, ready, empty, row0,
-                    fixed_row, col, lo, hi, STEP: gl.constexpr, TWO_FIXED: gl.constexpr):
-    """Tiles a (and b, with TWO_FIXED) at fixed_row once, then x and y at lo, lo + STEP, ... < hi
-    into the ring."""
+                    fixed_row, col, lo, hi, STEP: gl.constexpr, TWO_FIXED: gl.constexpr, B_ROW: gl.constexpr = 0):
+    """Tiles a at fixed_row (and b at fixed_row + B_ROW, with TWO_FIXED) once, then x and y at lo,
+    lo + STEP, ... < hi into the ring."""
     if TWO_FIXED:
         mbarrier.expect(fixed_bar, a_desc.block_type.nbytes + b_desc.block_type.nbytes)
-        tma_load(b_desc, [row0 + fixed_row, col], fixed_bar, b_smem)
+        tma_load(b_desc, [row0 + fixed_row + B_ROW, col], fixed_bar, b_smem)
     else:
         mbarrier.expect(fixed_bar, a_desc.block_type.nbytes)
     tma_load(a_desc, [row0 + fixed_row, col], fixed_bar, a_smem)
@@ -157,6 +157,63 @@ def _query_partition(q_smem, do_smem, k_bufs, v_bufs, fixed_bar, ready, empty, o
 
 
 @gluon.jit
+def _take_turn(turns, GROUP: gl.constexpr, i):
+    """Wait until the other group has issued its products of its tile i - 1 (group 0) or i (group
+    1); group 0's first turn does not wait (barriers start with phase 1 complete)."""
+    mbarrier.wait(turns.index(GROUP), (i & 1) ^ (1 - GROUP))
+
+
+@gluon.jit
+def _pingpong_partition(q_smem, k_bufs, v_bufs, fixed_bar, ready, empty, turns, out_base, so_t, T, m0, n_lo, n_hi,
+                        full_lo, full_hi, W, neg_c, neg_slope, neg_bias, ROWS: gl.constexpr, BLOCK_N: gl.constexpr,
+                        HEAD_DIM: gl.constexpr, SIGMOID: gl.constexpr, GROUP: gl.constexpr, num_warps: gl.constexpr):
+    """The forward for one of a block's two halves of ROWS rows, FlashAttention-3's schedule: each
+    tile's S = q k^T and the previous tile's o += p v are issued together in this group's turn,
+    then the turn passes to the other group, whose products run on the tensor cores while this
+    group computes the tile's sigmoid."""
+    s_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[num_warps, 1],
+                                                       instr_shape=[16, BLOCK_N, 16])
+    o_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[num_warps, 1],
+                                                       instr_shape=[16, HEAD_DIM, 16])
+    a_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=o_layout, k_width=2)
+    rows = m0 + gl.arange(0, ROWS, layout=gl.SliceLayout(1, s_layout))
+    cols = gl.arange(0, BLOCK_N, layout=gl.SliceLayout(0, s_layout))
+    keys = gl.minimum(rows + 1, W).to(gl.uint32)
+    col_term = neg_slope * cols.to(gl.float32)
+    s_zero = gl.zeros([ROWS, BLOCK_N], gl.float32, s_layout)
+    acc = gl.zeros([ROWS, HEAD_DIM], gl.float32, o_layout)
+    num_buffers: gl.constexpr = k_bufs.type.shape[0]
+    gl.static_assert(num_buffers >= 2, "each step holds two K/V slots: this tile's k, the previous tile's v")
+    tiles = gl.cdiv(n_hi - n_lo, BLOCK_N)
+    mbarrier.wait(fixed_bar, 0)
+    mbarrier.wait(ready.index(0), 0)
+    _take_turn(turns, GROUP, 0)
+    s = warpgroup_mma(q_smem, k_bufs.index(0).permute((1, 0)), s_zero, use_acc=False, is_async=True)
+    mbarrier.arrive(turns.index(1 - GROUP), count=1)
+    s = warpgroup_mma_wait(0, deps=(s,))
+    p = gl.convert_layout(_weights(s, rows, cols, keys, col_term, n_lo, full_lo, full_hi, neg_c, neg_slope, neg_bias,
+                                   SIGMOID).to(q_smem.dtype), a_layout)
+    for i in range(1, tiles):
+        slot = i % num_buffers
+        before = (i - 1) % num_buffers
+        mbarrier.wait(ready.index(slot), (i // num_buffers) & 1)
+        _take_turn(turns, GROUP, i)
+        s = warpgroup_mma(q_smem, k_bufs.index(slot).permute((1, 0)), s_zero, use_acc=False, is_async=True)
+        acc = warpgroup_mma(p, v_bufs.index(before), acc, is_async=True)
+        mbarrier.arrive(turns.index(1 - GROUP), count=1)
+        s = warpgroup_mma_wait(1, deps=(s,))  # products finish in order: S is done, o += p v may run on
+        p_next = gl.convert_layout(_weights(s, rows, cols, keys, col_term, n_lo + i * BLOCK_N, full_lo, full_hi,
+                                            neg_c, neg_slope, neg_bias, SIGMOID).to(q_smem.dtype), a_layout)
+        acc, p = warpgroup_mma_wait(0, deps=(acc, p))  # p's registers stay p's until the product has read them
+        _release(empty, before)
+        p = p_next
+    last = (tiles - 1) % num_buffers
+    acc = warpgroup_mma(p, v_bufs.index(last), acc)
+    _release(empty, last)
+    _store_rows(acc, out_base, so_t, m0, T, ROWS, HEAD_DIM, o_layout)
+
+
+@gluon.jit
 def _dkdv_partition(k_smem, v_smem, q_bufs, do_bufs, fixed_bar, ready, empty, dk_base, dv_base, stride_t, T, n0,
                     m_lo, m_hi, full_lo, full_hi, W, neg_c, neg_slope, neg_bias, scale, BLOCK_M: gl.constexpr,
                     BLOCK_N: gl.constexpr, HEAD_DIM: gl.constexpr, SIGMOID: gl.constexpr, num_warps: gl.constexpr):
@@ -206,8 +263,9 @@ def _program(H, BLOCK: gl.constexpr):
 
 
 @gluon.jit
-def _ring(x_desc, y_desc, NUM_BUFFERS: gl.constexpr):
-    """The ring's slots for tiles of x and y, and its barriers (all initialised)."""
+def _ring(x_desc, y_desc, NUM_BUFFERS: gl.constexpr, CONSUMERS: gl.constexpr = 1):
+    """The ring's slots for tiles of x and y, and its barriers (all initialised): a slot is free
+    again once each of the CONSUMERS partitions has released it."""
     x_bufs = gl.allocate_shared_memory(x_desc.dtype, [NUM_BUFFERS] + x_desc.block_type.shape, x_desc.layout)
     y_bufs = gl.allocate_shared_memory(y_desc.dtype, [NUM_BUFFERS] + y_desc.block_type.shape, y_desc.layout)
     fixed_bar = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
@@ -216,7 +274,7 @@ def _ring(x_desc, y_desc, NUM_BUFFERS: gl.constexpr):
     mbarrier.init(fixed_bar, count=1)
     for i in gl.static_range(NUM_BUFFERS):
         mbarrier.init(ready.index(i), count=1)
-        mbarrier.init(empty.index(i), count=1)
+        mbarrier.init(empty.index(i), count=CONSUMERS)
     return x_bufs, y_bufs, fixed_bar, ready, empty
 
 
@@ -246,6 +304,36 @@ def swat_query_gluon_kernel(q_desc, k_desc, v_desc, do_desc, Out, Slopes, T, H, 
         (_load_partition, (q_desc, do_desc, k_desc, v_desc, q_smem, do_smem, k_bufs, v_bufs, fixed_bar, ready, empty,
                            b * T, m0, h * HEAD_DIM, n_lo, n_hi, BLOCK_N, DQ)),
     ], [1], [24])
+
+
+@gluon.jit
+def swat_fwd_pingpong_kernel(q_desc, k_desc, v_desc, Out, Slopes, T, H, W, neg_c, neg_bias, so_b, so_t, so_h,
+                             BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, HEAD_DIM: gl.constexpr,
+                             NUM_BUFFERS: gl.constexpr, SIGMOID: gl.constexpr, num_warps: gl.constexpr):
+    """The forward with its two compute warp groups as partitions of their own, each with half of
+    the block's rows (q_desc's tiles are BLOCK_M / 2 rows), taking turns at the tensor cores on the
+    `turns` barriers; the load partition as in swat_query_gluon_kernel."""
+    b, h, m0 = _program(H, BLOCK_M)
+    n_lo, full_start, _, n_hi = query_block_ranges(m0, 0, 0, T, W, BLOCK_M, BLOCK_N)
+    neg_slope = -gl.load(Slopes + h).to(gl.float32) * 1.4426950408889634  # log2(e)
+    half: gl.constexpr = BLOCK_M // 2
+
+    q_smem = gl.allocate_shared_memory(q_desc.dtype, [2] + q_desc.block_type.shape, q_desc.layout)
+    k_bufs, v_bufs, fixed_bar, ready, empty = _ring(k_desc, v_desc, NUM_BUFFERS, 2)
+    turns = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
+    mbarrier.init(turns.index(0), count=1)
+    mbarrier.init(turns.index(1), count=1)
+    out = Out + b.to(gl.int64) * so_b + h * so_h
+    gl.warp_specialize([
+        (_pingpong_partition, (q_smem.index(0), k_bufs, v_bufs, fixed_bar, ready, empty, turns, out, so_t, T, m0,
+                               n_lo, n_hi, full_start, m0, W, neg_c, neg_slope, neg_bias, half, BLOCK_N, HEAD_DIM,
+                               SIGMOID, 0, num_warps)),
+        (_pingpong_partition, (q_smem.index(1), k_bufs, v_bufs, fixed_bar, ready, empty, turns, out, so_t, T,
+                               m0 + half, n_lo, n_hi, full_start, m0, W, neg_c, neg_slope, neg_bias, half, BLOCK_N,
+                               HEAD_DIM, SIGMOID, 1, num_warps)),
+        (_load_partition, (q_desc, q_desc, k_desc, v_desc, q_smem.index(0), q_smem.index(1), k_bufs, v_bufs,
+                           fixed_bar, ready, empty, b * T, m0, h * HEAD_DIM, n_lo, n_hi, BLOCK_N, True, half)),
+    ], [num_warps, 1], [240, 24])
 
 
 @gluon.jit
@@ -280,10 +368,17 @@ def descriptor(t: torch.Tensor, rows: int) -> TensorDescriptor:
 
 
 def swat_fwd_gluon(q, k, v, slopes, window: int, scale: float, block_m=128, block_n=64, num_buffers=2,
-                   pipeline=False, num_warps=8, maxnreg=168):
-    """o [B, T, H, d] of SWAT's forward for contiguous q, k, v (bf16/fp16, H == Hkv, no documents)."""
+                   pipeline=False, num_warps=8, maxnreg=168, pingpong=False):
+    """o [B, T, H, d] of SWAT's forward for contiguous q, k, v (bf16/fp16, H == Hkv, no documents);
+    with pingpong, swat_fwd_pingpong_kernel (two partitions of num_warps / 2 warps taking turns)."""
     B, T, H, d = q.shape
     out = q.new_empty(q.shape)
+    if pingpong:
+        swat_fwd_pingpong_kernel[(B * H, triton.cdiv(T, block_m))](
+            descriptor(q, block_m // 2), descriptor(k, block_n), descriptor(v, block_n), out, slopes, T, H,
+            min(window, T), -scale * LOG2E, 0.0, *out.stride()[:3], BLOCK_M=block_m, BLOCK_N=block_n, HEAD_DIM=d,
+            NUM_BUFFERS=num_buffers, SIGMOID=SIGMOID_MODE["fwd"], num_warps=num_warps // 2, maxnreg=maxnreg)
+        return out
     q_desc = descriptor(q, block_m)
     swat_query_gluon_kernel[(B * H, triton.cdiv(T, block_m))](
         q_desc, descriptor(k, block_n), descriptor(v, block_n), q_desc, out, slopes, T, H, min(window, T),

@@ -89,7 +89,7 @@ for d in HEADS:
         base = dict(d=d, W=wname)
         emit(dict(base, what="current fwd", ms=ms(lambda: _swat_fwd(q, k, v, slopes, None, None, W, 0.0, scale))))
         emit(dict(base, what="current bwd", ms=ms(lambda: _swat_bwd(do, q, k, v, slopes, None, None, W, 0.0, scale))))
-        if W == T:  # the peer at full causal: softmax attention through SDPA (flash backend), fwd and fwd + bwd
+        if W == T:  # the peer at full causal: softmax attention through SDPA (the backend torch picks), fwd, fwd + bwd
             qh, kh, vh = (t.transpose(1, 2).detach().requires_grad_() for t in (q, k, v))
             emit(dict(base, what="sdpa fwd", ms=ms(lambda: sdpa(qh, kh, vh, is_causal=True))))
             emit(dict(base, what="sdpa fwd+bwd",

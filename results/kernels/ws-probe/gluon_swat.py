@@ -93,6 +93,29 @@ def _weights(s, rows, cols, keys, col_term, n, full_lo, full_hi, neg_c, neg_slop
     return p
 
 
+@gluon.constexpr_function
+def _mma_layout(num_warps, columns):
+    """The wgmma accumulator layout of a tile [rows, columns]: the warps stacked along the rows, 16
+    rows each (so 4 warps, one warp group, take 64 rows)."""
+    return gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[num_warps, 1], instr_shape=[16, columns, 16])
+
+
+@gluon.jit
+def _query_block(m0, W, neg_slope, ROWS: gl.constexpr, BLOCK_N: gl.constexpr, HEAD_DIM: gl.constexpr,
+                 num_warps: gl.constexpr):
+    """For ROWS query rows from m0: their indices, a key tile's column indices, each row's band
+    (row i sees keys j with 0 <= i - j < keys[i]), the ALiBi term of the columns, and zero S and o
+    tiles in the wgmma accumulator layouts."""
+    s_layout: gl.constexpr = _mma_layout(num_warps, BLOCK_N)
+    o_layout: gl.constexpr = _mma_layout(num_warps, HEAD_DIM)
+    rows = m0 + gl.arange(0, ROWS, layout=gl.SliceLayout(1, s_layout))
+    cols = gl.arange(0, BLOCK_N, layout=gl.SliceLayout(0, s_layout))
+    keys = gl.minimum(rows + 1, W).to(gl.uint32)
+    col_term = neg_slope * cols.to(gl.float32)
+    return (rows, cols, keys, col_term, gl.zeros([ROWS, BLOCK_N], gl.float32, s_layout),
+            gl.zeros([ROWS, HEAD_DIM], gl.float32, o_layout))
+
+
 @gluon.jit
 def _query_partition(q_smem, do_smem, k_bufs, v_bufs, fixed_bar, ready, empty, out_base, so_t, T, m0, n_lo, n_hi,
                      full_lo, full_hi, W, neg_c, neg_slope, neg_bias, scale, BLOCK_M: gl.constexpr,
@@ -100,17 +123,9 @@ def _query_partition(q_smem, do_smem, k_bufs, v_bufs, fixed_bar, ready, empty, o
                      PIPELINE: gl.constexpr, num_warps: gl.constexpr):
     """The forward (out = sum_j p_ij v_j) or, with DQ, the dQ pass (out = scale sum_j ds_ij k_j with
     ds = (dO v^T) p (1 - p)) of one query block."""
-    s_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[num_warps, 1],
-                                                       instr_shape=[16, BLOCK_N, 16])
-    o_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[num_warps, 1],
-                                                       instr_shape=[16, HEAD_DIM, 16])
+    rows, cols, keys, col_term, s_zero, acc = _query_block(m0, W, neg_slope, BLOCK_M, BLOCK_N, HEAD_DIM, num_warps)
+    o_layout: gl.constexpr = acc.type.layout
     a_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=o_layout, k_width=2)
-    rows = m0 + gl.arange(0, BLOCK_M, layout=gl.SliceLayout(1, s_layout))
-    cols = gl.arange(0, BLOCK_N, layout=gl.SliceLayout(0, s_layout))
-    keys = gl.minimum(rows + 1, W).to(gl.uint32)
-    col_term = neg_slope * cols.to(gl.float32)
-    s_zero = gl.zeros([BLOCK_M, BLOCK_N], gl.float32, s_layout)
-    acc = gl.zeros([BLOCK_M, HEAD_DIM], gl.float32, o_layout)
     num_buffers: gl.constexpr = k_bufs.type.shape[0]
     tiles = gl.cdiv(n_hi - n_lo, BLOCK_N)
     mbarrier.wait(fixed_bar, 0)
@@ -171,17 +186,9 @@ def _pingpong_partition(q_smem, k_bufs, v_bufs, fixed_bar, ready, empty, turns, 
     tile's S = q k^T and the previous tile's o += p v are issued together in this group's turn,
     then the turn passes to the other group, whose products run on the tensor cores while this
     group computes the tile's sigmoid."""
-    s_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[num_warps, 1],
-                                                       instr_shape=[16, BLOCK_N, 16])
-    o_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[num_warps, 1],
-                                                       instr_shape=[16, HEAD_DIM, 16])
+    rows, cols, keys, col_term, s_zero, acc = _query_block(m0, W, neg_slope, ROWS, BLOCK_N, HEAD_DIM, num_warps)
+    o_layout: gl.constexpr = acc.type.layout
     a_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=o_layout, k_width=2)
-    rows = m0 + gl.arange(0, ROWS, layout=gl.SliceLayout(1, s_layout))
-    cols = gl.arange(0, BLOCK_N, layout=gl.SliceLayout(0, s_layout))
-    keys = gl.minimum(rows + 1, W).to(gl.uint32)
-    col_term = neg_slope * cols.to(gl.float32)
-    s_zero = gl.zeros([ROWS, BLOCK_N], gl.float32, s_layout)
-    acc = gl.zeros([ROWS, HEAD_DIM], gl.float32, o_layout)
     num_buffers: gl.constexpr = k_bufs.type.shape[0]
     gl.static_assert(num_buffers >= 2, "each step holds two K/V slots: this tile's k, the previous tile's v")
     tiles = gl.cdiv(n_hi - n_lo, BLOCK_N)
@@ -220,10 +227,8 @@ def _dkdv_partition(k_smem, v_smem, q_bufs, do_bufs, fixed_bar, ready, empty, dk
     """dV = P^T dO and dK = scale dS^T Q of one key block, over the query tiles of its band; the
     tiles are worked transposed ([keys, queries]) so that both sums are products with an operand
     in registers."""
-    t_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[num_warps, 1],
-                                                       instr_shape=[16, BLOCK_M, 16])
-    acc_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[num_warps, 1],
-                                                         instr_shape=[16, HEAD_DIM, 16])
+    t_layout: gl.constexpr = _mma_layout(num_warps, BLOCK_M)
+    acc_layout: gl.constexpr = _mma_layout(num_warps, HEAD_DIM)
     a_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=acc_layout, k_width=2)
     key_idx = gl.arange(0, BLOCK_N, layout=gl.SliceLayout(1, t_layout))
     query_idx = gl.arange(0, BLOCK_M, layout=gl.SliceLayout(0, t_layout))

@@ -9,7 +9,8 @@ package versions: "current fwd" / "current bwd" (the whole backward, dK/dV + dQ)
 "sdpa fwd" / "sdpa fwd+bwd" (softmax, causal: the peer) at W = T, then one row per pass and config
 (tiles, stages, warps, ws; "gluon fwd" and "gluon bwd": gluon_swat.py's hand-specialized forward,
 with its K/V ring's buffers and whether it pipelines, "gluon fwd pingpong": the forward whose two
-warp groups take turns at the tensor cores, and the backward, dQ + dK/dV, beside "current bwd")."""
+warp groups take turns at the tensor cores, and the backward, dQ + dK/dV, beside "current bwd";
+"gluon bwd pingpong": with the dQ pass in turns)."""
 import json
 import math
 import os
@@ -122,10 +123,12 @@ for d in HEADS:
             measure(dict(base, what="gluon fwd pingpong", bm=128, bn=bn, buffers=buffers, warps=8, ws=True),
                     lambda: swat_fwd_gluon(q, k, v, slopes, W, scale, 128, bn, buffers, pingpong=True),
                     lambda o: rel(o, ref_o))
-        for dkdv_tiles in ((64, 128), (64, 64)) if "gluon" in PASSES else ():
-            measure(dict(base, what="gluon bwd", dq_tiles=[128, 64], dkdv_tiles=list(dkdv_tiles), buffers=2, warps=8,
-                         ws=True),
-                    lambda: swat_bwd_gluon(do, q, k, v, slopes, W, scale, (128, 64), dkdv_tiles),
+        for dkdv_tiles, buffers, pingpong in (((64, 128), 2, False), ((64, 64), 2, False), ((64, 128), 2, True),
+                                              ((64, 128), 3, True)) if "gluon" in PASSES else ():
+            measure(dict(base, what="gluon bwd pingpong" if pingpong else "gluon bwd", dq_tiles=[128, 64],
+                         dkdv_tiles=list(dkdv_tiles), buffers=buffers, warps=8, ws=True),
+                    lambda: swat_bwd_gluon(do, q, k, v, slopes, W, scale, (128, 64), dkdv_tiles, buffers,
+                                           pingpong=pingpong),
                     lambda grads: max(rel(got, want) for got, want in zip(grads, (ref_dq, ref_dk, ref_dv))))
         for bm, bn in ((64, 128), (32, 128), (128, 128), (64, 64)) if "dkdv" in PASSES else ():
             for stages in (2, 3):

@@ -24,8 +24,8 @@ sys.path[:0] = [HERE, os.path.dirname(os.path.dirname(os.path.dirname(HERE)))]  
 from gluon_swat import (  # noqa: E402
     descriptor,
     swat_dkdv_gluon_kernel,
-    swat_fwd_pingpong_kernel,
     swat_query_gluon_kernel,
+    swat_query_pingpong_kernel,
 )
 from kernels import dkdv_kernel, query_block_kernel  # noqa: E402
 
@@ -80,20 +80,19 @@ GLUON = [("gluon fwd", (128, 64), 2, False), ("gluon fwd", (128, 64), 3, False),
          ("gluon fwd", (128, 64), 2, True), ("gluon fwd", (128, 64), 3, True), ("gluon fwd", (128, 128), 2, True),
          ("gluon dq", (128, 64), 2, False), ("gluon dkdv", (64, 128), 2, False), ("gluon dkdv", (64, 64), 2, False),
          ("gluon fwd pingpong", (128, 64), 2, False), ("gluon fwd pingpong", (128, 64), 3, False),
-         ("gluon fwd pingpong", (128, 128), 2, False)]
+         ("gluon fwd pingpong", (128, 128), 2, False), ("gluon dq pingpong", (128, 64), 2, False),
+         ("gluon dq pingpong", (128, 64), 3, False)]
 for d in (64, 128):
     for name, (bm, bn), buffers, pipeline in GLUON:
         t = torch.empty(1, 256, 2, d, dtype=torch.bfloat16)
         descs = {arg: mangle_type(descriptor(t, rows))
                  for arg, rows in (("q_desc", bm), ("k_desc", bn), ("v_desc", bn), ("do_desc", bm))}
         constants = dict(BLOCK_M=bm, BLOCK_N=bn, HEAD_DIM=d, NUM_BUFFERS=buffers, SIGMOID=1 if "fwd" not in name else 2)
-        if name == "gluon fwd pingpong":  # two partitions of 4 warps, each with half of q's rows
-            descs.pop("do_desc")
-            descs["q_desc"] = mangle_type(descriptor(t, bm // 2))
-            sig = {**descs, "Out": "*bf16", **{k: v for k, v in COMMON.items() if k != "scale"}, "so_b": "i32",
-                   "so_t": "i32", "so_h": "i32"}
-            report(name, swat_fwd_pingpong_kernel, sig, dict(constants, num_warps=4), warps=4, source=GluonASTSource,
-                   maxnreg=168)
+        if name.endswith("pingpong"):  # two partitions of 4 warps, each with half of q's (and dO's) rows
+            descs.update(q_desc=mangle_type(descriptor(t, bm // 2)), do_desc=mangle_type(descriptor(t, bm // 2)))
+            sig = {**descs, "Out": "*bf16", **COMMON, "so_b": "i32", "so_t": "i32", "so_h": "i32"}
+            report(name, swat_query_pingpong_kernel, sig, dict(constants, DQ="dq" in name, num_warps=4), warps=4,
+                   source=GluonASTSource, maxnreg=168)
             continue
         if name == "gluon dkdv":
             kernel = swat_dkdv_gluon_kernel

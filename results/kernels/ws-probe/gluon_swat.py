@@ -18,7 +18,11 @@ program is split into two partitions:
   does within a warp group.
 
 So the copies overlap the arithmetic without software pipelining, and the two warp groups'
-sigmoids and products interleave on the SM. The sigmoid is triton_common's, in the modes the
+sigmoids and products interleave on the SM as the warp schedulers pick them. The ping-pong kernel
+(swat_query_pingpong_kernel: the forward or the dQ pass) orders them instead, as FlashAttention-3
+does: each warp group is a partition of its own with half of the block's rows, and the two take
+turns at issuing their products (on the "turns" barriers), so that one group's sigmoid runs while
+the other's products use the tensor cores. The sigmoid is triton_common's, in the modes the
 current passes use (SIGMOID_MODE). q, k, v, dO are read through descriptors over [B * T, H * d]
 (contiguous [B, T, H, d]): rows of a neighbouring sequence that a tile reaches into get weight 0
 from the mask, rows outside the tensor read as zeros. bf16 / fp16, no packed documents, no GQA.
@@ -45,15 +49,25 @@ tma_load = tma.async_load if hasattr(tma, "async_load") else tma.async_copy_glob
 
 @gluon.jit
 def _load_partition(a_desc, b_desc, x_desc, y_desc, a_smem, b_smem, x_bufs, y_bufs, fixed_bar, ready, empty, row0,
-                    fixed_row, col, lo, hi, STEP: gl.constexpr, TWO_FIXED: gl.constexpr, B_ROW: gl.constexpr = 0):
-    """Tiles a at fixed_row (and b at fixed_row + B_ROW, with TWO_FIXED) once, then x and y at lo,
-    lo + STEP, ... < hi into the ring."""
+                    fixed_row, col, lo, hi, STEP: gl.constexpr, TWO_FIXED: gl.constexpr, HALVES: gl.constexpr = False):
+    """Tile a (and b, with TWO_FIXED) at fixed_row once, then x and y at lo, lo + STEP, ... < hi
+    into the ring. With HALVES, a_smem and b_smem hold two tiles each, the rows from fixed_row and
+    those after them (one per warp group of the ping-pong kernels)."""
+    fixed: gl.constexpr = 2 if HALVES else 1
     if TWO_FIXED:
-        mbarrier.expect(fixed_bar, a_desc.block_type.nbytes + b_desc.block_type.nbytes)
-        tma_load(b_desc, [row0 + fixed_row + B_ROW, col], fixed_bar, b_smem)
+        mbarrier.expect(fixed_bar, fixed * (a_desc.block_type.nbytes + b_desc.block_type.nbytes))
     else:
-        mbarrier.expect(fixed_bar, a_desc.block_type.nbytes)
-    tma_load(a_desc, [row0 + fixed_row, col], fixed_bar, a_smem)
+        mbarrier.expect(fixed_bar, fixed * a_desc.block_type.nbytes)
+    if HALVES:
+        rows: gl.constexpr = a_desc.block_type.shape[0]
+        for t in gl.static_range(2):
+            tma_load(a_desc, [row0 + fixed_row + t * rows, col], fixed_bar, a_smem.index(t))
+            if TWO_FIXED:
+                tma_load(b_desc, [row0 + fixed_row + t * rows, col], fixed_bar, b_smem.index(t))
+    else:
+        tma_load(a_desc, [row0 + fixed_row, col], fixed_bar, a_smem)
+        if TWO_FIXED:
+            tma_load(b_desc, [row0 + fixed_row, col], fixed_bar, b_smem)
     num_buffers: gl.constexpr = x_bufs.type.shape[0]
     for i in range(gl.cdiv(hi - lo, STEP)):
         slot = i % num_buffers
@@ -179,43 +193,79 @@ def _take_turn(turns, GROUP: gl.constexpr, i):
 
 
 @gluon.jit
-def _pingpong_partition(q_smem, k_bufs, v_bufs, fixed_bar, ready, empty, turns, out_base, so_t, T, m0, n_lo, n_hi,
-                        full_lo, full_hi, W, neg_c, neg_slope, neg_bias, ROWS: gl.constexpr, BLOCK_N: gl.constexpr,
-                        HEAD_DIM: gl.constexpr, SIGMOID: gl.constexpr, GROUP: gl.constexpr, num_warps: gl.constexpr):
-    """The forward for one of a block's two halves of ROWS rows, FlashAttention-3's schedule: each
-    tile's S = q k^T and the previous tile's o += p v are issued together in this group's turn,
-    then the turn passes to the other group, whose products run on the tensor cores while this
-    group computes the tile's sigmoid."""
+def _pingpong_operand(s, dp, rows, cols, keys, col_term, n, full_lo, full_hi, neg_c, neg_slope, neg_bias,
+                      SIGMOID: gl.constexpr, DQ: gl.constexpr, dtype: gl.constexpr, layout: gl.constexpr):
+    """The left operand of key tile n's second product: the weights p (forward) or, with DQ,
+    ds = dp p (1 - p), in registers as wgmma takes them."""
+    p = _weights(s, rows, cols, keys, col_term, n, full_lo, full_hi, neg_c, neg_slope, neg_bias, SIGMOID)
+    if DQ:
+        p = dp * (p - p * p)
+    return gl.convert_layout(p.to(dtype), layout)
+
+
+@gluon.jit
+def _wait_scores(s, dp, PENDING: gl.constexpr, DQ: gl.constexpr):
+    """Wait until at most PENDING of this group's products are in flight, for s (and dp, with DQ;
+    without, dp is s)."""
+    if DQ:
+        s, dp = warpgroup_mma_wait(PENDING, deps=(s, dp))
+    else:
+        s = warpgroup_mma_wait(PENDING, deps=(s,))
+        dp = s
+    return s, dp
+
+
+@gluon.jit
+def _pingpong_partition(q_smem, do_smem, k_bufs, v_bufs, fixed_bar, ready, empty, turns, out_base, so_t, T, m0, n_lo,
+                        n_hi, full_lo, full_hi, W, neg_c, neg_slope, neg_bias, scale, ROWS: gl.constexpr,
+                        BLOCK_N: gl.constexpr, HEAD_DIM: gl.constexpr, SIGMOID: gl.constexpr, DQ: gl.constexpr,
+                        GROUP: gl.constexpr, num_warps: gl.constexpr):
+    """The forward (o = sum_j p_ij v_j) or, with DQ, the dQ pass (dq = scale sum_j ds_ij k_j) for
+    one of a block's two halves of ROWS rows, FlashAttention-3's schedule: in this group's turn it
+    issues the tile's first products (S = q k^T; and dP = dO v^T with DQ) and the previous tile's
+    o += p v (dq += ds k), then passes the turn to the other group, whose products run on the tensor
+    cores while this group computes the tile's sigmoid."""
     rows, cols, keys, col_term, s_zero, acc = _query_block(m0, W, neg_slope, ROWS, BLOCK_N, HEAD_DIM, num_warps)
     o_layout: gl.constexpr = acc.type.layout
     a_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=o_layout, k_width=2)
     num_buffers: gl.constexpr = k_bufs.type.shape[0]
-    gl.static_assert(num_buffers >= 2, "each step holds two K/V slots: this tile's k, the previous tile's v")
+    gl.static_assert(num_buffers >= 2, "each step holds two slots: this tile's, and the previous tile's k or v")
     tiles = gl.cdiv(n_hi - n_lo, BLOCK_N)
     mbarrier.wait(fixed_bar, 0)
     mbarrier.wait(ready.index(0), 0)
     _take_turn(turns, GROUP, 0)
     s = warpgroup_mma(q_smem, k_bufs.index(0).permute((1, 0)), s_zero, use_acc=False, is_async=True)
+    dp = s
+    if DQ:
+        dp = warpgroup_mma(do_smem, v_bufs.index(0).permute((1, 0)), s_zero, use_acc=False, is_async=True)
     mbarrier.arrive(turns.index(1 - GROUP), count=1)
-    s = warpgroup_mma_wait(0, deps=(s,))
-    p = gl.convert_layout(_weights(s, rows, cols, keys, col_term, n_lo, full_lo, full_hi, neg_c, neg_slope, neg_bias,
-                                   SIGMOID).to(q_smem.dtype), a_layout)
+    s, dp = _wait_scores(s, dp, 0, DQ)
+    w = _pingpong_operand(s, dp, rows, cols, keys, col_term, n_lo, full_lo, full_hi, neg_c, neg_slope, neg_bias,
+                          SIGMOID, DQ, q_smem.dtype, a_layout)
     for i in range(1, tiles):
         slot = i % num_buffers
         before = (i - 1) % num_buffers
         mbarrier.wait(ready.index(slot), (i // num_buffers) & 1)
         _take_turn(turns, GROUP, i)
         s = warpgroup_mma(q_smem, k_bufs.index(slot).permute((1, 0)), s_zero, use_acc=False, is_async=True)
-        acc = warpgroup_mma(p, v_bufs.index(before), acc, is_async=True)
+        dp = s
+        if DQ:
+            dp = warpgroup_mma(do_smem, v_bufs.index(slot).permute((1, 0)), s_zero, use_acc=False, is_async=True)
+            acc = warpgroup_mma(w, k_bufs.index(before), acc, is_async=True)
+        else:
+            acc = warpgroup_mma(w, v_bufs.index(before), acc, is_async=True)
         mbarrier.arrive(turns.index(1 - GROUP), count=1)
-        s = warpgroup_mma_wait(1, deps=(s,))  # products finish in order: S is done, o += p v may run on
-        p_next = gl.convert_layout(_weights(s, rows, cols, keys, col_term, n_lo + i * BLOCK_N, full_lo, full_hi,
-                                            neg_c, neg_slope, neg_bias, SIGMOID).to(q_smem.dtype), a_layout)
-        acc, p = warpgroup_mma_wait(0, deps=(acc, p))  # p's registers stay p's until the product has read them
+        s, dp = _wait_scores(s, dp, 1, DQ)  # products finish in order: all but the last are done
+        w_next = _pingpong_operand(s, dp, rows, cols, keys, col_term, n_lo + i * BLOCK_N, full_lo, full_hi, neg_c,
+                                   neg_slope, neg_bias, SIGMOID, DQ, q_smem.dtype, a_layout)
+        acc, w = warpgroup_mma_wait(0, deps=(acc, w))  # w's registers stay w's until the product has read them
         _release(empty, before)
-        p = p_next
+        w = w_next
     last = (tiles - 1) % num_buffers
-    acc = warpgroup_mma(p, v_bufs.index(last), acc)
+    if DQ:
+        acc = warpgroup_mma(w, k_bufs.index(last), acc) * scale
+    else:
+        acc = warpgroup_mma(w, v_bufs.index(last), acc)
     _release(empty, last)
     _store_rows(acc, out_base, so_t, m0, T, ROWS, HEAD_DIM, o_layout)
 
@@ -312,32 +362,38 @@ def swat_query_gluon_kernel(q_desc, k_desc, v_desc, do_desc, Out, Slopes, T, H, 
 
 
 @gluon.jit
-def swat_fwd_pingpong_kernel(q_desc, k_desc, v_desc, Out, Slopes, T, H, W, neg_c, neg_bias, so_b, so_t, so_h,
-                             BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, HEAD_DIM: gl.constexpr,
-                             NUM_BUFFERS: gl.constexpr, SIGMOID: gl.constexpr, num_warps: gl.constexpr):
-    """The forward with its two compute warp groups as partitions of their own, each with half of
-    the block's rows (q_desc's tiles are BLOCK_M / 2 rows), taking turns at the tensor cores on the
-    `turns` barriers; the load partition as in swat_query_gluon_kernel."""
+def swat_query_pingpong_kernel(q_desc, k_desc, v_desc, do_desc, Out, Slopes, T, H, W, neg_c, neg_bias, scale, so_b,
+                               so_t, so_h, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, HEAD_DIM: gl.constexpr,
+                               NUM_BUFFERS: gl.constexpr, SIGMOID: gl.constexpr, DQ: gl.constexpr,
+                               num_warps: gl.constexpr):
+    """The forward, or with DQ the dQ pass, with its two compute warp groups as partitions of their
+    own, each with half of the block's rows (q_desc's and do_desc's tiles are BLOCK_M / 2 rows),
+    taking turns at the tensor cores on the `turns` barriers; the load partition as in
+    swat_query_gluon_kernel (do_desc is read only with DQ)."""
     b, h, m0 = _program(H, BLOCK_M)
     n_lo, full_start, _, n_hi = query_block_ranges(m0, 0, 0, T, W, BLOCK_M, BLOCK_N)
     neg_slope = -gl.load(Slopes + h).to(gl.float32) * 1.4426950408889634  # log2(e)
     half: gl.constexpr = BLOCK_M // 2
 
     q_smem = gl.allocate_shared_memory(q_desc.dtype, [2] + q_desc.block_type.shape, q_desc.layout)
+    if DQ:
+        do_smem = gl.allocate_shared_memory(do_desc.dtype, [2] + do_desc.block_type.shape, do_desc.layout)
+    else:
+        do_smem = q_smem
     k_bufs, v_bufs, fixed_bar, ready, empty = _ring(k_desc, v_desc, NUM_BUFFERS, 2)
     turns = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
     mbarrier.init(turns.index(0), count=1)
     mbarrier.init(turns.index(1), count=1)
     out = Out + b.to(gl.int64) * so_b + h * so_h
     gl.warp_specialize([
-        (_pingpong_partition, (q_smem.index(0), k_bufs, v_bufs, fixed_bar, ready, empty, turns, out, so_t, T, m0,
-                               n_lo, n_hi, full_start, m0, W, neg_c, neg_slope, neg_bias, half, BLOCK_N, HEAD_DIM,
-                               SIGMOID, 0, num_warps)),
-        (_pingpong_partition, (q_smem.index(1), k_bufs, v_bufs, fixed_bar, ready, empty, turns, out, so_t, T,
-                               m0 + half, n_lo, n_hi, full_start, m0, W, neg_c, neg_slope, neg_bias, half, BLOCK_N,
-                               HEAD_DIM, SIGMOID, 1, num_warps)),
-        (_load_partition, (q_desc, q_desc, k_desc, v_desc, q_smem.index(0), q_smem.index(1), k_bufs, v_bufs,
-                           fixed_bar, ready, empty, b * T, m0, h * HEAD_DIM, n_lo, n_hi, BLOCK_N, True, half)),
+        (_pingpong_partition, (q_smem.index(0), do_smem.index(0), k_bufs, v_bufs, fixed_bar, ready, empty, turns, out,
+                               so_t, T, m0, n_lo, n_hi, full_start, m0, W, neg_c, neg_slope, neg_bias, scale, half,
+                               BLOCK_N, HEAD_DIM, SIGMOID, DQ, 0, num_warps)),
+        (_pingpong_partition, (q_smem.index(1), do_smem.index(1), k_bufs, v_bufs, fixed_bar, ready, empty, turns, out,
+                               so_t, T, m0 + half, n_lo, n_hi, full_start, m0, W, neg_c, neg_slope, neg_bias, scale,
+                               half, BLOCK_N, HEAD_DIM, SIGMOID, DQ, 1, num_warps)),
+        (_load_partition, (q_desc, do_desc, k_desc, v_desc, q_smem, do_smem, k_bufs, v_bufs, fixed_bar, ready, empty,
+                           b * T, m0, h * HEAD_DIM, n_lo, n_hi, BLOCK_N, DQ, True)),
     ], [num_warps, 1], [240, 24])
 
 
@@ -375,14 +431,16 @@ def descriptor(t: torch.Tensor, rows: int) -> TensorDescriptor:
 def swat_fwd_gluon(q, k, v, slopes, window: int, scale: float, block_m=128, block_n=64, num_buffers=2,
                    pipeline=False, num_warps=8, maxnreg=168, pingpong=False):
     """o [B, T, H, d] of SWAT's forward for contiguous q, k, v (bf16/fp16, H == Hkv, no documents);
-    with pingpong, swat_fwd_pingpong_kernel (two partitions of num_warps / 2 warps taking turns)."""
+    with pingpong, swat_query_pingpong_kernel (two partitions of num_warps / 2 warps taking turns)."""
     B, T, H, d = q.shape
     out = q.new_empty(q.shape)
     if pingpong:
-        swat_fwd_pingpong_kernel[(B * H, triton.cdiv(T, block_m))](
-            descriptor(q, block_m // 2), descriptor(k, block_n), descriptor(v, block_n), out, slopes, T, H,
-            min(window, T), -scale * LOG2E, 0.0, *out.stride()[:3], BLOCK_M=block_m, BLOCK_N=block_n, HEAD_DIM=d,
-            NUM_BUFFERS=num_buffers, SIGMOID=SIGMOID_MODE["fwd"], num_warps=num_warps // 2, maxnreg=maxnreg)
+        q_desc = descriptor(q, block_m // 2)
+        swat_query_pingpong_kernel[(B * H, triton.cdiv(T, block_m))](
+            q_desc, descriptor(k, block_n), descriptor(v, block_n), q_desc, out, slopes, T, H, min(window, T),
+            -scale * LOG2E, 0.0, scale, *out.stride()[:3], BLOCK_M=block_m, BLOCK_N=block_n, HEAD_DIM=d,
+            NUM_BUFFERS=num_buffers, SIGMOID=SIGMOID_MODE["fwd"], DQ=False, num_warps=num_warps // 2,
+            maxnreg=maxnreg)
         return out
     q_desc = descriptor(q, block_m)
     swat_query_gluon_kernel[(B * H, triton.cdiv(T, block_m))](
@@ -394,17 +452,25 @@ def swat_fwd_gluon(q, k, v, slopes, window: int, scale: float, block_m=128, bloc
 
 
 def swat_bwd_gluon(do, q, k, v, slopes, window: int, scale: float, dq_tiles=(128, 64), dkdv_tiles=(64, 128),
-                   num_buffers=2, num_warps=8, maxnreg=168):
+                   num_buffers=2, num_warps=8, maxnreg=168, pingpong=False):
     """(dq, dk, dv) of SWAT for the forward's inputs and the output's gradient do, all contiguous
-    [B, T, H, d]: the dQ pass and the dK/dV pass, as harness/ops/swat/triton_bwd.py splits them."""
+    [B, T, H, d]: the dQ pass and the dK/dV pass, as harness/ops/swat/triton_bwd.py splits them;
+    with pingpong, the dQ pass is swat_query_pingpong_kernel's."""
     B, T, H, d = q.shape
     W = min(window, T)
     dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
     bm, bn = dq_tiles
-    swat_query_gluon_kernel[(B * H, triton.cdiv(T, bm))](
-        descriptor(q, bm), descriptor(k, bn), descriptor(v, bn), descriptor(do, bm), dq, slopes, T, H, W,
-        -scale * LOG2E, 0.0, scale, *dq.stride()[:3], BLOCK_M=bm, BLOCK_N=bn, HEAD_DIM=d, NUM_BUFFERS=num_buffers,
-        SIGMOID=SIGMOID_MODE["bwd"], DQ=True, PIPELINE=False, num_warps=num_warps, maxnreg=maxnreg)
+    if pingpong:
+        swat_query_pingpong_kernel[(B * H, triton.cdiv(T, bm))](
+            descriptor(q, bm // 2), descriptor(k, bn), descriptor(v, bn), descriptor(do, bm // 2), dq, slopes, T, H,
+            W, -scale * LOG2E, 0.0, scale, *dq.stride()[:3], BLOCK_M=bm, BLOCK_N=bn, HEAD_DIM=d,
+            NUM_BUFFERS=num_buffers, SIGMOID=SIGMOID_MODE["bwd"], DQ=True, num_warps=num_warps // 2, maxnreg=maxnreg)
+    else:
+        swat_query_gluon_kernel[(B * H, triton.cdiv(T, bm))](
+            descriptor(q, bm), descriptor(k, bn), descriptor(v, bn), descriptor(do, bm), dq, slopes, T, H, W,
+            -scale * LOG2E, 0.0, scale, *dq.stride()[:3], BLOCK_M=bm, BLOCK_N=bn, HEAD_DIM=d,
+            NUM_BUFFERS=num_buffers, SIGMOID=SIGMOID_MODE["bwd"], DQ=True, PIPELINE=False, num_warps=num_warps,
+            maxnreg=maxnreg)
     bm, bn = dkdv_tiles
     swat_dkdv_gluon_kernel[(B * H, triton.cdiv(T, bn))](
         descriptor(q, bm), descriptor(k, bn), descriptor(v, bn), descriptor(do, bm), dk, dv, slopes, T, H, W,

@@ -9,8 +9,8 @@ package versions: "current fwd" / "current bwd" (the whole backward, dK/dV + dQ)
 "sdpa fwd" / "sdpa fwd+bwd" (softmax, causal: the peer) at W = T, then one row per pass and config
 (tiles, stages, warps, ws; "gluon fwd" and "gluon bwd": gluon_swat.py's hand-specialized forward,
 with its K/V ring's buffers and whether it pipelines, "gluon fwd pingpong": the forward whose two
-warp groups take turns at the tensor cores, and the backward, dQ + dK/dV, beside "current bwd";
-"gluon bwd pingpong": with the dQ pass in turns)."""
+warp groups take turns at the tensor cores, and the backward, dQ + dK/dV, beside "current bwd",
+with the passes in `pingpong` in turns)."""
 import json
 import math
 import os
@@ -123,9 +123,10 @@ for d in HEADS:
             measure(dict(base, what="gluon fwd pingpong", bm=128, bn=bn, buffers=buffers, warps=8, ws=True),
                     lambda: swat_fwd_gluon(q, k, v, slopes, W, scale, 128, bn, buffers, pingpong=True),
                     lambda o: rel(o, ref_o))
-        for dkdv_tiles, buffers, pingpong in (((64, 128), 2, False), ((64, 64), 2, False), ((64, 128), 2, True),
-                                              ((64, 128), 3, True)) if "gluon" in PASSES else ():
-            measure(dict(base, what="gluon bwd pingpong" if pingpong else "gluon bwd", dq_tiles=[128, 64],
+        for dkdv_tiles, buffers, pingpong in (((64, 128), 2, ()), ((64, 64), 2, ()), ((64, 128), 3, ("dq",)),
+                                              ((64, 128), 3, ("dkdv",)), ((32, 128), 3, ("dkdv",)),
+                                              ((32, 128), 3, ("dq", "dkdv"))) if "gluon" in PASSES else ():
+            measure(dict(base, what="gluon bwd", pingpong=list(pingpong), dq_tiles=[128, 64],
                          dkdv_tiles=list(dkdv_tiles), buffers=buffers, warps=8, ws=True),
                     lambda: swat_bwd_gluon(do, q, k, v, slopes, W, scale, (128, 64), dkdv_tiles, buffers,
                                            pingpong=pingpong),

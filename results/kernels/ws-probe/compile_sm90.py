@@ -24,6 +24,7 @@ sys.path[:0] = [HERE, os.path.dirname(os.path.dirname(os.path.dirname(HERE)))]  
 from gluon_swat import (  # noqa: E402
     descriptor,
     swat_dkdv_gluon_kernel,
+    swat_dkdv_pingpong_kernel,
     swat_query_gluon_kernel,
     swat_query_pingpong_kernel,
 )
@@ -81,13 +82,20 @@ GLUON = [("gluon fwd", (128, 64), 2, False), ("gluon fwd", (128, 64), 3, False),
          ("gluon dq", (128, 64), 2, False), ("gluon dkdv", (64, 128), 2, False), ("gluon dkdv", (64, 64), 2, False),
          ("gluon fwd pingpong", (128, 64), 2, False), ("gluon fwd pingpong", (128, 64), 3, False),
          ("gluon fwd pingpong", (128, 128), 2, False), ("gluon dq pingpong", (128, 64), 2, False),
-         ("gluon dq pingpong", (128, 64), 3, False)]
+         ("gluon dq pingpong", (128, 64), 3, False), ("gluon dkdv pingpong", (64, 128), 3, False),
+         ("gluon dkdv pingpong", (32, 128), 3, False)]
 for d in (64, 128):
     for name, (bm, bn), buffers, pipeline in GLUON:
         t = torch.empty(1, 256, 2, d, dtype=torch.bfloat16)
         descs = {arg: mangle_type(descriptor(t, rows))
                  for arg, rows in (("q_desc", bm), ("k_desc", bn), ("v_desc", bn), ("do_desc", bm))}
         constants = dict(BLOCK_M=bm, BLOCK_N=bn, HEAD_DIM=d, NUM_BUFFERS=buffers, SIGMOID=1 if "fwd" not in name else 2)
+        if name == "gluon dkdv pingpong":  # two partitions of 4 warps, each with half of the block's keys
+            descs.update(k_desc=mangle_type(descriptor(t, bn // 2)), v_desc=mangle_type(descriptor(t, bn // 2)))
+            sig = {**descs, "DK": "*bf16", "DV": "*bf16", **COMMON, "s_b": "i32", "s_t": "i32", "s_h": "i32"}
+            report(name, swat_dkdv_pingpong_kernel, sig, dict(constants, num_warps=4), warps=4, source=GluonASTSource,
+                   maxnreg=168)
+            continue
         if name.endswith("pingpong"):  # two partitions of 4 warps, each with half of q's (and dO's) rows
             descs.update(q_desc=mangle_type(descriptor(t, bm // 2)), do_desc=mangle_type(descriptor(t, bm // 2)))
             sig = {**descs, "Out": "*bf16", **COMMON, "so_b": "i32", "so_t": "i32", "so_h": "i32"}

@@ -2,8 +2,9 @@
 GPU, at shapes that reach its edge cases: lengths that are not a multiple of the tiles, windows
 smaller than one tile and past T, several sequences (tiles reaching into a neighbour's rows),
 d = 64 and 128, bf16 and fp16: the forward with and without PIPELINE, the ping-pong forward over
-64-key tiles (3 slots) and 128-key tiles (2 slots), dq, dk, dv, and dq from the ping-pong dQ pass
-(3 slots). One line per case; exit status 1 if any is off.
+64-key tiles (3 slots) and 128-key tiles (2 slots), dq, dk, dv, and dq, dk, dv from the ping-pong
+dQ and dK/dV passes (3 slots, dK/dV over 32 queries x 128 keys). One line per case; exit status 1
+if any is off.
 
     python results/kernels/ws-probe/gluon_check.py
 """
@@ -44,8 +45,9 @@ for (B, T, H, W), d, dtype in itertools.product(SHAPES, (64, 128), (torch.bfloat
             swat_fwd_gluon(q, k, v, slopes, W, scale, block_n=block_n, num_buffers=buffers, pingpong=True), ref)
     for name, got, leaf in zip(("dq", "dk", "dv"), swat_bwd_gluon(do, q, k, v, slopes, W, scale), leaves):
         errors[name] = relative(got, leaf.grad)
-    errors["dq pingpong"] = relative(swat_bwd_gluon(do, q, k, v, slopes, W, scale, num_buffers=3, pingpong=True)[0],
-                                     leaves[0].grad)
+    grads = swat_bwd_gluon(do, q, k, v, slopes, W, scale, dkdv_tiles=(32, 128), num_buffers=3, pingpong=("dq", "dkdv"))
+    for name, got, leaf in zip(("dq", "dk", "dv"), grads, leaves):
+        errors[f"{name} pingpong"] = relative(got, leaf.grad)
     torch.cuda.synchronize()
     worst = max(worst, *errors.values())
     print(f"B={B} T={T} H={H} W={W} d={d} {str(dtype)[6:]}: max error / max |ref| "

@@ -18,14 +18,16 @@ program is split into two partitions:
   does within a warp group.
 
 So the copies overlap the arithmetic without software pipelining, and the two warp groups'
-sigmoids and products interleave on the SM as the warp schedulers pick them. The ping-pong kernel
-(swat_query_pingpong_kernel: the forward or the dQ pass) orders them instead, as FlashAttention-3
-does: each warp group is a partition of its own with half of the block's rows, and the two take
-turns at issuing their products (on the "turns" barriers), so that one group's sigmoid runs while
-the other's products use the tensor cores. The sigmoid is triton_common's, in the modes the
-current passes use (SIGMOID_MODE). q, k, v, dO are read through descriptors over [B * T, H * d]
-(contiguous [B, T, H, d]): rows of a neighbouring sequence that a tile reaches into get weight 0
-from the mask, rows outside the tensor read as zeros. bf16 / fp16, no packed documents, no GQA.
+sigmoids and products interleave on the SM as the warp schedulers pick them. The ping-pong kernels
+(swat_query_pingpong_kernel: the forward or the dQ pass; swat_dkdv_pingpong_kernel) order them
+instead, as FlashAttention-3 does: each warp group is a partition of its own with half of the
+block's rows (or keys), and the two take turns at issuing their products (on the "turns"
+barriers), so that one group's sigmoid runs while the other's products use the tensor cores.
+
+The sigmoid is triton_common's, in the modes the current passes use (SIGMOID_MODE). q, k, v, dO
+are read through descriptors over [B * T, H * d] (contiguous [B, T, H, d]): rows of a neighbouring
+sequence that a tile reaches into get weight 0 from the mask, rows outside the tensor read as
+zeros. bf16 / fp16, no packed documents, no GQA.
 """
 import torch
 import triton
@@ -271,22 +273,45 @@ def _pingpong_partition(q_smem, do_smem, k_bufs, v_bufs, fixed_bar, ready, empty
 
 
 @gluon.jit
+def _key_block(n0, T, W, neg_slope, ROWS: gl.constexpr, BLOCK_M: gl.constexpr, HEAD_DIM: gl.constexpr,
+               num_warps: gl.constexpr):
+    """For ROWS keys from n0, worked transposed ([keys, queries]): their indices, a query tile's
+    indices, each key's band (key j is seen by queries i with 0 <= i - j < lim[j]), the ALiBi term
+    of the keys, a zero S^T tile and the zero dK and dV accumulators, in the wgmma layouts."""
+    t_layout: gl.constexpr = _mma_layout(num_warps, BLOCK_M)
+    acc_layout: gl.constexpr = _mma_layout(num_warps, HEAD_DIM)
+    key_idx = gl.arange(0, ROWS, layout=gl.SliceLayout(1, t_layout))
+    query_idx = gl.arange(0, BLOCK_M, layout=gl.SliceLayout(0, t_layout))
+    lim = gl.minimum(W, T - (n0 + key_idx)).to(gl.uint32)
+    key_term = neg_slope * key_idx.to(gl.float32)
+    return (key_idx, query_idx, lim, key_term, gl.zeros([ROWS, BLOCK_M], gl.float32, t_layout),
+            gl.zeros([ROWS, HEAD_DIM], gl.float32, acc_layout), gl.zeros([ROWS, HEAD_DIM], gl.float32, acc_layout))
+
+
+@gluon.jit
+def _weights_t(s_t, m, n0, key_idx, query_idx, key_term, lim, full_lo, full_hi, neg_c, neg_slope, neg_bias,
+               SIGMOID: gl.constexpr):
+    """Sigmoid weights P^T [keys from n0, queries from m] from the scores S^T, masked where the
+    query tile m is at the band's edge (outside [full_lo, full_hi))."""
+    query_term = neg_slope * (m - n0 + query_idx).to(gl.float32) + neg_bias
+    p_t = sigmoid_neg_log2(s_t * neg_c + (gl.expand_dims(query_term, 0) - gl.expand_dims(key_term, 1)), SIGMOID)
+    if (m < full_lo) | (m >= full_hi):
+        dist = gl.expand_dims(m - n0 + query_idx, 0) - gl.expand_dims(key_idx, 1)
+        p_t = gl.where(dist.to(gl.uint32, bitcast=True) < gl.expand_dims(lim, 1), p_t, 0.0)
+    return p_t
+
+
+@gluon.jit
 def _dkdv_partition(k_smem, v_smem, q_bufs, do_bufs, fixed_bar, ready, empty, dk_base, dv_base, stride_t, T, n0,
                     m_lo, m_hi, full_lo, full_hi, W, neg_c, neg_slope, neg_bias, scale, BLOCK_M: gl.constexpr,
                     BLOCK_N: gl.constexpr, HEAD_DIM: gl.constexpr, SIGMOID: gl.constexpr, num_warps: gl.constexpr):
     """dV = P^T dO and dK = scale dS^T Q of one key block, over the query tiles of its band; the
     tiles are worked transposed ([keys, queries]) so that both sums are products with an operand
     in registers."""
-    t_layout: gl.constexpr = _mma_layout(num_warps, BLOCK_M)
-    acc_layout: gl.constexpr = _mma_layout(num_warps, HEAD_DIM)
+    key_idx, query_idx, lim, key_term, t_zero, dk, dv = _key_block(n0, T, W, neg_slope, BLOCK_N, BLOCK_M, HEAD_DIM,
+                                                                   num_warps)
+    acc_layout: gl.constexpr = dk.type.layout
     a_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=acc_layout, k_width=2)
-    key_idx = gl.arange(0, BLOCK_N, layout=gl.SliceLayout(1, t_layout))
-    query_idx = gl.arange(0, BLOCK_M, layout=gl.SliceLayout(0, t_layout))
-    lim = gl.minimum(W, T - (n0 + key_idx)).to(gl.uint32)  # key j is seen by queries i with 0 <= i - j < lim
-    key_term = neg_slope * key_idx.to(gl.float32)
-    t_zero = gl.zeros([BLOCK_N, BLOCK_M], gl.float32, t_layout)
-    dk = gl.zeros([BLOCK_N, HEAD_DIM], gl.float32, acc_layout)
-    dv = gl.zeros([BLOCK_N, HEAD_DIM], gl.float32, acc_layout)
     num_buffers: gl.constexpr = q_bufs.type.shape[0]
     mbarrier.wait(fixed_bar, 0)
     for i in range(gl.cdiv(m_hi - m_lo, BLOCK_M)):
@@ -294,13 +319,9 @@ def _dkdv_partition(k_smem, v_smem, q_bufs, do_bufs, fixed_bar, ready, empty, dk
         mbarrier.wait(ready.index(slot), (i // num_buffers) & 1)
         q_slot = q_bufs.index(slot)
         do_slot = do_bufs.index(slot)
-        m = m_lo + i * BLOCK_M
         s_t = warpgroup_mma(k_smem, q_slot.permute((1, 0)), t_zero, use_acc=False)
-        query_term = neg_slope * (m - n0 + query_idx).to(gl.float32) + neg_bias
-        p_t = sigmoid_neg_log2(s_t * neg_c + (gl.expand_dims(query_term, 0) - gl.expand_dims(key_term, 1)), SIGMOID)
-        if (m < full_lo) | (m >= full_hi):
-            dist = gl.expand_dims(m - n0 + query_idx, 0) - gl.expand_dims(key_idx, 1)
-            p_t = gl.where(dist.to(gl.uint32, bitcast=True) < gl.expand_dims(lim, 1), p_t, 0.0)
+        p_t = _weights_t(s_t, m_lo + i * BLOCK_M, n0, key_idx, query_idx, key_term, lim, full_lo, full_hi, neg_c,
+                         neg_slope, neg_bias, SIGMOID)
         dv = warpgroup_mma(gl.convert_layout(p_t.to(k_smem.dtype), a_layout), do_slot, dv)
         dp_t = warpgroup_mma(v_smem, do_slot.permute((1, 0)), t_zero, use_acc=False)
         ds_t = dp_t * (p_t - p_t * p_t)
@@ -308,6 +329,67 @@ def _dkdv_partition(k_smem, v_smem, q_bufs, do_bufs, fixed_bar, ready, empty, dk
         _release(empty, slot)
     _store_rows(dk * scale, dk_base, stride_t, n0, T, BLOCK_N, HEAD_DIM, acc_layout)
     _store_rows(dv, dv_base, stride_t, n0, T, BLOCK_N, HEAD_DIM, acc_layout)
+
+
+@gluon.jit
+def _dkdv_operands(s_t, dp_t, m, n0, key_idx, query_idx, key_term, lim, full_lo, full_hi, neg_c, neg_slope, neg_bias,
+                   SIGMOID: gl.constexpr, dtype: gl.constexpr, layout: gl.constexpr):
+    """P^T and dS^T = dP^T P^T (1 - P^T) of query tile m, in registers as wgmma takes them."""
+    p_t = _weights_t(s_t, m, n0, key_idx, query_idx, key_term, lim, full_lo, full_hi, neg_c, neg_slope, neg_bias,
+                     SIGMOID)
+    ds_t = dp_t * (p_t - p_t * p_t)
+    return gl.convert_layout(p_t.to(dtype), layout), gl.convert_layout(ds_t.to(dtype), layout)
+
+
+@gluon.jit
+def _dkdv_pingpong_partition(k_smem, v_smem, q_bufs, do_bufs, fixed_bar, ready, empty, turns, dk_base, dv_base,
+                             stride_t, T, n0, m_lo, m_hi, full_lo, full_hi, W, neg_c, neg_slope, neg_bias, scale,
+                             BLOCK_M: gl.constexpr, ROWS: gl.constexpr, HEAD_DIM: gl.constexpr,
+                             SIGMOID: gl.constexpr, GROUP: gl.constexpr, num_warps: gl.constexpr):
+    """dV and dK of one of a key block's two halves of ROWS keys from n0, in the ping-pong schedule
+    of _pingpong_partition: in this group's turn it issues the query tile's S^T = k q^T and
+    dP^T = v dO^T and the previous tile's dv += P^T dO and dk += dS^T q, then computes the tile's
+    P^T and dS^T while its own last two and the other group's products run."""
+    key_idx, query_idx, lim, key_term, t_zero, dk, dv = _key_block(n0, T, W, neg_slope, ROWS, BLOCK_M, HEAD_DIM,
+                                                                   num_warps)
+    acc_layout: gl.constexpr = dk.type.layout
+    a_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=acc_layout, k_width=2)
+    num_buffers: gl.constexpr = q_bufs.type.shape[0]
+    gl.static_assert(num_buffers >= 2, "each step holds two q/dO slots: this tile's and the previous tile's")
+    dtype: gl.constexpr = k_smem.dtype
+    tiles = gl.cdiv(m_hi - m_lo, BLOCK_M)
+    mbarrier.wait(fixed_bar, 0)
+    mbarrier.wait(ready.index(0), 0)
+    _take_turn(turns, GROUP, 0)
+    s_t = warpgroup_mma(k_smem, q_bufs.index(0).permute((1, 0)), t_zero, use_acc=False, is_async=True)
+    dp_t = warpgroup_mma(v_smem, do_bufs.index(0).permute((1, 0)), t_zero, use_acc=False, is_async=True)
+    mbarrier.arrive(turns.index(1 - GROUP), count=1)
+    s_t, dp_t = warpgroup_mma_wait(0, deps=(s_t, dp_t))
+    p_t, ds_t = _dkdv_operands(s_t, dp_t, m_lo, n0, key_idx, query_idx, key_term, lim, full_lo, full_hi, neg_c,
+                               neg_slope, neg_bias, SIGMOID, dtype, a_layout)
+    for i in range(1, tiles):
+        slot = i % num_buffers
+        before = (i - 1) % num_buffers
+        mbarrier.wait(ready.index(slot), (i // num_buffers) & 1)
+        _take_turn(turns, GROUP, i)
+        s_t = warpgroup_mma(k_smem, q_bufs.index(slot).permute((1, 0)), t_zero, use_acc=False, is_async=True)
+        dp_t = warpgroup_mma(v_smem, do_bufs.index(slot).permute((1, 0)), t_zero, use_acc=False, is_async=True)
+        dv = warpgroup_mma(p_t, do_bufs.index(before), dv, is_async=True)
+        dk = warpgroup_mma(ds_t, q_bufs.index(before), dk, is_async=True)
+        mbarrier.arrive(turns.index(1 - GROUP), count=1)
+        s_t, dp_t = warpgroup_mma_wait(2, deps=(s_t, dp_t))  # in order: S^T and dP^T done, dv and dk may run
+        p_next, ds_next = _dkdv_operands(s_t, dp_t, m_lo + i * BLOCK_M, n0, key_idx, query_idx, key_term, lim,
+                                         full_lo, full_hi, neg_c, neg_slope, neg_bias, SIGMOID, dtype, a_layout)
+        dv, dk, p_t, ds_t = warpgroup_mma_wait(0, deps=(dv, dk, p_t, ds_t))
+        _release(empty, before)
+        p_t = p_next
+        ds_t = ds_next
+    last = (tiles - 1) % num_buffers
+    dv = warpgroup_mma(p_t, do_bufs.index(last), dv)
+    dk = warpgroup_mma(ds_t, q_bufs.index(last), dk)
+    _release(empty, last)
+    _store_rows(dk * scale, dk_base, stride_t, n0, T, ROWS, HEAD_DIM, acc_layout)
+    _store_rows(dv, dv_base, stride_t, n0, T, ROWS, HEAD_DIM, acc_layout)
 
 
 @gluon.jit
@@ -420,6 +502,38 @@ def swat_dkdv_gluon_kernel(q_desc, k_desc, v_desc, do_desc, DK, DV, Slopes, T, H
     ], [1], [24])
 
 
+@gluon.jit
+def swat_dkdv_pingpong_kernel(q_desc, k_desc, v_desc, do_desc, DK, DV, Slopes, T, H, W, neg_c, neg_bias, scale,
+                              s_b, s_t, s_h, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, HEAD_DIM: gl.constexpr,
+                              NUM_BUFFERS: gl.constexpr, SIGMOID: gl.constexpr, num_warps: gl.constexpr):
+    """The dK/dV pass with its two compute warp groups as partitions of their own, each with half of
+    the block's keys (k_desc's and v_desc's tiles are BLOCK_N / 2 rows), taking turns at the tensor
+    cores as in swat_query_pingpong_kernel."""
+    b, h, n0 = _program(H, BLOCK_N)
+    _, _, _, full_hi, m_hi = key_block_ranges(n0, T, T, T, W, BLOCK_M, BLOCK_N)
+    neg_slope = -gl.load(Slopes + h).to(gl.float32) * 1.4426950408889634  # log2(e)
+    half: gl.constexpr = BLOCK_N // 2
+
+    k_smem = gl.allocate_shared_memory(k_desc.dtype, [2] + k_desc.block_type.shape, k_desc.layout)
+    v_smem = gl.allocate_shared_memory(v_desc.dtype, [2] + v_desc.block_type.shape, v_desc.layout)
+    q_bufs, do_bufs, fixed_bar, ready, empty = _ring(q_desc, do_desc, NUM_BUFFERS, 2)
+    turns = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
+    mbarrier.init(turns.index(0), count=1)
+    mbarrier.init(turns.index(1), count=1)
+    offset = b.to(gl.int64) * s_b + h * s_h
+    gl.warp_specialize([
+        (_dkdv_pingpong_partition, (k_smem.index(0), v_smem.index(0), q_bufs, do_bufs, fixed_bar, ready, empty, turns,
+                                    DK + offset, DV + offset, s_t, T, n0, n0, m_hi, n0 + BLOCK_N, full_hi, W, neg_c,
+                                    neg_slope, neg_bias, scale, BLOCK_M, half, HEAD_DIM, SIGMOID, 0, num_warps)),
+        (_dkdv_pingpong_partition, (k_smem.index(1), v_smem.index(1), q_bufs, do_bufs, fixed_bar, ready, empty, turns,
+                                    DK + offset, DV + offset, s_t, T, n0 + half, n0, m_hi, n0 + BLOCK_N, full_hi, W,
+                                    neg_c, neg_slope, neg_bias, scale, BLOCK_M, half, HEAD_DIM, SIGMOID, 1,
+                                    num_warps)),
+        (_load_partition, (k_desc, v_desc, q_desc, do_desc, k_smem, v_smem, q_bufs, do_bufs, fixed_bar, ready, empty,
+                           b * T, n0, h * HEAD_DIM, n0, m_hi, BLOCK_M, True, True)),
+    ], [num_warps, 1], [240, 24])
+
+
 def descriptor(t: torch.Tensor, rows: int) -> TensorDescriptor:
     """TMA descriptor of tiles of `rows` rows of t [B, T, H, d] (contiguous) viewed as [B * T, H * d]."""
     B, T, H, d = t.shape
@@ -452,15 +566,15 @@ def swat_fwd_gluon(q, k, v, slopes, window: int, scale: float, block_m=128, bloc
 
 
 def swat_bwd_gluon(do, q, k, v, slopes, window: int, scale: float, dq_tiles=(128, 64), dkdv_tiles=(64, 128),
-                   num_buffers=2, num_warps=8, maxnreg=168, pingpong=False):
+                   num_buffers=2, num_warps=8, maxnreg=168, pingpong=()):
     """(dq, dk, dv) of SWAT for the forward's inputs and the output's gradient do, all contiguous
     [B, T, H, d]: the dQ pass and the dK/dV pass, as harness/ops/swat/triton_bwd.py splits them;
-    with pingpong, the dQ pass is swat_query_pingpong_kernel's."""
+    the passes pingpong names ("dq", "dkdv") run in the ping-pong kernels."""
     B, T, H, d = q.shape
     W = min(window, T)
     dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
     bm, bn = dq_tiles
-    if pingpong:
+    if "dq" in pingpong:
         swat_query_pingpong_kernel[(B * H, triton.cdiv(T, bm))](
             descriptor(q, bm // 2), descriptor(k, bn), descriptor(v, bn), descriptor(do, bm // 2), dq, slopes, T, H,
             W, -scale * LOG2E, 0.0, scale, *dq.stride()[:3], BLOCK_M=bm, BLOCK_N=bn, HEAD_DIM=d,
@@ -472,8 +586,10 @@ def swat_bwd_gluon(do, q, k, v, slopes, window: int, scale: float, dq_tiles=(128
             NUM_BUFFERS=num_buffers, SIGMOID=SIGMOID_MODE["bwd"], DQ=True, PIPELINE=False, num_warps=num_warps,
             maxnreg=maxnreg)
     bm, bn = dkdv_tiles
-    swat_dkdv_gluon_kernel[(B * H, triton.cdiv(T, bn))](
-        descriptor(q, bm), descriptor(k, bn), descriptor(v, bn), descriptor(do, bm), dk, dv, slopes, T, H, W,
-        -scale * LOG2E, 0.0, scale, *dk.stride()[:3], BLOCK_M=bm, BLOCK_N=bn, HEAD_DIM=d, NUM_BUFFERS=num_buffers,
-        SIGMOID=SIGMOID_MODE["bwd"], num_warps=num_warps, maxnreg=maxnreg)
+    kernel, key_rows, warps = ((swat_dkdv_pingpong_kernel, bn // 2, num_warps // 2) if "dkdv" in pingpong
+                               else (swat_dkdv_gluon_kernel, bn, num_warps))
+    kernel[(B * H, triton.cdiv(T, bn))](
+        descriptor(q, bm), descriptor(k, key_rows), descriptor(v, key_rows), descriptor(do, bm), dk, dv, slopes, T, H,
+        W, -scale * LOG2E, 0.0, scale, *dk.stride()[:3], BLOCK_M=bm, BLOCK_N=bn, HEAD_DIM=d, NUM_BUFFERS=num_buffers,
+        SIGMOID=SIGMOID_MODE["bwd"], num_warps=warps, maxnreg=maxnreg)
     return dq, dk, dv

@@ -218,6 +218,15 @@ def _wait_scores(s, dp, PENDING: gl.constexpr, DQ: gl.constexpr):
 
 
 @gluon.jit
+def _pingpong_step(ready, turns, i, NUM_BUFFERS: gl.constexpr, GROUP: gl.constexpr):
+    """Wait until tile i is in its slot and it is this group's turn; tile i's slot and tile i - 1's."""
+    slot = i % NUM_BUFFERS
+    mbarrier.wait(ready.index(slot), (i // NUM_BUFFERS) & 1)
+    _take_turn(turns, GROUP, i)
+    return slot, (i + NUM_BUFFERS - 1) % NUM_BUFFERS
+
+
+@gluon.jit
 def _pingpong_partition(q_smem, do_smem, k_bufs, v_bufs, fixed_bar, ready, empty, turns, out_base, so_t, T, m0, n_lo,
                         n_hi, full_lo, full_hi, W, neg_c, neg_slope, neg_bias, scale, ROWS: gl.constexpr,
                         BLOCK_N: gl.constexpr, HEAD_DIM: gl.constexpr, SIGMOID: gl.constexpr, DQ: gl.constexpr,
@@ -234,8 +243,7 @@ def _pingpong_partition(q_smem, do_smem, k_bufs, v_bufs, fixed_bar, ready, empty
     gl.static_assert(num_buffers >= 2, "each step holds two slots: this tile's, and the previous tile's k or v")
     tiles = gl.cdiv(n_hi - n_lo, BLOCK_N)
     mbarrier.wait(fixed_bar, 0)
-    mbarrier.wait(ready.index(0), 0)
-    _take_turn(turns, GROUP, 0)
+    _pingpong_step(ready, turns, 0, num_buffers, GROUP)
     s = warpgroup_mma(q_smem, k_bufs.index(0).permute((1, 0)), s_zero, use_acc=False, is_async=True)
     dp = s
     if DQ:
@@ -245,10 +253,7 @@ def _pingpong_partition(q_smem, do_smem, k_bufs, v_bufs, fixed_bar, ready, empty
     w = _pingpong_operand(s, dp, rows, cols, keys, col_term, n_lo, full_lo, full_hi, neg_c, neg_slope, neg_bias,
                           SIGMOID, DQ, q_smem.dtype, a_layout)
     for i in range(1, tiles):
-        slot = i % num_buffers
-        before = (i - 1) % num_buffers
-        mbarrier.wait(ready.index(slot), (i // num_buffers) & 1)
-        _take_turn(turns, GROUP, i)
+        slot, before = _pingpong_step(ready, turns, i, num_buffers, GROUP)
         s = warpgroup_mma(q_smem, k_bufs.index(slot).permute((1, 0)), s_zero, use_acc=False, is_async=True)
         dp = s
         if DQ:
@@ -359,8 +364,7 @@ def _dkdv_pingpong_partition(k_smem, v_smem, q_bufs, do_bufs, fixed_bar, ready, 
     dtype: gl.constexpr = k_smem.dtype
     tiles = gl.cdiv(m_hi - m_lo, BLOCK_M)
     mbarrier.wait(fixed_bar, 0)
-    mbarrier.wait(ready.index(0), 0)
-    _take_turn(turns, GROUP, 0)
+    _pingpong_step(ready, turns, 0, num_buffers, GROUP)
     s_t = warpgroup_mma(k_smem, q_bufs.index(0).permute((1, 0)), t_zero, use_acc=False, is_async=True)
     dp_t = warpgroup_mma(v_smem, do_bufs.index(0).permute((1, 0)), t_zero, use_acc=False, is_async=True)
     mbarrier.arrive(turns.index(1 - GROUP), count=1)
@@ -368,10 +372,7 @@ def _dkdv_pingpong_partition(k_smem, v_smem, q_bufs, do_bufs, fixed_bar, ready, 
     p_t, ds_t = _dkdv_operands(s_t, dp_t, m_lo, n0, key_idx, query_idx, key_term, lim, full_lo, full_hi, neg_c,
                                neg_slope, neg_bias, SIGMOID, dtype, a_layout)
     for i in range(1, tiles):
-        slot = i % num_buffers
-        before = (i - 1) % num_buffers
-        mbarrier.wait(ready.index(slot), (i // num_buffers) & 1)
-        _take_turn(turns, GROUP, i)
+        slot, before = _pingpong_step(ready, turns, i, num_buffers, GROUP)
         s_t = warpgroup_mma(k_smem, q_bufs.index(slot).permute((1, 0)), t_zero, use_acc=False, is_async=True)
         dp_t = warpgroup_mma(v_smem, do_bufs.index(slot).permute((1, 0)), t_zero, use_acc=False, is_async=True)
         dv = warpgroup_mma(p_t, do_bufs.index(before), dv, is_async=True)

@@ -42,7 +42,7 @@ case "${1:-}" in
   decode)
     timeout -k 10 120 python3 -m pytest tests/test_swat_kernel.py -p no:cacheprovider -W ignore -rfEs \
       -k "gpu and decode" > "$OUT/gpu_tests.log" 2>&1; say "decode tests: $(tail -1 "$OUT/gpu_tests.log")"
-    D=$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1 | tr 'A-Z' 'a-z' | sed 's/[^a-z0-9]\{1,\}/-/g; s/^-//; s/-$//')
+    D=$(python3 -c "from harness.results.provenance import device_name, device_slug; print(device_slug(device_name('cuda')))")
     mkdir -p "$G/results/kernels/$D"
     if [ -f "results/kernels/$D/kernels.csv" ]; then
       grep -v '^decode,' "results/kernels/$D/kernels.csv" > "$G/results/kernels/$D/kernels.csv"

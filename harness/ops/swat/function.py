@@ -358,7 +358,8 @@ def swat_attention_triton(q, k, v, slopes, window: int, sigmoid_bias: float = 0.
 DECODE_FILLS_GPU = 264
 DECODE_CONFIGS = {
     "split": dict(MIN_PROGRAMS=4224, TILE_ELEMS=8192, num_warps=4, num_stages=3, ACC_2D=True, SUM_IN_KERNEL=True),
-    "whole": dict(MIN_PROGRAMS=264, TILE_ELEMS=8192, num_warps=2, num_stages=3, ACC_2D=True, SUM_IN_KERNEL=False),
+    "whole": dict(MIN_PROGRAMS=DECODE_FILLS_GPU, TILE_ELEMS=8192, num_warps=2, num_stages=3, ACC_2D=True,
+                  SUM_IN_KERNEL=False),
 }
 
 

@@ -90,23 +90,17 @@ for d in (64, 128):
         descs = {arg: mangle_type(descriptor(t, rows))
                  for arg, rows in (("q_desc", bm), ("k_desc", bn), ("v_desc", bn), ("do_desc", bm))}
         constants = dict(BLOCK_M=bm, BLOCK_N=bn, HEAD_DIM=d, NUM_BUFFERS=buffers, SIGMOID=1 if "fwd" not in name else 2)
-        if name == "gluon dkdv pingpong":  # two partitions of 4 warps, each with half of the block's keys
-            descs.update(k_desc=mangle_type(descriptor(t, bn // 2)), v_desc=mangle_type(descriptor(t, bn // 2)))
-            sig = {**descs, "DK": "*bf16", "DV": "*bf16", **COMMON, "s_b": "i32", "s_t": "i32", "s_h": "i32"}
-            report(name, swat_dkdv_pingpong_kernel, sig, dict(constants, num_warps=4), warps=4, source=GluonASTSource,
-                   maxnreg=168)
-            continue
-        if name.endswith("pingpong"):  # two partitions of 4 warps, each with half of q's (and dO's) rows
-            descs.update(q_desc=mangle_type(descriptor(t, bm // 2)), do_desc=mangle_type(descriptor(t, bm // 2)))
-            sig = {**descs, "Out": "*bf16", **COMMON, "so_b": "i32", "so_t": "i32", "so_h": "i32"}
-            report(name, swat_query_pingpong_kernel, sig, dict(constants, DQ="dq" in name, num_warps=4), warps=4,
-                   source=GluonASTSource, maxnreg=168)
-            continue
-        if name == "gluon dkdv":
-            kernel = swat_dkdv_gluon_kernel
+        pingpong = name.endswith("pingpong")
+        if pingpong:  # two partitions of 4 warps, each with half of the block's keys (dK/dV) or rows
+            halved, rows = (("k_desc", "v_desc"), bn) if "dkdv" in name else (("q_desc", "do_desc"), bm)
+            descs.update({arg: mangle_type(descriptor(t, rows // 2)) for arg in halved})
+        if "dkdv" in name:
+            kernel = swat_dkdv_pingpong_kernel if pingpong else swat_dkdv_gluon_kernel
             sig = {**descs, "DK": "*bf16", "DV": "*bf16", **COMMON, "s_b": "i32", "s_t": "i32", "s_h": "i32"}
         else:
-            kernel = swat_query_gluon_kernel
+            kernel = swat_query_pingpong_kernel if pingpong else swat_query_gluon_kernel
             sig = {**descs, "Out": "*bf16", **COMMON, "so_b": "i32", "so_t": "i32", "so_h": "i32"}
-            constants.update(DQ=name == "gluon dq", PIPELINE=pipeline)
-        report(name, kernel, sig, dict(constants, num_warps=8), warps=8, source=GluonASTSource, maxnreg=168)
+            constants.update(DQ="dq" in name, **({} if pingpong else {"PIPELINE": pipeline}))
+        warps = 4 if pingpong else 8
+        report(name, kernel, sig, dict(constants, num_warps=warps), warps=warps, source=GluonASTSource,
+               maxnreg=168)

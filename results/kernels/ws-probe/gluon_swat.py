@@ -47,6 +47,7 @@ from harness.ops.swat.triton_common import LOG2E, key_block_ranges, query_block_
 
 # Gluon is experimental: Triton 3.6 names the TMA tile load async_copy_global_to_shared, later ones async_load
 tma_load = tma.async_load if hasattr(tma, "async_load") else tma.async_copy_global_to_shared
+_LOG2E = gl.constexpr(LOG2E)  # a global a Gluon function reads must be a constexpr
 
 
 @gluon.jit
@@ -394,10 +395,22 @@ def _dkdv_pingpong_partition(k_smem, v_smem, q_bufs, do_bufs, fixed_bar, ready, 
 
 
 @gluon.jit
-def _program(H, BLOCK: gl.constexpr):
-    """(b, h, the block's first row): heavy (late) blocks first, as harness/ops/swat launches them."""
+def _program(H, Slopes, BLOCK: gl.constexpr):
+    """(b, h, the block's first row, the head's ALiBi slope as a -log2(e) multiple): heavy (late)
+    blocks first, as harness/ops/swat launches them."""
     pid_bh = gl.program_id(0)
-    return pid_bh // H, pid_bh % H, (gl.num_programs(1) - 1 - gl.program_id(1)) * BLOCK
+    h = pid_bh % H
+    first = (gl.num_programs(1) - 1 - gl.program_id(1)) * BLOCK
+    return pid_bh // H, h, first, -gl.load(Slopes + h).to(gl.float32) * _LOG2E
+
+
+@gluon.jit
+def _turns():
+    """The ping-pong kernels' two turn barriers, one per compute warp group (initialised)."""
+    turns = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
+    mbarrier.init(turns.index(0), count=1)
+    mbarrier.init(turns.index(1), count=1)
+    return turns
 
 
 @gluon.jit
@@ -422,11 +435,10 @@ def swat_query_gluon_kernel(q_desc, k_desc, v_desc, do_desc, Out, Slopes, T, H, 
                             NUM_BUFFERS: gl.constexpr, SIGMOID: gl.constexpr, DQ: gl.constexpr,
                             PIPELINE: gl.constexpr, num_warps: gl.constexpr):
     """The forward, or with DQ the dQ pass (do_desc then is dO's; otherwise it is not read)."""
-    b, h, m0 = _program(H, BLOCK_M)
+    b, h, m0, neg_slope = _program(H, Slopes, BLOCK_M)
     # the band's key tiles for these rows, [n_lo, n_hi); those in [full_start, m0) are inside the
     # band for every row and need no mask
     n_lo, full_start, _, n_hi = query_block_ranges(m0, 0, 0, T, W, BLOCK_M, BLOCK_N)
-    neg_slope = -gl.load(Slopes + h).to(gl.float32) * 1.4426950408889634  # log2(e)
 
     q_smem = gl.allocate_shared_memory(q_desc.dtype, q_desc.block_type.shape, q_desc.layout)
     if DQ:
@@ -453,9 +465,8 @@ def swat_query_pingpong_kernel(q_desc, k_desc, v_desc, do_desc, Out, Slopes, T, 
     own, each with half of the block's rows (q_desc's and do_desc's tiles are BLOCK_M / 2 rows),
     taking turns at the tensor cores on the `turns` barriers; the load partition as in
     swat_query_gluon_kernel (do_desc is read only with DQ)."""
-    b, h, m0 = _program(H, BLOCK_M)
+    b, h, m0, neg_slope = _program(H, Slopes, BLOCK_M)
     n_lo, full_start, _, n_hi = query_block_ranges(m0, 0, 0, T, W, BLOCK_M, BLOCK_N)
-    neg_slope = -gl.load(Slopes + h).to(gl.float32) * 1.4426950408889634  # log2(e)
     half: gl.constexpr = BLOCK_M // 2
 
     q_smem = gl.allocate_shared_memory(q_desc.dtype, [2] + q_desc.block_type.shape, q_desc.layout)
@@ -464,9 +475,7 @@ def swat_query_pingpong_kernel(q_desc, k_desc, v_desc, do_desc, Out, Slopes, T, 
     else:
         do_smem = q_smem
     k_bufs, v_bufs, fixed_bar, ready, empty = _ring(k_desc, v_desc, NUM_BUFFERS, 2)
-    turns = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
-    mbarrier.init(turns.index(0), count=1)
-    mbarrier.init(turns.index(1), count=1)
+    turns = _turns()
     out = Out + b.to(gl.int64) * so_b + h * so_h
     gl.warp_specialize([
         (_pingpong_partition, (q_smem.index(0), do_smem.index(0), k_bufs, v_bufs, fixed_bar, ready, empty, turns, out,
@@ -484,11 +493,10 @@ def swat_query_pingpong_kernel(q_desc, k_desc, v_desc, do_desc, Out, Slopes, T, 
 def swat_dkdv_gluon_kernel(q_desc, k_desc, v_desc, do_desc, DK, DV, Slopes, T, H, W, neg_c, neg_bias, scale,
                            s_b, s_t, s_h, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, HEAD_DIM: gl.constexpr,
                            NUM_BUFFERS: gl.constexpr, SIGMOID: gl.constexpr, num_warps: gl.constexpr):
-    b, h, n0 = _program(H, BLOCK_N)
+    b, h, n0, neg_slope = _program(H, Slopes, BLOCK_N)
     # the band's query tiles for these keys, [n0, m_hi); those in [n0 + BLOCK_N, full_hi) see every
     # key of the block and need no mask
     _, _, _, full_hi, m_hi = key_block_ranges(n0, T, T, T, W, BLOCK_M, BLOCK_N)
-    neg_slope = -gl.load(Slopes + h).to(gl.float32) * 1.4426950408889634  # log2(e)
 
     k_smem = gl.allocate_shared_memory(k_desc.dtype, k_desc.block_type.shape, k_desc.layout)
     v_smem = gl.allocate_shared_memory(v_desc.dtype, v_desc.block_type.shape, v_desc.layout)
@@ -510,17 +518,14 @@ def swat_dkdv_pingpong_kernel(q_desc, k_desc, v_desc, do_desc, DK, DV, Slopes, T
     """The dK/dV pass with its two compute warp groups as partitions of their own, each with half of
     the block's keys (k_desc's and v_desc's tiles are BLOCK_N / 2 rows), taking turns at the tensor
     cores as in swat_query_pingpong_kernel."""
-    b, h, n0 = _program(H, BLOCK_N)
+    b, h, n0, neg_slope = _program(H, Slopes, BLOCK_N)
     _, _, _, full_hi, m_hi = key_block_ranges(n0, T, T, T, W, BLOCK_M, BLOCK_N)
-    neg_slope = -gl.load(Slopes + h).to(gl.float32) * 1.4426950408889634  # log2(e)
     half: gl.constexpr = BLOCK_N // 2
 
     k_smem = gl.allocate_shared_memory(k_desc.dtype, [2] + k_desc.block_type.shape, k_desc.layout)
     v_smem = gl.allocate_shared_memory(v_desc.dtype, [2] + v_desc.block_type.shape, v_desc.layout)
     q_bufs, do_bufs, fixed_bar, ready, empty = _ring(q_desc, do_desc, NUM_BUFFERS, 2)
-    turns = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
-    mbarrier.init(turns.index(0), count=1)
-    mbarrier.init(turns.index(1), count=1)
+    turns = _turns()
     offset = b.to(gl.int64) * s_b + h * s_h
     gl.warp_specialize([
         (_dkdv_pingpong_partition, (k_smem.index(0), v_smem.index(0), q_bufs, do_bufs, fixed_bar, ready, empty, turns,

@@ -26,13 +26,13 @@ from harness.ops.swat.function import (  # noqa: E402
     swat_decode_triton,
 )
 from harness.ops.swat.reference import swat_attention_ref, swat_decode_ref  # noqa: E402
-from harness.ops.swat.triton_common import sigmoid_neg_log2  # noqa: E402
+from harness.ops.swat.triton_common import score_unit, sigmoid_scaled  # noqa: E402
 
 
 @triton.jit
 def _sigmoid_kernel(S, P, N: tl.constexpr, SIGMOID: tl.constexpr):
     offs = tl.arange(0, N)
-    tl.store(P + offs, sigmoid_neg_log2(-tl.load(S + offs) * 1.4426950408889634, SIGMOID))
+    tl.store(P + offs, sigmoid_scaled(tl.load(S + offs) * score_unit(SIGMOID), SIGMOID))
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 gpu_only = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -162,6 +162,16 @@ def test_sigmoid_modes(mode, tol):
     _sigmoid_kernel[(1,)](s, p, N=1024, SIGMOID=mode)
     want = torch.sigmoid(s.double())
     assert ((p.double() - want).abs() / want).max().item() < tol
+
+
+@gpu_only
+def test_tanh_sigmoid_error_is_absolute_and_below_bf16_resolution():
+    """Mode 3, (1 + tanh.approx(s / 2)) / 2: its error is absolute (a weight near 0 is coarse), and
+    it stays below half of bf16's spacing at 1 (2^-9), the rounding p gets before P V anyway."""
+    s = torch.linspace(-40, 40, 1024, device=DEVICE)
+    p = torch.empty_like(s)
+    _sigmoid_kernel[(1,)](s, p, N=1024, SIGMOID=3)
+    assert (p.double() - torch.sigmoid(s.double())).abs().max().item() < 2 ** -10
 
 
 def test_varlen_documents_do_not_attend_across():

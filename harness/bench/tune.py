@@ -2,21 +2,22 @@
 
 Sweep `tiles` times candidate configs (BLOCK_M, BLOCK_N, warps, stages, ONE_LOOP) of each pass
 (fwd, dkdv, dq, and dkdv with each FUSED_DQ mode, the one-pass backwards: dQ added by atomics or
-by the copy engine's bulk reduction) at d = 64 and 128, B*T = 65536,
-T = 8192: the "small" regime at W = 128, the "large" one at W = 2048 and W = T (`--windows`
-chooses others, such as the "medium" regime's 512, the 340m model's window, each timed with its
-regime's candidates); then the
-sigmoid's reciprocal on the special-function unit (mode 1) against the Newton one (mode 2) with
-the current configs. A backward candidate is timed as the whole backward (dK/dV + dQ, or the one
-fused pass) with the other pass at its current config, so differences between candidates of one
-pass are that pass's differences, and the best "dkdv fused atomics" and "dkdv fused tma" rows
+by the copy engine's bulk reduction) at d = 64 and 128, B*T = 65536, T = 8192: the "small"
+regime at W = 128, the "large" one at W = 2048 and W = T (`--windows` chooses others, such as the
+"medium" regime's 512, the 340m model's window, each timed with its regime's candidates); then
+the sigmoid's modes (triton_common.sigmoid_scaled: the reciprocal on the special-function unit,
+the Newton one, tanh) with the current configs. A backward candidate is timed as the whole
+backward (dK/dV + dQ, or the one fused pass) with the other pass at its current config, so
+differences between candidates of one pass are that pass's differences, and the best "dkdv fused atomics" and "dkdv fused tma" rows
 against the best "dkdv" row decide FUSED_DQ. Sweep `decode` times the decode kernel's launch
 configs (DECODE_CONFIGS: programs wanted, tile size, warps, stages) at batch 1, 8 and 64 over full
 W-slot ring buffers, as
 CUDA-graph replays, beside SDPA (softmax, no bias) over the same buffer: the work of a
 sliding-window softmax model's decode step, the peer a user would pick. The winners go into
 CONFIGS / FUSED_DQ / SIGMOID_MODE / DECODE_CONFIGS in harness/ops/swat/function.py by hand, with
-the numbers in harness/ops/swat/NOTES.md.
+the numbers in harness/ops/swat/NOTES.md. Sweep `sigmoid` times the forward and the backward in
+each sigmoid mode (SIGMOID_MODES) at the current configs and B * T = 65536 with T = 16384, the
+peer bench's length, and measures each mode's error against the fp32 kernel.
 """
 
 from __future__ import annotations
@@ -107,14 +108,63 @@ def sweep(seq_len: int = 8192, tokens: int = 65536, on_row=lambda row: None,
                         ms, note = _time(fwd(W) if pass_name == "fwd" else bwd(W))
                     rows.append(dict(d=d, T=T, W=W, what=what, **cand, ms=ms, note=note))
                     on_row(rows[-1])
+            rows += _sigmoid_mode_rows(dict(d=d, T=T, W=W), fwd(W), bwd(W), on_row)
+    return rows
+
+
+SIGMOID_MODES = (1, 2, 3)  # triton_common.sigmoid_scaled's GPU modes for 16-bit inputs
+
+
+def _sigmoid_mode_rows(shape: dict, fwd, bwd, on_row) -> list[dict]:
+    """The forward and the whole backward timed in each SIGMOID_MODES mode, at the current configs."""
+    rows, saved = [], dict(fn_mod.SIGMOID_MODE)
+    try:
+        for mode in SIGMOID_MODES:
+            for what, f in (("fwd", fwd), ("bwd", bwd)):
+                fn_mod.SIGMOID_MODE[what] = mode
+                ms, note = _time(f)
+                rows.append(dict(shape, what=f"{what} sigmoid mode {mode}", ms=ms, note=note))
+                on_row(rows[-1])
+    finally:
+        fn_mod.SIGMOID_MODE.update(saved)
+    return rows
+
+
+def _largest_value_error(got: torch.Tensor, want: torch.Tensor) -> float:
+    return ((got.float() - want).abs().max() / want.abs().max().clamp_min(1e-30)).item()
+
+
+def sigmoid_sweep(seq_len: int = 16384, tokens: int = 65536, on_row=lambda row: None,
+                  windows: tuple = DEFAULT_WINDOWS) -> list[dict]:
+    """Each sigmoid mode's forward and backward time at the peer bench's length (B * T = 65536),
+    and its error: o, dq, dk and dv in bf16 against the fp32 kernel (mode 0, exact division) on the
+    same bf16-rounded inputs, as max |difference| over the largest value."""
+    rows = []
+    for d in (64, 128):
+        H, B, T = 1024 // d, tokens // seq_len, seq_len
+        gen = torch.Generator(device="cpu").manual_seed(0)
+        q, k, v, do = (torch.randn(B, T, H, d, generator=gen).to("cuda", torch.bfloat16) for _ in range(4))
+        slopes = alibi_slopes(H).cuda()
+        scale = 1 / math.sqrt(d)
+        for W in (T if w == "T" else w for w in windows):
+            shape = dict(d=d, T=T, W=W)
+            rows += _sigmoid_mode_rows(shape, lambda: _swat_fwd(q, k, v, slopes, None, None, W, 0.0, scale),
+                                       lambda: _swat_bwd(do, q, k, v, slopes, None, None, W, 0.0, scale), on_row)
+            exact = [_swat_fwd(q.float(), k.float(), v.float(), slopes, None, None, W, 0.0, scale),
+                     *_swat_bwd(do.float(), q.float(), k.float(), v.float(), slopes, None, None, W, 0.0, scale)]
             saved = dict(fn_mod.SIGMOID_MODE)
-            for mode in (1, 2):
-                for what, f in (("fwd", fwd(W)), ("bwd", bwd(W))):
-                    fn_mod.SIGMOID_MODE[what] = mode
-                    ms, note = _time(f)
-                    rows.append(dict(d=d, T=T, W=W, what=f"{what} sigmoid mode {mode}", ms=ms, note=note))
+            try:
+                for mode in SIGMOID_MODES:
+                    fn_mod.SIGMOID_MODE.update(fwd=mode, bwd=mode)
+                    got = [_swat_fwd(q, k, v, slopes, None, None, W, 0.0, scale),
+                           *_swat_bwd(do, q, k, v, slopes, None, None, W, 0.0, scale)]
+                    errors = {f"err_{name}": _largest_value_error(g, e) for name, g, e in zip(("o", "dq", "dk", "dv"),
+                                                                                            got, exact)}
+                    rows.append(dict(shape, what=f"sigmoid mode {mode} error vs fp32", **errors))
                     on_row(rows[-1])
-            fn_mod.SIGMOID_MODE.update(saved)
+            finally:
+                fn_mod.SIGMOID_MODE.update(saved)
+            del exact
     return rows
 
 
@@ -163,7 +213,7 @@ def _describe(r: dict) -> str:
     return ""
 
 
-TUNE_SWEEPS = ("tiles", "decode")
+TUNE_SWEEPS = ("tiles", "decode", "sigmoid")
 
 
 def checked_sweeps(text: str) -> list[str]:
@@ -188,7 +238,7 @@ def checked_windows(text: str) -> tuple:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sweeps", default="tiles,decode", help="comma-separated: tiles, decode")
+    parser.add_argument("--sweeps", default="tiles,decode", help=f"comma-separated: {', '.join(TUNE_SWEEPS)}")
     parser.add_argument("--windows", default=",".join(map(str, DEFAULT_WINDOWS)),
                         help="the tiles sweep's windows, comma-separated (T: the whole sequence); each is timed "
                              f"with the candidates of its regime (small: W <= {fn_mod.SMALL_WINDOW}, "
@@ -211,15 +261,22 @@ def main() -> None:
                 out.write(json.dumps({**row, **made}) + "\n")
                 out.flush()
         rows = (sweep(on_row=on_row, windows=windows) if "tiles" in sweeps else []) + \
-            (decode_sweep(on_row=on_row) if "decode" in sweeps else [])
+            (decode_sweep(on_row=on_row) if "decode" in sweeps else []) + \
+            (sigmoid_sweep(on_row=on_row, windows=windows) if "sigmoid" in sweeps else [])
     best = {}
     for r in rows:
         key = (r["what"], r["d"], r.get("B"), r["W"])
-        if r["ms"] is not None and (key not in best or r["ms"] < best[key]["ms"]):
+        if r.get("ms") is not None and (key not in best or r["ms"] < best[key]["ms"]):
             best[key] = r
     print("best per (what, d, B, W):")
     for key, r in sorted(best.items(), key=lambda kv: str(kv[0])):
         print(f"  {key}: {_describe(r)}  {r['ms']:.4f} ms")
+    errors = [r for r in rows if "err_o" in r]
+    if errors:
+        print("error vs fp32 (max |difference| / largest value):")
+    for r in errors:
+        print(f"  {(r['what'], r['d'], r['W'])}: " + ", ".join(f"{k[4:]} {v:.2e}" for k, v in r.items()
+                                                               if k.startswith("err_")))
 
 if __name__ == "__main__":
     main()

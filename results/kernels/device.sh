@@ -9,7 +9,8 @@
 #        TESTS=every_dtype runs only the test of every dtype and head size, about 90 s),
 #        then `python -m harness.bench.tune --sweeps $SWEEPS` (tile configs of every pass, FUSED_DQ
 #        against the two-pass backward; decode launch configs, ACC_2D and SUM_IN_KERNEL among them,
-#        144 configs at 18 shapes: give SWEEPS=decode a call of its own) as tune.jsonl,
+#        144 configs at 18 shapes: give SWEEPS=decode a call of its own; the sigmoid's modes, each
+#        timed and its error against the fp32 kernel measured, at T = 16K) as tune.jsonl,
 #        written row by row (a sweep cut at the time limit keeps what it measured); the winners go
 #        into harness/ops/swat/function.py by hand, with the numbers in NOTES.md.
 # bench: `harness bench kernels` at the issue's shapes (T 4K/16K/32K, W 128/512/2048/T, fwd and

@@ -19,7 +19,7 @@ import triton
 
 from harness.config import ConfigError
 from harness.ops.swat.triton_bwd import swat_bwd_dkdv_kernel, swat_bwd_dq_kernel
-from harness.ops.swat.triton_common import LOG2E, interpreting
+from harness.ops.swat.triton_common import interpreting
 from harness.ops.swat.triton_decode import sum_splits_kernel, swat_decode_kernel
 from harness.ops.swat.triton_fwd import swat_fwd_kernel
 
@@ -62,9 +62,9 @@ CONFIGS = {
     ("dq", 128, "large"): _cfg(128, 64, 8, 3),
 }
 _INTERPRET_CONFIG = dict(BLOCK_M=16, BLOCK_N=16, num_warps=1, num_stages=1, ONE_LOOP=False)
-# How each pass computes the sigmoid's reciprocal for 16-bit inputs on the GPU (see
-# triton_common.sigmoid_neg_log2): the forward is MUFU-bound and gains from moving it to the FMA
-# pipe (mode 2); the backward passes already load the FMA pipe and are faster with rcp.approx (1).
+# How each pass computes the sigmoid for 16-bit inputs on the GPU (triton_common.sigmoid_scaled's
+# modes): the forward gains from moving the reciprocal to the FMA pipe (mode 2); the backward
+# passes already load the FMA pipe and are faster with rcp.approx (1).
 SIGMOID_MODE = {"fwd": 2, "bwd": 1, "decode": 2}
 # Per (head_dim, regime): whether the dK/dV pass also adds dQ into an fp32 buffer, so that the dQ
 # pass does not run (triton_bwd: 5 matrix products and one sigmoid per tile pair instead of 7 and
@@ -258,7 +258,7 @@ def _swat_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, slopes: torch.T
     W = min(window, T)
     launch(swat_fwd_kernel, "fwd", q, W, lambda bm, bn: (B * H, triton.cdiv(T, bm)),
            (q, k, v, o, slopes, row_start if row_start is not None else slopes,
-            *_strides(q), *_strides(k), *_strides(v), *_strides(o), T, H, W, -scale * LOG2E, -sigmoid_bias * LOG2E),
+            *_strides(q), *_strides(k), *_strides(v), *_strides(o), T, H, W, scale, sigmoid_bias),
            dict(REP=H // k.shape[2], HAS_DOC=row_start is not None, HEAD_DIM=d, SIGMOID=_sigmoid_mode(q, "fwd"),
                 DOT_PREC=_dot_precision(q)))
     return o
@@ -288,13 +288,13 @@ def _swat_bwd(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tenso
     launch(swat_bwd_dkdv_kernel, "dkdv", q, W, lambda bm, bn: (B * Hkv, triton.cdiv(T, bn)),
            (q, k, v, do, dk, dv, dq, slopes, row_start if has_doc else slopes, row_end if has_doc else slopes,
             *_strides(q), *_strides(k), *_strides(v), *_strides(do), *_strides(dk), *_strides(dv), *_strides(dq),
-            T, Hkv, W, -scale * LOG2E, -sigmoid_bias * LOG2E, scale), dict(common, FUSED_DQ=fused))
+            T, Hkv, W, sigmoid_bias, scale), dict(common, FUSED_DQ=fused))
     if fused != "off":
         return dq.to(q.dtype), dk, dv
     launch(swat_bwd_dq_kernel, "dq", q, W, lambda bm, bn: (B * H, triton.cdiv(T, bm)),
            (q, k, v, do, dq, slopes, row_start if has_doc else slopes,
             *_strides(q), *_strides(k), *_strides(v), *_strides(do), *_strides(dq),
-            T, H, W, -scale * LOG2E, -sigmoid_bias * LOG2E, scale), common)
+            T, H, W, sigmoid_bias, scale), common)
     return dq, dk, dv
 
 
@@ -402,7 +402,7 @@ def _swat_decode(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, 
     swat_decode_kernel[(B * H, splits)](
         q, k_cache, v_cache, out, o, arrived, slopes,
         q.stride(0), q.stride(1), *_strides(k_cache), *_strides(v_cache), *_strides(out), o.stride(0), o.stride(1),
-        H, W_cache, cache_len, pos, window, -scale * LOG2E, -sigmoid_bias * LOG2E,
+        H, W_cache, cache_len, pos, window, scale, sigmoid_bias,
         REP=H // Hkv, HEAD_DIM=d, SIGMOID=_sigmoid_mode(q, "decode"), **launch)
     if splits > 1 and not launch["SUM_IN_KERNEL"]:
         sum_splits_kernel[(triton.cdiv(o.numel(), 1024),)](out, o, splits, o.numel(), BLOCK=1024)

@@ -25,13 +25,14 @@ from harness.ops.swat.triton_common import (
     kv_tile_weights,
     mma,
     query_rows,
-    sigmoid_neg_log2,
+    score_unit,
+    sigmoid_scaled,
 )
 
 
 @triton.jit
 def _dkdv_tiles(dk, dv, k, v, q_base, do_base, dq_base, stride_qt, stride_dot, stride_dqt, dq_desc, dq_row0, dq_col,
-                RowStart, offs_n, n0, m_lo, m_hi, neg_c, neg_slope, neg_bias, key_term, scale, T, W,
+                RowStart, offs_n, n0, m_lo, m_hi, g_scale, g_slope, g_bias, key_term, scale, T, W,
                 HAS_DOC: tl.constexpr, MASK: tl.constexpr, BLOCK_M: tl.constexpr, HEAD_DIM: tl.constexpr,
                 SIGMOID: tl.constexpr, DOT_PREC: tl.constexpr, FUSED_DQ: tl.constexpr):
     offs_m0 = tl.arange(0, BLOCK_M)
@@ -48,8 +49,8 @@ def _dkdv_tiles(dk, dv, k, v, q_base, do_base, dq_base, stride_qt, stride_dot, s
             q = tl.load(q_ptrs)
             do = tl.load(do_ptrs)
         qkT = mma(k, tl.trans(q), DOT_PREC)  # [keys, queries]
-        query_term = neg_slope * (offs_m - n0).to(tl.float32) + neg_bias
-        pT = sigmoid_neg_log2(qkT * neg_c + (query_term[None, :] - key_term[:, None]), SIGMOID)
+        query_term = g_slope * (offs_m - n0).to(tl.float32) + g_bias
+        pT = sigmoid_scaled(qkT * g_scale + (query_term[None, :] - key_term[:, None]), SIGMOID)
         if MASK:
             if HAS_DOC:
                 rs = tl.load(RowStart + offs_m, mask=inb, other=0)
@@ -79,7 +80,7 @@ def _dkdv_tiles(dk, dv, k, v, q_base, do_base, dq_base, stride_qt, stride_dot, s
 def swat_bwd_dkdv_kernel(Q, K, V, DO, DK, DV, DQ, Slopes, RowStart, RowEnd,
                          sq_b, sq_t, sq_h, sk_b, sk_t, sk_h, sv_b, sv_t, sv_h, sdo_b, sdo_t, sdo_h,
                          sdk_b, sdk_t, sdk_h, sdv_b, sdv_t, sdv_h, sdq_b, sdq_t, sdq_h,
-                         T, HKV, W, neg_c, neg_bias, scale,
+                         T, HKV, W, bias, scale,
                          REP: tl.constexpr, HAS_DOC: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                          HEAD_DIM: tl.constexpr, SIGMOID: tl.constexpr, DOT_PREC: tl.constexpr,
                          ONE_LOOP: tl.constexpr, FUSED_DQ: tl.constexpr):
@@ -110,31 +111,32 @@ def swat_bwd_dkdv_kernel(Q, K, V, DO, DK, DV, DQ, Slopes, RowStart, RowEnd,
     else:
         dq_desc = DQ
 
-    LOG2E: tl.constexpr = 1.4426950408889634
+    g_scale = scale * score_unit(SIGMOID)
+    g_bias = bias * score_unit(SIGMOID)
     dk = tl.zeros([BLOCK_N, HEAD_DIM], dtype=tl.float32)
     dv = tl.zeros([BLOCK_N, HEAD_DIM], dtype=tl.float32)
     for r in range(REP):
         h = hk * REP + r
-        neg_slope = -tl.load(Slopes + h).to(tl.float32) * LOG2E
-        key_term = neg_slope * tl.arange(0, BLOCK_N).to(tl.float32)
+        g_slope = tl.load(Slopes + h).to(tl.float32) * score_unit(SIGMOID)
+        key_term = g_slope * tl.arange(0, BLOCK_N).to(tl.float32)
         q_base = Q + b.to(tl.int64) * sq_b + h * sq_h
         do_base = DO + b.to(tl.int64) * sdo_b + h * sdo_h
         dq_base = DQ + b.to(tl.int64) * sdq_b + h * sdq_h
         dq_row0, dq_col = b * T, h * HEAD_DIM
         if ONE_LOOP:
             dk, dv = _dkdv_tiles(dk, dv, k, v, q_base, do_base, dq_base, sq_t, sdo_t, sdq_t, dq_desc, dq_row0, dq_col,
-                                 RowStart, offs_n, n0, diag_lo, tl.maximum(edge_hi, diag_hi), neg_c, neg_slope,
-                                 neg_bias, key_term, scale, T, W, HAS_DOC, True, BLOCK_M, HEAD_DIM, SIGMOID, DOT_PREC,
+                                 RowStart, offs_n, n0, diag_lo, tl.maximum(edge_hi, diag_hi), g_scale, g_slope,
+                                 g_bias, key_term, scale, T, W, HAS_DOC, True, BLOCK_M, HEAD_DIM, SIGMOID, DOT_PREC,
                                  FUSED_DQ)
         else:
             dk, dv = _dkdv_tiles(dk, dv, k, v, q_base, do_base, dq_base, sq_t, sdo_t, sdq_t, dq_desc, dq_row0, dq_col,
-                                 RowStart, offs_n, n0, diag_lo, diag_hi, neg_c, neg_slope, neg_bias, key_term,
+                                 RowStart, offs_n, n0, diag_lo, diag_hi, g_scale, g_slope, g_bias, key_term,
                                  scale, T, W, HAS_DOC, True, BLOCK_M, HEAD_DIM, SIGMOID, DOT_PREC, FUSED_DQ)
             dk, dv = _dkdv_tiles(dk, dv, k, v, q_base, do_base, dq_base, sq_t, sdo_t, sdq_t, dq_desc, dq_row0, dq_col,
-                                 RowStart, offs_n, n0, full_lo, full_hi, neg_c, neg_slope, neg_bias, key_term,
+                                 RowStart, offs_n, n0, full_lo, full_hi, g_scale, g_slope, g_bias, key_term,
                                  scale, T, W, HAS_DOC, False, BLOCK_M, HEAD_DIM, SIGMOID, DOT_PREC, FUSED_DQ)
             dk, dv = _dkdv_tiles(dk, dv, k, v, q_base, do_base, dq_base, sq_t, sdo_t, sdq_t, dq_desc, dq_row0, dq_col,
-                                 RowStart, offs_n, n0, full_hi, edge_hi, neg_c, neg_slope, neg_bias, key_term,
+                                 RowStart, offs_n, n0, full_hi, edge_hi, g_scale, g_slope, g_bias, key_term,
                                  scale, T, W, HAS_DOC, True, BLOCK_M, HEAD_DIM, SIGMOID, DOT_PREC, FUSED_DQ)
     dk = dk * scale
     tl.store(DK + b.to(tl.int64) * sdk_b + hk * sdk_h + offs_n[:, None] * sdk_t + offs_d[None, :],
@@ -144,12 +146,12 @@ def swat_bwd_dkdv_kernel(Q, K, V, DO, DK, DV, DQ, Slopes, RowStart, RowEnd,
 
 
 @triton.jit
-def _dq_tiles(dq, q, do, k_base, v_base, stride_kt, stride_vt, offs_m, row_lo, n_lo, n_hi, neg_c, neg_slope,
-              neg_bias, col_term, T, MASK: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr,
+def _dq_tiles(dq, q, do, k_base, v_base, stride_kt, stride_vt, offs_m, row_lo, n_lo, n_hi, g_scale, g_slope,
+              g_bias, col_term, T, MASK: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr,
               SIGMOID: tl.constexpr, DOT_PREC: tl.constexpr):
     for n in range(n_lo, n_hi, BLOCK_N):
-        k, v, p = kv_tile_weights(q, k_base, v_base, stride_kt, stride_vt, offs_m, row_lo, n, neg_c, neg_slope,
-                                  neg_bias, col_term, T, MASK, BLOCK_N, HEAD_DIM, SIGMOID, DOT_PREC)
+        k, v, p = kv_tile_weights(q, k_base, v_base, stride_kt, stride_vt, offs_m, row_lo, n, g_scale, g_slope,
+                                  g_bias, col_term, T, MASK, BLOCK_N, HEAD_DIM, SIGMOID, DOT_PREC)
         dp = mma(do, tl.trans(v), DOT_PREC)
         ds = dp * (p - p * p)
         dq += mma(ds.to(k.dtype), k, DOT_PREC)
@@ -160,7 +162,7 @@ def _dq_tiles(dq, q, do, k_base, v_base, stride_kt, stride_vt, offs_m, row_lo, n
 def swat_bwd_dq_kernel(Q, K, V, DO, DQ, Slopes, RowStart,
                        sq_b, sq_t, sq_h, sk_b, sk_t, sk_h, sv_b, sv_t, sv_h, sdo_b, sdo_t, sdo_h,
                        sdq_b, sdq_t, sdq_h,
-                       T, H, W, neg_c, neg_bias, scale,
+                       T, H, W, bias, scale,
                        REP: tl.constexpr, HAS_DOC: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                        HEAD_DIM: tl.constexpr, SIGMOID: tl.constexpr, DOT_PREC: tl.constexpr,
                        ONE_LOOP: tl.constexpr):
@@ -181,19 +183,21 @@ def swat_bwd_dq_kernel(Q, K, V, DO, DQ, Slopes, RowStart,
     k_base = K + b.to(tl.int64) * sk_b + hk * sk_h
     v_base = V + b.to(tl.int64) * sv_b + hk * sv_h
 
-    row_lo, neg_slope, col_term, edge_lo, full_lo, diag_lo, diag_hi = query_rows(
-        RowStart, Slopes, h, m0, offs_m, row_ok, T, W, HAS_DOC, BLOCK_M, BLOCK_N)
+    row_lo, g_slope, col_term, edge_lo, full_lo, diag_lo, diag_hi = query_rows(
+        RowStart, Slopes, h, m0, offs_m, row_ok, T, W, HAS_DOC, BLOCK_M, BLOCK_N, SIGMOID)
+    g_scale = scale * score_unit(SIGMOID)
+    g_bias = bias * score_unit(SIGMOID)
     dq = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
     if ONE_LOOP:
-        dq = _dq_tiles(dq, q, do, k_base, v_base, sk_t, sv_t, offs_m, row_lo, edge_lo, diag_hi, neg_c, neg_slope,
-                       neg_bias, col_term, T, True, BLOCK_N, HEAD_DIM, SIGMOID, DOT_PREC)
+        dq = _dq_tiles(dq, q, do, k_base, v_base, sk_t, sv_t, offs_m, row_lo, edge_lo, diag_hi, g_scale, g_slope,
+                       g_bias, col_term, T, True, BLOCK_N, HEAD_DIM, SIGMOID, DOT_PREC)
     else:
-        dq = _dq_tiles(dq, q, do, k_base, v_base, sk_t, sv_t, offs_m, row_lo, edge_lo, full_lo, neg_c, neg_slope,
-                       neg_bias, col_term, T, True, BLOCK_N, HEAD_DIM, SIGMOID, DOT_PREC)
-        dq = _dq_tiles(dq, q, do, k_base, v_base, sk_t, sv_t, offs_m, row_lo, full_lo, diag_lo, neg_c, neg_slope,
-                       neg_bias, col_term, T, False, BLOCK_N, HEAD_DIM, SIGMOID, DOT_PREC)
-        dq = _dq_tiles(dq, q, do, k_base, v_base, sk_t, sv_t, offs_m, row_lo, diag_lo, diag_hi, neg_c, neg_slope,
-                       neg_bias, col_term, T, True, BLOCK_N, HEAD_DIM, SIGMOID, DOT_PREC)
+        dq = _dq_tiles(dq, q, do, k_base, v_base, sk_t, sv_t, offs_m, row_lo, edge_lo, full_lo, g_scale, g_slope,
+                       g_bias, col_term, T, True, BLOCK_N, HEAD_DIM, SIGMOID, DOT_PREC)
+        dq = _dq_tiles(dq, q, do, k_base, v_base, sk_t, sv_t, offs_m, row_lo, full_lo, diag_lo, g_scale, g_slope,
+                       g_bias, col_term, T, False, BLOCK_N, HEAD_DIM, SIGMOID, DOT_PREC)
+        dq = _dq_tiles(dq, q, do, k_base, v_base, sk_t, sv_t, offs_m, row_lo, diag_lo, diag_hi, g_scale, g_slope,
+                       g_bias, col_term, T, True, BLOCK_N, HEAD_DIM, SIGMOID, DOT_PREC)
     dq = dq * scale
     tl.store(DQ + b.to(tl.int64) * sdq_b + h * sdq_h + offs_m[:, None] * sdq_t + offs_d[None, :],
              dq.to(DQ.dtype.element_ty), mask=row_ok[:, None])

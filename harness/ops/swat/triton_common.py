@@ -7,8 +7,10 @@ splits them into three runs so that the common case does no masking work at all:
     [full_lo, diag_lo)   tiles inside the band for every row of the block: no mask, no bounds checks
     [diag_lo, diag_hi)   tiles on the causal diagonal: masked
 
-Scores are kept in base-2 units and negated, g = -s * log2(e), so that sigmoid(s) = 1 / (1 + 2^g)
-costs one ex2 and one reciprocal on the special-function unit.
+Scores reach the sigmoid as g = s * score_unit(SIGMOID), the unit folded into the scale, the
+slope and the bias once per program: -log2(e) for the ex2 modes, where sigmoid(s) = 1 / (1 + 2^g)
+costs one ex2 and one reciprocal, and 1/2 for the tanh mode, where sigmoid(s) = (1 + tanh(g)) / 2
+costs one special-function op and one FMA (FlashSigmoid's way).
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ def interpreting() -> bool:
     the tests): no inline PTX, tiny tiles. Asked of the kernels rather than of the environment, so
     that a test can set the variable for its own imports only."""
     from triton.runtime.interpreter import InterpretedFunction
-    return isinstance(sigmoid_neg_log2, InterpretedFunction)
+    return isinstance(sigmoid_scaled, InterpretedFunction)
 
 
 @triton.jit
@@ -38,13 +40,27 @@ def _rcp_newton(x):
 
 
 @triton.jit
-def sigmoid_neg_log2(g, SIGMOID: tl.constexpr):
-    """sigmoid(s) given g = -s * log2(e).
+def score_unit(SIGMOID: tl.constexpr):
+    """What a score s is multiplied by before sigmoid_scaled (g = s * unit) in this SIGMOID mode."""
+    if SIGMOID == 3:
+        return 0.5
+    else:
+        return -1.4426950408889634
+
+
+@triton.jit
+def sigmoid_scaled(g, SIGMOID: tl.constexpr):
+    """sigmoid(s) given g = s * score_unit(SIGMOID).
 
     SIGMOID 0: exact division (fp32 inputs, the interpreter); 1: ex2 + rcp.approx (1 ulp), both on
     the special-function unit; 2: ex2 + _rcp_newton (g clamped so that 2^g stays finite; sigmoid
-    values below 2^-64 become ~0)."""
-    if SIGMOID == 2:
+    values below 2^-64 become ~0); 3: (1 + tanh.approx(g)) / 2, one special-function op and one
+    FMA (absolute error ~2^-12 rather than relative: small weights are coarser than in modes 0-2)."""
+    if SIGMOID == 3:
+        t = tl.inline_asm_elementwise("tanh.approx.f32 $0, $1;", "=r,r", [g], dtype=tl.float32, is_pure=True,
+                                      pack=1)
+        return 0.5 * t + 0.5
+    elif SIGMOID == 2:
         return _rcp_newton(1.0 + tl.math.exp2(tl.minimum(g, 64.0)))
     elif SIGMOID == 1:
         return tl.inline_asm_elementwise("rcp.approx.ftz.f32 $0, $1;", "=r,r", [1.0 + tl.math.exp2(g)],
@@ -101,7 +117,7 @@ def mma(a, b, DOT_PREC: tl.constexpr):
 
 
 @triton.jit
-def kv_tile_weights(q, k_base, v_base, stride_kt, stride_vt, offs_m, row_lo, n, neg_c, neg_slope, neg_bias,
+def kv_tile_weights(q, k_base, v_base, stride_kt, stride_vt, offs_m, row_lo, n, g_scale, g_slope, g_bias,
                     col_term, T, MASK: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr,
                     SIGMOID: tl.constexpr, DOT_PREC: tl.constexpr):
     """The key/value tile starting at n and the sigmoid weights p [BLOCK_M, BLOCK_N] of the query
@@ -119,9 +135,9 @@ def kv_tile_weights(q, k_base, v_base, stride_kt, stride_vt, offs_m, row_lo, n, 
         k = tl.load(k_ptrs)
         v = tl.load(v_ptrs)
     qk = mma(q, tl.trans(k), DOT_PREC)
-    # -log2(e) * (qk * scale + slope * (i - j) + bias), the distance taken relative to n
-    row_term = neg_slope * (offs_m - n).to(tl.float32) + neg_bias
-    p = sigmoid_neg_log2(qk * neg_c + (row_term[:, None] - col_term[None, :]), SIGMOID)
+    # (qk * scale + slope * (i - j) + bias) * score_unit, the distance taken relative to n
+    row_term = g_slope * (offs_m - n).to(tl.float32) + g_bias
+    p = sigmoid_scaled(qk * g_scale + (row_term[:, None] - col_term[None, :]), SIGMOID)
     if MASK:
         allowed = (offs_n[None, :] <= offs_m[:, None]) & (offs_n[None, :] >= row_lo[:, None])
         p = tl.where(allowed, p, 0.0)
@@ -130,10 +146,10 @@ def kv_tile_weights(q, k_base, v_base, stride_kt, stride_vt, offs_m, row_lo, n, 
 
 @triton.jit
 def query_rows(RowStart, Slopes, h, m0, offs_m, row_ok, T, W, HAS_DOC: tl.constexpr, BLOCK_M: tl.constexpr,
-               BLOCK_N: tl.constexpr):
+               BLOCK_N: tl.constexpr, SIGMOID: tl.constexpr):
     """What a query-block program (forward, dQ) needs before its tile loops: each row's first
-    visible key (window start, or its document's start when packed), the head's slope as a -log2(e)
-    multiple, the per-column slope term of one key tile, and the key-block ranges of the band."""
+    visible key (window start, or its document's start when packed), the head's slope in score_unit
+    multiples, the per-column slope term of one key tile, and the key-block ranges of the band."""
     if HAS_DOC:
         rs = tl.load(RowStart + offs_m, mask=row_ok, other=0)
         rs_first = tl.load(RowStart + m0)
@@ -143,8 +159,7 @@ def query_rows(RowStart, Slopes, h, m0, offs_m, row_ok, T, W, HAS_DOC: tl.conste
         rs_first = 0
         rs_last = 0
     row_lo = tl.maximum(offs_m - W + 1, rs)
-    LOG2E: tl.constexpr = 1.4426950408889634
-    neg_slope = -tl.load(Slopes + h).to(tl.float32) * LOG2E
-    col_term = neg_slope * tl.arange(0, BLOCK_N).to(tl.float32)
+    g_slope = tl.load(Slopes + h).to(tl.float32) * score_unit(SIGMOID)
+    col_term = g_slope * tl.arange(0, BLOCK_N).to(tl.float32)
     edge_lo, full_lo, diag_lo, diag_hi = query_block_ranges(m0, rs_first, rs_last, T, W, BLOCK_M, BLOCK_N)
-    return row_lo, neg_slope, col_term, edge_lo, full_lo, diag_lo, diag_hi
+    return row_lo, g_slope, col_term, edge_lo, full_lo, diag_lo, diag_hi

@@ -13,13 +13,13 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from harness.ops.swat.triton_common import sigmoid_neg_log2
+from harness.ops.swat.triton_common import score_unit, sigmoid_scaled
 
 
 @triton.jit
 def swat_decode_kernel(Q, KC, VC, O, Final, Arrived, Slopes,
                        sq_b, sq_h, sk_b, sk_w, sk_h, sv_b, sv_w, sv_h, so_s, so_b, so_h, sf_b, sf_h,
-                       H, W_CACHE, cache_len, pos, window, neg_c, neg_bias,
+                       H, W_CACHE, cache_len, pos, window, scale, bias,
                        REP: tl.constexpr, SLOTS_PER_PROGRAM: tl.constexpr, BLOCK_W: tl.constexpr,
                        HEAD_DIM: tl.constexpr, SIGMOID: tl.constexpr, ACC_2D: tl.constexpr,
                        SUM_IN_KERNEL: tl.constexpr):
@@ -35,8 +35,9 @@ def swat_decode_kernel(Q, KC, VC, O, Final, Arrived, Slopes,
     hk = h // REP
     offs_d = tl.arange(0, HEAD_DIM)
     q = tl.load(Q + b.to(tl.int64) * sq_b + h * sq_h + offs_d).to(tl.float32)
-    LOG2E: tl.constexpr = 1.4426950408889634
-    neg_slope = -tl.load(Slopes + h).to(tl.float32) * LOG2E
+    g_slope = tl.load(Slopes + h).to(tl.float32) * score_unit(SIGMOID)
+    g_scale = scale * score_unit(SIGMOID)
+    g_bias = bias * score_unit(SIGMOID)
     k_base = KC + b.to(tl.int64) * sk_b + hk * sk_h
     v_base = VC + b.to(tl.int64) * sv_b + hk * sv_h
     if ACC_2D:
@@ -51,7 +52,7 @@ def swat_decode_kernel(Q, KC, VC, O, Final, Arrived, Slopes,
         k = tl.load(k_base + slots[:, None] * sk_w + offs_d[None, :], mask=valid[:, None], other=0.0)
         v = tl.load(v_base + slots[:, None] * sv_w + offs_d[None, :], mask=valid[:, None], other=0.0)
         qk = tl.sum(k.to(tl.float32) * q[None, :], axis=1)
-        p = sigmoid_neg_log2(qk * neg_c + neg_slope * dist.to(tl.float32) + neg_bias, SIGMOID)
+        p = sigmoid_scaled(qk * g_scale + g_slope * dist.to(tl.float32) + g_bias, SIGMOID)
         p = tl.where(valid, p, 0.0)
         if ACC_2D:
             acc += p[:, None] * v.to(tl.float32)

@@ -11,16 +11,16 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from harness.ops.swat.triton_common import kv_tile_weights, mma, query_rows
+from harness.ops.swat.triton_common import kv_tile_weights, mma, query_rows, score_unit
 
 
 @triton.jit
-def _fwd_tiles(acc, q, k_base, v_base, stride_kt, stride_vt, offs_m, row_lo, n_lo, n_hi, neg_c, neg_slope,
-               neg_bias, col_term, T, MASK: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr,
+def _fwd_tiles(acc, q, k_base, v_base, stride_kt, stride_vt, offs_m, row_lo, n_lo, n_hi, g_scale, g_slope,
+               g_bias, col_term, T, MASK: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr,
                SIGMOID: tl.constexpr, DOT_PREC: tl.constexpr):
     for n in range(n_lo, n_hi, BLOCK_N):
-        k, v, p = kv_tile_weights(q, k_base, v_base, stride_kt, stride_vt, offs_m, row_lo, n, neg_c, neg_slope,
-                                  neg_bias, col_term, T, MASK, BLOCK_N, HEAD_DIM, SIGMOID, DOT_PREC)
+        k, v, p = kv_tile_weights(q, k_base, v_base, stride_kt, stride_vt, offs_m, row_lo, n, g_scale, g_slope,
+                                  g_bias, col_term, T, MASK, BLOCK_N, HEAD_DIM, SIGMOID, DOT_PREC)
         acc += mma(p.to(v.dtype), v, DOT_PREC)
     return acc
 
@@ -28,7 +28,7 @@ def _fwd_tiles(acc, q, k_base, v_base, stride_kt, stride_vt, offs_m, row_lo, n_l
 @triton.jit
 def swat_fwd_kernel(Q, K, V, O, Slopes, RowStart,
                     sq_b, sq_t, sq_h, sk_b, sk_t, sk_h, sv_b, sv_t, sv_h, so_b, so_t, so_h,
-                    T, H, W, neg_c, neg_bias,
+                    T, H, W, scale, bias,
                     REP: tl.constexpr, HAS_DOC: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                     HEAD_DIM: tl.constexpr, SIGMOID: tl.constexpr, DOT_PREC: tl.constexpr,
                     ONE_LOOP: tl.constexpr):
@@ -48,19 +48,21 @@ def swat_fwd_kernel(Q, K, V, O, Slopes, RowStart,
     v_base = V + b.to(tl.int64) * sv_b + hk * sv_h
     q = tl.load(q_base + offs_m[:, None] * sq_t + offs_d[None, :], mask=row_ok[:, None], other=0.0)
 
-    row_lo, neg_slope, col_term, edge_lo, full_lo, diag_lo, diag_hi = query_rows(
-        RowStart, Slopes, h, m0, offs_m, row_ok, T, W, HAS_DOC, BLOCK_M, BLOCK_N)
+    row_lo, g_slope, col_term, edge_lo, full_lo, diag_lo, diag_hi = query_rows(
+        RowStart, Slopes, h, m0, offs_m, row_ok, T, W, HAS_DOC, BLOCK_M, BLOCK_N, SIGMOID)
+    g_scale = scale * score_unit(SIGMOID)
+    g_bias = bias * score_unit(SIGMOID)
     acc = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
     if ONE_LOOP:  # small windows: one pipelined loop of masked tiles beats three loops of one tile each
-        acc = _fwd_tiles(acc, q, k_base, v_base, sk_t, sv_t, offs_m, row_lo, edge_lo, diag_hi, neg_c, neg_slope,
-                         neg_bias, col_term, T, True, BLOCK_N, HEAD_DIM, SIGMOID, DOT_PREC)
+        acc = _fwd_tiles(acc, q, k_base, v_base, sk_t, sv_t, offs_m, row_lo, edge_lo, diag_hi, g_scale, g_slope,
+                         g_bias, col_term, T, True, BLOCK_N, HEAD_DIM, SIGMOID, DOT_PREC)
     else:
-        acc = _fwd_tiles(acc, q, k_base, v_base, sk_t, sv_t, offs_m, row_lo, edge_lo, full_lo, neg_c, neg_slope,
-                         neg_bias, col_term, T, True, BLOCK_N, HEAD_DIM, SIGMOID, DOT_PREC)
-        acc = _fwd_tiles(acc, q, k_base, v_base, sk_t, sv_t, offs_m, row_lo, full_lo, diag_lo, neg_c, neg_slope,
-                         neg_bias, col_term, T, False, BLOCK_N, HEAD_DIM, SIGMOID, DOT_PREC)
-        acc = _fwd_tiles(acc, q, k_base, v_base, sk_t, sv_t, offs_m, row_lo, diag_lo, diag_hi, neg_c, neg_slope,
-                         neg_bias, col_term, T, True, BLOCK_N, HEAD_DIM, SIGMOID, DOT_PREC)
+        acc = _fwd_tiles(acc, q, k_base, v_base, sk_t, sv_t, offs_m, row_lo, edge_lo, full_lo, g_scale, g_slope,
+                         g_bias, col_term, T, True, BLOCK_N, HEAD_DIM, SIGMOID, DOT_PREC)
+        acc = _fwd_tiles(acc, q, k_base, v_base, sk_t, sv_t, offs_m, row_lo, full_lo, diag_lo, g_scale, g_slope,
+                         g_bias, col_term, T, False, BLOCK_N, HEAD_DIM, SIGMOID, DOT_PREC)
+        acc = _fwd_tiles(acc, q, k_base, v_base, sk_t, sv_t, offs_m, row_lo, diag_lo, diag_hi, g_scale, g_slope,
+                         g_bias, col_term, T, True, BLOCK_N, HEAD_DIM, SIGMOID, DOT_PREC)
 
     o_base = O + b.to(tl.int64) * so_b + h * so_h
     tl.store(o_base + offs_m[:, None] * so_t + offs_d[None, :], acc.to(O.dtype.element_ty), mask=row_ok[:, None])

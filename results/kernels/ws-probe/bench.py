@@ -30,7 +30,8 @@ from gluon_swat import swat_bwd_gluon, swat_fwd_gluon  # noqa: E402
 from kernels import dkdv_kernel, query_block_kernel  # noqa: E402
 
 from harness.ops.alibi import alibi_slopes  # noqa: E402
-from harness.ops.swat.function import LOG2E, _swat_bwd, _swat_fwd  # noqa: E402
+from harness.ops.swat.function import _swat_bwd, _swat_fwd  # noqa: E402
+from harness.ops.swat.triton_common import LOG2E  # noqa: E402
 from harness.results.provenance import provenance, versions  # noqa: E402
 
 out = open(f"{sys.argv[1]}/ws.jsonl", "a")

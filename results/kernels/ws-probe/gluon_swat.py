@@ -24,7 +24,8 @@ instead, as FlashAttention-3 does: each warp group is a partition of its own wit
 block's rows (or keys), and the two take turns at issuing their products (on the "turns"
 barriers), so that one group's sigmoid runs while the other's products use the tensor cores.
 
-The sigmoid is triton_common's, in the modes the current passes use (SIGMOID_MODE). q, k, v, dO
+The sigmoid is triton_common's, in the ex2 modes the current passes used when these were written
+(SIGMOID_MODE: scores in -log2(e) units, triton_common.score_unit). q, k, v, dO
 are read through descriptors over [B * T, H * d] (contiguous [B, T, H, d]): rows of a neighbouring
 sequence that a tile reaches into get weight 0 from the mask, rows outside the tensor read as
 zeros. bf16 / fp16, no packed documents, no GQA.
@@ -42,12 +43,12 @@ from triton.experimental.gluon.language.nvidia.hopper import (
 )
 from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
-from harness.ops.swat.function import SIGMOID_MODE
-from harness.ops.swat.triton_common import LOG2E, key_block_ranges, query_block_ranges, sigmoid_neg_log2
+from harness.ops.swat.triton_common import LOG2E, key_block_ranges, query_block_ranges, sigmoid_scaled
 
 # Gluon is experimental: Triton 3.6 names the TMA tile load async_copy_global_to_shared, later ones async_load
 tma_load = tma.async_load if hasattr(tma, "async_load") else tma.async_copy_global_to_shared
 _LOG2E = gl.constexpr(LOG2E)  # a global a Gluon function reads must be a constexpr
+SIGMOID_MODE = {"fwd": 2, "bwd": 1}
 
 
 @gluon.jit
@@ -103,7 +104,7 @@ def _weights(s, rows, cols, keys, col_term, n, full_lo, full_hi, neg_c, neg_slop
     window's far edge or on the diagonal (n outside [full_lo, full_hi)): row i sees keys j with
     0 <= i - j < keys[i]."""
     row_term = neg_slope * (rows - n).to(gl.float32) + neg_bias
-    p = sigmoid_neg_log2(s * neg_c + (gl.expand_dims(row_term, 1) - gl.expand_dims(col_term, 0)), SIGMOID)
+    p = sigmoid_scaled(s * neg_c + (gl.expand_dims(row_term, 1) - gl.expand_dims(col_term, 0)), SIGMOID)
     if (n < full_lo) | (n >= full_hi):
         dist = gl.expand_dims(rows - n, 1) - gl.expand_dims(cols, 0)
         p = gl.where(dist.to(gl.uint32, bitcast=True) < gl.expand_dims(keys, 1), p, 0.0)
@@ -300,7 +301,7 @@ def _weights_t(s_t, m, n0, key_idx, query_idx, key_term, lim, full_lo, full_hi, 
     """Sigmoid weights P^T [keys from n0, queries from m] from the scores S^T, masked where the
     query tile m is at the band's edge (outside [full_lo, full_hi))."""
     query_term = neg_slope * (m - n0 + query_idx).to(gl.float32) + neg_bias
-    p_t = sigmoid_neg_log2(s_t * neg_c + (gl.expand_dims(query_term, 0) - gl.expand_dims(key_term, 1)), SIGMOID)
+    p_t = sigmoid_scaled(s_t * neg_c + (gl.expand_dims(query_term, 0) - gl.expand_dims(key_term, 1)), SIGMOID)
     if (m < full_lo) | (m >= full_hi):
         dist = gl.expand_dims(m - n0 + query_idx, 0) - gl.expand_dims(key_idx, 1)
         p_t = gl.where(dist.to(gl.uint32, bitcast=True) < gl.expand_dims(lim, 1), p_t, 0.0)

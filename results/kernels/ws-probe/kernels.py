@@ -13,7 +13,7 @@ GQA: the shapes of `harness bench kernels`.
 import triton
 import triton.language as tl
 
-from harness.ops.swat.triton_common import key_block_ranges, query_block_ranges, sigmoid_neg_log2
+from harness.ops.swat.triton_common import key_block_ranges, query_block_ranges, sigmoid_scaled
 
 LOG2E = tl.constexpr(1.4426950408889634)
 
@@ -36,7 +36,7 @@ def _fwd_tiles(acc, q, Kd, Vd, b, col, offs_m, keys, n_lo, n_hi, neg_c, neg_slop
         v = Vd.load([b, n, col]).reshape(BLOCK_N, HEAD_DIM)
         qk = tl.dot(q, tl.trans(k))
         row_term = neg_slope * (offs_m - n).to(tl.float32) + neg_bias
-        p = sigmoid_neg_log2(qk * neg_c + (row_term[:, None] - col_term[None, :]), SIGMOID)
+        p = sigmoid_scaled(qk * neg_c + (row_term[:, None] - col_term[None, :]), SIGMOID)
         dist = (offs_m - n)[:, None] - tl.arange(0, BLOCK_N)[None, :]  # i - j
         p = tl.where(dist.to(tl.uint32, bitcast=True) < keys[:, None], p, 0.0)
         if DQ:
@@ -85,7 +85,7 @@ def _dkdv_tiles(dk, dv, k, v, Qd, DOd, b, col, n0, m_lo, m_hi, neg_c, neg_slope,
         offs_m = m + tl.arange(0, BLOCK_M)
         qkT = tl.dot(k, tl.trans(q))
         query_term = neg_slope * (offs_m - n0).to(tl.float32) + neg_bias
-        pT = sigmoid_neg_log2(qkT * neg_c + (query_term[None, :] - key_term[:, None]), SIGMOID)
+        pT = sigmoid_scaled(qkT * neg_c + (query_term[None, :] - key_term[:, None]), SIGMOID)
         # 0 <= i - j < min(W, T - j): queries past T read as zeros but must not count
         dist = (offs_m - n0)[None, :] - tl.arange(0, BLOCK_N)[:, None]
         pT = tl.where(dist.to(tl.uint32, bitcast=True) < lim[:, None], pT, 0.0)

@@ -63,9 +63,11 @@ CONFIGS = {
 }
 _INTERPRET_CONFIG = dict(BLOCK_M=16, BLOCK_N=16, num_warps=1, num_stages=1, ONE_LOOP=False)
 # How each pass computes the sigmoid for 16-bit inputs on the GPU (triton_common.sigmoid_scaled's
-# modes): the forward gains from moving the reciprocal to the FMA pipe (mode 2); the backward
-# passes already load the FMA pipe and are faster with rcp.approx (1).
-SIGMOID_MODE = {"fwd": 2, "bwd": 1, "decode": 2}
+# modes): tanh (3) in the forward and backward, the fastest at every shape of the H100 sweep
+# (NOTES.md, v11: up to 17% off the forward and 7-13% off the backward against modes 1 and 2, with
+# the same error against the fp32 kernel); the decode keeps ex2 + the Newton reciprocal (2), which
+# the decode sweeps were run with.
+SIGMOID_MODE = {"fwd": 3, "bwd": 3, "decode": 2}
 # Per (head_dim, regime): whether the dK/dV pass also adds dQ into an fp32 buffer, so that the dQ
 # pass does not run (triton_bwd: 5 matrix products and one sigmoid per tile pair instead of 7 and
 # two): "off", "atomics" (element by element) or "tma" (one bulk reduction per tile by the copy

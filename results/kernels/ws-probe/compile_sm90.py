@@ -33,6 +33,7 @@ from kernels import dkdv_kernel, query_block_kernel  # noqa: E402
 PTXAS = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "ptxas")
 COMMON = {"Slopes": "*fp32", "T": "i32", "H": "i32", "W": "i32", "neg_c": "fp32", "neg_bias": "fp32",
           "scale": "fp32"}
+GLUON_COMMON = {"Slopes": "*fp32", "T": "i32", "H": "i32", "W": "i32", "bias": "fp32", "scale": "fp32"}
 
 
 def probe_descriptors(bm, bn, d):
@@ -96,10 +97,10 @@ for d in (64, 128):
             descs.update({arg: mangle_type(descriptor(t, rows // 2)) for arg in halved})
         if "dkdv" in name:
             kernel = swat_dkdv_pingpong_kernel if pingpong else swat_dkdv_gluon_kernel
-            sig = {**descs, "DK": "*bf16", "DV": "*bf16", **COMMON, "s_b": "i32", "s_t": "i32", "s_h": "i32"}
+            sig = {**descs, "DK": "*bf16", "DV": "*bf16", **GLUON_COMMON, "s_b": "i32", "s_t": "i32", "s_h": "i32"}
         else:
             kernel = swat_query_pingpong_kernel if pingpong else swat_query_gluon_kernel
-            sig = {**descs, "Out": "*bf16", **COMMON, "so_b": "i32", "so_t": "i32", "so_h": "i32"}
+            sig = {**descs, "Out": "*bf16", **GLUON_COMMON, "so_b": "i32", "so_t": "i32", "so_h": "i32"}
             constants.update(DQ="dq" in name, **({} if pingpong else {"PIPELINE": pipeline}))
         warps = 4 if pingpong else 8
         report(name, kernel, sig, dict(constants, num_warps=warps), warps=warps, source=GluonASTSource,

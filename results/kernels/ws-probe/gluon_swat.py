@@ -24,8 +24,7 @@ instead, as FlashAttention-3 does: each warp group is a partition of its own wit
 block's rows (or keys), and the two take turns at issuing their products (on the "turns"
 barriers), so that one group's sigmoid runs while the other's products use the tensor cores.
 
-The sigmoid is triton_common's, in the ex2 modes the current passes used when these were written
-(SIGMOID_MODE: scores in -log2(e) units, triton_common.score_unit). q, k, v, dO
+The sigmoid is triton_common's, in the modes the current passes use (SIGMOID_MODE). q, k, v, dO
 are read through descriptors over [B * T, H * d] (contiguous [B, T, H, d]): rows of a neighbouring
 sequence that a tile reaches into get weight 0 from the mask, rows outside the tensor read as
 zeros. bf16 / fp16, no packed documents, no GQA.
@@ -43,12 +42,11 @@ from triton.experimental.gluon.language.nvidia.hopper import (
 )
 from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
-from harness.ops.swat.triton_common import LOG2E, key_block_ranges, query_block_ranges, sigmoid_scaled
+from harness.ops.swat.function import SIGMOID_MODE
+from harness.ops.swat.triton_common import key_block_ranges, query_block_ranges, score_unit, sigmoid_scaled
 
 # Gluon is experimental: Triton 3.6 names the TMA tile load async_copy_global_to_shared, later ones async_load
 tma_load = tma.async_load if hasattr(tma, "async_load") else tma.async_copy_global_to_shared
-_LOG2E = gl.constexpr(LOG2E)  # a global a Gluon function reads must be a constexpr
-SIGMOID_MODE = {"fwd": 2, "bwd": 1}
 
 
 @gluon.jit
@@ -99,12 +97,12 @@ def _store_rows(acc, base, stride, first, T, ROWS: gl.constexpr, HEAD_DIM: gl.co
 
 
 @gluon.jit
-def _weights(s, rows, cols, keys, col_term, n, full_lo, full_hi, neg_c, neg_slope, neg_bias, SIGMOID: gl.constexpr):
+def _weights(s, rows, cols, keys, col_term, n, full_lo, full_hi, g_scale, g_slope, g_bias, SIGMOID: gl.constexpr):
     """Sigmoid weights [rows, cols] of key tile n from its scores s, masked where the tile is at the
     window's far edge or on the diagonal (n outside [full_lo, full_hi)): row i sees keys j with
     0 <= i - j < keys[i]."""
-    row_term = neg_slope * (rows - n).to(gl.float32) + neg_bias
-    p = sigmoid_scaled(s * neg_c + (gl.expand_dims(row_term, 1) - gl.expand_dims(col_term, 0)), SIGMOID)
+    row_term = g_slope * (rows - n).to(gl.float32) + g_bias
+    p = sigmoid_scaled(s * g_scale + (gl.expand_dims(row_term, 1) - gl.expand_dims(col_term, 0)), SIGMOID)
     if (n < full_lo) | (n >= full_hi):
         dist = gl.expand_dims(rows - n, 1) - gl.expand_dims(cols, 0)
         p = gl.where(dist.to(gl.uint32, bitcast=True) < gl.expand_dims(keys, 1), p, 0.0)
@@ -119,7 +117,7 @@ def _mma_layout(num_warps, columns):
 
 
 @gluon.jit
-def _query_block(m0, W, neg_slope, ROWS: gl.constexpr, BLOCK_N: gl.constexpr, HEAD_DIM: gl.constexpr,
+def _query_block(m0, W, g_slope, ROWS: gl.constexpr, BLOCK_N: gl.constexpr, HEAD_DIM: gl.constexpr,
                  num_warps: gl.constexpr):
     """For ROWS query rows from m0: their indices, a key tile's column indices, each row's band
     (row i sees keys j with 0 <= i - j < keys[i]), the ALiBi term of the columns, and zero S and o
@@ -129,19 +127,19 @@ def _query_block(m0, W, neg_slope, ROWS: gl.constexpr, BLOCK_N: gl.constexpr, HE
     rows = m0 + gl.arange(0, ROWS, layout=gl.SliceLayout(1, s_layout))
     cols = gl.arange(0, BLOCK_N, layout=gl.SliceLayout(0, s_layout))
     keys = gl.minimum(rows + 1, W).to(gl.uint32)
-    col_term = neg_slope * cols.to(gl.float32)
+    col_term = g_slope * cols.to(gl.float32)
     return (rows, cols, keys, col_term, gl.zeros([ROWS, BLOCK_N], gl.float32, s_layout),
             gl.zeros([ROWS, HEAD_DIM], gl.float32, o_layout))
 
 
 @gluon.jit
 def _query_partition(q_smem, do_smem, k_bufs, v_bufs, fixed_bar, ready, empty, out_base, so_t, T, m0, n_lo, n_hi,
-                     full_lo, full_hi, W, neg_c, neg_slope, neg_bias, scale, BLOCK_M: gl.constexpr,
+                     full_lo, full_hi, W, g_scale, g_slope, g_bias, scale, BLOCK_M: gl.constexpr,
                      BLOCK_N: gl.constexpr, HEAD_DIM: gl.constexpr, SIGMOID: gl.constexpr, DQ: gl.constexpr,
                      PIPELINE: gl.constexpr, num_warps: gl.constexpr):
     """The forward (out = sum_j p_ij v_j) or, with DQ, the dQ pass (out = scale sum_j ds_ij k_j with
     ds = (dO v^T) p (1 - p)) of one query block."""
-    rows, cols, keys, col_term, s_zero, acc = _query_block(m0, W, neg_slope, BLOCK_M, BLOCK_N, HEAD_DIM, num_warps)
+    rows, cols, keys, col_term, s_zero, acc = _query_block(m0, W, g_slope, BLOCK_M, BLOCK_N, HEAD_DIM, num_warps)
     o_layout: gl.constexpr = acc.type.layout
     a_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=o_layout, k_width=2)
     num_buffers: gl.constexpr = k_bufs.type.shape[0]
@@ -158,15 +156,15 @@ def _query_partition(q_smem, do_smem, k_bufs, v_bufs, fixed_bar, ready, empty, o
             mbarrier.wait(ready.index(after), ((i + 1) // num_buffers) & 1)
             s_next = warpgroup_mma(q_smem, k_bufs.index(after).permute((1, 0)), s_zero, use_acc=False,
                                    is_async=True)
-            p = _weights(s, rows, cols, keys, col_term, n_lo + i * BLOCK_N, full_lo, full_hi, neg_c, neg_slope,
-                         neg_bias, SIGMOID)
+            p = _weights(s, rows, cols, keys, col_term, n_lo + i * BLOCK_N, full_lo, full_hi, g_scale, g_slope,
+                         g_bias, SIGMOID)
             acc = warpgroup_mma(gl.convert_layout(p.to(q_smem.dtype), a_layout), v_bufs.index(slot), acc,
                                 is_async=True)
             s, acc = warpgroup_mma_wait(0, deps=(s_next, acc))
             _release(empty, slot)
         last = (tiles - 1) % num_buffers
-        p = _weights(s, rows, cols, keys, col_term, n_lo + (tiles - 1) * BLOCK_N, full_lo, full_hi, neg_c,
-                     neg_slope, neg_bias, SIGMOID)
+        p = _weights(s, rows, cols, keys, col_term, n_lo + (tiles - 1) * BLOCK_N, full_lo, full_hi, g_scale,
+                     g_slope, g_bias, SIGMOID)
         acc = warpgroup_mma(gl.convert_layout(p.to(q_smem.dtype), a_layout), v_bufs.index(last), acc)
         _release(empty, last)
     else:
@@ -175,8 +173,8 @@ def _query_partition(q_smem, do_smem, k_bufs, v_bufs, fixed_bar, ready, empty, o
             mbarrier.wait(ready.index(slot), (i // num_buffers) & 1)
             k_slot = k_bufs.index(slot)
             s = warpgroup_mma(q_smem, k_slot.permute((1, 0)), s_zero, use_acc=False)
-            p = _weights(s, rows, cols, keys, col_term, n_lo + i * BLOCK_N, full_lo, full_hi, neg_c, neg_slope,
-                         neg_bias, SIGMOID)
+            p = _weights(s, rows, cols, keys, col_term, n_lo + i * BLOCK_N, full_lo, full_hi, g_scale, g_slope,
+                         g_bias, SIGMOID)
             if DQ:
                 dp = warpgroup_mma(do_smem, v_bufs.index(slot).permute((1, 0)), s_zero, use_acc=False)
                 ds = dp * (p - p * p)
@@ -197,11 +195,11 @@ def _take_turn(turns, GROUP: gl.constexpr, i):
 
 
 @gluon.jit
-def _pingpong_operand(s, dp, rows, cols, keys, col_term, n, full_lo, full_hi, neg_c, neg_slope, neg_bias,
+def _pingpong_operand(s, dp, rows, cols, keys, col_term, n, full_lo, full_hi, g_scale, g_slope, g_bias,
                       SIGMOID: gl.constexpr, DQ: gl.constexpr, dtype: gl.constexpr, layout: gl.constexpr):
     """The left operand of key tile n's second product: the weights p (forward) or, with DQ,
     ds = dp p (1 - p), in registers as wgmma takes them."""
-    p = _weights(s, rows, cols, keys, col_term, n, full_lo, full_hi, neg_c, neg_slope, neg_bias, SIGMOID)
+    p = _weights(s, rows, cols, keys, col_term, n, full_lo, full_hi, g_scale, g_slope, g_bias, SIGMOID)
     if DQ:
         p = dp * (p - p * p)
     return gl.convert_layout(p.to(dtype), layout)
@@ -230,7 +228,7 @@ def _pingpong_step(ready, turns, i, NUM_BUFFERS: gl.constexpr, GROUP: gl.constex
 
 @gluon.jit
 def _pingpong_partition(q_smem, do_smem, k_bufs, v_bufs, fixed_bar, ready, empty, turns, out_base, so_t, T, m0, n_lo,
-                        n_hi, full_lo, full_hi, W, neg_c, neg_slope, neg_bias, scale, ROWS: gl.constexpr,
+                        n_hi, full_lo, full_hi, W, g_scale, g_slope, g_bias, scale, ROWS: gl.constexpr,
                         BLOCK_N: gl.constexpr, HEAD_DIM: gl.constexpr, SIGMOID: gl.constexpr, DQ: gl.constexpr,
                         GROUP: gl.constexpr, num_warps: gl.constexpr):
     """The forward (o = sum_j p_ij v_j) or, with DQ, the dQ pass (dq = scale sum_j ds_ij k_j) for
@@ -238,7 +236,7 @@ def _pingpong_partition(q_smem, do_smem, k_bufs, v_bufs, fixed_bar, ready, empty
     issues the tile's first products (S = q k^T; and dP = dO v^T with DQ) and the previous tile's
     o += p v (dq += ds k), then passes the turn to the other group, whose products run on the tensor
     cores while this group computes the tile's sigmoid."""
-    rows, cols, keys, col_term, s_zero, acc = _query_block(m0, W, neg_slope, ROWS, BLOCK_N, HEAD_DIM, num_warps)
+    rows, cols, keys, col_term, s_zero, acc = _query_block(m0, W, g_slope, ROWS, BLOCK_N, HEAD_DIM, num_warps)
     o_layout: gl.constexpr = acc.type.layout
     a_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=o_layout, k_width=2)
     num_buffers: gl.constexpr = k_bufs.type.shape[0]
@@ -252,7 +250,7 @@ def _pingpong_partition(q_smem, do_smem, k_bufs, v_bufs, fixed_bar, ready, empty
         dp = warpgroup_mma(do_smem, v_bufs.index(0).permute((1, 0)), s_zero, use_acc=False, is_async=True)
     mbarrier.arrive(turns.index(1 - GROUP), count=1)
     s, dp = _wait_scores(s, dp, 0, DQ)
-    w = _pingpong_operand(s, dp, rows, cols, keys, col_term, n_lo, full_lo, full_hi, neg_c, neg_slope, neg_bias,
+    w = _pingpong_operand(s, dp, rows, cols, keys, col_term, n_lo, full_lo, full_hi, g_scale, g_slope, g_bias,
                           SIGMOID, DQ, q_smem.dtype, a_layout)
     for i in range(1, tiles):
         slot, before = _pingpong_step(ready, turns, i, num_buffers, GROUP)
@@ -265,8 +263,8 @@ def _pingpong_partition(q_smem, do_smem, k_bufs, v_bufs, fixed_bar, ready, empty
             acc = warpgroup_mma(w, v_bufs.index(before), acc, is_async=True)
         mbarrier.arrive(turns.index(1 - GROUP), count=1)
         s, dp = _wait_scores(s, dp, 1, DQ)  # products finish in order: all but the last are done
-        w_next = _pingpong_operand(s, dp, rows, cols, keys, col_term, n_lo + i * BLOCK_N, full_lo, full_hi, neg_c,
-                                   neg_slope, neg_bias, SIGMOID, DQ, q_smem.dtype, a_layout)
+        w_next = _pingpong_operand(s, dp, rows, cols, keys, col_term, n_lo + i * BLOCK_N, full_lo, full_hi, g_scale,
+                                   g_slope, g_bias, SIGMOID, DQ, q_smem.dtype, a_layout)
         acc, w = warpgroup_mma_wait(0, deps=(acc, w))  # w's registers stay w's until the product has read them
         _release(empty, before)
         w = w_next
@@ -280,7 +278,7 @@ def _pingpong_partition(q_smem, do_smem, k_bufs, v_bufs, fixed_bar, ready, empty
 
 
 @gluon.jit
-def _key_block(n0, T, W, neg_slope, ROWS: gl.constexpr, BLOCK_M: gl.constexpr, HEAD_DIM: gl.constexpr,
+def _key_block(n0, T, W, g_slope, ROWS: gl.constexpr, BLOCK_M: gl.constexpr, HEAD_DIM: gl.constexpr,
                num_warps: gl.constexpr):
     """For ROWS keys from n0, worked transposed ([keys, queries]): their indices, a query tile's
     indices, each key's band (key j is seen by queries i with 0 <= i - j < lim[j]), the ALiBi term
@@ -290,18 +288,18 @@ def _key_block(n0, T, W, neg_slope, ROWS: gl.constexpr, BLOCK_M: gl.constexpr, H
     key_idx = gl.arange(0, ROWS, layout=gl.SliceLayout(1, t_layout))
     query_idx = gl.arange(0, BLOCK_M, layout=gl.SliceLayout(0, t_layout))
     lim = gl.minimum(W, T - (n0 + key_idx)).to(gl.uint32)
-    key_term = neg_slope * key_idx.to(gl.float32)
+    key_term = g_slope * key_idx.to(gl.float32)
     return (key_idx, query_idx, lim, key_term, gl.zeros([ROWS, BLOCK_M], gl.float32, t_layout),
             gl.zeros([ROWS, HEAD_DIM], gl.float32, acc_layout), gl.zeros([ROWS, HEAD_DIM], gl.float32, acc_layout))
 
 
 @gluon.jit
-def _weights_t(s_t, m, n0, key_idx, query_idx, key_term, lim, full_lo, full_hi, neg_c, neg_slope, neg_bias,
+def _weights_t(s_t, m, n0, key_idx, query_idx, key_term, lim, full_lo, full_hi, g_scale, g_slope, g_bias,
                SIGMOID: gl.constexpr):
     """Sigmoid weights P^T [keys from n0, queries from m] from the scores S^T, masked where the
     query tile m is at the band's edge (outside [full_lo, full_hi))."""
-    query_term = neg_slope * (m - n0 + query_idx).to(gl.float32) + neg_bias
-    p_t = sigmoid_scaled(s_t * neg_c + (gl.expand_dims(query_term, 0) - gl.expand_dims(key_term, 1)), SIGMOID)
+    query_term = g_slope * (m - n0 + query_idx).to(gl.float32) + g_bias
+    p_t = sigmoid_scaled(s_t * g_scale + (gl.expand_dims(query_term, 0) - gl.expand_dims(key_term, 1)), SIGMOID)
     if (m < full_lo) | (m >= full_hi):
         dist = gl.expand_dims(m - n0 + query_idx, 0) - gl.expand_dims(key_idx, 1)
         p_t = gl.where(dist.to(gl.uint32, bitcast=True) < gl.expand_dims(lim, 1), p_t, 0.0)
@@ -310,12 +308,12 @@ def _weights_t(s_t, m, n0, key_idx, query_idx, key_term, lim, full_lo, full_hi, 
 
 @gluon.jit
 def _dkdv_partition(k_smem, v_smem, q_bufs, do_bufs, fixed_bar, ready, empty, dk_base, dv_base, stride_t, T, n0,
-                    m_lo, m_hi, full_lo, full_hi, W, neg_c, neg_slope, neg_bias, scale, BLOCK_M: gl.constexpr,
+                    m_lo, m_hi, full_lo, full_hi, W, g_scale, g_slope, g_bias, scale, BLOCK_M: gl.constexpr,
                     BLOCK_N: gl.constexpr, HEAD_DIM: gl.constexpr, SIGMOID: gl.constexpr, num_warps: gl.constexpr):
     """dV = P^T dO and dK = scale dS^T Q of one key block, over the query tiles of its band; the
     tiles are worked transposed ([keys, queries]) so that both sums are products with an operand
     in registers."""
-    key_idx, query_idx, lim, key_term, t_zero, dk, dv = _key_block(n0, T, W, neg_slope, BLOCK_N, BLOCK_M, HEAD_DIM,
+    key_idx, query_idx, lim, key_term, t_zero, dk, dv = _key_block(n0, T, W, g_slope, BLOCK_N, BLOCK_M, HEAD_DIM,
                                                                    num_warps)
     acc_layout: gl.constexpr = dk.type.layout
     a_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=acc_layout, k_width=2)
@@ -327,8 +325,8 @@ def _dkdv_partition(k_smem, v_smem, q_bufs, do_bufs, fixed_bar, ready, empty, dk
         q_slot = q_bufs.index(slot)
         do_slot = do_bufs.index(slot)
         s_t = warpgroup_mma(k_smem, q_slot.permute((1, 0)), t_zero, use_acc=False)
-        p_t = _weights_t(s_t, m_lo + i * BLOCK_M, n0, key_idx, query_idx, key_term, lim, full_lo, full_hi, neg_c,
-                         neg_slope, neg_bias, SIGMOID)
+        p_t = _weights_t(s_t, m_lo + i * BLOCK_M, n0, key_idx, query_idx, key_term, lim, full_lo, full_hi, g_scale,
+                         g_slope, g_bias, SIGMOID)
         dv = warpgroup_mma(gl.convert_layout(p_t.to(k_smem.dtype), a_layout), do_slot, dv)
         dp_t = warpgroup_mma(v_smem, do_slot.permute((1, 0)), t_zero, use_acc=False)
         ds_t = dp_t * (p_t - p_t * p_t)
@@ -339,10 +337,10 @@ def _dkdv_partition(k_smem, v_smem, q_bufs, do_bufs, fixed_bar, ready, empty, dk
 
 
 @gluon.jit
-def _dkdv_operands(s_t, dp_t, m, n0, key_idx, query_idx, key_term, lim, full_lo, full_hi, neg_c, neg_slope, neg_bias,
+def _dkdv_operands(s_t, dp_t, m, n0, key_idx, query_idx, key_term, lim, full_lo, full_hi, g_scale, g_slope, g_bias,
                    SIGMOID: gl.constexpr, dtype: gl.constexpr, layout: gl.constexpr):
     """P^T and dS^T = dP^T P^T (1 - P^T) of query tile m, in registers as wgmma takes them."""
-    p_t = _weights_t(s_t, m, n0, key_idx, query_idx, key_term, lim, full_lo, full_hi, neg_c, neg_slope, neg_bias,
+    p_t = _weights_t(s_t, m, n0, key_idx, query_idx, key_term, lim, full_lo, full_hi, g_scale, g_slope, g_bias,
                      SIGMOID)
     ds_t = dp_t * (p_t - p_t * p_t)
     return gl.convert_layout(p_t.to(dtype), layout), gl.convert_layout(ds_t.to(dtype), layout)
@@ -350,14 +348,14 @@ def _dkdv_operands(s_t, dp_t, m, n0, key_idx, query_idx, key_term, lim, full_lo,
 
 @gluon.jit
 def _dkdv_pingpong_partition(k_smem, v_smem, q_bufs, do_bufs, fixed_bar, ready, empty, turns, dk_base, dv_base,
-                             stride_t, T, n0, m_lo, m_hi, full_lo, full_hi, W, neg_c, neg_slope, neg_bias, scale,
+                             stride_t, T, n0, m_lo, m_hi, full_lo, full_hi, W, g_scale, g_slope, g_bias, scale,
                              BLOCK_M: gl.constexpr, ROWS: gl.constexpr, HEAD_DIM: gl.constexpr,
                              SIGMOID: gl.constexpr, GROUP: gl.constexpr, num_warps: gl.constexpr):
     """dV and dK of one of a key block's two halves of ROWS keys from n0, in the ping-pong schedule
     of _pingpong_partition: in this group's turn it issues the query tile's S^T = k q^T and
     dP^T = v dO^T and the previous tile's dv += P^T dO and dk += dS^T q, then computes the tile's
     P^T and dS^T while its own last two and the other group's products run."""
-    key_idx, query_idx, lim, key_term, t_zero, dk, dv = _key_block(n0, T, W, neg_slope, ROWS, BLOCK_M, HEAD_DIM,
+    key_idx, query_idx, lim, key_term, t_zero, dk, dv = _key_block(n0, T, W, g_slope, ROWS, BLOCK_M, HEAD_DIM,
                                                                    num_warps)
     acc_layout: gl.constexpr = dk.type.layout
     a_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=acc_layout, k_width=2)
@@ -371,8 +369,8 @@ def _dkdv_pingpong_partition(k_smem, v_smem, q_bufs, do_bufs, fixed_bar, ready, 
     dp_t = warpgroup_mma(v_smem, do_bufs.index(0).permute((1, 0)), t_zero, use_acc=False, is_async=True)
     mbarrier.arrive(turns.index(1 - GROUP), count=1)
     s_t, dp_t = warpgroup_mma_wait(0, deps=(s_t, dp_t))
-    p_t, ds_t = _dkdv_operands(s_t, dp_t, m_lo, n0, key_idx, query_idx, key_term, lim, full_lo, full_hi, neg_c,
-                               neg_slope, neg_bias, SIGMOID, dtype, a_layout)
+    p_t, ds_t = _dkdv_operands(s_t, dp_t, m_lo, n0, key_idx, query_idx, key_term, lim, full_lo, full_hi, g_scale,
+                               g_slope, g_bias, SIGMOID, dtype, a_layout)
     for i in range(1, tiles):
         slot, before = _pingpong_step(ready, turns, i, num_buffers, GROUP)
         s_t = warpgroup_mma(k_smem, q_bufs.index(slot).permute((1, 0)), t_zero, use_acc=False, is_async=True)
@@ -382,7 +380,7 @@ def _dkdv_pingpong_partition(k_smem, v_smem, q_bufs, do_bufs, fixed_bar, ready, 
         mbarrier.arrive(turns.index(1 - GROUP), count=1)
         s_t, dp_t = warpgroup_mma_wait(2, deps=(s_t, dp_t))  # in order: S^T and dP^T done, dv and dk may run
         p_next, ds_next = _dkdv_operands(s_t, dp_t, m_lo + i * BLOCK_M, n0, key_idx, query_idx, key_term, lim,
-                                         full_lo, full_hi, neg_c, neg_slope, neg_bias, SIGMOID, dtype, a_layout)
+                                         full_lo, full_hi, g_scale, g_slope, g_bias, SIGMOID, dtype, a_layout)
         dv, dk, p_t, ds_t = warpgroup_mma_wait(0, deps=(dv, dk, p_t, ds_t))
         _release(empty, before)
         p_t = p_next
@@ -396,13 +394,15 @@ def _dkdv_pingpong_partition(k_smem, v_smem, q_bufs, do_bufs, fixed_bar, ready, 
 
 
 @gluon.jit
-def _program(H, Slopes, BLOCK: gl.constexpr):
-    """(b, h, the block's first row, the head's ALiBi slope as a -log2(e) multiple): heavy (late)
-    blocks first, as harness/ops/swat launches them."""
+def _program(H, Slopes, scale, bias, BLOCK: gl.constexpr, SIGMOID: gl.constexpr):
+    """(b, h, the block's first row, then the score's scale, the head's ALiBi slope and the bias in
+    the sigmoid's units, triton_common.score_unit): heavy (late) blocks first, as harness/ops/swat
+    launches them."""
     pid_bh = gl.program_id(0)
     h = pid_bh % H
     first = (gl.num_programs(1) - 1 - gl.program_id(1)) * BLOCK
-    return pid_bh // H, h, first, -gl.load(Slopes + h).to(gl.float32) * _LOG2E
+    unit = score_unit(SIGMOID)
+    return pid_bh // H, h, first, scale * unit, gl.load(Slopes + h).to(gl.float32) * unit, bias * unit
 
 
 @gluon.jit
@@ -431,12 +431,12 @@ def _ring(x_desc, y_desc, NUM_BUFFERS: gl.constexpr, CONSUMERS: gl.constexpr = 1
 
 
 @gluon.jit
-def swat_query_gluon_kernel(q_desc, k_desc, v_desc, do_desc, Out, Slopes, T, H, W, neg_c, neg_bias, scale,
+def swat_query_gluon_kernel(q_desc, k_desc, v_desc, do_desc, Out, Slopes, T, H, W, bias, scale,
                             so_b, so_t, so_h, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, HEAD_DIM: gl.constexpr,
                             NUM_BUFFERS: gl.constexpr, SIGMOID: gl.constexpr, DQ: gl.constexpr,
                             PIPELINE: gl.constexpr, num_warps: gl.constexpr):
     """The forward, or with DQ the dQ pass (do_desc then is dO's; otherwise it is not read)."""
-    b, h, m0, neg_slope = _program(H, Slopes, BLOCK_M)
+    b, h, m0, g_scale, g_slope, g_bias = _program(H, Slopes, scale, bias, BLOCK_M, SIGMOID)
     # the band's key tiles for these rows, [n_lo, n_hi); those in [full_start, m0) are inside the
     # band for every row and need no mask
     n_lo, full_start, _, n_hi = query_block_ranges(m0, 0, 0, T, W, BLOCK_M, BLOCK_N)
@@ -449,8 +449,8 @@ def swat_query_gluon_kernel(q_desc, k_desc, v_desc, do_desc, Out, Slopes, T, H, 
     k_bufs, v_bufs, fixed_bar, ready, empty = _ring(k_desc, v_desc, NUM_BUFFERS)
     gl.warp_specialize([
         (_query_partition, (q_smem, do_smem, k_bufs, v_bufs, fixed_bar, ready, empty,
-                            Out + b.to(gl.int64) * so_b + h * so_h, so_t, T, m0, n_lo, n_hi, full_start, m0, W, neg_c,
-                            neg_slope, neg_bias, scale, BLOCK_M, BLOCK_N, HEAD_DIM, SIGMOID, DQ, PIPELINE,
+                            Out + b.to(gl.int64) * so_b + h * so_h, so_t, T, m0, n_lo, n_hi, full_start, m0, W, g_scale,
+                            g_slope, g_bias, scale, BLOCK_M, BLOCK_N, HEAD_DIM, SIGMOID, DQ, PIPELINE,
                             num_warps)),
         (_load_partition, (q_desc, do_desc, k_desc, v_desc, q_smem, do_smem, k_bufs, v_bufs, fixed_bar, ready, empty,
                            b * T, m0, h * HEAD_DIM, n_lo, n_hi, BLOCK_N, DQ)),
@@ -458,7 +458,7 @@ def swat_query_gluon_kernel(q_desc, k_desc, v_desc, do_desc, Out, Slopes, T, H, 
 
 
 @gluon.jit
-def swat_query_pingpong_kernel(q_desc, k_desc, v_desc, do_desc, Out, Slopes, T, H, W, neg_c, neg_bias, scale, so_b,
+def swat_query_pingpong_kernel(q_desc, k_desc, v_desc, do_desc, Out, Slopes, T, H, W, bias, scale, so_b,
                                so_t, so_h, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, HEAD_DIM: gl.constexpr,
                                NUM_BUFFERS: gl.constexpr, SIGMOID: gl.constexpr, DQ: gl.constexpr,
                                num_warps: gl.constexpr):
@@ -466,7 +466,7 @@ def swat_query_pingpong_kernel(q_desc, k_desc, v_desc, do_desc, Out, Slopes, T, 
     own, each with half of the block's rows (q_desc's and do_desc's tiles are BLOCK_M / 2 rows),
     taking turns at the tensor cores on the `turns` barriers; the load partition as in
     swat_query_gluon_kernel (do_desc is read only with DQ)."""
-    b, h, m0, neg_slope = _program(H, Slopes, BLOCK_M)
+    b, h, m0, g_scale, g_slope, g_bias = _program(H, Slopes, scale, bias, BLOCK_M, SIGMOID)
     n_lo, full_start, _, n_hi = query_block_ranges(m0, 0, 0, T, W, BLOCK_M, BLOCK_N)
     half: gl.constexpr = BLOCK_M // 2
 
@@ -480,10 +480,10 @@ def swat_query_pingpong_kernel(q_desc, k_desc, v_desc, do_desc, Out, Slopes, T, 
     out = Out + b.to(gl.int64) * so_b + h * so_h
     gl.warp_specialize([
         (_pingpong_partition, (q_smem.index(0), do_smem.index(0), k_bufs, v_bufs, fixed_bar, ready, empty, turns, out,
-                               so_t, T, m0, n_lo, n_hi, full_start, m0, W, neg_c, neg_slope, neg_bias, scale, half,
+                               so_t, T, m0, n_lo, n_hi, full_start, m0, W, g_scale, g_slope, g_bias, scale, half,
                                BLOCK_N, HEAD_DIM, SIGMOID, DQ, 0, num_warps)),
         (_pingpong_partition, (q_smem.index(1), do_smem.index(1), k_bufs, v_bufs, fixed_bar, ready, empty, turns, out,
-                               so_t, T, m0 + half, n_lo, n_hi, full_start, m0, W, neg_c, neg_slope, neg_bias, scale,
+                               so_t, T, m0 + half, n_lo, n_hi, full_start, m0, W, g_scale, g_slope, g_bias, scale,
                                half, BLOCK_N, HEAD_DIM, SIGMOID, DQ, 1, num_warps)),
         (_load_partition, (q_desc, do_desc, k_desc, v_desc, q_smem, do_smem, k_bufs, v_bufs, fixed_bar, ready, empty,
                            b * T, m0, h * HEAD_DIM, n_lo, n_hi, BLOCK_N, DQ, True)),
@@ -491,10 +491,10 @@ def swat_query_pingpong_kernel(q_desc, k_desc, v_desc, do_desc, Out, Slopes, T, 
 
 
 @gluon.jit
-def swat_dkdv_gluon_kernel(q_desc, k_desc, v_desc, do_desc, DK, DV, Slopes, T, H, W, neg_c, neg_bias, scale,
+def swat_dkdv_gluon_kernel(q_desc, k_desc, v_desc, do_desc, DK, DV, Slopes, T, H, W, bias, scale,
                            s_b, s_t, s_h, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, HEAD_DIM: gl.constexpr,
                            NUM_BUFFERS: gl.constexpr, SIGMOID: gl.constexpr, num_warps: gl.constexpr):
-    b, h, n0, neg_slope = _program(H, Slopes, BLOCK_N)
+    b, h, n0, g_scale, g_slope, g_bias = _program(H, Slopes, scale, bias, BLOCK_N, SIGMOID)
     # the band's query tiles for these keys, [n0, m_hi); those in [n0 + BLOCK_N, full_hi) see every
     # key of the block and need no mask
     _, _, _, full_hi, m_hi = key_block_ranges(n0, T, T, T, W, BLOCK_M, BLOCK_N)
@@ -505,7 +505,7 @@ def swat_dkdv_gluon_kernel(q_desc, k_desc, v_desc, do_desc, DK, DV, Slopes, T, H
     offset = b.to(gl.int64) * s_b + h * s_h
     gl.warp_specialize([
         (_dkdv_partition, (k_smem, v_smem, q_bufs, do_bufs, fixed_bar, ready, empty, DK + offset, DV + offset, s_t, T,
-                           n0, n0, m_hi, n0 + BLOCK_N, full_hi, W, neg_c, neg_slope, neg_bias, scale, BLOCK_M, BLOCK_N,
+                           n0, n0, m_hi, n0 + BLOCK_N, full_hi, W, g_scale, g_slope, g_bias, scale, BLOCK_M, BLOCK_N,
                            HEAD_DIM, SIGMOID, num_warps)),
         (_load_partition, (k_desc, v_desc, q_desc, do_desc, k_smem, v_smem, q_bufs, do_bufs, fixed_bar, ready, empty,
                            b * T, n0, h * HEAD_DIM, n0, m_hi, BLOCK_M, True)),
@@ -513,13 +513,13 @@ def swat_dkdv_gluon_kernel(q_desc, k_desc, v_desc, do_desc, DK, DV, Slopes, T, H
 
 
 @gluon.jit
-def swat_dkdv_pingpong_kernel(q_desc, k_desc, v_desc, do_desc, DK, DV, Slopes, T, H, W, neg_c, neg_bias, scale,
+def swat_dkdv_pingpong_kernel(q_desc, k_desc, v_desc, do_desc, DK, DV, Slopes, T, H, W, bias, scale,
                               s_b, s_t, s_h, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, HEAD_DIM: gl.constexpr,
                               NUM_BUFFERS: gl.constexpr, SIGMOID: gl.constexpr, num_warps: gl.constexpr):
     """The dK/dV pass with its two compute warp groups as partitions of their own, each with half of
     the block's keys (k_desc's and v_desc's tiles are BLOCK_N / 2 rows), taking turns at the tensor
     cores as in swat_query_pingpong_kernel."""
-    b, h, n0, neg_slope = _program(H, Slopes, BLOCK_N)
+    b, h, n0, g_scale, g_slope, g_bias = _program(H, Slopes, scale, bias, BLOCK_N, SIGMOID)
     _, _, _, full_hi, m_hi = key_block_ranges(n0, T, T, T, W, BLOCK_M, BLOCK_N)
     half: gl.constexpr = BLOCK_N // 2
 
@@ -530,11 +530,11 @@ def swat_dkdv_pingpong_kernel(q_desc, k_desc, v_desc, do_desc, DK, DV, Slopes, T
     offset = b.to(gl.int64) * s_b + h * s_h
     gl.warp_specialize([
         (_dkdv_pingpong_partition, (k_smem.index(0), v_smem.index(0), q_bufs, do_bufs, fixed_bar, ready, empty, turns,
-                                    DK + offset, DV + offset, s_t, T, n0, n0, m_hi, n0 + BLOCK_N, full_hi, W, neg_c,
-                                    neg_slope, neg_bias, scale, BLOCK_M, half, HEAD_DIM, SIGMOID, 0, num_warps)),
+                                    DK + offset, DV + offset, s_t, T, n0, n0, m_hi, n0 + BLOCK_N, full_hi, W, g_scale,
+                                    g_slope, g_bias, scale, BLOCK_M, half, HEAD_DIM, SIGMOID, 0, num_warps)),
         (_dkdv_pingpong_partition, (k_smem.index(1), v_smem.index(1), q_bufs, do_bufs, fixed_bar, ready, empty, turns,
                                     DK + offset, DV + offset, s_t, T, n0 + half, n0, m_hi, n0 + BLOCK_N, full_hi, W,
-                                    neg_c, neg_slope, neg_bias, scale, BLOCK_M, half, HEAD_DIM, SIGMOID, 1,
+                                    g_scale, g_slope, g_bias, scale, BLOCK_M, half, HEAD_DIM, SIGMOID, 1,
                                     num_warps)),
         (_load_partition, (k_desc, v_desc, q_desc, do_desc, k_smem, v_smem, q_bufs, do_bufs, fixed_bar, ready, empty,
                            b * T, n0, h * HEAD_DIM, n0, m_hi, BLOCK_M, True, True)),
@@ -559,14 +559,14 @@ def swat_fwd_gluon(q, k, v, slopes, window: int, scale: float, block_m=128, bloc
         q_desc = descriptor(q, block_m // 2)
         swat_query_pingpong_kernel[(B * H, triton.cdiv(T, block_m))](
             q_desc, descriptor(k, block_n), descriptor(v, block_n), q_desc, out, slopes, T, H, min(window, T),
-            -scale * LOG2E, 0.0, scale, *out.stride()[:3], BLOCK_M=block_m, BLOCK_N=block_n, HEAD_DIM=d,
+            0.0, scale, *out.stride()[:3], BLOCK_M=block_m, BLOCK_N=block_n, HEAD_DIM=d,
             NUM_BUFFERS=num_buffers, SIGMOID=SIGMOID_MODE["fwd"], DQ=False, num_warps=num_warps // 2,
             maxnreg=maxnreg)
         return out
     q_desc = descriptor(q, block_m)
     swat_query_gluon_kernel[(B * H, triton.cdiv(T, block_m))](
         q_desc, descriptor(k, block_n), descriptor(v, block_n), q_desc, out, slopes, T, H, min(window, T),
-        -scale * LOG2E, 0.0, scale, *out.stride()[:3], BLOCK_M=block_m, BLOCK_N=block_n, HEAD_DIM=d,
+        0.0, scale, *out.stride()[:3], BLOCK_M=block_m, BLOCK_N=block_n, HEAD_DIM=d,
         NUM_BUFFERS=num_buffers, SIGMOID=SIGMOID_MODE["fwd"], DQ=False, PIPELINE=pipeline, num_warps=num_warps,
         maxnreg=maxnreg)
     return out
@@ -584,12 +584,12 @@ def swat_bwd_gluon(do, q, k, v, slopes, window: int, scale: float, dq_tiles=(128
     if "dq" in pingpong:
         swat_query_pingpong_kernel[(B * H, triton.cdiv(T, bm))](
             descriptor(q, bm // 2), descriptor(k, bn), descriptor(v, bn), descriptor(do, bm // 2), dq, slopes, T, H,
-            W, -scale * LOG2E, 0.0, scale, *dq.stride()[:3], BLOCK_M=bm, BLOCK_N=bn, HEAD_DIM=d,
+            W, 0.0, scale, *dq.stride()[:3], BLOCK_M=bm, BLOCK_N=bn, HEAD_DIM=d,
             NUM_BUFFERS=num_buffers, SIGMOID=SIGMOID_MODE["bwd"], DQ=True, num_warps=num_warps // 2, maxnreg=maxnreg)
     else:
         swat_query_gluon_kernel[(B * H, triton.cdiv(T, bm))](
             descriptor(q, bm), descriptor(k, bn), descriptor(v, bn), descriptor(do, bm), dq, slopes, T, H, W,
-            -scale * LOG2E, 0.0, scale, *dq.stride()[:3], BLOCK_M=bm, BLOCK_N=bn, HEAD_DIM=d,
+            0.0, scale, *dq.stride()[:3], BLOCK_M=bm, BLOCK_N=bn, HEAD_DIM=d,
             NUM_BUFFERS=num_buffers, SIGMOID=SIGMOID_MODE["bwd"], DQ=True, PIPELINE=False, num_warps=num_warps,
             maxnreg=maxnreg)
     bm, bn = dkdv_tiles
@@ -597,6 +597,6 @@ def swat_bwd_gluon(do, q, k, v, slopes, window: int, scale: float, dq_tiles=(128
                                else (swat_dkdv_gluon_kernel, bn, num_warps))
     kernel[(B * H, triton.cdiv(T, bn))](
         descriptor(q, bm), descriptor(k, key_rows), descriptor(v, key_rows), descriptor(do, bm), dk, dv, slopes, T, H,
-        W, -scale * LOG2E, 0.0, scale, *dk.stride()[:3], BLOCK_M=bm, BLOCK_N=bn, HEAD_DIM=d, NUM_BUFFERS=num_buffers,
+        W, 0.0, scale, *dk.stride()[:3], BLOCK_M=bm, BLOCK_N=bn, HEAD_DIM=d, NUM_BUFFERS=num_buffers,
         SIGMOID=SIGMOID_MODE["bwd"], num_warps=warps, maxnreg=maxnreg)
     return dq, dk, dv

@@ -156,7 +156,7 @@ def test_tma_dq_falls_back_to_atomics_without_the_copy_engine(monkeypatch):
 
 @pytest.mark.parametrize("mode,tol", [(0, 1e-5), (2, 5e-4)])
 def test_sigmoid_modes(mode, tol):
-    """The Newton reciprocal (mode 2, used for bf16/fp16 on the GPU) stays well inside bf16 precision."""
+    """The Newton reciprocal (mode 2, the decode's for bf16/fp16 on the GPU) stays well inside bf16 precision."""
     s = torch.linspace(-40, 40, 1024, device=DEVICE)
     p = torch.empty_like(s)
     _sigmoid_kernel[(1,)](s, p, N=1024, SIGMOID=mode)

@@ -63,10 +63,10 @@ CONFIGS = {
 }
 _INTERPRET_CONFIG = dict(BLOCK_M=16, BLOCK_N=16, num_warps=1, num_stages=1, ONE_LOOP=False)
 # How each pass computes the sigmoid for 16-bit inputs on the GPU (triton_common.sigmoid_scaled's
-# modes): tanh (3) in the forward and backward, the fastest at every shape of the H100 sweep
-# (NOTES.md, v11: up to 17% off the forward and 7-13% off the backward against modes 1 and 2, with
-# the same error against the fp32 kernel); the decode keeps ex2 + the Newton reciprocal (2), which
-# the decode sweeps were run with.
+# modes): tanh (3) in the forward and backward (the H100 sweep, NOTES.md v11: 2-18% off the forward
+# and 0-13% off the backward against the Newton reciprocal (2) and rcp.approx (1) they had, nowhere
+# more than 1% slower than either, with the same error against the fp32 kernel); the decode keeps
+# mode 2, which its launch configs were swept with.
 SIGMOID_MODE = {"fwd": 3, "bwd": 3, "decode": 2}
 # Per (head_dim, regime): whether the dK/dV pass also adds dQ into an fp32 buffer, so that the dQ
 # pass does not run (triton_bwd: 5 matrix products and one sigmoid per tile pair instead of 7 and

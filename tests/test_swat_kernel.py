@@ -5,6 +5,7 @@ every tile path (window edge, interior, causal diagonal, partial last block, doc
 is exercised; on a GPU the same tests run compiled, plus realistic sizes and torch.compile.
 """
 
+import math
 import os
 
 import pytest
@@ -279,6 +280,14 @@ def test_gpu_bf16_realistic(monkeypatch, d, T, W, fused):
     from harness.ops.swat import function
     monkeypatch.setattr(function, "FUSED_DQ", dict.fromkeys(function.FUSED_DQ, fused))
     check_against_reference(2, T, 4, 2, d, W, torch.bfloat16, tol=1e-2, bias=-3.0)
+
+
+@gpu_only
+@pytest.mark.parametrize("d", [64, 128])
+def test_gpu_bf16_realistic_with_weights_near_1_over_w(d):
+    """Sigmoid bias -log W (the swat_logw variant): most weights sit near 1 / W, small against the
+    tanh sigmoid's absolute error, unlike the bias -3 of the other realistic tests."""
+    check_against_reference(2, 2048, 4, 2, d, 512, torch.bfloat16, tol=1e-2, bias=-math.log(512))
 
 
 @gpu_only

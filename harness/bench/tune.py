@@ -8,16 +8,17 @@ regime at W = 128, the "large" one at W = 2048 and W = T (`--windows` chooses ot
 the sigmoid's modes (triton_common.sigmoid_scaled: the reciprocal on the special-function unit,
 the Newton one, tanh) with the current configs. A backward candidate is timed as the whole
 backward (dK/dV + dQ, or the one fused pass) with the other pass at its current config, so
-differences between candidates of one pass are that pass's differences, and the best "dkdv fused atomics" and "dkdv fused tma" rows
-against the best "dkdv" row decide FUSED_DQ. Sweep `decode` times the decode kernel's launch
-configs (DECODE_CONFIGS: programs wanted, tile size, warps, stages) at batch 1, 8 and 64 over full
-W-slot ring buffers, as
-CUDA-graph replays, beside SDPA (softmax, no bias) over the same buffer: the work of a
-sliding-window softmax model's decode step, the peer a user would pick. The winners go into
+differences between candidates of one pass are that pass's differences, and the best "dkdv fused
+atomics" and "dkdv fused tma" rows against the best "dkdv" row decide FUSED_DQ. Sweep `decode`
+times the decode kernel's launch configs (DECODE_CONFIGS: programs wanted, tile size, warps,
+stages) at batch 1, 8 and 64 over full W-slot ring buffers, as CUDA-graph replays, beside SDPA
+(softmax, no bias) over the same buffer: the work of a sliding-window softmax model's decode step,
+the peer a user would pick. The winners go into
 CONFIGS / FUSED_DQ / SIGMOID_MODE / DECODE_CONFIGS in harness/ops/swat/function.py by hand, with
 the numbers in harness/ops/swat/NOTES.md. Sweep `sigmoid` times the forward and the backward in
 each sigmoid mode (SIGMOID_MODES) at the current configs and B * T = 65536 with T = 16384, the
-peer bench's length, and measures each mode's error against the fp32 kernel.
+peer bench's length, and measures each mode's error against the fp32 kernel (sigmoid bias 0 and
+-log W).
 """
 
 from __future__ import annotations
@@ -138,7 +139,9 @@ def sigmoid_sweep(seq_len: int = 16384, tokens: int = 65536, on_row=lambda row: 
                   windows: tuple = DEFAULT_WINDOWS) -> list[dict]:
     """Each sigmoid mode's forward and backward time at the peer bench's length (B * T = 65536),
     and its error: o, dq, dk and dv in bf16 against the fp32 kernel (mode 0, exact division) on the
-    same bf16-rounded inputs, as max |difference| over the largest value."""
+    same bf16-rounded inputs, as max |difference| over the largest value, with no sigmoid bias and
+    with -log W (the `swat_logw` variant's, where most weights are near 1 / W: the tanh mode's
+    error is absolute, so this is where it would show)."""
     rows = []
     for d in (64, 128):
         H, B, T = 1024 // d, tokens // seq_len, seq_len
@@ -150,21 +153,27 @@ def sigmoid_sweep(seq_len: int = 16384, tokens: int = 65536, on_row=lambda row: 
             shape = dict(d=d, T=T, W=W)
             rows += _sigmoid_mode_rows(shape, lambda: _swat_fwd(q, k, v, slopes, None, None, W, 0.0, scale),
                                        lambda: _swat_bwd(do, q, k, v, slopes, None, None, W, 0.0, scale), on_row)
-            exact = [_swat_fwd(q.float(), k.float(), v.float(), slopes, None, None, W, 0.0, scale),
-                     *_swat_bwd(do.float(), q.float(), k.float(), v.float(), slopes, None, None, W, 0.0, scale)]
-            saved = dict(fn_mod.SIGMOID_MODE)
-            try:
-                for mode in SIGMOID_MODES:
-                    fn_mod.SIGMOID_MODE.update(fwd=mode, bwd=mode)
-                    got = [_swat_fwd(q, k, v, slopes, None, None, W, 0.0, scale),
-                           *_swat_bwd(do, q, k, v, slopes, None, None, W, 0.0, scale)]
-                    errors = {f"err_{name}": _largest_value_error(g, e) for name, g, e in zip(("o", "dq", "dk", "dv"),
-                                                                                            got, exact)}
-                    rows.append(dict(shape, what=f"sigmoid mode {mode} error vs fp32", **errors))
-                    on_row(rows[-1])
-            finally:
-                fn_mod.SIGMOID_MODE.update(saved)
-            del exact
+            for bias in (0.0, -math.log(W)):
+                rows += _sigmoid_error_rows(dict(shape, bias=bias), q, k, v, do, slopes, scale, on_row)
+    return rows
+
+
+def _sigmoid_error_rows(shape: dict, q, k, v, do, slopes, scale: float, on_row) -> list[dict]:
+    W, bias = shape["W"], shape["bias"]
+    exact = [_swat_fwd(q.float(), k.float(), v.float(), slopes, None, None, W, bias, scale),
+             *_swat_bwd(do.float(), q.float(), k.float(), v.float(), slopes, None, None, W, bias, scale)]
+    rows, saved = [], dict(fn_mod.SIGMOID_MODE)
+    try:
+        for mode in SIGMOID_MODES:
+            fn_mod.SIGMOID_MODE.update(fwd=mode, bwd=mode)
+            got = [_swat_fwd(q, k, v, slopes, None, None, W, bias, scale),
+                   *_swat_bwd(do, q, k, v, slopes, None, None, W, bias, scale)]
+            errors = {f"err_{name}": _largest_value_error(g, e) for name, g, e in zip(("o", "dq", "dk", "dv"),
+                                                                                    got, exact)}
+            rows.append(dict(shape, what=f"sigmoid mode {mode} error vs fp32", **errors))
+            on_row(rows[-1])
+    finally:
+        fn_mod.SIGMOID_MODE.update(saved)
     return rows
 
 
@@ -275,8 +284,8 @@ def main() -> None:
     if errors:
         print("error vs fp32 (max |difference| / largest value):")
     for r in errors:
-        print(f"  {(r['what'], r['d'], r['W'])}: " + ", ".join(f"{k[4:]} {v:.2e}" for k, v in r.items()
-                                                               if k.startswith("err_")))
+        shape = (r["what"], r["d"], r["W"], round(r["bias"], 2))
+        print(f"  {shape}: " + ", ".join(f"{k[4:]} {v:.2e}" for k, v in r.items() if k.startswith("err_")))
 
 if __name__ == "__main__":
     main()

@@ -162,7 +162,8 @@ def _sigmoid_error_rows(shape: dict, q, k, v, do, slopes, scale: float, on_row) 
     W, bias = shape["W"], shape["bias"]
     exact = [_swat_fwd(q.float(), k.float(), v.float(), slopes, None, None, W, bias, scale),
              *_swat_bwd(do.float(), q.float(), k.float(), v.float(), slopes, None, None, W, bias, scale)]
-    rows, saved = [], dict(fn_mod.SIGMOID_MODE)
+    rows, saved, saved_min_bias = [], dict(fn_mod.SIGMOID_MODE), fn_mod.TANH_MIN_BIAS
+    fn_mod.TANH_MIN_BIAS = -math.inf  # each mode as asked, at any bias: this is what measures tanh there
     try:
         for mode in SIGMOID_MODES:
             fn_mod.SIGMOID_MODE.update(fwd=mode, bwd=mode)
@@ -174,6 +175,7 @@ def _sigmoid_error_rows(shape: dict, q, k, v, do, slopes, scale: float, on_row) 
             on_row(rows[-1])
     finally:
         fn_mod.SIGMOID_MODE.update(saved)
+        fn_mod.TANH_MIN_BIAS = saved_min_bias
     return rows
 
 

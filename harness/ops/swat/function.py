@@ -68,6 +68,12 @@ _INTERPRET_CONFIG = dict(BLOCK_M=16, BLOCK_N=16, num_warps=1, num_stages=1, ONE_
 # more than 1% slower than either, with the same error against the fp32 kernel); the decode keeps
 # mode 2, which its launch configs were swept with.
 SIGMOID_MODE = {"fwd": 3, "bwd": 3, "decode": 2}
+# The tanh sigmoid's error is absolute, not relative (triton_common.sigmoid_scaled), so it is taken
+# only down to the lowest sigmoid bias it was checked at (the GPU tests' -3: weights near 0.05);
+# below, where most weights are near 1 / W (swat_logw's -log W), each pass keeps its ex2 mode
+# until `tune --sweeps sigmoid` has measured tanh there.
+TANH_MIN_BIAS = -3.0
+EX2_SIGMOID_MODE = {"fwd": 2, "bwd": 1, "decode": 2}
 # Per (head_dim, regime): whether the dK/dV pass also adds dQ into an fp32 buffer, so that the dQ
 # pass does not run (triton_bwd: 5 matrix products and one sigmoid per tile pair instead of 7 and
 # two): "off", "atomics" (element by element) or "tma" (one bulk reduction per tile by the copy
@@ -195,9 +201,12 @@ def override_fused_dq(overrides: dict):
     return _overridden(FUSED_DQ, overrides)
 
 
-def _sigmoid_mode(t: torch.Tensor, pass_name: str) -> int:
-    # approximate reciprocals only on the GPU, and not for fp32 inputs (whose tests ask for ~1e-5)
-    return SIGMOID_MODE[pass_name] if t.is_cuda and not interpreting() and t.dtype != torch.float32 else 0
+def _sigmoid_mode(t: torch.Tensor, pass_name: str, sigmoid_bias: float) -> int:
+    # approximations only on the GPU, and not for fp32 inputs (whose tests ask for ~1e-5)
+    if not t.is_cuda or interpreting() or t.dtype == torch.float32:
+        return 0
+    mode = SIGMOID_MODE[pass_name]
+    return EX2_SIGMOID_MODE[pass_name] if mode == 3 and sigmoid_bias < TANH_MIN_BIAS else mode
 
 
 def _dot_precision(t: torch.Tensor) -> str:
@@ -261,8 +270,8 @@ def _swat_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, slopes: torch.T
     launch(swat_fwd_kernel, "fwd", q, W, lambda bm, bn: (B * H, triton.cdiv(T, bm)),
            (q, k, v, o, slopes, row_start if row_start is not None else slopes,
             *_strides(q), *_strides(k), *_strides(v), *_strides(o), T, H, W, scale, sigmoid_bias),
-           dict(REP=H // k.shape[2], HAS_DOC=row_start is not None, HEAD_DIM=d, SIGMOID=_sigmoid_mode(q, "fwd"),
-                DOT_PREC=_dot_precision(q)))
+           dict(REP=H // k.shape[2], HAS_DOC=row_start is not None, HEAD_DIM=d,
+                SIGMOID=_sigmoid_mode(q, "fwd", sigmoid_bias), DOT_PREC=_dot_precision(q)))
     return o
 
 
@@ -284,7 +293,7 @@ def _swat_bwd(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tenso
     dk = torch.empty((B, T, Hkv, d), device=q.device, dtype=q.dtype)
     dv = torch.empty((B, T, Hkv, d), device=q.device, dtype=q.dtype)
     has_doc = row_start is not None
-    common = dict(REP=H // Hkv, HAS_DOC=has_doc, HEAD_DIM=d, SIGMOID=_sigmoid_mode(q, "bwd"),
+    common = dict(REP=H // Hkv, HAS_DOC=has_doc, HEAD_DIM=d, SIGMOID=_sigmoid_mode(q, "bwd", sigmoid_bias),
                   DOT_PREC=_dot_precision(q))
 
     launch(swat_bwd_dkdv_kernel, "dkdv", q, W, lambda bm, bn: (B * Hkv, triton.cdiv(T, bn)),
@@ -405,7 +414,7 @@ def _swat_decode(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, 
         q, k_cache, v_cache, out, o, arrived, slopes,
         q.stride(0), q.stride(1), *_strides(k_cache), *_strides(v_cache), *_strides(out), o.stride(0), o.stride(1),
         H, W_cache, cache_len, pos, window, scale, sigmoid_bias,
-        REP=H // Hkv, HEAD_DIM=d, SIGMOID=_sigmoid_mode(q, "decode"), **launch)
+        REP=H // Hkv, HEAD_DIM=d, SIGMOID=_sigmoid_mode(q, "decode", sigmoid_bias), **launch)
     if splits > 1 and not launch["SUM_IN_KERNEL"]:
         sum_splits_kernel[(triton.cdiv(o.numel(), 1024),)](out, o, splits, o.numel(), BLOCK=1024)
     return o

@@ -84,15 +84,20 @@ PASSES = (("fwd", "fwd", "off"), ("dkdv", "dkdv", "off"), ("dq", "dq", "off"),
 DEFAULT_WINDOWS = (128, 2048, "T")  # the small regime, then the large one at a wide window and at W = T
 
 
+def _inputs(d: int, seq_len: int, tokens: int):
+    """T, bf16 (q, k, v, dO) [B, T, H, d] with B * T = tokens and H * d = 1024 (seed 0), the heads'
+    ALiBi slopes and the score scale: the inputs every sweep of the attention passes times."""
+    H, B, T = 1024 // d, tokens // seq_len, seq_len
+    gen = torch.Generator(device="cpu").manual_seed(0)
+    q, k, v, do = (torch.randn(B, T, H, d, generator=gen).to("cuda", torch.bfloat16) for _ in range(4))
+    return T, (q, k, v, do), alibi_slopes(H).cuda(), 1 / math.sqrt(d)
+
+
 def sweep(seq_len: int = 8192, tokens: int = 65536, on_row=lambda row: None,
           windows: tuple = DEFAULT_WINDOWS) -> list[dict]:
     rows = []
     for d in (64, 128):
-        H, B, T = 1024 // d, tokens // seq_len, seq_len
-        gen = torch.Generator(device="cpu").manual_seed(0)
-        q, k, v, do = (torch.randn(B, T, H, d, generator=gen).to("cuda", torch.bfloat16) for _ in range(4))
-        slopes = alibi_slopes(H).cuda()
-        scale = 1 / math.sqrt(d)
+        T, (q, k, v, do), slopes, scale = _inputs(d, seq_len, tokens)
 
         def fwd(W):
             return lambda: _swat_fwd(q, k, v, slopes, None, None, W, 0.0, scale)
@@ -144,11 +149,7 @@ def sigmoid_sweep(seq_len: int = 16384, tokens: int = 65536, on_row=lambda row: 
     error is absolute, so this is where it would show)."""
     rows = []
     for d in (64, 128):
-        H, B, T = 1024 // d, tokens // seq_len, seq_len
-        gen = torch.Generator(device="cpu").manual_seed(0)
-        q, k, v, do = (torch.randn(B, T, H, d, generator=gen).to("cuda", torch.bfloat16) for _ in range(4))
-        slopes = alibi_slopes(H).cuda()
-        scale = 1 / math.sqrt(d)
+        T, (q, k, v, do), slopes, scale = _inputs(d, seq_len, tokens)
         for W in (T if w == "T" else w for w in windows):
             shape = dict(d=d, T=T, W=W)
             rows += _sigmoid_mode_rows(shape, lambda: _swat_fwd(q, k, v, slopes, None, None, W, 0.0, scale),

@@ -10,16 +10,14 @@ oracle) otherwise; causal-conv1d is used the same way. A decode step on a GPU up
 
 from __future__ import annotations
 
-import functools
-import importlib
 import math
-import warnings
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from harness.model.backbone import DecoderLM
+from harness.ops.optional import optional_kernel
 from harness.registry import register_model
 
 
@@ -48,19 +46,6 @@ def selective_scan_ref(u, delta, A, B, C, D, z=None, delta_bias=None, delta_soft
         y = y * F.silu(z.float())
     y = y.to(dtype)
     return (y, x) if return_last_state else y
-
-
-@functools.cache
-def optional_kernel(module: str, name: str, missing: str | None = None):
-    """`name` from `module` of an optional package, or None where it is not installed (the caller
-    then runs its reference; `missing`, when given, is warned once). Looked up once: the fast paths
-    ask on every forward and decode step, and a failed import searches sys.path again each time."""
-    try:
-        return getattr(importlib.import_module(module), name)
-    except ImportError:
-        if missing:
-            warnings.warn(missing, stacklevel=4)
-        return None
 
 
 def _fast_scan():

@@ -32,10 +32,11 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from baselines.fla_common import layer_options
-from baselines.mamba import causal_conv1d_silu, fast_state_update, optional_kernel
+from baselines.mamba import causal_conv1d_silu, fast_state_update
 from harness.config import ConfigError
 from harness.model.backbone import DecoderLM, RMSNorm
 from harness.model.build import extra_options
+from harness.ops.optional import optional_kernel
 from harness.registry import register_model
 
 

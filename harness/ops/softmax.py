@@ -7,27 +7,19 @@ the CPU.
 from __future__ import annotations
 
 import functools
-import importlib
 import inspect
 
 import torch
 import torch.nn.functional as F
 
 from harness.ops.banded import band_mask, over_query_blocks, per_document
+from harness.ops.optional import optional_kernel
 
 HALF = (torch.float16, torch.bfloat16)  # the dtypes flash kernels take
 
 
 # The optional kernels are looked up once, at import, not inside softmax_attention: there a failed
 # import (flash-attn not installed) is a graph break in every compiled layer (dynamo: "Import failure").
-def _import_flash_attn():
-    """flash_attn where it is installed and loads, else None."""
-    try:
-        return importlib.import_module("flash_attn")
-    except ImportError:  # not installed (ModuleNotFoundError) or its extension does not load
-        return None
-
-
 def _find_torch_varlen():
     """Full causal attention over packed documents on torch's own FlashAttention varlen kernel
     (`torch.nn.attention.varlen`, torch >= 2.10), as f(q, k, v, cu_seq_q, cu_seq_k, max_q, max_k), or
@@ -45,7 +37,7 @@ def _find_torch_varlen():
     return None
 
 
-FLASH_ATTN = _import_flash_attn()
+FLASH_ATTN = optional_kernel("flash_attn")
 TORCH_VARLEN = _find_torch_varlen()
 
 

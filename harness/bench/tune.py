@@ -13,12 +13,11 @@ atomics" and "dkdv fused tma" rows against the best "dkdv" row decide FUSED_DQ. 
 times the decode kernel's launch configs (DECODE_CONFIGS: programs wanted, tile size, warps,
 stages) at batch 1, 8 and 64 over full W-slot ring buffers, as CUDA-graph replays, beside SDPA
 (softmax, no bias) over the same buffer: the work of a sliding-window softmax model's decode step,
-the peer a user would pick. The winners go into
-CONFIGS / FUSED_DQ / SIGMOID_MODE / DECODE_CONFIGS in harness/ops/swat/function.py by hand, with
-the numbers in harness/ops/swat/NOTES.md. Sweep `sigmoid` times the forward and the backward in
-each sigmoid mode (SIGMOID_MODES) at the current configs and B * T = 65536 with T = 16384, the
-peer bench's length, and measures each mode's error against the fp32 kernel (sigmoid bias 0 and
--log W).
+the peer a user would pick. Sweep `sigmoid` times the forward and the backward in each sigmoid
+mode (SIGMOID_MODES) at the current configs and B * T = 65536 with T = 16384, the peer bench's
+length, and measures each mode's error against the fp32 kernel (sigmoid bias 0 and -log W). The
+winners go into CONFIGS / FUSED_DQ / SIGMOID_MODE / DECODE_CONFIGS in
+harness/ops/swat/function.py by hand, with the numbers in harness/ops/swat/NOTES.md.
 """
 
 from __future__ import annotations
@@ -45,6 +44,7 @@ from harness.ops.swat.function import (
     override_configs,
     override_decode_config,
     override_fused_dq,
+    override_sigmoid_mode,
     swat_decode_triton,
 )
 
@@ -123,16 +123,13 @@ SIGMOID_MODES = (1, 2, 3)  # triton_common.sigmoid_scaled's GPU modes for 16-bit
 
 def _sigmoid_mode_rows(shape: dict, fwd, bwd, on_row) -> list[dict]:
     """The forward and the whole backward timed in each SIGMOID_MODES mode, at the current configs."""
-    rows, saved = [], dict(fn_mod.SIGMOID_MODE)
-    try:
-        for mode in SIGMOID_MODES:
-            for what, f in (("fwd", fwd), ("bwd", bwd)):
-                fn_mod.SIGMOID_MODE[what] = mode
+    rows = []
+    for mode in SIGMOID_MODES:
+        for what, f in (("fwd", fwd), ("bwd", bwd)):
+            with override_sigmoid_mode({what: mode}):
                 ms, note = _time(f)
-                rows.append(dict(shape, what=f"{what} sigmoid mode {mode}", ms=ms, note=note))
-                on_row(rows[-1])
-    finally:
-        fn_mod.SIGMOID_MODE.update(saved)
+            rows.append(dict(shape, what=f"{what} sigmoid mode {mode}", ms=ms, note=note))
+            on_row(rows[-1])
     return rows
 
 
@@ -163,20 +160,15 @@ def _sigmoid_error_rows(shape: dict, q, k, v, do, slopes, scale: float, on_row) 
     W, bias = shape["W"], shape["bias"]
     exact = [_swat_fwd(q.float(), k.float(), v.float(), slopes, None, None, W, bias, scale),
              *_swat_bwd(do.float(), q.float(), k.float(), v.float(), slopes, None, None, W, bias, scale)]
-    rows, saved, saved_min_bias = [], dict(fn_mod.SIGMOID_MODE), fn_mod.TANH_MIN_BIAS
-    fn_mod.TANH_MIN_BIAS = -math.inf  # each mode as asked, at any bias: this is what measures tanh there
-    try:
-        for mode in SIGMOID_MODES:
-            fn_mod.SIGMOID_MODE.update(fwd=mode, bwd=mode)
+    rows = []
+    for mode in SIGMOID_MODES:
+        # each mode as asked at any bias: this is what measures tanh below TANH_MIN_BIAS
+        with override_sigmoid_mode({"fwd": mode, "bwd": mode}, any_bias=True):
             got = [_swat_fwd(q, k, v, slopes, None, None, W, bias, scale),
                    *_swat_bwd(do, q, k, v, slopes, None, None, W, bias, scale)]
-            errors = {f"err_{name}": _largest_value_error(g, e) for name, g, e in zip(("o", "dq", "dk", "dv"),
-                                                                                    got, exact)}
-            rows.append(dict(shape, what=f"sigmoid mode {mode} error vs fp32", **errors))
-            on_row(rows[-1])
-    finally:
-        fn_mod.SIGMOID_MODE.update(saved)
-        fn_mod.TANH_MIN_BIAS = saved_min_bias
+        errors = {f"err_{name}": _largest_value_error(g, e) for name, g, e in zip(("o", "dq", "dk", "dv"), got, exact)}
+        rows.append(dict(shape, what=f"sigmoid mode {mode} error vs fp32", **errors))
+        on_row(rows[-1])
     return rows
 
 

@@ -201,6 +201,20 @@ def override_fused_dq(overrides: dict):
     return _overridden(FUSED_DQ, overrides)
 
 
+@contextlib.contextmanager
+def override_sigmoid_mode(overrides: dict, any_bias: bool = False):
+    """Temporarily replace entries of SIGMOID_MODE (keys fwd, bwd, decode), for tuning sweeps; with
+    any_bias, the tanh mode is taken at every sigmoid bias (TANH_MIN_BIAS lifted), to measure it there."""
+    global TANH_MIN_BIAS
+    floor = TANH_MIN_BIAS
+    with _overridden(SIGMOID_MODE, overrides):
+        TANH_MIN_BIAS = -math.inf if any_bias else floor
+        try:
+            yield
+        finally:
+            TANH_MIN_BIAS = floor
+
+
 def _sigmoid_mode(t: torch.Tensor, pass_name: str, sigmoid_bias: float) -> int:
     # approximations only on the GPU, and not for fp32 inputs (whose tests ask for ~1e-5)
     if not t.is_cuda or interpreting() or t.dtype == torch.float32:

@@ -183,7 +183,7 @@ def test_tanh_sigmoid_is_taken_only_down_to_the_bias_it_was_checked_at(monkeypat
 @gpu_only
 def test_tanh_sigmoid_error_is_absolute_and_below_bf16_resolution():
     """Mode 3, (1 + tanh.approx(s / 2)) / 2: its error is absolute (a weight near 0 is coarse), and
-    it stays below half of bf16's spacing at 1 (2^-9), the rounding p gets before P V anyway."""
+    it stays below a quarter of bf16's spacing in [0.5, 1) (2^-8), the rounding p gets before P V."""
     s = torch.linspace(-40, 40, 1024, device=DEVICE)
     p = torch.empty_like(s)
     _sigmoid_kernel[(1,)](s, p, N=1024, SIGMOID=3)

@@ -81,6 +81,7 @@ class MambaMixer(nn.Module):
     # `harness export` writes transformers' MambaForCausalLM (harness.hf.mamba_export), whose mixer computes what
     # this class does; a subclass computes what it changes, so it exports only where its own body says so again
     mamba_exportable = True
+    no_weight_decay = ("A_log",)  # as in mamba_ssm (harness.training.recipe.make_optimizer)
 
     def __init__(self, cfg):
         super().__init__()

@@ -368,6 +368,20 @@ def test_speed_switches_are_on_where_they_apply(straight):
         load_config("tiny", overrides=["train.compile=maybe"])
 
 
+def test_weight_decay_skips_vectors_and_what_a_module_exempts():
+    """AdamW decays the matrices only, bar those a module names in `no_weight_decay` (Mamba's A_log,
+    a matrix of decay rates that mamba_ssm's own training leaves undecayed)."""
+    cfg = load_config("tiny")
+    model = build_model("mamba", cfg.model, "meta")
+    decayed, undecayed = recipe.make_optimizer(model, cfg.train).param_groups
+    decayed_ids, undecayed_ids = {id(p) for p in decayed["params"]}, {id(p) for p in undecayed["params"]}
+    a_logs = [p for name, p in model.named_parameters() if name.endswith("A_log")]
+    assert a_logs and all(p.dim() == 2 and id(p) in undecayed_ids for p in a_logs)
+    assert decayed["weight_decay"] == cfg.train.weight_decay > 0 == undecayed["weight_decay"]
+    assert all(p.dim() >= 2 for p in decayed["params"]) and decayed_ids.isdisjoint(undecayed_ids)
+    assert len(decayed_ids | undecayed_ids) == len(list(model.parameters()))
+
+
 def test_backbone_loss_in_forward_equals_the_logits_loss():
     """Backbone models return the loss from forward(targets=...) (where train.fused_ce plugs in);
     it is the cross-entropy of their logits, packed documents included."""

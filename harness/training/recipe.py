@@ -50,8 +50,14 @@ def budget_note(cfg) -> str | None:
 
 
 def make_optimizer(model: torch.nn.Module, cfg) -> torch.optim.Optimizer:
-    decay = [p for p in model.parameters() if p.requires_grad and p.dim() >= 2]
-    no_decay = [p for p in model.parameters() if p.requires_grad and p.dim() < 2]
+    """AdamW with weight decay on the matrices only. A module exempts parameters of its own by naming
+    them in a `no_weight_decay` tuple, as Mamba's A_log: decaying it would pull every state's decay
+    rate toward one value, and Mamba's own training exempts it. Names, not marks on the tensors,
+    because FSDP2 replaces the parameters (and their attributes) while keeping the modules."""
+    exempt = {id(getattr(m, name)) for m in model.modules() for name in getattr(m, "no_weight_decay", ())}
+    params = [p for p in model.parameters() if p.requires_grad]
+    decay = [p for p in params if p.dim() >= 2 and id(p) not in exempt]
+    no_decay = [p for p in params if p.dim() < 2 or id(p) in exempt]
     groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=1e-8)
 

@@ -166,18 +166,14 @@ def test_sigmoid_modes(mode, tol):
     assert ((p.double() - want).abs() / want).max().item() < tol
 
 
-def test_tanh_sigmoid_is_taken_only_down_to_the_bias_it_was_checked_at(monkeypatch):
+def test_sigmoid_is_approximated_only_for_16_bit_inputs_on_the_gpu(monkeypatch):
     from harness.ops.swat import function
     monkeypatch.setattr(function, "interpreting", lambda: False)
-    monkeypatch.setitem(function.SIGMOID_MODE, "fwd", 3)
-    monkeypatch.setitem(function.SIGMOID_MODE, "bwd", 3)
     gpu_bf16 = SimpleNamespace(is_cuda=True, dtype=torch.bfloat16)
-    assert function._sigmoid_mode(gpu_bf16, "fwd", 0.0) == 3
-    assert function._sigmoid_mode(gpu_bf16, "bwd", function.TANH_MIN_BIAS) == 3
-    # swat_logw's -log W: weights near 1 / W, small against tanh's absolute error
-    assert function._sigmoid_mode(gpu_bf16, "fwd", -math.log(512)) == function.EX2_SIGMOID_MODE["fwd"]
-    assert function._sigmoid_mode(gpu_bf16, "bwd", -math.log(512)) == function.EX2_SIGMOID_MODE["bwd"]
-    assert function._sigmoid_mode(SimpleNamespace(is_cuda=True, dtype=torch.float32), "fwd", 0.0) == 0
+    assert [function._sigmoid_mode(gpu_bf16, p) for p in ("fwd", "bwd", "decode")] == \
+        [function.SIGMOID_MODE[p] for p in ("fwd", "bwd", "decode")]
+    assert function._sigmoid_mode(SimpleNamespace(is_cuda=True, dtype=torch.float32), "fwd") == 0
+    assert function._sigmoid_mode(SimpleNamespace(is_cuda=False, dtype=torch.bfloat16), "bwd") == 0
 
 
 @gpu_only
@@ -300,8 +296,8 @@ def test_gpu_bf16_realistic(monkeypatch, d, T, W, fused):
 @gpu_only
 @pytest.mark.parametrize("d", [64, 128])
 def test_gpu_bf16_realistic_with_weights_near_1_over_w(d):
-    """Sigmoid bias -log W (the swat_logw variant): most weights sit near 1 / W, small against the
-    tanh sigmoid's absolute error, so the launch takes the ex2 modes there (TANH_MIN_BIAS)."""
+    """Sigmoid bias -log W (the swat_logw variant): most weights sit near 1 / W, where the tanh
+    sigmoid's absolute error would show first."""
     check_against_reference(2, 2048, 4, 2, d, 512, torch.bfloat16, tol=1e-2, bias=-math.log(512))
 
 

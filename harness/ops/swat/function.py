@@ -56,7 +56,7 @@ CONFIGS = {
     ("dkdv", 128, "large"): _cfg(64, 128, 8, 3),
     ("dq", 64, "small"): _cfg(64, 32, 4, 3, True),
     ("dq", 64, "medium"): _cfg(64, 32, 4, 3),
-    ("dq", 64, "large"): _cfg(128, 64, 8, 3),
+    ("dq", 64, "large"): _cfg(128, 32, 4, 3),
     ("dq", 128, "small"): _cfg(64, 32, 4, 3, True),
     ("dq", 128, "medium"): _cfg(64, 32, 4, 3),
     ("dq", 128, "large"): _cfg(128, 64, 8, 3),
@@ -65,15 +65,10 @@ _INTERPRET_CONFIG = dict(BLOCK_M=16, BLOCK_N=16, num_warps=1, num_stages=1, ONE_
 # How each pass computes the sigmoid for 16-bit inputs on the GPU (triton_common.sigmoid_scaled's
 # modes): tanh (3) in the forward and backward (the H100 sweep, NOTES.md v11: 2-18% off the forward
 # and 0-13% off the backward against the Newton reciprocal (2) and rcp.approx (1) they had, nowhere
-# more than 1% slower than either, with the same error against the fp32 kernel); the decode keeps
-# mode 2, which its launch configs were swept with.
+# more than 1% slower than either, with the same error against the fp32 kernel, also at sigmoid
+# bias -log W, swat_logw's, where most weights are near 1 / W: v12); the decode keeps mode 2, which
+# its launch configs were swept with.
 SIGMOID_MODE = {"fwd": 3, "bwd": 3, "decode": 2}
-# The tanh sigmoid's error is absolute, not relative (triton_common.sigmoid_scaled), so it is taken
-# only down to the lowest sigmoid bias it was checked at (the GPU tests' -3: weights near 0.05);
-# below, where most weights are near 1 / W (swat_logw's -log W), each pass keeps its ex2 mode
-# until `tune --sweeps sigmoid` has measured tanh there.
-TANH_MIN_BIAS = -3.0
-EX2_SIGMOID_MODE = {"fwd": 2, "bwd": 1, "decode": 2}
 # Per (head_dim, regime): whether the dK/dV pass also adds dQ into an fp32 buffer, so that the dQ
 # pass does not run (triton_bwd: 5 matrix products and one sigmoid per tile pair instead of 7 and
 # two): "off", "atomics" (element by element) or "tma" (one bulk reduction per tile by the copy
@@ -201,26 +196,16 @@ def override_fused_dq(overrides: dict):
     return _overridden(FUSED_DQ, overrides)
 
 
-@contextlib.contextmanager
-def override_sigmoid_mode(overrides: dict, any_bias: bool = False):
-    """Temporarily replace entries of SIGMOID_MODE (keys fwd, bwd, decode), for tuning sweeps; with
-    any_bias, the tanh mode is taken at every sigmoid bias (TANH_MIN_BIAS lifted), to measure it there."""
-    global TANH_MIN_BIAS
-    floor = TANH_MIN_BIAS
-    with _overridden(SIGMOID_MODE, overrides):
-        TANH_MIN_BIAS = -math.inf if any_bias else floor
-        try:
-            yield
-        finally:
-            TANH_MIN_BIAS = floor
+def override_sigmoid_mode(overrides: dict):
+    """Temporarily replace entries of SIGMOID_MODE (keys fwd, bwd, decode), for tuning sweeps."""
+    return _overridden(SIGMOID_MODE, overrides)
 
 
-def _sigmoid_mode(t: torch.Tensor, pass_name: str, sigmoid_bias: float) -> int:
+def _sigmoid_mode(t: torch.Tensor, pass_name: str) -> int:
     # approximations only on the GPU, and not for fp32 inputs (whose tests ask for ~1e-5)
     if not t.is_cuda or interpreting() or t.dtype == torch.float32:
         return 0
-    mode = SIGMOID_MODE[pass_name]
-    return EX2_SIGMOID_MODE[pass_name] if mode == 3 and sigmoid_bias < TANH_MIN_BIAS else mode
+    return SIGMOID_MODE[pass_name]
 
 
 def _dot_precision(t: torch.Tensor) -> str:
@@ -285,7 +270,7 @@ def _swat_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, slopes: torch.T
            (q, k, v, o, slopes, row_start if row_start is not None else slopes,
             *_strides(q), *_strides(k), *_strides(v), *_strides(o), T, H, W, scale, sigmoid_bias),
            dict(REP=H // k.shape[2], HAS_DOC=row_start is not None, HEAD_DIM=d,
-                SIGMOID=_sigmoid_mode(q, "fwd", sigmoid_bias), DOT_PREC=_dot_precision(q)))
+                SIGMOID=_sigmoid_mode(q, "fwd"), DOT_PREC=_dot_precision(q)))
     return o
 
 
@@ -307,7 +292,7 @@ def _swat_bwd(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tenso
     dk = torch.empty((B, T, Hkv, d), device=q.device, dtype=q.dtype)
     dv = torch.empty((B, T, Hkv, d), device=q.device, dtype=q.dtype)
     has_doc = row_start is not None
-    common = dict(REP=H // Hkv, HAS_DOC=has_doc, HEAD_DIM=d, SIGMOID=_sigmoid_mode(q, "bwd", sigmoid_bias),
+    common = dict(REP=H // Hkv, HAS_DOC=has_doc, HEAD_DIM=d, SIGMOID=_sigmoid_mode(q, "bwd"),
                   DOT_PREC=_dot_precision(q))
 
     launch(swat_bwd_dkdv_kernel, "dkdv", q, W, lambda bm, bn: (B * Hkv, triton.cdiv(T, bn)),
@@ -428,7 +413,7 @@ def _swat_decode(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, 
         q, k_cache, v_cache, out, o, arrived, slopes,
         q.stride(0), q.stride(1), *_strides(k_cache), *_strides(v_cache), *_strides(out), o.stride(0), o.stride(1),
         H, W_cache, cache_len, pos, window, scale, sigmoid_bias,
-        REP=H // Hkv, HEAD_DIM=d, SIGMOID=_sigmoid_mode(q, "decode", sigmoid_bias), **launch)
+        REP=H // Hkv, HEAD_DIM=d, SIGMOID=_sigmoid_mode(q, "decode"), **launch)
     if splits > 1 and not launch["SUM_IN_KERNEL"]:
         sum_splits_kernel[(triton.cdiv(o.numel(), 1024),)](out, o, splits, o.numel(), BLOCK=1024)
     return o

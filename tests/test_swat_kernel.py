@@ -5,6 +5,7 @@ every tile path (window edge, interior, causal diagonal, partial last block, doc
 is exercised; on a GPU the same tests run compiled, plus realistic sizes and torch.compile.
 """
 
+import contextlib
 import math
 import os
 from types import SimpleNamespace
@@ -156,6 +157,39 @@ def test_tma_dq_falls_back_to_atomics_without_the_copy_engine(monkeypatch):
     assert function.fused_dq(64, 128, torch.device("cuda")) == "tma"
 
 
+def test_hopper_passes_are_taken_only_where_they_were_measured_faster(monkeypatch):
+    """hopper.py's Gluon passes run on a Hopper GPU for 16-bit inputs without GQA or documents, at
+    head size 128 from the windows HOPPER_MIN_WINDOW names, on tensors TMA can read (views of a
+    fused projection among them); everything else, and everything under triton_only(), takes the
+    Triton passes."""
+    from harness.ops.swat import function
+    if function._hopper_kernels() is None:
+        pytest.skip("this Triton has no Gluon Hopper API")
+
+    def bf16(*shape):
+        return torch.empty(*shape, dtype=torch.bfloat16)
+
+    q = bf16(2, 64, 4, 128)
+    assert not function.hopper_pass("fwd", q, 4096, False, q, q)  # a CPU tensor: not on a Hopper GPU
+    monkeypatch.setattr(function, "_on_hopper", lambda t: True)
+    assert function.hopper_pass("fwd", q, 512, False, q, q) and not function.hopper_pass("fwd", q, 256, False, q, q)
+    assert function.hopper_pass("bwd", q, 2048, False, q, q, q) and not function.hopper_pass("bwd", q, 512, False, q, q)
+    small_heads = bf16(2, 64, 4, 64)
+    assert not function.hopper_pass("fwd", small_heads, 4096, False, small_heads, small_heads)
+    assert not function.hopper_pass("fwd", q.float(), 4096, False, q.float(), q.float())
+    assert not function.hopper_pass("fwd", q, 4096, True, q, q)  # packed documents
+    assert not function.hopper_pass("fwd", q, 4096, False, bf16(2, 64, 2, 128), bf16(2, 64, 2, 128))  # GQA
+    fused = bf16(2, 64, 3, 4, 128)
+    assert function.hopper_pass("bwd", fused[:, :, 0], 4096, False, fused[:, :, 1], fused[:, :, 2], q)
+    heads_first = bf16(2, 4, 64, 128).transpose(1, 2)
+    unaligned = bf16(2 * 64 * 4 * 128 + 1)[1:].view(2, 64, 4, 128)
+    assert not function.hopper_pass("fwd", q, 4096, False, heads_first, q)
+    assert not function.hopper_pass("fwd", q, 4096, False, q, unaligned)
+    with function.triton_only():
+        assert not function.hopper_pass("fwd", q, 4096, False, q, q)
+    assert function.hopper_pass("fwd", q, 4096, False, q, q)
+
+
 @pytest.mark.parametrize("mode,tol", [(0, 1e-5), (2, 5e-4)])
 def test_sigmoid_modes(mode, tol):
     """The Newton reciprocal (mode 2, the decode's for bf16/fp16 on the GPU) stays well inside bf16 precision."""
@@ -299,6 +333,42 @@ def test_gpu_bf16_realistic_with_weights_near_1_over_w(d):
     """Sigmoid bias -log W (the swat_logw variant): most weights sit near 1 / W, where the tanh
     sigmoid's absolute error would show first."""
     check_against_reference(2, 2048, 4, 2, d, 512, torch.bfloat16, tol=1e-2, bias=-math.log(512))
+
+
+hopper_only = pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.get_device_capability() != (9, 0),
+                                 reason="needs a Hopper GPU (compute capability 9.0)")
+
+
+@hopper_only
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("B,T,H,W,bias", [(2, 3000, 2, 2048, -3.0), (1, 4096, 4, 4096, -math.log(4096)),
+                                          (3, 777, 2, 5000, -0.5), (2, 1000, 3, 512, -3.0)])
+def test_gpu_hopper_passes_match_the_reference(B, T, H, W, bias, dtype):
+    """hopper.py's Gluon passes where the dispatcher takes them (head size 128, no GQA): lengths that
+    are no multiple of the tiles, several sequences (tiles reaching into a neighbour's rows), a
+    window past T, the forward alone below the backward's window (777, 1000), weights near 1 / W."""
+    from harness.ops.swat import function
+    q = torch.empty(B, T, H, 128, device="cuda", dtype=dtype)
+    assert function.hopper_pass("fwd", q, min(W, T), False, q, q)
+    check_against_reference(B, T, H, H, 128, W, dtype, tol=1e-2, bias=bias)
+
+
+@hopper_only
+def test_gpu_hopper_passes_read_views_of_a_fused_projection_as_the_triton_ones_do():
+    from harness.ops.swat import function
+    qkv = torch.randn(2, 2500, 3, 4, 128, device="cuda", dtype=torch.bfloat16)
+    do = torch.randn(2, 2500, 4, 128, device="cuda", dtype=torch.bfloat16)
+    slopes = alibi_slopes(4).cuda()
+    assert function.hopper_pass("bwd", qkv[:, :, 0], 2048, False, qkv[:, :, 1], qkv[:, :, 2], do)
+    results = []
+    for path in (contextlib.nullcontext, function.triton_only):
+        leaf = qkv.detach().clone().requires_grad_()
+        with path():
+            o = swat_attention_triton(*leaf.unbind(2), slopes, 2048, -3.0)
+            o.backward(do)
+        results.append((o, leaf.grad))
+    (o, grad), (o_triton, grad_triton) = results
+    assert rel_err(o, o_triton) < 1e-2 and rel_err(grad, grad_triton) < 1e-2
 
 
 @gpu_only

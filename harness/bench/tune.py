@@ -17,7 +17,10 @@ the peer a user would pick. Sweep `sigmoid` times the forward and the backward i
 mode (SIGMOID_MODES) at the current configs and B * T = 65536 with T = 16384, the peer bench's
 length, and measures each mode's error against the fp32 kernel (sigmoid bias 0 and -log W). The
 winners go into CONFIGS / FUSED_DQ / SIGMOID_MODE / DECODE_CONFIGS in
-harness/ops/swat/function.py by hand, with the numbers in harness/ops/swat/NOTES.md.
+harness/ops/swat/function.py by hand, with the numbers in harness/ops/swat/NOTES.md. Every sweep
+times the Triton passes (function.triton_only), also at the shapes where a Hopper GPU would run
+hopper.py's Gluon passes, whose launches are fixed (hopper.TILES) and measured by
+results/kernels/ws-probe/bench.py.
 """
 
 from __future__ import annotations
@@ -46,6 +49,7 @@ from harness.ops.swat.function import (
     override_fused_dq,
     override_sigmoid_mode,
     swat_decode_triton,
+    triton_only,
 )
 
 CANDIDATES = {
@@ -263,9 +267,10 @@ def main() -> None:
             if out is not None:
                 out.write(json.dumps({**row, **made}) + "\n")
                 out.flush()
-        rows = (sweep(on_row=on_row, windows=windows) if "tiles" in sweeps else []) + \
-            (decode_sweep(on_row=on_row) if "decode" in sweeps else []) + \
-            (sigmoid_sweep(on_row=on_row, windows=windows) if "sigmoid" in sweeps else [])
+        with triton_only():
+            rows = (sweep(on_row=on_row, windows=windows) if "tiles" in sweeps else []) + \
+                (decode_sweep(on_row=on_row) if "decode" in sweeps else []) + \
+                (sigmoid_sweep(on_row=on_row, windows=windows) if "sigmoid" in sweeps else [])
     best = {}
     for r in rows:
         key = (r["what"], r["d"], r.get("B"), r["W"])

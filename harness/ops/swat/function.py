@@ -4,13 +4,17 @@
 (shape-only) implementations, so `torch.compile` keeps them in the graph as opaque calls (no graph
 break, nothing for Inductor to re-analyse in the kernels) and autograd reaches the backward
 kernels through `register_autograd`. (`triton_op`, which lets Inductor see the launches, failed
-to compile the forward kernel under Inductor with torch 2.11 / triton 3.6; eager was fine.) On the CPU they run only under TRITON_INTERPRET=1
-(the CI tests); in normal use `harness.ops.swat.swat_attention` routes CPU tensors to the reference.
+to compile the forward kernel under Inductor with torch 2.11 / triton 3.6; eager was fine.) On the
+CPU they run only under TRITON_INTERPRET=1 (the CI tests); in normal use
+`harness.ops.swat.swat_attention` routes CPU tensors to the reference. On a Hopper GPU, the
+forward and the backward at the shapes HOPPER_MIN_WINDOW names run in hopper.py's Gluon kernels
+instead, which compute the same function faster there.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 from typing import Optional
 
@@ -80,6 +84,12 @@ SIGMOID_MODE = {"fwd": 3, "bwd": 3, "decode": 2}
 # additions.
 FUSED_DQ_MODES = ("off", "atomics", "tma")
 FUSED_DQ = {(d, regime): "off" for d in (64, 128) for regime in ("small", "medium", "large")}
+# Where hopper.py's Gluon passes (FlashAttention-3's ping-pong schedule, Hopper GPUs only) run instead
+# of the Triton ones: per (pass, head size), from this window on. From the H100 bench of NOTES.md,
+# v12 (B = 4, T = 16K, both with the tanh sigmoid): at d = 128 the ping-pong forward is 7%, 11% and
+# 13% faster at W = 512, 2048 and T, and its backward 10% and 7% faster at W = 2048 and T but 9%
+# slower at W = 512; at d = 64 both are slower at every window.
+HOPPER_MIN_WINDOW = {("fwd", 128): 512, ("bwd", 128): 2048}
 
 
 def window_regime(window: int, head_dim: int) -> str:
@@ -105,6 +115,40 @@ def fused_dq(head_dim: int, window: int, device: torch.device) -> str:
     if mode == "tma" and (interpreting() or device.type != "cuda" or torch.cuda.get_device_capability(device)[0] < 9):
         return "atomics"
     return mode
+
+
+@functools.cache
+def _hopper_kernels():
+    """harness.ops.swat.hopper, or None where this Triton has no Gluon Hopper API to build it on."""
+    try:
+        from harness.ops.swat import hopper
+    except (ImportError, AttributeError):  # no Gluon, or an older one without these names
+        return None
+    return hopper
+
+
+def _on_hopper(t: torch.Tensor) -> bool:
+    # compute capability 9.0: wgmma and TMA as the Gluon passes use them (sm_90a)
+    return t.is_cuda and not interpreting() and torch.cuda.get_device_capability(t.device) == (9, 0)
+
+
+def hopper_pass(pass_name: str, q: torch.Tensor, window: int, has_doc: bool, *others: torch.Tensor) -> bool:
+    """Whether a pass ("fwd" or "bwd") runs in hopper.py's Gluon kernels: on a Hopper GPU, for
+    16-bit inputs with one key head per query head and no packed documents, every tensor it reads
+    (q and `others`) readable by TMA, at a head size and window HOPPER_MIN_WINDOW names."""
+    floor = HOPPER_MIN_WINDOW.get((pass_name, q.shape[-1]))
+    if floor is None or window < floor or has_doc or q.dtype not in (torch.bfloat16, torch.float16):
+        return False
+    if any(t.shape[2] != q.shape[2] for t in others) or not _on_hopper(q):
+        return False
+    kernels = _hopper_kernels()
+    return kernels is not None and all(kernels.tma_readable(t) for t in (q, *others))
+
+
+def triton_only():
+    """The Triton passes at every shape (no Gluon pass), for sweeps of their configs and for tests
+    that compare the two paths; restored on exit."""
+    return _overridden(HOPPER_MIN_WINDOW, dict.fromkeys(HOPPER_MIN_WINDOW, math.inf))
 
 
 def _tma_scratch_allocator() -> None:
@@ -264,8 +308,10 @@ def _swat_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, slopes: torch.T
               row_start: Optional[torch.Tensor], row_end: Optional[torch.Tensor], window: int,
               sigmoid_bias: float, scale: float) -> torch.Tensor:
     B, T, H, d = q.shape
-    o = torch.empty((B, T, H, d), device=q.device, dtype=q.dtype)
     W = min(window, T)
+    if hopper_pass("fwd", q, W, row_start is not None, k, v):
+        return _hopper_kernels().swat_fwd_hopper(q, k, v, slopes, W, sigmoid_bias, scale, _sigmoid_mode(q, "fwd"))
+    o = torch.empty((B, T, H, d), device=q.device, dtype=q.dtype)
     launch(swat_fwd_kernel, "fwd", q, W, lambda bm, bn: (B * H, triton.cdiv(T, bm)),
            (q, k, v, o, slopes, row_start if row_start is not None else slopes,
             *_strides(q), *_strides(k), *_strides(v), *_strides(o), T, H, W, scale, sigmoid_bias),
@@ -282,6 +328,8 @@ def _swat_bwd(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tenso
     Hkv = k.shape[2]
     do = do.contiguous()
     W = min(window, T)
+    if hopper_pass("bwd", q, W, row_start is not None, k, v, do):
+        return _hopper_kernels().swat_bwd_hopper(do, q, k, v, slopes, W, sigmoid_bias, scale, _sigmoid_mode(q, "bwd"))
     fused = fused_dq(d, W, q.device)
     if fused == "tma":
         _tma_scratch_allocator()

@@ -21,14 +21,10 @@ from triton.runtime.jit import mangle_type
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path[:0] = [HERE, os.path.dirname(os.path.dirname(os.path.dirname(HERE)))]  # the probe, the repository
-from gluon_swat import (  # noqa: E402
-    descriptor,
-    swat_dkdv_gluon_kernel,
-    swat_dkdv_pingpong_kernel,
-    swat_query_gluon_kernel,
-    swat_query_pingpong_kernel,
-)
+from gluon_swat import swat_dkdv_gluon_kernel, swat_query_gluon_kernel  # noqa: E402
 from kernels import dkdv_kernel, query_block_kernel  # noqa: E402
+
+from harness.ops.swat.hopper import descriptor, swat_dkdv_pingpong_kernel, swat_query_pingpong_kernel  # noqa: E402
 
 PTXAS = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "ptxas")
 COMMON = {"Slopes": "*fp32", "T": "i32", "H": "i32", "W": "i32", "neg_c": "fp32", "neg_bias": "fp32",

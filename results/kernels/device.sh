@@ -4,6 +4,7 @@
 #   OUT=folder HARNESS_COMMIT=<sent commit> [SWEEPS=tiles,decode] [WINDOWS=512,1024] [TESTS=gpu] bash results/kernels/device.sh tune
 #   OUT=folder HARNESS_COMMIT=<sent commit> [HEAD_DIMS=64,128] [BUDGET_S=570] bash results/kernels/device.sh bench
 #   OUT=folder HARNESS_COMMIT=<sent commit> [BUDGET_S=570] bash results/kernels/device.sh decode
+#   OUT=folder HARNESS_COMMIT=<sent commit> [TESTS=expr] [BUDGET_S=570] bash results/kernels/device.sh attention
 # tune:  the GPU tests of the kernels (realistic shapes with both backwards, every dtype and head
 #        size; the whole file compiled took over 150 s, so it belongs in a study call's GPU_TESTS;
 #        TESTS=every_dtype runs only the test of every dtype and head size, about 90 s),
@@ -19,6 +20,10 @@
 # decode: after a change to the decode alone, the GPU decode tests, then the bench's decode rows
 #        measured again (batch 1, 8, 64) into a copy of this GPU's committed folder, whose forward
 #        and backward rows are kept as they are; packed as kernels.tgz.
+# attention: after a change to the forward and backward alone, their GPU tests (TESTS, a pytest -k
+#        expression, default the Hopper path's and the realistic shapes'; about 90 s), and only if
+#        none failed, the bench's forward and forward + backward rows measured again into a copy of
+#        this GPU's committed folder, whose decode rows are kept as they are; packed as kernels.tgz.
 # mamba-ssm is not built (MAMBA_BUILD=0): the CPUs stay quiet beside the timings. `timeout -k`:
 # a command that ignores the first SIGTERM (one call's bench, inside a Triton compile) is killed
 # 10 s later, so that the packing still runs before the call's own limit.
@@ -26,6 +31,21 @@ set -u
 T0=$(date +%s)
 MAMBA_BUILD=0 . results/device-setup.sh
 left() { echo $(( ${BUDGET_S:-570} - ($(date +%s) - T0) )); }
+# remeasure ROWS MODES: the bench's MODES measured again into a copy of this GPU's committed folder
+# without its rows whose mode matches ROWS (a grep pattern), the others kept as they are
+remeasure() {
+  D=$(python3 -c "from harness.results.provenance import device_name, device_slug; print(device_slug(device_name('cuda')))")
+  mkdir -p "$G/results/kernels/$D"
+  if [ -f "results/kernels/$D/kernels.csv" ]; then
+    grep -v "^$1," "results/kernels/$D/kernels.csv" > "$G/results/kernels/$D/kernels.csv"
+    cp "results/kernels/$D/run.json" "$G/results/kernels/$D/"  # the earlier runs' record, kept under `earlier`
+  fi
+  say "bench kernels, $2 only, into a copy of results/kernels/$D ($(( $(left) - 20 )) s at most)"
+  timeout -k 10 $(( $(left) - 30 )) python3 -m harness bench kernels --out "$G/results/kernels" \
+    --head-dims 64,128 --modes "$2" --decode-batches 1,8,64 >> "$LOG" 2>&1
+  say "bench exit $?"
+  tar czf "$OUT/kernels.tgz" -C "$G/results" kernels
+}
 case "${1:-}" in
   tune)
     say "kernel tests on the GPU (the realistic shapes, every dtype and head size)"
@@ -43,17 +63,13 @@ case "${1:-}" in
   decode)
     timeout -k 10 120 python3 -m pytest tests/test_swat_kernel.py -p no:cacheprovider -W ignore -rfEs \
       -k "gpu and decode" > "$OUT/gpu_tests.log" 2>&1; say "decode tests: $(tail -1 "$OUT/gpu_tests.log")"
-    D=$(python3 -c "from harness.results.provenance import device_name, device_slug; print(device_slug(device_name('cuda')))")
-    mkdir -p "$G/results/kernels/$D"
-    if [ -f "results/kernels/$D/kernels.csv" ]; then
-      grep -v '^decode,' "results/kernels/$D/kernels.csv" > "$G/results/kernels/$D/kernels.csv"
-      cp "results/kernels/$D/run.json" "$G/results/kernels/$D/"  # the earlier runs' record, kept under `earlier`
-    fi
-    say "bench kernels, decode only, into a copy of results/kernels/$D ($(( $(left) - 20 )) s at most)"
-    timeout -k 10 $(( $(left) - 30 )) python3 -m harness bench kernels --out "$G/results/kernels" \
-      --head-dims 64,128 --modes decode --decode-batches 1,8,64 >> "$LOG" 2>&1
-    say "bench exit $?"
-    tar czf "$OUT/kernels.tgz" -C "$G/results" kernels ;;
-  *) echo "usage: device.sh tune|bench|decode" >&2; exit 2 ;;
+    remeasure decode decode ;;
+  attention)
+    timeout -k 10 150 python3 -m pytest tests/test_swat_kernel.py -p no:cacheprovider -W ignore -rfEs -v \
+      -k "${TESTS:-gpu and (hopper or realistic)}" > "$OUT/gpu_tests.log" 2>&1
+    say "tests: $(tail -1 "$OUT/gpu_tests.log")"
+    if grep -Eq "^(FAILED|ERROR) " "$OUT/gpu_tests.log"; then say "a test failed: no bench"; exit 1; fi
+    remeasure 'fwd\(_bwd\)\?' fwd,fwd_bwd ;;
+  *) echo "usage: device.sh tune|bench|decode|attention" >&2; exit 2 ;;
 esac
 say "done ($(( $(date +%s) - T0 )) s)"

@@ -8,6 +8,9 @@ is exercised; on a GPU the same tests run compiled, plus realistic sizes and tor
 import contextlib
 import math
 import os
+import subprocess
+import sys
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -188,6 +191,19 @@ def test_hopper_passes_are_taken_only_where_they_were_measured_faster(monkeypatc
     with function.triton_only():
         assert not function.hopper_pass("fwd", q, 4096, False, q, q)
     assert function.hopper_pass("fwd", q, 4096, False, q, q)
+
+
+def test_hopper_kernels_compile_for_sm90_without_a_gpu():
+    """hopper.py's kernels at the launches its dispatcher uses, compiled for sm_90 by this Triton (no
+    GPU needed: ptxas comes with it), so that a Triton whose Gluon API moved fails here, not on a
+    user's H100. In a process of its own: Gluon does not compile under TRITON_INTERPRET=1, which
+    these tests run with on a CPU."""
+    pytest.importorskip("harness.ops.swat.hopper")
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    script = Path(__file__).parent / "fixtures" / "compile_hopper_sm90.py"
+    done = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert [line.split(":")[0] for line in done.stdout.splitlines()] == ["fwd", "dq", "dkdv"]
 
 
 @pytest.mark.parametrize("mode,tol", [(0, 1e-5), (2, 5e-4)])

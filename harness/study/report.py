@@ -271,10 +271,13 @@ def sci_label(x: float, _pos=None) -> str:
 
 
 def model_style(study, model: str) -> dict:
-    """One colour and marker per model of the study, the same in every panel and plot."""
+    """One colour, marker and line style per model of the study, the same in every panel and plot:
+    tab10's ten hues for the first ten models, then the same hues again with dashed lines and the
+    next marker (tab20 pairs each hue dark and light, which a legend of a dozen models reads as one)."""
     from harness.results.plots import pyplot
     i = (study.models + study.references).index(model)
-    return {"color": pyplot().cm.tab20(i % 20), "marker": "osD^v<>ph*"[i % 10], "markersize": 5}
+    return {"color": pyplot().cm.tab10(i % 10), "marker": "osD^v<>ph*"[(i + i // 10) % 10], "markersize": 5,
+            "linestyle": "-" if i < 10 else "--"}
 
 
 # ---------------------------------------------------------------- the main table
@@ -742,10 +745,11 @@ def scaling_plot(res: Results, fits: dict, axis: str, out: Path, name: str) -> l
         label = model if fit is None else f"{model} (b = {fit['b']:.3f}" + (
             f" ± {fit['b_se']:.3f})" if fit["b_se"] is not None else ")")
         style = model_style(res.study, model)
-        ax.plot(xs, ys, linestyle="none", label=label, **style)
+        ax.plot(xs, ys, label=label, **{**style, "linestyle": "none"})
         if fit is not None:
             grid = [min(xs) * (max(xs) / min(xs)) ** (k / 20) for k in range(21)]
-            ax.plot(grid, [fit["A"] * g ** fit["b"] for g in grid], color=style["color"], alpha=0.7)
+            ax.plot(grid, [fit["A"] * g ** fit["b"] for g in grid], color=style["color"],
+                    linestyle=style["linestyle"], alpha=0.7)
         lines += [[model, x, y] for x, y in pts]
     ax.set_xscale("log")
     ax.set_yscale("log")

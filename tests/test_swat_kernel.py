@@ -174,7 +174,7 @@ def test_hopper_passes_are_taken_only_where_they_were_measured_faster(monkeypatc
 
     q = bf16(2, 64, 4, 128)
     assert not function.hopper_pass("fwd", q, 4096, False, q, q)  # a CPU tensor: not on a Hopper GPU
-    monkeypatch.setattr(function, "_on_hopper", lambda t: True)
+    monkeypatch.setattr(function, "_on_hopper", lambda device: True)
     assert function.hopper_pass("fwd", q, 512, False, q, q) and not function.hopper_pass("fwd", q, 256, False, q, q)
     assert function.hopper_pass("bwd", q, 2048, False, q, q, q) and not function.hopper_pass("bwd", q, 512, False, q, q)
     small_heads = bf16(2, 64, 4, 64)
@@ -191,6 +191,9 @@ def test_hopper_passes_are_taken_only_where_they_were_measured_faster(monkeypatc
     with function.triton_only():
         assert not function.hopper_pass("fwd", q, 4096, False, q, q)
     assert function.hopper_pass("fwd", q, 4096, False, q, q)
+    from harness.bench.kernels import swat_passes  # what the kernel bench records it timed
+    assert swat_passes(torch.device("cuda")) == ("hopper.py's Gluon passes (the forward at d = 128 from W = 512; "
+                                                 "the backward at d = 128 from W = 2048), the Triton kernels elsewhere")
 
 
 def test_hopper_kernels_compile_for_sm90_without_a_gpu():
@@ -491,7 +494,8 @@ def test_bench_kernels_writes_results_and_resumes(tmp_path):
     by = {(r["peer"], r["window"]): r for r in rows}
     assert by[("swat", 16)]["ms"] > 0 and by[("swat", 32)]["ms"] > 0 and by[("sdpa", 32)]["ms"] > 0
     assert by[("sdpa", 16)]["status"] == "full causal only (W >= T)"
-    assert "| 64 | 32 | T |" in (out / "kernels.md").read_text()
+    text = (out / "kernels.md").read_text()
+    assert "| 64 | 32 | T |" in text and "- SWAT's passes in this command's rows: the Triton kernels" in text
     assert (out / "kernels.png").is_file() and (out / "run.json").is_file()
     run_kernel_bench(spec, tmp_path, log=lambda m: None)
     assert read_csv(out / "kernels.csv") == rows

@@ -372,7 +372,9 @@ def markdown(rows: list[dict], info: dict) -> str:
              f"kernels.csv: {', '.join(sorted({str(r.get('commit')) for r in rows}))}",
              f"- dtype: {info['dtype']}; tokens per batch B*T = {info['tokens']}; heads H = hidden {info['hidden']}"
              " / d; timings are medians of triton's do_bench (CUDA events); TFLOP/s count the band's pairs only "
-             "(4d per pair forward, 14d forward+backward); ratio = fastest peer's time / SWAT's time.", ""]
+             "(4d per pair forward, 14d forward+backward); ratio = fastest peer's time / SWAT's time.",
+             *([f"- SWAT's passes in this command's rows: {info['swat_passes']}"] if "swat_passes" in info else []),
+             ""]
     for mode, title in (("fwd", "Forward"), ("fwd_bwd", "Forward + backward")):
         header, body = ratio_table(rows, mode)
         if body:
@@ -497,6 +499,17 @@ def kernel_device(log: Callable) -> torch.device:
     return torch.device("cpu")
 
 
+def swat_passes(device: torch.device) -> str:
+    """Which kernels SWAT's rows time on this device (harness.ops.swat.function.hopper_pass picks per shape)."""
+    from harness.ops.swat.function import hopper_windows
+    windows = hopper_windows(device)
+    if not windows:
+        return "the Triton kernels"
+    where = "; ".join(f"the {'forward' if p == 'fwd' else 'backward'} at d = {d} from W = {w}"
+                      for (p, d), w in windows.items())
+    return f"hopper.py's Gluon passes ({where}), the Triton kernels elsewhere"
+
+
 def run_kernel_bench(spec: BenchSpec, out_root: Path, force: bool = False, log: Callable = print,
                      progress: Callable | None = None) -> Path:
     """Measure spec's shapes into out_root/<device>/; rows already in kernels.csv are kept and skipped."""
@@ -542,9 +555,10 @@ def run_kernel_bench(spec: BenchSpec, out_root: Path, force: bool = False, log: 
         if progress:
             progress(step, total, label)
 
-    # recorded first, so that a run cut short leaves a folder that `--render-only` draws
-    record_run(out, {"dtype": spec.dtype, "tokens": spec.tokens, "hidden": spec.hidden, "spec": asdict(spec)},
-               str(device))  # the provenance of resumed rows stays, under `earlier`
+    # recorded first, so that a run cut short leaves a folder that `--render-only` draws (the
+    # provenance of resumed rows stays, under `earlier`)
+    record_run(out, {"dtype": spec.dtype, "tokens": spec.tokens, "hidden": spec.hidden, "spec": asdict(spec),
+                     "swat_passes": swat_passes(device)}, str(device))
     for shape in shapes:
         record(measure_shape(shape, list(spec.peers), list(spec.modes), device, dtype, done, timing),
                f"d={shape.head_dim} T={shape.seq_len} W={shape.window}")

@@ -127,9 +127,15 @@ def _hopper_kernels():
     return hopper
 
 
-def _on_hopper(t: torch.Tensor) -> bool:
+def _on_hopper(device: torch.device) -> bool:
     # compute capability 9.0: wgmma and TMA as the Gluon passes use them (sm_90a)
-    return t.is_cuda and not interpreting() and torch.cuda.get_device_capability(t.device) == (9, 0)
+    return device.type == "cuda" and not interpreting() and torch.cuda.get_device_capability(device) == (9, 0)
+
+
+def hopper_windows(device: torch.device) -> dict:
+    """HOPPER_MIN_WINDOW where this device runs hopper.py's Gluon passes (a Hopper GPU, a Triton with
+    Gluon), else {}: for benchmarks to record which kernels their rows timed."""
+    return dict(HOPPER_MIN_WINDOW) if _on_hopper(device) and _hopper_kernels() is not None else {}
 
 
 def hopper_pass(pass_name: str, q: torch.Tensor, window: int, has_doc: bool, *others: torch.Tensor) -> bool:
@@ -139,7 +145,7 @@ def hopper_pass(pass_name: str, q: torch.Tensor, window: int, has_doc: bool, *ot
     floor = HOPPER_MIN_WINDOW.get((pass_name, q.shape[-1]))
     if floor is None or window < floor or has_doc or q.dtype not in (torch.bfloat16, torch.float16):
         return False
-    if any(t.shape[2] != q.shape[2] for t in others) or not _on_hopper(q):
+    if any(t.shape[2] != q.shape[2] for t in others) or not _on_hopper(q.device):
         return False
     kernels = _hopper_kernels()
     return kernels is not None and all(kernels.tma_readable(t) for t in (q, *others))

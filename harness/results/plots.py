@@ -112,9 +112,12 @@ def _length_plot(series: dict, out_dir: Path, name: str, ylabel: str, title: str
     # picks the line style), so that a model's batch sizes read as a pair; marker sizes alternate,
     # so that models with equal values (e.g. the same decode state of two windowed models) stay
     # visible on top of each other; past the colours of the map the marker shifts, so that no two
-    # series (a study's sizes, rates and seeds make dozens) look alike
+    # series (a study's sizes, rates and seeds make dozens) look alike. Past ten models, tab20's ten
+    # dark hues come first and its light ones after them: in its own order each hue's dark and light
+    # shades are neighbours, which read as one model in the legend
     models = sorted({label.split(" b=")[0] for label in series})
-    colours = plt.get_cmap("tab10" if len(models) <= 10 else "tab20").colors
+    tab20 = plt.get_cmap("tab20").colors
+    colours = plt.get_cmap("tab10").colors if len(models) <= 10 else tab20[0::2] + tab20[1::2]
     for ax, preset in zip(axes[:, 0], presets):
         for label, pts in sorted(series.items()):
             if next(iter(pts.values())).preset != preset:

@@ -128,14 +128,16 @@ def _hopper_kernels():
 
 
 def _on_hopper(device: torch.device) -> bool:
-    # compute capability 9.0: wgmma and TMA as the Gluon passes use them (sm_90a)
-    return device.type == "cuda" and not interpreting() and torch.cuda.get_device_capability(device) == (9, 0)
+    """Whether hopper.py's passes can run on this device: a GPU of compute capability 9.0 (wgmma and
+    TMA as they use them, sm_90a) and a Triton with Gluon to build them."""
+    return (device.type == "cuda" and not interpreting() and torch.cuda.get_device_capability(device) == (9, 0)
+            and _hopper_kernels() is not None)
 
 
 def hopper_windows(device: torch.device) -> dict:
-    """HOPPER_MIN_WINDOW where this device runs hopper.py's Gluon passes (a Hopper GPU, a Triton with
-    Gluon), else {}: for benchmarks to record which kernels their rows timed."""
-    return dict(HOPPER_MIN_WINDOW) if _on_hopper(device) and _hopper_kernels() is not None else {}
+    """HOPPER_MIN_WINDOW where this device runs hopper.py's Gluon passes, else {}: for benchmarks to
+    record which kernels their rows timed."""
+    return dict(HOPPER_MIN_WINDOW) if _on_hopper(device) else {}
 
 
 def hopper_pass(pass_name: str, q: torch.Tensor, window: int, has_doc: bool, *others: torch.Tensor) -> bool:
@@ -147,8 +149,7 @@ def hopper_pass(pass_name: str, q: torch.Tensor, window: int, has_doc: bool, *ot
         return False
     if any(t.shape[2] != q.shape[2] for t in others) or not _on_hopper(q.device):
         return False
-    kernels = _hopper_kernels()
-    return kernels is not None and all(kernels.tma_readable(t) for t in (q, *others))
+    return all(_hopper_kernels().tma_readable(t) for t in (q, *others))
 
 
 def triton_only():

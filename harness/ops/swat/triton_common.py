@@ -55,7 +55,8 @@ def sigmoid_scaled(g, SIGMOID: tl.constexpr):
     SIGMOID 0: exact division (fp32 inputs, the interpreter); 1: ex2 + rcp.approx (1 ulp), both on
     the special-function unit; 2: ex2 + _rcp_newton (g clamped so that 2^g stays finite; sigmoid
     values below 2^-64 become ~0); 3: (1 + tanh.approx(g)) / 2, one special-function op and one
-    FMA (absolute error ~2^-12 rather than relative: small weights are coarser than in modes 0-2)."""
+    FMA (its error is bounded absolutely, ~2^-12, not relatively; the kernels' error against fp32
+    matched modes 1 and 2 also with weights near 1 / W down to 6e-5: NOTES.md v12)."""
     if SIGMOID == 3:
         t = tl.inline_asm_elementwise("tanh.approx.f32 $0, $1;", "=r,r", [g], dtype=tl.float32, is_pure=True,
                                       pack=1)

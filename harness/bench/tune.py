@@ -4,17 +4,17 @@ Sweep `tiles` times candidate configs (BLOCK_M, BLOCK_N, warps, stages, ONE_LOOP
 (fwd, dkdv, dq, and dkdv with each FUSED_DQ mode, the one-pass backwards: dQ added by atomics or
 by the copy engine's bulk reduction) at d = 64 and 128, B*T = 65536, T = 8192: the "small"
 regime at W = 128, the "large" one at W = 2048 and W = T (`--windows` chooses others, such as the
-"medium" regime's 512, the 340m model's window, each timed with its regime's candidates); then
-the sigmoid's modes (triton_common.sigmoid_scaled: the reciprocal on the special-function unit,
-the Newton one, tanh) with the current configs. A backward candidate is timed as the whole
-backward (dK/dV + dQ, or the one fused pass) with the other pass at its current config, so
-differences between candidates of one pass are that pass's differences, and the best "dkdv fused
-atomics" and "dkdv fused tma" rows against the best "dkdv" row decide FUSED_DQ. Sweep `decode`
+"medium" regime's 512, the 340m model's window, each timed with its regime's candidates). A
+backward candidate is timed as the whole backward (dK/dV + dQ, or the one fused pass) with the
+other pass at its current config, so differences between candidates of one pass are that pass's
+differences, and the best "dkdv fused atomics" and "dkdv fused tma" rows against the best "dkdv"
+row decide FUSED_DQ. Sweep `decode`
 times the decode kernel's launch configs (DECODE_CONFIGS: programs wanted, tile size, warps,
 stages) at batch 1, 8 and 64 over full W-slot ring buffers, as CUDA-graph replays, beside SDPA
 (softmax, no bias) over the same buffer: the work of a sliding-window softmax model's decode step,
 the peer a user would pick. Sweep `sigmoid` times the forward and the backward in each sigmoid
-mode (SIGMOID_MODES) at the current configs and B * T = 65536 with T = 16384, the peer bench's
+mode (SIGMOID_MODES: triton_common.sigmoid_scaled's reciprocal on the special-function unit, its
+Newton one, tanh) at the current configs and B * T = 65536 with T = 16384, the peer bench's
 length, and measures each mode's error against the fp32 kernel (sigmoid bias 0 and -log W). The
 winners go into CONFIGS / FUSED_DQ / SIGMOID_MODE / DECODE_CONFIGS in
 harness/ops/swat/function.py by hand, with the numbers in harness/ops/swat/NOTES.md. Every sweep
@@ -118,7 +118,6 @@ def sweep(seq_len: int = 8192, tokens: int = 65536, on_row=lambda row: None,
                         ms, note = _time(fwd(W) if pass_name == "fwd" else bwd(W))
                     rows.append(dict(d=d, T=T, W=W, what=what, **cand, ms=ms, note=note))
                     on_row(rows[-1])
-            rows += _sigmoid_mode_rows(dict(d=d, T=T, W=W), fwd(W), bwd(W), on_row)
     return rows
 
 

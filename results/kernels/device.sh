@@ -2,7 +2,7 @@
 # Issue 24's kernel measurements, from the repository root with `.whl/` carried (fla, a peer), on a
 # CUDA machine; each mode fits one 10-minute device call, and `bench` resumes on a warm machine:
 #   OUT=folder HARNESS_COMMIT=<sent commit> [SWEEPS=tiles,decode] [WINDOWS=512,1024] [TESTS=gpu] bash results/kernels/device.sh tune
-#   OUT=folder HARNESS_COMMIT=<sent commit> [HEAD_DIMS=64,128] [BUDGET_S=570] bash results/kernels/device.sh bench
+#   OUT=folder HARNESS_COMMIT=<sent commit> [HEAD_DIMS=64,128] [TESTS=expr] [BUDGET_S=570] bash results/kernels/device.sh bench
 #   OUT=folder HARNESS_COMMIT=<sent commit> [BUDGET_S=570] bash results/kernels/device.sh decode
 #   OUT=folder HARNESS_COMMIT=<sent commit> [TESTS=expr] [BUDGET_S=570] bash results/kernels/device.sh attention
 # tune:  the GPU tests of the kernels (realistic shapes with both backwards, every dtype and head
@@ -14,7 +14,8 @@
 #        timed and its error against the fp32 kernel measured, at T = 16K) as tune.jsonl,
 #        written row by row (a sweep cut at the time limit keeps what it measured); the winners go
 #        into harness/ops/swat/function.py by hand, with the numbers in NOTES.md.
-# bench: `harness bench kernels` at the issue's shapes (T 4K/16K/32K, W 128/512/2048/T, fwd and
+# bench: with TESTS, the kernel's GPU tests matching it first (as attention's), no bench if one failed;
+#        then `harness bench kernels` at the issue's shapes (T 4K/16K/32K, W 128/512/2048/T, fwd and
 #        fwd+bwd, then decode at batch 1, 8, 64) into .gpu/results/kernels, packed as kernels.tgz;
 #        a cut run goes on where it stopped when called again on the same machine.
 # decode: after a change to the decode alone, the GPU decode tests, then the bench's decode rows
@@ -31,6 +32,14 @@ set -u
 T0=$(date +%s)
 MAMBA_BUILD=0 . results/device-setup.sh
 left() { echo $(( ${BUDGET_S:-570} - ($(date +%s) - T0) )); }
+# gate EXPR: the kernel's GPU tests matching EXPR (a pytest -k expression) into gpu_tests.log; the call
+# stops there when one failed, so that no bench times a kernel whose results are wrong
+gate() {
+  timeout -k 10 150 python3 -m pytest tests/test_swat_kernel.py -p no:cacheprovider -W ignore -rfEs -v -k "$1" \
+    > "$OUT/gpu_tests.log" 2>&1
+  say "tests: $(tail -1 "$OUT/gpu_tests.log")"
+  if grep -Eq "^(FAILED|ERROR) " "$OUT/gpu_tests.log"; then say "a test failed: no bench"; exit 1; fi
+}
 # remeasure ROWS MODES: the bench's MODES measured again into a copy of this GPU's committed folder
 # without its rows whose mode matches ROWS (a grep pattern), the others kept as they are
 remeasure() {
@@ -55,6 +64,7 @@ case "${1:-}" in
     timeout -k 10 $(( $(left) - 25 )) python3 -m harness.bench.tune --sweeps "${SWEEPS:-tiles,decode}" \
       ${WINDOWS:+--windows "$WINDOWS"} --out "$OUT/tune.jsonl" > "$OUT/tune.txt" 2>&1; say "tune exit $?" ;;
   bench)
+    if [ -n "${TESTS:-}" ]; then gate "$TESTS"; fi
     say "bench kernels, d=${HEAD_DIMS:-64,128} ($(( $(left) - 20 )) s at most)"
     timeout -k 10 $(( $(left) - 30 )) python3 -m harness bench kernels --out "$G/results/kernels" \
       --head-dims "${HEAD_DIMS:-64,128}" --modes fwd,fwd_bwd,decode --decode-batches 1,8,64 >> "$LOG" 2>&1
@@ -65,10 +75,7 @@ case "${1:-}" in
       -k "gpu and decode" > "$OUT/gpu_tests.log" 2>&1; say "decode tests: $(tail -1 "$OUT/gpu_tests.log")"
     remeasure decode decode ;;
   attention)
-    timeout -k 10 150 python3 -m pytest tests/test_swat_kernel.py -p no:cacheprovider -W ignore -rfEs -v \
-      -k "${TESTS:-gpu and (hopper or realistic)}" > "$OUT/gpu_tests.log" 2>&1
-    say "tests: $(tail -1 "$OUT/gpu_tests.log")"
-    if grep -Eq "^(FAILED|ERROR) " "$OUT/gpu_tests.log"; then say "a test failed: no bench"; exit 1; fi
+    gate "${TESTS:-gpu and (hopper or realistic)}"
     remeasure 'fwd\(_bwd\)\?' fwd,fwd_bwd ;;
   *) echo "usage: device.sh tune|bench|decode|attention" >&2; exit 2 ;;
 esac

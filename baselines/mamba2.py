@@ -8,12 +8,13 @@ recurrence per head with a scalar decay
     h_t = exp(dt_t * A) h_{t-1} + dt_t x_t B_t^T        ([headdim, d_state] per head)
     y_t = h_t C_t + D x_t,     dt_t = softplus(dt_t + dt_bias),  A = -exp(A_log)
 
-with headdim 64, d_state 128, one B/C group, expand 2; then RMSNorm(y * silu(z)) and the output
-projection. Training runs on mamba-ssm's SSD Triton kernel (`mamba_chunk_scan_combined`) when
-mamba-ssm is installed and the input is on a GPU, else on `ssd_ref` (plain torch, the oracle),
-saying so once; the convolution uses causal-conv1d's kernel when installed. Decoding keeps the
-last conv_kernel inputs of the convolution and the [heads, headdim, d_state] state, updated on a GPU
-by mamba-ssm's fused `selective_state_update` (in place), else by `ssd_ref` over one token.
+with headdim 64, d_state 128, one B/C group, expand 2; then RMSNorm(y * silu(z)) (over each B/C
+group's features apart when ngroups > 1, as mamba-ssm's RMSNormGated) and the output projection.
+Training runs on mamba-ssm's SSD Triton kernel (`mamba_chunk_scan_combined`) when mamba-ssm is
+installed and the input is on a GPU, else on `ssd_ref` (plain torch, the oracle), saying so once;
+the convolution uses causal-conv1d's kernel when installed. Decoding keeps the last conv_kernel
+inputs of the convolution and the [heads, headdim, d_state] state, updated on a GPU by mamba-ssm's
+fused `selective_state_update` (in place), else by `ssd_ref` over one token.
 
 Parameter matching: the number of heads is the knob (d_inner = heads * headdim), so counts move in
 steps of one head (under 1.5% of the budget at the paper presets); `build` picks the head count
@@ -101,7 +102,7 @@ class Mamba2Mixer(nn.Module):
         self.dt_bias = nn.Parameter(torch.empty(self.nheads))
         self.A_log = nn.Parameter(torch.empty(self.nheads))
         self.D = nn.Parameter(torch.empty(self.nheads))
-        self.norm = RMSNorm(self.d_inner, cfg.norm_eps)
+        self.norm = RMSNorm(self.d_inner, cfg.norm_eps, groups=self.ngroups)
         self.out_proj = nn.Linear(self.d_inner, d, bias=False)
         self.out_proj.residual_out = True
 

@@ -181,6 +181,25 @@ def test_mamba2_rejects_a_width_that_is_not_whole_heads():
         build_model("mamba2", cfg)
 
 
+def test_mamba2_gated_norm_with_several_groups_normalizes_each_group_apart():
+    """mamba-ssm's RMSNormGated takes group_size = d_inner / ngroups: each group has unit RMS before the
+    weight, so scaling one group's features leaves the others' outputs unchanged."""
+    cfg = dataclasses.replace(load_config("tiny").model, extra={"mamba2": {"ngroups": 2}})
+    mixer = build_model("mamba2", cfg).blocks[0].mixer
+    assert mixer.ngroups == 2
+    torch.manual_seed(0)
+    with torch.no_grad():
+        mixer.norm.weight.uniform_(0.5, 1.5)
+    y = torch.randn(3, mixer.d_inner)
+    half = mixer.d_inner // 2
+    out = mixer.norm(y)
+    groups = (out / mixer.norm.weight).unflatten(-1, (2, half))
+    torch.testing.assert_close(groups.pow(2).mean(-1), torch.ones(3, 2), atol=1e-4, rtol=1e-4)
+    scaled = y.clone()
+    scaled[:, half:] *= 10
+    torch.testing.assert_close(mixer.norm(scaled)[:, :half], out[:, :half])
+
+
 def test_hgrn2_lower_bounds_are_shared_monotone_and_zero_at_the_first_layer():
     from baselines.hgrn2 import LowerBounds
     bounds = LowerBounds(4, 8)

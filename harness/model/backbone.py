@@ -27,15 +27,18 @@ from harness.config import ModelConfig
 
 
 class RMSNorm(nn.Module):
-    def __init__(self, dim: int, eps: float = 1e-6):
+    """RMSNorm over the last dimension, or with `groups` over each of that many equal slices of it apart
+    (Mamba-2's gated norm with several B/C groups, as mamba-ssm's RMSNormGated), then one weight."""
+
+    def __init__(self, dim: int, eps: float = 1e-6, groups: int = 1):
         super().__init__()
-        self.eps = eps
+        self.eps, self.groups = eps, groups
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        xf = x.float()
+        xf = x.float().unflatten(-1, (self.groups, -1))
         xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
-        return (xf * self.weight.float()).to(x.dtype)
+        return (xf.flatten(-2) * self.weight.float()).to(x.dtype)
 
 
 class SwiGLU(nn.Module):

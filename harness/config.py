@@ -412,12 +412,15 @@ def apply_mapping(cfg: Config, mapping: dict) -> None:
 
 
 def _key_hint(target, section: str, key: str) -> str:
-    """What an unknown key was likely meant as: a mapping field's inner key written dotted
-    (model.extra.full_every, which is set whole as YAML), else the closest known key."""
+    """What an unknown key was likely meant as: a mapping field's inner keys written dotted
+    (model.extra.mamba2.ngroups, which is set whole as nested YAML), else the closest known key."""
     from difflib import get_close_matches
     head, _, inner = key.partition(".")
     if inner and isinstance(getattr(target, head, None), dict):
-        return f"; set {section}.{head} whole, as YAML: --set '{section}.{head}={{{inner}: ...}}'"
+        value = "..."
+        for part in reversed(inner.split(".")):
+            value = f"{{{part}: {value}}}"
+        return f"; set {section}.{head} whole, as YAML: --set '{section}.{head}={value}'"
     close = get_close_matches(key, [f.name for f in fields(target)], n=1)
     return f"; did you mean {section}.{close[0]}?" if close else ""
 

@@ -131,6 +131,9 @@ def test_a_key_in_the_wrong_place_names_where_it_goes(tmp_path):
     """model.extra's inner keys dotted, or a model key at a config file's top level: the error named no fix."""
     with pytest.raises(ConfigError, match=r"set model.extra whole, as YAML: --set 'model.extra=\{full_every: ...\}'"):
         load_config("tiny", None, ["model.extra.full_every=1"])
+    nested = r"--set 'model.extra=\{mamba2: \{ngroups: ...\}\}'"  # a model's options nest one level deeper
+    with pytest.raises(ConfigError, match=nested):
+        load_config("tiny", None, ["model.extra.mamba2.ngroups=2"])
     f = tmp_path / "c.yaml"
     f.write_text("window: 16\n")
     with pytest.raises(ConfigError, match=r"unknown config section 'window'; .* \(window belongs under model:\)"):

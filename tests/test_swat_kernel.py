@@ -200,9 +200,11 @@ def test_hopper_kernels_compile_for_sm90_without_a_gpu():
     """hopper.py's kernels at the launches its dispatcher uses, compiled for sm_90 by this Triton (no
     GPU needed: ptxas comes with it), so that a Triton whose Gluon API moved fails here, not on a
     user's H100. In a process of its own: Gluon does not compile under TRITON_INTERPRET=1, which
-    these tests run with on a CPU."""
+    these tests run with on a CPU. The repository goes on its path: the harness need not be installed,
+    as on the device machine, where the suite runs from a copy of the tree."""
     pytest.importorskip("harness.ops.swat.hopper")
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(Path(__file__).parents[1]), env.get("PYTHONPATH")]))
     script = Path(__file__).parent / "fixtures" / "compile_hopper_sm90.py"
     done = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]

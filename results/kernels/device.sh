@@ -32,10 +32,11 @@ set -u
 T0=$(date +%s)
 MAMBA_BUILD=0 . results/device-setup.sh
 left() { echo $(( ${BUDGET_S:-570} - ($(date +%s) - T0) )); }
-# gate EXPR: the kernel's GPU tests matching EXPR (a pytest -k expression) into gpu_tests.log; the call
-# stops there when one failed, so that no bench times a kernel whose results are wrong
+# gate EXPR: the kernel's GPU tests matching EXPR (a pytest -k expression) into gpu_tests.log, each
+# test's outcome named (-rA); the call stops there when one failed, so that no bench times a kernel
+# whose results are wrong
 gate() {
-  timeout -k 10 150 python3 -m pytest tests/test_swat_kernel.py -p no:cacheprovider -W ignore -rfEs -v -k "$1" \
+  timeout -k 10 150 python3 -m pytest tests/test_swat_kernel.py -p no:cacheprovider -W ignore -rA -k "$1" \
     > "$OUT/gpu_tests.log" 2>&1
   say "tests: $(tail -1 "$OUT/gpu_tests.log")"
   if grep -Eq "^(FAILED|ERROR) " "$OUT/gpu_tests.log"; then say "a test failed: no bench"; exit 1; fi

@@ -483,10 +483,12 @@ def test_the_harness_evaluates_its_own_export_without_running_the_folders_code(e
         assert torch.allclose(hf_model(ids), model(ids), atol=1e-5)
 
 
-def test_an_exported_folder_is_scored_on_its_runs_heldout_data(exported, tmp_path):
+def test_an_exported_folder_is_scored_on_its_runs_heldout_data_beside_its_checkpoint(exported, tmp_path):
     """`harness eval --models hf:<export>` scored smoke on TrainConfig's default corpus, windows and
     token count, not the training run's: another number under the same label. The export records the
-    run's held-out settings, and the folder's smoke is the checkpoint's."""
+    run's held-out settings, and the folder's smoke is the checkpoint's. Its rows were preset "hf" with
+    no tokens trained, in a table group of their own; the export records both, so they stand beside
+    the checkpoint's."""
     from harness.results.store import read_rows
     ckpt, folder = exported[1]["swat"]
     dirs = ["--results", str(tmp_path / "results"), "--runs", str(tmp_path / "runs"), "--device", "cpu"]
@@ -495,6 +497,7 @@ def test_an_exported_folder_is_scored_on_its_runs_heldout_data(exported, tmp_pat
     hf, own = loss.pop("hf-swat"), loss.popitem()[1]
     assert (hf.extra["corpus"], hf.n) == (own.extra["corpus"], own.n)
     assert hf.value == pytest.approx(own.value, abs=1e-4)
+    assert (hf.preset, hf.tokens_trained) == (own.preset, own.tokens_trained) and own.tokens_trained > 0
 
 
 def test_an_out_that_cannot_be_written_is_named_before_the_model_loads(tmp_path, capsys, monkeypatch):
@@ -833,6 +836,9 @@ def test_a_mamba_model_exports_as_transformers_own_class_and_computes_what_the_h
     assert hf["widths"] == [mixer.d_inner] * len(model.blocks) and mixer.d_inner % hidden != 0
     config = json.loads((folder / "config.json").read_text())
     assert config["model_type"] == "mamba" and "auto_map" not in config and not list(folder.glob("*.py"))
+    meta = json.loads((ckpt / "meta.json").read_text())
+    trained = {"preset": cfg.preset, "tokens": meta["tokens"]}
+    assert (config["harness_model"], config["harness_trained"]) == ("mamba", trained)
     ours, theirs = model.state_dict(), hf["state"]
     sources = weight_sources(model)
     assert set(theirs) == {hf_name for hf_name, _ in sources} and set(ours) == {name for _, (name, _) in sources}

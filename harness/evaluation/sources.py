@@ -127,7 +127,9 @@ class CheckpointSource(ModelSource):
 class HFSource(ModelSource):
     """A Hugging Face checkpoint folder: `checkpoint` is `hf:<path>`. Its held-out scores (smoke) read
     `corpus`, else the training run's held-out settings that a `harness export` folder records, else
-    TrainConfig's defaults; the rows name the corpus."""
+    TrainConfig's defaults; the rows name the corpus. A `harness export` folder's rows also carry the
+    preset and tokens its run trained on, so that they stand beside the checkpoint's; other folders'
+    rows are preset "hf", tokens unknown."""
     name: str
     checkpoint: str
     corpus: str | None = None
@@ -143,11 +145,13 @@ class HFSource(ModelSource):
         path = self.checkpoint.removeprefix("hf:")
         model, tokenizer, length = load_hf(path, device)
         heldout = getattr(model.hf.config, "harness_heldout", None) or {}  # a `harness export` folder's run
+        trained = getattr(model.hf.config, "harness_trained", None) or {}  # (export.run_record)
         train = TrainConfig(dtype="bf16", tokenizer=path, **heldout)
         if self.corpus is not None:
             train.corpus = self.corpus
-        cfg = Config("hf", ModelConfig(vocab_size=tokenizer.vocab_size, max_seq_len=length), train)
-        return Loaded(model, tokenizer, cfg, {"params": count_params(model), "tokens": None})
+        cfg = Config(trained.get("preset", "hf"), ModelConfig(vocab_size=tokenizer.vocab_size, max_seq_len=length),
+                     train)
+        return Loaded(model, tokenizer, cfg, {"params": count_params(model), "tokens": trained.get("tokens")})
 
     def weights_id(self) -> str | None:
         return hf_weights_id(Path(self.checkpoint.removeprefix("hf:")))

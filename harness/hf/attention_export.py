@@ -12,7 +12,6 @@ import torch
 from harness.hf.mapping import (
     HFExport,
     foreign_module,
-    heldout_settings,
     hf_state_dict,
     layers_differ,
     mlp_sources,
@@ -43,7 +42,7 @@ def attention_refusal(model) -> str | None:
     return layers_differ(model.blocks)
 
 
-def hf_config(model, cfg, name: str, eos_id: int):
+def hf_config(model, cfg, eos_id: int):
     """The SwatHarnessConfig of a harness attention model, read from its built layers (so that a
     variant's changes, e.g. a sigmoid bias its builder sets, are the ones the model ran)."""
     from harness.hf.configuration_swat_harness import SwatHarnessConfig
@@ -55,7 +54,7 @@ def hf_config(model, cfg, name: str, eos_id: int):
         tie_word_embeddings=model.head is None, max_position_embeddings=cfg.model.max_seq_len,
         initializer_range=cfg.model.init_std, **mixer.export_config(), rope=mixer.rope,
         rope_theta=float(mixer.rope_theta), head_output_norm=mixer.out_norm is not None, eos_token_id=eos_id,
-        harness_model=name, harness_heldout=heldout_settings(cfg.train), dtype="float32")
+        dtype="float32")
 
 
 def weight_sources(model) -> dict[str, tuple[str, int | None]]:
@@ -97,12 +96,12 @@ def attention_card(config) -> tuple[list[tuple[str, object]], str]:
     return rows, note
 
 
-def attention_export(model, cfg, name: str, eos_id: int) -> HFExport:
+def attention_export(model, cfg, eos_id: int) -> HFExport:
     """An attention model as a SwatHarnessForCausalLM, whose modules save_pretrained copies into the folder
     (with config.json's auto_map)."""
     from harness.hf.configuration_swat_harness import SwatHarnessConfig
     from harness.hf.modeling_swat_harness import SwatHarnessForCausalLM
-    config = hf_config(model, cfg, name, eos_id)
+    config = hf_config(model, cfg, eos_id)
     with torch.device("meta"):
         hf_model = SwatHarnessForCausalLM(config)
     hf_model.load_state_dict(hf_state_dict(model, weight_sources(model).items()), strict=True, assign=True)

@@ -48,10 +48,12 @@ class SwatHarnessConfig(PretrainedConfig):
     bos_token_id: int | None = None
     eos_token_id: int | None = 256
     pad_token_id: int | None = None
-    harness_model: str | None = None  # the harness's name of the model (swat, transformer, ...)
-    # the training run's held-out data (corpus, seq_len, eval_tokens), which `harness eval` scores an
-    # exported folder on, as it scores the checkpoint: the same documents, windows and token count
+    # the harness run it was exported from, which `harness eval --models hf:<folder>` reads: the model's
+    # name (swat, transformer, ...), its held-out data (corpus, seq_len, eval_tokens) and the preset and
+    # tokens it trained on
+    harness_model: str | None = None
     harness_heldout: dict | None = None
+    harness_trained: dict | None = None
 
     def __post_init__(self, **kwargs):
         if self.num_key_value_heads is None:

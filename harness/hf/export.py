@@ -87,6 +87,17 @@ def exporter(model) -> tuple[Callable, Callable]:
     return attention_refusal, attention_export
 
 
+def run_record(name: str, cfg, meta: dict) -> dict:
+    """What config.json records of the run a folder was exported from, for `harness eval --models
+    hf:<folder>`: the model's harness name; its held-out data (corpus, window length, tokens scored),
+    so that the folder is scored on the checkpoint's documents, windows and token count; and the preset
+    and tokens it trained on, so that its rows stand beside the checkpoint's in a table."""
+    return {"harness_model": name,
+            "harness_heldout": {"corpus": cfg.train.corpus, "seq_len": cfg.train.seq_len,
+                                "eval_tokens": cfg.train.eval_tokens},
+            "harness_trained": {"preset": cfg.preset, "tokens": meta["tokens"]}}
+
+
 def export_refusal(model) -> str | None:
     """Why `model` has no Hugging Face export, or None when it has one (`exporter` says which)."""
     from harness.model.backbone import DecoderLM
@@ -443,7 +454,9 @@ def export(checkpoint: Path, out: Path, max_shard_size: str = "2GB", push_to_hub
     if unfinished := unfinished_warning(ckpt, meta, cfg):
         log(unfinished)
     eos_id = get_tokenizer(cfg.train.tokenizer).eos_id
-    built = exporter(model)[1](model, cfg, name, eos_id)
+    built = exporter(model)[1](model, cfg, eos_id)
+    for key, value in run_record(name, cfg, meta).items():
+        setattr(built.model.config, key, value)
     built.model.generation_config.pad_token_id = eos_id  # what generate pads finished rows with
 
     try:

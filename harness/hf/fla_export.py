@@ -27,7 +27,6 @@ from harness.hf.mapping import (
     HFExport,
     exact_mixers_refusal,
     foreign_module,
-    heldout_settings,
     hf_state_dict,
     layer_settings,
     mlp_sources,
@@ -183,10 +182,10 @@ CARD_NOTE = ("The modelling code is fla's (flash-linear-attention): `modeling_fl
              "does not grow with the context. The tokenizer is plain `tokenizers`. ")
 
 
-def fla_export(model, cfg, name: str, eos_id: int):
+def fla_export(model, cfg, eos_id: int):
     """An fla model as fla's own causal LM class, with modeling_fla.py for config.json's auto_map."""
     mixer = model.blocks[0].mixer
-    config = fla_config(model, eos_id, harness_model=name, harness_heldout=heldout_settings(cfg.train))
+    config = fla_config(model, eos_id)
     config.auto_map = {"AutoConfig": f"{REMOTE_CODE.stem}.{type(config).__name__}",
                        "AutoModelForCausalLM": f"{REMOTE_CODE.stem}.{fla_classes(mixer)[1].__name__}"}
     hf_model = fla_hf_model(model, config)

@@ -150,9 +150,9 @@ CARD_NOTE = ("The modelling code is transformers' own (`MambaForCausalLM`, no re
              "with the context. The tokenizer is plain `tokenizers`. ")
 
 
-def mamba_export(model, cfg, name: str, eos_id: int) -> mapping.HFExport:
+def mamba_export(model, cfg, eos_id: int) -> mapping.HFExport:
     """A Mamba model as transformers' MambaForCausalLM (config.json and the weights; no code)."""
-    config = mamba_config(model, eos_id, harness_model=name, harness_heldout=mapping.heldout_settings(cfg.train))
+    config = mamba_config(model, eos_id)
     hf_model = mamba_hf_model(config)
     hf_model.load_state_dict(mapping.hf_state_dict(model, weight_sources(model)), strict=True, assign=True)
     hf_model.tie_weights()

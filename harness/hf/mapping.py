@@ -108,12 +108,6 @@ class HFExport:
         return f"{self.loader}.from_pretrained({where!r}{', trust_remote_code=True' if self.remote_code else ''})"
 
 
-def heldout_settings(train) -> dict:
-    """What decides a run's held-out score besides the model: the corpus (its held-out documents), the
-    window length and the number of tokens scored."""
-    return {"corpus": train.corpus, "seq_len": train.seq_len, "eval_tokens": train.eval_tokens}
-
-
 def layers_differ(blocks) -> str | None:
     """Why the blocks cannot share one exported config (a setting that one layer has otherwise than
     the first, e.g. a plugin's window growing with depth), or None. The exported config holds each

@@ -8,19 +8,18 @@ regime at W = 128, the "large" one at W = 2048 and W = T (`--windows` chooses ot
 backward candidate is timed as the whole backward (dK/dV + dQ, or the one fused pass) with the
 other pass at its current config, so differences between candidates of one pass are that pass's
 differences, and the best "dkdv fused atomics" and "dkdv fused tma" rows against the best "dkdv"
-row decide FUSED_DQ. Sweep `decode`
-times the decode kernel's launch configs (DECODE_CONFIGS: programs wanted, tile size, warps,
-stages) at batch 1, 8 and 64 over full W-slot ring buffers, as CUDA-graph replays, beside SDPA
-(softmax, no bias) over the same buffer: the work of a sliding-window softmax model's decode step,
-the peer a user would pick. Sweep `sigmoid` times the forward and the backward in each sigmoid
-mode (SIGMOID_MODES: triton_common.sigmoid_scaled's reciprocal on the special-function unit, its
-Newton one, tanh) at the current configs and B * T = 65536 with T = 16384, the peer bench's
-length, and measures each mode's error against the fp32 kernel (sigmoid bias 0 and -log W). The
-winners go into CONFIGS / FUSED_DQ / SIGMOID_MODE / DECODE_CONFIGS in
-harness/ops/swat/function.py by hand, with the numbers in harness/ops/swat/NOTES.md. Every sweep
-times the Triton passes (function.triton_only), also at the shapes where a Hopper GPU would run
-hopper.py's Gluon passes, whose launches are fixed (hopper.TILES) and measured by
-results/kernels/ws-probe/bench.py.
+row decide FUSED_DQ. Sweep `decode` times the decode kernel's launch configs (DECODE_CONFIGS:
+programs wanted, tile size, warps, stages) at batch 1, 8 and 64 over full W-slot ring buffers, as
+CUDA-graph replays, beside SDPA (softmax, no bias) over the same buffer: the work of a
+sliding-window softmax model's decode step, the peer a user would pick. Sweep `sigmoid` times
+the forward and the backward in each sigmoid mode (SIGMOID_MODES: triton_common.sigmoid_scaled's
+reciprocal on the special-function unit, its Newton one, tanh) at the current configs and
+B * T = 65536 with T = 16384, the peer bench's length, and measures each mode's error against the
+fp32 kernel (sigmoid bias 0 and -log W). The winners go into CONFIGS / FUSED_DQ / SIGMOID_MODE /
+DECODE_CONFIGS in harness/ops/swat/function.py by hand, with the numbers in
+harness/ops/swat/NOTES.md. Every sweep times the Triton passes (function.triton_only), also at the
+shapes where a Hopper GPU would run hopper.py's Gluon passes, whose launches are fixed
+(hopper.TILES) and measured by results/kernels/ws-probe/bench.py.
 """
 
 from __future__ import annotations

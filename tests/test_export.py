@@ -500,6 +500,23 @@ def test_an_exported_folder_is_scored_on_its_runs_heldout_data_beside_its_checkp
     assert (hf.preset, hf.tokens_trained) == (own.preset, own.tokens_trained) and own.tokens_trained > 0
 
 
+@pytest.mark.parametrize("key, record", [("harness_heldout", {"corpus": "bundled", "windows": 3}),
+                                         ("harness_trained", {"preset": "tiny", "tokens": "66K"})])
+def test_a_hand_edited_export_record_is_one_error_before_any_row(exported, tmp_path, capsys, key, record):
+    """An export's config.json edited by hand (an unknown held-out key, tokens as text) ended in a
+    TypeError from TrainConfig after the model had loaded; now the check names the key and the fix."""
+    import shutil
+    folder = tmp_path / "edited"
+    shutil.copytree(exported[1]["swat"][1], folder)
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, key: record}))
+    dirs = ["--results", str(tmp_path / "results"), "--runs", str(tmp_path / "runs"), "--device", "cpu"]
+    assert cli.main(["eval", "--models", f"hf:{folder}", "--tasks", "smoke", *dirs]) == 2
+    one_error_line(capsys.readouterr().err, f"{folder / 'config.json'}: {key} ",
+                   "is not what `harness export` writes", f"export the checkpoint again, or delete {key}")
+    assert not (tmp_path / "results").exists()
+
+
 def test_an_out_that_cannot_be_written_is_named_before_the_model_loads(tmp_path, capsys, monkeypatch):
     """An --out under /proc or on a read-only disk was reported as the temporary sibling the export writes
     (`/proc/.hfx.tmp2399: no such file or directory`), a path the user never gave, after the loading."""

@@ -136,7 +136,7 @@ class HFSource(ModelSource):
 
     def check(self, device: str, world_size: int) -> None:
         from harness.data.corpus import corpus_files
-        hf_folder(self.checkpoint.removeprefix("hf:"))
+        export_record(hf_folder(self.checkpoint.removeprefix("hf:")))
         if self.corpus is not None:
             corpus_files(self.corpus)
 
@@ -144,8 +144,7 @@ class HFSource(ModelSource):
         from harness.model.backbone import count_params
         path = self.checkpoint.removeprefix("hf:")
         model, tokenizer, length = load_hf(path, device)
-        heldout = getattr(model.hf.config, "harness_heldout", None) or {}  # a `harness export` folder's run
-        trained = getattr(model.hf.config, "harness_trained", None) or {}  # (export.run_record)
+        heldout, trained = export_record(Path(path))
         train = TrainConfig(dtype="bf16", tokenizer=path, **heldout)
         if self.corpus is not None:
             train.corpus = self.corpus
@@ -420,6 +419,30 @@ def hf_folder(path: str) -> Path:
             raise ConfigError(f"{weights} is damaged ({err}); copy the folder again, or export it again "
                               f"(`harness export --checkpoint DIR --out {path} --force`)") from None
     return Path(path)
+
+
+EXPORT_RECORD = {"harness_heldout": {"corpus": str, "seq_len": int, "eval_tokens": int},
+                 "harness_trained": {"preset": str, "tokens": int}}  # harness.hf.export.run_record's keys
+
+
+def export_record(folder: Path) -> tuple[dict, dict]:
+    """(held-out settings, training) that a `harness export` folder's config.json records, each {}
+    where it records none (another tool's folder). A record of another shape, as a hand-edited file
+    may hold, is an error that names it, not a TypeError from the config it would be passed to."""
+    try:
+        config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        config = {}  # transformers says what is wrong with the file when it loads it
+    records = []
+    for key, fields in EXPORT_RECORD.items():
+        record = (config.get(key) if isinstance(config, dict) else None) or {}
+        if not isinstance(record, dict) or any(name not in fields or type(value) is not fields[name]
+                                               for name, value in record.items()):
+            wanted = ", ".join(f"{name}: {kind.__name__}" for name, kind in fields.items())
+            raise ConfigError(f"{folder / 'config.json'}: {key} {record!r} is not what `harness export` writes "
+                              f"({wanted}); export the checkpoint again, or delete {key}")
+        records.append(record)
+    return records[0], records[1]
 
 
 def hf_weights_id(folder: Path) -> str:

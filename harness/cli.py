@@ -71,11 +71,25 @@ def split_names(text: str) -> list[str]:
 
 class Parser(argparse.ArgumentParser):
     """argparse with the harness's convention for bad input: one `error:` line, exit status 2
-    (argparse's own prints its usage block first, which buries what to change)."""
+    (argparse's own prints its usage block first, which buries what to change). An argument no
+    parser knows is reported by the top one, so the (sub)command that was left it is noted, and the
+    error points at that command's --help, which lists its options."""
 
-    def error(self, message: str):
+    def parse_known_args(self, args=None, namespace=None):
+        namespace, extras = super().parse_known_args(args, namespace)
+        if extras and not hasattr(namespace, "_help_for"):  # the innermost command parses first
+            namespace._help_for = self.prog
+        return namespace, extras
+
+    def parse_args(self, args=None, namespace=None):
+        namespace, extras = self.parse_known_args(args, namespace)
+        if extras:
+            self.error(f"unrecognized arguments: {' '.join(extras)}", getattr(namespace, "_help_for", self.prog))
+        return namespace
+
+    def error(self, message: str, prog: str | None = None):
         from harness.training.distributed import is_main_process
-        self.exit(2, f"error: {message} (see `{self.prog} --help`)\n" if is_main_process() else None)
+        self.exit(2, f"error: {message} (see `{prog or self.prog} --help`)\n" if is_main_process() else None)
 
 
 def int_from(lowest: int):

@@ -122,6 +122,18 @@ def test_every_device_option_says_it_takes_cuda_n(command):
     assert device.help.startswith("cpu | cuda | cuda:N")
 
 
+@pytest.mark.parametrize("argv, unknown, command", [("bench kernels --device cpu", "--device cpu", "bench kernels"),
+                                                    ("train --model swat --bogus", "--bogus", "train"),
+                                                    ("data list --x", "--x", "data list")])
+def test_an_unknown_option_points_at_its_commands_help(argv, unknown, command, capsys):
+    """argparse reports an option no parser knows from the top parser, so the error said `see
+    harness --help`, whose page does not list the command's options."""
+    with pytest.raises(SystemExit) as stop:
+        cli.main(argv.split())
+    assert stop.value.code == 2
+    one_error_line(capsys.readouterr().err, f"unrecognized arguments: {unknown} (see `harness {command} --help`)")
+
+
 def test_data_import_describes_its_path():
     path = next(a for a in subparser(cli.build_parser(), "data", "import")._actions if a.dest == "path")
     assert path.help and "folder" in path.help

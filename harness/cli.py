@@ -745,7 +745,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "(repeatable; default: every run folder directly under --results, RESULTS/*/rows.jsonl; nested "
                    "ones only when named)")
     p.add_argument("--reference", action="append", default=[], metavar="FILE",
-                   help="published numbers: a CSV, a file name in RESULTS/paper, or `all` (repeatable)")
+                   help="published numbers: a CSV, a file name in RESULTS/paper (else the harness's own "
+                        "results/paper), or `all` (repeatable)")
     p.add_argument("--table", default="main", choices=["main", "ablation", "length", "retrieval", "speed"],
                    help="which of the paper's layouts (default: main)")
     p.add_argument("--format", default="md", choices=["md", "latex", "csv"], help="output format (default: md)")

@@ -350,7 +350,7 @@ def test_cli_end_to_end(tmp_path, capsys):
     from harness.cli import main
     run = str(FIX / "fixture-340m")
     assert main(["tables", "--run", run, "--reference", "swat_2502.18845_table1",
-                 "--results", str(ROOT / "results")]) == 0
+                 "--results", str(tmp_path / "elsewhere")]) == 0  # no paper/ there: the harness's own
     out = capsys.readouterr().out
     assert out.startswith("**Language modeling") and "Δ vs SWAT (-+) [1]" in out
     tex = tmp_path / "main.tex"

@@ -421,6 +421,16 @@ def hf_folder(path: str) -> Path:
     return Path(path)
 
 
+def config_json(folder: Path) -> dict:
+    """A Hugging Face folder's config.json as a dict, or {} where it cannot be read as one
+    (transformers says what is wrong with the file when it loads the folder)."""
+    try:
+        config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return config if isinstance(config, dict) else {}
+
+
 EXPORT_RECORD = {"harness_heldout": {"corpus": str, "seq_len": int, "eval_tokens": int},
                  "harness_trained": {"preset": str, "tokens": int}}  # harness.hf.export.run_record's keys
 
@@ -429,13 +439,10 @@ def export_record(folder: Path) -> tuple[dict, dict]:
     """(held-out settings, training) that a `harness export` folder's config.json records, each {}
     where it records none (another tool's folder). A record of another shape, as a hand-edited file
     may hold, is an error that names it, not a TypeError from the config it would be passed to."""
-    try:
-        config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        config = {}  # transformers says what is wrong with the file when it loads it
+    config = config_json(folder)
     records = []
     for key, fields in EXPORT_RECORD.items():
-        record = (config.get(key) if isinstance(config, dict) else None) or {}
+        record = config.get(key) or {}
         if not isinstance(record, dict) or any(name not in fields or type(value) is not fields[name]
                                                for name, value in record.items()):
             wanted = ", ".join(f"{name}: {kind.__name__}" for name, kind in fields.items())
@@ -477,11 +484,8 @@ def causal_lm_class(path: str):
     as fla's class where fla is installed."""
     import transformers
     from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
-    try:
-        config = json.loads((Path(path) / "config.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        config = {}  # transformers says what is wrong with it
-    own = MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.get(config.get("model_type")) if isinstance(config, dict) else None
+    config = config_json(Path(path))
+    own = MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.get(config.get("model_type"))
     if own is not None and "harness_model" in config:
         return getattr(transformers, own)
     try:

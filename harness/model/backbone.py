@@ -36,9 +36,10 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        xf = x.float().unflatten(-1, (self.groups, -1))
+        grouped = self.groups > 1  # only then the views: every block's norms run this, eager included
+        xf = x.float().unflatten(-1, (self.groups, -1)) if grouped else x.float()
         xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
-        return (xf.flatten(-2) * self.weight.float()).to(x.dtype)
+        return ((xf.flatten(-2) if grouped else xf) * self.weight.float()).to(x.dtype)
 
 
 class SwiGLU(nn.Module):

@@ -18,9 +18,9 @@
 #        then `harness bench kernels` at the issue's shapes (T 4K/16K/32K, W 128/512/2048/T, fwd and
 #        fwd+bwd, then decode at batch 1, 8, 64) into .gpu/results/kernels, packed as kernels.tgz;
 #        a cut run goes on where it stopped when called again on the same machine.
-# decode: after a change to the decode alone, the GPU decode tests, then the bench's decode rows
-#        measured again (batch 1, 8, 64) into a copy of this GPU's committed folder, whose forward
-#        and backward rows are kept as they are; packed as kernels.tgz.
+# decode: after a change to the decode alone, the GPU decode tests, and only if none failed, the
+#        bench's decode rows measured again (batch 1, 8, 64) into a copy of this GPU's committed
+#        folder, whose forward and backward rows are kept as they are; packed as kernels.tgz.
 # attention: after a change to the forward and backward alone, their GPU tests (TESTS, a pytest -k
 #        expression, default the Hopper path's and the realistic shapes'; about 90 s), and only if
 #        none failed, the bench's forward and forward + backward rows measured again into a copy of
@@ -72,8 +72,7 @@ case "${1:-}" in
     say "bench exit $?"
     tar czf "$OUT/kernels.tgz" -C "$G/results" kernels ;;
   decode)
-    timeout -k 10 120 python3 -m pytest tests/test_swat_kernel.py -p no:cacheprovider -W ignore -rfEs \
-      -k "gpu and decode" > "$OUT/gpu_tests.log" 2>&1; say "decode tests: $(tail -1 "$OUT/gpu_tests.log")"
+    gate "gpu and decode"
     remeasure decode decode ;;
   attention)
     gate "${TESTS:-gpu and (hopper or realistic)}"

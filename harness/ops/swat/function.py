@@ -319,7 +319,7 @@ def _swat_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, slopes: torch.T
     if hopper_pass("fwd", q, W, row_start is not None, k, v):
         return _hopper_kernels().swat_fwd_hopper(q, k, v, slopes, W, sigmoid_bias, scale, _sigmoid_mode(q, "fwd"))
     o = torch.empty((B, T, H, d), device=q.device, dtype=q.dtype)
-    launch(swat_fwd_kernel, "fwd", q, W, lambda bm, bn: (B * H, triton.cdiv(T, bm)),
+    launch(swat_fwd_kernel, "fwd", q, W, lambda bm, bn: (B * H * triton.cdiv(T, bm),),
            (q, k, v, o, slopes, row_start if row_start is not None else slopes,
             *_strides(q), *_strides(k), *_strides(v), *_strides(o), T, H, W, scale, sigmoid_bias),
            dict(REP=H // k.shape[2], HAS_DOC=row_start is not None, HEAD_DIM=d,
@@ -350,13 +350,13 @@ def _swat_bwd(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tenso
     common = dict(REP=H // Hkv, HAS_DOC=has_doc, HEAD_DIM=d, SIGMOID=_sigmoid_mode(q, "bwd"),
                   DOT_PREC=_dot_precision(q))
 
-    launch(swat_bwd_dkdv_kernel, "dkdv", q, W, lambda bm, bn: (B * Hkv, triton.cdiv(T, bn)),
+    launch(swat_bwd_dkdv_kernel, "dkdv", q, W, lambda bm, bn: (B * Hkv * triton.cdiv(T, bn),),
            (q, k, v, do, dk, dv, dq, slopes, row_start if has_doc else slopes, row_end if has_doc else slopes,
             *_strides(q), *_strides(k), *_strides(v), *_strides(do), *_strides(dk), *_strides(dv), *_strides(dq),
             T, Hkv, W, sigmoid_bias, scale), dict(common, FUSED_DQ=fused))
     if fused != "off":
         return dq.to(q.dtype), dk, dv
-    launch(swat_bwd_dq_kernel, "dq", q, W, lambda bm, bn: (B * H, triton.cdiv(T, bm)),
+    launch(swat_bwd_dq_kernel, "dq", q, W, lambda bm, bn: (B * H * triton.cdiv(T, bm),),
            (q, k, v, do, dq, slopes, row_start if has_doc else slopes,
             *_strides(q), *_strides(k), *_strides(v), *_strides(do), *_strides(dq),
             T, H, W, sigmoid_bias, scale), common)

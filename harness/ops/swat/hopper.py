@@ -38,7 +38,13 @@ from triton.experimental.gluon.language.nvidia.hopper import (
 )
 from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
-from harness.ops.swat.triton_common import key_block_ranges, query_block_ranges, score_unit, sigmoid_scaled
+from harness.ops.swat.triton_common import (
+    band_program,
+    key_block_ranges,
+    query_block_ranges,
+    score_unit,
+    sigmoid_scaled,
+)
 
 # Gluon is experimental: Triton 3.6 names the TMA tile load async_copy_global_to_shared, later ones async_load
 tma_load = tma.async_load if hasattr(tma, "async_load") else tma.async_copy_global_to_shared
@@ -304,13 +310,12 @@ def _dkdv_pingpong_partition(k_smem, v_smem, q_bufs, do_bufs, fixed_bar, ready, 
 
 
 @gluon.jit
-def _program(H, Slopes, scale, bias, BLOCK: gl.constexpr, SIGMOID: gl.constexpr):
+def _program(T, H, Slopes, scale, bias, BLOCK: gl.constexpr, SIGMOID: gl.constexpr):
     """(b, h, the block's first row, then the score's scale, the head's ALiBi slope and the bias in
-    the sigmoid's units, triton_common.score_unit): heavy (late) blocks first, as the Triton passes
-    are launched."""
-    pid_bh = gl.program_id(0)
+    the sigmoid's units, triton_common.score_unit), in the Triton passes' program order (band_program)."""
+    pid_bh, block = band_program(gl.program_id(0), gl.cdiv(T, BLOCK))
     h = pid_bh % H
-    first = (gl.num_programs(1) - 1 - gl.program_id(1)) * BLOCK
+    first = block * BLOCK
     unit = score_unit(SIGMOID)
     return pid_bh // H, h, first, scale * unit, gl.load(Slopes + h).to(gl.float32) * unit, bias * unit
 
@@ -349,7 +354,7 @@ def swat_query_pingpong_kernel(q_desc, k_desc, v_desc, do_desc, Out, Slopes, T, 
     own, each with half of the block's rows (q_desc's and do_desc's tiles are BLOCK_M / 2 rows),
     taking turns at the tensor cores on the `turns` barriers, and the load partition (do_desc is
     read only with DQ)."""
-    b, h, m0, g_scale, g_slope, g_bias = _program(H, Slopes, scale, bias, BLOCK_M, SIGMOID)
+    b, h, m0, g_scale, g_slope, g_bias = _program(T, H, Slopes, scale, bias, BLOCK_M, SIGMOID)
     n_lo, full_start, _, n_hi = query_block_ranges(m0, 0, 0, T, W, BLOCK_M, BLOCK_N)
     half: gl.constexpr = BLOCK_M // 2
 
@@ -380,7 +385,7 @@ def swat_dkdv_pingpong_kernel(q_desc, k_desc, v_desc, do_desc, DK, DV, Slopes, T
     """The dK/dV pass with its two compute warp groups as partitions of their own, each with half of
     the block's keys (k_desc's and v_desc's tiles are BLOCK_N / 2 rows), taking turns at the tensor
     cores as in swat_query_pingpong_kernel."""
-    b, h, n0, g_scale, g_slope, g_bias = _program(H, Slopes, scale, bias, BLOCK_N, SIGMOID)
+    b, h, n0, g_scale, g_slope, g_bias = _program(T, H, Slopes, scale, bias, BLOCK_N, SIGMOID)
     _, _, _, full_hi, m_hi = key_block_ranges(n0, T, T, T, W, BLOCK_M, BLOCK_N)
     half: gl.constexpr = BLOCK_N // 2
 
@@ -434,7 +439,7 @@ def swat_fwd_hopper(q, k, v, slopes, window: int, sigmoid_bias: float, scale: fl
     bm, bn = TILES["fwd"]
     out = torch.empty((B, T, H, d), device=q.device, dtype=q.dtype)
     q_desc = descriptor(q, bm // 2)
-    swat_query_pingpong_kernel[(B * H, triton.cdiv(T, bm))](
+    swat_query_pingpong_kernel[(B * H * triton.cdiv(T, bm),)](
         q_desc, descriptor(k, bn), descriptor(v, bn), q_desc, out, slopes, T, H, window, sigmoid_bias, scale,
         *out.stride()[:3], BLOCK_M=bm, BLOCK_N=bn, HEAD_DIM=d, NUM_BUFFERS=NUM_BUFFERS, SIGMOID=sigmoid, DQ=False,
         num_warps=GROUP_WARPS, maxnreg=MAXNREG)
@@ -448,12 +453,12 @@ def swat_bwd_hopper(do, q, k, v, slopes, window: int, sigmoid_bias: float, scale
     B, T, H, d = q.shape
     dq, dk, dv = (torch.empty((B, T, H, d), device=q.device, dtype=q.dtype) for _ in range(3))
     bm, bn = TILES["dq"]
-    swat_query_pingpong_kernel[(B * H, triton.cdiv(T, bm))](
+    swat_query_pingpong_kernel[(B * H * triton.cdiv(T, bm),)](
         descriptor(q, bm // 2), descriptor(k, bn), descriptor(v, bn), descriptor(do, bm // 2), dq, slopes, T, H,
         window, sigmoid_bias, scale, *dq.stride()[:3], BLOCK_M=bm, BLOCK_N=bn, HEAD_DIM=d, NUM_BUFFERS=NUM_BUFFERS,
         SIGMOID=sigmoid, DQ=True, num_warps=GROUP_WARPS, maxnreg=MAXNREG)
     bm, bn = TILES["dkdv"]
-    swat_dkdv_pingpong_kernel[(B * H, triton.cdiv(T, bn))](
+    swat_dkdv_pingpong_kernel[(B * H * triton.cdiv(T, bn),)](
         descriptor(q, bm), descriptor(k, bn // 2), descriptor(v, bn // 2), descriptor(do, bm), dk, dv, slopes, T, H,
         window, sigmoid_bias, scale, *dk.stride()[:3], BLOCK_M=bm, BLOCK_N=bn, HEAD_DIM=d, NUM_BUFFERS=NUM_BUFFERS,
         SIGMOID=sigmoid, num_warps=GROUP_WARPS, maxnreg=MAXNREG)

@@ -21,6 +21,7 @@ import triton
 import triton.language as tl
 
 from harness.ops.swat.triton_common import (
+    band_program,
     key_block_ranges,
     kv_tile_weights,
     mma,
@@ -84,8 +85,7 @@ def swat_bwd_dkdv_kernel(Q, K, V, DO, DK, DV, DQ, Slopes, RowStart, RowEnd,
                          REP: tl.constexpr, HAS_DOC: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                          HEAD_DIM: tl.constexpr, SIGMOID: tl.constexpr, DOT_PREC: tl.constexpr,
                          ONE_LOOP: tl.constexpr, FUSED_DQ: tl.constexpr):
-    pid_n = tl.num_programs(1) - 1 - tl.program_id(1)
-    pid_bh = tl.program_id(0)
+    pid_bh, pid_n = band_program(tl.program_id(0), tl.cdiv(T, BLOCK_N))
     b = pid_bh // HKV
     hk = pid_bh % HKV
     n0 = pid_n * BLOCK_N
@@ -106,7 +106,8 @@ def swat_bwd_dkdv_kernel(Q, K, V, DO, DK, DV, DQ, Slopes, RowStart, RowEnd,
     diag_lo, diag_hi, full_lo, full_hi, edge_hi = key_block_ranges(n0, re_first, re_last, T, W, BLOCK_M, BLOCK_N)
 
     if FUSED_DQ == "tma":  # the fp32 dQ buffer (contiguous) as rows (b, t) of H * d columns
-        dq_desc = tl.make_tensor_descriptor(DQ, shape=[(tl.num_programs(0) // HKV) * T, HKV * REP * HEAD_DIM],
+        batch = tl.num_programs(0) // (tl.cdiv(T, BLOCK_N) * HKV)
+        dq_desc = tl.make_tensor_descriptor(DQ, shape=[batch * T, HKV * REP * HEAD_DIM],
                                             strides=[sdq_t, 1], block_shape=[BLOCK_M, HEAD_DIM])
     else:
         dq_desc = DQ
@@ -166,8 +167,7 @@ def swat_bwd_dq_kernel(Q, K, V, DO, DQ, Slopes, RowStart,
                        REP: tl.constexpr, HAS_DOC: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                        HEAD_DIM: tl.constexpr, SIGMOID: tl.constexpr, DOT_PREC: tl.constexpr,
                        ONE_LOOP: tl.constexpr):
-    pid_m = tl.num_programs(1) - 1 - tl.program_id(1)
-    pid_bh = tl.program_id(0)
+    pid_bh, pid_m = band_program(tl.program_id(0), tl.cdiv(T, BLOCK_M))
     b = pid_bh // H
     h = pid_bh % H
     hk = h // REP

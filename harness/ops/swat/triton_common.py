@@ -71,6 +71,17 @@ def sigmoid_scaled(g, SIGMOID: tl.constexpr):
 
 
 @triton.jit
+def band_program(pid, n_blocks):
+    """(batch x head index, block index) of program pid in a one-axis grid of n_blocks x B x H
+    programs. One (sequence, head)'s blocks run one after another, the heavy (late) ones first, since with
+    W >= T a block's work grows with its index; the programs running at once then belong to a few
+    heads and share those heads' keys and values (or queries and output gradients) in L2. With the
+    heads varying fastest, as the first launches had them, every program in flight at T = 4K
+    belonged to another head, and their working set overflowed L2 (NOTES.md v14)."""
+    return pid // n_blocks, n_blocks - 1 - pid % n_blocks
+
+
+@triton.jit
 def query_block_ranges(m0, rs_first, rs_last, T, W, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     """Key-tile runs (edge_lo, full_lo, diag_lo, diag_hi) for queries m0 .. m0 + BLOCK_M - 1.
 

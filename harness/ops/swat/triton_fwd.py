@@ -11,7 +11,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from harness.ops.swat.triton_common import kv_tile_weights, mma, query_rows, score_unit
+from harness.ops.swat.triton_common import band_program, kv_tile_weights, mma, query_rows, score_unit
 
 
 @triton.jit
@@ -32,9 +32,7 @@ def swat_fwd_kernel(Q, K, V, O, Slopes, RowStart,
                     REP: tl.constexpr, HAS_DOC: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                     HEAD_DIM: tl.constexpr, SIGMOID: tl.constexpr, DOT_PREC: tl.constexpr,
                     ONE_LOOP: tl.constexpr):
-    # heavy (late) query blocks first: with W >= T the work per block grows with its index
-    pid_m = tl.num_programs(1) - 1 - tl.program_id(1)
-    pid_bh = tl.program_id(0)
+    pid_bh, pid_m = band_program(tl.program_id(0), tl.cdiv(T, BLOCK_M))
     b = pid_bh // H
     h = pid_bh % H
     hk = h // REP

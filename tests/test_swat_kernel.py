@@ -32,13 +32,21 @@ from harness.ops.swat.function import (  # noqa: E402
     swat_decode_triton,
 )
 from harness.ops.swat.reference import swat_attention_ref, swat_decode_ref  # noqa: E402
-from harness.ops.swat.triton_common import score_unit, sigmoid_scaled  # noqa: E402
+from harness.ops.swat.triton_common import band_program, score_unit, sigmoid_scaled  # noqa: E402
 
 
 @triton.jit
 def _sigmoid_kernel(S, P, N: tl.constexpr, SIGMOID: tl.constexpr):
     offs = tl.arange(0, N)
     tl.store(P + offs, sigmoid_scaled(tl.load(S + offs) * score_unit(SIGMOID), SIGMOID))
+
+
+@triton.jit
+def _band_program_kernel(Out, n_blocks):
+    pid = tl.program_id(0)
+    pid_bh, block = band_program(pid, n_blocks)
+    tl.store(Out + 2 * pid, pid_bh)
+    tl.store(Out + 2 * pid + 1, block)
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 gpu_only = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -120,6 +128,16 @@ def test_fused_dq_backward_matches_reference(monkeypatch, B, T, H, Hkv, W, cu, o
     assert function.fused_dq(64, W, torch.device(DEVICE)) == mode
     check_against_reference(B, T, H, Hkv, 64, W, torch.float32, tol=2e-5, cu_seqlens=cu)
     check_against_reference(1, 45, 2, 1, 128, 23, torch.bfloat16, tol=2e-2, seed=1)
+
+
+def test_programs_take_one_head_after_another_heavy_blocks_first():
+    """band_program, in the order the GPU starts programs: each (sequence, head)'s blocks together,
+    the last (heaviest with W >= T) first, so that the programs in flight share a few heads' keys
+    and values in L2; every (head, block) exactly once."""
+    n_heads, n_blocks = 3, 4
+    out = torch.full((n_heads * n_blocks, 2), -1, dtype=torch.int32, device=DEVICE)
+    _band_program_kernel[(n_heads * n_blocks,)](out, n_blocks)
+    assert out.tolist() == [[bh, block] for bh in range(n_heads) for block in reversed(range(n_blocks))]
 
 
 def test_every_window_has_a_tile_config_for_every_pass_and_head_size():

@@ -480,6 +480,40 @@ def test_a_tuning_sweep_cut_short_keeps_the_rows_it_measured(tmp_path, monkeypat
     assert all(r["command"].startswith("python -m harness.bench.tune --sweeps tiles") and r["date"] for r in rows)
 
 
+def test_the_spread_sweep_times_the_dispatchers_kernels_and_summarises_each_shapes_rounds(tmp_path, monkeypatch,
+                                                                                      capsys):
+    """`--sweeps spread` runs outside triton_only (it times what the bench times, Hopper passes
+    included), gets the windows asked for, and prints each shape's fastest, median and slowest
+    round, eager and graphed, and none of its rows as a config's best."""
+    import json
+    import sys
+
+    from harness.bench import tune
+    from harness.ops.swat import function
+    seen = []
+
+    def rounds(on_row, windows):
+        seen.append((windows, dict(function.HOPPER_MIN_WINDOW)))
+        rows = [dict(d=128, T=4096, W=128, what="bwd spread", round=i, ms=ms, ms_graph=graph, note="")
+                for i, (ms, graph) in enumerate(((1.25, 0.84), (0.84, 0.83), (1.09, None)))]
+        for row in rows:
+            on_row(row)
+        return rows
+    monkeypatch.setattr(tune, "spread_sweep", rounds)
+    monkeypatch.setattr(tune, "checked_sweeps", lambda text: ["spread"])  # past the refusal of a machine without a GPU
+    monkeypatch.setattr(sys, "argv", ["tune", "--sweeps", "spread", "--windows", "128", "--out", str(tmp_path / "r")])
+    tune.main()
+    assert seen == [((128,), function.HOPPER_MIN_WINDOW)]
+    written = [json.loads(line) for line in (tmp_path / "r").read_text().splitlines()]
+    assert [r["round"] for r in written] == [0, 1, 2] and all(r["command"] for r in written)
+    out = capsys.readouterr().out
+    assert "d=128 T=4096 W=128 (3 rounds, fastest / median / slowest): eager 0.840 / 1.090 / 1.250 ms, " \
+           "graph 0.830 / 0.835 / 0.840 ms" in out
+    assert "bwd spread" not in out.split("backward, round to round:")[0]
+    assert tune.spread_summary([dict(d=64, T=4096, W=128, what="bwd spread", ms=None, ms_graph=None)]) == \
+        ["  d=64 T=4096 W=128 (1 round, fastest / median / slowest): eager: none timed, graph: none timed"]
+
+
 def test_a_tuning_sweep_takes_the_windows_asked_for_and_refuses_bad_ones(tmp_path, monkeypatch, capsys):
     """`--windows 512,T` sweeps the 340m model's window (and W = T) instead of the default three;
     a window that is no size above 0 gets one error line before --out is opened."""

@@ -15,9 +15,12 @@ sliding-window softmax model's decode step, the peer a user would pick. Sweep `s
 the forward and the backward in each sigmoid mode (SIGMOID_MODES: triton_common.sigmoid_scaled's
 reciprocal on the special-function unit, its Newton one, tanh) at the current configs and
 B * T = 65536 with T = 16384, the peer bench's length, and measures each mode's error against the
-fp32 kernel (sigmoid bias 0 and -log W). The winners go into CONFIGS / FUSED_DQ / SIGMOID_MODE /
-DECODE_CONFIGS in harness/ops/swat/function.py by hand, with the numbers in
-harness/ops/swat/NOTES.md. Every sweep times the Triton passes (function.triton_only), also at the
+fp32 kernel (sigmoid bias 0 and -log W). Sweep `spread` times the backward the dispatcher runs
+(Hopper passes included) at the peer bench's lengths in SPREAD_ROUNDS rounds, each on inputs
+allocated afresh at other addresses, eagerly and as CUDA-graph replays: whether a time that moves
+from run to run follows the buffers' placement, the host, or neither. The winners go into CONFIGS /
+FUSED_DQ / SIGMOID_MODE / DECODE_CONFIGS in harness/ops/swat/function.py by hand, with the numbers in
+harness/ops/swat/NOTES.md. Every sweep but `spread` times the Triton passes (function.triton_only), also at the
 shapes where a Hopper GPU would run hopper.py's Gluon passes, whose launches are fixed
 (hopper.TILES) and measured by results/kernels/ws-probe/bench.py.
 """
@@ -26,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import json
 import math
 import shlex
@@ -209,6 +213,60 @@ def decode_sweep(on_row=lambda row: None) -> list[dict]:
     return rows
 
 
+SPREAD_ROUNDS = 5
+SPREAD_LENGTHS = (4096, 16384, 32768)  # the peer bench's
+
+
+def _spread_round(d: int, seq_len: int, W: int, tokens: int, rnd: int) -> dict:
+    """One round of spread_sweep: fresh inputs behind a spacer of this round's size, the backward
+    timed eagerly and as CUDA-graph replays; everything it allocated is freed on return."""
+    spacer = torch.empty(((3 * rnd) % 7 + rnd) << 20, dtype=torch.uint8, device="cuda")  # 0, 4, 8, 12, 9 MiB
+    T, (q, k, v, do), slopes, scale = _inputs(d, seq_len, tokens)
+    bwd = functools.partial(_swat_bwd, do, q, k, v, slopes, None, None, W, 0.0, scale)
+    eager, note = _time(bwd)
+    graph, graph_note = _time(bwd, cuda_graph=True)
+    apart = {f"{name}_minus_q_mb": round((t.data_ptr() - q.data_ptr()) / 2**20, 3)
+             for name, t in (("k", k), ("v", v), ("do", do))}
+    del spacer
+    return dict(d=d, T=T, W=W, what="bwd spread", round=rnd, ms=eager, ms_graph=graph,
+                note="; ".join(n for n in (note, graph_note) if n), **apart)
+
+
+def spread_sweep(tokens: int = 65536, on_row=lambda row: None, windows: tuple = (128,),
+                 rounds: int = SPREAD_ROUNDS) -> list[dict]:
+    """The whole backward at each (d, T, W), once per round, on inputs allocated afresh behind a
+    spacer of another size each round, so that the buffers sit at other addresses (rows give their
+    distances from q). The peer bench's W = 128 backward moved between 0.83 and 1.25 ms from run to
+    run of unchanged code (NOTES.md v14): a spread that follows the rounds here, eagerly and in CUDA
+    graphs alike, is the buffers' placement; one in the eager times only is the host's."""
+    rows = []
+    for d in (64, 128):
+        for seq_len in SPREAD_LENGTHS:
+            for W in (seq_len if w == "T" else w for w in windows):
+                for rnd in range(rounds):
+                    rows.append(_spread_round(d, seq_len, W, tokens, rnd))
+                    on_row(rows[-1])
+                    torch.cuda.empty_cache()
+    return rows
+
+
+def spread_summary(rows: list[dict]) -> list[str]:
+    """Per (d, T, W) of the spread sweep: the fastest, median and slowest round, eager and graphed."""
+    import statistics
+    lines = []
+    for key in sorted({(r["d"], r["T"], r["W"]) for r in rows if r["what"] == "bwd spread"}):
+        got = [r for r in rows if r["what"] == "bwd spread" and (r["d"], r["T"], r["W"]) == key]
+        parts = []
+        for field, label in (("ms", "eager"), ("ms_graph", "graph")):
+            times = sorted(r[field] for r in got if r[field] is not None)
+            parts.append(f"{label} {times[0]:.3f} / {statistics.median(times):.3f} / {times[-1]:.3f} ms"
+                         if times else f"{label}: none timed")
+        rounds = f"{len(got)} round" + ("s" if len(got) > 1 else "")
+        lines.append(f"  d={key[0]} T={key[1]} W={key[2]} ({rounds}, fastest / median / slowest): "
+                     + ", ".join(parts))
+    return lines
+
+
 def _describe(r: dict) -> str:
     if "BLOCK_M" in r:
         return f"{r['BLOCK_M']}x{r['BLOCK_N']} w{r['num_warps']} s{r['num_stages']} one_loop={r['ONE_LOOP']}"
@@ -218,7 +276,7 @@ def _describe(r: dict) -> str:
     return ""
 
 
-TUNE_SWEEPS = ("tiles", "decode", "sigmoid")
+TUNE_SWEEPS = ("tiles", "decode", "sigmoid", "spread")
 
 
 def checked_sweeps(text: str) -> list[str]:
@@ -245,9 +303,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sweeps", default="tiles,decode", help=f"comma-separated: {', '.join(TUNE_SWEEPS)}")
     parser.add_argument("--windows", default=",".join(map(str, DEFAULT_WINDOWS)),
-                        help="the tiles sweep's windows, comma-separated (T: the whole sequence); each is timed "
-                             f"with the candidates of its regime (small: W <= {fn_mod.SMALL_WINDOW}, "
-                             f"medium: W <= {fn_mod.MEDIUM_WINDOW} by head size)")
+                        help="the tiles, sigmoid and spread sweeps' windows, comma-separated (T: the whole "
+                             "sequence); the tiles sweep times each with the candidates of its regime (small: W <= "
+                             f"{fn_mod.SMALL_WINDOW}, medium: W <= {fn_mod.MEDIUM_WINDOW} by head size)")
     parser.add_argument("--out", help="also write the rows as JSON lines to this file, each as it is measured "
                         "(a sweep cut short keeps what it measured)")
     args = parser.parse_args()
@@ -269,14 +327,21 @@ def main() -> None:
             rows = (sweep(on_row=on_row, windows=windows) if "tiles" in sweeps else []) + \
                 (decode_sweep(on_row=on_row) if "decode" in sweeps else []) + \
                 (sigmoid_sweep(on_row=on_row, windows=windows) if "sigmoid" in sweeps else [])
+        rows += spread_sweep(on_row=on_row, windows=windows) if "spread" in sweeps else []
     best = {}
     for r in rows:
+        if r["what"] == "bwd spread":  # one config in rounds: spread_summary's
+            continue
         key = (r["what"], r["d"], r.get("B"), r["W"])
         if r.get("ms") is not None and (key not in best or r["ms"] < best[key]["ms"]):
             best[key] = r
     print("best per (what, d, B, W):")
     for key, r in sorted(best.items(), key=lambda kv: str(kv[0])):
         print(f"  {key}: {_describe(r)}  {r['ms']:.4f} ms")
+    spread = spread_summary(rows)
+    if spread:
+        print("backward, round to round:")
+        print("\n".join(spread))
     errors = [r for r in rows if "err_o" in r]
     if errors:
         print("error vs fp32 (max |difference| / largest value):")

@@ -42,9 +42,9 @@ def _sigmoid_kernel(S, P, N: tl.constexpr, SIGMOID: tl.constexpr):
 
 
 @triton.jit
-def _band_program_kernel(Out, n_blocks):
+def _band_program_kernel(Out, n_blocks, n_heads, ORDER: tl.constexpr):
     pid = tl.program_id(0)
-    pid_bh, block = band_program(pid, n_blocks)
+    pid_bh, block = band_program(pid, tl.num_programs(0), n_blocks, n_heads, ORDER)
     tl.store(Out + 2 * pid, pid_bh)
     tl.store(Out + 2 * pid + 1, block)
 
@@ -130,14 +130,31 @@ def test_fused_dq_backward_matches_reference(monkeypatch, B, T, H, Hkv, W, cu, o
     check_against_reference(1, 45, 2, 1, 128, 23, torch.bfloat16, tol=2e-2, seed=1)
 
 
-def test_programs_take_one_head_after_another_heavy_blocks_first():
-    """band_program, in the order the GPU starts programs: each (sequence, head)'s blocks together,
-    the last (heaviest with W >= T) first, so that the programs in flight share a few heads' keys
-    and values in L2; every (head, block) exactly once."""
-    n_heads, n_blocks = 3, 4
-    out = torch.full((n_heads * n_blocks, 2), -1, dtype=torch.int32, device=DEVICE)
-    _band_program_kernel[(n_heads * n_blocks,)](out, n_blocks)
-    assert out.tolist() == [[bh, block] for bh in range(n_heads) for block in reversed(range(n_blocks))]
+@pytest.mark.parametrize("order", ["pairs", "heads", "rows"])
+def test_programs_start_in_the_order_named_heavy_blocks_first(order):
+    """band_program, in the order the GPU starts programs (2 sequences x 3 heads x 4 blocks): "pairs"
+    takes each (sequence, head)'s blocks together, "heads" every pair's block side by side, "rows"
+    each sequence's blocks with its heads side by side; the last block (heaviest with W >= T) first
+    within each, and every (pair, block) exactly once."""
+    from harness.ops.swat.function import PROGRAM_ORDERS
+    assert order in PROGRAM_ORDERS
+    n_seqs, n_heads, n_blocks = 2, 3, 4
+    out = torch.full((n_seqs * n_heads * n_blocks, 2), -1, dtype=torch.int32, device=DEVICE)
+    _band_program_kernel[(n_seqs * n_heads * n_blocks,)](out, n_blocks, n_heads, ORDER=order)
+    blocks = list(reversed(range(n_blocks)))
+    want = {"pairs": [[p, k] for p in range(n_seqs * n_heads) for k in blocks],
+            "heads": [[p, k] for k in blocks for p in range(n_seqs * n_heads)],
+            "rows": [[b * n_heads + h, k] for b in range(n_seqs) for k in blocks for h in range(n_heads)]}[order]
+    assert out.tolist() == want
+
+
+@pytest.mark.parametrize("order", ["heads", "rows"])
+def test_kernels_match_the_reference_in_every_program_order(order):
+    """The passes in the orders a sweep may choose (the default, "pairs", runs in every other test):
+    two sequences, GQA (the dK/dV pass's pairs are key heads), blocks off the tiles, a window inside T."""
+    from harness.ops.swat import function
+    with function.override_program_order(dict.fromkeys(function.PROGRAM_ORDER, order)):
+        check_against_reference(2, 45, 4, 2, 32, 23, torch.float32, tol=2e-5)
 
 
 def test_every_window_has_a_tile_config_for_every_pass_and_head_size():
@@ -226,7 +243,8 @@ def test_hopper_kernels_compile_for_sm90_without_a_gpu():
     script = Path(__file__).parent / "fixtures" / "compile_hopper_sm90.py"
     done = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
-    assert [line.split(":")[0] for line in done.stdout.splitlines()] == ["fwd", "dq", "dkdv"]
+    assert [line.split(":")[0] for line in done.stdout.splitlines()] == \
+        ["fwd (pairs)", "dq (pairs)", "dkdv (pairs)", "fwd (heads)", "fwd (rows)"]
 
 
 @pytest.mark.parametrize("mode,tol", [(0, 1e-5), (2, 5e-4)])
@@ -512,6 +530,30 @@ def test_the_spread_sweep_times_the_dispatchers_kernels_and_summarises_each_shap
     assert "bwd spread" not in out.split("backward, round to round:")[0]
     assert tune.spread_summary([dict(d=64, T=4096, W=128, what="bwd spread", ms=None, ms_graph=None)]) == \
         ["  d=64 T=4096 W=128 (1 round, fastest / median / slowest): eager: none timed, graph: none timed"]
+
+
+def test_the_order_sweep_times_the_dispatchers_kernels_and_names_each_shapes_fastest_order(monkeypatch, capsys):
+    """`--sweeps order` runs outside triton_only with the windows asked for, and the summary names the
+    fastest program order per pass and shape, T included (the sweep runs three lengths)."""
+    import sys
+
+    from harness.bench import tune
+    from harness.ops.swat import function
+    seen = []
+
+    def orders(on_row, windows):
+        seen.append((windows, dict(function.HOPPER_MIN_WINDOW)))
+        return [dict(d=128, T=T, W=2048, what="fwd order", order=order, ms=ms, note="")
+                for T, times in ((4096, (0.74, 1.28, 0.70)), (16384, (0.88, 0.96, 0.90)))
+                for order, ms in zip(function.PROGRAM_ORDERS, times)]
+    monkeypatch.setattr(tune, "order_sweep", orders)
+    monkeypatch.setattr(tune, "checked_sweeps", lambda text: ["order"])  # past the refusal of a machine without a GPU
+    monkeypatch.setattr(sys, "argv", ["tune", "--sweeps", "order", "--windows", "2048"])
+    tune.main()
+    assert seen == [((2048,), function.HOPPER_MIN_WINDOW)]
+    out = capsys.readouterr().out
+    assert "('fwd order', 128, None, 4096, 2048): order=rows  0.7000 ms" in out
+    assert "('fwd order', 128, None, 16384, 2048): order=pairs  0.8800 ms" in out
 
 
 def test_a_tuning_sweep_takes_the_windows_asked_for_and_refuses_bad_ones(tmp_path, monkeypatch, capsys):

@@ -1,28 +1,29 @@
 """Config sweeps for the SWAT kernels on a GPU: `python -m harness.bench.tune [--sweeps S] [--out FILE]`.
 
-Sweep `tiles` times candidate configs (BLOCK_M, BLOCK_N, warps, stages, ONE_LOOP) of each pass
-(fwd, dkdv, dq, and dkdv with each FUSED_DQ mode, the one-pass backwards: dQ added by atomics or
-by the copy engine's bulk reduction) at d = 64 and 128, B*T = 65536, T = 8192: the "small"
-regime at W = 128, the "large" one at W = 2048 and W = T (`--windows` chooses others, such as the
-"medium" regime's 512, the 340m model's window, each timed with its regime's candidates). A
-backward candidate is timed as the whole backward (dK/dV + dQ, or the one fused pass) with the
-other pass at its current config, so differences between candidates of one pass are that pass's
-differences, and the best "dkdv fused atomics" and "dkdv fused tma" rows against the best "dkdv"
-row decide FUSED_DQ. Sweep `decode` times the decode kernel's launch configs (DECODE_CONFIGS:
-programs wanted, tile size, warps, stages) at batch 1, 8 and 64 over full W-slot ring buffers, as
-CUDA-graph replays, beside SDPA (softmax, no bias) over the same buffer: the work of a
-sliding-window softmax model's decode step, the peer a user would pick. Sweep `sigmoid` times
-the forward and the backward in each sigmoid mode (SIGMOID_MODES: triton_common.sigmoid_scaled's
-reciprocal on the special-function unit, its Newton one, tanh) at the current configs and
-B * T = 65536 with T = 16384, the peer bench's length, and measures each mode's error against the
-fp32 kernel (sigmoid bias 0 and -log W). Sweep `spread` times the backward the dispatcher runs
-(Hopper passes included) at the peer bench's lengths in SPREAD_ROUNDS rounds, each on inputs
-allocated afresh at other addresses, eagerly and as CUDA-graph replays: whether a time that moves
-from run to run follows the buffers' placement, the host, or neither. The winners go into CONFIGS /
-FUSED_DQ / SIGMOID_MODE / DECODE_CONFIGS in harness/ops/swat/function.py by hand, with the numbers in
-harness/ops/swat/NOTES.md. Every sweep but `spread` times the Triton passes (function.triton_only), also at the
-shapes where a Hopper GPU would run hopper.py's Gluon passes, whose launches are fixed
-(hopper.TILES) and measured by results/kernels/ws-probe/bench.py.
+Sweep `tiles` times candidate configs (BLOCK_M, BLOCK_N, warps, stages, ONE_LOOP) of each pass (fwd,
+dkdv, dq, and dkdv with each FUSED_DQ mode, the one-pass backwards: dQ added by atomics or by the
+copy engine's bulk reduction) at d = 64 and 128, B*T = 65536, T = 8192: the "small" regime at W =
+128, the "large" one at W = 2048 and W = T (`--windows` chooses others, such as the "medium"
+regime's 512, the 340m model's window, each timed with its regime's candidates). A backward
+candidate is timed as the whole backward (dK/dV + dQ, or the one fused pass) with the other pass at
+its current config, so differences between candidates of one pass are that pass's differences, and
+the best "dkdv fused atomics" and "dkdv fused tma" rows against the best "dkdv" row decide FUSED_DQ.
+Sweep `decode` times the decode kernel's launch configs (DECODE_CONFIGS: programs wanted, tile size,
+warps, stages) at batch 1, 8 and 64 over full W-slot ring buffers, as CUDA-graph replays, beside
+SDPA (softmax, no bias) over the same buffer: the work of a sliding-window softmax model's decode
+step, the peer a user would pick. Sweep `sigmoid` times the forward and the backward in each sigmoid
+mode (SIGMOID_MODES: triton_common.sigmoid_scaled's reciprocal on the special-function unit, its
+Newton one, tanh) at the current configs and B * T = 65536 with T = 16384, the peer bench's length,
+and measures each mode's error against the fp32 kernel (sigmoid bias 0 and -log W). Sweep `spread`
+times the backward the dispatcher runs (Hopper passes included) at the peer bench's lengths in
+SPREAD_ROUNDS rounds, each on inputs allocated afresh at other addresses, eagerly and as CUDA-graph
+replays: whether a time that moves from run to run follows the buffers' placement, the host, or
+neither. Sweep `order` times the dispatcher's forward and backward with the programs in each
+PROGRAM_ORDERS order at those lengths. The winners go into CONFIGS / FUSED_DQ / SIGMOID_MODE /
+DECODE_CONFIGS / PROGRAM_ORDER in harness/ops/swat/function.py by hand, with the numbers in
+harness/ops/swat/NOTES.md. Every sweep but `spread` and `order` times the Triton passes
+(function.triton_only), also at the shapes where a Hopper GPU would run hopper.py's Gluon passes,
+whose launches are fixed (hopper.TILES) and measured by results/kernels/ws-probe/bench.py.
 """
 
 from __future__ import annotations
@@ -50,6 +51,7 @@ from harness.ops.swat.function import (
     override_configs,
     override_decode_config,
     override_fused_dq,
+    override_program_order,
     override_sigmoid_mode,
     swat_decode_triton,
     triton_only,
@@ -214,7 +216,7 @@ def decode_sweep(on_row=lambda row: None) -> list[dict]:
 
 
 SPREAD_ROUNDS = 5
-SPREAD_LENGTHS = (4096, 16384, 32768)  # the peer bench's
+BENCH_LENGTHS = (4096, 16384, 32768)  # the peer bench's (harness bench kernels)
 
 
 def _spread_round(d: int, seq_len: int, W: int, tokens: int, rnd: int) -> dict:
@@ -241,12 +243,32 @@ def spread_sweep(tokens: int = 65536, on_row=lambda row: None, windows: tuple = 
     graphs alike, is the buffers' placement; one in the eager times only is the host's."""
     rows = []
     for d in (64, 128):
-        for seq_len in SPREAD_LENGTHS:
+        for seq_len in BENCH_LENGTHS:
             for W in (seq_len if w == "T" else w for w in windows):
                 for rnd in range(rounds):
                     rows.append(_spread_round(d, seq_len, W, tokens, rnd))
                     on_row(rows[-1])
                     torch.cuda.empty_cache()
+    return rows
+
+
+def order_sweep(tokens: int = 65536, on_row=lambda row: None, windows: tuple = DEFAULT_WINDOWS) -> list[dict]:
+    """The forward and the whole backward the dispatcher runs (Hopper passes included) with the
+    programs in each of PROGRAM_ORDERS, at the peer bench's lengths, on the same inputs in one
+    process: what chooses PROGRAM_ORDER per regime (NOTES.md v14 compared "pairs" with "heads" in
+    two processes, one per tree)."""
+    rows = []
+    for d in (64, 128):
+        for seq_len in BENCH_LENGTHS:
+            T, (q, k, v, do), slopes, scale = _inputs(d, seq_len, tokens)
+            for W in (T if w == "T" else w for w in windows):
+                for order in fn_mod.PROGRAM_ORDERS:
+                    with override_program_order(dict.fromkeys(fn_mod.PROGRAM_ORDER, order)):
+                        for what, call in (("fwd", lambda: _swat_fwd(q, k, v, slopes, None, None, W, 0.0, scale)),
+                                           ("bwd", lambda: _swat_bwd(do, q, k, v, slopes, None, None, W, 0.0, scale))):
+                            ms, note = _time(call)
+                            rows.append(dict(d=d, T=T, W=W, what=f"{what} order", order=order, ms=ms, note=note))
+                            on_row(rows[-1])
     return rows
 
 
@@ -268,6 +290,8 @@ def spread_summary(rows: list[dict]) -> list[str]:
 
 
 def _describe(r: dict) -> str:
+    if "order" in r:
+        return f"order={r['order']}"
     if "BLOCK_M" in r:
         return f"{r['BLOCK_M']}x{r['BLOCK_N']} w{r['num_warps']} s{r['num_stages']} one_loop={r['ONE_LOOP']}"
     if "MIN_PROGRAMS" in r:
@@ -276,7 +300,7 @@ def _describe(r: dict) -> str:
     return ""
 
 
-TUNE_SWEEPS = ("tiles", "decode", "sigmoid", "spread")
+TUNE_SWEEPS = ("tiles", "decode", "sigmoid", "spread", "order")
 
 
 def checked_sweeps(text: str) -> list[str]:
@@ -303,7 +327,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sweeps", default="tiles,decode", help=f"comma-separated: {', '.join(TUNE_SWEEPS)}")
     parser.add_argument("--windows", default=",".join(map(str, DEFAULT_WINDOWS)),
-                        help="the tiles, sigmoid and spread sweeps' windows, comma-separated (T: the whole "
+                        help="the tiles, sigmoid, spread and order sweeps' windows, comma-separated (T: the whole "
                              "sequence); the tiles sweep times each with the candidates of its regime (small: W <= "
                              f"{fn_mod.SMALL_WINDOW}, medium: W <= {fn_mod.MEDIUM_WINDOW} by head size)")
     parser.add_argument("--out", help="also write the rows as JSON lines to this file, each as it is measured "
@@ -327,15 +351,17 @@ def main() -> None:
             rows = (sweep(on_row=on_row, windows=windows) if "tiles" in sweeps else []) + \
                 (decode_sweep(on_row=on_row) if "decode" in sweeps else []) + \
                 (sigmoid_sweep(on_row=on_row, windows=windows) if "sigmoid" in sweeps else [])
-        rows += spread_sweep(on_row=on_row, windows=windows) if "spread" in sweeps else []
+        # the dispatcher's kernels, Hopper passes included, as the peer bench times them
+        rows += (spread_sweep(on_row=on_row, windows=windows) if "spread" in sweeps else []) + \
+            (order_sweep(on_row=on_row, windows=windows) if "order" in sweeps else [])
     best = {}
     for r in rows:
         if r["what"] == "bwd spread":  # one config in rounds: spread_summary's
             continue
-        key = (r["what"], r["d"], r.get("B"), r["W"])
+        key = (r["what"], r["d"], r.get("B"), r["T"], r["W"])
         if r.get("ms") is not None and (key not in best or r["ms"] < best[key]["ms"]):
             best[key] = r
-    print("best per (what, d, B, W):")
+    print("best per (what, d, B, T, W):")
     for key, r in sorted(best.items(), key=lambda kv: str(kv[0])):
         print(f"  {key}: {_describe(r)}  {r['ms']:.4f} ms")
     spread = spread_summary(rows)

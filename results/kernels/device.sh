@@ -12,7 +12,8 @@
 #        against the two-pass backward; decode launch configs, ACC_2D and SUM_IN_KERNEL among them,
 #        144 configs at 18 shapes: give SWEEPS=decode a call of its own; the sigmoid's modes, each
 #        timed and its error against the fp32 kernel measured, at T = 16K; the backward's spread
-#        from round to round, SWEEPS=spread WINDOWS=128, about 2 minutes) as tune.jsonl,
+#        from round to round, SWEEPS=spread WINDOWS=128, about 2 minutes; the program orders,
+#        SWEEPS=order, at the bench's lengths) as tune.jsonl,
 #        written row by row (a sweep cut at the time limit keeps what it measured); the winners go
 #        into harness/ops/swat/function.py by hand, with the numbers in NOTES.md.
 # bench: with TESTS, the kernel's GPU tests matching it first (as attention's), no bench if one failed;

@@ -92,6 +92,15 @@ FUSED_DQ = {(d, regime): "off" for d in (64, 128) for regime in ("small", "mediu
 HOPPER_MIN_WINDOW = {("fwd", 128): 512, ("bwd", 128): 2048}
 
 
+# In which order each regime's programs start (triton_common.band_program): "pairs" (one sequence-head
+# pair's blocks together), "heads" (every pair's block k together, the first launches) or "rows" (per
+# sequence, its heads side by side). "pairs" everywhere: against "heads", 1.05-1.72x faster forward and
+# 1.12-1.40x forward + backward at T = 4K (W >= 512), up to 11% at 16K and 32K, W = 128's backward not
+# decided (H100, NOTES.md v14); "rows" not yet measured. `harness.bench.tune --sweeps order` times all three.
+PROGRAM_ORDERS = ("pairs", "heads", "rows")
+PROGRAM_ORDER = dict.fromkeys(("small", "medium", "large"), "pairs")
+
+
 def window_regime(window: int, head_dim: int) -> str:
     """Which row of CONFIGS and FUSED_DQ a window's launches take at this head size: small, medium or large."""
     medium = MEDIUM_WINDOW[max(head_dim, 64)]
@@ -103,6 +112,11 @@ def kernel_config(pass_name: str, head_dim: int, window: int) -> dict:
     if interpreting():
         return dict(_INTERPRET_CONFIG)
     return dict(CONFIGS[(pass_name, max(head_dim, 64), window_regime(window, head_dim))])
+
+
+def program_order(head_dim: int, window: int) -> str:
+    """The order in which the passes' programs start at this shape (PROGRAM_ORDERS)."""
+    return PROGRAM_ORDER[window_regime(window, head_dim)]
 
 
 def fused_dq(head_dim: int, window: int, device: torch.device) -> str:
@@ -247,6 +261,11 @@ def override_fused_dq(overrides: dict):
     return _overridden(FUSED_DQ, overrides)
 
 
+def override_program_order(overrides: dict):
+    """Temporarily replace entries of PROGRAM_ORDER (keys small, medium, large), for tuning sweeps."""
+    return _overridden(PROGRAM_ORDER, overrides)
+
+
 def override_sigmoid_mode(overrides: dict):
     """Temporarily replace entries of SIGMOID_MODE (keys fwd, bwd, decode), for tuning sweeps."""
     return _overridden(SIGMOID_MODE, overrides)
@@ -317,13 +336,14 @@ def _swat_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, slopes: torch.T
     B, T, H, d = q.shape
     W = min(window, T)
     if hopper_pass("fwd", q, W, row_start is not None, k, v):
-        return _hopper_kernels().swat_fwd_hopper(q, k, v, slopes, W, sigmoid_bias, scale, _sigmoid_mode(q, "fwd"))
+        return _hopper_kernels().swat_fwd_hopper(q, k, v, slopes, W, sigmoid_bias, scale, _sigmoid_mode(q, "fwd"),
+                                                 program_order(d, W))
     o = torch.empty((B, T, H, d), device=q.device, dtype=q.dtype)
     launch(swat_fwd_kernel, "fwd", q, W, lambda bm, bn: (B * H * triton.cdiv(T, bm),),
            (q, k, v, o, slopes, row_start if row_start is not None else slopes,
             *_strides(q), *_strides(k), *_strides(v), *_strides(o), T, H, W, scale, sigmoid_bias),
            dict(REP=H // k.shape[2], HAS_DOC=row_start is not None, HEAD_DIM=d,
-                SIGMOID=_sigmoid_mode(q, "fwd"), DOT_PREC=_dot_precision(q)))
+                SIGMOID=_sigmoid_mode(q, "fwd"), DOT_PREC=_dot_precision(q), ORDER=program_order(d, W)))
     return o
 
 
@@ -336,7 +356,8 @@ def _swat_bwd(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tenso
     do = do.contiguous()
     W = min(window, T)
     if hopper_pass("bwd", q, W, row_start is not None, k, v, do):
-        return _hopper_kernels().swat_bwd_hopper(do, q, k, v, slopes, W, sigmoid_bias, scale, _sigmoid_mode(q, "bwd"))
+        return _hopper_kernels().swat_bwd_hopper(do, q, k, v, slopes, W, sigmoid_bias, scale, _sigmoid_mode(q, "bwd"),
+                                                 program_order(d, W))
     fused = fused_dq(d, W, q.device)
     if fused == "tma":
         _tma_scratch_allocator()
@@ -348,7 +369,7 @@ def _swat_bwd(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tenso
     dv = torch.empty((B, T, Hkv, d), device=q.device, dtype=q.dtype)
     has_doc = row_start is not None
     common = dict(REP=H // Hkv, HAS_DOC=has_doc, HEAD_DIM=d, SIGMOID=_sigmoid_mode(q, "bwd"),
-                  DOT_PREC=_dot_precision(q))
+                  DOT_PREC=_dot_precision(q), ORDER=program_order(d, W))
 
     launch(swat_bwd_dkdv_kernel, "dkdv", q, W, lambda bm, bn: (B * Hkv * triton.cdiv(T, bn),),
            (q, k, v, do, dk, dv, dq, slopes, row_start if has_doc else slopes, row_end if has_doc else slopes,

@@ -310,10 +310,10 @@ def _dkdv_pingpong_partition(k_smem, v_smem, q_bufs, do_bufs, fixed_bar, ready, 
 
 
 @gluon.jit
-def _program(T, H, Slopes, scale, bias, BLOCK: gl.constexpr, SIGMOID: gl.constexpr):
+def _program(T, H, Slopes, scale, bias, BLOCK: gl.constexpr, SIGMOID: gl.constexpr, ORDER: gl.constexpr):
     """(b, h, the block's first row, then the score's scale, the head's ALiBi slope and the bias in
-    the sigmoid's units, triton_common.score_unit), in the Triton passes' program order (band_program)."""
-    pid_bh, block = band_program(gl.program_id(0), gl.cdiv(T, BLOCK))
+    the sigmoid's units, triton_common.score_unit), in the program order ORDER (band_program)."""
+    pid_bh, block = band_program(gl.program_id(0), gl.num_programs(0), gl.cdiv(T, BLOCK), H, ORDER)
     h = pid_bh % H
     first = block * BLOCK
     unit = score_unit(SIGMOID)
@@ -349,12 +349,12 @@ def _ring(x_desc, y_desc, NUM_BUFFERS: gl.constexpr, CONSUMERS: gl.constexpr = 1
 def swat_query_pingpong_kernel(q_desc, k_desc, v_desc, do_desc, Out, Slopes, T, H, W, bias, scale, so_b,
                                so_t, so_h, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, HEAD_DIM: gl.constexpr,
                                NUM_BUFFERS: gl.constexpr, SIGMOID: gl.constexpr, DQ: gl.constexpr,
-                               num_warps: gl.constexpr):
+                               ORDER: gl.constexpr, num_warps: gl.constexpr):
     """The forward, or with DQ the dQ pass, with its two compute warp groups as partitions of their
     own, each with half of the block's rows (q_desc's and do_desc's tiles are BLOCK_M / 2 rows),
     taking turns at the tensor cores on the `turns` barriers, and the load partition (do_desc is
     read only with DQ)."""
-    b, h, m0, g_scale, g_slope, g_bias = _program(T, H, Slopes, scale, bias, BLOCK_M, SIGMOID)
+    b, h, m0, g_scale, g_slope, g_bias = _program(T, H, Slopes, scale, bias, BLOCK_M, SIGMOID, ORDER)
     n_lo, full_start, _, n_hi = query_block_ranges(m0, 0, 0, T, W, BLOCK_M, BLOCK_N)
     half: gl.constexpr = BLOCK_M // 2
 
@@ -381,11 +381,12 @@ def swat_query_pingpong_kernel(q_desc, k_desc, v_desc, do_desc, Out, Slopes, T, 
 @gluon.jit
 def swat_dkdv_pingpong_kernel(q_desc, k_desc, v_desc, do_desc, DK, DV, Slopes, T, H, W, bias, scale,
                               s_b, s_t, s_h, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, HEAD_DIM: gl.constexpr,
-                              NUM_BUFFERS: gl.constexpr, SIGMOID: gl.constexpr, num_warps: gl.constexpr):
+                              NUM_BUFFERS: gl.constexpr, SIGMOID: gl.constexpr, ORDER: gl.constexpr,
+                              num_warps: gl.constexpr):
     """The dK/dV pass with its two compute warp groups as partitions of their own, each with half of
     the block's keys (k_desc's and v_desc's tiles are BLOCK_N / 2 rows), taking turns at the tensor
     cores as in swat_query_pingpong_kernel."""
-    b, h, n0, g_scale, g_slope, g_bias = _program(T, H, Slopes, scale, bias, BLOCK_N, SIGMOID)
+    b, h, n0, g_scale, g_slope, g_bias = _program(T, H, Slopes, scale, bias, BLOCK_N, SIGMOID, ORDER)
     _, _, _, full_hi, m_hi = key_block_ranges(n0, T, T, T, W, BLOCK_M, BLOCK_N)
     half: gl.constexpr = BLOCK_N // 2
 
@@ -433,8 +434,10 @@ GROUP_WARPS = 4
 MAXNREG = 168
 
 
-def swat_fwd_hopper(q, k, v, slopes, window: int, sigmoid_bias: float, scale: float, sigmoid: int) -> torch.Tensor:
-    """o [B, T, H, d] for q, k, v [B, T, H, d] (tma_readable, bf16/fp16), slopes [H] fp32, window <= T."""
+def swat_fwd_hopper(q, k, v, slopes, window: int, sigmoid_bias: float, scale: float, sigmoid: int,
+                    order: str) -> torch.Tensor:
+    """o [B, T, H, d] for q, k, v [B, T, H, d] (tma_readable, bf16/fp16), slopes [H] fp32, window <= T,
+    the programs in `order` (triton_common.band_program)."""
     B, T, H, d = q.shape
     bm, bn = TILES["fwd"]
     out = torch.empty((B, T, H, d), device=q.device, dtype=q.dtype)
@@ -442,12 +445,12 @@ def swat_fwd_hopper(q, k, v, slopes, window: int, sigmoid_bias: float, scale: fl
     swat_query_pingpong_kernel[(B * H * triton.cdiv(T, bm),)](
         q_desc, descriptor(k, bn), descriptor(v, bn), q_desc, out, slopes, T, H, window, sigmoid_bias, scale,
         *out.stride()[:3], BLOCK_M=bm, BLOCK_N=bn, HEAD_DIM=d, NUM_BUFFERS=NUM_BUFFERS, SIGMOID=sigmoid, DQ=False,
-        num_warps=GROUP_WARPS, maxnreg=MAXNREG)
+        ORDER=order, num_warps=GROUP_WARPS, maxnreg=MAXNREG)
     return out
 
 
-def swat_bwd_hopper(do, q, k, v, slopes, window: int, sigmoid_bias: float, scale: float,
-                    sigmoid: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def swat_bwd_hopper(do, q, k, v, slopes, window: int, sigmoid_bias: float, scale: float, sigmoid: int,
+                    order: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(dq, dk, dv) for the forward's inputs and the output's gradient do (all tma_readable): the
     dQ pass and the dK/dV pass, as triton_bwd.py splits them."""
     B, T, H, d = q.shape
@@ -456,10 +459,10 @@ def swat_bwd_hopper(do, q, k, v, slopes, window: int, sigmoid_bias: float, scale
     swat_query_pingpong_kernel[(B * H * triton.cdiv(T, bm),)](
         descriptor(q, bm // 2), descriptor(k, bn), descriptor(v, bn), descriptor(do, bm // 2), dq, slopes, T, H,
         window, sigmoid_bias, scale, *dq.stride()[:3], BLOCK_M=bm, BLOCK_N=bn, HEAD_DIM=d, NUM_BUFFERS=NUM_BUFFERS,
-        SIGMOID=sigmoid, DQ=True, num_warps=GROUP_WARPS, maxnreg=MAXNREG)
+        SIGMOID=sigmoid, DQ=True, ORDER=order, num_warps=GROUP_WARPS, maxnreg=MAXNREG)
     bm, bn = TILES["dkdv"]
     swat_dkdv_pingpong_kernel[(B * H * triton.cdiv(T, bn),)](
         descriptor(q, bm), descriptor(k, bn // 2), descriptor(v, bn // 2), descriptor(do, bm), dk, dv, slopes, T, H,
         window, sigmoid_bias, scale, *dk.stride()[:3], BLOCK_M=bm, BLOCK_N=bn, HEAD_DIM=d, NUM_BUFFERS=NUM_BUFFERS,
-        SIGMOID=sigmoid, num_warps=GROUP_WARPS, maxnreg=MAXNREG)
+        SIGMOID=sigmoid, ORDER=order, num_warps=GROUP_WARPS, maxnreg=MAXNREG)
     return dq, dk, dv

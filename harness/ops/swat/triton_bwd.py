@@ -84,8 +84,8 @@ def swat_bwd_dkdv_kernel(Q, K, V, DO, DK, DV, DQ, Slopes, RowStart, RowEnd,
                          T, HKV, W, bias, scale,
                          REP: tl.constexpr, HAS_DOC: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                          HEAD_DIM: tl.constexpr, SIGMOID: tl.constexpr, DOT_PREC: tl.constexpr,
-                         ONE_LOOP: tl.constexpr, FUSED_DQ: tl.constexpr):
-    pid_bh, pid_n = band_program(tl.program_id(0), tl.cdiv(T, BLOCK_N))
+                         ONE_LOOP: tl.constexpr, FUSED_DQ: tl.constexpr, ORDER: tl.constexpr):
+    pid_bh, pid_n = band_program(tl.program_id(0), tl.num_programs(0), tl.cdiv(T, BLOCK_N), HKV, ORDER)
     b = pid_bh // HKV
     hk = pid_bh % HKV
     n0 = pid_n * BLOCK_N
@@ -166,8 +166,8 @@ def swat_bwd_dq_kernel(Q, K, V, DO, DQ, Slopes, RowStart,
                        T, H, W, bias, scale,
                        REP: tl.constexpr, HAS_DOC: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                        HEAD_DIM: tl.constexpr, SIGMOID: tl.constexpr, DOT_PREC: tl.constexpr,
-                       ONE_LOOP: tl.constexpr):
-    pid_bh, pid_m = band_program(tl.program_id(0), tl.cdiv(T, BLOCK_M))
+                       ONE_LOOP: tl.constexpr, ORDER: tl.constexpr):
+    pid_bh, pid_m = band_program(tl.program_id(0), tl.num_programs(0), tl.cdiv(T, BLOCK_M), H, ORDER)
     b = pid_bh // H
     h = pid_bh % H
     hk = h // REP

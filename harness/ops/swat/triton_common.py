@@ -71,14 +71,28 @@ def sigmoid_scaled(g, SIGMOID: tl.constexpr):
 
 
 @triton.jit
-def band_program(pid, n_blocks):
-    """(batch x head index, block index) of program pid in a one-axis grid of n_blocks x B x H
-    programs. One (sequence, head)'s blocks run one after another, the heavy (late) ones first, since with
-    W >= T a block's work grows with its index; the programs running at once then belong to a few
-    heads and share those heads' keys and values (or queries and output gradients) in L2. With the
-    heads varying fastest, as the first launches had them, every program in flight at T = 4K
-    belonged to another head, and their working set overflowed L2 (NOTES.md v14)."""
-    return pid // n_blocks, n_blocks - 1 - pid % n_blocks
+def band_program(pid, n_programs, n_blocks, n_heads, ORDER: tl.constexpr):
+    """(batch x head index, block index) of program pid in a one-axis grid of n_programs = n_blocks
+    x B x n_heads programs, in the order ORDER names (function.PROGRAM_ORDERS). The GPU starts
+    programs in pid order, so ORDER decides which run at once and share what in L2:
+
+    "pairs": one (sequence, head) pair's blocks after another, the heavy (late) ones first, since with
+      W >= T a block's work grows with its index: the programs in flight are a few pairs' blocks
+      and share those pairs' keys and values (or queries and output gradients).
+    "heads": block by block, heavy first, every pair's block side by side (the first launches): at
+      T = 4K the programs in flight were all of one block index, each of another pair, and their
+      working set overflowed L2 (NOTES.md v14).
+    "rows": per sequence, block by block, heavy first, its heads side by side: the programs in flight
+      read whole token rows (all heads' columns) of one sequence, and share its keys and values."""
+    if ORDER == "heads":
+        n_pairs = n_programs // n_blocks
+        return pid % n_pairs, n_blocks - 1 - pid // n_pairs
+    elif ORDER == "rows":
+        per_sequence = n_blocks * n_heads
+        local = pid % per_sequence
+        return pid // per_sequence * n_heads + local % n_heads, n_blocks - 1 - local // n_heads
+    else:
+        return pid // n_blocks, n_blocks - 1 - pid % n_blocks
 
 
 @triton.jit

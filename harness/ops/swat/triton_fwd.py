@@ -31,8 +31,8 @@ def swat_fwd_kernel(Q, K, V, O, Slopes, RowStart,
                     T, H, W, scale, bias,
                     REP: tl.constexpr, HAS_DOC: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                     HEAD_DIM: tl.constexpr, SIGMOID: tl.constexpr, DOT_PREC: tl.constexpr,
-                    ONE_LOOP: tl.constexpr):
-    pid_bh, pid_m = band_program(tl.program_id(0), tl.cdiv(T, BLOCK_M))
+                    ONE_LOOP: tl.constexpr, ORDER: tl.constexpr):
+    pid_bh, pid_m = band_program(tl.program_id(0), tl.num_programs(0), tl.cdiv(T, BLOCK_M), H, ORDER)
     b = pid_bh // H
     h = pid_bh % H
     hk = h // REP

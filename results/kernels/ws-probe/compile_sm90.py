@@ -91,6 +91,7 @@ for d in (64, 128):
         if pingpong:  # two partitions of 4 warps, each with half of the block's keys (dK/dV) or rows
             halved, rows = (("k_desc", "v_desc"), bn) if "dkdv" in name else (("q_desc", "do_desc"), bm)
             descs.update({arg: mangle_type(descriptor(t, rows // 2)) for arg in halved})
+            constants["ORDER"] = "pairs"  # the harness's program order (band_program)
         if "dkdv" in name:
             kernel = swat_dkdv_pingpong_kernel if pingpong else swat_dkdv_gluon_kernel
             sig = {**descs, "DK": "*bf16", "DV": "*bf16", **GLUON_COMMON, "s_b": "i32", "s_t": "i32", "s_h": "i32"}

@@ -144,7 +144,7 @@ def swat_query_gluon_kernel(q_desc, k_desc, v_desc, do_desc, Out, Slopes, T, H, 
                             NUM_BUFFERS: gl.constexpr, SIGMOID: gl.constexpr, DQ: gl.constexpr,
                             PIPELINE: gl.constexpr, num_warps: gl.constexpr):
     """The forward, or with DQ the dQ pass (do_desc then is dO's; otherwise it is not read)."""
-    b, h, m0, g_scale, g_slope, g_bias = _program(H, Slopes, scale, bias, BLOCK_M, SIGMOID)
+    b, h, m0, g_scale, g_slope, g_bias = _program(T, H, Slopes, scale, bias, BLOCK_M, SIGMOID, "pairs")
     # the band's key tiles for these rows, [n_lo, n_hi); those in [full_start, m0) are inside the
     # band for every row and need no mask
     n_lo, full_start, _, n_hi = query_block_ranges(m0, 0, 0, T, W, BLOCK_M, BLOCK_N)
@@ -169,7 +169,7 @@ def swat_query_gluon_kernel(q_desc, k_desc, v_desc, do_desc, Out, Slopes, T, H, 
 def swat_dkdv_gluon_kernel(q_desc, k_desc, v_desc, do_desc, DK, DV, Slopes, T, H, W, bias, scale,
                            s_b, s_t, s_h, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, HEAD_DIM: gl.constexpr,
                            NUM_BUFFERS: gl.constexpr, SIGMOID: gl.constexpr, num_warps: gl.constexpr):
-    b, h, n0, g_scale, g_slope, g_bias = _program(H, Slopes, scale, bias, BLOCK_N, SIGMOID)
+    b, h, n0, g_scale, g_slope, g_bias = _program(T, H, Slopes, scale, bias, BLOCK_N, SIGMOID, "pairs")
     # the band's query tiles for these keys, [n0, m_hi); those in [n0 + BLOCK_N, full_hi) see every
     # key of the block and need no mask
     _, _, _, full_hi, m_hi = key_block_ranges(n0, T, T, T, W, BLOCK_M, BLOCK_N)
@@ -195,14 +195,14 @@ def swat_fwd_gluon(q, k, v, slopes, window: int, scale: float, block_m=128, bloc
     out = q.new_empty(q.shape)
     if pingpong:
         q_desc = descriptor(q, block_m // 2)
-        swat_query_pingpong_kernel[(B * H, triton.cdiv(T, block_m))](
+        swat_query_pingpong_kernel[(B * H * triton.cdiv(T, block_m),)](
             q_desc, descriptor(k, block_n), descriptor(v, block_n), q_desc, out, slopes, T, H, min(window, T),
             0.0, scale, *out.stride()[:3], BLOCK_M=block_m, BLOCK_N=block_n, HEAD_DIM=d,
-            NUM_BUFFERS=num_buffers, SIGMOID=SIGMOID_MODE["fwd"], DQ=False, num_warps=num_warps // 2,
+            NUM_BUFFERS=num_buffers, SIGMOID=SIGMOID_MODE["fwd"], DQ=False, ORDER="pairs", num_warps=num_warps // 2,
             maxnreg=maxnreg)
         return out
     q_desc = descriptor(q, block_m)
-    swat_query_gluon_kernel[(B * H, triton.cdiv(T, block_m))](
+    swat_query_gluon_kernel[(B * H * triton.cdiv(T, block_m),)](
         q_desc, descriptor(k, block_n), descriptor(v, block_n), q_desc, out, slopes, T, H, min(window, T),
         0.0, scale, *out.stride()[:3], BLOCK_M=block_m, BLOCK_N=block_n, HEAD_DIM=d,
         NUM_BUFFERS=num_buffers, SIGMOID=SIGMOID_MODE["fwd"], DQ=False, PIPELINE=pipeline, num_warps=num_warps,
@@ -220,21 +220,22 @@ def swat_bwd_gluon(do, q, k, v, slopes, window: int, scale: float, dq_tiles=(128
     dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
     bm, bn = dq_tiles
     if "dq" in pingpong:
-        swat_query_pingpong_kernel[(B * H, triton.cdiv(T, bm))](
+        swat_query_pingpong_kernel[(B * H * triton.cdiv(T, bm),)](
             descriptor(q, bm // 2), descriptor(k, bn), descriptor(v, bn), descriptor(do, bm // 2), dq, slopes, T, H,
             W, 0.0, scale, *dq.stride()[:3], BLOCK_M=bm, BLOCK_N=bn, HEAD_DIM=d,
-            NUM_BUFFERS=num_buffers, SIGMOID=SIGMOID_MODE["bwd"], DQ=True, num_warps=num_warps // 2, maxnreg=maxnreg)
+            NUM_BUFFERS=num_buffers, SIGMOID=SIGMOID_MODE["bwd"], DQ=True, ORDER="pairs", num_warps=num_warps // 2,
+            maxnreg=maxnreg)
     else:
-        swat_query_gluon_kernel[(B * H, triton.cdiv(T, bm))](
+        swat_query_gluon_kernel[(B * H * triton.cdiv(T, bm),)](
             descriptor(q, bm), descriptor(k, bn), descriptor(v, bn), descriptor(do, bm), dq, slopes, T, H, W,
             0.0, scale, *dq.stride()[:3], BLOCK_M=bm, BLOCK_N=bn, HEAD_DIM=d,
             NUM_BUFFERS=num_buffers, SIGMOID=SIGMOID_MODE["bwd"], DQ=True, PIPELINE=False, num_warps=num_warps,
             maxnreg=maxnreg)
     bm, bn = dkdv_tiles
-    kernel, key_rows, warps = ((swat_dkdv_pingpong_kernel, bn // 2, num_warps // 2) if "dkdv" in pingpong
-                               else (swat_dkdv_gluon_kernel, bn, num_warps))
-    kernel[(B * H, triton.cdiv(T, bn))](
+    kernel, key_rows, warps, order = ((swat_dkdv_pingpong_kernel, bn // 2, num_warps // 2, {"ORDER": "pairs"})
+                                      if "dkdv" in pingpong else (swat_dkdv_gluon_kernel, bn, num_warps, {}))
+    kernel[(B * H * triton.cdiv(T, bn),)](
         descriptor(q, bm), descriptor(k, key_rows), descriptor(v, key_rows), descriptor(do, bm), dk, dv, slopes, T, H,
         W, 0.0, scale, *dk.stride()[:3], BLOCK_M=bm, BLOCK_N=bn, HEAD_DIM=d, NUM_BUFFERS=num_buffers,
-        SIGMOID=SIGMOID_MODE["bwd"], num_warps=warps, maxnreg=maxnreg)
+        SIGMOID=SIGMOID_MODE["bwd"], **order, num_warps=warps, maxnreg=maxnreg)
     return dq, dk, dv

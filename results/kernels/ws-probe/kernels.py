@@ -21,7 +21,8 @@ LOG2E = tl.constexpr(1.4426950408889634)
 @triton.jit
 def _program_block(H, BLOCK: tl.constexpr, HEAD_DIM: tl.constexpr):
     """(b, h, the head's first column in [B, T, H * d], the block's first row): heavy (late)
-    blocks first, as the kernels in harness/ops/swat launch them."""
+    blocks first, the heads varying fastest, as harness/ops/swat launched its kernels when this probe
+    ran (band_program's "heads" order since NOTES.md v14)."""
     pid_bh = tl.program_id(0)
     h = pid_bh % H
     return pid_bh // H, h, h * HEAD_DIM, (tl.num_programs(1) - 1 - tl.program_id(1)) * BLOCK

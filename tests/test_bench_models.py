@@ -677,7 +677,8 @@ def test_kernel_tuning_refuses_an_unknown_sweep_and_a_machine_without_a_gpu(tmp_
     stopped in a traceback, after truncating --out."""
     from harness.bench import tune
     out = tmp_path / "tune.jsonl"
-    for argv, needle in [(["--sweeps", "tile"], "--sweeps takes comma-separated tiles, decode, sigmoid, got 'tile'"),
+    unknown = "--sweeps takes comma-separated tiles, decode, sigmoid, spread, order, got 'tile'"
+    for argv, needle in [(["--sweeps", "tile"], unknown),
                          ([], "on a CUDA GPU, and none is visible here")]:
         if not argv and torch.cuda.is_available():
             continue

@@ -556,6 +556,19 @@ def test_the_order_sweep_times_the_dispatchers_kernels_and_names_each_shapes_fas
     assert "('fwd order', 128, None, 16384, 2048): order=pairs  0.8800 ms" in out
 
 
+def test_the_tuning_summary_takes_decode_rows_which_have_no_length(monkeypatch, capsys):
+    """The summary's key holds T (the order sweep's three lengths); the decode sweep's rows have none."""
+    import sys
+
+    from harness.bench import tune
+    row = dict(d=64, B=8, H=16, W=512, what="decode sdpa", ms=0.006)
+    monkeypatch.setattr(tune, "decode_sweep", lambda on_row: [row])
+    monkeypatch.setattr(tune, "checked_sweeps", lambda text: ["decode"])  # past the refusal of a machine without a GPU
+    monkeypatch.setattr(sys, "argv", ["tune", "--sweeps", "decode"])
+    tune.main()
+    assert "('decode sdpa', 64, 8, None, 512):   0.0060 ms" in capsys.readouterr().out
+
+
 def test_a_tuning_sweep_takes_the_windows_asked_for_and_refuses_bad_ones(tmp_path, monkeypatch, capsys):
     """`--windows 512,T` sweeps the 340m model's window (and W = T) instead of the default three;
     a window that is no size above 0 gets one error line before --out is opened."""

@@ -358,7 +358,7 @@ def main() -> None:
     for r in rows:
         if r["what"] == "bwd spread":  # one config in rounds: spread_summary's
             continue
-        key = (r["what"], r["d"], r.get("B"), r["T"], r["W"])
+        key = (r["what"], r["d"], r.get("B"), r.get("T"), r["W"])  # decode rows have no T
         if r.get("ms") is not None and (key not in best or r["ms"] < best[key]["ms"]):
             best[key] = r
     print("best per (what, d, B, T, W):")

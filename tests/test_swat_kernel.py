@@ -48,6 +48,7 @@ def _band_program_kernel(Out, n_blocks, n_heads, ORDER: tl.constexpr):
     tl.store(Out + 2 * pid, pid_bh)
     tl.store(Out + 2 * pid + 1, block)
 
+
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 gpu_only = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 

@@ -93,6 +93,11 @@ PASSES = (("fwd", "fwd", "off"), ("dkdv", "dkdv", "off"), ("dq", "dq", "off"),
 DEFAULT_WINDOWS = (128, 2048, "T")  # the small regime, then the large one at a wide window and at W = T
 
 
+def _sizes(windows: tuple, T: int) -> list[int]:
+    """--windows as key counts at length T (its "T": the whole sequence)."""
+    return [T if w == "T" else w for w in windows]
+
+
 def _inputs(d: int, seq_len: int, tokens: int):
     """T, bf16 (q, k, v, dO) [B, T, H, d] with B * T = tokens and H * d = 1024 (seed 0), the heads'
     ALiBi slopes and the score scale: the inputs every sweep of the attention passes times."""
@@ -114,7 +119,7 @@ def sweep(seq_len: int = 8192, tokens: int = 65536, on_row=lambda row: None,
         def bwd(W):
             return lambda: _swat_bwd(do, q, k, v, slopes, None, None, W, 0.0, scale)
 
-        for W in (T if w == "T" else w for w in windows):
+        for W in _sizes(windows, T):
             regime = fn_mod.window_regime(W, d)
             for candidates, pass_name, fused in PASSES:
                 what = candidates if fused == "off" else f"{candidates} {fused}"
@@ -155,7 +160,7 @@ def sigmoid_sweep(seq_len: int = 16384, tokens: int = 65536, on_row=lambda row: 
     rows = []
     for d in (64, 128):
         T, (q, k, v, do), slopes, scale = _inputs(d, seq_len, tokens)
-        for W in (T if w == "T" else w for w in windows):
+        for W in _sizes(windows, T):
             shape = dict(d=d, T=T, W=W)
             rows += _sigmoid_mode_rows(shape, lambda: _swat_fwd(q, k, v, slopes, None, None, W, 0.0, scale),
                                        lambda: _swat_bwd(do, q, k, v, slopes, None, None, W, 0.0, scale), on_row)
@@ -222,14 +227,14 @@ BENCH_LENGTHS = (4096, 16384, 32768)  # the peer bench's (harness bench kernels)
 def _spread_round(d: int, seq_len: int, W: int, tokens: int, rnd: int) -> dict:
     """One round of spread_sweep: fresh inputs behind a spacer of this round's size, the backward
     timed eagerly and as CUDA-graph replays; everything it allocated is freed on return."""
-    spacer = torch.empty(((3 * rnd) % 7 + rnd) << 20, dtype=torch.uint8, device="cuda")  # 0, 4, 8, 12, 9 MiB
+    # allocated first, so that the inputs after it sit elsewhere: 0, 4, 8, 12, 9 MiB over the rounds
+    _spacer = torch.empty(((3 * rnd) % 7 + rnd) << 20, dtype=torch.uint8, device="cuda")
     T, (q, k, v, do), slopes, scale = _inputs(d, seq_len, tokens)
     bwd = functools.partial(_swat_bwd, do, q, k, v, slopes, None, None, W, 0.0, scale)
     eager, note = _time(bwd)
     graph, graph_note = _time(bwd, cuda_graph=True)
     apart = {f"{name}_minus_q_mb": round((t.data_ptr() - q.data_ptr()) / 2**20, 3)
              for name, t in (("k", k), ("v", v), ("do", do))}
-    del spacer
     return dict(d=d, T=T, W=W, what="bwd spread", round=rnd, ms=eager, ms_graph=graph,
                 note="; ".join(n for n in (note, graph_note) if n), **apart)
 
@@ -244,7 +249,7 @@ def spread_sweep(tokens: int = 65536, on_row=lambda row: None, windows: tuple = 
     rows = []
     for d in (64, 128):
         for seq_len in BENCH_LENGTHS:
-            for W in (seq_len if w == "T" else w for w in windows):
+            for W in _sizes(windows, seq_len):
                 for rnd in range(rounds):
                     rows.append(_spread_round(d, seq_len, W, tokens, rnd))
                     on_row(rows[-1])
@@ -261,7 +266,7 @@ def order_sweep(tokens: int = 65536, on_row=lambda row: None, windows: tuple = D
     for d in (64, 128):
         for seq_len in BENCH_LENGTHS:
             T, (q, k, v, do), slopes, scale = _inputs(d, seq_len, tokens)
-            for W in (T if w == "T" else w for w in windows):
+            for W in _sizes(windows, T):
                 for order in fn_mod.PROGRAM_ORDERS:
                     with override_program_order(dict.fromkeys(fn_mod.PROGRAM_ORDER, order)):
                         for what, call in (("fwd", lambda: _swat_fwd(q, k, v, slopes, None, None, W, 0.0, scale)),

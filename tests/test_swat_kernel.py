@@ -165,9 +165,7 @@ def test_every_window_has_a_tile_config_for_every_pass_and_head_size():
     from harness.ops.swat import function
     windows = (1, 128, 256, 257, 512, 1024, 1025, 2048, 2049, 1 << 20)
     regimes = {d: [function.window_regime(W, d) for W in windows] for d in (16, 64, 128)}
-    assert regimes == {16: ["small"] * 3 + ["medium"] * 3 + ["large"] * 4,
-                       64: ["small"] * 3 + ["medium"] * 3 + ["large"] * 4,
-                       128: ["small"] * 3 + ["medium"] * 5 + ["large"] * 2}
+    assert regimes == dict.fromkeys((16, 64, 128), ["small"] * 3 + ["medium"] * 5 + ["large"] * 2)
     for regime in ("small", "medium", "large"):
         for d in (64, 128):
             assert function.FUSED_DQ[(d, regime)] in function.FUSED_DQ_MODES

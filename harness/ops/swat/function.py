@@ -34,11 +34,12 @@ DTYPES = (torch.bfloat16, torch.float16, torch.float32)
 # stages, ONE_LOOP (one masked loop instead of edge/interior/diagonal loops). The regime is set by
 # the window and the head size (`window_regime`): "small" up to SMALL_WINDOW, "medium" up to
 # MEDIUM_WINDOW[d] (the 340m/760m presets' 512 among them: the backward's small tiles win there,
-# up to W = 1024 at d = 64 and W = 2048 at d = 128), "large" the rest, up to full causal. Chosen
+# up to W = 2048 at both head sizes, at d = 64 past W = 1024 only with the programs' order of v14:
+# NOTES.md v15), "large" the rest, up to full causal. Chosen
 # from the H100 sweeps of harness/bench/tune.py and checked by the H200 one (NOTES.md has the
 # numbers); d < 64 uses the d = 64 entries.
 SMALL_WINDOW = 256
-MEDIUM_WINDOW = {64: 1024, 128: 2048}
+MEDIUM_WINDOW = {64: 2048, 128: 2048}
 
 
 def _cfg(bm, bn, warps, stages, one_loop=False):

@@ -96,8 +96,9 @@ HOPPER_MIN_WINDOW = {("fwd", 128): 512, ("bwd", 128): 2048}
 # In which order each regime's programs start (triton_common.band_program): "pairs" (one sequence-head
 # pair's blocks together), "heads" (every pair's block k together, the first launches) or "rows" (per
 # sequence, its heads side by side). "pairs" everywhere: against "heads", 1.05-1.72x faster forward and
-# 1.12-1.40x forward + backward at T = 4K (W >= 512), up to 11% at 16K and 32K, W = 128's backward not
-# decided (H100, NOTES.md v14); "rows" not yet measured. `harness.bench.tune --sweeps order` times all three.
+# 1.12-1.40x forward + backward at T = 4K (W >= 512), up to 11% at 16K and 32K (H100, NOTES.md v14);
+# in the three orders' sweep (`harness.bench.tune --sweeps order`, v15) the fastest or within 4% of it
+# at every shape but two, and no regime has one other order winning at all three lengths.
 PROGRAM_ORDERS = ("pairs", "heads", "rows")
 PROGRAM_ORDER = dict.fromkeys(("small", "medium", "large"), "pairs")
 

@@ -35,9 +35,9 @@ DTYPES = (torch.bfloat16, torch.float16, torch.float32)
 # the window and the head size (`window_regime`): "small" up to SMALL_WINDOW, "medium" up to
 # MEDIUM_WINDOW[d] (the 340m/760m presets' 512 among them: the backward's small tiles win there,
 # up to W = 2048 at both head sizes, at d = 64 past W = 1024 only with the programs' order of v14:
-# NOTES.md v15), "large" the rest, up to full causal. Chosen
-# from the H100 sweeps of harness/bench/tune.py and checked by the H200 one (NOTES.md has the
-# numbers); d < 64 uses the d = 64 entries.
+# NOTES.md v15), "large" the rest, up to full causal. Chosen from the H100 sweeps of
+# harness/bench/tune.py and checked by the H200 one (NOTES.md has the numbers); d < 64 uses the
+# d = 64 entries.
 SMALL_WINDOW = 256
 MEDIUM_WINDOW = {64: 2048, 128: 2048}
 

@@ -1,9 +1,9 @@
 """Two questions after the H100 sweeps of 2026-12-07 (device calls 64-65), on one GPU in one process:
 
 A. d = 64 at W = 1024 and 2048: the forward and the whole backward with d = 64's "medium" tiles up to
-   MEDIUM_WINDOW[64] = 1024 (as committed) or 2048, and with the one-pass backward (FUSED_DQ "tma",
-   dK/dV tiles 64x64 w4 s3, the tile sweep's best one-pass row), at the peer bench's lengths
-   (B * T = 65536, H = 16), each variant timed twice, alternating.
+   MEDIUM_WINDOW[64] = 1024 (as at 1e2300a, which this probe timed) or 2048, and with the one-pass
+   backward (FUSED_DQ "tma", dK/dV tiles 64x64 w4 s3, the tile sweep's best one-pass row), at the
+   peer bench's lengths (B * T = 65536, H = 16), each variant timed twice, alternating.
 B. W = 128: the autograd step the peer bench times (forward, then backward against a fixed output
    gradient, grads not accumulated), eagerly (do_bench) and as CUDA-graph replays, and the host's
    time to enqueue one step: whether the bench's W = 128 rows, whose times moved between 0.84 and
@@ -40,6 +40,7 @@ def emit(**row):
 
 
 ONE_PASS = {("dkdv", 64, "medium"): _cfg(64, 64, 4, 3)}
+committed = fn_mod.MEDIUM_WINDOW[64]
 for seq_len in (4096, 16384, 32768):
     T, (q, k, v, do), slopes, scale = _inputs(64, seq_len, 65536)
     for W in (1024, 2048):
@@ -52,7 +53,7 @@ for seq_len in (4096, 16384, 32768):
                     fwd, _ = _time(lambda: _swat_fwd(q, k, v, slopes, None, None, W, 0.0, scale))
                     bwd, note = _time(lambda: _swat_bwd(do, q, k, v, slopes, None, None, W, 0.0, scale))
                 emit(part="A", d=64, T=T, W=W, variant=variant, rep=rep, fwd_ms=fwd, bwd_ms=bwd, note=note)
-fn_mod.MEDIUM_WINDOW[64] = 1024
+fn_mod.MEDIUM_WINDOW[64] = committed
 
 for d in (64, 128):
     for seq_len in (4096, 16384):

@@ -13,6 +13,7 @@ B. W = 128: the autograd step the peer bench times (forward, then backward again
     python results/kernels/d64-medium/probe.py OUT.jsonl
 """
 import json
+import shlex
 import sys
 import time
 
@@ -29,13 +30,17 @@ from harness.ops.swat.function import (
     override_fused_dq,
     swat_attention_triton,
 )
+from harness.results.provenance import provenance, versions
 
 out = open(sys.argv[1], "w")
+# every row says how to measure it again, as harness.bench.tune's do
+made = {**provenance("cuda", shlex.join(["python", "results/kernels/d64-medium/probe.py", *sys.argv[1:]])),
+        "versions": versions()}
 
 
 def emit(**row):
     print(json.dumps(row), flush=True)
-    out.write(json.dumps(row) + "\n")
+    out.write(json.dumps({**row, **made}) + "\n")
     out.flush()
 
 

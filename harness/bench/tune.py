@@ -64,8 +64,8 @@ CANDIDATES = {
     ("dkdv", "small"): [_cfg(32, 64, 4, 4), _cfg(32, 64, 4, 4, True), _cfg(64, 64, 4, 3, True),
                         _cfg(32, 32, 4, 3, True), _cfg(16, 64, 4, 3, True)],
     # 64x128 with 8 warps and 3 stages: flex_attention's sm90 backward tile for d = 64 and 128
-    # the last three: neighbours of the d = 64 winners (32x128 w4 s3 here, 128x32 w4 s3 for dq), for
-    # d = 64 at W = 2048, 1.26-1.32x flex_attention on an H100 (NOTES.md v14), short of 1.3x by 1-3%
+    # the last three: neighbours of d = 64's large-regime tiles of v14 (32x128 w4 s3 here, 128x32 w4 s3
+    # for dq), added for d = 64 at W = 2048, then 1.26-1.32x flex_attention on an H100 (NOTES.md v15)
     ("dkdv", "large"): [_cfg(32, 128, 4, 3), _cfg(32, 64, 4, 3), _cfg(64, 128, 8, 2), _cfg(32, 128, 8, 3),
                         _cfg(64, 128, 8, 3), _cfg(32, 128, 4, 4), _cfg(64, 128, 4, 3), _cfg(64, 64, 4, 3)],
     ("dq", "small"): [_cfg(64, 64, 4, 3), _cfg(64, 64, 4, 3, True), _cfg(64, 32, 4, 3, True),

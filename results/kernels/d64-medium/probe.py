@@ -45,20 +45,18 @@ def emit(**row):
 
 
 ONE_PASS = {("dkdv", 64, "medium"): _cfg(64, 64, 4, 3)}
-committed = fn_mod.MEDIUM_WINDOW[64]
 for seq_len in (4096, 16384, 32768):
     T, (q, k, v, do), slopes, scale = _inputs(64, seq_len, 65536)
     for W in (1024, 2048):
         for rep in range(2):
             for variant in ("medium to 1024", "medium to 2048", "medium to 2048, one pass tma"):
-                fn_mod.MEDIUM_WINDOW[64] = 1024 if variant == "medium to 1024" else 2048
                 one_pass = variant.endswith("tma")
-                with override_configs(ONE_PASS if one_pass else {}), \
+                with fn_mod._overridden(fn_mod.MEDIUM_WINDOW, {64: 1024 if variant == "medium to 1024" else 2048}), \
+                        override_configs(ONE_PASS if one_pass else {}), \
                         override_fused_dq({(64, "medium"): "tma"} if one_pass else {}):
                     fwd, _ = _time(lambda: _swat_fwd(q, k, v, slopes, None, None, W, 0.0, scale))
                     bwd, note = _time(lambda: _swat_bwd(do, q, k, v, slopes, None, None, W, 0.0, scale))
                 emit(part="A", d=64, T=T, W=W, variant=variant, rep=rep, fwd_ms=fwd, bwd_ms=bwd, note=note)
-fn_mod.MEDIUM_WINDOW[64] = committed
 
 for d in (64, 128):
     for seq_len in (4096, 16384):

@@ -475,6 +475,36 @@ def test_torch_compile_has_no_graph_break():
     assert rel_err(got[0][1], got[1][1]) < 1e-3
 
 
+def test_eager_calls_run_the_operators_bodies_under_plain_autograd():
+    """An eager call skips the custom ops' dispatch (most of a small-window step's host time) and
+    gives what the custom op gives, bit for bit."""
+    from harness.ops.swat.function import _swat_fwd
+
+    q, k, v, do = inputs(1, 40, 4, 2, 64, torch.float32, 6)
+    slopes = alibi_slopes(4).to(DEVICE)
+    got = []
+    for eager in (True, False):
+        qq, kk, vv = (t.detach().clone().requires_grad_() for t in (q, k, v))
+        o = (swat_attention_triton(qq, kk, vv, slopes, 24, -0.5) if eager
+             else _swat_fwd(qq, kk, vv, slopes, None, None, 24, -0.5, 1 / 8))
+        assert (type(o.grad_fn).__name__ == "_SwatAttentionBackward") == eager
+        o.backward(do)
+        got.append((o, qq.grad, kk.grad, vv.grad))
+    for a, b in zip(*got):
+        assert torch.equal(a, b)
+
+
+def test_fake_tensors_take_the_custom_op():
+    """Tracers see the custom op, whose fake implementation gives shapes without running a kernel
+    (the eager path would launch one on fake tensors)."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    q, k, v, _ = inputs(1, 40, 4, 2, 64, torch.float32, 7)
+    with FakeTensorMode() as mode:
+        fq, fk, fv, fs = (mode.from_tensor(t) for t in (q, k, v, alibi_slopes(4).to(DEVICE)))
+        assert swat_attention_triton(fq, fk, fv, fs, 24).shape == q.shape
+
+
 def test_a_tuning_sweep_cut_short_keeps_the_rows_it_measured(tmp_path, monkeypatch):
     """`python -m harness.bench.tune --out F` writes each row as it is measured, with its provenance,
     so a sweep stopped by the device call's time limit leaves what it had timed."""

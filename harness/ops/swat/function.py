@@ -331,8 +331,7 @@ def document_bounds(cu_seqlens: torch.Tensor, T: int, device) -> tuple[torch.Ten
 
 # ---------------------------------------------------------------- forward / backward operators
 
-@torch.library.custom_op("swat_harness::swat_fwd", mutates_args=())
-def _swat_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, slopes: torch.Tensor,
+def _swat_fwd_body(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, slopes: torch.Tensor,
               row_start: Optional[torch.Tensor], row_end: Optional[torch.Tensor], window: int,
               sigmoid_bias: float, scale: float) -> torch.Tensor:
     B, T, H, d = q.shape
@@ -349,8 +348,7 @@ def _swat_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, slopes: torch.T
     return o
 
 
-@torch.library.custom_op("swat_harness::swat_bwd", mutates_args=())
-def _swat_bwd(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, slopes: torch.Tensor,
+def _swat_bwd_body(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, slopes: torch.Tensor,
               row_start: Optional[torch.Tensor], row_end: Optional[torch.Tensor], window: int,
               sigmoid_bias: float, scale: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     B, T, H, d = q.shape
@@ -386,6 +384,10 @@ def _swat_bwd(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tenso
     return dq, dk, dv
 
 
+_swat_fwd = torch.library.custom_op("swat_harness::swat_fwd", _swat_fwd_body, mutates_args=())
+_swat_bwd = torch.library.custom_op("swat_harness::swat_bwd", _swat_bwd_body, mutates_args=())
+
+
 @_swat_fwd.register_fake
 def _swat_fwd_fake(q, k, v, slopes, row_start, row_end, window, sigmoid_bias, scale):
     return q.new_empty(q.shape)
@@ -402,13 +404,37 @@ def _setup_context(ctx, inputs, output):
     ctx.window, ctx.sigmoid_bias, ctx.scale = window, sigmoid_bias, scale
 
 
-def _backward(ctx, do):
+def _backward(ctx, do, bwd=_swat_bwd):
     q, k, v, slopes, row_start, row_end = ctx.saved_tensors
-    dq, dk, dv = _swat_bwd(do, q, k, v, slopes, row_start, row_end, ctx.window, ctx.sigmoid_bias, ctx.scale)
+    dq, dk, dv = bwd(do, q, k, v, slopes, row_start, row_end, ctx.window, ctx.sigmoid_bias, ctx.scale)
     return dq, dk, dv, None, None, None, None, None, None
 
 
 _swat_fwd.register_autograd(_backward, setup_context=_setup_context)
+
+
+class _SwatAttention(torch.autograd.Function):
+    """The operators' bodies under plain autograd, for eager calls: the same forward and backward
+    without the custom ops' dispatch, which took about two thirds of a small-window step's host
+    time (NOTES.md, v16). Tracers (torch.compile, fake tensors, make_fx) keep the custom ops."""
+
+    @staticmethod  # forward with ctx (not a setup_context): apply then binds no signature per call
+    def forward(ctx, *inputs):
+        output = _swat_fwd_body(*inputs)
+        _setup_context(ctx, inputs, output)
+        return output
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable  # as the custom op: no gradient of the backward
+    def backward(ctx, do):
+        return _backward(ctx, do, bwd=_swat_bwd_body)
+
+
+def _untraced(*tensors: torch.Tensor) -> bool:
+    """Whether no tracer sees this call: not torch.compile, no dispatch mode (fake tensors, make_fx,
+    export), and plain tensors (not a subclass such as FakeTensor or DTensor)."""
+    return (not torch.compiler.is_compiling() and torch._C._len_torch_dispatch_stack() == 0
+            and all(type(t) is torch.Tensor for t in tensors))
 
 
 def swat_attention_triton(q, k, v, slopes, window: int, sigmoid_bias: float = 0.0, scale: float | None = None,
@@ -427,7 +453,8 @@ def swat_attention_triton(q, k, v, slopes, window: int, sigmoid_bias: float = 0.
     if cu_seqlens is not None:
         row_start, row_end = document_bounds(cu_seqlens, T, q.device)
     scale = float(scale) if scale is not None else 1.0 / math.sqrt(d)
-    return _swat_fwd(q, k, v, slopes, row_start, row_end, int(window), float(sigmoid_bias), scale)
+    attention = _SwatAttention.apply if _untraced(q, k, v) else _swat_fwd
+    return attention(q, k, v, slopes, row_start, row_end, int(window), float(sigmoid_bias), scale)
 
 
 # ---------------------------------------------------------------- decode operator

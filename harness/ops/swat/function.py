@@ -20,6 +20,7 @@ from typing import Optional
 
 import torch
 import triton
+from triton.runtime.errors import OutOfResources
 
 from harness.config import ConfigError
 from harness.ops.swat.triton_bwd import swat_bwd_dkdv_kernel, swat_bwd_dq_kernel
@@ -209,9 +210,8 @@ def launch(kernel, pass_name: str, t: torch.Tensor, window: int, grid, args: tup
     fits. Triton refuses such a config when it loads the compiled kernel, before anything runs, so
     trying the next is safe; the one that ran is remembered per device, dtype and kernel flags
     (head size, FUSED_DQ, ...), so a shape pays for one refusal."""
-    from triton.runtime.errors import OutOfResources
     configured = kernel_config(pass_name, t.shape[-1], window)
-    key = (pass_name, tuple(sorted(configured.items())), tuple(sorted(kwargs.items())), t.dtype, t.device)
+    key = (pass_name, tuple(configured.items()), tuple(kwargs.items()), t.dtype, t.device)  # callers keep one order
     error = None
     if _EXACT[-1]:
         candidates = [configured]

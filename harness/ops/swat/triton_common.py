@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import triton
 import triton.language as tl
+from triton.runtime.interpreter import InterpretedFunction
 
 LOG2E = 1.4426950408889634
 
@@ -24,8 +25,8 @@ LOG2E = 1.4426950408889634
 def interpreting() -> bool:
     """True when these kernels were defined under TRITON_INTERPRET=1 (the CPU interpreter, used by
     the tests): no inline PTX, tiny tiles. Asked of the kernels rather than of the environment, so
-    that a test can set the variable for its own imports only."""
-    from triton.runtime.interpreter import InterpretedFunction
+    that a test can set the variable for its own imports only. Asked several times per launch, so
+    the import is the module's."""
     return isinstance(sigmoid_scaled, InterpretedFunction)
 
 

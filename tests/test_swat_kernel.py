@@ -494,6 +494,23 @@ def test_eager_calls_run_the_operators_bodies_under_plain_autograd():
         assert torch.equal(a, b)
 
 
+def test_eager_decode_calls_the_operators_body_unless_a_gradient_is_asked():
+    """Eagerly a decode step runs the op's body (bit for bit the op's result, without its dispatch);
+    with an input that needs a gradient it goes through the op, which says it has no backward."""
+    from harness.ops.swat.function import _swat_decode
+
+    g = torch.Generator(device="cpu").manual_seed(8)
+    q = torch.randn(2, 4, 64, generator=g).to(DEVICE)
+    kc, vc = (torch.randn(2, 32, 2, 64, generator=g).to(DEVICE) for _ in range(2))
+    slopes = alibi_slopes(4).to(DEVICE)
+    got = swat_decode_triton(q, kc, vc, 32, 40, slopes, 32, -0.5)
+    assert got.grad_fn is None
+    assert torch.equal(got, _swat_decode(q, kc, vc, slopes, 32, 40, 32, -0.5, 1 / 8))
+    o = swat_decode_triton(q.requires_grad_(), kc, vc, 32, 40, slopes, 32)
+    with pytest.raises(RuntimeError, match="no autograd formula"):
+        o.sum().backward()
+
+
 def test_fake_tensors_take_the_custom_op():
     """Tracers see the custom op, whose fake implementation gives shapes without running a kernel
     (the eager path would launch one on fake tensors)."""

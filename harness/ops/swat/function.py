@@ -504,8 +504,7 @@ def override_decode_config(**overrides):
         yield
 
 
-@torch.library.custom_op("swat_harness::swat_decode", mutates_args=())
-def _swat_decode(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, slopes: torch.Tensor,
+def _swat_decode_body(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, slopes: torch.Tensor,
                  cache_len: int, pos: int, window: int, sigmoid_bias: float, scale: float) -> torch.Tensor:
     B, H, d = q.shape
     W_cache, Hkv = k_cache.shape[1], k_cache.shape[2]
@@ -539,6 +538,9 @@ def _arrival_counters(device: torch.device, pairs: int) -> torch.Tensor:
     return sets[-1]
 
 
+_swat_decode = torch.library.custom_op("swat_harness::swat_decode", _swat_decode_body, mutates_args=())
+
+
 @_swat_decode.register_fake
 def _swat_decode_fake(q, k_cache, v_cache, slopes, cache_len, pos, window, sigmoid_bias, scale):
     return q.new_empty(q.shape)
@@ -554,5 +556,8 @@ def swat_decode_triton(q, k_cache, v_cache, cache_len: int, pos: int, slopes, wi
     q, k_cache, v_cache = (t if t.stride(-1) == 1 else t.contiguous() for t in (q, k_cache, v_cache))
     slopes = slopes.to(device=q.device, dtype=torch.float32).contiguous()
     scale = float(scale) if scale is not None else 1.0 / math.sqrt(q.shape[-1])
-    return _swat_decode(q, k_cache, v_cache, slopes, int(cache_len), int(pos), int(window), float(sigmoid_bias),
-                        scale)
+    # the body itself where nothing traces the call and no gradient is asked of it (the op has no
+    # backward and says so when one is): most of a step's host time is the op's dispatch
+    direct = _untraced(q, k_cache, v_cache) and not any(t.requires_grad for t in (q, k_cache, v_cache))
+    return (_swat_decode_body if direct else _swat_decode)(q, k_cache, v_cache, slopes, int(cache_len), int(pos),
+                                                           int(window), float(sigmoid_bias), scale)

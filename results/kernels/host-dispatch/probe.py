@@ -1,12 +1,14 @@
-"""The SWAT step's host time through the custom ops (every call before b19265e) and through the
-plain autograd.Function that eager calls now take, side by side in one process, alternating.
+"""The host time of SWAT's eager calls through the custom ops (every call before b19265e) and on
+the eager path (the training step through the plain autograd.Function `_SwatAttention`, a decode
+step through the op's body), side by side in one process, alternating round by round.
 
-The step is the one the peer bench times: the forward, then the gradients of q, k and v against a
-fixed output gradient. On a GPU (bf16, B * T = 65536, H * d = 1024, W = 128 and 512, the bench's
-lengths), per path and round: the step's median time (do_bench) and the host's time to enqueue one
-step (20 steps, no synchronisation between them). Without a GPU, under TRITON_INTERPRET=1 (which
-it sets), the kernel launches are patched out and only the host's time per step is measured, on
-tiny tensors, beside a trivial autograd step (the engine's own cost).
+"step" is what the peer bench times: the forward, then the gradients of q, k and v against a fixed
+output gradient; "decode" is one token against a full ring buffer of W slots. On a GPU (bf16,
+H * d = 1024; steps at B * T = 65536, W = 128 and 512 and the bench's lengths; decode at batch 1
+and 64, W = 512), per path and round: the median time of a call (do_bench, eagerly) and the host's
+time to enqueue one (20 steps or 200 decodes, no synchronisation between them). Without a GPU,
+under TRITON_INTERPRET=1 (which it sets), the kernel launches are patched out and only the host's
+time per call is measured, on tiny tensors, beside a trivial autograd step (the engine's own cost).
 
     python results/kernels/host-dispatch/probe.py OUT.jsonl
 """
@@ -40,55 +42,71 @@ def emit(**row):
 
 
 def paths():
-    """(name, context) per path: the custom ops as every call took them, or the eager Function."""
+    """(name, context) per path: the custom ops as every call took them, or today's eager path."""
     return (("custom op", mock.patch.object(fn_mod, "_untraced", lambda *tensors: False)),
-            ("function", mock.patch.object(fn_mod, "_untraced", fn_mod._untraced)))
+            ("eager", mock.patch.object(fn_mod, "_untraced", fn_mod._untraced)))
 
 
-def host_ms(step, n: int) -> float:
-    """The host's time per step over n steps enqueued back to back."""
+def host_ms(call, n: int) -> float:
+    """The host's time per call over n calls enqueued back to back."""
     if CUDA:
         torch.cuda.synchronize()
     t0 = time.perf_counter()
     for _ in range(n):
-        step()
+        call()
     ms = (time.perf_counter() - t0) / n * 1e3
     if CUDA:
         torch.cuda.synchronize()
     return ms
 
 
+def randn(*shape, device, dtype):
+    return torch.randn(*shape, generator=torch.Generator(device="cpu").manual_seed(len(shape))).to(device, dtype)
+
+
 def make_step(d: int, seq_len: int, tokens: int, window: int, device: str, dtype: torch.dtype):
     H, B = 1024 // d, max(tokens // seq_len, 1)
-    gen = torch.Generator(device="cpu").manual_seed(0)
-    q, k, v, do = (torch.randn(B, seq_len, H, d, generator=gen).to(device, dtype) for _ in range(4))
-    q, k, v = (t.requires_grad_() for t in (q, k, v))
-    slopes = alibi_slopes(H).to(device)
+    q, k, v = (randn(B, seq_len, H, d, device=device, dtype=dtype).requires_grad_() for _ in range(3))
+    do, slopes = randn(B, seq_len, H, d, device=device, dtype=dtype), alibi_slopes(H).to(device)
     return lambda: torch.autograd.grad(fn_mod.swat_attention_triton(q, k, v, slopes, window), (q, k, v), do)
+
+
+def make_decode(d: int, batch: int, window: int, device: str, dtype: torch.dtype):
+    H = 1024 // d
+    q, slopes = randn(batch, H, d, device=device, dtype=dtype), alibi_slopes(H).to(device)
+    k_cache, v_cache = (randn(batch, window, H, d, device=device, dtype=dtype) for _ in range(2))
+    return lambda: fn_mod.swat_decode_triton(q, k_cache, v_cache, window, 4 * window, slopes, window)
 
 
 if CUDA:
     from harness.bench.timing import median_ms
-    for d in (64, 128):
-        for seq_len in (4096, 16384, 32768):
-            for W in (128, 512):
-                step = make_step(d, seq_len, 65536, W, "cuda", torch.bfloat16)
-                for rnd in range(2):
-                    for name, ctx in paths():
-                        with ctx:
-                            step_ms = median_ms(step, True)
-                            enqueue = host_ms(step, 20)
-                        emit(d=d, T=seq_len, W=W, path=name, round=rnd, step_ms=step_ms, host_enqueue_ms=enqueue)
-else:  # the host's share alone: no kernel runs
-    x = torch.randn(1, 16, 2, 64, requires_grad=True)
-
-    def trivial():
-        return torch.autograd.grad(x * 1.0, x, x)
-    with mock.patch.object(fn_mod, "launch", lambda *args, **kwargs: None):
-        step = make_step(64, 16, 16, 128, "cpu", torch.float32)
-        for rnd in range(-1, 10):  # round -1 warms each path up and is not written
-            for name, ctx in (("trivial", mock.patch.object(fn_mod, "_untraced", fn_mod._untraced)), *paths()):
+    shapes = [("step", dict(d=d, T=seq_len, W=W), make_step(d, seq_len, 65536, W, "cuda", torch.bfloat16), 20)
+              for d in (64, 128) for seq_len in (4096, 16384, 32768) for W in (128, 512)]
+    shapes += [("decode", dict(d=d, B=batch, W=512), make_decode(d, batch, 512, "cuda", torch.bfloat16), 200)
+               for d in (64, 128) for batch in (1, 64)]
+    for what, shape, call, n in shapes:
+        for rnd in range(2):
+            for name, ctx in paths():
                 with ctx:
-                    us = 1e3 * host_ms(trivial if name == "trivial" else step, 300)
-                if rnd >= 0:
-                    emit(path=name, round=rnd, host_us=us)
+                    call_ms = median_ms(call, True)
+                    enqueue = host_ms(call, n)
+                emit(what=what, **shape, path=name, round=rnd, call_ms=call_ms, host_enqueue_ms=enqueue)
+else:  # the host's share alone: no kernel runs
+    class NoKernel:
+        def __getitem__(self, grid):
+            return lambda *args, **kwargs: None
+
+    x = torch.randn(1, 16, 2, 64, requires_grad=True)
+    calls = dict(trivial=lambda: torch.autograd.grad(x * 1.0, x, x),
+                 step=make_step(64, 16, 16, 128, "cpu", torch.float32),
+                 decode=make_decode(64, 1, 128, "cpu", torch.float32))
+    with mock.patch.object(fn_mod, "launch", lambda *args, **kwargs: None), \
+            mock.patch.object(fn_mod, "swat_decode_kernel", NoKernel()), \
+            mock.patch.object(fn_mod, "sum_splits_kernel", NoKernel()):
+        for rnd in range(-1, 10):  # round -1 warms each path up and is not written
+            for what, call in calls.items():
+                for name, ctx in paths()[:1] if what == "trivial" else paths():
+                    with ctx:
+                        us = 1e3 * host_ms(call, 300)
+                    if rnd >= 0:
+                        emit(what=what, path="-" if what == "trivial" else name, round=rnd, host_us=us)

@@ -1,11 +1,13 @@
 """The SWAT Triton kernels as torch operators: checks, tile configs, launches and autograd.
 
-`swat_attention_triton` and `swat_decode_triton` run as `torch.library.custom_op`s with fake
-(shape-only) implementations, so `torch.compile` keeps them in the graph as opaque calls (no graph
-break, nothing for Inductor to re-analyse in the kernels) and autograd reaches the backward
-kernels through `register_autograd`. (`triton_op`, which lets Inductor see the launches, failed
-to compile the forward kernel under Inductor with torch 2.11 / triton 3.6; eager was fine.) On the
-CPU they run only under TRITON_INTERPRET=1 (the CI tests); in normal use
+`swat_attention_triton` and `swat_decode_triton` are `torch.library.custom_op`s with fake
+(shape-only) implementations wherever a tracer sees the call, so `torch.compile` keeps them in the
+graph as opaque calls (no graph break, nothing for Inductor to re-analyse in the kernels) and
+autograd reaches the backward kernels through `register_autograd`. (`triton_op`, which lets
+Inductor see the launches, failed to compile the forward kernel under Inductor with torch 2.11 /
+triton 3.6; eager was fine.) Eager calls skip the ops' dispatch, about half of a step's host time
+besides the launches: the same bodies run under a plain `autograd.Function` (decode: the body itself).
+On the CPU they run only under TRITON_INTERPRET=1 (the CI tests); in normal use
 `harness.ops.swat.swat_attention` routes CPU tensors to the reference. On a Hopper GPU, the
 forward and the backward at the shapes HOPPER_MIN_WINDOW names run in hopper.py's Gluon kernels
 instead, which compute the same function faster there.
@@ -332,8 +334,8 @@ def document_bounds(cu_seqlens: torch.Tensor, T: int, device) -> tuple[torch.Ten
 # ---------------------------------------------------------------- forward / backward operators
 
 def _swat_fwd_body(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, slopes: torch.Tensor,
-              row_start: Optional[torch.Tensor], row_end: Optional[torch.Tensor], window: int,
-              sigmoid_bias: float, scale: float) -> torch.Tensor:
+                   row_start: Optional[torch.Tensor], row_end: Optional[torch.Tensor], window: int,
+                   sigmoid_bias: float, scale: float) -> torch.Tensor:
     B, T, H, d = q.shape
     W = min(window, T)
     if hopper_pass("fwd", q, W, row_start is not None, k, v):
@@ -349,8 +351,8 @@ def _swat_fwd_body(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, slopes: to
 
 
 def _swat_bwd_body(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, slopes: torch.Tensor,
-              row_start: Optional[torch.Tensor], row_end: Optional[torch.Tensor], window: int,
-              sigmoid_bias: float, scale: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                   row_start: Optional[torch.Tensor], row_end: Optional[torch.Tensor], window: int,
+                   sigmoid_bias: float, scale: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     B, T, H, d = q.shape
     Hkv = k.shape[2]
     do = do.contiguous()
@@ -415,8 +417,8 @@ _swat_fwd.register_autograd(_backward, setup_context=_setup_context)
 
 class _SwatAttention(torch.autograd.Function):
     """The operators' bodies under plain autograd, for eager calls: the same forward and backward
-    without the custom ops' dispatch, which took about two thirds of a small-window step's host
-    time (NOTES.md, v16). Tracers (torch.compile, fake tensors, make_fx) keep the custom ops."""
+    without the custom ops' dispatch, which took about half of a step's host time besides the
+    kernel launches (NOTES.md, v16). Tracers (torch.compile, fake tensors, make_fx) keep the custom ops."""
 
     @staticmethod  # forward with ctx (not a setup_context): apply then binds no signature per call
     def forward(ctx, *inputs):
@@ -505,7 +507,7 @@ def override_decode_config(**overrides):
 
 
 def _swat_decode_body(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, slopes: torch.Tensor,
-                 cache_len: int, pos: int, window: int, sigmoid_bias: float, scale: float) -> torch.Tensor:
+                      cache_len: int, pos: int, window: int, sigmoid_bias: float, scale: float) -> torch.Tensor:
     B, H, d = q.shape
     W_cache, Hkv = k_cache.shape[1], k_cache.shape[2]
     launch = decode_launch(B * H, W_cache, d, q.element_size())
@@ -557,7 +559,7 @@ def swat_decode_triton(q, k_cache, v_cache, cache_len: int, pos: int, slopes, wi
     slopes = slopes.to(device=q.device, dtype=torch.float32).contiguous()
     scale = float(scale) if scale is not None else 1.0 / math.sqrt(q.shape[-1])
     # the body itself where nothing traces the call and no gradient is asked of it (the op has no
-    # backward and says so when one is): most of a step's host time is the op's dispatch
+    # backward and says so when one is): the op's dispatch is about 40% of the host time besides the launch
     direct = _untraced(q, k_cache, v_cache) and not any(t.requires_grad for t in (q, k_cache, v_cache))
     return (_swat_decode_body if direct else _swat_decode)(q, k_cache, v_cache, slopes, int(cache_len), int(pos),
                                                            int(window), float(sigmoid_bias), scale)

@@ -26,7 +26,7 @@ from triton.runtime.errors import OutOfResources
 
 from harness.config import ConfigError
 from harness.ops.swat.triton_bwd import swat_bwd_dkdv_kernel, swat_bwd_dq_kernel
-from harness.ops.swat.triton_common import interpreting
+from harness.ops.swat.triton_common import cdiv, interpreting
 from harness.ops.swat.triton_decode import sum_splits_kernel, swat_decode_kernel
 from harness.ops.swat.triton_fwd import swat_fwd_kernel
 
@@ -342,7 +342,7 @@ def _swat_fwd_body(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, slopes: to
         return _hopper_kernels().swat_fwd_hopper(q, k, v, slopes, W, sigmoid_bias, scale, _sigmoid_mode(q, "fwd"),
                                                  program_order(d, W))
     o = torch.empty((B, T, H, d), device=q.device, dtype=q.dtype)
-    launch(swat_fwd_kernel, "fwd", q, W, lambda bm, bn: (B * H * triton.cdiv(T, bm),),
+    launch(swat_fwd_kernel, "fwd", q, W, lambda bm, bn: (B * H * cdiv(T, bm),),
            (q, k, v, o, slopes, row_start if row_start is not None else slopes,
             *_strides(q), *_strides(k), *_strides(v), *_strides(o), T, H, W, scale, sigmoid_bias),
            dict(REP=H // k.shape[2], HAS_DOC=row_start is not None, HEAD_DIM=d,
@@ -373,13 +373,13 @@ def _swat_bwd_body(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.
     common = dict(REP=H // Hkv, HAS_DOC=has_doc, HEAD_DIM=d, SIGMOID=_sigmoid_mode(q, "bwd"),
                   DOT_PREC=_dot_precision(q), ORDER=program_order(d, W))
 
-    launch(swat_bwd_dkdv_kernel, "dkdv", q, W, lambda bm, bn: (B * Hkv * triton.cdiv(T, bn),),
+    launch(swat_bwd_dkdv_kernel, "dkdv", q, W, lambda bm, bn: (B * Hkv * cdiv(T, bn),),
            (q, k, v, do, dk, dv, dq, slopes, row_start if has_doc else slopes, row_end if has_doc else slopes,
             *_strides(q), *_strides(k), *_strides(v), *_strides(do), *_strides(dk), *_strides(dv), *_strides(dq),
             T, Hkv, W, sigmoid_bias, scale), dict(common, FUSED_DQ=fused))
     if fused != "off":
         return dq.to(q.dtype), dk, dv
-    launch(swat_bwd_dq_kernel, "dq", q, W, lambda bm, bn: (B * H * triton.cdiv(T, bm),),
+    launch(swat_bwd_dq_kernel, "dq", q, W, lambda bm, bn: (B * H * cdiv(T, bm),),
            (q, k, v, do, dq, slopes, row_start if has_doc else slopes,
             *_strides(q), *_strides(k), *_strides(v), *_strides(do), *_strides(dq),
             T, H, W, sigmoid_bias, scale), common)
@@ -488,10 +488,10 @@ def decode_launch(batch_heads: int, w_cache: int, head_dim: int, elem_bytes: int
     the pipelined K/V tiles take the shared memory the sweep's config took."""
     cfg = DECODE_CONFIGS["split" if batch_heads < DECODE_FILLS_GPU else "whole"]
     block_w = 16 if interpreting() else max(16, cfg["TILE_ELEMS"] * 2 // elem_bytes // head_dim)
-    tiles = triton.cdiv(w_cache, block_w)
-    wanted = min(tiles, max(1, triton.cdiv(cfg["MIN_PROGRAMS"], batch_heads)))
-    per_program = block_w * triton.cdiv(tiles, wanted)
-    splits = triton.cdiv(w_cache, per_program)
+    tiles = cdiv(w_cache, block_w)
+    wanted = min(tiles, max(1, cdiv(cfg["MIN_PROGRAMS"], batch_heads)))
+    per_program = block_w * cdiv(tiles, wanted)
+    splits = cdiv(w_cache, per_program)
     return dict(BLOCK_W=block_w, SLOTS_PER_PROGRAM=per_program, splits=splits, num_warps=cfg["num_warps"],
                 num_stages=cfg["num_stages"], ACC_2D=cfg["ACC_2D"], SUM_IN_KERNEL=cfg["SUM_IN_KERNEL"] and splits > 1)
 
@@ -521,7 +521,7 @@ def _swat_decode_body(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Ten
         H, W_cache, cache_len, pos, window, scale, sigmoid_bias,
         REP=H // Hkv, HEAD_DIM=d, SIGMOID=_sigmoid_mode(q, "decode"), **launch)
     if splits > 1 and not launch["SUM_IN_KERNEL"]:
-        sum_splits_kernel[(triton.cdiv(o.numel(), 1024),)](out, o, splits, o.numel(), BLOCK=1024)
+        sum_splits_kernel[(cdiv(o.numel(), 1024),)](out, o, splits, o.numel(), BLOCK=1024)
     return o
 
 

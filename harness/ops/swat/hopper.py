@@ -26,7 +26,6 @@ packed documents, no GQA. results/kernels/ws-probe/ has the other Gluon passes (
 how these were measured (NOTES.md, v10-v12).
 """
 import torch
-import triton
 from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.hopper import (
@@ -40,6 +39,7 @@ from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
 from harness.ops.swat.triton_common import (
     band_program,
+    cdiv,
     key_block_ranges,
     query_block_ranges,
     score_unit,
@@ -442,7 +442,7 @@ def swat_fwd_hopper(q, k, v, slopes, window: int, sigmoid_bias: float, scale: fl
     bm, bn = TILES["fwd"]
     out = torch.empty((B, T, H, d), device=q.device, dtype=q.dtype)
     q_desc = descriptor(q, bm // 2)
-    swat_query_pingpong_kernel[(B * H * triton.cdiv(T, bm),)](
+    swat_query_pingpong_kernel[(B * H * cdiv(T, bm),)](
         q_desc, descriptor(k, bn), descriptor(v, bn), q_desc, out, slopes, T, H, window, sigmoid_bias, scale,
         *out.stride()[:3], BLOCK_M=bm, BLOCK_N=bn, HEAD_DIM=d, NUM_BUFFERS=NUM_BUFFERS, SIGMOID=sigmoid, DQ=False,
         ORDER=order, num_warps=GROUP_WARPS, maxnreg=MAXNREG)
@@ -456,12 +456,12 @@ def swat_bwd_hopper(do, q, k, v, slopes, window: int, sigmoid_bias: float, scale
     B, T, H, d = q.shape
     dq, dk, dv = (torch.empty((B, T, H, d), device=q.device, dtype=q.dtype) for _ in range(3))
     bm, bn = TILES["dq"]
-    swat_query_pingpong_kernel[(B * H * triton.cdiv(T, bm),)](
+    swat_query_pingpong_kernel[(B * H * cdiv(T, bm),)](
         descriptor(q, bm // 2), descriptor(k, bn), descriptor(v, bn), descriptor(do, bm // 2), dq, slopes, T, H,
         window, sigmoid_bias, scale, *dq.stride()[:3], BLOCK_M=bm, BLOCK_N=bn, HEAD_DIM=d, NUM_BUFFERS=NUM_BUFFERS,
         SIGMOID=sigmoid, DQ=True, ORDER=order, num_warps=GROUP_WARPS, maxnreg=MAXNREG)
     bm, bn = TILES["dkdv"]
-    swat_dkdv_pingpong_kernel[(B * H * triton.cdiv(T, bn),)](
+    swat_dkdv_pingpong_kernel[(B * H * cdiv(T, bn),)](
         descriptor(q, bm), descriptor(k, bn // 2), descriptor(v, bn // 2), descriptor(do, bm), dk, dv, slopes, T, H,
         window, sigmoid_bias, scale, *dk.stride()[:3], BLOCK_M=bm, BLOCK_N=bn, HEAD_DIM=d, NUM_BUFFERS=NUM_BUFFERS,
         SIGMOID=sigmoid, ORDER=order, num_warps=GROUP_WARPS, maxnreg=MAXNREG)

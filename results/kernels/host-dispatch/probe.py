@@ -9,11 +9,17 @@ and 64, W = 512), per path and round: the median time of a call (do_bench, eager
 time to enqueue one (20 steps or 200 decodes, no synchronisation between them). Without a GPU,
 under TRITON_INTERPRET=1 (which it sets), the kernel launches are patched out and only the host's
 time per call is measured, on tiny tensors, beside a trivial autograd step (the engine's own cost).
+After the rows, where the eager path's host time goes: a cProfile of its step (d = 128, T = 16K,
+W = 128 on a GPU) and of its decode (d = 64 and 128, batch 1), functions by own time, into
+OUT.profile.txt (OUT less its .jsonl).
 
     python results/kernels/host-dispatch/probe.py OUT.jsonl
 """
+import cProfile
+import io
 import json
 import os
+import pstats
 import shlex
 import sys
 import time
@@ -78,6 +84,28 @@ def make_decode(d: int, batch: int, window: int, device: str, dtype: torch.dtype
     return lambda: fn_mod.swat_decode_triton(q, k_cache, v_cache, window, 4 * window, slopes, window)
 
 
+def profile(label: str, call, n: int, into) -> None:
+    """cProfile of n eager calls, the 20 functions with the most own time (after one call to warm up;
+    profiling slows every Python call alike, so the shares are what it tells)."""
+    call()
+    prof = cProfile.Profile()
+    prof.runcall(lambda: [call() for _ in range(n)])
+    if CUDA:
+        torch.cuda.synchronize()
+    text = io.StringIO()
+    pstats.Stats(prof, stream=text).sort_stats("tottime").print_stats(20)
+    into.write(f"## {label}: {n} calls\n{text.getvalue()}\n")
+
+
+def profiles(step_shape: dict, step, decodes: dict) -> None:
+    path = sys.argv[1].removesuffix(".jsonl") + ".profile.txt"
+    with open(path, "w") as into:
+        into.write(f"# {made['device']}, commit {made['commit']}, {made['date']}: {made['command']}\n")
+        profile(f"eager step {step_shape}", step, 50, into)
+        for d, decode in decodes.items():
+            profile(f"eager decode d={d}, batch 1, W=512", decode, 200, into)
+
+
 if CUDA:
     from harness.bench.timing import median_ms
     shapes = [("step", dict(d=d, T=seq_len, W=W), make_step(d, seq_len, 65536, W, "cuda", torch.bfloat16), 20)
@@ -91,6 +119,8 @@ if CUDA:
                     call_ms = median_ms(call, True)
                     enqueue = host_ms(call, n)
                 emit(what=what, **shape, path=name, round=rnd, call_ms=call_ms, host_enqueue_ms=enqueue)
+    profiles(dict(d=128, T=16384, W=128), make_step(128, 16384, 65536, 128, "cuda", torch.bfloat16),
+             {d: make_decode(d, 1, 512, "cuda", torch.bfloat16) for d in (64, 128)})
 else:  # the host's share alone: no kernel runs
     class NoKernel:
         def __getitem__(self, grid):
@@ -110,3 +140,5 @@ else:  # the host's share alone: no kernel runs
                         us = 1e3 * host_ms(call, 300)
                     if rnd >= 0:
                         emit(what=what, path="-" if what == "trivial" else name, round=rnd, host_us=us)
+        profiles(dict(d=64, T=16, W=128), calls["step"],
+                 {d: make_decode(d, 1, 512, "cpu", torch.float32) for d in (64, 128)})

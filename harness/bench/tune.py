@@ -31,7 +31,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import functools
-import json
 import math
 import shlex
 import sys
@@ -347,14 +346,10 @@ def main() -> None:
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
-    from harness.results.provenance import provenance, versions
-    made = {**provenance("cuda", shlex.join(["python", "-m", "harness.bench.tune", *sys.argv[1:]])),
-            "versions": versions()}  # every row says how to measure it again
+    from harness.results.provenance import stamped_row_writer
     with open(args.out, "w", encoding="utf-8") if args.out else contextlib.nullcontext() as out:
-        def on_row(row: dict) -> None:
-            if out is not None:
-                out.write(json.dumps({**row, **made}) + "\n")
-                out.flush()
+        on_row = (stamped_row_writer(out, "cuda", shlex.join(["python", "-m", "harness.bench.tune", *sys.argv[1:]]))
+                  if out is not None else lambda row: None)
         with triton_only():
             rows = (sweep(on_row=on_row, windows=windows) if "tiles" in sweeps else []) + \
                 (decode_sweep(on_row=on_row) if "decode" in sweeps else []) + \

@@ -6,13 +6,14 @@ into a results folder (`run.json`).
 from __future__ import annotations
 
 import datetime as _dt
+import json
 import os
 import platform
 import re
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
+from typing import IO, Any, Callable
 
 from harness.files import atomic_write_text, folder_lock
 
@@ -30,6 +31,18 @@ def provenance(device: str = "cuda", command: str | None = None) -> dict:
     return {"commit": git_commit(), "device": device_name(device), "date": now(), "command": command or command_line()}
 
 
+def stamped_row_writer(out: IO[str], device: str = "cuda", command: str | None = None) -> Callable[[dict], None]:
+    """A writer of measured rows into `out` as JSON lines, each stamped with this process's
+    provenance and package versions (how to measure it again), flushed as it is written, so that a
+    run cut short (a device call's time limit) keeps the rows it measured."""
+    made = {**provenance(device, command), "versions": versions()}
+
+    def write(row: dict) -> None:
+        out.write(json.dumps({**row, **made}) + "\n")
+        out.flush()
+    return write
+
+
 def record_run(folder: Path, info: dict, device: str = "cuda", command: str | None = None) -> dict:
     """Write folder/run.json, the record of the commands that wrote into a results folder: `info`
     (what this command did: models, tasks, config, ...) with its provenance and package versions.
@@ -37,7 +50,6 @@ def record_run(folder: Path, info: dict, device: str = "cuda", command: str | No
     merged, under the folder's lock, with the record already there: lists (models, tasks, ...) are
     united in order, other keys take this command's value (an earlier one's stays where this command
     has none), and every earlier command's provenance is listed under `earlier`."""
-    import json
     path = Path(folder) / "run.json"
     record = {**info, **provenance(device, command), "versions": versions()}
     with folder_lock(path.parent):

@@ -13,11 +13,10 @@ import sys
 
 from harness.bench.tune import _inputs, _time
 from harness.ops.swat.function import _cfg, _swat_bwd, override_configs, override_fused_dq
-from harness.results.provenance import provenance, versions
+from harness.results.provenance import stamped_row_writer
 
-out = open(sys.argv[1], "w")
-made = {**provenance("cuda", shlex.join(["python", "results/kernels/d64-full/probe.py", *sys.argv[1:]])),
-        "versions": versions()}
+write = stamped_row_writer(open(sys.argv[1], "w"), "cuda",
+                           shlex.join(["python", "results/kernels/d64-full/probe.py", *sys.argv[1:]]))
 DKDV, DQ = {("dkdv", 64, "large"): _cfg(32, 64, 4, 3)}, {("dq", 64, "large"): _cfg(128, 64, 4, 3)}
 ONE_PASS = {("dkdv", 64, "large"): _cfg(64, 64, 4, 3)}
 VARIANTS = {"committed": {}, "dkdv 32x64": DKDV, "dq 128x64": DQ, "both": {**DKDV, **DQ}, "one pass tma": ONE_PASS}
@@ -30,5 +29,4 @@ for seq_len in (4096, 16384, 32768):
                 bwd, note = _time(lambda: _swat_bwd(do, q, k, v, slopes, None, None, T, 0.0, scale))
             row = dict(d=64, T=T, W=T, variant=variant, rep=rep, bwd_ms=bwd, note=note)
             print(json.dumps(row), flush=True)
-            out.write(json.dumps({**row, **made}) + "\n")
-            out.flush()
+            write(row)

@@ -30,18 +30,16 @@ from harness.ops.swat.function import (
     override_fused_dq,
     swat_attention_triton,
 )
-from harness.results.provenance import provenance, versions
+from harness.results.provenance import stamped_row_writer
 
-out = open(sys.argv[1], "w")
 # every row says how to measure it again, as harness.bench.tune's do
-made = {**provenance("cuda", shlex.join(["python", "results/kernels/d64-medium/probe.py", *sys.argv[1:]])),
-        "versions": versions()}
+write = stamped_row_writer(open(sys.argv[1], "w"), "cuda",
+                           shlex.join(["python", "results/kernels/d64-medium/probe.py", *sys.argv[1:]]))
 
 
 def emit(**row):
     print(json.dumps(row), flush=True)
-    out.write(json.dumps({**row, **made}) + "\n")
-    out.flush()
+    write(row)
 
 
 ONE_PASS = {("dkdv", 64, "medium"): _cfg(64, 64, 4, 3)}

@@ -33,18 +33,15 @@ if not CUDA:  # before anything imports triton, which reads it once
 
 from harness.ops.alibi import alibi_slopes  # noqa: E402
 from harness.ops.swat import function as fn_mod  # noqa: E402
-from harness.results.provenance import provenance, versions  # noqa: E402
+from harness.results.provenance import provenance, stamped_row_writer  # noqa: E402
 
-out = open(sys.argv[1], "w")
-made = {**provenance("cuda" if CUDA else "cpu",
-                     shlex.join(["python", "results/kernels/host-dispatch/probe.py", *sys.argv[1:]])),
-        "versions": versions()}
+COMMAND = shlex.join(["python", "results/kernels/host-dispatch/probe.py", *sys.argv[1:]])
+write = stamped_row_writer(open(sys.argv[1], "w"), "cuda" if CUDA else "cpu", COMMAND)
 
 
 def emit(**row):
     print(json.dumps(row), flush=True)
-    out.write(json.dumps({**row, **made}) + "\n")
-    out.flush()
+    write(row)
 
 
 def paths():
@@ -100,6 +97,7 @@ def profile(label: str, call, n: int, into) -> None:
 def profiles(step_shape: dict, step, decodes: dict) -> None:
     path = sys.argv[1].removesuffix(".jsonl") + ".profile.txt"
     with open(path, "w") as into:
+        made = provenance("cuda" if CUDA else "cpu", COMMAND)
         into.write(f"# {made['device']}, commit {made['commit']}, {made['date']}: {made['command']}\n")
         profile(f"eager step {step_shape}", step, 50, into)
         for d, decode in decodes.items():

@@ -32,9 +32,8 @@ from kernels import dkdv_kernel, query_block_kernel  # noqa: E402
 from harness.ops.alibi import alibi_slopes  # noqa: E402
 from harness.ops.swat.function import _swat_bwd, _swat_fwd  # noqa: E402
 from harness.ops.swat.triton_common import LOG2E  # noqa: E402
-from harness.results.provenance import provenance, versions  # noqa: E402
+from harness.results.provenance import stamped_row_writer  # noqa: E402
 
-out = open(f"{sys.argv[1]}/ws.jsonl", "a")
 windows = sys.argv[2].split(",") if len(sys.argv) > 2 else ["2048", "T", "512"]
 WS_SET = [w == "1" for w in (sys.argv[3] if len(sys.argv) > 3 else "1,0").split(",")]
 B, T = (int(x) for x in (sys.argv[4] if len(sys.argv) > 4 else "4,16384").split(","))
@@ -42,8 +41,8 @@ PASSES = (sys.argv[6] if len(sys.argv) > 6 else "fwd,dq,dkdv,gluon").split(",")
 HEADS = [int(x) for x in (sys.argv[5] if len(sys.argv) > 5 else "128,64").split(",")]
 T0 = time.time()
 # every row says how to measure it again (HARNESS_COMMIT=<the commit sent> on the device tool)
-MADE = {**provenance("cuda", shlex.join(["python3", "results/kernels/ws-probe/bench.py", *sys.argv[1:]])),
-        "versions": versions()}
+write = stamped_row_writer(open(f"{sys.argv[1]}/ws.jsonl", "a"), "cuda",
+                           shlex.join(["python3", "results/kernels/ws-probe/bench.py", *sys.argv[1:]]))
 
 
 def ms(fn):
@@ -56,9 +55,7 @@ def rel(a, b):
 
 def emit(row):
     row["t"] = round(time.time() - T0, 1)
-    row.update(MADE)
-    out.write(json.dumps(row) + "\n")
-    out.flush()
+    write(row)
     print(json.dumps(row), flush=True)
 
 

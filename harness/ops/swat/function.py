@@ -58,7 +58,7 @@ CONFIGS = {
     ("fwd", 128, "large"): _cfg(128, 64, 8, 3),
     ("dkdv", 64, "small"): _cfg(32, 64, 4, 4, True),
     ("dkdv", 64, "medium"): _cfg(32, 64, 4, 3),
-    ("dkdv", 64, "large"): _cfg(32, 128, 4, 3),
+    ("dkdv", 64, "large"): _cfg(64, 64, 4, 3),  # with FUSED_DQ "tma": no dQ pass
     ("dkdv", 128, "small"): _cfg(32, 64, 4, 4, True),
     ("dkdv", 128, "medium"): _cfg(32, 64, 4, 3),
     ("dkdv", 128, "large"): _cfg(64, 128, 8, 3),
@@ -85,9 +85,12 @@ SIGMOID_MODE = {"fwd": 3, "bwd": 3, "decode": 2}
 # W = 512 (v6) 32% slower, and the H100 one at W = 1024, 2048 and T (v7) 20-45% slower with either
 # mode: the extra product per tile pair costs more than the two it saves. Always off under
 # torch.use_deterministic_algorithms, since either way dQ's last bits depend on the order of the
-# additions.
+# additions. The exception, d = 64 past W = 2048 ("large"), "tma" with dK/dV tiles 64x64: in the
+# order "pairs" (v14) the whole backward at W = T took 0.83x the two passes' time at T = 16K and 32K
+# and 0.88-0.95x at 4K (H100, NOTES.md v17); before Hopper, where "tma" falls back to "atomics",
+# that choice is unmeasured.
 FUSED_DQ_MODES = ("off", "atomics", "tma")
-FUSED_DQ = {(d, regime): "off" for d in (64, 128) for regime in ("small", "medium", "large")}
+FUSED_DQ = {(d, regime): "off" for d in (64, 128) for regime in ("small", "medium", "large")} | {(64, "large"): "tma"}
 # Where hopper.py's Gluon passes (FlashAttention-3's ping-pong schedule, Hopper GPUs only) run instead
 # of the Triton ones: per (pass, head size), from this window on. From the H100 bench of NOTES.md,
 # v12 (B = 4, T = 16K, both with the tanh sigmoid): at d = 128 the ping-pong forward is 7%, 11% and

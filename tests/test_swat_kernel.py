@@ -173,6 +173,19 @@ def test_every_window_has_a_tile_config_for_every_pass_and_head_size():
                 assert set(function.CONFIGS[(pass_name, d, regime)]) == set(function._INTERPRET_CONFIG)
 
 
+def test_fp32_at_head_size_128_takes_the_medium_tiles_past_the_medium_windows(monkeypatch):
+    """The large tiles in fp32 at d = 128 exceed a Hopper SM's shared memory and take minutes to
+    compile (results/kernels/fp32-compile/); 16-bit inputs and smaller heads keep them."""
+    from harness.ops.swat import function
+    monkeypatch.setattr(function, "interpreting", lambda: False)
+    for pass_name in ("fwd", "dkdv", "dq"):
+        large, medium = function.CONFIGS[(pass_name, 128, "large")], function.CONFIGS[(pass_name, 128, "medium")]
+        assert function.kernel_config(pass_name, 128, 4096, torch.float32) == medium
+        assert function.kernel_config(pass_name, 128, 4096, torch.bfloat16) == large
+        assert function.kernel_config(pass_name, 128, 1024, torch.float32) == medium
+        assert function.kernel_config(pass_name, 64, 4096, torch.float32) == function.CONFIGS[(pass_name, 64, "large")]
+
+
 def test_deterministic_mode_keeps_the_two_pass_backward(monkeypatch):
     from harness.ops.swat import function
     monkeypatch.setattr(function, "FUSED_DQ", dict.fromkeys(function.FUSED_DQ, "atomics"))
@@ -702,15 +715,15 @@ class SmallSharedMemory:
 
 
 def test_a_config_the_gpu_cannot_take_falls_back_to_a_smaller_one(monkeypatch):
-    """fp32 at head size 128 needs more shared memory than the tuned tiles leave on an H200: the
-    launch takes the first smaller config that fits, remembers it, and never swaps configs while
-    a tuning sweep names one."""
+    """A GPU with less shared memory than a tuned config needs (the configs were tuned for 16-bit
+    inputs on an H100; fp32 doubles every tile): the launch takes the first smaller config that
+    fits, remembers it, and never swaps configs while a tuning sweep names one."""
     from triton.runtime.errors import OutOfResources
 
     from harness.ops.swat import function
     monkeypatch.setattr(function, "interpreting", lambda: False)  # the tuned table, as on a GPU
     monkeypatch.setattr(function, "_FITTED", {})
-    q = torch.zeros(1, 8, 1, 128)
+    q = torch.zeros(1, 8, 1, 128, dtype=torch.bfloat16)
     kernel = SmallSharedMemory(limit=128 * 32)  # fwd/128/large is 128 x 64 tiles in 3 stages
     function.launch(kernel, "fwd", q, 4096, lambda bm, bn: (bm, bn), (), {})
     assert kernel.launched == [((128, 64), 128, 64, 3), ((128, 64), 128, 64, 2), ((128, 64), 128, 64, 1),

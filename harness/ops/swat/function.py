@@ -115,11 +115,21 @@ def window_regime(window: int, head_dim: int) -> str:
     return "small" if window <= SMALL_WINDOW else "medium" if window <= medium else "large"
 
 
-def kernel_config(pass_name: str, head_dim: int, window: int) -> dict:
-    """Tile config for one pass; the interpreter uses 16x16 tiles (and so exercises every tile path)."""
+def kernel_config(pass_name: str, head_dim: int, window: int, dtype: torch.dtype = torch.bfloat16) -> dict:
+    """Tile config for one pass; the interpreter uses 16x16 tiles (and so exercises every tile path).
+
+    fp32 inputs at d = 128 take the medium tiles past MEDIUM_WINDOW too: fp32 doubles every tile,
+    and its exact (ieee) dots compile to FMA code that grows with the tile. The large tiles need
+    288 KiB of shared memory at 3 stages in the backward (refused, so the launch falls back a
+    stage), and the three passes took 301 s to compile for sm_90 on a 2-core CPU, 155 s of it on
+    the refused configs, against 99 s with the medium tiles (results/kernels/fp32-compile/). Which
+    runs faster in fp32 there is unmeasured."""
     if interpreting():
         return dict(_INTERPRET_CONFIG)
-    return dict(CONFIGS[(pass_name, max(head_dim, 64), window_regime(window, head_dim))])
+    regime = window_regime(window, head_dim)
+    if regime == "large" and dtype == torch.float32 and head_dim > 64:
+        regime = "medium"
+    return dict(CONFIGS[(pass_name, max(head_dim, 64), regime)])
 
 
 def program_order(head_dim: int, window: int) -> str:
@@ -215,7 +225,7 @@ def launch(kernel, pass_name: str, t: torch.Tensor, window: int, grid, args: tup
     fits. Triton refuses such a config when it loads the compiled kernel, before anything runs, so
     trying the next is safe; the one that ran is remembered per device, dtype and kernel flags
     (head size, FUSED_DQ, ...), so a shape pays for one refusal."""
-    configured = kernel_config(pass_name, t.shape[-1], window)
+    configured = kernel_config(pass_name, t.shape[-1], window, t.dtype)
     key = (pass_name, tuple(configured.items()), tuple(kwargs.items()), t.dtype, t.device)  # callers keep one order
     error = None
     if _EXACT[-1]:

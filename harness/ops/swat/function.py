@@ -115,7 +115,7 @@ def window_regime(window: int, head_dim: int) -> str:
     return "small" if window <= SMALL_WINDOW else "medium" if window <= medium else "large"
 
 
-def kernel_config(pass_name: str, head_dim: int, window: int, dtype: torch.dtype = torch.bfloat16) -> dict:
+def kernel_config(pass_name: str, head_dim: int, window: int, dtype: torch.dtype) -> dict:
     """Tile config for one pass; the interpreter uses 16x16 tiles (and so exercises every tile path).
 
     fp32 inputs at d = 128 take the medium tiles past MEDIUM_WINDOW too: fp32 doubles every tile,

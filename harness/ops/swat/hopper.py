@@ -48,6 +48,8 @@ from harness.ops.swat.triton_common import (
 
 # Gluon is experimental: Triton 3.6 names the TMA tile load async_copy_global_to_shared, later ones async_load
 tma_load = tma.async_load if hasattr(tma, "async_load") else tma.async_copy_global_to_shared
+# ... and the barrier of a partition's threads thread_barrier, later ones barrier
+thread_barrier = gl.thread_barrier if hasattr(gl, "thread_barrier") else gl.barrier
 
 
 @gluon.jit
@@ -233,7 +235,7 @@ def _key_block(n0, T, W, g_slope, ROWS: gl.constexpr, BLOCK_M: gl.constexpr, HEA
     acc_layout: gl.constexpr = _mma_layout(num_warps, HEAD_DIM)
     key_idx = gl.arange(0, ROWS, layout=gl.SliceLayout(1, t_layout))
     query_idx = gl.arange(0, BLOCK_M, layout=gl.SliceLayout(0, t_layout))
-    lim = gl.minimum(W, T - (n0 + key_idx)).to(gl.uint32)
+    lim = gl.maximum(gl.minimum(W, T - (n0 + key_idx)), 0).to(gl.uint32)  # keys past T: seen by no query
     key_term = g_slope * key_idx.to(gl.float32)
     return (key_idx, query_idx, lim, key_term, gl.zeros([ROWS, BLOCK_M], gl.float32, t_layout),
             gl.zeros([ROWS, HEAD_DIM], gl.float32, acc_layout), gl.zeros([ROWS, HEAD_DIM], gl.float32, acc_layout))
@@ -305,6 +307,71 @@ def _dkdv_pingpong_partition(k_smem, v_smem, q_bufs, do_bufs, fixed_bar, ready, 
     dv = warpgroup_mma(p_t, do_bufs.index(last), dv)
     dk = warpgroup_mma(ds_t, q_bufs.index(last), dk)
     _release(empty, last)
+    _store_rows(dk * scale, dk_base, stride_t, n0, T, ROWS, HEAD_DIM, acc_layout)
+    _store_rows(dv, dv_base, stride_t, n0, T, ROWS, HEAD_DIM, acc_layout)
+
+
+@gluon.jit
+def _one_pass_partition(k_smem, v_smem, k_halves, q_bufs, do_bufs, ds_bufs, fixed_bar, ready, empty, turns, ds_ready,
+                        ds_free, dk_base, dv_base, dq_base, stride_t, T, n0, m_lo, m_hi, full_lo, full_hi, W, g_scale,
+                        g_slope, g_bias, scale, BLOCK_M: gl.constexpr, ROWS: gl.constexpr, HEAD_DIM: gl.constexpr,
+                        SIGMOID: gl.constexpr, GROUP: gl.constexpr, num_warps: gl.constexpr):
+    """dV, dK and (added into the fp32 dQ) dQ for one of a key block's two halves of ROWS keys from
+    n0, FlashAttention-3's one-pass backward: per query tile, after S^T = k q^T and dP^T = v dO^T
+    (issued in this group's turn, as in _dkdv_pingpong_partition) and the tile's P^T and dS^T, the
+    group writes dS^T to its half of the tile's ds slot, issues dv += P^T dO and dk += dS^T q, and
+    once both groups' dS^T are there, this group's half of the head's columns of dQ's rows:
+    dS (both halves of the block's keys) times those columns of k, added to dQ element-wise. The
+    two ds slots alternate by tile; a slot is written again once both groups' dQ products that
+    read it are done (ds_free)."""
+    key_idx, query_idx, lim, key_term, t_zero, dk, dv = _key_block(n0, T, W, g_slope, ROWS, BLOCK_M, HEAD_DIM,
+                                                                   num_warps)
+    acc_layout: gl.constexpr = dk.type.layout
+    a_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=acc_layout, k_width=2)
+    half_d: gl.constexpr = HEAD_DIM // 2
+    # dQ^T (this group's columns x the tile's queries) = k^T dS^T: the queries as the product's N,
+    # so that BLOCK_M may be below wgmma's 64 rows (and S^T, dP^T take half the registers)
+    dq_layout: gl.constexpr = _mma_layout(num_warps, BLOCK_M)
+    dq_zero = gl.zeros([half_d, BLOCK_M], gl.float32, dq_layout)
+    dq_cols = GROUP * half_d + gl.arange(0, half_d, layout=gl.SliceLayout(1, dq_layout))
+    dq_rows = gl.arange(0, BLOCK_M, layout=gl.SliceLayout(0, dq_layout))
+    num_buffers: gl.constexpr = q_bufs.type.shape[0]
+    dtype: gl.constexpr = k_smem.dtype
+    tiles = gl.cdiv(m_hi - m_lo, BLOCK_M)
+    mbarrier.wait(fixed_bar, 0)
+    for i in range(tiles):
+        m = m_lo + i * BLOCK_M
+        slot = i % num_buffers
+        mbarrier.wait(ready.index(slot), (i // num_buffers) & 1)
+        _take_turn(turns, GROUP, i)
+        s_t = warpgroup_mma(k_smem, q_bufs.index(slot).permute((1, 0)), t_zero, use_acc=False, is_async=True)
+        dp_t = warpgroup_mma(v_smem, do_bufs.index(slot).permute((1, 0)), t_zero, use_acc=False, is_async=True)
+        mbarrier.arrive(turns.index(1 - GROUP), count=1)
+        s_t, dp_t = warpgroup_mma_wait(0, deps=(s_t, dp_t))
+        p_t = _weights_t(s_t, m, n0, key_idx, query_idx, key_term, lim, full_lo, full_hi, g_scale, g_slope, g_bias,
+                         SIGMOID)
+        ds_t = (dp_t * (p_t - p_t * p_t)).to(dtype)
+        ds_slot = i % 2
+        mbarrier.wait(ds_free.index(ds_slot), ((i // 2) & 1) ^ 1)  # the first two tiles do not wait
+        ds_bufs.index(2 * ds_slot + GROUP).store(ds_t)
+        fence_async_shared()
+        thread_barrier()  # every thread's part of dS^T is in shared memory before the arrival
+        mbarrier.arrive(ds_ready.index(ds_slot), count=1)
+        p_t = gl.convert_layout(p_t.to(dtype), a_layout)
+        ds_t = gl.convert_layout(ds_t, a_layout)
+        dv = warpgroup_mma(p_t, do_bufs.index(slot), dv, is_async=True)
+        dk = warpgroup_mma(ds_t, q_bufs.index(slot), dk, is_async=True)
+        mbarrier.wait(ds_ready.index(ds_slot), (i // 2) & 1)
+        dq = warpgroup_mma(k_halves.index(0).slice(GROUP * half_d, half_d, dim=1).permute((1, 0)),
+                           ds_bufs.index(2 * ds_slot), dq_zero, use_acc=False, is_async=True)
+        dq = warpgroup_mma(k_halves.index(1).slice(GROUP * half_d, half_d, dim=1).permute((1, 0)),
+                           ds_bufs.index(2 * ds_slot + 1), dq, is_async=True)
+        dv, dk, dq, p_t, ds_t = warpgroup_mma_wait(0, deps=(dv, dk, dq, p_t, ds_t))
+        _release(empty, slot)
+        mbarrier.arrive(ds_free.index(ds_slot), count=1)
+        rows = m + dq_rows  # the pointers made here, not kept across the loop in registers
+        gl.atomic_add(dq_base + gl.expand_dims(rows, 0) * stride_t + gl.expand_dims(dq_cols, 1), dq * scale,
+                      mask=gl.expand_dims(rows < T, 0), sem="relaxed")
     _store_rows(dk * scale, dk_base, stride_t, n0, T, ROWS, HEAD_DIM, acc_layout)
     _store_rows(dv, dv_base, stride_t, n0, T, ROWS, HEAD_DIM, acc_layout)
 
@@ -408,6 +475,44 @@ def swat_dkdv_pingpong_kernel(q_desc, k_desc, v_desc, do_desc, DK, DV, Slopes, T
     ], [num_warps, 1], [240, 24])
 
 
+@gluon.jit
+def swat_bwd_one_pass_kernel(q_desc, k_desc, v_desc, do_desc, DQ, DK, DV, Slopes, T, H, W, bias, scale, s_b, s_t, s_h,
+                             BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, HEAD_DIM: gl.constexpr,
+                             NUM_BUFFERS: gl.constexpr, SIGMOID: gl.constexpr, ORDER: gl.constexpr,
+                             num_warps: gl.constexpr):
+    """The whole backward in one pass over each key block (_one_pass_partition): dK and dV stored,
+    dQ added into DQ (fp32, zero before the launch, the same strides as DK). Shared memory: k and
+    v (both halves), the ring of q and dO tiles, and two slots of dS^T, each with both groups' halves."""
+    b, h, n0, g_scale, g_slope, g_bias = _program(T, H, Slopes, scale, bias, BLOCK_N, SIGMOID, ORDER)
+    _, _, _, full_hi, m_hi = key_block_ranges(n0, T, T, T, W, BLOCK_M, BLOCK_N)
+    half: gl.constexpr = BLOCK_N // 2
+
+    k_smem = gl.allocate_shared_memory(k_desc.dtype, [2] + k_desc.block_type.shape, k_desc.layout)
+    v_smem = gl.allocate_shared_memory(v_desc.dtype, [2] + v_desc.block_type.shape, v_desc.layout)
+    q_bufs, do_bufs, fixed_bar, ready, empty = _ring(q_desc, do_desc, NUM_BUFFERS, 2)
+    ds_layout: gl.constexpr = gl.NVMMASharedLayout.get_default_for([half, BLOCK_M], k_desc.dtype)
+    ds_bufs = gl.allocate_shared_memory(k_desc.dtype, [4, half, BLOCK_M], ds_layout)  # (slot, group)
+    ds_ready = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
+    ds_free = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
+    for i in gl.static_range(2):
+        mbarrier.init(ds_ready.index(i), count=2)
+        mbarrier.init(ds_free.index(i), count=2)
+    turns = _turns()
+    offset = b.to(gl.int64) * s_b + h * s_h
+    gl.warp_specialize([
+        (_one_pass_partition, (k_smem.index(0), v_smem.index(0), k_smem, q_bufs, do_bufs, ds_bufs, fixed_bar, ready,
+                               empty, turns, ds_ready, ds_free, DK + offset, DV + offset, DQ + offset, s_t, T, n0, n0,
+                               m_hi, n0 + BLOCK_N, full_hi, W, g_scale, g_slope, g_bias, scale, BLOCK_M, half,
+                               HEAD_DIM, SIGMOID, 0, num_warps)),
+        (_one_pass_partition, (k_smem.index(1), v_smem.index(1), k_smem, q_bufs, do_bufs, ds_bufs, fixed_bar, ready,
+                               empty, turns, ds_ready, ds_free, DK + offset, DV + offset, DQ + offset, s_t, T,
+                               n0 + half, n0, m_hi, n0 + BLOCK_N, full_hi, W, g_scale, g_slope, g_bias, scale, BLOCK_M,
+                               half, HEAD_DIM, SIGMOID, 1, num_warps)),
+        (_load_partition, (k_desc, v_desc, q_desc, do_desc, k_smem, v_smem, q_bufs, do_bufs, fixed_bar, ready, empty,
+                           b * T, n0, h * HEAD_DIM, n0, m_hi, BLOCK_M, True, True)),
+    ], [num_warps, 1], [240, 24])
+
+
 def tma_readable(t: torch.Tensor) -> bool:
     """Whether TMA can read t [B, T, H, d] as the matrix [B * T, H * d] (`descriptor`): each row's
     heads side by side, the sequences one after another, the rows and the start 16-byte aligned. Views
@@ -428,8 +533,9 @@ def descriptor(t: torch.Tensor, rows: int) -> TensorDescriptor:
 # The launches the H100 bench chose (NOTES.md, v12): the forward and the dQ pass over 128 queries x 64
 # keys, the dK/dV pass over 32 queries x 128 keys, three ring slots, each compute partition one warp
 # group of 4 warps, launched with at most 168 registers a thread (maxnreg).
-TILES = {"fwd": (128, 64), "dq": (128, 64), "dkdv": (32, 128)}
+TILES = {"fwd": (128, 64), "dq": (128, 64), "dkdv": (32, 128), "one_pass": (32, 128)}
 NUM_BUFFERS = 3
+ONE_PASS_BUFFERS = 3
 GROUP_WARPS = 4
 MAXNREG = 168
 
@@ -466,3 +572,18 @@ def swat_bwd_hopper(do, q, k, v, slopes, window: int, sigmoid_bias: float, scale
         window, sigmoid_bias, scale, *dk.stride()[:3], BLOCK_M=bm, BLOCK_N=bn, HEAD_DIM=d, NUM_BUFFERS=NUM_BUFFERS,
         SIGMOID=sigmoid, ORDER=order, num_warps=GROUP_WARPS, maxnreg=MAXNREG)
     return dq, dk, dv
+
+
+def swat_bwd_hopper_one_pass(do, q, k, v, slopes, window: int, sigmoid_bias: float, scale: float, sigmoid: int,
+                             order: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(dq, dk, dv) as swat_bwd_hopper's, in one pass (swat_bwd_one_pass_kernel): dQ is added into
+    an fp32 buffer, in an order that varies from run to run."""
+    B, T, H, d = q.shape
+    dq = torch.zeros((B, T, H, d), device=q.device, dtype=torch.float32)
+    dk, dv = (torch.empty((B, T, H, d), device=q.device, dtype=q.dtype) for _ in range(2))
+    bm, bn = TILES["one_pass"]
+    swat_bwd_one_pass_kernel[(B * H * cdiv(T, bn),)](
+        descriptor(q, bm), descriptor(k, bn // 2), descriptor(v, bn // 2), descriptor(do, bm), dq, dk, dv, slopes, T,
+        H, window, sigmoid_bias, scale, *dk.stride()[:3], BLOCK_M=bm, BLOCK_N=bn, HEAD_DIM=d,
+        NUM_BUFFERS=ONE_PASS_BUFFERS, SIGMOID=sigmoid, ORDER=order, num_warps=GROUP_WARPS, maxnreg=MAXNREG)
+    return dq.to(q.dtype), dk, dv

@@ -294,7 +294,7 @@ def _dkdv_pingpong_partition(k_smem, v_smem, q_bufs, do_bufs, fixed_bar, ready, 
         s_t = warpgroup_mma(k_smem, q_bufs.index(slot).permute((1, 0)), t_zero, use_acc=False, is_async=True)
         dp_t = warpgroup_mma(v_smem, do_bufs.index(slot).permute((1, 0)), t_zero, use_acc=False, is_async=True)
         dv = warpgroup_mma(p_t, do_bufs.index(before), dv, is_async=True)
-        dk = warpgroup_mma(ds_t, q_bufs.index(before), dk, is_async=True)
+        dk = warpgroup_mma(ds_bufs.index(2 * ((i - 1) % 2) + GROUP), q_bufs.index(before), dk, is_async=True)
         mbarrier.arrive(turns.index(1 - GROUP), count=1)
         s_t, dp_t = warpgroup_mma_wait(2, deps=(s_t, dp_t))  # in order: S^T and dP^T done, dv and dk may run
         p_next, ds_next = _dkdv_operands(s_t, dp_t, m_lo + i * BLOCK_M, n0, key_idx, query_idx, key_term, lim,
@@ -302,7 +302,6 @@ def _dkdv_pingpong_partition(k_smem, v_smem, q_bufs, do_bufs, fixed_bar, ready, 
         dv, dk, p_t, ds_t = warpgroup_mma_wait(0, deps=(dv, dk, p_t, ds_t))
         _release(empty, before)
         p_t = p_next
-        ds_t = ds_next
     last = (tiles - 1) % num_buffers
     dv = warpgroup_mma(p_t, do_bufs.index(last), dv)
     dk = warpgroup_mma(ds_t, q_bufs.index(last), dk)
@@ -312,68 +311,111 @@ def _dkdv_pingpong_partition(k_smem, v_smem, q_bufs, do_bufs, fixed_bar, ready, 
 
 
 @gluon.jit
+def _share_ds(ds_t, ds_bufs, ds_ready, ds_free, i, GROUP: gl.constexpr):
+    """Write this group's dS^T of query tile i into its half of the tile's ds slot (the slots
+    alternate by tile; a slot is written again once both groups' dQ products of two tiles before
+    have read it) and announce it on ds_ready."""
+    ds_slot = i % 2
+    mbarrier.wait(ds_free.index(ds_slot), ((i // 2) & 1) ^ 1)  # the first two tiles do not wait
+    ds_bufs.index(2 * ds_slot + GROUP).store(ds_t)
+    fence_async_shared()
+    thread_barrier()  # every thread's part of dS^T is in shared memory before the arrival
+    mbarrier.arrive(ds_ready.index(ds_slot), count=1)
+
+
+@gluon.jit
+def _one_pass_operands(s_t, dp_t, ds_bufs, ds_ready, ds_free, i, m, n0, key_idx, query_idx, key_term, lim, full_lo,
+                       full_hi, g_scale, g_slope, g_bias, SIGMOID: gl.constexpr, GROUP: gl.constexpr,
+                       dtype: gl.constexpr, layout: gl.constexpr):
+    """P^T and dS^T of query tile i (from m) in registers as wgmma takes them, dS^T also shared
+    with the other group (_share_ds)."""
+    p_t = _weights_t(s_t, m, n0, key_idx, query_idx, key_term, lim, full_lo, full_hi, g_scale, g_slope, g_bias,
+                     SIGMOID)
+    ds_t = (dp_t * (p_t - p_t * p_t)).to(dtype)
+    _share_ds(ds_t, ds_bufs, ds_ready, ds_free, i, GROUP)
+    return gl.convert_layout(p_t.to(dtype), layout)
+
+
+@gluon.jit
+def _dq_product(k_halves, ds_bufs, ds_ready, dq_zero, i, GROUP: gl.constexpr):
+    """Issue dQ^T of query tile i for this group's half of the head's columns, k^T dS^T over both
+    groups' keys, once both groups' dS^T are in the tile's ds slot."""
+    half_d: gl.constexpr = dq_zero.shape[0]
+    ds_slot = i % 2
+    mbarrier.wait(ds_ready.index(ds_slot), (i // 2) & 1)
+    dq = warpgroup_mma(k_halves.index(0).slice(GROUP * half_d, half_d, dim=1).permute((1, 0)),
+                       ds_bufs.index(2 * ds_slot), dq_zero, use_acc=False, is_async=True)
+    return warpgroup_mma(k_halves.index(1).slice(GROUP * half_d, half_d, dim=1).permute((1, 0)),
+                         ds_bufs.index(2 * ds_slot + 1), dq, is_async=True)
+
+
+@gluon.jit
+def _add_dq(dq, dq_base, stride_t, m, T, scale, GROUP: gl.constexpr):
+    """dQ[m + j, this group's columns] += scale dQ^T[., j], element by element (fp32 atomics), rows < T."""
+    half_d: gl.constexpr = dq.shape[0]
+    BLOCK_M: gl.constexpr = dq.shape[1]
+    rows = m + gl.arange(0, BLOCK_M, layout=gl.SliceLayout(0, dq.type.layout))
+    cols = GROUP * half_d + gl.arange(0, half_d, layout=gl.SliceLayout(1, dq.type.layout))
+    gl.atomic_add(dq_base + gl.expand_dims(rows, 0) * stride_t + gl.expand_dims(cols, 1), dq * scale,
+                  mask=gl.expand_dims(rows < T, 0), sem="relaxed")
+
+
+@gluon.jit
 def _one_pass_partition(k_smem, v_smem, k_halves, q_bufs, do_bufs, ds_bufs, fixed_bar, ready, empty, turns, ds_ready,
                         ds_free, dk_base, dv_base, dq_base, stride_t, T, n0, m_lo, m_hi, full_lo, full_hi, W, g_scale,
                         g_slope, g_bias, scale, BLOCK_M: gl.constexpr, ROWS: gl.constexpr, HEAD_DIM: gl.constexpr,
                         SIGMOID: gl.constexpr, GROUP: gl.constexpr, num_warps: gl.constexpr):
     """dV, dK and (added into the fp32 dQ) dQ for one of a key block's two halves of ROWS keys from
-    n0, FlashAttention-3's one-pass backward: per query tile, after S^T = k q^T and dP^T = v dO^T
-    (issued in this group's turn, as in _dkdv_pingpong_partition) and the tile's P^T and dS^T, the
-    group writes dS^T to its half of the tile's ds slot, issues dv += P^T dO and dk += dS^T q, and
-    once both groups' dS^T are there, this group's half of the head's columns of dQ's rows:
-    dS (both halves of the block's keys) times those columns of k, added to dQ element-wise. The
-    two ds slots alternate by tile; a slot is written again once both groups' dQ products that
-    read it are done (ds_free)."""
+    n0, FlashAttention-3's one-pass backward in the ping-pong schedule of _dkdv_pingpong_partition:
+    in this group's turn it issues the query tile's S^T = k q^T and dP^T = v dO^T and the previous
+    tile's dv += P^T dO and dk += dS^T q, passes the turn, and issues the previous tile's dQ^T =
+    k^T dS^T (this group's half of the head's columns, over both groups' keys: their dS^T meet in
+    shared memory); then computes this tile's P^T and dS^T while those run, and adds the previous
+    tile's dQ into the fp32 buffer. dQ^T puts the queries in the product's N, so that BLOCK_M may
+    be below wgmma's 64 rows."""
     key_idx, query_idx, lim, key_term, t_zero, dk, dv = _key_block(n0, T, W, g_slope, ROWS, BLOCK_M, HEAD_DIM,
                                                                    num_warps)
-    acc_layout: gl.constexpr = dk.type.layout
-    a_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=acc_layout, k_width=2)
-    half_d: gl.constexpr = HEAD_DIM // 2
-    # dQ^T (this group's columns x the tile's queries) = k^T dS^T: the queries as the product's N,
-    # so that BLOCK_M may be below wgmma's 64 rows (and S^T, dP^T take half the registers)
-    dq_layout: gl.constexpr = _mma_layout(num_warps, BLOCK_M)
-    dq_zero = gl.zeros([half_d, BLOCK_M], gl.float32, dq_layout)
-    dq_cols = GROUP * half_d + gl.arange(0, half_d, layout=gl.SliceLayout(1, dq_layout))
-    dq_rows = gl.arange(0, BLOCK_M, layout=gl.SliceLayout(0, dq_layout))
+    a_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=dk.type.layout, k_width=2)
+    dq_zero = gl.zeros([HEAD_DIM // 2, BLOCK_M], gl.float32, _mma_layout(num_warps, BLOCK_M))
     num_buffers: gl.constexpr = q_bufs.type.shape[0]
+    gl.static_assert(num_buffers >= 2, "each step holds two q/dO slots: this tile's and the previous tile's")
     dtype: gl.constexpr = k_smem.dtype
     tiles = gl.cdiv(m_hi - m_lo, BLOCK_M)
     mbarrier.wait(fixed_bar, 0)
-    for i in range(tiles):
-        m = m_lo + i * BLOCK_M
-        slot = i % num_buffers
-        mbarrier.wait(ready.index(slot), (i // num_buffers) & 1)
-        _take_turn(turns, GROUP, i)
+    _pingpong_step(ready, turns, 0, num_buffers, GROUP)
+    s_t = warpgroup_mma(k_smem, q_bufs.index(0).permute((1, 0)), t_zero, use_acc=False, is_async=True)
+    dp_t = warpgroup_mma(v_smem, do_bufs.index(0).permute((1, 0)), t_zero, use_acc=False, is_async=True)
+    mbarrier.arrive(turns.index(1 - GROUP), count=1)
+    s_t, dp_t = warpgroup_mma_wait(0, deps=(s_t, dp_t))
+    p_t = _one_pass_operands(s_t, dp_t, ds_bufs, ds_ready, ds_free, 0, m_lo, n0, key_idx, query_idx, key_term,
+                                   lim, full_lo, full_hi, g_scale, g_slope, g_bias, SIGMOID, GROUP, dtype, a_layout)
+    for i in range(1, tiles):
+        slot, before = _pingpong_step(ready, turns, i, num_buffers, GROUP)
         s_t = warpgroup_mma(k_smem, q_bufs.index(slot).permute((1, 0)), t_zero, use_acc=False, is_async=True)
         dp_t = warpgroup_mma(v_smem, do_bufs.index(slot).permute((1, 0)), t_zero, use_acc=False, is_async=True)
+        dv = warpgroup_mma(p_t, do_bufs.index(before), dv, is_async=True)
+        dk = warpgroup_mma(ds_bufs.index(2 * ((i - 1) % 2) + GROUP), q_bufs.index(before), dk, is_async=True)
         mbarrier.arrive(turns.index(1 - GROUP), count=1)
-        s_t, dp_t = warpgroup_mma_wait(0, deps=(s_t, dp_t))
-        p_t = _weights_t(s_t, m, n0, key_idx, query_idx, key_term, lim, full_lo, full_hi, g_scale, g_slope, g_bias,
-                         SIGMOID)
-        ds_t = (dp_t * (p_t - p_t * p_t)).to(dtype)
-        ds_slot = i % 2
-        mbarrier.wait(ds_free.index(ds_slot), ((i // 2) & 1) ^ 1)  # the first two tiles do not wait
-        ds_bufs.index(2 * ds_slot + GROUP).store(ds_t)
-        fence_async_shared()
-        thread_barrier()  # every thread's part of dS^T is in shared memory before the arrival
-        mbarrier.arrive(ds_ready.index(ds_slot), count=1)
-        p_t = gl.convert_layout(p_t.to(dtype), a_layout)
-        ds_t = gl.convert_layout(ds_t, a_layout)
-        dv = warpgroup_mma(p_t, do_bufs.index(slot), dv, is_async=True)
-        dk = warpgroup_mma(ds_t, q_bufs.index(slot), dk, is_async=True)
-        mbarrier.wait(ds_ready.index(ds_slot), (i // 2) & 1)
-        dq = warpgroup_mma(k_halves.index(0).slice(GROUP * half_d, half_d, dim=1).permute((1, 0)),
-                           ds_bufs.index(2 * ds_slot), dq_zero, use_acc=False, is_async=True)
-        dq = warpgroup_mma(k_halves.index(1).slice(GROUP * half_d, half_d, dim=1).permute((1, 0)),
-                           ds_bufs.index(2 * ds_slot + 1), dq, is_async=True)
-        dv, dk, dq, p_t, ds_t = warpgroup_mma_wait(0, deps=(dv, dk, dq, p_t, ds_t))
-        _release(empty, slot)
-        mbarrier.arrive(ds_free.index(ds_slot), count=1)
-        rows = m + dq_rows  # the pointers made here, not kept across the loop in registers
-        gl.atomic_add(dq_base + gl.expand_dims(rows, 0) * stride_t + gl.expand_dims(dq_cols, 1), dq * scale,
-                      mask=gl.expand_dims(rows < T, 0), sem="relaxed")
-    _store_rows(dk * scale, dk_base, stride_t, n0, T, ROWS, HEAD_DIM, acc_layout)
-    _store_rows(dv, dv_base, stride_t, n0, T, ROWS, HEAD_DIM, acc_layout)
+        dq = _dq_product(k_halves, ds_bufs, ds_ready, dq_zero, i - 1, GROUP)
+        s_t, dp_t = warpgroup_mma_wait(4, deps=(s_t, dp_t))  # in order: S^T, dP^T done; dv, dk, dQ^T may run
+        p_next = _one_pass_operands(s_t, dp_t, ds_bufs, ds_ready, ds_free, i, m_lo + i * BLOCK_M, n0,
+                                             key_idx, query_idx, key_term, lim, full_lo, full_hi, g_scale, g_slope,
+                                             g_bias, SIGMOID, GROUP, dtype, a_layout)
+        dv, dk, dq, p_t = warpgroup_mma_wait(0, deps=(dv, dk, dq, p_t))
+        _release(empty, before)
+        mbarrier.arrive(ds_free.index((i - 1) % 2), count=1)
+        _add_dq(dq, dq_base, stride_t, m_lo + (i - 1) * BLOCK_M, T, scale, GROUP)
+        p_t = p_next
+    last = (tiles - 1) % num_buffers
+    dv = warpgroup_mma(p_t, do_bufs.index(last), dv, is_async=True)
+    dk = warpgroup_mma(ds_bufs.index(2 * ((tiles - 1) % 2) + GROUP), q_bufs.index(last), dk, is_async=True)
+    dq = _dq_product(k_halves, ds_bufs, ds_ready, dq_zero, tiles - 1, GROUP)
+    dv, dk, dq = warpgroup_mma_wait(0, deps=(dv, dk, dq))
+    _release(empty, last)
+    mbarrier.arrive(ds_free.index((tiles - 1) % 2), count=1)
+    _add_dq(dq, dq_base, stride_t, m_lo + (tiles - 1) * BLOCK_M, T, scale, GROUP)
+    _store_rows(dk * scale, dk_base, stride_t, n0, T, ROWS, HEAD_DIM, dk.type.layout)
+    _store_rows(dv, dv_base, stride_t, n0, T, ROWS, HEAD_DIM, dv.type.layout)
 
 
 @gluon.jit

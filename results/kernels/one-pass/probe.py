@@ -9,6 +9,7 @@ beside SDPA's backward (causal, its own kernels, W = T only). The peer bench's s
 
     python results/kernels/one-pass/probe.py OUT.jsonl
 """
+import contextlib
 import json
 import shlex
 import sys
@@ -17,28 +18,47 @@ import torch
 import torch.nn.functional as F
 
 from harness.bench.tune import _inputs, _time
+from harness.ops.swat import hopper
 from harness.ops.swat.function import _swat_bwd, override_hopper_one_pass
 from harness.results.provenance import stamped_row_writer
 
 write = stamped_row_writer(open(sys.argv[1], "w"), "cuda",
                            shlex.join(["python", "results/kernels/one-pass/probe.py", *sys.argv[1:]]))
 SHAPES = [(4096, "T"), (16384, "T"), (32768, "T"), (16384, 2048)]
+# name: (one pass, its query tile, its ring slots)
+VARIANTS = {"two passes (committed)": (False, None, None), "one pass, 32 queries, 3 slots": (True, 32, 3),
+            "one pass, 16 queries, 4 slots": (True, 16, 4)}
 
 
-def backward(one_pass, q, k, v, do, slopes, W, scale):
-    with override_hopper_one_pass({128: one_pass}):
+@contextlib.contextmanager
+def variant(name):
+    one_pass, block_m, slots = VARIANTS[name]
+    saved = hopper.TILES["one_pass"], hopper.ONE_PASS_BUFFERS
+    if one_pass:
+        hopper.TILES["one_pass"], hopper.ONE_PASS_BUFFERS = (block_m, 128), slots
+    try:
+        with override_hopper_one_pass({128: one_pass}):
+            yield
+    finally:
+        hopper.TILES["one_pass"], hopper.ONE_PASS_BUFFERS = saved
+
+
+def backward(name, q, k, v, do, slopes, W, scale):
+    with variant(name):
         return _swat_bwd(do, q, k, v, slopes, None, None, W, 0.0, scale)
 
 
 for seq_len, window in SHAPES:
     T, (q, k, v, do), slopes, scale = _inputs(128, seq_len, 65536)
     W = T if window == "T" else window
-    two, one = (backward(flag, q, k, v, do, slopes, W, scale) for flag in (False, True))
-    err = {f"err_{n}": ((a.float() - b.float()).abs().max() / b.float().abs().max()).item()
-           for n, a, b in zip(("dq", "dk", "dv"), one, two)}
-    row = dict(d=128, T=T, W=window, variant="one pass vs two passes", **err)
-    print(json.dumps(row), flush=True)
-    write(row)
+    two = backward("two passes (committed)", q, k, v, do, slopes, W, scale)
+    for name in list(VARIANTS)[1:]:
+        one = backward(name, q, k, v, do, slopes, W, scale)
+        err = {f"err_{n}": ((a.float() - b.float()).abs().max() / b.float().abs().max()).item()
+               for n, a, b in zip(("dq", "dk", "dv"), one, two)}
+        row = dict(d=128, T=T, W=window, variant=f"{name} against two passes", **err)
+        print(json.dumps(row), flush=True)
+        write(row)
     sdpa = None
     if window == "T":  # SDPA's backward alone: its graph kept, the gradients asked again
         qs, ks, vs = (t.transpose(1, 2).detach().requires_grad_() for t in (q, k, v))
@@ -46,9 +66,9 @@ for seq_len, window in SHAPES:
         dos = do.transpose(1, 2)
         sdpa = lambda: torch.autograd.grad(o, (qs, ks, vs), dos, retain_graph=True)  # noqa: E731
     for rep in range(2):
-        for variant, flag in (("two passes (committed)", False), ("one pass", True)):
-            ms, note = _time(lambda: backward(flag, q, k, v, do, slopes, W, scale))
-            row = dict(d=128, T=T, W=window, variant=variant, rep=rep, bwd_ms=ms, note=note)
+        for name in VARIANTS:
+            ms, note = _time(lambda: backward(name, q, k, v, do, slopes, W, scale))
+            row = dict(d=128, T=T, W=window, variant=name, rep=rep, bwd_ms=ms, note=note)
             print(json.dumps(row), flush=True)
             write(row)
         if sdpa is not None:

@@ -294,7 +294,7 @@ def _dkdv_pingpong_partition(k_smem, v_smem, q_bufs, do_bufs, fixed_bar, ready, 
         s_t = warpgroup_mma(k_smem, q_bufs.index(slot).permute((1, 0)), t_zero, use_acc=False, is_async=True)
         dp_t = warpgroup_mma(v_smem, do_bufs.index(slot).permute((1, 0)), t_zero, use_acc=False, is_async=True)
         dv = warpgroup_mma(p_t, do_bufs.index(before), dv, is_async=True)
-        dk = warpgroup_mma(ds_bufs.index(2 * ((i - 1) % 2) + GROUP), q_bufs.index(before), dk, is_async=True)
+        dk = warpgroup_mma(ds_t, q_bufs.index(before), dk, is_async=True)
         mbarrier.arrive(turns.index(1 - GROUP), count=1)
         s_t, dp_t = warpgroup_mma_wait(2, deps=(s_t, dp_t))  # in order: S^T and dP^T done, dv and dk may run
         p_next, ds_next = _dkdv_operands(s_t, dp_t, m_lo + i * BLOCK_M, n0, key_idx, query_idx, key_term, lim,
@@ -302,6 +302,7 @@ def _dkdv_pingpong_partition(k_smem, v_smem, q_bufs, do_bufs, fixed_bar, ready, 
         dv, dk, p_t, ds_t = warpgroup_mma_wait(0, deps=(dv, dk, p_t, ds_t))
         _release(empty, before)
         p_t = p_next
+        ds_t = ds_next
     last = (tiles - 1) % num_buffers
     dv = warpgroup_mma(p_t, do_bufs.index(last), dv)
     dk = warpgroup_mma(ds_t, q_bufs.index(last), dk)

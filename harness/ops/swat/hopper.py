@@ -376,7 +376,8 @@ def _one_pass_partition(k_smem, v_smem, k_halves, q_bufs, do_bufs, ds_bufs, fixe
     be below wgmma's 64 rows."""
     key_idx, query_idx, lim, key_term, t_zero, dk, dv = _key_block(n0, T, W, g_slope, ROWS, BLOCK_M, HEAD_DIM,
                                                                    num_warps)
-    a_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=dk.type.layout, k_width=2)
+    acc_layout: gl.constexpr = dk.type.layout
+    a_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=acc_layout, k_width=2)
     dq_zero = gl.zeros([HEAD_DIM // 2, BLOCK_M], gl.float32, _mma_layout(num_warps, BLOCK_M))
     num_buffers: gl.constexpr = q_bufs.type.shape[0]
     gl.static_assert(num_buffers >= 2, "each step holds two q/dO slots: this tile's and the previous tile's")
@@ -415,8 +416,8 @@ def _one_pass_partition(k_smem, v_smem, k_halves, q_bufs, do_bufs, ds_bufs, fixe
     _release(empty, last)
     mbarrier.arrive(ds_free.index((tiles - 1) % 2), count=1)
     _add_dq(dq, dq_base, stride_t, m_lo + (tiles - 1) * BLOCK_M, T, scale, GROUP)
-    _store_rows(dk * scale, dk_base, stride_t, n0, T, ROWS, HEAD_DIM, dk.type.layout)
-    _store_rows(dv, dv_base, stride_t, n0, T, ROWS, HEAD_DIM, dv.type.layout)
+    _store_rows(dk * scale, dk_base, stride_t, n0, T, ROWS, HEAD_DIM, acc_layout)
+    _store_rows(dv, dv_base, stride_t, n0, T, ROWS, HEAD_DIM, acc_layout)
 
 
 @gluon.jit

@@ -27,7 +27,7 @@ write = stamped_row_writer(open(sys.argv[1], "w"), "cuda",
 SHAPES = [(4096, "T"), (16384, "T"), (32768, "T"), (16384, 2048)]
 # name: (one pass, its query tile, its ring slots)
 VARIANTS = {"two passes (committed)": (False, None, None), "one pass, 32 queries, 3 slots": (True, 32, 3),
-            "one pass, 16 queries, 4 slots": (True, 16, 4)}
+            "one pass, 32 queries, 2 slots": (True, 32, 2)}
 
 
 @contextlib.contextmanager

@@ -351,47 +351,29 @@ def _dq_product(k_halves, ds_bufs, ds_ready, dq_zero, i, GROUP: gl.constexpr):
 
 
 @gluon.jit
-def _stage_dq(dq, dq_bufs, dq_full, dq_empty, i, scale, GROUP: gl.constexpr):
-    """Hand scale dQ^T of query tile i (this group's half of the head's columns) to the dQ partition:
-    into its half of the tile's staging slot (two, alternating by tile, each free again once that
-    partition has read it), announced on dq_full."""
+def _add_dq(dq, dq_base, stride_t, m, T, scale, GROUP: gl.constexpr):
+    """dQ[m + j, this group's columns] += scale dQ^T[., j] for rows < T: each thread adds four
+    consecutive columns in one vector reduction (red.global.add.v4.f32, sm_90), a quarter of the
+    element-wise atomics' instructions (those cost 1.4 of the one pass's 3.9 ms at T = 4K:
+    results/kernels/one-pass/)."""
     half_d: gl.constexpr = dq.shape[0]
-    dq_slot = i % 2
-    mbarrier.wait(dq_empty.index(dq_slot), ((i // 2) & 1) ^ 1)  # the first two tiles do not wait
-    dq_bufs.index(dq_slot).slice(GROUP * half_d, half_d, dim=1).permute((1, 0)).store(dq * scale)
-    thread_barrier()  # every thread's part is in shared memory before the arrival
-    mbarrier.arrive(dq_full.index(dq_slot), count=1)
-
-
-@gluon.jit
-def _dq_partition(dq_bufs, dq_full, dq_empty, dq_base, stride_t, T, m_lo, m_hi, BLOCK_M: gl.constexpr,
-                  HEAD_DIM: gl.constexpr):
-    """Add each query tile's dQ (both groups' halves, [BLOCK_M, HEAD_DIM] fp32 in a staging slot)
-    into the fp32 dQ rows m, m + 1, ... (< T), element by element, in runs of ROWS rows whose
-    32 consecutive columns a warp adds in one instruction. A partition of its own, so that the
-    compute groups never wait on the atomics (in the compute groups they took 1.4 ms of 3.9 at
-    T = 4K: results/kernels/one-pass/)."""
-    ROWS: gl.constexpr = 4
-    layout: gl.constexpr = gl.BlockedLayout([1, 1], [1, 32], [1, 1], [1, 0])
-    rows = gl.arange(0, ROWS, layout=gl.SliceLayout(1, layout))
-    cols = gl.arange(0, 32, layout=gl.SliceLayout(0, layout))
-    for i in range(gl.cdiv(m_hi - m_lo, BLOCK_M)):
-        dq_slot = i % 2
-        mbarrier.wait(dq_full.index(dq_slot), (i // 2) & 1)
-        tile = dq_bufs.index(dq_slot)
-        for r in gl.static_range(BLOCK_M // ROWS):
-            for c in gl.static_range(HEAD_DIM // 32):
-                part = tile.slice(r * ROWS, ROWS, dim=0).slice(c * 32, 32, dim=1).load(layout)
-                row = m_lo + i * BLOCK_M + r * ROWS + rows
-                gl.atomic_add(dq_base + gl.expand_dims(row, 1) * stride_t + c * 32 + gl.expand_dims(cols, 0), part,
-                              mask=gl.expand_dims(row < T, 1), sem="relaxed")
-        thread_barrier()
-        mbarrier.arrive(dq_empty.index(dq_slot), count=1)
+    BLOCK_M: gl.constexpr = dq.shape[1]
+    layout: gl.constexpr = gl.BlockedLayout([4, 1], [16, 2], [1, 4], [0, 1])  # 4 consecutive columns a thread
+    dq = gl.convert_layout(dq * scale, layout)
+    rows = m + gl.arange(0, BLOCK_M, layout=gl.SliceLayout(0, layout))
+    cols = GROUP * half_d + gl.arange(0, half_d, layout=gl.SliceLayout(1, layout))
+    ptrs = dq_base + gl.expand_dims(rows, 0) * stride_t + gl.expand_dims(cols, 1)
+    inside = gl.expand_dims(rows < T, 0).to(gl.int32) + gl.zeros([half_d, BLOCK_M], gl.int32, layout)
+    gl.inline_asm_elementwise(
+        "{ .reg .pred p; setp.ne.b32 p, $8, 0; @p red.global.gpu.relaxed.add.v4.f32 [$4], {$12, $13, $14, $15};"
+        " mov.b32 $0, 0; mov.b32 $1, 0; mov.b32 $2, 0; mov.b32 $3, 0; }",
+        "=r,=r,=r,=r,l,l,l,l,r,r,r,r,r,r,r,r", [ptrs.to(gl.int64), inside, dq.to(gl.int32, bitcast=True)],
+        dtype=gl.int32, is_pure=False, pack=4)
 
 
 @gluon.jit
 def _one_pass_partition(k_smem, v_smem, k_halves, q_bufs, do_bufs, ds_bufs, fixed_bar, ready, empty, turns, ds_ready,
-                        ds_free, dq_bufs, dq_full, dq_empty, dk_base, dv_base, stride_t, T, n0, m_lo, m_hi, full_lo, full_hi, W, g_scale,
+                        ds_free, dk_base, dv_base, dq_base, stride_t, T, n0, m_lo, m_hi, full_lo, full_hi, W, g_scale,
                         g_slope, g_bias, scale, BLOCK_M: gl.constexpr, ROWS: gl.constexpr, HEAD_DIM: gl.constexpr,
                         SIGMOID: gl.constexpr, GROUP: gl.constexpr, num_warps: gl.constexpr):
     """dV, dK and (added into the fp32 dQ) dQ for one of a key block's two halves of ROWS keys from
@@ -434,7 +416,7 @@ def _one_pass_partition(k_smem, v_smem, k_halves, q_bufs, do_bufs, ds_bufs, fixe
         dv, dk, dq, p_t = warpgroup_mma_wait(0, deps=(dv, dk, dq, p_t))
         _release(empty, before)
         mbarrier.arrive(ds_free.index((i - 1) % 2), count=1)
-        _stage_dq(dq, dq_bufs, dq_full, dq_empty, i - 1, scale, GROUP)
+        _add_dq(dq, dq_base, stride_t, m_lo + (i - 1) * BLOCK_M, T, scale, GROUP)
         p_t = p_next
     last = (tiles - 1) % num_buffers
     dv = warpgroup_mma(p_t, do_bufs.index(last), dv, is_async=True)
@@ -443,7 +425,7 @@ def _one_pass_partition(k_smem, v_smem, k_halves, q_bufs, do_bufs, ds_bufs, fixe
     dv, dk, dq = warpgroup_mma_wait(0, deps=(dv, dk, dq))
     _release(empty, last)
     mbarrier.arrive(ds_free.index((tiles - 1) % 2), count=1)
-    _stage_dq(dq, dq_bufs, dq_full, dq_empty, tiles - 1, scale, GROUP)
+    _add_dq(dq, dq_base, stride_t, m_lo + (tiles - 1) * BLOCK_M, T, scale, GROUP)
     _store_rows(dk * scale, dk_base, stride_t, n0, T, ROWS, HEAD_DIM, acc_layout)
     _store_rows(dv, dv_base, stride_t, n0, T, ROWS, HEAD_DIM, acc_layout)
 
@@ -566,30 +548,23 @@ def swat_bwd_one_pass_kernel(q_desc, k_desc, v_desc, do_desc, DQ, DK, DV, Slopes
     ds_bufs = gl.allocate_shared_memory(k_desc.dtype, [4, half, BLOCK_M], ds_layout)  # (slot, group)
     ds_ready = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
     ds_free = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
-    dq_layout: gl.constexpr = gl.SwizzledSharedLayout(1, 1, 1, [1, 0])
-    dq_bufs = gl.allocate_shared_memory(gl.float32, [2, BLOCK_M, HEAD_DIM], dq_layout)  # staging slots
-    dq_full = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
-    dq_empty = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
     for i in gl.static_range(2):
         mbarrier.init(ds_ready.index(i), count=2)
         mbarrier.init(ds_free.index(i), count=2)
-        mbarrier.init(dq_full.index(i), count=2)
-        mbarrier.init(dq_empty.index(i), count=1)
     turns = _turns()
     offset = b.to(gl.int64) * s_b + h * s_h
     gl.warp_specialize([
         (_one_pass_partition, (k_smem.index(0), v_smem.index(0), k_smem, q_bufs, do_bufs, ds_bufs, fixed_bar, ready,
-                               empty, turns, ds_ready, ds_free, dq_bufs, dq_full, dq_empty, DK + offset, DV + offset,
-                               s_t, T, n0, n0, m_hi, n0 + BLOCK_N, full_hi, W, g_scale, g_slope, g_bias, scale,
-                               BLOCK_M, half, HEAD_DIM, SIGMOID, 0, num_warps)),
+                               empty, turns, ds_ready, ds_free, DK + offset, DV + offset, DQ + offset, s_t, T, n0, n0,
+                               m_hi, n0 + BLOCK_N, full_hi, W, g_scale, g_slope, g_bias, scale, BLOCK_M, half,
+                               HEAD_DIM, SIGMOID, 0, num_warps)),
         (_one_pass_partition, (k_smem.index(1), v_smem.index(1), k_smem, q_bufs, do_bufs, ds_bufs, fixed_bar, ready,
-                               empty, turns, ds_ready, ds_free, dq_bufs, dq_full, dq_empty, DK + offset, DV + offset,
-                               s_t, T, n0 + half, n0, m_hi, n0 + BLOCK_N, full_hi, W, g_scale, g_slope, g_bias, scale,
-                               BLOCK_M, half, HEAD_DIM, SIGMOID, 1, num_warps)),
+                               empty, turns, ds_ready, ds_free, DK + offset, DV + offset, DQ + offset, s_t, T,
+                               n0 + half, n0, m_hi, n0 + BLOCK_N, full_hi, W, g_scale, g_slope, g_bias, scale, BLOCK_M,
+                               half, HEAD_DIM, SIGMOID, 1, num_warps)),
         (_load_partition, (k_desc, v_desc, q_desc, do_desc, k_smem, v_smem, q_bufs, do_bufs, fixed_bar, ready, empty,
                            b * T, n0, h * HEAD_DIM, n0, m_hi, BLOCK_M, True, True)),
-        (_dq_partition, (dq_bufs, dq_full, dq_empty, DQ + offset, s_t, T, n0, m_hi, BLOCK_M, HEAD_DIM)),
-    ], [num_warps, 1, 1], [240, 24, 32])
+    ], [num_warps, 1], [240, 24])
 
 
 def tma_readable(t: torch.Tensor) -> bool:

@@ -1,7 +1,7 @@
 """Where the one-pass backward's time goes (d = 128, W = T, B * T = 65536, H = 8, bf16): the
 committed one pass against itself with parts taken out, each in a process of its own (the kernel is
-compiled with the replaced helper): "no_atomics" (the dQ products run and are staged, the dQ partition
-takes them and adds nothing to the buffer). Not a gradient: a cost breakdown, two timings each at
+compiled with the replaced helper): "no_atomics" (the dQ products run, nothing is added to the
+buffer). Not a gradient: a cost breakdown, two timings each at
 T = 4K and 16K.
 
     python results/kernels/one-pass/ablate.py OUT.jsonl {full,no_atomics}
@@ -11,7 +11,6 @@ import sys
 
 from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
-from triton.experimental.gluon.language.nvidia.hopper import mbarrier
 
 from harness.bench.tune import _inputs, _time
 from harness.ops.swat import hopper
@@ -22,15 +21,12 @@ out, what = sys.argv[1], sys.argv[2]
 
 
 @gluon.jit
-def _no_atomics(dq_bufs, dq_full, dq_empty, dq_base, stride_t, T, m_lo, m_hi, BLOCK_M: gl.constexpr,
-                HEAD_DIM: gl.constexpr):
-    for i in range(gl.cdiv(m_hi - m_lo, BLOCK_M)):
-        mbarrier.wait(dq_full.index(i % 2), (i // 2) & 1)
-        mbarrier.arrive(dq_empty.index(i % 2), count=1)
+def _no_atomics(dq, dq_base, stride_t, m, T, scale, GROUP: gl.constexpr):
+    pass
 
 
 if what == "no_atomics":
-    hopper._dq_partition = _no_atomics
+    hopper._add_dq = _no_atomics
 write = stamped_row_writer(open(out, "a"), "cuda",
                            shlex.join(["python", "results/kernels/one-pass/ablate.py", *sys.argv[1:]]))
 for seq_len in (4096, 16384):

@@ -97,10 +97,6 @@ FUSED_DQ = {(d, regime): "off" for d in (64, 128) for regime in ("small", "mediu
 # 13% faster at W = 512, 2048 and T, and its backward 10% and 7% faster at W = 2048 and T but 9%
 # slower at W = 512; at d = 64 both are slower at every window.
 HOPPER_MIN_WINDOW = {("fwd", 128): 512, ("bwd", 128): 2048}
-# Per head size, whether hopper.py's backward runs in one pass (dQ added into an fp32 buffer inside
-# the dK/dV pass, FlashAttention-3's 5 matrix products per tile pair instead of the two passes' 7);
-# never under torch.use_deterministic_algorithms, as with FUSED_DQ.
-HOPPER_ONE_PASS = {128: False}
 
 
 # In which order each regime's programs start (triton_common.band_program): "pairs" (one sequence-head
@@ -186,16 +182,6 @@ def hopper_pass(pass_name: str, q: torch.Tensor, window: int, has_doc: bool, *ot
     if any(t.shape[2] != q.shape[2] for t in others) or not _on_hopper(q.device):
         return False
     return all(_hopper_kernels().tma_readable(t) for t in (q, *others))
-
-
-def hopper_one_pass(head_dim: int) -> bool:
-    """Whether hopper.py's backward at this head size runs in one pass (HOPPER_ONE_PASS)."""
-    return HOPPER_ONE_PASS.get(head_dim, False) and not torch.are_deterministic_algorithms_enabled()
-
-
-def override_hopper_one_pass(overrides: dict):
-    """Temporarily replace entries of HOPPER_ONE_PASS (keys: head sizes), for probes and tests."""
-    return _overridden(HOPPER_ONE_PASS, overrides)
 
 
 def triton_only():
@@ -385,9 +371,8 @@ def _swat_bwd_body(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.
     do = do.contiguous()
     W = min(window, T)
     if hopper_pass("bwd", q, W, row_start is not None, k, v, do):
-        hopper = _hopper_kernels()
-        bwd = hopper.swat_bwd_hopper_one_pass if hopper_one_pass(d) else hopper.swat_bwd_hopper
-        return bwd(do, q, k, v, slopes, W, sigmoid_bias, scale, _sigmoid_mode(q, "bwd"), program_order(d, W))
+        return _hopper_kernels().swat_bwd_hopper(do, q, k, v, slopes, W, sigmoid_bias, scale, _sigmoid_mode(q, "bwd"),
+                                                 program_order(d, W))
     fused = fused_dq(d, W, q.device)
     if fused == "tma":
         _tma_scratch_allocator()

@@ -48,8 +48,6 @@ from harness.ops.swat.triton_common import (
 
 # Gluon is experimental: Triton 3.6 names the TMA tile load async_copy_global_to_shared, later ones async_load
 tma_load = tma.async_load if hasattr(tma, "async_load") else tma.async_copy_global_to_shared
-# ... and the barrier of a partition's threads thread_barrier, later ones barrier
-thread_barrier = gl.thread_barrier if hasattr(gl, "thread_barrier") else gl.barrier
 
 
 @gluon.jit
@@ -312,125 +310,6 @@ def _dkdv_pingpong_partition(k_smem, v_smem, q_bufs, do_bufs, fixed_bar, ready, 
 
 
 @gluon.jit
-def _share_ds(ds_t, ds_bufs, ds_ready, ds_free, i, GROUP: gl.constexpr):
-    """Write this group's dS^T of query tile i into its half of the tile's ds slot (the slots
-    alternate by tile; a slot is written again once both groups' dQ products of two tiles before
-    have read it) and announce it on ds_ready."""
-    ds_slot = i % 2
-    mbarrier.wait(ds_free.index(ds_slot), ((i // 2) & 1) ^ 1)  # the first two tiles do not wait
-    ds_bufs.index(2 * ds_slot + GROUP).store(ds_t)
-    fence_async_shared()
-    thread_barrier()  # every thread's part of dS^T is in shared memory before the arrival
-    mbarrier.arrive(ds_ready.index(ds_slot), count=1)
-
-
-@gluon.jit
-def _one_pass_operands(s_t, dp_t, ds_bufs, ds_ready, ds_free, i, m, n0, key_idx, query_idx, key_term, lim, full_lo,
-                       full_hi, g_scale, g_slope, g_bias, SIGMOID: gl.constexpr, GROUP: gl.constexpr,
-                       dtype: gl.constexpr, layout: gl.constexpr):
-    """P^T and dS^T of query tile i (from m) in registers as wgmma takes them, dS^T also shared
-    with the other group (_share_ds)."""
-    p_t = _weights_t(s_t, m, n0, key_idx, query_idx, key_term, lim, full_lo, full_hi, g_scale, g_slope, g_bias,
-                     SIGMOID)
-    ds_t = (dp_t * (p_t - p_t * p_t)).to(dtype)
-    _share_ds(ds_t, ds_bufs, ds_ready, ds_free, i, GROUP)
-    return gl.convert_layout(p_t.to(dtype), layout)
-
-
-@gluon.jit
-def _dq_product(k_halves, ds_bufs, ds_ready, dq_zero, i, GROUP: gl.constexpr):
-    """Issue dQ^T of query tile i for this group's half of the head's columns, k^T dS^T over both
-    groups' keys, once both groups' dS^T are in the tile's ds slot."""
-    half_d: gl.constexpr = dq_zero.shape[0]
-    ds_slot = i % 2
-    mbarrier.wait(ds_ready.index(ds_slot), (i // 2) & 1)
-    dq = warpgroup_mma(k_halves.index(0).slice(GROUP * half_d, half_d, dim=1).permute((1, 0)),
-                       ds_bufs.index(2 * ds_slot), dq_zero, use_acc=False, is_async=True)
-    return warpgroup_mma(k_halves.index(1).slice(GROUP * half_d, half_d, dim=1).permute((1, 0)),
-                         ds_bufs.index(2 * ds_slot + 1), dq, is_async=True)
-
-
-@gluon.jit
-def _add_dq(dq, dq_base, stride_t, m, T, scale, GROUP: gl.constexpr):
-    """dQ[m + j, this group's columns] += scale dQ^T[., j] for rows < T: each thread adds four
-    consecutive columns in one vector reduction (red.global.add.v4.f32, sm_90), a quarter of the
-    element-wise atomics' instructions (those cost 1.4 of the one pass's 3.9 ms at T = 4K:
-    results/kernels/one-pass/)."""
-    half_d: gl.constexpr = dq.shape[0]
-    BLOCK_M: gl.constexpr = dq.shape[1]
-    layout: gl.constexpr = gl.BlockedLayout([4, 1], [16, 2], [1, 4], [0, 1])  # 4 consecutive columns a thread
-    dq = gl.convert_layout(dq * scale, layout)
-    rows = m + gl.arange(0, BLOCK_M, layout=gl.SliceLayout(0, layout))
-    cols = GROUP * half_d + gl.arange(0, half_d, layout=gl.SliceLayout(1, layout))
-    ptrs = dq_base + gl.expand_dims(rows, 0) * stride_t + gl.expand_dims(cols, 1)
-    inside = gl.expand_dims(rows < T, 0).to(gl.int32) + gl.zeros([half_d, BLOCK_M], gl.int32, layout)
-    gl.inline_asm_elementwise(
-        "{ .reg .pred p; setp.ne.b32 p, $8, 0; @p red.global.gpu.relaxed.add.v4.f32 [$4], {$12, $13, $14, $15};"
-        " mov.b32 $0, 0; mov.b32 $1, 0; mov.b32 $2, 0; mov.b32 $3, 0; }",
-        "=r,=r,=r,=r,l,l,l,l,r,r,r,r,r,r,r,r", [ptrs.to(gl.int64), inside, dq.to(gl.int32, bitcast=True)],
-        dtype=gl.int32, is_pure=False, pack=4)
-
-
-@gluon.jit
-def _one_pass_partition(k_smem, v_smem, k_halves, q_bufs, do_bufs, ds_bufs, fixed_bar, ready, empty, turns, ds_ready,
-                        ds_free, dk_base, dv_base, dq_base, stride_t, T, n0, m_lo, m_hi, full_lo, full_hi, W, g_scale,
-                        g_slope, g_bias, scale, BLOCK_M: gl.constexpr, ROWS: gl.constexpr, HEAD_DIM: gl.constexpr,
-                        SIGMOID: gl.constexpr, GROUP: gl.constexpr, num_warps: gl.constexpr):
-    """dV, dK and (added into the fp32 dQ) dQ for one of a key block's two halves of ROWS keys from
-    n0, FlashAttention-3's one-pass backward in the ping-pong schedule of _dkdv_pingpong_partition:
-    in this group's turn it issues the query tile's S^T = k q^T and dP^T = v dO^T and the previous
-    tile's dv += P^T dO and dk += dS^T q, passes the turn, and issues the previous tile's dQ^T =
-    k^T dS^T (this group's half of the head's columns, over both groups' keys: their dS^T meet in
-    shared memory); then computes this tile's P^T and dS^T while those run, and adds the previous
-    tile's dQ into the fp32 buffer. dQ^T puts the queries in the product's N, so that BLOCK_M may
-    be below wgmma's 64 rows."""
-    key_idx, query_idx, lim, key_term, t_zero, dk, dv = _key_block(n0, T, W, g_slope, ROWS, BLOCK_M, HEAD_DIM,
-                                                                   num_warps)
-    acc_layout: gl.constexpr = dk.type.layout
-    a_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=acc_layout, k_width=2)
-    dq_zero = gl.zeros([HEAD_DIM // 2, BLOCK_M], gl.float32, _mma_layout(num_warps, BLOCK_M))
-    num_buffers: gl.constexpr = q_bufs.type.shape[0]
-    gl.static_assert(num_buffers >= 2, "each step holds two q/dO slots: this tile's and the previous tile's")
-    dtype: gl.constexpr = k_smem.dtype
-    tiles = gl.cdiv(m_hi - m_lo, BLOCK_M)
-    mbarrier.wait(fixed_bar, 0)
-    _pingpong_step(ready, turns, 0, num_buffers, GROUP)
-    s_t = warpgroup_mma(k_smem, q_bufs.index(0).permute((1, 0)), t_zero, use_acc=False, is_async=True)
-    dp_t = warpgroup_mma(v_smem, do_bufs.index(0).permute((1, 0)), t_zero, use_acc=False, is_async=True)
-    mbarrier.arrive(turns.index(1 - GROUP), count=1)
-    s_t, dp_t = warpgroup_mma_wait(0, deps=(s_t, dp_t))
-    p_t = _one_pass_operands(s_t, dp_t, ds_bufs, ds_ready, ds_free, 0, m_lo, n0, key_idx, query_idx, key_term,
-                                   lim, full_lo, full_hi, g_scale, g_slope, g_bias, SIGMOID, GROUP, dtype, a_layout)
-    for i in range(1, tiles):
-        slot, before = _pingpong_step(ready, turns, i, num_buffers, GROUP)
-        s_t = warpgroup_mma(k_smem, q_bufs.index(slot).permute((1, 0)), t_zero, use_acc=False, is_async=True)
-        dp_t = warpgroup_mma(v_smem, do_bufs.index(slot).permute((1, 0)), t_zero, use_acc=False, is_async=True)
-        dv = warpgroup_mma(p_t, do_bufs.index(before), dv, is_async=True)
-        dk = warpgroup_mma(ds_bufs.index(2 * ((i - 1) % 2) + GROUP), q_bufs.index(before), dk, is_async=True)
-        mbarrier.arrive(turns.index(1 - GROUP), count=1)
-        dq = _dq_product(k_halves, ds_bufs, ds_ready, dq_zero, i - 1, GROUP)
-        s_t, dp_t = warpgroup_mma_wait(4, deps=(s_t, dp_t))  # in order: S^T, dP^T done; dv, dk, dQ^T may run
-        p_next = _one_pass_operands(s_t, dp_t, ds_bufs, ds_ready, ds_free, i, m_lo + i * BLOCK_M, n0,
-                                             key_idx, query_idx, key_term, lim, full_lo, full_hi, g_scale, g_slope,
-                                             g_bias, SIGMOID, GROUP, dtype, a_layout)
-        dv, dk, dq, p_t = warpgroup_mma_wait(0, deps=(dv, dk, dq, p_t))
-        _release(empty, before)
-        mbarrier.arrive(ds_free.index((i - 1) % 2), count=1)
-        _add_dq(dq, dq_base, stride_t, m_lo + (i - 1) * BLOCK_M, T, scale, GROUP)
-        p_t = p_next
-    last = (tiles - 1) % num_buffers
-    dv = warpgroup_mma(p_t, do_bufs.index(last), dv, is_async=True)
-    dk = warpgroup_mma(ds_bufs.index(2 * ((tiles - 1) % 2) + GROUP), q_bufs.index(last), dk, is_async=True)
-    dq = _dq_product(k_halves, ds_bufs, ds_ready, dq_zero, tiles - 1, GROUP)
-    dv, dk, dq = warpgroup_mma_wait(0, deps=(dv, dk, dq))
-    _release(empty, last)
-    mbarrier.arrive(ds_free.index((tiles - 1) % 2), count=1)
-    _add_dq(dq, dq_base, stride_t, m_lo + (tiles - 1) * BLOCK_M, T, scale, GROUP)
-    _store_rows(dk * scale, dk_base, stride_t, n0, T, ROWS, HEAD_DIM, acc_layout)
-    _store_rows(dv, dv_base, stride_t, n0, T, ROWS, HEAD_DIM, acc_layout)
-
-
-@gluon.jit
 def _program(T, H, Slopes, scale, bias, BLOCK: gl.constexpr, SIGMOID: gl.constexpr, ORDER: gl.constexpr):
     """(b, h, the block's first row, then the score's scale, the head's ALiBi slope and the bias in
     the sigmoid's units, triton_common.score_unit), in the program order ORDER (band_program)."""
@@ -529,44 +408,6 @@ def swat_dkdv_pingpong_kernel(q_desc, k_desc, v_desc, do_desc, DK, DV, Slopes, T
     ], [num_warps, 1], [240, 24])
 
 
-@gluon.jit
-def swat_bwd_one_pass_kernel(q_desc, k_desc, v_desc, do_desc, DQ, DK, DV, Slopes, T, H, W, bias, scale, s_b, s_t, s_h,
-                             BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, HEAD_DIM: gl.constexpr,
-                             NUM_BUFFERS: gl.constexpr, SIGMOID: gl.constexpr, ORDER: gl.constexpr,
-                             num_warps: gl.constexpr):
-    """The whole backward in one pass over each key block (_one_pass_partition): dK and dV stored,
-    dQ added into DQ (fp32, zero before the launch, the same strides as DK). Shared memory: k and
-    v (both halves), the ring of q and dO tiles, and two slots of dS^T, each with both groups' halves."""
-    b, h, n0, g_scale, g_slope, g_bias = _program(T, H, Slopes, scale, bias, BLOCK_N, SIGMOID, ORDER)
-    _, _, _, full_hi, m_hi = key_block_ranges(n0, T, T, T, W, BLOCK_M, BLOCK_N)
-    half: gl.constexpr = BLOCK_N // 2
-
-    k_smem = gl.allocate_shared_memory(k_desc.dtype, [2] + k_desc.block_type.shape, k_desc.layout)
-    v_smem = gl.allocate_shared_memory(v_desc.dtype, [2] + v_desc.block_type.shape, v_desc.layout)
-    q_bufs, do_bufs, fixed_bar, ready, empty = _ring(q_desc, do_desc, NUM_BUFFERS, 2)
-    ds_layout: gl.constexpr = gl.NVMMASharedLayout.get_default_for([half, BLOCK_M], k_desc.dtype)
-    ds_bufs = gl.allocate_shared_memory(k_desc.dtype, [4, half, BLOCK_M], ds_layout)  # (slot, group)
-    ds_ready = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
-    ds_free = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
-    for i in gl.static_range(2):
-        mbarrier.init(ds_ready.index(i), count=2)
-        mbarrier.init(ds_free.index(i), count=2)
-    turns = _turns()
-    offset = b.to(gl.int64) * s_b + h * s_h
-    gl.warp_specialize([
-        (_one_pass_partition, (k_smem.index(0), v_smem.index(0), k_smem, q_bufs, do_bufs, ds_bufs, fixed_bar, ready,
-                               empty, turns, ds_ready, ds_free, DK + offset, DV + offset, DQ + offset, s_t, T, n0, n0,
-                               m_hi, n0 + BLOCK_N, full_hi, W, g_scale, g_slope, g_bias, scale, BLOCK_M, half,
-                               HEAD_DIM, SIGMOID, 0, num_warps)),
-        (_one_pass_partition, (k_smem.index(1), v_smem.index(1), k_smem, q_bufs, do_bufs, ds_bufs, fixed_bar, ready,
-                               empty, turns, ds_ready, ds_free, DK + offset, DV + offset, DQ + offset, s_t, T,
-                               n0 + half, n0, m_hi, n0 + BLOCK_N, full_hi, W, g_scale, g_slope, g_bias, scale, BLOCK_M,
-                               half, HEAD_DIM, SIGMOID, 1, num_warps)),
-        (_load_partition, (k_desc, v_desc, q_desc, do_desc, k_smem, v_smem, q_bufs, do_bufs, fixed_bar, ready, empty,
-                           b * T, n0, h * HEAD_DIM, n0, m_hi, BLOCK_M, True, True)),
-    ], [num_warps, 1], [240, 24])
-
-
 def tma_readable(t: torch.Tensor) -> bool:
     """Whether TMA can read t [B, T, H, d] as the matrix [B * T, H * d] (`descriptor`): each row's
     heads side by side, the sequences one after another, the rows and the start 16-byte aligned. Views
@@ -587,9 +428,8 @@ def descriptor(t: torch.Tensor, rows: int) -> TensorDescriptor:
 # The launches the H100 bench chose (NOTES.md, v12): the forward and the dQ pass over 128 queries x 64
 # keys, the dK/dV pass over 32 queries x 128 keys, three ring slots, each compute partition one warp
 # group of 4 warps, launched with at most 168 registers a thread (maxnreg).
-TILES = {"fwd": (128, 64), "dq": (128, 64), "dkdv": (32, 128), "one_pass": (32, 128)}
+TILES = {"fwd": (128, 64), "dq": (128, 64), "dkdv": (32, 128)}
 NUM_BUFFERS = 3
-ONE_PASS_BUFFERS = 3
 GROUP_WARPS = 4
 MAXNREG = 168
 
@@ -626,18 +466,3 @@ def swat_bwd_hopper(do, q, k, v, slopes, window: int, sigmoid_bias: float, scale
         window, sigmoid_bias, scale, *dk.stride()[:3], BLOCK_M=bm, BLOCK_N=bn, HEAD_DIM=d, NUM_BUFFERS=NUM_BUFFERS,
         SIGMOID=sigmoid, ORDER=order, num_warps=GROUP_WARPS, maxnreg=MAXNREG)
     return dq, dk, dv
-
-
-def swat_bwd_hopper_one_pass(do, q, k, v, slopes, window: int, sigmoid_bias: float, scale: float, sigmoid: int,
-                             order: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(dq, dk, dv) as swat_bwd_hopper's, in one pass (swat_bwd_one_pass_kernel): dQ is added into
-    an fp32 buffer, in an order that varies from run to run."""
-    B, T, H, d = q.shape
-    dq = torch.zeros((B, T, H, d), device=q.device, dtype=torch.float32)
-    dk, dv = (torch.empty((B, T, H, d), device=q.device, dtype=q.dtype) for _ in range(2))
-    bm, bn = TILES["one_pass"]
-    swat_bwd_one_pass_kernel[(B * H * cdiv(T, bn),)](
-        descriptor(q, bm), descriptor(k, bn // 2), descriptor(v, bn // 2), descriptor(do, bm), dq, dk, dv, slopes, T,
-        H, window, sigmoid_bias, scale, *dk.stride()[:3], BLOCK_M=bm, BLOCK_N=bn, HEAD_DIM=d,
-        NUM_BUFFERS=ONE_PASS_BUFFERS, SIGMOID=sigmoid, ORDER=order, num_warps=GROUP_WARPS, maxnreg=MAXNREG)
-    return dq.to(q.dtype), dk, dv

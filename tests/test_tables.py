@@ -645,6 +645,24 @@ def test_a_run_or_reference_named_twice_is_read_once(tmp_path):
     assert warnings == [] and len(rows) == 1 and len(refs) == len(read_reference(SWAT_T1))
 
 
+def test_a_stamped_row_writer_stamps_flushes_and_echoes_rows(monkeypatch, capsys):
+    """Each row is written at once (a cut device call keeps it) with how to measure it again; with
+    echo, the unstamped row also goes to the console."""
+    import io
+
+    from harness.results.provenance import stamped_row_writer
+    monkeypatch.setenv("HARNESS_COMMIT", "31c4ef0")
+    out = io.StringIO()
+    write = stamped_row_writer(out, "cpu", "python probe.py out.jsonl", echo=True)
+    write({"T": 4096, "ms": 1.5})
+    row = json.loads(out.getvalue())
+    assert (row["T"], row["ms"], row["commit"], row["command"]) == (4096, 1.5, "31c4ef0", "python probe.py out.jsonl")
+    assert "torch" in row["versions"] and row["device"]
+    assert json.loads(capsys.readouterr().out) == {"T": 4096, "ms": 1.5}
+    stamped_row_writer(out, "cpu")({"T": 1})
+    assert capsys.readouterr().out == ""
+
+
 def test_timing_and_provenance_extras_do_not_make_a_measurement_new():
     """Two rows of one measurement that differ in wall time or package versions conflict when their
     values differ; a learning rate or a length still makes another measurement."""

@@ -31,15 +31,19 @@ def provenance(device: str = "cuda", command: str | None = None) -> dict:
     return {"commit": git_commit(), "device": device_name(device), "date": now(), "command": command or command_line()}
 
 
-def stamped_row_writer(out: IO[str], device: str = "cuda", command: str | None = None) -> Callable[[dict], None]:
+def stamped_row_writer(out: IO[str], device: str = "cuda", command: str | None = None,
+                       echo: bool = False) -> Callable[[dict], None]:
     """A writer of measured rows into `out` as JSON lines, each stamped with this process's
     provenance and package versions (how to measure it again), flushed as it is written, so that a
-    run cut short (a device call's time limit) keeps the rows it measured."""
+    run cut short (a device call's time limit) keeps the rows it measured. With echo, each row
+    (unstamped) is also printed, for a device call's console."""
     made = {**provenance(device, command), "versions": versions()}
 
     def write(row: dict) -> None:
         out.write(json.dumps({**row, **made}) + "\n")
         out.flush()
+        if echo:
+            print(json.dumps(row), flush=True)
     return write
 
 

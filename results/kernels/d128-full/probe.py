@@ -11,7 +11,6 @@ backward's lead, measured at T = 16K (NOTES.md v12), holds at 4K, where SDPA's l
     python results/kernels/d128-full/probe.py OUT.jsonl
 """
 import contextlib
-import json
 import shlex
 import sys
 
@@ -20,7 +19,7 @@ from harness.ops.swat.function import _cfg, _swat_bwd, override_configs, overrid
 from harness.results.provenance import stamped_row_writer
 
 write = stamped_row_writer(open(sys.argv[1], "w"), "cuda",
-                           shlex.join(["python", "results/kernels/d128-full/probe.py", *sys.argv[1:]]))
+                           shlex.join(["python", "results/kernels/d128-full/probe.py", *sys.argv[1:]]), echo=True)
 # name: (Triton only, FUSED_DQ mode, CONFIGS overrides)
 VARIANTS = {
     "committed (Gluon)": (False, "off", {}),
@@ -36,5 +35,4 @@ for seq_len in (4096, 16384, 32768):
                     override_fused_dq({(128, "large"): fused}):
                 bwd, note = _time(lambda: _swat_bwd(do, q, k, v, slopes, None, None, T, 0.0, scale))
             row = dict(d=128, T=T, W=T, variant=variant, rep=rep, bwd_ms=bwd, note=note)
-            print(json.dumps(row), flush=True)
             write(row)

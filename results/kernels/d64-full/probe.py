@@ -9,7 +9,6 @@ at any commit.
 
     python results/kernels/d64-full/probe.py OUT.jsonl
 """
-import json
 import shlex
 import sys
 
@@ -18,7 +17,7 @@ from harness.ops.swat.function import _cfg, _swat_bwd, override_configs, overrid
 from harness.results.provenance import stamped_row_writer
 
 write = stamped_row_writer(open(sys.argv[1], "w"), "cuda",
-                           shlex.join(["python", "results/kernels/d64-full/probe.py", *sys.argv[1:]]))
+                           shlex.join(["python", "results/kernels/d64-full/probe.py", *sys.argv[1:]]), echo=True)
 TWO_PASS = {("dkdv", 64, "large"): _cfg(32, 128, 4, 3), ("dq", 64, "large"): _cfg(128, 32, 4, 3)}
 DKDV, DQ = {("dkdv", 64, "large"): _cfg(32, 64, 4, 3)}, {("dq", 64, "large"): _cfg(128, 64, 4, 3)}
 ONE_PASS = {("dkdv", 64, "large"): _cfg(64, 64, 4, 3)}
@@ -32,5 +31,4 @@ for seq_len in (4096, 16384, 32768):
                     override_fused_dq({(64, "large"): "tma" if variant == "one pass tma" else "off"}):
                 bwd, note = _time(lambda: _swat_bwd(do, q, k, v, slopes, None, None, T, 0.0, scale))
             row = dict(d=64, T=T, W=T, variant=variant, rep=rep, bwd_ms=bwd, note=note)
-            print(json.dumps(row), flush=True)
             write(row)

@@ -12,7 +12,6 @@ B. W = 128: the autograd step the peer bench times (forward, then backward again
 
     python results/kernels/d64-medium/probe.py OUT.jsonl
 """
-import json
 import shlex
 import sys
 import time
@@ -34,11 +33,10 @@ from harness.results.provenance import stamped_row_writer
 
 # every row says how to measure it again, as harness.bench.tune's do
 write = stamped_row_writer(open(sys.argv[1], "w"), "cuda",
-                           shlex.join(["python", "results/kernels/d64-medium/probe.py", *sys.argv[1:]]))
+                           shlex.join(["python", "results/kernels/d64-medium/probe.py", *sys.argv[1:]]), echo=True)
 
 
 def emit(**row):
-    print(json.dumps(row), flush=True)
     write(row)
 
 

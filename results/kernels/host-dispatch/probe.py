@@ -17,7 +17,6 @@ OUT.profile.txt (OUT less its .jsonl).
 """
 import cProfile
 import io
-import json
 import os
 import pstats
 import shlex
@@ -36,11 +35,10 @@ from harness.ops.swat import function as fn_mod  # noqa: E402
 from harness.results.provenance import provenance, stamped_row_writer  # noqa: E402
 
 COMMAND = shlex.join(["python", "results/kernels/host-dispatch/probe.py", *sys.argv[1:]])
-write = stamped_row_writer(open(sys.argv[1], "w"), "cuda" if CUDA else "cpu", COMMAND)
+write = stamped_row_writer(open(sys.argv[1], "w"), "cuda" if CUDA else "cpu", COMMAND, echo=True)
 
 
 def emit(**row):
-    print(json.dumps(row), flush=True)
     write(row)
 
 

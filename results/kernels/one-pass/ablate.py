@@ -5,7 +5,6 @@ gradient: a cost breakdown, two timings each at T = 4K and 16K, 3 ring slots.
 
     python results/kernels/one-pass/ablate.py OUT.jsonl {full,no_atomics}
 """
-import json
 import shlex
 import sys
 from pathlib import Path
@@ -31,12 +30,11 @@ def _no_atomics(dq, dq_base, stride_t, m, T, scale, GROUP: gl.constexpr):
 if what == "no_atomics":
     kernel._add_dq = _no_atomics
 write = stamped_row_writer(open(out, "a"), "cuda",
-                           shlex.join(["python", "results/kernels/one-pass/ablate.py", *sys.argv[1:]]))
+                           shlex.join(["python", "results/kernels/one-pass/ablate.py", *sys.argv[1:]]), echo=True)
 for seq_len in (4096, 16384):
     T, (q, k, v, do), slopes, scale = _inputs(128, seq_len, 65536)
     args = (do, q, k, v, slopes, T, 0.0, scale, SIGMOID_MODE["bwd"], program_order(128, T))
     for rep in range(2):
         ms, note = _time(lambda: kernel.swat_bwd_hopper_one_pass(*args))
         row = dict(d=128, T=T, W="T", variant=f"one pass, {what}", rep=rep, bwd_ms=ms, note=note)
-        print(json.dumps(row), flush=True)
         write(row)

@@ -9,7 +9,6 @@ sigmoid bias 0, the harness's sigmoid mode and program order.
 
     python results/kernels/one-pass/probe.py OUT.jsonl
 """
-import json
 import shlex
 import sys
 from pathlib import Path
@@ -26,7 +25,7 @@ from harness.ops.swat.function import SIGMOID_MODE, program_order  # noqa: E402
 from harness.results.provenance import stamped_row_writer  # noqa: E402
 
 write = stamped_row_writer(open(sys.argv[1], "w"), "cuda",
-                           shlex.join(["python", "results/kernels/one-pass/probe.py", *sys.argv[1:]]))
+                           shlex.join(["python", "results/kernels/one-pass/probe.py", *sys.argv[1:]]), echo=True)
 SHAPES = [(4096, "T"), (16384, "T"), (32768, "T"), (16384, 2048)]
 # name: ring slots of the one pass (None: hopper.py's two passes)
 VARIANTS = {"two passes (committed)": None, "one pass, 3 slots": 3, "one pass, 2 slots": 2}
@@ -41,7 +40,6 @@ def backward(name, q, k, v, do, slopes, W, scale):
 
 
 def emit(**row):
-    print(json.dumps(row), flush=True)
     write(row)
 
 

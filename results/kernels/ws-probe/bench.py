@@ -11,7 +11,6 @@ package versions: "current fwd" / "current bwd" (the whole backward, dK/dV + dQ)
 with its K/V ring's buffers and whether it pipelines, "gluon fwd pingpong": the forward whose two
 warp groups take turns at the tensor cores, and the backward, dQ + dK/dV, beside "current bwd",
 with the passes in `pingpong` in turns)."""
-import json
 import math
 import os
 import shlex
@@ -42,7 +41,7 @@ HEADS = [int(x) for x in (sys.argv[5] if len(sys.argv) > 5 else "128,64").split(
 T0 = time.time()
 # every row says how to measure it again (HARNESS_COMMIT=<the commit sent> on the device tool)
 write = stamped_row_writer(open(f"{sys.argv[1]}/ws.jsonl", "a"), "cuda",
-                           shlex.join(["python3", "results/kernels/ws-probe/bench.py", *sys.argv[1:]]))
+                           shlex.join(["python3", "results/kernels/ws-probe/bench.py", *sys.argv[1:]]), echo=True)
 
 
 def ms(fn):
@@ -56,7 +55,6 @@ def rel(a, b):
 def emit(row):
     row["t"] = round(time.time() - T0, 1)
     write(row)
-    print(json.dumps(row), flush=True)
 
 
 def measure(row, run, error):

@@ -648,8 +648,6 @@ def test_a_run_or_reference_named_twice_is_read_once(tmp_path):
 def test_a_stamped_row_writer_stamps_flushes_and_echoes_rows(monkeypatch, capsys):
     """Each row is written at once (a cut device call keeps it) with how to measure it again; with
     echo, the unstamped row also goes to the console."""
-    import io
-
     from harness.results.provenance import stamped_row_writer
     monkeypatch.setenv("HARNESS_COMMIT", "31c4ef0")
     out = io.StringIO()

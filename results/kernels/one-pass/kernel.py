@@ -43,6 +43,9 @@ from harness.ops.swat.triton_common import cdiv, key_block_ranges
 thread_barrier = gl.thread_barrier if hasattr(gl, "thread_barrier") else gl.barrier
 TILES = (32, 128)  # query tile, key block
 NUM_BUFFERS = 3  # ring slots of q and dO tiles
+# who adds dQ: (warps of a dQ partition, its registers a thread, the kernel's maxnreg); 0 warps: the
+# compute groups. 16 warps in all (a partition of 4) fit the register file only at maxnreg 128.
+DQ_PARTITION = (0, 0, hopper.MAXNREG)
 
 
 @gluon.jit
@@ -96,18 +99,58 @@ def _add_dq(dq, dq_base, stride_t, m, T, scale, GROUP: gl.constexpr):
 
 
 @gluon.jit
+def _stage_dq(dq, dq_bufs, dq_full, dq_empty, i, scale, GROUP: gl.constexpr):
+    """With a dQ partition: hand scale dQ^T of query tile i (this group's half of the head's
+    columns) to it, transposed into the group's half of the tile's staging slot (two, alternating
+    by tile, each free again once that partition has read it), announced on dq_full."""
+    half_d: gl.constexpr = dq.shape[0]
+    dq_slot = i % 2
+    mbarrier.wait(dq_empty.index(dq_slot), ((i // 2) & 1) ^ 1)  # the first two tiles do not wait
+    dq_bufs.index(dq_slot).slice(GROUP * half_d, half_d, dim=1).store(gl.permute(dq * scale, [1, 0]))
+    thread_barrier()  # every thread's part is in shared memory before the arrival
+    mbarrier.arrive(dq_full.index(dq_slot), count=1)
+
+
+@gluon.jit
+def _dq_partition(dq_bufs, dq_full, dq_empty, dq_base, stride_t, T, m_lo, m_hi, BLOCK_M: gl.constexpr,
+                  HEAD_DIM: gl.constexpr):
+    """The dQ partition: adds each query tile's dQ (both groups' halves, [BLOCK_M, HEAD_DIM] fp32 in
+    a staging slot) into the fp32 dQ rows m, m + 1, ... (< T), element by element, 8 rows x 32
+    columns at a time (the slot's swizzle repeats every 8 rows), a warp adding 32 consecutive
+    columns per instruction; so that the compute groups do not issue the atomics themselves."""
+    warps: gl.constexpr = gl.num_warps()
+    ROWS: gl.constexpr = 8
+    layout: gl.constexpr = gl.BlockedLayout([ROWS // warps, 1], [1, 32], [warps, 1], [1, 0])
+    rows = gl.arange(0, ROWS, layout=gl.SliceLayout(1, layout))
+    cols = gl.arange(0, 32, layout=gl.SliceLayout(0, layout))
+    for i in range(gl.cdiv(m_hi - m_lo, BLOCK_M)):
+        dq_slot = i % 2
+        mbarrier.wait(dq_full.index(dq_slot), (i // 2) & 1)
+        tile = dq_bufs.index(dq_slot)
+        for r in gl.static_range(BLOCK_M // ROWS):
+            for c in gl.static_range(HEAD_DIM // 32):
+                part = tile.slice(r * ROWS, ROWS, dim=0).slice(c * 32, 32, dim=1).load(layout)
+                row = m_lo + i * BLOCK_M + r * ROWS + rows
+                gl.atomic_add(dq_base + gl.expand_dims(row, 1) * stride_t + c * 32 + gl.expand_dims(cols, 0), part,
+                              mask=gl.expand_dims(row < T, 1), sem="relaxed")
+        thread_barrier()
+        mbarrier.arrive(dq_empty.index(dq_slot), count=1)
+
+
+@gluon.jit
 def _one_pass_partition(k_smem, v_smem, k_halves, q_bufs, do_bufs, ds_bufs, fixed_bar, ready, empty, turns, ds_ready,
-                        ds_free, dk_base, dv_base, dq_base, stride_t, T, n0, m_lo, m_hi, full_lo, full_hi, W, g_scale,
-                        g_slope, g_bias, scale, BLOCK_M: gl.constexpr, ROWS: gl.constexpr, HEAD_DIM: gl.constexpr,
-                        SIGMOID: gl.constexpr, GROUP: gl.constexpr, num_warps: gl.constexpr):
+                        ds_free, dq_bufs, dq_full, dq_empty, dk_base, dv_base, dq_base, stride_t, T, n0, m_lo, m_hi,
+                        full_lo, full_hi, W, g_scale, g_slope, g_bias, scale, BLOCK_M: gl.constexpr,
+                        ROWS: gl.constexpr, HEAD_DIM: gl.constexpr, SIGMOID: gl.constexpr, GROUP: gl.constexpr,
+                        STAGE: gl.constexpr, num_warps: gl.constexpr):
     """dV, dK and (added into the fp32 dQ) dQ for one of a key block's two halves of ROWS keys from
     n0, FlashAttention-3's one-pass backward in the ping-pong schedule of _dkdv_pingpong_partition:
     in this group's turn it issues the query tile's S^T = k q^T and dP^T = v dO^T and the previous
     tile's dv += P^T dO and dk += dS^T q, passes the turn, and issues the previous tile's dQ^T =
     k^T dS^T (this group's half of the head's columns, over both groups' keys: their dS^T meet in
     shared memory); then computes this tile's P^T and dS^T while those run, and adds the previous
-    tile's dQ into the fp32 buffer. dQ^T puts the queries in the product's N, so that BLOCK_M may
-    be below wgmma's 64 rows."""
+    tile's dQ into the fp32 buffer (with STAGE, hands it to the dQ partition instead). dQ^T puts
+    the queries in the product's N, so that BLOCK_M may be below wgmma's 64 rows."""
     key_idx, query_idx, lim, key_term, t_zero, dk, dv = _key_block(n0, T, W, g_slope, ROWS, BLOCK_M, HEAD_DIM,
                                                                    num_warps)
     acc_layout: gl.constexpr = dk.type.layout
@@ -140,7 +183,10 @@ def _one_pass_partition(k_smem, v_smem, k_halves, q_bufs, do_bufs, ds_bufs, fixe
         dv, dk, dq, p_t = warpgroup_mma_wait(0, deps=(dv, dk, dq, p_t))
         _release(empty, before)
         mbarrier.arrive(ds_free.index((i - 1) % 2), count=1)
-        _add_dq(dq, dq_base, stride_t, m_lo + (i - 1) * BLOCK_M, T, scale, GROUP)
+        if STAGE:
+            _stage_dq(dq, dq_bufs, dq_full, dq_empty, i - 1, scale, GROUP)
+        else:
+            _add_dq(dq, dq_base, stride_t, m_lo + (i - 1) * BLOCK_M, T, scale, GROUP)
         p_t = p_next
     last = (tiles - 1) % num_buffers
     dv = warpgroup_mma(p_t, do_bufs.index(last), dv, is_async=True)
@@ -149,7 +195,10 @@ def _one_pass_partition(k_smem, v_smem, k_halves, q_bufs, do_bufs, ds_bufs, fixe
     dv, dk, dq = warpgroup_mma_wait(0, deps=(dv, dk, dq))
     _release(empty, last)
     mbarrier.arrive(ds_free.index((tiles - 1) % 2), count=1)
-    _add_dq(dq, dq_base, stride_t, m_lo + (tiles - 1) * BLOCK_M, T, scale, GROUP)
+    if STAGE:
+        _stage_dq(dq, dq_bufs, dq_full, dq_empty, tiles - 1, scale, GROUP)
+    else:
+        _add_dq(dq, dq_base, stride_t, m_lo + (tiles - 1) * BLOCK_M, T, scale, GROUP)
     _store_rows(dk * scale, dk_base, stride_t, n0, T, ROWS, HEAD_DIM, acc_layout)
     _store_rows(dv, dv_base, stride_t, n0, T, ROWS, HEAD_DIM, acc_layout)
 
@@ -158,10 +207,12 @@ def _one_pass_partition(k_smem, v_smem, k_halves, q_bufs, do_bufs, ds_bufs, fixe
 def swat_bwd_one_pass_kernel(q_desc, k_desc, v_desc, do_desc, DQ, DK, DV, Slopes, T, H, W, bias, scale, s_b, s_t, s_h,
                              BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, HEAD_DIM: gl.constexpr,
                              NUM_BUFFERS: gl.constexpr, SIGMOID: gl.constexpr, ORDER: gl.constexpr,
-                             num_warps: gl.constexpr):
+                             DQ_WARPS: gl.constexpr, DQ_REGS: gl.constexpr, num_warps: gl.constexpr):
     """The whole backward in one pass over each key block (_one_pass_partition): dK and dV stored,
-    dQ added into DQ (fp32, zero before the launch, the same strides as DK). Shared memory: k and
-    v (both halves), the ring of q and dO tiles, and two slots of dS^T, each with both groups' halves."""
+    dQ added into DQ (fp32, zero before the launch, the same strides as DK), by the compute groups
+    (DQ_WARPS 0) or by a dQ partition of DQ_WARPS warps with DQ_REGS registers a thread. Shared
+    memory: k and v (both halves), the ring of q and dO tiles, two slots of dS^T, each with both
+    groups' halves, and with a dQ partition two staging slots of dQ."""
     b, h, n0, g_scale, g_slope, g_bias = _program(T, H, Slopes, scale, bias, BLOCK_N, SIGMOID, ORDER)
     _, _, _, full_hi, m_hi = key_block_ranges(n0, T, T, T, W, BLOCK_M, BLOCK_N)
     half: gl.constexpr = BLOCK_N // 2
@@ -173,35 +224,62 @@ def swat_bwd_one_pass_kernel(q_desc, k_desc, v_desc, do_desc, DQ, DK, DV, Slopes
     ds_bufs = gl.allocate_shared_memory(k_desc.dtype, [4, half, BLOCK_M], ds_layout)  # (slot, group)
     ds_ready = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
     ds_free = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
+    slots: gl.constexpr = 2 if DQ_WARPS > 0 else 1  # without a dQ partition, a small placeholder
+    cols: gl.constexpr = HEAD_DIM if DQ_WARPS > 0 else 32
+    dq_layout: gl.constexpr = gl.NVMMASharedLayout.get_default_for([BLOCK_M, cols], gl.float32)
+    dq_bufs = gl.allocate_shared_memory(gl.float32, [slots, BLOCK_M, cols], dq_layout)
+    dq_full = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
+    dq_empty = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
     for i in gl.static_range(2):
         mbarrier.init(ds_ready.index(i), count=2)
         mbarrier.init(ds_free.index(i), count=2)
+        mbarrier.init(dq_full.index(i), count=2)
+        mbarrier.init(dq_empty.index(i), count=1)
     turns = _turns()
     offset = b.to(gl.int64) * s_b + h * s_h
-    gl.warp_specialize([
-        (_one_pass_partition, (k_smem.index(0), v_smem.index(0), k_smem, q_bufs, do_bufs, ds_bufs, fixed_bar, ready,
-                               empty, turns, ds_ready, ds_free, DK + offset, DV + offset, DQ + offset, s_t, T, n0, n0,
-                               m_hi, n0 + BLOCK_N, full_hi, W, g_scale, g_slope, g_bias, scale, BLOCK_M, half,
-                               HEAD_DIM, SIGMOID, 0, num_warps)),
-        (_one_pass_partition, (k_smem.index(1), v_smem.index(1), k_smem, q_bufs, do_bufs, ds_bufs, fixed_bar, ready,
-                               empty, turns, ds_ready, ds_free, DK + offset, DV + offset, DQ + offset, s_t, T,
-                               n0 + half, n0, m_hi, n0 + BLOCK_N, full_hi, W, g_scale, g_slope, g_bias, scale, BLOCK_M,
-                               half, HEAD_DIM, SIGMOID, 1, num_warps)),
-        (_load_partition, (k_desc, v_desc, q_desc, do_desc, k_smem, v_smem, q_bufs, do_bufs, fixed_bar, ready, empty,
-                           b * T, n0, h * HEAD_DIM, n0, m_hi, BLOCK_M, True, True)),
-    ], [num_warps, 1], [240, 24])
-
+    if DQ_WARPS > 0:
+        gl.warp_specialize([
+            (_one_pass_partition, (k_smem.index(0), v_smem.index(0), k_smem, q_bufs, do_bufs, ds_bufs, fixed_bar,
+                                   ready, empty, turns, ds_ready, ds_free, dq_bufs, dq_full, dq_empty, DK + offset,
+                                   DV + offset, DQ + offset, s_t, T, n0, n0, m_hi, n0 + BLOCK_N, full_hi, W, g_scale,
+                                   g_slope, g_bias, scale, BLOCK_M, half, HEAD_DIM, SIGMOID, 0, True, num_warps)),
+            (_one_pass_partition, (k_smem.index(1), v_smem.index(1), k_smem, q_bufs, do_bufs, ds_bufs, fixed_bar,
+                                   ready, empty, turns, ds_ready, ds_free, dq_bufs, dq_full, dq_empty, DK + offset,
+                                   DV + offset, DQ + offset, s_t, T, n0 + half, n0, m_hi, n0 + BLOCK_N, full_hi, W,
+                                   g_scale, g_slope, g_bias, scale, BLOCK_M, half, HEAD_DIM, SIGMOID, 1, True,
+                                   num_warps)),
+            (_load_partition, (k_desc, v_desc, q_desc, do_desc, k_smem, v_smem, q_bufs, do_bufs, fixed_bar, ready,
+                               empty, b * T, n0, h * HEAD_DIM, n0, m_hi, BLOCK_M, True, True)),
+            (_dq_partition, (dq_bufs, dq_full, dq_empty, DQ + offset, s_t, T, n0, m_hi, BLOCK_M, HEAD_DIM)),
+        ], [num_warps, 1, DQ_WARPS], [240, 24, DQ_REGS])
+    else:  # the same partitions but the dQ one; the compute groups add dQ themselves
+        gl.warp_specialize([
+            (_one_pass_partition, (k_smem.index(0), v_smem.index(0), k_smem, q_bufs, do_bufs, ds_bufs, fixed_bar,
+                                   ready, empty, turns, ds_ready, ds_free, dq_bufs, dq_full, dq_empty, DK + offset,
+                                   DV + offset, DQ + offset, s_t, T, n0, n0, m_hi, n0 + BLOCK_N, full_hi, W, g_scale,
+                                   g_slope, g_bias, scale, BLOCK_M, half, HEAD_DIM, SIGMOID, 0, False, num_warps)),
+            (_one_pass_partition, (k_smem.index(1), v_smem.index(1), k_smem, q_bufs, do_bufs, ds_bufs, fixed_bar,
+                                   ready, empty, turns, ds_ready, ds_free, dq_bufs, dq_full, dq_empty, DK + offset,
+                                   DV + offset, DQ + offset, s_t, T, n0 + half, n0, m_hi, n0 + BLOCK_N, full_hi, W,
+                                   g_scale, g_slope, g_bias, scale, BLOCK_M, half, HEAD_DIM, SIGMOID, 1, False,
+                                   num_warps)),
+            (_load_partition, (k_desc, v_desc, q_desc, do_desc, k_smem, v_smem, q_bufs, do_bufs, fixed_bar, ready,
+                               empty, b * T, n0, h * HEAD_DIM, n0, m_hi, BLOCK_M, True, True)),
+        ], [num_warps, 1], [240, 24])
 
 def swat_bwd_hopper_one_pass(do, q, k, v, slopes, window: int, sigmoid_bias: float, scale: float, sigmoid: int,
                              order: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(dq, dk, dv) as hopper.swat_bwd_hopper's, in one pass (swat_bwd_one_pass_kernel): dQ is added
-    into an fp32 buffer, in an order that varies from run to run."""
+    """(dq, dk, dv) as hopper.swat_bwd_hopper's, in one pass (swat_bwd_one_pass_kernel) with this
+    module's NUM_BUFFERS and DQ_PARTITION: dQ is added into an fp32 buffer, in an order that varies
+    from run to run."""
     B, T, H, d = q.shape
     dq = torch.zeros((B, T, H, d), device=q.device, dtype=torch.float32)
     dk, dv = (torch.empty((B, T, H, d), device=q.device, dtype=q.dtype) for _ in range(2))
     bm, bn = TILES
+    warps, regs, maxnreg = DQ_PARTITION
     swat_bwd_one_pass_kernel[(B * H * cdiv(T, bn),)](
         descriptor(q, bm), descriptor(k, bn // 2), descriptor(v, bn // 2), descriptor(do, bm), dq, dk, dv, slopes, T,
         H, window, sigmoid_bias, scale, *dk.stride()[:3], BLOCK_M=bm, BLOCK_N=bn, HEAD_DIM=d,
-        NUM_BUFFERS=NUM_BUFFERS, SIGMOID=sigmoid, ORDER=order, num_warps=hopper.GROUP_WARPS, maxnreg=hopper.MAXNREG)
+        NUM_BUFFERS=NUM_BUFFERS, SIGMOID=sigmoid, ORDER=order, DQ_WARPS=warps, DQ_REGS=regs,
+        num_warps=hopper.GROUP_WARPS, maxnreg=maxnreg)
     return dq.to(q.dtype), dk, dv

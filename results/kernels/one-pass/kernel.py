@@ -4,13 +4,14 @@ One program per key block of 128 keys (two compute warp groups of 64 keys each, 
 ping-pong schedule) over the band's query tiles of 32; per tile 5 matrix products instead of the two
 passes' 7, and one sigmoid instead of two. dK and dV stay in registers; each group writes its dS^T
 into shared memory, where both groups' halves meet, and each group computes dQ^T = k^T dS^T for its
-half of the head's columns (the queries as the product's N, so that 32 query rows suffice) and adds
-it into an fp32 dQ buffer with element-wise atomics (red.global.add.f32).
+half of the head's columns (the queries as the product's N, so that 32 query rows suffice); dQ is
+added into an fp32 buffer with element-wise atomics (red.global.add.f32), by the compute groups
+or (DQ_PARTITION) by a partition of its own that reads it from a shared staging slot.
 
 Measured on an H100 (README.md here): correct (the GPU test of hopper.py's passes ran it as the
-backward: 16 passed), but 1.22-1.35x the two passes' time, because the atomics do not overlap the
-compute: without them the one pass takes 0.80x the two passes' time and 0.87x SDPA's backward at
-T = 4K. Triton 3.6's Gluon has no bulk (TMA) reduction, which is how FlashAttention-3 hides the same
+backward: 16 passed), but 1.22-1.35x the two passes' time (1.1-1.2x with a dQ partition of four
+warps), because the atomics do not overlap the compute: without them the one pass takes 0.80x the
+two passes' time and 0.87x SDPA's backward at T = 4K. Triton 3.6's Gluon has no bulk (TMA) reduction, which is how FlashAttention-3 hides the same
 traffic; later Gluon has one (tma.async_atomic_add), which is where this kernel goes next.
 """
 import torch

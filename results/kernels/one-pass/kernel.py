@@ -11,8 +11,9 @@ or (DQ_PARTITION) by a partition of its own that reads it from a shared staging 
 Measured on an H100 (README.md here): correct (the GPU test of hopper.py's passes ran it as the
 backward: 16 passed), but 1.22-1.35x the two passes' time (1.1-1.2x with a dQ partition of four
 warps), because the atomics do not overlap the compute: without them the one pass takes 0.80x the
-two passes' time and 0.87x SDPA's backward at T = 4K. Triton 3.6's Gluon has no bulk (TMA) reduction, which is how FlashAttention-3 hides the same
-traffic; later Gluon has one (tma.async_atomic_add), which is where this kernel goes next.
+two passes' time and 0.87x SDPA's backward at T = 4K. Triton 3.6's Gluon has no bulk (TMA)
+reduction, which is how FlashAttention-3 hides the same traffic; later Gluon has one
+(tma.async_atomic_add), which is where this kernel goes next.
 """
 import torch
 from triton.experimental import gluon

@@ -1,9 +1,8 @@
 """Where kernel.py's one-pass backward spends its time (d = 128, W = T, B * T = 65536, H = 8, bf16):
-"full", or "no_atomics": the dQ products run (and are staged for a dQ partition), nothing is added
-to the buffer (kernel._add_dq and kernel._dq_partition replaced before the kernel is compiled, so
-each variant runs in a process of its own). Not a gradient: a cost breakdown, two timings each at
-T = 4K and 16K, 3 ring slots, dQ added by the compute groups or (WARPS REGS MAXNREG) by a dQ
-partition (kernel.DQ_PARTITION).
+"full", or "no_atomics": the dQ products run and are staged for the dQ partition, which adds
+nothing to the buffer (kernel._dq_partition replaced before the kernel is compiled, so each variant
+runs in a process of its own). Not a gradient: a cost breakdown, two timings each at T = 4K and
+16K, 3 ring slots, the dQ partition kernel.DQ_PARTITION or (WARPS REGS MAXNREG) another.
 
     python results/kernels/one-pass/ablate.py OUT.jsonl {full,no_atomics} [WARPS REGS MAXNREG]
 """
@@ -26,11 +25,6 @@ out, what = sys.argv[1], sys.argv[2]
 
 
 @gluon.jit
-def _no_atomics(dq, dq_base, stride_t, m, T, scale, GROUP: gl.constexpr):
-    pass
-
-
-@gluon.jit
 def _no_dq_partition(dq_bufs, dq_full, dq_empty, dq_base, stride_t, T, m_lo, m_hi, BLOCK_M: gl.constexpr,
                      HEAD_DIM: gl.constexpr):
     for i in range(gl.cdiv(m_hi - m_lo, BLOCK_M)):
@@ -39,7 +33,7 @@ def _no_dq_partition(dq_bufs, dq_full, dq_empty, dq_base, stride_t, T, m_lo, m_h
 
 
 if what == "no_atomics":
-    kernel._add_dq, kernel._dq_partition = _no_atomics, _no_dq_partition
+    kernel._dq_partition = _no_dq_partition
 partition = tuple(int(x) for x in sys.argv[3:6]) or kernel.DQ_PARTITION
 kernel.DQ_PARTITION = partition
 write = stamped_row_writer(open(out, "a"), "cuda",

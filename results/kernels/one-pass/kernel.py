@@ -4,15 +4,18 @@ One program per key block of 128 keys (two compute warp groups of 64 keys each, 
 ping-pong schedule) over the band's query tiles of 32; per tile 5 matrix products instead of the two
 passes' 7, and one sigmoid instead of two. dK and dV stay in registers; each group writes its dS^T
 into shared memory, where both groups' halves meet, and each group computes dQ^T = k^T dS^T for its
-half of the head's columns (the queries as the product's N, so that 32 query rows suffice); dQ is
-added into an fp32 buffer with element-wise atomics (red.global.add.f32), by the compute groups
-or (DQ_PARTITION) by a partition of its own that reads it from a shared staging slot.
+half of the head's columns (the queries as the product's N, so that 32 query rows suffice), which
+a partition of its own (DQ_PARTITION) reads from a shared staging slot and adds into an fp32 dQ
+buffer with element-wise atomics (red.global.add.f32). (The compute groups adding it themselves,
+commit 0d94ea1's kernel.py, was slower: README.md here.)
 
-Measured on an H100 (README.md here): correct (the GPU test of hopper.py's passes ran it as the
-backward: 16 passed), but 1.22-1.35x the two passes' time (1.1-1.2x with a dQ partition of four
-warps), because the atomics do not overlap the compute: without them the one pass takes 0.80x the
-two passes' time and 0.87x SDPA's backward at T = 4K. Triton 3.6's Gluon has no bulk (TMA)
-reduction, which is how FlashAttention-3 hides the same traffic; later Gluon has one
+Measured on an H100 (README.md here): correct (in every probe call its dk and dv equal the two
+passes' bit for bit and its dq is within 2^-9 of their largest value; earlier versions passed the
+GPU test of hopper.py's passes as the harness's backward), but 1.10-1.25x the two passes' time with
+a dQ partition of four warps (1.22-1.35x with the compute groups' own atomics), because the dQ
+additions do not overlap the compute: without them (and without the staging) the one pass takes
+0.80x the two passes' time and 0.87x SDPA's backward at T = 4K. Triton 3.6's Gluon has no bulk
+(TMA) reduction, which is how FlashAttention-3 hides the same traffic; later Gluon has one
 (tma.async_atomic_add), which is where this kernel goes next.
 """
 import torch
@@ -45,9 +48,9 @@ from harness.ops.swat.triton_common import cdiv, key_block_ranges
 thread_barrier = gl.thread_barrier if hasattr(gl, "thread_barrier") else gl.barrier
 TILES = (32, 128)  # query tile, key block
 NUM_BUFFERS = 3  # ring slots of q and dO tiles
-# who adds dQ: (warps of a dQ partition, its registers a thread, the kernel's maxnreg); 0 warps: the
-# compute groups. 16 warps in all (a partition of 4) fit the register file only at maxnreg 128.
-DQ_PARTITION = (0, 0, hopper.MAXNREG)
+# the dQ partition: (its warps, its registers a thread, the kernel's maxnreg). Four warps (16 in
+# all) fit the register file only at maxnreg 128; two at hopper.MAXNREG with 32 registers.
+DQ_PARTITION = (4, 24, 128)
 
 
 @gluon.jit
@@ -87,17 +90,6 @@ def _dq_product(k_halves, ds_bufs, ds_ready, dq_zero, i, GROUP: gl.constexpr):
                        ds_bufs.index(2 * ds_slot), dq_zero, use_acc=False, is_async=True)
     return warpgroup_mma(k_halves.index(1).slice(GROUP * half_d, half_d, dim=1).permute((1, 0)),
                          ds_bufs.index(2 * ds_slot + 1), dq, is_async=True)
-
-
-@gluon.jit
-def _add_dq(dq, dq_base, stride_t, m, T, scale, GROUP: gl.constexpr):
-    """dQ[m + j, this group's columns] += scale dQ^T[., j], element by element (fp32 atomics), rows < T."""
-    half_d: gl.constexpr = dq.shape[0]
-    BLOCK_M: gl.constexpr = dq.shape[1]
-    rows = m + gl.arange(0, BLOCK_M, layout=gl.SliceLayout(0, dq.type.layout))
-    cols = GROUP * half_d + gl.arange(0, half_d, layout=gl.SliceLayout(1, dq.type.layout))
-    gl.atomic_add(dq_base + gl.expand_dims(rows, 0) * stride_t + gl.expand_dims(cols, 1), dq * scale,
-                  mask=gl.expand_dims(rows < T, 0), sem="relaxed")
 
 
 @gluon.jit
@@ -141,18 +133,18 @@ def _dq_partition(dq_bufs, dq_full, dq_empty, dq_base, stride_t, T, m_lo, m_hi, 
 
 @gluon.jit
 def _one_pass_partition(k_smem, v_smem, k_halves, q_bufs, do_bufs, ds_bufs, fixed_bar, ready, empty, turns, ds_ready,
-                        ds_free, dq_bufs, dq_full, dq_empty, dk_base, dv_base, dq_base, stride_t, T, n0, m_lo, m_hi,
-                        full_lo, full_hi, W, g_scale, g_slope, g_bias, scale, BLOCK_M: gl.constexpr,
-                        ROWS: gl.constexpr, HEAD_DIM: gl.constexpr, SIGMOID: gl.constexpr, GROUP: gl.constexpr,
-                        STAGE: gl.constexpr, num_warps: gl.constexpr):
+                        ds_free, dq_bufs, dq_full, dq_empty, dk_base, dv_base, stride_t, T, n0, m_lo, m_hi, full_lo,
+                        full_hi, W, g_scale, g_slope, g_bias, scale, BLOCK_M: gl.constexpr, ROWS: gl.constexpr,
+                        HEAD_DIM: gl.constexpr, SIGMOID: gl.constexpr, GROUP: gl.constexpr,
+                        num_warps: gl.constexpr):
     """dV, dK and (added into the fp32 dQ) dQ for one of a key block's two halves of ROWS keys from
     n0, FlashAttention-3's one-pass backward in the ping-pong schedule of _dkdv_pingpong_partition:
     in this group's turn it issues the query tile's S^T = k q^T and dP^T = v dO^T and the previous
     tile's dv += P^T dO and dk += dS^T q, passes the turn, and issues the previous tile's dQ^T =
     k^T dS^T (this group's half of the head's columns, over both groups' keys: their dS^T meet in
     shared memory); then computes this tile's P^T and dS^T while those run, and adds the previous
-    tile's dQ into the fp32 buffer (with STAGE, hands it to the dQ partition instead). dQ^T puts
-    the queries in the product's N, so that BLOCK_M may be below wgmma's 64 rows."""
+    tile's dQ to the dQ partition. dQ^T puts the queries in the product's N, so that BLOCK_M may be
+    below wgmma's 64 rows."""
     key_idx, query_idx, lim, key_term, t_zero, dk, dv = _key_block(n0, T, W, g_slope, ROWS, BLOCK_M, HEAD_DIM,
                                                                    num_warps)
     acc_layout: gl.constexpr = dk.type.layout
@@ -185,10 +177,7 @@ def _one_pass_partition(k_smem, v_smem, k_halves, q_bufs, do_bufs, ds_bufs, fixe
         dv, dk, dq, p_t = warpgroup_mma_wait(0, deps=(dv, dk, dq, p_t))
         _release(empty, before)
         mbarrier.arrive(ds_free.index((i - 1) % 2), count=1)
-        if STAGE:
-            _stage_dq(dq, dq_bufs, dq_full, dq_empty, i - 1, scale, GROUP)
-        else:
-            _add_dq(dq, dq_base, stride_t, m_lo + (i - 1) * BLOCK_M, T, scale, GROUP)
+        _stage_dq(dq, dq_bufs, dq_full, dq_empty, i - 1, scale, GROUP)
         p_t = p_next
     last = (tiles - 1) % num_buffers
     dv = warpgroup_mma(p_t, do_bufs.index(last), dv, is_async=True)
@@ -197,10 +186,7 @@ def _one_pass_partition(k_smem, v_smem, k_halves, q_bufs, do_bufs, ds_bufs, fixe
     dv, dk, dq = warpgroup_mma_wait(0, deps=(dv, dk, dq))
     _release(empty, last)
     mbarrier.arrive(ds_free.index((tiles - 1) % 2), count=1)
-    if STAGE:
-        _stage_dq(dq, dq_bufs, dq_full, dq_empty, tiles - 1, scale, GROUP)
-    else:
-        _add_dq(dq, dq_base, stride_t, m_lo + (tiles - 1) * BLOCK_M, T, scale, GROUP)
+    _stage_dq(dq, dq_bufs, dq_full, dq_empty, tiles - 1, scale, GROUP)
     _store_rows(dk * scale, dk_base, stride_t, n0, T, ROWS, HEAD_DIM, acc_layout)
     _store_rows(dv, dv_base, stride_t, n0, T, ROWS, HEAD_DIM, acc_layout)
 
@@ -211,10 +197,9 @@ def swat_bwd_one_pass_kernel(q_desc, k_desc, v_desc, do_desc, DQ, DK, DV, Slopes
                              NUM_BUFFERS: gl.constexpr, SIGMOID: gl.constexpr, ORDER: gl.constexpr,
                              DQ_WARPS: gl.constexpr, DQ_REGS: gl.constexpr, num_warps: gl.constexpr):
     """The whole backward in one pass over each key block (_one_pass_partition): dK and dV stored,
-    dQ added into DQ (fp32, zero before the launch, the same strides as DK), by the compute groups
-    (DQ_WARPS 0) or by a dQ partition of DQ_WARPS warps with DQ_REGS registers a thread. Shared
-    memory: k and v (both halves), the ring of q and dO tiles, two slots of dS^T, each with both
-    groups' halves, and with a dQ partition two staging slots of dQ."""
+    dQ added into DQ (fp32, zero before the launch, the same strides as DK) by a dQ partition of
+    DQ_WARPS warps with DQ_REGS registers a thread. Shared memory: k and v (both halves), the ring
+    of q and dO tiles, two slots of dS^T and two staging slots of dQ, each with both groups' halves."""
     b, h, n0, g_scale, g_slope, g_bias = _program(T, H, Slopes, scale, bias, BLOCK_N, SIGMOID, ORDER)
     _, _, _, full_hi, m_hi = key_block_ranges(n0, T, T, T, W, BLOCK_M, BLOCK_N)
     half: gl.constexpr = BLOCK_N // 2
@@ -224,12 +209,10 @@ def swat_bwd_one_pass_kernel(q_desc, k_desc, v_desc, do_desc, DQ, DK, DV, Slopes
     q_bufs, do_bufs, fixed_bar, ready, empty = _ring(q_desc, do_desc, NUM_BUFFERS, 2)
     ds_layout: gl.constexpr = gl.NVMMASharedLayout.get_default_for([half, BLOCK_M], k_desc.dtype)
     ds_bufs = gl.allocate_shared_memory(k_desc.dtype, [4, half, BLOCK_M], ds_layout)  # (slot, group)
+    dq_layout: gl.constexpr = gl.NVMMASharedLayout.get_default_for([BLOCK_M, HEAD_DIM], gl.float32)
+    dq_bufs = gl.allocate_shared_memory(gl.float32, [2, BLOCK_M, HEAD_DIM], dq_layout)
     ds_ready = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
     ds_free = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
-    slots: gl.constexpr = 2 if DQ_WARPS > 0 else 1  # without a dQ partition, a small placeholder
-    cols: gl.constexpr = HEAD_DIM if DQ_WARPS > 0 else 32
-    dq_layout: gl.constexpr = gl.NVMMASharedLayout.get_default_for([BLOCK_M, cols], gl.float32)
-    dq_bufs = gl.allocate_shared_memory(gl.float32, [slots, BLOCK_M, cols], dq_layout)
     dq_full = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
     dq_empty = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
     for i in gl.static_range(2):
@@ -239,35 +222,19 @@ def swat_bwd_one_pass_kernel(q_desc, k_desc, v_desc, do_desc, DQ, DK, DV, Slopes
         mbarrier.init(dq_empty.index(i), count=1)
     turns = _turns()
     offset = b.to(gl.int64) * s_b + h * s_h
-    if DQ_WARPS > 0:
-        gl.warp_specialize([
-            (_one_pass_partition, (k_smem.index(0), v_smem.index(0), k_smem, q_bufs, do_bufs, ds_bufs, fixed_bar,
-                                   ready, empty, turns, ds_ready, ds_free, dq_bufs, dq_full, dq_empty, DK + offset,
-                                   DV + offset, DQ + offset, s_t, T, n0, n0, m_hi, n0 + BLOCK_N, full_hi, W, g_scale,
-                                   g_slope, g_bias, scale, BLOCK_M, half, HEAD_DIM, SIGMOID, 0, True, num_warps)),
-            (_one_pass_partition, (k_smem.index(1), v_smem.index(1), k_smem, q_bufs, do_bufs, ds_bufs, fixed_bar,
-                                   ready, empty, turns, ds_ready, ds_free, dq_bufs, dq_full, dq_empty, DK + offset,
-                                   DV + offset, DQ + offset, s_t, T, n0 + half, n0, m_hi, n0 + BLOCK_N, full_hi, W,
-                                   g_scale, g_slope, g_bias, scale, BLOCK_M, half, HEAD_DIM, SIGMOID, 1, True,
-                                   num_warps)),
-            (_load_partition, (k_desc, v_desc, q_desc, do_desc, k_smem, v_smem, q_bufs, do_bufs, fixed_bar, ready,
-                               empty, b * T, n0, h * HEAD_DIM, n0, m_hi, BLOCK_M, True, True)),
-            (_dq_partition, (dq_bufs, dq_full, dq_empty, DQ + offset, s_t, T, n0, m_hi, BLOCK_M, HEAD_DIM)),
-        ], [num_warps, 1, DQ_WARPS], [240, 24, DQ_REGS])
-    else:  # the same partitions but the dQ one; the compute groups add dQ themselves
-        gl.warp_specialize([
-            (_one_pass_partition, (k_smem.index(0), v_smem.index(0), k_smem, q_bufs, do_bufs, ds_bufs, fixed_bar,
-                                   ready, empty, turns, ds_ready, ds_free, dq_bufs, dq_full, dq_empty, DK + offset,
-                                   DV + offset, DQ + offset, s_t, T, n0, n0, m_hi, n0 + BLOCK_N, full_hi, W, g_scale,
-                                   g_slope, g_bias, scale, BLOCK_M, half, HEAD_DIM, SIGMOID, 0, False, num_warps)),
-            (_one_pass_partition, (k_smem.index(1), v_smem.index(1), k_smem, q_bufs, do_bufs, ds_bufs, fixed_bar,
-                                   ready, empty, turns, ds_ready, ds_free, dq_bufs, dq_full, dq_empty, DK + offset,
-                                   DV + offset, DQ + offset, s_t, T, n0 + half, n0, m_hi, n0 + BLOCK_N, full_hi, W,
-                                   g_scale, g_slope, g_bias, scale, BLOCK_M, half, HEAD_DIM, SIGMOID, 1, False,
-                                   num_warps)),
-            (_load_partition, (k_desc, v_desc, q_desc, do_desc, k_smem, v_smem, q_bufs, do_bufs, fixed_bar, ready,
-                               empty, b * T, n0, h * HEAD_DIM, n0, m_hi, BLOCK_M, True, True)),
-        ], [num_warps, 1], [240, 24])
+    gl.warp_specialize([
+        (_one_pass_partition, (k_smem.index(0), v_smem.index(0), k_smem, q_bufs, do_bufs, ds_bufs, fixed_bar, ready,
+                               empty, turns, ds_ready, ds_free, dq_bufs, dq_full, dq_empty, DK + offset, DV + offset,
+                               s_t, T, n0, n0, m_hi, n0 + BLOCK_N, full_hi, W, g_scale, g_slope, g_bias, scale,
+                               BLOCK_M, half, HEAD_DIM, SIGMOID, 0, num_warps)),
+        (_one_pass_partition, (k_smem.index(1), v_smem.index(1), k_smem, q_bufs, do_bufs, ds_bufs, fixed_bar, ready,
+                               empty, turns, ds_ready, ds_free, dq_bufs, dq_full, dq_empty, DK + offset, DV + offset,
+                               s_t, T, n0 + half, n0, m_hi, n0 + BLOCK_N, full_hi, W, g_scale, g_slope, g_bias, scale,
+                               BLOCK_M, half, HEAD_DIM, SIGMOID, 1, num_warps)),
+        (_load_partition, (k_desc, v_desc, q_desc, do_desc, k_smem, v_smem, q_bufs, do_bufs, fixed_bar, ready, empty,
+                           b * T, n0, h * HEAD_DIM, n0, m_hi, BLOCK_M, True, True)),
+        (_dq_partition, (dq_bufs, dq_full, dq_empty, DQ + offset, s_t, T, n0, m_hi, BLOCK_M, HEAD_DIM)),
+    ], [num_warps, 1, DQ_WARPS], [240, 24, DQ_REGS])
 
 def swat_bwd_hopper_one_pass(do, q, k, v, slopes, window: int, sigmoid_bias: float, scale: float, sigmoid: int,
                              order: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -29,7 +29,6 @@ write = stamped_row_writer(open(sys.argv[1], "w"), "cuda",
 SHAPES = [(4096, "T"), (16384, "T"), (32768, "T"), (16384, 2048)]
 # name: the one pass's ring slots and kernel.DQ_PARTITION (None: hopper.py's two passes)
 VARIANTS = {"two passes (committed)": None,
-            "one pass, 3 slots": (3, (0, 0, hopper.MAXNREG)),
             "one pass, dQ partition of 2 warps": (3, (2, 32, hopper.MAXNREG)),
             "one pass, dQ partition of 4 warps": (3, (4, 24, 128))}
 

@@ -94,9 +94,9 @@ def _dq_product(k_halves, ds_bufs, ds_ready, dq_zero, i, GROUP: gl.constexpr):
 
 @gluon.jit
 def _stage_dq(dq, dq_bufs, dq_full, dq_empty, i, scale, GROUP: gl.constexpr):
-    """With a dQ partition: hand scale dQ^T of query tile i (this group's half of the head's
-    columns) to it, transposed into the group's half of the tile's staging slot (two, alternating
-    by tile, each free again once that partition has read it), announced on dq_full."""
+    """Hand scale dQ^T of query tile i (this group's half of the head's columns) to the dQ
+    partition, transposed into the group's half of the tile's staging slot (two, alternating by
+    tile, each free again once that partition has read it), announced on dq_full."""
     half_d: gl.constexpr = dq.shape[0]
     dq_slot = i % 2
     mbarrier.wait(dq_empty.index(dq_slot), ((i // 2) & 1) ^ 1)  # the first two tiles do not wait

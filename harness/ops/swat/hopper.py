@@ -263,6 +263,25 @@ def _dkdv_operands(s_t, dp_t, m, n0, key_idx, query_idx, key_term, lim, full_lo,
 
 
 @gluon.jit
+def _key_scores(k_smem, v_smem, q_bufs, do_bufs, slot, t_zero):
+    """Issue S^T = k q^T and dP^T = v dO^T (keys x queries) of the query tile in ring slot `slot`."""
+    s_t = warpgroup_mma(k_smem, q_bufs.index(slot).permute((1, 0)), t_zero, use_acc=False, is_async=True)
+    dp_t = warpgroup_mma(v_smem, do_bufs.index(slot).permute((1, 0)), t_zero, use_acc=False, is_async=True)
+    return s_t, dp_t
+
+
+@gluon.jit
+def _first_key_scores(k_smem, v_smem, q_bufs, do_bufs, fixed_bar, ready, turns, t_zero, GROUP: gl.constexpr):
+    """S^T and dP^T of a key block's first query tile, waited for: once the fixed tiles and the
+    first ring slot are in and it is this group's turn, which it passes on after issuing them."""
+    mbarrier.wait(fixed_bar, 0)
+    _pingpong_step(ready, turns, 0, q_bufs.type.shape[0], GROUP)
+    s_t, dp_t = _key_scores(k_smem, v_smem, q_bufs, do_bufs, 0, t_zero)
+    mbarrier.arrive(turns.index(1 - GROUP), count=1)
+    return warpgroup_mma_wait(0, deps=(s_t, dp_t))
+
+
+@gluon.jit
 def _dkdv_pingpong_partition(k_smem, v_smem, q_bufs, do_bufs, fixed_bar, ready, empty, turns, dk_base, dv_base,
                              stride_t, T, n0, m_lo, m_hi, full_lo, full_hi, W, g_scale, g_slope, g_bias, scale,
                              BLOCK_M: gl.constexpr, ROWS: gl.constexpr, HEAD_DIM: gl.constexpr,
@@ -279,18 +298,12 @@ def _dkdv_pingpong_partition(k_smem, v_smem, q_bufs, do_bufs, fixed_bar, ready, 
     gl.static_assert(num_buffers >= 2, "each step holds two q/dO slots: this tile's and the previous tile's")
     dtype: gl.constexpr = k_smem.dtype
     tiles = gl.cdiv(m_hi - m_lo, BLOCK_M)
-    mbarrier.wait(fixed_bar, 0)
-    _pingpong_step(ready, turns, 0, num_buffers, GROUP)
-    s_t = warpgroup_mma(k_smem, q_bufs.index(0).permute((1, 0)), t_zero, use_acc=False, is_async=True)
-    dp_t = warpgroup_mma(v_smem, do_bufs.index(0).permute((1, 0)), t_zero, use_acc=False, is_async=True)
-    mbarrier.arrive(turns.index(1 - GROUP), count=1)
-    s_t, dp_t = warpgroup_mma_wait(0, deps=(s_t, dp_t))
+    s_t, dp_t = _first_key_scores(k_smem, v_smem, q_bufs, do_bufs, fixed_bar, ready, turns, t_zero, GROUP)
     p_t, ds_t = _dkdv_operands(s_t, dp_t, m_lo, n0, key_idx, query_idx, key_term, lim, full_lo, full_hi, g_scale,
                                g_slope, g_bias, SIGMOID, dtype, a_layout)
     for i in range(1, tiles):
         slot, before = _pingpong_step(ready, turns, i, num_buffers, GROUP)
-        s_t = warpgroup_mma(k_smem, q_bufs.index(slot).permute((1, 0)), t_zero, use_acc=False, is_async=True)
-        dp_t = warpgroup_mma(v_smem, do_bufs.index(slot).permute((1, 0)), t_zero, use_acc=False, is_async=True)
+        s_t, dp_t = _key_scores(k_smem, v_smem, q_bufs, do_bufs, slot, t_zero)
         dv = warpgroup_mma(p_t, do_bufs.index(before), dv, is_async=True)
         dk = warpgroup_mma(ds_t, q_bufs.index(before), dk, is_async=True)
         mbarrier.arrive(turns.index(1 - GROUP), count=1)

@@ -30,7 +30,9 @@ from triton.experimental.gluon.language.nvidia.hopper import (
 
 from harness.ops.swat import hopper
 from harness.ops.swat.hopper import (
+    _first_key_scores,
     _key_block,
+    _key_scores,
     _load_partition,
     _mma_layout,
     _pingpong_step,
@@ -154,26 +156,20 @@ def _one_pass_partition(k_smem, v_smem, k_halves, q_bufs, do_bufs, ds_bufs, fixe
     gl.static_assert(num_buffers >= 2, "each step holds two q/dO slots: this tile's and the previous tile's")
     dtype: gl.constexpr = k_smem.dtype
     tiles = gl.cdiv(m_hi - m_lo, BLOCK_M)
-    mbarrier.wait(fixed_bar, 0)
-    _pingpong_step(ready, turns, 0, num_buffers, GROUP)
-    s_t = warpgroup_mma(k_smem, q_bufs.index(0).permute((1, 0)), t_zero, use_acc=False, is_async=True)
-    dp_t = warpgroup_mma(v_smem, do_bufs.index(0).permute((1, 0)), t_zero, use_acc=False, is_async=True)
-    mbarrier.arrive(turns.index(1 - GROUP), count=1)
-    s_t, dp_t = warpgroup_mma_wait(0, deps=(s_t, dp_t))
-    p_t = _one_pass_operands(s_t, dp_t, ds_bufs, ds_ready, ds_free, 0, m_lo, n0, key_idx, query_idx, key_term,
-                                   lim, full_lo, full_hi, g_scale, g_slope, g_bias, SIGMOID, GROUP, dtype, a_layout)
+    s_t, dp_t = _first_key_scores(k_smem, v_smem, q_bufs, do_bufs, fixed_bar, ready, turns, t_zero, GROUP)
+    p_t = _one_pass_operands(s_t, dp_t, ds_bufs, ds_ready, ds_free, 0, m_lo, n0, key_idx, query_idx, key_term, lim,
+                             full_lo, full_hi, g_scale, g_slope, g_bias, SIGMOID, GROUP, dtype, a_layout)
     for i in range(1, tiles):
         slot, before = _pingpong_step(ready, turns, i, num_buffers, GROUP)
-        s_t = warpgroup_mma(k_smem, q_bufs.index(slot).permute((1, 0)), t_zero, use_acc=False, is_async=True)
-        dp_t = warpgroup_mma(v_smem, do_bufs.index(slot).permute((1, 0)), t_zero, use_acc=False, is_async=True)
+        s_t, dp_t = _key_scores(k_smem, v_smem, q_bufs, do_bufs, slot, t_zero)
         dv = warpgroup_mma(p_t, do_bufs.index(before), dv, is_async=True)
         dk = warpgroup_mma(ds_bufs.index(2 * ((i - 1) % 2) + GROUP), q_bufs.index(before), dk, is_async=True)
         mbarrier.arrive(turns.index(1 - GROUP), count=1)
         dq = _dq_product(k_halves, ds_bufs, ds_ready, dq_zero, i - 1, GROUP)
         s_t, dp_t = warpgroup_mma_wait(4, deps=(s_t, dp_t))  # in order: S^T, dP^T done; dv, dk, dQ^T may run
-        p_next = _one_pass_operands(s_t, dp_t, ds_bufs, ds_ready, ds_free, i, m_lo + i * BLOCK_M, n0,
-                                             key_idx, query_idx, key_term, lim, full_lo, full_hi, g_scale, g_slope,
-                                             g_bias, SIGMOID, GROUP, dtype, a_layout)
+        p_next = _one_pass_operands(s_t, dp_t, ds_bufs, ds_ready, ds_free, i, m_lo + i * BLOCK_M, n0, key_idx,
+                                    query_idx, key_term, lim, full_lo, full_hi, g_scale, g_slope, g_bias, SIGMOID,
+                                    GROUP, dtype, a_layout)
         dv, dk, dq, p_t = warpgroup_mma_wait(0, deps=(dv, dk, dq, p_t))
         _release(empty, before)
         mbarrier.arrive(ds_free.index((i - 1) % 2), count=1)

@@ -19,14 +19,18 @@ additions do not overlap the compute: without them (and without the staging) the
 (tma.async_atomic_add), which is where this kernel goes next.
 """
 import torch
+from triton._C.libtriton import ir
 from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
+from triton.experimental.gluon.language._core import builtin
 from triton.experimental.gluon.language.nvidia.hopper import (
     fence_async_shared,
     mbarrier,
+    tma,
     warpgroup_mma,
     warpgroup_mma_wait,
 )
+from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
 from harness.ops.swat import hopper
 from harness.ops.swat.hopper import (
@@ -48,11 +52,21 @@ from harness.ops.swat.triton_common import cdiv, key_block_ranges
 
 # Triton 3.6's Gluon names the barrier of a partition's threads thread_barrier, later ones barrier
 thread_barrier = gl.thread_barrier if hasattr(gl, "thread_barrier") else gl.barrier
+
+
+@builtin
+def _tma_reduce_add_36(tensor_desc, coord, src, _semantic=None):
+    """Later Gluon's tma.async_atomic_add for Triton 3.6, whose Gluon builder has the operation
+    (create_async_tma_reduce, lowered to cp.reduce.async.bulk.tensor) but no Python name for it."""
+    coord = _semantic._convert_to_ir_values(coord, require_i64=False)
+    _semantic.builder.create_async_tma_reduce(ir.DESCRIPTOR_REDUCE_KIND.ADD, tensor_desc.handle, coord, src.handle)
+
+
+# Add a shared tile into the global tensor of a descriptor by the copy engine's bulk reduction
+tma_reduce_add = getattr(tma, "async_atomic_add", _tma_reduce_add_36)
 TILES = (32, 128)  # query tile, key block
 NUM_BUFFERS = 3  # ring slots of q and dO tiles
-# the dQ partition: (its warps, its registers a thread, the kernel's maxnreg). Four warps (16 in
-# all) fit the register file only at maxnreg 128; two at hopper.MAXNREG with 32 registers.
-DQ_PARTITION = (4, 24, 128)
+DQ_SLOTS = 2  # each group's staging slots of dQ^T, each free again once its reduction has read it
 
 
 @gluon.jit
@@ -95,47 +109,24 @@ def _dq_product(k_halves, ds_bufs, ds_ready, dq_zero, i, GROUP: gl.constexpr):
 
 
 @gluon.jit
-def _stage_dq(dq, dq_bufs, dq_full, dq_empty, i, scale, GROUP: gl.constexpr):
-    """Hand scale dQ^T of query tile i (this group's half of the head's columns) to the dQ
-    partition, transposed into the group's half of the tile's staging slot (two, alternating by
-    tile, each free again once that partition has read it), announced on dq_full."""
-    half_d: gl.constexpr = dq.shape[0]
-    dq_slot = i % 2
-    mbarrier.wait(dq_empty.index(dq_slot), ((i // 2) & 1) ^ 1)  # the first two tiles do not wait
-    dq_bufs.index(dq_slot).slice(GROUP * half_d, half_d, dim=1).store(gl.permute(dq * scale, [1, 0]))
-    thread_barrier()  # every thread's part is in shared memory before the arrival
-    mbarrier.arrive(dq_full.index(dq_slot), count=1)
-
-
-@gluon.jit
-def _dq_partition(dq_bufs, dq_full, dq_empty, dq_base, stride_t, T, m_lo, m_hi, BLOCK_M: gl.constexpr,
-                  HEAD_DIM: gl.constexpr):
-    """The dQ partition: adds each query tile's dQ (both groups' halves, [BLOCK_M, HEAD_DIM] fp32 in
-    a staging slot) into the fp32 dQ rows m, m + 1, ... (< T), element by element, 8 rows x 32
-    columns at a time (the slot's swizzle repeats every 8 rows), a warp adding 32 consecutive
-    columns per instruction; so that the compute groups do not issue the atomics themselves."""
-    warps: gl.constexpr = gl.num_warps()
-    ROWS: gl.constexpr = 8
-    layout: gl.constexpr = gl.BlockedLayout([ROWS // warps, 1], [1, 32], [warps, 1], [1, 0])
-    rows = gl.arange(0, ROWS, layout=gl.SliceLayout(1, layout))
-    cols = gl.arange(0, 32, layout=gl.SliceLayout(0, layout))
-    for i in range(gl.cdiv(m_hi - m_lo, BLOCK_M)):
-        dq_slot = i % 2
-        mbarrier.wait(dq_full.index(dq_slot), (i // 2) & 1)
-        tile = dq_bufs.index(dq_slot)
-        for r in gl.static_range(BLOCK_M // ROWS):
-            for c in gl.static_range(HEAD_DIM // 32):
-                part = tile.slice(r * ROWS, ROWS, dim=0).slice(c * 32, 32, dim=1).load(layout)
-                row = m_lo + i * BLOCK_M + r * ROWS + rows
-                gl.atomic_add(dq_base + gl.expand_dims(row, 1) * stride_t + c * 32 + gl.expand_dims(cols, 0), part,
-                              mask=gl.expand_dims(row < T, 1), sem="relaxed")
-        thread_barrier()
-        mbarrier.arrive(dq_empty.index(dq_slot), count=1)
+def _add_dq(dq, dq_desc, dq_slots, row, m, i, GROUP: gl.constexpr):
+    """Add dQ^T of query tile i (this group's half of the head's columns, rows row.. of the
+    transposed fp32 buffer, columns m..) by one bulk reduction of the copy engine (TMA reduce-add)
+    from this group's staging slot i % slots, written once the reduction that read it slots tiles
+    before has; the tensor cores go on meanwhile."""
+    slots: gl.constexpr = dq_slots.type.shape[0] // 2
+    slot = dq_slots.index(GROUP * slots + i % slots)
+    tma.store_wait(slots - 1)  # the issuing thread's reduction of tile i - slots has read the slot
+    thread_barrier()
+    slot.store(dq)
+    fence_async_shared()
+    thread_barrier()  # every thread's part of dQ^T is in shared memory before the reduction reads it
+    tma_reduce_add(dq_desc, [row, m], slot)
 
 
 @gluon.jit
 def _one_pass_partition(k_smem, v_smem, k_halves, q_bufs, do_bufs, ds_bufs, fixed_bar, ready, empty, turns, ds_ready,
-                        ds_free, dq_bufs, dq_full, dq_empty, dk_base, dv_base, stride_t, T, n0, m_lo, m_hi, full_lo,
+                        ds_free, dq_desc, dq_slots, dq_row, dk_base, dv_base, stride_t, T, n0, m_lo, m_hi, full_lo,
                         full_hi, W, g_scale, g_slope, g_bias, scale, BLOCK_M: gl.constexpr, ROWS: gl.constexpr,
                         HEAD_DIM: gl.constexpr, SIGMOID: gl.constexpr, GROUP: gl.constexpr,
                         num_warps: gl.constexpr):
@@ -173,7 +164,7 @@ def _one_pass_partition(k_smem, v_smem, k_halves, q_bufs, do_bufs, ds_bufs, fixe
         dv, dk, dq, p_t = warpgroup_mma_wait(0, deps=(dv, dk, dq, p_t))
         _release(empty, before)
         mbarrier.arrive(ds_free.index((i - 1) % 2), count=1)
-        _stage_dq(dq, dq_bufs, dq_full, dq_empty, i - 1, scale, GROUP)
+        _add_dq(dq, dq_desc, dq_slots, dq_row, m_lo + (i - 1) * BLOCK_M, i - 1, GROUP)
         p_t = p_next
     last = (tiles - 1) % num_buffers
     dv = warpgroup_mma(p_t, do_bufs.index(last), dv, is_async=True)
@@ -182,69 +173,71 @@ def _one_pass_partition(k_smem, v_smem, k_halves, q_bufs, do_bufs, ds_bufs, fixe
     dv, dk, dq = warpgroup_mma_wait(0, deps=(dv, dk, dq))
     _release(empty, last)
     mbarrier.arrive(ds_free.index((tiles - 1) % 2), count=1)
-    _stage_dq(dq, dq_bufs, dq_full, dq_empty, tiles - 1, scale, GROUP)
+    _add_dq(dq, dq_desc, dq_slots, dq_row, m_lo + (tiles - 1) * BLOCK_M, tiles - 1, GROUP)
     _store_rows(dk * scale, dk_base, stride_t, n0, T, ROWS, HEAD_DIM, acc_layout)
     _store_rows(dv, dv_base, stride_t, n0, T, ROWS, HEAD_DIM, acc_layout)
+    tma.store_wait(0)  # the staging slots stay until the last reduction has read them
 
 
 @gluon.jit
-def swat_bwd_one_pass_kernel(q_desc, k_desc, v_desc, do_desc, DQ, DK, DV, Slopes, T, H, W, bias, scale, s_b, s_t, s_h,
-                             BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, HEAD_DIM: gl.constexpr,
-                             NUM_BUFFERS: gl.constexpr, SIGMOID: gl.constexpr, ORDER: gl.constexpr,
-                             DQ_WARPS: gl.constexpr, DQ_REGS: gl.constexpr, num_warps: gl.constexpr):
+def swat_bwd_one_pass_kernel(q_desc, k_desc, v_desc, do_desc, dq_desc, DK, DV, Slopes, T, H, W, bias, scale, s_b, s_t,
+                             s_h, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, HEAD_DIM: gl.constexpr,
+                             NUM_BUFFERS: gl.constexpr, DQ_SLOTS: gl.constexpr, SIGMOID: gl.constexpr,
+                             ORDER: gl.constexpr, num_warps: gl.constexpr):
     """The whole backward in one pass over each key block (_one_pass_partition): dK and dV stored,
-    dQ added into DQ (fp32, zero before the launch, the same strides as DK) by a dQ partition of
-    DQ_WARPS warps with DQ_REGS registers a thread. Shared memory: k and v (both halves), the ring
-    of q and dO tiles, two slots of dS^T and two staging slots of dQ, each with both groups' halves."""
+    dQ^T added into the fp32 buffer of dq_desc ([B * H * HEAD_DIM, T], zero before the launch) by
+    TMA reduce-add. Shared memory: k and v (both halves), the ring of q and dO tiles, two slots of
+    dS^T with both groups' halves, and DQ_SLOTS staging slots of dQ^T for each group."""
     b, h, n0, g_scale, g_slope, g_bias = _program(T, H, Slopes, scale, bias, BLOCK_N, SIGMOID, ORDER)
     _, _, _, full_hi, m_hi = key_block_ranges(n0, T, T, T, W, BLOCK_M, BLOCK_N)
     half: gl.constexpr = BLOCK_N // 2
+    half_d: gl.constexpr = HEAD_DIM // 2
 
     k_smem = gl.allocate_shared_memory(k_desc.dtype, [2] + k_desc.block_type.shape, k_desc.layout)
     v_smem = gl.allocate_shared_memory(v_desc.dtype, [2] + v_desc.block_type.shape, v_desc.layout)
     q_bufs, do_bufs, fixed_bar, ready, empty = _ring(q_desc, do_desc, NUM_BUFFERS, 2)
     ds_layout: gl.constexpr = gl.NVMMASharedLayout.get_default_for([half, BLOCK_M], k_desc.dtype)
     ds_bufs = gl.allocate_shared_memory(k_desc.dtype, [4, half, BLOCK_M], ds_layout)  # (slot, group)
-    dq_layout: gl.constexpr = gl.NVMMASharedLayout.get_default_for([BLOCK_M, HEAD_DIM], gl.float32)
-    dq_bufs = gl.allocate_shared_memory(gl.float32, [2, BLOCK_M, HEAD_DIM], dq_layout)
+    dq_slots = gl.allocate_shared_memory(gl.float32, [2 * DQ_SLOTS, half_d, BLOCK_M], dq_desc.layout)  # (group, slot)
     ds_ready = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
     ds_free = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
-    dq_full = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
-    dq_empty = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
     for i in gl.static_range(2):
         mbarrier.init(ds_ready.index(i), count=2)
         mbarrier.init(ds_free.index(i), count=2)
-        mbarrier.init(dq_full.index(i), count=2)
-        mbarrier.init(dq_empty.index(i), count=1)
     turns = _turns()
     offset = b.to(gl.int64) * s_b + h * s_h
+    dq_row = (b * H + h) * HEAD_DIM
     gl.warp_specialize([
         (_one_pass_partition, (k_smem.index(0), v_smem.index(0), k_smem, q_bufs, do_bufs, ds_bufs, fixed_bar, ready,
-                               empty, turns, ds_ready, ds_free, dq_bufs, dq_full, dq_empty, DK + offset, DV + offset,
-                               s_t, T, n0, n0, m_hi, n0 + BLOCK_N, full_hi, W, g_scale, g_slope, g_bias, scale,
-                               BLOCK_M, half, HEAD_DIM, SIGMOID, 0, num_warps)),
+                               empty, turns, ds_ready, ds_free, dq_desc, dq_slots, dq_row,
+                               DK + offset, DV + offset, s_t, T, n0, n0, m_hi, n0 + BLOCK_N, full_hi, W, g_scale,
+                               g_slope, g_bias, scale, BLOCK_M, half, HEAD_DIM, SIGMOID, 0, num_warps)),
         (_one_pass_partition, (k_smem.index(1), v_smem.index(1), k_smem, q_bufs, do_bufs, ds_bufs, fixed_bar, ready,
-                               empty, turns, ds_ready, ds_free, dq_bufs, dq_full, dq_empty, DK + offset, DV + offset,
-                               s_t, T, n0 + half, n0, m_hi, n0 + BLOCK_N, full_hi, W, g_scale, g_slope, g_bias, scale,
-                               BLOCK_M, half, HEAD_DIM, SIGMOID, 1, num_warps)),
+                               empty, turns, ds_ready, ds_free, dq_desc, dq_slots,
+                               dq_row + half_d, DK + offset, DV + offset, s_t, T, n0 + half, n0, m_hi, n0 + BLOCK_N,
+                               full_hi, W, g_scale, g_slope, g_bias, scale, BLOCK_M, half, HEAD_DIM, SIGMOID, 1,
+                               num_warps)),
         (_load_partition, (k_desc, v_desc, q_desc, do_desc, k_smem, v_smem, q_bufs, do_bufs, fixed_bar, ready, empty,
                            b * T, n0, h * HEAD_DIM, n0, m_hi, BLOCK_M, True, True)),
-        (_dq_partition, (dq_bufs, dq_full, dq_empty, DQ + offset, s_t, T, n0, m_hi, BLOCK_M, HEAD_DIM)),
-    ], [num_warps, 1, DQ_WARPS], [240, 24, DQ_REGS])
+    ], [num_warps, 1], [240, 24])
+
 
 def swat_bwd_hopper_one_pass(do, q, k, v, slopes, window: int, sigmoid_bias: float, scale: float, sigmoid: int,
                              order: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(dq, dk, dv) as hopper.swat_bwd_hopper's, in one pass (swat_bwd_one_pass_kernel) with this
-    module's NUM_BUFFERS and DQ_PARTITION: dQ is added into an fp32 buffer, in an order that varies
-    from run to run."""
+    module's NUM_BUFFERS and DQ_SLOTS: dQ^T is added into an fp32 buffer [B, H, d, T] (its rows
+    padded to 16 bytes, as TMA needs), in an order that varies from run to run, then transposed."""
     B, T, H, d = q.shape
-    dq = torch.zeros((B, T, H, d), device=q.device, dtype=torch.float32)
-    dk, dv = (torch.empty((B, T, H, d), device=q.device, dtype=q.dtype) for _ in range(2))
     bm, bn = TILES
-    warps, regs, maxnreg = DQ_PARTITION
+    dq_t = torch.zeros((B, H, d, cdiv(T, 4) * 4), device=q.device, dtype=torch.float32)
+    layout = gl.NVMMASharedLayout.get_default_for([d // 2, bm], gl.float32)
+    dq_desc = TensorDescriptor(dq_t, [B * H * d, T], [dq_t.stride(2), 1], [d // 2, bm], layout)
+    dk, dv = (torch.empty((B, T, H, d), device=q.device, dtype=q.dtype) for _ in range(2))
     swat_bwd_one_pass_kernel[(B * H * cdiv(T, bn),)](
-        descriptor(q, bm), descriptor(k, bn // 2), descriptor(v, bn // 2), descriptor(do, bm), dq, dk, dv, slopes, T,
-        H, window, sigmoid_bias, scale, *dk.stride()[:3], BLOCK_M=bm, BLOCK_N=bn, HEAD_DIM=d,
-        NUM_BUFFERS=NUM_BUFFERS, SIGMOID=sigmoid, ORDER=order, DQ_WARPS=warps, DQ_REGS=regs,
-        num_warps=hopper.GROUP_WARPS, maxnreg=maxnreg)
-    return dq.to(q.dtype), dk, dv
+        descriptor(q, bm), descriptor(k, bn // 2), descriptor(v, bn // 2), descriptor(do, bm), dq_desc, dk, dv, slopes,
+        T, H, window, sigmoid_bias, scale, *dk.stride()[:3], BLOCK_M=bm, BLOCK_N=bn, HEAD_DIM=d,
+        NUM_BUFFERS=NUM_BUFFERS, DQ_SLOTS=DQ_SLOTS, SIGMOID=sigmoid, ORDER=order, num_warps=hopper.GROUP_WARPS,
+        maxnreg=hopper.MAXNREG)
+    dq = torch.empty_like(q)
+    torch.mul(dq_t[..., :T].permute(0, 3, 1, 2), scale, out=dq)
+    return dq, dk, dv

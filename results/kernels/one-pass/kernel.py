@@ -109,13 +109,17 @@ def _dq_product(k_halves, ds_bufs, ds_ready, dq_zero, i, GROUP: gl.constexpr):
 
 
 @gluon.jit
-def _add_dq(dq, dq_desc, dq_slots, row, m, i, GROUP: gl.constexpr):
+def _add_dq(dq, dq_desc, dq_slots, row, m, i, GROUP: gl.constexpr, passed):
     """Add dQ^T of query tile i (this group's half of the head's columns, rows row.. of the
     transposed fp32 buffer, columns m..) by one bulk reduction of the copy engine (TMA reduce-add)
     from this group's staging slot i % slots, written once the reduction that read it slots tiles
-    before has; the tensor cores go on meanwhile."""
+    before has; the tensor cores go on meanwhile. passed: a barrier whose first phase completed at
+    launch. Waiting on it costs one instruction; without an mbarrier wait before the staging store,
+    ptxas (Triton 3.6's) serializes every wgmma of the kernel (its warning C7514), as it does when
+    dQ^T is not used at all."""
     slots: gl.constexpr = dq_slots.type.shape[0] // 2
     slot = dq_slots.index(GROUP * slots + i % slots)
+    mbarrier.wait(passed, 0)  # returns at once (see above)
     tma.store_wait(slots - 1)  # the issuing thread's reduction of tile i - slots has read the slot
     thread_barrier()
     slot.store(dq)
@@ -126,9 +130,9 @@ def _add_dq(dq, dq_desc, dq_slots, row, m, i, GROUP: gl.constexpr):
 
 @gluon.jit
 def _one_pass_partition(k_smem, v_smem, k_halves, q_bufs, do_bufs, ds_bufs, fixed_bar, ready, empty, turns, ds_ready,
-                        ds_free, dq_desc, dq_slots, dq_row, dk_base, dv_base, stride_t, T, n0, m_lo, m_hi, full_lo,
-                        full_hi, W, g_scale, g_slope, g_bias, scale, BLOCK_M: gl.constexpr, ROWS: gl.constexpr,
-                        HEAD_DIM: gl.constexpr, SIGMOID: gl.constexpr, GROUP: gl.constexpr,
+                        ds_free, passed, dq_desc, dq_slots, dq_row, dk_base, dv_base, stride_t, T, n0, m_lo, m_hi,
+                        full_lo, full_hi, W, g_scale, g_slope, g_bias, scale, BLOCK_M: gl.constexpr,
+                        ROWS: gl.constexpr, HEAD_DIM: gl.constexpr, SIGMOID: gl.constexpr, GROUP: gl.constexpr,
                         num_warps: gl.constexpr):
     """dV, dK and (added into the fp32 dQ) dQ for one of a key block's two halves of ROWS keys from
     n0, FlashAttention-3's one-pass backward in the ping-pong schedule of _dkdv_pingpong_partition:
@@ -164,7 +168,7 @@ def _one_pass_partition(k_smem, v_smem, k_halves, q_bufs, do_bufs, ds_bufs, fixe
         dv, dk, dq, p_t = warpgroup_mma_wait(0, deps=(dv, dk, dq, p_t))
         _release(empty, before)
         mbarrier.arrive(ds_free.index((i - 1) % 2), count=1)
-        _add_dq(dq, dq_desc, dq_slots, dq_row, m_lo + (i - 1) * BLOCK_M, i - 1, GROUP)
+        _add_dq(dq, dq_desc, dq_slots, dq_row, m_lo + (i - 1) * BLOCK_M, i - 1, GROUP, passed)
         p_t = p_next
     last = (tiles - 1) % num_buffers
     dv = warpgroup_mma(p_t, do_bufs.index(last), dv, is_async=True)
@@ -173,7 +177,7 @@ def _one_pass_partition(k_smem, v_smem, k_halves, q_bufs, do_bufs, ds_bufs, fixe
     dv, dk, dq = warpgroup_mma_wait(0, deps=(dv, dk, dq))
     _release(empty, last)
     mbarrier.arrive(ds_free.index((tiles - 1) % 2), count=1)
-    _add_dq(dq, dq_desc, dq_slots, dq_row, m_lo + (tiles - 1) * BLOCK_M, tiles - 1, GROUP)
+    _add_dq(dq, dq_desc, dq_slots, dq_row, m_lo + (tiles - 1) * BLOCK_M, tiles - 1, GROUP, passed)
     _store_rows(dk * scale, dk_base, stride_t, n0, T, ROWS, HEAD_DIM, acc_layout)
     _store_rows(dv, dv_base, stride_t, n0, T, ROWS, HEAD_DIM, acc_layout)
     tma.store_wait(0)  # the staging slots stay until the last reduction has read them
@@ -205,15 +209,18 @@ def swat_bwd_one_pass_kernel(q_desc, k_desc, v_desc, do_desc, dq_desc, DK, DV, S
         mbarrier.init(ds_ready.index(i), count=2)
         mbarrier.init(ds_free.index(i), count=2)
     turns = _turns()
+    passed = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())  # _add_dq's
+    mbarrier.init(passed, count=1)
+    mbarrier.arrive(passed, count=1)
     offset = b.to(gl.int64) * s_b + h * s_h
     dq_row = (b * H + h) * HEAD_DIM
     gl.warp_specialize([
         (_one_pass_partition, (k_smem.index(0), v_smem.index(0), k_smem, q_bufs, do_bufs, ds_bufs, fixed_bar, ready,
-                               empty, turns, ds_ready, ds_free, dq_desc, dq_slots, dq_row,
+                               empty, turns, ds_ready, ds_free, passed, dq_desc, dq_slots, dq_row,
                                DK + offset, DV + offset, s_t, T, n0, n0, m_hi, n0 + BLOCK_N, full_hi, W, g_scale,
                                g_slope, g_bias, scale, BLOCK_M, half, HEAD_DIM, SIGMOID, 0, num_warps)),
         (_one_pass_partition, (k_smem.index(1), v_smem.index(1), k_smem, q_bufs, do_bufs, ds_bufs, fixed_bar, ready,
-                               empty, turns, ds_ready, ds_free, dq_desc, dq_slots,
+                               empty, turns, ds_ready, ds_free, passed, dq_desc, dq_slots,
                                dq_row + half_d, DK + offset, DV + offset, s_t, T, n0 + half, n0, m_hi, n0 + BLOCK_N,
                                full_hi, W, g_scale, g_slope, g_bias, scale, BLOCK_M, half, HEAD_DIM, SIGMOID, 1,
                                num_warps)),

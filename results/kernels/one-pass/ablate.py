@@ -1,8 +1,9 @@
 """Where kernel.py's one-pass backward spends its time (d = 128, W = T, B * T = 65536, H = 8, bf16):
 "full", or "no_reduce": the dQ products run and are staged in shared memory, but no reduction adds
 them to the buffer (kernel.tma_reduce_add replaced before the kernel is compiled, so each variant
-runs in a process of its own). Not a gradient: a cost breakdown, two timings each at T = 4K and
-16K, with kernel.py's ring and dQ slots or (NUM_BUFFERS DQ_SLOTS) others.
+runs in a process of its own); "full" also times the host side's two tensor passes alone, the fp32
+buffer's zero fill and its transposition into dq. Not a gradient: a cost breakdown, two timings
+each at T = 4K and 16K, with kernel.py's ring and dQ slots or (NUM_BUFFERS DQ_SLOTS) others.
 
     python results/kernels/one-pass/ablate.py OUT.jsonl {full,no_reduce} [NUM_BUFFERS DQ_SLOTS]
 """
@@ -10,6 +11,7 @@ import shlex
 import sys
 from pathlib import Path
 
+import torch
 from triton.experimental.gluon.language._core import builtin
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -41,3 +43,11 @@ for seq_len in (4096, 16384):
         row = dict(d=128, T=T, W="T", variant=f"one pass, {what}", num_buffers=kernel.NUM_BUFFERS,
                    dq_slots=kernel.DQ_SLOTS, rep=rep, bwd_ms=ms, note=note)
         write(row)
+    if what == "full":
+        B, H, d = q.shape[0], q.shape[2], q.shape[3]
+        dq_t, dq = torch.zeros((B, H, d, T), device=q.device), torch.empty_like(q)
+        parts = {"zero fill of the fp32 dQ^T buffer": lambda: dq_t.zero_(),
+                 "dQ^T transposed into dq": lambda: torch.mul(dq_t.permute(0, 3, 1, 2), scale, out=dq)}
+        for name, fn in parts.items():
+            ms, note = _time(fn)
+            write(dict(d=128, T=T, W="T", variant=name, bwd_ms=ms, note=note))

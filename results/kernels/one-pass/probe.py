@@ -27,17 +27,18 @@ from harness.results.provenance import stamped_row_writer  # noqa: E402
 write = stamped_row_writer(open(sys.argv[1], "w"), "cuda",
                            shlex.join(["python", "results/kernels/one-pass/probe.py", *sys.argv[1:]]), echo=True)
 SHAPES = [(4096, "T"), (16384, "T"), (32768, "T"), (16384, 2048)]
-# name: the one pass's ring slots of q and dO and each group's dQ^T staging slots (None: hopper.py's two passes)
+# name: the one pass's tiles (queries, keys), its ring slots of q and dO and each group's dQ^T staging
+# slots (None: hopper.py's two passes)
 VARIANTS = {"two passes (committed)": None,
-            "one pass, TMA reduce, 2 dQ slots": (3, 2),
-            "one pass, TMA reduce, 1 dQ slot": (3, 1)}
+            "one pass, TMA reduce, 32-query tiles": ((32, 128), 3, 2),
+            "one pass, TMA reduce, 64-query tiles": ((64, 128), 2, 1)}
 
 
 def backward(name, q, k, v, do, slopes, W, scale):
     args = (do, q, k, v, slopes, W, 0.0, scale, SIGMOID_MODE["bwd"], program_order(128, W))
     if VARIANTS[name] is None:
         return hopper.swat_bwd_hopper(*args)
-    kernel.NUM_BUFFERS, kernel.DQ_SLOTS = VARIANTS[name]
+    kernel.TILES, kernel.NUM_BUFFERS, kernel.DQ_SLOTS = VARIANTS[name]
     return kernel.swat_bwd_hopper_one_pass(*args)
 
 

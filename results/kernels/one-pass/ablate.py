@@ -2,7 +2,7 @@
 "full", or "no_reduce": the dQ products run and are staged in shared memory, but no reduction adds
 them to the buffer (kernel.tma_reduce_add replaced before the kernel is compiled, so each variant
 runs in a process of its own); "full" also times the host side's two tensor passes alone, the fp32
-buffer's zero fill and its transposition into dq. Not a gradient: a cost breakdown, two timings
+buffer's zero fill and its scaling and cast into dq. Not a gradient: a cost breakdown, two timings
 each at T = 4K and 16K, with kernel.py's ring and dQ slots or (NUM_BUFFERS DQ_SLOTS) others.
 
     python results/kernels/one-pass/ablate.py OUT.jsonl {full,no_reduce} [NUM_BUFFERS DQ_SLOTS]
@@ -44,10 +44,9 @@ for seq_len in (4096, 16384):
                    dq_slots=kernel.DQ_SLOTS, rep=rep, bwd_ms=ms, note=note)
         write(row)
     if what == "full":
-        B, H, d = q.shape[0], q.shape[2], q.shape[3]
-        dq_t, dq = torch.zeros((B, H, d, T), device=q.device), torch.empty_like(q)
-        parts = {"zero fill of the fp32 dQ^T buffer": lambda: dq_t.zero_(),
-                 "dQ^T transposed into dq": lambda: torch.mul(dq_t.permute(0, 3, 1, 2), scale, out=dq)}
+        dq32 = torch.zeros(q.shape, device=q.device)
+        parts = {"zero fill of the fp32 dQ buffer": lambda: dq32.zero_(),
+                 "dQ scaled and cast": lambda: (dq32 * scale).to(q.dtype)}
         for name, fn in parts.items():
             ms, note = _time(fn)
             write(dict(d=128, T=T, W="T", variant=name, bwd_ms=ms, note=note))

@@ -109,11 +109,11 @@ def _dq_product(k_halves, ds_bufs, ds_ready, dq_zero, i, GROUP: gl.constexpr):
 
 
 @gluon.jit
-def _add_dq(dq, dq_desc, dq_slots, row, m, i, GROUP: gl.constexpr, passed):
-    """Add dQ^T of query tile i (this group's half of the head's columns, rows row.. of the
-    transposed fp32 buffer, columns m..) by one bulk reduction of the copy engine (TMA reduce-add)
-    from this group's staging slot i % slots, written once the reduction that read it slots tiles
-    before has; the tensor cores go on meanwhile. passed: a barrier whose first phase completed at
+def _add_dq(dq, dq_desc, dq_slots, row, col, i, GROUP: gl.constexpr, passed):
+    """Add dQ^T of query tile i (this group's half of the head's columns) into the fp32 dQ buffer's
+    rows row.., columns col.. by the copy engine's bulk reduction (TMA reduce-add), from this
+    group's staging slot i % slots, written (transposed) once the reduction that read it slots
+    tiles before has; the tensor cores go on meanwhile. passed: a barrier whose first phase completed at
     launch. Waiting on it costs one instruction; without an mbarrier wait before the staging store,
     ptxas (Triton 3.6's) serializes every wgmma of the kernel (its warning C7514), as it does when
     dQ^T is not used at all."""
@@ -122,16 +122,16 @@ def _add_dq(dq, dq_desc, dq_slots, row, m, i, GROUP: gl.constexpr, passed):
     mbarrier.wait(passed, 0)  # returns at once (see above)
     tma.store_wait(slots - 1)  # the issuing thread's reduction of tile i - slots has read the slot
     thread_barrier()
-    slot.store(dq)
+    slot.store(gl.permute(dq, [1, 0]))
     fence_async_shared()
     thread_barrier()  # every thread's part of dQ^T is in shared memory before the reduction reads it
-    tma_reduce_add(dq_desc, [row, m], slot)
+    tma_reduce_add(dq_desc, [row, col], slot)
 
 
 @gluon.jit
 def _one_pass_partition(k_smem, v_smem, k_halves, q_bufs, do_bufs, ds_bufs, fixed_bar, ready, empty, turns, ds_ready,
-                        ds_free, passed, dq_desc, dq_slots, dq_row, dk_base, dv_base, stride_t, T, n0, m_lo, m_hi,
-                        full_lo, full_hi, W, g_scale, g_slope, g_bias, scale, BLOCK_M: gl.constexpr,
+                        ds_free, passed, dq_desc, dq_slots, dq_row, dq_col, dk_base, dv_base, stride_t, T, n0,
+                        m_lo, m_hi, full_lo, full_hi, W, g_scale, g_slope, g_bias, scale, BLOCK_M: gl.constexpr,
                         ROWS: gl.constexpr, HEAD_DIM: gl.constexpr, SIGMOID: gl.constexpr, GROUP: gl.constexpr,
                         num_warps: gl.constexpr):
     """dV, dK and (added into the fp32 dQ) dQ for one of a key block's two halves of ROWS keys from
@@ -168,7 +168,7 @@ def _one_pass_partition(k_smem, v_smem, k_halves, q_bufs, do_bufs, ds_bufs, fixe
         dv, dk, dq, p_t = warpgroup_mma_wait(0, deps=(dv, dk, dq, p_t))
         _release(empty, before)
         mbarrier.arrive(ds_free.index((i - 1) % 2), count=1)
-        _add_dq(dq, dq_desc, dq_slots, dq_row, m_lo + (i - 1) * BLOCK_M, i - 1, GROUP, passed)
+        _add_dq(dq, dq_desc, dq_slots, dq_row + m_lo + (i - 1) * BLOCK_M, dq_col, i - 1, GROUP, passed)
         p_t = p_next
     last = (tiles - 1) % num_buffers
     dv = warpgroup_mma(p_t, do_bufs.index(last), dv, is_async=True)
@@ -177,7 +177,7 @@ def _one_pass_partition(k_smem, v_smem, k_halves, q_bufs, do_bufs, ds_bufs, fixe
     dv, dk, dq = warpgroup_mma_wait(0, deps=(dv, dk, dq))
     _release(empty, last)
     mbarrier.arrive(ds_free.index((tiles - 1) % 2), count=1)
-    _add_dq(dq, dq_desc, dq_slots, dq_row, m_lo + (tiles - 1) * BLOCK_M, tiles - 1, GROUP, passed)
+    _add_dq(dq, dq_desc, dq_slots, dq_row + m_lo + (tiles - 1) * BLOCK_M, dq_col, tiles - 1, GROUP, passed)
     _store_rows(dk * scale, dk_base, stride_t, n0, T, ROWS, HEAD_DIM, acc_layout)
     _store_rows(dv, dv_base, stride_t, n0, T, ROWS, HEAD_DIM, acc_layout)
     tma.store_wait(0)  # the staging slots stay until the last reduction has read them
@@ -189,9 +189,10 @@ def swat_bwd_one_pass_kernel(q_desc, k_desc, v_desc, do_desc, dq_desc, DK, DV, S
                              NUM_BUFFERS: gl.constexpr, DQ_SLOTS: gl.constexpr, SIGMOID: gl.constexpr,
                              ORDER: gl.constexpr, num_warps: gl.constexpr):
     """The whole backward in one pass over each key block (_one_pass_partition): dK and dV stored,
-    dQ^T added into the fp32 buffer of dq_desc ([B * H * HEAD_DIM, T], zero before the launch) by
-    TMA reduce-add. Shared memory: k and v (both halves), the ring of q and dO tiles, two slots of
-    dS^T with both groups' halves, and DQ_SLOTS staging slots of dQ^T for each group."""
+    dQ added into the fp32 buffer of dq_desc ([B * T, H * HEAD_DIM], zero before the launch) by TMA
+    reduce-add (a tile's rows past T add zeros: their weights are masked). Shared memory: k and v
+    (both halves), the ring of q and dO tiles, two slots of dS^T with both groups' halves, and
+    DQ_SLOTS staging slots of dQ for each group."""
     b, h, n0, g_scale, g_slope, g_bias = _program(T, H, Slopes, scale, bias, BLOCK_N, SIGMOID, ORDER)
     _, _, _, full_hi, m_hi = key_block_ranges(n0, T, T, T, W, BLOCK_M, BLOCK_N)
     half: gl.constexpr = BLOCK_N // 2
@@ -202,7 +203,7 @@ def swat_bwd_one_pass_kernel(q_desc, k_desc, v_desc, do_desc, dq_desc, DK, DV, S
     q_bufs, do_bufs, fixed_bar, ready, empty = _ring(q_desc, do_desc, NUM_BUFFERS, 2)
     ds_layout: gl.constexpr = gl.NVMMASharedLayout.get_default_for([half, BLOCK_M], k_desc.dtype)
     ds_bufs = gl.allocate_shared_memory(k_desc.dtype, [4, half, BLOCK_M], ds_layout)  # (slot, group)
-    dq_slots = gl.allocate_shared_memory(gl.float32, [2 * DQ_SLOTS, half_d, BLOCK_M], dq_desc.layout)  # (group, slot)
+    dq_slots = gl.allocate_shared_memory(gl.float32, [2 * DQ_SLOTS, BLOCK_M, half_d], dq_desc.layout)  # (group, slot)
     ds_ready = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
     ds_free = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
     for i in gl.static_range(2):
@@ -213,17 +214,16 @@ def swat_bwd_one_pass_kernel(q_desc, k_desc, v_desc, do_desc, dq_desc, DK, DV, S
     mbarrier.init(passed, count=1)
     mbarrier.arrive(passed, count=1)
     offset = b.to(gl.int64) * s_b + h * s_h
-    dq_row = (b * H + h) * HEAD_DIM
     gl.warp_specialize([
         (_one_pass_partition, (k_smem.index(0), v_smem.index(0), k_smem, q_bufs, do_bufs, ds_bufs, fixed_bar, ready,
-                               empty, turns, ds_ready, ds_free, passed, dq_desc, dq_slots, dq_row,
+                               empty, turns, ds_ready, ds_free, passed, dq_desc, dq_slots, b * T, h * HEAD_DIM,
                                DK + offset, DV + offset, s_t, T, n0, n0, m_hi, n0 + BLOCK_N, full_hi, W, g_scale,
                                g_slope, g_bias, scale, BLOCK_M, half, HEAD_DIM, SIGMOID, 0, num_warps)),
         (_one_pass_partition, (k_smem.index(1), v_smem.index(1), k_smem, q_bufs, do_bufs, ds_bufs, fixed_bar, ready,
-                               empty, turns, ds_ready, ds_free, passed, dq_desc, dq_slots,
-                               dq_row + half_d, DK + offset, DV + offset, s_t, T, n0 + half, n0, m_hi, n0 + BLOCK_N,
-                               full_hi, W, g_scale, g_slope, g_bias, scale, BLOCK_M, half, HEAD_DIM, SIGMOID, 1,
-                               num_warps)),
+                               empty, turns, ds_ready, ds_free, passed, dq_desc, dq_slots, b * T,
+                               h * HEAD_DIM + half_d, DK + offset, DV + offset, s_t, T, n0 + half, n0, m_hi,
+                               n0 + BLOCK_N, full_hi, W, g_scale, g_slope, g_bias, scale, BLOCK_M, half, HEAD_DIM,
+                               SIGMOID, 1, num_warps)),
         (_load_partition, (k_desc, v_desc, q_desc, do_desc, k_smem, v_smem, q_bufs, do_bufs, fixed_bar, ready, empty,
                            b * T, n0, h * HEAD_DIM, n0, m_hi, BLOCK_M, True, True)),
     ], [num_warps, 1], [240, 24])
@@ -232,19 +232,17 @@ def swat_bwd_one_pass_kernel(q_desc, k_desc, v_desc, do_desc, dq_desc, DK, DV, S
 def swat_bwd_hopper_one_pass(do, q, k, v, slopes, window: int, sigmoid_bias: float, scale: float, sigmoid: int,
                              order: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(dq, dk, dv) as hopper.swat_bwd_hopper's, in one pass (swat_bwd_one_pass_kernel) with this
-    module's NUM_BUFFERS and DQ_SLOTS: dQ^T is added into an fp32 buffer [B, H, d, T] (its rows
-    padded to 16 bytes, as TMA needs), in an order that varies from run to run, then transposed."""
+    module's TILES, NUM_BUFFERS and DQ_SLOTS: dQ is added into an fp32 buffer, in an order that
+    varies from run to run, then scaled and cast."""
     B, T, H, d = q.shape
     bm, bn = TILES
-    dq_t = torch.zeros((B, H, d, cdiv(T, 4) * 4), device=q.device, dtype=torch.float32)
-    layout = gl.NVMMASharedLayout.get_default_for([d // 2, bm], gl.float32)
-    dq_desc = TensorDescriptor(dq_t, [B * H * d, T], [dq_t.stride(2), 1], [d // 2, bm], layout)
+    dq32 = torch.zeros((B, T, H, d), device=q.device, dtype=torch.float32)
+    layout = gl.NVMMASharedLayout.get_default_for([bm, d // 2], gl.float32)
+    dq_desc = TensorDescriptor(dq32, [B * T, H * d], [H * d, 1], [bm, d // 2], layout)
     dk, dv = (torch.empty((B, T, H, d), device=q.device, dtype=q.dtype) for _ in range(2))
     swat_bwd_one_pass_kernel[(B * H * cdiv(T, bn),)](
         descriptor(q, bm), descriptor(k, bn // 2), descriptor(v, bn // 2), descriptor(do, bm), dq_desc, dk, dv, slopes,
         T, H, window, sigmoid_bias, scale, *dk.stride()[:3], BLOCK_M=bm, BLOCK_N=bn, HEAD_DIM=d,
         NUM_BUFFERS=NUM_BUFFERS, DQ_SLOTS=DQ_SLOTS, SIGMOID=sigmoid, ORDER=order, num_warps=hopper.GROUP_WARPS,
         maxnreg=hopper.MAXNREG)
-    dq = torch.empty_like(q)
-    torch.mul(dq_t[..., :T].permute(0, 3, 1, 2), scale, out=dq)
-    return dq, dk, dv
+    return (dq32 * scale).to(q.dtype), dk, dv

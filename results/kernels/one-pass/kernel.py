@@ -64,6 +64,7 @@ tma_reduce_add = getattr(tma, "async_atomic_add", _tma_reduce_add_36)
 TILES = (32, 128)  # query tile, key block
 NUM_BUFFERS = 3  # ring slots of q and dO tiles
 DQ_SLOTS = 2  # each group's staging slots of dQ^T, each free again once its reduction has read it
+SERIAL = False  # _one_pass_partition's tiles one at a time
 
 
 @gluon.jit
@@ -126,55 +127,87 @@ def _add_dq(dq, dq_desc, dq_slots, row, col, i, GROUP: gl.constexpr, passed):
 
 
 @gluon.jit
+def _dkdv_products(p_t, dv, dk, q_bufs, do_bufs, ds_bufs, slot, i, GROUP: gl.constexpr):
+    """Issue query tile i's dv += P^T dO and dk += dS^T q (its q and dO in ring slot `slot`, its
+    dS^T in this group's half of its ds slot)."""
+    dv = warpgroup_mma(p_t, do_bufs.index(slot), dv, is_async=True)
+    dk = warpgroup_mma(ds_bufs.index(2 * (i % 2) + GROUP), q_bufs.index(slot), dk, is_async=True)
+    return dv, dk
+
+
+@gluon.jit
+def _finish_tile(dq, empty, ds_free, slot, i, dq_desc, dq_slots, dq_row, dq_col, GROUP: gl.constexpr, passed):
+    """Once query tile i's products are done: free its ring slot and (for this group) its ds slot,
+    and add its dQ (rows dq_row.., this group's columns from dq_col)."""
+    _release(empty, slot)
+    mbarrier.arrive(ds_free.index(i % 2), count=1)
+    _add_dq(dq, dq_desc, dq_slots, dq_row, dq_col, i, GROUP, passed)
+
+
+@gluon.jit
 def _one_pass_partition(k_smem, v_smem, k_halves, q_bufs, do_bufs, ds_bufs, fixed_bar, ready, empty, turns, ds_ready,
                         ds_free, passed, dq_desc, dq_slots, dq_row, dq_col, dk_base, dv_base, stride_t, T, n0,
                         m_lo, m_hi, full_lo, full_hi, W, g_scale, g_slope, g_bias, scale, BLOCK_M: gl.constexpr,
-                        ROWS: gl.constexpr, HEAD_DIM: gl.constexpr, SIGMOID: gl.constexpr, GROUP: gl.constexpr,
-                        num_warps: gl.constexpr):
+                        ROWS: gl.constexpr, HEAD_DIM: gl.constexpr, SIGMOID: gl.constexpr, SERIAL: gl.constexpr,
+                        GROUP: gl.constexpr, num_warps: gl.constexpr):
     """dV, dK and (added into the fp32 dQ) dQ for one of a key block's two halves of ROWS keys from
     n0, FlashAttention-3's one-pass backward in the ping-pong schedule of _dkdv_pingpong_partition:
     in this group's turn it issues the query tile's S^T = k q^T and dP^T = v dO^T and the previous
     tile's dv += P^T dO and dk += dS^T q, passes the turn, and issues the previous tile's dQ^T =
     k^T dS^T (this group's half of the head's columns, over both groups' keys: their dS^T meet in
     shared memory); then computes this tile's P^T and dS^T while those run, and adds the previous
-    tile's dQ to the dQ partition. dQ^T puts the queries in the product's N, so that BLOCK_M may be
-    below wgmma's 64 rows."""
+    tile's dQ. dQ^T puts the queries in the product's N, so that BLOCK_M may be below wgmma's 64
+    rows. SERIAL: one tile at a time instead (its S^T and dP^T issued in the group's turn and
+    waited for, then its P^T and dS^T, then its dv, dk and dQ^T); only the two groups' turns
+    overlap, but a group holds one tile's S^T and dP^T, not two, which 64-query tiles need."""
     key_idx, query_idx, lim, key_term, t_zero, dk, dv = _key_block(n0, T, W, g_slope, ROWS, BLOCK_M, HEAD_DIM,
                                                                    num_warps)
     acc_layout: gl.constexpr = dk.type.layout
     a_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=acc_layout, k_width=2)
     dq_zero = gl.zeros([HEAD_DIM // 2, BLOCK_M], gl.float32, _mma_layout(num_warps, BLOCK_M))
     num_buffers: gl.constexpr = q_bufs.type.shape[0]
-    gl.static_assert(num_buffers >= 2, "each step holds two q/dO slots: this tile's and the previous tile's")
     dtype: gl.constexpr = k_smem.dtype
     tiles = gl.cdiv(m_hi - m_lo, BLOCK_M)
-    s_t, dp_t = _first_key_scores(k_smem, v_smem, q_bufs, do_bufs, fixed_bar, ready, turns, t_zero, GROUP)
-    p_t = _one_pass_operands(s_t, dp_t, ds_bufs, ds_ready, ds_free, 0, m_lo, n0, key_idx, query_idx, key_term, lim,
-                             full_lo, full_hi, g_scale, g_slope, g_bias, SIGMOID, GROUP, dtype, a_layout)
-    for i in range(1, tiles):
-        slot, before = _pingpong_step(ready, turns, i, num_buffers, GROUP)
-        s_t, dp_t = _key_scores(k_smem, v_smem, q_bufs, do_bufs, slot, t_zero)
-        dv = warpgroup_mma(p_t, do_bufs.index(before), dv, is_async=True)
-        dk = warpgroup_mma(ds_bufs.index(2 * ((i - 1) % 2) + GROUP), q_bufs.index(before), dk, is_async=True)
-        mbarrier.arrive(turns.index(1 - GROUP), count=1)
-        dq = _dq_product(k_halves, ds_bufs, ds_ready, dq_zero, i - 1, GROUP)
-        s_t, dp_t = warpgroup_mma_wait(4, deps=(s_t, dp_t))  # in order: S^T, dP^T done; dv, dk, dQ^T may run
-        p_next = _one_pass_operands(s_t, dp_t, ds_bufs, ds_ready, ds_free, i, m_lo + i * BLOCK_M, n0, key_idx,
-                                    query_idx, key_term, lim, full_lo, full_hi, g_scale, g_slope, g_bias, SIGMOID,
-                                    GROUP, dtype, a_layout)
-        dv, dk, dq, p_t = warpgroup_mma_wait(0, deps=(dv, dk, dq, p_t))
-        _release(empty, before)
-        mbarrier.arrive(ds_free.index((i - 1) % 2), count=1)
-        _add_dq(dq, dq_desc, dq_slots, dq_row + m_lo + (i - 1) * BLOCK_M, dq_col, i - 1, GROUP, passed)
-        p_t = p_next
-    last = (tiles - 1) % num_buffers
-    dv = warpgroup_mma(p_t, do_bufs.index(last), dv, is_async=True)
-    dk = warpgroup_mma(ds_bufs.index(2 * ((tiles - 1) % 2) + GROUP), q_bufs.index(last), dk, is_async=True)
-    dq = _dq_product(k_halves, ds_bufs, ds_ready, dq_zero, tiles - 1, GROUP)
-    dv, dk, dq = warpgroup_mma_wait(0, deps=(dv, dk, dq))
-    _release(empty, last)
-    mbarrier.arrive(ds_free.index((tiles - 1) % 2), count=1)
-    _add_dq(dq, dq_desc, dq_slots, dq_row + m_lo + (tiles - 1) * BLOCK_M, dq_col, tiles - 1, GROUP, passed)
+    if SERIAL:
+        mbarrier.wait(fixed_bar, 0)
+        for i in range(tiles):
+            slot, _ = _pingpong_step(ready, turns, i, num_buffers, GROUP)
+            s_t, dp_t = _key_scores(k_smem, v_smem, q_bufs, do_bufs, slot, t_zero)
+            mbarrier.arrive(turns.index(1 - GROUP), count=1)
+            s_t, dp_t = warpgroup_mma_wait(0, deps=(s_t, dp_t))
+            p_t = _one_pass_operands(s_t, dp_t, ds_bufs, ds_ready, ds_free, i, m_lo + i * BLOCK_M, n0, key_idx,
+                                     query_idx, key_term, lim, full_lo, full_hi, g_scale, g_slope, g_bias, SIGMOID,
+                                     GROUP, dtype, a_layout)
+            dv, dk = _dkdv_products(p_t, dv, dk, q_bufs, do_bufs, ds_bufs, slot, i, GROUP)
+            dq = _dq_product(k_halves, ds_bufs, ds_ready, dq_zero, i, GROUP)
+            dv, dk, dq, p_t = warpgroup_mma_wait(0, deps=(dv, dk, dq, p_t))
+            _finish_tile(dq, empty, ds_free, slot, i, dq_desc, dq_slots, dq_row + m_lo + i * BLOCK_M, dq_col, GROUP,
+                         passed)
+    else:
+        gl.static_assert(num_buffers >= 2, "each step holds two q/dO slots: this tile's and the previous tile's")
+        s_t, dp_t = _first_key_scores(k_smem, v_smem, q_bufs, do_bufs, fixed_bar, ready, turns, t_zero, GROUP)
+        p_t = _one_pass_operands(s_t, dp_t, ds_bufs, ds_ready, ds_free, 0, m_lo, n0, key_idx, query_idx, key_term,
+                                 lim, full_lo, full_hi, g_scale, g_slope, g_bias, SIGMOID, GROUP, dtype, a_layout)
+        for i in range(1, tiles):
+            slot, before = _pingpong_step(ready, turns, i, num_buffers, GROUP)
+            s_t, dp_t = _key_scores(k_smem, v_smem, q_bufs, do_bufs, slot, t_zero)
+            dv, dk = _dkdv_products(p_t, dv, dk, q_bufs, do_bufs, ds_bufs, before, i - 1, GROUP)
+            mbarrier.arrive(turns.index(1 - GROUP), count=1)
+            dq = _dq_product(k_halves, ds_bufs, ds_ready, dq_zero, i - 1, GROUP)
+            s_t, dp_t = warpgroup_mma_wait(4, deps=(s_t, dp_t))  # in order: S^T, dP^T done; dv, dk, dQ^T may run
+            p_next = _one_pass_operands(s_t, dp_t, ds_bufs, ds_ready, ds_free, i, m_lo + i * BLOCK_M, n0, key_idx,
+                                        query_idx, key_term, lim, full_lo, full_hi, g_scale, g_slope, g_bias, SIGMOID,
+                                        GROUP, dtype, a_layout)
+            dv, dk, dq, p_t = warpgroup_mma_wait(0, deps=(dv, dk, dq, p_t))
+            _finish_tile(dq, empty, ds_free, before, i - 1, dq_desc, dq_slots, dq_row + m_lo + (i - 1) * BLOCK_M,
+                         dq_col, GROUP, passed)
+            p_t = p_next
+        last = (tiles - 1) % num_buffers
+        dv, dk = _dkdv_products(p_t, dv, dk, q_bufs, do_bufs, ds_bufs, last, tiles - 1, GROUP)
+        dq = _dq_product(k_halves, ds_bufs, ds_ready, dq_zero, tiles - 1, GROUP)
+        dv, dk, dq = warpgroup_mma_wait(0, deps=(dv, dk, dq))
+        _finish_tile(dq, empty, ds_free, last, tiles - 1, dq_desc, dq_slots, dq_row + m_lo + (tiles - 1) * BLOCK_M,
+                     dq_col, GROUP, passed)
     _store_rows(dk * scale, dk_base, stride_t, n0, T, ROWS, HEAD_DIM, acc_layout)
     _store_rows(dv, dv_base, stride_t, n0, T, ROWS, HEAD_DIM, acc_layout)
     tma.store_wait(0)  # the staging slots stay until the last reduction has read them
@@ -183,8 +216,8 @@ def _one_pass_partition(k_smem, v_smem, k_halves, q_bufs, do_bufs, ds_bufs, fixe
 @gluon.jit
 def swat_bwd_one_pass_kernel(q_desc, k_desc, v_desc, do_desc, dq_desc, DK, DV, Slopes, T, H, W, bias, scale, s_b, s_t,
                              s_h, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, HEAD_DIM: gl.constexpr,
-                             NUM_BUFFERS: gl.constexpr, DQ_SLOTS: gl.constexpr, SIGMOID: gl.constexpr,
-                             ORDER: gl.constexpr, num_warps: gl.constexpr):
+                             NUM_BUFFERS: gl.constexpr, DQ_SLOTS: gl.constexpr, SERIAL: gl.constexpr,
+                             SIGMOID: gl.constexpr, ORDER: gl.constexpr, num_warps: gl.constexpr):
     """The whole backward in one pass over each key block (_one_pass_partition): dK and dV stored,
     dQ added into the fp32 buffer of dq_desc ([B * T, H * HEAD_DIM], zero before the launch) by TMA
     reduce-add (a tile's rows past T add zeros: their weights are masked). Shared memory: k and v
@@ -215,12 +248,12 @@ def swat_bwd_one_pass_kernel(q_desc, k_desc, v_desc, do_desc, dq_desc, DK, DV, S
         (_one_pass_partition, (k_smem.index(0), v_smem.index(0), k_smem, q_bufs, do_bufs, ds_bufs, fixed_bar, ready,
                                empty, turns, ds_ready, ds_free, passed, dq_desc, dq_slots, b * T, h * HEAD_DIM,
                                DK + offset, DV + offset, s_t, T, n0, n0, m_hi, n0 + BLOCK_N, full_hi, W, g_scale,
-                               g_slope, g_bias, scale, BLOCK_M, half, HEAD_DIM, SIGMOID, 0, num_warps)),
+                               g_slope, g_bias, scale, BLOCK_M, half, HEAD_DIM, SIGMOID, SERIAL, 0, num_warps)),
         (_one_pass_partition, (k_smem.index(1), v_smem.index(1), k_smem, q_bufs, do_bufs, ds_bufs, fixed_bar, ready,
                                empty, turns, ds_ready, ds_free, passed, dq_desc, dq_slots, b * T,
                                h * HEAD_DIM + half_d, DK + offset, DV + offset, s_t, T, n0 + half, n0, m_hi,
                                n0 + BLOCK_N, full_hi, W, g_scale, g_slope, g_bias, scale, BLOCK_M, half, HEAD_DIM,
-                               SIGMOID, 1, num_warps)),
+                               SIGMOID, SERIAL, 1, num_warps)),
         (_load_partition, (k_desc, v_desc, q_desc, do_desc, k_smem, v_smem, q_bufs, do_bufs, fixed_bar, ready, empty,
                            b * T, n0, h * HEAD_DIM, n0, m_hi, BLOCK_M, True, True)),
     ], [num_warps, 1], [240, 24])
@@ -240,6 +273,6 @@ def swat_bwd_hopper_one_pass(do, q, k, v, slopes, window: int, sigmoid_bias: flo
     swat_bwd_one_pass_kernel[(B * H * cdiv(T, bn),)](
         descriptor(q, bm), descriptor(k, bn // 2), descriptor(v, bn // 2), descriptor(do, bm), dq_desc, dk, dv, slopes,
         T, H, window, sigmoid_bias, scale, *dk.stride()[:3], BLOCK_M=bm, BLOCK_N=bn, HEAD_DIM=d,
-        NUM_BUFFERS=NUM_BUFFERS, DQ_SLOTS=DQ_SLOTS, SIGMOID=sigmoid, ORDER=order, num_warps=hopper.GROUP_WARPS,
-        maxnreg=hopper.MAXNREG)
+        NUM_BUFFERS=NUM_BUFFERS, DQ_SLOTS=DQ_SLOTS, SERIAL=SERIAL, SIGMOID=sigmoid, ORDER=order,
+        num_warps=hopper.GROUP_WARPS, maxnreg=hopper.MAXNREG)
     return (dq32 * scale).to(q.dtype), dk, dv

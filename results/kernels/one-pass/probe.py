@@ -27,18 +27,19 @@ from harness.results.provenance import stamped_row_writer  # noqa: E402
 write = stamped_row_writer(open(sys.argv[1], "w"), "cuda",
                            shlex.join(["python", "results/kernels/one-pass/probe.py", *sys.argv[1:]]), echo=True)
 SHAPES = [(4096, "T"), (16384, "T"), (32768, "T"), (16384, 2048)]
-# name: the one pass's tiles (queries, keys), its ring slots of q and dO and each group's dQ^T staging
-# slots (None: hopper.py's two passes)
+# name: the one pass's tiles (queries, keys), its ring slots of q and dO, each group's dQ staging slots
+# and kernel.SERIAL (None: hopper.py's two passes)
 VARIANTS = {"two passes (committed)": None,
-            "one pass, TMA reduce, 32-query tiles": ((32, 128), 3, 2),
-            "one pass, TMA reduce, 64-query tiles": ((64, 128), 2, 1)}
+            "one pass, 32-query tiles, pipelined": ((32, 128), 3, 2, False),
+            "one pass, 32-query tiles, serial": ((32, 128), 3, 2, True),
+            "one pass, 64-query tiles, serial": ((64, 128), 2, 1, True)}
 
 
 def backward(name, q, k, v, do, slopes, W, scale):
     args = (do, q, k, v, slopes, W, 0.0, scale, SIGMOID_MODE["bwd"], program_order(128, W))
     if VARIANTS[name] is None:
         return hopper.swat_bwd_hopper(*args)
-    kernel.TILES, kernel.NUM_BUFFERS, kernel.DQ_SLOTS = VARIANTS[name]
+    kernel.TILES, kernel.NUM_BUFFERS, kernel.DQ_SLOTS, kernel.SERIAL = VARIANTS[name]
     return kernel.swat_bwd_hopper_one_pass(*args)
 
 

@@ -192,6 +192,7 @@ def test_deterministic_mode_keeps_the_two_pass_backward(monkeypatch):
     monkeypatch.setattr(torch, "are_deterministic_algorithms_enabled", lambda: True)
     device = torch.device(DEVICE)
     assert function.fused_dq(64, 128, device) == function.fused_dq(128, 4096, device) == "off"
+    assert not function.hopper_one_pass(128)  # nor does hopper.py's backward run in one pass
 
 
 def test_tma_dq_falls_back_to_atomics_without_the_copy_engine(monkeypatch):
@@ -240,7 +241,9 @@ def test_hopper_passes_are_taken_only_where_they_were_measured_faster(monkeypatc
     assert function.hopper_pass("fwd", q, 4096, False, q, q)
     from harness.bench.kernels import swat_passes  # what the kernel bench records it timed
     assert swat_passes(torch.device("cuda")) == ("hopper.py's Gluon passes (the forward at d = 128 from W = 512; "
-                                                 "the backward at d = 128 from W = 2048), the Triton kernels elsewhere")
+                                                 "the backward at d = 128 from W = 2048 in one pass), the Triton "
+                                                 "kernels elsewhere")
+    assert function.hopper_one_pass(128) and not function.hopper_one_pass(64)
 
 
 def test_hopper_kernels_compile_for_sm90_without_a_gpu():
@@ -256,7 +259,7 @@ def test_hopper_kernels_compile_for_sm90_without_a_gpu():
     done = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert [line.split(":")[0] for line in done.stdout.splitlines()] == \
-        ["fwd (pairs)", "dq (pairs)", "dkdv (pairs)", "fwd (heads)", "fwd (rows)"]
+        ["fwd (pairs)", "dq (pairs)", "dkdv (pairs)", "one_pass (pairs)", "fwd (heads)", "fwd (rows)"]
 
 
 @pytest.mark.parametrize("mode,tol", [(0, 1e-5), (2, 5e-4)])

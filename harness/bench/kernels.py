@@ -501,12 +501,12 @@ def kernel_device(log: Callable) -> torch.device:
 
 def swat_passes(device: torch.device) -> str:
     """Which kernels SWAT's rows time on this device (harness.ops.swat.function.hopper_pass picks per shape)."""
-    from harness.ops.swat.function import hopper_windows
+    from harness.ops.swat.function import hopper_one_pass, hopper_windows
     windows = hopper_windows(device)
     if not windows:
         return "the Triton kernels"
     where = "; ".join(f"the {'forward' if p == 'fwd' else 'backward'} at d = {d} from W = {w}"
-                      for (p, d), w in windows.items())
+                      + (" in one pass" if p == "bwd" and hopper_one_pass(d) else "") for (p, d), w in windows.items())
     return f"hopper.py's Gluon passes ({where}), the Triton kernels elsewhere"
 
 

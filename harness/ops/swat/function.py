@@ -97,6 +97,12 @@ FUSED_DQ = {(d, regime): "off" for d in (64, 128) for regime in ("small", "mediu
 # 13% faster at W = 512, 2048 and T, and its backward 10% and 7% faster at W = 2048 and T but 9%
 # slower at W = 512; at d = 64 both are slower at every window.
 HOPPER_MIN_WINDOW = {("fwd", 128): 512, ("bwd", 128): 2048}
+# The head sizes at which hopper.py's Gluon backward runs in one pass (swat_bwd_one_pass_kernel: dQ
+# added into an fp32 buffer by the copy engine's bulk reduction, 5 matrix products and one sigmoid
+# per tile pair instead of the two passes' 7 and two). d = 128 (H100, NOTES.md v19): 0.83x the two
+# passes' time at T = 16K and W = T, 0.93-0.98x at 32K, level at 4K and at W = 2048. Not under
+# torch.use_deterministic_algorithms: dQ's last bits depend on the order of the additions.
+HOPPER_ONE_PASS = (128,)
 
 
 # In which order each regime's programs start (triton_common.band_program): "pairs" (one sequence-head
@@ -182,6 +188,11 @@ def hopper_pass(pass_name: str, q: torch.Tensor, window: int, has_doc: bool, *ot
     if any(t.shape[2] != q.shape[2] for t in others) or not _on_hopper(q.device):
         return False
     return all(_hopper_kernels().tma_readable(t) for t in (q, *others))
+
+
+def hopper_one_pass(head_dim: int) -> bool:
+    """Whether hopper.py's backward runs in one pass at this head size (HOPPER_ONE_PASS)."""
+    return head_dim in HOPPER_ONE_PASS and not torch.are_deterministic_algorithms_enabled()
 
 
 def triton_only():
@@ -372,7 +383,7 @@ def _swat_bwd_body(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.
     W = min(window, T)
     if hopper_pass("bwd", q, W, row_start is not None, k, v, do):
         return _hopper_kernels().swat_bwd_hopper(do, q, k, v, slopes, W, sigmoid_bias, scale, _sigmoid_mode(q, "bwd"),
-                                                 program_order(d, W))
+                                                 program_order(d, W), hopper_one_pass(d))
     fused = fused_dq(d, W, q.device)
     if fused == "tma":
         _tma_scratch_allocator()

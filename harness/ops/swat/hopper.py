@@ -26,8 +26,10 @@ packed documents, no GQA. results/kernels/ws-probe/ has the other Gluon passes (
 how these were measured (NOTES.md, v10-v12).
 """
 import torch
+from triton._C.libtriton import ir
 from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
+from triton.experimental.gluon.language._core import builtin
 from triton.experimental.gluon.language.nvidia.hopper import (
     fence_async_shared,
     mbarrier,
@@ -48,6 +50,20 @@ from harness.ops.swat.triton_common import (
 
 # Gluon is experimental: Triton 3.6 names the TMA tile load async_copy_global_to_shared, later ones async_load
 tma_load = tma.async_load if hasattr(tma, "async_load") else tma.async_copy_global_to_shared
+# ... and the barrier of a partition's threads thread_barrier, later ones barrier
+thread_barrier = gl.thread_barrier if hasattr(gl, "thread_barrier") else gl.barrier
+
+
+@builtin
+def _tma_reduce_add_36(tensor_desc, coord, src, _semantic=None):
+    """Later Gluon's tma.async_atomic_add for Triton 3.6, whose Gluon builder has the operation
+    (create_async_tma_reduce, lowered to cp.reduce.async.bulk.tensor) but no Python name for it."""
+    coord = _semantic._convert_to_ir_values(coord, require_i64=False)
+    _semantic.builder.create_async_tma_reduce(ir.DESCRIPTOR_REDUCE_KIND.ADD, tensor_desc.handle, coord, src.handle)
+
+
+# Add a shared tile into the global tensor of a descriptor by the copy engine's bulk reduction
+tma_reduce_add = getattr(tma, "async_atomic_add", _tma_reduce_add_36)
 
 
 @gluon.jit
@@ -421,6 +437,143 @@ def swat_dkdv_pingpong_kernel(q_desc, k_desc, v_desc, do_desc, DK, DV, Slopes, T
     ], [num_warps, 1], [240, 24])
 
 
+@gluon.jit
+def _share_ds(ds_t, ds_bufs, ds_ready, ds_free, i, GROUP: gl.constexpr):
+    """Write this group's dS^T of query tile i into its half of the tile's ds slot (the slots
+    alternate by tile; a slot is written again once both groups' dQ products of two tiles before
+    have read it) and announce it on ds_ready."""
+    ds_slot = i % 2
+    mbarrier.wait(ds_free.index(ds_slot), ((i // 2) & 1) ^ 1)  # the first two tiles do not wait
+    ds_bufs.index(2 * ds_slot + GROUP).store(ds_t)
+    fence_async_shared()
+    thread_barrier()  # every thread's part of dS^T is in shared memory before the arrival
+    mbarrier.arrive(ds_ready.index(ds_slot), count=1)
+
+
+@gluon.jit
+def _dq_product(k_halves, ds_bufs, ds_ready, dq_zero, i, GROUP: gl.constexpr):
+    """Issue dQ^T of query tile i for this group's half of the head's columns, k^T dS^T over both
+    groups' keys, once both groups' dS^T are in the tile's ds slot."""
+    half_d: gl.constexpr = dq_zero.shape[0]
+    ds_slot = i % 2
+    mbarrier.wait(ds_ready.index(ds_slot), (i // 2) & 1)
+    dq = warpgroup_mma(k_halves.index(0).slice(GROUP * half_d, half_d, dim=1).permute((1, 0)),
+                       ds_bufs.index(2 * ds_slot), dq_zero, use_acc=False, is_async=True)
+    return warpgroup_mma(k_halves.index(1).slice(GROUP * half_d, half_d, dim=1).permute((1, 0)),
+                         ds_bufs.index(2 * ds_slot + 1), dq, is_async=True)
+
+
+@gluon.jit
+def _add_dq(dq, dq_desc, dq_slots, row, col, i, GROUP: gl.constexpr, passed):
+    """Add dQ^T of query tile i (this group's half of the head's columns) into the fp32 dQ buffer's
+    rows row.., columns col.. by the copy engine's bulk reduction (TMA reduce-add), from this
+    group's staging slot i % slots, written (transposed) once the reduction that read it slots
+    tiles before has; the tensor cores go on meanwhile. passed: a barrier whose first phase
+    completed at launch. Waiting on it costs one instruction; without an mbarrier wait before the
+    staging store, ptxas (Triton 3.6's) serializes every wgmma of the kernel (its warning C7514)."""
+    slots: gl.constexpr = dq_slots.type.shape[0] // 2
+    slot = dq_slots.index(GROUP * slots + i % slots)
+    mbarrier.wait(passed, 0)  # returns at once (see above)
+    tma.store_wait(slots - 1)  # the issuing thread's reduction of tile i - slots has read the slot
+    thread_barrier()
+    slot.store(gl.permute(dq, [1, 0]))
+    fence_async_shared()
+    thread_barrier()  # every thread's part of dQ is in shared memory before the reduction reads it
+    tma_reduce_add(dq_desc, [row, col], slot)
+
+
+@gluon.jit
+def _one_pass_partition(k_smem, v_smem, k_halves, q_bufs, do_bufs, ds_bufs, fixed_bar, ready, empty, turns, ds_ready,
+                        ds_free, passed, dq_desc, dq_slots, dq_row, dq_col, dk_base, dv_base, stride_t, T, n0,
+                        m_lo, m_hi, full_lo, full_hi, W, g_scale, g_slope, g_bias, scale, BLOCK_M: gl.constexpr,
+                        ROWS: gl.constexpr, HEAD_DIM: gl.constexpr, SIGMOID: gl.constexpr, GROUP: gl.constexpr,
+                        num_warps: gl.constexpr):
+    """dV, dK and (added into the fp32 dQ) dQ for one of a key block's two halves of ROWS keys from
+    n0, one query tile at a time: in this group's turn it issues the tile's S^T = k q^T and
+    dP^T = v dO^T, passes the turn and waits for them; computes P^T and dS^T (which it also writes
+    into shared memory, where both groups' halves meet); issues dv += P^T dO, dk += dS^T q and
+    dQ^T = k^T dS^T (this group's half of the head's columns, over both groups' keys) and waits for
+    them; then adds dQ (_add_dq). The two groups' turns overlap one group's products with the
+    other's sigmoid. Unlike _dkdv_pingpong_partition, a group does not overlap its own tiles: it
+    holds one tile's S^T and dP^T, not two, which is what lets the 64-query tiles that wgmma
+    needs for an efficient dQ^T product fit the registers beside dK, dV and dQ^T."""
+    key_idx, query_idx, lim, key_term, t_zero, dk, dv = _key_block(n0, T, W, g_slope, ROWS, BLOCK_M, HEAD_DIM,
+                                                                   num_warps)
+    acc_layout: gl.constexpr = dk.type.layout
+    a_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=acc_layout, k_width=2)
+    dq_zero = gl.zeros([HEAD_DIM // 2, BLOCK_M], gl.float32, _mma_layout(num_warps, BLOCK_M))
+    num_buffers: gl.constexpr = q_bufs.type.shape[0]
+    mbarrier.wait(fixed_bar, 0)
+    for i in range(gl.cdiv(m_hi - m_lo, BLOCK_M)):
+        m = m_lo + i * BLOCK_M
+        slot, _ = _pingpong_step(ready, turns, i, num_buffers, GROUP)
+        s_t, dp_t = _key_scores(k_smem, v_smem, q_bufs, do_bufs, slot, t_zero)
+        mbarrier.arrive(turns.index(1 - GROUP), count=1)
+        s_t, dp_t = warpgroup_mma_wait(0, deps=(s_t, dp_t))
+        p_t = _weights_t(s_t, m, n0, key_idx, query_idx, key_term, lim, full_lo, full_hi, g_scale, g_slope, g_bias,
+                         SIGMOID)
+        _share_ds((dp_t * (p_t - p_t * p_t)).to(k_smem.dtype), ds_bufs, ds_ready, ds_free, i, GROUP)
+        p_t = gl.convert_layout(p_t.to(k_smem.dtype), a_layout)
+        dv = warpgroup_mma(p_t, do_bufs.index(slot), dv, is_async=True)
+        dk = warpgroup_mma(ds_bufs.index(2 * (i % 2) + GROUP), q_bufs.index(slot), dk, is_async=True)
+        dq = _dq_product(k_halves, ds_bufs, ds_ready, dq_zero, i, GROUP)
+        dv, dk, dq, p_t = warpgroup_mma_wait(0, deps=(dv, dk, dq, p_t))
+        _release(empty, slot)
+        mbarrier.arrive(ds_free.index(i % 2), count=1)
+        _add_dq(dq, dq_desc, dq_slots, dq_row + m, dq_col, i, GROUP, passed)
+    _store_rows(dk * scale, dk_base, stride_t, n0, T, ROWS, HEAD_DIM, acc_layout)
+    _store_rows(dv, dv_base, stride_t, n0, T, ROWS, HEAD_DIM, acc_layout)
+    tma.store_wait(0)  # the staging slots stay until the last reduction has read them
+
+
+@gluon.jit
+def swat_bwd_one_pass_kernel(q_desc, k_desc, v_desc, do_desc, dq_desc, DK, DV, Slopes, T, H, W, bias, scale, s_b, s_t,
+                             s_h, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, HEAD_DIM: gl.constexpr,
+                             NUM_BUFFERS: gl.constexpr, DQ_SLOTS: gl.constexpr, SIGMOID: gl.constexpr,
+                             ORDER: gl.constexpr, num_warps: gl.constexpr):
+    """The whole backward in one pass over each key block (_one_pass_partition), FlashAttention-3's
+    way: 5 matrix products and one sigmoid per tile pair instead of the two passes' 7 and two. dK
+    and dV stored; dQ added into the fp32 buffer of dq_desc ([B * T, H * HEAD_DIM], zero before the
+    launch) by TMA reduce-add (a tile's rows past T add zeros: their weights are masked). Shared
+    memory: k and v (both halves), the ring of q and dO tiles, two slots of dS^T with both groups'
+    halves, and DQ_SLOTS staging slots of dQ for each group."""
+    gl.static_assert(HEAD_DIM == 128, "each group's dQ^T product takes half of the head's columns as wgmma's 64 rows")
+    b, h, n0, g_scale, g_slope, g_bias = _program(T, H, Slopes, scale, bias, BLOCK_N, SIGMOID, ORDER)
+    _, _, _, full_hi, m_hi = key_block_ranges(n0, T, T, T, W, BLOCK_M, BLOCK_N)
+    half: gl.constexpr = BLOCK_N // 2
+    half_d: gl.constexpr = HEAD_DIM // 2
+
+    k_smem = gl.allocate_shared_memory(k_desc.dtype, [2] + k_desc.block_type.shape, k_desc.layout)
+    v_smem = gl.allocate_shared_memory(v_desc.dtype, [2] + v_desc.block_type.shape, v_desc.layout)
+    q_bufs, do_bufs, fixed_bar, ready, empty = _ring(q_desc, do_desc, NUM_BUFFERS, 2)
+    ds_layout: gl.constexpr = gl.NVMMASharedLayout.get_default_for([half, BLOCK_M], k_desc.dtype)
+    ds_bufs = gl.allocate_shared_memory(k_desc.dtype, [4, half, BLOCK_M], ds_layout)  # (slot, group)
+    dq_slots = gl.allocate_shared_memory(gl.float32, [2 * DQ_SLOTS, BLOCK_M, half_d], dq_desc.layout)  # (group, slot)
+    ds_ready = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
+    ds_free = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
+    for i in gl.static_range(2):
+        mbarrier.init(ds_ready.index(i), count=2)
+        mbarrier.init(ds_free.index(i), count=2)
+    turns = _turns()
+    passed = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())  # _add_dq's
+    mbarrier.init(passed, count=1)
+    mbarrier.arrive(passed, count=1)
+    offset = b.to(gl.int64) * s_b + h * s_h
+    gl.warp_specialize([
+        (_one_pass_partition, (k_smem.index(0), v_smem.index(0), k_smem, q_bufs, do_bufs, ds_bufs, fixed_bar, ready,
+                               empty, turns, ds_ready, ds_free, passed, dq_desc, dq_slots, b * T, h * HEAD_DIM,
+                               DK + offset, DV + offset, s_t, T, n0, n0, m_hi, n0 + BLOCK_N, full_hi, W, g_scale,
+                               g_slope, g_bias, scale, BLOCK_M, half, HEAD_DIM, SIGMOID, 0, num_warps)),
+        (_one_pass_partition, (k_smem.index(1), v_smem.index(1), k_smem, q_bufs, do_bufs, ds_bufs, fixed_bar, ready,
+                               empty, turns, ds_ready, ds_free, passed, dq_desc, dq_slots, b * T,
+                               h * HEAD_DIM + half_d, DK + offset, DV + offset, s_t, T, n0 + half, n0, m_hi,
+                               n0 + BLOCK_N, full_hi, W, g_scale, g_slope, g_bias, scale, BLOCK_M, half, HEAD_DIM,
+                               SIGMOID, 1, num_warps)),
+        (_load_partition, (k_desc, v_desc, q_desc, do_desc, k_smem, v_smem, q_bufs, do_bufs, fixed_bar, ready, empty,
+                           b * T, n0, h * HEAD_DIM, n0, m_hi, BLOCK_M, True, True)),
+    ], [num_warps, 1], [240, 24])
+
+
 def tma_readable(t: torch.Tensor) -> bool:
     """Whether TMA can read t [B, T, H, d] as the matrix [B * T, H * d] (`descriptor`): each row's
     heads side by side, the sequences one after another, the rows and the start 16-byte aligned. Views
@@ -440,9 +593,13 @@ def descriptor(t: torch.Tensor, rows: int) -> TensorDescriptor:
 
 # The launches the H100 bench chose (NOTES.md, v12): the forward and the dQ pass over 128 queries x 64
 # keys, the dK/dV pass over 32 queries x 128 keys, three ring slots, each compute partition one warp
-# group of 4 warps, launched with at most 168 registers a thread (maxnreg).
-TILES = {"fwd": (128, 64), "dq": (128, 64), "dkdv": (32, 128)}
+# group of 4 warps, launched with at most 168 registers a thread (maxnreg). The one-pass backward
+# (v19) over 64 queries x 128 keys with two ring slots and one dQ staging slot per group, all its
+# shared memory allows beside them without spilling more.
+TILES = {"fwd": (128, 64), "dq": (128, 64), "dkdv": (32, 128), "one_pass": (64, 128)}
 NUM_BUFFERS = 3
+ONE_PASS_BUFFERS = 2
+ONE_PASS_DQ_SLOTS = 1
 GROUP_WARPS = 4
 MAXNREG = 168
 
@@ -463,11 +620,23 @@ def swat_fwd_hopper(q, k, v, slopes, window: int, sigmoid_bias: float, scale: fl
 
 
 def swat_bwd_hopper(do, q, k, v, slopes, window: int, sigmoid_bias: float, scale: float, sigmoid: int,
-                    order: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                    order: str, one_pass: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(dq, dk, dv) for the forward's inputs and the output's gradient do (all tma_readable): the
-    dQ pass and the dK/dV pass, as triton_bwd.py splits them."""
+    dQ pass and the dK/dV pass, as triton_bwd.py splits them; or, with one_pass (head size 128),
+    swat_bwd_one_pass_kernel, whose dQ additions come in an order that varies from run to run."""
     B, T, H, d = q.shape
     dq, dk, dv = (torch.empty((B, T, H, d), device=q.device, dtype=q.dtype) for _ in range(3))
+    if one_pass:
+        bm, bn = TILES["one_pass"]
+        dq32 = torch.zeros((B, T, H, d), device=q.device, dtype=torch.float32)
+        layout = gl.NVMMASharedLayout.get_default_for([bm, d // 2], gl.float32)
+        dq_desc = TensorDescriptor(dq32, [B * T, H * d], [H * d, 1], [bm, d // 2], layout)
+        swat_bwd_one_pass_kernel[(B * H * cdiv(T, bn),)](
+            descriptor(q, bm), descriptor(k, bn // 2), descriptor(v, bn // 2), descriptor(do, bm), dq_desc, dk, dv,
+            slopes, T, H, window, sigmoid_bias, scale, *dk.stride()[:3], BLOCK_M=bm, BLOCK_N=bn, HEAD_DIM=d,
+            NUM_BUFFERS=ONE_PASS_BUFFERS, DQ_SLOTS=ONE_PASS_DQ_SLOTS, SIGMOID=sigmoid, ORDER=order,
+            num_warps=GROUP_WARPS, maxnreg=MAXNREG)
+        return torch.mul(dq32, scale, out=dq), dk, dv
     bm, bn = TILES["dq"]
     swat_query_pingpong_kernel[(B * H * cdiv(T, bm),)](
         descriptor(q, bm // 2), descriptor(k, bn), descriptor(v, bn), descriptor(do, bm // 2), dq, slopes, T, H,

@@ -19,6 +19,12 @@ partitions:
   accumulation (o += p v; dq += ds k), then computes this tile's sigmoid with the ALiBi term, the
   band mask only on the tiles at the window's far edge or on the diagonal.
 
+At head size 128 the backward runs in one pass instead (swat_bwd_one_pass_kernel, where
+function.HOPPER_ONE_PASS says): one program per key block over its query tiles, FlashAttention-3's
+way, with 5 matrix products and one sigmoid per tile pair instead of the two passes' 7 and two. dQ
+goes into an fp32 buffer by the copy engine's bulk reduction (TMA reduce-add), which costs the
+tensor cores nothing (results/kernels/one-pass/, NOTES.md v19).
+
 The sigmoid is triton_common's, in the mode the caller passes (function.SIGMOID_MODE). q, k, v, dO
 are read through descriptors over [B * T, H * d]: rows of a neighbouring sequence that a tile
 reaches into get weight 0 from the mask, rows outside the tensor read as zeros. bf16 / fp16, no
@@ -594,8 +600,8 @@ def descriptor(t: torch.Tensor, rows: int) -> TensorDescriptor:
 # The launches the H100 bench chose (NOTES.md, v12): the forward and the dQ pass over 128 queries x 64
 # keys, the dK/dV pass over 32 queries x 128 keys, three ring slots, each compute partition one warp
 # group of 4 warps, launched with at most 168 registers a thread (maxnreg). The one-pass backward
-# (v19) over 64 queries x 128 keys with two ring slots and one dQ staging slot per group, all its
-# shared memory allows beside them without spilling more.
+# (v19) over 64 queries x 128 keys, with two ring slots and one dQ staging slot per group (ptxas
+# spills 72 bytes a thread there; 3 ring slots or 2 dQ slots fit the shared memory but spill more).
 TILES = {"fwd": (128, 64), "dq": (128, 64), "dkdv": (32, 128), "one_pass": (64, 128)}
 NUM_BUFFERS = 3
 ONE_PASS_BUFFERS = 2

@@ -100,8 +100,8 @@ HOPPER_MIN_WINDOW = {("fwd", 128): 512, ("bwd", 128): 2048}
 # The head sizes at which hopper.py's Gluon backward runs in one pass (swat_bwd_one_pass_kernel: dQ
 # added into an fp32 buffer by the copy engine's bulk reduction, 5 matrix products and one sigmoid
 # per tile pair instead of the two passes' 7 and two). d = 128 (H100, NOTES.md v19): 0.83x the two
-# passes' time at T = 16K and W = T, 0.93-0.98x at 32K, level at 4K and at W = 2048. Not under
-# torch.use_deterministic_algorithms: dQ's last bits depend on the order of the additions.
+# passes' time at T = 16K and W = T, 0.91-0.98x at 4K, 0.92-0.99x at 32K, level at W = 2048. Not
+# under torch.use_deterministic_algorithms: dQ's last bits depend on the order of the additions.
 HOPPER_ONE_PASS = (128,)
 
 

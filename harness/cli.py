@@ -21,6 +21,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from harness.bench import KERNEL_BENCH_LENGTHS
 from harness.terminal import print_table
 
 # soft_wrap: each message stays one line wherever it goes (a terminal wraps it itself), so that a
@@ -828,7 +829,8 @@ def build_parser() -> argparse.ArgumentParser:
     b = bench.add_parser("kernels", help="SWAT attention kernel vs flex_attention, fla, SDPA, triton-sigmoid "
                          "(fwd, fwd+bwd, decode; ratio to the fastest peer)")
     b.add_argument("--head-dims", default="64,128", help="comma-separated head sizes (default 64,128)")
-    b.add_argument("--lengths", default="4096,16384,32768", help="sequence lengths T (default 4096,16384,32768)")
+    lengths = ",".join(map(str, KERNEL_BENCH_LENGTHS))
+    b.add_argument("--lengths", default=lengths, help=f"sequence lengths T (default {lengths})")
     b.add_argument("--windows", default="128,512,2048,T", help="windows W; T means full causal (default 128,512,2048,T)")
     b.add_argument("--tokens", type=int_from(1), default=65536, help="B*T tokens per batch (default 65536)")
     b.add_argument("--hidden", type=int_from(1), default=1024, help="H*d: heads = hidden / d (default 1024)")

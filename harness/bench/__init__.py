@@ -6,6 +6,10 @@ inputs, and written with its command, device, date and commit.
 
 from harness.config import ConfigError
 
+# The sequence lengths `harness bench kernels` times by default (issue 24's), which the tuning sweeps
+# that feed its configs time too
+KERNEL_BENCH_LENGTHS = (4096, 16384, 32768)
+
 
 def parse_ints(text: str, flag: str) -> list[int]:
     """'2048,4096' -> [2048, 4096]: a command-line list of positive integers (`flag` names it in the error),

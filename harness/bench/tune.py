@@ -38,6 +38,7 @@ import sys
 import torch
 import torch.nn.functional as F
 
+from harness.bench import KERNEL_BENCH_LENGTHS
 from harness.bench.timing import median_ms
 from harness.config import ConfigError, first_line
 from harness.ops.alibi import alibi_slopes
@@ -223,7 +224,6 @@ def decode_sweep(on_row=lambda row: None) -> list[dict]:
 
 
 SPREAD_ROUNDS = 5
-BENCH_LENGTHS = (4096, 16384, 32768)  # the peer bench's (harness bench kernels)
 
 
 def _spread_round(d: int, seq_len: int, W: int, tokens: int, rnd: int) -> dict:
@@ -250,7 +250,7 @@ def spread_sweep(tokens: int = 65536, on_row=lambda row: None, windows: tuple = 
     graphs alike, is the buffers' placement; one in the eager times only is the host's."""
     rows = []
     for d in (64, 128):
-        for seq_len in BENCH_LENGTHS:
+        for seq_len in KERNEL_BENCH_LENGTHS:
             for W in _sizes(windows, seq_len):
                 for rnd in range(rounds):
                     rows.append(_spread_round(d, seq_len, W, tokens, rnd))
@@ -266,7 +266,7 @@ def order_sweep(tokens: int = 65536, on_row=lambda row: None, windows: tuple = D
     two processes, one per tree)."""
     rows = []
     for d in (64, 128):
-        for seq_len in BENCH_LENGTHS:
+        for seq_len in KERNEL_BENCH_LENGTHS:
             T, (q, k, v, do), slopes, scale = _inputs(d, seq_len, tokens)
             for W in _sizes(windows, T):
                 for order in fn_mod.PROGRAM_ORDERS:

@@ -4,7 +4,7 @@ them to the buffer (hopper.tma_reduce_add replaced before the kernel is compiled
 runs in a process of its own); "full" also times the host side's two tensor passes alone, the fp32
 buffer's zero fill and its scaling and cast into dq. Not a gradient: a cost breakdown, two timings
 each at T = 4K and 16K, with hopper.py's ring and dQ slots or (NUM_BUFFERS DQ_SLOTS) others.
-Before d1a7b1d the one pass was this folder's kernel.py.
+Through call 91 (7fc5125) the one pass was this folder's kernel.py.
 
     python results/kernels/one-pass/ablate.py OUT.jsonl {full,no_reduce} [NUM_BUFFERS DQ_SLOTS]
 """

@@ -5,8 +5,8 @@ and 32K on the H100, `../nvidia-h100-80gb-hbm3/kernels.md` at 946ab1f), and at W
 each variant's gradients against the two passes' (max |difference| over the largest value); then
 the whole backward, each variant twice, alternating, beside SDPA's backward (causal, its own
 kernels, W = T only). The peer bench's shapes: B * T = 65536, H = 8, bf16, sigmoid bias 0, the
-harness's sigmoid mode and program order. Before d1a7b1d the one pass was this folder's kernel.py
-(`git show <commit>:results/kernels/one-pass/probe.py` names it).
+harness's sigmoid mode and program order. Through call 91 (7fc5125) the one pass was this
+folder's kernel.py (`git show <commit>:results/kernels/one-pass/probe.py` names it).
 
     python results/kernels/one-pass/probe.py OUT.jsonl
 """

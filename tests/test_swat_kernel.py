@@ -510,6 +510,25 @@ def test_eager_calls_run_the_operators_bodies_under_plain_autograd():
         assert torch.equal(a, b)
 
 
+def test_torch_func_reverse_mode_gives_autograds_gradients():
+    """torch.func.grad and vjp through the kernels (GQA, a window below T) give autograd's gradients
+    bit for bit; vmap, which has no rule, says so."""
+    q, k, v, do = inputs(1, 40, 4, 2, 64, torch.float32, 7)
+    slopes = alibi_slopes(4).to(DEVICE)
+
+    def loss(q, k, v):
+        return (swat_attention_triton(q, k, v, slopes, 24, -0.5) * do).sum()
+    grads = torch.func.grad(loss, argnums=(0, 1, 2))(q, k, v)
+    leaves = [t.detach().clone().requires_grad_() for t in (q, k, v)]
+    loss(*leaves).backward()
+    for got, leaf in zip(grads, leaves):
+        assert torch.equal(got, leaf.grad)
+    _, vjp = torch.func.vjp(lambda q: swat_attention_triton(q, k, v, slopes, 24, -0.5), q)
+    assert torch.equal(vjp(do)[0], leaves[0].grad)
+    with pytest.raises(RuntimeError, match="vmap"):
+        torch.func.vmap(lambda q: swat_attention_triton(q, k, v, slopes, 24))(q.unsqueeze(0))
+
+
 def test_eager_decode_calls_the_operators_body_unless_a_gradient_is_asked():
     """Eagerly a decode step runs the op's body (bit for bit the op's result, without its dispatch);
     with an input that needs a gradient it goes through the op, which says it has no backward."""

@@ -7,6 +7,7 @@ autograd reaches the backward kernels through `register_autograd`. (`triton_op`,
 Inductor see the launches, failed to compile the forward kernel under Inductor with torch 2.11 /
 triton 3.6; eager was fine.) Eager calls skip the ops' dispatch, about half of a step's host time
 besides the launches: the same bodies run under a plain `autograd.Function` (decode: the body itself).
+Under torch.func's reverse-mode transforms (grad, vjp) a Function with a setup_context runs them.
 On the CPU they run only under TRITON_INTERPRET=1 (the CI tests); in normal use
 `harness.ops.swat.swat_attention` routes CPU tensors to the reference. On a Hopper GPU, the
 forward and the backward at the shapes HOPPER_MIN_WINDOW names run in hopper.py's Gluon kernels
@@ -456,6 +457,30 @@ class _SwatAttention(torch.autograd.Function):
         return _backward(ctx, do, bwd=_swat_bwd_body)
 
 
+class _SwatAttentionForFunc(torch.autograd.Function):
+    """_SwatAttention for torch.func's reverse-mode transforms (grad, vjp, jacrev), which need the
+    context made in a setup_context (as neither _SwatAttention nor the custom op's generated
+    Function has it); no vmap rule and no forward mode."""
+
+    @staticmethod
+    def forward(*inputs):
+        return _swat_fwd_body(*inputs)
+
+    setup_context = staticmethod(_setup_context)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, do):
+        return _backward(ctx, do)  # through the custom op, which takes the tensors the transform wraps
+
+
+def _under_func_transform(*tensors: torch.Tensor) -> bool:
+    """Whether a torch.func transform wraps any of these tensors (never asked under torch.compile,
+    which keeps the custom ops and cannot trace the question)."""
+    return not torch.compiler.is_compiling() and any(torch._C._functorch.is_functorch_wrapped_tensor(t)
+                                                     for t in tensors)
+
+
 def _untraced(*tensors: torch.Tensor) -> bool:
     """Whether no tracer sees this call: not torch.compile, no dispatch mode (fake tensors, make_fx,
     export), and plain tensors (not a subclass such as FakeTensor or DTensor)."""
@@ -479,7 +504,10 @@ def swat_attention_triton(q, k, v, slopes, window: int, sigmoid_bias: float = 0.
     if cu_seqlens is not None:
         row_start, row_end = document_bounds(cu_seqlens, T, q.device)
     scale = float(scale) if scale is not None else 1.0 / math.sqrt(d)
-    attention = _SwatAttention.apply if _untraced(q, k, v) else _swat_fwd
+    if _under_func_transform(q, k, v):
+        attention = _SwatAttentionForFunc.apply
+    else:
+        attention = _SwatAttention.apply if _untraced(q, k, v) else _swat_fwd
     return attention(q, k, v, slopes, row_start, row_end, int(window), float(sigmoid_bias), scale)
 
 

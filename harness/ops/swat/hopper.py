@@ -275,12 +275,20 @@ def _weights_t(s_t, m, n0, key_idx, query_idx, key_term, lim, full_lo, full_hi, 
 
 
 @gluon.jit
-def _dkdv_operands(s_t, dp_t, m, n0, key_idx, query_idx, key_term, lim, full_lo, full_hi, g_scale, g_slope, g_bias,
-                   SIGMOID: gl.constexpr, dtype: gl.constexpr, layout: gl.constexpr):
-    """P^T and dS^T = dP^T P^T (1 - P^T) of query tile m, in registers as wgmma takes them."""
+def _weights_and_ds_t(s_t, dp_t, m, n0, key_idx, query_idx, key_term, lim, full_lo, full_hi, g_scale, g_slope,
+                      g_bias, SIGMOID: gl.constexpr):
+    """P^T and dS^T = dP^T P^T (1 - P^T) of query tile m, fp32 in the scores' layout."""
     p_t = _weights_t(s_t, m, n0, key_idx, query_idx, key_term, lim, full_lo, full_hi, g_scale, g_slope, g_bias,
                      SIGMOID)
-    ds_t = dp_t * (p_t - p_t * p_t)
+    return p_t, dp_t * (p_t - p_t * p_t)
+
+
+@gluon.jit
+def _dkdv_operands(s_t, dp_t, m, n0, key_idx, query_idx, key_term, lim, full_lo, full_hi, g_scale, g_slope, g_bias,
+                   SIGMOID: gl.constexpr, dtype: gl.constexpr, layout: gl.constexpr):
+    """P^T and dS^T of query tile m (_weights_and_ds_t), in registers as wgmma takes them."""
+    p_t, ds_t = _weights_and_ds_t(s_t, dp_t, m, n0, key_idx, query_idx, key_term, lim, full_lo, full_hi, g_scale,
+                                  g_slope, g_bias, SIGMOID)
     return gl.convert_layout(p_t.to(dtype), layout), gl.convert_layout(ds_t.to(dtype), layout)
 
 
@@ -516,9 +524,9 @@ def _one_pass_partition(k_smem, v_smem, k_halves, q_bufs, do_bufs, ds_bufs, fixe
         s_t, dp_t = _key_scores(k_smem, v_smem, q_bufs, do_bufs, slot, t_zero)
         mbarrier.arrive(turns.index(1 - GROUP), count=1)
         s_t, dp_t = warpgroup_mma_wait(0, deps=(s_t, dp_t))
-        p_t = _weights_t(s_t, m, n0, key_idx, query_idx, key_term, lim, full_lo, full_hi, g_scale, g_slope, g_bias,
-                         SIGMOID)
-        _share_ds((dp_t * (p_t - p_t * p_t)).to(k_smem.dtype), ds_bufs, ds_ready, ds_free, i, GROUP)
+        p_t, ds_t = _weights_and_ds_t(s_t, dp_t, m, n0, key_idx, query_idx, key_term, lim, full_lo, full_hi, g_scale,
+                                      g_slope, g_bias, SIGMOID)
+        _share_ds(ds_t.to(k_smem.dtype), ds_bufs, ds_ready, ds_free, i, GROUP)
         p_t = gl.convert_layout(p_t.to(k_smem.dtype), a_layout)
         dv = warpgroup_mma(p_t, do_bufs.index(slot), dv, is_async=True)
         dk = warpgroup_mma(ds_bufs.index(2 * (i % 2) + GROUP), q_bufs.index(slot), dk, is_async=True)

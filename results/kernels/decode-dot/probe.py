@@ -1,0 +1,54 @@
+"""The tensor-core decode (kernel.py) against the committed decode (swat_decode_triton, its
+DECODE_CONFIGS) and SDPA over the same W slots, at the peer bench's decode shapes: d = 64 and 128
+with H * d = 1024, batch 1, 8 and 64, W = 128, 512 and 2048, bf16, the cache full (position 10 W).
+First each kernel's error against the fp32 reference; then two rounds of every variant's time, as
+CUDA-graph replays (the bench's decode timing). Issue 24 asks decode at batch 1, 8 and 64 to be at
+least level with SDPA; the committed kernel trails at several of these shapes (kernels.md).
+
+    python results/kernels/decode-dot/probe.py OUT.jsonl
+"""
+import os
+import shlex
+import sys
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, os.path.dirname(__file__))
+from kernel import decode_dot  # noqa: E402
+
+from harness.bench.tune import _time  # noqa: E402
+from harness.ops.alibi import alibi_slopes  # noqa: E402
+from harness.ops.swat.function import swat_decode_triton  # noqa: E402
+from harness.ops.swat.reference import swat_decode_ref  # noqa: E402
+from harness.results.provenance import stamped_row_writer  # noqa: E402
+
+write = stamped_row_writer(open(sys.argv[1], "w"), "cuda",
+                           shlex.join(["python", "results/kernels/decode-dot/probe.py", *sys.argv[1:]]), echo=True)
+# name: decode_dot's (min_programs, tile_elems, num_warps, num_stages)
+DOT = {f"dot p{p} t{t} w{w} s{s}": dict(min_programs=p, tile_elems=t, num_warps=w, num_stages=s)
+       for p, t, w, s in ((1056, 8192, 4, 3), (264, 8192, 4, 3), (4224, 8192, 4, 3), (1056, 4096, 4, 3),
+                          (1056, 8192, 2, 3), (1056, 8192, 4, 2), (4224, 4096, 4, 2))}
+
+for d in (64, 128):
+    H = 1024 // d
+    slopes = alibi_slopes(H).cuda()
+    for B in (1, 8, 64):
+        for W in (128, 512, 2048):
+            gen = torch.Generator(device="cpu").manual_seed(0)
+            q = torch.randn(B, H, d, generator=gen).to("cuda", torch.bfloat16)
+            kc, vc = (torch.randn(B, W, H, d, generator=gen).to("cuda", torch.bfloat16) for _ in range(2))
+            shape = dict(d=d, B=B, H=H, W=W)
+            calls = {"committed": lambda: swat_decode_triton(q, kc, vc, W, 10 * W, slopes, W)}
+            calls.update({name: (lambda cfg=cfg: decode_dot(q, kc, vc, W, 10 * W, slopes, W, **cfg))
+                          for name, cfg in DOT.items()})
+            want = swat_decode_ref(q.float(), kc.float(), vc.float(), W, 10 * W, slopes, W)
+            for name, call in calls.items():
+                got = call().float()
+                write(dict(shape, variant=name, rel_err=((got - want).norm() / want.norm()).item()))
+            qs, ks, vs = q[:, :, None], kc.transpose(1, 2), vc.transpose(1, 2)
+            calls["sdpa"] = lambda: F.scaled_dot_product_attention(qs, ks, vs)
+            for rnd in range(2):
+                for name, call in calls.items():
+                    ms, note = _time(call, cuda_graph=True)
+                    write(dict(shape, variant=name, round=rnd, us=None if ms is None else ms * 1e3, note=note))

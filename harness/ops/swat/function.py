@@ -526,9 +526,10 @@ def swat_attention_triton(q, k, v, slopes, window: int, sigmoid_bias: float = 0.
 # config and a second kernel, v5's), "whole" 2% over the best and 0.97x SDPA.
 DECODE_FILLS_GPU = 264
 DECODE_CONFIGS = {
-    "split": dict(MIN_PROGRAMS=4224, TILE_ELEMS=8192, num_warps=4, num_stages=3, ACC_2D=True, SUM_IN_KERNEL=True),
+    "split": dict(MIN_PROGRAMS=4224, TILE_ELEMS=8192, num_warps=4, num_stages=3, ACC_2D=True, SUM_IN_KERNEL=True,
+                  LOOP_STAGES=1),
     "whole": dict(MIN_PROGRAMS=DECODE_FILLS_GPU, TILE_ELEMS=8192, num_warps=2, num_stages=3, ACC_2D=True,
-                  SUM_IN_KERNEL=False),
+                  SUM_IN_KERNEL=False, LOOP_STAGES=1),
 }
 
 
@@ -545,7 +546,8 @@ def decode_launch(batch_heads: int, w_cache: int, head_dim: int, elem_bytes: int
     per_program = block_w * cdiv(tiles, wanted)
     splits = cdiv(w_cache, per_program)
     return dict(BLOCK_W=block_w, SLOTS_PER_PROGRAM=per_program, splits=splits, num_warps=cfg["num_warps"],
-                num_stages=cfg["num_stages"], ACC_2D=cfg["ACC_2D"], SUM_IN_KERNEL=cfg["SUM_IN_KERNEL"] and splits > 1)
+                num_stages=cfg["num_stages"], ACC_2D=cfg["ACC_2D"], SUM_IN_KERNEL=cfg["SUM_IN_KERNEL"] and splits > 1,
+                LOOP_STAGES=cfg["LOOP_STAGES"])
 
 
 @contextlib.contextmanager

@@ -22,12 +22,15 @@ def swat_decode_kernel(Q, KC, VC, O, Final, Arrived, Slopes,
                        H, W_CACHE, cache_len, pos, window, scale, bias,
                        REP: tl.constexpr, SLOTS_PER_PROGRAM: tl.constexpr, BLOCK_W: tl.constexpr,
                        HEAD_DIM: tl.constexpr, SIGMOID: tl.constexpr, ACC_2D: tl.constexpr,
-                       SUM_IN_KERNEL: tl.constexpr):
+                       SUM_IN_KERNEL: tl.constexpr, LOOP_STAGES: tl.constexpr):
     """Each program writes its run's sum to O [splits, B, H, d]. ACC_2D: keep a [BLOCK_W, HEAD_DIM]
     fp32 accumulator and add its rows once after the loop, instead of reducing each tile over its
     slots (a reduction across warps in every iteration). SUM_IN_KERNEL: the pair's programs count
     their arrival in Arrived (int32, zero before the launch); the last to arrive adds the runs'
-    sums into Final [B, H, d] and sets the count back to zero."""
+    sums into Final [B, H, d] and sets the count back to zero. LOOP_STAGES: the slot loop's software
+    pipeline (cp.async copies of the next tiles into shared memory while this one is reduced);
+    Triton pipelines only loads that feed a dot unless the loop asks, so the launch's num_stages
+    alone leaves this loop unpipelined."""
     pid_bh = tl.program_id(0)
     pid_s = tl.program_id(1)
     b = pid_bh // H
@@ -45,7 +48,7 @@ def swat_decode_kernel(Q, KC, VC, O, Final, Arrived, Slopes,
     else:
         acc = tl.zeros([HEAD_DIM], dtype=tl.float32)
     s_lo = pid_s * SLOTS_PER_PROGRAM
-    for s0 in range(s_lo, s_lo + SLOTS_PER_PROGRAM, BLOCK_W):
+    for s0 in tl.range(s_lo, s_lo + SLOTS_PER_PROGRAM, BLOCK_W, num_stages=LOOP_STAGES):
         slots = s0 + tl.arange(0, BLOCK_W)
         dist = (pos - slots + W_CACHE) % W_CACHE
         valid = (slots < cache_len) & (dist < window)

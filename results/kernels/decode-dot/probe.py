@@ -19,7 +19,7 @@ from kernel import decode_dot  # noqa: E402
 
 from harness.bench.tune import _time  # noqa: E402
 from harness.ops.alibi import alibi_slopes  # noqa: E402
-from harness.ops.swat.function import swat_decode_triton  # noqa: E402
+from harness.ops.swat.function import override_decode_config, swat_decode_triton  # noqa: E402
 from harness.ops.swat.reference import swat_decode_ref  # noqa: E402
 from harness.results.provenance import stamped_row_writer  # noqa: E402
 
@@ -27,8 +27,10 @@ write = stamped_row_writer(open(sys.argv[1], "w"), "cuda",
                            shlex.join(["python", "results/kernels/decode-dot/probe.py", *sys.argv[1:]]), echo=True)
 # name: decode_dot's (min_programs, tile_elems, num_warps, num_stages)
 DOT = {f"dot p{p} t{t} w{w} s{s}": dict(min_programs=p, tile_elems=t, num_warps=w, num_stages=s)
-       for p, t, w, s in ((1056, 8192, 4, 3), (264, 8192, 4, 3), (4224, 8192, 4, 3), (1056, 4096, 4, 3),
-                          (1056, 8192, 2, 3), (1056, 8192, 4, 2), (4224, 4096, 4, 2))}
+       for p, t, w, s in ((1056, 8192, 4, 2), (264, 8192, 4, 3))}
+
+# the committed kernel with its slot loop software-pipelined (swat_decode_kernel's LOOP_STAGES)
+LOOP_STAGES = (2, 3, 4)
 
 for d in (64, 128):
     H = 1024 // d
@@ -40,6 +42,11 @@ for d in (64, 128):
             kc, vc = (torch.randn(B, W, H, d, generator=gen).to("cuda", torch.bfloat16) for _ in range(2))
             shape = dict(d=d, B=B, H=H, W=W)
             calls = {"committed": lambda: swat_decode_triton(q, kc, vc, W, 10 * W, slopes, W)}
+
+            def pipelined(stages):
+                with override_decode_config(LOOP_STAGES=stages):
+                    return swat_decode_triton(q, kc, vc, W, 10 * W, slopes, W)
+            calls.update({f"committed, loop stages {n}": (lambda n=n: pipelined(n)) for n in LOOP_STAGES})
             calls.update({name: (lambda cfg=cfg: decode_dot(q, kc, vc, W, 10 * W, slopes, W, **cfg))
                           for name, cfg in DOT.items()})
             want = swat_decode_ref(q.float(), kc.float(), vc.float(), W, 10 * W, slopes, W)

@@ -262,6 +262,19 @@ def test_hopper_kernels_compile_for_sm90_without_a_gpu():
         ["fwd (pairs)", "dq (pairs)", "dkdv (pairs)", "one_pass (pairs)", "fwd (heads)", "fwd (rows)"]
 
 
+def test_decode_loop_stages_pipeline_the_slot_loop_on_hopper():
+    """Triton pipelines only the loads that feed a dot unless the loop asks: the decode's slot loop
+    copies tiles ahead (cp.async into shared memory) only with LOOP_STAGES > 1, whatever the
+    launch's num_stages. Compiled for sm_90 without a GPU, in a process without TRITON_INTERPRET."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(Path(__file__).parents[1]), env.get("PYTHONPATH")]))
+    script = Path(__file__).parent / "fixtures" / "compile_decode_sm90.py"
+    done = subprocess.run([sys.executable, str(script), "1", "3"], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    copies = [int(line.split(", ")[1].split()[0]) for line in done.stdout.splitlines()]
+    assert copies[0] == 0 and copies[1] > 0, done.stdout
+
+
 @pytest.mark.parametrize("mode,tol", [(0, 1e-5), (2, 5e-4)])
 def test_sigmoid_modes(mode, tol):
     """The Newton reciprocal (mode 2, the decode's for bf16/fp16 on the GPU) stays well inside bf16 precision."""

@@ -524,6 +524,9 @@ def swat_attention_triton(q, k, v, slopes, window: int, sigmoid_bias: float = 0.
 # shapes of each kind (d = 64 and 128, W = 128, 512 and 2048; batch 1 and 8 split, 64 whole):
 # "split" takes 11% over each shape's best and is 0.98x SDPA on geometric mean (0.79x with "whole"'s
 # config and a second kernel, v5's), "whole" 2% over the best and 0.97x SDPA.
+# That sweep's num_stages did not reach the slot loop, which Triton left unpipelined (v20):
+# LOOP_STAGES pipelines it, 1 (none, as swept) until a GPU has timed it
+# (results/kernels/decode-dot/probe.py times 2-4).
 DECODE_FILLS_GPU = 264
 DECODE_CONFIGS = {
     "split": dict(MIN_PROGRAMS=4224, TILE_ELEMS=8192, num_warps=4, num_stages=3, ACC_2D=True, SUM_IN_KERNEL=True,
@@ -536,7 +539,8 @@ DECODE_CONFIGS = {
 def decode_launch(batch_heads: int, w_cache: int, head_dim: int, elem_bytes: int = 2) -> dict:
     """The decode kernel's launch: slots per tile (BLOCK_W) and per program, programs per
     (sequence, head) pair (splits), warps, pipeline stages, the accumulator's shape and where the
-    runs' sums are added (SUM_IN_KERNEL, only where there are runs to add). TILE_ELEMS
+    runs' sums are added (SUM_IN_KERNEL, only where there are runs to add), the slot loop's pipeline
+    (LOOP_STAGES). TILE_ELEMS
     was tuned for 16-bit inputs; fp32 inputs get as many bytes per tile (half the slots), so that
     the pipelined K/V tiles take the shared memory the sweep's config took."""
     cfg = DECODE_CONFIGS["split" if batch_heads < DECODE_FILLS_GPU else "whole"]
@@ -553,7 +557,7 @@ def decode_launch(batch_heads: int, w_cache: int, head_dim: int, elem_bytes: int
 @contextlib.contextmanager
 def override_decode_config(**overrides):
     """Temporarily replace entries (MIN_PROGRAMS, TILE_ELEMS, num_warps, num_stages, ACC_2D,
-    SUM_IN_KERNEL) of both DECODE_CONFIGS, so that a sweep times one config at every batch."""
+    SUM_IN_KERNEL, LOOP_STAGES) of both DECODE_CONFIGS, so that a sweep times one config at every batch."""
     with contextlib.ExitStack() as stack:
         for cfg in DECODE_CONFIGS.values():
             stack.enter_context(_overridden(cfg, overrides))

@@ -29,8 +29,11 @@ write = stamped_row_writer(open(sys.argv[1], "w"), "cuda",
 DOT = {f"dot p{p} t{t} w{w} s{s}": dict(min_programs=p, tile_elems=t, num_warps=w, num_stages=s)
        for p, t, w, s in ((1056, 8192, 4, 2), (264, 8192, 4, 3))}
 
-# the committed kernel with its slot loop software-pipelined (swat_decode_kernel's LOOP_STAGES)
-LOOP_STAGES = (2, 3, 4)
+# the committed kernel with its slot loop software-pipelined (swat_decode_kernel's LOOP_STAGES), as
+# configured and with fewer programs wanted (MIN_PROGRAMS), which gives each program more tiles to
+# pipeline: "split"'s 4224 leave one tile a program at batch 8 and W = 2048
+PIPELINED = {f"committed, loop stages {n}": dict(LOOP_STAGES=n) for n in (2, 3, 4)}
+PIPELINED.update({f"committed, loop stages 3, {p} programs": dict(LOOP_STAGES=3, MIN_PROGRAMS=p) for p in (264, 1056)})
 
 for d in (64, 128):
     H = 1024 // d
@@ -43,10 +46,10 @@ for d in (64, 128):
             shape = dict(d=d, B=B, H=H, W=W)
             calls = {"committed": lambda: swat_decode_triton(q, kc, vc, W, 10 * W, slopes, W)}
 
-            def pipelined(stages):
-                with override_decode_config(LOOP_STAGES=stages):
+            def pipelined(overrides):
+                with override_decode_config(**overrides):
                     return swat_decode_triton(q, kc, vc, W, 10 * W, slopes, W)
-            calls.update({f"committed, loop stages {n}": (lambda n=n: pipelined(n)) for n in LOOP_STAGES})
+            calls.update({name: (lambda o=o: pipelined(o)) for name, o in PIPELINED.items()})
             calls.update({name: (lambda cfg=cfg: decode_dot(q, kc, vc, W, 10 * W, slopes, W, **cfg))
                           for name, cfg in DOT.items()})
             want = swat_decode_ref(q.float(), kc.float(), vc.float(), W, 10 * W, slopes, W)

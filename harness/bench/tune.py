@@ -199,27 +199,36 @@ DECODE_CANDIDATES = [dict(MIN_PROGRAMS=p, TILE_ELEMS=t, num_warps=w, num_stages=
                                                    (2, False, True), (3, True, True))]
 
 
+DECODE_SHAPES = [(d, B, W) for d in (64, 128) for B in (1, 8, 64) for W in (128, 512, 2048)]
+
+
+def decode_inputs(d: int, B: int, W: int):
+    """bf16 q [B, H, d] and a full ring buffer (k, v caches [B, W, H, d]) with H * d = 1024 (seed
+    0), the heads' ALiBi slopes, and SDPA over the same slots (a sliding-window softmax model's
+    step): the inputs every timing of the decode takes."""
+    H = 1024 // d
+    gen = torch.Generator(device="cpu").manual_seed(0)
+    q = torch.randn(B, H, d, generator=gen).to("cuda", torch.bfloat16)
+    kc, vc = (torch.randn(B, W, H, d, generator=gen).to("cuda", torch.bfloat16) for _ in range(2))
+    qs, ks, vs = q[:, :, None], kc.transpose(1, 2), vc.transpose(1, 2)
+    return q, kc, vc, alibi_slopes(H).cuda(), lambda: F.scaled_dot_product_attention(qs, ks, vs)
+
+
 def decode_sweep(on_row=lambda row: None) -> list[dict]:
     rows = []
-    for d in (64, 128):
-        H = 1024 // d
-        slopes = alibi_slopes(H).cuda()
-        for B in (1, 8, 64):
-            for W in (128, 512, 2048):
-                gen = torch.Generator(device="cpu").manual_seed(0)
-                q = torch.randn(B, H, d, generator=gen).to("cuda", torch.bfloat16)
-                kc, vc = (torch.randn(B, W, H, d, generator=gen).to("cuda", torch.bfloat16) for _ in range(2))
-                shape = dict(d=d, B=B, H=H, W=W)
-                qs, ks, vs = q[:, :, None], kc.transpose(1, 2), vc.transpose(1, 2)
-                ms, note = _time(lambda: F.scaled_dot_product_attention(qs, ks, vs), cuda_graph=True)
-                rows.append(dict(shape, what="decode sdpa (same buffer, softmax)", ms=ms, note=note))
-                on_row(rows[-1])
-                for cand in DECODE_CANDIDATES:
-                    with override_decode_config(**cand):
-                        splits = decode_launch(B * H, W, d)["splits"]
-                        ms, note = _time(lambda: swat_decode_triton(q, kc, vc, W, 10 * W, slopes, W), cuda_graph=True)
-                    rows.append(dict(shape, what="decode", **cand, splits=splits, ms=ms, note=note))
-                    on_row(rows[-1])
+    for d, B, W in DECODE_SHAPES:
+        q, kc, vc, slopes, sdpa = decode_inputs(d, B, W)
+        H = q.shape[1]
+        shape = dict(d=d, B=B, H=H, W=W)
+        ms, note = _time(sdpa, cuda_graph=True)
+        rows.append(dict(shape, what="decode sdpa (same buffer, softmax)", ms=ms, note=note))
+        on_row(rows[-1])
+        for cand in DECODE_CANDIDATES:
+            with override_decode_config(**cand):
+                splits = decode_launch(B * H, W, d)["splits"]
+                ms, note = _time(lambda: swat_decode_triton(q, kc, vc, W, 10 * W, slopes, W), cuda_graph=True)
+            rows.append(dict(shape, what="decode", **cand, splits=splits, ms=ms, note=note))
+            on_row(rows[-1])
     return rows
 
 

@@ -11,14 +11,10 @@ import os
 import shlex
 import sys
 
-import torch
-import torch.nn.functional as F
-
 sys.path.insert(0, os.path.dirname(__file__))
 from kernel import decode_dot  # noqa: E402
 
-from harness.bench.tune import _time  # noqa: E402
-from harness.ops.alibi import alibi_slopes  # noqa: E402
+from harness.bench.tune import DECODE_SHAPES, _time, decode_inputs  # noqa: E402
 from harness.ops.swat.function import override_decode_config, swat_decode_triton  # noqa: E402
 from harness.ops.swat.reference import swat_decode_ref  # noqa: E402
 from harness.results.provenance import stamped_row_writer  # noqa: E402
@@ -35,30 +31,25 @@ DOT = {f"dot p{p} t{t} w{w} s{s}": dict(min_programs=p, tile_elems=t, num_warps=
 PIPELINED = {f"committed, loop stages {n}": dict(LOOP_STAGES=n) for n in (2, 3, 4)}
 PIPELINED.update({f"committed, loop stages 3, {p} programs": dict(LOOP_STAGES=3, MIN_PROGRAMS=p) for p in (264, 1056)})
 
-for d in (64, 128):
-    H = 1024 // d
-    slopes = alibi_slopes(H).cuda()
-    for B in (1, 8, 64):
-        for W in (128, 512, 2048):
-            gen = torch.Generator(device="cpu").manual_seed(0)
-            q = torch.randn(B, H, d, generator=gen).to("cuda", torch.bfloat16)
-            kc, vc = (torch.randn(B, W, H, d, generator=gen).to("cuda", torch.bfloat16) for _ in range(2))
-            shape = dict(d=d, B=B, H=H, W=W)
-            calls = {"committed": lambda: swat_decode_triton(q, kc, vc, W, 10 * W, slopes, W)}
 
-            def pipelined(overrides):
-                with override_decode_config(**overrides):
-                    return swat_decode_triton(q, kc, vc, W, 10 * W, slopes, W)
-            calls.update({name: (lambda o=o: pipelined(o)) for name, o in PIPELINED.items()})
-            calls.update({name: (lambda cfg=cfg: decode_dot(q, kc, vc, W, 10 * W, slopes, W, **cfg))
-                          for name, cfg in DOT.items()})
-            want = swat_decode_ref(q.float(), kc.float(), vc.float(), W, 10 * W, slopes, W)
-            for name, call in calls.items():
-                got = call().float()
-                write(dict(shape, variant=name, rel_err=((got - want).norm() / want.norm()).item()))
-            qs, ks, vs = q[:, :, None], kc.transpose(1, 2), vc.transpose(1, 2)
-            calls["sdpa"] = lambda: F.scaled_dot_product_attention(qs, ks, vs)
-            for rnd in range(2):
-                for name, call in calls.items():
-                    ms, note = _time(call, cuda_graph=True)
-                    write(dict(shape, variant=name, round=rnd, us=None if ms is None else ms * 1e3, note=note))
+def pipelined(overrides, *args):
+    with override_decode_config(**overrides):
+        return swat_decode_triton(*args)
+
+
+for d, B, W in DECODE_SHAPES:
+    q, kc, vc, slopes, sdpa = decode_inputs(d, B, W)
+    shape = dict(d=d, B=B, H=q.shape[1], W=W)
+    args = (q, kc, vc, W, 10 * W, slopes, W)  # a full ring buffer, the query at position 10 W
+    calls = {"committed": lambda: swat_decode_triton(*args)}
+    calls.update({name: (lambda o=o: pipelined(o, *args)) for name, o in PIPELINED.items()})
+    calls.update({name: (lambda cfg=cfg: decode_dot(*args, **cfg)) for name, cfg in DOT.items()})
+    want = swat_decode_ref(q.float(), kc.float(), vc.float(), W, 10 * W, slopes, W)
+    for name, call in calls.items():
+        got = call().float()
+        write(dict(shape, variant=name, rel_err=((got - want).norm() / want.norm()).item()))
+    calls["sdpa"] = sdpa
+    for rnd in range(2):
+        for name, call in calls.items():
+            ms, note = _time(call, cuda_graph=True)
+            write(dict(shape, variant=name, round=rnd, us=None if ms is None else ms * 1e3, note=note))

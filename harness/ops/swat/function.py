@@ -538,10 +538,9 @@ DECODE_CONFIGS = {
 
 def decode_launch(batch_heads: int, w_cache: int, head_dim: int, elem_bytes: int = 2) -> dict:
     """The decode kernel's launch: slots per tile (BLOCK_W) and per program, programs per
-    (sequence, head) pair (splits), warps, pipeline stages, the accumulator's shape and where the
-    runs' sums are added (SUM_IN_KERNEL, only where there are runs to add), the slot loop's pipeline
-    (LOOP_STAGES). TILE_ELEMS
-    was tuned for 16-bit inputs; fp32 inputs get as many bytes per tile (half the slots), so that
+    (sequence, head) pair (splits), warps, the launch's num_stages, the accumulator's shape, where
+    the runs' sums are added (SUM_IN_KERNEL, only where there are runs to add) and the slot loop's
+    pipeline (LOOP_STAGES). TILE_ELEMS was tuned for 16-bit inputs; fp32 inputs get as many bytes per tile (half the slots), so that
     the pipelined K/V tiles take the shared memory the sweep's config took."""
     cfg = DECODE_CONFIGS["split" if batch_heads < DECODE_FILLS_GPU else "whole"]
     block_w = 16 if interpreting() else max(16, cfg["TILE_ELEMS"] * 2 // elem_bytes // head_dim)

@@ -525,7 +525,7 @@ def test_eager_calls_run_the_operators_bodies_under_plain_autograd():
 
 def test_torch_func_reverse_mode_gives_autograds_gradients():
     """torch.func.grad and vjp through the kernels (GQA, a window below T) give autograd's gradients
-    bit for bit; vmap, which has no rule, says so."""
+    bit for bit."""
     q, k, v, do = inputs(1, 40, 4, 2, 64, torch.float32, 7)
     slopes = alibi_slopes(4).to(DEVICE)
 
@@ -538,8 +538,33 @@ def test_torch_func_reverse_mode_gives_autograds_gradients():
         assert torch.equal(got, leaf.grad)
     _, vjp = torch.func.vjp(lambda q: swat_attention_triton(q, k, v, slopes, 24, -0.5), q)
     assert torch.equal(vjp(do)[0], leaves[0].grad)
-    with pytest.raises(RuntimeError, match="vmap"):
-        torch.func.vmap(lambda q: swat_attention_triton(q, k, v, slopes, 24))(q.unsqueeze(0))
+
+
+def test_torch_func_vmap_maps_over_q_k_v_as_a_loop_would():
+    """vmap folds the mapped dimension into the kernels' batch: the outputs, and per-sample
+    gradients (vmap of grad), equal a loop over the mapped calls bit for bit, whichever dimension is
+    mapped and with k and v shared; mapped slopes, which the fold cannot take, are one ConfigError."""
+    from harness.config import ConfigError
+    N, T, H, Hkv, d = 2, 24, 4, 2, 16
+    g = torch.Generator(device="cpu").manual_seed(9)
+    q, do = (torch.randn(N, 1, T, H, d, generator=g).to(DEVICE) for _ in range(2))
+    k, v = (torch.randn(N, 1, T, Hkv, d, generator=g).to(DEVICE) for _ in range(2))
+    slopes = alibi_slopes(H).to(DEVICE)
+
+    def attend(q, k, v):
+        return swat_attention_triton(q, k, v, slopes, 12, -0.5)
+
+    def loss(q, k, v, do):
+        return (attend(q, k, v) * do).sum()
+    assert torch.equal(torch.func.vmap(attend)(q, k, v), torch.stack([attend(q[i], k[i], v[i]) for i in range(N)]))
+    shared = torch.func.vmap(attend, in_dims=(1, None, None))(q.transpose(0, 1), k[0], v[0])
+    assert torch.equal(shared, torch.stack([attend(q[i], k[0], v[0]) for i in range(N)]))
+    per_sample = torch.func.vmap(torch.func.grad(loss, argnums=(0, 1, 2)))(q, k, v, do)
+    for i in range(N):
+        one = torch.func.grad(loss, argnums=(0, 1, 2))(q[i], k[i], v[i], do[i])
+        assert all(torch.equal(batched[i], single) for batched, single in zip(per_sample, one))
+    with pytest.raises(ConfigError, match="maps over q, k and v only"):
+        torch.func.vmap(lambda s: swat_attention_triton(q[0], k[0], v[0], s, 12))(slopes.expand(2, H))
 
 
 def test_eager_decode_calls_the_operators_body_unless_a_gradient_is_asked():

@@ -7,7 +7,8 @@ autograd reaches the backward kernels through `register_autograd`. (`triton_op`,
 Inductor see the launches, failed to compile the forward kernel under Inductor with torch 2.11 /
 triton 3.6; eager was fine.) Eager calls skip the ops' dispatch, about half of a step's host time
 besides the launches: the same bodies run under a plain `autograd.Function` (decode: the body itself).
-Under torch.func's reverse-mode transforms (grad, vjp) a Function with a setup_context runs them.
+Under torch.func's transforms (grad, vjp, vmap, and compositions such as per-sample gradients) a
+Function with a setup_context runs the ops, whose vmap rules fold the mapped dimension into the batch.
 On the CPU they run only under TRITON_INTERPRET=1 (the CI tests); in normal use
 `harness.ops.swat.swat_attention` routes CPU tensors to the reference. On a Hopper GPU, the
 forward and the backward at the shapes HOPPER_MIN_WINDOW names run in hopper.py's Gluon kernels
@@ -457,14 +458,48 @@ class _SwatAttention(torch.autograd.Function):
         return _backward(ctx, do, bwd=_swat_bwd_body)
 
 
+def _batched_first(tensors, in_dims, size: int) -> list[torch.Tensor]:
+    """Each tensor [B, ...] with the vmapped dimension first and folded into its batch dimension
+    ([size * B, ...]); an unbatched one (in_dim None) repeated size times. The kernels see size * B
+    independent sequences, which is what vmap asks of an op whose sequences are independent."""
+    folded = [(t.movedim(dim, 0) if dim is not None else t.expand(size, *t.shape)).flatten(0, 1)
+              for t, dim in zip(tensors, in_dims)]
+    return [t if t.stride(-1) == 1 else t.contiguous() for t in folded]  # the kernels read rows of d
+
+
+def _vmap_refusal(in_dims) -> None:
+    if any(dim is not None for dim in in_dims):
+        raise ConfigError("torch.func.vmap through SWAT attention maps over q, k and v only: the ALiBi slopes and "
+                          "cu_seqlens must be the same for every mapped call")
+
+
+@_swat_fwd.register_vmap
+def _swat_fwd_vmap(info, in_dims, q, k, v, slopes, row_start, row_end, window, sigmoid_bias, scale):
+    _vmap_refusal(in_dims[3:6])
+    q, k, v = _batched_first((q, k, v), in_dims[:3], info.batch_size)
+    o = _swat_fwd(q, k, v, slopes, row_start, row_end, window, sigmoid_bias, scale)
+    return o.unflatten(0, (info.batch_size, -1)), 0
+
+
+@_swat_bwd.register_vmap
+def _swat_bwd_vmap(info, in_dims, do, q, k, v, slopes, row_start, row_end, window, sigmoid_bias, scale):
+    _vmap_refusal(in_dims[4:7])
+    do, q, k, v = _batched_first((do, q, k, v), in_dims[:4], info.batch_size)
+    grads = _swat_bwd(do, q, k, v, slopes, row_start, row_end, window, sigmoid_bias, scale)
+    return tuple(g.unflatten(0, (info.batch_size, -1)) for g in grads), (0, 0, 0)
+
+
 class _SwatAttentionForFunc(torch.autograd.Function):
-    """_SwatAttention for torch.func's reverse-mode transforms (grad, vjp, jacrev), which need the
-    context made in a setup_context (as neither _SwatAttention nor the custom op's generated
-    Function has it); no vmap rule and no forward mode."""
+    """_SwatAttention for torch.func's transforms (grad, vjp, jacrev, vmap and their compositions),
+    which need the context made in a setup_context (as neither _SwatAttention nor the custom op's
+    generated Function has it). Forward and backward go through the custom ops, whose vmap rules
+    fold the mapped dimension into the batch; no forward mode."""
+
+    generate_vmap_rule = True
 
     @staticmethod
     def forward(*inputs):
-        return _swat_fwd_body(*inputs)
+        return _swat_fwd(*inputs)
 
     setup_context = staticmethod(_setup_context)
 
@@ -474,11 +509,11 @@ class _SwatAttentionForFunc(torch.autograd.Function):
         return _backward(ctx, do)  # through the custom op, which takes the tensors the transform wraps
 
 
-def _under_func_transform(*tensors: torch.Tensor) -> bool:
+def _under_func_transform(*tensors: Optional[torch.Tensor]) -> bool:
     """Whether a torch.func transform wraps any of these tensors (never asked under torch.compile,
     which keeps the custom ops and cannot trace the question)."""
-    return not torch.compiler.is_compiling() and any(torch._C._functorch.is_functorch_wrapped_tensor(t)
-                                                     for t in tensors)
+    wrapped = torch._C._functorch.is_functorch_wrapped_tensor
+    return not torch.compiler.is_compiling() and any(t is not None and wrapped(t) for t in tensors)
 
 
 def _untraced(*tensors: torch.Tensor) -> bool:
@@ -504,7 +539,7 @@ def swat_attention_triton(q, k, v, slopes, window: int, sigmoid_bias: float = 0.
     if cu_seqlens is not None:
         row_start, row_end = document_bounds(cu_seqlens, T, q.device)
     scale = float(scale) if scale is not None else 1.0 / math.sqrt(d)
-    if _under_func_transform(q, k, v):
+    if _under_func_transform(q, k, v, slopes, row_start):
         attention = _SwatAttentionForFunc.apply
     else:
         attention = _SwatAttention.apply if _untraced(q, k, v) else _swat_fwd
@@ -540,8 +575,9 @@ def decode_launch(batch_heads: int, w_cache: int, head_dim: int, elem_bytes: int
     """The decode kernel's launch: slots per tile (BLOCK_W) and per program, programs per
     (sequence, head) pair (splits), warps, the launch's num_stages, the accumulator's shape, where
     the runs' sums are added (SUM_IN_KERNEL, only where there are runs to add) and the slot loop's
-    pipeline (LOOP_STAGES). TILE_ELEMS was tuned for 16-bit inputs; fp32 inputs get as many bytes per tile (half the slots), so that
-    the pipelined K/V tiles take the shared memory the sweep's config took."""
+    pipeline (LOOP_STAGES). TILE_ELEMS was tuned for 16-bit inputs; fp32 inputs get as many bytes
+    per tile (half the slots), so that the pipelined K/V tiles take the shared memory the sweep's
+    config took."""
     cfg = DECODE_CONFIGS["split" if batch_heads < DECODE_FILLS_GPU else "whole"]
     block_w = 16 if interpreting() else max(16, cfg["TILE_ELEMS"] * 2 // elem_bytes // head_dim)
     tiles = cdiv(w_cache, block_w)

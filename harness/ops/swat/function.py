@@ -467,7 +467,7 @@ def _batched_first(tensors, in_dims, size: int) -> list[torch.Tensor]:
     return [t if t.stride(-1) == 1 else t.contiguous() for t in folded]  # the kernels read rows of d
 
 
-def _vmap_refusal(in_dims) -> None:
+def _require_unmapped(in_dims) -> None:
     if any(dim is not None for dim in in_dims):
         raise ConfigError("torch.func.vmap through SWAT attention maps over q, k and v only: the ALiBi slopes and "
                           "cu_seqlens must be the same for every mapped call")
@@ -475,7 +475,7 @@ def _vmap_refusal(in_dims) -> None:
 
 @_swat_fwd.register_vmap
 def _swat_fwd_vmap(info, in_dims, q, k, v, slopes, row_start, row_end, window, sigmoid_bias, scale):
-    _vmap_refusal(in_dims[3:6])
+    _require_unmapped(in_dims[3:6])
     q, k, v = _batched_first((q, k, v), in_dims[:3], info.batch_size)
     o = _swat_fwd(q, k, v, slopes, row_start, row_end, window, sigmoid_bias, scale)
     return o.unflatten(0, (info.batch_size, -1)), 0
@@ -483,7 +483,7 @@ def _swat_fwd_vmap(info, in_dims, q, k, v, slopes, row_start, row_end, window, s
 
 @_swat_bwd.register_vmap
 def _swat_bwd_vmap(info, in_dims, do, q, k, v, slopes, row_start, row_end, window, sigmoid_bias, scale):
-    _vmap_refusal(in_dims[4:7])
+    _require_unmapped(in_dims[4:7])
     do, q, k, v = _batched_first((do, q, k, v), in_dims[:4], info.batch_size)
     grads = _swat_bwd(do, q, k, v, slopes, row_start, row_end, window, sigmoid_bias, scale)
     return tuple(g.unflatten(0, (info.batch_size, -1)) for g in grads), (0, 0, 0)

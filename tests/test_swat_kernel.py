@@ -246,33 +246,35 @@ def test_hopper_passes_are_taken_only_where_they_were_measured_faster(monkeypatc
     assert function.hopper_one_pass(128) and not function.hopper_one_pass(64)
 
 
-def test_hopper_kernels_compile_for_sm90_without_a_gpu():
-    """hopper.py's kernels at the launches its dispatcher uses, compiled for sm_90 by this Triton (no
-    GPU needed: ptxas comes with it), so that a Triton whose Gluon API moved fails here, not on a
-    user's H100. In a process of its own: Gluon does not compile under TRITON_INTERPRET=1, which
-    these tests run with on a CPU. The repository goes on its path: the harness need not be installed,
-    as on the device machine, where the suite runs from a copy of the tree."""
-    pytest.importorskip("harness.ops.swat.hopper")
+def compile_for_sm90(fixture: str, *args: str) -> list[str]:
+    """The lines printed by tests/fixtures/<fixture>, which compiles kernels for sm_90 by this Triton
+    (no GPU needed: ptxas comes with it). In a process of its own, without TRITON_INTERPRET, which
+    these tests run with on a CPU and under which Gluon and real compiles do not run. The repository
+    goes on its path: the harness need not be installed, as on the device machine, where the suite
+    runs from a copy of the tree."""
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(Path(__file__).parents[1]), env.get("PYTHONPATH")]))
-    script = Path(__file__).parent / "fixtures" / "compile_hopper_sm90.py"
-    done = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=300)
+    script = Path(__file__).parent / "fixtures" / fixture
+    done = subprocess.run([sys.executable, str(script), *args], env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
-    assert [line.split(":")[0] for line in done.stdout.splitlines()] == \
+    return done.stdout.splitlines()
+
+
+def test_hopper_kernels_compile_for_sm90_without_a_gpu():
+    """hopper.py's kernels at the launches its dispatcher uses, compiled for sm_90, so that a Triton
+    whose Gluon API moved fails here, not on a user's H100."""
+    pytest.importorskip("harness.ops.swat.hopper")
+    assert [line.split(":")[0] for line in compile_for_sm90("compile_hopper_sm90.py")] == \
         ["fwd (pairs)", "dq (pairs)", "dkdv (pairs)", "one_pass (pairs)", "fwd (heads)", "fwd (rows)"]
 
 
 def test_decode_loop_stages_pipeline_the_slot_loop_on_hopper():
-    """Triton pipelines only the loads that feed a dot unless the loop asks: the decode's slot loop
-    copies tiles ahead (cp.async into shared memory) only with LOOP_STAGES > 1, whatever the
-    launch's num_stages. Compiled for sm_90 without a GPU, in a process without TRITON_INTERPRET."""
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(Path(__file__).parents[1]), env.get("PYTHONPATH")]))
-    script = Path(__file__).parent / "fixtures" / "compile_decode_sm90.py"
-    done = subprocess.run([sys.executable, str(script), "1", "3"], env=env, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-2000:]
-    copies = [int(line.split(", ")[1].split()[0]) for line in done.stdout.splitlines()]
-    assert copies[0] == 0 and copies[1] > 0, done.stdout
+    """Triton pipelines only the loads that feed a dot unless the loop asks: the decode's slot loop,
+    compiled for sm_90, copies tiles ahead (cp.async into shared memory) only with LOOP_STAGES > 1,
+    whatever the launch's num_stages."""
+    lines = compile_for_sm90("compile_decode_sm90.py", "1", "3")
+    copies = [int(line.split(", ")[1].split()[0]) for line in lines]
+    assert copies[0] == 0 and copies[1] > 0, lines
 
 
 @pytest.mark.parametrize("mode,tol", [(0, 1e-5), (2, 5e-4)])

@@ -11,8 +11,14 @@ import torch
 import triton
 import triton.language as tl
 
-from harness.ops.swat.function import _arrival_counters, _sigmoid_mode, _strides
-from harness.ops.swat.triton_common import cdiv, score_unit, sigmoid_scaled
+from harness.ops.swat.function import (
+    _arrival_counters,
+    _sigmoid_mode,
+    _strides,
+    decode_launch,
+    override_decode_config,
+)
+from harness.ops.swat.triton_common import score_unit, sigmoid_scaled
 
 
 @triton.jit
@@ -65,16 +71,17 @@ def swat_decode_dot_kernel(Q, KC, VC, O, Final, Arrived, Slopes,
 
 def decode_dot(q, k_cache, v_cache, cache_len, pos, slopes, window, sigmoid_bias=0.0, scale=None, *,
                min_programs=1056, tile_elems=8192, num_warps=4, num_stages=3):
-    """One decode step through swat_decode_dot_kernel; the runs of slots split until the grid has
-    min_programs programs, tiles of tile_elems / d slots, the runs' sums added in the kernel."""
+    """One decode step through swat_decode_dot_kernel; its slots split over programs as
+    function.decode_launch splits the committed decode's with MIN_PROGRAMS = min_programs and
+    TILE_ELEMS = tile_elems, counting (sequence, key/value head) groups; the runs' sums added in the
+    kernel."""
     B, H, d = q.shape
     W_cache, Hkv = k_cache.shape[1], k_cache.shape[2]
     rep = H // Hkv
     scale = 1.0 / d ** 0.5 if scale is None else scale
-    block_w = max(16, tile_elems * 2 // q.element_size() // d)
-    tiles = cdiv(W_cache, block_w)
-    per_program = block_w * cdiv(tiles, min(tiles, max(1, cdiv(min_programs, B * Hkv))))
-    splits = cdiv(W_cache, per_program)
+    with override_decode_config(MIN_PROGRAMS=min_programs, TILE_ELEMS=tile_elems):  # the committed decode's split
+        launch = decode_launch(B * Hkv, W_cache, d, q.element_size())
+    block_w, per_program, splits = launch["BLOCK_W"], launch["SLOTS_PER_PROGRAM"], launch["splits"]
     out = torch.empty((splits, B, H, d), device=q.device, dtype=q.dtype if splits == 1 else torch.float32)
     o = out[0] if splits == 1 else torch.empty((B, H, d), device=q.device, dtype=q.dtype)
     arrived = _arrival_counters(q.device, B * Hkv) if splits > 1 else slopes

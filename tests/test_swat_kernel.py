@@ -270,8 +270,8 @@ def test_hopper_kernels_compile_for_sm90_without_a_gpu():
 
 def test_decode_loop_stages_pipeline_the_slot_loop_on_hopper():
     """Triton pipelines only the loads that feed a dot unless the loop asks: the decode's slot loop,
-    compiled for sm_90, copies tiles ahead (cp.async into shared memory) only with LOOP_STAGES > 1,
-    whatever the launch's num_stages."""
+    compiled for sm_90, copies tiles ahead (cp.async into shared memory) only with LOOP_STAGES > 1;
+    the launch's num_stages (Triton's default, 3) does not reach it."""
     lines = compile_for_sm90("compile_decode_sm90.py", "1", "3")
     copies = [int(line.split(", ")[1].split()[0]) for line in lines]
     assert copies[0] == 0 and copies[1] > 0, lines

@@ -9,9 +9,10 @@ candidate is timed as the whole backward (dK/dV + dQ, or the one fused pass) wit
 its current config, so differences between candidates of one pass are that pass's differences, and
 the best "dkdv fused atomics" and "dkdv fused tma" rows against the best "dkdv" row decide FUSED_DQ.
 Sweep `decode` times the decode kernel's launch configs (DECODE_CONFIGS: programs wanted, tile size,
-warps, stages) at batch 1, 8 and 64 over full W-slot ring buffers, as CUDA-graph replays, beside
-SDPA (softmax, no bias) over the same buffer: the work of a sliding-window softmax model's decode
-step, the peer a user would pick. Sweep `sigmoid` times the forward and the backward in each sigmoid
+warps, the slot loop's pipeline, the accumulator, where the runs' sums are added) at batch 1, 8 and
+64 over full W-slot ring buffers, as CUDA-graph replays, beside SDPA (softmax, no bias) over the
+same buffer: the work of a sliding-window softmax model's decode step, the peer a user would pick.
+Sweep `sigmoid` times the forward and the backward in each sigmoid
 mode (SIGMOID_MODES: triton_common.sigmoid_scaled's reciprocal on the special-function unit, its
 Newton one, tanh) at the current configs and B * T = 65536 with T = 16384, the peer bench's length,
 and measures each mode's error against the fp32 kernel (sigmoid bias 0 and -log W). Sweep `spread`
@@ -188,15 +189,17 @@ def _sigmoid_error_rows(shape: dict, q, k, v, do, slopes, scale: float, on_row) 
 
 
 # The first sweep (NOTES.md, v4) also tried 1 program per pair and 8 warps, never best but once.
-# One stage (no software pipelining) is for runs of one or two tiles per program, such as W = 128,
-# where a pipeline has nothing to overlap and only adds its shared-memory round trip; SUM_IN_KERNEL
-# (the runs' sums added without a second kernel) goes with the v5 sweep's most frequent winners.
-DECODE_CANDIDATES = [dict(MIN_PROGRAMS=p, TILE_ELEMS=t, num_warps=w, num_stages=st, ACC_2D=acc_2d,
+# LOOP_STAGES > 1 copies the next tiles into shared memory while one is reduced (v20; the launch's
+# num_stages never reached the slot loop): it costs programs per SM, and lost on an H100 at the
+# committed tiles (v21), so it is swept at most 3 deep, with and without the 2-D accumulator;
+# SUM_IN_KERNEL (the runs' sums added without a second kernel) goes with the v5 sweep's most
+# frequent winners.
+DECODE_CANDIDATES = [dict(MIN_PROGRAMS=p, TILE_ELEMS=t, num_warps=w, LOOP_STAGES=stages, ACC_2D=acc_2d,
                           SUM_IN_KERNEL=in_kernel)
                      for p in (264, 1056, 4224) for t in (2048, 4096, 8192) for w in (2, 4)
-                     for st, acc_2d, in_kernel in ((1, False, False), (2, False, False), (3, False, False),
-                                                   (4, False, False), (1, True, False), (3, True, False),
-                                                   (2, False, True), (3, True, True))]
+                     for stages, acc_2d, in_kernel in ((1, False, False), (2, False, False), (3, False, False),
+                                                       (1, True, False), (2, True, False), (1, False, True),
+                                                       (1, True, True), (2, True, True))]
 
 
 DECODE_SHAPES = [(d, B, W) for d in (64, 128) for B in (1, 8, 64) for W in (128, 512, 2048)]
@@ -311,7 +314,8 @@ def _describe(r: dict) -> str:
     if "BLOCK_M" in r:
         return f"{r['BLOCK_M']}x{r['BLOCK_N']} w{r['num_warps']} s{r['num_stages']} one_loop={r['ONE_LOOP']}"
     if "MIN_PROGRAMS" in r:
-        return (f"programs>={r['MIN_PROGRAMS']} tile={r['TILE_ELEMS']} w{r['num_warps']} s{r.get('num_stages', 3)} "
+        return (f"programs>={r['MIN_PROGRAMS']} tile={r['TILE_ELEMS']} w{r['num_warps']} "
+                f"loop_stages={r.get('LOOP_STAGES', 1)} "
                 f"acc_2d={r.get('ACC_2D', False)} sum_in_kernel={r.get('SUM_IN_KERNEL', False)} ({r['splits']} splits)")
     return ""
 

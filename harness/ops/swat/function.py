@@ -559,25 +559,24 @@ def swat_attention_triton(q, k, v, slopes, window: int, sigmoid_bias: float = 0.
 # shapes of each kind (d = 64 and 128, W = 128, 512 and 2048; batch 1 and 8 split, 64 whole):
 # "split" takes 11% over each shape's best and is 0.98x SDPA on geometric mean (0.79x with "whole"'s
 # config and a second kernel, v5's), "whole" 2% over the best and 0.97x SDPA.
-# That sweep's num_stages did not reach the slot loop, which Triton left unpipelined (v20):
-# LOOP_STAGES pipelines it, 1 (none, as swept) until a GPU has timed it
-# (results/kernels/decode-dot/probe.py times 2-4).
+# That sweep's num_stages never reached the slot loop, which Triton left unpipelined (v20), so the
+# launch takes Triton's default. LOOP_STAGES pipelines it; timed beside SDPA on an H100 (v21,
+# results/kernels/decode-dot/h100-43b4c84), 2 stages lose 1% and 3 stages 6% on geometric mean, and
+# every depth loses at batch 64 (the copies' shared memory costs programs per SM), so it stays 1.
 DECODE_FILLS_GPU = 264
 DECODE_CONFIGS = {
-    "split": dict(MIN_PROGRAMS=4224, TILE_ELEMS=8192, num_warps=4, num_stages=3, ACC_2D=True, SUM_IN_KERNEL=True,
+    "split": dict(MIN_PROGRAMS=4224, TILE_ELEMS=8192, num_warps=4, ACC_2D=True, SUM_IN_KERNEL=True, LOOP_STAGES=1),
+    "whole": dict(MIN_PROGRAMS=DECODE_FILLS_GPU, TILE_ELEMS=8192, num_warps=2, ACC_2D=True, SUM_IN_KERNEL=False,
                   LOOP_STAGES=1),
-    "whole": dict(MIN_PROGRAMS=DECODE_FILLS_GPU, TILE_ELEMS=8192, num_warps=2, num_stages=3, ACC_2D=True,
-                  SUM_IN_KERNEL=False, LOOP_STAGES=1),
 }
 
 
 def decode_launch(batch_heads: int, w_cache: int, head_dim: int, elem_bytes: int = 2) -> dict:
     """The decode kernel's launch: slots per tile (BLOCK_W) and per program, programs per
-    (sequence, head) pair (splits), warps, the launch's num_stages, the accumulator's shape, where
-    the runs' sums are added (SUM_IN_KERNEL, only where there are runs to add) and the slot loop's
-    pipeline (LOOP_STAGES). TILE_ELEMS was tuned for 16-bit inputs; fp32 inputs get as many bytes
-    per tile (half the slots), so that the pipelined K/V tiles take the shared memory the sweep's
-    config took."""
+    (sequence, head) pair (splits), warps, the accumulator's shape, where the runs' sums are added
+    (SUM_IN_KERNEL, only where there are runs to add) and the slot loop's pipeline (LOOP_STAGES).
+    TILE_ELEMS was tuned for 16-bit inputs; fp32 inputs get as many bytes per tile (half the
+    slots), so that a tile takes the registers the sweep's config took."""
     cfg = DECODE_CONFIGS["split" if batch_heads < DECODE_FILLS_GPU else "whole"]
     block_w = 16 if interpreting() else max(16, cfg["TILE_ELEMS"] * 2 // elem_bytes // head_dim)
     tiles = cdiv(w_cache, block_w)
@@ -585,14 +584,14 @@ def decode_launch(batch_heads: int, w_cache: int, head_dim: int, elem_bytes: int
     per_program = block_w * cdiv(tiles, wanted)
     splits = cdiv(w_cache, per_program)
     return dict(BLOCK_W=block_w, SLOTS_PER_PROGRAM=per_program, splits=splits, num_warps=cfg["num_warps"],
-                num_stages=cfg["num_stages"], ACC_2D=cfg["ACC_2D"], SUM_IN_KERNEL=cfg["SUM_IN_KERNEL"] and splits > 1,
+                ACC_2D=cfg["ACC_2D"], SUM_IN_KERNEL=cfg["SUM_IN_KERNEL"] and splits > 1,
                 LOOP_STAGES=cfg["LOOP_STAGES"])
 
 
 @contextlib.contextmanager
 def override_decode_config(**overrides):
-    """Temporarily replace entries (MIN_PROGRAMS, TILE_ELEMS, num_warps, num_stages, ACC_2D,
-    SUM_IN_KERNEL, LOOP_STAGES) of both DECODE_CONFIGS, so that a sweep times one config at every batch."""
+    """Temporarily replace entries (MIN_PROGRAMS, TILE_ELEMS, num_warps, ACC_2D, SUM_IN_KERNEL,
+    LOOP_STAGES) of both DECODE_CONFIGS, so that a sweep times one config at every batch."""
     with contextlib.ExitStack() as stack:
         for cfg in DECODE_CONFIGS.values():
             stack.enter_context(_overridden(cfg, overrides))

@@ -24,9 +24,9 @@ d = int(sys.argv[1]) if len(sys.argv) > 1 else 128
 regime = sys.argv[2] if len(sys.argv) > 2 else "large"
 dtype = sys.argv[3] if len(sys.argv) > 3 else "fp32"
 LIMIT = 227 * 1024
-PASSES = {"fwd": (swat_fwd_kernel, 6, {}), "dkdv": (swat_bwd_dkdv_kernel, 10, {"FUSED_DQ": "off"}),
-          "dq": (swat_bwd_dq_kernel, 7, {})}
-for name, (kernel, pointers, extra) in PASSES.items():
+PASSES = {"fwd": (swat_fwd_kernel, {}), "dkdv": (swat_bwd_dkdv_kernel, {"FUSED_DQ": "off"}),
+          "dq": (swat_bwd_dq_kernel, {})}
+for name, (kernel, extra) in PASSES.items():
     total = 0.0
     for cfg in [CONFIGS[(name, d, regime)], *smaller_configs(CONFIGS[(name, d, regime)])]:
         run = dict(cfg)
@@ -34,6 +34,7 @@ for name, (kernel, pointers, extra) in PASSES.items():
         constants = dict(REP=2, HAS_DOC=False, HEAD_DIM=d, SIGMOID=0, DOT_PREC="ieee" if dtype == "fp32" else "tf32",
                          ORDER="pairs", **run, **extra)
         args = [a for a in kernel.arg_names if a not in constants]
+        pointers = next(i for i, a in enumerate(args) if a.startswith("s"))  # the tensors come before their strides
         sig = {a: (f"*{dtype}" if i < pointers else "fp32" if a in ("scale", "bias") else "i32")
                for i, a in enumerate(args)}
         sig["Slopes"] = "*fp32"

@@ -12,19 +12,19 @@ Sweep `decode` times the decode kernel's launch configs (DECODE_CONFIGS: program
 warps, the slot loop's pipeline, the accumulator, where the runs' sums are added) at batch 1, 8 and
 64 over full W-slot ring buffers, as CUDA-graph replays, beside SDPA (softmax, no bias) over the
 same buffer: the work of a sliding-window softmax model's decode step, the peer a user would pick.
-Sweep `sigmoid` times the forward and the backward in each sigmoid
-mode (SIGMOID_MODES: triton_common.sigmoid_scaled's reciprocal on the special-function unit, its
-Newton one, tanh) at the current configs and B * T = 65536 with T = 16384, the peer bench's length,
-and measures each mode's error against the fp32 kernel (sigmoid bias 0 and -log W). Sweep `spread`
-times the backward the dispatcher runs (Hopper passes included) at the peer bench's lengths in
-SPREAD_ROUNDS rounds, each on inputs allocated afresh at other addresses, eagerly and as CUDA-graph
-replays: whether a time that moves from run to run follows the buffers' placement, the host, or
-neither. Sweep `order` times the dispatcher's forward and backward with the programs in each
-PROGRAM_ORDERS order at those lengths. The winners go into CONFIGS / FUSED_DQ / SIGMOID_MODE /
-DECODE_CONFIGS / PROGRAM_ORDER in harness/ops/swat/function.py by hand, with the numbers in
-harness/ops/swat/NOTES.md. Every sweep but `spread` and `order` times the Triton passes
-(function.triton_only), also at the shapes where a Hopper GPU would run hopper.py's Gluon passes,
-whose launches are fixed (hopper.TILES) and measured by results/kernels/ws-probe/bench.py.
+Sweep `sigmoid` times the forward and the backward in each sigmoid mode (SIGMOID_MODES:
+triton_common.sigmoid_scaled's reciprocal on the special-function unit, its Newton one, tanh) at the
+current configs and B * T = 65536 with T = 16384, the peer bench's length, and measures each mode's
+error against the fp32 kernel (sigmoid bias 0 and -log W). Sweep `spread` times the backward the
+dispatcher runs (Hopper passes included) at the peer bench's lengths in SPREAD_ROUNDS rounds, each
+on inputs allocated afresh at other addresses, eagerly and as CUDA-graph replays: whether a time
+that moves from run to run follows the buffers' placement, the host, or neither. Sweep `order` times
+the dispatcher's forward and backward with the programs in each PROGRAM_ORDERS order at those
+lengths. The winners go into CONFIGS / FUSED_DQ / SIGMOID_MODE / DECODE_CONFIGS / PROGRAM_ORDER in
+harness/ops/swat/function.py by hand, with the numbers in harness/ops/swat/NOTES.md. Every sweep but
+`spread` and `order` times the Triton passes (function.triton_only), also at the shapes where a
+Hopper GPU would run hopper.py's Gluon passes, whose launches are fixed (hopper.TILES) and measured
+by results/kernels/ws-probe/bench.py.
 """
 
 from __future__ import annotations

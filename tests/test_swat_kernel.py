@@ -605,7 +605,7 @@ def test_a_tuning_sweep_cut_short_keeps_the_rows_it_measured(tmp_path, monkeypat
 
     from harness.bench import tune
 
-    def two_then_cut(on_row, windows):
+    def two_then_cut(on_row, **shape):
         for ms in (1.5, 2.5):
             on_row(dict(d=64, T=8192, W=128, what="fwd", ms=ms, note=""))
         raise KeyboardInterrupt  # the sweep stops here (a time limit, a crash): rows so far are on disk
@@ -690,27 +690,38 @@ def test_the_tuning_summary_takes_decode_rows_which_have_no_length(monkeypatch, 
     assert "('decode sdpa', 64, 8, None, 512):   0.0060 ms" in capsys.readouterr().out
 
 
-def test_a_tuning_sweep_takes_the_windows_asked_for_and_refuses_bad_ones(tmp_path, monkeypatch, capsys):
+def test_a_tuning_sweep_takes_the_windows_head_sizes_and_length_asked_for_and_refuses_bad_ones(tmp_path, monkeypatch,
+                                                                                             capsys):
     """`--windows 512,T` sweeps the 340m model's window (and W = T) instead of the default three;
-    a window that is no size above 0 gets one error line before --out is opened."""
+    `--head-dims 64 --length 4096` times one head size at a shorter length (B * T kept), in the tiles
+    and sigmoid sweeps alike. A window that is no size above 0, a head size the configs do not tune,
+    or a length that does not divide the sweep's tokens gets one error line before --out is opened."""
     import sys
 
     from harness.bench import tune
     asked = []
-    monkeypatch.setattr(tune, "sweep", lambda on_row, windows: asked.append(windows) or [])
-    monkeypatch.setattr(tune, "checked_sweeps", lambda text: ["tiles"])  # past the refusal of a machine without a GPU
+    monkeypatch.setattr(tune, "sweep", lambda on_row, **shape: asked.append(("tiles", shape)) or [])
+    monkeypatch.setattr(tune, "sigmoid_sweep", lambda on_row, **shape: asked.append(("sigmoid", shape)) or [])
+    monkeypatch.setattr(tune, "checked_sweeps", lambda text: text.split(","))  # past the refusal without a GPU
     out = tmp_path / "rows.jsonl"
-    for argv in (["--windows", "512,T"], []):
+    for argv in (["--windows", "512,T"], [], ["--sweeps", "tiles,sigmoid", "--head-dims", "64", "--length", "4096"]):
         monkeypatch.setattr(sys, "argv", ["tune", "--sweeps", "tiles", "--out", str(out), *argv])
         tune.main()
-    assert asked == [(512, "T"), (128, 2048, "T")]
-    for bad in ("0", "512,x", "-4", ""):
+    both = dict(windows=(128, 2048, "T"), head_dims=(64,), seq_len=4096)
+    assert asked == [("tiles", dict(windows=(512, "T"), head_dims=(64, 128))),
+                     ("tiles", dict(windows=(128, 2048, "T"), head_dims=(64, 128))), ("tiles", both), ("sigmoid", both)]
+    for argv, needle in [(["--windows", bad], "--windows takes comma-separated window sizes above 0")
+                         for bad in ("0", "512,x", "-4", "")] + [
+                         (["--head-dims", "96"], "--head-dims takes 64 and 128, the head sizes the kernels' configs"),
+                         (["--head-dims", "64,x"], "--head-dims takes comma-separated integers"),
+                         (["--length", "3000"], "--length takes one sequence length that divides the 65536 tokens"),
+                         (["--length", "4096,8192"], "--length takes one sequence length")]:
         out.unlink(missing_ok=True)
-        monkeypatch.setattr(sys, "argv", ["tune", "--windows", bad, "--out", str(out)])
+        monkeypatch.setattr(sys, "argv", ["tune", *argv, "--out", str(out)])
         with pytest.raises(SystemExit) as stop:
             tune.main()
         err = capsys.readouterr().err
-        assert stop.value.code == 2 and err.startswith("error: --windows takes comma-separated window sizes above 0")
+        assert stop.value.code == 2 and err.startswith(f"error: {needle}"), err
         assert len(err.strip().splitlines()) == 1 and not out.exists()
 
 

@@ -2,12 +2,13 @@
 
 Sweep `tiles` times candidate configs (BLOCK_M, BLOCK_N, warps, stages, ONE_LOOP) of each pass (fwd,
 dkdv, dq, and dkdv with each FUSED_DQ mode, the one-pass backwards: dQ added by atomics or by the
-copy engine's bulk reduction) at d = 64 and 128, B*T = 65536, T = 8192: the "small" regime at W =
-128, the "large" one at W = 2048 and W = T (`--windows` chooses others, such as the "medium"
-regime's 512, the 340m model's window, each timed with its regime's candidates). A backward
-candidate is timed as the whole backward (dK/dV + dQ, or the one fused pass) with the other pass at
-its current config, so differences between candidates of one pass are that pass's differences, and
-the best "dkdv fused atomics" and "dkdv fused tma" rows against the best "dkdv" row decide FUSED_DQ.
+copy engine's bulk reduction) at d = 64 and 128, B*T = 65536, T = 8192 (`--head-dims`, `--length`
+choose others): the "small" regime at W = 128, the "large" one at W = 2048 and W = T (`--windows`
+chooses others, such as the "medium" regime's 512, the 340m model's window, each timed with its
+regime's candidates). A backward candidate is timed as the whole backward (dK/dV + dQ, or the one
+fused pass) with the other pass at its current config, so differences between candidates of one pass
+are that pass's differences, and the best "dkdv fused atomics" and "dkdv fused tma" rows against the
+best "dkdv" row decide FUSED_DQ.
 Sweep `decode` times the decode kernel's launch configs (DECODE_CONFIGS: programs wanted, tile size,
 warps, the slot loop's pipeline, the accumulator, where the runs' sums are added) at batch 1, 8 and
 64 over full W-slot ring buffers, as CUDA-graph replays, beside SDPA (softmax, no bias) over the
@@ -39,7 +40,7 @@ import sys
 import torch
 import torch.nn.functional as F
 
-from harness.bench import KERNEL_BENCH_LENGTHS
+from harness.bench import KERNEL_BENCH_LENGTHS, parse_ints
 from harness.bench.timing import median_ms
 from harness.config import ConfigError, first_line
 from harness.ops.alibi import alibi_slopes
@@ -95,6 +96,8 @@ def _time(fn, cuda_graph: bool = False) -> tuple[float | None, str]:
 PASSES = (("fwd", "fwd", "off"), ("dkdv", "dkdv", "off"), ("dq", "dq", "off"),
           ("dkdv fused", "dkdv", "atomics"), ("dkdv fused", "dkdv", "tma"))
 DEFAULT_WINDOWS = (128, 2048, "T")  # the small regime, then the large one at a wide window and at W = T
+TUNED_HEAD_DIMS = (64, 128)  # the head sizes CONFIGS holds tuned tiles for
+SWEEP_TOKENS = 65536  # B * T of every attention sweep's inputs
 
 
 def _sizes(windows: tuple, T: int) -> list[int]:
@@ -111,10 +114,10 @@ def _inputs(d: int, seq_len: int, tokens: int):
     return T, (q, k, v, do), alibi_slopes(H).cuda(), 1 / math.sqrt(d)
 
 
-def sweep(seq_len: int = 8192, tokens: int = 65536, on_row=lambda row: None,
-          windows: tuple = DEFAULT_WINDOWS) -> list[dict]:
+def sweep(seq_len: int = 8192, tokens: int = SWEEP_TOKENS, on_row=lambda row: None,
+          windows: tuple = DEFAULT_WINDOWS, head_dims: tuple = TUNED_HEAD_DIMS) -> list[dict]:
     rows = []
-    for d in (64, 128):
+    for d in head_dims:
         T, (q, k, v, do), slopes, scale = _inputs(d, seq_len, tokens)
 
         def fwd(W):
@@ -154,15 +157,15 @@ def _largest_value_error(got: torch.Tensor, want: torch.Tensor) -> float:
     return ((got.float() - want).abs().max() / want.abs().max().clamp_min(1e-30)).item()
 
 
-def sigmoid_sweep(seq_len: int = 16384, tokens: int = 65536, on_row=lambda row: None,
-                  windows: tuple = DEFAULT_WINDOWS) -> list[dict]:
+def sigmoid_sweep(seq_len: int = 16384, tokens: int = SWEEP_TOKENS, on_row=lambda row: None,
+                  windows: tuple = DEFAULT_WINDOWS, head_dims: tuple = TUNED_HEAD_DIMS) -> list[dict]:
     """Each sigmoid mode's forward and backward time at the peer bench's length (B * T = 65536),
     and its error: o, dq, dk and dv in bf16 against the fp32 kernel (mode 0, exact division) on the
     same bf16-rounded inputs, as max |difference| over the largest value, with no sigmoid bias and
     with -log W (the `swat_logw` variant's, where most weights are near 1 / W: the tanh mode's
     error is absolute, so this is where it would show)."""
     rows = []
-    for d in (64, 128):
+    for d in head_dims:
         T, (q, k, v, do), slopes, scale = _inputs(d, seq_len, tokens)
         for W in _sizes(windows, T):
             shape = dict(d=d, T=T, W=W)
@@ -343,6 +346,24 @@ def checked_windows(text: str) -> tuple:
     return tuple(w if w == "T" else int(w) for w in items)
 
 
+def checked_head_dims(text: str) -> tuple:
+    """--head-dims: comma-separated head sizes among those CONFIGS tunes."""
+    dims = parse_ints(text, "--head-dims")
+    if set(dims) - set(TUNED_HEAD_DIMS):
+        raise ConfigError(f"--head-dims takes {' and '.join(map(str, TUNED_HEAD_DIMS))}, the head sizes the "
+                          f"kernels' configs are tuned for; got {text!r}")
+    return tuple(dims)
+
+
+def checked_length(text: str) -> int:
+    """--length: one sequence length that divides the sweeps' SWEEP_TOKENS tokens (B * T)."""
+    lengths = parse_ints(text, "--length")
+    if len(lengths) != 1 or SWEEP_TOKENS % lengths[0]:
+        raise ConfigError(f"--length takes one sequence length that divides the {SWEEP_TOKENS} tokens a sweep "
+                          f"times (B * T), e.g. 4096; got {text!r}")
+    return lengths[0]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sweeps", default="tiles,decode", help=f"comma-separated: {', '.join(TUNE_SWEEPS)}")
@@ -350,11 +371,18 @@ def main() -> None:
                         help="the tiles, sigmoid, spread and order sweeps' windows, comma-separated (T: the whole "
                              "sequence); the tiles sweep times each with the candidates of its regime (small: W <= "
                              f"{fn_mod.SMALL_WINDOW}, medium: W <= {fn_mod.MEDIUM_WINDOW} by head size)")
+    parser.add_argument("--head-dims", default=",".join(map(str, TUNED_HEAD_DIMS)),
+                        help="the tiles and sigmoid sweeps' head sizes, comma-separated (default 64,128)")
+    parser.add_argument("--length", help="the tiles and sigmoid sweeps' sequence length, B * T staying "
+                        f"{SWEEP_TOKENS} (default: 8192 for tiles, 16384 for sigmoid, the peer bench's)")
     parser.add_argument("--out", help="also write the rows as JSON lines to this file, each as it is measured "
                         "(a sweep cut short keeps what it measured)")
     args = parser.parse_args()
     try:
         windows = checked_windows(args.windows)
+        shape = dict(windows=windows, head_dims=checked_head_dims(args.head_dims))
+        if args.length is not None:
+            shape["seq_len"] = checked_length(args.length)
         sweeps = checked_sweeps(args.sweeps)
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
@@ -364,9 +392,9 @@ def main() -> None:
         on_row = (stamped_row_writer(out, "cuda", shlex.join(["python", "-m", "harness.bench.tune", *sys.argv[1:]]))
                   if out is not None else lambda row: None)
         with triton_only():
-            rows = (sweep(on_row=on_row, windows=windows) if "tiles" in sweeps else []) + \
+            rows = (sweep(on_row=on_row, **shape) if "tiles" in sweeps else []) + \
                 (decode_sweep(on_row=on_row) if "decode" in sweeps else []) + \
-                (sigmoid_sweep(on_row=on_row, windows=windows) if "sigmoid" in sweeps else [])
+                (sigmoid_sweep(on_row=on_row, **shape) if "sigmoid" in sweeps else [])
         # the dispatcher's kernels, Hopper passes included, as the peer bench times them
         rows += (spread_sweep(on_row=on_row, windows=windows) if "spread" in sweeps else []) + \
             (order_sweep(on_row=on_row, windows=windows) if "order" in sweeps else [])

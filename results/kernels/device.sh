@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Issue 24's kernel measurements, from the repository root with `.whl/` carried (fla, a peer), on a
 # CUDA machine; each mode fits one 10-minute device call, and `bench` resumes on a warm machine:
-#   OUT=folder HARNESS_COMMIT=<sent commit> [SWEEPS=tiles,decode] [WINDOWS=512,1024] [TESTS=gpu] [GATE_S=150] bash results/kernels/device.sh tune
+#   OUT=folder HARNESS_COMMIT=<sent commit> [SWEEPS=tiles,decode] [WINDOWS=512,1024] [HEAD_DIMS=64] [LENGTH=4096] [TESTS=gpu] [GATE_S=150] bash results/kernels/device.sh tune
 #   OUT=folder HARNESS_COMMIT=<sent commit> [HEAD_DIMS=64,128] [TESTS=expr] [GATE_S=150] [BUDGET_S=570] bash results/kernels/device.sh bench
 #   OUT=folder HARNESS_COMMIT=<sent commit> [BUDGET_S=570] bash results/kernels/device.sh decode
 #   OUT=folder HARNESS_COMMIT=<sent commit> [TESTS=expr] [GATE_S=150] [BUDGET_S=570] bash results/kernels/device.sh attention
@@ -14,9 +14,10 @@
 #        144 configs at 18 shapes: give SWEEPS=decode a call of its own; the sigmoid's modes, each
 #        timed and its error against the fp32 kernel measured, at T = 16K; the backward's spread
 #        from round to round, SWEEPS=spread WINDOWS=128, about 2 minutes; the program orders,
-#        SWEEPS=order, at the bench's lengths) as tune.jsonl,
-#        written row by row (a sweep cut at the time limit keeps what it measured); the winners go
-#        into harness/ops/swat/function.py by hand, with the numbers in NOTES.md.
+#        SWEEPS=order, at the bench's lengths; HEAD_DIMS and LENGTH narrow the tiles and sigmoid
+#        sweeps, e.g. SWEEPS=tiles HEAD_DIMS=64 LENGTH=4096 WINDOWS=T) as tune.jsonl, written row by
+#        row (a sweep cut at the time limit keeps what it measured); the winners go into
+#        harness/ops/swat/function.py by hand, with the numbers in NOTES.md.
 # bench: with TESTS, the kernel's GPU tests matching it first (as attention's), no bench if one failed;
 #        then `harness bench kernels` at the issue's shapes (T 4K/16K/32K, W 128/512/2048/T, fwd and
 #        fwd+bwd, then decode at batch 1, 8, 64) into .gpu/results/kernels, packed as kernels.tgz;
@@ -68,7 +69,8 @@ case "${1:-}" in
       > "$OUT/gpu_tests.log" 2>&1; say "tests: $(tail -1 "$OUT/gpu_tests.log")"
     say "sweeps ${SWEEPS:-tiles,decode} ($(( $(left) - 15 )) s at most)"
     timeout -k 10 $(( $(left) - 25 )) python3 -m harness.bench.tune --sweeps "${SWEEPS:-tiles,decode}" \
-      ${WINDOWS:+--windows "$WINDOWS"} --out "$OUT/tune.jsonl" > "$OUT/tune.txt" 2>&1; say "tune exit $?" ;;
+      ${WINDOWS:+--windows "$WINDOWS"} ${HEAD_DIMS:+--head-dims "$HEAD_DIMS"} ${LENGTH:+--length "$LENGTH"} \
+      --out "$OUT/tune.jsonl" > "$OUT/tune.txt" 2>&1; say "tune exit $?" ;;
   bench)
     if [ -n "${TESTS:-}" ]; then gate "$TESTS"; fi
     say "bench kernels, d=${HEAD_DIMS:-64,128} ($(( $(left) - 20 )) s at most)"

@@ -96,7 +96,7 @@ def _time(fn, cuda_graph: bool = False) -> tuple[float | None, str]:
 PASSES = (("fwd", "fwd", "off"), ("dkdv", "dkdv", "off"), ("dq", "dq", "off"),
           ("dkdv fused", "dkdv", "atomics"), ("dkdv fused", "dkdv", "tma"))
 DEFAULT_WINDOWS = (128, 2048, "T")  # the small regime, then the large one at a wide window and at W = T
-TUNED_HEAD_DIMS = (64, 128)  # the head sizes CONFIGS holds tuned tiles for
+TUNED_HEAD_DIMS = tuple(sorted({d for _, d, _ in fn_mod.CONFIGS}))  # the head sizes CONFIGS holds tiles for
 SWEEP_TOKENS = 65536  # B * T of every attention sweep's inputs
 
 
@@ -372,7 +372,8 @@ def main() -> None:
                              "sequence); the tiles sweep times each with the candidates of its regime (small: W <= "
                              f"{fn_mod.SMALL_WINDOW}, medium: W <= {fn_mod.MEDIUM_WINDOW} by head size)")
     parser.add_argument("--head-dims", default=",".join(map(str, TUNED_HEAD_DIMS)),
-                        help="the tiles and sigmoid sweeps' head sizes, comma-separated (default 64,128)")
+                        help="the tiles and sigmoid sweeps' head sizes, comma-separated (default "
+                        f"{','.join(map(str, TUNED_HEAD_DIMS))})")
     parser.add_argument("--length", help="the tiles and sigmoid sweeps' sequence length, B * T staying "
                         f"{SWEEP_TOKENS} (default: 8192 for tiles, 16384 for sigmoid, the peer bench's)")
     parser.add_argument("--out", help="also write the rows as JSON lines to this file, each as it is measured "

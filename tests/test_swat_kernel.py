@@ -441,6 +441,20 @@ def test_gpu_hopper_passes_match_the_reference(B, T, H, W, bias, dtype):
 
 
 @hopper_only
+@pytest.mark.parametrize("B,T,H,W", [(2, 3000, 2, 2048), (1, 4096, 4, 4096), (3, 777, 2, 5000)])
+def test_gpu_hopper_one_pass_at_head_size_64_matches_the_reference(monkeypatch, B, T, H, W):
+    """hopper.py's one pass at head size 64, where each compute group adds dQ over its own keys
+    (hopper.dq_group_columns), which the dispatcher does not take (results/kernels/d64-full/gluon.py
+    times it): lengths off the tiles, several sequences, a window past T, full causal."""
+    from harness.ops.swat import function
+    monkeypatch.setitem(function.HOPPER_MIN_WINDOW, ("bwd", 64), 2048)
+    monkeypatch.setattr(function, "HOPPER_ONE_PASS", (64, 128))
+    q = torch.empty(B, T, H, 64, device="cuda", dtype=torch.bfloat16)
+    assert function.hopper_pass("bwd", q, min(W, T), False, q, q, q) and function.hopper_one_pass(64)
+    check_against_reference(B, T, H, H, 64, W, torch.bfloat16, tol=1e-2, bias=-3.0)
+
+
+@hopper_only
 def test_gpu_hopper_passes_read_views_of_a_fused_projection_as_the_triton_ones_do():
     from harness.ops.swat import function
     qkv = torch.randn(2, 2500, 3, 4, 128, device="cuda", dtype=torch.bfloat16)

@@ -466,20 +466,24 @@ def _share_ds(ds_t, ds_bufs, ds_ready, ds_free, i, GROUP: gl.constexpr):
 
 @gluon.jit
 def _dq_product(k_halves, ds_bufs, ds_ready, dq_zero, i, GROUP: gl.constexpr):
-    """Issue dQ^T of query tile i for this group's half of the head's columns, k^T dS^T over both
-    groups' keys, once both groups' dS^T are in the tile's ds slot."""
-    half_d: gl.constexpr = dq_zero.shape[0]
+    """Issue dQ^T of query tile i for this group's columns (dq_group_columns): with half of the
+    head's columns, k^T dS^T over both groups' keys, once both groups' dS^T are in the tile's ds
+    slot; with all of them, over this group's own keys, from its own dS^T."""
+    columns: gl.constexpr = dq_zero.shape[0]
     ds_slot = i % 2
+    if columns == k_halves.type.shape[2]:
+        return warpgroup_mma(k_halves.index(GROUP).permute((1, 0)), ds_bufs.index(2 * ds_slot + GROUP), dq_zero,
+                             use_acc=False, is_async=True)
     mbarrier.wait(ds_ready.index(ds_slot), (i // 2) & 1)
-    dq = warpgroup_mma(k_halves.index(0).slice(GROUP * half_d, half_d, dim=1).permute((1, 0)),
+    dq = warpgroup_mma(k_halves.index(0).slice(GROUP * columns, columns, dim=1).permute((1, 0)),
                        ds_bufs.index(2 * ds_slot), dq_zero, use_acc=False, is_async=True)
-    return warpgroup_mma(k_halves.index(1).slice(GROUP * half_d, half_d, dim=1).permute((1, 0)),
+    return warpgroup_mma(k_halves.index(1).slice(GROUP * columns, columns, dim=1).permute((1, 0)),
                          ds_bufs.index(2 * ds_slot + 1), dq, is_async=True)
 
 
 @gluon.jit
 def _add_dq(dq, dq_desc, dq_slots, row, col, i, GROUP: gl.constexpr, passed):
-    """Add dQ^T of query tile i (this group's half of the head's columns) into the fp32 dQ buffer's
+    """Add dQ^T of query tile i (this group's columns) into the fp32 dQ buffer's
     rows row.., columns col.. by the copy engine's bulk reduction (TMA reduce-add), from this
     group's staging slot i % slots, written (transposed) once the reduction that read it slots
     tiles before has; the tensor cores go on meanwhile. passed: a barrier whose first phase
@@ -506,7 +510,7 @@ def _one_pass_partition(k_smem, v_smem, k_halves, q_bufs, do_bufs, ds_bufs, fixe
     n0, one query tile at a time: in this group's turn it issues the tile's S^T = k q^T and
     dP^T = v dO^T, passes the turn and waits for them; computes P^T and dS^T (which it also writes
     into shared memory, where both groups' halves meet); issues dv += P^T dO, dk += dS^T q and
-    dQ^T = k^T dS^T (this group's half of the head's columns, over both groups' keys) and waits for
+    dQ^T = k^T dS^T (this group's columns, _dq_product) and waits for
     them; then adds dQ (_add_dq). The two groups' turns overlap one group's products with the
     other's sigmoid. Unlike _dkdv_pingpong_partition, a group does not overlap its own tiles: it
     holds one tile's S^T and dP^T, not two, which is what lets the 64-query tiles that wgmma
@@ -515,7 +519,8 @@ def _one_pass_partition(k_smem, v_smem, k_halves, q_bufs, do_bufs, ds_bufs, fixe
                                                                    num_warps)
     acc_layout: gl.constexpr = dk.type.layout
     a_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=acc_layout, k_width=2)
-    dq_zero = gl.zeros([HEAD_DIM // 2, BLOCK_M], gl.float32, _mma_layout(num_warps, BLOCK_M))
+    dq_columns: gl.constexpr = dq_slots.type.shape[2]
+    dq_zero = gl.zeros([dq_columns, BLOCK_M], gl.float32, _mma_layout(num_warps, BLOCK_M))
     num_buffers: gl.constexpr = q_bufs.type.shape[0]
     mbarrier.wait(fixed_bar, 0)
     for i in range(gl.cdiv(m_hi - m_lo, BLOCK_M)):
@@ -550,19 +555,22 @@ def swat_bwd_one_pass_kernel(q_desc, k_desc, v_desc, do_desc, dq_desc, DK, DV, S
     and dV stored; dQ added into the fp32 buffer of dq_desc ([B * T, H * HEAD_DIM], zero before the
     launch) by TMA reduce-add (a tile's rows past T add zeros: their weights are masked). Shared
     memory: k and v (both halves), the ring of q and dO tiles, two slots of dS^T with both groups'
-    halves, and DQ_SLOTS staging slots of dQ for each group."""
-    gl.static_assert(HEAD_DIM == 128, "each group's dQ^T product takes half of the head's columns as wgmma's 64 rows")
+    halves, and DQ_SLOTS staging slots of dQ for each group. Each group adds the dQ columns that
+    dq_desc's tiles are wide (dq_group_columns): at d = 128 group 0 the first half and group 1 the
+    second, at d = 64 both groups every column."""
+    dq_columns: gl.constexpr = dq_desc.block_type.shape[1]
+    gl.static_assert(dq_columns == 64, "each group's dQ^T product takes dq_group_columns as wgmma's 64 rows")
     b, h, n0, g_scale, g_slope, g_bias = _program(T, H, Slopes, scale, bias, BLOCK_N, SIGMOID, ORDER)
     _, _, _, full_hi, m_hi = key_block_ranges(n0, T, T, T, W, BLOCK_M, BLOCK_N)
     half: gl.constexpr = BLOCK_N // 2
-    half_d: gl.constexpr = HEAD_DIM // 2
 
     k_smem = gl.allocate_shared_memory(k_desc.dtype, [2] + k_desc.block_type.shape, k_desc.layout)
     v_smem = gl.allocate_shared_memory(v_desc.dtype, [2] + v_desc.block_type.shape, v_desc.layout)
     q_bufs, do_bufs, fixed_bar, ready, empty = _ring(q_desc, do_desc, NUM_BUFFERS, 2)
     ds_layout: gl.constexpr = gl.NVMMASharedLayout.get_default_for([half, BLOCK_M], k_desc.dtype)
     ds_bufs = gl.allocate_shared_memory(k_desc.dtype, [4, half, BLOCK_M], ds_layout)  # (slot, group)
-    dq_slots = gl.allocate_shared_memory(gl.float32, [2 * DQ_SLOTS, BLOCK_M, half_d], dq_desc.layout)  # (group, slot)
+    dq_slots = gl.allocate_shared_memory(gl.float32, [2 * DQ_SLOTS, BLOCK_M, dq_columns],
+                                         dq_desc.layout)  # (group, slot)
     ds_ready = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
     ds_free = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
     for i in gl.static_range(2):
@@ -580,9 +588,9 @@ def swat_bwd_one_pass_kernel(q_desc, k_desc, v_desc, do_desc, dq_desc, DK, DV, S
                                g_slope, g_bias, scale, BLOCK_M, half, HEAD_DIM, SIGMOID, 0, num_warps)),
         (_one_pass_partition, (k_smem.index(1), v_smem.index(1), k_smem, q_bufs, do_bufs, ds_bufs, fixed_bar, ready,
                                empty, turns, ds_ready, ds_free, passed, dq_desc, dq_slots, b * T,
-                               h * HEAD_DIM + half_d, DK + offset, DV + offset, s_t, T, n0 + half, n0, m_hi,
-                               n0 + BLOCK_N, full_hi, W, g_scale, g_slope, g_bias, scale, BLOCK_M, half, HEAD_DIM,
-                               SIGMOID, 1, num_warps)),
+                               (h + 1) * HEAD_DIM - dq_columns, DK + offset, DV + offset, s_t, T, n0 + half, n0,
+                               m_hi, n0 + BLOCK_N, full_hi, W, g_scale, g_slope, g_bias, scale, BLOCK_M, half,
+                               HEAD_DIM, SIGMOID, 1, num_warps)),
         (_load_partition, (k_desc, v_desc, q_desc, do_desc, k_smem, v_smem, q_bufs, do_bufs, fixed_bar, ready, empty,
                            b * T, n0, h * HEAD_DIM, n0, m_hi, BLOCK_M, True, True)),
     ], [num_warps, 1], [240, 24])
@@ -618,6 +626,13 @@ GROUP_WARPS = 4
 MAXNREG = 168
 
 
+def dq_group_columns(head_dim: int) -> int:
+    """How many of dQ's columns each compute group of the one pass adds: wgmma's products take 64
+    rows, so at d = 128 each group takes half of the columns over both groups' keys (one bulk
+    reduction per tile pair), at d = 64 all of them over its own keys (two)."""
+    return max(64, head_dim // 2)
+
+
 def swat_fwd_hopper(q, k, v, slopes, window: int, sigmoid_bias: float, scale: float, sigmoid: int,
                     order: str) -> torch.Tensor:
     """o [B, T, H, d] for q, k, v [B, T, H, d] (tma_readable, bf16/fp16), slopes [H] fp32, window <= T,
@@ -636,15 +651,16 @@ def swat_fwd_hopper(q, k, v, slopes, window: int, sigmoid_bias: float, scale: fl
 def swat_bwd_hopper(do, q, k, v, slopes, window: int, sigmoid_bias: float, scale: float, sigmoid: int,
                     order: str, one_pass: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(dq, dk, dv) for the forward's inputs and the output's gradient do (all tma_readable): the
-    dQ pass and the dK/dV pass, as triton_bwd.py splits them; or, with one_pass (head size 128),
+    dQ pass and the dK/dV pass, as triton_bwd.py splits them; or, with one_pass,
     swat_bwd_one_pass_kernel, whose dQ additions come in an order that varies from run to run."""
     B, T, H, d = q.shape
     dq, dk, dv = (torch.empty((B, T, H, d), device=q.device, dtype=q.dtype) for _ in range(3))
     if one_pass:
         bm, bn = TILES["one_pass"]
         dq32 = torch.zeros((B, T, H, d), device=q.device, dtype=torch.float32)
-        layout = gl.NVMMASharedLayout.get_default_for([bm, d // 2], gl.float32)
-        dq_desc = TensorDescriptor(dq32, [B * T, H * d], [H * d, 1], [bm, d // 2], layout)
+        columns = dq_group_columns(d)
+        layout = gl.NVMMASharedLayout.get_default_for([bm, columns], gl.float32)
+        dq_desc = TensorDescriptor(dq32, [B * T, H * d], [H * d, 1], [bm, columns], layout)
         swat_bwd_one_pass_kernel[(B * H * cdiv(T, bn),)](
             descriptor(q, bm), descriptor(k, bn // 2), descriptor(v, bn // 2), descriptor(do, bm), dq_desc, dk, dv,
             slopes, T, H, window, sigmoid_bias, scale, *dk.stride()[:3], BLOCK_M=bm, BLOCK_N=bn, HEAD_DIM=d,

@@ -23,7 +23,9 @@ At head size 128 the backward runs in one pass instead (swat_bwd_one_pass_kernel
 function.HOPPER_ONE_PASS says): one program per key block over its query tiles, FlashAttention-3's
 way, with 5 matrix products and one sigmoid per tile pair instead of the two passes' 7 and two. dQ
 goes into an fp32 buffer by the copy engine's bulk reduction (TMA reduce-add), which costs the
-tensor cores nothing (results/kernels/one-pass/, NOTES.md v19).
+tensor cores nothing (results/kernels/one-pass/, NOTES.md v19). At head size 64 the kernel runs
+with each group adding dQ over its own keys (dq_group_columns); the dispatcher does not take it
+there until a GPU has timed it against the Triton one pass (results/kernels/d64-full/gluon.py).
 
 The sigmoid is triton_common's, in the mode the caller passes (function.SIGMOID_MODE). q, k, v, dO
 are read through descriptors over [B * T, H * d]: rows of a neighbouring sequence that a tile

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from harness.bench.tune import _inputs, _time
+from harness.bench.tune import _inputs, _largest_value_error, _time
 from harness.ops.swat.function import _strides, _swat_bwd, _tma_scratch_allocator, program_order
 from harness.ops.swat.triton_bwd import swat_bwd_dkdv_kernel
 from harness.results.provenance import stamped_row_writer
@@ -59,14 +59,11 @@ VARIANTS = {"committed": committed,
             "tma loads, 2 stages, 168 registers": one_pass(True, 2, 168)}
 
 
-def largest_difference(got, want) -> float:
-    return max(((g.float() - w.float()).abs().max() / w.float().abs().max()).item() for g, w in zip(got, want))
-
-
 for seq_len in (4096, 16384, 32768):
     T, (q, k, v, do), slopes, scale = _inputs(64, seq_len, 65536)
     want = VARIANTS["committed"](do, q, k, v, slopes, T, scale)
-    errors = {name: largest_difference(fn(do, q, k, v, slopes, T, scale), want) for name, fn in VARIANTS.items()}
+    errors = {name: max(map(_largest_value_error, fn(do, q, k, v, slopes, T, scale), want))
+              for name, fn in VARIANTS.items()}
     qs, ks, vs = (t.transpose(1, 2).detach().requires_grad_() for t in (q, k, v))
     out = F.scaled_dot_product_attention(qs, ks, vs, is_causal=True)
     sdpa = lambda: torch.autograd.grad(out, (qs, ks, vs), do.transpose(1, 2), retain_graph=True)  # noqa: E731

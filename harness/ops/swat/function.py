@@ -97,14 +97,19 @@ FUSED_DQ = {(d, regime): "off" for d in (64, 128) for regime in ("small", "mediu
 # of the Triton ones: per (pass, head size), from this window on. From the H100 bench of NOTES.md,
 # v12 (B = 4, T = 16K, both with the tanh sigmoid): at d = 128 the ping-pong forward is 7%, 11% and
 # 13% faster at W = 512, 2048 and T, and its backward 10% and 7% faster at W = 2048 and T but 9%
-# slower at W = 512; at d = 64 both are slower at every window.
-HOPPER_MIN_WINDOW = {("fwd", 128): 512, ("bwd", 128): 2048}
+# slower at W = 512; at d = 64 both are slower at every window. d = 64's backward from W = 4096 is
+# the one pass alone (HOPPER_TWO_PASSES): at W = T it took 0.88x, 0.86x and 0.87x the Triton one
+# pass's time at T = 4K, 16K and 32K (H200, NOTES.md v23); below 4096 it is unmeasured.
+HOPPER_MIN_WINDOW = {("fwd", 128): 512, ("bwd", 128): 2048, ("bwd", 64): 4096}
 # The head sizes at which hopper.py's Gluon backward runs in one pass (swat_bwd_one_pass_kernel: dQ
 # added into an fp32 buffer by the copy engine's bulk reduction, 5 matrix products and one sigmoid
 # per tile pair instead of the two passes' 7 and two). d = 128 (H100, NOTES.md v19): 0.83x the two
 # passes' time at T = 16K and W = T, 0.91-0.98x at 4K, 0.92-0.99x at 32K, level at W = 2048. Not
 # under torch.use_deterministic_algorithms: dQ's last bits depend on the order of the additions.
-HOPPER_ONE_PASS = (128,)
+HOPPER_ONE_PASS = (64, 128)
+# The head sizes at which hopper.py's two-pass backward, which deterministic algorithms take instead
+# of the one pass, is faster than the Triton passes too (v12); elsewhere those take the Triton passes.
+HOPPER_TWO_PASSES = (128,)
 
 
 # In which order each regime's programs start (triton_common.band_program): "pairs" (one sequence-head
@@ -183,9 +188,12 @@ def hopper_windows(device: torch.device) -> dict:
 def hopper_pass(pass_name: str, q: torch.Tensor, window: int, has_doc: bool, *others: torch.Tensor) -> bool:
     """Whether a pass ("fwd" or "bwd") runs in hopper.py's Gluon kernels: on a Hopper GPU, for
     16-bit inputs with one key head per query head and no packed documents, every tensor it reads
-    (q and `others`) readable by TMA, at a head size and window HOPPER_MIN_WINDOW names."""
+    (q and `others`) readable by TMA, at a head size and window HOPPER_MIN_WINDOW names; the backward
+    only where it runs in one pass or its two passes are faster too (HOPPER_TWO_PASSES)."""
     floor = HOPPER_MIN_WINDOW.get((pass_name, q.shape[-1]))
     if floor is None or window < floor or has_doc or q.dtype not in (torch.bfloat16, torch.float16):
+        return False
+    if pass_name == "bwd" and not (hopper_one_pass(q.shape[-1]) or q.shape[-1] in HOPPER_TWO_PASSES):
         return False
     if any(t.shape[2] != q.shape[2] for t in others) or not _on_hopper(q.device):
         return False

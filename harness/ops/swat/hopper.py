@@ -618,12 +618,13 @@ def descriptor(t: torch.Tensor, rows: int) -> TensorDescriptor:
 # The launches the H100 bench chose (NOTES.md, v12): the forward and the dQ pass over 128 queries x 64
 # keys, the dK/dV pass over 32 queries x 128 keys, three ring slots, each compute partition one warp
 # group of 4 warps, launched with at most 168 registers a thread (maxnreg). The one-pass backward
-# (v19) over 64 queries x 128 keys, with two ring slots and one dQ staging slot per group (ptxas
-# spills 72 bytes a thread there; 3 ring slots or 2 dQ slots fit the shared memory but spill more).
+# (v19) over 64 queries x 128 keys, with two ring slots and, per head size, dQ staging slots per group:
+# one at d = 128 (ptxas spills 72 bytes a thread there; 3 ring slots or 2 dQ slots fit the shared
+# memory but spill more), two at d = 64 (0.96-0.98x the time with one at W = T, H200, NOTES.md v23).
 TILES = {"fwd": (128, 64), "dq": (128, 64), "dkdv": (32, 128), "one_pass": (64, 128)}
 NUM_BUFFERS = 3
 ONE_PASS_BUFFERS = 2
-ONE_PASS_DQ_SLOTS = 1
+ONE_PASS_DQ_SLOTS = {64: 2, 128: 1}
 GROUP_WARPS = 4
 MAXNREG = 168
 
@@ -666,7 +667,7 @@ def swat_bwd_hopper(do, q, k, v, slopes, window: int, sigmoid_bias: float, scale
         swat_bwd_one_pass_kernel[(B * H * cdiv(T, bn),)](
             descriptor(q, bm), descriptor(k, bn // 2), descriptor(v, bn // 2), descriptor(do, bm), dq_desc, dk, dv,
             slopes, T, H, window, sigmoid_bias, scale, *dk.stride()[:3], BLOCK_M=bm, BLOCK_N=bn, HEAD_DIM=d,
-            NUM_BUFFERS=ONE_PASS_BUFFERS, DQ_SLOTS=ONE_PASS_DQ_SLOTS, SIGMOID=sigmoid, ORDER=order,
+            NUM_BUFFERS=ONE_PASS_BUFFERS, DQ_SLOTS=ONE_PASS_DQ_SLOTS[d], SIGMOID=sigmoid, ORDER=order,
             num_warps=GROUP_WARPS, maxnreg=MAXNREG)
         return torch.mul(dq32, scale, out=dq), dk, dv
     bm, bn = TILES["dq"]

@@ -30,7 +30,7 @@ def _no_reduce(tensor_desc, coord, src, _semantic=None):
 if what == "no_reduce":
     hopper.tma_reduce_add = _no_reduce
 if sys.argv[3:]:
-    hopper.ONE_PASS_BUFFERS, hopper.ONE_PASS_DQ_SLOTS = (int(x) for x in sys.argv[3:5])
+    hopper.ONE_PASS_BUFFERS, hopper.ONE_PASS_DQ_SLOTS[128] = (int(x) for x in sys.argv[3:5])
 write = stamped_row_writer(open(out, "a"), "cuda",
                            shlex.join(["python", "results/kernels/one-pass/ablate.py", *sys.argv[1:]]), echo=True)
 for seq_len in (4096, 16384):
@@ -39,7 +39,7 @@ for seq_len in (4096, 16384):
     for rep in range(2):
         ms, note = _time(lambda: hopper.swat_bwd_hopper(*args, one_pass=True))
         row = dict(d=128, T=T, W="T", variant=f"one pass, {what}", num_buffers=hopper.ONE_PASS_BUFFERS,
-                   dq_slots=hopper.ONE_PASS_DQ_SLOTS, rep=rep, bwd_ms=ms, note=note)
+                   dq_slots=hopper.ONE_PASS_DQ_SLOTS[128], rep=rep, bwd_ms=ms, note=note)
         write(row)
     if what == "full":
         dq32, dq = torch.zeros(q.shape, device=q.device), torch.empty_like(q)

@@ -33,7 +33,7 @@ VARIANTS = {"two passes": None,
 
 def backward(name, q, k, v, do, slopes, W, scale):
     if VARIANTS[name] is not None:
-        hopper.ONE_PASS_BUFFERS, hopper.ONE_PASS_DQ_SLOTS = VARIANTS[name]
+        hopper.ONE_PASS_BUFFERS, hopper.ONE_PASS_DQ_SLOTS[128] = VARIANTS[name]
     return hopper.swat_bwd_hopper(do, q, k, v, slopes, W, 0.0, scale, SIGMOID_MODE["bwd"], program_order(128, W),
                                   one_pass=VARIANTS[name] is not None)
 

@@ -466,28 +466,6 @@ def test_a_cut_kernel_bench_renders_and_a_folder_missing_a_file_says_which(tmp_p
     one_error_line(capsys.readouterr().err, f"{folder} has no run.json (its kernels.csv is there)")
 
 
-def test_a_gpu_bench_times_its_first_shape_twice_and_keeps_the_second(tmp_path, monkeypatch):
-    """On an H200 the first shape a process timed ran slow (SWAT's forward + backward by 42-58%), so
-    the first shape with anything to time is timed twice, and only the second timing is kept."""
-    from harness.bench import kernels
-    from harness.results import provenance
-    calls = []
-
-    def measure(shape, peers, modes, device, dtype, done, timing):
-        calls.append(shape.window)
-        return [kernels._row("fwd", shape, kernels.PEER_SPECS["sdpa"], ms=float(len(calls)), pairs=1)]
-
-    monkeypatch.setattr(kernels, "kernel_device", lambda log: torch.device("cuda"))
-    monkeypatch.setattr(provenance, "device_name", lambda device: "Fake GPU")
-    monkeypatch.setattr(kernels, "measure_shape", measure)
-    spec = kernels.BenchSpec(head_dims=[64], lengths=[32], windows=[16, "T"], tokens=32, hidden=64, peers=("sdpa",),
-                             modes=("fwd",), decode_contexts=())
-    logged = []
-    rows = kernels.read_csv(kernels.run_kernel_bench(spec, tmp_path, log=logged.append) / "kernels.csv")
-    assert calls == [16, 16, 32] and [r["ms"] for r in rows] == [2.0, 3.0]
-    assert logged[0] == "warm-up timings, not kept: sdpa fwd 1.0 ms"
-
-
 def test_a_bench_under_another_config_may_not_relabel_other_models_rows(tmp_path, monkeypatch):
     """run.json and table.md give a folder's rows one config: benching swat alone at hidden 32 into a
     folder of swat and transformer at 64 relabelled the transformer's rows without a word."""

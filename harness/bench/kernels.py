@@ -559,15 +559,9 @@ def run_kernel_bench(spec: BenchSpec, out_root: Path, force: bool = False, log: 
     # provenance of resumed rows stays, under `earlier`)
     record_run(out, {"dtype": spec.dtype, "tokens": spec.tokens, "hidden": spec.hidden, "spec": asdict(spec),
                      "swat_passes": swat_passes(device)}, str(device))
-    warmed = device.type != "cuda"
     for shape in shapes:
-        args = (shape, list(spec.peers), list(spec.modes), device, dtype, done, timing)
-        if not warmed:  # a process's first timed shape ran slow on an H200 (NOTES.md v23): timed twice, the second kept
-            first = measure_shape(*args)
-            warmed = bool(first)
-            if first:
-                log("warm-up timings, not kept: " + ", ".join(f"{r['peer']} {r['mode']} {r['ms']} ms" for r in first))
-        record(measure_shape(*args), f"d={shape.head_dim} T={shape.seq_len} W={shape.window}")
+        record(measure_shape(shape, list(spec.peers), list(spec.modes), device, dtype, done, timing),
+               f"d={shape.head_dim} T={shape.seq_len} W={shape.window}")
     if decode:
         for d in spec.head_dims:
             for B in spec.decode_batches:

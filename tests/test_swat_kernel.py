@@ -272,7 +272,8 @@ def test_hopper_kernels_compile_for_sm90_without_a_gpu():
     whose Gluon API moved fails here, not on a user's H100."""
     pytest.importorskip("harness.ops.swat.hopper")
     assert [line.split(":")[0] for line in compile_for_sm90("compile_hopper_sm90.py")] == \
-        ["fwd (pairs)", "dq (pairs)", "dkdv (pairs)", "one_pass (pairs)", "fwd (heads)", "fwd (rows)"]
+        ["fwd d=128 (pairs)", "dq d=128 (pairs)", "dkdv d=128 (pairs)", "one_pass d=64 (pairs)",
+         "one_pass d=128 (pairs)", "fwd d=128 (heads)", "fwd d=128 (rows)"]
 
 
 def test_decode_loop_stages_pipeline_the_slot_loop_on_hopper():

@@ -473,14 +473,16 @@ def _dq_product(k_halves, ds_bufs, ds_ready, dq_zero, i, GROUP: gl.constexpr):
     slot; with all of them, over this group's own keys, from its own dS^T."""
     columns: gl.constexpr = dq_zero.shape[0]
     ds_slot = i % 2
-    if columns == k_halves.type.shape[2]:
-        return warpgroup_mma(k_halves.index(GROUP).permute((1, 0)), ds_bufs.index(2 * ds_slot + GROUP), dq_zero,
-                             use_acc=False, is_async=True)
-    mbarrier.wait(ds_ready.index(ds_slot), (i // 2) & 1)
-    dq = warpgroup_mma(k_halves.index(0).slice(GROUP * columns, columns, dim=1).permute((1, 0)),
-                       ds_bufs.index(2 * ds_slot), dq_zero, use_acc=False, is_async=True)
-    return warpgroup_mma(k_halves.index(1).slice(GROUP * columns, columns, dim=1).permute((1, 0)),
-                         ds_bufs.index(2 * ds_slot + 1), dq, is_async=True)
+    if columns == k_halves.type.shape[2]:  # an else, not an early return: Triton 3.9 compiles the code after one
+        dq = warpgroup_mma(k_halves.index(GROUP).permute((1, 0)), ds_bufs.index(2 * ds_slot + GROUP), dq_zero,
+                           use_acc=False, is_async=True)
+    else:
+        mbarrier.wait(ds_ready.index(ds_slot), (i // 2) & 1)
+        dq = warpgroup_mma(k_halves.index(0).slice(GROUP * columns, columns, dim=1).permute((1, 0)),
+                           ds_bufs.index(2 * ds_slot), dq_zero, use_acc=False, is_async=True)
+        dq = warpgroup_mma(k_halves.index(1).slice(GROUP * columns, columns, dim=1).permute((1, 0)),
+                           ds_bufs.index(2 * ds_slot + 1), dq, is_async=True)
+    return dq
 
 
 @gluon.jit

@@ -215,7 +215,7 @@ def test_tma_dq_falls_back_to_atomics_without_the_copy_engine(monkeypatch):
 
 def test_hopper_passes_are_taken_only_where_they_were_measured_faster(monkeypatch):
     """hopper.py's Gluon passes run on a Hopper GPU for 16-bit inputs without GQA or documents, at
-    head size 128 from the windows HOPPER_MIN_WINDOW names, on tensors TMA can read (views of a
+    the head sizes and from the windows HOPPER_MIN_WINDOW names, on tensors TMA can read (views of a
     fused projection among them); everything else, and everything under triton_only(), takes the
     Triton passes."""
     from harness.ops.swat import function

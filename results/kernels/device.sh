@@ -5,6 +5,7 @@
 #   OUT=folder HARNESS_COMMIT=<sent commit> [HEAD_DIMS=64,128] [TESTS=expr] [GATE_S=150] [BUDGET_S=570] bash results/kernels/device.sh bench
 #   OUT=folder HARNESS_COMMIT=<sent commit> [BUDGET_S=570] bash results/kernels/device.sh decode
 #   OUT=folder HARNESS_COMMIT=<sent commit> [TESTS=expr] [GATE_S=150] [BUDGET_S=570] bash results/kernels/device.sh attention
+#   OUT=folder HARNESS_COMMIT=<sent commit> ROWS=ere [HEAD_DIMS=64] [WINDOWS=128,T] [TESTS=expr] [GATE_S=150] [BUDGET_S=570] bash results/kernels/device.sh rows
 # tune:  the GPU tests of the kernels (realistic shapes with both backwards, every dtype and head
 #        size; the whole file compiled took over 150 s, so it belongs in a study call's GPU_TESTS;
 #        TESTS=every_dtype runs only the test of every dtype and head size, 211 s on a fresh H200,
@@ -29,6 +30,10 @@
 #        expression, default the Hopper path's and the realistic shapes'; about 90 s), and only if
 #        none failed, the bench's forward and forward + backward rows measured again into a copy of
 #        this GPU's committed folder, whose decode rows are kept as they are; packed as kernels.tgz.
+# rows:  as attention, for the forward and forward + backward rows of kernels.csv that ROWS (an
+#        extended regex of a row's first fields, mode,head_dim,seq_len,window,batch,heads,peer)
+#        matches alone (the shapes a change reaches, or a row to time again); HEAD_DIMS and
+#        WINDOWS narrow the bench to the shapes those rows are in.
 # mamba-ssm is not built (MAMBA_BUILD=0): the CPUs stay quiet beside the timings. `timeout -k`:
 # a command that ignores the first SIGTERM (one call's bench, inside a Triton compile) is killed
 # 10 s later, so that the packing still runs before the call's own limit.
@@ -48,17 +53,17 @@ gate() {
   if grep -Eq "^(FAILED|ERROR) " "$OUT/gpu_tests.log"; then say "a test failed: no bench"; exit 1; fi
 }
 # remeasure ROWS MODES: the bench's MODES measured again into a copy of this GPU's committed folder
-# without its rows whose mode matches ROWS (a grep pattern), the others kept as they are
+# without its rows whose first fields match ROWS (an extended regex), the others kept as they are
 remeasure() {
   D=$(python3 -c "from harness.results.provenance import device_name, device_slug; print(device_slug(device_name('cuda')))")
   mkdir -p "$G/results/kernels/$D"
   if [ -f "results/kernels/$D/kernels.csv" ]; then
-    grep -v "^$1," "results/kernels/$D/kernels.csv" > "$G/results/kernels/$D/kernels.csv"
+    grep -Ev "^($1)," "results/kernels/$D/kernels.csv" > "$G/results/kernels/$D/kernels.csv"
     cp "results/kernels/$D/run.json" "$G/results/kernels/$D/"  # the earlier runs' record, kept under `earlier`
   fi
   say "bench kernels, $2 only, into a copy of results/kernels/$D ($(( $(left) - 20 )) s at most)"
   timeout -k 10 $(( $(left) - 30 )) python3 -m harness bench kernels --out "$G/results/kernels" \
-    --head-dims 64,128 --modes "$2" --decode-batches 1,8,64 >> "$LOG" 2>&1
+    --head-dims "${HEAD_DIMS:-64,128}" ${WINDOWS:+--windows "$WINDOWS"} --modes "$2" --decode-batches 1,8,64 >> "$LOG" 2>&1
   say "bench exit $?"
   tar czf "$OUT/kernels.tgz" -C "$G/results" kernels
 }
@@ -83,7 +88,10 @@ case "${1:-}" in
     remeasure decode decode ;;
   attention)
     gate "${TESTS:-gpu and (hopper or realistic)}"
-    remeasure 'fwd\(_bwd\)\?' fwd,fwd_bwd ;;
-  *) echo "usage: device.sh tune|bench|decode|attention" >&2; exit 2 ;;
+    remeasure 'fwd(_bwd)?' fwd,fwd_bwd ;;
+  rows)
+    gate "${TESTS:-gpu and (hopper or realistic)}"
+    remeasure "${ROWS:?ROWS: an extended regex of the rows to measure again}" fwd,fwd_bwd ;;
+  *) echo "usage: device.sh tune|bench|decode|attention|rows" >&2; exit 2 ;;
 esac
 say "done ($(( $(date +%s) - T0 )) s)"

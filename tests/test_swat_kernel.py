@@ -449,15 +449,16 @@ def test_gpu_hopper_passes_match_the_reference(B, T, H, W, bias, dtype):
 
 
 @hopper_only
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("B,T,H,W", [(2, 4500, 2, 4096), (1, 4096, 4, 4096), (1, 5000, 2, 8000)])
-def test_gpu_hopper_one_pass_at_head_size_64_matches_the_reference(B, T, H, W):
+def test_gpu_hopper_one_pass_at_head_size_64_matches_the_reference(B, T, H, W, dtype):
     """hopper.py's one pass at head size 64, where each compute group adds dQ over its own keys
-    (hopper.dq_group_columns), as the dispatcher takes it: a length off the tiles, several
-    sequences, full causal, a window past T."""
+    (hopper.dq_group_columns), as the dispatcher takes it, in both 16-bit dtypes: a length off the
+    tiles, several sequences, full causal, a window past T."""
     from harness.ops.swat import function
-    q = torch.empty(B, T, H, 64, device="cuda", dtype=torch.bfloat16)
+    q = torch.empty(B, T, H, 64, device="cuda", dtype=dtype)
     assert function.hopper_pass("bwd", q, min(W, T), False, q, q, q) and function.hopper_one_pass(64)
-    check_against_reference(B, T, H, H, 64, W, torch.bfloat16, tol=1e-2, bias=-3.0)
+    check_against_reference(B, T, H, H, 64, W, dtype, tol=1e-2, bias=-3.0)
 
 
 @hopper_only

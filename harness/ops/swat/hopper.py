@@ -19,13 +19,13 @@ partitions:
   accumulation (o += p v; dq += ds k), then computes this tile's sigmoid with the ALiBi term, the
   band mask only on the tiles at the window's far edge or on the diagonal.
 
-At head size 128 the backward runs in one pass instead (swat_bwd_one_pass_kernel, where
+At head sizes 128 and 64 the backward runs in one pass instead (swat_bwd_one_pass_kernel, where
 function.HOPPER_ONE_PASS says): one program per key block over its query tiles, FlashAttention-3's
 way, with 5 matrix products and one sigmoid per tile pair instead of the two passes' 7 and two. dQ
 goes into an fp32 buffer by the copy engine's bulk reduction (TMA reduce-add), which costs the
-tensor cores nothing (results/kernels/one-pass/, NOTES.md v19). At head size 64 the kernel runs
-with each group adding dQ over its own keys (dq_group_columns); the dispatcher does not take it
-there until a GPU has timed it against the Triton one pass (results/kernels/d64-full/gluon.py).
+tensor cores nothing (results/kernels/one-pass/, NOTES.md v19). At head size 64 each group adds dQ
+over its own keys (dq_group_columns); the dispatcher takes it from W = 4096, where it replaced the
+Triton one pass (results/kernels/d64-full/, NOTES.md v23).
 
 The sigmoid is triton_common's, in the mode the caller passes (function.SIGMOID_MODE). q, k, v, dO
 are read through descriptors over [B * T, H * d]: rows of a neighbouring sequence that a tile
@@ -638,6 +638,15 @@ def dq_group_columns(head_dim: int) -> int:
     return max(64, head_dim // 2)
 
 
+def dq_descriptor(dq32: torch.Tensor, rows: int) -> TensorDescriptor:
+    """TMA descriptor of the one pass's fp32 dQ buffer dq32 [B, T, H, d] read as [B * T, H * d],
+    in tiles of `rows` rows and the columns one compute group adds (dq_group_columns)."""
+    B, T, H, d = dq32.shape
+    columns = dq_group_columns(d)
+    layout = gl.NVMMASharedLayout.get_default_for([rows, columns], gl.float32)
+    return TensorDescriptor(dq32, [B * T, H * d], [H * d, 1], [rows, columns], layout)
+
+
 def swat_fwd_hopper(q, k, v, slopes, window: int, sigmoid_bias: float, scale: float, sigmoid: int,
                     order: str) -> torch.Tensor:
     """o [B, T, H, d] for q, k, v [B, T, H, d] (tma_readable, bf16/fp16), slopes [H] fp32, window <= T,
@@ -663,11 +672,9 @@ def swat_bwd_hopper(do, q, k, v, slopes, window: int, sigmoid_bias: float, scale
     if one_pass:
         bm, bn = TILES["one_pass"]
         dq32 = torch.zeros((B, T, H, d), device=q.device, dtype=torch.float32)
-        columns = dq_group_columns(d)
-        layout = gl.NVMMASharedLayout.get_default_for([bm, columns], gl.float32)
-        dq_desc = TensorDescriptor(dq32, [B * T, H * d], [H * d, 1], [bm, columns], layout)
         swat_bwd_one_pass_kernel[(B * H * cdiv(T, bn),)](
-            descriptor(q, bm), descriptor(k, bn // 2), descriptor(v, bn // 2), descriptor(do, bm), dq_desc, dk, dv,
+            descriptor(q, bm), descriptor(k, bn // 2), descriptor(v, bn // 2), descriptor(do, bm),
+            dq_descriptor(dq32, bm), dk, dv,
             slopes, T, H, window, sigmoid_bias, scale, *dk.stride()[:3], BLOCK_M=bm, BLOCK_N=bn, HEAD_DIM=d,
             NUM_BUFFERS=ONE_PASS_BUFFERS, DQ_SLOTS=ONE_PASS_DQ_SLOTS[d], SIGMOID=sigmoid, ORDER=order,
             num_warps=GROUP_WARPS, maxnreg=MAXNREG)

@@ -788,6 +788,83 @@ def test_bench_kernels_decode_puts_sdpa_over_the_same_buffer_beside_swat(tmp_pat
     assert (out / "decode.png").is_file()
 
 
+class HeldGpu:
+    """torch.cuda's events, spin kernel and syncs as host_ms uses them, with the hold still running
+    (or over) when the calls have been enqueued."""
+
+    def __init__(self, over: bool):
+        self.over, self.slept = over, []
+        gpu = self
+
+        class Event:
+            def __init__(self, enable_timing=False):
+                pass
+
+            def record(self):
+                pass
+
+            def synchronize(self):
+                pass
+
+            def elapsed_time(self, end):
+                return 2.0  # ms for the calibration's 2**22 cycles
+
+            def query(self):
+                return gpu.over
+        self.Event = Event
+
+    def install(self, monkeypatch):
+        from harness.bench import timing
+        monkeypatch.setattr(timing, "_SLEEP_CYCLES_PER_MS", [])
+        monkeypatch.setattr(torch.cuda, "Event", self.Event)
+        monkeypatch.setattr(torch.cuda, "_sleep", self.slept.append)
+        monkeypatch.setattr(torch.cuda, "synchronize", lambda: None)
+
+
+@pytest.mark.parametrize("over", [False, True])
+def test_host_ms_times_the_host_alone_or_says_it_cannot(monkeypatch, over):
+    """The calls are enqueued behind a spin kernel of hold_ms (its cycles from a calibration): while
+    it still runs, their host time per call is returned (gradients dropped before each call, as
+    do_bench drops them); where it is over, a call may have waited on the GPU, and None says so."""
+    from harness.bench.timing import host_ms
+    gpu = HeldGpu(over)
+    gpu.install(monkeypatch)
+    x = torch.ones(2, requires_grad=True)
+    seen = []
+
+    def call():
+        seen.append(x.grad)
+        (x * 2).sum().backward()
+    got = host_ms(call, grad_to_none=[x], calls=3, hold_ms=10.0)
+    assert gpu.slept == [1 << 22, int((1 << 22) / 2.0 * 10.0)]  # calibration, then the hold
+    assert seen == [None, None, None]
+    assert got is None if over else 0 < got < 1e3
+
+
+def test_kernel_tables_show_swat_host_time_only_where_measured(tmp_path):
+    """Files written before host_ms was measured read as rows without it, and their table has no
+    host column; rows with it show SWAT's host time beside its GPU-timed one."""
+    from harness.bench.kernels import FIELDS, markdown, ratio_table, read_csv, to_csv
+    old = [f for f in FIELDS if f != "host_ms"]
+    path = tmp_path / "kernels.csv"
+    line = dict(mode="fwd", head_dim=64, seq_len=4096, window=128, batch=16, heads=16, activation="sigmoid",
+                tflops=1.0, status="ok", date="2026-12-07", commit="abc1234")
+    path.write_text(",".join(old) + "\n" + "\n".join(",".join(str({**line, "peer": p, "ms": ms}[f]) for f in old)
+                                                   for p, ms in (("swat", 0.5), ("flex", 0.8))) + "\n")
+    rows = read_csv(path)
+    info = dict(command="c", device="d", date="t", commit="abc1234", versions={}, dtype="bf16", tokens=65536,
+                hidden=1024)
+    assert [r["host_ms"] for r in rows] == [None, None]
+    header, body = ratio_table(rows, "fwd")
+    assert "swat host ms" not in header and body[0][-1] == "1.60x" and "host" not in markdown(rows, info)
+    rows[0]["host_ms"] = 0.45
+    path.write_text(to_csv(rows))
+    rows = read_csv(path)
+    header, body = ratio_table(rows, "fwd")
+    assert header[5:7] == ["swat ms", "swat host ms"] and body[0][5:7] == ["0.500", "0.450"]
+    assert "the row times the host rather than the kernels" in markdown(rows, info)
+
+
 # ---------------------------------------------------------------- launch configs that do not fit
 
 class SmallSharedMemory:

@@ -13,10 +13,12 @@ the timed region):
 Modes: fwd (no autograd), fwd_bwd (forward + backward against a fixed output gradient), and decode
 (one token against SWAT's W-slot ring buffer, against SDPA over the same W slots, the step of a
 sliding-window softmax model, and against SDPA over a full KV cache of the context; timed as
-CUDA-graph replays, so host launch overhead is out of all three). TFLOP/s
-count only the band's (query, key) pairs (harness.bench.timing.attention_flops); the ratio is the
-fastest peer's time over SWAT's (above 1: SWAT is faster). Results go to OUT/<device>/ as
-kernels.csv, kernels.md, kernels.png (time vs W) and decode.png, plus run.json.
+CUDA-graph replays, so host launch overhead is out of all three). Forward and forward + backward
+rows also carry the host's time to enqueue one call (host_ms), which tells a row the GPU waited on
+Python for from one that times the kernels. TFLOP/s count only the band's (query, key) pairs
+(harness.bench.timing.attention_flops); the ratio is the fastest peer's time over SWAT's (above 1:
+SWAT is faster). Results go to OUT/<device>/ as kernels.csv, kernels.md, kernels.png (time vs W)
+and decode.png, plus run.json.
 """
 
 from __future__ import annotations
@@ -31,14 +33,14 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from harness.bench.timing import attention_flops, band_pairs, median_ms
+from harness.bench.timing import attention_flops, band_pairs, host_ms, median_ms
 from harness.config import ConfigError
 from harness.results.provenance import device_slug
 
 PEERS = ("swat", "flex", "fla", "flash_attn", "sdpa", "triton_sigmoid")
 MODES = ("fwd", "fwd_bwd", "decode")
-FIELDS = ("mode", "head_dim", "seq_len", "window", "batch", "heads", "peer", "activation", "ms", "tflops", "status",
-          "date", "commit")
+FIELDS = ("mode", "head_dim", "seq_len", "window", "batch", "heads", "peer", "activation", "ms", "tflops", "host_ms",
+          "status", "date", "commit")
 
 
 @dataclass(frozen=True)
@@ -167,13 +169,14 @@ def _error(err: Exception) -> str:
     return f"error: {type(err).__name__}: {text[:120]}"
 
 
-def _row(mode, shape: Shape, peer: Peer, ms=None, status="ok", pairs=None) -> dict:
+def _row(mode, shape: Shape, peer: Peer, ms=None, status="ok", pairs=None, host=None) -> dict:
     tflops = None
     if ms is not None and pairs is not None:
         tflops = round(attention_flops(pairs, shape.head_dim, mode) / (ms * 1e-3) / 1e12, 2)
     return dict(mode=mode, head_dim=shape.head_dim, seq_len=shape.seq_len, window=shape.window, batch=shape.batch,
                 heads=shape.heads, peer=peer.name, activation=peer.activation,
-                ms=None if ms is None else round(ms, 5), tflops=tflops, status=status)
+                ms=None if ms is None else round(ms, 5), tflops=tflops,
+                host_ms=None if host is None else round(host, 5), status=status)
 
 
 def measure_shape(shape: Shape, peers: list[str], modes: list[str], device: torch.device, dtype,
@@ -207,13 +210,15 @@ def measure_shape(shape: Shape, peers: list[str], modes: list[str], device: torc
                 if mode == "fwd":
                     with torch.no_grad():
                         ms = median_ms(lambda: fn(q, k, v), cuda, **timing)
+                        host = host_ms(lambda: fn(q, k, v)) if cuda else None
                 else:
                     qg, kg, vg = (t.detach().clone().requires_grad_() for t in (q, k, v))
 
                     def step():
                         fn(qg, kg, vg).backward(do)
                     ms = median_ms(step, cuda, grad_to_none=[qg, kg, vg], **timing)
-                rows.append(_row(mode, shape, peer, ms, pairs=pairs))
+                    host = host_ms(step, grad_to_none=[qg, kg, vg]) if cuda else None
+                rows.append(_row(mode, shape, peer, ms, pairs=pairs, host=host))
             except Exception as err:  # OOM or a peer's own failure: record it and go on
                 rows.append(_row(mode, shape, peer, status=_error(err)))
             finally:
@@ -285,8 +290,8 @@ def read_csv(path: Path) -> list[dict]:
         try:
             if None in r or not all(r.get(f) for f in ("status", "date", "commit")):  # fields short or over
                 raise ValueError(f"not the {len(FIELDS)} fields of a measured shape, status, date and commit last")
-            for f in ("ms", "tflops"):
-                r[f] = float(r[f]) if r[f] not in ("", None) else None
+            for f in ("ms", "tflops", "host_ms"):  # host_ms: not in files written before it was measured
+                r[f] = float(r[f]) if r.get(f) not in ("", None) else None
             for f in ("head_dim", "seq_len", "window", "batch", "heads"):
                 r[f] = int(r[f])
         except (KeyError, TypeError, ValueError) as err:
@@ -311,22 +316,25 @@ def _fmt(ms) -> str:
 
 
 def ratio_table(rows: list[dict], mode: str) -> tuple[list[str], list[list[str]]]:
-    """Per shape: SWAT's time and TFLOP/s, every peer's time, the fastest peer and the ratio."""
+    """Per shape: SWAT's time and TFLOP/s (and its host time where measured), every peer's time, the
+    fastest peer and the ratio."""
     from collections import defaultdict
     by_shape = defaultdict(dict)
     for r in rows:
         if r["mode"] == mode:
             by_shape[(r["head_dim"], r["seq_len"], r["window"], r["batch"], r["heads"])][r["peer"]] = r
     peers = [p for p in PEERS[1:] if any(p in v and v[p]["ms"] is not None for v in by_shape.values())]
-    header = ["d", "T", "W", "B", "H", "swat ms", "swat TFLOP/s"] + [f"{p} ms" for p in peers] + \
-             ["fastest peer", "ratio (peer / swat)"]
+    hosted = any(v.get("swat", {}).get("host_ms") is not None for v in by_shape.values())
+    header = ["d", "T", "W", "B", "H", "swat ms", *(["swat host ms"] if hosted else []), "swat TFLOP/s"] + \
+             [f"{p} ms" for p in peers] + ["fastest peer", "ratio (peer / swat)"]
     body = []
     for (d, T, W, B, H), got in sorted(by_shape.items()):
         swat = got.get("swat", {})
         timed = {p: got[p]["ms"] for p in peers if p in got and got[p]["ms"] is not None}
         best = min(timed, key=timed.get) if timed else None
         ratio = f"{timed[best] / swat['ms']:.2f}x" if best and swat.get("ms") else ""
-        body.append([d, T, "T" if W >= T else W, B, H, _fmt(swat.get("ms")), swat.get("tflops") or ""] +
+        host = [_fmt(swat.get("host_ms"))] if hosted else []
+        body.append([d, T, "T" if W >= T else W, B, H, _fmt(swat.get("ms")), *host, swat.get("tflops") or ""] +
                     [_fmt(timed.get(p)) for p in peers] + [best or "", ratio])
     return header, body
 
@@ -373,6 +381,10 @@ def markdown(rows: list[dict], info: dict) -> str:
              f"- dtype: {info['dtype']}; tokens per batch B*T = {info['tokens']}; heads H = hidden {info['hidden']}"
              " / d; timings are medians of triton's do_bench (CUDA events); TFLOP/s count the band's pairs only "
              "(4d per pair forward, 14d forward+backward); ratio = fastest peer's time / SWAT's time.",
+             *(["- swat host ms: the host's time to enqueue one call while the GPU is held busy "
+                "(harness.bench.timing.host_ms; blank where it could not be told apart); where it nears swat ms, "
+                "the GPU waited on Python and the row times the host rather than the kernels."]
+               if any(r.get("host_ms") is not None for r in rows) else []),
              *([f"- SWAT's passes in this command's rows: {info['swat_passes']}"] if "swat_passes" in info else []),
              ""]
     for mode, title in (("fwd", "Forward"), ("fwd_bwd", "Forward + backward")):

@@ -1,4 +1,5 @@
-"""Timing helpers shared by the benchmarks: medians of CUDA-event timings, FLOP counts over a band."""
+"""Timing helpers shared by the benchmarks: medians of CUDA-event timings, the host's share of a
+call, FLOP counts over a band."""
 
 from __future__ import annotations
 
@@ -30,6 +31,43 @@ def median_ms(fn: Callable[[], object], cuda: bool, warmup_ms: float = 25, rep_m
         fn()
         times.append((time.perf_counter() - t0) * 1e3)
     return statistics.median(times)
+
+
+_SLEEP_CYCLES_PER_MS: list[float] = []  # torch.cuda._sleep's cycles per millisecond on this GPU, measured once
+
+
+def host_ms(fn: Callable[[], object], grad_to_none=None, calls: int = 5, hold_ms: float = 50.0) -> float | None:
+    """The host's time to enqueue one call of fn (ms, on a GPU), or None where it cannot be told.
+
+    A do_bench time (CUDA events around the call) includes any wait of the GPU on Python: where
+    the host needs longer to enqueue a call's kernels than the GPU to run them, it times the host.
+    Here a spin kernel holds the GPU for hold_ms first, so that the calls enqueued behind it never
+    wait on a kernel of theirs; where the hold is over before they are all enqueued (a host sync
+    inside fn, or a host slower than hold_ms for `calls` calls), their time is not the host's
+    alone and None is returned. Gradients in grad_to_none are dropped before each call, as
+    do_bench drops them.
+    """
+    import torch
+    if not _SLEEP_CYCLES_PER_MS:
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        torch.cuda._sleep(1 << 22)
+        end.record()
+        end.synchronize()
+        _SLEEP_CYCLES_PER_MS.append((1 << 22) / max(start.elapsed_time(end), 1e-3))
+    torch.cuda.synchronize()
+    torch.cuda._sleep(int(_SLEEP_CYCLES_PER_MS[0] * hold_ms))
+    held = torch.cuda.Event()
+    held.record()
+    t0 = time.perf_counter()
+    for _ in range(calls):
+        for t in grad_to_none or ():
+            t.grad = None
+        fn()
+    took = (time.perf_counter() - t0) * 1e3 / calls
+    alone = not held.query()  # the GPU still in the hold: no call waited on it
+    torch.cuda.synchronize()
+    return took if alone else None
 
 
 def band_pairs(seq_len: int, window: int) -> int:

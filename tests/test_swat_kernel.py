@@ -279,10 +279,11 @@ def test_hopper_kernels_compile_for_sm90_without_a_gpu():
 def test_decode_loop_stages_pipeline_the_slot_loop_on_hopper():
     """Triton pipelines only the loads that feed a dot unless the loop asks: the decode's slot loop,
     compiled for sm_90, copies tiles ahead (cp.async into shared memory) only with LOOP_STAGES > 1;
-    the launch's num_stages (Triton's default, 3) does not reach it."""
-    lines = compile_for_sm90("compile_decode_sm90.py", "1", "3")
+    the launch's num_stages (Triton's default, 3) does not reach it. PREFETCH builds too, and its
+    next tile goes to registers, not through shared memory."""
+    lines = compile_for_sm90("compile_decode_sm90.py", "1", "3", "1p")
     copies = [int(line.split(", ")[1].split()[0]) for line in lines]
-    assert copies[0] == 0 and copies[1] > 0, lines
+    assert copies[0] == 0 and copies[1] > 0 and copies[2] == 0, lines
 
 
 @pytest.mark.parametrize("mode,tol", [(0, 1e-5), (2, 5e-4)])
@@ -337,14 +338,16 @@ def test_decode_matches_reference(pos):
     assert rel_err(got, want) < 2e-5
 
 
+@pytest.mark.parametrize("prefetch", [False, True])
 @pytest.mark.parametrize("sum_in_kernel", [False, True])
 @pytest.mark.parametrize("acc_2d", [False, True])
 @pytest.mark.parametrize("min_programs", [1, 16, 10**6])
-def test_decode_matches_reference_for_any_split(min_programs, acc_2d, sum_in_kernel):
+def test_decode_matches_reference_for_any_split(min_programs, acc_2d, sum_in_kernel, prefetch):
     """One run of slots per (sequence, head), two (the last one part empty: three tiles of slots in
     runs of two), and one per tile: every launch config the split heuristic can pick gives the same output,
     with either accumulator, the runs added by a second kernel or by the last program of each pair
-    (whose arrival counters are all zero again after the call)."""
+    (whose arrival counters are all zero again after the call), each tile loaded in its own
+    iteration or prefetched in the one before (the tile after a run's last reading nothing)."""
     from harness.ops.swat import function
     from harness.ops.swat.function import decode_launch, override_decode_config
     B, H, Hkv, d, pos = 2, 4, 2, 64, 1000
@@ -353,7 +356,8 @@ def test_decode_matches_reference_for_any_split(min_programs, acc_2d, sum_in_ker
     q = torch.randn(B, H, d, generator=g).to(DEVICE)
     kc, vc = (torch.randn(B, W, Hkv, d, generator=g).to(DEVICE) for _ in range(2))
     slopes = alibi_slopes(H).to(DEVICE)
-    with override_decode_config(MIN_PROGRAMS=min_programs, ACC_2D=acc_2d, SUM_IN_KERNEL=sum_in_kernel):
+    with override_decode_config(MIN_PROGRAMS=min_programs, ACC_2D=acc_2d, SUM_IN_KERNEL=sum_in_kernel,
+                                PREFETCH=prefetch):
         launch = decode_launch(B * H, W, d)
         assert launch["splits"] == {1: 1, 16: 2, 10**6: 3}[min_programs]
         assert launch["SUM_IN_KERNEL"] == (sum_in_kernel and launch["splits"] > 1)

@@ -571,18 +571,22 @@ def swat_attention_triton(q, k, v, slopes, window: int, sigmoid_bias: float = 0.
 # launch takes Triton's default. LOOP_STAGES pipelines it; timed beside SDPA on an H100 (v21,
 # results/kernels/decode-dot/h100-43b4c84), 2 stages lose 1% and 3 stages 6% on geometric mean, and
 # every depth loses at batch 64 (the copies' shared memory costs programs per SM), so it stays 1.
+# PREFETCH keeps the next tile's loads in flight in registers instead, with no shared memory: off
+# until timed (results/kernels/decode-dot/probe.py times it beside the committed configs and SDPA).
 DECODE_FILLS_GPU = 264
 DECODE_CONFIGS = {
-    "split": dict(MIN_PROGRAMS=4224, TILE_ELEMS=8192, num_warps=4, ACC_2D=True, SUM_IN_KERNEL=True, LOOP_STAGES=1),
+    "split": dict(MIN_PROGRAMS=4224, TILE_ELEMS=8192, num_warps=4, ACC_2D=True, SUM_IN_KERNEL=True, LOOP_STAGES=1,
+                  PREFETCH=False),
     "whole": dict(MIN_PROGRAMS=DECODE_FILLS_GPU, TILE_ELEMS=8192, num_warps=2, ACC_2D=True, SUM_IN_KERNEL=False,
-                  LOOP_STAGES=1),
+                  LOOP_STAGES=1, PREFETCH=False),
 }
 
 
 def decode_launch(batch_heads: int, w_cache: int, head_dim: int, elem_bytes: int = 2) -> dict:
     """The decode kernel's launch: slots per tile (BLOCK_W) and per program, programs per
     (sequence, head) pair (splits), warps, the accumulator's shape, where the runs' sums are added
-    (SUM_IN_KERNEL, only where there are runs to add) and the slot loop's pipeline (LOOP_STAGES).
+    (SUM_IN_KERNEL, only where there are runs to add) and the slot loop's pipeline (LOOP_STAGES
+    through shared memory, PREFETCH through registers).
     TILE_ELEMS was tuned for 16-bit inputs; fp32 inputs get as many bytes per tile (half the
     slots), so that a tile takes the registers the sweep's config took."""
     cfg = DECODE_CONFIGS["split" if batch_heads < DECODE_FILLS_GPU else "whole"]
@@ -593,13 +597,13 @@ def decode_launch(batch_heads: int, w_cache: int, head_dim: int, elem_bytes: int
     splits = cdiv(w_cache, per_program)
     return dict(BLOCK_W=block_w, SLOTS_PER_PROGRAM=per_program, splits=splits, num_warps=cfg["num_warps"],
                 ACC_2D=cfg["ACC_2D"], SUM_IN_KERNEL=cfg["SUM_IN_KERNEL"] and splits > 1,
-                LOOP_STAGES=cfg["LOOP_STAGES"])
+                LOOP_STAGES=cfg["LOOP_STAGES"], PREFETCH=cfg["PREFETCH"])
 
 
 @contextlib.contextmanager
 def override_decode_config(**overrides):
     """Temporarily replace entries (MIN_PROGRAMS, TILE_ELEMS, num_warps, ACC_2D, SUM_IN_KERNEL,
-    LOOP_STAGES) of both DECODE_CONFIGS, so that a sweep times one config at every batch."""
+    LOOP_STAGES, PREFETCH) of both DECODE_CONFIGS, so that a sweep times one config at every batch."""
     with contextlib.ExitStack() as stack:
         for cfg in DECODE_CONFIGS.values():
             stack.enter_context(_overridden(cfg, overrides))

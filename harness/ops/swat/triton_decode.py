@@ -17,12 +17,24 @@ from harness.ops.swat.triton_common import score_unit, sigmoid_scaled
 
 
 @triton.jit
+def _ring_tile(k_base, v_base, sk_w, sv_w, offs_d, s0, end, W_CACHE, pos, window, BLOCK_W: tl.constexpr):
+    """The keys and values of slots s0 .. s0 + BLOCK_W (those before `end` and inside the window;
+    the others read nothing and come back zero), with each slot's distance and validity."""
+    slots = s0 + tl.arange(0, BLOCK_W)
+    dist = (pos - slots + W_CACHE) % W_CACHE
+    valid = (slots < end) & (dist < window)
+    k = tl.load(k_base + slots[:, None] * sk_w + offs_d[None, :], mask=valid[:, None], other=0.0)
+    v = tl.load(v_base + slots[:, None] * sv_w + offs_d[None, :], mask=valid[:, None], other=0.0)
+    return k, v, dist, valid
+
+
+@triton.jit
 def swat_decode_kernel(Q, KC, VC, O, Final, Arrived, Slopes,
                        sq_b, sq_h, sk_b, sk_w, sk_h, sv_b, sv_w, sv_h, so_s, so_b, so_h, sf_b, sf_h,
                        H, W_CACHE, cache_len, pos, window, scale, bias,
                        REP: tl.constexpr, SLOTS_PER_PROGRAM: tl.constexpr, BLOCK_W: tl.constexpr,
                        HEAD_DIM: tl.constexpr, SIGMOID: tl.constexpr, ACC_2D: tl.constexpr,
-                       SUM_IN_KERNEL: tl.constexpr, LOOP_STAGES: tl.constexpr):
+                       SUM_IN_KERNEL: tl.constexpr, LOOP_STAGES: tl.constexpr, PREFETCH: tl.constexpr):
     """Each program writes its run's sum to O [splits, B, H, d]. ACC_2D: keep a [BLOCK_W, HEAD_DIM]
     fp32 accumulator and add its rows once after the loop, instead of reducing each tile over its
     slots (a reduction across warps in every iteration). SUM_IN_KERNEL: the pair's programs count
@@ -30,7 +42,9 @@ def swat_decode_kernel(Q, KC, VC, O, Final, Arrived, Slopes,
     sums into Final [B, H, d] and sets the count back to zero. LOOP_STAGES: the slot loop's software
     pipeline (cp.async copies of the next tiles into shared memory while this one is reduced);
     Triton pipelines only loads that feed a dot unless the loop asks, so the launch's num_stages
-    alone leaves this loop unpipelined."""
+    alone leaves this loop unpipelined. PREFETCH: load the next tile into registers before this one
+    is reduced, so that its loads are in flight meanwhile without the shared memory (and the
+    programs per SM) that LOOP_STAGES' copies cost; it pays only where a program has several tiles."""
     pid_bh = tl.program_id(0)
     pid_s = tl.program_id(1)
     b = pid_bh // H
@@ -48,12 +62,19 @@ def swat_decode_kernel(Q, KC, VC, O, Final, Arrived, Slopes,
     else:
         acc = tl.zeros([HEAD_DIM], dtype=tl.float32)
     s_lo = pid_s * SLOTS_PER_PROGRAM
-    for s0 in tl.range(s_lo, s_lo + SLOTS_PER_PROGRAM, BLOCK_W, num_stages=LOOP_STAGES):
-        slots = s0 + tl.arange(0, BLOCK_W)
-        dist = (pos - slots + W_CACHE) % W_CACHE
-        valid = (slots < cache_len) & (dist < window)
-        k = tl.load(k_base + slots[:, None] * sk_w + offs_d[None, :], mask=valid[:, None], other=0.0)
-        v = tl.load(v_base + slots[:, None] * sv_w + offs_d[None, :], mask=valid[:, None], other=0.0)
+    s_hi = s_lo + SLOTS_PER_PROGRAM
+    if PREFETCH:  # the tile after the run's last is masked off whole: it reads nothing
+        run_end = tl.minimum(cache_len, s_hi)
+        k_next, v_next, dist_next, valid_next = _ring_tile(k_base, v_base, sk_w, sv_w, offs_d, s_lo, run_end,
+                                                           W_CACHE, pos, window, BLOCK_W)
+    for s0 in tl.range(s_lo, s_hi, BLOCK_W, num_stages=LOOP_STAGES):
+        if PREFETCH:  # this tile was loaded an iteration ago; the next one's loads go out now
+            k, v, dist, valid = k_next, v_next, dist_next, valid_next
+            k_next, v_next, dist_next, valid_next = _ring_tile(k_base, v_base, sk_w, sv_w, offs_d, s0 + BLOCK_W,
+                                                               run_end, W_CACHE, pos, window, BLOCK_W)
+        else:
+            k, v, dist, valid = _ring_tile(k_base, v_base, sk_w, sv_w, offs_d, s0, cache_len, W_CACHE, pos, window,
+                                           BLOCK_W)
         qk = tl.sum(k.to(tl.float32) * q[None, :], axis=1)
         p = sigmoid_scaled(qk * g_scale + g_slope * dist.to(tl.float32) + g_bias, SIGMOID)
         p = tl.where(valid, p, 0.0)

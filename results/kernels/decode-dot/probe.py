@@ -1,5 +1,6 @@
-"""The tensor-core decode (kernel.py) against the committed decode (swat_decode_triton, its
-DECODE_CONFIGS) and SDPA over the same W slots, at the peer bench's decode shapes: d = 64 and 128
+"""The tensor-core decode (kernel.py) and the committed decode kernel with its slot loop pipelined
+(LOOP_STAGES, PREFETCH) against the committed decode (swat_decode_triton, its DECODE_CONFIGS) and
+SDPA over the same W slots, at the peer bench's decode shapes: d = 64 and 128
 with H * d = 1024, batch 1, 8 and 64, W = 128, 512 and 2048, bf16, the cache full (position 10 W).
 First each kernel's error against the fp32 reference; then two rounds of every variant's time, as
 CUDA-graph replays (the bench's decode timing). Issue 24 asks decode at batch 1, 8 and 64 to be at
@@ -25,11 +26,16 @@ write = stamped_row_writer(open(sys.argv[1], "w"), "cuda",
 DOT = {f"dot p{p} t{t} w{w} s{s}": dict(min_programs=p, tile_elems=t, num_warps=w, num_stages=s)
        for p, t, w, s in ((1056, 8192, 4, 2), (264, 8192, 4, 3))}
 
-# the committed kernel with its slot loop software-pipelined (swat_decode_kernel's LOOP_STAGES), as
-# configured and with fewer programs wanted (MIN_PROGRAMS), which gives each program more tiles to
-# pipeline: "split"'s 4224 leave one tile a program at batch 8 and W = 2048
-PIPELINED = {f"committed, loop stages {n}": dict(LOOP_STAGES=n) for n in (2, 3, 4)}
-PIPELINED.update({f"committed, loop stages 3, {p} programs": dict(LOOP_STAGES=3, MIN_PROGRAMS=p) for p in (264, 1056)})
+# the committed kernel with its slot loop software-pipelined through shared memory (LOOP_STAGES 2,
+# the best depth of call 95), and with the next tile prefetched into registers (PREFETCH) at fewer
+# programs wanted than "split"'s 4224 (which leave each program one tile at batch 1 and 8), so that a
+# program has tiles to prefetch: "p" programs wanted, "t" elements a tile, "w" warps, the 1-D or 2-D
+# accumulator; compiled for sm_90 (Triton 3.6) each takes 128-246 registers and spills nothing
+PIPELINED = {"committed, loop stages 2": dict(LOOP_STAGES=2)}
+PIPELINED.update({f"prefetch p{p} t{t} w{w} {'acc2d' if acc else 'acc1d'}":
+                  dict(PREFETCH=True, MIN_PROGRAMS=p, TILE_ELEMS=t, num_warps=w, ACC_2D=acc)
+                  for p in (264, 1056) for t, w, acc in ((4096, 2, False), (8192, 4, False), (4096, 2, True),
+                                                        (8192, 4, True), (4096, 4, False))})
 
 
 def pipelined(overrides, *args):

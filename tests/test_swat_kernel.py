@@ -792,6 +792,24 @@ def test_bench_kernels_decode_puts_sdpa_over_the_same_buffer_beside_swat(tmp_pat
     assert (out / "decode.png").is_file()
 
 
+def test_decode_timings_read_their_cache_from_hbm():
+    """A decode step is timed over copies of its cache in turn, as many as one pass needs to read
+    more than twice the L2 (a cache that fits in L2, timed alone over and over, is read from L2);
+    a cache larger than that alone is one copy, and the count stops at COLD_COPIES_MOST. On the
+    CPU there is no L2 to leave: one copy, the tensors themselves, and the time is per step."""
+    from harness.bench.timing import COLD_COPIES_MOST, copies_for_cold_l2, decode_ms, l2_cold_copies
+    mb = 1 << 20
+    assert copies_for_cold_l2(mb // 2, 50 * mb) == 200  # B = 1, W = 128, d = 64: K and V, 0.5 MB
+    assert copies_for_cold_l2(67 * mb, 50 * mb) == 2 and copies_for_cold_l2(537 * mb, 50 * mb) == 1
+    assert copies_for_cold_l2(1024, 50 * mb) == COLD_COPIES_MOST
+    k, v = torch.zeros(2, 3), torch.ones(2, 3)
+    (only,) = l2_cold_copies(k, v)
+    assert only[0] is k and only[1] is v
+    seen = []
+    assert decode_ms(lambda a, b: seen.append((a, b)), [(k, v), (v, k)], False) > 0
+    assert seen[:2] == [(k, v), (v, k)]
+
+
 class HeldGpu:
     """torch.cuda's events, spin kernel and syncs as host_ms uses them, with the hold still running
     (or over) when the calls have been enqueued."""

@@ -1,5 +1,5 @@
-"""Timing helpers shared by the benchmarks: medians of CUDA-event timings, the host's share of a
-call, FLOP counts over a band."""
+"""Timing helpers shared by the benchmarks: medians of CUDA-event timings, decode steps timed with
+their cache out of L2, the host's share of a call, FLOP counts over a band."""
 
 from __future__ import annotations
 
@@ -31,6 +31,36 @@ def median_ms(fn: Callable[[], object], cuda: bool, warmup_ms: float = 25, rep_m
         fn()
         times.append((time.perf_counter() - t0) * 1e3)
     return statistics.median(times)
+
+
+COLD_COPIES_MOST = 512  # sets of a decode cache at most: B = 1, W = 128, d = 64 is 0.5 MB a set
+
+
+def copies_for_cold_l2(nbytes: int, l2_bytes: int) -> int:
+    """How many sets of nbytes one pass must read to exceed twice an L2 of l2_bytes (at least 1,
+    at most COLD_COPIES_MOST): what l2_cold_copies makes."""
+    return max(1, min(COLD_COPIES_MOST, -(-2 * l2_bytes // max(nbytes, 1))))
+
+
+def l2_cold_copies(*tensors) -> list[tuple]:
+    """tensors, then clones of them, as many sets as one pass must read to exceed twice the GPU's
+    L2 (one set on the CPU, or where the tensors alone exceed it). A decode step timed over the
+    sets in turn (decode_ms) reads its cache from HBM, as a model's layer does once the other
+    layers' reads have evicted it; timed on one set over and over, a cache that fits in L2 is
+    read from L2, and the step looks faster than in any model."""
+    import torch
+    if not tensors[0].is_cuda:
+        return [tensors]
+    nbytes = sum(t.numel() * t.element_size() for t in tensors)
+    sets = copies_for_cold_l2(nbytes, torch.cuda.get_device_properties(tensors[0].device).L2_cache_size)
+    return [tensors] + [tuple(t.clone() for t in tensors) for _ in range(sets - 1)]
+
+
+def decode_ms(step: Callable[..., object], copies: list[tuple], cuda: bool, **timing) -> float:
+    """Median ms of one step(*copy): CUDA-graph replays (median_ms) of the step over each copy in
+    turn, divided by their number, so that neither the host's launches nor the last step's reads
+    left in L2 are in it."""
+    return median_ms(lambda: [step(*c) for c in copies], cuda, cuda_graph=True, **timing) / len(copies)
 
 
 _SLEEP_CYCLES_PER_MS: list[float] = []  # torch.cuda._sleep's cycles per millisecond on this GPU, measured once

@@ -11,8 +11,9 @@ are that pass's differences, and the best "dkdv fused atomics" and "dkdv fused t
 best "dkdv" row decide FUSED_DQ.
 Sweep `decode` times the decode kernel's launch configs (DECODE_CONFIGS: programs wanted, tile size,
 warps, the slot loop's pipeline, the accumulator, where the runs' sums are added) at batch 1, 8 and
-64 over full W-slot ring buffers, as CUDA-graph replays, beside SDPA (softmax, no bias) over the
-same buffer: the work of a sliding-window softmax model's decode step, the peer a user would pick.
+64 over full W-slot ring buffers, as CUDA-graph replays over copies of the buffer in turn so that
+each step reads it from HBM, beside SDPA (softmax, no bias) over the same buffer: the work of a
+sliding-window softmax model's decode step, the peer a user would pick.
 Sweep `sigmoid` times the forward and the backward in each sigmoid mode (SIGMOID_MODES:
 triton_common.sigmoid_scaled's reciprocal on the special-function unit, its Newton one, tanh) at the
 current configs and B * T = 65536 with T = 16384, the peer bench's length, and measures each mode's
@@ -41,7 +42,7 @@ import torch
 import torch.nn.functional as F
 
 from harness.bench import KERNEL_BENCH_LENGTHS, parse_ints
-from harness.bench.timing import median_ms
+from harness.bench.timing import decode_ms, l2_cold_copies, median_ms
 from harness.config import ConfigError, first_line
 from harness.ops.alibi import alibi_slopes
 from harness.ops.swat import function as fn_mod
@@ -84,9 +85,12 @@ CANDIDATES = {
 CANDIDATES.update({(what, "medium"): configs for (what, regime), configs in CANDIDATES.items() if regime == "large"})
 
 
-def _time(fn, cuda_graph: bool = False) -> tuple[float | None, str]:
-    """Median ms of fn (do_bench; as CUDA-graph replays for microsecond kernels), or the error."""
+def _time(fn, cuda_graph: bool = False, copies: list[tuple] | None = None) -> tuple[float | None, str]:
+    """Median ms of fn (do_bench; as CUDA-graph replays for microsecond kernels), of one decode step
+    fn(*copy) over copies of its cache in turn (timing.decode_ms), or the error."""
     try:
+        if copies is not None:
+            return decode_ms(fn, copies, True, warmup_ms=10, rep_ms=20), ""
         return median_ms(fn, True, warmup_ms=10, rep_ms=20 if cuda_graph else 40, cuda_graph=cuda_graph), ""
     except Exception as err:  # e.g. out of shared memory for a large tile
         return None, f"{type(err).__name__}: {first_line(err)[:80]}"
@@ -209,30 +213,32 @@ DECODE_SHAPES = [(d, B, W) for d in (64, 128) for B in (1, 8, 64) for W in (128,
 
 
 def decode_inputs(d: int, B: int, W: int):
-    """bf16 q [B, H, d] and a full ring buffer (k, v caches [B, W, H, d]) with H * d = 1024 (seed
-    0), the heads' ALiBi slopes, and SDPA over the same slots (a sliding-window softmax model's
-    step): the inputs every timing of the decode takes."""
+    """bf16 q [B, H, d] and copies of a full ring buffer (k, v caches [B, W, H, d]; as many as a
+    step timed over them in turn needs to read its cache from HBM, timing.l2_cold_copies) with
+    H * d = 1024 (seed 0), the heads' ALiBi slopes, and SDPA over the same slots (a sliding-window
+    softmax model's step, on one copy's caches): the inputs every timing of the decode takes."""
     H = 1024 // d
     gen = torch.Generator(device="cpu").manual_seed(0)
     q = torch.randn(B, H, d, generator=gen).to("cuda", torch.bfloat16)
-    kc, vc = (torch.randn(B, W, H, d, generator=gen).to("cuda", torch.bfloat16) for _ in range(2))
-    qs, ks, vs = q[:, :, None], kc.transpose(1, 2), vc.transpose(1, 2)
-    return q, kc, vc, alibi_slopes(H).cuda(), lambda: F.scaled_dot_product_attention(qs, ks, vs)
+    copies = l2_cold_copies(*(torch.randn(B, W, H, d, generator=gen).to("cuda", torch.bfloat16) for _ in range(2)))
+    qs = q[:, :, None]
+    return q, copies, alibi_slopes(H).cuda(), \
+        lambda kc, vc: F.scaled_dot_product_attention(qs, kc.transpose(1, 2), vc.transpose(1, 2))
 
 
 def decode_sweep(on_row=lambda row: None) -> list[dict]:
     rows = []
     for d, B, W in DECODE_SHAPES:
-        q, kc, vc, slopes, sdpa = decode_inputs(d, B, W)
+        q, copies, slopes, sdpa = decode_inputs(d, B, W)
         H = q.shape[1]
         shape = dict(d=d, B=B, H=H, W=W)
-        ms, note = _time(sdpa, cuda_graph=True)
+        ms, note = _time(sdpa, copies=copies)
         rows.append(dict(shape, what="decode sdpa (same buffer, softmax)", ms=ms, note=note))
         on_row(rows[-1])
         for cand in DECODE_CANDIDATES:
             with override_decode_config(**cand):
                 splits = decode_launch(B * H, W, d)["splits"]
-                ms, note = _time(lambda: swat_decode_triton(q, kc, vc, W, 10 * W, slopes, W), cuda_graph=True)
+                ms, note = _time(lambda kc, vc: swat_decode_triton(q, kc, vc, W, 10 * W, slopes, W), copies=copies)
             rows.append(dict(shape, what="decode", **cand, splits=splits, ms=ms, note=note))
             on_row(rows[-1])
     return rows

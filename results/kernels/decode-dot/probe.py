@@ -3,8 +3,11 @@
 SDPA over the same W slots, at the peer bench's decode shapes: d = 64 and 128
 with H * d = 1024, batch 1, 8 and 64, W = 128, 512 and 2048, bf16, the cache full (position 10 W).
 First each kernel's error against the fp32 reference; then two rounds of every variant's time, as
-CUDA-graph replays (the bench's decode timing). Issue 24 asks decode at batch 1, 8 and 64 to be at
-least level with SDPA; the committed kernel trails at several of these shapes (kernels.md).
+CUDA-graph replays over copies of the cache in turn, as many as it takes to read it from HBM (the
+bench's decode timing since NOTES.md v24), and the committed kernel's and SDPA's over one copy, as
+calls 93 and 95 timed every variant (from L2 where the cache fits). Issue 24 asks decode at batch
+1, 8 and 64 to be at least level with SDPA; the committed kernel trails at several of these shapes
+(kernels.md).
 
     python results/kernels/decode-dot/probe.py OUT.jsonl
 """
@@ -44,18 +47,21 @@ def pipelined(overrides, *args):
 
 
 for d, B, W in DECODE_SHAPES:
-    q, kc, vc, slopes, sdpa = decode_inputs(d, B, W)
-    shape = dict(d=d, B=B, H=q.shape[1], W=W)
-    args = (q, kc, vc, W, 10 * W, slopes, W)  # a full ring buffer, the query at position 10 W
-    calls = {"committed": lambda: swat_decode_triton(*args)}
-    calls.update({name: (lambda o=o: pipelined(o, *args)) for name, o in PIPELINED.items()})
-    calls.update({name: (lambda cfg=cfg: decode_dot(*args, **cfg)) for name, cfg in DOT.items()})
-    want = swat_decode_ref(q.float(), kc.float(), vc.float(), W, 10 * W, slopes, W)
+    q, copies, slopes, sdpa = decode_inputs(d, B, W)
+    shape = dict(d=d, B=B, H=q.shape[1], W=W, copies=len(copies))
+    rest = (W, 10 * W, slopes, W)  # a full ring buffer, the query at position 10 W
+    calls = {"committed": lambda kc, vc: swat_decode_triton(q, kc, vc, *rest)}
+    calls.update({name: (lambda kc, vc, o=o: pipelined(o, q, kc, vc, *rest)) for name, o in PIPELINED.items()})
+    calls.update({name: (lambda kc, vc, cfg=cfg: decode_dot(q, kc, vc, *rest, **cfg)) for name, cfg in DOT.items()})
+    kc, vc = copies[0]
+    want = swat_decode_ref(q.float(), kc.float(), vc.float(), *rest)
     for name, call in calls.items():
-        got = call().float()
+        got = call(kc, vc).float()
         write(dict(shape, variant=name, rel_err=((got - want).norm() / want.norm()).item()))
     calls["sdpa"] = sdpa
+    timed = [(name, call, copies) for name, call in calls.items()]
+    timed += [(f"{name}, one copy", calls[name], copies[:1]) for name in ("committed", "sdpa")]
     for rnd in range(2):
-        for name, call in calls.items():
-            ms, note = _time(call, cuda_graph=True)
+        for name, call, over in timed:
+            ms, note = _time(call, copies=over)
             write(dict(shape, variant=name, round=rnd, us=None if ms is None else ms * 1e3, note=note))

@@ -33,7 +33,8 @@ DOT = {f"dot p{p} t{t} w{w} s{s}": dict(min_programs=p, tile_elems=t, num_warps=
 # the best depth of call 95), and with the next tile prefetched into registers (PREFETCH) at fewer
 # programs wanted than "split"'s 4224 (which leave each program one tile at batch 1 and 8), so that a
 # program has tiles to prefetch: "p" programs wanted, "t" elements a tile, "w" warps, the 1-D or 2-D
-# accumulator; compiled for sm_90 (Triton 3.6) each takes 128-246 registers and spills nothing
+# accumulator; compiled for sm_90 (Triton 3.6) at the probe's shapes, each takes at most 246
+# registers a thread and spills at most 4 B
 PIPELINED = {"committed, loop stages 2": dict(LOOP_STAGES=2)}
 PIPELINED.update({f"prefetch p{p} t{t} w{w} {'acc2d' if acc else 'acc1d'}":
                   dict(PREFETCH=True, MIN_PROGRAMS=p, TILE_ELEMS=t, num_warps=w, ACC_2D=acc)

@@ -810,6 +810,34 @@ def test_decode_timings_read_their_cache_from_hbm():
     assert seen[:2] == [(k, v), (v, k)]
 
 
+@gpu_only
+def test_gpu_bench_timings_tell_the_host_share_and_read_decode_caches_from_hbm():
+    """On a GPU: host_ms gives a SWAT step's host time (less than the 50 ms hold it sits behind) and
+    None for a call that waits on the GPU itself; l2_cold_copies gives enough copies of a small
+    cache to pass twice the L2, each its own memory with the same values, and decode_ms a time per
+    step over them."""
+    from harness.bench.timing import decode_ms, host_ms, l2_cold_copies
+    from harness.ops.swat.function import swat_attention_triton, swat_decode_triton
+    q, k, v, do = inputs(2, 512, 4, 4, 64, torch.bfloat16, 0)
+    slopes = alibi_slopes(4).cuda()
+    q, k, v = (t.requires_grad_() for t in (q, k, v))
+
+    def step():
+        swat_attention_triton(q, k, v, slopes, 128).backward(do)
+    step()
+    got = host_ms(step, grad_to_none=[q, k, v])
+    assert got is not None and 0 < got < 50
+    assert host_ms(lambda: (q * 2, torch.cuda.synchronize())) is None
+    kc, vc = (torch.randn(1, 128, 4, 64, device="cuda", dtype=torch.bfloat16) for _ in range(2))
+    copies = l2_cold_copies(kc, vc)
+    l2 = torch.cuda.get_device_properties(kc.device).L2_cache_size
+    assert len(copies) * 2 * kc.numel() * kc.element_size() > 2 * l2
+    assert len({c[0].data_ptr() for c in copies}) == len(copies) and all(torch.equal(c[1], vc) for c in copies)
+    qd = torch.randn(1, 4, 64, device="cuda", dtype=torch.bfloat16)
+    assert decode_ms(lambda kc, vc: swat_decode_triton(qd, kc, vc, 128, 1000, slopes, 128), copies, True,
+                     warmup_ms=5, rep_ms=10) > 0
+
+
 class HeldGpu:
     """torch.cuda's events, spin kernel and syncs as host_ms uses them, with the hold still running
     (or over) when the calls have been enqueued."""

@@ -678,6 +678,21 @@ def test_the_spread_sweep_times_the_dispatchers_kernels_and_summarises_each_shap
         ["  d=64 T=4096 W=128 (1 round, fastest / median / slowest): eager: none timed, graph: none timed"]
 
 
+def test_sdpa_backward_asks_the_gradients_of_one_kept_forward_again_at_each_call():
+    """The probes' SDPA peer at W = T: inputs in the kernel's [B, T, H, d] layout, gradients equal to
+    SDPA's own backward in SDPA's layout, and the same on a second call (the graph is kept)."""
+    from harness.bench import tune
+    gen = torch.Generator().manual_seed(0)
+    q, k, v, do = (torch.randn(2, 16, 4, 8, generator=gen, dtype=torch.float64) for _ in range(4))
+    backward = tune.sdpa_backward(q, k, v, do)
+    first, second = backward(), backward()
+    qs, ks, vs = (t.transpose(1, 2).clone().requires_grad_() for t in (q, k, v))
+    torch.nn.functional.scaled_dot_product_attention(qs, ks, vs, is_causal=True).backward(do.transpose(1, 2))
+    for got, again, want in zip(first, second, (qs, ks, vs)):
+        torch.testing.assert_close(got, want.grad)
+        torch.testing.assert_close(again, want.grad)
+
+
 def test_the_order_sweep_times_the_dispatchers_kernels_and_names_each_shapes_fastest_order(monkeypatch, capsys):
     """`--sweeps order` runs outside triton_only with the windows asked for, and the summary names the
     fastest program order per pass and shape, T included (the sweep runs three lengths)."""

@@ -118,6 +118,14 @@ def _inputs(d: int, seq_len: int, tokens: int):
     return T, (q, k, v, do), alibi_slopes(H).cuda(), 1 / math.sqrt(d)
 
 
+def sdpa_backward(q, k, v, do):
+    """SDPA's backward alone over full causal attention (the kernel's peer at W = T): its forward run
+    once with the graph kept, the gradients asked again at each call. q, k, v and dO as _inputs makes them."""
+    qs, ks, vs = (t.transpose(1, 2).detach().requires_grad_() for t in (q, k, v))
+    out = F.scaled_dot_product_attention(qs, ks, vs, is_causal=True)
+    return lambda: torch.autograd.grad(out, (qs, ks, vs), do.transpose(1, 2), retain_graph=True)
+
+
 def sweep(seq_len: int = 8192, tokens: int = SWEEP_TOKENS, on_row=lambda row: None,
           windows: tuple = DEFAULT_WINDOWS, head_dims: tuple = TUNED_HEAD_DIMS) -> list[dict]:
     rows = []

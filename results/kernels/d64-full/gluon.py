@@ -12,10 +12,7 @@ not timed. Shapes are T:W pairs (W = T: full causal); by default the bench's ful
 import shlex
 import sys
 
-import torch
-import torch.nn.functional as F
-
-from harness.bench.tune import _inputs, _largest_value_error, _time
+from harness.bench.tune import _inputs, _largest_value_error, _time, sdpa_backward
 from harness.ops.swat import hopper
 from harness.ops.swat.function import SIGMOID_MODE, _swat_bwd, program_order, triton_only
 from harness.results.provenance import stamped_row_writer
@@ -52,9 +49,7 @@ for seq_len, window in SHAPES:
         differs[name] = max(errors.values()) > 2e-2
         write(dict(d=64, T=T, W=W, variant=f"{name} against the Triton backward", **errors))
     if W == T:  # SDPA is a peer of full causal attention only
-        qs, ks, vs = (t.transpose(1, 2).detach().requires_grad_() for t in (q, k, v))
-        o = F.scaled_dot_product_attention(qs, ks, vs, is_causal=True)
-        sdpa = lambda: torch.autograd.grad(o, (qs, ks, vs), do.transpose(1, 2), retain_graph=True)  # noqa: E731
+        sdpa = sdpa_backward(q, k, v, do)
     for rep in range(3):
         for name in VARIANTS:
             ms, note = (None, "differs from the Triton backward") if differs[name] else \

@@ -13,10 +13,7 @@ folder's kernel.py (`git show <commit>:results/kernels/one-pass/probe.py` names 
 import shlex
 import sys
 
-import torch
-import torch.nn.functional as F
-
-from harness.bench.tune import _inputs, _time
+from harness.bench.tune import _inputs, _time, sdpa_backward
 from harness.ops.swat import hopper
 from harness.ops.swat.function import SIGMOID_MODE, program_order
 from harness.results.provenance import stamped_row_writer
@@ -47,11 +44,7 @@ for seq_len, window in SHAPES:
         write(dict(d=128, T=T, W=window, variant=f"{name} against two passes",
                    **{f"err_{n}": ((a.float() - b.float()).abs().max() / b.float().abs().max()).item()
                       for n, a, b in zip(("dq", "dk", "dv"), one, two)}))
-    sdpa = None
-    if window == "T":  # SDPA's backward alone: its graph kept, the gradients asked again
-        qs, ks, vs = (t.transpose(1, 2).detach().requires_grad_() for t in (q, k, v))
-        o = F.scaled_dot_product_attention(qs, ks, vs, is_causal=True)
-        sdpa = lambda: torch.autograd.grad(o, (qs, ks, vs), do.transpose(1, 2), retain_graph=True)  # noqa: E731
+    sdpa = sdpa_backward(q, k, v, do) if window == "T" else None  # SDPA is a peer of full causal attention only
     for rep in range(2):
         for name in VARIANTS:
             ms, note = _time(lambda: backward(name, q, k, v, do, slopes, W, scale))

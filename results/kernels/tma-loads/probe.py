@@ -13,9 +13,8 @@ import sys
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
-from harness.bench.tune import _inputs, _largest_value_error, _time
+from harness.bench.tune import _inputs, _largest_value_error, _time, sdpa_backward
 from harness.ops.swat.function import _strides, _swat_bwd, _tma_scratch_allocator, program_order
 from harness.ops.swat.triton_bwd import swat_bwd_dkdv_kernel
 from harness.results.provenance import stamped_row_writer
@@ -64,9 +63,7 @@ for seq_len in (4096, 16384, 32768):
     want = VARIANTS["committed"](do, q, k, v, slopes, T, scale)
     errors = {name: max(map(_largest_value_error, fn(do, q, k, v, slopes, T, scale), want))
               for name, fn in VARIANTS.items()}
-    qs, ks, vs = (t.transpose(1, 2).detach().requires_grad_() for t in (q, k, v))
-    out = F.scaled_dot_product_attention(qs, ks, vs, is_causal=True)
-    sdpa = lambda: torch.autograd.grad(out, (qs, ks, vs), do.transpose(1, 2), retain_graph=True)  # noqa: E731
+    sdpa = sdpa_backward(q, k, v, do)
     for rep in range(3):
         for name, fn in VARIANTS.items():
             ok = errors[name] < 2e-2

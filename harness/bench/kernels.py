@@ -228,6 +228,13 @@ def measure_shape(shape: Shape, peers: list[str], modes: list[str], device: torc
     return rows
 
 
+def sdpa_over_ring(q: torch.Tensor) -> Callable:
+    """SDPA's decode step for the queries q [B, H, d] over a W-slot ring buffer (k, v caches
+    [B, W, H, d]), as a sliding-window softmax model reads it: SWAT's decode's peer over the same slots."""
+    qs = q[:, :, None]
+    return lambda kc, vc: F.scaled_dot_product_attention(qs, kc.transpose(1, 2), vc.transpose(1, 2))
+
+
 def measure_decode(head_dim: int, heads: int, batch: int, context: int, windows: list[int], device, dtype,
                    done: set, timing: dict) -> list[dict]:
     """One new token: SWAT against its W-slot ring buffer and SDPA over the same buffer (per W), and
@@ -242,9 +249,7 @@ def measure_decode(head_dim: int, heads: int, batch: int, context: int, windows:
     rows = []
     q = torch.randn(batch, heads, head_dim, generator=gen).to(device, dtype)
     qs = q[:, :, None]
-
-    def sdpa_over_ring(kc, vc):  # the ring buffer as a sliding-window softmax model reads it
-        return F.scaled_dot_product_attention(qs, kc.transpose(1, 2), vc.transpose(1, 2))
+    sdpa_ring_step = sdpa_over_ring(q)
     for W in windows:
         shape = Shape(head_dim, context, W, batch, heads)
         if W >= context:
@@ -260,7 +265,7 @@ def measure_decode(head_dim: int, heads: int, batch: int, context: int, windows:
                 rows.append(_row("decode", shape, PEER_SPECS["swat"], status=_error(err)))
         if ("decode", shape, "sdpa") not in done:
             try:
-                ms = decode_ms(sdpa_over_ring, copies, cuda, **timing)
+                ms = decode_ms(sdpa_ring_step, copies, cuda, **timing)
                 rows.append(_row("decode", shape, PEER_SPECS["sdpa"], ms, pairs=batch * heads * W))
             except Exception as err:
                 rows.append(_row("decode", shape, PEER_SPECS["sdpa"], status=_error(err)))

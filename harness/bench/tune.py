@@ -42,6 +42,7 @@ import torch
 import torch.nn.functional as F
 
 from harness.bench import KERNEL_BENCH_LENGTHS, parse_ints
+from harness.bench.kernels import sdpa_over_ring
 from harness.bench.timing import decode_ms, l2_cold_copies, median_ms
 from harness.config import ConfigError, first_line
 from harness.ops.alibi import alibi_slopes
@@ -229,9 +230,7 @@ def decode_inputs(d: int, B: int, W: int):
     gen = torch.Generator(device="cpu").manual_seed(0)
     q = torch.randn(B, H, d, generator=gen).to("cuda", torch.bfloat16)
     copies = l2_cold_copies(*(torch.randn(B, W, H, d, generator=gen).to("cuda", torch.bfloat16) for _ in range(2)))
-    qs = q[:, :, None]
-    return q, copies, alibi_slopes(H).cuda(), \
-        lambda kc, vc: F.scaled_dot_product_attention(qs, kc.transpose(1, 2), vc.transpose(1, 2))
+    return q, copies, alibi_slopes(H).cuda(), sdpa_over_ring(q)
 
 
 def decode_sweep(on_row=lambda row: None) -> list[dict]:

@@ -830,7 +830,7 @@ def test_gpu_bench_timings_tell_the_host_share_and_read_decode_caches_from_hbm()
     """On a GPU: host_ms gives a SWAT step's host time (less than the 50 ms hold it sits behind) and
     None for a call that waits on the GPU itself; l2_cold_copies gives enough copies of the bench's
     smallest decode cache (batch 1, W = 128, H * d = 1024: 512 KB, fewer copies than the cap on an
-    H100's or H200's L2) to pass twice the L2, each its own memory with the same values, and
+    H100's or H200's L2) to read at least twice the L2, each its own memory with the same values, and
     decode_ms a time per step over them."""
     from harness.bench.timing import decode_ms, host_ms, l2_cold_copies
     from harness.ops.swat.function import swat_attention_triton, swat_decode_triton
@@ -847,7 +847,7 @@ def test_gpu_bench_timings_tell_the_host_share_and_read_decode_caches_from_hbm()
     kc, vc = (torch.randn(1, 128, 16, 64, device="cuda", dtype=torch.bfloat16) for _ in range(2))
     copies = l2_cold_copies(kc, vc)
     l2 = torch.cuda.get_device_properties(kc.device).L2_cache_size
-    assert len(copies) * 2 * kc.numel() * kc.element_size() > 2 * l2
+    assert len(copies) * 2 * kc.numel() * kc.element_size() >= 2 * l2
     assert len({c[0].data_ptr() for c in copies}) == len(copies) and all(torch.equal(c[1], vc) for c in copies)
     qd, decode_slopes = torch.randn(1, 16, 64, device="cuda", dtype=torch.bfloat16), alibi_slopes(16).cuda()
     assert decode_ms(lambda kc, vc: swat_decode_triton(qd, kc, vc, 128, 1000, decode_slopes, 128), copies, True,

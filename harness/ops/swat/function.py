@@ -568,17 +568,22 @@ def swat_attention_triton(q, k, v, slopes, window: int, sigmoid_bias: float = 0.
 # "split" takes 11% over each shape's best and is 0.98x SDPA on geometric mean (0.79x with "whole"'s
 # config and a second kernel, v5's), "whole" 2% over the best and 0.97x SDPA.
 # That sweep's num_stages never reached the slot loop, which Triton left unpipelined (v20), so the
-# launch takes Triton's default. LOOP_STAGES pipelines it; timed beside SDPA on an H100 (v21,
-# results/kernels/decode-dot/h100-43b4c84), 2 stages lose 1% and 3 stages 6% on geometric mean, and
-# every depth loses at batch 64 (the copies' shared memory costs programs per SM), so it stays 1.
-# PREFETCH keeps the next tile's loads in flight in registers instead, with no shared memory: off
-# until timed (results/kernels/decode-dot/probe.py times it beside the committed configs and SDPA).
+# launch takes Triton's default. LOOP_STAGES pipelines it (its tiles go through shared memory by
+# cp.async); PREFETCH loads the next tile into registers instead. Timed with the cache read from
+# HBM, as a model's step reads it (v25: H100, results/kernels/decode-dot/h100-2ae31a5; SDPA over
+# time, mean of two rounds, geometric mean over each kind's 6 shapes):
+# - "split": 2 stages, 1.06x (0.86-1.58x), against 0.80x (0.59-1.03x) unpipelined, faster at
+#   each shape, even where a program has one tile and nothing is pipelined ahead (batch 1,
+#   W = 128: 3.3 against 6.9 us; register loads of a cold tile waited longer than cp.async's);
+# - "whole": 4096-element tiles with PREFETCH, 1.04x (0.99-1.14x), against 1.02x (0.91-1.19x) for
+#   8192 unpipelined; every LOOP_STAGES depth loses here (v21: the copies' shared memory costs
+#   programs per SM).
 DECODE_FILLS_GPU = 264
 DECODE_CONFIGS = {
-    "split": dict(MIN_PROGRAMS=4224, TILE_ELEMS=8192, num_warps=4, ACC_2D=True, SUM_IN_KERNEL=True, LOOP_STAGES=1,
+    "split": dict(MIN_PROGRAMS=4224, TILE_ELEMS=8192, num_warps=4, ACC_2D=True, SUM_IN_KERNEL=True, LOOP_STAGES=2,
                   PREFETCH=False),
-    "whole": dict(MIN_PROGRAMS=DECODE_FILLS_GPU, TILE_ELEMS=8192, num_warps=2, ACC_2D=True, SUM_IN_KERNEL=False,
-                  LOOP_STAGES=1, PREFETCH=False),
+    "whole": dict(MIN_PROGRAMS=DECODE_FILLS_GPU, TILE_ELEMS=4096, num_warps=2, ACC_2D=True, SUM_IN_KERNEL=False,
+                  LOOP_STAGES=1, PREFETCH=True),
 }
 
 

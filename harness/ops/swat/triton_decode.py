@@ -15,6 +15,8 @@ import triton.language as tl
 
 from harness.ops.swat.triton_common import score_unit, sigmoid_scaled
 
+SUM_BLOCK = tl.constexpr(16)  # runs' sums a pair's last program loads at once (SUM_IN_KERNEL)
+
 
 @triton.jit
 def _ring_tile(k_base, v_base, sk_w, sv_w, offs_d, s0, end, W_CACHE, pos, window, BLOCK_W: tl.constexpr):
@@ -39,12 +41,15 @@ def swat_decode_kernel(Q, KC, VC, O, Final, Arrived, Slopes,
     fp32 accumulator and add its rows once after the loop, instead of reducing each tile over its
     slots (a reduction across warps in every iteration). SUM_IN_KERNEL: the pair's programs count
     their arrival in Arrived (int32, zero before the launch); the last to arrive adds the runs'
-    sums into Final [B, H, d] and sets the count back to zero. LOOP_STAGES: the slot loop's software
-    pipeline (cp.async copies of the next tiles into shared memory while this one is reduced);
-    Triton pipelines only loads that feed a dot unless the loop asks, so the launch's num_stages
-    alone leaves this loop unpipelined. PREFETCH: load the next tile into registers before this one
-    is reduced, so that its loads are in flight meanwhile without the shared memory (and the
-    programs per SM) that LOOP_STAGES' copies cost; it pays only where a program has several tiles."""
+    sums into Final [B, H, d] and sets the count back to zero. It loads SUM_BLOCK runs' sums at
+    once, so that it waits on a round trip to L2 per SUM_BLOCK runs rather than per run (a loop
+    that adds each load before the next goes out), at the end of the kernel's critical path.
+    LOOP_STAGES: the slot loop's software pipeline (cp.async copies of the next tiles into shared
+    memory while this one is reduced); Triton pipelines only loads that feed a dot unless the loop
+    asks, so the launch's num_stages alone leaves this loop unpipelined. PREFETCH: load the next
+    tile into registers before this one is reduced, so that its loads are in flight meanwhile
+    without the shared memory (and the programs per SM) that LOOP_STAGES' copies cost; it pays
+    only where a program has several tiles."""
     pid_bh = tl.program_id(0)
     pid_s = tl.program_id(1)
     b = pid_bh // H
@@ -90,8 +95,12 @@ def swat_decode_kernel(Q, KC, VC, O, Final, Arrived, Slopes,
         arrived = tl.atomic_add(Arrived + pid_bh, 1, sem="acq_rel")  # releases those writes, acquires the others'
         if arrived == tl.num_programs(1) - 1:
             total = tl.zeros([HEAD_DIM], dtype=tl.float32)
-            for s in range(tl.num_programs(1)):  # .cg: from L2, where the other SMs' writes are
-                total += tl.load(O + s * so_s + b.to(tl.int64) * so_b + h * so_h + offs_d, cache_modifier=".cg")
+            pair_sums = O + b.to(tl.int64) * so_b + h * so_h + offs_d[None, :]
+            for s0 in range(0, tl.num_programs(1), SUM_BLOCK):
+                runs = s0 + tl.arange(0, SUM_BLOCK)
+                sums = tl.load(pair_sums + runs[:, None].to(tl.int64) * so_s, mask=(runs < tl.num_programs(1))[:, None],
+                               other=0.0, cache_modifier=".cg")  # .cg: from L2, where the other SMs' writes are
+                total += tl.sum(sums, axis=0)
             tl.store(Final + b.to(tl.int64) * sf_b + h * sf_h + offs_d, total.to(Final.dtype.element_ty))
             tl.store(Arrived + pid_bh, 0)
 

@@ -1,0 +1,63 @@
+"""Batch 8, the decode's remaining gap: with c562cb4's configs the committed decode is 0.86-0.92x
+SDPA over the same W slots at batch 8 on an H100 (W = 512 and 2048 at d = 64; every W at d = 128),
+and level or ahead at batch 1 and 64 (NOTES.md v25). The committed "split" config against launches
+that change one thing each (tile size, warps, programs wanted and so the runs' length, pipeline
+depth, the accumulator, PREFETCH instead of the copies) and the dot kernel's two configs, at
+d = 64 and 128, batch 8, W = 128, 512 and 2048, bf16, the cache full (position 10 W). First each
+variant's error against the fp32 reference; then two rounds of every variant's time, as CUDA-graph
+replays over copies of the cache in turn, read from HBM (the bench's decode timing), beside SDPA.
+
+    python results/kernels/decode-dot/batch8.py OUT.jsonl
+"""
+import os
+import shlex
+import sys
+
+sys.path.insert(0, os.path.dirname(__file__))
+from kernel import decode_dot  # noqa: E402
+
+from harness.bench.tune import _time, decode_inputs  # noqa: E402
+from harness.ops.swat.function import override_decode_config, swat_decode_triton  # noqa: E402
+from harness.ops.swat.reference import swat_decode_ref  # noqa: E402
+from harness.results.provenance import stamped_row_writer  # noqa: E402
+
+write = stamped_row_writer(open(sys.argv[1], "w"), "cuda",
+                           shlex.join(["python", "results/kernels/decode-dot/batch8.py", *sys.argv[1:]]), echo=True)
+# name: overrides of DECODE_CONFIGS (batch 8 runs "split": 4224 programs wanted, 8192-element
+# tiles, 4 warps, 2-D accumulator, LOOP_STAGES 2, the runs' sums added in the kernel)
+VARIANTS = {"committed": {},
+            "tiles 4096": dict(TILE_ELEMS=4096),
+            "tiles 2048": dict(TILE_ELEMS=2048),
+            "8 warps": dict(num_warps=8),
+            "2 warps, tiles 4096": dict(num_warps=2, TILE_ELEMS=4096),
+            "1056 programs": dict(MIN_PROGRAMS=1056),
+            "1056 programs, 3 stages": dict(MIN_PROGRAMS=1056, LOOP_STAGES=3),
+            "1-D accumulator": dict(ACC_2D=False),
+            "prefetch, 1056 programs, tiles 4096, 2 warps": dict(LOOP_STAGES=1, PREFETCH=True, MIN_PROGRAMS=1056,
+                                                                  TILE_ELEMS=4096, num_warps=2)}
+DOT = {f"dot p{p} t{t} w{w} s{s}": dict(min_programs=p, tile_elems=t, num_warps=w, num_stages=s)
+       for p, t, w, s in ((1056, 8192, 4, 2), (264, 8192, 4, 3))}
+
+
+def overridden(overrides, *args):
+    with override_decode_config(**overrides):
+        return swat_decode_triton(*args)
+
+
+for d in (64, 128):
+    for W in (128, 512, 2048):
+        q, copies, slopes, sdpa = decode_inputs(d, 8, W)
+        shape = dict(d=d, B=8, H=q.shape[1], W=W, copies=len(copies))
+        rest = (W, 10 * W, slopes, W)  # a full ring buffer, the query at position 10 W
+        calls = {name: (lambda kc, vc, o=o: overridden(o, q, kc, vc, *rest)) for name, o in VARIANTS.items()}
+        calls.update({name: (lambda kc, vc, cfg=cfg: decode_dot(q, kc, vc, *rest, **cfg)) for name, cfg in DOT.items()})
+        kc, vc = copies[0]
+        want = swat_decode_ref(q.float(), kc.float(), vc.float(), *rest)
+        for name, call in calls.items():
+            got = call(kc, vc).float()
+            write(dict(shape, variant=name, rel_err=((got - want).norm() / want.norm()).item()))
+        calls["sdpa"] = sdpa
+        for rnd in range(2):
+            for name, call in calls.items():
+                ms, note = _time(call, copies=copies)
+                write(dict(shape, variant=name, round=rnd, us=None if ms is None else ms * 1e3, note=note))

@@ -206,10 +206,11 @@ def _sigmoid_error_rows(shape: dict, q, k, v, do, slopes, scale: float, on_row) 
 
 # The first sweep (NOTES.md, v4) also tried 1 program per pair and 8 warps, never best but once.
 # LOOP_STAGES > 1 copies the next tiles into shared memory while one is reduced (v20; the launch's
-# num_stages never reached the slot loop): it costs programs per SM, and lost on an H100 at the
-# committed tiles (v21), so it is swept at most 3 deep, with and without the 2-D accumulator;
-# SUM_IN_KERNEL (the runs' sums added without a second kernel) goes with the v5 sweep's most
-# frequent winners.
+# num_stages never reached the slot loop): it costs programs per SM and lost at batch 64 (v21),
+# while with the cache read from HBM 2 stages won every batch-1 and batch-8 shape (v25), so it is
+# swept at most 3 deep, with and without the 2-D accumulator; SUM_IN_KERNEL (the runs' sums added
+# without a second kernel) goes with the v5 sweep's most frequent winners. PREFETCH is timed by
+# results/kernels/decode-dot/probe.py (v25), not here.
 DECODE_CANDIDATES = [dict(MIN_PROGRAMS=p, TILE_ELEMS=t, num_warps=w, LOOP_STAGES=stages, ACC_2D=acc_2d,
                           SUM_IN_KERNEL=in_kernel)
                      for p in (264, 1056, 4224) for t in (2048, 4096, 8192) for w in (2, 4)

@@ -2,16 +2,21 @@
 SDPA over the same W slots at batch 8 on an H100 (W = 512 and 2048 at d = 64; every W at d = 128),
 and level or ahead at batch 1 and 64 (NOTES.md v25). The committed "split" config against launches
 that change one thing each (tile size, warps, programs wanted and so the runs' length, pipeline
-depth, the accumulator, PREFETCH instead of the copies) and the dot kernel's two configs, at
-d = 64 and 128, batch 8, W = 128, 512 and 2048, bf16, the cache full (position 10 W). First each
-variant's error against the fp32 reference; then two rounds of every variant's time, as CUDA-graph
-replays over copies of the cache in turn, read from HBM (the bench's decode timing), beside SDPA.
+depth, the accumulator, PREFETCH instead of the copies; after call 109, one program per pair, as
+SDPA's kernel may run it) and the dot kernel's two configs, at d = 64 and 128, batch 8, W = 128,
+512 and 2048, bf16, the cache full (position 10 W). First each variant's error against the fp32
+reference and (after call 109) the CUDA kernels SDPA's step launches, with their GPU time
+(torch.profiler: whether it splits the slots over programs, flash-decoding's split-KV, and adds
+the splits in a second kernel); then two rounds of every variant's time, as CUDA-graph replays
+over copies of the cache in turn, read from HBM (the bench's decode timing), beside SDPA.
 
     python results/kernels/decode-dot/batch8.py OUT.jsonl
 """
 import os
 import shlex
 import sys
+
+import torch
 
 sys.path.insert(0, os.path.dirname(__file__))
 from kernel import decode_dot  # noqa: E402
@@ -32,6 +37,8 @@ VARIANTS = {"committed": {},
             "2 warps, tiles 4096": dict(num_warps=2, TILE_ELEMS=4096),
             "1056 programs": dict(MIN_PROGRAMS=1056),
             "1056 programs, 3 stages": dict(MIN_PROGRAMS=1056, LOOP_STAGES=3),
+            "1 program a pair": dict(MIN_PROGRAMS=1),
+            "1 program a pair, 3 stages": dict(MIN_PROGRAMS=1, LOOP_STAGES=3),
             "1-D accumulator": dict(ACC_2D=False),
             "prefetch, 1056 programs, tiles 4096, 2 warps": dict(LOOP_STAGES=1, PREFETCH=True, MIN_PROGRAMS=1056,
                                                                   TILE_ELEMS=4096, num_warps=2)}
@@ -42,6 +49,16 @@ DOT = {f"dot p{p} t{t} w{w} s{s}": dict(min_programs=p, tile_elems=t, num_warps=
 def overridden(overrides, *args):
     with override_decode_config(**overrides):
         return swat_decode_triton(*args)
+
+
+def cuda_kernels(call, *args) -> list[dict]:
+    """The CUDA kernels one call launches (after a warm-up call), each with its GPU time in µs."""
+    call(*args)
+    torch.cuda.synchronize()
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+        call(*args)
+        torch.cuda.synchronize()
+    return [dict(kernel=e.name, us=e.device_time) for e in prof.events() if e.device_type.name == "CUDA"]
 
 
 for d in (64, 128):
@@ -56,6 +73,7 @@ for d in (64, 128):
         for name, call in calls.items():
             got = call(kc, vc).float()
             write(dict(shape, variant=name, rel_err=((got - want).norm() / want.norm()).item()))
+        write(dict(shape, variant="sdpa", kernels=cuda_kernels(sdpa, kc, vc)))
         calls["sdpa"] = sdpa
         for rnd in range(2):
             for name, call in calls.items():

@@ -367,6 +367,24 @@ def test_decode_matches_reference_for_any_split(min_programs, acc_2d, sum_in_ker
     assert all(int(c.abs().sum()) == 0 for sets in function._ARRIVALS.values() for c in sets)
 
 
+def test_decode_adds_more_runs_than_one_block_of_sums():
+    """A pair's last program loads its runs' sums SUM_BLOCK at a time: with one run more than a
+    block, the second block holds one run and masks the rest, and the output is still the sum of
+    every run."""
+    from harness.ops.swat.function import decode_launch, override_decode_config
+    from harness.ops.swat.triton_decode import SUM_BLOCK
+    B, H, d, pos = 1, 2, 64, 5000
+    W = (SUM_BLOCK.value + 1) * decode_launch(B * H, 1, d)["BLOCK_W"]  # one tile a run
+    g = torch.Generator(device="cpu").manual_seed(0)
+    q = torch.randn(B, H, d, generator=g).to(DEVICE)
+    kc, vc = (torch.randn(B, W, H, d, generator=g).to(DEVICE) for _ in range(2))
+    slopes = alibi_slopes(H).to(DEVICE)
+    with override_decode_config(MIN_PROGRAMS=10**6, SUM_IN_KERNEL=True):
+        assert decode_launch(B * H, W, d)["splits"] == SUM_BLOCK.value + 1
+        got = swat_decode_triton(q, kc, vc, W, pos, slopes, W)
+    assert rel_err(got, swat_decode_ref(q, kc, vc, W, pos, slopes, W)) < 2e-5
+
+
 def test_decode_launch_splits_only_batches_too_small_to_fill_the_device():
     """Fewer (sequence, head) pairs than DECODE_FILLS_GPU programs: runs split and summed inside the
     kernel ("split"); from there on one run per pair and nothing to add ("whole")."""

@@ -16,66 +16,30 @@ import os
 import shlex
 import sys
 
-import torch
-
 sys.path.insert(0, os.path.dirname(__file__))
-from kernel import decode_dot  # noqa: E402
+from rounds import DOT, dot, probe_shape, with_config  # noqa: E402
 
-from harness.bench.tune import _time, decode_inputs  # noqa: E402
-from harness.ops.swat.function import override_decode_config, swat_decode_triton  # noqa: E402
-from harness.ops.swat.reference import swat_decode_ref  # noqa: E402
 from harness.results.provenance import stamped_row_writer  # noqa: E402
 
 write = stamped_row_writer(open(sys.argv[1], "w"), "cuda",
                            shlex.join(["python", "results/kernels/decode-dot/batch8.py", *sys.argv[1:]]), echo=True)
 # name: overrides of DECODE_CONFIGS (batch 8 runs "split": 4224 programs wanted, 8192-element
 # tiles, 4 warps, 2-D accumulator, LOOP_STAGES 2, the runs' sums added in the kernel)
-VARIANTS = {"committed": {},
-            "tiles 4096": dict(TILE_ELEMS=4096),
-            "tiles 2048": dict(TILE_ELEMS=2048),
-            "8 warps": dict(num_warps=8),
-            "2 warps, tiles 4096": dict(num_warps=2, TILE_ELEMS=4096),
-            "1056 programs": dict(MIN_PROGRAMS=1056),
-            "1056 programs, 3 stages": dict(MIN_PROGRAMS=1056, LOOP_STAGES=3),
-            "1 program a pair": dict(MIN_PROGRAMS=1),
-            "1 program a pair, 3 stages": dict(MIN_PROGRAMS=1, LOOP_STAGES=3),
-            "1-D accumulator": dict(ACC_2D=False),
-            "prefetch, 1056 programs, tiles 4096, 2 warps": dict(LOOP_STAGES=1, PREFETCH=True, MIN_PROGRAMS=1056,
-                                                                  TILE_ELEMS=4096, num_warps=2)}
-DOT = {f"dot p{p} t{t} w{w} s{s}": dict(min_programs=p, tile_elems=t, num_warps=w, num_stages=s)
-       for p, t, w, s in ((1056, 8192, 4, 2), (264, 8192, 4, 3))}
-
-
-def overridden(overrides, *args):
-    with override_decode_config(**overrides):
-        return swat_decode_triton(*args)
-
-
-def cuda_kernels(call, *args) -> list[dict]:
-    """The CUDA kernels one call launches (after a warm-up call), each with its GPU time in µs."""
-    call(*args)
-    torch.cuda.synchronize()
-    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
-        call(*args)
-        torch.cuda.synchronize()
-    return [dict(kernel=e.name, us=e.device_time) for e in prof.events() if e.device_type.name == "CUDA"]
-
+OVERRIDES = {"committed": {},
+             "tiles 4096": dict(TILE_ELEMS=4096),
+             "tiles 2048": dict(TILE_ELEMS=2048),
+             "8 warps": dict(num_warps=8),
+             "2 warps, tiles 4096": dict(num_warps=2, TILE_ELEMS=4096),
+             "1056 programs": dict(MIN_PROGRAMS=1056),
+             "1056 programs, 3 stages": dict(MIN_PROGRAMS=1056, LOOP_STAGES=3),
+             "1 program a pair": dict(MIN_PROGRAMS=1),
+             "1 program a pair, 3 stages": dict(MIN_PROGRAMS=1, LOOP_STAGES=3),
+             "1-D accumulator": dict(ACC_2D=False),
+             "prefetch, 1056 programs, tiles 4096, 2 warps": dict(LOOP_STAGES=1, PREFETCH=True, MIN_PROGRAMS=1056,
+                                                                   TILE_ELEMS=4096, num_warps=2)}
+VARIANTS = {name: with_config(overrides) for name, overrides in OVERRIDES.items()}
+VARIANTS.update({name: dot(config) for name, config in DOT.items()})
 
 for d in (64, 128):
     for W in (128, 512, 2048):
-        q, copies, slopes, sdpa = decode_inputs(d, 8, W)
-        shape = dict(d=d, B=8, H=q.shape[1], W=W, copies=len(copies))
-        rest = (W, 10 * W, slopes, W)  # a full ring buffer, the query at position 10 W
-        calls = {name: (lambda kc, vc, o=o: overridden(o, q, kc, vc, *rest)) for name, o in VARIANTS.items()}
-        calls.update({name: (lambda kc, vc, cfg=cfg: decode_dot(q, kc, vc, *rest, **cfg)) for name, cfg in DOT.items()})
-        kc, vc = copies[0]
-        want = swat_decode_ref(q.float(), kc.float(), vc.float(), *rest)
-        for name, call in calls.items():
-            got = call(kc, vc).float()
-            write(dict(shape, variant=name, rel_err=((got - want).norm() / want.norm()).item()))
-        write(dict(shape, variant="sdpa", kernels=cuda_kernels(sdpa, kc, vc)))
-        calls["sdpa"] = sdpa
-        for rnd in range(2):
-            for name, call in calls.items():
-                ms, note = _time(call, copies=copies)
-                write(dict(shape, variant=name, round=rnd, us=None if ms is None else ms * 1e3, note=note))
+        probe_shape(write, d, 8, W, VARIANTS, sdpa_kernels=True)

@@ -570,8 +570,8 @@ def swat_attention_triton(q, k, v, slopes, window: int, sigmoid_bias: float = 0.
 # That sweep's num_stages never reached the slot loop, which Triton left unpipelined (v20), so the
 # launch takes Triton's default. LOOP_STAGES pipelines it (its tiles go through shared memory by
 # cp.async); PREFETCH loads the next tile into registers instead. Timed with the cache read from
-# HBM, as a model's step reads it (v25: H100, results/kernels/decode-dot/h100-2ae31a5; SDPA over
-# time, mean of two rounds, geometric mean over each kind's 6 shapes):
+# HBM, as a model's step reads it (v25: H100, results/kernels/decode-dot/h100-2ae31a5; SDPA's time
+# over the decode's, mean of two rounds, geometric mean over the config's shapes, 12 and 6):
 # - "split": 2 stages, 1.06x (0.86-1.58x), against 0.80x (0.59-1.03x) unpipelined, faster at
 #   each shape, even where a program has one tile and nothing is pipelined ahead (batch 1,
 #   W = 128: 3.3 against 6.9 us; register loads of a cold tile waited longer than cp.async's);

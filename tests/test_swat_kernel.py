@@ -827,7 +827,7 @@ def test_bench_kernels_decode_puts_sdpa_over_the_same_buffer_beside_swat(tmp_pat
 
 def test_decode_timings_read_their_cache_from_hbm():
     """A decode step is timed over copies of its cache in turn, as many as one pass needs to read
-    more than twice the L2 (a cache that fits in L2, timed alone over and over, is read from L2);
+    at least twice the L2 (a cache that fits in L2, timed alone over and over, is read from L2);
     a cache larger than that alone is one copy, and the count stops at COLD_COPIES_MOST. On the
     CPU there is no L2 to leave: one copy, the tensors themselves, and the time is per step."""
     from harness.bench.timing import COLD_COPIES_MOST, copies_for_cold_l2, decode_ms, l2_cold_copies

@@ -408,7 +408,7 @@ def markdown(rows: list[dict], info: dict) -> str:
     if body:
         lines += ["## Decode: one token per sequence (microseconds)", "",
                   "Each step is timed as CUDA-graph replays over copies of its cache in turn, as many as one pass "
-                  "needs to read more than twice the GPU's L2, so that it reads its cache from HBM as a model's "
+                  "needs to read at least twice the GPU's L2, so that it reads its cache from HBM as a model's "
                   "layer does (harness.bench.timing.decode_ms); rows measured before that rule (NOTES.md v24) "
                   "read one copy, from L2 where it fit.", "", markdown_table(header, body)]
     skipped = sorted({(r["peer"], r["status"]) for r in rows if r["status"] != "ok"})

@@ -37,14 +37,14 @@ COLD_COPIES_MOST = 512  # sets of a decode cache at most: B = 1, W = 128, d = 64
 
 
 def copies_for_cold_l2(nbytes: int, l2_bytes: int) -> int:
-    """How many sets of nbytes one pass must read to exceed twice an L2 of l2_bytes (at least 1,
-    at most COLD_COPIES_MOST): what l2_cold_copies makes."""
+    """How many sets of nbytes make a pass over them read at least twice an L2 of l2_bytes (at
+    least 1, at most COLD_COPIES_MOST): what l2_cold_copies makes."""
     return max(1, min(COLD_COPIES_MOST, -(-2 * l2_bytes // max(nbytes, 1))))
 
 
 def l2_cold_copies(*tensors) -> list[tuple]:
-    """tensors, then clones of them, as many sets as one pass must read to exceed twice the GPU's
-    L2 (one set on the CPU, or where the tensors alone exceed it). A decode step timed over the
+    """tensors, then clones of them, as many sets as make a pass over them read at least twice the
+    GPU's L2 (one set on the CPU, or where the tensors alone reach it). A decode step timed over the
     sets in turn (decode_ms) reads its cache from HBM, as a model's layer does once the other
     layers' reads have evicted it; timed on one set over and over, a cache that fits in L2 is
     read from L2, and the step looks faster than in any model."""

@@ -3,7 +3,8 @@ SDPA over the same W slots at batch 8 on an H100 (W = 512 and 2048 at d = 64; ev
 and level or ahead at batch 1 and 64 (NOTES.md v25). The committed "split" config against launches
 that change one thing each (tile size, warps, programs wanted and so the runs' length, pipeline
 depth, the accumulator, PREFETCH instead of the copies; after call 109, one program per pair, as
-SDPA's kernel may run it) and the dot kernel's two configs, at d = 64 and 128, batch 8, W = 128,
+SDPA's kernel may run it) and the dot kernel's two configs (after call 111 also with one program
+a pair, as cuDNN's kernel runs SDPA's step there, in 16-row tiles of the queries), at d = 64 and 128, batch 8, W = 128,
 512 and 2048, bf16, the cache full (position 10 W). First each variant's error against the fp32
 reference and (after call 109) the CUDA kernels SDPA's step launches, with their GPU time
 (torch.profiler: whether it splits the slots over programs, flash-decoding's split-KV, and adds
@@ -39,6 +40,9 @@ OVERRIDES = {"committed": {},
                                                                    TILE_ELEMS=4096, num_warps=2)}
 VARIANTS = {name: with_config(overrides) for name, overrides in OVERRIDES.items()}
 VARIANTS.update({name: dot(config) for name, config in DOT.items()})
+PAIR_DOT = {f"dot 1 program a pair t{t} w{w} s{s}": dict(min_programs=1, tile_elems=t, num_warps=w, num_stages=s)
+            for t, w, s in ((8192, 4, 2), (8192, 4, 3), (4096, 4, 3), (8192, 8, 3))}
+VARIANTS.update({name: dot(config) for name, config in PAIR_DOT.items()})
 
 for d in (64, 128):
     for W in (128, 512, 2048):

@@ -4,12 +4,13 @@ and level or ahead at batch 1 and 64 (NOTES.md v25). The committed "split" confi
 that change one thing each (tile size, warps, programs wanted and so the runs' length, pipeline
 depth, the accumulator, PREFETCH instead of the copies; after call 109, one program per pair, as
 SDPA's kernel may run it) and the dot kernel's two configs (after call 111 also with one program
-a pair, as cuDNN's kernel runs SDPA's step there, in 16-row tiles of the queries), at d = 64 and 128, batch 8, W = 128,
-512 and 2048, bf16, the cache full (position 10 W). First each variant's error against the fp32
-reference and (after call 109) the CUDA kernels SDPA's step launches, with their GPU time
-(torch.profiler: whether it splits the slots over programs, flash-decoding's split-KV, and adds
-the splits in a second kernel); then two rounds of every variant's time, as CUDA-graph replays
-over copies of the cache in turn, read from HBM (the bench's decode timing), beside SDPA.
+a pair, as cuDNN's kernel runs SDPA's step at d = 64, in 16-row tiles of the queries), at d = 64
+and 128, batch 8, W = 128, 512 and 2048, bf16, the cache full (position 10 W). First each
+variant's error against the fp32 reference and (after call 109) the CUDA kernels SDPA's step
+launches, with their GPU time (torch.profiler: whether it splits the slots over programs,
+flash-decoding's split-KV, and adds the splits in a second kernel); then two rounds of every
+variant's time, as CUDA-graph replays over copies of the cache in turn, read from HBM (the
+bench's decode timing), beside SDPA.
 
     python results/kernels/decode-dot/batch8.py OUT.jsonl
 """

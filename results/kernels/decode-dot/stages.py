@@ -1,7 +1,7 @@
 """Deep slot-loop pipelines at batch 1 and 8, the shapes the "split" config runs. Call 110
 (batch8.py) found SDPA's step at batch 8 to be one cuDNN kernel (a second, its reduction, only at
 d = 128 and W = 2048), and the committed kernel with one program per (sequence, head) pair and 3
-stages closer to it at d = 64 than the committed split (0.93x / 0.98x against 0.85x / 0.91x at
+stages closer to it at d = 64 than the committed split (0.93x / 0.97x against 0.85x / 0.90x at
 W = 512 / 2048): a program per SM streaming many tiles with several in flight, rather than one
 tile per program and the runs' sums added at the end. Here the committed kernel at 1, 264 and 528
 programs wanted, 3, 4 and 6 stages (cp.async copies into shared memory: 32 KB a stage at

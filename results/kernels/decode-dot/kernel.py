@@ -19,6 +19,7 @@ from harness.ops.swat.function import (
     override_decode_config,
 )
 from harness.ops.swat.triton_common import score_unit, sigmoid_scaled
+from harness.ops.swat.triton_decode import _ring_tile
 
 
 @triton.jit
@@ -46,11 +47,8 @@ def swat_decode_dot_kernel(Q, KC, VC, O, Final, Arrived, Slopes,
     acc = tl.zeros([QROWS, HEAD_DIM], dtype=tl.float32)
     s_lo = pid_s * SLOTS_PER_PROGRAM
     for s0 in range(s_lo, s_lo + SLOTS_PER_PROGRAM, BLOCK_W):
-        slots = s0 + tl.arange(0, BLOCK_W)
-        dist = (pos - slots + W_CACHE) % W_CACHE
-        valid = (slots < cache_len) & (dist < window)
-        k = tl.load(k_base + slots[:, None] * sk_w + offs_d[None, :], mask=valid[:, None], other=0.0)
-        v = tl.load(v_base + slots[:, None] * sv_w + offs_d[None, :], mask=valid[:, None], other=0.0)
+        k, v, dist, valid = _ring_tile(k_base, v_base, sk_w, sv_w, offs_d, s0, cache_len, W_CACHE, pos, window,
+                                       BLOCK_W)
         s = tl.dot(q, tl.trans(k), input_precision=DOT_PREC)
         p = sigmoid_scaled(s * g_scale + g_slope[:, None] * dist.to(tl.float32)[None, :] + g_bias, SIGMOID)
         p = tl.where(valid[None, :], p, 0.0)

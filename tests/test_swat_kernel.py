@@ -277,13 +277,14 @@ def test_hopper_kernels_compile_for_sm90_without_a_gpu():
 
 
 def test_decode_loop_stages_pipeline_the_slot_loop_on_hopper():
-    """Triton pipelines only the loads that feed a dot unless the loop asks: the decode's slot loop,
-    compiled for sm_90, copies tiles ahead (cp.async into shared memory) only with LOOP_STAGES > 1;
-    the launch's num_stages (Triton's default, 3) does not reach it. PREFETCH builds too, and its
-    next tile goes to registers, not through shared memory."""
-    lines = compile_for_sm90("compile_decode_sm90.py", "1", "3", "1p")
+    """Triton pipelines only the loads that feed a dot unless the loop asks: the CUDA cores' decode's
+    slot loop, compiled for sm_90, copies tiles ahead (cp.async into shared memory) only with
+    LOOP_STAGES > 1; the launch's num_stages (Triton's default, 3) does not reach it. PREFETCH builds
+    too, and its next tile goes to registers, not through shared memory. The tensor cores' decode
+    builds at the dispatcher's launch with its slot loop pipelined."""
+    lines = compile_for_sm90("compile_decode_sm90.py", "1", "3", "1p", "dot")
     copies = [int(line.split(", ")[1].split()[0]) for line in lines]
-    assert copies[0] == 0 and copies[1] > 0 and copies[2] == 0, lines
+    assert copies[0] == 0 and copies[1] > 0 and copies[2] == 0 and copies[3] > 0, lines
 
 
 @pytest.mark.parametrize("mode,tol", [(0, 1e-5), (2, 5e-4)])
@@ -386,13 +387,44 @@ def test_decode_adds_more_runs_than_one_block_of_sums():
 
 
 def test_decode_launch_splits_only_batches_too_small_to_fill_the_device():
-    """Fewer (sequence, head) pairs than DECODE_FILLS_GPU programs: runs split and summed inside the
-    kernel ("split"); from there on one run per pair and nothing to add ("whole")."""
-    from harness.ops.swat.function import DECODE_CONFIGS, DECODE_FILLS_GPU, decode_launch
-    few, many = decode_launch(DECODE_FILLS_GPU - 1, 4096, 64), decode_launch(DECODE_FILLS_GPU, 4096, 64)
-    assert few["splits"] > 1 and few["SUM_IN_KERNEL"] and few["num_warps"] == DECODE_CONFIGS["split"]["num_warps"]
-    assert many["splits"] == 1 and not many["SUM_IN_KERNEL"]
-    assert many["num_warps"] == DECODE_CONFIGS["whole"]["num_warps"]
+    """Fewer (sequence, key/value head) groups than DECODE_DOT_GROUPS: runs split and summed inside
+    the kernel ("split"); from there, while the (sequence, head) pairs give fewer than
+    DECODE_FILLS_GPU programs, the tensor cores' kernel with one run per group ("dot"); from there
+    on one run per pair ("whole"); nothing to add in either."""
+    from harness.ops.swat.function import DECODE_DOT_GROUPS, DECODE_FILLS_GPU, decode_config_name, decode_launch
+    assert [decode_config_name(pairs, rep) for pairs, rep in
+            [(DECODE_DOT_GROUPS - 1, 1), (DECODE_DOT_GROUPS, 1), (DECODE_FILLS_GPU - 1, 1), (DECODE_FILLS_GPU, 1),
+             (2 * DECODE_DOT_GROUPS, 4), (4 * DECODE_DOT_GROUPS, 4)]] == \
+        ["split", "dot", "dot", "whole", "split", "dot"]
+    few, groups, many = (decode_launch(pairs, 4096, 64) for pairs in
+                         (DECODE_DOT_GROUPS - 1, DECODE_DOT_GROUPS, DECODE_FILLS_GPU))
+    assert few["splits"] > 1 and few["SUM_IN_KERNEL"] and not few["DOT"]
+    assert groups["splits"] == 1 and not groups["SUM_IN_KERNEL"] and groups["DOT"]
+    assert many["splits"] == 1 and not many["SUM_IN_KERNEL"] and not many["DOT"]
+
+
+@pytest.mark.parametrize("sum_in_kernel", [False, True])
+@pytest.mark.parametrize("runs", [1, 2, 3])
+@pytest.mark.parametrize("H,Hkv", [(4, 4), (4, 2), (6, 2)])
+def test_decode_on_the_tensor_cores_matches_reference(H, Hkv, runs, sum_in_kernel):
+    """The tensor cores' decode (one program per (sequence, key/value head) group, its REP query
+    heads padded to 16 rows) at REP 1, 2 and 3, with one run of slots per group, two and one per
+    tile, the runs added by a second kernel or by each group's last program for all of its heads."""
+    from harness.ops.swat import function
+    from harness.ops.swat.function import decode_launch, override_decode_config
+    B, d, pos = 2, 64, 1000
+    W = 3 * decode_launch(B * H, 1, d)["BLOCK_W"]  # three tiles
+    g = torch.Generator(device="cpu").manual_seed(H + Hkv)
+    q = torch.randn(B, H, d, generator=g).to(DEVICE)
+    kc, vc = (torch.randn(B, W, Hkv, d, generator=g).to(DEVICE) for _ in range(2))
+    slopes = alibi_slopes(H).to(DEVICE)
+    with override_decode_config(DOT=True, MIN_PROGRAMS=runs * B * Hkv, SUM_IN_KERNEL=sum_in_kernel):
+        launch = decode_launch(B * H, W, d, rep=H // Hkv)
+        assert launch["DOT"] and launch["splits"] == runs
+        for _ in range(2):  # the second call starts from the counters the first left
+            got = swat_decode_triton(q, kc, vc, W, pos, slopes, W, sigmoid_bias=0.3)
+            assert rel_err(got, swat_decode_ref(q, kc, vc, W, pos, slopes, W, sigmoid_bias=0.3)) < 2e-5
+    assert all(int(c.abs().sum()) == 0 for sets in function._ARRIVALS.values() for c in sets)
 
 
 def test_decode_step_equals_last_forward_row():
@@ -508,15 +540,18 @@ def test_gpu_varlen_realistic():
 
 
 @gpu_only
+@pytest.mark.parametrize("dot", [False, True])
 @pytest.mark.parametrize("sum_in_kernel", [False, True])
-def test_gpu_decode_realistic(sum_in_kernel):
-    from harness.ops.swat.function import decode_launch, override_decode_config
+def test_gpu_decode_realistic(sum_in_kernel, dot):
+    """Either kernel (the CUDA cores' or the tensor cores'), at "split"'s programs wanted, GQA."""
+    from harness.ops.swat.function import DECODE_CONFIGS, decode_launch, override_decode_config
     B, H, Hkv, d, W = 4, 16, 4, 128, 2048
     q = torch.randn(B, H, d, device="cuda", dtype=torch.bfloat16)
     kc, vc = (torch.randn(B, W, Hkv, d, device="cuda", dtype=torch.bfloat16) for _ in range(2))
     slopes = alibi_slopes(H).cuda()
-    with override_decode_config(SUM_IN_KERNEL=sum_in_kernel):
-        assert decode_launch(B * H, W, d)["splits"] > 1  # runs to add, by either way
+    split_programs = DECODE_CONFIGS["split"]["MIN_PROGRAMS"]
+    with override_decode_config(DOT=dot, SUM_IN_KERNEL=sum_in_kernel, MIN_PROGRAMS=split_programs):
+        assert decode_launch(B * H, W, d, rep=H // Hkv)["splits"] > 1  # runs to add, by either way
         for pos in (100, 5000):
             cache_len = min(pos + 1, W)
             got = swat_decode_triton(q, kc, vc, cache_len, pos, slopes, W, sigmoid_bias=-5.0)
@@ -996,15 +1031,27 @@ def test_a_config_the_gpu_cannot_take_falls_back_to_a_smaller_one(monkeypatch):
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
 @pytest.mark.parametrize("d", [16, 32, 64, 128])
 def test_gpu_every_dtype_and_head_size_the_dispatcher_accepts_runs(dtype, d):
-    """Forward, backward and decode at every head size and dtype the dispatcher sends to the
-    kernels (B=1, T=3000, W=1000 crashed the backward in fp32 at d=128 before the launch fell back),
-    the attention also full causal: the large regime, where d <= 64 adds dQ in the dK/dV pass."""
+    """Forward and backward at every head size and dtype the dispatcher sends to the kernels (B=1,
+    T=3000, W=1000 crashed the backward in fp32 at d=128 before the launch fell back), also full
+    causal: the large regime, where d <= 64 adds dQ in the dK/dV pass."""
     tol = 1e-4 if dtype == torch.float32 else 2e-2
     for window in (1000, 3000):
         check_against_reference(1, 3000, 4, 2, d, window, dtype, tol=tol, bias=-3.0)
+
+
+@gpu_only
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
+@pytest.mark.parametrize("d", [16, 32, 64, 128])
+def test_gpu_decode_at_every_dtype_and_head_size_the_dispatcher_accepts(dtype, d):
+    """A decode step at every head size and dtype, at each of DECODE_CONFIGS' launches, so on both
+    of the decode's kernels (the tensor cores' takes fp32 as "ieee" dots)."""
+    from harness.ops.swat.function import DECODE_CONFIGS, override_decode_config
+    tol = 1e-4 if dtype == torch.float32 else 2e-2
     q = torch.randn(2, 4, d, device="cuda", dtype=dtype)
     kc, vc = (torch.randn(2, 1000, 2, d, device="cuda", dtype=dtype) for _ in range(2))
     slopes = alibi_slopes(4).cuda()
-    got = swat_decode_triton(q, kc, vc, 1000, 4321, slopes, 1000, sigmoid_bias=-3.0)
     want = swat_decode_ref(q.float(), kc.float(), vc.float(), 1000, 4321, slopes, 1000, sigmoid_bias=-3.0)
-    assert rel_err(got, want) < tol
+    for config in ("split", "dot", "whole"):  # each config's launch, whatever this batch would take
+        with override_decode_config(**DECODE_CONFIGS[config]):
+            got = swat_decode_triton(q, kc, vc, 1000, 4321, slopes, 1000, sigmoid_bias=-3.0)
+        assert rel_err(got, want) < tol, config

@@ -9,8 +9,8 @@ regime's candidates). A backward candidate is timed as the whole backward (dK/dV
 fused pass) with the other pass at its current config, so differences between candidates of one pass
 are that pass's differences, and the best "dkdv fused atomics" and "dkdv fused tma" rows against the
 best "dkdv" row decide FUSED_DQ.
-Sweep `decode` times the decode kernel's launch configs (DECODE_CONFIGS: programs wanted, tile size,
-warps, the slot loop's pipeline, the accumulator, where the runs' sums are added) at batch 1, 8 and
+Sweep `decode` times the CUDA cores' decode kernel's launch configs (DECODE_CONFIGS: programs wanted,
+tile size, warps, the slot loop's pipeline, the accumulator, where the runs' sums are added) at batch 1, 8 and
 64 over full W-slot ring buffers, as CUDA-graph replays over copies of the buffer in turn so that
 each step reads it from HBM, beside SDPA (softmax, no bias) over the same buffer: the work of a
 sliding-window softmax model's decode step, the peer a user would pick.
@@ -211,8 +211,8 @@ def _sigmoid_error_rows(shape: dict, q, k, v, do, slopes, scale: float, on_row) 
 # swept at most 3 deep, with and without the 2-D accumulator; SUM_IN_KERNEL (the runs' sums added
 # without a second kernel) goes with the v5 sweep's most frequent winners. PREFETCH is timed by
 # results/kernels/decode-dot/probe.py (v25), not here.
-DECODE_CANDIDATES = [dict(MIN_PROGRAMS=p, TILE_ELEMS=t, num_warps=w, LOOP_STAGES=stages, ACC_2D=acc_2d,
-                          SUM_IN_KERNEL=in_kernel)
+DECODE_CANDIDATES = [dict(DOT=False, MIN_PROGRAMS=p, TILE_ELEMS=t, num_warps=w, LOOP_STAGES=stages, ACC_2D=acc_2d,
+                          SUM_IN_KERNEL=in_kernel, PREFETCH=False)
                      for p in (264, 1056, 4224) for t in (2048, 4096, 8192) for w in (2, 4)
                      for stages, acc_2d, in_kernel in ((1, False, False), (2, False, False), (3, False, False),
                                                        (1, True, False), (2, True, False), (1, False, True),

@@ -29,7 +29,7 @@ from triton.runtime.errors import OutOfResources
 from harness.config import ConfigError
 from harness.ops.swat.triton_bwd import swat_bwd_dkdv_kernel, swat_bwd_dq_kernel
 from harness.ops.swat.triton_common import cdiv, interpreting
-from harness.ops.swat.triton_decode import sum_splits_kernel, swat_decode_kernel
+from harness.ops.swat.triton_decode import sum_splits_kernel, swat_decode_dot_kernel, swat_decode_kernel
 from harness.ops.swat.triton_fwd import swat_fwd_kernel
 
 HEAD_DIMS = (16, 32, 64, 128)
@@ -560,9 +560,9 @@ def swat_attention_triton(q, k, v, slopes, window: int, sigmoid_bias: float = 0.
 # pair to a run of slots, in tiles of TILE_ELEMS / d slots, and the runs' partial sums (fp32) are
 # added by a second kernel or, with SUM_IN_KERNEL, by the last of a pair's programs to finish (one
 # launch instead of two). The runs are split until the grid has MIN_PROGRAMS programs, so that a
-# small batch still keeps enough loads in flight. Two configs, by whether the batch's (sequence,
-# head) pairs alone give DECODE_FILLS_GPU programs (two per SM of an H100's 132): "split" below
-# that, "whole" (one run per pair, nothing to add) from there on. From the H100 sweep of
+# small batch still keeps enough loads in flight. By whether the batch's (sequence, head) pairs
+# alone give DECODE_FILLS_GPU programs (two per SM of an H100's 132): "split" (or "dot", below)
+# under that, "whole" (one run per pair, nothing to add) from there on. From the H100 sweep of
 # harness/bench/tune.py (NOTES.md, v10): of its 144 configs, the best on geometric mean over the
 # shapes of each kind (d = 64 and 128, W = 128, 512 and 2048; batch 1 and 8 split, 64 whole):
 # "split" takes 11% over each shape's best and is 0.98x SDPA on geometric mean (0.79x with "whole"'s
@@ -578,37 +578,60 @@ def swat_attention_triton(q, k, v, slopes, window: int, sigmoid_bias: float = 0.
 # - "whole": 4096-element tiles with PREFETCH, 1.04x (0.99-1.14x), against 1.02x (0.91-1.19x) for
 #   8192 unpipelined; every LOOP_STAGES depth loses here (v21: the copies' shared memory costs
 #   programs per SM).
+# Between them, from DECODE_DOT_GROUPS (sequence, key/value head) groups, "dot": the tensor cores'
+# kernel, one program a group streaming all W slots with 3 tiles in flight, as cuDNN's kernel runs
+# SDPA's step there (one block a pair). At batch 8 on the H100 (v27: results/kernels/decode-dot/
+# h100-87fd565), SDPA's time over its at W = 128 / 512 / 2048: 1.08x / 1.05x / 1.01x with 128
+# groups (d = 64; the CUDA cores' split 1.08x / 0.86x / 0.90x) and 1.05x / 0.94x / 0.91x with 64
+# (d = 128; split 0.90x / 0.89x / 0.94x). At batch 1 (8 or 16 groups) one program a group leaves
+# most SMs idle (v26: 0.28-0.41x at W = 2048), so fewer groups stay "split". DOT picks the kernel;
+# ACC_2D and PREFETCH apply to the CUDA cores' alone (under DOT=False, "dot"'s launch runs there).
 DECODE_FILLS_GPU = 264
+DECODE_DOT_GROUPS = 64
 DECODE_CONFIGS = {
-    "split": dict(MIN_PROGRAMS=4224, TILE_ELEMS=8192, num_warps=4, ACC_2D=True, SUM_IN_KERNEL=True, LOOP_STAGES=2,
-                  PREFETCH=False),
-    "whole": dict(MIN_PROGRAMS=DECODE_FILLS_GPU, TILE_ELEMS=4096, num_warps=2, ACC_2D=True, SUM_IN_KERNEL=False,
-                  LOOP_STAGES=1, PREFETCH=True),
+    "split": dict(DOT=False, MIN_PROGRAMS=4224, TILE_ELEMS=8192, num_warps=4, ACC_2D=True, SUM_IN_KERNEL=True,
+                  LOOP_STAGES=2, PREFETCH=False),
+    "dot": dict(DOT=True, MIN_PROGRAMS=1, TILE_ELEMS=8192, num_warps=8, ACC_2D=True, SUM_IN_KERNEL=True,
+                LOOP_STAGES=3, PREFETCH=False),
+    "whole": dict(DOT=False, MIN_PROGRAMS=DECODE_FILLS_GPU, TILE_ELEMS=4096, num_warps=2, ACC_2D=True,
+                  SUM_IN_KERNEL=False, LOOP_STAGES=1, PREFETCH=True),
 }
 
 
-def decode_launch(batch_heads: int, w_cache: int, head_dim: int, elem_bytes: int = 2) -> dict:
-    """The decode kernel's launch: slots per tile (BLOCK_W) and per program, programs per
-    (sequence, head) pair (splits), warps, the accumulator's shape, where the runs' sums are added
-    (SUM_IN_KERNEL, only where there are runs to add) and the slot loop's pipeline (LOOP_STAGES
-    through shared memory, PREFETCH through registers).
+def decode_config_name(batch_heads: int, rep: int = 1) -> str:
+    """The DECODE_CONFIGS entry a step of batch_heads (sequence, head) pairs, rep query heads to a
+    key/value head, runs."""
+    if batch_heads >= DECODE_FILLS_GPU:
+        return "whole"
+    return "dot" if batch_heads // rep >= DECODE_DOT_GROUPS else "split"
+
+
+def decode_launch(batch_heads: int, w_cache: int, head_dim: int, elem_bytes: int = 2, rep: int = 1) -> dict:
+    """The decode kernel's launch: which kernel (DOT: the tensor cores', one program per (sequence,
+    key/value head) group of rep query heads; else one per (sequence, head) pair), slots per tile
+    (BLOCK_W) and per program, programs per group or pair (splits), warps, where the runs' sums are
+    added (SUM_IN_KERNEL, only where there are runs to add), the slot loop's pipeline (LOOP_STAGES
+    through shared memory; for the CUDA cores' kernel also PREFETCH through registers) and its
+    accumulator's shape (ACC_2D, the CUDA cores' kernel).
     TILE_ELEMS was tuned for 16-bit inputs; fp32 inputs get as many bytes per tile (half the
     slots), so that a tile takes the registers the sweep's config took."""
-    cfg = DECODE_CONFIGS["split" if batch_heads < DECODE_FILLS_GPU else "whole"]
+    cfg = DECODE_CONFIGS[decode_config_name(batch_heads, rep)]
+    units = batch_heads // rep if cfg["DOT"] else batch_heads
     block_w = 16 if interpreting() else max(16, cfg["TILE_ELEMS"] * 2 // elem_bytes // head_dim)
     tiles = cdiv(w_cache, block_w)
-    wanted = min(tiles, max(1, cdiv(cfg["MIN_PROGRAMS"], batch_heads)))
+    wanted = min(tiles, max(1, cdiv(cfg["MIN_PROGRAMS"], units)))
     per_program = block_w * cdiv(tiles, wanted)
     splits = cdiv(w_cache, per_program)
-    return dict(BLOCK_W=block_w, SLOTS_PER_PROGRAM=per_program, splits=splits, num_warps=cfg["num_warps"],
-                ACC_2D=cfg["ACC_2D"], SUM_IN_KERNEL=cfg["SUM_IN_KERNEL"] and splits > 1,
-                LOOP_STAGES=cfg["LOOP_STAGES"], PREFETCH=cfg["PREFETCH"])
+    launch = dict(DOT=cfg["DOT"], BLOCK_W=block_w, SLOTS_PER_PROGRAM=per_program, splits=splits,
+                  num_warps=cfg["num_warps"], SUM_IN_KERNEL=cfg["SUM_IN_KERNEL"] and splits > 1,
+                  LOOP_STAGES=cfg["LOOP_STAGES"])
+    return launch if cfg["DOT"] else dict(launch, ACC_2D=cfg["ACC_2D"], PREFETCH=cfg["PREFETCH"])
 
 
 @contextlib.contextmanager
 def override_decode_config(**overrides):
-    """Temporarily replace entries (MIN_PROGRAMS, TILE_ELEMS, num_warps, ACC_2D, SUM_IN_KERNEL,
-    LOOP_STAGES, PREFETCH) of both DECODE_CONFIGS, so that a sweep times one config at every batch."""
+    """Temporarily replace entries (DOT, MIN_PROGRAMS, TILE_ELEMS, num_warps, ACC_2D, SUM_IN_KERNEL,
+    LOOP_STAGES, PREFETCH) of every DECODE_CONFIGS entry, so that a sweep times one config at every batch."""
     with contextlib.ExitStack() as stack:
         for cfg in DECODE_CONFIGS.values():
             stack.enter_context(_overridden(cfg, overrides))
@@ -619,16 +642,23 @@ def _swat_decode_body(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Ten
                       cache_len: int, pos: int, window: int, sigmoid_bias: float, scale: float) -> torch.Tensor:
     B, H, d = q.shape
     W_cache, Hkv = k_cache.shape[1], k_cache.shape[2]
-    launch = decode_launch(B * H, W_cache, d, q.element_size())
-    splits = launch.pop("splits")
+    rep = H // Hkv
+    launch = decode_launch(B * H, W_cache, d, q.element_size(), rep)
+    splits, dot = launch.pop("splits"), launch.pop("DOT")
     out = torch.empty((splits, B, H, d), device=q.device, dtype=q.dtype if splits == 1 else torch.float32)
     o = out[0] if splits == 1 else torch.empty((B, H, d), device=q.device, dtype=q.dtype)
-    arrived = _arrival_counters(q.device, B * H) if launch["SUM_IN_KERNEL"] else slopes
-    swat_decode_kernel[(B * H, splits)](
+    units, heads = (B * Hkv, Hkv) if dot else (B * H, H)  # programs of a run: groups or pairs
+    arrived = _arrival_counters(q.device, units) if launch["SUM_IN_KERNEL"] else slopes
+    if dot:
+        kernel, launch = swat_decode_dot_kernel, dict(launch, QROWS=max(16, triton.next_power_of_2(rep)),
+                                                      DOT_PREC="ieee" if q.dtype == torch.float32 else "tf32")
+    else:
+        kernel = swat_decode_kernel
+    kernel[(units, splits)](
         q, k_cache, v_cache, out, o, arrived, slopes,
         q.stride(0), q.stride(1), *_strides(k_cache), *_strides(v_cache), *_strides(out), o.stride(0), o.stride(1),
-        H, W_cache, cache_len, pos, window, scale, sigmoid_bias,
-        REP=H // Hkv, HEAD_DIM=d, SIGMOID=_sigmoid_mode(q, "decode"), **launch)
+        heads, W_cache, cache_len, pos, window, scale, sigmoid_bias,
+        REP=rep, HEAD_DIM=d, SIGMOID=_sigmoid_mode(q, "decode"), **launch)
     if splits > 1 and not launch["SUM_IN_KERNEL"]:
         sum_splits_kernel[(cdiv(o.numel(), 1024),)](out, o, splits, o.numel(), BLOCK=1024)
     return o

@@ -6,6 +6,12 @@ Because sigmoid weights are not normalised, the slots can be split across progra
 partial sums simply added (flash-decoding without the max/rescale step): by a second kernel
 (`sum_splits_kernel`), or (SUM_IN_KERNEL) by the last of a pair's programs to finish, which a
 counter per pair tells, so that a split decode is one kernel launch.
+
+Two kernels: `swat_decode_kernel` takes one query head per program and does both products as fp32
+multiply-adds on the CUDA cores; `swat_decode_dot_kernel` takes the REP query heads that share a
+key/value head, padded to 16 rows, and does them as two dots per tile on the tensor cores, its
+tiles going from shared memory to the tensor cores as they are. The padding costs tensor-core work
+the decode has to spare: it is bound by reading the cache.
 """
 
 from __future__ import annotations
@@ -41,9 +47,7 @@ def swat_decode_kernel(Q, KC, VC, O, Final, Arrived, Slopes,
     fp32 accumulator and add its rows once after the loop, instead of reducing each tile over its
     slots (a reduction across warps in every iteration). SUM_IN_KERNEL: the pair's programs count
     their arrival in Arrived (int32, zero before the launch); the last to arrive adds the runs'
-    sums into Final [B, H, d] and sets the count back to zero. It loads SUM_BLOCK runs' sums at
-    once, so that it waits on a round trip to L2 per SUM_BLOCK runs rather than per run (a loop
-    that adds each load before the next goes out), at the end of the kernel's critical path.
+    sums into Final [B, H, d] (_add_runs) and sets the count back to zero.
     LOOP_STAGES: the slot loop's software pipeline (cp.async copies of the next tiles into shared
     memory while this one is reduced); Triton pipelines only loads that feed a dot unless the loop
     asks, so the launch's num_stages alone leaves this loop unpipelined. PREFETCH: load the next
@@ -94,15 +98,71 @@ def swat_decode_kernel(Q, KC, VC, O, Final, Arrived, Slopes,
         tl.debug_barrier()  # every thread's share of the run's sum is written before its arrival counts
         arrived = tl.atomic_add(Arrived + pid_bh, 1, sem="acq_rel")  # releases those writes, acquires the others'
         if arrived == tl.num_programs(1) - 1:
-            total = tl.zeros([HEAD_DIM], dtype=tl.float32)
-            pair_sums = O + b.to(tl.int64) * so_b + h * so_h + offs_d[None, :]
-            for s0 in range(0, tl.num_programs(1), SUM_BLOCK):
-                runs = s0 + tl.arange(0, SUM_BLOCK)
-                sums = tl.load(pair_sums + runs[:, None].to(tl.int64) * so_s, mask=(runs < tl.num_programs(1))[:, None],
-                               other=0.0, cache_modifier=".cg")  # .cg: from L2, where the other SMs' writes are
-                total += tl.sum(sums, axis=0)
-            tl.store(Final + b.to(tl.int64) * sf_b + h * sf_h + offs_d, total.to(Final.dtype.element_ty))
+            _add_runs(O, Final, so_s, so_b, so_h, sf_b, sf_h, b, h, offs_d)
             tl.store(Arrived + pid_bh, 0)
+
+
+@triton.jit
+def _add_runs(O, Final, so_s, so_b, so_h, sf_b, sf_h, b, h, offs_d):
+    """Final[b, h] = the sum of head h's runs in O [splits, B, H, d], read from L2 (.cg, where the
+    other SMs' writes are) SUM_BLOCK runs at a load, so that the pair's last program waits on a
+    round trip to L2 per SUM_BLOCK runs rather than per run, at the end of the kernel's critical path."""
+    total = tl.zeros([offs_d.shape[0]], dtype=tl.float32)
+    pair_sums = O + b.to(tl.int64) * so_b + h * so_h + offs_d[None, :]
+    for s0 in range(0, tl.num_programs(1), SUM_BLOCK):
+        runs = s0 + tl.arange(0, SUM_BLOCK)
+        sums = tl.load(pair_sums + runs[:, None].to(tl.int64) * so_s, mask=(runs < tl.num_programs(1))[:, None],
+                       other=0.0, cache_modifier=".cg")
+        total += tl.sum(sums, axis=0)
+    tl.store(Final + b.to(tl.int64) * sf_b + h * sf_h + offs_d, total.to(Final.dtype.element_ty))
+
+
+@triton.jit
+def swat_decode_dot_kernel(Q, KC, VC, O, Final, Arrived, Slopes,
+                           sq_b, sq_h, sk_b, sk_w, sk_h, sv_b, sv_w, sv_h, so_s, so_b, so_h, sf_b, sf_h,
+                           HKV, W_CACHE, cache_len, pos, window, scale, bias,
+                           REP: tl.constexpr, QROWS: tl.constexpr, SLOTS_PER_PROGRAM: tl.constexpr,
+                           BLOCK_W: tl.constexpr, HEAD_DIM: tl.constexpr, SIGMOID: tl.constexpr,
+                           DOT_PREC: tl.constexpr, SUM_IN_KERNEL: tl.constexpr, LOOP_STAGES: tl.constexpr):
+    """One program per (sequence, key/value head) group and run of slots: the group's REP query
+    heads, in QROWS >= 16 rows (the rest zero, never stored), times each tile's keys (S = Q K^T),
+    the sigmoid, then O += P V, both on the tensor cores (DOT_PREC "ieee" for fp32 inputs).
+    LOOP_STAGES: the slot loop's pipeline, its tiles copied into shared memory that many ahead.
+    Each program writes its run's sums of the REP heads to O [splits, B, H, d]; SUM_IN_KERNEL as
+    in swat_decode_kernel, the group's last program adding every head's runs."""
+    pid_g = tl.program_id(0)
+    pid_s = tl.program_id(1)
+    b = pid_g // HKV
+    hk = pid_g % HKV
+    rows = tl.arange(0, QROWS)
+    row_ok = rows < REP
+    heads = hk * REP + rows
+    offs_d = tl.arange(0, HEAD_DIM)
+    q = tl.load(Q + b.to(tl.int64) * sq_b + heads[:, None] * sq_h + offs_d[None, :], mask=row_ok[:, None],
+                other=0.0)
+    g_slope = tl.load(Slopes + heads, mask=row_ok, other=0.0).to(tl.float32) * score_unit(SIGMOID)
+    g_scale = scale * score_unit(SIGMOID)
+    g_bias = bias * score_unit(SIGMOID)
+    k_base = KC + b.to(tl.int64) * sk_b + hk * sk_h
+    v_base = VC + b.to(tl.int64) * sv_b + hk * sv_h
+    acc = tl.zeros([QROWS, HEAD_DIM], dtype=tl.float32)
+    s_lo = pid_s * SLOTS_PER_PROGRAM
+    for s0 in tl.range(s_lo, s_lo + SLOTS_PER_PROGRAM, BLOCK_W, num_stages=LOOP_STAGES):
+        k, v, dist, valid = _ring_tile(k_base, v_base, sk_w, sv_w, offs_d, s0, cache_len, W_CACHE, pos, window,
+                                       BLOCK_W)
+        s = tl.dot(q, tl.trans(k), input_precision=DOT_PREC)
+        p = sigmoid_scaled(s * g_scale + g_slope[:, None] * dist.to(tl.float32)[None, :] + g_bias, SIGMOID)
+        p = tl.where(valid[None, :], p, 0.0)
+        acc = tl.dot(p.to(v.dtype), v, acc, input_precision=DOT_PREC)
+    out_off = b.to(tl.int64) * so_b + heads[:, None] * so_h + offs_d[None, :]
+    tl.store(O + pid_s.to(tl.int64) * so_s + out_off, acc.to(O.dtype.element_ty), mask=row_ok[:, None])
+    if SUM_IN_KERNEL:
+        tl.debug_barrier()
+        arrived = tl.atomic_add(Arrived + pid_g, 1, sem="acq_rel")
+        if arrived == tl.num_programs(1) - 1:
+            for r in tl.static_range(REP):
+                _add_runs(O, Final, so_s, so_b, so_h, sf_b, sf_h, b, hk * REP + r, offs_d)
+            tl.store(Arrived + pid_g, 0)
 
 
 @triton.jit

@@ -10,7 +10,9 @@ variant's error against the fp32 reference and (after call 109) the CUDA kernels
 launches, with their GPU time (torch.profiler: whether it splits the slots over programs,
 flash-decoding's split-KV, and adds the splits in a second kernel); then two rounds of every
 variant's time, as CUDA-graph replays over copies of the cache in turn, read from HBM (the
-bench's decode timing), beside SDPA.
+bench's decode timing), beside SDPA. Since the "dot" config took batch 8 (after call 112),
+"committed" is the tensor cores' decode there, and the launches that change one thing change
+"split".
 
     python results/kernels/decode-dot/batch8.py OUT.jsonl
 """
@@ -19,29 +21,30 @@ import shlex
 import sys
 
 sys.path.insert(0, os.path.dirname(__file__))
-from rounds import DOT, dot, probe_shape, with_config  # noqa: E402
+from rounds import DOT, SPLIT, dot, probe_shape, with_config  # noqa: E402
 
 from harness.results.provenance import stamped_row_writer  # noqa: E402
 
 write = stamped_row_writer(open(sys.argv[1], "w"), "cuda",
                            shlex.join(["python", "results/kernels/decode-dot/batch8.py", *sys.argv[1:]]), echo=True)
-# name: overrides of DECODE_CONFIGS (batch 8 runs "split": 4224 programs wanted, 8192-element
-# tiles, 4 warps, 2-D accumulator, LOOP_STAGES 2, the runs' sums added in the kernel)
-OVERRIDES = {"committed": {},
-             "tiles 4096": dict(TILE_ELEMS=4096),
-             "tiles 2048": dict(TILE_ELEMS=2048),
-             "8 warps": dict(num_warps=8),
-             "2 warps, tiles 4096": dict(num_warps=2, TILE_ELEMS=4096),
-             "1056 programs": dict(MIN_PROGRAMS=1056),
-             "1056 programs, 3 stages": dict(MIN_PROGRAMS=1056, LOOP_STAGES=3),
-             "1 program a pair": dict(MIN_PROGRAMS=1),
-             "1 program a pair, 3 stages": dict(MIN_PROGRAMS=1, LOOP_STAGES=3),
-             "1-D accumulator": dict(ACC_2D=False),
-             "prefetch, 1056 programs, tiles 4096, 2 warps": dict(LOOP_STAGES=1, PREFETCH=True, MIN_PROGRAMS=1056,
-                                                                   TILE_ELEMS=4096, num_warps=2)}
-VARIANTS = {name: with_config(overrides) for name, overrides in OVERRIDES.items()}
+# name: changes to "split" (4224 programs wanted, 8192-element tiles, 4 warps, 2-D accumulator,
+# LOOP_STAGES 2, the runs' sums added in the kernel)
+CHANGES = {"split": {},
+           "tiles 4096": dict(TILE_ELEMS=4096),
+           "tiles 2048": dict(TILE_ELEMS=2048),
+           "8 warps": dict(num_warps=8),
+           "2 warps, tiles 4096": dict(num_warps=2, TILE_ELEMS=4096),
+           "1056 programs": dict(MIN_PROGRAMS=1056),
+           "1056 programs, 3 stages": dict(MIN_PROGRAMS=1056, LOOP_STAGES=3),
+           "1 program a pair": dict(MIN_PROGRAMS=1),
+           "1 program a pair, 3 stages": dict(MIN_PROGRAMS=1, LOOP_STAGES=3),
+           "1-D accumulator": dict(ACC_2D=False),
+           "prefetch, 1056 programs, tiles 4096, 2 warps": dict(LOOP_STAGES=1, PREFETCH=True, MIN_PROGRAMS=1056,
+                                                                 TILE_ELEMS=4096, num_warps=2)}
+VARIANTS = {"committed": with_config({})}
+VARIANTS.update({name: with_config(dict(SPLIT, **changes)) for name, changes in CHANGES.items()})
 VARIANTS.update({name: dot(config) for name, config in DOT.items()})
-PAIR_DOT = {f"dot 1 program a pair t{t} w{w} s{s}": dict(min_programs=1, tile_elems=t, num_warps=w, num_stages=s)
+PAIR_DOT = {f"dot 1 program a pair t{t} w{w} s{s}": dict(MIN_PROGRAMS=1, TILE_ELEMS=t, num_warps=w, LOOP_STAGES=s)
             for t, w, s in ((8192, 4, 2), (8192, 4, 3), (4096, 4, 3), (8192, 8, 3))}
 VARIANTS.update({name: dot(config) for name, config in PAIR_DOT.items()})
 

@@ -1,13 +1,15 @@
-"""The tensor-core decode (kernel.py) and the committed decode kernel with its slot loop pipelined
-(LOOP_STAGES, PREFETCH) against the committed decode (swat_decode_triton, its DECODE_CONFIGS) and
-SDPA over the same W slots, at the peer bench's decode shapes: d = 64 and 128
-with H * d = 1024, batch 1, 8 and 64, W = 128, 512 and 2048, bf16, the cache full (position 10 W).
+"""The tensor-core decode (kernel.py's until 87fd565, now the committed decode's) and the committed
+CUDA-core decode kernel with its slot loop pipelined (LOOP_STAGES, PREFETCH) against the committed
+decode (swat_decode_triton, its DECODE_CONFIGS) and SDPA over the same W slots, at the peer
+bench's decode shapes: d = 64 and 128 with H * d = 1024, batch 1, 8 and 64, W = 128, 512 and 2048,
+bf16, the cache full (position 10 W).
 First each kernel's error against the fp32 reference; then two rounds of every variant's time, as
 CUDA-graph replays over copies of the cache in turn, as many as it takes to read it from HBM (the
 bench's decode timing since NOTES.md v24), and the committed kernel's and SDPA's over one copy, as
 calls 93 and 95 timed every variant (from L2 where the cache fits). Issue 24 asks decode at batch
 1, 8 and 64 to be at least level with SDPA; the committed kernel trails at several of these shapes
-(kernels.md).
+(kernels.md). Since the "dot" config took batch 8 (after call 112), the committed decode there is
+the tensor cores' kernel, and the overrides below change its launch at batch 8.
 
     python results/kernels/decode-dot/probe.py OUT.jsonl
 """

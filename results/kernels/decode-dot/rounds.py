@@ -2,19 +2,21 @@
 the fp32 reference, then two rounds of every variant's time and SDPA's over the same W slots, as
 CUDA-graph replays over copies of the cache in turn, read from HBM (the bench's decode timing)."""
 import torch
-from kernel import decode_dot
 
 from harness.bench.tune import _time, decode_inputs
-from harness.ops.swat.function import override_decode_config, swat_decode_triton
+from harness.ops.swat.function import DECODE_CONFIGS, override_decode_config, swat_decode_triton
 from harness.ops.swat.reference import swat_decode_ref
 
-# name: decode_dot's (min_programs, tile_elems, num_warps, num_stages), its two best configs (call 93)
-DOT = {f"dot p{p} t{t} w{w} s{s}": dict(min_programs=p, tile_elems=t, num_warps=w, num_stages=s)
+# the CUDA cores' "split" config (c562cb4's), which batch 8 ran until the "dot" config took it
+SPLIT = dict(DECODE_CONFIGS["split"])
+# the tensor cores' decode at its two best configs of call 93: "p" programs wanted, "t" elements a
+# tile, "w" warps, "s" stages
+DOT = {f"dot p{p} t{t} w{w} s{s}": dict(MIN_PROGRAMS=p, TILE_ELEMS=t, num_warps=w, LOOP_STAGES=s)
        for p, t, w, s in ((1056, 8192, 4, 2), (264, 8192, 4, 3))}
 
 
 def with_config(overrides: dict):
-    """The committed decode with entries of both DECODE_CONFIGS replaced by overrides."""
+    """The committed decode with entries of every DECODE_CONFIGS entry replaced by overrides."""
     def step(*args):
         with override_decode_config(**overrides):
             return swat_decode_triton(*args)
@@ -22,8 +24,9 @@ def with_config(overrides: dict):
 
 
 def dot(config: dict):
-    """The tensor-core decode (kernel.py) at one launch config."""
-    return lambda *args: decode_dot(*args, **config)
+    """The tensor cores' decode at one launch config (MIN_PROGRAMS, TILE_ELEMS, num_warps,
+    LOOP_STAGES), the runs' sums added in the kernel."""
+    return with_config(dict(config, DOT=True, SUM_IN_KERNEL=True))
 
 
 def cuda_kernels(call, *args) -> list[dict]:

@@ -8,7 +8,8 @@ programs wanted, 3, 4 and 6 stages (cp.async copies into shared memory: 32 KB a 
 8192-element tiles, 16 KB at 4096), two (tile, warps) configs, at d = 64 and 128, W = 128, 512
 and 2048, batch 8 then batch 1, beside the committed config and SDPA over the same W slots; each
 variant's error against the fp32 reference, then two rounds of times with the cache read from HBM
-(rounds.py).
+(rounds.py). Since the "dot" config took batch 8 (after call 112), "committed" is the tensor
+cores' decode there; "split" is the config the deeper pipelines change.
 
     python results/kernels/decode-dot/stages.py OUT.jsonl
 """
@@ -17,16 +18,16 @@ import shlex
 import sys
 
 sys.path.insert(0, os.path.dirname(__file__))
-from rounds import probe_shape, with_config  # noqa: E402
+from rounds import SPLIT, probe_shape, with_config  # noqa: E402
 
 from harness.results.provenance import stamped_row_writer  # noqa: E402
 
 write = stamped_row_writer(open(sys.argv[1], "w"), "cuda",
                            shlex.join(["python", "results/kernels/decode-dot/stages.py", *sys.argv[1:]]), echo=True)
-# "p" programs wanted (1: one per pair), "t" elements a tile, "w" warps, "s" LOOP_STAGES
-DEEP = {f"p{p} t{t} w{w} s{s}": dict(MIN_PROGRAMS=p, TILE_ELEMS=t, num_warps=w, LOOP_STAGES=s)
+# "p" programs wanted (1: one per pair), "t" elements a tile, "w" warps, "s" LOOP_STAGES: changes to "split"
+DEEP = {f"p{p} t{t} w{w} s{s}": dict(SPLIT, MIN_PROGRAMS=p, TILE_ELEMS=t, num_warps=w, LOOP_STAGES=s)
         for p in (1, 264, 528) for t, w in ((8192, 4), (4096, 2)) for s in (3, 4, 6)}
-VARIANTS = {"committed": with_config({})}
+VARIANTS = {"committed": with_config({}), "split": with_config(SPLIT)}
 VARIANTS.update({name: with_config(overrides) for name, overrides in DEEP.items()})
 
 for B in (8, 1):

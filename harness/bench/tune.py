@@ -10,10 +10,10 @@ fused pass) with the other pass at its current config, so differences between ca
 are that pass's differences, and the best "dkdv fused atomics" and "dkdv fused tma" rows against the
 best "dkdv" row decide FUSED_DQ.
 Sweep `decode` times the CUDA cores' decode kernel's launch configs (DECODE_CONFIGS: programs wanted,
-tile size, warps, the slot loop's pipeline, the accumulator, where the runs' sums are added) at batch 1, 8 and
-64 over full W-slot ring buffers, as CUDA-graph replays over copies of the buffer in turn so that
-each step reads it from HBM, beside SDPA (softmax, no bias) over the same buffer: the work of a
-sliding-window softmax model's decode step, the peer a user would pick.
+tile size, warps, the slot loop's pipeline, the accumulator, where the runs' sums are added) at
+batch 1, 8 and 64 over full W-slot ring buffers, as CUDA-graph replays over copies of the buffer in
+turn so that each step reads it from HBM, beside SDPA (softmax, no bias) over the same buffer: the
+work of a sliding-window softmax model's decode step, the peer a user would pick.
 Sweep `sigmoid` times the forward and the backward in each sigmoid mode (SIGMOID_MODES:
 triton_common.sigmoid_scaled's reciprocal on the special-function unit, its Newton one, tanh) at the
 current configs and B * T = 65536 with T = 16384, the peer bench's length, and measures each mode's

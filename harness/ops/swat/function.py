@@ -608,11 +608,13 @@ def decode_config_name(batch_heads: int, rep: int = 1) -> str:
 
 def decode_launch(batch_heads: int, w_cache: int, head_dim: int, elem_bytes: int = 2, rep: int = 1) -> dict:
     """The decode kernel's launch: which kernel (DOT: the tensor cores', one program per (sequence,
-    key/value head) group of rep query heads; else one per (sequence, head) pair), slots per tile
-    (BLOCK_W) and per program, programs per group or pair (splits), warps, where the runs' sums are
-    added (SUM_IN_KERNEL, only where there are runs to add), the slot loop's pipeline (LOOP_STAGES
-    through shared memory; for the CUDA cores' kernel also PREFETCH through registers) and its
-    accumulator's shape (ACC_2D, the CUDA cores' kernel).
+    key/value head) group of rep query heads; else one per (sequence, head) pair), the groups or
+    pairs (units, a run's programs), slots per tile (BLOCK_W) and per program, programs per group
+    or pair (splits), warps, where the runs' sums are added (SUM_IN_KERNEL, only where there are
+    runs to add), the slot loop's pipeline (LOOP_STAGES through shared memory; for the CUDA cores'
+    kernel also PREFETCH through registers), and for the CUDA cores' kernel its accumulator's
+    shape (ACC_2D), for the tensor cores' the query rows padded to a dot's 16 at least (QROWS)
+    and the dots' precision (DOT_PREC: "ieee" for fp32 inputs).
     TILE_ELEMS was tuned for 16-bit inputs; fp32 inputs get as many bytes per tile (half the
     slots), so that a tile takes the registers the sweep's config took."""
     cfg = DECODE_CONFIGS[decode_config_name(batch_heads, rep)]
@@ -622,10 +624,12 @@ def decode_launch(batch_heads: int, w_cache: int, head_dim: int, elem_bytes: int
     wanted = min(tiles, max(1, cdiv(cfg["MIN_PROGRAMS"], units)))
     per_program = block_w * cdiv(tiles, wanted)
     splits = cdiv(w_cache, per_program)
-    launch = dict(DOT=cfg["DOT"], BLOCK_W=block_w, SLOTS_PER_PROGRAM=per_program, splits=splits,
+    launch = dict(DOT=cfg["DOT"], units=units, BLOCK_W=block_w, SLOTS_PER_PROGRAM=per_program, splits=splits,
                   num_warps=cfg["num_warps"], SUM_IN_KERNEL=cfg["SUM_IN_KERNEL"] and splits > 1,
                   LOOP_STAGES=cfg["LOOP_STAGES"])
-    return launch if cfg["DOT"] else dict(launch, ACC_2D=cfg["ACC_2D"], PREFETCH=cfg["PREFETCH"])
+    if cfg["DOT"]:
+        return dict(launch, QROWS=max(16, triton.next_power_of_2(rep)), DOT_PREC="ieee" if elem_bytes == 4 else "tf32")
+    return dict(launch, ACC_2D=cfg["ACC_2D"], PREFETCH=cfg["PREFETCH"])
 
 
 @contextlib.contextmanager
@@ -644,20 +648,14 @@ def _swat_decode_body(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Ten
     W_cache, Hkv = k_cache.shape[1], k_cache.shape[2]
     rep = H // Hkv
     launch = decode_launch(B * H, W_cache, d, q.element_size(), rep)
-    splits, dot = launch.pop("splits"), launch.pop("DOT")
+    splits, units, dot = launch.pop("splits"), launch.pop("units"), launch.pop("DOT")
     out = torch.empty((splits, B, H, d), device=q.device, dtype=q.dtype if splits == 1 else torch.float32)
     o = out[0] if splits == 1 else torch.empty((B, H, d), device=q.device, dtype=q.dtype)
-    units, heads = (B * Hkv, Hkv) if dot else (B * H, H)  # programs of a run: groups or pairs
     arrived = _arrival_counters(q.device, units) if launch["SUM_IN_KERNEL"] else slopes
-    if dot:
-        kernel, launch = swat_decode_dot_kernel, dict(launch, QROWS=max(16, triton.next_power_of_2(rep)),
-                                                      DOT_PREC="ieee" if q.dtype == torch.float32 else "tf32")
-    else:
-        kernel = swat_decode_kernel
-    kernel[(units, splits)](
+    (swat_decode_dot_kernel if dot else swat_decode_kernel)[(units, splits)](
         q, k_cache, v_cache, out, o, arrived, slopes,
         q.stride(0), q.stride(1), *_strides(k_cache), *_strides(v_cache), *_strides(out), o.stride(0), o.stride(1),
-        heads, W_cache, cache_len, pos, window, scale, sigmoid_bias,
+        units // B, W_cache, cache_len, pos, window, scale, sigmoid_bias,
         REP=rep, HEAD_DIM=d, SIGMOID=_sigmoid_mode(q, "decode"), **launch)
     if splits > 1 and not launch["SUM_IN_KERNEL"]:
         sum_splits_kernel[(cdiv(o.numel(), 1024),)](out, o, splits, o.numel(), BLOCK=1024)

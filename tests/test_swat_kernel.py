@@ -403,6 +403,19 @@ def test_decode_launch_splits_only_batches_too_small_to_fill_the_device():
     assert many["splits"] == 1 and not many["SUM_IN_KERNEL"] and not many["DOT"]
 
 
+def test_decode_tiles_on_the_gpu_hold_tile_elems_and_the_tensor_cores_stop_at_their_cap(monkeypatch):
+    """On the GPU a tile holds TILE_ELEMS 16-bit elements (as many bytes in fp32); the tensor cores'
+    tile stops at DECODE_DOT_MAX_SLOTS, so that d = 16 gets d = 32's slots, not twice them."""
+    from harness.ops.swat import function
+    monkeypatch.setattr(function, "interpreting", lambda: False)
+    dot = function.DECODE_DOT_GROUPS
+    slots = {(pairs, d, elem_bytes): function.decode_launch(pairs, 4096, d, elem_bytes)["BLOCK_W"]
+             for pairs in (1, dot) for d in (16, 32, 128) for elem_bytes in (2, 4)}
+    assert slots == {(1, 16, 2): 512, (1, 16, 4): 256, (1, 32, 2): 256, (1, 32, 4): 128, (1, 128, 2): 64,
+                     (1, 128, 4): 32, (dot, 16, 2): 256, (dot, 16, 4): 256, (dot, 32, 2): 256, (dot, 32, 4): 128,
+                     (dot, 128, 2): 64, (dot, 128, 4): 32}
+
+
 @pytest.mark.parametrize("sum_in_kernel", [False, True])
 @pytest.mark.parametrize("runs", [1, 2, 3])
 @pytest.mark.parametrize("H,Hkv", [(4, 4), (4, 2), (6, 2)])

@@ -586,8 +586,13 @@ def swat_attention_triton(q, k, v, slopes, window: int, sigmoid_bias: float = 0.
 # (d = 128; split 0.90x / 0.89x / 0.94x). At batch 1 (8 or 16 groups) one program a group leaves
 # most SMs idle (v26: 0.28-0.41x at W = 2048), so fewer groups stay "split". DOT picks the kernel;
 # ACC_2D and PREFETCH apply to the CUDA cores' alone (under DOT=False, "dot"'s launch runs there).
+# The tensor cores' tile stops at DECODE_DOT_MAX_SLOTS, d = 32's: its score tile (QROWS x slots,
+# fp32) grows with the slots, and at d = 16 with 16-bit inputs 512 slots take 255 registers and
+# spill 1.6 KB to the stack, 256 take 217 and spill nothing (compiled for sm_90 by Triton 3.6:
+# results/kernels/decode-dot/registers.py; not timed on a GPU).
 DECODE_FILLS_GPU = 264
 DECODE_DOT_GROUPS = 64
+DECODE_DOT_MAX_SLOTS = 256
 DECODE_CONFIGS = {
     "split": dict(DOT=False, MIN_PROGRAMS=4224, TILE_ELEMS=8192, num_warps=4, ACC_2D=True, SUM_IN_KERNEL=True,
                   LOOP_STAGES=2, PREFETCH=False),
@@ -620,6 +625,8 @@ def decode_launch(batch_heads: int, w_cache: int, head_dim: int, elem_bytes: int
     cfg = DECODE_CONFIGS[decode_config_name(batch_heads, rep)]
     units = batch_heads // rep if cfg["DOT"] else batch_heads
     block_w = 16 if interpreting() else max(16, cfg["TILE_ELEMS"] * 2 // elem_bytes // head_dim)
+    if cfg["DOT"]:
+        block_w = min(block_w, DECODE_DOT_MAX_SLOTS)
     tiles = cdiv(w_cache, block_w)
     wanted = min(tiles, max(1, cdiv(cfg["MIN_PROGRAMS"], units)))
     per_program = block_w * cdiv(tiles, wanted)

@@ -287,6 +287,17 @@ def test_decode_loop_stages_pipeline_the_slot_loop_on_hopper():
     assert copies[0] == 0 and copies[1] > 0 and copies[2] == 0 and copies[3] > 0, lines
 
 
+def test_decode_configs_compile_for_hopper_without_spilling():
+    """Each decode config's launch at the bench's head sizes, compiled for sm_90, keeps its
+    registers: nothing goes to the stack, which a retuned tile or warp count would show here
+    first ("whole" takes 242-246 of the 255 registers a thread; results/kernels/decode-dot/
+    registers.py lists every dtype and head size)."""
+    builds = [f"{config}@{d}" for config in ("split", "dot", "whole") for d in (64, 128)]
+    lines = compile_for_sm90("compile_decode_sm90.py", *builds)
+    assert [line.split(":")[0] for line in lines] == builds
+    assert all(line.endswith(", 0 B stack") for line in lines), lines
+
+
 @pytest.mark.parametrize("mode,tol", [(0, 1e-5), (2, 5e-4)])
 def test_sigmoid_modes(mode, tol):
     """The Newton reciprocal (mode 2, the decode's for bf16/fp16 on the GPU) stays well inside bf16 precision."""

@@ -45,9 +45,8 @@ def swat_decode_kernel(Q, KC, VC, O, Final, Arrived, Slopes,
                        SUM_IN_KERNEL: tl.constexpr, LOOP_STAGES: tl.constexpr, PREFETCH: tl.constexpr):
     """Each program writes its run's sum to O [splits, B, H, d]. ACC_2D: keep a [BLOCK_W, HEAD_DIM]
     fp32 accumulator and add its rows once after the loop, instead of reducing each tile over its
-    slots (a reduction across warps in every iteration). SUM_IN_KERNEL: the pair's programs count
-    their arrival in Arrived (int32, zero before the launch); the last to arrive adds the runs'
-    sums into Final [B, H, d] (_add_runs) and sets the count back to zero.
+    slots (a reduction across warps in every iteration). SUM_IN_KERNEL: the last of the pair's
+    programs to arrive (_last_to_arrive) adds the runs' sums into Final [B, H, d] (_add_runs).
     LOOP_STAGES: the slot loop's software pipeline (cp.async copies of the next tiles into shared
     memory while this one is reduced); Triton pipelines only loads that feed a dot unless the loop
     asks, so the launch's num_stages alone leaves this loop unpipelined. PREFETCH: load the next
@@ -95,11 +94,19 @@ def swat_decode_kernel(Q, KC, VC, O, Final, Arrived, Slopes,
         acc = tl.sum(acc, axis=0)
     tl.store(O + pid_s.to(tl.int64) * so_s + b.to(tl.int64) * so_b + h * so_h + offs_d, acc.to(O.dtype.element_ty))
     if SUM_IN_KERNEL:
-        tl.debug_barrier()  # every thread's share of the run's sum is written before its arrival counts
-        arrived = tl.atomic_add(Arrived + pid_bh, 1, sem="acq_rel")  # releases those writes, acquires the others'
-        if arrived == tl.num_programs(1) - 1:
+        if _last_to_arrive(Arrived, pid_bh):
             _add_runs(O, Final, so_s, so_b, so_h, sf_b, sf_h, b, h, offs_d)
             tl.store(Arrived + pid_bh, 0)
+
+
+@triton.jit
+def _last_to_arrive(Arrived, unit):
+    """Whether this program is the last of its pair's (or group's) runs to have written its sum:
+    each counts its arrival in Arrived[unit] (int32, zero before the launch). The last one adds
+    the runs' sums and sets the count back to zero for the next launch."""
+    tl.debug_barrier()  # every thread's share of the run's sum is written before its arrival counts
+    arrived = tl.atomic_add(Arrived + unit, 1, sem="acq_rel")  # releases those writes, acquires the others'
+    return arrived == tl.num_programs(1) - 1
 
 
 @triton.jit
@@ -157,9 +164,7 @@ def swat_decode_dot_kernel(Q, KC, VC, O, Final, Arrived, Slopes,
     out_off = b.to(tl.int64) * so_b + heads[:, None] * so_h + offs_d[None, :]
     tl.store(O + pid_s.to(tl.int64) * so_s + out_off, acc.to(O.dtype.element_ty), mask=row_ok[:, None])
     if SUM_IN_KERNEL:
-        tl.debug_barrier()
-        arrived = tl.atomic_add(Arrived + pid_g, 1, sem="acq_rel")
-        if arrived == tl.num_programs(1) - 1:
+        if _last_to_arrive(Arrived, pid_g):
             for r in tl.static_range(REP):
                 _add_runs(O, Final, so_s, so_b, so_h, sf_b, sf_h, b, hk * REP + r, offs_d)
             tl.store(Arrived + pid_g, 0)

@@ -211,6 +211,8 @@ def test_tma_dq_falls_back_to_atomics_without_the_copy_engine(monkeypatch):
     assert function.fused_dq(64, 128, torch.device("cuda")) == "atomics"
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (9, 0))
     assert function.fused_dq(64, 128, torch.device("cuda")) == "tma"
+    # compiling for a target names its GPU instead of asking one
+    assert [function.fused_dq(64, 128, None, compute_capability=c) for c in (8, 9, 10)] == ["atomics", "tma", "tma"]
 
 
 def test_hopper_passes_are_taken_only_where_they_were_measured_faster(monkeypatch):
@@ -253,9 +255,9 @@ def test_hopper_passes_are_taken_only_where_they_were_measured_faster(monkeypatc
     assert function.hopper_one_pass(128) and function.hopper_one_pass(64)
 
 
-def compile_for_sm90(fixture: str, *args: str) -> list[str]:
-    """The lines printed by tests/fixtures/<fixture>, which compiles kernels for sm_90 by this Triton
-    (no GPU needed: ptxas comes with it). In a process of its own, without TRITON_INTERPRET, which
+def cross_compile(fixture: str, *args: str) -> list[str]:
+    """The lines printed by tests/fixtures/<fixture>, which compiles kernels for a GPU target by this
+    Triton (no GPU needed: ptxas comes with it). In a process of its own, without TRITON_INTERPRET, which
     these tests run with on a CPU and under which Gluon and real compiles do not run. The repository
     goes on its path: the harness need not be installed, as on the device machine, where the suite
     runs from a copy of the tree."""
@@ -271,7 +273,7 @@ def test_hopper_kernels_compile_for_sm90_without_a_gpu():
     """hopper.py's kernels at the launches its dispatcher uses, compiled for sm_90, so that a Triton
     whose Gluon API moved fails here, not on a user's H100."""
     pytest.importorskip("harness.ops.swat.hopper")
-    assert [line.split(":")[0] for line in compile_for_sm90("compile_hopper_sm90.py")] == \
+    assert [line.split(":")[0] for line in cross_compile("compile_hopper_sm90.py")] == \
         ["fwd d=128 (pairs)", "dq d=128 (pairs)", "dkdv d=128 (pairs)", "one_pass d=64 (pairs)",
          "one_pass d=128 (pairs)", "fwd d=128 (heads)", "fwd d=128 (rows)"]
 
@@ -282,7 +284,7 @@ def test_decode_loop_stages_pipeline_the_slot_loop_on_hopper():
     LOOP_STAGES > 1; the launch's num_stages (Triton's default, 3) does not reach it. PREFETCH builds
     too, and its next tile goes to registers, not through shared memory. The tensor cores' decode
     builds at the dispatcher's launch with its slot loop pipelined."""
-    lines = compile_for_sm90("compile_decode_sm90.py", "1", "3", "1p", "dot")
+    lines = cross_compile("compile_decode_sm90.py", "1", "3", "1p", "dot")
     copies = [int(line.split(", ")[1].split()[0]) for line in lines]
     assert copies[0] == 0 and copies[1] > 0 and copies[2] == 0 and copies[3] > 0, lines
 
@@ -293,9 +295,26 @@ def test_decode_configs_compile_for_hopper_without_spilling():
     first ("whole" takes 242-246 of the 255 registers a thread; results/kernels/decode-dot/
     registers.py lists every dtype and head size)."""
     builds = [f"{config}@{d}" for config in ("split", "dot", "whole") for d in (64, 128)]
-    lines = compile_for_sm90("compile_decode_sm90.py", *builds)
+    lines = cross_compile("compile_decode_sm90.py", *builds)
     assert [line.split(":")[0] for line in lines] == builds
     assert all(line.endswith(", 0 B stack") for line in lines), lines
+
+
+def test_kernels_build_for_ampere_at_the_launches_a_gpu_before_hopper_gets():
+    """The device machines are all Hopper, so nothing else builds what an A100 runs: the Triton
+    passes at each tile regime (the backward at d = 64 past W = 2048 adding dQ by atomics, where
+    Hopper's copy engine would), and each decode config, compiled for sm_80. In bf16 each fits an
+    A100's shared memory, so none pays the launch's fallback there (results/kernels/ampere/
+    registers.py lists every dtype and head size, with registers and spills)."""
+    from harness.ops.swat.cross_compile import SHARED_PER_BLOCK
+    lines = cross_compile("compile_ampere_sm80.py")
+    builds = []
+    for d in (64, 128):
+        for w in (128, 512, 4096):  # no dQ pass at d = 64 past W = 2048: the dK/dV pass adds dQ
+            builds += [f"{p} d={d} W={w}" for p in ("fwd", "dkdv", "dq") if (p, d, w) != ("dq", 64, 4096)]
+        builds += [f"decode {config} d={d}" for config in ("split", "dot", "whole")]
+    assert [line.split(":")[0] for line in lines] == builds
+    assert all(int(line.split(": ")[1].split(" B shared")[0]) <= SHARED_PER_BLOCK[80] for line in lines), lines
 
 
 @pytest.mark.parametrize("mode,tol", [(0, 1e-5), (2, 5e-4)])

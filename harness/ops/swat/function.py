@@ -150,16 +150,21 @@ def program_order(head_dim: int, window: int) -> str:
     return PROGRAM_ORDER[window_regime(window, head_dim)]
 
 
-def fused_dq(head_dim: int, window: int, device: torch.device) -> str:
-    """How the backward at this shape adds dQ inside the dK/dV pass (FUSED_DQ_MODES). "tma" needs
-    the copy engine's bulk reduction, which the CPU interpreter lacks and GPUs before Hopper
-    (compute capability 9) do not have: there it is "atomics"."""
+def fused_dq(head_dim: int, window: int, device: Optional[torch.device],
+             compute_capability: Optional[int] = None) -> str:
+    """How the backward at this shape adds dQ inside the dK/dV pass (FUSED_DQ_MODES) on device. "tma"
+    needs the copy engine's bulk reduction, which the CPU interpreter lacks and GPUs before Hopper
+    (compute capability 9) do not have: there it is "atomics". Compiling for a target without its
+    GPU, pass device None and the target's compute_capability (the major version) instead."""
     mode = FUSED_DQ[(max(head_dim, 64), window_regime(window, head_dim))]
     if torch.are_deterministic_algorithms_enabled():
         return "off"
-    if mode == "tma" and (interpreting() or device.type != "cuda" or torch.cuda.get_device_capability(device)[0] < 9):
-        return "atomics"
-    return mode
+    if mode != "tma":
+        return mode
+    if compute_capability is None:
+        on_gpu = not interpreting() and device.type == "cuda"
+        compute_capability = torch.cuda.get_device_capability(device)[0] if on_gpu else 0
+    return mode if compute_capability >= 9 else "atomics"
 
 
 @functools.cache

@@ -871,6 +871,7 @@ def test_bench_kernels_writes_results_and_resumes(tmp_path):
     by = {(r["peer"], r["window"]): r for r in rows}
     assert by[("swat", 16)]["ms"] > 0 and by[("swat", 32)]["ms"] > 0 and by[("sdpa", 32)]["ms"] > 0
     assert by[("sdpa", 16)]["status"] == "full causal only (W >= T)"
+    assert all(r["graph_ms"] is None and r["host_ms"] is None for r in rows)  # no CUDA graphs on the CPU
     text = (out / "kernels.md").read_text()
     assert "| 64 | 32 | T |" in text and "- SWAT's passes in this command's rows: the Triton kernels" in text
     assert (out / "kernels.png").is_file() and (out / "run.json").is_file()
@@ -950,6 +951,26 @@ def test_gpu_bench_timings_tell_the_host_share_and_read_decode_caches_from_hbm()
                      warmup_ms=5, rep_ms=10) > 0
 
 
+@gpu_only
+def test_gpu_graph_time_of_a_swat_step_replays_it_without_the_host():
+    """On a GPU: a SWAT forward + backward (the bench's fwd_bwd call) is captured into a CUDA graph
+    and replayed, gradients dropped before each call, with no warning; its time leaves out the
+    host's waits that the eager time may hold, so it is not above it (the eager timing also
+    flushes L2 between calls, which the replays do not)."""
+    from harness.bench.kernels import graph_ms
+    from harness.bench.timing import median_ms
+    from harness.ops.swat.function import swat_attention_triton
+    q, k, v, do = inputs(2, 2048, 8, 8, 64, torch.bfloat16, 0)
+    slopes = alibi_slopes(8).cuda()
+    q, k, v = (t.requires_grad_() for t in (q, k, v))
+
+    def step():
+        swat_attention_triton(q, k, v, slopes, 128).backward(do)
+    logged = []
+    replayed = graph_ms(step, [q, k, v], "swat", logged.append)
+    assert logged == [] and 0 < replayed <= 1.2 * median_ms(step, True, grad_to_none=[q, k, v])
+
+
 class HeldGpu:
     """torch.cuda's events, spin kernel and syncs as host_ms uses them, with the hold still running
     (or over) when the calls have been enqueued."""
@@ -1007,7 +1028,7 @@ def test_kernel_tables_show_swat_host_time_only_where_measured(tmp_path):
     """Files written before host_ms was measured read as rows without it, and their table has no
     host column; rows with it show SWAT's host time beside its GPU-timed one."""
     from harness.bench.kernels import FIELDS, markdown, ratio_table, read_csv, to_csv
-    old = [f for f in FIELDS if f != "host_ms"]
+    old = [f for f in FIELDS if f not in ("host_ms", "graph_ms")]  # a file of 2026-12-06
     path = tmp_path / "kernels.csv"
     line = dict(mode="fwd", head_dim=64, seq_len=4096, window=128, batch=16, heads=16, activation="sigmoid",
                 tflops=1.0, status="ok", date="2026-12-07", commit="abc1234")
@@ -1025,6 +1046,58 @@ def test_kernel_tables_show_swat_host_time_only_where_measured(tmp_path):
     header, body = ratio_table(rows, "fwd")
     assert header[5:7] == ["swat ms", "swat host ms"] and body[0][5:7] == ["0.500", "0.450"]
     assert "the row times the host rather than the kernels" in markdown(rows, info)
+
+
+def test_kernel_tables_put_the_graph_ratio_beside_the_eager_one(tmp_path):
+    """graph_ms (a call replayed from a CUDA graph) reads back from kernels.csv; the table shows
+    SWAT's and the ratio of the fastest peer's graph time to SWAT's beside the eager ratio, blank for
+    a shape whose graph times are missing; files written before it read as rows without it."""
+    from harness.bench.kernels import FIELDS, markdown, ratio_table, read_csv, to_csv
+    line = dict(mode="fwd_bwd", head_dim=128, seq_len=16384, batch=4, heads=8, activation="sigmoid", tflops=1.0,
+                host_ms=None, status="ok", date="2026-12-08", commit="abc1234")
+    rows = [dict(line, window=128, peer="swat", ms=1.17, graph_ms=0.80),
+            dict(line, window=128, peer="flex", ms=1.24, graph_ms=1.20),
+            dict(line, window=128, peer="fla", ms=1.30, graph_ms=1.10),
+            dict(line, window=512, peer="swat", ms=1.60, graph_ms=None),
+            dict(line, window=512, peer="flex", ms=2.40, graph_ms=2.30)]
+    path = tmp_path / "kernels.csv"
+    path.write_text(to_csv(rows))
+    header, body = ratio_table(read_csv(path), "fwd_bwd")
+    assert header[5:8] == ["swat ms", "swat graph ms", "swat TFLOP/s"] and header[-3:] == \
+        ["fastest peer", "ratio (peer / swat)", "ratio in graphs"]
+    assert body[0][5:7] == ["1.170", "0.800"] and body[0][-3:] == ["flex", "1.06x", "1.38x"]
+    assert body[1][-3:] == ["flex", "1.50x", ""]
+    info = dict(command="c", device="d", date="t", commit="abc1234", versions={}, dtype="bf16", tokens=65536,
+                hidden=1024)
+    assert "ratio in graphs = the fastest peer's graph time" in markdown(read_csv(path), info)
+    old = [f for f in FIELDS if f != "graph_ms"]
+    path.write_text(",".join(old) + "\n" + ",".join(str(rows[0][f]).replace("None", "") for f in old) + "\n")
+    (row,) = read_csv(path)
+    assert row["graph_ms"] is None and "ratio in graphs" not in ratio_table([row], "fwd_bwd")[0]
+
+
+def test_graph_time_replays_the_call_with_its_gradients_dropped_or_says_why_not(monkeypatch):
+    """graph_ms asks timing.median_ms for CUDA-graph replays with the call's gradients dropped
+    before each replay, as do_bench_cudagraph drops them; a call that cannot be captured gives None
+    and one warning line naming the peer, and the bench goes on."""
+    from harness.bench import kernels, timing
+    asked, logged = [], []
+    monkeypatch.setattr(kernels, "median_ms", lambda *a, **kw: asked.append((a, kw)) or 0.8)
+    x = torch.ones(2, requires_grad=True)
+    assert kernels.graph_ms(print, [x], "swat", logged.append) == 0.8
+    assert asked[0][1] == dict(rep_ms=timing.GRAPH_REP_MS, grad_to_none=[x], cuda_graph=True)
+
+    def cannot_capture(*a, **kw):
+        raise RuntimeError("operation not permitted when stream is capturing")
+    monkeypatch.setattr(kernels, "median_ms", cannot_capture)
+    assert kernels.graph_ms(print, [x], "fla", logged.append) is None
+    assert logged == ["warning: fla: no CUDA-graph time (RuntimeError: operation not permitted when stream is "
+                      "capturing)"]
+    import triton.testing
+    seen = []
+    monkeypatch.setattr(triton.testing, "do_bench_cudagraph", lambda fn, **kw: seen.append(kw) or 1.0)
+    assert timing.median_ms(lambda: None, True, rep_ms=5, grad_to_none=[x], cuda_graph=True) == 1.0
+    assert seen == [dict(rep=5, grad_to_none=[x], return_mode="median")]
 
 
 # ---------------------------------------------------------------- launch configs that do not fit

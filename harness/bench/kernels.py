@@ -16,14 +16,16 @@ sliding-window softmax model, and against SDPA over a full KV cache of the conte
 CUDA-graph replays, so host launch overhead is out of all three, over enough copies of the cache
 in turn that each step reads it from HBM, as a model's layer does). Forward and forward + backward
 rows also carry the host's time to enqueue one call (host_ms), which tells a row the GPU waited on
-Python for from one that times the kernels. TFLOP/s count only the band's (query, key) pairs
-(harness.bench.timing.attention_flops); the ratio is the fastest peer's time over SWAT's (above 1:
-SWAT is faster). Results go to OUT/<device>/ as kernels.csv, kernels.md, kernels.png (time vs W)
-and decode.png, plus run.json.
+Python for from one that times the kernels, and the call's time replayed from a CUDA graph
+(graph_ms), which leaves the host out: the kernels' own time, for every peer alike. TFLOP/s count
+only the band's (query, key) pairs (harness.bench.timing.attention_flops); the ratio is the
+fastest peer's time over SWAT's (above 1: SWAT is faster). Results go to OUT/<device>/ as
+kernels.csv, kernels.md, kernels.png (time vs W) and decode.png, plus run.json.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
@@ -34,14 +36,23 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from harness.bench.timing import attention_flops, band_pairs, decode_ms, host_ms, l2_cold_copies, median_ms
+from harness.bench.timing import (
+    GRAPH_REP_MS,
+    attention_flops,
+    band_pairs,
+    decode_ms,
+    host_ms,
+    l2_cold_copies,
+    median_ms,
+)
 from harness.config import ConfigError
 from harness.results.provenance import device_slug
 
 PEERS = ("swat", "flex", "fla", "flash_attn", "sdpa", "triton_sigmoid")
 MODES = ("fwd", "fwd_bwd", "decode")
 FIELDS = ("mode", "head_dim", "seq_len", "window", "batch", "heads", "peer", "activation", "ms", "tflops", "host_ms",
-          "status", "date", "commit")
+          "graph_ms", "status", "date", "commit")
+TIMES = ("ms", "tflops", "host_ms", "graph_ms")  # the float fields; host_ms and graph_ms blank in older files
 
 
 @dataclass(frozen=True)
@@ -170,18 +181,30 @@ def _error(err: Exception) -> str:
     return f"error: {type(err).__name__}: {text[:120]}"
 
 
-def _row(mode, shape: Shape, peer: Peer, ms=None, status="ok", pairs=None, host=None) -> dict:
+def _row(mode, shape: Shape, peer: Peer, ms=None, status="ok", pairs=None, host=None, graph=None) -> dict:
     tflops = None
     if ms is not None and pairs is not None:
         tflops = round(attention_flops(pairs, shape.head_dim, mode) / (ms * 1e-3) / 1e12, 2)
     return dict(mode=mode, head_dim=shape.head_dim, seq_len=shape.seq_len, window=shape.window, batch=shape.batch,
                 heads=shape.heads, peer=peer.name, activation=peer.activation,
                 ms=None if ms is None else round(ms, 5), tflops=tflops,
-                host_ms=None if host is None else round(host, 5), status=status)
+                host_ms=None if host is None else round(host, 5), graph_ms=None if graph is None else round(graph, 5),
+                status=status)
+
+
+def graph_ms(call: Callable, grad_to_none, peer: str, log: Callable) -> float | None:
+    """The call's median time replayed from a CUDA graph (timing.median_ms), or None, said in the
+    log, where it cannot be captured (a peer that waits on the host inside a call, say): its
+    eager time stands, and the row is not lost for it."""
+    try:
+        return median_ms(call, True, rep_ms=GRAPH_REP_MS, grad_to_none=grad_to_none, cuda_graph=True)
+    except Exception as err:
+        log(f"warning: {peer}: no CUDA-graph time ({_error(err).removeprefix('error: ')})")
+        return None
 
 
 def measure_shape(shape: Shape, peers: list[str], modes: list[str], device: torch.device, dtype,
-                  done: set, timing: dict) -> list[dict]:
+                  done: set, timing: dict, log: Callable = print) -> list[dict]:
     """Rows for one (d, T, W) shape: each peer, forward and forward+backward, on the same values."""
     gen = torch.Generator(device="cpu").manual_seed(0)
     B, T, H, d = shape.batch, shape.seq_len, shape.heads, shape.head_dim
@@ -209,17 +232,18 @@ def measure_shape(shape: Shape, peers: list[str], modes: list[str], device: torc
         for mode in todo:
             try:
                 if mode == "fwd":
-                    with torch.no_grad():
-                        ms = median_ms(lambda: fn(q, k, v), cuda, **timing)
-                        host = host_ms(lambda: fn(q, k, v)) if cuda else None
+                    call, grads, autograd = (lambda: fn(q, k, v)), None, torch.no_grad()
                 else:
                     qg, kg, vg = (t.detach().clone().requires_grad_() for t in (q, k, v))
 
-                    def step():
+                    def call():
                         fn(qg, kg, vg).backward(do)
-                    ms = median_ms(step, cuda, grad_to_none=[qg, kg, vg], **timing)
-                    host = host_ms(step, grad_to_none=[qg, kg, vg]) if cuda else None
-                rows.append(_row(mode, shape, peer, ms, pairs=pairs, host=host))
+                    grads, autograd = [qg, kg, vg], contextlib.nullcontext()
+                with autograd:
+                    ms = median_ms(call, cuda, grad_to_none=grads, **timing)
+                    host = host_ms(call, grad_to_none=grads) if cuda else None
+                    graph = graph_ms(call, grads, name, log) if cuda else None
+                rows.append(_row(mode, shape, peer, ms, pairs=pairs, host=host, graph=graph))
             except Exception as err:  # OOM or a peer's own failure: record it and go on
                 rows.append(_row(mode, shape, peer, status=_error(err)))
             finally:
@@ -303,7 +327,7 @@ def read_csv(path: Path) -> list[dict]:
         try:
             if None in r or not all(r.get(f) for f in ("status", "date", "commit")):  # fields short or over
                 raise ValueError(f"not the {len(FIELDS)} fields of a measured shape, status, date and commit last")
-            for f in ("ms", "tflops", "host_ms"):  # host_ms: not in files written before it was measured
+            for f in TIMES:
                 r[f] = float(r[f]) if r.get(f) not in ("", None) else None
             for f in ("head_dim", "seq_len", "window", "batch", "heads"):
                 r[f] = int(r[f])
@@ -329,8 +353,9 @@ def _fmt(ms) -> str:
 
 
 def ratio_table(rows: list[dict], mode: str) -> tuple[list[str], list[list[str]]]:
-    """Per shape: SWAT's time and TFLOP/s (and its host time where measured), every peer's time, the
-    fastest peer and the ratio."""
+    """Per shape: SWAT's time and TFLOP/s (and its host and CUDA-graph times where measured), every
+    peer's time, the fastest peer and the ratio; where graph times were measured, the ratio of the
+    fastest peer's graph time to SWAT's too."""
     from collections import defaultdict
     by_shape = defaultdict(dict)
     for r in rows:
@@ -338,17 +363,22 @@ def ratio_table(rows: list[dict], mode: str) -> tuple[list[str], list[list[str]]
             by_shape[(r["head_dim"], r["seq_len"], r["window"], r["batch"], r["heads"])][r["peer"]] = r
     peers = [p for p in PEERS[1:] if any(p in v and v[p]["ms"] is not None for v in by_shape.values())]
     hosted = any(v.get("swat", {}).get("host_ms") is not None for v in by_shape.values())
-    header = ["d", "T", "W", "B", "H", "swat ms", *(["swat host ms"] if hosted else []), "swat TFLOP/s"] + \
-             [f"{p} ms" for p in peers] + ["fastest peer", "ratio (peer / swat)"]
+    graphed = any(v.get("swat", {}).get("graph_ms") is not None for v in by_shape.values())
+    header = ["d", "T", "W", "B", "H", "swat ms", *(["swat host ms"] if hosted else []),
+              *(["swat graph ms"] if graphed else []), "swat TFLOP/s"] + \
+        [f"{p} ms" for p in peers] + ["fastest peer", "ratio (peer / swat)", *(["ratio in graphs"] if graphed else [])]
     body = []
     for (d, T, W, B, H), got in sorted(by_shape.items()):
         swat = got.get("swat", {})
         timed = {p: got[p]["ms"] for p in peers if p in got and got[p]["ms"] is not None}
         best = min(timed, key=timed.get) if timed else None
-        ratio = f"{timed[best] / swat['ms']:.2f}x" if best and swat.get("ms") else ""
         host = [_fmt(swat.get("host_ms"))] if hosted else []
-        body.append([d, T, "T" if W >= T else W, B, H, _fmt(swat.get("ms")), *host, swat.get("tflops") or ""] +
-                    [_fmt(timed.get(p)) for p in peers] + [best or "", ratio])
+        graph = [_fmt(swat.get("graph_ms"))] if graphed else []
+        replayed = {p: got[p]["graph_ms"] for p in peers if p in got and got[p].get("graph_ms") is not None}
+        graph_ratio = [_ratio(min(replayed.values(), default=None), swat.get("graph_ms"))] if graphed else []
+        body.append([d, T, "T" if W >= T else W, B, H, _fmt(swat.get("ms")), *host, *graph, swat.get("tflops") or ""]
+                    + [_fmt(timed.get(p)) for p in peers] + [best or "", _ratio(timed.get(best), swat.get("ms")),
+                                                             *graph_ratio])
     return header, body
 
 
@@ -398,6 +428,10 @@ def markdown(rows: list[dict], info: dict) -> str:
                 "(harness.bench.timing.host_ms; blank where it could not be told apart); where it nears swat ms, "
                 "the GPU waited on Python and the row times the host rather than the kernels."]
                if any(r.get("host_ms") is not None for r in rows) else []),
+             *(["- swat graph ms: the call's median time replayed from a CUDA graph (triton's do_bench_cudagraph), "
+                "which leaves the host out: the kernels' own time; ratio in graphs = the fastest peer's graph time / "
+                "SWAT's (every peer replayed alike; a blank where a call could not be captured)."]
+               if any(r.get("graph_ms") is not None for r in rows) else []),
              *([f"- SWAT's passes in this command's rows: {info['swat_passes']}"] if "swat_passes" in info else []),
              ""]
     for mode, title in (("fwd", "Forward"), ("fwd_bwd", "Forward + backward")):
@@ -589,7 +623,7 @@ def run_kernel_bench(spec: BenchSpec, out_root: Path, force: bool = False, log: 
     record_run(out, {"dtype": spec.dtype, "tokens": spec.tokens, "hidden": spec.hidden, "spec": asdict(spec),
                      "swat_passes": swat_passes(device)}, str(device))
     for shape in shapes:
-        record(measure_shape(shape, list(spec.peers), list(spec.modes), device, dtype, done, timing),
+        record(measure_shape(shape, list(spec.peers), list(spec.modes), device, dtype, done, timing, log),
                f"d={shape.head_dim} T={shape.seq_len} W={shape.window}")
     if decode:
         for d in spec.head_dims:

@@ -42,7 +42,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from harness.bench.timing import median_ms
+from harness.bench.timing import GRAPH_REP_MS, median_ms
 from harness.config import Config, ConfigError
 from harness.data.streams import cu_seqlens_for
 from harness.memory import is_out_of_memory
@@ -205,9 +205,6 @@ def prefill_point(model, vocab: int, length: int, device, autocast, warmup_ms, r
 
     ms = median_ms(run, device.type == "cuda", warmup_ms, rep_ms)
     return {"latency_ms": ms, "tokens_per_s": length / ms * 1e3}
-
-
-GRAPH_REP_MS = 25  # a few hundred graphed steps: capture stays in seconds, the median is stable
 
 
 def time_decode_step(step: Callable[[], object], cuda: bool, rep_ms: float) -> tuple[float, bool]:

@@ -7,6 +7,8 @@ import statistics
 import time
 from typing import Callable
 
+GRAPH_REP_MS = 25  # a few hundred graphed calls at most: capture stays in seconds, the median is stable
+
 
 def median_ms(fn: Callable[[], object], cuda: bool, warmup_ms: float = 25, rep_ms: float = 100,
               grad_to_none=None, cuda_graph: bool = False) -> float:
@@ -14,13 +16,15 @@ def median_ms(fn: Callable[[], object], cuda: bool, warmup_ms: float = 25, rep_m
 
     On the GPU this is triton's do_bench (CUDA events, L2 flushed between calls, warm-up and repeat
     budgets in milliseconds), or with cuda_graph its replay of a captured CUDA graph, which takes
-    the host's launch overhead out of microsecond-scale kernels (decode). On the CPU a perf_counter
+    the host's launch overhead out (of microsecond-scale kernels such as decode, and of calls whose
+    host needs longer to enqueue than the GPU to run); there rep_ms is kept short (GRAPH_REP_MS),
+    since triton unrolls rep_ms / (one call's time) calls into the graph. On the CPU a perf_counter
     median of a few calls, for exercising the code path only: not comparable with GPU numbers.
     """
     if cuda and cuda_graph:
         from triton.testing import do_bench_cudagraph
         fn()  # compile outside the capture
-        return float(do_bench_cudagraph(fn, rep=rep_ms, return_mode="median"))
+        return float(do_bench_cudagraph(fn, rep=rep_ms, grad_to_none=grad_to_none, return_mode="median"))
     if cuda:
         from triton.testing import do_bench
         return float(do_bench(fn, warmup=warmup_ms, rep=rep_ms, grad_to_none=grad_to_none, return_mode="median"))

@@ -398,6 +398,32 @@ def test_decode_matches_reference_for_any_split(min_programs, acc_2d, sum_in_ker
     assert all(int(c.abs().sum()) == 0 for sets in function._ARRIVALS.values() for c in sets)
 
 
+@pytest.mark.skipif(DEVICE == "cuda", reason="records the interpreter's launches")
+def test_every_launch_asks_for_fp_fusion(monkeypatch):
+    """Each kernel a training step and a decode step launch (the forward, dK/dV and dQ passes, the
+    decode and the sum of its runs) passes LAUNCH_OPTIONS, so that a Triton whose default differs
+    (3.10 turns FP fusion off by default) builds the kernels as they were measured."""
+    from triton.runtime.interpreter import InterpretedFunction
+
+    from harness.ops.swat.function import override_decode_config, swat_attention_triton
+    from harness.ops.swat.triton_common import LAUNCH_OPTIONS
+    launched = {}
+    run = InterpretedFunction.run
+
+    def recording(self, *args, **kwargs):
+        launched[self.fn.__name__] = {k: kwargs.get(k) for k in LAUNCH_OPTIONS}
+        return run(self, *args, **kwargs)
+    monkeypatch.setattr(InterpretedFunction, "run", recording)
+    q, k, v, do = inputs(1, 32, 2, 2, 16, torch.float32, 0)
+    q.requires_grad_()
+    swat_attention_triton(q, k, v, alibi_slopes(2), 8).backward(do)
+    with override_decode_config(MIN_PROGRAMS=10**6, SUM_IN_KERNEL=False):
+        swat_decode_triton(q[:, 0].detach(), k, v, 32, 40, alibi_slopes(2), 32)
+    assert set(launched) == {"swat_fwd_kernel", "swat_bwd_dkdv_kernel", "swat_bwd_dq_kernel", "swat_decode_kernel",
+                             "sum_splits_kernel"}
+    assert all(options == LAUNCH_OPTIONS for options in launched.values()), launched
+
+
 def test_decode_adds_more_runs_than_one_block_of_sums():
     """A pair's last program loads its runs' sums SUM_BLOCK at a time: with one run more than a
     block, the second block holds one run and masks the rest, and the output is still the sum of

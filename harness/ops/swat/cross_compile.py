@@ -17,6 +17,7 @@ from triton.compiler import ASTSource
 
 from harness.ops.swat.function import SIGMOID_MODE, fused_dq, kernel_config, program_order
 from harness.ops.swat.triton_bwd import swat_bwd_dkdv_kernel, swat_bwd_dq_kernel
+from harness.ops.swat.triton_common import LAUNCH_OPTIONS
 from harness.ops.swat.triton_decode import swat_decode_dot_kernel, swat_decode_kernel
 from harness.ops.swat.triton_fwd import swat_fwd_kernel
 
@@ -38,7 +39,7 @@ def _compile(kernel, pointers: dict, constants: dict, options: dict, arch: int, 
              for a in args if a in pointers or (a[0] == "s" and a not in FLOATS) or a in aligned}
     return triton.compile(ASTSource(kernel, signature={**signature, **dict.fromkeys(constants, "constexpr")},
                                     constexprs=constants, attrs=attrs),
-                          target=GPUTarget("cuda", arch, 32), options=options)
+                          target=GPUTarget("cuda", arch, 32), options={**options, **LAUNCH_OPTIONS})
 
 
 def compile_decode(launch: dict, dtype: str = "bf16", head_dim: int = 128, rep: int = 1, arch: int = 90):

@@ -28,7 +28,7 @@ from triton.runtime.errors import OutOfResources
 
 from harness.config import ConfigError
 from harness.ops.swat.triton_bwd import swat_bwd_dkdv_kernel, swat_bwd_dq_kernel
-from harness.ops.swat.triton_common import cdiv, interpreting
+from harness.ops.swat.triton_common import LAUNCH_OPTIONS, cdiv, interpreting
 from harness.ops.swat.triton_decode import sum_splits_kernel, swat_decode_dot_kernel, swat_decode_kernel
 from harness.ops.swat.triton_fwd import swat_fwd_kernel
 
@@ -262,7 +262,7 @@ def launch(kernel, pass_name: str, t: torch.Tensor, window: int, grid, args: tup
         run = dict(cfg)
         bm, bn = run.pop("BLOCK_M"), run.pop("BLOCK_N")
         try:
-            kernel[grid(bm, bn)](*args, **kwargs, BLOCK_M=bm, BLOCK_N=bn, **run)
+            kernel[grid(bm, bn)](*args, **kwargs, BLOCK_M=bm, BLOCK_N=bn, **run, **LAUNCH_OPTIONS)
         except OutOfResources as err:
             if _EXACT[-1]:
                 raise
@@ -668,9 +668,9 @@ def _swat_decode_body(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Ten
         q, k_cache, v_cache, out, o, arrived, slopes,
         q.stride(0), q.stride(1), *_strides(k_cache), *_strides(v_cache), *_strides(out), o.stride(0), o.stride(1),
         units // B, W_cache, cache_len, pos, window, scale, sigmoid_bias,
-        REP=rep, HEAD_DIM=d, SIGMOID=_sigmoid_mode(q, "decode"), **launch)
+        REP=rep, HEAD_DIM=d, SIGMOID=_sigmoid_mode(q, "decode"), **launch, **LAUNCH_OPTIONS)
     if splits > 1 and not launch["SUM_IN_KERNEL"]:
-        sum_splits_kernel[(cdiv(o.numel(), 1024),)](out, o, splits, o.numel(), BLOCK=1024)
+        sum_splits_kernel[(cdiv(o.numel(), 1024),)](out, o, splits, o.numel(), BLOCK=1024, **LAUNCH_OPTIONS)
     return o
 
 

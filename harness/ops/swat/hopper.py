@@ -48,6 +48,7 @@ from triton.experimental.gluon.language.nvidia.hopper import (
 from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
 from harness.ops.swat.triton_common import (
+    LAUNCH_OPTIONS,
     band_program,
     cdiv,
     key_block_ranges,
@@ -658,7 +659,7 @@ def swat_fwd_hopper(q, k, v, slopes, window: int, sigmoid_bias: float, scale: fl
     swat_query_pingpong_kernel[(B * H * cdiv(T, bm),)](
         q_desc, descriptor(k, bn), descriptor(v, bn), q_desc, out, slopes, T, H, window, sigmoid_bias, scale,
         *out.stride()[:3], BLOCK_M=bm, BLOCK_N=bn, HEAD_DIM=d, NUM_BUFFERS=NUM_BUFFERS, SIGMOID=sigmoid, DQ=False,
-        ORDER=order, num_warps=GROUP_WARPS, maxnreg=MAXNREG)
+        ORDER=order, num_warps=GROUP_WARPS, maxnreg=MAXNREG, **LAUNCH_OPTIONS)
     return out
 
 
@@ -677,16 +678,16 @@ def swat_bwd_hopper(do, q, k, v, slopes, window: int, sigmoid_bias: float, scale
             dq_descriptor(dq32, bm), dk, dv,
             slopes, T, H, window, sigmoid_bias, scale, *dk.stride()[:3], BLOCK_M=bm, BLOCK_N=bn, HEAD_DIM=d,
             NUM_BUFFERS=ONE_PASS_BUFFERS, DQ_SLOTS=ONE_PASS_DQ_SLOTS[d], SIGMOID=sigmoid, ORDER=order,
-            num_warps=GROUP_WARPS, maxnreg=MAXNREG)
+            num_warps=GROUP_WARPS, maxnreg=MAXNREG, **LAUNCH_OPTIONS)
         return torch.mul(dq32, scale, out=dq), dk, dv
     bm, bn = TILES["dq"]
     swat_query_pingpong_kernel[(B * H * cdiv(T, bm),)](
         descriptor(q, bm // 2), descriptor(k, bn), descriptor(v, bn), descriptor(do, bm // 2), dq, slopes, T, H,
         window, sigmoid_bias, scale, *dq.stride()[:3], BLOCK_M=bm, BLOCK_N=bn, HEAD_DIM=d, NUM_BUFFERS=NUM_BUFFERS,
-        SIGMOID=sigmoid, DQ=True, ORDER=order, num_warps=GROUP_WARPS, maxnreg=MAXNREG)
+        SIGMOID=sigmoid, DQ=True, ORDER=order, num_warps=GROUP_WARPS, maxnreg=MAXNREG, **LAUNCH_OPTIONS)
     bm, bn = TILES["dkdv"]
     swat_dkdv_pingpong_kernel[(B * H * cdiv(T, bn),)](
         descriptor(q, bm), descriptor(k, bn // 2), descriptor(v, bn // 2), descriptor(do, bm), dk, dv, slopes, T, H,
         window, sigmoid_bias, scale, *dk.stride()[:3], BLOCK_M=bm, BLOCK_N=bn, HEAD_DIM=d, NUM_BUFFERS=NUM_BUFFERS,
-        SIGMOID=sigmoid, ORDER=order, num_warps=GROUP_WARPS, maxnreg=MAXNREG)
+        SIGMOID=sigmoid, ORDER=order, num_warps=GROUP_WARPS, maxnreg=MAXNREG, **LAUNCH_OPTIONS)
     return dq, dk, dv

@@ -2,9 +2,11 @@
 for it without a GPU (harness/ops/swat/cross_compile.py), with registers, stack (where spills go)
 and shared memory: sm_80 (an A100), what a GPU before Hopper gets, which no device machine lent to
 this project is; sm_90 (an H100 or H200), where the forward at d = 128 from W = 512 and the
-backward at d = 128 from W = 2048 and at d = 64 from W = 4096 run in hopper.py's Gluon passes for
-16-bit inputs instead (the Triton passes listed there run under deterministic algorithms, and in
-fp32). Before Hopper the backward at d = 64 past W = 2048 adds dQ by atomics, on Hopper by the copy
+backward at d = 128 from W = 2048 and at d = 64 from W = 4096 run in hopper.py's Gluon passes
+instead (the Triton passes listed there run for what those do not take: fp32 inputs, packed
+documents, fewer key than query heads, views TMA cannot read, and d = 64's backward under
+deterministic algorithms).
+Before Hopper the backward at d = 64 past W = 2048 adds dQ by atomics, on Hopper by the copy
 engine's bulk reduction.
 
     python results/kernels/cross-compile/registers.py ARCH > sm<ARCH>-triton<version>.txt

@@ -52,7 +52,7 @@ PEERS = ("swat", "flex", "fla", "flash_attn", "sdpa", "triton_sigmoid")
 MODES = ("fwd", "fwd_bwd", "decode")
 FIELDS = ("mode", "head_dim", "seq_len", "window", "batch", "heads", "peer", "activation", "ms", "tflops", "host_ms",
           "graph_ms", "status", "date", "commit")
-TIMES = ("ms", "tflops", "host_ms", "graph_ms")  # the float fields; host_ms and graph_ms blank in older files
+FLOAT_FIELDS = ("ms", "tflops", "host_ms", "graph_ms")  # host_ms and graph_ms: blank in older files
 
 
 @dataclass(frozen=True)
@@ -327,7 +327,7 @@ def read_csv(path: Path) -> list[dict]:
         try:
             if None in r or not all(r.get(f) for f in ("status", "date", "commit")):  # fields short or over
                 raise ValueError(f"not the {len(FIELDS)} fields of a measured shape, status, date and commit last")
-            for f in TIMES:
+            for f in FLOAT_FIELDS:
                 r[f] = float(r[f]) if r.get(f) not in ("", None) else None
             for f in ("head_dim", "seq_len", "window", "batch", "heads"):
                 r[f] = int(r[f])

@@ -15,7 +15,13 @@ import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
-from harness.ops.swat.function import SIGMOID_MODE, fused_dq, kernel_config, program_order
+from harness.ops.swat.function import (
+    fused_dq,
+    gpu_dot_precision,
+    gpu_sigmoid_mode,
+    kernel_config,
+    program_order,
+)
 from harness.ops.swat.triton_bwd import swat_bwd_dkdv_kernel, swat_bwd_dq_kernel
 from harness.ops.swat.triton_common import LAUNCH_OPTIONS
 from harness.ops.swat.triton_decode import swat_decode_dot_kernel, swat_decode_kernel
@@ -49,7 +55,7 @@ def compile_decode(launch: dict, dtype: str = "bf16", head_dim: int = 128, rep: 
     kernel = swat_decode_dot_kernel if launch.pop("DOT") else swat_decode_kernel
     launch.pop("splits"), launch.pop("units")
     options = {"num_warps": launch.pop("num_warps")}
-    constants = dict(launch, REP=rep, HEAD_DIM=head_dim, SIGMOID=0 if dtype == "fp32" else SIGMOID_MODE["decode"])
+    constants = dict(launch, REP=rep, HEAD_DIM=head_dim, SIGMOID=gpu_sigmoid_mode(DTYPES[dtype], "decode"))
     pointers = {"Q": f"*{dtype}", "KC": f"*{dtype}", "VC": f"*{dtype}", "O": "*fp32", "Final": f"*{dtype}",
                 "Arrived": "*i32", "Slopes": "*fp32"}
     return _compile(kernel, pointers, constants, options, arch)
@@ -66,8 +72,8 @@ def compile_pass(pass_name: str, dtype: str, head_dim: int, window: int, arch: i
     config = dict(config or kernel_config(pass_name, head_dim, window, torch_dtype))
     options = {"num_warps": config.pop("num_warps"), "num_stages": config.pop("num_stages")}
     constants = dict(config, REP=rep, HAS_DOC=False, HEAD_DIM=head_dim,
-                     SIGMOID=0 if dtype == "fp32" else SIGMOID_MODE["bwd" if pass_name != "fwd" else "fwd"],
-                     DOT_PREC="ieee" if dtype == "fp32" else "tf32", ORDER=program_order(head_dim, window))
+                     SIGMOID=gpu_sigmoid_mode(torch_dtype, "fwd" if pass_name == "fwd" else "bwd"),
+                     DOT_PREC=gpu_dot_precision(torch_dtype), ORDER=program_order(head_dim, window))
     fused = fused_dq(head_dim, window, None, compute_capability=arch // 10)
     if pass_name == "dkdv":
         constants["FUSED_DQ"] = fused
@@ -77,6 +83,13 @@ def compile_pass(pass_name: str, dtype: str, head_dim: int, window: int, arch: i
     if fused != "off":
         pointers["DQ"] = "*fp32"  # the accumulator the dK/dV pass adds dQ into
     return _compile(kernel, pointers, constants, options, arch, aligned=("T", "W"))
+
+
+def passes_run(head_dim: int, window: int, arch: int) -> tuple[str, ...]:
+    """The Triton passes a training step launches at this shape on a GPU of sm_<arch>: no dQ pass
+    where the dK/dV pass adds dQ (function.fused_dq)."""
+    fused = fused_dq(head_dim, window, None, compute_capability=arch // 10)
+    return ("fwd", "dkdv", "dq") if fused == "off" else ("fwd", "dkdv")
 
 
 def resource_usage(compiled) -> dict:

@@ -314,16 +314,26 @@ def override_sigmoid_mode(overrides: dict):
     return _overridden(SIGMOID_MODE, overrides)
 
 
+def gpu_sigmoid_mode(dtype: torch.dtype, pass_name: str) -> int:
+    """The sigmoid a pass computes for dtype inputs on a GPU: SIGMOID_MODE's approximation, but for
+    fp32 inputs (whose tests ask for ~1e-5) the exact one."""
+    return 0 if dtype == torch.float32 else SIGMOID_MODE[pass_name]
+
+
+def gpu_dot_precision(dtype: torch.dtype) -> str:
+    """The dots' precision for dtype inputs on a GPU (triton_common.mma): fp32 operands stay exact
+    (no tf32)."""
+    return "ieee" if dtype == torch.float32 else "tf32"
+
+
 def _sigmoid_mode(t: torch.Tensor, pass_name: str) -> int:
-    # approximations only on the GPU, and not for fp32 inputs (whose tests ask for ~1e-5)
-    if not t.is_cuda or interpreting() or t.dtype == torch.float32:
-        return 0
-    return SIGMOID_MODE[pass_name]
+    # approximations only on the GPU
+    return gpu_sigmoid_mode(t.dtype, pass_name) if t.is_cuda and not interpreting() else 0
 
 
 def _dot_precision(t: torch.Tensor) -> str:
-    # see triton_common.mma: fp32 operands stay exact (no tf32); the interpreter always needs "ieee"
-    return "ieee" if t.dtype == torch.float32 or interpreting() else "tf32"
+    # the interpreter always needs "ieee"
+    return "ieee" if interpreting() else gpu_dot_precision(t.dtype)
 
 
 def _strides(t: torch.Tensor) -> tuple[int, int, int]:

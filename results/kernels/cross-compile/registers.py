@@ -21,7 +21,14 @@ import sys
 
 import triton
 
-from harness.ops.swat.cross_compile import DTYPES, SHARED_PER_BLOCK, compile_decode, compile_pass, resource_usage
+from harness.ops.swat.cross_compile import (
+    DTYPES,
+    SHARED_PER_BLOCK,
+    compile_decode,
+    compile_pass,
+    passes_run,
+    resource_usage,
+)
 from harness.ops.swat.function import (
     HEAD_DIMS,
     decode_config_name,
@@ -51,8 +58,8 @@ print(f"{'launch':44s} registers  stack  shared")
 for dtype in DTYPES:
     for head_dim in HEAD_DIMS:
         for window in (128, 512, 4096):
-            fused = fused_dq(head_dim, window, None, compute_capability=ARCH // 10)
-            for pass_name in ("fwd", "dkdv", "dq") if fused == "off" else ("fwd", "dkdv"):
+            fused = fused_dq(head_dim, window, None, compute_capability=ARCH // 10)  # the label's
+            for pass_name in passes_run(head_dim, window, ARCH):
                 config = kernel_config(pass_name, head_dim, window, DTYPES[dtype])
                 usage = resource_usage(compile_pass(pass_name, dtype, head_dim, window, ARCH))
                 label = f"{pass_name}{' +dQ ' + fused if pass_name == 'dkdv' and fused != 'off' else ''}"

@@ -465,8 +465,8 @@ def test_decode_tiles_on_the_gpu_hold_tile_elems_and_the_tensor_cores_stop_at_th
     from harness.ops.swat import function
     monkeypatch.setattr(function, "interpreting", lambda: False)
     dot = function.DECODE_DOT_GROUPS
-    slots = {(pairs, d, elem_bytes): function.decode_launch(pairs, 4096, d, elem_bytes)["BLOCK_W"]
-             for pairs in (1, dot) for d in (16, 32, 128) for elem_bytes in (2, 4)}
+    slots = {(pairs, d, dtype.itemsize): function.decode_launch(pairs, 4096, d, dtype)["BLOCK_W"]
+             for pairs in (1, dot) for d in (16, 32, 128) for dtype in (torch.bfloat16, torch.float32)}
     assert slots == {(1, 16, 2): 512, (1, 16, 4): 256, (1, 32, 2): 256, (1, 32, 4): 128, (1, 128, 2): 64,
                      (1, 128, 4): 32, (dot, 16, 2): 256, (dot, 16, 4): 256, (dot, 32, 2): 256, (dot, 32, 4): 128,
                      (dot, 128, 2): 64, (dot, 128, 4): 32}
@@ -494,6 +494,25 @@ def test_decode_on_the_tensor_cores_matches_reference(H, Hkv, runs, sum_in_kerne
             got = swat_decode_triton(q, kc, vc, W, pos, slopes, W, sigmoid_bias=0.3)
             assert rel_err(got, swat_decode_ref(q, kc, vc, W, pos, slopes, W, sigmoid_bias=0.3)) < 2e-5
     assert all(int(c.abs().sum()) == 0 for sets in function._ARRIVALS.values() for c in sets)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_decode_on_the_tensor_cores_in_16_bit_matches_reference(dtype):
+    """16-bit inputs on the tensor cores' decode (REP 2, two runs a group added in the kernel) match
+    the reference: its dots take triton_common.mma's precision, the CPU interpreter's fp32 one for
+    16-bit operands, whose native 16-bit dot is wrong there."""
+    from harness.ops.swat.function import decode_launch, override_decode_config
+    B, H, Hkv, d, pos = 2, 4, 2, 64, 1000
+    W = 3 * decode_launch(B * H, 1, d, dtype)["BLOCK_W"]  # three tiles
+    g = torch.Generator(device="cpu").manual_seed(7)
+    q = torch.randn(B, H, d, generator=g).to(DEVICE, dtype)
+    kc, vc = (torch.randn(B, W, Hkv, d, generator=g).to(DEVICE, dtype) for _ in range(2))
+    slopes = alibi_slopes(H).to(DEVICE)
+    with override_decode_config(DOT=True, MIN_PROGRAMS=2 * B * Hkv, SUM_IN_KERNEL=True):
+        assert decode_launch(B * H, W, d, dtype, rep=H // Hkv)["splits"] == 2
+        got = swat_decode_triton(q, kc, vc, W, pos, slopes, W, sigmoid_bias=0.3)
+    want = swat_decode_ref(q.float(), kc.float(), vc.float(), W, pos, slopes, W, sigmoid_bias=0.3)
+    assert rel_err(got.float(), want) < 1e-2
 
 
 def test_decode_step_equals_last_forward_row():

@@ -331,9 +331,9 @@ def _sigmoid_mode(t: torch.Tensor, pass_name: str) -> int:
     return gpu_sigmoid_mode(t.dtype, pass_name) if t.is_cuda and not interpreting() else 0
 
 
-def _dot_precision(t: torch.Tensor) -> str:
+def _dot_precision(dtype: torch.dtype) -> str:
     # the interpreter always needs "ieee"
-    return "ieee" if interpreting() else gpu_dot_precision(t.dtype)
+    return "ieee" if interpreting() else gpu_dot_precision(dtype)
 
 
 def _strides(t: torch.Tensor) -> tuple[int, int, int]:
@@ -395,7 +395,7 @@ def _swat_fwd_body(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, slopes: to
            (q, k, v, o, slopes, row_start if row_start is not None else slopes,
             *_strides(q), *_strides(k), *_strides(v), *_strides(o), T, H, W, scale, sigmoid_bias),
            dict(REP=H // k.shape[2], HAS_DOC=row_start is not None, HEAD_DIM=d,
-                SIGMOID=_sigmoid_mode(q, "fwd"), DOT_PREC=_dot_precision(q), ORDER=program_order(d, W)))
+                SIGMOID=_sigmoid_mode(q, "fwd"), DOT_PREC=_dot_precision(q.dtype), ORDER=program_order(d, W)))
     return o
 
 
@@ -420,7 +420,7 @@ def _swat_bwd_body(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.
     dv = torch.empty((B, T, Hkv, d), device=q.device, dtype=q.dtype)
     has_doc = row_start is not None
     common = dict(REP=H // Hkv, HAS_DOC=has_doc, HEAD_DIM=d, SIGMOID=_sigmoid_mode(q, "bwd"),
-                  DOT_PREC=_dot_precision(q), ORDER=program_order(d, W))
+                  DOT_PREC=_dot_precision(q.dtype), ORDER=program_order(d, W))
 
     launch(swat_bwd_dkdv_kernel, "dkdv", q, W, lambda bm, bn: (B * Hkv * cdiv(T, bn),),
            (q, k, v, do, dk, dv, dq, slopes, row_start if has_doc else slopes, row_end if has_doc else slopes,
@@ -626,7 +626,8 @@ def decode_config_name(batch_heads: int, rep: int = 1) -> str:
     return "dot" if batch_heads // rep >= DECODE_DOT_GROUPS else "split"
 
 
-def decode_launch(batch_heads: int, w_cache: int, head_dim: int, elem_bytes: int = 2, rep: int = 1) -> dict:
+def decode_launch(batch_heads: int, w_cache: int, head_dim: int, dtype: torch.dtype = torch.bfloat16,
+                  rep: int = 1) -> dict:
     """The decode kernel's launch: which kernel (DOT: the tensor cores', one program per (sequence,
     key/value head) group of rep query heads; else one per (sequence, head) pair), the groups or
     pairs (units, a run's programs), slots per tile (BLOCK_W) and per program, programs per group
@@ -634,12 +635,12 @@ def decode_launch(batch_heads: int, w_cache: int, head_dim: int, elem_bytes: int
     runs to add), the slot loop's pipeline (LOOP_STAGES through shared memory; for the CUDA cores'
     kernel also PREFETCH through registers), and for the CUDA cores' kernel its accumulator's
     shape (ACC_2D), for the tensor cores' the query rows padded to a dot's 16 at least (QROWS)
-    and the dots' precision (DOT_PREC: "ieee" for fp32 inputs).
+    and the dots' precision for dtype inputs (DOT_PREC, the passes' own: triton_common.mma).
     TILE_ELEMS was tuned for 16-bit inputs; fp32 inputs get as many bytes per tile (half the
     slots), so that a tile takes the registers the sweep's config took."""
     cfg = DECODE_CONFIGS[decode_config_name(batch_heads, rep)]
     units = batch_heads // rep if cfg["DOT"] else batch_heads
-    block_w = 16 if interpreting() else max(16, cfg["TILE_ELEMS"] * 2 // elem_bytes // head_dim)
+    block_w = 16 if interpreting() else max(16, cfg["TILE_ELEMS"] * 2 // dtype.itemsize // head_dim)
     if cfg["DOT"]:
         block_w = min(block_w, DECODE_DOT_MAX_SLOTS)
     tiles = cdiv(w_cache, block_w)
@@ -650,7 +651,7 @@ def decode_launch(batch_heads: int, w_cache: int, head_dim: int, elem_bytes: int
                   num_warps=cfg["num_warps"], SUM_IN_KERNEL=cfg["SUM_IN_KERNEL"] and splits > 1,
                   LOOP_STAGES=cfg["LOOP_STAGES"])
     if cfg["DOT"]:
-        return dict(launch, QROWS=max(16, triton.next_power_of_2(rep)), DOT_PREC="ieee" if elem_bytes == 4 else "tf32")
+        return dict(launch, QROWS=max(16, triton.next_power_of_2(rep)), DOT_PREC=_dot_precision(dtype))
     return dict(launch, ACC_2D=cfg["ACC_2D"], PREFETCH=cfg["PREFETCH"])
 
 
@@ -669,7 +670,7 @@ def _swat_decode_body(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Ten
     B, H, d = q.shape
     W_cache, Hkv = k_cache.shape[1], k_cache.shape[2]
     rep = H // Hkv
-    launch = decode_launch(B * H, W_cache, d, q.element_size(), rep)
+    launch = decode_launch(B * H, W_cache, d, q.dtype, rep)
     splits, units, dot = launch.pop("splits"), launch.pop("units"), launch.pop("DOT")
     out = torch.empty((splits, B, H, d), device=q.device, dtype=q.dtype if splits == 1 else torch.float32)
     o = out[0] if splits == 1 else torch.empty((B, H, d), device=q.device, dtype=q.dtype)

@@ -19,7 +19,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from harness.ops.swat.triton_common import score_unit, sigmoid_scaled
+from harness.ops.swat.triton_common import mma, score_unit, sigmoid_scaled
 
 SUM_BLOCK = tl.constexpr(16)  # runs' sums a pair's last program loads at once (SUM_IN_KERNEL)
 
@@ -133,7 +133,7 @@ def swat_decode_dot_kernel(Q, KC, VC, O, Final, Arrived, Slopes,
                            DOT_PREC: tl.constexpr, SUM_IN_KERNEL: tl.constexpr, LOOP_STAGES: tl.constexpr):
     """One program per (sequence, key/value head) group and run of slots: the group's REP query
     heads, in QROWS >= 16 rows (the rest zero, never stored), times each tile's keys (S = Q K^T),
-    the sigmoid, then O += P V, both on the tensor cores (DOT_PREC "ieee" for fp32 inputs).
+    the sigmoid, then O += P V, both on the tensor cores (triton_common.mma's DOT_PREC).
     LOOP_STAGES: the slot loop's pipeline, its tiles copied into shared memory that many ahead.
     Each program writes its run's sums of the REP heads to O [splits, B, H, d]; SUM_IN_KERNEL as
     in swat_decode_kernel, the group's last program adding every head's runs."""
@@ -157,10 +157,10 @@ def swat_decode_dot_kernel(Q, KC, VC, O, Final, Arrived, Slopes,
     for s0 in tl.range(s_lo, s_lo + SLOTS_PER_PROGRAM, BLOCK_W, num_stages=LOOP_STAGES):
         k, v, dist, valid = _ring_tile(k_base, v_base, sk_w, sv_w, offs_d, s0, cache_len, W_CACHE, pos, window,
                                        BLOCK_W)
-        s = tl.dot(q, tl.trans(k), input_precision=DOT_PREC)
+        s = mma(q, tl.trans(k), DOT_PREC)
         p = sigmoid_scaled(s * g_scale + g_slope[:, None] * dist.to(tl.float32)[None, :] + g_bias, SIGMOID)
         p = tl.where(valid[None, :], p, 0.0)
-        acc = tl.dot(p.to(v.dtype), v, acc, input_precision=DOT_PREC)
+        acc += mma(p.to(v.dtype), v, DOT_PREC)
     out_off = b.to(tl.int64) * so_b + heads[:, None] * so_h + offs_d[None, :]
     tl.store(O + pid_s.to(tl.int64) * so_s + out_off, acc.to(O.dtype.element_ty), mask=row_ok[:, None])
     if SUM_IN_KERNEL:

@@ -40,7 +40,6 @@ from harness.ops.swat.function import (
 
 ARCH = int(sys.argv[1])
 LIMIT = SHARED_PER_BLOCK[ARCH]
-ELEM_BYTES = {"bf16": 2, "fp16": 2, "fp32": 4}
 PAIRS = {"split": 8, "dot": 64, "whole": 304}
 
 
@@ -69,11 +68,11 @@ for dtype in DTYPES:
                     print(row(f"  -> {tiles(smaller)}", usage), flush=True)
                     if usage["SHARED"] <= LIMIT:
                         break
-for dtype, elem_bytes in ELEM_BYTES.items():
+for dtype, torch_dtype in DTYPES.items():
     for head_dim in HEAD_DIMS:
         for config, pairs in PAIRS.items():
             assert decode_config_name(pairs) == config, (config, pairs)
-            launch = decode_launch(pairs, 2048, head_dim, elem_bytes)
+            launch = decode_launch(pairs, 2048, head_dim, torch_dtype)
             usage = resource_usage(compile_decode(launch, dtype, head_dim, arch=ARCH))
             print(row(f"decode {config} {dtype} d={head_dim} BLOCK_W={launch['BLOCK_W']} w{launch['num_warps']}",
                       usage), flush=True)

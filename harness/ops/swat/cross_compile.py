@@ -16,6 +16,8 @@ from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
 from harness.ops.swat.function import (
+    decode_config_name,
+    decode_launch,
     fused_dq,
     gpu_dot_precision,
     gpu_sigmoid_mode,
@@ -33,6 +35,7 @@ SHARED_PER_BLOCK = {80: 163 * 1024, 90: 227 * 1024}
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 FLOATS = ("scale", "bias")  # the kernels' float arguments
 PASS_KERNELS = {"fwd": swat_fwd_kernel, "dkdv": swat_bwd_dkdv_kernel, "dq": swat_bwd_dq_kernel}
+DECODE_PAIRS = {"split": 8, "dot": 64, "whole": 304}  # (sequence, head) pairs of a step each decode config takes
 
 
 def _compile(kernel, pointers: dict, constants: dict, options: dict, arch: int, aligned=()):
@@ -59,6 +62,14 @@ def compile_decode(launch: dict, dtype: str = "bf16", head_dim: int = 128, rep: 
     pointers = {"Q": f"*{dtype}", "KC": f"*{dtype}", "VC": f"*{dtype}", "O": "*fp32", "Final": f"*{dtype}",
                 "Arrived": "*i32", "Slopes": "*fp32"}
     return _compile(kernel, pointers, constants, options, arch)
+
+
+def config_launch(config: str, w_cache: int, head_dim: int, dtype: torch.dtype = torch.bfloat16) -> dict:
+    """The dispatcher's decode launch for a step of DECODE_PAIRS[config] pairs (REP 1) over w_cache
+    slots, which takes that config."""
+    pairs = DECODE_PAIRS[config]
+    assert decode_config_name(pairs) == config, (config, pairs)
+    return decode_launch(pairs, w_cache, head_dim, dtype)
 
 
 def compile_pass(pass_name: str, dtype: str, head_dim: int, window: int, arch: int = 90, rep: int = 1,

@@ -22,25 +22,19 @@ import sys
 import triton
 
 from harness.ops.swat.cross_compile import (
+    DECODE_PAIRS,
     DTYPES,
     SHARED_PER_BLOCK,
     compile_decode,
     compile_pass,
+    config_launch,
     passes_run,
     resource_usage,
 )
-from harness.ops.swat.function import (
-    HEAD_DIMS,
-    decode_config_name,
-    decode_launch,
-    fused_dq,
-    kernel_config,
-    smaller_configs,
-)
+from harness.ops.swat.function import HEAD_DIMS, fused_dq, kernel_config, smaller_configs
 
 ARCH = int(sys.argv[1])
 LIMIT = SHARED_PER_BLOCK[ARCH]
-PAIRS = {"split": 8, "dot": 64, "whole": 304}
 
 
 def tiles(config: dict) -> str:
@@ -70,9 +64,8 @@ for dtype in DTYPES:
                         break
 for dtype, torch_dtype in DTYPES.items():
     for head_dim in HEAD_DIMS:
-        for config, pairs in PAIRS.items():
-            assert decode_config_name(pairs) == config, (config, pairs)
-            launch = decode_launch(pairs, 2048, head_dim, torch_dtype)
+        for config in DECODE_PAIRS:
+            launch = config_launch(config, 2048, head_dim, torch_dtype)
             usage = resource_usage(compile_decode(launch, dtype, head_dim, arch=ARCH))
             print(row(f"decode {config} {dtype} d={head_dim} BLOCK_W={launch['BLOCK_W']} w{launch['num_warps']}",
                       usage), flush=True)
